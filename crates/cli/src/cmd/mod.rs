@@ -1,0 +1,3 @@
+//! Subcommands, one per file.
+
+pub mod nfs;

@@ -1,0 +1,35 @@
+//! `braid nfs`: list the NF kinds.
+
+use braid_nf::REGISTRY;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Show the parameters of each NF too.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    println!("{:<14} {:<11} {:<13} {:<9} summary", "name", "class", "placement", "state");
+    for s in REGISTRY {
+        let places: Vec<String> = s.placements.iter().map(|p| p.to_string()).collect();
+        println!(
+            "{:<14} {:<11} {:<13} {:<9} {}",
+            s.name,
+            s.class.to_string(),
+            places.join(","),
+            if s.stateful { "stateful" } else { "-" },
+            s.summary
+        );
+        if args.verbose {
+            for p in s.params {
+                let def = p
+                    .default
+                    .map(|d| format!(" (default {d})"))
+                    .unwrap_or_else(|| " (required)".into());
+                println!("    {:<18} {}{}: {}", p.name, p.kind, def, p.help);
+            }
+        }
+    }
+    Ok(())
+}

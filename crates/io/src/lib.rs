@@ -1,0 +1,1 @@
+//! braid-io (being built).

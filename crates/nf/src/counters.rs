@@ -1,0 +1,158 @@
+//! Per-NF counters.
+
+use serde::Serialize;
+
+/// Why an NF dropped a packet. Every drop is counted under exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum DropReason {
+    /// Too short or inconsistent to parse as what the NF needs.
+    Malformed,
+    /// A protocol the NF cannot handle and must not pass on.
+    Unsupported,
+    /// IPv4 TTL reached zero.
+    TtlExceeded,
+    /// No route matches the destination.
+    NoRoute,
+    /// A firewall rule (or the default policy) denies it.
+    Denied,
+    /// NAT: no free port left in the configured range.
+    PortsExhausted,
+    /// NAT: a packet from outside with no matching translation.
+    NoMapping,
+    /// Meter/shaper: out of profile (red).
+    RateExceeded,
+    /// Authentication failed (e.g. AES-GCM tag mismatch).
+    AuthFailed,
+    /// Dropped on purpose by a loss emulator.
+    Loss,
+    /// Load balancer: no backend configured.
+    NoBackend,
+    /// No room in the buffer to add what the NF must add.
+    NoRoom,
+    /// A bounded queue or table is full and the drop policy applied.
+    Overflow,
+    /// Could not be decoded/recovered (network coding).
+    Undecodable,
+    /// TTL/hop or other check failed in a way not listed above.
+    Other,
+}
+
+impl DropReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 15;
+
+    /// All reasons, in counter order.
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::Malformed,
+        DropReason::Unsupported,
+        DropReason::TtlExceeded,
+        DropReason::NoRoute,
+        DropReason::Denied,
+        DropReason::PortsExhausted,
+        DropReason::NoMapping,
+        DropReason::RateExceeded,
+        DropReason::AuthFailed,
+        DropReason::Loss,
+        DropReason::NoBackend,
+        DropReason::NoRoom,
+        DropReason::Overflow,
+        DropReason::Undecodable,
+        DropReason::Other,
+    ];
+
+    /// The snake_case name used in statistics output.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Unsupported => "unsupported",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::NoRoute => "no_route",
+            DropReason::Denied => "denied",
+            DropReason::PortsExhausted => "ports_exhausted",
+            DropReason::NoMapping => "no_mapping",
+            DropReason::RateExceeded => "rate_exceeded",
+            DropReason::AuthFailed => "auth_failed",
+            DropReason::Loss => "loss",
+            DropReason::NoBackend => "no_backend",
+            DropReason::NoRoom => "no_room",
+            DropReason::Overflow => "overflow",
+            DropReason::Undecodable => "undecodable",
+            DropReason::Other => "other",
+        }
+    }
+}
+
+/// Counters of one NF instance. Plain integers: one writer (the thread
+/// running the NF); the runtime publishes copies for readers elsewhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Packets the NF created itself (ICMP errors, coded packets, ...).
+    pub packets_created: u64,
+    pub batches: u64,
+    /// Time spent inside `process`, in nanoseconds (filled by the runtime).
+    pub busy_ns: u64,
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Counters {
+    #[inline]
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    /// Drops for one reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// Drops for all reasons.
+    pub fn dropped_total(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// The non-zero drop counters by name.
+    pub fn drop_breakdown(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .filter(|r| self.drops[**r as usize] != 0)
+            .map(|r| (r.name(), self.drops[*r as usize]))
+            .collect()
+    }
+
+    /// Add another instance's counters (e.g. of scaled-out replicas).
+    pub fn merge(&mut self, o: &Counters) {
+        self.packets_in += o.packets_in;
+        self.packets_out += o.packets_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.packets_created += o.packets_created;
+        self.batches += o.batches;
+        self.busy_ns += o.busy_ns;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_index_their_own_slot() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        let mut c = Counters::default();
+        c.count_drop(DropReason::NoRoute);
+        c.count_drop(DropReason::NoRoute);
+        assert_eq!(c.drop_breakdown(), vec![("no_route", 2)]);
+        assert_eq!(c.dropped_total(), 2);
+    }
+}

@@ -1,0 +1,174 @@
+//! braid network functions.
+//!
+//! An NF is a small type implementing [`NetworkFunction`]: it processes a
+//! [`Batch`] in place (rewriting, dropping, or adding packets), reports its
+//! class and where it can run, and, if it keeps state, exports and imports
+//! that state whole so it can be snapshotted and migrated.
+//!
+//! NFs are built by name from descriptor parameters through [`registry`]:
+//! each NF file exports a `SPEC: NfSpec` with its name, class, placements,
+//! parameter documentation and a build function.
+
+pub mod counters;
+pub mod params;
+pub mod registry;
+
+pub mod fwd;
+
+use braid_packet::Batch;
+pub use counters::{Counters, DropReason};
+pub use params::{ConfigError, ParamDoc, Params};
+pub use registry::{build, find, NfSpec, REGISTRY};
+
+/// The CALVIN classification of an NF by what it needs from the packet path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NfClass {
+    /// Moves packets without looking inside them (forwarder).
+    Elementary,
+    /// Reads or rewrites headers and simple payload transforms with bounded
+    /// work per packet: a candidate for the kernel fast path (XDP).
+    Basic,
+    /// Heavy per-packet computation or large state (crypto, coding, DPI):
+    /// user space with fast I/O.
+    Advanced,
+}
+
+/// Where an NF implementation can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// In the kernel as an XDP program.
+    Kernel,
+    /// In a user-space process.
+    User,
+}
+
+impl std::fmt::Display for NfClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NfClass::Elementary => "elementary",
+            NfClass::Basic => "basic",
+            NfClass::Advanced => "advanced",
+        })
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::Kernel => "kernel",
+            Placement::User => "user",
+        })
+    }
+}
+
+/// What an NF sees of the world while processing one batch.
+pub struct Context<'a> {
+    /// Monotonic time in nanoseconds, read once per batch by the runtime.
+    pub now_ns: u64,
+    /// This NF's counters. The runtime counts packets in and out; the NF
+    /// counts its drops (with a reason) through [`Context::drop_packet`].
+    pub counters: &'a mut Counters,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(now_ns: u64, counters: &'a mut Counters) -> Self {
+        Context { now_ns, counters }
+    }
+
+    /// Record that one packet is dropped for `reason`. The caller removes it
+    /// from the batch (usually by returning `false` from `retain_mut`).
+    #[inline]
+    pub fn drop_packet(&mut self, reason: DropReason) {
+        self.counters.count_drop(reason);
+    }
+}
+
+/// Monotonic clock in nanoseconds (CLOCK_MONOTONIC), the time base of
+/// [`Context::now_ns`] and [`braid_packet::Meta::rx_ns`].
+pub fn monotonic_ns() -> u64 {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+    static START: OnceLock<Instant> = OnceLock::new();
+    // Instant is CLOCK_MONOTONIC on Linux; offset from first use keeps the
+    // numbers small and avoids unsafe clock_gettime here.
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
+/// A whole-state snapshot of a stateful NF.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NfState {
+    /// The NF kind that produced it (`nat`, `firewall`, ...).
+    pub kind: String,
+    /// Format version of `data`, so an importer can refuse what it does not
+    /// understand.
+    pub version: u32,
+    /// The encoded state.
+    pub data: Vec<u8>,
+}
+
+/// Why a state import was refused. The NF's state is unchanged on error.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("this NF keeps no state")]
+    Stateless,
+    #[error("state belongs to a `{found}` NF, not `{expected}`")]
+    WrongKind { expected: String, found: String },
+    #[error("state format version {found} is not supported (expected {expected})")]
+    WrongVersion { expected: u32, found: u32 },
+    #[error("state does not decode: {0}")]
+    Corrupt(String),
+}
+
+impl NfState {
+    /// Encode `value` as the state of a `kind` NF (JSON, versioned).
+    pub fn encode<T: serde::Serialize>(kind: &str, version: u32, value: &T) -> NfState {
+        NfState {
+            kind: kind.to_string(),
+            version,
+            data: serde_json::to_vec(value).expect("NF state types serialize infallibly"),
+        }
+    }
+
+    /// Decode the state of a `kind` NF of format `version`.
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        version: u32,
+    ) -> Result<T, StateError> {
+        if self.kind != kind {
+            return Err(StateError::WrongKind { expected: kind.into(), found: self.kind.clone() });
+        }
+        if self.version != version {
+            return Err(StateError::WrongVersion { expected: version, found: self.version });
+        }
+        serde_json::from_slice(&self.data).map_err(|e| StateError::Corrupt(e.to_string()))
+    }
+}
+
+/// A packet-processing network function.
+pub trait NetworkFunction: Send {
+    /// The static description of this NF kind (name, class, placements).
+    fn spec(&self) -> &'static NfSpec;
+
+    /// Process one batch in place: rewrite packets, drop them (counting a
+    /// reason through `cx`), or push new ones. Packet order within a flow
+    /// must be preserved. Must never panic, whatever the packet bytes.
+    fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>);
+
+    /// Called periodically (and once at end of input) with no packets, so an
+    /// NF can age state or flush what it holds back (a partial coding
+    /// generation, a shaper queue). Packets it emits go to `out`.
+    fn tick(&mut self, _out: &mut Batch, _cx: &mut Context<'_>) {}
+
+    /// Snapshot the whole state. `None` for stateless NFs.
+    fn export_state(&self) -> Option<NfState> {
+        None
+    }
+
+    /// Replace the whole state with a snapshot. On error nothing changes.
+    fn import_state(&mut self, _state: &NfState) -> Result<(), StateError> {
+        Err(StateError::Stateless)
+    }
+}

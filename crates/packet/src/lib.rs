@@ -1,0 +1,17 @@
+//! braid packet core.
+//!
+//! * [`Packet`]: one frame in a pooled, fixed-size buffer with head- and
+//!   tailroom, so NFs can push and pull headers without copying the payload.
+//!   Buffers come either from the heap (recycled through a per-thread pool)
+//!   or from an external region (shared memory, AF_XDP UMEM) owned by an I/O
+//!   backend.
+//! * [`Batch`]: an ordered vector of packets; the unit that moves between NFs,
+//!   threads and processes.
+//! * [`wire`]: zero-copy typed views over header bytes, checksums.
+
+pub mod batch;
+pub mod buffer;
+pub mod wire;
+
+pub use batch::{Batch, DEFAULT_BATCH_SIZE};
+pub use buffer::{BufferOwner, ExternalBuf, Meta, Packet, BUF_SIZE, HEADROOM};

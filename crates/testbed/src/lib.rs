@@ -1,0 +1,1 @@
+//! braid-testbed (being built).
