@@ -218,7 +218,7 @@ impl Packet {
     /// The external buffer behind this packet, with the frame window, if it
     /// has one; a heap packet is returned unchanged.
     pub fn into_external(self) -> Result<(ExternalBuf, u32, u32), Packet> {
-        let mut this = std::mem::ManuallyDrop::new(self);
+        let this = std::mem::ManuallyDrop::new(self);
         if !matches!(this.storage, Storage::External(_)) {
             return Err(std::mem::ManuallyDrop::into_inner(this));
         }
