@@ -1,1 +1,88 @@
-//! braid-io (being built).
+//! braid packet I/O.
+//!
+//! Every way packets enter or leave a chain is a [`Port`]: pcap files and
+//! in-memory queues for offline work, AF_PACKET and AF_XDP sockets for live
+//! traffic, shared-memory rings between NF processes. An NF chain sees the
+//! same interface whatever carries its packets (the "virtual port" of the
+//! inter-container seed); the deployment picks the backend.
+
+use braid_packet::Batch;
+
+/// Counters every port keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Received frames that were lost before reaching the chain (ring full,
+    /// malformed descriptor, ...).
+    pub rx_dropped: u64,
+    /// Frames handed to `send` that could not be transmitted.
+    pub tx_dropped: u64,
+}
+
+/// Errors from ports. Each names what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// An operating-system call failed.
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Input that does not follow its format (pcap file, descriptor ring).
+    #[error("{0}")]
+    Format(String),
+    /// The peer of a channel went away.
+    #[error("peer disconnected: {0}")]
+    Disconnected(String),
+    /// A configuration the port cannot use.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl PortError {
+    /// Wrap the last OS error with a description of what was attempted.
+    pub fn last_os(what: impl Into<String>) -> PortError {
+        PortError::Os { what: what.into(), source: std::io::Error::last_os_error() }
+    }
+}
+
+/// A source and sink of packets.
+///
+/// `recv` and `send` never block unless the port was configured to wait;
+/// a port that waits does so in [`Port::wait`].
+pub trait Port: Send {
+    /// A short description for statistics, e.g. `af_xdp:veth1/q0`.
+    fn name(&self) -> String;
+
+    /// Append up to `max` received packets to `batch`; returns how many.
+    /// `Ok(0)` means nothing is ready now (or, see [`Port::at_end`], ever).
+    fn recv(&mut self, batch: &mut Batch, max: usize) -> Result<usize, PortError>;
+
+    /// Transmit every packet in `batch`, leaving it empty. Packets that could
+    /// not be sent are dropped and counted in `tx_dropped`. Returns how many
+    /// were sent.
+    fn send(&mut self, batch: &mut Batch) -> Result<usize, PortError>;
+
+    /// Push out anything buffered by earlier `send` calls.
+    fn flush(&mut self) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    /// Block until packets may be ready or `timeout` passes. Ports that only
+    /// poll return at once.
+    fn wait(&mut self, _timeout: std::time::Duration) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    /// True when a finite source has delivered everything (end of a pcap
+    /// file, a closed channel).
+    fn at_end(&self) -> bool {
+        false
+    }
+
+    fn stats(&self) -> PortStats;
+}
