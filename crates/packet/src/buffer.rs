@@ -75,6 +75,10 @@ pub struct Meta {
     pub in_port: u16,
     /// Free-form mark an NF may set for a later one (e.g. the meter's color).
     pub mark: u8,
+    /// Index of the port the packet should leave on, chosen by a switching
+    /// NF (`l2switch`); 0 unless an NF sets it. A switch floods by cloning
+    /// the packet once per egress port, so this is always one port.
+    pub out_port: u16,
 }
 
 /// The owner of an external buffer region.
