@@ -6,6 +6,8 @@
 //! same interface whatever carries its packets (the "virtual port" of the
 //! inter-container seed); the deployment picks the backend.
 
+pub mod netns;
+
 use braid_packet::Batch;
 
 /// Counters every port keeps.
