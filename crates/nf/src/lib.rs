@@ -14,6 +14,7 @@ pub mod params;
 pub mod registry;
 
 pub mod fwd;
+pub mod maglev;
 
 use braid_packet::Batch;
 pub use counters::{Counters, DropReason};
