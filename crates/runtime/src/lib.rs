@@ -1,1 +1,25 @@
-//! braid-runtime (being built).
+//! braid-runtime: chains of NFs.
+//!
+//! - [`descriptor`]: the YAML chain descriptor ([`ChainDescriptor`]).
+//! - [`chain`]: the running [`Chain`] (stages, counters, monitors).
+//!
+//! A typical use:
+//!
+//! ```
+//! use braid_runtime::{Chain, ChainDescriptor};
+//! let d = ChainDescriptor::from_yaml("name: demo\nnfs:\n  - { name: f, type: fwd }\n").unwrap();
+//! let mut chain = Chain::from_descriptor(&d).unwrap();
+//! let mut batch: braid_packet::Batch =
+//!     std::iter::once(braid_packet::Packet::from_bytes(&[0u8; 60])).collect();
+//! chain.process(&mut batch);
+//! assert_eq!(batch.len(), 1);
+//! assert_eq!(chain.snapshot().stages[0].counters.packets_in, 1);
+//! ```
+
+pub mod chain;
+pub mod descriptor;
+
+pub use chain::{Chain, ChainBuildError, ChainMonitor, ChainSnapshot, Stage, StageSnapshot};
+pub use descriptor::{
+    ChainDescriptor, MemoryPortDecl, NfDecl, PcapPortDecl, PlacementChoice, PortDecl,
+};

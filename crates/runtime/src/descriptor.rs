@@ -1,0 +1,188 @@
+//! The chain descriptor: a YAML file naming a chain's NFs in order, with
+//! their parameters, and its ports.
+//!
+//! ```yaml
+//! name: sample
+//! batch_size: 32          # optional, default 32
+//! ports:                  # optional for `braid run` (the CLI gives in/out)
+//!   in:  { kind: pcap, path: in.pcap }
+//!   out: { kind: pcap, path: out.pcap }
+//! nfs:
+//!   - name: fw
+//!     type: firewall
+//!     placement: auto     # auto | kernel | user
+//!     params: { default: allow }
+//! ```
+//!
+//! These types are the plain serde model. [`ChainDescriptor::from_yaml`]
+//! stops at the first structural problem; [`crate::validate`] reports every
+//! problem of a file with line and column, and is what the CLI uses.
+//!
+//! Port kinds: [`PortDecl`] is an enum tagged by `kind`, one variant per kind
+//! with its own struct; adding a kind (af_packet, af_xdp, shm, ...) is one
+//! new variant plus its struct, and a `kind_name` arm.
+
+use std::collections::BTreeMap;
+
+use braid_nf::Params;
+use serde::{Deserialize, Serialize};
+
+/// Default packets per batch when the descriptor does not say.
+pub const DEFAULT_BATCH_SIZE: usize = braid_packet::DEFAULT_BATCH_SIZE;
+
+/// Largest accepted `batch_size`.
+pub const MAX_BATCH_SIZE: usize = 1024;
+
+fn default_batch_size() -> usize {
+    DEFAULT_BATCH_SIZE
+}
+
+/// A whole chain: what `braid validate`, `run`, `bench` and `plan` read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainDescriptor {
+    /// Chain name, used in statistics and deployments.
+    pub name: String,
+    /// Packets per batch, 1..=[`MAX_BATCH_SIZE`].
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Named ports. By convention `in` is where packets enter and `out`
+    /// where they leave; `braid run` takes them from the command line.
+    #[serde(default)]
+    pub ports: BTreeMap<String, PortDecl>,
+    /// The NFs, in the order packets traverse them.
+    pub nfs: Vec<NfDecl>,
+}
+
+/// One NF of a chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfDecl {
+    /// Instance name, unique in the chain (`fw`, `r1`).
+    pub name: String,
+    /// NF kind, a name from `braid nfs` (`firewall`, `router`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Where to run it; `auto` lets the CALVIN classifier decide.
+    #[serde(default)]
+    pub placement: PlacementChoice,
+    /// Parameters, checked by the NF's own typed configuration.
+    #[serde(default)]
+    pub params: Params,
+}
+
+/// The `placement:` of an NF.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementChoice {
+    /// Let the classifier decide (see [`crate::plan`]).
+    #[default]
+    Auto,
+    /// Pin to the kernel (XDP).
+    Kernel,
+    /// Pin to user space.
+    User,
+}
+
+impl PlacementChoice {
+    /// Accepted spellings, for error messages.
+    pub const NAMES: &'static [&'static str] = &["auto", "kernel", "user"];
+}
+
+impl std::fmt::Display for PlacementChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PlacementChoice::Auto => "auto",
+            PlacementChoice::Kernel => "kernel",
+            PlacementChoice::User => "user",
+        })
+    }
+}
+
+/// A port, tagged by `kind`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PortDecl {
+    /// A classic pcap file: read when used as input, written as output.
+    Pcap(PcapPortDecl),
+    /// In memory: as input a generator of synthetic UDP flows; as output a
+    /// sink that counts what it receives.
+    Memory(MemoryPortDecl),
+}
+
+impl PortDecl {
+    /// Every accepted `kind`, for error messages.
+    pub const KINDS: &'static [&'static str] = &["pcap", "memory"];
+
+    /// The `kind` of this port as written in YAML.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            PortDecl::Pcap(_) => "pcap",
+            PortDecl::Memory(_) => "memory",
+        }
+    }
+}
+
+/// `kind: pcap`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PcapPortDecl {
+    /// File path, relative to the current directory.
+    pub path: std::path::PathBuf,
+}
+
+fn default_frame_size() -> usize {
+    64
+}
+fn default_flows() -> u32 {
+    1
+}
+fn default_packets() -> u64 {
+    1000
+}
+
+/// `kind: memory`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryPortDecl {
+    /// Generated frame size in bytes without FCS, 60..=1514.
+    #[serde(default = "default_frame_size")]
+    pub frame_size: usize,
+    /// Number of distinct UDP 5-tuples, at least 1.
+    #[serde(default = "default_flows")]
+    pub flows: u32,
+    /// Number of packets generated before the port reports end of input.
+    #[serde(default = "default_packets")]
+    pub packets: u64,
+}
+
+impl Default for MemoryPortDecl {
+    fn default() -> Self {
+        MemoryPortDecl {
+            frame_size: default_frame_size(),
+            flows: default_flows(),
+            packets: default_packets(),
+        }
+    }
+}
+
+/// Error from [`ChainDescriptor::from_yaml`]: the first problem only, with
+/// its location when known. Use [`crate::validate`] for all of them.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DescriptorError(pub String);
+
+impl ChainDescriptor {
+    /// Parse a descriptor, stopping at the first problem. Neither NF
+    /// parameters nor cross-field rules (unique names, known types) are
+    /// checked here: [`crate::validate`] does that, and building a
+    /// [`crate::Chain`] checks parameters.
+    pub fn from_yaml(text: &str) -> Result<ChainDescriptor, DescriptorError> {
+        serde_yaml_ng::from_str(text).map_err(|e| DescriptorError(e.to_string()))
+    }
+
+    /// The descriptor as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+}
