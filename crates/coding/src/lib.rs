@@ -1,1 +1,13 @@
-//! braid-coding (being built).
+//! braid-coding: GF(2^8) arithmetic with run-time dispatched SIMD kernels,
+//! and random linear network coding (RLNC) on top of it.
+//!
+//! * [`gf256`]: the field and the bulk `dst ^= c * src` kernels.
+//! * [`header`]: the coding header carried in front of every symbol.
+//! * [`block`]: the systematic block encoder (generations of `k` symbols).
+//! * [`sliding`]: the sliding-window encoder.
+//! * [`decoder`]: progressive Gaussian elimination for both codes.
+//! * [`recoder`]: recombines coded packets without decoding.
+//!
+//! The wire format is documented in `docs/network-coding.md`.
+
+pub mod gf256;
