@@ -6,6 +6,7 @@
 //! same interface whatever carries its packets (the "virtual port" of the
 //! inter-container seed); the deployment picks the backend.
 
+pub mod af_packet;
 pub mod netns;
 
 use braid_packet::Batch;
