@@ -2,6 +2,8 @@
 //!
 //! - [`descriptor`]: the YAML chain descriptor ([`ChainDescriptor`]).
 //! - [`chain`]: the running [`Chain`] (stages, counters, monitors).
+//! - [`validate`]: every problem of a descriptor file, with line and column.
+//! - [`spans`]: where each field of a YAML document is written.
 //!
 //! A typical use:
 //!
@@ -18,6 +20,8 @@
 
 pub mod chain;
 pub mod descriptor;
+pub mod spans;
+pub mod validate;
 
 pub use chain::{Chain, ChainBuildError, ChainMonitor, ChainSnapshot, Stage, StageSnapshot};
 pub use descriptor::{

@@ -1,0 +1,539 @@
+//! Checking a chain descriptor and reporting every problem with its file,
+//! line, column and field path, and what would be accepted.
+//!
+//! The checks, in order: YAML syntax (stops there), the top-level fields,
+//! each port, each NF's own fields, cross-NF rules (unique names, known
+//! types, placement allowed for the type), then each NF's parameters by
+//! building the NF. Every NF is checked even after one fails.
+
+use braid_nf::{NfSpec, Placement, REGISTRY};
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+
+use crate::descriptor::{
+    ChainDescriptor, NfDecl, PlacementChoice, PortDecl, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
+};
+use crate::spans::{Location, Spans};
+
+/// One problem in a descriptor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file name as given by the caller.
+    pub file: String,
+    /// Where, when known.
+    pub location: Option<Location>,
+    /// Field path (`nfs[2].params.routes[0].prefix`), empty for the whole
+    /// document.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+    /// What would be accepted, when there is more to say than the message.
+    pub help: Option<String>,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:", self.file)?;
+        if let Some(l) = self.location {
+            write!(f, "{l}:")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, " {}:", self.path)?;
+        }
+        write!(f, " {}", self.message)?;
+        if let Some(h) = &self.help {
+            write!(f, "\n    accepted: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of [`validate_str`].
+#[derive(Debug)]
+pub struct Report {
+    /// The parsed descriptor when there are no problems.
+    pub descriptor: Option<ChainDescriptor>,
+    /// Every problem found, in document order.
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Error from [`load`]: the file could not be read, or it has problems.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// Read and validate a descriptor file; on success the descriptor is
+/// ready for [`crate::Chain::from_descriptor`].
+pub fn load(path: &std::path::Path) -> Result<ChainDescriptor, LoadError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| LoadError::Read { path: name.clone(), source })?;
+    let report = validate_str(&name, &text);
+    match report.descriptor {
+        Some(d) if report.problems.is_empty() => Ok(d),
+        _ => Err(LoadError::Invalid(report.problems)),
+    }
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    spans: Spans,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn at_value(&mut self, path: &str, message: impl Into<String>, help: Option<String>) {
+        let location = self.spans.value(path);
+        self.push(location, path, message.into(), help);
+    }
+
+    fn at_key(&mut self, path: &str, message: impl Into<String>, help: Option<String>) {
+        let location = self.spans.key(path);
+        self.push(location, path, message.into(), help);
+    }
+
+    fn push(
+        &mut self,
+        location: Option<Location>,
+        path: &str,
+        message: String,
+        help: Option<String>,
+    ) {
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            location,
+            path: path.to_string(),
+            message,
+            help,
+        });
+    }
+
+    /// Deserialize `value` found at `base` as `T`, reporting a failure at
+    /// the offending field. Unknown fields are located at their key.
+    fn parse<T: DeserializeOwned>(&mut self, base: &str, value: &Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let rel = e.path().to_string();
+                let mut path = match rel.as_str() {
+                    "." => base.to_string(),
+                    r if base.is_empty() => r.to_string(),
+                    r if r.starts_with('[') => format!("{base}{r}"),
+                    r => format!("{base}.{r}"),
+                };
+                let message = strip_location(&e.into_inner().to_string());
+                if let Some(field) = unknown_field_name(&message) {
+                    // Point at the key; the path may stop at the enclosing map.
+                    if !path.ends_with(&field) {
+                        path = if path.is_empty() { field } else { format!("{path}.{field}") };
+                    }
+                    self.at_key(&path, message, None);
+                } else {
+                    self.at_value(&path, message, None);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// serde_yaml_ng appends ` at line L column C` to some messages; we print
+/// the location ourselves.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// `unknown field `x`, expected ...` → `x`.
+fn unknown_field_name(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+const TOP_FIELDS: &[&str] = &["name", "batch_size", "ports", "nfs"];
+
+/// Validate descriptor `text` read from `file` (used only in messages).
+pub fn validate_str(file: &str, text: &str) -> Report {
+    let mut ck = Checker { file, spans: Spans::default(), problems: Vec::new() };
+    let root: Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let location = e.location().map(|l| Location { line: l.line(), column: l.column() });
+            ck.push(location, "", format!("YAML syntax: {}", strip_location(&e.to_string())), None);
+            return Report { descriptor: None, problems: ck.problems };
+        }
+    };
+    ck.spans = Spans::index(text);
+    let Value::Mapping(top) = &root else {
+        let what = if root.is_null() { "an empty document" } else { "not a mapping" };
+        ck.at_value(
+            "",
+            format!("a chain descriptor is a mapping with `name` and `nfs`, this is {what}"),
+            Some(format!("top-level fields: {}", TOP_FIELDS.join(", "))),
+        );
+        return Report { descriptor: None, problems: ck.problems };
+    };
+
+    for key in top.keys() {
+        let k = key.as_str().map(str::to_string).unwrap_or_else(|| format!("{key:?}"));
+        if !TOP_FIELDS.contains(&k.as_str()) {
+            ck.at_key(
+                &k,
+                format!("unknown field `{k}`"),
+                Some(format!("top-level fields: {}", TOP_FIELDS.join(", "))),
+            );
+        }
+    }
+
+    let name: Option<String> = match top.get("name") {
+        None => {
+            ck.at_value("", "missing field `name`", Some("the chain's name, a string".into()));
+            None
+        }
+        Some(v) => ck.parse("name", v),
+    };
+    if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        ck.at_value("name", "the chain name is empty", None);
+    }
+
+    let batch_size = match top.get("batch_size") {
+        None => Some(DEFAULT_BATCH_SIZE),
+        Some(v) => match ck.parse::<usize>("batch_size", v) {
+            Some(b) if (1..=MAX_BATCH_SIZE).contains(&b) => Some(b),
+            Some(b) => {
+                ck.at_value(
+                    "batch_size",
+                    format!("batch size {b} is out of range"),
+                    Some(format!("1..={MAX_BATCH_SIZE} (default {DEFAULT_BATCH_SIZE})")),
+                );
+                None
+            }
+            None => None,
+        },
+    };
+
+    let ports = check_ports(&mut ck, top.get("ports"));
+    let nfs = check_nfs(&mut ck, top.get("nfs"));
+
+    let descriptor = match (name, batch_size, ports, nfs) {
+        (Some(name), Some(batch_size), Some(ports), Some(nfs)) if ck.problems.is_empty() => {
+            Some(ChainDescriptor { name, batch_size, ports, nfs })
+        }
+        _ => None,
+    };
+    ck.problems.sort_by_key(|p| p.location);
+    Report { descriptor, problems: ck.problems }
+}
+
+fn check_ports(
+    ck: &mut Checker<'_>,
+    value: Option<&Value>,
+) -> Option<std::collections::BTreeMap<String, PortDecl>> {
+    let mut ports = std::collections::BTreeMap::new();
+    let Some(value) = value else { return Some(ports) };
+    if value.is_null() {
+        return Some(ports);
+    }
+    let Value::Mapping(map) = value else {
+        ck.at_value(
+            "ports",
+            "`ports` must be a mapping from port name to port",
+            Some("e.g. `ports: { in: { kind: pcap, path: in.pcap } }`".into()),
+        );
+        return None;
+    };
+    let mut ok = true;
+    let kinds = PortDecl::KINDS.join(", ");
+    for (key, v) in map {
+        let Some(name) = key.as_str() else {
+            ck.at_value("ports", format!("port names are strings, not {key:?}"), None);
+            ok = false;
+            continue;
+        };
+        let path = format!("ports.{name}");
+        if v.get("kind").is_none() {
+            ck.at_value(&path, "missing field `kind`", Some(format!("kind: one of {kinds}")));
+            ok = false;
+            continue;
+        }
+        match ck.parse::<PortDecl>(&path, v) {
+            Some(p) => {
+                if let PortDecl::Memory(m) = &p {
+                    if !(60..=1514).contains(&m.frame_size) {
+                        ck.at_value(
+                            &format!("{path}.frame_size"),
+                            format!("frame size {} is out of range", m.frame_size),
+                            Some("60..=1514 bytes (frames without FCS)".into()),
+                        );
+                        ok = false;
+                    }
+                    if m.flows == 0 {
+                        ck.at_value(&format!("{path}.flows"), "need at least one flow", None);
+                        ok = false;
+                    }
+                }
+                ports.insert(name.to_string(), p);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(ports)
+}
+
+/// Where an NF can be placed, given its spec.
+fn placement_allowed(choice: PlacementChoice, spec: &NfSpec) -> bool {
+    match choice {
+        PlacementChoice::Auto => true,
+        PlacementChoice::Kernel => spec.placements.contains(&Placement::Kernel),
+        PlacementChoice::User => spec.placements.contains(&Placement::User),
+    }
+}
+
+fn check_nfs(ck: &mut Checker<'_>, value: Option<&Value>) -> Option<Vec<NfDecl>> {
+    let Some(value) = value else {
+        ck.at_value(
+            "",
+            "missing field `nfs`",
+            Some("a list of NFs: `nfs: [ { name: f, type: fwd } ]`".into()),
+        );
+        return None;
+    };
+    let Value::Sequence(items) = value else {
+        ck.at_value("nfs", "`nfs` must be a list of NFs", None);
+        return None;
+    };
+    if items.is_empty() {
+        ck.at_value("nfs", "a chain needs at least one NF", None);
+        return None;
+    }
+    let known = REGISTRY.iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
+    let mut decls = Vec::with_capacity(items.len());
+    let mut ok = true;
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("nfs[{i}]");
+        let Some(decl) = ck.parse::<NfDecl>(&path, item) else {
+            ok = false;
+            continue;
+        };
+        if let Some((_, first)) = seen.iter().find(|(n, _)| *n == decl.name) {
+            ck.at_value(
+                &format!("{path}.name"),
+                format!("duplicate NF name `{}` (also nfs[{first}])", decl.name),
+                Some("names unique within the chain".into()),
+            );
+            ok = false;
+        }
+        seen.push((decl.name.clone(), i));
+        if decl.name.trim().is_empty() {
+            ck.at_value(&format!("{path}.name"), "the NF name is empty", None);
+            ok = false;
+        }
+        let Some(spec) = braid_nf::find(&decl.kind) else {
+            let hint = closest(&decl.kind, REGISTRY.iter().map(|s| s.name))
+                .map(|c| format!(" (did you mean `{c}`?)"))
+                .unwrap_or_default();
+            ck.at_value(
+                &format!("{path}.type"),
+                format!("unknown NF type `{}`{hint}", decl.kind),
+                Some(known.clone()),
+            );
+            ok = false;
+            continue;
+        };
+        if !placement_allowed(decl.placement, spec) {
+            let places: Vec<String> = spec.placements.iter().map(|p| p.to_string()).collect();
+            ck.at_value(
+                &format!("{path}.placement"),
+                format!("`{}` cannot run in {} space", spec.name, decl.placement),
+                Some(format!("auto, {}", places.join(", "))),
+            );
+            ok = false;
+        }
+        if let Err(e) = (spec.build)(&decl.params) {
+            let field = if e.field.is_empty() {
+                format!("{path}.params")
+            } else if e.field.starts_with('[') {
+                format!("{path}.params{}", e.field)
+            } else {
+                format!("{path}.params.{}", e.field)
+            };
+            let help = param_help(spec, &e.field);
+            let message = strip_location(&e.message);
+            match unknown_field_name(&message) {
+                Some(f) if !e.field.ends_with(&f) => {
+                    ck.at_key(&format!("{field}.{f}"), message, help);
+                }
+                Some(_) => ck.at_key(&field, message, help),
+                None => ck.at_value(&field, message, help),
+            }
+            ok = false;
+        }
+        decls.push(decl);
+    }
+    ok.then_some(decls)
+}
+
+/// The documentation of the parameter a field path falls under.
+fn param_help(spec: &NfSpec, field: &str) -> Option<String> {
+    let top = field.split(['.', '[']).next().unwrap_or("");
+    let doc = spec.params.iter().find(|p| p.name == top);
+    if doc.is_none() {
+        if spec.params.is_empty() {
+            return Some(format!("`{}` takes no parameters", spec.name));
+        }
+        let names: Vec<&str> = spec.params.iter().map(|p| p.name).collect();
+        return Some(format!("parameters of `{}`: {}", spec.name, names.join(", ")));
+    }
+    let doc = doc?;
+    let default = doc.default.map(|d| format!(", default {d}")).unwrap_or_default();
+    Some(format!("{}: {}{default} — {}", doc.name, doc.kind, doc.help))
+}
+
+/// The candidate nearest to `word` by edit distance, if close enough to be
+/// a likely typo.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        validate_str("t.yaml", text).problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn a_good_descriptor_parses_with_defaults() {
+        let r = validate_str(
+            "t.yaml",
+            "name: c\nports:\n  in: { kind: pcap, path: a.pcap }\n  gen: { kind: memory, flows: 4 }\nnfs:\n  - { name: f, type: fwd, placement: kernel }\n",
+        );
+        assert!(r.is_ok(), "{:?}", r.problems);
+        let d = r.descriptor.unwrap();
+        assert_eq!(d.batch_size, DEFAULT_BATCH_SIZE);
+        assert_eq!(d.nfs[0].placement, PlacementChoice::Kernel);
+        assert_eq!(d.ports["gen"].kind_name(), "memory");
+        assert_eq!(ChainDescriptor::from_yaml(&d.to_yaml()).unwrap(), d);
+    }
+
+    #[test]
+    fn syntax_errors_have_a_location() {
+        let p = problems("name: c\nnfs: [ { name: f\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("t.yaml:3:1: YAML syntax:"), "{p:?}");
+    }
+
+    #[test]
+    fn reports_every_problem_with_line_and_column() {
+        let text = "\
+name: c
+batch_size: 0
+colour: red
+ports:
+  in: { kind: tap, path: x }
+  out: { kind: pcap }
+nfs:
+  - name: a
+    type: fwdd
+  - name: a
+    type: fwd
+    placement: sideways
+  - name: b
+    type: fwd
+    params: { bogus: 1 }
+  - { name: c, type: fwd, extra: 2 }
+";
+        let p = problems(text);
+        let expect = [
+            "t.yaml:2:13: batch_size: batch size 0 is out of range",
+            "t.yaml:3:1: colour: unknown field `colour`",
+            "t.yaml:5:15: ports.in.kind: unknown variant `tap`, expected `pcap` or `memory`",
+            "t.yaml:6:8: ports.out: missing field `path`",
+            "t.yaml:9:11: nfs[0].type: unknown NF type `fwdd` (did you mean `fwd`?)",
+            "t.yaml:12:16: nfs[1].placement: unknown variant `sideways`, expected one of `auto`, `kernel`, `user`",
+            "t.yaml:15:15: nfs[2].params.bogus: unknown field `bogus`",
+            "t.yaml:16:27: nfs[3].extra: unknown field `extra`",
+        ];
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+        for (got, want) in p.iter().zip(expect) {
+            assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+        }
+        assert!(p[4].contains("accepted: fwd"), "{}", p[4]);
+        assert!(p[6].contains("takes no parameters"), "{}", p[6]);
+    }
+
+    #[test]
+    fn duplicate_names_and_missing_fields() {
+        let p = problems("name: c\nnfs:\n  - { name: a, type: fwd }\n  - { name: a, type: fwd }\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("t.yaml:4:13: nfs[1].name: duplicate NF name `a` (also nfs[0])"));
+        let p = problems("nfs: []\n");
+        assert!(p.iter().any(|m| m.contains("missing field `name`")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("at least one NF")), "{p:?}");
+        let p = problems("name: c\n");
+        assert!(p[0].contains("missing field `nfs`"), "{p:?}");
+        let p = problems("");
+        assert!(p[0].contains("empty document"), "{p:?}");
+        let p = problems("- 1\n");
+        assert!(p[0].contains("not a mapping"), "{p:?}");
+    }
+
+    #[test]
+    fn memory_port_ranges() {
+        let p = problems(
+            "name: c\nports:\n  g: { kind: memory, frame_size: 20, flows: 0 }\nnfs: [ { name: f, type: fwd } ]\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("ports.g.frame_size: frame size 20 is out of range"), "{p:?}");
+        assert!(p[1].contains("ports.g.flows: need at least one flow"), "{p:?}");
+    }
+
+    #[test]
+    fn load_reports_unreadable_files() {
+        let e = load(std::path::Path::new("/nonexistent/x.yaml")).unwrap_err();
+        assert!(e.to_string().starts_with("cannot read /nonexistent/x.yaml"), "{e}");
+    }
+
+    #[test]
+    fn edit_distance() {
+        assert_eq!(levenshtein("rooter", "router"), 1);
+        assert_eq!(closest("rooter", ["router", "nat"].into_iter()), Some("router"));
+        assert_eq!(closest("zzzzzz", ["router", "nat"].into_iter()), None);
+    }
+}
