@@ -10,4 +10,9 @@
 //!
 //! The wire format is documented in `docs/network-coding.md`.
 
+pub mod block;
+pub mod decoder;
 pub mod gf256;
+pub mod header;
+pub mod recoder;
+pub mod sliding;
