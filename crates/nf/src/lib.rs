@@ -13,8 +13,11 @@ pub mod counters;
 pub mod params;
 pub mod registry;
 
+pub mod conntrack;
 pub mod fwd;
+pub mod lpm;
 pub mod maglev;
+pub mod router;
 
 use braid_packet::Batch;
 pub use counters::{Counters, DropReason};

@@ -26,7 +26,7 @@ impl std::fmt::Debug for NfSpec {
 }
 
 /// Every NF kind, in the order `braid nfs` lists them.
-pub static REGISTRY: &[&NfSpec] = &[&crate::fwd::SPEC];
+pub static REGISTRY: &[&NfSpec] = &[&crate::fwd::SPEC, &crate::router::SPEC];
 
 /// Look up an NF kind by name.
 pub fn find(name: &str) -> Option<&'static NfSpec> {

@@ -1,0 +1,811 @@
+//! Connection tracking shared by `firewall` and `nat`, plus the IPv4 header
+//! parsing and checksum arithmetic that they and `router` run per packet.
+//!
+//! * [`parse_frame`]: one bounds-checked pass over Ethernet (up to two VLAN
+//!   tags), IPv4 and the first bytes of TCP/UDP/ICMP, giving offsets and the
+//!   fields a stateful NF keys on. Every later access in the NFs stays within
+//!   the lengths checked here, so malformed frames cannot panic them.
+//! * [`FlowKey`] and [`FlowHasher`]: an exact-match 5-tuple key and a fast
+//!   hasher for it.
+//! * [`ConnTable`]: a slab of connections, each reachable by its original
+//!   and its reply key (like Linux conntrack's two tuple hashes), with idle
+//!   timeouts checked lazily on lookup and swept incrementally, and whole
+//!   export/import as plain records.
+//! * [`StateClock`]: NF-local time that continues across an export/import,
+//!   so idle ages survive migration between hosts whose monotonic clocks
+//!   differ.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use crate::DropReason;
+
+/// Ethernet header length without VLAN tags.
+pub const ETH_HLEN: usize = 14;
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+const ETHERTYPE_QINQ: u16 = 0x88a8;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// What follows the IPv4 header, as far as the stateful NFs care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP with its ports and flags byte.
+    Tcp { src_port: u16, dst_port: u16, flags: u8 },
+    /// UDP with its ports.
+    Udp { src_port: u16, dst_port: u16 },
+    /// ICMP echo request (type 8) or reply (type 0) with its identifier.
+    IcmpEcho { msg_type: u8, ident: u16 },
+    /// Any other ICMP message (errors, timestamps, ...).
+    IcmpOther { msg_type: u8 },
+    /// A non-first fragment: no transport header in this packet.
+    Fragment,
+    /// Another IP protocol.
+    Other,
+}
+
+/// Offsets and fields of a parsed IPv4 frame. All offsets are within the
+/// frame and `l3 + total_len <= frame.len()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Info {
+    /// Offset of the IPv4 header.
+    pub l3: usize,
+    /// IPv4 header length in bytes (20..=60).
+    pub ihl: usize,
+    /// IPv4 total length.
+    pub total_len: usize,
+    pub proto: u8,
+    pub ttl: u8,
+    pub src: u32,
+    pub dst: u32,
+    /// Fragment offset is zero (this packet carries the transport header, if
+    /// any).
+    pub first_fragment: bool,
+    pub l4: L4,
+}
+
+impl Ipv4Info {
+    /// Offset of the transport header.
+    #[inline]
+    pub fn l4_offset(&self) -> usize {
+        self.l3 + self.ihl
+    }
+
+    /// The 5-tuple key of this packet, if its protocol has one the stateful
+    /// NFs track (TCP, UDP, ICMP echo). ICMP echo uses the identifier as both
+    /// ports so the reply's key is the reverse of the request's.
+    #[inline]
+    pub fn flow_key(&self) -> Option<FlowKey> {
+        let (src_port, dst_port) = match self.l4 {
+            L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => {
+                (src_port, dst_port)
+            }
+            L4::IcmpEcho { ident, .. } => (ident, ident),
+            _ => return None,
+        };
+        Some(FlowKey { src: self.src, dst: self.dst, src_port, dst_port, proto: self.proto })
+    }
+}
+
+/// A frame as seen by an IPv4 NF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Ipv4(Ipv4Info),
+    /// ARP (needed for IPv4 to work at all).
+    Arp,
+    /// Any other ethertype (or more than two VLAN tags).
+    Other,
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Parse Ethernet, up to two VLAN tags, IPv4 and the transport header's
+/// first bytes. `Err(Malformed)` when a header is truncated or inconsistent
+/// (bad version, header length, total length beyond the frame, transport
+/// header shorter than its minimum).
+#[inline]
+pub fn parse_frame(frame: &[u8]) -> Result<Frame, DropReason> {
+    if frame.len() < ETH_HLEN {
+        return Err(DropReason::Malformed);
+    }
+    let mut ethertype = be16(frame, 12);
+    let mut l3 = ETH_HLEN;
+    let mut tags = 0;
+    while ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
+        if tags == 2 {
+            return Ok(Frame::Other);
+        }
+        if frame.len() < l3 + 4 {
+            return Err(DropReason::Malformed);
+        }
+        ethertype = be16(frame, l3 + 2);
+        l3 += 4;
+        tags += 1;
+    }
+    match ethertype {
+        ETHERTYPE_IPV4 => parse_ipv4(frame, l3).map(Frame::Ipv4),
+        ETHERTYPE_ARP => Ok(Frame::Arp),
+        _ => Ok(Frame::Other),
+    }
+}
+
+#[inline]
+fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Info, DropReason> {
+    if frame.len() < l3 + 20 {
+        return Err(DropReason::Malformed);
+    }
+    let vihl = frame[l3];
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    let total_len = be16(frame, l3 + 2) as usize;
+    if vihl >> 4 != 4 || ihl < 20 || total_len < ihl || l3 + total_len > frame.len() {
+        return Err(DropReason::Malformed);
+    }
+    let frag = be16(frame, l3 + 6);
+    let first_fragment = frag & 0x1fff == 0;
+    let proto = frame[l3 + 9];
+    let l4_off = l3 + ihl;
+    let l4_len = total_len - ihl;
+    let l4 = if !first_fragment {
+        L4::Fragment
+    } else {
+        match proto {
+            PROTO_TCP => {
+                if l4_len < 20 {
+                    return Err(DropReason::Malformed);
+                }
+                let doff = ((frame[l4_off + 12] >> 4) as usize) * 4;
+                if doff < 20 || doff > l4_len {
+                    return Err(DropReason::Malformed);
+                }
+                L4::Tcp {
+                    src_port: be16(frame, l4_off),
+                    dst_port: be16(frame, l4_off + 2),
+                    flags: frame[l4_off + 13],
+                }
+            }
+            PROTO_UDP => {
+                if l4_len < 8 {
+                    return Err(DropReason::Malformed);
+                }
+                L4::Udp { src_port: be16(frame, l4_off), dst_port: be16(frame, l4_off + 2) }
+            }
+            PROTO_ICMP => {
+                if l4_len < 8 {
+                    return Err(DropReason::Malformed);
+                }
+                let msg_type = frame[l4_off];
+                if msg_type == ICMP_ECHO_REQUEST || msg_type == ICMP_ECHO_REPLY {
+                    L4::IcmpEcho { msg_type, ident: be16(frame, l4_off + 4) }
+                } else {
+                    L4::IcmpOther { msg_type }
+                }
+            }
+            _ => L4::Other,
+        }
+    };
+    Ok(Ipv4Info {
+        l3,
+        ihl,
+        total_len,
+        proto,
+        ttl: frame[l3 + 8],
+        src: be32(frame, l3 + 12),
+        dst: be32(frame, l3 + 16),
+        first_fragment,
+        l4,
+    })
+}
+
+/// Internet checksum of `data` (RFC 1071), folded and complemented.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [last] = chunks.remainder() {
+        sum += (*last as u32) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Incremental checksum update when a 16-bit word changes from `old` to
+/// `new` (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
+#[inline]
+pub fn csum_update16(ck: u16, old: u16, new: u16) -> u16 {
+    let mut sum = (!ck as u32) + (!old as u32) + new as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Incremental checksum update when a 32-bit field (an address) changes.
+#[inline]
+pub fn csum_update32(ck: u16, old: u32, new: u32) -> u16 {
+    let mut sum = (!ck as u32)
+        + (!(old >> 16) as u16) as u32
+        + (!(old as u16)) as u32
+        + (new >> 16)
+        + (new & 0xffff);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// An exact-match IPv4 5-tuple. Addresses are host-order `u32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+}
+
+impl FlowKey {
+    /// The key of the reply direction.
+    #[inline]
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            proto: self.proto,
+        }
+    }
+}
+
+impl Hash for FlowKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Two words instead of five field writes: the hasher mixes per word.
+        state.write_u64(((self.src as u64) << 32) | self.dst as u64);
+        state.write_u64(
+            ((self.src_port as u64) << 24) | ((self.dst_port as u64) << 8) | self.proto as u64,
+        );
+    }
+}
+
+/// A fast non-cryptographic hasher for [`FlowKey`]: multiply-rotate per
+/// word and a murmur3 finalizer so both the low bits (bucket index) and the
+/// high bits (SwissTable tag) are well mixed. Flow keys come from the
+/// network, so a table can be flooded with colliding keys by someone who
+/// knows the constants; a per-instance random seed would be the next step if
+/// that matters for a deployment.
+#[derive(Default, Clone, Copy)]
+pub struct FlowHasher(u64);
+
+impl Hasher for FlowHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x
+    }
+}
+
+/// `BuildHasher` for maps keyed by [`FlowKey`].
+pub type FlowBuildHasher = BuildHasherDefault<FlowHasher>;
+
+/// Idle timeouts in nanoseconds, per kind of connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeoutsNs {
+    /// TCP after both directions were seen and before FIN/RST.
+    pub tcp_established: u64,
+    /// TCP before the reply direction was seen, or after FIN/RST.
+    pub tcp_transitory: u64,
+    pub udp: u64,
+    pub icmp: u64,
+    /// Any other protocol (firewall only).
+    pub other: u64,
+}
+
+/// Seconds to nanoseconds, saturating.
+pub fn secs_to_ns(s: u64) -> u64 {
+    s.saturating_mul(1_000_000_000)
+}
+
+/// Connection flags.
+const SEEN_REPLY: u8 = 1;
+const CLOSING: u8 = 2;
+
+/// One tracked connection: its original-direction key, its reply-direction
+/// key, when it was last seen and a little TCP state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Conn {
+    /// Key of packets in the direction that created the connection.
+    pub orig: FlowKey,
+    /// Key of packets in the reply direction (for NAT: as they arrive from
+    /// outside, i.e. addressed to the translated source).
+    pub reply: FlowKey,
+    /// NF-local time ([`StateClock`]) of the last packet, either direction.
+    pub last_seen: u64,
+    /// `SEEN_REPLY` and `CLOSING` bits.
+    pub flags: u8,
+}
+
+impl Conn {
+    /// The idle timeout that applies to this connection now.
+    #[inline]
+    pub fn timeout(&self, t: &TimeoutsNs) -> u64 {
+        match self.orig.proto {
+            PROTO_TCP => {
+                if self.flags & CLOSING != 0 || self.flags & SEEN_REPLY == 0 {
+                    t.tcp_transitory
+                } else {
+                    t.tcp_established
+                }
+            }
+            PROTO_UDP => t.udp,
+            PROTO_ICMP => t.icmp,
+            _ => t.other,
+        }
+    }
+
+    #[inline]
+    fn expired(&self, now: u64, t: &TimeoutsNs) -> bool {
+        now.wrapping_sub(self.last_seen) > self.timeout(t)
+    }
+
+    /// Record a packet in direction `reply` (false: original) with TCP
+    /// `tcp_flags` (0 for other protocols).
+    #[inline]
+    pub fn touch(&mut self, now: u64, reply: bool, tcp_flags: u8) {
+        self.last_seen = now;
+        if reply {
+            self.flags |= SEEN_REPLY;
+        }
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            self.flags |= CLOSING;
+        }
+    }
+
+    /// True once a packet was seen in the reply direction.
+    pub fn seen_reply(&self) -> bool {
+        self.flags & SEEN_REPLY != 0
+    }
+}
+
+/// Result of [`ConnTable::lookup`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// A live connection: its slot and whether the key was its reply key.
+    Hit {
+        slot: u32,
+        reply: bool,
+    },
+    /// The key belonged to a connection that had idled out; it was removed
+    /// and is returned so the caller can release what it held (a NAT port).
+    Expired(Conn),
+    Miss,
+}
+
+/// Why [`ConnTable::insert`] refused a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// The table holds `max` connections.
+    Full,
+    /// One of the two keys already belongs to another connection.
+    KeyInUse,
+}
+
+/// A table of connections: a slab indexed by slot, and one hash map from
+/// both keys of every connection to `slot << 1 | is_reply`.
+#[derive(Debug)]
+pub struct ConnTable {
+    slots: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    map: HashMap<FlowKey, u32, FlowBuildHasher>,
+    live: usize,
+    max: usize,
+    sweep_cursor: usize,
+}
+
+impl ConnTable {
+    /// An empty table for at most `max` connections.
+    pub fn new(max: usize) -> ConnTable {
+        let prealloc = max.min(1 << 16);
+        ConnTable {
+            slots: Vec::with_capacity(prealloc),
+            free: Vec::new(),
+            map: HashMap::with_capacity_and_hasher(2 * prealloc, FlowBuildHasher::default()),
+            live: 0,
+            max,
+            sweep_cursor: 0,
+        }
+    }
+
+    /// Number of live (not yet removed) connections.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Capacity limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Find the connection `key` belongs to, removing it if it idled out.
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, now: u64, t: &TimeoutsNs) -> Lookup {
+        let Some(&v) = self.map.get(key) else { return Lookup::Miss };
+        let slot = v >> 1;
+        match &self.slots[slot as usize] {
+            Some(c) if c.expired(now, t) => Lookup::Expired(self.remove(slot)),
+            Some(_) => Lookup::Hit { slot, reply: v & 1 == 1 },
+            // The map only points at occupied slots; treat a stale pointer
+            // as a miss rather than trusting it.
+            None => Lookup::Miss,
+        }
+    }
+
+    /// The connection in `slot` (from a [`Lookup::Hit`]).
+    #[inline]
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut Conn> {
+        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    /// Track a new connection with keys `orig` and `reply`, seen at `now`.
+    pub fn insert(&mut self, orig: FlowKey, reply: FlowKey, now: u64) -> Result<u32, InsertError> {
+        if self.live >= self.max {
+            return Err(InsertError::Full);
+        }
+        if orig == reply || self.map.contains_key(&orig) || self.map.contains_key(&reply) {
+            return Err(InsertError::KeyInUse);
+        }
+        let conn = Conn { orig, reply, last_seen: now, flags: 0 };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(conn);
+                s
+            }
+            None => {
+                self.slots.push(Some(conn));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.map.insert(orig, slot << 1);
+        self.map.insert(reply, (slot << 1) | 1);
+        self.live += 1;
+        Ok(slot)
+    }
+
+    /// Remove the connection in `slot` and return it.
+    fn remove(&mut self, slot: u32) -> Conn {
+        let conn = self.slots[slot as usize].take().expect("remove is only called on live slots");
+        self.map.remove(&conn.orig);
+        self.map.remove(&conn.reply);
+        self.free.push(slot);
+        self.live -= 1;
+        conn
+    }
+
+    /// Check up to `budget` slots for idle connections, continuing where the
+    /// previous sweep stopped; each removed connection goes to `on_expired`.
+    /// Returns how many were removed.
+    pub fn sweep(
+        &mut self,
+        now: u64,
+        t: &TimeoutsNs,
+        budget: usize,
+        mut on_expired: impl FnMut(Conn),
+    ) -> usize {
+        let n = self.slots.len();
+        if n == 0 {
+            return 0;
+        }
+        let mut removed = 0;
+        for _ in 0..budget.min(n) {
+            if self.sweep_cursor >= n {
+                self.sweep_cursor = 0;
+            }
+            let slot = self.sweep_cursor as u32;
+            self.sweep_cursor += 1;
+            if matches!(&self.slots[slot as usize], Some(c) if c.expired(now, t)) {
+                on_expired(self.remove(slot));
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// All live connections, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &Conn> {
+        self.slots.iter().flatten()
+    }
+
+    /// A table holding exactly `conns`, or an error naming the first
+    /// inconsistent one (duplicate key, more than `max`).
+    pub fn from_conns(conns: &[Conn], max: usize) -> Result<ConnTable, String> {
+        let mut t = ConnTable::new(max);
+        for (i, c) in conns.iter().enumerate() {
+            let slot = t
+                .insert(c.orig, c.reply, c.last_seen)
+                .map_err(|e| format!("connection {i} ({:?}): {e:?}", c.orig))?;
+            if let Some(x) = t.get_mut(slot) {
+                x.flags = c.flags & (SEEN_REPLY | CLOSING);
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// NF-local monotonic time. It is the runtime's clock plus an offset that
+/// is fixed when a state snapshot is imported, so that the importing NF's
+/// clock continues from the exporter's and idle ages carry over.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StateClock {
+    offset: u64,
+    /// Exporter's time to continue from, applied at the next `now`.
+    pending: Option<u64>,
+    last: u64,
+}
+
+impl StateClock {
+    /// NF-local time for runtime time `runtime_ns`.
+    #[inline]
+    pub fn now(&mut self, runtime_ns: u64) -> u64 {
+        if let Some(t) = self.pending.take() {
+            self.offset = t.wrapping_sub(runtime_ns);
+        }
+        let n = runtime_ns.wrapping_add(self.offset);
+        // Never step backwards, whatever the runtime clock does.
+        if n.wrapping_sub(self.last) as i64 >= 0 {
+            self.last = n;
+        }
+        self.last
+    }
+
+    /// The latest NF-local time, to put in a snapshot.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Continue from `exported` (a snapshot's time) at the next `now`.
+    pub fn resume_from(&mut self, exported: u64) {
+        self.pending = Some(exported);
+        self.last = exported;
+    }
+}
+
+/// Parse an IPv4 CIDR `a.b.c.d/len` (a bare address is a /32) into
+/// (network, prefix length). Host bits must be zero.
+pub fn parse_cidr(s: &str) -> Result<(u32, u8), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => {
+            let len: u8 = l
+                .trim()
+                .parse()
+                .ok()
+                .filter(|l| *l <= 32)
+                .ok_or_else(|| format!("`{s}`: prefix length must be 0..=32"))?;
+            (a, len)
+        }
+        None => (s, 32),
+    };
+    let ip: std::net::Ipv4Addr =
+        addr.trim().parse().map_err(|_| format!("`{s}`: not an IPv4 address or CIDR"))?;
+    let ip = u32::from(ip);
+    let mask = prefix_mask(len);
+    if ip & !mask != 0 {
+        return Err(format!(
+            "`{s}` has host bits set; the network is {}/{len}",
+            std::net::Ipv4Addr::from(ip & mask)
+        ));
+    }
+    Ok((ip, len))
+}
+
+/// Netmask of a prefix length (0..=32).
+#[inline]
+pub fn prefix_mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len.min(32))
+    }
+}
+
+/// Parse a port range `lo-hi` or a single port `p` (also accepted as a YAML
+/// integer by the callers) into an inclusive range.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let parse = |x: &str| -> Result<u16, String> {
+        x.trim().parse::<u16>().map_err(|_| format!("`{s}`: ports are 0..=65535"))
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => {
+            let p = parse(s)?;
+            (p, p)
+        }
+    };
+    if lo > hi {
+        return Err(format!("`{s}`: range start is above its end"));
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(n: u32) -> FlowKey {
+        FlowKey { src: n, dst: 0x0a00_0001, src_port: n as u16, dst_port: 80, proto: PROTO_UDP }
+    }
+
+    const T: TimeoutsNs =
+        TimeoutsNs { tcp_established: 100, tcp_transitory: 10, udp: 30, icmp: 20, other: 40 };
+
+    #[test]
+    fn both_keys_find_the_connection_until_it_idles_out() {
+        let mut t = ConnTable::new(10);
+        let k = key(1);
+        let s = t.insert(k, k.reversed(), 0).unwrap();
+        assert_eq!(t.lookup(&k, 5, &T), Lookup::Hit { slot: s, reply: false });
+        assert_eq!(t.lookup(&k.reversed(), 30, &T), Lookup::Hit { slot: s, reply: true });
+        assert!(matches!(t.lookup(&k, 31, &T), Lookup::Expired(c) if c.orig == k));
+        assert_eq!(t.lookup(&k.reversed(), 31, &T), Lookup::Miss);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn full_table_and_duplicate_keys_are_refused() {
+        let mut t = ConnTable::new(2);
+        t.insert(key(1), key(1).reversed(), 0).unwrap();
+        assert_eq!(t.insert(key(1).reversed(), key(9), 0), Err(InsertError::KeyInUse));
+        t.insert(key(2), key(2).reversed(), 0).unwrap();
+        assert_eq!(t.insert(key(3), key(3).reversed(), 0), Err(InsertError::Full));
+    }
+
+    #[test]
+    fn tcp_timeouts_follow_the_handshake_and_close() {
+        let k = FlowKey { proto: PROTO_TCP, ..key(1) };
+        let mut c = Conn { orig: k, reply: k.reversed(), last_seen: 0, flags: 0 };
+        assert_eq!(c.timeout(&T), 10);
+        c.touch(1, true, TCP_SYN | TCP_ACK);
+        assert_eq!(c.timeout(&T), 100);
+        c.touch(2, false, TCP_FIN | TCP_ACK);
+        assert_eq!(c.timeout(&T), 10);
+    }
+
+    #[test]
+    fn sweep_removes_idle_connections_incrementally() {
+        let mut t = ConnTable::new(100);
+        for i in 0..50 {
+            t.insert(key(i), key(i).reversed(), if i % 2 == 0 { 0 } else { 100 }).unwrap();
+        }
+        let mut gone = Vec::new();
+        assert_eq!(t.sweep(110, &T, 20, |c| gone.push(c.orig.src)), 10);
+        assert_eq!(t.sweep(110, &T, 100, |c| gone.push(c.orig.src)), 15);
+        assert_eq!(t.len(), 25);
+        gone.sort();
+        assert_eq!(gone, (0..50).step_by(2).collect::<Vec<_>>());
+        // Freed slots are reused.
+        t.insert(key(1000), key(1000).reversed(), 110).unwrap();
+        assert_eq!(t.iter().count(), 26);
+        assert!(t.slots.len() == 50);
+    }
+
+    #[test]
+    fn clock_continues_from_an_import() {
+        let mut c = StateClock::default();
+        assert_eq!(c.now(1_000), 1_000);
+        let mut d = StateClock::default();
+        d.resume_from(c.last());
+        assert_eq!(d.now(7), 1_000);
+        assert_eq!(d.now(17), 1_010);
+        // A runtime clock going backwards does not move NF time back.
+        assert_eq!(d.now(8), 1_010);
+    }
+
+    #[test]
+    fn cidrs_and_port_ranges() {
+        assert_eq!(parse_cidr("10.0.0.0/8"), Ok((0x0a00_0000, 8)));
+        assert_eq!(parse_cidr("1.2.3.4"), Ok((0x0102_0304, 32)));
+        assert_eq!(parse_cidr("0.0.0.0/0"), Ok((0, 0)));
+        assert!(parse_cidr("10.0.0.1/8").unwrap_err().contains("host bits"));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("10.0.0/8").is_err());
+        assert_eq!(parse_port_range("1000-2000"), Ok((1000, 2000)));
+        assert_eq!(parse_port_range("80"), Ok((80, 80)));
+        assert!(parse_port_range("2-1").is_err());
+        assert!(parse_port_range("70000").is_err());
+    }
+
+    #[test]
+    fn parses_vlan_tagged_udp() {
+        let mut f = vec![0u8; 14 + 4 + 20 + 8];
+        f[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+        f[16..18].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip = 18;
+        f[ip] = 0x45;
+        f[ip + 2..ip + 4].copy_from_slice(&28u16.to_be_bytes());
+        f[ip + 8] = 64;
+        f[ip + 9] = PROTO_UDP;
+        f[ip + 12..ip + 16].copy_from_slice(&[10, 0, 0, 1]);
+        f[ip + 16..ip + 20].copy_from_slice(&[10, 0, 0, 2]);
+        f[ip + 20..ip + 22].copy_from_slice(&1234u16.to_be_bytes());
+        f[ip + 22..ip + 24].copy_from_slice(&80u16.to_be_bytes());
+        let Ok(Frame::Ipv4(info)) = parse_frame(&f) else { panic!("not parsed") };
+        assert_eq!(info.l3, 18);
+        assert_eq!(info.l4, L4::Udp { src_port: 1234, dst_port: 80 });
+        assert_eq!(info.flow_key().unwrap().reversed().src, 0x0a00_0002);
+        // Truncating anywhere inside the headers is malformed, not a panic.
+        for n in 0..f.len() {
+            assert!(parse_frame(&f[..n]).is_err(), "len {n}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let _ = parse_frame(&bytes);
+        }
+
+        #[test]
+        fn incremental_checksum_equals_full_recompute(
+            mut data in proptest::collection::vec(any::<u8>(), 8..64),
+            at in 0usize..3,
+            new in any::<u32>(),
+        ) {
+            let at = at * 2;
+            let before = checksum(&data);
+            let old = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+            data[at..at + 4].copy_from_slice(&new.to_be_bytes());
+            let after = checksum(&data);
+            let inc = csum_update32(before, old, new);
+            // One's complement has two zeros; both encodings verify.
+            prop_assert!(inc == after || (inc ^ after) == 0xffff && (inc == 0 || after == 0),
+                "{inc:#x} vs {after:#x}");
+            let old16 = u16::from_be_bytes([data[at], data[at + 1]]);
+            let before = checksum(&data);
+            data[at..at + 2].copy_from_slice(&(new as u16 ^ 0x5a5a).to_be_bytes());
+            let inc = csum_update16(before, old16, new as u16 ^ 0x5a5a);
+            let after = checksum(&data);
+            prop_assert!(inc == after || (inc ^ after) == 0xffff && (inc == 0 || after == 0));
+        }
+    }
+}

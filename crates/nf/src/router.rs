@@ -1,0 +1,417 @@
+//! `router`: IPv4 forwarding with longest-prefix match.
+//!
+//! Per packet: parse Ethernet (up to two VLAN tags, kept as they are) and
+//! IPv4, verify the header checksum, look the destination up in a DIR-24-8
+//! table ([`crate::lpm`]), decrement the TTL with an incremental checksum
+//! update (RFC 1624), rewrite the MACs (destination: the route's next hop,
+//! source: the router's own) and set `meta.out_port` to the route's port.
+//!
+//! A packet whose TTL would reach zero is dropped (`ttl_exceeded`) and
+//! answered with an ICMP time-exceeded (type 11, code 0) carrying the
+//! original IP header and 8 bytes of payload, appended to the batch
+//! (`packets_created`). No ICMP error is sent about an ICMP error, a
+//! non-first fragment, or a packet from 0.0.0.0 or a multicast/broadcast
+//! source (RFC 1812 4.3.2.7).
+//!
+//! The router drops what it cannot route: non-IPv4 frames (ARP included:
+//! next-hop MACs are static) count as `unsupported`, bad headers as
+//! `malformed`, unrouted destinations as `no_route`.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use braid_packet::{Batch, Packet};
+
+use crate::conntrack::{checksum, csum_update16, parse_cidr, parse_frame, Frame, Ipv4Info, L4};
+use crate::lpm::Dir24_8;
+use crate::params::{ConfigError, ParamDoc};
+use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, Placement};
+
+pub static SPEC: NfSpec = NfSpec {
+    name: "router",
+    class: NfClass::Basic,
+    placements: &[Placement::User],
+    stateful: false,
+    summary: "IPv4 router: longest-prefix match (DIR-24-8), TTL, ICMP time exceeded, MAC rewrite",
+    params: &[
+        ParamDoc {
+            name: "routes",
+            kind: "list of {prefix: CIDR, next_hop_mac: MAC, port: u16 (default 0)}",
+            default: None,
+            help: "routing table; the longest matching prefix wins; port goes to meta.out_port",
+        },
+        ParamDoc {
+            name: "mac",
+            kind: "MAC aa:bb:cc:dd:ee:ff",
+            default: None,
+            help: "the router's own MAC, source of every forwarded frame",
+        },
+        ParamDoc {
+            name: "ip",
+            kind: "IPv4 address",
+            default: None,
+            help: "source address of the ICMP errors the router sends",
+        },
+    ],
+    build: |p| Ok(Box::new(Router::from_config(&crate::params::parse::<Config>(p)?)?)),
+};
+
+/// Router parameters.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub routes: Vec<RouteConfig>,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+}
+
+/// One route.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub next_hop_mac: String,
+    #[serde(default)]
+    pub port: u16,
+}
+
+/// Parse a MAC address `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in mac.iter_mut() {
+        let part = parts.next().filter(|p| p.len() == 2);
+        *byte = part
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| format!("`{s}` is not a MAC address like 02:00:00:00:00:01"))?;
+    }
+    if parts.next().is_some() {
+        return Err(format!("`{s}` is not a MAC address like 02:00:00:00:00:01"));
+    }
+    Ok(mac)
+}
+
+/// Where a route sends packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct NextHop {
+    mac: [u8; 6],
+    port: u16,
+}
+
+/// The router.
+pub struct Router {
+    lpm: Dir24_8,
+    hops: Vec<NextHop>,
+    mac: [u8; 6],
+    ip: u32,
+    /// ICMP errors built during one batch, appended after it (kept to reuse
+    /// the allocation).
+    created: Vec<Packet>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("next_hops", &self.hops.len()).finish()
+    }
+}
+
+impl Router {
+    /// Build a router, validating every route (errors name `routes[i].field`).
+    pub fn from_config(cfg: &Config) -> Result<Router, ConfigError> {
+        let mac = parse_mac(&cfg.mac).map_err(|e| ConfigError::new("mac", e))?;
+        let mut hops: Vec<NextHop> = Vec::new();
+        let mut hop_index: HashMap<NextHop, usize> = HashMap::new();
+        let mut seen: HashMap<(u32, u8), usize> = HashMap::new();
+        let mut table = Vec::with_capacity(cfg.routes.len());
+        for (i, r) in cfg.routes.iter().enumerate() {
+            let (net, len) = parse_cidr(&r.prefix)
+                .map_err(|e| ConfigError::new(format!("routes[{i}].prefix"), e))?;
+            if let Some(j) = seen.insert((net, len), i) {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].prefix"),
+                    format!("`{}` is already routed by routes[{j}]", r.prefix),
+                ));
+            }
+            let hop = NextHop {
+                mac: parse_mac(&r.next_hop_mac)
+                    .map_err(|e| ConfigError::new(format!("routes[{i}].next_hop_mac"), e))?,
+                port: r.port,
+            };
+            let idx = *hop_index.entry(hop).or_insert_with(|| {
+                hops.push(hop);
+                hops.len() - 1
+            });
+            table.push((net, len, idx));
+        }
+        let lpm = Dir24_8::build(&table).map_err(|e| {
+            let field = match &e {
+                crate::lpm::LpmError::BadLength { index, .. }
+                | crate::lpm::LpmError::TooManyNextHops { index, .. }
+                | crate::lpm::LpmError::TooManyLongPrefixes { index } => {
+                    format!("routes[{index}]")
+                }
+            };
+            ConfigError::new(field, e.to_string())
+        })?;
+        Ok(Router { lpm, hops, mac, ip: u32::from(cfg.ip), created: Vec::new() })
+    }
+
+    /// Forward one packet in place, or say why it is dropped (after queueing
+    /// an ICMP error if one is due).
+    #[inline]
+    fn forward(&mut self, p: &mut Packet) -> Result<(), DropReason> {
+        let info = match parse_frame(p.data())? {
+            Frame::Ipv4(i) => i,
+            Frame::Arp | Frame::Other => return Err(DropReason::Unsupported),
+        };
+        let l3 = info.l3;
+        if checksum(&p.data()[l3..l3 + info.ihl]) != 0 {
+            return Err(DropReason::Malformed);
+        }
+        if info.ttl <= 1 {
+            if let Some(icmp) = self.time_exceeded(p, &info) {
+                self.created.push(icmp);
+            }
+            return Err(DropReason::TtlExceeded);
+        }
+        let hop = self.lpm.lookup(info.dst).ok_or(DropReason::NoRoute)?;
+        let hop = self.hops[hop];
+        let d = p.data_mut();
+        d[0..6].copy_from_slice(&hop.mac);
+        d[6..12].copy_from_slice(&self.mac);
+        let old = u16::from_be_bytes([d[l3 + 8], d[l3 + 9]]);
+        let new = old - 0x0100;
+        d[l3 + 8] -= 1;
+        let ck = u16::from_be_bytes([d[l3 + 10], d[l3 + 11]]);
+        d[l3 + 10..l3 + 12].copy_from_slice(&csum_update16(ck, old, new).to_be_bytes());
+        p.meta.out_port = hop.port;
+        Ok(())
+    }
+
+    /// The ICMP time-exceeded message answering `orig`, if one is due.
+    fn time_exceeded(&self, orig: &Packet, info: &Ipv4Info) -> Option<Packet> {
+        let is_icmp_error = matches!(info.l4, L4::IcmpOther { msg_type } if matches!(msg_type, 3 | 4 | 5 | 11 | 12));
+        let bad_source = info.src == 0 || info.src >= 0xe000_0000;
+        if !info.first_fragment || is_icmp_error || bad_source {
+            return None;
+        }
+        let o = orig.data();
+        let quoted = info.total_len.min(info.ihl + 8);
+        let l3 = info.l3;
+        let ip_len = 20 + 8 + quoted;
+        let mut p = Packet::new();
+        let f = p.push_back(l3 + ip_len).ok()?;
+        // L2: back towards the source. Keep the VLAN tags it came with.
+        f[..l3].copy_from_slice(&o[..l3]);
+        let (dst_mac, port) = match self.lpm.lookup(info.src) {
+            Some(h) => (self.hops[h].mac, self.hops[h].port),
+            // No route back: the neighbour that sent it is the best guess.
+            None => (o[6..12].try_into().expect("6 bytes"), orig.meta.in_port),
+        };
+        f[0..6].copy_from_slice(&dst_mac);
+        f[6..12].copy_from_slice(&self.mac);
+        let ip = &mut f[l3..];
+        ip[0] = 0x45;
+        ip[1] = 0xc0; // DSCP CS6: network control
+        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+        ip[4..10].copy_from_slice(&[0, 0, 0, 0, 64, 1]);
+        ip[10..12].copy_from_slice(&[0, 0]);
+        ip[12..16].copy_from_slice(&self.ip.to_be_bytes());
+        ip[16..20].copy_from_slice(&info.src.to_be_bytes());
+        let ck = checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        let icmp = &mut ip[20..];
+        icmp[..8].copy_from_slice(&[11, 0, 0, 0, 0, 0, 0, 0]);
+        icmp[8..].copy_from_slice(&o[l3..l3 + quoted]);
+        let ck = checksum(icmp);
+        icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+        p.meta.out_port = port;
+        p.meta.rx_ns = orig.meta.rx_ns;
+        Some(p)
+    }
+}
+
+impl NetworkFunction for Router {
+    fn spec(&self) -> &'static NfSpec {
+        &SPEC
+    }
+
+    fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
+        batch.retain_mut(|p| match self.forward(p) {
+            Ok(()) => true,
+            Err(reason) => {
+                cx.drop_packet(reason);
+                false
+            }
+        });
+        for p in self.created.drain(..) {
+            cx.counters.packets_created += 1;
+            batch.push(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Counters, Params};
+    use proptest::prelude::*;
+
+    const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+
+    fn router() -> Router {
+        let p: Params = serde_yaml_ng::from_str(
+            "mac: 02:00:00:00:00:fe\nip: 192.0.2.1\nroutes:\n\
+             - {prefix: 10.0.0.0/8, next_hop_mac: '02:00:00:00:00:01', port: 1}\n\
+             - {prefix: 10.1.2.0/24, next_hop_mac: '02:00:00:00:00:02', port: 2}\n\
+             - {prefix: 10.1.2.128/25, next_hop_mac: '02:00:00:00:00:03', port: 3}\n\
+             - {prefix: 172.16.0.0/12, next_hop_mac: '02:00:00:00:00:04'}\n",
+        )
+        .unwrap();
+        Router::from_config(&crate::params::parse(&p).unwrap()).unwrap()
+    }
+
+    /// A UDP frame 172.16.0.9:1000 -> dst:53 with `ttl`, checksums correct.
+    fn udp(dst: [u8; 4], ttl: u8, payload: usize) -> Vec<u8> {
+        let ip_len = 20 + 8 + payload;
+        let mut f = vec![0u8; 14 + ip_len];
+        f[0..6].copy_from_slice(&ROUTER_MAC);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
+        f[12..14].copy_from_slice(&[8, 0]);
+        let ip = &mut f[14..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+        ip[8] = ttl;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[172, 16, 0, 9]);
+        ip[16..20].copy_from_slice(&dst);
+        let ck = checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        ip[20..22].copy_from_slice(&1000u16.to_be_bytes());
+        ip[22..24].copy_from_slice(&53u16.to_be_bytes());
+        ip[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        for (i, b) in ip[28..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        f
+    }
+
+    fn run(nf: &mut Router, frames: &[Vec<u8>]) -> (Vec<Packet>, Counters) {
+        let mut b: Batch = frames.iter().map(|f| Packet::from_bytes(f)).collect();
+        let mut c = Counters::default();
+        nf.process(&mut b, &mut Context::new(1, &mut c));
+        (b.into_iter().collect(), c)
+    }
+
+    #[test]
+    fn forwards_by_longest_prefix_with_ttl_and_checksum() {
+        let mut r = router();
+        for (dst, hop, port) in [
+            ([10, 9, 9, 9], 1u8, 1u16),
+            ([10, 1, 2, 3], 2, 2),
+            ([10, 1, 2, 200], 3, 3),
+            ([172, 31, 255, 255], 4, 0),
+        ] {
+            let (out, c) = run(&mut r, &[udp(dst, 64, 10)]);
+            assert_eq!(out.len(), 1, "{dst:?}");
+            assert_eq!(c.dropped_total(), 0);
+            let f = out[0].data();
+            assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, hop]);
+            assert_eq!(&f[6..12], &ROUTER_MAC);
+            assert_eq!(f[14 + 8], 63);
+            assert_eq!(checksum(&f[14..34]), 0, "IP checksum after TTL decrement");
+            assert_eq!(out[0].meta.out_port, port);
+            // Everything after the TTL/checksum is untouched.
+            assert_eq!(&f[34..], &udp(dst, 64, 10)[34..]);
+        }
+    }
+
+    #[test]
+    fn ttl_one_is_answered_with_time_exceeded() {
+        let mut r = router();
+        let orig = udp([10, 1, 2, 3], 1, 40);
+        let (out, c) = run(&mut r, std::slice::from_ref(&orig));
+        assert_eq!(c.dropped(DropReason::TtlExceeded), 1);
+        assert_eq!(c.packets_created, 1);
+        assert_eq!(out.len(), 1);
+        let f = out[0].data();
+        // Back to the source's next hop (172.16/12 route), from the router.
+        assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 4]);
+        assert_eq!(&f[6..12], &ROUTER_MAC);
+        let ip = &f[14..];
+        assert_eq!(f.len(), 14 + 20 + 8 + 28);
+        assert_eq!(checksum(&ip[..20]), 0);
+        assert_eq!(ip[9], 1);
+        assert_eq!(&ip[12..16], &[192, 0, 2, 1]);
+        assert_eq!(&ip[16..20], &[172, 16, 0, 9]);
+        assert_eq!(checksum(&ip[20..]), 0, "ICMP checksum");
+        assert_eq!((ip[20], ip[21]), (11, 0));
+        assert_eq!(&ip[28..], &orig[14..14 + 28], "original header + 8 bytes");
+        // TTL 0 too; but not about an ICMP error.
+        let (out, _) = run(&mut r, &[udp([10, 1, 2, 3], 0, 0)]);
+        assert_eq!(out.len(), 1);
+        let mut err = f.to_vec();
+        err[14 + 8] = 1;
+        err[24..26].copy_from_slice(&[0, 0]);
+        let ck = checksum(&err[14..34]);
+        err[24..26].copy_from_slice(&ck.to_be_bytes());
+        let (out, c) = run(&mut r, &[err]);
+        assert!(out.is_empty());
+        assert_eq!((c.dropped(DropReason::TtlExceeded), c.packets_created), (1, 0));
+    }
+
+    #[test]
+    fn drops_what_it_cannot_route() {
+        let mut r = router();
+        let mut arp = udp([10, 1, 2, 3], 64, 0);
+        arp[12..14].copy_from_slice(&[8, 6]);
+        let mut bad_ck = udp([10, 1, 2, 3], 64, 0);
+        bad_ck[24] ^= 1;
+        let (out, c) = run(
+            &mut r,
+            &[udp([192, 168, 0, 1], 64, 0), arp, bad_ck, vec![1, 2, 3], udp([10, 0, 0, 1], 64, 0)],
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(c.dropped(DropReason::NoRoute), 1);
+        assert_eq!(c.dropped(DropReason::Unsupported), 1);
+        assert_eq!(c.dropped(DropReason::Malformed), 2);
+    }
+
+    #[test]
+    fn config_errors_name_the_route() {
+        let bad = [
+            ("routes[1].prefix", "- {prefix: 10.0.0.0/8, next_hop_mac: '02:00:00:00:00:01'}\n- {prefix: 10.0.0.1/8, next_hop_mac: '02:00:00:00:00:01'}"),
+            ("routes[1].prefix", "- {prefix: 10.0.0.0/8, next_hop_mac: '02:00:00:00:00:01'}\n- {prefix: 10.0.0.0/8, next_hop_mac: '02:00:00:00:00:02'}"),
+            ("routes[0].next_hop_mac", "- {prefix: 10.0.0.0/8, next_hop_mac: '02:00:00:00:01'}"),
+            ("routes[0].prefix", "- {prefix: 10.0.0.0/40, next_hop_mac: '02:00:00:00:00:01'}"),
+        ];
+        for (field, routes) in bad {
+            let y = format!("mac: 02:00:00:00:00:fe\nip: 192.0.2.1\nroutes:\n{routes}\n");
+            let p: Params = serde_yaml_ng::from_str(&y).unwrap();
+            let e = (SPEC.build)(&p).err().unwrap();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let p: Params =
+            serde_yaml_ng::from_str("mac: 02:00:00:00:00:fe\nip: x\nroutes: []").unwrap();
+        assert_eq!((SPEC.build)(&p).err().unwrap().field, "ip");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn never_panics_on_garbage(frames in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..100), 1..8),
+            flip in any::<(usize, u8)>())
+        {
+            // Also valid frames with one byte changed.
+            let mut frames = frames;
+            let mut f = udp([10, 1, 2, 3], (flip.1 % 3) + 1, 20);
+            let at = flip.0 % f.len();
+            f[at] ^= flip.1;
+            frames.push(f);
+            let mut r = router();
+            let (out, c) = run(&mut r, &frames);
+            prop_assert!(out.len() as u64 + c.dropped_total() >= frames.len() as u64);
+        }
+    }
+}
