@@ -8,9 +8,11 @@
 //! * [`Batch`]: an ordered vector of packets; the unit that moves between NFs,
 //!   threads and processes.
 //! * [`wire`]: zero-copy typed views over header bytes, checksums.
+//! * [`flow`]: the IPv4 5-tuple of a frame and a fast flow hash.
 
 pub mod batch;
 pub mod buffer;
+pub mod flow;
 pub mod wire;
 
 pub use batch::{Batch, DEFAULT_BATCH_SIZE};

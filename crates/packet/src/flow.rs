@@ -1,0 +1,310 @@
+//! IPv4 flow identification: the 5-tuple of a frame and a fast hash of it.
+
+use crate::wire::icmpv4::msg_type;
+use crate::wire::{
+    ethertype, ip_proto, l3, Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket, WireError,
+};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::net::Ipv4Addr;
+
+/// The 5-tuple of an IPv4 flow.
+///
+/// For ICMP echo request/reply both ports hold the echo identifier (so a
+/// ping and its reply map to reversed tuples of one flow, as NAT and
+/// conntrack treat them). For non-first fragments and protocols without
+/// ports both ports are 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FiveTuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl FiveTuple {
+    /// The tuple of the reply direction (addresses and ports swapped).
+    #[inline]
+    pub fn reversed(&self) -> FiveTuple {
+        FiveTuple {
+            src: self.dst,
+            dst: self.src,
+            proto: self.proto,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
+    }
+
+    /// A fast, well-mixed 64-bit hash (two multiplications and a murmur3
+    /// finalizer; every input bit affects every output bit). Not keyed, so
+    /// not resistant to chosen-flow flooding; use the low 32 bits where a
+    /// 32-bit hash is wanted.
+    ///
+    /// Note: `FiveTuple` also implements [`std::hash::Hash`] by feeding
+    /// this value to the hasher; with [`FlowHasher`] a `HashMap` uses it
+    /// directly. Call the trait method as `Hash::hash(&t, &mut state)`.
+    #[inline]
+    pub fn hash(&self) -> u64 {
+        let a = ((u32::from(self.src) as u64) << 32) | u32::from(self.dst) as u64;
+        let b = ((self.src_port as u64) << 32) | ((self.dst_port as u64) << 16) | self.proto as u64;
+        fmix64(
+            a.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
+                ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
+        )
+    }
+
+    /// The same hash for both directions of a flow (`t.symmetric_hash() ==
+    /// t.reversed().symmetric_hash()`), for sharding both directions of a
+    /// connection to one worker.
+    #[inline]
+    pub fn symmetric_hash(&self) -> u64 {
+        let r = self.reversed();
+        if (self.src, self.src_port) <= (r.src, r.src_port) {
+            self.hash()
+        } else {
+            r.hash()
+        }
+    }
+}
+
+/// Murmur3's 64-bit finalizer: full avalanche.
+#[inline(always)]
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^= k >> 33;
+    k
+}
+
+impl Hash for FiveTuple {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(FiveTuple::hash(self));
+    }
+}
+
+impl fmt::Display for FiveTuple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = match self.proto {
+            ip_proto::TCP => "tcp".to_string(),
+            ip_proto::UDP => "udp".to_string(),
+            ip_proto::ICMP => "icmp".to_string(),
+            n => format!("proto {n}"),
+        };
+        write!(f, "{p} {}:{} -> {}:{}", self.src, self.src_port, self.dst, self.dst_port)
+    }
+}
+
+/// A [`Hasher`] for keys whose `Hash` impl writes one already-mixed `u64`
+/// (like [`FiveTuple`]): it passes that value through. Other writes are
+/// mixed with FNV-1a so it stays correct (if slower) for any key.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlowHasher(u64);
+
+impl Hasher for FlowHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0 ^ 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = if self.0 == 0 { v } else { fmix64(self.0 ^ v) };
+    }
+}
+
+/// `BuildHasher` for `HashMap<FiveTuple, V, FlowBuildHasher>`.
+pub type FlowBuildHasher = BuildHasherDefault<FlowHasher>;
+
+/// A hash map keyed by flow using [`FiveTuple::hash`].
+pub type FlowMap<V> = std::collections::HashMap<FiveTuple, V, FlowBuildHasher>;
+
+/// The flow of an IPv4 frame and where its headers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Flow {
+    pub tuple: FiveTuple,
+    /// Offset of the IPv4 header in the frame.
+    pub l3_offset: usize,
+    /// Offset of the layer-4 header (after IPv4 options) in the frame.
+    pub l4_offset: usize,
+    /// VLAN ID of the outer tag, if any.
+    pub vlan: Option<u16>,
+    /// True if the packet is an IPv4 fragment (first or not).
+    pub fragment: bool,
+}
+
+/// Parses the Ethernet/[VLAN]/IPv4/L4 headers of `frame` into a flow.
+///
+/// Handles 0–2 VLAN tags, IPv4 options, fragments (non-first fragments
+/// get ports 0 since they carry no L4 header), ICMP echo (identifier in
+/// both ports) and other protocols (ports 0). Errors: a non-IPv4 frame is
+/// [`WireError::Unsupported`]; short or inconsistent headers are
+/// `Truncated`/`Malformed`, including a TCP/UDP/ICMP header that does
+/// not fit in a first fragment.
+pub fn parse_ipv4_flow(frame: &[u8]) -> Result<Ipv4Flow, WireError> {
+    let info = l3(frame)?;
+    if info.ethertype != ethertype::IPV4 {
+        return Err(WireError::Unsupported);
+    }
+    let ip = Ipv4Packet::new_checked(&frame[info.offset..])?;
+    let l4_offset = info.offset + ip.header_len();
+    let proto = ip.protocol();
+    let fragment = ip.is_fragment();
+    let (src_port, dst_port) = if ip.frag_offset() != 0 {
+        (0, 0)
+    } else {
+        let l4 = ip.payload();
+        match proto {
+            ip_proto::UDP => {
+                let u = UdpPacket::new_checked(l4)?;
+                (u.src_port(), u.dst_port())
+            }
+            ip_proto::TCP => {
+                let t = TcpPacket::new_checked(l4)?;
+                (t.src_port(), t.dst_port())
+            }
+            ip_proto::ICMP => {
+                let i = Icmpv4Packet::new_checked(l4)?;
+                match i.msg_type() {
+                    msg_type::ECHO_REQUEST | msg_type::ECHO_REPLY => {
+                        (i.echo_ident(), i.echo_ident())
+                    }
+                    _ => (0, 0),
+                }
+            }
+            _ => (0, 0),
+        }
+    };
+    Ok(Ipv4Flow {
+        tuple: FiveTuple { src: ip.src_addr(), dst: ip.dst_addr(), proto, src_port, dst_port },
+        l3_offset: info.offset,
+        l4_offset,
+        vlan: info.vlan,
+        fragment,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::build::FrameSpec;
+    use crate::wire::tcp_flags;
+
+    const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    #[test]
+    fn udp_tcp_icmp_flows() {
+        let f = parse_ipv4_flow(&FrameSpec::udp((A, 1000), (B, 53), 10).build()).unwrap();
+        assert_eq!(f.tuple, FiveTuple { src: A, dst: B, proto: 17, src_port: 1000, dst_port: 53 });
+        assert_eq!((f.l3_offset, f.l4_offset, f.vlan, f.fragment), (14, 34, None, false));
+
+        let f = parse_ipv4_flow(&FrameSpec::tcp((A, 1), (B, 80), tcp_flags::SYN).build()).unwrap();
+        assert_eq!((f.tuple.proto, f.tuple.src_port, f.tuple.dst_port), (6, 1, 80));
+
+        let f = parse_ipv4_flow(&FrameSpec::icmp_echo(A, B, 77, 3).build()).unwrap();
+        assert_eq!((f.tuple.proto, f.tuple.src_port, f.tuple.dst_port), (1, 77, 77));
+    }
+
+    #[test]
+    fn vlan_options_fragments_other() {
+        let mut s = FrameSpec::udp((A, 1), (B, 2), 0);
+        s.vlan = Some(42);
+        s.ip_options = vec![1, 1, 1, 1, 1, 1, 1, 0];
+        let f = parse_ipv4_flow(&s.build()).unwrap();
+        assert_eq!((f.l3_offset, f.l4_offset, f.vlan), (18, 18 + 28, Some(42)));
+        assert_eq!((f.tuple.src_port, f.tuple.dst_port), (1, 2));
+
+        // Non-first fragment: the bytes after the IP header are not a UDP
+        // header, so ports are 0.
+        let mut frame = FrameSpec::udp((A, 1), (B, 2), 16).build();
+        frame[14 + 6] = 0x00;
+        frame[14 + 7] = 0x02; // offset 16 bytes
+        let f = parse_ipv4_flow(&frame).unwrap();
+        assert_eq!((f.tuple.src_port, f.tuple.dst_port, f.fragment), (0, 0, true));
+
+        // First fragment (MF set) still has ports.
+        let mut frame = FrameSpec::udp((A, 1), (B, 2), 16).build();
+        frame[14 + 6] = 0x20;
+        let f = parse_ipv4_flow(&frame).unwrap();
+        assert_eq!((f.tuple.src_port, f.fragment), (1, true));
+
+        let mut frame = FrameSpec::udp((A, 1), (B, 2), 16).build();
+        frame[14 + 9] = 47; // GRE
+        let f = parse_ipv4_flow(&frame).unwrap();
+        assert_eq!((f.tuple.proto, f.tuple.src_port, f.tuple.dst_port), (47, 0, 0));
+    }
+
+    #[test]
+    fn errors() {
+        let frame = FrameSpec::udp((A, 1), (B, 2), 0).build();
+        assert_eq!(parse_ipv4_flow(&frame[..40]), Err(WireError::Truncated));
+        let mut arp = frame.clone();
+        arp[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
+        assert_eq!(parse_ipv4_flow(&arp), Err(WireError::Unsupported));
+        // Non-echo ICMP has ports 0.
+        let mut icmp = FrameSpec::icmp_echo(A, B, 5, 5).build();
+        icmp[34] = 3;
+        assert_eq!(parse_ipv4_flow(&icmp).unwrap().tuple.src_port, 0);
+    }
+
+    #[test]
+    fn hash_properties() {
+        let t = FiveTuple { src: A, dst: B, proto: 17, src_port: 1000, dst_port: 53 };
+        assert_ne!(t.hash(), t.reversed().hash());
+        assert_eq!(t.symmetric_hash(), t.reversed().symmetric_hash());
+        assert_eq!(t.reversed().reversed(), t);
+        // Every single-bit change of the key flips about half of the hash
+        // bits (avalanche); check the mean over all 104 key bits.
+        let mut flipped = 0u32;
+        let mut n = 0u32;
+        for bit in 0..32 {
+            for which in 0..2 {
+                let mut u = t;
+                if which == 0 {
+                    u.src = Ipv4Addr::from(u32::from(u.src) ^ (1 << bit));
+                } else {
+                    u.dst = Ipv4Addr::from(u32::from(u.dst) ^ (1 << bit));
+                }
+                flipped += (t.hash() ^ u.hash()).count_ones();
+                n += 1;
+            }
+        }
+        for bit in 0..16 {
+            let mut u = t;
+            u.src_port ^= 1 << bit;
+            flipped += (t.hash() ^ u.hash()).count_ones();
+            let mut v = t;
+            v.dst_port ^= 1 << bit;
+            flipped += (t.hash() ^ v.hash()).count_ones();
+            n += 2;
+        }
+        for bit in 0..8 {
+            let mut u = t;
+            u.proto ^= 1 << bit;
+            flipped += (t.hash() ^ u.hash()).count_ones();
+            n += 1;
+        }
+        let mean = flipped as f64 / n as f64;
+        assert!((28.0..36.0).contains(&mean), "mean flipped bits {mean}");
+
+        let mut m: FlowMap<u32> = FlowMap::default();
+        m.insert(t, 1);
+        m.insert(t.reversed(), 2);
+        assert_eq!(m[&t], 1);
+        assert_eq!(m[&t.reversed()], 2);
+        assert_eq!(t.to_string(), "udp 10.0.0.1:1000 -> 10.0.0.2:53");
+    }
+}

@@ -1,0 +1,238 @@
+//! The Internet checksum (RFC 1071) and incremental updates (RFC 1624).
+//!
+//! A checksum is computed in three steps: [`sum`] the covered bytes (and,
+//! for UDP/TCP/ICMPv6, a pseudo header from [`pseudo_header_v4`] or
+//! [`pseudo_header_v6`]), add the partial sums as `u32`, [`fold`] to 16 bits
+//! and complement. [`checksum`] does it for one slice.
+//!
+//! When a NF rewrites a 16- or 32-bit field it adjusts the existing
+//! checksum with [`update16`] / [`update32`] instead of summing the whole
+//! packet again.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// The ones' complement sum of `data` read as big-endian 16-bit words (an
+/// odd trailing byte is padded with a zero), not yet complemented.
+///
+/// The result is at most `0xFFFF` (already carried), so many partial sums
+/// can be added in a `u32` before [`fold`]ing. It is 0 only when every byte
+/// of `data` is 0.
+///
+/// Reads 16 bytes per step into four `u64` accumulators; the sum is taken
+/// in native byte order and swapped at the end, which RFC 1071 §2(B) shows
+/// is equivalent.
+#[inline]
+pub fn sum(data: &[u8]) -> u32 {
+    let mut acc = [0u64; 4];
+    let mut chunks = data.chunks_exact(16);
+    for c in &mut chunks {
+        // Each addend is < 2^32, so a u64 accumulator cannot overflow for
+        // any slice shorter than 2^32 * 16 bytes.
+        acc[0] += u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as u64;
+        acc[1] += u32::from_ne_bytes([c[4], c[5], c[6], c[7]]) as u64;
+        acc[2] += u32::from_ne_bytes([c[8], c[9], c[10], c[11]]) as u64;
+        acc[3] += u32::from_ne_bytes([c[12], c[13], c[14], c[15]]) as u64;
+    }
+    let rest = chunks.remainder();
+    let mut words = rest.chunks_exact(2);
+    for w in &mut words {
+        acc[0] += u16::from_ne_bytes([w[0], w[1]]) as u64;
+    }
+    if let [last] = words.remainder() {
+        // The odd byte sits at an even offset: it is the high byte of a
+        // big-endian word whose low byte is zero.
+        acc[1] += u16::from_ne_bytes([*last, 0]) as u64;
+    }
+    let native = fold64(
+        fold64(acc[0]) as u64
+            + fold64(acc[1]) as u64
+            + fold64(acc[2]) as u64
+            + fold64(acc[3]) as u64,
+    );
+    u16::from_be(native) as u32
+}
+
+/// Folds a u64 ones'-complement sum down to 16 bits (end-around carry).
+#[inline(always)]
+fn fold64(mut s: u64) -> u16 {
+    s = (s & 0xFFFF_FFFF) + (s >> 32);
+    s = (s & 0xFFFF_FFFF) + (s >> 32);
+    s = (s & 0xFFFF) + (s >> 16);
+    s = (s & 0xFFFF) + (s >> 16);
+    s = (s & 0xFFFF) + (s >> 16);
+    s as u16
+}
+
+/// Folds a 32-bit ones'-complement sum to 16 bits (end-around carry), not
+/// complemented.
+#[inline(always)]
+pub fn fold(s: u32) -> u16 {
+    fold64(s as u64)
+}
+
+/// The Internet checksum of `data`: `!fold(sum(data))`.
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum(data))
+}
+
+/// Partial sum of the IPv4 pseudo header (RFC 768 / RFC 793): source,
+/// destination, protocol and the layer-4 length (header + payload).
+///
+/// Result is below 2^19, so it can be added to a few [`sum`]s in a `u32`.
+#[inline]
+pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
+    let s = u32::from(src);
+    let d = u32::from(dst);
+    // A layer-4 length never exceeds 16 bits over IPv4; masking keeps a
+    // bogus caller value from overflowing (result is still a valid sum).
+    (s >> 16) + (s & 0xFFFF) + (d >> 16) + (d & 0xFFFF) + proto as u32 + (len as u32 & 0xFFFF)
+}
+
+/// Partial sum of the IPv6 pseudo header (RFC 8200 §8.1), already carried
+/// to at most `0xFFFF`.
+#[inline]
+pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, len: usize) -> u32 {
+    let len = len as u64 & 0xFFFF_FFFF;
+    let s = sum(&src.octets()) + sum(&dst.octets());
+    fold64(s as u64 + (len >> 16) + (len & 0xFFFF) + next_header as u64) as u32
+}
+
+/// Adds partial sums with end-around carry; result at most `0xFFFF`.
+#[inline]
+pub fn add(a: u32, b: u32) -> u32 {
+    fold64(a as u64 + b as u64) as u32
+}
+
+/// RFC 1624 eqn. 3: the checksum after one 16-bit word covered by checksum
+/// `ck` changed from `old` to `new`: `HC' = ~(~HC + ~m + m')`.
+///
+/// Equals the full recomputation whenever the covered data, before and
+/// after the change, is not entirely zero (an all-zero block sums to +0,
+/// which ones' complement arithmetic cannot tell apart from -0; no real
+/// IPv4/UDP/TCP header is all zero).
+///
+/// For a UDP-over-IPv4 checksum, a stored 0 means "no checksum": leave it
+/// alone, and store a computed 0 as `0xFFFF` (see [`update16_udp`]).
+#[inline]
+pub fn update16(ck: u16, old: u16, new: u16) -> u16 {
+    let s = (!ck) as u64 + (!old) as u64 + new as u64;
+    !fold64(s)
+}
+
+/// [`update16`] for a 32-bit field (an IPv4 address, a TCP sequence
+/// number), as two 16-bit words.
+#[inline]
+pub fn update32(ck: u16, old: u32, new: u32) -> u16 {
+    let s = (!ck) as u64
+        + (!(old >> 16) & 0xFFFF) as u64
+        + (!old & 0xFFFF) as u64
+        + (new >> 16) as u64
+        + (new & 0xFFFF) as u64;
+    !fold64(s)
+}
+
+/// [`update16`] with the UDP-over-IPv4 rules: a 0 checksum ("none") stays
+/// 0, and a result of 0 is sent as `0xFFFF`.
+#[inline]
+pub fn update16_udp(ck: u16, old: u16, new: u16) -> u16 {
+    if ck == 0 {
+        return 0;
+    }
+    match update16(ck, old, new) {
+        0 => 0xFFFF,
+        c => c,
+    }
+}
+
+/// [`update32`] with the UDP-over-IPv4 rules of [`update16_udp`].
+#[inline]
+pub fn update32_udp(ck: u16, old: u32, new: u32) -> u16 {
+    if ck == 0 {
+        return 0;
+    }
+    match update32(ck, old, new) {
+        0 => 0xFFFF,
+        c => c,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte-at-a-time reference implementation.
+    fn naive(data: &[u8]) -> u32 {
+        let mut s: u64 = 0;
+        for (i, b) in data.iter().enumerate() {
+            s += if i % 2 == 0 { (*b as u64) << 8 } else { *b as u64 };
+        }
+        while s > 0xFFFF {
+            s = (s & 0xFFFF) + (s >> 16);
+        }
+        s as u32
+    }
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 §3: words 0001 f203 f4f5 f6f7 sum to ddf2 (after carry).
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(sum(&data), 0xddf2);
+        assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    #[test]
+    fn known_ipv4_header() {
+        // Wikipedia's IPv4 header checksum example: checksum b861.
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(checksum(&h), 0xb861);
+        h[10] = 0xb8;
+        h[11] = 0x61;
+        assert_eq!(fold(sum(&h)), 0xFFFF);
+    }
+
+    #[test]
+    fn matches_naive_for_all_lengths_and_alignments() {
+        let data: Vec<u8> = (0..600u32).map(|i| (i.wrapping_mul(167) ^ (i >> 3)) as u8).collect();
+        for start in 0..4 {
+            for len in 0..(data.len() - start) {
+                let s = &data[start..start + len];
+                assert_eq!(sum(s), naive(s), "start {start} len {len}");
+            }
+        }
+        let ff = vec![0xFFu8; 4099];
+        assert_eq!(sum(&ff), naive(&ff));
+        assert_eq!(sum(&[]), 0);
+    }
+
+    #[test]
+    fn rfc1624_example() {
+        // RFC 1624 §4: HC = 0xDD2F, m = 0x5555 -> m' = 0x3285 gives 0x0000
+        // by eqn 3 (eqn 2 would give the wrong 0xFFFF).
+        assert_eq!(update16(0xDD2F, 0x5555, 0x3285), 0x0000);
+    }
+
+    #[test]
+    fn udp_update_rules() {
+        assert_eq!(update16_udp(0, 1, 2), 0);
+        assert_eq!(update16_udp(0xDD2F, 0x5555, 0x3285), 0xFFFF);
+        assert_eq!(update32_udp(0, 1, 2), 0);
+    }
+
+    #[test]
+    fn pseudo_headers() {
+        let v4 =
+            pseudo_header_v4(Ipv4Addr::new(192, 168, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 17, 28);
+        assert_eq!(v4, 0xc0a8 + 0x0001 + 0x0a00 + 0x0002 + 17 + 28);
+        let a: Ipv6Addr = "fe80::1".parse().unwrap();
+        let b: Ipv6Addr = "ff02::2".parse().unwrap();
+        let v6 = pseudo_header_v6(a, b, 58, 16);
+        assert_eq!(
+            v6,
+            naive(&[&a.octets()[..], &b.octets(), &[0, 0, 0, 16, 0, 0, 0, 58]].concat())
+        );
+    }
+}
