@@ -13,7 +13,9 @@ pub mod counters;
 pub mod params;
 pub mod registry;
 
+pub mod classifier;
 pub mod conntrack;
+pub mod firewall;
 pub mod fwd;
 pub mod lpm;
 pub mod maglev;

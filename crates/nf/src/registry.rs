@@ -26,7 +26,8 @@ impl std::fmt::Debug for NfSpec {
 }
 
 /// Every NF kind, in the order `braid nfs` lists them.
-pub static REGISTRY: &[&NfSpec] = &[&crate::fwd::SPEC, &crate::router::SPEC];
+pub static REGISTRY: &[&NfSpec] =
+    &[&crate::fwd::SPEC, &crate::router::SPEC, &crate::firewall::SPEC];
 
 /// Look up an NF kind by name.
 pub fn find(name: &str) -> Option<&'static NfSpec> {
