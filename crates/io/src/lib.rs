@@ -8,6 +8,7 @@
 
 pub mod af_packet;
 pub mod netns;
+pub mod xdp;
 
 use braid_packet::Batch;
 

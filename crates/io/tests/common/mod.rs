@@ -126,37 +126,52 @@ impl Topology {
     /// have the server echo them; returns the payloads the client got back
     /// (in arrival order).
     pub fn udp_echo(&self, count: usize, size: usize) -> Vec<Vec<u8>> {
+        self.udp_echo_full(count, size, 0).1
+    }
+
+    /// Like [`Topology::udp_echo`] to server port `port` (0 = any free
+    /// port); returns what the server received and what the client got
+    /// back.
+    pub fn udp_echo_full(
+        &self,
+        count: usize,
+        size: usize,
+        port: u16,
+    ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         let server_ip = self.server_ip.clone();
-        let server_sock =
-            self.server.enter(move || UdpSocket::bind(format!("{server_ip}:0")).unwrap()).unwrap();
+        let server_sock = self
+            .server
+            .enter(move || UdpSocket::bind(format!("{server_ip}:{port}")).unwrap())
+            .unwrap();
         let server_addr: SocketAddr = server_sock.local_addr().unwrap();
         let client_ip = self.client_ip.clone();
         let client_sock =
             self.client.enter(move || UdpSocket::bind(format!("{client_ip}:0")).unwrap()).unwrap();
-        server_sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        server_sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         client_sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let echo = std::thread::spawn(move || {
+            let mut seen = Vec::new();
             let mut buf = [0u8; 2048];
             while !stop2.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = server_sock.recv_from(&mut buf) {
+                    seen.push(buf[..n].to_vec());
                     let _ = server_sock.send_to(&buf[..n], from);
                 }
             }
+            seen
         });
         let mut got = Vec::new();
         let mut buf = [0u8; 2048];
         for i in 0..count {
-            let payload: Vec<u8> = (0..size).map(|k| (k as u8) ^ (i as u8)).collect();
-            client_sock.send_to(&payload, server_addr).unwrap();
+            client_sock.send_to(&expected_payload(i, size), server_addr).unwrap();
             if let Ok(n) = client_sock.recv(&mut buf) {
                 got.push(buf[..n].to_vec());
             }
         }
         stop.store(true, Ordering::Relaxed);
-        echo.join().unwrap();
-        got
+        (echo.join().unwrap(), got)
     }
 }
 

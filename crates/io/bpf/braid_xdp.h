@@ -1,0 +1,153 @@
+/* Shared pieces of braid's XDP programs: counters, the forwarding tail
+ * (devmap redirect with optional MAC rewrite) and header parsing.
+ *
+ * Every program object defines the same three maps so one Rust loader
+ * drives them all:
+ *   counters   per-CPU array of u64, indexed by enum braid_counter
+ *   tx_ports   devmap (hash) ingress ifindex -> egress ifindex
+ *   mac_rules  hash ingress ifindex -> struct braid_mac_rule
+ * A frame whose ingress interface has no tx_ports entry goes to the
+ * kernel stack (XDP_PASS), so an unconfigured program is harmless.
+ */
+#ifndef BRAID_XDP_H
+#define BRAID_XDP_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+/* Keep in sync with `Counter` in crates/io/src/xdp.rs. */
+enum braid_counter {
+	BRAID_RX_PACKETS = 0,
+	BRAID_RX_BYTES = 1,
+	BRAID_PASS = 2,
+	BRAID_DROP = 3,
+	BRAID_REDIRECT = 4,
+	BRAID_MATCHED = 5,   /* program specific: rule hit, payload rewritten */
+	BRAID_MALFORMED = 6, /* headers too short or inconsistent */
+	BRAID_COUNTERS = 8,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BRAID_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, struct bpf_devmap_val);
+} tx_ports SEC(".maps");
+
+struct braid_mac_rule {
+	__u8 dst[ETH_ALEN];
+	__u8 src[ETH_ALEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, struct braid_mac_rule);
+} mac_rules SEC(".maps");
+
+static __always_inline void braid_count(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += n;
+}
+
+static __always_inline void braid_count_rx(struct xdp_md *ctx)
+{
+	braid_count(BRAID_RX_PACKETS, 1);
+	braid_count(BRAID_RX_BYTES, (__u64)(ctx->data_end - ctx->data));
+}
+
+static __always_inline int braid_drop(__u32 why)
+{
+	braid_count(why, 1);
+	if (why != BRAID_DROP)
+		braid_count(BRAID_DROP, 1);
+	return XDP_DROP;
+}
+
+/* Send the frame on: rewrite the MACs if a rule exists for the ingress
+ * interface, then redirect through tx_ports (XDP_PASS if no entry). */
+static __always_inline int braid_forward(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 in = ctx->ingress_ifindex;
+	struct braid_mac_rule *rule = bpf_map_lookup_elem(&mac_rules, &in);
+
+	if (rule) {
+		struct ethhdr *eth = data;
+		if ((void *)(eth + 1) > data_end)
+			return braid_drop(BRAID_MALFORMED);
+		__builtin_memcpy(eth->h_dest, rule->dst, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, rule->src, ETH_ALEN);
+	}
+	long rc = bpf_redirect_map(&tx_ports, in, XDP_PASS);
+	braid_count(rc == XDP_REDIRECT ? BRAID_REDIRECT : BRAID_PASS, 1);
+	return (int)rc;
+}
+
+struct vlan_hdr_braid {
+	__be16 tci;
+	__be16 inner_proto;
+};
+
+/* Find the IPv4 header after Ethernet and up to two VLAN tags. Returns
+ * NULL if the frame is not IPv4 or too short; *malformed tells which. */
+static __always_inline struct iphdr *braid_ipv4(void *data, void *data_end, int *malformed)
+{
+	struct ethhdr *eth = data;
+	*malformed = 0;
+	if ((void *)(eth + 1) > data_end) {
+		*malformed = 1;
+		return NULL;
+	}
+	__u16 proto = eth->h_proto;
+	void *cur = eth + 1;
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		struct vlan_hdr_braid *v = cur;
+		if ((void *)(v + 1) > data_end) {
+			*malformed = 1;
+			return NULL;
+		}
+		proto = v->inner_proto;
+		cur = v + 1;
+	}
+	if (proto != bpf_htons(ETH_P_IP))
+		return NULL;
+	struct iphdr *ip = cur;
+	if ((void *)(ip + 1) > data_end || ip->ihl < 5 || ip->version != 4) {
+		*malformed = 1;
+		return NULL;
+	}
+	if ((void *)ip + ip->ihl * 4 > data_end) {
+		*malformed = 1;
+		return NULL;
+	}
+	return ip;
+}
+
+/* True for a fragment that is not the first one (no L4 header). */
+static __always_inline int braid_later_fragment(struct iphdr *ip)
+{
+	return (ip->frag_off & bpf_htons(0x1fff)) != 0;
+}
+
+#endif

@@ -1,0 +1,23 @@
+/* braid XDP fwd: redirect every frame to the egress interface configured
+ * for its ingress interface (tx_ports devmap), rewriting the Ethernet
+ * addresses when mac_rules has an entry. Also holds braid_pass, the
+ * do-nothing program that must sit on the peer of a veth that receives
+ * XDP_REDIRECTed frames. */
+#include "braid_xdp.h"
+
+SEC("xdp")
+int braid_fwd(struct xdp_md *ctx)
+{
+	braid_count_rx(ctx);
+	return braid_forward(ctx);
+}
+
+SEC("xdp")
+int braid_pass(struct xdp_md *ctx)
+{
+	braid_count_rx(ctx);
+	braid_count(BRAID_PASS, 1);
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

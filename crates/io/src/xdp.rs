@@ -1,0 +1,504 @@
+//! In-kernel NFs: braid's XDP programs (C sources in `crates/io/bpf/`,
+//! compiled by `build.rs`, embedded in the binary) and their loader.
+//!
+//! | program | what it does | maps it adds |
+//! |---|---|---|
+//! | [`XdpNf::Fwd`] | redirect to the egress interface of the ingress one, rewriting MACs if told | – |
+//! | [`XdpNf::Pass`] | nothing (`XDP_PASS`); needed on the peer of a veth that receives redirected frames | – |
+//! | [`XdpNf::Xor`] | XOR the UDP payload with a 16-byte repeating key, fix the checksum, forward | `xor_cfg` |
+//! | [`XdpNf::Firewall`] | drop/pass IPv4 by exact 5-tuple, any-source or source-prefix rules, forward | `fw_rules`, `fw_src_prefixes`, `fw_cfg` |
+//! | [`XdpNf::Steer`] | redirect into the AF_XDP socket of the receive queue | `xsks` |
+//!
+//! Every program has per-CPU [`Counter`]s and forwards through the same
+//! two maps: `tx_ports` (ingress ifindex → egress ifindex, a devmap) and
+//! `mac_rules` (ingress ifindex → new destination and source MAC). A frame
+//! whose ingress interface has no `tx_ports` entry goes to the kernel
+//! stack.
+//!
+//! One [`XdpProgram`] may be attached to several interfaces; they share its
+//! maps, which is how a forwarder between two interfaces is one program.
+//! Attaching, filling maps and resolving interface names happen in the
+//! network namespace of the calling thread (use
+//! [`crate::netns::in_netns`]); dropping the program detaches it
+//! everywhere (attachments are BPF links: closing them detaches, whatever
+//! namespace the dropping thread is in).
+
+use std::net::Ipv4Addr;
+
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::programs::{Xdp, XdpMode};
+use aya::Ebpf;
+
+/// Errors from loading, attaching and configuring XDP programs.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// This binary was built without the XDP objects.
+    #[error("XDP programs were not built: install clang and libbpf-dev, then rebuild braid")]
+    NotBuilt,
+    /// The kernel or aya refused something; `what` says what was attempted.
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A request that does not fit the program or its maps.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn kernel<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> XdpError {
+    let what = what.into();
+    move |e| XdpError::Kernel { what, source: Box::new(e) }
+}
+
+/// The XDP programs braid ships.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum XdpNf {
+    Fwd,
+    Pass,
+    Xor,
+    Firewall,
+    Steer,
+}
+
+impl XdpNf {
+    pub const ALL: [XdpNf; 5] =
+        [XdpNf::Fwd, XdpNf::Pass, XdpNf::Xor, XdpNf::Firewall, XdpNf::Steer];
+
+    /// The NF name as used in chain descriptors (`fwd`, `xor`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpNf::Fwd => "fwd",
+            XdpNf::Pass => "pass",
+            XdpNf::Xor => "xor",
+            XdpNf::Firewall => "firewall",
+            XdpNf::Steer => "steer",
+        }
+    }
+
+    /// The NF with an XDP version called `name`, if any.
+    pub fn from_name(name: &str) -> Option<XdpNf> {
+        XdpNf::ALL.into_iter().find(|n| n.name() == name)
+    }
+
+    /// Function name of the program inside its object.
+    fn program(self) -> &'static str {
+        match self {
+            XdpNf::Fwd => "braid_fwd",
+            XdpNf::Pass => "braid_pass",
+            XdpNf::Xor => "braid_xor",
+            XdpNf::Firewall => "braid_firewall",
+            XdpNf::Steer => "braid_steer",
+        }
+    }
+
+    fn object(self) -> Result<&'static [u8], XdpError> {
+        objects::get(self)
+    }
+}
+
+/// True if this binary carries the compiled XDP programs.
+pub fn xdp_built() -> bool {
+    objects::BUILT
+}
+
+#[cfg(braid_xdp)]
+mod objects {
+    use super::{XdpError, XdpNf};
+
+    pub const BUILT: bool = true;
+
+    // Objects are aligned for the ELF parser by copying at load time (aya
+    // copies section data), so plain byte arrays are fine here.
+    static FWD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xdp_fwd.o"));
+    static XOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xdp_xor.o"));
+    static FIREWALL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xdp_firewall.o"));
+    static STEER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xdp_steer.o"));
+
+    pub fn get(nf: XdpNf) -> Result<&'static [u8], XdpError> {
+        Ok(match nf {
+            XdpNf::Fwd | XdpNf::Pass => FWD,
+            XdpNf::Xor => XOR,
+            XdpNf::Firewall => FIREWALL,
+            XdpNf::Steer => STEER,
+        })
+    }
+}
+
+#[cfg(not(braid_xdp))]
+mod objects {
+    use super::{XdpError, XdpNf};
+
+    pub const BUILT: bool = false;
+
+    pub fn get(_: XdpNf) -> Result<&'static [u8], XdpError> {
+        Err(XdpError::NotBuilt)
+    }
+}
+
+/// Per-program counters (indices of the `counters` map; keep in sync with
+/// `enum braid_counter` in `bpf/braid_xdp.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Counter {
+    RxPackets = 0,
+    RxBytes = 1,
+    Pass = 2,
+    Drop = 3,
+    Redirect = 4,
+    /// Program specific: a firewall rule hit, a payload XORed.
+    Matched = 5,
+    /// Frames with headers too short or inconsistent (also in `Drop`).
+    Malformed = 6,
+}
+
+/// Counters summed over all CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub pass: u64,
+    pub drop: u64,
+    pub redirect: u64,
+    pub matched: u64,
+    pub malformed: u64,
+}
+
+/// How to attach a program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic mode with a message.
+    #[default]
+    Auto,
+    /// Native mode only.
+    Native,
+    /// Generic (SKB) mode: works on any device, slower.
+    Generic,
+}
+
+/// Where and how a program ended up attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    /// True for native (driver) mode, false for generic (SKB) mode.
+    pub native: bool,
+    /// Why native mode was not used, when `Auto` fell back.
+    pub fallback_reason: Option<String>,
+}
+
+/// A firewall verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FwAction {
+    Pass = 1,
+    Drop = 2,
+}
+
+/// A firewall 5-tuple rule. `src = 0.0.0.0` with `src_port = 0` makes an
+/// "any source" rule. Ports are ignored (use 0) for protocols without
+/// ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FwRule {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+}
+
+impl FwRule {
+    /// The map key: the C `struct braid_fw_key` (network byte order).
+    fn key(&self) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[0..4].copy_from_slice(&self.src.octets());
+        k[4..8].copy_from_slice(&self.dst.octets());
+        k[8..10].copy_from_slice(&self.src_port.to_be_bytes());
+        k[10..12].copy_from_slice(&self.dst_port.to_be_bytes());
+        k[12] = self.proto;
+        k
+    }
+}
+
+/// Length of the XOR key the program applies (repeated over the payload).
+pub const XOR_KEY_LEN: usize = 16;
+
+/// One loaded XDP program with its maps, attached to zero or more
+/// interfaces. Dropping it detaches it from all of them.
+pub struct XdpProgram {
+    nf: XdpNf,
+    ebpf: Ebpf,
+    attachments: Vec<Attachment>,
+}
+
+impl std::fmt::Debug for XdpProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpProgram")
+            .field("nf", &self.nf)
+            .field("attachments", &self.attachments)
+            .finish()
+    }
+}
+
+impl XdpProgram {
+    /// Load `nf` into the kernel (verifier included); not attached yet.
+    pub fn load(nf: XdpNf) -> Result<XdpProgram, XdpError> {
+        let obj = nf.object()?;
+        let mut ebpf =
+            Ebpf::load(obj).map_err(kernel(format!("loading XDP object for {}", nf.name())))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(nf.program())
+            .ok_or_else(|| {
+                XdpError::Config(format!("program {} missing from its object", nf.program()))
+            })?
+            .try_into()
+            .map_err(kernel(format!("{} is not an XDP program", nf.program())))?;
+        prog.load().map_err(kernel(format!("verifying XDP program {}", nf.program())))?;
+        Ok(XdpProgram { nf, ebpf, attachments: Vec::new() })
+    }
+
+    pub fn nf(&self) -> XdpNf {
+        self.nf
+    }
+
+    /// Interfaces this program is attached to.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    fn prog(&mut self) -> Result<&mut Xdp, XdpError> {
+        let name = self.nf.program();
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| XdpError::Config(format!("program {name} missing from its object")))?
+            .try_into()
+            .map_err(kernel(format!("{name} is not an XDP program")))
+    }
+
+    /// Attach to `iface` (in the calling thread's namespace).
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<&Attachment, XdpError> {
+        let ifindex = crate::netns::ifindex(iface).map_err(|e| XdpError::Config(e.to_string()))?;
+        let name = self.nf.name();
+        let (native, fallback_reason) = match mode {
+            AttachMode::Native => {
+                self.prog()?
+                    .attach_to_if_index(ifindex, XdpMode::Driver)
+                    .map_err(kernel(format!("attaching XDP {name} to {iface} in native mode")))?;
+                (true, None)
+            }
+            AttachMode::Generic => {
+                self.prog()?
+                    .attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(kernel(format!("attaching XDP {name} to {iface} in generic mode")))?;
+                (false, None)
+            }
+            AttachMode::Auto => match self.prog()?.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(_) => (true, None),
+                Err(native_err) => {
+                    let reason = format!("{native_err}");
+                    self.prog()?.attach_to_if_index(ifindex, XdpMode::Skb).map_err(kernel(format!(
+                        "attaching XDP {name} to {iface} (native mode failed: {reason}; generic mode)"
+                    )))?;
+                    eprintln!(
+                        "braid: XDP {name} on {iface}: native mode not available ({reason}); \
+                         attached in generic (SKB) mode, which is slower"
+                    );
+                    (false, Some(reason))
+                }
+            },
+        };
+        self.attachments.push(Attachment {
+            iface: iface.to_string(),
+            ifindex,
+            native,
+            fallback_reason,
+        });
+        Ok(self.attachments.last().expect("just pushed"))
+    }
+
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map, XdpError> {
+        let nf = self.nf.name();
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| XdpError::Config(format!("XDP {nf} has no map {name}")))
+    }
+
+    /// Forward frames arriving on `in_ifindex` out of `out_ifindex`.
+    pub fn set_forward(&mut self, in_ifindex: u32, out_ifindex: u32) -> Result<(), XdpError> {
+        let mut m: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map("tx_ports")?).map_err(kernel("opening map tx_ports"))?;
+        m.insert(in_ifindex, out_ifindex, None, 0)
+            .map_err(kernel(format!("tx_ports[{in_ifindex}] = {out_ifindex}")))
+    }
+
+    /// [`XdpProgram::set_forward`] by interface names, resolved in the
+    /// calling thread's namespace.
+    pub fn set_forward_by_name(&mut self, in_iface: &str, out_iface: &str) -> Result<(), XdpError> {
+        let i = crate::netns::ifindex(in_iface).map_err(|e| XdpError::Config(e.to_string()))?;
+        let o = crate::netns::ifindex(out_iface).map_err(|e| XdpError::Config(e.to_string()))?;
+        self.set_forward(i, o)
+    }
+
+    /// Rewrite the Ethernet addresses of frames arriving on `in_ifindex`.
+    pub fn set_mac_rewrite(
+        &mut self,
+        in_ifindex: u32,
+        dst: [u8; 6],
+        src: [u8; 6],
+    ) -> Result<(), XdpError> {
+        let mut m: BpfHashMap<&mut MapData, u32, [u8; 12]> =
+            BpfHashMap::try_from(self.map("mac_rules")?)
+                .map_err(kernel("opening map mac_rules"))?;
+        let mut v = [0u8; 12];
+        v[..6].copy_from_slice(&dst);
+        v[6..].copy_from_slice(&src);
+        m.insert(in_ifindex, v, 0).map_err(kernel(format!("mac_rules[{in_ifindex}]")))
+    }
+
+    /// Set the XOR key (1..=16 bytes, repeated to fill 16).
+    pub fn set_xor_key(&mut self, key: &[u8]) -> Result<(), XdpError> {
+        if self.nf != XdpNf::Xor {
+            return Err(XdpError::Config(format!("XDP {} has no XOR key", self.nf.name())));
+        }
+        if key.is_empty() || key.len() > XOR_KEY_LEN {
+            return Err(XdpError::Config(format!(
+                "XOR key must be 1..={XOR_KEY_LEN} bytes, got {}",
+                key.len()
+            )));
+        }
+        let mut k = [0u8; XOR_KEY_LEN];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = key[i % key.len()];
+        }
+        let mut m: Array<&mut MapData, [u8; XOR_KEY_LEN]> =
+            Array::try_from(self.map("xor_cfg")?).map_err(kernel("opening map xor_cfg"))?;
+        m.set(0, k, 0).map_err(kernel("xor_cfg[0]"))
+    }
+
+    fn require(&self, nf: XdpNf, what: &str) -> Result<(), XdpError> {
+        if self.nf != nf {
+            return Err(XdpError::Config(format!("XDP {} has no {what}", self.nf.name())));
+        }
+        Ok(())
+    }
+
+    /// Add or replace a firewall rule.
+    pub fn add_fw_rule(&mut self, rule: &FwRule, action: FwAction) -> Result<(), XdpError> {
+        self.require(XdpNf::Firewall, "firewall rules")?;
+        let mut m: BpfHashMap<&mut MapData, [u8; 16], u32> =
+            BpfHashMap::try_from(self.map("fw_rules")?).map_err(kernel("opening map fw_rules"))?;
+        m.insert(rule.key(), action as u32, 0).map_err(kernel(format!("fw_rules insert {rule:?}")))
+    }
+
+    /// Add or replace a source-prefix rule (`net/len`).
+    pub fn add_fw_src_prefix(
+        &mut self,
+        net: Ipv4Addr,
+        len: u8,
+        action: FwAction,
+    ) -> Result<(), XdpError> {
+        self.require(XdpNf::Firewall, "firewall rules")?;
+        if len > 32 {
+            return Err(XdpError::Config(format!("prefix length {len} of {net} is over 32")));
+        }
+        let mut m: LpmTrie<&mut MapData, [u8; 4], u32> =
+            LpmTrie::try_from(self.map("fw_src_prefixes")?)
+                .map_err(kernel("opening map fw_src_prefixes"))?;
+        m.insert(&LpmKey::new(len as u32, net.octets()), action as u32, 0)
+            .map_err(kernel(format!("fw_src_prefixes insert {net}/{len}")))
+    }
+
+    /// The action for IPv4 frames no rule matches (pass unless set).
+    pub fn set_fw_default(&mut self, action: FwAction) -> Result<(), XdpError> {
+        self.require(XdpNf::Firewall, "firewall default")?;
+        let mut m: Array<&mut MapData, u32> =
+            Array::try_from(self.map("fw_cfg")?).map_err(kernel("opening map fw_cfg"))?;
+        m.set(0, action as u32, 0).map_err(kernel("fw_cfg[0]"))
+    }
+
+    /// Steer frames received on `queue` into the AF_XDP socket `fd`.
+    pub fn set_xsk(&mut self, queue: u32, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), XdpError> {
+        self.require(XdpNf::Steer, "xsks map")?;
+        let mut m: XskMap<&mut MapData> =
+            XskMap::try_from(self.map("xsks")?).map_err(kernel("opening map xsks"))?;
+        m.set(queue, fd, 0).map_err(kernel(format!("xsks[{queue}]")))
+    }
+
+    /// The program's counters, summed over CPUs.
+    pub fn counters(&mut self) -> Result<XdpCounters, XdpError> {
+        let m: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(self.map("counters")?).map_err(kernel("opening map counters"))?;
+        let get = |c: Counter| -> Result<u64, XdpError> {
+            let v = m.get(&(c as u32), 0).map_err(kernel(format!("counters[{c:?}]")))?;
+            Ok(v.iter().sum())
+        };
+        Ok(XdpCounters {
+            rx_packets: get(Counter::RxPackets)?,
+            rx_bytes: get(Counter::RxBytes)?,
+            pass: get(Counter::Pass)?,
+            drop: get(Counter::Drop)?,
+            redirect: get(Counter::Redirect)?,
+            matched: get(Counter::Matched)?,
+            malformed: get(Counter::Malformed)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for nf in XdpNf::ALL {
+            assert_eq!(XdpNf::from_name(nf.name()), Some(nf));
+        }
+        assert_eq!(XdpNf::from_name("aes"), None);
+    }
+
+    #[test]
+    fn fw_key_matches_the_c_layout() {
+        let r = FwRule {
+            src: Ipv4Addr::new(10, 0, 0, 1),
+            dst: Ipv4Addr::new(10, 0, 0, 2),
+            src_port: 0x1234,
+            dst_port: 53,
+            proto: 17,
+        };
+        assert_eq!(r.key(), [10, 0, 0, 1, 10, 0, 0, 2, 0x12, 0x34, 0, 53, 17, 0, 0, 0]);
+    }
+
+    #[test]
+    fn every_program_passes_the_verifier() {
+        if !crate::netns::is_root() {
+            eprintln!("skipping: loading BPF programs needs root");
+            return;
+        }
+        if !xdp_built() {
+            eprintln!("skipping: {}", XdpError::NotBuilt);
+            return;
+        }
+        for nf in XdpNf::ALL {
+            let mut p = XdpProgram::load(nf).unwrap_or_else(|e| panic!("{}: {e:?}", nf.name()));
+            let c = p.counters().unwrap();
+            assert_eq!(c, XdpCounters::default());
+        }
+    }
+
+    #[test]
+    fn config_for_the_wrong_program_is_refused() {
+        if !crate::netns::is_root() || !xdp_built() {
+            eprintln!("skipping: needs root and the XDP objects");
+            return;
+        }
+        let mut p = XdpProgram::load(XdpNf::Fwd).unwrap();
+        assert!(p.set_xor_key(&[1]).unwrap_err().to_string().contains("no XOR key"));
+        let mut x = XdpProgram::load(XdpNf::Xor).unwrap();
+        assert!(x.set_xor_key(&[]).is_err());
+        assert!(x.set_xor_key(&[0; 17]).is_err());
+        x.set_xor_key(&[0xaa, 0x55]).unwrap();
+    }
+}
