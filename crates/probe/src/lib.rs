@@ -26,6 +26,7 @@ pub mod payload;
 pub mod report;
 pub mod rtt;
 pub mod session;
+pub mod signal;
 pub mod sockopt;
 pub mod stats;
 pub mod svg;

@@ -1,1 +1,283 @@
-//! braid-testbed (being built).
+//! braid-testbed: hosts as network namespaces joined by veth links.
+//!
+//! [`up`] builds a [`Topology`] (the CALVIN one by default, see
+//! [`topology::calvin`]): one namespace `<prefix><host>` per host, one veth
+//! pair per link with its addresses, transmit checksum offload off on every
+//! end (a user-space forwarder would otherwise pass on unfinished UDP
+//! checksums that the receiver silently drops), optional threaded NAPI,
+//! IPv4 forwarding per host, and static routes. [`down`] removes
+//! everything the state file lists: XDP programs, links, namespaces.
+//!
+//! - `up` is idempotent: the same topology already up is left alone; a
+//!   partly missing one is torn down and rebuilt; a different one is an
+//!   error (run `down` first).
+//! - A failed `up` removes everything it created before returning the
+//!   error; a namespace that already existed and is not ours makes `up`
+//!   fail before it creates anything.
+
+pub mod state;
+pub mod topology;
+
+use braid_io::netns::{self, NetnsError};
+pub use state::{DevRef, State, DEFAULT_STATE_PATH};
+use std::path::{Path, PathBuf};
+pub use topology::{calvin, Topology, TopologyError};
+
+/// Where the testbed keeps its state and how it names namespaces.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub state_path: PathBuf,
+    /// Prefix of namespace names; must start with `braid-`.
+    pub prefix: String,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { state_path: PathBuf::from(DEFAULT_STATE_PATH), prefix: "braid-".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    #[error(
+        "braid testbed needs root to create network namespaces and veth links; run it with sudo"
+    )]
+    NotRoot,
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("{0}")]
+    State(String),
+    #[error("namespace {0} already exists and was not created by this testbed; remove it (`ip netns del {0}`) or choose another host name")]
+    Conflict(String),
+    #[error("testbed {running:?} is already up (state in {path}); run `braid testbed down` first")]
+    OtherUp { running: String, path: String },
+    #[error("setting up {what}: {source}")]
+    Setup {
+        what: String,
+        #[source]
+        source: NetnsError,
+    },
+    #[error("`down` could not remove everything: {0}")]
+    Teardown(String),
+}
+
+/// What `up` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpOutcome {
+    Created,
+    AlreadyUp,
+    /// A partly missing testbed was removed and built again.
+    Rebuilt,
+}
+
+fn check_options(opts: &Options) -> Result<(), TestbedError> {
+    if !opts.prefix.starts_with("braid-") || opts.prefix.contains(['/', ' ']) {
+        return Err(TestbedError::State(format!(
+            "namespace prefix {:?} must start with \"braid-\" and contain no '/' or spaces",
+            opts.prefix
+        )));
+    }
+    Ok(())
+}
+
+/// The namespace name of `host`.
+pub fn netns_name(opts: &Options, host: &str) -> String {
+    format!("{}{host}", opts.prefix)
+}
+
+/// Build `topo`. See the module docs for idempotence and rollback.
+pub fn up(topo: &Topology, opts: &Options) -> Result<UpOutcome, TestbedError> {
+    topo.validate()?;
+    check_options(opts)?;
+    if !netns::is_root() {
+        return Err(TestbedError::NotRoot);
+    }
+    let mut rebuilt = false;
+    if let Some(st) = State::load(&opts.state_path).map_err(TestbedError::State)? {
+        if st.topology != *topo || st.prefix != opts.prefix {
+            return Err(TestbedError::OtherUp {
+                running: st.topology.name.clone(),
+                path: opts.state_path.display().to_string(),
+            });
+        }
+        let intact = st.complete
+            && st.namespaces.iter().all(|n| netns::netns_exists(n))
+            && st.links.iter().all(|l| netns::link_exists(Some(&l.netns), &l.dev));
+        if intact {
+            return Ok(UpOutcome::AlreadyUp);
+        }
+        teardown(&st, &opts.state_path)?;
+        rebuilt = true;
+    }
+    for h in &topo.hosts {
+        let ns = netns_name(opts, &h.name);
+        if netns::netns_exists(&ns) {
+            return Err(TestbedError::Conflict(ns));
+        }
+    }
+    let mut st = State {
+        topology: topo.clone(),
+        prefix: opts.prefix.clone(),
+        namespaces: vec![],
+        links: vec![],
+        xdp: vec![],
+        complete: false,
+    };
+    match build(topo, opts, &mut st) {
+        Ok(()) => Ok(if rebuilt { UpOutcome::Rebuilt } else { UpOutcome::Created }),
+        Err(e) => {
+            // Roll back; report the original error (the teardown error, if
+            // any, would only hide it).
+            let _ = teardown(&st, &opts.state_path);
+            Err(e)
+        }
+    }
+}
+
+fn setup<T>(what: impl FnOnce() -> String, r: Result<T, NetnsError>) -> Result<T, TestbedError> {
+    r.map_err(|source| TestbedError::Setup { what: what(), source })
+}
+
+fn build(topo: &Topology, opts: &Options, st: &mut State) -> Result<(), TestbedError> {
+    let save = |st: &State| st.save(&opts.state_path).map_err(TestbedError::State);
+    save(st)?;
+    for h in &topo.hosts {
+        let ns = netns_name(opts, &h.name);
+        setup(|| format!("namespace {ns}"), netns::ip(None, &["netns", "add", &ns]))?;
+        st.namespaces.push(ns.clone());
+        save(st)?;
+        setup(|| format!("loopback of {ns}"), netns::set_up(Some(&ns), "lo"))?;
+        let fwd = if h.forwarding { "net.ipv4.ip_forward=1" } else { "net.ipv4.ip_forward=0" };
+        setup(
+            || format!("forwarding in {ns}"),
+            netns::run(netns::command_in(Some(&ns), "sysctl").args(["-qw", fwd])),
+        )?;
+        if !topo.ipv6 {
+            for key in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+            {
+                setup(
+                    || format!("disabling IPv6 in {ns}"),
+                    netns::run(netns::command_in(Some(&ns), "sysctl").args(["-qw", key])),
+                )?;
+            }
+        }
+    }
+    for (i, l) in topo.links.iter().enumerate() {
+        let (ns_a, ns_b) = (netns_name(opts, &l.a.host), netns_name(opts, &l.b.host));
+        let (dev_a, dev_b) = (topo.dev_of(l, true), topo.dev_of(l, false));
+        let what = || format!("link {i} ({}:{dev_a} - {}:{dev_b})", l.a.host, l.b.host);
+        // Created directly inside the namespaces: the names never touch the
+        // root namespace, where they could clash with real interfaces.
+        setup(
+            what,
+            netns::ip(
+                Some(&ns_a),
+                &["link", "add", &dev_a, "type", "veth", "peer", "name", &dev_b, "netns", &ns_b],
+            ),
+        )?;
+        st.links.push(DevRef { netns: ns_a.clone(), dev: dev_a.clone() });
+        save(st)?;
+        for (ns, dev, end) in [(&ns_a, &dev_a, &l.a), (&ns_b, &dev_b, &l.b)] {
+            if let Some(mtu) = l.mtu {
+                setup(what, netns::set_mtu(Some(ns), dev, mtu))?;
+            }
+            setup(what, netns::add_addr(Some(ns), dev, &end.addr))?;
+            setup(what, netns::tx_checksum_off(Some(ns), dev))?;
+            if l.threaded {
+                setup(what, netns::set_threaded_napi(Some(ns), dev, true))?;
+            }
+            setup(what, netns::set_up(Some(ns), dev))?;
+        }
+    }
+    for (i, r) in topo.routes.iter().enumerate() {
+        let ns = netns_name(opts, &r.host);
+        let via = r.via.to_string();
+        setup(
+            || format!("route {i} ({} to {} via {via})", r.host, r.to),
+            netns::add_route(Some(&ns), &r.to, &via),
+        )?;
+    }
+    st.complete = true;
+    save(st)
+}
+
+/// Remove what `st` lists and the state file. Keeps going past errors and
+/// reports them all at the end.
+fn teardown(st: &State, state_path: &Path) -> Result<(), TestbedError> {
+    let mut errors = Vec::new();
+    for x in &st.xdp {
+        if netns::link_exists(Some(&x.netns), &x.dev) {
+            if let Err(e) = netns::ip(Some(&x.netns), &["link", "set", "dev", &x.dev, "xdp", "off"])
+            {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    for l in &st.links {
+        // Gone already if its namespace went away.
+        if netns::netns_exists(&l.netns) && netns::link_exists(Some(&l.netns), &l.dev) {
+            if let Err(e) = netns::ip(Some(&l.netns), &["link", "del", "dev", &l.dev]) {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    for ns in st.namespaces.iter().rev() {
+        if netns::netns_exists(ns) {
+            if let Err(e) = netns::ip(None, &["netns", "del", ns]) {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if errors.is_empty() {
+        match std::fs::remove_file(state_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => {
+                Err(TestbedError::State(format!("cannot remove {}: {e}", state_path.display())))
+            }
+        }
+    } else {
+        Err(TestbedError::Teardown(errors.join("; ")))
+    }
+}
+
+/// What `down` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DownReport {
+    pub namespaces: Vec<String>,
+    pub links: usize,
+    pub xdp: usize,
+}
+
+/// Remove everything the state file lists. No state file: nothing to do.
+pub fn down(opts: &Options) -> Result<DownReport, TestbedError> {
+    check_options(opts)?;
+    let Some(st) = State::load(&opts.state_path).map_err(TestbedError::State)? else {
+        return Ok(DownReport::default());
+    };
+    if !netns::is_root() {
+        return Err(TestbedError::NotRoot);
+    }
+    teardown(&st, &opts.state_path)?;
+    Ok(DownReport { namespaces: st.namespaces.clone(), links: st.links.len(), xdp: st.xdp.len() })
+}
+
+/// The current state, if a testbed is up (or half up).
+pub fn status(opts: &Options) -> Result<Option<State>, TestbedError> {
+    State::load(&opts.state_path).map_err(TestbedError::State)
+}
+
+/// Record that an XDP program was attached to `dev` in `netns`, so `down`
+/// detaches it. For deployment code that attaches programs on testbed
+/// interfaces.
+pub fn record_xdp(opts: &Options, netns: &str, dev: &str) -> Result<(), TestbedError> {
+    let mut st = State::load(&opts.state_path).map_err(TestbedError::State)?.ok_or_else(|| {
+        TestbedError::State(format!("no testbed is up ({} missing)", opts.state_path.display()))
+    })?;
+    let r = DevRef { netns: netns.into(), dev: dev.into() };
+    if !st.xdp.contains(&r) {
+        st.xdp.push(r);
+        st.save(&opts.state_path).map_err(TestbedError::State)?;
+    }
+    Ok(())
+}

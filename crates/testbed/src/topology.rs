@@ -1,0 +1,472 @@
+//! The testbed topology: hosts (network namespaces), links (veth pairs with
+//! IPv4 addresses) and static routes, read from YAML and checked before
+//! anything is created.
+//!
+//! ```yaml
+//! name: calvin
+//! hosts:
+//!   - { name: client }
+//!   - { name: nf1, forwarding: true }
+//!   - { name: server }
+//! links:
+//!   - a: { host: client, addr: 10.71.1.1/24 }
+//!     b: { host: nf1, addr: 10.71.1.2/24 }
+//!   - a: { host: nf1, addr: 10.71.2.1/24 }
+//!     b: { host: server, addr: 10.71.2.2/24 }
+//!     threaded: true        # NAPI in a kernel thread on both ends
+//! routes:
+//!   - { host: client, to: default, via: 10.71.1.2 }
+//!   - { host: server, to: default, via: 10.71.2.1 }
+//! ```
+//!
+//! A link end's interface is called `to-<peer host>` unless `dev` names it.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+/// Longest host name: the interface name `to-<host>` must fit in 15 bytes.
+pub const HOST_NAME_MAX: usize = 12;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub name: String,
+    pub hosts: Vec<Host>,
+    pub links: Vec<Link>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Keep IPv6 on the links (off by default: router and neighbour
+    /// solicitations would be stray packets in every measurement).
+    #[serde(default)]
+    pub ipv6: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub name: String,
+    /// Linux IPv4 forwarding (`net.ipv4.ip_forward`) in this host.
+    #[serde(default)]
+    pub forwarding: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub a: End,
+    pub b: End,
+    /// Threaded NAPI on both ends (`/sys/class/net/DEV/threaded`).
+    #[serde(default)]
+    pub threaded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct End {
+    pub host: String,
+    /// Interface name inside the host; default `to-<peer host>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+    /// IPv4 address with prefix length, e.g. `10.71.1.1/24`.
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub host: String,
+    /// Destination prefix (`10.71.3.0/24`) or `default`.
+    pub to: String,
+    pub via: Ipv4Addr,
+}
+
+/// An IPv4 address with its prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX (e.g. 10.71.1.1/24)"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("prefix length {p:?} is not 0..=32"))?;
+        Ok(Cidr { addr, prefix })
+    }
+
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
+    }
+
+    pub fn network(&self) -> u32 {
+        u32::from(self.addr) & self.mask()
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == self.network()
+    }
+}
+
+/// A problem in a topology, with the path of the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("{path}: {msg}")]
+    Invalid { path: String, msg: String },
+    #[error("topology YAML: {0}")]
+    Yaml(String),
+}
+
+fn bad(path: impl Into<String>, msg: impl Into<String>) -> TopologyError {
+    TopologyError::Invalid { path: path.into(), msg: msg.into() }
+}
+
+fn check_name(path: &str, name: &str) -> Result<(), TopologyError> {
+    let ok = !name.is_empty()
+        && name.len() <= HOST_NAME_MAX
+        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            path,
+            format!(
+                "{name:?} must be 1..={HOST_NAME_MAX} characters of a-z, 0-9 and '-' (not first)"
+            ),
+        ))
+    }
+}
+
+fn check_dev(path: &str, dev: &str) -> Result<(), TopologyError> {
+    let ok = !dev.is_empty()
+        && dev.len() <= braid_io::netns::IFNAME_MAX
+        && dev.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+        && dev != "lo";
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(path, format!("interface name {dev:?} must be 1..=15 characters of a-z, A-Z, 0-9, '-', '_', '.' and not \"lo\"")))
+    }
+}
+
+impl Topology {
+    /// Parse and validate YAML; errors name the field (`links[1].b.addr`).
+    pub fn from_yaml(text: &str) -> Result<Topology, TopologyError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let t: Topology = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            TopologyError::Yaml(if path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            })
+        })?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("topology serializes")
+    }
+
+    /// The interface name of `links[i]`'s end `end` (a or b).
+    pub fn dev_of(&self, link: &Link, a_side: bool) -> String {
+        let (me, peer) = if a_side { (&link.a, &link.b) } else { (&link.b, &link.a) };
+        me.dev.clone().unwrap_or_else(|| format!("to-{}", peer.host))
+    }
+
+    /// Check every rule; the first violation is returned with its path.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        check_name("name", &self.name)?;
+        if self.hosts.is_empty() {
+            return Err(bad("hosts", "a topology needs at least one host"));
+        }
+        let mut hosts = BTreeSet::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            check_name(&format!("hosts[{i}].name"), &h.name)?;
+            if !hosts.insert(h.name.as_str()) {
+                return Err(bad(
+                    format!("hosts[{i}].name"),
+                    format!("host {:?} is declared twice", h.name),
+                ));
+            }
+        }
+        // Per host: interface names and connected subnets.
+        let mut devs: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        let mut subnets: BTreeMap<&str, Vec<Cidr>> = BTreeMap::new();
+        let mut addrs: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+        for (i, l) in self.links.iter().enumerate() {
+            let mut cidrs = Vec::new();
+            for (side, end) in [("a", &l.a), ("b", &l.b)] {
+                let p = format!("links[{i}].{side}");
+                if !hosts.contains(end.host.as_str()) {
+                    return Err(bad(format!("{p}.host"), format!("unknown host {:?}", end.host)));
+                }
+                let dev = self.dev_of(l, side == "a");
+                check_dev(&format!("{p}.dev"), &dev)?;
+                if !devs.entry(end.host.as_str()).or_default().insert(dev.clone()) {
+                    return Err(bad(
+                        format!("{p}.dev"),
+                        format!("host {:?} already has an interface {dev:?}; give this end another `dev`", end.host),
+                    ));
+                }
+                let c = Cidr::parse(&end.addr).map_err(|m| bad(format!("{p}.addr"), m))?;
+                if c.prefix == 0 || c.prefix > 30 {
+                    return Err(bad(
+                        format!("{p}.addr"),
+                        format!("prefix /{} leaves no room for two hosts (use /1../30)", c.prefix),
+                    ));
+                }
+                if let Some(other) = addrs.insert(c.addr, p.clone()) {
+                    return Err(bad(
+                        format!("{p}.addr"),
+                        format!("address {} is also used by {other}", c.addr),
+                    ));
+                }
+                subnets.entry(end.host.as_str()).or_default().push(c);
+                cidrs.push(c);
+            }
+            if l.a.host == l.b.host {
+                return Err(bad(
+                    format!("links[{i}]"),
+                    format!("both ends are on host {:?}", l.a.host),
+                ));
+            }
+            if cidrs[0].prefix != cidrs[1].prefix || cidrs[0].network() != cidrs[1].network() {
+                return Err(bad(
+                    format!("links[{i}]"),
+                    format!("ends {} and {} are not in the same subnet", l.a.addr, l.b.addr),
+                ));
+            }
+            if let Some(m) = l.mtu {
+                if m < 68 {
+                    return Err(bad(
+                        format!("links[{i}].mtu"),
+                        format!("MTU {m} is below the IPv4 minimum 68"),
+                    ));
+                }
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let p = format!("routes[{i}]");
+            if !hosts.contains(r.host.as_str()) {
+                return Err(bad(format!("{p}.host"), format!("unknown host {:?}", r.host)));
+            }
+            if r.to != "default" {
+                let c = Cidr::parse(&r.to)
+                    .map_err(|m| bad(format!("{p}.to"), format!("{m} (or `default`)")))?;
+                if u32::from(c.addr) != c.network() {
+                    return Err(bad(format!("{p}.to"), format!("{} has host bits set", r.to)));
+                }
+            }
+            let connected = subnets
+                .get(r.host.as_str())
+                .map(|v| v.iter().any(|c| c.contains(r.via)))
+                .unwrap_or(false);
+            if !connected {
+                return Err(bad(
+                    format!("{p}.via"),
+                    format!("gateway {} is not on a link of host {:?}", r.via, r.host),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The address (without prefix) of `host`'s end of the first link
+    /// between `host` and `peer`.
+    pub fn addr_towards(&self, host: &str, peer: &str) -> Option<Ipv4Addr> {
+        self.links.iter().find_map(|l| {
+            let e = if l.a.host == host && l.b.host == peer {
+                &l.a
+            } else if l.b.host == host && l.a.host == peer {
+                &l.b
+            } else {
+                return None;
+            };
+            Cidr::parse(&e.addr).ok().map(|c| c.addr)
+        })
+    }
+
+    /// The address of the end with interface `dev` on `host`.
+    pub fn addr_of(&self, host: &str, dev: &str) -> Option<Ipv4Addr> {
+        self.links.iter().find_map(|l| {
+            [(true, &l.a), (false, &l.b)]
+                .into_iter()
+                .find(|(side, e)| e.host == host && self.dev_of(l, *side) == dev)
+                .and_then(|(_, e)| Cidr::parse(&e.addr).ok().map(|c| c.addr))
+        })
+    }
+}
+
+/// The CALVIN topology: `client — nf1 — … — nfN — server`, every NF host
+/// forwarding with Linux routing, plus (if `direct`) a link `client —
+/// server` for the no-NF baseline. Link `k` (1-based) of the chain uses
+/// `10.71.k.0/24` (`.1` on the client side, `.2` on the server side); the
+/// direct link uses `10.71.100.0/24` with interfaces called `direct`.
+///
+/// So the server is `10.71.{N+1}.2` through the chain and `10.71.100.2`
+/// directly.
+pub fn calvin(nf_hosts: usize, direct: bool) -> Topology {
+    let nf_hosts = nf_hosts.min(99);
+    let mut hosts = vec![Host { name: "client".into(), forwarding: false }];
+    for i in 1..=nf_hosts {
+        hosts.push(Host { name: format!("nf{i}"), forwarding: true });
+    }
+    hosts.push(Host { name: "server".into(), forwarding: false });
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let mut links = Vec::new();
+    for k in 1..names.len() {
+        links.push(Link {
+            a: End { host: names[k - 1].clone(), dev: None, addr: format!("10.71.{k}.1/24") },
+            b: End { host: names[k].clone(), dev: None, addr: format!("10.71.{k}.2/24") },
+            threaded: false,
+            mtu: None,
+        });
+    }
+    let last = names.len() - 1; // number of chain links
+    let mut routes = vec![
+        Route { host: "client".into(), to: "default".into(), via: Ipv4Addr::new(10, 71, 1, 2) },
+        Route {
+            host: "server".into(),
+            to: "default".into(),
+            via: Ipv4Addr::new(10, 71, last as u8, 1),
+        },
+    ];
+    for i in 1..=nf_hosts {
+        // nf_i sits between chain links i (towards the client) and i+1.
+        if i > 1 {
+            routes.push(Route {
+                host: format!("nf{i}"),
+                to: "10.71.1.0/24".into(),
+                via: Ipv4Addr::new(10, 71, i as u8, 1),
+            });
+        }
+        if i < nf_hosts {
+            routes.push(Route {
+                host: format!("nf{i}"),
+                to: format!("10.71.{last}.0/24"),
+                via: Ipv4Addr::new(10, 71, (i + 1) as u8, 2),
+            });
+        }
+    }
+    if direct {
+        links.push(Link {
+            a: End {
+                host: "client".into(),
+                dev: Some("direct".into()),
+                addr: "10.71.100.1/24".into(),
+            },
+            b: End {
+                host: "server".into(),
+                dev: Some("direct".into()),
+                addr: "10.71.100.2/24".into(),
+            },
+            threaded: false,
+            mtu: None,
+        });
+    }
+    if nf_hosts == 0 {
+        // Client and server share the chain link: no gateway needed.
+        routes.clear();
+    }
+    Topology { name: "calvin".into(), hosts, links, routes, ipv6: false }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calvin_topologies_are_valid() {
+        for n in 0..=4 {
+            for direct in [false, true] {
+                let t = calvin(n, direct);
+                t.validate().unwrap_or_else(|e| panic!("calvin({n}, {direct}): {e}"));
+                assert_eq!(t.hosts.len(), n + 2);
+                // Round trip through YAML.
+                assert_eq!(Topology::from_yaml(&t.to_yaml()).unwrap(), t);
+            }
+        }
+        let t = calvin(2, true);
+        assert_eq!(t.addr_towards("server", "nf2"), Some(Ipv4Addr::new(10, 71, 3, 2)));
+        assert_eq!(t.addr_of("server", "direct"), Some(Ipv4Addr::new(10, 71, 100, 2)));
+        assert_eq!(t.dev_of(&t.links[0], true), "to-nf1");
+        assert_eq!(t.dev_of(&t.links[0], false), "to-client");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = calvin(1, false);
+        let check = |t: Topology, path: &str| {
+            let e = t.validate().unwrap_err().to_string();
+            assert!(e.starts_with(path), "expected {path}: got {e}");
+        };
+        let mut t = base.clone();
+        t.links[1].b.addr = "10.71.2.300/24".into();
+        check(t, "links[1].b.addr");
+        let mut t = base.clone();
+        t.links[1].b.addr = "10.71.9.2/24".into();
+        check(t, "links[1]");
+        let mut t = base.clone();
+        t.links[0].a.host = "nobody".into();
+        check(t, "links[0].a.host");
+        let mut t = base.clone();
+        t.hosts.push(Host { name: "client".into(), forwarding: false });
+        check(t, "hosts[3].name");
+        let mut t = base.clone();
+        t.hosts[0].name = "Client!".into();
+        check(t, "hosts[0].name");
+        let mut t = base.clone();
+        t.routes[0].via = Ipv4Addr::new(10, 71, 2, 1);
+        check(t, "routes[0].via");
+        let mut t = base.clone();
+        t.routes[0].to = "10.71.2.1/24".into();
+        check(t, "routes[0].to");
+        let mut t = base.clone();
+        t.links[0].b.dev = Some("to-nf2-interface-name".into());
+        check(t, "links[0].b.dev");
+        let mut t = base.clone();
+        t.links[1].a.dev = Some("to-client".into());
+        check(t, "links[1].a.dev");
+        let mut t = base.clone();
+        t.links[1].a.addr = "10.71.1.1/24".into();
+        check(t, "links[1].a.addr");
+    }
+
+    #[test]
+    fn yaml_errors_carry_path_and_unknown_fields_are_refused() {
+        let e = Topology::from_yaml("name: x\nhosts: [{name: a, forwrding: true}]\nlinks: []\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("forwrding"), "{e}");
+        assert!(e.to_string().contains("hosts[0]"), "{e}");
+        let e = Topology::from_yaml("name: x\nhosts: []\nlinks: []\n").unwrap_err();
+        assert!(e.to_string().contains("at least one host"), "{e}");
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        let c = Cidr::parse("10.71.3.2/24").unwrap();
+        assert!(c.contains(Ipv4Addr::new(10, 71, 3, 200)));
+        assert!(!c.contains(Ipv4Addr::new(10, 71, 4, 1)));
+        assert!(Cidr::parse("10.0.0.1").is_err());
+        assert!(Cidr::parse("10.0.0.1/33").is_err());
+        assert!(Cidr::parse("x/24").is_err());
+        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().network(), 0);
+    }
+}

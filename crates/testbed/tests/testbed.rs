@@ -1,0 +1,184 @@
+//! The testbed on the real kernel: build the CALVIN topology, send ping and
+//! probe traffic across the Linux-forwarding NF hosts, tear it down and
+//! check nothing is left. Needs root; skips with a message otherwise.
+
+use braid_io::netns;
+use braid_probe::echo::{run_echo, EchoConfig};
+use braid_probe::rtt::RttConfig;
+use braid_probe::session::{run_probe, ProbeConfig};
+use braid_testbed::{calvin, down, netns_name, status, up, Options, TestbedError, UpOutcome};
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+fn root_or_skip() -> bool {
+    if !netns::is_root() {
+        eprintln!("skipping: the testbed needs root (network namespaces and veth)");
+        return false;
+    }
+    true
+}
+
+/// Options unique to this process and test, and a guard that runs `down`
+/// when the test ends, also by panic.
+struct Bed {
+    opts: Options,
+}
+
+impl Bed {
+    fn new(tag: &str) -> Bed {
+        let pid = std::process::id();
+        Bed {
+            opts: Options {
+                state_path: std::env::temp_dir().join(format!("braid-testbed-{pid}-{tag}.json")),
+                prefix: format!("braid-t{pid}{tag}-"),
+            },
+        }
+    }
+
+    fn namespaces_left(&self) -> Vec<String> {
+        let out = netns::ip(None, &["netns", "list"]).expect("ip netns list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&self.opts.prefix))
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = down(&self.opts);
+        // Belt and braces if the state file was lost: remove by prefix.
+        for ns in self.namespaces_left() {
+            let _ = netns::ip(None, &["netns", "del", &ns]);
+        }
+    }
+}
+
+fn ping(ns: &str, addr: &str) -> bool {
+    netns::command_in(Some(ns), "ping")
+        .args(["-c", "3", "-i", "0.2", "-W", "2", addr])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn up_ping_probe_down_leaves_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let bed = Bed::new("a");
+    let topo = calvin(2, true);
+    let devs = ["to-nf1", "to-nf2", "to-client", "to-server", "direct"];
+    let root_before: Vec<bool> = devs.iter().map(|d| netns::link_exists(None, d)).collect();
+    assert_eq!(up(&topo, &bed.opts).unwrap(), UpOutcome::Created);
+    assert_eq!(up(&topo, &bed.opts).unwrap(), UpOutcome::AlreadyUp, "up must be idempotent");
+    // A different topology while this one is up is refused, untouched.
+    let e = up(&calvin(1, false), &bed.opts).unwrap_err();
+    assert!(matches!(e, TestbedError::OtherUp { .. }), "{e}");
+
+    let client = netns_name(&bed.opts, "client");
+    let server = netns_name(&bed.opts, "server");
+    assert!(ping(&client, "10.71.3.2"), "ping client -> server through nf1, nf2 failed");
+    assert!(ping(&client, "10.71.100.2"), "ping client -> server on the direct link failed");
+    // Checksum offload is off on every veth end.
+    let out = netns::command_in(Some(&netns_name(&bed.opts, "nf1")), "ethtool")
+        .args(["-k", "to-nf2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tx-checksumming: off"), "{text}");
+
+    // Echo in the server host, probe in the client host, both paths.
+    let echo_sock = netns::in_netns(&server, || UdpSocket::bind("0.0.0.0:7007")).unwrap().unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| run_echo(&echo_sock, &EchoConfig { batch: 1, ..Default::default() }, &stop));
+        for target in ["10.71.3.2:7007", "10.71.100.2:7007"] {
+            let sock = netns::in_netns(&client, || UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+            sock.connect(target).unwrap();
+            let cfg = ProbeConfig {
+                sizes: vec![256, 1400],
+                repetitions: 2,
+                rtt: RttConfig {
+                    count: 100,
+                    interval: Duration::from_millis(1),
+                    ..Default::default()
+                },
+                throughput: None,
+            };
+            let out = run_probe(&sock, &cfg, |_| {}).unwrap();
+            for l in &out.report.latency {
+                assert_eq!((l.lost, l.reordered, l.duplicates), (0, 0, 0), "{target}: {l:?}");
+                let p = l.percentiles.unwrap();
+                // Sane: positive, ordered, and far below a second on veth.
+                assert!(
+                    p.min_us > 0.0 && p.p50_us <= p.p99_us && p.max_us < 1_000_000.0,
+                    "{target}: {p:?}"
+                );
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    drop(echo_sock);
+
+    let report = down(&bed.opts).unwrap();
+    assert_eq!(report.namespaces.len(), 4);
+    assert!(bed.namespaces_left().is_empty(), "left over: {:?}", bed.namespaces_left());
+    assert!(!bed.opts.state_path.exists());
+    // The veth ends lived only in the namespaces; none leaked to the root.
+    for (dev, before) in devs.iter().zip(root_before) {
+        assert!(before || !netns::link_exists(None, dev), "{dev} left in the root namespace");
+    }
+    // down again: nothing to do.
+    assert_eq!(down(&bed.opts).unwrap().namespaces.len(), 0);
+}
+
+#[test]
+fn failed_up_rolls_back_everything() {
+    if !root_or_skip() {
+        return;
+    }
+    let bed = Bed::new("b");
+    let mut topo = calvin(2, false);
+    // The kernel refuses this MTU on veth, after the namespaces and the
+    // first links exist: a failure half-way.
+    topo.links[2].mtu = Some(1_000_000);
+    let e = up(&topo, &bed.opts).unwrap_err();
+    assert!(matches!(e, TestbedError::Setup { .. }), "{e}");
+    assert!(e.to_string().contains("link 2"), "{e}");
+    assert!(bed.namespaces_left().is_empty(), "left over: {:?}", bed.namespaces_left());
+    assert!(!bed.opts.state_path.exists());
+}
+
+#[test]
+fn conflicting_namespace_is_refused_and_left_alone() {
+    if !root_or_skip() {
+        return;
+    }
+    let bed = Bed::new("c");
+    let foreign = netns::NetnsGuard::create(&netns_name(&bed.opts, "server")).unwrap();
+    let e = up(&calvin(1, false), &bed.opts).unwrap_err();
+    assert!(matches!(e, TestbedError::Conflict(ref n) if n == foreign.name()), "{e}");
+    assert_eq!(bed.namespaces_left(), vec![foreign.name().to_string()]);
+    assert!(status(&bed.opts).unwrap().is_none());
+}
+
+#[test]
+fn partly_removed_testbed_is_rebuilt() {
+    if !root_or_skip() {
+        return;
+    }
+    let bed = Bed::new("d");
+    let topo = calvin(1, false);
+    assert_eq!(up(&topo, &bed.opts).unwrap(), UpOutcome::Created);
+    netns::ip(None, &["netns", "del", &netns_name(&bed.opts, "nf1")]).unwrap();
+    assert_eq!(up(&topo, &bed.opts).unwrap(), UpOutcome::Rebuilt);
+    assert!(ping(&netns_name(&bed.opts, "client"), "10.71.2.2"));
+    assert!(status(&bed.opts).unwrap().unwrap().complete);
+    down(&bed.opts).unwrap();
+    assert!(bed.namespaces_left().is_empty());
+}
