@@ -13,13 +13,18 @@ pub mod counters;
 pub mod params;
 pub mod registry;
 
+pub mod ats;
 pub mod classifier;
 pub mod conntrack;
 pub mod firewall;
 pub mod fwd;
+pub mod l2switch;
+pub mod loadbalancer;
 pub mod lpm;
 pub mod maglev;
+pub mod meter;
 pub mod router;
+pub mod xor;
 
 use braid_packet::Batch;
 pub use counters::{Counters, DropReason};

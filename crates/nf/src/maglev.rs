@@ -18,8 +18,9 @@
 /// construction well under a second.
 pub const MAX_TABLE_SIZE: usize = 4_000_037;
 
-/// A Maglev lookup table: slot -> backend index.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A Maglev lookup table: slot -> backend index. The default is the empty
+/// table of a set without backends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MaglevTable {
     slots: Vec<u32>,
 }

@@ -26,8 +26,16 @@ impl std::fmt::Debug for NfSpec {
 }
 
 /// Every NF kind, in the order `braid nfs` lists them.
-pub static REGISTRY: &[&NfSpec] =
-    &[&crate::fwd::SPEC, &crate::router::SPEC, &crate::firewall::SPEC];
+pub static REGISTRY: &[&NfSpec] = &[
+    &crate::fwd::SPEC,
+    &crate::ats::SPEC,
+    &crate::xor::SPEC,
+    &crate::l2switch::SPEC,
+    &crate::loadbalancer::SPEC,
+    &crate::meter::SPEC,
+    &crate::router::SPEC,
+    &crate::firewall::SPEC,
+];
 
 /// Look up an NF kind by name.
 pub fn find(name: &str) -> Option<&'static NfSpec> {

@@ -1,0 +1,742 @@
+//! `loadbalancer`: spread the flows sent to a virtual IP (VIP) over
+//! backends with Maglev consistent hashing, rewriting the destination
+//! address (a stateful layer-4 DNAT).
+//!
+//! * A packet to `vip` (and to `port`, if set) is a *forward* packet. Its
+//!   5-tuple is looked up in the connection table; a new flow gets the
+//!   backend that the Maglev table ([`crate::maglev`]) assigns to its
+//!   5-tuple hash and is recorded, so a flow keeps its backend while the
+//!   backend set changes (flow affinity). The destination address is
+//!   rewritten to the backend's, with the IPv4 and TCP/UDP checksums
+//!   updated incrementally (the address is in the L4 pseudo-header).
+//! * A packet from a backend that answers a recorded connection is a
+//!   *reply*: its source address is rewritten back to the VIP, so the
+//!   client sees the address it talked to (disable with `reverse: false`
+//!   when replies return by another path).
+//! * Everything else passes unchanged.
+//!
+//! Adding a backend changes the table for new flows only (Maglev moves
+//! about `1/(N+1)` of the hash space to it); removing one forgets its
+//! connections, and its flows move to the backends the new table gives
+//! them while every other flow stays where it was. Connections idle for
+//! `idle_timeout_ms` are forgotten on `tick`. The table holds at most
+//! `max_connections`; when full, idle ones are swept, and if none is idle a
+//! new flow is still balanced by the Maglev table but not recorded
+//! (`conn_overflow` counts these): it keeps its backend unless the backend
+//! set changes.
+
+use crate::maglev::{MaglevError, MaglevTable};
+use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState};
+use crate::{ParamDoc, Placement, StateError};
+use braid_packet::flow::{parse_ipv4_flow, FiveTuple, FlowMap};
+use braid_packet::wire::{checksum, ip_proto, WireError};
+use braid_packet::Batch;
+use std::net::Ipv4Addr;
+
+pub static SPEC: NfSpec = NfSpec {
+    name: "loadbalancer",
+    class: NfClass::Basic,
+    placements: &[Placement::User],
+    stateful: true,
+    summary:
+        "Maglev load balancer: flows to a VIP go to backends (destination rewrite), with affinity",
+    params: &[
+        ParamDoc { name: "vip", kind: "IPv4 address", default: None, help: "the virtual IP" },
+        ParamDoc {
+            name: "port",
+            kind: "u16",
+            default: Some("none (every TCP/UDP port)"),
+            help: "balance only TCP/UDP to this VIP port (ICMP echo is always balanced)",
+        },
+        ParamDoc {
+            name: "backends",
+            kind: "list of {ip: IPv4, weight: u32 >= 1 (default 1)}",
+            default: None,
+            help: "the real servers; an empty list drops VIP traffic (no_backend)",
+        },
+        ParamDoc {
+            name: "table_size",
+            kind: "prime, > number of backends, <= 4000037",
+            default: Some("65537"),
+            help: "Maglev lookup table size M (about 100 x backends or more)",
+        },
+        ParamDoc {
+            name: "idle_timeout_ms",
+            kind: "u64 ms, >= 1",
+            default: Some("300000"),
+            help: "a connection without packets for this long is forgotten",
+        },
+        ParamDoc {
+            name: "max_connections",
+            kind: "usize, >= 1",
+            default: Some("262144"),
+            help: "connection table size",
+        },
+        ParamDoc {
+            name: "reverse",
+            kind: "bool",
+            default: Some("true"),
+            help: "rewrite the source of backend replies back to the VIP",
+        },
+    ],
+    build: |p| Ok(Box::new(LoadBalancer::new(crate::params::parse(p)?)?)),
+};
+
+fn default_table_size() -> usize {
+    65537
+}
+fn default_idle_ms() -> u64 {
+    300_000
+}
+fn default_max_conns() -> usize {
+    262_144
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+
+/// One backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// `loadbalancer` configuration.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub vip: Ipv4Addr,
+    #[serde(default)]
+    pub port: Option<u16>,
+    pub backends: Vec<Backend>,
+    #[serde(default = "default_table_size")]
+    pub table_size: usize,
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_max_conns")]
+    pub max_connections: usize,
+    #[serde(default = "default_true")]
+    pub reverse: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Conn {
+    backend: Ipv4Addr,
+    last_seen_ns: u64,
+}
+
+/// One recorded connection, as exported.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnEntry {
+    pub client: Ipv4Addr,
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub proto: u8,
+    pub backend: Ipv4Addr,
+    pub last_seen_ns: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LbState {
+    vip: Ipv4Addr,
+    backends: Vec<Backend>,
+    conns: Vec<ConnEntry>,
+    conn_overflow: u64,
+}
+
+const STATE_VERSION: u32 = 1;
+
+/// Why the backend set could not be changed. Nothing changes on error.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend {0} is already configured")]
+    Duplicate(Ipv4Addr),
+    #[error("backend {0} is the VIP itself")]
+    IsVip(Ipv4Addr),
+    #[error(transparent)]
+    Table(#[from] MaglevError),
+}
+
+/// The `loadbalancer` NF.
+#[derive(Debug)]
+pub struct LoadBalancer {
+    vip: Ipv4Addr,
+    port: Option<u16>,
+    reverse: bool,
+    table_size: usize,
+    idle_ns: u64,
+    max_conns: usize,
+    backends: Vec<Backend>,
+    /// Backend addresses, sorted, to recognize replies.
+    backend_ips: Vec<Ipv4Addr>,
+    table: MaglevTable,
+    /// Forward-direction 5-tuple (client -> VIP) -> backend.
+    conns: FlowMap<Conn>,
+    conn_overflow: u64,
+    last_sweep_ns: u64,
+}
+
+/// What to do with one packet.
+enum Action {
+    Pass,
+    Drop(DropReason),
+    /// Rewrite the destination (forward) or source (reply) address.
+    Rewrite {
+        l3: usize,
+        l4: usize,
+        proto: u8,
+        src: bool,
+        old: Ipv4Addr,
+        new: Ipv4Addr,
+    },
+}
+
+impl LoadBalancer {
+    pub fn new(cfg: Config) -> Result<LoadBalancer, ConfigError> {
+        if cfg.idle_timeout_ms == 0 {
+            return Err(ConfigError::new("idle_timeout_ms", "must be at least 1 ms"));
+        }
+        if cfg.max_connections == 0 {
+            return Err(ConfigError::new("max_connections", "must be at least 1"));
+        }
+        let mut lb = LoadBalancer {
+            vip: cfg.vip,
+            port: cfg.port,
+            reverse: cfg.reverse,
+            table_size: cfg.table_size,
+            idle_ns: cfg.idle_timeout_ms.saturating_mul(1_000_000),
+            max_conns: cfg.max_connections,
+            backends: Vec::new(),
+            backend_ips: Vec::new(),
+            table: MaglevTable::default(),
+            conns: FlowMap::default(),
+            conn_overflow: 0,
+            last_sweep_ns: 0,
+        };
+        for (i, b) in cfg.backends.iter().enumerate() {
+            if b.weight == 0 {
+                return Err(ConfigError::new(format!("backends[{i}].weight"), "must be >= 1"));
+            }
+            if b.ip == cfg.vip {
+                return Err(ConfigError::new(format!("backends[{i}].ip"), "is the VIP itself"));
+            }
+            if cfg.backends[..i].iter().any(|o| o.ip == b.ip) {
+                return Err(ConfigError::new(format!("backends[{i}].ip"), "duplicate backend"));
+            }
+        }
+        lb.set_backends(cfg.backends).map_err(|e| match e {
+            BackendError::Table(MaglevError::NotPrime(_) | MaglevError::SizeOutOfRange { .. }) => {
+                ConfigError::new("table_size", e.to_string())
+            }
+            e => ConfigError::new("backends", e.to_string()),
+        })?;
+        Ok(lb)
+    }
+
+    /// Replace the backend set: rebuild the Maglev table and forget the
+    /// connections of backends that are gone.
+    pub fn set_backends(&mut self, backends: Vec<Backend>) -> Result<(), BackendError> {
+        for (i, b) in backends.iter().enumerate() {
+            if b.ip == self.vip {
+                return Err(BackendError::IsVip(b.ip));
+            }
+            if backends[..i].iter().any(|o| o.ip == b.ip) {
+                return Err(BackendError::Duplicate(b.ip));
+            }
+        }
+        let keys: Vec<(u64, u32)> =
+            backends.iter().map(|b| (u32::from(b.ip) as u64, b.weight)).collect();
+        let table = MaglevTable::build(&keys, self.table_size)?;
+        let mut ips: Vec<Ipv4Addr> = backends.iter().map(|b| b.ip).collect();
+        ips.sort_unstable();
+        self.conns.retain(|_, c| ips.binary_search(&c.backend).is_ok());
+        self.table = table;
+        self.backends = backends;
+        self.backend_ips = ips;
+        Ok(())
+    }
+
+    /// Add one backend.
+    pub fn add_backend(&mut self, b: Backend) -> Result<(), BackendError> {
+        let mut v = self.backends.clone();
+        v.push(b);
+        self.set_backends(v)
+    }
+
+    /// Remove a backend; its connections move. Returns false if unknown.
+    pub fn remove_backend(&mut self, ip: Ipv4Addr) -> Result<bool, BackendError> {
+        let v: Vec<Backend> = self.backends.iter().copied().filter(|b| b.ip != ip).collect();
+        if v.len() == self.backends.len() {
+            return Ok(false);
+        }
+        self.set_backends(v)?;
+        Ok(true)
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// Recorded connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// New flows that could not be recorded because the table was full.
+    pub fn conn_overflow(&self) -> u64 {
+        self.conn_overflow
+    }
+
+    /// Forget connections idle for longer than the timeout.
+    pub fn sweep(&mut self, now_ns: u64) {
+        let idle = self.idle_ns;
+        self.conns.retain(|_, c| now_ns.saturating_sub(c.last_seen_ns) < idle);
+        self.last_sweep_ns = now_ns;
+    }
+
+    /// The backend for a forward flow, recording it.
+    fn backend_for(&mut self, t: &FiveTuple, now: u64) -> Option<Ipv4Addr> {
+        if let Some(c) = self.conns.get_mut(t) {
+            if now.saturating_sub(c.last_seen_ns) < self.idle_ns {
+                c.last_seen_ns = now;
+                return Some(c.backend);
+            }
+        }
+        let backend = self.backends[self.table.lookup(t.hash())?].ip;
+        if self.conns.len() >= self.max_conns && !self.conns.contains_key(t) {
+            if now.saturating_sub(self.last_sweep_ns) >= 1_000_000 {
+                self.sweep(now);
+            }
+            if self.conns.len() >= self.max_conns {
+                self.conn_overflow += 1;
+                return Some(backend);
+            }
+        }
+        self.conns.insert(*t, Conn { backend, last_seen_ns: now });
+        Some(backend)
+    }
+
+    fn decide(&mut self, frame: &[u8], now: u64) -> Action {
+        let flow = match parse_ipv4_flow(frame) {
+            Ok(f) => f,
+            Err(WireError::Unsupported) => return Action::Pass,
+            Err(_) => return Action::Drop(DropReason::Malformed),
+        };
+        let t = flow.tuple;
+        let balanced_proto = matches!(t.proto, ip_proto::TCP | ip_proto::UDP);
+        if t.dst == self.vip {
+            if balanced_proto && self.port.is_some_and(|p| p != t.dst_port) {
+                return Action::Pass;
+            }
+            if flow.fragment {
+                // Only the first fragment has ports; the others could not
+                // follow it to the same backend.
+                return Action::Drop(DropReason::Unsupported);
+            }
+            // ICMP echo carries its identifier in both ports; other ICMP
+            // messages (and other protocols) have none to balance on.
+            let echo = t.proto == ip_proto::ICMP && t.src_port != 0;
+            if !balanced_proto && !echo {
+                return Action::Drop(DropReason::Unsupported);
+            }
+            let Some(backend) = self.backend_for(&t, now) else {
+                return Action::Drop(DropReason::NoBackend);
+            };
+            return Action::Rewrite {
+                l3: flow.l3_offset,
+                l4: flow.l4_offset,
+                proto: t.proto,
+                src: false,
+                old: self.vip,
+                new: backend,
+            };
+        }
+        if self.reverse && !flow.fragment && self.backend_ips.binary_search(&t.src).is_ok() {
+            let mut key = t.reversed();
+            key.dst = self.vip;
+            if let Some(c) = self.conns.get_mut(&key) {
+                if c.backend == t.src {
+                    c.last_seen_ns = now;
+                    return Action::Rewrite {
+                        l3: flow.l3_offset,
+                        l4: flow.l4_offset,
+                        proto: t.proto,
+                        src: true,
+                        old: t.src,
+                        new: self.vip,
+                    };
+                }
+            }
+        }
+        Action::Pass
+    }
+}
+
+/// Replace one IPv4 address of a packet, updating the IPv4 header checksum
+/// and the TCP/UDP checksum (whose pseudo-header covers the address).
+/// Offsets come from `parse_ipv4_flow`, which validated the headers.
+fn rewrite_addr(frame: &mut [u8], l3: usize, l4: usize, proto: u8, src: bool, old: u32, new: u32) {
+    let at = l3 + if src { 12 } else { 16 };
+    frame[at..at + 4].copy_from_slice(&new.to_be_bytes());
+    let ck = u16::from_be_bytes([frame[l3 + 10], frame[l3 + 11]]);
+    frame[l3 + 10..l3 + 12].copy_from_slice(&checksum::update32(ck, old, new).to_be_bytes());
+    let (ck_at, udp) = match proto {
+        ip_proto::TCP => (l4 + 16, false),
+        ip_proto::UDP => (l4 + 6, true),
+        _ => return,
+    };
+    let ck = u16::from_be_bytes([frame[ck_at], frame[ck_at + 1]]);
+    let ck =
+        if udp { checksum::update32_udp(ck, old, new) } else { checksum::update32(ck, old, new) };
+    frame[ck_at..ck_at + 2].copy_from_slice(&ck.to_be_bytes());
+}
+
+impl NetworkFunction for LoadBalancer {
+    fn spec(&self) -> &'static NfSpec {
+        &SPEC
+    }
+
+    fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
+        let now = cx.now_ns;
+        batch.retain_mut(|p| match self.decide(p.data(), now) {
+            Action::Pass => true,
+            Action::Drop(r) => {
+                cx.drop_packet(r);
+                false
+            }
+            Action::Rewrite { l3, l4, proto, src, old, new } => {
+                rewrite_addr(p.data_mut(), l3, l4, proto, src, old.into(), new.into());
+                true
+            }
+        });
+    }
+
+    fn tick(&mut self, _out: &mut Batch, cx: &mut Context<'_>) {
+        self.sweep(cx.now_ns);
+    }
+
+    fn export_state(&self) -> Option<NfState> {
+        let mut conns: Vec<ConnEntry> = self
+            .conns
+            .iter()
+            .map(|(t, c)| ConnEntry {
+                client: t.src,
+                client_port: t.src_port,
+                vip_port: t.dst_port,
+                proto: t.proto,
+                backend: c.backend,
+                last_seen_ns: c.last_seen_ns,
+            })
+            .collect();
+        conns.sort_by_key(|c| (c.client, c.client_port, c.vip_port, c.proto));
+        let s = LbState {
+            vip: self.vip,
+            backends: self.backends.clone(),
+            conns,
+            conn_overflow: self.conn_overflow,
+        };
+        Some(NfState::encode(SPEC.name, STATE_VERSION, &s))
+    }
+
+    fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
+        let s: LbState = state.decode(SPEC.name, STATE_VERSION)?;
+        if s.vip != self.vip {
+            return Err(StateError::Corrupt(format!(
+                "state is for VIP {}, this load balancer serves {}",
+                s.vip, self.vip
+            )));
+        }
+        if s.conns.len() > self.max_conns {
+            return Err(StateError::Corrupt(format!(
+                "{} connections exceed max_connections {}",
+                s.conns.len(),
+                self.max_conns
+            )));
+        }
+        // Build everything aside first so that an error changes nothing.
+        let mut next = LoadBalancer {
+            vip: self.vip,
+            port: self.port,
+            reverse: self.reverse,
+            table_size: self.table_size,
+            idle_ns: self.idle_ns,
+            max_conns: self.max_conns,
+            backends: Vec::new(),
+            backend_ips: Vec::new(),
+            table: MaglevTable::default(),
+            conns: FlowMap::default(),
+            conn_overflow: s.conn_overflow,
+            last_sweep_ns: self.last_sweep_ns,
+        };
+        next.set_backends(s.backends).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        for c in s.conns {
+            if next.backend_ips.binary_search(&c.backend).is_err() {
+                return Err(StateError::Corrupt(format!(
+                    "connection from {}:{} uses unknown backend {}",
+                    c.client, c.client_port, c.backend
+                )));
+            }
+            let t = FiveTuple {
+                src: c.client,
+                dst: self.vip,
+                proto: c.proto,
+                src_port: c.client_port,
+                dst_port: c.vip_port,
+            };
+            next.conns.insert(t, Conn { backend: c.backend, last_seen_ns: c.last_seen_ns });
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Counters, Params};
+    use braid_packet::wire::build::FrameSpec;
+    use braid_packet::wire::{self, tcp_flags, Ipv4Packet, TcpPacket, UdpPacket};
+    use braid_packet::Packet;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+
+    fn backend(i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 1, i)
+    }
+
+    fn lb_with(n: u8, extra: &str) -> LoadBalancer {
+        let backends: Vec<String> = (1..=n).map(|i| format!("{{ip: {}}}", backend(i))).collect();
+        let y = format!("{{vip: {VIP}, backends: [{}] {extra}}}", backends.join(", "));
+        let p: Params = serde_yaml_ng::from_str(&y).unwrap();
+        LoadBalancer::new(crate::params::parse(&p).unwrap()).unwrap()
+    }
+
+    fn client(i: u32) -> (Ipv4Addr, u16) {
+        (Ipv4Addr::from(0xc0a8_0000 + (i >> 8)), 1024 + (i & 0xff) as u16 * 7)
+    }
+
+    fn udp_to_vip(i: u32) -> Vec<u8> {
+        FrameSpec::udp(client(i), (VIP, 53), 20).build()
+    }
+
+    fn run(nf: &mut LoadBalancer, frames: &[Vec<u8>], now: u64) -> (Vec<Vec<u8>>, Counters) {
+        let mut b: Batch = frames.iter().map(|f| Packet::from_bytes(f)).collect();
+        let mut c = Counters::default();
+        nf.process(&mut b, &mut Context::new(now, &mut c));
+        (b.iter().map(|p| p.data().to_vec()).collect(), c)
+    }
+
+    /// (src, dst) of a frame, checking every checksum on the way.
+    fn addrs(f: &[u8]) -> (Ipv4Addr, Ipv4Addr) {
+        let l3 = wire::l3(f).unwrap();
+        let ip = Ipv4Packet::new_checked(&f[l3.offset..]).unwrap();
+        assert!(ip.verify_checksum(), "IPv4 checksum");
+        match ip.protocol() {
+            ip_proto::UDP => {
+                let u = UdpPacket::new_checked(ip.payload()).unwrap();
+                assert!(u.checksum() == 0 || u.verify_checksum_v4(ip.src_addr(), ip.dst_addr()));
+            }
+            ip_proto::TCP => {
+                let t = TcpPacket::new_checked(ip.payload()).unwrap();
+                assert!(t.verify_checksum_v4(ip.src_addr(), ip.dst_addr()), "TCP checksum");
+            }
+            _ => {}
+        }
+        (ip.src_addr(), ip.dst_addr())
+    }
+
+    /// Backend chosen for each of `flows` client flows.
+    fn assign(lb: &mut LoadBalancer, flows: u32, now: u64) -> Vec<Ipv4Addr> {
+        let frames: Vec<Vec<u8>> = (0..flows).map(udp_to_vip).collect();
+        let (out, c) = run(lb, &frames, now);
+        assert_eq!(c.dropped_total(), 0);
+        out.iter().map(|f| addrs(f).1).collect()
+    }
+
+    #[test]
+    fn rewrites_destination_and_replies_with_valid_checksums() {
+        let mut lb = lb_with(3, ", table_size: 1021");
+        let tcp = FrameSpec::tcp((Ipv4Addr::new(192, 168, 9, 9), 5555), (VIP, 80), tcp_flags::SYN)
+            .build();
+        let mut udp0 = udp_to_vip(7);
+        udp0[14 + 20 + 6] = 0; // UDP without checksum
+        udp0[14 + 20 + 7] = 0;
+        let icmp = FrameSpec::icmp_echo(Ipv4Addr::new(192, 168, 9, 9), VIP, 77, 1).build();
+        let (out, c) = run(&mut lb, &[tcp.clone(), udp_to_vip(7), udp0, icmp], 1);
+        assert_eq!(c.dropped_total(), 0);
+        let dsts: Vec<Ipv4Addr> = out.iter().map(|f| addrs(f).1).collect();
+        assert!(dsts.iter().all(|d| lb.backend_ips.contains(d)), "{dsts:?}");
+        assert_eq!(dsts[1], dsts[2], "same 5-tuple, same backend");
+        assert_eq!(&out[2][14 + 20 + 6..14 + 20 + 8], &[0, 0], "no checksum stays none");
+
+        // The backend's reply gets the VIP back as its source.
+        let b = dsts[0];
+        let reply =
+            FrameSpec::tcp((b, 80), (Ipv4Addr::new(192, 168, 9, 9), 5555), tcp_flags::ACK).build();
+        let stranger = FrameSpec::tcp((b, 80), (Ipv4Addr::new(192, 168, 9, 8), 5555), 0).build();
+        let (out, _) = run(&mut lb, &[reply, stranger.clone()], 2);
+        assert_eq!(addrs(&out[0]).0, VIP);
+        assert_eq!(out[1], stranger, "no connection, no rewrite");
+    }
+
+    #[test]
+    fn flows_are_balanced() {
+        let mut lb = lb_with(4, "");
+        let got = assign(&mut lb, 20_000, 1);
+        let mut per: HashMap<Ipv4Addr, usize> = HashMap::new();
+        for b in got {
+            *per.entry(b).or_default() += 1;
+        }
+        assert_eq!(per.len(), 4);
+        for (b, n) in per {
+            assert!((4_000..6_000).contains(&n), "{b}: {n} of 20000 flows");
+        }
+    }
+
+    #[test]
+    fn affinity_survives_backend_changes_and_removal_moves_only_its_flows() {
+        let mut lb = lb_with(5, "");
+        let before = assign(&mut lb, 5_000, 1);
+        lb.add_backend(Backend { ip: backend(6), weight: 1 }).unwrap();
+        assert_eq!(assign(&mut lb, 5_000, 2), before, "existing flows keep their backend");
+        let fresh = assign(&mut lb, 20_000, 3)[5_000..].to_vec();
+        assert!(fresh.contains(&backend(6)), "new flows reach the new backend");
+
+        assert!(lb.remove_backend(backend(3)).unwrap());
+        let after = assign(&mut lb, 5_000, 4);
+        for (b, a) in before.iter().zip(&after) {
+            if *b == backend(3) {
+                assert_ne!(a, b);
+            } else {
+                assert_eq!(a, b, "flows of other backends stay");
+            }
+        }
+        assert!(!lb.remove_backend(backend(3)).unwrap());
+    }
+
+    #[test]
+    fn without_connection_state_maglev_moves_few_flows() {
+        // Two independent balancers (no shared connections) over 10 and 9
+        // backends: flows that change are mostly the removed backend's.
+        let flows = 20_000;
+        let a = assign(&mut lb_with(10, ""), flows, 1);
+        let b = assign(&mut lb_with(9, ""), flows, 1);
+        let victim = a.iter().filter(|x| **x == backend(10)).count();
+        let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        assert!(moved >= victim);
+        assert!(moved - victim < flows as usize / 50, "moved {moved}, victim had {victim}");
+    }
+
+    #[test]
+    fn idle_connections_expire_and_full_table_still_balances() {
+        let mut lb = lb_with(2, ", idle_timeout_ms: 5, max_connections: 10");
+        assign(&mut lb, 30, 1);
+        assert_eq!(lb.connections(), 10);
+        assert_eq!(lb.conn_overflow(), 20);
+        let mut c = Counters::default();
+        lb.tick(&mut Batch::new(), &mut Context::new(10_000_000, &mut c));
+        assert_eq!(lb.connections(), 0);
+    }
+
+    #[test]
+    fn drops_and_passes_with_reasons() {
+        let mut lb = lb_with(2, ", port: 53");
+        let other_port = FrameSpec::udp(client(1), (VIP, 54), 10).build();
+        let not_vip = FrameSpec::udp(client(1), (Ipv4Addr::new(8, 8, 8, 8), 53), 10).build();
+        let mut frag = udp_to_vip(1);
+        frag[14 + 6] = 0x20; // more fragments
+        let mut cut = udp_to_vip(1);
+        cut.truncate(14 + 20 + 4);
+        cut[14 + 2..14 + 4].copy_from_slice(&24u16.to_be_bytes());
+        let arp_like = {
+            let mut f = udp_to_vip(1);
+            f[12] = 0x08;
+            f[13] = 0x06;
+            f
+        };
+        let frames = vec![other_port.clone(), not_vip.clone(), frag, cut, arp_like.clone()];
+        let (out, c) = run(&mut lb, &frames, 1);
+        assert_eq!(out, vec![other_port, not_vip, arp_like]);
+        assert_eq!(c.dropped(DropReason::Unsupported), 1);
+        assert_eq!(c.dropped(DropReason::Malformed), 1);
+
+        let mut empty = lb_with(0, "");
+        let (out, c) = run(&mut empty, &[udp_to_vip(1)], 1);
+        assert!(out.is_empty());
+        assert_eq!(c.dropped(DropReason::NoBackend), 1);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = |y: &str| {
+            let p: Params = serde_yaml_ng::from_str(y).unwrap();
+            (SPEC.build)(&p).err().unwrap()
+        };
+        let b = "backends: [{ip: 10.0.1.1}, {ip: 10.0.1.2}]";
+        assert_eq!(e(&format!("{{vip: 10.0.0.1, {b}, table_size: 1000}}")).field, "table_size");
+        assert_eq!(
+            e("{vip: 10.0.0.1, backends: [{ip: 10.0.1.1}, {ip: 10.0.1.1}]}").field,
+            "backends[1].ip"
+        );
+        assert_eq!(
+            e("{vip: 10.0.0.1, backends: [{ip: 10.0.1.1, weight: 0}]}").field,
+            "backends[0].weight"
+        );
+        assert_eq!(e("{vip: 10.0.0.1, backends: [{ip: 10.0.0.1}]}").field, "backends[0].ip");
+        assert_eq!(e("{vip: 10.0.0.300, backends: []}").field, "vip");
+        assert_eq!(e("{vip: 10.0.0.1, backends: [], idle_timeout_ms: 0}").field, "idle_timeout_ms");
+        assert!(e("{vip: 10.0.0.1}").message.contains("backends"));
+    }
+
+    #[test]
+    fn state_round_trips_and_keeps_affinity() {
+        let mut a = lb_with(5, "");
+        a.add_backend(Backend { ip: backend(9), weight: 3 }).unwrap();
+        let before = assign(&mut a, 2_000, 1);
+        let s = a.export_state().unwrap();
+        // The importer starts with another backend set: the state brings
+        // the set and the connections along.
+        let mut b = lb_with(2, "");
+        b.import_state(&s).unwrap();
+        assert_eq!(b.backends(), a.backends());
+        assert_eq!(b.export_state().unwrap(), s);
+        assert_eq!(assign(&mut b, 2_000, 2), before);
+
+        let mut other_vip = {
+            let p: Params = serde_yaml_ng::from_str("{vip: 1.2.3.4, backends: []}").unwrap();
+            LoadBalancer::new(crate::params::parse(&p).unwrap()).unwrap()
+        };
+        assert!(matches!(other_vip.import_state(&s), Err(StateError::Corrupt(_))));
+        assert!(other_vip.backends().is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(f in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut lb = lb_with(3, ", table_size: 1021");
+            let (out, c) = run(&mut lb, &[f], 1);
+            prop_assert_eq!(out.len() as u64 + c.dropped_total(), 1);
+        }
+
+        #[test]
+        fn rewritten_packets_stay_valid(i in any::<u32>(), tcp in any::<bool>(), len in 0usize..1400) {
+            let mut lb = lb_with(7, ", table_size: 1021");
+            let f = if tcp {
+                FrameSpec::tcp(client(i), (VIP, 443), tcp_flags::ACK).with_payload_len(len).build()
+            } else {
+                FrameSpec::udp(client(i), (VIP, 53), len).build()
+            };
+            let (out, _) = run(&mut lb, &[f], 1);
+            let (_, dst) = addrs(&out[0]);
+            prop_assert!(lb.backend_ips.contains(&dst));
+        }
+    }
+}
