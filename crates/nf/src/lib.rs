@@ -23,6 +23,7 @@ pub mod loadbalancer;
 pub mod lpm;
 pub mod maglev;
 pub mod meter;
+pub mod nat;
 pub mod router;
 pub mod xor;
 

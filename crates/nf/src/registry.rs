@@ -35,6 +35,7 @@ pub static REGISTRY: &[&NfSpec] = &[
     &crate::meter::SPEC,
     &crate::router::SPEC,
     &crate::firewall::SPEC,
+    &crate::nat::SPEC,
 ];
 
 /// Look up an NF kind by name.

@@ -1,0 +1,726 @@
+//! `nat`: source NAT (masquerade) for TCP, UDP and ICMP echo.
+//!
+//! The NF sees one stream of packets and decides the direction per packet:
+//! * source inside (`internal` CIDRs) and destination outside: **outbound**.
+//!   The flow's mapping is looked up (or created, taking a free port from
+//!   `ports` for that protocol); the source address becomes `external_ip`
+//!   and the source port (ICMP: the echo identifier) the mapped port.
+//! * destination `external_ip`: **inbound**. The packet must be the reply
+//!   of a mapped flow (its 5-tuple is the flow's reply key); the destination
+//!   address and port become the internal host's. Anything else is dropped
+//!   (`no_mapping`): there is no port forwarding.
+//! * anything else (inside to inside, outside to outside): passed unchanged,
+//!   as are ARP and non-IPv4 frames.
+//!
+//! Checksums are updated incrementally (RFC 1624): the IPv4 header, the
+//! TCP/UDP checksum over the pseudo-header and port (a zero UDP checksum
+//! stays zero), the ICMP checksum over the identifier.
+//!
+//! Mappings idle out per protocol; TCP uses `tcp_transitory` until a reply
+//! was seen and after FIN/RST. Expired mappings are removed when a packet
+//! looks them up and by an incremental sweep in `tick`; their ports go back
+//! to the pool. Each protocol has its own pool, so at most one mapping per
+//! external port and protocol exists (the port alone identifies the inside
+//! host on the way back). No free port: `ports_exhausted`; `max_flows`
+//! mappings: `overflow`. Outbound packets that cannot be keyed (non-first
+//! fragments, ICMP other than echo, other protocols) are `unsupported`.
+
+use std::net::Ipv4Addr;
+
+use braid_packet::{Batch, Packet};
+
+use crate::conntrack::{
+    csum_update16, csum_update32, parse_cidr, parse_frame, parse_port_range, prefix_mask,
+    secs_to_ns, Conn, ConnTable, FlowKey, Frame, InsertError, Ipv4Info, Lookup, StateClock,
+    TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
+use crate::params::{ConfigError, ParamDoc};
+use crate::{
+    Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, Placement, StateError,
+};
+
+pub static SPEC: NfSpec = NfSpec {
+    name: "nat",
+    class: NfClass::Basic,
+    placements: &[Placement::User],
+    stateful: true,
+    summary: "source NAT / masquerade for TCP, UDP and ICMP echo with per-protocol port pools",
+    params: &[
+        ParamDoc {
+            name: "external_ip",
+            kind: "IPv4 address",
+            default: None,
+            help: "the address inside hosts are translated to",
+        },
+        ParamDoc {
+            name: "internal",
+            kind: "list of CIDR",
+            default: None,
+            help: "the inside networks; their packets to elsewhere are translated",
+        },
+        ParamDoc {
+            name: "ports",
+            kind: "\"lo-hi\"",
+            default: Some("\"1024-65535\""),
+            help: "external ports handed out, one pool per protocol",
+        },
+        ParamDoc {
+            name: "timeouts",
+            kind: "{tcp_established, tcp_transitory, udp, icmp}: seconds",
+            default: Some("{7440, 240, 300, 60}"),
+            help: "idle timeouts of mappings",
+        },
+        ParamDoc {
+            name: "max_flows",
+            kind: "usize, >= 1",
+            default: Some("262144"),
+            help: "mapping table size; new flows beyond it are dropped (overflow)",
+        },
+    ],
+    build: |p| Ok(Box::new(Nat::from_config(&crate::params::parse::<Config>(p)?)?)),
+};
+
+/// Idle timeouts in seconds.
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    pub tcp_established: u64,
+    pub tcp_transitory: u64,
+    pub udp: u64,
+    pub icmp: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        // RFC 5382 (TCP established >= 2 h 4 min, transitory >= 4 min),
+        // RFC 4787 (UDP >= 2 min; 5 min recommended).
+        TimeoutsConfig { tcp_established: 7440, tcp_transitory: 240, udp: 300, icmp: 60 }
+    }
+}
+
+fn default_ports() -> String {
+    "1024-65535".into()
+}
+
+fn default_max_flows() -> usize {
+    1 << 18
+}
+
+/// NAT parameters.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub external_ip: Ipv4Addr,
+    pub internal: Vec<String>,
+    #[serde(default = "default_ports")]
+    pub ports: String,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    #[serde(default = "default_max_flows")]
+    pub max_flows: usize,
+}
+
+/// Free external ports of one protocol: a stack, so allocation and release
+/// are O(1).
+#[derive(Clone, Debug)]
+struct PortPool {
+    free: Vec<u16>,
+}
+
+impl PortPool {
+    /// All of `lo..=hi` free, except `used`; lowest handed out first.
+    fn new(lo: u16, hi: u16, used: &[u16]) -> PortPool {
+        let mut taken = vec![false; 65536];
+        for &p in used {
+            taken[p as usize] = true;
+        }
+        PortPool { free: (lo..=hi).rev().filter(|p| !taken[*p as usize]).collect() }
+    }
+}
+
+/// The snapshot format.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NatState {
+    clock: u64,
+    conns: Vec<Conn>,
+}
+
+const STATE_VERSION: u32 = 1;
+const SWEEP_BUDGET: usize = 4096;
+
+/// The NAT.
+pub struct Nat {
+    external_ip: u32,
+    /// Inside networks as (network, mask).
+    internal: Vec<(u32, u32)>,
+    ports: (u16, u16),
+    timeouts: TimeoutsNs,
+    max_flows: usize,
+    table: ConnTable,
+    /// Port pools for TCP, UDP, ICMP.
+    pools: [PortPool; 3],
+    clock: StateClock,
+}
+
+impl std::fmt::Debug for Nat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nat")
+            .field("external_ip", &Ipv4Addr::from(self.external_ip))
+            .field("mappings", &self.table.len())
+            .finish()
+    }
+}
+
+#[inline]
+fn pool_index(proto: u8) -> Option<usize> {
+    match proto {
+        PROTO_TCP => Some(0),
+        PROTO_UDP => Some(1),
+        PROTO_ICMP => Some(2),
+        _ => None,
+    }
+}
+
+#[inline]
+fn put_be16(d: &mut [u8], at: usize, v: u16) {
+    d[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline]
+fn get_be16(d: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([d[at], d[at + 1]])
+}
+
+/// Which end of the packet to rewrite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Src,
+    Dst,
+}
+
+/// Rewrite the address and port (ICMP: identifier) of one end of an IPv4
+/// packet, updating the checksums incrementally. `info` comes from
+/// `parse_frame` on the same bytes, so every offset is in bounds.
+#[inline]
+fn rewrite(d: &mut [u8], info: &Ipv4Info, end: End, ip: u32, port: u16) {
+    let l3 = info.l3;
+    let l4 = info.l4_offset();
+    let ip_at = l3 + if end == End::Src { 12 } else { 16 };
+    let old_ip = u32::from_be_bytes([d[ip_at], d[ip_at + 1], d[ip_at + 2], d[ip_at + 3]]);
+    d[ip_at..ip_at + 4].copy_from_slice(&ip.to_be_bytes());
+    put_be16(d, l3 + 10, csum_update32(get_be16(d, l3 + 10), old_ip, ip));
+    let port_at = l4 + if end == End::Src { 0 } else { 2 };
+    match info.l4 {
+        L4::Tcp { .. } => {
+            let old_port = get_be16(d, port_at);
+            put_be16(d, port_at, port);
+            let ck = csum_update32(get_be16(d, l4 + 16), old_ip, ip);
+            put_be16(d, l4 + 16, csum_update16(ck, old_port, port));
+        }
+        L4::Udp { .. } => {
+            let old_port = get_be16(d, port_at);
+            put_be16(d, port_at, port);
+            let ck = get_be16(d, l4 + 6);
+            // Zero means "no checksum" and stays so; a computed zero is
+            // sent as 0xffff (RFC 768).
+            if ck != 0 {
+                let ck = csum_update16(csum_update32(ck, old_ip, ip), old_port, port);
+                put_be16(d, l4 + 6, if ck == 0 { 0xffff } else { ck });
+            }
+        }
+        L4::IcmpEcho { .. } => {
+            // The ICMP checksum has no pseudo-header: only the identifier.
+            let old = get_be16(d, l4 + 4);
+            put_be16(d, l4 + 4, port);
+            put_be16(d, l4 + 2, csum_update16(get_be16(d, l4 + 2), old, port));
+        }
+        L4::IcmpOther { .. } | L4::Fragment | L4::Other => {}
+    }
+}
+
+impl Nat {
+    pub fn from_config(cfg: &Config) -> Result<Nat, ConfigError> {
+        let external_ip = u32::from(cfg.external_ip);
+        if cfg.internal.is_empty() {
+            return Err(ConfigError::new("internal", "list at least one inside network"));
+        }
+        let mut internal = Vec::new();
+        for (i, c) in cfg.internal.iter().enumerate() {
+            let (net, len) =
+                parse_cidr(c).map_err(|e| ConfigError::new(format!("internal[{i}]"), e))?;
+            let mask = prefix_mask(len);
+            if external_ip & mask == net {
+                return Err(ConfigError::new(
+                    format!("internal[{i}]"),
+                    format!("`{c}` contains external_ip {}", cfg.external_ip),
+                ));
+            }
+            internal.push((net, mask));
+        }
+        let ports = parse_port_range(&cfg.ports).map_err(|e| ConfigError::new("ports", e))?;
+        if ports.0 == 0 {
+            return Err(ConfigError::new("ports", "port 0 cannot be handed out; start at 1"));
+        }
+        let t = cfg.timeouts;
+        for (name, v) in [
+            ("tcp_established", t.tcp_established),
+            ("tcp_transitory", t.tcp_transitory),
+            ("udp", t.udp),
+            ("icmp", t.icmp),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(
+                    format!("timeouts.{name}"),
+                    "must be at least 1 second",
+                ));
+            }
+        }
+        if cfg.max_flows == 0 {
+            return Err(ConfigError::new("max_flows", "must be at least 1"));
+        }
+        let timeouts = TimeoutsNs {
+            tcp_established: secs_to_ns(t.tcp_established),
+            tcp_transitory: secs_to_ns(t.tcp_transitory),
+            udp: secs_to_ns(t.udp),
+            icmp: secs_to_ns(t.icmp),
+            // Only TCP, UDP and ICMP are ever mapped.
+            other: secs_to_ns(t.udp),
+        };
+        let pool = PortPool::new(ports.0, ports.1, &[]);
+        Ok(Nat {
+            external_ip,
+            internal,
+            ports,
+            timeouts,
+            max_flows: cfg.max_flows,
+            table: ConnTable::new(cfg.max_flows),
+            pools: [pool.clone(), pool.clone(), pool],
+            clock: StateClock::default(),
+        })
+    }
+
+    /// Number of live mappings.
+    pub fn mappings(&self) -> usize {
+        self.table.len()
+    }
+
+    #[inline]
+    fn is_internal(&self, a: u32) -> bool {
+        self.internal.iter().any(|&(net, mask)| a & mask == net)
+    }
+
+    /// Give an expired mapping's port back.
+    fn release(pools: &mut [PortPool; 3], c: &Conn) {
+        if let Some(i) = pool_index(c.orig.proto) {
+            pools[i].free.push(c.reply.dst_port);
+        }
+    }
+
+    /// Translate one packet in place, or say why it is dropped.
+    #[inline]
+    fn translate(&mut self, p: &mut Packet, now: u64) -> Result<(), DropReason> {
+        let info = match parse_frame(p.data())? {
+            Frame::Ipv4(i) => i,
+            Frame::Arp | Frame::Other => return Ok(()),
+        };
+        let outbound = self.is_internal(info.src) && !self.is_internal(info.dst);
+        if !outbound && info.dst != self.external_ip {
+            return Ok(());
+        }
+        let Some(key) = info.flow_key() else {
+            return Err(if outbound { DropReason::Unsupported } else { DropReason::NoMapping });
+        };
+        let tcp_flags = match info.l4 {
+            L4::Tcp { flags, .. } => flags,
+            _ => 0,
+        };
+        let (slot, reply) = match self.table.lookup(&key, now, &self.timeouts) {
+            Lookup::Hit { slot, reply } => (slot, reply),
+            miss => {
+                if let Lookup::Expired(c) = &miss {
+                    Self::release(&mut self.pools, c);
+                }
+                if !outbound {
+                    return Err(DropReason::NoMapping);
+                }
+                (self.map_new(key, now)?, false)
+            }
+        };
+        let Some(conn) = self.table.get_mut(slot) else { return Err(DropReason::NoMapping) };
+        conn.touch(now, reply, tcp_flags);
+        let (end, ip, port) = if reply {
+            (End::Dst, conn.orig.src, conn.orig.src_port)
+        } else {
+            (End::Src, conn.reply.dst, conn.reply.dst_port)
+        };
+        rewrite(p.data_mut(), &info, end, ip, port);
+        Ok(())
+    }
+
+    /// Create the mapping of a new outbound flow.
+    fn map_new(&mut self, key: FlowKey, now: u64) -> Result<u32, DropReason> {
+        let pool = pool_index(key.proto).ok_or(DropReason::Unsupported)?;
+        let port = self.pools[pool].free.pop().ok_or(DropReason::PortsExhausted)?;
+        let (src_port, dst_port) =
+            if key.proto == PROTO_ICMP { (port, port) } else { (key.dst_port, port) };
+        let reply =
+            FlowKey { src: key.dst, dst: self.external_ip, src_port, dst_port, proto: key.proto };
+        match self.table.insert(key, reply, now) {
+            Ok(slot) => Ok(slot),
+            Err(e) => {
+                self.pools[pool].free.push(port);
+                Err(match e {
+                    InsertError::Full => DropReason::Overflow,
+                    InsertError::KeyInUse => DropReason::Other,
+                })
+            }
+        }
+    }
+
+    /// Check a snapshot's mappings against this NAT's configuration.
+    fn validate(&self, conns: &[Conn]) -> Result<(), String> {
+        let mut used = vec![[false; 3]; 65536];
+        for (i, c) in conns.iter().enumerate() {
+            let pool = pool_index(c.orig.proto)
+                .ok_or_else(|| format!("mapping {i}: protocol {} is not NATed", c.orig.proto))?;
+            let port = c.reply.dst_port;
+            if !self.is_internal(c.orig.src)
+                || c.reply.dst != self.external_ip
+                || c.reply.proto != c.orig.proto
+                || !(self.ports.0..=self.ports.1).contains(&port)
+            {
+                return Err(format!(
+                    "mapping {i} ({:?}) does not fit this NAT's external_ip, internal networks or port range",
+                    c.orig
+                ));
+            }
+            if std::mem::replace(&mut used[port as usize][pool], true) {
+                return Err(format!("mapping {i}: external port {port} is mapped twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NetworkFunction for Nat {
+    fn spec(&self) -> &'static NfSpec {
+        &SPEC
+    }
+
+    fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
+        let now = self.clock.now(cx.now_ns);
+        batch.retain_mut(|p| match self.translate(p, now) {
+            Ok(()) => true,
+            Err(reason) => {
+                cx.drop_packet(reason);
+                false
+            }
+        });
+    }
+
+    fn tick(&mut self, _out: &mut Batch, cx: &mut Context<'_>) {
+        let now = self.clock.now(cx.now_ns);
+        let pools = &mut self.pools;
+        self.table.sweep(now, &self.timeouts, SWEEP_BUDGET, |c| Self::release(pools, &c));
+    }
+
+    fn export_state(&self) -> Option<NfState> {
+        let conns = self.table.iter().copied().collect();
+        Some(NfState::encode(
+            SPEC.name,
+            STATE_VERSION,
+            &NatState { clock: self.clock.last(), conns },
+        ))
+    }
+
+    fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
+        let s: NatState = state.decode(SPEC.name, STATE_VERSION)?;
+        self.validate(&s.conns).map_err(StateError::Corrupt)?;
+        let table = ConnTable::from_conns(&s.conns, self.max_flows).map_err(StateError::Corrupt)?;
+        let mut used: [Vec<u16>; 3] = Default::default();
+        for c in &s.conns {
+            if let Some(i) = pool_index(c.orig.proto) {
+                used[i].push(c.reply.dst_port);
+            }
+        }
+        let (lo, hi) = self.ports;
+        self.pools = used.map(|u| PortPool::new(lo, hi, &u));
+        self.table = table;
+        self.clock.resume_from(s.clock);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::{checksum, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_ACK, TCP_SYN};
+    use crate::{Counters, Params};
+    use proptest::prelude::*;
+
+    fn nat(extra: &str) -> Nat {
+        let y =
+            format!("external_ip: 203.0.113.1\ninternal: [10.0.0.0/8, 192.168.0.0/16]\n{extra}");
+        let p: Params = serde_yaml_ng::from_str(&y).unwrap();
+        Nat::from_config(&crate::params::parse(&p).unwrap()).unwrap()
+    }
+
+    /// An IPv4 frame with correct IP and L4 checksums.
+    fn frame(src: u32, dst: u32, proto: u8, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let l4_len = if proto == PROTO_TCP { 20 } else { 8 } + payload.len();
+        let mut f = vec![0u8; 14 + 20 + l4_len];
+        f[12..14].copy_from_slice(&[8, 0]);
+        let ip = &mut f[14..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = proto;
+        ip[12..16].copy_from_slice(&src.to_be_bytes());
+        ip[16..20].copy_from_slice(&dst.to_be_bytes());
+        let ck = checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        let l4 = &mut ip[20..];
+        let hl = l4_len - payload.len();
+        l4[hl..].copy_from_slice(payload);
+        match proto {
+            PROTO_ICMP => {
+                l4[0] = ICMP_ECHO_REQUEST;
+                l4[4..6].copy_from_slice(&sport.to_be_bytes());
+                l4[6..8].copy_from_slice(&dport.to_be_bytes());
+            }
+            _ => {
+                l4[0..2].copy_from_slice(&sport.to_be_bytes());
+                l4[2..4].copy_from_slice(&dport.to_be_bytes());
+                if proto == PROTO_TCP {
+                    l4[12] = 5 << 4;
+                    l4[13] = TCP_SYN;
+                } else {
+                    l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+                }
+            }
+        }
+        fill_l4_checksum(&mut f);
+        f
+    }
+
+    fn l4_sum(f: &[u8]) -> u16 {
+        let ip = &f[14..];
+        let l4 = &ip[20..];
+        if ip[9] == PROTO_ICMP {
+            return checksum(l4);
+        }
+        let mut pseudo = Vec::from(&ip[12..20]);
+        pseudo.extend_from_slice(&[0, ip[9]]);
+        pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        pseudo.extend_from_slice(l4);
+        checksum(&pseudo)
+    }
+
+    fn ck_at(f: &[u8]) -> usize {
+        14 + 20
+            + match f[14 + 9] {
+                PROTO_TCP => 16,
+                PROTO_UDP => 6,
+                _ => 2,
+            }
+    }
+
+    fn fill_l4_checksum(f: &mut [u8]) {
+        let at = ck_at(f);
+        f[at..at + 2].copy_from_slice(&[0, 0]);
+        let ck = l4_sum(f);
+        f[at..at + 2].copy_from_slice(&ck.to_be_bytes());
+    }
+
+    fn checksums_ok(f: &[u8]) -> bool {
+        checksum(&f[14..34]) == 0 && l4_sum(f) == 0
+    }
+
+    /// (src, dst, sport, dport) of an IPv4 frame; ICMP: ident as both ports.
+    fn tuple(f: &[u8]) -> (u32, u32, u16, u16) {
+        let Ok(Frame::Ipv4(i)) = parse_frame(f) else { panic!("not IPv4") };
+        let k = i.flow_key().unwrap();
+        (k.src, k.dst, k.src_port, k.dst_port)
+    }
+
+    /// The reply to `f` as the remote end would send it.
+    fn reply_to(f: &[u8]) -> Vec<u8> {
+        let (s, d, sp, dp) = tuple(f);
+        let proto = f[14 + 9];
+        let mut r = frame(d, s, proto, dp, sp, b"pong");
+        if proto == PROTO_ICMP {
+            r[34] = ICMP_ECHO_REPLY;
+            fill_l4_checksum(&mut r);
+        } else if proto == PROTO_TCP {
+            r[14 + 20 + 13] = TCP_SYN | TCP_ACK;
+            fill_l4_checksum(&mut r);
+        }
+        r
+    }
+
+    fn run(nf: &mut Nat, now: u64, frames: &[Vec<u8>]) -> (Vec<Vec<u8>>, Counters) {
+        let mut b: Batch = frames.iter().map(|f| Packet::from_bytes(f)).collect();
+        let mut c = Counters::default();
+        nf.process(&mut b, &mut Context::new(now, &mut c));
+        (b.iter().map(|p| p.data().to_vec()).collect(), c)
+    }
+
+    const EXT: u32 = 0xcb00_7101;
+    const H1: u32 = 0x0a00_0001;
+    const REMOTE: u32 = 0x0808_0808;
+
+    #[test]
+    fn masquerades_and_reverses_each_protocol() {
+        let mut n = nat("ports: '2000-2010'\n");
+        for (i, proto) in [PROTO_TCP, PROTO_UDP, PROTO_ICMP].into_iter().enumerate() {
+            let out = frame(H1, REMOTE, proto, 40000, 53, b"hello");
+            let (o, c) = run(&mut n, 1, std::slice::from_ref(&out));
+            assert_eq!(c.dropped_total(), 0);
+            let (s, d, sp, dp) = tuple(&o[0]);
+            assert_eq!((s, d, sp), (EXT, REMOTE, 2000), "proto {proto}");
+            assert_eq!(dp, if proto == PROTO_ICMP { 2000 } else { 53 });
+            assert!(checksums_ok(&o[0]), "proto {proto}");
+            let (back, c) = run(&mut n, 2, &[reply_to(&o[0])]);
+            assert_eq!(c.dropped_total(), 0);
+            let (s, d, sp, dp) = tuple(&back[0]);
+            assert_eq!((s, d, dp), (REMOTE, H1, 40000));
+            assert_eq!(sp, if proto == PROTO_ICMP { 40000 } else { 53 });
+            assert!(checksums_ok(&back[0]));
+            assert_eq!(n.mappings(), i + 1);
+        }
+        // A zero UDP checksum stays zero.
+        let mut out = frame(0x0a00_0002, REMOTE, PROTO_UDP, 1, 2, b"x");
+        out[40..42].copy_from_slice(&[0, 0]);
+        let (o, _) = run(&mut n, 3, &[out]);
+        assert_eq!(&o[0][40..42], &[0, 0]);
+    }
+
+    #[test]
+    fn unmapped_inbound_exhausted_ports_and_passthrough() {
+        let mut n = nat("ports: '2000-2001'\n");
+        let u = |h: u32| frame(h, REMOTE, PROTO_UDP, 5, 53, b"");
+        let (o, c) = run(&mut n, 1, &[u(H1), u(H1 + 1), u(H1 + 2), u(H1)]);
+        assert_eq!(o.len(), 3);
+        assert_eq!(c.dropped(DropReason::PortsExhausted), 1);
+        let stray = frame(REMOTE, EXT, PROTO_UDP, 53, 2005, b"");
+        let inside = frame(H1, 0xc0a8_0001, PROTO_UDP, 1, 2, b"");
+        let outside = frame(REMOTE, 0x0101_0101, PROTO_UDP, 1, 2, b"");
+        let mut gre = frame(H1, REMOTE, PROTO_UDP, 1, 2, b"");
+        gre[14 + 9] = 47;
+        let (o, c) = run(&mut n, 1, &[stray, inside.clone(), outside.clone(), gre]);
+        assert_eq!(o, vec![inside, outside]);
+        assert_eq!((c.dropped(DropReason::NoMapping), c.dropped(DropReason::Unsupported)), (1, 1));
+    }
+
+    #[test]
+    fn idle_mappings_free_their_ports() {
+        let mut n = nat("ports: '2000-2000'\ntimeouts: {udp: 10}\n");
+        let s = 1_000_000_000u64;
+        let (o, _) = run(&mut n, s, &[frame(H1, REMOTE, PROTO_UDP, 5, 53, b"")]);
+        let (_, c) = run(&mut n, 2 * s, &[frame(H1 + 1, REMOTE, PROTO_UDP, 5, 53, b"")]);
+        assert_eq!(c.dropped(DropReason::PortsExhausted), 1);
+        // Lazily on lookup: the old reply finds nothing after 10 s.
+        let (back, c) = run(&mut n, 12 * s, &[reply_to(&o[0])]);
+        assert!(back.is_empty() && c.dropped(DropReason::NoMapping) == 1);
+        assert_eq!(n.mappings(), 0);
+        let (o, _) = run(&mut n, 13 * s, &[frame(H1 + 1, REMOTE, PROTO_UDP, 5, 53, b"")]);
+        assert_eq!(tuple(&o[0]).2, 2000);
+        // By the sweep in tick.
+        let mut c = Counters::default();
+        n.tick(&mut Batch::new(), &mut Context::new(30 * s, &mut c));
+        assert_eq!(n.mappings(), 0);
+        let (o, _) = run(&mut n, 31 * s, &[frame(H1 + 2, REMOTE, PROTO_UDP, 5, 53, b"")]);
+        assert_eq!(tuple(&o[0]).2, 2000);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        for (yaml, field) in [
+            ("external_ip: 1.2.3.4\ninternal: []", "internal"),
+            ("external_ip: 1.2.3.4\ninternal: [10.0.0.1/8]", "internal[0]"),
+            ("external_ip: 10.1.1.1\ninternal: [10.0.0.0/8]", "internal[0]"),
+            ("external_ip: 1.2.3.4\ninternal: [10.0.0.0/8]\nports: '0-10'", "ports"),
+            ("external_ip: 1.2.3.4\ninternal: [10.0.0.0/8]\nports: 'x'", "ports"),
+            ("external_ip: 1.2.3.4\ninternal: [10.0.0.0/8]\ntimeouts: {icmp: 0}", "timeouts.icmp"),
+            ("external_ip: 1.2.3\ninternal: [10.0.0.0/8]", "external_ip"),
+        ] {
+            let p: Params = serde_yaml_ng::from_str(yaml).unwrap();
+            let e = (SPEC.build)(&p).err().unwrap();
+            assert_eq!(e.field, field, "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn snapshot_checks_fit_the_config() {
+        let mut a = nat("");
+        run(&mut a, 1, &[frame(H1, REMOTE, PROTO_UDP, 5, 53, b"")]);
+        let snap = a.export_state().unwrap();
+        let mut other = nat("ports: '3000-4000'\n");
+        assert!(matches!(other.import_state(&snap), Err(StateError::Corrupt(_))));
+        assert_eq!(other.mappings(), 0);
+    }
+
+    fn arb_flow() -> impl Strategy<Value = (u32, u32, u8, u16, u16)> {
+        (
+            0u32..0x00ff_ffff,
+            any::<u32>()
+                .prop_filter("outside", |a| a >> 24 != 10 && a >> 16 != 0xc0a8 && *a != EXT),
+            prop_oneof![Just(PROTO_TCP), Just(PROTO_UDP), Just(PROTO_ICMP)],
+            any::<u16>(),
+            any::<u16>(),
+        )
+            .prop_map(|(h, r, p, sp, dp)| (0x0a00_0000 | h, r, p, sp, dp))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn out_then_reply_gives_the_original_tuple_back_and_survives_migration(
+            flows in proptest::collection::vec(arb_flow(), 1..40),
+            payload in proptest::collection::vec(any::<u8>(), 0..30),
+        ) {
+            let mut n = nat("");
+            let outs: Vec<Vec<u8>> = flows.iter()
+                .map(|&(h, r, p, sp, dp)| frame(h, r, p, sp, dp, &payload)).collect();
+            let (translated, c) = run(&mut n, 1, &outs);
+            prop_assert_eq!(c.dropped_total(), 0);
+            let replies: Vec<Vec<u8>> = translated.iter().map(|f| reply_to(f)).collect();
+            for (o, t) in outs.iter().zip(&translated) {
+                prop_assert!(checksums_ok(t));
+                prop_assert_eq!(tuple(t).0, EXT);
+                prop_assert_eq!(tuple(t).1, tuple(o).1);
+            }
+            // Migrate before the replies come back.
+            let mut m = nat("");
+            m.import_state(&n.export_state().unwrap()).unwrap();
+            let (back, c) = run(&mut n, 2, &replies);
+            let (back_m, _) = run(&mut m, 9, &replies);
+            prop_assert_eq!(c.dropped_total(), 0);
+            prop_assert_eq!(&back, &back_m);
+            for (o, b) in outs.iter().zip(&back) {
+                prop_assert!(checksums_ok(b));
+                let (os, od, osp, odp) = tuple(o);
+                let (bs, bd, bsp, bdp) = tuple(b);
+                prop_assert_eq!((bs, bd, bdp), (od, os, osp));
+                if o[14 + 9] != PROTO_ICMP {
+                    prop_assert_eq!(bsp, odp);
+                }
+            }
+        }
+
+        #[test]
+        fn never_panics_on_garbage(frames in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..90), 1..8),
+            flip in any::<(usize, u8)>())
+        {
+            let mut frames = frames;
+            let mut g = frame(H1, REMOTE, PROTO_TCP, 1, 80, b"abc");
+            let at = flip.0 % g.len();
+            g[at] ^= flip.1;
+            frames.push(g);
+            let mut n = nat("");
+            let (o, c) = run(&mut n, 1, &frames);
+            prop_assert_eq!(o.len() as u64 + c.dropped_total(), frames.len() as u64);
+        }
+    }
+}
