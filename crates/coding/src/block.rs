@@ -158,11 +158,14 @@ impl BlockEncoder {
     pub fn encode(&mut self, seed: u32, out: &mut Vec<u8>) {
         let n = self.filled;
         coefficients(seed, &mut self.coefs[..n]);
+        // Zero-pad the sources to one length so the kernel can fuse them.
+        for s in &mut self.sources[..n] {
+            s.resize(self.max_symbol, 0);
+        }
         out.clear();
         out.resize(self.max_symbol, 0);
-        for (src, &c) in self.sources[..n].iter().zip(&self.coefs[..n]) {
-            self.kernel.mul_acc(&mut out[..src.len()], src, c);
-        }
+        let srcs: Vec<&[u8]> = self.sources[..n].iter().map(|v| &v[..]).collect();
+        self.kernel.combine(out, &srcs, &self.coefs[..n]);
     }
 }
 

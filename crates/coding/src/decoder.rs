@@ -70,21 +70,30 @@ impl Solver {
 
     fn insert_owned(&mut self, mut coefs: Vec<u8>, mut data: Vec<u8>) -> Option<usize> {
         let k = self.kernel;
-        // Reduce by every pivot row: afterwards coefs is zero in all pivot
-        // columns (pivot rows have zeros in each other's pivot columns).
-        for col in 0..self.width {
-            let f = coefs[col];
+        // Reduce by every pivot row. In reduced row-echelon form each pivot
+        // row is zero in every other pivot column, so the factors are the
+        // incoming coefficients at the pivot columns, all known up front:
+        // the reduction is one linear combination, which the kernel fuses.
+        let mut factors = Vec::with_capacity(self.rows.len());
+        let mut coef_rows: Vec<&[u8]> = Vec::with_capacity(self.rows.len());
+        let mut data_rows: Vec<&[u8]> = Vec::with_capacity(self.rows.len());
+        for (col, &f) in coefs.iter().enumerate() {
             if f == 0 {
                 continue;
             }
             if let Some(r) = self.pivot[col] {
                 let row = &self.rows[r];
-                k.mul_acc(&mut coefs[col..], &row.coefs[col..], f);
+                factors.push(f);
+                coef_rows.push(&row.coefs);
+                data_rows.push(&row.data);
                 if data.len() < row.data.len() {
                     data.resize(row.data.len(), 0);
                 }
-                k.mul_acc(&mut data, &row.data, f);
             }
+        }
+        if !factors.is_empty() {
+            k.combine(&mut coefs, &coef_rows, &factors);
+            k.combine(&mut data, &data_rows, &factors);
         }
         let p = coefs.iter().position(|&x| x != 0)?;
         let inv = gf256::inv(coefs[p]).unwrap_or(1);

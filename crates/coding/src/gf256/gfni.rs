@@ -74,3 +74,65 @@ fn scale_impl(dst: &mut [u8], c: u8) {
         }
     }
 }
+
+/// `dst ^= sum(coefs[i] * srcs[i][..dst.len()])`, four sources per pass so
+/// `dst` is loaded and stored once per four products. Every source must be
+/// at least `dst.len()` long (checked by the caller).
+pub(super) fn combine(dst: &mut [u8], srcs: &[&[u8]], coefs: &[u8]) {
+    // SAFETY: `Kernel::combine` dispatches here only when GFNI and
+    // AVX-512F/BW were detected.
+    unsafe { combine_impl(dst, srcs, coefs) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,gfni")]
+fn combine_impl(dst: &mut [u8], srcs: &[&[u8]], coefs: &[u8]) {
+    let n = dst.len();
+    let full = n / 64 * 64;
+    let k = tail_mask(n - full);
+    let mut groups = srcs.chunks_exact(4).zip(coefs.chunks_exact(4));
+    for (s, c) in &mut groups {
+        let (s0, s1, s2, s3) = (&s[0][..n], &s[1][..n], &s[2][..n], &s[3][..n]);
+        let c0 = _mm512_set1_epi8(c[0] as i8);
+        let c1 = _mm512_set1_epi8(c[1] as i8);
+        let c2 = _mm512_set1_epi8(c[2] as i8);
+        let c3 = _mm512_set1_epi8(c[3] as i8);
+        let mut off = 0;
+        while off < full {
+            // SAFETY: off + 64 <= full <= n and every slice here is n bytes
+            // long; unaligned loads and store.
+            unsafe {
+                let mut acc = _mm512_loadu_si512(dst.as_ptr().add(off).cast());
+                let v0 = _mm512_loadu_si512(s0.as_ptr().add(off).cast());
+                let v1 = _mm512_loadu_si512(s1.as_ptr().add(off).cast());
+                let v2 = _mm512_loadu_si512(s2.as_ptr().add(off).cast());
+                let v3 = _mm512_loadu_si512(s3.as_ptr().add(off).cast());
+                acc = _mm512_xor_si512(acc, _mm512_gf2p8mul_epi8(v0, c0));
+                acc = _mm512_xor_si512(acc, _mm512_gf2p8mul_epi8(v1, c1));
+                acc = _mm512_xor_si512(acc, _mm512_gf2p8mul_epi8(v2, c2));
+                acc = _mm512_xor_si512(acc, _mm512_gf2p8mul_epi8(v3, c3));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(off).cast(), acc);
+            }
+            off += 64;
+        }
+        if full < n {
+            // SAFETY: the mask enables lanes full..n only, all inside every
+            // n-byte slice; masked-off lanes are not accessed.
+            unsafe {
+                let mut acc = _mm512_maskz_loadu_epi8(k, dst.as_ptr().add(full).cast());
+                let v0 = _mm512_maskz_loadu_epi8(k, s0.as_ptr().add(full).cast());
+                let v1 = _mm512_maskz_loadu_epi8(k, s1.as_ptr().add(full).cast());
+                let v2 = _mm512_maskz_loadu_epi8(k, s2.as_ptr().add(full).cast());
+                let v3 = _mm512_maskz_loadu_epi8(k, s3.as_ptr().add(full).cast());
+                acc = _mm512_xor_si512(acc, _mm512_gf2p8mul_epi8(v0, c0));
+                acc = _mm512_xor_si512(acc, _mm512_gf2p8mul_epi8(v1, c1));
+                acc = _mm512_xor_si512(acc, _mm512_gf2p8mul_epi8(v2, c2));
+                acc = _mm512_xor_si512(acc, _mm512_gf2p8mul_epi8(v3, c3));
+                _mm512_mask_storeu_epi8(dst.as_mut_ptr().add(full).cast(), k, acc);
+            }
+        }
+    }
+    let rest = srcs.len() / 4 * 4;
+    for (s, &c) in srcs[rest..].iter().zip(&coefs[rest..]) {
+        mul_acc_impl(dst, &s[..n], c);
+    }
+}

@@ -209,6 +209,24 @@ impl Kernel {
         }
     }
 
+    /// `dst ^= sum(coefs[i] * srcs[i])` over the first `dst.len()` bytes:
+    /// a whole linear combination in one call. Sources shorter than `dst`
+    /// count as zero-padded. The GFNI kernel fuses four sources per pass
+    /// over `dst`; the others call [`Kernel::mul_acc`] per source.
+    pub fn combine(self, dst: &mut [u8], srcs: &[&[u8]], coefs: &[u8]) {
+        let n = srcs.len().min(coefs.len());
+        let (srcs, coefs) = (&srcs[..n], &coefs[..n]);
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Gfni && self.is_available() && srcs.iter().all(|s| s.len() >= dst.len())
+        {
+            return gfni::combine(dst, srcs, coefs);
+        }
+        for (s, &c) in srcs.iter().zip(coefs) {
+            let m = s.len().min(dst.len());
+            self.mul_acc(&mut dst[..m], s, c);
+        }
+    }
+
     /// `dst[i] = c * dst[i]`.
     pub fn scale(self, dst: &mut [u8], c: u8) {
         match c {
@@ -323,6 +341,33 @@ mod tests {
                 let mut got = dst.clone();
                 k.scale(&mut got[off..], c);
                 prop_assert_eq!(&got, &want_scale, "scale kernel {}", k.name());
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn combine_matches_mul_acc(
+            n in 0usize..300,
+            srcs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..320), 0..11),
+            coefs in proptest::collection::vec(any::<u8>(), 0..11),
+        ) {
+            let refs: Vec<&[u8]> = srcs.iter().map(|s| &s[..]).collect();
+            let mut want = vec![7u8; n];
+            for (s, &c) in refs.iter().zip(&coefs) {
+                let m = s.len().min(n);
+                portable::mul_acc(&mut want[..m], &s[..m], c);
+            }
+            for k in Kernel::available() {
+                let mut got = vec![7u8; n];
+                k.combine(&mut got, &refs, &coefs);
+                prop_assert_eq!(&got, &want, "kernel {}", k.name());
+                // Equal-length sources take the fused path.
+                let eq: Vec<Vec<u8>> = srcs.iter().map(|s| { let mut v = s.clone(); v.resize(n, 0); v }).collect();
+                let eq_refs: Vec<&[u8]> = eq.iter().map(|s| &s[..]).collect();
+                let mut got = vec![7u8; n];
+                k.combine(&mut got, &eq_refs, &coefs);
+                prop_assert_eq!(&got, &want, "kernel {} (equal lengths)", k.name());
             }
         }
     }
