@@ -13,6 +13,8 @@
 pub mod batch;
 pub mod buffer;
 pub mod flow;
+#[cfg(feature = "proptest")]
+pub mod strategy;
 pub mod wire;
 
 pub use batch::{Batch, DEFAULT_BATCH_SIZE};

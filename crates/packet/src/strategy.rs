@@ -1,0 +1,134 @@
+//! Proptest strategies for frames (cargo feature `proptest`).
+//!
+//! * [`frame_spec`]: any [`FrameSpec`] (UDP/TCP/ICMP echo, optional VLAN,
+//!   IPv4 options, payload up to 256 bytes); [`valid_frame`] builds it.
+//! * [`mutated_frame`]: a valid frame, truncated and/or with random bytes
+//!   overwritten, to reach deep into parsers with almost-valid input.
+//! * [`garbage_frame`]: random bytes, sometimes behind a plausible Ethernet
+//!   + IPv4 prefix.
+//! * [`any_frame`]: one of the three.
+//!
+//! Use from another crate's tests with
+//! `braid-packet = { workspace = true, features = ["proptest"] }` in
+//! `[dev-dependencies]`.
+
+use crate::wire::build::{FrameSpec, L4Spec};
+use crate::wire::MacAddr;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use std::net::Ipv4Addr;
+
+pub fn mac_addr() -> impl Strategy<Value = MacAddr> {
+    any::<[u8; 6]>().prop_map(MacAddr)
+}
+
+pub fn ipv4_addr() -> impl Strategy<Value = Ipv4Addr> {
+    any::<u32>().prop_map(Ipv4Addr::from)
+}
+
+pub fn l4_spec() -> impl Strategy<Value = L4Spec> {
+    prop_oneof![
+        (any::<u16>(), any::<u16>())
+            .prop_map(|(src_port, dst_port)| L4Spec::Udp { src_port, dst_port }),
+        (any::<u16>(), any::<u16>(), any::<u8>(), any::<u32>(), any::<u32>(), any::<u16>())
+            .prop_map(|(src_port, dst_port, flags, seq, ack, window)| L4Spec::Tcp {
+                src_port,
+                dst_port,
+                flags,
+                seq,
+                ack,
+                window
+            }),
+        (any::<u16>(), any::<u16>(), any::<bool>())
+            .prop_map(|(ident, seq_no, reply)| L4Spec::IcmpEcho { ident, seq_no, reply }),
+    ]
+}
+
+/// Any valid frame description (payload up to `max_payload` bytes).
+pub fn frame_spec_with(max_payload: usize) -> impl Strategy<Value = FrameSpec> {
+    (
+        (mac_addr(), mac_addr(), proptest::option::of(0u16..4096)),
+        (ipv4_addr(), ipv4_addr(), any::<u8>(), any::<u8>(), any::<u16>(), any::<bool>()),
+        vec(any::<u8>(), 0..=40),
+        l4_spec(),
+        vec(any::<u8>(), 0..=max_payload),
+    )
+        .prop_map(
+            |(
+                (src_mac, dst_mac, vlan),
+                (src_ip, dst_ip, ttl, tos, ip_ident, dont_frag),
+                ip_options,
+                l4,
+                payload,
+            )| {
+                FrameSpec {
+                    src_mac,
+                    dst_mac,
+                    vlan,
+                    src_ip,
+                    dst_ip,
+                    ttl,
+                    tos,
+                    ip_ident,
+                    dont_frag,
+                    ip_options,
+                    l4,
+                    payload,
+                }
+            },
+        )
+}
+
+/// Any valid frame description with up to 256 bytes of payload.
+pub fn frame_spec() -> impl Strategy<Value = FrameSpec> {
+    frame_spec_with(256)
+}
+
+/// The bytes of a valid frame.
+pub fn valid_frame() -> impl Strategy<Value = Vec<u8>> {
+    frame_spec().prop_map(|s| s.build())
+}
+
+/// A valid frame with up to 8 random bytes overwritten and, half of the
+/// time, cut at a random length.
+pub fn mutated_frame() -> impl Strategy<Value = Vec<u8>> {
+    (
+        valid_frame(),
+        vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        any::<bool>(),
+        any::<prop::sample::Index>(),
+    )
+        .prop_map(|(mut f, edits, cut, at)| {
+            for (i, b) in edits {
+                let i = i.index(f.len());
+                f[i] = b;
+            }
+            if cut {
+                let n = at.index(f.len() + 1);
+                f.truncate(n);
+            }
+            f
+        })
+}
+
+/// Random bytes (up to 128), half of the time behind an untagged
+/// Ethernet header with ethertype IPv4 and an IPv4 version/IHL byte so that
+/// parsers get past their first check.
+pub fn garbage_frame() -> impl Strategy<Value = Vec<u8>> {
+    (vec(any::<u8>(), 0..128), any::<bool>(), 0u8..16).prop_map(|(bytes, prefix, ihl)| {
+        if prefix {
+            let mut f = vec![0u8; 14];
+            f[12] = 0x08;
+            f.push(0x40 | ihl);
+            f.extend_from_slice(&bytes);
+            f
+        } else {
+            bytes
+        }
+    })
+}
+
+/// A valid, mutated or garbage frame.
+pub fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![valid_frame(), mutated_frame(), garbage_frame()]
+}
