@@ -7,6 +7,7 @@
 //! inter-container seed); the deployment picks the backend.
 
 pub mod af_packet;
+pub mod af_xdp;
 pub mod netns;
 pub mod xdp;
 

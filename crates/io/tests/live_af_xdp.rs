@@ -1,0 +1,182 @@
+//! AF_XDP port pair forwarding between two veths (copy mode, as veth
+//! offers): ping and a UDP flow pass through a user-space bridge, with
+//! frames copied out or kept in the UMEM (zero-copy rx), waiting by
+//! poll or by spinning. Plus a chain that starts in the kernel: XDP fwd on
+//! one hop, then XDP steer into AF_XDP sockets and a user-space bridge.
+
+mod common;
+
+use braid_io::af_xdp::{AfXdpConfig, AfXdpPort, BindMode, WaitMode};
+use braid_io::netns::{self, LinkGuard, NetnsGuard};
+use braid_io::xdp::{xdp_built, AttachMode, XdpNf, XdpProgram};
+use braid_io::Port;
+use common::{all_gone, expected_payload, skip_unless_root, Bridge, Topology};
+
+fn skip(test: &str) -> bool {
+    if skip_unless_root(test) {
+        return true;
+    }
+    if !xdp_built() {
+        eprintln!("skipping {test}: XDP programs were not built (install clang and libbpf-dev)");
+        return true;
+    }
+    false
+}
+
+fn open_pair(
+    ns: &NetnsGuard,
+    a: &str,
+    b: &str,
+    zero_copy_rx: bool,
+    wait: WaitMode,
+) -> (AfXdpPort, AfXdpPort) {
+    let (a, b) = (a.to_string(), b.to_string());
+    ns.enter(move || {
+        let cfg = |iface: &str| {
+            let mut c = AfXdpConfig::new(iface);
+            c.rx_zero_copy = zero_copy_rx;
+            c.wait = wait;
+            c.ring_size = 512;
+            c.frame_count = 1024;
+            c
+        };
+        let pa = AfXdpPort::open(&cfg(&a)).unwrap();
+        let pb = AfXdpPort::open(&cfg(&b)).unwrap();
+        assert!(!pa.is_zero_copy(), "veth has no zero-copy AF_XDP");
+        (pa, pb)
+    })
+    .unwrap()
+}
+
+fn check_traffic(topo: &Topology) {
+    assert!(topo.ping(3), "ping through the AF_XDP bridge");
+    for size in [18, 256, 1400, 1472] {
+        let got = topo.udp_echo(50, size);
+        assert_eq!(got.len(), 50, "all UDP echoes of {size} B come back");
+        for (i, p) in got.iter().enumerate() {
+            assert_eq!(p, &expected_payload(i, size), "echo {i} of {size} B is intact");
+        }
+    }
+}
+
+fn forward_through_af_xdp(tag: &str, zero_copy_rx: bool, wait: WaitMode) {
+    let topo = Topology::new(tag);
+    let created = topo.created();
+    let (a, b) = open_pair(&topo.fwd, topo.fl(), topo.fr(), zero_copy_rx, wait);
+    assert_eq!(a.name(), format!("af_xdp:{}/q0", topo.fl()));
+    let bridge = Bridge::start(a, b);
+    check_traffic(&topo);
+    let (mut a, b) = bridge.stop();
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sa.rx_packets >= 200 + 3, "left port received {sa:?}");
+    assert_eq!(sa.tx_packets, sb.rx_packets, "right rx went out left");
+    assert_eq!(sb.tx_packets, sa.rx_packets, "left rx went out right");
+    assert_eq!(sa.tx_dropped + sb.tx_dropped + sa.rx_dropped + sb.rx_dropped, 0, "{sa:?} {sb:?}");
+    let steer = a.steer_program().unwrap().counters().unwrap();
+    assert_eq!(steer.redirect, sa.rx_packets, "every frame was steered to the socket");
+    drop((a, b));
+    drop(topo);
+    assert!(all_gone(&created), "namespaces and links are removed");
+}
+
+#[test]
+fn af_xdp_copy_out_block() {
+    if skip("af_xdp_copy_out_block") {
+        return;
+    }
+    forward_through_af_xdp("xk", false, WaitMode::Block);
+}
+
+#[test]
+fn af_xdp_zero_copy_rx_busy() {
+    if skip("af_xdp_zero_copy_rx_busy") {
+        return;
+    }
+    forward_through_af_xdp("xz", true, WaitMode::Busy);
+}
+
+#[test]
+fn af_xdp_forced_zero_copy_on_veth_fails_clearly() {
+    if skip("af_xdp_forced_zero_copy_on_veth_fails_clearly") {
+        return;
+    }
+    let ns = NetnsGuard::create(&netns::unique_name("xzc")).unwrap();
+    let (a, b) = (netns::unique_ifname("za"), netns::unique_ifname("zb"));
+    let _veth = LinkGuard::veth_between(&a, Some(ns.name()), &b, Some(ns.name())).unwrap();
+    netns::set_up(Some(ns.name()), &a).unwrap();
+    netns::set_up(Some(ns.name()), &b).unwrap();
+    let a2 = a.clone();
+    let err = ns
+        .enter(move || {
+            let mut c = AfXdpConfig::new(&a2);
+            c.mode = BindMode::ZeroCopy;
+            AfXdpPort::open(&c).err().expect("veth cannot bind zero-copy")
+        })
+        .unwrap()
+        .to_string();
+    assert!(err.contains("zero-copy") && err.contains(&a), "{err}");
+}
+
+/// client -> [hop1: XDP fwd] -> [hop2: XDP steer -> AF_XDP bridge] -> server.
+/// Four namespaces: the chain starts in the kernel and goes on in user
+/// space on the next host, as CALVIN's mixed chains do.
+#[test]
+fn xdp_fwd_then_af_xdp_fwd_chain() {
+    if skip("xdp_fwd_then_af_xdp_fwd_chain") {
+        return;
+    }
+    let topo = Topology::new("xc");
+    // Add a second hop: the right link's forwarder end (fr) moves into a
+    // new namespace, hop 2, and a new veth h1-h2 joins the two hops.
+    let hop2 = NetnsGuard::create(&netns::unique_name("xch2")).unwrap();
+    let fr = topo.fr().to_string();
+    topo.right.move_end_to(&fr, &hop2).unwrap();
+    netns::set_up(Some(hop2.name()), &fr).unwrap();
+    let (h1, h2) = (netns::unique_ifname("h1"), netns::unique_ifname("h2"));
+    let mid = LinkGuard::veth_between(&h1, Some(topo.fwd.name()), &h2, Some(hop2.name())).unwrap();
+    netns::set_up(Some(topo.fwd.name()), &h1).unwrap();
+    netns::set_up(Some(hop2.name()), &h2).unwrap();
+
+    // Hop 1: XDP fwd fl <-> h1. Redirected frames reach the peers (client
+    // end c, hop-2 end h2) only if those run XDP: c gets pass, h2 gets the
+    // steering program of its AF_XDP port.
+    let client_pass = {
+        let c = topo.c().to_string();
+        topo.client
+            .enter(move || {
+                let mut p = XdpProgram::load(XdpNf::Pass).unwrap();
+                p.attach(&c, AttachMode::Auto).unwrap();
+                p
+            })
+            .unwrap()
+    };
+    let fl = topo.fl().to_string();
+    let h1c = h1.clone();
+    let mut hop1 = topo
+        .fwd
+        .enter(move || {
+            let mut p = XdpProgram::load(XdpNf::Fwd).unwrap();
+            p.set_forward_by_name(&fl, &h1c).unwrap();
+            p.set_forward_by_name(&h1c, &fl).unwrap();
+            p.attach(&fl, AttachMode::Auto).unwrap();
+            p.attach(&h1c, AttachMode::Auto).unwrap();
+            p
+        })
+        .unwrap();
+    // Hop 2: AF_XDP bridge h2 <-> fr. The frames AF_XDP transmits on h2
+    // go to hop 1's h1 through the normal veth path: checksum offload off
+    // so they carry finished checksums.
+    netns::tx_checksum_off(Some(hop2.name()), &h2).unwrap();
+    netns::tx_checksum_off(Some(hop2.name()), &fr).unwrap();
+    let (a, b) = open_pair(&hop2, &h2, &fr, false, WaitMode::Block);
+    let bridge = Bridge::start(a, b);
+    check_traffic(&topo);
+    let (a, b) = bridge.stop();
+    let c = hop1.counters().unwrap();
+    assert!(c.redirect >= 2 * (3 + 200), "hop 1 redirected both directions: {c:?}");
+    assert!(a.stats().rx_packets >= 203 && b.stats().rx_packets >= 203);
+    drop((a, b, hop1, client_pass, mid, hop2));
+    let created = topo.created();
+    drop(topo);
+    assert!(all_gone(&created));
+}
