@@ -8,7 +8,9 @@
 
 pub mod af_packet;
 pub mod af_xdp;
+pub mod memory;
 pub mod netns;
+pub mod pcap;
 pub mod xdp;
 
 use braid_packet::Batch;
