@@ -23,12 +23,27 @@ struct Cli {
 enum Command {
     /// List the NFs with class, placement and parameters.
     Nfs(cmd::nfs::Args),
+    /// Run the demo: build a sample capture, run it through a sample chain, print statistics.
+    Demo(cmd::demo::Args),
+    /// Check chain descriptors; report every problem with file, line and field.
+    Validate(cmd::validate::Args),
+    /// Show where each NF of a chain will run (kernel or user space) and why.
+    Plan(cmd::plan::Args),
+    /// Push a pcap through a chain and write what leaves it.
+    Run(cmd::run::Args),
+    /// In-memory throughput of a chain, whole and per NF.
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Nfs(a) => cmd::nfs::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Validate(a) => cmd::validate::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Run(a) => cmd::run::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("braid: error: {e:#}");

@@ -3,6 +3,9 @@
 //! - [`descriptor`]: the YAML chain descriptor ([`ChainDescriptor`]).
 //! - [`chain`]: the running [`Chain`] (stages, counters, monitors).
 //! - [`validate`]: every problem of a descriptor file, with line and column.
+//! - [`bench`]: in-memory throughput of a chain beside a refill baseline.
+//! - [`plan`]: where each NF runs (kernel or user space) and why.
+//! - [`runner`]: run a chain between two ports until the input ends.
 //! - [`spans`]: where each field of a YAML document is written.
 //!
 //! A typical use:
@@ -18,8 +21,11 @@
 //! assert_eq!(chain.snapshot().stages[0].counters.packets_in, 1);
 //! ```
 
+pub mod bench;
 pub mod chain;
 pub mod descriptor;
+pub mod plan;
+pub mod runner;
 pub mod spans;
 pub mod validate;
 

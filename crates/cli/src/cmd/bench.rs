@@ -1,0 +1,80 @@
+//! `braid bench CHAIN.yaml`: in-memory throughput of a chain, whole and
+//! per NF, beside a refill-only baseline measured in the same run.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use braid_runtime::bench::{format_result, run as run_bench, BenchConfig};
+use braid_runtime::Chain;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Chain descriptor (YAML).
+    pub chain: PathBuf,
+    /// Frame size in bytes without FCS (60..=1514).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=1514))]
+    pub frame_size: u16,
+    /// Number of distinct UDP flows.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub flows: u32,
+    /// Measured duration in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub duration: f64,
+    /// Packets per batch; default: the descriptor's batch_size.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub batch_size: Option<u16>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 3600.0) {
+        anyhow::bail!("--duration {} is out of range: seconds, > 0 and <= 3600", args.duration);
+    }
+    let d = braid_runtime::validate::load(&args.chain)?;
+    let mut chain = Chain::from_descriptor(&d)?;
+    let cfg = BenchConfig {
+        frame_size: args.frame_size as usize,
+        flows: args.flows,
+        duration: Duration::from_secs_f64(args.duration),
+        batch_size: args.batch_size.map(usize::from).unwrap_or(chain.batch_size()),
+        ..BenchConfig::default()
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(1000);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {percent:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut last = std::time::Instant::now();
+    let result = run_bench(&mut chain, &cfg, |frac, mpps| {
+        if let Some(bar) = &bar {
+            if last.elapsed() >= Duration::from_millis(100) || frac >= 1.0 {
+                last = std::time::Instant::now();
+                bar.set_position((frac * 1000.0) as u64);
+                if mpps > 0.0 {
+                    bar.set_message(format!("{mpps:.2} Mpps"));
+                } else {
+                    bar.set_message("baseline / warm-up");
+                }
+            }
+        }
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if args.json {
+        let mut v = result.to_json();
+        v["chain"]["name"] = d.name.clone().into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("chain {}", d.name);
+        print!("{}", format_result(&result));
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `braid validate FILE...`: check chain descriptors, report every problem.
+
+use std::path::PathBuf;
+
+use braid_runtime::validate::validate_str;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Chain descriptor files (YAML).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut bad = 0usize;
+    for file in &args.files {
+        let name = file.display().to_string();
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{name}: cannot read: {e}");
+                bad += 1;
+                continue;
+            }
+        };
+        let report = validate_str(&name, &text);
+        match report.descriptor {
+            Some(d) if report.problems.is_empty() => {
+                println!("{name}: ok: chain `{}` with {} NFs", d.name, d.nfs.len());
+            }
+            _ => {
+                for p in &report.problems {
+                    eprintln!("{p}");
+                }
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} of {} descriptors have problems", args.files.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Where each NF runs: the CALVIN classifier.
+//!
+//! Elementary and basic NFs go to the kernel (XDP) when an XDP version
+//! exists (`Placement::Kernel` in the NF's `placements`), because the kernel
+//! fast path avoids the trip to user space; advanced NFs (crypto, coding,
+//! DPI) go to user space, where heavy per-packet work belongs. A descriptor
+//! may pin an NF with `placement: kernel|user`; pinning to a side the NF
+//! cannot run on is a validation error (see [`crate::validate`]).
+
+use braid_nf::{NfClass, Placement};
+
+use crate::descriptor::{ChainDescriptor, PlacementChoice};
+
+/// The decision for one NF.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanEntry {
+    pub name: String,
+    /// NF kind.
+    pub kind: &'static str,
+    pub class: NfClass,
+    pub placement: Placement,
+    /// Why, in a few words.
+    pub reason: String,
+}
+
+/// Error from [`plan`]: a descriptor that did not pass validation.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("nfs[{index}] ({name}): unknown NF type `{kind}`")]
+    UnknownKind { index: usize, name: String, kind: String },
+    #[error("nfs[{index}] ({name}): `{kind}` cannot run in {placement} space")]
+    Impossible { index: usize, name: String, kind: String, placement: PlacementChoice },
+}
+
+/// Decide the placement of every NF of `d`.
+pub fn plan(d: &ChainDescriptor) -> Result<Vec<PlanEntry>, PlanError> {
+    d.nfs
+        .iter()
+        .enumerate()
+        .map(|(index, decl)| {
+            let spec = braid_nf::find(&decl.kind).ok_or_else(|| PlanError::UnknownKind {
+                index,
+                name: decl.name.clone(),
+                kind: decl.kind.clone(),
+            })?;
+            let has = |p: Placement| spec.placements.contains(&p);
+            let impossible = || PlanError::Impossible {
+                index,
+                name: decl.name.clone(),
+                kind: decl.kind.clone(),
+                placement: decl.placement,
+            };
+            let (placement, reason) = match decl.placement {
+                PlacementChoice::Kernel if has(Placement::Kernel) => {
+                    (Placement::Kernel, "pinned to kernel by the descriptor".to_string())
+                }
+                PlacementChoice::User if has(Placement::User) => {
+                    (Placement::User, "pinned to user space by the descriptor".to_string())
+                }
+                PlacementChoice::Kernel | PlacementChoice::User => return Err(impossible()),
+                PlacementChoice::Auto => {
+                    auto(spec.class, has(Placement::Kernel), has(Placement::User))
+                        .ok_or_else(impossible)?
+                }
+            };
+            Ok(PlanEntry {
+                name: decl.name.clone(),
+                kind: spec.name,
+                class: spec.class,
+                placement,
+                reason,
+            })
+        })
+        .collect()
+}
+
+fn auto(class: NfClass, kernel: bool, user: bool) -> Option<(Placement, String)> {
+    let pick = match class {
+        NfClass::Elementary | NfClass::Basic if kernel => {
+            (Placement::Kernel, format!("{class} NF with an XDP version: kernel fast path"))
+        }
+        NfClass::Elementary | NfClass::Basic if user => {
+            (Placement::User, format!("{class} NF without an XDP version: user space"))
+        }
+        NfClass::Advanced if user => {
+            (Placement::User, "advanced NF: heavy per-packet work, user space with fast I/O".into())
+        }
+        NfClass::Advanced if kernel => {
+            (Placement::Kernel, "advanced NF with only an XDP version: kernel".into())
+        }
+        _ => return None,
+    };
+    Some(pick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifier_rules() {
+        assert_eq!(auto(NfClass::Elementary, true, true).unwrap().0, Placement::Kernel);
+        assert_eq!(auto(NfClass::Basic, true, true).unwrap().0, Placement::Kernel);
+        assert_eq!(auto(NfClass::Basic, false, true).unwrap().0, Placement::User);
+        assert_eq!(auto(NfClass::Advanced, true, true).unwrap().0, Placement::User);
+        assert!(auto(NfClass::Advanced, false, false).is_none());
+    }
+
+    #[test]
+    fn plans_pins_and_auto() {
+        let d = ChainDescriptor::from_yaml(
+            "name: p\nnfs:\n  - {name: a, type: fwd}\n  - {name: b, type: fwd, placement: user}\n",
+        )
+        .unwrap();
+        let p = plan(&d).unwrap();
+        assert_eq!(p[0].placement, Placement::Kernel);
+        assert!(p[0].reason.contains("elementary"), "{}", p[0].reason);
+        assert_eq!(p[1].placement, Placement::User);
+        assert!(p[1].reason.contains("pinned"));
+        let d = ChainDescriptor::from_yaml("name: p\nnfs:\n  - {name: a, type: nope}\n").unwrap();
+        assert!(plan(&d).unwrap_err().to_string().contains("unknown NF type `nope`"));
+    }
+}

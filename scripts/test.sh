@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: install the system packages the tests
+# need, build everything, run every test, then clippy and rustfmt.
+# Run as root on Debian 12 (network tests create namespaces; apt installs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "system packages"
+scripts/install-deps.sh
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+if command -v rustup >/dev/null 2>&1; then
+    # Minimal rustup profiles lack these two.
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+fi
+
+step "build"
+cargo build --workspace --all-targets
+
+step "test"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace 2>&1 | tee "$log" || status=$?
+
+step "test summary"
+grep -E '^test result:' "$log" | awk '
+    { passed += $4; failed += $6; ignored += $8; print }
+    END { printf "TOTAL: %d passed, %d failed, %d ignored\n", passed, failed, ignored }'
+if [ "$status" -ne 0 ]; then
+    echo "cargo test failed:" >&2
+    grep -E '^(failures:|    [a-z_:]+$|test .* FAILED)' "$log" >&2 || true
+    exit "$status"
+fi
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "rustfmt"
+cargo fmt --all --check
+
+step "all green"
