@@ -33,22 +33,31 @@ pub fn sum(data: &[u8]) -> u32 {
         acc[2] += u32::from_ne_bytes([c[8], c[9], c[10], c[11]]) as u64;
         acc[3] += u32::from_ne_bytes([c[12], c[13], c[14], c[15]]) as u64;
     }
-    let rest = chunks.remainder();
-    let mut words = rest.chunks_exact(2);
-    for w in &mut words {
-        acc[0] += u16::from_ne_bytes([w[0], w[1]]) as u64;
+    // Tail of 0..=15 bytes in at most four steps (not a word loop: small
+    // headers are the common case).
+    let mut rest = chunks.remainder();
+    if rest.len() >= 8 {
+        acc[0] += u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
+        acc[1] += u32::from_ne_bytes([rest[4], rest[5], rest[6], rest[7]]) as u64;
+        rest = &rest[8..];
     }
-    if let [last] = words.remainder() {
+    if rest.len() >= 4 {
+        acc[2] += u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
+        rest = &rest[4..];
+    }
+    if rest.len() >= 2 {
+        acc[3] += u16::from_ne_bytes([rest[0], rest[1]]) as u64;
+        rest = &rest[2..];
+    }
+    if let [last] = rest {
         // The odd byte sits at an even offset: it is the high byte of a
         // big-endian word whose low byte is zero.
-        acc[1] += u16::from_ne_bytes([*last, 0]) as u64;
+        acc[3] += u16::from_ne_bytes([*last, 0]) as u64;
     }
-    let native = fold64(
-        fold64(acc[0]) as u64
-            + fold64(acc[1]) as u64
-            + fold64(acc[2]) as u64
-            + fold64(acc[3]) as u64,
-    );
+    // 2^32 = 1 (mod 0xFFFF), so adding the 32-bit halves keeps the sum;
+    // eight values below 2^32 cannot overflow a u64.
+    let halves: u64 = acc.iter().map(|a| (a & 0xFFFF_FFFF) + (a >> 32)).sum();
+    let native = fold64(halves);
     u16::from_be(native) as u32
 }
 
