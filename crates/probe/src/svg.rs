@@ -2,9 +2,9 @@
 //!
 //! Hand-written SVG: one polyline per series (payload size or
 //! configuration), RTT in microseconds on x, cumulative fraction on y.
-//! When a few outliers would squeeze the body of the distribution into a
-//! corner, the x axis ends at the largest p99.9 of the series and the
-//! caption says so.
+//! When the samples span a factor of 10 or more (a tail of outliers), the
+//! x axis is logarithmic so the body of the distribution is not squeezed
+//! into a corner; the caption says which scale is used.
 
 use std::fmt::Write as _;
 
@@ -23,21 +23,72 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// A "nice" tick step (1, 2 or 5 times a power of ten) for `range`.
-fn tick_step(range: f64) -> f64 {
-    let raw = range / 6.0;
-    let mag = 10f64.powf(raw.log10().floor());
-    let norm = raw / mag;
-    let nice = if norm < 1.5 {
-        1.0
-    } else if norm < 3.5 {
-        2.0
-    } else if norm < 7.5 {
-        5.0
+/// The x axis: linear when the samples span less than a factor of 10,
+/// else logarithmic, so both the body and the tail of a latency
+/// distribution stay readable.
+struct Axis {
+    lo: f64,
+    hi: f64,
+    log: bool,
+    step: f64,
+}
+
+/// The 1-2-5 series around `v`: the largest value `<= v` (`down`) or the
+/// smallest `>= v`.
+fn nice(v: f64, down: bool) -> f64 {
+    let mag = 10f64.powf(v.log10().floor());
+    let steps = [1.0, 2.0, 5.0, 10.0];
+    if down {
+        steps.iter().rev().map(|m| m * mag).find(|&c| c <= v * (1.0 + 1e-9)).unwrap_or(mag)
     } else {
-        10.0
-    };
-    nice * mag
+        steps.iter().map(|m| m * mag).find(|&c| c >= v * (1.0 - 1e-9)).unwrap_or(10.0 * mag)
+    }
+}
+
+/// A round tick step (1, 2 or 5 times a power of ten) for `range`.
+fn tick_step(range: f64) -> f64 {
+    nice(range / 6.0, false)
+}
+
+impl Axis {
+    fn new(min: f64, max: f64) -> Axis {
+        if max / min >= 10.0 {
+            Axis { lo: nice(min, true), hi: nice(max, false), log: true, step: 0.0 }
+        } else {
+            let step = tick_step((max - min).max(1e-3));
+            let lo = (min / step).floor() * step;
+            let hi = ((max / step).ceil() * step).max(lo + step);
+            Axis { lo, hi, log: false, step }
+        }
+    }
+
+    /// Position of `x` on the axis, 0..=1.
+    fn frac(&self, x: f64) -> f64 {
+        let f = if self.log {
+            (x.max(self.lo).log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
+        } else {
+            (x - self.lo) / (self.hi - self.lo)
+        };
+        f.clamp(0.0, 1.0)
+    }
+
+    fn ticks(&self) -> Vec<f64> {
+        let mut t = Vec::new();
+        if self.log {
+            let mut v = self.lo;
+            while v <= self.hi * (1.0 + 1e-9) {
+                t.push(v);
+                v = nice(v * 1.000_001, false);
+            }
+        } else {
+            let mut v = self.lo;
+            while v <= self.hi + self.step * 1e-6 {
+                t.push(v);
+                v += self.step;
+            }
+        }
+        t
+    }
 }
 
 /// Render a CDF plot of `series` (label, RTT samples in ns).
@@ -75,25 +126,15 @@ pub fn cdf_svg(title: &str, series: &[(String, Vec<u64>)]) -> String {
         return s;
     }
 
-    let x_min_data = sorted.iter().map(|(_, v)| v[0]).fold(f64::INFINITY, f64::min);
-    let x_max_data = sorted.iter().map(|(_, v)| v[v.len() - 1]).fold(0.0, f64::max);
-    let p999 = sorted
-        .iter()
-        .map(|(_, v)| v[((v.len() as f64 * 0.999).ceil() as usize).clamp(1, v.len()) - 1])
-        .fold(0.0, f64::max);
-    let clipped = x_max_data > 2.0 * p999 && p999 > x_min_data;
-    let x_hi_data = if clipped { p999 } else { x_max_data };
-    let span = (x_hi_data - x_min_data).max(1e-3);
-    let step = tick_step(span);
-    let x_lo = (x_min_data / step).floor() * step;
-    let x_hi = ((x_hi_data / step).ceil() * step).max(x_lo + step);
+    let x_min_data = sorted.iter().map(|(_, v)| v[0]).fold(f64::INFINITY, f64::min).max(0.001);
+    let x_max_data = sorted.iter().map(|(_, v)| v[v.len() - 1]).fold(0.0, f64::max).max(x_min_data);
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
-    let px = |x: f64| LEFT + (x.min(x_hi) - x_lo) / (x_hi - x_lo) * pw;
     let py = |y: f64| TOP + (1.0 - y) * ph;
+    let axis = Axis::new(x_min_data, x_max_data);
+    let px = |x: f64| LEFT + axis.frac(x) * pw;
 
     // Grid and axes.
-    let mut t = x_lo;
-    while t <= x_hi + step * 1e-6 {
+    for t in axis.ticks() {
         let x = px(t);
         let _ = writeln!(
             s,
@@ -104,9 +145,8 @@ pub fn cdf_svg(title: &str, series: &[(String, Vec<u64>)]) -> String {
             s,
             r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
             TOP + ph + 16.0,
-            fmt_tick(t, step)
+            fmt_tick(t)
         );
-        t += step;
     }
     for i in 0..=10 {
         let y = py(i as f64 / 10.0);
@@ -127,17 +167,12 @@ pub fn cdf_svg(title: &str, series: &[(String, Vec<u64>)]) -> String {
         s,
         r#"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
     );
-    let caption = if clipped {
-        format!("RTT (us); axis ends at p99.9 = {p999:.1} us, max = {x_max_data:.1} us")
-    } else {
-        "RTT (us)".to_string()
-    };
+    let caption = if axis.log { "RTT (us, log scale)" } else { "RTT (us)" };
     let _ = writeln!(
         s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{caption}</text>"#,
         LEFT + pw / 2.0,
-        H - 14.0,
-        escape(&caption)
+        H - 14.0
     );
     let _ = writeln!(
         s,
@@ -180,11 +215,11 @@ pub fn cdf_svg(title: &str, series: &[(String, Vec<u64>)]) -> String {
     s
 }
 
-fn fmt_tick(v: f64, step: f64) -> String {
-    if step >= 1.0 {
+fn fmt_tick(v: f64) -> String {
+    if v >= 1.0 || v == 0.0 {
         format!("{v:.0}")
     } else {
-        let digits = (-step.log10().floor()) as usize;
+        let digits = (-v.log10().floor()) as usize;
         format!("{v:.digits$}")
     }
 }
@@ -220,11 +255,17 @@ mod tests {
     }
 
     #[test]
-    fn outliers_clip_the_axis_and_say_so() {
+    fn wide_ranges_use_a_log_axis() {
         let mut a: Vec<u64> = (0..10_000).map(|i| 50_000 + (i % 100) * 100).collect();
         a.push(50_000_000);
         let svg = cdf_svg("t", &[("x".into(), a)]);
-        assert!(svg.contains("axis ends at p99.9"), "{svg}");
+        assert!(svg.contains("log scale"), "{svg}");
+        // Ticks from 50 us to 50 ms in the 1-2-5 series.
+        for tick in [">50<", ">100<", ">1000<", ">50000<"] {
+            assert!(svg.contains(tick), "{tick} missing");
+        }
+        let narrow: Vec<u64> = (0..100).map(|i| 40_000 + i * 100).collect();
+        assert!(!cdf_svg("t", &[("x".into(), narrow)]).contains("log scale"));
         assert!(cdf_svg("t", &[]).contains("no samples"));
         assert!(cdf_svg("t", &[("one".into(), vec![7])]).contains("<polyline"));
     }
@@ -234,5 +275,8 @@ mod tests {
         assert_eq!(tick_step(60.0), 10.0);
         assert_eq!(tick_step(12.0), 2.0);
         assert_eq!(tick_step(0.3), 0.05);
+        assert_eq!(nice(37.0, true), 20.0);
+        assert_eq!(nice(37.0, false), 50.0);
+        assert_eq!(nice(100.0, true), 100.0);
     }
 }

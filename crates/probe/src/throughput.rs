@@ -106,6 +106,8 @@ impl ThroughputConfig {
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
     pub offered_pps: u64,
+    /// Packets the kernel accepted (a slow sender stops at the end of the
+    /// step, so this can be less than offered rate x step time).
     pub sent: u64,
     pub send_errors: u64,
     /// Rate the sender actually achieved.
@@ -202,9 +204,12 @@ pub fn search(
     })
 }
 
-/// Offer `rate` packets/s for `cfg.step`, then wait `cfg.drain`.
+/// Offer `rate` packets/s for `cfg.step`, then wait `cfg.drain`. A sender
+/// that cannot reach `rate` stops at the end of the step all the same, so
+/// a step never takes much longer than `step + drain`.
 pub fn run_step(sock: &UdpSocket, cfg: &ThroughputConfig, rate: u64, run: u32) -> io::Result<Step> {
-    let count = ((rate as u128 * cfg.step.as_nanos()) / 1_000_000_000).max(1) as u64;
+    let step_ns = cfg.step.as_nanos() as u64;
+    let count = ((rate as u128 * step_ns as u128) / 1_000_000_000).max(1) as u64;
     // Flush late answers of the previous step.
     sock.set_nonblocking(true)?;
     let mut scratch = [0u8; 2048];
@@ -214,13 +219,17 @@ pub fn run_step(sock: &UdpSocket, cfg: &ThroughputConfig, rate: u64, run: u32) -
 
     let done_ns = AtomicU64::new(0);
     let start = monotonic_ns() + 1_000_000;
-    let (sent, send_errors, last_send, rx) = std::thread::scope(|s| {
+    let end = start + step_ns;
+    let (attempted, send_errors, last_send, rx) = std::thread::scope(|s| {
         let receiver = s.spawn(|| receive(sock, cfg, count, run, &done_ns));
         let mut tx = MsgBatch::new(cfg.batch, cfg.payload_len);
         let (mut next, mut errors) = (0u64, 0u64);
         let due_at = |i: u64| start + ((i as u128 * 1_000_000_000) / rate as u128) as u64;
         while next < count {
             let now = wait_until(due_at(next), cfg.spin_ns);
+            if now >= end && next > 0 {
+                break;
+            }
             // Everything due by now, at most a batch per call.
             let due = (((now - start) as u128 * rate as u128) / 1_000_000_000) as u64 + 1;
             let k = due.min(count).saturating_sub(next).clamp(1, cfg.batch as u64) as usize;
@@ -238,7 +247,7 @@ pub fn run_step(sock: &UdpSocket, cfg: &ThroughputConfig, rate: u64, run: u32) -
         let last = monotonic_ns();
         done_ns.store(last, Ordering::Release);
         let rx = receiver.join().expect("receiver thread does not panic");
-        (count - errors, errors, last, rx)
+        (next, errors, last, rx)
     });
     let (tracker, first_rx, last_rx) = rx?;
     let rx_pps = if tracker.received > 1 && last_rx > first_rx {
@@ -247,12 +256,12 @@ pub fn run_step(sock: &UdpSocket, cfg: &ThroughputConfig, rate: u64, run: u32) -
         0.0
     };
     let send_secs = (last_send.saturating_sub(start)).max(1) as f64 / 1e9;
-    let lost = tracker.lost(count);
+    let lost = tracker.lost(attempted);
     Ok(Step {
         offered_pps: rate,
-        sent,
+        sent: attempted - send_errors,
         send_errors,
-        send_pps: count as f64 / send_secs,
+        send_pps: attempted as f64 / send_secs,
         received: tracker.received,
         rx_pps,
         lost,
@@ -341,6 +350,32 @@ mod tests {
         assert!(step.lossless, "{step:?}");
         // Paced: 1000 packets at 5000 pps take ~200 ms, not a burst.
         assert!(step.send_pps < 5500.0 && step.send_pps > 3000.0, "{step:?}");
+    }
+
+    #[test]
+    fn an_unreachable_rate_still_ends_with_the_step() {
+        // 50 Mpps is far beyond any sender here: the step must stop after
+        // its 100 ms, not after sending 5 million packets.
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.connect(server.local_addr().unwrap()).unwrap();
+        let stop = AtomicBool::new(false);
+        let cfg = ThroughputConfig {
+            step: Duration::from_millis(100),
+            drain: Duration::from_millis(50),
+            max_rate: 50_000_000,
+            ..Default::default()
+        };
+        let t0 = std::time::Instant::now();
+        let step = std::thread::scope(|s| {
+            s.spawn(|| run_echo(&server, &EchoConfig::default(), &stop));
+            let st = run_step(&client, &cfg, 50_000_000, 9).unwrap();
+            stop.store(true, Ordering::Relaxed);
+            st
+        });
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        assert!(step.sent + step.send_errors < 5_000_000, "{step:?}");
+        assert_eq!(step.lost, step.sent + step.send_errors - step.received, "{step:?}");
     }
 
     #[test]

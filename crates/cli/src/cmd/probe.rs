@@ -1,0 +1,146 @@
+//! `braid probe`: UDP round-trip latency (and optionally the maximum
+//! lossless throughput) against `braid echo`.
+
+use anyhow::Context;
+use braid_probe::rtt::RttConfig;
+use braid_probe::session::{run_probe, ProbeConfig};
+use braid_probe::svg::cdf_svg;
+use braid_probe::throughput::ThroughputConfig;
+use std::io::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Echo server, HOST[:PORT] (port 7007 if omitted).
+    pub target: String,
+    /// Run inside this network namespace (e.g. braid-client on the testbed).
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Payload sizes in bytes, comma separated (each at least 24).
+    #[arg(long, value_delimiter = ',', default_value = "256,1400")]
+    pub sizes: Vec<usize>,
+    /// Packets per repetition.
+    #[arg(long, default_value_t = 1000)]
+    pub count: u64,
+    /// Repetitions per size; the confidence interval is over their means
+    /// when there are two or more.
+    #[arg(long, default_value_t = 3)]
+    pub reps: u32,
+    /// Inter-packet delay in microseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub interval_us: u64,
+    /// How long to wait for late answers after the last packet, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub wait_ms: u64,
+    /// SO_BUSY_POLL time on the probe socket, microseconds.
+    #[arg(long)]
+    pub busy_poll_us: Option<u32>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+    /// Write the latency CDF plot (SVG) here.
+    #[arg(long, default_value = "probe-cdf.svg")]
+    pub svg: PathBuf,
+    /// Do not write the CDF plot.
+    #[arg(long)]
+    pub no_svg: bool,
+    /// Title of the CDF plot.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Also search the maximum lossless packet rate for each size.
+    #[arg(long)]
+    pub throughput: bool,
+    /// Only the throughput search, no latency runs.
+    #[arg(long, requires = "throughput")]
+    pub no_latency: bool,
+    /// Sending time of each throughput step, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub step_ms: u64,
+    /// Lowest rate of the search, packets/s.
+    #[arg(long, default_value_t = 1000)]
+    pub min_rate: u64,
+    /// Highest rate of the search, packets/s.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_rate: u64,
+    /// Stop the search when the bracket is within this fraction.
+    #[arg(long, default_value_t = 0.02)]
+    pub precision: f64,
+    /// At most this many throughput steps per size.
+    #[arg(long, default_value_t = 16)]
+    pub max_steps: u32,
+    /// Packets per sendmmsg/recvmmsg in the throughput search.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+}
+
+fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
+    let with_port = if target.parse::<SocketAddr>().is_ok()
+        || target.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        target.to_string()
+    } else {
+        format!("{target}:7007")
+    };
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("target {target:?} is not HOST[:PORT]"))?
+        .find(SocketAddr::is_ipv4)
+        .with_context(|| format!("target {target:?} has no IPv4 address"))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let target = resolve(&args.target)?;
+    let sock = match &args.netns {
+        Some(ns) => braid_io::netns::in_netns(ns, || UdpSocket::bind("0.0.0.0:0"))
+            .with_context(|| format!("entering network namespace {ns}"))?,
+        None => UdpSocket::bind("0.0.0.0:0"),
+    }
+    .context("binding the probe socket")?;
+    sock.connect(target).with_context(|| format!("connecting to {target}"))?;
+    let cfg = ProbeConfig {
+        sizes: args.sizes.clone(),
+        repetitions: if args.no_latency { 0 } else { args.reps },
+        rtt: RttConfig {
+            payload_len: 0,
+            count: args.count,
+            interval: Duration::from_micros(args.interval_us),
+            wait: Duration::from_millis(args.wait_ms),
+            busy_poll_us: args.busy_poll_us,
+            ..Default::default()
+        },
+        throughput: args.throughput.then(|| ThroughputConfig {
+            step: Duration::from_millis(args.step_ms),
+            min_rate: args.min_rate,
+            max_rate: args.max_rate,
+            precision: args.precision,
+            max_steps: args.max_steps,
+            batch: args.batch,
+            ..Default::default()
+        }),
+    };
+    let out = run_probe(&sock, &cfg, |line| eprintln!("braid probe: {line}"))
+        .with_context(|| format!("probing {target}"))?;
+    let json = out.report.json();
+    let text = if args.json { format!("{json}\n") } else { out.report.table() };
+    // A closed pipe (`| head`) is not an error worth a panic.
+    if let Err(e) = std::io::stdout().write_all(text.as_bytes()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("writing the report");
+        }
+    }
+    if let Some(p) = &args.json_out {
+        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if !args.no_svg && !out.samples.is_empty() {
+        let title = args.title.clone().unwrap_or_else(|| format!("UDP RTT CDF to {target}"));
+        std::fs::write(&args.svg, cdf_svg(&title, &out.samples))
+            .with_context(|| format!("writing {}", args.svg.display()))?;
+        eprintln!("braid probe: CDF plot written to {}", args.svg.display());
+    }
+    Ok(())
+}
