@@ -23,12 +23,6 @@ struct Cli {
 enum Command {
     /// List the NFs with class, placement and parameters.
     Nfs(cmd::nfs::Args),
-    /// UDP echo server for `braid probe`.
-    Echo(cmd::echo::Args),
-    /// UDP round-trip latency and maximum lossless throughput.
-    Probe(cmd::probe::Args),
-    /// Network-namespace testbed: up, down, status, show.
-    Testbed(cmd::testbed::Args),
     /// Run the demo: build a sample capture, run it through a sample chain, print statistics.
     Demo(cmd::demo::Args),
     /// Check chain descriptors; report every problem with file, line and field.
@@ -39,20 +33,26 @@ enum Command {
     Run(cmd::run::Args),
     /// In-memory throughput of a chain, whole and per NF.
     Bench(cmd::bench::Args),
+    /// UDP echo server for `braid probe`.
+    Echo(cmd::echo::Args),
+    /// UDP round-trip latency and maximum lossless throughput.
+    Probe(cmd::probe::Args),
+    /// Network-namespace testbed: up, down, status, show.
+    Testbed(cmd::testbed::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Nfs(a) => cmd::nfs::run(a),
-        Command::Echo(a) => cmd::echo::run(a),
-        Command::Probe(a) => cmd::probe::run(a),
-        Command::Testbed(a) => cmd::testbed::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Echo(a) => cmd::echo::run(a),
+        Command::Probe(a) => cmd::probe::run(a),
+        Command::Testbed(a) => cmd::testbed::run(a),
     };
     if let Err(e) = result {
         eprintln!("braid: error: {e:#}");
