@@ -11,6 +11,7 @@ pub mod af_xdp;
 pub mod memory;
 pub mod netns;
 pub mod pcap;
+pub mod shm;
 pub mod xdp;
 
 use braid_packet::Batch;
