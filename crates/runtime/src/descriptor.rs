@@ -108,17 +108,23 @@ pub enum PortDecl {
     /// In memory: as input a generator of synthetic UDP flows; as output a
     /// sink that counts what it receives.
     Memory(MemoryPortDecl),
+    /// A live interface through an AF_PACKET socket.
+    AfPacket(AfPacketPortDecl),
+    /// A live interface queue through an AF_XDP socket.
+    AfXdp(AfXdpPortDecl),
 }
 
 impl PortDecl {
     /// Every accepted `kind`, for error messages.
-    pub const KINDS: &'static [&'static str] = &["pcap", "memory"];
+    pub const KINDS: &'static [&'static str] = &["pcap", "memory", "af_packet", "af_xdp"];
 
     /// The `kind` of this port as written in YAML.
     pub fn kind_name(&self) -> &'static str {
         match self {
             PortDecl::Pcap(_) => "pcap",
             PortDecl::Memory(_) => "memory",
+            PortDecl::AfPacket(_) => "af_packet",
+            PortDecl::AfXdp(_) => "af_xdp",
         }
     }
 }
@@ -166,6 +172,87 @@ impl Default for MemoryPortDecl {
     }
 }
 
+fn default_live_batch_size() -> usize {
+    32
+}
+
+/// `kind: af_packet` (see `braid_io::af_packet`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfPacketPortDecl {
+    /// Interface name, in the namespace the chain runs in.
+    pub iface: String,
+    /// Frames per system call, 1..=256.
+    #[serde(default = "default_live_batch_size")]
+    pub batch_size: usize,
+}
+
+impl AfPacketPortDecl {
+    /// The port configuration this declares.
+    pub fn config(&self) -> braid_io::af_packet::AfPacketConfig {
+        let mut c = braid_io::af_packet::AfPacketConfig::new(&self.iface);
+        c.batch_size = self.batch_size;
+        c
+    }
+}
+
+/// AF_XDP bind mode: `copy`, `zerocopy` or `auto`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpBindDecl {
+    Copy,
+    Zerocopy,
+    #[default]
+    Auto,
+}
+
+/// AF_XDP wait: `busy` (spin) or `block` (poll).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpWaitDecl {
+    Busy,
+    #[default]
+    Block,
+}
+
+/// `kind: af_xdp` (see `braid_io::af_xdp`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfXdpPortDecl {
+    /// Interface name, in the namespace the chain runs in.
+    pub iface: String,
+    /// Receive queue.
+    #[serde(default)]
+    pub queue: u32,
+    /// Frames per receive call, 1..=256.
+    #[serde(default = "default_live_batch_size")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub mode: XdpBindDecl,
+    #[serde(default)]
+    pub wait: XdpWaitDecl,
+}
+
+impl AfXdpPortDecl {
+    /// The port configuration this declares.
+    pub fn config(&self) -> braid_io::af_xdp::AfXdpConfig {
+        use braid_io::af_xdp::{BindMode, WaitMode};
+        let mut c = braid_io::af_xdp::AfXdpConfig::new(&self.iface);
+        c.queue = self.queue;
+        c.batch_size = self.batch_size;
+        c.mode = match self.mode {
+            XdpBindDecl::Copy => BindMode::Copy,
+            XdpBindDecl::Zerocopy => BindMode::ZeroCopy,
+            XdpBindDecl::Auto => BindMode::Auto,
+        };
+        c.wait = match self.wait {
+            XdpWaitDecl::Busy => WaitMode::Busy,
+            XdpWaitDecl::Block => WaitMode::Block,
+        };
+        c
+    }
+}
+
 /// Error from [`ChainDescriptor::from_yaml`]: the first problem only, with
 /// its location when known. Use [`crate::validate`] for all of them.
 #[derive(Debug, thiserror::Error)]
@@ -184,5 +271,33 @@ impl ChainDescriptor {
     /// The descriptor as YAML.
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod live_port_tests {
+    use super::*;
+
+    #[test]
+    fn live_ports_parse_with_defaults_and_map_to_io_configs() {
+        let d = ChainDescriptor::from_yaml(
+            "name: l\nports:\n  in: { kind: af_xdp, iface: veth1, wait: busy }\n  out: { kind: af_packet, iface: veth2, batch_size: 1 }\nnfs: []\n",
+        )
+        .unwrap();
+        let PortDecl::AfXdp(x) = &d.ports["in"] else { panic!("in is af_xdp: {:?}", d.ports) };
+        assert_eq!(
+            (x.queue, x.batch_size, x.mode, x.wait),
+            (0, 32, XdpBindDecl::Auto, XdpWaitDecl::Busy)
+        );
+        let c = x.config();
+        assert_eq!((c.iface.as_str(), c.wait), ("veth1", braid_io::af_xdp::WaitMode::Busy));
+        let PortDecl::AfPacket(p) = &d.ports["out"] else { panic!("out is af_packet") };
+        assert_eq!(p.config().batch_size, 1);
+        let e = ChainDescriptor::from_yaml(
+            "name: l\nports:\n  in: { kind: af_xdp, iface: v, mode: fast }\nnfs: []\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("fast") && e.contains("zerocopy"), "{e}");
     }
 }

@@ -483,7 +483,7 @@ nfs:
         let expect = [
             "t.yaml:2:13: batch_size: batch size 0 is out of range",
             "t.yaml:3:1: colour: unknown field `colour`",
-            "t.yaml:5:15: ports.in.kind: unknown variant `tap`, expected `pcap` or `memory`",
+            "t.yaml:5:15: ports.in.kind: unknown variant `tap`, expected one of `pcap`, `memory`, `af_packet`, `af_xdp`",
             "t.yaml:6:8: ports.out: missing field `path`",
             "t.yaml:9:11: nfs[0].type: unknown NF type `fwdd` (did you mean `fwd`?)",
             "t.yaml:12:16: nfs[1].placement: unknown variant `sideways`, expected one of `auto`, `kernel`, `user`",
