@@ -297,7 +297,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+        fn random_bytes_never_panic(bytes in prop_oneof![proptest::collection::vec(any::<u8>(), 0..1600), braid_packet::strategy::any_frame()]) {
             let mut nf = ats("{}");
             let (out, c) = run(nf.as_mut(), vec![Packet::from_bytes(&bytes)], 3);
             prop_assert_eq!(out.len() as u64 + c.dropped_total(), 1);

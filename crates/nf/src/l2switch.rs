@@ -569,7 +569,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_bytes_never_panic(f in proptest::collection::vec(any::<u8>(), 0..200),
+        fn random_bytes_never_panic(f in prop_oneof![proptest::collection::vec(any::<u8>(), 0..1600), braid_packet::strategy::any_frame()],
                                     port in 0u16..4) {
             let mut sw = switch("{ports: 3, max_entries: 4}");
             let mut p = Packet::from_bytes(&f);

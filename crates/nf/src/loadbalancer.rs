@@ -720,7 +720,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_bytes_never_panic(f in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn random_bytes_never_panic(f in prop_oneof![proptest::collection::vec(any::<u8>(), 0..1600), braid_packet::strategy::any_frame()]) {
             let mut lb = lb_with(3, ", table_size: 1021");
             let (out, c) = run(&mut lb, &[f], 1);
             prop_assert_eq!(out.len() as u64 + c.dropped_total(), 1);

@@ -364,6 +364,7 @@ mod tests {
     use super::*;
     use crate::{Counters, Params};
     use braid_packet::wire::build::FrameSpec;
+    use proptest::prelude::*;
     use std::net::Ipv4Addr;
 
     fn cfg(yaml: &str) -> Config {
@@ -540,5 +541,48 @@ mod tests {
         assert_eq!(small.buckets(), &before);
         let wrong = NfState { kind: "nat".into(), version: 1, data: vec![] };
         assert!(matches!(b.import_state(&wrong), Err(StateError::WrongKind { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn any_frames_never_panic(
+            frames in proptest::collection::vec(
+                prop_oneof![proptest::collection::vec(any::<u8>(), 0..1600),
+                            braid_packet::strategy::any_frame()], 1..8),
+            now in any::<u64>(),
+            drop in any::<bool>(),
+        ) {
+            let action = if drop { "drop" } else { "mark" };
+            let mut nf = Meter::new(cfg(&format!("{{cir: 1000, cbs: 500, ebs: 500, action: {action}}}")))
+                .unwrap();
+            let n = frames.len() as u64;
+            let (b, c) = run(&mut nf, &frames, now);
+            prop_assert_eq!(b.len() as u64 + c.dropped_total(), n);
+            prop_assert!(b.iter().all(|p| (1..=3).contains(&p.meta.mark)));
+        }
+
+        /// Token conservation: over any arrival sequence, the bytes passed
+        /// green and yellow never exceed the initial buckets plus what CIR
+        /// earned, and the buckets never exceed their sizes.
+        #[test]
+        fn tokens_are_conserved(
+            arrivals in proptest::collection::vec((0u64..5_000_000, 1u64..1600), 1..200),
+            cir in 1u64..10_000_000, cbs in 0u64..5000, ebs in 0u64..5000,
+        ) {
+            let mut m = SrTcm::new(cir, cbs, ebs);
+            let mut now = 0u64;
+            m.refill(now);
+            let mut passed: u128 = 0;
+            for (gap, bytes) in arrivals {
+                now += gap;
+                m.refill(now);
+                if m.color(bytes, Color::Green) != Color::Red {
+                    passed += bytes as u128;
+                }
+                prop_assert!(m.buckets().tc <= cbs && m.buckets().te <= ebs);
+            }
+            let budget = (cbs + ebs) as u128 + now as u128 * cir as u128 / 1_000_000_000;
+            prop_assert!(passed <= budget, "passed {} > budget {}", passed, budget);
+        }
     }
 }

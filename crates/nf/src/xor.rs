@@ -219,12 +219,26 @@ pub fn xor_and_sum(data: &mut [u8], stream: &[u8]) -> (u64, u64) {
     (old, new)
 }
 
+fn lcm(a: usize, b: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    a / gcd(a, b) * b
+}
+
 /// The `xor` NF.
 #[derive(Debug)]
 pub struct Xor {
     key_len: usize,
-    /// The key repeated over the largest payload a buffer can hold, so the
-    /// hot loop never wraps around the key.
+    /// The key repeated to a length that is a multiple of both the key
+    /// length and 8 and at least a heap buffer's size: the hot loop never
+    /// wraps around the key, and a longer payload (external buffers can be
+    /// larger) is done in segments of this length that each start at key
+    /// phase 0 and at an even, 8-aligned offset.
     stream: Vec<u8>,
     mode: ChecksumMode,
 }
@@ -242,7 +256,9 @@ impl Xor {
         if key.is_empty() {
             return Err(ConfigError::new("key_text", "the key must have at least one byte"));
         }
-        let stream = key.iter().copied().cycle().take(BUF_SIZE).collect();
+        let period = lcm(key.len(), 8);
+        let len = BUF_SIZE.div_ceil(period) * period;
+        let stream = key.iter().copied().cycle().take(len).collect();
         Ok(Xor { key_len: key.len(), stream, mode: cfg.checksum })
     }
 
@@ -254,7 +270,14 @@ impl Xor {
     fn apply(&self, frame: &mut [u8], s: UdpSpan) {
         let udp = &mut frame[s.l4..s.l4 + s.udp_len];
         let (head, payload) = udp.split_at_mut(8);
-        let (old, new) = xor_and_sum(payload, &self.stream);
+        let (mut old, mut new) = (0u64, 0u64);
+        for segment in payload.chunks_mut(self.stream.len()) {
+            let (o, n) = xor_and_sum(segment, &self.stream);
+            // Fold per segment so the sums cannot overflow whatever the
+            // payload length.
+            old += fold64(o) as u64;
+            new += fold64(n) as u64;
+        }
         let ck = u16::from_be_bytes([head[6], head[7]]);
         if ck == 0 {
             // No checksum was sent; none is added.
@@ -383,6 +406,25 @@ mod tests {
     }
 
     #[test]
+    fn payloads_longer_than_the_key_stream_are_done_in_segments() {
+        // A 9000 B jumbo datagram (as an AF_XDP UMEM frame could hold), key
+        // of odd length so segments must restart at key phase 0.
+        let payload: Vec<u8> = (0..9000u32).map(|i| (i * 7) as u8).collect();
+        let f = udp_frame(payload.clone());
+        for mode in [ChecksumMode::Incremental, ChecksumMode::Recompute] {
+            let cfg = Config { key: None, key_text: Some("odd".into()), checksum: mode };
+            let nf = Xor::new(cfg).unwrap();
+            assert!(nf.stream.len() < payload.len());
+            let mut g = f.clone();
+            let UdpFind::Udp(s) = find_udp_v4(&g) else { panic!("not UDP") };
+            nf.apply(&mut g, s);
+            let want: Vec<u8> =
+                payload.iter().zip(b"odd".iter().cycle()).map(|(p, k)| p ^ k).collect();
+            assert_eq!(udp_ok(&g), want, "{mode:?}");
+        }
+    }
+
+    #[test]
     fn zero_checksum_stays_zero_and_padding_is_untouched() {
         let mut f = FrameSpec::udp_frame_len(
             (Ipv4Addr::new(1, 1, 1, 1), 1),
@@ -449,7 +491,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_bytes_never_panic(frame in proptest::collection::vec(any::<u8>(), 0..1600)) {
+        fn random_bytes_never_panic(frame in prop_oneof![proptest::collection::vec(any::<u8>(), 0..1600), braid_packet::strategy::any_frame()]) {
             let mut nf = build("key: \"0xa5a5\"").unwrap();
             let (out, c) = run(nf.as_mut(), &[frame]);
             prop_assert_eq!(out.len() as u64 + c.dropped_total(), 1);
