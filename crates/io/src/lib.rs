@@ -8,10 +8,12 @@
 
 pub mod af_packet;
 pub mod af_xdp;
+pub mod channel;
 pub mod memory;
 pub mod netns;
 pub mod pcap;
 pub mod shm;
+pub mod virtual_port;
 pub mod xdp;
 
 use braid_packet::Batch;
