@@ -411,6 +411,13 @@ mod tests {
     }
 
     #[test]
+    fn shipped_topology_files_are_valid() {
+        let t = Topology::from_yaml(include_str!("../topologies/calvin-baseline.yaml")).unwrap();
+        assert_eq!(t.hosts.len(), 5);
+        assert_eq!(t.addr_of("server", "to-fw1"), Some(Ipv4Addr::new(10, 71, 12, 2)));
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let base = calvin(1, false);
         let check = |t: Topology, path: &str| {

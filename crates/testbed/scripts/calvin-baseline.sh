@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The CALVIN baseline on the namespace testbed, every configuration in one
+# run: RTT (braid probe, 256 and 1400 B, 5 ms apart) and maximum lossless
+# throughput over
+#   - the direct client-server link (no NF),
+#   - Linux kernel forwarding through one NF host (fw1),
+#   - Linux kernel forwarding through two NF hosts (nf1, nf2),
+#   - DPDK testpmd (af_packet vdevs, mac forwarding) in fw1 instead of Linux,
+#     if dpdk-testpmd is installed.
+# Writes JSON, SVG CDF plots and a Markdown table (table.md) to OUT.
+#
+# usage: calvin-baseline.sh BRAID_BINARY OUT_DIR [COUNT] [REPS]
+# Needs root. Leaves nothing behind (trap).
+set -euo pipefail
+BRAID=$(realpath "$1"); OUT=$2; COUNT=${3:-1000}; REPS=${4:-3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+TOPO="$HERE/../topologies/calvin-baseline.yaml"
+STATE=/run/braid/calvin-baseline.json
+mkdir -p "$OUT"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    "$BRAID" testbed --state "$STATE" down || true
+}
+trap cleanup EXIT
+
+"$BRAID" testbed --state "$STATE" up "$TOPO"
+# First packets of a path wait for ARP; warm every path up.
+for a in 10.71.100.2 10.71.12.2 10.71.3.2; do ip netns exec braid-client ping -c 2 -i 0.2 -q "$a" >/dev/null; done
+
+echo_start() { # batch
+    taskset -c 1 "$BRAID" echo --netns braid-server --batch "$1" 2>>"$OUT/echo.log" &
+    ECHO=$!; PIDS+=("$ECHO"); sleep 0.3
+}
+echo_stop() { kill "$ECHO"; wait "$ECHO" 2>/dev/null || true; }
+
+measure() { # name addr
+    local name=$1 addr=$2
+    echo "== $name: RTT"
+    echo_start 1
+    taskset -c 0 "$BRAID" probe "$addr" --netns braid-client --count "$COUNT" --reps "$REPS" \
+        --json-out "$OUT/rtt-$name.json" --svg "$OUT/rtt-$name.svg" --title "UDP RTT, $name" | tee "$OUT/rtt-$name.txt"
+    echo_stop
+    echo "== $name: lossless throughput"
+    echo_start 32
+    taskset -c 0 "$BRAID" probe "$addr" --netns braid-client --throughput --no-latency \
+        --json-out "$OUT/tput-$name.json" | tee "$OUT/tput-$name.txt"
+    echo_stop
+}
+
+measure direct 10.71.100.2
+measure linux-1hop 10.71.12.2
+measure linux-2hop 10.71.3.2
+
+if command -v dpdk-testpmd >/dev/null; then
+    mac() { ip -n "$1" -o link show dev "$2" | sed -E 's/.*link\/ether ([0-9a-f:]+).*/\1/'; }
+    CMAC=$(mac braid-client to-fw1); SMAC=$(mac braid-server to-fw1)
+    # testpmd replaces Linux in fw1: the kernel must not forward the same packets.
+    ip netns exec braid-fw1 sysctl -qw net.ipv4.ip_forward=0
+    ip netns exec braid-fw1 dpdk-testpmd -l 0-1 --no-huge --no-pci -m 256 --file-prefix braid-fw1 \
+        --vdev=net_af_packet0,iface=to-client --vdev=net_af_packet1,iface=to-server -- \
+        --forward-mode=mac --eth-peer=0,"$CMAC" --eth-peer=1,"$SMAC" --stats-period 60 \
+        >"$OUT/testpmd.log" 2>&1 &
+    PIDS+=("$!"); TESTPMD=$!
+    sleep 3
+    if kill -0 "$TESTPMD" 2>/dev/null; then
+        measure testpmd-afpacket 10.71.12.2 || echo "testpmd measurement failed" | tee -a "$OUT/testpmd.log"
+        kill "$TESTPMD"; wait "$TESTPMD" 2>/dev/null || true
+    else
+        echo "testpmd did not start; see $OUT/testpmd.log"
+    fi
+    ip netns exec braid-fw1 sysctl -qw net.ipv4.ip_forward=1
+fi
+
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+names = ["direct", "linux-1hop", "linux-2hop", "testpmd-afpacket"]
+rows = []
+for n in names:
+    p = os.path.join(out, f"rtt-{n}.json")
+    if not os.path.exists(p):
+        continue
+    rtt = json.load(open(p))
+    tp = json.load(open(os.path.join(out, f"tput-{n}.json"))) if os.path.exists(os.path.join(out, f"tput-{n}.json")) else {"throughput": []}
+    for l in rtt["latency"]:
+        pc = l["percentiles"] or {}
+        t = next((t for t in tp["throughput"] if t["payload_len"] == l["payload_len"]), None)
+        f = lambda v: "-" if v is None else f"{v:.1f}"
+        rows.append(f"| {n} | {l['payload_len']} | {f(l['mean_us'])} ± {f(l['ci95_us'])} | {f(pc.get('p50_us'))} | {f(pc.get('p90_us'))} | {f(pc.get('p99_us'))} | {f(pc.get('max_us'))} | {l['loss_pct']:.2f} | {l['reordered']} | "
+                    + (f"{t['max_lossless_pps']:.0f} | {t['peak_rx_pps']:.0f} |" if t else "- | - |"))
+hdr = "| configuration | payload B | mean ± ci95 µs | p50 µs | p90 µs | p99 µs | max µs | loss % | reordered | lossless pps | peak rx pps |\n|---|---|---|---|---|---|---|---|---|---|---|"
+open(os.path.join(out, "table.md"), "w").write(hdr + "\n" + "\n".join(rows) + "\n")
+print(hdr); print("\n".join(rows))
+PY
