@@ -27,6 +27,15 @@ pub mod nat;
 pub mod router;
 pub mod xor;
 
+pub mod aes_header;
+pub mod decrypt;
+pub mod encrypt;
+pub mod loss;
+pub mod nc_decode;
+pub mod nc_encode;
+pub mod nc_recode;
+mod udp_payload;
+
 use braid_packet::Batch;
 pub use counters::{Counters, DropReason};
 pub use params::{ConfigError, ParamDoc, Params};

@@ -36,6 +36,12 @@ pub static REGISTRY: &[&NfSpec] = &[
     &crate::router::SPEC,
     &crate::firewall::SPEC,
     &crate::nat::SPEC,
+    &crate::encrypt::SPEC,
+    &crate::decrypt::SPEC,
+    &crate::nc_encode::SPEC,
+    &crate::nc_recode::SPEC,
+    &crate::nc_decode::SPEC,
+    &crate::loss::SPEC,
 ];
 
 /// Look up an NF kind by name.

@@ -1,0 +1,234 @@
+//! `decrypt`: the inverse of `encrypt`. Reads the header at the start of
+//! the UDP payload, decrypts (GCM: verifies the tag first), removes the
+//! header and tag and fixes the IPv4 and UDP lengths and checksums.
+//!
+//! Drops: `auth_failed` when a GCM tag does not verify; `unsupported` when
+//! the header names another mode or key id; `malformed` when the payload is
+//! too short for the header (and tag) or has another version, or the
+//! IPv4/UDP lengths do not hold. Frames that are not IPv4/UDP pass
+//! unchanged. Packets are independent: each carries its own nonce, so loss
+//! and reordering do not matter.
+
+use crate::aes_header::{AesHeader, Cipher, KeyConfig, Mode, HEADER_LEN, KEY_PARAMS, TAG_LEN};
+use crate::udp_payload::{self, Located};
+use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
+use braid_packet::{Batch, Packet};
+
+static PARAMS: [ParamDoc; 4] = KEY_PARAMS;
+
+pub static SPEC: NfSpec = NfSpec {
+    name: "decrypt",
+    class: NfClass::Advanced,
+    placements: &[Placement::User],
+    stateful: false,
+    summary: "AES-CTR / AES-GCM decryption of what `encrypt` produced; GCM tag failures dropped and counted",
+    params: &PARAMS,
+    build: |p| Ok(Box::new(Decrypt::from_config(&crate::params::parse::<KeyConfig>(p)?)?)),
+};
+
+/// The decrypting NF.
+#[derive(Debug)]
+pub struct Decrypt {
+    cipher: Cipher,
+    key_id: u16,
+}
+
+impl Decrypt {
+    pub fn from_config(cfg: &KeyConfig) -> Result<Decrypt, crate::ConfigError> {
+        if cfg.salt.is_some() {
+            return Err(crate::ConfigError::new(
+                "salt",
+                "only `encrypt` takes a salt; `decrypt` reads it from each packet",
+            ));
+        }
+        Ok(Decrypt { cipher: cfg.cipher()?, key_id: cfg.key_id })
+    }
+
+    fn decrypt(&self, pkt: &mut Packet) -> Result<(), DropReason> {
+        let loc = match udp_payload::locate(pkt.data()) {
+            Located::Udp(loc) => loc,
+            Located::Other => return Ok(()),
+            Located::Malformed => return Err(DropReason::Malformed),
+        };
+        let mode = self.cipher.mode();
+        let len = loc.end - loc.payload;
+        if len < mode.overhead() {
+            return Err(DropReason::Malformed);
+        }
+        let frame = pkt.data_mut();
+        let (hdr, rest) = frame[loc.payload..loc.end].split_at_mut(HEADER_LEN);
+        let header = AesHeader::parse(hdr).ok_or(DropReason::Malformed)?;
+        if header.mode_code != mode.code() || header.key_id != self.key_id {
+            return Err(DropReason::Unsupported);
+        }
+        let nonce = header.nonce();
+        let body_len = len - mode.overhead();
+        let (body, tag) = rest.split_at_mut(body_len);
+        match mode {
+            Mode::Ctr => self.cipher.ctr(&nonce, body).map_err(|_| DropReason::Other)?,
+            Mode::Gcm => {
+                let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| DropReason::Malformed)?;
+                self.cipher.open(&nonce, hdr, body, tag).map_err(|_| DropReason::AuthFailed)?
+            }
+        }
+        let mut loc = loc;
+        if mode == Mode::Gcm {
+            loc = udp_payload::remove(pkt, loc, HEADER_LEN + body_len, TAG_LEN)
+                .ok_or(DropReason::Malformed)?;
+        }
+        let loc = udp_payload::remove(pkt, loc, 0, HEADER_LEN).ok_or(DropReason::Malformed)?;
+        udp_payload::fix_lengths_and_checksums(pkt.data_mut(), loc);
+        Ok(())
+    }
+}
+
+impl NetworkFunction for Decrypt {
+    fn spec(&self) -> &'static NfSpec {
+        &SPEC
+    }
+
+    fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
+        batch.retain_mut(|pkt| match self.decrypt(pkt) {
+            Ok(()) => true,
+            Err(reason) => {
+                cx.drop_packet(reason);
+                false
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Counters, Params};
+    use braid_packet::wire::build::FrameSpec;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    fn params(mode: &str, key_id: u16) -> Params {
+        serde_yaml_ng::from_str(&format!(
+            "mode: {mode}\nkey: 603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4\nkey_id: {key_id}"
+        ))
+        .unwrap()
+    }
+
+    fn enc_params(mode: &str) -> Params {
+        serde_yaml_ng::from_str(&format!(
+            "mode: {mode}\nkey: 603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4\nkey_id: 7"
+        ))
+        .unwrap()
+    }
+
+    fn run(nf: &mut dyn NetworkFunction, frames: &[Vec<u8>], c: &mut Counters) -> Vec<Vec<u8>> {
+        let mut b: Batch = frames.iter().map(|f| Packet::from_bytes(f)).collect();
+        nf.process(&mut b, &mut Context::new(0, c));
+        b.iter().map(|p| p.data().to_vec()).collect()
+    }
+
+    fn frames() -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = [0usize, 1, 15, 16, 17, 100, 1400]
+            .iter()
+            .map(|&n| {
+                let mut s = FrameSpec::udp(
+                    (Ipv4Addr::new(1, 2, 3, 4), 9),
+                    (Ipv4Addr::new(5, 6, 7, 8), 10),
+                    n,
+                );
+                s.payload = (0..n).map(|i| (i * 13) as u8).collect();
+                s.build()
+            })
+            .collect();
+        let mut tagged =
+            FrameSpec::udp((Ipv4Addr::new(1, 2, 3, 4), 9), (Ipv4Addr::new(5, 6, 7, 8), 10), 50);
+        tagged.vlan = Some(100);
+        v.push(tagged.build());
+        v.push(FrameSpec::icmp_echo(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 1, 2).build());
+        v
+    }
+
+    #[test]
+    fn roundtrip_both_modes_out_of_order() {
+        for mode in ["ctr", "gcm"] {
+            let mut enc = crate::build("encrypt", &enc_params(mode)).unwrap();
+            let mut dec = crate::build("decrypt", &params(mode, 7)).unwrap();
+            let input = frames();
+            let mut c = Counters::default();
+            let mut mid = run(enc.as_mut(), &input, &mut c);
+            // Each packet carries its own nonce: reversed order decrypts.
+            mid.reverse();
+            let mut out = run(dec.as_mut(), &mid, &mut c);
+            out.reverse();
+            assert_eq!(out, input, "{mode}");
+            assert_eq!(c.dropped_total(), 0);
+        }
+    }
+
+    #[test]
+    fn gcm_drops_tampered_packets_and_counts_them() {
+        let mut enc = crate::build("encrypt", &enc_params("gcm")).unwrap();
+        let mut dec = crate::build("decrypt", &params("gcm", 7)).unwrap();
+        let input = frames();
+        let mut c = Counters::default();
+        let mid = run(enc.as_mut(), &input[..7], &mut c);
+        // Flip one bit in: the header (AAD), the ciphertext, the tag.
+        let mut bad = Vec::new();
+        for (i, at) in [(5usize, 42 + 3), (5, 42 + 16 + 10), (6, 42 + 16 + 1400 + 2)] {
+            let mut f = mid[i].clone();
+            f[at] ^= 0x10;
+            bad.push(f);
+        }
+        // Changing the key id in the header is unsupported, not an auth failure.
+        let mut c = Counters::default();
+        let out = run(dec.as_mut(), &bad, &mut c);
+        assert!(out.is_empty());
+        assert_eq!(c.dropped(DropReason::AuthFailed) + c.dropped(DropReason::Unsupported), 3);
+        assert_eq!(c.dropped(DropReason::Unsupported), 1);
+    }
+
+    #[test]
+    fn wrong_key_id_or_mode_is_unsupported_and_short_is_malformed() {
+        let mut enc = crate::build("encrypt", &enc_params("ctr")).unwrap();
+        let mid = run(enc.as_mut(), &frames()[..2], &mut Counters::default());
+        let mut c = Counters::default();
+        let mut dec = crate::build("decrypt", &params("ctr", 8)).unwrap();
+        assert!(run(dec.as_mut(), &mid, &mut c).is_empty());
+        assert_eq!(c.dropped(DropReason::Unsupported), 2);
+        let mut dec = crate::build("decrypt", &params("gcm", 7)).unwrap();
+        let mut c = Counters::default();
+        // 16 and 17 B payloads are too short for a GCM header and tag:
+        // malformed. A 116 B CTR packet has room but the wrong mode.
+        assert!(run(dec.as_mut(), &mid, &mut c).is_empty());
+        assert_eq!((c.dropped(DropReason::Malformed), c.dropped(DropReason::Unsupported)), (2, 0));
+        let long = run(enc.as_mut(), &frames()[5..6], &mut Counters::default());
+        assert!(run(dec.as_mut(), &long, &mut c).is_empty());
+        assert_eq!(c.dropped(DropReason::Unsupported), 1);
+        let plain = &frames()[1];
+        let mut c = Counters::default();
+        assert!(run(dec.as_mut(), std::slice::from_ref(plain), &mut c).is_empty());
+        assert_eq!(c.dropped(DropReason::Malformed), 1);
+    }
+
+    #[test]
+    fn decrypt_rejects_salt() {
+        let mut p = params("gcm", 0);
+        p.as_mapping_mut().unwrap().insert("salt".into(), "01020304".into());
+        assert_eq!((SPEC.build)(&p).err().unwrap().field, "salt");
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(frame in braid_packet::strategy::any_frame()) {
+            for mode in ["ctr", "gcm"] {
+                let mut dec = crate::build("decrypt", &params(mode, 7)).unwrap();
+                let mut enc = crate::build("encrypt", &enc_params(mode)).unwrap();
+                let mut c = Counters::default();
+                let out = run(dec.as_mut(), std::slice::from_ref(&frame), &mut c);
+                prop_assert_eq!(out.len() as u64 + c.dropped_total(), 1);
+                let mut c = Counters::default();
+                let out = run(enc.as_mut(), std::slice::from_ref(&frame), &mut c);
+                prop_assert_eq!(out.len() as u64 + c.dropped_total(), 1);
+            }
+        }
+    }
+}

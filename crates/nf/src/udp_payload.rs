@@ -1,0 +1,249 @@
+//! Locating and resizing the UDP payload of an IPv4/UDP frame, shared by
+//! the NFs that transform UDP payloads (encrypt/decrypt, network coding).
+//!
+//! Every resize keeps the Ethernet/VLAN/IPv4/UDP headers and fixes the IPv4
+//! total length and header checksum, the UDP length and (unless the sender
+//! sent none, i.e. 0) the UDP checksum.
+
+use braid_packet::wire::ipv4::Ipv4Packet;
+use braid_packet::wire::udp::UdpPacket;
+use braid_packet::wire::{self, ethertype, ip_proto};
+use braid_packet::Packet;
+
+/// Where the parts of an IPv4/UDP frame are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UdpLoc {
+    /// Offset of the IPv4 header.
+    pub ip: usize,
+    /// Offset of the UDP header.
+    pub udp: usize,
+    /// Offset of the UDP payload.
+    pub payload: usize,
+    /// End of the UDP datagram (bytes after it are link padding).
+    pub end: usize,
+}
+
+/// What a frame is, for a UDP-payload NF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Located {
+    /// An unfragmented IPv4/UDP datagram.
+    Udp(UdpLoc),
+    /// Anything else that parses: not IPv4, not UDP, or an IPv4 fragment
+    /// (its payload is not a whole datagram). Passed on unchanged.
+    Other,
+    /// Claims to be IPv4 (or UDP inside IPv4) but its lengths do not hold.
+    Malformed,
+}
+
+/// Find the UDP payload of `frame`.
+pub(crate) fn locate(frame: &[u8]) -> Located {
+    let l3 = match wire::l3(frame) {
+        Ok(l3) => l3,
+        Err(_) => return Located::Malformed,
+    };
+    if l3.ethertype != ethertype::IPV4 {
+        return Located::Other;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(&frame[l3.offset..]) else {
+        return Located::Malformed;
+    };
+    if ip.protocol() != ip_proto::UDP {
+        return Located::Other;
+    }
+    if ip.is_fragment() {
+        return Located::Other;
+    }
+    let udp_off = l3.offset + ip.header_len();
+    let ip_end = l3.offset + ip.total_len() as usize;
+    let Ok(udp) = UdpPacket::new_checked(&frame[udp_off..ip_end]) else {
+        return Located::Malformed;
+    };
+    Located::Udp(UdpLoc {
+        ip: l3.offset,
+        udp: udp_off,
+        payload: udp_off + wire::udp::HEADER_LEN,
+        end: udp_off + udp.len() as usize,
+    })
+}
+
+/// Datagrams longer than this cannot be described by the 16-bit lengths.
+const MAX_IP_LEN: usize = u16::MAX as usize;
+
+/// Resize the UDP payload: insert `n` bytes (content unspecified) at
+/// payload offset `at` (relative to the payload start), dropping any link
+/// padding after the datagram. Returns the new location, or `None` if the
+/// buffer has no room or the lengths would overflow (packet unchanged).
+pub(crate) fn insert(pkt: &mut Packet, loc: UdpLoc, at: usize, n: usize) -> Option<UdpLoc> {
+    let ip_len = loc.end - loc.ip + n;
+    if ip_len > MAX_IP_LEN || loc.payload + at > loc.end {
+        return None;
+    }
+    pkt.truncate(loc.end);
+    let split = loc.payload + at;
+    // Move whichever side of the insertion point is shorter.
+    if split <= loc.end - split && pkt.headroom() >= n {
+        pkt.push_front(n).ok()?;
+        pkt.data_mut().copy_within(n..n + split, 0);
+    } else {
+        pkt.push_back(n).ok()?;
+        pkt.data_mut().copy_within(split..loc.end, split + n);
+    }
+    Some(UdpLoc { end: loc.end + n, ..loc })
+}
+
+/// Remove `n` bytes of the UDP payload at payload offset `at`. Returns the
+/// new location, or `None` if the payload is shorter (packet unchanged).
+pub(crate) fn remove(pkt: &mut Packet, loc: UdpLoc, at: usize, n: usize) -> Option<UdpLoc> {
+    let split = loc.payload + at;
+    if split + n > loc.end {
+        return None;
+    }
+    pkt.truncate(loc.end);
+    if split <= loc.end - split - n {
+        pkt.data_mut().copy_within(0..split, n);
+        pkt.pull_front(n).ok()?;
+    } else {
+        pkt.data_mut().copy_within(split + n..loc.end, split);
+        pkt.truncate(loc.end - n);
+    }
+    Some(UdpLoc { end: loc.end - n, ..loc })
+}
+
+/// Write the IPv4 total length and checksum and the UDP length and
+/// checksum for the datagram at `loc` (after its payload changed). A UDP
+/// checksum of 0 on entry (none sent) stays 0.
+pub(crate) fn fix_lengths_and_checksums(frame: &mut [u8], loc: UdpLoc) {
+    let (src, dst) = {
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[loc.ip..loc.end]);
+        ip.set_total_len((loc.end - loc.ip) as u16);
+        ip.fill_checksum();
+        (ip.src_addr(), ip.dst_addr())
+    };
+    let mut udp = UdpPacket::new_unchecked(&mut frame[loc.udp..loc.end]);
+    let had_checksum = udp.checksum() != 0;
+    udp.set_len((loc.end - loc.udp) as u16);
+    if had_checksum {
+        udp.fill_checksum_v4(src, dst);
+    }
+}
+
+/// The headers of an IPv4/UDP frame (everything before the UDP payload),
+/// kept to build new frames of the same flow: coded packets, recovered
+/// packets.
+#[derive(Clone, Debug)]
+pub(crate) struct Template {
+    headers: Vec<u8>,
+    loc: UdpLoc,
+}
+
+impl Template {
+    /// The headers of `frame`, located at `loc`.
+    pub fn of(frame: &[u8], loc: UdpLoc) -> Template {
+        Template { headers: frame[..loc.payload].to_vec(), loc: UdpLoc { end: loc.payload, ..loc } }
+    }
+
+    /// Replace with the headers of `frame` (reusing the allocation).
+    pub fn set(&mut self, frame: &[u8], loc: UdpLoc) {
+        self.headers.clear();
+        self.headers.extend_from_slice(&frame[..loc.payload]);
+        self.loc = UdpLoc { end: loc.payload, ..loc };
+    }
+
+    /// A new frame: these headers, then `parts` as the UDP payload, with
+    /// lengths and checksums fixed. `None` if it does not fit a buffer or
+    /// the 16-bit lengths.
+    pub fn build(&self, parts: &[&[u8]]) -> Option<Packet> {
+        let payload: usize = parts.iter().map(|p| p.len()).sum();
+        if self.loc.payload - self.loc.ip + payload > MAX_IP_LEN {
+            return None;
+        }
+        let mut p = Packet::new();
+        p.extend_from_slice(&self.headers).ok()?;
+        for part in parts {
+            p.extend_from_slice(part).ok()?;
+        }
+        let loc = UdpLoc { end: p.len(), ..self.loc };
+        fix_lengths_and_checksums(p.data_mut(), loc);
+        Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_packet::wire::build::FrameSpec;
+    use std::net::Ipv4Addr;
+
+    fn spec(len: usize) -> FrameSpec {
+        FrameSpec::udp((Ipv4Addr::new(10, 0, 0, 1), 1000), (Ipv4Addr::new(10, 0, 0, 2), 2000), len)
+    }
+
+    fn check_valid(frame: &[u8]) -> UdpLoc {
+        let Located::Udp(loc) = locate(frame) else { panic!("not udp") };
+        let ip = Ipv4Packet::new_checked(&frame[loc.ip..]).unwrap();
+        assert!(ip.verify_checksum());
+        let udp = UdpPacket::new_checked(&frame[loc.udp..loc.end]).unwrap();
+        assert!(udp.verify_checksum_v4(ip.src_addr(), ip.dst_addr()));
+        assert_eq!(loc.end, frame.len());
+        loc
+    }
+
+    #[test]
+    fn insert_then_remove_restores_the_frame() {
+        for vlan in [None, Some(7)] {
+            for (len, at) in [(0, 0), (10, 0), (10, 10), (1400, 0), (1400, 1400), (1400, 3)] {
+                let mut s = spec(len);
+                s.vlan = vlan;
+                let frame = s.build();
+                let mut p = Packet::from_bytes(&frame);
+                let loc = check_valid(p.data());
+                let loc2 = insert(&mut p, loc, at, 16).unwrap();
+                fix_lengths_and_checksums(p.data_mut(), loc2);
+                check_valid(p.data());
+                assert_eq!(&p.data()[..loc.ip], &frame[..loc.ip]);
+                let before = loc.payload..loc.payload + at;
+                assert_eq!(&p.data()[before.clone()], &frame[before]);
+                assert_eq!(&p.data()[loc2.payload + at + 16..], &frame[loc.payload + at..]);
+                let loc3 = remove(&mut p, loc2, at, 16).unwrap();
+                fix_lengths_and_checksums(p.data_mut(), loc3);
+                assert_eq!(p.data(), &frame[..], "len {len} at {at} vlan {vlan:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn template_rebuilds_the_frame() {
+        let mut s = spec(30);
+        s.vlan = Some(3);
+        s.payload = (0..30).collect();
+        let frame = s.build();
+        let Located::Udp(loc) = locate(&frame) else { panic!() };
+        let t = Template::of(&frame, loc);
+        let p =
+            t.build(&[&frame[loc.payload..loc.payload + 10], &frame[loc.payload + 10..]]).unwrap();
+        assert_eq!(p.data(), &frame[..]);
+        let shorter = t.build(&[b"abc"]).unwrap();
+        check_valid(shorter.data());
+        assert!(t.build(&[&[0u8; 70000]]).is_none());
+    }
+
+    #[test]
+    fn classifies_frames() {
+        assert_eq!(locate(&[0u8; 5]), Located::Malformed);
+        let tcp = FrameSpec::tcp((Ipv4Addr::LOCALHOST, 1), (Ipv4Addr::LOCALHOST, 2), 0).build();
+        assert_eq!(locate(&tcp), Located::Other);
+        let mut bad = spec(20).build();
+        bad.truncate(40);
+        assert_eq!(locate(&bad), Located::Malformed);
+        assert!(matches!(locate(&spec(20).build()), Located::Udp(_)));
+    }
+
+    #[test]
+    fn remove_more_than_the_payload_fails_cleanly() {
+        let frame = spec(4).build();
+        let mut p = Packet::from_bytes(&frame);
+        let Located::Udp(loc) = locate(p.data()) else { panic!() };
+        assert!(remove(&mut p, loc, 0, 5).is_none());
+        assert_eq!(p.data(), &frame[..]);
+    }
+}
