@@ -145,7 +145,7 @@ pub struct Ipv4Flow {
     pub fragment: bool,
 }
 
-/// Parses the Ethernet/[VLAN]/IPv4/L4 headers of `frame` into a flow.
+/// Parses the Ethernet/(VLAN)/IPv4/L4 headers of `frame` into a flow.
 ///
 /// Handles 0–2 VLAN tags, IPv4 options, fragments (non-first fragments
 /// get ports 0 since they carry no L4 header), ICMP echo (identifier in

@@ -1,4 +1,4 @@
-//! [`FrameSpec`]: builds valid Ethernet/[VLAN]/IPv4/{UDP,TCP,ICMP echo}
+//! [`FrameSpec`]: builds valid Ethernet/(VLAN)/IPv4/{UDP,TCP,ICMP echo}
 //! frames with every length and checksum right, for tests, benches and
 //! traffic generators.
 //!
