@@ -111,21 +111,57 @@ pub fn mutated_frame() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// Random bytes (up to 128), half of the time behind an untagged
-/// Ethernet header with ethertype IPv4 and an IPv4 version/IHL byte so that
-/// parsers get past their first check.
+/// Random bytes (up to 128), most of the time behind a prefix that gets
+/// parsers past their first checks: an Ethernet header with ethertype
+/// IPv4 and a version/IHL byte; IPv6 with a 40-byte header whose payload
+/// length fits (next header TCP, UDP, ICMPv6 or random); ARP; or one or two
+/// VLAN tags.
 pub fn garbage_frame() -> impl Strategy<Value = Vec<u8>> {
-    (vec(any::<u8>(), 0..128), any::<bool>(), 0u8..16).prop_map(|(bytes, prefix, ihl)| {
-        if prefix {
-            let mut f = vec![0u8; 14];
-            f[12] = 0x08;
-            f.push(0x40 | ihl);
+    (
+        vec(any::<u8>(), 0..128),
+        0u8..6,
+        0u8..16,
+        prop::sample::select(vec![6u8, 17, 58, 0, 255]),
+        any::<prop::sample::Index>(),
+    )
+        .prop_map(|(bytes, prefix, ihl, next_header, plen)| {
+            let eth = |ethertype: u16| {
+                let mut f = vec![0u8; 12];
+                f.extend_from_slice(&ethertype.to_be_bytes());
+                f
+            };
+            let mut f = match prefix {
+                0 => return bytes,
+                1 => {
+                    let mut f = eth(crate::wire::ethertype::IPV4);
+                    f.push(0x40 | ihl);
+                    f
+                }
+                2 => {
+                    let mut f = eth(crate::wire::ethertype::IPV6);
+                    let mut h = [0u8; 40];
+                    h[0] = 0x60;
+                    let payload_len = plen.index(bytes.len() + 1) as u16;
+                    h[4..6].copy_from_slice(&payload_len.to_be_bytes());
+                    h[6] = next_header;
+                    f.extend_from_slice(&h);
+                    f
+                }
+                3 => eth(crate::wire::ethertype::ARP),
+                4 => {
+                    let mut f = eth(crate::wire::ethertype::VLAN);
+                    f.extend_from_slice(&[0, 1]);
+                    f
+                }
+                _ => {
+                    let mut f = eth(crate::wire::ethertype::QINQ);
+                    f.extend_from_slice(&[0, 1, 0x81, 0x00, 0, 2]);
+                    f
+                }
+            };
             f.extend_from_slice(&bytes);
             f
-        } else {
-            bytes
-        }
-    })
+        })
 }
 
 /// A valid, mutated or garbage frame.
