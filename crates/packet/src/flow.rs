@@ -260,6 +260,43 @@ mod tests {
         assert_eq!(parse_ipv4_flow(&icmp).unwrap().tuple.src_port, 0);
     }
 
+    /// Sequential keys (what a NAT or a traffic generator produces: one
+    /// port or address counting up) spread evenly over a power-of-two
+    /// table indexed by the low bits and by the high bits.
+    #[test]
+    fn hash_spreads_sequential_keys() {
+        const BUCKETS: usize = 1024;
+        const KEYS: u32 = 64 * 1024;
+        let base = FiveTuple { src: A, dst: B, proto: 17, src_port: 0, dst_port: 80 };
+        let variants: [&dyn Fn(u32) -> FiveTuple; 3] = [
+            &|i| FiveTuple { src_port: i as u16, ..base },
+            &|i| FiveTuple { src: Ipv4Addr::from(0x0a00_0000 + i), ..base },
+            &|i| FiveTuple {
+                dst: Ipv4Addr::from(0xc0a8_0000 + (i >> 8)),
+                src_port: i as u16 & 0xff,
+                ..base
+            },
+        ];
+        for (v, make) in variants.iter().enumerate() {
+            let mut low = vec![0u32; BUCKETS];
+            let mut high = vec![0u32; BUCKETS];
+            for i in 0..KEYS {
+                let h = make(i).hash();
+                low[h as usize % BUCKETS] += 1;
+                high[(h >> 54) as usize] += 1;
+            }
+            // Expected 64 per bucket; a uniform hash stays well inside
+            // [24, 112] (more than 5 standard deviations).
+            for (name, t) in [("low", &low), ("high", &high)] {
+                let (min, max) = (*t.iter().min().unwrap(), *t.iter().max().unwrap());
+                assert!(
+                    (24..=112).contains(&min) && max <= 112,
+                    "variant {v} {name} bits: {min}..{max}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn hash_properties() {
         let t = FiveTuple { src: A, dst: B, proto: 17, src_port: 1000, dst_port: 53 };
