@@ -211,24 +211,20 @@ impl Icmpv4Repr {
     /// Writes the header and the checksum over the whole buffer, so put
     /// the data in place first (or call `fill_checksum` again after).
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Icmpv4Packet<T>) {
-        match *self {
-            Icmpv4Repr::EchoRequest { ident, seq_no } | Icmpv4Repr::EchoReply { ident, seq_no } => {
-                let t = if matches!(self, Icmpv4Repr::EchoRequest { .. }) {
-                    msg_type::ECHO_REQUEST
-                } else {
-                    msg_type::ECHO_REPLY
-                };
-                p.set_msg_type(t);
-                p.set_msg_code(0);
-                p.set_echo_ident(ident);
-                p.set_echo_seq_no(seq_no);
+        let (t, c, rest) = match *self {
+            Icmpv4Repr::EchoRequest { ident, seq_no } => {
+                (msg_type::ECHO_REQUEST, 0, ((ident as u32) << 16) | seq_no as u32)
+            }
+            Icmpv4Repr::EchoReply { ident, seq_no } => {
+                (msg_type::ECHO_REPLY, 0, ((ident as u32) << 16) | seq_no as u32)
             }
             Icmpv4Repr::Other { msg_type, msg_code, rest_of_header } => {
-                p.set_msg_type(msg_type);
-                p.set_msg_code(msg_code);
-                p.set_rest_of_header(rest_of_header);
+                (msg_type, msg_code, rest_of_header)
             }
-        }
+        };
+        p.set_msg_type(t);
+        p.set_msg_code(c);
+        p.set_rest_of_header(rest);
         p.fill_checksum();
     }
 }
