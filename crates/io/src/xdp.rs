@@ -223,6 +223,41 @@ impl FwRule {
     }
 }
 
+/// What an XDP program decided for a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAction {
+    Aborted,
+    Drop,
+    Pass,
+    Tx,
+    Redirect,
+    /// A code outside the five the kernel defines.
+    Other(u32),
+}
+
+impl XdpAction {
+    fn from_code(code: u32) -> XdpAction {
+        match code {
+            0 => XdpAction::Aborted,
+            1 => XdpAction::Drop,
+            2 => XdpAction::Pass,
+            3 => XdpAction::Tx,
+            4 => XdpAction::Redirect,
+            c => XdpAction::Other(c),
+        }
+    }
+}
+
+/// Result of [`XdpProgram::test_run`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRunOutcome {
+    pub action: XdpAction,
+    /// The frame after the program ran.
+    pub frame: Vec<u8>,
+    /// Mean time per run, as the kernel measured it.
+    pub duration: std::time::Duration,
+}
+
 /// Length of the XOR key the program applies (repeated over the payload).
 pub const XOR_KEY_LEN: usize = 16;
 
@@ -393,6 +428,14 @@ impl XdpProgram {
         m.insert(rule.key(), action as u32, 0).map_err(kernel(format!("fw_rules insert {rule:?}")))
     }
 
+    /// Remove a firewall rule; removing one that is not there is an error.
+    pub fn remove_fw_rule(&mut self, rule: &FwRule) -> Result<(), XdpError> {
+        self.require(XdpNf::Firewall, "firewall rules")?;
+        let mut m: BpfHashMap<&mut MapData, [u8; 16], u32> =
+            BpfHashMap::try_from(self.map("fw_rules")?).map_err(kernel("opening map fw_rules"))?;
+        m.remove(&rule.key()).map_err(kernel(format!("fw_rules remove {rule:?}")))
+    }
+
     /// Add or replace a source-prefix rule (`net/len`).
     pub fn add_fw_src_prefix(
         &mut self,
@@ -425,6 +468,29 @@ impl XdpProgram {
         let mut m: XskMap<&mut MapData> =
             XskMap::try_from(self.map("xsks")?).map_err(kernel("opening map xsks"))?;
         m.set(queue, fd, 0).map_err(kernel(format!("xsks[{queue}]")))
+    }
+
+    /// Run the program once on `frame` inside the kernel
+    /// (`BPF_PROG_TEST_RUN`, no interface involved) and return its action
+    /// and the frame as the program left it. The context's ingress
+    /// interface is 0, so the forwarding tail finds no `tx_ports` entry and
+    /// forwarding programs answer [`XdpAction::Pass`]. `repeat > 1` runs it
+    /// that many times and the returned duration is the mean per run.
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome, XdpError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat.max(1);
+        let name = self.nf.name();
+        let r = self.prog()?.test_run(opts).map_err(kernel(format!("test run of XDP {name}")))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: XdpAction::from_code(r.return_value),
+            frame: out,
+            duration: r.duration,
+        })
     }
 
     /// The program's counters, summed over CPUs.
