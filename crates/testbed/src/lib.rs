@@ -15,6 +15,7 @@
 //!   error; a namespace that already existed and is not ours makes `up`
 //!   fail before it creates anything.
 
+pub mod deploy;
 pub mod state;
 pub mod topology;
 
@@ -59,6 +60,8 @@ pub enum TestbedError {
     },
     #[error("`down` could not remove everything: {0}")]
     Teardown(String),
+    #[error("deploy: {0}")]
+    Deploy(String),
 }
 
 /// What `up` did.
@@ -189,6 +192,19 @@ fn build(topo: &Topology, opts: &Options, st: &mut State) -> Result<(), TestbedE
             setup(what, netns::set_up(Some(ns), dev))?;
         }
     }
+    // Permanent neighbour entries on every link: no ARP on the paths, so
+    // no first-packet resolution delay in measurements and no ARP to get
+    // through an XDP NF that forwards every frame.
+    for (i, l) in topo.links.iter().enumerate() {
+        let (ns_a, ns_b) = (netns_name(opts, &l.a.host), netns_name(opts, &l.b.host));
+        let (dev_a, dev_b) = (topo.dev_of(l, true), topo.dev_of(l, false));
+        let what = || format!("neighbour entries of link {i}");
+        let mac_a = setup(what, netns::mac_addr(Some(&ns_a), &dev_a))?;
+        let mac_b = setup(what, netns::mac_addr(Some(&ns_b), &dev_b))?;
+        let ip = |e: &topology::End| e.addr.split('/').next().unwrap_or_default().to_string();
+        setup(what, netns::add_neigh(Some(&ns_a), &dev_a, &ip(&l.b), &mac_b))?;
+        setup(what, netns::add_neigh(Some(&ns_b), &dev_b, &ip(&l.a), &mac_a))?;
+    }
     for (i, r) in topo.routes.iter().enumerate() {
         let ns = netns_name(opts, &r.host);
         let via = r.via.to_string();
@@ -280,4 +296,13 @@ pub fn record_xdp(opts: &Options, netns: &str, dev: &str) -> Result<(), TestbedE
         st.save(&opts.state_path).map_err(TestbedError::State)?;
     }
     Ok(())
+}
+
+/// Remove XDP attachments from the state file (they were detached).
+pub fn forget_xdp(opts: &Options, gone: &[(String, String)]) -> Result<(), TestbedError> {
+    let Some(mut st) = State::load(&opts.state_path).map_err(TestbedError::State)? else {
+        return Ok(());
+    };
+    st.xdp.retain(|x| !gone.iter().any(|(ns, dev)| *ns == x.netns && *dev == x.dev));
+    st.save(&opts.state_path).map_err(TestbedError::State)
 }

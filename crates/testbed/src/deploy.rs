@@ -1,0 +1,277 @@
+//! Deploying kernel (XDP) NFs on the testbed's hosts.
+//!
+//! Each NF runs on one host that has exactly two links (its ingress and
+//! egress, CALVIN's "one NF per isolated host"). Its XDP program is attached
+//! to both interfaces and forwards in both directions, so requests and
+//! answers cross the NF: frames from one side are redirected out of the
+//! other with the Ethernet addresses rewritten for the next hop (source =
+//! the egress interface, destination = the neighbour on that side).
+//!
+//! `XDP_REDIRECT` into a veth only delivers when the peer of the target veth
+//! runs an XDP program, so every neighbour interface that does not carry an
+//! NF program gets braid's `pass` program.
+//!
+//! Programs are held as BPF links by the [`Deployment`]: dropping it (or the
+//! process ending) detaches every one of them. They are also recorded in the
+//! testbed's state file while deployed, so `braid testbed down` detaches
+//! anything left behind.
+
+use crate::{netns_name, record_xdp, Options, State, TestbedError};
+use braid_io::netns;
+use braid_io::xdp::{AttachMode, XdpCounters, XdpNf, XdpProgram};
+use serde::Serialize;
+
+/// One kernel NF and the host it runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelNfSpec {
+    /// The NF's name in the chain.
+    pub name: String,
+    /// Its kind: the XDP program to load (`fwd`).
+    pub kind: String,
+    /// Testbed host (e.g. `nf1`).
+    pub host: String,
+}
+
+struct DeployedNf {
+    name: String,
+    kind: String,
+    host: String,
+    ifaces: [String; 2],
+    program: XdpProgram,
+}
+
+/// The running NFs; dropping it detaches every program.
+pub struct Deployment {
+    nfs: Vec<DeployedNf>,
+    /// `pass` programs on neighbour interfaces (kept alive, not reported).
+    helpers: Vec<XdpProgram>,
+    /// (namespace, interface) of every attachment, for the state file.
+    attached: Vec<(String, String)>,
+    opts: Options,
+}
+
+/// Counters of one deployed NF.
+#[derive(Clone, Debug, Serialize)]
+pub struct NfStats {
+    pub name: String,
+    pub kind: String,
+    pub host: String,
+    pub placement: &'static str,
+    pub ifaces: [String; 2],
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub redirected: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub malformed: u64,
+}
+
+fn xdp_err(what: String) -> impl FnOnce(braid_io::xdp::XdpError) -> TestbedError {
+    move |e| TestbedError::Deploy(format!("{what}: {e}"))
+}
+
+fn mac_bytes(s: &str) -> Result<[u8; 6], TestbedError> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| TestbedError::Deploy(format!("bad MAC address {s:?}")))?;
+    parts.try_into().map_err(|_| TestbedError::Deploy(format!("bad MAC address {s:?}")))
+}
+
+/// One end of a link as seen from a host: its interface, and the
+/// neighbour's namespace and interface.
+struct Side {
+    dev: String,
+    peer_ns: String,
+    peer_dev: String,
+}
+
+fn sides_of(st: &State, opts: &Options, host: &str) -> Result<Vec<Side>, TestbedError> {
+    let t = &st.topology;
+    let mut sides = Vec::new();
+    for l in &t.links {
+        for (a_side, me, peer) in [(true, &l.a, &l.b), (false, &l.b, &l.a)] {
+            if me.host == host {
+                sides.push(Side {
+                    dev: t.dev_of(l, a_side),
+                    peer_ns: netns_name(opts, &peer.host),
+                    peer_dev: t.dev_of(l, !a_side),
+                });
+            }
+        }
+    }
+    Ok(sides)
+}
+
+/// Deploy `nfs` on the testbed described by the state file in `opts`.
+/// Everything is undone if any NF fails to deploy.
+pub fn deploy_kernel(opts: &Options, nfs: &[KernelNfSpec]) -> Result<Deployment, TestbedError> {
+    if !netns::is_root() {
+        return Err(TestbedError::NotRoot);
+    }
+    let st = State::load(&opts.state_path).map_err(TestbedError::State)?.ok_or_else(|| {
+        TestbedError::State(format!(
+            "no testbed is up ({} missing); run `braid testbed up` first",
+            opts.state_path.display()
+        ))
+    })?;
+    if !st.complete {
+        return Err(TestbedError::State(
+            "the testbed is incomplete; run `braid testbed down` and `up` again".into(),
+        ));
+    }
+    let mut d = Deployment {
+        nfs: Vec::new(),
+        helpers: Vec::new(),
+        attached: Vec::new(),
+        opts: opts.clone(),
+    };
+    let mut hosts_used = std::collections::BTreeSet::new();
+    // Plan every NF before touching the kernel.
+    let mut planned = Vec::new();
+    for nf in nfs {
+        let prog = XdpNf::from_name(&nf.kind).filter(|p| *p == XdpNf::Fwd).ok_or_else(|| {
+            TestbedError::Deploy(format!(
+                "NF {:?}: kind {:?} cannot be deployed in the kernel yet (deployable: fwd)",
+                nf.name, nf.kind
+            ))
+        })?;
+        if !st.topology.hosts.iter().any(|h| h.name == nf.host) {
+            return Err(TestbedError::Deploy(format!(
+                "NF {:?}: the testbed has no host {:?}",
+                nf.name, nf.host
+            )));
+        }
+        if !hosts_used.insert(nf.host.clone()) {
+            return Err(TestbedError::Deploy(format!(
+                "NF {:?}: host {:?} already runs a kernel NF (one XDP NF per host)",
+                nf.name, nf.host
+            )));
+        }
+        let sides = sides_of(&st, opts, &nf.host)?;
+        if sides.len() != 2 {
+            return Err(TestbedError::Deploy(format!(
+                "NF {:?}: host {:?} has {} links; a kernel NF needs exactly two (ingress and egress)",
+                nf.name,
+                nf.host,
+                sides.len()
+            )));
+        }
+        planned.push((nf, prog, sides));
+    }
+    for (nf, prog, sides) in planned {
+        deploy_one(&mut d, nf, prog, &sides)?;
+    }
+    // Neighbours of NF interfaces need a program to receive redirected frames.
+    let peers: Vec<(String, String)> = d
+        .nfs
+        .iter()
+        .flat_map(|n| {
+            let sides = sides_of(&st, opts, &n.host).unwrap_or_default();
+            sides.into_iter().map(|s| (s.peer_ns, s.peer_dev))
+        })
+        .collect();
+    for (ns, dev) in peers {
+        if d.attached.contains(&(ns.clone(), dev.clone())) {
+            continue;
+        }
+        let what = format!("XDP pass on {ns}:{dev}");
+        let prog = netns::in_netns(&ns, || -> Result<XdpProgram, TestbedError> {
+            let mut p = XdpProgram::load(XdpNf::Pass).map_err(xdp_err(what.clone()))?;
+            p.attach(&dev, AttachMode::Auto).map_err(xdp_err(what.clone()))?;
+            Ok(p)
+        })
+        .map_err(|source| TestbedError::Setup { what: what.clone(), source })??;
+        d.helpers.push(prog);
+        d.record(&ns, &dev)?;
+    }
+    Ok(d)
+}
+
+fn deploy_one(
+    d: &mut Deployment,
+    nf: &KernelNfSpec,
+    kind: XdpNf,
+    sides: &[Side],
+) -> Result<(), TestbedError> {
+    let ns = netns_name(&d.opts, &nf.host);
+    let (a, b) = (&sides[0], &sides[1]);
+    let mac = |ns: &str, dev: &str| -> Result<[u8; 6], TestbedError> {
+        let s = netns::mac_addr(Some(ns), dev)
+            .map_err(|source| TestbedError::Setup { what: format!("MAC of {ns}:{dev}"), source })?;
+        mac_bytes(&s)
+    };
+    let (mac_a, mac_b) = (mac(&ns, &a.dev)?, mac(&ns, &b.dev)?);
+    let (peer_a, peer_b) = (mac(&a.peer_ns, &a.peer_dev)?, mac(&b.peer_ns, &b.peer_dev)?);
+    let what = format!("XDP {} for NF {:?} on {ns}", nf.kind, nf.name);
+    let program = netns::in_netns(&ns, || -> Result<XdpProgram, TestbedError> {
+        let e = |w: &str| xdp_err(format!("{what}: {w}"));
+        let mut p = XdpProgram::load(kind).map_err(e("load"))?;
+        let ia = p.attach(&a.dev, AttachMode::Auto).map_err(e(&a.dev))?.ifindex;
+        let ib = p.attach(&b.dev, AttachMode::Auto).map_err(e(&b.dev))?.ifindex;
+        p.set_forward(ia, ib).map_err(e("forward a->b"))?;
+        p.set_forward(ib, ia).map_err(e("forward b->a"))?;
+        // Out of b towards b's neighbour, and the other way round.
+        p.set_mac_rewrite(ia, peer_b, mac_b).map_err(e("MAC rewrite a->b"))?;
+        p.set_mac_rewrite(ib, peer_a, mac_a).map_err(e("MAC rewrite b->a"))?;
+        Ok(p)
+    })
+    .map_err(|source| TestbedError::Setup { what: what.clone(), source })??;
+    d.nfs.push(DeployedNf {
+        name: nf.name.clone(),
+        kind: nf.kind.clone(),
+        host: nf.host.clone(),
+        ifaces: [a.dev.clone(), b.dev.clone()],
+        program,
+    });
+    d.record(&ns, &a.dev)?;
+    d.record(&ns, &b.dev)?;
+    Ok(())
+}
+
+impl Deployment {
+    fn record(&mut self, ns: &str, dev: &str) -> Result<(), TestbedError> {
+        self.attached.push((ns.to_string(), dev.to_string()));
+        record_xdp(&self.opts, ns, dev)
+    }
+
+    /// Per-NF counters, summed over CPUs.
+    pub fn stats(&mut self) -> Result<Vec<NfStats>, TestbedError> {
+        self.nfs
+            .iter_mut()
+            .map(|n| {
+                let c: XdpCounters = n
+                    .program
+                    .counters()
+                    .map_err(xdp_err(format!("counters of NF {:?}", n.name)))?;
+                Ok(NfStats {
+                    name: n.name.clone(),
+                    kind: n.kind.clone(),
+                    host: n.host.clone(),
+                    placement: "kernel (XDP)",
+                    ifaces: n.ifaces.clone(),
+                    rx_packets: c.rx_packets,
+                    rx_bytes: c.rx_bytes,
+                    redirected: c.redirect,
+                    passed: c.pass,
+                    dropped: c.drop,
+                    malformed: c.malformed,
+                })
+            })
+            .collect()
+    }
+
+    /// Interfaces with a program attached, as (namespace, interface).
+    pub fn attached(&self) -> &[(String, String)] {
+        &self.attached
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        // Programs detach when their links close (fields drop after this);
+        // take them out of the state file so `down` does not look for them.
+        let _ = crate::forget_xdp(&self.opts, &self.attached);
+    }
+}
