@@ -39,6 +39,10 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Network-namespace testbed: up, down, status, show.
     Testbed(cmd::testbed::Args),
+    /// Run a chain on the testbed (kernel NFs for now) until stopped.
+    Deploy(cmd::deploy::Args),
+    /// Live per-NF counters of the running `braid deploy`.
+    Stats(cmd::stats::Args),
 }
 
 fn main() {
@@ -53,6 +57,8 @@ fn main() {
         Command::Echo(a) => cmd::echo::run(a),
         Command::Probe(a) => cmd::probe::run(a),
         Command::Testbed(a) => cmd::testbed::run(a),
+        Command::Deploy(a) => cmd::deploy::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
     };
     if let Err(e) = result {
         eprintln!("braid: error: {e:#}");

@@ -1,0 +1,153 @@
+//! `braid deploy CHAIN.yaml`: run a chain on the testbed, one NF per NF
+//! host (distributed mapping), until Ctrl-C. Live counters go to a stats
+//! file that `braid stats` reads.
+
+use anyhow::Context;
+use braid_nf::Placement;
+use braid_testbed::deploy::{deploy_kernel, KernelNfSpec, NfStats};
+use braid_testbed::{Options, State};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Where `deploy` writes live counters and `stats` reads them.
+pub const DEFAULT_STATS_PATH: &str = "/run/braid/stats.json";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Chain descriptor (YAML); its ports are ignored, the testbed's links
+    /// carry the traffic.
+    pub chain: PathBuf,
+    /// Testbed hosts for the NFs, in chain order (default: the forwarding
+    /// hosts of the testbed with two links, in topology order).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// The testbed's state file.
+    #[arg(long, default_value = braid_testbed::DEFAULT_STATE_PATH)]
+    pub state: PathBuf,
+    /// Live counters are written here.
+    #[arg(long, default_value = DEFAULT_STATS_PATH)]
+    pub stats_file: PathBuf,
+    /// Counter update interval, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration_s: Option<u64>,
+    /// Do not print counters, only write the stats file.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Write the stats file: `{chain, pid, uptime_s, nfs: [NfStats...]}`.
+fn write_stats(path: &Path, chain: &str, uptime: Duration, nfs: &[NfStats]) -> anyhow::Result<()> {
+    let f = serde_json::json!({
+        "chain": chain,
+        "pid": std::process::id(),
+        "uptime_s": uptime.as_secs_f64(),
+        "nfs": nfs,
+    });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&f)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let d = braid_runtime::validate::load(&args.chain)?;
+    let plan = braid_runtime::plan::plan(&d)?;
+    let opts = Options { state_path: args.state.clone(), ..Default::default() };
+    let st = State::load(&opts.state_path).map_err(anyhow::Error::msg)?.with_context(|| {
+        format!("no testbed is up ({} missing); run `braid testbed up` first", args.state.display())
+    })?;
+    let hosts: Vec<String> = if args.hosts.is_empty() {
+        let t = &st.topology;
+        t.hosts
+            .iter()
+            .filter(|h| h.forwarding)
+            .filter(|h| {
+                t.links.iter().filter(|l| l.a.host == h.name || l.b.host == h.name).count() == 2
+            })
+            .map(|h| h.name.clone())
+            .collect()
+    } else {
+        args.hosts.clone()
+    };
+    if plan.len() > hosts.len() {
+        anyhow::bail!(
+            "chain {} has {} NFs but the testbed offers {} NF hosts ({}); bring up more (`braid testbed up --nf-hosts {}`) or list them with --hosts",
+            d.name,
+            plan.len(),
+            hosts.len(),
+            hosts.join(", "),
+            plan.len()
+        );
+    }
+    let mut specs = Vec::new();
+    for (e, host) in plan.iter().zip(&hosts) {
+        if e.placement != Placement::Kernel {
+            anyhow::bail!(
+                "NF {} ({}) is placed in {} ({}); `braid deploy` runs kernel (XDP) NFs only so far; \
+                 pin it with `placement: kernel` if it has an XDP version",
+                e.name,
+                e.kind,
+                e.placement,
+                e.reason
+            );
+        }
+        specs.push(KernelNfSpec {
+            name: e.name.clone(),
+            kind: e.kind.to_string(),
+            host: host.clone(),
+        });
+    }
+    let stop = braid_probe::signal::stop_on_signals().context("installing signal handlers")?;
+    let mut deployment = deploy_kernel(&opts, &specs)?;
+    for s in &specs {
+        eprintln!("braid deploy: {} ({}) in the kernel of host {}", s.name, s.kind, s.host);
+    }
+    eprintln!(
+        "braid deploy: chain {} running; Ctrl-C to stop; `braid stats` shows the counters",
+        d.name
+    );
+    let start = Instant::now();
+    let interval = Duration::from_millis(args.interval_ms.max(10));
+    let mut next_report = start;
+    let mut result = Ok(());
+    while !stop.load(Ordering::Relaxed) {
+        if args.duration_s.is_some_and(|s| start.elapsed() >= Duration::from_secs(s)) {
+            break;
+        }
+        if Instant::now() < next_report {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        next_report += interval;
+        let stats = match deployment.stats() {
+            Ok(s) => s,
+            Err(e) => {
+                result = Err(e.into());
+                break;
+            }
+        };
+        if let Err(e) = write_stats(&args.stats_file, &d.name, start.elapsed(), &stats) {
+            result = Err(e);
+            break;
+        }
+        if !args.quiet {
+            for s in &stats {
+                eprintln!(
+                    "  {:<10} {:<5} host {:<8} rx {:>10} redirected {:>10} dropped {:>6}",
+                    s.name, s.kind, s.host, s.rx_packets, s.redirected, s.dropped
+                );
+            }
+        }
+    }
+    drop(deployment);
+    let _ = std::fs::remove_file(&args.stats_file);
+    eprintln!("braid deploy: stopped; every XDP program is detached");
+    result
+}

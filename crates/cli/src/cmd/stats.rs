@@ -1,0 +1,71 @@
+//! `braid stats`: the live per-NF counters of the running `braid deploy`.
+
+use super::deploy::DEFAULT_STATS_PATH;
+use anyhow::Context;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The stats file `braid deploy` writes.
+    #[arg(long, default_value = DEFAULT_STATS_PATH)]
+    pub stats_file: PathBuf,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(&args.stats_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!(
+                "no chain is deployed ({} not found); start one with `braid deploy`",
+                args.stats_file.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", args.stats_file.display())),
+    };
+    if args.json {
+        println!("{text}");
+        return Ok(());
+    }
+    let f: serde_json::Value = serde_json::from_str(&text)
+        .ok()
+        .filter(|v: &serde_json::Value| v["nfs"].is_array())
+        .with_context(|| format!("{} is not a braid stats file", args.stats_file.display()))?;
+    println!(
+        "chain {} (braid deploy pid {}, up {:.0} s)",
+        f["chain"].as_str().unwrap_or("?"),
+        f["pid"],
+        f["uptime_s"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "{:<12} {:<6} {:<8} {:<13} {:>12} {:>12} {:>12} {:>8} {:>9}",
+        "nf",
+        "kind",
+        "host",
+        "placement",
+        "rx_packets",
+        "rx_bytes",
+        "redirected",
+        "dropped",
+        "malformed"
+    );
+    for n in f["nfs"].as_array().into_iter().flatten() {
+        let s = |k: &str| n[k].as_str().unwrap_or("-").to_string();
+        let u = |k: &str| n[k].as_u64().map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "{:<12} {:<6} {:<8} {:<13} {:>12} {:>12} {:>12} {:>8} {:>9}",
+            s("name"),
+            s("kind"),
+            s("host"),
+            s("placement"),
+            u("rx_packets"),
+            u("rx_bytes"),
+            u("redirected"),
+            u("dropped"),
+            u("malformed")
+        );
+    }
+    Ok(())
+}
