@@ -205,8 +205,8 @@ pub fn search(
 }
 
 /// Offer `rate` packets/s for `cfg.step`, then wait `cfg.drain`. A sender
-/// that cannot reach `rate` stops at the end of the step all the same, so
-/// a step never takes much longer than `step + drain`.
+/// that cannot reach `rate` stops a quarter step after the end all the
+/// same, so a step never takes much longer than `1.25 step + drain`.
 pub fn run_step(sock: &UdpSocket, cfg: &ThroughputConfig, rate: u64, run: u32) -> io::Result<Step> {
     let step_ns = cfg.step.as_nanos() as u64;
     let count = ((rate as u128 * step_ns as u128) / 1_000_000_000).max(1) as u64;
@@ -227,7 +227,10 @@ pub fn run_step(sock: &UdpSocket, cfg: &ThroughputConfig, rate: u64, run: u32) -
         let due_at = |i: u64| start + ((i as u128 * 1_000_000_000) / rate as u128) as u64;
         while next < count {
             let now = wait_until(due_at(next), cfg.spin_ns);
-            if now >= end && next > 0 {
+            // A sender that is only a little late (descheduled near the
+            // end) still sends what is due; one that cannot keep up stops
+            // a quarter step after the end.
+            if now >= end + step_ns / 4 && next > 0 {
                 break;
             }
             // Everything due by now, at most a batch per call.
