@@ -8,7 +8,8 @@
 //! ```
 //! The generator blasts one prebuilt 64 B UDP frame with AF_PACKET
 //! `sendmmsg` (qdisc bypass) from a thread pinned to CPU 0; user-space
-//! forwarders run on a thread pinned to CPU 1 and spin. The sink is braid's
+//! forwarders run on a thread pinned to CPU 1 and spin; both run at nice
+//! -20 so other work on the machine does not take their CPU. The sink is braid's
 //! XDP firewall with default drop on `s`, whose counters give the
 //! delivered rate (and the XDP program on `s` is what lets XDP_REDIRECT
 //! into `fr` deliver at all). Kernel forwarding (Linux, XDP) runs in the
@@ -35,13 +36,19 @@ use braid_packet::{Batch, Packet};
 const GEN_CPU: usize = 0;
 const FWD_CPU: usize = 1;
 
+/// Pin the calling thread to `cpu` and give it nice -20, so the
+/// generator and the forwarder keep their CPU against other work on the
+/// machine (nice, not a real-time policy: a spinning real-time thread
+/// would starve everything else on its CPU).
 fn pin(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
-    // within it; sched_setaffinity(0) affects the calling thread only.
+    // within it; sched_setaffinity(0) and setpriority(PRIO_PROCESS, tid)
+    // affect the calling thread only.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -20);
     }
 }
 
