@@ -15,7 +15,6 @@
 //!   so idle ages survive migration between hosts whose monotonic clocks
 //!   differ.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use crate::DropReason;
@@ -427,13 +426,129 @@ pub enum InsertError {
     KeyInUse,
 }
 
-/// A table of connections: a slab indexed by slot, and one hash map from
+/// The hash of a flow key, as [`ConnTable`] uses it.
+#[inline]
+pub fn flow_hash(key: &FlowKey) -> u64 {
+    let mut h = FlowHasher::default();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// Value of an empty [`FlowIndex`] entry.
+const EMPTY: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct IndexEntry {
+    key: FlowKey,
+    /// `slot << 1 | is_reply`, or [`EMPTY`].
+    val: u32,
+}
+
+/// Open-addressing hash index from flow keys to connection slots: linear
+/// probing, load factor at most 1/2, backward-shift deletion (no
+/// tombstones). Its own type rather than `std::collections::HashMap` so that
+/// a batch can touch every packet's bucket before probing any of them (the
+/// cache misses of a batch then overlap instead of queueing), which a
+/// `HashMap` cannot do without unsafe code.
+#[derive(Debug)]
+struct FlowIndex {
+    entries: Vec<IndexEntry>,
+    mask: usize,
+    len: usize,
+}
+
+impl FlowIndex {
+    fn with_capacity(keys: usize) -> FlowIndex {
+        let n = (keys * 2).next_power_of_two().max(16);
+        let empty = IndexEntry {
+            key: FlowKey { src: 0, dst: 0, src_port: 0, dst_port: 0, proto: 0 },
+            val: EMPTY,
+        };
+        FlowIndex { entries: vec![empty; n], mask: n - 1, len: 0 }
+    }
+
+    /// Load the bucket of `hash` so a later probe finds it in cache. The
+    /// value is returned so the load is not optimized away.
+    #[inline]
+    fn touch(&self, hash: u64) -> u32 {
+        self.entries[hash as usize & self.mask].val
+    }
+
+    #[inline]
+    fn get(&self, key: &FlowKey, hash: u64) -> Option<u32> {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let e = &self.entries[i];
+            if e.val == EMPTY {
+                return None;
+            }
+            if e.key == *key {
+                return Some(e.val);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Insert a key known to be absent.
+    fn insert(&mut self, key: FlowKey, val: u32) {
+        if (self.len + 1) * 2 > self.entries.len() {
+            self.grow();
+        }
+        let mut i = flow_hash(&key) as usize & self.mask;
+        while self.entries[i].val != EMPTY {
+            i = (i + 1) & self.mask;
+        }
+        self.entries[i] = IndexEntry { key, val };
+        self.len += 1;
+    }
+
+    fn grow(&mut self) {
+        let old = std::mem::replace(self, FlowIndex::with_capacity(self.entries.len()));
+        for e in old.entries.into_iter().filter(|e| e.val != EMPTY) {
+            self.insert(e.key, e.val);
+        }
+    }
+
+    fn remove(&mut self, key: &FlowKey) {
+        let mut i = flow_hash(key) as usize & self.mask;
+        loop {
+            let e = &self.entries[i];
+            if e.val == EMPTY {
+                return;
+            }
+            if e.key == *key {
+                break;
+            }
+            i = (i + 1) & self.mask;
+        }
+        // Backward shift: move later entries of the probe run into the hole
+        // when their home bucket is not between the hole and them.
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let e = self.entries[j];
+            if e.val == EMPTY {
+                break;
+            }
+            let home = flow_hash(&e.key) as usize & self.mask;
+            let between = if i <= j { i < home && home <= j } else { i < home || home <= j };
+            if !between {
+                self.entries[i] = e;
+                i = j;
+            }
+        }
+        self.entries[i].val = EMPTY;
+        self.len -= 1;
+    }
+}
+
+/// A table of connections: a slab indexed by slot, and one hash index from
 /// both keys of every connection to `slot << 1 | is_reply`.
 #[derive(Debug)]
 pub struct ConnTable {
     slots: Vec<Option<Conn>>,
     free: Vec<u32>,
-    map: HashMap<FlowKey, u32, FlowBuildHasher>,
+    index: FlowIndex,
     live: usize,
     max: usize,
     sweep_cursor: usize,
@@ -446,7 +561,7 @@ impl ConnTable {
         ConnTable {
             slots: Vec::with_capacity(prealloc),
             free: Vec::new(),
-            map: HashMap::with_capacity_and_hasher(2 * prealloc, FlowBuildHasher::default()),
+            index: FlowIndex::with_capacity(2 * prealloc),
             live: 0,
             max,
             sweep_cursor: 0,
@@ -470,14 +585,60 @@ impl ConnTable {
     /// Find the connection `key` belongs to, removing it if it idled out.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: u64, t: &TimeoutsNs) -> Lookup {
-        let Some(&v) = self.map.get(key) else { return Lookup::Miss };
+        self.lookup_hinted(key, flow_hash(key), None, now, t)
+    }
+
+    /// Batch step 1: load the index bucket of `hash` (see [`FlowIndex`]).
+    /// Returns the loaded word; callers fold it into [`Prefetch`].
+    #[inline]
+    pub fn touch_index(&self, hash: u64) -> u32 {
+        self.index.touch(hash)
+    }
+
+    /// Batch step 2: probe the index (no expiry check, no change). The
+    /// result is a hint for [`ConnTable::lookup_hinted`].
+    #[inline]
+    pub fn probe(&self, key: &FlowKey, hash: u64) -> Option<u32> {
+        self.index.get(key, hash)
+    }
+
+    /// Batch step 2b: load the connection a probe result points at.
+    #[inline]
+    pub fn touch_conn(&self, hint: u32) -> u32 {
+        match self.slots.get((hint >> 1) as usize) {
+            Some(Some(c)) => c.last_seen as u32,
+            _ => 0,
+        }
+    }
+
+    /// Batch step 3: [`ConnTable::lookup`] that trusts `hint` (from
+    /// [`ConnTable::probe`] earlier in the batch) if the slot still holds a
+    /// connection with this key; packets processed in between may have
+    /// removed or replaced it, in which case the index is probed again.
+    #[inline]
+    pub fn lookup_hinted(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        hint: Option<u32>,
+        now: u64,
+        t: &TimeoutsNs,
+    ) -> Lookup {
+        let valid = |slots: &[Option<Conn>], v: u32| match slots.get((v >> 1) as usize) {
+            Some(Some(c)) => (if v & 1 == 1 { &c.reply } else { &c.orig }) == key,
+            _ => false,
+        };
+        let v = match hint {
+            Some(v) if valid(&self.slots, v) => v,
+            _ => match self.index.get(key, hash) {
+                Some(v) if valid(&self.slots, v) => v,
+                _ => return Lookup::Miss,
+            },
+        };
         let slot = v >> 1;
         match &self.slots[slot as usize] {
             Some(c) if c.expired(now, t) => Lookup::Expired(self.remove(slot)),
-            Some(_) => Lookup::Hit { slot, reply: v & 1 == 1 },
-            // The map only points at occupied slots; treat a stale pointer
-            // as a miss rather than trusting it.
-            None => Lookup::Miss,
+            _ => Lookup::Hit { slot, reply: v & 1 == 1 },
         }
     }
 
@@ -492,7 +653,10 @@ impl ConnTable {
         if self.live >= self.max {
             return Err(InsertError::Full);
         }
-        if orig == reply || self.map.contains_key(&orig) || self.map.contains_key(&reply) {
+        if orig == reply
+            || self.index.get(&orig, flow_hash(&orig)).is_some()
+            || self.index.get(&reply, flow_hash(&reply)).is_some()
+        {
             return Err(InsertError::KeyInUse);
         }
         let conn = Conn { orig, reply, last_seen: now, flags: 0 };
@@ -506,8 +670,8 @@ impl ConnTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.map.insert(orig, slot << 1);
-        self.map.insert(reply, (slot << 1) | 1);
+        self.index.insert(orig, slot << 1);
+        self.index.insert(reply, (slot << 1) | 1);
         self.live += 1;
         Ok(slot)
     }
@@ -515,8 +679,8 @@ impl ConnTable {
     /// Remove the connection in `slot` and return it.
     fn remove(&mut self, slot: u32) -> Conn {
         let conn = self.slots[slot as usize].take().expect("remove is only called on live slots");
-        self.map.remove(&conn.orig);
-        self.map.remove(&conn.reply);
+        self.index.remove(&conn.orig);
+        self.index.remove(&conn.reply);
         self.free.push(slot);
         self.live -= 1;
         conn
@@ -607,6 +771,30 @@ impl StateClock {
     pub fn resume_from(&mut self, exported: u64) {
         self.pending = Some(exported);
         self.last = exported;
+    }
+}
+
+/// Accumulates the words loaded by the touch passes of a batch so the
+/// loads are kept; [`Prefetch::finish`] hands the sum to `black_box`.
+///
+/// Why touch passes: a table lookup per packet is a cache (and TLB) miss.
+/// Plain loads in a tight loop over the whole batch, with no other work in
+/// between, fit in the CPU's reorder window together, so the misses of a
+/// batch overlap instead of being paid one after the other. (A prefetch
+/// instruction would do the same without blocking retirement, but needs
+/// `unsafe`, which this crate keeps for kernel boundaries.)
+#[derive(Default)]
+pub struct Prefetch(u32);
+
+impl Prefetch {
+    #[inline]
+    pub fn add(&mut self, w: u32) {
+        self.0 = self.0.wrapping_add(w);
+    }
+
+    #[inline]
+    pub fn finish(self) {
+        std::hint::black_box(self.0);
     }
 }
 
@@ -776,6 +964,33 @@ mod tests {
         // Truncating anywhere inside the headers is malformed, not a panic.
         for n in 0..f.len() {
             assert!(parse_frame(&f[..n]).is_err(), "len {n}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn flow_index_behaves_like_a_map(
+            ops in proptest::collection::vec((any::<bool>(), 0u32..64, any::<u32>()), 1..400),
+        ) {
+            // Few distinct keys so inserts, removes and probe runs collide.
+            let mut idx = FlowIndex::with_capacity(4);
+            let mut model = std::collections::HashMap::new();
+            for (insert, k, v) in ops {
+                let key = key(k);
+                let v = v >> 1;
+                if insert && !model.contains_key(&k) {
+                    idx.insert(key, v);
+                    model.insert(k, v);
+                } else if !insert {
+                    idx.remove(&key);
+                    model.remove(&k);
+                }
+                prop_assert_eq!(idx.len, model.len());
+                for probe in 0u32..64 {
+                    let pk = self::key(probe);
+                    prop_assert_eq!(idx.get(&pk, flow_hash(&pk)), model.get(&probe).copied());
+                }
+            }
         }
     }
 

@@ -22,12 +22,13 @@
 //! echo are classified by the rules on every packet with ports 0 and are
 //! not tracked. A full connection table drops new flows (`overflow`).
 
-use braid_packet::{Batch, Packet};
+use braid_packet::Batch;
 
 use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
-    parse_cidr, parse_frame, parse_port_range, prefix_mask, secs_to_ns, Conn, ConnTable, Frame,
-    InsertError, Lookup, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    flow_hash, parse_cidr, parse_frame, parse_port_range, prefix_mask, secs_to_ns, Conn, ConnTable,
+    FlowKey, Frame, InsertError, Ipv4Info, Lookup, Prefetch, StateClock, TimeoutsNs, L4,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -267,6 +268,8 @@ pub struct Firewall {
     timeouts: TimeoutsNs,
     max_flows: usize,
     clock: StateClock,
+    /// Per-batch scratch of step 1 (kept to reuse the allocation).
+    steps: Vec<Step>,
 }
 
 impl std::fmt::Debug for Firewall {
@@ -294,6 +297,7 @@ impl Firewall {
             timeouts,
             max_flows: cfg.max_flows,
             clock: StateClock::default(),
+            steps: Vec::new(),
         })
     }
 
@@ -310,26 +314,44 @@ impl Firewall {
         }
     }
 
-    /// Pass (`Ok`) or drop one packet.
+    /// Batch step 1: parse a packet and decide what it needs.
     #[inline]
-    fn filter(&mut self, p: &Packet, now: u64) -> Result<(), DropReason> {
-        let info = match parse_frame(p.data())? {
-            Frame::Ipv4(i) => i,
-            Frame::Arp => return Ok(()),
-            Frame::Other => {
+    fn classify(&self, frame: &[u8]) -> Step {
+        let info = match parse_frame(frame) {
+            Ok(Frame::Ipv4(i)) => i,
+            Ok(Frame::Arp) => return Step::Pass,
+            Ok(Frame::Other) => {
                 return match self.default {
-                    Action::Allow => Ok(()),
-                    Action::Drop => Err(DropReason::Denied),
+                    Action::Allow => Step::Pass,
+                    Action::Drop => Step::Drop(DropReason::Denied),
                 }
             }
+            Err(r) => return Step::Drop(r),
         };
         let key = info.flow_key();
+        let hash = match (&self.conntrack, &key) {
+            (Some(_), Some(k)) => flow_hash(k),
+            _ => 0,
+        };
+        Step::Check { info, key, hash, hint: None }
+    }
+
+    /// Batch step 3: pass (`Ok`) or drop one packet.
+    #[inline]
+    fn filter(&mut self, step: Step, now: u64) -> Result<(), DropReason> {
+        let (info, key, hash, hint) = match step {
+            Step::Pass => return Ok(()),
+            Step::Drop(r) => return Err(r),
+            Step::Check { info, key, hash, hint } => (info, key, hash, hint),
+        };
         let tcp_flags = match info.l4 {
             L4::Tcp { flags, .. } => flags,
             _ => 0,
         };
         if let (Some(table), Some(key)) = (self.conntrack.as_mut(), key) {
-            if let Lookup::Hit { slot, reply } = table.lookup(&key, now, &self.timeouts) {
+            if let Lookup::Hit { slot, reply } =
+                table.lookup_hinted(&key, hash, hint, now, &self.timeouts)
+            {
                 if let Some(c) = table.get_mut(slot) {
                     c.touch(now, reply, tcp_flags);
                 }
@@ -368,6 +390,20 @@ impl Firewall {
     }
 }
 
+/// What batch step 1 decided for one packet.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Pass,
+    Drop(DropReason),
+    /// IPv4: conntrack (if on and the packet has a flow key), then rules.
+    Check {
+        info: Ipv4Info,
+        key: Option<FlowKey>,
+        hash: u64,
+        hint: Option<u32>,
+    },
+}
+
 impl NetworkFunction for Firewall {
     fn spec(&self) -> &'static NfSpec {
         &SPEC
@@ -375,13 +411,43 @@ impl NetworkFunction for Firewall {
 
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let now = self.clock.now(cx.now_ns);
-        batch.retain_mut(|p| match self.filter(p, now) {
-            Ok(()) => true,
-            Err(reason) => {
-                cx.drop_packet(reason);
-                false
+        // Passes so the connection table's cache misses overlap across the
+        // batch (see `Prefetch`): parse; touch the index buckets; probe;
+        // touch the connections; then decide.
+        let mut steps = std::mem::take(&mut self.steps);
+        steps.clear();
+        steps.extend(batch.iter().map(|p| self.classify(p.data())));
+        if let Some(t) = &self.conntrack {
+            let mut sink = Prefetch::default();
+            for step in &steps {
+                if let Step::Check { key: Some(_), hash, .. } = step {
+                    sink.add(t.touch_index(*hash));
+                }
+            }
+            for step in steps.iter_mut() {
+                if let Step::Check { key: Some(key), hash, hint, .. } = step {
+                    *hint = t.probe(key, *hash);
+                }
+            }
+            for step in &steps {
+                if let Step::Check { hint: Some(h), .. } = step {
+                    sink.add(t.touch_conn(*h));
+                }
+            }
+            sink.finish();
+        }
+        let mut next = steps.iter();
+        batch.retain_mut(|_| {
+            let step = next.next().copied().unwrap_or(Step::Pass);
+            match self.filter(step, now) {
+                Ok(()) => true,
+                Err(reason) => {
+                    cx.drop_packet(reason);
+                    false
+                }
             }
         });
+        self.steps = steps;
     }
 
     fn tick(&mut self, _out: &mut Batch, cx: &mut Context<'_>) {
@@ -423,6 +489,7 @@ mod tests {
     use super::*;
     use crate::conntrack::{checksum, TCP_ACK, TCP_FIN, TCP_SYN};
     use crate::{Counters, Params};
+    use braid_packet::Packet;
     use proptest::prelude::*;
 
     fn fw(yaml: &str) -> Firewall {

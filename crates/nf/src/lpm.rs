@@ -93,6 +93,14 @@ impl Dir24_8 {
         Ok(t)
     }
 
+    /// Load the first-level entry of `addr` so a later [`Dir24_8::lookup`]
+    /// finds it in cache; a batch touches all its destinations first so the
+    /// misses overlap. Returns the word so the load is kept.
+    #[inline]
+    pub fn touch(&self, addr: u32) -> u16 {
+        self.tbl24[(addr >> 8) as usize]
+    }
+
     /// The next-hop index for `addr`, if any route covers it.
     #[inline]
     pub fn lookup(&self, addr: u32) -> Option<usize> {

@@ -30,9 +30,9 @@ use std::net::Ipv4Addr;
 use braid_packet::{Batch, Packet};
 
 use crate::conntrack::{
-    csum_update16, csum_update32, parse_cidr, parse_frame, parse_port_range, prefix_mask,
-    secs_to_ns, Conn, ConnTable, FlowKey, Frame, InsertError, Ipv4Info, Lookup, StateClock,
-    TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    csum_update16, csum_update32, flow_hash, parse_cidr, parse_frame, parse_port_range,
+    prefix_mask, secs_to_ns, Conn, ConnTable, FlowKey, Frame, InsertError, Ipv4Info, Lookup,
+    Prefetch, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -138,6 +138,22 @@ impl PortPool {
     }
 }
 
+/// What batch step 1 decided for one packet.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// Not NAT's business: passes unchanged.
+    Pass,
+    Drop(DropReason),
+    /// Look the flow up (or create it, if outbound) and rewrite.
+    Translate {
+        info: Ipv4Info,
+        key: FlowKey,
+        hash: u64,
+        outbound: bool,
+        hint: Option<u32>,
+    },
+}
+
 /// The snapshot format.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct NatState {
@@ -160,6 +176,8 @@ pub struct Nat {
     /// Port pools for TCP, UDP, ICMP.
     pools: [PortPool; 3],
     clock: StateClock,
+    /// Per-batch scratch of step 1 (kept to reuse the allocation).
+    steps: Vec<Step>,
 }
 
 impl std::fmt::Debug for Nat {
@@ -296,6 +314,7 @@ impl Nat {
             table: ConnTable::new(cfg.max_flows),
             pools: [pool.clone(), pool.clone(), pool],
             clock: StateClock::default(),
+            steps: Vec::new(),
         })
     }
 
@@ -316,25 +335,42 @@ impl Nat {
         }
     }
 
-    /// Translate one packet in place, or say why it is dropped.
+    /// Batch step 1: parse a packet and decide what it needs.
     #[inline]
-    fn translate(&mut self, p: &mut Packet, now: u64) -> Result<(), DropReason> {
-        let info = match parse_frame(p.data())? {
-            Frame::Ipv4(i) => i,
-            Frame::Arp | Frame::Other => return Ok(()),
+    fn classify(&self, frame: &[u8]) -> Step {
+        let info = match parse_frame(frame) {
+            Ok(Frame::Ipv4(i)) => i,
+            Ok(Frame::Arp | Frame::Other) => return Step::Pass,
+            Err(r) => return Step::Drop(r),
         };
         let outbound = self.is_internal(info.src) && !self.is_internal(info.dst);
         if !outbound && info.dst != self.external_ip {
-            return Ok(());
+            return Step::Pass;
         }
-        let Some(key) = info.flow_key() else {
-            return Err(if outbound { DropReason::Unsupported } else { DropReason::NoMapping });
+        match info.flow_key() {
+            Some(key) => Step::Translate { info, key, hash: flow_hash(&key), outbound, hint: None },
+            None => {
+                Step::Drop(if outbound { DropReason::Unsupported } else { DropReason::NoMapping })
+            }
+        }
+    }
+
+    /// Batch step 3: translate one packet in place, or say why it is
+    /// dropped.
+    #[inline]
+    fn apply(&mut self, p: &mut Packet, step: Step, now: u64) -> Result<(), DropReason> {
+        let (info, key, hash, outbound, hint) = match step {
+            Step::Pass => return Ok(()),
+            Step::Drop(r) => return Err(r),
+            Step::Translate { info, key, hash, outbound, hint } => {
+                (info, key, hash, outbound, hint)
+            }
         };
         let tcp_flags = match info.l4 {
             L4::Tcp { flags, .. } => flags,
             _ => 0,
         };
-        let (slot, reply) = match self.table.lookup(&key, now, &self.timeouts) {
+        let (slot, reply) = match self.table.lookup_hinted(&key, hash, hint, now, &self.timeouts) {
             Lookup::Hit { slot, reply } => (slot, reply),
             miss => {
                 if let Lookup::Expired(c) = &miss {
@@ -409,13 +445,41 @@ impl NetworkFunction for Nat {
 
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let now = self.clock.now(cx.now_ns);
-        batch.retain_mut(|p| match self.translate(p, now) {
-            Ok(()) => true,
-            Err(reason) => {
-                cx.drop_packet(reason);
-                false
+        // Passes so the table's cache misses overlap across the batch (see
+        // `Prefetch`): parse; touch the index buckets; probe; touch the
+        // mappings; then translate.
+        let mut steps = std::mem::take(&mut self.steps);
+        steps.clear();
+        steps.extend(batch.iter().map(|p| self.classify(p.data())));
+        let mut sink = Prefetch::default();
+        for step in &steps {
+            if let Step::Translate { hash, .. } = step {
+                sink.add(self.table.touch_index(*hash));
+            }
+        }
+        for step in steps.iter_mut() {
+            if let Step::Translate { key, hash, hint, .. } = step {
+                *hint = self.table.probe(key, *hash);
+            }
+        }
+        for step in &steps {
+            if let Step::Translate { hint: Some(h), .. } = step {
+                sink.add(self.table.touch_conn(*h));
+            }
+        }
+        sink.finish();
+        let mut next = steps.iter();
+        batch.retain_mut(|p| {
+            let step = next.next().copied().unwrap_or(Step::Pass);
+            match self.apply(p, step, now) {
+                Ok(()) => true,
+                Err(reason) => {
+                    cx.drop_packet(reason);
+                    false
+                }
             }
         });
+        self.steps = steps;
     }
 
     fn tick(&mut self, _out: &mut Batch, cx: &mut Context<'_>) {

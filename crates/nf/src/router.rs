@@ -22,7 +22,9 @@ use std::net::Ipv4Addr;
 
 use braid_packet::{Batch, Packet};
 
-use crate::conntrack::{checksum, csum_update16, parse_cidr, parse_frame, Frame, Ipv4Info, L4};
+use crate::conntrack::{
+    checksum, csum_update16, parse_cidr, parse_frame, Frame, Ipv4Info, Prefetch, L4,
+};
 use crate::lpm::Dir24_8;
 use crate::params::{ConfigError, ParamDoc};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, Placement};
@@ -107,6 +109,8 @@ pub struct Router {
     /// ICMP errors built during one batch, appended after it (kept to reuse
     /// the allocation).
     created: Vec<Packet>,
+    /// Per-batch scratch of step 1.
+    checked: Vec<Result<Ipv4Info, DropReason>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -153,21 +157,34 @@ impl Router {
             };
             ConfigError::new(field, e.to_string())
         })?;
-        Ok(Router { lpm, hops, mac, ip: u32::from(cfg.ip), created: Vec::new() })
+        Ok(Router {
+            lpm,
+            hops,
+            mac,
+            ip: u32::from(cfg.ip),
+            created: Vec::new(),
+            checked: Vec::new(),
+        })
     }
 
-    /// Forward one packet in place, or say why it is dropped (after queueing
-    /// an ICMP error if one is due).
+    /// Batch step 1: parse and check the headers.
     #[inline]
-    fn forward(&mut self, p: &mut Packet) -> Result<(), DropReason> {
+    fn check(&self, p: &Packet) -> Result<Ipv4Info, DropReason> {
         let info = match parse_frame(p.data())? {
             Frame::Ipv4(i) => i,
             Frame::Arp | Frame::Other => return Err(DropReason::Unsupported),
         };
-        let l3 = info.l3;
-        if checksum(&p.data()[l3..l3 + info.ihl]) != 0 {
+        if checksum(&p.data()[info.l3..info.l3 + info.ihl]) != 0 {
             return Err(DropReason::Malformed);
         }
+        Ok(info)
+    }
+
+    /// Batch step 2: forward one packet in place, or say why it is dropped
+    /// (after queueing an ICMP error if one is due).
+    #[inline]
+    fn forward(&mut self, p: &mut Packet, info: Ipv4Info) -> Result<(), DropReason> {
+        let l3 = info.l3;
         if info.ttl <= 1 {
             if let Some(icmp) = self.time_exceeded(p, &info) {
                 self.created.push(icmp);
@@ -237,13 +254,29 @@ impl NetworkFunction for Router {
     }
 
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
-        batch.retain_mut(|p| match self.forward(p) {
-            Ok(()) => true,
-            Err(reason) => {
-                cx.drop_packet(reason);
-                false
+        // Passes so the route table's cache misses overlap across the batch
+        // (see `conntrack::Prefetch`): parse; touch every destination's
+        // entry; then forward.
+        let mut checked = std::mem::take(&mut self.checked);
+        checked.clear();
+        checked.extend(batch.iter().map(|p| self.check(p)));
+        let mut sink = Prefetch::default();
+        for info in checked.iter().flatten() {
+            sink.add(self.lpm.touch(info.dst) as u32);
+        }
+        sink.finish();
+        let mut next = checked.iter();
+        batch.retain_mut(|p| {
+            let step = next.next().copied().unwrap_or(Err(DropReason::Other));
+            match step.and_then(|info| self.forward(p, info)) {
+                Ok(()) => true,
+                Err(reason) => {
+                    cx.drop_packet(reason);
+                    false
+                }
             }
         });
+        self.checked = checked;
         for p in self.created.drain(..) {
             cx.counters.packets_created += 1;
             batch.push(p);
