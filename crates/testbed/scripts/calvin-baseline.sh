@@ -5,6 +5,8 @@
 #   - the direct client-server link (no NF),
 #   - Linux kernel forwarding through one NF host (fw1),
 #   - Linux kernel forwarding through two NF hosts (nf1, nf2),
+#   - braid's XDP `fwd` deployed on fw1 (one hop) and on nf1 + nf2 (two
+#     NFs), Linux forwarding off on those hosts meanwhile,
 #   - DPDK testpmd (af_packet vdevs, mac forwarding) in fw1 instead of Linux,
 #     if dpdk-testpmd is installed.
 # Writes JSON, SVG CDF plots and a Markdown table (table.md) to OUT.
@@ -58,6 +60,32 @@ measure direct 10.71.100.2
 measure linux-1hop 10.71.12.2
 measure linux-2hop 10.71.3.2
 
+CHAINS="$HERE/../chains"
+# Wait until ADDR answers through whatever was just started (programs
+# loading, testpmd probing its ports), at most 30 s.
+wait_path() {
+    local i
+    for i in $(seq 30); do
+        ip netns exec braid-client ping -c 1 -W 1 -q "$1" >/dev/null 2>&1 && return 0
+    done
+    echo "path to $1 did not come up" >&2; return 1
+}
+deployed() { # name addr chain hosts...
+    local name=$1 addr=$2 chain=$3; shift 3
+    local h hosts; hosts=$(IFS=,; echo "$*")
+    for h in "$@"; do ip netns exec "braid-$h" sysctl -qw net.ipv4.ip_forward=0; done
+    "$BRAID" deploy "$chain" --state "$STATE" --hosts "$hosts" --stats-file "$OUT/stats-$name.json" --quiet \
+        2>>"$OUT/deploy.log" &
+    local dep=$!; PIDS+=("$dep")
+    wait_path "$addr"
+    measure "$name" "$addr"
+    "$BRAID" stats --stats-file "$OUT/stats-$name.json" | tee "$OUT/nfstats-$name.txt"
+    kill "$dep"; wait "$dep" 2>/dev/null || true
+    for h in "$@"; do ip netns exec "braid-$h" sysctl -qw net.ipv4.ip_forward=1; done
+}
+deployed xdp-fwd-1hop 10.71.12.2 "$CHAINS/xdp-fwd.yaml" fw1
+deployed xdp-fwd-2nf 10.71.3.2 "$CHAINS/xdp-fwd-fwd.yaml" nf1 nf2
+
 if command -v dpdk-testpmd >/dev/null; then
     mac() { ip -n "$1" -o link show dev "$2" | sed -E 's/.*link\/ether ([0-9a-f:]+).*/\1/'; }
     CMAC=$(mac braid-client to-fw1); SMAC=$(mac braid-server to-fw1)
@@ -68,8 +96,7 @@ if command -v dpdk-testpmd >/dev/null; then
         --forward-mode=mac --eth-peer=0,"$CMAC" --eth-peer=1,"$SMAC" --stats-period 60 --total-num-mbufs 16384 \
         >"$OUT/testpmd.log" 2>&1 &
     PIDS+=("$!"); TESTPMD=$!
-    sleep 3
-    if kill -0 "$TESTPMD" 2>/dev/null; then
+    if wait_path 10.71.12.2 && kill -0 "$TESTPMD" 2>/dev/null; then
         measure testpmd-afpacket 10.71.12.2 || echo "testpmd measurement failed" | tee -a "$OUT/testpmd.log"
         kill "$TESTPMD"; wait "$TESTPMD" 2>/dev/null || true
     else
@@ -81,7 +108,7 @@ fi
 python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
-names = ["direct", "linux-1hop", "linux-2hop", "testpmd-afpacket"]
+names = ["direct", "linux-1hop", "linux-2hop", "xdp-fwd-1hop", "xdp-fwd-2nf", "testpmd-afpacket"]
 rows = []
 for n in names:
     p = os.path.join(out, f"rtt-{n}.json")
