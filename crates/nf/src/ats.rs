@@ -113,10 +113,16 @@ impl Ats {
             // The length counts twice (header and pseudo-header), and the
             // new bytes are summed at their alignment in the datagram: after
             // an odd-length payload they start in the low byte of a word.
-            let mut aligned = [0u8; STAMP_LEN + 2];
-            let odd = s.udp_len % 2;
-            aligned[odd..odd + STAMP_LEN].copy_from_slice(&stamps);
-            let added = checksum::sum(&aligned) as u64;
+            // The 16 bytes are two big-endian u64: their word sum is the
+            // sum of the 32-bit halves, byte-swapped after folding when it
+            // starts in the low byte of a word (RFC 1071, section 2(B)).
+            let halves =
+                (rx_ns >> 32) + (rx_ns & 0xffff_ffff) + (tx_ns >> 32) + (tx_ns & 0xffff_ffff);
+            let added = if s.udp_len % 2 == 1 {
+                fold64(halves).swap_bytes() as u64
+            } else {
+                fold64(halves) as u64
+            };
             let acc = !old_udp_ck as u64 + 2 * (!old_len as u64) + 2 * (new_len as u64) + added;
             let ck = !fold64(acc);
             let ck = if ck == 0 { 0xffff } else { ck };
