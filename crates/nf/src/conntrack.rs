@@ -8,14 +8,16 @@
 //! * [`FlowKey`] and [`FlowHasher`]: an exact-match 5-tuple key and a fast
 //!   hasher for it.
 //! * [`ConnTable`]: a slab of connections, each reachable by its original
-//!   and its reply key (like Linux conntrack's two tuple hashes), with idle
-//!   timeouts checked lazily on lookup and swept incrementally, and whole
-//!   export/import as plain records.
+//!   and its reply key (like Linux conntrack's two tuple hashes) through an
+//!   open-addressing index, with idle timeouts checked lazily on lookup and
+//!   swept incrementally, whole export/import as plain records, and a
+//!   batched lookup API (touch, probe, hinted lookup) so the cache misses
+//!   of a batch overlap (see [`Prefetch`]).
 //! * [`StateClock`]: NF-local time that continues across an export/import,
 //!   so idle ages survive migration between hosts whose monotonic clocks
 //!   differ.
 
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 
 use crate::DropReason;
 
@@ -290,8 +292,8 @@ impl Hash for FlowKey {
 }
 
 /// A fast non-cryptographic hasher for [`FlowKey`]: multiply-rotate per
-/// word and a murmur3 finalizer so both the low bits (bucket index) and the
-/// high bits (SwissTable tag) are well mixed. Flow keys come from the
+/// word and a murmur3 finalizer so the low bits (the bucket index of
+/// `FlowIndex`) depend on every input bit. Flow keys come from the
 /// network, so a table can be flooded with colliding keys by someone who
 /// knows the constants; a per-instance random seed would be the next step if
 /// that matters for a deployment.
@@ -320,9 +322,6 @@ impl Hasher for FlowHasher {
         x
     }
 }
-
-/// `BuildHasher` for maps keyed by [`FlowKey`].
-pub type FlowBuildHasher = BuildHasherDefault<FlowHasher>;
 
 /// Idle timeouts in nanoseconds, per kind of connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -662,7 +662,10 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
         fn never_panics_on_garbage(frames in proptest::collection::vec(
-            proptest::collection::vec(any::<u8>(), 0..90), 1..8),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..90),
+                braid_packet::strategy::any_frame(),
+            ], 1..8),
             flip in any::<(usize, u8)>())
         {
             let mut frames = frames;

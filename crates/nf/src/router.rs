@@ -433,7 +433,10 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn never_panics_on_garbage(frames in proptest::collection::vec(
-            proptest::collection::vec(any::<u8>(), 0..100), 1..8),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..100),
+                braid_packet::strategy::any_frame(),
+            ], 1..8),
             flip in any::<(usize, u8)>())
         {
             // Also valid frames with one byte changed.
