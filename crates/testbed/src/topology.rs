@@ -169,9 +169,12 @@ impl Topology {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let t: Topology = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner();
-            TopologyError::Yaml(if path == "." {
-                inner.to_string()
+            let inner = e.into_inner().to_string();
+            // serde_yaml_ng usually names the path itself; add it otherwise.
+            let lead = inner.split(": ").next().unwrap_or_default();
+            let named = inner.starts_with(&path) || (!lead.is_empty() && path.starts_with(lead));
+            TopologyError::Yaml(if path == "." || named {
+                inner
             } else {
                 format!("{path}: {inner}")
             })
