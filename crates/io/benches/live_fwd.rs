@@ -140,7 +140,20 @@ struct Row {
 
 /// Run the generator for `secs` against whatever forwarder is in place;
 /// returns offered and delivered packets per second and CPU figures.
-fn measure(bed: &Bed, name: &'static str, frame: &[u8], sink: &mut XdpProgram, secs: f64) -> Row {
+fn measure(
+    bed: &Bed,
+    name: &'static str,
+    frame: &[u8],
+    sink: &mut XdpProgram,
+    secs: f64,
+) -> Option<Row> {
+    // BRAID_BENCH_ONLY=substring runs only the matching forwarders (for
+    // profiling one of them with perf).
+    if let Ok(only) = std::env::var("BRAID_BENCH_ONLY") {
+        if !name.contains(only.as_str()) {
+            return None;
+        }
+    }
     let g = bed.g.clone();
     let mut port = bed
         .gen
@@ -191,14 +204,14 @@ fn measure(bed: &Bed, name: &'static str, frame: &[u8], sink: &mut XdpProgram, s
         let b = cpu_b.iter().find(|c| c.0 == "cpu").map(|c| c.1).unwrap_or(0);
         (b - a) as f64 / 100.0
     };
-    Row {
+    Some(Row {
         name,
         offered: sent as f64 / total_s,
         delivered,
         cycles_per_pkt: all_busy_s * cpu_mhz() * 1e6 / (rx1 - rx0).max(1) as f64,
         cpu0: busy("cpu0"),
         cpu1: busy("cpu1"),
-    }
+    })
 }
 
 /// A user-space forwarder thread pinned to FWD_CPU, one direction.
@@ -303,8 +316,8 @@ fn main() {
 
     // Linux IP forwarding.
     netns::enable_forwarding(Some(bed.fwd.name())).unwrap();
-    rows.push(measure(&bed, "Linux IP forwarding", &routed, &mut sink, secs));
-    netns::run(bed.fwd.command("sysctl").args(["-qw", "net.ipv4.ip_forward=0"])).unwrap();
+    rows.extend(measure(&bed, "Linux IP forwarding", &routed, &mut sink, secs));
+    netns::set_forwarding(Some(bed.fwd.name()), false).unwrap();
 
     // XDP fwd.
     {
@@ -318,7 +331,7 @@ fn main() {
                 p
             })
             .unwrap();
-        rows.push(measure(&bed, "XDP fwd (native, devmap)", &bridged, &mut sink, secs));
+        rows.extend(measure(&bed, "XDP fwd (native, devmap)", &bridged, &mut sink, secs));
     }
 
     // AF_XDP fwd, copy-out and zero-copy rx.
@@ -341,7 +354,7 @@ fn main() {
             })
             .unwrap();
         let (stop, h) = spin_forward(a, b);
-        rows.push(measure(&bed, name, &bridged, &mut sink, secs));
+        rows.extend(measure(&bed, name, &bridged, &mut sink, secs));
         stop.store(true, Ordering::Relaxed);
         h.join().unwrap();
     }
@@ -361,19 +374,19 @@ fn main() {
             })
             .unwrap();
         let (stop, h) = spin_forward(a, b);
-        rows.push(measure(&bed, "AF_PACKET fwd (recvmmsg/sendmmsg)", &bridged, &mut sink, secs));
+        rows.extend(measure(&bed, "AF_PACKET fwd (recvmmsg/sendmmsg)", &bridged, &mut sink, secs));
         stop.store(true, Ordering::Relaxed);
         h.join().unwrap();
     }
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let base = rows[0].delivered.max(1.0);
+    let base = rows.first().map(|r| r.delivered).unwrap_or(1.0).max(1.0);
     println!("\n64 B UDP frames, one forwarding namespace, {secs} s per forwarder, generator on CPU {GEN_CPU}, user-space forwarder on CPU {FWD_CPU}\n");
     println!(
         "load average at the end (other work on the machine competes for the 2 CPUs): {}\n",
         load.trim()
     );
-    println!("| forwarder | offered Mpps | delivered Mpps | vs Linux | cycles/pkt (whole machine) | CPU0 busy | CPU1 busy |");
+    println!("| forwarder | offered Mpps | delivered Mpps | vs first row | cycles/pkt (whole machine) | CPU0 busy | CPU1 busy |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(

@@ -175,7 +175,30 @@ pub fn set_mtu(ns: Option<&str>, dev: &str, mtu: u32) -> Result<(), NetnsError> 
 
 /// Enable IPv4 forwarding in `ns`.
 pub fn enable_forwarding(ns: Option<&str>) -> Result<(), NetnsError> {
-    run(command_in(ns, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"])).map(drop)
+    set_forwarding(ns, true)
+}
+
+/// Turn IPv4 forwarding in `ns` on or off. Writes
+/// `/proc/sys/net/ipv4/ip_forward` from a thread inside the namespace
+/// (that file shows the namespace of whoever opens it), so no `sysctl`
+/// binary is needed.
+pub fn set_forwarding(ns: Option<&str>, on: bool) -> Result<(), NetnsError> {
+    let write = move || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", if on { "1\n" } else { "0\n" }).map_err(
+            |source| NetnsError::Os {
+                what: format!(
+                    "setting ip_forward={} in {}",
+                    on as u8,
+                    ns.unwrap_or("this namespace")
+                ),
+                source,
+            },
+        )
+    };
+    match ns {
+        Some(name) => in_netns(name, write)?,
+        None => write(),
+    }
 }
 
 /// Turn transmit checksum offload off on `dev` (`ethtool -K dev tx off`).
@@ -447,6 +470,10 @@ mod tests {
             let idx = ns.enter(|| ifindex(&b)).unwrap().unwrap();
             assert!(idx > 0);
             assert!(ifindex(&b).is_err(), "{b} must not be visible outside the namespace");
+            set_forwarding(Some(ns.name()), true).unwrap();
+            let fwd = ns.command("cat").arg("/proc/sys/net/ipv4/ip_forward").output().unwrap();
+            assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
+            set_forwarding(Some(ns.name()), false).unwrap();
             let out = ns.command("ping").args(["-c1", "-W2", "10.213.7.1"]).output().unwrap();
             assert!(out.status.success(), "ping failed: {}", String::from_utf8_lossy(&out.stdout));
         }

@@ -8,6 +8,7 @@
 //! which the port refills the fill ring.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use braid_packet::BufferOwner;
@@ -21,6 +22,9 @@ pub(crate) struct Umem {
     frame_count: u32,
     /// Frames released by dropped zero-copy packets, by frame index.
     returned: Mutex<Vec<u32>>,
+    /// Length of `returned`, readable without the lock: the port polls it
+    /// on every spin and only locks when there is something to take.
+    returned_len: AtomicU32,
 }
 
 // SAFETY: the mapping is plain memory; which frames may be touched by whom
@@ -55,6 +59,7 @@ impl Umem {
             frame_size,
             frame_count,
             returned: Mutex::new(Vec::with_capacity(frame_count as usize)),
+            returned_len: AtomicU32::new(0),
         })
     }
 
@@ -100,14 +105,21 @@ impl Umem {
 
     /// Take the frames returned by dropped packets, appending them to `out`.
     pub(crate) fn take_returned(&self, out: &mut Vec<u32>) {
+        if self.returned_len.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut r = self.returned.lock().unwrap_or_else(|e| e.into_inner());
+        self.returned_len.fetch_sub(r.len() as u32, Ordering::Release);
         out.append(&mut r);
     }
 }
 
 impl BufferOwner for Umem {
     fn release(&self, slot: u32) {
-        self.returned.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
+        let mut r = self.returned.lock().unwrap_or_else(|e| e.into_inner());
+        r.push(slot);
+        // Under the lock, so the count never runs behind a taker's view.
+        self.returned_len.fetch_add(1, Ordering::Release);
     }
 }
 
