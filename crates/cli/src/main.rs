@@ -43,6 +43,14 @@ enum Command {
     Deploy(cmd::deploy::Args),
     /// Live per-NF counters of the running `braid deploy`.
     Stats(cmd::stats::Args),
+    /// Packet rate and one-way latency between NF processes over shared
+    /// memory, veth+UDP, veth+AF_XDP and in-process hand-over, side by side.
+    ShmBench(cmd::shm_bench::Args),
+    /// Run one NF as its own process between shared-memory ports.
+    NfProc(cmd::nf_proc::Args),
+    /// Run each NF of a chain as its own supervised process over shared
+    /// memory.
+    RunProcs(cmd::run_procs::Args),
 }
 
 fn main() {
@@ -59,6 +67,9 @@ fn main() {
         Command::Testbed(a) => cmd::testbed::run(a),
         Command::Deploy(a) => cmd::deploy::run(a),
         Command::Stats(a) => cmd::stats::run(a),
+        Command::ShmBench(a) => cmd::shm_bench::run(a),
+        Command::NfProc(a) => cmd::nf_proc::run(a),
+        Command::RunProcs(a) => cmd::run_procs::run(a),
     };
     if let Err(e) = result {
         eprintln!("braid: error: {e:#}");

@@ -27,6 +27,7 @@ pub mod descriptor;
 pub mod plan;
 pub mod runner;
 pub mod spans;
+pub mod supervisor;
 pub mod validate;
 
 pub use chain::{Chain, ChainBuildError, ChainMonitor, ChainSnapshot, Stage, StageSnapshot};

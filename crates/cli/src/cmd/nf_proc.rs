@@ -1,0 +1,221 @@
+//! `braid nf-proc`: run one NF as its own process between shared-memory
+//! ports. This is the unit that `braid run-procs` supervises and that
+//! `braid shm-bench` puts between a generator and a sink.
+//!
+//! Ports are `listen:PATH` (this process creates the channel and waits for
+//! a peer; a peer that dies is reported and the next one is accepted) or
+//! `connect:PATH` (this process joins a channel created by another). Every
+//! packet received on port `i` gets `meta.in_port = i`. Routing after the
+//! NF: `pair` sends what came in on port `i` out of port `i ^ 1` (a blind
+//! forwarder between two ports); `out-port` sends each packet out of
+//! `meta.out_port`, as set by a switching NF such as `l2switch`.
+//!
+//! A `listen:` port whose peer dies waits for the next one; a `connect:`
+//! port whose peer dies reconnects as soon as the peer listens again, so a
+//! restarted neighbour is taken back without restarting this process (and
+//! this NF keeps its state).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use braid_io::shm::{ShmConfig, ShmPort};
+use braid_io::{Port, PortError};
+use braid_nf::{Context, Counters, Params};
+use braid_packet::Batch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Route {
+    /// Port i -> port i^1.
+    Pair,
+    /// Each packet to its meta.out_port.
+    OutPort,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// NF kind (see `braid nfs`).
+    #[arg(long)]
+    pub nf: String,
+    /// NF parameters as YAML (e.g. `{ports: 2}`).
+    #[arg(long)]
+    pub params: Option<String>,
+    /// A port, `listen:PATH` or `connect:PATH`; repeat in port order.
+    #[arg(long = "port", required = true)]
+    pub ports: Vec<String>,
+    /// How packets leave after the NF.
+    #[arg(long, value_enum, default_value_t = Route::Pair)]
+    pub route: Route,
+    /// Packets per batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Slots of the channels this process creates.
+    #[arg(long, default_value_t = ShmConfig::default().slots)]
+    pub slots: u32,
+    /// Stop after this many seconds (default: until SIGINT or SIGTERM).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+}
+
+/// A port spec from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    Listen(PathBuf),
+    Connect(PathBuf),
+}
+
+impl PortSpec {
+    pub fn parse(s: &str) -> Result<PortSpec> {
+        match s.split_once(':') {
+            Some(("listen", p)) if !p.is_empty() => Ok(PortSpec::Listen(p.into())),
+            Some(("connect", p)) if !p.is_empty() => Ok(PortSpec::Connect(p.into())),
+            _ => bail!("port `{s}`: expected listen:PATH or connect:PATH"),
+        }
+    }
+
+    pub fn open(&self, cfg: ShmConfig) -> Result<ShmPort> {
+        Ok(match self {
+            PortSpec::Listen(p) => {
+                ShmPort::listen(p, cfg).with_context(|| format!("listen on {}", p.display()))?
+            }
+            PortSpec::Connect(p) => ShmPort::connect(p, Duration::from_secs(30))
+                .with_context(|| format!("connect to {}", p.display()))?,
+        })
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.batch == 0 || a.batch > 1024 {
+        bail!("--batch {}: must be 1..=1024", a.batch);
+    }
+    let params: Params = match &a.params {
+        Some(y) => {
+            serde_yaml_ng::from_str(y).with_context(|| format!("--params {y:?} is not YAML"))?
+        }
+        None => Params::Null,
+    };
+    let mut nf = braid_nf::build(&a.nf, &params).with_context(|| format!("NF `{}`", a.nf))?;
+    let specs = a.ports.iter().map(|s| PortSpec::parse(s)).collect::<Result<Vec<_>>>()?;
+    if a.route == Route::Pair && specs.len() != 2 {
+        bail!("--route pair needs exactly 2 ports, got {}", specs.len());
+    }
+    let cfg = ShmConfig { slots: a.slots, ..ShmConfig::default() };
+    let mut ports = specs.iter().map(|s| s.open(cfg)).collect::<Result<Vec<_>>>()?;
+    let n = ports.len();
+    let mut counters = Counters::default();
+    let mut inb = Batch::with_capacity(a.batch);
+    let mut outs: Vec<Batch> = (0..n).map(|_| Batch::with_capacity(a.batch)).collect();
+    let stop =
+        braid_probe::signal::stop_on_signals().context("install the SIGINT/SIGTERM handler")?;
+    let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let mut last_tick = Instant::now();
+    let mut idle = 0u32;
+    loop {
+        let mut moved = 0;
+        for i in 0..n {
+            match ports[i].recv(&mut inb, a.batch) {
+                Ok(_) => {}
+                Err(PortError::Disconnected(m)) => eprintln!("braid nf-proc {}: {m}", a.nf),
+                Err(e) => return Err(e).with_context(|| format!("receive on port {i}")),
+            }
+            if inb.is_empty() {
+                continue;
+            }
+            moved += inb.len();
+            counters.packets_in += inb.len() as u64;
+            counters.batches += 1;
+            for p in inb.iter_mut() {
+                p.meta.in_port = i as u16;
+            }
+            let now = braid_io::shm::clock_ns();
+            nf.process(&mut inb, &mut Context::new(now, &mut counters));
+            counters.packets_out += inb.len() as u64;
+            route(&mut inb, &mut outs, i, a.route);
+            send_all(&mut ports, &mut outs, &a.nf)?;
+        }
+        if last_tick.elapsed() >= Duration::from_millis(10) {
+            last_tick = Instant::now();
+            nf.tick(&mut inb, &mut Context::new(braid_io::shm::clock_ns(), &mut counters));
+            route(&mut inb, &mut outs, 0, a.route);
+            send_all(&mut ports, &mut outs, &a.nf)?;
+            if deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            // A `connect:` peer that went away (crashed and being restarted
+            // by the supervisor) is joined again as soon as it listens.
+            for (i, spec) in specs.iter().enumerate() {
+                if let (PortSpec::Connect(path), true) = (spec, ports[i].at_end()) {
+                    if let Ok(p) = ShmPort::connect(path, Duration::from_millis(200)) {
+                        eprintln!(
+                            "braid nf-proc {}: port {i} reconnected to {}",
+                            a.nf,
+                            path.display()
+                        );
+                        ports[i] = p;
+                    }
+                }
+            }
+        }
+        if moved == 0 {
+            idle = idle.saturating_add(1);
+            // Busy-poll while traffic flows; after a long idle spell yield
+            // the core so a quiet NF does not burn it.
+            if idle > 100_000 {
+                std::thread::yield_now();
+            }
+        } else {
+            idle = 0;
+        }
+    }
+    eprintln!(
+        "braid nf-proc {}: {} packets in, {} out, {} dropped",
+        a.nf,
+        counters.packets_in,
+        counters.packets_out,
+        counters.drops.iter().sum::<u64>()
+    );
+    Ok(())
+}
+
+fn route(inb: &mut Batch, outs: &mut [Batch], in_port: usize, how: Route) {
+    match how {
+        Route::Pair => outs[in_port ^ 1].append(inb),
+        Route::OutPort => {
+            for p in inb.drain() {
+                if let Some(o) = outs.get_mut(p.meta.out_port as usize) {
+                    o.push(p);
+                }
+            }
+        }
+    }
+}
+
+fn send_all(ports: &mut [ShmPort], outs: &mut [Batch], nf: &str) -> Result<()> {
+    for (i, (port, out)) in ports.iter_mut().zip(outs.iter_mut()).enumerate() {
+        if out.is_empty() {
+            continue;
+        }
+        match port.send(out) {
+            Ok(_) => {}
+            Err(PortError::Disconnected(m)) => eprintln!("braid nf-proc {nf}: {m}"),
+            Err(e) => return Err(e).with_context(|| format!("send on port {i}")),
+        }
+        out.clear();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs() {
+        assert_eq!(PortSpec::parse("listen:/tmp/a").unwrap(), PortSpec::Listen("/tmp/a".into()));
+        assert_eq!(PortSpec::parse("connect:/x").unwrap(), PortSpec::Connect("/x".into()));
+        for bad in ["listen:", "tcp:/x", "/x"] {
+            assert!(PortSpec::parse(bad).unwrap_err().to_string().contains(bad));
+        }
+    }
+}
