@@ -189,6 +189,8 @@ pub struct AfXdpPort {
     wait: WaitMode,
     rx_zero_copy: bool,
     zero_copy_bound: bool,
+    /// Frames sent straight from the UMEM frame they arrived in.
+    tx_in_place: u64,
     stats: PortStats,
 }
 
@@ -315,6 +317,7 @@ impl AfXdpPort {
             wait: cfg.wait,
             rx_zero_copy: cfg.rx_zero_copy,
             zero_copy_bound: false,
+            tx_in_place: 0,
             stats: PortStats::default(),
         };
         port.refill();
@@ -385,6 +388,12 @@ impl AfXdpPort {
     /// True if the kernel bound the socket in zero-copy mode.
     pub fn is_zero_copy(&self) -> bool {
         self.zero_copy_bound
+    }
+
+    /// Frames transmitted from the UMEM frame they were received in
+    /// (zero-copy rx packets sent back out of this port), without a copy.
+    pub fn tx_in_place(&self) -> u64 {
+        self.tx_in_place
     }
 
     /// The steering program this port attached, if any (for its counters).
@@ -622,6 +631,7 @@ impl Port for AfXdpPort {
                         let idx = buf.slot();
                         self.frames.in_tx[idx as usize].store(true, Ordering::Relaxed);
                         drop(buf);
+                        self.tx_in_place += 1;
                         libc::xdp_desc {
                             addr: idx as u64 * fs + head as u64,
                             len: plen,
