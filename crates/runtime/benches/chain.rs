@@ -16,28 +16,8 @@ use braid_packet::Batch;
 use braid_runtime::{Chain, ChainDescriptor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-const CHAIN: &str = r#"
-name: bench4
-nfs:
-  - name: fw
-    type: firewall
-    params:
-      default: drop
-      rules:
-        - { action: allow, proto: udp, dst: 10.1.0.0/16 }
-  - name: r1
-    type: router
-    params:
-      mac: 02:00:00:00:00:fe
-      ip: 10.0.0.254
-      routes:
-        - { prefix: 10.1.0.0/16, next_hop_mac: 02:00:00:00:01:01, port: 1 }
-  - name: nat
-    type: nat
-    params: { external_ip: 192.0.2.1, internal: [10.0.0.0/8] }
-  - name: out
-    type: fwd
-"#;
+/// `examples/chain4.yaml`, so `braid bench` runs the very same chain.
+const CHAIN: &str = include_str!("../../../examples/chain4.yaml");
 
 const BATCH: usize = 32;
 const FLOWS: u32 = 1024;
