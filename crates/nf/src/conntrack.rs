@@ -217,6 +217,51 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Info, DropReason> {
     })
 }
 
+/// The packet quoted in an ICMP error (destination unreachable, source
+/// quench, redirect, time exceeded, parameter problem): where its IPv4
+/// header is and its 5-tuple as it appears there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotedPacket {
+    /// Offset of the quoted IPv4 header in the frame.
+    pub l3: usize,
+    /// Its header length.
+    pub ihl: usize,
+    /// Its 5-tuple (ICMP echo: identifier as both ports).
+    pub key: FlowKey,
+}
+
+/// If `info` is an ICMP error quoting a first fragment of TCP, UDP or ICMP
+/// echo with at least 8 bytes of its transport header (RFC 792), the
+/// quoted packet. Bounds are checked against the outer IPv4 total length.
+pub fn icmp_error_quote(frame: &[u8], info: &Ipv4Info) -> Option<QuotedPacket> {
+    let L4::IcmpOther { msg_type } = info.l4 else { return None };
+    if !matches!(msg_type, 3 | 4 | 5 | 11 | 12) {
+        return None;
+    }
+    let end = info.l3 + info.total_len;
+    let l3 = info.l4_offset() + 8;
+    if l3 + 20 > end {
+        return None;
+    }
+    let ihl = ((frame[l3] & 0x0f) as usize) * 4;
+    if frame[l3] >> 4 != 4 || ihl < 20 || l3 + ihl + 8 > end || be16(frame, l3 + 6) & 0x1fff != 0 {
+        return None;
+    }
+    let proto = frame[l3 + 9];
+    let l4 = l3 + ihl;
+    let (src_port, dst_port) = match proto {
+        PROTO_TCP | PROTO_UDP => (be16(frame, l4), be16(frame, l4 + 2)),
+        PROTO_ICMP if matches!(frame[l4], ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY) => {
+            let ident = be16(frame, l4 + 4);
+            (ident, ident)
+        }
+        _ => return None,
+    };
+    let key =
+        FlowKey { src: be32(frame, l3 + 12), dst: be32(frame, l3 + 16), src_port, dst_port, proto };
+    Some(QuotedPacket { l3, ihl, key })
+}
+
 /// Internet checksum of `data` (RFC 1071), folded and complemented.
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;

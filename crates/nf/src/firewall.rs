@@ -18,17 +18,18 @@
 //!
 //! Edge cases: ARP always passes (IPv4 needs it); other non-IPv4 frames
 //! follow the default action (dropped as `denied`). Malformed IPv4 is
-//! dropped (`malformed`). Non-first fragments and ICMP messages other than
-//! echo are classified by the rules on every packet with ports 0 and are
-//! not tracked. A full connection table drops new flows (`overflow`).
+//! dropped (`malformed`). ICMP errors quoting a packet of a tracked flow
+//! pass (like Linux's RELATED). Non-first fragments and other ICMP messages
+//! are classified by the rules on every packet with ports 0 and are not
+//! tracked. A full connection table drops new flows (`overflow`).
 
 use braid_packet::Batch;
 
 use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
-    flow_hash, parse_cidr, parse_frame, parse_port_range, prefix_mask, secs_to_ns, Conn, ConnTable,
-    FlowKey, Frame, InsertError, Ipv4Info, Lookup, Prefetch, StateClock, TimeoutsNs, L4,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    flow_hash, icmp_error_quote, parse_cidr, parse_frame, parse_port_range, prefix_mask,
+    secs_to_ns, Conn, ConnTable, FlowKey, Frame, InsertError, Ipv4Info, Lookup, Prefetch,
+    StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -333,7 +334,11 @@ impl Firewall {
             (Some(_), Some(k)) => flow_hash(k),
             _ => 0,
         };
-        Step::Check { info, key, hash, hint: None }
+        let related = match (&self.conntrack, key) {
+            (Some(_), None) => icmp_error_quote(frame, &info).map(|q| q.key),
+            _ => None,
+        };
+        Step::Check { info, key, hash, hint: None, related }
     }
 
     /// Batch step 3: pass (`Ok`) or drop one packet.
@@ -342,7 +347,16 @@ impl Firewall {
         let (info, key, hash, hint) = match step {
             Step::Pass => return Ok(()),
             Step::Drop(r) => return Err(r),
-            Step::Check { info, key, hash, hint } => (info, key, hash, hint),
+            Step::Check { info, key, hash, hint, related } => {
+                if let (Some(table), Some(quoted)) = (self.conntrack.as_mut(), related) {
+                    // An ICMP error about a tracked flow passes (it does
+                    // not refresh the flow).
+                    if let Lookup::Hit { .. } = table.lookup(&quoted, now, &self.timeouts) {
+                        return Ok(());
+                    }
+                }
+                (info, key, hash, hint)
+            }
         };
         let tcp_flags = match info.l4 {
             L4::Tcp { flags, .. } => flags,
@@ -395,12 +409,14 @@ impl Firewall {
 enum Step {
     Pass,
     Drop(DropReason),
-    /// IPv4: conntrack (if on and the packet has a flow key), then rules.
+    /// IPv4: conntrack (if on and the packet has a flow key, or is an ICMP
+    /// error quoting one: `related`), then rules.
     Check {
         info: Ipv4Info,
         key: Option<FlowKey>,
         hash: u64,
         hint: Option<u32>,
+        related: Option<FlowKey>,
     },
 }
 
@@ -588,6 +604,29 @@ mod tests {
         let mut rep = frame([8, 8, 8, 8], [10, 0, 0, 1], PROTO_ICMP, 9, 9, 0);
         rep[34] = 0;
         assert_eq!(run(&mut f, 200 * s, &[req, rep]).0, 2);
+    }
+
+    #[test]
+    fn icmp_errors_about_tracked_flows_pass() {
+        let mut f = fw(WEB);
+        let out = frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_UDP, 1, 5000, 0);
+        let error = |quoted: &[u8]| {
+            let mut e = frame([9, 9, 9, 9], [10, 0, 0, 1], PROTO_ICMP, 0, 0, 0);
+            e[34] = 3;
+            e.extend_from_slice(&quoted[14..14 + 28]);
+            let len = (e.len() - 14) as u16;
+            e[16..18].copy_from_slice(&len.to_be_bytes());
+            e[24..26].copy_from_slice(&[0, 0]);
+            let ck = checksum(&e[14..34]);
+            e[24..26].copy_from_slice(&ck.to_be_bytes());
+            e
+        };
+        // Denied by the rules while the flow is unknown...
+        assert_eq!(run(&mut f, 1, &[error(&out)]).0, 0);
+        // ...passes once it is tracked; an error about another flow does not.
+        assert_eq!(run(&mut f, 2, &[out.clone(), error(&out)]).0, 2);
+        let other = frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_UDP, 2, 5000, 0);
+        assert_eq!(run(&mut f, 3, &[error(&other)]).0, 0);
     }
 
     #[test]

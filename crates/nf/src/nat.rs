@@ -12,6 +12,10 @@
 //! * anything else (inside to inside, outside to outside): passed unchanged,
 //!   as are ARP and non-IPv4 frames.
 //!
+//! Inbound ICMP errors (unreachable, time exceeded, ...) that quote a
+//! translated packet are translated back (RFC 5508): outer destination and
+//! quoted source become the inside host's again.
+//!
 //! Checksums are updated incrementally (RFC 1624): the IPv4 header, the
 //! TCP/UDP checksum over the pseudo-header and port (a zero UDP checksum
 //! stays zero), the ICMP checksum over the identifier.
@@ -30,9 +34,10 @@ use std::net::Ipv4Addr;
 use braid_packet::{Batch, Packet};
 
 use crate::conntrack::{
-    csum_update16, csum_update32, flow_hash, parse_cidr, parse_frame, parse_port_range,
-    prefix_mask, secs_to_ns, Conn, ConnTable, FlowKey, Frame, InsertError, Ipv4Info, Lookup,
-    Prefetch, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    csum_update16, csum_update32, flow_hash, icmp_error_quote, parse_cidr, parse_frame,
+    parse_port_range, prefix_mask, secs_to_ns, Conn, ConnTable, FlowKey, Frame, InsertError,
+    Ipv4Info, Lookup, Prefetch, QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -152,6 +157,12 @@ enum Step {
         outbound: bool,
         hint: Option<u32>,
     },
+    /// An inbound ICMP error about a mapped flow: rewrite the outer
+    /// destination and the quoted packet's source.
+    IcmpError {
+        info: Ipv4Info,
+        quote: QuotedPacket,
+    },
 }
 
 /// The snapshot format.
@@ -207,6 +218,26 @@ fn put_be16(d: &mut [u8], at: usize, v: u16) {
 #[inline]
 fn get_be16(d: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([d[at], d[at + 1]])
+}
+
+#[inline]
+fn get_be32(d: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
+}
+
+/// Write a 16-bit word covered by the ICMP checksum at `icmp_ck`.
+fn set16_in_icmp(d: &mut [u8], at: usize, new: u16, icmp_ck: usize) {
+    let old = get_be16(d, at);
+    put_be16(d, at, new);
+    put_be16(d, icmp_ck, csum_update16(get_be16(d, icmp_ck), old, new));
+}
+
+/// Write a 32-bit word covered by the ICMP checksum at `icmp_ck`. Quoted
+/// headers start at an even offset from the ICMP header, so words align.
+fn set32_in_icmp(d: &mut [u8], at: usize, new: u32, icmp_ck: usize) {
+    let old = get_be32(d, at);
+    d[at..at + 4].copy_from_slice(&new.to_be_bytes());
+    put_be16(d, icmp_ck, csum_update32(get_be16(d, icmp_ck), old, new));
 }
 
 /// Which end of the packet to rewrite.
@@ -347,6 +378,11 @@ impl Nat {
         if !outbound && info.dst != self.external_ip {
             return Step::Pass;
         }
+        if !outbound {
+            if let Some(quote) = icmp_error_quote(frame, &info) {
+                return Step::IcmpError { info, quote };
+            }
+        }
         match info.flow_key() {
             Some(key) => Step::Translate { info, key, hash: flow_hash(&key), outbound, hint: None },
             None => {
@@ -365,6 +401,7 @@ impl Nat {
             Step::Translate { info, key, hash, outbound, hint } => {
                 (info, key, hash, outbound, hint)
             }
+            Step::IcmpError { info, quote } => return self.apply_icmp_error(p, info, quote, now),
         };
         let tcp_flags = match info.l4 {
             L4::Tcp { flags, .. } => flags,
@@ -390,6 +427,66 @@ impl Nat {
             (End::Src, conn.reply.dst, conn.reply.dst_port)
         };
         rewrite(p.data_mut(), &info, end, ip, port);
+        Ok(())
+    }
+
+    /// Translate an inbound ICMP error quoting one of our translated
+    /// packets (RFC 5508): the quote's source is `external_ip`:port, which
+    /// becomes the inside host's address and port again, and so does the
+    /// outer destination. The ICMP checksum follows every quoted byte
+    /// changed; the quote's IPv4 checksum and its UDP/ICMP checksum (TCP's
+    /// is beyond the 8 quoted bytes) are updated too.
+    fn apply_icmp_error(
+        &mut self,
+        p: &mut Packet,
+        info: Ipv4Info,
+        quote: QuotedPacket,
+        now: u64,
+    ) -> Result<(), DropReason> {
+        let (slot, reply) = match self.table.lookup(&quote.key.reversed(), now, &self.timeouts) {
+            Lookup::Hit { slot, reply } => (slot, reply),
+            Lookup::Expired(c) => {
+                Self::release(&mut self.pools, &c);
+                return Err(DropReason::NoMapping);
+            }
+            Lookup::Miss => return Err(DropReason::NoMapping),
+        };
+        let Some(conn) = self.table.get_mut(slot) else { return Err(DropReason::NoMapping) };
+        if !reply {
+            return Err(DropReason::NoMapping);
+        }
+        let (ip, port) = (conn.orig.src, conn.orig.src_port);
+        let d = p.data_mut();
+        let l3 = info.l3;
+        let icmp_ck = info.l4_offset() + 2;
+        // Outer destination: the ICMP checksum does not cover it.
+        let outer_dst = get_be32(d, l3 + 16);
+        d[l3 + 16..l3 + 20].copy_from_slice(&ip.to_be_bytes());
+        put_be16(d, l3 + 10, csum_update32(get_be16(d, l3 + 10), outer_dst, ip));
+        // Quoted source address, and the quoted header's checksum.
+        let q = quote.l3;
+        let old_ip = get_be32(d, q + 12);
+        set32_in_icmp(d, q + 12, ip, icmp_ck);
+        let qck = csum_update32(get_be16(d, q + 10), old_ip, ip);
+        set16_in_icmp(d, q + 10, qck, icmp_ck);
+        let l4 = q + quote.ihl;
+        match quote.key.proto {
+            PROTO_ICMP => {
+                let old = get_be16(d, l4 + 4);
+                set16_in_icmp(d, l4 + 4, port, icmp_ck);
+                let ck = csum_update16(get_be16(d, l4 + 2), old, port);
+                set16_in_icmp(d, l4 + 2, ck, icmp_ck);
+            }
+            proto => {
+                let old = get_be16(d, l4);
+                set16_in_icmp(d, l4, port, icmp_ck);
+                if proto == PROTO_UDP && get_be16(d, l4 + 6) != 0 {
+                    let ck =
+                        csum_update16(csum_update32(get_be16(d, l4 + 6), old_ip, ip), old, port);
+                    set16_in_icmp(d, l4 + 6, if ck == 0 { 0xffff } else { ck }, icmp_ck);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -657,6 +754,49 @@ mod tests {
         out[40..42].copy_from_slice(&[0, 0]);
         let (o, _) = run(&mut n, 3, &[out]);
         assert_eq!(&o[0][40..42], &[0, 0]);
+    }
+
+    /// An ICMP error (type 3 code 3) from `src` to `dst` quoting `quoted`.
+    fn icmp_error(src: u32, dst: u32, quoted: &[u8]) -> Vec<u8> {
+        let mut f = frame(src, dst, PROTO_ICMP, 0, 0, quoted);
+        f[34] = 3;
+        f[35] = 3;
+        f[38..42].copy_from_slice(&[0, 0, 0, 0]);
+        fill_l4_checksum(&mut f);
+        f
+    }
+
+    #[test]
+    fn icmp_errors_about_mapped_flows_are_translated_back() {
+        let mut n = nat("ports: '2000-2010'\n");
+        for proto in [PROTO_UDP, PROTO_TCP, PROTO_ICMP] {
+            let out = frame(H1, REMOTE, proto, 40000, 53, b"payload!");
+            let (o, _) = run(&mut n, 1, std::slice::from_ref(&out));
+            // A router on the way quotes the translated header + 8 bytes.
+            let err = icmp_error(0x0909_0909, EXT, &o[0][14..14 + 28]);
+            let (back, c) = run(&mut n, 2, &[err]);
+            assert_eq!(c.dropped_total(), 0, "proto {proto}");
+            let b = &back[0];
+            assert_eq!(&b[30..34], &H1.to_be_bytes(), "outer destination");
+            assert!(checksums_ok(b), "outer IPv4 and ICMP checksums, proto {proto}");
+            let quoted = &b[42..42 + 28];
+            assert_eq!(checksum(&quoted[..20]), 0, "quoted IPv4 checksum");
+            // The quote is the packet as the inside host sent it.
+            assert_eq!(&quoted[12..20], &out[26..34]);
+            assert_eq!(&quoted[20..24], &out[34..38], "quoted ports / type+ident");
+            if proto != PROTO_TCP {
+                assert_eq!(
+                    &quoted[24..28],
+                    &out[38..42],
+                    "quoted UDP length+checksum / ICMP ident"
+                );
+            }
+        }
+        // Quoting a packet of no mapping: dropped.
+        let stray = frame(EXT, REMOTE, PROTO_UDP, 2999, 53, b"");
+        let (back, c) = run(&mut n, 3, &[icmp_error(REMOTE, EXT, &stray[14..42])]);
+        assert!(back.is_empty());
+        assert_eq!(c.dropped(DropReason::NoMapping), 1);
     }
 
     #[test]
