@@ -1,5 +1,10 @@
-//! RLNC benchmarks: braid-coding against the `rlnc` crate (0.8) as a peer
-//! and `memcpy` of the same bytes as the bandwidth baseline, in one run.
+//! RLNC benchmarks, side by side in one run: braid-coding, the `rlnc`
+//! crate (0.8) as a peer doing the same work, and `memcpy` of the same
+//! bytes as the bandwidth baseline.
+//!
+//! All figures are **CPU time of the measuring thread** (the scheduler's
+//! per-thread accounting, /proc/thread-self/schedstat): the build VM is
+//! shared by other jobs and wall-clock figures would measure them.
 //!
 //! `cargo bench -p braid-coding --bench rlnc`
 
@@ -8,40 +13,72 @@ use braid_coding::decoder::BlockDecoder;
 use braid_coding::gf256::Kernel;
 use braid_coding::header::{Header, HEADER_LEN};
 use braid_coding::sliding::{SlidingConfig, SlidingEncoder};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use std::time::Duration;
 
 const GEN: usize = 32;
+
+/// CPU time consumed by this thread, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("/proc/thread-self/schedstat is readable")
+}
+
+/// CPU nanoseconds per call of `op`: the median of 7 rounds of ~30 ms.
+fn measure(mut op: impl FnMut()) -> f64 {
+    for _ in 0..20 {
+        op();
+    }
+    let mut n = 1u64;
+    loop {
+        let t = thread_cpu_ns();
+        for _ in 0..n {
+            op();
+        }
+        if thread_cpu_ns() - t > 30_000_000 {
+            break;
+        }
+        n *= 2;
+    }
+    let mut rounds: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = thread_cpu_ns();
+            for _ in 0..n {
+                op();
+            }
+            (thread_cpu_ns() - t) as f64 / n as f64
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[3]
+}
 
 fn payloads(n: usize, len: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| (0..len).map(|j| (i * 31 + j * 7) as u8).collect()).collect()
 }
 
-/// Raw multiply-accumulate of one 1400 B symbol, per kernel, against memcpy.
-fn kernels(c: &mut Criterion) {
-    let mut g = c.benchmark_group("mul_acc_1400B");
-    g.throughput(Throughput::Bytes(1400));
+fn kernels() {
+    println!("## GF(2^8) multiply-accumulate, 1400 B (dst ^= c * src)\n");
+    println!("| kernel | ns | GB/s | vs memcpy of 1400 B |");
+    println!("|---|---|---|---|");
     let src = vec![0x5au8; 1400];
     let mut dst = vec![0xa5u8; 1400];
-    g.bench_function("memcpy", |b| {
-        b.iter(|| dst.copy_from_slice(black_box(&src)));
-    });
+    let memcpy = measure(|| dst.copy_from_slice(black_box(&src)));
+    println!("| memcpy | {memcpy:.1} | {:.1} | 1.00 |", 1400.0 / memcpy);
     for k in Kernel::available() {
-        g.bench_function(k.name(), |b| b.iter(|| k.mul_acc(&mut dst, black_box(&src), 0x53)));
+        let ns = measure(|| k.mul_acc(&mut dst, black_box(&src), 0x53));
+        println!("| {} | {ns:.1} | {:.1} | {:.2} |", k.name(), 1400.0 / ns, ns / memcpy);
     }
-    g.finish();
 }
 
-/// One coded packet over a full generation of 32 x 1400 B (throughput in
-/// source bytes), ours vs rlnc vs memcpy of the 44.8 KB.
-fn encode_throughput(c: &mut Criterion) {
-    let mut g = c.benchmark_group("encode_g32_1400B");
-    g.throughput(Throughput::Bytes((GEN * 1400) as u64));
+fn encode_throughput() {
+    println!("\n## Encoding throughput: one coded packet over a generation of 32 x 1400 B (GB/s of source data)\n");
     let src = payloads(GEN, 1400);
     let flat: Vec<u8> = src.concat();
+    let bytes = flat.len() as f64;
     let mut copy = vec![0u8; flat.len()];
-    g.bench_function("memcpy", |b| b.iter(|| copy.copy_from_slice(black_box(&flat))));
+    let memcpy = measure(|| copy.copy_from_slice(black_box(&flat)));
 
     let mut enc =
         BlockEncoder::new(BlockConfig { generation_size: GEN, redundancy: 0.25, seed: 1 }).unwrap();
@@ -50,86 +87,79 @@ fn encode_throughput(c: &mut Criterion) {
     }
     let mut out = Vec::with_capacity(1402);
     let mut seed = 0u32;
-    g.bench_function("braid", |b| {
-        b.iter(|| {
-            seed = seed.wrapping_add(1);
-            enc.encode(seed, &mut out);
-            black_box(&out);
-        })
+    let ours = measure(|| {
+        seed = seed.wrapping_add(1);
+        enc.encode(seed, &mut out);
+        black_box(&out);
     });
 
     let peer = rlnc::full::Encoder::new(flat.clone(), GEN).unwrap();
     let mut rng = rand::rng();
     let mut piece = vec![0u8; peer.get_full_coded_piece_byte_len()];
-    g.bench_function("rlnc", |b| {
-        b.iter(|| {
-            peer.code_with_buf(&mut rng, &mut piece).unwrap();
-            black_box(&piece);
-        })
+    let theirs = measure(|| {
+        peer.code_with_buf(&mut rng, &mut piece).unwrap();
+        black_box(&piece);
     });
-    g.finish();
+    println!("| implementation | ns / coded packet | GB/s of source | coded packets/s (M) | vs memcpy of the 44.8 kB |");
+    println!("|---|---|---|---|---|");
+    for (name, ns) in [("memcpy 44.8 kB", memcpy), ("braid", ours), ("rlnc 0.8", theirs)] {
+        println!(
+            "| {name} | {ns:.0} | {:.1} | {:.2} | {:.2}x |",
+            bytes / ns,
+            1e3 / ns,
+            ns / memcpy
+        );
+    }
+    println!("\nbraid / rlnc encoding speed: {:.1}x", theirs / ours);
 }
 
-/// Per source packet: a whole generation of 32 packets through the block
-/// encoder (originals + 25 % coded), and 32 packets through the sliding
-/// encoder (window 8, rate 0.25); the rlnc peer does the same coding work.
-fn per_packet(c: &mut Criterion) {
+fn per_packet() {
+    println!("\n## Per source packet: block (g = 32, 25 %: 32 originals + 8 coded) and sliding window (w = 8, 25 %)\n");
+    println!("| workload | payload | braid ns / packet | rlnc ns / packet | rlnc / braid |");
+    println!("|---|---|---|---|---|");
     for len in [256usize, 1400] {
-        let mut g = c.benchmark_group(format!("per_packet_{len}B"));
-        g.throughput(Throughput::Elements(GEN as u64));
         let src = payloads(GEN, len);
+        let mut sink = 0usize;
 
         let mut enc = BlockEncoder::new(BlockConfig::default()).unwrap();
-        let mut sink = 0usize;
-        g.bench_function("block/braid", |b| {
-            b.iter(|| {
-                for p in &src {
-                    black_box(enc.push_source(p).unwrap());
-                }
-                enc.finish(|h, s| sink += s.len() + h.index as usize);
-            })
-        });
-        g.bench_function("block/rlnc", |b| {
-            let mut rng = rand::rng();
-            b.iter(|| {
-                let peer = rlnc::full::Encoder::new(src.concat(), GEN).unwrap();
-                for _ in 0..8 {
-                    sink += peer.code(&mut rng).len();
-                }
-            })
-        });
+        let ours = measure(|| {
+            for p in &src {
+                black_box(enc.push_source(p).unwrap());
+            }
+            enc.finish(|h, s| sink += s.len() + h.index as usize);
+        }) / GEN as f64;
+        let mut rng = rand::rng();
+        let theirs = measure(|| {
+            let peer = rlnc::full::Encoder::new(src.concat(), GEN).unwrap();
+            for _ in 0..8 {
+                sink += peer.code(&mut rng).len();
+            }
+        }) / GEN as f64;
+        println!("| block encode | {len} B | {ours:.0} | {theirs:.0} | {:.1}x |", theirs / ours);
 
         let mut sl = SlidingEncoder::new(SlidingConfig::default()).unwrap();
-        g.bench_function("sliding/braid", |b| {
-            b.iter(|| {
-                for p in &src {
-                    black_box(
-                        sl.push_source(p, |h, s| sink += s.len() + h.index as usize).unwrap(),
-                    );
-                }
-            })
-        });
-        g.bench_function("sliding/rlnc", |b| {
-            let mut rng = rand::rng();
-            b.iter(|| {
-                // One coded packet over the last 8 sources after every 4th.
-                for i in (3..GEN).step_by(4) {
-                    let lo = (i + 1).saturating_sub(8);
-                    let peer = rlnc::full::Encoder::new(src[lo..=i].concat(), i + 1 - lo).unwrap();
-                    sink += peer.code(&mut rng).len();
-                }
-            })
-        });
+        let ours = measure(|| {
+            for p in &src {
+                black_box(sl.push_source(p, |h, s| sink += s.len() + h.index as usize).unwrap());
+            }
+        }) / GEN as f64;
+        let theirs = measure(|| {
+            // One coded packet over the last 8 sources after every 4th.
+            for i in (3..GEN).step_by(4) {
+                let lo = (i + 1).saturating_sub(8);
+                let peer = rlnc::full::Encoder::new(src[lo..=i].concat(), i + 1 - lo).unwrap();
+                sink += peer.code(&mut rng).len();
+            }
+        }) / GEN as f64;
+        println!("| sliding encode | {len} B | {ours:.0} | {theirs:.0} | {:.1}x |", theirs / ours);
         black_box(sink);
-        g.finish();
     }
 }
 
-/// Decoding a generation of 32 x 1400 B from 32 coded packets only (the
-/// worst case: every source lost), ours vs rlnc.
-fn decode(c: &mut Criterion) {
-    let mut g = c.benchmark_group("decode_g32_1400B");
-    g.throughput(Throughput::Bytes((GEN * 1400) as u64));
+fn decode() {
+    println!(
+        "\n## Decoding a generation of 32 x 1400 B from coded packets only (every source lost)\n"
+    );
     let src = payloads(GEN, 1400);
     let mut enc =
         BlockEncoder::new(BlockConfig { generation_size: GEN, redundancy: 1.5, seed: 5 }).unwrap();
@@ -143,44 +173,44 @@ fn decode(c: &mut Criterion) {
         v.extend_from_slice(s);
         coded.push(v);
     });
-    g.bench_with_input(BenchmarkId::new("braid", "coded-only"), &coded, |b, coded| {
-        b.iter(|| {
-            let mut dec = BlockDecoder::new(4);
-            let mut n = 0;
-            for p in coded {
-                dec.receive(&Header::parse(p).unwrap(), 0, |d| n += d.payload.len());
-                if n == GEN * 1400 {
-                    break;
-                }
+    let ours = measure(|| {
+        let mut dec = BlockDecoder::new(4);
+        let mut n = 0;
+        for p in &coded {
+            dec.receive(&Header::parse(p).unwrap(), 0, |d| n += d.payload.len());
+            if n == GEN * 1400 {
+                break;
             }
-            assert_eq!(n, GEN * 1400);
-        })
+        }
+        assert_eq!(n, GEN * 1400);
     });
 
     let peer = rlnc::full::Encoder::new(src.concat(), GEN).unwrap();
     let mut rng = rand::rng();
     let pieces: Vec<Vec<u8>> = (0..2 * GEN).map(|_| peer.code(&mut rng)).collect();
     let dec0 = rlnc::full::Decoder::new(peer.get_piece_byte_len(), GEN).unwrap();
-    g.bench_with_input(BenchmarkId::new("rlnc", "coded-only"), &pieces, |b, pieces| {
-        b.iter(|| {
-            let mut dec = dec0.clone();
-            for p in pieces {
-                if dec.is_already_decoded() {
-                    break;
-                }
-                let _ = dec.decode(p);
+    let theirs = measure(|| {
+        let mut dec = dec0.clone();
+        for p in &pieces {
+            if dec.is_already_decoded() {
+                break;
             }
-            black_box(dec.get_decoded_data().unwrap());
-        })
+            let _ = dec.decode(p);
+        }
+        black_box(dec.get_decoded_data().unwrap());
     });
-    g.finish();
+    let bits = (GEN * 1400 * 8) as f64;
+    println!("| implementation | µs / generation | Gbit/s of source |");
+    println!("|---|---|---|");
+    println!("| braid | {:.1} | {:.2} |", ours / 1e3, bits / ours);
+    println!("| rlnc 0.8 | {:.1} | {:.2} |", theirs / 1e3, bits / theirs);
+    println!("\nbraid / rlnc decoding speed: {:.1}x", theirs / ours);
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
+fn main() {
+    println!("best kernel on this CPU: {}\n", Kernel::best().name());
+    kernels();
+    encode_throughput();
+    per_packet();
+    decode();
 }
-
-criterion_group! { name = benches; config = config(); targets = kernels, encode_throughput, per_packet, decode }
-criterion_main!(benches);
