@@ -537,3 +537,48 @@ nfs:
         assert_eq!(closest("zzzzzz", ["router", "nat"].into_iter()), None);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SAMPLE: &str = include_str!("../../../examples/sample.yaml");
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Arbitrary text never panics the validator, and every problem it
+        /// reports is located inside the text.
+        #[test]
+        fn arbitrary_text_never_panics(text in "[ -~\n]{0,200}") {
+            let r = validate_str("p.yaml", &text);
+            let lines = text.split('\n').count();
+            for p in &r.problems {
+                if let Some(l) = p.location {
+                    prop_assert!(l.line >= 1 && l.line <= lines + 1, "{p} in {text:?}");
+                }
+            }
+            prop_assert_eq!(r.descriptor.is_some(), r.problems.is_empty());
+        }
+
+        /// Damaging the sample at one byte gives either a descriptor or
+        /// problems with a file name, never a panic.
+        #[test]
+        fn damaged_sample_never_panics(at in any::<prop::sample::Index>(), byte in b' '..=b'~') {
+            let mut bytes = SAMPLE.as_bytes().to_vec();
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            let text = String::from_utf8_lossy(&bytes);
+            let r = validate_str("s.yaml", &text);
+            for p in &r.problems {
+                prop_assert!(p.to_string().starts_with("s.yaml:"));
+            }
+        }
+    }
+
+    #[test]
+    fn the_sample_is_valid() {
+        assert!(validate_str("s.yaml", SAMPLE).is_ok());
+    }
+}
