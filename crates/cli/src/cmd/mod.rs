@@ -10,7 +10,7 @@ pub mod plan;
 pub mod probe;
 pub mod run;
 pub mod run_procs;
-pub mod stats;
 pub mod shm_bench;
+pub mod stats;
 pub mod testbed;
 pub mod validate;
