@@ -26,11 +26,10 @@
 
 use crate::{ConfigError, ParamDoc, StateError};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, Placement};
-use braid_packet::flow::FlowBuildHasher;
 use braid_packet::wire::{ethertype, EthernetFrame, MacAddr, VlanTag};
 use braid_packet::{Batch, Packet};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 pub static SPEC: NfSpec = NfSpec {
     name: "l2switch",
@@ -110,9 +109,49 @@ impl MacKey {
 
 impl Hash for MacKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // FlowHasher passes one u64 through; mix it so that neighbouring
-        // MACs spread over the table.
-        state.write_u64(crate::maglev::mix64(self.0));
+        state.write_u64(self.0);
+    }
+}
+
+/// Hashes a [`MacKey`] as `mix64(key ^ seed)` with a random seed per
+/// switch: one multiply-mix instead of SipHash, and a host that chooses its
+/// source MACs still cannot aim them at one bucket without the seed.
+#[derive(Clone, Debug)]
+struct SeededMix {
+    seed: u64,
+}
+
+impl SeededMix {
+    fn random() -> SeededMix {
+        // RandomState is seeded from the OS once per process and varied per
+        // instance: a seed source without another dependency.
+        SeededMix { seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) }
+    }
+}
+
+impl BuildHasher for SeededMix {
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher(self.seed)
+    }
+}
+
+/// See [`SeededMix`]. Keys write one u64; other writes fold bytes in.
+struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = crate::maglev::mix64(self.0 ^ v);
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
     }
 }
 
@@ -148,7 +187,7 @@ pub struct L2Switch {
     /// `members[port]` is a 4096-bit VLAN set, `None` when every port
     /// carries every VLAN.
     members: Option<Vec<[u64; 64]>>,
-    table: HashMap<MacKey, Station, FlowBuildHasher>,
+    table: HashMap<MacKey, Station, SeededMix>,
     learn_refused: u64,
     last_sweep_ns: u64,
 }
@@ -204,7 +243,7 @@ impl L2Switch {
             members,
             table: HashMap::with_capacity_and_hasher(
                 cfg.max_entries.min(1 << 16),
-                Default::default(),
+                SeededMix::random(),
             ),
             learn_refused: 0,
             last_sweep_ns: 0,
@@ -381,7 +420,8 @@ impl NetworkFunction for L2Switch {
                 self.max_entries
             )));
         }
-        let mut table = HashMap::with_capacity_and_hasher(s.entries.len(), Default::default());
+        let mut table =
+            HashMap::with_capacity_and_hasher(s.entries.len(), self.table.hasher().clone());
         for (i, e) in s.entries.iter().enumerate() {
             if e.port >= self.ports || e.vlan > 4095 {
                 return Err(StateError::Corrupt(format!(
