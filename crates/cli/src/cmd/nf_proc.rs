@@ -114,6 +114,20 @@ pub fn run(a: Args) -> Result<()> {
     loop {
         let mut moved = 0;
         for i in 0..n {
+            // Backpressure: take from port i only what the outputs can take,
+            // so a slow neighbour slows its upstream instead of losing
+            // packets here (the input keeps them in its ring).
+            let room = match a.route {
+                Route::Pair => ports[i ^ 1].tx_room(),
+                Route::OutPort => (0..n)
+                    .filter(|&o| o != i)
+                    .map(|o| ports[o].tx_room())
+                    .min()
+                    .unwrap_or(usize::MAX),
+            };
+            if room < a.batch {
+                continue;
+            }
             match ports[i].recv(&mut inb, a.batch) {
                 Ok(_) => {}
                 Err(PortError::Disconnected(m)) => eprintln!("braid nf-proc {}: {m}", a.nf),

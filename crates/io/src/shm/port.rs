@@ -320,6 +320,10 @@ impl Channel {
                         sent += 1;
                         stats.tx_packets += 1;
                         stats.tx_bytes += len as u64;
+                    } else {
+                        // Not ours any more (cannot happen with one port
+                        // thread); never send a slot we do not own.
+                        stats.tx_dropped += 1;
                     }
                     continue;
                 }
@@ -585,6 +589,20 @@ impl ShmPort {
     /// Free slots this side can still fill.
     pub fn free_slots(&self) -> usize {
         self.chan.as_ref().map_or(0, |c| c.shared.lock().book.free_count())
+    }
+
+    /// Packets `send` can take right now without dropping any: free slots
+    /// after taking back what the peer returned. A forwarder receives from
+    /// its input only while its output has room, so a slow consumer slows
+    /// the producer down instead of losing packets. With no peer connected
+    /// there is nothing to wait for: `usize::MAX`.
+    pub fn tx_room(&mut self) -> usize {
+        let Some(c) = self.chan.as_mut() else { return usize::MAX };
+        let mut st = c.shared.lock();
+        if let Ok(r) = drain_returns(&mut c.ret_rx, &mut st) {
+            self.refused += r;
+        }
+        st.book.free_count()
     }
 
     /// Descriptors and returned slots from the peer that failed validation.
