@@ -24,12 +24,13 @@
 //! `learn_refused` counts it. Existing entries are never evicted for new
 //! ones, so a MAC-flooding host cannot push the legitimate stations out.
 
+use crate::maglev::SeededMix;
 use crate::{ConfigError, ParamDoc, StateError};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, Placement};
 use braid_packet::wire::{ethertype, EthernetFrame, MacAddr, VlanTag};
 use braid_packet::{Batch, Packet};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 
 pub static SPEC: NfSpec = NfSpec {
     name: "l2switch",
@@ -110,48 +111,6 @@ impl MacKey {
 impl Hash for MacKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.0);
-    }
-}
-
-/// Hashes a [`MacKey`] as `mix64(key ^ seed)` with a random seed per
-/// switch: one multiply-mix instead of SipHash, and a host that chooses its
-/// source MACs still cannot aim them at one bucket without the seed.
-#[derive(Clone, Debug)]
-struct SeededMix {
-    seed: u64,
-}
-
-impl SeededMix {
-    fn random() -> SeededMix {
-        // RandomState is seeded from the OS once per process and varied per
-        // instance: a seed source without another dependency.
-        SeededMix { seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) }
-    }
-}
-
-impl BuildHasher for SeededMix {
-    type Hasher = MixHasher;
-    fn build_hasher(&self) -> MixHasher {
-        MixHasher(self.seed)
-    }
-}
-
-/// See [`SeededMix`]. Keys write one u64; other writes fold bytes in.
-struct MixHasher(u64);
-
-impl Hasher for MixHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = crate::maglev::mix64(self.0 ^ v);
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(b));
-        }
     }
 }
 

@@ -25,12 +25,13 @@
 //! (`conn_overflow` counts these): it keeps its backend unless the backend
 //! set changes.
 
-use crate::maglev::{MaglevError, MaglevTable};
+use crate::maglev::{MaglevError, MaglevTable, SeededMix};
 use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState};
 use crate::{ParamDoc, Placement, StateError};
-use braid_packet::flow::{parse_ipv4_flow, FiveTuple, FlowMap};
+use braid_packet::flow::{parse_ipv4_flow, FiveTuple};
 use braid_packet::wire::{checksum, ip_proto, WireError};
 use braid_packet::Batch;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 pub static SPEC: NfSpec = NfSpec {
@@ -177,7 +178,7 @@ pub struct LoadBalancer {
     backend_ips: Vec<Ipv4Addr>,
     table: MaglevTable,
     /// Forward-direction 5-tuple (client -> VIP) -> backend.
-    conns: FlowMap<Conn>,
+    conns: HashMap<FiveTuple, Conn, SeededMix>,
     conn_overflow: u64,
     last_sweep_ns: u64,
 }
@@ -215,7 +216,7 @@ impl LoadBalancer {
             backends: Vec::new(),
             backend_ips: Vec::new(),
             table: MaglevTable::default(),
-            conns: FlowMap::default(),
+            conns: HashMap::with_hasher(SeededMix::random()),
             conn_overflow: 0,
             last_sweep_ns: 0,
         };
@@ -470,7 +471,7 @@ impl NetworkFunction for LoadBalancer {
             backends: Vec::new(),
             backend_ips: Vec::new(),
             table: MaglevTable::default(),
-            conns: FlowMap::default(),
+            conns: HashMap::with_hasher(self.conns.hasher().clone()),
             conn_overflow: s.conn_overflow,
             last_sweep_ns: self.last_sweep_ns,
         };

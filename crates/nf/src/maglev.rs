@@ -14,6 +14,8 @@
 //! weight in credit and claims one slot per `max_weight` of credit, so slot
 //! counts are proportional to weights.
 
+use std::hash::{BuildHasher, Hasher};
+
 /// Largest accepted table size: keeps the table within a few MB and
 /// construction well under a second.
 pub const MAX_TABLE_SIZE: usize = 4_000_037;
@@ -65,6 +67,50 @@ pub fn mix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// A `BuildHasher` for keys that hash as one u64 (a MAC table key, a
+/// [`braid_packet::flow::FiveTuple`]): `mix64(key ^ seed)` with a random
+/// seed per table. One multiply-mix instead of SipHash, and a sender that
+/// chooses its addresses still cannot aim them at one bucket without the
+/// seed.
+#[derive(Clone, Debug)]
+pub struct SeededMix {
+    seed: u64,
+}
+
+impl SeededMix {
+    pub fn random() -> SeededMix {
+        // RandomState is seeded from the OS once per process and varied per
+        // instance: a seed source without another dependency.
+        SeededMix { seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) }
+    }
+}
+
+impl BuildHasher for SeededMix {
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher(self.seed)
+    }
+}
+
+/// See [`SeededMix`]. Keys write one u64; other writes fold bytes in.
+pub struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = mix64(self.0 ^ v);
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
 }
 
 const OFFSET_SEED: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
