@@ -2,7 +2,7 @@
 //!
 //! One socket bound to one queue of one interface, with its own UMEM (an
 //! anonymous mapping cut into [`FRAME_SIZE`] frames) and the four rings
-//! (fill, completion, rx, tx; see [`ring`]). By default the port also loads
+//! (fill, completion, rx, tx; see `ring.rs`). By default the port also loads
 //! braid's `steer` XDP program on the interface and registers itself in its
 //! `xsks` map, so every frame arriving on that queue comes to the socket.
 //!
