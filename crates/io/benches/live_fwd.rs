@@ -1,6 +1,7 @@
 //! 64 B forwarding rate through one forwarding namespace, every forwarder
 //! measured side by side in one run with the same generator and sink:
-//! Linux IP forwarding, XDP fwd, AF_XDP fwd (copy-out and zero-copy rx),
+//! Linux IP forwarding, XDP fwd, AF_XDP fwd (copy-out, zero-copy rx, and
+//! shared UMEM),
 //! AF_PACKET fwd.
 //!
 //! ```text
@@ -355,6 +356,37 @@ fn main() {
             .unwrap();
         let (stop, h) = spin_forward(a, b);
         rows.extend(measure(&bed, name, &bridged, &mut sink, secs));
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+    }
+
+    // AF_XDP fwd over one shared UMEM: no copy in user space at all.
+    {
+        let (fl, fr) = (bed.fl.clone(), bed.fr.clone());
+        let (a, b) = bed
+            .fwd
+            .enter(move || {
+                let cfg = |i: &str| {
+                    let mut c = AfXdpConfig::new(i);
+                    c.wait = WaitMode::Busy;
+                    c.batch_size = 64;
+                    c.rx_zero_copy = true;
+                    c.ring_size = 1024;
+                    c
+                };
+                let mut a = AfXdpPort::open(&cfg(&fl)).unwrap();
+                let b = AfXdpPort::open_shared(&cfg(&fr), &mut a).unwrap();
+                (a, b)
+            })
+            .unwrap();
+        let (stop, h) = spin_forward(a, b);
+        rows.extend(measure(
+            &bed,
+            "AF_XDP fwd (copy mode, shared UMEM, zero-copy rx)",
+            &bridged,
+            &mut sink,
+            secs,
+        ));
         stop.store(true, Ordering::Relaxed);
         h.join().unwrap();
     }

@@ -292,3 +292,68 @@ fn af_xdp_reflector_copy_out() {
     }
     reflect("xq", false);
 }
+
+/// Two ports sharing one UMEM (`XDP_SHARED_UMEM`) with zero-copy rx: the
+/// bridge forwards every frame from the frame it arrived in, copying
+/// nothing; 2000 extra echoes cycle every frame of the 2048-frame UMEM
+/// through both ports several times.
+#[test]
+fn af_xdp_shared_umem_forwards_without_copies() {
+    if skip("af_xdp_shared_umem_forwards_without_copies") {
+        return;
+    }
+    let topo = Topology::new("xs");
+    let created = topo.created();
+    let (fl, fr) = (topo.fl().to_string(), topo.fr().to_string());
+    let (a, b) = topo
+        .fwd
+        .enter(move || {
+            let cfg = |iface: &str| {
+                let mut c = AfXdpConfig::new(iface);
+                c.rx_zero_copy = true;
+                c.ring_size = 256;
+                c.frame_count = 2048;
+                c
+            };
+            let mut a = AfXdpPort::open(&cfg(&fl)).unwrap();
+            let b = AfXdpPort::open_shared(&cfg(&fr), &mut a).unwrap();
+            (a, b)
+        })
+        .unwrap();
+    let bridge = Bridge::start(a, b);
+    check_traffic(&topo);
+    let got = topo.udp_echo(2000, 64);
+    assert_eq!(got.len(), 2000, "bulk echoes all return");
+    let (a, b) = bridge.stop();
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.tx_packets, sb.rx_packets);
+    assert_eq!(sb.tx_packets, sa.rx_packets);
+    assert_eq!(sa.tx_dropped + sb.tx_dropped + sa.rx_dropped + sb.rx_dropped, 0, "{sa:?} {sb:?}");
+    assert_eq!(a.tx_in_place(), sa.tx_packets, "left sent only from rx frames");
+    assert_eq!(b.tx_in_place(), sb.tx_packets, "right sent only from rx frames");
+    drop((a, b));
+    drop(topo);
+    assert!(all_gone(&created));
+}
+
+#[test]
+fn af_xdp_shared_umem_too_small_is_refused() {
+    if skip("af_xdp_shared_umem_too_small_is_refused") {
+        return;
+    }
+    let topo = Topology::new("xt");
+    let (fl, fr) = (topo.fl().to_string(), topo.fr().to_string());
+    let err = topo
+        .fwd
+        .enter(move || {
+            let mut c = AfXdpConfig::new(&fl);
+            c.ring_size = 512;
+            c.frame_count = 1024;
+            let mut a = AfXdpPort::open(&c).unwrap();
+            c.iface = fr;
+            AfXdpPort::open_shared(&c, &mut a).err().expect("1024 frames cannot feed two 512 rings")
+        })
+        .unwrap()
+        .to_string();
+    assert!(err.contains("needs at least 2048 frames"), "{err}");
+}

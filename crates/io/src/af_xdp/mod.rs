@@ -183,6 +183,9 @@ pub struct AfXdpPort {
     free: Vec<u32>,
     /// Frames kept back from the fill ring for transmit.
     tx_reserve: usize,
+    /// The UMEM is shared with another port: surplus free frames go to the
+    /// UMEM's shared list so the other port can use them.
+    shared: bool,
     iface: String,
     queue: u32,
     batch_size: usize,
@@ -230,10 +233,10 @@ impl AfXdpPort {
     pub fn open(cfg: &AfXdpConfig) -> Result<AfXdpPort, PortError> {
         cfg.check()?;
         match cfg.mode {
-            BindMode::Copy => Self::open_with(cfg, libc::XDP_COPY),
-            BindMode::ZeroCopy => Self::open_with(cfg, libc::XDP_ZEROCOPY),
-            BindMode::Auto => Self::open_with(cfg, libc::XDP_ZEROCOPY).or_else(|zc| {
-                Self::open_with(cfg, libc::XDP_COPY).map_err(|copy| {
+            BindMode::Copy => Self::open_with(cfg, libc::XDP_COPY, None),
+            BindMode::ZeroCopy => Self::open_with(cfg, libc::XDP_ZEROCOPY, None),
+            BindMode::Auto => Self::open_with(cfg, libc::XDP_ZEROCOPY, None).or_else(|zc| {
+                Self::open_with(cfg, libc::XDP_COPY, None).map_err(|copy| {
                     PortError::Config(format!(
                         "af_xdp {}: zero-copy bind failed ({zc}); copy bind failed ({copy})",
                         cfg.iface
@@ -243,7 +246,34 @@ impl AfXdpPort {
         }
     }
 
-    fn open_with(cfg: &AfXdpConfig, bind_flag: u16) -> Result<AfXdpPort, PortError> {
+    /// Open a port that shares `with`'s UMEM (`XDP_SHARED_UMEM`), on
+    /// another interface or queue. A zero-copy rx packet received on one of
+    /// the two ports and sent out of the other then leaves from the frame
+    /// it arrived in: a user-space forwarder between two interfaces copies
+    /// nothing. The bind mode is inherited from `with` (`cfg.mode` and
+    /// `cfg.frame_count` are ignored); `with` hands over half of its free
+    /// frames, and the two ports pass surplus frames to each other through
+    /// the UMEM's shared list. Both must live in one process.
+    pub fn open_shared(cfg: &AfXdpConfig, with: &mut AfXdpPort) -> Result<AfXdpPort, PortError> {
+        cfg.check()?;
+        let total = with.frames.umem.frame_count();
+        let needed = 2 * (cfg.ring_size + with.fill.size());
+        if total < needed {
+            return Err(PortError::Config(format!(
+                "af_xdp {}: sharing the UMEM of {} needs at least {needed} frames (2 x both ring sizes), it has {total}",
+                cfg.iface, with.iface
+            )));
+        }
+        let mut port = Self::open_with(cfg, libc::XDP_SHARED_UMEM, Some(with))?;
+        port.shared = true;
+        Ok(port)
+    }
+
+    fn open_with(
+        cfg: &AfXdpConfig,
+        bind_flag: u16,
+        share: Option<&mut AfXdpPort>,
+    ) -> Result<AfXdpPort, PortError> {
         let name = &cfg.iface;
         let ifindex =
             crate::netns::ifindex(name).map_err(|e| PortError::Config(format!("af_xdp: {e}")))?;
@@ -256,16 +286,37 @@ impl AfXdpPort {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let s = fd.as_raw_fd();
 
-        let umem = Umem::new(FRAME_SIZE, cfg.frame_count)?;
-        let reg = libc::xdp_umem_reg {
-            addr: umem.base().as_ptr() as u64,
-            len: umem.len() as u64,
-            chunk_size: umem.frame_size(),
-            headroom: 0,
-            flags: 0,
-            tx_metadata_len: 0,
+        // Either a UMEM of our own, registered on this socket, or the one of
+        // the port we share with (registered on its socket).
+        let (frames, owner, free, shared_fd) = match share {
+            None => {
+                let umem = Umem::new(FRAME_SIZE, cfg.frame_count)?;
+                let reg = libc::xdp_umem_reg {
+                    addr: umem.base().as_ptr() as u64,
+                    len: umem.len() as u64,
+                    chunk_size: umem.frame_size(),
+                    headroom: 0,
+                    flags: 0,
+                    tx_metadata_len: 0,
+                };
+                sockopt(s, libc::XDP_UMEM_REG, &reg, &format!("af_xdp {name}: UMEM registration"))?;
+                let frame_count = umem.frame_count();
+                let frames = Arc::new(Frames {
+                    umem,
+                    in_tx: (0..frame_count).map(|_| AtomicBool::new(false)).collect(),
+                });
+                let owner: Arc<dyn BufferOwner> = frames.clone();
+                (frames, owner, (0..frame_count).rev().collect::<Vec<u32>>(), None)
+            }
+            Some(with) => {
+                with.reclaim();
+                let half = with.free.len() / 2;
+                let free = with.free.split_off(with.free.len() - half);
+                with.shared = true;
+                with.tx_reserve = (with.fill.size() / 2) as usize;
+                (with.frames.clone(), with.owner.clone(), free, Some(with.fd.as_raw_fd() as u32))
+            }
         };
-        sockopt(s, libc::XDP_UMEM_REG, &reg, &format!("af_xdp {name}: UMEM registration"))?;
         let rs = cfg.ring_size as libc::c_int;
         sockopt(s, libc::XDP_UMEM_FILL_RING, &rs, &format!("af_xdp {name}: fill ring size"))?;
         sockopt(
@@ -294,12 +345,10 @@ impl AfXdpPort {
         tx.sync_producer();
         fill.sync_producer();
 
-        let frame_count = umem.frame_count();
-        let frames = Arc::new(Frames {
-            umem,
-            in_tx: (0..frame_count).map(|_| AtomicBool::new(false)).collect(),
-        });
-        let owner: Arc<dyn BufferOwner> = frames.clone();
+        let tx_reserve = match shared_fd {
+            Some(_) => (size / 2) as usize,
+            None => (frames.umem.frame_count() - size) as usize,
+        };
         let mut port = AfXdpPort {
             steer: None,
             rx,
@@ -309,8 +358,9 @@ impl AfXdpPort {
             fd,
             frames,
             owner,
-            free: (0..frame_count).rev().collect(),
-            tx_reserve: (frame_count - size) as usize,
+            tx_reserve,
+            free,
+            shared: false,
             iface: name.clone(),
             queue: cfg.queue,
             batch_size: cfg.batch_size,
@@ -325,7 +375,15 @@ impl AfXdpPort {
         // SAFETY: all-zero sockaddr_xdp is valid; fields are set below.
         let mut sxdp: libc::sockaddr_xdp = unsafe { zeroed() };
         sxdp.sxdp_family = libc::AF_XDP as u16;
-        sxdp.sxdp_flags = bind_flag | libc::XDP_USE_NEED_WAKEUP;
+        match shared_fd {
+            // A sharing socket may not name a mode or need-wakeup: it
+            // inherits them from the socket that registered the UMEM.
+            Some(fd) => {
+                sxdp.sxdp_flags = libc::XDP_SHARED_UMEM;
+                sxdp.sxdp_shared_umem_fd = fd;
+            }
+            None => sxdp.sxdp_flags = bind_flag | libc::XDP_USE_NEED_WAKEUP,
+        }
         sxdp.sxdp_ifindex = ifindex;
         sxdp.sxdp_queue_id = cfg.queue;
         // SAFETY: `sxdp` is a valid sockaddr_xdp and its exact size is passed.
@@ -337,7 +395,11 @@ impl AfXdpPort {
             )
         };
         if rc != 0 {
-            let mode = if bind_flag == libc::XDP_ZEROCOPY { "zero-copy" } else { "copy" };
+            let mode = match bind_flag {
+                libc::XDP_ZEROCOPY => "zero-copy",
+                libc::XDP_SHARED_UMEM => "shared-UMEM",
+                _ => "copy",
+            };
             return Err(PortError::last_os(format!(
                 "af_xdp {name}: bind to queue {} in {mode} mode",
                 cfg.queue
@@ -449,6 +511,16 @@ impl AfXdpPort {
         }
         if n > 0 {
             self.comp.release(n);
+        }
+        if self.shared {
+            // Frames flow from the receiving port to the transmitting one;
+            // hand the surplus back so the receiver's fill ring never runs
+            // dry.
+            let keep = self.tx_reserve + self.fill.size() as usize;
+            while self.free.len() > keep {
+                let idx = self.free.pop().expect("len > keep");
+                self.frames.umem.release(idx);
+            }
         }
     }
 
