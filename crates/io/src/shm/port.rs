@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,10 @@ struct Shared {
     layout: Layout,
     side: u8,
     state: Mutex<SharedState>,
+    /// Set for a slot whose handle is dropped right after its descriptor
+    /// was sent: its release is then a no-op that needs no lock (the
+    /// common case on every send, so worth a flag per slot).
+    sent: Vec<AtomicBool>,
 }
 
 struct SharedState {
@@ -98,6 +102,9 @@ impl Shared {
 
 impl BufferOwner for Shared {
     fn release(&self, slot: u32) {
+        if self.sent.get(slot as usize).is_some_and(|f| f.swap(false, Ordering::Relaxed)) {
+            return;
+        }
         let mut st = self.lock();
         if st.book.release(slot) == Released::Return && st.live {
             // The return ring holds every slot, so an honest consumer never
@@ -135,6 +142,7 @@ impl Channel {
         let [w0, w1] = wake;
         let (wake_self, wake_peer) = if side == 0 { (w0, w1) } else { (w1, w0) };
         let shared = Arc::new(Shared {
+            sent: (0..layout.slots).map(|_| AtomicBool::new(false)).collect(),
             layout,
             side,
             state: Mutex::new(SharedState {
@@ -306,8 +314,11 @@ impl Channel {
                 {
                     let slot = ext.slot();
                     let given = st.book.give(slot);
-                    // Dropped after unlocking; release() then finds the slot
-                    // no longer ours and does nothing.
+                    // Dropped after unlocking; release() then sees the flag
+                    // (or finds the slot no longer ours) and does nothing.
+                    if given {
+                        shared.sent[slot as usize].store(true, Ordering::Relaxed);
+                    }
                     sent_on.push(ext);
                     if given {
                         self.data_tx.push(Desc {
