@@ -1,4 +1,5 @@
-//! Deploying kernel (XDP) NFs on the testbed's hosts.
+//! Deploying NFs on the testbed's hosts: kernel NFs as XDP programs, and
+//! user-space NFs between AF_PACKET ports (see `user.rs`).
 //!
 //! Each NF runs on one host that has exactly two links (its ingress and
 //! egress, CALVIN's "one NF per isolated host"). Its XDP program is attached
@@ -21,15 +22,63 @@ use braid_io::netns;
 use braid_io::xdp::{AttachMode, XdpCounters, XdpNf, XdpProgram};
 use serde::Serialize;
 
-/// One kernel NF and the host it runs on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelNfSpec {
+/// Where an NF runs on its host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Where {
+    /// An XDP program (kinds: `fwd`).
+    Kernel,
+    /// A user-space NF between AF_PACKET ports (stateless kinds).
+    UserAfPacket,
+}
+
+/// One NF and the host it runs on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NfOnHost {
     /// The NF's name in the chain.
     pub name: String,
-    /// Its kind: the XDP program to load (`fwd`).
+    /// Its kind (`fwd`, `xor`, ...).
     pub kind: String,
     /// Testbed host (e.g. `nf1`).
     pub host: String,
+    pub placement: Where,
+    /// The NF's parameters (user-space NFs).
+    pub params: braid_nf::Params,
+}
+
+impl NfOnHost {
+    /// A kernel NF without parameters.
+    pub fn kernel(name: &str, kind: &str, host: &str) -> NfOnHost {
+        NfOnHost {
+            name: name.into(),
+            kind: kind.into(),
+            host: host.into(),
+            placement: Where::Kernel,
+            params: braid_nf::Params::Null,
+        }
+    }
+
+    /// A user-space NF on AF_PACKET ports.
+    pub fn user(name: &str, kind: &str, host: &str, params: braid_nf::Params) -> NfOnHost {
+        NfOnHost {
+            name: name.into(),
+            kind: kind.into(),
+            host: host.into(),
+            placement: Where::UserAfPacket,
+            params,
+        }
+    }
+}
+
+/// AF_PACKET batch size of user-space NFs: 1, CALVIN's run-to-completion
+/// setting for lowest latency.
+pub const USER_BATCH: usize = 1;
+
+struct DeployedUserNf {
+    name: String,
+    kind: String,
+    host: String,
+    ifaces: [String; 2],
+    nf: crate::user::UserNf,
 }
 
 struct DeployedNf {
@@ -43,6 +92,7 @@ struct DeployedNf {
 /// The running NFs; dropping it detaches every program.
 pub struct Deployment {
     nfs: Vec<DeployedNf>,
+    users: Vec<DeployedUserNf>,
     /// `pass` programs on neighbour interfaces (kept alive, not reported).
     helpers: Vec<XdpProgram>,
     /// (namespace, interface) of every attachment, for the state file.
@@ -106,7 +156,7 @@ fn sides_of(st: &State, opts: &Options, host: &str) -> Result<Vec<Side>, Testbed
 
 /// Deploy `nfs` on the testbed described by the state file in `opts`.
 /// Everything is undone if any NF fails to deploy.
-pub fn deploy_kernel(opts: &Options, nfs: &[KernelNfSpec]) -> Result<Deployment, TestbedError> {
+pub fn deploy(opts: &Options, nfs: &[NfOnHost]) -> Result<Deployment, TestbedError> {
     if !netns::is_root() {
         return Err(TestbedError::NotRoot);
     }
@@ -123,6 +173,7 @@ pub fn deploy_kernel(opts: &Options, nfs: &[KernelNfSpec]) -> Result<Deployment,
     }
     let mut d = Deployment {
         nfs: Vec::new(),
+        users: Vec::new(),
         helpers: Vec::new(),
         attached: Vec::new(),
         opts: opts.clone(),
@@ -131,12 +182,28 @@ pub fn deploy_kernel(opts: &Options, nfs: &[KernelNfSpec]) -> Result<Deployment,
     // Plan every NF before touching the kernel.
     let mut planned = Vec::new();
     for nf in nfs {
-        let prog = XdpNf::from_name(&nf.kind).filter(|p| *p == XdpNf::Fwd).ok_or_else(|| {
-            TestbedError::Deploy(format!(
-                "NF {:?}: kind {:?} cannot be deployed in the kernel yet (deployable: fwd)",
-                nf.name, nf.kind
-            ))
-        })?;
+        let prog = match nf.placement {
+            Where::Kernel => {
+                Some(XdpNf::from_name(&nf.kind).filter(|p| *p == XdpNf::Fwd).ok_or_else(|| {
+                    TestbedError::Deploy(format!(
+                        "NF {:?}: kind {:?} cannot be deployed in the kernel yet (deployable: fwd)",
+                        nf.name, nf.kind
+                    ))
+                })?)
+            }
+            Where::UserAfPacket => {
+                let spec = braid_nf::find(&nf.kind).ok_or_else(|| {
+                    TestbedError::Deploy(format!("NF {:?}: unknown kind {:?}", nf.name, nf.kind))
+                })?;
+                if spec.stateful {
+                    return Err(TestbedError::Deploy(format!(
+                        "NF {:?}: {} is stateful; user-space deployment supports stateless NFs only so far",
+                        nf.name, nf.kind
+                    )));
+                }
+                None
+            }
+        };
         if !st.topology.hosts.iter().any(|h| h.name == nf.host) {
             return Err(TestbedError::Deploy(format!(
                 "NF {:?}: the testbed has no host {:?}",
@@ -145,7 +212,7 @@ pub fn deploy_kernel(opts: &Options, nfs: &[KernelNfSpec]) -> Result<Deployment,
         }
         if !hosts_used.insert(nf.host.clone()) {
             return Err(TestbedError::Deploy(format!(
-                "NF {:?}: host {:?} already runs a kernel NF (one XDP NF per host)",
+                "NF {:?}: host {:?} already runs an NF (one NF per host)",
                 nf.name, nf.host
             )));
         }
@@ -161,7 +228,10 @@ pub fn deploy_kernel(opts: &Options, nfs: &[KernelNfSpec]) -> Result<Deployment,
         planned.push((nf, prog, sides));
     }
     for (nf, prog, sides) in planned {
-        deploy_one(&mut d, nf, prog, &sides)?;
+        match prog {
+            Some(prog) => deploy_one(&mut d, nf, prog, &sides)?,
+            None => deploy_user(&mut d, nf, &sides)?,
+        }
     }
     // Neighbours of NF interfaces need a program to receive redirected frames.
     let peers: Vec<(String, String)> = d
@@ -189,9 +259,45 @@ pub fn deploy_kernel(opts: &Options, nfs: &[KernelNfSpec]) -> Result<Deployment,
     Ok(d)
 }
 
+fn deploy_user(d: &mut Deployment, nf: &NfOnHost, sides: &[Side]) -> Result<(), TestbedError> {
+    let ns = netns_name(&d.opts, &nf.host);
+    let (a, b) = (&sides[0], &sides[1]);
+    let mac = |ns: &str, dev: &str| -> Result<[u8; 6], TestbedError> {
+        let s = netns::mac_addr(Some(ns), dev)
+            .map_err(|source| TestbedError::Setup { what: format!("MAC of {ns}:{dev}"), source })?;
+        mac_bytes(&s)
+    };
+    let dirs = [
+        crate::user::Direction {
+            ns: ns.clone(),
+            rx_dev: a.dev.clone(),
+            tx_dev: b.dev.clone(),
+            dst: mac(&b.peer_ns, &b.peer_dev)?,
+            src: mac(&ns, &b.dev)?,
+        },
+        crate::user::Direction {
+            ns: ns.clone(),
+            rx_dev: b.dev.clone(),
+            tx_dev: a.dev.clone(),
+            dst: mac(&a.peer_ns, &a.peer_dev)?,
+            src: mac(&ns, &a.dev)?,
+        },
+    ];
+    let user = crate::user::UserNf::start(&nf.kind, &nf.params, dirs, USER_BATCH)
+        .map_err(|e| TestbedError::Deploy(format!("NF {:?} on {}: {e}", nf.name, nf.host)))?;
+    d.users.push(DeployedUserNf {
+        name: nf.name.clone(),
+        kind: nf.kind.clone(),
+        host: nf.host.clone(),
+        ifaces: [a.dev.clone(), b.dev.clone()],
+        nf: user,
+    });
+    Ok(())
+}
+
 fn deploy_one(
     d: &mut Deployment,
-    nf: &KernelNfSpec,
+    nf: &NfOnHost,
     kind: XdpNf,
     sides: &[Side],
 ) -> Result<(), TestbedError> {
@@ -236,8 +342,32 @@ impl Deployment {
         record_xdp(&self.opts, ns, dev)
     }
 
-    /// Per-NF counters, summed over CPUs.
+    /// Per-NF counters (kernel NFs summed over CPUs), in chain order of
+    /// deployment: kernel NFs first, then user-space NFs.
     pub fn stats(&mut self) -> Result<Vec<NfStats>, TestbedError> {
+        let mut all = self.kernel_stats()?;
+        for u in &self.users {
+            let c = &u.nf.counters;
+            let get =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            all.push(NfStats {
+                name: u.name.clone(),
+                kind: u.kind.clone(),
+                host: u.host.clone(),
+                placement: "user (AF_PACKET)",
+                ifaces: u.ifaces.clone(),
+                rx_packets: get(&c.rx_packets),
+                rx_bytes: get(&c.rx_bytes),
+                redirected: get(&c.forwarded),
+                passed: 0,
+                dropped: get(&c.dropped) + get(&c.tx_dropped),
+                malformed: 0,
+            });
+        }
+        Ok(all)
+    }
+
+    fn kernel_stats(&mut self) -> Result<Vec<NfStats>, TestbedError> {
         self.nfs
             .iter_mut()
             .map(|n| {

@@ -18,6 +18,7 @@
 pub mod deploy;
 pub mod state;
 pub mod topology;
+mod user;
 
 use braid_io::netns::{self, NetnsError};
 pub use state::{DevRef, State, DEFAULT_STATE_PATH};
