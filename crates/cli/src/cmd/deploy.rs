@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use braid_nf::Placement;
-use braid_testbed::deploy::{deploy_kernel, KernelNfSpec, NfStats};
+use braid_testbed::deploy::{deploy, NfOnHost, NfStats};
 use braid_testbed::{Options, State};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -87,27 +87,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let mut specs = Vec::new();
-    for (e, host) in plan.iter().zip(&hosts) {
-        if e.placement != Placement::Kernel {
-            anyhow::bail!(
-                "NF {} ({}) is placed in {} ({}); `braid deploy` runs kernel (XDP) NFs only so far; \
-                 pin it with `placement: kernel` if it has an XDP version",
-                e.name,
-                e.kind,
-                e.placement,
-                e.reason
-            );
-        }
-        specs.push(KernelNfSpec {
-            name: e.name.clone(),
-            kind: e.kind.to_string(),
-            host: host.clone(),
+    for ((e, decl), host) in plan.iter().zip(&d.nfs).zip(&hosts) {
+        specs.push(match e.placement {
+            Placement::Kernel => NfOnHost::kernel(&e.name, e.kind, host),
+            Placement::User => NfOnHost::user(&e.name, e.kind, host, decl.params.clone()),
         });
     }
     let stop = braid_probe::signal::stop_on_signals().context("installing signal handlers")?;
-    let mut deployment = deploy_kernel(&opts, &specs)?;
-    for s in &specs {
-        eprintln!("braid deploy: {} ({}) in the kernel of host {}", s.name, s.kind, s.host);
+    let mut deployment = deploy(&opts, &specs)?;
+    for (s, e) in specs.iter().zip(&plan) {
+        let place = match e.placement {
+            Placement::Kernel => "the kernel (XDP)",
+            Placement::User => "user space (AF_PACKET)",
+        };
+        eprintln!(
+            "braid deploy: {} ({}) in {place} of host {} ({})",
+            s.name, s.kind, s.host, e.reason
+        );
     }
     eprintln!(
         "braid deploy: chain {} running; Ctrl-C to stop; `braid stats` shows the counters",
