@@ -5,8 +5,10 @@
 #   - the direct client-server link (no NF),
 #   - Linux kernel forwarding through one NF host (fw1),
 #   - Linux kernel forwarding through two NF hosts (nf1, nf2),
-#   - braid's XDP `fwd` deployed on fw1 (one hop) and on nf1 + nf2 (two
-#     NFs), Linux forwarding off on those hosts meanwhile,
+#   - braid's NFs deployed with `braid deploy` (Linux forwarding off on
+#     their hosts meanwhile): XDP `fwd` on fw1 and on nf1 + nf2; AF_PACKET
+#     `fwd` on fw1; XDP `fwd` on nf1 -> AF_PACKET `fwd` on nf2; `xor` and
+#     `ats` in user space (AF_PACKET) on fw1,
 #   - DPDK testpmd (af_packet vdevs, mac forwarding) in fw1 instead of Linux,
 #     if dpdk-testpmd is installed.
 # Writes JSON, SVG CDF plots and a Markdown table (table.md) to OUT.
@@ -85,6 +87,10 @@ deployed() { # name addr chain hosts...
 }
 deployed xdp-fwd-1hop 10.71.12.2 "$CHAINS/xdp-fwd.yaml" fw1
 deployed xdp-fwd-2nf 10.71.3.2 "$CHAINS/xdp-fwd-fwd.yaml" nf1 nf2
+deployed afpacket-fwd-1hop 10.71.12.2 "$CHAINS/afpacket-fwd.yaml" fw1
+deployed xdp-fwd-afpacket-fwd 10.71.3.2 "$CHAINS/xdp-fwd-afpacket-fwd.yaml" nf1 nf2
+deployed xor-user-1hop 10.71.12.2 "$CHAINS/xor-user.yaml" fw1
+deployed ats-user-1hop 10.71.12.2 "$CHAINS/ats-user.yaml" fw1
 
 if command -v dpdk-testpmd >/dev/null; then
     mac() { ip -n "$1" -o link show dev "$2" | sed -E 's/.*link\/ether ([0-9a-f:]+).*/\1/'; }
@@ -108,7 +114,8 @@ fi
 python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
-names = ["direct", "linux-1hop", "linux-2hop", "xdp-fwd-1hop", "xdp-fwd-2nf", "testpmd-afpacket"]
+names = ["direct", "linux-1hop", "linux-2hop", "xdp-fwd-1hop", "xdp-fwd-2nf", "afpacket-fwd-1hop",
+         "xdp-fwd-afpacket-fwd", "xor-user-1hop", "ats-user-1hop", "testpmd-afpacket"]
 rows = []
 for n in names:
     p = os.path.join(out, f"rtt-{n}.json")
