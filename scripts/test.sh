@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n=== %s\n' "$*"; }
+step() { printf '\n=== %s (at %ds)\n' "$*" "$SECONDS"; }
 
 step "system packages"
 scripts/install-deps.sh
@@ -27,7 +27,8 @@ step "test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: every test binary runs and reports, even after a failure.
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 
 step "test summary"
 grep -E '^test result:' "$log" | awk '
@@ -35,7 +36,7 @@ grep -E '^test result:' "$log" | awk '
     END { printf "TOTAL: %d passed, %d failed, %d ignored\n", passed, failed, ignored }'
 if [ "$status" -ne 0 ]; then
     echo "cargo test failed:" >&2
-    grep -E '^(failures:|    [a-z_:]+$|test .* FAILED)' "$log" >&2 || true
+    grep -E '^test .* \.\.\. FAILED$' "$log" >&2 || true
     exit "$status"
 fi
 
