@@ -13,6 +13,8 @@ PACKAGES=(
     tshark sockperf iperf3 iputils-ping nftables openssl
     # Inspection tools used by the docs' investigations.
     bpftool xdp-tools
+    # AWS-LC (aws-lc-rs, the AES of encrypt/decrypt): C sources built by the cc crate.
+    gcc
 )
 
 missing=()

@@ -16,12 +16,8 @@
 //! the GCM IV, the header is the associated data, and the 16-byte tag
 //! follows the ciphertext at the end of the UDP payload.
 
-use aes::cipher::{BlockCipherEncrypt, InnerIvInit, KeyInit, StreamCipherCore};
-use aes::{Aes128Enc, Aes256Enc};
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes128Gcm, Aes256Gcm};
-use ctr::flavors::Ctr32BE;
-use ctr::CtrCore;
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_256};
 use zeroize::Zeroizing;
 
 use crate::params::{ConfigError, Params};
@@ -100,81 +96,79 @@ impl AesHeader {
     }
 }
 
-/// An expanded key, ready for one mode. The key schedule lives inside the
-/// RustCrypto types, which wipe it on drop (their `zeroize` feature); the
-/// raw key bytes are wiped by [`Zeroizing`] right after expansion.
-pub enum Cipher {
-    Ctr128(Box<Aes128Enc>),
-    Ctr256(Box<Aes256Enc>),
-    Gcm128(Box<Aes128Gcm>),
-    Gcm256(Box<Aes256Gcm>),
+/// An expanded key, ready for one mode, held by AWS-LC (aws-lc-rs), which
+/// never exposes it and wipes it on drop; the raw key bytes are wiped by
+/// [`Zeroizing`] right after expansion.
+pub struct Cipher {
+    kind: Kind,
+    name: &'static str,
+}
+
+enum Kind {
+    Ctr(Box<EncryptingKey>),
+    Gcm(Box<LessSafeKey>),
 }
 
 impl std::fmt::Debug for Cipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self {
-            Cipher::Ctr128(_) => "AES-128-CTR",
-            Cipher::Ctr256(_) => "AES-256-CTR",
-            Cipher::Gcm128(_) => "AES-128-GCM",
-            Cipher::Gcm256(_) => "AES-256-GCM",
-        };
-        write!(f, "{name} (key redacted)")
+        write!(f, "{} (key redacted)", self.name)
     }
 }
 
-/// GCM tag verification failed.
+/// GCM tag verification failed (or the cipher refused the input).
 #[derive(Debug, PartialEq, Eq)]
 pub struct AuthError;
-
-fn ctr_apply<C: BlockCipherEncrypt<BlockSize = aes::cipher::consts::U16>>(
-    cipher: &C,
-    nonce: &[u8; 12],
-    buf: &mut [u8],
-) -> Result<(), AuthError> {
-    let mut iv = [0u8; 16];
-    iv[..12].copy_from_slice(nonce);
-    let core = CtrCore::<&C, Ctr32BE>::inner_iv_init(cipher, (&iv).into());
-    // A 32-bit block counter covers 64 GiB; payloads are below 64 KiB.
-    core.try_apply_keystream_partial(buf.into()).map_err(|_| AuthError)
-}
 
 impl Cipher {
     /// Expand `key` (16 or 32 bytes) for `mode`.
     pub fn new(mode: Mode, key: &[u8]) -> Result<Cipher, String> {
-        Ok(match (mode, key.len()) {
-            (Mode::Ctr, 16) => {
-                Cipher::Ctr128(Box::new(Aes128Enc::new_from_slice(key).map_err(|e| e.to_string())?))
+        let bits = match key.len() {
+            16 => 128,
+            32 => 256,
+            n => return Err(format!("key is {n} bytes; AES needs 16 (AES-128) or 32 (AES-256)")),
+        };
+        let refused = |_| format!("AES-{bits} refused the key");
+        let (kind, name) = match mode {
+            Mode::Ctr => {
+                let alg = if bits == 128 { &AES_128 } else { &AES_256 };
+                let key = EncryptingKey::ctr(UnboundCipherKey::new(alg, key).map_err(refused)?)
+                    .map_err(refused)?;
+                (Kind::Ctr(Box::new(key)), if bits == 128 { "AES-128-CTR" } else { "AES-256-CTR" })
             }
-            (Mode::Ctr, 32) => {
-                Cipher::Ctr256(Box::new(Aes256Enc::new_from_slice(key).map_err(|e| e.to_string())?))
+            Mode::Gcm => {
+                let alg = if bits == 128 { &AES_128_GCM } else { &AES_256_GCM };
+                let key = LessSafeKey::new(UnboundKey::new(alg, key).map_err(refused)?);
+                (Kind::Gcm(Box::new(key)), if bits == 128 { "AES-128-GCM" } else { "AES-256-GCM" })
             }
-            (Mode::Gcm, 16) => {
-                Cipher::Gcm128(Box::new(Aes128Gcm::new_from_slice(key).map_err(|e| e.to_string())?))
-            }
-            (Mode::Gcm, 32) => {
-                Cipher::Gcm256(Box::new(Aes256Gcm::new_from_slice(key).map_err(|e| e.to_string())?))
-            }
-            (_, n) => {
-                return Err(format!("key is {n} bytes; AES needs 16 (AES-128) or 32 (AES-256)"))
-            }
-        })
+        };
+        Ok(Cipher { kind, name })
     }
 
     pub fn mode(&self) -> Mode {
-        match self {
-            Cipher::Ctr128(_) | Cipher::Ctr256(_) => Mode::Ctr,
-            Cipher::Gcm128(_) | Cipher::Gcm256(_) => Mode::Gcm,
+        match self.kind {
+            Kind::Ctr(_) => Mode::Ctr,
+            Kind::Gcm(_) => Mode::Gcm,
         }
     }
 
-    /// CTR: XOR the key stream for `nonce` into `buf` (encrypts and
-    /// decrypts). Does nothing in GCM mode.
-    pub fn ctr(&self, nonce: &[u8; 12], buf: &mut [u8]) -> Result<(), AuthError> {
-        match self {
-            Cipher::Ctr128(c) => ctr_apply(&**c, nonce, buf),
-            Cipher::Ctr256(c) => ctr_apply(&**c, nonce, buf),
-            _ => Err(AuthError),
+    /// CTR with the full 16-byte initial counter block `iv` (the counter
+    /// is its last 32 bits; payloads are far below 2^32 blocks).
+    fn ctr_block(&self, iv: [u8; 16], buf: &mut [u8]) -> Result<(), AuthError> {
+        let Kind::Ctr(key) = &self.kind else { return Err(AuthError) };
+        if buf.is_empty() {
+            return Ok(());
         }
+        key.less_safe_encrypt(buf, EncryptionContext::Iv128(iv.into()))
+            .map(|_| ())
+            .map_err(|_| AuthError)
+    }
+
+    /// CTR: XOR the key stream for `nonce` into `buf` (encrypts and
+    /// decrypts). The initial counter block is nonce || 00000000.
+    pub fn ctr(&self, nonce: &[u8; 12], buf: &mut [u8]) -> Result<(), AuthError> {
+        let mut iv = [0u8; 16];
+        iv[..12].copy_from_slice(nonce);
+        self.ctr_block(iv, buf)
     }
 
     /// GCM: encrypt `buf` in place, authenticate it with `aad`; the tag.
@@ -184,17 +178,15 @@ impl Cipher {
         aad: &[u8],
         buf: &mut [u8],
     ) -> Result<[u8; TAG_LEN], AuthError> {
-        let tag = match self {
-            Cipher::Gcm128(c) => c.encrypt_inout_detached(nonce.into(), aad, buf.into()),
-            Cipher::Gcm256(c) => c.encrypt_inout_detached(nonce.into(), aad, buf.into()),
-            _ => return Err(AuthError),
-        }
-        .map_err(|_| AuthError)?;
-        Ok(tag.into())
+        let Kind::Gcm(key) = &self.kind else { return Err(AuthError) };
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
+            .map_err(|_| AuthError)?;
+        tag.as_ref().try_into().map_err(|_| AuthError)
     }
 
-    /// GCM: check `tag` over `aad` and `buf`, then decrypt `buf` in place.
-    /// On failure `buf` is left as it was.
+    /// GCM: check `tag` over `aad` and `buf` and decrypt `buf` in place. On
+    /// failure the content of `buf` is unspecified (the NF drops it).
     pub fn open(
         &self,
         nonce: &[u8; 12],
@@ -202,15 +194,14 @@ impl Cipher {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), AuthError> {
-        match self {
-            Cipher::Gcm128(c) => {
-                c.decrypt_inout_detached(nonce.into(), aad, buf.into(), tag.into())
-            }
-            Cipher::Gcm256(c) => {
-                c.decrypt_inout_detached(nonce.into(), aad, buf.into(), tag.into())
-            }
-            _ => return Err(AuthError),
-        }
+        let Kind::Gcm(key) = &self.kind else { return Err(AuthError) };
+        key.open_in_place_separate_tag(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(aad),
+            tag,
+            buf,
+        )
+        .map(|_| ())
         .map_err(|_| AuthError)
     }
 }
@@ -384,9 +375,9 @@ mod tests {
     const PLAIN_38A: &str = "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51\
                              30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710";
 
-    /// NIST SP 800-38A F.5.1 / F.5.5 (CTR-AES128/256.Encrypt). The initial
-    /// counter block f0..ff has 0xfcfdfeff as its last 32 bits, so a 32-bit
-    /// counter never carries over these four blocks.
+    /// NIST SP 800-38A F.5.1 / F.5.5 (CTR-AES128/256.Encrypt), initial
+    /// counter block f0..ff (its last 32 bits, fcfdfeff, do not carry over
+    /// these four blocks).
     #[test]
     fn sp800_38a_ctr_vectors() {
         let cases = [
@@ -403,48 +394,46 @@ mod tests {
         ];
         for (key, ct) in cases {
             let c = Cipher::new(Mode::Ctr, &hex(key)).unwrap();
-            let iv = hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff");
-            // The NF puts a zero block counter after the nonce; the vector's
-            // counter block starts at fcfdfeff, so apply it by hand.
+            let iv: [u8; 16] = hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff").try_into().unwrap();
             let mut buf = hex(PLAIN_38A);
-            let core = match &c {
-                Cipher::Ctr128(a) => {
-                    CtrCore::<&Aes128Enc, Ctr32BE>::inner_iv_init(&**a, iv[..].try_into().unwrap())
-                        .try_apply_keystream_partial((&mut buf[..]).into())
-                }
-                Cipher::Ctr256(a) => {
-                    CtrCore::<&Aes256Enc, Ctr32BE>::inner_iv_init(&**a, iv[..].try_into().unwrap())
-                        .try_apply_keystream_partial((&mut buf[..]).into())
-                }
-                _ => unreachable!(),
-            };
-            core.unwrap();
+            c.ctr_block(iv, &mut buf).unwrap();
             assert_eq!(buf, hex(ct), "key {}", key.len() * 4);
+            // Decryption is the same operation.
+            c.ctr_block(iv, &mut buf).unwrap();
+            assert_eq!(buf, hex(PLAIN_38A));
+            // Any split point of the input at block granularity gives the
+            // same stream when the counter block is advanced accordingly.
+            let mut tail = hex(PLAIN_38A)[32..].to_vec();
+            let mut iv2 = iv;
+            let ctr = u32::from_be_bytes(iv[12..].try_into().unwrap()) + 2;
+            iv2[12..].copy_from_slice(&ctr.to_be_bytes());
+            c.ctr_block(iv2, &mut tail).unwrap();
+            assert_eq!(tail, hex(ct)[32..]);
         }
     }
 
-    /// CTR through the NF's own path: the nonce with a zero block counter is
-    /// the SP 800-38A construction with initial block nonce || 00000000.
+    /// The NF's counter blocks are nonce || be32(i): compare with the
+    /// 38A construction, block by block, as independent single-block calls.
     #[test]
-    fn ctr_nf_path_matches_manual_counter_block() {
+    fn ctr_nf_path_uses_nonce_and_zero_block_counter() {
         let key = hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4");
         let c = Cipher::new(Mode::Ctr, &key).unwrap();
         let nonce: [u8; 12] = hex("f0f1f2f3f4f5f6f7f8f9fafb").try_into().unwrap();
         let mut a = vec![0u8; 100];
         c.ctr(&nonce, &mut a).unwrap();
-        // Keystream block i = AES(nonce || be32(i)).
-        let Cipher::Ctr256(aes) = &c else { unreachable!() };
         for (i, chunk) in a.chunks(16).enumerate() {
             let mut block = [0u8; 16];
             block[..12].copy_from_slice(&nonce);
             block[12..].copy_from_slice(&(i as u32).to_be_bytes());
-            let mut b = block.into();
-            aes.encrypt_block(&mut b);
-            assert_eq!(chunk, &b[..chunk.len()]);
+            let mut ks = vec![0u8; chunk.len()];
+            c.ctr_block(block, &mut ks).unwrap();
+            assert_eq!(chunk, &ks[..]);
         }
         let mut back = a.clone();
         c.ctr(&nonce, &mut back).unwrap();
         assert_eq!(back, vec![0u8; 100]);
+        let mut empty = [];
+        c.ctr(&nonce, &mut empty).unwrap();
     }
 
     /// NIST SP 800-38D / GCM specification test cases 3, 4 (AES-128) and
@@ -476,12 +465,16 @@ mod tests {
             assert_eq!(t.to_vec(), hex(tag));
             c.open(&nonce, &aad, &mut buf, &t).unwrap();
             assert_eq!(buf, hex(p64)[..len]);
-            // One flipped bit anywhere fails and leaves the buffer alone.
+            // One flipped bit in the ciphertext, the AAD or the tag fails.
             let mut enc = hex(ct)[..len].to_vec();
             enc[len / 2] ^= 1;
-            let before = enc.clone();
             assert_eq!(c.open(&nonce, &aad, &mut enc, &t), Err(AuthError));
-            assert_eq!(enc, before);
+            if !aad.is_empty() {
+                let mut bad_aad = aad.clone();
+                bad_aad[0] ^= 4;
+                let mut enc = hex(ct)[..len].to_vec();
+                assert_eq!(c.open(&nonce, &bad_aad, &mut enc, &t), Err(AuthError));
+            }
             let mut bad_tag = t;
             bad_tag[0] ^= 0x80;
             let mut enc = hex(ct)[..len].to_vec();

@@ -13,7 +13,7 @@
 //! are not IPv4/UDP pass unchanged; a coding header that does not parse, or
 //! a decoded symbol whose length field does not fit, is `malformed`.
 
-use crate::udp_payload::{self, Located, Template};
+use crate::udp_payload::{self, Located, Template, UdpLoc};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
 use braid_coding::decoder::{BlockDecoder, DecoderStats, Delivered, SlidingDecoder};
 use braid_coding::header::{Header, Kind};
@@ -126,20 +126,20 @@ impl NcDecode {
     fn decode(
         &mut self,
         pkt: &Packet,
+        loc: UdpLoc,
         out: &mut Batch,
         cx: &mut Context<'_>,
     ) -> Result<(), DropReason> {
         let frame = pkt.data();
-        let Located::Udp(loc) = udp_payload::locate(frame) else {
-            unreachable!("checked by caller")
-        };
         let parsed =
             Header::parse(&frame[loc.payload..loc.end]).map_err(|_| DropReason::Malformed)?;
-        match &mut self.template {
-            Some(t) => t.set(frame, loc),
-            None => self.template = Some(Template::of(frame, loc)),
-        }
-        let template = self.template.as_ref().expect("just set");
+        let template: &Template = match &mut self.template {
+            Some(t) => {
+                t.set(frame, loc);
+                t
+            }
+            None => self.template.insert(Template::of(frame, loc)),
+        };
         let mut no_room = 0;
         let mut deliver = |d: Delivered<'_>| match template.build(&[d.payload]) {
             Some(p) => out.push(p),
@@ -171,8 +171,8 @@ impl NetworkFunction for NcDecode {
             match udp_payload::locate(pkt.data()) {
                 Located::Other => batch.push(pkt),
                 Located::Malformed => cx.drop_packet(DropReason::Malformed),
-                Located::Udp(_) => {
-                    if let Err(reason) = self.decode(&pkt, batch, cx) {
+                Located::Udp(loc) => {
+                    if let Err(reason) = self.decode(&pkt, loc, batch, cx) {
                         cx.drop_packet(reason);
                     }
                 }
