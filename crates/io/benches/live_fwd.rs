@@ -1,8 +1,7 @@
 //! 64 B forwarding rate through one forwarding namespace, every forwarder
 //! measured side by side in one run with the same generator and sink:
 //! Linux IP forwarding, XDP fwd, AF_XDP fwd (copy-out, zero-copy rx, and
-//! shared UMEM),
-//! AF_PACKET fwd.
+//! shared UMEM), AF_PACKET fwd.
 //!
 //! ```text
 //!  gen ns [g] ---- [fl] fwd ns [fr] ---- [s] sink ns
@@ -219,7 +218,7 @@ fn measure(
 fn spin_forward<A: Port + 'static, B: Port + 'static>(
     mut a: A,
     mut b: B,
-) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<(A, B)>) {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let h = std::thread::spawn(move || {
@@ -233,6 +232,7 @@ fn spin_forward<A: Port + 'static, B: Port + 'static>(
                 let _ = b.flush();
             }
         }
+        (a, b)
     });
     (stop, h)
 }
@@ -357,7 +357,8 @@ fn main() {
         let (stop, h) = spin_forward(a, b);
         rows.extend(measure(&bed, name, &bridged, &mut sink, secs));
         stop.store(true, Ordering::Relaxed);
-        h.join().unwrap();
+        let (a, b) = h.join().unwrap();
+        eprintln!("{name}: rx port {:?} {:?}; tx port {:?}", a.stats(), a.xsk_stats(), b.stats());
     }
 
     // AF_XDP fwd over one shared UMEM: no copy in user space at all.
@@ -388,7 +389,13 @@ fn main() {
             secs,
         ));
         stop.store(true, Ordering::Relaxed);
-        h.join().unwrap();
+        let (a, b) = h.join().unwrap();
+        eprintln!(
+            "shared UMEM: rx port {:?} {:?}; tx port {:?}",
+            a.stats(),
+            a.xsk_stats(),
+            b.stats()
+        );
     }
 
     // AF_PACKET fwd.

@@ -493,6 +493,17 @@ impl XdpProgram {
         })
     }
 
+    /// Remove the socket registered for `queue` from the xsks map. The map
+    /// holds a reference to the socket, and a map freed with its program
+    /// lets go of it only later (deferred work), so a port unsets itself
+    /// before closing: the queue is then free for a new socket at once.
+    pub fn unset_xsk(&mut self, queue: u32) -> Result<(), XdpError> {
+        self.require(XdpNf::Steer, "xsks map")?;
+        let mut m: XskMap<&mut MapData> =
+            XskMap::try_from(self.map("xsks")?).map_err(kernel("opening map xsks"))?;
+        m.unset(queue).map_err(kernel(format!("xsks[{queue}] unset")))
+    }
+
     /// The program's counters, summed over CPUs.
     pub fn counters(&mut self) -> Result<XdpCounters, XdpError> {
         let m: PerCpuArray<&mut MapData, u64> =

@@ -357,3 +357,25 @@ fn af_xdp_shared_umem_too_small_is_refused() {
         .to_string();
     assert!(err.contains("needs at least 2048 frames"), "{err}");
 }
+
+/// Closing a port frees its queue at once: the next port on the same
+/// queue binds without EBUSY (the steering map's reference to the socket is
+/// dropped before the socket closes).
+#[test]
+fn af_xdp_reopen_same_queue_right_away() {
+    if skip("af_xdp_reopen_same_queue_right_away") {
+        return;
+    }
+    let topo = Topology::new("xo");
+    let fl = topo.fl().to_string();
+    topo.fwd
+        .enter(move || {
+            for round in 0..5 {
+                let mut c = AfXdpConfig::new(&fl);
+                c.rx_zero_copy = round % 2 == 1;
+                let port = AfXdpPort::open(&c).unwrap_or_else(|e| panic!("round {round}: {e}"));
+                drop(port);
+            }
+        })
+        .unwrap();
+}

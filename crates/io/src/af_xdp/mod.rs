@@ -45,6 +45,10 @@ pub const FRAME_SIZE: u32 = 2048;
 /// Largest batch one call moves.
 pub const MAX_BATCH: usize = 256;
 
+/// How long `open` keeps retrying a bind that fails with EBUSY (the queue's
+/// previous socket is still being released by the kernel).
+pub const BIND_BUSY_WAIT: Duration = Duration::from_secs(1);
+
 // Socket options from asm-generic/socket.h that libc does not export for
 // every target.
 const SO_BUSY_POLL: libc::c_int = 46;
@@ -386,24 +390,36 @@ impl AfXdpPort {
         }
         sxdp.sxdp_ifindex = ifindex;
         sxdp.sxdp_queue_id = cfg.queue;
-        // SAFETY: `sxdp` is a valid sockaddr_xdp and its exact size is passed.
-        let rc = unsafe {
-            libc::bind(
-                s,
-                &sxdp as *const libc::sockaddr_xdp as *const libc::sockaddr,
-                size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
+        // After a socket on this queue closes, the kernel releases the
+        // queue in deferred work, so a bind right after can see EBUSY for
+        // a moment: retry that for a bounded time.
+        let deadline = std::time::Instant::now() + BIND_BUSY_WAIT;
+        loop {
+            // SAFETY: `sxdp` is a valid sockaddr_xdp and its exact size is passed.
+            let rc = unsafe {
+                libc::bind(
+                    s,
+                    &sxdp as *const libc::sockaddr_xdp as *const libc::sockaddr,
+                    size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
             let mode = match bind_flag {
                 libc::XDP_ZEROCOPY => "zero-copy",
                 libc::XDP_SHARED_UMEM => "shared-UMEM",
                 _ => "copy",
             };
-            return Err(PortError::last_os(format!(
-                "af_xdp {name}: bind to queue {} in {mode} mode",
-                cfg.queue
-            )));
+            return Err(PortError::Os {
+                what: format!("af_xdp {name}: bind to queue {} in {mode} mode", cfg.queue),
+                source: err,
+            });
         }
         let (opts, _): (libc::xdp_options, usize) =
             getsockopt(s, libc::XDP_OPTIONS, "XDP_OPTIONS")?;
@@ -516,10 +532,10 @@ impl AfXdpPort {
             // Frames flow from the receiving port to the transmitting one;
             // hand the surplus back so the receiver's fill ring never runs
             // dry.
-            let keep = self.tx_reserve + self.fill.size() as usize;
-            while self.free.len() > keep {
-                let idx = self.free.pop().expect("len > keep");
-                self.frames.umem.release(idx);
+            let keep = self.tx_reserve + self.fill.size() as usize / 2;
+            if self.free.len() > keep {
+                let mut surplus = self.free.split_off(keep);
+                self.frames.umem.release_all(&mut surplus);
             }
         }
     }
@@ -784,6 +800,19 @@ impl Port for AfXdpPort {
             s.rx_dropped += k.rx_dropped + k.rx_ring_full;
         }
         s
+    }
+}
+
+impl Drop for AfXdpPort {
+    fn drop(&mut self) {
+        // Take the socket out of the steering map first: the map's
+        // reference would otherwise keep the socket bound to the queue
+        // until the kernel frees the map in deferred work, and a new port
+        // on the same queue would get EBUSY. The fields drop afterwards in
+        // declaration order (program, rings, socket, UMEM).
+        if let Some(prog) = self.steer.as_mut() {
+            let _ = prog.unset_xsk(self.queue);
+        }
     }
 }
 

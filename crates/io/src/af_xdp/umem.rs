@@ -114,6 +114,19 @@ impl Umem {
     }
 }
 
+impl Umem {
+    /// Put every frame of `frames` on the shared list (one lock), leaving
+    /// `frames` empty.
+    pub(crate) fn release_all(&self, frames: &mut Vec<u32>) {
+        if frames.is_empty() {
+            return;
+        }
+        let mut r = self.returned.lock().unwrap_or_else(|e| e.into_inner());
+        self.returned_len.fetch_add(frames.len() as u32, Ordering::Release);
+        r.append(frames);
+    }
+}
+
 impl BufferOwner for Umem {
     fn release(&self, slot: u32) {
         let mut r = self.returned.lock().unwrap_or_else(|e| e.into_inner());
