@@ -431,6 +431,12 @@ impl SlidingDecoder {
         }
         let start = self.offset(h.id);
         let end = start + count;
+        if end <= 0 || end > span {
+            // Delivery moved past the whole window, or the window is wider
+            // than the span (a sender with a larger window): unusable.
+            self.stats.redundant += 1;
+            return;
+        }
         if end > self.offset(self.horizon) {
             self.horizon = self.base.wrapping_add(end as u32);
         }
@@ -709,6 +715,38 @@ mod tests {
             out.extend(coded);
         }
         out
+    }
+
+    proptest! {
+        /// Arbitrary headers and payloads (valid kinds, any ids, counts,
+        /// seeds, coefficients) never panic either decoder, and delivered
+        /// sources stay within what was claimed.
+        #[test]
+        fn decoders_survive_arbitrary_packets(
+            pkts in proptest::collection::vec(
+                (0u8..5, 1u8..=255, any::<u32>(), any::<u16>(), any::<u32>(),
+                 proptest::collection::vec(any::<u8>(), 0..300)),
+                0..60),
+            small_ids: bool,
+        ) {
+            let mut block = BlockDecoder::new(3);
+            let mut sliding = SlidingDecoder::new(16);
+            for (kind, count, id, index, seed, body) in pkts {
+                let id = if small_ids { id % 40 } else { id };
+                let mut v = vec![0u8; HEADER_LEN];
+                v[0] = 0x10 | kind;
+                v[1] = count;
+                v[2..6].copy_from_slice(&id.to_be_bytes());
+                v[6..8].copy_from_slice(&(index % count as u16).to_be_bytes());
+                v[8..12].copy_from_slice(&seed.to_be_bytes());
+                v.extend_from_slice(&body);
+                let Ok(p) = Header::parse(&v) else { continue };
+                block.receive(&p, 0, |d| assert!(d.payload.len() <= 300));
+                sliding.receive(&p, 0, |d| assert!(d.payload.len() <= 300));
+            }
+            block.expire(1, 0, |_| {});
+            sliding.expire(1, 0, |_| {});
+        }
     }
 
     #[test]
