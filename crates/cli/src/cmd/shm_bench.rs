@@ -3,6 +3,7 @@
 //!
 //! Rows (each with every frame size):
 //! * `shm`: two processes over a shared-memory port, busy polling;
+//! * `shm-wake`: the same, the receiver sleeping on the eventfd when idle;
 //! * `udp`: two processes in two network namespaces joined by a veth pair,
 //!   plain UDP sockets (the inter-container seed's 310 kpps set-up);
 //! * `afxdp`: the same veth pair with AF_XDP sockets at both ends;
@@ -38,6 +39,7 @@ use hdrhistogram::Histogram;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Row {
     Shm,
+    ShmWake,
     Udp,
     Afxdp,
     Channel,
@@ -73,7 +75,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "shm,udp,afxdp,channel,fwd,l2switch"
+        default_value = "shm,shm-wake,udp,afxdp,channel,fwd,l2switch"
     )]
     rows: Vec<Row>,
     /// Internal: what a child process does.
@@ -90,6 +92,9 @@ pub struct Args {
     /// Internal: the receiver first sends one frame so a switch learns it.
     #[arg(long, hide = true)]
     learn: bool,
+    /// Internal: the receiver sleeps on the eventfd when idle.
+    #[arg(long, hide = true)]
+    wake: bool,
 }
 
 /// Offset of the UDP payload in the frames built here (no VLAN).
@@ -318,8 +323,10 @@ fn drive(tx: &mut dyn BenchTx, seconds: f64, samples: u64, gap_us: u64) -> Resul
     Ok(())
 }
 
-/// Receive with a port until the end marker or `limit`.
-fn receive_port(port: &mut dyn Port, limit: Duration) -> Result<Recorder> {
+/// Receive with a port until the end marker or `limit`. With `sleep`, an
+/// idle receiver blocks in `Port::wait` (eventfd wake-up) instead of
+/// polling.
+fn receive_port(port: &mut dyn Port, limit: Duration, sleep: bool) -> Result<Recorder> {
     let mut rec = Recorder::new();
     let mut batch = Batch::with_capacity(64);
     let deadline = Instant::now() + limit;
@@ -329,6 +336,9 @@ fn receive_port(port: &mut dyn Port, limit: Duration) -> Result<Recorder> {
             Ok(_) => {}
             Err(PortError::Disconnected(_)) => break,
             Err(e) => return Err(e.into()),
+        }
+        if batch.is_empty() && sleep {
+            port.wait(Duration::from_millis(50))?;
         }
         if !batch.is_empty() {
             let now = clock_ns();
@@ -397,13 +407,16 @@ fn sock_path(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("braid-shm-bench-{}-{tag}.sock", std::process::id()))
 }
 
-fn row_shm(a: &Args, size: usize) -> Result<Measured> {
+fn row_shm(a: &Args, size: usize, wake: bool) -> Result<Measured> {
     let path = sock_path("shm");
     let mut port = ShmPort::listen(&path, ShmConfig::default())?;
-    let (_rx, mut out) = ChildGuard::spawn(
-        child_cmd(None, "shm-rx", size, &["--socket", &path.to_string_lossy()])?,
-        "shm receiver",
-    )?;
+    let path_s = path.to_string_lossy().into_owned();
+    let mut extra = vec!["--socket", path_s.as_str()];
+    if wake {
+        extra.push("--wake");
+    }
+    let (_rx, mut out) =
+        ChildGuard::spawn(child_cmd(None, "shm-rx", size, &extra)?, "shm receiver")?;
     if !port.accept(Duration::from_secs(10))? {
         bail!("shm receiver did not connect within 10 s");
     }
@@ -415,7 +428,7 @@ fn row_shm(a: &Args, size: usize) -> Result<Measured> {
 fn row_channel(a: &Args, size: usize) -> Result<Measured> {
     let (txp, mut rxp) = channel_pair("bench", 4096);
     let lim = limit(a);
-    let rx = std::thread::spawn(move || receive_port(&mut rxp, lim).map(|r| r.line()));
+    let rx = std::thread::spawn(move || receive_port(&mut rxp, lim, false).map(|r| r.line()));
     let mut tx = PortTx {
         port: txp,
         frame: frame(size),
@@ -537,7 +550,7 @@ fn run_role(a: &Args, role: Role) -> Result<()> {
                 port.send(&mut b)?;
             }
             println!("READY");
-            println!("{}", receive_port(&mut port, lim)?.line());
+            println!("{}", receive_port(&mut port, lim, a.wake)?.line());
         }
         Role::UdpRx => {
             let addr = a.addr.as_deref().ok_or_else(|| anyhow!("--addr is required"))?;
@@ -566,7 +579,7 @@ fn run_role(a: &Args, role: Role) -> Result<()> {
             let iface = a.iface.as_deref().ok_or_else(|| anyhow!("--iface is required"))?;
             let mut port = open_afxdp(iface)?;
             println!("READY");
-            println!("{}", receive_port(&mut port, lim)?.line());
+            println!("{}", receive_port(&mut port, lim, false)?.line());
         }
         Role::AfxdpTx => {
             let iface = a.iface.as_deref().ok_or_else(|| anyhow!("--iface is required"))?;
@@ -617,7 +630,8 @@ pub fn run(a: Args) -> Result<()> {
         let mut results: Vec<(Row, Result<Measured>)> = Vec::new();
         for &row in &a.rows {
             let r = match (row, &veth) {
-                (Row::Shm, _) => row_shm(&a, size),
+                (Row::Shm, _) => row_shm(&a, size, false),
+                (Row::ShmWake, _) => row_shm(&a, size, true),
                 (Row::Channel, _) => row_channel(&a, size),
                 (Row::Fwd, _) => row_nf(&a, size, "fwd"),
                 (Row::L2switch, _) => row_nf(&a, size, "l2switch"),
@@ -634,6 +648,7 @@ pub fn run(a: Args) -> Result<()> {
         for (row, m) in &results {
             let name = match row {
                 Row::Shm => "shm (2 processes)",
+                Row::ShmWake => "shm, rx sleeps on eventfd",
                 Row::Udp => "veth + UDP sockets",
                 Row::Afxdp => "veth + AF_XDP",
                 Row::Channel => "in-process channel",
