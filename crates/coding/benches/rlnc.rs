@@ -207,10 +207,87 @@ fn decode() {
     println!("\nbraid / rlnc decoding speed: {:.1}x", theirs / ours);
 }
 
+/// Decoder cost per source packet on the common paths: everything arrives
+/// (sources delivered as they come, coded packets absorbed), and one
+/// source in eight lost and repaired from the coded packets.
+fn decode_per_packet() {
+    println!("\n## Decoding per source packet (braid; the coded packets' cost is included)\n");
+    println!("| workload | payload | ns / source packet |");
+    println!("|---|---|---|");
+    for len in [256usize, 1400] {
+        let src = payloads(GEN, len);
+        let wire = |h: &Header, s: &[u8]| {
+            let mut v = vec![0u8; HEADER_LEN];
+            h.emit(&mut v);
+            v.extend_from_slice(s);
+            v
+        };
+        // Block: 4 generations of 32 + 8.
+        let mut enc = BlockEncoder::new(BlockConfig::default()).unwrap();
+        let mut block = Vec::new();
+        for _ in 0..4 {
+            for p in &src {
+                let h = enc.push_source(p).unwrap();
+                block.push(wire(&h, p));
+            }
+            enc.finish(|h, s| block.push(wire(h, s)));
+        }
+        // Sliding: 128 sources, window 8, 25 %.
+        let mut sl = SlidingEncoder::new(SlidingConfig::default()).unwrap();
+        let mut sliding = Vec::new();
+        for _ in 0..4 {
+            for p in &src {
+                let mut coded = Vec::new();
+                let h = sl.push_source(p, |h, s| coded.push(wire(h, s))).unwrap();
+                sliding.push(wire(&h, p));
+                sliding.extend(coded);
+            }
+        }
+        let lossy = |pkts: &[Vec<u8>]| -> Vec<Vec<u8>> {
+            let mut i = 0;
+            pkts.iter()
+                .filter(|p| {
+                    let src = Header::parse(p).unwrap().header.kind.is_source();
+                    i += src as usize;
+                    !(src && i % 8 == 3)
+                })
+                .cloned()
+                .collect()
+        };
+        let (block_lossy, sliding_lossy) = (lossy(&block), lossy(&sliding));
+        let n = 4 * GEN;
+        for (name, pkts, is_block) in [
+            ("block, no loss", &block, true),
+            ("block, 1 source in 8 lost", &block_lossy, true),
+            ("sliding, no loss", &sliding, false),
+            ("sliding, 1 source in 8 lost", &sliding_lossy, false),
+        ] {
+            let ns = measure(|| {
+                let mut got = 0;
+                if is_block {
+                    let mut dec = BlockDecoder::new(8);
+                    for p in pkts.iter() {
+                        dec.receive(&Header::parse(p).unwrap(), 0, |_| got += 1);
+                    }
+                } else {
+                    let mut dec = braid_coding::decoder::SlidingDecoder::new(64);
+                    for p in pkts.iter() {
+                        dec.receive(&Header::parse(p).unwrap(), 0, |_| got += 1);
+                    }
+                    dec.expire(1, 0, |_| got += 1);
+                }
+                assert_eq!(got, n);
+            }) / n as f64;
+            println!("| {name} | {len} B | {ns:.0} |");
+        }
+    }
+}
+
 fn main() {
     println!("best kernel on this CPU: {}\n", Kernel::best().name());
     kernels();
     encode_throughput();
     per_packet();
     decode();
+    decode_per_packet();
 }

@@ -282,6 +282,13 @@ impl BlockDecoder {
                     return;
                 }
                 g.size = Some(n);
+                if g.next >= n {
+                    // Every source is delivered already: nothing to learn.
+                    self.stats.redundant += 1;
+                    self.gens.remove(&h.id);
+                    self.mark_finished(h.id);
+                    return;
+                }
                 let coefs: &[u8] = if h.kind == Kind::BlockCoded {
                     self.coefs.resize(n, 0);
                     coefficients(h.seed, &mut self.coefs);
@@ -364,10 +371,11 @@ pub struct SlidingDecoder {
     /// Highest sequence number + 1 the decoder knows exists.
     horizon: u32,
     solver: Solver,
-    /// The last delivered symbols (seq, symbol), to subtract them from coded
-    /// packets whose window starts before `base`.
+    /// The last `span` delivered symbols (seq, symbol), to subtract them
+    /// from coded packets whose window starts before `base`.
     history: VecDeque<(u32, Vec<u8>)>,
     history_len: usize,
+    spare: Option<Vec<u8>>,
     last_ns: u64,
     stats: DecoderStats,
     coefs: Vec<u8>,
@@ -384,7 +392,9 @@ impl SlidingDecoder {
             horizon: 0,
             solver: Solver::new(span, Kernel::best()),
             history: VecDeque::new(),
-            history_len: 256,
+            // Coded windows start at most `span` before the next source.
+            history_len: span,
+            spare: None,
             last_ns: 0,
             stats: DecoderStats::default(),
             coefs: Vec::new(),
@@ -439,6 +449,17 @@ impl SlidingDecoder {
         }
         if end > self.offset(self.horizon) {
             self.horizon = self.base.wrapping_add(end as u32);
+        }
+        if h.kind == Kind::SlidingSource && start == 0 && self.solver.rank() == 0 {
+            // The next source, nothing pending: deliver it straight from the
+            // packet, keep a copy for later coded packets.
+            self.stats.delivered += 1;
+            deliver(Delivered { generation: 0, index: h.id, payload: p.payload });
+            let mut buf = self.recycle();
+            crate::header::write_symbol(p.payload, &mut buf);
+            self.remember(h.id, buf);
+            self.base = self.base.wrapping_add(1);
+            return;
         }
         let inserted = if h.kind == Kind::SlidingSource {
             if start < 0 {
@@ -495,8 +516,15 @@ impl SlidingDecoder {
     fn remember(&mut self, seq: u32, sym: Vec<u8>) {
         self.history.push_back((seq, sym));
         if self.history.len() > self.history_len {
-            self.history.pop_front();
+            if let Some((_, old)) = self.history.pop_front() {
+                self.spare = Some(old);
+            }
         }
+    }
+
+    /// A buffer for the next symbol, reusing the one that left the history.
+    fn recycle(&mut self) -> Vec<u8> {
+        self.spare.take().unwrap_or_default()
     }
 
     /// Move `base` forward by `n`, delivering decoded sources and giving up
