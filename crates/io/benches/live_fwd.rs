@@ -17,7 +17,8 @@
 //! table also gives the whole machine's CPU time per delivered packet.
 //!
 //! Run as root: `cargo bench -p braid-io --bench live_fwd` (env
-//! `BRAID_BENCH_SECS`, default 3, sets the measuring time per forwarder).
+//! `BRAID_BENCH_SECS`, default 3, sets the measuring time per forwarder;
+//! `BRAID_BENCH_ROUNDS`, default 3, how many interleaved rounds).
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,8 +135,6 @@ struct Row {
     offered: f64,
     delivered: f64,
     cycles_per_pkt: f64,
-    cpu0: f64,
-    cpu1: f64,
 }
 
 /// Run the generator for `secs` against whatever forwarder is in place;
@@ -191,14 +190,6 @@ fn measure(
     let sent = gen.join().unwrap();
     let delivered = (rx1 - rx0) as f64 / dt;
     let total_s = secs + 0.5;
-    let busy = |n: &str| -> f64 {
-        let a = cpu_a.iter().find(|c| c.0 == n);
-        let b = cpu_b.iter().find(|c| c.0 == n);
-        match (a, b) {
-            (Some(a), Some(b)) if b.2 > a.2 => (b.1 - a.1) as f64 / (b.2 - a.2) as f64,
-            _ => 0.0,
-        }
-    };
     let all_busy_s = {
         let a = cpu_a.iter().find(|c| c.0 == "cpu").map(|c| c.1).unwrap_or(0);
         let b = cpu_b.iter().find(|c| c.0 == "cpu").map(|c| c.1).unwrap_or(0);
@@ -209,8 +200,6 @@ fn measure(
         offered: sent as f64 / total_s,
         delivered,
         cycles_per_pkt: all_busy_s * cpu_mhz() * 1e6 / (rx1 - rx0).max(1) as f64,
-        cpu0: busy("cpu0"),
-        cpu1: busy("cpu1"),
     })
 }
 
@@ -313,130 +302,168 @@ fn main() {
     let s_mac = netns::mac_addr(Some(bed.sink.name()), &bed.s).unwrap();
     let routed = bed.frame(&fl_mac); // to the forwarder's MAC, for IP forwarding
     let bridged = bed.frame(&s_mac); // to the sink's MAC, for L2 forwarders
-    let mut rows = Vec::new();
+                                     // Rounds interleave the forwarders so drifting load on the machine
+                                     // hits them alike; each row reports medians over the rounds, and the
+                                     // ratio is taken against Linux forwarding of the same round.
+    let rounds: usize =
+        std::env::var("BRAID_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let mut all: Vec<Vec<Row>> = Vec::new();
+    for _ in 0..rounds {
+        let mut rows = Vec::new();
 
-    // Linux IP forwarding.
-    netns::enable_forwarding(Some(bed.fwd.name())).unwrap();
-    rows.extend(measure(&bed, "Linux IP forwarding", &routed, &mut sink, secs));
-    netns::set_forwarding(Some(bed.fwd.name()), false).unwrap();
+        // Linux IP forwarding.
+        netns::enable_forwarding(Some(bed.fwd.name())).unwrap();
+        rows.extend(measure(&bed, "Linux IP forwarding", &routed, &mut sink, secs));
+        netns::set_forwarding(Some(bed.fwd.name()), false).unwrap();
 
-    // XDP fwd.
-    {
-        let (fl, fr) = (bed.fl.clone(), bed.fr.clone());
-        let _prog = bed
-            .fwd
-            .enter(move || {
-                let mut p = XdpProgram::load(XdpNf::Fwd).unwrap();
-                p.set_forward_by_name(&fl, &fr).unwrap();
-                p.attach(&fl, AttachMode::Native).unwrap();
-                p
-            })
-            .unwrap();
-        rows.extend(measure(&bed, "XDP fwd (native, devmap)", &bridged, &mut sink, secs));
+        // XDP fwd.
+        {
+            let (fl, fr) = (bed.fl.clone(), bed.fr.clone());
+            let _prog = bed
+                .fwd
+                .enter(move || {
+                    let mut p = XdpProgram::load(XdpNf::Fwd).unwrap();
+                    p.set_forward_by_name(&fl, &fr).unwrap();
+                    p.attach(&fl, AttachMode::Native).unwrap();
+                    p
+                })
+                .unwrap();
+            rows.extend(measure(&bed, "XDP fwd (native, devmap)", &bridged, &mut sink, secs));
+        }
+
+        // AF_XDP fwd, copy-out and zero-copy rx.
+        for (name, zc) in [
+            ("AF_XDP fwd (copy mode, copy-out rx)", false),
+            ("AF_XDP fwd (copy mode, zero-copy rx)", true),
+        ] {
+            let (fl, fr) = (bed.fl.clone(), bed.fr.clone());
+            let (a, b) = bed
+                .fwd
+                .enter(move || {
+                    let cfg = |i: &str| {
+                        let mut c = AfXdpConfig::new(i);
+                        c.wait = WaitMode::Busy;
+                        c.batch_size = 64;
+                        c.rx_zero_copy = zc;
+                        c
+                    };
+                    (AfXdpPort::open(&cfg(&fl)).unwrap(), AfXdpPort::open(&cfg(&fr)).unwrap())
+                })
+                .unwrap();
+            let (stop, h) = spin_forward(a, b);
+            rows.extend(measure(&bed, name, &bridged, &mut sink, secs));
+            stop.store(true, Ordering::Relaxed);
+            let (a, b) = h.join().unwrap();
+            eprintln!(
+                "{name}: rx port {:?} {:?}; tx port {:?}",
+                a.stats(),
+                a.xsk_stats(),
+                b.stats()
+            );
+        }
+
+        // AF_XDP fwd over one shared UMEM: no copy in user space at all.
+        {
+            let (fl, fr) = (bed.fl.clone(), bed.fr.clone());
+            let (a, b) = bed
+                .fwd
+                .enter(move || {
+                    let cfg = |i: &str| {
+                        let mut c = AfXdpConfig::new(i);
+                        c.wait = WaitMode::Busy;
+                        c.batch_size = 64;
+                        c.rx_zero_copy = true;
+                        c.ring_size = 2048;
+                        c.frame_count = 8192;
+                        c
+                    };
+                    let mut a = AfXdpPort::open(&cfg(&fl)).unwrap();
+                    let b = AfXdpPort::open_shared(&cfg(&fr), &mut a).unwrap();
+                    (a, b)
+                })
+                .unwrap();
+            let (stop, h) = spin_forward(a, b);
+            rows.extend(measure(
+                &bed,
+                "AF_XDP fwd (copy mode, shared UMEM, zero-copy rx)",
+                &bridged,
+                &mut sink,
+                secs,
+            ));
+            stop.store(true, Ordering::Relaxed);
+            let (a, b) = h.join().unwrap();
+            eprintln!(
+                "shared UMEM: rx port {:?} {:?}; tx port {:?}",
+                a.stats(),
+                a.xsk_stats(),
+                b.stats()
+            );
+        }
+
+        // AF_PACKET fwd.
+        {
+            let (fl, fr) = (bed.fl.clone(), bed.fr.clone());
+            let (a, b) = bed
+                .fwd
+                .enter(move || {
+                    let mut ca = AfPacketConfig::new(&fl);
+                    ca.batch_size = 64;
+                    let mut cb = AfPacketConfig::new(&fr);
+                    cb.batch_size = 64;
+                    cb.qdisc_bypass = true;
+                    (AfPacketPort::open(&ca).unwrap(), AfPacketPort::open(&cb).unwrap())
+                })
+                .unwrap();
+            let (stop, h) = spin_forward(a, b);
+            rows.extend(measure(
+                &bed,
+                "AF_PACKET fwd (recvmmsg/sendmmsg)",
+                &bridged,
+                &mut sink,
+                secs,
+            ));
+            stop.store(true, Ordering::Relaxed);
+            h.join().unwrap();
+        }
+
+        all.push(rows);
     }
-
-    // AF_XDP fwd, copy-out and zero-copy rx.
-    for (name, zc) in [
-        ("AF_XDP fwd (copy mode, copy-out rx)", false),
-        ("AF_XDP fwd (copy mode, zero-copy rx)", true),
-    ] {
-        let (fl, fr) = (bed.fl.clone(), bed.fr.clone());
-        let (a, b) = bed
-            .fwd
-            .enter(move || {
-                let cfg = |i: &str| {
-                    let mut c = AfXdpConfig::new(i);
-                    c.wait = WaitMode::Busy;
-                    c.batch_size = 64;
-                    c.rx_zero_copy = zc;
-                    c
-                };
-                (AfXdpPort::open(&cfg(&fl)).unwrap(), AfXdpPort::open(&cfg(&fr)).unwrap())
-            })
-            .unwrap();
-        let (stop, h) = spin_forward(a, b);
-        rows.extend(measure(&bed, name, &bridged, &mut sink, secs));
-        stop.store(true, Ordering::Relaxed);
-        let (a, b) = h.join().unwrap();
-        eprintln!("{name}: rx port {:?} {:?}; tx port {:?}", a.stats(), a.xsk_stats(), b.stats());
-    }
-
-    // AF_XDP fwd over one shared UMEM: no copy in user space at all.
-    {
-        let (fl, fr) = (bed.fl.clone(), bed.fr.clone());
-        let (a, b) = bed
-            .fwd
-            .enter(move || {
-                let cfg = |i: &str| {
-                    let mut c = AfXdpConfig::new(i);
-                    c.wait = WaitMode::Busy;
-                    c.batch_size = 64;
-                    c.rx_zero_copy = true;
-                    c.ring_size = 1024;
-                    c
-                };
-                let mut a = AfXdpPort::open(&cfg(&fl)).unwrap();
-                let b = AfXdpPort::open_shared(&cfg(&fr), &mut a).unwrap();
-                (a, b)
-            })
-            .unwrap();
-        let (stop, h) = spin_forward(a, b);
-        rows.extend(measure(
-            &bed,
-            "AF_XDP fwd (copy mode, shared UMEM, zero-copy rx)",
-            &bridged,
-            &mut sink,
-            secs,
-        ));
-        stop.store(true, Ordering::Relaxed);
-        let (a, b) = h.join().unwrap();
-        eprintln!(
-            "shared UMEM: rx port {:?} {:?}; tx port {:?}",
-            a.stats(),
-            a.xsk_stats(),
-            b.stats()
-        );
-    }
-
-    // AF_PACKET fwd.
-    {
-        let (fl, fr) = (bed.fl.clone(), bed.fr.clone());
-        let (a, b) = bed
-            .fwd
-            .enter(move || {
-                let mut ca = AfPacketConfig::new(&fl);
-                ca.batch_size = 64;
-                let mut cb = AfPacketConfig::new(&fr);
-                cb.batch_size = 64;
-                cb.qdisc_bypass = true;
-                (AfPacketPort::open(&ca).unwrap(), AfPacketPort::open(&cb).unwrap())
-            })
-            .unwrap();
-        let (stop, h) = spin_forward(a, b);
-        rows.extend(measure(&bed, "AF_PACKET fwd (recvmmsg/sendmmsg)", &bridged, &mut sink, secs));
-        stop.store(true, Ordering::Relaxed);
-        h.join().unwrap();
-    }
-
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let base = rows.first().map(|r| r.delivered).unwrap_or(1.0).max(1.0);
-    println!("\n64 B UDP frames, one forwarding namespace, {secs} s per forwarder, generator on CPU {GEN_CPU}, user-space forwarder on CPU {FWD_CPU}\n");
+    println!("\n64 B UDP frames, one forwarding namespace, {rounds} rounds x {secs} s per forwarder, generator on CPU {GEN_CPU}, user-space forwarder on CPU {FWD_CPU}; medians over rounds\n");
     println!(
         "load average at the end (other work on the machine competes for the 2 CPUs): {}\n",
         load.trim()
     );
-    println!("| forwarder | offered Mpps | delivered Mpps | vs first row | cycles/pkt (whole machine) | CPU0 busy | CPU1 busy |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
+    println!("| forwarder | offered Mpps | delivered Mpps | vs first row (same round) | min..max vs first row | cycles/pkt (whole machine) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let names: Vec<&'static str> =
+        all.first().map(|r| r.iter().map(|x| x.name).collect()).unwrap_or_default();
+    for name in names {
+        let pick = |f: &dyn Fn(&Row) -> f64| -> Vec<f64> {
+            all.iter().filter_map(|round| round.iter().find(|r| r.name == name).map(f)).collect()
+        };
+        let ratios: Vec<f64> = all
+            .iter()
+            .filter_map(|round| {
+                let base = round.first()?.delivered.max(1.0);
+                round.iter().find(|r| r.name == name).map(|r| r.delivered / base)
+            })
+            .collect();
+        let lo = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().cloned().fold(0.0, f64::max);
         println!(
-            "| {} | {:.3} | {:.3} | {:.2}x | {:.0} | {:.0}% | {:.0}% |",
-            r.name,
-            r.offered / 1e6,
-            r.delivered / 1e6,
-            r.delivered / base,
-            r.cycles_per_pkt,
-            r.cpu0 * 100.0,
-            r.cpu1 * 100.0
+            "| {} | {:.3} | {:.3} | {:.2}x | {:.2}..{:.2} | {:.0} |",
+            name,
+            median(pick(&|r| r.offered)) / 1e6,
+            median(pick(&|r| r.delivered)) / 1e6,
+            median(ratios.clone()),
+            lo,
+            hi,
+            median(pick(&|r| r.cycles_per_pkt)),
         );
     }
     drop(sink);
