@@ -80,7 +80,21 @@ fn pump(gen: &mut ShmPort, sink: &mut ShmPort, seq: &mut u64, n: u64, limit: Dur
 
 #[test]
 fn killed_nf_is_restarted_and_neighbours_keep_running() {
-    let dir = std::env::temp_dir().join(format!("braid-run-procs-test-{}", std::process::id()));
+    scenario(false);
+}
+
+#[test]
+fn same_with_each_nf_in_its_own_network_namespace() {
+    if !braid_io::netns::is_root() {
+        eprintln!("skipped: --netns needs root");
+        return;
+    }
+    scenario(true);
+}
+
+fn scenario(netns: bool) {
+    let dir =
+        std::env::temp_dir().join(format!("braid-run-procs-test-{}-{netns}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let chain = dir.join("chain.yaml");
     std::fs::write(
@@ -97,6 +111,7 @@ fn killed_nf_is_restarted_and_neighbours_keep_running() {
             "--seconds",
             "120",
         ])
+        .args(netns.then_some("--netns"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -124,6 +139,12 @@ fn killed_nf_is_restarted_and_neighbours_keep_running() {
     };
     wait_for(&mut lines, &|l| ["a", "b", "c"].iter().all(|n| pid_of(l, n).is_some()));
     assert!(lines.iter().any(|l| l.contains("a -> b: shm")), "{lines:#?}");
+    if netns {
+        assert!(
+            lines.iter().any(|l| l.starts_with("  b: network namespace braid-nf-b")),
+            "{lines:#?}"
+        );
+    }
     let (pa, pb, pc) =
         (pid_of(&lines, "a").unwrap(), pid_of(&lines, "b").unwrap(), pid_of(&lines, "c").unwrap());
 

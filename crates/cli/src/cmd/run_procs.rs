@@ -38,6 +38,11 @@ pub struct Args {
     /// Stop after this many seconds (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Run each NF process in its own network namespace (created here,
+    /// deleted on exit; needs root). The shared-memory sockets are files, so
+    /// they cross network namespaces.
+    #[arg(long)]
+    pub netns: bool,
 }
 
 /// The `braid nf-proc` argument lists for each NF of the chain.
@@ -105,9 +110,32 @@ pub fn run(a: Args) -> Result<()> {
         println!("  {} -> {}: {}", cmds[i].0, cmds[i + 1].0, explain(&from, &to, true));
     }
     println!("  in: {}  out: {}", dir.join("in.sock").display(), dir.join("out.sock").display());
+    // Guards delete the namespaces when this function returns, after the
+    // supervisor (declared later, dropped first) has stopped the processes.
+    let mut namespaces = Vec::new();
+    if a.netns {
+        if !braid_io::netns::is_root() {
+            bail!("--netns needs root (it creates network namespaces)");
+        }
+        for (name, _) in &cmds {
+            let ns = braid_io::netns::NetnsGuard::create(&braid_io::netns::unique_name(&format!(
+                "nf-{name}"
+            )))
+            .with_context(|| format!("create the network namespace of NF {name}"))?;
+            println!("  {name}: network namespace {}", ns.name());
+            namespaces.push(ns);
+        }
+    }
     let specs = cmds
         .into_iter()
-        .map(|(name, args)| ProcSpec { name, program: exe.clone(), args, netns: None, policy })
+        .enumerate()
+        .map(|(i, (name, args))| ProcSpec {
+            name,
+            program: exe.clone(),
+            args,
+            netns: namespaces.get(i).map(|ns| ns.name().to_string()),
+            policy,
+        })
         .collect();
     let stop =
         braid_probe::signal::stop_on_signals().context("install the SIGINT/SIGTERM handler")?;
