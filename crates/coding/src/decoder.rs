@@ -60,7 +60,9 @@ impl Solver {
 
     /// [`Solver::insert`] of a unit equation `x_col = data` (a source).
     pub fn insert_source(&mut self, col: usize, data: &[u8]) -> Option<usize> {
-        if col >= self.width || self.pivot[col].is_some() {
+        // Already known: nothing to learn. (A pivot alone is not enough: a
+        // coded row may hold this column's pivot together with others.)
+        if col >= self.width || self.decoded(col).is_some() {
             return None;
         }
         let mut c = vec![0u8; self.width];
@@ -666,15 +668,22 @@ mod tests {
             let mut dec = BlockDecoder::new(1000);
             let mut got = Vec::new();
             // Per generation seen: its size as the decoder learns it (from a
-            // coded packet, else the configured k).
+            // coded packet, else the configured k), and the coefficient rows
+            // received, for an independent solvability oracle.
             let mut sizes = std::collections::BTreeMap::new();
+            let mut rows: std::collections::BTreeMap<u32, Vec<Vec<u8>>> = Default::default();
             for p in &pkts {
                 let parsed = Header::parse(p).unwrap();
                 let h = parsed.header;
                 let e = sizes.entry(h.id).or_insert(k);
-                if h.kind != Kind::BlockSource {
+                let mut row = vec![0u8; k];
+                if h.kind == Kind::BlockSource {
+                    row[h.index as usize] = 1;
+                } else {
                     *e = h.count as usize;
+                    coefficients(h.seed, &mut row[..h.count as usize]);
                 }
+                rows.entry(h.id).or_default().push(row);
                 dec.receive(&parsed, 0, |d| got.push((d.generation, d.index, d.payload.to_vec())));
             }
             dec.expire(10, 1, |d| got.push((d.generation, d.index, d.payload.to_vec())));
@@ -691,7 +700,48 @@ mod tests {
             if loss == 0 {
                 prop_assert_eq!(st.delivered, n as u64);
             }
+            // Oracle: a source is recovered exactly when its unit vector is
+            // in the span of the received coefficient rows.
+            for (g, r) in rows {
+                let size = sizes[&g];
+                let solvable = solvable_columns(r, size);
+                let mut delivered: Vec<usize> =
+                    got.iter().filter(|(gg, _, _)| *gg == g).map(|(_, i, _)| *i as usize).collect();
+                delivered.sort();
+                prop_assert_eq!(delivered, solvable, "generation {}", g);
+            }
         }
+    }
+
+    /// The columns (< size) whose unit vector lies in the row space of
+    /// `rows`: naive Gauss-Jordan over GF(2^8), independent of `Solver`.
+    fn solvable_columns(mut rows: Vec<Vec<u8>>, size: usize) -> Vec<usize> {
+        let mut r = 0;
+        let mut pivots = Vec::new();
+        for col in 0..size {
+            let Some(p) = (r..rows.len()).find(|&i| rows[i][col] != 0) else { continue };
+            rows.swap(r, p);
+            let inv = gf256::inv(rows[r][col]).unwrap();
+            for x in rows[r].iter_mut() {
+                *x = gf256::mul(*x, inv);
+            }
+            for i in 0..rows.len() {
+                let f = rows[i][col];
+                if i != r && f != 0 {
+                    for j in 0..size {
+                        let v = gf256::mul(f, rows[r][j]);
+                        rows[i][j] ^= v;
+                    }
+                }
+            }
+            pivots.push((col, r));
+            r += 1;
+        }
+        pivots
+            .into_iter()
+            .filter(|&(col, row)| (0..size).all(|j| j == col || rows[row][j] == 0))
+            .map(|(col, _)| col)
+            .collect()
     }
 
     #[test]
