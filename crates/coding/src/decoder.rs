@@ -725,12 +725,12 @@ mod tests {
             for x in rows[r].iter_mut() {
                 *x = gf256::mul(*x, inv);
             }
-            for i in 0..rows.len() {
-                let f = rows[i][col];
+            let pivot_row = rows[r].clone();
+            for (i, row) in rows.iter_mut().enumerate() {
+                let f = row[col];
                 if i != r && f != 0 {
-                    for j in 0..size {
-                        let v = gf256::mul(f, rows[r][j]);
-                        rows[i][j] ^= v;
+                    for (x, &p) in row.iter_mut().zip(&pivot_row) {
+                        *x ^= gf256::mul(f, p);
                     }
                 }
             }
