@@ -17,28 +17,19 @@
 //!   so idle ages survive migration between hosts whose monotonic clocks
 //!   differ.
 
-use std::hash::{Hash, Hasher};
+use braid_packet::flow::FiveTuple;
+use braid_packet::wire::icmpv4::msg_type;
+use braid_packet::wire::{self, ethertype, udp, Icmpv4Packet, Ipv4Packet, TcpPacket, WireError};
 
 use crate::DropReason;
 
-/// Ethernet header length without VLAN tags.
-pub const ETH_HLEN: usize = 14;
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
-pub const ETHERTYPE_ARP: u16 = 0x0806;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const ETHERTYPE_QINQ: u16 = 0x88a8;
-
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_ECHO_REQUEST: u8 = 8;
+// The protocol numbers, TCP flags and ICMP types the stateful NFs test,
+// under the names they use (re-exported from `braid_packet::wire`).
+pub use braid_packet::wire::ip_proto::{ICMP as PROTO_ICMP, TCP as PROTO_TCP, UDP as PROTO_UDP};
+pub use braid_packet::wire::tcp_flags::{
+    ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN,
+};
+pub use msg_type::{ECHO_REPLY as ICMP_ECHO_REPLY, ECHO_REQUEST as ICMP_ECHO_REQUEST};
 
 /// What follows the IPv4 header, as far as the stateful NFs care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,95 +101,56 @@ pub enum Frame {
     Other,
 }
 
-#[inline]
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-#[inline]
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 /// Parse Ethernet, up to two VLAN tags, IPv4 and the transport header's
-/// first bytes. `Err(Malformed)` when a header is truncated or inconsistent
-/// (bad version, header length, total length beyond the frame, transport
-/// header shorter than its minimum).
+/// first bytes through the `braid_packet::wire` views. `Err(Malformed)`
+/// when a header is truncated or inconsistent (bad version, header length,
+/// total length beyond the frame, transport header shorter than its
+/// minimum). The UDP length field is deliberately not checked (as
+/// `UdpPacket::new_checked` would): these NFs rewrite addresses and ports
+/// and leave payload consistency to the endpoints.
 #[inline]
 pub fn parse_frame(frame: &[u8]) -> Result<Frame, DropReason> {
-    if frame.len() < ETH_HLEN {
-        return Err(DropReason::Malformed);
-    }
-    let mut ethertype = be16(frame, 12);
-    let mut l3 = ETH_HLEN;
-    let mut tags = 0;
-    while ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
-        if tags == 2 {
-            return Ok(Frame::Other);
-        }
-        if frame.len() < l3 + 4 {
-            return Err(DropReason::Malformed);
-        }
-        ethertype = be16(frame, l3 + 2);
-        l3 += 4;
-        tags += 1;
-    }
-    match ethertype {
-        ETHERTYPE_IPV4 => parse_ipv4(frame, l3).map(Frame::Ipv4),
-        ETHERTYPE_ARP => Ok(Frame::Arp),
+    let l3 = match wire::l3(frame) {
+        Ok(l3) => l3,
+        // More than two VLAN tags: not an IPv4 frame these NFs handle.
+        Err(WireError::Unsupported) => return Ok(Frame::Other),
+        Err(_) => return Err(DropReason::Malformed),
+    };
+    match l3.ethertype {
+        ethertype::IPV4 => parse_ipv4(frame, l3.offset).map(Frame::Ipv4),
+        ethertype::ARP => Ok(Frame::Arp),
         _ => Ok(Frame::Other),
     }
 }
 
 #[inline]
 fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Info, DropReason> {
-    if frame.len() < l3 + 20 {
-        return Err(DropReason::Malformed);
-    }
-    let vihl = frame[l3];
-    let ihl = ((vihl & 0x0f) as usize) * 4;
-    let total_len = be16(frame, l3 + 2) as usize;
-    if vihl >> 4 != 4 || ihl < 20 || total_len < ihl || l3 + total_len > frame.len() {
-        return Err(DropReason::Malformed);
-    }
-    let frag = be16(frame, l3 + 6);
-    let first_fragment = frag & 0x1fff == 0;
-    let proto = frame[l3 + 9];
-    let l4_off = l3 + ihl;
-    let l4_len = total_len - ihl;
+    let ip = Ipv4Packet::new_checked(&frame[l3..]).map_err(|_| DropReason::Malformed)?;
+    let first_fragment = ip.frag_offset() == 0;
+    let proto = ip.protocol();
+    // Bounded by the IPv4 total length.
+    let payload = ip.payload();
     let l4 = if !first_fragment {
         L4::Fragment
     } else {
         match proto {
             PROTO_TCP => {
-                if l4_len < 20 {
-                    return Err(DropReason::Malformed);
-                }
-                let doff = ((frame[l4_off + 12] >> 4) as usize) * 4;
-                if doff < 20 || doff > l4_len {
-                    return Err(DropReason::Malformed);
-                }
-                L4::Tcp {
-                    src_port: be16(frame, l4_off),
-                    dst_port: be16(frame, l4_off + 2),
-                    flags: frame[l4_off + 13],
-                }
+                let t = TcpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+                L4::Tcp { src_port: t.src_port(), dst_port: t.dst_port(), flags: t.flags() }
             }
             PROTO_UDP => {
-                if l4_len < 8 {
+                if payload.len() < udp::HEADER_LEN {
                     return Err(DropReason::Malformed);
                 }
-                L4::Udp { src_port: be16(frame, l4_off), dst_port: be16(frame, l4_off + 2) }
+                let u = wire::UdpPacket::new_unchecked(payload);
+                L4::Udp { src_port: u.src_port(), dst_port: u.dst_port() }
             }
             PROTO_ICMP => {
-                if l4_len < 8 {
-                    return Err(DropReason::Malformed);
-                }
-                let msg_type = frame[l4_off];
-                if msg_type == ICMP_ECHO_REQUEST || msg_type == ICMP_ECHO_REPLY {
-                    L4::IcmpEcho { msg_type, ident: be16(frame, l4_off + 4) }
+                let i = Icmpv4Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+                if i.is_echo() {
+                    L4::IcmpEcho { msg_type: i.msg_type(), ident: i.echo_ident() }
                 } else {
-                    L4::IcmpOther { msg_type }
+                    L4::IcmpOther { msg_type: i.msg_type() }
                 }
             }
             _ => L4::Other,
@@ -206,12 +158,12 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Info, DropReason> {
     };
     Ok(Ipv4Info {
         l3,
-        ihl,
-        total_len,
+        ihl: ip.header_len(),
+        total_len: ip.total_len() as usize,
         proto,
-        ttl: frame[l3 + 8],
-        src: be32(frame, l3 + 12),
-        dst: be32(frame, l3 + 16),
+        ttl: ip.ttl(),
+        src: u32::from(ip.src_addr()),
+        dst: u32::from(ip.dst_addr()),
         first_fragment,
         l4,
     })
@@ -232,76 +184,27 @@ pub struct QuotedPacket {
 
 /// If `info` is an ICMP error quoting a first fragment of TCP, UDP or ICMP
 /// echo with at least 8 bytes of its transport header (RFC 792), the
-/// quoted packet. Bounds are checked against the outer IPv4 total length.
+/// quoted packet (see [`braid_packet::flow::parse_icmp_error_quote`]).
+/// Bounds are checked against the outer IPv4 total length.
 pub fn icmp_error_quote(frame: &[u8], info: &Ipv4Info) -> Option<QuotedPacket> {
-    let L4::IcmpOther { msg_type } = info.l4 else { return None };
-    if !matches!(msg_type, 3 | 4 | 5 | 11 | 12) {
+    let L4::IcmpOther { .. } = info.l4 else {
         return None;
-    }
-    let end = info.l3 + info.total_len;
-    let l3 = info.l4_offset() + 8;
-    if l3 + 20 > end {
-        return None;
-    }
-    let ihl = ((frame[l3] & 0x0f) as usize) * 4;
-    if frame[l3] >> 4 != 4 || ihl < 20 || l3 + ihl + 8 > end || be16(frame, l3 + 6) & 0x1fff != 0 {
-        return None;
-    }
-    let proto = frame[l3 + 9];
-    let l4 = l3 + ihl;
-    let (src_port, dst_port) = match proto {
-        PROTO_TCP | PROTO_UDP => (be16(frame, l4), be16(frame, l4 + 2)),
-        PROTO_ICMP if matches!(frame[l4], ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY) => {
-            let ident = be16(frame, l4 + 4);
-            (ident, ident)
-        }
-        _ => return None,
     };
-    let key =
-        FlowKey { src: be32(frame, l3 + 12), dst: be32(frame, l3 + 16), src_port, dst_port, proto };
-    Some(QuotedPacket { l3, ihl, key })
-}
-
-/// Internet checksum of `data` (RFC 1071), folded and complemented.
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
-    }
-    if let [last] = chunks.remainder() {
-        sum += (*last as u32) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Incremental checksum update when a 16-bit word changes from `old` to
-/// `new` (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
-#[inline]
-pub fn csum_update16(ck: u16, old: u16, new: u16) -> u16 {
-    let mut sum = (!ck as u32) + (!old as u32) + new as u32;
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-/// Incremental checksum update when a 32-bit field (an address) changes.
-#[inline]
-pub fn csum_update32(ck: u16, old: u32, new: u32) -> u16 {
-    let mut sum = (!ck as u32)
-        + (!(old >> 16) as u16) as u32
-        + (!(old as u16)) as u32
-        + (new >> 16)
-        + (new & 0xffff);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+    let icmp = &frame[info.l4_offset()..info.l3 + info.total_len];
+    let q = braid_packet::flow::parse_icmp_error_quote(icmp)?;
+    Some(QuotedPacket {
+        l3: info.l4_offset() + q.l3_offset,
+        ihl: q.header_len,
+        key: FlowKey::from(q.tuple),
+    })
 }
 
 /// An exact-match IPv4 5-tuple. Addresses are host-order `u32`.
+///
+/// The same key as [`FiveTuple`] (convertible both ways, hashed by
+/// [`FiveTuple::hash`]), kept as its own type because it is the record
+/// format of exported connection state (serde, addresses as numbers) and
+/// the NAT and firewall compute on `u32` addresses (masks, ranges).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FlowKey {
     pub src: u32,
@@ -325,46 +228,29 @@ impl FlowKey {
     }
 }
 
-impl Hash for FlowKey {
+impl From<FiveTuple> for FlowKey {
     #[inline]
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Two words instead of five field writes: the hasher mixes per word.
-        state.write_u64(((self.src as u64) << 32) | self.dst as u64);
-        state.write_u64(
-            ((self.src_port as u64) << 24) | ((self.dst_port as u64) << 8) | self.proto as u64,
-        );
+    fn from(t: FiveTuple) -> FlowKey {
+        FlowKey {
+            src: u32::from(t.src),
+            dst: u32::from(t.dst),
+            src_port: t.src_port,
+            dst_port: t.dst_port,
+            proto: t.proto,
+        }
     }
 }
 
-/// A fast non-cryptographic hasher for [`FlowKey`]: multiply-rotate per
-/// word and a murmur3 finalizer so the low bits (the bucket index of
-/// `FlowIndex`) depend on every input bit. Flow keys come from the
-/// network, so a table can be flooded with colliding keys by someone who
-/// knows the constants; a per-instance random seed would be the next step if
-/// that matters for a deployment.
-#[derive(Default, Clone, Copy)]
-pub struct FlowHasher(u64);
-
-impl Hasher for FlowHasher {
+impl From<FlowKey> for FiveTuple {
     #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(*b as u64);
+    fn from(k: FlowKey) -> FiveTuple {
+        FiveTuple {
+            src: k.src.into(),
+            dst: k.dst.into(),
+            proto: k.proto,
+            src_port: k.src_port,
+            dst_port: k.dst_port,
         }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        x
     }
 }
 
@@ -470,12 +356,13 @@ pub enum InsertError {
     KeyInUse,
 }
 
-/// The hash of a flow key, as [`ConnTable`] uses it.
+/// The hash of a flow key, as [`ConnTable`] uses it: the packet core's
+/// [`FiveTuple::hash`] (the bucket index is its low bits, which depend on
+/// every key bit). Not keyed: someone who knows the function can aim flows
+/// at one bucket; a per-table seed would be the next step if that matters.
 #[inline]
 pub fn flow_hash(key: &FlowKey) -> u64 {
-    let mut h = FlowHasher::default();
-    key.hash(&mut h);
-    h.finish()
+    FiveTuple::from(*key).hash()
 }
 
 /// Value of an empty [`FlowIndex`] entry.
@@ -1042,29 +929,6 @@ mod tests {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = parse_frame(&bytes);
-        }
-
-        #[test]
-        fn incremental_checksum_equals_full_recompute(
-            mut data in proptest::collection::vec(any::<u8>(), 8..64),
-            at in 0usize..3,
-            new in any::<u32>(),
-        ) {
-            let at = at * 2;
-            let before = checksum(&data);
-            let old = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
-            data[at..at + 4].copy_from_slice(&new.to_be_bytes());
-            let after = checksum(&data);
-            let inc = csum_update32(before, old, new);
-            // One's complement has two zeros; both encodings verify.
-            prop_assert!(inc == after || (inc ^ after) == 0xffff && (inc == 0 || after == 0),
-                "{inc:#x} vs {after:#x}");
-            let old16 = u16::from_be_bytes([data[at], data[at + 1]]);
-            let before = checksum(&data);
-            data[at..at + 2].copy_from_slice(&(new as u16 ^ 0x5a5a).to_be_bytes());
-            let inc = csum_update16(before, old16, new as u16 ^ 0x5a5a);
-            let after = checksum(&data);
-            prop_assert!(inc == after || (inc ^ after) == 0xffff && (inc == 0 || after == 0));
         }
     }
 }

@@ -503,8 +503,9 @@ impl NetworkFunction for Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{checksum, TCP_ACK, TCP_FIN, TCP_SYN};
+    use crate::conntrack::{TCP_ACK, TCP_FIN, TCP_SYN};
     use crate::{Counters, Params};
+    use braid_packet::wire::checksum::checksum;
     use braid_packet::Packet;
     use proptest::prelude::*;
 

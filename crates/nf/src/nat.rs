@@ -33,11 +33,12 @@ use std::net::Ipv4Addr;
 
 use braid_packet::{Batch, Packet};
 
+use braid_packet::wire::checksum::{udp_on_wire, update16, update32};
+
 use crate::conntrack::{
-    csum_update16, csum_update32, flow_hash, icmp_error_quote, parse_cidr, parse_frame,
-    parse_port_range, prefix_mask, secs_to_ns, Conn, ConnTable, FlowKey, Frame, InsertError,
-    Ipv4Info, Lookup, Prefetch, QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP,
+    flow_hash, icmp_error_quote, parse_cidr, parse_frame, parse_port_range, prefix_mask,
+    secs_to_ns, Conn, ConnTable, FlowKey, Frame, InsertError, Ipv4Info, Lookup, Prefetch,
+    QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -229,7 +230,7 @@ fn get_be32(d: &[u8], at: usize) -> u32 {
 fn set16_in_icmp(d: &mut [u8], at: usize, new: u16, icmp_ck: usize) {
     let old = get_be16(d, at);
     put_be16(d, at, new);
-    put_be16(d, icmp_ck, csum_update16(get_be16(d, icmp_ck), old, new));
+    put_be16(d, icmp_ck, update16(get_be16(d, icmp_ck), old, new));
 }
 
 /// Write a 32-bit word covered by the ICMP checksum at `icmp_ck`. Quoted
@@ -237,7 +238,7 @@ fn set16_in_icmp(d: &mut [u8], at: usize, new: u16, icmp_ck: usize) {
 fn set32_in_icmp(d: &mut [u8], at: usize, new: u32, icmp_ck: usize) {
     let old = get_be32(d, at);
     d[at..at + 4].copy_from_slice(&new.to_be_bytes());
-    put_be16(d, icmp_ck, csum_update32(get_be16(d, icmp_ck), old, new));
+    put_be16(d, icmp_ck, update32(get_be16(d, icmp_ck), old, new));
 }
 
 /// Which end of the packet to rewrite.
@@ -257,14 +258,14 @@ fn rewrite(d: &mut [u8], info: &Ipv4Info, end: End, ip: u32, port: u16) {
     let ip_at = l3 + if end == End::Src { 12 } else { 16 };
     let old_ip = u32::from_be_bytes([d[ip_at], d[ip_at + 1], d[ip_at + 2], d[ip_at + 3]]);
     d[ip_at..ip_at + 4].copy_from_slice(&ip.to_be_bytes());
-    put_be16(d, l3 + 10, csum_update32(get_be16(d, l3 + 10), old_ip, ip));
+    put_be16(d, l3 + 10, update32(get_be16(d, l3 + 10), old_ip, ip));
     let port_at = l4 + if end == End::Src { 0 } else { 2 };
     match info.l4 {
         L4::Tcp { .. } => {
             let old_port = get_be16(d, port_at);
             put_be16(d, port_at, port);
-            let ck = csum_update32(get_be16(d, l4 + 16), old_ip, ip);
-            put_be16(d, l4 + 16, csum_update16(ck, old_port, port));
+            let ck = update32(get_be16(d, l4 + 16), old_ip, ip);
+            put_be16(d, l4 + 16, update16(ck, old_port, port));
         }
         L4::Udp { .. } => {
             let old_port = get_be16(d, port_at);
@@ -273,15 +274,15 @@ fn rewrite(d: &mut [u8], info: &Ipv4Info, end: End, ip: u32, port: u16) {
             // Zero means "no checksum" and stays so; a computed zero is
             // sent as 0xffff (RFC 768).
             if ck != 0 {
-                let ck = csum_update16(csum_update32(ck, old_ip, ip), old_port, port);
-                put_be16(d, l4 + 6, if ck == 0 { 0xffff } else { ck });
+                let ck = update16(update32(ck, old_ip, ip), old_port, port);
+                put_be16(d, l4 + 6, udp_on_wire(ck));
             }
         }
         L4::IcmpEcho { .. } => {
             // The ICMP checksum has no pseudo-header: only the identifier.
             let old = get_be16(d, l4 + 4);
             put_be16(d, l4 + 4, port);
-            put_be16(d, l4 + 2, csum_update16(get_be16(d, l4 + 2), old, port));
+            put_be16(d, l4 + 2, update16(get_be16(d, l4 + 2), old, port));
         }
         L4::IcmpOther { .. } | L4::Fragment | L4::Other => {}
     }
@@ -419,7 +420,9 @@ impl Nat {
                 (self.map_new(key, now)?, false)
             }
         };
-        let Some(conn) = self.table.get_mut(slot) else { return Err(DropReason::NoMapping) };
+        let Some(conn) = self.table.get_mut(slot) else {
+            return Err(DropReason::NoMapping);
+        };
         conn.touch(now, reply, tcp_flags);
         let (end, ip, port) = if reply {
             (End::Dst, conn.orig.src, conn.orig.src_port)
@@ -451,7 +454,9 @@ impl Nat {
             }
             Lookup::Miss => return Err(DropReason::NoMapping),
         };
-        let Some(conn) = self.table.get_mut(slot) else { return Err(DropReason::NoMapping) };
+        let Some(conn) = self.table.get_mut(slot) else {
+            return Err(DropReason::NoMapping);
+        };
         if !reply {
             return Err(DropReason::NoMapping);
         }
@@ -462,28 +467,27 @@ impl Nat {
         // Outer destination: the ICMP checksum does not cover it.
         let outer_dst = get_be32(d, l3 + 16);
         d[l3 + 16..l3 + 20].copy_from_slice(&ip.to_be_bytes());
-        put_be16(d, l3 + 10, csum_update32(get_be16(d, l3 + 10), outer_dst, ip));
+        put_be16(d, l3 + 10, update32(get_be16(d, l3 + 10), outer_dst, ip));
         // Quoted source address, and the quoted header's checksum.
         let q = quote.l3;
         let old_ip = get_be32(d, q + 12);
         set32_in_icmp(d, q + 12, ip, icmp_ck);
-        let qck = csum_update32(get_be16(d, q + 10), old_ip, ip);
+        let qck = update32(get_be16(d, q + 10), old_ip, ip);
         set16_in_icmp(d, q + 10, qck, icmp_ck);
         let l4 = q + quote.ihl;
         match quote.key.proto {
             PROTO_ICMP => {
                 let old = get_be16(d, l4 + 4);
                 set16_in_icmp(d, l4 + 4, port, icmp_ck);
-                let ck = csum_update16(get_be16(d, l4 + 2), old, port);
+                let ck = update16(get_be16(d, l4 + 2), old, port);
                 set16_in_icmp(d, l4 + 2, ck, icmp_ck);
             }
             proto => {
                 let old = get_be16(d, l4);
                 set16_in_icmp(d, l4, port, icmp_ck);
                 if proto == PROTO_UDP && get_be16(d, l4 + 6) != 0 {
-                    let ck =
-                        csum_update16(csum_update32(get_be16(d, l4 + 6), old_ip, ip), old, port);
-                    set16_in_icmp(d, l4 + 6, if ck == 0 { 0xffff } else { ck }, icmp_ck);
+                    let ck = update16(update32(get_be16(d, l4 + 6), old_ip, ip), old, port);
+                    set16_in_icmp(d, l4 + 6, udp_on_wire(ck), icmp_ck);
                 }
             }
         }
@@ -615,8 +619,9 @@ impl NetworkFunction for Nat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{checksum, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_ACK, TCP_SYN};
+    use crate::conntrack::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_ACK, TCP_SYN};
     use crate::{Counters, Params};
+    use braid_packet::wire::checksum::checksum;
     use proptest::prelude::*;
 
     fn nat(extra: &str) -> Nat {

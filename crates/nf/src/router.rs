@@ -22,9 +22,9 @@ use std::net::Ipv4Addr;
 
 use braid_packet::{Batch, Packet};
 
-use crate::conntrack::{
-    checksum, csum_update16, parse_cidr, parse_frame, Frame, Ipv4Info, Prefetch, L4,
-};
+use braid_packet::wire::checksum::{checksum, update16};
+
+use crate::conntrack::{parse_cidr, parse_frame, Frame, Ipv4Info, Prefetch, L4};
 use crate::lpm::Dir24_8;
 use crate::params::{ConfigError, ParamDoc};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, Placement};
@@ -200,7 +200,7 @@ impl Router {
         let new = old - 0x0100;
         d[l3 + 8] -= 1;
         let ck = u16::from_be_bytes([d[l3 + 10], d[l3 + 11]]);
-        d[l3 + 10..l3 + 12].copy_from_slice(&csum_update16(ck, old, new).to_be_bytes());
+        d[l3 + 10..l3 + 12].copy_from_slice(&update16(ck, old, new).to_be_bytes());
         p.meta.out_port = hop.port;
         Ok(())
     }

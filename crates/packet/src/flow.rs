@@ -196,6 +196,77 @@ pub fn parse_ipv4_flow(frame: &[u8]) -> Result<Ipv4Flow, WireError> {
     })
 }
 
+/// The packet quoted in an ICMPv4 error message: where its IPv4 header is
+/// and its 5-tuple as it appears there (in the direction it was sent, so
+/// the reverse of the flow the error travels back on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotedFlow {
+    pub tuple: FiveTuple,
+    /// Offset of the quoted IPv4 header from the start of the ICMP message
+    /// (always 8).
+    pub l3_offset: usize,
+    /// Length of the quoted IPv4 header, options included.
+    pub header_len: usize,
+}
+
+/// The flow quoted by an ICMPv4 error, for NAT and conntrack to relate the
+/// error to a connection.
+///
+/// `icmp` is the ICMP message, from its type byte to the end of the IPv4
+/// packet that carries it. Returns `Some` when the message is an error
+/// (destination unreachable, source quench, redirect, time exceeded,
+/// parameter problem) that quotes a first fragment of TCP, UDP or ICMP echo
+/// with a well-formed IPv4 header and at least the first 8 bytes of its
+/// transport header (RFC 792), `None` otherwise. The quoted header's total
+/// length is not checked: a quote is truncated by design.
+pub fn parse_icmp_error_quote(icmp: &[u8]) -> Option<QuotedFlow> {
+    let outer = Icmpv4Packet::new_checked(icmp).ok()?;
+    if !matches!(outer.msg_type(), 3 | 4 | 5 | 11 | 12) {
+        return None;
+    }
+    let l3_offset = Icmpv4Packet::<&[u8]>::HEADER_LEN;
+    let quote = &icmp[l3_offset..];
+    if quote.len() < Ipv4Packet::<&[u8]>::HEADER_LEN {
+        return None;
+    }
+    let ip = Ipv4Packet::new_unchecked(quote);
+    let header_len = ip.header_len();
+    if ip.version() != 4
+        || header_len < Ipv4Packet::<&[u8]>::HEADER_LEN
+        || header_len + 8 > quote.len()
+        || ip.frag_offset() != 0
+    {
+        return None;
+    }
+    // Only the first 8 transport bytes are present: read them through
+    // unchecked views (ports and the echo identifier lie within them).
+    let l4 = &quote[header_len..];
+    let proto = ip.protocol();
+    let (src_port, dst_port) = match proto {
+        ip_proto::TCP => {
+            let t = TcpPacket::new_unchecked(l4);
+            (t.src_port(), t.dst_port())
+        }
+        ip_proto::UDP => {
+            let u = UdpPacket::new_unchecked(l4);
+            (u.src_port(), u.dst_port())
+        }
+        ip_proto::ICMP => {
+            let i = Icmpv4Packet::new_unchecked(l4);
+            if !i.is_echo() {
+                return None;
+            }
+            (i.echo_ident(), i.echo_ident())
+        }
+        _ => return None,
+    };
+    Some(QuotedFlow {
+        tuple: FiveTuple { src: ip.src_addr(), dst: ip.dst_addr(), proto, src_port, dst_port },
+        l3_offset,
+        header_len,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +329,58 @@ mod tests {
         let mut icmp = FrameSpec::icmp_echo(A, B, 5, 5).build();
         icmp[34] = 3;
         assert_eq!(parse_ipv4_flow(&icmp).unwrap().tuple.src_port, 0);
+    }
+
+    /// An ICMP error (type, code, checksum, unused) quoting `packet`.
+    fn icmp_error(msg_type: u8, packet: &[u8]) -> Vec<u8> {
+        [&[msg_type, 1, 0, 0, 0, 0, 0, 0][..], packet].concat()
+    }
+
+    #[test]
+    fn icmp_error_quotes() {
+        let udp = FrameSpec::udp((A, 1000), (B, 53), 10).build();
+        let q = parse_icmp_error_quote(&icmp_error(3, &udp[14..14 + 28])).unwrap();
+        let want = FiveTuple { src: A, dst: B, proto: 17, src_port: 1000, dst_port: 53 };
+        assert_eq!((q.tuple, q.l3_offset, q.header_len), (want, 8, 20));
+
+        let tcp = FrameSpec::tcp((A, 5), (B, 80), tcp_flags::SYN).build();
+        let q = parse_icmp_error_quote(&icmp_error(11, &tcp[14..14 + 28])).unwrap();
+        assert_eq!((q.tuple.proto, q.tuple.src_port, q.tuple.dst_port), (6, 5, 80));
+
+        let echo = FrameSpec::icmp_echo(A, B, 77, 1).build();
+        let q = parse_icmp_error_quote(&icmp_error(12, &echo[14..14 + 28])).unwrap();
+        assert_eq!((q.tuple.proto, q.tuple.src_port, q.tuple.dst_port), (1, 77, 77));
+
+        let mut opts = FrameSpec::udp((A, 1), (B, 2), 0);
+        opts.ip_options = vec![1, 1, 1, 1, 1, 1, 1, 0];
+        let opts = opts.build();
+        let q = parse_icmp_error_quote(&icmp_error(4, &opts[14..14 + 36])).unwrap();
+        assert_eq!((q.header_len, q.tuple.src_port), (28, 1));
+    }
+
+    #[test]
+    fn icmp_error_quote_rejects() {
+        let udp = FrameSpec::udp((A, 1000), (B, 53), 10).build();
+        let ip = &udp[14..14 + 28];
+        // Not an error message (echo request).
+        assert_eq!(parse_icmp_error_quote(&icmp_error(8, ip)), None);
+        // Fewer than 8 transport bytes, at every length.
+        for n in 0..28 {
+            assert_eq!(parse_icmp_error_quote(&icmp_error(3, &ip[..n])), None, "len {n}");
+        }
+        // A non-first fragment, another protocol, a non-echo ICMP quote.
+        let mut frag = ip.to_vec();
+        frag[7] = 1;
+        assert_eq!(parse_icmp_error_quote(&icmp_error(3, &frag)), None);
+        let mut gre = ip.to_vec();
+        gre[9] = 47;
+        assert_eq!(parse_icmp_error_quote(&icmp_error(3, &gre)), None);
+        let mut unreach = FrameSpec::icmp_echo(A, B, 7, 1).build();
+        unreach[34] = 3;
+        assert_eq!(parse_icmp_error_quote(&icmp_error(3, &unreach[14..14 + 28])), None);
+        let mut v6 = ip.to_vec();
+        v6[0] = 0x65;
+        assert_eq!(parse_icmp_error_quote(&icmp_error(3, &v6)), None);
     }
 
     /// Sequential keys (what a NAT or a traffic generator produces: one

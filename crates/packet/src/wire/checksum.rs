@@ -141,6 +141,18 @@ pub fn update32(ck: u16, old: u32, new: u32) -> u16 {
     !fold64(s)
 }
 
+/// A computed UDP-over-IPv4 checksum as it goes on the wire: 0 means "no
+/// checksum" there (RFC 768), so a computed 0 is sent as `0xFFFF` (the
+/// other ones' complement zero). Apply it once, after the last of several
+/// chained [`update16`]/[`update32`] steps.
+#[inline]
+pub fn udp_on_wire(computed: u16) -> u16 {
+    match computed {
+        0 => 0xFFFF,
+        c => c,
+    }
+}
+
 /// [`update16`] with the UDP-over-IPv4 rules: a 0 checksum ("none") stays
 /// 0, and a result of 0 is sent as `0xFFFF`.
 #[inline]
@@ -148,10 +160,7 @@ pub fn update16_udp(ck: u16, old: u16, new: u16) -> u16 {
     if ck == 0 {
         return 0;
     }
-    match update16(ck, old, new) {
-        0 => 0xFFFF,
-        c => c,
-    }
+    udp_on_wire(update16(ck, old, new))
 }
 
 /// [`update32`] with the UDP-over-IPv4 rules of [`update16_udp`].
@@ -160,10 +169,7 @@ pub fn update32_udp(ck: u16, old: u32, new: u32) -> u16 {
     if ck == 0 {
         return 0;
     }
-    match update32(ck, old, new) {
-        0 => 0xFFFF,
-        c => c,
-    }
+    udp_on_wire(update32(ck, old, new))
 }
 
 #[cfg(test)]
@@ -229,6 +235,9 @@ mod tests {
         assert_eq!(update16_udp(0, 1, 2), 0);
         assert_eq!(update16_udp(0xDD2F, 0x5555, 0x3285), 0xFFFF);
         assert_eq!(update32_udp(0, 1, 2), 0);
+        assert_eq!(udp_on_wire(0), 0xFFFF);
+        assert_eq!(udp_on_wire(0x1234), 0x1234);
+        assert_eq!(udp_on_wire(0xFFFF), 0xFFFF);
     }
 
     #[test]
@@ -243,5 +252,32 @@ mod tests {
             v6,
             naive(&[&a.octets()[..], &b.octets(), &[0, 0, 0, 16, 0, 0, 0, 58]].concat())
         );
+    }
+
+    proptest::proptest! {
+        /// The incremental updates agree with summing the whole block
+        /// again (up to the two encodings of zero).
+        #[test]
+        fn incremental_checksum_equals_full_recompute(
+            mut data in proptest::collection::vec(proptest::prelude::any::<u8>(), 8..64),
+            at in 0usize..3,
+            new in proptest::prelude::any::<u32>(),
+        ) {
+            let at = at * 2;
+            let before = checksum(&data);
+            let old = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+            data[at..at + 4].copy_from_slice(&new.to_be_bytes());
+            let after = checksum(&data);
+            let inc = update32(before, old, new);
+            // One's complement has two zeros; both encodings verify.
+            proptest::prop_assert!(inc == after || (inc ^ after) == 0xffff && (inc == 0 || after == 0),
+                "{inc:#x} vs {after:#x}");
+            let old16 = u16::from_be_bytes([data[at], data[at + 1]]);
+            let before = checksum(&data);
+            data[at..at + 2].copy_from_slice(&(new as u16 ^ 0x5a5a).to_be_bytes());
+            let inc = update16(before, old16, new as u16 ^ 0x5a5a);
+            let after = checksum(&data);
+            proptest::prop_assert!(inc == after || (inc ^ after) == 0xffff && (inc == 0 || after == 0));
+        }
     }
 }
