@@ -21,7 +21,9 @@ use braid_packet::flow::FiveTuple;
 use braid_packet::wire::icmpv4::msg_type;
 use braid_packet::wire::{self, ethertype, udp, Icmpv4Packet, Ipv4Packet, TcpPacket, WireError};
 
-use crate::DropReason;
+use braid_packet::{Batch, Packet};
+
+use crate::{Context, DropReason};
 
 // The protocol numbers, TCP flags and ICMP types the stateful NFs test,
 // under the names they use (re-exported from `braid_packet::wire`).
@@ -73,6 +75,16 @@ impl Ipv4Info {
     #[inline]
     pub fn l4_offset(&self) -> usize {
         self.l3 + self.ihl
+    }
+
+    /// The TCP flags byte, 0 for other protocols (what [`Conn::touch`]
+    /// takes).
+    #[inline]
+    pub fn tcp_flags(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { flags, .. } => flags,
+            _ => 0,
+        }
     }
 
     /// The 5-tuple key of this packet, if its protocol has one the stateful
@@ -187,9 +199,7 @@ pub struct QuotedPacket {
 /// quoted packet (see [`braid_packet::flow::parse_icmp_error_quote`]).
 /// Bounds are checked against the outer IPv4 total length.
 pub fn icmp_error_quote(frame: &[u8], info: &Ipv4Info) -> Option<QuotedPacket> {
-    let L4::IcmpOther { .. } = info.l4 else {
-        return None;
-    };
+    let L4::IcmpOther { .. } = info.l4 else { return None };
     let icmp = &frame[info.l4_offset()..info.l3 + info.total_len];
     let q = braid_packet::flow::parse_icmp_error_quote(icmp)?;
     Some(QuotedPacket {
@@ -666,6 +676,82 @@ impl ConnTable {
         Ok(t)
     }
 }
+
+/// One packet's pending table lookup in a batch, as the NF's per-packet
+/// step records it: the key, its hash and where the probe's hint goes.
+pub trait BatchLookup {
+    /// `None` if this packet needs no lookup.
+    fn lookup_parts(&mut self) -> Option<(&FlowKey, u64, &mut Option<u32>)>;
+}
+
+impl ConnTable {
+    /// Batch steps 1 to 2b for every packet of a batch (see [`Prefetch`]):
+    /// touch every index bucket, then probe every key (storing the hint
+    /// for [`ConnTable::lookup_hinted`]), then touch every connection
+    /// found. Three separate loops on purpose: each keeps only loads in
+    /// flight, so the misses of the whole batch overlap.
+    #[inline]
+    pub fn prefetch_batch<S: BatchLookup>(&self, steps: &mut [S]) {
+        let mut sink = Prefetch::default();
+        for step in steps.iter_mut() {
+            if let Some((_, hash, _)) = step.lookup_parts() {
+                sink.add(self.touch_index(hash));
+            }
+        }
+        for step in steps.iter_mut() {
+            if let Some((key, hash, hint)) = step.lookup_parts() {
+                *hint = self.probe(key, hash);
+            }
+        }
+        for step in steps.iter_mut() {
+            if let Some((_, _, Some(h))) = step.lookup_parts() {
+                sink.add(self.touch_conn(*h));
+            }
+        }
+        sink.finish();
+    }
+}
+
+/// Batch step 3 of the stateful NFs: run `apply` on every packet with the
+/// step decided for it (`steps[i]` for packet `i`; `missing` if there are
+/// fewer steps than packets), keep the packets it passes and count the
+/// others dropped with its reason.
+#[inline]
+pub fn apply_steps<S: Copy>(
+    batch: &mut Batch,
+    steps: &[S],
+    missing: S,
+    cx: &mut Context<'_>,
+    mut apply: impl FnMut(&mut Packet, S) -> Result<(), DropReason>,
+) {
+    let mut next = steps.iter();
+    batch.retain_mut(|p| {
+        let step = next.next().copied().unwrap_or(missing);
+        match apply(p, step) {
+            Ok(()) => true,
+            Err(reason) => {
+                cx.drop_packet(reason);
+                false
+            }
+        }
+    });
+}
+
+/// The exported state of a conntrack-based NF (firewall, NAT): its clock
+/// and its connections.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ConnSnapshot {
+    /// NF-local time at export ([`StateClock::last`]).
+    pub clock: u64,
+    pub conns: Vec<Conn>,
+}
+
+/// Version of the [`ConnSnapshot`] format.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Connections checked for expiry per `tick` ([`ConnTable::sweep`]'s
+/// budget).
+pub const SWEEP_BUDGET: usize = 4096;
 
 /// NF-local monotonic time. It is the runtime's clock plus an offset that
 /// is fixed when a state snapshot is imported, so that the importing NF's

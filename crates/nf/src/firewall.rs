@@ -27,9 +27,10 @@ use braid_packet::Batch;
 
 use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
-    flow_hash, icmp_error_quote, parse_cidr, parse_frame, parse_port_range, prefix_mask,
-    secs_to_ns, Conn, ConnTable, FlowKey, Frame, InsertError, Ipv4Info, Lookup, Prefetch,
-    StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    apply_steps, flow_hash, icmp_error_quote, parse_cidr, parse_frame, parse_port_range,
+    prefix_mask, secs_to_ns, BatchLookup, ConnSnapshot, ConnTable, FlowKey, Frame, InsertError,
+    Ipv4Info, Lookup, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    SNAPSHOT_VERSION, SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -247,19 +248,6 @@ pub fn compile_rules(rules: &[RuleConfig]) -> Result<Vec<(RuleMatch, Action)>, C
         .collect()
 }
 
-/// The snapshot format.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct FirewallState {
-    /// NF-local time at export.
-    clock: u64,
-    conns: Vec<Conn>,
-}
-
-const STATE_VERSION: u32 = 1;
-
-/// Connections checked for expiry per `tick`.
-const SWEEP_BUDGET: usize = 4096;
-
 /// The firewall.
 pub struct Firewall {
     classifier: Classifier,
@@ -358,10 +346,7 @@ impl Firewall {
                 (info, key, hash, hint)
             }
         };
-        let tcp_flags = match info.l4 {
-            L4::Tcp { flags, .. } => flags,
-            _ => 0,
-        };
+        let tcp_flags = info.tcp_flags();
         if let (Some(table), Some(key)) = (self.conntrack.as_mut(), key) {
             if let Lookup::Hit { slot, reply } =
                 table.lookup_hinted(&key, hash, hint, now, &self.timeouts)
@@ -420,6 +405,16 @@ enum Step {
     },
 }
 
+impl BatchLookup for Step {
+    #[inline]
+    fn lookup_parts(&mut self) -> Option<(&FlowKey, u64, &mut Option<u32>)> {
+        match self {
+            Step::Check { key: Some(key), hash, hint, .. } => Some((key, *hash, hint)),
+            _ => None,
+        }
+    }
+}
+
 impl NetworkFunction for Firewall {
     fn spec(&self) -> &'static NfSpec {
         &SPEC
@@ -434,35 +429,9 @@ impl NetworkFunction for Firewall {
         steps.clear();
         steps.extend(batch.iter().map(|p| self.classify(p.data())));
         if let Some(t) = &self.conntrack {
-            let mut sink = Prefetch::default();
-            for step in &steps {
-                if let Step::Check { key: Some(_), hash, .. } = step {
-                    sink.add(t.touch_index(*hash));
-                }
-            }
-            for step in steps.iter_mut() {
-                if let Step::Check { key: Some(key), hash, hint, .. } = step {
-                    *hint = t.probe(key, *hash);
-                }
-            }
-            for step in &steps {
-                if let Step::Check { hint: Some(h), .. } = step {
-                    sink.add(t.touch_conn(*h));
-                }
-            }
-            sink.finish();
+            t.prefetch_batch(&mut steps);
         }
-        let mut next = steps.iter();
-        batch.retain_mut(|_| {
-            let step = next.next().copied().unwrap_or(Step::Pass);
-            match self.filter(step, now) {
-                Ok(()) => true,
-                Err(reason) => {
-                    cx.drop_packet(reason);
-                    false
-                }
-            }
-        });
+        apply_steps(batch, &steps, Step::Pass, cx, |_, step| self.filter(step, now));
         self.steps = steps;
     }
 
@@ -478,13 +447,13 @@ impl NetworkFunction for Firewall {
             self.conntrack.as_ref().map(|t| t.iter().copied().collect()).unwrap_or_default();
         Some(NfState::encode(
             SPEC.name,
-            STATE_VERSION,
-            &FirewallState { clock: self.clock.last(), conns },
+            SNAPSHOT_VERSION,
+            &ConnSnapshot { clock: self.clock.last(), conns },
         ))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
-        let s: FirewallState = state.decode(SPEC.name, STATE_VERSION)?;
+        let s: ConnSnapshot = state.decode(SPEC.name, SNAPSHOT_VERSION)?;
         if self.conntrack.is_none() {
             if s.conns.is_empty() {
                 return Ok(());

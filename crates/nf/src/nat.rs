@@ -36,9 +36,10 @@ use braid_packet::{Batch, Packet};
 use braid_packet::wire::checksum::{udp_on_wire, update16, update32};
 
 use crate::conntrack::{
-    flow_hash, icmp_error_quote, parse_cidr, parse_frame, parse_port_range, prefix_mask,
-    secs_to_ns, Conn, ConnTable, FlowKey, Frame, InsertError, Ipv4Info, Lookup, Prefetch,
-    QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    apply_steps, flow_hash, icmp_error_quote, parse_cidr, parse_frame, parse_port_range,
+    prefix_mask, secs_to_ns, BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, Frame,
+    InsertError, Ipv4Info, Lookup, QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, SNAPSHOT_VERSION, SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -166,16 +167,6 @@ enum Step {
     },
 }
 
-/// The snapshot format.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct NatState {
-    clock: u64,
-    conns: Vec<Conn>,
-}
-
-const STATE_VERSION: u32 = 1;
-const SWEEP_BUDGET: usize = 4096;
-
 /// The NAT.
 pub struct Nat {
     external_ip: u32,
@@ -285,6 +276,16 @@ fn rewrite(d: &mut [u8], info: &Ipv4Info, end: End, ip: u32, port: u16) {
             put_be16(d, l4 + 2, update16(get_be16(d, l4 + 2), old, port));
         }
         L4::IcmpOther { .. } | L4::Fragment | L4::Other => {}
+    }
+}
+
+impl BatchLookup for Step {
+    #[inline]
+    fn lookup_parts(&mut self) -> Option<(&FlowKey, u64, &mut Option<u32>)> {
+        match self {
+            Step::Translate { key, hash, hint, .. } => Some((key, *hash, hint)),
+            _ => None,
+        }
     }
 }
 
@@ -404,10 +405,7 @@ impl Nat {
             }
             Step::IcmpError { info, quote } => return self.apply_icmp_error(p, info, quote, now),
         };
-        let tcp_flags = match info.l4 {
-            L4::Tcp { flags, .. } => flags,
-            _ => 0,
-        };
+        let tcp_flags = info.tcp_flags();
         let (slot, reply) = match self.table.lookup_hinted(&key, hash, hint, now, &self.timeouts) {
             Lookup::Hit { slot, reply } => (slot, reply),
             miss => {
@@ -420,9 +418,7 @@ impl Nat {
                 (self.map_new(key, now)?, false)
             }
         };
-        let Some(conn) = self.table.get_mut(slot) else {
-            return Err(DropReason::NoMapping);
-        };
+        let Some(conn) = self.table.get_mut(slot) else { return Err(DropReason::NoMapping) };
         conn.touch(now, reply, tcp_flags);
         let (end, ip, port) = if reply {
             (End::Dst, conn.orig.src, conn.orig.src_port)
@@ -454,9 +450,7 @@ impl Nat {
             }
             Lookup::Miss => return Err(DropReason::NoMapping),
         };
-        let Some(conn) = self.table.get_mut(slot) else {
-            return Err(DropReason::NoMapping);
-        };
+        let Some(conn) = self.table.get_mut(slot) else { return Err(DropReason::NoMapping) };
         if !reply {
             return Err(DropReason::NoMapping);
         }
@@ -552,34 +546,8 @@ impl NetworkFunction for Nat {
         let mut steps = std::mem::take(&mut self.steps);
         steps.clear();
         steps.extend(batch.iter().map(|p| self.classify(p.data())));
-        let mut sink = Prefetch::default();
-        for step in &steps {
-            if let Step::Translate { hash, .. } = step {
-                sink.add(self.table.touch_index(*hash));
-            }
-        }
-        for step in steps.iter_mut() {
-            if let Step::Translate { key, hash, hint, .. } = step {
-                *hint = self.table.probe(key, *hash);
-            }
-        }
-        for step in &steps {
-            if let Step::Translate { hint: Some(h), .. } = step {
-                sink.add(self.table.touch_conn(*h));
-            }
-        }
-        sink.finish();
-        let mut next = steps.iter();
-        batch.retain_mut(|p| {
-            let step = next.next().copied().unwrap_or(Step::Pass);
-            match self.apply(p, step, now) {
-                Ok(()) => true,
-                Err(reason) => {
-                    cx.drop_packet(reason);
-                    false
-                }
-            }
-        });
+        self.table.prefetch_batch(&mut steps);
+        apply_steps(batch, &steps, Step::Pass, cx, |p, step| self.apply(p, step, now));
         self.steps = steps;
     }
 
@@ -593,13 +561,13 @@ impl NetworkFunction for Nat {
         let conns = self.table.iter().copied().collect();
         Some(NfState::encode(
             SPEC.name,
-            STATE_VERSION,
-            &NatState { clock: self.clock.last(), conns },
+            SNAPSHOT_VERSION,
+            &ConnSnapshot { clock: self.clock.last(), conns },
         ))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
-        let s: NatState = state.decode(SPEC.name, STATE_VERSION)?;
+        let s: ConnSnapshot = state.decode(SPEC.name, SNAPSHOT_VERSION)?;
         self.validate(&s.conns).map_err(StateError::Corrupt)?;
         let table = ConnTable::from_conns(&s.conns, self.max_flows).map_err(StateError::Corrupt)?;
         let mut used: [Vec<u16>; 3] = Default::default();
