@@ -12,10 +12,11 @@
 //! Ethernet padding after the IPv4 packet (short frames) is removed first:
 //! the stamps go right after the datagram, where a receiver looks for them.
 
-use crate::xor::{find_udp_v4, fold64, UdpFind};
+use crate::xor::{find_udp_v4, UdpFind};
 use crate::Placement;
 use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc};
 use braid_packet::wire::checksum;
+use braid_packet::wire::checksum::fold64;
 use braid_packet::{Batch, Packet};
 
 /// Bytes appended to each stamped packet.

@@ -10,6 +10,7 @@
 
 use crate::Placement;
 use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc};
+use braid_packet::wire::checksum::fold64;
 use braid_packet::wire::{self, checksum, ip_proto, Ipv4Packet};
 use braid_packet::{Batch, BUF_SIZE};
 use std::net::Ipv4Addr;
@@ -174,15 +175,6 @@ pub(crate) fn find_udp_v4(frame: &[u8]) -> UdpFind {
         return UdpFind::Malformed;
     }
     UdpFind::Udp(UdpSpan { l3: l3.offset, ip_total: total, l4, udp_len })
-}
-
-/// Fold a 64-bit sum of 16-bit words to 16 bits (ones' complement).
-#[inline]
-pub(crate) fn fold64(mut s: u64) -> u16 {
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
 }
 
 /// XOR `data` with `stream` and return the ones' complement sums of the

@@ -61,9 +61,12 @@ pub fn sum(data: &[u8]) -> u32 {
     u16::from_be(native) as u32
 }
 
-/// Folds a u64 ones'-complement sum down to 16 bits (end-around carry).
+/// Folds a u64 ones'-complement sum down to 16 bits (end-around carry),
+/// not complemented: for sums of many 16-bit words (or of wider lanes, as
+/// [`sum`] keeps them) added in a `u64` without intermediate carries. Any
+/// `u64` is accepted; the result is 0 only for a 0 input.
 #[inline(always)]
-fn fold64(mut s: u64) -> u16 {
+pub fn fold64(mut s: u64) -> u16 {
     s = (s & 0xFFFF_FFFF) + (s >> 32);
     s = (s & 0xFFFF_FFFF) + (s >> 32);
     s = (s & 0xFFFF) + (s >> 16);
@@ -221,6 +224,27 @@ mod tests {
         let ff = vec![0xFFu8; 4099];
         assert_eq!(sum(&ff), naive(&ff));
         assert_eq!(sum(&[]), 0);
+    }
+
+    #[test]
+    fn fold64_carries_every_bit() {
+        assert_eq!(fold64(0), 0);
+        assert_eq!(fold64(0xFFFF), 0xFFFF);
+        assert_eq!(fold64(0x1_0000), 1);
+        assert_eq!(fold64(0x1_FFFE), 0xFFFF);
+        // 2^64 - 1 = 0xFFFF * (2^48 + 2^32 + 2^16 + 1): the ones'
+        // complement "negative zero".
+        assert_eq!(fold64(u64::MAX), 0xFFFF);
+        // Agrees with folding 16 bits at a time, for scattered inputs.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..10_000 {
+            x = x.rotate_left(17).wrapping_mul(0xff51_afd7_ed55_8ccd) ^ (x >> 7);
+            let mut s = x;
+            while s >> 16 != 0 {
+                s = (s & 0xFFFF) + (s >> 16);
+            }
+            assert_eq!(fold64(x), s as u16, "{x:#x}");
+        }
     }
 
     #[test]
