@@ -33,6 +33,12 @@ pub enum Route {
     OutPort,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Idle {
+    Busy,
+    Sleep,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// NF kind (see `braid nfs`).
@@ -53,6 +59,10 @@ pub struct Args {
     /// Slots of the channels this process creates.
     #[arg(long, default_value_t = ShmConfig::default().slots)]
     pub slots: u32,
+    /// When idle: `busy` keeps polling (lowest latency on a dedicated core),
+    /// `sleep` blocks on the ports' eventfds (for shared cores).
+    #[arg(long, value_enum, default_value_t = Idle::Busy)]
+    pub idle: Idle,
     /// Stop after this many seconds (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub seconds: Option<f64>,
@@ -173,10 +183,16 @@ pub fn run(a: Args) -> Result<()> {
         }
         if moved == 0 {
             idle = idle.saturating_add(1);
-            // Busy-poll while traffic flows; after a long idle spell yield
-            // the core so a quiet NF does not burn it.
-            if idle > 100_000 {
-                std::thread::yield_now();
+            match a.idle {
+                // After a few empty rounds, sleep until a peer sends.
+                Idle::Sleep if idle > 64 => {
+                    braid_io::shm::wait_any(&mut ports, Duration::from_millis(10))
+                        .context("wait on the ports")?
+                }
+                // Busy-poll while traffic flows; after a long idle spell
+                // yield the core so a quiet NF does not burn it.
+                Idle::Busy if idle > 100_000 => std::thread::yield_now(),
+                _ => {}
             }
         } else {
             idle = 0;

@@ -10,7 +10,8 @@
 //! * `channel`: two threads of one process (in-process hand-over);
 //! * `fwd`, `l2switch`: generator -> NF process -> sink, shared memory on
 //!   both sides, with the blind forwarder or the learning switch in the
-//!   middle (the seed's testpmd rows).
+//!   middle (the seed's testpmd rows); `fwd-wake`, `l2switch-wake`: the
+//!   same with the NF process and the sink sleeping on eventfds when idle.
 //!
 //! Each row has two phases. Throughput: the sender sends as fast as the
 //! backend accepts for `--seconds`, the receiver counts what arrives in
@@ -45,6 +46,8 @@ pub enum Row {
     Channel,
     Fwd,
     L2switch,
+    FwdWake,
+    L2switchWake,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -75,7 +78,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "shm,shm-wake,udp,afxdp,channel,fwd,l2switch"
+        default_value = "shm,shm-wake,udp,afxdp,channel,fwd,l2switch,fwd-wake,l2switch-wake"
     )]
     rows: Vec<Row>,
     /// Internal: what a child process does.
@@ -441,7 +444,7 @@ fn row_channel(a: &Args, size: usize) -> Result<Measured> {
     parse_result(&line)
 }
 
-fn row_nf(a: &Args, size: usize, nf: &str) -> Result<Measured> {
+fn row_nf(a: &Args, size: usize, nf: &str, wake: bool) -> Result<Measured> {
     let (p_in, p_out) = (sock_path(&format!("{nf}-in")), sock_path(&format!("{nf}-out")));
     let exe = exe()?;
     let mut cmd = Command::new(exe);
@@ -455,10 +458,16 @@ fn row_nf(a: &Args, size: usize, nf: &str) -> Result<Measured> {
     if nf == "l2switch" {
         cmd.args(["--params", "{ports: 2}", "--route", "out-port"]);
     }
+    if wake {
+        cmd.args(["--idle", "sleep"]);
+    }
     let _worker = ChildGuard(cmd.stdout(Stdio::null()).spawn().context("start the NF process")?);
     let mut extra = vec!["--socket".to_string(), p_out.to_string_lossy().into_owned()];
     if nf == "l2switch" {
         extra.push("--learn".into());
+    }
+    if wake {
+        extra.push("--wake".into());
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (_rx, mut out) = ChildGuard::spawn(child_cmd(None, "shm-rx", size, &extra)?, "sink")?;
@@ -633,8 +642,10 @@ pub fn run(a: Args) -> Result<()> {
                 (Row::Shm, _) => row_shm(&a, size, false),
                 (Row::ShmWake, _) => row_shm(&a, size, true),
                 (Row::Channel, _) => row_channel(&a, size),
-                (Row::Fwd, _) => row_nf(&a, size, "fwd"),
-                (Row::L2switch, _) => row_nf(&a, size, "l2switch"),
+                (Row::Fwd, _) => row_nf(&a, size, "fwd", false),
+                (Row::L2switch, _) => row_nf(&a, size, "l2switch", false),
+                (Row::FwdWake, _) => row_nf(&a, size, "fwd", true),
+                (Row::L2switchWake, _) => row_nf(&a, size, "l2switch", true),
                 (Row::Udp, Some(v)) => row_veth(&a, size, v, false),
                 (Row::Afxdp, Some(v)) => row_veth(&a, size, v, true),
                 (Row::Udp | Row::Afxdp, None) => continue,
@@ -654,6 +665,8 @@ pub fn run(a: Args) -> Result<()> {
                 Row::Channel => "in-process channel",
                 Row::Fwd => "shm + fwd process",
                 Row::L2switch => "shm + l2switch process",
+                Row::FwdWake => "shm + fwd process, sleeping",
+                Row::L2switchWake => "shm + l2switch process, sleeping",
             };
             match m {
                 Ok(m) => {

@@ -24,7 +24,7 @@ pub mod port;
 pub mod region;
 pub mod ring;
 
-pub use port::{ShmConfig, ShmPort};
+pub use port::{wait_any, ShmConfig, ShmPort};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: one time base for every process on the
 /// host, so a timestamp written by one process can be compared by another

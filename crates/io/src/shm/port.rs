@@ -679,6 +679,48 @@ impl ShmPort {
     }
 }
 
+/// Block until any of `ports` may have packets (or a peer connects or
+/// leaves), or `timeout` passes: the multi-port form of [`Port::wait`], for a
+/// process that serves several shared-memory ports from one thread.
+pub fn wait_any(ports: &mut [ShmPort], timeout: Duration) -> Result<(), PortError> {
+    let mut fds: Vec<RawFd> = Vec::new();
+    let mut ready = false;
+    for p in ports.iter_mut() {
+        match p.chan.as_mut() {
+            Some(c) => {
+                c.shared.sleeping(c.shared.side).store(1, Ordering::Relaxed);
+                fds.push(c.wake_self.as_raw_fd());
+                fds.push(c.ctrl.as_raw_fd());
+            }
+            None => {
+                if let Some((l, _, _)) = &p.listener {
+                    fds.push(l.as_raw_fd());
+                }
+            }
+        }
+    }
+    // Pairs with the fence in `send_from`: either the sender sees our flag
+    // and writes the eventfd, or we see its packets here.
+    fence(Ordering::SeqCst);
+    for p in ports.iter_mut() {
+        if let Some(c) = p.chan.as_mut() {
+            ready |= c.data_rx.available().map(|n| n > 0).unwrap_or(true);
+        }
+    }
+    if !ready {
+        control::poll_readable(&fds, timeout)?;
+    }
+    for p in ports.iter_mut() {
+        if let Some(c) = p.chan.as_mut() {
+            control::drain(&c.wake_self);
+            c.shared.sleeping(c.shared.side).store(0, Ordering::Relaxed);
+        }
+        // Let the next recv look at the control socket at once.
+        p.idle_polls = PEER_CHECK_EVERY - 1;
+    }
+    Ok(())
+}
+
 impl Port for ShmPort {
     fn name(&self) -> String {
         self.name.clone()
