@@ -15,8 +15,8 @@
 //! 50,000 UDP), traffic cycling over all of them, half outbound, half
 //! replies.
 //!
-//! Time is the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`),
-//! not wall time: this VM's 2 cores are shared with other builds, and time
+//! Time is the benchmark thread's CPU time (`common::ThreadCpuTime`), not
+//! wall time: this VM's 2 cores are shared with other builds, and time
 //! spent descheduled is not the NF's cost. (Cache pollution by neighbours
 //! still shows.)
 //!
@@ -26,52 +26,16 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+mod common;
+
 use braid_nf::firewall::{self, Firewall};
 use braid_nf::nat::{self, Nat};
 use braid_nf::router::{self, Router};
 use braid_nf::{Context, Counters, NetworkFunction};
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::{Batch, Packet};
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use common::ThreadCpuTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-
-/// CPU time of the calling thread.
-struct ThreadCpuTime;
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer to
-    // a local; CLOCK_THREAD_CPUTIME_ID exists on every Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-static WALL: WallTime = WallTime;
-
-impl Measurement for ThreadCpuTime {
-    type Intermediate = u64;
-    type Value = Duration;
-    fn start(&self) -> u64 {
-        thread_cpu_ns()
-    }
-    fn end(&self, start: u64) -> Duration {
-        Duration::from_nanos(thread_cpu_ns().saturating_sub(start))
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, d: &Duration) -> f64 {
-        d.as_nanos() as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        // Same unit (ns) as wall time, so the same formatting.
-        WALL.formatter()
-    }
-}
 
 type Group<'a> = BenchmarkGroup<'a, ThreadCpuTime>;
 

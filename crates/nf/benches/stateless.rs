@@ -8,11 +8,13 @@
 //! each packet, the header work any L3/L4 NF starts with). The cost of an
 //! NF is its time minus `refill`; see docs/benchmarks.md.
 //!
-//! Time is the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not
+//! Time is the benchmark thread's CPU time (`common::ThreadCpuTime`), not
 //! wall time: on this shared 2-core VM other processes preempt the bench,
 //! and CPU time leaves their share out (cache effects of sharing stay).
 //!
 //! Run: `cargo bench -p braid-nf --bench stateless`
+
+mod common;
 
 use braid_nf::xor::{xor_and_sum, xor_and_sum_bytewise};
 use braid_nf::{build, Context, Counters, NetworkFunction, Params};
@@ -20,47 +22,10 @@ use braid_packet::flow::parse_ipv4_flow;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::MacAddr;
 use braid_packet::{Batch, Packet};
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use common::ThreadCpuTime;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use std::time::Duration;
-
-/// CPU time consumed by the calling thread.
-struct ThreadCpu;
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the timespec behind a valid pointer
-    // to a local; CLOCK_THREAD_CPUTIME_ID is supported by every Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-impl Measurement for ThreadCpu {
-    type Intermediate = Duration;
-    type Value = Duration;
-    fn start(&self) -> Duration {
-        thread_cpu()
-    }
-    fn end(&self, start: Duration) -> Duration {
-        thread_cpu().saturating_sub(start)
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, d: &Duration) -> f64 {
-        d.as_nanos() as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        // Nanoseconds like wall time, so wall time's formatting fits.
-        WallTime.formatter()
-    }
-}
 
 const BATCH: usize = 32;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
@@ -108,7 +73,7 @@ fn nf(kind: &str, yaml: &str) -> Box<dyn NetworkFunction> {
     build(kind, &p).unwrap_or_else(|e| panic!("{kind}: {e}"))
 }
 
-fn bench(c: &mut Criterion<ThreadCpu>) {
+fn bench(c: &mut Criterion<ThreadCpuTime>) {
     let cases: Vec<(&str, &str, &str)> = vec![
         ("fwd", "fwd", "{}"),
         ("ats", "ats", "{}"),
@@ -167,7 +132,7 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
 
 /// The XOR+checksum kernel alone on a 1358 B payload (a 1400 B frame):
 /// 32 bytes per step against one byte per step.
-fn bench_xor_kernel(c: &mut Criterion<ThreadCpu>) {
+fn bench_xor_kernel(c: &mut Criterion<ThreadCpuTime>) {
     let mut data: Vec<u8> = (0..1358u32).map(|i| i as u8).collect();
     let stream: Vec<u8> = b"0123456789".iter().copied().cycle().take(2048).collect();
     let mut g = c.benchmark_group("xor_kernel/1358B");
@@ -181,7 +146,7 @@ fn bench_xor_kernel(c: &mut Criterion<ThreadCpu>) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().with_measurement(ThreadCpu);
+    config = Criterion::default().with_measurement(ThreadCpuTime);
     targets = bench, bench_xor_kernel
 }
 criterion_main!(benches);
