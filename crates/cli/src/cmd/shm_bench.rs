@@ -363,6 +363,17 @@ fn exe() -> Result<PathBuf> {
 
 struct ChildGuard(Child);
 
+/// Removes socket files on drop: a child killed with SIGKILL cannot.
+struct FileGuard(Vec<PathBuf>);
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -446,6 +457,7 @@ fn row_channel(a: &Args, size: usize) -> Result<Measured> {
 
 fn row_nf(a: &Args, size: usize, nf: &str, wake: bool) -> Result<Measured> {
     let (p_in, p_out) = (sock_path(&format!("{nf}-in")), sock_path(&format!("{nf}-out")));
+    let _files = FileGuard(vec![p_in.clone(), p_out.clone()]);
     let exe = exe()?;
     let mut cmd = Command::new(exe);
     cmd.args(["nf-proc", "--nf", nf]);
