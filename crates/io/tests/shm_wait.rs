@@ -53,3 +53,22 @@ fn wait_any_wakes_on_whichever_port_gets_data() {
     assert_eq!(ports[1].recv(&mut got, 8).unwrap(), 1);
     drop(a1);
 }
+
+#[test]
+fn listen_replaces_a_stale_socket_but_not_a_regular_file() {
+    let dir = std::env::temp_dir();
+    let stale = dir.join(format!("braid-shm-stale-{}.sock", std::process::id()));
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap()); // leaves the file
+    assert!(stale.exists());
+    let port = ShmPort::listen(&stale, ShmConfig::default()).unwrap();
+    drop(port);
+    assert!(!stale.exists(), "the listener removes its socket on drop");
+
+    let file = dir.join(format!("braid-shm-not-a-socket-{}", std::process::id()));
+    std::fs::write(&file, b"keep me").unwrap();
+    let err =
+        ShmPort::listen(&file, ShmConfig::default()).err().expect("bind over a regular file fails");
+    assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    std::fs::remove_file(&file).unwrap();
+}

@@ -480,7 +480,11 @@ impl ShmPort {
     pub fn listen(path: impl AsRef<Path>, cfg: ShmConfig) -> Result<ShmPort, PortError> {
         let path = path.as_ref().to_path_buf();
         Layout::new(cfg.slots, cfg.slot_size)?;
-        if path.exists() && UnixStream::connect(&path).is_err() {
+        // Replace a stale socket left by a process that was killed, but
+        // never a live one and never a file that is not a socket.
+        use std::os::unix::fs::FileTypeExt;
+        let is_socket = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+        if is_socket && UnixStream::connect(&path).is_err() {
             let _ = std::fs::remove_file(&path);
         }
         let l = UnixListener::bind(&path).map_err(|e| PortError::Os {
