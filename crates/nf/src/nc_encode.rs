@@ -329,11 +329,10 @@ mod tests {
         let mut e = nf("code: sliding\nwindow: 4\nredundancy: 0.5");
         let mut c = Counters::default();
         let tcp = FrameSpec::tcp((Ipv4Addr::LOCALHOST, 1), (Ipv4Addr::LOCALHOST, 2), 0).build();
-        let mut b: Batch =
-            [frame(0, 10), tcp.clone(), frame(1, 10), frame(2, 3), vec![1, 2, 3]]
-                .iter()
-                .map(|f| Packet::from_bytes(f))
-                .collect();
+        let mut b: Batch = [frame(0, 10), tcp.clone(), frame(1, 10), frame(2, 3), vec![1, 2, 3]]
+            .iter()
+            .map(|f| Packet::from_bytes(f))
+            .collect();
         e.process(&mut b, &mut Context::new(0, &mut c));
         assert_eq!(b.len(), 5);
         assert_eq!(b.as_slice()[1].data(), &tcp[..]);
