@@ -23,7 +23,7 @@ use braid_packet::wire::{self, ethertype, udp, Icmpv4Packet, Ipv4Packet, TcpPack
 
 use braid_packet::{Batch, Packet};
 
-use crate::{Context, DropReason};
+use crate::{Context, DropReason, NfState, StateError};
 
 // The protocol numbers, TCP flags and ICMP types the stateful NFs test,
 // under the names they use (re-exported from `braid_packet::wire`).
@@ -748,6 +748,20 @@ pub struct ConnSnapshot {
 
 /// Version of the [`ConnSnapshot`] format.
 pub const SNAPSHOT_VERSION: u32 = 1;
+
+impl ConnSnapshot {
+    /// The snapshot of `table` at NF-local time `clock.last()`, as the state
+    /// of NF `kind` (no table: no connections).
+    pub fn encode(kind: &str, clock: &StateClock, table: Option<&ConnTable>) -> NfState {
+        let conns = table.map(|t| t.iter().copied().collect()).unwrap_or_default();
+        NfState::encode(kind, SNAPSHOT_VERSION, &ConnSnapshot { clock: clock.last(), conns })
+    }
+
+    /// A snapshot exported by NF `kind` with [`ConnSnapshot::encode`].
+    pub fn decode(state: &NfState, kind: &str) -> Result<ConnSnapshot, StateError> {
+        state.decode(kind, SNAPSHOT_VERSION)
+    }
+}
 
 /// Connections checked for expiry per `tick` ([`ConnTable::sweep`]'s
 /// budget).

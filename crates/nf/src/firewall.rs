@@ -29,8 +29,7 @@ use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
     apply_steps, flow_hash, icmp_error_quote, parse_cidr, parse_frame, parse_port_range,
     prefix_mask, secs_to_ns, BatchLookup, ConnSnapshot, ConnTable, FlowKey, Frame, InsertError,
-    Ipv4Info, Lookup, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    SNAPSHOT_VERSION, SWEEP_BUDGET,
+    Ipv4Info, Lookup, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -443,17 +442,11 @@ impl NetworkFunction for Firewall {
     }
 
     fn export_state(&self) -> Option<NfState> {
-        let conns =
-            self.conntrack.as_ref().map(|t| t.iter().copied().collect()).unwrap_or_default();
-        Some(NfState::encode(
-            SPEC.name,
-            SNAPSHOT_VERSION,
-            &ConnSnapshot { clock: self.clock.last(), conns },
-        ))
+        Some(ConnSnapshot::encode(SPEC.name, &self.clock, self.conntrack.as_ref()))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
-        let s: ConnSnapshot = state.decode(SPEC.name, SNAPSHOT_VERSION)?;
+        let s = ConnSnapshot::decode(state, SPEC.name)?;
         if self.conntrack.is_none() {
             if s.conns.is_empty() {
                 return Ok(());

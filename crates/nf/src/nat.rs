@@ -39,7 +39,7 @@ use crate::conntrack::{
     apply_steps, flow_hash, icmp_error_quote, parse_cidr, parse_frame, parse_port_range,
     prefix_mask, secs_to_ns, BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, Frame,
     InsertError, Ipv4Info, Lookup, QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, SNAPSHOT_VERSION, SWEEP_BUDGET,
+    PROTO_UDP, SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -558,16 +558,11 @@ impl NetworkFunction for Nat {
     }
 
     fn export_state(&self) -> Option<NfState> {
-        let conns = self.table.iter().copied().collect();
-        Some(NfState::encode(
-            SPEC.name,
-            SNAPSHOT_VERSION,
-            &ConnSnapshot { clock: self.clock.last(), conns },
-        ))
+        Some(ConnSnapshot::encode(SPEC.name, &self.clock, Some(&self.table)))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
-        let s: ConnSnapshot = state.decode(SPEC.name, SNAPSHOT_VERSION)?;
+        let s = ConnSnapshot::decode(state, SPEC.name)?;
         self.validate(&s.conns).map_err(StateError::Corrupt)?;
         let table = ConnTable::from_conns(&s.conns, self.max_flows).map_err(StateError::Corrupt)?;
         let mut used: [Vec<u16>; 3] = Default::default();
