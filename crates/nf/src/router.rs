@@ -23,6 +23,7 @@ use std::net::Ipv4Addr;
 use braid_packet::{Batch, Packet};
 
 use braid_packet::wire::checksum::{checksum, update16};
+use braid_packet::wire::MacAddr;
 
 use crate::conntrack::{parse_cidr, parse_frame, Frame, Ipv4Info, Prefetch, L4};
 use crate::lpm::Dir24_8;
@@ -77,20 +78,10 @@ pub struct RouteConfig {
     pub port: u16,
 }
 
-/// Parse a MAC address `aa:bb:cc:dd:ee:ff`.
+/// Parse a MAC address `aa:bb:cc:dd:ee:ff` (the packet core's
+/// [`MacAddr`] syntax) into its bytes; the error names the text.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in mac.iter_mut() {
-        let part = parts.next().filter(|p| p.len() == 2);
-        *byte = part
-            .and_then(|p| u8::from_str_radix(p, 16).ok())
-            .ok_or_else(|| format!("`{s}` is not a MAC address like 02:00:00:00:00:01"))?;
-    }
-    if parts.next().is_some() {
-        return Err(format!("`{s}` is not a MAC address like 02:00:00:00:00:01"));
-    }
-    Ok(mac)
+    s.parse::<MacAddr>().map(|m| m.0).map_err(|e| e.to_string())
 }
 
 /// Where a route sends packets.
