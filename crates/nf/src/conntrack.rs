@@ -1,18 +1,22 @@
-//! Connection tracking shared by `firewall` and `nat`, plus the IPv4 header
-//! parsing and checksum arithmetic that they and `router` run per packet.
+//! Connection tracking shared by `firewall` and `nat`, plus the IPv4 frame
+//! summary that they and `router` take per packet. Header views, checksums
+//! and the flow hash come from `braid_packet` (`wire`, `wire::checksum`,
+//! `flow`); what is here is specific to these NFs.
 //!
 //! * [`parse_frame`]: one bounds-checked pass over Ethernet (up to two VLAN
-//!   tags), IPv4 and the first bytes of TCP/UDP/ICMP, giving offsets and the
-//!   fields a stateful NF keys on. Every later access in the NFs stays within
-//!   the lengths checked here, so malformed frames cannot panic them.
-//! * [`FlowKey`] and [`FlowHasher`]: an exact-match 5-tuple key and a fast
-//!   hasher for it.
+//!   tags), IPv4 and the first bytes of TCP/UDP/ICMP through the `wire`
+//!   views, giving offsets and the fields a stateful NF keys on. Every later
+//!   access in the NFs stays within the lengths checked here, so malformed
+//!   frames cannot panic them.
+//! * [`FlowKey`]: an exact-match 5-tuple key (the state record form of
+//!   `FiveTuple`), hashed with `FiveTuple::hash` ([`flow_hash`]).
 //! * [`ConnTable`]: a slab of connections, each reachable by its original
 //!   and its reply key (like Linux conntrack's two tuple hashes) through an
 //!   open-addressing index, with idle timeouts checked lazily on lookup and
-//!   swept incrementally, whole export/import as plain records, and a
-//!   batched lookup API (touch, probe, hinted lookup) so the cache misses
-//!   of a batch overlap (see [`Prefetch`]).
+//!   swept incrementally, whole export/import as plain records
+//!   ([`ConnSnapshot`]), and a batched lookup API (touch, probe, hinted
+//!   lookup; [`ConnTable::prefetch_batch`]) so the cache misses of a batch
+//!   overlap (see [`Prefetch`]).
 //! * [`StateClock`]: NF-local time that continues across an export/import,
 //!   so idle ages survive migration between hosts whose monotonic clocks
 //!   differ.
@@ -529,7 +533,7 @@ impl ConnTable {
         self.lookup_hinted(key, flow_hash(key), None, now, t)
     }
 
-    /// Batch step 1: load the index bucket of `hash` (see [`FlowIndex`]).
+    /// Batch step 1: load the index bucket of `hash` (see `FlowIndex`).
     /// Returns the loaded word; callers fold it into [`Prefetch`].
     #[inline]
     pub fn touch_index(&self, hash: u64) -> u32 {
