@@ -229,6 +229,14 @@ fn plan_explains_placements_and_rejects_impossible_pins() {
     let out = text(&o.stdout);
     assert!(out.contains("elementary NF with an XDP version: kernel"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("r1") && l.contains("user")), "{out}");
+    // The link table: which backend carries packets between NFs.
+    assert!(out.contains("carried by"), "{out}");
+    let o = braid(
+        &["plan", "--mapping", "processes", examples().join("sample.yaml").to_str().unwrap()],
+        dir.path(),
+    );
+    let out = text(&o.stdout);
+    assert!(out.lines().any(|l| l.starts_with("r1 -> ") && l.contains("shm")), "{out}");
     std::fs::write(dir.file("pin.yaml"), "name: p\nnfs:\n  - { name: r, type: router, placement: kernel, params: { mac: 02:00:00:00:00:01, ip: 10.0.0.1, routes: [] } }\n").unwrap();
     let o = braid(&["plan", "pin.yaml"], dir.path());
     assert_eq!(o.status.code(), Some(1));

@@ -110,17 +110,20 @@ pub fn choose(a: &Location, b: &Location, af_xdp_available: bool) -> Backend {
     }
 }
 
-/// Why [`choose`] picked what it picked, in a few words (for `braid plan`).
-pub fn explain(a: &Location, b: &Location, af_xdp_available: bool) -> String {
-    let backend = choose(a, b, af_xdp_available);
-    let why = match (a.process.is_none() || b.process.is_none(), locality(a, b)) {
+/// Why [`choose`] picks its backend for `a` and `b`, in a few words.
+pub fn reason(a: &Location, b: &Location) -> &'static str {
+    match (a.process.is_none() || b.process.is_none(), locality(a, b)) {
         (true, _) => "one side runs in the kernel (XDP)",
         (false, Locality::SameThread) => "same thread: pass the batch on",
         (false, Locality::SameProcess) => "same process, other thread",
         (false, Locality::SameHost) => "same host, other process: shared memory",
         (false, Locality::OtherHost) => "other host: over the link",
-    };
-    format!("{backend} ({why})")
+    }
+}
+
+/// The backend and why, e.g. `shm (same host, other process: shared memory)`.
+pub fn explain(a: &Location, b: &Location, af_xdp_available: bool) -> String {
+    format!("{} ({})", choose(a, b, af_xdp_available), reason(a, b))
 }
 
 #[cfg(test)]

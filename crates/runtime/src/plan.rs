@@ -7,6 +7,7 @@
 //! may pin an NF with `placement: kernel|user`; pinning to a side the NF
 //! cannot run on is a validation error (see [`crate::validate`]).
 
+use braid_io::virtual_port::{self, Backend, Location};
 use braid_nf::{NfClass, Placement};
 
 use crate::descriptor::{ChainDescriptor, PlacementChoice};
@@ -74,6 +75,75 @@ pub fn plan(d: &ChainDescriptor) -> Result<Vec<PlanEntry>, PlanError> {
         .collect()
 }
 
+/// How the NFs of a chain are mapped onto threads, processes and hosts. The
+/// mapping, with each NF's placement, decides what carries packets from one
+/// NF to the next (the "virtual port" backend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// Every user-space NF in one thread of one process (`braid run`,
+    /// `braid bench`): batches are handed on directly.
+    Thread,
+    /// One process, one thread per NF.
+    Threads,
+    /// One process per NF on one host (`braid run-procs`).
+    Processes,
+    /// One NF per host (CALVIN's distributed mapping, `braid deploy`).
+    Hosts,
+}
+
+/// The backend chosen for the link between two consecutive NFs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkPlan {
+    pub from: String,
+    pub to: String,
+    pub backend: Backend,
+    /// Why, in a few words.
+    pub reason: String,
+}
+
+/// Where NF number `index` with `placement` runs under `mapping`.
+fn location(mapping: Mapping, index: usize, placement: Placement) -> Location {
+    let host = match mapping {
+        Mapping::Hosts => format!("host{index}"),
+        _ => "host0".to_string(),
+    };
+    if placement == Placement::Kernel {
+        return Location::kernel(&host);
+    }
+    let (process, thread) = match mapping {
+        Mapping::Thread | Mapping::Hosts => (0, 0),
+        Mapping::Threads => (0, index as u32),
+        Mapping::Processes => (index as u32, 0),
+    };
+    Location::user(&host, process, thread)
+}
+
+/// The backend of every link between consecutive NFs of a plan.
+/// `af_xdp_available` says whether links between hosts can use AF_XDP.
+pub fn links(entries: &[PlanEntry], mapping: Mapping, af_xdp_available: bool) -> Vec<LinkPlan> {
+    entries
+        .windows(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            let a = location(mapping, i, pair[0].placement);
+            let b = location(mapping, i + 1, pair[1].placement);
+            let both_kernel =
+                pair[0].placement == Placement::Kernel && pair[1].placement == Placement::Kernel;
+            let (backend, reason) = if both_kernel && a.host == b.host {
+                // Two XDP programs on one host: the first redirects into the
+                // interface the second is attached to; no socket involved.
+                (Backend::Direct, "both in the kernel on one host: XDP redirect".to_string())
+            } else {
+                (
+                    virtual_port::choose(&a, &b, af_xdp_available),
+                    virtual_port::reason(&a, &b).to_string(),
+                )
+            };
+            LinkPlan { from: pair[0].name.clone(), to: pair[1].name.clone(), backend, reason }
+        })
+        .collect()
+}
+
 fn auto(class: NfClass, kernel: bool, user: bool) -> Option<(Placement, String)> {
     let pick = match class {
         NfClass::Elementary | NfClass::Basic if kernel => {
@@ -119,5 +189,24 @@ mod tests {
         assert!(p[1].reason.contains("pinned"));
         let d = ChainDescriptor::from_yaml("name: p\nnfs:\n  - {name: a, type: nope}\n").unwrap();
         assert!(plan(&d).unwrap_err().to_string().contains("unknown NF type `nope`"));
+    }
+
+    #[test]
+    fn links_follow_the_mapping() {
+        let d = ChainDescriptor::from_yaml(
+            "name: p\nnfs:\n  - {name: k, type: fwd}\n  - {name: a, type: fwd, placement: user}\n  - {name: b, type: fwd, placement: user}\n",
+        )
+        .unwrap();
+        let p = plan(&d).unwrap();
+        let backends = |m, xdp| links(&p, m, xdp).iter().map(|l| l.backend).collect::<Vec<_>>();
+        // Kernel k hands over to user-space a by AF_XDP on the same host.
+        assert_eq!(backends(Mapping::Thread, true), [Backend::AfXdp, Backend::Direct]);
+        assert_eq!(backends(Mapping::Threads, true), [Backend::AfXdp, Backend::Channel]);
+        assert_eq!(backends(Mapping::Processes, true), [Backend::AfXdp, Backend::SharedMemory]);
+        assert_eq!(backends(Mapping::Hosts, true), [Backend::AfXdp, Backend::AfXdp]);
+        assert_eq!(backends(Mapping::Hosts, false), [Backend::AfPacket, Backend::AfPacket]);
+        let l = links(&p, Mapping::Processes, true);
+        assert_eq!((l[1].from.as_str(), l[1].to.as_str()), ("a", "b"));
+        assert!(l[1].reason.contains("shared memory"), "{}", l[1].reason);
     }
 }

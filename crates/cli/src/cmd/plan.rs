@@ -2,10 +2,39 @@
 
 use std::path::PathBuf;
 
+use braid_runtime::plan::Mapping;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Chain descriptor (YAML).
     pub chain: PathBuf,
+    /// How NFs are mapped: one thread (`braid run`), a thread per NF, a
+    /// process per NF (`braid run-procs`), or a host per NF (`braid deploy`).
+    /// Decides what carries packets between NFs.
+    #[arg(long, value_enum, default_value = "thread")]
+    pub mapping: MappingArg,
+    /// Links between hosts cannot use AF_XDP (use AF_PACKET instead).
+    #[arg(long)]
+    pub no_af_xdp: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum MappingArg {
+    Thread,
+    Threads,
+    Processes,
+    Hosts,
+}
+
+impl From<MappingArg> for Mapping {
+    fn from(m: MappingArg) -> Mapping {
+        match m {
+            MappingArg::Thread => Mapping::Thread,
+            MappingArg::Threads => Mapping::Threads,
+            MappingArg::Processes => Mapping::Processes,
+            MappingArg::Hosts => Mapping::Hosts,
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -22,6 +51,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             e.placement.to_string(),
             e.reason
         );
+    }
+    let links = braid_runtime::plan::links(&plan, args.mapping.into(), !args.no_af_xdp);
+    if !links.is_empty() {
+        println!();
+        println!("{:<25} {:<10} why", "link", "carried by");
+        for l in &links {
+            let name = format!("{} -> {}", l.from, l.to);
+            println!("{:<25} {:<10} {}", name, l.backend.to_string(), l.reason);
+        }
     }
     Ok(())
 }
