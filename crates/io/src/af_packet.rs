@@ -235,15 +235,6 @@ impl AfPacketPort {
     }
 }
 
-/// Monotonic clock in nanoseconds.
-pub(crate) fn monotonic_ns() -> u64 {
-    // SAFETY: an all-zero timespec is valid and clock_gettime writes it.
-    let mut ts: libc::timespec = unsafe { zeroed() };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 impl Port for AfPacketPort {
     fn name(&self) -> String {
         format!("af_packet:{}", self.iface)
@@ -296,7 +287,7 @@ impl Port for AfPacketPort {
             };
         }
         let got = rc as usize;
-        let now = monotonic_ns();
+        let now = braid_packet::clock::monotonic_ns();
         let mut delivered = 0;
         // Take the filled buffers from the front, keeping order.
         for (i, mut p) in self.rx_bufs.drain(..got).enumerate() {

@@ -106,16 +106,9 @@ impl<'a> Context<'a> {
     }
 }
 
-/// Monotonic clock in nanoseconds (CLOCK_MONOTONIC), the time base of
+/// Monotonic clock in nanoseconds (`CLOCK_MONOTONIC`), the time base of
 /// [`Context::now_ns`] and [`braid_packet::Meta::rx_ns`].
-pub fn monotonic_ns() -> u64 {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-    static START: OnceLock<Instant> = OnceLock::new();
-    // Instant is CLOCK_MONOTONIC on Linux; offset from first use keeps the
-    // numbers small and avoids unsafe clock_gettime here.
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
-}
+pub use braid_packet::clock::monotonic_ns;
 
 /// A whole-state snapshot of a stateful NF.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

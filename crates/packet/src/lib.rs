@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod buffer;
+pub mod clock;
 pub mod flow;
 #[cfg(feature = "proptest")]
 pub mod strategy;

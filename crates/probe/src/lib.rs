@@ -18,7 +18,6 @@
 //! - [`report`]: the aggregated report (table and JSON) and [`svg`] the
 //!   latency CDF plot.
 
-pub mod clock;
 pub mod echo;
 pub mod mmsg;
 pub mod pacer;

@@ -6,7 +6,7 @@
 //! packets leave within about a microsecond of their schedule while the CPU
 //! stays idle for most of a 5 ms gap.
 
-use crate::clock::monotonic_ns;
+use braid_packet::clock::monotonic_ns;
 use std::time::Duration;
 
 /// Default margin before a deadline at which sleeping stops and spinning

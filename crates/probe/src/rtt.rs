@@ -8,11 +8,11 @@
 //! and the whole path, like CALVIN's client-side measurement. A run ends
 //! when every packet is back, or `wait` after the last send.
 
-use crate::clock::monotonic_ns;
 use crate::pacer::{wait_until, Schedule};
 use crate::payload::{ProbeHeader, HEADER_LEN};
 use crate::sockopt;
 use crate::stats::{Arrival, SeqTracker};
+use braid_packet::clock::monotonic_ns;
 use serde::Serialize;
 use std::io;
 use std::net::UdpSocket;

@@ -22,13 +22,13 @@
 //! default): on a small machine the probe shares CPUs with the path under
 //! test, and a spinning sender would steal them.
 
-use crate::clock::monotonic_ns;
 use crate::mmsg::MsgBatch;
 use crate::pacer::wait_until;
 use crate::payload::{ProbeHeader, HEADER_LEN};
 use crate::rtt::MAX_PAYLOAD;
 use crate::sockopt;
 use crate::stats::SeqTracker;
+use braid_packet::clock::monotonic_ns;
 use serde::Serialize;
 use std::io;
 use std::net::UdpSocket;

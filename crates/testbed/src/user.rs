@@ -119,7 +119,7 @@ impl UserNf {
                     counters.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
                     counters.rx_bytes.fetch_add(b.bytes() as u64, Ordering::Relaxed);
                     let before = c.dropped_total();
-                    nf.process(&mut b, &mut Context::new(nf_clock_ns(), &mut c));
+                    nf.process(&mut b, &mut Context::new(braid_nf::monotonic_ns(), &mut c));
                     counters.dropped.fetch_add(c.dropped_total() - before, Ordering::Relaxed);
                     for p in b.iter_mut() {
                         let f = p.data_mut();
@@ -138,14 +138,6 @@ impl UserNf {
         }
         Ok(me)
     }
-}
-
-/// `CLOCK_MONOTONIC` ns for the NF context.
-fn nf_clock_ns() -> u64 {
-    let t = std::time::Instant::now();
-    // Instant is CLOCK_MONOTONIC on Linux; only differences matter to NFs.
-    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    t.duration_since(*BASE.get_or_init(std::time::Instant::now)).as_nanos() as u64
 }
 
 impl Drop for UserNf {

@@ -152,7 +152,7 @@ pub fn run(a: Args) -> Result<()> {
             for p in inb.iter_mut() {
                 p.meta.in_port = i as u16;
             }
-            let now = braid_io::shm::clock_ns();
+            let now = braid_nf::monotonic_ns();
             nf.process(&mut inb, &mut Context::new(now, &mut counters));
             counters.packets_out += inb.len() as u64;
             route(&mut inb, &mut outs, i, a.route);
@@ -160,7 +160,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         if last_tick.elapsed() >= Duration::from_millis(10) {
             last_tick = Instant::now();
-            nf.tick(&mut inb, &mut Context::new(braid_io::shm::clock_ns(), &mut counters));
+            nf.tick(&mut inb, &mut Context::new(braid_nf::monotonic_ns(), &mut counters));
             route(&mut inb, &mut outs, 0, a.route);
             send_all(&mut ports, &mut outs, &a.nf)?;
             if deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed) {

@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use braid_io::channel::{channel_pair, ChannelPort};
-use braid_io::shm::{clock_ns, ShmConfig, ShmPort};
+use braid_io::shm::{ShmConfig, ShmPort};
 use braid_io::{netns, Port, PortError};
+use braid_packet::clock::monotonic_ns;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::{Batch, Packet};
 use hdrhistogram::Histogram;
@@ -297,7 +298,7 @@ fn drive(tx: &mut dyn BenchTx, seconds: f64, samples: u64, gap_us: u64) -> Resul
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     while Instant::now() < end {
         for _ in 0..64 {
-            let ts = clock_ns();
+            let ts = monotonic_ns();
             tx.burst(32, &mut |pl| {
                 stamp(pl, PHASE_TPUT, seq, ts);
                 seq += 1;
@@ -310,7 +311,7 @@ fn drive(tx: &mut dyn BenchTx, seconds: f64, samples: u64, gap_us: u64) -> Resul
         let t0 = Instant::now();
         let mut sent = 0;
         while sent == 0 {
-            sent = tx.burst(1, &mut |pl| stamp(pl, PHASE_LAT, i, clock_ns()))?;
+            sent = tx.burst(1, &mut |pl| stamp(pl, PHASE_LAT, i, monotonic_ns()))?;
         }
         while t0.elapsed() < gap {
             std::hint::spin_loop();
@@ -344,7 +345,7 @@ fn receive_port(port: &mut dyn Port, limit: Duration, sleep: bool) -> Result<Rec
             port.wait(Duration::from_millis(50))?;
         }
         if !batch.is_empty() {
-            let now = clock_ns();
+            let now = monotonic_ns();
             for p in batch.drain() {
                 rec.record(p.data().get(L4_PAYLOAD..).unwrap_or(&[]), now);
             }
@@ -583,7 +584,7 @@ fn run_role(a: &Args, role: Role) -> Result<()> {
             let deadline = Instant::now() + lim;
             while !rec.done && Instant::now() < deadline {
                 if let Ok(n) = sock.recv(&mut buf) {
-                    rec.record(&buf[..n], clock_ns());
+                    rec.record(&buf[..n], monotonic_ns());
                 }
             }
             println!("{}", rec.line());

@@ -628,7 +628,7 @@ impl Port for AfXdpPort {
             self.kick_fill();
             return Ok(0);
         }
-        let now = crate::af_packet::monotonic_ns();
+        let now = braid_packet::clock::monotonic_ns();
         let fs = self.frames.umem.frame_size() as u64;
         let mut delivered = 0;
         for i in 0..n {

@@ -25,14 +25,3 @@ pub mod region;
 pub mod ring;
 
 pub use port::{wait_any, ShmConfig, ShmPort};
-
-/// `CLOCK_MONOTONIC` in nanoseconds: one time base for every process on the
-/// host, so a timestamp written by one process can be compared by another
-/// (one-way latency across a shared-memory port).
-pub fn clock_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the valid timespec; CLOCK_MONOTONIC
-    // always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
