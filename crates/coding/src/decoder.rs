@@ -419,6 +419,15 @@ impl SlidingDecoder {
             self.stats.malformed += 1;
             return;
         }
+        let count = if h.kind == Kind::SlidingSource { 1 } else { h.count as i64 };
+        let span = self.solver.width() as i64;
+        if count > span {
+            // A window wider than our span (a sender configured with a
+            // larger window) can never be used. Refuse it before it moves
+            // anything: making room for it would give up sources for nothing.
+            self.stats.redundant += 1;
+            return;
+        }
         self.last_ns = now_ns;
         if !self.started {
             // Encoders number sources from 0. A decoder started with its
@@ -429,7 +438,6 @@ impl SlidingDecoder {
             self.base = if (h.id as usize) < self.solver.width() { 0 } else { h.id };
             self.horizon = self.base;
         }
-        let count = if h.kind == Kind::SlidingSource { 1 } else { h.count as i64 };
         let start = self.offset(h.id);
         let end = start + count;
         if end <= 0 {
@@ -437,15 +445,13 @@ impl SlidingDecoder {
             return;
         }
         // Make room: give up the oldest columns until the packet fits.
-        let span = self.solver.width() as i64;
         if end > span {
             self.advance((end - span) as usize, &mut deliver);
         }
         let start = self.offset(h.id);
         let end = start + count;
         if end <= 0 || end > span {
-            // Delivery moved past the whole window, or the window is wider
-            // than the span (a sender with a larger window): unusable.
+            // Delivery moved past the whole window: unusable.
             self.stats.redundant += 1;
             return;
         }
@@ -825,6 +831,23 @@ mod tests {
             block.expire(1, 0, |_| {});
             sliding.expire(1, 0, |_| {});
         }
+    }
+
+    #[test]
+    fn sliding_refuses_a_window_wider_than_its_span_without_giving_up_sources() {
+        let mut dec = SlidingDecoder::new(16);
+        let wide = Header { kind: Kind::SlidingCoded, count: 40, id: 0, index: 0, seed: 7 };
+        let v = packet(&wide, &[1, 2, 3]);
+        dec.receive(&Header::parse(&v).unwrap(), 0, |_| panic!("nothing to deliver"));
+        let st = dec.stats();
+        assert_eq!((st.undecodable, st.redundant), (0, 1), "{st:?}");
+        // The stream still starts at 0: source 0 is delivered at once.
+        let src = Header { kind: Kind::SlidingSource, count: 1, id: 0, index: 0, seed: 0 };
+        let v = packet(&src, &[9]);
+        let mut got = vec![];
+        dec.receive(&Header::parse(&v).unwrap(), 0, |d| got.push(d.payload.to_vec()));
+        assert_eq!(got, vec![vec![9]]);
+        assert_eq!(dec.stats().undecodable, 0);
     }
 
     #[test]
