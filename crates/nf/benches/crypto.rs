@@ -23,41 +23,9 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-/// CPU time consumed by this thread, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .expect("/proc/thread-self/schedstat is readable")
-}
-
-/// CPU nanoseconds per call of `op`: the median of 7 rounds of ~30 ms.
-fn measure(mut op: impl FnMut()) -> f64 {
-    for _ in 0..100 {
-        op();
-    }
-    let mut n = 1u64;
-    loop {
-        let t = thread_cpu_ns();
-        for _ in 0..n {
-            op();
-        }
-        if thread_cpu_ns() - t > 30_000_000 {
-            break;
-        }
-        n *= 2;
-    }
-    let mut rounds: Vec<f64> = (0..7)
-        .map(|_| {
-            let t = thread_cpu_ns();
-            for _ in 0..n {
-                op();
-            }
-            (thread_cpu_ns() - t) as f64 / n as f64
-        })
-        .collect();
-    rounds.sort_by(f64::total_cmp);
-    rounds[3]
+/// CPU nanoseconds per call of `op` (see `braid_benchkit::cpu_ns_per_call`).
+fn measure(op: impl FnMut()) -> f64 {
+    braid_benchkit::cpu_ns_per_call(100, op)
 }
 
 /// Bytes per CPU second of `openssl speed -evp <cipher> -bytes <len>`.

@@ -15,7 +15,7 @@
 //! 50,000 UDP), traffic cycling over all of them, half outbound, half
 //! replies.
 //!
-//! Time is the benchmark thread's CPU time (`common::ThreadCpuTime`), not
+//! Time is the benchmark thread's CPU time (`braid_benchkit::ThreadCpuTime`), not
 //! wall time: this VM's 2 cores are shared with other builds, and time
 //! spent descheduled is not the NF's cost. (Cache pollution by neighbours
 //! still shows.)
@@ -26,15 +26,13 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-mod common;
-
+use braid_benchkit::ThreadCpuTime;
 use braid_nf::firewall::{self, Firewall};
 use braid_nf::nat::{self, Nat};
 use braid_nf::router::{self, Router};
 use braid_nf::{Context, Counters, NetworkFunction};
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::{Batch, Packet};
-use common::ThreadCpuTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 
 type Group<'a> = BenchmarkGroup<'a, ThreadCpuTime>;

@@ -8,21 +8,19 @@
 //! each packet, the header work any L3/L4 NF starts with). The cost of an
 //! NF is its time minus `refill`; see docs/benchmarks.md.
 //!
-//! Time is the benchmark thread's CPU time (`common::ThreadCpuTime`), not
+//! Time is the benchmark thread's CPU time (`braid_benchkit::ThreadCpuTime`), not
 //! wall time: on this shared 2-core VM other processes preempt the bench,
 //! and CPU time leaves their share out (cache effects of sharing stay).
 //!
 //! Run: `cargo bench -p braid-nf --bench stateless`
 
-mod common;
-
+use braid_benchkit::ThreadCpuTime;
 use braid_nf::xor::{xor_and_sum, xor_and_sum_bytewise};
 use braid_nf::{build, Context, Counters, NetworkFunction, Params};
 use braid_packet::flow::parse_ipv4_flow;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::MacAddr;
 use braid_packet::{Batch, Packet};
-use common::ThreadCpuTime;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
