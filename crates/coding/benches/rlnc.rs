@@ -3,7 +3,7 @@
 //! bytes as the bandwidth baseline.
 //!
 //! All figures are **CPU time of the measuring thread** (the scheduler's
-//! per-thread accounting, /proc/thread-self/schedstat): the build VM is
+//! per-thread clock, `braid_benchkit::cpu_ns_per_call`): the build VM is
 //! shared by other jobs and wall-clock figures would measure them.
 //!
 //! `cargo bench -p braid-coding --bench rlnc`

@@ -5,7 +5,7 @@
 //! packet.
 //!
 //! All figures are **CPU time of the measuring thread** (the scheduler's
-//! per-thread accounting, /proc/thread-self/schedstat), and `openssl speed`
+//! per-thread clock, `braid_benchkit::cpu_ns_per_call`), and `openssl speed`
 //! also divides by CPU time: the build VM is shared by other jobs, and
 //! wall-clock figures would measure the neighbours.
 //!
