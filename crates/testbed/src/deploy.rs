@@ -1,5 +1,7 @@
 //! Deploying NFs on the testbed's hosts: kernel NFs as XDP programs, and
-//! user-space NFs between AF_PACKET ports (see `user.rs`).
+//! user-space NFs between AF_XDP or AF_PACKET ports (see `user.rs`). An NF
+//! asked to run on AF_XDP falls back to AF_PACKET when its AF_XDP ports do
+//! not open; [`Deployment::fallbacks`] says which and why.
 //!
 //! Each NF runs on one host that has exactly two links (its ingress and
 //! egress, CALVIN's "one NF per isolated host"). Its XDP program is attached
@@ -10,13 +12,15 @@
 //!
 //! `XDP_REDIRECT` into a veth only delivers when the peer of the target veth
 //! runs an XDP program, so every neighbour interface that does not carry an
-//! NF program gets braid's `pass` program.
+//! NF program gets braid's `pass` program; the interfaces of an AF_XDP NF
+//! already carry the steering program of its sockets, which receives them.
 //!
 //! Programs are held as BPF links by the [`Deployment`]: dropping it (or the
 //! process ending) detaches every one of them. They are also recorded in the
 //! testbed's state file while deployed, so `braid testbed down` detaches
 //! anything left behind.
 
+pub use crate::user::UserIo;
 use crate::{netns_name, record_xdp, Options, State, TestbedError};
 use braid_io::netns;
 use braid_io::xdp::{AttachMode, XdpCounters, XdpNf, XdpProgram};
@@ -27,8 +31,8 @@ use serde::Serialize;
 pub enum Where {
     /// An XDP program (kinds: `fwd`).
     Kernel,
-    /// A user-space NF between AF_PACKET ports (stateless kinds).
-    UserAfPacket,
+    /// A user-space NF (stateless kinds) between ports of this kind.
+    User(UserIo),
 }
 
 /// One NF and the host it runs on.
@@ -59,11 +63,23 @@ impl NfOnHost {
 
     /// A user-space NF on AF_PACKET ports.
     pub fn user(name: &str, kind: &str, host: &str, params: braid_nf::Params) -> NfOnHost {
+        NfOnHost::user_on(name, kind, host, params, UserIo::AfPacket)
+    }
+
+    /// A user-space NF on `io` ports (AF_XDP falls back to AF_PACKET when
+    /// its ports do not open).
+    pub fn user_on(
+        name: &str,
+        kind: &str,
+        host: &str,
+        params: braid_nf::Params,
+        io: UserIo,
+    ) -> NfOnHost {
         NfOnHost {
             name: name.into(),
             kind: kind.into(),
             host: host.into(),
-            placement: Where::UserAfPacket,
+            placement: Where::User(io),
             params,
         }
     }
@@ -78,6 +94,7 @@ struct DeployedUserNf {
     kind: String,
     host: String,
     ifaces: [String; 2],
+    io: UserIo,
     nf: crate::user::UserNf,
 }
 
@@ -97,6 +114,8 @@ pub struct Deployment {
     helpers: Vec<XdpProgram>,
     /// (namespace, interface) of every attachment, for the state file.
     attached: Vec<(String, String)>,
+    /// (NF name, why) of NFs that asked for AF_XDP and run on AF_PACKET.
+    fallbacks: Vec<(String, String)>,
     opts: Options,
 }
 
@@ -176,6 +195,7 @@ pub fn deploy(opts: &Options, nfs: &[NfOnHost]) -> Result<Deployment, TestbedErr
         users: Vec::new(),
         helpers: Vec::new(),
         attached: Vec::new(),
+        fallbacks: Vec::new(),
         opts: opts.clone(),
     };
     let mut hosts_used = std::collections::BTreeSet::new();
@@ -191,7 +211,7 @@ pub fn deploy(opts: &Options, nfs: &[NfOnHost]) -> Result<Deployment, TestbedErr
                     ))
                 })?)
             }
-            Where::UserAfPacket => {
+            Where::User(_) => {
                 let spec = braid_nf::find(&nf.kind).ok_or_else(|| {
                     TestbedError::Deploy(format!("NF {:?}: unknown kind {:?}", nf.name, nf.kind))
                 })?;
@@ -230,7 +250,13 @@ pub fn deploy(opts: &Options, nfs: &[NfOnHost]) -> Result<Deployment, TestbedErr
     for (nf, prog, sides) in planned {
         match prog {
             Some(prog) => deploy_one(&mut d, nf, prog, &sides)?,
-            None => deploy_user(&mut d, nf, &sides)?,
+            None => {
+                let io = match nf.placement {
+                    Where::User(io) => io,
+                    Where::Kernel => UserIo::AfPacket,
+                };
+                deploy_user(&mut d, nf, &sides, io)?
+            }
         }
     }
     // Neighbours of NF interfaces need a program to receive redirected frames.
@@ -259,7 +285,12 @@ pub fn deploy(opts: &Options, nfs: &[NfOnHost]) -> Result<Deployment, TestbedErr
     Ok(d)
 }
 
-fn deploy_user(d: &mut Deployment, nf: &NfOnHost, sides: &[Side]) -> Result<(), TestbedError> {
+fn deploy_user(
+    d: &mut Deployment,
+    nf: &NfOnHost,
+    sides: &[Side],
+    io: UserIo,
+) -> Result<(), TestbedError> {
     let ns = netns_name(&d.opts, &nf.host);
     let (a, b) = (&sides[0], &sides[1]);
     let mac = |ns: &str, dev: &str| -> Result<[u8; 6], TestbedError> {
@@ -267,31 +298,56 @@ fn deploy_user(d: &mut Deployment, nf: &NfOnHost, sides: &[Side]) -> Result<(), 
             .map_err(|source| TestbedError::Setup { what: format!("MAC of {ns}:{dev}"), source })?;
         mac_bytes(&s)
     };
-    let dirs = [
-        crate::user::Direction {
-            ns: ns.clone(),
-            rx_dev: a.dev.clone(),
-            tx_dev: b.dev.clone(),
-            dst: mac(&b.peer_ns, &b.peer_dev)?,
-            src: mac(&ns, &b.dev)?,
+    let dirs = || -> Result<[crate::user::Direction; 2], TestbedError> {
+        Ok([
+            crate::user::Direction {
+                ns: ns.clone(),
+                rx_dev: a.dev.clone(),
+                tx_dev: b.dev.clone(),
+                dst: mac(&b.peer_ns, &b.peer_dev)?,
+                src: mac(&ns, &b.dev)?,
+            },
+            crate::user::Direction {
+                ns: ns.clone(),
+                rx_dev: b.dev.clone(),
+                tx_dev: a.dev.clone(),
+                dst: mac(&a.peer_ns, &a.peer_dev)?,
+                src: mac(&ns, &a.dev)?,
+            },
+        ])
+    };
+    let start = |io| {
+        crate::user::UserNf::start(&nf.kind, &nf.params, dirs()?, io, USER_BATCH)
+            .map_err(|e| TestbedError::Deploy(format!("NF {:?} on {}: {e}", nf.name, nf.host)))
+    };
+    let (user, io) = match io {
+        UserIo::AfPacket => (start(UserIo::AfPacket)?, UserIo::AfPacket),
+        UserIo::AfXdp => match start(UserIo::AfXdp) {
+            Ok(u) => (u, UserIo::AfXdp),
+            // Parameters are checked before any port opens: a bad one fails
+            // the same way on AF_PACKET, so only port trouble falls back.
+            Err(e) => {
+                let user = start(UserIo::AfPacket)?;
+                d.fallbacks.push((nf.name.clone(), format!("AF_XDP did not open: {e}")));
+                (user, UserIo::AfPacket)
+            }
         },
-        crate::user::Direction {
-            ns: ns.clone(),
-            rx_dev: b.dev.clone(),
-            tx_dev: a.dev.clone(),
-            dst: mac(&a.peer_ns, &a.peer_dev)?,
-            src: mac(&ns, &a.dev)?,
-        },
-    ];
-    let user = crate::user::UserNf::start(&nf.kind, &nf.params, dirs, USER_BATCH)
-        .map_err(|e| TestbedError::Deploy(format!("NF {:?} on {}: {e}", nf.name, nf.host)))?;
+    };
     d.users.push(DeployedUserNf {
         name: nf.name.clone(),
         kind: nf.kind.clone(),
         host: nf.host.clone(),
         ifaces: [a.dev.clone(), b.dev.clone()],
+        io,
         nf: user,
     });
+    if io == UserIo::AfXdp {
+        // The sockets' steering programs: recorded so that neighbours' `pass`
+        // programs skip them and `braid testbed down` finds them if this
+        // process dies.
+        d.record(&ns, &a.dev)?;
+        d.record(&ns, &b.dev)?;
+    }
     Ok(())
 }
 
@@ -354,7 +410,10 @@ impl Deployment {
                 name: u.name.clone(),
                 kind: u.kind.clone(),
                 host: u.host.clone(),
-                placement: "user (AF_PACKET)",
+                placement: match u.io {
+                    UserIo::AfXdp => "user (AF_XDP)",
+                    UserIo::AfPacket => "user (AF_PACKET)",
+                },
                 ifaces: u.ifaces.clone(),
                 rx_packets: get(&c.rx_packets),
                 rx_bytes: get(&c.rx_bytes),
@@ -390,6 +449,12 @@ impl Deployment {
                 })
             })
             .collect()
+    }
+
+    /// NFs that asked for AF_XDP but run on AF_PACKET, with the reason, as
+    /// (NF name, reason).
+    pub fn fallbacks(&self) -> &[(String, String)] {
+        &self.fallbacks
     }
 
     /// Interfaces with a program attached, as (namespace, interface).

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use braid_nf::Placement;
-use braid_testbed::deploy::{deploy, NfOnHost, NfStats};
+use braid_testbed::deploy::{deploy, NfOnHost, NfStats, UserIo};
 use braid_testbed::{Options, State};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -37,6 +37,18 @@ pub struct Args {
     /// Do not print counters, only write the stats file.
     #[arg(long)]
     pub quiet: bool,
+    /// Sockets of user-space NFs: `af_xdp` (falls back to `af_packet`,
+    /// saying why, when its ports do not open) or `af_packet`.
+    #[arg(long, value_enum, default_value_t = UserIoArg::AfXdp)]
+    pub user_io: UserIoArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum UserIoArg {
+    #[value(name = "af_xdp")]
+    AfXdp,
+    #[value(name = "af_packet")]
+    AfPacket,
 }
 
 /// Write the stats file: `{chain, pid, uptime_s, nfs: [NfStats...]}`.
@@ -90,16 +102,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for ((e, decl), host) in plan.iter().zip(&d.nfs).zip(&hosts) {
         specs.push(match e.placement {
             Placement::Kernel => NfOnHost::kernel(&e.name, e.kind, host),
-            Placement::User => NfOnHost::user(&e.name, e.kind, host, decl.params.clone()),
+            Placement::User => {
+                let io = match args.user_io {
+                    UserIoArg::AfXdp => UserIo::AfXdp,
+                    UserIoArg::AfPacket => UserIo::AfPacket,
+                };
+                NfOnHost::user_on(&e.name, e.kind, host, decl.params.clone(), io)
+            }
         });
     }
     let stop = braid_probe::signal::stop_on_signals().context("installing signal handlers")?;
     let mut deployment = deploy(&opts, &specs)?;
+    for (name, why) in deployment.fallbacks() {
+        eprintln!("braid deploy: {name} runs on AF_PACKET instead of AF_XDP: {why}");
+    }
+    let placed = deployment.stats()?;
     for (s, e) in specs.iter().zip(&plan) {
-        let place = match e.placement {
-            Placement::Kernel => "the kernel (XDP)",
-            Placement::User => "user space (AF_PACKET)",
-        };
+        let place = placed.iter().find(|p| p.name == s.name).map_or("?", |p| p.placement);
         eprintln!(
             "braid deploy: {} ({}) in {place} of host {} ({})",
             s.name, s.kind, s.host, e.reason
