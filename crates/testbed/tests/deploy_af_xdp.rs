@@ -1,0 +1,210 @@
+//! User-space NFs on AF_XDP ports deployed on the testbed, carrying real
+//! traffic: `fwd` on AF_XDP on both NF hosts, the mixed chain XDP `fwd` →
+//! AF_XDP `fwd`, and iperf3 (UDP) as a client through the AF_XDP chain.
+//! Linux forwarding is off on the NF hosts, so traffic only passes through
+//! the NFs. Afterwards no XDP program and no namespace is left. Needs root;
+//! skips otherwise.
+
+use braid_io::netns;
+use braid_probe::echo::{run_echo, EchoConfig};
+use braid_probe::rtt::RttConfig;
+use braid_probe::session::{run_probe, ProbeConfig};
+use braid_testbed::deploy::{deploy, Deployment, NfOnHost, UserIo};
+use braid_testbed::{calvin, down, netns_name, status, up, Options};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The testbed, taken down on drop (also when a test fails).
+struct Bed(Options);
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = down(&self.0);
+    }
+}
+
+/// A child process killed and reaped on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn skip(what: &str) -> bool {
+    if !netns::is_root() {
+        eprintln!("skipping {what}: needs root (namespaces, XDP, AF_XDP)");
+        return true;
+    }
+    if !braid_io::xdp::xdp_built() {
+        eprintln!(
+            "skipping {what}: braid's XDP programs were not built (clang/libbpf-dev missing)"
+        );
+        return true;
+    }
+    false
+}
+
+fn bed(tag: &str) -> Bed {
+    let pid = std::process::id();
+    let bed = Bed(Options {
+        state_path: std::env::temp_dir().join(format!("braid-deploy-{pid}-{tag}.json")),
+        prefix: format!("braid-{tag}{pid}-"),
+    });
+    up(&calvin(2, false), &bed.0).unwrap();
+    for h in ["nf1", "nf2"] {
+        netns::run(
+            netns::command_in(Some(&netns_name(&bed.0, h)), "sysctl")
+                .args(["-qw", "net.ipv4.ip_forward=0"]),
+        )
+        .unwrap();
+    }
+    bed
+}
+
+fn ping(ns: &str, addr: &str, count: &str) -> bool {
+    netns::command_in(Some(ns), "ping")
+        .args(["-c", count, "-i", "0.2", "-W", "1", addr])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn has_xdp(ns: &str, dev: &str) -> bool {
+    let out = netns::ip(Some(ns), &["link", "show", "dev", dev]).unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+fn af_xdp_fwd(name: &str, host: &str) -> NfOnHost {
+    NfOnHost::user_on(name, "fwd", host, braid_nf::Params::Null, UserIo::AfXdp)
+}
+
+/// 100 probe packets each of 256 and 1400 B from client to the server's
+/// echo and back: none lost or reordered.
+fn probe_round_trips(opts: &Options) {
+    let ns = |h: &str| netns_name(opts, h);
+    let echo_sock =
+        netns::in_netns(&ns("server"), || UdpSocket::bind("0.0.0.0:7007")).unwrap().unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| run_echo(&echo_sock, &EchoConfig { batch: 1, ..Default::default() }, &stop));
+        let sock =
+            netns::in_netns(&ns("client"), || UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+        sock.connect("10.71.3.2:7007").unwrap();
+        let cfg = ProbeConfig {
+            sizes: vec![256, 1400],
+            repetitions: 1,
+            rtt: RttConfig { count: 100, interval: Duration::from_millis(1), ..Default::default() },
+            throughput: None,
+        };
+        let out = run_probe(&sock, &cfg, |_| {});
+        stop.store(true, Ordering::Relaxed);
+        for l in &out.unwrap().report.latency {
+            assert_eq!((l.lost, l.reordered, l.foreign), (0, 0, 0), "{l:?}");
+        }
+    });
+}
+
+/// Every program detached, the testbed gone, no namespace of ours listed.
+fn check_gone(d: Deployment, bed: Bed) {
+    let attached = d.attached().to_vec();
+    drop(d);
+    for (n, dev) in &attached {
+        assert!(!has_xdp(n, dev), "XDP still on {n}:{dev}");
+    }
+    assert!(status(&bed.0).unwrap().unwrap().xdp.is_empty());
+    let prefix = bed.0.prefix.clone();
+    down(&bed.0).unwrap();
+    drop(bed);
+    let out = netns::ip(None, &["netns", "list"]).unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(!list.contains(&prefix), "namespaces left over: {list}");
+}
+
+#[test]
+fn af_xdp_fwd_chain_carries_ping_udp_and_iperf3() {
+    if skip("af_xdp_fwd_chain_carries_ping_udp_and_iperf3") {
+        return;
+    }
+    let bed = bed("xa");
+    let opts = &bed.0;
+    let ns = |h: &str| netns_name(opts, h);
+    assert!(!ping(&ns("client"), "10.71.3.2", "1"), "traffic must not pass with forwarding off");
+
+    let mut d = deploy(opts, &[af_xdp_fwd("u1", "nf1"), af_xdp_fwd("u2", "nf2")]).unwrap();
+    assert!(d.fallbacks().is_empty(), "{:?}", d.fallbacks());
+    // The sockets' steering programs are on the NF hosts' interfaces.
+    assert!(has_xdp(&ns("nf1"), "to-client") && has_xdp(&ns("nf2"), "to-server"));
+    assert_eq!(status(opts).unwrap().unwrap().xdp.len(), d.attached().len());
+    assert_eq!(d.attached().len(), 4);
+    assert!(ping(&ns("client"), "10.71.3.2", "3"), "ping through AF_XDP fwd x2 failed");
+    probe_round_trips(opts);
+
+    if Command::new("iperf3").arg("--version").output().is_err() {
+        eprintln!("skipping the iperf3 part: iperf3 is not installed");
+    } else {
+        let _server = Reaped(
+            netns::command_in(Some(&ns("server")), "iperf3")
+                .args(["-s", "-1", "-p", "5301"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let out = netns::command_in(Some(&ns("client")), "iperf3")
+            .args(["-c", "10.71.3.2", "-p", "5301", "-u", "-b", "20M", "-l", "1200", "-t", "2"])
+            .args(["--connect-timeout", "3000", "-J"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "iperf3 failed: {text}");
+        let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let sum = &j["end"]["sum"];
+        let packets = sum["packets"].as_u64().unwrap();
+        let lost = sum["lost_packets"].as_u64().unwrap();
+        // 20 Mbit/s of 1200 B for 2 s is about 4000 datagrams.
+        assert!(packets >= 3000, "iperf3 sent too few datagrams: {sum}");
+        assert!(lost * 100 <= packets, "iperf3 lost more than 1%: {sum}");
+    }
+
+    let stats = d.stats().unwrap();
+    assert_eq!(stats.len(), 2);
+    for s in &stats {
+        assert_eq!(s.placement, "user (AF_XDP)");
+        // 200 probe packets and 3 pings each way, at least.
+        assert!(s.redirected >= 2 * 203, "{s:?}");
+        assert_eq!(s.dropped, 0, "{s:?}");
+    }
+    check_gone(d, bed);
+}
+
+#[test]
+fn mixed_chain_xdp_fwd_then_af_xdp_fwd_carries_ping_and_udp() {
+    if skip("mixed_chain_xdp_fwd_then_af_xdp_fwd_carries_ping_and_udp") {
+        return;
+    }
+    let bed = bed("xm");
+    let opts = &bed.0;
+    let ns = |h: &str| netns_name(opts, h);
+    let mut d =
+        deploy(opts, &[NfOnHost::kernel("k1", "fwd", "nf1"), af_xdp_fwd("u2", "nf2")]).unwrap();
+    assert!(d.fallbacks().is_empty(), "{:?}", d.fallbacks());
+    // The kernel NF's redirect into nf1:to-nf2 is received by the steering
+    // program on nf2:to-nf1; no `pass` program replaced it.
+    assert!(has_xdp(&ns("nf2"), "to-nf1") && has_xdp(&ns("client"), "to-nf1"));
+    assert!(ping(&ns("client"), "10.71.3.2", "3"), "ping through XDP fwd -> AF_XDP fwd failed");
+    probe_round_trips(opts);
+    let stats = d.stats().unwrap();
+    let placements: Vec<_> = stats.iter().map(|s| (s.name.as_str(), s.placement)).collect();
+    assert_eq!(placements, [("k1", "kernel (XDP)"), ("u2", "user (AF_XDP)")]);
+    for s in &stats {
+        assert!(s.redirected >= 2 * 203, "{s:?}");
+        assert_eq!(s.dropped, 0, "{s:?}");
+    }
+    check_gone(d, bed);
+}
