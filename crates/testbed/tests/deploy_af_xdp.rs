@@ -208,3 +208,37 @@ fn mixed_chain_xdp_fwd_then_af_xdp_fwd_carries_ping_and_udp() {
     }
     check_gone(d, bed);
 }
+
+#[test]
+fn af_xdp_nf_falls_back_to_af_packet_when_its_ports_do_not_open() {
+    if skip("af_xdp_nf_falls_back_to_af_packet_when_its_ports_do_not_open") {
+        return;
+    }
+    use braid_io::xdp::{AttachMode, XdpNf, XdpProgram};
+    let bed = bed("xf");
+    let opts = &bed.0;
+    let ns = |h: &str| netns_name(opts, h);
+    // Someone else's program on nf1:to-client: the AF_XDP port cannot
+    // attach its steering program there.
+    let mut other = netns::in_netns(&ns("nf1"), || {
+        let mut p = XdpProgram::load(XdpNf::Pass).unwrap();
+        p.attach("to-client", AttachMode::Auto).unwrap();
+        p
+    })
+    .unwrap();
+    let mut d = deploy(opts, &[af_xdp_fwd("u1", "nf1"), af_xdp_fwd("u2", "nf2")]).unwrap();
+    let fallbacks = d.fallbacks().to_vec();
+    assert_eq!(fallbacks.len(), 1, "{fallbacks:?}");
+    assert_eq!(fallbacks[0].0, "u1");
+    assert!(fallbacks[0].1.contains("to-client"), "the reason names the interface: {fallbacks:?}");
+    assert!(ping(&ns("client"), "10.71.3.2", "3"), "ping through AF_PACKET fwd -> AF_XDP fwd");
+    probe_round_trips(opts);
+    let stats = d.stats().unwrap();
+    let placements: Vec<_> = stats.iter().map(|s| (s.name.as_str(), s.placement)).collect();
+    assert_eq!(placements, [("u1", "user (AF_PACKET)"), ("u2", "user (AF_XDP)")]);
+    // Only the AF_XDP NF's interfaces were recorded.
+    assert_eq!(d.attached().len(), 2);
+    assert!(other.counters().unwrap().pass > 0, "the other program stayed in place");
+    drop(other);
+    check_gone(d, bed);
+}
