@@ -7,8 +7,8 @@
 #   - Linux kernel forwarding through two NF hosts (nf1, nf2),
 #   - braid's NFs deployed with `braid deploy` (Linux forwarding off on
 #     their hosts meanwhile): XDP `fwd` on fw1 and on nf1 + nf2; AF_PACKET
-#     `fwd` on fw1; XDP `fwd` on nf1 -> AF_PACKET `fwd` on nf2; `xor` and
-#     `ats` in user space (AF_PACKET) on fw1,
+#     and AF_XDP `fwd` on fw1; XDP `fwd` on nf1 -> AF_PACKET or AF_XDP `fwd`
+#     on nf2; `xor` and `ats` in user space (AF_PACKET) on fw1,
 #   - DPDK testpmd (af_packet vdevs, mac forwarding) in fw1 instead of Linux,
 #     if dpdk-testpmd is installed.
 # Writes JSON, SVG CDF plots and a Markdown table (table.md) to OUT.
@@ -72,12 +72,12 @@ wait_path() {
     done
     echo "path to $1 did not come up" >&2; return 1
 }
-deployed() { # name addr chain hosts...
+deployed() { # name addr chain hosts...   (USER_IO=af_xdp|af_packet, default af_packet)
     local name=$1 addr=$2 chain=$3; shift 3
     local h hosts; hosts=$(IFS=,; echo "$*")
     for h in "$@"; do ip netns exec "braid-$h" sysctl -qw net.ipv4.ip_forward=0; done
     "$BRAID" deploy "$chain" --state "$STATE" --hosts "$hosts" --stats-file "$OUT/stats-$name.json" --quiet \
-        2>>"$OUT/deploy.log" &
+        --user-io "${USER_IO:-af_packet}" 2>>"$OUT/deploy.log" &
     local dep=$!; PIDS+=("$dep")
     wait_path "$addr"
     measure "$name" "$addr"
@@ -89,6 +89,9 @@ deployed xdp-fwd-1hop 10.71.12.2 "$CHAINS/xdp-fwd.yaml" fw1
 deployed xdp-fwd-2nf 10.71.3.2 "$CHAINS/xdp-fwd-fwd.yaml" nf1 nf2
 deployed afpacket-fwd-1hop 10.71.12.2 "$CHAINS/afpacket-fwd.yaml" fw1
 deployed xdp-fwd-afpacket-fwd 10.71.3.2 "$CHAINS/xdp-fwd-afpacket-fwd.yaml" nf1 nf2
+# The same user-space chains on AF_XDP ports (`braid deploy --user-io af_xdp`).
+USER_IO=af_xdp deployed afxdp-fwd-1hop 10.71.12.2 "$CHAINS/afpacket-fwd.yaml" fw1
+USER_IO=af_xdp deployed xdp-fwd-afxdp-fwd 10.71.3.2 "$CHAINS/xdp-fwd-afpacket-fwd.yaml" nf1 nf2
 deployed xor-user-1hop 10.71.12.2 "$CHAINS/xor-user.yaml" fw1
 deployed ats-user-1hop 10.71.12.2 "$CHAINS/ats-user.yaml" fw1
 
@@ -115,7 +118,8 @@ python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
 names = ["direct", "linux-1hop", "linux-2hop", "xdp-fwd-1hop", "xdp-fwd-2nf", "afpacket-fwd-1hop",
-         "xdp-fwd-afpacket-fwd", "xor-user-1hop", "ats-user-1hop", "testpmd-afpacket"]
+         "xdp-fwd-afpacket-fwd", "afxdp-fwd-1hop", "xdp-fwd-afxdp-fwd", "xor-user-1hop", "ats-user-1hop",
+         "testpmd-afpacket"]
 rows = []
 for n in names:
     p = os.path.join(out, f"rtt-{n}.json")
