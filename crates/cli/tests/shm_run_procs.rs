@@ -102,15 +102,16 @@ fn scenario(netns: bool) {
         "name: procs\nnfs:\n  - { name: a, type: fwd }\n  - { name: b, type: fwd }\n  - { name: c, type: fwd }\n",
     )
     .unwrap();
+    // The same supervisor behind both commands: `run-procs`, and `deploy
+    // --processes` (with its own flag names) for the netns variant.
+    let (cmd, seconds) = if netns {
+        (["deploy", "--processes"].as_slice(), "--duration-s")
+    } else {
+        (["run-procs"].as_slice(), "--seconds")
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_braid"))
-        .args([
-            "run-procs",
-            chain.to_str().unwrap(),
-            "--dir",
-            dir.to_str().unwrap(),
-            "--seconds",
-            "120",
-        ])
+        .args(cmd)
+        .args([chain.to_str().unwrap(), "--dir", dir.to_str().unwrap(), seconds, "120"])
         .args(netns.then_some("--netns"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

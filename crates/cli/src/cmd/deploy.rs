@@ -1,6 +1,10 @@
 //! `braid deploy CHAIN.yaml`: run a chain on the testbed, one NF per NF
 //! host (distributed mapping), until Ctrl-C. Live counters go to a stats
 //! file that `braid stats` reads.
+//!
+//! `braid deploy --processes CHAIN.yaml` instead runs every NF as its own
+//! supervised process on this host, chained by shared memory (the
+//! `processes` mapping of `braid plan`); that is `braid run-procs`.
 
 use anyhow::Context;
 use braid_nf::Placement;
@@ -41,6 +45,19 @@ pub struct Args {
     /// saying why, when its ports do not open) or `af_packet`.
     #[arg(long, value_enum, default_value_t = UserIoArg::AfXdp)]
     pub user_io: UserIoArg,
+    /// Run every NF as its own supervised process on this host, chained by
+    /// shared-memory ports (a crashed NF is restarted, its neighbours keep
+    /// their state), instead of one NF per testbed host. Same as
+    /// `braid run-procs`.
+    #[arg(long, conflicts_with = "hosts")]
+    pub processes: bool,
+    /// With --processes: directory for the shared-memory sockets (default: a
+    /// fresh one in /tmp).
+    #[arg(long, requires = "processes")]
+    pub dir: Option<PathBuf>,
+    /// With --processes: each NF process in its own network namespace.
+    #[arg(long, requires = "processes")]
+    pub netns: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -69,6 +86,16 @@ fn write_stats(path: &Path, chain: &str, uptime: Duration, nfs: &[NfStats]) -> a
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.processes {
+        return super::run_procs::run(super::run_procs::Args {
+            chain: args.chain,
+            dir: args.dir,
+            restart: super::run_procs::Restart::OnFailure,
+            max_restarts: 5,
+            seconds: args.duration_s.map(|s| s as f64),
+            netns: args.netns,
+        });
+    }
     let d = braid_runtime::validate::load(&args.chain)?;
     let plan = braid_runtime::plan::plan(&d)?;
     let opts = Options { state_path: args.state.clone(), ..Default::default() };
