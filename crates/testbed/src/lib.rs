@@ -226,15 +226,23 @@ fn teardown(st: &State, state_path: &Path) -> Result<(), TestbedError> {
         if netns::link_exists(Some(&x.netns), &x.dev) {
             if let Err(e) = netns::ip(Some(&x.netns), &["link", "set", "dev", &x.dev, "xdp", "off"])
             {
-                errors.push(e.to_string());
+                // A device that vanished meanwhile took its program with it.
+                if netns::link_exists(Some(&x.netns), &x.dev) {
+                    errors.push(e.to_string());
+                }
             }
         }
     }
     for l in &st.links {
-        // Gone already if its namespace went away.
+        // Gone already if its namespace went away. The kernel also deletes a
+        // veth whose peer's namespace was removed, but asynchronously: a
+        // link seen a moment ago may be gone when we delete it. What counts
+        // is that it is gone afterwards.
         if netns::netns_exists(&l.netns) && netns::link_exists(Some(&l.netns), &l.dev) {
             if let Err(e) = netns::ip(Some(&l.netns), &["link", "del", "dev", &l.dev]) {
-                errors.push(e.to_string());
+                if netns::link_exists(Some(&l.netns), &l.dev) {
+                    errors.push(e.to_string());
+                }
             }
         }
     }
