@@ -2,36 +2,18 @@
 //! CALVIN topology, with Linux forwarding off there, so traffic only gets
 //! through if the XDP programs forward it. Needs root; skips otherwise.
 
+mod common;
+
 use braid_io::netns;
 use braid_probe::echo::{run_echo, EchoConfig};
 use braid_probe::rtt::RttConfig;
 use braid_probe::session::{run_probe, ProbeConfig};
 use braid_testbed::deploy::{deploy, NfOnHost};
-use braid_testbed::{calvin, down, netns_name, status, up, Options, TestbedError};
+use braid_testbed::{down, netns_name, status, TestbedError};
+use common::{bed, forwarding_off, has_xdp, ping, probe_round_trips, skip};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-struct Bed(Options);
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        let _ = down(&self.0);
-    }
-}
-
-fn ping(ns: &str, addr: &str, count: &str) -> bool {
-    netns::command_in(Some(ns), "ping")
-        .args(["-c", count, "-i", "0.2", "-W", "1", addr])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn has_xdp(ns: &str, dev: &str) -> bool {
-    let out = netns::ip(Some(ns), &["link", "show", "dev", dev]).unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("xdp")
-}
 
 fn spec(name: &str, kind: &str, host: &str) -> NfOnHost {
     NfOnHost::kernel(name, kind, host)
@@ -39,28 +21,13 @@ fn spec(name: &str, kind: &str, host: &str) -> NfOnHost {
 
 #[test]
 fn xdp_fwd_chain_carries_ping_and_probe_then_detaches() {
-    if !netns::is_root() {
-        eprintln!("skipping: needs root (namespaces, XDP)");
+    if skip("xdp_fwd_chain_carries_ping_and_probe_then_detaches") {
         return;
     }
-    if !braid_io::xdp::xdp_built() {
-        eprintln!("skipping: braid's XDP programs were not built (clang/libbpf-dev missing)");
-        return;
-    }
-    let pid = std::process::id();
-    let bed = Bed(Options {
-        state_path: std::env::temp_dir().join(format!("braid-deploy-{pid}.json")),
-        prefix: format!("braid-d{pid}-"),
-    });
+    let bed = bed("d");
     let opts = &bed.0;
-    up(&calvin(2, false), opts).unwrap();
+    forwarding_off(opts);
     let ns = |h: &str| netns_name(opts, h);
-    for h in ["nf1", "nf2"] {
-        netns::run(
-            netns::command_in(Some(&ns(h)), "sysctl").args(["-qw", "net.ipv4.ip_forward=0"]),
-        )
-        .unwrap();
-    }
     assert!(!ping(&ns("client"), "10.71.3.2", "1"), "traffic must not pass with forwarding off");
 
     // Refused before touching anything: unknown kind, host used twice, wrong host.
@@ -81,26 +48,7 @@ fn xdp_fwd_chain_carries_ping_and_probe_then_detaches() {
     assert_eq!(status(opts).unwrap().unwrap().xdp.len(), d.attached().len());
     assert!(ping(&ns("client"), "10.71.3.2", "3"), "ping through XDP fwd x2 failed");
 
-    let echo_sock =
-        netns::in_netns(&ns("server"), || UdpSocket::bind("0.0.0.0:7007")).unwrap().unwrap();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| run_echo(&echo_sock, &EchoConfig { batch: 1, ..Default::default() }, &stop));
-        let sock =
-            netns::in_netns(&ns("client"), || UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
-        sock.connect("10.71.3.2:7007").unwrap();
-        let cfg = ProbeConfig {
-            sizes: vec![256, 1400],
-            repetitions: 1,
-            rtt: RttConfig { count: 100, interval: Duration::from_millis(1), ..Default::default() },
-            throughput: None,
-        };
-        let out = run_probe(&sock, &cfg, |_| {}).unwrap();
-        stop.store(true, Ordering::Relaxed);
-        for l in &out.report.latency {
-            assert_eq!((l.lost, l.reordered), (0, 0), "{l:?}");
-        }
-    });
+    probe_round_trips(opts);
     let stats = d.stats().unwrap();
     assert_eq!(stats.len(), 2);
     for s in &stats {
@@ -121,21 +69,11 @@ fn xdp_fwd_chain_carries_ping_and_probe_then_detaches() {
 
 #[test]
 fn mixed_chain_xdp_fwd_then_user_xor_round_trips() {
-    if !netns::is_root() {
-        eprintln!("skipping: needs root (namespaces, XDP, AF_PACKET)");
+    if skip("mixed_chain_xdp_fwd_then_user_xor_round_trips") {
         return;
     }
-    if !braid_io::xdp::xdp_built() {
-        eprintln!("skipping: braid's XDP programs were not built (clang/libbpf-dev missing)");
-        return;
-    }
-    let pid = std::process::id();
-    let bed = Bed(Options {
-        state_path: std::env::temp_dir().join(format!("braid-deploy-{pid}-m.json")),
-        prefix: format!("braid-m{pid}-"),
-    });
+    let bed = bed("m");
     let opts = &bed.0;
-    up(&calvin(2, false), opts).unwrap();
     let ns = |h: &str| netns_name(opts, h);
     // Stateful kinds are refused in user space; bad parameters too.
     let nat = NfOnHost::user("n", "nat", "nf2", braid_nf::Params::Null);

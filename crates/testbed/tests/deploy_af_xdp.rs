@@ -5,25 +5,14 @@
 //! the NFs. Afterwards no XDP program and no namespace is left. Needs root;
 //! skips otherwise.
 
+mod common;
+
 use braid_io::netns;
-use braid_probe::echo::{run_echo, EchoConfig};
-use braid_probe::rtt::RttConfig;
-use braid_probe::session::{run_probe, ProbeConfig};
 use braid_testbed::deploy::{deploy, Deployment, NfOnHost, UserIo};
-use braid_testbed::{calvin, down, netns_name, status, up, Options};
-use std::net::UdpSocket;
+use braid_testbed::{down, netns_name, status};
+use common::{bed, forwarding_off, has_xdp, ping, probe_round_trips, skip, Bed};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// The testbed, taken down on drop (also when a test fails).
-struct Bed(Options);
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        let _ = down(&self.0);
-    }
-}
 
 /// A child process killed and reaped on drop.
 struct Reaped(Child);
@@ -35,78 +24,8 @@ impl Drop for Reaped {
     }
 }
 
-fn skip(what: &str) -> bool {
-    if !netns::is_root() {
-        eprintln!("skipping {what}: needs root (namespaces, XDP, AF_XDP)");
-        return true;
-    }
-    if !braid_io::xdp::xdp_built() {
-        eprintln!(
-            "skipping {what}: braid's XDP programs were not built (clang/libbpf-dev missing)"
-        );
-        return true;
-    }
-    false
-}
-
-fn bed(tag: &str) -> Bed {
-    let pid = std::process::id();
-    let bed = Bed(Options {
-        state_path: std::env::temp_dir().join(format!("braid-deploy-{pid}-{tag}.json")),
-        prefix: format!("braid-{tag}{pid}-"),
-    });
-    up(&calvin(2, false), &bed.0).unwrap();
-    for h in ["nf1", "nf2"] {
-        netns::run(
-            netns::command_in(Some(&netns_name(&bed.0, h)), "sysctl")
-                .args(["-qw", "net.ipv4.ip_forward=0"]),
-        )
-        .unwrap();
-    }
-    bed
-}
-
-fn ping(ns: &str, addr: &str, count: &str) -> bool {
-    netns::command_in(Some(ns), "ping")
-        .args(["-c", count, "-i", "0.2", "-W", "1", addr])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn has_xdp(ns: &str, dev: &str) -> bool {
-    let out = netns::ip(Some(ns), &["link", "show", "dev", dev]).unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("xdp")
-}
-
 fn af_xdp_fwd(name: &str, host: &str) -> NfOnHost {
     NfOnHost::user_on(name, "fwd", host, braid_nf::Params::Null, UserIo::AfXdp)
-}
-
-/// 100 probe packets each of 256 and 1400 B from client to the server's
-/// echo and back: none lost or reordered.
-fn probe_round_trips(opts: &Options) {
-    let ns = |h: &str| netns_name(opts, h);
-    let echo_sock =
-        netns::in_netns(&ns("server"), || UdpSocket::bind("0.0.0.0:7007")).unwrap().unwrap();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| run_echo(&echo_sock, &EchoConfig { batch: 1, ..Default::default() }, &stop));
-        let sock =
-            netns::in_netns(&ns("client"), || UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
-        sock.connect("10.71.3.2:7007").unwrap();
-        let cfg = ProbeConfig {
-            sizes: vec![256, 1400],
-            repetitions: 1,
-            rtt: RttConfig { count: 100, interval: Duration::from_millis(1), ..Default::default() },
-            throughput: None,
-        };
-        let out = run_probe(&sock, &cfg, |_| {});
-        stop.store(true, Ordering::Relaxed);
-        for l in &out.unwrap().report.latency {
-            assert_eq!((l.lost, l.reordered, l.foreign), (0, 0, 0), "{l:?}");
-        }
-    });
 }
 
 /// Every program detached, the testbed gone, no namespace of ours listed.
@@ -131,6 +50,7 @@ fn af_xdp_fwd_chain_carries_ping_udp_and_iperf3() {
         return;
     }
     let bed = bed("xa");
+    forwarding_off(&bed.0);
     let opts = &bed.0;
     let ns = |h: &str| netns_name(opts, h);
     assert!(!ping(&ns("client"), "10.71.3.2", "1"), "traffic must not pass with forwarding off");
@@ -189,6 +109,7 @@ fn mixed_chain_xdp_fwd_then_af_xdp_fwd_carries_ping_and_udp() {
         return;
     }
     let bed = bed("xm");
+    forwarding_off(&bed.0);
     let opts = &bed.0;
     let ns = |h: &str| netns_name(opts, h);
     let mut d =
@@ -216,6 +137,7 @@ fn af_xdp_nf_falls_back_to_af_packet_when_its_ports_do_not_open() {
     }
     use braid_io::xdp::{AttachMode, XdpNf, XdpProgram};
     let bed = bed("xf");
+    forwarding_off(&bed.0);
     let opts = &bed.0;
     let ns = |h: &str| netns_name(opts, h);
     // Someone else's program on nf1:to-client: the AF_XDP port cannot

@@ -1,0 +1,99 @@
+//! Shared by the deployment tests (`mod common;` in each): the testbed guard,
+//! skipping without root or XDP, and the traffic checks.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use braid_io::netns;
+use braid_probe::echo::{run_echo, EchoConfig};
+use braid_probe::rtt::RttConfig;
+use braid_probe::session::{run_probe, ProbeConfig};
+use braid_testbed::{calvin, down, netns_name, up, Options};
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The testbed, taken down on drop (also when a test fails).
+pub struct Bed(pub Options);
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = down(&self.0);
+    }
+}
+
+/// True (after saying why) if this test cannot run here.
+pub fn skip(what: &str) -> bool {
+    if !netns::is_root() {
+        eprintln!("skipping {what}: needs root (namespaces, XDP, AF_XDP, AF_PACKET)");
+        return true;
+    }
+    if !braid_io::xdp::xdp_built() {
+        eprintln!(
+            "skipping {what}: braid's XDP programs were not built (clang/libbpf-dev missing)"
+        );
+        return true;
+    }
+    false
+}
+
+/// The CALVIN testbed with two NF hosts, up; `tag` keeps the names of
+/// tests running at the same time apart.
+pub fn bed(tag: &str) -> Bed {
+    let pid = std::process::id();
+    let bed = Bed(Options {
+        state_path: std::env::temp_dir().join(format!("braid-deploy-{pid}-{tag}.json")),
+        prefix: format!("braid-{tag}{pid}-"),
+    });
+    up(&calvin(2, false), &bed.0).unwrap();
+    bed
+}
+
+/// Linux forwarding off on both NF hosts, so traffic only passes the NFs.
+pub fn forwarding_off(opts: &Options) {
+    for h in ["nf1", "nf2"] {
+        netns::run(
+            netns::command_in(Some(&netns_name(opts, h)), "sysctl")
+                .args(["-qw", "net.ipv4.ip_forward=0"]),
+        )
+        .unwrap();
+    }
+}
+
+pub fn ping(ns: &str, addr: &str, count: &str) -> bool {
+    netns::command_in(Some(ns), "ping")
+        .args(["-c", count, "-i", "0.2", "-W", "1", addr])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+pub fn has_xdp(ns: &str, dev: &str) -> bool {
+    let out = netns::ip(Some(ns), &["link", "show", "dev", dev]).unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+/// 100 probe packets each of 256 and 1400 B from client to the server's
+/// echo and back: none lost, reordered or foreign.
+pub fn probe_round_trips(opts: &Options) {
+    let ns = |h: &str| netns_name(opts, h);
+    let echo_sock =
+        netns::in_netns(&ns("server"), || UdpSocket::bind("0.0.0.0:7007")).unwrap().unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| run_echo(&echo_sock, &EchoConfig { batch: 1, ..Default::default() }, &stop));
+        let sock =
+            netns::in_netns(&ns("client"), || UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+        sock.connect("10.71.3.2:7007").unwrap();
+        let cfg = ProbeConfig {
+            sizes: vec![256, 1400],
+            repetitions: 1,
+            rtt: RttConfig { count: 100, interval: Duration::from_millis(1), ..Default::default() },
+            throughput: None,
+        };
+        let out = run_probe(&sock, &cfg, |_| {});
+        stop.store(true, Ordering::Relaxed);
+        for l in &out.unwrap().report.latency {
+            assert_eq!((l.lost, l.reordered, l.foreign), (0, 0, 0), "{l:?}");
+        }
+    });
+}
