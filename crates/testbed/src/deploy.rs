@@ -173,6 +173,39 @@ fn sides_of(st: &State, opts: &Options, host: &str) -> Result<Vec<Side>, Testbed
     Ok(sides)
 }
 
+/// Consecutive NFs of the chain on the same host with the same placement:
+/// deployed as one unit (a user-space group is one thread running the NFs
+/// in sequence).
+struct Group<'a> {
+    host: &'a str,
+    placement: Where,
+    nfs: Vec<&'a NfOnHost>,
+}
+
+impl Group<'_> {
+    fn names(&self) -> String {
+        self.nfs.iter().map(|n| format!("{:?} ({})", n.name, n.kind)).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// How a planned group runs.
+enum Unit {
+    Kernel(XdpNf),
+    User(UserIo),
+}
+
+/// `nfs` split into groups of consecutive NFs sharing host and placement.
+fn groups(nfs: &[NfOnHost]) -> Vec<Group<'_>> {
+    let mut out: Vec<Group<'_>> = Vec::new();
+    for nf in nfs {
+        match out.last_mut() {
+            Some(g) if g.host == nf.host && g.placement == nf.placement => g.nfs.push(nf),
+            _ => out.push(Group { host: &nf.host, placement: nf.placement, nfs: vec![nf] }),
+        }
+    }
+    out
+}
+
 /// Deploy `nfs` on the testbed described by the state file in `opts`.
 /// Everything is undone if any NF fails to deploy.
 pub fn deploy(opts: &Options, nfs: &[NfOnHost]) -> Result<Deployment, TestbedError> {
@@ -199,64 +232,63 @@ pub fn deploy(opts: &Options, nfs: &[NfOnHost]) -> Result<Deployment, TestbedErr
         opts: opts.clone(),
     };
     let mut hosts_used = std::collections::BTreeSet::new();
-    // Plan every NF before touching the kernel.
+    // Plan every group before touching the kernel.
     let mut planned = Vec::new();
-    for nf in nfs {
-        let prog = match nf.placement {
-            Where::Kernel => {
-                Some(XdpNf::from_name(&nf.kind).filter(|p| *p == XdpNf::Fwd).ok_or_else(|| {
+    for group in groups(nfs) {
+        let first = group.nfs[0];
+        for nf in &group.nfs {
+            if braid_nf::find(&nf.kind).is_none() {
+                return Err(TestbedError::Deploy(format!(
+                    "NF {:?}: unknown kind {:?}",
+                    nf.name, nf.kind
+                )));
+            }
+        }
+        let unit = match group.placement {
+            Where::Kernel if group.nfs.len() > 1 => {
+                return Err(TestbedError::Deploy(format!(
+                    "several kernel NFs on host {}: {} (one kernel NF per host so far)",
+                    group.host,
+                    group.names()
+                )));
+            }
+            Where::Kernel => Unit::Kernel(
+                XdpNf::from_name(&first.kind).filter(|p| *p == XdpNf::Fwd).ok_or_else(|| {
                     TestbedError::Deploy(format!(
                         "NF {:?}: kind {:?} cannot be deployed in the kernel yet (deployable: fwd)",
-                        nf.name, nf.kind
+                        first.name, first.kind
                     ))
-                })?)
-            }
-            Where::User(_) => {
-                let spec = braid_nf::find(&nf.kind).ok_or_else(|| {
-                    TestbedError::Deploy(format!("NF {:?}: unknown kind {:?}", nf.name, nf.kind))
-                })?;
-                if spec.stateful {
-                    return Err(TestbedError::Deploy(format!(
-                        "NF {:?}: {} is stateful; user-space deployment supports stateless NFs only so far",
-                        nf.name, nf.kind
-                    )));
-                }
-                None
-            }
+                })?,
+            ),
+            Where::User(io) => Unit::User(io),
         };
-        if !st.topology.hosts.iter().any(|h| h.name == nf.host) {
+        if !st.topology.hosts.iter().any(|h| h.name == group.host) {
             return Err(TestbedError::Deploy(format!(
                 "NF {:?}: the testbed has no host {:?}",
-                nf.name, nf.host
+                first.name, group.host
             )));
         }
-        if !hosts_used.insert(nf.host.clone()) {
+        if !hosts_used.insert(group.host.to_string()) {
             return Err(TestbedError::Deploy(format!(
-                "NF {:?}: host {:?} already runs an NF (one NF per host)",
-                nf.name, nf.host
+                "NF {:?}: host {:?} already runs other NFs of the chain; NFs sharing a host must be consecutive in the chain and placed alike (all kernel or all user space on the same sockets)",
+                first.name, group.host
             )));
         }
-        let sides = sides_of(&st, opts, &nf.host)?;
+        let sides = sides_of(&st, opts, group.host)?;
         if sides.len() != 2 {
             return Err(TestbedError::Deploy(format!(
-                "NF {:?}: host {:?} has {} links; a kernel NF needs exactly two (ingress and egress)",
-                nf.name,
-                nf.host,
+                "NF {:?}: host {:?} has {} links; an NF host needs exactly two (ingress and egress)",
+                first.name,
+                group.host,
                 sides.len()
             )));
         }
-        planned.push((nf, prog, sides));
+        planned.push((group, unit, sides));
     }
-    for (nf, prog, sides) in planned {
-        match prog {
-            Some(prog) => deploy_one(&mut d, nf, prog, &sides)?,
-            None => {
-                let io = match nf.placement {
-                    Where::User(io) => io,
-                    Where::Kernel => UserIo::AfPacket,
-                };
-                deploy_user(&mut d, nf, &sides, io)?
-            }
+    for (group, unit, sides) in planned {
+        match unit {
+            Unit::Kernel(prog) => deploy_one(&mut d, group.nfs[0], prog, &sides)?,
+            Unit::User(io) => deploy_user(&mut d, &group.nfs, &sides, io)?,
         }
     }
     // Neighbours of NF interfaces need a program to receive redirected frames.
@@ -287,10 +319,17 @@ pub fn deploy(opts: &Options, nfs: &[NfOnHost]) -> Result<Deployment, TestbedErr
 
 fn deploy_user(
     d: &mut Deployment,
-    nf: &NfOnHost,
+    group: &[&NfOnHost],
     sides: &[Side],
     io: UserIo,
 ) -> Result<(), TestbedError> {
+    let nf = group[0];
+    if group.len() > 1 {
+        return Err(TestbedError::Deploy(format!(
+            "several user-space NFs on host {}: one per host so far",
+            nf.host
+        )));
+    }
     let ns = netns_name(&d.opts, &nf.host);
     let (a, b) = (&sides[0], &sides[1]);
     let mac = |ns: &str, dev: &str| -> Result<[u8; 6], TestbedError> {
