@@ -115,6 +115,56 @@ pub struct ProbeReport {
     pub throughput: Vec<ThroughputResult>,
 }
 
+/// One latency run with every RTT sample (`braid probe --raw-out`).
+#[derive(Serialize)]
+struct RawRun<'a> {
+    #[serde(flatten)]
+    run: &'a RttRun,
+    /// RTT of each packet's first copy, in arrival order, ns.
+    rtt_ns: &'a [u64],
+}
+
+/// The runs of one payload size with the settings they ran with.
+#[derive(Serialize)]
+struct RawSize<'a> {
+    payload_len: usize,
+    count_per_rep: u64,
+    interval_us: f64,
+    runs: Vec<RawRun<'a>>,
+}
+
+#[derive(Serialize)]
+struct RawReport<'a> {
+    target: &'a str,
+    latency: Vec<RawSize<'a>>,
+}
+
+/// The latency runs behind `report` with every RTT sample, grouped by
+/// payload size like `report.latency`, as JSON. Separate probe invocations
+/// (e.g. one repetition each, interleaved with other measurements) can be
+/// pooled from these files: percentiles over all samples, confidence
+/// intervals over the runs' means, loss and reordering summed.
+pub fn raw_json(report: &ProbeReport, runs: &[RttRun]) -> String {
+    let raw = RawReport {
+        target: &report.target,
+        latency: report
+            .latency
+            .iter()
+            .map(|l| RawSize {
+                payload_len: l.payload_len,
+                count_per_rep: l.count_per_rep,
+                interval_us: l.interval_us,
+                runs: runs
+                    .iter()
+                    .filter(|r| r.payload_len == l.payload_len)
+                    .map(|r| RawRun { run: r, rtt_ns: &r.rtt_ns })
+                    .collect(),
+            })
+            .collect(),
+    };
+    serde_json::to_string(&raw).expect("raw report serializes (no maps with non-string keys)")
+}
+
 fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.prec$}"))
 }
@@ -228,6 +278,35 @@ mod tests {
         assert_eq!(s.loss_pct, 25.0);
         let p = s.percentiles.unwrap();
         assert_eq!((p.min_us, p.max_us), (10.0, 30.0));
+    }
+
+    #[test]
+    fn raw_json_keeps_every_sample_grouped_by_size() {
+        let mut big = run(3, &[40, 50], 1);
+        big.payload_len = 1400;
+        let runs = [run(1, &[10, 20], 0), run(2, &[30], 1), big];
+        let report = ProbeReport {
+            target: "10.0.0.2:7007".into(),
+            latency: vec![summarize(&runs[..2], 2, 5000.0), summarize(&runs[2..], 3, 5000.0)],
+            throughput: vec![],
+        };
+        let v: serde_json::Value = serde_json::from_str(&raw_json(&report, &runs)).unwrap();
+        assert_eq!(v["target"], "10.0.0.2:7007");
+        let small = &v["latency"][0];
+        assert_eq!(
+            (small["payload_len"].as_u64(), small["count_per_rep"].as_u64()),
+            (Some(256), Some(2))
+        );
+        assert_eq!(small["runs"].as_array().unwrap().len(), 2);
+        assert_eq!(small["runs"][0]["rtt_ns"], serde_json::json!([10_000, 20_000]));
+        assert_eq!(
+            (small["runs"][1]["run"].as_u64(), small["runs"][1]["lost"].as_u64()),
+            (Some(2), Some(1))
+        );
+        let large = &v["latency"][1];
+        assert_eq!(large["payload_len"], 1400);
+        assert_eq!(large["runs"][0]["rtt_ns"], serde_json::json!([40_000, 50_000]));
+        assert_eq!(large["runs"][0]["received"], 2);
     }
 
     #[test]

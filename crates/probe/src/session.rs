@@ -1,8 +1,8 @@
 //! A whole probe invocation: latency runs for each payload size and
 //! repetition, then (optionally) the throughput search per size.
 
-use crate::report::{summarize, ProbeReport};
-use crate::rtt::{run_rtt, RttConfig};
+use crate::report::{raw_json, summarize, ProbeReport};
+use crate::rtt::{run_rtt, RttConfig, RttRun};
 use crate::throughput::{search, ThroughputConfig};
 use std::io;
 use std::net::UdpSocket;
@@ -36,6 +36,15 @@ pub struct ProbeOutcome {
     pub report: ProbeReport,
     /// `("256 B", samples_ns)` per size.
     pub samples: Vec<(String, Vec<u64>)>,
+    /// Every latency run with its samples, in the order they ran.
+    pub runs: Vec<RttRun>,
+}
+
+impl ProbeOutcome {
+    /// Every latency run with its RTT samples as JSON (see [`raw_json`]).
+    pub fn raw_json(&self) -> String {
+        raw_json(&self.report, &self.runs)
+    }
 }
 
 /// Run everything in `cfg` on `sock`, connected to the echo server.
@@ -66,6 +75,7 @@ pub fn run_probe(
     let mut run_id = std::process::id().wrapping_mul(2_654_435_761);
     let mut latency = Vec::new();
     let mut samples = Vec::new();
+    let mut all_runs = Vec::new();
     if cfg.repetitions > 0 {
         for &size in &cfg.sizes {
             let rc = RttConfig { payload_len: size, ..cfg.rtt.clone() };
@@ -82,7 +92,11 @@ pub fn run_probe(
                 runs.push(run_rtt(sock, &rc, run_id)?);
             }
             latency.push(summarize(&runs, rc.count, rc.interval.as_nanos() as f64 / 1000.0));
-            samples.push((format!("{size} B"), runs.into_iter().flat_map(|r| r.rtt_ns).collect()));
+            samples.push((
+                format!("{size} B"),
+                runs.iter().flat_map(|r| r.rtt_ns.iter().copied()).collect(),
+            ));
+            all_runs.extend(runs);
         }
     }
     let mut throughput = Vec::new();
@@ -100,5 +114,6 @@ pub fn run_probe(
     Ok(ProbeOutcome {
         report: ProbeReport { target: target.to_string(), latency, throughput },
         samples,
+        runs: all_runs,
     })
 }

@@ -61,6 +61,11 @@ fn probe_session_over_loopback() {
     assert_eq!(v["latency"][1]["payload_len"], 1400);
     assert_eq!(out.samples.len(), 2);
     assert_eq!(out.samples[0].1.len(), 200);
+    assert_eq!(out.runs.len(), 4);
+    let raw: serde_json::Value = serde_json::from_str(&out.raw_json()).unwrap();
+    assert_eq!(raw["latency"][1]["payload_len"], 1400);
+    assert_eq!(raw["latency"][1]["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(raw["latency"][1]["runs"][0]["rtt_ns"].as_array().unwrap().len(), 100);
     let svg = cdf_svg("loopback", &out.samples);
     assert_eq!(svg.matches("<polyline").count(), 2);
 }

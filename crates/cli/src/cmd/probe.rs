@@ -43,6 +43,10 @@ pub struct Args {
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
+    /// Also write every latency run with all its RTT samples (ns) as JSON
+    /// to this file, to pool repetitions from separate invocations.
+    #[arg(long)]
+    pub raw_out: Option<PathBuf>,
     /// Write the latency CDF plot (SVG) here.
     #[arg(long, default_value = "probe-cdf.svg")]
     pub svg: PathBuf,
@@ -135,6 +139,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(p) = &args.json_out {
         std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &args.raw_out {
+        std::fs::write(p, out.raw_json()).with_context(|| format!("writing {}", p.display()))?;
     }
     if !args.no_svg && !out.samples.is_empty() {
         let title = args.title.clone().unwrap_or_else(|| format!("UDP RTT CDF to {target}"));
