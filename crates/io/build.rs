@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["xdp_fwd", "xdp_xor", "xdp_firewall", "xdp_steer"];
+const PROGRAMS: &[&str] = &["xdp_fwd", "xdp_xor", "xdp_firewall", "xdp_steer", "xdp_chain"];
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(braid_xdp)");

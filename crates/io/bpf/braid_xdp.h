@@ -3,7 +3,8 @@
  *
  * Every program object defines the same three maps so one Rust loader
  * drives them all:
- *   counters   per-CPU array of u64, indexed by enum braid_counter
+ *   counters   per-CPU array of u64, BRAID_COUNTERS per slot, indexed by
+ *              slot * BRAID_COUNTERS + enum braid_counter
  *   tx_ports   devmap (hash) ingress ifindex -> egress ifindex
  *   mac_rules  hash ingress ifindex -> struct braid_mac_rule
  * A frame whose ingress interface has no tx_ports entry goes to the
@@ -21,6 +22,12 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+/* Counter and configuration slots: 1 for a single-NF program, one per
+ * stage for the chain program (which defines it before including this). */
+#ifndef BRAID_SLOTS
+#define BRAID_SLOTS 1
+#endif
+
 /* Keep in sync with `Counter` in crates/io/src/xdp.rs. */
 enum braid_counter {
 	BRAID_RX_PACKETS = 0,
@@ -35,7 +42,7 @@ enum braid_counter {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BRAID_COUNTERS);
+	__uint(max_entries, BRAID_COUNTERS * BRAID_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
@@ -59,30 +66,31 @@ struct {
 	__type(value, struct braid_mac_rule);
 } mac_rules SEC(".maps");
 
-static __always_inline void braid_count(__u32 idx, __u64 n)
+static __always_inline void braid_count(__u32 slot, __u32 idx, __u64 n)
 {
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	__u32 at = slot * BRAID_COUNTERS + idx;
+	__u64 *v = bpf_map_lookup_elem(&counters, &at);
 	if (v)
 		*v += n;
 }
 
-static __always_inline void braid_count_rx(struct xdp_md *ctx)
+static __always_inline void braid_count_rx(struct xdp_md *ctx, __u32 slot)
 {
-	braid_count(BRAID_RX_PACKETS, 1);
-	braid_count(BRAID_RX_BYTES, (__u64)(ctx->data_end - ctx->data));
+	braid_count(slot, BRAID_RX_PACKETS, 1);
+	braid_count(slot, BRAID_RX_BYTES, (__u64)(ctx->data_end - ctx->data));
 }
 
-static __always_inline int braid_drop(__u32 why)
+static __always_inline int braid_drop(__u32 slot, __u32 why)
 {
-	braid_count(why, 1);
+	braid_count(slot, why, 1);
 	if (why != BRAID_DROP)
-		braid_count(BRAID_DROP, 1);
+		braid_count(slot, BRAID_DROP, 1);
 	return XDP_DROP;
 }
 
 /* Send the frame on: rewrite the MACs if a rule exists for the ingress
  * interface, then redirect through tx_ports (XDP_PASS if no entry). */
-static __always_inline int braid_forward(struct xdp_md *ctx)
+static __always_inline int braid_forward(struct xdp_md *ctx, __u32 slot)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -92,12 +100,12 @@ static __always_inline int braid_forward(struct xdp_md *ctx)
 	if (rule) {
 		struct ethhdr *eth = data;
 		if ((void *)(eth + 1) > data_end)
-			return braid_drop(BRAID_MALFORMED);
+			return braid_drop(slot, BRAID_MALFORMED);
 		__builtin_memcpy(eth->h_dest, rule->dst, ETH_ALEN);
 		__builtin_memcpy(eth->h_source, rule->src, ETH_ALEN);
 	}
 	long rc = bpf_redirect_map(&tx_ports, in, XDP_PASS);
-	braid_count(rc == XDP_REDIRECT ? BRAID_REDIRECT : BRAID_PASS, 1);
+	braid_count(slot, rc == XDP_REDIRECT ? BRAID_REDIRECT : BRAID_PASS, 1);
 	return (int)rc;
 }
 

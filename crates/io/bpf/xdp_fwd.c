@@ -8,15 +8,15 @@
 SEC("xdp")
 int braid_fwd(struct xdp_md *ctx)
 {
-	braid_count_rx(ctx);
-	return braid_forward(ctx);
+	braid_count_rx(ctx, 0);
+	return braid_forward(ctx, 0);
 }
 
 SEC("xdp")
 int braid_pass(struct xdp_md *ctx)
 {
-	braid_count_rx(ctx);
-	braid_count(BRAID_PASS, 1);
+	braid_count_rx(ctx, 0);
+	braid_count(0, BRAID_PASS, 1);
 	return XDP_PASS;
 }
 

@@ -13,9 +13,9 @@ struct {
 SEC("xdp")
 int braid_steer(struct xdp_md *ctx)
 {
-	braid_count_rx(ctx);
+	braid_count_rx(ctx, 0);
 	long rc = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
-	braid_count(rc == XDP_REDIRECT ? BRAID_REDIRECT : BRAID_PASS, 1);
+	braid_count(0, rc == XDP_REDIRECT ? BRAID_REDIRECT : BRAID_PASS, 1);
 	return (int)rc;
 }
 

@@ -8,6 +8,7 @@
 //! | [`XdpNf::Xor`] | XOR the UDP payload with a 16-byte repeating key, fix the checksum, forward | `xor_cfg` |
 //! | [`XdpNf::Firewall`] | drop/pass IPv4 by exact 5-tuple, any-source or source-prefix rules, forward | `fw_rules`, `fw_src_prefixes`, `fw_cfg` |
 //! | [`XdpNf::Steer`] | redirect into the AF_XDP socket of the receive queue | `xsks` |
+//! | [`XdpChain`] | several of fwd, firewall, xor on one host, joined by tail calls, forward | `chain_paths`, `chain_progs`, `chain_pos` + those of its stages, per slot |
 //!
 //! Every program has per-CPU [`Counter`]s and forwards through the same
 //! two maps: `tx_ports` (ingress ifindex → egress ifindex, a devmap) and
@@ -26,7 +27,9 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::maps::{
+    Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, XskMap,
+};
 use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
 
@@ -118,6 +121,11 @@ mod objects {
     static XOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xdp_xor.o"));
     static FIREWALL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xdp_firewall.o"));
     static STEER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xdp_steer.o"));
+    static CHAIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xdp_chain.o"));
+
+    pub fn chain() -> Result<&'static [u8], XdpError> {
+        Ok(CHAIN)
+    }
 
     pub fn get(nf: XdpNf) -> Result<&'static [u8], XdpError> {
         Ok(match nf {
@@ -136,6 +144,10 @@ mod objects {
     pub const BUILT: bool = false;
 
     pub fn get(_: XdpNf) -> Result<&'static [u8], XdpError> {
+        Err(XdpError::NotBuilt)
+    }
+
+    pub fn chain() -> Result<&'static [u8], XdpError> {
         Err(XdpError::NotBuilt)
     }
 }
@@ -211,14 +223,16 @@ pub struct FwRule {
 }
 
 impl FwRule {
-    /// The map key: the C `struct braid_fw_key` (network byte order).
-    fn key(&self) -> [u8; 16] {
+    /// The map key: the C `struct braid_fw_key` (network byte order) of
+    /// the rule set in `slot` (0 for the single-NF program).
+    fn key(&self, slot: u8) -> [u8; 16] {
         let mut k = [0u8; 16];
         k[0..4].copy_from_slice(&self.src.octets());
         k[4..8].copy_from_slice(&self.dst.octets());
         k[8..10].copy_from_slice(&self.src_port.to_be_bytes());
         k[10..12].copy_from_slice(&self.dst_port.to_be_bytes());
         k[12] = self.proto;
+        k[13] = slot;
         k
     }
 }
@@ -315,42 +329,9 @@ impl XdpProgram {
 
     /// Attach to `iface` (in the calling thread's namespace).
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<&Attachment, XdpError> {
-        let ifindex = crate::netns::ifindex(iface).map_err(|e| XdpError::Config(e.to_string()))?;
-        let name = self.nf.name();
-        let (native, fallback_reason) = match mode {
-            AttachMode::Native => {
-                self.prog()?
-                    .attach_to_if_index(ifindex, XdpMode::Driver)
-                    .map_err(kernel(format!("attaching XDP {name} to {iface} in native mode")))?;
-                (true, None)
-            }
-            AttachMode::Generic => {
-                self.prog()?
-                    .attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(kernel(format!("attaching XDP {name} to {iface} in generic mode")))?;
-                (false, None)
-            }
-            AttachMode::Auto => match self.prog()?.attach_to_if_index(ifindex, XdpMode::Driver) {
-                Ok(_) => (true, None),
-                Err(native_err) => {
-                    let reason = format!("{native_err}");
-                    self.prog()?.attach_to_if_index(ifindex, XdpMode::Skb).map_err(kernel(format!(
-                        "attaching XDP {name} to {iface} (native mode failed: {reason}; generic mode)"
-                    )))?;
-                    eprintln!(
-                        "braid: XDP {name} on {iface}: native mode not available ({reason}); \
-                         attached in generic (SKB) mode, which is slower"
-                    );
-                    (false, Some(reason))
-                }
-            },
-        };
-        self.attachments.push(Attachment {
-            iface: iface.to_string(),
-            ifindex,
-            native,
-            fallback_reason,
-        });
+        let what = format!("XDP {}", self.nf.name());
+        let a = maps::attach(self.prog()?, &what, iface, mode)?;
+        self.attachments.push(a);
         Ok(self.attachments.last().expect("just pushed"))
     }
 
@@ -363,10 +344,7 @@ impl XdpProgram {
 
     /// Forward frames arriving on `in_ifindex` out of `out_ifindex`.
     pub fn set_forward(&mut self, in_ifindex: u32, out_ifindex: u32) -> Result<(), XdpError> {
-        let mut m: DevMapHash<&mut MapData> =
-            DevMapHash::try_from(self.map("tx_ports")?).map_err(kernel("opening map tx_ports"))?;
-        m.insert(in_ifindex, out_ifindex, None, 0)
-            .map_err(kernel(format!("tx_ports[{in_ifindex}] = {out_ifindex}")))
+        maps::set_forward(&mut self.ebpf, in_ifindex, out_ifindex)
     }
 
     /// [`XdpProgram::set_forward`] by interface names, resolved in the
@@ -384,33 +362,13 @@ impl XdpProgram {
         dst: [u8; 6],
         src: [u8; 6],
     ) -> Result<(), XdpError> {
-        let mut m: BpfHashMap<&mut MapData, u32, [u8; 12]> =
-            BpfHashMap::try_from(self.map("mac_rules")?)
-                .map_err(kernel("opening map mac_rules"))?;
-        let mut v = [0u8; 12];
-        v[..6].copy_from_slice(&dst);
-        v[6..].copy_from_slice(&src);
-        m.insert(in_ifindex, v, 0).map_err(kernel(format!("mac_rules[{in_ifindex}]")))
+        maps::set_mac_rewrite(&mut self.ebpf, in_ifindex, dst, src)
     }
 
     /// Set the XOR key (1..=16 bytes, repeated to fill 16).
     pub fn set_xor_key(&mut self, key: &[u8]) -> Result<(), XdpError> {
-        if self.nf != XdpNf::Xor {
-            return Err(XdpError::Config(format!("XDP {} has no XOR key", self.nf.name())));
-        }
-        if key.is_empty() || key.len() > XOR_KEY_LEN {
-            return Err(XdpError::Config(format!(
-                "XOR key must be 1..={XOR_KEY_LEN} bytes, got {}",
-                key.len()
-            )));
-        }
-        let mut k = [0u8; XOR_KEY_LEN];
-        for (i, b) in k.iter_mut().enumerate() {
-            *b = key[i % key.len()];
-        }
-        let mut m: Array<&mut MapData, [u8; XOR_KEY_LEN]> =
-            Array::try_from(self.map("xor_cfg")?).map_err(kernel("opening map xor_cfg"))?;
-        m.set(0, k, 0).map_err(kernel("xor_cfg[0]"))
+        self.require(XdpNf::Xor, "XOR key")?;
+        maps::set_xor_key(&mut self.ebpf, 0, key)
     }
 
     fn require(&self, nf: XdpNf, what: &str) -> Result<(), XdpError> {
@@ -423,17 +381,16 @@ impl XdpProgram {
     /// Add or replace a firewall rule.
     pub fn add_fw_rule(&mut self, rule: &FwRule, action: FwAction) -> Result<(), XdpError> {
         self.require(XdpNf::Firewall, "firewall rules")?;
-        let mut m: BpfHashMap<&mut MapData, [u8; 16], u32> =
-            BpfHashMap::try_from(self.map("fw_rules")?).map_err(kernel("opening map fw_rules"))?;
-        m.insert(rule.key(), action as u32, 0).map_err(kernel(format!("fw_rules insert {rule:?}")))
+        maps::add_fw_rule(&mut self.ebpf, 0, rule, action)
     }
 
     /// Remove a firewall rule; removing one that is not there is an error.
     pub fn remove_fw_rule(&mut self, rule: &FwRule) -> Result<(), XdpError> {
         self.require(XdpNf::Firewall, "firewall rules")?;
         let mut m: BpfHashMap<&mut MapData, [u8; 16], u32> =
-            BpfHashMap::try_from(self.map("fw_rules")?).map_err(kernel("opening map fw_rules"))?;
-        m.remove(&rule.key()).map_err(kernel(format!("fw_rules remove {rule:?}")))
+            BpfHashMap::try_from(maps::get(&mut self.ebpf, "fw_rules")?)
+                .map_err(kernel("opening map fw_rules"))?;
+        m.remove(&rule.key(0)).map_err(kernel(format!("fw_rules remove {rule:?}")))
     }
 
     /// Add or replace a source-prefix rule (`net/len`).
@@ -444,22 +401,13 @@ impl XdpProgram {
         action: FwAction,
     ) -> Result<(), XdpError> {
         self.require(XdpNf::Firewall, "firewall rules")?;
-        if len > 32 {
-            return Err(XdpError::Config(format!("prefix length {len} of {net} is over 32")));
-        }
-        let mut m: LpmTrie<&mut MapData, [u8; 4], u32> =
-            LpmTrie::try_from(self.map("fw_src_prefixes")?)
-                .map_err(kernel("opening map fw_src_prefixes"))?;
-        m.insert(&LpmKey::new(len as u32, net.octets()), action as u32, 0)
-            .map_err(kernel(format!("fw_src_prefixes insert {net}/{len}")))
+        maps::add_fw_src_prefix(&mut self.ebpf, 0, net, len, action)
     }
 
     /// The action for IPv4 frames no rule matches (pass unless set).
     pub fn set_fw_default(&mut self, action: FwAction) -> Result<(), XdpError> {
         self.require(XdpNf::Firewall, "firewall default")?;
-        let mut m: Array<&mut MapData, u32> =
-            Array::try_from(self.map("fw_cfg")?).map_err(kernel("opening map fw_cfg"))?;
-        m.set(0, action as u32, 0).map_err(kernel("fw_cfg[0]"))
+        maps::set_fw_default(&mut self.ebpf, 0, action)
     }
 
     /// Steer frames received on `queue` into the AF_XDP socket `fd`.
@@ -472,25 +420,14 @@ impl XdpProgram {
 
     /// Run the program once on `frame` inside the kernel
     /// (`BPF_PROG_TEST_RUN`, no interface involved) and return its action
-    /// and the frame as the program left it. The context's ingress
-    /// interface is 0, so the forwarding tail finds no `tx_ports` entry and
-    /// forwarding programs answer [`XdpAction::Pass`]. `repeat > 1` runs it
+    /// and the frame as the program left it. The kernel runs it as
+    /// received on the loopback interface of the calling thread's
+    /// namespace, which has no `tx_ports` entry, so forwarding programs
+    /// answer [`XdpAction::Pass`]. `repeat > 1` runs it
     /// that many times and the returned duration is the mean per run.
     pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome, XdpError> {
-        use aya::programs::{TestRun, TestRunOptions};
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.repeat = repeat.max(1);
-        let name = self.nf.name();
-        let r = self.prog()?.test_run(opts).map_err(kernel(format!("test run of XDP {name}")))?;
-        out.truncate(r.data_size_out as usize);
-        Ok(TestRunOutcome {
-            action: XdpAction::from_code(r.return_value),
-            frame: out,
-            duration: r.duration,
-        })
+        let what = format!("XDP {}", self.nf.name());
+        maps::test_run(self.prog()?, &what, frame, repeat)
     }
 
     /// Remove the socket registered for `queue` from the xsks map. The map
@@ -506,10 +443,110 @@ impl XdpProgram {
 
     /// The program's counters, summed over CPUs.
     pub fn counters(&mut self) -> Result<XdpCounters, XdpError> {
-        let m: PerCpuArray<&mut MapData, u64> =
-            PerCpuArray::try_from(self.map("counters")?).map_err(kernel("opening map counters"))?;
+        maps::counters(&mut self.ebpf, 0)
+    }
+}
+
+/// Map access shared by [`XdpProgram`] and [`XdpChain`]: `slot` selects
+/// the NF inside a chain program (0 for a single-NF program).
+mod maps {
+    use super::*;
+
+    pub(super) fn get<'a>(
+        ebpf: &'a mut Ebpf,
+        name: &str,
+    ) -> Result<&'a mut aya::maps::Map, XdpError> {
+        ebpf.map_mut(name)
+            .ok_or_else(|| XdpError::Config(format!("the XDP object has no map {name}")))
+    }
+
+    pub(super) fn set_forward(ebpf: &mut Ebpf, from: u32, to: u32) -> Result<(), XdpError> {
+        let mut m: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(get(ebpf, "tx_ports")?).map_err(kernel("opening map tx_ports"))?;
+        m.insert(from, to, None, 0).map_err(kernel(format!("tx_ports[{from}] = {to}")))
+    }
+
+    pub(super) fn set_mac_rewrite(
+        ebpf: &mut Ebpf,
+        in_ifindex: u32,
+        dst: [u8; 6],
+        src: [u8; 6],
+    ) -> Result<(), XdpError> {
+        let mut m: BpfHashMap<&mut MapData, u32, [u8; 12]> =
+            BpfHashMap::try_from(get(ebpf, "mac_rules")?)
+                .map_err(kernel("opening map mac_rules"))?;
+        let mut v = [0u8; 12];
+        v[..6].copy_from_slice(&dst);
+        v[6..].copy_from_slice(&src);
+        m.insert(in_ifindex, v, 0).map_err(kernel(format!("mac_rules[{in_ifindex}]")))
+    }
+
+    pub(super) fn set_xor_key(ebpf: &mut Ebpf, slot: u32, key: &[u8]) -> Result<(), XdpError> {
+        if key.is_empty() || key.len() > XOR_KEY_LEN {
+            return Err(XdpError::Config(format!(
+                "XOR key must be 1..={XOR_KEY_LEN} bytes, got {}",
+                key.len()
+            )));
+        }
+        let mut k = [0u8; XOR_KEY_LEN];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = key[i % key.len()];
+        }
+        let mut m: Array<&mut MapData, [u8; XOR_KEY_LEN]> =
+            Array::try_from(get(ebpf, "xor_cfg")?).map_err(kernel("opening map xor_cfg"))?;
+        m.set(slot, k, 0).map_err(kernel(format!("xor_cfg[{slot}]")))
+    }
+
+    pub(super) fn add_fw_rule(
+        ebpf: &mut Ebpf,
+        slot: u8,
+        rule: &FwRule,
+        action: FwAction,
+    ) -> Result<(), XdpError> {
+        let mut m: BpfHashMap<&mut MapData, [u8; 16], u32> =
+            BpfHashMap::try_from(get(ebpf, "fw_rules")?).map_err(kernel("opening map fw_rules"))?;
+        m.insert(rule.key(slot), action as u32, 0)
+            .map_err(kernel(format!("fw_rules insert {rule:?}")))
+    }
+
+    /// The LPM key data: the slot (native order, as the C struct holds
+    /// it), then the address; the prefix covers all 32 slot bits.
+    pub(super) fn add_fw_src_prefix(
+        ebpf: &mut Ebpf,
+        slot: u32,
+        net: Ipv4Addr,
+        len: u8,
+        action: FwAction,
+    ) -> Result<(), XdpError> {
+        if len > 32 {
+            return Err(XdpError::Config(format!("prefix length {len} of {net} is over 32")));
+        }
+        let mut data = [0u8; 8];
+        data[..4].copy_from_slice(&slot.to_ne_bytes());
+        data[4..].copy_from_slice(&net.octets());
+        let mut m: LpmTrie<&mut MapData, [u8; 8], u32> =
+            LpmTrie::try_from(get(ebpf, "fw_src_prefixes")?)
+                .map_err(kernel("opening map fw_src_prefixes"))?;
+        m.insert(&LpmKey::new(32 + len as u32, data), action as u32, 0)
+            .map_err(kernel(format!("fw_src_prefixes insert {net}/{len}")))
+    }
+
+    pub(super) fn set_fw_default(
+        ebpf: &mut Ebpf,
+        slot: u32,
+        action: FwAction,
+    ) -> Result<(), XdpError> {
+        let mut m: Array<&mut MapData, u32> =
+            Array::try_from(get(ebpf, "fw_cfg")?).map_err(kernel("opening map fw_cfg"))?;
+        m.set(slot, action as u32, 0).map_err(kernel(format!("fw_cfg[{slot}]")))
+    }
+
+    pub(super) fn counters(ebpf: &mut Ebpf, slot: u32) -> Result<XdpCounters, XdpError> {
+        let m: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(get(ebpf, "counters")?)
+            .map_err(kernel("opening map counters"))?;
+        let base = slot * COUNTERS_PER_SLOT;
         let get = |c: Counter| -> Result<u64, XdpError> {
-            let v = m.get(&(c as u32), 0).map_err(kernel(format!("counters[{c:?}]")))?;
+            let v = m.get(&(base + c as u32), 0).map_err(kernel(format!("counters[{c:?}]")))?;
             Ok(v.iter().sum())
         };
         Ok(XdpCounters {
@@ -521,6 +558,297 @@ impl XdpProgram {
             matched: get(Counter::Matched)?,
             malformed: get(Counter::Malformed)?,
         })
+    }
+
+    pub(super) fn test_run(
+        prog: &mut Xdp,
+        what: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome, XdpError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat.max(1);
+        let r = prog.test_run(opts).map_err(kernel(format!("test run of {what}")))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: XdpAction::from_code(r.return_value),
+            frame: out,
+            duration: r.duration,
+        })
+    }
+
+    pub(super) fn attach(
+        prog: &mut Xdp,
+        what: &str,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<Attachment, XdpError> {
+        let ifindex = crate::netns::ifindex(iface).map_err(|e| XdpError::Config(e.to_string()))?;
+        let (native, fallback_reason) = match mode {
+            AttachMode::Native => {
+                prog.attach_to_if_index(ifindex, XdpMode::Driver)
+                    .map_err(kernel(format!("attaching {what} to {iface} in native mode")))?;
+                (true, None)
+            }
+            AttachMode::Generic => {
+                prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(kernel(format!("attaching {what} to {iface} in generic mode")))?;
+                (false, None)
+            }
+            AttachMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(_) => (true, None),
+                Err(native_err) => {
+                    let reason = format!("{native_err}");
+                    prog.attach_to_if_index(ifindex, XdpMode::Skb).map_err(kernel(format!(
+                        "attaching {what} to {iface} (native mode failed: {reason}; generic mode)"
+                    )))?;
+                    eprintln!(
+                        "braid: {what} on {iface}: native mode not available ({reason}); \
+                         attached in generic (SKB) mode, which is slower"
+                    );
+                    (false, Some(reason))
+                }
+            },
+        };
+        Ok(Attachment { iface: iface.to_string(), ifindex, native, fallback_reason })
+    }
+}
+
+/// Counters per NF slot (`BRAID_COUNTERS` in `bpf/braid_xdp.h`).
+const COUNTERS_PER_SLOT: u32 = 8;
+
+/// Most NFs one [`XdpChain`] can hold (`BRAID_SLOTS` in `bpf/xdp_chain.c`).
+pub const CHAIN_MAX_STAGES: usize = 8;
+
+/// Several kernel NFs on one host as one XDP program: an entry program
+/// attached to the interfaces tail-calls one stage program per NF (see
+/// `bpf/xdp_chain.c`). Stage `i` of [`XdpChain::load`] is slot `i`: its
+/// configuration ([`XdpChain::set_xor_key`], the firewall rules) and its
+/// [`XdpChain::counters`] are its own. [`XdpChain::set_path`] tells, per
+/// ingress interface, which stages a frame crosses and in which order;
+/// the last one forwards it like fwd. Dropping it detaches it everywhere.
+pub struct XdpChain {
+    ebpf: Ebpf,
+    stages: Vec<XdpNf>,
+    /// The stage programs by slot. Held open: the kernel empties a program
+    /// array when its last user-space reference goes away.
+    _progs: ProgramArray<MapData>,
+    attachments: Vec<Attachment>,
+}
+
+impl std::fmt::Debug for XdpChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpChain")
+            .field("stages", &self.stages)
+            .field("attachments", &self.attachments)
+            .finish()
+    }
+}
+
+const CHAIN_ENTRY: &str = "braid_chain";
+
+fn chain_stage_program(nf: XdpNf) -> Option<&'static str> {
+    match nf {
+        XdpNf::Fwd => Some("braid_chain_fwd"),
+        XdpNf::Firewall => Some("braid_chain_firewall"),
+        XdpNf::Xor => Some("braid_chain_xor"),
+        XdpNf::Pass | XdpNf::Steer => None,
+    }
+}
+
+fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<(), XdpError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| XdpError::Config(format!("program {name} missing from its object")))?
+        .try_into()
+        .map_err(kernel(format!("{name} is not an XDP program")))?;
+    prog.load().map_err(kernel(format!("verifying XDP program {name}")))
+}
+
+impl XdpChain {
+    /// Load a chain of `stages` (fwd, firewall or xor; 1 to
+    /// [`CHAIN_MAX_STAGES`]) into the kernel; not attached yet, no path set.
+    pub fn load(stages: &[XdpNf]) -> Result<XdpChain, XdpError> {
+        if stages.is_empty() || stages.len() > CHAIN_MAX_STAGES {
+            return Err(XdpError::Config(format!(
+                "an XDP chain holds 1 to {CHAIN_MAX_STAGES} NFs, got {}",
+                stages.len()
+            )));
+        }
+        for (i, nf) in stages.iter().enumerate() {
+            if chain_stage_program(*nf).is_none() {
+                return Err(XdpError::Config(format!(
+                    "stage {i}: XDP {} cannot be a chain stage (fwd, firewall, xor can)",
+                    nf.name()
+                )));
+            }
+        }
+        let obj = objects::chain()?;
+        let mut ebpf = Ebpf::load(obj).map_err(kernel("loading the XDP chain object"))?;
+        load_xdp(&mut ebpf, CHAIN_ENTRY)?;
+        let mut kinds: Vec<&'static str> =
+            stages.iter().filter_map(|nf| chain_stage_program(*nf)).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        for name in &kinds {
+            load_xdp(&mut ebpf, name)?;
+        }
+        let map = ebpf
+            .take_map("chain_progs")
+            .ok_or_else(|| XdpError::Config("the XDP chain object has no chain_progs".into()))?;
+        let mut progs = ProgramArray::try_from(map).map_err(kernel("opening map chain_progs"))?;
+        for (slot, nf) in stages.iter().enumerate() {
+            let name = chain_stage_program(*nf).expect("checked above");
+            let prog = ebpf
+                .program(name)
+                .ok_or_else(|| XdpError::Config(format!("program {name} missing")))?;
+            let fd = prog.fd().map_err(kernel(format!("file descriptor of {name}")))?;
+            progs
+                .set(slot as u32, fd, 0)
+                .map_err(kernel(format!("chain_progs[{slot}] = {name}")))?;
+        }
+        Ok(XdpChain { ebpf, stages: stages.to_vec(), _progs: progs, attachments: Vec::new() })
+    }
+
+    /// The NFs, by slot.
+    pub fn stages(&self) -> &[XdpNf] {
+        &self.stages
+    }
+
+    /// Interfaces this chain is attached to.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    fn entry(&mut self) -> Result<&mut Xdp, XdpError> {
+        self.ebpf
+            .program_mut(CHAIN_ENTRY)
+            .ok_or_else(|| XdpError::Config(format!("program {CHAIN_ENTRY} missing")))?
+            .try_into()
+            .map_err(kernel(format!("{CHAIN_ENTRY} is not an XDP program")))
+    }
+
+    /// Attach the chain's entry program to `iface` (in the calling
+    /// thread's namespace).
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<&Attachment, XdpError> {
+        let a = maps::attach(self.entry()?, "XDP chain", iface, mode)?;
+        self.attachments.push(a);
+        Ok(self.attachments.last().expect("just pushed"))
+    }
+
+    fn slot(&self, slot: usize, nf: XdpNf, what: &str) -> Result<u32, XdpError> {
+        match self.stages.get(slot) {
+            Some(s) if *s == nf => Ok(slot as u32),
+            Some(s) => Err(XdpError::Config(format!(
+                "stage {slot} of the XDP chain is {}, which has no {what}",
+                s.name()
+            ))),
+            None => Err(XdpError::Config(format!(
+                "the XDP chain has {} stages, no stage {slot}",
+                self.stages.len()
+            ))),
+        }
+    }
+
+    /// Frames arriving on `in_ifindex` cross the stages `slots` in this
+    /// order (each slot at most once).
+    pub fn set_path(&mut self, in_ifindex: u32, slots: &[usize]) -> Result<(), XdpError> {
+        if slots.is_empty() || slots.len() > CHAIN_MAX_STAGES {
+            return Err(XdpError::Config(format!(
+                "a path crosses 1 to {CHAIN_MAX_STAGES} stages, got {}",
+                slots.len()
+            )));
+        }
+        let mut value = [0u32; 1 + CHAIN_MAX_STAGES];
+        value[0] = slots.len() as u32;
+        for (i, s) in slots.iter().enumerate() {
+            if *s >= self.stages.len() {
+                return Err(XdpError::Config(format!(
+                    "path step {i}: the XDP chain has {} stages, no stage {s}",
+                    self.stages.len()
+                )));
+            }
+            value[1 + i] = *s as u32;
+        }
+        let mut m: BpfHashMap<&mut MapData, u32, [u32; 1 + CHAIN_MAX_STAGES]> =
+            BpfHashMap::try_from(maps::get(&mut self.ebpf, "chain_paths")?)
+                .map_err(kernel("opening map chain_paths"))?;
+        m.insert(in_ifindex, value, 0).map_err(kernel(format!("chain_paths[{in_ifindex}]")))
+    }
+
+    /// Forward frames arriving on `in_ifindex` out of `out_ifindex` after
+    /// their last stage.
+    pub fn set_forward(&mut self, in_ifindex: u32, out_ifindex: u32) -> Result<(), XdpError> {
+        maps::set_forward(&mut self.ebpf, in_ifindex, out_ifindex)
+    }
+
+    /// Rewrite the Ethernet addresses of frames arriving on `in_ifindex`
+    /// when they leave.
+    pub fn set_mac_rewrite(
+        &mut self,
+        in_ifindex: u32,
+        dst: [u8; 6],
+        src: [u8; 6],
+    ) -> Result<(), XdpError> {
+        maps::set_mac_rewrite(&mut self.ebpf, in_ifindex, dst, src)
+    }
+
+    /// Set the XOR key of the xor stage `slot` (1..=16 bytes, repeated).
+    pub fn set_xor_key(&mut self, slot: usize, key: &[u8]) -> Result<(), XdpError> {
+        let s = self.slot(slot, XdpNf::Xor, "XOR key")?;
+        maps::set_xor_key(&mut self.ebpf, s, key)
+    }
+
+    /// Add or replace a rule of the firewall stage `slot`.
+    pub fn add_fw_rule(
+        &mut self,
+        slot: usize,
+        rule: &FwRule,
+        action: FwAction,
+    ) -> Result<(), XdpError> {
+        let s = self.slot(slot, XdpNf::Firewall, "firewall rules")?;
+        maps::add_fw_rule(&mut self.ebpf, s as u8, rule, action)
+    }
+
+    /// Add or replace a source-prefix rule of the firewall stage `slot`.
+    pub fn add_fw_src_prefix(
+        &mut self,
+        slot: usize,
+        net: Ipv4Addr,
+        len: u8,
+        action: FwAction,
+    ) -> Result<(), XdpError> {
+        let s = self.slot(slot, XdpNf::Firewall, "firewall rules")?;
+        maps::add_fw_src_prefix(&mut self.ebpf, s, net, len, action)
+    }
+
+    /// The default action of the firewall stage `slot` (pass unless set).
+    pub fn set_fw_default(&mut self, slot: usize, action: FwAction) -> Result<(), XdpError> {
+        let s = self.slot(slot, XdpNf::Firewall, "firewall default")?;
+        maps::set_fw_default(&mut self.ebpf, s, action)
+    }
+
+    /// Counters of stage `slot`, summed over CPUs. A stage that hands a
+    /// frame to the next one counts it in `redirect`.
+    pub fn counters(&mut self, slot: usize) -> Result<XdpCounters, XdpError> {
+        if slot >= self.stages.len() {
+            return Err(XdpError::Config(format!(
+                "the XDP chain has {} stages, no stage {slot}",
+                self.stages.len()
+            )));
+        }
+        maps::counters(&mut self.ebpf, slot as u32)
+    }
+
+    /// Run the chain once on `frame` with `BPF_PROG_TEST_RUN`. The kernel
+    /// runs it as received on the loopback interface of the calling
+    /// thread's namespace, so the path of `lo`'s ifindex applies.
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome, XdpError> {
+        maps::test_run(self.entry()?, "the XDP chain", frame, repeat)
     }
 }
 
@@ -545,7 +873,8 @@ mod tests {
             dst_port: 53,
             proto: 17,
         };
-        assert_eq!(r.key(), [10, 0, 0, 1, 10, 0, 0, 2, 0x12, 0x34, 0, 53, 17, 0, 0, 0]);
+        assert_eq!(r.key(0), [10, 0, 0, 1, 10, 0, 0, 2, 0x12, 0x34, 0, 53, 17, 0, 0, 0]);
+        assert_eq!(r.key(3)[13], 3);
     }
 
     #[test]
