@@ -191,6 +191,13 @@ impl AfPacketPort {
         self.batch_size
     }
 
+    /// The socket, to wait on it together with other sockets in one
+    /// `poll(2)`.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     /// Block in poll(2) until `events` are ready or `timeout` passes.
     fn poll(&self, events: i16, timeout: Duration) -> Result<bool, PortError> {
         let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events, revents: 0 };

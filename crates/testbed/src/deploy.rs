@@ -3,8 +3,11 @@
 //! asked to run on AF_XDP falls back to AF_PACKET when its AF_XDP ports do
 //! not open; [`Deployment::fallbacks`] says which and why.
 //!
-//! Each NF runs on one host that has exactly two links (its ingress and
-//! egress, CALVIN's "one NF per isolated host"). Its XDP program is attached
+//! NFs are deployed in groups: consecutive NFs of the chain on the same
+//! host with the same placement. Each group runs on one host that has
+//! exactly two links (its ingress and egress; one NF per host is CALVIN's
+//! "one NF per isolated host"). A user-space group is one thread running
+//! its NFs in sequence, one instance each for both directions (`user.rs`). Its XDP program is attached
 //! to both interfaces and forwards in both directions, so requests and
 //! answers cross the NF: frames from one side are redirected out of the
 //! other with the Ethernet addresses rewritten for the next hop (source =
@@ -20,7 +23,7 @@
 //! testbed's state file while deployed, so `braid testbed down` detaches
 //! anything left behind.
 
-pub use crate::user::UserIo;
+pub use crate::user::{UserIo, UserOptions, UserWait};
 use crate::{netns_name, record_xdp, Options, State, TestbedError};
 use braid_io::netns;
 use braid_io::xdp::{AttachMode, XdpCounters, XdpNf, XdpProgram};
@@ -31,7 +34,7 @@ use serde::Serialize;
 pub enum Where {
     /// An XDP program (kinds: `fwd`).
     Kernel,
-    /// A user-space NF (stateless kinds) between ports of this kind.
+    /// A user-space NF (any kind) between ports of this kind.
     User(UserIo),
 }
 
@@ -85,13 +88,9 @@ impl NfOnHost {
     }
 }
 
-/// AF_PACKET batch size of user-space NFs: 1, CALVIN's run-to-completion
-/// setting for lowest latency.
-pub const USER_BATCH: usize = 1;
-
-struct DeployedUserNf {
-    name: String,
-    kind: String,
+/// A user-space group: NFs (name, kind) in chain order, one thread.
+struct DeployedUserGroup {
+    nfs: Vec<(String, String)>,
     host: String,
     ifaces: [String; 2],
     io: UserIo,
@@ -109,7 +108,7 @@ struct DeployedNf {
 /// The running NFs; dropping it detaches every program.
 pub struct Deployment {
     nfs: Vec<DeployedNf>,
-    users: Vec<DeployedUserNf>,
+    users: Vec<DeployedUserGroup>,
     /// `pass` programs on neighbour interfaces (kept alive, not reported).
     helpers: Vec<XdpProgram>,
     /// (namespace, interface) of every attachment, for the state file.
@@ -133,6 +132,27 @@ pub struct NfStats {
     pub passed: u64,
     pub dropped: u64,
     pub malformed: u64,
+    /// User-space NFs: drops by reason (`tx_full`: the outgoing socket had
+    /// no room). Empty for kernel NFs.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub drop_reasons: std::collections::BTreeMap<&'static str, u64>,
+    /// AF_XDP NFs: the kernel's counters of the host's two sockets (shared
+    /// by every NF of a group on that host): why frames were lost before
+    /// the NF saw them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sockets: Option<SocketStats>,
+}
+
+/// Kernel counters of an AF_XDP NF host's two sockets, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SocketStats {
+    /// `rx_dropped` (XDP_STATISTICS).
+    pub rx_dropped: u64,
+    /// `rx_fill_ring_empty_descs`: frames lost because the NF thread had not
+    /// handed frames back to the fill ring in time.
+    pub fill_ring_empty: u64,
+    /// `rx_ring_full`: frames lost because the rx ring was full.
+    pub rx_ring_full: u64,
 }
 
 fn xdp_err(what: String) -> impl FnOnce(braid_io::xdp::XdpError) -> TestbedError {
@@ -206,9 +226,19 @@ fn groups(nfs: &[NfOnHost]) -> Vec<Group<'_>> {
     out
 }
 
-/// Deploy `nfs` on the testbed described by the state file in `opts`.
-/// Everything is undone if any NF fails to deploy.
+/// Deploy `nfs` on the testbed described by the state file in `opts`, with
+/// user-space NFs run as [`UserOptions::default`] says. Everything is
+/// undone if any NF fails to deploy.
 pub fn deploy(opts: &Options, nfs: &[NfOnHost]) -> Result<Deployment, TestbedError> {
+    deploy_with(opts, nfs, &UserOptions::default())
+}
+
+/// [`deploy`], with user-space NF threads run as `user` says.
+pub fn deploy_with(
+    opts: &Options,
+    nfs: &[NfOnHost],
+    user: &UserOptions,
+) -> Result<Deployment, TestbedError> {
     if !netns::is_root() {
         return Err(TestbedError::NotRoot);
     }
@@ -288,7 +318,7 @@ pub fn deploy(opts: &Options, nfs: &[NfOnHost]) -> Result<Deployment, TestbedErr
     for (group, unit, sides) in planned {
         match unit {
             Unit::Kernel(prog) => deploy_one(&mut d, group.nfs[0], prog, &sides)?,
-            Unit::User(io) => deploy_user(&mut d, &group.nfs, &sides, io)?,
+            Unit::User(io) => deploy_user(&mut d, &group.nfs, &sides, io, user)?,
         }
     }
     // Neighbours of NF interfaces need a program to receive redirected frames.
@@ -322,63 +352,60 @@ fn deploy_user(
     group: &[&NfOnHost],
     sides: &[Side],
     io: UserIo,
+    user: &UserOptions,
 ) -> Result<(), TestbedError> {
-    let nf = group[0];
-    if group.len() > 1 {
-        return Err(TestbedError::Deploy(format!(
-            "several user-space NFs on host {}: one per host so far",
-            nf.host
-        )));
-    }
-    let ns = netns_name(&d.opts, &nf.host);
+    let host = &group[0].host;
+    let ns = netns_name(&d.opts, host);
     let (a, b) = (&sides[0], &sides[1]);
     let mac = |ns: &str, dev: &str| -> Result<[u8; 6], TestbedError> {
         let s = netns::mac_addr(Some(ns), dev)
             .map_err(|source| TestbedError::Setup { what: format!("MAC of {ns}:{dev}"), source })?;
         mac_bytes(&s)
     };
-    let dirs = || -> Result<[crate::user::Direction; 2], TestbedError> {
+    // Side 0 is the host's first link in topology order (the client side in
+    // the built-in topology): frames from it cross the group in chain order.
+    let host_sides = || -> Result<[crate::user::HostSide; 2], TestbedError> {
         Ok([
-            crate::user::Direction {
-                ns: ns.clone(),
-                rx_dev: a.dev.clone(),
-                tx_dev: b.dev.clone(),
-                dst: mac(&b.peer_ns, &b.peer_dev)?,
-                src: mac(&ns, &b.dev)?,
-            },
-            crate::user::Direction {
-                ns: ns.clone(),
-                rx_dev: b.dev.clone(),
-                tx_dev: a.dev.clone(),
-                dst: mac(&a.peer_ns, &a.peer_dev)?,
+            crate::user::HostSide {
+                dev: a.dev.clone(),
                 src: mac(&ns, &a.dev)?,
+                dst: mac(&a.peer_ns, &a.peer_dev)?,
+            },
+            crate::user::HostSide {
+                dev: b.dev.clone(),
+                src: mac(&ns, &b.dev)?,
+                dst: mac(&b.peer_ns, &b.peer_dev)?,
             },
         ])
     };
+    let specs: Vec<(&str, &str, &braid_nf::Params)> =
+        group.iter().map(|n| (n.name.as_str(), n.kind.as_str(), &n.params)).collect();
+    let names = group.iter().map(|n| format!("{:?}", n.name)).collect::<Vec<_>>().join(", ");
     let start = |io| {
-        crate::user::UserNf::start(&nf.kind, &nf.params, dirs()?, io, USER_BATCH)
-            .map_err(|e| TestbedError::Deploy(format!("NF {:?} on {}: {e}", nf.name, nf.host)))
+        crate::user::UserNf::start(&ns, &specs, host_sides()?, io, user)
+            .map_err(|e| TestbedError::Deploy(format!("NF {names} on {host}: {e}")))
     };
-    let (user, io) = match io {
+    let (nf, io) = match io {
         UserIo::AfPacket => (start(UserIo::AfPacket)?, UserIo::AfPacket),
         UserIo::AfXdp => match start(UserIo::AfXdp) {
             Ok(u) => (u, UserIo::AfXdp),
             // Parameters are checked before any port opens: a bad one fails
             // the same way on AF_PACKET, so only port trouble falls back.
             Err(e) => {
-                let user = start(UserIo::AfPacket)?;
-                d.fallbacks.push((nf.name.clone(), format!("AF_XDP did not open: {e}")));
-                (user, UserIo::AfPacket)
+                let nf = start(UserIo::AfPacket)?;
+                for n in group {
+                    d.fallbacks.push((n.name.clone(), format!("AF_XDP did not open: {e}")));
+                }
+                (nf, UserIo::AfPacket)
             }
         },
     };
-    d.users.push(DeployedUserNf {
-        name: nf.name.clone(),
-        kind: nf.kind.clone(),
-        host: nf.host.clone(),
+    d.users.push(DeployedUserGroup {
+        nfs: group.iter().map(|n| (n.name.clone(), n.kind.clone())).collect(),
+        host: host.clone(),
         ifaces: [a.dev.clone(), b.dev.clone()],
         io,
-        nf: user,
+        nf,
     });
     if io == UserIo::AfXdp {
         // The sockets' steering programs: recorded so that neighbours' `pass`
@@ -441,26 +468,33 @@ impl Deployment {
     /// deployment: kernel NFs first, then user-space NFs.
     pub fn stats(&mut self) -> Result<Vec<NfStats>, TestbedError> {
         let mut all = self.kernel_stats()?;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         for u in &self.users {
-            let c = &u.nf.counters;
-            let get =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            all.push(NfStats {
-                name: u.name.clone(),
-                kind: u.kind.clone(),
-                host: u.host.clone(),
-                placement: match u.io {
-                    UserIo::AfXdp => "user (AF_XDP)",
-                    UserIo::AfPacket => "user (AF_PACKET)",
-                },
-                ifaces: u.ifaces.clone(),
-                rx_packets: get(&c.rx_packets),
-                rx_bytes: get(&c.rx_bytes),
-                redirected: get(&c.forwarded),
-                passed: 0,
-                dropped: get(&c.dropped) + get(&c.tx_dropped),
-                malformed: 0,
+            let sockets = u.nf.sockets.as_ref().map(|s| SocketStats {
+                rx_dropped: get(&s.rx_dropped),
+                fill_ring_empty: get(&s.fill_ring_empty),
+                rx_ring_full: get(&s.rx_ring_full),
             });
+            for ((name, kind), c) in u.nfs.iter().zip(&u.nf.counters) {
+                all.push(NfStats {
+                    name: name.clone(),
+                    kind: kind.clone(),
+                    host: u.host.clone(),
+                    placement: match u.io {
+                        UserIo::AfXdp => "user (AF_XDP)",
+                        UserIo::AfPacket => "user (AF_PACKET)",
+                    },
+                    ifaces: u.ifaces.clone(),
+                    rx_packets: get(&c.rx_packets),
+                    rx_bytes: get(&c.rx_bytes),
+                    redirected: get(&c.forwarded),
+                    passed: 0,
+                    dropped: c.dropped(),
+                    malformed: 0,
+                    drop_reasons: c.drop_breakdown().into_iter().collect(),
+                    sockets,
+                });
+            }
         }
         Ok(all)
     }
@@ -485,6 +519,8 @@ impl Deployment {
                     passed: c.pass,
                     dropped: c.drop,
                     malformed: c.malformed,
+                    drop_reasons: Default::default(),
+                    sockets: None,
                 })
             })
             .collect()

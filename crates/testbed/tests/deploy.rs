@@ -75,7 +75,7 @@ fn mixed_chain_xdp_fwd_then_user_xor_round_trips() {
     let bed = bed("m");
     let opts = &bed.0;
     let ns = |h: &str| netns_name(opts, h);
-    // Stateful kinds are refused in user space; bad parameters too.
+    // Missing parameters (nat needs `external_ip`) and bad ones are refused.
     let nat = NfOnHost::user("n", "nat", "nf2", braid_nf::Params::Null);
     assert!(matches!(deploy(opts, &[nat]).err().unwrap(), TestbedError::Deploy(_)));
     let bad: braid_nf::Params = serde_yaml_ng::from_str("{ colour: red }").unwrap();

@@ -8,7 +8,7 @@
 
 use anyhow::Context;
 use braid_nf::Placement;
-use braid_testbed::deploy::{deploy, NfOnHost, NfStats, UserIo};
+use braid_testbed::deploy::{deploy_with, NfOnHost, NfStats, UserIo, UserOptions, UserWait};
 use braid_testbed::{Options, State};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -45,6 +45,25 @@ pub struct Args {
     /// saying why, when its ports do not open) or `af_packet`.
     #[arg(long, value_enum, default_value_t = UserIoArg::AfXdp)]
     pub user_io: UserIoArg,
+    /// How idle user-space NF threads wait: `poll` sleeps in poll(2) on
+    /// both sockets; `busy` spins on them (a core per NF host at 100 %, no
+    /// wakeup latency; AF_XDP still makes the kernel calls its need-wakeup
+    /// flags ask for).
+    #[arg(long, value_enum, default_value_t = WaitArg::Poll)]
+    pub wait: WaitArg,
+    /// Run user-space NF threads as SCHED_FIFO with this priority (1..=99),
+    /// like `chrt -f N` for the probe and echo; fails clearly if the kernel
+    /// refuses.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=99))]
+    pub rt_prio: Option<i32>,
+    /// Pin user-space NF threads to these CPUs (e.g. `1` or `0,1`).
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    /// Frames per system call of user-space NFs on AF_PACKET (1..=256; 1 is
+    /// CALVIN's run-to-completion setting). AF_XDP takes up to 32, only
+    /// what is there.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch: u16,
     /// Run every NF as its own supervised process on this host, chained by
     /// shared-memory ports (a crashed NF is restarted, its neighbours keep
     /// their state), instead of one NF per testbed host. Same as
@@ -58,6 +77,12 @@ pub struct Args {
     /// With --processes: each NF process in its own network namespace.
     #[arg(long, requires = "processes")]
     pub netns: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum WaitArg {
+    Poll,
+    Busy,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -139,7 +164,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     let stop = braid_probe::signal::stop_on_signals().context("installing signal handlers")?;
-    let mut deployment = deploy(&opts, &specs)?;
+    let user = UserOptions {
+        wait: match args.wait {
+            WaitArg::Poll => UserWait::Poll,
+            WaitArg::Busy => UserWait::Busy,
+        },
+        rt_prio: args.rt_prio,
+        cpus: args.cpus.clone(),
+        batch: args.batch.into(),
+    };
+    let mut deployment = deploy_with(&opts, &specs, &user)?;
     for (name, why) in deployment.fallbacks() {
         eprintln!("braid deploy: {name} runs on AF_PACKET instead of AF_XDP: {why}");
     }

@@ -66,6 +66,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             u("dropped"),
             u("malformed")
         );
+        // User-space NFs: why frames were dropped, and what the kernel lost
+        // before the NF saw them (AF_XDP sockets).
+        if let Some(r) = n["drop_reasons"].as_object().filter(|r| !r.is_empty()) {
+            let list: Vec<String> = r.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("{:<12} drops: {}", "", list.join(", "));
+        }
+        if let Some(k) = n["sockets"].as_object() {
+            let g = |f: &str| k.get(f).and_then(|v| v.as_u64()).unwrap_or(0);
+            println!(
+                "{:<12} AF_XDP sockets of {}: rx_dropped {}, fill_ring_empty {}, rx_ring_full {}",
+                "",
+                s("host"),
+                g("rx_dropped"),
+                g("fill_ring_empty"),
+                g("rx_ring_full")
+            );
+        }
     }
     Ok(())
 }

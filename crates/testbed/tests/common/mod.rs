@@ -97,3 +97,20 @@ pub fn probe_round_trips(opts: &Options) {
         }
     });
 }
+
+/// Drop `d` and take the testbed down: every program detached, the state
+/// file's list empty, no namespace with the bed's prefix left.
+pub fn assert_nothing_left(d: braid_testbed::deploy::Deployment, bed: Bed) {
+    let attached = d.attached().to_vec();
+    drop(d);
+    for (n, dev) in &attached {
+        assert!(!has_xdp(n, dev), "XDP still on {n}:{dev}");
+    }
+    assert!(braid_testbed::status(&bed.0).unwrap().unwrap().xdp.is_empty());
+    let prefix = bed.0.prefix.clone();
+    down(&bed.0).unwrap();
+    drop(bed);
+    let out = netns::ip(None, &["netns", "list"]).unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(!list.contains(&prefix), "namespaces left over: {list}");
+}
