@@ -9,7 +9,8 @@
 //!   access in the NFs stays within the lengths checked here, so malformed
 //!   frames cannot panic them.
 //! * [`FlowKey`]: an exact-match 5-tuple key (the state record form of
-//!   `FiveTuple`), hashed with `FiveTuple::hash` ([`flow_hash`]).
+//!   `FiveTuple`), hashed with `FiveTuple::keyed_hash` under a random key
+//!   per table ([`flow_hash`]).
 //! * [`ConnTable`]: a slab of connections, each reachable by its original
 //!   and its reply key (like Linux conntrack's two tuple hashes) through an
 //!   open-addressing index, with idle timeouts checked lazily on lookup and
@@ -21,7 +22,7 @@
 //!   so idle ages survive migration between hosts whose monotonic clocks
 //!   differ.
 
-use braid_packet::flow::FiveTuple;
+use braid_packet::flow::{FiveTuple, FlowHashKey};
 use braid_packet::wire::icmpv4::msg_type;
 use braid_packet::wire::{self, ethertype, udp, Icmpv4Packet, Ipv4Packet, TcpPacket, WireError};
 
@@ -216,7 +217,7 @@ pub fn icmp_error_quote(frame: &[u8], info: &Ipv4Info) -> Option<QuotedPacket> {
 /// An exact-match IPv4 5-tuple. Addresses are host-order `u32`.
 ///
 /// The same key as [`FiveTuple`] (convertible both ways, hashed by
-/// [`FiveTuple::hash`]), kept as its own type because it is the record
+/// [`FiveTuple::keyed_hash`]), kept as its own type because it is the record
 /// format of exported connection state (serde, addresses as numbers) and
 /// the NAT and firewall compute on `u32` addresses (masks, ranges).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -370,13 +371,14 @@ pub enum InsertError {
     KeyInUse,
 }
 
-/// The hash of a flow key, as [`ConnTable`] uses it: the packet core's
-/// [`FiveTuple::hash`] (the bucket index is its low bits, which depend on
-/// every key bit). Not keyed: someone who knows the function can aim flows
-/// at one bucket; a per-table seed would be the next step if that matters.
+/// The hash of a flow key under `key`: the packet core's
+/// [`FiveTuple::keyed_hash`] (the bucket index is its low bits, which
+/// depend on every key bit). Every [`ConnTable`] has its own random key
+/// ([`ConnTable::hash`]), so a sender choosing its addresses and ports
+/// cannot aim its flows at one bucket and turn lookups into long probes.
 #[inline]
-pub fn flow_hash(key: &FlowKey) -> u64 {
-    FiveTuple::from(*key).hash()
+pub fn flow_hash(key: &FlowKey, hash_key: &FlowHashKey) -> u64 {
+    FiveTuple::from(*key).keyed_hash(hash_key)
 }
 
 /// Value of an empty [`FlowIndex`] entry.
@@ -400,16 +402,17 @@ struct FlowIndex {
     entries: Vec<IndexEntry>,
     mask: usize,
     len: usize,
+    hash_key: FlowHashKey,
 }
 
 impl FlowIndex {
-    fn with_capacity(keys: usize) -> FlowIndex {
+    fn with_capacity(keys: usize, hash_key: FlowHashKey) -> FlowIndex {
         let n = (keys * 2).next_power_of_two().max(16);
         let empty = IndexEntry {
             key: FlowKey { src: 0, dst: 0, src_port: 0, dst_port: 0, proto: 0 },
             val: EMPTY,
         };
-        FlowIndex { entries: vec![empty; n], mask: n - 1, len: 0 }
+        FlowIndex { entries: vec![empty; n], mask: n - 1, len: 0, hash_key }
     }
 
     /// Load the bucket of `hash` so a later probe finds it in cache. The
@@ -439,7 +442,7 @@ impl FlowIndex {
         if (self.len + 1) * 2 > self.entries.len() {
             self.grow();
         }
-        let mut i = flow_hash(&key) as usize & self.mask;
+        let mut i = flow_hash(&key, &self.hash_key) as usize & self.mask;
         while self.entries[i].val != EMPTY {
             i = (i + 1) & self.mask;
         }
@@ -448,14 +451,15 @@ impl FlowIndex {
     }
 
     fn grow(&mut self) {
-        let old = std::mem::replace(self, FlowIndex::with_capacity(self.entries.len()));
+        let old =
+            std::mem::replace(self, FlowIndex::with_capacity(self.entries.len(), self.hash_key));
         for e in old.entries.into_iter().filter(|e| e.val != EMPTY) {
             self.insert(e.key, e.val);
         }
     }
 
     fn remove(&mut self, key: &FlowKey) {
-        let mut i = flow_hash(key) as usize & self.mask;
+        let mut i = flow_hash(key, &self.hash_key) as usize & self.mask;
         loop {
             let e = &self.entries[i];
             if e.val == EMPTY {
@@ -475,7 +479,7 @@ impl FlowIndex {
             if e.val == EMPTY {
                 break;
             }
-            let home = flow_hash(&e.key) as usize & self.mask;
+            let home = flow_hash(&e.key, &self.hash_key) as usize & self.mask;
             let between = if i <= j { i < home && home <= j } else { i < home || home <= j };
             if !between {
                 self.entries[i] = e;
@@ -506,11 +510,18 @@ impl ConnTable {
         ConnTable {
             slots: Vec::with_capacity(prealloc),
             free: Vec::new(),
-            index: FlowIndex::with_capacity(2 * prealloc),
+            index: FlowIndex::with_capacity(2 * prealloc, FlowHashKey::random()),
             live: 0,
             max,
             sweep_cursor: 0,
         }
+    }
+
+    /// The hash this table files `key` under (keyed per table, see
+    /// [`flow_hash`]); batch lookups compute it in their first step.
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        flow_hash(key, &self.index.hash_key)
     }
 
     /// Number of live (not yet removed) connections.
@@ -530,7 +541,7 @@ impl ConnTable {
     /// Find the connection `key` belongs to, removing it if it idled out.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: u64, t: &TimeoutsNs) -> Lookup {
-        self.lookup_hinted(key, flow_hash(key), None, now, t)
+        self.lookup_hinted(key, self.hash(key), None, now, t)
     }
 
     /// Batch step 1: load the index bucket of `hash` (see `FlowIndex`).
@@ -599,8 +610,8 @@ impl ConnTable {
             return Err(InsertError::Full);
         }
         if orig == reply
-            || self.index.get(&orig, flow_hash(&orig)).is_some()
-            || self.index.get(&reply, flow_hash(&reply)).is_some()
+            || self.index.get(&orig, self.hash(&orig)).is_some()
+            || self.index.get(&reply, self.hash(&reply)).is_some()
         {
             return Err(InsertError::KeyInUse);
         }
@@ -1008,7 +1019,7 @@ mod tests {
             ops in proptest::collection::vec((any::<bool>(), 0u32..64, any::<u32>()), 1..400),
         ) {
             // Few distinct keys so inserts, removes and probe runs collide.
-            let mut idx = FlowIndex::with_capacity(4);
+            let mut idx = FlowIndex::with_capacity(4, FlowHashKey::random());
             let mut model = std::collections::HashMap::new();
             for (insert, k, v) in ops {
                 let key = key(k);
@@ -1023,7 +1034,7 @@ mod tests {
                 prop_assert_eq!(idx.len, model.len());
                 for probe in 0u32..64 {
                     let pk = self::key(probe);
-                    prop_assert_eq!(idx.get(&pk, flow_hash(&pk)), model.get(&probe).copied());
+                    prop_assert_eq!(idx.get(&pk, flow_hash(&pk, &idx.hash_key)), model.get(&probe).copied());
                 }
             }
         }

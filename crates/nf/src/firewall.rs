@@ -27,9 +27,9 @@ use braid_packet::Batch;
 
 use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
-    apply_steps, flow_hash, icmp_error_quote, parse_cidr, parse_frame, parse_port_range,
-    prefix_mask, secs_to_ns, BatchLookup, ConnSnapshot, ConnTable, FlowKey, Frame, InsertError,
-    Ipv4Info, Lookup, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
+    apply_steps, icmp_error_quote, parse_cidr, parse_frame, parse_port_range, prefix_mask,
+    secs_to_ns, BatchLookup, ConnSnapshot, ConnTable, FlowKey, Frame, InsertError, Ipv4Info,
+    Lookup, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -318,7 +318,7 @@ impl Firewall {
         };
         let key = info.flow_key();
         let hash = match (&self.conntrack, &key) {
-            (Some(_), Some(k)) => flow_hash(k),
+            (Some(ct), Some(k)) => ct.hash(k),
             _ => 0,
         };
         let related = match (&self.conntrack, key) {

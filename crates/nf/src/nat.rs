@@ -36,10 +36,10 @@ use braid_packet::{Batch, Packet};
 use braid_packet::wire::checksum::{udp_on_wire, update16, update32};
 
 use crate::conntrack::{
-    apply_steps, flow_hash, icmp_error_quote, parse_cidr, parse_frame, parse_port_range,
-    prefix_mask, secs_to_ns, BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, Frame,
-    InsertError, Ipv4Info, Lookup, QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, SWEEP_BUDGET,
+    apply_steps, icmp_error_quote, parse_cidr, parse_frame, parse_port_range, prefix_mask,
+    secs_to_ns, BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, Frame, InsertError, Ipv4Info,
+    Lookup, QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -127,21 +127,64 @@ pub struct Config {
     pub max_flows: usize,
 }
 
-/// Free external ports of one protocol: a stack, so allocation and release
-/// are O(1).
+/// Free external ports of one protocol, in random order (RFC 6056: an
+/// observer of one mapping cannot predict the next port, and an off-path
+/// attacker cannot guess which port a flow got). Allocation pops, release
+/// pushes and swaps the port with a random free one, so both stay O(1)
+/// and a port just freed is not the next one handed out.
 #[derive(Clone, Debug)]
 struct PortPool {
     free: Vec<u16>,
+    rng: XorShift,
 }
 
 impl PortPool {
-    /// All of `lo..=hi` free, except `used`; lowest handed out first.
+    /// All of `lo..=hi` free, except `used`, shuffled.
     fn new(lo: u16, hi: u16, used: &[u16]) -> PortPool {
         let mut taken = vec![false; 65536];
         for &p in used {
             taken[p as usize] = true;
         }
-        PortPool { free: (lo..=hi).rev().filter(|p| !taken[*p as usize]).collect() }
+        let mut rng = XorShift::from_os();
+        let mut free: Vec<u16> = (lo..=hi).filter(|p| !taken[*p as usize]).collect();
+        // Fisher-Yates.
+        for i in (1..free.len()).rev() {
+            free.swap(i, rng.below(i + 1));
+        }
+        PortPool { free, rng }
+    }
+
+    fn take(&mut self) -> Option<u16> {
+        self.free.pop()
+    }
+
+    fn give_back(&mut self, port: u16) {
+        self.free.push(port);
+        let last = self.free.len() - 1;
+        let j = self.rng.below(self.free.len());
+        self.free.swap(last, j);
+    }
+}
+
+/// xorshift64*: port order only needs to be unpredictable to an observer
+/// without the seed, not cryptographic; seeded from the OS per pool.
+#[derive(Clone, Debug)]
+struct XorShift(u64);
+
+impl XorShift {
+    fn from_os() -> XorShift {
+        use std::hash::BuildHasher;
+        // RandomState is keyed from the OS random source (a seed without
+        // another dependency); `| 1` keeps the state non-zero.
+        XorShift(std::collections::hash_map::RandomState::new().hash_one(0x006e_6174_u64) | 1)
+    }
+
+    /// Uniform enough in `0..n` (n ≤ 65536: the modulo bias is < 2^-47).
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 16) as usize % n
     }
 }
 
@@ -364,7 +407,7 @@ impl Nat {
     /// Give an expired mapping's port back.
     fn release(pools: &mut [PortPool; 3], c: &Conn) {
         if let Some(i) = pool_index(c.orig.proto) {
-            pools[i].free.push(c.reply.dst_port);
+            pools[i].give_back(c.reply.dst_port);
         }
     }
 
@@ -386,7 +429,9 @@ impl Nat {
             }
         }
         match info.flow_key() {
-            Some(key) => Step::Translate { info, key, hash: flow_hash(&key), outbound, hint: None },
+            Some(key) => {
+                Step::Translate { info, key, hash: self.table.hash(&key), outbound, hint: None }
+            }
             None => {
                 Step::Drop(if outbound { DropReason::Unsupported } else { DropReason::NoMapping })
             }
@@ -491,7 +536,7 @@ impl Nat {
     /// Create the mapping of a new outbound flow.
     fn map_new(&mut self, key: FlowKey, now: u64) -> Result<u32, DropReason> {
         let pool = pool_index(key.proto).ok_or(DropReason::Unsupported)?;
-        let port = self.pools[pool].free.pop().ok_or(DropReason::PortsExhausted)?;
+        let port = self.pools[pool].take().ok_or(DropReason::PortsExhausted)?;
         let (src_port, dst_port) =
             if key.proto == PROTO_ICMP { (port, port) } else { (key.dst_port, port) };
         let reply =
@@ -499,7 +544,7 @@ impl Nat {
         match self.table.insert(key, reply, now) {
             Ok(slot) => Ok(slot),
             Err(e) => {
-                self.pools[pool].free.push(port);
+                self.pools[pool].give_back(port);
                 Err(match e {
                     InsertError::Full => DropReason::Overflow,
                     InsertError::KeyInUse => DropReason::Other,
@@ -711,8 +756,9 @@ mod tests {
             let (o, c) = run(&mut n, 1, std::slice::from_ref(&out));
             assert_eq!(c.dropped_total(), 0);
             let (s, d, sp, dp) = tuple(&o[0]);
-            assert_eq!((s, d, sp), (EXT, REMOTE, 2000), "proto {proto}");
-            assert_eq!(dp, if proto == PROTO_ICMP { 2000 } else { 53 });
+            assert_eq!((s, d), (EXT, REMOTE), "proto {proto}");
+            assert!((2000..=2010).contains(&sp), "port {sp} outside the pool");
+            assert_eq!(dp, if proto == PROTO_ICMP { sp } else { 53 });
             assert!(checksums_ok(&o[0]), "proto {proto}");
             let (back, c) = run(&mut n, 2, &[reply_to(&o[0])]);
             assert_eq!(c.dropped_total(), 0);
@@ -727,6 +773,28 @@ mod tests {
         out[40..42].copy_from_slice(&[0, 0]);
         let (o, _) = run(&mut n, 3, &[out]);
         assert_eq!(&o[0][40..42], &[0, 0]);
+    }
+
+    /// Ports come out of the pool in an order an observer cannot predict
+    /// (RFC 6056): distinct, not ascending, and different per instance.
+    #[test]
+    fn ports_are_handed_out_in_random_order() {
+        let ports = |n: &mut Nat| -> Vec<u16> {
+            (0..64u16)
+                .map(|i| {
+                    let (o, c) = run(n, 1, &[frame(H1, REMOTE, PROTO_UDP, 10_000 + i, 53, b"")]);
+                    assert_eq!(c.dropped_total(), 0);
+                    tuple(&o[0]).2
+                })
+                .collect()
+        };
+        let (a, b) = (ports(&mut nat("")), ports(&mut nat("")));
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(distinct.len(), a.len());
+        assert!(a.iter().all(|p| *p >= 1024));
+        assert!(a.windows(2).any(|w| w[0] > w[1]), "ports ascend: {a:?}");
+        // Two instances agreeing on 64 ports out of 64512 by chance: ~never.
+        assert_ne!(a, b);
     }
 
     /// An ICMP error (type 3 code 3) from `src` to `dst` quoting `quoted`.

@@ -38,7 +38,8 @@ impl FiveTuple {
 
     /// A fast, well-mixed 64-bit hash (two multiplications and a murmur3
     /// finalizer; every input bit affects every output bit). Not keyed, so
-    /// not resistant to chosen-flow flooding; use the low 32 bits where a
+    /// not resistant to chosen-flow flooding (tables that face untrusted
+    /// senders use [`FiveTuple::keyed_hash`]); use the low 32 bits where a
     /// 32-bit hash is wanted.
     ///
     /// Note: `FiveTuple` also implements [`std::hash::Hash`] by feeding
@@ -46,12 +47,19 @@ impl FiveTuple {
     /// directly. Call the trait method as `Hash::hash(&t, &mut state)`.
     #[inline]
     pub fn hash(&self) -> u64 {
+        self.keyed_hash(&FlowHashKey::FIXED)
+    }
+
+    /// [`FiveTuple::hash`] with the two multipliers taken from `key`: with
+    /// a [`FlowHashKey::random`] per table, which flows share a bucket
+    /// depends on the key, so a sender who chooses its addresses and ports
+    /// cannot pile its flows into one bucket of a table it cannot see.
+    /// Same cost as the fixed hash.
+    #[inline]
+    pub fn keyed_hash(&self, key: &FlowHashKey) -> u64 {
         let a = ((u32::from(self.src) as u64) << 32) | u32::from(self.dst) as u64;
         let b = ((self.src_port as u64) << 32) | ((self.dst_port as u64) << 16) | self.proto as u64;
-        fmix64(
-            a.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
-                ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
-        )
+        fmix64(a.wrapping_mul(key.k1).rotate_left(29) ^ b.wrapping_mul(key.k2))
     }
 
     /// The same hash for both directions of a flow (`t.symmetric_hash() ==
@@ -65,6 +73,28 @@ impl FiveTuple {
         } else {
             r.hash()
         }
+    }
+}
+
+/// The multipliers of [`FiveTuple::keyed_hash`] (both odd, so each
+/// multiplication is a bijection and no input bit is lost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowHashKey {
+    k1: u64,
+    k2: u64,
+}
+
+impl FlowHashKey {
+    /// The key of the unkeyed [`FiveTuple::hash`].
+    pub const FIXED: FlowHashKey =
+        FlowHashKey { k1: 0x9E37_79B9_7F4A_7C15, k2: 0xC2B2_AE3D_27D4_EB4F };
+
+    /// A key from the OS random source (through `std`'s `RandomState`,
+    /// which is seeded from it: no extra dependency).
+    pub fn random() -> FlowHashKey {
+        use std::hash::BuildHasher;
+        let s = std::collections::hash_map::RandomState::new();
+        FlowHashKey { k1: s.hash_one(1u64) | 1, k2: s.hash_one(2u64) | 1 }
     }
 }
 
@@ -418,6 +448,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn keyed_hash_depends_on_the_key() {
+        let t = FiveTuple {
+            src: Ipv4Addr::new(10, 0, 0, 1),
+            dst: Ipv4Addr::new(10, 0, 0, 2),
+            proto: 17,
+            src_port: 1000,
+            dst_port: 53,
+        };
+        assert_eq!(t.keyed_hash(&FlowHashKey::FIXED), t.hash());
+        let (k1, k2) = (FlowHashKey::random(), FlowHashKey::random());
+        assert_ne!(k1, k2);
+        // Which of 256 flows share a bucket of 16 differs between keys.
+        let buckets = |k: &FlowHashKey| -> Vec<u64> {
+            (0..256u16).map(|p| FiveTuple { src_port: p, ..t }.keyed_hash(k) & 15).collect()
+        };
+        assert_ne!(buckets(&k1), buckets(&k2));
     }
 
     #[test]
