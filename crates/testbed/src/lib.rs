@@ -16,6 +16,7 @@
 //!   fail before it creates anything.
 
 pub mod deploy;
+pub mod kernel;
 pub mod state;
 pub mod topology;
 mod user;
