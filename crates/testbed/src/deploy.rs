@@ -7,11 +7,16 @@
 //! host with the same placement. Each group runs on one host that has
 //! exactly two links (its ingress and egress; one NF per host is CALVIN's
 //! "one NF per isolated host"). A user-space group is one thread running
-//! its NFs in sequence, one instance each for both directions (`user.rs`). Its XDP program is attached
-//! to both interfaces and forwards in both directions, so requests and
-//! answers cross the NF: frames from one side are redirected out of the
-//! other with the Ethernet addresses rewritten for the next hop (source =
-//! the egress interface, destination = the neighbour on that side).
+//! its NFs in sequence, one instance each for both directions (`user.rs`).
+//! A kernel group is one XDP program (fwd, xor or firewall, parameters
+//! translated by [`crate::kernel`]) or, for several NFs, braid's XDP chain
+//! program with one stage per NF; frames from the host's first link cross
+//! the stages in chain order, frames from the second in reverse order. The
+//! program is attached to both interfaces and forwards in both directions,
+//! so requests and answers cross the NFs: frames from one side are
+//! redirected out of the other with the Ethernet addresses rewritten for
+//! the next hop (source = the egress interface, destination = the
+//! neighbour on that side).
 //!
 //! `XDP_REDIRECT` into a veth only delivers when the peer of the target veth
 //! runs an XDP program, so every neighbour interface that does not carry an
@@ -23,16 +28,17 @@
 //! testbed's state file while deployed, so `braid testbed down` detaches
 //! anything left behind.
 
+use crate::kernel::KernelNf;
 pub use crate::user::{UserIo, UserOptions, UserWait};
 use crate::{netns_name, record_xdp, Options, State, TestbedError};
 use braid_io::netns;
-use braid_io::xdp::{AttachMode, XdpCounters, XdpNf, XdpProgram};
+use braid_io::xdp::{AttachMode, XdpChain, XdpCounters, XdpNf, XdpProgram};
 use serde::Serialize;
 
 /// Where an NF runs on its host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Where {
-    /// An XDP program (kinds: `fwd`).
+    /// An XDP program (kinds: `fwd`, `xor`, `firewall`).
     Kernel,
     /// A user-space NF (any kind) between ports of this kind.
     User(UserIo),
@@ -48,7 +54,7 @@ pub struct NfOnHost {
     /// Testbed host (e.g. `nf1`).
     pub host: String,
     pub placement: Where,
-    /// The NF's parameters (user-space NFs).
+    /// The NF's parameters (for kernel NFs translated by [`crate::kernel`]).
     pub params: braid_nf::Params,
 }
 
@@ -62,6 +68,11 @@ impl NfOnHost {
             placement: Where::Kernel,
             params: braid_nf::Params::Null,
         }
+    }
+
+    /// A kernel NF with parameters.
+    pub fn kernel_with(name: &str, kind: &str, host: &str, params: braid_nf::Params) -> NfOnHost {
+        NfOnHost { params, ..NfOnHost::kernel(name, kind, host) }
     }
 
     /// A user-space NF on AF_PACKET ports.
@@ -88,6 +99,35 @@ impl NfOnHost {
     }
 }
 
+/// How a chain is spread over the testbed's NF hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mapping {
+    /// One NF per host (CALVIN's distributed mapping).
+    #[default]
+    Distributed,
+    /// Consecutive NFs with the same placement share a host: a run of
+    /// kernel NFs becomes one XDP chain program, a run of user-space NFs one
+    /// thread (CALVIN's compact mapping: basic NFs on one host, advanced on
+    /// another).
+    Compact,
+}
+
+impl Mapping {
+    /// For NFs placed as `placements` (chain order), the index of the host
+    /// each one goes to; hosts are used in order, from 0.
+    pub fn host_indices(self, placements: &[Where]) -> Vec<usize> {
+        let mut out = Vec::with_capacity(placements.len());
+        for (i, p) in placements.iter().enumerate() {
+            out.push(match (self, out.last()) {
+                (Mapping::Compact, Some(&last)) if placements[i - 1] == *p => last,
+                (_, Some(&last)) => last + 1,
+                (_, None) => 0,
+            });
+        }
+        out
+    }
+}
+
 /// A user-space group: NFs (name, kind) in chain order, one thread.
 struct DeployedUserGroup {
     nfs: Vec<(String, String)>,
@@ -97,12 +137,19 @@ struct DeployedUserGroup {
     nf: crate::user::UserNf,
 }
 
+/// A kernel group: NFs (name, kind) in chain order, one XDP program.
 struct DeployedNf {
-    name: String,
-    kind: String,
+    nfs: Vec<(String, String)>,
     host: String,
     ifaces: [String; 2],
-    program: XdpProgram,
+    program: KernelProgram,
+}
+
+/// One kernel NF as its own program, or several as the chain program
+/// (stage i = the group's NF i).
+enum KernelProgram {
+    Single(XdpProgram),
+    Chain(XdpChain),
 }
 
 /// The running NFs; dropping it detaches every program.
@@ -210,7 +257,8 @@ impl Group<'_> {
 
 /// How a planned group runs.
 enum Unit {
-    Kernel(XdpNf),
+    /// The group's NFs with their XDP configuration.
+    Kernel(Vec<KernelNf>),
     User(UserIo),
 }
 
@@ -275,20 +323,30 @@ pub fn deploy_with(
             }
         }
         let unit = match group.placement {
-            Where::Kernel if group.nfs.len() > 1 => {
+            Where::Kernel if group.nfs.len() > braid_io::xdp::CHAIN_MAX_STAGES => {
                 return Err(TestbedError::Deploy(format!(
-                    "several kernel NFs on host {}: {} (one kernel NF per host so far)",
+                    "{} kernel NFs on host {}: {}; one XDP chain holds at most {}",
+                    group.nfs.len(),
                     group.host,
-                    group.names()
+                    group.names(),
+                    braid_io::xdp::CHAIN_MAX_STAGES
                 )));
             }
+            // Translated before anything is attached: a parameter XDP
+            // cannot honour leaves the testbed untouched.
             Where::Kernel => Unit::Kernel(
-                XdpNf::from_name(&first.kind).filter(|p| *p == XdpNf::Fwd).ok_or_else(|| {
-                    TestbedError::Deploy(format!(
-                        "NF {:?}: kind {:?} cannot be deployed in the kernel yet (deployable: fwd)",
-                        first.name, first.kind
-                    ))
-                })?,
+                group
+                    .nfs
+                    .iter()
+                    .map(|nf| {
+                        KernelNf::translate(&nf.kind, &nf.params).map_err(|e| {
+                            TestbedError::Deploy(format!(
+                                "NF {:?} ({}) in the kernel: {e}",
+                                nf.name, nf.kind
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
             ),
             Where::User(io) => Unit::User(io),
         };
@@ -317,7 +375,7 @@ pub fn deploy_with(
     }
     for (group, unit, sides) in planned {
         match unit {
-            Unit::Kernel(prog) => deploy_one(&mut d, group.nfs[0], prog, &sides)?,
+            Unit::Kernel(kernel_nfs) => deploy_kernel(&mut d, &group.nfs, &kernel_nfs, &sides)?,
             Unit::User(io) => deploy_user(&mut d, &group.nfs, &sides, io, user)?,
         }
     }
@@ -417,13 +475,16 @@ fn deploy_user(
     Ok(())
 }
 
-fn deploy_one(
+/// Deploy a kernel group: one XDP program for one NF, the chain program
+/// for several.
+fn deploy_kernel(
     d: &mut Deployment,
-    nf: &NfOnHost,
-    kind: XdpNf,
+    group: &[&NfOnHost],
+    kernel_nfs: &[KernelNf],
     sides: &[Side],
 ) -> Result<(), TestbedError> {
-    let ns = netns_name(&d.opts, &nf.host);
+    let host = &group[0].host;
+    let ns = netns_name(&d.opts, host);
     let (a, b) = (&sides[0], &sides[1]);
     let mac = |ns: &str, dev: &str| -> Result<[u8; 6], TestbedError> {
         let s = netns::mac_addr(Some(ns), dev)
@@ -432,24 +493,47 @@ fn deploy_one(
     };
     let (mac_a, mac_b) = (mac(&ns, &a.dev)?, mac(&ns, &b.dev)?);
     let (peer_a, peer_b) = (mac(&a.peer_ns, &a.peer_dev)?, mac(&b.peer_ns, &b.peer_dev)?);
-    let what = format!("XDP {} for NF {:?} on {ns}", nf.kind, nf.name);
-    let program = netns::in_netns(&ns, || -> Result<XdpProgram, TestbedError> {
+    let names = group.iter().map(|n| format!("{:?} ({})", n.name, n.kind)).collect::<Vec<_>>();
+    let what = format!("XDP for NF {} on {ns}", names.join(", "));
+    let program = netns::in_netns(&ns, || -> Result<KernelProgram, TestbedError> {
         let e = |w: &str| xdp_err(format!("{what}: {w}"));
-        let mut p = XdpProgram::load(kind).map_err(e("load"))?;
-        let ia = p.attach(&a.dev, AttachMode::Auto).map_err(e(&a.dev))?.ifindex;
-        let ib = p.attach(&b.dev, AttachMode::Auto).map_err(e(&b.dev))?.ifindex;
-        p.set_forward(ia, ib).map_err(e("forward a->b"))?;
-        p.set_forward(ib, ia).map_err(e("forward b->a"))?;
-        // Out of b towards b's neighbour, and the other way round.
-        p.set_mac_rewrite(ia, peer_b, mac_b).map_err(e("MAC rewrite a->b"))?;
-        p.set_mac_rewrite(ib, peer_a, mac_a).map_err(e("MAC rewrite b->a"))?;
-        Ok(p)
+        if let [k] = kernel_nfs {
+            let mut p = XdpProgram::load(k.xdp()).map_err(e("load"))?;
+            k.configure_program(&mut p).map_err(e("parameters"))?;
+            let ia = p.attach(&a.dev, AttachMode::Auto).map_err(e(&a.dev))?.ifindex;
+            let ib = p.attach(&b.dev, AttachMode::Auto).map_err(e(&b.dev))?.ifindex;
+            p.set_forward(ia, ib).map_err(e("forward a->b"))?;
+            p.set_forward(ib, ia).map_err(e("forward b->a"))?;
+            // Out of b towards b's neighbour, and the other way round.
+            p.set_mac_rewrite(ia, peer_b, mac_b).map_err(e("MAC rewrite a->b"))?;
+            p.set_mac_rewrite(ib, peer_a, mac_a).map_err(e("MAC rewrite b->a"))?;
+            return Ok(KernelProgram::Single(p));
+        }
+        let kinds: Vec<XdpNf> = kernel_nfs.iter().map(KernelNf::xdp).collect();
+        let mut c = XdpChain::load(&kinds).map_err(e("load"))?;
+        for (slot, k) in kernel_nfs.iter().enumerate() {
+            k.configure_stage(&mut c, slot).map_err(e(&format!("parameters of stage {slot}")))?;
+        }
+        // Paths and forwarding before attaching: a frame arriving on an
+        // interface without a path would go to the stack.
+        let ia = netns::ifindex(&a.dev).map_err(|e| TestbedError::Deploy(e.to_string()))?;
+        let ib = netns::ifindex(&b.dev).map_err(|e| TestbedError::Deploy(e.to_string()))?;
+        let order: Vec<usize> = (0..kernel_nfs.len()).collect();
+        let reverse: Vec<usize> = order.iter().rev().copied().collect();
+        c.set_path(ia, &order).map_err(e("path a->b"))?;
+        c.set_path(ib, &reverse).map_err(e("path b->a"))?;
+        c.set_forward(ia, ib).map_err(e("forward a->b"))?;
+        c.set_forward(ib, ia).map_err(e("forward b->a"))?;
+        c.set_mac_rewrite(ia, peer_b, mac_b).map_err(e("MAC rewrite a->b"))?;
+        c.set_mac_rewrite(ib, peer_a, mac_a).map_err(e("MAC rewrite b->a"))?;
+        c.attach(&a.dev, AttachMode::Auto).map_err(e(&a.dev))?;
+        c.attach(&b.dev, AttachMode::Auto).map_err(e(&b.dev))?;
+        Ok(KernelProgram::Chain(c))
     })
     .map_err(|source| TestbedError::Setup { what: what.clone(), source })??;
     d.nfs.push(DeployedNf {
-        name: nf.name.clone(),
-        kind: nf.kind.clone(),
-        host: nf.host.clone(),
+        nfs: group.iter().map(|n| (n.name.clone(), n.kind.clone())).collect(),
+        host: host.clone(),
         ifaces: [a.dev.clone(), b.dev.clone()],
         program,
     });
@@ -499,19 +583,25 @@ impl Deployment {
         Ok(all)
     }
 
+    /// One row per kernel NF; a chain stage that hands a frame to the
+    /// next stage counts it as redirected.
     fn kernel_stats(&mut self) -> Result<Vec<NfStats>, TestbedError> {
-        self.nfs
-            .iter_mut()
-            .map(|n| {
-                let c: XdpCounters = n
-                    .program
-                    .counters()
-                    .map_err(xdp_err(format!("counters of NF {:?}", n.name)))?;
-                Ok(NfStats {
-                    name: n.name.clone(),
-                    kind: n.kind.clone(),
+        let mut rows = Vec::new();
+        for n in &mut self.nfs {
+            for (slot, (name, kind)) in n.nfs.iter().enumerate() {
+                let c: XdpCounters = match &mut n.program {
+                    KernelProgram::Single(p) => p.counters(),
+                    KernelProgram::Chain(c) => c.counters(slot),
+                }
+                .map_err(xdp_err(format!("counters of NF {name:?}")))?;
+                rows.push(NfStats {
+                    name: name.clone(),
+                    kind: kind.clone(),
                     host: n.host.clone(),
-                    placement: "kernel (XDP)",
+                    placement: match n.program {
+                        KernelProgram::Single(_) => "kernel (XDP)",
+                        KernelProgram::Chain(_) => "kernel (XDP chain)",
+                    },
                     ifaces: n.ifaces.clone(),
                     rx_packets: c.rx_packets,
                     rx_bytes: c.rx_bytes,
@@ -521,9 +611,10 @@ impl Deployment {
                     malformed: c.malformed,
                     drop_reasons: Default::default(),
                     sockets: None,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(rows)
     }
 
     /// NFs that asked for AF_XDP but run on AF_PACKET, with the reason, as
@@ -543,5 +634,21 @@ impl Drop for Deployment {
         // Programs detach when their links close (fields drop after this);
         // take them out of the state file so `down` does not look for them.
         let _ = crate::forget_xdp(&self.opts, &self.attached);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_mapping_groups_runs_of_one_placement() {
+        let (k, u) = (Where::Kernel, Where::User(UserIo::AfXdp));
+        let p = [k, k, u, u, k];
+        assert_eq!(Mapping::Distributed.host_indices(&p), vec![0, 1, 2, 3, 4]);
+        assert_eq!(Mapping::Compact.host_indices(&p), vec![0, 0, 1, 1, 2]);
+        let mixed_io = [u, Where::User(UserIo::AfPacket)];
+        assert_eq!(Mapping::Compact.host_indices(&mixed_io), vec![0, 1]);
+        assert!(Mapping::Compact.host_indices(&[]).is_empty());
     }
 }

@@ -30,10 +30,11 @@ fn xdp_fwd_chain_carries_ping_and_probe_then_detaches() {
     let ns = |h: &str| netns_name(opts, h);
     assert!(!ping(&ns("client"), "10.71.3.2", "1"), "traffic must not pass with forwarding off");
 
-    // Refused before touching anything: unknown kind, host used twice, wrong host.
+    // Refused before touching anything: a kind without XDP version, a host
+    // used by two groups that are not consecutive, wrong host.
     for bad in [
         vec![spec("n", "nat", "nf1")],
-        vec![spec("a", "fwd", "nf1"), spec("b", "fwd", "nf1")],
+        vec![spec("a", "fwd", "nf1"), spec("b", "fwd", "nf2"), spec("c", "fwd", "nf1")],
         vec![spec("a", "fwd", "nowhere")],
     ] {
         let e = deploy(opts, &bad).err().unwrap();

@@ -1,6 +1,7 @@
 //! `braid deploy CHAIN.yaml`: run a chain on the testbed, one NF per NF
-//! host (distributed mapping), until Ctrl-C. Live counters go to a stats
-//! file that `braid stats` reads.
+//! host (distributed mapping) or consecutive NFs of one placement per host
+//! (`--mapping compact`), until Ctrl-C. Live counters go to a stats file
+//! that `braid stats` reads.
 //!
 //! `braid deploy --processes CHAIN.yaml` instead runs every NF as its own
 //! supervised process on this host, chained by shared memory (the
@@ -8,7 +9,9 @@
 
 use anyhow::Context;
 use braid_nf::Placement;
-use braid_testbed::deploy::{deploy_with, NfOnHost, NfStats, UserIo, UserOptions, UserWait};
+use braid_testbed::deploy::{
+    deploy_with, Mapping, NfOnHost, NfStats, UserIo, UserOptions, UserWait, Where,
+};
 use braid_testbed::{Options, State};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -22,10 +25,16 @@ pub struct Args {
     /// Chain descriptor (YAML); its ports are ignored, the testbed's links
     /// carry the traffic.
     pub chain: PathBuf,
-    /// Testbed hosts for the NFs, in chain order (default: the forwarding
-    /// hosts of the testbed with two links, in topology order).
+    /// Testbed hosts for the NFs, in chain order: one per NF, or one per
+    /// run of NFs with --mapping compact (default: the forwarding hosts of
+    /// the testbed with two links, in topology order).
     #[arg(long, value_delimiter = ',')]
     pub hosts: Vec<String>,
+    /// `distributed`: one NF per host. `compact`: consecutive NFs with the
+    /// same placement share a host (kernel NFs as one XDP chain program,
+    /// user-space NFs as one thread).
+    #[arg(long, value_enum, default_value_t = MappingArg::Distributed)]
+    pub mapping: MappingArg,
     /// The testbed's state file.
     #[arg(long, default_value = braid_testbed::DEFAULT_STATE_PATH)]
     pub state: PathBuf,
@@ -77,6 +86,12 @@ pub struct Args {
     /// With --processes: each NF process in its own network namespace.
     #[arg(long, requires = "processes")]
     pub netns: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum MappingArg {
+    Distributed,
+    Compact,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -140,27 +155,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.hosts.clone()
     };
-    if plan.len() > hosts.len() {
+    let io = match args.user_io {
+        UserIoArg::AfXdp => UserIo::AfXdp,
+        UserIoArg::AfPacket => UserIo::AfPacket,
+    };
+    let placements: Vec<Where> = plan
+        .iter()
+        .map(|e| match e.placement {
+            Placement::Kernel => Where::Kernel,
+            Placement::User => Where::User(io),
+        })
+        .collect();
+    let mapping = match args.mapping {
+        MappingArg::Distributed => Mapping::Distributed,
+        MappingArg::Compact => Mapping::Compact,
+    };
+    let host_of = mapping.host_indices(&placements);
+    let needed = host_of.last().map_or(0, |h| h + 1);
+    if needed > hosts.len() {
         anyhow::bail!(
-            "chain {} has {} NFs but the testbed offers {} NF hosts ({}); bring up more (`braid testbed up --nf-hosts {}`) or list them with --hosts",
+            "chain {} needs {needed} NF hosts ({:?} mapping of {} NFs) but the testbed offers {} ({}); bring up more (`braid testbed up --nf-hosts {needed}`), list them with --hosts{}",
             d.name,
+            args.mapping,
             plan.len(),
             hosts.len(),
             hosts.join(", "),
-            plan.len()
+            if mapping == Mapping::Compact { "" } else { " or try --mapping compact" }
         );
     }
     let mut specs = Vec::new();
-    for ((e, decl), host) in plan.iter().zip(&d.nfs).zip(&hosts) {
+    for ((e, decl), h) in plan.iter().zip(&d.nfs).zip(&host_of) {
+        let host = &hosts[*h];
         specs.push(match e.placement {
-            Placement::Kernel => NfOnHost::kernel(&e.name, e.kind, host),
-            Placement::User => {
-                let io = match args.user_io {
-                    UserIoArg::AfXdp => UserIo::AfXdp,
-                    UserIoArg::AfPacket => UserIo::AfPacket,
-                };
-                NfOnHost::user_on(&e.name, e.kind, host, decl.params.clone(), io)
-            }
+            Placement::Kernel => NfOnHost::kernel_with(&e.name, e.kind, host, decl.params.clone()),
+            Placement::User => NfOnHost::user_on(&e.name, e.kind, host, decl.params.clone(), io),
         });
     }
     let stop = braid_probe::signal::stop_on_signals().context("installing signal handlers")?;
@@ -184,6 +212,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "braid deploy: {} ({}) in {place} of host {} ({})",
             s.name, s.kind, s.host, e.reason
         );
+    }
+    for (h, host) in hosts.iter().enumerate().take(needed) {
+        let on: Vec<&str> = specs
+            .iter()
+            .zip(&host_of)
+            .filter(|(_, i)| **i == h)
+            .map(|(s, _)| s.name.as_str())
+            .collect();
+        let kernel = host_of.iter().position(|i| *i == h).map(|i| placements[i] == Where::Kernel);
+        let why = match (mapping, on.len(), kernel) {
+            (Mapping::Distributed, ..) => "distributed mapping: one NF per host",
+            (Mapping::Compact, 1, _) => "compact mapping: the only NF of its placement run",
+            (Mapping::Compact, _, Some(true)) => {
+                "compact mapping: consecutive kernel NFs share a host, one XDP chain program"
+            }
+            (Mapping::Compact, ..) => {
+                "compact mapping: consecutive user-space NFs share a host, one thread"
+            }
+        };
+        eprintln!("braid deploy: host {host}: {} ({why})", on.join(", "));
     }
     eprintln!(
         "braid deploy: chain {} running; Ctrl-C to stop; `braid stats` shows the counters",
