@@ -246,6 +246,9 @@ pub struct KeyConfig {
     /// reuses nonces: tests only.
     #[serde(default)]
     pub salt: Option<String>,
+    /// Decrypt only: anti-replay window in packets (see `replay.rs`).
+    #[serde(default)]
+    pub replay_window: Option<u64>,
 }
 
 impl std::fmt::Debug for KeyConfig {
@@ -256,6 +259,7 @@ impl std::fmt::Debug for KeyConfig {
             .field("key_file", &self.key_file)
             .field("key_id", &self.key_id)
             .field("salt", &self.salt)
+            .field("replay_window", &self.replay_window)
             .finish()
     }
 }

@@ -35,13 +35,15 @@ pub enum DropReason {
     Overflow,
     /// Could not be decoded/recovered (network coding).
     Undecodable,
+    /// A sequence number already seen, or too old to tell (anti-replay).
+    Replayed,
     /// TTL/hop or other check failed in a way not listed above.
     Other,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// All reasons, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -59,6 +61,7 @@ impl DropReason {
         DropReason::NoRoom,
         DropReason::Overflow,
         DropReason::Undecodable,
+        DropReason::Replayed,
         DropReason::Other,
     ];
 
@@ -79,6 +82,7 @@ impl DropReason {
             DropReason::NoRoom => "no_room",
             DropReason::Overflow => "overflow",
             DropReason::Undecodable => "undecodable",
+            DropReason::Replayed => "replayed",
             DropReason::Other => "other",
         }
     }

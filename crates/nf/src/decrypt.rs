@@ -2,25 +2,51 @@
 //! the UDP payload, decrypts (GCM: verifies the tag first), removes the
 //! header and tag and fixes the IPv4 and UDP lengths and checksums.
 //!
-//! Drops: `auth_failed` when a GCM tag does not verify; `unsupported` when
-//! the header names another mode or key id; `malformed` when the payload is
+//! Drops: `auth_failed` when a GCM tag does not verify; `replayed` when a
+//! GCM packet's sequence number was already accepted from its sender, or
+//! is too far behind to tell (`replay_window`, default 1024 packets, like
+//! IPsec's anti-replay window; 0 turns it off); `unsupported` when the
+//! header names another mode or key id; `malformed` when the payload is
 //! too short for the header (and tag) or has another version, or the
 //! IPv4/UDP lengths do not hold. Frames that are not IPv4/UDP pass
-//! unchanged. Packets are independent: each carries its own nonce, so loss
-//! and reordering do not matter.
+//! unchanged. Each packet carries its own nonce, so loss and reordering
+//! within the window do not matter.
+//!
+//! CTR packets are not authenticated, so a replay window would not stop
+//! anyone who can rewrite the sequence number: it is refused for CTR.
 
 use crate::aes_header::{AesHeader, Cipher, KeyConfig, Mode, HEADER_LEN, KEY_PARAMS, TAG_LEN};
+use crate::replay::{ReplayGuard, ReplaySnapshot, MAX_WINDOW, MIN_WINDOW};
 use crate::udp_payload::{self, Located};
-use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
+use crate::{
+    Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc, Placement, StateError,
+};
 use braid_packet::{Batch, Packet};
 
-static PARAMS: [ParamDoc; 4] = KEY_PARAMS;
+static PARAMS: [ParamDoc; 5] = [
+    KEY_PARAMS[0],
+    KEY_PARAMS[1],
+    KEY_PARAMS[2],
+    KEY_PARAMS[3],
+    ParamDoc {
+        name: "replay_window",
+        kind: "0, or a multiple of 64 in 64..=65536",
+        default: Some("1024 (gcm)"),
+        help: "anti-replay window in packets per sender (GCM only); 0 turns it off",
+    },
+];
+
+/// Window size when the descriptor does not give one (GCM).
+pub const DEFAULT_REPLAY_WINDOW: u64 = 1024;
+/// Senders (encrypting instances, told apart by salt) tracked at once.
+pub const MAX_SENDERS: usize = 1024;
+const STATE_VERSION: u32 = 1;
 
 pub static SPEC: NfSpec = NfSpec {
     name: "decrypt",
     class: NfClass::Advanced,
     placements: &[Placement::User],
-    stateful: false,
+    stateful: true,
     summary: "AES-CTR / AES-GCM decryption of what `encrypt` produced; GCM tag failures dropped and counted",
     params: &PARAMS,
     build: |p| Ok(Box::new(Decrypt::from_config(&crate::params::parse::<KeyConfig>(p)?)?)),
@@ -31,6 +57,8 @@ pub static SPEC: NfSpec = NfSpec {
 pub struct Decrypt {
     cipher: Cipher,
     key_id: u16,
+    /// GCM with a non-zero window only.
+    replay: Option<ReplayGuard>,
 }
 
 impl Decrypt {
@@ -41,10 +69,32 @@ impl Decrypt {
                 "only `encrypt` takes a salt; `decrypt` reads it from each packet",
             ));
         }
-        Ok(Decrypt { cipher: cfg.cipher()?, key_id: cfg.key_id })
+        let cipher = cfg.cipher()?;
+        let window = match (cipher.mode(), cfg.replay_window) {
+            (Mode::Ctr, None | Some(0)) => 0,
+            (Mode::Ctr, Some(_)) => {
+                return Err(crate::ConfigError::new(
+                    "replay_window",
+                    "CTR packets are not authenticated, so a replay window protects nothing; use mode: gcm",
+                ))
+            }
+            (Mode::Gcm, w) => w.unwrap_or(DEFAULT_REPLAY_WINDOW),
+        };
+        if window != 0
+            && (!window.is_multiple_of(64) || !(MIN_WINDOW..=MAX_WINDOW).contains(&window))
+        {
+            return Err(crate::ConfigError::new(
+                "replay_window",
+                format!(
+                    "{window}: give 0 (off) or a multiple of 64 from {MIN_WINDOW} to {MAX_WINDOW}"
+                ),
+            ));
+        }
+        let replay = (window != 0).then(|| ReplayGuard::new(window, MAX_SENDERS));
+        Ok(Decrypt { cipher, key_id: cfg.key_id, replay })
     }
 
-    fn decrypt(&self, pkt: &mut Packet) -> Result<(), DropReason> {
+    fn decrypt(&mut self, pkt: &mut Packet) -> Result<(), DropReason> {
         let loc = match udp_payload::locate(pkt.data()) {
             Located::Udp(loc) => loc,
             Located::Other => return Ok(()),
@@ -61,6 +111,11 @@ impl Decrypt {
         if header.mode_code != mode.code() || header.key_id != self.key_id {
             return Err(DropReason::Unsupported);
         }
+        if let Some(g) = &self.replay {
+            if !g.fresh(header.salt, header.seq) {
+                return Err(DropReason::Replayed);
+            }
+        }
         let nonce = header.nonce();
         let body_len = len - mode.overhead();
         let (body, tag) = rest.split_at_mut(body_len);
@@ -69,6 +124,12 @@ impl Decrypt {
             Mode::Gcm => {
                 let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| DropReason::Malformed)?;
                 self.cipher.open(&nonce, hdr, body, tag).map_err(|_| DropReason::AuthFailed)?
+            }
+        }
+        // Only an authenticated packet moves the window.
+        if let Some(g) = &mut self.replay {
+            if !g.accept(header.salt, header.seq) {
+                return Err(DropReason::Replayed);
             }
         }
         let mut loc = loc;
@@ -95,6 +156,20 @@ impl NetworkFunction for Decrypt {
                 false
             }
         });
+    }
+
+    fn export_state(&self) -> Option<NfState> {
+        self.replay.as_ref().map(|g| NfState::encode(SPEC.name, STATE_VERSION, &g.snapshot()))
+    }
+
+    fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
+        let snap: ReplaySnapshot = state.decode(SPEC.name, STATE_VERSION)?;
+        match &mut self.replay {
+            Some(g) => g.restore(snap).map_err(StateError::Corrupt),
+            None => Err(StateError::Corrupt(
+                "replay windows, but this decrypt keeps none (CTR or replay_window: 0)".into(),
+            )),
+        }
     }
 }
 
@@ -207,6 +282,62 @@ mod tests {
         let mut c = Counters::default();
         assert!(run(dec.as_mut(), std::slice::from_ref(plain), &mut c).is_empty());
         assert_eq!(c.dropped(DropReason::Malformed), 1);
+    }
+
+    #[test]
+    fn gcm_replays_are_dropped_and_the_window_survives_export() {
+        let mut enc = crate::build("encrypt", &enc_params("gcm")).unwrap();
+        let mut dec = crate::build("decrypt", &params("gcm", 7)).unwrap();
+        // The UDP frames (the ICMP one passes both NFs untouched).
+        let input = frames()[..8].to_vec();
+        let mid = run(enc.as_mut(), &input, &mut Counters::default());
+        let mut c = Counters::default();
+        assert_eq!(run(dec.as_mut(), &mid, &mut c), input);
+        // The same packets again, and a duplicate inside one batch.
+        let again = run(dec.as_mut(), &mid, &mut c);
+        assert!(again.is_empty());
+        assert_eq!(c.dropped(DropReason::Replayed), mid.len() as u64);
+        let fresh = run(enc.as_mut(), &input[..1], &mut Counters::default());
+        let mut c = Counters::default();
+        let out = run(dec.as_mut(), &[fresh[0].clone(), fresh[0].clone()], &mut c);
+        assert_eq!((out.len(), c.dropped(DropReason::Replayed)), (1, 1));
+        // A second decrypt that imports the state refuses the replays too.
+        let mut other = crate::build("decrypt", &params("gcm", 7)).unwrap();
+        other.import_state(&dec.export_state().unwrap()).unwrap();
+        let mut c = Counters::default();
+        assert!(run(other.as_mut(), &mid, &mut c).is_empty());
+        assert_eq!(c.dropped(DropReason::Replayed), mid.len() as u64);
+        // A forged copy (bad tag) of a new sequence number does not move
+        // the window: the genuine packet still gets through afterwards.
+        let next = run(enc.as_mut(), &input[..1], &mut Counters::default());
+        let mut forged = next[0].clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let mut c = Counters::default();
+        assert!(run(other.as_mut(), &[forged], &mut c).is_empty());
+        assert_eq!(run(other.as_mut(), &next, &mut c).len(), 1);
+        assert_eq!(c.dropped(DropReason::AuthFailed), 1);
+    }
+
+    #[test]
+    fn replay_window_parameter_is_checked() {
+        let with = |mode: &str, w: &str| {
+            let mut p = params(mode, 0);
+            let v: Params = serde_yaml_ng::from_str(w).unwrap();
+            p.as_mapping_mut().unwrap().insert("replay_window".into(), v);
+            (SPEC.build)(&p)
+        };
+        assert!(with("gcm", "0").is_ok());
+        assert!(with("gcm", "4096").is_ok());
+        assert!(with("ctr", "0").is_ok());
+        for (mode, w) in [("gcm", "100"), ("gcm", "32"), ("gcm", "131072"), ("ctr", "64")] {
+            assert_eq!(with(mode, w).err().unwrap().field, "replay_window", "{mode} {w}");
+        }
+        let mut p = enc_params("gcm");
+        p.as_mapping_mut().unwrap().insert("replay_window".into(), 64.into());
+        assert_eq!((crate::encrypt::SPEC.build)(&p).err().unwrap().field, "replay_window");
+        // Without a window (CTR) there is no state to export.
+        assert!(crate::build("decrypt", &params("ctr", 0)).unwrap().export_state().is_none());
     }
 
     #[test]

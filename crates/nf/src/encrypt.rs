@@ -48,6 +48,12 @@ pub struct Encrypt {
 
 impl Encrypt {
     pub fn from_config(cfg: &KeyConfig) -> Result<Encrypt, crate::ConfigError> {
+        if cfg.replay_window.is_some() {
+            return Err(crate::ConfigError::new(
+                "replay_window",
+                "only `decrypt` keeps a replay window; `encrypt` numbers its packets",
+            ));
+        }
         Ok(Encrypt { cipher: cfg.cipher()?, key_id: cfg.key_id, salt: cfg.salt()?, next_seq: 0 })
     }
 

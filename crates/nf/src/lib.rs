@@ -34,6 +34,7 @@ pub mod loss;
 pub mod nc_decode;
 pub mod nc_encode;
 pub mod nc_recode;
+pub mod replay;
 mod udp_payload;
 
 use braid_packet::Batch;
