@@ -15,8 +15,8 @@
 mod common;
 
 use braid_io::netns;
-use braid_testbed::deploy::{deploy, deploy_with, NfOnHost, UserIo, UserOptions, UserWait};
-use braid_testbed::netns_name;
+use braid_testbed::deploy::{deploy_with, NfOnHost, UserIo, UserOptions, UserWait};
+use braid_testbed::{netns_name, status};
 use common::{assert_nothing_left, bed, forwarding_off, ping, probe_round_trips, skip};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -26,6 +26,20 @@ use std::time::Duration;
 /// so answers come back to nf2 (where the steering program hands them to
 /// the NAT) without any ARP.
 const NAT_EXTERNAL: &str = "10.71.3.1";
+
+/// Threads of this process with scheduling policy SCHED_FIFO (field 41
+/// of /proc/self/task/*/stat).
+fn fifo_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // Fields after the command name, which is in parentheses.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            rest.split(' ').nth(41 - 3) == Some("1")
+        })
+        .count()
+}
 
 fn params(yaml: &str) -> braid_nf::Params {
     serde_yaml_ng::from_str(yaml).unwrap()
@@ -70,8 +84,18 @@ fn xdp_fwd_then_af_xdp_nat_translates_both_directions() {
     let ns = |h: &str| netns_name(opts, h);
     assert!(!ping(&ns("client"), "10.71.3.2", "1"), "traffic must not pass with forwarding off");
 
-    let mut d = deploy(opts, &[NfOnHost::kernel("f1", "fwd", "nf1"), nat("nf2")]).unwrap();
+    let chain = [NfOnHost::kernel("f1", "fwd", "nf1"), nat("nf2")];
+    // No online CPU in --cpus: refused, naming the option, nothing left.
+    let nowhere = UserOptions { cpus: vec![1000], ..Default::default() };
+    let e = deploy_with(opts, &chain, &nowhere).err().unwrap().to_string();
+    assert!(e.contains("--cpus"), "{e}");
+    assert!(status(opts).unwrap().unwrap().xdp.is_empty());
+
+    let rt = UserOptions { rt_prio: Some(10), cpus: vec![0, 1], ..Default::default() };
+    let fifo_before = fifo_threads();
+    let mut d = deploy_with(opts, &chain, &rt).unwrap();
     assert!(d.fallbacks().is_empty(), "{:?}", d.fallbacks());
+    assert_eq!(fifo_threads(), fifo_before + 1, "the NF thread runs SCHED_FIFO");
     assert!(ping(&ns("client"), "10.71.3.2", "3"), "ping through XDP fwd -> AF_XDP nat failed");
     let (peer, answered) = udp_exchange(opts, 7101);
     assert_eq!(peer.ip().to_string(), NAT_EXTERNAL, "the server must see the NAT's address");
