@@ -78,9 +78,24 @@ fn pump(gen: &mut ShmPort, sink: &mut ShmPort, seq: &mut u64, n: u64, limit: Dur
     got
 }
 
+/// How the middle NF fails.
+#[derive(Clone, Copy, PartialEq)]
+enum Failure {
+    /// SIGKILL: the process exits.
+    Crash,
+    /// SIGSTOP: the process stays alive but its loop stops (a hang); the
+    /// supervisor's watchdog must notice the missing heartbeat.
+    Hang,
+}
+
 #[test]
 fn killed_nf_is_restarted_and_neighbours_keep_running() {
-    scenario(false);
+    scenario(false, Failure::Crash);
+}
+
+#[test]
+fn hung_nf_is_killed_by_the_watchdog_and_restarted() {
+    scenario(false, Failure::Hang);
 }
 
 #[test]
@@ -89,12 +104,13 @@ fn same_with_each_nf_in_its_own_network_namespace() {
         eprintln!("skipped: --netns needs root");
         return;
     }
-    scenario(true);
+    scenario(true, Failure::Crash);
 }
 
-fn scenario(netns: bool) {
-    let dir =
-        std::env::temp_dir().join(format!("braid-run-procs-test-{}-{netns}", std::process::id()));
+fn scenario(netns: bool, failure: Failure) {
+    let tag = if failure == Failure::Hang { "hang" } else { "crash" };
+    let dir = std::env::temp_dir()
+        .join(format!("braid-run-procs-test-{}-{netns}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let chain = dir.join("chain.yaml");
     std::fs::write(
@@ -113,6 +129,7 @@ fn scenario(netns: bool) {
         .args(cmd)
         .args([chain.to_str().unwrap(), "--dir", dir.to_str().unwrap(), seconds, "120"])
         .args(netns.then_some("--netns"))
+        .args(if failure == Failure::Hang { ["--watchdog-ms", "500"].as_slice() } else { &[] })
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -155,13 +172,21 @@ fn scenario(netns: bool) {
     let got = pump(&mut gen, &mut sink, &mut seq, 10_000, Duration::from_secs(30));
     assert_run(&got, 0..10_000, "in order through three processes");
 
-    let status = Command::new("kill").args(["-9", &pb.to_string()]).status().unwrap();
+    let signal = if failure == Failure::Hang { "-STOP" } else { "-9" };
+    let status = Command::new("kill").args([signal, &pb.to_string()]).status().unwrap();
     assert!(status.success());
     wait_for(&mut lines, &|l| l.iter().any(|x| x.starts_with("b: restarted (#1), pid")));
     assert!(
         lines.iter().any(|l| l.starts_with("b: exited (killed by signal 9); restarting in")),
         "{lines:#?}"
     );
+    if failure == Failure::Hang {
+        assert!(
+            lines.iter().any(|l| l.starts_with("b: hung (no heartbeat for")
+                && l.ends_with(&format!("killing pid {pb}"))),
+            "{lines:#?}"
+        );
+    }
 
     // Traffic flows again once the new b has joined a and c has reconnected
     // to it; packets sent meanwhile (or in flight inside the killed b) are

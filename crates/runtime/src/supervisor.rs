@@ -8,10 +8,27 @@
 //! keep their state while one NF is down; their shared-memory ports report
 //! the disconnection and take the restarted peer back (see
 //! `braid_io::shm`).
+//!
+//! A process can also hang: alive, but its packet loop stuck (a deadlock,
+//! an endless loop, SIGSTOP). With a watchdog ([`ProcSpec::watchdog`]) the
+//! child gets the write end of a pipe, its number in the environment
+//! variable [`HEARTBEAT_FD_ENV`], and writes a byte to it every time its
+//! loop comes round (at least every [`HEARTBEAT_INTERVAL`]). The watchdog
+//! arms at the first byte (so a slow start, such as waiting for a
+//! neighbour, is not a hang); once armed, a child silent for longer than
+//! the watchdog period is killed (SIGKILL) and reported as hung, and the
+//! restart policy treats it like any other failure.
 
+use std::io::{ErrorKind, Read};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// Environment variable naming the heartbeat pipe's descriptor in a child.
+pub const HEARTBEAT_FD_ENV: &str = "BRAID_HEARTBEAT_FD";
+/// How often a supervised child should write its heartbeat byte.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// When to restart a process that exited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +62,9 @@ pub struct ProcSpec {
     /// Run inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
     pub policy: RestartPolicy,
+    /// Kill the process when its heartbeat stops for this long (see the
+    /// module documentation); `None`: no watchdog.
+    pub watchdog: Option<Duration>,
 }
 
 /// What happened, for the operator.
@@ -72,6 +92,13 @@ pub enum Event {
         name: String,
         error: String,
     },
+    /// The heartbeat stopped for `silent`: the process was killed (its exit
+    /// follows as [`Event::Exited`]).
+    Hung {
+        name: String,
+        pid: u32,
+        silent: Duration,
+    },
 }
 
 impl std::fmt::Display for Event {
@@ -89,6 +116,11 @@ impl std::fmt::Display for Event {
                 write!(f, "{name}: failed after {restarts} restarts; left down")
             }
             Event::SpawnFailed { name, error } => write!(f, "{name}: could not start: {error}"),
+            Event::Hung { name, pid, silent } => write!(
+                f,
+                "{name}: hung (no heartbeat for {} ms); killing pid {pid}",
+                silent.as_millis()
+            ),
         }
     }
 }
@@ -99,6 +131,29 @@ struct Supervised {
     restarts: u32,
     restart_at: Option<Instant>,
     done: bool,
+    /// Read end of the running child's heartbeat pipe (non-blocking).
+    beat: Option<std::io::PipeReader>,
+    /// When the last heartbeat byte came; `None` until the first (armed).
+    last_beat: Option<Instant>,
+}
+
+/// A heartbeat pipe: the read end non-blocking, the write end inheritable
+/// by a child (no close-on-exec).
+fn heartbeat_pipe() -> std::io::Result<(std::io::PipeReader, std::io::PipeWriter)> {
+    let (r, w) = std::io::pipe()?;
+    // SAFETY: fcntl(2) on descriptors this function owns; F_GETFL/F_SETFL
+    // and F_GETFD/F_SETFD only change flags of those descriptors.
+    unsafe {
+        let fl = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
+        if fl < 0 || libc::fcntl(r.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::fcntl(w.as_raw_fd(), libc::F_GETFD);
+        if fd < 0 || libc::fcntl(w.as_raw_fd(), libc::F_SETFD, fd & !libc::FD_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((r, w))
 }
 
 /// The supervisor. Dropping it stops every child.
@@ -127,6 +182,8 @@ impl Supervisor {
                 restarts: 0,
                 restart_at: None,
                 done: false,
+                beat: None,
+                last_beat: None,
             })
             .collect();
         Supervisor { procs, quiet: false }
@@ -153,7 +210,29 @@ impl Supervisor {
         if quiet {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
-        match cmd.spawn() {
+        // The write end stays open in this process only until the child has
+        // it (dropped at the end of this function).
+        let mut writer = None;
+        if p.spec.watchdog.is_some() {
+            match heartbeat_pipe() {
+                Ok((r, w)) => {
+                    cmd.env(HEARTBEAT_FD_ENV, w.as_raw_fd().to_string());
+                    p.beat = Some(r);
+                    writer = Some(w);
+                }
+                Err(e) => {
+                    p.done = true;
+                    return Event::SpawnFailed {
+                        name: p.spec.name.clone(),
+                        error: format!("heartbeat pipe: {e}"),
+                    };
+                }
+            }
+        }
+        p.last_beat = None;
+        let spawned = cmd.spawn();
+        drop(writer);
+        match spawned {
             Ok(c) => {
                 let pid = c.id();
                 p.child = Some(c);
@@ -162,6 +241,7 @@ impl Supervisor {
             }
             Err(e) => {
                 p.done = true;
+                p.beat = None;
                 Event::SpawnFailed {
                     name: p.spec.name.clone(),
                     error: format!("{}: {e}", p.spec.program.display()),
@@ -184,7 +264,12 @@ impl Supervisor {
             if let Some(child) = &mut p.child {
                 let status = match child.try_wait() {
                     Ok(Some(st)) => st,
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        if let Some(e) = check_heartbeat(p) {
+                            events.push(e);
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         events.push(Event::Exited {
                             name: p.spec.name.clone(),
@@ -198,6 +283,7 @@ impl Supervisor {
                     }
                 };
                 p.child = None;
+                p.beat = None;
                 let failed = !status.success();
                 let restart_in = match p.spec.policy {
                     RestartPolicy::OnFailure { max_restarts, backoff, max_backoff }
@@ -232,6 +318,11 @@ impl Supervisor {
             }
         }
         events
+    }
+
+    /// Whether process `name` has sent a heartbeat since it (re)started.
+    pub fn heartbeat_seen(&self, name: &str) -> bool {
+        self.procs.iter().any(|p| p.spec.name == name && p.last_beat.is_some())
     }
 
     /// Processes running now.
@@ -287,6 +378,31 @@ impl Supervisor {
     }
 }
 
+/// Read the heartbeat bytes of `p`'s running child; kill it if it has been
+/// silent for longer than its watchdog period since it armed.
+fn check_heartbeat(p: &mut Supervised) -> Option<Event> {
+    let (period, reader) = (p.spec.watchdog?, p.beat.as_mut()?);
+    let mut buf = [0u8; 64];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break, // the child closed it: silence from now on
+            Ok(_) => p.last_beat = Some(Instant::now()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break, // WouldBlock: nothing more now
+        }
+    }
+    let silent = p.last_beat?.elapsed();
+    if silent <= period {
+        return None;
+    }
+    let child = p.child.as_mut()?;
+    let pid = child.id();
+    // Child::kill is SIGKILL, which also ends a stopped process.
+    let _ = child.kill();
+    p.last_beat = None;
+    Some(Event::Hung { name: p.spec.name.clone(), pid, silent })
+}
+
 impl Drop for Supervisor {
     fn drop(&mut self) {
         self.stop(Duration::from_millis(500));
@@ -304,6 +420,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             netns: None,
             policy,
+            watchdog: None,
         }
     }
 
@@ -388,6 +505,7 @@ mod tests {
                 args: vec![],
                 netns: None,
                 policy: RestartPolicy::on_failure(3),
+                watchdog: None,
             },
         ])
         .quiet();
@@ -402,5 +520,47 @@ mod tests {
             matches!(&ev[..], [Event::Exited { failed: true, restart_in: None, .. }]),
             "{ev:?}"
         );
+    }
+
+    /// One heartbeat from a shell (dash cannot redirect to descriptors
+    /// above 9, so through /proc).
+    const BEAT: &str = "printf x > /proc/self/fd/$BRAID_HEARTBEAT_FD";
+
+    #[test]
+    fn hung_process_is_killed_and_restarted_beating_one_is_left_alone() {
+        let watched = |name: &str, script: &str| ProcSpec {
+            watchdog: Some(Duration::from_millis(300)),
+            ..sh(name, script, fast(3))
+        };
+        let mut s = Supervisor::new(vec![
+            // Beats twice, then hangs (sleeps without beating).
+            watched("hangs", &format!("{BEAT}; {BEAT}; exec sleep 30")),
+            // Beats every 50 ms for as long as it runs.
+            watched("beats", &format!("while :; do {BEAT}; sleep 0.05; done")),
+            // Never beats: the watchdog never arms (a slow start is no hang).
+            watched("silent", "exec sleep 30"),
+        ])
+        .quiet();
+        s.start();
+        let (beats, silent) = (s.pid("beats").unwrap(), s.pid("silent").unwrap());
+        let ev =
+            run_until(&mut s, |s, _| s.restarts("hangs") == Some(1) && s.pid("hangs").is_some());
+        let hung: Vec<_> = ev.iter().filter(|e| matches!(e, Event::Hung { .. })).collect();
+        assert_eq!(hung.len(), 1, "{ev:?}");
+        assert!(hung[0].to_string().starts_with("hangs: hung (no heartbeat for"), "{}", hung[0]);
+        assert!(
+            ev.iter().any(|e| e.to_string().starts_with("hangs: exited (killed by signal 9)")),
+            "{ev:?}"
+        );
+        // Watch a little longer: the others are neither killed nor restarted.
+        let until = Instant::now() + Duration::from_millis(700);
+        while Instant::now() < until {
+            let ev = s.poll();
+            assert!(ev.iter().all(|e| !e.to_string().starts_with("beats")), "{ev:?}");
+            assert!(ev.iter().all(|e| !e.to_string().starts_with("silent")), "{ev:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!((s.pid("beats"), s.pid("silent")), (Some(beats), Some(silent)));
+        assert!(s.heartbeat_seen("beats") && !s.heartbeat_seen("silent"));
     }
 }

@@ -134,6 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             max_restarts: 5,
             seconds: args.duration_s.map(|s| s as f64),
             netns: args.netns,
+            watchdog_ms: 2000,
         });
     }
     let d = braid_runtime::validate::load(&args.chain)?;

@@ -119,6 +119,10 @@ pub fn run(a: Args) -> Result<()> {
     let stop =
         braid_probe::signal::stop_on_signals().context("install the SIGINT/SIGTERM handler")?;
     let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    // The ports are open and the loop starts: the first heartbeat arms the
+    // supervisor's watchdog.
+    let mut heartbeat = Heartbeat::from_env()?;
+    heartbeat.beat();
     let mut last_tick = Instant::now();
     let mut idle = 0u32;
     loop {
@@ -160,6 +164,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         if last_tick.elapsed() >= Duration::from_millis(10) {
             last_tick = Instant::now();
+            heartbeat.beat();
             nf.tick(&mut inb, &mut Context::new(braid_nf::monotonic_ns(), &mut counters));
             route(&mut inb, &mut outs, 0, a.route);
             send_all(&mut ports, &mut outs, &a.nf)?;
@@ -206,6 +211,60 @@ pub fn run(a: Args) -> Result<()> {
         counters.drops.iter().sum::<u64>()
     );
     Ok(())
+}
+
+/// The heartbeat to a supervising `braid run-procs` (see
+/// `braid_runtime::supervisor`): one byte down an inherited pipe at most
+/// every `HEARTBEAT_INTERVAL`, written from the packet loop itself so that
+/// it stops when the loop does.
+struct Heartbeat {
+    pipe: Option<std::fs::File>,
+    last: Option<Instant>,
+}
+
+impl Heartbeat {
+    fn from_env() -> Result<Heartbeat> {
+        use braid_runtime::supervisor::HEARTBEAT_FD_ENV;
+        let Ok(v) = std::env::var(HEARTBEAT_FD_ENV) else {
+            return Ok(Heartbeat { pipe: None, last: None });
+        };
+        let fd: i32 = v
+            .parse()
+            .ok()
+            .filter(|fd| *fd > 2)
+            .with_context(|| format!("{HEARTBEAT_FD_ENV}={v:?} is not a descriptor number"))?;
+        // SAFETY: fcntl(2) on a descriptor number: F_GETFD only asks
+        // whether it is open; F_GETFL/F_SETFL make writes to it
+        // non-blocking (a supervisor that stops reading must not stall the
+        // packet loop).
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                bail!("{HEARTBEAT_FD_ENV}={fd}: no such open descriptor");
+            }
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+                bail!("{HEARTBEAT_FD_ENV}={fd}: {}", std::io::Error::last_os_error());
+            }
+        }
+        // SAFETY: the supervisor passed this descriptor (the write end of
+        // its heartbeat pipe) for this process to own; it was checked open
+        // and nothing else in this process uses it.
+        let pipe = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(Heartbeat { pipe: Some(pipe), last: None })
+    }
+
+    fn beat(&mut self) {
+        use braid_runtime::supervisor::HEARTBEAT_INTERVAL;
+        use std::io::Write;
+        let Some(pipe) = &mut self.pipe else { return };
+        if self.last.is_some_and(|t| t.elapsed() < HEARTBEAT_INTERVAL) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        // A full pipe (a supervisor that stopped reading) or a closed one
+        // (supervisor gone) is not this loop's problem.
+        let _ = pipe.write(b".");
+    }
 }
 
 fn route(inb: &mut Batch, outs: &mut [Batch], in_port: usize, how: Route) {

@@ -43,6 +43,10 @@ pub struct Args {
     /// they cross network namespaces.
     #[arg(long)]
     pub netns: bool,
+    /// Kill and restart an NF process whose packet loop stops turning (no
+    /// heartbeat) for this many milliseconds; 0 turns the watchdog off.
+    #[arg(long, default_value_t = 2000)]
+    pub watchdog_ms: u64,
 }
 
 /// The `braid nf-proc` argument lists for each NF of the chain.
@@ -135,6 +139,7 @@ pub fn run(a: Args) -> Result<()> {
             args,
             netns: namespaces.get(i).map(|ns| ns.name().to_string()),
             policy,
+            watchdog: (a.watchdog_ms > 0).then(|| Duration::from_millis(a.watchdog_ms)),
         })
         .collect();
     let stop =
