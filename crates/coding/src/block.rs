@@ -6,6 +6,7 @@
 
 use crate::gf256::Kernel;
 use crate::header::{coefficients, splitmix64, write_symbol, Header, Kind, MAX_PAYLOAD};
+use crate::snapshot::{same, source_symbol};
 use thiserror::Error;
 
 /// Block code parameters.
@@ -169,6 +170,74 @@ impl BlockEncoder {
     }
 }
 
+/// The state of a [`BlockEncoder`]: the configuration it runs under (checked
+/// on restore), the pending generation and where the seed generator is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockEncoderSnapshot {
+    pub generation_size: usize,
+    /// `redundancy` as `f64::to_bits` (exact through any encoding).
+    pub redundancy_bits: u64,
+    /// The configured seed (not the generator's current state).
+    pub seed: u64,
+    /// Id of the pending generation.
+    pub generation: u32,
+    /// Its source symbols so far (length-prefixed payloads), in index order.
+    pub sources: Vec<Vec<u8>>,
+    /// State of the generator of coded packets' seeds.
+    pub seed_state: u64,
+}
+
+impl BlockEncoder {
+    /// Snapshot the state (not the kernel or scratch buffers).
+    pub fn snapshot(&self) -> BlockEncoderSnapshot {
+        BlockEncoderSnapshot {
+            generation_size: self.config.generation_size,
+            redundancy_bits: self.config.redundancy.to_bits(),
+            seed: self.config.seed,
+            generation: self.generation,
+            sources: self.sources[..self.filled].to_vec(),
+            seed_state: self.seed_state,
+        }
+    }
+
+    /// A new encoder of this one's configuration and kernel, in the state of
+    /// `snap`. Refused if `snap` was taken under another configuration or
+    /// does not fit it; `self` is untouched either way.
+    pub fn restored(&self, snap: &BlockEncoderSnapshot) -> Result<BlockEncoder, String> {
+        let cfg = &self.config;
+        same("generation_size", snap.generation_size, cfg.generation_size)?;
+        same("redundancy", f64::from_bits(snap.redundancy_bits), cfg.redundancy)?;
+        same("seed", snap.seed, cfg.seed)?;
+        if snap.sources.len() > cfg.generation_size {
+            return Err(format!(
+                "{} pending sources do not fit a generation of {}",
+                snap.sources.len(),
+                cfg.generation_size
+            ));
+        }
+        for (i, sym) in snap.sources.iter().enumerate() {
+            source_symbol(&format!("sources[{i}]"), sym)?;
+        }
+        let mut enc = BlockEncoder::new(*cfg).map_err(|e| e.to_string())?.with_kernel(self.kernel);
+        enc.generation = snap.generation;
+        for (dst, src) in enc.sources.iter_mut().zip(&snap.sources) {
+            dst.extend_from_slice(src);
+        }
+        enc.filled = snap.sources.len();
+        // Sources are padded to one length only while a coded symbol is
+        // computed, so the longest one is the pending maximum.
+        enc.max_symbol = snap.sources.iter().map(Vec::len).max().unwrap_or(0);
+        enc.seed_state = snap.seed_state;
+        Ok(enc)
+    }
+
+    /// [`BlockEncoder::restored`] in place.
+    pub fn restore(&mut self, snap: &BlockEncoderSnapshot) -> Result<(), String> {
+        *self = self.restored(snap)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +289,55 @@ mod tests {
         }
         assert_eq!(enc.generation(), 1);
         assert_eq!(enc.finish(|_, _| panic!("empty generation")), 0);
+    }
+
+    #[test]
+    fn restored_encoder_continues_the_stream_exactly() {
+        let cfg = BlockConfig { generation_size: 4, redundancy: 0.75, seed: 5 };
+        let run = |enc: &mut BlockEncoder, range: std::ops::Range<u8>| {
+            let mut out = Vec::new();
+            for i in range {
+                let h = enc.push_source(&vec![i; 3 + i as usize]).unwrap();
+                out.push((h, Vec::new()));
+                if enc.is_full() {
+                    enc.finish(|h, s| out.push((*h, s.to_vec())));
+                }
+            }
+            out
+        };
+        let mut whole = BlockEncoder::new(cfg).unwrap();
+        let all = run(&mut whole, 0..10);
+        let mut first = BlockEncoder::new(cfg).unwrap();
+        let mut got = run(&mut first, 0..6);
+        let mut second = BlockEncoder::new(cfg).unwrap();
+        second.restore(&first.snapshot()).unwrap();
+        got.extend(run(&mut second, 6..10));
+        assert_eq!(got, all);
+        assert_eq!(second.snapshot(), whole.snapshot());
+    }
+
+    #[test]
+    fn restore_refuses_another_config_or_impossible_contents() {
+        let mut enc =
+            BlockEncoder::new(BlockConfig { generation_size: 2, redundancy: 0.5, seed: 1 })
+                .unwrap();
+        enc.push_source(b"x").unwrap();
+        let snap = enc.snapshot();
+        let mut other =
+            BlockEncoder::new(BlockConfig { generation_size: 3, ..*enc.config() }).unwrap();
+        let e = other.restore(&snap).unwrap_err();
+        assert!(e.contains("generation_size 2") && e.contains("3"), "{e}");
+        let e = BlockEncoder::new(BlockConfig { seed: 2, ..*enc.config() })
+            .unwrap()
+            .restore(&snap)
+            .unwrap_err();
+        assert!(e.contains("seed"), "{e}");
+        let mut bad = snap.clone();
+        bad.sources = vec![vec![0, 1, 7]; 3];
+        assert!(enc.restore(&bad).unwrap_err().contains("do not fit"));
+        bad.sources = vec![vec![0, 5, 7]];
+        assert!(enc.restore(&bad).unwrap_err().contains("sources[0]"));
+        // Refused restores left it as it was.
+        assert_eq!(enc.snapshot(), snap);
     }
 }

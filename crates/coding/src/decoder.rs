@@ -17,6 +17,7 @@
 
 use crate::gf256::{self, Kernel};
 use crate::header::{coefficients, read_symbol, Header, Kind, Parsed};
+use crate::snapshot::{same, symbol_len};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 #[derive(Debug, Clone)]
@@ -153,8 +154,76 @@ impl Solver {
     }
 }
 
+/// The equations a [`Solver`] holds, in its row order (which decides the
+/// results of later eliminations and of recoding, so it is kept).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SolverSnapshot {
+    pub width: usize,
+    pub rows: Vec<RowSnapshot>,
+}
+
+/// One equation: `sum coefs[i] * x_i = data`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RowSnapshot {
+    pub coefs: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
+impl Solver {
+    /// Snapshot the equations (the pivot index is derived from them).
+    pub fn snapshot(&self) -> SolverSnapshot {
+        SolverSnapshot {
+            width: self.width,
+            rows: self
+                .rows
+                .iter()
+                .map(|r| RowSnapshot { coefs: r.coefs.clone(), data: r.data.clone() })
+                .collect(),
+        }
+    }
+
+    /// A solver holding the equations of `snap`, which must be in reduced
+    /// row-echelon form as a solver keeps them: each row's first non-zero
+    /// coefficient is 1 and is zero in every other row.
+    pub fn from_snapshot(snap: &SolverSnapshot, kernel: Kernel) -> Result<Solver, String> {
+        let width = snap.width;
+        if snap.rows.len() > width {
+            return Err(format!("{} equations over {width} unknowns", snap.rows.len()));
+        }
+        let mut pivot = vec![None; width];
+        for (i, row) in snap.rows.iter().enumerate() {
+            if row.coefs.len() != width {
+                return Err(format!(
+                    "rows[{i}] has {} coefficients, the solver {width} unknowns",
+                    row.coefs.len()
+                ));
+            }
+            symbol_len(&format!("rows[{i}].data"), &row.data)?;
+            let Some(p) = row.coefs.iter().position(|&c| c != 0) else {
+                return Err(format!("rows[{i}] has no non-zero coefficient"));
+            };
+            if row.coefs[p] != 1 || pivot[p].is_some() {
+                return Err(format!("rows[{i}] is not in reduced echelon form (column {p})"));
+            }
+            pivot[p] = Some(i);
+        }
+        for (p, r) in pivot.iter().enumerate() {
+            let Some(r) = *r else { continue };
+            if let Some(j) = (0..snap.rows.len()).find(|&j| j != r && snap.rows[j].coefs[p] != 0) {
+                return Err(format!("rows[{j}] is not eliminated at pivot column {p}"));
+            }
+        }
+        let rows = snap
+            .rows
+            .iter()
+            .map(|r| Row { coefs: r.coefs.clone(), data: r.data.clone() })
+            .collect();
+        Ok(Solver { width, rows, pivot, kernel })
+    }
+}
+
 /// Counts kept by a decoder.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DecoderStats {
     /// Sources delivered.
     pub delivered: u64,
@@ -361,6 +430,119 @@ impl BlockDecoder {
         for id in old {
             self.evict(id, &mut deliver);
         }
+    }
+}
+
+/// One incomplete generation of a [`BlockDecoder`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GenerationSnapshot {
+    pub id: u32,
+    pub solver: SolverSnapshot,
+    /// Final size, once a coded packet has told it.
+    pub size: Option<usize>,
+    /// Sources delivered so far (the next index to deliver).
+    pub next: usize,
+    /// When its last packet arrived (`now_ns` of the decoder's caller).
+    pub last_ns: u64,
+}
+
+/// The state of a [`BlockDecoder`]: its bound (checked on restore), the
+/// incomplete generations, the recently finished ones and the counts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockDecoderSnapshot {
+    pub max_generations: usize,
+    /// Incomplete generations, by id.
+    pub generations: Vec<GenerationSnapshot>,
+    /// Recently finished generations, oldest first.
+    pub finished: Vec<u32>,
+    pub stats: DecoderStats,
+}
+
+impl BlockDecoder {
+    /// Snapshot the state (not the kernel or scratch buffers).
+    pub fn snapshot(&self) -> BlockDecoderSnapshot {
+        BlockDecoderSnapshot {
+            max_generations: self.max_generations,
+            generations: self
+                .gens
+                .iter()
+                .map(|(&id, g)| GenerationSnapshot {
+                    id,
+                    solver: g.solver.snapshot(),
+                    size: g.size,
+                    next: g.next,
+                    last_ns: g.last_ns,
+                })
+                .collect(),
+            finished: self.finished_order.iter().copied().collect(),
+            stats: self.stats,
+        }
+    }
+
+    /// A new decoder of this one's bound and kernel, in the state of `snap`.
+    /// Refused if `snap` was taken under another bound or does not fit it;
+    /// `self` is untouched either way.
+    pub fn restored(&self, snap: &BlockDecoderSnapshot) -> Result<BlockDecoder, String> {
+        same("max_generations", snap.max_generations, self.max_generations)?;
+        if snap.generations.len() > self.max_generations {
+            return Err(format!(
+                "{} incomplete generations, more than max_generations {}",
+                snap.generations.len(),
+                self.max_generations
+            ));
+        }
+        if snap.finished.len() > FINISHED_MEMORY {
+            return Err(format!(
+                "{} finished generations remembered, at most {FINISHED_MEMORY}",
+                snap.finished.len()
+            ));
+        }
+        let mut finished = HashSet::with_capacity(snap.finished.len());
+        for &id in &snap.finished {
+            if !finished.insert(id) {
+                return Err(format!("generation {id} is listed as finished twice"));
+            }
+        }
+        let mut gens = BTreeMap::new();
+        for g in &snap.generations {
+            let what = format!("generation {}", g.id);
+            if finished.contains(&g.id) {
+                return Err(format!("{what} is both finished and incomplete"));
+            }
+            // Widths come from the header's 8-bit count.
+            if !(1..=255).contains(&g.solver.width) {
+                return Err(format!("{what}: width {} is outside 1..=255", g.solver.width));
+            }
+            let solver = Solver::from_snapshot(&g.solver, self.kernel)
+                .map_err(|e| format!("{what}: {e}"))?;
+            let size = g.size.unwrap_or(solver.width());
+            if size == 0 || size > solver.width() || g.next >= size {
+                return Err(format!(
+                    "{what}: size {size} and next {} do not fit width {}",
+                    g.next,
+                    solver.width()
+                ));
+            }
+            let held = Generation { solver, size: g.size, next: g.next, last_ns: g.last_ns };
+            if gens.insert(g.id, held).is_some() {
+                return Err(format!("{what} is listed twice"));
+            }
+        }
+        Ok(BlockDecoder {
+            max_generations: self.max_generations,
+            gens,
+            finished,
+            finished_order: snap.finished.iter().copied().collect(),
+            stats: snap.stats,
+            kernel: self.kernel,
+            coefs: Vec::new(),
+        })
+    }
+
+    /// [`BlockDecoder::restored`] in place.
+    pub fn restore(&mut self, snap: &BlockDecoderSnapshot) -> Result<(), String> {
+        *self = self.restored(snap)?;
+        Ok(())
     }
 }
 
@@ -571,6 +753,95 @@ impl SlidingDecoder {
         }
         let pending = self.offset(self.horizon).max(0) as usize;
         self.advance(pending, &mut deliver);
+    }
+}
+
+/// The state of a [`SlidingDecoder`]: its span (checked on restore), the
+/// pending range, the equations over it and the recently delivered symbols.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlidingDecoderSnapshot {
+    pub span: usize,
+    /// Whether a packet has set the start of the stream yet.
+    pub started: bool,
+    /// Sequence number of the next source to deliver.
+    pub base: u32,
+    /// Highest sequence number + 1 known to exist.
+    pub horizon: u32,
+    /// Equations over `base..base + span`.
+    pub solver: SolverSnapshot,
+    /// The last delivered symbols (sequence number, symbol), oldest first.
+    pub history: Vec<(u32, Vec<u8>)>,
+    /// When the last packet arrived.
+    pub last_ns: u64,
+    pub stats: DecoderStats,
+}
+
+impl SlidingDecoder {
+    /// Snapshot the state (not the kernel or scratch buffers).
+    pub fn snapshot(&self) -> SlidingDecoderSnapshot {
+        SlidingDecoderSnapshot {
+            span: self.solver.width(),
+            started: self.started,
+            base: self.base,
+            horizon: self.horizon,
+            solver: self.solver.snapshot(),
+            history: self.history.iter().cloned().collect(),
+            last_ns: self.last_ns,
+            stats: self.stats,
+        }
+    }
+
+    /// A new decoder of this one's span and kernel, in the state of `snap`.
+    /// Refused if `snap` was taken under another span or does not fit it;
+    /// `self` is untouched either way.
+    pub fn restored(&self, snap: &SlidingDecoderSnapshot) -> Result<SlidingDecoder, String> {
+        let span = self.solver.width();
+        same("span", snap.span, span)?;
+        same("solver width", snap.solver.width, span)?;
+        let solver = Solver::from_snapshot(&snap.solver, self.solver.kernel())?;
+        if snap.history.len() > self.history_len {
+            return Err(format!(
+                "{} delivered symbols remembered, at most {}",
+                snap.history.len(),
+                self.history_len
+            ));
+        }
+        for (i, (_, sym)) in snap.history.iter().enumerate() {
+            symbol_len(&format!("history[{i}]"), sym)?;
+        }
+        if !snap.started
+            && (snap.base != 0
+                || snap.horizon != 0
+                || solver.rank() != 0
+                || !snap.history.is_empty())
+        {
+            return Err("state of a decoder that has not started, yet it holds data".into());
+        }
+        let ahead = snap.horizon.wrapping_sub(snap.base) as i32 as i64;
+        if !(0..=span as i64).contains(&ahead) {
+            return Err(format!(
+                "horizon {} is {ahead} from base {}, outside 0..={span}",
+                snap.horizon, snap.base
+            ));
+        }
+        Ok(SlidingDecoder {
+            base: snap.base,
+            started: snap.started,
+            horizon: snap.horizon,
+            solver,
+            history: snap.history.iter().cloned().collect(),
+            history_len: self.history_len,
+            spare: None,
+            last_ns: snap.last_ns,
+            stats: snap.stats,
+            coefs: Vec::new(),
+        })
+    }
+
+    /// [`SlidingDecoder::restored`] in place.
+    pub fn restore(&mut self, snap: &SlidingDecoderSnapshot) -> Result<(), String> {
+        *self = self.restored(snap)?;
+        Ok(())
     }
 }
 
@@ -913,5 +1184,97 @@ mod tests {
                 prop_assert_eq!(got.len(), n);
             }
         }
+    }
+
+    /// Decoding split at `split` with a snapshot/restore in between
+    /// delivers what one decoder delivers, and ends in the same state.
+    #[test]
+    fn restored_decoders_continue_exactly() {
+        let src = payloads(40, 3);
+        let block =
+            block_packets(BlockConfig { generation_size: 8, redundancy: 0.5, seed: 2 }, &src);
+        let sliding = sliding_packets(SlidingConfig { window: 4, redundancy: 0.5, seed: 2 }, &src);
+        // Lose every fourth packet.
+        let lossy = |v: &[Vec<u8>]| -> Vec<Vec<u8>> {
+            v.iter().enumerate().filter(|(i, _)| i % 4 != 1).map(|(_, p)| p.clone()).collect()
+        };
+        let (block, sliding) = (lossy(&block), lossy(&sliding));
+        for split in [0, 1, 7, 20, block.len().min(sliding.len())] {
+            let run_block = |dec: &mut BlockDecoder, pkts: &[Vec<u8>], got: &mut Vec<Vec<u8>>| {
+                for (i, p) in pkts.iter().enumerate() {
+                    dec.receive(&Header::parse(p).unwrap(), i as u64, |d| {
+                        got.push(d.payload.to_vec())
+                    });
+                }
+            };
+            let (mut a, mut b) = (BlockDecoder::new(2), BlockDecoder::new(2));
+            let (mut want, mut got) = (vec![], vec![]);
+            run_block(&mut a, &block, &mut want);
+            run_block(&mut b, &block[..split], &mut got);
+            let mut c = BlockDecoder::new(2);
+            c.restore(&b.snapshot()).unwrap();
+            run_block(&mut c, &block[split..], &mut got);
+            assert_eq!(got, want, "block, split {split}");
+            assert_eq!(c.snapshot().generations.len(), a.snapshot().generations.len());
+            assert_eq!(c.stats(), a.stats());
+
+            let run_sliding = |dec: &mut SlidingDecoder,
+                               pkts: &[Vec<u8>],
+                               got: &mut Vec<Vec<u8>>| {
+                for p in pkts {
+                    dec.receive(&Header::parse(p).unwrap(), 0, |d| got.push(d.payload.to_vec()));
+                }
+            };
+            let (mut a, mut b) = (SlidingDecoder::new(16), SlidingDecoder::new(16));
+            let (mut want, mut got) = (vec![], vec![]);
+            run_sliding(&mut a, &sliding, &mut want);
+            run_sliding(&mut b, &sliding[..split], &mut got);
+            let mut c = SlidingDecoder::new(16);
+            c.restore(&b.snapshot()).unwrap();
+            run_sliding(&mut c, &sliding[split..], &mut got);
+            assert_eq!(got, want, "sliding, split {split}");
+            assert_eq!(c.snapshot(), a.snapshot());
+        }
+    }
+
+    #[test]
+    fn restore_refuses_other_bounds_and_broken_equations() {
+        let src = payloads(6, 1);
+        let pkts =
+            block_packets(BlockConfig { generation_size: 4, redundancy: 0.5, seed: 1 }, &src);
+        let mut dec = BlockDecoder::new(3);
+        // Sources 0 and 2 lost, one coded packet in: generation 0 pending.
+        for p in [&pkts[1], &pkts[3], &pkts[4]] {
+            dec.receive(&Header::parse(p).unwrap(), 0, |_| {});
+        }
+        let snap = dec.snapshot();
+        assert_eq!(snap.generations.len(), 1);
+        let e = BlockDecoder::new(4).restore(&snap).unwrap_err();
+        assert!(e.contains("max_generations 3"), "{e}");
+        let mut bad = snap.clone();
+        bad.generations[0].solver.rows[0].coefs[0] = 2;
+        let e = dec.restore(&bad).unwrap_err();
+        assert!(e.contains("generation 0") && e.contains("echelon"), "{e}");
+        let mut bad = snap.clone();
+        bad.generations[0].solver.rows[1].coefs.push(0);
+        assert!(dec.restore(&bad).unwrap_err().contains("coefficients"));
+        let mut bad = snap.clone();
+        bad.finished = vec![0];
+        assert!(dec.restore(&bad).unwrap_err().contains("both finished"));
+        let mut bad = snap.clone();
+        bad.generations[0].next = 4;
+        assert!(dec.restore(&bad).unwrap_err().contains("next 4"));
+        assert_eq!(dec.snapshot(), snap, "refused restores change nothing");
+
+        let mut sliding = SlidingDecoder::new(8);
+        let e = sliding.restore(&SlidingDecoder::new(9).snapshot()).unwrap_err();
+        assert!(e.contains("span 9"), "{e}");
+        let mut bad = sliding.snapshot();
+        bad.started = true;
+        bad.horizon = 100;
+        assert!(sliding.restore(&bad).unwrap_err().contains("horizon"));
+        bad.horizon = 0;
+        bad.history = vec![(0, vec![0; 3]); 9];
+        assert!(sliding.restore(&bad).unwrap_err().contains("at most 8"));
     }
 }

@@ -7,6 +7,8 @@
 //! * [`sliding`]: the sliding-window encoder.
 //! * [`decoder`]: progressive Gaussian elimination for both codes.
 //! * [`recoder`]: recombines coded packets without decoding.
+//! * [`snapshot`]: the checks behind every coder's `snapshot` / `restore`
+//!   (state export for migration; snapshot types live next to each coder).
 //!
 //! The wire format is documented in `docs/network-coding.md`.
 
@@ -16,3 +18,4 @@ pub mod gf256;
 pub mod header;
 pub mod recoder;
 pub mod sliding;
+pub mod snapshot;

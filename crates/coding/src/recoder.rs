@@ -5,8 +5,10 @@
 //! vectors is not itself seeded.
 
 use crate::decoder::Solver;
+use crate::decoder::SolverSnapshot;
 use crate::gf256::Kernel;
 use crate::header::{coefficients, splitmix64, write_symbol, Header, Kind, Parsed};
+use crate::snapshot::{credit, same};
 use std::collections::BTreeMap;
 
 #[derive(Debug)]
@@ -23,6 +25,8 @@ pub struct Recoder {
     max_generations: usize,
     redundancy: f64,
     gens: BTreeMap<u32, Held>,
+    /// The configured seed, to recognise snapshots of this configuration.
+    seed: u64,
     seed_state: u64,
     coefs: Vec<u8>,
 }
@@ -35,6 +39,7 @@ impl Recoder {
             max_generations: max_generations.max(1),
             redundancy: if redundancy.is_finite() { redundancy.clamp(0.0, 8.0) } else { 0.0 },
             gens: BTreeMap::new(),
+            seed,
             seed_state: seed,
             coefs: Vec::new(),
         }
@@ -113,6 +118,107 @@ impl Recoder {
     }
 }
 
+/// One generation held by a [`Recoder`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldSnapshot {
+    pub id: u32,
+    pub solver: SolverSnapshot,
+    /// Final size, once a coded packet has told it.
+    pub size: Option<usize>,
+    /// Credit toward the next recoded packet, as `f64::to_bits`.
+    pub credit_bits: u64,
+    /// Recoded packets sent for it.
+    pub sent: u16,
+}
+
+/// The state of a [`Recoder`]: its configuration (checked on restore), the
+/// generations it holds and where the seed generator is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecoderSnapshot {
+    pub max_generations: usize,
+    /// `redundancy` as `f64::to_bits` (exact through any encoding).
+    pub redundancy_bits: u64,
+    /// The configured seed (not the generator's current state).
+    pub seed: u64,
+    pub seed_state: u64,
+    /// Held generations, by id.
+    pub generations: Vec<HeldSnapshot>,
+}
+
+impl Recoder {
+    /// Snapshot the state (not the kernels or scratch buffers).
+    pub fn snapshot(&self) -> RecoderSnapshot {
+        RecoderSnapshot {
+            max_generations: self.max_generations,
+            redundancy_bits: self.redundancy.to_bits(),
+            seed: self.seed,
+            seed_state: self.seed_state,
+            generations: self
+                .gens
+                .iter()
+                .map(|(&id, g)| HeldSnapshot {
+                    id,
+                    solver: g.solver.snapshot(),
+                    size: g.size,
+                    credit_bits: g.credit.to_bits(),
+                    sent: g.sent,
+                })
+                .collect(),
+        }
+    }
+
+    /// A new recoder of this one's configuration, in the state of `snap`.
+    /// Refused if `snap` was taken under another configuration or does not
+    /// fit it; `self` is untouched either way.
+    pub fn restored(&self, snap: &RecoderSnapshot) -> Result<Recoder, String> {
+        same("max_generations", snap.max_generations, self.max_generations)?;
+        same("redundancy", f64::from_bits(snap.redundancy_bits), self.redundancy)?;
+        same("seed", snap.seed, self.seed)?;
+        if snap.generations.len() > self.max_generations {
+            return Err(format!(
+                "{} generations held, more than max_generations {}",
+                snap.generations.len(),
+                self.max_generations
+            ));
+        }
+        let mut gens = BTreeMap::new();
+        for g in &snap.generations {
+            let what = format!("generation {}", g.id);
+            if !(1..=255).contains(&g.solver.width) {
+                return Err(format!("{what}: width {} is outside 1..=255", g.solver.width));
+            }
+            let solver = Solver::from_snapshot(&g.solver, Kernel::best())
+                .map_err(|e| format!("{what}: {e}"))?;
+            if g.size.is_some_and(|n| n == 0 || n > solver.width()) {
+                return Err(format!(
+                    "{what}: size {:?} does not fit width {}",
+                    g.size,
+                    solver.width()
+                ));
+            }
+            let credit = credit(&format!("{what}: credit"), g.credit_bits)?;
+            let held = Held { solver, size: g.size, credit, sent: g.sent };
+            if gens.insert(g.id, held).is_some() {
+                return Err(format!("{what} is listed twice"));
+            }
+        }
+        Ok(Recoder {
+            max_generations: self.max_generations,
+            redundancy: self.redundancy,
+            gens,
+            seed: self.seed,
+            seed_state: snap.seed_state,
+            coefs: Vec::new(),
+        })
+    }
+
+    /// [`Recoder::restored`] in place.
+    pub fn restore(&mut self, snap: &RecoderSnapshot) -> Result<(), String> {
+        *self = self.restored(snap)?;
+        Ok(())
+    }
+}
+
 impl Solver {
     /// A random combination of the held rows (weights from `seed`): its
     /// coefficient vector over the first `size` unknowns and its symbol.
@@ -173,5 +279,55 @@ mod tests {
             dec.receive(&Header::parse(p).unwrap(), 0, |d| got.push(d.payload.to_vec()));
         }
         assert_eq!(got, payloads);
+    }
+
+    #[test]
+    fn restored_recoder_continues_exactly_and_refuses_other_configs() {
+        let payloads: Vec<Vec<u8>> = (0..12).map(|i| vec![i as u8; 5 + i]).collect();
+        let mut enc =
+            BlockEncoder::new(BlockConfig { generation_size: 4, redundancy: 0.5, seed: 3 })
+                .unwrap();
+        let mut pkts = Vec::new();
+        let wire = |h: &Header, c: &[u8], s: &[u8]| {
+            let mut v = vec![0u8; HEADER_LEN];
+            h.emit(&mut v);
+            v.extend_from_slice(c);
+            v.extend_from_slice(s);
+            v
+        };
+        for p in &payloads {
+            let h = enc.push_source(p).unwrap();
+            pkts.push(wire(&h, &[], p));
+            if enc.is_full() {
+                enc.finish(|h, s| pkts.push(wire(h, &[], s)));
+            }
+        }
+        let run = |rec: &mut Recoder, pkts: &[Vec<u8>], out: &mut Vec<Vec<u8>>| {
+            for p in pkts {
+                rec.receive(&Header::parse(p).unwrap(), |h, c, s| out.push(wire(h, c, s)));
+            }
+        };
+        let mut whole = Recoder::new(2, 0.7, 5);
+        let mut want = vec![];
+        run(&mut whole, &pkts, &mut want);
+        for split in [0, 3, 5, 11, pkts.len()] {
+            let mut first = Recoder::new(2, 0.7, 5);
+            let mut got = vec![];
+            run(&mut first, &pkts[..split], &mut got);
+            let mut second = Recoder::new(2, 0.7, 5);
+            second.restore(&first.snapshot()).unwrap();
+            run(&mut second, &pkts[split..], &mut got);
+            assert_eq!(got, want, "split {split}");
+            assert_eq!(second.snapshot(), whole.snapshot());
+        }
+        let snap = whole.snapshot();
+        let e = Recoder::new(2, 0.7, 6).restore(&snap).unwrap_err();
+        assert!(e.contains("seed 5"), "{e}");
+        let e = Recoder::new(3, 0.7, 5).restore(&snap).unwrap_err();
+        assert!(e.contains("max_generations 2"), "{e}");
+        let mut bad = snap.clone();
+        bad.generations[0].credit_bits = 2.0f64.to_bits();
+        assert!(whole.restore(&bad).unwrap_err().contains("credit"));
+        assert_eq!(whole.snapshot(), snap);
     }
 }

@@ -6,6 +6,7 @@
 use crate::block::EncodeError;
 use crate::gf256::Kernel;
 use crate::header::{coefficients, splitmix64, write_symbol, Header, Kind, MAX_PAYLOAD};
+use crate::snapshot::{credit, same, source_symbol};
 use std::collections::VecDeque;
 
 /// Sliding-window parameters.
@@ -121,6 +122,75 @@ impl SlidingEncoder {
     }
 }
 
+/// The state of a [`SlidingEncoder`]: the configuration it runs under
+/// (checked on restore), the window, the next sequence number, the credit
+/// toward the next coded packet and where the seed generator is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlidingEncoderSnapshot {
+    pub window: usize,
+    /// `redundancy` as `f64::to_bits` (exact through any encoding).
+    pub redundancy_bits: u64,
+    /// The configured seed (not the generator's current state).
+    pub seed: u64,
+    /// Sequence number of the next source.
+    pub next_seq: u32,
+    /// The last sources' symbols (length-prefixed payloads), oldest first.
+    pub sources: Vec<Vec<u8>>,
+    /// Credit toward the next coded packet, as `f64::to_bits`.
+    pub credit_bits: u64,
+    /// State of the generator of coded packets' seeds.
+    pub seed_state: u64,
+}
+
+impl SlidingEncoder {
+    /// Snapshot the state (not the kernel or scratch buffers).
+    pub fn snapshot(&self) -> SlidingEncoderSnapshot {
+        SlidingEncoderSnapshot {
+            window: self.config.window,
+            redundancy_bits: self.config.redundancy.to_bits(),
+            seed: self.config.seed,
+            next_seq: self.next_seq,
+            sources: self.window.iter().cloned().collect(),
+            credit_bits: self.credit.to_bits(),
+            seed_state: self.seed_state,
+        }
+    }
+
+    /// A new encoder of this one's configuration and kernel, in the state of
+    /// `snap`. Refused if `snap` was taken under another configuration or
+    /// does not fit it; `self` is untouched either way.
+    pub fn restored(&self, snap: &SlidingEncoderSnapshot) -> Result<SlidingEncoder, String> {
+        let cfg = &self.config;
+        same("window", snap.window, cfg.window)?;
+        same("redundancy", f64::from_bits(snap.redundancy_bits), cfg.redundancy)?;
+        same("seed", snap.seed, cfg.seed)?;
+        if snap.sources.len() > cfg.window {
+            return Err(format!(
+                "{} sources do not fit a window of {}",
+                snap.sources.len(),
+                cfg.window
+            ));
+        }
+        for (i, sym) in snap.sources.iter().enumerate() {
+            source_symbol(&format!("sources[{i}]"), sym)?;
+        }
+        let credit = credit("credit", snap.credit_bits)?;
+        let mut enc =
+            SlidingEncoder::new(*cfg).map_err(|e| e.to_string())?.with_kernel(self.kernel);
+        enc.next_seq = snap.next_seq;
+        enc.window.extend(snap.sources.iter().cloned());
+        enc.credit = credit;
+        enc.seed_state = snap.seed_state;
+        Ok(enc)
+    }
+
+    /// [`SlidingEncoder::restored`] in place.
+    pub fn restore(&mut self, snap: &SlidingEncoderSnapshot) -> Result<(), String> {
+        *self = self.restored(snap)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +216,52 @@ mod tests {
     fn rejects_bad_window() {
         let e = SlidingEncoder::new(SlidingConfig { window: 0, ..Default::default() });
         assert_eq!(e.unwrap_err(), EncodeError::Window(0));
+    }
+
+    #[test]
+    fn restored_encoder_continues_the_stream_exactly() {
+        let cfg = SlidingConfig { window: 3, redundancy: 0.4, seed: 8 };
+        let run = |enc: &mut SlidingEncoder, range: std::ops::Range<u8>| {
+            let mut out = Vec::new();
+            for i in range {
+                let mut coded = Vec::new();
+                let h =
+                    enc.push_source(&vec![i; 2 + i as usize], |h, s| coded.push((*h, s.to_vec())));
+                out.push((h.unwrap(), Vec::new()));
+                out.extend(coded);
+            }
+            out
+        };
+        let mut whole = SlidingEncoder::new(cfg).unwrap();
+        let all = run(&mut whole, 0..12);
+        for split in [0, 1, 2, 5, 11] {
+            let mut first = SlidingEncoder::new(cfg).unwrap();
+            let mut got = run(&mut first, 0..split);
+            let mut second = SlidingEncoder::new(cfg).unwrap();
+            second.restore(&first.snapshot()).unwrap();
+            got.extend(run(&mut second, split..12));
+            assert_eq!(got, all, "split at {split}");
+            assert_eq!(second.snapshot(), whole.snapshot());
+        }
+    }
+
+    #[test]
+    fn restore_refuses_another_config_or_impossible_contents() {
+        let cfg = SlidingConfig { window: 2, redundancy: 0.5, seed: 1 };
+        let mut enc = SlidingEncoder::new(cfg).unwrap();
+        enc.push_source(b"x", |_, _| {}).unwrap();
+        let snap = enc.snapshot();
+        let e = SlidingEncoder::new(SlidingConfig { redundancy: 0.25, ..cfg })
+            .unwrap()
+            .restore(&snap)
+            .unwrap_err();
+        assert!(e.contains("redundancy 0.5"), "{e}");
+        let mut bad = snap.clone();
+        bad.sources = vec![vec![0, 0]; 3];
+        assert!(enc.restore(&bad).unwrap_err().contains("window of 2"));
+        let mut bad = snap.clone();
+        bad.credit_bits = f64::NAN.to_bits();
+        assert!(enc.restore(&bad).unwrap_err().contains("credit"));
+        assert_eq!(enc.snapshot(), snap);
     }
 }
