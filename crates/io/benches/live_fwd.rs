@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use braid_io::af_packet::{AfPacketConfig, AfPacketPort};
 use braid_io::af_xdp::{AfXdpConfig, AfXdpPort, WaitMode};
 use braid_io::netns::{self, LinkGuard, NetnsGuard};
-use braid_io::xdp::{xdp_built, AttachMode, FwAction, XdpNf, XdpProgram};
+use braid_io::xdp::{xdp_built, AttachMode, FwAction, XdpChain, XdpNf, XdpProgram};
 use braid_io::Port;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::MacAddr;
@@ -273,6 +273,34 @@ fn program_costs() {
             base = (a.max(1.0), b.max(1.0));
         }
         println!("| {} | {a:.0} | {:.2}x | {b:.0} | {:.2}x |", nf.name(), a / base.0, b / base.1);
+    }
+    // The chain program (several kernel NFs on one host): the same work
+    // as separate programs plus one tail call per stage. Test runs arrive
+    // on `lo`, so the path is set for its ifindex.
+    let lo = netns::ifindex("lo").unwrap();
+    for stages in [
+        &[XdpNf::Fwd][..],
+        &[XdpNf::Firewall, XdpNf::Xor][..],
+        &[XdpNf::Firewall, XdpNf::Xor, XdpNf::Fwd][..],
+    ] {
+        let mut c = XdpChain::load(stages).unwrap();
+        for (slot, nf) in stages.iter().enumerate() {
+            if *nf == XdpNf::Xor {
+                c.set_xor_key(slot, &[0x5a; 16]).unwrap();
+            }
+        }
+        let order: Vec<usize> = (0..stages.len()).collect();
+        c.set_path(lo, &order).unwrap();
+        let ns =
+            |f: &[u8], c: &mut XdpChain| c.test_run(f, 200_000).unwrap().duration.as_nanos() as f64;
+        let (a, b) = (ns(&small, &mut c), ns(&large, &mut c));
+        let name: Vec<&str> = stages.iter().map(|n| n.name()).collect();
+        println!(
+            "| chain {} | {a:.0} | {:.2}x | {b:.0} | {:.2}x |",
+            name.join("+"),
+            a / base.0,
+            b / base.1
+        );
     }
 }
 

@@ -62,74 +62,77 @@ int braid_chain(struct xdp_md *ctx)
 	return braid_drop(first & (BRAID_SLOTS - 1), BRAID_MALFORMED);
 }
 
-/* The slot of the stage now running, or BRAID_SLOTS if the scratch or the
- * path is missing (cannot happen after braid_chain). */
-static __always_inline __u32 chain_slot(struct xdp_md *ctx)
+/* Where the frame is: its path, the scratch position and the slot of
+ * the stage now running; looked up once per stage. */
+struct chain_at {
+	struct braid_chain_path *path;
+	__u32 *pos;
+	__u32 slot;
+};
+
+/* Fill `at` for the stage now running; 0 if the scratch or the path is
+ * missing or the slot is out of range (cannot happen after braid_chain). */
+static __always_inline int chain_enter(struct xdp_md *ctx, struct chain_at *at)
 {
 	__u32 in = ctx->ingress_ifindex, zero = 0;
-	struct braid_chain_path *path = bpf_map_lookup_elem(&chain_paths, &in);
-	__u32 *pos = bpf_map_lookup_elem(&chain_pos, &zero);
-	if (!path || !pos)
-		return BRAID_SLOTS;
-	__u32 slot = path->slots[*pos & (BRAID_SLOTS - 1)];
-	return slot < BRAID_SLOTS ? slot : BRAID_SLOTS;
+	at->path = bpf_map_lookup_elem(&chain_paths, &in);
+	at->pos = bpf_map_lookup_elem(&chain_pos, &zero);
+	if (!at->path || !at->pos)
+		return 0;
+	at->slot = at->path->slots[*at->pos & (BRAID_SLOTS - 1)];
+	return at->slot < BRAID_SLOTS;
 }
 
 /* Hand the frame to the next stage of its path, or forward it. */
-static __always_inline int chain_next(struct xdp_md *ctx, __u32 slot)
+static __always_inline int chain_next(struct xdp_md *ctx, struct chain_at *at)
 {
-	__u32 in = ctx->ingress_ifindex, zero = 0;
-	struct braid_chain_path *path = bpf_map_lookup_elem(&chain_paths, &in);
-	__u32 *pos = bpf_map_lookup_elem(&chain_pos, &zero);
-	if (!path || !pos)
-		return braid_drop(slot, BRAID_MALFORMED);
-	__u32 next = *pos + 1;
-	if (next >= path->len || next >= BRAID_SLOTS)
-		return braid_forward(ctx, slot);
+	__u32 next = *at->pos + 1;
+	if (next >= at->path->len || next >= BRAID_SLOTS)
+		return braid_forward(ctx, at->slot);
 	/* barrier_var keeps the compiler from dropping the mask (it knows
 	 * next < BRAID_SLOTS) and indexing with an unchecked copy, which
 	 * the verifier refuses. */
 	__u32 idx = next;
 	barrier_var(idx);
-	__u32 next_slot = path->slots[idx & (BRAID_SLOTS - 1)];
-	*pos = next;
-	braid_count(slot, BRAID_REDIRECT, 1);
+	__u32 next_slot = at->path->slots[idx & (BRAID_SLOTS - 1)];
+	*at->pos = next;
+	braid_count(at->slot, BRAID_REDIRECT, 1);
 	bpf_tail_call(ctx, &chain_progs, next_slot);
-	return braid_drop(slot, BRAID_MALFORMED);
+	return braid_drop(at->slot, BRAID_MALFORMED);
 }
 
 SEC("xdp")
 int braid_chain_fwd(struct xdp_md *ctx)
 {
-	__u32 slot = chain_slot(ctx);
-	if (slot >= BRAID_SLOTS)
+	struct chain_at at;
+	if (!chain_enter(ctx, &at))
 		return XDP_DROP;
-	braid_count_rx(ctx, slot);
-	return chain_next(ctx, slot);
+	braid_count_rx(ctx, at.slot);
+	return chain_next(ctx, &at);
 }
 
 SEC("xdp")
 int braid_chain_firewall(struct xdp_md *ctx)
 {
-	__u32 slot = chain_slot(ctx);
-	if (slot >= BRAID_SLOTS)
+	struct chain_at at;
+	if (!chain_enter(ctx, &at))
 		return XDP_DROP;
-	braid_count_rx(ctx, slot);
-	if (!braid_fw_check(ctx, slot))
+	braid_count_rx(ctx, at.slot);
+	if (!braid_fw_check(ctx, at.slot))
 		return XDP_DROP;
-	return chain_next(ctx, slot);
+	return chain_next(ctx, &at);
 }
 
 SEC("xdp")
 int braid_chain_xor(struct xdp_md *ctx)
 {
-	__u32 slot = chain_slot(ctx);
-	if (slot >= BRAID_SLOTS)
+	struct chain_at at;
+	if (!chain_enter(ctx, &at))
 		return XDP_DROP;
-	braid_count_rx(ctx, slot);
-	if (!braid_xor_apply(ctx, slot))
+	braid_count_rx(ctx, at.slot);
+	if (!braid_xor_apply(ctx, at.slot))
 		return XDP_DROP;
-	return chain_next(ctx, slot);
+	return chain_next(ctx, &at);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
