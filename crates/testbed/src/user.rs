@@ -188,6 +188,10 @@ trait GroupPort: Port + Send + 'static {
     fn socket_stats(&self) -> Option<XskStats> {
         None
     }
+    /// Called when neither socket had frames, before waiting.
+    fn before_idle(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl GroupPort for AfXdpPort {
@@ -196,6 +200,11 @@ impl GroupPort for AfXdpPort {
     }
     fn socket_stats(&self) -> Option<XskStats> {
         self.xsk_stats().ok()
+    }
+    /// Hand spare frames to the fill ring (and, busy-waiting, wake the
+    /// kernel if it asked for it).
+    fn before_idle(&mut self) -> Result<(), String> {
+        self.wait(Duration::ZERO).map_err(|e| e.to_string())
     }
 }
 
@@ -424,10 +433,8 @@ fn run_group<P: GroupPort>(
             }
         }
         if idle {
-            // Hand spare frames to the kernel (and kick it if it asked)
-            // before sleeping or spinning again.
-            ports[0].wait(Duration::ZERO).map_err(|e| e.to_string())?;
-            ports[1].wait(Duration::ZERO).map_err(|e| e.to_string())?;
+            ports[0].before_idle()?;
+            ports[1].before_idle()?;
             match opts.wait {
                 UserWait::Poll => wait_either(fds, Duration::from_millis(50))?,
                 UserWait::Busy => std::hint::spin_loop(),
