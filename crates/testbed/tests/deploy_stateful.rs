@@ -165,3 +165,38 @@ fn firewall_and_nat_as_one_group_on_one_host() {
     assert_eq!(n.dropped, 0, "{n:?}");
     assert_nothing_left(d, bed);
 }
+
+#[test]
+fn af_packet_group_with_batch_carries_stateful_nfs() {
+    if skip("af_packet_group_with_batch_carries_stateful_nfs") {
+        return;
+    }
+    let bed = bed("sp");
+    forwarding_off(&bed.0);
+    let opts = &bed.0;
+    let ns = |h: &str| netns_name(opts, h);
+    let fw = params("{ rules: [{ action: allow, src: 10.71.1.0/24 }], default: drop }");
+    let n =
+        NfOnHost { placement: braid_testbed::deploy::Where::User(UserIo::AfPacket), ..nat("nf2") };
+    let nfs =
+        [NfOnHost::kernel("f1", "fwd", "nf1"), NfOnHost::user("fw", "firewall", "nf2", fw), n];
+    // Out of range: refused before anything runs.
+    let bad = UserOptions { batch: 0, ..Default::default() };
+    let e = deploy_with(opts, &nfs, &bad).err().unwrap().to_string();
+    assert!(e.contains("--batch 0"), "{e}");
+    let user = UserOptions { batch: 8, ..Default::default() };
+    let mut d = deploy_with(opts, &nfs, &user).unwrap();
+    // One thread polls both AF_PACKET sockets: answers come back through
+    // the same NF instances (NAT mapping, firewall connection).
+    assert!(ping(&ns("client"), "10.71.3.2", "3"), "ping through AF_PACKET firewall + nat");
+    let (peer, answered) = udp_exchange(opts, 7104);
+    assert_eq!(peer.ip().to_string(), NAT_EXTERNAL);
+    assert!(answered, "the answer must come back through the NAT to the client");
+    probe_round_trips(opts);
+    let stats = d.stats().unwrap();
+    for s in &stats[1..] {
+        assert_eq!(s.placement, "user (AF_PACKET)", "{s:?}");
+        assert!(s.rx_packets >= 2 * 204 && s.dropped == 0 && s.sockets.is_none(), "{s:?}");
+    }
+    assert_nothing_left(d, bed);
+}
