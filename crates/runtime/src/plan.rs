@@ -89,6 +89,10 @@ pub enum Mapping {
     Processes,
     /// One NF per host (CALVIN's distributed mapping, `braid deploy`).
     Hosts,
+    /// Consecutive NFs with the same placement share a host (CALVIN's
+    /// compact mapping, `braid deploy --mapping compact`): kernel NFs as
+    /// one XDP chain program, user-space NFs as one thread.
+    Compact,
 }
 
 /// The backend chosen for the link between two consecutive NFs.
@@ -101,17 +105,19 @@ pub struct LinkPlan {
     pub reason: String,
 }
 
-/// Where NF number `index` with `placement` runs under `mapping`.
-fn location(mapping: Mapping, index: usize, placement: Placement) -> Location {
+/// Where NF number `index` with `placement` runs under `mapping`;
+/// `run` is the index of its run of consecutive NFs placed alike.
+fn location(mapping: Mapping, index: usize, run: usize, placement: Placement) -> Location {
     let host = match mapping {
         Mapping::Hosts => format!("host{index}"),
+        Mapping::Compact => format!("host{run}"),
         _ => "host0".to_string(),
     };
     if placement == Placement::Kernel {
         return Location::kernel(&host);
     }
     let (process, thread) = match mapping {
-        Mapping::Thread | Mapping::Hosts => (0, 0),
+        Mapping::Thread | Mapping::Hosts | Mapping::Compact => (0, 0),
         Mapping::Threads => (0, index as u32),
         Mapping::Processes => (index as u32, 0),
     };
@@ -121,18 +127,26 @@ fn location(mapping: Mapping, index: usize, placement: Placement) -> Location {
 /// The backend of every link between consecutive NFs of a plan.
 /// `af_xdp_available` says whether links between hosts can use AF_XDP.
 pub fn links(entries: &[PlanEntry], mapping: Mapping, af_xdp_available: bool) -> Vec<LinkPlan> {
+    let mut runs = vec![0usize; entries.len()];
+    for i in 1..entries.len() {
+        let same = entries[i].placement == entries[i - 1].placement;
+        runs[i] = runs[i - 1] + usize::from(!same);
+    }
     entries
         .windows(2)
         .enumerate()
         .map(|(i, pair)| {
-            let a = location(mapping, i, pair[0].placement);
-            let b = location(mapping, i + 1, pair[1].placement);
+            let a = location(mapping, i, runs[i], pair[0].placement);
+            let b = location(mapping, i + 1, runs[i + 1], pair[1].placement);
             let both_kernel =
                 pair[0].placement == Placement::Kernel && pair[1].placement == Placement::Kernel;
             let (backend, reason) = if both_kernel && a.host == b.host {
-                // Two XDP programs on one host: the first redirects into the
-                // interface the second is attached to; no socket involved.
-                (Backend::Direct, "both in the kernel on one host: XDP redirect".to_string())
+                // Two kernel NFs on one host are stages of braid's XDP chain
+                // program: a tail call, no socket involved.
+                (
+                    Backend::Direct,
+                    "both in the kernel on one host: XDP chain program (tail call)".to_string(),
+                )
             } else {
                 (
                     virtual_port::choose(&a, &b, af_xdp_available),
@@ -205,6 +219,10 @@ mod tests {
         assert_eq!(backends(Mapping::Processes, true), [Backend::AfXdp, Backend::SharedMemory]);
         assert_eq!(backends(Mapping::Hosts, true), [Backend::AfXdp, Backend::AfXdp]);
         assert_eq!(backends(Mapping::Hosts, false), [Backend::AfPacket, Backend::AfPacket]);
+        // Compact: k alone on host 0, a and b in one thread on host 1.
+        assert_eq!(backends(Mapping::Compact, true), [Backend::AfXdp, Backend::Direct]);
+        let l = links(&p, Mapping::Compact, true);
+        assert!(l[1].reason.contains("same thread"), "{}", l[1].reason);
         let l = links(&p, Mapping::Processes, true);
         assert_eq!((l[1].from.as_str(), l[1].to.as_str()), ("a", "b"));
         assert!(l[1].reason.contains("shared memory"), "{}", l[1].reason);

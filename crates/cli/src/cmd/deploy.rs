@@ -175,9 +175,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let needed = host_of.last().map_or(0, |h| h + 1);
     if needed > hosts.len() {
         anyhow::bail!(
-            "chain {} needs {needed} NF hosts ({:?} mapping of {} NFs) but the testbed offers {} ({}); bring up more (`braid testbed up --nf-hosts {needed}`), list them with --hosts{}",
+            "chain {} needs {needed} NF hosts ({} mapping of {} NFs) but the testbed offers {} ({}); bring up more (`braid testbed up --nf-hosts {needed}`), list them with --hosts{}",
             d.name,
-            args.mapping,
+            match mapping {
+                Mapping::Distributed => "distributed",
+                Mapping::Compact => "compact",
+            },
             plan.len(),
             hosts.len(),
             hosts.join(", "),

@@ -9,7 +9,8 @@ pub struct Args {
     /// Chain descriptor (YAML).
     pub chain: PathBuf,
     /// How NFs are mapped: one thread (`braid run`), a thread per NF, a
-    /// process per NF (`braid run-procs`), or a host per NF (`braid deploy`).
+    /// process per NF (`braid run-procs`), a host per NF (`braid deploy`), or
+    /// a host per run of NFs placed alike (`braid deploy --mapping compact`).
     /// Decides what carries packets between NFs.
     #[arg(long, value_enum, default_value = "thread")]
     pub mapping: MappingArg,
@@ -24,6 +25,7 @@ pub enum MappingArg {
     Threads,
     Processes,
     Hosts,
+    Compact,
 }
 
 impl From<MappingArg> for Mapping {
@@ -33,6 +35,7 @@ impl From<MappingArg> for Mapping {
             MappingArg::Threads => Mapping::Threads,
             MappingArg::Processes => Mapping::Processes,
             MappingArg::Hosts => Mapping::Hosts,
+            MappingArg::Compact => Mapping::Compact,
         }
     }
 }
