@@ -237,6 +237,20 @@ pub struct DecoderStats {
     pub malformed: u64,
 }
 
+impl DecoderStats {
+    /// Refuse counts no decoder reaches (2^62 packets is over a thousand
+    /// years at 100 Mpps), so restored counts can still grow without
+    /// overflowing.
+    fn check(&self) -> Result<(), String> {
+        const MAX: u64 = 1 << 62;
+        let DecoderStats { delivered, undecodable, redundant, malformed } = *self;
+        if [delivered, undecodable, redundant, malformed].iter().any(|&n| n > MAX) {
+            return Err(format!("counts {self:?} exceed 2^62"));
+        }
+        Ok(())
+    }
+}
+
 /// A decoded source handed to the caller.
 #[derive(Debug)]
 pub struct Delivered<'a> {
@@ -484,6 +498,7 @@ impl BlockDecoder {
     /// `self` is untouched either way.
     pub fn restored(&self, snap: &BlockDecoderSnapshot) -> Result<BlockDecoder, String> {
         same("max_generations", snap.max_generations, self.max_generations)?;
+        snap.stats.check()?;
         if snap.generations.len() > self.max_generations {
             return Err(format!(
                 "{} incomplete generations, more than max_generations {}",
@@ -798,6 +813,7 @@ impl SlidingDecoder {
         let span = self.solver.width();
         same("span", snap.span, span)?;
         same("solver width", snap.solver.width, span)?;
+        snap.stats.check()?;
         let solver = Solver::from_snapshot(&snap.solver, self.solver.kernel())?;
         if snap.history.len() > self.history_len {
             return Err(format!(

@@ -12,10 +12,21 @@
 //! is counted as dropped `undecodable`, one per lost source. Frames that
 //! are not IPv4/UDP pass unchanged; a coding header that does not parse, or
 //! a decoded symbol whose length field does not fit, is `malformed`.
+//!
+//! State (exported whole): both decoders (incomplete generations with their
+//! equations, recently finished generation ids, the sliding range, history
+//! and counts), the headers of the latest packet and how many losses are
+//! already counted as drops. A snapshot from other parameters is refused.
 
+use crate::nc_encode::{template_frame, template_of_frame};
 use crate::udp_payload::{self, Located, Template, UdpLoc};
-use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
-use braid_coding::decoder::{BlockDecoder, DecoderStats, Delivered, SlidingDecoder};
+use crate::{
+    Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc, Placement, StateError,
+};
+use braid_coding::decoder::{
+    BlockDecoder, BlockDecoderSnapshot, DecoderStats, Delivered, SlidingDecoder,
+    SlidingDecoderSnapshot,
+};
 use braid_coding::header::{Header, Kind};
 use braid_packet::{Batch, Packet};
 
@@ -23,7 +34,7 @@ pub static SPEC: NfSpec = NfSpec {
     name: "nc-decode",
     class: NfClass::Advanced,
     placements: &[Placement::User],
-    stateful: false,
+    stateful: true,
     summary: "RLNC decoder: progressive Gaussian elimination, in-order delivery, bounded memory",
     params: &[
         ParamDoc {
@@ -67,6 +78,22 @@ fn default_span() -> u32 {
 }
 fn default_timeout() -> u64 {
     50
+}
+
+/// Format version of the exported state.
+const STATE_VERSION: u32 = 1;
+
+/// The exported state.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct DecodeState {
+    /// The configured give-up timeout, checked on import.
+    timeout_ns: u64,
+    block: BlockDecoderSnapshot,
+    sliding: SlidingDecoderSnapshot,
+    /// Headers of the latest packet, as a frame with an empty UDP payload.
+    template: Option<Vec<u8>>,
+    /// Undecodable and malformed counts already turned into drops.
+    reported: (u64, u64),
 }
 
 /// The decoding NF.
@@ -195,6 +222,52 @@ impl NetworkFunction for NcDecode {
         }
         self.report(cx);
     }
+
+    fn export_state(&self) -> Option<NfState> {
+        let state = DecodeState {
+            timeout_ns: self.timeout_ns,
+            block: self.block.snapshot(),
+            sliding: self.sliding.snapshot(),
+            template: self.template.as_ref().and_then(template_frame),
+            reported: self.reported,
+        };
+        Some(NfState::encode(SPEC.name, STATE_VERSION, &state))
+    }
+
+    fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
+        let s: DecodeState = state.decode(SPEC.name, STATE_VERSION)?;
+        if s.timeout_ns != self.timeout_ns {
+            return Err(StateError::Corrupt(format!(
+                "snapshot has timeout_ms {}, this nc-decode {}",
+                s.timeout_ns / 1_000_000,
+                self.timeout_ns / 1_000_000
+            )));
+        }
+        let template = s.template.as_deref().map(template_of_frame).transpose()?;
+        // Build both decoders aside: nothing changes unless all of it fits.
+        let block = self.block.restored(&s.block).map_err(|e| corrupt("block", e))?;
+        let sliding = self.sliding.restored(&s.sliding).map_err(|e| corrupt("sliding", e))?;
+        // Losses become drops at the end of every `process` and `tick`, so
+        // between them every count is reported. (The decoders refuse
+        // counts above 2^62: the sums do not overflow.)
+        let (b, l) = (s.block.stats, s.sliding.stats);
+        let counts = (b.undecodable + l.undecodable, b.malformed + l.malformed);
+        if s.reported != counts {
+            return Err(StateError::Corrupt(format!(
+                "reported drops {:?} differ from the decoders' counts {counts:?}",
+                s.reported
+            )));
+        }
+        self.block = block;
+        self.sliding = sliding;
+        self.template = template;
+        self.reported = s.reported;
+        Ok(())
+    }
+}
+
+fn corrupt(decoder: &str, e: String) -> StateError {
+    StateError::Corrupt(format!("{decoder} decoder: {e}"))
 }
 
 #[cfg(test)]
@@ -309,6 +382,67 @@ mod tests {
                 let bound = 1 + default_span() as u64;
                 proptest::prop_assert!(c.dropped_total() <= bound, "{name}: {:?}", c.drop_breakdown());
             }
+        }
+    }
+
+    mod state {
+        use crate::nc_encode::state_test::*;
+        use crate::Counters;
+        use proptest::prelude::*;
+
+        const DECODE: &str = "max_generations: 3\nspan: 16\ntimeout_ms: 5";
+
+        /// What `encoder` makes of `n` frames, after `loss_pct`% loss.
+        fn coded(encoder: &str, n: usize, seed: u64, loss_pct: u64) -> Vec<Vec<u8>> {
+            let mut enc = build("nc-encode", encoder);
+            let out = run(enc.as_mut(), &steps(frames(n, seed), seed, 3), &mut Counters::default());
+            lossy(out, loss_pct, seed ^ 0x1055)
+        }
+
+        fn block(k: u32) -> String {
+            format!("generation_size: {k}\nredundancy: 0.5\nseed: 3\ntimeout_ms: 4")
+        }
+
+        fn sliding(w: u32) -> String {
+            format!("code: sliding\nwindow: {w}\nredundancy: 0.5\nseed: 3")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(32))]
+            #[test]
+            fn split_stream_equals_whole_stream(
+                n in 0usize..40, k in 1u32..9, w in 1u32..9, seed: u64,
+                loss in 0u64..40, split in 0usize..50,
+            ) {
+                for input in [coded(&block(k), n, seed, loss), coded(&sliding(w), n, seed, loss)] {
+                    let steps = steps(input, seed ^ 7, 7);
+                    check_split("nc-decode", DECODE, &steps, split)?;
+                }
+            }
+
+            #[test]
+            fn damaged_state_is_refused_or_harmless(
+                seed: u64, which: usize, value in edge_value(), truncate: Option<usize>,
+            ) {
+                for input in [coded(&block(6), 20, seed, 20), coded(&sliding(4), 20, seed, 20)] {
+                    let steps = steps(input, seed, 1);
+                    check_damaged("nc-decode", DECODE, &steps, which, value, truncate)?;
+                }
+            }
+        }
+
+        #[test]
+        fn state_of_another_config_kind_or_version_is_refused() {
+            let steps = steps(coded(&block(6), 9, 1, 30), 1, 1);
+            let e =
+                refusal("nc-decode", DECODE, "max_generations: 4\nspan: 16\ntimeout_ms: 5", &steps);
+            assert!(e.contains("block decoder: snapshot has max_generations 3"), "{e}");
+            let e =
+                refusal("nc-decode", DECODE, "max_generations: 3\nspan: 17\ntimeout_ms: 5", &steps);
+            assert!(e.contains("sliding decoder: snapshot has span 16"), "{e}");
+            let e = refusal("nc-decode", DECODE, "max_generations: 3\nspan: 16", &steps);
+            assert!(e.contains("timeout_ms 5"), "{e}");
+            check_foreign("nc-decode", DECODE, "nc-recode");
         }
     }
 }

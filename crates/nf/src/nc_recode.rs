@@ -4,18 +4,24 @@
 //! (recoded packets carry their coefficients explicitly). Sliding-window
 //! packets and frames that are not IPv4/UDP pass unchanged; a coding header
 //! that does not parse is `malformed`.
+//!
+//! State (exported whole): the generations held (their equations, credit
+//! and count of recoded packets) and the seed generator. A snapshot from
+//! other parameters is refused.
 
 use crate::udp_payload::{self, Located, Template};
-use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
+use crate::{
+    Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc, Placement, StateError,
+};
 use braid_coding::header::{Header, HEADER_LEN};
-use braid_coding::recoder::Recoder;
+use braid_coding::recoder::{Recoder, RecoderSnapshot};
 use braid_packet::Batch;
 
 pub static SPEC: NfSpec = NfSpec {
     name: "nc-recode",
     class: NfClass::Advanced,
     placements: &[Placement::User],
-    stateful: false,
+    stateful: true,
     summary: "RLNC recoder: forwards and adds recombinations of received packets without decoding",
     params: &[
         ParamDoc {
@@ -76,6 +82,9 @@ fn default_seed() -> u64 {
     1
 }
 
+/// Format version of the exported state (a [`RecoderSnapshot`]).
+const STATE_VERSION: u32 = 1;
+
 /// The recoding NF.
 #[derive(Debug)]
 pub struct NcRecode {
@@ -130,6 +139,17 @@ impl NetworkFunction for NcRecode {
                 }
             }
         }
+    }
+
+    fn export_state(&self) -> Option<NfState> {
+        Some(NfState::encode(SPEC.name, STATE_VERSION, &self.recoder.snapshot()))
+    }
+
+    fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
+        let snap: RecoderSnapshot = state.decode(SPEC.name, STATE_VERSION)?;
+        self.recoder.restore(&snap).map_err(StateError::Corrupt)?;
+        self.recoded.clear();
+        Ok(())
     }
 }
 
@@ -186,5 +206,68 @@ mod tests {
     fn rejects_bad_params() {
         let p: Params = serde_yaml_ng::from_str("redundancy: -1").unwrap();
         assert_eq!((SPEC.build)(&p).err().unwrap().field, "redundancy");
+    }
+
+    mod state {
+        use crate::nc_encode::state_test::*;
+        use crate::Counters;
+        use proptest::prelude::*;
+
+        const RECODE: &str = "redundancy: 0.6\nmax_generations: 3\nseed: 9";
+
+        /// What a block encoder makes of `n` frames, after `loss_pct`% loss,
+        /// plus a few sliding-code packets (which pass).
+        fn coded(k: u32, n: usize, seed: u64, loss_pct: u64) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            for cfg in [
+                format!("generation_size: {k}\nredundancy: 0.5\nseed: 3\ntimeout_ms: 4"),
+                "code: sliding\nwindow: 2".to_string(),
+            ] {
+                let mut enc = build("nc-encode", &cfg);
+                let n = if out.is_empty() { n } else { 3 };
+                let steps = steps(frames(n, seed), seed, 3);
+                out.extend(run(enc.as_mut(), &steps, &mut Counters::default()));
+            }
+            lossy(out, loss_pct, seed ^ 0x1055)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(32))]
+            #[test]
+            fn split_stream_equals_whole_stream(
+                n in 0usize..40, k in 1u32..9, seed: u64, loss in 0u64..40, split in 0usize..50,
+            ) {
+                let steps = steps(coded(k, n, seed, loss), seed ^ 7, 2);
+                check_split("nc-recode", RECODE, &steps, split)?;
+            }
+
+            #[test]
+            fn damaged_state_is_refused_or_harmless(
+                seed: u64, which: usize, value in edge_value(), truncate: Option<usize>,
+            ) {
+                let steps = steps(coded(5, 20, seed, 20), seed, 1);
+                check_damaged("nc-recode", RECODE, &steps, which, value, truncate)?;
+            }
+        }
+
+        #[test]
+        fn state_of_another_config_kind_or_version_is_refused() {
+            let steps = steps(coded(6, 9, 1, 30), 1, 1);
+            let e = refusal(
+                "nc-recode",
+                RECODE,
+                "redundancy: 0.5\nmax_generations: 3\nseed: 9",
+                &steps,
+            );
+            assert!(e.contains("redundancy 0.6"), "{e}");
+            let e = refusal(
+                "nc-recode",
+                RECODE,
+                "redundancy: 0.6\nmax_generations: 2\nseed: 9",
+                &steps,
+            );
+            assert!(e.contains("max_generations 3"), "{e}");
+            check_foreign("nc-recode", RECODE, "nc-encode");
+        }
     }
 }
