@@ -199,7 +199,10 @@ def ratio(by_name, a, b, metric, size):
         ta, tb = ca["throughput"].get(size), cb["throughput"].get(size)
         if not ta or not tb or tb["max_lossless_pps"] <= 0:
             return None
-        note = "≥" if ta["lower_bound"] and not tb["lower_bound"] else ""
+        # A rate that never lost a packet is a lower bound: so is the ratio
+        # if it is the numerator, an upper one if the denominator.
+        note = {(True, False): "≥ ", (False, True): "≤ ", (True, True): "both lower bounds: "}.get(
+            (ta["lower_bound"], tb["lower_bound"]), "")
         return ta["max_lossless_pps"] / tb["max_lossless_pps"], [], note
     la, lb = ca["latency"].get(size), cb["latency"].get(size)
     if not la or not lb or not lb["p50_us"]:
@@ -221,8 +224,12 @@ def ratios(configs, sizes=(256, 1400)):
                 continue
             v, per_rep, note = r
             met = v <= bound if cmp == "≤" else v >= bound
+            # A bound on the value decides only one way.
+            if (note == "≥ " and met != (cmp == "≥")) or (note == "≤ " and met != (cmp == "≤")) \
+                    or note.startswith("both"):
+                met = None
             spread = "–".join(f"{x:.2f}" for x in (min(per_rep), max(per_rep))) if per_rep else ""
-            lines.append(f"| {what} | {size} | {cmp} {bound} | {note}{v:.2f} | {spread} | {'met' if met else 'missed'} |")
+            lines.append(f"| {what} | {size} | {cmp} {bound} | {note}{v:.2f} | {spread} | {'undecided' if met is None else 'met' if met else 'missed'} |")
     lines += ["", "Context (median RTT ratios, no target):", "",
               "| ratio | 256 B | 1400 B | per repetition 256 B |", "|---|---|---|---|"]
     for what, a, b, metric in CONTEXT:
@@ -234,7 +241,8 @@ def ratios(configs, sizes=(256, 1400)):
         lines.append(f"| {what} | {cells[0]} | {cells[1]} | {spread} |")
     return ("Ratios of medians pooled over all repetitions (per repetition: the range of the ratios of "
             "the two configurations' medians in the same repetition). Throughput: maximum lossless rate "
-            "(≥: the numerator never lost a packet up to the search's highest rate).\n\n"
+            "(≥ / ≤: the numerator / denominator never lost a packet up to the search's highest rate, so its rate "
+            "is a lower bound).\n\n"
             + "\n".join(lines) + "\n")
 
 
