@@ -651,4 +651,36 @@ mod tests {
         assert_eq!(Mapping::Compact.host_indices(&mixed_io), vec![0, 1]);
         assert!(Mapping::Compact.host_indices(&[]).is_empty());
     }
+
+    #[test]
+    fn groups_are_runs_of_one_host_and_placement() {
+        let u = |name: &str, host: &str, io| {
+            NfOnHost::user_on(name, "fwd", host, braid_nf::Params::Null, io)
+        };
+        let nfs = [
+            NfOnHost::kernel("a", "fwd", "nf1"),
+            u("b", "nf1", UserIo::AfXdp),
+            u("c", "nf2", UserIo::AfXdp),
+            u("d", "nf2", UserIo::AfXdp),
+            u("e", "nf2", UserIo::AfPacket),
+            u("f", "nf1", UserIo::AfXdp),
+        ];
+        let got: Vec<(&str, Vec<&str>)> = groups(&nfs)
+            .iter()
+            .map(|g| (g.host, g.nfs.iter().map(|n| n.name.as_str()).collect()))
+            .collect();
+        // Same host but another placement, or not consecutive: a new group
+        // (`deploy` then refuses the host used twice).
+        assert_eq!(
+            got,
+            [
+                ("nf1", vec!["a"]),
+                ("nf1", vec!["b"]),
+                ("nf2", vec!["c", "d"]),
+                ("nf2", vec!["e"]),
+                ("nf1", vec!["f"]),
+            ]
+        );
+        assert!(groups(&[]).is_empty());
+    }
 }
