@@ -239,11 +239,22 @@ rtt_rep() { # name
         >"$OUT/reps/rtt-$n-$REP.txt" 2>>"$OUT/probe.log" || echo "== $n: probe failed in repetition $REP"
     echo_stop
 }
+# CPU time (user + system, all threads, clock ticks) of the process that
+# carries a deployed row's traffic: braid deploy's user-space NF threads,
+# testpmd. Softirq work in other threads' context is not in it.
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo ""; }
 tput() { # name
-    local n=$1
+    local n=$1 c0=""
     echo_start 32 ""
+    # Only rows with a process on the path (options "-": kernel NFs only,
+    # whose braid deploy process just waits).
+    if [ -n "$STARTED" ] && [ "${OPTS[$n]}" != "-" ]; then c0=$(cpu_ticks "$STARTED"); fi
     taskset -c 0 "$BRAID" probe "${ADDR[$n]}" --netns "$NS_C" --throughput --no-latency \
         --json-out "$OUT/tput-$n.json" >"$OUT/tput-$n.txt" 2>>"$OUT/probe.log" || echo "== $n: throughput search failed"
+    if [ -n "$c0" ]; then
+        local c1; c1=$(cpu_ticks "$STARTED")
+        [ -n "$c1" ] && echo "$((c1 - c0)) $(getconf CLK_TCK)" >"$OUT/cpu-$n.txt"
+    fi
     echo_stop
 }
 

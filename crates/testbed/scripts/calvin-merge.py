@@ -129,6 +129,19 @@ def load(out):
                     # The search never found a lossy rate: a lower bound.
                     "lower_bound": t["termination"].startswith("lossless at the highest"),
                 }
+        # CPU time of the row's process (NF threads, testpmd) during the
+        # whole throughput search, per frame it carried (requests sent plus
+        # answers received, all steps and sizes).
+        c["cpu"] = None
+        cpu_path = os.path.join(out, f"cpu-{n}.txt")
+        if os.path.exists(cpu_path) and os.path.exists(tp):
+            ticks, hz = (int(x) for x in open(cpu_path).read().split())
+            steps = [st for t in json.load(open(tp))["throughput"] for st in t["steps"]]
+            frames = sum(st["sent"] + st["received"] for st in steps)
+            dur = sum(st["sent"] / st["send_pps"] for st in steps if st.get("send_pps"))
+            if frames:
+                c["cpu"] = {"cpu_s": ticks / hz, "frames": frames, "us_per_frame": ticks / hz * 1e6 / frames,
+                            "sending_s": dur}
         c["why_missing"] = None
         if not c["latency"]:
             logs = [f for f in sorted(os.listdir(out)) if f.endswith(f"-{n}.log")]
@@ -239,6 +252,16 @@ def ratios(configs, sizes=(256, 1400)):
         cells = [fmt(r[0], 2) if r else "-" for r in rs]
         spread = "–".join(f"{x:.2f}" for x in (min(rs[0][1]), max(rs[0][1]))) if rs[0] and rs[0][1] else ""
         lines.append(f"| {what} | {cells[0]} | {cells[1]} | {spread} |")
+    cpu = [c for c in configs if c.get("cpu")]
+    if cpu:
+        lines += ["", "CPU time (user + system, all threads) of the process carrying a deployed row (braid deploy's "
+                  "NF threads, testpmd) during its throughput search, per frame it forwarded (requests sent plus "
+                  "answers received by the probe). Softirq work done in other threads' context is not in it; a "
+                  "busy-polling process burns its CPU whether frames come or not.", "",
+                  "| configuration | options | CPU s | frames | µs per frame |", "|---|---|---|---|---|"]
+        for c in cpu:
+            k = c["cpu"]
+            lines.append(f"| {c['label']} | {c['options']} | {k['cpu_s']:.2f} | {k['frames']} | {k['us_per_frame']:.2f} |")
     return ("Ratios of medians pooled over all repetitions (per repetition: the range of the ratios of "
             "the two configurations' medians in the same repetition). Throughput: maximum lossless rate "
             "(≥ / ≤: the numerator / denominator never lost a packet up to the search's highest rate, so its rate "
