@@ -570,3 +570,71 @@ impl Drop for UserNf {
         let _ = sysctl_forwarding(&self.ns, Some(&self.forwarding_was));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_packet::wire::build::FrameSpec;
+    use std::net::Ipv4Addr;
+
+    /// A group of (kind, YAML parameters), without ports.
+    fn pipeline(nfs: &[(&str, &str)]) -> Pipeline {
+        let stages = nfs
+            .iter()
+            .map(|(kind, yaml)| Stage {
+                nf: braid_nf::build(kind, &serde_yaml_ng::from_str(yaml).unwrap()).unwrap(),
+                local: Counters::default(),
+                shared: Arc::new(NfCounters::default()),
+            })
+            .collect();
+        let side = |dev: &str| HostSide { dev: dev.into(), src: [2; 6], dst: [4; 6] };
+        Pipeline { stages, sides: [side("a"), side("b")] }
+    }
+
+    fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Batch {
+        let mut b = Batch::with_capacity(1);
+        b.push(
+            FrameSpec::udp((Ipv4Addr::from(src), sport), (Ipv4Addr::from(dst), dport), 8).packet(),
+        );
+        b
+    }
+
+    /// (source, destination) address and port of the only frame in `b`.
+    fn ends(b: &Batch) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
+        let f = b.iter().next().expect("one frame").data();
+        let ip = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+        let port = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
+        ((ip(26), port(34)), (ip(30), port(36)))
+    }
+
+    #[test]
+    fn answers_cross_the_group_in_reverse_order() {
+        let mut p = pipeline(&[
+            ("firewall", "{ rules: [{ action: allow, src: 10.1.0.0/16 }], default: drop }"),
+            ("nat", "{ external_ip: 192.0.2.1, internal: [10.1.0.0/16] }"),
+        ]);
+        let now = braid_nf::monotonic_ns();
+        // Request from the client side: firewall (allowed, tracked), then NAT.
+        let mut req = udp([10, 1, 0, 5], 4000, [198, 51, 100, 7], 53);
+        p.run(p.order(0), &mut req, now);
+        let (src, dst) = ends(&req);
+        assert_eq!(src.0, Ipv4Addr::new(192, 0, 2, 1), "translated source");
+        assert_eq!(dst, (Ipv4Addr::new(198, 51, 100, 7), 53));
+        // The answer from the server side: NAT first (back to the inside
+        // address), then the firewall, whose connection lets it in.
+        let mut ans = udp([198, 51, 100, 7], 53, [192, 0, 2, 1], src.1);
+        p.run(p.order(1), &mut ans, now);
+        assert_eq!(ends(&ans).1, (Ipv4Addr::new(10, 1, 0, 5), 4000));
+        // A flow the server side starts (another port): the NAT passes it
+        // on, the firewall drops it, counted with its reason on its row.
+        let mut unasked = udp([198, 51, 100, 7], 53, [10, 1, 0, 5], 5000);
+        p.run(p.order(1), &mut unasked, now);
+        assert!(unasked.is_empty());
+        let (fw, nat) = (&p.stages[0].shared, &p.stages[1].shared);
+        assert_eq!(fw.drop_breakdown(), [("denied", 1)]);
+        assert_eq!(fw.dropped(), 1);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!((get(&fw.rx_packets), get(&fw.forwarded)), (3, 2));
+        assert_eq!((get(&nat.rx_packets), get(&nat.forwarded), nat.dropped()), (3, 3, 0));
+    }
+}
