@@ -188,10 +188,6 @@ trait GroupPort: Port + Send + 'static {
     fn socket_stats(&self) -> Option<XskStats> {
         None
     }
-    /// Called when neither socket had frames, before waiting.
-    fn before_idle(&mut self) -> Result<(), String> {
-        Ok(())
-    }
 }
 
 impl GroupPort for AfXdpPort {
@@ -200,11 +196,6 @@ impl GroupPort for AfXdpPort {
     }
     fn socket_stats(&self) -> Option<XskStats> {
         self.xsk_stats().ok()
-    }
-    /// Hand spare frames to the fill ring (and, busy-waiting, wake the
-    /// kernel if it asked for it).
-    fn before_idle(&mut self) -> Result<(), String> {
-        self.wait(Duration::ZERO).map_err(|e| e.to_string())
     }
 }
 
@@ -433,8 +424,12 @@ fn run_group<P: GroupPort>(
             }
         }
         if idle {
-            ports[0].before_idle()?;
-            ports[1].before_idle()?;
+            // An AF_XDP `recv` that finds no frame has already refilled the
+            // fill ring and made the fill wakeup call the kernel asked for
+            // (need-wakeup); `flush` kicks transmit again if frames are
+            // still waiting in a tx ring (no system call when none are).
+            ports[0].flush().map_err(|e| e.to_string())?;
+            ports[1].flush().map_err(|e| e.to_string())?;
             match opts.wait {
                 UserWait::Poll => wait_either(fds, Duration::from_millis(50))?,
                 UserWait::Busy => std::hint::spin_loop(),
