@@ -399,6 +399,16 @@ mod tests {
             lossy(out, loss_pct, seed ^ 0x1055)
         }
 
+        /// Swap neighbours where `seed`'s bits say so (local reordering).
+        fn reordered(mut frames: Vec<Vec<u8>>, seed: u64) -> Vec<Vec<u8>> {
+            for i in (1..frames.len()).step_by(2) {
+                if seed >> (i % 64) & 1 == 1 {
+                    frames.swap(i - 1, i);
+                }
+            }
+            frames
+        }
+
         fn block(k: u32) -> String {
             format!("generation_size: {k}\nredundancy: 0.5\nseed: 3\ntimeout_ms: 4")
         }
@@ -412,10 +422,10 @@ mod tests {
             #[test]
             fn split_stream_equals_whole_stream(
                 n in 0usize..40, k in 1u32..9, w in 1u32..9, seed: u64,
-                loss in 0u64..40, split in 0usize..50,
+                loss in 0u64..40, reorder: u64, split in 0usize..50,
             ) {
                 for input in [coded(&block(k), n, seed, loss), coded(&sliding(w), n, seed, loss)] {
-                    let steps = steps(input, seed ^ 7, 7);
+                    let steps = steps(reordered(input, reorder), seed ^ 7, 7);
                     check_split("nc-decode", DECODE, &steps, split)?;
                 }
             }
