@@ -479,32 +479,32 @@ pub(crate) mod state_test {
         Ok(())
     }
 
-    /// Replace the `k`-th number (depth first, modulo how many there are)
-    /// of `v` with `by`. Returns false if `v` holds no number.
-    fn mutate_number(v: &mut serde_json::Value, k: &mut usize, by: u64) -> bool {
+    /// JSON pointers to the numbers of `v`; with `scalars_only`, not the
+    /// elements of number arrays (symbols, coefficients), so damage lands
+    /// on counters, sizes, ids and configuration.
+    fn number_paths(
+        v: &serde_json::Value,
+        path: String,
+        scalars_only: bool,
+        out: &mut Vec<String>,
+    ) {
         use serde_json::Value;
         match v {
-            Value::Number(_) => {
-                if *k == 0 {
-                    *v = Value::from(by);
-                    return true;
+            Value::Number(_) => out.push(path),
+            Value::Array(xs) => {
+                let bytes = xs.len() > 2 && xs.iter().all(Value::is_number);
+                if !(scalars_only && bytes) {
+                    for (i, x) in xs.iter().enumerate() {
+                        number_paths(x, format!("{path}/{i}"), scalars_only, out);
+                    }
                 }
-                *k -= 1;
-                false
             }
-            Value::Array(xs) => xs.iter_mut().any(|x| mutate_number(x, k, by)),
-            Value::Object(m) => m.values_mut().any(|x| mutate_number(x, k, by)),
-            _ => false,
-        }
-    }
-
-    fn count_numbers(v: &serde_json::Value) -> usize {
-        use serde_json::Value;
-        match v {
-            Value::Number(_) => 1,
-            Value::Array(xs) => xs.iter().map(count_numbers).sum(),
-            Value::Object(m) => m.values().map(count_numbers).sum(),
-            _ => 0,
+            Value::Object(m) => {
+                for (k, x) in m {
+                    number_paths(x, format!("{path}/{k}"), scalars_only, out);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -527,9 +527,10 @@ pub(crate) mod state_test {
             Some(n) => state.data.truncate(n % (state.data.len() + 1)),
             None => {
                 let mut v: serde_json::Value = serde_json::from_slice(&state.data).unwrap();
-                let n = count_numbers(&v);
-                if n > 0 {
-                    mutate_number(&mut v, &mut (which % n), value);
+                let mut paths = Vec::new();
+                number_paths(&v, String::new(), which % 2 == 0, &mut paths);
+                if let Some(path) = paths.get((which / 2) % paths.len().max(1)) {
+                    *v.pointer_mut(path).unwrap() = serde_json::Value::from(value);
                 }
                 state.data = serde_json::to_vec(&v).unwrap();
             }
