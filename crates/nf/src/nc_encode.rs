@@ -528,7 +528,7 @@ pub(crate) mod state_test {
             None => {
                 let mut v: serde_json::Value = serde_json::from_slice(&state.data).unwrap();
                 let mut paths = Vec::new();
-                number_paths(&v, String::new(), which % 2 == 0, &mut paths);
+                number_paths(&v, String::new(), which.is_multiple_of(2), &mut paths);
                 if let Some(path) = paths.get((which / 2) % paths.len().max(1)) {
                     *v.pointer_mut(path).unwrap() = serde_json::Value::from(value);
                 }
