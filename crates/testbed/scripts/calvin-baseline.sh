@@ -188,12 +188,18 @@ if has_chain xdp-fwd-afxdp-nat.yaml; then
     row xdp-fwd-afxdp-nat 10.71.3.2 "XDP \`fwd\` → AF_XDP \`nat\` (nf1, nf2)" "$AFXDP_OPTS" \
         deploy_start xdp-fwd-afxdp-nat "$CHAINS/xdp-fwd-afxdp-nat.yaml" nf1,nf2 "$AFXDP_OPTS"
 fi
-if has_chain xor-kernel.yaml; then
-    row xor-kernel-1hop 10.71.12.2 "\`xor\` in XDP, 1 hop" "-" deploy_start xor-kernel-1hop "$CHAINS/xor-kernel.yaml" fw1
+# `xor` in the kernel: xor-user.yaml's NF placed in XDP, with an 8-byte key
+# (the XDP xor repeats a 16-byte key, so it takes keys of 1, 2, 4, 8 or 16
+# bytes; the key does not change the cost).
+sed 's/placement: user/placement: kernel/; s/name: xor-user/name: xor-kernel/; s/key_text: [^ ,}]*/key_text: braid!!!/' \
+    "$CHAINS/xor-user.yaml" >"$OUT/xor-kernel.yaml"
+row xor-kernel-1hop 10.71.12.2 "\`xor\` in XDP, 1 hop" "-" deploy_start xor-kernel-1hop "$OUT/xor-kernel.yaml" fw1
+# Compact mapping: both NFs of the two-NF chain on one host (fw1), one XDP
+# chain program.
+if deploy_has --mapping; then
+    row xdp-fwd-2nf-compact 10.71.12.2 "XDP \`fwd\` → XDP \`fwd\`, compact (both on fw1)" "--mapping compact" \
+        deploy_start xdp-fwd-2nf-compact "$CHAINS/xdp-fwd-fwd.yaml" fw1 --mapping compact
 fi
-# Compact mapping: both NFs of the two-NF chain on one host (fw1).
-row xdp-fwd-2nf-compact 10.71.12.2 "XDP \`fwd\` → XDP \`fwd\`, compact (both on fw1)" "-" \
-    deploy_start xdp-fwd-2nf-compact "$CHAINS/xdp-fwd-fwd.yaml" fw1,fw1
 if command -v dpdk-testpmd >/dev/null; then
     row testpmd-afpacket 10.71.12.2 "DPDK testpmd af_packet, 1 hop" "net_af_packet, mac fwd, lcore 1" \
         testpmd_start testpmd-afpacket net_af_packet "''"
@@ -246,9 +252,9 @@ cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/de
 tput() { # name
     local n=$1 c0=""
     echo_start 32 ""
-    # Only rows with a process on the path (options "-": kernel NFs only,
-    # whose braid deploy process just waits).
-    if [ -n "$STARTED" ] && [ "${OPTS[$n]}" != "-" ]; then c0=$(cpu_ticks "$STARTED"); fi
+    # Only rows with a process on the path: user-space NFs, testpmd (with
+    # kernel NFs only, the braid deploy process just waits).
+    case "${OPTS[$n]}" in *--user-io* | net_af_*) [ -n "$STARTED" ] && c0=$(cpu_ticks "$STARTED") ;; esac
     taskset -c 0 "$BRAID" probe "${ADDR[$n]}" --netns "$NS_C" --throughput --no-latency \
         --json-out "$OUT/tput-$n.json" >"$OUT/tput-$n.txt" 2>>"$OUT/probe.log" || echo "== $n: throughput search failed"
     if [ -n "$c0" ]; then

@@ -197,6 +197,7 @@ CONTEXT = [
     ("AF_XDP `fwd` busy polling / tuned (poll)", "afxdp-fwd-1hop-busy", "afxdp-fwd-1hop", "p50"),
     ("AF_PACKET `fwd` / AF_XDP `fwd`", "afpacket-fwd-1hop", "afxdp-fwd-1hop", "p50"),
     ("`xor` in XDP / `xor` in user space (AF_XDP)", "xor-kernel-1hop", "xor-user-1hop", "p50"),
+    ("`xor` in XDP / XDP `fwd`", "xor-kernel-1hop", "xdp-fwd-1hop", "p50"),
     ("DPDK testpmd af_xdp / Linux forwarding, 1 hop", "testpmd-afxdp", "linux-1hop", "p50"),
     ("DPDK testpmd af_xdp / AF_XDP `fwd`", "testpmd-afxdp", "afxdp-fwd-1hop", "p50"),
     ("DPDK testpmd af_xdp / af_packet", "testpmd-afxdp", "testpmd-afpacket", "p50"),
@@ -243,15 +244,17 @@ def ratios(configs, sizes=(256, 1400)):
                 met = None
             spread = "–".join(f"{x:.2f}" for x in (min(per_rep), max(per_rep))) if per_rep else ""
             lines.append(f"| {what} | {size} | {cmp} {bound} | {note}{v:.2f} | {spread} | {'undecided' if met is None else 'met' if met else 'missed'} |")
-    lines += ["", "Context (median RTT ratios, no target):", "",
-              "| ratio | 256 B | 1400 B | per repetition 256 B |", "|---|---|---|---|"]
+    context = []
     for what, a, b, metric in CONTEXT:
         rs = [ratio(by_name, a, b, metric, s) for s in sizes]
         if all(r is None for r in rs):
             continue
         cells = [fmt(r[0], 2) if r else "-" for r in rs]
         spread = "–".join(f"{x:.2f}" for x in (min(rs[0][1]), max(rs[0][1]))) if rs[0] and rs[0][1] else ""
-        lines.append(f"| {what} | {cells[0]} | {cells[1]} | {spread} |")
+        context.append(f"| {what} | {cells[0]} | {cells[1]} | {spread} |")
+    if context:
+        lines += ["", "Context (median RTT ratios, no target):", "",
+                  "| ratio | 256 B | 1400 B | per repetition 256 B |", "|---|---|---|---|"] + context
     cpu = [c for c in configs if c.get("cpu")]
     if cpu:
         lines += ["", "CPU time (user + system, all threads) of the process carrying a deployed row (braid deploy's "
