@@ -200,6 +200,12 @@ if deploy_has --mapping; then
     row xdp-fwd-2nf-compact 10.71.12.2 "XDP \`fwd\` → XDP \`fwd\`, compact (both on fw1)" "--mapping compact" \
         deploy_start xdp-fwd-2nf-compact "$CHAINS/xdp-fwd-fwd.yaml" fw1 --mapping compact
 fi
+# CALVIN's compact mapping of a four-NF chain: firewall, xor, fwd as one
+# XDP chain program on nf1, nat in user space on nf2.
+if deploy_has --mapping && has_chain compact-4.yaml; then
+    row compact-4 10.71.3.2 "firewall → xor → fwd in XDP (nf1) → AF_XDP \`nat\` (nf2), compact" \
+        "--mapping compact $AFXDP_OPTS" deploy_start compact-4 "$CHAINS/compact-4.yaml" nf1,nf2 --mapping compact "$AFXDP_OPTS"
+fi
 if command -v dpdk-testpmd >/dev/null; then
     row testpmd-afpacket 10.71.12.2 "DPDK testpmd af_packet, 1 hop" "net_af_packet, mac fwd, lcore 1" \
         testpmd_start testpmd-afpacket net_af_packet "''"

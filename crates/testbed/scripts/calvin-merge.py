@@ -198,6 +198,7 @@ CONTEXT = [
     ("AF_PACKET `fwd` / AF_XDP `fwd`", "afpacket-fwd-1hop", "afxdp-fwd-1hop", "p50"),
     ("`xor` in XDP / `xor` in user space (AF_XDP)", "xor-kernel-1hop", "xor-user-1hop", "p50"),
     ("`xor` in XDP / XDP `fwd`", "xor-kernel-1hop", "xdp-fwd-1hop", "p50"),
+    ("compact 4-NF chain / XDP `fwd` → AF_XDP `nat`", "compact-4", "xdp-fwd-afxdp-nat", "p50"),
     ("DPDK testpmd af_xdp / Linux forwarding, 1 hop", "testpmd-afxdp", "linux-1hop", "p50"),
     ("DPDK testpmd af_xdp / AF_XDP `fwd`", "testpmd-afxdp", "afxdp-fwd-1hop", "p50"),
     ("DPDK testpmd af_xdp / af_packet", "testpmd-afxdp", "testpmd-afpacket", "p50"),
