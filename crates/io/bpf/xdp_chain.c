@@ -5,8 +5,9 @@
  *                in order (frames from the client side run the stages in
  *                chain order, frames from the server side in reverse)
  *   chain_progs  prog array: slot -> the stage program of that NF's kind
- *   chain_pos    per-CPU scratch: the index into the path of the stage now
- *                running. Tail calls run on the same CPU within one XDP
+ *   chain_pos    per-CPU scratch: a copy of the frame's path and the index
+ *                of the stage now running, so stages look nothing up in
+ *                the hash. Tail calls run on the same CPU within one XDP
  *                invocation, which XDP never interrupts with another, so
  *                the scratch cannot be overwritten in between.
  *
@@ -40,11 +41,16 @@ struct {
 	__type(value, __u32);
 } chain_progs SEC(".maps");
 
+struct braid_chain_state {
+	__u32 pos;
+	struct braid_chain_path path;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct braid_chain_state);
 } chain_pos SEC(".maps");
 
 SEC("xdp")
@@ -52,50 +58,49 @@ int braid_chain(struct xdp_md *ctx)
 {
 	__u32 in = ctx->ingress_ifindex, zero = 0;
 	struct braid_chain_path *path = bpf_map_lookup_elem(&chain_paths, &in);
-	__u32 *pos = bpf_map_lookup_elem(&chain_pos, &zero);
-	if (!path || !pos || path->len == 0)
+	struct braid_chain_state *st = bpf_map_lookup_elem(&chain_pos, &zero);
+	if (!path || !st || path->len == 0)
 		return XDP_PASS;
-	*pos = 0;
+	st->pos = 0;
+	__builtin_memcpy(&st->path, path, sizeof(st->path));
 	__u32 first = path->slots[0];
 	bpf_tail_call(ctx, &chain_progs, first);
 	/* No stage program in that slot: a loader bug, never a silent pass. */
 	return braid_drop(first & (BRAID_SLOTS - 1), BRAID_MALFORMED);
 }
 
-/* Where the frame is: its path, the scratch position and the slot of
- * the stage now running; looked up once per stage. */
+/* Where the frame is: the per-CPU state (path copy and position) and
+ * the slot of the stage now running. */
 struct chain_at {
-	struct braid_chain_path *path;
-	__u32 *pos;
+	struct braid_chain_state *st;
 	__u32 slot;
 };
 
-/* Fill `at` for the stage now running; 0 if the scratch or the path is
- * missing or the slot is out of range (cannot happen after braid_chain). */
-static __always_inline int chain_enter(struct xdp_md *ctx, struct chain_at *at)
+/* Fill `at` for the stage now running; 0 if the scratch is missing or the
+ * slot is out of range (cannot happen after braid_chain). */
+static __always_inline int chain_enter(struct chain_at *at)
 {
-	__u32 in = ctx->ingress_ifindex, zero = 0;
-	at->path = bpf_map_lookup_elem(&chain_paths, &in);
-	at->pos = bpf_map_lookup_elem(&chain_pos, &zero);
-	if (!at->path || !at->pos)
+	__u32 zero = 0;
+	at->st = bpf_map_lookup_elem(&chain_pos, &zero);
+	if (!at->st)
 		return 0;
-	at->slot = at->path->slots[*at->pos & (BRAID_SLOTS - 1)];
+	at->slot = at->st->path.slots[at->st->pos & (BRAID_SLOTS - 1)];
 	return at->slot < BRAID_SLOTS;
 }
 
 /* Hand the frame to the next stage of its path, or forward it. */
 static __always_inline int chain_next(struct xdp_md *ctx, struct chain_at *at)
 {
-	__u32 next = *at->pos + 1;
-	if (next >= at->path->len || next >= BRAID_SLOTS)
+	__u32 next = at->st->pos + 1;
+	if (next >= at->st->path.len || next >= BRAID_SLOTS)
 		return braid_forward(ctx, at->slot);
 	/* barrier_var keeps the compiler from dropping the mask (it knows
 	 * next < BRAID_SLOTS) and indexing with an unchecked copy, which
 	 * the verifier refuses. */
 	__u32 idx = next;
 	barrier_var(idx);
-	__u32 next_slot = at->path->slots[idx & (BRAID_SLOTS - 1)];
-	*at->pos = next;
+	__u32 next_slot = at->st->path.slots[idx & (BRAID_SLOTS - 1)];
+	at->st->pos = next;
 	braid_count(at->slot, BRAID_REDIRECT, 1);
 	bpf_tail_call(ctx, &chain_progs, next_slot);
 	return braid_drop(at->slot, BRAID_MALFORMED);
@@ -105,7 +110,7 @@ SEC("xdp")
 int braid_chain_fwd(struct xdp_md *ctx)
 {
 	struct chain_at at;
-	if (!chain_enter(ctx, &at))
+	if (!chain_enter(&at))
 		return XDP_DROP;
 	braid_count_rx(ctx, at.slot);
 	return chain_next(ctx, &at);
@@ -115,7 +120,7 @@ SEC("xdp")
 int braid_chain_firewall(struct xdp_md *ctx)
 {
 	struct chain_at at;
-	if (!chain_enter(ctx, &at))
+	if (!chain_enter(&at))
 		return XDP_DROP;
 	braid_count_rx(ctx, at.slot);
 	if (!braid_fw_check(ctx, at.slot))
@@ -127,7 +132,7 @@ SEC("xdp")
 int braid_chain_xor(struct xdp_md *ctx)
 {
 	struct chain_at at;
-	if (!chain_enter(ctx, &at))
+	if (!chain_enter(&at))
 		return XDP_DROP;
 	braid_count_rx(ctx, at.slot);
 	if (!braid_xor_apply(ctx, at.slot))
