@@ -1,8 +1,10 @@
 /* The body of braid's XDP xor, shared by xdp_xor.c (one NF) and
  * xdp_chain.c (a stage of a chain): XOR the UDP payload of IPv4 frames
- * with a repeating 16-byte key (xor_cfg[slot]). Any payload length up to
- * XOR_MAX bytes, 8 bytes per step plus a byte-wise tail; both loops are
- * bounded so the verifier accepts them.
+ * with a key stream (xor_cfg[slot]: the key repeated from payload byte 0,
+ * written by the loader, so a key of any length repeats exactly as in the
+ * user-space xor). Any payload length up to XOR_MAX bytes, 8 bytes per
+ * step plus a byte-wise tail; both loops are bounded so the verifier
+ * accepts them.
  *
  * The UDP checksum is updated incrementally (RFC 1624: HC' = ~(~HC + ~m +
  * m') summed over every changed 16-bit word), so receivers that verify it
@@ -14,11 +16,12 @@
 
 #include "braid_xdp.h"
 
-#define XOR_KEY_LEN 16
 #define XOR_MAX 1500
+/* XOR_MAX rounded up to whole 8-byte steps. */
+#define XOR_STREAM 1504
 
 struct braid_xor_cfg {
-	__u8 key[XOR_KEY_LEN];
+	__u8 stream[XOR_STREAM];
 };
 
 struct {
@@ -60,7 +63,7 @@ static __always_inline int braid_xor_apply(struct xdp_md *ctx, __u32 slot)
 		return 1;
 
 	__u8 *payload = (void *)(udp + 1);
-	__u64 *key64 = (__u64 *)cfg->key;
+	__u64 *stream64 = (__u64 *)cfg->stream;
 	/* Checksum bookkeeping: the sum of ~old + new over every changed
 	 * 16-bit word. The 8-byte chunks are loaded little-endian, so their
 	 * lanes are byte-swapped words; a one's complement sum of swapped
@@ -78,7 +81,7 @@ static __always_inline int braid_xor_apply(struct xdp_md *ctx, __u32 slot)
 		if ((void *)(p + 1) > data_end)
 			break;
 		__u64 old = *p;
-		__u64 new = old ^ key64[j & 1];
+		__u64 new = old ^ stream64[j];
 		*p = new;
 		__u64 nold = ~old;
 		acc_le += (nold & 0xffff) + ((nold >> 16) & 0xffff) + ((nold >> 32) & 0xffff) + (nold >> 48);
@@ -89,10 +92,10 @@ static __always_inline int braid_xor_apply(struct xdp_md *ctx, __u32 slot)
 		if (i >= plen)
 			break;
 		__u8 *p = payload + i;
-		if ((void *)(p + 1) > data_end)
+		if ((void *)(p + 1) > data_end || i >= XOR_STREAM)
 			break;
 		__u8 old = *p;
-		__u8 new = old ^ cfg->key[i & (XOR_KEY_LEN - 1)];
+		__u8 new = old ^ cfg->stream[i];
 		*p = new;
 		/* Payload offset parity equals word position: the payload
 		 * starts 8 bytes into the UDP header. */

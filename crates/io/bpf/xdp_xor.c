@@ -1,5 +1,5 @@
 /* braid XDP xor: XOR the UDP payload of IPv4 frames with a repeating
- * 16-byte key (xor_cfg[0]), then forward like fwd. The body is in
+ * key (its stream in xor_cfg[0]), then forward like fwd. The body is in
  * braid_xor.h, shared with the chain program. */
 #include "braid_xor.h"
 

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | [`XdpNf::Fwd`] | redirect to the egress interface of the ingress one, rewriting MACs if told | – |
 //! | [`XdpNf::Pass`] | nothing (`XDP_PASS`); needed on the peer of a veth that receives redirected frames | – |
-//! | [`XdpNf::Xor`] | XOR the UDP payload with a 16-byte repeating key, fix the checksum, forward | `xor_cfg` |
+//! | [`XdpNf::Xor`] | XOR the UDP payload with a repeating key, fix the checksum, forward | `xor_cfg` |
 //! | [`XdpNf::Firewall`] | drop/pass IPv4 by exact 5-tuple, any-source or source-prefix rules, forward | `fw_rules`, `fw_src_prefixes`, `fw_cfg` |
 //! | [`XdpNf::Steer`] | redirect into the AF_XDP socket of the receive queue | `xsks` |
 //! | [`XdpChain`] | several of fwd, firewall, xor on one host, joined by tail calls, forward | `chain_paths`, `chain_progs`, `chain_pos` + those of its stages, per slot |
@@ -272,8 +272,13 @@ pub struct TestRunOutcome {
     pub duration: std::time::Duration,
 }
 
-/// Length of the XOR key the program applies (repeated over the payload).
-pub const XOR_KEY_LEN: usize = 16;
+/// Longest UDP payload the XDP xor handles (longer ones are dropped as
+/// malformed; they do not occur below a 1500-byte MTU).
+pub const XOR_MAX_PAYLOAD: usize = 1500;
+
+/// Length of the key stream in `xor_cfg` (`XOR_STREAM` in
+/// `bpf/braid_xor.h`): [`XOR_MAX_PAYLOAD`] in whole 8-byte steps.
+const XOR_STREAM_LEN: usize = 1504;
 
 /// One loaded XDP program with its maps, attached to zero or more
 /// interfaces. Dropping it detaches it from all of them.
@@ -365,7 +370,8 @@ impl XdpProgram {
         maps::set_mac_rewrite(&mut self.ebpf, in_ifindex, dst, src)
     }
 
-    /// Set the XOR key (1..=16 bytes, repeated to fill 16).
+    /// Set the XOR key (at least one byte), repeated over the payload from
+    /// its first byte, as the user-space xor does.
     pub fn set_xor_key(&mut self, key: &[u8]) -> Result<(), XdpError> {
         self.require(XdpNf::Xor, "XOR key")?;
         maps::set_xor_key(&mut self.ebpf, 0, key)
@@ -482,17 +488,16 @@ mod maps {
     }
 
     pub(super) fn set_xor_key(ebpf: &mut Ebpf, slot: u32, key: &[u8]) -> Result<(), XdpError> {
-        if key.is_empty() || key.len() > XOR_KEY_LEN {
-            return Err(XdpError::Config(format!(
-                "XOR key must be 1..={XOR_KEY_LEN} bytes, got {}",
-                key.len()
-            )));
+        if key.is_empty() {
+            return Err(XdpError::Config("XOR key must have at least one byte".into()));
         }
-        let mut k = [0u8; XOR_KEY_LEN];
+        // The key repeated from payload byte 0, as the user-space xor
+        // applies it; bytes past the longest payload never matter.
+        let mut k = [0u8; XOR_STREAM_LEN];
         for (i, b) in k.iter_mut().enumerate() {
             *b = key[i % key.len()];
         }
-        let mut m: Array<&mut MapData, [u8; XOR_KEY_LEN]> =
+        let mut m: Array<&mut MapData, [u8; XOR_STREAM_LEN]> =
             Array::try_from(get(ebpf, "xor_cfg")?).map_err(kernel("opening map xor_cfg"))?;
         m.set(slot, k, 0).map_err(kernel(format!("xor_cfg[{slot}]")))
     }
@@ -797,7 +802,7 @@ impl XdpChain {
         maps::set_mac_rewrite(&mut self.ebpf, in_ifindex, dst, src)
     }
 
-    /// Set the XOR key of the xor stage `slot` (1..=16 bytes, repeated).
+    /// Set the XOR key of the xor stage `slot` (at least one byte, repeated).
     pub fn set_xor_key(&mut self, slot: usize, key: &[u8]) -> Result<(), XdpError> {
         let s = self.slot(slot, XdpNf::Xor, "XOR key")?;
         maps::set_xor_key(&mut self.ebpf, s, key)
@@ -904,7 +909,7 @@ mod tests {
         assert!(p.set_xor_key(&[1]).unwrap_err().to_string().contains("no XOR key"));
         let mut x = XdpProgram::load(XdpNf::Xor).unwrap();
         assert!(x.set_xor_key(&[]).is_err());
-        assert!(x.set_xor_key(&[0; 17]).is_err());
+        x.set_xor_key(&[0; 17]).unwrap();
         x.set_xor_key(&[0xaa, 0x55]).unwrap();
     }
 }

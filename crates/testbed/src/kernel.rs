@@ -7,11 +7,10 @@
 //! parameter (`rules[2].dst_ports`) and suggests `placement: user`.
 //!
 //! - `fwd`: no parameters.
-//! - `xor`: `key` or `key_text` as for the user-space NF. The XDP program
-//!   repeats a 16-byte key over the payload while the user-space NF
-//!   repeats the key itself, which is the same stream only for keys of 1,
-//!   2, 4, 8 or 16 bytes; other lengths are refused. `checksum: recompute`
-//!   is user-space only (XDP updates incrementally, like the default).
+//! - `xor`: `key` or `key_text` as for the user-space NF; the XDP program
+//!   gets the key repeated from payload byte 0, as the user-space NF applies
+//!   it, so both write the same bytes. `checksum: recompute` is user-space
+//!   only (XDP updates incrementally, like the default).
 //! - `firewall`: rules become exact 5-tuple rules (`src` and `dst` single
 //!   addresses, `proto` tcp/udp with one source and one destination port,
 //!   or icmp), any-source rules (`dst` one address, `proto` tcp/udp with
@@ -31,7 +30,7 @@
 
 use std::net::Ipv4Addr;
 
-use braid_io::xdp::{FwAction, FwRule, XdpChain, XdpError, XdpNf, XdpProgram, XOR_KEY_LEN};
+use braid_io::xdp::{FwAction, FwRule, XdpChain, XdpError, XdpNf, XdpProgram};
 use braid_nf::classifier::RuleMatch;
 use braid_nf::conntrack::parse_cidr;
 use braid_nf::firewall::{compile_rules, Action, Config as FwConfig, PortSpec, Proto, RuleConfig};
@@ -42,7 +41,7 @@ use braid_nf::Params;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelNf {
     Fwd,
-    /// The XOR key as given (1, 2, 4, 8 or 16 bytes).
+    /// The XOR key as given.
     Xor {
         key: Vec<u8>,
     },
@@ -126,18 +125,11 @@ fn xor(params: &Params) -> Result<KernelNf, String> {
     // Build the user-space NF too: its checks (key present, not both) are
     // the ones that apply, with the same messages.
     braid_nf::xor::Xor::new(cfg.clone()).map_err(|e| e.to_string())?;
-    let (key, field) = match (cfg.key, cfg.key_text) {
-        (Some(k), _) => (k.0, "key"),
-        (None, Some(t)) => (t.into_bytes(), "key_text"),
+    let key = match (cfg.key, cfg.key_text) {
+        (Some(k), _) => k.0,
+        (None, Some(t)) => t.into_bytes(),
         (None, None) => return Err("key: missing: give key or key_text".into()),
     };
-    if ![1, 2, 4, 8, XOR_KEY_LEN].contains(&key.len()) {
-        return Err(format!(
-            "{field}: a key of {} bytes; the XDP xor repeats a {XOR_KEY_LEN}-byte key, which \
-             equals the user-space key stream only for keys of 1, 2, 4, 8 or 16 bytes; {USE_USER}",
-            key.len()
-        ));
-    }
     if cfg.checksum == ChecksumMode::Recompute {
         return Err(format!(
             "checksum: recompute; the XDP xor updates the checksum incrementally only; {USE_USER}"
@@ -400,18 +392,16 @@ mod tests {
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
     #[test]
-    fn xor_keys_that_repeat_the_same_way_translate() {
+    fn xor_keys_translate() {
         for (yaml, key) in [
             ("key: \"0x5a\"", vec![0x5a]),
-            ("key: \"0x0102030405060708\"", (1..=8).collect()),
-            ("key_text: abcd", b"abcd".to_vec()),
+            ("key: \"0x010203\"", vec![1, 2, 3]),
+            ("key_text: seventeen-bytes!!", b"seventeen-bytes!!".to_vec()),
         ] {
             assert_eq!(KernelNf::translate("xor", &params(yaml)).unwrap(), KernelNf::Xor { key });
         }
-        let e = KernelNf::translate("xor", &params("key: \"0x010203\"")).unwrap_err();
-        assert!(e.starts_with("key: a key of 3 bytes") && e.contains("placement: user"), "{e}");
-        let e = KernelNf::translate("xor", &params("key_text: seventeen-bytes!!")).unwrap_err();
-        assert!(e.starts_with("key_text: a key of 17 bytes"), "{e}");
+        let e = KernelNf::translate("xor", &params("{key: \"0x01\", key_text: a}")).unwrap_err();
+        assert!(e.contains("not both"), "{e}");
         let e = KernelNf::translate("xor", &params("{key: \"0x01\", checksum: recompute}"))
             .unwrap_err();
         assert!(e.starts_with("checksum: recompute"), "{e}");
@@ -710,8 +700,7 @@ rules:
         let xdp = std::cell::RefCell::new(XdpProgram::load(XdpNf::Xor).unwrap());
         let mut runner = TestRunner::new(Config { cases: 64, ..Config::default() });
         let input = (
-            prop_oneof![Just(1usize), Just(2), Just(4), Just(8), Just(16)]
-                .prop_flat_map(|n| proptest::collection::vec(any::<u8>(), n)),
+            proptest::collection::vec(any::<u8>(), 1..=40),
             proptest::collection::vec(any::<u8>(), 0..1400),
         );
         runner
