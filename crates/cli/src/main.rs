@@ -39,7 +39,7 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Network-namespace testbed: up, down, status, show.
     Testbed(cmd::testbed::Args),
-    /// Run a chain on the testbed (XDP and AF_PACKET NFs) until stopped.
+    /// Run a chain on the testbed (XDP in the kernel, AF_XDP or AF_PACKET in user space) until stopped.
     Deploy(cmd::deploy::Args),
     /// Live per-NF counters of the running `braid deploy`.
     Stats(cmd::stats::Args),
