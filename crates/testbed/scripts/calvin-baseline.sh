@@ -188,11 +188,8 @@ if has_chain xdp-fwd-afxdp-nat.yaml; then
     row xdp-fwd-afxdp-nat 10.71.3.2 "XDP \`fwd\` → AF_XDP \`nat\` (nf1, nf2)" "$AFXDP_OPTS" \
         deploy_start xdp-fwd-afxdp-nat "$CHAINS/xdp-fwd-afxdp-nat.yaml" nf1,nf2 "$AFXDP_OPTS"
 fi
-# `xor` in the kernel: xor-user.yaml's NF placed in XDP, with an 8-byte key
-# (the XDP xor repeats a 16-byte key, so it takes keys of 1, 2, 4, 8 or 16
-# bytes; the key does not change the cost).
-sed 's/placement: user/placement: kernel/; s/name: xor-user/name: xor-kernel/; s/key_text: [^ ,}]*/key_text: braid!!!/' \
-    "$CHAINS/xor-user.yaml" >"$OUT/xor-kernel.yaml"
+# `xor` in the kernel: xor-user.yaml's NF, same key, placed in XDP.
+sed 's/placement: user/placement: kernel/; s/name: xor-user/name: xor-kernel/' "$CHAINS/xor-user.yaml" >"$OUT/xor-kernel.yaml"
 row xor-kernel-1hop 10.71.12.2 "\`xor\` in XDP, 1 hop" "-" deploy_start xor-kernel-1hop "$OUT/xor-kernel.yaml" fw1
 # Compact mapping: both NFs of the two-NF chain on one host (fw1), one XDP
 # chain program.
