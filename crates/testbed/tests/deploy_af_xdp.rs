@@ -8,9 +8,9 @@
 mod common;
 
 use braid_io::netns;
-use braid_testbed::deploy::{deploy, Deployment, NfOnHost, UserIo};
-use braid_testbed::{down, netns_name, status};
-use common::{bed, forwarding_off, has_xdp, ping, probe_round_trips, skip, Bed};
+use braid_testbed::deploy::{deploy, NfOnHost, UserIo};
+use braid_testbed::{netns_name, status};
+use common::{assert_nothing_left, bed, forwarding_off, has_xdp, ping, probe_round_trips, skip};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,22 +26,6 @@ impl Drop for Reaped {
 
 fn af_xdp_fwd(name: &str, host: &str) -> NfOnHost {
     NfOnHost::user_on(name, "fwd", host, braid_nf::Params::Null, UserIo::AfXdp)
-}
-
-/// Every program detached, the testbed gone, no namespace of ours listed.
-fn check_gone(d: Deployment, bed: Bed) {
-    let attached = d.attached().to_vec();
-    drop(d);
-    for (n, dev) in &attached {
-        assert!(!has_xdp(n, dev), "XDP still on {n}:{dev}");
-    }
-    assert!(status(&bed.0).unwrap().unwrap().xdp.is_empty());
-    let prefix = bed.0.prefix.clone();
-    down(&bed.0).unwrap();
-    drop(bed);
-    let out = netns::ip(None, &["netns", "list"]).unwrap();
-    let list = String::from_utf8_lossy(&out.stdout);
-    assert!(!list.contains(&prefix), "namespaces left over: {list}");
 }
 
 #[test]
@@ -100,7 +84,7 @@ fn af_xdp_fwd_chain_carries_ping_udp_and_iperf3() {
         assert!(s.redirected >= 2 * 203, "{s:?}");
         assert_eq!(s.dropped, 0, "{s:?}");
     }
-    check_gone(d, bed);
+    assert_nothing_left(d, bed);
 }
 
 #[test]
@@ -127,7 +111,7 @@ fn mixed_chain_xdp_fwd_then_af_xdp_fwd_carries_ping_and_udp() {
         assert!(s.redirected >= 2 * 203, "{s:?}");
         assert_eq!(s.dropped, 0, "{s:?}");
     }
-    check_gone(d, bed);
+    assert_nothing_left(d, bed);
 }
 
 #[test]
@@ -162,5 +146,5 @@ fn af_xdp_nf_falls_back_to_af_packet_when_its_ports_do_not_open() {
     assert_eq!(d.attached().len(), 2);
     assert!(other.counters().unwrap().pass > 0, "the other program stayed in place");
     drop(other);
-    check_gone(d, bed);
+    assert_nothing_left(d, bed);
 }
