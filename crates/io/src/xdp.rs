@@ -303,14 +303,7 @@ impl XdpProgram {
         let obj = nf.object()?;
         let mut ebpf =
             Ebpf::load(obj).map_err(kernel(format!("loading XDP object for {}", nf.name())))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(nf.program())
-            .ok_or_else(|| {
-                XdpError::Config(format!("program {} missing from its object", nf.program()))
-            })?
-            .try_into()
-            .map_err(kernel(format!("{} is not an XDP program", nf.program())))?;
-        prog.load().map_err(kernel(format!("verifying XDP program {}", nf.program())))?;
+        load_xdp(&mut ebpf, nf.program())?;
         Ok(XdpProgram { nf, ebpf, attachments: Vec::new() })
     }
 
@@ -324,12 +317,7 @@ impl XdpProgram {
     }
 
     fn prog(&mut self) -> Result<&mut Xdp, XdpError> {
-        let name = self.nf.program();
-        self.ebpf
-            .program_mut(name)
-            .ok_or_else(|| XdpError::Config(format!("program {name} missing from its object")))?
-            .try_into()
-            .map_err(kernel(format!("{name} is not an XDP program")))
+        xdp_program(&mut self.ebpf, self.nf.program())
     }
 
     /// Attach to `iface` (in the calling thread's namespace).
@@ -665,13 +653,17 @@ fn chain_stage_program(nf: XdpNf) -> Option<&'static str> {
     }
 }
 
-fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<(), XdpError> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
+/// The XDP program `name` of a loaded object.
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, XdpError> {
+    ebpf.program_mut(name)
         .ok_or_else(|| XdpError::Config(format!("program {name} missing from its object")))?
         .try_into()
-        .map_err(kernel(format!("{name} is not an XDP program")))?;
-    prog.load().map_err(kernel(format!("verifying XDP program {name}")))
+        .map_err(kernel(format!("{name} is not an XDP program")))
+}
+
+/// Load (verify) the XDP program `name` of `ebpf` into the kernel.
+fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<(), XdpError> {
+    xdp_program(ebpf, name)?.load().map_err(kernel(format!("verifying XDP program {name}")))
 }
 
 impl XdpChain {
@@ -730,11 +722,7 @@ impl XdpChain {
     }
 
     fn entry(&mut self) -> Result<&mut Xdp, XdpError> {
-        self.ebpf
-            .program_mut(CHAIN_ENTRY)
-            .ok_or_else(|| XdpError::Config(format!("program {CHAIN_ENTRY} missing")))?
-            .try_into()
-            .map_err(kernel(format!("{CHAIN_ENTRY} is not an XDP program")))
+        xdp_program(&mut self.ebpf, CHAIN_ENTRY)
     }
 
     /// Attach the chain's entry program to `iface` (in the calling
