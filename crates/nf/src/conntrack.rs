@@ -740,16 +740,7 @@ pub fn apply_steps<S: Copy>(
     mut apply: impl FnMut(&mut Packet, S) -> Result<(), DropReason>,
 ) {
     let mut next = steps.iter();
-    batch.retain_mut(|p| {
-        let step = next.next().copied().unwrap_or(missing);
-        match apply(p, step) {
-            Ok(()) => true,
-            Err(reason) => {
-                cx.drop_packet(reason);
-                false
-            }
-        }
-    });
+    cx.retain(batch, |p| apply(p, next.next().copied().unwrap_or(missing)));
 }
 
 /// The exported state of a conntrack-based NF (firewall, NAT): its clock

@@ -149,13 +149,7 @@ impl NetworkFunction for Decrypt {
     }
 
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
-        batch.retain_mut(|pkt| match self.decrypt(pkt) {
-            Ok(()) => true,
-            Err(reason) => {
-                cx.drop_packet(reason);
-                false
-            }
-        });
+        cx.retain(batch, |pkt| self.decrypt(pkt));
     }
 
     fn export_state(&self) -> Option<NfState> {

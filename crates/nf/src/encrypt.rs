@@ -99,13 +99,7 @@ impl NetworkFunction for Encrypt {
     }
 
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
-        batch.retain_mut(|pkt| match self.encrypt(pkt) {
-            Ok(()) => true,
-            Err(reason) => {
-                cx.drop_packet(reason);
-                false
-            }
-        });
+        cx.retain(batch, |pkt| self.encrypt(pkt));
     }
 }
 

@@ -100,10 +100,28 @@ impl<'a> Context<'a> {
     }
 
     /// Record that one packet is dropped for `reason`. The caller removes it
-    /// from the batch (usually by returning `false` from `retain_mut`).
+    /// from the batch (usually by returning `false` from `retain_mut`, or
+    /// through [`Context::retain`]).
     #[inline]
     pub fn drop_packet(&mut self, reason: DropReason) {
         self.counters.count_drop(reason);
+    }
+
+    /// Run `f` on every packet of `batch`: keep those it returns `Ok` for,
+    /// drop the others and count each under the reason it returned.
+    #[inline]
+    pub fn retain(
+        &mut self,
+        batch: &mut Batch,
+        mut f: impl FnMut(&mut braid_packet::Packet) -> Result<(), DropReason>,
+    ) {
+        batch.retain_mut(|p| match f(p) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.drop_packet(reason);
+                false
+            }
+        });
     }
 }
 

@@ -257,15 +257,9 @@ impl NetworkFunction for Router {
         }
         sink.finish();
         let mut next = checked.iter();
-        batch.retain_mut(|p| {
+        cx.retain(batch, |p| {
             let step = next.next().copied().unwrap_or(Err(DropReason::Other));
-            match step.and_then(|info| self.forward(p, info)) {
-                Ok(()) => true,
-                Err(reason) => {
-                    cx.drop_packet(reason);
-                    false
-                }
-            }
+            step.and_then(|info| self.forward(p, info))
         });
         self.checked = checked;
         for p in self.created.drain(..) {
