@@ -261,9 +261,20 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    /// Run `b` through the stages in `order`; stops early once the batch is
-    /// empty.
-    fn run(&mut self, order: impl Iterator<Item = usize>, b: &mut Batch, now: u64) {
+    /// Run `b`, which arrived from side `from`, through the stages it
+    /// crosses: 0..n from the client side, n..0 from the server side. Stops
+    /// early once the batch is empty.
+    fn run(&mut self, from: usize, b: &mut Batch, now: u64) {
+        let n = self.stages.len();
+        if from == 0 {
+            self.run_stages(0..n, b, now)
+        } else {
+            self.run_stages((0..n).rev(), b, now)
+        }
+    }
+
+    /// Run `b` through the stages `order` names, in that order.
+    fn run_stages(&mut self, order: impl Iterator<Item = usize>, b: &mut Batch, now: u64) {
         for i in order {
             if b.is_empty() {
                 return;
@@ -279,16 +290,6 @@ impl Pipeline {
                 }
             }
             s.shared.forwarded.fetch_add(b.len() as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// The stages a frame from side `from` crosses, in order.
-    fn order(&self, from: usize) -> Box<dyn Iterator<Item = usize>> {
-        let n = self.stages.len();
-        if from == 0 {
-            Box::new(0..n)
-        } else {
-            Box::new((0..n).rev())
         }
     }
 
@@ -327,8 +328,7 @@ fn step<P: Port>(
     if n == 0 {
         return Ok(0);
     }
-    let order = pipe.order(from);
-    pipe.run(order, b, braid_nf::monotonic_ns());
+    pipe.run(from, b, braid_nf::monotonic_ns());
     if !b.is_empty() {
         pipe.send(&mut ports[1 - from], 1 - from, b)?;
     }
@@ -413,14 +413,12 @@ fn run_group<P: GroupPort>(
         let n0 = step(&mut ports, 0, &mut pipe, &mut b, batch)?;
         let n1 = step(&mut ports, 1, &mut pipe, &mut b, batch)?;
         let idle = n0 == 0 && n1 == 0;
-        if idle || Instant::now() >= next_sample {
-            let now = Instant::now();
-            if now >= next_sample {
-                next_sample = now + SAMPLE_INTERVAL;
-                tick(&mut ports, &mut pipe, &mut tick_out)?;
-                if let Some(s) = &sockets {
-                    sample_sockets(&ports, s);
-                }
+        let now = Instant::now();
+        if now >= next_sample {
+            next_sample = now + SAMPLE_INTERVAL;
+            tick(&mut ports, &mut pipe, &mut tick_out)?;
+            if let Some(s) = &sockets {
+                sample_sockets(&ports, s);
             }
         }
         if idle {
@@ -451,7 +449,7 @@ fn tick<P: Port>(ports: &mut [P; 2], pipe: &mut Pipeline, out: &mut Batch) -> Re
         s.nf.tick(out, &mut Context::new(now, &mut s.local));
         if !out.is_empty() {
             let n = pipe.stages.len();
-            pipe.run(i + 1..n, out, now);
+            pipe.run_stages(i + 1..n, out, now);
             if !out.is_empty() {
                 pipe.send(&mut ports[1], 1, out)?;
             }
@@ -611,19 +609,19 @@ mod tests {
         let now = braid_nf::monotonic_ns();
         // Request from the client side: firewall (allowed, tracked), then NAT.
         let mut req = udp([10, 1, 0, 5], 4000, [198, 51, 100, 7], 53);
-        p.run(p.order(0), &mut req, now);
+        p.run(0, &mut req, now);
         let (src, dst) = ends(&req);
         assert_eq!(src.0, Ipv4Addr::new(192, 0, 2, 1), "translated source");
         assert_eq!(dst, (Ipv4Addr::new(198, 51, 100, 7), 53));
         // The answer from the server side: NAT first (back to the inside
         // address), then the firewall, whose connection lets it in.
         let mut ans = udp([198, 51, 100, 7], 53, [192, 0, 2, 1], src.1);
-        p.run(p.order(1), &mut ans, now);
+        p.run(1, &mut ans, now);
         assert_eq!(ends(&ans).1, (Ipv4Addr::new(10, 1, 0, 5), 4000));
         // A flow the server side starts (another port): the NAT passes it
         // on, the firewall drops it, counted with its reason on its row.
         let mut unasked = udp([198, 51, 100, 7], 53, [10, 1, 0, 5], 5000);
-        p.run(p.order(1), &mut unasked, now);
+        p.run(1, &mut unasked, now);
         assert!(unasked.is_empty());
         let (fw, nat) = (&p.stages[0].shared, &p.stages[1].shared);
         assert_eq!(fw.drop_breakdown(), [("denied", 1)]);
