@@ -59,27 +59,6 @@ struct {
 	__type(value, __u32);
 } fw_cfg SEC(".maps");
 
-/* The ethertype after up to two VLAN tags, 0 if the frame is too short. */
-static __always_inline __u16 braid_fw_ethertype(void *data, void *data_end)
-{
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return 0;
-	__u16 proto = eth->h_proto;
-	void *cur = eth + 1;
-#pragma unroll
-	for (int i = 0; i < 2; i++) {
-		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
-			break;
-		struct vlan_hdr_braid *v = cur;
-		if ((void *)(v + 1) > data_end)
-			return 0;
-		proto = v->inner_proto;
-		cur = v + 1;
-	}
-	return proto;
-}
-
 /* Apply the rules of `slot`. Returns 1 when the frame goes on, 0 when it
  * was dropped (counted). */
 static __always_inline int braid_fw_check(struct xdp_md *ctx, __u32 slot)
@@ -94,7 +73,8 @@ static __always_inline int braid_fw_check(struct xdp_md *ctx, __u32 slot)
 		return 0;
 	}
 	if (!ip) {
-		if (braid_fw_ethertype(data, data_end) == bpf_htons(ETH_P_ARP))
+		void *l3;
+		if (braid_ethertype(data, data_end, &l3) == bpf_htons(ETH_P_ARP))
 			return 1;
 		__u32 *dflt = bpf_map_lookup_elem(&fw_cfg, &slot);
 		if (dflt && *dflt == FW_DROP) {

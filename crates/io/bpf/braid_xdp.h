@@ -114,16 +114,14 @@ struct vlan_hdr_braid {
 	__be16 inner_proto;
 };
 
-/* Find the IPv4 header after Ethernet and up to two VLAN tags. Returns
- * NULL if the frame is not IPv4 or too short; *malformed tells which. */
-static __always_inline struct iphdr *braid_ipv4(void *data, void *data_end, int *malformed)
+/* The ethertype after Ethernet and up to two VLAN tags, with *l3 set to
+ * where that protocol's header starts; 0 if the frame is too short for
+ * the Ethernet header or a tag. */
+static __always_inline __u16 braid_ethertype(void *data, void *data_end, void **l3)
 {
 	struct ethhdr *eth = data;
-	*malformed = 0;
-	if ((void *)(eth + 1) > data_end) {
-		*malformed = 1;
-		return NULL;
-	}
+	if ((void *)(eth + 1) > data_end)
+		return 0;
 	__u16 proto = eth->h_proto;
 	void *cur = eth + 1;
 #pragma unroll
@@ -131,12 +129,25 @@ static __always_inline struct iphdr *braid_ipv4(void *data, void *data_end, int 
 		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
 			break;
 		struct vlan_hdr_braid *v = cur;
-		if ((void *)(v + 1) > data_end) {
-			*malformed = 1;
-			return NULL;
-		}
+		if ((void *)(v + 1) > data_end)
+			return 0;
 		proto = v->inner_proto;
 		cur = v + 1;
+	}
+	*l3 = cur;
+	return proto;
+}
+
+/* Find the IPv4 header after Ethernet and up to two VLAN tags. Returns
+ * NULL if the frame is not IPv4 or too short; *malformed tells which. */
+static __always_inline struct iphdr *braid_ipv4(void *data, void *data_end, int *malformed)
+{
+	void *cur = data;
+	__u16 proto = braid_ethertype(data, data_end, &cur);
+	*malformed = 0;
+	if (!proto) {
+		*malformed = 1;
+		return NULL;
 	}
 	if (proto != bpf_htons(ETH_P_IP))
 		return NULL;
