@@ -245,6 +245,15 @@ mod tests {
     use crate::decoder::BlockDecoder;
     use crate::header::HEADER_LEN;
 
+    /// A packet as it goes on the wire: header, explicit coefficients, symbol.
+    fn wire(h: &Header, c: &[u8], s: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; HEADER_LEN];
+        h.emit(&mut v);
+        v.extend_from_slice(c);
+        v.extend_from_slice(s);
+        v
+    }
+
     #[test]
     fn recoded_packets_alone_decode_the_generation() {
         let payloads: Vec<Vec<u8>> = (0..16).map(|i| vec![i as u8; 10 + i * 5]).collect();
@@ -252,13 +261,6 @@ mod tests {
             BlockEncoder::new(BlockConfig { generation_size: 16, redundancy: 1.0, seed: 3 })
                 .unwrap();
         let mut pkts = Vec::new();
-        let wire = |h: &Header, c: &[u8], s: &[u8]| {
-            let mut v = vec![0u8; HEADER_LEN];
-            h.emit(&mut v);
-            v.extend_from_slice(c);
-            v.extend_from_slice(s);
-            v
-        };
         for p in &payloads {
             let h = enc.push_source(p).unwrap();
             pkts.push(wire(&h, &[], p));
@@ -288,13 +290,6 @@ mod tests {
             BlockEncoder::new(BlockConfig { generation_size: 4, redundancy: 0.5, seed: 3 })
                 .unwrap();
         let mut pkts = Vec::new();
-        let wire = |h: &Header, c: &[u8], s: &[u8]| {
-            let mut v = vec![0u8; HEADER_LEN];
-            h.emit(&mut v);
-            v.extend_from_slice(c);
-            v.extend_from_slice(s);
-            v
-        };
         for p in &payloads {
             let h = enc.push_source(p).unwrap();
             pkts.push(wire(&h, &[], p));

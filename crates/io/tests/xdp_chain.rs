@@ -4,24 +4,16 @@
 //! each stage keeps its own configuration and counters, and a stage that
 //! drops ends the chain.
 
+mod common;
+
 use std::net::Ipv4Addr;
 
-use braid_io::xdp::{xdp_built, FwAction, FwRule, XdpAction, XdpChain, XdpNf};
+use braid_io::xdp::{FwAction, FwRule, XdpAction, XdpChain, XdpNf};
 use braid_packet::flow::parse_ipv4_flow;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::UdpPacket;
 
-fn usable(test: &str) -> bool {
-    if !braid_io::netns::is_root() {
-        eprintln!("skipping {test}: loading BPF programs needs root");
-        return false;
-    }
-    if !xdp_built() {
-        eprintln!("skipping {test}: XDP programs were not built (install clang and libbpf-dev)");
-        return false;
-    }
-    true
-}
+use common::xdp_usable as usable;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);

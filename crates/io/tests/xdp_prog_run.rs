@@ -4,26 +4,18 @@
 //! rules, and no program aborts or grows/shrinks a frame, whatever bytes
 //! it gets.
 
+mod common;
+
 use std::net::Ipv4Addr;
 
-use braid_io::xdp::{xdp_built, FwAction, FwRule, XdpAction, XdpNf, XdpProgram};
+use braid_io::xdp::{FwAction, FwRule, XdpAction, XdpNf, XdpProgram};
 use braid_packet::flow::parse_ipv4_flow;
 use braid_packet::strategy;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::UdpPacket;
 use proptest::prelude::*;
 
-fn usable(test: &str) -> bool {
-    if !braid_io::netns::is_root() {
-        eprintln!("skipping {test}: loading BPF programs needs root");
-        return false;
-    }
-    if !xdp_built() {
-        eprintln!("skipping {test}: XDP programs were not built (install clang and libbpf-dev)");
-        return false;
-    }
-    true
-}
+use common::xdp_usable as usable;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

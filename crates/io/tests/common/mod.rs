@@ -28,6 +28,20 @@ pub fn skip_unless_root(test: &str) -> bool {
     true
 }
 
+/// Whether BPF programs can be loaded here (root, and braid built with its
+/// XDP objects); says why not and returns false otherwise.
+pub fn xdp_usable(test: &str) -> bool {
+    if !netns::is_root() {
+        eprintln!("skipping {test}: loading BPF programs needs root");
+        return false;
+    }
+    if !braid_io::xdp::xdp_built() {
+        eprintln!("skipping {test}: XDP programs were not built (install clang and libbpf-dev)");
+        return false;
+    }
+    true
+}
+
 pub struct Topology {
     // Links before namespaces: fields drop in order, and a link guard
     // deletes its veth while the namespaces still exist.
