@@ -9,8 +9,9 @@ PACKAGES=(
     clang llvm libbpf-dev libelf-dev pkg-config
     # Namespaces, veth, offload settings.
     iproute2 ethtool
-    # Real peers and readers of our output.
-    tshark sockperf iperf3 iputils-ping nftables openssl
+    # Real peers and readers of our output; tcpdump and dumpcap (with tshark)
+    # write the captures braid must read.
+    tshark tcpdump sockperf iperf3 iputils-ping nftables openssl
     # Inspection tools used by the docs' investigations.
     bpftool xdp-tools
     # AWS-LC (aws-lc-rs, the AES of encrypt/decrypt): C sources built by the cc crate.

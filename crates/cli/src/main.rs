@@ -53,8 +53,37 @@ enum Command {
     RunProcs(cmd::run_procs::Args),
 }
 
+/// Let a closed standard output end the process quietly, as it ends `cat`
+/// or `ls`: `braid nfs -v | head -1` stops when `head` has its line, with
+/// no message (the shell sees status 141, killed by SIGPIPE). Rust's
+/// runtime ignores SIGPIPE, so a write to a closed pipe returns an error and
+/// `println!` panics; the default action is restored only for commands that
+/// print and hold nothing that needs cleaning up. Commands with sockets,
+/// children or testbed state (deploy, run-procs, nf-proc, shm-bench,
+/// probe, echo, testbed) keep ignoring it, so a peer closing a socket is an
+/// error they handle rather than a silent death.
+fn end_quietly_on_closed_stdout() {
+    // SAFETY: signal(2) only sets the disposition of SIGPIPE; it is called
+    // before any thread is started, and SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Nfs(_)
+            | Command::Demo(_)
+            | Command::Validate(_)
+            | Command::Plan(_)
+            | Command::Run(_)
+            | Command::Bench(_)
+            | Command::Stats(_)
+    ) {
+        end_quietly_on_closed_stdout();
+    }
     let result = match cli.command {
         Command::Nfs(a) => cmd::nfs::run(a),
         Command::Demo(a) => cmd::demo::run(a),

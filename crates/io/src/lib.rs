@@ -1,6 +1,7 @@
 //! braid packet I/O.
 //!
-//! Every way packets enter or leave a chain is a [`Port`]: pcap files and
+//! Every way packets enter or leave a chain is a [`Port`]: capture files (pcap,
+//! pcapng, standard input and output) and
 //! in-memory queues for offline work, AF_PACKET and AF_XDP sockets for live
 //! traffic, shared-memory rings between NF processes. An NF chain sees the
 //! same interface whatever carries its packets (the "virtual port" of the
@@ -8,10 +9,13 @@
 
 pub mod af_packet;
 pub mod af_xdp;
+pub mod capture;
 pub mod channel;
+pub mod linktype;
 pub mod memory;
 pub mod netns;
 pub mod pcap;
+pub mod pcapng;
 pub mod shm;
 pub mod virtual_port;
 pub mod xdp;
@@ -80,6 +84,13 @@ pub trait Port: Send {
     /// Push out anything buffered by earlier `send` calls.
     fn flush(&mut self) -> Result<(), PortError> {
         Ok(())
+    }
+
+    /// Complete an output: flush, and for outputs written aside (capture
+    /// files) move the finished result into place. An output dropped
+    /// without `finish` leaves no partial result in place of an older one.
+    fn finish(&mut self) -> Result<(), PortError> {
+        self.flush()
     }
 
     /// Block until packets may be ready or `timeout` passes. Ports that only

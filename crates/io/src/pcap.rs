@@ -1,19 +1,13 @@
-//! Classic pcap files: reader, writer, and [`Port`]s over them.
+//! Classic pcap files: reader and writer.
 //!
 //! Reads both byte orders and both microsecond (`0xa1b2c3d4`) and
-//! nanosecond (`0xa1b23c4d`) magics, link type Ethernet (`DLT_EN10MB`)
-//! only. Every inconsistency (bad magic, truncated header or record, capture
+//! nanosecond (`0xa1b23c4d`) magics, any link type (the ports in
+//! [`crate::capture`] turn the ones braid uses into Ethernet). Every inconsistency (bad magic, truncated header or record, capture
 //! length above the snap length or the original length) is an error naming
 //! the record number and byte offset; nothing panics. Writes nanosecond
 //! little-endian files, which Wireshark and tshark open.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
-use std::path::{Path, PathBuf};
-
-use braid_packet::{Batch, Packet};
-
-use crate::{Port, PortError, PortStats};
+use std::io::{ErrorKind, Read, Write};
 
 const MAGIC_MICRO: u32 = 0xa1b2_c3d4;
 const MAGIC_NANO: u32 = 0xa1b2_3c4d;
@@ -58,6 +52,7 @@ pub struct PcapReader<R: Read> {
     swapped: bool,
     nanos: bool,
     snaplen: u32,
+    linktype: u32,
     /// Byte offset of the next unread byte.
     offset: u64,
     /// Records read so far.
@@ -111,7 +106,7 @@ impl<R: Read> PcapReader<R> {
             (_, MAGIC_NANO) => (true, true),
             _ => {
                 let hint = if &h[0..4] == b"\x0a\x0d\x0d\x0a" {
-                    " (this is pcapng; convert with `editcap -F pcap IN OUT`)"
+                    " (this is pcapng: read it with braid_io::pcapng or braid_io::capture)"
                 } else {
                     ""
                 };
@@ -159,20 +154,12 @@ impl<R: Read> PcapReader<R> {
         }
         // The upper bits may carry FCS information; the link type is the low 16.
         let linktype = u32_at(20) & 0xffff;
-        if linktype != LINKTYPE_ETHERNET {
-            return Err(PcapError::Format {
-                record: None,
-                offset: 20,
-                message: format!(
-                    "link type {linktype} is not supported (only {LINKTYPE_ETHERNET}, Ethernet)"
-                ),
-            });
-        }
         Ok(PcapReader {
             inner,
             swapped,
             nanos,
             snaplen,
+            linktype,
             offset: FILE_HEADER_LEN as u64,
             records: 0,
         })
@@ -181,6 +168,11 @@ impl<R: Read> PcapReader<R> {
     /// The declared snap length.
     pub fn snaplen(&self) -> u32 {
         self.snaplen
+    }
+
+    /// The file's `LINKTYPE_*`.
+    pub fn linktype(&self) -> u32 {
+        self.linktype
     }
 
     /// True if timestamps have nanosecond resolution.
@@ -333,185 +325,6 @@ impl<W: Write> PcapWriter<W> {
     }
 }
 
-fn wall_clock_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-fn port_error(path: &Path, e: PcapError) -> PortError {
-    match e {
-        PcapError::Io { what, source } => {
-            PortError::Os { what: format!("{}: {what}", path.display()), source }
-        }
-        e => PortError::Format(format!("{}: {e}", path.display())),
-    }
-}
-
-/// Input port reading a pcap file. Each packet's `meta.rx_ns` is its
-/// capture timestamp (ns since the Unix epoch). Frames too long for a
-/// packet buffer are dropped and counted in `rx_dropped`.
-pub struct PcapInPort {
-    path: PathBuf,
-    reader: PcapReader<BufReader<File>>,
-    scratch: Vec<u8>,
-    at_end: bool,
-    in_port: u16,
-    stats: PortStats,
-}
-
-impl PcapInPort {
-    /// Open `path` and check its header.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, PortError> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| PortError::Os {
-            what: format!("cannot open {}", path.display()),
-            source,
-        })?;
-        let reader = PcapReader::new(BufReader::new(file)).map_err(|e| port_error(&path, e))?;
-        Ok(PcapInPort {
-            path,
-            reader,
-            scratch: Vec::with_capacity(2048),
-            at_end: false,
-            in_port: 0,
-            stats: PortStats::default(),
-        })
-    }
-
-    /// Set `meta.in_port` of received packets.
-    pub fn set_in_port(&mut self, index: u16) {
-        self.in_port = index;
-    }
-
-    /// Records read so far.
-    pub fn records_read(&self) -> u64 {
-        self.reader.records_read()
-    }
-}
-
-impl Port for PcapInPort {
-    fn name(&self) -> String {
-        format!("pcap:{}", self.path.display())
-    }
-
-    fn recv(&mut self, batch: &mut Batch, max: usize) -> Result<usize, PortError> {
-        let mut n = 0;
-        while n < max && !self.at_end {
-            let header = match self.reader.next_record(&mut self.scratch) {
-                Ok(Some(h)) => h,
-                Ok(None) => {
-                    self.at_end = true;
-                    break;
-                }
-                Err(e) => {
-                    // Nothing after a format error can be trusted.
-                    self.at_end = true;
-                    return Err(port_error(&self.path, e));
-                }
-            };
-            match Packet::try_from_bytes(&self.scratch) {
-                Ok(mut p) => {
-                    p.meta.rx_ns = header.ts_ns;
-                    p.meta.in_port = self.in_port;
-                    self.stats.rx_packets += 1;
-                    self.stats.rx_bytes += self.scratch.len() as u64;
-                    batch.push(p);
-                    n += 1;
-                }
-                Err(_) => self.stats.rx_dropped += 1,
-            }
-        }
-        Ok(n)
-    }
-
-    fn send(&mut self, batch: &mut Batch) -> Result<usize, PortError> {
-        self.stats.tx_dropped += batch.len() as u64;
-        batch.clear();
-        Err(PortError::Config(format!("{} is an input port: it cannot send", self.name())))
-    }
-
-    fn at_end(&self) -> bool {
-        self.at_end
-    }
-
-    fn stats(&self) -> PortStats {
-        self.stats
-    }
-}
-
-/// Output port writing a pcap file. A packet's timestamp is its
-/// `meta.rx_ns` when that looks like a wall-clock time (read from a pcap),
-/// else the current time.
-pub struct PcapOutPort {
-    path: PathBuf,
-    writer: PcapWriter<BufWriter<File>>,
-    stats: PortStats,
-}
-
-impl PcapOutPort {
-    /// Create (or truncate) `path` and write the file header.
-    pub fn create(path: impl AsRef<Path>) -> Result<Self, PortError> {
-        let path = path.as_ref().to_path_buf();
-        let file = File::create(&path).map_err(|source| PortError::Os {
-            what: format!("cannot create {}", path.display()),
-            source,
-        })?;
-        let writer = PcapWriter::new(BufWriter::new(file)).map_err(|e| port_error(&path, e))?;
-        Ok(PcapOutPort { path, writer, stats: PortStats::default() })
-    }
-}
-
-/// 2001-09-09 in ns: anything later is taken as a wall-clock timestamp,
-/// anything earlier as a monotonic one.
-const WALL_CLOCK_FLOOR_NS: u64 = 1_000_000_000 * 1_000_000_000;
-
-impl Port for PcapOutPort {
-    fn name(&self) -> String {
-        format!("pcap:{}", self.path.display())
-    }
-
-    fn recv(&mut self, _batch: &mut Batch, _max: usize) -> Result<usize, PortError> {
-        Ok(0)
-    }
-
-    fn send(&mut self, batch: &mut Batch) -> Result<usize, PortError> {
-        let now = wall_clock_ns();
-        let mut sent = 0;
-        for p in batch.drain() {
-            let ts = if p.meta.rx_ns >= WALL_CLOCK_FLOOR_NS { p.meta.rx_ns } else { now };
-            if let Err(e) = self.writer.write(ts, p.data()) {
-                self.stats.tx_dropped += 1;
-                return Err(port_error(&self.path, e));
-            }
-            self.stats.tx_packets += 1;
-            self.stats.tx_bytes += p.len() as u64;
-            sent += 1;
-        }
-        Ok(sent)
-    }
-
-    fn flush(&mut self) -> Result<(), PortError> {
-        self.writer.flush().map_err(|e| port_error(&self.path, e))
-    }
-
-    fn at_end(&self) -> bool {
-        true
-    }
-
-    fn stats(&self) -> PortStats {
-        self.stats
-    }
-}
-
-impl Drop for PcapOutPort {
-    fn drop(&mut self) {
-        // Best effort: callers that care call `flush` and see its error.
-        let _ = self.writer.flush();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,37 +428,11 @@ mod tests {
             err(&big),
             "record 2 at byte offset 100: capture length 200 is larger than the snap length 100"
         );
+        // Link types other than Ethernet are read; the capture ports
+        // convert or reject them.
         let mut linux_sll = file(&[]);
         linux_sll[20] = 113;
-        assert!(err(&linux_sll).contains("link type 113 is not supported"));
-    }
-
-    #[test]
-    fn port_reads_what_precedes_an_error_then_fails() {
-        let dir = std::env::temp_dir().join(format!("braid-pcap-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("cut.pcap");
-        let two = file(&[(1, vec![1; 60]), (2, vec![2; 60]), (3, vec![3; 60])]);
-        std::fs::write(&path, &two[..two.len() - 1]).unwrap();
-        let mut port = PcapInPort::open(&path).unwrap();
-        let mut b = Batch::new();
-        let e = port.recv(&mut b, 32).unwrap_err();
-        assert_eq!(b.len(), 2);
-        assert!(e.to_string().contains("record 3 at byte offset"), "{e}");
-        assert!(port.at_end());
-
-        let out = dir.join("out.pcap");
-        let mut w = PcapOutPort::create(&out).unwrap();
-        assert_eq!(w.send(&mut b).unwrap(), 2);
-        w.flush().unwrap();
-        drop(w);
-        let back = read_all(&std::fs::read(&out).unwrap()).unwrap();
-        assert_eq!(back.len(), 2);
-        assert!(
-            back[0].0.ts_ns > WALL_CLOCK_FLOOR_NS,
-            "timestamps below the wall-clock floor are replaced"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(PcapReader::new(&linux_sll[..]).unwrap().linktype(), 113);
     }
 
     proptest! {

@@ -129,12 +129,35 @@ impl PortDecl {
     }
 }
 
-/// `kind: pcap`.
+/// `kind: pcap`: a capture file, pcap or pcapng (see `docs/capture.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PcapPortDecl {
-    /// File path, relative to the current directory.
+    /// File path, relative to the current directory; `-` is standard input
+    /// (as input) or standard output (as output).
     pub path: std::path::PathBuf,
+    /// Format written when used as output; by default pcapng if the path
+    /// ends in `.pcapng`, classic pcap otherwise. Inputs are recognised by
+    /// their contents whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<CaptureFileFormat>,
+}
+
+impl PcapPortDecl {
+    /// A capture port at `path` with the default format.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> PcapPortDecl {
+        PcapPortDecl { path: path.into(), format: None }
+    }
+}
+
+/// `format:` of a capture port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureFileFormat {
+    /// Classic libpcap (nanosecond timestamps).
+    Pcap,
+    /// pcapng.
+    Pcapng,
 }
 
 fn default_frame_size() -> usize {

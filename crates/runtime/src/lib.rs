@@ -32,5 +32,6 @@ pub mod validate;
 
 pub use chain::{Chain, ChainBuildError, ChainMonitor, ChainSnapshot, Stage, StageSnapshot};
 pub use descriptor::{
-    ChainDescriptor, MemoryPortDecl, NfDecl, PcapPortDecl, PlacementChoice, PortDecl,
+    CaptureFileFormat, ChainDescriptor, MemoryPortDecl, NfDecl, PcapPortDecl, PlacementChoice,
+    PortDecl,
 };

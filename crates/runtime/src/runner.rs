@@ -2,13 +2,13 @@
 
 use std::time::{Duration, Instant};
 
+use braid_io::capture::{same_file, CaptureFormat, CaptureInPort, CaptureOutPort};
 use braid_io::memory::{GeneratorConfig, GeneratorPort, MemoryPort};
-use braid_io::pcap::{PcapInPort, PcapOutPort};
 use braid_io::{Port, PortError, PortStats};
 use braid_packet::Batch;
 
 use crate::chain::{Chain, ChainSnapshot};
-use crate::descriptor::PortDecl;
+use crate::descriptor::{CaptureFileFormat, PortDecl};
 
 /// How often a running chain gets its `tick`.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(10);
@@ -26,10 +26,11 @@ pub struct RunReport {
     pub error: Option<PortError>,
 }
 
-/// Open a descriptor port as a packet source.
+/// Open a descriptor port as a packet source. Capture files may be pcap
+/// or pcapng, of any link type [`braid_io::linktype`] turns into Ethernet.
 pub fn open_input(decl: &PortDecl) -> Result<Box<dyn Port>, PortError> {
     Ok(match decl {
-        PortDecl::Pcap(p) => Box::new(PcapInPort::open(&p.path)?),
+        PortDecl::Pcap(p) => Box::new(CaptureInPort::open(&p.path)?),
         PortDecl::Memory(m) => Box::new(GeneratorPort::new(&GeneratorConfig {
             frame_size: m.frame_size,
             flows: m.flows,
@@ -49,14 +50,37 @@ fn unsupported(decl: &PortDecl) -> PortError {
     ))
 }
 
-/// Open a descriptor port as a packet sink.
+/// Open a descriptor port as a packet sink. A capture file appears (or
+/// replaces an older one) only when [`Port::finish`] succeeds.
 pub fn open_output(decl: &PortDecl) -> Result<Box<dyn Port>, PortError> {
     Ok(match decl {
-        PortDecl::Pcap(p) => Box::new(PcapOutPort::create(&p.path)?),
+        PortDecl::Pcap(p) => Box::new(CaptureOutPort::create(
+            &p.path,
+            p.format.map(|f| match f {
+                CaptureFileFormat::Pcap => CaptureFormat::Pcap,
+                CaptureFileFormat::Pcapng => CaptureFormat::Pcapng,
+            }),
+        )?),
         PortDecl::Memory(_) => Box::new(MemoryPort::sink("out")),
         #[allow(unreachable_patterns)]
         other => return Err(unsupported(other)),
     })
+}
+
+/// Refuse an output that is the input file (also through a symbolic or
+/// hard link, or standard output redirected to it): writing it would
+/// destroy the capture being read.
+pub fn check_distinct(input: &PortDecl, output: &PortDecl) -> Result<(), PortError> {
+    if let (PortDecl::Pcap(i), PortDecl::Pcap(o)) = (input, output) {
+        if same_file(&i.path, &o.path) {
+            return Err(PortError::Config(format!(
+                "input {} and output {} are the same file: refusing to overwrite the input",
+                i.path.display(),
+                o.path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Push everything `input` delivers through `chain` into `output`, until
@@ -185,12 +209,13 @@ mod tests {
         let inp = dir.join("in.pcap");
         std::fs::write(&inp, &bytes[..bytes.len() - 3]).unwrap();
         let outp = dir.join("out.pcap");
-        let mut input = open_input(&PortDecl::Pcap(crate::PcapPortDecl { path: inp })).unwrap();
-        let mut output =
-            open_output(&PortDecl::Pcap(crate::PcapPortDecl { path: outp.clone() })).unwrap();
+        let mut input = open_input(&PortDecl::Pcap(crate::PcapPortDecl::new(&inp))).unwrap();
+        let mut output = open_output(&PortDecl::Pcap(crate::PcapPortDecl::new(&outp))).unwrap();
         let r = run_to_end(&mut fwd_chain(), input.as_mut(), output.as_mut());
         let e = r.error.expect("truncation is an error").to_string();
         assert!(e.contains("record 50"), "{e}");
+        // The input's error is not the output's: what came before is kept.
+        output.finish().unwrap();
         drop(output);
         let data = std::fs::read(&outp).unwrap();
         let mut rd = PcapReader::new(&data[..]).unwrap();
@@ -201,6 +226,16 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 49);
+
+        // The output may not be the input, by any name.
+        let pcap = |p: &std::path::Path| PortDecl::Pcap(crate::PcapPortDecl::new(p));
+        std::os::unix::fs::symlink(&inp, dir.join("link.pcap")).unwrap();
+        for same in [inp.clone(), dir.join("link.pcap"), dir.join(".").join("in.pcap")] {
+            let e = check_distinct(&pcap(&inp), &pcap(&same)).unwrap_err().to_string();
+            assert!(e.contains("are the same file: refusing to overwrite the input"), "{e}");
+        }
+        check_distinct(&pcap(&inp), &pcap(&outp)).unwrap();
+        check_distinct(&pcap(&inp), &pcap(&dir.join("new.pcap"))).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

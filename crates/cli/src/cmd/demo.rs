@@ -86,9 +86,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         d.nfs.iter().map(|n| format!("{} ({})", n.name, n.kind)).collect::<Vec<_>>().join(" -> ")
     );
     let mut chain = Chain::from_descriptor(&d)?;
-    let mut input = open_input(&PortDecl::Pcap(PcapPortDecl { path: in_path.clone() }))?;
-    let mut output = open_output(&PortDecl::Pcap(PcapPortDecl { path: out_path.clone() }))?;
+    let mut input = open_input(&PortDecl::Pcap(PcapPortDecl::new(&in_path)))?;
+    let mut output = open_output(&PortDecl::Pcap(PcapPortDecl::new(&out_path)))?;
     let r = run_to_end(&mut chain, input.as_mut(), output.as_mut());
+    output.finish()?;
     drop(output);
     if let Some(e) = r.error {
         return Err(e.into());
