@@ -281,3 +281,160 @@ fn demo_runs_without_setup() {
     let frames = read_pcap(&outp);
     assert!(!frames.is_empty() && frames.len() < 500, "{}", frames.len());
 }
+
+fn is_pcapng(path: &Path) -> bool {
+    std::fs::read(path).unwrap().starts_with(&[0x0a, 0x0d, 0x0d, 0x0a])
+}
+
+fn tshark_installed() -> bool {
+    Command::new("tshark").arg("-v").output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn run_reads_and_writes_pcapng_and_standard_streams() {
+    let dir = TempDir::new("pcapng");
+    std::fs::write(dir.file("c.yaml"), FWD_CHAIN).unwrap();
+    let frames = udp_frames(500);
+    std::fs::write(dir.file("in.pcap"), pcap_bytes(&frames)).unwrap();
+
+    // pcapng by extension, then back to pcap: the same frames.
+    let o = braid(&["run", "c.yaml", "-i", "in.pcap", "-o", "mid.pcapng"], dir.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(is_pcapng(&dir.file("mid.pcapng")));
+    let o = braid(&["run", "c.yaml", "-i", "mid.pcapng", "-o", "back.pcap"], dir.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!is_pcapng(&dir.file("back.pcap")));
+    assert_eq!(read_pcap(&dir.file("back.pcap")), frames);
+    // An explicit format wins over the extension.
+    let o = braid(&["run", "c.yaml", "-i", "in.pcap", "-o", "x.cap", "-F", "pcapng"], dir.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(is_pcapng(&dir.file("x.cap")));
+
+    // `-` in and out: the capture alone on stdout, statistics on stderr.
+    let o = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["run", "c.yaml", "-i", "-", "-o", "-"])
+        .current_dir(dir.path())
+        .stdin(std::fs::File::open(dir.file("mid.pcapng")).unwrap())
+        .stdout(std::fs::File::create(dir.file("piped.pcap")).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("500 packets in"), "{}", text(&o.stderr));
+    assert_eq!(read_pcap(&dir.file("piped.pcap")), frames);
+
+    if !tshark_installed() {
+        eprintln!("tshark not installed: skipping the tshark checks");
+        return;
+    }
+    for file in ["mid.pcapng", "x.cap"] {
+        let t = Command::new("tshark").args(["-r", file]).current_dir(dir.path()).output().unwrap();
+        assert!(t.status.success(), "{file}: {}", text(&t.stderr));
+        assert_eq!(text(&t.stdout).lines().count(), 500, "{file}");
+    }
+    // The pipeline of the docs: a capture in, braid in the middle, tshark out.
+    let script = format!(
+        "set -o pipefail; cat in.pcap | {} run c.yaml -i - -o - -F pcapng 2>stats.txt \
+         | tshark -r - -T fields -e udp.dstport | sort | uniq -c",
+        env!("CARGO_BIN_EXE_braid")
+    );
+    let o = Command::new("bash").args(["-c", &script]).current_dir(dir.path()).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), "500 5000");
+    assert!(std::fs::read_to_string(dir.file("stats.txt")).unwrap().contains("500 packets in"));
+}
+
+#[test]
+fn run_refuses_to_overwrite_its_input_and_keeps_old_output_on_failure() {
+    let dir = TempDir::new("same");
+    std::fs::write(dir.file("c.yaml"), FWD_CHAIN).unwrap();
+    let input = pcap_bytes(&udp_frames(500));
+    std::fs::write(dir.file("s.pcap"), &input).unwrap();
+    std::os::unix::fs::symlink("s.pcap", dir.file("link.pcap")).unwrap();
+    std::fs::hard_link(dir.file("s.pcap"), dir.file("hard.pcap")).unwrap();
+    for out in ["s.pcap", "./s.pcap", "link.pcap", "hard.pcap"] {
+        let o = braid(&["run", "c.yaml", "-i", "s.pcap", "-o", out], dir.path());
+        assert_eq!(o.status.code(), Some(1), "{out}");
+        let err = text(&o.stderr);
+        assert!(err.contains("are the same file: refusing to overwrite the input"), "{out}: {err}");
+        assert_eq!(std::fs::read(dir.file("s.pcap")).unwrap(), input, "{out}");
+    }
+    // Standard output appended to the input file.
+    let o = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["run", "c.yaml", "-i", "s.pcap", "-o", "-"])
+        .current_dir(dir.path())
+        .stdout(std::fs::File::options().append(true).open(dir.file("s.pcap")).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("same file"), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read(dir.file("s.pcap")).unwrap(), input);
+
+    // A run whose output cannot be written (a 4 KiB file size limit) leaves
+    // the older output as it was, and no temporary file.
+    std::fs::write(dir.file("out.pcap"), b"old output").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_braid"));
+    cmd.args(["run", "c.yaml", "-i", "s.pcap", "-o", "out.pcap"]).current_dir(dir.path());
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: setrlimit and signal are async-signal-safe, as pre_exec
+    // requires; they only change this child's limits and SIGXFSZ action
+    // (ignored, so an oversized write fails with EFBIG instead of killing).
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 4096, rlim_max: 4096 };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("File too large") && err.contains("out.pcap was left as it was"), "{err}");
+    assert_eq!(std::fs::read(dir.file("out.pcap")).unwrap(), b"old output");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".braid-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = TempDir::new("pipe");
+    std::fs::write(dir.file("c.yaml"), FWD_CHAIN).unwrap();
+    std::fs::write(dir.file("in.pcap"), pcap_bytes(&udp_frames(10))).unwrap();
+    let sample = examples().join("sample.yaml");
+    let commands: [&[&str]; 4] = [
+        &["nfs", "-v"],
+        &["plan", sample.to_str().unwrap()],
+        &["run", "c.yaml", "-i", "in.pcap", "-o", "out.pcap", "--json"],
+        &["validate", sample.to_str().unwrap()],
+    ];
+    for args in commands {
+        // A pipe whose reading end is already closed: the first write fails.
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two-element array it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: fds[0] is the pipe's reading end, open and owned here.
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: fds[1] is an open descriptor that nothing else owns.
+        let write_end = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+        let o = Command::new(env!("CARGO_BIN_EXE_braid"))
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(write_end)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() || o.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            o.status
+        );
+        assert_eq!(text(&o.stderr), "", "{args:?}");
+    }
+}
