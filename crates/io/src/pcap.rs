@@ -59,9 +59,13 @@ pub struct PcapReader<R: Read> {
     records: u64,
 }
 
-/// Read exactly `buf.len()` bytes; `Ok(false)` on a clean EOF before the
-/// first byte, an error on EOF in the middle.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<Result<bool, usize>> {
+/// Read exactly `buf.len()` bytes: `Ok(Ok(true))` when read, `Ok(Ok(false))`
+/// on a clean EOF before the first byte, `Ok(Err(got))` on EOF after `got`
+/// bytes. Shared with [`crate::pcapng`].
+pub(crate) fn read_full<R: Read>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<Result<bool, usize>> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {

@@ -18,6 +18,8 @@
 
 use std::io::{ErrorKind, Read, Write};
 
+use crate::pcap::read_full;
+
 /// Block type of a Section Header Block (also the file magic).
 pub const BLOCK_SHB: u32 = 0x0A0D_0D0A;
 /// Interface Description Block.
@@ -120,21 +122,6 @@ impl Order {
             Order::Big => i64::from_be_bytes(a),
         }
     }
-}
-
-/// Read exactly `buf.len()` bytes; `Ok(Ok(true))` when read, `Ok(Ok(false))`
-/// on a clean EOF before the first byte, `Ok(Err(got))` on EOF after `got`.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<Result<bool, usize>> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => return Ok(if got == 0 { Ok(false) } else { Err(got) }),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Ok(true))
 }
 
 /// Streaming pcapng reader.
@@ -435,12 +422,21 @@ impl<R: Read> PcapngReader<R> {
     }
 
     fn enhanced_packet(&self, data: &mut Vec<u8>) -> Result<PacketRecord, String> {
-        let b = &self.body;
-        if b.len() < 20 {
-            return Err(format!("enhanced packet body is {} bytes, needs 20", b.len()));
+        if self.body.len() < 20 {
+            return Err(format!("enhanced packet body is {} bytes, needs 20", self.body.len()));
         }
-        let o = self.order;
-        let interface = o.u32(&b[0..4]);
+        self.timestamped_packet(data, self.order.u32(&self.body[0..4]))
+    }
+
+    /// The rest of an Enhanced or obsolete Packet Block, which share their
+    /// layout after the interface field: timestamp high and low, captured
+    /// and original length, data, options.
+    fn timestamped_packet(
+        &self,
+        data: &mut Vec<u8>,
+        interface: u32,
+    ) -> Result<PacketRecord, String> {
+        let (b, o) = (&self.body, self.order);
         let iface = self.interface(interface)?;
         let (caplen, orig_len) = (o.u32(&b[12..16]), o.u32(&b[16..20]));
         let ts_ns = self.timestamp(iface, o.u32(&b[4..8]), o.u32(&b[8..12]))?;
@@ -473,18 +469,10 @@ impl<R: Read> PcapngReader<R> {
     }
 
     fn obsolete_packet(&self, data: &mut Vec<u8>) -> Result<PacketRecord, String> {
-        let b = &self.body;
-        if b.len() < 20 {
-            return Err(format!("packet block body is {} bytes, needs 20", b.len()));
+        if self.body.len() < 20 {
+            return Err(format!("packet block body is {} bytes, needs 20", self.body.len()));
         }
-        let o = self.order;
-        let interface = o.u16(&b[0..2]) as u32;
-        let iface = self.interface(interface)?;
-        let (caplen, orig_len) = (o.u32(&b[12..16]), o.u32(&b[16..20]));
-        let ts_ns = self.timestamp(iface, o.u32(&b[4..8]), o.u32(&b[8..12]))?;
-        let opts = self.packet_data(data, 20, caplen, orig_len, iface)?;
-        let comment = first_comment(o, b.get(opts..).unwrap_or(&[]))?;
-        Ok(PacketRecord { ts_ns, interface, linktype: iface.linktype, orig_len, comment })
+        self.timestamped_packet(data, self.order.u16(&self.body[0..2]) as u32)
     }
 }
 
