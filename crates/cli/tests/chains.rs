@@ -438,3 +438,85 @@ fn closed_stdout_ends_quietly() {
         assert_eq!(text(&o.stderr), "", "{args:?}");
     }
 }
+
+/// The pipeline of the docs on live packets: `tcpdump -i any -w -` (Linux
+/// cooked capture) into `braid run -i - -o -` into `tshark -r -`, in two
+/// namespaces of this test's own joined by a veth pair, bounded by
+/// `timeout` and a packet count, removed also when the test fails.
+#[test]
+fn live_tcpdump_through_braid_into_tshark() {
+    use braid_io::netns::{self, LinkGuard, NetnsGuard};
+    use std::io::{BufRead, BufReader};
+    if !netns::is_root() || !tshark_installed() {
+        eprintln!("skipping live_tcpdump_through_braid_into_tshark: needs root and tshark");
+        return;
+    }
+    if Command::new("tcpdump").arg("--version").output().is_err() {
+        eprintln!("skipping live_tcpdump_through_braid_into_tshark: tcpdump not installed");
+        return;
+    }
+    let dir = TempDir::new("live");
+    std::fs::write(dir.file("c.yaml"), FWD_CHAIN).unwrap();
+    let a = NetnsGuard::create(&netns::unique_name("cap")).unwrap();
+    let b = NetnsGuard::create(&netns::unique_name("cap")).unwrap();
+    let (a_dev, b_dev) = (netns::unique_ifname("capa"), netns::unique_ifname("capb"));
+    let _link = LinkGuard::veth_between(&a_dev, Some(a.name()), &b_dev, Some(b.name())).unwrap();
+    let n = std::process::id() % 250;
+    let (a_ip, b_ip) = (format!("10.78.{n}.1"), format!("10.78.{n}.2"));
+    netns::add_addr(Some(a.name()), &a_dev, &format!("{a_ip}/24")).unwrap();
+    netns::add_addr(Some(b.name()), &b_dev, &format!("{b_ip}/24")).unwrap();
+    netns::set_up(Some(a.name()), &a_dev).unwrap();
+    netns::set_up(Some(b.name()), &b_dev).unwrap();
+
+    let script = format!(
+        "set -o pipefail; ip netns exec {} timeout 10 tcpdump -i any -Z root -c 6 -U -w - \
+         | {} run c.yaml -i - -o - 2>stats.txt | tshark -r - -T fields -e ip.src -e ip.dst",
+        a.name(),
+        env!("CARGO_BIN_EXE_braid")
+    );
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut pipeline = KillOnDrop(
+        Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait for tcpdump to say it listens, then ping.
+    let stderr = pipeline.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("listening on") => break,
+            Ok(_) => {}
+            Err(e) => panic!("tcpdump did not start listening: {e}"),
+        }
+    }
+    let ping = a.command("ping").args(["-c", "4", "-i", "0.2", "-W", "1", &b_ip]).output().unwrap();
+    assert!(ping.status.success(), "{}", text(&ping.stderr));
+    let mut out = String::new();
+    std::io::Read::read_to_string(pipeline.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let status = pipeline.0.wait().unwrap();
+    assert!(status.success(), "pipeline: {status}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    let request = format!("{a_ip}\t{b_ip}");
+    assert!(lines.iter().filter(|l| **l == request).count() >= 2, "{out}");
+    let stats = std::fs::read_to_string(dir.file("stats.txt")).unwrap();
+    assert!(stats.contains("6 packets in (0 dropped"), "{stats}");
+}

@@ -655,6 +655,35 @@ mod tests {
         assert_eq!(p.len(), 14 + 28);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Arbitrary bytes after either format's magic, through the whole
+        /// input port (format sniffing, reader, link-type framing): packets
+        /// or an error, never a panic, and the port reaches its end.
+        #[test]
+        fn arbitrary_input_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            magic in 0usize..3,
+        ) {
+            let mut v = match magic {
+                0 => BLOCK_SHB.to_le_bytes().to_vec(),
+                1 => 0xa1b2_3c4du32.to_le_bytes().to_vec(),
+                _ => Vec::new(),
+            };
+            v.extend_from_slice(&bytes);
+            if let Ok(mut port) = CaptureInPort::from_reader("fuzz".into(), Box::new(Cursor::new(v))) {
+                let mut b = Batch::new();
+                for _ in 0..1000 {
+                    if port.at_end() || port.recv(&mut b, 32).is_err() {
+                        break;
+                    }
+                }
+                proptest::prop_assert!(port.at_end());
+            }
+        }
+    }
+
     #[test]
     fn same_file_follows_links_and_ignores_missing_paths() {
         let dir = TempDir::new("same");
