@@ -340,8 +340,17 @@ impl CaptureOutPort {
         let format = format.unwrap_or_else(|| CaptureFormat::for_output_path(path));
         let (name, sink, pending) = if path == Path::new(STDIO) {
             ("stdout".to_string(), Sink::Stdout(std::io::stdout()), None)
+        } else if let Some(special) = special_file(path) {
+            // A device or FIFO (`/dev/null`, a named pipe) is written in
+            // place: renaming a file over it would replace the device.
+            let file = File::options().write(true).open(&special).map_err(|source| {
+                PortError::Os { what: format!("cannot open {}", path.display()), source }
+            })?;
+            (path.display().to_string(), Sink::File(file), None)
         } else {
-            let temp = temp_path_for(path)?;
+            // Through a symbolic link, the file it points to is replaced.
+            let dest = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            let temp = temp_path_for(&dest)?;
             let file =
                 File::options().write(true).create_new(true).open(&temp).map_err(|source| {
                     PortError::Os {
@@ -353,7 +362,7 @@ impl CaptureOutPort {
                         source,
                     }
                 })?;
-            let pending = Pending { temp, dest: path.to_path_buf() };
+            let pending = Pending { temp, dest };
             (path.display().to_string(), Sink::File(file), Some(pending))
         };
         let mut port = CaptureOutPort {
@@ -396,6 +405,13 @@ impl CaptureOutPort {
         };
         r.map_err(|e| format_error(&self.name, e))
     }
+}
+
+/// `path` (links followed) if it exists and is not a regular file or a
+/// directory: a character or block device, FIFO or socket.
+fn special_file(path: &Path) -> Option<PathBuf> {
+    let meta = std::fs::metadata(path).ok()?;
+    (!meta.is_file() && !meta.is_dir()).then(|| path.to_path_buf())
 }
 
 /// `.NAME.braid-PID.tmp` next to `dest`.
@@ -468,6 +484,8 @@ impl Port for CaptureOutPort {
             what: format!("{}: flushing", self.name),
             source: e.into_error(),
         })?;
+        // Only a file written aside is synced and renamed; a device or FIFO
+        // written in place is done once flushed.
         if let (Sink::File(file), Some(p)) = (sink, self.pending.as_ref()) {
             file.sync_all().map_err(|source| PortError::Os {
                 what: format!("syncing {}", p.temp.display()),
@@ -618,6 +636,32 @@ mod tests {
         assert!(e.contains("an earlier write failed"), "{e}");
         drop(w);
         assert_eq!(std::fs::read(&out).unwrap(), b"old contents");
+
+        // A FIFO (like a device such as /dev/null) is written in place,
+        // never replaced by a renamed file; a symbolic link's target is
+        // replaced, the link stays. (A FIFO, not /dev/null: a regression
+        // here must not be able to replace a device of the machine.)
+        let fifo = dir.0.join("fifo.pcap");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        let mut w = CaptureOutPort::create(&fifo, None).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(reader.join().unwrap().len(), crate::pcap::FILE_HEADER_LEN);
+        std::fs::remove_file(&fifo).unwrap();
+        let link = dir.0.join("link.pcap");
+        std::os::unix::fs::symlink(&out, &link).unwrap();
+        let mut w = CaptureOutPort::create(&link, None).unwrap();
+        w.finish().unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&out).unwrap().len(), crate::pcap::FILE_HEADER_LEN);
+        std::fs::remove_file(&link).unwrap();
 
         // An explicit format wins over the extension.
         let mut w = CaptureOutPort::create(&out, Some(CaptureFormat::Pcapng)).unwrap();
