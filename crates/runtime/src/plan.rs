@@ -95,6 +95,19 @@ pub enum Mapping {
     Compact,
 }
 
+impl Mapping {
+    /// The name on the command line (`--mapping threads`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mapping::Thread => "thread",
+            Mapping::Threads => "threads",
+            Mapping::Processes => "processes",
+            Mapping::Hosts => "hosts",
+            Mapping::Compact => "compact",
+        }
+    }
+}
+
 /// The backend chosen for the link between two consecutive NFs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkPlan {
