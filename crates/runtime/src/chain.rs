@@ -18,8 +18,8 @@ use std::sync::Arc;
 use braid_dataplane::graph::Endpoint;
 use braid_dataplane::telemetry::StageTelemetry;
 use braid_dataplane::{Graph, NamedNfs};
-use braid_nf::registry::BuildError;
 use braid_nf::monotonic_ns;
+use braid_nf::registry::BuildError;
 use braid_packet::Batch;
 
 use crate::descriptor::ChainDescriptor;
@@ -109,9 +109,7 @@ impl std::fmt::Debug for Chain {
 }
 
 /// Build the NFs of a descriptor, in order.
-pub fn build_nfs(
-    d: &ChainDescriptor,
-) -> Result<NamedNfs, ChainBuildError> {
+pub fn build_nfs(d: &ChainDescriptor) -> Result<NamedNfs, ChainBuildError> {
     d.nfs
         .iter()
         .enumerate()

@@ -11,6 +11,7 @@ use braid_io::channel::channel_pair;
 
 use crate::chain::{Chain, ChainSnapshot};
 use crate::descriptor::{ChainDescriptor, PortDecl};
+use crate::plan::{DeploymentSpec, Mapping, PlanError};
 
 /// How often a running chain gets its `tick`.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(10);
@@ -120,31 +121,47 @@ pub enum RunError {
     Thread(std::io::Error),
     #[error(transparent)]
     Control(#[from] braid_dataplane::ControlError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
 }
 
 /// Packets in flight per channel between two NF threads.
 pub const CHANNEL_CAPACITY: usize = 1 << 16;
 
-/// Run the chain `d` with one thread per NF (`--mapping threads`): a
-/// [`Worker`] per NF, in-process channels between neighbours, and an edge
-/// worker on its own thread that owns `input` and `output`. Everything
-/// that leaves the chain (downstream, or back upstream from the first NF)
-/// goes to `output`, as with [`run_to_end`]; packets of one direction keep
-/// their order, the two directions may interleave differently.
+/// The executable plan of an offline run under `mapping`: every NF in
+/// user space (an offline run has no kernel path), grouped into units.
+pub fn offline_spec(d: &ChainDescriptor, mapping: Mapping) -> Result<DeploymentSpec, PlanError> {
+    let mut entries = crate::plan::plan(d)?;
+    for e in &mut entries {
+        e.placement = braid_nf::Placement::User;
+    }
+    Ok(crate::plan::deployment(&d.name, &entries, mapping, false))
+}
+
+/// Run the chain `d` offline as the plan for `mapping` says, one
+/// [`Worker`] thread per unit (`--mapping threads`: a unit per NF;
+/// `thread`: one unit), in-process channels between neighbouring units,
+/// and an edge worker on its own thread that owns `input` and `output`.
+/// Everything that leaves the chain (downstream, or back upstream from the
+/// first NF) goes to `output`, as with [`run_to_end`]; packets of one
+/// direction keep their order, the two directions may interleave
+/// differently.
 ///
 /// When the input has ended, every worker is drained in chain order until
-/// a whole pass moves nothing; then the NF workers are stopped in chain
+/// a whole pass moves nothing; then the unit workers are stopped in chain
 /// order (each flushes and ticks a last time into its downstream
 /// neighbour, which is still running) and the edge last. Packets an NF
 /// sends *upstream* from that very last tick are lost (none of braid's NFs
 /// does).
 pub fn run_threads(
     d: &ChainDescriptor,
+    mapping: Mapping,
     input: Box<dyn Port>,
     output: Box<dyn Port>,
 ) -> Result<RunReport, RunError> {
     let start = Instant::now();
-    let nfs = crate::chain::build_nfs(d)?;
+    let spec = offline_spec(d, mapping)?;
+    let mut nfs = crate::chain::build_nfs(d)?.into_iter();
     let batch = d.batch_size.clamp(1, crate::descriptor::MAX_BATCH_SIZE);
     let config = |name: String| {
         let mut c = WorkerConfig::new(name);
@@ -156,25 +173,26 @@ pub fn run_threads(
     let mut edge_graph = Graph::new(Vec::new(), 0);
     edge_graph.set_ports(4);
     let (mut edge, edge_h) = Worker::new(config(format!("{}-edge", d.name)), edge_graph)?;
-    // Edge ports: 0 output, then (with NFs) 1 to/from the first NF, then
-    // the input, then the one from the last NF.
+    // Edge ports: 0 output, then (with NFs) 1 to/from the first unit, then
+    // the input, then the one from the last unit.
     edge.add_port(output, None)?;
     let mut handles = Vec::new();
     let mut threads = Vec::new();
-    let input_port = if nfs.is_empty() {
+    let input_port = if spec.units.is_empty() {
         edge.add_port(input, Some(Endpoint::Port(0)))?
     } else {
-        let n = nfs.len();
+        let n = spec.units.len();
         let (to_first, mut upstream) = channel_pair(&format!("{}-in", d.name), CHANNEL_CAPACITY);
         let first = edge.add_port(Box::new(to_first), Some(Endpoint::Port(0)))?;
         let input_port = edge.add_port(input, Some(Endpoint::Port(first)))?;
-        for (k, (name, nf)) in nfs.into_iter().enumerate() {
+        for (k, unit) in spec.units.iter().enumerate() {
             let (down, next_up) = channel_pair(&format!("{}-{k}", d.name), CHANNEL_CAPACITY);
-            let graph =
-                Graph::chain(vec![(name.clone(), nf)], 2, 0, 1).expect("one NF's links fit");
-            let (mut w, h) = Worker::new(config(name), graph)?;
-            w.add_port(Box::new(upstream), Some(Endpoint::Stage { stage: 0, gate: 0 }))?;
-            w.add_port(Box::new(down), Some(Endpoint::Stage { stage: 0, gate: 1 }))?;
+            let unit_nfs: Vec<_> = nfs.by_ref().take(unit.nfs.len()).collect();
+            let graph = Graph::chain(unit_nfs, 2, 0, 1).expect("a unit's links fit");
+            let entries = [graph.entry(0, 1), graph.entry(1, 0)];
+            let (mut w, h) = Worker::new(config(unit.name.clone()), graph)?;
+            w.add_port(Box::new(upstream), Some(entries[0]))?;
+            w.add_port(Box::new(down), Some(entries[1]))?;
             handles.push(h);
             threads.push(w.spawn().map_err(RunError::Thread)?);
             upstream = next_up;

@@ -9,6 +9,7 @@ use braid_io::memory::MemoryPort;
 use braid_io::Port;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::MacAddr;
+use braid_runtime::plan::Mapping;
 use braid_runtime::runner::{run_threads, run_to_end};
 use braid_runtime::{Chain, ChainDescriptor};
 
@@ -69,17 +70,8 @@ fn thread_and_threads_mappings_give_the_same_output() {
     assert!(one.error.is_none(), "{:?}", one.error);
     let one_out = output.take_sent();
 
-    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = Collect(out.clone(), Default::default());
-    let many = run_threads(&d, Box::new(MemoryPort::new("in", traffic())), Box::new(sink)).unwrap();
-    assert!(many.error.is_none(), "{:?}", many.error);
-    let many_out = std::mem::take(&mut *out.lock().unwrap());
-
     let (down1, up1) = by_direction(one_out);
-    let (down2, up2) = by_direction(many_out);
     assert!(!down1.is_empty() && !up1.is_empty(), "traffic goes both ways");
-    assert_eq!(down1, down2, "downstream output, in order");
-    assert_eq!(up1, up2, "upstream output (routed back, ICMP errors), in order");
     // Same counters per NF.
     let counts = |r: &braid_runtime::runner::RunReport| {
         r.chain
@@ -90,8 +82,18 @@ fn thread_and_threads_mappings_give_the_same_output() {
             })
             .collect::<Vec<_>>()
     };
-    assert_eq!(counts(&one), counts(&many));
-    assert_eq!(many.input.rx_packets, 600);
+    for mapping in [Mapping::Thread, Mapping::Threads] {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Collect(out.clone(), Default::default());
+        let input = Box::new(MemoryPort::new("in", traffic()));
+        let many = run_threads(&d, mapping, input, Box::new(sink)).unwrap();
+        assert!(many.error.is_none(), "{:?}", many.error);
+        let (down2, up2) = by_direction(std::mem::take(&mut *out.lock().unwrap()));
+        assert_eq!(down1, down2, "{mapping:?}: downstream output, in order");
+        assert_eq!(up1, up2, "{mapping:?}: upstream output (routed back, ICMP errors), in order");
+        assert_eq!(counts(&one), counts(&many), "{mapping:?}");
+        assert_eq!(many.input.rx_packets, 600);
+    }
 }
 
 /// A sink port that hands what it gets to the test.

@@ -58,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut chain = Chain::from_descriptor(&d)?;
             run_to_end(&mut chain, input.as_mut(), output.as_mut())
         }
-        Mapping::Threads => run_threads(&d, input, output)?,
+        Mapping::Threads => run_threads(&d, Mapping::Threads, input, output)?,
         other => anyhow::bail!(
             "--mapping {}: not for `braid run`; hosts and compact run on the testbed (`braid deploy`)",
             other.name()
