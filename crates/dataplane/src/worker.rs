@@ -71,8 +71,10 @@ pub struct WorkerConfig {
     pub backpressure: bool,
     /// Stop once every receiving port is at its end (offline runs).
     pub stop_when_inputs_end: bool,
-    /// Stop when this flag is set (signal handlers).
+    /// Stop when this flag is set (another thread).
     pub stop_flag: Option<Arc<AtomicBool>>,
+    /// Stop when this flag is set (a signal handler's static flag).
+    pub stop_signal: Option<&'static AtomicBool>,
     /// Stop at this time.
     pub deadline: Option<Instant>,
     pub heartbeat: Option<Heartbeat>,
@@ -89,6 +91,7 @@ impl WorkerConfig {
             backpressure: false,
             stop_when_inputs_end: false,
             stop_flag: None,
+            stop_signal: None,
             deadline: None,
             heartbeat: None,
         }
@@ -340,9 +343,7 @@ impl<'a> Worker<'a> {
                 next_tick = now + self.cfg.tick_interval;
                 self.tick();
                 self.flush()?;
-                if self.cfg.stop_flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
-                    || self.cfg.deadline.is_some_and(|d| now >= d)
-                {
+                if self.stop_requested() || self.cfg.deadline.is_some_and(|d| now >= d) {
                     return Ok(());
                 }
             }
@@ -432,6 +433,11 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
+    fn stop_requested(&self) -> bool {
+        self.cfg.stop_flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+            || self.cfg.stop_signal.is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
     fn tick(&mut self) {
         self.looped.ticks += 1;
         self.graph.get().tick(braid_nf::monotonic_ns(), &mut self.tx);
@@ -500,7 +506,7 @@ impl<'a> Worker<'a> {
                 None => {
                     self.tick();
                     self.flush()?;
-                    if self.cfg.stop_flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+                    if self.stop_requested() {
                         return Ok(Flow::Stop);
                     }
                 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use braid_runtime::descriptor::{PcapPortDecl, PortDecl};
 use braid_runtime::plan::Mapping;
-use braid_runtime::runner::{format_stats, open_input, open_output, run_threads, run_to_end};
+use braid_runtime::runner::{
+    format_stats, open_input, open_live, open_output, run_live, run_threads, run_to_end,
+    LiveOptions,
+};
 use braid_runtime::Chain;
 
 #[derive(clap::Args)]
@@ -27,6 +30,10 @@ pub struct Args {
     /// `hosts` and `compact` need the testbed: `braid deploy`.
     #[arg(long, value_enum, default_value = "thread")]
     pub mapping: crate::cmd::plan::MappingArg,
+    /// With live ports (`af_packet`, `af_xdp` in the descriptor): stop
+    /// after this many seconds (default: until SIGINT or SIGTERM).
+    #[arg(long)]
+    pub seconds: Option<f64>,
 }
 
 fn port(
@@ -49,19 +56,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let d = braid_runtime::validate::load(&args.chain)?;
     let input = port(args.input, &d, "in", "--input")?;
     let output = port(args.output, &d, "out", "--output")?;
-    let mut input = open_input(&input)?;
-    let input_name = input.name();
-    let output = open_output(&output)?;
-    let report = match Mapping::from(args.mapping) {
-        Mapping::Thread => {
-            let mut output = output;
-            let mut chain = Chain::from_descriptor(&d)?;
-            run_to_end(&mut chain, input.as_mut(), output.as_mut())
+    let live = (open_live(&input), open_live(&output));
+    let (input_name, report) = match live {
+        (None, None) => run_offline(&d, &input, &output, args.mapping.into())?,
+        (Some(a), Some(b)) => {
+            let mapping = Mapping::from(args.mapping);
+            if mapping != Mapping::Thread {
+                anyhow::bail!("--mapping {}: live ports run in one thread", mapping.name());
+            }
+            let a = a.with_context(|| format!("open the `in` port ({})", input.kind_name()))?;
+            let b = b.with_context(|| format!("open the `out` port ({})", output.kind_name()))?;
+            let opts = LiveOptions {
+                stop_signal: Some(braid_probe::signal::stop_on_signals()?),
+                duration: match args.seconds {
+                    Some(s) if !(s.is_finite() && s > 0.0) => {
+                        anyhow::bail!("--seconds {s}: must be a positive number")
+                    }
+                    s => s.map(std::time::Duration::from_secs_f64),
+                },
+                ..LiveOptions::default()
+            };
+            (a.name(), run_live(&d, a, b, opts)?)
         }
-        Mapping::Threads => run_threads(&d, Mapping::Threads, input, output)?,
-        other => anyhow::bail!(
-            "--mapping {}: not for `braid run`; hosts and compact run on the testbed (`braid deploy`)",
-            other.name()
+        _ => anyhow::bail!(
+            "ports `in` ({}) and `out` ({}): a chain runs either offline (pcap, memory) or between two live interfaces (af_packet, af_xdp), not both",
+            input.kind_name(),
+            output.kind_name()
         ),
     };
     if args.json {
@@ -91,4 +111,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Run offline (pcap, memory ports) under `mapping`.
+fn run_offline(
+    d: &braid_runtime::ChainDescriptor,
+    input: &PortDecl,
+    output: &PortDecl,
+    mapping: Mapping,
+) -> anyhow::Result<(String, braid_runtime::runner::RunReport)> {
+    let mut input = open_input(input)?;
+    let input_name = input.name();
+    let output = open_output(output)?;
+    let report = match mapping {
+        Mapping::Thread => {
+            let mut output = output;
+            let mut chain = Chain::from_descriptor(d)?;
+            run_to_end(&mut chain, input.as_mut(), output.as_mut())
+        }
+        Mapping::Threads => run_threads(d, Mapping::Threads, input, output)?,
+        other => anyhow::bail!(
+            "--mapping {}: not for `braid run`; hosts and compact run on the testbed (`braid deploy`)",
+            other.name()
+        ),
+    };
+    Ok((input_name, report))
 }
