@@ -305,6 +305,13 @@ fn run_reads_and_writes_pcapng_and_standard_streams() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(!is_pcapng(&dir.file("back.pcap")));
     assert_eq!(read_pcap(&dir.file("back.pcap")), frames);
+    // With a worker thread per NF the output is finished too.
+    let o = braid(
+        &["run", "c.yaml", "-i", "mid.pcapng", "-o", "threads.pcap", "--mapping", "threads"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(read_pcap(&dir.file("threads.pcap")), frames);
     // An explicit format wins over the extension.
     let o = braid(&["run", "c.yaml", "-i", "in.pcap", "-o", "x.cap", "-F", "pcapng"], dir.path());
     assert!(o.status.success(), "{}", text(&o.stderr));

@@ -361,6 +361,12 @@ impl Port for AfPacketPort {
         self.poll(libc::POLLIN, timeout).map(drop)
     }
 
+    fn prepare_wait(&mut self, fds: &mut Vec<std::os::fd::RawFd>) -> crate::WaitReadiness {
+        use std::os::fd::AsRawFd;
+        fds.push(self.as_fd().as_raw_fd());
+        crate::WaitReadiness::Descriptors
+    }
+
     fn stats(&self) -> PortStats {
         self.stats
     }

@@ -151,6 +151,18 @@ impl Port for ChannelPort {
         self.ended && self.pending.is_empty()
     }
 
+    fn tx_room(&mut self) -> usize {
+        ChannelPort::tx_room(self)
+    }
+
+    fn prepare_wait(&mut self, _fds: &mut Vec<std::os::fd::RawFd>) -> crate::WaitReadiness {
+        if !self.pending.is_empty() || self.in_flight.load(Ordering::Acquire) > 0 {
+            crate::WaitReadiness::Ready
+        } else {
+            crate::WaitReadiness::NoDescriptor
+        }
+    }
+
     fn stats(&self) -> PortStats {
         self.stats
     }

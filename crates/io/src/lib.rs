@@ -18,9 +18,13 @@ pub mod pcap;
 pub mod pcapng;
 pub mod shm;
 pub mod virtual_port;
+pub mod wait;
 pub mod xdp;
 
 use braid_packet::Batch;
+use std::os::fd::RawFd;
+
+pub use wait::{wait_any, WaitReadiness};
 
 /// Counters every port keeps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,5 +109,63 @@ pub trait Port: Send {
         false
     }
 
+    /// Packets `send` could take right now without dropping any;
+    /// `usize::MAX` when the port knows no limit. A worker with
+    /// backpressure receives only while its outputs have room, so a slow
+    /// consumer slows its producer instead of losing packets.
+    fn tx_room(&mut self) -> usize {
+        usize::MAX
+    }
+
+    /// Get ready to sleep on several ports at once (see [`wait_any`]): push
+    /// the descriptors that become readable when packets (or a peer event)
+    /// arrive into `fds`. [`WaitReadiness::Ready`] when packets are already
+    /// waiting; [`WaitReadiness::NoDescriptor`] for ports that cannot be
+    /// waited on through a descriptor (the caller then sleeps briefly).
+    fn prepare_wait(&mut self, _fds: &mut Vec<RawFd>) -> WaitReadiness {
+        WaitReadiness::NoDescriptor
+    }
+
+    /// Undo what [`Port::prepare_wait`] set up, after the sleep.
+    fn finish_wait(&mut self) {}
+
     fn stats(&self) -> PortStats;
+}
+
+/// A borrowed port is a port: a worker can run over ports its caller keeps
+/// (an offline run whose caller reads the sink afterwards).
+impl<P: Port + ?Sized> Port for &mut P {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn recv(&mut self, batch: &mut Batch, max: usize) -> Result<usize, PortError> {
+        (**self).recv(batch, max)
+    }
+    fn send(&mut self, batch: &mut Batch) -> Result<usize, PortError> {
+        (**self).send(batch)
+    }
+    fn flush(&mut self) -> Result<(), PortError> {
+        (**self).flush()
+    }
+    fn finish(&mut self) -> Result<(), PortError> {
+        (**self).finish()
+    }
+    fn wait(&mut self, timeout: std::time::Duration) -> Result<(), PortError> {
+        (**self).wait(timeout)
+    }
+    fn at_end(&self) -> bool {
+        (**self).at_end()
+    }
+    fn tx_room(&mut self) -> usize {
+        (**self).tx_room()
+    }
+    fn prepare_wait(&mut self, fds: &mut Vec<RawFd>) -> WaitReadiness {
+        (**self).prepare_wait(fds)
+    }
+    fn finish_wait(&mut self) {
+        (**self).finish_wait()
+    }
+    fn stats(&self) -> PortStats {
+        (**self).stats()
+    }
 }

@@ -39,11 +39,14 @@ pub enum DropReason {
     Replayed,
     /// TTL/hop or other check failed in a way not listed above.
     Other,
+    /// Sent out of a gate that has no link in the graph (counted by the
+    /// dataplane, not by NFs).
+    Unconnected,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// All reasons, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -63,6 +66,7 @@ impl DropReason {
         DropReason::Undecodable,
         DropReason::Replayed,
         DropReason::Other,
+        DropReason::Unconnected,
     ];
 
     /// The snake_case name used in statistics output.
@@ -84,6 +88,7 @@ impl DropReason {
             DropReason::Undecodable => "undecodable",
             DropReason::Replayed => "replayed",
             DropReason::Other => "other",
+            DropReason::Unconnected => "unconnected",
         }
     }
 }
@@ -101,6 +106,8 @@ pub struct Counters {
     pub batches: u64,
     /// Time spent inside `process`, in nanoseconds (filled by the runtime).
     pub busy_ns: u64,
+    /// Largest batch handed to `process` (filled by the runtime).
+    pub max_batch: u64,
     pub drops: [u64; DropReason::COUNT],
 }
 
@@ -108,6 +115,24 @@ impl Counters {
     #[inline]
     pub fn count_drop(&mut self, reason: DropReason) {
         self.drops[reason as usize] += 1;
+    }
+
+    /// Packets per call of `process` (VPP's vectors per call).
+    pub fn mean_batch(&self) -> f64 {
+        if self.batches == 0 {
+            0.0
+        } else {
+            self.packets_in as f64 / self.batches as f64
+        }
+    }
+
+    /// Time inside the NF per packet received, in nanoseconds.
+    pub fn ns_per_packet(&self) -> f64 {
+        if self.packets_in == 0 {
+            0.0
+        } else {
+            self.busy_ns as f64 / self.packets_in as f64
+        }
     }
 
     /// Drops for one reason.
@@ -138,6 +163,7 @@ impl Counters {
         self.packets_created += o.packets_created;
         self.batches += o.batches;
         self.busy_ns += o.busy_ns;
+        self.max_batch = self.max_batch.max(o.max_batch);
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

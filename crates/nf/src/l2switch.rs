@@ -317,6 +317,10 @@ impl NetworkFunction for L2Switch {
         &SPEC
     }
 
+    fn gates(&self) -> crate::Gates {
+        crate::Gates::Switch(self.ports)
+    }
+
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let now = cx.now_ns;
         let input = batch.take();

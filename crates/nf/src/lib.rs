@@ -180,6 +180,31 @@ impl NfState {
     }
 }
 
+/// How an NF uses its gates: the points where the dataplane graph connects
+/// it to its neighbours (BESS's gates, Click's element ports). A packet
+/// enters an NF on a gate (the dataplane writes it into `meta.in_port`)
+/// and leaves on a gate; the gate it came in on is its direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gates {
+    /// Two gates, 0 (upstream, towards the client) and 1 (downstream,
+    /// towards the server): what enters on one leaves by the other.
+    /// Packets an NF emits from `tick` leave by gate 1.
+    Pair,
+    /// `n` gates: the NF chooses each packet's gate in `meta.out_port`
+    /// (router, l2switch), for packets from `process` and from `tick`.
+    Switch(u16),
+}
+
+impl Gates {
+    /// Number of gates.
+    pub fn count(self) -> u16 {
+        match self {
+            Gates::Pair => 2,
+            Gates::Switch(n) => n,
+        }
+    }
+}
+
 /// A packet-processing network function.
 pub trait NetworkFunction: Send {
     /// The static description of this NF kind (name, class, placements).
@@ -189,6 +214,11 @@ pub trait NetworkFunction: Send {
     /// reason through `cx`), or push new ones. Packet order within a flow
     /// must be preserved. Must never panic, whatever the packet bytes.
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>);
+
+    /// How this NF uses its gates (see [`Gates`]); most NFs are a pair.
+    fn gates(&self) -> Gates {
+        Gates::Pair
+    }
 
     /// Called periodically (and once at end of input) with no packets, so an
     /// NF can age state or flush what it holds back (a partial coding

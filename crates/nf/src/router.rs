@@ -244,6 +244,12 @@ impl NetworkFunction for Router {
         &SPEC
     }
 
+    fn gates(&self) -> crate::Gates {
+        // Gates 0 and 1 always exist (upstream, downstream); routes may name more.
+        let top = self.hops.iter().map(|h| h.port).max().unwrap_or(0);
+        crate::Gates::Switch(top.max(1).saturating_add(1))
+    }
+
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         // Passes so the route table's cache misses overlap across the batch
         // (see `conntrack::Prefetch`): parse; touch every destination's

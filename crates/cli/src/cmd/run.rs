@@ -4,10 +4,17 @@
 //! `tcpdump -w - | braid run c.yaml -i - -o - | tshark -r -` works.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
+use braid_io::{Port, PortError, PortStats, WaitReadiness};
+use braid_packet::Batch;
 use braid_runtime::descriptor::{CaptureFileFormat, PcapPortDecl, PortDecl};
-use braid_runtime::runner::{check_distinct, format_stats, open_input, open_output, run_to_end};
+use braid_runtime::plan::Mapping;
+use braid_runtime::runner::{
+    check_distinct, format_stats, open_input, open_live, open_output, run_live, run_threads,
+    run_to_end, LiveOptions,
+};
 use braid_runtime::Chain;
 
 #[derive(clap::Args)]
@@ -30,6 +37,15 @@ pub struct Args {
     /// Print the statistics as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// How the NFs run: all in this thread, a thread per NF (channels
+    /// between them), or a process per NF (shared memory between them).
+    /// `hosts` and `compact` need the testbed: `braid deploy`.
+    #[arg(long, value_enum, default_value = "thread")]
+    pub mapping: crate::cmd::plan::MappingArg,
+    /// With live ports (`af_packet`, `af_xdp` in the descriptor): stop
+    /// after this many seconds (default: until SIGINT or SIGTERM).
+    #[arg(long)]
+    pub seconds: Option<f64>,
 }
 
 /// `--output-format`.
@@ -72,15 +88,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         PortDecl::Pcap(p) => p.path.display().to_string(),
         other => other.kind_name().to_string(),
     };
-    let mut chain = Chain::from_descriptor(&d)?;
-    let mut input = open_input(&input)?;
-    let mut output = open_output(&output)?;
-    let report = run_to_end(&mut chain, input.as_mut(), output.as_mut());
-    let finished = output.finish();
-    drop(output);
+    let live = (open_live(&input), open_live(&output));
+    let (input_name, report, finished) = match live {
+        (None, None) => run_offline(&d, &input, &output, args.mapping.into())?,
+
+        (Some(a), Some(b)) => {
+            let mapping = Mapping::from(args.mapping);
+            if mapping != Mapping::Thread {
+                anyhow::bail!("--mapping {}: live ports run in one thread", mapping.name());
+            }
+            let a = a.with_context(|| format!("open the `in` port ({})", input.kind_name()))?;
+            let b = b.with_context(|| format!("open the `out` port ({})", output.kind_name()))?;
+            let opts = LiveOptions {
+                stop_signal: Some(braid_probe::signal::stop_on_signals()?),
+                duration: match args.seconds {
+                    Some(s) if !(s.is_finite() && s > 0.0) => {
+                        anyhow::bail!("--seconds {s}: must be a positive number")
+                    }
+                    s => s.map(std::time::Duration::from_secs_f64),
+                },
+                ..LiveOptions::default()
+            };
+            (a.name(), run_live(&d, a, b, opts)?, Ok(()))
+        }
+        _ => anyhow::bail!(
+            "ports `in` ({}) and `out` ({}): a chain runs either offline (pcap, memory) or between two live interfaces (af_packet, af_xdp), not both",
+            input.kind_name(),
+            output.kind_name()
+        ),
+    };
     let text = if args.json {
         let mut v = report.chain.to_json();
-        v["input"] = serde_json::json!({ "port": input.name(), "packets": report.input.rx_packets,
+        v["input"] = serde_json::json!({ "port": input_name, "packets": report.input.rx_packets,
             "bytes": report.input.rx_bytes, "dropped": report.input.rx_dropped });
         v["output"] = serde_json::json!({ "packets": report.output.tx_packets,
             "bytes": report.output.tx_bytes });
@@ -115,5 +154,87 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, Err(e)) => {
             Err(anyhow::Error::new(e).context(format!("{output_name} was left as it was")))
         }
+    }
+}
+
+/// Run offline (pcap, memory ports) under `mapping`, and finish the
+/// output (a capture file is renamed into place only then): the input's
+/// name, the report, and how finishing went.
+fn run_offline(
+    d: &braid_runtime::ChainDescriptor,
+    input: &PortDecl,
+    output: &PortDecl,
+    mapping: Mapping,
+) -> anyhow::Result<(String, braid_runtime::runner::RunReport, Result<(), PortError>)> {
+    let mut input = open_input(input)?;
+    let input_name = input.name();
+    let mut output = open_output(output)?;
+    let report = match mapping {
+        Mapping::Thread => {
+            let mut chain = Chain::from_descriptor(d)?;
+            run_to_end(&mut chain, input.as_mut(), output.as_mut())
+        }
+        Mapping::Threads => {
+            // The edge worker owns the ports it is given; keep a handle to
+            // finish the output once it is done.
+            let shared = SharedOutput(Arc::new(Mutex::new(output)));
+            let report =
+                run_threads(d, Mapping::Threads, input, Box::new(SharedOutput(shared.0.clone())))?;
+            let finished = shared.lock().finish();
+            return Ok((input_name, report, finished));
+        }
+        other => anyhow::bail!(
+            "--mapping {}: not for `braid run`; hosts and compact run on the testbed (`braid deploy`)",
+            other.name()
+        ),
+    };
+    let finished = output.finish();
+    Ok((input_name, report, finished))
+}
+
+/// An output port shared between the worker thread that writes it and
+/// [`run_offline`], which finishes it afterwards.
+struct SharedOutput(Arc<Mutex<Box<dyn Port>>>);
+
+impl SharedOutput {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Port>> {
+        // A worker that panicked holding the lock left the port usable.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Port for SharedOutput {
+    fn name(&self) -> String {
+        self.lock().name()
+    }
+    fn recv(&mut self, batch: &mut Batch, max: usize) -> Result<usize, PortError> {
+        self.lock().recv(batch, max)
+    }
+    fn send(&mut self, batch: &mut Batch) -> Result<usize, PortError> {
+        self.lock().send(batch)
+    }
+    fn flush(&mut self) -> Result<(), PortError> {
+        self.lock().flush()
+    }
+    fn finish(&mut self) -> Result<(), PortError> {
+        self.lock().finish()
+    }
+    fn wait(&mut self, timeout: std::time::Duration) -> Result<(), PortError> {
+        self.lock().wait(timeout)
+    }
+    fn at_end(&self) -> bool {
+        self.lock().at_end()
+    }
+    fn tx_room(&mut self) -> usize {
+        self.lock().tx_room()
+    }
+    fn prepare_wait(&mut self, fds: &mut Vec<std::os::fd::RawFd>) -> WaitReadiness {
+        self.lock().prepare_wait(fds)
+    }
+    fn finish_wait(&mut self) {
+        self.lock().finish_wait()
+    }
+    fn stats(&self) -> PortStats {
+        self.lock().stats()
     }
 }

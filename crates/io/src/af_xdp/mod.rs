@@ -794,6 +794,20 @@ impl Port for AfXdpPort {
         }
     }
 
+    fn prepare_wait(&mut self, fds: &mut Vec<RawFd>) -> crate::WaitReadiness {
+        self.refill();
+        if self.rx.available(1) > 0 {
+            return crate::WaitReadiness::Ready;
+        }
+        if self.wait == WaitMode::Busy {
+            // A busy port keeps the kernel's fill ring fed and never sleeps.
+            self.kick_fill();
+            return crate::WaitReadiness::Ready;
+        }
+        fds.push(self.as_fd().as_raw_fd());
+        crate::WaitReadiness::Descriptors
+    }
+
     fn stats(&self) -> PortStats {
         let mut s = self.stats;
         if let Ok(k) = self.xsk_stats() {

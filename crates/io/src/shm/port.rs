@@ -795,6 +795,39 @@ impl Port for ShmPort {
         self.ended
     }
 
+    fn tx_room(&mut self) -> usize {
+        ShmPort::tx_room(self)
+    }
+
+    fn prepare_wait(&mut self, fds: &mut Vec<RawFd>) -> crate::WaitReadiness {
+        match self.chan.as_mut() {
+            Some(c) => {
+                c.shared.sleeping(c.shared.side).store(1, Ordering::Relaxed);
+                // Pairs with the fence in `send_from`: either the sender sees
+                // our flag and writes the eventfd, or we see its packets here.
+                fence(Ordering::SeqCst);
+                if c.data_rx.available().map(|n| n > 0).unwrap_or(true) {
+                    return crate::WaitReadiness::Ready;
+                }
+                fds.push(c.wake_self.as_raw_fd());
+                fds.push(c.ctrl.as_raw_fd());
+            }
+            None => {
+                if let Some((l, _, _)) = &self.listener {
+                    fds.push(l.as_raw_fd());
+                }
+            }
+        }
+        crate::WaitReadiness::Descriptors
+    }
+
+    fn finish_wait(&mut self) {
+        if let Some(c) = self.chan.as_mut() {
+            control::drain(&c.wake_self);
+            c.shared.sleeping(c.shared.side).store(0, Ordering::Relaxed);
+        }
+    }
+
     fn stats(&self) -> PortStats {
         self.stats
     }

@@ -1,0 +1,32 @@
+//! braid's dataplane: the [`Worker`], the only packet loop in braid.
+//!
+//! - [`graph`]: NF stages with gates and the links between them; a batch
+//!   runs through it to completion, counted at every call edge.
+//! - [`worker`]: one per thread: ports, the graph, the idle policy, ticks,
+//!   scheduling, heartbeat, backpressure, and the control mailbox.
+//! - [`control`]: commands to a running worker (counters, pause, resume,
+//!   drain, export/import state, reroute, add a port, reconfigure, stop)
+//!   and the [`WorkerHandle`] that sends them.
+//! - [`telemetry`]: per-stage, per-port and per-loop counters written by
+//!   the worker thread and read anywhere without locks.
+//! - [`sched`]: CPU affinity and scheduling policy of a worker thread.
+//! - [`heartbeat`]: beats to a supervising process.
+//!
+//! `docs/architecture.md` shows where this sits: it uses `braid-packet`,
+//! `braid-nf` and `braid-io`; `braid-runtime`, `braid-testbed` and the CLI
+//! build workers from plans.
+#![deny(unsafe_code)]
+
+pub mod control;
+pub mod graph;
+pub mod heartbeat;
+pub mod sched;
+pub mod telemetry;
+pub mod worker;
+
+pub use control::{Command, ControlError, Output, Reply, WorkerHandle};
+pub use graph::{Endpoint, Graph, GraphError, NamedNfs, Stage};
+pub use heartbeat::Heartbeat;
+pub use sched::{Sched, SchedError, SchedPolicy};
+pub use telemetry::{StageSnapshot, WorkerSnapshot, WorkerTelemetry};
+pub use worker::{GraphRef, Idle, Worker, WorkerConfig, WorkerError, WorkerReport};

@@ -1,0 +1,650 @@
+//! The Worker: braid's one packet loop. One per thread; it owns its ports,
+//! a [`Graph`] of NF stages, its telemetry and a control mailbox.
+//!
+//! A loop turn: answer waiting control commands (one flag read when there
+//! are none); unless paused, receive a batch from every port that has
+//! somewhere to send it (skipping a port whose outputs have no room, when
+//! backpressure is on) and push it through the graph to completion;
+//! transmit what reached the ports; every tick interval run the NFs'
+//! `tick`, beat the heartbeat and publish the ports' counters; when a turn
+//! brought nothing, wait as the idle policy says.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braid_io::{Port, PortError, PortStats};
+use braid_packet::Batch;
+
+use crate::control::{
+    mailbox, Command, ControlError, Envelope, Mailbox, Output, Reply, WorkerHandle,
+};
+use crate::graph::{Endpoint, Graph, GraphError};
+use crate::heartbeat::Heartbeat;
+use crate::sched::{Sched, SchedError};
+use crate::telemetry::{LoopStats, PortTelemetry, WorkerSnapshot, WorkerTelemetry};
+
+/// What a worker does when a loop turn brought no packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Idle {
+    /// Spin: a core at 100 %, no wake-up latency.
+    Busy,
+    /// Sleep in `poll(2)` on the ports' descriptors and the control
+    /// mailbox until one is readable or the next tick (ports without a
+    /// descriptor are looked at again after a short sleep).
+    #[default]
+    Poll,
+    /// Sleep a short while (50 µs, doubling up to 1 ms while idle), without
+    /// descriptors.
+    Sleep,
+}
+
+impl std::str::FromStr for Idle {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Idle, String> {
+        match s {
+            "busy" => Ok(Idle::Busy),
+            "poll" => Ok(Idle::Poll),
+            "sleep" => Ok(Idle::Sleep),
+            other => Err(format!("idle policy `{other}`: expected busy, poll or sleep")),
+        }
+    }
+}
+
+/// How a worker runs.
+#[derive(Debug)]
+pub struct WorkerConfig {
+    /// For telemetry and errors.
+    pub name: String,
+    /// Packets received per port per turn at most.
+    pub batch_size: usize,
+    pub idle: Idle,
+    /// How often NFs get their `tick`, ports' counters are published and
+    /// the heartbeat beats.
+    pub tick_interval: Duration,
+    /// CPU affinity and scheduling of the worker's thread, applied when
+    /// `run` starts.
+    pub sched: Sched,
+    /// Receive from a port only while every other port can take a batch.
+    pub backpressure: bool,
+    /// Stop once every receiving port is at its end (offline runs).
+    pub stop_when_inputs_end: bool,
+    /// Stop when this flag is set (another thread).
+    pub stop_flag: Option<Arc<AtomicBool>>,
+    /// Stop when this flag is set (a signal handler's static flag).
+    pub stop_signal: Option<&'static AtomicBool>,
+    /// Stop at this time.
+    pub deadline: Option<Instant>,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+impl WorkerConfig {
+    pub fn new(name: impl Into<String>) -> WorkerConfig {
+        WorkerConfig {
+            name: name.into(),
+            batch_size: braid_packet::DEFAULT_BATCH_SIZE,
+            idle: Idle::Poll,
+            tick_interval: Duration::from_millis(10),
+            sched: Sched::default(),
+            backpressure: false,
+            stop_when_inputs_end: false,
+            stop_flag: None,
+            stop_signal: None,
+            deadline: None,
+            heartbeat: None,
+        }
+    }
+}
+
+/// Why a worker could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker `{worker}`: batch size {size} is out of range 1..={max}")]
+    BatchSize { worker: String, size: usize, max: usize },
+    #[error("worker `{worker}`: {source}")]
+    Sched {
+        worker: String,
+        #[source]
+        source: SchedError,
+    },
+    #[error("worker `{worker}`: {source}")]
+    Graph {
+        worker: String,
+        #[source]
+        source: GraphError,
+    },
+    #[error("worker `{worker}`, port {port}: {source}")]
+    Port {
+        worker: String,
+        port: String,
+        #[source]
+        source: PortError,
+    },
+    #[error("worker `{worker}`: control mailbox: {source}")]
+    Mailbox {
+        worker: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Receive rounds a stopping worker runs to take what waits on its inputs.
+pub const STOP_DRAIN_ROUNDS: usize = 64;
+
+/// The largest batch a worker takes.
+pub const MAX_BATCH: usize = 1024;
+
+/// The graph a worker runs: its own, or one borrowed for the run (an
+/// offline run whose caller reads the counters afterwards).
+pub enum GraphRef<'a> {
+    Owned(Box<Graph>),
+    Borrowed(&'a mut Graph),
+}
+
+impl GraphRef<'_> {
+    fn get(&mut self) -> &mut Graph {
+        match self {
+            GraphRef::Owned(g) => g,
+            GraphRef::Borrowed(g) => g,
+        }
+    }
+}
+
+impl From<Graph> for GraphRef<'_> {
+    fn from(g: Graph) -> Self {
+        GraphRef::Owned(Box::new(g))
+    }
+}
+
+impl<'a> From<&'a mut Graph> for GraphRef<'a> {
+    fn from(g: &'a mut Graph) -> Self {
+        GraphRef::Borrowed(g)
+    }
+}
+
+struct PortSlot<'a> {
+    port: Box<dyn Port + 'a>,
+    /// Where received packets go; None: transmit only.
+    rx_to: Option<Endpoint>,
+    rx_ended: bool,
+    telemetry: Arc<PortTelemetry>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct WorkerReport {
+    /// Every counter at the end.
+    pub snapshot: WorkerSnapshot,
+    /// Each port's counters, in port order.
+    pub ports: Vec<PortStats>,
+    pub elapsed: Duration,
+    /// The error that stopped the worker, if one did. What was received
+    /// before it was processed and sent.
+    pub error: Option<WorkerError>,
+    /// Peers that went away on shared-memory or channel ports (the port
+    /// waits for or reconnects to the next one).
+    pub disconnects: u64,
+}
+
+/// See the module documentation.
+pub struct Worker<'a> {
+    cfg: WorkerConfig,
+    graph: GraphRef<'a>,
+    ports: Vec<PortSlot<'a>>,
+    /// Per port: what leaves by it this turn.
+    tx: Vec<Batch>,
+    rx: Batch,
+    mailbox: Mailbox,
+    telemetry: Arc<WorkerTelemetry>,
+    paused: bool,
+    looped: LoopStats,
+    idle_backoff: Duration,
+    disconnects: u64,
+}
+
+/// What the loop does after a control command.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
+impl<'a> Worker<'a> {
+    /// A worker running `graph`, without ports yet; and the handle to
+    /// control it.
+    pub fn new(
+        cfg: WorkerConfig,
+        graph: impl Into<GraphRef<'a>>,
+    ) -> Result<(Worker<'a>, WorkerHandle), WorkerError> {
+        if cfg.batch_size == 0 || cfg.batch_size > MAX_BATCH {
+            return Err(WorkerError::BatchSize {
+                worker: cfg.name.clone(),
+                size: cfg.batch_size,
+                max: MAX_BATCH,
+            });
+        }
+        cfg.sched
+            .check()
+            .map_err(|source| WorkerError::Sched { worker: cfg.name.clone(), source })?;
+        let mut graph = graph.into();
+        let stages = graph.get().stages().iter().map(|s| s.telemetry()).collect();
+        let telemetry = Arc::new(WorkerTelemetry::new(&cfg.name, stages));
+        let (mailbox, handle) = mailbox(&cfg.name, telemetry.clone())
+            .map_err(|source| WorkerError::Mailbox { worker: cfg.name.clone(), source })?;
+        graph.get().set_ports(0);
+        let w = Worker {
+            rx: Batch::with_capacity(cfg.batch_size),
+            cfg,
+            graph,
+            ports: Vec::new(),
+            tx: Vec::new(),
+            mailbox,
+            telemetry,
+            paused: false,
+            looped: LoopStats::default(),
+            idle_backoff: Duration::ZERO,
+            disconnects: 0,
+        };
+        Ok((w, handle))
+    }
+
+    /// Add a port; what it receives goes to `rx_to` (None: transmit only).
+    /// Returns its number, which graph links name as [`Endpoint::Port`].
+    pub fn add_port(
+        &mut self,
+        port: Box<dyn Port + 'a>,
+        rx_to: Option<Endpoint>,
+    ) -> Result<usize, WorkerError> {
+        let i = self.ports.len();
+        let g = self.graph.get();
+        g.set_ports(i + 1);
+        if let Some(to) = rx_to {
+            if let Err(source) = g.check(to) {
+                g.set_ports(i);
+                return Err(WorkerError::Graph { worker: self.cfg.name.clone(), source });
+            }
+        }
+        let telemetry = Arc::new(PortTelemetry::new(port.name()));
+        self.telemetry.add_port(telemetry.clone());
+        self.ports.push(PortSlot { port, rx_to, rx_ended: false, telemetry });
+        self.tx.push(Batch::new());
+        Ok(i)
+    }
+
+    /// The graph (to link stages to ports once they exist).
+    pub fn graph_mut(&mut self) -> &mut Graph {
+        self.graph.get()
+    }
+
+    /// Run on the calling thread until stopped (control `Stop`, the stop
+    /// flag, the deadline, every input at its end when so configured, or
+    /// a port error).
+    pub fn run(mut self) -> WorkerReport {
+        let start = Instant::now();
+        let mut error = match self.cfg.sched.apply_to_current_thread() {
+            Err(source) => Some(WorkerError::Sched { worker: self.cfg.name.clone(), source }),
+            Ok(()) => self.run_loop().err(),
+        };
+        // Final tick: NFs flush what they hold back.
+        self.tick();
+        if let Err(e) = self.flush() {
+            error.get_or_insert(e);
+        }
+        for s in &mut self.ports {
+            if let Err(source) = s.port.flush() {
+                error.get_or_insert(WorkerError::Port {
+                    worker: self.cfg.name.clone(),
+                    port: s.port.name(),
+                    source,
+                });
+            }
+        }
+        self.publish();
+        WorkerReport {
+            snapshot: self.telemetry.snapshot(),
+            ports: self.ports.iter().map(|s| s.port.stats()).collect(),
+            elapsed: start.elapsed(),
+            error,
+            disconnects: self.disconnects,
+        }
+    }
+
+    /// Run on a new thread named after the worker.
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<WorkerReport>>
+    where
+        'a: 'static,
+    {
+        let name = self.cfg.name.clone();
+        std::thread::Builder::new().name(name).spawn(move || self.run())
+    }
+
+    fn run_loop(&mut self) -> Result<(), WorkerError> {
+        let mut next_tick = Instant::now() + self.cfg.tick_interval;
+        self.publish();
+        if let Some(h) = &mut self.cfg.heartbeat {
+            // The ports are open and the loop starts: the first beat arms
+            // the supervisor's watchdog.
+            h.beat();
+        }
+        loop {
+            self.looped.turns += 1;
+            if self.mailbox.has_mail() && self.serve_mail()? == Flow::Stop {
+                return Ok(());
+            }
+            let moved = if self.paused { 0 } else { self.receive_round()? };
+            if moved > 0 {
+                self.flush()?;
+                self.idle_backoff = Duration::ZERO;
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + self.cfg.tick_interval;
+                self.tick();
+                self.flush()?;
+                if self.stop_requested() || self.cfg.deadline.is_some_and(|d| now >= d) {
+                    return Ok(());
+                }
+            }
+            if moved == 0 {
+                self.looped.idle_turns += 1;
+                if self.cfg.stop_when_inputs_end
+                    && self.ports.iter().all(|s| s.rx_to.is_none() || s.rx_ended)
+                {
+                    return Ok(());
+                }
+                self.idle(next_tick)?;
+            }
+        }
+    }
+
+    /// Receive one batch from every port that feeds the graph and push
+    /// each through it. Returns the packets received.
+    fn receive_round(&mut self) -> Result<usize, WorkerError> {
+        let now_ns = braid_nf::monotonic_ns();
+        let mut moved = 0;
+        for i in 0..self.ports.len() {
+            let Some(to) = self.ports[i].rx_to else { continue };
+            if self.ports[i].rx_ended {
+                continue;
+            }
+            if self.cfg.backpressure && self.min_tx_room(i) < self.cfg.batch_size {
+                continue;
+            }
+            let slot = &mut self.ports[i];
+            match slot.port.recv(&mut self.rx, self.cfg.batch_size) {
+                Ok(0) => {
+                    if slot.port.at_end() {
+                        slot.rx_ended = true;
+                    }
+                }
+                Ok(n) => {
+                    moved += n;
+                    self.graph.get().push(to, &mut self.rx, now_ns, &mut self.tx);
+                }
+                Err(PortError::Disconnected(_)) => self.disconnects += 1,
+                Err(source) => {
+                    // Keep what was read before the error.
+                    if !self.rx.is_empty() {
+                        self.graph.get().push(to, &mut self.rx, now_ns, &mut self.tx);
+                    }
+                    return Err(WorkerError::Port {
+                        worker: self.cfg.name.clone(),
+                        port: slot.port.name(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    fn min_tx_room(&mut self, except: usize) -> usize {
+        let mut room = usize::MAX;
+        for (j, s) in self.ports.iter_mut().enumerate() {
+            if j != except {
+                room = room.min(s.port.tx_room());
+            }
+        }
+        room
+    }
+
+    /// Transmit what reached the ports.
+    fn flush(&mut self) -> Result<(), WorkerError> {
+        for (slot, out) in self.ports.iter_mut().zip(self.tx.iter_mut()) {
+            if out.is_empty() {
+                continue;
+            }
+            let r = slot.port.send(out).and_then(|_| slot.port.flush());
+            out.clear();
+            match r {
+                Ok(()) => {}
+                Err(PortError::Disconnected(_)) => self.disconnects += 1,
+                Err(source) => {
+                    return Err(WorkerError::Port {
+                        worker: self.cfg.name.clone(),
+                        port: slot.port.name(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.cfg.stop_flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+            || self.cfg.stop_signal.is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    fn tick(&mut self) {
+        self.looped.ticks += 1;
+        self.graph.get().tick(braid_nf::monotonic_ns(), &mut self.tx);
+        if let Some(h) = &mut self.cfg.heartbeat {
+            h.beat();
+        }
+        for s in &self.ports {
+            s.telemetry.publish(&s.port.stats(), s.rx_ended);
+        }
+        self.telemetry.publish_loop(&self.looped);
+    }
+
+    fn publish(&mut self) {
+        self.graph.get().publish();
+        for s in &self.ports {
+            s.telemetry.publish(&s.port.stats(), s.rx_ended);
+        }
+        self.telemetry.publish_loop(&self.looped);
+    }
+
+    fn idle(&mut self, next_tick: Instant) -> Result<(), WorkerError> {
+        match self.cfg.idle {
+            Idle::Busy => std::hint::spin_loop(),
+            Idle::Poll => {
+                let timeout = next_tick.saturating_duration_since(Instant::now());
+                let wake = self.mailbox.wake.as_raw_fd();
+                let mut ports: Vec<&mut dyn Port> = self
+                    .ports
+                    .iter_mut()
+                    .filter(|s| s.rx_to.is_some() && !s.rx_ended)
+                    .map(|s| &mut *s.port as &mut dyn Port)
+                    .collect();
+                braid_io::wait_any(&mut ports, &[wake], timeout, Duration::from_micros(200))
+                    .map_err(|source| WorkerError::Port {
+                        worker: self.cfg.name.clone(),
+                        port: "(poll)".into(),
+                        source,
+                    })?;
+                self.looped.sleeps += 1;
+            }
+            Idle::Sleep => {
+                self.idle_backoff = (self.idle_backoff * 2)
+                    .clamp(Duration::from_micros(50), Duration::from_millis(1));
+                std::thread::sleep(self.idle_backoff);
+                self.looped.sleeps += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer every waiting command; while paused, wait for commands (and
+    /// keep ticking) until resumed or stopped.
+    fn serve_mail(&mut self) -> Result<Flow, WorkerError> {
+        while let Some(env) = self.mailbox.next() {
+            if self.answer(env)? == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+        }
+        while self.paused {
+            match self.mailbox.wait(self.cfg.tick_interval) {
+                Some(env) => {
+                    if self.answer(env)? == Flow::Stop {
+                        return Ok(Flow::Stop);
+                    }
+                }
+                None => {
+                    self.tick();
+                    self.flush()?;
+                    if self.stop_requested() {
+                        return Ok(Flow::Stop);
+                    }
+                }
+            }
+        }
+        Ok(Flow::Go)
+    }
+
+    fn answer(&mut self, env: Envelope) -> Result<Flow, WorkerError> {
+        self.looped.control_messages += 1;
+        let Envelope { command, reply } = env;
+        let stop = matches!(command, Command::Stop);
+        match self.apply(command) {
+            Ok(r) => {
+                let _ = reply.send(Ok(r));
+            }
+            Err(ControlFailure::Refused(e)) => {
+                let _ = reply.send(Err(e));
+            }
+            Err(ControlFailure::Worker(e)) => {
+                let _ = reply.send(Err(ControlError::Gone(self.cfg.name.clone())));
+                return Err(e);
+            }
+        }
+        Ok(if stop { Flow::Stop } else { Flow::Go })
+    }
+
+    fn stage_index(&mut self, name: &str) -> Result<usize, ControlError> {
+        Ok(self.graph.get().find(name)?)
+    }
+
+    fn apply(&mut self, command: Command) -> Result<Reply, ControlFailure> {
+        let refused = ControlFailure::Refused;
+        match command {
+            Command::Counters => {
+                self.publish();
+                Ok(Reply::Counters(self.telemetry.snapshot()))
+            }
+            Command::Pause => {
+                self.paused = true;
+                Ok(Reply::Done)
+            }
+            Command::Resume => {
+                self.paused = false;
+                Ok(Reply::Done)
+            }
+            Command::Drain => {
+                let mut packets = 0u64;
+                loop {
+                    let n = self.receive_round().map_err(ControlFailure::Worker)?;
+                    self.flush().map_err(ControlFailure::Worker)?;
+                    if n == 0 {
+                        break;
+                    }
+                    packets += n as u64;
+                }
+                self.paused = true;
+                self.publish();
+                Ok(Reply::Drained { packets })
+            }
+            Command::ExportState { stage } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                Ok(Reply::State(self.graph.get().stages()[i].nf().export_state()))
+            }
+            Command::ImportState { stage, state } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                self.graph.get().stages_mut()[i]
+                    .nf_mut()
+                    .import_state(&state)
+                    .map_err(|source| refused(ControlError::State { stage, source }))?;
+                Ok(Reply::Done)
+            }
+            Command::Reroute { stage, output, to } => {
+                match output {
+                    Output::Gate(gate) => {
+                        let i = self.stage_index(&stage).map_err(refused)?;
+                        self.graph
+                            .get()
+                            .link(i, gate, to)
+                            .map_err(|e| refused(ControlError::Graph(e)))?;
+                    }
+                    Output::PortRx(p) => {
+                        let n = self.ports.len();
+                        if p >= n {
+                            return Err(refused(ControlError::Graph(GraphError::NoPort(p, n))));
+                        }
+                        self.graph.get().check(to).map_err(|e| refused(ControlError::Graph(e)))?;
+                        self.ports[p].rx_to = Some(to);
+                        self.ports[p].rx_ended = false;
+                    }
+                }
+                Ok(Reply::Done)
+            }
+            Command::AddPort { port, rx_to } => {
+                let i = self.add_port(port, rx_to).map_err(|e| match e {
+                    WorkerError::Graph { source, .. } => refused(ControlError::Graph(source)),
+                    other => ControlFailure::Worker(other),
+                })?;
+                Ok(Reply::Port(i))
+            }
+            Command::Reconfigure { stage, params } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                let g = self.graph.get();
+                let kind = g.stages()[i].spec().name;
+                let mut fresh = braid_nf::build(kind, &params).map_err(|source| {
+                    refused(ControlError::Build { stage: stage.clone(), source })
+                })?;
+                if let Some(state) = g.stages()[i].nf().export_state() {
+                    fresh.import_state(&state).map_err(|source| {
+                        refused(ControlError::StateDoesNotFit {
+                            stage: stage.clone(),
+                            kind,
+                            source,
+                        })
+                    })?;
+                }
+                g.stages_mut()[i].replace_nf(fresh).map_err(|e| refused(ControlError::Graph(e)))?;
+                Ok(Reply::Done)
+            }
+            Command::Stop => {
+                // Take what is already waiting on the inputs (bounded: a
+                // live input may never run dry).
+                for _ in 0..STOP_DRAIN_ROUNDS {
+                    let n = self.receive_round().map_err(ControlFailure::Worker)?;
+                    self.flush().map_err(ControlFailure::Worker)?;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                Ok(Reply::Done)
+            }
+        }
+    }
+}
+
+enum ControlFailure {
+    /// The command was refused; nothing changed.
+    Refused(ControlError),
+    /// Carrying it out failed the worker (a port error while draining).
+    Worker(WorkerError),
+}
