@@ -100,8 +100,12 @@ fn hung_nf_is_killed_by_the_watchdog_and_restarted() {
 
 #[test]
 fn same_with_each_nf_in_its_own_network_namespace() {
-    if !braid_io::netns::is_root() {
-        eprintln!("skipped: --netns needs root");
+    let root = braid_io::netns::is_root();
+    if braid_testkit::skip_unless(
+        root,
+        "same_with_each_nf_in_its_own_network_namespace",
+        "--netns needs root",
+    ) {
         return;
     }
     scenario(true, Failure::Crash);
