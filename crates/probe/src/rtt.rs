@@ -8,8 +8,9 @@
 //! and the whole path, like CALVIN's client-side measurement. A run ends
 //! when every packet is back, or `wait` after the last send.
 
+use crate::config::{payload_len_ok, ConfigError};
 use crate::pacer::{wait_until, Schedule};
-use crate::payload::{ProbeHeader, HEADER_LEN};
+use crate::payload::ProbeHeader;
 use crate::sockopt;
 use crate::stats::{Arrival, SeqTracker};
 use braid_packet::clock::monotonic_ns;
@@ -24,7 +25,7 @@ pub const MAX_PAYLOAD: usize = 65_507;
 
 #[derive(Clone, Debug)]
 pub struct RttConfig {
-    /// UDP payload bytes per packet (at least [`HEADER_LEN`]).
+    /// UDP payload bytes per packet (at least [`crate::payload::HEADER_LEN`]).
     pub payload_len: usize,
     /// Packets in the run.
     pub count: u64,
@@ -53,15 +54,10 @@ impl Default for RttConfig {
 
 impl RttConfig {
     /// Check the settings, naming the one that is out of range.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.payload_len < HEADER_LEN || self.payload_len > MAX_PAYLOAD {
-            return Err(format!(
-                "payload size {} is out of range {HEADER_LEN}..={MAX_PAYLOAD} bytes (the probe header takes {HEADER_LEN})",
-                self.payload_len
-            ));
-        }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        payload_len_ok(self.payload_len)?;
         if self.count == 0 {
-            return Err("count must be at least 1".into());
+            return Err(ConfigError::ZeroCount);
         }
         Ok(())
     }
@@ -95,7 +91,7 @@ pub struct RttRun {
 /// Run one latency measurement on `sock`, which must be connected to the
 /// echo server. `run` tags the packets (use a different value per run).
 pub fn run_rtt(sock: &UdpSocket, cfg: &RttConfig, run: u32) -> io::Result<RttRun> {
-    cfg.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    cfg.validate()?;
     sock.peer_addr()
         .map_err(|e| io::Error::new(e.kind(), format!("probe socket is not connected: {e}")))?;
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
@@ -196,14 +192,17 @@ fn receive(
 mod tests {
     use super::*;
     use crate::echo::{run_echo, EchoConfig};
+    use crate::payload::HEADER_LEN;
     use std::sync::atomic::AtomicBool;
 
     #[test]
     fn invalid_settings_are_named() {
         let cfg = RttConfig { payload_len: 8, ..Default::default() };
-        assert!(cfg.validate().unwrap_err().contains("payload size 8"));
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e, ConfigError::PayloadSize { size: 8, min: HEADER_LEN, max: MAX_PAYLOAD });
+        assert!(e.to_string().contains("payload size 8"), "{e}");
         let cfg = RttConfig { count: 0, ..Default::default() };
-        assert!(cfg.validate().unwrap_err().contains("count"));
+        assert_eq!(cfg.validate().unwrap_err(), ConfigError::ZeroCount);
         let unconnected = UdpSocket::bind("127.0.0.1:0").unwrap();
         let e = run_rtt(&unconnected, &RttConfig::default(), 1).unwrap_err();
         assert!(e.to_string().contains("not connected"), "{e}");
