@@ -124,6 +124,11 @@ fn validate_names_unreadable_files_and_syntax_errors() {
     assert!(err.contains("broken.yaml:3:1: YAML syntax:"), "{err}");
     assert!(err.contains("missing.yaml: cannot read"), "{err}");
     assert!(err.contains("2 of 2 descriptors"), "{err}");
+    // An endless file stops at the size limit instead of filling memory.
+    let o = braid(&["validate", "/dev/zero"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("/dev/zero: larger than the limit of 16777216 bytes"), "{err}");
 }
 
 #[test]

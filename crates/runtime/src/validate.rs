@@ -13,7 +13,16 @@ use serde_yaml_ng::Value;
 use crate::descriptor::{
     ChainDescriptor, NfDecl, PlacementChoice, PortDecl, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
 };
-use crate::spans::{Location, Spans};
+use crate::spans::{too_deep, Location, Spans};
+
+/// Largest descriptor read or validated (16 MiB: a firewall of about
+/// 200,000 one-line rules). `braid validate /dev/zero` stops here instead of
+/// growing until memory runs out.
+pub const MAX_DESCRIPTOR_BYTES: u64 = 16 << 20;
+
+/// Deepest nesting of mappings and sequences in a descriptor, the document
+/// itself being level 1 (the deepest built-in parameter is 6 levels down).
+pub const MAX_NESTING: usize = 64;
 
 /// One problem in a descriptor.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,16 +81,38 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: larger than the limit of {limit} bytes for a descriptor")]
+    TooLarge { path: String, limit: u64 },
+    #[error("{path}: not UTF-8 text (at byte {at})")]
+    NotText { path: String, at: usize },
     #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
+}
+
+/// Read descriptor `path` as text, refusing more than
+/// [`MAX_DESCRIPTOR_BYTES`] without reading further (a device or a FIFO
+/// has no size to check first).
+pub fn read_descriptor(path: &std::path::Path) -> Result<String, LoadError> {
+    use std::io::Read;
+    let name = || path.display().to_string();
+    let file =
+        std::fs::File::open(path).map_err(|source| LoadError::Read { path: name(), source })?;
+    let mut bytes = Vec::new();
+    file.take(MAX_DESCRIPTOR_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| LoadError::Read { path: name(), source })?;
+    if bytes.len() as u64 > MAX_DESCRIPTOR_BYTES {
+        return Err(LoadError::TooLarge { path: name(), limit: MAX_DESCRIPTOR_BYTES });
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| LoadError::NotText { path: name(), at: e.utf8_error().valid_up_to() })
 }
 
 /// Read and validate a descriptor file; on success the descriptor is
 /// ready for [`crate::Chain::from_descriptor`].
 pub fn load(path: &std::path::Path) -> Result<ChainDescriptor, LoadError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Read { path: name.clone(), source })?;
+    let text = read_descriptor(path)?;
     let report = validate_str(&name, &text);
     match report.descriptor {
         Some(d) if report.problems.is_empty() => Ok(d),
@@ -171,6 +202,28 @@ const TOP_FIELDS: &[&str] = &["name", "batch_size", "ports", "nfs"];
 /// Validate descriptor `text` read from `file` (used only in messages).
 pub fn validate_str(file: &str, text: &str) -> Report {
     let mut ck = Checker { file, spans: Spans::default(), problems: Vec::new() };
+    if text.len() as u64 > MAX_DESCRIPTOR_BYTES {
+        ck.push(
+            None,
+            "",
+            format!(
+                "{} bytes is larger than the limit of {MAX_DESCRIPTOR_BYTES} bytes for a descriptor",
+                text.len()
+            ),
+            None,
+        );
+        return Report { descriptor: None, problems: ck.problems };
+    }
+    // Before the full parse, whose cost grows with the square of the depth.
+    if let Some(at) = too_deep(text, MAX_NESTING) {
+        ck.push(
+            Some(at),
+            "",
+            format!("nested deeper than {MAX_NESTING} levels of mappings and sequences"),
+            None,
+        );
+        return Report { descriptor: None, problems: ck.problems };
+    }
     let root: Value = match serde_yaml_ng::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -528,6 +581,39 @@ nfs:
     fn load_reports_unreadable_files() {
         let e = load(std::path::Path::new("/nonexistent/x.yaml")).unwrap_err();
         assert!(e.to_string().starts_with("cannot read /nonexistent/x.yaml"), "{e}");
+    }
+
+    #[test]
+    fn endless_input_stops_at_the_size_limit() {
+        let e = read_descriptor(std::path::Path::new("/dev/zero")).unwrap_err();
+        assert!(
+            matches!(&e, LoadError::TooLarge { path, limit } if path == "/dev/zero" && *limit == MAX_DESCRIPTOR_BYTES),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "/dev/zero: larger than the limit of 16777216 bytes for a descriptor"
+        );
+        let big = " ".repeat(MAX_DESCRIPTOR_BYTES as usize + 1);
+        let p = problems(&big);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("larger than the limit"), "{p:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_full_parse() {
+        let n = 100_000;
+        let text = format!("name: x\nnfs: {}{}\n", "[".repeat(n), "]".repeat(n));
+        let t = std::time::Instant::now();
+        let p = problems(&text);
+        // It took 30 s before: the YAML parser is quadratic in the depth.
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("t.yaml:2:"), "{p:?}");
+        assert!(p[0].contains("nested deeper than 64 levels"), "{p:?}");
+        // 64 levels are fine as far as nesting goes.
+        let ok = format!("name: x\nnfs: {}{}\n", "[".repeat(62), "]".repeat(62));
+        assert!(problems(&ok).iter().all(|p| !p.contains("nested deeper")));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use braid_runtime::validate::validate_str;
+use braid_runtime::validate::{read_descriptor, validate_str, LoadError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,10 +15,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut bad = 0usize;
     for file in &args.files {
         let name = file.display().to_string();
-        let text = match std::fs::read_to_string(file) {
+        let text = match read_descriptor(file) {
             Ok(t) => t,
+            Err(LoadError::Read { source, .. }) => {
+                eprintln!("{name}: cannot read: {source}");
+                bad += 1;
+                continue;
+            }
             Err(e) => {
-                eprintln!("{name}: cannot read: {e}");
+                eprintln!("{e}");
                 bad += 1;
                 continue;
             }
