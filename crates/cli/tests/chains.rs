@@ -106,6 +106,7 @@ fn validate_accepts_the_examples_and_reports_every_problem_of_bad_yaml() {
         "bad.yaml:6:15: ports.in.kind: unknown variant `tap`",
         "bad.yaml:9:11: nfs[0].type: unknown NF type `firewal` (did you mean `firewall`?)",
         "bad.yaml:16:21: nfs[1].params.routes[0].prefix:",
+        "bad.yaml:17:11: nfs[2].name: duplicate NF name `r1` (also nfs[1])",
         "bad.yaml:19:5: nfs[2].colour: unknown field `colour`",
         "braid: error: 1 of 1 descriptors have problems",
     ] {

@@ -120,6 +120,11 @@ impl Spans {
         }
     }
 
+    /// The path of the value written at `at`, if one starts there.
+    pub fn path_at(&self, at: Location) -> Option<String> {
+        self.values.iter().find(|(_, l)| **l == at).map(|(p, _)| p.clone())
+    }
+
     /// Where the key of the mapping entry at `path` is written, else as
     /// [`Spans::value`].
     pub fn key(&self, path: &str) -> Option<Location> {

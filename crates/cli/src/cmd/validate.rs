@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use braid_runtime::validate::{read_descriptor, validate_str, LoadError};
+use braid_runtime::validate::{read_descriptor, validate_file_text, LoadError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let report = validate_str(&name, &text);
+        let report = validate_file_text(file, &text);
         match report.descriptor {
             Some(d) if report.problems.is_empty() => {
                 println!("{name}: ok: chain `{}` with {} NFs", d.name, d.nfs.len());
