@@ -210,3 +210,29 @@ fn scenario(netns: bool, failure: Failure) {
     assert_eq!(pid_of(&lines, "a"), Some(pa));
     assert_eq!(pid_of(&lines, "c"), Some(pc));
 }
+
+/// A `connect:` port whose socket does not exist gives up within
+/// `--seconds` with an error naming it (it used to wait 30 s, whatever
+/// `--seconds` said).
+#[test]
+fn nf_proc_without_a_listener_stops_at_its_seconds() {
+    let missing = std::env::temp_dir().join(format!("braid-no-listener-{}", std::process::id()));
+    let t = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["nf-proc", "--nf", "fwd", "--seconds", "0.5"])
+        .arg(format!("--port=connect:{}", missing.display()))
+        .arg(format!("--port=connect:{}", missing.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    assert!(err.contains(&format!("no listener at {} within 0.5 s", missing.display())), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["nf-proc", "--nf", "fwd", "--seconds=-1", "--port=listen:/x", "--port=listen:/y"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--seconds -1: must be"), "{err}");
+}
