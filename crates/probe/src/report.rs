@@ -115,6 +115,39 @@ pub struct ProbeReport {
     pub throughput: Vec<ThroughputResult>,
 }
 
+/// Why a finished probe failed: a payload size of which nothing came back.
+/// Partial loss is a measurement, not a failure.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeFailure {
+    /// Sends were refused (an ICMP port unreachable came back): nothing
+    /// listens on the target port.
+    #[error(
+        "{target} is unreachable: {send_errors} of the {payload_len} B sends were refused \
+         (ICMP port unreachable: is `braid echo` running there?) and nothing came back"
+    )]
+    Unreachable { target: String, payload_len: usize, send_errors: u64 },
+    /// Every packet of a size was lost.
+    #[error("no answer from {target}: all {lost} packets of {payload_len} B were lost")]
+    NoAnswer { target: String, payload_len: usize, lost: u64 },
+}
+
+impl ProbeReport {
+    /// The first payload size that got no answer at all, if any.
+    pub fn failure(&self) -> Option<ProbeFailure> {
+        let l = self.latency.iter().find(|l| l.received == 0)?;
+        let target = self.target.clone();
+        Some(if l.send_errors > 0 {
+            ProbeFailure::Unreachable {
+                target,
+                payload_len: l.payload_len,
+                send_errors: l.send_errors,
+            }
+        } else {
+            ProbeFailure::NoAnswer { target, payload_len: l.payload_len, lost: l.lost }
+        })
+    }
+}
+
 /// One latency run with every RTT sample (`braid probe --raw-out`).
 #[derive(Serialize)]
 struct RawRun<'a> {
@@ -251,6 +284,25 @@ mod tests {
             rtt_ns: rtts_us.iter().map(|u| u * 1000).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_size_with_nothing_back_fails_the_probe() {
+        let report = |latency| ProbeReport { target: "t:7".into(), latency, throughput: vec![] };
+        let some = summarize(&[run(1, &[10], 3)], 4, 5000.0);
+        assert_eq!(report(vec![some.clone()]).failure(), None, "partial loss is measured");
+        let none = summarize(&[run(1, &[], 4)], 4, 5000.0);
+        assert_eq!(
+            report(vec![some.clone(), none.clone()]).failure(),
+            Some(ProbeFailure::NoAnswer { target: "t:7".into(), payload_len: 256, lost: 4 })
+        );
+        let refused = summarize(&[RttRun { send_errors: 3, ..run(1, &[], 4) }], 4, 5000.0);
+        let f = report(vec![refused]).failure().unwrap();
+        assert_eq!(
+            f,
+            ProbeFailure::Unreachable { target: "t:7".into(), payload_len: 256, send_errors: 3 }
+        );
+        assert!(f.to_string().starts_with("t:7 is unreachable"), "{f}");
     }
 
     #[test]

@@ -126,3 +126,24 @@ pub fn run_probe(
         runs: all_runs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_that_would_measure_nothing_is_refused() {
+        let ok = ProbeConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let none = ProbeConfig { repetitions: 0, ..ok.clone() };
+        assert_eq!(none.validate(), Err(ConfigError::NothingToMeasure));
+        let only_throughput = ProbeConfig { throughput: Some(Default::default()), ..none };
+        assert_eq!(only_throughput.validate(), Ok(()));
+        assert_eq!(
+            ProbeConfig { sizes: vec![], ..ok.clone() }.validate(),
+            Err(ConfigError::NoSizes)
+        );
+        let tiny = ProbeConfig { sizes: vec![8], ..ok };
+        assert!(matches!(tiny.validate(), Err(ConfigError::PayloadSize { size: 8, .. })));
+    }
+}
