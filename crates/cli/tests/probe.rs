@@ -36,7 +36,7 @@ fn a_closed_port_is_reported_unreachable_and_fails() {
     let target = format!("127.0.0.1:{port}");
     let o = probe(&[&[target.as_str(), "--sizes", "64"], QUICK].concat());
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains(&format!("{target} is unreachable")), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("{target} is unreachable: ")), "{}", stderr(&o));
 }
 
 #[test]

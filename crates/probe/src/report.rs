@@ -33,6 +33,8 @@ pub struct LatencySummary {
     pub interval_us: f64,
     pub sent: u64,
     pub send_errors: u64,
+    /// ICMP port unreachable reports (see [`RttRun::refused`]).
+    pub refused: u64,
     pub received: u64,
     pub lost: u64,
     pub loss_pct: f64,
@@ -79,6 +81,7 @@ pub fn summarize(runs: &[RttRun], count_per_rep: u64, interval_us: f64) -> Laten
         interval_us,
         sent: sum(|r| r.sent),
         send_errors: sum(|r| r.send_errors),
+        refused: sum(|r| r.refused),
         received: sum(|r| r.received),
         lost,
         loss_pct: if total == 0 { 0.0 } else { lost as f64 * 100.0 / total as f64 },
@@ -122,10 +125,10 @@ pub enum ProbeFailure {
     /// Sends were refused (an ICMP port unreachable came back): nothing
     /// listens on the target port.
     #[error(
-        "{target} is unreachable: {send_errors} of the {payload_len} B sends were refused \
-         (ICMP port unreachable: is `braid echo` running there?) and nothing came back"
+        "{target} is unreachable: {refused} ICMP port unreachable for the {payload_len} B \
+         packets (is `braid echo` running there?) and nothing came back"
     )]
-    Unreachable { target: String, payload_len: usize, send_errors: u64 },
+    Unreachable { target: String, payload_len: usize, refused: u64 },
     /// Every packet of a size was lost.
     #[error("no answer from {target}: all {lost} packets of {payload_len} B were lost")]
     NoAnswer { target: String, payload_len: usize, lost: u64 },
@@ -136,12 +139,8 @@ impl ProbeReport {
     pub fn failure(&self) -> Option<ProbeFailure> {
         let l = self.latency.iter().find(|l| l.received == 0)?;
         let target = self.target.clone();
-        Some(if l.send_errors > 0 {
-            ProbeFailure::Unreachable {
-                target,
-                payload_len: l.payload_len,
-                send_errors: l.send_errors,
-            }
+        Some(if l.refused > 0 {
+            ProbeFailure::Unreachable { target, payload_len: l.payload_len, refused: l.refused }
         } else {
             ProbeFailure::NoAnswer { target, payload_len: l.payload_len, lost: l.lost }
         })
@@ -296,11 +295,11 @@ mod tests {
             report(vec![some.clone(), none.clone()]).failure(),
             Some(ProbeFailure::NoAnswer { target: "t:7".into(), payload_len: 256, lost: 4 })
         );
-        let refused = summarize(&[RttRun { send_errors: 3, ..run(1, &[], 4) }], 4, 5000.0);
+        let refused = summarize(&[RttRun { refused: 3, ..run(1, &[], 4) }], 4, 5000.0);
         let f = report(vec![refused]).failure().unwrap();
         assert_eq!(
             f,
-            ProbeFailure::Unreachable { target: "t:7".into(), payload_len: 256, send_errors: 3 }
+            ProbeFailure::Unreachable { target: "t:7".into(), payload_len: 256, refused: 3 }
         );
         assert!(f.to_string().starts_with("t:7 is unreachable"), "{f}");
     }

@@ -73,6 +73,10 @@ pub struct RttRun {
     /// Packets whose `send` failed (e.g. `ECONNREFUSED` after an ICMP port
     /// unreachable: no echo server listening).
     pub send_errors: u64,
+    /// ICMP port unreachable reports (`ECONNREFUSED`), seen by a send or by
+    /// the receiver, whichever asked the socket first: nothing listens on
+    /// the target port.
+    pub refused: u64,
     pub received: u64,
     /// Packets of the run (`count`) that never came back.
     pub lost: u64,
@@ -112,26 +116,31 @@ pub fn run_rtt(sock: &UdpSocket, cfg: &RttConfig, run: u32) -> io::Result<RttRun
     let (sent, send_errors, rx) = std::thread::scope(|s| {
         let receiver = s.spawn(|| receive(sock, cfg, run, &sender_done_ns));
         let mut buf = vec![0u8; cfg.payload_len];
-        let (mut sent, mut errors) = (0u64, 0u64);
+        let (mut sent, mut errors, mut refused) = (0u64, 0u64, 0u64);
         for seq in 0..cfg.count {
             wait_until(schedule.due(seq), cfg.spin_ns);
             let h = ProbeHeader { run, seq, sent_ns: monotonic_ns() };
             h.write(&mut buf).expect("payload_len >= HEADER_LEN was validated");
             match sock.send(&buf) {
                 Ok(_) => sent += 1,
-                Err(_) => errors += 1,
+                Err(e) => {
+                    errors += 1;
+                    refused += u64::from(e.kind() == io::ErrorKind::ConnectionRefused);
+                }
             }
         }
         sender_done_ns.store(monotonic_ns(), Ordering::Release);
         let rx = receiver.join().expect("receiver thread does not panic");
-        (sent, errors, rx)
+        (sent, (errors, refused), rx)
     });
-    let (tracker, rtt_ns, foreign) = rx?;
+    let (send_errors, send_refused) = send_errors;
+    let (tracker, rtt_ns, foreign, recv_refused) = rx?;
     Ok(RttRun {
         run,
         payload_len: cfg.payload_len,
         sent,
         send_errors,
+        refused: send_refused + recv_refused,
         received: tracker.received,
         // Failed sends are lost packets too.
         lost: tracker.lost(cfg.count),
@@ -148,8 +157,9 @@ fn receive(
     cfg: &RttConfig,
     run: u32,
     sender_done_ns: &AtomicU64,
-) -> io::Result<(SeqTracker, Vec<u64>, u64)> {
+) -> io::Result<(SeqTracker, Vec<u64>, u64, u64)> {
     let mut tracker = SeqTracker::new(cfg.count);
+    let mut refused = 0u64;
     let mut rtts = Vec::with_capacity(cfg.count as usize);
     let mut foreign = 0u64;
     let mut buf = vec![0u8; MAX_PAYLOAD];
@@ -165,13 +175,16 @@ fn receive(
         let len = match sock.recv(&mut buf) {
             Ok(len) => len,
             Err(e) => match e.kind() {
-                // Timeout: look at the clock again. Refused: an ICMP port
-                // unreachable came back for an earlier packet; that packet
-                // is lost and shows as such.
+                // Timeout: look at the clock again.
                 io::ErrorKind::WouldBlock
                 | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted
-                | io::ErrorKind::ConnectionRefused => continue,
+                | io::ErrorKind::Interrupted => continue,
+                // An ICMP port unreachable came back for an earlier packet;
+                // that packet is lost and shows as such.
+                io::ErrorKind::ConnectionRefused => {
+                    refused += 1;
+                    continue;
+                }
                 _ => return Err(e),
             },
         };
@@ -185,7 +198,7 @@ fn receive(
             _ => foreign += 1,
         }
     }
-    Ok((tracker, rtts, foreign))
+    Ok((tracker, rtts, foreign, refused))
 }
 
 #[cfg(test)]
@@ -253,5 +266,8 @@ mod tests {
         assert_eq!(run.received, 0);
         assert_eq!(run.sent + run.send_errors, 5);
         assert_eq!(run.lost, 5);
+        // The port unreachable reports are counted, whichever side of the
+        // socket (send or receive) saw them.
+        assert!(run.refused >= 1, "{run:?}");
     }
 }
