@@ -14,6 +14,7 @@ use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use std::time::Duration;
 
 /// CPU time consumed by the calling thread.
+#[allow(unsafe_code)] // clock_gettime, a kernel boundary
 pub fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime only writes the timespec behind a valid pointer

@@ -101,7 +101,51 @@ fn main() {
         Command::RunProcs(a) => cmd::run_procs::run(a),
     };
     if let Err(e) = result {
-        eprintln!("braid: error: {e:#}");
+        eprintln!("braid: error: {}", error_chain(&e));
         std::process::exit(1);
+    }
+}
+
+/// `e` and its causes joined by ": ", like `{e:#}`, but without a cause
+/// whose text the message before it already ends with: library errors
+/// that name their source in their message (`cannot read x: No such
+/// file`) would otherwise print it twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.ends_with(&text) {
+            out = format!("{out}: {text}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_cause_already_in_the_message_prints_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        /// Names its source in its message and returns it as its source.
+        #[derive(Debug)]
+        struct Named(std::io::Error);
+        impl std::fmt::Display for Named {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot read x: {}", self.0)
+            }
+        }
+        impl std::error::Error for Named {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = anyhow::Error::new(Named(io));
+        assert_eq!(error_chain(&e), "cannot read x: no such file");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&e), "outer: inner");
     }
 }

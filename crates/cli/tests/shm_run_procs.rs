@@ -100,8 +100,12 @@ fn hung_nf_is_killed_by_the_watchdog_and_restarted() {
 
 #[test]
 fn same_with_each_nf_in_its_own_network_namespace() {
-    if !braid_io::netns::is_root() {
-        eprintln!("skipped: --netns needs root");
+    let root = braid_io::netns::is_root();
+    if braid_testkit::skip_unless(
+        root,
+        "same_with_each_nf_in_its_own_network_namespace",
+        "--netns needs root",
+    ) {
         return;
     }
     scenario(true, Failure::Crash);
@@ -205,4 +209,30 @@ fn scenario(netns: bool, failure: Failure) {
     assert!(alive(pa) && alive(pc), "neighbours a and c kept running (same pids)");
     assert_eq!(pid_of(&lines, "a"), Some(pa));
     assert_eq!(pid_of(&lines, "c"), Some(pc));
+}
+
+/// A `connect:` port whose socket does not exist gives up within
+/// `--seconds` with an error naming it (it used to wait 30 s, whatever
+/// `--seconds` said).
+#[test]
+fn nf_proc_without_a_listener_stops_at_its_seconds() {
+    let missing = std::env::temp_dir().join(format!("braid-no-listener-{}", std::process::id()));
+    let t = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["nf-proc", "--nf", "fwd", "--seconds", "0.5"])
+        .arg(format!("--port=connect:{}", missing.display()))
+        .arg(format!("--port=connect:{}", missing.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    assert!(err.contains(&format!("no listener at {} within 0.5 s", missing.display())), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["nf-proc", "--nf", "fwd", "--seconds=-1", "--port=listen:/x", "--port=listen:/y"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--seconds -1: must be"), "{err}");
 }

@@ -6,7 +6,7 @@
 
 use crate::gf256::Kernel;
 use crate::header::{coefficients, splitmix64, write_symbol, Header, Kind, MAX_PAYLOAD};
-use crate::snapshot::{same, source_symbol};
+use crate::snapshot::{same, source_symbol, SnapshotError};
 use thiserror::Error;
 
 /// Block code parameters.
@@ -203,22 +203,23 @@ impl BlockEncoder {
     /// A new encoder of this one's configuration and kernel, in the state of
     /// `snap`. Refused if `snap` was taken under another configuration or
     /// does not fit it; `self` is untouched either way.
-    pub fn restored(&self, snap: &BlockEncoderSnapshot) -> Result<BlockEncoder, String> {
+    pub fn restored(&self, snap: &BlockEncoderSnapshot) -> Result<BlockEncoder, SnapshotError> {
         let cfg = &self.config;
         same("generation_size", snap.generation_size, cfg.generation_size)?;
         same("redundancy", f64::from_bits(snap.redundancy_bits), cfg.redundancy)?;
         same("seed", snap.seed, cfg.seed)?;
         if snap.sources.len() > cfg.generation_size {
-            return Err(format!(
+            return Err(SnapshotError::Invalid(format!(
                 "{} pending sources do not fit a generation of {}",
                 snap.sources.len(),
                 cfg.generation_size
-            ));
+            )));
         }
         for (i, sym) in snap.sources.iter().enumerate() {
             source_symbol(&format!("sources[{i}]"), sym)?;
         }
-        let mut enc = BlockEncoder::new(*cfg).map_err(|e| e.to_string())?.with_kernel(self.kernel);
+        let mut enc =
+            BlockEncoder::new(*cfg).map_err(SnapshotError::Config)?.with_kernel(self.kernel);
         enc.generation = snap.generation;
         for (dst, src) in enc.sources.iter_mut().zip(&snap.sources) {
             dst.extend_from_slice(src);
@@ -232,7 +233,7 @@ impl BlockEncoder {
     }
 
     /// [`BlockEncoder::restored`] in place.
-    pub fn restore(&mut self, snap: &BlockEncoderSnapshot) -> Result<(), String> {
+    pub fn restore(&mut self, snap: &BlockEncoderSnapshot) -> Result<(), SnapshotError> {
         *self = self.restored(snap)?;
         Ok(())
     }
@@ -326,17 +327,25 @@ mod tests {
         let mut other =
             BlockEncoder::new(BlockConfig { generation_size: 3, ..*enc.config() }).unwrap();
         let e = other.restore(&snap).unwrap_err();
+        assert!(
+            matches!(&e, SnapshotError::Mismatch { field: "generation_size", snapshot, ours }
+                if snapshot == "2" && ours == "3"),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(e.contains("generation_size 2") && e.contains("3"), "{e}");
         let e = BlockEncoder::new(BlockConfig { seed: 2, ..*enc.config() })
             .unwrap()
             .restore(&snap)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("seed"), "{e}");
         let mut bad = snap.clone();
         bad.sources = vec![vec![0, 1, 7]; 3];
-        assert!(enc.restore(&bad).unwrap_err().contains("do not fit"));
+        assert!(enc.restore(&bad).unwrap_err().to_string().contains("do not fit"));
         bad.sources = vec![vec![0, 5, 7]];
-        assert!(enc.restore(&bad).unwrap_err().contains("sources[0]"));
+        let e = enc.restore(&bad).unwrap_err();
+        assert!(matches!(&e, SnapshotError::Invalid(m) if m.starts_with("sources[0]")), "{e:?}");
         // Refused restores left it as it was.
         assert_eq!(enc.snapshot(), snap);
     }

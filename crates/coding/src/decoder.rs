@@ -17,7 +17,7 @@
 
 use crate::gf256::{self, Kernel};
 use crate::header::{coefficients, read_symbol, Header, Kind, Parsed};
-use crate::snapshot::{same, symbol_len};
+use crate::snapshot::{same, symbol_len, SnapshotError};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 #[derive(Debug, Clone)]
@@ -185,32 +185,41 @@ impl Solver {
     /// A solver holding the equations of `snap`, which must be in reduced
     /// row-echelon form as a solver keeps them: each row's first non-zero
     /// coefficient is 1 and is zero in every other row.
-    pub fn from_snapshot(snap: &SolverSnapshot, kernel: Kernel) -> Result<Solver, String> {
+    pub fn from_snapshot(snap: &SolverSnapshot, kernel: Kernel) -> Result<Solver, SnapshotError> {
         let width = snap.width;
         if snap.rows.len() > width {
-            return Err(format!("{} equations over {width} unknowns", snap.rows.len()));
+            return Err(SnapshotError::Invalid(format!(
+                "{} equations over {width} unknowns",
+                snap.rows.len()
+            )));
         }
         let mut pivot = vec![None; width];
         for (i, row) in snap.rows.iter().enumerate() {
             if row.coefs.len() != width {
-                return Err(format!(
+                return Err(SnapshotError::Invalid(format!(
                     "rows[{i}] has {} coefficients, the solver {width} unknowns",
                     row.coefs.len()
-                ));
+                )));
             }
             symbol_len(&format!("rows[{i}].data"), &row.data)?;
             let Some(p) = row.coefs.iter().position(|&c| c != 0) else {
-                return Err(format!("rows[{i}] has no non-zero coefficient"));
+                return Err(SnapshotError::Invalid(format!(
+                    "rows[{i}] has no non-zero coefficient"
+                )));
             };
             if row.coefs[p] != 1 || pivot[p].is_some() {
-                return Err(format!("rows[{i}] is not in reduced echelon form (column {p})"));
+                return Err(SnapshotError::Invalid(format!(
+                    "rows[{i}] is not in reduced echelon form (column {p})"
+                )));
             }
             pivot[p] = Some(i);
         }
         for (p, r) in pivot.iter().enumerate() {
             let Some(r) = *r else { continue };
             if let Some(j) = (0..snap.rows.len()).find(|&j| j != r && snap.rows[j].coefs[p] != 0) {
-                return Err(format!("rows[{j}] is not eliminated at pivot column {p}"));
+                return Err(SnapshotError::Invalid(format!(
+                    "rows[{j}] is not eliminated at pivot column {p}"
+                )));
             }
         }
         let rows = snap
@@ -241,11 +250,11 @@ impl DecoderStats {
     /// Refuse counts no decoder reaches (2^62 packets is over a thousand
     /// years at 100 Mpps), so restored counts can still grow without
     /// overflowing.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), SnapshotError> {
         const MAX: u64 = 1 << 62;
         let DecoderStats { delivered, undecodable, redundant, malformed } = *self;
         if [delivered, undecodable, redundant, malformed].iter().any(|&n| n > MAX) {
-            return Err(format!("counts {self:?} exceed 2^62"));
+            return Err(SnapshotError::Invalid(format!("counts {self:?} exceed 2^62")));
         }
         Ok(())
     }
@@ -496,51 +505,58 @@ impl BlockDecoder {
     /// A new decoder of this one's bound and kernel, in the state of `snap`.
     /// Refused if `snap` was taken under another bound or does not fit it;
     /// `self` is untouched either way.
-    pub fn restored(&self, snap: &BlockDecoderSnapshot) -> Result<BlockDecoder, String> {
+    pub fn restored(&self, snap: &BlockDecoderSnapshot) -> Result<BlockDecoder, SnapshotError> {
         same("max_generations", snap.max_generations, self.max_generations)?;
         snap.stats.check()?;
         if snap.generations.len() > self.max_generations {
-            return Err(format!(
+            return Err(SnapshotError::Invalid(format!(
                 "{} incomplete generations, more than max_generations {}",
                 snap.generations.len(),
                 self.max_generations
-            ));
+            )));
         }
         if snap.finished.len() > FINISHED_MEMORY {
-            return Err(format!(
+            return Err(SnapshotError::Invalid(format!(
                 "{} finished generations remembered, at most {FINISHED_MEMORY}",
                 snap.finished.len()
-            ));
+            )));
         }
         let mut finished = HashSet::with_capacity(snap.finished.len());
         for &id in &snap.finished {
             if !finished.insert(id) {
-                return Err(format!("generation {id} is listed as finished twice"));
+                return Err(SnapshotError::Invalid(format!(
+                    "generation {id} is listed as finished twice"
+                )));
             }
         }
         let mut gens = BTreeMap::new();
         for g in &snap.generations {
             let what = format!("generation {}", g.id);
             if finished.contains(&g.id) {
-                return Err(format!("{what} is both finished and incomplete"));
+                return Err(SnapshotError::Invalid(format!(
+                    "{what} is both finished and incomplete"
+                )));
             }
             // Widths come from the header's 8-bit count.
             if !(1..=255).contains(&g.solver.width) {
-                return Err(format!("{what}: width {} is outside 1..=255", g.solver.width));
+                return Err(SnapshotError::Invalid(format!(
+                    "{what}: width {} is outside 1..=255",
+                    g.solver.width
+                )));
             }
-            let solver = Solver::from_snapshot(&g.solver, self.kernel)
-                .map_err(|e| format!("{what}: {e}"))?;
+            let solver =
+                Solver::from_snapshot(&g.solver, self.kernel).map_err(|e| e.within(&what))?;
             let size = g.size.unwrap_or(solver.width());
             if size == 0 || size > solver.width() || g.next >= size {
-                return Err(format!(
+                return Err(SnapshotError::Invalid(format!(
                     "{what}: size {size} and next {} do not fit width {}",
                     g.next,
                     solver.width()
-                ));
+                )));
             }
             let held = Generation { solver, size: g.size, next: g.next, last_ns: g.last_ns };
             if gens.insert(g.id, held).is_some() {
-                return Err(format!("{what} is listed twice"));
+                return Err(SnapshotError::Invalid(format!("{what} is listed twice")));
             }
         }
         Ok(BlockDecoder {
@@ -555,7 +571,7 @@ impl BlockDecoder {
     }
 
     /// [`BlockDecoder::restored`] in place.
-    pub fn restore(&mut self, snap: &BlockDecoderSnapshot) -> Result<(), String> {
+    pub fn restore(&mut self, snap: &BlockDecoderSnapshot) -> Result<(), SnapshotError> {
         *self = self.restored(snap)?;
         Ok(())
     }
@@ -809,18 +825,18 @@ impl SlidingDecoder {
     /// A new decoder of this one's span and kernel, in the state of `snap`.
     /// Refused if `snap` was taken under another span or does not fit it;
     /// `self` is untouched either way.
-    pub fn restored(&self, snap: &SlidingDecoderSnapshot) -> Result<SlidingDecoder, String> {
+    pub fn restored(&self, snap: &SlidingDecoderSnapshot) -> Result<SlidingDecoder, SnapshotError> {
         let span = self.solver.width();
         same("span", snap.span, span)?;
         same("solver width", snap.solver.width, span)?;
         snap.stats.check()?;
         let solver = Solver::from_snapshot(&snap.solver, self.solver.kernel())?;
         if snap.history.len() > self.history_len {
-            return Err(format!(
+            return Err(SnapshotError::Invalid(format!(
                 "{} delivered symbols remembered, at most {}",
                 snap.history.len(),
                 self.history_len
-            ));
+            )));
         }
         for (i, (_, sym)) in snap.history.iter().enumerate() {
             symbol_len(&format!("history[{i}]"), sym)?;
@@ -831,14 +847,16 @@ impl SlidingDecoder {
                 || solver.rank() != 0
                 || !snap.history.is_empty())
         {
-            return Err("state of a decoder that has not started, yet it holds data".into());
+            return Err(SnapshotError::Invalid(
+                "state of a decoder that has not started, yet it holds data".into(),
+            ));
         }
         let ahead = snap.horizon.wrapping_sub(snap.base) as i32 as i64;
         if !(0..=span as i64).contains(&ahead) {
-            return Err(format!(
+            return Err(SnapshotError::Invalid(format!(
                 "horizon {} is {ahead} from base {}, outside 0..={span}",
                 snap.horizon, snap.base
-            ));
+            )));
         }
         Ok(SlidingDecoder {
             base: snap.base,
@@ -855,7 +873,7 @@ impl SlidingDecoder {
     }
 
     /// [`SlidingDecoder::restored`] in place.
-    pub fn restore(&mut self, snap: &SlidingDecoderSnapshot) -> Result<(), String> {
+    pub fn restore(&mut self, snap: &SlidingDecoderSnapshot) -> Result<(), SnapshotError> {
         *self = self.restored(snap)?;
         Ok(())
     }
@@ -1265,32 +1283,32 @@ mod tests {
         }
         let snap = dec.snapshot();
         assert_eq!(snap.generations.len(), 1);
-        let e = BlockDecoder::new(4).restore(&snap).unwrap_err();
+        let e = BlockDecoder::new(4).restore(&snap).unwrap_err().to_string();
         assert!(e.contains("max_generations 3"), "{e}");
         let mut bad = snap.clone();
         bad.generations[0].solver.rows[0].coefs[0] = 2;
-        let e = dec.restore(&bad).unwrap_err();
+        let e = dec.restore(&bad).unwrap_err().to_string();
         assert!(e.contains("generation 0") && e.contains("echelon"), "{e}");
         let mut bad = snap.clone();
         bad.generations[0].solver.rows[1].coefs.push(0);
-        assert!(dec.restore(&bad).unwrap_err().contains("coefficients"));
+        assert!(dec.restore(&bad).unwrap_err().to_string().contains("coefficients"));
         let mut bad = snap.clone();
         bad.finished = vec![0];
-        assert!(dec.restore(&bad).unwrap_err().contains("both finished"));
+        assert!(dec.restore(&bad).unwrap_err().to_string().contains("both finished"));
         let mut bad = snap.clone();
         bad.generations[0].next = 4;
-        assert!(dec.restore(&bad).unwrap_err().contains("next 4"));
+        assert!(dec.restore(&bad).unwrap_err().to_string().contains("next 4"));
         assert_eq!(dec.snapshot(), snap, "refused restores change nothing");
 
         let mut sliding = SlidingDecoder::new(8);
-        let e = sliding.restore(&SlidingDecoder::new(9).snapshot()).unwrap_err();
+        let e = sliding.restore(&SlidingDecoder::new(9).snapshot()).unwrap_err().to_string();
         assert!(e.contains("span 9"), "{e}");
         let mut bad = sliding.snapshot();
         bad.started = true;
         bad.horizon = 100;
-        assert!(sliding.restore(&bad).unwrap_err().contains("horizon"));
+        assert!(sliding.restore(&bad).unwrap_err().to_string().contains("horizon"));
         bad.horizon = 0;
         bad.history = vec![(0, vec![0; 3]); 9];
-        assert!(sliding.restore(&bad).unwrap_err().contains("at most 8"));
+        assert!(sliding.restore(&bad).unwrap_err().to_string().contains("at most 8"));
     }
 }

@@ -8,7 +8,7 @@ use crate::decoder::Solver;
 use crate::decoder::SolverSnapshot;
 use crate::gf256::Kernel;
 use crate::header::{coefficients, splitmix64, write_symbol, Header, Kind, Parsed};
-use crate::snapshot::{credit, same};
+use crate::snapshot::{credit, same, SnapshotError};
 use std::collections::BTreeMap;
 
 #[derive(Debug)]
@@ -170,36 +170,39 @@ impl Recoder {
     /// A new recoder of this one's configuration, in the state of `snap`.
     /// Refused if `snap` was taken under another configuration or does not
     /// fit it; `self` is untouched either way.
-    pub fn restored(&self, snap: &RecoderSnapshot) -> Result<Recoder, String> {
+    pub fn restored(&self, snap: &RecoderSnapshot) -> Result<Recoder, SnapshotError> {
         same("max_generations", snap.max_generations, self.max_generations)?;
         same("redundancy", f64::from_bits(snap.redundancy_bits), self.redundancy)?;
         same("seed", snap.seed, self.seed)?;
         if snap.generations.len() > self.max_generations {
-            return Err(format!(
+            return Err(SnapshotError::Invalid(format!(
                 "{} generations held, more than max_generations {}",
                 snap.generations.len(),
                 self.max_generations
-            ));
+            )));
         }
         let mut gens = BTreeMap::new();
         for g in &snap.generations {
             let what = format!("generation {}", g.id);
             if !(1..=255).contains(&g.solver.width) {
-                return Err(format!("{what}: width {} is outside 1..=255", g.solver.width));
+                return Err(SnapshotError::Invalid(format!(
+                    "{what}: width {} is outside 1..=255",
+                    g.solver.width
+                )));
             }
-            let solver = Solver::from_snapshot(&g.solver, Kernel::best())
-                .map_err(|e| format!("{what}: {e}"))?;
+            let solver =
+                Solver::from_snapshot(&g.solver, Kernel::best()).map_err(|e| e.within(&what))?;
             if g.size.is_some_and(|n| n == 0 || n > solver.width()) {
-                return Err(format!(
+                return Err(SnapshotError::Invalid(format!(
                     "{what}: size {:?} does not fit width {}",
                     g.size,
                     solver.width()
-                ));
+                )));
             }
             let credit = credit(&format!("{what}: credit"), g.credit_bits)?;
             let held = Held { solver, size: g.size, credit, sent: g.sent };
             if gens.insert(g.id, held).is_some() {
-                return Err(format!("{what} is listed twice"));
+                return Err(SnapshotError::Invalid(format!("{what} is listed twice")));
             }
         }
         Ok(Recoder {
@@ -213,7 +216,7 @@ impl Recoder {
     }
 
     /// [`Recoder::restored`] in place.
-    pub fn restore(&mut self, snap: &RecoderSnapshot) -> Result<(), String> {
+    pub fn restore(&mut self, snap: &RecoderSnapshot) -> Result<(), SnapshotError> {
         *self = self.restored(snap)?;
         Ok(())
     }
@@ -316,13 +319,13 @@ mod tests {
             assert_eq!(second.snapshot(), whole.snapshot());
         }
         let snap = whole.snapshot();
-        let e = Recoder::new(2, 0.7, 6).restore(&snap).unwrap_err();
+        let e = Recoder::new(2, 0.7, 6).restore(&snap).unwrap_err().to_string();
         assert!(e.contains("seed 5"), "{e}");
-        let e = Recoder::new(3, 0.7, 5).restore(&snap).unwrap_err();
+        let e = Recoder::new(3, 0.7, 5).restore(&snap).unwrap_err().to_string();
         assert!(e.contains("max_generations 2"), "{e}");
         let mut bad = snap.clone();
         bad.generations[0].credit_bits = 2.0f64.to_bits();
-        assert!(whole.restore(&bad).unwrap_err().contains("credit"));
+        assert!(whole.restore(&bad).unwrap_err().to_string().contains("credit"));
         assert_eq!(whole.snapshot(), snap);
     }
 }

@@ -6,7 +6,7 @@
 use crate::block::EncodeError;
 use crate::gf256::Kernel;
 use crate::header::{coefficients, splitmix64, write_symbol, Header, Kind, MAX_PAYLOAD};
-use crate::snapshot::{credit, same, source_symbol};
+use crate::snapshot::{credit, same, source_symbol, SnapshotError};
 use std::collections::VecDeque;
 
 /// Sliding-window parameters.
@@ -159,24 +159,24 @@ impl SlidingEncoder {
     /// A new encoder of this one's configuration and kernel, in the state of
     /// `snap`. Refused if `snap` was taken under another configuration or
     /// does not fit it; `self` is untouched either way.
-    pub fn restored(&self, snap: &SlidingEncoderSnapshot) -> Result<SlidingEncoder, String> {
+    pub fn restored(&self, snap: &SlidingEncoderSnapshot) -> Result<SlidingEncoder, SnapshotError> {
         let cfg = &self.config;
         same("window", snap.window, cfg.window)?;
         same("redundancy", f64::from_bits(snap.redundancy_bits), cfg.redundancy)?;
         same("seed", snap.seed, cfg.seed)?;
         if snap.sources.len() > cfg.window {
-            return Err(format!(
+            return Err(SnapshotError::Invalid(format!(
                 "{} sources do not fit a window of {}",
                 snap.sources.len(),
                 cfg.window
-            ));
+            )));
         }
         for (i, sym) in snap.sources.iter().enumerate() {
             source_symbol(&format!("sources[{i}]"), sym)?;
         }
         let credit = credit("credit", snap.credit_bits)?;
         let mut enc =
-            SlidingEncoder::new(*cfg).map_err(|e| e.to_string())?.with_kernel(self.kernel);
+            SlidingEncoder::new(*cfg).map_err(SnapshotError::Config)?.with_kernel(self.kernel);
         enc.next_seq = snap.next_seq;
         enc.window.extend(snap.sources.iter().cloned());
         enc.credit = credit;
@@ -185,7 +185,7 @@ impl SlidingEncoder {
     }
 
     /// [`SlidingEncoder::restored`] in place.
-    pub fn restore(&mut self, snap: &SlidingEncoderSnapshot) -> Result<(), String> {
+    pub fn restore(&mut self, snap: &SlidingEncoderSnapshot) -> Result<(), SnapshotError> {
         *self = self.restored(snap)?;
         Ok(())
     }
@@ -254,14 +254,15 @@ mod tests {
         let e = SlidingEncoder::new(SlidingConfig { redundancy: 0.25, ..cfg })
             .unwrap()
             .restore(&snap)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("redundancy 0.5"), "{e}");
         let mut bad = snap.clone();
         bad.sources = vec![vec![0, 0]; 3];
-        assert!(enc.restore(&bad).unwrap_err().contains("window of 2"));
+        assert!(enc.restore(&bad).unwrap_err().to_string().contains("window of 2"));
         let mut bad = snap.clone();
         bad.credit_bits = f64::NAN.to_bits();
-        assert!(enc.restore(&bad).unwrap_err().contains("credit"));
+        assert!(enc.restore(&bad).unwrap_err().to_string().contains("credit"));
         assert_eq!(enc.snapshot(), snap);
     }
 }

@@ -41,6 +41,7 @@ const FWD_CPU: usize = 1;
 /// generator and the forwarder keep their CPU against other work on the
 /// machine (nice, not a real-time policy: a spinning real-time thread
 /// would starve everything else on its CPU).
+#[allow(unsafe_code)] // sched_setaffinity and setpriority, kernel boundaries
 fn pin(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
     // within it; sched_setaffinity(0) and setpriority(PRIO_PROCESS, tid)

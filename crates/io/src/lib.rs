@@ -7,12 +7,15 @@
 //! same interface whatever carries its packets (the "virtual port" of the
 //! inter-container seed); the deployment picks the backend.
 
+#[allow(unsafe_code)] // AF_PACKET socket, sendmmsg/recvmmsg
 pub mod af_packet;
+#[allow(unsafe_code)] // AF_XDP socket, UMEM and ring mappings
 pub mod af_xdp;
 pub mod capture;
 pub mod channel;
 pub mod linktype;
 pub mod memory;
+#[allow(unsafe_code)] // setns, geteuid, if_nametoindex
 pub mod netns;
 pub mod pcap;
 pub mod pcapng;

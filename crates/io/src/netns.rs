@@ -437,6 +437,7 @@ pub fn link_exists(ns: Option<&str>, dev: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use braid_testkit::skip_unless;
 
     #[test]
     fn ifnames_are_unique_and_short() {
@@ -451,8 +452,7 @@ mod tests {
 
     #[test]
     fn namespace_and_veth_are_removed_on_drop() {
-        if !is_root() {
-            eprintln!("skipping: needs root to create namespaces");
+        if skip_unless(is_root(), "namespace_and_veth_are_removed_on_drop", "needs root") {
             return;
         }
         let ns_name = unique_name("t");
@@ -483,8 +483,7 @@ mod tests {
 
     #[test]
     fn guards_clean_up_on_panic() {
-        if !is_root() {
-            eprintln!("skipping: needs root to create namespaces");
+        if skip_unless(is_root(), "guards_clean_up_on_panic", "needs root") {
             return;
         }
         let ns_name = unique_name("p");
@@ -502,8 +501,7 @@ mod tests {
 
     #[test]
     fn failed_command_names_itself() {
-        if !is_root() {
-            eprintln!("skipping: needs root");
+        if skip_unless(is_root(), "failed_command_names_itself", "needs root") {
             return;
         }
         let e = ip(None, &["link", "del", "dev", "braidnosuchdev"]).unwrap_err().to_string();

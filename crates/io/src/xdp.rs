@@ -849,6 +849,16 @@ impl XdpChain {
 mod tests {
     use super::*;
 
+    /// Root and the XDP objects, or skip (a failure under
+    /// `BRAID_REQUIRE_ROOT=1`).
+    fn usable(test: &str) -> bool {
+        !braid_testkit::skip_unless(
+            crate::netns::is_root(),
+            test,
+            "loading BPF programs needs root",
+        ) && !braid_testkit::skip_unless(xdp_built(), test, &XdpError::NotBuilt.to_string())
+    }
+
     #[test]
     fn names_round_trip() {
         for nf in XdpNf::ALL {
@@ -872,12 +882,7 @@ mod tests {
 
     #[test]
     fn every_program_passes_the_verifier() {
-        if !crate::netns::is_root() {
-            eprintln!("skipping: loading BPF programs needs root");
-            return;
-        }
-        if !xdp_built() {
-            eprintln!("skipping: {}", XdpError::NotBuilt);
+        if !usable("every_program_passes_the_verifier") {
             return;
         }
         for nf in XdpNf::ALL {
@@ -889,8 +894,7 @@ mod tests {
 
     #[test]
     fn config_for_the_wrong_program_is_refused() {
-        if !crate::netns::is_root() || !xdp_built() {
-            eprintln!("skipping: needs root and the XDP objects");
+        if !usable("config_for_the_wrong_program_is_refused") {
             return;
         }
         let mut p = XdpProgram::load(XdpNf::Fwd).unwrap();

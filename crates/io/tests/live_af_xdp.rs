@@ -8,19 +8,13 @@ mod common;
 
 use braid_io::af_xdp::{AfXdpConfig, AfXdpPort, BindMode, WaitMode};
 use braid_io::netns::{self, LinkGuard, NetnsGuard};
-use braid_io::xdp::{xdp_built, AttachMode, XdpNf, XdpProgram};
+use braid_io::xdp::{AttachMode, XdpNf, XdpProgram};
 use braid_io::Port;
-use common::{all_gone, expected_payload, skip_unless_root, Bridge, Topology};
+use common::{all_gone, expected_payload, xdp_usable, Bridge, Topology};
 
+/// Root and the XDP objects, or skip (a failure under `BRAID_REQUIRE_ROOT=1`).
 fn skip(test: &str) -> bool {
-    if skip_unless_root(test) {
-        return true;
-    }
-    if !xdp_built() {
-        eprintln!("skipping {test}: XDP programs were not built (install clang and libbpf-dev)");
-        return true;
-    }
-    false
+    !xdp_usable(test)
 }
 
 fn open_pair(

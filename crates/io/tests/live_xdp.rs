@@ -8,22 +8,16 @@ use std::net::Ipv4Addr;
 
 use braid_io::af_packet::{AfPacketConfig, AfPacketPort};
 use braid_io::netns::{self, NetnsGuard};
-use braid_io::xdp::{xdp_built, AttachMode, FwAction, FwRule, XdpNf, XdpProgram};
+use braid_io::xdp::{AttachMode, FwAction, FwRule, XdpNf, XdpProgram};
 use braid_io::Port;
 use braid_packet::flow::parse_ipv4_flow;
 use braid_packet::wire::UdpPacket;
 use braid_packet::Batch;
-use common::{all_gone, expected_payload, skip_unless_root, Topology};
+use common::{all_gone, expected_payload, xdp_usable, Topology};
 
+/// Root and the XDP objects, or skip (a failure under `BRAID_REQUIRE_ROOT=1`).
 fn skip(test: &str) -> bool {
-    if skip_unless_root(test) {
-        return true;
-    }
-    if !xdp_built() {
-        eprintln!("skipping {test}: XDP programs were not built (install clang and libbpf-dev)");
-        return true;
-    }
-    false
+    !xdp_usable(test)
 }
 
 /// `braid_pass` on the client and server ends: a veth only delivers

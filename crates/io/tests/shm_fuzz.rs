@@ -104,6 +104,7 @@ proptest! {
             // slots the attacker does not own.
             let len = evil.region.len();
             // SAFETY: test-only writes inside the attacker's own mapping.
+            #[allow(unsafe_code)]
             unsafe { evil.region.base().add((len / 2) % len).write(0xEE) };
             if let Err(e) = receive_all(&mut port, &mut kept) {
                 // Only a corrupt index may end the channel, and it says so.

@@ -288,9 +288,7 @@ impl KeyConfig {
                 ))
             }
             (None, Some(path)) => {
-                let raw = Zeroizing::new(std::fs::read(path).map_err(|e| {
-                    ConfigError::new("key_file", format!("cannot read `{path}`: {e}"))
-                })?);
+                let raw = read_key_file(path)?;
                 if raw.len() == 16 || raw.len() == 32 {
                     Zeroizing::new(raw.to_vec())
                 } else {
@@ -366,6 +364,31 @@ pub fn random_salt() -> Result<[u8; 4], ConfigError> {
         ConfigError::new("salt", format!("cannot read /dev/urandom for a random salt: {e}"))
     })?;
     Ok(b)
+}
+
+/// Most bytes read from a `key_file`: a 32-byte key is 64 hex digits, so
+/// this leaves room for whitespace and comments' worth of slack while
+/// `key_file: /dev/zero` stops at once instead of filling memory.
+pub const MAX_KEY_FILE_BYTES: u64 = 4096;
+
+/// The contents of `key_file` `path`, at most [`MAX_KEY_FILE_BYTES`].
+fn read_key_file(path: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+    use std::io::Read;
+    let cannot =
+        |e: std::io::Error| ConfigError::new("key_file", format!("cannot read `{path}`: {e}"));
+    let mut raw = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_KEY_FILE_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(cannot)?;
+    if raw.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(ConfigError::new(
+            "key_file",
+            format!("`{path}` is longer than {MAX_KEY_FILE_BYTES} bytes: not a key"),
+        ));
+    }
+    Ok(raw)
 }
 
 #[cfg(test)]
@@ -523,6 +546,15 @@ mod tests {
         .unwrap();
         let c = good.cipher().unwrap();
         assert_eq!(format!("{c:?}"), "AES-128-GCM (key redacted)");
+    }
+
+    #[test]
+    fn endless_key_file_is_refused_at_the_limit() {
+        let cfg: KeyConfig =
+            crate::params::parse(&serde_yaml_ng::from_str("key_file: /dev/zero").unwrap()).unwrap();
+        let e = cfg.cipher().unwrap_err();
+        assert_eq!(e.field, "key_file");
+        assert!(e.message.contains("/dev/zero") && e.message.contains("4096"), "{}", e.message);
     }
 
     #[test]

@@ -278,7 +278,8 @@ impl Firewall {
         }
         let matches: Vec<RuleMatch> = compiled.iter().map(|(m, _)| *m).collect();
         Ok(Firewall {
-            classifier: Classifier::new(&matches),
+            classifier: Classifier::new(&matches)
+                .map_err(|e| ConfigError::new("rules", e.to_string()))?,
             actions: compiled.iter().map(|(_, a)| *a).collect(),
             default: cfg.default,
             conntrack: cfg.conntrack.then(|| ConnTable::new(cfg.max_flows)),

@@ -9,6 +9,8 @@
 //! each NF file exports a `SPEC: NfSpec` with its name, class, placements,
 //! parameter documentation and a build function.
 
+#![forbid(unsafe_code)]
+
 pub mod counters;
 pub mod params;
 pub mod registry;

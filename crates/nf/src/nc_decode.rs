@@ -245,8 +245,9 @@ impl NetworkFunction for NcDecode {
         }
         let template = s.template.as_deref().map(template_of_frame).transpose()?;
         // Build both decoders aside: nothing changes unless all of it fits.
-        let block = self.block.restored(&s.block).map_err(|e| corrupt("block", e))?;
-        let sliding = self.sliding.restored(&s.sliding).map_err(|e| corrupt("sliding", e))?;
+        let block = self.block.restored(&s.block).map_err(|e| corrupt("block", e.to_string()))?;
+        let sliding =
+            self.sliding.restored(&s.sliding).map_err(|e| corrupt("sliding", e.to_string()))?;
         // Losses become drops at the end of every `process` and `tick`, so
         // between them every count is reported. (The decoders refuse
         // counts above 2^62: the sums do not overflow.)

@@ -326,11 +326,12 @@ impl NetworkFunction for NcEncode {
         let corrupt = StateError::Corrupt;
         // Build the new encoder aside: nothing changes unless all of it fits.
         let (encoder, pending) = match (&self.encoder, &s.encoder) {
-            (Encoder::Block(e), EncoderState::Block(snap)) => {
-                (Encoder::Block(e.restored(snap).map_err(corrupt)?), !snap.sources.is_empty())
-            }
+            (Encoder::Block(e), EncoderState::Block(snap)) => (
+                Encoder::Block(e.restored(snap).map_err(|e| corrupt(e.to_string()))?),
+                !snap.sources.is_empty(),
+            ),
             (Encoder::Sliding(e), EncoderState::Sliding(snap)) => {
-                (Encoder::Sliding(e.restored(snap).map_err(corrupt)?), false)
+                (Encoder::Sliding(e.restored(snap).map_err(|e| corrupt(e.to_string()))?), false)
             }
             (Encoder::Block(_), EncoderState::Sliding(_)) => {
                 return Err(corrupt("snapshot has code sliding, this nc-encode block".into()))

@@ -147,7 +147,7 @@ impl NetworkFunction for NcRecode {
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
         let snap: RecoderSnapshot = state.decode(SPEC.name, STATE_VERSION)?;
-        self.recoder.restore(&snap).map_err(StateError::Corrupt)?;
+        self.recoder.restore(&snap).map_err(|e| StateError::Corrupt(e.to_string()))?;
         self.recoded.clear();
         Ok(())
     }

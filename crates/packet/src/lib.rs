@@ -11,7 +11,9 @@
 //! * [`flow`]: the IPv4 5-tuple of a frame and a fast flow hash.
 
 pub mod batch;
+#[allow(unsafe_code)] // external (shared-memory, UMEM) buffers
 pub mod buffer;
+#[allow(unsafe_code)] // clock_gettime
 pub mod clock;
 pub mod flow;
 #[cfg(feature = "proptest")]

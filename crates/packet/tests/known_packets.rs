@@ -128,8 +128,7 @@ fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) -> std::io::Result<()>
 /// independent implementation).
 #[test]
 fn built_frames_pass_tshark_validation() {
-    if std::process::Command::new("tshark").arg("--version").output().is_err() {
-        eprintln!("skipping: tshark not installed (scripts/install-deps.sh installs it)");
+    if braid_testkit::skip_unless_tool("tshark", "built_frames_pass_tshark_validation") {
         return;
     }
     let mut frames = Vec::new();

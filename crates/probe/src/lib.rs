@@ -8,6 +8,7 @@
 //! payload size, so the client needs no per-packet state to time it and
 //! can tell loss, reordering and duplicates apart.
 //!
+//! - [`config`]: why a setting was refused ([`config::ConfigError`]).
 //! - [`echo`]: the echo server (`recvmmsg`/`sendmmsg` batches, batch 1 for
 //!   lowest latency).
 //! - [`rtt`]: the paced latency probe, one run of `count` packets.
@@ -18,14 +19,18 @@
 //! - [`report`]: the aggregated report (table and JSON) and [`svg`] the
 //!   latency CDF plot.
 
+pub mod config;
 pub mod echo;
+#[allow(unsafe_code)] // sendmmsg/recvmmsg
 pub mod mmsg;
 pub mod pacer;
 pub mod payload;
 pub mod report;
 pub mod rtt;
 pub mod session;
+#[allow(unsafe_code)] // sigaction
 pub mod signal;
+#[allow(unsafe_code)] // setsockopt
 pub mod sockopt;
 pub mod stats;
 pub mod svg;

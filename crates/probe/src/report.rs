@@ -33,6 +33,8 @@ pub struct LatencySummary {
     pub interval_us: f64,
     pub sent: u64,
     pub send_errors: u64,
+    /// ICMP port unreachable reports (see [`RttRun::refused`]).
+    pub refused: u64,
     pub received: u64,
     pub lost: u64,
     pub loss_pct: f64,
@@ -79,6 +81,7 @@ pub fn summarize(runs: &[RttRun], count_per_rep: u64, interval_us: f64) -> Laten
         interval_us,
         sent: sum(|r| r.sent),
         send_errors: sum(|r| r.send_errors),
+        refused: sum(|r| r.refused),
         received: sum(|r| r.received),
         lost,
         loss_pct: if total == 0 { 0.0 } else { lost as f64 * 100.0 / total as f64 },
@@ -113,6 +116,35 @@ pub struct ProbeReport {
     pub target: String,
     pub latency: Vec<LatencySummary>,
     pub throughput: Vec<ThroughputResult>,
+}
+
+/// Why a finished probe failed: a payload size of which nothing came back.
+/// Partial loss is a measurement, not a failure.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeFailure {
+    /// Sends were refused (an ICMP port unreachable came back): nothing
+    /// listens on the target port.
+    #[error(
+        "{target} is unreachable: {refused} ICMP port unreachable for the {payload_len} B \
+         packets (is `braid echo` running there?) and nothing came back"
+    )]
+    Unreachable { target: String, payload_len: usize, refused: u64 },
+    /// Every packet of a size was lost.
+    #[error("no answer from {target}: all {lost} packets of {payload_len} B were lost")]
+    NoAnswer { target: String, payload_len: usize, lost: u64 },
+}
+
+impl ProbeReport {
+    /// The first payload size that got no answer at all, if any.
+    pub fn failure(&self) -> Option<ProbeFailure> {
+        let l = self.latency.iter().find(|l| l.received == 0)?;
+        let target = self.target.clone();
+        Some(if l.refused > 0 {
+            ProbeFailure::Unreachable { target, payload_len: l.payload_len, refused: l.refused }
+        } else {
+            ProbeFailure::NoAnswer { target, payload_len: l.payload_len, lost: l.lost }
+        })
+    }
 }
 
 /// One latency run with every RTT sample (`braid probe --raw-out`).
@@ -251,6 +283,25 @@ mod tests {
             rtt_ns: rtts_us.iter().map(|u| u * 1000).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_size_with_nothing_back_fails_the_probe() {
+        let report = |latency| ProbeReport { target: "t:7".into(), latency, throughput: vec![] };
+        let some = summarize(&[run(1, &[10], 3)], 4, 5000.0);
+        assert_eq!(report(vec![some.clone()]).failure(), None, "partial loss is measured");
+        let none = summarize(&[run(1, &[], 4)], 4, 5000.0);
+        assert_eq!(
+            report(vec![some.clone(), none.clone()]).failure(),
+            Some(ProbeFailure::NoAnswer { target: "t:7".into(), payload_len: 256, lost: 4 })
+        );
+        let refused = summarize(&[RttRun { refused: 3, ..run(1, &[], 4) }], 4, 5000.0);
+        let f = report(vec![refused]).failure().unwrap();
+        assert_eq!(
+            f,
+            ProbeFailure::Unreachable { target: "t:7".into(), payload_len: 256, refused: 3 }
+        );
+        assert!(f.to_string().starts_with("t:7 is unreachable"), "{f}");
     }
 
     #[test]

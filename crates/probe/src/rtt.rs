@@ -8,8 +8,9 @@
 //! and the whole path, like CALVIN's client-side measurement. A run ends
 //! when every packet is back, or `wait` after the last send.
 
+use crate::config::{payload_len_ok, ConfigError};
 use crate::pacer::{wait_until, Schedule};
-use crate::payload::{ProbeHeader, HEADER_LEN};
+use crate::payload::ProbeHeader;
 use crate::sockopt;
 use crate::stats::{Arrival, SeqTracker};
 use braid_packet::clock::monotonic_ns;
@@ -24,7 +25,7 @@ pub const MAX_PAYLOAD: usize = 65_507;
 
 #[derive(Clone, Debug)]
 pub struct RttConfig {
-    /// UDP payload bytes per packet (at least [`HEADER_LEN`]).
+    /// UDP payload bytes per packet (at least [`crate::payload::HEADER_LEN`]).
     pub payload_len: usize,
     /// Packets in the run.
     pub count: u64,
@@ -53,15 +54,10 @@ impl Default for RttConfig {
 
 impl RttConfig {
     /// Check the settings, naming the one that is out of range.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.payload_len < HEADER_LEN || self.payload_len > MAX_PAYLOAD {
-            return Err(format!(
-                "payload size {} is out of range {HEADER_LEN}..={MAX_PAYLOAD} bytes (the probe header takes {HEADER_LEN})",
-                self.payload_len
-            ));
-        }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        payload_len_ok(self.payload_len)?;
         if self.count == 0 {
-            return Err("count must be at least 1".into());
+            return Err(ConfigError::ZeroCount);
         }
         Ok(())
     }
@@ -77,6 +73,10 @@ pub struct RttRun {
     /// Packets whose `send` failed (e.g. `ECONNREFUSED` after an ICMP port
     /// unreachable: no echo server listening).
     pub send_errors: u64,
+    /// ICMP port unreachable reports (`ECONNREFUSED`), seen by a send or by
+    /// the receiver, whichever asked the socket first: nothing listens on
+    /// the target port.
+    pub refused: u64,
     pub received: u64,
     /// Packets of the run (`count`) that never came back.
     pub lost: u64,
@@ -95,7 +95,7 @@ pub struct RttRun {
 /// Run one latency measurement on `sock`, which must be connected to the
 /// echo server. `run` tags the packets (use a different value per run).
 pub fn run_rtt(sock: &UdpSocket, cfg: &RttConfig, run: u32) -> io::Result<RttRun> {
-    cfg.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    cfg.validate()?;
     sock.peer_addr()
         .map_err(|e| io::Error::new(e.kind(), format!("probe socket is not connected: {e}")))?;
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
@@ -116,26 +116,31 @@ pub fn run_rtt(sock: &UdpSocket, cfg: &RttConfig, run: u32) -> io::Result<RttRun
     let (sent, send_errors, rx) = std::thread::scope(|s| {
         let receiver = s.spawn(|| receive(sock, cfg, run, &sender_done_ns));
         let mut buf = vec![0u8; cfg.payload_len];
-        let (mut sent, mut errors) = (0u64, 0u64);
+        let (mut sent, mut errors, mut refused) = (0u64, 0u64, 0u64);
         for seq in 0..cfg.count {
             wait_until(schedule.due(seq), cfg.spin_ns);
             let h = ProbeHeader { run, seq, sent_ns: monotonic_ns() };
             h.write(&mut buf).expect("payload_len >= HEADER_LEN was validated");
             match sock.send(&buf) {
                 Ok(_) => sent += 1,
-                Err(_) => errors += 1,
+                Err(e) => {
+                    errors += 1;
+                    refused += u64::from(e.kind() == io::ErrorKind::ConnectionRefused);
+                }
             }
         }
         sender_done_ns.store(monotonic_ns(), Ordering::Release);
         let rx = receiver.join().expect("receiver thread does not panic");
-        (sent, errors, rx)
+        (sent, (errors, refused), rx)
     });
-    let (tracker, rtt_ns, foreign) = rx?;
+    let (send_errors, send_refused) = send_errors;
+    let (tracker, rtt_ns, foreign, recv_refused) = rx?;
     Ok(RttRun {
         run,
         payload_len: cfg.payload_len,
         sent,
         send_errors,
+        refused: send_refused + recv_refused,
         received: tracker.received,
         // Failed sends are lost packets too.
         lost: tracker.lost(cfg.count),
@@ -152,8 +157,9 @@ fn receive(
     cfg: &RttConfig,
     run: u32,
     sender_done_ns: &AtomicU64,
-) -> io::Result<(SeqTracker, Vec<u64>, u64)> {
+) -> io::Result<(SeqTracker, Vec<u64>, u64, u64)> {
     let mut tracker = SeqTracker::new(cfg.count);
+    let mut refused = 0u64;
     let mut rtts = Vec::with_capacity(cfg.count as usize);
     let mut foreign = 0u64;
     let mut buf = vec![0u8; MAX_PAYLOAD];
@@ -169,13 +175,16 @@ fn receive(
         let len = match sock.recv(&mut buf) {
             Ok(len) => len,
             Err(e) => match e.kind() {
-                // Timeout: look at the clock again. Refused: an ICMP port
-                // unreachable came back for an earlier packet; that packet
-                // is lost and shows as such.
+                // Timeout: look at the clock again.
                 io::ErrorKind::WouldBlock
                 | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted
-                | io::ErrorKind::ConnectionRefused => continue,
+                | io::ErrorKind::Interrupted => continue,
+                // An ICMP port unreachable came back for an earlier packet;
+                // that packet is lost and shows as such.
+                io::ErrorKind::ConnectionRefused => {
+                    refused += 1;
+                    continue;
+                }
                 _ => return Err(e),
             },
         };
@@ -189,21 +198,24 @@ fn receive(
             _ => foreign += 1,
         }
     }
-    Ok((tracker, rtts, foreign))
+    Ok((tracker, rtts, foreign, refused))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::echo::{run_echo, EchoConfig};
+    use crate::payload::HEADER_LEN;
     use std::sync::atomic::AtomicBool;
 
     #[test]
     fn invalid_settings_are_named() {
         let cfg = RttConfig { payload_len: 8, ..Default::default() };
-        assert!(cfg.validate().unwrap_err().contains("payload size 8"));
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e, ConfigError::PayloadSize { size: 8, min: HEADER_LEN, max: MAX_PAYLOAD });
+        assert!(e.to_string().contains("payload size 8"), "{e}");
         let cfg = RttConfig { count: 0, ..Default::default() };
-        assert!(cfg.validate().unwrap_err().contains("count"));
+        assert_eq!(cfg.validate().unwrap_err(), ConfigError::ZeroCount);
         let unconnected = UdpSocket::bind("127.0.0.1:0").unwrap();
         let e = run_rtt(&unconnected, &RttConfig::default(), 1).unwrap_err();
         assert!(e.to_string().contains("not connected"), "{e}");
@@ -254,5 +266,8 @@ mod tests {
         assert_eq!(run.received, 0);
         assert_eq!(run.sent + run.send_errors, 5);
         assert_eq!(run.lost, 5);
+        // The port unreachable reports are counted, whichever side of the
+        // socket (send or receive) saw them.
+        assert!(run.refused >= 1, "{run:?}");
     }
 }

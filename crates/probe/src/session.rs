@@ -1,6 +1,7 @@
 //! A whole probe invocation: latency runs for each payload size and
 //! repetition, then (optionally) the throughput search per size.
 
+use crate::config::ConfigError;
 use crate::report::{raw_json, summarize, ProbeReport};
 use crate::rtt::{run_rtt, RttConfig, RttRun};
 use crate::throughput::{search, ThroughputConfig};
@@ -31,6 +32,26 @@ impl Default for ProbeConfig {
     }
 }
 
+impl ProbeConfig {
+    /// Check every setting before anything is sent, naming the one that is
+    /// out of range; a probe that would measure nothing is refused too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.sizes.is_empty() {
+            return Err(ConfigError::NoSizes);
+        }
+        if self.repetitions == 0 && self.throughput.is_none() {
+            return Err(ConfigError::NothingToMeasure);
+        }
+        for &size in &self.sizes {
+            RttConfig { payload_len: size, ..self.rtt.clone() }.validate()?;
+            if let Some(t) = &self.throughput {
+                ThroughputConfig { payload_len: size, ..t.clone() }.validate()?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The report plus the raw RTT samples per size (for the CDF plot).
 pub struct ProbeOutcome {
     pub report: ProbeReport,
@@ -54,22 +75,10 @@ pub fn run_probe(
     cfg: &ProbeConfig,
     mut progress: impl FnMut(&str),
 ) -> io::Result<ProbeOutcome> {
-    if cfg.sizes.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no payload sizes given"));
-    }
+    cfg.validate()?;
     let target = sock
         .peer_addr()
         .map_err(|e| io::Error::new(e.kind(), format!("probe socket is not connected: {e}")))?;
-    for &size in &cfg.sizes {
-        RttConfig { payload_len: size, ..cfg.rtt.clone() }
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        if let Some(t) = &cfg.throughput {
-            ThroughputConfig { payload_len: size, ..t.clone() }
-                .validate()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        }
-    }
     // Run ids start at a per-process value so late packets from another
     // probe process on the same port are never taken for ours.
     let mut run_id = std::process::id().wrapping_mul(2_654_435_761);
@@ -116,4 +125,25 @@ pub fn run_probe(
         samples,
         runs: all_runs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_that_would_measure_nothing_is_refused() {
+        let ok = ProbeConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let none = ProbeConfig { repetitions: 0, ..ok.clone() };
+        assert_eq!(none.validate(), Err(ConfigError::NothingToMeasure));
+        let only_throughput = ProbeConfig { throughput: Some(Default::default()), ..none };
+        assert_eq!(only_throughput.validate(), Ok(()));
+        assert_eq!(
+            ProbeConfig { sizes: vec![], ..ok.clone() }.validate(),
+            Err(ConfigError::NoSizes)
+        );
+        let tiny = ProbeConfig { sizes: vec![8], ..ok };
+        assert!(matches!(tiny.validate(), Err(ConfigError::PayloadSize { size: 8, .. })));
+    }
 }

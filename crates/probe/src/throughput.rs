@@ -22,10 +22,10 @@
 //! default): on a small machine the probe shares CPUs with the path under
 //! test, and a spinning sender would steal them.
 
+use crate::config::{payload_len_ok, ConfigError};
 use crate::mmsg::MsgBatch;
 use crate::pacer::wait_until;
 use crate::payload::{ProbeHeader, HEADER_LEN};
-use crate::rtt::MAX_PAYLOAD;
 use crate::sockopt;
 use crate::stats::SeqTracker;
 use braid_packet::clock::monotonic_ns;
@@ -73,30 +73,23 @@ impl Default for ThroughputConfig {
 }
 
 impl ThroughputConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.payload_len < HEADER_LEN || self.payload_len > MAX_PAYLOAD {
-            return Err(format!(
-                "payload size {} is out of range {HEADER_LEN}..={MAX_PAYLOAD} bytes",
-                self.payload_len
-            ));
-        }
+    /// Check the settings, naming the one that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        payload_len_ok(self.payload_len)?;
         if self.min_rate == 0 || self.min_rate > self.max_rate {
-            return Err(format!(
-                "rates must satisfy 0 < min_rate ({}) <= max_rate ({})",
-                self.min_rate, self.max_rate
-            ));
+            return Err(ConfigError::Rates { min: self.min_rate, max: self.max_rate });
         }
         if !(self.precision > 0.0 && self.precision < 1.0) {
-            return Err(format!("precision {} must be between 0 and 1", self.precision));
+            return Err(ConfigError::Precision(self.precision));
         }
         if self.step.is_zero() {
-            return Err("step duration must be positive".into());
+            return Err(ConfigError::ZeroStep);
         }
         if self.max_steps < 2 {
-            return Err("max_steps must be at least 2".into());
+            return Err(ConfigError::MaxSteps(self.max_steps));
         }
         if self.batch == 0 || self.batch > 1024 {
-            return Err(format!("batch {} is out of range 1..=1024", self.batch));
+            return Err(ConfigError::Batch(self.batch));
         }
         Ok(())
     }
@@ -142,7 +135,7 @@ pub fn search(
     cfg: &ThroughputConfig,
     run_base: u32,
 ) -> io::Result<ThroughputResult> {
-    cfg.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    cfg.validate()?;
     sock.peer_addr()
         .map_err(|e| io::Error::new(e.kind(), format!("probe socket is not connected: {e}")))?;
     sockopt::set_buffers(sock, 4 << 20)?;
@@ -318,21 +311,30 @@ fn receive(
 mod tests {
     use super::*;
     use crate::echo::{run_echo, EchoConfig};
+    use crate::rtt::MAX_PAYLOAD;
     use std::sync::atomic::AtomicBool;
 
     #[test]
     fn settings_are_checked() {
         let ok = ThroughputConfig::default();
         assert!(ok.validate().is_ok());
-        for bad in [
-            ThroughputConfig { min_rate: 0, ..ok.clone() },
-            ThroughputConfig { min_rate: 10, max_rate: 5, ..ok.clone() },
-            ThroughputConfig { precision: 0.0, ..ok.clone() },
-            ThroughputConfig { payload_len: 4, ..ok.clone() },
-            ThroughputConfig { batch: 0, ..ok.clone() },
-            ThroughputConfig { max_steps: 1, ..ok.clone() },
+        let max = ok.max_rate;
+        for (bad, why) in [
+            (ThroughputConfig { min_rate: 0, ..ok.clone() }, ConfigError::Rates { min: 0, max }),
+            (
+                ThroughputConfig { min_rate: 10, max_rate: 5, ..ok.clone() },
+                ConfigError::Rates { min: 10, max: 5 },
+            ),
+            (ThroughputConfig { precision: 0.0, ..ok.clone() }, ConfigError::Precision(0.0)),
+            (
+                ThroughputConfig { payload_len: 4, ..ok.clone() },
+                ConfigError::PayloadSize { size: 4, min: HEADER_LEN, max: MAX_PAYLOAD },
+            ),
+            (ThroughputConfig { batch: 0, ..ok.clone() }, ConfigError::Batch(0)),
+            (ThroughputConfig { max_steps: 1, ..ok.clone() }, ConfigError::MaxSteps(1)),
+            (ThroughputConfig { step: Duration::ZERO, ..ok.clone() }, ConfigError::ZeroStep),
         ] {
-            assert!(bad.validate().is_err(), "{bad:?}");
+            assert_eq!(bad.validate(), Err(why), "{bad:?}");
         }
     }
 

@@ -27,6 +27,7 @@ pub mod descriptor;
 pub mod plan;
 pub mod runner;
 pub mod spans;
+#[allow(unsafe_code)] // kill, fcntl on child pipes
 pub mod supervisor;
 pub mod validate;
 

@@ -120,11 +120,53 @@ impl Spans {
         }
     }
 
+    /// The path of the value written at `at`, if one starts there.
+    pub fn path_at(&self, at: Location) -> Option<String> {
+        self.values.iter().find(|(_, l)| **l == at).map(|(p, _)| p.clone())
+    }
+
     /// Where the key of the mapping entry at `path` is written, else as
     /// [`Spans::value`].
     pub fn key(&self, path: &str) -> Option<Location> {
         self.keys.get(path).copied().or_else(|| self.value(path))
     }
+}
+
+/// Where the first document first nests mappings and sequences deeper than
+/// `limit`, if it does. Stops there, so a nesting bomb costs only its first
+/// `limit` levels (the YAML parser behind serde is quadratic in the depth of
+/// flow collections: 100,000 levels took 30 s before it gave up).
+pub fn too_deep(text: &str, limit: usize) -> Option<Location> {
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    while let Some(next) = parser.next_event() {
+        let (event, span) = match next {
+            Ok(e) => e,
+            // The scanner reads a run of flow openers ahead of the events
+            // and gives up at its own limit (255 levels).
+            Err(e) if e.info().contains("recursion limit") => {
+                let m = e.marker();
+                return Some(Location { line: m.line(), column: m.col() + 1 });
+            }
+            // Any other syntax error is reported by the full parse.
+            Err(_) => return None,
+        };
+        match event {
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                depth += 1;
+                if depth > limit {
+                    return Some(Location {
+                        line: span.start.line(),
+                        column: span.start.col() + 1,
+                    });
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
+            Event::DocumentEnd | Event::StreamEnd => break,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `a.b[2]` → `a.b`, `a.b` → `a`, `a` → ``, `` → None.
@@ -176,6 +218,22 @@ nfs:
         assert_eq!(s.value("name"), Some(Location { line: 1, column: 7 }));
         let s = Spans::index("");
         assert_eq!(s.value("name"), None);
+    }
+
+    #[test]
+    fn nesting_beyond_the_limit_is_found_where_it_starts() {
+        // The document (1) > nfs (2) > item (3) > params (4) > routes (5) >
+        // route (6).
+        assert_eq!(too_deep(DOC, 6), None);
+        assert_eq!(too_deep(DOC, 5), Some(Location { line: 6, column: 11 }));
+        let bomb = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let t = std::time::Instant::now();
+        let at = too_deep(&bomb, 64).expect("a bomb is too deep");
+        assert_eq!(at.line, 1);
+        // Stops at the limit: microseconds, not the 30 s of a full parse.
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(too_deep("a: {b: {c: 1}}", 3), None);
+        assert_eq!(too_deep("a: {b: {c: 1}}", 2), Some(Location { line: 1, column: 8 }));
     }
 
     #[test]

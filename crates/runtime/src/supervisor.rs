@@ -101,22 +101,56 @@ pub enum Event {
     },
 }
 
+/// `name` as one file-name component: only ASCII letters, digits, `.`, `_`
+/// and `-` kept, anything else (a `/`, a control character) becomes `_`,
+/// so a chain named `x/../../somewhere` cannot place files outside the
+/// folder it is joined to; `.` and `..` alone become `_`.
+pub fn file_name_part(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .collect();
+    match safe.as_str() {
+        "" | "." | ".." => "_".to_string(),
+        _ => safe,
+    }
+}
+
+/// `name` with control characters escaped (`\n`, `\u{1b}`), so a name from
+/// a descriptor cannot rewrite the terminal or forge log lines.
+pub fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.chars().any(char::is_control) {
+        return name.into();
+    }
+    name.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect::<String>()
+        .into()
+}
+
 impl std::fmt::Display for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Event::Started { name, .. }
+            | Event::Exited { name, .. }
+            | Event::GaveUp { name, .. }
+            | Event::SpawnFailed { name, .. }
+            | Event::Hung { name, .. } => printable(name),
+        };
         match self {
-            Event::Started { name, pid, restarts: 0 } => write!(f, "{name}: started, pid {pid}"),
-            Event::Started { name, pid, restarts } => {
+            Event::Started { pid, restarts: 0, .. } => write!(f, "{name}: started, pid {pid}"),
+            Event::Started { pid, restarts, .. } => {
                 write!(f, "{name}: restarted (#{restarts}), pid {pid}")
             }
-            Event::Exited { name, status, restart_in: Some(d), .. } => {
+            Event::Exited { status, restart_in: Some(d), .. } => {
                 write!(f, "{name}: exited ({status}); restarting in {} ms", d.as_millis())
             }
-            Event::Exited { name, status, .. } => write!(f, "{name}: exited ({status})"),
-            Event::GaveUp { name, restarts } => {
+            Event::Exited { status, .. } => write!(f, "{name}: exited ({status})"),
+            Event::GaveUp { restarts, .. } => {
                 write!(f, "{name}: failed after {restarts} restarts; left down")
             }
-            Event::SpawnFailed { name, error } => write!(f, "{name}: could not start: {error}"),
-            Event::Hung { name, pid, silent } => write!(
+            Event::SpawnFailed { error, .. } => write!(f, "{name}: could not start: {error}"),
+            Event::Hung { pid, silent, .. } => write!(
                 f,
                 "{name}: hung (no heartbeat for {} ms); killing pid {pid}",
                 silent.as_millis()
@@ -406,6 +440,31 @@ fn check_heartbeat(p: &mut Supervised) -> Option<Event> {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         self.stop(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn names_become_one_safe_path_component() {
+        assert_eq!(file_name_part("x/../../somewhere"), "x_.._.._somewhere");
+        assert_eq!(file_name_part(".."), "_");
+        assert_eq!(file_name_part(""), "_");
+        assert_eq!(file_name_part("fw-1.a_b"), "fw-1.a_b");
+        assert_eq!(file_name_part("a\nb\u{1b}c é"), "a_b_c__");
+        let dir = std::path::Path::new("/run/braid");
+        let joined = dir.join(file_name_part("../../etc/x"));
+        assert_eq!(joined.parent(), Some(dir));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_when_printed() {
+        assert_eq!(printable("fw"), "fw");
+        assert_eq!(printable("a\nb\u{1b}[2J"), "a\\nb\\u{1b}[2J");
+        let e = Event::GaveUp { name: "x\ry".into(), restarts: 3 };
+        assert_eq!(e.to_string(), "x\\ry: failed after 3 restarts; left down");
     }
 }
 

@@ -13,7 +13,16 @@ use serde_yaml_ng::Value;
 use crate::descriptor::{
     ChainDescriptor, NfDecl, PlacementChoice, PortDecl, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
 };
-use crate::spans::{Location, Spans};
+use crate::spans::{too_deep, Location, Spans};
+
+/// Largest descriptor read or validated (16 MiB: a firewall of about
+/// 200,000 one-line rules). `braid validate /dev/zero` stops here instead of
+/// growing until memory runs out.
+pub const MAX_DESCRIPTOR_BYTES: u64 = 16 << 20;
+
+/// Deepest nesting of mappings and sequences in a descriptor, the document
+/// itself being level 1 (the deepest built-in parameter is 6 levels down).
+pub const MAX_NESTING: usize = 64;
 
 /// One problem in a descriptor.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,17 +81,38 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: larger than the limit of {limit} bytes for a descriptor")]
+    TooLarge { path: String, limit: u64 },
+    #[error("{path}: not UTF-8 text (at byte {at})")]
+    NotText { path: String, at: usize },
     #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
+}
+
+/// Read descriptor `path` as text, refusing more than
+/// [`MAX_DESCRIPTOR_BYTES`] without reading further (a device or a FIFO
+/// has no size to check first).
+pub fn read_descriptor(path: &std::path::Path) -> Result<String, LoadError> {
+    use std::io::Read;
+    let name = || path.display().to_string();
+    let file =
+        std::fs::File::open(path).map_err(|source| LoadError::Read { path: name(), source })?;
+    let mut bytes = Vec::new();
+    file.take(MAX_DESCRIPTOR_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| LoadError::Read { path: name(), source })?;
+    if bytes.len() as u64 > MAX_DESCRIPTOR_BYTES {
+        return Err(LoadError::TooLarge { path: name(), limit: MAX_DESCRIPTOR_BYTES });
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| LoadError::NotText { path: name(), at: e.utf8_error().valid_up_to() })
 }
 
 /// Read and validate a descriptor file; on success the descriptor is
 /// ready for [`crate::Chain::from_descriptor`].
 pub fn load(path: &std::path::Path) -> Result<ChainDescriptor, LoadError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Read { path: name.clone(), source })?;
-    let report = validate_str(&name, &text);
+    let text = read_descriptor(path)?;
+    let report = validate_file_text(path, &text);
     match report.descriptor {
         Some(d) if report.problems.is_empty() => Ok(d),
         _ => Err(LoadError::Invalid(report.problems)),
@@ -91,8 +121,21 @@ pub fn load(path: &std::path::Path) -> Result<ChainDescriptor, LoadError> {
 
 struct Checker<'a> {
     file: &'a str,
+    /// The descriptor's folder: relative `path`s of pcap ports and
+    /// `key_file`s are taken from there, not from the current directory.
+    base: Option<&'a std::path::Path>,
     spans: Spans,
     problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    /// `p` as seen from the descriptor's folder.
+    fn resolve(&self, p: &std::path::Path) -> std::path::PathBuf {
+        match self.base {
+            Some(base) if p.is_relative() && !base.as_os_str().is_empty() => base.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
 }
 
 impl Checker<'_> {
@@ -168,14 +211,57 @@ fn unknown_field_name(msg: &str) -> Option<String> {
 
 const TOP_FIELDS: &[&str] = &["name", "batch_size", "ports", "nfs"];
 
-/// Validate descriptor `text` read from `file` (used only in messages).
+/// Validate descriptor `text` read from `file` (used only in messages);
+/// relative paths in it are taken from the current directory.
 pub fn validate_str(file: &str, text: &str) -> Report {
-    let mut ck = Checker { file, spans: Spans::default(), problems: Vec::new() };
-    let root: Value = match serde_yaml_ng::from_str(text) {
-        Ok(v) => v,
+    validate(file, None, text)
+}
+
+/// Validate `text` read from file `path`: relative pcap port paths and
+/// `key_file`s are taken from the descriptor's folder, and the returned
+/// descriptor holds them resolved.
+pub fn validate_file_text(path: &std::path::Path, text: &str) -> Report {
+    validate(&path.display().to_string(), path.parent(), text)
+}
+
+fn validate(file: &str, base: Option<&std::path::Path>, text: &str) -> Report {
+    let mut ck = Checker { file, base, spans: Spans::default(), problems: Vec::new() };
+    // A UTF-8 byte-order mark is not YAML content (editors on Windows
+    // write one); the parser took it for the start of a second document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.len() as u64 > MAX_DESCRIPTOR_BYTES {
+        ck.push(
+            None,
+            "",
+            format!(
+                "{} bytes is larger than the limit of {MAX_DESCRIPTOR_BYTES} bytes for a descriptor",
+                text.len()
+            ),
+            None,
+        );
+        return Report { descriptor: None, problems: ck.problems };
+    }
+    // Before the full parse, whose cost grows with the square of the depth.
+    if let Some(at) = too_deep(text, MAX_NESTING) {
+        ck.push(
+            Some(at),
+            "",
+            format!("nested deeper than {MAX_NESTING} levels of mappings and sequences"),
+            None,
+        );
+        return Report { descriptor: None, problems: ck.problems };
+    }
+    let (root, too_large) = match parse_yaml(text) {
+        Ok(parsed) => parsed,
         Err(e) => {
             let location = e.location().map(|l| Location { line: l.line(), column: l.column() });
-            ck.push(location, "", format!("YAML syntax: {}", strip_location(&e.to_string())), None);
+            let tab = e.location().is_some_and(|l| text[l.index()..].starts_with('\t'));
+            let message = if tab {
+                "a tab where YAML needs spaces: indent with spaces only".to_string()
+            } else {
+                format!("YAML syntax: {}", strip_location(&e.to_string()))
+            };
+            ck.push(location, "", message, None);
             return Report { descriptor: None, problems: ck.problems };
         }
     };
@@ -231,6 +317,13 @@ pub fn validate_str(file: &str, text: &str) -> Report {
     let ports = check_ports(&mut ck, top.get("ports"));
     let nfs = check_nfs(&mut ck, top.get("nfs"));
 
+    // An integer too large for 64 bits was replaced for the parse (see
+    // `parse_yaml`): report it, and not what the stand-in caused there.
+    ck.problems.retain(|p| !too_large.iter().any(|(at, _)| p.location == Some(*at)));
+    for (at, number) in too_large {
+        let path = ck.spans.path_at(at).unwrap_or_default();
+        ck.push(Some(at), &path, format!("integer {number} does not fit in 64 bits"), None);
+    }
     let descriptor = match (name, batch_size, ports, nfs) {
         (Some(name), Some(batch_size), Some(ports), Some(nfs)) if ck.problems.is_empty() => {
             Some(ChainDescriptor { name, batch_size, ports, nfs })
@@ -239,6 +332,40 @@ pub fn validate_str(file: &str, text: &str) -> Report {
     };
     ck.problems.sort_by_key(|p| p.location);
     Report { descriptor, problems: ck.problems }
+}
+
+/// Parse `text` as YAML. An integer that does not fit in 64 bits fails the
+/// whole parse and would hide every other problem, so each one is replaced
+/// by a plain string of the same length (locations stay exact) and the
+/// parse retried; returns where those were and what they said.
+fn parse_yaml(text: &str) -> Result<(Value, Vec<(Location, String)>), serde_yaml_ng::Error> {
+    let mut text = std::borrow::Cow::Borrowed(text);
+    let mut too_large = Vec::new();
+    loop {
+        let e = match serde_yaml_ng::from_str(&text) {
+            Ok(v) => return Ok((v, too_large)),
+            Err(e) => e,
+        };
+        let msg = e.to_string();
+        let overflow = msg.contains("as u128") || msg.contains("as i128");
+        let Some(l) = e.location().filter(|_| overflow && too_large.len() < 100) else {
+            return Err(e);
+        };
+        let start = l.index();
+        let len = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '_')))
+            .unwrap_or(text.len() - start);
+        if len == 0 {
+            return Err(e);
+        }
+        too_large.push((
+            Location { line: l.line(), column: l.column() },
+            text[start..start + len].to_string(),
+        ));
+        let mut t = text.into_owned();
+        t.replace_range(start..start + len, &"x".repeat(len));
+        text = std::borrow::Cow::Owned(t);
+    }
 }
 
 fn check_ports(
@@ -273,7 +400,10 @@ fn check_ports(
             continue;
         }
         match ck.parse::<PortDecl>(&path, v) {
-            Some(p) => {
+            Some(mut p) => {
+                if let PortDecl::Pcap(pcap) = &mut p {
+                    pcap.path = ck.resolve(&pcap.path);
+                }
                 if let PortDecl::Memory(m) = &p {
                     if !(60..=1514).contains(&m.frame_size) {
                         ck.at_value(
@@ -328,19 +458,24 @@ fn check_nfs(ck: &mut Checker<'_>, value: Option<&Value>) -> Option<Vec<NfDecl>>
     let mut seen: Vec<(String, usize)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("nfs[{i}]");
-        let Some(decl) = ck.parse::<NfDecl>(&path, item) else {
+        // Names are checked for duplicates before the rest of the NF, so
+        // an NF with another problem still has its duplicate name reported.
+        if let Some(name) = item.get("name").and_then(Value::as_str) {
+            if let Some((_, first)) = seen.iter().find(|(n, _)| n == name) {
+                ck.at_value(
+                    &format!("{path}.name"),
+                    format!("duplicate NF name `{name}` (also nfs[{first}])"),
+                    Some("names unique within the chain".into()),
+                );
+                ok = false;
+            }
+            seen.push((name.to_string(), i));
+        }
+        let Some(mut decl) = ck.parse::<NfDecl>(&path, item) else {
             ok = false;
             continue;
         };
-        if let Some((_, first)) = seen.iter().find(|(n, _)| *n == decl.name) {
-            ck.at_value(
-                &format!("{path}.name"),
-                format!("duplicate NF name `{}` (also nfs[{first}])", decl.name),
-                Some("names unique within the chain".into()),
-            );
-            ok = false;
-        }
-        seen.push((decl.name.clone(), i));
+        resolve_key_file(ck, &mut decl.params);
         if decl.name.trim().is_empty() {
             ck.at_value(&format!("{path}.name"), "the NF name is empty", None);
             ok = false;
@@ -388,6 +523,13 @@ fn check_nfs(ck: &mut Checker<'_>, value: Option<&Value>) -> Option<Vec<NfDecl>>
         decls.push(decl);
     }
     ok.then_some(decls)
+}
+
+/// A relative `key_file` parameter, taken from the descriptor's folder.
+fn resolve_key_file(ck: &Checker<'_>, params: &mut Value) {
+    if let Some(Value::String(f)) = params.get_mut("key_file") {
+        *f = ck.resolve(std::path::Path::new(f.as_str())).display().to_string();
+    }
 }
 
 /// The documentation of the parameter a field path falls under.
@@ -486,6 +628,8 @@ nfs:
             "t.yaml:5:15: ports.in.kind: unknown variant `tap`, expected one of `pcap`, `memory`, `af_packet`, `af_xdp`",
             "t.yaml:6:8: ports.out: missing field `path`",
             "t.yaml:9:11: nfs[0].type: unknown NF type `fwdd` (did you mean `fwd`?)",
+            // Reported although nfs[1] has another problem (it was not).
+            "t.yaml:10:11: nfs[1].name: duplicate NF name `a` (also nfs[0])",
             "t.yaml:12:16: nfs[1].placement: unknown variant `sideways`, expected one of `auto`, `kernel`, `user`",
             "t.yaml:15:15: nfs[2].params.bogus: unknown field `bogus`",
             "t.yaml:16:27: nfs[3].extra: unknown field `extra`",
@@ -495,7 +639,7 @@ nfs:
             assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
         }
         assert!(p[4].contains("accepted: fwd"), "{}", p[4]);
-        assert!(p[6].contains("takes no parameters"), "{}", p[6]);
+        assert!(p[7].contains("takes no parameters"), "{}", p[7]);
     }
 
     #[test]
@@ -503,6 +647,13 @@ nfs:
         let p = problems("name: c\nnfs:\n  - { name: a, type: fwd }\n  - { name: a, type: fwd }\n");
         assert_eq!(p.len(), 1);
         assert!(p[0].starts_with("t.yaml:4:13: nfs[1].name: duplicate NF name `a` (also nfs[0])"));
+        // A duplicate with another problem in the same NF: both reported.
+        let p = problems(
+            "name: c\nnfs:\n  - { name: a, type: fwd }\n  - { name: a, type: fwd, colour: 1 }\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("nfs[1].name: duplicate NF name `a`"), "{p:?}");
+        assert!(p[1].contains("nfs[1].colour: unknown field"), "{p:?}");
         let p = problems("nfs: []\n");
         assert!(p.iter().any(|m| m.contains("missing field `name`")), "{p:?}");
         assert!(p.iter().any(|m| m.contains("at least one NF")), "{p:?}");
@@ -528,6 +679,88 @@ nfs:
     fn load_reports_unreadable_files() {
         let e = load(std::path::Path::new("/nonexistent/x.yaml")).unwrap_err();
         assert!(e.to_string().starts_with("cannot read /nonexistent/x.yaml"), "{e}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_a_second_document() {
+        let r = validate_str("t.yaml", "\u{feff}name: x\nnfs: [{name: a, type: fwd}]\n");
+        assert!(r.is_ok(), "{:?}", r.problems);
+    }
+
+    #[test]
+    fn an_integer_over_64_bits_is_named_and_hides_nothing() {
+        let p = problems(
+            "name: x\nbatch_size: 99999999999999999999999\nnfs: [{name: a, type: fwdd}]\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "t.yaml:2:13: batch_size: integer 99999999999999999999999 does not fit in 64 bits"
+            ),
+            "{p:?}"
+        );
+        assert!(p[1].contains("nfs[0].type: unknown NF type `fwdd`"), "{p:?}");
+    }
+
+    #[test]
+    fn a_tab_in_the_indentation_is_named() {
+        let p = problems("name: x\nnfs:\n\t- name: a\n");
+        assert_eq!(p, ["t.yaml:3:1: a tab where YAML needs spaces: indent with spaces only"]);
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_descriptor_folder() {
+        let dir = std::env::temp_dir().join(format!("braid-relpaths-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k.hex"), "000102030405060708090a0b0c0d0e0f\n").unwrap();
+        let text = "name: x\nports: { in: { kind: pcap, path: in.pcap } }\n\
+                    nfs: [{name: e, type: encrypt, params: {mode: ctr, key_file: k.hex}}]\n";
+        std::fs::write(dir.join("c.yaml"), text).unwrap();
+        // From another current directory, the key file is still found.
+        let d = load(&dir.join("c.yaml")).unwrap();
+        match &d.ports["in"] {
+            PortDecl::Pcap(p) => assert_eq!(p.path, dir.join("in.pcap")),
+            other => panic!("{other:?}"),
+        }
+        let key_file = d.nfs[0].params.get("key_file").and_then(Value::as_str).unwrap();
+        assert_eq!(std::path::Path::new(key_file), dir.join("k.hex"));
+        // Without a file, relative paths stay relative (current directory).
+        let r = validate_str("c.yaml", text);
+        assert!(r.problems.iter().any(|p| p.to_string().contains("k.hex")), "{:?}", r.problems);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn endless_input_stops_at_the_size_limit() {
+        let e = read_descriptor(std::path::Path::new("/dev/zero")).unwrap_err();
+        assert!(
+            matches!(&e, LoadError::TooLarge { path, limit } if path == "/dev/zero" && *limit == MAX_DESCRIPTOR_BYTES),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "/dev/zero: larger than the limit of 16777216 bytes for a descriptor"
+        );
+        let big = " ".repeat(MAX_DESCRIPTOR_BYTES as usize + 1);
+        let p = problems(&big);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("larger than the limit"), "{p:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_full_parse() {
+        let n = 100_000;
+        let text = format!("name: x\nnfs: {}{}\n", "[".repeat(n), "]".repeat(n));
+        let t = std::time::Instant::now();
+        let p = problems(&text);
+        // It took 30 s before: the YAML parser is quadratic in the depth.
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("t.yaml:2:"), "{p:?}");
+        assert!(p[0].contains("nested deeper than 64 levels"), "{p:?}");
+        // 64 levels are fine as far as nesting goes.
+        let ok = format!("name: x\nnfs: {}{}\n", "[".repeat(62), "]".repeat(62));
+        assert!(problems(&ok).iter().all(|p| !p.contains("nested deeper")));
     }
 
     #[test]

@@ -290,7 +290,7 @@ pub fn deploy_with(
     if !netns::is_root() {
         return Err(TestbedError::NotRoot);
     }
-    let st = State::load(&opts.state_path).map_err(TestbedError::State)?.ok_or_else(|| {
+    let st = State::load(&opts.state_path).map_err(TestbedError::StateFile)?.ok_or_else(|| {
         TestbedError::State(format!(
             "no testbed is up ({} missing); run `braid testbed up` first",
             opts.state_path.display()

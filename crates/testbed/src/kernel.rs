@@ -564,16 +564,11 @@ rules:
     }
 
     /// Root and the XDP objects, or why a test cannot run.
+    /// (A failure instead of a skip under `BRAID_REQUIRE_ROOT=1`.)
     fn usable(test: &str) -> bool {
-        if !braid_io::netns::is_root() {
-            eprintln!("skipping {test}: loading BPF programs needs root");
-            return false;
-        }
-        if !braid_io::xdp::xdp_built() {
-            eprintln!("skipping {test}: {}", XdpError::NotBuilt);
-            return false;
-        }
-        true
+        let skip = braid_testkit::skip_unless;
+        !skip(braid_io::netns::is_root(), test, "loading BPF programs needs root")
+            && !skip(braid_io::xdp::xdp_built(), test, &XdpError::NotBuilt.to_string())
     }
 
     fn user_passes(nf: &mut dyn braid_nf::NetworkFunction, frame: &[u8]) -> Vec<Vec<u8>> {

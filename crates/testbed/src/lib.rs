@@ -19,10 +19,11 @@ pub mod deploy;
 pub mod kernel;
 pub mod state;
 pub mod topology;
+#[allow(unsafe_code)] // poll, CPU affinity, scheduling policy
 mod user;
 
 use braid_io::netns::{self, NetnsError};
-pub use state::{DevRef, State, DEFAULT_STATE_PATH};
+pub use state::{DevRef, State, StateFileError, DEFAULT_STATE_PATH};
 use std::path::{Path, PathBuf};
 pub use topology::{calvin, Topology, TopologyError};
 
@@ -50,6 +51,8 @@ pub enum TestbedError {
     Topology(#[from] TopologyError),
     #[error("{0}")]
     State(String),
+    #[error(transparent)]
+    StateFile(#[from] StateFileError),
     #[error("namespace {0} already exists and was not created by this testbed; remove it (`ip netns del {0}`) or choose another host name")]
     Conflict(String),
     #[error("testbed {running:?} is already up (state in {path}); run `braid testbed down` first")]
@@ -98,7 +101,7 @@ pub fn up(topo: &Topology, opts: &Options) -> Result<UpOutcome, TestbedError> {
         return Err(TestbedError::NotRoot);
     }
     let mut rebuilt = false;
-    if let Some(st) = State::load(&opts.state_path).map_err(TestbedError::State)? {
+    if let Some(st) = State::load(&opts.state_path).map_err(TestbedError::StateFile)? {
         if st.topology != *topo || st.prefix != opts.prefix {
             return Err(TestbedError::OtherUp {
                 running: st.topology.name.clone(),
@@ -144,7 +147,7 @@ fn setup<T>(what: impl FnOnce() -> String, r: Result<T, NetnsError>) -> Result<T
 }
 
 fn build(topo: &Topology, opts: &Options, st: &mut State) -> Result<(), TestbedError> {
-    let save = |st: &State| st.save(&opts.state_path).map_err(TestbedError::State);
+    let save = |st: &State| st.save(&opts.state_path).map_err(TestbedError::StateFile);
     save(st)?;
     for h in &topo.hosts {
         let ns = netns_name(opts, &h.name);
@@ -278,7 +281,7 @@ pub struct DownReport {
 /// Remove everything the state file lists. No state file: nothing to do.
 pub fn down(opts: &Options) -> Result<DownReport, TestbedError> {
     check_options(opts)?;
-    let Some(st) = State::load(&opts.state_path).map_err(TestbedError::State)? else {
+    let Some(st) = State::load(&opts.state_path).map_err(TestbedError::StateFile)? else {
         return Ok(DownReport::default());
     };
     if !netns::is_root() {
@@ -290,29 +293,30 @@ pub fn down(opts: &Options) -> Result<DownReport, TestbedError> {
 
 /// The current state, if a testbed is up (or half up).
 pub fn status(opts: &Options) -> Result<Option<State>, TestbedError> {
-    State::load(&opts.state_path).map_err(TestbedError::State)
+    State::load(&opts.state_path).map_err(TestbedError::StateFile)
 }
 
 /// Record that an XDP program was attached to `dev` in `netns`, so `down`
 /// detaches it. For deployment code that attaches programs on testbed
 /// interfaces.
 pub fn record_xdp(opts: &Options, netns: &str, dev: &str) -> Result<(), TestbedError> {
-    let mut st = State::load(&opts.state_path).map_err(TestbedError::State)?.ok_or_else(|| {
-        TestbedError::State(format!("no testbed is up ({} missing)", opts.state_path.display()))
-    })?;
+    let mut st =
+        State::load(&opts.state_path).map_err(TestbedError::StateFile)?.ok_or_else(|| {
+            TestbedError::State(format!("no testbed is up ({} missing)", opts.state_path.display()))
+        })?;
     let r = DevRef { netns: netns.into(), dev: dev.into() };
     if !st.xdp.contains(&r) {
         st.xdp.push(r);
-        st.save(&opts.state_path).map_err(TestbedError::State)?;
+        st.save(&opts.state_path).map_err(TestbedError::StateFile)?;
     }
     Ok(())
 }
 
 /// Remove XDP attachments from the state file (they were detached).
 pub fn forget_xdp(opts: &Options, gone: &[(String, String)]) -> Result<(), TestbedError> {
-    let Some(mut st) = State::load(&opts.state_path).map_err(TestbedError::State)? else {
+    let Some(mut st) = State::load(&opts.state_path).map_err(TestbedError::StateFile)? else {
         return Ok(());
     };
     st.xdp.retain(|x| !gone.iter().any(|(ns, dev)| *ns == x.netns && *dev == x.dev));
-    st.save(&opts.state_path).map_err(TestbedError::State)
+    st.save(&opts.state_path).map_err(TestbedError::StateFile)
 }

@@ -5,7 +5,36 @@
 
 use crate::topology::Topology;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Reading or writing the state file failed; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("state file {} is corrupt ({source}); remove it after checking `ip netns list`", .path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot read state file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create {}: {source}", .path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Default location of the state file.
 pub const DEFAULT_STATE_PATH: &str = "/run/braid/testbed.json";
@@ -34,28 +63,28 @@ pub struct State {
 }
 
 impl State {
-    pub fn load(path: &Path) -> Result<Option<State>, String> {
+    /// The state in `path`, or `None` when there is no such file.
+    pub fn load(path: &Path) -> Result<Option<State>, StateFileError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                format!(
-                    "state file {} is corrupt ({e}); remove it after checking `ip netns list`",
-                    path.display()
-                )
-            }),
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|source| StateFileError::Corrupt { path: path.into(), source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read state file {}: {e}", path.display())),
+            Err(source) => Err(StateFileError::Read { path: path.into(), source }),
         }
     }
 
     /// Write atomically (temporary file + rename).
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    pub fn save(&self, path: &Path) -> Result<(), StateFileError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                .map_err(|source| StateFileError::CreateDir { path: dir.into(), source })?;
         }
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self).expect("state serializes");
-        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        std::fs::write(&tmp, text)
+            .map_err(|source| StateFileError::Write { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, path)
+            .map_err(|source| StateFileError::Write { path: path.into(), source })
     }
 }

@@ -90,17 +90,23 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+/// Why a string is not `ADDRESS/PREFIX`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not ADDRESS/PREFIX (e.g. 10.71.1.1/24)")]
+    NoPrefix(String),
+    #[error("{0:?} is not an IPv4 address")]
+    Address(String),
+    #[error("prefix length {0:?} is not 0..=32")]
+    PrefixLength(String),
+}
+
 impl Cidr {
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX (e.g. 10.71.1.1/24)"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("prefix length {p:?} is not 0..=32"))?;
+    pub fn parse(s: &str) -> Result<Cidr, CidrError> {
+        let (a, p) = s.split_once('/').ok_or_else(|| CidrError::NoPrefix(s.into()))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| CidrError::Address(a.into()))?;
+        let prefix: u8 =
+            p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| CidrError::PrefixLength(p.into()))?;
         Ok(Cidr { addr, prefix })
     }
 
@@ -228,7 +234,8 @@ impl Topology {
                         format!("host {:?} already has an interface {dev:?}; give this end another `dev`", end.host),
                     ));
                 }
-                let c = Cidr::parse(&end.addr).map_err(|m| bad(format!("{p}.addr"), m))?;
+                let c =
+                    Cidr::parse(&end.addr).map_err(|m| bad(format!("{p}.addr"), m.to_string()))?;
                 if c.prefix == 0 || c.prefix > 30 {
                     return Err(bad(
                         format!("{p}.addr"),
@@ -474,9 +481,9 @@ mod tests {
         let c = Cidr::parse("10.71.3.2/24").unwrap();
         assert!(c.contains(Ipv4Addr::new(10, 71, 3, 200)));
         assert!(!c.contains(Ipv4Addr::new(10, 71, 4, 1)));
-        assert!(Cidr::parse("10.0.0.1").is_err());
-        assert!(Cidr::parse("10.0.0.1/33").is_err());
-        assert!(Cidr::parse("x/24").is_err());
+        assert_eq!(Cidr::parse("10.0.0.1"), Err(CidrError::NoPrefix("10.0.0.1".into())));
+        assert_eq!(Cidr::parse("10.0.0.1/33"), Err(CidrError::PrefixLength("33".into())));
+        assert_eq!(Cidr::parse("x/24"), Err(CidrError::Address("x".into())));
         assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().network(), 0);
     }
 }

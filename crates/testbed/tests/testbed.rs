@@ -11,12 +11,13 @@ use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-fn root_or_skip() -> bool {
-    if !netns::is_root() {
-        eprintln!("skipping: the testbed needs root (network namespaces and veth)");
-        return false;
-    }
-    true
+/// Root, or skip (a failure instead under `BRAID_REQUIRE_ROOT=1`).
+fn root_or_skip(test: &str) -> bool {
+    !braid_testkit::skip_unless(
+        netns::is_root(),
+        test,
+        "the testbed needs root (network namespaces and veth)",
+    )
 }
 
 /// Options unique to this process and test, and a guard that runs `down`
@@ -67,7 +68,7 @@ fn ping(ns: &str, addr: &str) -> bool {
 
 #[test]
 fn up_ping_probe_down_leaves_nothing() {
-    if !root_or_skip() {
+    if !root_or_skip("up_ping_probe_down_leaves_nothing") {
         return;
     }
     let bed = Bed::new("a");
@@ -139,7 +140,7 @@ fn up_ping_probe_down_leaves_nothing() {
 
 #[test]
 fn failed_up_rolls_back_everything() {
-    if !root_or_skip() {
+    if !root_or_skip("failed_up_rolls_back_everything") {
         return;
     }
     let bed = Bed::new("b");
@@ -156,7 +157,7 @@ fn failed_up_rolls_back_everything() {
 
 #[test]
 fn conflicting_namespace_is_refused_and_left_alone() {
-    if !root_or_skip() {
+    if !root_or_skip("conflicting_namespace_is_refused_and_left_alone") {
         return;
     }
     let bed = Bed::new("c");
@@ -169,7 +170,7 @@ fn conflicting_namespace_is_refused_and_left_alone() {
 
 #[test]
 fn partly_removed_testbed_is_rebuilt() {
-    if !root_or_skip() {
+    if !root_or_skip("partly_removed_testbed_is_rebuilt") {
         return;
     }
     let bed = Bed::new("d");

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod deploy;
 pub mod echo;
+#[allow(unsafe_code)] // fcntl and a File from the inherited heartbeat fd
 pub mod nf_proc;
 pub mod nfs;
 pub mod plan;

@@ -39,6 +39,9 @@ pub enum Idle {
     Sleep,
 }
 
+/// Longest wait for a `connect:` port's listener (without `--seconds`).
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// NF kind (see `braid nfs`).
@@ -84,13 +87,15 @@ impl PortSpec {
         }
     }
 
-    pub fn open(&self, cfg: ShmConfig) -> Result<ShmPort> {
+    /// Open the port; a `connect:` waits at most `wait` for its listener.
+    pub fn open(&self, cfg: ShmConfig, wait: Duration) -> Result<ShmPort> {
         Ok(match self {
             PortSpec::Listen(p) => {
                 ShmPort::listen(p, cfg).with_context(|| format!("listen on {}", p.display()))?
             }
-            PortSpec::Connect(p) => ShmPort::connect(p, Duration::from_secs(30))
-                .with_context(|| format!("connect to {}", p.display()))?,
+            PortSpec::Connect(p) => ShmPort::connect(p, wait).with_context(|| {
+                format!("no listener at {} within {:.1} s", p.display(), wait.as_secs_f64())
+            })?,
         })
     }
 }
@@ -98,6 +103,9 @@ impl PortSpec {
 pub fn run(a: Args) -> Result<()> {
     if a.batch == 0 || a.batch > 1024 {
         bail!("--batch {}: must be 1..=1024", a.batch);
+    }
+    if let Some(s) = a.seconds.filter(|s| !(s.is_finite() && *s >= 0.0 && *s < 1e9)) {
+        bail!("--seconds {s}: must be a number of seconds, 0 or more");
     }
     let params: Params = match &a.params {
         Some(y) => {
@@ -111,14 +119,20 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--route pair needs exactly 2 ports, got {}", specs.len());
     }
     let cfg = ShmConfig { slots: a.slots, ..ShmConfig::default() };
-    let mut ports = specs.iter().map(|s| s.open(cfg)).collect::<Result<Vec<_>>>()?;
+    // A `connect:` listener may not be up yet: wait for it, but never past
+    // `--seconds` (a missing socket used to take 30 s whatever was asked).
+    let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let mut ports = Vec::with_capacity(specs.len());
+    for s in &specs {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        ports.push(s.open(cfg, left.map_or(CONNECT_WAIT, |l| l.min(CONNECT_WAIT)))?);
+    }
     let n = ports.len();
     let mut counters = Counters::default();
     let mut inb = Batch::with_capacity(a.batch);
     let mut outs: Vec<Batch> = (0..n).map(|_| Batch::with_capacity(a.batch)).collect();
     let stop =
         braid_probe::signal::stop_on_signals().context("install the SIGINT/SIGTERM handler")?;
-    let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
     // The ports are open and the loop starts: the first heartbeat arms the
     // supervisor's watchdog.
     let mut heartbeat = Heartbeat::from_env()?;

@@ -6,9 +6,10 @@ use braid_probe::rtt::RttConfig;
 use braid_probe::session::{run_probe, ProbeConfig};
 use braid_probe::svg::cdf_svg;
 use braid_probe::throughput::ThroughputConfig;
+use std::fs::File;
 use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(clap::Args)]
@@ -97,6 +98,14 @@ fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("target {target:?} has no IPv4 address"))
 }
 
+/// Create output file `p` now, so a bad path fails before the measurement
+/// rather than after it.
+fn create(p: &Path, created: &mut Vec<PathBuf>) -> anyhow::Result<File> {
+    let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
+    created.push(p.to_path_buf());
+    Ok(f)
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let target = resolve(&args.target)?;
     let sock = match &args.netns {
@@ -127,8 +136,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ..Default::default()
         }),
     };
-    let out = run_probe(&sock, &cfg, |line| eprintln!("braid probe: {line}"))
-        .with_context(|| format!("probing {target}"))?;
+    cfg.validate()?;
+    let mut created = Vec::new();
+    let files = (|| -> anyhow::Result<_> {
+        let json_out = args.json_out.as_deref().map(|p| create(p, &mut created)).transpose()?;
+        let raw_out = args.raw_out.as_deref().map(|p| create(p, &mut created)).transpose()?;
+        let svg = (!args.no_svg && cfg.repetitions > 0)
+            .then(|| create(&args.svg, &mut created))
+            .transpose()?;
+        Ok((json_out, raw_out, svg))
+    })();
+    let remove_created = |created: &[PathBuf]| {
+        for p in created {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    let (json_out, raw_out, svg) = files.inspect_err(|_| remove_created(&created))?;
+    let out = match run_probe(&sock, &cfg, |line| eprintln!("braid probe: {line}")) {
+        Ok(out) => out,
+        Err(e) => {
+            remove_created(&created);
+            return Err(e).with_context(|| format!("probing {target}"));
+        }
+    };
     let json = out.report.json();
     let text = if args.json { format!("{json}\n") } else { out.report.table() };
     // A closed pipe (`| head`) is not an error worth a panic.
@@ -137,17 +167,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             return Err(e).context("writing the report");
         }
     }
+    let write = |f: Option<File>, p: &Path, text: &str| -> anyhow::Result<()> {
+        match f {
+            Some(mut f) => {
+                f.write_all(text.as_bytes()).with_context(|| format!("writing {}", p.display()))
+            }
+            None => Ok(()),
+        }
+    };
     if let Some(p) = &args.json_out {
-        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+        write(json_out, p, &json)?;
     }
     if let Some(p) = &args.raw_out {
-        std::fs::write(p, out.raw_json()).with_context(|| format!("writing {}", p.display()))?;
+        write(raw_out, p, &out.raw_json())?;
     }
-    if !args.no_svg && !out.samples.is_empty() {
+    if svg.is_some() {
         let title = args.title.clone().unwrap_or_else(|| format!("UDP RTT CDF to {target}"));
-        std::fs::write(&args.svg, cdf_svg(&title, &out.samples))
-            .with_context(|| format!("writing {}", args.svg.display()))?;
+        write(svg, &args.svg, &cdf_svg(&title, &out.samples))?;
         eprintln!("braid probe: CDF plot written to {}", args.svg.display());
+    }
+    // Reported above; a size of which nothing came back fails the command
+    // (exit 1), so scripts do not take a dead path for a measured one.
+    if let Some(failure) = out.report.failure() {
+        anyhow::bail!(failure);
     }
     Ok(())
 }

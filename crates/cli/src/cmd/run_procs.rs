@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use braid_io::virtual_port::{explain, Location};
-use braid_runtime::supervisor::{ProcSpec, RestartPolicy, Supervisor};
+use braid_runtime::supervisor::{file_name_part, printable, ProcSpec, RestartPolicy, Supervisor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Restart {
@@ -97,7 +97,12 @@ pub fn nf_commands(
 pub fn run(a: Args) -> Result<()> {
     let d = braid_runtime::validate::load(&a.chain)?;
     let dir = a.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("braid-{}-{}", d.name, std::process::id()))
+        // The chain name is the descriptor's: one safe component only.
+        std::env::temp_dir().join(format!(
+            "braid-{}-{}",
+            file_name_part(&d.name),
+            std::process::id()
+        ))
     });
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("create socket directory {}", dir.display()))?;
@@ -107,11 +112,21 @@ pub fn run(a: Args) -> Result<()> {
         Restart::OnFailure => RestartPolicy::on_failure(a.max_restarts),
     };
     let cmds = nf_commands(&d, &dir)?;
-    println!("chain {}: {} NF processes; sockets in {}", d.name, cmds.len(), dir.display());
+    println!(
+        "chain {}: {} NF processes; sockets in {}",
+        printable(&d.name),
+        cmds.len(),
+        dir.display()
+    );
     for i in 0..cmds.len().saturating_sub(1) {
         let (from, to) =
             (Location::user("local", i as u32, 0), Location::user("local", i as u32 + 1, 0));
-        println!("  {} -> {}: {}", cmds[i].0, cmds[i + 1].0, explain(&from, &to, true));
+        println!(
+            "  {} -> {}: {}",
+            printable(&cmds[i].0),
+            printable(&cmds[i + 1].0),
+            explain(&from, &to, true)
+        );
     }
     println!("  in: {}  out: {}", dir.join("in.sock").display(), dir.join("out.sock").display());
     // Guards delete the namespaces when this function returns, after the
@@ -123,10 +138,11 @@ pub fn run(a: Args) -> Result<()> {
         }
         for (name, _) in &cmds {
             let ns = braid_io::netns::NetnsGuard::create(&braid_io::netns::unique_name(&format!(
-                "nf-{name}"
+                "nf-{}",
+                file_name_part(name)
             )))
-            .with_context(|| format!("create the network namespace of NF {name}"))?;
-            println!("  {name}: network namespace {}", ns.name());
+            .with_context(|| format!("create the network namespace of NF {}", printable(name)))?;
+            println!("  {}: network namespace {}", printable(name), ns.name());
             namespaces.push(ns);
         }
     }
@@ -159,6 +175,6 @@ pub fn run(a: Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     sup.stop(Duration::from_secs(1));
-    println!("chain {}: stopped", d.name);
+    println!("chain {}: stopped", printable(&d.name));
     Ok(())
 }

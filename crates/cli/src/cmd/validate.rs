@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use braid_runtime::validate::validate_str;
+use braid_runtime::validate::{read_descriptor, validate_file_text, LoadError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,15 +15,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut bad = 0usize;
     for file in &args.files {
         let name = file.display().to_string();
-        let text = match std::fs::read_to_string(file) {
+        let text = match read_descriptor(file) {
             Ok(t) => t,
+            Err(LoadError::Read { source, .. }) => {
+                eprintln!("{name}: cannot read: {source}");
+                bad += 1;
+                continue;
+            }
             Err(e) => {
-                eprintln!("{name}: cannot read: {e}");
+                eprintln!("{e}");
                 bad += 1;
                 continue;
             }
         };
-        let report = validate_str(&name, &text);
+        let report = validate_file_text(file, &text);
         match report.descriptor {
             Some(d) if report.problems.is_empty() => {
                 println!("{name}: ok: chain `{}` with {} NFs", d.name, d.nfs.len());

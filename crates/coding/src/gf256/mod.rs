@@ -11,13 +11,17 @@
 //! SIMD kernel is checked against the portable one by property tests.
 
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // SIMD intrinsics
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // SIMD intrinsics
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // SIMD intrinsics
 mod gfni;
 mod portable;
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // SIMD intrinsics
 mod ssse3;
 
 use std::sync::OnceLock;

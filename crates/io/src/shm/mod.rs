@@ -17,11 +17,15 @@
 //!
 //! See `docs/shared-memory.md` for the design and the measurements.
 
+#[allow(unsafe_code)] // fd passing over a Unix socket (SCM_RIGHTS)
 pub mod control;
 pub mod layout;
 pub mod pool;
+#[allow(unsafe_code)] // copies into and out of shared-memory slots
 pub mod port;
+#[allow(unsafe_code)] // memfd_create, mmap of the shared region
 pub mod region;
+#[allow(unsafe_code)] // Send for a ring over shared memory
 pub mod ring;
 
 pub use port::{wait_any, ShmConfig, ShmPort};

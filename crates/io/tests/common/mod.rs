@@ -19,27 +19,26 @@ use braid_io::netns::{self, LinkGuard, NetnsGuard};
 use braid_io::Port;
 use braid_packet::Batch;
 
-/// Skip (return true and say why) when not root.
+/// Skip (return true and say why) when not root; a failure instead under
+/// `BRAID_REQUIRE_ROOT=1` (see braid-testkit).
 pub fn skip_unless_root(test: &str) -> bool {
-    if netns::is_root() {
-        return false;
-    }
-    eprintln!("skipping {test}: needs root to create namespaces and veth links");
-    true
+    braid_testkit::skip_unless(
+        netns::is_root(),
+        test,
+        "needs root to create namespaces and veth links",
+    )
 }
 
 /// Whether BPF programs can be loaded here (root, and braid built with its
-/// XDP objects); says why not and returns false otherwise.
+/// XDP objects); says why not and returns false otherwise (fails the test
+/// instead under `BRAID_REQUIRE_ROOT=1`).
 pub fn xdp_usable(test: &str) -> bool {
-    if !netns::is_root() {
-        eprintln!("skipping {test}: loading BPF programs needs root");
-        return false;
-    }
-    if !braid_io::xdp::xdp_built() {
-        eprintln!("skipping {test}: XDP programs were not built (install clang and libbpf-dev)");
-        return false;
-    }
-    true
+    !braid_testkit::skip_unless(netns::is_root(), test, "loading BPF programs needs root")
+        && !braid_testkit::skip_unless(
+            braid_io::xdp::xdp_built(),
+            test,
+            "XDP programs were not built (install clang and libbpf-dev)",
+        )
 }
 
 pub struct Topology {

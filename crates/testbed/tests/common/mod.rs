@@ -21,19 +21,18 @@ impl Drop for Bed {
     }
 }
 
-/// True (after saying why) if this test cannot run here.
+/// True (after saying why) if this test cannot run here; a failure
+/// instead under `BRAID_REQUIRE_ROOT=1` (see braid-testkit).
 pub fn skip(what: &str) -> bool {
-    if !netns::is_root() {
-        eprintln!("skipping {what}: needs root (namespaces, XDP, AF_XDP, AF_PACKET)");
-        return true;
-    }
-    if !braid_io::xdp::xdp_built() {
-        eprintln!(
-            "skipping {what}: braid's XDP programs were not built (clang/libbpf-dev missing)"
-        );
-        return true;
-    }
-    false
+    braid_testkit::skip_unless(
+        netns::is_root(),
+        what,
+        "needs root (namespaces, XDP, AF_XDP, AF_PACKET)",
+    ) || braid_testkit::skip_unless(
+        braid_io::xdp::xdp_built(),
+        what,
+        "braid's XDP programs were not built (clang/libbpf-dev missing)",
+    )
 }
 
 /// The CALVIN testbed with two NF hosts, up; `tag` keeps the names of
