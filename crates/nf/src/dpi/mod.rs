@@ -40,6 +40,8 @@ use braid_packet::{Batch, Packet};
 pub use matcher::{Hit, Matcher, StreamState};
 pub use rules::{Action, Rule, RuleConfig};
 
+// One direction of a TCP connection, or a UDP flow (host-order addresses).
+pub use crate::conntrack::FlowKey;
 use crate::conntrack::{secs_to_ns, StateClock};
 use crate::params::{self, ConfigError, ParamDoc, Params};
 use crate::{
@@ -136,17 +138,6 @@ fn default_alert_log() -> usize {
 }
 fn default_log_per_sec() -> u32 {
     10
-}
-
-/// One direction of a TCP connection or a UDP flow: addresses (host
-/// order), ports, protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct FlowKey {
-    pub src: u32,
-    pub dst: u32,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub proto: u8,
 }
 
 /// One alert: a rule fired on a stream (TCP) or datagram (UDP).
