@@ -62,7 +62,7 @@ const REGEXES: [&str; 10] = [
     r"(cmd|exec)\.(exe|sh)\x00",
     r"\x90{16}",
     r"Content-Length: [0-9]{7,}\r\n",
-    r"select .{1,40} from .{1,40} where",
+    r"select [a-z_,* ]+ from [a-z_]+ where",
     r"\.\./\.\./\.\./etc/passwd",
     r"<script>[^<]{0,64}document\.cookie",
     r"(?i)union\s+all\s+select",
@@ -76,7 +76,8 @@ fn rules_yaml(literals: usize, regexes: usize) -> String {
     let mut rules = Vec::new();
     for i in 0..literals {
         // `|` starts a hex run and `'` ends the YAML string: keep them out.
-        let lit = rng.printable(8 + rng.below(9) as usize).replace(['|', '\''], "_");
+        let len = 8 + rng.below(9) as usize;
+        let lit = rng.printable(len).replace(['|', '\''], "_");
         rules.push(format!("{{sid: {}, content: '{lit}', nocase: {}}}", 1000 + i, i % 3 == 0));
     }
     for (i, re) in REGEXES.iter().take(regexes).enumerate() {
