@@ -220,7 +220,7 @@ pub fn icmp_error_quote(frame: &[u8], info: &Ipv4Info) -> Option<QuotedPacket> {
 /// [`FiveTuple::keyed_hash`]), kept as its own type because it is the record
 /// format of exported connection state (serde, addresses as numbers) and
 /// the NAT and firewall compute on `u32` addresses (masks, ranges).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FlowKey {
     pub src: u32,
     pub dst: u32,

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod ats;
 pub mod classifier;
 pub mod conntrack;
+pub mod dpi;
 pub mod firewall;
 pub mod fwd;
 pub mod l2switch;

@@ -42,6 +42,7 @@ pub static REGISTRY: &[&NfSpec] = &[
     &crate::nc_recode::SPEC,
     &crate::nc_decode::SPEC,
     &crate::loss::SPEC,
+    &crate::dpi::SPEC,
 ];
 
 /// Look up an NF kind by name.
@@ -97,6 +98,7 @@ mod tests {
         ("xor", "key_text: braid"),
         ("encrypt", "mode: gcm\nkey: 000102030405060708090a0b0c0d0e0f"),
         ("decrypt", "mode: gcm\nkey: 000102030405060708090a0b0c0d0e0f"),
+        ("dpi", "rules: [{sid: 1, content: attack}, {sid: 2, pcre: 'user=[a-z]+', action: drop}]\nlog_per_sec: 0"),
     ];
 
     fn build_minimal(spec: &NfSpec) -> Box<dyn NetworkFunction> {
