@@ -6,6 +6,8 @@
 //! - [`bench`]: in-memory throughput of a chain beside a refill baseline.
 //! - [`plan`]: where each NF runs (kernel or user space) and why.
 //! - [`runner`]: run a chain between two ports until the input ends.
+//! - [`proc_chain`]: a chain with one supervised process per NF; [`proc_chain::run_processes`].
+//! - [`procs`]: one NF as its own process between shared-memory ports.
 //! - [`spans`]: where each field of a YAML document is written.
 //!
 //! A typical use:
@@ -25,6 +27,8 @@ pub mod bench;
 pub mod chain;
 pub mod descriptor;
 pub mod plan;
+pub mod proc_chain;
+pub mod procs;
 pub mod runner;
 pub mod spans;
 pub mod supervisor;

@@ -469,7 +469,7 @@ fn row_nf(a: &Args, size: usize, nf: &str, wake: bool) -> Result<Measured> {
         &format!("listen:{}", p_out.display()),
     ]);
     if nf == "l2switch" {
-        cmd.args(["--params", "{ports: 2}", "--route", "out-port"]);
+        cmd.args(["--params", "{ports: 2}"]);
     }
     if wake {
         cmd.args(["--idle", "sleep"]);
