@@ -223,6 +223,8 @@ pub struct ProcessesReport {
     pub from_last: PortStats,
     /// Supervisor events (starts with pids, exits, restarts), in order.
     pub events: Vec<Event>,
+    /// The socket directory the run used (removed when it returns).
+    pub socket_dir: PathBuf,
     pub elapsed: Duration,
 }
 
@@ -272,19 +274,22 @@ pub fn run_processes(
         }
     };
     check(&mut sup, &mut events)?;
+    // Wait for the socket file (the NF listens), watching the supervisor,
+    // then connect: the handshake completes once the NF's loop runs. (A
+    // connection given up half-way would be a peer that vanished mid
+    // handshake, which the NF's port reports as an error.)
     let mut connect = |path: PathBuf| -> Result<ReconnectingPort, ProcChainError> {
         let deadline = Instant::now() + cfg.start_timeout;
-        loop {
-            match ShmPort::connect(&path, Duration::from_millis(100)) {
-                Ok(p) => return Ok(ReconnectingPort::new(path, p)),
-                Err(source) if Instant::now() >= deadline => {
-                    return Err(ProcChainError::Connect {
-                        path,
-                        seconds: cfg.start_timeout.as_secs(),
-                        source,
-                    })
-                }
-                Err(_) => check(&mut sup, &mut events)?,
+        while !path.exists() && Instant::now() < deadline {
+            check(&mut sup, &mut events)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ShmPort::connect(&path, left) {
+            Ok(p) => Ok(ReconnectingPort::new(path, p)),
+            Err(source) => {
+                check(&mut sup, &mut events)?;
+                Err(ProcChainError::Connect { path, seconds: cfg.start_timeout.as_secs(), source })
             }
         }
     };
@@ -335,6 +340,7 @@ pub fn run_processes(
     });
     sup.stop(Duration::from_secs(1));
     events.extend(sup.poll());
+    let socket_dir = dir.path().to_path_buf();
     drop(dir);
     let report = report?;
     if let Some(e) = report.error {
@@ -347,6 +353,7 @@ pub fn run_processes(
         to_first: port(1),
         from_last: port(2),
         events,
+        socket_dir,
         elapsed: start.elapsed(),
     })
 }
