@@ -8,6 +8,7 @@
 //! - [`runner`]: run a chain between two ports until the input ends.
 //! - [`proc_chain`]: a chain with one supervised process per NF; [`proc_chain::run_processes`].
 //! - [`procs`]: one NF as its own process between shared-memory ports.
+//! - [`shm_bench`]: packet rate and latency over each virtual-port backend.
 //! - [`spans`]: where each field of a YAML document is written.
 //!
 //! A typical use:
@@ -30,6 +31,7 @@ pub mod plan;
 pub mod proc_chain;
 pub mod procs;
 pub mod runner;
+pub mod shm_bench;
 pub mod spans;
 pub mod supervisor;
 pub mod validate;

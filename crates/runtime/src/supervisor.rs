@@ -401,7 +401,7 @@ impl Supervisor {
 
 /// Make the child started by `cmd` receive SIGKILL when this process
 /// (more exactly: the thread that starts it) dies.
-fn die_with_this_process(cmd: &mut Command) {
+pub fn die_with_this_process(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec and only
