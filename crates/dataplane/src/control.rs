@@ -59,7 +59,9 @@ pub enum Command {
     /// the state over, and put it in place. Refused (nothing changes) if
     /// the parameters are invalid or the state does not fit the new one.
     Reconfigure { stage: String, params: Params },
-    /// Leave the loop after flushing; the worker's `run` returns.
+    /// Take what already waits on the inputs (a bounded number of
+    /// rounds), answer, then give the NFs a last tick, flush and leave the
+    /// loop; the worker's `run` returns.
     Stop,
 }
 

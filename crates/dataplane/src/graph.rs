@@ -60,6 +60,9 @@ pub enum GraphError {
     NoStageNamed(String),
 }
 
+/// NFs with their instance names, in order: what a graph is built from.
+pub type NamedNfs = Vec<(String, Box<dyn NetworkFunction>)>;
+
 /// One NF of the graph.
 pub struct Stage {
     name: String,
@@ -138,7 +141,8 @@ impl Stage {
         self.telemetry.publish(&self.counters, true);
     }
 
-    pub(crate) fn telemetry(&self) -> Arc<StageTelemetry> {
+    /// The stage's published counters (for lock-free readers).
+    pub fn telemetry(&self) -> Arc<StageTelemetry> {
         self.telemetry.clone()
     }
 }
@@ -186,7 +190,7 @@ fn clock() -> u64 {
 impl Graph {
     /// Stages of the given NFs (named), nothing linked yet, with outputs
     /// able to name `ports` ports.
-    pub fn new(nfs: Vec<(String, Box<dyn NetworkFunction>)>, ports: usize) -> Graph {
+    pub fn new(nfs: NamedNfs, ports: usize) -> Graph {
         let stages = nfs
             .into_iter()
             .map(|(name, nf)| {
@@ -212,7 +216,7 @@ impl Graph {
     /// Further gates of switching NFs stay unlinked. An empty chain links
     /// nothing: [`Graph::entry`] then leads straight to the other port.
     pub fn chain(
-        nfs: Vec<(String, Box<dyn NetworkFunction>)>,
+        nfs: NamedNfs,
         ports: usize,
         upstream: usize,
         downstream: usize,

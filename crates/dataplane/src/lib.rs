@@ -25,7 +25,7 @@ pub mod telemetry;
 pub mod worker;
 
 pub use control::{Command, ControlError, Output, Reply, WorkerHandle};
-pub use graph::{Endpoint, Graph, GraphError, Stage};
+pub use graph::{Endpoint, Graph, GraphError, NamedNfs, Stage};
 pub use heartbeat::Heartbeat;
 pub use sched::{Sched, SchedError, SchedPolicy};
 pub use telemetry::{StageSnapshot, WorkerSnapshot, WorkerTelemetry};

@@ -120,7 +120,7 @@ impl StageTelemetry {
     }
 }
 
-const PORT_CELLS: usize = 6;
+const PORT_CELLS: usize = 7;
 
 /// The published counters of one port of a worker.
 #[derive(Debug)]
@@ -135,24 +135,34 @@ impl PortTelemetry {
         PortTelemetry { name, cells: SeqCells::default() }
     }
 
-    pub(crate) fn publish(&self, s: &PortStats) {
+    pub(crate) fn publish(&self, s: &PortStats, rx_ended: bool) {
         self.cells.write(
             0,
-            &[s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes, s.rx_dropped, s.tx_dropped],
+            &[
+                s.rx_packets,
+                s.rx_bytes,
+                s.tx_packets,
+                s.tx_bytes,
+                s.rx_dropped,
+                s.tx_dropped,
+                u64::from(rx_ended),
+            ],
         );
     }
 
-    /// The port's counters as last published (every tick).
-    pub fn read(&self) -> PortStats {
+    /// The port's counters as last published (every tick), and whether
+    /// its input has ended.
+    pub fn read(&self) -> (PortStats, bool) {
         let v = self.cells.read();
-        PortStats {
+        let stats = PortStats {
             rx_packets: v[0],
             rx_bytes: v[1],
             tx_packets: v[2],
             tx_bytes: v[3],
             rx_dropped: v[4],
             tx_dropped: v[5],
-        }
+        };
+        (stats, v[6] != 0)
     }
 }
 
@@ -226,7 +236,10 @@ impl WorkerTelemetry {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .map(|p| PortSnapshot { name: p.name.clone(), stats: p.read() })
+                .map(|p| {
+                    let (stats, rx_ended) = p.read();
+                    PortSnapshot { name: p.name.clone(), stats, rx_ended }
+                })
                 .collect(),
             looped: LoopStats {
                 turns: l[0],
@@ -254,6 +267,8 @@ pub struct StageSnapshot {
 pub struct PortSnapshot {
     pub name: String,
     pub stats: PortStats,
+    /// The port's input has ended (end of a capture, closed channel).
+    pub rx_ended: bool,
 }
 
 /// A copy of all counters of a worker at one moment.
@@ -309,6 +324,7 @@ impl WorkerSnapshot {
                     "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes,
                     "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
                     "rx_dropped": s.rx_dropped, "tx_dropped": s.tx_dropped,
+                    "rx_ended": p.rx_ended,
                 })
             })
             .collect();

@@ -127,6 +127,9 @@ pub enum WorkerError {
     },
 }
 
+/// Receive rounds a stopping worker runs to take what waits on its inputs.
+pub const STOP_DRAIN_ROUNDS: usize = 64;
+
 /// The largest batch a worker takes.
 pub const MAX_BATCH: usize = 1024;
 
@@ -436,7 +439,7 @@ impl<'a> Worker<'a> {
             h.beat();
         }
         for s in &self.ports {
-            s.telemetry.publish(&s.port.stats());
+            s.telemetry.publish(&s.port.stats(), s.rx_ended);
         }
         self.telemetry.publish_loop(&self.looped);
     }
@@ -444,7 +447,7 @@ impl<'a> Worker<'a> {
     fn publish(&mut self) {
         self.graph.get().publish();
         for s in &self.ports {
-            s.telemetry.publish(&s.port.stats());
+            s.telemetry.publish(&s.port.stats(), s.rx_ended);
         }
         self.telemetry.publish_loop(&self.looped);
     }
@@ -617,7 +620,18 @@ impl<'a> Worker<'a> {
                 g.stages_mut()[i].replace_nf(fresh).map_err(|e| refused(ControlError::Graph(e)))?;
                 Ok(Reply::Done)
             }
-            Command::Stop => Ok(Reply::Done),
+            Command::Stop => {
+                // Take what is already waiting on the inputs (bounded: a
+                // live input may never run dry).
+                for _ in 0..STOP_DRAIN_ROUNDS {
+                    let n = self.receive_round().map_err(ControlFailure::Worker)?;
+                    self.flush().map_err(ControlFailure::Worker)?;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                Ok(Reply::Done)
+            }
         }
     }
 }

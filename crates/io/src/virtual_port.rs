@@ -48,7 +48,8 @@ pub enum Locality {
 }
 
 /// The backend of a virtual port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Backend {
     /// The next NF is called with the same batch in the same loop.
     Direct,

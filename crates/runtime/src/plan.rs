@@ -95,8 +95,21 @@ pub enum Mapping {
     Compact,
 }
 
+impl Mapping {
+    /// The name on the command line (`--mapping threads`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mapping::Thread => "thread",
+            Mapping::Threads => "threads",
+            Mapping::Processes => "processes",
+            Mapping::Hosts => "hosts",
+            Mapping::Compact => "compact",
+        }
+    }
+}
+
 /// The backend chosen for the link between two consecutive NFs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LinkPlan {
     pub from: String,
     pub to: String,
@@ -127,11 +140,7 @@ fn location(mapping: Mapping, index: usize, run: usize, placement: Placement) ->
 /// The backend of every link between consecutive NFs of a plan.
 /// `af_xdp_available` says whether links between hosts can use AF_XDP.
 pub fn links(entries: &[PlanEntry], mapping: Mapping, af_xdp_available: bool) -> Vec<LinkPlan> {
-    let mut runs = vec![0usize; entries.len()];
-    for i in 1..entries.len() {
-        let same = entries[i].placement == entries[i - 1].placement;
-        runs[i] = runs[i - 1] + usize::from(!same);
-    }
+    let runs = runs(entries);
     entries
         .windows(2)
         .enumerate()
@@ -156,6 +165,87 @@ pub fn links(entries: &[PlanEntry], mapping: Mapping, af_xdp_available: bool) ->
             LinkPlan { from: pair[0].name.clone(), to: pair[1].name.clone(), backend, reason }
         })
         .collect()
+}
+
+/// How a unit of a deployment runs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunsAs {
+    /// A dataplane worker thread running the unit's NFs as one graph.
+    Worker { process: u32, thread: u32 },
+    /// An XDP program in the kernel (one NF, or braid's XDP chain program
+    /// for several).
+    Xdp,
+}
+
+/// One unit of a deployment: NFs that run together.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UnitPlan {
+    /// `host0/p0/t0` for a worker, `host0/xdp` for a kernel program.
+    pub name: String,
+    pub host: String,
+    pub runs_as: RunsAs,
+    /// The unit's NFs in chain order (indices into the descriptor's `nfs`).
+    pub nfs: Vec<usize>,
+}
+
+/// The executable plan: the units of a chain under a mapping and the
+/// links between them. `braid plan` prints it; `braid run --mapping`
+/// runs it (offline: every unit a worker); `braid deploy` places its
+/// units on testbed hosts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeploymentSpec {
+    pub chain: String,
+    pub mapping: &'static str,
+    pub units: Vec<UnitPlan>,
+    /// Between consecutive units, in chain order.
+    pub links: Vec<LinkPlan>,
+}
+
+/// Group a plan into units: consecutive NFs at the same location (host,
+/// process, thread, or kernel of one host) form one unit.
+pub fn deployment(
+    chain: &str,
+    entries: &[PlanEntry],
+    mapping: Mapping,
+    af_xdp_available: bool,
+) -> DeploymentSpec {
+    let runs = runs(entries);
+    let mut units: Vec<UnitPlan> = Vec::new();
+    let mut unit_of = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let loc = location(mapping, i, runs[i], e.placement);
+        let runs_as = match loc.process {
+            None => RunsAs::Xdp,
+            Some(process) => RunsAs::Worker { process, thread: loc.thread },
+        };
+        let name = match &runs_as {
+            RunsAs::Xdp => format!("{}/xdp", loc.host),
+            RunsAs::Worker { process, thread } => format!("{}/p{process}/t{thread}", loc.host),
+        };
+        match units.last_mut() {
+            Some(u) if u.name == name => u.nfs.push(i),
+            _ => units.push(UnitPlan { name, host: loc.host.clone(), runs_as, nfs: vec![i] }),
+        }
+        unit_of.push(units.len() - 1);
+    }
+    let links = links(entries, mapping, af_xdp_available)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| unit_of[*i] != unit_of[*i + 1])
+        .map(|(_, l)| l)
+        .collect();
+    DeploymentSpec { chain: chain.to_string(), mapping: mapping.name(), units, links }
+}
+
+/// The index of each entry's run of consecutive NFs placed alike.
+fn runs(entries: &[PlanEntry]) -> Vec<usize> {
+    let mut runs = vec![0usize; entries.len()];
+    for i in 1..entries.len() {
+        let same = entries[i].placement == entries[i - 1].placement;
+        runs[i] = runs[i - 1] + usize::from(!same);
+    }
+    runs
 }
 
 fn auto(class: NfClass, kernel: bool, user: bool) -> Option<(Placement, String)> {
@@ -226,5 +316,38 @@ mod tests {
         let l = links(&p, Mapping::Processes, true);
         assert_eq!((l[1].from.as_str(), l[1].to.as_str()), ("a", "b"));
         assert!(l[1].reason.contains("shared memory"), "{}", l[1].reason);
+    }
+
+    #[test]
+    fn deployment_groups_nfs_into_units() {
+        let d = ChainDescriptor::from_yaml(
+            "name: p\nnfs:\n  - {name: k, type: fwd}\n  - {name: a, type: fwd, placement: user}\n  - {name: b, type: fwd, placement: user}\n",
+        )
+        .unwrap();
+        let p = plan(&d).unwrap();
+        let units = |m| {
+            deployment("p", &p, m, true)
+                .units
+                .iter()
+                .map(|u| (u.name.clone(), u.nfs.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            units(Mapping::Thread),
+            [("host0/xdp".into(), vec![0]), ("host0/p0/t0".into(), vec![1, 2])]
+        );
+        assert_eq!(
+            units(Mapping::Threads),
+            [
+                ("host0/xdp".into(), vec![0]),
+                ("host0/p0/t1".into(), vec![1]),
+                ("host0/p0/t2".into(), vec![2])
+            ]
+        );
+        assert_eq!(units(Mapping::Processes)[2].0, "host0/p2/t0");
+        assert_eq!(units(Mapping::Hosts).len(), 3);
+        let s = deployment("p", &p, Mapping::Thread, true);
+        assert_eq!(s.links.len(), 1, "only the link between units: {:?}", s.links);
+        assert_eq!(s.links[0].backend, Backend::AfXdp);
     }
 }

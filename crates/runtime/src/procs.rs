@@ -27,7 +27,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use braid_dataplane::{Endpoint, Graph, Heartbeat, Idle, Worker, WorkerConfig, WorkerError};
+pub use braid_dataplane::Idle;
+use braid_dataplane::{Endpoint, Graph, Heartbeat, Worker, WorkerConfig, WorkerError};
 use braid_io::shm::{ShmConfig, ShmPort};
 use braid_io::{Port, PortError, PortStats, WaitReadiness};
 use braid_nf::Params;

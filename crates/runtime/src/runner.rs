@@ -5,10 +5,13 @@ use std::time::{Duration, Instant};
 use braid_io::memory::{GeneratorConfig, GeneratorPort, MemoryPort};
 use braid_io::pcap::{PcapInPort, PcapOutPort};
 use braid_io::{Port, PortError, PortStats};
-use braid_packet::Batch;
+
+use braid_dataplane::{Endpoint, Graph, Idle, Worker, WorkerConfig, WorkerError, WorkerHandle};
+use braid_io::channel::channel_pair;
 
 use crate::chain::{Chain, ChainSnapshot};
-use crate::descriptor::PortDecl;
+use crate::descriptor::{ChainDescriptor, PortDecl};
+use crate::plan::{DeploymentSpec, Mapping, PlanError};
 
 /// How often a running chain gets its `tick`.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(10);
@@ -23,7 +26,7 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// The error that ended the run early, if any. Everything processed
     /// before it was sent to the output and flushed.
-    pub error: Option<PortError>,
+    pub error: Option<WorkerError>,
 }
 
 /// Open a descriptor port as a packet source.
@@ -59,62 +62,200 @@ pub fn open_output(decl: &PortDecl) -> Result<Box<dyn Port>, PortError> {
     })
 }
 
-/// Push everything `input` delivers through `chain` into `output`, until
-/// the input ends or a port fails. Ticks the chain every
-/// [`TICK_INTERVAL`] and once at the end, and flushes the output.
+/// Push everything `input` delivers through `chain` into `output` on a
+/// dataplane [`Worker`] on the calling thread, until the input ends or a
+/// port fails. NFs tick every [`TICK_INTERVAL`] and once at the end; the
+/// output is flushed.
 pub fn run_to_end(chain: &mut Chain, input: &mut dyn Port, output: &mut dyn Port) -> RunReport {
-    let start = Instant::now();
-    let mut batch = Batch::with_capacity(chain.batch_size());
-    let mut error = None;
-    let mut last_tick = Instant::now();
-    loop {
-        let got = match input.recv(&mut batch, chain.batch_size()) {
-            Ok(n) => n,
-            Err(e) => {
-                // Keep what was read before the error.
-                error = Some(e);
-                0
-            }
-        };
-        if !batch.is_empty() {
-            chain.process(&mut batch);
-            if let Err(e) = output.send(&mut batch) {
-                error.get_or_insert(e);
-            }
-        }
-        if last_tick.elapsed() >= TICK_INTERVAL {
-            last_tick = Instant::now();
-            chain.tick(&mut batch);
-            if let Err(e) = output.send(&mut batch) {
-                error.get_or_insert(e);
-            }
-        }
-        if error.is_some() || (got == 0 && input.at_end()) {
-            break;
-        }
-        if got == 0 {
-            if let Err(e) = input.wait(TICK_INTERVAL) {
-                error = Some(e);
-                break;
-            }
-        }
+    let mut cfg = WorkerConfig::new(chain.name().to_string());
+    cfg.batch_size = chain.batch_size();
+    cfg.tick_interval = TICK_INTERVAL;
+    cfg.stop_when_inputs_end = true;
+    let entry = chain.entry();
+    let run = |chain: &mut Chain,
+               input: &mut dyn Port,
+               output: &mut dyn Port|
+     -> Result<braid_dataplane::WorkerReport, WorkerError> {
+        let (mut w, _handle) = Worker::new(cfg, chain.graph_mut())?;
+        // Both ends of the chain lead to port 0.
+        w.add_port(Box::new(output), None)?;
+        w.add_port(Box::new(input), Some(entry))?;
+        Ok(w.run())
+    };
+    let report = match run(chain, input, output) {
+        Ok(r) => r,
+        Err(e) => return failed_before_start(chain, input, output, e),
+    };
+    RunReport {
+        chain: chain.snapshot(),
+        input: report.ports[1],
+        output: report.ports[0],
+        elapsed: report.elapsed,
+        error: report.error,
     }
-    // Final tick: NFs flush what they hold back.
-    chain.tick(&mut batch);
-    if let Err(e) = output.send(&mut batch) {
-        error.get_or_insert(e);
-    }
-    if let Err(e) = output.flush() {
-        error.get_or_insert(e);
-    }
-    chain.publish();
+}
+
+fn failed_before_start(
+    chain: &Chain,
+    input: &dyn Port,
+    output: &dyn Port,
+    e: WorkerError,
+) -> RunReport {
     RunReport {
         chain: chain.snapshot(),
         input: input.stats(),
         output: output.stats(),
+        elapsed: Duration::ZERO,
+        error: Some(e),
+    }
+}
+
+/// Errors that stop [`run_threads`] before packets flow.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Build(#[from] crate::chain::ChainBuildError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("starting a worker thread: {0}")]
+    Thread(std::io::Error),
+    #[error(transparent)]
+    Control(#[from] braid_dataplane::ControlError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+}
+
+/// Packets in flight per channel between two NF threads.
+pub const CHANNEL_CAPACITY: usize = 1 << 16;
+
+/// The executable plan of an offline run under `mapping`: every NF in
+/// user space (an offline run has no kernel path), grouped into units.
+pub fn offline_spec(d: &ChainDescriptor, mapping: Mapping) -> Result<DeploymentSpec, PlanError> {
+    let mut entries = crate::plan::plan(d)?;
+    for e in &mut entries {
+        e.placement = braid_nf::Placement::User;
+    }
+    Ok(crate::plan::deployment(&d.name, &entries, mapping, false))
+}
+
+/// Run the chain `d` offline as the plan for `mapping` says, one
+/// [`Worker`] thread per unit (`--mapping threads`: a unit per NF;
+/// `thread`: one unit), in-process channels between neighbouring units,
+/// and an edge worker on its own thread that owns `input` and `output`.
+/// Everything that leaves the chain (downstream, or back upstream from the
+/// first NF) goes to `output`, as with [`run_to_end`]; packets of one
+/// direction keep their order, the two directions may interleave
+/// differently.
+///
+/// When the input has ended, every worker is drained in chain order until
+/// a whole pass moves nothing; then the unit workers are stopped in chain
+/// order (each flushes and ticks a last time into its downstream
+/// neighbour, which is still running) and the edge last. Packets an NF
+/// sends *upstream* from that very last tick are lost (none of braid's NFs
+/// does).
+pub fn run_threads(
+    d: &ChainDescriptor,
+    mapping: Mapping,
+    input: Box<dyn Port>,
+    output: Box<dyn Port>,
+) -> Result<RunReport, RunError> {
+    let start = Instant::now();
+    let spec = offline_spec(d, mapping)?;
+    let mut nfs = crate::chain::build_nfs(d)?.into_iter();
+    let batch = d.batch_size.clamp(1, crate::descriptor::MAX_BATCH_SIZE);
+    let config = |name: String| {
+        let mut c = WorkerConfig::new(name);
+        c.batch_size = batch;
+        c.tick_interval = TICK_INTERVAL;
+        c.idle = Idle::Poll;
+        c
+    };
+    let mut edge_graph = Graph::new(Vec::new(), 0);
+    edge_graph.set_ports(4);
+    let (mut edge, edge_h) = Worker::new(config(format!("{}-edge", d.name)), edge_graph)?;
+    // Edge ports: 0 output, then (with NFs) 1 to/from the first unit, then
+    // the input, then the one from the last unit.
+    edge.add_port(output, None)?;
+    let mut handles = Vec::new();
+    let mut threads = Vec::new();
+    let input_port = if spec.units.is_empty() {
+        edge.add_port(input, Some(Endpoint::Port(0)))?
+    } else {
+        let n = spec.units.len();
+        let (to_first, mut upstream) = channel_pair(&format!("{}-in", d.name), CHANNEL_CAPACITY);
+        let first = edge.add_port(Box::new(to_first), Some(Endpoint::Port(0)))?;
+        let input_port = edge.add_port(input, Some(Endpoint::Port(first)))?;
+        for (k, unit) in spec.units.iter().enumerate() {
+            let (down, next_up) = channel_pair(&format!("{}-{k}", d.name), CHANNEL_CAPACITY);
+            let unit_nfs: Vec<_> = nfs.by_ref().take(unit.nfs.len()).collect();
+            let graph = Graph::chain(unit_nfs, 2, 0, 1).expect("a unit's links fit");
+            let entries = [graph.entry(0, 1), graph.entry(1, 0)];
+            let (mut w, h) = Worker::new(config(unit.name.clone()), graph)?;
+            w.add_port(Box::new(upstream), Some(entries[0]))?;
+            w.add_port(Box::new(down), Some(entries[1]))?;
+            handles.push(h);
+            threads.push(w.spawn().map_err(RunError::Thread)?);
+            upstream = next_up;
+            if k == n - 1 {
+                let last = std::mem::replace(&mut upstream, channel_pair("unused", 1).0);
+                edge.add_port(Box::new(last), Some(Endpoint::Port(0)))?;
+            }
+        }
+        input_port
+    };
+    let edge_thread = edge.spawn().map_err(RunError::Thread)?;
+    let outcome = finish_threads(&edge_h, input_port, &handles, threads);
+    edge_h.stop()?;
+    let edge_report = edge_thread.join().expect("the edge worker does not panic");
+    let workers = outcome?;
+    let mut stages = Vec::new();
+    let mut error = edge_report.error;
+    for r in workers {
+        stages.extend(r.snapshot.stages);
+        if error.is_none() {
+            error = r.error;
+        }
+    }
+    Ok(RunReport {
+        chain: ChainSnapshot { chain: d.name.clone(), taken_ns: braid_nf::monotonic_ns(), stages },
+        input: edge_report.ports[input_port],
+        output: edge_report.ports[0],
         elapsed: start.elapsed(),
         error,
+    })
+}
+
+/// Wait for the edge's input to end, drain everything, stop the NF
+/// workers in chain order and collect their reports.
+fn finish_threads(
+    edge: &WorkerHandle,
+    input_port: usize,
+    workers: &[WorkerHandle],
+    threads: Vec<std::thread::JoinHandle<braid_dataplane::WorkerReport>>,
+) -> Result<Vec<braid_dataplane::WorkerReport>, RunError> {
+    loop {
+        let s = edge.snapshot();
+        if s.ports.get(input_port).is_none_or(|p| p.rx_ended) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
+    loop {
+        let mut moved = edge.drain()?;
+        for w in workers {
+            moved += w.drain()?;
+        }
+        moved += edge.drain()?;
+        if moved == 0 {
+            break;
+        }
+    }
+    let mut reports = Vec::new();
+    for (h, t) in workers.iter().zip(threads) {
+        h.stop()?;
+        reports.push(t.join().expect("an NF worker does not panic"));
+    }
+    Ok(reports)
 }
 
 /// A per-NF statistics table, for people.

@@ -6,10 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use braid_dataplane::Idle as WorkerIdle;
 use braid_io::shm::ShmConfig;
 use braid_nf::Params;
-use braid_runtime::procs::{run_nf_proc, NfProcConfig, PortSpec};
+use braid_runtime::procs::{run_nf_proc, Idle as WorkerIdle, NfProcConfig, PortSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Idle {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use braid_runtime::plan::Mapping;
+use braid_runtime::plan::{Mapping, RunsAs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,6 +17,9 @@ pub struct Args {
     /// Links between hosts cannot use AF_XDP (use AF_PACKET instead).
     #[arg(long)]
     pub no_af_xdp: bool,
+    /// Print the executable plan (placements, units, links) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -43,6 +46,21 @@ impl From<MappingArg> for Mapping {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let d = braid_runtime::validate::load(&args.chain)?;
     let plan = braid_runtime::plan::plan(&d)?;
+    let spec =
+        braid_runtime::plan::deployment(&d.name, &plan, args.mapping.into(), !args.no_af_xdp);
+    if args.json {
+        let placements: Vec<serde_json::Value> = plan
+            .iter()
+            .map(|e| {
+                serde_json::json!({ "name": e.name, "kind": e.kind, "class": e.class.to_string(),
+                    "placement": e.placement.to_string(), "reason": e.reason })
+            })
+            .collect();
+        let mut v = serde_json::to_value(&spec)?;
+        v["nfs"] = placements.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
     println!("chain {}:", d.name);
     println!("{:<12} {:<12} {:<11} {:<7} why", "nf", "type", "class", "runs in");
     for e in &plan {
@@ -54,6 +72,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             e.placement.to_string(),
             e.reason
         );
+    }
+    println!();
+    println!("mapping {}: {} unit(s)", spec.mapping, spec.units.len());
+    for u in &spec.units {
+        let runs = match u.runs_as {
+            RunsAs::Worker { .. } => "worker thread",
+            RunsAs::Xdp => "XDP program",
+        };
+        let nfs: Vec<&str> = u.nfs.iter().map(|&i| plan[i].name.as_str()).collect();
+        println!("  {:<16} {:<14} {}", u.name, runs, nfs.join(" -> "));
     }
     let links = braid_runtime::plan::links(&plan, args.mapping.into(), !args.no_af_xdp);
     if !links.is_empty() {

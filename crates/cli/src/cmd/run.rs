@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use braid_runtime::descriptor::{PcapPortDecl, PortDecl};
-use braid_runtime::runner::{format_stats, open_input, open_output, run_to_end};
+use braid_runtime::plan::Mapping;
+use braid_runtime::runner::{format_stats, open_input, open_output, run_threads, run_to_end};
 use braid_runtime::Chain;
 
 #[derive(clap::Args)]
@@ -21,6 +22,11 @@ pub struct Args {
     /// Print the statistics as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// How the NFs run: all in this thread, a thread per NF (channels
+    /// between them), or a process per NF (shared memory between them).
+    /// `hosts` and `compact` need the testbed: `braid deploy`.
+    #[arg(long, value_enum, default_value = "thread")]
+    pub mapping: crate::cmd::plan::MappingArg,
 }
 
 fn port(
@@ -43,14 +49,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let d = braid_runtime::validate::load(&args.chain)?;
     let input = port(args.input, &d, "in", "--input")?;
     let output = port(args.output, &d, "out", "--output")?;
-    let mut chain = Chain::from_descriptor(&d)?;
     let mut input = open_input(&input)?;
-    let mut output = open_output(&output)?;
-    let report = run_to_end(&mut chain, input.as_mut(), output.as_mut());
-    drop(output);
+    let input_name = input.name();
+    let output = open_output(&output)?;
+    let report = match Mapping::from(args.mapping) {
+        Mapping::Thread => {
+            let mut output = output;
+            let mut chain = Chain::from_descriptor(&d)?;
+            run_to_end(&mut chain, input.as_mut(), output.as_mut())
+        }
+        Mapping::Threads => run_threads(&d, Mapping::Threads, input, output)?,
+        other => anyhow::bail!(
+            "--mapping {}: not for `braid run`; hosts and compact run on the testbed (`braid deploy`)",
+            other.name()
+        ),
+    };
     if args.json {
         let mut v = report.chain.to_json();
-        v["input"] = serde_json::json!({ "port": input.name(), "packets": report.input.rx_packets,
+        v["input"] = serde_json::json!({ "port": input_name, "packets": report.input.rx_packets,
             "bytes": report.input.rx_bytes, "dropped": report.input.rx_dropped });
         v["output"] = serde_json::json!({ "packets": report.output.tx_packets,
             "bytes": report.output.tx_bytes });
