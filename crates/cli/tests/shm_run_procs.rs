@@ -100,12 +100,8 @@ fn hung_nf_is_killed_by_the_watchdog_and_restarted() {
 
 #[test]
 fn same_with_each_nf_in_its_own_network_namespace() {
-    let root = braid_io::netns::is_root();
-    if braid_testkit::skip_unless(
-        root,
-        "same_with_each_nf_in_its_own_network_namespace",
-        "--netns needs root",
-    ) {
+    if !braid_io::netns::is_root() {
+        eprintln!("skipped: --netns needs root");
         return;
     }
     scenario(true, Failure::Crash);
@@ -211,28 +207,98 @@ fn scenario(netns: bool, failure: Failure) {
     assert_eq!(pid_of(&lines, "c"), Some(pc));
 }
 
-/// A `connect:` port whose socket does not exist gives up within
-/// `--seconds` with an error naming it (it used to wait 30 s, whatever
-/// `--seconds` said).
+/// Whether `pid` runs (a zombie, dead but not yet reaped, does not).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Start `braid run-procs` on a 3-fwd chain with `extra` arguments; wait
+/// until its three NFs run. Returns the child, its output lines so far,
+/// the receiver of further lines, and the socket directory it printed.
+fn start_run_procs(
+    tag: &str,
+    extra: &[&str],
+) -> (Child, Vec<String>, mpsc::Receiver<String>, std::path::PathBuf) {
+    let chain =
+        std::env::temp_dir().join(format!("braid-run-procs-{tag}-{}.yaml", std::process::id()));
+    std::fs::write(
+        &chain,
+        format!("name: {tag}\nnfs:\n  - {{ name: a, type: fwd }}\n  - {{ name: b, type: fwd }}\n  - {{ name: c, type: fwd }}\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["run-procs", chain.to_str().unwrap(), "--seconds", "60"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !["a", "b", "c"].iter().all(|n| pid_of(&lines, n).is_some()) {
+        assert!(Instant::now() < deadline, "timed out; output: {lines:#?}");
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+    }
+    let _ = std::fs::remove_file(&chain);
+    let dir = lines
+        .iter()
+        .find_map(|l| l.split_once("; sockets in ").map(|(_, d)| std::path::PathBuf::from(d)))
+        .expect("run-procs prints its socket directory");
+    (child, lines, rx, dir)
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn nf_proc_without_a_listener_stops_at_its_seconds() {
-    let missing = std::env::temp_dir().join(format!("braid-no-listener-{}", std::process::id()));
-    let t = Instant::now();
-    let o = Command::new(env!("CARGO_BIN_EXE_braid"))
-        .args(["nf-proc", "--nf", "fwd", "--seconds", "0.5"])
-        .arg(format!("--port=connect:{}", missing.display()))
-        .arg(format!("--port=connect:{}", missing.display()))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
-    assert!(err.contains(&format!("no listener at {} within 0.5 s", missing.display())), "{err}");
-    let o = Command::new(env!("CARGO_BIN_EXE_braid"))
-        .args(["nf-proc", "--nf", "fwd", "--seconds=-1", "--port=listen:/x", "--port=listen:/y"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("--seconds -1: must be"), "{err}");
+fn a_given_up_nf_stops_the_chain_with_a_non_zero_exit_and_cleans_up() {
+    let (mut child, lines, rx, dir) = start_run_procs("giveup", &["--max-restarts", "0"]);
+    let (pa, pb, pc) =
+        (pid_of(&lines, "a").unwrap(), pid_of(&lines, "b").unwrap(), pid_of(&lines, "c").unwrap());
+    assert!(dir.join("in.sock").exists(), "{}", dir.display());
+    Command::new("kill").args(["-9", &pb.to_string()]).status().unwrap();
+    let st = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(!st.success(), "run-procs must fail when an NF is given up");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.starts_with("b: failed after 0 restarts")), "{rest:#?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!running(pa) && !running(pc), "the other NFs were stopped");
+    assert!(!dir.exists(), "socket directory {} removed", dir.display());
+}
+
+#[test]
+fn killing_run_procs_kills_its_nf_processes() {
+    let (mut child, lines, _rx, dir) = start_run_procs("orphans", &[]);
+    let pids: Vec<u32> = ["a", "b", "c"].iter().map(|n| pid_of(&lines, n).unwrap()).collect();
+    // SIGKILL: the supervisor gets no chance to stop them itself.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| running(*p)) {
+        assert!(Instant::now() < deadline, "NF processes outlived run-procs: {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,19 +3,35 @@
 //! counters and close its sockets.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
-static STOP: AtomicBool = AtomicBool::new(false);
+/// The flag the handler sets; created before the handlers are installed,
+/// so the handler only ever reads an initialised cell.
+static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
 extern "C" fn on_signal(_sig: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::Relaxed);
+    // An atomic load of the initialised cell and an atomic store:
+    // async-signal-safe.
+    if let Some(f) = STOP.get() {
+        f.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Install the handlers (idempotent) and return the flag they set.
 pub fn stop_on_signals() -> std::io::Result<&'static AtomicBool> {
+    Ok(stop_flag_on_signals_ref()?.as_ref())
+}
+
+/// The same flag as an `Arc`, for a `braid_dataplane::WorkerConfig`.
+pub fn stop_flag_on_signals() -> std::io::Result<Arc<AtomicBool>> {
+    Ok(stop_flag_on_signals_ref()?.clone())
+}
+
+fn stop_flag_on_signals_ref() -> std::io::Result<&'static Arc<AtomicBool>> {
+    let flag = STOP.get_or_init(|| Arc::new(AtomicBool::new(false)));
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: a zeroed sigaction with a plain handler, an empty mask and
-        // no flags is valid; the handler only does an atomic store.
+        // no flags is valid; the handler only does atomic loads and stores.
         let rc = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
@@ -26,7 +42,7 @@ pub fn stop_on_signals() -> std::io::Result<&'static AtomicBool> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok(&STOP)
+    Ok(flag)
 }
 
 #[cfg(test)]
@@ -36,10 +52,12 @@ mod tests {
     #[test]
     fn sigterm_sets_the_flag_instead_of_killing() {
         let flag = stop_on_signals().unwrap();
+        let arc = stop_flag_on_signals().unwrap();
         assert!(!flag.load(Ordering::Relaxed));
         // SAFETY: raising a signal whose handler was just installed.
         unsafe { libc::raise(libc::SIGTERM) };
         assert!(flag.load(Ordering::Relaxed));
+        assert!(arc.load(Ordering::Relaxed), "one flag behind both");
         flag.store(false, Ordering::Relaxed);
     }
 }

@@ -6,6 +6,9 @@
 //! - [`bench`]: in-memory throughput of a chain beside a refill baseline.
 //! - [`plan`]: where each NF runs (kernel or user space) and why.
 //! - [`runner`]: run a chain between two ports until the input ends.
+//! - [`proc_chain`]: a chain with one supervised process per NF; [`proc_chain::run_processes`].
+//! - [`procs`]: one NF as its own process between shared-memory ports.
+//! - [`shm_bench`]: packet rate and latency over each virtual-port backend.
 //! - [`spans`]: where each field of a YAML document is written.
 //!
 //! A typical use:
@@ -25,7 +28,10 @@ pub mod bench;
 pub mod chain;
 pub mod descriptor;
 pub mod plan;
+pub mod proc_chain;
+pub mod procs;
 pub mod runner;
+pub mod shm_bench;
 pub mod spans;
 #[allow(unsafe_code)] // kill, fcntl on child pipes
 pub mod supervisor;

@@ -18,6 +18,14 @@
 //! neighbour, is not a hang); once armed, a child silent for longer than
 //! the watchdog period is killed (SIGKILL) and reported as hung, and the
 //! restart policy treats it like any other failure.
+//!
+//! Children die with the supervisor: each is started with
+//! `PR_SET_PDEATHSIG` = SIGKILL, so a supervisor killed without the chance
+//! to stop them (SIGKILL, a crash) leaves no NF process behind, busy
+//! polling a core. A process that failed and will not be restarted (given
+//! up after its maximum restarts, or failed under `never`) is reported by
+//! [`Supervisor::given_up`], so the caller can stop the chain instead of
+//! running on without it.
 
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
@@ -165,6 +173,8 @@ struct Supervised {
     restarts: u32,
     restart_at: Option<Instant>,
     done: bool,
+    /// Failed and left down (not stopped by the supervisor).
+    failed_for_good: bool,
     /// Read end of the running child's heartbeat pipe (non-blocking).
     beat: Option<std::io::PipeReader>,
     /// When the last heartbeat byte came; `None` until the first (armed).
@@ -216,6 +226,7 @@ impl Supervisor {
                 restarts: 0,
                 restart_at: None,
                 done: false,
+                failed_for_good: false,
                 beat: None,
                 last_beat: None,
             })
@@ -241,6 +252,7 @@ impl Supervisor {
             None => Command::new(&p.spec.program),
         };
         cmd.args(&p.spec.args).stdin(Stdio::null());
+        die_with_this_process(&mut cmd);
         if quiet {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
@@ -275,6 +287,7 @@ impl Supervisor {
             }
             Err(e) => {
                 p.done = true;
+                p.failed_for_good = true;
                 p.beat = None;
                 Event::SpawnFailed {
                     name: p.spec.name.clone(),
@@ -313,6 +326,7 @@ impl Supervisor {
                         });
                         p.child = None;
                         p.done = true;
+                        p.failed_for_good = true;
                         continue;
                     }
                 };
@@ -338,6 +352,7 @@ impl Supervisor {
                     Some(d) => p.restart_at = Some(Instant::now() + d),
                     None => {
                         p.done = true;
+                        p.failed_for_good = failed;
                         if failed && matches!(p.spec.policy, RestartPolicy::OnFailure { .. }) {
                             events.push(Event::GaveUp {
                                 name: p.spec.name.clone(),
@@ -352,6 +367,12 @@ impl Supervisor {
             }
         }
         events
+    }
+
+    /// The first process that failed and will not run again (given up
+    /// after its restarts, failed under `never`, or could not start).
+    pub fn given_up(&self) -> Option<&str> {
+        self.procs.iter().find(|p| p.failed_for_good).map(|p| p.spec.name.as_str())
     }
 
     /// Whether process `name` has sent a heartbeat since it (re)started.
@@ -409,6 +430,29 @@ impl Supervisor {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+/// Make the child started by `cmd` receive SIGKILL when this process
+/// (more exactly: the thread that starts it) dies.
+pub fn die_with_this_process(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes async-signal-safe system calls (prctl, getppid); it allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nobody would
+            // send the signal.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
 
@@ -531,6 +575,7 @@ mod tests {
         );
         assert_eq!(s.running(), 1);
         assert!(!s.finished());
+        assert_eq!(s.given_up(), Some("crasher"));
         s.stop(Duration::from_millis(200));
         assert_eq!(s.running(), 0);
     }
@@ -552,6 +597,7 @@ mod tests {
         assert!(ev.iter().any(|e| matches!(e, Event::Exited { name, failed: false, restart_in: None, .. } if name == "ok")));
         assert_ne!(s.pid("nf"), Some(pid));
         assert_eq!(s.restarts("ok"), Some(0));
+        assert_eq!(s.given_up(), None, "restarted and clean exits are not given up");
     }
 
     #[test]
@@ -578,6 +624,31 @@ mod tests {
         assert!(
             matches!(&ev[..], [Event::Exited { failed: true, restart_in: None, .. }]),
             "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn children_die_with_the_thread_that_started_them() {
+        // A supervisor whose thread ends without stopping it (as when the
+        // supervising process is killed): the kernel kills the child.
+        let pid = std::thread::spawn(|| {
+            let mut s =
+                Supervisor::new(vec![sh("orphan", "exec sleep 30", RestartPolicy::Never)]).quiet();
+            s.start();
+            let pid = s.pid("orphan").unwrap();
+            std::mem::forget(s);
+            pid
+        })
+        .join()
+        .unwrap();
+        let mut status = 0;
+        // SAFETY: waitpid(2) on our own child (never reaped: its Child was
+        // forgotten), blocking until it ends.
+        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        assert_eq!(rc, pid as libc::pid_t);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+            "{status:#x}"
         );
     }
 

@@ -6,7 +6,10 @@
 //! `DIR/out.sock`, where a generator and a sink connect (any program using
 //! `ShmPort::connect`). A crashed NF is reported and restarted by policy;
 //! its neighbours keep running and keep their state, and reconnect to it
-//! when it is back.
+//! when it is back. An NF given up after its maximum restarts stops the
+//! chain, and the command exits non-zero. The NF processes die with this
+//! one; the sockets (and the directory, when created here) are removed.
+//! The library part is `braid_runtime::proc_chain`.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -14,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use braid_io::virtual_port::{explain, Location};
-use braid_runtime::supervisor::{file_name_part, printable, ProcSpec, RestartPolicy, Supervisor};
+use braid_runtime::proc_chain::{nf_commands, ChildIdle, SocketDir};
+use braid_runtime::supervisor::{ProcSpec, RestartPolicy, Supervisor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Restart {
@@ -49,86 +53,25 @@ pub struct Args {
     pub watchdog_ms: u64,
 }
 
-/// The `braid nf-proc` argument lists for each NF of the chain.
-pub fn nf_commands(
-    d: &braid_runtime::descriptor::ChainDescriptor,
-    dir: &std::path::Path,
-) -> Result<Vec<(String, Vec<String>)>> {
-    let n = d.nfs.len();
-    if n == 0 {
-        bail!("chain `{}` has no NFs", d.name);
-    }
-    let sock = |name: &str| dir.join(format!("{name}.sock")).display().to_string();
-    let mut out = Vec::new();
-    for (i, nf) in d.nfs.iter().enumerate() {
-        let port0 = if i == 0 {
-            format!("listen:{}", sock("in"))
-        } else {
-            format!("connect:{}", sock(&format!("link{}", i - 1)))
-        };
-        let port1 = if i + 1 == n {
-            format!("listen:{}", sock("out"))
-        } else {
-            format!("listen:{}", sock(&format!("link{i}")))
-        };
-        let params = serde_yaml_ng::to_string(&nf.params)
-            .with_context(|| format!("nfs[{i}] ({}): params", nf.name))?;
-        let mut args = vec![
-            "nf-proc".into(),
-            "--nf".into(),
-            nf.kind.clone(),
-            "--port".into(),
-            port0,
-            "--port".into(),
-            port1,
-        ];
-        if !nf.params.is_null() {
-            args.extend(["--params".into(), params]);
-        }
-        args.extend(["--batch".into(), d.batch_size.to_string()]);
-        if nf.kind == "l2switch" {
-            args.extend(["--route".into(), "out-port".into()]);
-        }
-        out.push((nf.name.clone(), args));
-    }
-    Ok(out)
-}
-
 pub fn run(a: Args) -> Result<()> {
     let d = braid_runtime::validate::load(&a.chain)?;
-    let dir = a.dir.clone().unwrap_or_else(|| {
-        // The chain name is the descriptor's: one safe component only.
-        std::env::temp_dir().join(format!(
-            "braid-{}-{}",
-            file_name_part(&d.name),
-            std::process::id()
-        ))
-    });
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("create socket directory {}", dir.display()))?;
+    let dir = match a.dir.clone() {
+        Some(p) => SocketDir::at(p)?,
+        None => SocketDir::temporary(&d.name)?,
+    };
     let exe = std::env::current_exe().context("find this executable")?;
     let policy = match a.restart {
         Restart::Never => RestartPolicy::Never,
         Restart::OnFailure => RestartPolicy::on_failure(a.max_restarts),
     };
-    let cmds = nf_commands(&d, &dir)?;
-    println!(
-        "chain {}: {} NF processes; sockets in {}",
-        printable(&d.name),
-        cmds.len(),
-        dir.display()
-    );
+    let cmds = nf_commands(&d, dir.path(), ChildIdle::Busy)?;
+    println!("chain {}: {} NF processes; sockets in {}", d.name, cmds.len(), dir.path().display());
     for i in 0..cmds.len().saturating_sub(1) {
         let (from, to) =
             (Location::user("local", i as u32, 0), Location::user("local", i as u32 + 1, 0));
-        println!(
-            "  {} -> {}: {}",
-            printable(&cmds[i].0),
-            printable(&cmds[i + 1].0),
-            explain(&from, &to, true)
-        );
+        println!("  {} -> {}: {}", cmds[i].0, cmds[i + 1].0, explain(&from, &to, true));
     }
-    println!("  in: {}  out: {}", dir.join("in.sock").display(), dir.join("out.sock").display());
+    println!("  in: {}  out: {}", dir.input().display(), dir.output().display());
     // Guards delete the namespaces when this function returns, after the
     // supervisor (declared later, dropped first) has stopped the processes.
     let mut namespaces = Vec::new();
@@ -138,11 +81,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         for (name, _) in &cmds {
             let ns = braid_io::netns::NetnsGuard::create(&braid_io::netns::unique_name(&format!(
-                "nf-{}",
-                file_name_part(name)
+                "nf-{name}"
             )))
-            .with_context(|| format!("create the network namespace of NF {}", printable(name)))?;
-            println!("  {}: network namespace {}", printable(name), ns.name());
+            .with_context(|| format!("create the network namespace of NF {name}"))?;
+            println!("  {name}: network namespace {}", ns.name());
             namespaces.push(ns);
         }
     }
@@ -165,6 +107,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("{e}");
     }
     let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let mut given_up = None;
     while !stop.load(Ordering::Relaxed)
         && deadline.is_none_or(|t| Instant::now() < t)
         && !sup.finished()
@@ -172,9 +115,17 @@ pub fn run(a: Args) -> Result<()> {
         for e in sup.poll() {
             println!("{e}");
         }
+        if let Some(name) = sup.given_up() {
+            given_up = Some(name.to_string());
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     sup.stop(Duration::from_secs(1));
-    println!("chain {}: stopped", printable(&d.name));
+    println!("chain {}: stopped", d.name);
+    drop(dir);
+    if let Some(name) = given_up {
+        bail!("NF {name} failed and was given up; the chain is stopped");
+    }
     Ok(())
 }
