@@ -6,8 +6,9 @@
 //! NFs are deployed in groups: consecutive NFs of the chain on the same
 //! host with the same placement. Each group runs on one host that has
 //! exactly two links (its ingress and egress; one NF per host is CALVIN's
-//! "one NF per isolated host"). A user-space group is one thread running
-//! its NFs in sequence, one instance each for both directions (`user.rs`).
+//! "one NF per isolated host"). A user-space group is one
+//! `braid_dataplane::Worker` on its own thread running its NFs as a chain
+//! of stages, one instance each for both directions (`user.rs`).
 //! A kernel group is one XDP program (fwd, xor or firewall, parameters
 //! translated by [`crate::kernel`]) or, for several NFs, braid's XDP chain
 //! program with one stage per NF; frames from the host's first link cross
@@ -179,15 +180,55 @@ pub struct NfStats {
     pub passed: u64,
     pub dropped: u64,
     pub malformed: u64,
-    /// User-space NFs: drops by reason (`tx_full`: the outgoing socket had
-    /// no room). Empty for kernel NFs.
+    /// User-space NFs: drops by reason (`braid_nf::DropReason` names;
+    /// frames the outgoing socket had no room for are the port's
+    /// `tx_full`, see [`Deployment::port_stats`]). Empty for kernel NFs.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub drop_reasons: std::collections::BTreeMap<&'static str, u64>,
+    /// User-space NFs: what their worker measured at the call edge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserNfStats>,
     /// AF_XDP NFs: the kernel's counters of the host's two sockets (shared
     /// by every NF of a group on that host): why frames were lost before
     /// the NF saw them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sockets: Option<SocketStats>,
+}
+
+/// What the worker of a user-space NF measured at the NF's call edge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct UserNfStats {
+    /// Calls of the NF (one per batch).
+    pub batches: u64,
+    /// Packets per call, on average.
+    pub mean_batch: f64,
+    /// The largest batch the NF was called with.
+    pub max_batch: u64,
+    /// Time inside the NF.
+    pub busy_ns: u64,
+    /// `busy_ns` per packet received.
+    pub ns_per_packet: f64,
+    /// Packets the NF created (ICMP errors, flood copies, coded packets).
+    pub packets_created: u64,
+}
+
+/// Counters of one port of a user-space group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PortRow {
+    pub host: String,
+    pub iface: String,
+    /// The port (`af_xdp:to-client/q0`).
+    pub port: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames lost on receive (AF_XDP: the kernel's `rx_dropped` and
+    /// `rx_ring_full` included).
+    pub rx_dropped: u64,
+    /// Frames the group passed on that the port could not send (its ring
+    /// or socket buffer was full, or the device refused them).
+    pub tx_full: u64,
 }
 
 /// Kernel counters of an AF_XDP NF host's two sockets, summed.
@@ -200,6 +241,20 @@ pub struct SocketStats {
     pub fill_ring_empty: u64,
     /// `rx_ring_full`: frames lost because the rx ring was full.
     pub rx_ring_full: u64,
+}
+
+impl SocketStats {
+    /// The two sockets' counters, summed.
+    fn sum(sockets: &[std::sync::Arc<crate::user::SocketCounters>; 2]) -> SocketStats {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let mut out = SocketStats::default();
+        for s in sockets {
+            out.rx_dropped += get(&s.rx_dropped);
+            out.fill_ring_empty += get(&s.fill_ring_empty);
+            out.rx_ring_full += get(&s.rx_ring_full);
+        }
+        out
+    }
 }
 
 fn xdp_err(what: String) -> impl FnOnce(braid_io::xdp::XdpError) -> TestbedError {
@@ -549,17 +604,16 @@ impl Deployment {
     }
 
     /// Per-NF counters (kernel NFs summed over CPUs), in chain order of
-    /// deployment: kernel NFs first, then user-space NFs.
+    /// deployment: kernel NFs first, then user-space NFs. User-space rows
+    /// come from their group worker's telemetry, read without locks or
+    /// stopping it.
     pub fn stats(&mut self) -> Result<Vec<NfStats>, TestbedError> {
         let mut all = self.kernel_stats()?;
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         for u in &self.users {
-            let sockets = u.nf.sockets.as_ref().map(|s| SocketStats {
-                rx_dropped: get(&s.rx_dropped),
-                fill_ring_empty: get(&s.fill_ring_empty),
-                rx_ring_full: get(&s.rx_ring_full),
-            });
-            for ((name, kind), c) in u.nfs.iter().zip(&u.nf.counters) {
+            let sockets = u.nf.sockets.as_ref().map(SocketStats::sum);
+            let snap = u.nf.handle.snapshot();
+            for ((name, kind), stage) in u.nfs.iter().zip(&snap.stages) {
+                let c = &stage.counters;
                 all.push(NfStats {
                     name: name.clone(),
                     kind: kind.clone(),
@@ -569,18 +623,52 @@ impl Deployment {
                         UserIo::AfPacket => "user (AF_PACKET)",
                     },
                     ifaces: u.ifaces.clone(),
-                    rx_packets: get(&c.rx_packets),
-                    rx_bytes: get(&c.rx_bytes),
-                    redirected: get(&c.forwarded),
+                    rx_packets: c.packets_in,
+                    rx_bytes: c.bytes_in,
+                    redirected: c.packets_out,
                     passed: 0,
-                    dropped: c.dropped(),
+                    dropped: c.dropped_total(),
                     malformed: 0,
                     drop_reasons: c.drop_breakdown().into_iter().collect(),
+                    user: Some(UserNfStats {
+                        batches: c.batches,
+                        mean_batch: c.mean_batch(),
+                        max_batch: c.max_batch,
+                        busy_ns: c.busy_ns,
+                        ns_per_packet: c.ns_per_packet(),
+                        packets_created: c.packets_created,
+                    }),
                     sockets,
                 });
             }
         }
         Ok(all)
+    }
+
+    /// The counters of every user-space group's two ports (side 0, the
+    /// client side, first), as their workers last published them (every
+    /// tick). Frames an NF passed on that the port could not send are its
+    /// `tx_full`.
+    pub fn port_stats(&self) -> Vec<PortRow> {
+        let mut rows = Vec::new();
+        for u in &self.users {
+            let snap = u.nf.handle.snapshot();
+            for (side, p) in snap.ports.iter().enumerate() {
+                let s = &p.stats;
+                rows.push(PortRow {
+                    host: u.host.clone(),
+                    iface: u.ifaces.get(side).cloned().unwrap_or_default(),
+                    port: p.name.clone(),
+                    rx_packets: s.rx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_packets: s.tx_packets,
+                    tx_bytes: s.tx_bytes,
+                    rx_dropped: s.rx_dropped,
+                    tx_full: s.tx_dropped,
+                });
+            }
+        }
+        rows
     }
 
     /// One row per kernel NF; a chain stage that hands a frame to the
@@ -610,6 +698,7 @@ impl Deployment {
                     dropped: c.drop,
                     malformed: c.malformed,
                     drop_reasons: Default::default(),
+                    user: None,
                     sockets: None,
                 });
             }

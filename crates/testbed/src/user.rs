@@ -3,32 +3,39 @@
 //! ([`braid_io::af_xdp`], one socket per interface with its steering
 //! program) or AF_PACKET (one socket per interface).
 //!
-//! Every NF of the group is ONE instance serving both directions, and one
-//! thread runs the whole group to completion: frames from the client side
-//! (side 0) cross NFs 0..n and leave by the server side (side 1); frames
-//! from the server side cross them in reverse order, n..0, as they would
-//! across hosts. So stateful NFs (nat, firewall with conntrack,
-//! loadbalancer, ...) see both directions of a flow in one state. Packets
-//! an NF emits from `tick` (flushes of coding NFs) go on in the client →
-//! server direction through the NFs after it.
+//! A group is one [`Worker`] (braid's one packet loop, `braid-dataplane`)
+//! on its own thread, running `Graph::chain(nfs, 2, 0, 1)`: port 0 is the
+//! host's client-side interface, port 1 the server side. Every NF of the
+//! group is ONE instance serving both directions: frames from port 0 enter
+//! the first NF on gate 0 and cross the NFs in chain order; frames from
+//! port 1 enter the last NF on gate 1 and cross them in reverse order, as
+//! they would across hosts. So stateful NFs (nat, firewall with conntrack,
+//! loadbalancer, ...) see both directions of a flow in one state, and
+//! `router`/`l2switch` choose their side by gate (`meta.out_port`) exactly
+//! as offline. Packets an NF emits from `tick` leave by its gate 1.
 //!
 //! Frames leave with the Ethernet addresses rewritten for the next hop,
-//! like the XDP NFs. Linux forwarding is switched off on the host while the
-//! group runs (AF_PACKET only copies frames; the kernel would forward them
-//! a second time; with AF_XDP the steering program takes every frame of the
-//! queue, so this only matters for frames it does not see) and restored
+//! like the XDP NFs: that is the job of the [`HostPort`] each interface is
+//! wrapped in, so it applies to every frame that leaves, whichever NF sent
+//! it. Linux forwarding is switched off on the host while the group runs
+//! (AF_PACKET only copies frames; the kernel would forward them a second
+//! time; with AF_XDP the steering program takes every frame of the queue,
+//! so this only matters for frames it does not see) and restored
 //! afterwards.
 
+use braid_dataplane::{
+    Graph, Idle, Sched, SchedPolicy, Worker, WorkerConfig, WorkerHandle, WorkerReport,
+};
 use braid_io::af_packet::{AfPacketConfig, AfPacketPort};
 use braid_io::af_xdp::{AfXdpConfig, AfXdpPort, WaitMode, XskStats};
-use braid_io::{netns, Port};
-use braid_nf::{Context, Counters, DropReason, NetworkFunction, Params};
+use braid_io::{netns, Port, PortError, PortStats, WaitReadiness};
+use braid_nf::{NetworkFunction, Params};
 use braid_packet::Batch;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::TestbedError;
 
@@ -63,6 +70,16 @@ pub enum UserWait {
     Busy,
 }
 
+impl UserWait {
+    /// The worker's idle policy for this setting.
+    pub fn idle(self) -> Idle {
+        match self {
+            UserWait::Poll => Idle::Poll,
+            UserWait::Busy => Idle::Busy,
+        }
+    }
+}
+
 /// How user-space NF threads run (`braid deploy --wait/--rt-prio/--cpus/--batch`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserOptions {
@@ -95,47 +112,15 @@ pub const AF_XDP_RING: u32 = 4096;
 /// plus completions in flight: 2 rings' worth (16 MiB of UMEM).
 pub const AF_XDP_FRAMES: u32 = 2 * AF_XDP_RING;
 
-/// Live counters of one NF of a group.
-#[derive(Debug, Default)]
-pub struct NfCounters {
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    /// Frames the NF passed on (to the next NF or to a socket).
-    pub forwarded: AtomicU64,
-    /// Frames the NF dropped, by reason (`braid_nf::DropReason`).
-    pub drops: [AtomicU64; DropReason::COUNT],
-    /// Frames the NF passed on that the outgoing socket had no room for
-    /// (only on the last NF of each direction).
-    pub tx_dropped: AtomicU64,
-}
+/// How often the worker runs the NFs' `tick` and publishes its ports'
+/// counters (which samples the AF_XDP sockets' kernel counters).
+pub const TICK_INTERVAL: Duration = Duration::from_millis(10);
 
-impl NfCounters {
-    /// Every drop: by the NF and at transmit.
-    pub fn dropped(&self) -> u64 {
-        self.drops.iter().map(|d| d.load(Ordering::Relaxed)).sum::<u64>()
-            + self.tx_dropped.load(Ordering::Relaxed)
-    }
-
-    /// Non-zero drop counts by reason name (`tx_full` for transmit).
-    pub fn drop_breakdown(&self) -> Vec<(&'static str, u64)> {
-        let mut out: Vec<(&'static str, u64)> = DropReason::ALL
-            .iter()
-            .map(|r| (r.name(), self.drops[*r as usize].load(Ordering::Relaxed)))
-            .filter(|(_, n)| *n != 0)
-            .collect();
-        let tx = self.tx_dropped.load(Ordering::Relaxed);
-        if tx != 0 {
-            out.push(("tx_full", tx));
-        }
-        out
-    }
-}
-
-/// Kernel counters of a group's two AF_XDP sockets, summed, as last
-/// sampled by the NF thread (every [`SAMPLE_INTERVAL`]).
+/// Kernel counters of one AF_XDP socket, as last sampled (when the worker
+/// published its port counters: every [`TICK_INTERVAL`] and at the end).
 #[derive(Debug, Default)]
 pub struct SocketCounters {
-    /// Frames the kernel dropped for the sockets (`rx_dropped`).
+    /// Frames the kernel dropped for the socket (`rx_dropped`).
     pub rx_dropped: AtomicU64,
     /// Frames lost because the fill ring was empty
     /// (`rx_fill_ring_empty_descs`): the NF thread did not hand frames
@@ -145,9 +130,13 @@ pub struct SocketCounters {
     pub rx_ring_full: AtomicU64,
 }
 
-/// How often the NF thread reads its sockets' kernel counters and runs the
-/// NFs' `tick`.
-pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+impl SocketCounters {
+    fn store(&self, k: &XskStats) {
+        self.rx_dropped.store(k.rx_dropped, Ordering::Relaxed);
+        self.fill_ring_empty.store(k.rx_fill_ring_empty_descs, Ordering::Relaxed);
+        self.rx_ring_full.store(k.rx_ring_full, Ordering::Relaxed);
+    }
+}
 
 /// One side of the NF host: its interface and the Ethernet addresses of
 /// frames leaving by it.
@@ -159,14 +148,106 @@ pub(crate) struct HostSide {
     pub dst: [u8; 6],
 }
 
-/// A running user-space NF group; stops and joins its thread on drop.
+/// What a [`HostPort`] needs from the socket it wraps beyond [`Port`].
+pub(crate) trait SocketPort: Port + 'static {
+    /// The kernel's counters of the socket, where it keeps any.
+    fn socket_stats(&self) -> Option<XskStats> {
+        None
+    }
+}
+
+impl SocketPort for AfXdpPort {
+    fn socket_stats(&self) -> Option<XskStats> {
+        self.xsk_stats().ok()
+    }
+}
+
+impl SocketPort for AfPacketPort {}
+
+/// A port on one interface of an NF host, as the group's worker sees it:
+/// every frame it sends leaves with the Ethernet addresses of the next hop
+/// on that side (source: the interface, destination: the neighbour), like
+/// the XDP NFs rewrite them; `router` and `l2switch` frames too, whatever
+/// addresses the NF wrote. Its counters sample the socket's kernel
+/// counters (AF_XDP) into [`SocketCounters`].
+pub(crate) struct HostPort<P> {
+    inner: P,
+    src: [u8; 6],
+    dst: [u8; 6],
+    sockets: Option<Arc<SocketCounters>>,
+}
+
+impl<P: SocketPort> HostPort<P> {
+    pub(crate) fn new(inner: P, side: &HostSide, sockets: Option<Arc<SocketCounters>>) -> Self {
+        HostPort { inner, src: side.src, dst: side.dst, sockets }
+    }
+}
+
+impl<P: SocketPort> Port for HostPort<P> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn recv(&mut self, batch: &mut Batch, max: usize) -> Result<usize, PortError> {
+        let n = self.inner.recv(batch, max)?;
+        if n == 0 {
+            // Nothing came: push out what an earlier send left in the
+            // transmit ring (copy-mode AF_XDP sends a bounded number of
+            // frames per kick). No system call when nothing waits.
+            self.inner.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn send(&mut self, batch: &mut Batch) -> Result<usize, PortError> {
+        for p in batch.iter_mut() {
+            let f = p.data_mut();
+            if f.len() >= 12 {
+                f[..6].copy_from_slice(&self.dst);
+                f[6..12].copy_from_slice(&self.src);
+            }
+        }
+        self.inner.send(batch)
+    }
+
+    fn flush(&mut self) -> Result<(), PortError> {
+        self.inner.flush()
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<(), PortError> {
+        self.inner.wait(timeout)
+    }
+
+    fn tx_room(&mut self) -> usize {
+        self.inner.tx_room()
+    }
+
+    fn prepare_wait(&mut self, fds: &mut Vec<RawFd>) -> WaitReadiness {
+        self.inner.prepare_wait(fds)
+    }
+
+    fn finish_wait(&mut self) {
+        self.inner.finish_wait()
+    }
+
+    fn stats(&self) -> PortStats {
+        if let (Some(into), Some(k)) = (&self.sockets, self.inner.socket_stats()) {
+            into.store(&k);
+        }
+        self.inner.stats()
+    }
+}
+
+/// A running user-space NF group; stops and joins its worker on drop.
 pub(crate) struct UserNf {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<(), String>>>,
-    /// One per NF of the group, in chain order.
-    pub counters: Vec<Arc<NfCounters>>,
-    /// AF_XDP only.
-    pub sockets: Option<Arc<SocketCounters>>,
+    /// None once joined; the thread returns None if it never ran the
+    /// worker (its scheduling was refused).
+    thread: Option<JoinHandle<Option<WorkerReport>>>,
+    /// The group's worker: its counters, read without locks.
+    pub handle: WorkerHandle,
+    /// AF_XDP only: the kernel counters of the sockets on side 0 and 1.
+    pub sockets: Option<[Arc<SocketCounters>; 2]>,
     ns: String,
     forwarding_was: String,
 }
@@ -182,31 +263,35 @@ fn sysctl_forwarding(ns: &str, value: Option<&str>) -> Result<String, TestbedErr
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// What the group thread needs from a port beyond [`Port`].
-trait GroupPort: Port + Send + 'static {
-    fn raw_fd(&self) -> RawFd;
-    fn socket_stats(&self) -> Option<XskStats> {
-        None
-    }
-}
-
-impl GroupPort for AfXdpPort {
-    fn raw_fd(&self) -> RawFd {
-        self.as_fd().as_raw_fd()
-    }
-    fn socket_stats(&self) -> Option<XskStats> {
-        self.xsk_stats().ok()
-    }
-}
-
-impl GroupPort for AfPacketPort {
-    fn raw_fd(&self) -> RawFd {
-        self.as_fd().as_raw_fd()
-    }
-}
-
-fn open_af_xdp(ns: &str, devs: [&str; 2], wait: UserWait) -> Result<[AfXdpPort; 2], TestbedError> {
+/// Open one port per side inside `ns` with `open` (which names the port
+/// kind and the interface in its error).
+fn open_pair<P: Send>(
+    ns: &str,
+    kind: &str,
+    sides: &[HostSide; 2],
+    open: impl Fn(&str) -> Result<P, PortError> + Sync,
+) -> Result<[P; 2], TestbedError> {
     let open = |dev: &str| {
+        open(dev).map_err(|e| TestbedError::Deploy(format!("{kind} port on {ns}:{dev}: {e}")))
+    };
+    netns::in_netns(ns, || -> Result<[P; 2], TestbedError> {
+        Ok([open(&sides[0].dev)?, open(&sides[1].dev)?])
+    })
+    .map_err(|source| TestbedError::Setup {
+        what: format!("{kind} ports on {ns}:{}/{}", sides[0].dev, sides[1].dev),
+        source,
+    })?
+}
+
+/// The worker's two ports: side 0 (client) first.
+type HostPorts = [Box<dyn Port>; 2];
+
+fn open_af_xdp(
+    ns: &str,
+    sides: &[HostSide; 2],
+    wait: UserWait,
+) -> Result<(HostPorts, [Arc<SocketCounters>; 2]), TestbedError> {
+    let [a, b] = open_pair(ns, "AF_XDP", sides, |dev| {
         let mut cfg = AfXdpConfig::new(dev);
         cfg.batch_size = AF_XDP_BATCH;
         cfg.ring_size = AF_XDP_RING;
@@ -216,260 +301,55 @@ fn open_af_xdp(ns: &str, devs: [&str; 2], wait: UserWait) -> Result<[AfXdpPort; 
             UserWait::Busy => WaitMode::Busy,
         };
         AfXdpPort::open(&cfg)
-            .map_err(|e| TestbedError::Deploy(format!("AF_XDP port on {ns}:{dev}: {e}")))
-    };
-    netns::in_netns(ns, || -> Result<[AfXdpPort; 2], TestbedError> {
-        Ok([open(devs[0])?, open(devs[1])?])
-    })
-    .map_err(|source| TestbedError::Setup {
-        what: format!("AF_XDP ports on {ns}:{}/{}", devs[0], devs[1]),
-        source,
-    })?
+    })?;
+    let sockets = [Arc::new(SocketCounters::default()), Arc::new(SocketCounters::default())];
+    let ports: HostPorts = [
+        Box::new(HostPort::new(a, &sides[0], Some(sockets[0].clone()))),
+        Box::new(HostPort::new(b, &sides[1], Some(sockets[1].clone()))),
+    ];
+    Ok((ports, sockets))
 }
 
 fn open_af_packet(
     ns: &str,
-    devs: [&str; 2],
+    sides: &[HostSide; 2],
     batch: usize,
-) -> Result<[AfPacketPort; 2], TestbedError> {
-    let open = |dev: &str| {
+) -> Result<HostPorts, TestbedError> {
+    let [a, b] = open_pair(ns, "AF_PACKET", sides, |dev| {
         let mut cfg = AfPacketConfig::new(dev);
         cfg.batch_size = batch;
         AfPacketPort::open(&cfg)
-            .map_err(|e| TestbedError::Deploy(format!("AF_PACKET port on {ns}:{dev}: {e}")))
-    };
-    netns::in_netns(ns, || -> Result<[AfPacketPort; 2], TestbedError> {
-        Ok([open(devs[0])?, open(devs[1])?])
-    })
-    .map_err(|source| TestbedError::Setup {
-        what: format!("AF_PACKET ports on {ns}:{}/{}", devs[0], devs[1]),
-        source,
-    })?
+    })?;
+    Ok([Box::new(HostPort::new(a, &sides[0], None)), Box::new(HostPort::new(b, &sides[1], None))])
 }
 
-/// One NF of the group with its thread-local counters.
-struct Stage {
-    nf: Box<dyn NetworkFunction>,
-    local: Counters,
-    shared: Arc<NfCounters>,
+/// The group's NFs (name, kind, parameters) as a chain between port 0
+/// (client side) and port 1 (server side). Every NF is built first: a bad
+/// parameter fails before any port opens.
+pub(crate) fn group_graph(nfs: &[(&str, &str, &Params)]) -> Result<Graph, TestbedError> {
+    let mut built: Vec<(String, Box<dyn NetworkFunction>)> = Vec::new();
+    for (name, kind, params) in nfs {
+        let nf = braid_nf::build(kind, params)
+            .map_err(|e| TestbedError::Deploy(format!("NF {name:?} ({kind}): {e}")))?;
+        built.push((name.to_string(), nf));
+    }
+    Graph::chain(built, 2, 0, 1).map_err(|e| TestbedError::Deploy(format!("NF group: {e}")))
 }
 
-/// The group's NFs and where frames go when they leave.
-struct Pipeline {
-    stages: Vec<Stage>,
-    sides: [HostSide; 2],
-}
-
-impl Pipeline {
-    /// Run `b`, which arrived from side `from`, through the stages it
-    /// crosses: 0..n from the client side, n..0 from the server side. Stops
-    /// early once the batch is empty.
-    fn run(&mut self, from: usize, b: &mut Batch, now: u64) {
-        let n = self.stages.len();
-        if from == 0 {
-            self.run_stages(0..n, b, now)
-        } else {
-            self.run_stages((0..n).rev(), b, now)
-        }
-    }
-
-    /// Run `b` through the stages `order` names, in that order.
-    fn run_stages(&mut self, order: impl Iterator<Item = usize>, b: &mut Batch, now: u64) {
-        for i in order {
-            if b.is_empty() {
-                return;
-            }
-            let s = &mut self.stages[i];
-            s.shared.rx_packets.fetch_add(b.len() as u64, Ordering::Relaxed);
-            s.shared.rx_bytes.fetch_add(b.bytes() as u64, Ordering::Relaxed);
-            let before = s.local.drops;
-            s.nf.process(b, &mut Context::new(now, &mut s.local));
-            for (r, (a, was)) in s.local.drops.iter().zip(before).enumerate() {
-                if *a != was {
-                    s.shared.drops[r].fetch_add(a - was, Ordering::Relaxed);
-                }
-            }
-            s.shared.forwarded.fetch_add(b.len() as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// Rewrite the Ethernet addresses of `b` for leaving by side `to`, send
-    /// it, and charge transmit drops to the last NF before that side.
-    fn send<P: Port>(&self, port: &mut P, to: usize, b: &mut Batch) -> Result<(), String> {
-        let side = &self.sides[to];
-        for p in b.iter_mut() {
-            let f = p.data_mut();
-            if f.len() >= 12 {
-                f[..6].copy_from_slice(&side.dst);
-                f[6..12].copy_from_slice(&side.src);
-            }
-        }
-        let want = b.len() as u64;
-        let sent = port.send(b).map_err(|e| e.to_string())? as u64;
-        port.flush().map_err(|e| e.to_string())?;
-        if sent < want {
-            let last = if to == 1 { self.stages.len() - 1 } else { 0 };
-            self.stages[last].shared.tx_dropped.fetch_add(want - sent, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
-/// Receive one batch on side `from`, run it through the group and send it
-/// out of the other side. Returns the number of frames received.
-fn step<P: Port>(
-    ports: &mut [P; 2],
-    from: usize,
-    pipe: &mut Pipeline,
-    b: &mut Batch,
-    max: usize,
-) -> Result<usize, String> {
-    let n = ports[from].recv(b, max).map_err(|e| e.to_string())?;
-    if n == 0 {
-        return Ok(0);
-    }
-    pipe.run(from, b, braid_nf::monotonic_ns());
-    if !b.is_empty() {
-        pipe.send(&mut ports[1 - from], 1 - from, b)?;
-    }
-    Ok(n)
-}
-
-/// Sleep until one of the sockets has frames or `timeout` passes.
-fn wait_either(fds: [RawFd; 2], timeout: Duration) -> Result<(), String> {
-    let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
-    // SAFETY: `pfds` is a live array of two pollfd structs whose descriptors
-    // stay open (the ports live in the calling thread) for the call.
-    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(format!("poll on the NF's sockets: {e}"));
-        }
-    }
-    Ok(())
-}
-
-/// Apply `--cpus` and `--rt-prio` to the calling thread.
+/// Apply `--cpus` and `--rt-prio` to the calling thread, each separately
+/// so that the error names the option the kernel refused.
 fn apply_sched(opts: &UserOptions) -> Result<(), String> {
     if !opts.cpus.is_empty() {
-        // SAFETY: cpu_set_t is a plain bit array, valid when zeroed.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        for &c in &opts.cpus {
-            if c >= libc::CPU_SETSIZE as usize {
-                return Err(format!("--cpus: CPU {c} is beyond the kernel's CPU set size"));
-            }
-            // SAFETY: `c` is below CPU_SETSIZE, inside `set`.
-            unsafe { libc::CPU_SET(c, &mut set) };
-        }
-        // SAFETY: pid 0 is the calling thread; `set` is a live cpu_set_t
-        // and its exact size is passed.
-        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-        if rc != 0 {
-            return Err(format!(
-                "--cpus {:?}: sched_setaffinity: {}",
-                opts.cpus,
-                std::io::Error::last_os_error()
-            ));
-        }
+        Sched { cpus: opts.cpus.clone(), ..Sched::default() }
+            .apply_to_current_thread()
+            .map_err(|e| format!("--cpus {:?}: {e}", opts.cpus))?;
     }
     if let Some(prio) = opts.rt_prio {
-        let param = libc::sched_param { sched_priority: prio };
-        // SAFETY: pthread_self() is the calling thread; `param` is live.
-        let rc =
-            unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
-        if rc != 0 {
-            return Err(format!(
-                "--rt-prio {prio}: SCHED_FIFO: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ));
-        }
+        Sched { policy: SchedPolicy::Fifo(prio), ..Sched::default() }
+            .apply_to_current_thread()
+            .map_err(|e| format!("--rt-prio {prio}: SCHED_FIFO: {e}"))?;
     }
     Ok(())
-}
-
-/// The group thread: both directions in turn, then the NFs' `tick`, then
-/// wait if nothing came.
-fn run_group<P: GroupPort>(
-    mut ports: [P; 2],
-    mut pipe: Pipeline,
-    batch: usize,
-    opts: UserOptions,
-    sockets: Option<Arc<SocketCounters>>,
-    stop: Arc<AtomicBool>,
-    started: mpsc::Sender<Result<(), String>>,
-) -> Result<(), String> {
-    if let Err(e) = apply_sched(&opts) {
-        // Reported by `start`, which then fails the deployment.
-        let _ = started.send(Err(e));
-        return Ok(());
-    }
-    let _ = started.send(Ok(()));
-    let mut b = Batch::with_capacity(batch);
-    let mut tick_out = Batch::with_capacity(batch);
-    let mut next_sample = Instant::now() + SAMPLE_INTERVAL;
-    let fds = [ports[0].raw_fd(), ports[1].raw_fd()];
-    while !stop.load(Ordering::Relaxed) {
-        let n0 = step(&mut ports, 0, &mut pipe, &mut b, batch)?;
-        let n1 = step(&mut ports, 1, &mut pipe, &mut b, batch)?;
-        let idle = n0 == 0 && n1 == 0;
-        let now = Instant::now();
-        if now >= next_sample {
-            next_sample = now + SAMPLE_INTERVAL;
-            tick(&mut ports, &mut pipe, &mut tick_out)?;
-            if let Some(s) = &sockets {
-                sample_sockets(&ports, s);
-            }
-        }
-        if idle {
-            // An AF_XDP `recv` that finds no frame has already refilled the
-            // fill ring and made the fill wakeup call the kernel asked for
-            // (need-wakeup); `flush` kicks transmit again if frames are
-            // still waiting in a tx ring (no system call when none are).
-            ports[0].flush().map_err(|e| e.to_string())?;
-            ports[1].flush().map_err(|e| e.to_string())?;
-            match opts.wait {
-                UserWait::Poll => wait_either(fds, Duration::from_millis(50))?,
-                UserWait::Busy => std::hint::spin_loop(),
-            }
-        }
-    }
-    if let Some(s) = &sockets {
-        sample_sockets(&ports, s);
-    }
-    Ok(())
-}
-
-/// Run every NF's `tick`; what one emits goes on towards the server side
-/// through the NFs after it.
-fn tick<P: Port>(ports: &mut [P; 2], pipe: &mut Pipeline, out: &mut Batch) -> Result<(), String> {
-    let now = braid_nf::monotonic_ns();
-    for i in 0..pipe.stages.len() {
-        let s = &mut pipe.stages[i];
-        s.nf.tick(out, &mut Context::new(now, &mut s.local));
-        if !out.is_empty() {
-            let n = pipe.stages.len();
-            pipe.run_stages(i + 1..n, out, now);
-            if !out.is_empty() {
-                pipe.send(&mut ports[1], 1, out)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn sample_sockets<P: GroupPort>(ports: &[P; 2], into: &SocketCounters) {
-    let (mut rx_dropped, mut fill_empty, mut ring_full) = (0, 0, 0);
-    for p in ports {
-        if let Some(k) = p.socket_stats() {
-            rx_dropped += k.rx_dropped;
-            fill_empty += k.rx_fill_ring_empty_descs;
-            ring_full += k.rx_ring_full;
-        }
-    }
-    into.rx_dropped.store(rx_dropped, Ordering::Relaxed);
-    into.fill_ring_empty.store(fill_empty, Ordering::Relaxed);
-    into.rx_ring_full.store(ring_full, Ordering::Relaxed);
 }
 
 impl UserNf {
@@ -500,50 +380,53 @@ impl UserNf {
                 )));
             }
         }
-        // Build every NF first: a bad parameter fails before any port opens.
-        let mut stages = Vec::new();
-        for (name, kind, params) in nfs {
-            let nf = braid_nf::build(kind, params)
-                .map_err(|e| TestbedError::Deploy(format!("NF {name:?} ({kind}): {e}")))?;
-            stages.push(Stage {
-                nf,
-                local: Counters::default(),
-                shared: Arc::new(NfCounters::default()),
-            });
-        }
-        let counters: Vec<Arc<NfCounters>> = stages.iter().map(|s| s.shared.clone()).collect();
-        let devs = [sides[0].dev.clone(), sides[1].dev.clone()];
-        let devs = [devs[0].as_str(), devs[1].as_str()];
-        let pipe = Pipeline { stages, sides };
-        let forwarding_was = sysctl_forwarding(ns, None)?;
-        sysctl_forwarding(ns, Some("0"))?;
+        let graph = group_graph(nfs)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let mut me = UserNf {
-            stop: stop.clone(),
-            thread: None,
-            counters,
-            sockets: None,
-            ns: ns.to_string(),
-            forwarding_was,
-        };
-        let (tx, rx) = mpsc::channel();
-        let o = opts.clone();
-        me.thread = Some(match io {
+        let mut cfg = WorkerConfig::new(format!("nf-group@{ns}"));
+        cfg.idle = opts.wait.idle();
+        cfg.tick_interval = TICK_INTERVAL;
+        cfg.stop_flag = Some(stop.clone());
+        // Scheduling is applied by the thread itself before the worker
+        // runs (see below), so a refusal fails the deployment at once.
+        cfg.sched = Sched::default();
+        let (ports, sockets) = match io {
             UserIo::AfXdp => {
-                let ports = open_af_xdp(ns, devs, opts.wait)?;
-                let sockets = Arc::new(SocketCounters::default());
-                me.sockets = Some(sockets.clone());
-                std::thread::spawn(move || {
-                    run_group(ports, pipe, AF_XDP_BATCH, o, Some(sockets), stop, tx)
-                })
+                cfg.batch_size = AF_XDP_BATCH;
+                let (ports, sockets) = open_af_xdp(ns, &sides, opts.wait)?;
+                (ports, Some(sockets))
             }
             UserIo::AfPacket => {
-                let ports = open_af_packet(ns, devs, opts.batch)?;
-                std::thread::spawn(move || {
-                    run_group(ports, pipe, o.batch, o.clone(), None, stop, tx)
-                })
+                cfg.batch_size = opts.batch;
+                (open_af_packet(ns, &sides, opts.batch)?, None)
             }
+        };
+        let deploy_err = |e: braid_dataplane::WorkerError| TestbedError::Deploy(e.to_string());
+        let (mut worker, handle) = Worker::new(cfg, graph).map_err(deploy_err)?;
+        let [client, server] = ports;
+        let (to_server, to_client) = {
+            let g = worker.graph_mut();
+            (g.entry(0, 1), g.entry(1, 0))
+        };
+        worker.add_port(client, Some(to_server)).map_err(deploy_err)?;
+        worker.add_port(server, Some(to_client)).map_err(deploy_err)?;
+        let forwarding_was = sysctl_forwarding(ns, None)?;
+        sysctl_forwarding(ns, Some("0"))?;
+        let mut me =
+            UserNf { stop, thread: None, handle, sockets, ns: ns.to_string(), forwarding_was };
+        let (tx, rx) = mpsc::channel();
+        let o = opts.clone();
+        let spawned = std::thread::Builder::new().name(format!("braid-nf-{ns}")).spawn(move || {
+            if let Err(e) = apply_sched(&o) {
+                // Reported by `start`, which then fails the deployment.
+                let _ = tx.send(Err(e));
+                return None;
+            }
+            let _ = tx.send(Ok(()));
+            Some(worker.run())
         });
+        let thread = spawned
+            .map_err(|e| TestbedError::Deploy(format!("NF thread in {ns} did not start: {e}")))?;
+        me.thread = Some(thread);
         match rx.recv() {
             Ok(Ok(())) => Ok(me),
             Ok(Err(e)) => Err(TestbedError::Deploy(format!("NF thread in {ns}: {e}"))),
@@ -556,7 +439,7 @@ impl Drop for UserNf {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            if let Ok(Err(e)) = t.join() {
+            if let Ok(Some(WorkerReport { error: Some(e), .. })) = t.join() {
                 eprintln!("braid deploy: NF thread in {} ended with an error: {e}", self.ns);
             }
         }
@@ -567,21 +450,19 @@ impl Drop for UserNf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use braid_dataplane::Endpoint;
+    use braid_nf::DropReason;
     use braid_packet::wire::build::FrameSpec;
     use std::net::Ipv4Addr;
 
-    /// A group of (kind, YAML parameters), without ports.
-    fn pipeline(nfs: &[(&str, &str)]) -> Pipeline {
-        let stages = nfs
-            .iter()
-            .map(|(kind, yaml)| Stage {
-                nf: braid_nf::build(kind, &serde_yaml_ng::from_str(yaml).unwrap()).unwrap(),
-                local: Counters::default(),
-                shared: Arc::new(NfCounters::default()),
-            })
-            .collect();
-        let side = |dev: &str| HostSide { dev: dev.into(), src: [2; 6], dst: [4; 6] };
-        Pipeline { stages, sides: [side("a"), side("b")] }
+    /// A group of (kind, YAML parameters) as its worker's graph, without
+    /// ports.
+    fn group(nfs: &[(&str, &str)]) -> Graph {
+        let params: Vec<Params> =
+            nfs.iter().map(|(_, yaml)| serde_yaml_ng::from_str(yaml).unwrap()).collect();
+        let specs: Vec<(&str, &str, &Params)> =
+            nfs.iter().zip(&params).map(|((kind, _), p)| (*kind, *kind, p)).collect();
+        group_graph(&specs).unwrap()
     }
 
     fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Batch {
@@ -600,34 +481,78 @@ mod tests {
         ((ip(26), port(34)), (ip(30), port(36)))
     }
 
+    /// Push `b` into the group from side `from`; what leaves, per side.
+    fn run(g: &mut Graph, from: u16, mut b: Batch, now: u64) -> [Batch; 2] {
+        let mut out = [Batch::new(), Batch::new()];
+        let to = g.entry(from, 1 - from as usize);
+        g.push(to, &mut b, now, &mut out);
+        out
+    }
+
     #[test]
     fn answers_cross_the_group_in_reverse_order() {
-        let mut p = pipeline(&[
+        let mut g = group(&[
             ("firewall", "{ rules: [{ action: allow, src: 10.1.0.0/16 }], default: drop }"),
             ("nat", "{ external_ip: 192.0.2.1, internal: [10.1.0.0/16] }"),
         ]);
         let now = braid_nf::monotonic_ns();
         // Request from the client side: firewall (allowed, tracked), then NAT.
-        let mut req = udp([10, 1, 0, 5], 4000, [198, 51, 100, 7], 53);
-        p.run(0, &mut req, now);
+        let [back, req] = run(&mut g, 0, udp([10, 1, 0, 5], 4000, [198, 51, 100, 7], 53), now);
+        assert!(back.is_empty());
         let (src, dst) = ends(&req);
         assert_eq!(src.0, Ipv4Addr::new(192, 0, 2, 1), "translated source");
         assert_eq!(dst, (Ipv4Addr::new(198, 51, 100, 7), 53));
         // The answer from the server side: NAT first (back to the inside
         // address), then the firewall, whose connection lets it in.
-        let mut ans = udp([198, 51, 100, 7], 53, [192, 0, 2, 1], src.1);
-        p.run(1, &mut ans, now);
+        let [ans, onward] = run(&mut g, 1, udp([198, 51, 100, 7], 53, [192, 0, 2, 1], src.1), now);
+        assert!(onward.is_empty());
         assert_eq!(ends(&ans).1, (Ipv4Addr::new(10, 1, 0, 5), 4000));
         // A flow the server side starts (another port): the NAT passes it
         // on, the firewall drops it, counted with its reason on its row.
-        let mut unasked = udp([198, 51, 100, 7], 53, [10, 1, 0, 5], 5000);
-        p.run(1, &mut unasked, now);
-        assert!(unasked.is_empty());
-        let (fw, nat) = (&p.stages[0].shared, &p.stages[1].shared);
+        let [unasked, onward] =
+            run(&mut g, 1, udp([198, 51, 100, 7], 53, [10, 1, 0, 5], 5000), now);
+        assert!(unasked.is_empty() && onward.is_empty());
+        let (fw, nat) = (g.stages()[0].counters(), g.stages()[1].counters());
         assert_eq!(fw.drop_breakdown(), [("denied", 1)]);
-        assert_eq!(fw.dropped(), 1);
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        assert_eq!((get(&fw.rx_packets), get(&fw.forwarded)), (3, 2));
-        assert_eq!((get(&nat.rx_packets), get(&nat.forwarded), nat.dropped()), (3, 3, 0));
+        assert_eq!(fw.dropped_total(), 1);
+        assert_eq!(fw.dropped(DropReason::Denied), 1);
+        assert_eq!((fw.packets_in, fw.packets_out), (3, 2));
+        assert_eq!((nat.packets_in, nat.packets_out, nat.dropped_total()), (3, 3, 0));
+        assert_eq!(g.entry(0, 1), Endpoint::Stage { stage: 0, gate: 0 });
+    }
+
+    /// A port that keeps what it is sent.
+    struct Sink(Vec<Vec<u8>>);
+    impl Port for Sink {
+        fn name(&self) -> String {
+            "sink".into()
+        }
+        fn recv(&mut self, _: &mut Batch, _: usize) -> Result<usize, PortError> {
+            Ok(0)
+        }
+        fn send(&mut self, b: &mut Batch) -> Result<usize, PortError> {
+            let n = b.len();
+            self.0.extend(b.drain().map(|p| p.data().to_vec()));
+            Ok(n)
+        }
+        fn stats(&self) -> PortStats {
+            PortStats::default()
+        }
+    }
+    impl SocketPort for Sink {}
+
+    #[test]
+    fn host_port_rewrites_the_ethernet_addresses_of_what_leaves() {
+        let side = HostSide { dev: "x".into(), src: [2; 6], dst: [4; 6] };
+        let mut p = HostPort::new(Sink(Vec::new()), &side, None);
+        let mut b = udp([10, 1, 0, 5], 4000, [198, 51, 100, 7], 53);
+        let body = b.iter().next().unwrap().data()[12..].to_vec();
+        // A runt shorter than two addresses is sent as it is.
+        b.push(braid_packet::Packet::from_bytes(&[9; 8]));
+        assert_eq!(p.send(&mut b).unwrap(), 2);
+        let sent = &p.inner.0;
+        assert_eq!((&sent[0][..6], &sent[0][6..12]), (&[4u8; 6][..], &[2u8; 6][..]));
+        assert_eq!(sent[0][12..], body[..], "only the addresses change");
+        assert_eq!(sent[1], [9; 8]);
     }
 }

@@ -10,7 +10,7 @@
 use anyhow::Context;
 use braid_nf::Placement;
 use braid_testbed::deploy::{
-    deploy_with, Mapping, NfOnHost, NfStats, UserIo, UserOptions, UserWait, Where,
+    deploy_with, Mapping, NfOnHost, NfStats, PortRow, UserIo, UserOptions, UserWait, Where,
 };
 use braid_testbed::{Options, State};
 use std::path::{Path, PathBuf};
@@ -108,13 +108,21 @@ pub enum UserIoArg {
     AfPacket,
 }
 
-/// Write the stats file: `{chain, pid, uptime_s, nfs: [NfStats...]}`.
-fn write_stats(path: &Path, chain: &str, uptime: Duration, nfs: &[NfStats]) -> anyhow::Result<()> {
+/// Write the stats file: `{chain, pid, uptime_s, nfs: [NfStats...],
+/// ports: [PortRow...]}` (ports: those of the user-space groups).
+fn write_stats(
+    path: &Path,
+    chain: &str,
+    uptime: Duration,
+    nfs: &[NfStats],
+    ports: &[PortRow],
+) -> anyhow::Result<()> {
     let f = serde_json::json!({
         "chain": chain,
         "pid": std::process::id(),
         "uptime_s": uptime.as_secs_f64(),
         "nfs": nfs,
+        "ports": ports,
     });
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -261,7 +269,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 break;
             }
         };
-        if let Err(e) = write_stats(&args.stats_file, &d.name, start.elapsed(), &stats) {
+        let ports = deployment.port_stats();
+        if let Err(e) = write_stats(&args.stats_file, &d.name, start.elapsed(), &stats, &ports) {
             result = Err(e);
             break;
         }

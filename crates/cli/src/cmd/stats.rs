@@ -72,6 +72,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let list: Vec<String> = r.iter().map(|(k, v)| format!("{k} {v}")).collect();
             println!("{:<12} drops: {}", "", list.join(", "));
         }
+        if let Some(w) = n["user"].as_object() {
+            let g = |f: &str| w.get(f).and_then(|v| v.as_f64()).unwrap_or(0.0);
+            println!(
+                "{:<12} batches {}, mean batch {:.1}, max batch {}, {:.0} ns/packet",
+                "",
+                g("batches"),
+                g("mean_batch"),
+                g("max_batch"),
+                g("ns_per_packet")
+            );
+        }
         if let Some(k) = n["sockets"].as_object() {
             let g = |f: &str| k.get(f).and_then(|v| v.as_u64()).unwrap_or(0);
             println!(
@@ -83,6 +94,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 g("rx_ring_full")
             );
         }
+    }
+    // The ports of the user-space groups: `tx_full` counts frames an NF
+    // passed on that the outgoing socket had no room for.
+    let ports: Vec<&serde_json::Value> = f["ports"].as_array().into_iter().flatten().collect();
+    if !ports.is_empty() {
+        println!(
+            "{:<8} {:<24} {:>12} {:>12} {:>10} {:>8}",
+            "host", "port", "rx_packets", "tx_packets", "rx_dropped", "tx_full"
+        );
+    }
+    for p in ports {
+        let s = |k: &str| p[k].as_str().unwrap_or("-").to_string();
+        let u = |k: &str| p[k].as_u64().map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "{:<8} {:<24} {:>12} {:>12} {:>10} {:>8}",
+            s("host"),
+            s("port"),
+            u("rx_packets"),
+            u("tx_packets"),
+            u("rx_dropped"),
+            u("tx_full")
+        );
     }
     Ok(())
 }

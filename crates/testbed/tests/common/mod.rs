@@ -38,12 +38,17 @@ pub fn skip(what: &str) -> bool {
 /// The CALVIN testbed with two NF hosts, up; `tag` keeps the names of
 /// tests running at the same time apart.
 pub fn bed(tag: &str) -> Bed {
+    bed_with(tag, 2)
+}
+
+/// The CALVIN testbed with `nf_hosts` NF hosts, up.
+pub fn bed_with(tag: &str, nf_hosts: usize) -> Bed {
     let pid = std::process::id();
     let bed = Bed(Options {
         state_path: std::env::temp_dir().join(format!("braid-deploy-{pid}-{tag}.json")),
         prefix: format!("braid-{tag}{pid}-"),
     });
-    up(&calvin(2, false), &bed.0).unwrap();
+    up(&calvin(nf_hosts, false), &bed.0).unwrap();
     bed
 }
 
