@@ -62,6 +62,7 @@ enum Command {
 /// children or testbed state (deploy, run-procs, nf-proc, shm-bench,
 /// probe, echo, testbed) keep ignoring it, so a peer closing a socket is an
 /// error they handle rather than a silent death.
+#[allow(unsafe_code)]
 fn end_quietly_on_closed_stdout() {
     // SAFETY: signal(2) only sets the disposition of SIGPIPE; it is called
     // before any thread is started, and SIG_DFL is a valid action.

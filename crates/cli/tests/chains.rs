@@ -1,3 +1,5 @@
+// setrlimit in a child and a raw pipe: system calls only this test makes.
+#![allow(unsafe_code)]
 //! The offline chain commands end to end: the `braid` binary on good and
 //! bad inputs, checking exit codes, messages and output files.
 

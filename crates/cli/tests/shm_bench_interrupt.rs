@@ -1,3 +1,5 @@
+// Signals and raw descriptors: system calls only this test makes.
+#![allow(unsafe_code)]
 //! `braid shm-bench` interrupted by Ctrl-C (SIGINT to its whole process
 //! group, as a terminal sends it) exits promptly and non-zero, no process
 //! of it panics, and it leaves no namespace, veth pair, socket file or
