@@ -26,7 +26,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "ats",
     class: NfClass::Basic,
     placements: &[Placement::User],
-    stateful: false,
+    state: crate::StateKind::None,
+    kernel: None,
     summary: "append rx and tx time stamps (2 x u64 ns) to the UDP payload",
     params: &[ParamDoc {
         name: "udp_port",

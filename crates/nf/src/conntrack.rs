@@ -14,8 +14,8 @@
 //! * [`ConnTable`]: a slab of connections, each reachable by its original
 //!   and its reply key (like Linux conntrack's two tuple hashes) through an
 //!   open-addressing index, with idle timeouts checked lazily on lookup and
-//!   swept incrementally, whole export/import as plain records
-//!   ([`ConnSnapshot`]), and a batched lookup API (touch, probe, hinted
+//!   swept incrementally, export/import (whole, by flow, merging) as plain
+//!   records ([`ConnSnapshot`]), and a batched lookup API (touch, probe, hinted
 //!   lookup; [`ConnTable::prefetch_batch`]) so the cache misses of a batch
 //!   overlap (see [`Prefetch`]).
 //! * [`StateClock`]: NF-local time that continues across an export/import,
@@ -28,7 +28,7 @@ use braid_packet::wire::{self, ethertype, udp, Icmpv4Packet, Ipv4Packet, TcpPack
 
 use braid_packet::{Batch, Packet};
 
-use crate::{Context, DropReason, NfState, StateError};
+use crate::{Context, DropReason, Encoding, FlowScope, NfState, PartitionKey, StateError};
 
 // The protocol numbers, TCP flags and ICMP types the stateful NFs test,
 // under the names they use (re-exported from `braid_packet::wire`).
@@ -744,7 +744,7 @@ pub fn apply_steps<S: Copy>(
 }
 
 /// The exported state of a conntrack-based NF (firewall, NAT): its clock
-/// and its connections.
+/// and its connections (all, or those of a [`FlowScope`]).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct ConnSnapshot {
     /// NF-local time at export ([`StateClock::last`]).
@@ -755,17 +755,76 @@ pub struct ConnSnapshot {
 /// Version of the [`ConnSnapshot`] format.
 pub const SNAPSHOT_VERSION: u32 = 1;
 
+/// What merging a snapshot into a table gives (see
+/// [`ConnSnapshot::merge_into`]).
+pub struct MergedConns {
+    /// Every connection the table should hold after the merge.
+    pub conns: Vec<Conn>,
+    /// The exporter's clock, to continue from when the importer held no
+    /// connection (then no age needs translating).
+    pub adopt_clock: Option<u64>,
+}
+
+impl Conn {
+    /// The flow this connection is the state of: the symmetric 5-tuple of
+    /// its original direction (for NAT, the inside host's side).
+    #[inline]
+    pub fn partition_key(&self) -> PartitionKey {
+        PartitionKey::five_tuple(self.orig.into())
+    }
+}
+
 impl ConnSnapshot {
-    /// The snapshot of `table` at NF-local time `clock.last()`, as the state
-    /// of NF `kind` (no table: no connections).
-    pub fn encode(kind: &str, clock: &StateClock, table: Option<&ConnTable>) -> NfState {
-        let conns = table.map(|t| t.iter().copied().collect()).unwrap_or_default();
-        NfState::encode(kind, SNAPSHOT_VERSION, &ConnSnapshot { clock: clock.last(), conns })
+    /// The connections of `table` in `scope`, at NF-local time
+    /// `clock.last()`, as the state of NF `kind` in `encoding` (no table:
+    /// no connections).
+    pub fn export(
+        kind: &str,
+        clock: &StateClock,
+        table: Option<&ConnTable>,
+        scope: &FlowScope,
+        encoding: Encoding,
+    ) -> NfState {
+        let conns = match table {
+            Some(t) if *scope == FlowScope::All => t.iter().copied().collect(),
+            Some(t) => t.iter().filter(|c| scope.contains(&c.partition_key())).copied().collect(),
+            None => Vec::new(),
+        };
+        NfState::encode_as(
+            encoding,
+            kind,
+            SNAPSHOT_VERSION,
+            &ConnSnapshot { clock: clock.last(), conns },
+        )
     }
 
-    /// A snapshot exported by NF `kind` with [`ConnSnapshot::encode`].
+    /// A snapshot exported by NF `kind` with [`ConnSnapshot::export`].
     pub fn decode(state: &NfState, kind: &str) -> Result<ConnSnapshot, StateError> {
         state.decode(kind, SNAPSHOT_VERSION)
+    }
+
+    /// The connections after merging this snapshot into `table` (whose
+    /// NF-local time is `clock`): the held connections except those whose
+    /// flow the snapshot brings again, then the snapshot's. Ages carry
+    /// over: an imported connection idle for `d` at export is idle for `d`
+    /// on the importer's clock (when the importer holds no connection it
+    /// adopts the exporter's clock instead, like a replacing import). The
+    /// caller checks the result (keys, ports, size) before installing it.
+    pub fn merge_into(self, table: Option<&ConnTable>, clock: &StateClock) -> MergedConns {
+        let held = table.filter(|t| !t.is_empty());
+        let Some(held) = held else {
+            return MergedConns { conns: self.conns, adopt_clock: Some(self.clock) };
+        };
+        let incoming: std::collections::HashSet<PartitionKey> =
+            self.conns.iter().map(Conn::partition_key).collect();
+        let mut conns: Vec<Conn> =
+            held.iter().filter(|c| !incoming.contains(&c.partition_key())).copied().collect();
+        let now = clock.last();
+        conns.extend(self.conns.into_iter().map(|mut c| {
+            c.last_seen = now.wrapping_sub(self.clock.wrapping_sub(c.last_seen));
+            c
+        }));
+        MergedConns { conns, adopt_clock: None }
     }
 }
 

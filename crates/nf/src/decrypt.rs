@@ -19,7 +19,8 @@ use crate::aes_header::{AesHeader, Cipher, KeyConfig, Mode, HEADER_LEN, KEY_PARA
 use crate::replay::{ReplayGuard, ReplaySnapshot, MAX_WINDOW, MIN_WINDOW};
 use crate::udp_payload::{self, Located};
 use crate::{
-    Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc, Placement, StateError,
+    Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc,
+    Placement, StateError,
 };
 use braid_packet::{Batch, Packet};
 
@@ -46,7 +47,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "decrypt",
     class: NfClass::Advanced,
     placements: &[Placement::User],
-    stateful: true,
+    state: crate::StateKind::Whole,
+    kernel: None,
     summary: "AES-CTR / AES-GCM decryption of what `encrypt` produced; GCM tag failures dropped and counted",
     params: &PARAMS,
     build: |p| Ok(Box::new(Decrypt::from_config(&crate::params::parse::<KeyConfig>(p)?)?)),
@@ -152,8 +154,10 @@ impl NetworkFunction for Decrypt {
         cx.retain(batch, |pkt| self.decrypt(pkt));
     }
 
-    fn export_state(&self) -> Option<NfState> {
-        self.replay.as_ref().map(|g| NfState::encode(SPEC.name, STATE_VERSION, &g.snapshot()))
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
+        scope.require_all(SPEC.name)?;
+        let guard = self.replay.as_ref().ok_or(StateError::Stateless)?;
+        Ok(NfState::encode_as(encoding, SPEC.name, STATE_VERSION, &guard.snapshot()))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {

@@ -10,6 +10,7 @@
 use crate::aes_header::{AesHeader, Cipher, KeyConfig, Mode, HEADER_LEN, KEY_PARAMS, TAG_LEN};
 use crate::udp_payload::{self, Located};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
+use crate::{Encoding, FlowScope, NfState, StateError};
 use braid_packet::{Batch, Packet};
 
 static PARAMS: [ParamDoc; 5] = [
@@ -29,7 +30,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "encrypt",
     class: NfClass::Advanced,
     placements: &[Placement::User],
-    stateful: false,
+    state: crate::StateKind::Whole,
+    kernel: None,
     summary: "AES-CTR / AES-GCM encryption of UDP payloads with a per-packet nonce header",
     params: &PARAMS,
     build: |p| Ok(Box::new(Encrypt::from_config(&crate::params::parse::<KeyConfig>(p)?)?)),
@@ -93,6 +95,18 @@ impl Encrypt {
     }
 }
 
+/// The exported state: the nonce sequence (salt and next sequence
+/// number) and the key id it belongs to. The key itself never leaves the
+/// NF: the importer has it from its own configuration.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SequenceState {
+    key_id: u16,
+    salt: [u8; 4],
+    next_seq: u64,
+}
+
+const STATE_VERSION: u32 = 1;
+
 impl NetworkFunction for Encrypt {
     fn spec(&self) -> &'static NfSpec {
         &SPEC
@@ -100,6 +114,30 @@ impl NetworkFunction for Encrypt {
 
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         cx.retain(batch, |pkt| self.encrypt(pkt));
+    }
+
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
+        scope.require_all(SPEC.name)?;
+        let s = SequenceState { key_id: self.key_id, salt: self.salt, next_seq: self.next_seq };
+        Ok(NfState::encode_as(encoding, SPEC.name, STATE_VERSION, &s))
+    }
+
+    /// Continue the exporter's nonce sequence (its salt and next sequence
+    /// number), so the receiver's replay window sees one sender going on.
+    /// The exporter must encrypt nothing more afterwards (a migration
+    /// stops it): two instances with one key, salt and sequence would
+    /// reuse nonces.
+    fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
+        let s: SequenceState = state.decode(SPEC.name, STATE_VERSION)?;
+        if s.key_id != self.key_id {
+            return Err(StateError::Corrupt(format!(
+                "state is for key_id {}, this encrypt uses key_id {}",
+                s.key_id, self.key_id
+            )));
+        }
+        self.salt = s.salt;
+        self.next_seq = s.next_seq;
+        Ok(())
     }
 }
 

@@ -33,14 +33,16 @@ use crate::conntrack::{
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
-    Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, Placement, StateError,
+    Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, Placement,
+    StateError,
 };
 
 pub static SPEC: NfSpec = NfSpec {
     name: "firewall",
     class: NfClass::Basic,
     placements: &[Placement::Kernel, Placement::User],
-    stateful: true,
+    state: crate::StateKind::PerFlow(crate::FlowPartition::SymmetricFiveTuple),
+    kernel: Some(crate::firewall_kernel::translate),
     summary: "ordered 5-tuple allow/drop rules (bit-vector classifier) with connection tracking",
     params: &[
         ParamDoc {
@@ -442,24 +444,53 @@ impl NetworkFunction for Firewall {
         }
     }
 
-    fn export_state(&self) -> Option<NfState> {
-        Some(ConnSnapshot::encode(SPEC.name, &self.clock, self.conntrack.as_ref()))
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
+        let table = self.conntrack.as_ref();
+        Ok(ConnSnapshot::export(SPEC.name, &self.clock, table, scope, encoding))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
         let s = ConnSnapshot::decode(state, SPEC.name)?;
-        if self.conntrack.is_none() {
-            if s.conns.is_empty() {
-                return Ok(());
-            }
-            return Err(StateError::Corrupt(
-                "snapshot has connections but this firewall has conntrack off".into(),
-            ));
+        if self.refuses_connections(&s)? {
+            return Ok(());
         }
         let table = ConnTable::from_conns(&s.conns, self.max_flows).map_err(StateError::Corrupt)?;
         self.conntrack = Some(table);
         self.clock.resume_from(s.clock);
         Ok(())
+    }
+
+    fn import_merge(&mut self, state: &NfState) -> Result<(), StateError> {
+        let s = ConnSnapshot::decode(state, SPEC.name)?;
+        if self.refuses_connections(&s)? {
+            return Ok(());
+        }
+        let merged = s.merge_into(self.conntrack.as_ref(), &self.clock);
+        if merged.conns.len() > self.max_flows {
+            return Err(StateError::Capacity { total: merged.conns.len(), max: self.max_flows });
+        }
+        let table =
+            ConnTable::from_conns(&merged.conns, self.max_flows).map_err(StateError::Conflict)?;
+        self.conntrack = Some(table);
+        if let Some(clock) = merged.adopt_clock {
+            self.clock.resume_from(clock);
+        }
+        Ok(())
+    }
+}
+
+impl Firewall {
+    /// With conntrack off: `Ok(true)` (nothing to import) for a snapshot
+    /// without connections, an error for one with connections. With
+    /// conntrack on: `Ok(false)`.
+    fn refuses_connections(&self, s: &ConnSnapshot) -> Result<bool, StateError> {
+        match (&self.conntrack, s.conns.is_empty()) {
+            (Some(_), _) => Ok(false),
+            (None, true) => Ok(true),
+            (None, false) => Err(StateError::Corrupt(
+                "snapshot has connections but this firewall has conntrack off".into(),
+            )),
+        }
     }
 }
 

@@ -7,7 +7,11 @@ pub static SPEC: NfSpec = NfSpec {
     name: "fwd",
     class: NfClass::Elementary,
     placements: &[Placement::Kernel, Placement::User],
-    stateful: false,
+    state: crate::StateKind::None,
+    kernel: Some(|p| {
+        crate::params::parse::<Config>(p)?;
+        Ok(crate::kernel::KernelConfig::Fwd)
+    }),
     summary: "forward every packet unchanged",
     params: &[],
     build: |p| {

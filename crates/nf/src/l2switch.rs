@@ -25,7 +25,7 @@
 //! ones, so a MAC-flooding host cannot push the legitimate stations out.
 
 use crate::maglev::SeededMix;
-use crate::{ConfigError, ParamDoc, StateError};
+use crate::{ConfigError, Encoding, FlowScope, ParamDoc, PartitionKey, StateError};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, Placement};
 use braid_packet::wire::{ethertype, EthernetFrame, MacAddr, VlanTag};
 use braid_packet::{Batch, Packet};
@@ -36,7 +36,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "l2switch",
     class: NfClass::Basic,
     placements: &[Placement::User],
-    stateful: true,
+    state: crate::StateKind::PerFlow(crate::FlowPartition::VlanMac),
+    kernel: None,
     summary:
         "VLAN-aware learning switch: MAC learning with aging, flooding of unknown destinations",
     params: &[
@@ -358,10 +359,11 @@ impl NetworkFunction for L2Switch {
         self.sweep(cx.now_ns);
     }
 
-    fn export_state(&self) -> Option<NfState> {
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
         let mut entries: Vec<LearnedEntry> = self
             .table
             .iter()
+            .filter(|(k, _)| scope.contains(&PartitionKey::station(k.vlan(), k.mac())))
             .map(|(k, s)| LearnedEntry {
                 vlan: k.vlan(),
                 mac: k.mac(),
@@ -370,8 +372,11 @@ impl NetworkFunction for L2Switch {
             })
             .collect();
         entries.sort_by_key(|e| (e.vlan, e.mac));
-        let state = SwitchState { entries, learn_refused: self.learn_refused };
-        Some(NfState::encode(SPEC.name, STATE_VERSION, &state))
+        // `learn_refused` is a statistic of this instance, not station
+        // state: only the whole export carries it.
+        let learn_refused = if *scope == FlowScope::All { self.learn_refused } else { 0 };
+        let state = SwitchState { entries, learn_refused };
+        Ok(NfState::encode_as(encoding, SPEC.name, STATE_VERSION, &state))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
@@ -383,23 +388,49 @@ impl NetworkFunction for L2Switch {
                 self.max_entries
             )));
         }
+        self.check_entries(&s.entries)?;
         let mut table =
             HashMap::with_capacity_and_hasher(s.entries.len(), self.table.hasher().clone());
-        for (i, e) in s.entries.iter().enumerate() {
-            if e.port >= self.ports || e.vlan > 4095 {
-                return Err(StateError::Corrupt(format!(
-                    "entry {i}: port {} / VLAN {} outside this switch ({} ports)",
-                    e.port, e.vlan, self.ports
-                )));
-            }
-            table.insert(
-                MacKey::new(e.vlan, &e.mac),
-                Station { port: e.port, last_seen_ns: e.last_seen_ns },
-            );
-        }
+        table.extend(s.entries.iter().map(Self::table_entry));
         self.table = table;
         self.learn_refused = s.learn_refused;
         Ok(())
+    }
+
+    /// Adds the snapshot's stations to those learned (a station learned
+    /// here too takes the imported port and time); keeps this instance's
+    /// `learn_refused` count.
+    fn import_merge(&mut self, state: &NfState) -> Result<(), StateError> {
+        let s: SwitchState = state.decode(SPEC.name, STATE_VERSION)?;
+        self.check_entries(&s.entries)?;
+        let added = s
+            .entries
+            .iter()
+            .filter(|e| !self.table.contains_key(&MacKey::new(e.vlan, &e.mac)))
+            .count();
+        let total = self.table.len() + added;
+        if total > self.max_entries {
+            return Err(StateError::Capacity { total, max: self.max_entries });
+        }
+        self.table.extend(s.entries.iter().map(Self::table_entry));
+        Ok(())
+    }
+}
+
+impl L2Switch {
+    /// Every entry names a port and VLAN of this switch.
+    fn check_entries(&self, entries: &[LearnedEntry]) -> Result<(), StateError> {
+        match entries.iter().enumerate().find(|(_, e)| e.port >= self.ports || e.vlan > 4095) {
+            Some((i, e)) => Err(StateError::Corrupt(format!(
+                "entry {i}: port {} / VLAN {} outside this switch ({} ports)",
+                e.port, e.vlan, self.ports
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn table_entry(e: &LearnedEntry) -> (MacKey, Station) {
+        (MacKey::new(e.vlan, &e.mac), Station { port: e.port, last_seen_ns: e.last_seen_ns })
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! An NF is a small type implementing [`NetworkFunction`]: it processes a
 //! [`Batch`] in place (rewriting, dropping, or adding packets), reports its
-//! class and where it can run, and, if it keeps state, exports and imports
-//! that state whole so it can be snapshotted and migrated.
+//! class and where it can run, and, if it keeps state, says what kind
+//! ([`StateKind`]) and exports and imports it, whole or by flow, so it can
+//! be snapshotted, migrated and split across instances (see [`state`]).
 //!
 //! NFs are built by name from descriptor parameters through [`registry`]:
 //! each NF file exports a `SPEC: NfSpec` with its name, class, placements,
@@ -14,13 +15,16 @@
 pub mod counters;
 pub mod params;
 pub mod registry;
+pub mod state;
 
 pub mod ats;
 pub mod classifier;
 pub mod conntrack;
 pub mod dpi;
 pub mod firewall;
+pub mod firewall_kernel;
 pub mod fwd;
+pub mod kernel;
 pub mod l2switch;
 pub mod loadbalancer;
 pub mod lpm;
@@ -44,6 +48,9 @@ use braid_packet::Batch;
 pub use counters::{Counters, DropReason};
 pub use params::{ConfigError, ParamDoc, Params};
 pub use registry::{build, find, NfSpec, REGISTRY};
+pub use state::{
+    Encoding, FlowPartition, FlowScope, HashRange, NfState, PartitionKey, StateError, StateKind,
+};
 
 /// The CALVIN classification of an NF by what it needs from the packet path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -132,57 +139,6 @@ impl<'a> Context<'a> {
 /// [`Context::now_ns`] and [`braid_packet::Meta::rx_ns`].
 pub use braid_packet::clock::monotonic_ns;
 
-/// A whole-state snapshot of a stateful NF.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NfState {
-    /// The NF kind that produced it (`nat`, `firewall`, ...).
-    pub kind: String,
-    /// Format version of `data`, so an importer can refuse what it does not
-    /// understand.
-    pub version: u32,
-    /// The encoded state.
-    pub data: Vec<u8>,
-}
-
-/// Why a state import was refused. The NF's state is unchanged on error.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("this NF keeps no state")]
-    Stateless,
-    #[error("state belongs to a `{found}` NF, not `{expected}`")]
-    WrongKind { expected: String, found: String },
-    #[error("state format version {found} is not supported (expected {expected})")]
-    WrongVersion { expected: u32, found: u32 },
-    #[error("state does not decode: {0}")]
-    Corrupt(String),
-}
-
-impl NfState {
-    /// Encode `value` as the state of a `kind` NF (JSON, versioned).
-    pub fn encode<T: serde::Serialize>(kind: &str, version: u32, value: &T) -> NfState {
-        NfState {
-            kind: kind.to_string(),
-            version,
-            data: serde_json::to_vec(value).expect("NF state types serialize infallibly"),
-        }
-    }
-
-    /// Decode the state of a `kind` NF of format `version`.
-    pub fn decode<T: serde::de::DeserializeOwned>(
-        &self,
-        kind: &str,
-        version: u32,
-    ) -> Result<T, StateError> {
-        if self.kind != kind {
-            return Err(StateError::WrongKind { expected: kind.into(), found: self.kind.clone() });
-        }
-        if self.version != version {
-            return Err(StateError::WrongVersion { expected: version, found: self.version });
-        }
-        serde_json::from_slice(&self.data).map_err(|e| StateError::Corrupt(e.to_string()))
-    }
-}
-
 /// How an NF uses its gates: the points where the dataplane graph connects
 /// it to its neighbours (BESS's gates, Click's element ports). A packet
 /// enters an NF on a gate (the dataplane writes it into `meta.in_port`)
@@ -228,13 +184,47 @@ pub trait NetworkFunction: Send {
     /// generation, a shaper queue). Packets it emits go to `out`.
     fn tick(&mut self, _out: &mut Batch, _cx: &mut Context<'_>) {}
 
-    /// Snapshot the whole state. `None` for stateless NFs.
+    /// Snapshot the whole state as JSON. `None` for stateless NFs.
     fn export_state(&self) -> Option<NfState> {
-        None
+        self.export_scoped(&FlowScope::All, Encoding::Json).ok()
     }
 
-    /// Replace the whole state with a snapshot. On error nothing changes.
+    /// Replace the whole state with a snapshot (either encoding, whole or
+    /// scoped: after it the NF holds exactly what `state` holds). On error
+    /// nothing changes.
     fn import_state(&mut self, _state: &NfState) -> Result<(), StateError> {
         Err(StateError::Stateless)
+    }
+
+    /// Export the state of the flows in `scope`, in `encoding`. Per-flow NFs
+    /// ([`StateKind::PerFlow`]) take the entries whose [`PartitionKey`] is in
+    /// the scope, with what they need to be interpreted (clock, config
+    /// checks) but not the instance's statistics counters; whole-state NFs
+    /// accept [`FlowScope::All`] only ([`StateError::NotPerFlow`]);
+    /// stateless NFs refuse ([`StateError::Stateless`]).
+    ///
+    /// Called between batches (the state is consistent there); the cost is
+    /// one pass over the entries.
+    fn export_scoped(
+        &self,
+        _scope: &FlowScope,
+        _encoding: Encoding,
+    ) -> Result<NfState, StateError> {
+        Err(StateError::Stateless)
+    }
+
+    /// Merge an export of this NF kind (usually [`Self::export_scoped`]
+    /// from another instance) into the state held now: imported entries are
+    /// added, an entry with the same flow key is replaced by the imported
+    /// one, and an imported entry that contradicts a different held entry
+    /// (a NAT port or a key that another connection holds) refuses the
+    /// whole import ([`StateError::Conflict`]), as does exceeding the
+    /// table size ([`StateError::Capacity`]). On error nothing changes.
+    /// Whole-state NFs refuse ([`StateError::MergeUnsupported`]).
+    fn import_merge(&mut self, _state: &NfState) -> Result<(), StateError> {
+        match self.spec().state {
+            StateKind::None => Err(StateError::Stateless),
+            _ => Err(StateError::MergeUnsupported { kind: self.spec().name.to_string() }),
+        }
     }
 }

@@ -27,7 +27,7 @@
 
 use crate::maglev::{MaglevError, MaglevTable, SeededMix};
 use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState};
-use crate::{ParamDoc, Placement, StateError};
+use crate::{Encoding, FlowScope, ParamDoc, PartitionKey, Placement, StateError};
 use braid_packet::flow::{parse_ipv4_flow, FiveTuple};
 use braid_packet::wire::{checksum, ip_proto, WireError};
 use braid_packet::Batch;
@@ -38,7 +38,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "loadbalancer",
     class: NfClass::Basic,
     placements: &[Placement::User],
-    stateful: true,
+    state: crate::StateKind::PerFlow(crate::FlowPartition::SymmetricFiveTuple),
+    kernel: None,
     summary:
         "Maglev load balancer: flows to a VIP go to backends (destination rewrite), with affinity",
     params: &[
@@ -422,10 +423,11 @@ impl NetworkFunction for LoadBalancer {
         self.sweep(cx.now_ns);
     }
 
-    fn export_state(&self) -> Option<NfState> {
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
         let mut conns: Vec<ConnEntry> = self
             .conns
             .iter()
+            .filter(|(t, _)| scope.contains(&PartitionKey::five_tuple(**t)))
             .map(|(t, c)| ConnEntry {
                 client: t.src,
                 client_port: t.src_port,
@@ -440,19 +442,15 @@ impl NetworkFunction for LoadBalancer {
             vip: self.vip,
             backends: self.backends.clone(),
             conns,
-            conn_overflow: self.conn_overflow,
+            // A statistic of this instance, not flow state: only the whole
+            // export carries it.
+            conn_overflow: if *scope == FlowScope::All { self.conn_overflow } else { 0 },
         };
-        Some(NfState::encode(SPEC.name, STATE_VERSION, &s))
+        Ok(NfState::encode_as(encoding, SPEC.name, STATE_VERSION, &s))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
-        let s: LbState = state.decode(SPEC.name, STATE_VERSION)?;
-        if s.vip != self.vip {
-            return Err(StateError::Corrupt(format!(
-                "state is for VIP {}, this load balancer serves {}",
-                s.vip, self.vip
-            )));
-        }
+        let s = self.decode_for_this_vip(state)?;
         if s.conns.len() > self.max_conns {
             return Err(StateError::Corrupt(format!(
                 "{} connections exceed max_connections {}",
@@ -476,24 +474,71 @@ impl NetworkFunction for LoadBalancer {
             last_sweep_ns: self.last_sweep_ns,
         };
         next.set_backends(s.backends).map_err(|e| StateError::Corrupt(e.to_string()))?;
-        for c in s.conns {
-            if next.backend_ips.binary_search(&c.backend).is_err() {
-                return Err(StateError::Corrupt(format!(
-                    "connection from {}:{} uses unknown backend {}",
-                    c.client, c.client_port, c.backend
-                )));
-            }
-            let t = FiveTuple {
-                src: c.client,
-                dst: self.vip,
-                proto: c.proto,
-                src_port: c.client_port,
-                dst_port: c.vip_port,
-            };
-            next.conns.insert(t, Conn { backend: c.backend, last_seen_ns: c.last_seen_ns });
+        next.check_backends(&s.conns).map_err(StateError::Corrupt)?;
+        for c in &s.conns {
+            next.conns.insert(
+                self.tuple_of(c),
+                Conn { backend: c.backend, last_seen_ns: c.last_seen_ns },
+            );
         }
         *self = next;
         Ok(())
+    }
+
+    /// Adds the snapshot's connections to those held, keeping this
+    /// instance's backends (every imported connection must use one of
+    /// them) and its `conn_overflow` count.
+    fn import_merge(&mut self, state: &NfState) -> Result<(), StateError> {
+        let s = self.decode_for_this_vip(state)?;
+        self.check_backends(&s.conns).map_err(StateError::Conflict)?;
+        let added = s.conns.iter().filter(|c| !self.conns.contains_key(&self.tuple_of(c))).count();
+        let total = self.conns.len() + added;
+        if total > self.max_conns {
+            return Err(StateError::Capacity { total, max: self.max_conns });
+        }
+        for c in &s.conns {
+            self.conns.insert(
+                self.tuple_of(c),
+                Conn { backend: c.backend, last_seen_ns: c.last_seen_ns },
+            );
+        }
+        Ok(())
+    }
+}
+
+impl LoadBalancer {
+    /// A state of this NF kind, refused if it is for another VIP.
+    fn decode_for_this_vip(&self, state: &NfState) -> Result<LbState, StateError> {
+        let s: LbState = state.decode(SPEC.name, STATE_VERSION)?;
+        if s.vip != self.vip {
+            return Err(StateError::Corrupt(format!(
+                "state is for VIP {}, this load balancer serves {}",
+                s.vip, self.vip
+            )));
+        }
+        Ok(s)
+    }
+
+    /// Every connection uses one of this instance's backends.
+    fn check_backends(&self, conns: &[ConnEntry]) -> Result<(), String> {
+        match conns.iter().find(|c| self.backend_ips.binary_search(&c.backend).is_err()) {
+            Some(c) => Err(format!(
+                "connection from {}:{} uses unknown backend {}",
+                c.client, c.client_port, c.backend
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The forward 5-tuple (client to VIP) of an exported connection.
+    fn tuple_of(&self, c: &ConnEntry) -> FiveTuple {
+        FiveTuple {
+            src: c.client,
+            dst: self.vip,
+            proto: c.proto,
+            src_port: c.client_port,
+            dst_port: c.vip_port,
+        }
     }
 }
 

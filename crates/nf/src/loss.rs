@@ -3,13 +3,15 @@
 //! exactly: the n-th packet's fate depends only on the seed and n.
 
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
+use crate::{Encoding, FlowScope, NfState, StateError};
 use braid_packet::Batch;
 
 pub static SPEC: NfSpec = NfSpec {
     name: "loss",
     class: NfClass::Basic,
     placements: &[Placement::User],
-    stateful: false,
+    state: crate::StateKind::Whole,
+    kernel: None,
     summary: "drop a seeded random fraction of packets (loss emulation)",
     params: &[
         ParamDoc {
@@ -86,7 +88,21 @@ impl NetworkFunction for Loss {
             }
         });
     }
+
+    /// The random generator's position: an instance that imports it loses
+    /// the packets the exporter would have lost next.
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
+        scope.require_all(SPEC.name)?;
+        Ok(NfState::encode_as(encoding, SPEC.name, STATE_VERSION, &self.state))
+    }
+
+    fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
+        self.state = state.decode(SPEC.name, STATE_VERSION)?;
+        Ok(())
+    }
 }
+
+const STATE_VERSION: u32 = 1;
 
 #[cfg(test)]
 mod tests {

@@ -18,7 +18,9 @@
 //! rewritten.
 
 use crate::{ConfigError, ParamDoc, StateError};
-use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, Placement};
+use crate::{
+    Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, Placement,
+};
 use braid_packet::wire::{self, checksum, Ipv4Packet};
 use braid_packet::{Batch, Packet};
 
@@ -26,7 +28,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "meter",
     class: NfClass::Basic,
     placements: &[Placement::User],
-    stateful: true,
+    state: crate::StateKind::Whole,
+    kernel: None,
     summary: "single-rate three-color marker (RFC 2697): mark DSCP or drop red",
     params: &[
         ParamDoc {
@@ -342,8 +345,9 @@ impl NetworkFunction for Meter {
         });
     }
 
-    fn export_state(&self) -> Option<NfState> {
-        Some(NfState::encode(SPEC.name, STATE_VERSION, self.tcm.buckets()))
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
+        scope.require_all(SPEC.name)?;
+        Ok(NfState::encode_as(encoding, SPEC.name, STATE_VERSION, self.tcm.buckets()))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
@@ -539,7 +543,8 @@ mod tests {
         let before = small.buckets().clone();
         assert!(matches!(small.import_state(&s), Err(StateError::Corrupt(_))));
         assert_eq!(small.buckets(), &before);
-        let wrong = NfState { kind: "nat".into(), version: 1, data: vec![] };
+        let wrong =
+            NfState { kind: "nat".into(), version: 1, encoding: Encoding::Json, data: vec![] };
         assert!(matches!(b.import_state(&wrong), Err(StateError::WrongKind { .. })));
     }
 

@@ -43,14 +43,16 @@ use crate::conntrack::{
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
-    Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, Placement, StateError,
+    Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, Placement,
+    StateError,
 };
 
 pub static SPEC: NfSpec = NfSpec {
     name: "nat",
     class: NfClass::Basic,
     placements: &[Placement::User],
-    stateful: true,
+    state: crate::StateKind::PerFlow(crate::FlowPartition::SymmetricFiveTuple),
+    kernel: None,
     summary: "source NAT / masquerade for TCP, UDP and ICMP echo with per-protocol port pools",
     params: &[
         ParamDoc {
@@ -602,16 +604,44 @@ impl NetworkFunction for Nat {
         self.table.sweep(now, &self.timeouts, SWEEP_BUDGET, |c| Self::release(pools, &c));
     }
 
-    fn export_state(&self) -> Option<NfState> {
-        Some(ConnSnapshot::encode(SPEC.name, &self.clock, Some(&self.table)))
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
+        Ok(ConnSnapshot::export(SPEC.name, &self.clock, Some(&self.table), scope, encoding))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
         let s = ConnSnapshot::decode(state, SPEC.name)?;
         self.validate(&s.conns).map_err(StateError::Corrupt)?;
-        let table = ConnTable::from_conns(&s.conns, self.max_flows).map_err(StateError::Corrupt)?;
+        self.install(&s.conns).map_err(StateError::Corrupt)?;
+        self.clock.resume_from(s.clock);
+        Ok(())
+    }
+
+    fn import_merge(&mut self, state: &NfState) -> Result<(), StateError> {
+        let s = ConnSnapshot::decode(state, SPEC.name)?;
+        // The snapshot must fit this NAT on its own (addresses, ports) ...
+        self.validate(&s.conns).map_err(StateError::Corrupt)?;
+        let merged = s.merge_into(Some(&self.table), &self.clock);
+        if merged.conns.len() > self.max_flows {
+            return Err(StateError::Capacity { total: merged.conns.len(), max: self.max_flows });
+        }
+        // ... and together with what is held (an external port or a key
+        // held by another mapping is a conflict).
+        self.validate(&merged.conns).map_err(StateError::Conflict)?;
+        self.install(&merged.conns).map_err(StateError::Conflict)?;
+        if let Some(clock) = merged.adopt_clock {
+            self.clock.resume_from(clock);
+        }
+        Ok(())
+    }
+}
+
+impl Nat {
+    /// Hold exactly `conns` (checked by [`Nat::validate`]): a new table and
+    /// port pools without their ports. Nothing changes on error.
+    fn install(&mut self, conns: &[Conn]) -> Result<(), String> {
+        let table = ConnTable::from_conns(conns, self.max_flows)?;
         let mut used: [Vec<u16>; 3] = Default::default();
-        for c in &s.conns {
+        for c in conns {
             if let Some(i) = pool_index(c.orig.proto) {
                 used[i].push(c.reply.dst_port);
             }
@@ -619,7 +649,6 @@ impl NetworkFunction for Nat {
         let (lo, hi) = self.ports;
         self.pools = used.map(|u| PortPool::new(lo, hi, &u));
         self.table = table;
-        self.clock.resume_from(s.clock);
         Ok(())
     }
 }

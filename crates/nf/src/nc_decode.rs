@@ -21,7 +21,8 @@
 use crate::nc_encode::{template_frame, template_of_frame};
 use crate::udp_payload::{self, Located, Template, UdpLoc};
 use crate::{
-    Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc, Placement, StateError,
+    Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc,
+    Placement, StateError,
 };
 use braid_coding::decoder::{
     BlockDecoder, BlockDecoderSnapshot, DecoderStats, Delivered, SlidingDecoder,
@@ -34,7 +35,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "nc-decode",
     class: NfClass::Advanced,
     placements: &[Placement::User],
-    stateful: true,
+    state: crate::StateKind::Whole,
+    kernel: None,
     summary: "RLNC decoder: progressive Gaussian elimination, in-order delivery, bounded memory",
     params: &[
         ParamDoc {
@@ -223,7 +225,8 @@ impl NetworkFunction for NcDecode {
         self.report(cx);
     }
 
-    fn export_state(&self) -> Option<NfState> {
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
+        scope.require_all(SPEC.name)?;
         let state = DecodeState {
             timeout_ns: self.timeout_ns,
             block: self.block.snapshot(),
@@ -231,7 +234,7 @@ impl NetworkFunction for NcDecode {
             template: self.template.as_ref().and_then(template_frame),
             reported: self.reported,
         };
-        Some(NfState::encode(SPEC.name, STATE_VERSION, &state))
+        Ok(NfState::encode_as(encoding, SPEC.name, STATE_VERSION, &state))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {

@@ -18,7 +18,8 @@
 
 use crate::udp_payload::{self, Located, Template};
 use crate::{
-    Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc, Placement, StateError,
+    Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc,
+    Placement, StateError,
 };
 use braid_coding::block::{BlockConfig, BlockEncoder, BlockEncoderSnapshot};
 use braid_coding::header::{Header, HEADER_LEN};
@@ -29,7 +30,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "nc-encode",
     class: NfClass::Advanced,
     placements: &[Placement::User],
-    stateful: true,
+    state: crate::StateKind::Whole,
+    kernel: None,
     summary: "RLNC encoder over GF(2^8): systematic block or sliding-window code on UDP payloads",
     params: &[
         ParamDoc {
@@ -307,7 +309,8 @@ impl NetworkFunction for NcEncode {
         }
     }
 
-    fn export_state(&self) -> Option<NfState> {
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
+        scope.require_all(SPEC.name)?;
         let encoder = match &self.encoder {
             Encoder::Block(e) => EncoderState::Block(e.snapshot()),
             Encoder::Sliding(e) => EncoderState::Sliding(e.snapshot()),
@@ -318,7 +321,7 @@ impl NetworkFunction for NcEncode {
             pending_since: self.pending_since,
             template: self.template.as_ref().and_then(template_frame),
         };
-        Some(NfState::encode(SPEC.name, STATE_VERSION, &state))
+        Ok(NfState::encode_as(encoding, SPEC.name, STATE_VERSION, &state))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {

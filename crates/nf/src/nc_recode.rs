@@ -11,7 +11,8 @@
 
 use crate::udp_payload::{self, Located, Template};
 use crate::{
-    Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc, Placement, StateError,
+    Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc,
+    Placement, StateError,
 };
 use braid_coding::header::{Header, HEADER_LEN};
 use braid_coding::recoder::{Recoder, RecoderSnapshot};
@@ -21,7 +22,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "nc-recode",
     class: NfClass::Advanced,
     placements: &[Placement::User],
-    stateful: true,
+    state: crate::StateKind::Whole,
+    kernel: None,
     summary: "RLNC recoder: forwards and adds recombinations of received packets without decoding",
     params: &[
         ParamDoc {
@@ -141,8 +143,9 @@ impl NetworkFunction for NcRecode {
         }
     }
 
-    fn export_state(&self) -> Option<NfState> {
-        Some(NfState::encode(SPEC.name, STATE_VERSION, &self.recoder.snapshot()))
+    fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
+        scope.require_all(SPEC.name)?;
+        Ok(NfState::encode_as(encoding, SPEC.name, STATE_VERSION, &self.recoder.snapshot()))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {

@@ -1,7 +1,11 @@
 //! The NF registry: every NF kind by name.
 
+use crate::kernel::{KernelConfig, KernelError};
 use crate::params::{ConfigError, ParamDoc, Params};
-use crate::{NetworkFunction, NfClass, Placement};
+use crate::{NetworkFunction, NfClass, Placement, StateKind};
+
+/// Translation of an NF's parameters into its kernel configuration.
+pub type KernelHook = fn(&Params) -> Result<KernelConfig, KernelError>;
 
 /// Static description of one NF kind, and how to build it.
 pub struct NfSpec {
@@ -10,8 +14,14 @@ pub struct NfSpec {
     pub class: NfClass,
     /// Where implementations exist, preferred first.
     pub placements: &'static [Placement],
-    /// True if the NF keeps per-flow or learned state (exportable).
-    pub stateful: bool,
+    /// What state the NF keeps: none, whole, or per flow with the key that
+    /// partitions it (what migration and splitting by flow rely on).
+    pub state: StateKind,
+    /// Its kernel (XDP) form for given parameters, if it has one (exactly
+    /// when `placements` has `Kernel`): what `validate`, `plan` and the
+    /// testbed's XDP loader use, so all three refuse the same parameters
+    /// with the same error.
+    pub kernel: Option<KernelHook>,
     /// One line: what it does.
     pub summary: &'static str,
     pub params: &'static [ParamDoc],

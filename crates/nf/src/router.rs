@@ -34,7 +34,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "router",
     class: NfClass::Basic,
     placements: &[Placement::User],
-    stateful: false,
+    state: crate::StateKind::None,
+    kernel: None,
     summary: "IPv4 router: longest-prefix match (DIR-24-8), TTL, ICMP time exceeded, MAC rewrite",
     params: &[
         ParamDoc {

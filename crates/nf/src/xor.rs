@@ -8,6 +8,7 @@
 //! a wrong checksum detectably wrong; `checksum: recompute` computes it
 //! from scratch instead (see `docs/benchmarks.md` for the cost of each).
 
+use crate::kernel::{KernelConfig, KernelError};
 use crate::Placement;
 use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc};
 use braid_packet::wire::checksum::fold64;
@@ -19,7 +20,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "xor",
     class: NfClass::Basic,
     placements: &[Placement::Kernel, Placement::User],
-    stateful: false,
+    state: crate::StateKind::None,
+    kernel: Some(kernel_config),
     summary: "XOR the UDP payload with a key; fix the UDP checksum",
     params: &[
         ParamDoc {
@@ -370,6 +372,29 @@ impl NetworkFunction for Xor {
     }
 }
 
+/// The `kernel` hook of `xor`: the XDP xor gets the key repeated from
+/// payload byte 0, as the user-space NF applies it, so both write the same
+/// bytes. `checksum: recompute` is user-space only (XDP updates the
+/// checksum incrementally, like the default).
+fn kernel_config(params: &crate::Params) -> Result<KernelConfig, KernelError> {
+    let cfg: Config = crate::params::parse(params)?;
+    // Build the user-space NF too: its checks (key present, not both) are
+    // the ones that apply, with the same messages.
+    Xor::new(cfg.clone())?;
+    let key = match (cfg.key, cfg.key_text) {
+        (Some(k), _) => k.0,
+        (None, Some(t)) => t.into_bytes(),
+        (None, None) => return Err(ConfigError::new("key", "missing: give key or key_text").into()),
+    };
+    if cfg.checksum == ChecksumMode::Recompute {
+        return Err(KernelError::inexpressible(
+            "checksum",
+            "recompute; the XDP xor updates the checksum incrementally only",
+        ));
+    }
+    Ok(KernelConfig::Xor { key })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,5 +581,27 @@ mod tests {
             let want: Vec<u8> = payload.iter().zip(key.iter().cycle()).map(|(p, k)| p ^ k).collect();
             prop_assert_eq!(got, want);
         }
+    }
+
+    fn params(yaml: &str) -> Params {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn xor_keys_translate() {
+        for (yaml, key) in [
+            ("key: \"0x5a\"", vec![0x5a]),
+            ("key: \"0x010203\"", vec![1, 2, 3]),
+            ("key_text: seventeen-bytes!!", b"seventeen-bytes!!".to_vec()),
+        ] {
+            assert_eq!(kernel_config(&params(yaml)).unwrap(), KernelConfig::Xor { key });
+        }
+        let e = kernel_config(&params("{key: \"0x01\", key_text: a}")).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let e =
+            kernel_config(&params("{key: \"0x01\", checksum: recompute}")).unwrap_err().to_string();
+        assert!(e.starts_with("checksum: recompute"), "{e}");
+        assert!(kernel_config(&Params::Null).unwrap_err().to_string().contains("key"));
+        assert!(e.ends_with("use `placement: user` for this NF"), "{e}");
     }
 }

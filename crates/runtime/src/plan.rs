@@ -31,6 +31,14 @@ pub enum PlanError {
     UnknownKind { index: usize, name: String, kind: String },
     #[error("nfs[{index}] ({name}): `{kind}` cannot run in {placement} space")]
     Impossible { index: usize, name: String, kind: String, placement: PlacementChoice },
+    /// Pinned to the kernel with parameters its XDP version cannot express.
+    #[error("nfs[{index}] ({name}): cannot run in the kernel: {error}")]
+    KernelInexpressible {
+        index: usize,
+        name: String,
+        #[source]
+        error: braid_nf::kernel::KernelError,
+    },
 }
 
 /// Decide the placement of every NF of `d`.
@@ -51,18 +59,39 @@ pub fn plan(d: &ChainDescriptor) -> Result<Vec<PlanEntry>, PlanError> {
                 kind: decl.kind.clone(),
                 placement: decl.placement,
             };
+            // Whether the XDP version can do what these parameters say (an
+            // NF without one is not offered the kernel at all).
+            let kernel = if has(Placement::Kernel) {
+                braid_nf::kernel::translate(spec.name, &decl.params).map(|_| ())
+            } else {
+                Ok(())
+            };
             let (placement, reason) = match decl.placement {
                 PlacementChoice::Kernel if has(Placement::Kernel) => {
+                    if let Err(error) = kernel {
+                        return Err(PlanError::KernelInexpressible {
+                            index,
+                            name: decl.name.clone(),
+                            error,
+                        });
+                    }
                     (Placement::Kernel, "pinned to kernel by the descriptor".to_string())
                 }
                 PlacementChoice::User if has(Placement::User) => {
                     (Placement::User, "pinned to user space by the descriptor".to_string())
                 }
                 PlacementChoice::Kernel | PlacementChoice::User => return Err(impossible()),
-                PlacementChoice::Auto => {
-                    auto(spec.class, has(Placement::Kernel), has(Placement::User))
-                        .ok_or_else(impossible)?
-                }
+                PlacementChoice::Auto => match kernel {
+                    Err(e) if has(Placement::User) => (
+                        Placement::User,
+                        format!(
+                            "{} NF whose parameters its XDP version cannot express: {e}",
+                            spec.class
+                        ),
+                    ),
+                    _ => auto(spec.class, has(Placement::Kernel), has(Placement::User))
+                        .ok_or_else(impossible)?,
+                },
             };
             Ok(PlanEntry {
                 name: decl.name.clone(),
@@ -293,6 +322,31 @@ mod tests {
         assert!(p[1].reason.contains("pinned"));
         let d = ChainDescriptor::from_yaml("name: p\nnfs:\n  - {name: a, type: nope}\n").unwrap();
         assert!(plan(&d).unwrap_err().to_string().contains("unknown NF type `nope`"));
+    }
+
+    #[test]
+    fn parameters_xdp_cannot_express_keep_an_nf_in_user_space() {
+        // A default firewall (conntrack on, default drop) has an XDP
+        // version but not for these parameters: user space, with why.
+        let d = ChainDescriptor::from_yaml(
+            "name: p\nnfs:\n  - {name: fw, type: firewall}\n  - {name: fw2, type: firewall, params: {conntrack: false}}\n",
+        )
+        .unwrap();
+        let p = plan(&d).unwrap();
+        assert_eq!(p[0].placement, Placement::User);
+        assert!(p[0].reason.contains("conntrack: true"), "{}", p[0].reason);
+        assert_eq!(p[1].placement, Placement::Kernel, "{}", p[1].reason);
+        // Pinned there, it is an error naming the parameter.
+        let d = ChainDescriptor::from_yaml(
+            "name: p\nnfs:\n  - {name: fw, type: firewall, placement: kernel}\n",
+        )
+        .unwrap();
+        let e = plan(&d).unwrap_err();
+        assert!(matches!(e, PlanError::KernelInexpressible { index: 0, .. }), "{e}");
+        assert!(
+            e.to_string().starts_with("nfs[0] (fw): cannot run in the kernel: conntrack: true"),
+            "{e}"
+        );
     }
 
     #[test]

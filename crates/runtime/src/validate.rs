@@ -492,7 +492,8 @@ fn check_nfs(ck: &mut Checker<'_>, value: Option<&Value>) -> Option<Vec<NfDecl>>
             ok = false;
             continue;
         };
-        if !placement_allowed(decl.placement, spec) {
+        let placement_ok = placement_allowed(decl.placement, spec);
+        if !placement_ok {
             let places: Vec<String> = spec.placements.iter().map(|p| p.to_string()).collect();
             ck.at_value(
                 &format!("{path}.placement"),
@@ -519,6 +520,11 @@ fn check_nfs(ck: &mut Checker<'_>, value: Option<&Value>) -> Option<Vec<NfDecl>>
                 None => ck.at_value(&field, message, help),
             }
             ok = false;
+        } else if placement_ok && decl.placement == PlacementChoice::Kernel {
+            if let Err(e) = braid_nf::kernel::translate(spec.name, &decl.params) {
+                kernel_problem(ck, &path, &e);
+                ok = false;
+            }
         }
         decls.push(decl);
     }
@@ -530,6 +536,20 @@ fn resolve_key_file(ck: &Checker<'_>, params: &mut Value) {
     if let Some(Value::String(f)) = params.get_mut("key_file") {
         *f = ck.resolve(std::path::Path::new(f.as_str())).display().to_string();
     }
+}
+
+/// An NF pinned to the kernel whose parameters its XDP version cannot
+/// express (the error `braid deploy` would give), located at the parameter
+/// it names (a parameter left at its default, like `conntrack`, at the
+/// nearest enclosing node, as for other missing fields).
+fn kernel_problem(ck: &mut Checker<'_>, path: &str, e: &braid_nf::kernel::KernelError) {
+    let field = e.field();
+    let at = if field.is_empty() {
+        format!("{path}.placement")
+    } else {
+        format!("{path}.params.{field}")
+    };
+    ck.at_value(&at, format!("cannot run in the kernel: {e}"), None);
 }
 
 /// The documentation of the parameter a field path falls under.
@@ -640,6 +660,48 @@ nfs:
         }
         assert!(p[4].contains("accepted: fwd"), "{}", p[4]);
         assert!(p[7].contains("takes no parameters"), "{}", p[7]);
+    }
+
+    #[test]
+    fn a_pinned_kernel_placement_xdp_cannot_express_is_located() {
+        // conntrack left at its default: reported at the params it is
+        // missing from.
+        let p = problems(
+            "name: c\nnfs:\n  - name: fw\n    type: firewall\n    placement: kernel\n    params: { rules: [{ action: allow, src: 10.0.0.0/8 }] }\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "t.yaml:6:13: nfs[0].params.conntrack: cannot run in the kernel: conntrack: true"
+            ),
+            "{}",
+            p[0]
+        );
+        assert!(p[0].ends_with("use `placement: user` for this NF"), "{}", p[0]);
+        // A rule's field: reported at that field, with the rule index.
+        let p = problems(
+            "name: c\nnfs:\n  - name: fw\n    type: firewall\n    placement: kernel\n    params:\n      conntrack: false\n      rules:\n        - { action: allow, src: 10.9.0.0/16 }\n        - { action: drop, dst: 10.0.0.2, proto: udp, dst_ports: \"1000-2000\" }\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "t.yaml:10:65: nfs[0].params.rules[1].dst_ports: cannot run in the kernel: rules[1].dst_ports: \"1000-2000\" is a port range"
+            ),
+            "{}",
+            p[0]
+        );
+        // The same parameters in user space, or left to the planner: fine.
+        for placement in ["user", "auto"] {
+            let p = problems(&format!(
+                "name: c\nnfs:\n  - {{ name: fw, type: firewall, placement: {placement}, params: {{ rules: [{{ action: allow, src: 10.0.0.0/8 }}] }} }}\n"
+            ));
+            assert!(p.is_empty(), "{placement}: {p:?}");
+        }
+        // What XDP can express passes.
+        let p = problems(
+            "name: c\nnfs:\n  - { name: fw, type: firewall, placement: kernel, params: { conntrack: false, rules: [{ action: allow, src: 10.0.0.0/8 }] } }\n  - { name: x, type: xor, placement: kernel, params: { key_text: k } }\n",
+        );
+        assert!(p.is_empty(), "{p:?}");
     }
 
     #[test]

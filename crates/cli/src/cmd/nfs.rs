@@ -18,10 +18,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.name,
             s.class.to_string(),
             places.join(","),
-            if s.stateful { "stateful" } else { "-" },
+            s.state.short(),
             s.summary
         );
         if args.verbose {
+            println!("    state: {}", s.state);
             for p in s.params {
                 let def = p
                     .default

@@ -52,7 +52,8 @@ pub static SPEC: NfSpec = NfSpec {
     name: "dpi",
     class: NfClass::Advanced,
     placements: &[Placement::User],
-    stateful: true,
+    state: crate::StateKind::PerFlow(crate::FlowPartition::SymmetricFiveTuple),
+    kernel: None,
     summary: "deep packet inspection: content/pcre rules per TCP stream (across segments) and UDP datagram; alert, drop or mark",
     params: &[
         ParamDoc {
