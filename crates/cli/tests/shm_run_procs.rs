@@ -277,6 +277,11 @@ fn a_given_up_nf_stops_the_chain_with_a_non_zero_exit_and_cleans_up() {
     let (mut child, lines, rx, dir) = start_run_procs("giveup", &["--max-restarts", "0"]);
     let (pa, pb, pc) =
         (pid_of(&lines, "a").unwrap(), pid_of(&lines, "b").unwrap(), pid_of(&lines, "c").unwrap());
+    // The NFs print their pids when started, and listen a moment later.
+    let t = Instant::now();
+    while !dir.join("in.sock").exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(dir.join("in.sock").exists(), "{}", dir.display());
     Command::new("kill").args(["-9", &pb.to_string()]).status().unwrap();
     let st = wait_exit(&mut child, Duration::from_secs(10));
