@@ -433,6 +433,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         let mut right = ShmPort::listen(&b, ShmConfig::default()).unwrap();
         assert!(right.accept(Duration::from_secs(10)).unwrap(), "the NF reconnected");
+        // The helper thread made the connection; the worker swaps it in on
+        // its next tick (10 ms). Until then what it sends goes to the dead
+        // port, so give it a few ticks on a loaded machine.
+        std::thread::sleep(Duration::from_millis(300));
         assert_eq!(pump(&mut left, &mut right, 30), (0..30).collect::<Vec<_>>());
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let r = nf.join().unwrap().unwrap();
