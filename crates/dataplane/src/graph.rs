@@ -379,9 +379,11 @@ impl Graph {
                     self.forward(i, to, b);
                     return;
                 }
-                let mut per_gate: Vec<Batch> = (0..n).map(|_| Batch::new()).collect();
+                // Split into batches from the spare pool (their
+                // allocations are reused; `run_work` recycles them).
+                let mut per_gate: Vec<Batch> = (0..n).map(|_| self.spare()).collect();
                 let mut b = b;
-                let mut beyond = Batch::new();
+                let mut beyond = self.spare();
                 for p in b.drain() {
                     match per_gate.get_mut(p.meta.out_port as usize) {
                         Some(g) => g.push(p),
@@ -389,12 +391,16 @@ impl Graph {
                     }
                 }
                 self.recycle(b);
-                if !beyond.is_empty() {
+                if beyond.is_empty() {
+                    self.recycle(beyond);
+                } else {
                     self.forward(i, Endpoint::Drop, beyond);
                 }
                 // Reverse, so the worklist runs gate 0 first.
                 for (g, pb) in per_gate.into_iter().enumerate().rev() {
-                    if !pb.is_empty() {
+                    if pb.is_empty() {
+                        self.recycle(pb);
+                    } else {
                         let to = self.stages[i].out[g];
                         self.forward(i, to, pb);
                     }

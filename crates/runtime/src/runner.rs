@@ -86,14 +86,26 @@ pub fn check_distinct(input: &PortDecl, output: &PortDecl) -> Result<(), PortErr
     Ok(())
 }
 
+/// A worker's configuration for a run of this module: `batch_size`
+/// packets per receive, NF ticks every [`TICK_INTERVAL`].
+fn worker_config(name: String, batch_size: usize) -> WorkerConfig {
+    let mut c = WorkerConfig::new(name);
+    c.batch_size = batch_size;
+    c.tick_interval = TICK_INTERVAL;
+    c
+}
+
+/// The descriptor's batch size, within what a worker takes.
+fn batch_size(d: &ChainDescriptor) -> usize {
+    d.batch_size.clamp(1, crate::descriptor::MAX_BATCH_SIZE)
+}
+
 /// Push everything `input` delivers through `chain` into `output` on a
 /// dataplane [`Worker`] on the calling thread, until the input ends or a
 /// port fails. NFs tick every [`TICK_INTERVAL`] and once at the end; the
 /// output is flushed.
 pub fn run_to_end(chain: &mut Chain, input: &mut dyn Port, output: &mut dyn Port) -> RunReport {
-    let mut cfg = WorkerConfig::new(chain.name().to_string());
-    cfg.batch_size = chain.batch_size();
-    cfg.tick_interval = TICK_INTERVAL;
+    let mut cfg = worker_config(chain.name().to_string(), chain.batch_size());
     cfg.stop_when_inputs_end = true;
     let entry = chain.entry();
     let run = |chain: &mut Chain,
@@ -186,11 +198,8 @@ pub fn run_threads(
     let start = Instant::now();
     let spec = offline_spec(d, mapping)?;
     let mut nfs = crate::chain::build_nfs(d)?.into_iter();
-    let batch = d.batch_size.clamp(1, crate::descriptor::MAX_BATCH_SIZE);
     let config = |name: String| {
-        let mut c = WorkerConfig::new(name);
-        c.batch_size = batch;
-        c.tick_interval = TICK_INTERVAL;
+        let mut c = worker_config(name, batch_size(d));
         c.idle = Idle::Poll;
         c
     };
@@ -321,9 +330,7 @@ pub fn run_live(
 ) -> Result<RunReport, RunError> {
     let graph = Graph::chain(crate::chain::build_nfs(d)?, 2, 0, 1).expect("a chain's links fit");
     let entries = [graph.entry(0, 1), graph.entry(1, 0)];
-    let mut cfg = WorkerConfig::new(d.name.clone());
-    cfg.batch_size = d.batch_size.clamp(1, crate::descriptor::MAX_BATCH_SIZE);
-    cfg.tick_interval = TICK_INTERVAL;
+    let mut cfg = worker_config(d.name.clone(), batch_size(d));
     cfg.idle = opts.idle;
     cfg.sched = opts.sched;
     cfg.stop_signal = opts.stop_signal;
