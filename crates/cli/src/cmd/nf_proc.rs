@@ -44,6 +44,9 @@ pub struct Args {
     /// Stop after this many seconds (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// When stopping, write the NF's counters to this file (JSON).
+    #[arg(long)]
+    pub stats: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -58,6 +61,7 @@ pub fn run(a: Args) -> Result<()> {
     cfg.params = params;
     cfg.batch_size = a.batch;
     cfg.slots = a.slots;
+    cfg.stats = a.stats.clone();
     cfg.idle = match a.idle {
         Idle::Busy => WorkerIdle::Busy,
         Idle::Sleep => WorkerIdle::Poll,
