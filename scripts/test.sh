@@ -53,4 +53,8 @@ if [ "$status" -ne 0 ]; then
     exit "$status"
 fi
 
+step "README tour"
+# The README's tour, line by line, with the binary the tests just built.
+timeout 600 scripts/tour.sh target/debug/braid
+
 step "all green"

@@ -25,14 +25,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", args.stats_file.display())),
     };
-    if args.json {
-        println!("{text}");
-        return Ok(());
-    }
     let f: serde_json::Value = serde_json::from_str(&text)
         .ok()
         .filter(|v: &serde_json::Value| v["nfs"].is_array())
         .with_context(|| format!("{} is not a braid stats file", args.stats_file.display()))?;
+    if let Some(pid) = f["pid"].as_u64().filter(|p| !super::deploy::pid_running(*p)) {
+        anyhow::bail!(
+            "{} is stale: the braid deploy that wrote it (pid {pid}) is no longer running (killed?); no chain is deployed",
+            args.stats_file.display()
+        );
+    }
+    if args.json {
+        println!("{text}");
+        return Ok(());
+    }
     println!(
         "chain {} (braid deploy pid {}, up {:.0} s)",
         f["chain"].as_str().unwrap_or("?"),
