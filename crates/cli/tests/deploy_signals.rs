@@ -172,6 +172,15 @@ fn killed_deploy_is_repaired_second_deploy_refused_sighup_cleans_up() {
     bed.children.push(bed.deploy_cmd("c.json", &[]).spawn().unwrap());
     wait_running(&bed.file("c.json"));
     assert_eq!(bed.forwarding("nf2"), "0");
+    // `braid stats --watch` redraws until the deployment ends, then says so.
+    let watch = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["stats", "--watch", "0.2", "--stats-file"])
+        .arg(bed.file("c.json"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
     signal(&bed.children[0], libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
@@ -187,6 +196,11 @@ fn killed_deploy_is_repaired_second_deploy_refused_sighup_cleans_up() {
     assert!(bed.forwarding_off_recorded().is_empty());
     assert!(!bed.file("c.json").exists());
     assert!(status_of_xdp_is_empty(&bed.opts));
+    let watched = watch.wait_with_output().unwrap();
+    assert!(watched.status.success(), "{}", text(&watched.stderr));
+    let shown = text(&watched.stdout);
+    assert!(shown.matches("\x1b[H\x1b[2Jchain k").count() >= 2, "redrawn in place: {shown:?}");
+    assert!(shown.contains("no chain is deployed"), "{shown:?}");
 }
 
 fn status_of_xdp_is_empty(opts: &Options) -> bool {

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_STATS_PATH: &str = "/run/braid/stats.json";
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braid testbed up && braid deploy crates/testbed/chains/xdp-fwd.yaml\n  braid deploy crates/testbed/chains/xdp-fwd-afxdp-nat.yaml --duration-s 60 --quiet &\n  braid deploy crates/testbed/chains/compact-4.yaml --mapping compact --wait busy --cpus 1\n  braid deploy examples/sample.yaml --processes --netns"
+)]
 pub struct Args {
     /// Chain descriptor (YAML); its ports are ignored, the testbed's links
     /// carry the traffic.

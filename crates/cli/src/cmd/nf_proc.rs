@@ -21,6 +21,9 @@ pub enum Idle {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  braid nf-proc --nf fwd --port listen:/tmp/a.sock --port listen:/tmp/b.sock\n  braid nf-proc --nf nat --params '{external_ip: 192.0.2.1}' --port connect:/tmp/a.sock --port listen:/tmp/c.sock --idle sleep"
+)]
 pub struct Args {
     /// NF kind (see `braid nfs`).
     #[arg(long)]

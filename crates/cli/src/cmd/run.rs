@@ -19,6 +19,9 @@ use braid_runtime::runner::{
 use braid_runtime::Chain;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braid run examples/sample.yaml -i in.pcap -o out.pcap\n  braid run examples/sample.yaml -i in.pcap -o out.pcapng --mapping processes --json\n  tcpdump -i eth0 -w - | braid run examples/sample.yaml -i - -o - | tshark -r -\n  braid run live.yaml --seconds 60   # af_packet/af_xdp ports in the descriptor"
+)]
 pub struct Args {
     /// Chain descriptor (YAML).
     pub chain: PathBuf,
