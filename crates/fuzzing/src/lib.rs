@@ -196,8 +196,11 @@ pub fn headers(data: &[u8]) {
     }
 }
 
+/// A fuzz target: takes any bytes, must not panic.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, for the corpus replay and the fuzz wrappers.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("descriptor", descriptor),
     ("capture", capture),
     ("nf_frames", nf_frames),
