@@ -199,6 +199,22 @@ fn build(topo: &Topology, opts: &Options, st: &mut State) -> Result<(), TestbedE
             if l.threaded {
                 setup(what, netns::set_threaded_napi(Some(ns), dev, true))?;
             }
+            if let Some(shape) = &l.shape {
+                // Each end shapes what it sends: both directions, once each.
+                for args in shape.tc_commands(dev) {
+                    let r = netns::run(netns::command_in(Some(ns), "tc").args(&args)).map(drop);
+                    if let Err(e) = &r {
+                        if args.iter().any(|a| a == "netem")
+                            && e.to_string().contains("qdisc kind is unknown")
+                        {
+                            return Err(TestbedError::State(format!(
+                                "links[{i}].shape: delay, jitter and loss need the kernel's netem qdisc (sch_netem), which this kernel does not have; rate alone works (HTB)"
+                            )));
+                        }
+                    }
+                    setup(what, r)?;
+                }
+            }
             setup(what, netns::set_up(Some(ns), dev))?;
         }
     }
