@@ -102,7 +102,7 @@ pub fn parse_rate(s: &str) -> Option<u64> {
         _ => return None,
     };
     let v = num * mult;
-    (v >= 1.0 && v <= 1e12).then_some(v as u64)
+    (1.0..=1e12).contains(&v).then_some(v as u64)
 }
 
 /// `5ms` -> microseconds.
