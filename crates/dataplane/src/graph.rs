@@ -434,6 +434,10 @@ impl Graph {
             match to {
                 Endpoint::Port(p) => {
                     match out.get_mut(p) {
+                        // The usual case, one batch out: hand it over
+                        // whole (two vectors swapped) instead of copying
+                        // every packet handle into the output.
+                        Some(o) if o.is_empty() => std::mem::swap(o, &mut b),
                         Some(o) => o.append(&mut b),
                         None => b.clear(),
                     }
