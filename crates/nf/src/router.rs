@@ -25,10 +25,11 @@ use braid_packet::{Batch, Packet};
 use braid_packet::wire::checksum::{checksum, update16};
 use braid_packet::wire::MacAddr;
 
-use crate::conntrack::{parse_cidr, parse_frame, Frame, Ipv4Info, Prefetch, L4};
+use crate::conntrack::{parse_cidr, Ipv4Headers, Prefetch, L4};
 use crate::lpm::Dir24_8;
 use crate::params::{ConfigError, ParamDoc};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, Placement};
+use braid_packet::envelope::{self, Class};
 
 pub static SPEC: NfSpec = NfSpec {
     name: "router",
@@ -102,7 +103,7 @@ pub struct Router {
     /// the allocation).
     created: Vec<Packet>,
     /// Per-batch scratch of step 1.
-    checked: Vec<Result<Ipv4Info, DropReason>>,
+    checked: Vec<Result<Ipv4Headers, DropReason>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -161,10 +162,14 @@ impl Router {
 
     /// Batch step 1: parse and check the headers.
     #[inline]
-    fn check(&self, p: &Packet) -> Result<Ipv4Info, DropReason> {
-        let info = match parse_frame(p.data())? {
-            Frame::Ipv4(i) => i,
-            Frame::Arp | Frame::Other => return Err(DropReason::Unsupported),
+    fn check(&self, p: &Packet) -> Result<Ipv4Headers, DropReason> {
+        // The envelope policy of `router` (docs/nfs.md): IPv4 is routed,
+        // fragments too; anything else is dropped.
+        let parsed = envelope::parse(p.data());
+        let info = match parsed.class {
+            Class::Ok | Class::Fragment { .. } => parsed.ip,
+            Class::Unsupported { .. } => return Err(DropReason::Unsupported),
+            Class::Truncated { .. } | Class::Malformed { .. } => return Err(DropReason::Malformed),
         };
         if checksum(&p.data()[info.l3..info.l3 + info.ihl]) != 0 {
             return Err(DropReason::Malformed);
@@ -175,7 +180,7 @@ impl Router {
     /// Batch step 2: forward one packet in place, or say why it is dropped
     /// (after queueing an ICMP error if one is due).
     #[inline]
-    fn forward(&mut self, p: &mut Packet, info: Ipv4Info) -> Result<(), DropReason> {
+    fn forward(&mut self, p: &mut Packet, info: Ipv4Headers) -> Result<(), DropReason> {
         let l3 = info.l3;
         if info.ttl <= 1 {
             if let Some(icmp) = self.time_exceeded(p, &info) {
@@ -198,10 +203,10 @@ impl Router {
     }
 
     /// The ICMP time-exceeded message answering `orig`, if one is due.
-    fn time_exceeded(&self, orig: &Packet, info: &Ipv4Info) -> Option<Packet> {
+    fn time_exceeded(&self, orig: &Packet, info: &Ipv4Headers) -> Option<Packet> {
         let is_icmp_error = matches!(info.l4, L4::IcmpOther { msg_type } if matches!(msg_type, 3 | 4 | 5 | 11 | 12));
         let bad_source = info.src == 0 || info.src >= 0xe000_0000;
-        if !info.first_fragment || is_icmp_error || bad_source {
+        if info.l4 == L4::Fragment || is_icmp_error || bad_source {
             return None;
         }
         let o = orig.data();

@@ -297,7 +297,8 @@ pub fn parse(frame: &[u8]) -> Parsed {
         ethertype::IPV6 => (L3Kind::Ipv6, Class::Unsupported { what: Unsupported::Ipv6 }),
         t => (L3Kind::Other, Class::Unsupported { what: Unsupported::EtherType(t) }),
     };
-    let mut p = Parsed { class, vlan: vid, ethertype: et, l3_offset: off, l3, ip: Ipv4Headers::EMPTY };
+    let mut p =
+        Parsed { class, vlan: vid, ethertype: et, l3_offset: off, l3, ip: Ipv4Headers::EMPTY };
     if l3 == L3Kind::Ipv4 {
         p.class = parse_ipv4(&frame[off..], off, &mut p.ip);
     }

@@ -29,7 +29,9 @@ fn class_by_views(frame: &[u8]) -> Class {
         Ok(ip) => ip,
         Err(WireError::Truncated) => return Class::Truncated { layer: Layer::L3 },
         // The kind of malformation is compared separately.
-        Err(_) => return Class::Malformed { layer: Layer::L3, why: envelope::Malformation::Ipv4Version },
+        Err(_) => {
+            return Class::Malformed { layer: Layer::L3, why: envelope::Malformation::Ipv4Version }
+        }
     };
     if ip.frag_offset() != 0 {
         return Class::Fragment { first: false, offset: ip.frag_offset() };
