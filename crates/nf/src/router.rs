@@ -23,7 +23,9 @@ use std::net::Ipv4Addr;
 use braid_packet::{Batch, Packet};
 
 use braid_packet::wire::checksum::{checksum, update16};
-use braid_packet::wire::MacAddr;
+use braid_packet::wire::{ethernet, icmpv4, ip_proto, ipv4};
+use braid_packet::wire::{EthernetFrame, EthernetRepr, Icmpv4Packet, Icmpv4Repr};
+use braid_packet::wire::{Ipv4Packet, Ipv4Repr, MacAddr};
 
 use crate::conntrack::{parse_cidr, Ipv4Headers, Prefetch, L4};
 use crate::lpm::Dir24_8;
@@ -212,33 +214,42 @@ impl Router {
         let o = orig.data();
         let quoted = info.total_len.min(info.ihl + 8);
         let l3 = info.l3;
-        let ip_len = 20 + 8 + quoted;
+        let icmp_len = icmpv4::HEADER_LEN + quoted;
         let mut p = Packet::new();
-        let f = p.push_back(l3 + ip_len).ok()?;
-        // L2: back towards the source. Keep the VLAN tags it came with.
-        f[..l3].copy_from_slice(&o[..l3]);
+        let f = p.push_back(l3 + ipv4::HEADER_LEN + icmp_len).ok()?;
         let (dst_mac, port) = match self.lpm.lookup(info.src) {
             Some(h) => (self.hops[h].mac, self.hops[h].port),
             // No route back: the neighbour that sent it is the best guess.
             None => (o[6..12].try_into().expect("6 bytes"), orig.meta.in_port),
         };
-        f[0..6].copy_from_slice(&dst_mac);
-        f[6..12].copy_from_slice(&self.mac);
-        let ip = &mut f[l3..];
-        ip[0] = 0x45;
-        ip[1] = 0xc0; // DSCP CS6: network control
-        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-        ip[4..10].copy_from_slice(&[0, 0, 0, 0, 64, 1]);
-        ip[10..12].copy_from_slice(&[0, 0]);
-        ip[12..16].copy_from_slice(&self.ip.to_be_bytes());
-        ip[16..20].copy_from_slice(&info.src.to_be_bytes());
-        let ck = checksum(&ip[..20]);
-        ip[10..12].copy_from_slice(&ck.to_be_bytes());
-        let icmp = &mut ip[20..];
-        icmp[..8].copy_from_slice(&[11, 0, 0, 0, 0, 0, 0, 0]);
-        icmp[8..].copy_from_slice(&o[l3..l3 + quoted]);
-        let ck = checksum(icmp);
-        icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+        // L2: back towards the source, with the VLAN tags it came with.
+        let eth = EthernetRepr {
+            src_addr: MacAddr(self.mac),
+            dst_addr: MacAddr(dst_mac),
+            ethertype: u16::from_be_bytes([o[12], o[13]]),
+        };
+        eth.emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+        f[ethernet::HEADER_LEN..l3].copy_from_slice(&o[ethernet::HEADER_LEN..l3]);
+        let (head, icmp) = f[l3..].split_at_mut(ipv4::HEADER_LEN);
+        let ip = Ipv4Repr {
+            src_addr: Ipv4Addr::from(self.ip),
+            dst_addr: Ipv4Addr::from(info.src),
+            protocol: ip_proto::ICMP,
+            payload_len: icmp_len,
+            ttl: 64,
+        };
+        let mut view = Ipv4Packet::new_unchecked(head);
+        ip.emit(&mut view);
+        view.set_tos(0xc0); // DSCP CS6: network control
+        view.fill_checksum();
+        // The quote first: the ICMP checksum covers it.
+        icmp[icmpv4::HEADER_LEN..].copy_from_slice(&o[l3..l3 + quoted]);
+        let msg = Icmpv4Repr::Other {
+            msg_type: icmpv4::msg_type::TIME_EXCEEDED,
+            msg_code: 0,
+            rest_of_header: 0,
+        };
+        msg.emit(&mut Icmpv4Packet::new_unchecked(icmp));
         p.meta.out_port = port;
         p.meta.rx_ns = orig.meta.rx_ns;
         Some(p)
@@ -372,6 +383,7 @@ mod tests {
         assert_eq!(f.len(), 14 + 20 + 8 + 28);
         assert_eq!(checksum(&ip[..20]), 0);
         assert_eq!(ip[9], 1);
+        assert_eq!((ip[0], ip[1], ip[8]), (0x45, 0xc0, 64), "version/IHL, DSCP CS6, TTL");
         assert_eq!(&ip[12..16], &[192, 0, 2, 1]);
         assert_eq!(&ip[16..20], &[172, 16, 0, 9]);
         assert_eq!(checksum(&ip[20..]), 0, "ICMP checksum");
