@@ -266,7 +266,12 @@ fn be32(b: &[u8], at: usize) -> u32 {
 
 /// Parse `frame` (see the module documentation). Never panics; every
 /// offset in the result lies within `frame`.
-#[inline]
+///
+/// Always inlined: each NF reads only some fields of the result, and
+/// inlined the compiler drops the stores to the others and the copy of
+/// the whole value (measured: not inlined, it cost twice the instructions
+/// of the parsers it replaced).
+#[inline(always)]
 pub fn parse(frame: &[u8]) -> Parsed {
     if frame.len() < ethernet::HEADER_LEN {
         return Parsed::with(Class::Truncated { layer: Layer::L2 });
