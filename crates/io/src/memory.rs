@@ -210,7 +210,7 @@ impl Port for GeneratorPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use braid_packet::flow::parse_ipv4_flow;
+    use braid_packet::envelope;
 
     #[test]
     fn memory_port_delivers_in_order_and_keeps_sent() {
@@ -247,7 +247,7 @@ mod tests {
         };
         let mut g = GeneratorPort::new(&cfg).unwrap();
         let mut tuples: Vec<_> =
-            g.templates().iter().map(|t| parse_ipv4_flow(t).unwrap().tuple).collect();
+            g.templates().iter().map(|t| envelope::parse(t).flow().unwrap()).collect();
         assert!(g.templates().iter().all(|t| t.len() == 64));
         tuples.sort_by_key(|t| (u32::from(t.src), t.src_port));
         tuples.dedup();

@@ -10,7 +10,7 @@ use braid_io::af_packet::{AfPacketConfig, AfPacketPort};
 use braid_io::netns::{self, NetnsGuard};
 use braid_io::xdp::{AttachMode, FwAction, FwRule, XdpNf, XdpProgram};
 use braid_io::Port;
-use braid_packet::flow::parse_ipv4_flow;
+use braid_packet::envelope;
 use braid_packet::wire::UdpPacket;
 use braid_packet::Batch;
 use common::{all_gone, expected_payload, xdp_usable, Topology};
@@ -211,14 +211,15 @@ fn xdp_xor_twice_is_identity_with_valid_checksums() {
         while tap.recv(&mut frames, 64).unwrap() > 0 {}
         let mut checked = 0;
         for f in frames.iter() {
-            let Ok(flow) = parse_ipv4_flow(f.data()) else { continue };
-            if flow.tuple.proto != 17 {
+            let parsed = envelope::parse(f.data());
+            let Some(flow) = parsed.ipv4() else { continue };
+            if flow.proto != 17 {
                 continue;
             }
-            let udp = UdpPacket::new_checked(&f.data()[flow.l4_offset..]).unwrap();
+            let udp = UdpPacket::new_checked(&f.data()[flow.l4_offset()..]).unwrap();
             assert_ne!(udp.checksum(), 0, "the sender filled in checksums");
             assert!(
-                udp.verify_checksum_v4(flow.tuple.src, flow.tuple.dst),
+                udp.verify_checksum_v4(flow.tuple().src, flow.tuple().dst),
                 "checksum after XOR at the {side}"
             );
             checked += 1;

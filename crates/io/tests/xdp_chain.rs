@@ -9,7 +9,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use braid_io::xdp::{FwAction, FwRule, XdpAction, XdpChain, XdpNf};
-use braid_packet::flow::parse_ipv4_flow;
+use braid_packet::envelope;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::UdpPacket;
 
@@ -25,9 +25,9 @@ fn udp(dst_port: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 fn payload_of(frame: &[u8]) -> (Vec<u8>, bool) {
-    let flow = parse_ipv4_flow(frame).unwrap();
-    let udp = UdpPacket::new_checked(&frame[flow.l4_offset..]).unwrap();
-    let ok = udp.checksum() == 0 || udp.verify_checksum_v4(flow.tuple.src, flow.tuple.dst);
+    let flow = envelope::parse(frame).ip;
+    let udp = UdpPacket::new_checked(&frame[flow.l4_offset()..]).unwrap();
+    let ok = udp.checksum() == 0 || udp.verify_checksum_v4(flow.tuple().src, flow.tuple().dst);
     (udp.payload().to_vec(), ok)
 }
 

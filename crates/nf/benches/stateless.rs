@@ -17,7 +17,7 @@
 use braid_benchkit::ThreadCpuTime;
 use braid_nf::xor::{xor_and_sum, xor_and_sum_bytewise};
 use braid_nf::{build, Context, Counters, NetworkFunction, Params};
-use braid_packet::flow::parse_ipv4_flow;
+use braid_packet::envelope;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::MacAddr;
 use braid_packet::{Batch, Packet};
@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion<ThreadCpuTime>) {
             b.iter(|| {
                 refill(&mut batch, &t);
                 for p in batch.iter() {
-                    let _ = black_box(parse_ipv4_flow(p.data()));
+                    let _ = black_box(envelope::parse(p.data()));
                 }
             })
         });

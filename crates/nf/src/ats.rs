@@ -12,9 +12,10 @@
 //! Ethernet padding after the IPv4 packet (short frames) is removed first:
 //! the stamps go right after the datagram, where a receiver looks for them.
 
-use crate::xor::{find_udp_v4, UdpFind};
+use crate::udp_payload::{self, Located};
 use crate::Placement;
 use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc};
+use braid_packet::envelope;
 use braid_packet::wire::checksum;
 use braid_packet::wire::checksum::fold64;
 use braid_packet::{Batch, Packet};
@@ -69,30 +70,31 @@ impl Ats {
     }
 
     fn stamp(&self, p: &mut Packet, rx_ns: u64, tx_ns: u64) -> Outcome {
-        let s = match find_udp_v4(p.data()) {
-            UdpFind::Other => return Outcome::Passed,
-            UdpFind::Malformed => return Outcome::Drop(DropReason::Malformed),
-            UdpFind::Fragment => return Outcome::Drop(DropReason::Unsupported),
-            UdpFind::Udp(s) => s,
+        let parsed = envelope::parse(p.data());
+        let loc = match udp_payload::policy(&parsed) {
+            Located::Pass => return Outcome::Passed,
+            Located::Drop(reason) => return Outcome::Drop(reason),
+            Located::Udp(loc) => loc,
         };
+        let (l3, ip_total, l4, udp_len) = (loc.ip, parsed.ip.total_len, loc.udp, loc.end - loc.udp);
         let frame = p.data();
         if let Some(port) = self.udp_port {
-            let src = u16::from_be_bytes([frame[s.l4], frame[s.l4 + 1]]);
-            let dst = u16::from_be_bytes([frame[s.l4 + 2], frame[s.l4 + 3]]);
+            let src = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
+            let dst = u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]);
             if src != port && dst != port {
                 return Outcome::Passed;
             }
         }
         // The stamps go right after the UDP datagram, which must then end
         // where the IPv4 packet ends.
-        if s.l4 + s.udp_len != s.l3 + s.ip_total {
+        if l4 + udp_len != l3 + ip_total {
             return Outcome::Drop(DropReason::Malformed);
         }
-        let end = s.l3 + s.ip_total;
-        if s.ip_total + STAMP_LEN > u16::MAX as usize || end + STAMP_LEN > p.len() + p.tailroom() {
+        let end = l3 + ip_total;
+        if ip_total + STAMP_LEN > u16::MAX as usize || end + STAMP_LEN > p.len() + p.tailroom() {
             return Outcome::Drop(DropReason::NoRoom);
         }
-        let old_udp_ck = u16::from_be_bytes([frame[s.l4 + 6], frame[s.l4 + 7]]);
+        let old_udp_ck = u16::from_be_bytes([frame[l4 + 6], frame[l4 + 7]]);
         p.truncate(end);
         let mut stamps = [0u8; STAMP_LEN];
         stamps[..8].copy_from_slice(&rx_ns.to_be_bytes());
@@ -103,14 +105,14 @@ impl Ats {
         }
         let frame = p.data_mut();
 
-        let (old_total, new_total) = (s.ip_total as u16, (s.ip_total + STAMP_LEN) as u16);
-        frame[s.l3 + 2..s.l3 + 4].copy_from_slice(&new_total.to_be_bytes());
-        let ip_ck = u16::from_be_bytes([frame[s.l3 + 10], frame[s.l3 + 11]]);
+        let (old_total, new_total) = (ip_total as u16, (ip_total + STAMP_LEN) as u16);
+        frame[l3 + 2..l3 + 4].copy_from_slice(&new_total.to_be_bytes());
+        let ip_ck = u16::from_be_bytes([frame[l3 + 10], frame[l3 + 11]]);
         let ip_ck = checksum::update16(ip_ck, old_total, new_total);
-        frame[s.l3 + 10..s.l3 + 12].copy_from_slice(&ip_ck.to_be_bytes());
+        frame[l3 + 10..l3 + 12].copy_from_slice(&ip_ck.to_be_bytes());
 
-        let (old_len, new_len) = (s.udp_len as u16, (s.udp_len + STAMP_LEN) as u16);
-        frame[s.l4 + 4..s.l4 + 6].copy_from_slice(&new_len.to_be_bytes());
+        let (old_len, new_len) = (udp_len as u16, (udp_len + STAMP_LEN) as u16);
+        frame[l4 + 4..l4 + 6].copy_from_slice(&new_len.to_be_bytes());
         if old_udp_ck != 0 {
             // The length counts twice (header and pseudo-header), and the
             // new bytes are summed at their alignment in the datagram: after
@@ -120,7 +122,7 @@ impl Ats {
             // starts in the low byte of a word (RFC 1071, section 2(B)).
             let halves =
                 (rx_ns >> 32) + (rx_ns & 0xffff_ffff) + (tx_ns >> 32) + (tx_ns & 0xffff_ffff);
-            let added = if s.udp_len % 2 == 1 {
+            let added = if udp_len % 2 == 1 {
                 fold64(halves).swap_bytes() as u64
             } else {
                 fold64(halves) as u64
@@ -128,7 +130,7 @@ impl Ats {
             let acc = !old_udp_ck as u64 + 2 * (!old_len as u64) + 2 * (new_len as u64) + added;
             let ck = !fold64(acc);
             let ck = if ck == 0 { 0xffff } else { ck };
-            frame[s.l4 + 6..s.l4 + 8].copy_from_slice(&ck.to_be_bytes());
+            frame[l4 + 6..l4 + 8].copy_from_slice(&ck.to_be_bytes());
         }
         Outcome::Stamped
     }

@@ -1,13 +1,11 @@
-//! Connection tracking shared by `firewall` and `nat`, plus the IPv4 frame
-//! summary that they and `router` take per packet. Header views, checksums
+//! Connection tracking shared by `firewall` and `nat`. Header views, checksums
 //! and the flow hash come from `braid_packet` (`wire`, `wire::checksum`,
 //! `flow`); what is here is specific to these NFs.
 //!
-//! * [`parse_frame`]: one bounds-checked pass over Ethernet (up to two VLAN
-//!   tags), IPv4 and the first bytes of TCP/UDP/ICMP through the `wire`
-//!   views, giving offsets and the fields a stateful NF keys on. Every later
-//!   access in the NFs stays within the lengths checked here, so malformed
-//!   frames cannot panic them.
+//! * Frames are parsed by `braid_packet::envelope` (offsets, the fields a
+//!   stateful NF keys on, the policy class); every later access in the NFs
+//!   stays within the lengths checked there, so malformed frames cannot
+//!   panic them. [`flow_key`] turns its headers into a [`FlowKey`].
 //! * [`FlowKey`]: an exact-match 5-tuple key (the state record form of
 //!   `FiveTuple`), hashed with `FiveTuple::keyed_hash` under a random key
 //!   per table ([`flow_hash`]).
@@ -22,9 +20,9 @@
 //!   so idle ages survive migration between hosts whose monotonic clocks
 //!   differ.
 
+pub use braid_packet::envelope::{Ipv4Headers, L4};
 use braid_packet::flow::{FiveTuple, FlowHashKey};
 use braid_packet::wire::icmpv4::msg_type;
-use braid_packet::wire::{self, ethertype, udp, Icmpv4Packet, Ipv4Packet, TcpPacket, WireError};
 
 use braid_packet::{Batch, Packet};
 
@@ -38,152 +36,19 @@ pub use braid_packet::wire::tcp_flags::{
 };
 pub use msg_type::{ECHO_REPLY as ICMP_ECHO_REPLY, ECHO_REQUEST as ICMP_ECHO_REQUEST};
 
-/// What follows the IPv4 header, as far as the stateful NFs care.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum L4 {
-    /// TCP with its ports and flags byte.
-    Tcp { src_port: u16, dst_port: u16, flags: u8 },
-    /// UDP with its ports.
-    Udp { src_port: u16, dst_port: u16 },
-    /// ICMP echo request (type 8) or reply (type 0) with its identifier.
-    IcmpEcho { msg_type: u8, ident: u16 },
-    /// Any other ICMP message (errors, timestamps, ...).
-    IcmpOther { msg_type: u8 },
-    /// A non-first fragment: no transport header in this packet.
-    Fragment,
-    /// Another IP protocol.
-    Other,
-}
-
-/// Offsets and fields of a parsed IPv4 frame. All offsets are within the
-/// frame and `l3 + total_len <= frame.len()`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Info {
-    /// Offset of the IPv4 header.
-    pub l3: usize,
-    /// IPv4 header length in bytes (20..=60).
-    pub ihl: usize,
-    /// IPv4 total length.
-    pub total_len: usize,
-    pub proto: u8,
-    pub ttl: u8,
-    pub src: u32,
-    pub dst: u32,
-    /// Fragment offset is zero (this packet carries the transport header, if
-    /// any).
-    pub first_fragment: bool,
-    pub l4: L4,
-}
-
-impl Ipv4Info {
-    /// Offset of the transport header.
-    #[inline]
-    pub fn l4_offset(&self) -> usize {
-        self.l3 + self.ihl
-    }
-
-    /// The TCP flags byte, 0 for other protocols (what [`Conn::touch`]
-    /// takes).
-    #[inline]
-    pub fn tcp_flags(&self) -> u8 {
-        match self.l4 {
-            L4::Tcp { flags, .. } => flags,
-            _ => 0,
-        }
-    }
-
-    /// The 5-tuple key of this packet, if its protocol has one the stateful
-    /// NFs track (TCP, UDP, ICMP echo). ICMP echo uses the identifier as both
-    /// ports so the reply's key is the reverse of the request's.
-    #[inline]
-    pub fn flow_key(&self) -> Option<FlowKey> {
-        let (src_port, dst_port) = match self.l4 {
-            L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => {
-                (src_port, dst_port)
-            }
-            L4::IcmpEcho { ident, .. } => (ident, ident),
-            _ => return None,
-        };
-        Some(FlowKey { src: self.src, dst: self.dst, src_port, dst_port, proto: self.proto })
-    }
-}
-
-/// A frame as seen by an IPv4 NF.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Frame {
-    Ipv4(Ipv4Info),
-    /// ARP (needed for IPv4 to work at all).
-    Arp,
-    /// Any other ethertype (or more than two VLAN tags).
-    Other,
-}
-
-/// Parse Ethernet, up to two VLAN tags, IPv4 and the transport header's
-/// first bytes through the `braid_packet::wire` views. `Err(Malformed)`
-/// when a header is truncated or inconsistent (bad version, header length,
-/// total length beyond the frame, transport header shorter than its
-/// minimum). The UDP length field is deliberately not checked (as
-/// `UdpPacket::new_checked` would): these NFs rewrite addresses and ports
-/// and leave payload consistency to the endpoints.
+/// The 5-tuple key of a packet, if its protocol has one the stateful NFs
+/// track (TCP, UDP, ICMP echo). ICMP echo uses the identifier as both
+/// ports so the reply's key is the reverse of the request's.
 #[inline]
-pub fn parse_frame(frame: &[u8]) -> Result<Frame, DropReason> {
-    let l3 = match wire::l3(frame) {
-        Ok(l3) => l3,
-        // More than two VLAN tags: not an IPv4 frame these NFs handle.
-        Err(WireError::Unsupported) => return Ok(Frame::Other),
-        Err(_) => return Err(DropReason::Malformed),
-    };
-    match l3.ethertype {
-        ethertype::IPV4 => parse_ipv4(frame, l3.offset).map(Frame::Ipv4),
-        ethertype::ARP => Ok(Frame::Arp),
-        _ => Ok(Frame::Other),
-    }
-}
-
-#[inline]
-fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Info, DropReason> {
-    let ip = Ipv4Packet::new_checked(&frame[l3..]).map_err(|_| DropReason::Malformed)?;
-    let first_fragment = ip.frag_offset() == 0;
-    let proto = ip.protocol();
-    // Bounded by the IPv4 total length.
-    let payload = ip.payload();
-    let l4 = if !first_fragment {
-        L4::Fragment
-    } else {
-        match proto {
-            PROTO_TCP => {
-                let t = TcpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?;
-                L4::Tcp { src_port: t.src_port(), dst_port: t.dst_port(), flags: t.flags() }
-            }
-            PROTO_UDP => {
-                if payload.len() < udp::HEADER_LEN {
-                    return Err(DropReason::Malformed);
-                }
-                let u = wire::UdpPacket::new_unchecked(payload);
-                L4::Udp { src_port: u.src_port(), dst_port: u.dst_port() }
-            }
-            PROTO_ICMP => {
-                let i = Icmpv4Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
-                if i.is_echo() {
-                    L4::IcmpEcho { msg_type: i.msg_type(), ident: i.echo_ident() }
-                } else {
-                    L4::IcmpOther { msg_type: i.msg_type() }
-                }
-            }
-            _ => L4::Other,
+pub fn flow_key(ip: &Ipv4Headers) -> Option<FlowKey> {
+    let (src_port, dst_port) = match ip.l4 {
+        L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port, .. } => {
+            (src_port, dst_port)
         }
+        L4::IcmpEcho { ident, .. } => (ident, ident),
+        _ => return None,
     };
-    Ok(Ipv4Info {
-        l3,
-        ihl: ip.header_len(),
-        total_len: ip.total_len() as usize,
-        proto,
-        ttl: ip.ttl(),
-        src: u32::from(ip.src_addr()),
-        dst: u32::from(ip.dst_addr()),
-        first_fragment,
-        l4,
-    })
+    Some(FlowKey { src: ip.src, dst: ip.dst, src_port, dst_port, proto: ip.proto })
 }
 
 /// The packet quoted in an ICMP error (destination unreachable, source
@@ -203,7 +68,7 @@ pub struct QuotedPacket {
 /// echo with at least 8 bytes of its transport header (RFC 792), the
 /// quoted packet (see [`braid_packet::flow::parse_icmp_error_quote`]).
 /// Bounds are checked against the outer IPv4 total length.
-pub fn icmp_error_quote(frame: &[u8], info: &Ipv4Info) -> Option<QuotedPacket> {
+pub fn icmp_error_quote(frame: &[u8], info: &Ipv4Headers) -> Option<QuotedPacket> {
     let L4::IcmpOther { .. } = info.l4 else { return None };
     let icmp = &frame[info.l4_offset()..info.l3 + info.total_len];
     let q = braid_packet::flow::parse_icmp_error_quote(icmp)?;
@@ -1053,13 +918,16 @@ mod tests {
         f[ip + 16..ip + 20].copy_from_slice(&[10, 0, 0, 2]);
         f[ip + 20..ip + 22].copy_from_slice(&1234u16.to_be_bytes());
         f[ip + 22..ip + 24].copy_from_slice(&80u16.to_be_bytes());
-        let Ok(Frame::Ipv4(info)) = parse_frame(&f) else { panic!("not parsed") };
+        f[ip + 24..ip + 26].copy_from_slice(&8u16.to_be_bytes());
+        let p = braid_packet::envelope::parse(&f);
+        let info = p.ipv4().expect("parsed");
         assert_eq!(info.l3, 18);
-        assert_eq!(info.l4, L4::Udp { src_port: 1234, dst_port: 80 });
-        assert_eq!(info.flow_key().unwrap().reversed().src, 0x0a00_0002);
-        // Truncating anywhere inside the headers is malformed, not a panic.
+        assert_eq!(info.l4, L4::Udp { src_port: 1234, dst_port: 80, len: 8 });
+        assert_eq!(flow_key(info).unwrap().reversed().src, 0x0a00_0002);
+        // Truncating anywhere inside the headers is truncated, not a panic.
         for n in 0..f.len() {
-            assert!(parse_frame(&f[..n]).is_err(), "len {n}");
+            let class = braid_packet::envelope::parse(&f[..n]).class;
+            assert!(matches!(class, braid_packet::envelope::Class::Truncated { .. }), "len {n}");
         }
     }
 
@@ -1087,13 +955,6 @@ mod tests {
                     prop_assert_eq!(idx.get(&pk, flow_hash(&pk, &idx.hash_key)), model.get(&probe).copied());
                 }
             }
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
-            let _ = parse_frame(&bytes);
         }
     }
 }

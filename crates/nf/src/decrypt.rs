@@ -97,10 +97,10 @@ impl Decrypt {
     }
 
     fn decrypt(&mut self, pkt: &mut Packet) -> Result<(), DropReason> {
-        let loc = match udp_payload::locate(pkt.data()) {
+        let loc = match udp_payload::verdict(pkt.data()) {
             Located::Udp(loc) => loc,
-            Located::Other => return Ok(()),
-            Located::Malformed => return Err(DropReason::Malformed),
+            Located::Pass => return Ok(()),
+            Located::Drop(reason) => return Err(reason),
         };
         let mode = self.cipher.mode();
         let len = loc.end - loc.payload;

@@ -60,10 +60,10 @@ impl Encrypt {
     }
 
     fn encrypt(&mut self, pkt: &mut Packet) -> Result<(), DropReason> {
-        let loc = match udp_payload::locate(pkt.data()) {
+        let loc = match udp_payload::verdict(pkt.data()) {
             Located::Udp(loc) => loc,
-            Located::Other => return Ok(()),
-            Located::Malformed => return Err(DropReason::Malformed),
+            Located::Pass => return Ok(()),
+            Located::Drop(reason) => return Err(reason),
         };
         let mode = self.cipher.mode();
         let body_len = loc.end - loc.payload;
@@ -176,7 +176,7 @@ mod tests {
             assert_eq!(c.dropped(DropReason::Malformed), 1);
             let out = b.as_slice()[0].data();
             assert_eq!(out.len(), frame.len() + extra);
-            let Located::Udp(loc) = udp_payload::locate(out) else { panic!() };
+            let Located::Udp(loc) = udp_payload::verdict(out) else { panic!() };
             let ip = braid_packet::wire::ipv4::Ipv4Packet::new_checked(&out[loc.ip..]).unwrap();
             assert!(ip.verify_checksum());
             let udp =

@@ -23,13 +23,14 @@
 //! are classified by the rules on every packet with ports 0 and are not
 //! tracked. A full connection table drops new flows (`overflow`).
 
+use braid_packet::envelope::{self, Class, Unsupported};
 use braid_packet::Batch;
 
 use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
-    apply_steps, icmp_error_quote, parse_cidr, parse_frame, parse_port_range, prefix_mask,
-    secs_to_ns, BatchLookup, ConnSnapshot, ConnTable, FlowKey, Frame, InsertError, Ipv4Info,
-    Lookup, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
+    apply_steps, flow_key, icmp_error_quote, parse_cidr, parse_port_range, prefix_mask, secs_to_ns,
+    BatchLookup, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers, Lookup, StateClock,
+    TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -308,18 +309,24 @@ impl Firewall {
     /// Batch step 1: parse a packet and decide what it needs.
     #[inline]
     fn classify(&self, frame: &[u8]) -> Step {
-        let info = match parse_frame(frame) {
-            Ok(Frame::Ipv4(i)) => i,
-            Ok(Frame::Arp) => return Step::Pass,
-            Ok(Frame::Other) => {
+        // The envelope policy of `firewall` (docs/nfs.md): IPv4, whole or
+        // fragment, is filtered; ARP passes; other protocols get the
+        // default action; broken headers are dropped.
+        let parsed = envelope::parse(frame);
+        let info = match parsed.class {
+            Class::Ok | Class::Fragment { .. } => parsed.ip,
+            Class::Unsupported { what: Unsupported::Arp } => return Step::Pass,
+            Class::Unsupported { .. } => {
                 return match self.default {
                     Action::Allow => Step::Pass,
                     Action::Drop => Step::Drop(DropReason::Denied),
                 }
             }
-            Err(r) => return Step::Drop(r),
+            Class::Truncated { .. } | Class::Malformed { .. } => {
+                return Step::Drop(DropReason::Malformed)
+            }
         };
-        let key = info.flow_key();
+        let key = flow_key(&info);
         let hash = match (&self.conntrack, &key) {
             (Some(ct), Some(k)) => ct.hash(k),
             _ => 0,
@@ -399,7 +406,7 @@ enum Step {
     /// IPv4: conntrack (if on and the packet has a flow key, or is an ICMP
     /// error quoting one: `related`), then rules.
     Check {
-        info: Ipv4Info,
+        info: Ipv4Headers,
         key: Option<FlowKey>,
         hash: u64,
         hint: Option<u32>,
@@ -539,6 +546,9 @@ mod tests {
         if proto == PROTO_TCP {
             ip[32] = 5 << 4;
             ip[33] = tcp_flags;
+        }
+        if proto == PROTO_UDP {
+            ip[24..26].copy_from_slice(&8u16.to_be_bytes());
         }
         f
     }

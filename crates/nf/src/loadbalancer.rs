@@ -28,8 +28,9 @@
 use crate::maglev::{MaglevError, MaglevTable, SeededMix};
 use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState};
 use crate::{Encoding, FlowScope, ParamDoc, PartitionKey, Placement, StateError};
-use braid_packet::flow::{parse_ipv4_flow, FiveTuple};
-use braid_packet::wire::{checksum, ip_proto, WireError};
+use braid_packet::envelope::{self, Class};
+use braid_packet::flow::FiveTuple;
+use braid_packet::wire::{checksum, ip_proto};
 use braid_packet::Batch;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -325,18 +326,25 @@ impl LoadBalancer {
     }
 
     fn decide(&mut self, frame: &[u8], now: u64) -> Action {
-        let flow = match parse_ipv4_flow(frame) {
-            Ok(f) => f,
-            Err(WireError::Unsupported) => return Action::Pass,
-            Err(_) => return Action::Drop(DropReason::Malformed),
+        // The envelope policy of `loadbalancer` (docs/nfs.md): IPv4 to
+        // the VIP is balanced (fragments dropped, below); what is not IPv4
+        // passes; broken headers are dropped.
+        let parsed = envelope::parse(frame);
+        let (ip, fragment) = match parsed.class {
+            Class::Ok => (parsed.ip, false),
+            Class::Fragment { .. } => (parsed.ip, true),
+            Class::Unsupported { .. } => return Action::Pass,
+            Class::Truncated { .. } | Class::Malformed { .. } => {
+                return Action::Drop(DropReason::Malformed)
+            }
         };
-        let t = flow.tuple;
+        let t = ip.tuple();
         let balanced_proto = matches!(t.proto, ip_proto::TCP | ip_proto::UDP);
         if t.dst == self.vip {
             if balanced_proto && self.port.is_some_and(|p| p != t.dst_port) {
                 return Action::Pass;
             }
-            if flow.fragment {
+            if fragment {
                 // Only the first fragment has ports; the others could not
                 // follow it to the same backend.
                 return Action::Drop(DropReason::Unsupported);
@@ -351,23 +359,23 @@ impl LoadBalancer {
                 return Action::Drop(DropReason::NoBackend);
             };
             return Action::Rewrite {
-                l3: flow.l3_offset,
-                l4: flow.l4_offset,
+                l3: ip.l3,
+                l4: ip.l4_offset(),
                 proto: t.proto,
                 src: false,
                 old: self.vip,
                 new: backend,
             };
         }
-        if self.reverse && !flow.fragment && self.backend_ips.binary_search(&t.src).is_ok() {
+        if self.reverse && !fragment && self.backend_ips.binary_search(&t.src).is_ok() {
             let mut key = t.reversed();
             key.dst = self.vip;
             if let Some(c) = self.conns.get_mut(&key) {
                 if c.backend == t.src {
                     c.last_seen_ns = now;
                     return Action::Rewrite {
-                        l3: flow.l3_offset,
-                        l4: flow.l4_offset,
+                        l3: ip.l3,
+                        l4: ip.l4_offset(),
                         proto: t.proto,
                         src: true,
                         old: t.src,
@@ -382,7 +390,7 @@ impl LoadBalancer {
 
 /// Replace one IPv4 address of a packet, updating the IPv4 header checksum
 /// and the TCP/UDP checksum (whose pseudo-header covers the address).
-/// Offsets come from `parse_ipv4_flow`, which validated the headers.
+/// Offsets come from the envelope, which validated the headers.
 fn rewrite_addr(frame: &mut [u8], l3: usize, l4: usize, proto: u8, src: bool, old: u32, new: u32) {
     let at = l3 + if src { 12 } else { 16 };
     frame[at..at + 4].copy_from_slice(&new.to_be_bytes());

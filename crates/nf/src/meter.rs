@@ -21,7 +21,8 @@ use crate::{ConfigError, ParamDoc, StateError};
 use crate::{
     Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, Placement,
 };
-use braid_packet::wire::{self, checksum, Ipv4Packet};
+use braid_packet::envelope::{self, Class, Layer};
+use braid_packet::wire::checksum;
 use braid_packet::{Batch, Packet};
 
 pub static SPEC: NfSpec = NfSpec {
@@ -297,18 +298,22 @@ impl Meter {
 }
 
 /// Rewrite the DSCP of an IPv4 packet inside an Ethernet frame, keeping the
-/// ECN bits and updating the header checksum incrementally. Frames that are
-/// not valid IPv4 are left alone.
+/// ECN bits and updating the header checksum incrementally. The meter's
+/// envelope policy (docs/nfs.md): every frame is metered and passed; the
+/// DSCP is written where the IPv4 header is valid (whatever follows it);
+/// other frames are left alone.
 fn set_dscp(p: &mut Packet, dscp: u8) {
     let frame = p.data_mut();
-    let Ok(l3) = wire::l3(frame) else { return };
-    if l3.ethertype != wire::ethertype::IPV4
-        || Ipv4Packet::new_checked(&frame[l3.offset..]).is_err()
-    {
-        return;
+    let parsed = envelope::parse(frame);
+    match parsed.class {
+        Class::Ok
+        | Class::Fragment { .. }
+        | Class::Truncated { layer: Layer::L4 }
+        | Class::Malformed { layer: Layer::L4, .. } => {}
+        Class::Truncated { .. } | Class::Malformed { .. } | Class::Unsupported { .. } => return,
     }
-    // Validated above: at least a full IPv4 header follows `l3.offset`.
-    let hdr = &mut frame[l3.offset..];
+    // Validated by the envelope: a full IPv4 header follows `l3`.
+    let hdr = &mut frame[parsed.ip.l3..];
     let tos = (dscp << 2) | (hdr[1] & 0x03);
     if tos == hdr[1] {
         return;
@@ -368,6 +373,7 @@ mod tests {
     use super::*;
     use crate::{Counters, Params};
     use braid_packet::wire::build::FrameSpec;
+    use braid_packet::wire::{self, Ipv4Packet};
     use proptest::prelude::*;
     use std::net::Ipv4Addr;
 

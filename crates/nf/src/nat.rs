@@ -31,15 +31,15 @@
 
 use std::net::Ipv4Addr;
 
+use braid_packet::envelope::{self, Class};
 use braid_packet::{Batch, Packet};
 
 use braid_packet::wire::checksum::{udp_on_wire, update16, update32};
 
 use crate::conntrack::{
-    apply_steps, icmp_error_quote, parse_cidr, parse_frame, parse_port_range, prefix_mask,
-    secs_to_ns, BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, Frame, InsertError, Ipv4Info,
-    Lookup, QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    SWEEP_BUDGET,
+    apply_steps, flow_key, icmp_error_quote, parse_cidr, parse_port_range, prefix_mask, secs_to_ns,
+    BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers, Lookup,
+    QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -198,7 +198,7 @@ enum Step {
     Drop(DropReason),
     /// Look the flow up (or create it, if outbound) and rewrite.
     Translate {
-        info: Ipv4Info,
+        info: Ipv4Headers,
         key: FlowKey,
         hash: u64,
         outbound: bool,
@@ -207,7 +207,7 @@ enum Step {
     /// An inbound ICMP error about a mapped flow: rewrite the outer
     /// destination and the quoted packet's source.
     IcmpError {
-        info: Ipv4Info,
+        info: Ipv4Headers,
         quote: QuotedPacket,
     },
 }
@@ -286,9 +286,9 @@ enum End {
 
 /// Rewrite the address and port (ICMP: identifier) of one end of an IPv4
 /// packet, updating the checksums incrementally. `info` comes from
-/// `parse_frame` on the same bytes, so every offset is in bounds.
+/// the envelope of the same bytes, so every offset is in bounds.
 #[inline]
-fn rewrite(d: &mut [u8], info: &Ipv4Info, end: End, ip: u32, port: u16) {
+fn rewrite(d: &mut [u8], info: &Ipv4Headers, end: End, ip: u32, port: u16) {
     let l3 = info.l3;
     let l4 = info.l4_offset();
     let ip_at = l3 + if end == End::Src { 12 } else { 16 };
@@ -416,10 +416,16 @@ impl Nat {
     /// Batch step 1: parse a packet and decide what it needs.
     #[inline]
     fn classify(&self, frame: &[u8]) -> Step {
-        let info = match parse_frame(frame) {
-            Ok(Frame::Ipv4(i)) => i,
-            Ok(Frame::Arp | Frame::Other) => return Step::Pass,
-            Err(r) => return Step::Drop(r),
+        // The envelope policy of `nat` (docs/nfs.md): IPv4, whole or
+        // fragment, is translated; what is not IPv4 passes untouched;
+        // broken headers are dropped.
+        let parsed = envelope::parse(frame);
+        let info = match parsed.class {
+            Class::Ok | Class::Fragment { .. } => parsed.ip,
+            Class::Unsupported { .. } => return Step::Pass,
+            Class::Truncated { .. } | Class::Malformed { .. } => {
+                return Step::Drop(DropReason::Malformed)
+            }
         };
         let outbound = self.is_internal(info.src) && !self.is_internal(info.dst);
         if !outbound && info.dst != self.external_ip {
@@ -430,7 +436,7 @@ impl Nat {
                 return Step::IcmpError { info, quote };
             }
         }
-        match info.flow_key() {
+        match flow_key(&info) {
             Some(key) => {
                 Step::Translate { info, key, hash: self.table.hash(&key), outbound, hint: None }
             }
@@ -485,7 +491,7 @@ impl Nat {
     fn apply_icmp_error(
         &mut self,
         p: &mut Packet,
-        info: Ipv4Info,
+        info: Ipv4Headers,
         quote: QuotedPacket,
         now: u64,
     ) -> Result<(), DropReason> {
@@ -746,8 +752,8 @@ mod tests {
 
     /// (src, dst, sport, dport) of an IPv4 frame; ICMP: ident as both ports.
     fn tuple(f: &[u8]) -> (u32, u32, u16, u16) {
-        let Ok(Frame::Ipv4(i)) = parse_frame(f) else { panic!("not IPv4") };
-        let k = i.flow_key().unwrap();
+        let p = envelope::parse(f);
+        let k = flow_key(p.ipv4().expect("IPv4")).unwrap();
         (k.src, k.dst, k.src_port, k.dst_port)
     }
 

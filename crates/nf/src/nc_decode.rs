@@ -197,9 +197,9 @@ impl NetworkFunction for NcDecode {
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let input = batch.take();
         for pkt in input {
-            match udp_payload::locate(pkt.data()) {
-                Located::Other => batch.push(pkt),
-                Located::Malformed => cx.drop_packet(DropReason::Malformed),
+            match udp_payload::verdict(pkt.data()) {
+                Located::Pass => batch.push(pkt),
+                Located::Drop(reason) => cx.drop_packet(reason),
                 Located::Udp(loc) => {
                     if let Err(reason) = self.decode(&pkt, loc, batch, cx) {
                         cx.drop_packet(reason);

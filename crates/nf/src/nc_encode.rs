@@ -156,7 +156,7 @@ pub(crate) fn template_frame(t: &Template) -> Option<Vec<u8>> {
 
 /// The template of a frame exported by [`template_frame`].
 pub(crate) fn template_of_frame(frame: &[u8]) -> Result<Template, StateError> {
-    match udp_payload::locate(frame) {
+    match udp_payload::verdict(frame) {
         Located::Udp(loc) if loc.end == frame.len() && loc.payload == loc.end => {
             Ok(Template::of(frame, loc))
         }
@@ -222,10 +222,10 @@ impl NcEncode {
     /// Encode one packet in place; coded packets due after it go to
     /// `self.coded`.
     fn encode(&mut self, pkt: &mut Packet, now_ns: u64) -> Result<(), DropReason> {
-        let loc = match udp_payload::locate(pkt.data()) {
+        let loc = match udp_payload::verdict(pkt.data()) {
             Located::Udp(loc) => loc,
-            Located::Other => return Ok(()),
-            Located::Malformed => return Err(DropReason::Malformed),
+            Located::Pass => return Ok(()),
+            Located::Drop(reason) => return Err(reason),
         };
         let loc = udp_payload::insert(pkt, loc, 0, HEADER_LEN).ok_or(DropReason::NoRoom)?;
         let frame = pkt.data_mut();
@@ -620,7 +620,7 @@ mod tests {
     fn kinds(b: &Batch) -> Vec<Kind> {
         b.iter()
             .map(|p| {
-                let Located::Udp(loc) = udp_payload::locate(p.data()) else { panic!("not udp") };
+                let Located::Udp(loc) = udp_payload::verdict(p.data()) else { panic!("not udp") };
                 Header::parse(&p.data()[loc.payload..loc.end]).unwrap().header.kind
             })
             .collect()
@@ -654,7 +654,7 @@ mod tests {
         assert_eq!(kinds(&out), vec![BlockCoded]);
         // Every output frame is valid IPv4/UDP with correct checksums.
         for p in b.iter().chain(out.iter()) {
-            let Located::Udp(loc) = udp_payload::locate(p.data()) else { panic!() };
+            let Located::Udp(loc) = udp_payload::verdict(p.data()) else { panic!() };
             let ip =
                 braid_packet::wire::ipv4::Ipv4Packet::new_checked(&p.data()[loc.ip..]).unwrap();
             assert!(ip.verify_checksum());
@@ -681,7 +681,7 @@ mod tests {
             .iter()
             .map(|&i| {
                 let p = &b.as_slice()[i];
-                let Located::Udp(loc) = udp_payload::locate(p.data()) else { panic!() };
+                let Located::Udp(loc) = udp_payload::verdict(p.data()) else { panic!() };
                 Header::parse(&p.data()[loc.payload..loc.end]).unwrap().header.kind
             })
             .collect();

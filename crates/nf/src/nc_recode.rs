@@ -104,13 +104,13 @@ impl NetworkFunction for NcRecode {
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let input = batch.take();
         for pkt in input {
-            let loc = match udp_payload::locate(pkt.data()) {
-                Located::Other => {
+            let loc = match udp_payload::verdict(pkt.data()) {
+                Located::Pass => {
                     batch.push(pkt);
                     continue;
                 }
-                Located::Malformed => {
-                    cx.drop_packet(DropReason::Malformed);
+                Located::Drop(reason) => {
+                    cx.drop_packet(reason);
                     continue;
                 }
                 Located::Udp(loc) => loc,
@@ -194,7 +194,7 @@ mod tests {
         // Keep only the recoded packets: 10 of them, plus 6 sources.
         let mut kept = Batch::new();
         for (i, p) in b.drain().enumerate() {
-            let Located::Udp(loc) = udp_payload::locate(p.data()) else { panic!() };
+            let Located::Udp(loc) = udp_payload::verdict(p.data()) else { panic!() };
             let kind = Header::parse(&p.data()[loc.payload..loc.end]).unwrap().header.kind;
             if kind == Kind::BlockRecoded || (kind == Kind::BlockSource && i % 3 == 0) {
                 kept.push(p);

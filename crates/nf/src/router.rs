@@ -23,12 +23,15 @@ use std::net::Ipv4Addr;
 use braid_packet::{Batch, Packet};
 
 use braid_packet::wire::checksum::{checksum, update16};
-use braid_packet::wire::MacAddr;
+use braid_packet::wire::{ethernet, icmpv4, ip_proto, ipv4};
+use braid_packet::wire::{EthernetFrame, EthernetRepr, Icmpv4Packet, Icmpv4Repr};
+use braid_packet::wire::{Ipv4Packet, Ipv4Repr, MacAddr};
 
-use crate::conntrack::{parse_cidr, parse_frame, Frame, Ipv4Info, Prefetch, L4};
+use crate::conntrack::{parse_cidr, Ipv4Headers, Prefetch, L4};
 use crate::lpm::Dir24_8;
 use crate::params::{ConfigError, ParamDoc};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, Placement};
+use braid_packet::envelope::{self, Class};
 
 pub static SPEC: NfSpec = NfSpec {
     name: "router",
@@ -102,7 +105,7 @@ pub struct Router {
     /// the allocation).
     created: Vec<Packet>,
     /// Per-batch scratch of step 1.
-    checked: Vec<Result<Ipv4Info, DropReason>>,
+    checked: Vec<Result<Ipv4Headers, DropReason>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -161,10 +164,14 @@ impl Router {
 
     /// Batch step 1: parse and check the headers.
     #[inline]
-    fn check(&self, p: &Packet) -> Result<Ipv4Info, DropReason> {
-        let info = match parse_frame(p.data())? {
-            Frame::Ipv4(i) => i,
-            Frame::Arp | Frame::Other => return Err(DropReason::Unsupported),
+    fn check(&self, p: &Packet) -> Result<Ipv4Headers, DropReason> {
+        // The envelope policy of `router` (docs/nfs.md): IPv4 is routed,
+        // fragments too; anything else is dropped.
+        let parsed = envelope::parse(p.data());
+        let info = match parsed.class {
+            Class::Ok | Class::Fragment { .. } => parsed.ip,
+            Class::Unsupported { .. } => return Err(DropReason::Unsupported),
+            Class::Truncated { .. } | Class::Malformed { .. } => return Err(DropReason::Malformed),
         };
         if checksum(&p.data()[info.l3..info.l3 + info.ihl]) != 0 {
             return Err(DropReason::Malformed);
@@ -175,7 +182,7 @@ impl Router {
     /// Batch step 2: forward one packet in place, or say why it is dropped
     /// (after queueing an ICMP error if one is due).
     #[inline]
-    fn forward(&mut self, p: &mut Packet, info: Ipv4Info) -> Result<(), DropReason> {
+    fn forward(&mut self, p: &mut Packet, info: Ipv4Headers) -> Result<(), DropReason> {
         let l3 = info.l3;
         if info.ttl <= 1 {
             if let Some(icmp) = self.time_exceeded(p, &info) {
@@ -198,42 +205,51 @@ impl Router {
     }
 
     /// The ICMP time-exceeded message answering `orig`, if one is due.
-    fn time_exceeded(&self, orig: &Packet, info: &Ipv4Info) -> Option<Packet> {
+    fn time_exceeded(&self, orig: &Packet, info: &Ipv4Headers) -> Option<Packet> {
         let is_icmp_error = matches!(info.l4, L4::IcmpOther { msg_type } if matches!(msg_type, 3 | 4 | 5 | 11 | 12));
         let bad_source = info.src == 0 || info.src >= 0xe000_0000;
-        if !info.first_fragment || is_icmp_error || bad_source {
+        if info.l4 == L4::Fragment || is_icmp_error || bad_source {
             return None;
         }
         let o = orig.data();
         let quoted = info.total_len.min(info.ihl + 8);
         let l3 = info.l3;
-        let ip_len = 20 + 8 + quoted;
+        let icmp_len = icmpv4::HEADER_LEN + quoted;
         let mut p = Packet::new();
-        let f = p.push_back(l3 + ip_len).ok()?;
-        // L2: back towards the source. Keep the VLAN tags it came with.
-        f[..l3].copy_from_slice(&o[..l3]);
+        let f = p.push_back(l3 + ipv4::HEADER_LEN + icmp_len).ok()?;
         let (dst_mac, port) = match self.lpm.lookup(info.src) {
             Some(h) => (self.hops[h].mac, self.hops[h].port),
             // No route back: the neighbour that sent it is the best guess.
             None => (o[6..12].try_into().expect("6 bytes"), orig.meta.in_port),
         };
-        f[0..6].copy_from_slice(&dst_mac);
-        f[6..12].copy_from_slice(&self.mac);
-        let ip = &mut f[l3..];
-        ip[0] = 0x45;
-        ip[1] = 0xc0; // DSCP CS6: network control
-        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-        ip[4..10].copy_from_slice(&[0, 0, 0, 0, 64, 1]);
-        ip[10..12].copy_from_slice(&[0, 0]);
-        ip[12..16].copy_from_slice(&self.ip.to_be_bytes());
-        ip[16..20].copy_from_slice(&info.src.to_be_bytes());
-        let ck = checksum(&ip[..20]);
-        ip[10..12].copy_from_slice(&ck.to_be_bytes());
-        let icmp = &mut ip[20..];
-        icmp[..8].copy_from_slice(&[11, 0, 0, 0, 0, 0, 0, 0]);
-        icmp[8..].copy_from_slice(&o[l3..l3 + quoted]);
-        let ck = checksum(icmp);
-        icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+        // L2: back towards the source, with the VLAN tags it came with.
+        let eth = EthernetRepr {
+            src_addr: MacAddr(self.mac),
+            dst_addr: MacAddr(dst_mac),
+            ethertype: u16::from_be_bytes([o[12], o[13]]),
+        };
+        eth.emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+        f[ethernet::HEADER_LEN..l3].copy_from_slice(&o[ethernet::HEADER_LEN..l3]);
+        let (head, icmp) = f[l3..].split_at_mut(ipv4::HEADER_LEN);
+        let ip = Ipv4Repr {
+            src_addr: Ipv4Addr::from(self.ip),
+            dst_addr: Ipv4Addr::from(info.src),
+            protocol: ip_proto::ICMP,
+            payload_len: icmp_len,
+            ttl: 64,
+        };
+        let mut view = Ipv4Packet::new_unchecked(head);
+        ip.emit(&mut view);
+        view.set_tos(0xc0); // DSCP CS6: network control
+        view.fill_checksum();
+        // The quote first: the ICMP checksum covers it.
+        icmp[icmpv4::HEADER_LEN..].copy_from_slice(&o[l3..l3 + quoted]);
+        let msg = Icmpv4Repr::Other {
+            msg_type: icmpv4::msg_type::TIME_EXCEEDED,
+            msg_code: 0,
+            rest_of_header: 0,
+        };
+        msg.emit(&mut Icmpv4Packet::new_unchecked(icmp));
         p.meta.out_port = port;
         p.meta.rx_ns = orig.meta.rx_ns;
         Some(p)
@@ -367,6 +383,7 @@ mod tests {
         assert_eq!(f.len(), 14 + 20 + 8 + 28);
         assert_eq!(checksum(&ip[..20]), 0);
         assert_eq!(ip[9], 1);
+        assert_eq!((ip[0], ip[1], ip[8]), (0x45, 0xc0, 64), "version/IHL, DSCP CS6, TTL");
         assert_eq!(&ip[12..16], &[192, 0, 2, 1]);
         assert_eq!(&ip[16..20], &[172, 16, 0, 9]);
         assert_eq!(checksum(&ip[20..]), 0, "ICMP checksum");

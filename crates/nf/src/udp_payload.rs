@@ -5,10 +5,13 @@
 //! total length and header checksum, the UDP length and (unless the sender
 //! sent none, i.e. 0) the UDP checksum.
 
+use braid_packet::envelope::{self, Class, Ipv4Headers, Parsed};
+use braid_packet::wire;
 use braid_packet::wire::ipv4::Ipv4Packet;
 use braid_packet::wire::udp::UdpPacket;
-use braid_packet::wire::{self, ethertype, ip_proto};
 use braid_packet::Packet;
+
+use crate::DropReason;
 
 /// Where the parts of an IPv4/UDP frame are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,47 +26,51 @@ pub(crate) struct UdpLoc {
     pub end: usize,
 }
 
-/// What a frame is, for a UDP-payload NF.
+/// What a UDP-payload NF does with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Located {
-    /// An unfragmented IPv4/UDP datagram.
+    /// A whole IPv4/UDP datagram: transform it.
     Udp(UdpLoc),
-    /// Anything else that parses: not IPv4, not UDP, or an IPv4 fragment
-    /// (its payload is not a whole datagram). Passed on unchanged.
-    Other,
-    /// Claims to be IPv4 (or UDP inside IPv4) but its lengths do not hold.
-    Malformed,
+    /// Not UDP over IPv4 (or not IPv4): not ours, passed on unchanged.
+    Pass,
+    /// Dropped for this reason.
+    Drop(DropReason),
 }
 
-/// Find the UDP payload of `frame`.
-pub(crate) fn locate(frame: &[u8]) -> Located {
-    let l3 = match wire::l3(frame) {
-        Ok(l3) => l3,
-        Err(_) => return Located::Malformed,
-    };
-    if l3.ethertype != ethertype::IPV4 {
-        return Located::Other;
+/// The envelope policy of every NF that transforms UDP payloads (`xor`,
+/// `ats`, `encrypt`, `decrypt`, `nc_encode`, `nc_recode`, `nc_decode`;
+/// the table in `docs/nfs.md`): a whole IPv4/UDP datagram is located;
+/// other IPv4 traffic and non-IPv4 frames pass; a UDP fragment is dropped
+/// as unsupported (part of a datagram can be neither transformed nor
+/// passed on untransformed); truncated or malformed headers are dropped.
+#[inline]
+pub(crate) fn policy(p: &Parsed) -> Located {
+    match p.class {
+        Class::Ok => match UdpLoc::of(&p.ip) {
+            Some(loc) => Located::Udp(loc),
+            None => Located::Pass,
+        },
+        Class::Fragment { .. } if p.is_udp() => Located::Drop(DropReason::Unsupported),
+        Class::Fragment { .. } | Class::Unsupported { .. } => Located::Pass,
+        Class::Truncated { .. } | Class::Malformed { .. } => Located::Drop(DropReason::Malformed),
     }
-    let Ok(ip) = Ipv4Packet::new_checked(&frame[l3.offset..]) else {
-        return Located::Malformed;
-    };
-    if ip.protocol() != ip_proto::UDP {
-        return Located::Other;
+}
+
+/// [`policy`] of the frame's envelope.
+#[inline]
+pub(crate) fn verdict(frame: &[u8]) -> Located {
+    policy(&envelope::parse(frame))
+}
+
+impl UdpLoc {
+    /// The UDP datagram of IPv4 headers parsed by the envelope (`None`
+    /// if they are not UDP). The envelope checked `end` lies within the
+    /// IPv4 packet for a whole datagram.
+    #[inline]
+    pub fn of(ip: &Ipv4Headers) -> Option<UdpLoc> {
+        let (udp, end) = ip.udp_span()?;
+        Some(UdpLoc { ip: ip.l3, udp, payload: udp + wire::udp::HEADER_LEN, end })
     }
-    if ip.is_fragment() {
-        return Located::Other;
-    }
-    let udp_off = l3.offset + ip.header_len();
-    let ip_end = l3.offset + ip.total_len() as usize;
-    let Ok(udp) = UdpPacket::new_checked(&frame[udp_off..ip_end]) else {
-        return Located::Malformed;
-    };
-    Located::Udp(UdpLoc {
-        ip: l3.offset,
-        udp: udp_off,
-        payload: udp_off + wire::udp::HEADER_LEN,
-        end: udp_off + udp.len() as usize,
-    })
 }
 
 /// Datagrams longer than this cannot be described by the 16-bit lengths.
@@ -179,7 +186,7 @@ mod tests {
     }
 
     fn check_valid(frame: &[u8]) -> UdpLoc {
-        let Located::Udp(loc) = locate(frame) else { panic!("not udp") };
+        let Located::Udp(loc) = verdict(frame) else { panic!("not udp") };
         let ip = Ipv4Packet::new_checked(&frame[loc.ip..]).unwrap();
         assert!(ip.verify_checksum());
         let udp = UdpPacket::new_checked(&frame[loc.udp..loc.end]).unwrap();
@@ -217,7 +224,7 @@ mod tests {
         s.vlan = Some(3);
         s.payload = (0..30).collect();
         let frame = s.build();
-        let Located::Udp(loc) = locate(&frame) else { panic!() };
+        let Located::Udp(loc) = verdict(&frame) else { panic!() };
         let t = Template::of(&frame, loc);
         let p =
             t.build(&[&frame[loc.payload..loc.payload + 10], &frame[loc.payload + 10..]]).unwrap();
@@ -229,20 +236,23 @@ mod tests {
 
     #[test]
     fn classifies_frames() {
-        assert_eq!(locate(&[0u8; 5]), Located::Malformed);
+        assert_eq!(verdict(&[0u8; 5]), Located::Drop(DropReason::Malformed));
         let tcp = FrameSpec::tcp((Ipv4Addr::LOCALHOST, 1), (Ipv4Addr::LOCALHOST, 2), 0).build();
-        assert_eq!(locate(&tcp), Located::Other);
+        assert_eq!(verdict(&tcp), Located::Pass);
         let mut bad = spec(20).build();
         bad.truncate(40);
-        assert_eq!(locate(&bad), Located::Malformed);
-        assert!(matches!(locate(&spec(20).build()), Located::Udp(_)));
+        assert_eq!(verdict(&bad), Located::Drop(DropReason::Malformed));
+        let mut frag = spec(20).build();
+        frag[20] = 0x20;
+        assert_eq!(verdict(&frag), Located::Drop(DropReason::Unsupported));
+        assert!(matches!(verdict(&spec(20).build()), Located::Udp(_)));
     }
 
     #[test]
     fn remove_more_than_the_payload_fails_cleanly() {
         let frame = spec(4).build();
         let mut p = Packet::from_bytes(&frame);
-        let Located::Udp(loc) = locate(p.data()) else { panic!() };
+        let Located::Udp(loc) = verdict(p.data()) else { panic!() };
         assert!(remove(&mut p, loc, 0, 5).is_none());
         assert_eq!(p.data(), &frame[..]);
     }

@@ -9,10 +9,11 @@
 //! from scratch instead (see `docs/benchmarks.md` for the cost of each).
 
 use crate::kernel::{KernelConfig, KernelError};
+use crate::udp_payload::{self, Located, UdpLoc};
 use crate::Placement;
-use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc};
+use crate::{ConfigError, Context, NetworkFunction, NfClass, NfSpec, ParamDoc};
 use braid_packet::wire::checksum::fold64;
-use braid_packet::wire::{self, checksum, ip_proto, Ipv4Packet};
+use braid_packet::wire::{checksum, ip_proto};
 use braid_packet::{Batch, BUF_SIZE};
 use std::net::Ipv4Addr;
 
@@ -123,60 +124,6 @@ impl<'de> serde::Deserialize<'de> for HexKey {
         }
         d.deserialize_any(V)
     }
-}
-
-/// Where the UDP datagram of an IPv4 frame is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct UdpSpan {
-    /// Offset of the IPv4 header.
-    pub l3: usize,
-    /// IPv4 total length.
-    pub ip_total: usize,
-    /// Offset of the UDP header.
-    pub l4: usize,
-    /// UDP length field (header + payload).
-    pub udp_len: usize,
-}
-
-/// What a frame is, for NFs that work on IPv4/UDP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum UdpFind {
-    /// Not IPv4 carrying UDP (or not even Ethernet): not ours, pass.
-    Other,
-    /// IPv4 with a broken header or a UDP length that does not fit.
-    Malformed,
-    /// An IPv4 fragment: the UDP payload is spread over several packets.
-    Fragment,
-    Udp(UdpSpan),
-}
-
-/// Classify a frame and locate its UDP datagram. Never panics: every
-/// offset returned lies within `frame`.
-pub(crate) fn find_udp_v4(frame: &[u8]) -> UdpFind {
-    let Ok(l3) = wire::l3(frame) else { return UdpFind::Other };
-    if l3.ethertype != wire::ethertype::IPV4 {
-        return UdpFind::Other;
-    }
-    let Ok(ip) = Ipv4Packet::new_checked(&frame[l3.offset..]) else { return UdpFind::Malformed };
-    if ip.protocol() != ip_proto::UDP {
-        return UdpFind::Other;
-    }
-    if ip.more_frags() || ip.frag_offset() != 0 {
-        return UdpFind::Fragment;
-    }
-    let (hl, total) = (ip.header_len(), ip.total_len() as usize);
-    // `new_checked` guarantees these, checked again so a change there can
-    // never turn into an out-of-bounds index here.
-    let Some(ip_payload) = total.checked_sub(hl) else { return UdpFind::Malformed };
-    if ip_payload < 8 || l3.offset + total > frame.len() {
-        return UdpFind::Malformed;
-    }
-    let l4 = l3.offset + hl;
-    let udp_len = u16::from_be_bytes([frame[l4 + 4], frame[l4 + 5]]) as usize;
-    if udp_len < 8 || udp_len > ip_payload {
-        return UdpFind::Malformed;
-    }
-    UdpFind::Udp(UdpSpan { l3: l3.offset, ip_total: total, l4, udp_len })
 }
 
 /// XOR `data` with `stream` and return the ones' complement sums of the
@@ -306,8 +253,9 @@ impl Xor {
         self.key_len
     }
 
-    fn apply(&self, frame: &mut [u8], s: UdpSpan) {
-        let udp = &mut frame[s.l4..s.l4 + s.udp_len];
+    fn apply(&self, frame: &mut [u8], loc: UdpLoc) {
+        let (l3, l4, udp_len) = (loc.ip, loc.udp, loc.end - loc.udp);
+        let udp = &mut frame[l4..l4 + udp_len];
         let (head, payload) = udp.split_at_mut(8);
         let (mut old, mut new) = (0u64, 0u64);
         for segment in payload.chunks_mut(self.stream.len()) {
@@ -328,11 +276,11 @@ impl Xor {
                 !fold64(!ck as u64 + !fold64(old) as u64 + fold64(new) as u64)
             }
             ChecksumMode::Recompute => {
-                let ip = &frame[s.l3..];
+                let ip = &frame[l3..];
                 let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
                 let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-                let head = &frame[s.l4..s.l4 + 8];
-                let pseudo = checksum::pseudo_header_v4(src, dst, ip_proto::UDP, s.udp_len);
+                let head = &frame[l4..l4 + 8];
+                let pseudo = checksum::pseudo_header_v4(src, dst, ip_proto::UDP, udp_len);
                 let hdr = u16::from_be_bytes([head[0], head[1]]) as u64
                     + u16::from_be_bytes([head[2], head[3]]) as u64
                     + u16::from_be_bytes([head[4], head[5]]) as u64;
@@ -341,7 +289,7 @@ impl Xor {
         };
         // 0 means "no checksum" in UDP; its ones' complement twin is sent.
         let ck = if ck == 0 { 0xffff } else { ck };
-        frame[s.l4 + 6..s.l4 + 8].copy_from_slice(&ck.to_be_bytes());
+        frame[l4 + 6..l4 + 8].copy_from_slice(&ck.to_be_bytes());
     }
 }
 
@@ -353,18 +301,14 @@ impl NetworkFunction for Xor {
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         batch.retain_mut(|p| {
             let frame = p.data_mut();
-            match find_udp_v4(frame) {
-                UdpFind::Other => true,
-                UdpFind::Malformed => {
-                    cx.drop_packet(DropReason::Malformed);
+            match udp_payload::verdict(frame) {
+                Located::Pass => true,
+                Located::Drop(reason) => {
+                    cx.drop_packet(reason);
                     false
                 }
-                UdpFind::Fragment => {
-                    cx.drop_packet(DropReason::Unsupported);
-                    false
-                }
-                UdpFind::Udp(s) => {
-                    self.apply(frame, s);
+                Located::Udp(loc) => {
+                    self.apply(frame, loc);
                     true
                 }
             }
@@ -398,9 +342,10 @@ fn kernel_config(params: &crate::Params) -> Result<KernelConfig, KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Counters, Params};
+    use crate::{Counters, DropReason, Params};
+    use braid_packet::wire;
     use braid_packet::wire::build::FrameSpec;
-    use braid_packet::wire::UdpPacket;
+    use braid_packet::wire::{Ipv4Packet, UdpPacket};
     use braid_packet::Packet;
     use proptest::prelude::*;
 
@@ -478,7 +423,7 @@ mod tests {
             let nf = Xor::new(cfg).unwrap();
             assert!(nf.stream.len() < payload.len());
             let mut g = f.clone();
-            let UdpFind::Udp(s) = find_udp_v4(&g) else { panic!("not UDP") };
+            let Located::Udp(s) = udp_payload::verdict(&g) else { panic!("not UDP") };
             nf.apply(&mut g, s);
             let want: Vec<u8> =
                 payload.iter().zip(b"odd".iter().cycle()).map(|(p, k)| p ^ k).collect();
@@ -511,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn non_udp_passes_broken_ipv4_is_dropped() {
+    fn non_udp_passes_broken_frames_are_dropped() {
         let mut nf = build("key: \"0x01\"").unwrap();
         let tcp = FrameSpec::tcp(
             (Ipv4Addr::new(1, 1, 1, 1), 1),
@@ -523,16 +468,15 @@ mod tests {
         bad_len[14 + 20 + 5] = 200; // UDP length beyond the IPv4 payload
         let mut frag = udp_frame(vec![1; 20]);
         frag[14 + 6] = 0x20; // more fragments
-        let garbage = vec![vec![], vec![0u8; 13], vec![0xff; 60]];
-        let mut frames = garbage.clone();
+                             // Truncated Ethernet headers are dropped (the envelope policy, as
+                             // in every NF); an unknown ethertype passes.
+        let mut frames = vec![vec![], vec![0u8; 13], vec![0xff; 60]];
         frames.push(tcp.clone());
         frames.push(bad_len);
         frames.push(frag);
         let (out, c) = run(nf.as_mut(), &frames);
-        let mut want = garbage;
-        want.push(tcp);
-        assert_eq!(out, want);
-        assert_eq!(c.dropped(DropReason::Malformed), 1);
+        assert_eq!(out, vec![vec![0xff; 60], tcp]);
+        assert_eq!(c.dropped(DropReason::Malformed), 3);
         assert_eq!(c.dropped(DropReason::Unsupported), 1);
     }
 

@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p braid-packet --bench checksum`
 
-use braid_packet::flow::parse_ipv4_flow;
+use braid_packet::envelope;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::{checksum, Ipv4Packet, UdpPacket};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -77,11 +77,11 @@ fn bench_parse(c: &mut Criterion) {
     tagged.vlan = Some(10);
     let tagged = tagged.build();
     let mut g = c.benchmark_group("parse");
-    g.bench_function("parse_ipv4_flow_udp64", |bch| {
-        bch.iter(|| parse_ipv4_flow(black_box(&frame)).map(|f| f.tuple))
+    g.bench_function("envelope_udp64", |bch| {
+        bch.iter(|| envelope::parse(black_box(&frame)).flow())
     });
-    g.bench_function("parse_ipv4_flow_udp64_vlan", |bch| {
-        bch.iter(|| parse_ipv4_flow(black_box(&tagged)).map(|f| f.tuple))
+    g.bench_function("envelope_udp64_vlan", |bch| {
+        bch.iter(|| envelope::parse(black_box(&tagged)).flow())
     });
     g.bench_function("views_verify_ip_udp_checksums_udp64", |bch| {
         bch.iter(|| {
@@ -90,7 +90,7 @@ fn bench_parse(c: &mut Criterion) {
             Some(ip.verify_checksum() && udp.verify_checksum_v4(ip.src_addr(), ip.dst_addr()))
         })
     });
-    let tuple = parse_ipv4_flow(&frame).unwrap().tuple;
+    let tuple = envelope::parse(&frame).flow().unwrap();
     g.bench_function("five_tuple_hash", |bch| bch.iter(|| black_box(tuple).hash()));
     g.finish();
 }

@@ -1,9 +1,6 @@
 //! IPv4 flow identification: the 5-tuple of a frame and a fast hash of it.
 
-use crate::wire::icmpv4::msg_type;
-use crate::wire::{
-    ethertype, ip_proto, l3, Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket, WireError,
-};
+use crate::wire::{ip_proto, Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::Ipv4Addr;
@@ -161,71 +158,6 @@ pub type FlowBuildHasher = BuildHasherDefault<FlowHasher>;
 /// A hash map keyed by flow using [`FiveTuple::hash`].
 pub type FlowMap<V> = std::collections::HashMap<FiveTuple, V, FlowBuildHasher>;
 
-/// The flow of an IPv4 frame and where its headers are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Flow {
-    pub tuple: FiveTuple,
-    /// Offset of the IPv4 header in the frame.
-    pub l3_offset: usize,
-    /// Offset of the layer-4 header (after IPv4 options) in the frame.
-    pub l4_offset: usize,
-    /// VLAN ID of the outer tag, if any.
-    pub vlan: Option<u16>,
-    /// True if the packet is an IPv4 fragment (first or not).
-    pub fragment: bool,
-}
-
-/// Parses the Ethernet/(VLAN)/IPv4/L4 headers of `frame` into a flow.
-///
-/// Handles 0–2 VLAN tags, IPv4 options, fragments (non-first fragments
-/// get ports 0 since they carry no L4 header), ICMP echo (identifier in
-/// both ports) and other protocols (ports 0). Errors: a non-IPv4 frame is
-/// [`WireError::Unsupported`]; short or inconsistent headers are
-/// `Truncated`/`Malformed`, including a TCP/UDP/ICMP header that does
-/// not fit in a first fragment.
-pub fn parse_ipv4_flow(frame: &[u8]) -> Result<Ipv4Flow, WireError> {
-    let info = l3(frame)?;
-    if info.ethertype != ethertype::IPV4 {
-        return Err(WireError::Unsupported);
-    }
-    let ip = Ipv4Packet::new_checked(&frame[info.offset..])?;
-    let l4_offset = info.offset + ip.header_len();
-    let proto = ip.protocol();
-    let fragment = ip.is_fragment();
-    let (src_port, dst_port) = if ip.frag_offset() != 0 {
-        (0, 0)
-    } else {
-        let l4 = ip.payload();
-        match proto {
-            ip_proto::UDP => {
-                let u = UdpPacket::new_checked(l4)?;
-                (u.src_port(), u.dst_port())
-            }
-            ip_proto::TCP => {
-                let t = TcpPacket::new_checked(l4)?;
-                (t.src_port(), t.dst_port())
-            }
-            ip_proto::ICMP => {
-                let i = Icmpv4Packet::new_checked(l4)?;
-                match i.msg_type() {
-                    msg_type::ECHO_REQUEST | msg_type::ECHO_REPLY => {
-                        (i.echo_ident(), i.echo_ident())
-                    }
-                    _ => (0, 0),
-                }
-            }
-            _ => (0, 0),
-        }
-    };
-    Ok(Ipv4Flow {
-        tuple: FiveTuple { src: ip.src_addr(), dst: ip.dst_addr(), proto, src_port, dst_port },
-        l3_offset: info.offset,
-        l4_offset,
-        vlan: info.vlan,
-        fragment,
-    })
-}
-
 /// The packet quoted in an ICMPv4 error message: where its IPv4 header is
 /// and its 5-tuple as it appears there (in the direction it was sent, so
 /// the reverse of the flow the error travels back on).
@@ -300,23 +232,29 @@ pub fn parse_icmp_error_quote(icmp: &[u8]) -> Option<QuotedFlow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::{parse, Class, Layer, Parsed, Unsupported};
     use crate::wire::build::FrameSpec;
-    use crate::wire::tcp_flags;
+    use crate::wire::{ethertype, tcp_flags};
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
+    fn flow(frame: &[u8]) -> (Parsed, FiveTuple) {
+        let p = parse(frame);
+        (p, p.flow().expect("an IPv4 frame"))
+    }
+
     #[test]
     fn udp_tcp_icmp_flows() {
-        let f = parse_ipv4_flow(&FrameSpec::udp((A, 1000), (B, 53), 10).build()).unwrap();
-        assert_eq!(f.tuple, FiveTuple { src: A, dst: B, proto: 17, src_port: 1000, dst_port: 53 });
-        assert_eq!((f.l3_offset, f.l4_offset, f.vlan, f.fragment), (14, 34, None, false));
+        let (p, t) = flow(&FrameSpec::udp((A, 1000), (B, 53), 10).build());
+        assert_eq!(t, FiveTuple { src: A, dst: B, proto: 17, src_port: 1000, dst_port: 53 });
+        assert_eq!((p.ip.l3, p.ip.l4_offset(), p.vlan, p.class), (14, 34, None, Class::Ok));
 
-        let f = parse_ipv4_flow(&FrameSpec::tcp((A, 1), (B, 80), tcp_flags::SYN).build()).unwrap();
-        assert_eq!((f.tuple.proto, f.tuple.src_port, f.tuple.dst_port), (6, 1, 80));
+        let (_, t) = flow(&FrameSpec::tcp((A, 1), (B, 80), tcp_flags::SYN).build());
+        assert_eq!((t.proto, t.src_port, t.dst_port), (6, 1, 80));
 
-        let f = parse_ipv4_flow(&FrameSpec::icmp_echo(A, B, 77, 3).build()).unwrap();
-        assert_eq!((f.tuple.proto, f.tuple.src_port, f.tuple.dst_port), (1, 77, 77));
+        let (_, t) = flow(&FrameSpec::icmp_echo(A, B, 77, 3).build());
+        assert_eq!((t.proto, t.src_port, t.dst_port), (1, 77, 77));
     }
 
     #[test]
@@ -324,41 +262,43 @@ mod tests {
         let mut s = FrameSpec::udp((A, 1), (B, 2), 0);
         s.vlan = Some(42);
         s.ip_options = vec![1, 1, 1, 1, 1, 1, 1, 0];
-        let f = parse_ipv4_flow(&s.build()).unwrap();
-        assert_eq!((f.l3_offset, f.l4_offset, f.vlan), (18, 18 + 28, Some(42)));
-        assert_eq!((f.tuple.src_port, f.tuple.dst_port), (1, 2));
+        let (p, t) = flow(&s.build());
+        assert_eq!((p.ip.l3, p.ip.l4_offset(), p.vlan), (18, 18 + 28, Some(42)));
+        assert_eq!((t.src_port, t.dst_port), (1, 2));
 
         // Non-first fragment: the bytes after the IP header are not a UDP
         // header, so ports are 0.
         let mut frame = FrameSpec::udp((A, 1), (B, 2), 16).build();
         frame[14 + 6] = 0x00;
         frame[14 + 7] = 0x02; // offset 16 bytes
-        let f = parse_ipv4_flow(&frame).unwrap();
-        assert_eq!((f.tuple.src_port, f.tuple.dst_port, f.fragment), (0, 0, true));
+        let (p, t) = flow(&frame);
+        assert_eq!((t.src_port, t.dst_port), (0, 0));
+        assert_eq!(p.class, Class::Fragment { first: false, offset: 16 });
 
         // First fragment (MF set) still has ports.
         let mut frame = FrameSpec::udp((A, 1), (B, 2), 16).build();
         frame[14 + 6] = 0x20;
-        let f = parse_ipv4_flow(&frame).unwrap();
-        assert_eq!((f.tuple.src_port, f.fragment), (1, true));
+        let (p, t) = flow(&frame);
+        assert_eq!((t.src_port, p.class), (1, Class::Fragment { first: true, offset: 0 }));
 
         let mut frame = FrameSpec::udp((A, 1), (B, 2), 16).build();
         frame[14 + 9] = 47; // GRE
-        let f = parse_ipv4_flow(&frame).unwrap();
-        assert_eq!((f.tuple.proto, f.tuple.src_port, f.tuple.dst_port), (47, 0, 0));
+        let (_, t) = flow(&frame);
+        assert_eq!((t.proto, t.src_port, t.dst_port), (47, 0, 0));
     }
 
     #[test]
     fn errors() {
         let frame = FrameSpec::udp((A, 1), (B, 2), 0).build();
-        assert_eq!(parse_ipv4_flow(&frame[..40]), Err(WireError::Truncated));
+        assert_eq!(parse(&frame[..40]).class, Class::Truncated { layer: Layer::L3 });
+        assert_eq!(parse(&frame[..40]).flow(), None);
         let mut arp = frame.clone();
         arp[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
-        assert_eq!(parse_ipv4_flow(&arp), Err(WireError::Unsupported));
+        assert_eq!(parse(&arp).class, Class::Unsupported { what: Unsupported::Arp });
         // Non-echo ICMP has ports 0.
         let mut icmp = FrameSpec::icmp_echo(A, B, 5, 5).build();
         icmp[34] = 3;
-        assert_eq!(parse_ipv4_flow(&icmp).unwrap().tuple.src_port, 0);
+        assert_eq!(flow(&icmp).1.src_port, 0);
     }
 
     /// An ICMP error (type, code, checksum, unused) quoting `packet`.

@@ -8,13 +8,16 @@
 //! * [`Batch`]: an ordered vector of packets; the unit that moves between NFs,
 //!   threads and processes.
 //! * [`wire`]: zero-copy typed views over header bytes, checksums.
-//! * [`flow`]: the IPv4 5-tuple of a frame and a fast flow hash.
+//! * [`envelope`]: one parse of a frame's headers (offsets, fields) and
+//!   its policy class (ok, truncated, malformed, fragment, unsupported).
+//! * [`flow`]: the IPv4 5-tuple and a fast flow hash.
 
 pub mod batch;
 #[allow(unsafe_code)] // external (shared-memory, UMEM) buffers
 pub mod buffer;
 #[allow(unsafe_code)] // clock_gettime
 pub mod clock;
+pub mod envelope;
 pub mod flow;
 #[cfg(feature = "proptest")]
 pub mod strategy;

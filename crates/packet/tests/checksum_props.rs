@@ -80,8 +80,8 @@ proptest! {
     #[test]
     fn nat_rewrite_incremental_equals_full(spec in frame_spec(), new_src in ipv4_addr(), new_port in any::<u16>(), dec_ttl in any::<bool>()) {
         let mut f = spec.build();
-        let flow = braid_packet::flow::parse_ipv4_flow(&f).unwrap();
-        let (l3, l4) = (flow.l3_offset, flow.l4_offset);
+        let ip = braid_packet::envelope::parse(&f).ip;
+        let (l3, l4) = (ip.l3, ip.l4_offset());
         let old_src = u32::from(spec.src_ip);
         let new_src_u = u32::from(new_src);
 

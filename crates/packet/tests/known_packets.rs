@@ -3,7 +3,7 @@
 //! reported every IP/UDP/TCP/ICMP checksum "Good"), and a cross-check of
 //! built frames against tshark's own checksum validation.
 
-use braid_packet::flow::parse_ipv4_flow;
+use braid_packet::envelope;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::*;
 use std::net::Ipv4Addr;
@@ -71,8 +71,8 @@ fn captured_udp() {
     spec.dont_frag = true;
     assert_eq!(spec.build(), UDP_FRAME);
 
-    let flow = parse_ipv4_flow(&UDP_FRAME).unwrap();
-    assert_eq!((flow.tuple.src_port, flow.tuple.dst_port, flow.tuple.proto), (40000, 5353, 17));
+    let t = envelope::parse(&UDP_FRAME).flow().unwrap();
+    assert_eq!((t.src_port, t.dst_port, t.proto), (40000, 5353, 17));
 }
 
 #[test]
@@ -86,8 +86,8 @@ fn captured_icmp_port_unreachable() {
     assert!(!icmp.is_echo());
     // The quoted datagram is the UDP packet above.
     assert_eq!(icmp.data(), &UDP_FRAME[14..]);
-    let flow = parse_ipv4_flow(&ICMP_UNREACH_FRAME).unwrap();
-    assert_eq!((flow.tuple.src, flow.tuple.src_port, flow.tuple.dst_port), (B, 0, 0));
+    let t = envelope::parse(&ICMP_UNREACH_FRAME).flow().unwrap();
+    assert_eq!((t.src, t.src_port, t.dst_port), (B, 0, 0));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Fuzz-style property: no input makes a `new_checked` view, any of its
-//! accessors, a `Repr::parse`, `wire::l3` or `parse_ipv4_flow` panic.
+//! accessors, a `Repr::parse`, `wire::l3` or `envelope::parse` panic.
 
-use braid_packet::flow::parse_ipv4_flow;
+use braid_packet::envelope::{self, Class};
 use braid_packet::strategy::{any_frame, garbage_frame, mutated_frame};
 use braid_packet::wire::*;
 use proptest::prelude::*;
@@ -146,9 +146,17 @@ fn exercise(frame: &[u8]) {
         ipv6(rest);
         arp(rest);
     }
-    if let Ok(flow) = parse_ipv4_flow(frame) {
-        assert!(flow.l3_offset < flow.l4_offset && flow.l4_offset <= frame.len());
-        let t = flow.tuple;
+    let p = envelope::parse(frame);
+    assert!(p.l3_offset <= frame.len());
+    if let Some(ip) = p.ipv4() {
+        assert!(ip.l3 < ip.l4_offset() && ip.l4_offset() <= ip.end() && ip.end() <= frame.len());
+        if let Some((at, end)) = ip.udp_span() {
+            assert!(at + 8 <= ip.end());
+            if p.class == Class::Ok {
+                assert!(end <= ip.end());
+            }
+        }
+        let t = ip.tuple();
         assert_eq!(t.reversed().reversed(), t);
         black_box((t.hash(), t.symmetric_hash()));
     }
@@ -208,10 +216,11 @@ fn every_truncation_of_real_frames() {
         tagged,
     ] {
         let f = spec.build();
-        assert!(parse_ipv4_flow(&f).is_ok());
+        assert_eq!(envelope::parse(&f).class, Class::Ok);
         for n in 0..f.len() {
             exercise(&f[..n]);
-            assert!(parse_ipv4_flow(&f[..n]).is_err(), "truncated at {n} must not parse");
+            let class = envelope::parse(&f[..n]).class;
+            assert!(matches!(class, Class::Truncated { .. }), "truncated at {n}: {class:?}");
         }
     }
 }

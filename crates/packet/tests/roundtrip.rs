@@ -1,6 +1,7 @@
 //! emit -> parse round trips for every Repr, and FrameSpec -> parse.
 
-use braid_packet::flow::{parse_ipv4_flow, FiveTuple};
+use braid_packet::envelope::{self, Class};
+use braid_packet::flow::FiveTuple;
 use braid_packet::strategy::{frame_spec, ipv4_addr, mac_addr};
 use braid_packet::wire::build::L4Spec;
 use braid_packet::wire::*;
@@ -125,21 +126,22 @@ proptest! {
     fn frame_spec_builds_what_it_says(spec in frame_spec()) {
         let f = spec.build();
         prop_assert_eq!(f.len(), spec.frame_len());
-        let flow = parse_ipv4_flow(&f).unwrap();
+        let p = envelope::parse(&f);
+        prop_assert_eq!(p.class, Class::Ok);
+        let flow = p.ip;
         let (proto, sp, dp) = match spec.l4 {
             L4Spec::Udp { src_port, dst_port } => (ip_proto::UDP, src_port, dst_port),
             L4Spec::Tcp { src_port, dst_port, .. } => (ip_proto::TCP, src_port, dst_port),
             L4Spec::IcmpEcho { ident, .. } => (ip_proto::ICMP, ident, ident),
         };
-        prop_assert_eq!(flow.tuple, FiveTuple { src: spec.src_ip, dst: spec.dst_ip, proto, src_port: sp, dst_port: dp });
-        prop_assert_eq!(flow.vlan, spec.vlan);
-        prop_assert!(!flow.fragment);
+        prop_assert_eq!(flow.tuple(), FiveTuple { src: spec.src_ip, dst: spec.dst_ip, proto, src_port: sp, dst_port: dp });
+        prop_assert_eq!(p.vlan, spec.vlan);
         let eth = EthernetFrame::new_checked(&f[..]).unwrap();
         prop_assert_eq!((eth.src_addr(), eth.dst_addr()), (spec.src_mac, spec.dst_mac));
-        let ip = Ipv4Packet::new_checked(&f[flow.l3_offset..]).unwrap();
+        let ip = Ipv4Packet::new_checked(&f[flow.l3..]).unwrap();
         prop_assert!(ip.verify_checksum());
         prop_assert_eq!((ip.ttl(), ip.tos(), ip.ident(), ip.dont_frag()), (spec.ttl, spec.tos, spec.ip_ident, spec.dont_frag));
-        prop_assert_eq!(flow.l4_offset, flow.l3_offset + ip.header_len());
+        prop_assert_eq!(flow.l4_offset(), flow.l3 + ip.header_len());
         let l4 = ip.payload();
         let (s, d) = (ip.src_addr(), ip.dst_addr());
         match spec.l4 {

@@ -34,7 +34,8 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use braid_packet::wire::{self, ethertype, ip_proto, tcp_flags, Ipv4Packet, TcpPacket, WireError};
+use braid_packet::envelope::{self, Class, L4};
+use braid_packet::wire::{self, ip_proto, tcp_flags, TcpPacket};
 use braid_packet::{Batch, Packet};
 
 pub use matcher::{Hit, Matcher, StreamState};
@@ -231,59 +232,43 @@ struct Segment {
 }
 
 /// What the DPI makes of a frame.
-enum Parsed {
+enum Seen {
     Segment(Segment),
-    /// An IPv4 fragment: passes uninspected.
+    /// An IPv4 fragment of TCP or UDP: passes uninspected.
     Fragment,
     /// Not IPv4 TCP/UDP: passes uninspected.
     Other,
 }
 
-/// Find the 5-tuple, TCP sequence number and flags, and the payload of an
-/// Ethernet (up to two VLAN tags) / IPv4 / TCP or UDP frame. Bounded by the
-/// IPv4 total length (Ethernet padding is not payload). This is the DPI's
-/// only frame parsing.
-fn parse_segment(frame: &[u8]) -> Result<Parsed, DropReason> {
-    let l3 = match wire::l3(frame) {
-        Ok(l3) if l3.ethertype == ethertype::IPV4 => l3,
-        Ok(_) | Err(WireError::Unsupported) => return Ok(Parsed::Other),
-        Err(_) => return Err(DropReason::Malformed),
+/// The DPI's envelope policy (docs/nfs.md): whole IPv4 TCP/UDP is
+/// inspected; TCP/UDP fragments pass uninspected (counted); everything
+/// else that is not broken passes; truncated or malformed headers are
+/// dropped. The payload is bounded by the IPv4 total length (Ethernet
+/// padding is not payload; the UDP length field is the envelope's check).
+fn segment(frame: &[u8]) -> Result<Seen, DropReason> {
+    let parsed = envelope::parse(frame);
+    let tcp_or_udp = matches!(parsed.ip.proto, ip_proto::TCP | ip_proto::UDP);
+    let ip = match parsed.class {
+        Class::Ok if tcp_or_udp => parsed.ip,
+        Class::Fragment { .. } if tcp_or_udp => return Ok(Seen::Fragment),
+        Class::Ok | Class::Fragment { .. } | Class::Unsupported { .. } => return Ok(Seen::Other),
+        Class::Truncated { .. } | Class::Malformed { .. } => return Err(DropReason::Malformed),
     };
-    let ip = Ipv4Packet::new_checked(&frame[l3.offset..]).map_err(|_| DropReason::Malformed)?;
-    let proto = ip.protocol();
-    if proto != ip_proto::TCP && proto != ip_proto::UDP {
-        return Ok(Parsed::Other);
-    }
-    if ip.frag_offset() != 0 || ip.more_frags() {
-        return Ok(Parsed::Fragment);
-    }
-    // `new_checked` bounds the total length by the frame.
-    let l4 = l3.offset + ip.header_len();
-    let l4_end = l3.offset + ip.total_len() as usize;
-    let l4_bytes = &frame[l4..l4_end];
-    let (src_port, dst_port, tcp, header_len) = if proto == ip_proto::TCP {
-        let t = TcpPacket::new_checked(l4_bytes).map_err(|_| DropReason::Malformed)?;
-        // A SYN occupies one sequence number before the data.
-        let syn = u32::from(t.flags() & tcp_flags::SYN != 0);
-        let seq = t.seq_number().wrapping_add(syn);
-        (t.src_port(), t.dst_port(), Some((seq, t.flags())), t.header_len())
-    } else {
-        if l4_bytes.len() < wire::udp::HEADER_LEN {
-            return Err(DropReason::Malformed);
+    let l4 = ip.l4_offset();
+    let (src_port, dst_port, tcp, header_len) = match ip.l4 {
+        L4::Tcp { src_port, dst_port, flags } => {
+            // The envelope checked the whole TCP header is in the frame.
+            let t = TcpPacket::new_unchecked(&frame[l4..ip.end()]);
+            // A SYN occupies one sequence number before the data.
+            let syn = u32::from(flags & tcp_flags::SYN != 0);
+            let seq = t.seq_number().wrapping_add(syn);
+            (src_port, dst_port, Some((seq, flags)), t.header_len())
         }
-        // The payload is what the IPv4 total length holds after the UDP
-        // header (its own length field is the endpoints' business).
-        let u = wire::UdpPacket::new_unchecked(l4_bytes);
-        (u.src_port(), u.dst_port(), None, wire::udp::HEADER_LEN)
+        L4::Udp { src_port, dst_port, .. } => (src_port, dst_port, None, wire::udp::HEADER_LEN),
+        _ => return Ok(Seen::Other),
     };
-    let key = FlowKey {
-        src: u32::from(ip.src_addr()),
-        dst: u32::from(ip.dst_addr()),
-        src_port,
-        dst_port,
-        proto,
-    };
-    Ok(Parsed::Segment(Segment { key, tcp, payload: l4 + header_len..l4_end }))
+    let key = FlowKey { src: ip.src, dst: ip.dst, src_port, dst_port, proto: ip.proto };
+    Ok(Seen::Segment(Segment { key, tcp, payload: l4 + header_len..ip.end() }))
 }
 
 impl Dpi {
@@ -358,13 +343,13 @@ impl Dpi {
         runtime_ns: u64,
         now: u64,
     ) -> Result<(), DropReason> {
-        let seg = match parse_segment(p.data())? {
-            Parsed::Segment(s) => s,
-            Parsed::Fragment => {
+        let seg = match segment(p.data())? {
+            Seen::Segment(s) => s,
+            Seen::Fragment => {
                 self.stats.fragments_uninspected += 1;
                 return Ok(());
             }
-            Parsed::Other => return Ok(()),
+            Seen::Other => return Ok(()),
         };
         let verdict = match seg.tcp {
             None => self.inspect_datagram(&p.data()[seg.payload.clone()], seg.key, runtime_ns),

@@ -1,6 +1,6 @@
 //! [`FrameSpec`]: builds valid Ethernet/(VLAN)/IPv4/{UDP,TCP,ICMP echo}
 //! frames with every length and checksum right, for tests, benches and
-//! traffic generators.
+//! traffic generators. Every header is written by its `Repr::emit`.
 //!
 //! ```
 //! use braid_packet::wire::build::FrameSpec;
@@ -16,6 +16,7 @@
 
 use super::{ethernet, ethertype, icmpv4, ip_proto, ipv4, tcp, udp, vlan};
 use super::{EthernetFrame, Icmpv4Packet, Ipv4Packet, MacAddr, TcpPacket, UdpPacket, VlanTag};
+use super::{EthernetRepr, Icmpv4Repr, Ipv4Repr, TcpRepr, UdpRepr, VlanRepr};
 use crate::Packet;
 use std::net::Ipv4Addr;
 
@@ -158,34 +159,34 @@ impl FrameSpec {
     /// below 65,000 bytes.
     pub fn build(&self) -> Vec<u8> {
         let mut f = vec![0u8; self.frame_len()];
-        let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
-        eth.set_dst_addr(self.dst_mac);
-        eth.set_src_addr(self.src_mac);
+        let outer = if self.vlan.is_some() { ethertype::VLAN } else { ethertype::IPV4 };
+        let eth = EthernetRepr { src_addr: self.src_mac, dst_addr: self.dst_mac, ethertype: outer };
+        eth.emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
         let mut off = ethernet::HEADER_LEN;
         if let Some(vid) = self.vlan {
-            eth.set_ethertype(ethertype::VLAN);
-            let mut tag = VlanTag::new_unchecked(&mut f[off..]);
-            tag.set_vid(vid);
-            tag.set_inner_ethertype(ethertype::IPV4);
+            let tag = VlanRepr { vid, pcp: 0, dei: false, inner_ethertype: ethertype::IPV4 };
+            tag.emit(&mut VlanTag::new_unchecked(&mut f[off..]));
             off += vlan::HEADER_LEN;
-        } else {
-            eth.set_ethertype(ethertype::IPV4);
         }
 
         let opt_len = self.options_len();
         let ip_hl = ipv4::HEADER_LEN + opt_len;
         let l4_len = self.l4.header_len() + self.payload.len();
+        let repr = Ipv4Repr {
+            src_addr: self.src_ip,
+            dst_addr: self.dst_ip,
+            protocol: self.l4.protocol(),
+            payload_len: l4_len,
+            ttl: self.ttl,
+        };
         let mut ip = Ipv4Packet::new_unchecked(&mut f[off..]);
-        ip.set_version(4);
+        repr.emit(&mut ip);
+        // What `Ipv4Repr` leaves at its defaults: TOS, ident, DF, options.
         ip.set_header_len(ip_hl);
-        ip.set_tos(self.tos);
         ip.set_total_len((ip_hl + l4_len) as u16);
+        ip.set_tos(self.tos);
         ip.set_ident(self.ip_ident);
         ip.set_dont_frag(self.dont_frag);
-        ip.set_ttl(self.ttl);
-        ip.set_protocol(self.l4.protocol());
-        ip.set_src_addr(self.src_ip);
-        ip.set_dst_addr(self.dst_ip);
         let n = self.ip_options.len().min(opt_len);
         ip.options_mut()[..n].copy_from_slice(&self.ip_options[..n]);
         ip.fill_checksum();
@@ -196,32 +197,30 @@ impl FrameSpec {
         match self.l4 {
             L4Spec::Udp { src_port, dst_port } => {
                 let mut u = UdpPacket::new_unchecked(l4);
-                u.set_src_port(src_port);
-                u.set_dst_port(dst_port);
-                u.set_len(l4_len as u16);
+                UdpRepr { src_port, dst_port, payload_len: self.payload.len() }.emit(&mut u);
                 u.fill_checksum_v4(self.src_ip, self.dst_ip);
             }
             L4Spec::Tcp { src_port, dst_port, flags, seq, ack, window } => {
                 let mut t = TcpPacket::new_unchecked(l4);
-                t.set_src_port(src_port);
-                t.set_dst_port(dst_port);
-                t.set_seq_number(seq);
-                t.set_ack_number(ack);
-                t.set_header_len(tcp::HEADER_LEN);
-                t.set_flags(flags);
-                t.set_window_len(window);
+                let repr = TcpRepr {
+                    src_port,
+                    dst_port,
+                    seq_number: seq,
+                    ack_number: ack,
+                    flags,
+                    window_len: window,
+                };
+                repr.emit(&mut t);
                 t.fill_checksum_v4(self.src_ip, self.dst_ip);
             }
             L4Spec::IcmpEcho { ident, seq_no, reply } => {
-                let mut i = Icmpv4Packet::new_unchecked(l4);
-                i.set_msg_type(if reply {
-                    icmpv4::msg_type::ECHO_REPLY
+                let repr = if reply {
+                    Icmpv4Repr::EchoReply { ident, seq_no }
                 } else {
-                    icmpv4::msg_type::ECHO_REQUEST
-                });
-                i.set_echo_ident(ident);
-                i.set_echo_seq_no(seq_no);
-                i.fill_checksum();
+                    Icmpv4Repr::EchoRequest { ident, seq_no }
+                };
+                // The data is in place: the checksum covers it.
+                repr.emit(&mut Icmpv4Packet::new_unchecked(l4));
             }
         }
         f
