@@ -127,6 +127,23 @@ async fn signalled() {
     }
 }
 
+/// Open the store and the audit log, and start every declared chain.
+async fn prepare(c: &Config) -> anyhow::Result<(Arc<Daemon>, Audit)> {
+    let store = Store::open(&c.store_path())?;
+    let audit = Audit::open(&c.audit_path())
+        .with_context(|| format!("opening audit log {}", c.audit_path().display()))?;
+    let start = StartOptions {
+        idle: c.idle,
+        control_timeout: Duration::from_millis(c.control_timeout_ms),
+        ..StartOptions::default()
+    };
+    let daemon = Arc::new(Daemon::new(store, start));
+    let d = daemon.clone();
+    let (ok, failed) = tokio::task::spawn_blocking(move || d.restore()).await??;
+    tracing::info!(restored = ok, failed, "declared chains started");
+    Ok((daemon, audit))
+}
+
 async fn run(c: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     if !c.state_dir.exists() {
@@ -137,22 +154,19 @@ async fn run(c: Config) -> anyhow::Result<()> {
             .create(&c.state_dir)
             .with_context(|| format!("creating state directory {}", c.state_dir.display()))?;
     }
-    let store = Store::open(&c.store_path())?;
-    let audit = Audit::open(&c.audit_path())
-        .with_context(|| format!("opening audit log {}", c.audit_path().display()))?;
-    let start = StartOptions {
-        idle: c.idle,
-        control_timeout: Duration::from_millis(c.control_timeout_ms),
-        ..StartOptions::default()
-    };
-    let daemon = Arc::new(Daemon::new(store, start));
-    // Bind before restoring: a second braidd is refused before it touches
-    // any interface.
+    // The socket first: a second braidd is refused before it touches the
+    // store or any interface.
     let listener = braid_daemon::server::bind(&c.socket, c.socket_mode)?;
-    let d = daemon.clone();
-    let (ok, failed) = tokio::task::spawn_blocking(move || d.restore()).await??;
+    let prepared = prepare(&c).await;
+    let (daemon, audit) = match prepared {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&c.socket);
+            return Err(e);
+        }
+    };
     tracing::info!(
-        socket = %c.socket.display(), restored = ok, failed,
+        socket = %c.socket.display(),
         "braidd ready in {:.1} ms", started.elapsed().as_secs_f64() * 1e3
     );
     let state = AppState {
