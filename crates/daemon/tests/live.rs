@@ -308,3 +308,122 @@ fn a_chain_deployed_through_the_api_forwards_reports_changes_and_survives_kill_9
     assert_eq!(send_and_count(&tx, &rx, 10), 10);
     assert!(d.terminate().success());
 }
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The numbers of docs/benchmarks.md ("braidd"): API deploy-to-first-packet
+/// time of a 4-NF user-space chain, and `/metrics` scrape time with 25
+/// chains x 4 NFs = 100 NFs beside `/v1/status`. A measurement, run by hand:
+/// `cargo test --release -p braid-daemon --test live -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
+fn measure_deploy_to_first_packet_and_scrape_time() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd measure", "needs root for namespaces") {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("measure");
+    let d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    let four = |name: &str, a: &str, b: &str| {
+        format!(
+            "name: {name}\nports:\n  in: {{ kind: af_packet, iface: {a} }}\n  out: {{ kind: af_packet, iface: {b} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: x1, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: x2, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: f, type: fwd }}\n"
+        )
+    };
+    // Deploy-to-first-packet: a sender every 100 µs from before the call.
+    let mut deploy = Vec::new();
+    let mut first = Vec::new();
+    for round in 0..10 {
+        let name = format!("m{round}");
+        let stop = AtomicBool::new(false);
+        drain(&rx, Duration::from_millis(20));
+        rx.set_read_timeout(Some(Duration::from_micros(200))).unwrap();
+        let t = Instant::now();
+        let (took, arrived) = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(5) {
+                    let _ = tx.send(b"probe");
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            });
+            // The receiver notes the first arrival while the call is
+            // still under way.
+            let receiver = s.spawn(|| {
+                let mut buf = [0u8; 2048];
+                while t.elapsed() < Duration::from_secs(3) {
+                    if rx.recv(&mut buf).is_ok() {
+                        return Some(t.elapsed());
+                    }
+                }
+                None
+            });
+            c.deploy(&four(&name, &net.a1, &net.b1)).unwrap();
+            let took = t.elapsed();
+            let arrived = receiver.join().unwrap();
+            stop.store(true, Ordering::Relaxed);
+            (took, arrived.expect("a packet crossed"))
+        });
+        rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        c.remove(&name).unwrap();
+        deploy.push(took);
+        first.push(arrived);
+    }
+    println!(
+        "deploy call (4 NFs): median {:.2} ms, max {:.2} ms; deploy to first packet: median {:.2} ms, max {:.2} ms (10 rounds)",
+        ms(percentile(deploy.clone(), 0.5)),
+        ms(percentile(deploy, 1.0)),
+        ms(percentile(first.clone(), 0.5)),
+        ms(percentile(first, 1.0)),
+    );
+
+    // 25 chains x 4 NFs, each between one end of two veth pairs whose
+    // other ends stay down (no traffic, no loop), all inside `mid`.
+    for i in 0..25 {
+        let (a, b) = (netns::unique_ifname("bdm"), netns::unique_ifname("bdm"));
+        for dev in [&a, &b] {
+            let peer = netns::unique_ifname("bdp");
+            net.mid.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]).unwrap();
+            netns::set_up(Some(net.mid.name()), dev).unwrap();
+        }
+        c.deploy(&four(&format!("s{i:02}"), &a, &b)).unwrap();
+    }
+    let m = c.metrics().unwrap();
+    let nfs = m.lines().filter(|l| l.starts_with("braid_nf_packets_in_total{")).count();
+    assert_eq!(nfs, 100);
+    let time = |f: &dyn Fn()| -> Vec<Duration> {
+        (0..200)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect()
+    };
+    let scrape = time(&|| {
+        c.metrics().unwrap();
+    });
+    let status = time(&|| {
+        c.status().unwrap();
+    });
+    let chains = time(&|| {
+        c.chains().unwrap();
+    });
+    println!(
+        "100 NFs: GET /metrics ({} bytes) median {:.3} ms p99 {:.3} ms; GET /v1/status median {:.3} ms; GET /v1/chains median {:.3} ms ({:.1}x /v1/status for /metrics)",
+        m.len(),
+        ms(percentile(scrape.clone(), 0.5)),
+        ms(percentile(scrape.clone(), 0.99)),
+        ms(percentile(status.clone(), 0.5)),
+        ms(percentile(chains, 0.5)),
+        percentile(scrape, 0.5).as_secs_f64() / percentile(status, 0.5).as_secs_f64(),
+    );
+}
