@@ -82,6 +82,29 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `/metrics` alone, for a TCP listener (`metrics_listen`) that Prometheus
+/// scrapes: read-only, so served without peer credentials (TCP has none).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .layer(middleware::from_fn_with_state(state.clone(), count_only))
+        .with_state(state)
+}
+
+/// Request counting for [`metrics_router`].
+async fn count_only(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| format!("tcp:{}", m.as_str()))
+        .unwrap_or_else(|| "tcp:unmatched".into());
+    let response = next.run(req).await;
+    s.metrics.count_request(method.as_str(), &route, response.status().as_u16());
+    response
+}
+
 /// An error answer: status, a stable `error` kind, the message, and for
 /// descriptors every problem.
 #[derive(Debug)]

@@ -42,6 +42,9 @@ pub struct Config {
     pub control_timeout_ms: u64,
     /// What chain workers do when idle: poll, busy or sleep.
     pub idle: Idle,
+    /// Also serve `/metrics` (only it, read-only) on this TCP address, for
+    /// Prometheus; default: not at all.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY,
             control_timeout_ms: 5000,
             idle: Idle::Poll,
+            metrics_listen: None,
         }
     }
 }

@@ -60,6 +60,10 @@ struct Args {
     /// [default: poll].
     #[arg(long)]
     idle: Option<Idle>,
+    /// Also serve /metrics (only it, read-only, no credentials) on this TCP
+    /// address for Prometheus, e.g. 127.0.0.1:9478 [default: off].
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -87,6 +91,9 @@ fn config(a: Args) -> anyhow::Result<Config> {
     );
     if a.audit_log.is_some() {
         c.audit_log = a.audit_log;
+    }
+    if a.metrics_listen.is_some() {
+        c.metrics_listen = a.metrics_listen;
     }
     c.check()?;
     Ok(c)
@@ -157,6 +164,16 @@ async fn run(c: Config) -> anyhow::Result<()> {
     // The socket first: a second braidd is refused before it touches the
     // store or any interface.
     let listener = braid_daemon::server::bind(&c.socket, c.socket_mode)?;
+    let metrics_listener = match c.metrics_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = std::fs::remove_file(&c.socket);
+                return Err(e).with_context(|| format!("metrics_listen {addr}: binding"));
+            }
+        },
+        None => None,
+    };
     let prepared = prepare(&c).await;
     let (daemon, audit) = match prepared {
         Ok(v) => v,
@@ -178,7 +195,25 @@ async fn run(c: Config) -> anyhow::Result<()> {
         allowed_uid: own_uid(),
         body_limit: c.max_body_bytes,
     };
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = match metrics_listener {
+        Some(l) => {
+            let app = braid_daemon::api::metrics_router(state.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async {
+                        let _ = metrics_stopped.await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
+    };
     let served = braid_daemon::server::serve(listener, router(state), signalled()).await;
+    let _ = stop_metrics.send(());
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     let d = daemon.clone();
     let stopped = tokio::task::spawn_blocking(move || d.shutdown()).await?;
     let _ = std::fs::remove_file(&c.socket);

@@ -343,3 +343,38 @@ fn toml_keys_of_default_config() -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+#[test]
+fn metrics_listen_serves_only_metrics_over_tcp() {
+    let dir = TempDir::new("tcp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Braidd::start(dir.path(), None, &["--metrics-listen", &addr]);
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let m = get("/metrics");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(m.contains("application/openmetrics-text"), "{m}");
+    assert!(m.contains("# TYPE braid_nf_packets_in counter"), "{m}");
+    // Nothing else: the API stays on the unix socket.
+    for path in ["/v1/status", "/v1/chains"] {
+        let r = get(path);
+        assert!(r.starts_with("HTTP/1.1 404"), "{path}: {r}");
+    }
+    let m = d.client().metrics().unwrap();
+    assert_eq!(
+        metric_value(
+            &m,
+            "braid_api_requests_total",
+            &[("route", "tcp:/metrics"), ("status", "200")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
