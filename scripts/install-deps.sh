@@ -14,6 +14,8 @@ PACKAGES=(
     tshark tcpdump sockperf iperf3 iputils-ping nftables openssl
     # braidd tests: a client running as another uid (peer credentials), sysctl in namespaces.
     curl procps
+    # A real Prometheus scrapes braidd in crates/daemon/tests/live.rs.
+    prometheus
     # Inspection tools used by the docs' investigations.
     bpftool xdp-tools
     # AWS-LC (aws-lc-rs, the AES of encrypt/decrypt): C sources built by the cc crate.

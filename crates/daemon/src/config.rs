@@ -149,6 +149,10 @@ mod tests {
         let e = Config::from_toml("sockett = \"/x\"\n").unwrap_err();
         assert!(e.contains("unknown field `sockett`"), "{e}");
         assert!(e.contains("line 1"), "{e}");
+        // The shipped example is a valid configuration.
+        let shipped = Config::from_toml(include_str!("../../../deploy/braidd.toml")).unwrap();
+        shipped.check().unwrap();
+        assert_eq!(shipped.socket, Path::new(DEFAULT_SOCKET));
         let bad = Config { socket_mode: 0o400, ..Config::default() };
         assert!(bad.check().unwrap_err().to_string().starts_with("socket_mode: 0o400"));
     }

@@ -427,3 +427,95 @@ fn measure_deploy_to_first_packet_and_scrape_time() {
         percentile(scrape, 0.5).as_secs_f64() / percentile(status, 0.5).as_secs_f64(),
     );
 }
+
+/// A child process killed on drop.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on the loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_braidd_and_answers_with_a_braid_metric() {
+    if braid_testkit::skip_unless(
+        netns::is_root(),
+        "braidd prometheus",
+        "needs root for namespaces",
+    ) || braid_testkit::skip_unless_tool("prometheus", "braidd prometheus")
+        || braid_testkit::skip_unless_tool("curl", "braidd prometheus")
+    {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("prom");
+    // braidd runs in `mid`; its metrics listener is on mid's loopback, so
+    // Prometheus runs there too.
+    let mport = free_port();
+    let d = Braidd::start(
+        dir.path(),
+        Some(net.mid.name()),
+        &["--metrics-listen", &format!("127.0.0.1:{mport}")],
+    );
+    let c = d.client();
+    c.deploy(&chain_yaml(&net, "prom")).unwrap();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    assert_eq!(time_to_first_packet(&tx, &rx, Duration::from_secs(5)).map(|_| ()), Some(()));
+    assert_eq!(send_and_count(&tx, &rx, 100), 100);
+    drain(&rx, Duration::from_millis(50));
+    let want = counter(&c, "prom", "fw", "packets_in");
+
+    let conf = dir.path().join("prometheus.yml");
+    let deployed = include_str!("../../../deploy/prometheus.yml")
+        .replace("scrape_interval: 5s", "scrape_interval: 1s")
+        .replace("127.0.0.1:9478", &format!("127.0.0.1:{mport}"));
+    assert!(deployed.contains(&format!("127.0.0.1:{mport}")));
+    std::fs::write(&conf, deployed).unwrap();
+    let pport = free_port();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prom = Reaper(
+        net.mid
+            .command("prometheus")
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // Ask Prometheus's query API until it has scraped (30 s at most).
+    let query = "braid_nf_packets_in_total{chain=\"prom\",nf=\"fw\"}";
+    let t = Instant::now();
+    let mut last = String::new();
+    let mut value = None;
+    while t.elapsed() < Duration::from_secs(30) && value.is_none() {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = net
+            .mid
+            .command("curl")
+            .args([
+                "-s",
+                "-G",
+                &format!("http://127.0.0.1:{pport}/api/v1/query"),
+                "--data-urlencode",
+            ])
+            .arg(format!("query={query}"))
+            .output()
+            .unwrap();
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&last) else { continue };
+        value = v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse::<f64>().ok());
+    }
+    let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let value = value.unwrap_or_else(|| panic!("no answer from Prometheus: {last}\n{log}"));
+    assert_eq!(value as u64, want, "{last}");
+}
