@@ -25,7 +25,7 @@ use clap::Parser;
 struct Args {
     /// TOML configuration file; its keys are the long option names with `_`
     /// (socket, socket_mode, state_dir, audit_log, log_format, log_level,
-    /// max_body_bytes, control_timeout_ms, idle).
+    /// max_body_bytes, control_timeout_ms, idle, metrics_listen).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Unix socket of the API [default: /run/braid/braidd.sock].

@@ -378,3 +378,27 @@ fn metrics_listen_serves_only_metrics_over_tcp() {
         "{m}"
     );
 }
+
+#[test]
+fn logs_are_quiet_by_default_and_json_on_request() {
+    let dir = TempDir::new("logs");
+    let mut d = Braidd::start(dir.path(), None, &[]);
+    d.client().deploy("name: a\nnfs: []\n").unwrap_err();
+    assert!(d.terminate().success());
+    assert_eq!(d.log(), "", "nothing on standard error by default");
+
+    let mut d = Braidd::start(dir.path(), None, &["--log-format", "json", "--log-level", "info"]);
+    d.client().deploy("name: a\nnfs: []\n").unwrap_err();
+    assert!(d.terminate().success());
+    let log = d.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let has = |target: &str, needle: &str| {
+        lines.iter().any(|l| l["target"] == target && l.to_string().contains(needle))
+    };
+    assert!(has("braidd", "braidd ready"), "{log}");
+    assert!(has("braidd::audit", "a chain needs at least one NF"), "{log}");
+    assert!(has("braidd", "braidd stopped"), "{log}");
+}
