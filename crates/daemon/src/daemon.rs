@@ -112,12 +112,31 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Longest chain name the daemon accepts.
+pub const MAX_NAME: usize = 64;
+
+/// A chain name usable in URLs, metric labels and thread names.
+fn good_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// The problems of descriptor `text` (YAML or JSON) as `braid validate`
 /// reports them, plus the daemon's own rule: `in` and `out` must be live
 /// ports.
 pub fn check_descriptor(file: &str, text: &str) -> Result<ChainDescriptor, Vec<Problem>> {
     let report = validate_str(file, text);
     match report.descriptor {
+        Some(d) if report.problems.is_empty() && !good_name(&d.name) => Err(vec![Problem {
+            file: file.to_string(),
+            location: None,
+            path: "name".into(),
+            message: format!(
+                "chain name `{}` cannot be used by the daemon (it names the chain in URLs, metrics and its worker thread)",
+                d.name.escape_debug()
+            ),
+            help: Some(format!("1 to {MAX_NAME} characters among A-Z a-z 0-9 . _ -")),
+        }]),
         Some(d) if report.problems.is_empty() => match check_ports(&d) {
             Ok(()) => Ok(d),
             Err(e) => Err(vec![Problem {

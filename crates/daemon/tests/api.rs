@@ -58,6 +58,11 @@ fn bad_requests_get_precise_errors_and_change_nothing() {
     let (st, kind, msg, _) = api_error(c.deploy(json).unwrap_err());
     assert_eq!((st, kind.as_str()), (422, "start_failed"), "{msg}");
     assert!(msg.contains("chain `j`: ports.in: cannot open"), "{msg}");
+    // A chain name that cannot go into URLs, metric labels, thread names.
+    let (st, _, _, body) =
+        api_error(c.deploy("name: \"a b\\0\"\nnfs:\n  - { name: f, type: fwd }\n").unwrap_err());
+    assert_eq!((st, body["problems"][0]["path"].as_str()), (400, Some("name")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("`a b\\0` cannot be used"), "{body}");
     // Not UTF-8.
     let r = c.request("POST", "/v1/chains", Some(("application/yaml", &[0xff, 0xfe]))).unwrap();
     assert_eq!(r.status, 400);
@@ -99,7 +104,7 @@ fn bad_requests_get_precise_errors_and_change_nothing() {
     let lines: Vec<serde_json::Value> =
         audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let posts = lines.iter().filter(|l| l["method"] == "POST").count();
-    assert_eq!(posts, 6, "{audit}");
+    assert_eq!(posts, 7, "{audit}");
     assert!(lines.iter().all(|l| l["uid"] == 0 && l["pid"].as_u64().unwrap() > 0), "{audit}");
     assert!(audit.contains("did you mean `fwd`?"), "{audit}");
 }
