@@ -259,6 +259,7 @@ async fn status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "uptime_seconds": s.started.elapsed().as_secs_f64(),
         "chains": chains.len(),
         "running": running,
+        "checkpoints": s.daemon.checkpoints(),
     }))
 }
 

@@ -20,6 +20,9 @@ pub struct Deployed {
     live: Option<LiveChain>,
     /// Why it does not run, when it does not.
     error: Option<String>,
+    /// At start-up: the NFs whose checkpointed state was restored, or why
+    /// none was.
+    restored: Option<Result<Vec<String>, String>>,
 }
 
 impl Deployed {
@@ -63,6 +66,11 @@ impl Deployed {
             "error": error,
             "descriptor": serde_json::to_value(self.descriptor()).unwrap_or_default(),
         });
+        match &self.restored {
+            Some(Ok(nfs)) => v["restored_state"] = serde_json::json!({ "nfs": nfs }),
+            Some(Err(e)) => v["restored_state"] = serde_json::json!({ "error": e }),
+            None => {}
+        }
         if let Some(l) = &self.live {
             v["uptime_seconds"] = l.uptime().as_secs_f64().into();
             v["stats"] = l.snapshot().to_json();
@@ -100,6 +108,8 @@ pub struct Daemon {
     chains: Chains,
     store: Store,
     start: StartOptions,
+    /// Checkpoint rounds written.
+    checkpoints: std::sync::atomic::AtomicU64,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -155,7 +165,7 @@ impl Daemon {
     /// A daemon over `store`, with no chain running yet (see
     /// [`Daemon::restore`]).
     pub fn new(store: Store, start: StartOptions) -> Daemon {
-        Daemon { chains: Arc::default(), store, start }
+        Daemon { chains: Arc::default(), store, start, checkpoints: Default::default() }
     }
 
     /// The shared map, for readers (API, metrics).
@@ -184,17 +194,64 @@ impl Daemon {
             let entry = match LiveChain::start(&d, self.start.clone()) {
                 Ok(l) => {
                     ok += 1;
-                    Deployed { declared: d, live: Some(l), error: None }
+                    let restored = Some(self.restore_state(&d.name, &l));
+                    Deployed { declared: d, live: Some(l), error: None, restored }
                 }
                 Err(e) => {
                     failed += 1;
                     tracing::error!(chain = %d.name, error = %e, "declared chain did not start");
-                    Deployed { declared: d, live: None, error: Some(e.to_string()) }
+                    Deployed { declared: d, live: None, error: Some(e.to_string()), restored: None }
                 }
             };
             write(&self.chains).insert(entry.name().to_string(), Arc::new(entry));
         }
         Ok((ok, failed))
+    }
+
+    /// Import chain `name`'s last checkpoint into `live`: the NFs restored,
+    /// or why nothing was (a damaged checkpoint is decoded whole before
+    /// anything is imported, so it is never half-loaded).
+    fn restore_state(&self, name: &str, live: &LiveChain) -> Result<Vec<String>, String> {
+        let states = match self.store.checkpoint(name) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(Vec::new()),
+            Err(e) => {
+                tracing::error!(chain = name, error = %e, "checkpoint not restored");
+                return Err(e.to_string());
+            }
+        };
+        let nfs: Vec<String> = states.iter().map(|(n, _)| n.clone()).collect();
+        live.import_states(states).map_err(|e| {
+            tracing::error!(chain = name, error = %e, "checkpoint not restored");
+            e.to_string()
+        })?;
+        Ok(nfs)
+    }
+
+    /// Export the state of every running chain's stateful NFs and write it
+    /// to the store in one transaction; (chains, NFs) written. A chain whose
+    /// worker does not answer is skipped (its previous checkpoint stays).
+    pub fn checkpoint_all(&self) -> Result<(usize, usize), StoreError> {
+        let mut all = Vec::new();
+        for e in self.list() {
+            let Some(l) = e.live().filter(|_| e.state().0 == "running") else { continue };
+            match l.export_states() {
+                Ok(states) if !states.is_empty() => all.push((e.name().to_string(), states)),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(chain = %e.name(), error = %err, "checkpoint skipped"),
+            }
+        }
+        let nfs = all.iter().map(|(_, s)| s.len()).sum();
+        if !all.is_empty() {
+            self.store.put_checkpoints(&all)?;
+        }
+        self.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((all.len(), nfs))
+    }
+
+    /// Checkpoint rounds written so far.
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Validate descriptor `text`, start it and declare it. Refused with
@@ -209,7 +266,8 @@ impl Daemon {
         // Declared only once it runs; if the store fails, it stops again
         // (dropping `live`).
         self.store.put(&d)?;
-        let entry = Arc::new(Deployed { declared: d, live: Some(live), error: None });
+        let entry =
+            Arc::new(Deployed { declared: d, live: Some(live), error: None, restored: None });
         write(&self.chains).insert(entry.name().to_string(), entry.clone());
         Ok(entry)
     }
@@ -274,9 +332,13 @@ impl Daemon {
         Ok(entry)
     }
 
-    /// Stop every chain (SIGTERM): each worker flushes and ends. They stay
-    /// declared, so the next braidd starts them again.
+    /// Stop every chain (SIGTERM): their state is checkpointed, then each
+    /// worker flushes and ends. They stay declared, so the next braidd
+    /// starts them again with that state.
     pub fn shutdown(&self) -> usize {
+        if let Err(e) = self.checkpoint_all() {
+            tracing::error!(error = %e, "last checkpoint failed");
+        }
         let all: Vec<_> = std::mem::take(&mut *write(&self.chains)).into_values().collect();
         let mut stopped = 0;
         for e in all {

@@ -25,7 +25,7 @@ use clap::Parser;
 struct Args {
     /// TOML configuration file; its keys are the long option names with `_`
     /// (socket, socket_mode, state_dir, audit_log, log_format, log_level,
-    /// max_body_bytes, control_timeout_ms, idle, metrics_listen).
+    /// max_body_bytes, control_timeout_ms, idle, metrics_listen, checkpoint_interval_ms).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Unix socket of the API [default: /run/braid/braidd.sock].
@@ -64,6 +64,11 @@ struct Args {
     /// address for Prometheus, e.g. 127.0.0.1:9478 [default: off].
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Checkpoint the state of stateful NFs (NAT, firewall connections, ...)
+    /// this often, ms; 0: only at shutdown. Restored when a chain starts
+    /// again [default: 10000].
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -87,7 +92,8 @@ fn config(a: Args) -> anyhow::Result<Config> {
         log_level,
         max_body_bytes,
         control_timeout_ms,
-        idle
+        idle,
+        checkpoint_interval_ms
     );
     if a.audit_log.is_some() {
         c.audit_log = a.audit_log;
@@ -209,7 +215,30 @@ async fn run(c: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let checkpointer = (c.checkpoint_interval_ms > 0).then(|| {
+        let every = Duration::from_millis(c.checkpoint_interval_ms);
+        let (daemon, ops) = (state.daemon.clone(), state.ops.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // Between mutations, never during one.
+                let _one_at_a_time = ops.lock().await;
+                let d = daemon.clone();
+                match tokio::task::spawn_blocking(move || d.checkpoint_all()).await {
+                    Ok(Ok((chains, nfs))) => tracing::debug!(chains, nfs, "checkpoint"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed"),
+                    Err(e) => tracing::error!(error = %e, "checkpoint failed"),
+                }
+            }
+        })
+    });
     let served = braid_daemon::server::serve(listener, router(state), signalled()).await;
+    if let Some(t) = checkpointer {
+        t.abort();
+    }
     let _ = stop_metrics.send(());
     if let Some(m) = metrics_server {
         let _ = m.await;

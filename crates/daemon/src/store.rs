@@ -17,6 +17,61 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const CHAINS: TableDefinition<&str, &str> = TableDefinition::new("chains");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Chain name -> its NFs' last checkpointed state ([`encode_checkpoint`]).
+const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+
+/// A chain's checkpoint: (NF name, its exported state).
+pub type Checkpoint = Vec<(String, braid_nf::NfState)>;
+
+/// Encode a checkpoint: `u32` count, then per NF a `u16` name length, the
+/// name, a `u32` state length and the state (`NfState::to_bytes`); then a
+/// CRC-32 of everything before it.
+pub fn encode_checkpoint(states: &Checkpoint) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(states.len() as u32).to_le_bytes());
+    for (name, state) in states {
+        let bytes = state.to_bytes();
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decode [`encode_checkpoint`]'s form; any damage is an error naming it.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, String> {
+    if bytes.len() < 8 {
+        return Err(format!("{} bytes is too short for a checkpoint", bytes.len()));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32fast::hash(body) != want {
+        return Err("checksum mismatch: the checkpoint is damaged".into());
+    }
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let s = body.get(at..at + n).ok_or_else(|| format!("truncated at byte {at}"))?;
+        at += n;
+        Ok(s)
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "count")?);
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let n = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "name length")?) as usize;
+        let name = std::str::from_utf8(take(n)?).map_err(|_| "NF name is not UTF-8".to_string())?;
+        let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "state length")?) as usize;
+        let state =
+            braid_nf::NfState::from_bytes(take(len)?).map_err(|e| format!("NF `{name}`: {e}"))?;
+        out.push((name.to_string(), state));
+    }
+    if at != body.len() {
+        return Err(format!("{} bytes after the last NF", body.len() - at));
+    }
+    Ok(out)
+}
 /// Bumped when the record format changes.
 const FORMAT: u64 = 1;
 
@@ -37,6 +92,8 @@ pub enum StoreError {
     },
     #[error("state store {path}: record format {found}, this braidd reads format {FORMAT}")]
     Format { path: PathBuf, found: u64 },
+    #[error("state store {path}: checkpoint of chain `{name}`: {what}")]
+    Checkpoint { path: PathBuf, name: String, what: String },
     #[error("state store {path}: chain record `{name}` is not a valid descriptor (nothing was deployed):\n{problems}")]
     Record { path: PathBuf, name: String, problems: String },
 }
@@ -88,6 +145,7 @@ impl Store {
                 }
             }
             txn.open_table(CHAINS).map_err(|e| self.io(e))?;
+            txn.open_table(CHECKPOINTS).map_err(|e| self.io(e))?;
         }
         txn.commit().map_err(|e| self.io(e))
     }
@@ -139,12 +197,39 @@ impl Store {
         txn.commit().map_err(|e| self.io(e))
     }
 
-    /// Forget chain `name`; whether it was declared.
+    /// Write the checkpoints of several chains in one transaction.
+    pub fn put_checkpoints(&self, all: &[(String, Checkpoint)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut t = txn.open_table(CHECKPOINTS).map_err(|e| self.io(e))?;
+            for (name, states) in all {
+                let bytes = encode_checkpoint(states);
+                t.insert(name.as_str(), bytes.as_slice()).map_err(|e| self.io(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    /// Chain `name`'s last checkpoint, if one was taken; damage is an error.
+    pub fn checkpoint(&self, name: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let t = txn.open_table(CHECKPOINTS).map_err(|e| self.io(e))?;
+        let Some(v) = t.get(name).map_err(|e| self.io(e))? else { return Ok(None) };
+        decode_checkpoint(v.value()).map(Some).map_err(|what| StoreError::Checkpoint {
+            path: self.path.clone(),
+            name: name.to_string(),
+            what,
+        })
+    }
+
+    /// Forget chain `name` and its checkpoint; whether it was declared.
     pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.io(e))?;
         let was = {
             let mut t = txn.open_table(CHAINS).map_err(|e| self.io(e))?;
             let was = t.remove(name).map_err(|e| self.io(e))?.is_some();
+            let mut c = txn.open_table(CHECKPOINTS).map_err(|e| self.io(e))?;
+            c.remove(name).map_err(|e| self.io(e))?;
             was
         };
         txn.commit().map_err(|e| self.io(e))?;
@@ -204,6 +289,34 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let e = Store::open(&path).and_then(|s| s.load()).unwrap_err().to_string();
         assert!(e.starts_with(&format!("state store {}", path.display())), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_damage_is_detected() {
+        let d = dir("checkpoint");
+        let path = d.join("state.redb");
+        let s = Store::open(&path).unwrap();
+        s.put(&chain("a")).unwrap();
+        let states: Checkpoint = vec![
+            ("fw".into(), braid_nf::NfState::encode("firewall", 1, &vec![1u32, 2, 3])),
+            ("nat".into(), braid_nf::NfState::encode("nat", 2, &"x".to_string())),
+        ];
+        assert_eq!(s.checkpoint("a").unwrap(), None);
+        s.put_checkpoints(&[("a".into(), states.clone())]).unwrap();
+        assert_eq!(s.checkpoint("a").unwrap(), Some(states.clone()));
+        // Every single flipped byte is detected.
+        let bytes = encode_checkpoint(&states);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(decode_checkpoint(&b).is_err(), "flip at {i} went unnoticed");
+        }
+        assert!(decode_checkpoint(&bytes[..bytes.len() - 1]).is_err());
+        // Removing the chain removes its checkpoint.
+        s.remove("a").unwrap();
+        assert_eq!(s.checkpoint("a").unwrap(), None);
+        drop(s);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

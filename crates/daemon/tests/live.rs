@@ -519,3 +519,58 @@ fn a_real_prometheus_scrapes_braidd_and_answers_with_a_braid_metric() {
     let value = value.unwrap_or_else(|| panic!("no answer from Prometheus: {last}\n{log}"));
     assert_eq!(value as u64, want, "{last}");
 }
+
+/// Whether a datagram from `from` reaches `to` (10 tries, 30 ms apart).
+fn reaches(from: &UdpSocket, to: &UdpSocket) -> bool {
+    let dest = to.local_addr().unwrap();
+    to.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+    let mut buf = [0u8; 2048];
+    (0..10).any(|_| {
+        from.send_to(b"reply", dest).unwrap();
+        to.recv(&mut buf).is_ok()
+    })
+}
+
+#[test]
+fn a_checkpointed_firewall_connection_survives_kill_9() {
+    if braid_testkit::skip_unless(
+        netns::is_root(),
+        "braidd checkpoint",
+        "needs root for namespaces",
+    ) {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("ckpt");
+    let mut d =
+        Braidd::start(dir.path(), Some(net.mid.name()), &["--checkpoint-interval-ms", "100"]);
+    let c = d.client();
+    // Only the client may start UDP flows; the server's answers pass only
+    // as part of a tracked connection.
+    c.deploy(&format!(
+        "name: ck\nports:\n  in: {{ kind: af_packet, iface: {} }}\n  out: {{ kind: af_packet, iface: {} }}\nnfs:\n  - name: fw\n    type: firewall\n    params: {{ default: drop, rules: [{{ action: allow, src: {CLIENT}/32, proto: udp }}] }}\n  - {{ name: f, type: fwd }}\n",
+        net.a1, net.b1
+    ))
+    .unwrap();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    assert!(time_to_first_packet(&tx, &rx, Duration::from_secs(5)).is_some());
+    assert!(reaches(&rx, &tx), "the server's answer on the tracked connection passes");
+    let stranger = net.sv.enter(|| UdpSocket::bind(format!("{SERVER}:0"))).unwrap().unwrap();
+    assert!(!reaches(&stranger, &tx), "a flow the server starts is dropped");
+
+    // Two checkpoint rounds after the connection exists, then SIGKILL.
+    let n0 = c.status().unwrap()["checkpoints"].as_u64().unwrap();
+    let t = Instant::now();
+    while c.status().unwrap()["checkpoints"].as_u64().unwrap() < n0 + 2 {
+        assert!(t.elapsed() < Duration::from_secs(5), "no checkpoint rounds");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.kill9();
+    d.restart();
+    let v = d.client().chain("ck").unwrap();
+    assert_eq!(v["restored_state"]["nfs"], json!(["fw"]), "{v}");
+    assert!(reaches(&rx, &tx), "the restored connection lets the answer pass");
+    assert!(!reaches(&stranger, &tx), "the rules still drop the server's own flows");
+    assert!(d.terminate().success());
+}

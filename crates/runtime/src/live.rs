@@ -318,6 +318,39 @@ impl LiveChain {
         Ok(())
     }
 
+    /// The state of every NF that keeps some, exported by the worker
+    /// between two batches (a consistent copy per NF).
+    pub fn export_states(&self) -> Result<Vec<(String, braid_nf::NfState)>, LiveError> {
+        let control = |source| LiveError::Control { chain: self.name.clone(), source };
+        let names: Vec<String> =
+            lock(&self.descriptor).nfs.iter().map(|n| n.name.clone()).collect();
+        let mut out = Vec::new();
+        for nf in names {
+            let command = Command::ExportState { stage: nf.clone() };
+            match self.handle.request(command, self.control_timeout).map_err(control)? {
+                Reply::State(Some(state)) => out.push((nf, state)),
+                Reply::State(None) => {}
+                _ => return Err(control(ControlError::Unexpected("ExportState".into()))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Import `states` (from [`LiveChain::export_states`]) into the NFs of
+    /// the same names. Stops at the first NF that refuses (that NF is
+    /// unchanged; the ones before it have their state).
+    pub fn import_states(&self, states: Vec<(String, braid_nf::NfState)>) -> Result<(), LiveError> {
+        let control = |source| LiveError::Control { chain: self.name.clone(), source };
+        for (nf, state) in states {
+            let command = Command::ImportState { stage: nf, state };
+            match self.handle.request(command, self.control_timeout).map_err(control)? {
+                Reply::Done => {}
+                _ => return Err(control(ControlError::Unexpected("ImportState".into()))),
+            }
+        }
+        Ok(())
+    }
+
     /// Stop the worker (it flushes what it holds and ticks a last time)
     /// and return the final counters.
     pub fn stop(&self) -> Result<RunReport, LiveError> {
