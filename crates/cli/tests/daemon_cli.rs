@@ -28,9 +28,20 @@ fn braid(socket: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A directory removed on drop, also when the test fails.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn the_cli_is_a_thin_client_of_the_daemon() {
-    let dir = std::env::temp_dir().join(format!("braid-daemon-cli-{}", std::process::id()));
+    let guard =
+        TempDir(std::env::temp_dir().join(format!("braid-daemon-cli-{}", std::process::id())));
+    let dir = guard.0.clone();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("braidd.sock");
@@ -99,5 +110,4 @@ fn the_cli_is_a_thin_client_of_the_daemon() {
     let (ok, _, err) = braid(&socket, &["status"]);
     assert!(!ok);
     assert!(err.contains(&format!("cannot connect to braidd at {}", socket.display())), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
