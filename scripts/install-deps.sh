@@ -12,6 +12,10 @@ PACKAGES=(
     # Real peers and readers of our output; tcpdump and dumpcap (with tshark)
     # write the captures braid must read.
     tshark tcpdump sockperf iperf3 iputils-ping nftables openssl
+    # braidd tests: a client running as another uid (peer credentials), sysctl in namespaces.
+    curl procps
+    # A real Prometheus scrapes braidd in crates/daemon/tests/live.rs.
+    prometheus
     # Inspection tools used by the docs' investigations.
     bpftool xdp-tools
     # AWS-LC (aws-lc-rs, the AES of encrypt/decrypt): C sources built by the cc crate.

@@ -51,6 +51,8 @@ enum Command {
     /// Run each NF of a chain as its own supervised process over shared
     /// memory.
     RunProcs(cmd::run_procs::Args),
+    /// Talk to braidd, the per-host daemon: status, chains, show, deploy, set, remove, metrics.
+    Daemon(cmd::daemon::Args),
 }
 
 /// Let a closed standard output end the process quietly, as it ends `cat`
@@ -82,6 +84,7 @@ fn main() {
             | Command::Run(_)
             | Command::Bench(_)
             | Command::Stats(_)
+            | Command::Daemon(_)
     ) {
         end_quietly_on_closed_stdout();
     }
@@ -100,6 +103,7 @@ fn main() {
         Command::ShmBench(a) => cmd::shm_bench::run(a),
         Command::NfProc(a) => cmd::nf_proc::run(a),
         Command::RunProcs(a) => cmd::run_procs::run(a),
+        Command::Daemon(a) => cmd::daemon::run(a),
     };
     if let Err(e) = result {
         eprintln!("braid: error: {}", error_chain(&e));

@@ -6,6 +6,7 @@
 //! - [`bench`]: in-memory throughput of a chain beside a refill baseline.
 //! - [`plan`]: where each NF runs (kernel or user space) and why.
 //! - [`runner`]: run a chain between two ports until the input ends.
+//! - [`live`]: a live chain on its own worker thread, kept with its handle ([`live::LiveChain`]).
 //! - [`proc_chain`]: a chain with one supervised process per NF; [`proc_chain::run_processes`].
 //! - [`procs`]: one NF as its own process between shared-memory ports.
 //! - [`shm_bench`]: packet rate and latency over each virtual-port backend.
@@ -27,6 +28,7 @@
 pub mod bench;
 pub mod chain;
 pub mod descriptor;
+pub mod live;
 pub mod plan;
 pub mod proc_chain;
 pub mod procs;

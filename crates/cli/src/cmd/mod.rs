@@ -1,6 +1,7 @@
 //! Subcommands, one per file.
 
 pub mod bench;
+pub mod daemon;
 pub mod demo;
 pub mod deploy;
 pub mod echo;

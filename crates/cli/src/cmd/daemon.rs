@@ -1,0 +1,141 @@
+//! `braid daemon ...`: a thin client of braidd, the per-host daemon
+//! (`braid_daemon::client`). The foreground commands (`braid run`,
+//! `braid deploy`) are unchanged.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use braid_daemon::client::Client;
+use serde_json::Value;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// braidd's unix socket.
+    #[arg(long, global = true, default_value = braid_daemon::config::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Cmd {
+    /// braidd's version, pid, uptime and chain counts.
+    Status,
+    /// Every chain braidd runs, with its state.
+    Chains {
+        /// The whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One chain: state, descriptor and live per-NF counters.
+    Show {
+        name: String,
+        /// The whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploy a chain descriptor (its `in` and `out` ports must be af_packet or af_xdp).
+    Deploy { file: PathBuf },
+    /// Replace an NF's parameters while its chain runs.
+    Set {
+        chain: String,
+        nf: String,
+        /// The new parameters, YAML or JSON (`'{default: drop}'`).
+        params: String,
+    },
+    /// Stop a chain and forget it.
+    Remove { name: String },
+    /// Print braidd's metrics (OpenMetrics text).
+    Metrics,
+}
+
+fn pretty(v: &Value) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(v)?)
+}
+
+/// A chain's per-NF counters, one line each.
+fn stages_table(v: &Value) -> String {
+    let mut out = format!(
+        "{:<12} {:<12} {:>10} {:>10} {:>10} {:>9}\n",
+        "nf", "type", "in", "out", "dropped", "ns/pkt"
+    );
+    for s in v["stats"]["stages"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<12} {:<12} {:>10} {:>10} {:>10} {:>9.1}\n",
+            s["name"].as_str().unwrap_or(""),
+            s["kind"].as_str().unwrap_or(""),
+            s["packets_in"],
+            s["packets_out"],
+            s["dropped"],
+            s["ns_per_packet"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    out
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let c = Client::new(&args.socket);
+    match args.command {
+        Cmd::Status => println!("{}", pretty(&c.status()?)?),
+        Cmd::Chains { json } => {
+            let chains = c.chains()?;
+            if json {
+                println!("{}", pretty(&Value::Array(chains))?);
+            } else {
+                println!("{:<20} {:<8} {:>4}  error", "chain", "state", "nfs");
+                for ch in &chains {
+                    println!(
+                        "{:<20} {:<8} {:>4}  {}",
+                        ch["name"].as_str().unwrap_or(""),
+                        ch["state"].as_str().unwrap_or(""),
+                        ch["descriptor"]["nfs"].as_array().map_or(0, Vec::len),
+                        ch["error"].as_str().unwrap_or("-"),
+                    );
+                }
+            }
+        }
+        Cmd::Show { name, json } => {
+            let v = c.chain(&name)?;
+            if json {
+                println!("{}", pretty(&v)?);
+            } else {
+                println!(
+                    "chain {} ({}){}",
+                    name,
+                    v["state"].as_str().unwrap_or(""),
+                    v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+                );
+                print!("{}", stages_table(&v));
+            }
+        }
+        Cmd::Deploy { file } => {
+            let text = braid_runtime::validate::read_descriptor(&file)?;
+            let shown = file.display().to_string();
+            // The daemon names the body; the user knows it as this file.
+            let v = c.deploy(&text).map_err(|e| {
+                anyhow::anyhow!("{}", e.to_string().replace("request body:", &format!("{shown}:")))
+            })?;
+            println!(
+                "deployed chain `{}` ({} NFs): {}",
+                v["name"].as_str().unwrap_or(""),
+                v["descriptor"]["nfs"].as_array().map_or(0, Vec::len),
+                v["state"].as_str().unwrap_or("")
+            );
+        }
+        Cmd::Set { chain, nf, params } => {
+            let params: Value = serde_yaml_ng::from_str(&params)
+                .with_context(|| format!("parameters `{params}`: not YAML or JSON"))?;
+            c.reconfigure(&chain, &nf, &params)?;
+            println!("chain `{chain}`: NF `{nf}` reconfigured");
+        }
+        Cmd::Remove { name } => {
+            let v = c.remove(&name)?;
+            println!("removed chain `{name}`");
+            if let Some(e) = v["error"].as_str() {
+                eprintln!("its worker had stopped with: {e}");
+            }
+        }
+        Cmd::Metrics => print!("{}", c.metrics()?),
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `braid daemon ...` against braidd's API served in this process (the
+//! same router, daemon and store as the `braidd` binary, which lives in
+//! another package): status, chains, a refused deploy that names the
+//! file and line, unknown chains, metrics, and no daemon at all.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use braid_daemon::api::{router, AppState};
+use braid_daemon::audit::Audit;
+use braid_daemon::daemon::Daemon;
+use braid_daemon::metrics::Metrics;
+use braid_daemon::store::Store;
+
+fn braid(socket: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .arg("daemon")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A directory removed on drop, also when the test fails.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_cli_is_a_thin_client_of_the_daemon() {
+    let guard =
+        TempDir(std::env::temp_dir().join(format!("braid-daemon-cli-{}", std::process::id())));
+    let dir = guard.0.clone();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("braidd.sock");
+
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let daemon = Arc::new(Daemon::new(
+        Store::open(&dir.join("state.redb")).unwrap(),
+        braid_runtime::live::StartOptions::default(),
+    ));
+    let state = AppState {
+        metrics: Arc::new(Metrics::new(daemon.chains())),
+        daemon,
+        audit: Arc::new(Audit::open(&dir.join("audit.log")).unwrap()),
+        ops: Arc::default(),
+        started: Instant::now(),
+        allowed_uid: std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap(),
+        body_limit: 1 << 20,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let _g = rt.enter();
+        let listener = braid_daemon::server::bind(&socket, 0o600).unwrap();
+        rt.spawn(braid_daemon::server::serve(listener, router(state), async {
+            let _ = stop_rx.await;
+        }))
+    };
+
+    let (ok, out, err) = braid(&socket, &["status"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"daemon\": \"braidd\""), "{out}");
+    let (ok, out, _) = braid(&socket, &["chains"]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 1, "only the header: {out}");
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "name: a\nnfs:\n  - { name: f, type: fwdd }\n").unwrap();
+    let (ok, _, err) = braid(&socket, &["deploy", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("{}:3:22: nfs[0].type: unknown NF type `fwdd`", bad.display())),
+        "{err}"
+    );
+
+    let (ok, _, err) = braid(&socket, &["show", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("no chain named `nope`"), "{err}");
+    let (ok, _, err) = braid(&socket, &["set", "nope", "fw", "{default: drop}"]);
+    assert!(!ok && err.contains("no chain named `nope`"), "{err}");
+    let (ok, _, err) = braid(&socket, &["remove", "nope"]);
+    assert!(!ok && err.contains("no chain named `nope`"), "{err}");
+
+    let (ok, out, _) = braid(&socket, &["metrics"]);
+    assert!(ok);
+    assert!(
+        out.contains(
+            "braid_api_requests_total{method=\"POST\",route=\"/v1/chains\",status=\"400\"} 1"
+        ),
+        "{out}"
+    );
+
+    stop_tx.send(()).unwrap();
+    rt.block_on(server).unwrap().unwrap();
+    let (ok, _, err) = braid(&socket, &["status"]);
+    assert!(!ok);
+    assert!(err.contains(&format!("cannot connect to braidd at {}", socket.display())), "{err}");
+}

@@ -1,0 +1,339 @@
+//! A blocking client of braidd's API over its unix socket, shared by the
+//! `braid` command and the tests. One HTTP/1.1 request per connection
+//! (`Connection: close`); answers are read whole, up to
+//! [`MAX_RESPONSE_BYTES`].
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Largest answer read (a `/metrics` of thousands of NFs fits).
+pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
+
+/// What went wrong talking to braidd.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to braidd at {socket}: {source}")]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to braidd at {socket}: {source}")]
+    Io {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("braidd at {socket} answered something that is not HTTP: {what}")]
+    Protocol { socket: PathBuf, what: String },
+    /// The daemon refused: its status, error kind and message (with every
+    /// problem of a descriptor).
+    #[error("{message}")]
+    Api { status: u16, kind: String, message: String, body: Value },
+}
+
+/// An HTTP answer.
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// Header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A client of one braidd.
+#[derive(Clone, Debug)]
+pub struct Client {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client of the braidd listening on `socket`; requests time out
+    /// after 30 s.
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client { socket: socket.into(), timeout: Duration::from_secs(30) }
+    }
+
+    /// Change the time a request may take.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn io(&self, source: std::io::Error) -> ClientError {
+        ClientError::Io { socket: self.socket.clone(), source }
+    }
+
+    fn protocol(&self, what: impl Into<String>) -> ClientError {
+        ClientError::Protocol { socket: self.socket.clone(), what: what.into() }
+    }
+
+    /// Send one request; any status is returned as it is.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Result<Response, ClientError> {
+        let mut s = UnixStream::connect(&self.socket)
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        s.set_read_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
+        s.set_write_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: braidd\r\nConnection: close\r\n");
+        if let Some((ctype, b)) = body {
+            head.push_str(&format!("Content-Type: {ctype}\r\nContent-Length: {}\r\n", b.len()));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).map_err(|e| self.io(e))?;
+        if let Some((_, b)) = body {
+            // The daemon may answer (413) and close before taking it all:
+            // its answer is still to be read.
+            if let Err(e) = s.write_all(b) {
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) {
+                    return Err(self.io(e));
+                }
+            }
+        }
+        let mut raw = Vec::new();
+        match (&mut s).take(MAX_RESPONSE_BYTES).read_to_end(&mut raw) {
+            Ok(_) => {}
+            // A reset after a complete answer (body refused) is fine.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => {}
+            Err(e) => return Err(self.io(e)),
+        }
+        self.parse(&raw)
+    }
+
+    fn parse(&self, raw: &[u8]) -> Result<Response, ClientError> {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| self.protocol("no end of headers"))?;
+        let head =
+            std::str::from_utf8(&raw[..end]).map_err(|_| self.protocol("headers not UTF-8"))?;
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|_| status_line.starts_with("HTTP/1."))
+            .ok_or_else(|| self.protocol(format!("status line `{status_line}`")))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let rest = &raw[end + 4..];
+        let mut r = Response { status, headers, body: Vec::new() };
+        r.body = if r.header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            self.dechunk(rest)?
+        } else if let Some(n) = r.header("content-length") {
+            let n: usize = n.parse().map_err(|_| self.protocol(format!("content-length `{n}`")))?;
+            if rest.len() < n {
+                return Err(self.protocol(format!("body of {} bytes, {n} announced", rest.len())));
+            }
+            rest[..n].to_vec()
+        } else {
+            rest.to_vec()
+        };
+        Ok(r)
+    }
+
+    fn dechunk(&self, mut rest: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::new();
+        loop {
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| self.protocol("chunk size line"))?;
+            let line =
+                std::str::from_utf8(&rest[..eol]).map_err(|_| self.protocol("chunk size"))?;
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| self.protocol(format!("chunk size `{line}`")))?;
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                return Ok(out);
+            }
+            if rest.len() < size + 2 {
+                return Err(self.protocol("truncated chunk"));
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+    }
+
+    /// A request whose 2xx answer is JSON; other statuses become
+    /// [`ClientError::Api`].
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Result<Value, ClientError> {
+        let r = self.request(method, path, body)?;
+        let v: Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.body).into_owned()));
+        if (200..300).contains(&r.status) {
+            return Ok(v);
+        }
+        let kind = v["error"].as_str().unwrap_or("http").to_string();
+        let mut message = v["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {}: {}", r.status, String::from_utf8_lossy(&r.body)));
+        if let Some(ps) = v["problems"].as_array() {
+            // The message already lists them for descriptors; keep it.
+            if !message.contains('\n') {
+                for p in ps {
+                    message.push('\n');
+                    message.push_str(p["text"].as_str().unwrap_or_default());
+                }
+            }
+        }
+        Err(ClientError::Api { status: r.status, kind, message, body: v })
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Result<Value, ClientError> {
+        self.json("GET", "/v1/status", None)
+    }
+
+    /// `GET /v1/chains`: every chain.
+    pub fn chains(&self) -> Result<Vec<Value>, ClientError> {
+        let v = self.json("GET", "/v1/chains", None)?;
+        Ok(v["chains"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `GET /v1/chains/{name}`.
+    pub fn chain(&self, name: &str) -> Result<Value, ClientError> {
+        self.json("GET", &format!("/v1/chains/{}", encode(name)), None)
+    }
+
+    /// `POST /v1/chains`: deploy a descriptor (YAML or JSON text).
+    pub fn deploy(&self, descriptor: &str) -> Result<Value, ClientError> {
+        self.json("POST", "/v1/chains", Some(("application/yaml", descriptor.as_bytes())))
+    }
+
+    /// `PATCH /v1/chains/{name}/nfs/{nf}`: new parameters for an NF.
+    pub fn reconfigure(&self, name: &str, nf: &str, params: &Value) -> Result<Value, ClientError> {
+        let body = serde_json::json!({ "params": params }).to_string();
+        self.json(
+            "PATCH",
+            &format!("/v1/chains/{}/nfs/{}", encode(name), encode(nf)),
+            Some(("application/json", body.as_bytes())),
+        )
+    }
+
+    /// `DELETE /v1/chains/{name}`: its final counters.
+    pub fn remove(&self, name: &str) -> Result<Value, ClientError> {
+        self.json("DELETE", &format!("/v1/chains/{}", encode(name)), None)
+    }
+
+    /// `GET /metrics` as text.
+    pub fn metrics(&self) -> Result<String, ClientError> {
+        let r = self.request("GET", "/metrics", None)?;
+        if r.status != 200 {
+            return Err(ClientError::Api {
+                status: r.status,
+                kind: "http".into(),
+                message: String::from_utf8_lossy(&r.body).into_owned(),
+                body: Value::Null,
+            });
+        }
+        String::from_utf8(r.body).map_err(|_| self.protocol("metrics not UTF-8"))
+    }
+
+    /// `GET /v1/openapi.json`.
+    pub fn openapi(&self) -> Result<Value, ClientError> {
+        self.json("GET", "/v1/openapi.json", None)
+    }
+}
+
+/// Percent-encode a path segment (names may hold anything).
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The value of sample `name{labels}` in OpenMetrics `text`, where every
+/// `key="value"` of `labels` must appear among the sample's labels.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let (labelset, value) = if let Some(r) = rest.strip_prefix('{') {
+            let close = r.find('}')?;
+            (&r[..close], r[close + 1..].trim())
+        } else if rest.starts_with(' ') {
+            ("", rest.trim())
+        } else {
+            return None;
+        };
+        let all = labels.iter().all(|(k, v)| labelset.contains(&format!("{k}=\"{v}\"")));
+        if all {
+            value.split(' ').next()?.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_parsed_with_length_or_chunks() {
+        let c = Client::new("/nonexistent");
+        let r = c.parse(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: b\r\n\r\n{}").unwrap();
+        assert_eq!((r.status, r.body.as_slice(), r.header("x-a")), (201, &b"{}"[..], Some("b")));
+        let r = c
+            .parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+            .unwrap();
+        assert_eq!(r.body, b"abcde");
+        assert!(c.parse(b"SSH-2.0\r\n\r\n").unwrap_err().to_string().contains("status line"));
+        assert!(c.parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab").is_err());
+    }
+
+    #[test]
+    fn metric_values_are_found_by_name_and_labels() {
+        let t = "# TYPE x counter\nx_total{chain=\"a\",nf=\"f\"} 7\nx_total{chain=\"b\",nf=\"f\"} 9\ny 3\n";
+        assert_eq!(metric_value(t, "x_total", &[("chain", "b")]), Some(9.0));
+        assert_eq!(metric_value(t, "x_total", &[("nf", "f")]), Some(7.0));
+        assert_eq!(metric_value(t, "y", &[]), Some(3.0));
+        assert_eq!(metric_value(t, "x_total", &[("chain", "c")]), None);
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn no_daemon_is_a_connect_error_naming_the_socket() {
+        let e = Client::new("/nonexistent/braidd.sock").status().unwrap_err().to_string();
+        assert!(e.starts_with("cannot connect to braidd at /nonexistent/braidd.sock"), "{e}");
+    }
+}

@@ -1,0 +1,163 @@
+//! braidd's configuration: a TOML file (`--config`), every key also a
+//! command-line option (the option wins). Unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use braid_dataplane::Idle;
+
+/// Default unix socket.
+pub const DEFAULT_SOCKET: &str = "/run/braid/braidd.sock";
+/// Default state directory (the store, the audit log).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/braid";
+/// Default largest request body: 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Everything braidd can be told.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Unix socket the API listens on.
+    pub socket: PathBuf,
+    /// Its permission bits (0o600: the daemon's user only; 0o660: its group too).
+    pub socket_mode: u32,
+    /// Where the store (`state.redb`) and the audit log live.
+    pub state_dir: PathBuf,
+    /// Audit log file; default `STATE_DIR/audit.log`.
+    pub audit_log: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// `tracing` filter (`warn`, `info`, `braidd=debug`); default `warn`.
+    pub log_level: String,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// How long a worker may take to answer a control command (ms).
+    pub control_timeout_ms: u64,
+    /// What chain workers do when idle: poll, busy or sleep.
+    pub idle: Idle,
+    /// Also serve `/metrics` (only it, read-only) on this TCP address, for
+    /// Prometheus; default: not at all.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Checkpoint every stateful NF's state this often (ms; 0: only at
+    /// shutdown); restored when braidd starts the chain again.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            socket: DEFAULT_SOCKET.into(),
+            socket_mode: 0o600,
+            state_dir: DEFAULT_STATE_DIR.into(),
+            audit_log: None,
+            log_format: LogFormat::Text,
+            log_level: "warn".into(),
+            max_body_bytes: DEFAULT_MAX_BODY,
+            control_timeout_ms: 5000,
+            idle: Idle::Poll,
+            metrics_listen: None,
+            checkpoint_interval_ms: 10_000,
+        }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{what}: {message}")]
+    Value { what: &'static str, message: String },
+}
+
+impl Config {
+    /// Read a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_toml(&text)
+            .map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+    }
+
+    /// Parse TOML text; the error names the line and the key.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Refuse values that cannot work.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.socket_mode & !0o777 != 0 || self.socket_mode & 0o600 != 0o600 {
+            return Err(ConfigError::Value {
+                what: "socket_mode",
+                message: format!(
+                    "{:#o}: must be permission bits including 0o600 (owner read/write)",
+                    self.socket_mode
+                ),
+            });
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Value {
+                what: "max_body_bytes",
+                message: format!("{}: at least 1024", self.max_body_bytes),
+            });
+        }
+        if self.control_timeout_ms == 0 {
+            return Err(ConfigError::Value {
+                what: "control_timeout_ms",
+                message: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The audit log's path.
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit_log.clone().unwrap_or_else(|| self.state_dir.join("audit.log"))
+    }
+
+    /// The store's path.
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join("state.redb")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_unknown_keys_are_named() {
+        let c = Config::from_toml(
+            "socket = \"/tmp/x.sock\"\nsocket_mode = 0o660\nlog_format = \"json\"\nidle = \"busy\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.socket, Path::new("/tmp/x.sock"));
+        assert_eq!(c.socket_mode, 0o660);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.idle, Idle::Busy);
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY);
+        c.check().unwrap();
+        let e = Config::from_toml("sockett = \"/x\"\n").unwrap_err();
+        assert!(e.contains("unknown field `sockett`"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+        // The shipped example is a valid configuration.
+        let shipped = Config::from_toml(include_str!("../../../deploy/braidd.toml")).unwrap();
+        shipped.check().unwrap();
+        assert_eq!(shipped.socket, Path::new(DEFAULT_SOCKET));
+        let bad = Config { socket_mode: 0o400, ..Config::default() };
+        assert!(bad.check().unwrap_err().to_string().starts_with("socket_mode: 0o400"));
+    }
+}

@@ -1,0 +1,354 @@
+//! What braidd owns: the chains it runs (each a [`LiveChain`] on its own
+//! worker thread), the store that declares them, and the operations on
+//! them. Every operation here blocks (it opens sockets, starts threads,
+//! talks to workers): the API runs them on tokio's blocking pool, one at
+//! a time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use braid_runtime::live::{check_ports, LiveChain, LiveState, StartOptions};
+use braid_runtime::validate::{validate_str, Problem};
+use braid_runtime::ChainDescriptor;
+
+use crate::store::{Store, StoreError};
+
+/// One declared chain: running, or declared but not running (it could
+/// not start when braidd restarted, or its worker stopped by itself).
+pub struct Deployed {
+    declared: ChainDescriptor,
+    live: Option<LiveChain>,
+    /// Why it does not run, when it does not.
+    error: Option<String>,
+    /// At start-up: the NFs whose checkpointed state was restored, or why
+    /// none was.
+    restored: Option<Result<Vec<String>, String>>,
+}
+
+impl Deployed {
+    /// The chain's name.
+    pub fn name(&self) -> &str {
+        &self.declared.name
+    }
+
+    /// The descriptor as declared and running (live changes included).
+    pub fn descriptor(&self) -> ChainDescriptor {
+        match &self.live {
+            Some(l) => l.descriptor(),
+            None => self.declared.clone(),
+        }
+    }
+
+    /// The running chain, if it runs.
+    pub fn live(&self) -> Option<&LiveChain> {
+        self.live.as_ref()
+    }
+
+    /// `running`, `exited` (its worker stopped by itself) or `failed`
+    /// (could not start), and the error.
+    pub fn state(&self) -> (&'static str, Option<String>) {
+        match &self.live {
+            None => ("failed", self.error.clone()),
+            Some(l) => match l.state() {
+                LiveState::Running => ("running", None),
+                LiveState::Exited(e) => ("exited", e),
+                LiveState::Stopped => ("stopped", None),
+            },
+        }
+    }
+
+    /// The chain as the API shows it: state, descriptor, live counters.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (state, error) = self.state();
+        let mut v = serde_json::json!({
+            "name": self.name(),
+            "state": state,
+            "error": error,
+            "descriptor": serde_json::to_value(self.descriptor()).unwrap_or_default(),
+        });
+        match &self.restored {
+            Some(Ok(nfs)) => v["restored_state"] = serde_json::json!({ "nfs": nfs }),
+            Some(Err(e)) => v["restored_state"] = serde_json::json!({ "error": e }),
+            None => {}
+        }
+        if let Some(l) = &self.live {
+            v["uptime_seconds"] = l.uptime().as_secs_f64().into();
+            v["stats"] = l.snapshot().to_json();
+        }
+        v
+    }
+}
+
+/// The chains, by name: shared by the API and the metrics collector.
+pub type Chains = Arc<RwLock<BTreeMap<String, Arc<Deployed>>>>;
+
+/// Why an operation was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("invalid descriptor:\n{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+    #[error("chain `{0}` is already deployed; delete it first or choose another name")]
+    Duplicate(String),
+    #[error("no chain named `{0}`")]
+    UnknownChain(String),
+    #[error("chain `{chain}`: no NF named `{nf}`; its NFs: {known}")]
+    UnknownNf { chain: String, nf: String, known: String },
+    #[error("chain `{0}` is not running; delete it and deploy it again")]
+    NotRunning(String),
+    #[error("{0}")]
+    Start(braid_runtime::live::LiveError),
+    #[error("{0}")]
+    Control(braid_runtime::live::LiveError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// braidd's chains and their store.
+pub struct Daemon {
+    chains: Chains,
+    store: Store,
+    start: StartOptions,
+    /// Checkpoint rounds written.
+    checkpoints: std::sync::atomic::AtomicU64,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Writers only insert or remove whole entries; a panicking reader
+    // cannot leave the map half-changed.
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Longest chain name the daemon accepts.
+pub const MAX_NAME: usize = 64;
+
+/// A chain name usable in URLs, metric labels and thread names.
+fn good_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The problems of descriptor `text` (YAML or JSON) as `braid validate`
+/// reports them, plus the daemon's own rule: `in` and `out` must be live
+/// ports.
+pub fn check_descriptor(file: &str, text: &str) -> Result<ChainDescriptor, Vec<Problem>> {
+    let report = validate_str(file, text);
+    match report.descriptor {
+        Some(d) if report.problems.is_empty() && !good_name(&d.name) => Err(vec![Problem {
+            file: file.to_string(),
+            location: None,
+            path: "name".into(),
+            message: format!(
+                "chain name `{}` cannot be used by the daemon (it names the chain in URLs, metrics and its worker thread)",
+                d.name.escape_debug()
+            ),
+            help: Some(format!("1 to {MAX_NAME} characters among A-Z a-z 0-9 . _ -")),
+        }]),
+        Some(d) if report.problems.is_empty() => match check_ports(&d) {
+            Ok(()) => Ok(d),
+            Err(e) => Err(vec![Problem {
+                file: file.to_string(),
+                location: None,
+                path: "ports".into(),
+                message: e.to_string(),
+                help: Some("`in` and `out` ports of kind af_packet or af_xdp".into()),
+            }]),
+        },
+        _ => Err(report.problems),
+    }
+}
+
+impl Daemon {
+    /// A daemon over `store`, with no chain running yet (see
+    /// [`Daemon::restore`]).
+    pub fn new(store: Store, start: StartOptions) -> Daemon {
+        Daemon { chains: Arc::default(), store, start, checkpoints: Default::default() }
+    }
+
+    /// The shared map, for readers (API, metrics).
+    pub fn chains(&self) -> Chains {
+        self.chains.clone()
+    }
+
+    /// Every chain, by name.
+    pub fn list(&self) -> Vec<Arc<Deployed>> {
+        read(&self.chains).values().cloned().collect()
+    }
+
+    /// Chain `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<Deployed>, OpError> {
+        read(&self.chains).get(name).cloned().ok_or_else(|| OpError::UnknownChain(name.into()))
+    }
+
+    /// Deploy every chain the store declares. The store is read whole
+    /// first (an unreadable store or a bad record deploys nothing); a
+    /// chain that cannot start stays declared, in state `failed` with its
+    /// error. Returns (started, failed).
+    pub fn restore(&self) -> Result<(usize, usize), StoreError> {
+        let declared = self.store.load()?;
+        let (mut ok, mut failed) = (0, 0);
+        for d in declared {
+            let entry = match LiveChain::start(&d, self.start.clone()) {
+                Ok(l) => {
+                    ok += 1;
+                    let restored = Some(self.restore_state(&d.name, &l));
+                    Deployed { declared: d, live: Some(l), error: None, restored }
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(chain = %d.name, error = %e, "declared chain did not start");
+                    Deployed { declared: d, live: None, error: Some(e.to_string()), restored: None }
+                }
+            };
+            write(&self.chains).insert(entry.name().to_string(), Arc::new(entry));
+        }
+        Ok((ok, failed))
+    }
+
+    /// Import chain `name`'s last checkpoint into `live`: the NFs restored,
+    /// or why nothing was (a damaged checkpoint is decoded whole before
+    /// anything is imported, so it is never half-loaded).
+    fn restore_state(&self, name: &str, live: &LiveChain) -> Result<Vec<String>, String> {
+        let states = match self.store.checkpoint(name) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(Vec::new()),
+            Err(e) => {
+                tracing::error!(chain = name, error = %e, "checkpoint not restored");
+                return Err(e.to_string());
+            }
+        };
+        let nfs: Vec<String> = states.iter().map(|(n, _)| n.clone()).collect();
+        live.import_states(states).map_err(|e| {
+            tracing::error!(chain = name, error = %e, "checkpoint not restored");
+            e.to_string()
+        })?;
+        Ok(nfs)
+    }
+
+    /// Export the state of every running chain's stateful NFs and write it
+    /// to the store in one transaction; (chains, NFs) written. A chain whose
+    /// worker does not answer is skipped (its previous checkpoint stays).
+    pub fn checkpoint_all(&self) -> Result<(usize, usize), StoreError> {
+        let mut all = Vec::new();
+        for e in self.list() {
+            let Some(l) = e.live().filter(|_| e.state().0 == "running") else { continue };
+            match l.export_states() {
+                Ok(states) if !states.is_empty() => all.push((e.name().to_string(), states)),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(chain = %e.name(), error = %err, "checkpoint skipped"),
+            }
+        }
+        let nfs = all.iter().map(|(_, s)| s.len()).sum();
+        if !all.is_empty() {
+            self.store.put_checkpoints(&all)?;
+        }
+        self.checkpoints.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((all.len(), nfs))
+    }
+
+    /// Checkpoint rounds written so far.
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Validate descriptor `text`, start it and declare it. Refused with
+    /// nothing changed when it is invalid, its name is taken, or it cannot
+    /// start.
+    pub fn deploy(&self, text: &str) -> Result<Arc<Deployed>, OpError> {
+        let d = check_descriptor("request body", text).map_err(OpError::Invalid)?;
+        if read(&self.chains).contains_key(&d.name) {
+            return Err(OpError::Duplicate(d.name));
+        }
+        let live = LiveChain::start(&d, self.start.clone()).map_err(OpError::Start)?;
+        // Declared only once it runs; if the store fails, it stops again
+        // (dropping `live`).
+        self.store.put(&d)?;
+        let entry =
+            Arc::new(Deployed { declared: d, live: Some(live), error: None, restored: None });
+        write(&self.chains).insert(entry.name().to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Stop chain `name` and forget it; its final counters.
+    pub fn remove(&self, name: &str) -> Result<serde_json::Value, OpError> {
+        let entry = self.get(name)?;
+        self.store.remove(name)?;
+        write(&self.chains).remove(name);
+        Ok(match entry.live() {
+            Some(l) => match l.stop() {
+                Ok(r) => serde_json::json!({
+                    "name": name,
+                    "stopped": true,
+                    "seconds": r.elapsed.as_secs_f64(),
+                    "in": { "rx_packets": r.input.rx_packets, "tx_packets": r.input.tx_packets },
+                    "out": { "rx_packets": r.output.rx_packets, "tx_packets": r.output.tx_packets },
+                    "error": r.error.map(|e| e.to_string()),
+                }),
+                Err(e) => {
+                    serde_json::json!({ "name": name, "stopped": false, "error": e.to_string() })
+                }
+            },
+            None => serde_json::json!({ "name": name, "stopped": true, "error": null }),
+        })
+    }
+
+    /// Change NF `nf`'s parameters in running chain `name`: checked as the
+    /// whole descriptor would be, applied live through the worker's control
+    /// channel, then declared (a restart keeps it).
+    pub fn reconfigure(
+        &self,
+        name: &str,
+        nf: &str,
+        params: braid_nf::Params,
+    ) -> Result<Arc<Deployed>, OpError> {
+        let entry = self.get(name)?;
+        let mut d = entry.descriptor();
+        let Some(i) = d.nfs.iter().position(|n| n.name == nf) else {
+            return Err(OpError::UnknownNf {
+                chain: name.into(),
+                nf: nf.into(),
+                known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        };
+        d.nfs[i].params = params.clone();
+        // The same checks as a deploy, on the changed descriptor; the
+        // locations would be those of a re-serialised text, so only field
+        // paths are kept.
+        check_descriptor("request body", &d.to_yaml()).map_err(|mut problems| {
+            for p in &mut problems {
+                p.location = None;
+            }
+            OpError::Invalid(problems)
+        })?;
+        let live = match (entry.live(), entry.state().0) {
+            (Some(l), "running") => l,
+            _ => return Err(OpError::NotRunning(name.into())),
+        };
+        live.reconfigure(nf, params).map_err(OpError::Control)?;
+        self.store.put(&d)?;
+        Ok(entry)
+    }
+
+    /// Stop every chain (SIGTERM): their state is checkpointed, then each
+    /// worker flushes and ends. They stay declared, so the next braidd
+    /// starts them again with that state.
+    pub fn shutdown(&self) -> usize {
+        if let Err(e) = self.checkpoint_all() {
+            tracing::error!(error = %e, "last checkpoint failed");
+        }
+        let all: Vec<_> = std::mem::take(&mut *write(&self.chains)).into_values().collect();
+        let mut stopped = 0;
+        for e in all {
+            if let Some(l) = e.live() {
+                match l.stop() {
+                    Ok(_) => stopped += 1,
+                    Err(err) => tracing::warn!(chain = %e.name(), error = %err, "stop"),
+                }
+            }
+        }
+        stopped
+    }
+}

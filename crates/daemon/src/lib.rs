@@ -1,0 +1,26 @@
+//! braidd, the per-host braid daemon, and its client.
+//!
+//! - [`daemon`]: the chains braidd runs ([`braid_runtime::live::LiveChain`]
+//!   each) and the operations on them;
+//! - [`store`]: the declared chains in an embedded transactional store;
+//! - [`api`]: the HTTP/JSON API on a unix socket (peer credentials checked);
+//! - [`metrics`]: `/metrics` in OpenMetrics text;
+//! - [`audit`]: the audit log of mutating calls;
+//! - [`openapi`]: the served OpenAPI document;
+//! - [`config`]: the TOML configuration;
+//! - [`server`]: binding the socket and serving until a signal;
+//! - [`client`]: a blocking client for the CLI and the tests.
+//!
+//! See `docs/daemon.md`.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod audit;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod openapi;
+pub mod server;
+pub mod store;

@@ -1,0 +1,122 @@
+//! The OpenAPI 3.1 document the daemon serves at `/v1/openapi.json`. A
+//! test checks that its paths and methods are exactly the router's.
+
+use serde_json::{json, Value};
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description,
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn chain_response(description: &str) -> Value {
+    json!({ "description": description,
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Chain" } } } })
+}
+
+fn name_param(name: &str, what: &str) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "description": what,
+            "schema": { "type": "string" } })
+}
+
+/// The document.
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "braidd API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The per-host braid daemon: deploy, inspect, reconfigure and remove live chains. Served on a unix socket; peers must be root or the daemon's uid."
+        },
+        "paths": {
+            "/v1/status": { "get": {
+                "operationId": "status", "summary": "The daemon: version, pid, uptime, chain counts",
+                "responses": { "200": { "description": "status",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } } }
+            } },
+            "/v1/chains": {
+                "get": {
+                    "operationId": "listChains", "summary": "Every declared chain with its state and live counters",
+                    "responses": { "200": { "description": "the chains",
+                        "content": { "application/json": { "schema": { "type": "object", "required": ["chains"],
+                            "properties": { "chains": { "type": "array", "items": { "$ref": "#/components/schemas/Chain" } } } } } } } }
+                },
+                "post": {
+                    "operationId": "deployChain",
+                    "summary": "Deploy a chain from its descriptor (YAML or JSON, as `braid validate` reads it); its `in` and `out` ports must be af_packet or af_xdp",
+                    "requestBody": { "required": true, "content": {
+                        "application/yaml": { "schema": { "type": "string" } },
+                        "application/json": { "schema": { "$ref": "#/components/schemas/Descriptor" } } } },
+                    "responses": {
+                        "201": chain_response("deployed and running"),
+                        "400": error_response("invalid descriptor: every problem with line, column and field path; nothing changed"),
+                        "409": error_response("a chain of that name exists"),
+                        "413": error_response("body larger than the limit"),
+                        "422": error_response("valid, but could not start (a port did not open)")
+                    }
+                }
+            },
+            "/v1/chains/{name}": {
+                "parameters": [ name_param("name", "chain name") ],
+                "get": {
+                    "operationId": "getChain", "summary": "One chain: state, descriptor as running, live per-NF and per-port counters",
+                    "responses": { "200": chain_response("the chain"), "404": error_response("no such chain") }
+                },
+                "delete": {
+                    "operationId": "deleteChain", "summary": "Stop a chain and forget it; its final counters",
+                    "responses": { "200": { "description": "removed",
+                        "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "404": error_response("no such chain") }
+                }
+            },
+            "/v1/chains/{name}/nfs/{nf}": {
+                "parameters": [ name_param("name", "chain name"), name_param("nf", "NF name in the chain") ],
+                "patch": {
+                    "operationId": "reconfigureNf",
+                    "summary": "Replace an NF's parameters live (new instance, state moved over, swapped between batches); kept across restarts",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["params"], "additionalProperties": false,
+                        "properties": { "params": { "description": "the NF's parameters, as in a descriptor" } } } } } },
+                    "responses": {
+                        "200": chain_response("changed"),
+                        "400": error_response("invalid parameters (field paths as `braid validate` gives them) or body"),
+                        "404": error_response("no such chain or NF"),
+                        "409": error_response("the chain is not running"),
+                        "422": error_response("the worker refused the change (state does not fit)")
+                    }
+                }
+            },
+            "/v1/openapi.json": { "get": {
+                "operationId": "openapi", "summary": "This document",
+                "responses": { "200": { "description": "OpenAPI 3.1",
+                    "content": { "application/json": { "schema": { "type": "object" } } } } }
+            } },
+            "/metrics": { "get": {
+                "operationId": "metrics",
+                "summary": "OpenMetrics text: per NF packets/bytes in and out, drops by reason, batches, busy ns; per port rx/tx/drops; per worker turns; API requests",
+                "responses": { "200": { "description": "metrics",
+                    "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } } }
+            } }
+        },
+        "components": { "schemas": {
+            "Error": { "type": "object", "required": ["error", "message"], "properties": {
+                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, body_too_large, bad_body, forbidden, no_route, store, internal" },
+                "message": { "type": "string" },
+                "problems": { "type": "array", "items": { "type": "object", "properties": {
+                    "line": { "type": ["integer", "null"] }, "column": { "type": ["integer", "null"] },
+                    "path": { "type": "string" }, "message": { "type": "string" },
+                    "accepted": { "type": ["string", "null"] }, "text": { "type": "string" } } } }
+            } },
+            "Descriptor": { "type": "object", "required": ["name", "nfs"], "description": "a chain descriptor (docs/chains.md)" },
+            "Chain": { "type": "object", "required": ["name", "state", "descriptor"], "properties": {
+                "name": { "type": "string" },
+                "state": { "type": "string", "enum": ["running", "exited", "failed", "stopped"] },
+                "error": { "type": ["string", "null"] },
+                "uptime_seconds": { "type": "number" },
+                "descriptor": { "$ref": "#/components/schemas/Descriptor" },
+                "stats": { "type": "object", "description": "per-NF stages, ports and loop counters" } } },
+            "Status": { "type": "object", "properties": {
+                "daemon": { "type": "string" }, "version": { "type": "string" }, "pid": { "type": "integer" },
+                "uptime_seconds": { "type": "number" }, "chains": { "type": "integer" }, "running": { "type": "integer" } } }
+        } }
+    })
+}

@@ -1,0 +1,164 @@
+//! A braidd process for tests: its own state directory and socket, killed
+//! and cleaned up on drop (also when the test fails).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use braid_daemon::client::Client;
+
+pub const BRAIDD: &str = env!("CARGO_BIN_EXE_braidd");
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("braidd-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running braidd.
+pub struct Braidd {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    /// Network namespace it runs in.
+    pub netns: Option<String>,
+    pub extra: Vec<String>,
+}
+
+impl Braidd {
+    /// The command line of a braidd with state and socket under `dir`.
+    pub fn command(dir: &Path, netns: Option<&str>, extra: &[&str]) -> Command {
+        let mut c = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BRAIDD]);
+                c
+            }
+            None => Command::new(BRAIDD),
+        };
+        c.arg("--socket")
+            .arg(dir.join("braidd.sock"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(extra);
+        c
+    }
+
+    /// Start braidd and wait until it answers (10 s at most).
+    pub fn start(dir: &Path, netns: Option<&str>, extra: &[&str]) -> Braidd {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("braidd.log"))
+            .unwrap();
+        let child = Braidd::command(dir, netns, extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start braidd");
+        let mut b = Braidd {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            socket: dir.join("braidd.sock"),
+            netns: netns.map(str::to_string),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        b.wait_ready();
+        b
+    }
+
+    fn wait_ready(&mut self) {
+        let t = Instant::now();
+        let c = self.client();
+        while t.elapsed() < Duration::from_secs(10) {
+            if c.status().is_ok() {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("braidd exited with {st} before answering:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("braidd did not answer within 10 s:\n{}", self.log());
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// What braidd wrote on standard error.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("braidd.log")).unwrap_or_default()
+    }
+
+    /// braidd's pid (through `ip netns exec`, which execs it, the same).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait (10 s at most) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().unwrap();
+        Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().unwrap();
+        let t = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("braidd did not stop within 10 s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Start a new braidd on the same directory, namespace and options.
+    pub fn restart(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let next = Braidd::start(&self.dir, self.netns.as_deref(), &extra);
+        *self = next;
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Braidd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

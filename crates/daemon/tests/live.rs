@@ -1,0 +1,594 @@
+//! braidd with live traffic, through its API only. The "host" is a
+//! namespace between a client and a server namespace, with a veth pair to
+//! each; braidd runs in it and deploys a chain between its two interfaces
+//! (AF_PACKET). UDP from client to server crosses the chain; the counters
+//! (API and /metrics) match what was sent; a firewall's default is changed
+//! live and packets stop; braidd is killed with SIGKILL under traffic and
+//! restarted: the chain is back as declared and forwards again; deleted,
+//! nothing forwards.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braid_daemon::client::{metric_value, Client, ClientError};
+use braid_io::netns::{self, LinkGuard, NetnsGuard};
+use common::{Braidd, TempDir};
+use serde_json::json;
+
+const CLIENT: &str = "10.78.0.1";
+const SERVER: &str = "10.78.0.2";
+const PORT: u16 = 9178;
+
+struct Net {
+    mid: NetnsGuard,
+    cl: NetnsGuard,
+    sv: NetnsGuard,
+    /// Interfaces in `mid`: towards the client, towards the server.
+    a1: String,
+    b1: String,
+    _links: (LinkGuard, LinkGuard),
+}
+
+fn sysctl(ns: &NetnsGuard, kv: &str) {
+    let st = ns.command("sysctl").args(["-q", "-w", kv]).status().unwrap();
+    assert!(st.success(), "sysctl {kv}");
+}
+
+/// client (a0) — (a1) mid (b1) — (b0) server; no IPv6, static neighbours:
+/// nothing but the test's own packets crosses the chain.
+fn net() -> Net {
+    let mid = NetnsGuard::create(&netns::unique_name("bdl-mid")).unwrap();
+    let cl = NetnsGuard::create(&netns::unique_name("bdl-cl")).unwrap();
+    let sv = NetnsGuard::create(&netns::unique_name("bdl-sv")).unwrap();
+    for ns in [&mid, &cl, &sv] {
+        sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1");
+        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
+    }
+    let (a0, a1) = (netns::unique_ifname("bda0"), netns::unique_ifname("bda1"));
+    let (b0, b1) = (netns::unique_ifname("bdb0"), netns::unique_ifname("bdb1"));
+    let la = LinkGuard::veth(&a0, &a1).unwrap();
+    let lb = LinkGuard::veth(&b0, &b1).unwrap();
+    la.move_end_to(&a0, &cl).unwrap();
+    la.move_end_to(&a1, &mid).unwrap();
+    lb.move_end_to(&b0, &sv).unwrap();
+    lb.move_end_to(&b1, &mid).unwrap();
+    for (ns, dev) in [(&cl, &a0), (&mid, &a1), (&mid, &b1), (&sv, &b0)] {
+        netns::set_up(Some(ns.name()), dev).unwrap();
+        netns::tx_checksum_off(Some(ns.name()), dev).unwrap();
+    }
+    netns::add_addr(Some(cl.name()), &a0, &format!("{CLIENT}/24")).unwrap();
+    netns::add_addr(Some(sv.name()), &b0, &format!("{SERVER}/24")).unwrap();
+    let mac_a0 = netns::mac_addr(Some(cl.name()), &a0).unwrap();
+    let mac_b0 = netns::mac_addr(Some(sv.name()), &b0).unwrap();
+    netns::add_neigh(Some(cl.name()), &a0, SERVER, &mac_b0).unwrap();
+    netns::add_neigh(Some(sv.name()), &b0, CLIENT, &mac_a0).unwrap();
+    Net { mid, cl, sv, a1, b1, _links: (la, lb) }
+}
+
+fn chain_yaml(net: &Net, name: &str) -> String {
+    format!(
+        "name: {name}\nbatch_size: 32\nports:\n  in: {{ kind: af_packet, iface: {}, batch_size: 32 }}\n  out: {{ kind: af_packet, iface: {}, batch_size: 32 }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+        net.a1, net.b1
+    )
+}
+
+/// A client socket (a new flow) and the server's socket.
+fn sockets(net: &Net) -> (UdpSocket, Option<UdpSocket>) {
+    let rx = net.sv.enter(|| UdpSocket::bind(format!("{SERVER}:{PORT}"))).unwrap().unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    sockets_from(net, Some(rx))
+}
+
+/// A client socket on a new source port, connected to the server.
+fn sockets_from(net: &Net, rx: Option<UdpSocket>) -> (UdpSocket, Option<UdpSocket>) {
+    let tx = net.cl.enter(|| UdpSocket::bind(format!("{CLIENT}:0"))).unwrap().unwrap();
+    tx.connect(format!("{SERVER}:{PORT}")).unwrap();
+    (tx, rx)
+}
+
+/// Everything waiting on `rx` now, for up to `window`.
+fn drain(rx: &UdpSocket, window: Duration) -> u64 {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    let t = Instant::now();
+    while t.elapsed() < window {
+        if rx.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Send `n` datagrams while counting (on another thread, so the
+/// receiver's buffer never overflows) what arrives, up to `patience` after
+/// the last; how many did.
+fn send_within(tx: &UdpSocket, rx: &UdpSocket, n: u64, patience: Duration) -> u64 {
+    std::thread::scope(|s| {
+        let counter = s.spawn(|| {
+            let mut buf = [0u8; 2048];
+            let mut got = 0;
+            let t = Instant::now();
+            let limit = Duration::from_millis(n / 4 + 1) + patience;
+            while got < n && t.elapsed() < limit {
+                if rx.recv(&mut buf).is_ok() {
+                    got += 1;
+                }
+            }
+            got
+        });
+        for i in 0..n {
+            tx.send(&i.to_be_bytes()).unwrap();
+            // About 4,000 packets per second.
+            if i % 8 == 7 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        counter.join().unwrap()
+    })
+}
+
+/// [`send_within`], waiting up to 3 s for what should arrive.
+fn send_and_count(tx: &UdpSocket, rx: &UdpSocket, n: u64) -> u64 {
+    send_within(tx, rx, n, Duration::from_secs(3))
+}
+
+/// Send one datagram every millisecond until one arrives (`limit` at most):
+/// the time it took.
+fn time_to_first_packet(tx: &UdpSocket, rx: &UdpSocket, limit: Duration) -> Option<Duration> {
+    rx.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 2048];
+    let mut found = None;
+    while t.elapsed() < limit {
+        let _ = tx.send(b"first");
+        if rx.recv(&mut buf).is_ok() {
+            found = Some(t.elapsed());
+            break;
+        }
+    }
+    rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    found
+}
+
+fn stage<'a>(chain: &'a serde_json::Value, nf: &str) -> &'a serde_json::Value {
+    chain["stats"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == nf)
+        .unwrap_or_else(|| panic!("no stage {nf} in {chain}"))
+}
+
+fn counter(c: &Client, chain: &str, nf: &str, field: &str) -> u64 {
+    stage(&c.chain(chain).unwrap(), nf)[field].as_u64().unwrap()
+}
+
+#[test]
+fn a_chain_deployed_through_the_api_forwards_reports_changes_and_survives_kill_9() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd live", "needs root for namespaces") {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("live");
+    let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+
+    // Deploy; packets cross within a bounded time.
+    let t = Instant::now();
+    let shown = c.deploy(&chain_yaml(&net, "edge")).unwrap();
+    let deployed = t.elapsed();
+    assert_eq!(shown["state"], "running", "{shown}");
+    let first = time_to_first_packet(&tx, &rx, Duration::from_secs(5)).expect("no packet crossed");
+    eprintln!("deploy call {deployed:?}, then first packet after {first:?}");
+    drain(&rx, Duration::from_millis(100));
+
+    // Counts: exactly what was sent, in the API and in /metrics. A loaded
+    // machine can lose datagrams in the kernel's socket buffers before or
+    // after the chain (not in it): up to 3 attempts to get a round in
+    // which all 300 arrived, whose counts must then be exact.
+    let mut v = serde_json::Value::Null;
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let before = counter(&c, "edge", "fw", "packets_in");
+        let got = send_and_count(&tx, &rx, 300);
+        v = c.chain("edge").unwrap();
+        let delta = stage(&v, "fw")["packets_in"].as_u64().unwrap() - before;
+        rounds.push((got, delta));
+        if got == 300 {
+            assert_eq!(delta, 300, "{v}");
+            break;
+        }
+        assert!(delta >= got, "the chain counted {delta} but {got} arrived: {v}");
+    }
+    assert_eq!(rounds.last().unwrap().0, 300, "rounds (arrived, counted): {rounds:?}");
+    assert_eq!(stage(&v, "f")["packets_out"], stage(&v, "fw")["packets_in"], "{v}");
+    let m = c.metrics().unwrap();
+    let fw_in = stage(&v, "fw")["packets_in"].as_u64().unwrap() as f64;
+    assert_eq!(
+        metric_value(&m, "braid_nf_packets_in_total", &[("chain", "edge"), ("nf", "fw")]),
+        Some(fw_in),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "braid_nf_packets_out_total", &[("chain", "edge"), ("nf", "f")]),
+        Some(fw_in)
+    );
+    assert!(metric_value(&m, "braid_nf_batches_total", &[("nf", "fw")]).unwrap() >= 1.0);
+    assert!(metric_value(&m, "braid_nf_busy_nanoseconds_total", &[("nf", "fw")]).unwrap() > 0.0);
+    // Port counters are published every tick (10 ms).
+    assert!(
+        metric_value(&m, "braid_port_rx_packets_total", &[("chain", "edge")]).unwrap() > 0.0,
+        "{m}"
+    );
+    assert_eq!(metric_value(&m, "braid_chain_up", &[("chain", "edge")]), Some(1.0));
+
+    // Bad changes are refused and change nothing.
+    let e = c.reconfigure("edge", "fw", &json!({ "default": "maybe" })).unwrap_err();
+    let ClientError::Api { status: 400, message, .. } = e else { panic!("{e}") };
+    assert!(message.contains("nfs[0].params"), "{message}");
+    let e = c.reconfigure("edge", "nope", &json!({})).unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api { status: 404, kind, .. } if kind == "unknown_nf"),
+        "{e}"
+    );
+    let e = c.deploy(&chain_yaml(&net, "edge")).unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api { status: 409, kind, .. } if kind == "duplicate_chain"),
+        "{e}"
+    );
+    assert_eq!(send_and_count(&tx, &rx, 20), 20);
+
+    // A live change: the firewall now drops; packets are dropped and
+    // counted by reason.
+    let v = c.reconfigure("edge", "fw", &json!({ "default": "drop" })).unwrap();
+    assert_eq!(v["descriptor"]["nfs"][0]["params"]["default"], "drop", "{v}");
+    // The firewall is stateful and its state moved to the new instance:
+    // the flow it already allowed still passes; a new flow is dropped.
+    assert_eq!(send_and_count(&tx, &rx, 20), 20);
+    let (new_flow, _) = sockets_from(&net, None);
+    let (dropped, entered) =
+        (counter(&c, "edge", "fw", "dropped"), counter(&c, "edge", "fw", "packets_in"));
+    assert_eq!(send_within(&new_flow, &rx, 50, Duration::from_millis(300)), 0);
+    let entered = counter(&c, "edge", "fw", "packets_in") - entered;
+    // Every datagram that reached the chain was dropped (all 50 unless
+    // the kernel lost some before it).
+    assert_eq!(counter(&c, "edge", "fw", "dropped") - dropped, entered);
+    assert!(entered > 40, "{entered} of 50 reached the chain");
+    let m = c.metrics().unwrap();
+    let drops: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("braid_nf_drops_total{") && l.contains("nf=\"fw\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(drops as u64, dropped + entered, "{m}");
+
+    // Declared as changed: SIGKILL under traffic, restart, then allowing again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let (tx, stop, sent) = (tx.try_clone().unwrap(), stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(30) {
+                let _ = tx.send(b"load");
+                sent.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    c.reconfigure("edge", "fw", &json!({ "default": "allow" })).unwrap();
+    assert!(drain(&rx, Duration::from_millis(200)) > 0, "traffic crosses before the kill");
+    d.kill9();
+    drain(&rx, Duration::from_millis(100));
+    assert_eq!(drain(&rx, Duration::from_millis(300)), 0, "nothing crosses while braidd is dead");
+    let t = Instant::now();
+    d.restart();
+    let c = d.client();
+    let v = c.chain("edge").unwrap();
+    assert_eq!(v["state"], "running", "{v}");
+    assert_eq!(v["descriptor"]["nfs"][0]["params"]["default"], "allow", "{v}");
+    assert!(drain(&rx, Duration::from_millis(300)) > 0, "traffic crosses again after the restart");
+    eprintln!("restart to forwarding again: {:?}", t.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 100);
+
+    // Delete: gone from the API, from the store, and from the wire.
+    let r = c.remove("edge").unwrap();
+    assert_eq!(r["stopped"], true, "{r}");
+    let e = c.chain("edge").unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 404, .. }), "{e}");
+    drain(&rx, Duration::from_millis(50));
+    assert_eq!(send_within(&tx, &rx, 10, Duration::from_millis(300)), 0);
+    let audit = std::fs::read_to_string(dir.path().join("state/audit.log")).unwrap();
+    for what in [
+        "deployed chain `edge` (2 NFs)",
+        "changed the parameters of NF `fw`",
+        "removed chain `edge`",
+    ] {
+        assert!(audit.contains(what), "{what} not in the audit log:\n{audit}");
+    }
+
+    // SIGTERM with a chain running: exits 0, socket removed; the chain is
+    // declared and comes back with the next braidd.
+    c.deploy(&chain_yaml(&net, "again")).unwrap();
+    assert!(d.terminate().success(), "{}", d.log());
+    assert!(!d.socket.exists());
+    d.restart();
+    let names: Vec<_> = d.client().chains().unwrap().iter().map(|c| c["name"].clone()).collect();
+    assert_eq!(names, [json!("again")]);
+    assert_eq!(send_and_count(&tx, &rx, 10), 10);
+    assert!(d.terminate().success());
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The numbers of docs/benchmarks.md ("braidd"): API deploy-to-first-packet
+/// time of a 4-NF user-space chain, and `/metrics` scrape time with 25
+/// chains x 4 NFs = 100 NFs beside `/v1/status`. A measurement, run by hand:
+/// `cargo test --release -p braid-daemon --test live -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
+fn measure_deploy_to_first_packet_and_scrape_time() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd measure", "needs root for namespaces") {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("measure");
+    let d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    let four = |name: &str, a: &str, b: &str| {
+        format!(
+            "name: {name}\nports:\n  in: {{ kind: af_packet, iface: {a} }}\n  out: {{ kind: af_packet, iface: {b} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: x1, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: x2, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: f, type: fwd }}\n"
+        )
+    };
+    // Deploy-to-first-packet: a sender every 100 µs from before the call.
+    let mut deploy = Vec::new();
+    let mut first = Vec::new();
+    for round in 0..10 {
+        let name = format!("m{round}");
+        let stop = AtomicBool::new(false);
+        drain(&rx, Duration::from_millis(20));
+        rx.set_read_timeout(Some(Duration::from_micros(200))).unwrap();
+        let t = Instant::now();
+        let (took, arrived) = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(5) {
+                    let _ = tx.send(b"probe");
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            });
+            // The receiver notes the first arrival while the call is
+            // still under way.
+            let receiver = s.spawn(|| {
+                let mut buf = [0u8; 2048];
+                while t.elapsed() < Duration::from_secs(3) {
+                    if rx.recv(&mut buf).is_ok() {
+                        return Some(t.elapsed());
+                    }
+                }
+                None
+            });
+            c.deploy(&four(&name, &net.a1, &net.b1)).unwrap();
+            let took = t.elapsed();
+            let arrived = receiver.join().unwrap();
+            stop.store(true, Ordering::Relaxed);
+            (took, arrived.expect("a packet crossed"))
+        });
+        rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        c.remove(&name).unwrap();
+        deploy.push(took);
+        first.push(arrived);
+    }
+    println!(
+        "deploy call (4 NFs): median {:.2} ms, max {:.2} ms; deploy to first packet: median {:.2} ms, max {:.2} ms (10 rounds)",
+        ms(percentile(deploy.clone(), 0.5)),
+        ms(percentile(deploy, 1.0)),
+        ms(percentile(first.clone(), 0.5)),
+        ms(percentile(first, 1.0)),
+    );
+
+    // 25 chains x 4 NFs, each between one end of two veth pairs whose
+    // other ends stay down (no traffic, no loop), all inside `mid`.
+    for i in 0..25 {
+        let (a, b) = (netns::unique_ifname("bdm"), netns::unique_ifname("bdm"));
+        for dev in [&a, &b] {
+            let peer = netns::unique_ifname("bdp");
+            net.mid.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]).unwrap();
+            netns::set_up(Some(net.mid.name()), dev).unwrap();
+        }
+        c.deploy(&four(&format!("s{i:02}"), &a, &b)).unwrap();
+    }
+    let m = c.metrics().unwrap();
+    let nfs = m.lines().filter(|l| l.starts_with("braid_nf_packets_in_total{")).count();
+    assert_eq!(nfs, 100);
+    let time = |f: &dyn Fn()| -> Vec<Duration> {
+        (0..200)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect()
+    };
+    let scrape = time(&|| {
+        c.metrics().unwrap();
+    });
+    let status = time(&|| {
+        c.status().unwrap();
+    });
+    let chains = time(&|| {
+        c.chains().unwrap();
+    });
+    println!(
+        "100 NFs: GET /metrics ({} bytes) median {:.3} ms p99 {:.3} ms; GET /v1/status median {:.3} ms; GET /v1/chains median {:.3} ms ({:.1}x /v1/status for /metrics)",
+        m.len(),
+        ms(percentile(scrape.clone(), 0.5)),
+        ms(percentile(scrape.clone(), 0.99)),
+        ms(percentile(status.clone(), 0.5)),
+        ms(percentile(chains, 0.5)),
+        percentile(scrape, 0.5).as_secs_f64() / percentile(status, 0.5).as_secs_f64(),
+    );
+}
+
+/// A child process killed on drop.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on the loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_braidd_and_answers_with_a_braid_metric() {
+    if braid_testkit::skip_unless(
+        netns::is_root(),
+        "braidd prometheus",
+        "needs root for namespaces",
+    ) || braid_testkit::skip_unless_tool("prometheus", "braidd prometheus")
+        || braid_testkit::skip_unless_tool("curl", "braidd prometheus")
+    {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("prom");
+    // braidd runs in `mid`; its metrics listener is on mid's loopback, so
+    // Prometheus runs there too.
+    let mport = free_port();
+    let d = Braidd::start(
+        dir.path(),
+        Some(net.mid.name()),
+        &["--metrics-listen", &format!("127.0.0.1:{mport}")],
+    );
+    let c = d.client();
+    c.deploy(&chain_yaml(&net, "prom")).unwrap();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    assert_eq!(time_to_first_packet(&tx, &rx, Duration::from_secs(5)).map(|_| ()), Some(()));
+    assert_eq!(send_and_count(&tx, &rx, 100), 100);
+    drain(&rx, Duration::from_millis(50));
+    let want = counter(&c, "prom", "fw", "packets_in");
+
+    let conf = dir.path().join("prometheus.yml");
+    let deployed = include_str!("../../../deploy/prometheus.yml")
+        .replace("scrape_interval: 5s", "scrape_interval: 1s")
+        .replace("127.0.0.1:9478", &format!("127.0.0.1:{mport}"));
+    assert!(deployed.contains(&format!("127.0.0.1:{mport}")));
+    std::fs::write(&conf, deployed).unwrap();
+    let pport = free_port();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prom = Reaper(
+        net.mid
+            .command("prometheus")
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // Ask Prometheus's query API until it has scraped (30 s at most).
+    let query = "braid_nf_packets_in_total{chain=\"prom\",nf=\"fw\"}";
+    let t = Instant::now();
+    let mut last = String::new();
+    let mut value = None;
+    while t.elapsed() < Duration::from_secs(30) && value.is_none() {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = net
+            .mid
+            .command("curl")
+            .args([
+                "-s",
+                "-G",
+                &format!("http://127.0.0.1:{pport}/api/v1/query"),
+                "--data-urlencode",
+            ])
+            .arg(format!("query={query}"))
+            .output()
+            .unwrap();
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&last) else { continue };
+        value = v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse::<f64>().ok());
+    }
+    let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let value = value.unwrap_or_else(|| panic!("no answer from Prometheus: {last}\n{log}"));
+    assert_eq!(value as u64, want, "{last}");
+}
+
+/// Whether a datagram from `from` reaches `to` (10 tries, 30 ms apart).
+fn reaches(from: &UdpSocket, to: &UdpSocket) -> bool {
+    let dest = to.local_addr().unwrap();
+    to.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+    let mut buf = [0u8; 2048];
+    (0..10).any(|_| {
+        from.send_to(b"reply", dest).unwrap();
+        to.recv(&mut buf).is_ok()
+    })
+}
+
+#[test]
+fn a_checkpointed_firewall_connection_survives_kill_9() {
+    if braid_testkit::skip_unless(
+        netns::is_root(),
+        "braidd checkpoint",
+        "needs root for namespaces",
+    ) {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("ckpt");
+    let mut d =
+        Braidd::start(dir.path(), Some(net.mid.name()), &["--checkpoint-interval-ms", "100"]);
+    let c = d.client();
+    // Only the client may start UDP flows; the server's answers pass only
+    // as part of a tracked connection.
+    c.deploy(&format!(
+        "name: ck\nports:\n  in: {{ kind: af_packet, iface: {} }}\n  out: {{ kind: af_packet, iface: {} }}\nnfs:\n  - name: fw\n    type: firewall\n    params: {{ default: drop, rules: [{{ action: allow, src: {CLIENT}/32, proto: udp }}] }}\n  - {{ name: f, type: fwd }}\n",
+        net.a1, net.b1
+    ))
+    .unwrap();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    assert!(time_to_first_packet(&tx, &rx, Duration::from_secs(5)).is_some());
+    assert!(reaches(&rx, &tx), "the server's answer on the tracked connection passes");
+    let stranger = net.sv.enter(|| UdpSocket::bind(format!("{SERVER}:0"))).unwrap().unwrap();
+    assert!(!reaches(&stranger, &tx), "a flow the server starts is dropped");
+
+    // Two checkpoint rounds after the connection exists, then SIGKILL.
+    let n0 = c.status().unwrap()["checkpoints"].as_u64().unwrap();
+    let t = Instant::now();
+    while c.status().unwrap()["checkpoints"].as_u64().unwrap() < n0 + 2 {
+        assert!(t.elapsed() < Duration::from_secs(5), "no checkpoint rounds");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.kill9();
+    d.restart();
+    let v = d.client().chain("ck").unwrap();
+    assert_eq!(v["restored_state"]["nfs"], json!(["fw"]), "{v}");
+    assert!(reaches(&rx, &tx), "the restored connection lets the answer pass");
+    assert!(!reaches(&stranger, &tx), "the rules still drop the server's own flows");
+    assert!(d.terminate().success());
+}

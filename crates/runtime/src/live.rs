@@ -1,0 +1,415 @@
+//! A live chain running in the background: the descriptor's `in` and
+//! `out` ports (`af_packet` or `af_xdp`) with every NF in user space on one
+//! dataplane [`Worker`] thread, kept with its [`WorkerHandle`] so its owner
+//! (the daemon, `braidd`) can read its counters without locks, change NF
+//! parameters live and stop it.
+//!
+//! [`crate::runner::run_live`] runs the same chain on the calling thread
+//! until a signal; this module is for owners that keep running.
+//!
+//! ```no_run
+//! use braid_runtime::live::{LiveChain, StartOptions};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let d = braid_runtime::validate::load(std::path::Path::new("chain.yaml"))?;
+//! let chain = LiveChain::start(&d, StartOptions::default())?;
+//! println!("{}", chain.snapshot().to_json());
+//! let report = chain.stop()?;
+//! # let _ = report; Ok(()) }
+//! ```
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use braid_dataplane::{
+    Command, ControlError, Graph, Idle, Reply, Sched, Worker, WorkerConfig, WorkerError,
+    WorkerHandle, WorkerReport, WorkerSnapshot, WorkerTelemetry,
+};
+use braid_io::{Port, PortError};
+
+use crate::chain::{ChainBuildError, ChainSnapshot};
+use crate::descriptor::{ChainDescriptor, PortDecl, MAX_BATCH_SIZE};
+use crate::runner::{RunReport, TICK_INTERVAL};
+
+/// How a live chain runs.
+#[derive(Clone, Debug)]
+pub struct StartOptions {
+    /// What the worker does when no packet came (default: sleep in
+    /// `poll(2)` on the ports).
+    pub idle: Idle,
+    /// CPU affinity and scheduling of the worker thread.
+    pub sched: Sched,
+    /// How long a control command (reconfigure, stop) may wait for the
+    /// worker's answer.
+    pub control_timeout: Duration,
+}
+
+impl Default for StartOptions {
+    fn default() -> StartOptions {
+        StartOptions {
+            idle: Idle::Poll,
+            sched: Sched::default(),
+            control_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a live chain could not start, or a command on it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(
+        "chain `{chain}`: ports.{port}: missing; a live chain needs an `in` and an `out` port"
+    )]
+    MissingPort { chain: String, port: &'static str },
+    #[error(
+        "chain `{chain}`: ports.{port}: kind `{kind}` is not a live port; accepted: af_packet, af_xdp"
+    )]
+    NotLive { chain: String, port: &'static str, kind: &'static str },
+    #[error("chain `{chain}`: ports.{port}: cannot open: {source}")]
+    Open {
+        chain: String,
+        port: &'static str,
+        #[source]
+        source: PortError,
+    },
+    #[error("chain `{chain}`: {source}")]
+    Build {
+        chain: String,
+        #[source]
+        source: ChainBuildError,
+    },
+    #[error("chain `{chain}`: {source}")]
+    Worker {
+        chain: String,
+        #[source]
+        source: WorkerError,
+    },
+    #[error("chain `{chain}`: cannot start its worker thread: {source}")]
+    Thread {
+        chain: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("chain `{chain}`: no NF named `{nf}`; its NFs: {known}")]
+    UnknownNf { chain: String, nf: String, known: String },
+    #[error("chain `{chain}`: {source}")]
+    Control {
+        chain: String,
+        #[source]
+        source: ControlError,
+    },
+    #[error("chain `{chain}` has already been stopped")]
+    Stopped { chain: String },
+}
+
+/// How a live chain is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LiveState {
+    /// Its worker thread runs.
+    Running,
+    /// Its worker stopped by itself (a port failed); the error, if any.
+    Exited(Option<String>),
+    /// [`LiveChain::stop`] was called.
+    Stopped,
+}
+
+/// The worker thread, or how it ended.
+enum Thread {
+    Running(JoinHandle<WorkerReport>),
+    Ended(Box<RunReport>),
+    Taken,
+}
+
+/// A chain running on its own worker thread between two live ports.
+/// Dropping it stops the worker.
+pub struct LiveChain {
+    name: String,
+    descriptor: Mutex<ChainDescriptor>,
+    handle: WorkerHandle,
+    thread: Mutex<Thread>,
+    control_timeout: Duration,
+    started: Instant,
+}
+
+impl std::fmt::Debug for LiveChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveChain").field("name", &self.name).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here panics while holding these locks; if a caller's thread
+    // did, the data is still consistent (plain assignments).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Open descriptor port `which` of `d` as a live port.
+fn open_port(d: &ChainDescriptor, which: &'static str) -> Result<Box<dyn Port>, LiveError> {
+    let decl = d
+        .ports
+        .get(which)
+        .ok_or_else(|| LiveError::MissingPort { chain: d.name.clone(), port: which })?;
+    match decl {
+        PortDecl::AfPacket(_) | PortDecl::AfXdp(_) => {}
+        other => {
+            return Err(LiveError::NotLive {
+                chain: d.name.clone(),
+                port: which,
+                kind: other.kind_name(),
+            })
+        }
+    }
+    match crate::runner::open_live(decl) {
+        Some(Ok(p)) => Ok(p),
+        Some(Err(source)) => Err(LiveError::Open { chain: d.name.clone(), port: which, source }),
+        // Checked above: both kinds are live.
+        None => {
+            Err(LiveError::NotLive { chain: d.name.clone(), port: which, kind: decl.kind_name() })
+        }
+    }
+}
+
+/// Check that `d` names two live ports, without opening anything.
+pub fn check_ports(d: &ChainDescriptor) -> Result<(), LiveError> {
+    for which in ["in", "out"] {
+        match d.ports.get(which) {
+            None => return Err(LiveError::MissingPort { chain: d.name.clone(), port: which }),
+            Some(PortDecl::AfPacket(_) | PortDecl::AfXdp(_)) => {}
+            Some(other) => {
+                return Err(LiveError::NotLive {
+                    chain: d.name.clone(),
+                    port: which,
+                    kind: other.kind_name(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+impl LiveChain {
+    /// Open `d`'s `in` and `out` ports and start its NFs on a new worker
+    /// thread (named after the chain): what `in` receives crosses the chain
+    /// downstream and leaves by `out`, what `out` receives crosses it
+    /// upstream and leaves by `in`. Nothing runs and nothing stays open if
+    /// this fails.
+    pub fn start(d: &ChainDescriptor, opts: StartOptions) -> Result<LiveChain, LiveError> {
+        check_ports(d)?;
+        let chain = || d.name.clone();
+        let nfs = crate::chain::build_nfs(d)
+            .map_err(|source| LiveError::Build { chain: chain(), source })?;
+        let client = open_port(d, "in")?;
+        let server = open_port(d, "out")?;
+        let graph = Graph::chain(nfs, 2, 0, 1).expect("a chain's links fit");
+        let entries = [graph.entry(0, 1), graph.entry(1, 0)];
+        let mut cfg = WorkerConfig::new(d.name.clone());
+        cfg.batch_size = d.batch_size.clamp(1, MAX_BATCH_SIZE);
+        cfg.tick_interval = TICK_INTERVAL;
+        cfg.idle = opts.idle;
+        cfg.sched = opts.sched;
+        let worker_err = |source| LiveError::Worker { chain: chain(), source };
+        let (mut w, handle) = Worker::new(cfg, graph).map_err(worker_err)?;
+        w.add_port(client, Some(entries[0])).map_err(worker_err)?;
+        w.add_port(server, Some(entries[1])).map_err(worker_err)?;
+        let thread = w.spawn().map_err(|source| LiveError::Thread { chain: chain(), source })?;
+        Ok(LiveChain {
+            name: d.name.clone(),
+            descriptor: Mutex::new(d.clone()),
+            handle,
+            thread: Mutex::new(Thread::Running(thread)),
+            control_timeout: opts.control_timeout,
+            started: Instant::now(),
+        })
+    }
+
+    /// The chain's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The descriptor as it runs now (with every accepted live change).
+    pub fn descriptor(&self) -> ChainDescriptor {
+        lock(&self.descriptor).clone()
+    }
+
+    /// Since when it runs.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Every counter as last published (per NF stage, per port, the loop),
+    /// read without locks on the dataplane and without disturbing it.
+    pub fn snapshot(&self) -> WorkerSnapshot {
+        self.handle.snapshot()
+    }
+
+    /// The shared telemetry record, for readers that keep it.
+    pub fn telemetry(&self) -> Arc<WorkerTelemetry> {
+        self.handle.telemetry()
+    }
+
+    /// Whether the worker runs, stopped by itself (with its error), or was
+    /// stopped.
+    pub fn state(&self) -> LiveState {
+        let mut t = lock(&self.thread);
+        if let Thread::Running(h) = &*t {
+            if !h.is_finished() {
+                return LiveState::Running;
+            }
+            let Thread::Running(h) = std::mem::replace(&mut *t, Thread::Taken) else {
+                unreachable!("matched above")
+            };
+            *t = Thread::Ended(Box::new(self.report(h)));
+        }
+        match &*t {
+            Thread::Running(_) => LiveState::Running,
+            Thread::Ended(r) => LiveState::Exited(r.error.as_ref().map(|e| e.to_string())),
+            Thread::Taken => LiveState::Stopped,
+        }
+    }
+
+    fn report(&self, h: JoinHandle<WorkerReport>) -> RunReport {
+        let r = match h.join() {
+            Ok(r) => r,
+            // The worker's NFs and ports do not panic on any input; if one
+            // did, its counters are still readable from the telemetry.
+            Err(_) => WorkerReport {
+                snapshot: self.handle.snapshot(),
+                ports: Vec::new(),
+                elapsed: self.started.elapsed(),
+                error: None,
+                disconnects: 0,
+            },
+        };
+        let port = |i: usize| r.ports.get(i).copied().unwrap_or_default();
+        RunReport {
+            chain: ChainSnapshot {
+                chain: self.name.clone(),
+                taken_ns: r.snapshot.taken_ns,
+                stages: r.snapshot.stages.clone(),
+            },
+            input: port(0),
+            output: port(1),
+            elapsed: r.elapsed,
+            error: r.error,
+        }
+    }
+
+    /// Replace NF `nf`'s parameters while the chain runs: the worker builds
+    /// a new instance, moves the running state over and swaps it in between
+    /// two batches. Refused (and nothing changed) when the parameters are
+    /// invalid or the state does not fit.
+    pub fn reconfigure(&self, nf: &str, params: braid_nf::Params) -> Result<(), LiveError> {
+        let index = {
+            let d = lock(&self.descriptor);
+            d.nfs.iter().position(|n| n.name == nf).ok_or_else(|| LiveError::UnknownNf {
+                chain: self.name.clone(),
+                nf: nf.to_string(),
+                known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+            })?
+        };
+        let control = |source| LiveError::Control { chain: self.name.clone(), source };
+        let command = Command::Reconfigure { stage: nf.to_string(), params: params.clone() };
+        match self.handle.request(command, self.control_timeout).map_err(control)? {
+            Reply::Done => {}
+            _ => return Err(control(ControlError::Unexpected("Reconfigure".into()))),
+        }
+        lock(&self.descriptor).nfs[index].params = params;
+        Ok(())
+    }
+
+    /// The state of every NF that keeps some, exported by the worker
+    /// between two batches (a consistent copy per NF).
+    pub fn export_states(&self) -> Result<Vec<(String, braid_nf::NfState)>, LiveError> {
+        let control = |source| LiveError::Control { chain: self.name.clone(), source };
+        let names: Vec<String> =
+            lock(&self.descriptor).nfs.iter().map(|n| n.name.clone()).collect();
+        let mut out = Vec::new();
+        for nf in names {
+            let command = Command::ExportState { stage: nf.clone() };
+            match self.handle.request(command, self.control_timeout).map_err(control)? {
+                Reply::State(Some(state)) => out.push((nf, state)),
+                Reply::State(None) => {}
+                _ => return Err(control(ControlError::Unexpected("ExportState".into()))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Import `states` (from [`LiveChain::export_states`]) into the NFs of
+    /// the same names. Stops at the first NF that refuses (that NF is
+    /// unchanged; the ones before it have their state).
+    pub fn import_states(&self, states: Vec<(String, braid_nf::NfState)>) -> Result<(), LiveError> {
+        let control = |source| LiveError::Control { chain: self.name.clone(), source };
+        for (nf, state) in states {
+            let command = Command::ImportState { stage: nf, state };
+            match self.handle.request(command, self.control_timeout).map_err(control)? {
+                Reply::Done => {}
+                _ => return Err(control(ControlError::Unexpected("ImportState".into()))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop the worker (it flushes what it holds and ticks a last time)
+    /// and return the final counters.
+    pub fn stop(&self) -> Result<RunReport, LiveError> {
+        let mut t = lock(&self.thread);
+        match std::mem::replace(&mut *t, Thread::Taken) {
+            Thread::Running(h) => {
+                // `Gone` (it stopped meanwhile) counts as stopped.
+                let asked = self.handle.request(Command::Stop, self.control_timeout);
+                match asked {
+                    Ok(_) | Err(ControlError::Gone(_)) => Ok(self.report(h)),
+                    Err(source) => {
+                        // It did not answer: keep the thread to try again.
+                        *t = Thread::Running(h);
+                        Err(LiveError::Control { chain: self.name.clone(), source })
+                    }
+                }
+            }
+            Thread::Ended(r) => Ok(*r),
+            Thread::Taken => Err(LiveError::Stopped { chain: self.name.clone() }),
+        }
+    }
+}
+
+impl Drop for LiveChain {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_or_missing_ports_are_refused_before_anything_opens() {
+        let d = ChainDescriptor::from_yaml(
+            "name: c\nports:\n  in: { kind: memory }\nnfs:\n  - { name: f, type: fwd }\n",
+        )
+        .unwrap();
+        let e = LiveChain::start(&d, StartOptions::default()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "chain `c`: ports.in: kind `memory` is not a live port; accepted: af_packet, af_xdp"
+        );
+        let d = ChainDescriptor::from_yaml(
+            "name: c\nports:\n  in: { kind: af_packet, iface: lo }\nnfs: []\n",
+        )
+        .unwrap();
+        let e = check_ports(&d).unwrap_err().to_string();
+        assert!(e.contains("ports.out: missing"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_interface_is_an_open_error_naming_the_port() {
+        let d = ChainDescriptor::from_yaml(
+            "name: c\nports:\n  in: { kind: af_packet, iface: braid-no-such0 }\n  out: { kind: af_packet, iface: braid-no-such1 }\nnfs:\n  - { name: f, type: fwd }\n",
+        )
+        .unwrap();
+        let e = LiveChain::start(&d, StartOptions::default()).unwrap_err().to_string();
+        assert!(e.starts_with("chain `c`: ports.in: cannot open"), "{e}");
+    }
+}
