@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use crate::descriptor::{
-    ChainDescriptor, NfDecl, PlacementChoice, PortDecl, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
+    ChainDescriptor, NfDecl, PlacementChoice, PortDecl, SchedDecl, DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SIZE,
 };
 use crate::spans::{too_deep, Location, Spans};
 
@@ -209,7 +210,7 @@ fn unknown_field_name(msg: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
-const TOP_FIELDS: &[&str] = &["name", "batch_size", "ports", "nfs"];
+const TOP_FIELDS: &[&str] = &["name", "batch_size", "ports", "nfs", "sched"];
 
 /// Validate descriptor `text` read from `file` (used only in messages);
 /// relative paths in it are taken from the current directory.
@@ -315,7 +316,19 @@ fn validate(file: &str, base: Option<&std::path::Path>, text: &str) -> Report {
     };
 
     let ports = check_ports(&mut ck, top.get("ports"));
-    let nfs = check_nfs(&mut ck, top.get("nfs"));
+    let online = crate::coordinator::online_cpus();
+    let sched = match top.get("sched") {
+        None => Some(None),
+        Some(v) if v.is_null() => Some(None),
+        Some(v) => ck.parse::<SchedDecl>("sched", v).and_then(|s| {
+            let problems = crate::coordinator::problems(&s, &online);
+            for (field, message) in &problems {
+                ck.at_value(&format!("sched.{field}"), message.clone(), Some(SCHED_HELP.into()));
+            }
+            problems.is_empty().then_some(Some(s))
+        }),
+    };
+    let nfs = check_nfs(&mut ck, top.get("nfs"), sched.as_ref().and_then(|s| s.as_ref()), &online);
 
     // An integer too large for 64 bits was replaced for the parse (see
     // `parse_yaml`): report it, and not what the stand-in caused there.
@@ -324,9 +337,11 @@ fn validate(file: &str, base: Option<&std::path::Path>, text: &str) -> Report {
         let path = ck.spans.path_at(at).unwrap_or_default();
         ck.push(Some(at), &path, format!("integer {number} does not fit in 64 bits"), None);
     }
-    let descriptor = match (name, batch_size, ports, nfs) {
-        (Some(name), Some(batch_size), Some(ports), Some(nfs)) if ck.problems.is_empty() => {
-            Some(ChainDescriptor { name, batch_size, ports, nfs })
+    let descriptor = match (name, batch_size, ports, nfs, sched) {
+        (Some(name), Some(batch_size), Some(ports), Some(nfs), Some(sched))
+            if ck.problems.is_empty() =>
+        {
+            Some(ChainDescriptor { name, batch_size, ports, nfs, sched })
         }
         _ => None,
     };
@@ -435,7 +450,55 @@ fn placement_allowed(choice: PlacementChoice, spec: &NfSpec) -> bool {
     }
 }
 
-fn check_nfs(ck: &mut Checker<'_>, value: Option<&Value>) -> Option<Vec<NfDecl>> {
+/// What a `sched` block accepts, for error messages.
+const SCHED_HELP: &str = "sched: { policy: other|batch|idle|fifo|rr, priority: 1..=99 (fifo, rr), nice: -20..=19 (other, batch, idle), cpus: [online CPU numbers], batch_size: 1..=1024, idle: busy|poll|sleep }";
+
+/// The problems of NF `path`'s `sched` over the chain's (`chain`), each
+/// located at the NF's field when the NF sets it, else at its `sched`
+/// block; a problem of the chain's block alone was reported there.
+fn check_nf_sched(
+    ck: &mut Checker<'_>,
+    path: &str,
+    nf: &SchedDecl,
+    chain: Option<&SchedDecl>,
+    online: &[usize],
+) -> bool {
+    use crate::coordinator::problems;
+    let chain = chain.cloned().unwrap_or_default();
+    let own = problems(&chain, online);
+    let mut ok = true;
+    for (field, message) in problems(&chain.overridden_by(nf), online) {
+        if own.iter().any(|(f, m)| *f == field && *m == message) {
+            continue;
+        }
+        let set_here = match field {
+            "policy" => nf.policy.is_some(),
+            "priority" => nf.priority.is_some(),
+            "nice" => nf.nice.is_some(),
+            "cpus" => nf.cpus.is_some(),
+            "batch_size" => nf.batch_size.is_some(),
+            _ => nf.idle.is_some(),
+        };
+        if set_here {
+            ck.at_value(&format!("{path}.sched.{field}"), message, Some(SCHED_HELP.into()));
+        } else {
+            ck.at_value(
+                &format!("{path}.sched"),
+                format!("with the chain's `sched.{field}`: {message}"),
+                Some(SCHED_HELP.into()),
+            );
+        }
+        ok = false;
+    }
+    ok
+}
+
+fn check_nfs(
+    ck: &mut Checker<'_>,
+    value: Option<&Value>,
+    chain_sched: Option<&SchedDecl>,
+    online: &[usize],
+) -> Option<Vec<NfDecl>> {
     let Some(value) = value else {
         ck.at_value(
             "",
@@ -476,6 +539,9 @@ fn check_nfs(ck: &mut Checker<'_>, value: Option<&Value>) -> Option<Vec<NfDecl>>
             continue;
         };
         resolve_key_file(ck, &mut decl.params);
+        if let Some(s) = &decl.sched {
+            ok &= check_nf_sched(ck, &path, s, chain_sched, online);
+        }
         if decl.name.trim().is_empty() {
             ck.at_value(&format!("{path}.name"), "the NF name is empty", None);
             ok = false;
