@@ -20,6 +20,10 @@
 //! build workers from plans.
 #![deny(unsafe_code)]
 
+/// Built with the `telemetry` feature: stage call-edge times are measured
+/// (without it `busy_ns` stays 0 and must not be shown as measured).
+pub const TELEMETRY: bool = cfg!(feature = "telemetry");
+
 pub mod control;
 pub mod graph;
 pub mod heartbeat;

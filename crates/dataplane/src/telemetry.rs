@@ -317,8 +317,8 @@ thread_local! {
 /// Collects the telemetry of every worker created on this thread while it
 /// lives: how a profiler finds the workers a runner builds without the
 /// runner handing them out. Only worker construction looks at it, never
-/// the packet path.
-#[derive(Debug)]
+/// the packet path. A clone shares the list (another thread may read it).
+#[derive(Clone, Debug)]
 pub struct WorkerWatch {
     seen: Arc<Mutex<Vec<Arc<WorkerTelemetry>>>>,
 }
