@@ -36,7 +36,7 @@ pub mod worker;
 pub use control::{Command, ControlError, Output, Reply, WorkerHandle};
 pub use graph::{Endpoint, Graph, GraphError, NamedNfs, Stage};
 pub use heartbeat::Heartbeat;
-pub use sched::{Sched, SchedError, SchedPolicy};
 pub use os::{OsStatsError, ThreadOs};
+pub use sched::{Sched, SchedError, SchedPolicy};
 pub use telemetry::{StageSnapshot, WorkerOs, WorkerSnapshot, WorkerTelemetry, WorkerWatch};
 pub use worker::{GraphRef, Idle, Worker, WorkerConfig, WorkerError, WorkerReport};

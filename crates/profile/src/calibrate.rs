@@ -118,12 +118,11 @@ pub fn calibrate(
         peer.join().map_err(|_| CalibrationError::Panicked)??;
         Ok((syscall, write_read, rt))
     });
-    let (syscall, write_read, rt) = measure.join().map_err(|_| CalibrationError::Panicked)?.map_err(
-        |e| match e {
+    let (syscall, write_read, rt) =
+        measure.join().map_err(|_| CalibrationError::Panicked)?.map_err(|e| match e {
             CalibrationError::Sched { source, .. } => sched_err(source),
             other => other,
-        },
-    )?;
+        })?;
     Ok(UnitCosts {
         policy: name,
         cpu,

@@ -15,12 +15,7 @@ pub const EVENTS: &[&str] = &["cycles", "instructions", "cache_misses", "dtlb_re
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum HardwareCounts {
     /// Totals over the profiled run (every thread it started).
-    Measured {
-        cycles: u64,
-        instructions: u64,
-        cache_misses: u64,
-        dtlb_read_misses: u64,
-    },
+    Measured { cycles: u64, instructions: u64, cache_misses: u64, dtlb_read_misses: u64 },
     /// Not available on this machine: the first event the kernel refused
     /// and its answer.
     NotAvailable { event: String, reason: String },
@@ -57,7 +52,8 @@ impl HardwareCounters {
     /// Open and start the counters on the calling thread, inherited by the
     /// threads it starts from now on.
     pub fn start() -> HardwareCounters {
-        let dtlb = Cache { which: CacheId::DTLB, operation: CacheOp::READ, result: CacheResult::MISS };
+        let dtlb =
+            Cache { which: CacheId::DTLB, operation: CacheOp::READ, result: CacheResult::MISS };
         let mut counters = Vec::new();
         let builders = [
             Builder::new(Hardware::CPU_CYCLES),

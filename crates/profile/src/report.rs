@@ -221,7 +221,8 @@ pub fn to_svg(p: &Profile) -> String {
             escape(&b.worker)
         );
         let mut x = left;
-        let mut parts: Vec<&crate::profile::Component> = b.components.iter().filter(|c| c.cpu).collect();
+        let mut parts: Vec<&crate::profile::Component> =
+            b.components.iter().filter(|c| c.cpu).collect();
         parts.extend(b.components.iter().filter(|c| !c.cpu));
         for c in parts {
             let w = c.ns_per_packet / max * width;

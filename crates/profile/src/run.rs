@@ -38,6 +38,8 @@ pub enum ProfileError {
     Run(#[from] RunError),
     #[error(transparent)]
     Calibration(#[from] CalibrationError),
+    #[error(transparent)]
+    Coordinator(#[from] braid_runtime::coordinator::CoordError),
     #[error("--mapping {0}: `braid profile` runs the thread and threads mappings")]
     Mapping(&'static str),
 }
@@ -66,6 +68,7 @@ pub fn profile_offline(
     let hw = opts.hardware.then(HardwareCounters::start);
     let report = match mapping {
         Mapping::Thread => {
+            braid_runtime::coordinator::refuse_unapplied(d, "--mapping thread")?;
             let mut chain = Chain::from_descriptor(d)?;
             run_to_end(&mut chain, input.as_mut(), output.as_mut())
         }

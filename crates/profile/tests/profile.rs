@@ -138,7 +138,12 @@ fn idle_worker(idle: Idle, ms: u64) -> braid_profile::profile::WorkerProfile {
         input_packets: 0,
         output_packets: 0,
     };
-    let p = build(facts, &watch.workers(), HardwareCounts::NotAvailable { event: "-".into(), reason: "-".into() }, None);
+    let p = build(
+        facts,
+        &watch.workers(),
+        HardwareCounts::NotAvailable { event: "-".into(), reason: "-".into() },
+        None,
+    );
     assert_eq!(p.workers.len(), 1);
     p.workers[0].clone()
 }

@@ -37,7 +37,8 @@ pub struct WorkerSettings {
 impl WorkerSettings {
     /// Polls busily at a real-time priority.
     pub fn real_time_busy(&self) -> bool {
-        self.idle == Idle::Busy && matches!(self.sched.policy, SchedPolicy::Fifo(_) | SchedPolicy::Rr(_))
+        self.idle == Idle::Busy
+            && matches!(self.sched.policy, SchedPolicy::Fifo(_) | SchedPolicy::Rr(_))
     }
 }
 
@@ -107,7 +108,10 @@ pub fn problems(s: &SchedDecl, online: &[usize]) -> Vec<(&'static str, String)> 
     }
     if let Some(b) = s.batch_size {
         if !(1..=MAX_BATCH_SIZE).contains(&b) {
-            out.push(("batch_size", format!("batch size {b} is out of range 1..={MAX_BATCH_SIZE}")));
+            out.push((
+                "batch_size",
+                format!("batch size {b} is out of range 1..={MAX_BATCH_SIZE}"),
+            ));
         }
     }
     out
@@ -139,6 +143,26 @@ pub fn to_settings(
     })
 }
 
+/// Whether the descriptor has any `sched` setting (chain or NF).
+pub fn has_settings(d: &ChainDescriptor) -> bool {
+    d.sched.as_ref().is_some_and(|s| !s.is_empty())
+        || d.nfs.iter().any(|nf| nf.sched.as_ref().is_some_and(|s| !s.is_empty()))
+}
+
+/// The refusal for runners that do not apply `sched` (the `thread`
+/// mapping runs on the calling thread), instead of ignoring it.
+pub fn refuse_unapplied(d: &ChainDescriptor, runner: &str) -> Result<(), CoordError> {
+    if has_settings(d) {
+        return Err(CoordError::Invalid {
+            at: format!("chain `{}`", d.name),
+            message: format!(
+                "`sched` settings are applied by --mapping threads and run-procs, not by {runner}; use one of those or remove them"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The settings of the edge worker of an offline run (the chain-level
 /// `sched` only).
 pub fn edge_settings(
@@ -166,13 +190,21 @@ pub fn unit_decl(
             ("policy", s.policy.map(|p| p.to_string()), merged.policy.map(|p| p.to_string())),
             ("priority", s.priority.map(|p| p.to_string()), merged.priority.map(|p| p.to_string())),
             ("nice", s.nice.map(|p| p.to_string()), merged.nice.map(|p| p.to_string())),
-            ("cpus", s.cpus.as_ref().map(|c| format!("{c:?}")), merged.cpus.as_ref().map(|c| format!("{c:?}"))),
+            (
+                "cpus",
+                s.cpus.as_ref().map(|c| format!("{c:?}")),
+                merged.cpus.as_ref().map(|c| format!("{c:?}")),
+            ),
             (
                 "batch_size",
                 s.batch_size.map(|p| p.to_string()),
                 merged.batch_size.map(|p| p.to_string()),
             ),
-            ("idle", s.idle.map(|p| format!("{p:?}").to_lowercase()), merged.idle.map(|p| format!("{p:?}").to_lowercase())),
+            (
+                "idle",
+                s.idle.map(|p| format!("{p:?}").to_lowercase()),
+                merged.idle.map(|p| format!("{p:?}").to_lowercase()),
+            ),
         ];
         for (k, (field, new, old)) in fields.into_iter().enumerate() {
             match (new, old, setter[k]) {
@@ -225,7 +257,12 @@ pub fn check_starvation(workers: &[WorkerSettings], online: &[usize]) -> Result<
     // Maximum bipartite matching, workers to CPU slots (augmenting paths;
     // a handful of workers and CPUs).
     let mut owner: Vec<Option<usize>> = vec![None; online.len()];
-    fn augment(w: usize, allowed: &[Vec<usize>], owner: &mut [Option<usize>], seen: &mut [bool]) -> bool {
+    fn augment(
+        w: usize,
+        allowed: &[Vec<usize>],
+        owner: &mut [Option<usize>],
+        seen: &mut [bool],
+    ) -> bool {
         for &c in &allowed[w] {
             if seen[c] {
                 continue;
@@ -399,7 +436,11 @@ mod tests {
         .is_err());
         // Real time but sleeping when idle, or busy but not real time: fine.
         check_starvation(
-            &[w("a", rt, Idle::Poll, &[]), w("b", rt, Idle::Sleep, &[]), w("c", SchedPolicy::Other, Idle::Busy, &[])],
+            &[
+                w("a", rt, Idle::Poll, &[]),
+                w("b", rt, Idle::Sleep, &[]),
+                w("c", SchedPolicy::Other, Idle::Busy, &[]),
+            ],
             &online,
         )
         .unwrap();
@@ -425,9 +466,13 @@ mod tests {
         assert_eq!(p("{ policy: rr, priority: 100 }")[0].0, "priority");
         assert_eq!(p("{ policy: rr, priority: 1, nice: 1 }")[0].0, "nice");
         assert_eq!(p("{ nice: 20 }")[0].0, "nice");
-        assert!(p("{ cpus: [7] }")[0].1.contains("CPU 7 is not online on this machine (online: 0-1)"));
+        assert!(p("{ cpus: [7] }")[0]
+            .1
+            .contains("CPU 7 is not online on this machine (online: 0-1)"));
         assert_eq!(p("{ cpus: [] }")[0].0, "cpus");
         assert_eq!(p("{ batch_size: 0 }")[0].0, "batch_size");
-        assert!(p("{ policy: fifo, priority: 99, cpus: [1], idle: busy, batch_size: 1 }").is_empty());
+        assert!(
+            p("{ policy: fifo, priority: 99, cpus: [1], idle: busy, batch_size: 1 }").is_empty()
+        );
     }
 }

@@ -106,7 +106,10 @@ fn print_costs(rounds: u32, json: bool) -> anyhow::Result<()> {
     println!(
         "context switch and system call cost per policy (CPU {cpu}, median of {rounds} interleaved rounds of 5000 round trips)"
     );
-    println!("{:<10} {:>16} {:>14} {:>22}", "policy", "ctx switch ns", "syscall ns", "socket write+read ns");
+    println!(
+        "{:<10} {:>16} {:>14} {:>22}",
+        "policy", "ctx switch ns", "syscall ns", "socket write+read ns"
+    );
     for u in &table {
         println!(
             "{:<10} {:>16.0} {:>14.0} {:>22.0}",
