@@ -123,7 +123,7 @@ impl StageTelemetry {
     }
 }
 
-const PORT_CELLS: usize = 7;
+const PORT_CELLS: usize = 8;
 
 /// The published counters of one port of a worker.
 #[derive(Debug)]
@@ -149,6 +149,7 @@ impl PortTelemetry {
                 s.rx_dropped,
                 s.tx_dropped,
                 u64::from(rx_ended),
+                s.syscalls.unwrap_or(u64::MAX),
             ],
         );
     }
@@ -164,6 +165,7 @@ impl PortTelemetry {
             tx_bytes: v[3],
             rx_dropped: v[4],
             tx_dropped: v[5],
+            syscalls: (v[7] != u64::MAX).then_some(v[7]),
         };
         (stats, v[6] != 0)
     }
@@ -308,9 +310,12 @@ impl WorkerTelemetry {
     }
 }
 
+/// What a [`WorkerWatch`] collects.
+type Seen = Mutex<Vec<Arc<WorkerTelemetry>>>;
+
 thread_local! {
     /// The watches open on this thread (see [`WorkerWatch`]).
-    static WATCHES: RefCell<Vec<Weak<Mutex<Vec<Arc<WorkerTelemetry>>>>>> =
+    static WATCHES: RefCell<Vec<Weak<Seen>>> =
         const { RefCell::new(Vec::new()) };
 }
 
@@ -320,7 +325,7 @@ thread_local! {
 /// the packet path. A clone shares the list (another thread may read it).
 #[derive(Clone, Debug)]
 pub struct WorkerWatch {
-    seen: Arc<Mutex<Vec<Arc<WorkerTelemetry>>>>,
+    seen: Arc<Seen>,
 }
 
 impl WorkerWatch {

@@ -44,6 +44,9 @@ pub struct WorkerProfile {
     /// Packets its ports lost (receive rings full, outputs full: the
     /// ports' `rx_dropped` + `tx_dropped`).
     pub port_drops: u64,
+    /// System calls its ports made to receive and send (AF_PACKET,
+    /// AF_XDP); None when none of its ports counts them.
+    pub port_syscalls: Option<u64>,
     /// Loop start to loop end.
     pub wall_ns: u64,
     /// What the OS counted between loop start and end; None with `os_error`.
@@ -164,6 +167,11 @@ pub fn build(
             nfs: snap.stages.iter().map(|s| s.name.clone()).collect(),
             packets,
             port_drops: snap.ports.iter().map(|p| p.stats.rx_dropped + p.stats.tx_dropped).sum(),
+            port_syscalls: snap
+                .ports
+                .iter()
+                .filter_map(|p| p.stats.syscalls)
+                .fold(None, |acc, n| Some(acc.unwrap_or(0) + n)),
             wall_ns: during.map_or(0, |d| d.1),
             os: during.map(|d| d.0),
             os_error: os.error.clone(),
@@ -193,9 +201,11 @@ pub fn build(
                 .to_string(),
         );
     }
-    not_measured.push(
-        "system calls per packet: not counted by the I/O layer yet; `sleeps` counts the idle waits (one poll(2) or nanosleep each)".to_string(),
-    );
+    if wps.iter().any(|w| w.port_syscalls.is_none()) {
+        not_measured.push(
+            "system calls of ports other than AF_PACKET and AF_XDP (in-memory, capture files, channels and shared memory are not counted; `sleeps` counts each worker's idle waits, one poll(2) or nanosleep each)".to_string(),
+        );
+    }
     Profile {
         chain: run.chain,
         mapping: run.mapping,
@@ -249,6 +259,20 @@ fn cost_bar(
                     nf_busy, os.run_ns
                 ));
             }
+            let syscalls = match (w.port_syscalls, costs) {
+                (Some(n), Some(c)) => {
+                    let ns = (n + w.sleeps) as f64 * c.syscall_ns;
+                    components.push(Component {
+                        name: format!("system call entries ({})", n + w.sleeps),
+                        ns_per_packet: per(ns),
+                        source: Source::Modelled,
+                        cpu: true,
+                    });
+                    ns
+                }
+                _ => 0.0,
+            };
+            let rest = rest - syscalls;
             if let Some(m) = modelled {
                 components.push(Component {
                     name: format!("context switches ({switches})"),

@@ -49,11 +49,12 @@ pub fn format_table(p: &Profile) -> String {
     let _ = writeln!(o, "\nper worker thread, loop start to end (OS counters):");
     let _ = writeln!(
         o,
-        "{:<18} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>8} {:>8}",
+        "{:<18} {:>7} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>8} {:>8}",
         "worker",
         "tid",
         "packets",
         "drops",
+        "sc/pkt",
         "wall ms",
         "cpu ms",
         "user ms",
@@ -73,11 +74,14 @@ pub fn format_table(p: &Profile) -> String {
             Some(os) => {
                 let _ = writeln!(
                     o,
-                    "{:<18} {:>7} {:>9} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.2} {:>7} {:>7} {:>5} {:>6} {:>9.1} {:>8} {:>8}",
+                    "{:<18} {:>7} {:>9} {:>7} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.2} {:>7} {:>7} {:>5} {:>6} {:>9.1} {:>8} {:>8}",
                     w.name,
                     tid,
                     w.packets,
                     w.port_drops,
+                    w.port_syscalls.map_or("n/a".to_string(), |n| {
+                        format!("{:.3}", n as f64 / w.packets.max(1) as f64)
+                    }),
                     ms(w.wall_ns),
                     ms(os.run_ns),
                     ms(os.user_ns),
@@ -104,7 +108,7 @@ pub fn format_table(p: &Profile) -> String {
             }
         }
     }
-    let _ = writeln!(o, "(drops = lost at the worker's ports; cpu = on-CPU time from schedstat; rq-wait = runnable but waiting, ms; minflt = minor + major faults)");
+    let _ = writeln!(o, "(drops = lost at the worker's ports; sc/pkt = system calls of its AF_PACKET/AF_XDP ports per packet, n/a for other port kinds; cpu = on-CPU time from schedstat; rq-wait = runnable but waiting, ms; minflt = minor + major faults)");
     let _ = writeln!(o, "\nper-packet cost by worker (ns per packet the worker received):");
     for b in &p.breakdown {
         let sum: f64 = b.components.iter().filter(|c| c.cpu).map(|c| c.ns_per_packet).sum();

@@ -42,15 +42,27 @@ impl WorkerSettings {
     }
 }
 
+/// NFs of one worker that ask for different values of a `sched` field.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "worker `{unit}` runs NFs `{a}` and `{b}`, which ask for different `sched.{field}` ({va} and {vb}); give them the same or run them in separate workers (--mapping threads, run-procs)"
+)]
+pub struct UnitConflict {
+    pub unit: String,
+    pub field: &'static str,
+    pub a: String,
+    pub va: String,
+    pub b: String,
+    pub vb: String,
+}
+
 /// Settings that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
     #[error("{at}: {message}")]
     Invalid { at: String, message: String },
-    #[error(
-        "worker `{unit}` runs NFs `{a}` and `{b}`, which ask for different `sched.{field}` ({va} and {vb}); give them the same or run them in separate workers (--mapping threads, run-procs)"
-    )]
-    Conflict { unit: String, field: &'static str, a: String, va: String, b: String, vb: String },
+    #[error("{0}")]
+    Conflict(Box<UnitConflict>),
     #[error(
         "refusing to start: {} poll busily (`idle: busy`) at a real-time priority and together can occupy every online CPU ({cpus}); nothing of normal priority (this command, a shell, the kernel's own threads) would run on them but for the kernel's real-time throttling. Leave one CPU free of them: `idle: poll` or `sleep`, a non-real-time `policy`, or `cpus` that leave a CPU out",
         .workers.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ")
@@ -209,14 +221,14 @@ pub fn unit_decl(
         for (k, (field, new, old)) in fields.into_iter().enumerate() {
             match (new, old, setter[k]) {
                 (Some(n), Some(o), Some(first)) if n != o => {
-                    return Err(CoordError::Conflict {
+                    return Err(CoordError::Conflict(Box::new(UnitConflict {
                         unit: unit.to_string(),
                         field,
                         a: d.nfs[first].name.clone(),
                         va: o,
                         b: d.nfs[i].name.clone(),
                         vb: n,
-                    })
+                    })))
                 }
                 (Some(_), None, _) => setter[k] = Some(i),
                 _ => {}
