@@ -459,3 +459,33 @@ impl Port for EndWatch<'_> {
         self.inner.stats()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_nf_process_gets_its_sched_settings() {
+        let d = crate::validate::validate_str(
+            "t.yaml",
+            "name: c\nsched: { nice: 4 }\nnfs:\n  - { name: a, type: fwd, sched: { policy: batch, cpus: [0], idle: busy, batch_size: 8 } }\n  - { name: b, type: fwd }\n",
+        )
+        .descriptor
+        .unwrap();
+        let cmds = nf_commands(&d, Path::new("/tmp/x"), ChildIdle::Sleep).unwrap();
+        let tail = |i: usize| {
+            cmds[i].1[cmds[i].1.iter().position(|a| a == "--batch").unwrap()..].join(" ")
+        };
+        assert_eq!(tail(0), "--batch 8 --idle busy --policy batch --nice=4 --cpus 0");
+        assert_eq!(tail(1), "--batch 32 --idle sleep --nice=4");
+        // Disagreeing settings cannot happen here (one NF per process),
+        // but invalid ones built in code are refused with the NF's name.
+        let mut bad = d.clone();
+        bad.nfs[1].sched = Some(crate::SchedDecl { priority: Some(5), ..Default::default() });
+        let e = nf_commands(&bad, Path::new("/tmp/x"), ChildIdle::Sleep).unwrap_err().to_string();
+        assert!(
+            e.starts_with("worker `b`: sched.priority: `priority` is for the real-time"),
+            "{e}"
+        );
+    }
+}
