@@ -132,6 +132,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::error_chain;
+    use clap::Parser as _;
 
     #[test]
     fn a_cause_already_in_the_message_prints_once() {
@@ -153,5 +154,58 @@ mod tests {
         assert_eq!(error_chain(&e), "cannot read x: no such file");
         let e = anyhow::anyhow!("inner").context("outer");
         assert_eq!(error_chain(&e), "outer: inner");
+    }
+
+    /// The `braid ...` commands of a help text's examples, as argument
+    /// lists: each pipeline or `&&` part that starts with `braid`, up to a
+    /// comment or `&`, split on spaces with '...' kept together.
+    fn example_commands(help: &str) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        for line in help.lines().skip_while(|l| !l.starts_with("Examples:")).skip(1) {
+            let line = line.split(" #").next().unwrap();
+            for part in line.split(['|', '&']) {
+                let mut words = Vec::new();
+                let mut quoted: Option<String> = None;
+                for w in part.split_whitespace() {
+                    match quoted.as_mut() {
+                        Some(q) => {
+                            q.push(' ');
+                            q.push_str(w.trim_end_matches('\''));
+                            if w.ends_with('\'') {
+                                words.push(quoted.take().unwrap());
+                            }
+                        }
+                        None if w.starts_with('\'') && !(w.len() > 1 && w.ends_with('\'')) => {
+                            quoted = Some(w.trim_start_matches('\'').to_string())
+                        }
+                        None => words.push(w.trim_matches('\'').to_string()),
+                    }
+                }
+                if words.first().is_some_and(|w| w == "braid") {
+                    out.push(words);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_subcommand_has_examples_that_parse() {
+        use clap::CommandFactory;
+        let cli = super::Cli::command();
+        for sub in cli.get_subcommands() {
+            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            let examples = example_commands(&help);
+            assert!(
+                examples.iter().any(|a| a[1] == sub.get_name()),
+                "`braid {}` has no example of itself in --help",
+                sub.get_name()
+            );
+            for args in examples {
+                if let Err(e) = super::Cli::try_parse_from(&args) {
+                    panic!("example `{}` does not parse: {e}", args.join(" "));
+                }
+            }
+        }
     }
 }

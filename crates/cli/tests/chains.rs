@@ -319,6 +319,26 @@ fn run_reads_and_writes_pcapng_and_standard_streams() {
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(read_pcap(&dir.file("threads.pcap")), frames);
+    // And with a process per NF: the same frames, and the per-NF packet
+    // counts the NF processes hand back equal those of the one-thread run
+    // (batches differ: the processes see the packets as they arrive).
+    let stages = |mapping: &str, out: &str| {
+        let o = braid(
+            &["run", "c.yaml", "-i", "mid.pcapng", "-o", out, "--mapping", mapping, "--json"],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{mapping}: {}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let counts = |s: &serde_json::Value| {
+            assert!(s["batches"].as_u64().unwrap() >= 500 / 32, "{s}");
+            (s["name"].clone(), s["packets_in"].clone(), s["packets_out"].clone())
+        };
+        v["stages"].as_array().unwrap().iter().map(counts).collect::<Vec<_>>()
+    };
+    let one_thread = stages("thread", "thread.pcap");
+    assert!(one_thread.iter().all(|s| s.1 == 500), "{one_thread:?}");
+    assert_eq!(stages("processes", "procs.pcap"), one_thread);
+    assert_eq!(read_pcap(&dir.file("procs.pcap")), frames);
     // An explicit format wins over the extension.
     let o = braid(&["run", "c.yaml", "-i", "in.pcap", "-o", "x.cap", "-F", "pcapng"], dir.path());
     assert!(o.status.success(), "{}", text(&o.stderr));

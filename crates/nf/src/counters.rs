@@ -1,6 +1,6 @@
 //! Per-NF counters.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why an NF dropped a packet. Every drop is counted under exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -95,7 +95,8 @@ impl DropReason {
 
 /// Counters of one NF instance. Plain integers: one writer (the thread
 /// running the NF); the runtime publishes copies for readers elsewhere.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Serializable so an NF process can hand them to its supervisor.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub packets_in: u64,
     pub packets_out: u64,

@@ -1,6 +1,7 @@
-//! Stop flag for long-running commands (`braid echo`): SIGINT and SIGTERM
-//! set a flag instead of killing the process, so it can print its final
-//! counters and close its sockets.
+//! Stop flag for long-running commands (`braid echo`, `deploy`, `run`, ...):
+//! SIGINT, SIGTERM and SIGHUP (the terminal went away) set a flag instead
+//! of killing the process, so it can print its final counters, close its
+//! sockets and undo what it changed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -29,7 +30,7 @@ pub fn stop_flag_on_signals() -> std::io::Result<Arc<AtomicBool>> {
 
 fn stop_flag_on_signals_ref() -> std::io::Result<&'static Arc<AtomicBool>> {
     let flag = STOP.get_or_init(|| Arc::new(AtomicBool::new(false)));
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: a zeroed sigaction with a plain handler, an empty mask and
         // no flags is valid; the handler only does atomic loads and stores.
         let rc = unsafe {

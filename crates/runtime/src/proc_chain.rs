@@ -24,8 +24,9 @@ use braid_io::{Port, PortError, PortStats, WaitReadiness};
 use braid_packet::Batch;
 
 use crate::descriptor::ChainDescriptor;
-use crate::procs::ReconnectingPort;
+use crate::procs::{NfProcStats, ReconnectingPort};
 use crate::supervisor::{Event, ProcSpec, RestartPolicy, Supervisor};
+use crate::StageSnapshot;
 
 /// Why a chain of NF processes could not run.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,11 @@ pub enum ProcChainError {
     Panicked,
     #[error(transparent)]
     Coordinator(#[from] crate::coordinator::CoordError),
+}
+
+/// Where NF `index` writes its final counters (`nf-proc --stats`).
+pub fn stats_file(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("nf{index}.stats.json"))
 }
 
 /// How the NF processes idle (their `--idle`).
@@ -108,6 +114,7 @@ pub fn nf_commands(
             })?;
             args.extend(["--params".into(), params]);
         }
+        args.extend(["--stats".into(), stats_file(dir, i).display().to_string()]);
         // The NF's `sched` over the chain's (the coordinator's settings).
         let decl = crate::coordinator::unit_decl(d, &nf.name, &[i])?;
         let default_idle = match idle {
@@ -267,6 +274,12 @@ pub struct ProcessesReport {
     pub from_last: PortStats,
     /// Supervisor events (starts with pids, exits, restarts), in order.
     pub events: Vec<Event>,
+    /// Per NF, in chain order: the counters each NF process wrote when it
+    /// stopped. An NF restarted during the run counts from its last start.
+    pub stages: Vec<StageSnapshot>,
+    /// NFs whose counters could not be read (a process killed before it
+    /// wrote them): their `stages` entry is all zeros, and why.
+    pub stats_missing: Vec<(String, String)>,
     /// The socket directory the run used (removed when it returns).
     pub socket_dir: PathBuf,
     pub elapsed: Duration,
@@ -399,6 +412,7 @@ pub fn run_processes(
     });
     sup.stop(Duration::from_secs(1));
     events.extend(sup.poll());
+    let (stages, stats_missing) = read_stages(d, dir.path());
     let socket_dir = dir.path().to_path_buf();
     drop(dir);
     let report = report?;
@@ -412,9 +426,34 @@ pub fn run_processes(
         to_first: port(1),
         from_last: port(2),
         events,
+        stages,
+        stats_missing,
         socket_dir,
         elapsed: start.elapsed(),
     })
+}
+
+/// The counters the NF processes left in `dir`, in chain order.
+fn read_stages(d: &ChainDescriptor, dir: &Path) -> (Vec<StageSnapshot>, Vec<(String, String)>) {
+    let mut stages = Vec::with_capacity(d.nfs.len());
+    let mut missing = Vec::new();
+    for (i, nf) in d.nfs.iter().enumerate() {
+        let spec = braid_nf::registry::find(&nf.kind);
+        let counters = match NfProcStats::read(&stats_file(dir, i)) {
+            Ok(s) => s.counters,
+            Err(e) => {
+                missing.push((nf.name.clone(), e.to_string()));
+                Default::default()
+            }
+        };
+        stages.push(StageSnapshot {
+            name: nf.name.clone(),
+            kind: spec.map_or("?", |s| s.name),
+            class: spec.map_or(braid_nf::NfClass::Basic, |s| s.class),
+            counters,
+        });
+    }
+    (stages, missing)
 }
 
 /// The input port, raising `ended` once it is at its end.

@@ -63,6 +63,12 @@ pub enum ProcError {
         #[source]
         source: PortError,
     },
+    #[error("stats file {path}: {source}")]
+    Stats {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("heartbeat: {0}")]
     Heartbeat(#[from] braid_dataplane::heartbeat::HeartbeatError),
     #[error(transparent)]
@@ -126,6 +132,9 @@ pub struct NfProcConfig {
     pub deadline: Option<Instant>,
     /// Stop when set (signal handlers).
     pub stop: Option<Arc<AtomicBool>>,
+    /// Write the NF's final counters here (JSON, [`NfProcStats`]) when the
+    /// run ends, for a supervisor that wants per-NF statistics.
+    pub stats: Option<PathBuf>,
 }
 
 impl NfProcConfig {
@@ -140,6 +149,7 @@ impl NfProcConfig {
             sched: braid_dataplane::Sched::default(),
             deadline: None,
             stop: None,
+            stats: None,
         }
     }
 }
@@ -163,6 +173,37 @@ impl std::fmt::Display for NfProcReport {
             "{}: {} packets in, {} out, {} dropped",
             self.kind, self.packets_in, self.packets_out, self.dropped
         )
+    }
+}
+
+/// An NF process's final counters, as written to `--stats PATH`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NfProcStats {
+    pub kind: String,
+    pub counters: braid_nf::Counters,
+    pub disconnects: u64,
+    pub elapsed_ns: u64,
+}
+
+impl NfProcStats {
+    /// Read a stats file written by [`run_nf_proc`].
+    pub fn read(path: &Path) -> Result<NfProcStats, ProcError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| ProcError::Stats { path: path.to_path_buf(), source })?;
+        serde_json::from_slice(&bytes).map_err(|e| ProcError::Stats {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    }
+
+    /// Write under a temporary name and rename, so a reader never sees
+    /// half a file.
+    fn write(&self, path: &Path) -> Result<(), ProcError> {
+        let err = |source| ProcError::Stats { path: path.to_path_buf(), source };
+        let tmp = path.with_extension("tmp");
+        let json = serde_json::to_vec(self).expect("plain counters serialize");
+        std::fs::write(&tmp, json).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
     }
 }
 
@@ -214,6 +255,15 @@ pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
     }
     let report = w.run();
     let c = &report.snapshot.stages[0].counters;
+    if let Some(path) = &cfg.stats {
+        NfProcStats {
+            kind: cfg.kind.clone(),
+            counters: c.clone(),
+            disconnects: report.disconnects,
+            elapsed_ns: report.elapsed.as_nanos() as u64,
+        }
+        .write(path)?;
+    }
     let out = NfProcReport {
         kind: cfg.kind,
         packets_in: c.packets_in,

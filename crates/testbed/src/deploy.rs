@@ -163,7 +163,14 @@ pub struct Deployment {
     attached: Vec<(String, String)>,
     /// (NF name, why) of NFs that asked for AF_XDP and run on AF_PACKET.
     fallbacks: Vec<(String, String)>,
+    /// Hosts whose forwarding this deployment recorded as switched off.
+    forwarding_off: Vec<String>,
+    /// Hosts the topology declares forwarding.
+    declared_forwarding: Vec<String>,
     opts: Options,
+    /// Dropped last: the next deployment may start only when this one is
+    /// entirely gone.
+    _lock: DeployLock,
 }
 
 /// Counters of one deployed NF.
@@ -356,13 +363,25 @@ pub fn deploy_with(
             "the testbed is incomplete; run `braid testbed down` and `up` again".into(),
         ));
     }
+    let lock = DeployLock::take(opts, nfs)?;
+    // A deployment killed before it could clean up left forwarding off.
+    crate::repair_forwarding(opts)?;
     let mut d = Deployment {
         nfs: Vec::new(),
         users: Vec::new(),
         helpers: Vec::new(),
         attached: Vec::new(),
         fallbacks: Vec::new(),
+        forwarding_off: Vec::new(),
+        declared_forwarding: st
+            .topology
+            .hosts
+            .iter()
+            .filter(|h| h.forwarding)
+            .map(|h| h.name.clone())
+            .collect(),
         opts: opts.clone(),
+        _lock: lock,
     };
     let mut hosts_used = std::collections::BTreeSet::new();
     // Plan every group before touching the kernel.
@@ -494,8 +513,12 @@ fn deploy_user(
     let specs: Vec<(&str, &str, &braid_nf::Params)> =
         group.iter().map(|n| (n.name.as_str(), n.kind.as_str(), &n.params)).collect();
     let names = group.iter().map(|n| format!("{:?}", n.name)).collect::<Vec<_>>().join(", ");
+    // Recorded before `start` switches Linux forwarding off on the host.
+    crate::record_forwarding_off(&d.opts, host)?;
+    d.forwarding_off.push(host.clone());
+    let forwarding = d.declared_forwarding.iter().any(|h| h == host);
     let start = |io| {
-        crate::user::UserNf::start(&ns, &specs, host_sides()?, io, user)
+        crate::user::UserNf::start(&ns, &specs, host_sides()?, io, user, forwarding)
             .map_err(|e| TestbedError::Deploy(format!("NF {names} on {host}: {e}")))
     };
     let (nf, io) = match io {
@@ -723,6 +746,58 @@ impl Drop for Deployment {
         // Programs detach when their links close (fields drop after this);
         // take them out of the state file so `down` does not look for them.
         let _ = crate::forget_xdp(&self.opts, &self.attached);
+        // Stop the user-space NFs now (they put the hosts' forwarding
+        // back), then forget that it was off.
+        self.users.clear();
+        for host in &self.forwarding_off {
+            let _ = crate::forget_forwarding_off(&self.opts, host);
+        }
+    }
+}
+
+/// One deployment per testbed at a time: an exclusive lock on a file beside
+/// the state file, held for the deployment's life and released by the
+/// kernel when the process ends however it ends (so SIGKILL leaves no stale
+/// lock). The file names the holder for the error a second deploy gets.
+struct DeployLock {
+    _file: std::fs::File,
+}
+
+impl DeployLock {
+    fn take(opts: &Options, nfs: &[NfOnHost]) -> Result<DeployLock, TestbedError> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        let path = opts.state_path.with_extension("deploy.lock");
+        let io_err = |source: std::io::Error| {
+            TestbedError::State(format!("deploy lock {}: {source}", path.display()))
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(TestbedError::Busy {
+                    holder: if holder.trim().is_empty() {
+                        "unknown process".into()
+                    } else {
+                        holder.trim().into()
+                    },
+                    path: path.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        let names: Vec<&str> = nfs.iter().map(|n| n.name.as_str()).collect();
+        file.set_len(0).map_err(io_err)?;
+        file.rewind().map_err(io_err)?;
+        write!(file, "pid {}, NFs {}", std::process::id(), names.join(", ")).map_err(io_err)?;
+        Ok(DeployLock { _file: file })
     }
 }
 

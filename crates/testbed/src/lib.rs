@@ -67,6 +67,10 @@ pub enum TestbedError {
     Teardown(String),
     #[error("deploy: {0}")]
     Deploy(String),
+    #[error(
+        "another `braid deploy` is running on this testbed ({holder}; lock {path}); stop it first"
+    )]
+    Busy { holder: String, path: String },
 }
 
 /// What `up` did.
@@ -129,6 +133,7 @@ pub fn up(topo: &Topology, opts: &Options) -> Result<UpOutcome, TestbedError> {
         namespaces: vec![],
         links: vec![],
         xdp: vec![],
+        forwarding_off: vec![],
         complete: false,
     };
     match build(topo, opts, &mut st) {
@@ -193,6 +198,22 @@ fn build(topo: &Topology, opts: &Options, st: &mut State) -> Result<(), TestbedE
             setup(what, netns::tx_checksum_off(Some(ns), dev))?;
             if l.threaded {
                 setup(what, netns::set_threaded_napi(Some(ns), dev, true))?;
+            }
+            if let Some(shape) = &l.shape {
+                // Each end shapes what it sends: both directions, once each.
+                for args in shape.tc_commands(dev) {
+                    let r = netns::run(netns::command_in(Some(ns), "tc").args(&args)).map(drop);
+                    if let Err(e) = &r {
+                        if args.iter().any(|a| a == "netem")
+                            && e.to_string().contains("qdisc kind is unknown")
+                        {
+                            return Err(TestbedError::State(format!(
+                                "links[{i}].shape: delay, jitter and loss need the kernel's netem qdisc (sch_netem), which this kernel does not have; rate alone works (HTB)"
+                            )));
+                        }
+                    }
+                    setup(what, r)?;
+                }
             }
             setup(what, netns::set_up(Some(ns), dev))?;
         }
@@ -310,6 +331,60 @@ pub fn record_xdp(opts: &Options, netns: &str, dev: &str) -> Result<(), TestbedE
         st.save(&opts.state_path).map_err(TestbedError::StateFile)?;
     }
     Ok(())
+}
+
+/// Record, before switching it off, that `host`'s Linux forwarding is
+/// about to be turned off by a deployment.
+pub fn record_forwarding_off(opts: &Options, host: &str) -> Result<(), TestbedError> {
+    let mut st =
+        State::load(&opts.state_path).map_err(TestbedError::StateFile)?.ok_or_else(|| {
+            TestbedError::State(format!("no testbed is up ({} missing)", opts.state_path.display()))
+        })?;
+    if !st.forwarding_off.iter().any(|h| h == host) {
+        st.forwarding_off.push(host.into());
+        st.save(&opts.state_path).map_err(TestbedError::StateFile)?;
+    }
+    Ok(())
+}
+
+/// The topology's forwarding setting of `host` (`net.ipv4.ip_forward`).
+pub fn declared_forwarding(st: &State, host: &str) -> bool {
+    st.topology.hosts.iter().find(|h| h.name == host).is_some_and(|h| h.forwarding)
+}
+
+/// Set the declared forwarding back on every host a deployment switched
+/// off and did not switch back (it was killed), and forget them. Returns
+/// the hosts repaired. Call only while holding the deploy lock.
+pub fn repair_forwarding(opts: &Options) -> Result<Vec<String>, TestbedError> {
+    let Some(mut st) = State::load(&opts.state_path).map_err(TestbedError::StateFile)? else {
+        return Ok(Vec::new());
+    };
+    let hosts = std::mem::take(&mut st.forwarding_off);
+    for host in &hosts {
+        let ns = format!("{}{host}", st.prefix);
+        set_forwarding(&ns, declared_forwarding(&st, host))?;
+    }
+    if !hosts.is_empty() {
+        st.save(&opts.state_path).map_err(TestbedError::StateFile)?;
+    }
+    Ok(hosts)
+}
+
+/// Forget that `host`'s forwarding is off (it was set back).
+pub fn forget_forwarding_off(opts: &Options, host: &str) -> Result<(), TestbedError> {
+    let Some(mut st) = State::load(&opts.state_path).map_err(TestbedError::StateFile)? else {
+        return Ok(());
+    };
+    st.forwarding_off.retain(|h| h != host);
+    st.save(&opts.state_path).map_err(TestbedError::StateFile)
+}
+
+/// `net.ipv4.ip_forward` in namespace `ns`.
+pub(crate) fn set_forwarding(ns: &str, on: bool) -> Result<(), TestbedError> {
+    let value = if on { "net.ipv4.ip_forward=1" } else { "net.ipv4.ip_forward=0" };
+    netns::run(netns::command_in(Some(ns), "sysctl").args(["-qw", value]))
+        .map(drop)
+        .map_err(|source| TestbedError::Setup { what: format!("forwarding in {ns}"), source })
 }
 
 /// Remove XDP attachments from the state file (they were detached).

@@ -58,6 +58,11 @@ pub struct State {
     /// Interfaces an XDP program was attached to (by `deploy`).
     #[serde(default)]
     pub xdp: Vec<DevRef>,
+    /// Hosts whose Linux forwarding a deployment switched off (recorded
+    /// before the switch; cleared once the topology's value is back), so a
+    /// deployment killed with SIGKILL is repaired by the next `deploy`.
+    #[serde(default)]
+    pub forwarding_off: Vec<String>,
     /// True once `up` finished.
     pub complete: bool,
 }

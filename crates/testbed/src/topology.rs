@@ -14,6 +14,7 @@
 //!   - a: { host: nf1, addr: 10.71.2.1/24 }
 //!     b: { host: server, addr: 10.71.2.2/24 }
 //!     threaded: true        # NAPI in a kernel thread on both ends
+//!     shape: { rate: 100mbit, delay: 5ms }   # a WAN link (tc netem), each direction
 //! routes:
 //!   - { host: client, to: default, via: 10.71.1.2 }
 //!   - { host: server, to: default, via: 10.71.2.1 }
@@ -61,6 +62,152 @@ pub struct Link {
     pub threaded: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// WAN emulation: rate limit, delay, jitter and loss on this link, in
+    /// each direction (a `netem` qdisc on both ends' egress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Shape>,
+}
+
+/// How a link is shaped, in `tc` units: `rate: 1gbit` (bit, kbit, mbit,
+/// gbit), `delay: 5ms` and `jitter: 1ms` (us, ms, s) one way, `loss: 0.1`
+/// (percent), `limit: 1000` (packets queued at most per direction). Rate
+/// is an HTB class (every kernel); delay, jitter and loss need the kernel's
+/// `netem` qdisc, and `testbed up` says so when it is missing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shape {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+// `loss` is a float; a shape from a validated topology never holds NaN.
+impl Eq for Shape {}
+
+/// `100mbit` -> bits per second.
+pub fn parse_rate(s: &str) -> Option<u64> {
+    let (num, unit) = split_unit(s)?;
+    let mult: f64 = match unit {
+        "bit" | "bps" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        _ => return None,
+    };
+    let v = num * mult;
+    (1.0..=1e12).contains(&v).then_some(v as u64)
+}
+
+/// `5ms` -> microseconds.
+pub fn parse_duration_us(s: &str) -> Option<u64> {
+    let (num, unit) = split_unit(s)?;
+    let mult: f64 = match unit {
+        "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        _ => return None,
+    };
+    let v = num * mult;
+    (v <= 60e6).then_some(v as u64)
+}
+
+fn split_unit(s: &str) -> Option<(f64, &str)> {
+    let at = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let num: f64 = s[..at].trim().parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0)?;
+    Some((num, &s[at..]))
+}
+
+impl Shape {
+    /// The `netem` arguments (delay, jitter, loss), empty if none is set.
+    pub fn netem_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(d) = self.delay.as_deref().and_then(parse_duration_us) {
+            a.extend(["delay".into(), format!("{d}us")]);
+            if let Some(j) = self.jitter.as_deref().and_then(parse_duration_us) {
+                a.push(format!("{j}us"));
+            }
+        }
+        if let Some(l) = self.loss {
+            a.extend(["loss".into(), format!("{l}%")]);
+        }
+        a
+    }
+
+    /// The `tc` argument lists that shape `dev`'s egress: an HTB root whose
+    /// one class carries the rate (what every kernel has), and under it
+    /// `netem` for delay, jitter and loss (needs `sch_netem`), or a packet
+    /// FIFO of `limit` packets.
+    pub fn tc_commands(&self, dev: &str) -> Vec<Vec<String>> {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Unshaped rate: far above what a veth carries.
+        let rate = self.rate.as_deref().and_then(parse_rate).unwrap_or(100_000_000_000);
+        let rate = format!("{rate}bit");
+        let mut cmds = vec![
+            v(&["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"]),
+            v(&[
+                "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", &rate,
+                "ceil", &rate,
+            ]),
+        ];
+        let limit = self.limit.map(|l| l.to_string());
+        let netem = self.netem_args();
+        if !netem.is_empty() {
+            let mut c = v(&["qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "netem"]);
+            c.extend(netem);
+            if let Some(l) = &limit {
+                c.extend(["limit".to_string(), l.clone()]);
+            }
+            cmds.push(c);
+        } else if let Some(l) = &limit {
+            cmds.push(v(&[
+                "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "pfifo", "limit", l,
+            ]));
+        }
+        cmds
+    }
+
+    fn validate(&self, path: &str) -> Result<(), TopologyError> {
+        if let Some(r) = &self.rate {
+            parse_rate(r).ok_or_else(|| {
+                bad(format!("{path}.rate"), format!("{r:?} is not a rate (e.g. 100mbit, 1gbit; bit, kbit, mbit, gbit; 1 bit/s..1000 gbit/s)"))
+            })?;
+        }
+        for (field, v) in [("delay", &self.delay), ("jitter", &self.jitter)] {
+            if let Some(d) = v {
+                parse_duration_us(d).ok_or_else(|| {
+                    bad(
+                        format!("{path}.{field}"),
+                        format!("{d:?} is not a duration (e.g. 5ms; us, ms, s; at most 60 s)"),
+                    )
+                })?;
+            }
+        }
+        if self.jitter.is_some() && self.delay.is_none() {
+            return Err(bad(format!("{path}.jitter"), "jitter needs a delay"));
+        }
+        if let Some(l) = self.loss {
+            if !(0.0..=100.0).contains(&l) {
+                return Err(bad(
+                    format!("{path}.loss"),
+                    format!("{l} is not a percentage 0..=100"),
+                ));
+            }
+        }
+        if self.limit == Some(0) {
+            return Err(bad(format!("{path}.limit"), "a queue of 0 packets passes nothing"));
+        }
+        if self.rate.is_none() && self.netem_args().is_empty() && self.limit.is_none() {
+            return Err(bad(path, "shapes nothing: give rate, delay, loss or limit"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +410,9 @@ impl Topology {
                     format!("ends {} and {} are not in the same subnet", l.a.addr, l.b.addr),
                 ));
             }
+            if let Some(shape) = &l.shape {
+                shape.validate(&format!("links[{i}].shape"))?;
+            }
             if let Some(m) = l.mtu {
                 if m < 68 {
                     return Err(bad(
@@ -347,6 +497,7 @@ pub fn calvin(nf_hosts: usize, direct: bool) -> Topology {
             b: End { host: names[k].clone(), dev: None, addr: format!("10.71.{k}.2/24") },
             threaded: false,
             mtu: None,
+            shape: None,
         });
     }
     let last = names.len() - 1; // number of chain links
@@ -389,6 +540,7 @@ pub fn calvin(nf_hosts: usize, direct: bool) -> Topology {
             },
             threaded: false,
             mtu: None,
+            shape: None,
         });
     }
     if nf_hosts == 0 {
@@ -425,6 +577,63 @@ mod tests {
         let t = Topology::from_yaml(include_str!("../topologies/calvin-baseline.yaml")).unwrap();
         assert_eq!(t.hosts.len(), 5);
         assert_eq!(t.addr_of("server", "to-fw1"), Some(Ipv4Addr::new(10, 71, 12, 2)));
+    }
+
+    #[test]
+    fn link_shapes_parse_validate_and_become_netem_arguments() {
+        assert_eq!(parse_rate("100mbit"), Some(100_000_000));
+        assert_eq!(parse_rate("1.5gbit"), Some(1_500_000_000));
+        assert_eq!(parse_rate("0.5bit"), None);
+        assert_eq!(parse_rate("100 mbps"), None);
+        assert_eq!(parse_rate("fast"), None);
+        assert_eq!(parse_duration_us("5ms"), Some(5000));
+        assert_eq!(parse_duration_us("250us"), Some(250));
+        assert_eq!(parse_duration_us("-1ms"), None);
+        assert_eq!(parse_duration_us("2h"), None);
+        let t = Topology::from_yaml(&calvin(1, false).to_yaml().replace(
+            "threaded: false",
+            "threaded: false\n  shape: { rate: 1gbit, delay: 5ms, jitter: 100us, loss: 0.5, limit: 5000 }",
+        ))
+        .unwrap();
+        let shape = t.links[0].shape.as_ref().unwrap();
+        let cmds: Vec<String> = shape.tc_commands("x").iter().map(|c| c.join(" ")).collect();
+        assert_eq!(
+            cmds,
+            [
+                "qdisc replace dev x root handle 1: htb default 1",
+                "class add dev x parent 1: classid 1:1 htb rate 1000000000bit ceil 1000000000bit",
+                "qdisc add dev x parent 1:1 handle 10: netem delay 5000us 100us loss 0.5% limit 5000",
+            ]
+        );
+        let rate_only =
+            Shape { rate: Some("10mbit".into()), limit: Some(50), ..Default::default() };
+        assert_eq!(
+            rate_only.tc_commands("x")[2].join(" "),
+            "qdisc add dev x parent 1:1 handle 10: pfifo limit 50"
+        );
+        let check = |shape: &str, path: &str, what: &str| {
+            let yaml = calvin(1, false).to_yaml().replacen(
+                "threaded: false",
+                &format!("threaded: false\n  shape: {shape}"),
+                1,
+            );
+            let e = Topology::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(e.starts_with(path) && e.contains(what), "{shape}: {e}");
+        };
+        check("{ rate: 10 }", "links[0].shape.rate", "is not a rate");
+        check("{ delay: 5 minutes }", "links[0].shape.delay", "is not a duration");
+        check("{ jitter: 1ms }", "links[0].shape.jitter", "needs a delay");
+        check("{ loss: 120 }", "links[0].shape.loss", "percentage");
+        check("{ limit: 0 }", "links[0].shape.limit", "passes nothing");
+        check("{}", "links[0].shape", "shapes nothing");
+        let e = Topology::from_yaml(&calvin(1, false).to_yaml().replacen(
+            "threaded: false",
+            "threaded: false\n  shape: { rte: 1gbit }",
+            1,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `rte`"), "{e}");
     }
 
     #[test]

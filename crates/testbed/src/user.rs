@@ -249,18 +249,8 @@ pub(crate) struct UserNf {
     /// AF_XDP only: the kernel counters of the sockets on side 0 and 1.
     pub sockets: Option<[Arc<SocketCounters>; 2]>,
     ns: String,
-    forwarding_was: String,
-}
-
-fn sysctl_forwarding(ns: &str, value: Option<&str>) -> Result<String, TestbedError> {
-    let mut c = netns::command_in(Some(ns), "sysctl");
-    match value {
-        Some(v) => c.args(["-qw", &format!("net.ipv4.ip_forward={v}")]),
-        None => c.args(["-n", "net.ipv4.ip_forward"]),
-    };
-    let out = netns::run(&mut c)
-        .map_err(|source| TestbedError::Setup { what: format!("forwarding in {ns}"), source })?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    /// The topology's forwarding setting, put back when the NF stops.
+    forwarding: bool,
 }
 
 /// Open one port per side inside `ns` with `open` (which names the port
@@ -362,6 +352,7 @@ impl UserNf {
         sides: [HostSide; 2],
         io: UserIo,
         opts: &UserOptions,
+        forwarding: bool,
     ) -> Result<UserNf, TestbedError> {
         if nfs.is_empty() {
             return Err(TestbedError::Deploy(format!("no NF to run in {ns}")));
@@ -409,10 +400,11 @@ impl UserNf {
         };
         worker.add_port(client, Some(to_server)).map_err(deploy_err)?;
         worker.add_port(server, Some(to_client)).map_err(deploy_err)?;
-        let forwarding_was = sysctl_forwarding(ns, None)?;
-        sysctl_forwarding(ns, Some("0"))?;
-        let mut me =
-            UserNf { stop, thread: None, handle, sockets, ns: ns.to_string(), forwarding_was };
+        // The deployment recorded this in the state file before (so a
+        // killed deploy is repaired by the next one); put back is the
+        // topology's value, not whatever was there (a killed deploy's 0).
+        crate::set_forwarding(ns, false)?;
+        let mut me = UserNf { stop, thread: None, handle, sockets, ns: ns.to_string(), forwarding };
         let (tx, rx) = mpsc::channel();
         let o = opts.clone();
         let spawned = std::thread::Builder::new().name(format!("braid-nf-{ns}")).spawn(move || {
@@ -443,7 +435,7 @@ impl Drop for UserNf {
                 eprintln!("braid deploy: NF thread in {} ended with an error: {e}", self.ns);
             }
         }
-        let _ = sysctl_forwarding(&self.ns, Some(&self.forwarding_was));
+        let _ = crate::set_forwarding(&self.ns, self.forwarding);
     }
 }
 

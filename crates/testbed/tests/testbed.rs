@@ -183,3 +183,85 @@ fn partly_removed_testbed_is_rebuilt() {
     down(&bed.opts).unwrap();
     assert!(bed.namespaces_left().is_empty());
 }
+
+/// Ping's average RTT in ms from `ns` to `addr` (`count` pings).
+fn ping_avg_ms(ns: &str, addr: &str, count: &str) -> f64 {
+    let out = netns::run(
+        netns::command_in(Some(ns), "ping")
+            .args(["-c", count, "-i", "0.05", "-W", "2", "-q", addr]),
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // rtt min/avg/max/mdev = 20.1/20.4/21.0/0.2 ms
+    let stats =
+        text.lines().find(|l| l.contains("min/avg/max")).unwrap_or_else(|| panic!("{text}"));
+    stats.split('=').nth(1).unwrap().trim().split('/').nth(1).unwrap().parse().unwrap()
+}
+
+/// TCP throughput client -> server over the testbed, Mbit/s (iperf3, 2 s).
+fn iperf3_mbit(bed: &Bed, port: &str) -> f64 {
+    let ns = |h: &str| netns_name(&bed.opts, h);
+    let mut server = netns::command_in(Some(&ns("server")), "iperf3")
+        .args(["-s", "-1", "-p", port])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = netns::run(netns::command_in(Some(&ns("client")), "iperf3").args([
+        "-c",
+        "10.71.2.2",
+        "-p",
+        port,
+        "-t",
+        "2",
+        "-J",
+    ]));
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.unwrap().stdout).unwrap();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e6
+}
+
+#[test]
+fn shaped_link_caps_the_rate_and_adds_its_delay_where_the_kernel_can() {
+    let name = "shaped_link_caps_the_rate_and_adds_its_delay_where_the_kernel_can";
+    if !root_or_skip(name) || braid_testkit::skip_unless_tool("iperf3", name) {
+        return;
+    }
+    // Rate: an HTB class on both ends of the client's link, 40 Mbit/s.
+    let bed = Bed::new("w");
+    let mut topo = calvin(1, false);
+    topo.links[0].shape = Some(braid_testbed::topology::Shape {
+        rate: Some("40mbit".into()),
+        limit: Some(200),
+        ..Default::default()
+    });
+    up(&topo, &bed.opts).unwrap();
+    let mbit = iperf3_mbit(&bed, "5302");
+    assert!((10.0..=42.0).contains(&mbit), "TCP over a 40 Mbit/s link: {mbit:.1} Mbit/s");
+    down(&bed.opts).unwrap();
+    assert!(bed.namespaces_left().is_empty());
+
+    // Delay: netem, when the kernel has it (10 ms one way, each direction);
+    // otherwise a clear refusal and nothing left behind.
+    let bed = Bed::new("d");
+    topo.links[0].shape =
+        Some(braid_testbed::topology::Shape { delay: Some("10ms".into()), ..Default::default() });
+    match up(&topo, &bed.opts) {
+        Ok(_) => {
+            let ns = |h: &str| netns_name(&bed.opts, h);
+            let rtt = ping_avg_ms(&ns("client"), "10.71.2.2", "10");
+            assert!((20.0..40.0).contains(&rtt), "RTT {rtt} ms over a 2 x 10 ms link");
+            let rtt_nf1 = ping_avg_ms(&ns("nf1"), "10.71.2.2", "10");
+            assert!(rtt_nf1 < 5.0, "RTT {rtt_nf1} ms on an unshaped link");
+            down(&bed.opts).unwrap();
+        }
+        Err(TestbedError::State(msg)) => {
+            assert!(msg.contains("links[0].shape") && msg.contains("netem"), "{msg}");
+            eprintln!("{name}: this kernel has no netem: delay refused as expected");
+        }
+        Err(e) => panic!("{e}"),
+    }
+    assert!(bed.namespaces_left().is_empty());
+}

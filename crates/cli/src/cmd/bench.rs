@@ -9,6 +9,9 @@ use braid_runtime::bench::{format_result, run as run_bench, BenchConfig};
 use braid_runtime::Chain;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braid bench examples/chain4.yaml --frame-size 64 --flows 1024\n  braid bench examples/sample.yaml --frame-size 1400 --duration 5 --json"
+)]
 pub struct Args {
     /// Chain descriptor (YAML).
     pub chain: PathBuf,

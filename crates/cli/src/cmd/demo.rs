@@ -18,6 +18,7 @@ use braid_runtime::Chain;
 pub const SAMPLE_CHAIN: &str = include_str!("../../../../examples/sample.yaml");
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:\n  braid demo\n  braid demo --dir /tmp/d --packets 100000")]
 pub struct Args {
     /// Directory for chain.yaml, in.pcap and out.pcap (created if missing).
     #[arg(long, default_value = "braid-demo")]

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_STATS_PATH: &str = "/run/braid/stats.json";
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braid testbed up && braid deploy crates/testbed/chains/xdp-fwd.yaml\n  braid deploy crates/testbed/chains/xdp-fwd-afxdp-nat.yaml --duration-s 60 --quiet &\n  braid deploy crates/testbed/chains/compact-4.yaml --mapping compact --wait busy --cpus 1\n  braid deploy examples/sample.yaml --processes --netns"
+)]
 pub struct Args {
     /// Chain descriptor (YAML); its ports are ignored, the testbed's links
     /// carry the traffic.
@@ -133,6 +136,43 @@ fn write_stats(
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Whether process `pid` exists (a stats file's writer still running).
+pub fn pid_running(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Make sure `path` may become this deployment's stats file before
+/// anything is deployed: a file there must be a braid stats file left by a
+/// deployment that is gone (it is replaced), never someone else's file or
+/// a running deployment's; and the path must be writable.
+fn claim_stats_file(path: &Path, chain: &str) -> anyhow::Result<()> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let v: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+            let pid = v.as_ref().filter(|v| v["nfs"].is_array()).and_then(|v| v["pid"].as_u64());
+            match pid {
+                None => anyhow::bail!(
+                    "--stats-file {}: the file exists and is not a braid stats file; remove it or choose another path",
+                    path.display()
+                ),
+                Some(pid) if pid != u64::from(std::process::id()) && pid_running(pid) => {
+                    anyhow::bail!(
+                        "--stats-file {}: written by a running braid deploy (pid {pid}); stop it or choose another path",
+                        path.display()
+                    )
+                }
+                Some(_) => {} // left by a deployment that is gone
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("--stats-file {}", path.display()));
+        }
+    }
+    write_stats(path, chain, Duration::ZERO, &[], &[])
+        .with_context(|| format!("--stats-file {} is not writable", path.display()))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.processes {
         return super::run_procs::run(super::run_procs::Args {
@@ -147,10 +187,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let d = braid_runtime::validate::load(&args.chain)?;
     let plan = braid_runtime::plan::plan(&d)?;
-    let opts = Options { state_path: args.state.clone(), ..Default::default() };
-    let st = State::load(&opts.state_path).map_err(anyhow::Error::msg)?.with_context(|| {
+    let st = State::load(&args.state).map_err(anyhow::Error::msg)?.with_context(|| {
         format!("no testbed is up ({} missing); run `braid testbed up` first", args.state.display())
     })?;
+    // The namespace names come from the testbed itself (its state file).
+    let opts = Options { state_path: args.state.clone(), prefix: st.prefix.clone() };
     let hosts: Vec<String> = if args.hosts.is_empty() {
         let t = &st.topology;
         t.hosts
@@ -204,6 +245,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     let stop = braid_probe::signal::stop_on_signals().context("installing signal handlers")?;
+    claim_stats_file(&args.stats_file, &d.name)?;
     let user = UserOptions {
         wait: match args.wait {
             WaitArg::Poll => UserWait::Poll,
@@ -213,7 +255,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cpus: args.cpus.clone(),
         batch: args.batch.into(),
     };
-    let mut deployment = deploy_with(&opts, &specs, &user)?;
+    let mut deployment = match deploy_with(&opts, &specs, &user) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&args.stats_file);
+            return Err(e.into());
+        }
+    };
     for (name, why) in deployment.fallbacks() {
         eprintln!("braid deploy: {name} runs on AF_PACKET instead of AF_XDP: {why}");
     }

@@ -5,6 +5,9 @@ use braid_probe::echo::{run_echo, EchoConfig};
 use std::net::{SocketAddr, UdpSocket};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braid echo --netns braid-server\n  braid echo --bind 127.0.0.1:7007 --batch 32"
+)]
 pub struct Args {
     /// Address and port to listen on.
     #[arg(long, default_value = "0.0.0.0:7007")]

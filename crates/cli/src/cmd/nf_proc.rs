@@ -34,6 +34,9 @@ pub enum Policy {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  braid nf-proc --nf fwd --port listen:/tmp/a.sock --port listen:/tmp/b.sock\n  braid nf-proc --nf nat --params '{external_ip: 192.0.2.1}' --port connect:/tmp/a.sock --port listen:/tmp/c.sock --idle sleep"
+)]
 pub struct Args {
     /// NF kind (see `braid nfs`).
     #[arg(long)]
@@ -69,6 +72,9 @@ pub struct Args {
     /// Stop after this many seconds (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// When stopping, write the NF's counters to this file (JSON).
+    #[arg(long)]
+    pub stats: Option<std::path::PathBuf>,
 }
 
 /// The scheduling the arguments ask for, checked before anything opens.
@@ -108,6 +114,7 @@ pub fn run(a: Args) -> Result<()> {
     cfg.params = params;
     cfg.batch_size = a.batch;
     cfg.slots = a.slots;
+    cfg.stats = a.stats.clone();
     cfg.idle = match a.idle {
         Idle::Busy => WorkerIdle::Busy,
         Idle::Sleep => WorkerIdle::Poll,

@@ -3,6 +3,7 @@
 use braid_nf::REGISTRY;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:\n  braid nfs\n  braid nfs -v")]
 pub struct Args {
     /// Show the parameters of each NF too.
     #[arg(short, long)]

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use braid_runtime::plan::{Mapping, RunsAs};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braid plan examples/sample.yaml\n  braid plan examples/sample.yaml --mapping processes --json"
+)]
 pub struct Args {
     /// Chain descriptor (YAML).
     pub chain: PathBuf,

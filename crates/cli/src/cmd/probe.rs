@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braid probe --netns braid-client 10.71.3.2\n  braid probe 127.0.0.1 --sizes 64,1400 --count 5000 --interval-us 200 --json\n  braid probe --netns braid-client 10.71.3.2 --throughput --no-latency"
+)]
 pub struct Args {
     /// Echo server, HOST[:PORT] (port 7007 if omitted).
     pub target: String,

@@ -27,6 +27,9 @@ pub enum Restart {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  braid run-procs examples/sample.yaml\n  braid run-procs examples/sample.yaml --seconds 30 --netns --watchdog-ms 500"
+)]
 pub struct Args {
     /// Chain descriptor (YAML).
     pub chain: PathBuf,

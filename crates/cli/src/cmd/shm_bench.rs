@@ -13,6 +13,9 @@ use braid_runtime::shm_bench::{
 };
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  braid shm-bench\n  braid shm-bench --rows shm,fwd,l2switch --sizes 64 --seconds 2"
+)]
 pub struct Args {
     /// Seconds of the throughput phase of each row and size.
     #[arg(long, default_value_t = 2.0)]

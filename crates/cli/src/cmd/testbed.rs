@@ -5,6 +5,9 @@ use braid_testbed::{calvin, down, netns_name, status, up, Options, Topology, UpO
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braid testbed up\n  braid testbed up --nf-hosts 3 --no-direct\n  braid testbed status\n  braid testbed down"
+)]
 pub struct Args {
     #[command(subcommand)]
     pub action: Action,

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use braid_runtime::validate::{read_descriptor, validate_file_text, LoadError};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braid validate examples/sample.yaml\n  braid validate examples/*.yaml"
+)]
 pub struct Args {
     /// Chain descriptor files (YAML).
     #[arg(required = true)]

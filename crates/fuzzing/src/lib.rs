@@ -1,0 +1,280 @@
+//! braid's fuzz targets, as plain functions of the input bytes.
+//!
+//! Each target feeds untrusted bytes to one of braid's parsers or to a
+//! running NF and must return without panicking, however wrong the bytes
+//! are. They run two ways:
+//!
+//! - coverage-guided, by cargo-fuzz (libFuzzer): `fuzz/fuzz_targets/*.rs`
+//!   are one-line wrappers (`docs/reliability.md` says how to run them);
+//! - as regression tests in `cargo test` (so in CI): every file of the
+//!   committed corpus (`crates/fuzzing/corpus/TARGET/`) plus a few hundred
+//!   pseudo-random inputs per target (tests below).
+//!
+//! Targets: [`descriptor`] (YAML chain descriptors through the validator),
+//! [`capture`] (pcap / pcapng reader), [`nf_frames`] (any frame sequence
+//! through any NF, both gates, with ticks), [`state_import`] (every
+//! stateful NF's state import, both encodings), [`headers`] (the coding and
+//! crypto headers and the wire views).
+
+use braid_nf::{Context, Counters, NetworkFunction, Params};
+use braid_packet::{Batch, Packet};
+
+/// Every NF kind with parameters it builds with: the NF half of the
+/// [`nf_frames`] and [`state_import`] inputs picks one of these. A test
+/// checks that the registry has no NF missing here.
+pub const NF_CASES: &[(&str, &str)] = &[
+    ("fwd", "null"),
+    ("ats", "{}"),
+    ("xor", "{ key_text: braid }"),
+    ("l2switch", "{ ports: 3, max_entries: 64 }"),
+    (
+        "loadbalancer",
+        "{ vip: 10.0.0.100, port: 80, backends: [{ ip: 10.0.1.1 }, { ip: 10.0.1.2 }], max_connections: 64 }",
+    ),
+    ("meter", "{ cir: 1000, cbs: 100, ebs: 100 }"),
+    (
+        "router",
+        "{ mac: 02:00:00:00:00:fe, ip: 10.0.0.254, routes: [{ prefix: 10.1.0.0/16, next_hop_mac: 02:00:00:00:01:01, port: 1 }, { prefix: 0.0.0.0/0, next_hop_mac: 02:00:00:00:00:01, port: 0 }] }",
+    ),
+    (
+        "firewall",
+        "{ default: drop, max_flows: 64, rules: [{ action: allow, proto: udp, dst: 10.1.0.0/16 }, { action: allow, proto: tcp, dst_ports: 80 }, { action: allow, proto: icmp }] }",
+    ),
+    ("nat", "{ external_ip: 192.0.2.1, internal: [10.0.0.0/8], ports: '20000-20063' }"),
+    ("encrypt", "{ key: 00112233445566778899aabbccddeeff }"),
+    ("decrypt", "{ key: 00112233445566778899aabbccddeeff }"),
+    ("nc-encode", "{ generation_size: 4 }"),
+    ("nc-recode", "{}"),
+    ("nc-decode", "{}"),
+    ("loss", "{ rate: 0.5, seed: 7 }"),
+    (
+        "dpi",
+        "{ max_flows: 64, rules: [{ sid: 1, content: 'GET /admin', nocase: true, proto: tcp }, { sid: 2, pcre: '^HELO [a-z]+', action: drop }, { sid: 3, content: '|90 90 90|', action: mark, mark: 7 }] }",
+    ),
+];
+
+/// Build NF `index` of [`NF_CASES`] (modulo its length).
+pub fn build_case(index: usize) -> Box<dyn NetworkFunction> {
+    let (kind, params) = NF_CASES[index % NF_CASES.len()];
+    let params: Params = serde_yaml_ng::from_str(params).expect("the cases' YAML parses");
+    braid_nf::build(kind, &params).unwrap_or_else(|e| panic!("case {kind} does not build: {e}"))
+}
+
+/// A chain descriptor, as text, through the validator.
+pub fn descriptor(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = braid_runtime::validate::validate_str("fuzz.yaml", text);
+    }
+}
+
+/// A capture file through the pcap / pcapng reader, to its end or first
+/// error (at most 10,000 records).
+pub fn capture(data: &[u8]) {
+    let Ok(mut reader) = braid_io::capture::CaptureReader::new(data) else {
+        return;
+    };
+    let mut buf = Vec::new();
+    for _ in 0..10_000 {
+        match reader.next_record(&mut buf) {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// Any frame sequence through any NF. Layout: one byte picks the NF of
+/// [`NF_CASES`]; then records of `ctrl, len_hi, len_lo, frame bytes`
+/// (frames up to 2000 bytes; a short last record takes what is left).
+/// `ctrl` bit 0 is the gate the frame enters on, bit 1 ends the batch
+/// after it, bit 2 ticks the NF after the batch, bits 3–7 advance the
+/// clock by that many milliseconds. Checked besides "no panic": every
+/// frame that leaves fits a packet buffer, and the NF's drop counters
+/// never exceed what entered.
+pub fn nf_frames(data: &[u8]) {
+    let Some((&which, mut rest)) = data.split_first() else {
+        return;
+    };
+    let mut nf = build_case(which as usize);
+    let mut counters = Counters::default();
+    let mut now_ns: u64 = 1_000_000_000;
+    let mut batch = Batch::new();
+    let mut entered: u64 = 0;
+    while rest.len() >= 3 {
+        let ctrl = rest[0];
+        let len = (usize::from(rest[1]) << 8 | usize::from(rest[2])) % 2001;
+        rest = &rest[3..];
+        let take = len.min(rest.len());
+        let mut p = Packet::from_bytes(&rest[..take]);
+        rest = &rest[take..];
+        p.meta.in_port = u16::from(ctrl & 1);
+        p.meta.rx_ns = now_ns;
+        batch.push(p);
+        entered += 1;
+        now_ns += u64::from(ctrl >> 3) * 1_000_000;
+        if ctrl & 2 != 0 || rest.len() < 3 {
+            nf.process(&mut batch, &mut Context::new(now_ns, &mut counters));
+            check_out(&batch);
+            batch.clear();
+            if ctrl & 4 != 0 {
+                let mut out = Batch::new();
+                nf.tick(&mut out, &mut Context::new(now_ns, &mut counters));
+                check_out(&out);
+            }
+        }
+    }
+    assert!(
+        counters.dropped_total() <= entered,
+        "{} drops of {entered} frames",
+        counters.dropped_total()
+    );
+}
+
+fn check_out(batch: &Batch) {
+    for p in batch.iter() {
+        assert!(p.data().len() <= braid_packet::BUF_SIZE, "a frame of {} bytes", p.data().len());
+    }
+}
+
+/// Bytes offered as a stateful NF's saved state. Layout: one byte picks
+/// the NF of [`NF_CASES`], one the encoding (even: JSON, odd: binary), the
+/// rest is the state data; the version is the NF's own, so the import gets
+/// past the version check into the decoder. An import must fail cleanly or
+/// succeed; after either, the NF still processes a frame.
+pub fn state_import(data: &[u8]) {
+    let [which, encoding, rest @ ..] = data else {
+        return;
+    };
+    let mut nf = build_case(*which as usize);
+    let Some(mut state) = nf.export_state() else {
+        return;
+    };
+    state.encoding = if encoding & 1 == 0 {
+        braid_nf::state::Encoding::Json
+    } else {
+        braid_nf::state::Encoding::Binary
+    };
+    state.data = rest.to_vec();
+    let _ = nf.import_state(&state);
+    let mut b: Batch = std::iter::once(Packet::from_bytes(&[0u8; 60])).collect();
+    let mut counters = Counters::default();
+    nf.process(&mut b, &mut Context::new(2_000_000_000, &mut counters));
+}
+
+/// The coding header, the crypto header and the wire views over the same
+/// bytes.
+pub fn headers(data: &[u8]) {
+    let _ = braid_coding::header::Header::parse(data);
+    let _ = braid_nf::aes_header::AesHeader::parse(data);
+    use braid_packet::wire::*;
+    // Each typed view over the same bytes, and its Repr where it has one.
+    if let Ok(f) = EthernetFrame::new_checked(data) {
+        let _ = EthernetRepr::parse(&f);
+    }
+    if let Ok(p) = ArpPacket::new_checked(data) {
+        let _ = ArpRepr::parse(&p);
+    }
+    if let Ok(t) = VlanTag::new_checked(data) {
+        let _ = VlanRepr::parse(&t);
+    }
+    if let Ok(p) = Ipv4Packet::new_checked(data) {
+        let _ = (p.header_len(), p.total_len(), p.verify_checksum(), Ipv4Repr::parse(&p));
+    }
+    if let Ok(p) = Ipv6Packet::new_checked(data) {
+        let _ = Ipv6Repr::parse(&p);
+    }
+    if let Ok(p) = Icmpv4Packet::new_checked(data) {
+        let _ = Icmpv4Repr::parse(&p);
+    }
+    if let Ok(p) = Icmpv6Packet::new_checked(data) {
+        let _ = Icmpv6Repr::parse(&p);
+    }
+    if let Ok(p) = UdpPacket::new_checked(data) {
+        let _ = UdpRepr::parse(&p);
+    }
+    if let Ok(p) = TcpPacket::new_checked(data) {
+        let _ = TcpRepr::parse(&p);
+    }
+}
+
+/// A fuzz target: takes any bytes, must not panic.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, for the corpus replay and the fuzz wrappers.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("descriptor", descriptor),
+    ("capture", capture),
+    ("nf_frames", nf_frames),
+    ("state_import", state_import),
+    ("headers", headers),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_nf_has_a_case() {
+        for spec in braid_nf::registry::REGISTRY {
+            assert!(
+                NF_CASES.iter().any(|(kind, _)| *kind == spec.name),
+                "NF {} has no fuzz case in NF_CASES",
+                spec.name
+            );
+        }
+        for i in 0..NF_CASES.len() {
+            build_case(i);
+        }
+    }
+
+    /// Every file of the committed corpus of every target.
+    #[test]
+    fn corpus_replays_without_panics() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        let mut replayed = 0;
+        for (name, target) in TARGETS {
+            let dir = root.join(name);
+            let entries = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("corpus of {name} ({}): {e}", dir.display()));
+            for entry in entries {
+                let path = entry.unwrap().path();
+                target(&std::fs::read(&path).unwrap());
+                replayed += 1;
+            }
+        }
+        assert!(replayed >= TARGETS.len(), "{replayed} corpus files");
+    }
+
+    /// A few hundred pseudo-random inputs per target (xorshift, fixed
+    /// seed), some of them mutations of the corpus: a quick check that runs
+    /// in every `cargo test`, where libFuzzer is not available.
+    #[test]
+    fn random_inputs_do_not_panic() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (name, target) in TARGETS {
+            let seeds: Vec<Vec<u8>> = std::fs::read_dir(root.join(name))
+                .map(|d| d.filter_map(|e| std::fs::read(e.ok()?.path()).ok()).collect())
+                .unwrap_or_default();
+            for i in 0..300 {
+                let mut input = match seeds.get(i % (seeds.len() + 1)) {
+                    Some(seed) => seed.clone(),
+                    None => (0..next() % 300).map(|_| next() as u8).collect(),
+                };
+                for _ in 0..(next() % 8) {
+                    if input.is_empty() {
+                        break;
+                    }
+                    let at = next() as usize % input.len();
+                    input[at] ^= next() as u8;
+                }
+                target(&input);
+            }
+        }
+    }
+}
