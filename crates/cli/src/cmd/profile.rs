@@ -14,6 +14,9 @@ use braid_runtime::descriptor::{PcapPortDecl, PortDecl};
 use braid_runtime::runner::open_input;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braid profile examples/chain4-memory.yaml\n  braid profile examples/chain4.yaml --packets 1000000 --mapping threads --svg chain4.svg\n  braid profile examples/sample.yaml --json\n  braid profile --costs 5"
+)]
 pub struct Args {
     /// Chain descriptor (YAML); optional with --costs.
     #[arg(required_unless_present = "costs")]
