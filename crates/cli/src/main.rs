@@ -33,6 +33,9 @@ enum Command {
     Run(cmd::run::Args),
     /// In-memory throughput of a chain, whole and per NF.
     Bench(cmd::bench::Args),
+    /// Run a chain under the profiler: per NF, per worker thread (OS and
+    /// hardware counters) and per packet, measured vs modelled.
+    Profile(cmd::profile::Args),
     /// UDP echo server for `braid probe`.
     Echo(cmd::echo::Args),
     /// UDP round-trip latency and maximum lossless throughput.
@@ -83,6 +86,7 @@ fn main() {
             | Command::Plan(_)
             | Command::Run(_)
             | Command::Bench(_)
+            | Command::Profile(_)
             | Command::Stats(_)
             | Command::Daemon(_)
     ) {
@@ -95,6 +99,7 @@ fn main() {
         Command::Plan(a) => cmd::plan::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Profile(a) => cmd::profile::run(a),
         Command::Echo(a) => cmd::echo::run(a),
         Command::Probe(a) => cmd::probe::run(a),
         Command::Testbed(a) => cmd::testbed::run(a),

@@ -11,15 +11,24 @@
 //!   the worker thread and read anywhere without locks.
 //! - [`sched`]: CPU affinity and scheduling policy of a worker thread.
 //! - [`heartbeat`]: beats to a supervising process.
+//! - [`os`]: a thread's OS counters (CPU time, run-queue wait, context
+//!   switches, migrations, page faults), sampled by every worker as its
+//!   loop starts and ends.
 //!
 //! `docs/architecture.md` shows where this sits: it uses `braid-packet`,
 //! `braid-nf` and `braid-io`; `braid-runtime`, `braid-testbed` and the CLI
 //! build workers from plans.
 #![deny(unsafe_code)]
 
+/// Built with the `telemetry` feature: stage call-edge times are measured
+/// (without it `busy_ns` stays 0 and must not be shown as measured).
+pub const TELEMETRY: bool = cfg!(feature = "telemetry");
+
 pub mod control;
 pub mod graph;
 pub mod heartbeat;
+#[allow(unsafe_code)] // getrusage(RUSAGE_THREAD)
+pub mod os;
 pub mod sched;
 pub mod telemetry;
 pub mod worker;
@@ -27,6 +36,7 @@ pub mod worker;
 pub use control::{Command, ControlError, Output, Reply, WorkerHandle};
 pub use graph::{Endpoint, Graph, GraphError, NamedNfs, Stage};
 pub use heartbeat::Heartbeat;
+pub use os::{OsStatsError, ThreadOs};
 pub use sched::{Sched, SchedError, SchedPolicy};
-pub use telemetry::{StageSnapshot, WorkerSnapshot, WorkerTelemetry};
+pub use telemetry::{StageSnapshot, WorkerOs, WorkerSnapshot, WorkerTelemetry, WorkerWatch};
 pub use worker::{GraphRef, Idle, Worker, WorkerConfig, WorkerError, WorkerReport};

@@ -8,11 +8,14 @@
 //! x86 each store is a plain `mov`: the dataplane pays a few stores per
 //! stage per batch, not per packet.
 
+use std::cell::RefCell;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use braid_io::PortStats;
 use braid_nf::{Counters, DropReason, NfClass};
+
+use crate::os::ThreadOs;
 
 /// A seqlock-protected array of `N` counters.
 #[derive(Debug)]
@@ -120,7 +123,7 @@ impl StageTelemetry {
     }
 }
 
-const PORT_CELLS: usize = 7;
+const PORT_CELLS: usize = 8;
 
 /// The published counters of one port of a worker.
 #[derive(Debug)]
@@ -146,6 +149,7 @@ impl PortTelemetry {
                 s.rx_dropped,
                 s.tx_dropped,
                 u64::from(rx_ended),
+                s.syscalls.unwrap_or(u64::MAX),
             ],
         );
     }
@@ -161,6 +165,7 @@ impl PortTelemetry {
             tx_bytes: v[3],
             rx_dropped: v[4],
             tx_dropped: v[5],
+            syscalls: (v[7] != u64::MAX).then_some(v[7]),
         };
         (stats, v[6] != 0)
     }
@@ -195,6 +200,39 @@ pub struct WorkerTelemetry {
     /// packet path.
     ports: Mutex<Vec<Arc<PortTelemetry>>>,
     looped: SeqCells<LOOP_CELLS>,
+    /// OS counters of the worker's thread at the start and the end of its
+    /// loop; written twice per run, never on the packet path.
+    os: Mutex<WorkerOs>,
+}
+
+/// The OS counters of a worker's thread when its loop started and when it
+/// ended (see [`crate::os`]).
+#[derive(Clone, Debug, Default)]
+pub struct WorkerOs {
+    /// Sampled as the loop starts (after scheduling settings are applied).
+    pub start: Option<ThreadOs>,
+    /// `monotonic_ns` of the start sample.
+    pub start_ns: u64,
+    /// Sampled when the loop has ended and the ports are flushed.
+    pub end: Option<ThreadOs>,
+    /// `monotonic_ns` of the end sample.
+    pub end_ns: u64,
+    /// Why a sample could not be taken (no `/proc`).
+    pub error: Option<String>,
+}
+
+impl WorkerOs {
+    /// The thread's id, once its loop has started.
+    pub fn tid(&self) -> Option<u32> {
+        self.start.map(|s| s.tid)
+    }
+
+    /// What the OS counted while the loop ran, and for how long
+    /// (nanoseconds); None until the loop has ended.
+    pub fn during_run(&self) -> Option<(ThreadOs, u64)> {
+        let (a, b) = (self.start?, self.end?);
+        Some((b.since(&a), self.end_ns.saturating_sub(self.start_ns)))
+    }
 }
 
 impl WorkerTelemetry {
@@ -204,6 +242,26 @@ impl WorkerTelemetry {
             stages,
             ports: Mutex::new(Vec::new()),
             looped: SeqCells::default(),
+            os: Mutex::new(WorkerOs::default()),
+        }
+    }
+
+    /// The OS counters of the worker's thread at the start and end of its
+    /// loop, as far as it got.
+    pub fn os(&self) -> WorkerOs {
+        self.os.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sample the calling thread (the worker's) as its loop starts (`end`
+    /// false) or ends.
+    pub(crate) fn record_os(&self, end: bool) {
+        let sample = ThreadOs::current();
+        let now = braid_nf::monotonic_ns();
+        let mut os = self.os.lock().unwrap_or_else(|e| e.into_inner());
+        match sample {
+            Ok(s) if end => (os.end, os.end_ns) = (Some(s), now),
+            Ok(s) => (os.start, os.start_ns) = (Some(s), now),
+            Err(e) => os.error = Some(e.to_string()),
         }
     }
 
@@ -250,6 +308,53 @@ impl WorkerTelemetry {
             },
         }
     }
+}
+
+/// What a [`WorkerWatch`] collects.
+type Seen = Mutex<Vec<Arc<WorkerTelemetry>>>;
+
+thread_local! {
+    /// The watches open on this thread (see [`WorkerWatch`]).
+    static WATCHES: RefCell<Vec<Weak<Seen>>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Collects the telemetry of every worker created on this thread while it
+/// lives: how a profiler finds the workers a runner builds without the
+/// runner handing them out. Only worker construction looks at it, never
+/// the packet path. A clone shares the list (another thread may read it).
+#[derive(Clone, Debug)]
+pub struct WorkerWatch {
+    seen: Arc<Seen>,
+}
+
+impl WorkerWatch {
+    /// Start watching worker creation on the calling thread.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> WorkerWatch {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        WATCHES.with(|w| w.borrow_mut().push(Arc::downgrade(&seen)));
+        WorkerWatch { seen }
+    }
+
+    /// Every worker created on this thread since the watch started, in
+    /// creation order.
+    pub fn workers(&self) -> Vec<Arc<WorkerTelemetry>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Tell this thread's watches about a new worker.
+pub(crate) fn announce(t: &Arc<WorkerTelemetry>) {
+    WATCHES.with(|w| {
+        w.borrow_mut().retain(|watch| match watch.upgrade() {
+            Some(seen) => {
+                seen.lock().unwrap_or_else(|e| e.into_inner()).push(t.clone());
+                true
+            }
+            None => false,
+        })
+    });
 }
 
 /// A copy of one stage's counters.

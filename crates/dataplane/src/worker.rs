@@ -231,6 +231,7 @@ impl<'a> Worker<'a> {
         let mut graph = graph.into();
         let stages = graph.get().stages().iter().map(|s| s.telemetry()).collect();
         let telemetry = Arc::new(WorkerTelemetry::new(&cfg.name, stages));
+        crate::telemetry::announce(&telemetry);
         let (mailbox, handle) = mailbox(&cfg.name, telemetry.clone())
             .map_err(|source| WorkerError::Mailbox { worker: cfg.name.clone(), source })?;
         graph.get().set_ports(0);
@@ -285,7 +286,10 @@ impl<'a> Worker<'a> {
         let start = Instant::now();
         let mut error = match self.cfg.sched.apply_to_current_thread() {
             Err(source) => Some(WorkerError::Sched { worker: self.cfg.name.clone(), source }),
-            Ok(()) => self.run_loop().err(),
+            Ok(()) => {
+                self.telemetry.record_os(false);
+                self.run_loop().err()
+            }
         };
         // Final tick: NFs flush what they hold back.
         self.tick();
@@ -302,6 +306,7 @@ impl<'a> Worker<'a> {
             }
         }
         self.publish();
+        self.telemetry.record_os(true);
         WorkerReport {
             snapshot: self.telemetry.snapshot(),
             ports: self.ports.iter().map(|s| s.port.stats()).collect(),

@@ -172,7 +172,7 @@ impl AfPacketPort {
             fd,
             iface: cfg.iface.clone(),
             batch_size: n,
-            stats: PortStats::default(),
+            stats: PortStats { syscalls: Some(0), ..PortStats::default() },
             // SAFETY: all-zero sockaddr_ll / mmsghdr are valid values (null
             // pointers, zero lengths); they are filled before each call.
             rx_addrs: vec![unsafe { zeroed() }; n],
@@ -230,6 +230,7 @@ impl AfPacketPort {
             h.msg_hdr.msg_iovlen = 1;
             self.tx_hdrs[i] = h;
         }
+        self.stats.count_syscall();
         // SAFETY: the first `n` headers point at iovecs that point into the
         // packets of `pkts`, all alive and unmodified for the call; the
         // kernel only reads them.
@@ -271,6 +272,7 @@ impl Port for AfPacketPort {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
             self.rx_hdrs[i] = h;
         }
+        self.stats.count_syscall();
         // SAFETY: the first `n` headers point at iovecs into the first `n`
         // packets of `rx_bufs` (each with the full buffer as its window) and
         // at `rx_addrs`; all stay alive and untouched during the call.
@@ -385,5 +387,20 @@ mod tests {
         let cfg = AfPacketConfig::new("braidnosuch0");
         let e = AfPacketPort::open(&cfg).err().expect("unknown iface must fail").to_string();
         assert!(e.contains("braidnosuch0"), "{e}");
+    }
+
+    #[test]
+    fn counts_its_system_calls() {
+        if braid_testkit::skip_unless(crate::netns::is_root(), "af_packet syscalls", "needs root") {
+            return;
+        }
+        let mut p = AfPacketPort::open(&AfPacketConfig::new("lo")).unwrap();
+        assert_eq!(p.stats().syscalls, Some(0));
+        let mut b = Batch::new();
+        p.recv(&mut b, 8).unwrap();
+        assert_eq!(p.stats().syscalls, Some(1), "one recvmmsg");
+        let mut out: Batch = std::iter::once(Packet::from_bytes(&[0xff; 60])).collect();
+        p.send(&mut out).unwrap();
+        assert_eq!(p.stats().syscalls, Some(2), "one sendmmsg");
     }
 }

@@ -41,6 +41,19 @@ pub struct PortStats {
     pub rx_dropped: u64,
     /// Frames handed to `send` that could not be transmitted.
     pub tx_dropped: u64,
+    /// System calls the port made to receive and transmit (`recvmmsg`,
+    /// `sendmmsg`, AF_XDP wake-ups); None for port kinds that do not count
+    /// them (in-memory, capture files, channels, shared memory). Waits in
+    /// `poll(2)` are the worker's and counted there.
+    pub syscalls: Option<u64>,
+}
+
+impl PortStats {
+    /// Count one system call.
+    #[inline]
+    pub fn count_syscall(&mut self) {
+        *self.syscalls.get_or_insert(0) += 1;
+    }
 }
 
 /// Errors from ports. Each names what failed and where.

@@ -12,7 +12,14 @@
 //!     type: firewall
 //!     placement: auto     # auto | kernel | user
 //!     params: { default: allow }
+//!     sched: { policy: fifo, priority: 50, cpus: [1], idle: poll }
+//! sched:                  # optional: defaults for every worker
+//!   nice: 5
 //! ```
+//!
+//! `sched` (chain-level for every worker, per NF for the worker that runs
+//! it; the NF's fields win) is the static part of SCC's coordinator: see
+//! [`SchedDecl`] and [`crate::coordinator`].
 //!
 //! These types are the plain serde model. [`ChainDescriptor::from_yaml`]
 //! stops at the first structural problem; [`crate::validate`] reports every
@@ -52,6 +59,96 @@ pub struct ChainDescriptor {
     pub ports: BTreeMap<String, PortDecl>,
     /// The NFs, in the order packets traverse them.
     pub nfs: Vec<NfDecl>,
+    /// Scheduling of every worker (the edge too); an NF's own `sched`
+    /// overrides it field by field for the worker that runs the NF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sched: Option<SchedDecl>,
+}
+
+/// `sched:` of the chain or of an NF: how the worker thread (or process)
+/// that runs it is scheduled. Every field is optional; unset fields keep
+/// the runner's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedDecl {
+    /// Kernel scheduling policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyDecl>,
+    /// Real-time priority 1..=99, for `fifo` and `rr` only (and required
+    /// by them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Nice -20..=19, for `other`, `batch` and `idle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nice: Option<i32>,
+    /// CPUs the worker may run on (online CPU numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Vec<usize>>,
+    /// Packets per receive, 1..=[`MAX_BATCH_SIZE`] (default: the chain's
+    /// `batch_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// What the worker does when a turn brought nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<braid_dataplane::Idle>,
+}
+
+impl SchedDecl {
+    /// Field names, for error messages.
+    pub const FIELDS: &'static [&'static str] =
+        &["policy", "priority", "nice", "cpus", "batch_size", "idle"];
+
+    /// `self` with every field `over` sets replaced by its value.
+    pub fn overridden_by(&self, over: &SchedDecl) -> SchedDecl {
+        SchedDecl {
+            policy: over.policy.or(self.policy),
+            priority: over.priority.or(self.priority),
+            nice: over.nice.or(self.nice),
+            cpus: over.cpus.clone().or_else(|| self.cpus.clone()),
+            batch_size: over.batch_size.or(self.batch_size),
+            idle: over.idle.or(self.idle),
+        }
+    }
+
+    /// Nothing set.
+    pub fn is_empty(&self) -> bool {
+        *self == SchedDecl::default()
+    }
+}
+
+/// `policy:` of a [`SchedDecl`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyDecl {
+    /// SCHED_OTHER (the kernel's fair scheduler), the default.
+    Other,
+    /// SCHED_BATCH.
+    Batch,
+    /// SCHED_IDLE.
+    Idle,
+    /// SCHED_FIFO (real time; needs `priority`).
+    Fifo,
+    /// SCHED_RR (real time; needs `priority`).
+    Rr,
+}
+
+impl PolicyDecl {
+    /// A real-time policy.
+    pub fn is_real_time(self) -> bool {
+        matches!(self, PolicyDecl::Fifo | PolicyDecl::Rr)
+    }
+}
+
+impl std::fmt::Display for PolicyDecl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PolicyDecl::Other => "other",
+            PolicyDecl::Batch => "batch",
+            PolicyDecl::Idle => "idle",
+            PolicyDecl::Fifo => "fifo",
+            PolicyDecl::Rr => "rr",
+        })
+    }
 }
 
 /// One NF of a chain.
@@ -69,6 +166,9 @@ pub struct NfDecl {
     /// Parameters, checked by the NF's own typed configuration.
     #[serde(default)]
     pub params: Params,
+    /// Scheduling of the worker that runs this NF (over the chain's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sched: Option<SchedDecl>,
 }
 
 /// The `placement:` of an NF.

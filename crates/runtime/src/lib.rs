@@ -2,6 +2,8 @@
 //!
 //! - [`descriptor`]: the YAML chain descriptor ([`ChainDescriptor`]).
 //! - [`chain`]: the running [`Chain`] (stages, counters, monitors).
+//! - [`coordinator`]: per-worker scheduling from the descriptor's `sched`,
+//!   the starvation refusal and the privilege check before a run.
 //! - [`validate`]: every problem of a descriptor file, with line and column.
 //! - [`bench`]: in-memory throughput of a chain beside a refill baseline.
 //! - [`plan`]: where each NF runs (kernel or user space) and why.
@@ -27,6 +29,7 @@
 
 pub mod bench;
 pub mod chain;
+pub mod coordinator;
 pub mod descriptor;
 pub mod live;
 pub mod plan;
@@ -42,5 +45,5 @@ pub mod validate;
 pub use chain::{Chain, ChainBuildError, ChainMonitor, ChainSnapshot, Stage, StageSnapshot};
 pub use descriptor::{
     CaptureFileFormat, ChainDescriptor, MemoryPortDecl, NfDecl, PcapPortDecl, PlacementChoice,
-    PortDecl,
+    PolicyDecl, PortDecl, SchedDecl,
 };

@@ -59,6 +59,8 @@ pub enum ProcChainError {
     Worker(#[from] WorkerError),
     #[error("the edge worker thread panicked")]
     Panicked,
+    #[error(transparent)]
+    Coordinator(#[from] crate::coordinator::CoordError),
 }
 
 /// Where NF `index` writes its final counters (`nf-proc --stats`).
@@ -112,14 +114,56 @@ pub fn nf_commands(
             })?;
             args.extend(["--params".into(), params]);
         }
-        args.extend(["--batch".into(), d.batch_size.to_string()]);
         args.extend(["--stats".into(), stats_file(dir, i).display().to_string()]);
-        if idle == ChildIdle::Sleep {
-            args.extend(["--idle".into(), "sleep".into()]);
-        }
+        // The NF's `sched` over the chain's (the coordinator's settings).
+        let decl = crate::coordinator::unit_decl(d, &nf.name, &[i])?;
+        let default_idle = match idle {
+            ChildIdle::Busy => Idle::Busy,
+            ChildIdle::Sleep => Idle::Poll,
+        };
+        let set = crate::coordinator::to_settings(&nf.name, &decl, default_idle, d.batch_size)?;
+        args.extend(["--batch".into(), set.batch_size.to_string()]);
+        args.extend(["--idle".into(), idle_arg(set.idle).into()]);
+        args.extend(sched_args(&set.sched));
         out.push((nf.name.clone(), args));
     }
     Ok(out)
+}
+
+/// `braid nf-proc --idle` for a worker idle policy.
+fn idle_arg(idle: Idle) -> &'static str {
+    match idle {
+        Idle::Busy => "busy",
+        Idle::Poll => "sleep",
+        Idle::Sleep => "nap",
+    }
+}
+
+/// `braid nf-proc` arguments for a scheduling setting (none for the
+/// default).
+pub fn sched_args(s: &braid_dataplane::Sched) -> Vec<String> {
+    use braid_dataplane::SchedPolicy;
+    let mut args = Vec::new();
+    let (policy, prio) = match s.policy {
+        SchedPolicy::Other => ("other", None),
+        SchedPolicy::Batch => ("batch", None),
+        SchedPolicy::Idle => ("idle", None),
+        SchedPolicy::Fifo(p) => ("fifo", Some(p)),
+        SchedPolicy::Rr(p) => ("rr", Some(p)),
+    };
+    if s.policy != SchedPolicy::Other {
+        args.extend(["--policy".into(), policy.into()]);
+    }
+    if let Some(p) = prio {
+        args.extend(["--priority".into(), p.to_string()]);
+    }
+    if let Some(n) = s.nice {
+        args.push(format!("--nice={n}"));
+    }
+    if !s.cpus.is_empty() {
+        args.extend(["--cpus".into(), crate::coordinator::cpu_list(&s.cpus)]);
+    }
+    args
 }
 
 /// The socket directory of a chain of processes. Dropping it removes the
@@ -262,6 +306,20 @@ pub fn run_processes(
     cfg: &ProcessesConfig,
 ) -> Result<ProcessesReport, ProcChainError> {
     let start = Instant::now();
+    // Every NF process's and the edge's scheduling, refused before any
+    // process starts if it would starve the machine or cannot be applied.
+    let edge_name = format!("edge-{}", d.name);
+    let edge_set = crate::coordinator::edge_settings(d, &edge_name, Idle::Poll)?;
+    let mut all = vec![edge_set.clone()];
+    let default_idle = match cfg.idle {
+        ChildIdle::Busy => Idle::Busy,
+        ChildIdle::Sleep => Idle::Poll,
+    };
+    for (i, nf) in d.nfs.iter().enumerate() {
+        let decl = crate::coordinator::unit_decl(d, &nf.name, &[i])?;
+        all.push(crate::coordinator::to_settings(&nf.name, &decl, default_idle, d.batch_size)?);
+    }
+    crate::coordinator::prepare(&all)?;
     let dir = SocketDir::temporary(&d.name)?;
     let specs = nf_commands(d, dir.path(), cfg.idle)?
         .into_iter()
@@ -311,9 +369,10 @@ pub fn run_processes(
 
     let stop = Arc::new(AtomicBool::new(false));
     let input_ended = Arc::new(AtomicBool::new(false));
-    let mut wc = WorkerConfig::new(format!("edge-{}", d.name));
-    wc.batch_size = d.batch_size;
-    wc.idle = Idle::Poll;
+    let mut wc = WorkerConfig::new(edge_name);
+    wc.batch_size = edge_set.batch_size;
+    wc.idle = edge_set.idle;
+    wc.sched = edge_set.sched;
     wc.backpressure = true;
     wc.stop_flag = Some(stop.clone());
     // No stages: the edge only moves packets between its ports. Port 0
@@ -437,5 +496,35 @@ impl Port for EndWatch<'_> {
     }
     fn stats(&self) -> PortStats {
         self.inner.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_nf_process_gets_its_sched_settings() {
+        let d = crate::validate::validate_str(
+            "t.yaml",
+            "name: c\nsched: { nice: 4 }\nnfs:\n  - { name: a, type: fwd, sched: { policy: batch, cpus: [0], idle: busy, batch_size: 8 } }\n  - { name: b, type: fwd }\n",
+        )
+        .descriptor
+        .unwrap();
+        let cmds = nf_commands(&d, Path::new("/tmp/x"), ChildIdle::Sleep).unwrap();
+        let tail = |i: usize| {
+            cmds[i].1[cmds[i].1.iter().position(|a| a == "--batch").unwrap()..].join(" ")
+        };
+        assert_eq!(tail(0), "--batch 8 --idle busy --policy batch --nice=4 --cpus 0");
+        assert_eq!(tail(1), "--batch 32 --idle sleep --nice=4");
+        // Disagreeing settings cannot happen here (one NF per process),
+        // but invalid ones built in code are refused with the NF's name.
+        let mut bad = d.clone();
+        bad.nfs[1].sched = Some(crate::SchedDecl { priority: Some(5), ..Default::default() });
+        let e = nf_commands(&bad, Path::new("/tmp/x"), ChildIdle::Sleep).unwrap_err().to_string();
+        assert!(
+            e.starts_with("worker `b`: sched.priority: `priority` is for the real-time"),
+            "{e}"
+        );
     }
 }

@@ -126,6 +126,8 @@ pub struct NfProcConfig {
     /// Slots of the channels this process creates (`listen:` ports).
     pub slots: u32,
     pub idle: Idle,
+    /// CPU affinity and scheduling of the NF's worker thread.
+    pub sched: braid_dataplane::Sched,
     /// Stop at this time (also bounds the wait for `connect:` peers).
     pub deadline: Option<Instant>,
     /// Stop when set (signal handlers).
@@ -144,6 +146,7 @@ impl NfProcConfig {
             batch_size: braid_packet::DEFAULT_BATCH_SIZE,
             slots: ShmConfig::default().slots,
             idle: Idle::Busy,
+            sched: braid_dataplane::Sched::default(),
             deadline: None,
             stop: None,
             stats: None,
@@ -237,6 +240,7 @@ pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
     let mut wc = WorkerConfig::new(format!("nf-proc-{}", cfg.kind));
     wc.batch_size = cfg.batch_size;
     wc.idle = cfg.idle;
+    wc.sched = cfg.sched.clone();
     wc.backpressure = true;
     wc.stop_flag = cfg.stop;
     wc.deadline = cfg.deadline;

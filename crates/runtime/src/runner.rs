@@ -159,6 +159,8 @@ pub enum RunError {
     Control(#[from] braid_dataplane::ControlError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error(transparent)]
+    Coordinator(#[from] crate::coordinator::CoordError),
 }
 
 /// Packets in flight per channel between two NF threads.
@@ -197,15 +199,23 @@ pub fn run_threads(
 ) -> Result<RunReport, RunError> {
     let start = Instant::now();
     let spec = offline_spec(d, mapping)?;
+    // The descriptor's `sched` per worker; refused before anything starts
+    // if it would starve the machine or cannot be applied.
+    let edge_set = crate::coordinator::edge_settings(d, &format!("{}-edge", d.name), Idle::Poll)?;
+    let unit_sets = crate::coordinator::unit_settings(d, &spec, Idle::Poll)?;
+    let mut all = vec![edge_set.clone()];
+    all.extend(unit_sets.iter().cloned());
+    crate::coordinator::prepare(&all)?;
     let mut nfs = crate::chain::build_nfs(d)?.into_iter();
-    let config = |name: String| {
-        let mut c = worker_config(name, batch_size(d));
-        c.idle = Idle::Poll;
+    let config = |s: &crate::coordinator::WorkerSettings| {
+        let mut c = worker_config(s.name.clone(), s.batch_size);
+        c.idle = s.idle;
+        c.sched = s.sched.clone();
         c
     };
     let mut edge_graph = Graph::new(Vec::new(), 0);
     edge_graph.set_ports(4);
-    let (mut edge, edge_h) = Worker::new(config(format!("{}-edge", d.name)), edge_graph)?;
+    let (mut edge, edge_h) = Worker::new(config(&edge_set), edge_graph)?;
     // Edge ports: 0 output, then (with NFs) 1 to/from the first unit, then
     // the input, then the one from the last unit.
     edge.add_port(output, None)?;
@@ -223,7 +233,7 @@ pub fn run_threads(
             let unit_nfs: Vec<_> = nfs.by_ref().take(unit.nfs.len()).collect();
             let graph = Graph::chain(unit_nfs, 2, 0, 1).expect("a unit's links fit");
             let entries = [graph.entry(0, 1), graph.entry(1, 0)];
-            let (mut w, h) = Worker::new(config(unit.name.clone()), graph)?;
+            let (mut w, h) = Worker::new(config(&unit_sets[k]), graph)?;
             w.add_port(Box::new(upstream), Some(entries[0]))?;
             w.add_port(Box::new(down), Some(entries[1]))?;
             handles.push(h);

@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use crate::descriptor::{
-    ChainDescriptor, NfDecl, PlacementChoice, PortDecl, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
+    ChainDescriptor, NfDecl, PlacementChoice, PortDecl, SchedDecl, DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SIZE,
 };
 use crate::spans::{too_deep, Location, Spans};
 
@@ -209,7 +210,7 @@ fn unknown_field_name(msg: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
-const TOP_FIELDS: &[&str] = &["name", "batch_size", "ports", "nfs"];
+const TOP_FIELDS: &[&str] = &["name", "batch_size", "ports", "nfs", "sched"];
 
 /// Validate descriptor `text` read from `file` (used only in messages);
 /// relative paths in it are taken from the current directory.
@@ -315,7 +316,23 @@ fn validate(file: &str, base: Option<&std::path::Path>, text: &str) -> Report {
     };
 
     let ports = check_ports(&mut ck, top.get("ports"));
-    let nfs = check_nfs(&mut ck, top.get("nfs"));
+    let online = crate::coordinator::online_cpus();
+    // The chain's block as parsed (also when a value in it is refused:
+    // the NFs are checked over it, its own problems reported once here).
+    let parsed_sched = match top.get("sched") {
+        None => Some(None),
+        Some(v) if v.is_null() => Some(None),
+        Some(v) => ck.parse::<SchedDecl>("sched", v).map(Some),
+    };
+    let sched = parsed_sched.clone().and_then(|s| {
+        let problems =
+            s.as_ref().map(|s| crate::coordinator::problems(s, &online)).unwrap_or_default();
+        for (field, message) in &problems {
+            ck.at_value(&format!("sched.{field}"), message.clone(), Some(SCHED_HELP.into()));
+        }
+        problems.is_empty().then_some(s)
+    });
+    let nfs = check_nfs(&mut ck, top.get("nfs"), parsed_sched.flatten().as_ref(), &online);
 
     // An integer too large for 64 bits was replaced for the parse (see
     // `parse_yaml`): report it, and not what the stand-in caused there.
@@ -324,9 +341,11 @@ fn validate(file: &str, base: Option<&std::path::Path>, text: &str) -> Report {
         let path = ck.spans.path_at(at).unwrap_or_default();
         ck.push(Some(at), &path, format!("integer {number} does not fit in 64 bits"), None);
     }
-    let descriptor = match (name, batch_size, ports, nfs) {
-        (Some(name), Some(batch_size), Some(ports), Some(nfs)) if ck.problems.is_empty() => {
-            Some(ChainDescriptor { name, batch_size, ports, nfs })
+    let descriptor = match (name, batch_size, ports, nfs, sched) {
+        (Some(name), Some(batch_size), Some(ports), Some(nfs), Some(sched))
+            if ck.problems.is_empty() =>
+        {
+            Some(ChainDescriptor { name, batch_size, ports, nfs, sched })
         }
         _ => None,
     };
@@ -435,7 +454,55 @@ fn placement_allowed(choice: PlacementChoice, spec: &NfSpec) -> bool {
     }
 }
 
-fn check_nfs(ck: &mut Checker<'_>, value: Option<&Value>) -> Option<Vec<NfDecl>> {
+/// What a `sched` block accepts, for error messages.
+const SCHED_HELP: &str = "sched: { policy: other|batch|idle|fifo|rr, priority: 1..=99 (fifo, rr), nice: -20..=19 (other, batch, idle), cpus: [online CPU numbers], batch_size: 1..=1024, idle: busy|poll|sleep }";
+
+/// The problems of NF `path`'s `sched` over the chain's (`chain`), each
+/// located at the NF's field when the NF sets it, else at its `sched`
+/// block; a problem of the chain's block alone was reported there.
+fn check_nf_sched(
+    ck: &mut Checker<'_>,
+    path: &str,
+    nf: &SchedDecl,
+    chain: Option<&SchedDecl>,
+    online: &[usize],
+) -> bool {
+    use crate::coordinator::problems;
+    let chain = chain.cloned().unwrap_or_default();
+    let own = problems(&chain, online);
+    let mut ok = true;
+    for (field, message) in problems(&chain.overridden_by(nf), online) {
+        if own.iter().any(|(f, m)| *f == field && *m == message) {
+            continue;
+        }
+        let set_here = match field {
+            "policy" => nf.policy.is_some(),
+            "priority" => nf.priority.is_some(),
+            "nice" => nf.nice.is_some(),
+            "cpus" => nf.cpus.is_some(),
+            "batch_size" => nf.batch_size.is_some(),
+            _ => nf.idle.is_some(),
+        };
+        if set_here {
+            ck.at_value(&format!("{path}.sched.{field}"), message, Some(SCHED_HELP.into()));
+        } else {
+            ck.at_value(
+                &format!("{path}.sched"),
+                format!("with the chain's `sched.{field}`: {message}"),
+                Some(SCHED_HELP.into()),
+            );
+        }
+        ok = false;
+    }
+    ok
+}
+
+fn check_nfs(
+    ck: &mut Checker<'_>,
+    value: Option<&Value>,
+    chain_sched: Option<&SchedDecl>,
+    online: &[usize],
+) -> Option<Vec<NfDecl>> {
     let Some(value) = value else {
         ck.at_value(
             "",
@@ -476,6 +543,9 @@ fn check_nfs(ck: &mut Checker<'_>, value: Option<&Value>) -> Option<Vec<NfDecl>>
             continue;
         };
         resolve_key_file(ck, &mut decl.params);
+        if let Some(s) = &decl.sched {
+            ok &= check_nf_sched(ck, &path, s, chain_sched, online);
+        }
         if decl.name.trim().is_empty() {
             ck.at_value(&format!("{path}.name"), "the NF name is empty", None);
             ok = false;
@@ -725,6 +795,65 @@ nfs:
         assert!(p[0].contains("empty document"), "{p:?}");
         let p = problems("- 1\n");
         assert!(p[0].contains("not a mapping"), "{p:?}");
+    }
+
+    #[test]
+    fn sched_settings_are_checked_and_located() {
+        let text = "\
+name: c
+sched: { priority: 5 }
+nfs:
+  - name: a
+    type: fwd
+    sched: { policy: fifo }
+  - name: b
+    type: fwd
+    sched: { policy: rr, priority: 120, nice: 3, cpus: [999] }
+  - name: c
+    type: fwd
+    sched: { idle: spin }
+  - { name: d, type: fwd, sched: { nice: -5, batch_size: 2000 } }
+";
+        let p = problems(text);
+        let expect = [
+            "t.yaml:2:20: sched.priority: `priority` is for the real-time policies fifo and rr, and the policy is other",
+            "t.yaml:9:36: nfs[1].sched.priority: real-time priority 120 is out of range 1..=99",
+            "t.yaml:9:47: nfs[1].sched.nice: `nice` does not apply to the real-time policy rr",
+            "t.yaml:9:56: nfs[1].sched.cpus: CPU 999 is not online on this machine (online: ",
+            "t.yaml:12:20: nfs[2].sched.idle: unknown variant `spin`, expected one of `busy`, `poll`, `sleep`",
+            "t.yaml:13:58: nfs[3].sched.batch_size: batch size 2000 is out of range 1..=1024",
+        ];
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+        for (got, want) in p.iter().zip(expect) {
+            assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+        }
+        assert!(p[0].contains("accepted: sched: { policy:"), "{}", p[0]);
+        // The chain's setting is what makes an NF's invalid: located at
+        // the NF's block.
+        let p = problems(
+            "name: c\nsched: { nice: 2 }\nnfs:\n  - { name: a, type: fwd, sched: { policy: fifo, priority: 3 } }\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "t.yaml:4:34: nfs[0].sched: with the chain's `sched.nice`: `nice` does not apply"
+            ),
+            "{p:?}"
+        );
+        // Valid settings parse, and round-trip through YAML.
+        let r = validate_str(
+            "t.yaml",
+            "name: c\nsched: { policy: batch, nice: 5 }\nnfs:\n  - { name: a, type: fwd, sched: { policy: fifo, priority: 10, nice: null, cpus: [0], idle: busy, batch_size: 8 } }\n",
+        );
+        assert!(r.problems.iter().any(|p| p.path == "nfs[0].sched"), "{:?}", r.problems);
+        let r = validate_str(
+            "t.yaml",
+            "name: c\nsched: { policy: batch, nice: 5 }\nnfs:\n  - { name: a, type: fwd, sched: { cpus: [0], idle: busy, batch_size: 8 } }\n",
+        );
+        assert!(r.is_ok(), "{:?}", r.problems);
+        let d = r.descriptor.unwrap();
+        assert_eq!(d.nfs[0].sched.as_ref().unwrap().batch_size, Some(8));
+        assert_eq!(ChainDescriptor::from_yaml(&d.to_yaml()).unwrap(), d);
     }
 
     #[test]

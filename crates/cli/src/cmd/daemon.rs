@@ -9,6 +9,9 @@ use braid_daemon::client::Client;
 use serde_json::Value;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  braidd &   # the daemon, on /run/braid/braidd.sock\n  braid daemon status\n  braid daemon deploy live-chain.yaml\n  braid daemon show live --json\n  braid daemon set live fw '{default: drop}'\n  braid daemon --socket /tmp/b.sock chains"
+)]
 pub struct Args {
     /// braidd's unix socket.
     #[arg(long, global = true, default_value = braid_daemon::config::DEFAULT_SOCKET)]

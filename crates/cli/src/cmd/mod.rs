@@ -10,6 +10,7 @@ pub mod nf_proc;
 pub mod nfs;
 pub mod plan;
 pub mod probe;
+pub mod profile;
 pub mod run;
 pub mod run_procs;
 pub mod shm_bench;

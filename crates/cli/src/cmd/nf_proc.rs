@@ -18,6 +18,19 @@ pub enum Idle {
     /// worker's `poll` policy.
     #[value(alias = "poll")]
     Sleep,
+    /// Short sleeps (50 µs doubling to 1 ms) without descriptors: the
+    /// worker's `sleep` policy.
+    Nap,
+}
+
+/// `--policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    Other,
+    Batch,
+    Idle,
+    Fifo,
+    Rr,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -44,12 +57,49 @@ pub struct Args {
     /// eventfds.
     #[arg(long, value_enum, default_value_t = Idle::Busy)]
     pub idle: Idle,
+    /// Scheduling policy of the NF's thread (fifo and rr need --priority).
+    #[arg(long, value_enum, default_value_t = Policy::Other)]
+    pub policy: Policy,
+    /// Real-time priority 1..=99 for --policy fifo or rr.
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// Nice -20..=19 for the other, batch and idle policies.
+    #[arg(long, allow_negative_numbers = true)]
+    pub nice: Option<i32>,
+    /// CPUs the NF's thread may run on (`0-1,3`).
+    #[arg(long)]
+    pub cpus: Option<String>,
     /// Stop after this many seconds (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub seconds: Option<f64>,
     /// When stopping, write the NF's counters to this file (JSON).
     #[arg(long)]
     pub stats: Option<std::path::PathBuf>,
+}
+
+/// The scheduling the arguments ask for, checked before anything opens.
+fn sched(a: &Args) -> Result<braid_dataplane::Sched> {
+    use braid_dataplane::SchedPolicy;
+    let policy = match (a.policy, a.priority) {
+        (Policy::Fifo, Some(p)) => SchedPolicy::Fifo(p),
+        (Policy::Rr, Some(p)) => SchedPolicy::Rr(p),
+        (Policy::Fifo | Policy::Rr, None) => {
+            anyhow::bail!("--policy {:?}: needs --priority 1..=99", a.policy)
+        }
+        (_, Some(_)) => anyhow::bail!("--priority is for --policy fifo or rr"),
+        (Policy::Other, None) => SchedPolicy::Other,
+        (Policy::Batch, None) => SchedPolicy::Batch,
+        (Policy::Idle, None) => SchedPolicy::Idle,
+    };
+    let cpus = match &a.cpus {
+        Some(list) => braid_runtime::coordinator::parse_cpu_list(list)
+            .filter(|c| !c.is_empty())
+            .with_context(|| format!("--cpus {list:?}: expected a CPU list like 0-1,3"))?,
+        None => Vec::new(),
+    };
+    let s = braid_dataplane::Sched { cpus, policy, nice: a.nice };
+    s.check()?;
+    Ok(s)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -68,7 +118,9 @@ pub fn run(a: Args) -> Result<()> {
     cfg.idle = match a.idle {
         Idle::Busy => WorkerIdle::Busy,
         Idle::Sleep => WorkerIdle::Poll,
+        Idle::Nap => WorkerIdle::Sleep,
     };
+    cfg.sched = sched(&a)?;
     if let Some(s) = a.seconds.filter(|s| !(s.is_finite() && *s >= 0.0)) {
         anyhow::bail!("--seconds {s}: must be a number of seconds >= 0");
     }

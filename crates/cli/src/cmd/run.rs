@@ -101,6 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if mapping != Mapping::Thread {
                 anyhow::bail!("--mapping {}: live ports run in one thread", mapping.name());
             }
+            braid_runtime::coordinator::refuse_unapplied(&d, "a live `braid run`")?;
             let a = a.with_context(|| format!("open the `in` port ({})", input.kind_name()))?;
             let b = b.with_context(|| format!("open the `out` port ({})", output.kind_name()))?;
             let opts = LiveOptions {
@@ -175,6 +176,7 @@ fn run_offline(
     let mut output = open_output(output)?;
     let report = match mapping {
         Mapping::Thread => {
+            braid_runtime::coordinator::refuse_unapplied(d, "--mapping thread")?;
             let mut chain = Chain::from_descriptor(d)?;
             run_to_end(&mut chain, input.as_mut(), output.as_mut())
         }

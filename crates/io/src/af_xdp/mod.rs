@@ -372,7 +372,7 @@ impl AfXdpPort {
             rx_zero_copy: cfg.rx_zero_copy,
             zero_copy_bound: false,
             tx_in_place: 0,
-            stats: PortStats::default(),
+            stats: PortStats { syscalls: Some(0), ..PortStats::default() },
         };
         port.refill();
 
@@ -549,6 +549,7 @@ impl AfXdpPort {
             if self.tx.outstanding() == 0 || (self.zero_copy_bound && !self.tx.needs_wakeup()) {
                 return Ok(());
             }
+            self.stats.count_syscall();
             // SAFETY: a zero-length sendto on our socket; no buffers.
             let rc = unsafe {
                 libc::sendto(
@@ -580,6 +581,7 @@ impl AfXdpPort {
     /// Wake the kernel up to process the fill ring, if it asked.
     fn kick_fill(&mut self) {
         if self.fill.needs_wakeup() {
+            self.stats.count_syscall();
             // SAFETY: a zero-length non-blocking recvfrom; no buffers.
             unsafe {
                 libc::recvfrom(
