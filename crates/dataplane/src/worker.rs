@@ -169,6 +169,8 @@ struct PortSlot<'a> {
     /// Where received packets go; None: transmit only.
     rx_to: Option<Endpoint>,
     rx_ended: bool,
+    /// Backpressure for this port, overriding the worker's.
+    backpressure: Option<bool>,
     telemetry: Arc<PortTelemetry>,
 }
 
@@ -269,9 +271,21 @@ impl<'a> Worker<'a> {
         }
         let telemetry = Arc::new(PortTelemetry::new(port.name()));
         self.telemetry.add_port(telemetry.clone());
-        self.ports.push(PortSlot { port, rx_to, rx_ended: false, telemetry });
+        self.ports.push(PortSlot { port, rx_to, rx_ended: false, backpressure: None, telemetry });
         self.tx.push(Batch::new());
         Ok(i)
+    }
+
+    /// Backpressure for port `port` alone (overriding
+    /// [`WorkerConfig::backpressure`]): receive from it only while every
+    /// other port can take a batch. An edge worker that must drain both
+    /// directions of a chain gates only its source this way; gating every
+    /// port there could close a cycle of full queues (the chain waiting for
+    /// the edge, the edge waiting for the chain).
+    pub fn set_backpressure(&mut self, port: usize, on: bool) {
+        if let Some(slot) = self.ports.get_mut(port) {
+            slot.backpressure = Some(on);
+        }
     }
 
     /// The graph (to link stages to ports once they exist).
@@ -374,7 +388,8 @@ impl<'a> Worker<'a> {
             if self.ports[i].rx_ended {
                 continue;
             }
-            if self.cfg.backpressure && self.min_tx_room(i) < self.cfg.batch_size {
+            let gated = self.ports[i].backpressure.unwrap_or(self.cfg.backpressure);
+            if gated && self.min_tx_room(i) < self.cfg.batch_size {
                 continue;
             }
             let slot = &mut self.ports[i];

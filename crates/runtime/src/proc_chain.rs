@@ -373,7 +373,9 @@ pub fn run_processes(
     wc.batch_size = edge_set.batch_size;
     wc.idle = edge_set.idle;
     wc.sched = edge_set.sched;
-    wc.backpressure = true;
+    // Only the input is gated: the edge always drains what comes back from
+    // the chain, or full queues both ways could wait on each other.
+    wc.backpressure = false;
     wc.stop_flag = Some(stop.clone());
     // No stages: the edge only moves packets between its ports. Port 0
     // output; 1 to (and back from) the first NF; 2 from (and to) the last
@@ -383,7 +385,9 @@ pub fn run_processes(
     w.add_port(Box::new(to_first), Some(Endpoint::Port(0)))?;
     w.add_port(Box::new(from_last), Some(Endpoint::Port(0)))?;
     let ended = input_ended.clone();
-    w.add_port(Box::new(EndWatch { inner: input, ended }), Some(Endpoint::Port(1)))?;
+    let input_port =
+        w.add_port(Box::new(EndWatch { inner: input, ended }), Some(Endpoint::Port(1)))?;
+    w.set_backpressure(input_port, true);
     let report = std::thread::scope(|s| -> Result<_, ProcChainError> {
         let worker = s.spawn(move || w.run());
         let mut last_moved = None;

@@ -211,11 +211,17 @@ pub fn run_threads(
         let mut c = worker_config(s.name.clone(), s.batch_size);
         c.idle = s.idle;
         c.sched = s.sched.clone();
+        // Offline: nothing may be lost to a full channel. NF workers take
+        // from one side only while the other side has room; the edge gates
+        // only the input (below) and always drains what comes back.
+        c.backpressure = true;
         c
     };
     let mut edge_graph = Graph::new(Vec::new(), 0);
     edge_graph.set_ports(4);
-    let (mut edge, edge_h) = Worker::new(config(&edge_set), edge_graph)?;
+    let mut edge_config = config(&edge_set);
+    edge_config.backpressure = false;
+    let (mut edge, edge_h) = Worker::new(edge_config, edge_graph)?;
     // Edge ports: 0 output, then (with NFs) 1 to/from the first unit, then
     // the input, then the one from the last unit.
     edge.add_port(output, None)?;
@@ -228,6 +234,7 @@ pub fn run_threads(
         let (to_first, mut upstream) = channel_pair(&format!("{}-in", d.name), CHANNEL_CAPACITY);
         let first = edge.add_port(Box::new(to_first), Some(Endpoint::Port(0)))?;
         let input_port = edge.add_port(input, Some(Endpoint::Port(first)))?;
+        edge.set_backpressure(input_port, true);
         for (k, unit) in spec.units.iter().enumerate() {
             let (down, next_up) = channel_pair(&format!("{}-{k}", d.name), CHANNEL_CAPACITY);
             let unit_nfs: Vec<_> = nfs.by_ref().take(unit.nfs.len()).collect();
