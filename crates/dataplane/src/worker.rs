@@ -169,8 +169,9 @@ struct PortSlot<'a> {
     /// Where received packets go; None: transmit only.
     rx_to: Option<Endpoint>,
     rx_ended: bool,
-    /// Backpressure for this port, overriding the worker's.
-    backpressure: Option<bool>,
+    /// Receive only while every other port can take a batch
+    /// ([`WorkerConfig::backpressure`] unless set per port).
+    backpressure: bool,
     telemetry: Arc<PortTelemetry>,
 }
 
@@ -271,7 +272,8 @@ impl<'a> Worker<'a> {
         }
         let telemetry = Arc::new(PortTelemetry::new(port.name()));
         self.telemetry.add_port(telemetry.clone());
-        self.ports.push(PortSlot { port, rx_to, rx_ended: false, backpressure: None, telemetry });
+        let backpressure = self.cfg.backpressure;
+        self.ports.push(PortSlot { port, rx_to, rx_ended: false, backpressure, telemetry });
         self.tx.push(Batch::new());
         Ok(i)
     }
@@ -284,7 +286,7 @@ impl<'a> Worker<'a> {
     /// the edge, the edge waiting for the chain).
     pub fn set_backpressure(&mut self, port: usize, on: bool) {
         if let Some(slot) = self.ports.get_mut(port) {
-            slot.backpressure = Some(on);
+            slot.backpressure = on;
         }
     }
 
@@ -388,8 +390,7 @@ impl<'a> Worker<'a> {
             if self.ports[i].rx_ended {
                 continue;
             }
-            let gated = self.ports[i].backpressure.unwrap_or(self.cfg.backpressure);
-            if gated && self.min_tx_room(i) < self.cfg.batch_size {
+            if self.ports[i].backpressure && self.min_tx_room(i) < self.cfg.batch_size {
                 continue;
             }
             let slot = &mut self.ports[i];

@@ -160,11 +160,7 @@ fn build(topo: &Topology, opts: &Options, st: &mut State) -> Result<(), TestbedE
         st.namespaces.push(ns.clone());
         save(st)?;
         setup(|| format!("loopback of {ns}"), netns::set_up(Some(&ns), "lo"))?;
-        let fwd = if h.forwarding { "net.ipv4.ip_forward=1" } else { "net.ipv4.ip_forward=0" };
-        setup(
-            || format!("forwarding in {ns}"),
-            netns::run(netns::command_in(Some(&ns), "sysctl").args(["-qw", fwd])),
-        )?;
+        set_forwarding(&ns, h.forwarding)?;
         if !topo.ipv6 {
             for key in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
             {
