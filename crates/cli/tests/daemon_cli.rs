@@ -5,12 +5,10 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Instant;
 
 use braid_daemon::api::{router, AppState};
 use braid_daemon::audit::Audit;
 use braid_daemon::daemon::Daemon;
-use braid_daemon::metrics::Metrics;
 use braid_daemon::store::Store;
 
 fn braid(socket: &std::path::Path, args: &[&str]) -> (bool, String, String) {
@@ -52,17 +50,14 @@ fn the_cli_is_a_thin_client_of_the_daemon() {
         Store::open(&dir.join("state.redb")).unwrap(),
         braid_runtime::live::StartOptions::default(),
     ));
-    let state = AppState {
-        metrics: Arc::new(Metrics::new(daemon.chains())),
+    let (_stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let state = AppState::new(
         daemon,
-        audit: Arc::new(Audit::open(&dir.join("audit.log")).unwrap()),
-        ops: Arc::default(),
-        started: Instant::now(),
-        allowed_uid: std::fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-            .unwrap(),
-        body_limit: 1 << 20,
-    };
+        Audit::open(&dir.join("audit.log")).unwrap(),
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap(),
+        1 << 20,
+        stopping,
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = {
         let _g = rt.enter();
