@@ -195,9 +195,12 @@ async fn watch_chains(daemon: Arc<Daemon>, events: Arc<braid_daemon::ops::Events
         let now: Vec<_> = daemon.list();
         for c in &now {
             let (state, error) = c.state();
-            let before = seen.insert(c.name().to_string(), state);
-            // New chains are announced by their deploy event.
-            if let Some(before) = before.filter(|b| *b != state) {
+            // A chain enters the map running (deployed, or restored with a
+            // worker); one restored without a worker enters `failed`. So
+            // a chain first seen here already exited still gets its event.
+            let entered = if c.live().is_some() { "running" } else { "failed" };
+            let before = seen.insert(c.name().to_string(), state).unwrap_or(entered);
+            if before != state {
                 events.publish(
                     "chain_state",
                     serde_json::json!({ "chain": c.name(), "from": before, "to": state, "error": error }),

@@ -178,6 +178,7 @@ fn a_chain_deployed_through_the_api_forwards_reports_changes_and_survives_kill_9
     let c = d.client();
     let (tx, rx) = sockets(&net);
     let rx = rx.unwrap();
+    let mut events = c.events(None).unwrap();
 
     // Deploy; packets cross within a bounded time.
     let t = Instant::now();
@@ -284,6 +285,34 @@ fn a_chain_deployed_through_the_api_forwards_reports_changes_and_survives_kill_9
     };
     c.reconfigure("edge", "fw", &json!({ "default": "allow" })).unwrap();
     assert!(drain(&rx, Duration::from_millis(200)) > 0, "traffic crosses before the kill");
+    // The event stream saw every change, in order (refusals before an
+    // operation existed, such as the unknown NF and the duplicate, are not
+    // changes).
+    let seen: Vec<serde_json::Value> = events.by_ref().take(7).map(Result::unwrap).collect();
+    let kinds: Vec<String> = seen
+        .iter()
+        .map(|e| {
+            let what = e["state"].as_str().or(e["nf"].as_str()).unwrap_or("");
+            format!("{} {} {what}", e["type"].as_str().unwrap(), e["chain"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "chain_deployed edge ",
+            "operation_finished edge succeeded",
+            "operation_finished edge failed",
+            "chain_reconfigured edge fw",
+            "operation_finished edge succeeded",
+            "chain_reconfigured edge fw",
+            "operation_finished edge succeeded",
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(seen[3]["params"]["default"], "drop");
+    assert_eq!(seen[5]["params"]["default"], "allow");
+    assert!(seen.windows(2).all(|w| w[1]["seq"].as_u64() > w[0]["seq"].as_u64()), "{seen:?}");
+    assert_eq!(seen[0]["operation"], seen[1]["operation"]);
     d.kill9();
     drain(&rx, Duration::from_millis(100));
     assert_eq!(drain(&rx, Duration::from_millis(300)), 0, "nothing crosses while braidd is dead");
@@ -590,5 +619,113 @@ fn a_checkpointed_firewall_connection_survives_kill_9() {
     assert_eq!(v["restored_state"]["nfs"], json!(["fw"]), "{v}");
     assert!(reaches(&rx, &tx), "the restored connection lets the answer pass");
     assert!(!reaches(&stranger, &tx), "the rules still drop the server's own flows");
+    assert!(d.terminate().success());
+}
+
+#[test]
+fn a_planned_stop_drains_before_its_checkpoint_so_no_connection_is_lost() {
+    if braid_testkit::skip_unless(
+        netns::is_root(),
+        "braidd drain checkpoint",
+        "needs root for namespaces",
+    ) {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("drain");
+    // Checkpoints only at shutdown: whatever the restarted chain knows came
+    // from the planned stop's checkpoint.
+    let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &["--checkpoint-interval-ms", "0"]);
+    let c = d.client();
+    c.deploy(&format!(
+        "name: dr\nports:\n  in: {{ kind: af_packet, iface: {} }}\n  out: {{ kind: af_packet, iface: {} }}\nnfs:\n  - name: fw\n    type: firewall\n    params: {{ default: drop, rules: [{{ action: allow, src: {CLIENT}/32, proto: udp }}] }}\n  - {{ name: f, type: fwd }}\n",
+        net.a1, net.b1
+    ))
+    .unwrap();
+    let (first, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    assert!(time_to_first_packet(&first, &rx, Duration::from_secs(5)).is_some());
+    drain(&rx, Duration::from_millis(50));
+
+    // New flows (one datagram each, a new source port each) keep coming
+    // while braidd is stopped with SIGTERM: every flow whose datagram
+    // crossed the firewall must be in the state the next braidd restores.
+    let flows: Vec<UdpSocket> = (0..400).map(|_| sockets_from(&net, None).0).collect();
+    let arrived = std::thread::scope(|s| {
+        let counter = s.spawn(|| {
+            let mut from = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 64];
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(3) {
+                if let Ok((_, a)) = rx.recv_from(&mut buf) {
+                    from.insert(a.port());
+                }
+            }
+            from
+        });
+        let sender = s.spawn(|| {
+            for f in &flows {
+                let _ = f.send(b"new flow");
+                std::thread::sleep(Duration::from_micros(1500));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(d.terminate().success(), "{}", d.log());
+        sender.join().unwrap();
+        counter.join().unwrap()
+    });
+    assert!(arrived.len() > 20, "only {} flows crossed before the stop", arrived.len());
+    assert!(arrived.len() < flows.len(), "every flow crossed: the stop came too late");
+    d.restart();
+    let v = d.client().chain("dr").unwrap();
+    assert_eq!(v["restored_state"]["nfs"], json!(["fw"]), "{v}");
+    let mut lost = Vec::new();
+    for f in flows.iter().filter(|f| arrived.contains(&f.local_addr().unwrap().port())) {
+        if !reaches(&rx, f) {
+            lost.push(f.local_addr().unwrap().port());
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} flows that crossed before the stop were not restored: {lost:?}",
+        lost.len(),
+        arrived.len()
+    );
+    assert!(d.terminate().success());
+}
+
+#[test]
+fn the_event_stream_reports_a_worker_that_stopped_by_itself() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd events", "needs root for namespaces") {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("stopped");
+    let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    c.deploy(&chain_yaml(&net, "gone")).unwrap();
+    let since = c.status().unwrap()["last_event"].as_u64().unwrap();
+    let mut events = c.events(Some(since)).unwrap();
+    // The chain's input interface disappears under it.
+    let st = net.mid.command("ip").args(["link", "del", &net.a1]).status().unwrap();
+    assert!(st.success());
+    let state = events.next().unwrap().unwrap();
+    assert_eq!(
+        (
+            state["type"].as_str(),
+            state["chain"].as_str(),
+            state["from"].as_str(),
+            state["to"].as_str()
+        ),
+        (Some("chain_state"), Some("gone"), Some("running"), Some("exited")),
+        "{state}"
+    );
+    let stopped = events.next().unwrap().unwrap();
+    assert_eq!(
+        (stopped["type"].as_str(), stopped["chain"].as_str()),
+        (Some("worker_stopped"), Some("gone"))
+    );
+    assert!(stopped["error"].as_str().is_some_and(|e| !e.is_empty()), "{stopped}");
+    assert_eq!(c.chain("gone").unwrap()["state"], "exited");
     assert!(d.terminate().success());
 }
