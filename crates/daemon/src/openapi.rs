@@ -30,6 +30,11 @@ fn name_param(name: &str, what: &str) -> Value {
             "schema": { "type": "string" } })
 }
 
+/// Every NF type the registry knows.
+fn nf_types() -> Vec<&'static str> {
+    braid_nf::registry::REGISTRY.iter().map(|s| s.name).collect()
+}
+
 /// The document.
 pub fn document() -> Value {
     json!({
@@ -160,7 +165,18 @@ pub fn document() -> Value {
                 "status": { "type": ["integer", "null"], "description": "the HTTP status a synchronous call gets" },
                 "result": { "description": "what a synchronous call answers" },
                 "error": { "description": "{error, message, problems} as the API's errors" } } },
-            "Descriptor": { "type": "object", "required": ["name", "nfs"], "description": "a chain descriptor (docs/chains.md)" },
+            "Descriptor": { "type": "object", "required": ["name", "nfs"],
+                "description": "a chain descriptor (docs/chains.md); the daemon also needs `in` and `out` ports of kind af_packet or af_xdp on interfaces that exist (422 otherwise), and each NF's parameters as docs/nfs.md gives them (400 otherwise)",
+                "properties": {
+                    "name": { "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$" },
+                    "batch_size": { "type": "integer", "minimum": 1 },
+                    "ports": { "type": "object", "additionalProperties": { "type": "object", "required": ["kind"],
+                        "properties": { "kind": { "type": "string" } } } },
+                    "nfs": { "type": "array", "minItems": 1, "items": { "type": "object", "required": ["name", "type"],
+                        "properties": { "name": { "type": "string", "minLength": 1 },
+                                        "type": { "type": "string", "enum": nf_types() },
+                                        "params": { "type": "object" } } } },
+                    "sched": { "type": "object" } } },
             "Chain": { "type": "object", "required": ["name", "state", "descriptor"], "properties": {
                 "name": { "type": "string" },
                 "state": { "type": "string", "enum": ["running", "exited", "failed", "stopped"] },

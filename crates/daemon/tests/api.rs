@@ -413,3 +413,47 @@ fn logs_are_quiet_by_default_and_json_on_request() {
     assert!(has("braidd::audit", "a chain needs at least one NF"), "{log}");
     assert!(has("braidd", "braidd stopped"), "{log}");
 }
+
+/// Every `braid_...` name in the JSON `v`'s strings.
+fn metric_names_in(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::String(s) => {
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("braid_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                out.insert(name);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| metric_names_in(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| metric_names_in(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_and_metrics_have_the_same_names() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../../deploy/grafana-braidd.json")).unwrap();
+    let mut used = BTreeSet::new();
+    metric_names_in(&dashboard, &mut used);
+    // What braidd serves, even with no chain: every family is described
+    // (`# TYPE name counter` is sampled as `name_total`).
+    let dir = TempDir::new("grafana");
+    let d = Braidd::start(dir.path(), None, &[]);
+    let m = d.client().metrics().unwrap();
+    let served: BTreeSet<String> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| if kind == "counter" { format!("{name}_total") } else { name.into() })
+        .collect();
+    assert!(served.len() >= 25, "{m}");
+    let unknown: Vec<_> = used.difference(&served).collect();
+    assert!(unknown.is_empty(), "the dashboard uses metrics braidd does not serve: {unknown:?}");
+    let unshown: Vec<_> = served.difference(&used).collect();
+    assert!(unshown.is_empty(), "metrics without a dashboard panel: {unshown:?}");
+}

@@ -228,6 +228,21 @@ fn a_chain_deployed_through_the_api_forwards_reports_changes_and_survives_kill_9
         "{m}"
     );
     assert_eq!(metric_value(&m, "braid_chain_up", &[("chain", "edge")]), Some(1.0));
+    // The worker: on-CPU time from /proc, its share of wall time (poll
+    // idle policy: well below 1 at 4 kpps), the idle policy.
+    let cpu = metric_value(&m, "braid_worker_cpu_nanoseconds_total", &[("chain", "edge")]);
+    assert!(cpu.unwrap() > 0.0, "{m}");
+    let busy = metric_value(&m, "braid_worker_busy_share", &[("chain", "edge")]).unwrap();
+    assert!(busy > 0.0 && busy < 0.9, "busy share {busy}");
+    assert_eq!(
+        metric_value(&m, "braid_worker_info", &[("chain", "edge"), ("idle", "poll")]),
+        Some(1.0)
+    );
+    assert!(metric_value(&m, "braid_port_syscalls_total", &[("chain", "edge")]).unwrap() > 0.0);
+    assert_eq!(
+        metric_value(&m, "braid_operations_total", &[("kind", "deploy"), ("outcome", "succeeded")]),
+        Some(1.0)
+    );
 
     // Bad changes are refused and change nothing.
     let e = c.reconfigure("edge", "fw", &json!({ "default": "maybe" })).unwrap_err();
