@@ -744,3 +744,136 @@ fn the_event_stream_reports_a_worker_that_stopped_by_itself() {
     assert_eq!(c.chain("gone").unwrap()["state"], "exited");
     assert!(d.terminate().success());
 }
+
+/// One round of [`measure_dataplane_rate_under_api_load`]: datagrams per
+/// second that crossed the chain while a sender offered as many as it
+/// could for `secs`, with or without API load; and the API requests per
+/// second achieved.
+fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) -> (f64, f64) {
+    let stop = AtomicBool::new(false);
+    let requests = AtomicU64::new(0);
+    let (stop, requests) = (&stop, &requests);
+    let window = Duration::from_secs_f64(secs);
+    drain(rx, Duration::from_millis(50));
+    std::thread::scope(|s| {
+        if loaded {
+            // 1,000 requests per second, paced: four clients, each one
+            // request every 4 ms (status, chain list, one chain), each
+            // request on its own connection.
+            for k in 0..4u64 {
+                s.spawn(move || {
+                    let t = Instant::now();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let due = Duration::from_micros(4000 * i + 1000 * k);
+                        if let Some(wait) = due.checked_sub(t.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                        let _ = match (i + k) % 3 {
+                            0 => c.status().map(|_| ()),
+                            1 => c.chains().map(|_| ()),
+                            _ => c.chain("rate").map(|_| ()),
+                        };
+                        requests.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                });
+            }
+            // A Prometheus-style scrape every second.
+            s.spawn(|| {
+                let t = Instant::now();
+                let mut k = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    if t.elapsed() >= Duration::from_secs(k.into()) {
+                        let _ = c.metrics();
+                        k += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
+        let (tx, _) = sockets_from(net, None);
+        let sender = s.spawn(move || {
+            let payload = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = tx.send(&payload);
+            }
+            drop(tx);
+        });
+        // Count what arrives during the window, after 200 ms of warm-up.
+        std::thread::sleep(Duration::from_millis(200));
+        let r0 = requests.load(Ordering::Relaxed);
+        let mut buf = [0u8; 2048];
+        let mut got = 0u64;
+        let t = Instant::now();
+        while t.elapsed() < window {
+            if rx.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        let took = t.elapsed().as_secs_f64();
+        let reqs = (requests.load(Ordering::Relaxed) - r0) as f64 / took;
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap();
+        (got as f64 / took, reqs)
+    })
+}
+
+/// docs/benchmarks.md ("braidd under API load"): the rate of a 2-NF chain
+/// (firewall, fwd on AF_PACKET) with braidd serving 1,000 API requests per
+/// second and a `/metrics` scrape every second, against the same chain
+/// with an idle API; rounds interleaved (idle, loaded, loaded, idle, ...).
+/// A measurement, run by hand:
+/// `cargo test --release -p braid-daemon --test live -- --ignored --nocapture measure_dataplane`.
+#[test]
+#[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
+fn measure_dataplane_rate_under_api_load() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd rate", "needs root for namespaces") {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("rate");
+    let d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    c.deploy(&chain_yaml(&net, "rate")).unwrap();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    assert!(time_to_first_packet(&tx, &rx, Duration::from_secs(5)).is_some());
+    let rounds: usize =
+        std::env::var("BRAID_RATE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let (mut idle, mut loaded, mut reqs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds {
+        // ABBA: idle, loaded, loaded, idle, ...
+        for with_load in if i % 2 == 0 { [false, true] } else { [true, false] } {
+            let (rate, r) = rate_round(&net, &c, &rx, with_load, 2.0);
+            if with_load {
+                loaded.push(rate);
+                reqs.push(r);
+            } else {
+                idle.push(rate);
+            }
+            println!(
+                "round {i} {}: {rate:.0} datagrams/s{}",
+                if with_load { "loaded" } else { "idle  " },
+                if with_load { format!(", {r:.0} API requests/s") } else { String::new() }
+            );
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratios: Vec<f64> = idle.iter().zip(&loaded).map(|(a, b)| b / a).collect();
+    println!(
+        "median idle {:.0}/s, loaded {:.0}/s: {:.3}x (median of per-pair ratios {:.3}x; API {:.0} requests/s achieved)",
+        median(&idle),
+        median(&loaded),
+        median(&loaded) / median(&idle),
+        median(&ratios),
+        median(&reqs),
+    );
+    let v = c.chain("rate").unwrap();
+    assert_eq!(v["state"], "running");
+}
