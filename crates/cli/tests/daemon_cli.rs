@@ -58,6 +58,7 @@ fn the_cli_is_a_thin_client_of_the_daemon() {
         1 << 20,
         stopping,
     );
+    let events = state.events.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = {
         let _g = rt.enter();
@@ -99,6 +100,18 @@ fn the_cli_is_a_thin_client_of_the_daemon() {
         ),
         "{out}"
     );
+
+    // Events and operations: the stream replays what is kept.
+    events.publish("chain_removed", serde_json::json!({ "chain": "x" }));
+    let (ok, out, err) = braid(&socket, &["events", "--since", "0", "--count", "1"]);
+    assert!(ok, "{err}");
+    let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((e["seq"].as_u64(), e["type"].as_str()), (Some(1), Some("chain_removed")), "{out}");
+    let (ok, out, _) = braid(&socket, &["operations"]);
+    assert!(ok);
+    assert!(out.starts_with("id ") && out.lines().count() == 1, "{out}");
+    let (ok, _, err) = braid(&socket, &["operations", "op-7"]);
+    assert!(!ok && err.contains("no operation `op-7`"), "{err}");
 
     stop_tx.send(()).unwrap();
     rt.block_on(server).unwrap().unwrap();

@@ -246,10 +246,13 @@ fn idle_and_trickling_connections_do_not_lock_out_a_real_client() {
 #[test]
 fn operations_have_ids_and_the_event_stream_shows_changes_in_order() {
     let dir = TempDir::new("events");
-    let mut d = Braidd::start(dir.path(), None, &[]);
+    // A short header timeout: an open event stream outlives it (the timer
+    // runs only while a request head is awaited).
+    let mut d = Braidd::start(dir.path(), None, &["--header-timeout-ms", "300"]);
     let c = d.client();
     let start = c.status().unwrap()["last_event"].as_u64().unwrap();
     let mut events = c.events(Some(start)).unwrap();
+    std::thread::sleep(Duration::from_millis(900));
 
     // Asynchronous: 202, Location, then the outcome at that location.
     let r = c
