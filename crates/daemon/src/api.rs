@@ -61,6 +61,8 @@ pub struct AppState {
     pub allowed_uid: u32,
     /// Largest request body.
     pub body_limit: usize,
+    /// Time a request body may take to arrive whole.
+    pub body_timeout: std::time::Duration,
     /// Mutating calls and their outcomes.
     pub operations: Arc<Operations>,
     /// The change feed.
@@ -91,6 +93,7 @@ impl AppState {
             started: Instant::now(),
             allowed_uid,
             body_limit,
+            body_timeout: std::time::Duration::from_secs(30),
             operations,
             events: Arc::default(),
             token: None,
@@ -297,6 +300,63 @@ fn authorize(s: &AppState, peer: &Peer, headers: &HeaderMap) -> Option<Response>
     )
 }
 
+/// Read the body of `req` whole, within the body timeout and up to the
+/// body limit, before any handler runs: a body that trickles in is cut off
+/// (408) instead of holding its connection, one larger than the limit is
+/// refused (413) as soon as it is known to be (its `Content-Length`, or
+/// the first byte beyond the limit). Requests without a body pass as they
+/// are.
+async fn read_body(s: &AppState, req: Request) -> Result<Request, ApiError> {
+    use futures_util::StreamExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body larger than the limit of {} bytes", s.body_limit),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.body_limit as u64) {
+        return Err(too_large());
+    }
+    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    if declared.unwrap_or(0) == 0 && !chunked {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(s.body_limit as u64) as usize);
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("request body: {e}"))
+            })?;
+            if buf.len() + chunk.len() > s.body_limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(s.body_timeout, read).await {
+        Ok(Ok(())) => Ok(Request::from_parts(parts, axum::body::Body::from(buf))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "request body not received whole within {} ms ({} bytes came)",
+                s.body_timeout.as_millis(),
+                buf.len()
+            ),
+        )),
+    }
+}
+
 /// Peer check, request counting, audit.
 async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0).unwrap_or_default();
@@ -311,7 +371,10 @@ async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response 
     let refused = authorize(&s, &peer, req.headers());
     let allowed = refused.is_none();
     let response = match refused {
-        None => next.run(req).await,
+        None => match read_body(&s, req).await {
+            Ok(req) => next.run(req).await,
+            Err(e) => e.into_response(),
+        },
         Some(r) => r,
     };
     let status = response.status();

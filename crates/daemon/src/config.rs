@@ -38,6 +38,8 @@ pub struct Config {
     pub log_level: String,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Time a request body may take to arrive whole (ms).
+    pub body_timeout_ms: u64,
     /// How long a worker may take to answer a control command (ms).
     pub control_timeout_ms: u64,
     /// What chain workers do when idle: poll, busy or sleep.
@@ -75,6 +77,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "warn".into(),
             max_body_bytes: DEFAULT_MAX_BODY,
+            body_timeout_ms: 30_000,
             control_timeout_ms: 5000,
             idle: Idle::Poll,
             metrics_listen: None,
@@ -164,6 +167,12 @@ impl Config {
             return Err(ConfigError::Value {
                 what: "max_connections",
                 message: format!("{}: between 1 and 65536", self.max_connections),
+            });
+        }
+        if self.body_timeout_ms == 0 {
+            return Err(ConfigError::Value {
+                what: "body_timeout_ms",
+                message: "must be positive".into(),
             });
         }
         if self.header_timeout_ms == 0 {

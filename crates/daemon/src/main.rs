@@ -26,7 +26,7 @@ use clap::Parser;
 struct Args {
     /// TOML configuration file; its keys are the long option names with `_`
     /// (socket, socket_mode, state_dir, audit_log, log_format, log_level,
-    /// max_body_bytes, control_timeout_ms, idle, metrics_listen, checkpoint_interval_ms,
+    /// max_body_bytes, body_timeout_ms, control_timeout_ms, idle, metrics_listen, checkpoint_interval_ms,
     /// listen, tls_cert, tls_key, token_file, max_connections, header_timeout_ms).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -54,6 +54,10 @@ struct Args {
     /// Largest request body, bytes [default: 1048576].
     #[arg(long)]
     max_body_bytes: Option<usize>,
+    /// Time a request body may take to arrive whole, ms (408 after it)
+    /// [default: 30000].
+    #[arg(long)]
+    body_timeout_ms: Option<u64>,
     /// How long a chain's worker may take to answer a control command, ms
     /// [default: 5000].
     #[arg(long)]
@@ -116,6 +120,7 @@ fn config(a: Args) -> anyhow::Result<Config> {
         log_format,
         log_level,
         max_body_bytes,
+        body_timeout_ms,
         control_timeout_ms,
         idle,
         checkpoint_interval_ms,
@@ -278,6 +283,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
     let mut state =
         AppState::new(daemon.clone(), audit, uid, c.max_body_bytes, shutdown.subscribe());
     state.started = started;
+    state.body_timeout = Duration::from_millis(c.body_timeout_ms);
     state.token = tls.as_ref().map(|(_, _, t)| t.clone());
     state.events.publish(
         "daemon_started",

@@ -150,7 +150,7 @@ pub fn document() -> Value {
               "description": "TCP listener only (the unix socket checks peer credentials instead)" } },
           "schemas": {
             "Error": { "type": "object", "required": ["error", "message"], "properties": {
-                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, body_too_large, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
+                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, body_too_large, body_timeout, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
                 "message": { "type": "string" },
                 "problems": { "type": "array", "items": { "type": "object", "properties": {
                     "line": { "type": ["integer", "null"] }, "column": { "type": ["integer", "null"] },

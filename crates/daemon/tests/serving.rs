@@ -198,7 +198,7 @@ fn idle_and_trickling_connections_do_not_lock_out_a_real_client() {
     let d = Braidd::start(
         dir.path(),
         None,
-        &["--max-connections", "32", "--header-timeout-ms", "1500"],
+        &["--max-connections", "32", "--header-timeout-ms", "1500", "--body-timeout-ms", "1000"],
     );
     let rss_before = d.peak_rss_kib();
     // 1,000 connections: half say nothing, half start a request head and
@@ -240,6 +240,17 @@ fn idle_and_trickling_connections_do_not_lock_out_a_real_client() {
     let mut s = UnixStream::connect(&d.socket).unwrap();
     s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(5)), "kept-alive idle connection stays open");
+    // A body that trickles in is cut off after the body timeout: 408.
+    let t = Instant::now();
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(b"POST /v1/chains HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nname: a")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("not received whole within 1000 ms (7 bytes came)"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(d.client().status().is_ok());
 }
 
