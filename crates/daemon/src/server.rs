@@ -218,29 +218,34 @@ impl Server {
         let _ = stop.wait_for(|s| *s).await;
     }
 
+    /// Ask the oldest connection that is not serving a request to close.
+    fn evict_one(&self) {
+        use std::sync::atomic::Ordering;
+        let mut open = lock(&self.open);
+        let victim = open
+            .conns
+            .values()
+            .find(|c| c.busy.load(Ordering::Acquire) == 0 && !c.evicted.load(Ordering::Acquire));
+        if let Some(c) = victim.cloned() {
+            c.evicted.store(true, Ordering::Release);
+            c.kill.notify_one();
+            open.evictions += 1;
+        }
+    }
+
     /// A slot for a connection just accepted: a free one, or one freed by
-    /// closing the oldest connection not serving a request; None at
-    /// shutdown.
+    /// closing the oldest connection not serving a request (again every
+    /// 100 ms while none is free); None at shutdown.
     async fn admit(&self) -> Option<Slot> {
-        let permit = match self.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                {
-                    let mut open = lock(&self.open);
-                    let victim = open.conns.values().find(|c| {
-                        c.busy.load(std::sync::atomic::Ordering::Acquire) == 0
-                            && !c.evicted.load(std::sync::atomic::Ordering::Acquire)
-                    });
-                    if let Some(c) = victim.cloned() {
-                        c.evicted.store(true, std::sync::atomic::Ordering::Release);
-                        c.kill.notify_one();
-                        open.evictions += 1;
-                    }
-                }
-                tokio::select! {
-                    p = self.slots.clone().acquire_owned() => p.ok()?,
-                    _ = Server::stopped(self.stop.clone()) => return None,
-                }
+        let permit = loop {
+            if let Ok(p) = self.slots.clone().try_acquire_owned() {
+                break p;
+            }
+            self.evict_one();
+            tokio::select! {
+                p = self.slots.clone().acquire_owned() => break p.ok()?,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = Server::stopped(self.stop.clone()) => return None,
             }
         };
         let conn = Arc::new(Conn::default());
@@ -380,6 +385,13 @@ impl Server {
                     }
                 }
                 _ = conn_flags.kill.notified() => {
+                    use std::sync::atomic::Ordering;
+                    if conn_flags.busy.load(Ordering::Acquire) > 0 {
+                        // A request began meanwhile: it is answered; the
+                        // new connection waits for another slot.
+                        conn_flags.evicted.store(false, Ordering::Release);
+                        continue;
+                    }
                     tracing::debug!(?peer, "closed to make room for a new connection");
                     return;
                 }
