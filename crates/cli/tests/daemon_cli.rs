@@ -5,12 +5,10 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Instant;
 
 use braid_daemon::api::{router, AppState};
 use braid_daemon::audit::Audit;
 use braid_daemon::daemon::Daemon;
-use braid_daemon::metrics::Metrics;
 use braid_daemon::store::Store;
 
 fn braid(socket: &std::path::Path, args: &[&str]) -> (bool, String, String) {
@@ -52,17 +50,15 @@ fn the_cli_is_a_thin_client_of_the_daemon() {
         Store::open(&dir.join("state.redb")).unwrap(),
         braid_runtime::live::StartOptions::default(),
     ));
-    let state = AppState {
-        metrics: Arc::new(Metrics::new(daemon.chains())),
+    let (_stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let state = AppState::new(
         daemon,
-        audit: Arc::new(Audit::open(&dir.join("audit.log")).unwrap()),
-        ops: Arc::default(),
-        started: Instant::now(),
-        allowed_uid: std::fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-            .unwrap(),
-        body_limit: 1 << 20,
-    };
+        Audit::open(&dir.join("audit.log")).unwrap(),
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap(),
+        1 << 20,
+        stopping,
+    );
+    let events = state.events.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = {
         let _g = rt.enter();
@@ -104,6 +100,18 @@ fn the_cli_is_a_thin_client_of_the_daemon() {
         ),
         "{out}"
     );
+
+    // Events and operations: the stream replays what is kept.
+    events.publish("chain_removed", serde_json::json!({ "chain": "x" }));
+    let (ok, out, err) = braid(&socket, &["events", "--since", "0", "--count", "1"]);
+    assert!(ok, "{err}");
+    let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((e["seq"].as_u64(), e["type"].as_str()), (Some(1), Some("chain_removed")), "{out}");
+    let (ok, out, _) = braid(&socket, &["operations"]);
+    assert!(ok);
+    assert!(out.starts_with("id ") && out.lines().count() == 1, "{out}");
+    let (ok, _, err) = braid(&socket, &["operations", "op-7"]);
+    assert!(!ok && err.contains("no operation `op-7`"), "{err}");
 
     stop_tx.send(()).unwrap();
     rt.block_on(server).unwrap().unwrap();

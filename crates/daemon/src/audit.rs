@@ -1,5 +1,5 @@
 //! The audit log: one JSON line per mutating call (and per refused peer),
-//! with who (peer uid, gid, pid from `SO_PEERCRED`) and what (method, path,
+//! with who (peer uid, gid, pid from `SO_PEERCRED`; a TCP peer's address) and what (method, path,
 //! status, what was done or why it was refused). Request bodies are not
 //! written (they may hold keys).
 
@@ -41,12 +41,13 @@ impl Audit {
             "uid": peer.uid,
             "gid": peer.gid,
             "pid": peer.pid,
+            "addr": peer.addr.map(|a| a.to_string()),
             "method": method,
             "path": path,
             "status": status,
             "what": what,
         });
-        tracing::info!(target: "braidd::audit", uid = ?peer.uid, pid = ?peer.pid, method, path, status, what);
+        tracing::info!(target: "braidd::audit", uid = ?peer.uid, pid = ?peer.pid, addr = ?peer.addr, method, path, status, what);
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = writeln!(f, "{line}").and_then(|()| f.flush()) {
             tracing::error!(file = %self.path.display(), error = %e, "audit log write failed");

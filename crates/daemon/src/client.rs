@@ -92,16 +92,45 @@ impl Client {
         path: &str,
         body: Option<(&str, &[u8])>,
     ) -> Result<Response, ClientError> {
-        let mut s = UnixStream::connect(&self.socket)
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
-        s.set_read_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
-        s.set_write_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
+        self.request_with(method, path, &[], body)
+    }
+
+    fn head(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) -> String {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: braidd\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
         if let Some((ctype, b)) = body {
             head.push_str(&format!("Content-Type: {ctype}\r\nContent-Length: {}\r\n", b.len()));
         }
         head.push_str("\r\n");
+        head
+    }
+
+    fn send(&self, head: &str) -> Result<UnixStream, ClientError> {
+        let mut s = UnixStream::connect(&self.socket)
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        s.set_read_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
+        s.set_write_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
         s.write_all(head.as_bytes()).map_err(|e| self.io(e))?;
+        Ok(s)
+    }
+
+    /// Send one request with extra headers; any status is returned as it is.
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) -> Result<Response, ClientError> {
+        let mut s = self.send(&self.head(method, path, headers, body))?;
         if let Some((_, b)) = body {
             // The daemon may answer (413) and close before taking it all:
             // its answer is still to be read.
@@ -124,13 +153,9 @@ impl Client {
         self.parse(&raw)
     }
 
-    fn parse(&self, raw: &[u8]) -> Result<Response, ClientError> {
-        let end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| self.protocol("no end of headers"))?;
-        let head =
-            std::str::from_utf8(&raw[..end]).map_err(|_| self.protocol("headers not UTF-8"))?;
+    /// Status and headers of an answer's head (without its blank line).
+    fn parse_head(&self, head: &[u8]) -> Result<Response, ClientError> {
+        let head = std::str::from_utf8(head).map_err(|_| self.protocol("headers not UTF-8"))?;
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or_default();
         let status = status_line
@@ -143,8 +168,16 @@ impl Client {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
+        Ok(Response { status, headers, body: Vec::new() })
+    }
+
+    fn parse(&self, raw: &[u8]) -> Result<Response, ClientError> {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| self.protocol("no end of headers"))?;
+        let mut r = self.parse_head(&raw[..end])?;
         let rest = &raw[end + 4..];
-        let mut r = Response { status, headers, body: Vec::new() };
         r.body = if r.header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
             self.dechunk(rest)?
         } else if let Some(n) = r.header("content-length") {
@@ -263,9 +296,155 @@ impl Client {
         String::from_utf8(r.body).map_err(|_| self.protocol("metrics not UTF-8"))
     }
 
+    /// `GET /v1/operations/{id}`.
+    pub fn operation(&self, id: &str) -> Result<Value, ClientError> {
+        self.json("GET", &format!("/v1/operations/{}", encode(id)), None)
+    }
+
+    /// `POST /v1/chains` with `Prefer: respond-async`: the operation's id
+    /// (follow it with [`Client::operation`] or [`Client::wait`]).
+    pub fn deploy_async(&self, descriptor: &str) -> Result<String, ClientError> {
+        let r = self.request_with(
+            "POST",
+            "/v1/chains",
+            &[("Prefer", "respond-async")],
+            Some(("application/yaml", descriptor.as_bytes())),
+        )?;
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        if r.status != 202 {
+            return Err(ClientError::Api {
+                status: r.status,
+                kind: v["error"].as_str().unwrap_or("http").to_string(),
+                message: v["message"].as_str().unwrap_or_default().to_string(),
+                body: v,
+            });
+        }
+        v["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| self.protocol("202 without an operation id"))
+    }
+
+    /// Follow operation `id` until it is no longer running (polling every
+    /// 20 ms, at most `timeout`); the operation.
+    pub fn wait(&self, id: &str, timeout: Duration) -> Result<Value, ClientError> {
+        let t = std::time::Instant::now();
+        loop {
+            let op = self.operation(id)?;
+            if op["state"] != "running" || t.elapsed() > timeout {
+                return Ok(op);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET /v1/events`: the change feed, event by event (after sequence
+    /// number `since` when given, else only new ones). The iterator blocks
+    /// for the next event up to the client's timeout.
+    pub fn events(&self, since: Option<u64>) -> Result<EventStream, ClientError> {
+        let path = match since {
+            Some(n) => format!("/v1/events?since={n}"),
+            None => "/v1/events".to_string(),
+        };
+        let s = self.send(&self.head("GET", &path, &[], None))?;
+        s.set_read_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
+        let mut r = std::io::BufReader::new(s);
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut line = Vec::new();
+            let n =
+                std::io::BufRead::read_until(&mut r, b'\n', &mut line).map_err(|e| self.io(e))?;
+            if n == 0 || head.len() > 64 * 1024 {
+                return Err(self.protocol("no end of headers"));
+            }
+            head.extend_from_slice(&line);
+        }
+        let resp = self.parse_head(&head[..head.len() - 4])?;
+        if resp.status != 200 {
+            let mut rest = Vec::new();
+            let _ = (&mut r).take(MAX_RESPONSE_BYTES).read_to_end(&mut rest);
+            let mut all = head;
+            all.extend_from_slice(&rest);
+            let full = self.parse(&all)?;
+            let v: Value = serde_json::from_slice(&full.body).unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                status: full.status,
+                kind: v["error"].as_str().unwrap_or("http").to_string(),
+                message: v["message"].as_str().unwrap_or_default().to_string(),
+                body: v,
+            });
+        }
+        if !resp.header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            return Err(self.protocol("the event stream is not chunked"));
+        }
+        Ok(EventStream { reader: r, pending: Vec::new(), socket: self.socket.clone(), done: false })
+    }
+
     /// `GET /v1/openapi.json`.
     pub fn openapi(&self) -> Result<Value, ClientError> {
         self.json("GET", "/v1/openapi.json", None)
+    }
+}
+
+/// The event stream of [`Client::events`]: one JSON value per event.
+pub struct EventStream {
+    reader: std::io::BufReader<UnixStream>,
+    /// Bytes of an event line not complete yet.
+    pending: Vec<u8>,
+    socket: PathBuf,
+    done: bool,
+}
+
+impl EventStream {
+    fn fail(&mut self, what: String) -> Option<Result<Value, ClientError>> {
+        self.done = true;
+        Some(Err(ClientError::Protocol { socket: self.socket.clone(), what }))
+    }
+}
+
+impl Iterator for EventStream {
+    type Item = Result<Value, ClientError>;
+
+    /// The next event; None when braidd ended the stream.
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::BufRead;
+        while !self.done {
+            if let Some(nl) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=nl).collect();
+                return Some(serde_json::from_slice(&line).map_err(|e| ClientError::Protocol {
+                    socket: self.socket.clone(),
+                    what: format!("event line: {e}"),
+                }));
+            }
+            let mut size_line = String::new();
+            match self.reader.read_line(&mut size_line) {
+                Ok(0) => return self.fail("the stream ended inside a chunk".into()),
+                Ok(_) => {}
+                Err(source) => {
+                    self.done = true;
+                    return Some(Err(ClientError::Io { socket: self.socket.clone(), source }));
+                }
+            }
+            let size =
+                match usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16) {
+                    Ok(n) => n,
+                    Err(_) => return self.fail(format!("chunk size `{}`", size_line.trim())),
+                };
+            if size == 0 {
+                self.done = true;
+                return None;
+            }
+            if size > MAX_RESPONSE_BYTES as usize {
+                return self.fail(format!("chunk of {size} bytes"));
+            }
+            let mut chunk = vec![0u8; size + 2];
+            if let Err(source) = self.reader.read_exact(&mut chunk) {
+                self.done = true;
+                return Some(Err(ClientError::Io { socket: self.socket.clone(), source }));
+            }
+            self.pending.extend_from_slice(&chunk[..size]);
+        }
+        None
     }
 }
 

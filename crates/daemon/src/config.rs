@@ -38,6 +38,8 @@ pub struct Config {
     pub log_level: String,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Time a request body may take to arrive whole (ms).
+    pub body_timeout_ms: u64,
     /// How long a worker may take to answer a control command (ms).
     pub control_timeout_ms: u64,
     /// What chain workers do when idle: poll, busy or sleep.
@@ -48,6 +50,21 @@ pub struct Config {
     /// Checkpoint every stateful NF's state this often (ms; 0: only at
     /// shutdown); restored when braidd starts the chain again.
     pub checkpoint_interval_ms: u64,
+    /// Also serve the whole API on this TCP address, with TLS 1.3 and the
+    /// bearer token (both required); default: not at all.
+    pub listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain for `listen`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `listen`.
+    pub tls_key: Option<PathBuf>,
+    /// File holding the bearer token for `listen` (mode 0600, braidd's user).
+    pub token_file: Option<PathBuf>,
+    /// Connections served at once, over all listeners; more wait in the
+    /// kernel's accept queue.
+    pub max_connections: usize,
+    /// Time a connection has to send a complete request head (and on TCP to
+    /// finish the TLS handshake), ms.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -60,10 +77,17 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "warn".into(),
             max_body_bytes: DEFAULT_MAX_BODY,
+            body_timeout_ms: 30_000,
             control_timeout_ms: 5000,
             idle: Idle::Poll,
             metrics_listen: None,
             checkpoint_interval_ms: 10_000,
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            token_file: None,
+            max_connections: 256,
+            header_timeout_ms: 10_000,
         }
     }
 }
@@ -114,6 +138,49 @@ impl Config {
                 message: format!("{}: at least 1024", self.max_body_bytes),
             });
         }
+        if self.listen.is_some() {
+            let missing: Vec<&str> = [
+                ("tls_cert", self.tls_cert.is_none()),
+                ("tls_key", self.tls_key.is_none()),
+                ("token_file", self.token_file.is_none()),
+            ]
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(k, _)| *k)
+            .collect();
+            if !missing.is_empty() {
+                return Err(ConfigError::Value {
+                    what: "listen",
+                    message: format!(
+                        "the TCP API is served only with TLS and a bearer token: set {}",
+                        missing.join(", ")
+                    ),
+                });
+            }
+        } else if self.tls_cert.is_some() || self.tls_key.is_some() || self.token_file.is_some() {
+            return Err(ConfigError::Value {
+                what: "tls_cert, tls_key, token_file",
+                message: "only used with `listen`, which is not set".into(),
+            });
+        }
+        if self.max_connections == 0 || self.max_connections > 65_536 {
+            return Err(ConfigError::Value {
+                what: "max_connections",
+                message: format!("{}: between 1 and 65536", self.max_connections),
+            });
+        }
+        if self.body_timeout_ms == 0 {
+            return Err(ConfigError::Value {
+                what: "body_timeout_ms",
+                message: "must be positive".into(),
+            });
+        }
+        if self.header_timeout_ms == 0 {
+            return Err(ConfigError::Value {
+                what: "header_timeout_ms",
+                message: "must be positive".into(),
+            });
+        }
         if self.control_timeout_ms == 0 {
             return Err(ConfigError::Value {
                 what: "control_timeout_ms",
@@ -159,5 +226,21 @@ mod tests {
         assert_eq!(shipped.socket, Path::new(DEFAULT_SOCKET));
         let bad = Config { socket_mode: 0o400, ..Config::default() };
         assert!(bad.check().unwrap_err().to_string().starts_with("socket_mode: 0o400"));
+    }
+
+    #[test]
+    fn the_tcp_api_needs_tls_and_a_token() {
+        let c = Config::from_toml("listen = \"127.0.0.1:9479\"\ntls_cert = \"/c.pem\"\n").unwrap();
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("only with TLS and a bearer token: set tls_key, token_file"), "{e}");
+        let c = Config::from_toml(
+            "listen = \"127.0.0.1:9479\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\ntoken_file = \"/t\"\n",
+        )
+        .unwrap();
+        c.check().unwrap();
+        let stray = Config { token_file: Some("/t".into()), ..Config::default() };
+        assert!(stray.check().unwrap_err().to_string().contains("only used with `listen`"));
+        let none = Config { max_connections: 0, ..Config::default() };
+        assert!(none.check().unwrap_err().to_string().starts_with("max_connections: 0"));
     }
 }

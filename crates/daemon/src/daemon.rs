@@ -168,6 +168,11 @@ impl Daemon {
         Daemon { chains: Arc::default(), store, start, checkpoints: Default::default() }
     }
 
+    /// The chain workers' idle policy (`poll`, `busy`, `sleep`).
+    pub fn idle_policy(&self) -> String {
+        format!("{:?}", self.start.idle).to_lowercase()
+    }
+
     /// The shared map, for readers (API, metrics).
     pub fn chains(&self) -> Chains {
         self.chains.clone()
@@ -332,10 +337,22 @@ impl Daemon {
         Ok(entry)
     }
 
-    /// Stop every chain (SIGTERM): their state is checkpointed, then each
-    /// worker flushes and ends. They stay declared, so the next braidd
-    /// starts them again with that state.
-    pub fn shutdown(&self) -> usize {
+    /// Stop every chain (SIGTERM) without losing NF state: each running
+    /// chain's worker first processes what waits on its inputs and pauses,
+    /// dropping before its NFs whatever arrives later
+    /// ([`LiveChain::quiesce`]); then every stateful NF's state is
+    /// checkpointed, and the workers flush and end. The chains stay
+    /// declared, so the next braidd starts them again with exactly that
+    /// state. (chains stopped, packets drained.)
+    pub fn shutdown(&self) -> (usize, u64) {
+        let mut drained = 0;
+        for e in self.list() {
+            let Some(l) = e.live().filter(|_| e.state().0 == "running") else { continue };
+            match l.quiesce() {
+                Ok(n) => drained += n,
+                Err(err) => tracing::warn!(chain = %e.name(), error = %err, "drain before stop"),
+            }
+        }
         if let Err(e) = self.checkpoint_all() {
             tracing::error!(error = %e, "last checkpoint failed");
         }
@@ -349,6 +366,6 @@ impl Daemon {
                 }
             }
         }
-        stopped
+        (stopped, drained)
     }
 }

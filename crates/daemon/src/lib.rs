@@ -6,9 +6,12 @@
 //! - [`api`]: the HTTP/JSON API on a unix socket (peer credentials checked);
 //! - [`metrics`]: `/metrics` in OpenMetrics text;
 //! - [`audit`]: the audit log of mutating calls;
+//! - [`auth`]: the bearer token of the TCP API;
+//! - [`ops`]: operations (ids, outcomes) and the event feed;
 //! - [`openapi`]: the served OpenAPI document;
 //! - [`config`]: the TOML configuration;
-//! - [`server`]: binding the socket and serving until a signal;
+//! - [`server`]: the listeners (unix socket; TCP with TLS 1.3) and the
+//!   connection loop (connection limit, header read timeout);
 //! - [`client`]: a blocking client for the CLI and the tests.
 //!
 //! See `docs/daemon.md`.
@@ -17,10 +20,12 @@
 
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
 pub mod openapi;
+pub mod ops;
 pub mod server;
 pub mod store;

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use braid_daemon::api::{router, AppState};
 use braid_daemon::audit::Audit;
+use braid_daemon::auth::Token;
 use braid_daemon::config::{Config, LogFormat};
 use braid_daemon::daemon::Daemon;
-use braid_daemon::metrics::Metrics;
+use braid_daemon::server::{Limits, Server};
 use braid_daemon::store::Store;
 use braid_dataplane::Idle;
 use braid_runtime::live::StartOptions;
@@ -25,7 +26,8 @@ use clap::Parser;
 struct Args {
     /// TOML configuration file; its keys are the long option names with `_`
     /// (socket, socket_mode, state_dir, audit_log, log_format, log_level,
-    /// max_body_bytes, control_timeout_ms, idle, metrics_listen, checkpoint_interval_ms).
+    /// max_body_bytes, body_timeout_ms, control_timeout_ms, idle, metrics_listen, checkpoint_interval_ms,
+    /// listen, tls_cert, tls_key, token_file, max_connections, header_timeout_ms).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Unix socket of the API [default: /run/braid/braidd.sock].
@@ -52,6 +54,10 @@ struct Args {
     /// Largest request body, bytes [default: 1048576].
     #[arg(long)]
     max_body_bytes: Option<usize>,
+    /// Time a request body may take to arrive whole, ms (408 after it)
+    /// [default: 30000].
+    #[arg(long)]
+    body_timeout_ms: Option<u64>,
     /// How long a chain's worker may take to answer a control command, ms
     /// [default: 5000].
     #[arg(long)]
@@ -69,6 +75,29 @@ struct Args {
     /// again [default: 10000].
     #[arg(long)]
     checkpoint_interval_ms: Option<u64>,
+    /// Also serve the whole API on this TCP address, e.g. 192.0.2.10:9479;
+    /// only with TLS 1.3 (--tls-cert, --tls-key) and a bearer token
+    /// (--token-file) [default: off].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain of the TCP API.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the TCP API.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// File holding the TCP API's bearer token (mode 0600, owned by
+    /// braidd's user; at least 16 printable characters). Never logged.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Connections served at once over all listeners; more wait in the
+    /// kernel's accept queue [default: 256].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Time a connection has to send a complete request head (on TCP also
+    /// to finish the TLS handshake), ms [default: 10000].
+    #[arg(long)]
+    header_timeout_ms: Option<u64>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -91,16 +120,17 @@ fn config(a: Args) -> anyhow::Result<Config> {
         log_format,
         log_level,
         max_body_bytes,
+        body_timeout_ms,
         control_timeout_ms,
         idle,
-        checkpoint_interval_ms
+        checkpoint_interval_ms,
+        max_connections,
+        header_timeout_ms
     );
-    if a.audit_log.is_some() {
-        c.audit_log = a.audit_log;
+    macro_rules! set_some {
+        ($($f:ident),*) => { $( if a.$f.is_some() { c.$f = a.$f; } )* };
     }
-    if a.metrics_listen.is_some() {
-        c.metrics_listen = a.metrics_listen;
-    }
+    set_some!(audit_log, metrics_listen, listen, tls_cert, tls_key, token_file);
     c.check()?;
     Ok(c)
 }
@@ -157,6 +187,41 @@ async fn prepare(c: &Config) -> anyhow::Result<(Arc<Daemon>, Audit)> {
     Ok((daemon, audit))
 }
 
+/// Publish a `chain_state` event whenever a chain's state changes
+/// (and `worker_stopped` when a running chain's worker stopped by itself),
+/// looking every 200 ms.
+async fn watch_chains(daemon: Arc<Daemon>, events: Arc<braid_daemon::ops::Events>) {
+    let mut seen: std::collections::BTreeMap<String, &'static str> =
+        daemon.list().iter().map(|c| (c.name().to_string(), c.state().0)).collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now: Vec<_> = daemon.list();
+        for c in &now {
+            let (state, error) = c.state();
+            // A chain enters the map running (deployed, or restored with a
+            // worker); one restored without a worker enters `failed`. So
+            // a chain first seen here already exited still gets its event.
+            let entered = if c.live().is_some() { "running" } else { "failed" };
+            let before = seen.insert(c.name().to_string(), state).unwrap_or(entered);
+            if before != state {
+                events.publish(
+                    "chain_state",
+                    serde_json::json!({ "chain": c.name(), "from": before, "to": state, "error": error }),
+                );
+                if before == "running" && state == "exited" {
+                    events.publish(
+                        "worker_stopped",
+                        serde_json::json!({ "chain": c.name(), "error": error }),
+                    );
+                }
+            }
+        }
+        seen.retain(|name, _| now.iter().any(|c| c.name() == name));
+    }
+}
+
 async fn run(c: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     if !c.state_dir.exists() {
@@ -167,54 +232,73 @@ async fn run(c: Config) -> anyhow::Result<()> {
             .create(&c.state_dir)
             .with_context(|| format!("creating state directory {}", c.state_dir.display()))?;
     }
+    // Everything that can be refused before the socket is bound: a second
+    // braidd must not take over, and a bad token or certificate must not
+    // leave a socket behind.
+    let uid = own_uid();
+    let tls = match (&c.listen, &c.tls_cert, &c.tls_key, &c.token_file) {
+        (Some(addr), Some(cert), Some(key), Some(token)) => {
+            let config = braid_daemon::server::tls_config(cert, key)?;
+            let token = Arc::new(Token::from_file(token, uid)?);
+            Some((*addr, config, token))
+        }
+        _ => None,
+    };
     // The socket first: a second braidd is refused before it touches the
     // store or any interface.
     let listener = braid_daemon::server::bind(&c.socket, c.socket_mode)?;
+    let cleanup = |e: anyhow::Error| {
+        let _ = std::fs::remove_file(&c.socket);
+        e
+    };
     let metrics_listener = match c.metrics_listen {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                let _ = std::fs::remove_file(&c.socket);
-                return Err(e).with_context(|| format!("metrics_listen {addr}: binding"));
-            }
-        },
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics_listen {addr}: binding"))
+                .map_err(cleanup)?,
+        ),
         None => None,
     };
-    let prepared = prepare(&c).await;
-    let (daemon, audit) = match prepared {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_file(&c.socket);
-            return Err(e);
-        }
+    let tls_listener = match &tls {
+        Some((addr, _, _)) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen {addr}: binding"))
+                .map_err(cleanup)?,
+        ),
+        None => None,
     };
+    let (daemon, audit) = prepare(&c).await.map_err(cleanup)?;
     tracing::info!(
         socket = %c.socket.display(),
+        listen = ?c.listen,
         "braidd ready in {:.1} ms", started.elapsed().as_secs_f64() * 1e3
     );
-    let state = AppState {
-        metrics: Arc::new(Metrics::new(daemon.chains())),
-        daemon: daemon.clone(),
-        audit: Arc::new(audit),
-        ops: Arc::default(),
-        started,
-        allowed_uid: own_uid(),
-        body_limit: c.max_body_bytes,
+    let limits = Limits {
+        max_connections: c.max_connections,
+        header_timeout: Duration::from_millis(c.header_timeout_ms),
     };
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_server = match metrics_listener {
-        Some(l) => {
-            let app = braid_daemon::api::metrics_router(state.clone());
-            Some(tokio::spawn(async move {
-                axum::serve(l, app)
-                    .with_graceful_shutdown(async {
-                        let _ = metrics_stopped.await;
-                    })
-                    .await
-            }))
-        }
-        None => None,
-    };
+    let (server, shutdown) = Server::new(limits);
+    let mut state =
+        AppState::new(daemon.clone(), audit, uid, c.max_body_bytes, shutdown.subscribe());
+    state.started = started;
+    state.body_timeout = Duration::from_millis(c.body_timeout_ms);
+    state.token = tls.as_ref().map(|(_, _, t)| t.clone());
+    state.events.publish(
+        "daemon_started",
+        serde_json::json!({ "pid": std::process::id(), "chains": daemon.list().len() }),
+    );
+    let mut serving = Vec::new();
+    serving.push(tokio::spawn(server.clone().serve_unix(listener, router(state.clone()))));
+    if let Some(l) = metrics_listener {
+        let app = braid_daemon::api::metrics_router(state.clone());
+        serving.push(tokio::spawn(server.clone().serve_tcp(l, app)));
+    }
+    if let (Some(l), Some((_, config, _))) = (tls_listener, tls) {
+        serving.push(tokio::spawn(server.clone().serve_tls(l, config, router(state.clone()))));
+    }
+    let watcher = tokio::spawn(watch_chains(daemon.clone(), state.events.clone()));
     let checkpointer = (c.checkpoint_interval_ms > 0).then(|| {
         let every = Duration::from_millis(c.checkpoint_interval_ms);
         let (daemon, ops) = (state.daemon.clone(), state.ops.clone());
@@ -235,19 +319,28 @@ async fn run(c: Config) -> anyhow::Result<()> {
             }
         })
     });
-    let served = braid_daemon::server::serve(listener, router(state), signalled()).await;
+    signalled().await;
+    // Stop accepting; requests in flight are answered, event streams end.
+    shutdown.trigger();
+    for s in serving {
+        let _ = s.await;
+    }
+    let open = server.drained(Duration::from_secs(10)).await;
+    if open > 0 {
+        tracing::warn!(open, "connections still open after 10 s; stopping anyway");
+    }
+    watcher.abort();
     if let Some(t) = checkpointer {
         t.abort();
     }
-    let _ = stop_metrics.send(());
-    if let Some(m) = metrics_server {
-        let _ = m.await;
-    }
+    // The last mutation has finished (its connection is answered, or it
+    // runs detached: wait for it).
+    let _last = state.ops.lock().await;
     let d = daemon.clone();
-    let stopped = tokio::task::spawn_blocking(move || d.shutdown()).await?;
+    let (stopped, drained) = tokio::task::spawn_blocking(move || d.shutdown()).await?;
     let _ = std::fs::remove_file(&c.socket);
-    tracing::info!(stopped, "braidd stopped");
-    served.context("serving the API")
+    tracing::info!(stopped, drained, "braidd stopped");
+    Ok(())
 }
 
 fn main() {

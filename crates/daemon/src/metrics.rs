@@ -14,7 +14,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::daemon::Chains;
+use crate::daemon::{Chains, Daemon};
+use crate::ops::Operations;
+use std::sync::Arc;
 
 /// The labels of `braid_api_requests`.
 pub type RequestLabels = Vec<(&'static str, String)>;
@@ -28,8 +30,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics over `chains`.
-    pub fn new(chains: Chains) -> Metrics {
+    /// Metrics over `daemon`'s chains and `operations`.
+    pub fn new(daemon: &Daemon, operations: Arc<Operations>) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -37,7 +39,11 @@ impl Metrics {
             "API requests served, by method, route and status",
             requests.clone(),
         );
-        registry.register_collector(Box::new(ChainCollector { chains }));
+        registry.register_collector(Box::new(ChainCollector {
+            chains: daemon.chains(),
+            idle: daemon.idle_policy(),
+            operations,
+        }));
         Metrics { registry, requests }
     }
 
@@ -63,6 +69,22 @@ impl Metrics {
 /// Reads the chains' telemetry at each scrape.
 struct ChainCollector {
     chains: Chains,
+    /// The chain workers' idle policy (a label of `braid_worker_info`).
+    idle: String,
+    operations: Arc<Operations>,
+}
+
+/// A worker thread's on-CPU time since its loop started and the wall time
+/// since then (ns): one small read of `/proc/self/task/TID/schedstat` (its
+/// first field, nanoseconds on a CPU) per chain and scrape (None before
+/// its loop started or once its thread is gone).
+fn worker_cpu(live: &braid_runtime::live::LiveChain) -> Option<(u64, u64)> {
+    let os = live.telemetry().os();
+    let start = os.start?;
+    let text = std::fs::read_to_string(format!("/proc/self/task/{}/schedstat", start.tid)).ok()?;
+    let run_ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    let wall = braid_nf::monotonic_ns().saturating_sub(os.start_ns);
+    Some((run_ns.saturating_sub(start.run_ns), wall))
 }
 
 impl std::fmt::Debug for ChainCollector {
@@ -97,6 +119,7 @@ impl Collector for ChainCollector {
         let mut ports = Vec::new();
         let mut up = Vec::new();
         let mut loops = Vec::new();
+        let mut cpu = Vec::new();
         for c in &chains {
             let chain = c.name().to_string();
             let (state, _) = c.state();
@@ -120,6 +143,9 @@ impl Collector for ChainCollector {
                 ports.push((vec![("chain", chain.clone()), ("port", p.name.clone())], p.stats));
             }
             loops.push((vec![("chain", chain.clone())], s.looped));
+            if let Some(c) = worker_cpu(live) {
+                cpu.push((vec![("chain", chain.clone())], c));
+            }
         }
         let rows = |f: &dyn Fn(&braid_nf::Counters) -> u64| -> Vec<(Labels, u64)> {
             nf.iter().map(|(l, c)| (l.clone(), f(c))).collect()
@@ -197,6 +223,75 @@ impl Collector for ChainCollector {
             "Loop turns that received nothing",
             &lrow(&|s| s.idle_turns),
         )?;
+        counters(
+            &mut enc,
+            "braid_worker_sleeps",
+            "Times a chain's worker slept waiting for packets (poll or sleep idle policy)",
+            &lrow(&|s| s.sleeps),
+        )?;
+        counters(
+            &mut enc,
+            "braid_worker_control_messages",
+            "Control messages a chain's worker answered",
+            &lrow(&|s| s.control_messages),
+        )?;
+        let syscalls: Vec<(Labels, u64)> =
+            ports.iter().filter_map(|(l, s)| s.syscalls.map(|n| (l.clone(), n))).collect();
+        counters(
+            &mut enc,
+            "braid_port_syscalls",
+            "System calls a port made to receive and send (recvmmsg, sendmmsg, AF_XDP wake-ups)",
+            &syscalls,
+        )?;
+        let cpu_ns: Vec<(Labels, u64)> =
+            cpu.iter().map(|(l, (run, _))| (l.clone(), *run)).collect();
+        counters(
+            &mut enc,
+            "braid_worker_cpu_nanoseconds",
+            "On-CPU time of a chain's worker thread since its loop started (busy share: its rate over 1e9)",
+            &cpu_ns,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "braid_worker_busy_share",
+            "Share of wall time a chain's worker thread was on a CPU since its loop started (0..1; with idle policy busy, 1)",
+            None,
+            ConstGauge::new(0f64).metric_type(),
+        )?;
+        for (labels, (run, wall)) in &cpu {
+            let share = if *wall == 0 { 0.0 } else { (*run as f64 / *wall as f64).min(1.0) };
+            ConstGauge::new(share).encode(m.encode_family(labels)?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "braid_worker_info",
+            "A chain's worker and its idle policy (always 1)",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (labels, _) in &loops {
+            let mut l = labels.clone();
+            l.push(("idle", self.idle.clone()));
+            ConstGauge::new(1i64).encode(m.encode_family(&l)?)?;
+        }
+        let (totals, running) = self.operations.counts();
+        let rows: Vec<(Labels, u64)> = totals
+            .into_iter()
+            .map(|((kind, outcome), n)| {
+                (vec![("kind", kind.to_string()), ("outcome", outcome.to_string())], n)
+            })
+            .collect();
+        counters(
+            &mut enc,
+            "braid_operations",
+            "Operations (deploy, remove, reconfigure) finished, by kind and outcome",
+            &rows,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "braid_operations_running",
+            "Operations running now",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        ConstGauge::new(running as i64).encode(m.encode_family(&Vec::<(&str, String)>::new())?)?;
         let mut m = enc.encode_descriptor(
             "braid_chain_up",
             "1 when the chain's worker runs, 0 when it is declared but not running",

@@ -13,9 +13,26 @@ fn chain_response(description: &str) -> Value {
             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Chain" } } } })
 }
 
+fn accepted_response() -> Value {
+    json!({ "description": "accepted (the client sent `Prefer: respond-async`): the operation, to follow at its `Location`",
+            "headers": { "Location": { "description": "/v1/operations/{id}", "schema": { "type": "string" } } },
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Operation" } } } })
+}
+
+fn prefer_param() -> Value {
+    json!({ "name": "Prefer", "in": "header", "required": false,
+            "description": "`respond-async`: answer 202 at once with the operation's Location instead of waiting",
+            "schema": { "type": "string" } })
+}
+
 fn name_param(name: &str, what: &str) -> Value {
     json!({ "name": name, "in": "path", "required": true, "description": what,
             "schema": { "type": "string" } })
+}
+
+/// Every NF type the registry knows.
+fn nf_types() -> Vec<&'static str> {
+    braid_nf::registry::REGISTRY.iter().map(|s| s.name).collect()
 }
 
 /// The document.
@@ -25,7 +42,7 @@ pub fn document() -> Value {
         "info": {
             "title": "braidd API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The per-host braid daemon: deploy, inspect, reconfigure and remove live chains. Served on a unix socket; peers must be root or the daemon's uid."
+            "description": "The per-host braid daemon: deploy, inspect, reconfigure and remove live chains; follow operations and the event stream. Served on a unix socket (peers must be root or the daemon's uid) and, when configured, on TCP with TLS 1.3 and a bearer token (401 without it)."
         },
         "paths": {
             "/v1/status": { "get": {
@@ -42,12 +59,14 @@ pub fn document() -> Value {
                 },
                 "post": {
                     "operationId": "deployChain",
+                    "parameters": [ prefer_param() ],
                     "summary": "Deploy a chain from its descriptor (YAML or JSON, as `braid validate` reads it); its `in` and `out` ports must be af_packet or af_xdp",
                     "requestBody": { "required": true, "content": {
                         "application/yaml": { "schema": { "type": "string" } },
                         "application/json": { "schema": { "$ref": "#/components/schemas/Descriptor" } } } },
                     "responses": {
                         "201": chain_response("deployed and running"),
+                        "202": accepted_response(),
                         "400": error_response("invalid descriptor: every problem with line, column and field path; nothing changed"),
                         "409": error_response("a chain of that name exists"),
                         "413": error_response("body larger than the limit"),
@@ -63,8 +82,10 @@ pub fn document() -> Value {
                 },
                 "delete": {
                     "operationId": "deleteChain", "summary": "Stop a chain and forget it; its final counters",
+                    "parameters": [ prefer_param() ],
                     "responses": { "200": { "description": "removed",
                         "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "202": accepted_response(),
                         "404": error_response("no such chain") }
                 }
             },
@@ -72,12 +93,14 @@ pub fn document() -> Value {
                 "parameters": [ name_param("name", "chain name"), name_param("nf", "NF name in the chain") ],
                 "patch": {
                     "operationId": "reconfigureNf",
+                    "parameters": [ prefer_param() ],
                     "summary": "Replace an NF's parameters live (new instance, state moved over, swapped between batches); kept across restarts",
                     "requestBody": { "required": true, "content": { "application/json": { "schema": {
                         "type": "object", "required": ["params"], "additionalProperties": false,
                         "properties": { "params": { "description": "the NF's parameters, as in a descriptor" } } } } } },
                     "responses": {
                         "200": chain_response("changed"),
+                        "202": accepted_response(),
                         "400": error_response("invalid parameters (field paths as `braid validate` gives them) or body"),
                         "404": error_response("no such chain or NF"),
                         "409": error_response("the chain is not running"),
@@ -85,6 +108,31 @@ pub fn document() -> Value {
                     }
                 }
             },
+            "/v1/operations": { "get": {
+                "operationId": "listOperations", "summary": "The last 1000 operations (deploy, remove, reconfigure), oldest first",
+                "responses": { "200": { "description": "the operations",
+                    "content": { "application/json": { "schema": { "type": "object", "required": ["operations"],
+                        "properties": { "operations": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } } } } } } } }
+            } },
+            "/v1/operations/{id}": {
+                "parameters": [ name_param("id", "operation id, `op-N`") ],
+                "get": {
+                    "operationId": "getOperation", "summary": "One operation: state (running, succeeded, failed), outcome",
+                    "responses": { "200": { "description": "the operation",
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Operation" } } } },
+                        "404": error_response("no such operation (or no longer kept)") }
+                }
+            },
+            "/v1/events": { "get": {
+                "operationId": "events",
+                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_state, worker_stopped, operation_finished (and `lagged` with the number missed)",
+                "parameters": [ { "name": "since", "in": "query", "required": false,
+                    "description": "replay the kept events (the last 1024) after this seq first",
+                    "schema": { "type": "integer", "minimum": 0 } } ],
+                "responses": { "200": { "description": "JSON lines, each {seq, time, type, ...}",
+                    "content": { "application/jsonl": { "schema": { "type": "string" } } } },
+                    "400": error_response("bad query") }
+            } },
             "/v1/openapi.json": { "get": {
                 "operationId": "openapi", "summary": "This document",
                 "responses": { "200": { "description": "OpenAPI 3.1",
@@ -97,16 +145,38 @@ pub fn document() -> Value {
                     "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } } }
             } }
         },
-        "components": { "schemas": {
+        "components": {
+          "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer",
+              "description": "TCP listener only (the unix socket checks peer credentials instead)" } },
+          "schemas": {
             "Error": { "type": "object", "required": ["error", "message"], "properties": {
-                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, body_too_large, bad_body, forbidden, no_route, store, internal" },
+                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, body_too_large, body_timeout, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
                 "message": { "type": "string" },
                 "problems": { "type": "array", "items": { "type": "object", "properties": {
                     "line": { "type": ["integer", "null"] }, "column": { "type": ["integer", "null"] },
                     "path": { "type": "string" }, "message": { "type": "string" },
                     "accepted": { "type": ["string", "null"] }, "text": { "type": "string" } } } }
             } },
-            "Descriptor": { "type": "object", "required": ["name", "nfs"], "description": "a chain descriptor (docs/chains.md)" },
+            "Operation": { "type": "object", "required": ["id", "kind", "chain", "state", "created"], "properties": {
+                "id": { "type": "string" }, "kind": { "type": "string", "enum": ["deploy", "remove", "reconfigure"] },
+                "chain": { "type": "string" }, "nf": { "type": "string" },
+                "state": { "type": "string", "enum": ["running", "succeeded", "failed"] },
+                "created": { "type": "number" }, "finished": { "type": ["number", "null"] },
+                "status": { "type": ["integer", "null"], "description": "the HTTP status a synchronous call gets" },
+                "result": { "description": "what a synchronous call answers" },
+                "error": { "description": "{error, message, problems} as the API's errors" } } },
+            "Descriptor": { "type": "object", "required": ["name", "nfs"],
+                "description": "a chain descriptor (docs/chains.md); the daemon also needs `in` and `out` ports of kind af_packet or af_xdp on interfaces that exist (422 otherwise), and each NF's parameters as docs/nfs.md gives them (400 otherwise)",
+                "properties": {
+                    "name": { "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$" },
+                    "batch_size": { "type": "integer", "minimum": 1 },
+                    "ports": { "type": "object", "additionalProperties": { "type": "object", "required": ["kind"],
+                        "properties": { "kind": { "type": "string" } } } },
+                    "nfs": { "type": "array", "minItems": 1, "items": { "type": "object", "required": ["name", "type"],
+                        "properties": { "name": { "type": "string", "minLength": 1 },
+                                        "type": { "type": "string", "enum": nf_types() },
+                                        "params": { "type": "object" } } } },
+                    "sched": { "type": "object" } } },
             "Chain": { "type": "object", "required": ["name", "state", "descriptor"], "properties": {
                 "name": { "type": "string" },
                 "state": { "type": "string", "enum": ["running", "exited", "failed", "stopped"] },
@@ -116,7 +186,8 @@ pub fn document() -> Value {
                 "stats": { "type": "object", "description": "per-NF stages, ports and loop counters" } } },
             "Status": { "type": "object", "properties": {
                 "daemon": { "type": "string" }, "version": { "type": "string" }, "pid": { "type": "integer" },
-                "uptime_seconds": { "type": "number" }, "chains": { "type": "integer" }, "running": { "type": "integer" } } }
+                "uptime_seconds": { "type": "number" }, "chains": { "type": "integer" }, "running": { "type": "integer" },
+                "checkpoints": { "type": "integer" }, "last_event": { "type": "integer" } } }
         } }
     })
 }

@@ -144,6 +144,22 @@ fn a_100_mb_body_is_refused_without_being_held() {
         api_error(c.json("POST", "/v1/chains", Some(("application/yaml", &over))).unwrap_err());
     assert_eq!((st, kind.as_str()), (413, "body_too_large"));
     assert_eq!(c.status().unwrap()["chains"], 0);
+    // Without a Content-Length (chunked), the limit holds as it is read.
+    if braid_testkit::skip_unless_tool("curl", "chunked body") {
+        return;
+    }
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(&d.socket)
+        .args(["-H", "Transfer-Encoding: chunked", "--data-binary"])
+        .arg(format!("@{}", big.display()))
+        .arg("http://braidd/v1/chains")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n413") && text.contains("body_too_large"), "{text}");
 }
 
 #[test]
@@ -207,7 +223,7 @@ fn the_openapi_document_and_the_router_have_the_same_routes() {
         }
     }
     let routed = router_routes();
-    assert_eq!(routed.len(), 8, "{routed:?}");
+    assert_eq!(routed.len(), 11, "{routed:?}");
     assert_eq!(documented, routed);
 
     // The served document is this one, and each documented route is
@@ -217,7 +233,13 @@ fn the_openapi_document_and_the_router_have_the_same_routes() {
     let c = d.client();
     assert_eq!(c.openapi().unwrap(), doc);
     for (method, path) in &documented {
-        let concrete = path.replace("{name}", "x").replace("{nf}", "f");
+        if path == "/v1/events" {
+            // A stream: the first event is the daemon's start.
+            let first = c.events(Some(0)).unwrap().next().unwrap().unwrap();
+            assert_eq!(first["type"], "daemon_started", "{first}");
+            continue;
+        }
+        let concrete = path.replace("{name}", "x").replace("{nf}", "f").replace("{id}", "op-1");
         let body =
             matches!(method.as_str(), "POST" | "PATCH").then_some(("application/json", &b"{}"[..]));
         let r = c.request(method, &concrete, body).unwrap();
@@ -406,4 +428,48 @@ fn logs_are_quiet_by_default_and_json_on_request() {
     assert!(has("braidd", "braidd ready"), "{log}");
     assert!(has("braidd::audit", "a chain needs at least one NF"), "{log}");
     assert!(has("braidd", "braidd stopped"), "{log}");
+}
+
+/// Every `braid_...` name in the JSON `v`'s strings.
+fn metric_names_in(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::String(s) => {
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("braid_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                out.insert(name);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| metric_names_in(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| metric_names_in(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_and_metrics_have_the_same_names() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../../deploy/grafana-braidd.json")).unwrap();
+    let mut used = BTreeSet::new();
+    metric_names_in(&dashboard, &mut used);
+    // What braidd serves, even with no chain: every family is described
+    // (`# TYPE name counter` is sampled as `name_total`).
+    let dir = TempDir::new("grafana");
+    let d = Braidd::start(dir.path(), None, &[]);
+    let m = d.client().metrics().unwrap();
+    let served: BTreeSet<String> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| if kind == "counter" { format!("{name}_total") } else { name.into() })
+        .collect();
+    assert!(served.len() >= 25, "{m}");
+    let unknown: Vec<_> = used.difference(&served).collect();
+    assert!(unknown.is_empty(), "the dashboard uses metrics braidd does not serve: {unknown:?}");
+    let unshown: Vec<_> = served.difference(&used).collect();
+    assert!(unshown.is_empty(), "metrics without a dashboard panel: {unshown:?}");
 }

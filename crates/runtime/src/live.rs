@@ -351,6 +351,29 @@ impl LiveChain {
         Ok(())
     }
 
+    /// Prepare a planned stop so that a checkpoint taken next holds every
+    /// packet's effect: the worker processes everything waiting on its
+    /// inputs and pauses (`Drain`), and whatever its inputs receive from
+    /// then on is dropped before any NF sees it (counted `unconnected`),
+    /// so [`LiveChain::stop`] changes no NF's state. The packets drained.
+    pub fn quiesce(&self) -> Result<u64, LiveError> {
+        let control = |source| LiveError::Control { chain: self.name.clone(), source };
+        let packets = match self.handle.request(Command::Drain, self.control_timeout) {
+            Ok(Reply::Drained { packets }) => packets,
+            Ok(_) => return Err(control(ControlError::Unexpected("Drain".into()))),
+            Err(e) => return Err(control(e)),
+        };
+        for port in [0, 1] {
+            let command = Command::Reroute {
+                stage: String::new(),
+                output: braid_dataplane::control::Output::PortRx(port),
+                to: braid_dataplane::Endpoint::Drop,
+            };
+            self.handle.request(command, self.control_timeout).map_err(control)?;
+        }
+        Ok(packets)
+    }
+
     /// Stop the worker (it flushes what it holds and ticks a last time)
     /// and return the final counters.
     pub fn stop(&self) -> Result<RunReport, LiveError> {

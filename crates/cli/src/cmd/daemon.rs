@@ -10,7 +10,7 @@ use serde_json::Value;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braidd &   # the daemon, on /run/braid/braidd.sock\n  braid daemon status\n  braid daemon deploy live-chain.yaml\n  braid daemon show live --json\n  braid daemon set live fw '{default: drop}'\n  braid daemon --socket /tmp/b.sock chains"
+    after_help = "Examples:\n  braidd &   # the daemon, on /run/braid/braidd.sock\n  braid daemon status\n  braid daemon deploy live-chain.yaml\n  braid daemon show live --json\n  braid daemon set live fw '{default: drop}'\n  braid daemon events --since 0\n  braid daemon operations\n  braid daemon --socket /tmp/b.sock chains"
 )]
 pub struct Args {
     /// braidd's unix socket.
@@ -50,6 +50,18 @@ pub enum Cmd {
     Remove { name: String },
     /// Print braidd's metrics (OpenMetrics text).
     Metrics,
+    /// Follow braidd's event stream: one JSON object per line (chains
+    /// deployed, removed, reconfigured, state changes, operations).
+    Events {
+        /// Replay the kept events after this sequence number first (0: all kept).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// The last operations (deploy, remove, reconfigure), or one of them.
+    Operations { id: Option<String> },
 }
 
 fn pretty(v: &Value) -> anyhow::Result<String> {
@@ -139,6 +151,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Metrics => print!("{}", c.metrics()?),
+        Cmd::Events { since, count } => {
+            // Events can be hours apart: wait for the next one a day.
+            let c = c.with_timeout(std::time::Duration::from_secs(24 * 3600));
+            for e in c.events(since)?.take(count.unwrap_or(usize::MAX)) {
+                println!("{}", e?);
+            }
+        }
+        Cmd::Operations { id: Some(id) } => println!("{}", pretty(&c.operation(&id)?)?),
+        Cmd::Operations { id: None } => {
+            let v = c.json("GET", "/v1/operations", None)?;
+            println!("{:<8} {:<12} {:<20} {:<10} {:>6}", "id", "kind", "chain", "state", "status");
+            for o in v["operations"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<8} {:<12} {:<20} {:<10} {:>6}",
+                    o["id"].as_str().unwrap_or(""),
+                    o["kind"].as_str().unwrap_or(""),
+                    o["chain"].as_str().unwrap_or(""),
+                    o["state"].as_str().unwrap_or(""),
+                    o["status"].as_u64().map_or("-".into(), |s| s.to_string()),
+                );
+            }
+        }
     }
     Ok(())
 }
