@@ -12,9 +12,20 @@
 //! hit that entry in one hash lookup and pass without classification, so
 //! replies of allowed flows pass even where the rules would drop them.
 //! Connections idle out per protocol (`timeouts`); TCP connections use the
-//! short `tcp_transitory` timeout until a reply is seen and after FIN/RST.
-//! Pickup is loose: an allowed TCP packet without SYN also creates a
-//! connection (like Linux's `nf_conntrack_tcp_loose`).
+//! long `tcp_established` timeout only in ESTABLISHED after a reply was
+//! seen, the short `tcp_transitory` one otherwise.
+//!
+//! TCP follows Linux conntrack's state machine
+//! ([`crate::conntrack::tcp_transition`]): a connection starts only from a
+//! SYN or, picked up mid-stream as with `nf_conntrack_tcp_loose=1`, from an
+//! ACK-type segment; an allowed SYN-ACK, FIN, RST, SYN+FIN or flagless
+//! segment passes by the rules but tracks nothing. A segment invalid for
+//! its connection's state (a SYN against an established connection) is
+//! decided by the rules alone, like `ct state invalid`. ICMP: only an echo
+//! request starts a connection, and only an echo reply matches its reply
+//! side. A packet of a tracked connection skips the rules when it is a
+//! reply, the connection has seen one, or these rules created it; else
+//! (NEW in Linux terms) the rules decide.
 //!
 //! Edge cases: ARP always passes (IPv4 needs it); other non-IPv4 frames
 //! follow the default action (dropped as `denied`). Malformed IPv4 is
@@ -29,8 +40,9 @@ use braid_packet::Batch;
 use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
     apply_steps, flow_key, icmp_error_quote, parse_cidr, parse_port_range, prefix_mask, secs_to_ns,
-    BatchLookup, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers, Lookup, StateClock,
-    TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
+    tcp_transition, BatchLookup, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers,
+    Lookup, StateClock, TcpState, TcpStep, TimeoutsNs, ADMITTED, ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -356,17 +368,64 @@ impl Firewall {
             }
         };
         let tcp_flags = info.tcp_flags();
+        // Conntrack first, like `ct state established,related accept`
+        // ahead of the rules: a packet of a tracked connection passes if
+        // it is valid for the connection and the connection is
+        // established (a packet in the reply direction, or after one was
+        // seen). A valid packet in the original direction before any
+        // reply is NEW: it passes if the rules admit it. An invalid one
+        // (`ct state invalid`) is left to the rules and tracks nothing.
+        let mut tracked = false;
         if let (Some(table), Some(key)) = (self.conntrack.as_mut(), key) {
             if let Lookup::Hit { slot, reply } =
                 table.lookup_hinted(&key, hash, hint, now, &self.timeouts)
             {
                 if let Some(c) = table.get_mut(slot) {
-                    c.touch(now, reply, tcp_flags);
+                    let valid = match info.l4 {
+                        L4::Tcp { .. } => match c.track_tcp(now, reply, tcp_flags) {
+                            TcpStep::To(_) | TcpStep::Ignore => true,
+                            TcpStep::Invalid => false,
+                            TcpStep::Reopen => {
+                                table.remove_slot(slot);
+                                return self.admit_new(&info, Some(key), now);
+                            }
+                        },
+                        // An echo request on the reply key (or a reply on
+                        // the original key) is another ICMP tuple in
+                        // Linux: not part of this connection.
+                        L4::IcmpEcho { msg_type, .. } => {
+                            let ok = (msg_type == ICMP_ECHO_REPLY) == reply;
+                            if ok {
+                                c.touch(now, reply, 0);
+                            }
+                            ok
+                        }
+                        _ => {
+                            c.touch(now, reply, 0);
+                            true
+                        }
+                    };
+                    if valid && (reply || c.seen_reply() || c.flags & ADMITTED != 0) {
+                        return Ok(());
+                    }
+                    tracked = true;
                 }
-                return Ok(());
             }
         }
-        let fields = match key {
+        if tracked {
+            return match self.decide(&Self::fields(&info, key)) {
+                Action::Allow => Ok(()),
+                Action::Drop => Err(DropReason::Denied),
+            };
+        }
+        self.admit_new(&info, key, now)
+    }
+
+    /// The rule fields of a packet: its 5-tuple, or ports 0 for packets
+    /// without ports (ICMP echo included).
+    #[inline]
+    fn fields(info: &Ipv4Headers, key: Option<FlowKey>) -> Fields {
+        match key {
             Some(k) if !matches!(info.l4, L4::IcmpEcho { .. }) => Fields {
                 src: k.src,
                 dst: k.dst,
@@ -377,22 +436,52 @@ impl Firewall {
             _ => {
                 Fields { src: info.src, dst: info.dst, proto: info.proto, src_port: 0, dst_port: 0 }
             }
-        };
-        if self.decide(&fields) == Action::Drop {
+        }
+    }
+
+    /// A packet of no tracked connection: the rules decide; an allowed
+    /// packet that may start a connection in Linux conntrack (any UDP, an
+    /// ICMP echo request, a TCP SYN or, picked up, an ACK-type segment)
+    /// is tracked.
+    #[inline]
+    fn admit_new(
+        &mut self,
+        info: &Ipv4Headers,
+        key: Option<FlowKey>,
+        now: u64,
+    ) -> Result<(), DropReason> {
+        if self.decide(&Self::fields(info, key)) == Action::Drop {
             return Err(DropReason::Denied);
         }
-        if let (Some(table), Some(key)) = (self.conntrack.as_mut(), key) {
-            match table.insert(key, key.reversed(), now) {
-                Ok(slot) => {
-                    if let Some(c) = table.get_mut(slot) {
-                        c.touch(now, false, tcp_flags);
+        let tcp_flags = info.tcp_flags();
+        let start = match info.l4 {
+            L4::Tcp { .. } => match tcp_transition(TcpState::None, false, tcp_flags) {
+                TcpStep::To(s) => Some(Some(s)),
+                _ => None,
+            },
+            L4::IcmpEcho { msg_type, .. } => (msg_type == ICMP_ECHO_REQUEST).then_some(None),
+            _ => Some(None),
+        };
+        let (Some(table), Some(key), Some(tcp_state)) = (self.conntrack.as_mut(), key, start)
+        else {
+            return Ok(());
+        };
+        match table.insert(key, key.reversed(), now) {
+            Ok(slot) => {
+                if let Some(c) = table.get_mut(slot) {
+                    c.touch(now, false, tcp_flags);
+                    c.flags |= ADMITTED;
+                    if let Some(s) = tcp_state {
+                        c.set_tcp_state(s);
                     }
                 }
-                Err(InsertError::Full) => return Err(DropReason::Overflow),
-                // A flow whose reply key is itself (same address and port
-                // on both ends): allowed by the rules, nothing to track.
-                Err(InsertError::KeyInUse) => {}
             }
+            Err(InsertError::Full) => return Err(DropReason::Overflow),
+            // A flow whose reply key is itself (same address and port on
+            // both ends), or an ICMP echo whose identifier is the reply
+            // key of another connection: allowed by the rules, not
+            // tracked.
+            Err(InsertError::KeyInUse) => {}
         }
         Ok(())
     }
@@ -595,7 +684,8 @@ mod tests {
         let back = frame([8, 8, 8, 8], [10, 0, 0, 1], PROTO_TCP, 80, 1234, TCP_SYN | TCP_ACK);
         // The reply alone is denied.
         assert_eq!(run(&mut f, s, std::slice::from_ref(&back)).0, 0);
-        assert_eq!(run(&mut f, s, &[out.clone(), back.clone()]).0, 2);
+        let ack = frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_TCP, 1234, 80, TCP_ACK);
+        assert_eq!(run(&mut f, s, &[out.clone(), back.clone(), ack]).0, 3);
         assert_eq!(f.connections(), 1);
         // Established: the long timeout applies.
         assert_eq!(run(&mut f, 90 * s, std::slice::from_ref(&back)).0, 1);
@@ -609,6 +699,55 @@ mod tests {
         let mut rep = frame([8, 8, 8, 8], [10, 0, 0, 1], PROTO_ICMP, 9, 9, 0);
         rep[34] = 0;
         assert_eq!(run(&mut f, 200 * s, &[req, rep]).0, 2);
+    }
+
+    /// Issue 13 item 1: an allowed outbound RST, FIN, SYN+FIN, SYN-ACK or
+    /// echo reply must not create a connection that admits the reversed
+    /// SYN or echo request (nftables `ct state established,related`
+    /// drops them); an ACK is picked up, but a SYN against it is invalid.
+    #[test]
+    fn pickup_only_from_segments_linux_tracks() {
+        use braid_packet::wire::tcp_flags::{PSH, RST};
+        let inside = "rules: [{action: allow, src: 10.0.0.0/8}]\n";
+        let a = [10, 0, 0, 1];
+        let b = [8, 8, 8, 8];
+        for flags in
+            [RST, RST | TCP_ACK, TCP_FIN | TCP_ACK, TCP_SYN | TCP_FIN, TCP_SYN | TCP_ACK, 0]
+        {
+            let mut f = fw(inside);
+            let out = frame(a, b, PROTO_TCP, 80, 1234, flags);
+            assert_eq!(run(&mut f, 1, &[out]).0, 1, "the rules allow {flags:#04x}");
+            assert_eq!(f.connections(), 0, "{flags:#04x} tracked");
+            let syn = frame(b, a, PROTO_TCP, 1234, 80, TCP_SYN);
+            assert_eq!(run(&mut f, 2, &[syn]).0, 0, "SYN admitted after {flags:#04x}");
+        }
+        // An outbound echo reply creates nothing: the echo request back is
+        // denied.
+        let mut f = fw(inside);
+        let mut rep = frame(a, b, PROTO_ICMP, 9, 9, 0);
+        rep[34] = ICMP_ECHO_REPLY;
+        assert_eq!(run(&mut f, 1, &[rep]).0, 1);
+        assert_eq!(f.connections(), 0);
+        assert_eq!(run(&mut f, 2, &[frame(b, a, PROTO_ICMP, 9, 9, 0)]).0, 0);
+        // An echo request tracked: its reply passes, a request back on the
+        // same identifier does not.
+        assert_eq!(run(&mut f, 3, &[frame(a, b, PROTO_ICMP, 9, 9, 0)]).0, 1);
+        assert_eq!(run(&mut f, 4, &[frame(b, a, PROTO_ICMP, 9, 9, 0)]).0, 0);
+        let mut rep = frame(b, a, PROTO_ICMP, 9, 9, 0);
+        rep[34] = ICMP_ECHO_REPLY;
+        assert_eq!(run(&mut f, 5, &[rep]).0, 1);
+        // A mid-stream ACK is picked up (nf_conntrack_tcp_loose): the
+        // peer's ACKs pass, a SYN on the reversed tuple is invalid.
+        let mut f = fw(inside);
+        assert_eq!(run(&mut f, 1, &[frame(a, b, PROTO_TCP, 80, 1234, TCP_ACK | PSH)]).0, 1);
+        assert_eq!(f.connections(), 1);
+        assert_eq!(run(&mut f, 2, &[frame(b, a, PROTO_TCP, 1234, 80, TCP_SYN)]).0, 0);
+        assert_eq!(run(&mut f, 3, &[frame(b, a, PROTO_TCP, 1234, 80, TCP_ACK)]).0, 1);
+        // The reply RST closes it (CLOSE); after the transitory timeout
+        // the connection is gone and an ACK from outside is denied.
+        assert_eq!(run(&mut f, 4, &[frame(b, a, PROTO_TCP, 1234, 80, RST)]).0, 1);
+        let s = 1_000_000_000u64;
+        assert_eq!(run(&mut f, 200 * s, &[frame(b, a, PROTO_TCP, 1234, 80, TCP_ACK)]).0, 0);
     }
 
     #[test]
