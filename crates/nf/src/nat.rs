@@ -5,6 +5,10 @@
 //!   The flow's mapping is looked up (or created, taking a free port from
 //!   `ports` for that protocol); the source address becomes `external_ip`
 //!   and the source port (ICMP: the echo identifier) the mapped port.
+//!   With the default `mapping: endpoint-independent` an inside
+//!   address:port keeps its external port for every remote host while it
+//!   has a flow (RFC 4787 REQ-1, RFC 5382 REQ-1, like Linux masquerade);
+//!   `mapping: endpoint-dependent` takes a new port per flow.
 //! * destination `external_ip`: **inbound**. The packet must be the reply
 //!   of a mapped flow (its 5-tuple is the flow's reply key); the destination
 //!   address and port become the internal host's. Anything else is dropped
@@ -23,9 +27,11 @@
 //! Mappings idle out per protocol; TCP uses `tcp_transitory` until a reply
 //! was seen and after FIN/RST. Expired mappings are removed when a packet
 //! looks them up and by an incremental sweep in `tick`; their ports go back
-//! to the pool. Each protocol has its own pool, so at most one mapping per
-//! external port and protocol exists (the port alone identifies the inside
-//! host on the way back). No free port: `ports_exhausted`; `max_flows`
+//! to the pool when no flow uses them any more. Each protocol has its own
+//! pool, and an external port belongs to one inside endpoint at a time
+//! (the port alone identifies the inside host on the way back); filtering
+//! stays address- and port-dependent (an inbound packet must be the reply
+//! of a flow). No free port: `ports_exhausted`; `max_flows`
 //! mappings: `overflow`. Outbound packets that cannot be keyed (non-first
 //! fragments, ICMP other than echo, other protocols) are `unsupported`.
 
@@ -39,7 +45,8 @@ use braid_packet::wire::checksum::{udp_on_wire, update16, update32};
 use crate::conntrack::{
     apply_steps, flow_key, icmp_error_quote, parse_cidr, parse_port_range, prefix_mask, secs_to_ns,
     BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers, Lookup,
-    QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
+    QuotedPacket, StateClock, TcpState, TcpStep, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
@@ -85,6 +92,12 @@ pub static SPEC: NfSpec = NfSpec {
             default: Some("262144"),
             help: "mapping table size; new flows beyond it are dropped (overflow)",
         },
+        ParamDoc {
+            name: "mapping",
+            kind: "endpoint-independent|endpoint-dependent",
+            default: Some("endpoint-independent"),
+            help: "one external port per inside address:port whatever the remote (RFC 4787/5382 REQ-1), or one per flow",
+        },
     ],
     build: |p| Ok(Box::new(Nat::from_config(&crate::params::parse::<Config>(p)?)?)),
 };
@@ -115,6 +128,19 @@ fn default_max_flows() -> usize {
     1 << 18
 }
 
+/// How external ports are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mapping {
+    /// One external port per inside address, port and protocol, reused
+    /// for every remote host (RFC 4787 REQ-1, RFC 5382 REQ-1; what Linux
+    /// masquerade does). STUN/ICE rely on it.
+    #[default]
+    EndpointIndependent,
+    /// A new external port for every flow (5-tuple).
+    EndpointDependent,
+}
+
 /// NAT parameters.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +153,92 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     #[serde(default = "default_max_flows")]
     pub max_flows: usize,
+    #[serde(default)]
+    pub mapping: Mapping,
+}
+
+/// An inside endpoint: protocol, address, port (ICMP: echo identifier).
+type Endpoint = (u8, u32, u16);
+
+/// The external ports in use: one free pool per protocol, the number of
+/// flows using each taken port (it returns to its pool with the last one)
+/// and, with endpoint-independent mapping, the port of each inside
+/// endpoint.
+#[derive(Clone, Debug)]
+struct Ports {
+    pools: [PortPool; 3],
+    mapping: Mapping,
+    users: std::collections::HashMap<(usize, u16), u32>,
+    endpoints: std::collections::HashMap<Endpoint, u16>,
+}
+
+impl Ports {
+    /// Pools over `lo..=hi` without the ports of `conns` (checked by
+    /// `Nat::validate`: a port is shared only by flows of one endpoint).
+    fn new(lo: u16, hi: u16, mapping: Mapping, conns: &[Conn]) -> Ports {
+        let mut used: [Vec<u16>; 3] = Default::default();
+        let mut users = std::collections::HashMap::new();
+        let mut endpoints = std::collections::HashMap::new();
+        for c in conns {
+            if let Some(i) = pool_index(c.orig.proto) {
+                let port = c.reply.dst_port;
+                let n = users.entry((i, port)).or_insert(0);
+                if *n == 0 {
+                    used[i].push(port);
+                }
+                *n += 1;
+                if mapping == Mapping::EndpointIndependent {
+                    endpoints.entry(endpoint(&c.orig)).or_insert(port);
+                }
+            }
+        }
+        Ports { pools: used.map(|u| PortPool::new(lo, hi, &u)), mapping, users, endpoints }
+    }
+
+    /// The external port for a new flow `key`: its endpoint's port if it
+    /// has one (endpoint-independent), else a free one.
+    fn take(&mut self, key: &FlowKey) -> Result<u16, DropReason> {
+        let pool = pool_index(key.proto).ok_or(DropReason::Unsupported)?;
+        let ep = endpoint(key);
+        if self.mapping == Mapping::EndpointIndependent {
+            if let Some(&port) = self.endpoints.get(&ep) {
+                *self.users.entry((pool, port)).or_insert(0) += 1;
+                return Ok(port);
+            }
+        }
+        let port = self.pools[pool].take().ok_or(DropReason::PortsExhausted)?;
+        self.users.insert((pool, port), 1);
+        if self.mapping == Mapping::EndpointIndependent {
+            self.endpoints.insert(ep, port);
+        }
+        Ok(port)
+    }
+
+    /// A flow with key `orig` and external port `port` is gone.
+    fn release(&mut self, orig: &FlowKey, port: u16) {
+        let Some(pool) = pool_index(orig.proto) else { return };
+        match self.users.get_mut(&(pool, port)) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            Some(_) => {
+                self.users.remove(&(pool, port));
+            }
+            None => return,
+        }
+        let ep = endpoint(orig);
+        if self.endpoints.get(&ep) == Some(&port) {
+            self.endpoints.remove(&ep);
+        }
+        self.pools[pool].give_back(port);
+    }
+}
+
+/// The inside endpoint of an outbound flow key.
+#[inline]
+fn endpoint(k: &FlowKey) -> Endpoint {
+    (k.proto, k.src, k.src_port)
 }
 
 /// Free external ports of one protocol, in random order (RFC 6056: an
@@ -221,8 +333,9 @@ pub struct Nat {
     timeouts: TimeoutsNs,
     max_flows: usize,
     table: ConnTable,
-    /// Port pools for TCP, UDP, ICMP.
-    pools: [PortPool; 3],
+    /// External ports: free pools for TCP, UDP, ICMP and the mapped
+    /// endpoints.
+    pools: Ports,
     clock: StateClock,
     /// Per-batch scratch of step 1 (kept to reuse the allocation).
     steps: Vec<Step>,
@@ -382,7 +495,6 @@ impl Nat {
             // Only TCP, UDP and ICMP are ever mapped.
             other: secs_to_ns(t.udp),
         };
-        let pool = PortPool::new(ports.0, ports.1, &[]);
         Ok(Nat {
             external_ip,
             internal,
@@ -390,7 +502,7 @@ impl Nat {
             timeouts,
             max_flows: cfg.max_flows,
             table: ConnTable::new(cfg.max_flows),
-            pools: [pool.clone(), pool.clone(), pool],
+            pools: Ports::new(ports.0, ports.1, cfg.mapping, &[]),
             clock: StateClock::default(),
             steps: Vec::new(),
         })
@@ -407,10 +519,8 @@ impl Nat {
     }
 
     /// Give an expired mapping's port back.
-    fn release(pools: &mut [PortPool; 3], c: &Conn) {
-        if let Some(i) = pool_index(c.orig.proto) {
-            pools[i].give_back(c.reply.dst_port);
-        }
+    fn release(pools: &mut Ports, c: &Conn) {
+        pools.release(&c.orig, c.reply.dst_port);
     }
 
     /// Batch step 1: parse a packet and decide what it needs.
@@ -472,7 +582,25 @@ impl Nat {
             }
         };
         let Some(conn) = self.table.get_mut(slot) else { return Err(DropReason::NoMapping) };
-        conn.touch(now, reply, tcp_flags);
+        if key.proto == PROTO_TCP {
+            // Linux's TCP states give the timeouts; a segment they call
+            // invalid is translated all the same (docs/nfs.md).
+            match conn.track_tcp(now, reply, tcp_flags) {
+                TcpStep::To(_) | TcpStep::Ignore => {}
+                TcpStep::Reopen => {
+                    conn.touch(now, reply, tcp_flags);
+                    conn.set_tcp_state(TcpState::SynSent);
+                }
+                TcpStep::Invalid => {
+                    conn.touch(now, reply, tcp_flags);
+                    if conn.tcp_state() == TcpState::None {
+                        conn.set_tcp_state(TcpState::SynSent);
+                    }
+                }
+            }
+        } else {
+            conn.touch(now, reply, tcp_flags);
+        }
         let (end, ip, port) = if reply {
             (End::Dst, conn.orig.src, conn.orig.src_port)
         } else {
@@ -543,16 +671,20 @@ impl Nat {
 
     /// Create the mapping of a new outbound flow.
     fn map_new(&mut self, key: FlowKey, now: u64) -> Result<u32, DropReason> {
-        let pool = pool_index(key.proto).ok_or(DropReason::Unsupported)?;
-        let port = self.pools[pool].take().ok_or(DropReason::PortsExhausted)?;
+        let port = self.pools.take(&key)?;
         let (src_port, dst_port) =
             if key.proto == PROTO_ICMP { (port, port) } else { (key.dst_port, port) };
         let reply =
             FlowKey { src: key.dst, dst: self.external_ip, src_port, dst_port, proto: key.proto };
         match self.table.insert(key, reply, now) {
-            Ok(slot) => Ok(slot),
+            Ok(slot) => {
+                if let (PROTO_TCP, Some(c)) = (key.proto, self.table.get_mut(slot)) {
+                    c.set_tcp_state(TcpState::None);
+                }
+                Ok(slot)
+            }
             Err(e) => {
-                self.pools[pool].give_back(port);
+                self.pools.release(&key, port);
                 Err(match e {
                     InsertError::Full => DropReason::Overflow,
                     InsertError::KeyInUse => DropReason::Other,
@@ -563,7 +695,7 @@ impl Nat {
 
     /// Check a snapshot's mappings against this NAT's configuration.
     fn validate(&self, conns: &[Conn]) -> Result<(), String> {
-        let mut used = vec![[false; 3]; 65536];
+        let mut owner = std::collections::HashMap::new();
         for (i, c) in conns.iter().enumerate() {
             let pool = pool_index(c.orig.proto)
                 .ok_or_else(|| format!("mapping {i}: protocol {} is not NATed", c.orig.proto))?;
@@ -578,8 +710,19 @@ impl Nat {
                     c.orig
                 ));
             }
-            if std::mem::replace(&mut used[port as usize][pool], true) {
-                return Err(format!("mapping {i}: external port {port} is mapped twice"));
+            // A port is shared only by flows of one inside endpoint
+            // (endpoint-independent mapping).
+            let ep = endpoint(&c.orig);
+            match owner.entry((pool, port)) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(ep);
+                }
+                std::collections::hash_map::Entry::Occupied(e) if *e.get() != ep => {
+                    return Err(format!(
+                        "mapping {i}: external port {port} is mapped to two inside endpoints"
+                    ));
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
             }
         }
         Ok(())
@@ -646,14 +789,8 @@ impl Nat {
     /// port pools without their ports. Nothing changes on error.
     fn install(&mut self, conns: &[Conn]) -> Result<(), String> {
         let table = ConnTable::from_conns(conns, self.max_flows)?;
-        let mut used: [Vec<u16>; 3] = Default::default();
-        for c in conns {
-            if let Some(i) = pool_index(c.orig.proto) {
-                used[i].push(c.reply.dst_port);
-            }
-        }
         let (lo, hi) = self.ports;
-        self.pools = used.map(|u| PortPool::new(lo, hi, &u));
+        self.pools = Ports::new(lo, hi, self.pools.mapping, conns);
         self.table = table;
         Ok(())
     }
@@ -873,6 +1010,63 @@ mod tests {
         let (back, c) = run(&mut n, 3, &[icmp_error(REMOTE, EXT, &stray[14..42])]);
         assert!(back.is_empty());
         assert_eq!(c.dropped(DropReason::NoMapping), 1);
+    }
+
+    /// Issue 13 item 2: one inside address:port keeps one external port
+    /// whatever the remote (RFC 4787 REQ-1, RFC 5382 REQ-1); the port goes
+    /// back to the pool with the endpoint's last flow; snapshots with
+    /// shared ports move; `mapping: endpoint-dependent` is the old way.
+    #[test]
+    fn endpoint_independent_mapping_by_default() {
+        const REMOTE2: u32 = 0x0909_0909;
+        let s = 1_000_000_000u64;
+        for proto in [PROTO_UDP, PROTO_TCP, PROTO_ICMP] {
+            let mut n =
+                nat("ports: '2000-2000'\ntimeouts: {udp: 10, tcp_transitory: 10, icmp: 10}\n");
+            let a = frame(H1, REMOTE, proto, 40000, 53, b"");
+            let b = frame(H1, REMOTE2, proto, 40000, 3478, b"");
+            let (o, c) = run(&mut n, s, &[a, b]);
+            assert_eq!(c.dropped_total(), 0, "proto {proto}");
+            assert_eq!((tuple(&o[0]).2, tuple(&o[1]).2), (2000, 2000));
+            assert_eq!(n.mappings(), 2);
+            // Both remotes' replies come back to the inside endpoint.
+            let (back, c) = run(&mut n, 2 * s, &[reply_to(&o[0]), reply_to(&o[1])]);
+            assert_eq!(c.dropped_total(), 0);
+            assert!(back.iter().all(|f| tuple(f).1 == H1 && tuple(f).3 == 40000));
+            // Another inside endpoint cannot have the port meanwhile.
+            let other = frame(H1 + 1, REMOTE, proto, 40000, 53, b"");
+            let (_, c) = run(&mut n, 3 * s, std::slice::from_ref(&other));
+            assert_eq!(c.dropped(DropReason::PortsExhausted), 1);
+            // The state moves with the shared port.
+            let mut m = nat("ports: '2000-2000'\n");
+            m.import_state(&n.export_state().unwrap()).unwrap();
+            let (back, c) = run(&mut m, 4 * s, &[reply_to(&o[1])]);
+            assert_eq!((back.len(), c.dropped_total()), (1, 0));
+            // One flow idles out: the port stays with the endpoint...
+            let (o2, _) = run(&mut n, 8 * s, &[frame(H1, REMOTE2, proto, 40000, 3478, b"")]);
+            assert_eq!(tuple(&o2[0]).2, 2000);
+            let tick = |n: &mut Nat, now: u64| {
+                let mut c = Counters::default();
+                n.tick(&mut Batch::new(), &mut Context::new(now, &mut c));
+                n.mappings()
+            };
+            assert_eq!(tick(&mut n, 13 * s), 1, "proto {proto}");
+            let (_, c) = run(&mut n, 13 * s, std::slice::from_ref(&other));
+            assert_eq!(c.dropped(DropReason::PortsExhausted), 1, "proto {proto}");
+            // ...until its last flow idles out.
+            assert_eq!(tick(&mut n, 30 * s), 0);
+            let (o3, c) = run(&mut n, 30 * s, std::slice::from_ref(&other));
+            assert_eq!((c.dropped_total(), tuple(&o3[0]).2), (0, 2000), "proto {proto}");
+        }
+        let mut n = nat("ports: '2000-2001'\nmapping: endpoint-dependent\n");
+        let a = frame(H1, REMOTE, PROTO_UDP, 40000, 53, b"");
+        let b = frame(H1, REMOTE2, PROTO_UDP, 40000, 53, b"");
+        let (o, _) = run(&mut n, 1, &[a, b]);
+        assert_ne!(tuple(&o[0]).2, tuple(&o[1]).2);
+        // An endpoint-dependent snapshot imports into the default NAT.
+        let mut m = nat("ports: '2000-2001'\n");
+        m.import_state(&n.export_state().unwrap()).unwrap();
+        assert_eq!(m.mappings(), 2);
     }
 
     #[test]
