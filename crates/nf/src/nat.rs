@@ -316,11 +316,13 @@ enum Step {
         outbound: bool,
         hint: Option<u32>,
     },
-    /// An inbound ICMP error about a mapped flow: rewrite the outer
-    /// destination and the quoted packet's source.
+    /// An ICMP error about a mapped flow. Inbound: rewrite the outer
+    /// destination and the quoted packet's source; outbound: the outer
+    /// source and the quoted packet's destination.
     IcmpError {
         info: Ipv4Headers,
         quote: QuotedPacket,
+        outbound: bool,
     },
 }
 
@@ -541,10 +543,8 @@ impl Nat {
         if !outbound && info.dst != self.external_ip {
             return Step::Pass;
         }
-        if !outbound {
-            if let Some(quote) = icmp_error_quote(frame, &info) {
-                return Step::IcmpError { info, quote };
-            }
+        if let Some(quote) = icmp_error_quote(frame, &info) {
+            return Step::IcmpError { info, quote, outbound };
         }
         match flow_key(&info) {
             Some(key) => {
@@ -566,7 +566,9 @@ impl Nat {
             Step::Translate { info, key, hash, outbound, hint } => {
                 (info, key, hash, outbound, hint)
             }
-            Step::IcmpError { info, quote } => return self.apply_icmp_error(p, info, quote, now),
+            Step::IcmpError { info, quote, outbound } => {
+                return self.apply_icmp_error(p, info, quote, outbound, now)
+            }
         };
         let tcp_flags = info.tcp_flags();
         let (slot, reply) = match self.table.lookup_hinted(&key, hash, hint, now, &self.timeouts) {
@@ -610,17 +612,22 @@ impl Nat {
         Ok(())
     }
 
-    /// Translate an inbound ICMP error quoting one of our translated
-    /// packets (RFC 5508): the quote's source is `external_ip`:port, which
-    /// becomes the inside host's address and port again, and so does the
-    /// outer destination. The ICMP checksum follows every quoted byte
-    /// changed; the quote's IPv4 checksum and its UDP/ICMP checksum (TCP's
-    /// is beyond the 8 quoted bytes) are updated too.
+    /// Translate an ICMP error about a mapped flow (RFC 5508 REQ-5, as
+    /// Linux does). Inbound, the quote is one of our translated packets:
+    /// its source `external_ip`:port becomes the inside host's address
+    /// and port again, and so does the outer destination. Outbound (an
+    /// inside host or router answering a translated inbound packet), the
+    /// quote's destination and the outer source become `external_ip` and
+    /// the external port. The ICMP checksum follows every quoted byte
+    /// changed; the quote's IPv4 checksum and its transport checksum (UDP
+    /// unless zero, TCP when the quote reaches it, ICMP echo) are updated
+    /// so the quote reads as the packet the other side sent or saw.
     fn apply_icmp_error(
         &mut self,
         p: &mut Packet,
         info: Ipv4Headers,
         quote: QuotedPacket,
+        outbound: bool,
         now: u64,
     ) -> Result<(), DropReason> {
         let (slot, reply) = match self.table.lookup(&quote.key.reversed(), now, &self.timeouts) {
@@ -632,21 +639,31 @@ impl Nat {
             Lookup::Miss => return Err(DropReason::NoMapping),
         };
         let Some(conn) = self.table.get_mut(slot) else { return Err(DropReason::NoMapping) };
-        if !reply {
+        // Inbound the quote is an outbound packet (its reverse is the
+        // reply key); outbound it is an inbound one (its reverse is the
+        // original key).
+        if reply == outbound {
             return Err(DropReason::NoMapping);
         }
-        let (ip, port) = (conn.orig.src, conn.orig.src_port);
+        let (ip, port) = if outbound {
+            (conn.reply.dst, conn.reply.dst_port)
+        } else {
+            (conn.orig.src, conn.orig.src_port)
+        };
         let d = p.data_mut();
         let l3 = info.l3;
+        let end = l3 + info.total_len;
         let icmp_ck = info.l4_offset() + 2;
-        // Outer destination: the ICMP checksum does not cover it.
-        let outer_dst = get_be32(d, l3 + 16);
-        d[l3 + 16..l3 + 20].copy_from_slice(&ip.to_be_bytes());
-        put_be16(d, l3 + 10, update32(get_be16(d, l3 + 10), outer_dst, ip));
-        // Quoted source address, and the quoted header's checksum.
+        // Outer address: the ICMP checksum does not cover it.
+        let outer_at = l3 + if outbound { 12 } else { 16 };
+        let outer = get_be32(d, outer_at);
+        d[outer_at..outer_at + 4].copy_from_slice(&ip.to_be_bytes());
+        put_be16(d, l3 + 10, update32(get_be16(d, l3 + 10), outer, ip));
+        // Quoted address, and the quoted header's checksum.
         let q = quote.l3;
-        let old_ip = get_be32(d, q + 12);
-        set32_in_icmp(d, q + 12, ip, icmp_ck);
+        let q_ip_at = q + if outbound { 16 } else { 12 };
+        let old_ip = get_be32(d, q_ip_at);
+        set32_in_icmp(d, q_ip_at, ip, icmp_ck);
         let qck = update32(get_be16(d, q + 10), old_ip, ip);
         set16_in_icmp(d, q + 10, qck, icmp_ck);
         let l4 = q + quote.ihl;
@@ -658,11 +675,22 @@ impl Nat {
                 set16_in_icmp(d, l4 + 2, ck, icmp_ck);
             }
             proto => {
-                let old = get_be16(d, l4);
-                set16_in_icmp(d, l4, port, icmp_ck);
-                if proto == PROTO_UDP && get_be16(d, l4 + 6) != 0 {
-                    let ck = update16(update32(get_be16(d, l4 + 6), old_ip, ip), old, port);
-                    set16_in_icmp(d, l4 + 6, udp_on_wire(ck), icmp_ck);
+                let port_at = l4 + if outbound { 2 } else { 0 };
+                let old = get_be16(d, port_at);
+                set16_in_icmp(d, port_at, port, icmp_ck);
+                // The transport checksum covers the pseudo-header address
+                // and the port; a quote may end before it.
+                let ck_at = match proto {
+                    PROTO_UDP if get_be16(d, l4 + 6) != 0 => Some(l4 + 6),
+                    PROTO_TCP if l4 + 18 <= end => Some(l4 + 16),
+                    _ => None,
+                };
+                if let Some(at) = ck_at {
+                    let mut ck = update16(update32(get_be16(d, at), old_ip, ip), old, port);
+                    if proto == PROTO_UDP {
+                        ck = udp_on_wire(ck);
+                    }
+                    set16_in_icmp(d, at, ck, icmp_ck);
                 }
             }
         }
@@ -1067,6 +1095,45 @@ mod tests {
         let mut m = nat("ports: '2000-2001'\n");
         m.import_state(&n.export_state().unwrap()).unwrap();
         assert_eq!(m.mappings(), 2);
+    }
+
+    /// Issue 13 item 3: an inside host's ICMP error about a translated
+    /// inbound packet goes out translated (RFC 5508 REQ-5): outer source,
+    /// quoted destination address and port, and every checksum, so the
+    /// quote is exactly the packet the remote sent (TCP's checksum too,
+    /// when quoted). Inbound, the quoted TCP checksum is restored too.
+    #[test]
+    fn icmp_errors_are_translated_both_ways_with_quoted_checksums() {
+        let mut n = nat("");
+        for proto in [PROTO_UDP, PROTO_TCP, PROTO_ICMP] {
+            let out = frame(H1, REMOTE, proto, 40000, 53, b"payload!");
+            let (o, _) = run(&mut n, 1, std::slice::from_ref(&out));
+            let sent = reply_to(&o[0]);
+            let (inside, c) = run(&mut n, 2, std::slice::from_ref(&sent));
+            assert_eq!(c.dropped_total(), 0);
+            // The inside host answers with an error quoting the header
+            // and the whole transport header (TCP: 20 bytes).
+            let quoted_len = 20 + if proto == PROTO_TCP { 20 } else { 8 };
+            let err = icmp_error(H1, REMOTE, &inside[0][14..14 + quoted_len]);
+            let (back, c) = run(&mut n, 3, &[err]);
+            assert_eq!(c.dropped_total(), 0, "proto {proto}");
+            let b = &back[0];
+            assert_eq!(&b[26..30], &EXT.to_be_bytes(), "outer source");
+            assert!(checksums_ok(b), "outer checksums, proto {proto}");
+            assert_eq!(&b[42..42 + quoted_len], &sent[14..14 + quoted_len], "proto {proto}");
+            // Inbound, a router quoting our whole TCP header: the quote
+            // becomes what the inside host sent, checksum included.
+            let err = icmp_error(0x0909_0909, EXT, &o[0][14..14 + quoted_len]);
+            let (back, c) = run(&mut n, 4, &[err]);
+            assert_eq!(c.dropped_total(), 0, "proto {proto}");
+            assert!(checksums_ok(&back[0]));
+            assert_eq!(&back[0][42..42 + quoted_len], &out[14..14 + quoted_len], "proto {proto}");
+        }
+        // An outbound error about no mapping is not let out untranslated.
+        let stray = frame(REMOTE, H1, PROTO_UDP, 53, 999, b"");
+        let (back, c) = run(&mut n, 5, &[icmp_error(H1, REMOTE, &stray[14..42])]);
+        assert!(back.is_empty());
+        assert_eq!(c.dropped(DropReason::NoMapping), 1);
     }
 
     #[test]
