@@ -94,6 +94,20 @@ const UNSUPPORTED: Outcome = Drop(DropReason::Unsupported);
 const UDP_NF: [Outcome; 10] =
     [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, UNSUPPORTED, UNSUPPORTED, Pass, Pass, Pass];
 
+/// `encrypt`: never plaintext it could not encrypt (ARP aside).
+const ENCRYPT: [Outcome; 10] = [
+    Pass,
+    Pass,
+    MALFORMED,
+    MALFORMED,
+    MALFORMED,
+    UNSUPPORTED,
+    UNSUPPORTED,
+    UNSUPPORTED,
+    Pass,
+    UNSUPPORTED,
+];
+
 /// The policy of the NFs that consume their own UDP payload format.
 const UDP_DECODER: [Outcome; 10] =
     [Payload, Payload, MALFORMED, MALFORMED, MALFORMED, UNSUPPORTED, UNSUPPORTED, Pass, Pass, Pass];
@@ -130,7 +144,13 @@ fn table() -> Vec<(&'static str, String, [Outcome; 10])> {
         ("meter", "{cir: 1000000000, cbs: 100000, ebs: 100000}".into(), [Pass; 10]),
         ("xor", "{key: '0x01'}".into(), UDP_NF),
         ("ats", "{}".into(), UDP_NF),
-        ("encrypt", format!("{{mode: gcm, key: {KEY}, key_id: 7}}"), UDP_NF),
+        // IPv6 and other ethertypes are not left in plaintext.
+        ("encrypt", format!("{{mode: gcm, key: {KEY}, key_id: 7}}"), ENCRYPT),
+        (
+            "encrypt",
+            format!("{{mode: gcm, key: {KEY}, key_id: 7, unencrypted: pass}}"),
+            UDP_NF,
+        ),
         ("decrypt", format!("{{mode: gcm, key: {KEY}, key_id: 7}}"), UDP_DECODER),
         ("nc-encode", "{}".into(), UDP_NF),
         ("nc-recode", "{}".into(), UDP_DECODER),
