@@ -44,6 +44,7 @@ fn nat_config() -> nat::Config {
         ports: "1024-65535".into(),
         timeouts: Default::default(),
         max_flows: 1 << 18,
+        mapping: Default::default(),
     }
 }
 
