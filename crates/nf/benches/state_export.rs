@@ -45,6 +45,7 @@ fn nat_config() -> nat::Config {
         timeouts: Default::default(),
         max_flows: 1 << 18,
         mapping: Default::default(),
+        max_fragments: 4096,
     }
 }
 

@@ -290,6 +290,7 @@ fn firewall_bench(c: &mut Criterion<ThreadCpuTime>) {
                 conntrack,
                 timeouts: Default::default(),
                 max_flows: 1 << 20,
+                max_fragments: 4096,
             };
             let mut nf = Firewall::from_config(&cfg).expect("firewall config");
             warm(&mut nf, &frames);
@@ -315,6 +316,7 @@ fn nat_bench(c: &mut Criterion<ThreadCpuTime>) {
             timeouts: Default::default(),
             max_flows: 1 << 18,
             mapping: Default::default(),
+            max_fragments: 4096,
         };
         let mut nf = Nat::from_config(&cfg).expect("nat config");
         let outbound: Vec<Vec<u8>> = (0..FLOWS)

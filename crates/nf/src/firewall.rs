@@ -30,9 +30,11 @@
 //! Edge cases: ARP always passes (IPv4 needs it); other non-IPv4 frames
 //! follow the default action (dropped as `denied`). Malformed IPv4 is
 //! dropped (`malformed`). ICMP errors quoting a packet of a tracked flow
-//! pass (like Linux's RELATED). Non-first fragments and other ICMP messages
-//! are classified by the rules on every packet with ports 0 and are not
-//! tracked. A full connection table drops new flows (`overflow`).
+//! pass (like Linux's RELATED). Other ICMP messages are classified by the
+//! rules on every packet with ports 0 and are not tracked. A later IPv4
+//! fragment passes if its datagram's first fragment passed
+//! ([`crate::fragments`]), else it is dropped (`fragment`). A full
+//! connection table drops new flows (`overflow`).
 
 use braid_packet::envelope::{self, Class, Unsupported};
 use braid_packet::Batch;
@@ -44,6 +46,7 @@ use crate::conntrack::{
     Lookup, StateClock, TcpState, TcpStep, TimeoutsNs, ADMITTED, ICMP_ECHO_REPLY,
     ICMP_ECHO_REQUEST, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
 };
+use crate::fragments::{FragTable, Fragment, DEFAULT_MAX_FRAGMENTS, FRAGMENT_TIMEOUT_NS};
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
     Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, Placement,
@@ -87,6 +90,12 @@ pub static SPEC: NfSpec = NfSpec {
             kind: "usize, >= 1",
             default: Some("1048576"),
             help: "connection table size; new flows beyond it are dropped (overflow)",
+        },
+        ParamDoc {
+            name: "max_fragments",
+            kind: "usize",
+            default: Some("4096"),
+            help: "fragmented datagrams followed at once (30 s each at most); beyond it first fragments are dropped (fragment)",
         },
     ],
     build: |p| Ok(Box::new(Firewall::from_config(&crate::params::parse::<Config>(p)?)?)),
@@ -211,6 +220,12 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     #[serde(default = "default_max_flows")]
     pub max_flows: usize,
+    #[serde(default = "default_max_fragments")]
+    pub max_fragments: usize,
+}
+
+fn default_max_fragments() -> usize {
+    DEFAULT_MAX_FRAGMENTS
 }
 
 fn addr_range(s: &Option<String>, field: String) -> Result<(u32, u32), ConfigError> {
@@ -271,6 +286,8 @@ pub struct Firewall {
     timeouts: TimeoutsNs,
     max_flows: usize,
     clock: StateClock,
+    /// Datagrams whose first fragment passed: their later fragments pass.
+    fragments: FragTable<()>,
     /// Per-batch scratch of step 1 (kept to reuse the allocation).
     steps: Vec<Step>,
 }
@@ -301,6 +318,7 @@ impl Firewall {
             timeouts,
             max_flows: cfg.max_flows,
             clock: StateClock::default(),
+            fragments: FragTable::new(cfg.max_fragments, FRAGMENT_TIMEOUT_NS),
             steps: Vec::new(),
         })
     }
@@ -325,7 +343,11 @@ impl Firewall {
         // fragment, is filtered; ARP passes; other protocols get the
         // default action; broken headers are dropped.
         let parsed = envelope::parse(frame);
+        let frag = Fragment::of(frame, parsed.class, &parsed.ip);
         let info = match parsed.class {
+            Class::Fragment { first: false, .. } => {
+                return frag.map_or(Step::Drop(DropReason::Malformed), Step::LaterFragment)
+            }
             Class::Ok | Class::Fragment { .. } => parsed.ip,
             Class::Unsupported { what: Unsupported::Arp } => return Step::Pass,
             Class::Unsupported { .. } => {
@@ -347,16 +369,32 @@ impl Firewall {
             (Some(_), None) => icmp_error_quote(frame, &info).map(|q| q.key),
             _ => None,
         };
-        Step::Check { info, key, hash, hint: None, related }
+        Step::Check { info, key, hash, hint: None, related, frag }
     }
 
-    /// Batch step 3: pass (`Ok`) or drop one packet.
+    /// Batch step 3: pass (`Ok`) or drop one packet. A later fragment
+    /// passes if its datagram's first fragment passed (`fragments`); a
+    /// first fragment that passes is recorded for them.
     #[inline]
     fn filter(&mut self, step: Step, now: u64) -> Result<(), DropReason> {
+        match step {
+            Step::LaterFragment(f) => self.fragments.later(&f, now).ok_or(DropReason::Fragment),
+            Step::Check { frag: Some(f), .. } => {
+                self.check(step, now)?;
+                self.fragments.first(&f, (), now).map_err(|_| DropReason::Fragment)
+            }
+            _ => self.check(step, now),
+        }
+    }
+
+    /// [`Firewall::filter`] of a packet with a transport header.
+    #[inline]
+    fn check(&mut self, step: Step, now: u64) -> Result<(), DropReason> {
         let (info, key, hash, hint) = match step {
             Step::Pass => return Ok(()),
             Step::Drop(r) => return Err(r),
-            Step::Check { info, key, hash, hint, related } => {
+            Step::LaterFragment(_) => return Err(DropReason::Fragment),
+            Step::Check { info, key, hash, hint, related, .. } => {
                 if let (Some(table), Some(quoted)) = (self.conntrack.as_mut(), related) {
                     // An ICMP error about a tracked flow passes (it does
                     // not refresh the flow).
@@ -493,14 +531,18 @@ enum Step {
     Pass,
     Drop(DropReason),
     /// IPv4: conntrack (if on and the packet has a flow key, or is an ICMP
-    /// error quoting one: `related`), then rules.
+    /// error quoting one: `related`), then rules. `frag`: a first
+    /// fragment.
     Check {
         info: Ipv4Headers,
         key: Option<FlowKey>,
         hash: u64,
         hint: Option<u32>,
         related: Option<FlowKey>,
+        frag: Option<Fragment>,
     },
+    /// A later fragment: follows its first fragment.
+    LaterFragment(Fragment),
 }
 
 impl BatchLookup for Step {
@@ -535,6 +577,7 @@ impl NetworkFunction for Firewall {
 
     fn tick(&mut self, _out: &mut Batch, cx: &mut Context<'_>) {
         let now = self.clock.now(cx.now_ns);
+        self.fragments.expire(now);
         if let Some(t) = self.conntrack.as_mut() {
             t.sweep(now, &self.timeouts, SWEEP_BUDGET, |_| {});
         }
@@ -748,6 +791,48 @@ mod tests {
         assert_eq!(run(&mut f, 4, &[frame(b, a, PROTO_TCP, 1234, 80, RST)]).0, 1);
         let s = 1_000_000_000u64;
         assert_eq!(run(&mut f, 200 * s, &[frame(b, a, PROTO_TCP, 1234, 80, TCP_ACK)]).0, 0);
+    }
+
+    /// `f` made a fragment of datagram `id`: payload offset `offset`
+    /// bytes, more fragments or not; header checksum refreshed.
+    fn fragment(mut f: Vec<u8>, id: u16, offset: u16, more: bool) -> Vec<u8> {
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        let word = (offset / 8) | if more { 0x2000 } else { 0 };
+        f[20..22].copy_from_slice(&word.to_be_bytes());
+        f[24..26].fill(0);
+        let ck = checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&ck.to_be_bytes());
+        f
+    }
+
+    /// Issue 13 item 4: later fragments follow their first fragment's
+    /// verdict (the rules see ports only there); one without a first
+    /// fragment seen, or beyond `max_fragments`, is dropped (`fragment`).
+    #[test]
+    fn later_fragments_follow_the_first() {
+        let mut f = fw(&format!("{WEB}max_fragments: 1\n"));
+        let first = |id, port| {
+            fragment(frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_UDP, 1, port, 0), id, 0, true)
+        };
+        let later =
+            |id| fragment(frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_UDP, 0, 0, 0), id, 8, false);
+        // A later fragment whose first was not seen.
+        let (n, c) = run(&mut f, 1, &[later(7)]);
+        assert_eq!((n, c.dropped(DropReason::Fragment)), (0, 1));
+        // Allowed first fragment: its later fragment passes (the rules
+        // alone, with ports 0, would deny it).
+        assert_eq!(run(&mut f, 2, &[first(7, 5000), later(7)]).0, 2);
+        // Denied first fragment: the later one does not pass.
+        let (n, c) = run(&mut f, 3, &[first(8, 6000), later(8)]);
+        assert_eq!((n, c.dropped(DropReason::Denied), c.dropped(DropReason::Fragment)), (0, 1, 1));
+        // The table holds one datagram: a second in flight is refused.
+        assert_eq!(run(&mut f, 4, &[first(9, 5000)]).0, 1);
+        let (n, c) = run(&mut f, 5, &[first(10, 5000)]);
+        assert_eq!((n, c.dropped(DropReason::Fragment)), (0, 1));
+        // 30 s later the entry has expired: room again, the old one gone.
+        let s = 1_000_000_000u64;
+        let (n, c) = run(&mut f, 40 * s, &[later(9), first(10, 5000), later(10)]);
+        assert_eq!((n, c.dropped(DropReason::Fragment)), (2, 1));
     }
 
     #[test]

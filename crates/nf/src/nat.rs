@@ -32,8 +32,10 @@
 //! (the port alone identifies the inside host on the way back); filtering
 //! stays address- and port-dependent (an inbound packet must be the reply
 //! of a flow). No free port: `ports_exhausted`; `max_flows`
-//! mappings: `overflow`. Outbound packets that cannot be keyed (non-first
-//! fragments, ICMP other than echo, other protocols) are `unsupported`.
+//! mappings: `overflow`. Outbound packets that cannot be keyed (ICMP other
+//! than echo and errors, other protocols) are `unsupported`. A later IPv4
+//! fragment gets the address its datagram's first fragment got
+//! ([`crate::fragments`]); without one it is dropped (`fragment`).
 
 use std::net::Ipv4Addr;
 
@@ -48,6 +50,7 @@ use crate::conntrack::{
     QuotedPacket, StateClock, TcpState, TcpStep, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     SWEEP_BUDGET,
 };
+use crate::fragments::{FragTable, Fragment, DEFAULT_MAX_FRAGMENTS, FRAGMENT_TIMEOUT_NS};
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
     Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, Placement,
@@ -91,6 +94,12 @@ pub static SPEC: NfSpec = NfSpec {
             kind: "usize, >= 1",
             default: Some("262144"),
             help: "mapping table size; new flows beyond it are dropped (overflow)",
+        },
+        ParamDoc {
+            name: "max_fragments",
+            kind: "usize",
+            default: Some("4096"),
+            help: "fragmented datagrams followed at once (30 s each at most); beyond it first fragments are dropped (fragment)",
         },
         ParamDoc {
             name: "mapping",
@@ -155,6 +164,12 @@ pub struct Config {
     pub max_flows: usize,
     #[serde(default)]
     pub mapping: Mapping,
+    #[serde(default = "default_max_fragments")]
+    pub max_fragments: usize,
+}
+
+fn default_max_fragments() -> usize {
+    DEFAULT_MAX_FRAGMENTS
 }
 
 /// An inside endpoint: protocol, address, port (ICMP: echo identifier).
@@ -315,6 +330,14 @@ enum Step {
         hash: u64,
         outbound: bool,
         hint: Option<u32>,
+        /// A first fragment: recorded for the later ones.
+        frag: Option<Fragment>,
+    },
+    /// A later fragment: the address its first fragment got.
+    LaterFragment {
+        info: Ipv4Headers,
+        frag: Fragment,
+        outbound: bool,
     },
     /// An ICMP error about a mapped flow. Inbound: rewrite the outer
     /// destination and the quoted packet's source; outbound: the outer
@@ -339,6 +362,9 @@ pub struct Nat {
     /// endpoints.
     pools: Ports,
     clock: StateClock,
+    /// Datagrams whose first fragment was translated: the address their
+    /// later fragments get.
+    fragments: FragTable<u32>,
     /// Per-batch scratch of step 1 (kept to reuse the allocation).
     steps: Vec<Step>,
 }
@@ -506,6 +532,7 @@ impl Nat {
             table: ConnTable::new(cfg.max_flows),
             pools: Ports::new(ports.0, ports.1, cfg.mapping, &[]),
             clock: StateClock::default(),
+            fragments: FragTable::new(cfg.max_fragments, FRAGMENT_TIMEOUT_NS),
             steps: Vec::new(),
         })
     }
@@ -543,12 +570,17 @@ impl Nat {
         if !outbound && info.dst != self.external_ip {
             return Step::Pass;
         }
+        let frag = Fragment::of(frame, parsed.class, &parsed.ip);
+        if let Some(frag) = frag.filter(|f| !f.first) {
+            return Step::LaterFragment { info, frag, outbound };
+        }
         if let Some(quote) = icmp_error_quote(frame, &info) {
             return Step::IcmpError { info, quote, outbound };
         }
         match flow_key(&info) {
             Some(key) => {
-                Step::Translate { info, key, hash: self.table.hash(&key), outbound, hint: None }
+                let hash = self.table.hash(&key);
+                Step::Translate { info, key, hash, outbound, hint: None, frag }
             }
             None => {
                 Step::Drop(if outbound { DropReason::Unsupported } else { DropReason::NoMapping })
@@ -560,11 +592,17 @@ impl Nat {
     /// dropped.
     #[inline]
     fn apply(&mut self, p: &mut Packet, step: Step, now: u64) -> Result<(), DropReason> {
-        let (info, key, hash, outbound, hint) = match step {
+        let (info, key, hash, outbound, hint, frag) = match step {
             Step::Pass => return Ok(()),
             Step::Drop(r) => return Err(r),
-            Step::Translate { info, key, hash, outbound, hint } => {
-                (info, key, hash, outbound, hint)
+            Step::Translate { info, key, hash, outbound, hint, frag } => {
+                (info, key, hash, outbound, hint, frag)
+            }
+            Step::LaterFragment { info, frag, outbound } => {
+                let ip = self.fragments.later(&frag, now).ok_or(DropReason::Fragment)?;
+                let end = if outbound { End::Src } else { End::Dst };
+                rewrite(p.data_mut(), &info, end, ip, 0);
+                return Ok(());
             }
             Step::IcmpError { info, quote, outbound } => {
                 return self.apply_icmp_error(p, info, quote, outbound, now)
@@ -609,6 +647,9 @@ impl Nat {
             (End::Src, conn.reply.dst, conn.reply.dst_port)
         };
         rewrite(p.data_mut(), &info, end, ip, port);
+        if let Some(f) = frag {
+            self.fragments.first(&f, ip, now).map_err(|_| DropReason::Fragment)?;
+        }
         Ok(())
     }
 
@@ -777,6 +818,7 @@ impl NetworkFunction for Nat {
 
     fn tick(&mut self, _out: &mut Batch, cx: &mut Context<'_>) {
         let now = self.clock.now(cx.now_ns);
+        self.fragments.expire(now);
         let pools = &mut self.pools;
         self.table.sweep(now, &self.timeouts, SWEEP_BUDGET, |c| Self::release(pools, &c));
     }
@@ -1134,6 +1176,59 @@ mod tests {
         let (back, c) = run(&mut n, 5, &[icmp_error(H1, REMOTE, &stray[14..42])]);
         assert!(back.is_empty());
         assert_eq!(c.dropped(DropReason::NoMapping), 1);
+    }
+
+    /// Issue 13 item 4 (RFC 4787 REQ-14): later fragments get the
+    /// address their first fragment got, both ways; one whose first was
+    /// not seen is dropped (`fragment`).
+    #[test]
+    fn fragments_follow_the_first_both_ways() {
+        let frag = |mut f: Vec<u8>, id: u16, offset: u16, more: bool| {
+            let len = (f.len() - 14) as u16;
+            f[16..18].copy_from_slice(&len.to_be_bytes());
+            f[18..20].copy_from_slice(&id.to_be_bytes());
+            let word = (offset / 8) | if more { 0x2000 } else { 0 };
+            f[20..22].copy_from_slice(&word.to_be_bytes());
+            f[24..26].fill(0);
+            let ck = checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&ck.to_be_bytes());
+            f
+        };
+        let mut n = nat("");
+        let whole = frame(H1, REMOTE, PROTO_UDP, 40000, 53, &[7; 24]);
+        let first = frag(whole[..14 + 20 + 16].to_vec(), 5, 0, true);
+        let later = frag(
+            frame(H1, REMOTE, PROTO_UDP, 0, 0, &[7; 8])[..14 + 20 + 16].to_vec(),
+            5,
+            16,
+            false,
+        );
+        let (o, c) = run(&mut n, 1, &[later.clone()]);
+        assert_eq!((o.len(), c.dropped(DropReason::Fragment)), (0, 1));
+        let (o, c) = run(&mut n, 2, &[first, later.clone()]);
+        assert_eq!(c.dropped_total(), 0);
+        for f in &o {
+            assert_eq!(&f[26..30], &EXT.to_be_bytes());
+            assert_eq!(checksum(&f[14..34]), 0);
+        }
+        assert_eq!(&o[1][34..], &later[34..], "payload untouched");
+        let port = get_be16(&o[0], 34);
+        // The reply, fragmented, comes back to the inside host.
+        let reply = frame(REMOTE, EXT, PROTO_UDP, 53, port, &[9; 24]);
+        let r_first = frag(reply[..14 + 20 + 16].to_vec(), 9, 0, true);
+        let r_later = frag(
+            frame(REMOTE, EXT, PROTO_UDP, 0, 0, &[9; 8])[..14 + 20 + 16].to_vec(),
+            9,
+            16,
+            false,
+        );
+        let (o, c) = run(&mut n, 3, &[r_first, r_later]);
+        assert_eq!(c.dropped_total(), 0);
+        for f in &o {
+            assert_eq!(&f[30..34], &H1.to_be_bytes());
+            assert_eq!(checksum(&f[14..34]), 0);
+        }
+        assert_eq!(get_be16(&o[0], 36), 40000);
     }
 
     #[test]

@@ -89,6 +89,7 @@ enum Outcome {
 use Outcome::{Drop, Pass, Payload};
 const MALFORMED: Outcome = Drop(DropReason::Malformed);
 const UNSUPPORTED: Outcome = Drop(DropReason::Unsupported);
+const FRAGMENT: Outcome = Drop(DropReason::Fragment);
 
 /// The policy of the NFs that transform UDP payloads.
 const UDP_NF: [Outcome; 10] =
@@ -125,13 +126,13 @@ fn table() -> Vec<(&'static str, String, [Outcome; 10])> {
         (
             "nat",
             "{external_ip: 192.0.2.1, internal: [10.0.0.0/8]}".into(),
-            // A later fragment has no ports to translate.
-            [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, UNSUPPORTED, Pass, Pass, Pass],
+            // A later fragment whose first was not seen.
+            [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, FRAGMENT, Pass, Pass, Pass],
         ),
         (
             "firewall",
             "{default: drop, rules: [{action: allow, proto: udp, dst: 198.51.100.0/24}]}".into(),
-            [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, Pass, denied, Pass, denied],
+            [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, FRAGMENT, denied, Pass, denied],
         ),
         (
             "loadbalancer",
