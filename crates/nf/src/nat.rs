@@ -1203,7 +1203,7 @@ mod tests {
             16,
             false,
         );
-        let (o, c) = run(&mut n, 1, &[later.clone()]);
+        let (o, c) = run(&mut n, 1, std::slice::from_ref(&later));
         assert_eq!((o.len(), c.dropped(DropReason::Fragment)), (0, 1));
         let (o, c) = run(&mut n, 2, &[first, later.clone()]);
         assert_eq!(c.dropped_total(), 0);

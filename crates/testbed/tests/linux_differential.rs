@@ -222,18 +222,16 @@ fn l4_checksum(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> u16 {
 fn tcp(
     src: [u8; 4],
     dst: [u8; 4],
-    sp: u16,
-    dp: u16,
-    seq: u32,
-    ack: u32,
+    ports: (u16, u16),
+    seq_ack: (u32, u32),
     flags: u8,
     id: u16,
 ) -> Vec<u8> {
     let mut t = vec![0u8; 20];
-    t[0..2].copy_from_slice(&sp.to_be_bytes());
-    t[2..4].copy_from_slice(&dp.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[0..2].copy_from_slice(&ports.0.to_be_bytes());
+    t[2..4].copy_from_slice(&ports.1.to_be_bytes());
+    t[4..8].copy_from_slice(&seq_ack.0.to_be_bytes());
+    t[8..12].copy_from_slice(&seq_ack.1.to_be_bytes());
     t[12] = 5 << 4;
     t[13] = flags;
     t[14..16].copy_from_slice(&64240u16.to_be_bytes());
@@ -309,6 +307,9 @@ fn build(kind: &str, yaml: &str) -> Box<dyn NetworkFunction> {
 
 // ---- firewall vs nftables ct state -------------------------------------
 
+/// A case: packets sent from A (true) or B, in order.
+type Steps = Vec<(bool, Vec<u8>)>;
+
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
@@ -332,7 +333,7 @@ fn firewall_conntrack_matches_nftables() {
     );
     let mut fw = build("firewall", "rules: [{action: allow, src: 10.0.0.0/8}]\ndefault: drop\n");
     // (from A?, packet) sequences, each on its own ports.
-    let mut cases: Vec<(&str, Vec<(bool, Vec<u8>)>)> = Vec::new();
+    let mut cases: Vec<(&str, Steps)> = Vec::new();
     for (i, (name, flags)) in [
         ("RST", RST),
         ("RST+ACK", RST | ACK),
@@ -347,8 +348,8 @@ fn firewall_conntrack_matches_nftables() {
         cases.push((
             name,
             vec![
-                (true, tcp(A, B1, p, q, 100, 200, flags, 1)),
-                (false, tcp(B1, A, q, p, 500, 0, SYN, 2)),
+                (true, tcp(A, B1, (p, q), (100, 200), flags, 1)),
+                (false, tcp(B1, A, (q, p), (500, 0), SYN, 2)),
             ],
         ));
     }
@@ -359,18 +360,18 @@ fn firewall_conntrack_matches_nftables() {
     cases.push((
         "handshake",
         vec![
-            (true, tcp(A, B1, 3000, 443, 1000, 0, SYN, 5)),
-            (false, tcp(B1, A, 443, 3000, 5000, 1001, SYN | ACK, 6)),
-            (true, tcp(A, B1, 3000, 443, 1001, 5001, ACK, 7)),
-            (false, tcp(B1, A, 443, 3000, 5001, 1001, ACK, 8)),
+            (true, tcp(A, B1, (3000, 443), (1000, 0), SYN, 5)),
+            (false, tcp(B1, A, (443, 3000), (5000, 1001), SYN | ACK, 6)),
+            (true, tcp(A, B1, (3000, 443), (1001, 5001), ACK, 7)),
+            (false, tcp(B1, A, (443, 3000), (5001, 1001), ACK, 8)),
         ],
     ));
     cases.push((
         "mid-stream ACK pickup",
         vec![
-            (true, tcp(A, B1, 3001, 443, 1000, 9000, ACK, 9)),
-            (false, tcp(B1, A, 443, 3001, 9000, 1000, ACK, 10)),
-            (false, tcp(B1, A, 443, 3001, 7000, 0, SYN, 11)),
+            (true, tcp(A, B1, (3001, 443), (1000, 9000), ACK, 9)),
+            (false, tcp(B1, A, (443, 3001), (9000, 1000), ACK, 10)),
+            (false, tcp(B1, A, (443, 3001), (7000, 0), SYN, 11)),
         ],
     ));
     cases.push((
@@ -630,11 +631,11 @@ fn nat_scenario(nat: &mut dyn Nat44) -> Vec<String> {
         check(b[28..56] == sent[..28], "inbound ICMP error: quote is not the packet A sent");
     }
     // Inbound TCP error quoting the whole TCP header: its checksum too.
-    let syn = nat.pass(true, &tcp(A, B1, 5001, 80, 1, 0, SYN, 54));
+    let syn = nat.pass(true, &tcp(A, B1, (5001, 80), (1, 0), SYN, 54));
     if let Some(s) = syn.first() {
         let err = icmp(B1, D1, 3, 1, [0; 4], &set_ttl(s.clone(), 63)[..40], 55);
         let back = nat.pass(false, &err);
-        let sent = set_ttl(tcp(A, B1, 5001, 80, 1, 0, SYN, 54), 63);
+        let sent = set_ttl(tcp(A, B1, (5001, 80), (1, 0), SYN, 54), 63);
         check(
             back.first().is_some_and(|b| b[28..68] == sent[..40]),
             "inbound ICMP error quoting TCP: quote (with its checksum) not restored",
