@@ -31,9 +31,10 @@
 //! follow the default action (dropped as `denied`). Malformed IPv4 is
 //! dropped (`malformed`). ICMP errors quoting a packet of a tracked flow
 //! pass (like Linux's RELATED). Other ICMP messages are classified by the
-//! rules on every packet with ports 0 and are not tracked. A later IPv4
-//! fragment passes if its datagram's first fragment passed
-//! ([`crate::fragments`]), else it is dropped (`fragment`). A full
+//! rules on every packet with ports 0 and are not tracked. With conntrack,
+//! a later IPv4 fragment passes if its datagram's first fragment passed
+//! ([`crate::fragments`]), else it is dropped (`fragment`); without
+//! (stateless, like the XDP firewall) the rules see it with ports 0. A full
 //! connection table drops new flows (`overflow`).
 
 use braid_packet::envelope::{self, Class, Unsupported};
@@ -343,9 +344,14 @@ impl Firewall {
         // fragment, is filtered; ARP passes; other protocols get the
         // default action; broken headers are dropped.
         let parsed = envelope::parse(frame);
-        let frag = Fragment::of(frame, parsed.class, &parsed.ip);
+        // Stateful (conntrack on): later fragments follow their first.
+        // Stateless, like the XDP firewall: the rules see them with ports 0.
+        let frag = match self.conntrack {
+            Some(_) => Fragment::of(frame, parsed.class, &parsed.ip),
+            None => None,
+        };
         let info = match parsed.class {
-            Class::Fragment { first: false, .. } => {
+            Class::Fragment { first: false, .. } if frag.is_some() => {
                 return frag.map_or(Step::Drop(DropReason::Malformed), Step::LaterFragment)
             }
             Class::Ok | Class::Fragment { .. } => parsed.ip,
@@ -833,6 +839,12 @@ mod tests {
         let s = 1_000_000_000u64;
         let (n, c) = run(&mut f, 40 * s, &[later(9), first(10, 5000), later(10)]);
         assert_eq!((n, c.dropped(DropReason::Fragment)), (2, 1));
+        // Stateless: the rules decide every fragment, ports 0 for later ones.
+        let mut f = fw(&format!("{WEB}conntrack: false\n"));
+        let (n, c) = run(&mut f, 1, &[later(11), first(11, 5000)]);
+        assert_eq!((n, c.dropped(DropReason::Denied)), (1, 1));
+        let mut open = fw("default: allow\nconntrack: false\n");
+        assert_eq!(run(&mut open, 1, &[later(12)]).0, 1);
     }
 
     #[test]
