@@ -338,7 +338,7 @@ fn namespaces_of_a_killed_run_procs_are_removed_by_the_next() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(names.iter().all(|n| listed(n)), "SIGKILL leaves the namespaces: {names:?}");
     let (second, lines, _rx, dir) = start_run_procs("nsleft2", &["--netns"]);
-    let mut second = Guard(second, dir);
+    let second = Guard(second, dir);
     for n in &names {
         assert!(
             lines.iter().any(
