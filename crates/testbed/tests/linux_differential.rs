@@ -643,6 +643,19 @@ fn nat_scenario(nat: &mut dyn Nat44) -> Vec<String> {
     } else {
         check(false, "outbound SYN not translated");
     }
+    // A datagram in two fragments (RFC 4787 REQ-14): both leave
+    // translated; the later one, without ports, keeps its payload.
+    let l4 = udp_l4(A, B1, 5002, 53, &[0x6b; 40]);
+    let mut frags = nat.pass(true, &ipv4(A, B1, 17, 60, 0x2000, 64, &l4[..32]));
+    frags.extend(nat.pass(true, &ipv4(A, B1, 17, 60, 4, 64, &l4[32..])));
+    check(frags.len() == 2, "fragments not both translated");
+    check(
+        frags.iter().all(|f| f[12..16] == D1 && checksum(&f[..20]) == 0),
+        "fragments: source or header checksum",
+    );
+    check(frags.get(1).is_some_and(|f| f[20..] == l4[32..]), "later fragment payload changed");
+    // A lone later fragment from outside goes nowhere.
+    check(nat.pass(false, &ipv4(B1, D1, 17, 61, 4, 64, &[1; 16])).is_empty(), "lone fragment");
     // Outbound ICMP error from A about an inbound packet of the mapping.
     let inbound = udp(B1, D1, 53, port, 56);
     let got = nat.pass(false, &inbound);
