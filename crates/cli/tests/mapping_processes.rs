@@ -1,7 +1,7 @@
 //! `run_processes` (one process per NF, `braid run --mapping processes`)
 //! against the same chain in one in-process `Graph::chain`: a router that
 //! routes some traffic downstream (port 1) and some back upstream (port 0)
-//! and answers TTL 1 with ICMP errors, then a learning switch and a
+//! and answers TTL 1 and unrouted packets with ICMP errors, then a learning switch and a
 //! forwarder. The output, grouped by IPv4 source and destination, must be
 //! the same sequences in both; afterwards no NF process and no socket
 //! file is left.
@@ -25,6 +25,8 @@ nfs:
     params:
       mac: "02:00:00:00:00:aa"
       ip: 192.0.2.254
+      # Every ICMP error is sent (the rate limit depends on timing).
+      icmp_burst: 100000
       routes:
         - { prefix: 10.1.0.0/16, next_hop_mac: "02:00:00:00:01:01", port: 1 }
         - { prefix: 10.2.0.0/16, next_hop_mac: "02:00:00:00:02:02", port: 0 }
@@ -102,12 +104,13 @@ fn processes_give_the_same_output_as_one_in_process_graph_and_leave_nothing() {
     let got = out.take_sent();
 
     assert_eq!(r.input.rx_packets, 4000);
-    // 1000 downstream, 1000 routed back upstream, 1000 ICMP errors, 1000
-    // unrouted (dropped).
-    assert_eq!(want.len(), 3000, "the reference run");
+    // 1000 downstream, 1000 routed back upstream, 1000 time exceeded,
+    // 1000 unrouted (dropped, each answered with a destination
+    // unreachable, sent back where it came from).
+    assert_eq!(want.len(), 4000, "the reference run");
     assert_eq!(got.len(), want.len(), "{r:?}");
     assert_eq!(r.from_last.rx_packets, 1000, "downstream through all three processes");
-    assert_eq!(r.to_first.rx_packets, 2000, "upstream: routed back and ICMP errors");
+    assert_eq!(r.to_first.rx_packets, 3000, "upstream: routed back and ICMP errors");
     let (g, w) = (by_flow(got), by_flow(want));
     assert_eq!(g.keys().collect::<Vec<_>>(), w.keys().collect::<Vec<_>>());
     for (k, seq) in &w {

@@ -307,3 +307,54 @@ fn killing_run_procs_kills_its_nf_processes() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The namespaces of a run-procs killed by SIGKILL (which it cannot catch)
+/// are left behind, and the next `run-procs --netns` removes them: their
+/// names carry the pid of the run-procs that made them, which no longer
+/// runs (issue 13; docs/reliability.md).
+#[test]
+fn namespaces_of_a_killed_run_procs_are_removed_by_the_next() {
+    if braid_testkit::skip_unless(
+        braid_io::netns::is_root(),
+        "namespaces_of_a_killed_run_procs_are_removed_by_the_next",
+        "--netns needs root",
+    ) {
+        return;
+    }
+    let listed = |name: &str| {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name))
+    };
+    let (mut child, lines, _rx, dir) = start_run_procs("nsleft", &["--netns"]);
+    let names: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.split_once(": network namespace ").map(|(_, n)| n.trim().to_string()))
+        .collect();
+    assert_eq!(names.len(), 3, "{lines:#?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(names.iter().all(|n| listed(n)), "SIGKILL leaves the namespaces: {names:?}");
+    let (second, lines, _rx, dir) = start_run_procs("nsleft2", &["--netns"]);
+    let second = Guard(second, dir);
+    for n in &names {
+        assert!(
+            lines.iter().any(
+                |l| l == &format!("  removed network namespace {n} left by a killed run-procs")
+            ),
+            "{n} not reported removed: {lines:#?}"
+        );
+        assert!(!listed(n), "{n} still there");
+    }
+    // The second run's own namespaces stay while it runs.
+    let own: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.split_once(": network namespace ").map(|(_, n)| n.trim().to_string()))
+        .collect();
+    assert_eq!(own.len(), 3);
+    assert!(own.iter().all(|n| listed(n)));
+    drop(second);
+    assert!(own.iter().all(|n| !listed(n)), "SIGTERM removes them");
+}

@@ -62,6 +62,38 @@ pub fn unique_name(prefix: &str) -> String {
     format!("braid-{prefix}-{}-{n}", std::process::id())
 }
 
+/// The pid in a name made by [`unique_name`] with `prefix`
+/// (`braid-<prefix>-<pid>-<n>`; the prefix may itself contain dashes).
+pub fn unique_name_pid(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix("braid-")?.strip_prefix(prefix)?;
+    let mut parts = rest.rsplitn(3, '-');
+    let n = parts.next()?;
+    let pid = parts.next()?;
+    parts.next()?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// Delete the namespaces named by [`unique_name`] with `prefix` whose
+/// creating process is gone (killed before it could delete them: SIGKILL
+/// cannot be caught). A namespace whose pid runs — the process that made
+/// it, or another that reused the pid — is left alone. Returns the names
+/// deleted.
+pub fn reap_orphans(prefix: &str) -> Result<Vec<String>, NetnsError> {
+    let out = ip(None, &["netns", "list"])?;
+    let mut removed = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(pid) = unique_name_pid(name, prefix) else { continue };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        ip(None, &["netns", "del", name])?;
+        removed.push(name.to_string());
+    }
+    Ok(removed)
+}
+
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
 
@@ -437,6 +469,18 @@ pub fn link_exists(ns: Option<&str>, dev: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_names_give_their_pid_back() {
+        let n = unique_name("nf-my-nf");
+        assert_eq!(unique_name_pid(&n, "nf-"), Some(std::process::id()));
+        assert_eq!(unique_name_pid("braid-nf-x-12-3", "nf-"), Some(12));
+        for other in
+            ["braid-nf-x-12", "braid-nf-x-y-3", "nf-x-12-3", "braid-shm-x-12-3", "braid-nf-12-3"]
+        {
+            assert_eq!(unique_name_pid(other, "nf-"), None, "{other}");
+        }
+    }
     use braid_testkit::skip_unless;
 
     #[test]

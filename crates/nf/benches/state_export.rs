@@ -44,6 +44,8 @@ fn nat_config() -> nat::Config {
         ports: "1024-65535".into(),
         timeouts: Default::default(),
         max_flows: 1 << 18,
+        mapping: Default::default(),
+        max_fragments: 4096,
     }
 }
 

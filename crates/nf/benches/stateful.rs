@@ -177,8 +177,13 @@ fn router_bench(c: &mut Criterion<ThreadCpuTime>) {
             });
         }
     }
-    let cfg =
-        router::Config { routes, mac: "02:00:00:00:00:fe".into(), ip: Ipv4Addr::new(192, 0, 2, 1) };
+    let cfg = router::Config {
+        routes,
+        mac: "02:00:00:00:00:fe".into(),
+        ip: Ipv4Addr::new(192, 0, 2, 1),
+        icmp_rate: 1000,
+        icmp_burst: 50,
+    };
     let mut nf = Router::from_config(&cfg).expect("router config");
     for size in SIZES {
         let frames: Vec<Vec<u8>> = (0..16_384)
@@ -285,6 +290,7 @@ fn firewall_bench(c: &mut Criterion<ThreadCpuTime>) {
                 conntrack,
                 timeouts: Default::default(),
                 max_flows: 1 << 20,
+                max_fragments: 4096,
             };
             let mut nf = Firewall::from_config(&cfg).expect("firewall config");
             warm(&mut nf, &frames);
@@ -309,6 +315,8 @@ fn nat_bench(c: &mut Criterion<ThreadCpuTime>) {
             ports: "1024-65535".into(),
             timeouts: Default::default(),
             max_flows: 1 << 18,
+            mapping: Default::default(),
+            max_fragments: 4096,
         };
         let mut nf = Nat::from_config(&cfg).expect("nat config");
         let outbound: Vec<Vec<u8>> = (0..FLOWS)

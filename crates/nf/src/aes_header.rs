@@ -249,6 +249,22 @@ pub struct KeyConfig {
     /// Decrypt only: anti-replay window in packets (see `replay.rs`).
     #[serde(default)]
     pub replay_window: Option<u64>,
+    /// Encrypt only: what happens to frames it cannot encrypt (anything
+    /// but a whole IPv4/UDP datagram or ARP). Default: dropped.
+    #[serde(default)]
+    pub unencrypted: Option<Unencrypted>,
+}
+
+/// What `encrypt` does with a frame it cannot encrypt (IPv6, IPv4 other
+/// than UDP, IPv4 fragments of other protocols, other ethertypes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unencrypted {
+    /// Dropped and counted (`unsupported`): nothing leaves in plaintext.
+    #[default]
+    Drop,
+    /// Passed on unchanged, in plaintext (an explicit choice).
+    Pass,
 }
 
 impl std::fmt::Debug for KeyConfig {
@@ -260,6 +276,7 @@ impl std::fmt::Debug for KeyConfig {
             .field("key_id", &self.key_id)
             .field("salt", &self.salt)
             .field("replay_window", &self.replay_window)
+            .field("unencrypted", &self.unencrypted)
             .finish()
     }
 }

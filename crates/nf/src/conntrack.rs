@@ -155,6 +155,129 @@ pub fn secs_to_ns(s: u64) -> u64 {
 /// Connection flags.
 const SEEN_REPLY: u8 = 1;
 const CLOSING: u8 = 2;
+/// Bits 4..7 hold a [`TcpState`] (set for TCP connections tracked since
+/// the state machine exists; a snapshot without it is taken as
+/// established, see [`Conn::tcp_state`]).
+const TCP_STATE_SET: u8 = 4;
+/// Set by the firewall when its rules admitted the packet that created
+/// the connection (kept across export/import, so a reconfigured
+/// firewall's new rules apply to new connections only).
+pub const ADMITTED: u8 = 8;
+const TCP_STATE_SHIFT: u8 = 4;
+
+/// The TCP states of Linux conntrack (`enum tcp_conntrack`, same order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpState {
+    None,
+    SynSent,
+    SynRecv,
+    Established,
+    FinWait,
+    CloseWait,
+    LastAck,
+    TimeWait,
+    Close,
+    SynSent2,
+}
+
+impl TcpState {
+    const ALL: [TcpState; 10] = [
+        TcpState::None,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::Established,
+        TcpState::FinWait,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::SynSent2,
+    ];
+}
+
+/// What one TCP segment does to a connection (Linux's transition table
+/// gives a new state, `sIV` or `sIG`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpStep {
+    /// A valid segment: the connection moves to this state.
+    To(TcpState),
+    /// Accepted as part of the connection but changes nothing (`sIG`:
+    /// e.g. a retransmitted SYN-ACK).
+    Ignore,
+    /// Not valid for the connection in this state (`sIV`): the segment
+    /// is not part of it (nftables `ct state invalid`).
+    Invalid,
+    /// A SYN reopening a connection in TIME_WAIT or CLOSE: Linux removes
+    /// the old entry and tracks the segment as a new connection.
+    Reopen,
+}
+
+/// The TCP flag combinations Linux conntrack accepts at all
+/// (`tcp_valid_flags`; PSH, ECE and CWR are ignored). Anything else (SYN
+/// with FIN, FIN without ACK, no flag, ...) is invalid and never tracked.
+#[inline]
+pub fn tcp_flags_valid(flags: u8) -> bool {
+    use braid_packet::wire::tcp_flags::{CWR, ECE, PSH, URG};
+    const SA: u8 = TCP_SYN | TCP_ACK;
+    const RA: u8 = TCP_RST | TCP_ACK;
+    const FA: u8 = TCP_FIN | TCP_ACK;
+    const SU: u8 = TCP_SYN | URG;
+    const FAU: u8 = TCP_FIN | TCP_ACK | URG;
+    const AU: u8 = TCP_ACK | URG;
+    matches!(flags & !(PSH | ECE | CWR), TCP_SYN | SU | SA | TCP_RST | RA | FA | FAU | TCP_ACK | AU)
+}
+
+/// Linux's `tcp_conntracks[dir][index][state]` (net/netfilter/
+/// nf_conntrack_proto_tcp.c), with `nf_conntrack_tcp_loose = 1`: from no
+/// connection only a SYN (to SYN_SENT) or an ACK-type segment (picked up
+/// as ESTABLISHED) is valid; a SYN-ACK, FIN, RST or flagless segment is
+/// not. Indexes: RST, else SYN (SYN-ACK with ACK), else FIN, else ACK,
+/// else none.
+pub fn tcp_transition(state: TcpState, reply: bool, flags: u8) -> TcpStep {
+    use TcpState::*;
+    const IV: u8 = 10;
+    const IG: u8 = 11;
+    // Columns: NO SS SR ES FW CW LA TW CL S2 (TcpState order).
+    #[rustfmt::skip]
+    const T: [[[u8; 10]; 6]; 2] = [
+        [ // original direction
+            /* syn    */ [1, 1, IG, IG, IG, IG, IG, 1, 1, 9],
+            /* synack */ [IV, IV, 2, IV, IV, IV, IV, IV, IV, 2],
+            /* fin    */ [IV, IV, 4, 4, 6, 6, 6, 7, 8, IV],
+            /* ack    */ [3, IV, 3, 3, 5, 5, 7, 7, 8, IV],
+            /* rst    */ [IV, 8, 8, 8, 8, 8, 8, 8, 8, 8],
+            /* none   */ [IV; 10],
+        ],
+        [ // reply direction
+            /* syn    */ [IV, 9, IV, IV, IV, IV, IV, 1, IV, 9],
+            /* synack */ [IV, 2, IG, IG, IG, IG, IG, IG, IG, 2],
+            /* fin    */ [IV, IV, 4, 4, 6, 6, 6, 7, 8, IV],
+            /* ack    */ [IV, IG, 2, 3, 5, 5, 7, 7, 8, IG],
+            /* rst    */ [IV, 8, 8, 8, 8, 8, 8, 8, 8, 8],
+            /* none   */ [IV; 10],
+        ],
+    ];
+    if !tcp_flags_valid(flags) {
+        return TcpStep::Invalid;
+    }
+    let index = if flags & TCP_RST != 0 {
+        4
+    } else if flags & TCP_SYN != 0 {
+        usize::from(flags & TCP_ACK != 0)
+    } else if flags & TCP_FIN != 0 {
+        2
+    } else if flags & TCP_ACK != 0 {
+        3
+    } else {
+        5
+    };
+    match T[usize::from(reply)][index][state as usize] {
+        IV => TcpStep::Invalid,
+        IG => TcpStep::Ignore,
+        1 if matches!(state, TimeWait | Close) => TcpStep::Reopen,
+        n => TcpStep::To(TcpState::ALL[n as usize]),
+    }
+}
 
 /// One tracked connection: its original-direction key, its reply-direction
 /// key, when it was last seen and a little TCP state.
@@ -177,10 +300,12 @@ impl Conn {
     pub fn timeout(&self, t: &TimeoutsNs) -> u64 {
         match self.orig.proto {
             PROTO_TCP => {
-                if self.flags & CLOSING != 0 || self.flags & SEEN_REPLY == 0 {
-                    t.tcp_transitory
-                } else {
+                if self.flags & (CLOSING | SEEN_REPLY) == SEEN_REPLY
+                    && self.tcp_state() == TcpState::Established
+                {
                     t.tcp_established
+                } else {
+                    t.tcp_transitory
                 }
             }
             PROTO_UDP => t.udp,
@@ -210,6 +335,46 @@ impl Conn {
     /// True once a packet was seen in the reply direction.
     pub fn seen_reply(&self) -> bool {
         self.flags & SEEN_REPLY != 0
+    }
+
+    /// The TCP state (meaningful for TCP connections only). A connection
+    /// from a snapshot of a version that kept no state counts as
+    /// ESTABLISHED.
+    #[inline]
+    pub fn tcp_state(&self) -> TcpState {
+        if self.flags & TCP_STATE_SET == 0 {
+            return TcpState::Established;
+        }
+        TcpState::ALL
+            .get(usize::from(self.flags >> TCP_STATE_SHIFT))
+            .copied()
+            .unwrap_or(TcpState::Established)
+    }
+
+    /// Set the TCP state.
+    #[inline]
+    pub fn set_tcp_state(&mut self, s: TcpState) {
+        self.flags = (self.flags & (SEEN_REPLY | CLOSING | ADMITTED))
+            | TCP_STATE_SET
+            | ((s as u8) << TCP_STATE_SHIFT);
+    }
+
+    /// Run a TCP segment in direction `reply` through the state machine
+    /// ([`tcp_transition`]) and, if it is valid or ignored, record it
+    /// ([`Conn::touch`]) and move to the new state. `Invalid` and
+    /// `Reopen` change nothing.
+    #[inline]
+    pub fn track_tcp(&mut self, now: u64, reply: bool, tcp_flags: u8) -> TcpStep {
+        let step = tcp_transition(self.tcp_state(), reply, tcp_flags);
+        match step {
+            TcpStep::To(s) => {
+                self.touch(now, reply, tcp_flags);
+                self.set_tcp_state(s);
+            }
+            TcpStep::Ignore => self.touch(now, reply, 0),
+            TcpStep::Invalid | TcpStep::Reopen => {}
+        }
+        step
     }
 }
 
@@ -497,6 +662,14 @@ impl ConnTable {
         Ok(slot)
     }
 
+    /// Remove the connection in `slot` (from a [`Lookup::Hit`]), if any.
+    pub fn remove_slot(&mut self, slot: u32) -> Option<Conn> {
+        match self.slots.get(slot as usize) {
+            Some(Some(_)) => Some(self.remove(slot)),
+            _ => None,
+        }
+    }
+
     /// Remove the connection in `slot` and return it.
     fn remove(&mut self, slot: u32) -> Conn {
         let conn = self.slots[slot as usize].take().expect("remove is only called on live slots");
@@ -550,7 +723,7 @@ impl ConnTable {
                 .insert(c.orig, c.reply, c.last_seen)
                 .map_err(|e| format!("connection {i} ({:?}): {e:?}", c.orig))?;
             if let Some(x) = t.get_mut(slot) {
-                x.flags = c.flags & (SEEN_REPLY | CLOSING);
+                x.flags = c.flags;
             }
         }
         Ok(t)
@@ -853,11 +1026,52 @@ mod tests {
     fn tcp_timeouts_follow_the_handshake_and_close() {
         let k = FlowKey { proto: PROTO_TCP, ..key(1) };
         let mut c = Conn { orig: k, reply: k.reversed(), last_seen: 0, flags: 0 };
+        c.set_tcp_state(TcpState::SynSent);
         assert_eq!(c.timeout(&T), 10);
-        c.touch(1, true, TCP_SYN | TCP_ACK);
+        assert_eq!(c.track_tcp(1, true, TCP_SYN | TCP_ACK), TcpStep::To(TcpState::SynRecv));
+        assert_eq!(c.timeout(&T), 10, "SYN_RECV is not established");
+        assert_eq!(c.track_tcp(2, false, TCP_ACK), TcpStep::To(TcpState::Established));
         assert_eq!(c.timeout(&T), 100);
-        c.touch(2, false, TCP_FIN | TCP_ACK);
+        assert_eq!(c.track_tcp(3, false, TCP_FIN | TCP_ACK), TcpStep::To(TcpState::FinWait));
         assert_eq!(c.timeout(&T), 10);
+        // A snapshot without a TCP state (older format) is established.
+        let old = Conn { orig: k, reply: k.reversed(), last_seen: 0, flags: SEEN_REPLY };
+        assert_eq!((old.tcp_state(), old.timeout(&T)), (TcpState::Established, 100));
+    }
+
+    /// The pickup rules of Linux conntrack with `nf_conntrack_tcp_loose=1`:
+    /// only a SYN or an ACK-type segment starts a connection; SYN-ACK,
+    /// FIN, RST, SYN+FIN and flagless segments do not.
+    #[test]
+    fn tcp_pickup_like_linux() {
+        use braid_packet::wire::tcp_flags::{PSH, URG};
+        let new = |f| tcp_transition(TcpState::None, false, f);
+        assert_eq!(new(TCP_SYN), TcpStep::To(TcpState::SynSent));
+        assert_eq!(new(TCP_ACK), TcpStep::To(TcpState::Established));
+        assert_eq!(new(TCP_ACK | PSH), TcpStep::To(TcpState::Established));
+        for f in [
+            TCP_SYN | TCP_ACK,
+            TCP_RST,
+            TCP_RST | TCP_ACK,
+            TCP_FIN | TCP_ACK,
+            TCP_FIN,
+            TCP_SYN | TCP_FIN,
+            TCP_SYN | TCP_RST,
+            0,
+            PSH,
+            URG,
+        ] {
+            assert_eq!(new(f), TcpStep::Invalid, "flags {f:#04x}");
+        }
+        // A SYN in the reply direction of a picked-up (or any open)
+        // connection is invalid; a SYN reopens TIME_WAIT.
+        assert_eq!(tcp_transition(TcpState::Established, true, TCP_SYN), TcpStep::Invalid);
+        assert_eq!(tcp_transition(TcpState::TimeWait, false, TCP_SYN), TcpStep::Reopen);
+        assert_eq!(
+            tcp_transition(TcpState::SynSent, true, TCP_SYN),
+            TcpStep::To(TcpState::SynSent2)
+        );
+        assert_eq!(tcp_transition(TcpState::Established, true, TCP_SYN | TCP_ACK), TcpStep::Ignore);
     }
 
     #[test]

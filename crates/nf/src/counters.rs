@@ -42,11 +42,17 @@ pub enum DropReason {
     /// Sent out of a gate that has no link in the graph (counted by the
     /// dataplane, not by NFs).
     Unconnected,
+    /// Router: a martian source or destination address (RFC 1812: never
+    /// forwarded).
+    Martian,
+    /// A fragment whose first fragment was not seen (or was refused), or
+    /// that the fragment table had no room for.
+    Fragment,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 19;
 
     /// All reasons, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -67,6 +73,8 @@ impl DropReason {
         DropReason::Replayed,
         DropReason::Other,
         DropReason::Unconnected,
+        DropReason::Martian,
+        DropReason::Fragment,
     ];
 
     /// The snake_case name used in statistics output.
@@ -89,6 +97,8 @@ impl DropReason {
             DropReason::Replayed => "replayed",
             DropReason::Other => "other",
             DropReason::Unconnected => "unconnected",
+            DropReason::Martian => "martian",
+            DropReason::Fragment => "fragment",
         }
     }
 }

@@ -71,6 +71,12 @@ impl Decrypt {
                 "only `encrypt` takes a salt; `decrypt` reads it from each packet",
             ));
         }
+        if cfg.unencrypted.is_some() {
+            return Err(crate::ConfigError::new(
+                "unencrypted",
+                "only `encrypt` takes it; `decrypt` passes what is not its own format",
+            ));
+        }
         let cipher = cfg.cipher()?;
         let window = match (cipher.mode(), cfg.replay_window) {
             (Mode::Ctr, None | Some(0)) => 0,

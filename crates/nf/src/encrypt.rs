@@ -2,18 +2,26 @@
 //!
 //! Inserts the 16-byte header of [`crate::aes_header`] at the start of the
 //! UDP payload (GCM also appends the 16-byte tag), encrypts the original
-//! payload, and fixes the IPv4 and UDP lengths and checksums. Other frames
-//! (not IPv4, not UDP, IPv4 fragments) pass unchanged; IPv4/UDP frames whose
-//! lengths do not hold are dropped as `malformed`; a frame without room for
-//! the header is dropped as `no_room` (never sent in the clear).
+//! payload, and fixes the IPv4 and UDP lengths and checksums. Whole IPv4
+//! datagrams of other protocols and ARP pass unchanged (its scope is UDP
+//! over IPv4). What it cannot encrypt and is not in that scope — IPv6,
+//! IPv4 fragments of any protocol, other ethertypes — is dropped as
+//! `unsupported` unless `unencrypted: pass` says to pass it in plaintext
+//! (UDP fragments stay dropped: part of a datagram can be neither
+//! encrypted nor passed). IPv4/UDP frames whose lengths do not hold
+//! are dropped as `malformed`; a frame without room for the header is
+//! dropped as `no_room`.
 
-use crate::aes_header::{AesHeader, Cipher, KeyConfig, Mode, HEADER_LEN, KEY_PARAMS, TAG_LEN};
+use crate::aes_header::{
+    AesHeader, Cipher, KeyConfig, Mode, Unencrypted, HEADER_LEN, KEY_PARAMS, TAG_LEN,
+};
 use crate::udp_payload::{self, Located};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
 use crate::{Encoding, FlowScope, NfState, StateError};
+use braid_packet::envelope::{self, Class, Unsupported};
 use braid_packet::{Batch, Packet};
 
-static PARAMS: [ParamDoc; 5] = [
+static PARAMS: [ParamDoc; 6] = [
     KEY_PARAMS[0],
     KEY_PARAMS[1],
     KEY_PARAMS[2],
@@ -23,6 +31,12 @@ static PARAMS: [ParamDoc; 5] = [
         kind: "hex string, 8 digits",
         default: Some("random"),
         help: "nonce salt; fixed only for reproducible tests (a fixed salt reused with the same key reuses nonces)",
+    },
+    ParamDoc {
+        name: "unencrypted",
+        kind: "drop|pass",
+        default: Some("drop"),
+        help: "IPv6, non-UDP IPv4 fragments and other ethertypes: dropped (unsupported), or passed in plaintext",
     },
 ];
 
@@ -46,6 +60,8 @@ pub struct Encrypt {
     /// Sequence number of the next packet; with the salt it makes the
     /// nonce, so it never repeats within an instance.
     next_seq: u64,
+    /// What happens to frames it cannot encrypt.
+    unencrypted: Unencrypted,
 }
 
 impl Encrypt {
@@ -56,13 +72,32 @@ impl Encrypt {
                 "only `decrypt` keeps a replay window; `encrypt` numbers its packets",
             ));
         }
-        Ok(Encrypt { cipher: cfg.cipher()?, key_id: cfg.key_id, salt: cfg.salt()?, next_seq: 0 })
+        Ok(Encrypt {
+            cipher: cfg.cipher()?,
+            key_id: cfg.key_id,
+            salt: cfg.salt()?,
+            next_seq: 0,
+            unencrypted: cfg.unencrypted.unwrap_or_default(),
+        })
     }
 
     fn encrypt(&mut self, pkt: &mut Packet) -> Result<(), DropReason> {
-        let loc = match udp_payload::verdict(pkt.data()) {
+        let parsed = envelope::parse(pkt.data());
+        let loc = match udp_payload::policy(&parsed) {
             Located::Udp(loc) => loc,
-            Located::Pass => return Ok(()),
+            // Whole IPv4 of another protocol (its scope is UDP) and ARP
+            // pass; IPv6, IPv4 fragments and other ethertypes only when
+            // configured to, never silently in plaintext.
+            Located::Pass
+                if self.unencrypted == Unencrypted::Pass
+                    || matches!(
+                        parsed.class,
+                        Class::Ok | Class::Unsupported { what: Unsupported::Arp }
+                    ) =>
+            {
+                return Ok(())
+            }
+            Located::Pass => return Err(DropReason::Unsupported),
             Located::Drop(reason) => return Err(reason),
         };
         let mode = self.cipher.mode();
@@ -187,6 +222,62 @@ mod tests {
             assert_ne!(&out[loc.payload + 16..loc.payload + 116], &frame[frame.len() - 100..]);
             assert_eq!(b.as_slice()[1].data(), &tcp[..], "TCP passes unchanged");
         }
+    }
+
+    /// Issue 13 item 6: IPv6 and IPv4 fragments (of any protocol) never
+    /// leave in plaintext unless `unencrypted: pass` says so; ARP and
+    /// whole non-UDP IPv4 pass.
+    #[test]
+    fn ipv6_and_fragments_are_dropped_unless_configured() {
+        use braid_packet::wire::ethertype;
+        let tcp = FrameSpec::tcp((Ipv4Addr::LOCALHOST, 1), (Ipv4Addr::LOCALHOST, 2), 40).build();
+        let mut tcp_frag = tcp.clone();
+        tcp_frag[20] = 0x20; // more fragments: a first fragment
+        let mut tcp_later = tcp.clone();
+        tcp_later[21] = 3;
+        for f in [&mut tcp_frag, &mut tcp_later] {
+            f[24..26].fill(0);
+            let ck = braid_packet::wire::checksum::checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&ck.to_be_bytes());
+        }
+        let mut ipv6 = tcp.clone();
+        ipv6[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
+        ipv6[14] = 0x60;
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
+        arp[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        let mut other = tcp.clone();
+        other[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        let frames = [tcp_frag, tcp_later, ipv6, other, arp.clone(), tcp.clone()];
+        let run = |extra: &str| {
+            let mut p = params("gcm");
+            if !extra.is_empty() {
+                p.as_mapping_mut().unwrap().insert("unencrypted".into(), extra.into());
+            }
+            let mut nf = (SPEC.build)(&p).unwrap();
+            let mut b: Batch = frames.iter().map(|f| Packet::from_bytes(f)).collect();
+            let mut c = Counters::default();
+            nf.process(&mut b, &mut Context::new(0, &mut c));
+            (b.iter().map(|p| p.data().to_vec()).collect::<Vec<_>>(), c)
+        };
+        let (out, c) = run("");
+        assert_eq!(c.dropped(DropReason::Unsupported), 4);
+        assert_eq!(out, vec![arp, tcp]);
+        let (out, c) = run("drop");
+        assert_eq!((out.len(), c.dropped_total()), (2, 4));
+        let (out, c) = run("pass");
+        assert_eq!((out.len(), c.dropped_total()), (6, 0));
+        assert_eq!(out, frames.to_vec());
+        let mut p = params("gcm");
+        p.as_mapping_mut().unwrap().insert("unencrypted".into(), "maybe".into());
+        assert_eq!((SPEC.build)(&p).err().unwrap().field, "unencrypted");
+        p.as_mapping_mut().unwrap().insert("unencrypted".into(), "pass".into());
+        p.as_mapping_mut().unwrap().remove("salt");
+        assert_eq!(
+            (crate::decrypt::SPEC.build)(&p).err().unwrap().field,
+            "unencrypted",
+            "decrypt refuses it"
+        );
     }
 
     #[test]

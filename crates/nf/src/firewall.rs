@@ -12,16 +12,30 @@
 //! hit that entry in one hash lookup and pass without classification, so
 //! replies of allowed flows pass even where the rules would drop them.
 //! Connections idle out per protocol (`timeouts`); TCP connections use the
-//! short `tcp_transitory` timeout until a reply is seen and after FIN/RST.
-//! Pickup is loose: an allowed TCP packet without SYN also creates a
-//! connection (like Linux's `nf_conntrack_tcp_loose`).
+//! long `tcp_established` timeout only in ESTABLISHED after a reply was
+//! seen, the short `tcp_transitory` one otherwise.
+//!
+//! TCP follows Linux conntrack's state machine
+//! ([`crate::conntrack::tcp_transition`]): a connection starts only from a
+//! SYN or, picked up mid-stream as with `nf_conntrack_tcp_loose=1`, from an
+//! ACK-type segment; an allowed SYN-ACK, FIN, RST, SYN+FIN or flagless
+//! segment passes by the rules but tracks nothing. A segment invalid for
+//! its connection's state (a SYN against an established connection) is
+//! decided by the rules alone, like `ct state invalid`. ICMP: only an echo
+//! request starts a connection, and only an echo reply matches its reply
+//! side. A packet of a tracked connection skips the rules when it is a
+//! reply, the connection has seen one, or these rules created it; else
+//! (NEW in Linux terms) the rules decide.
 //!
 //! Edge cases: ARP always passes (IPv4 needs it); other non-IPv4 frames
 //! follow the default action (dropped as `denied`). Malformed IPv4 is
 //! dropped (`malformed`). ICMP errors quoting a packet of a tracked flow
-//! pass (like Linux's RELATED). Non-first fragments and other ICMP messages
-//! are classified by the rules on every packet with ports 0 and are not
-//! tracked. A full connection table drops new flows (`overflow`).
+//! pass (like Linux's RELATED). Other ICMP messages are classified by the
+//! rules on every packet with ports 0 and are not tracked. With conntrack,
+//! a later IPv4 fragment passes if its datagram's first fragment passed
+//! ([`crate::fragments`]), else it is dropped (`fragment`); without
+//! (stateless, like the XDP firewall) the rules see it with ports 0. A full
+//! connection table drops new flows (`overflow`).
 
 use braid_packet::envelope::{self, Class, Unsupported};
 use braid_packet::Batch;
@@ -29,9 +43,11 @@ use braid_packet::Batch;
 use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
     apply_steps, flow_key, icmp_error_quote, parse_cidr, parse_port_range, prefix_mask, secs_to_ns,
-    BatchLookup, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers, Lookup, StateClock,
-    TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
+    tcp_transition, BatchLookup, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers,
+    Lookup, StateClock, TcpState, TcpStep, TimeoutsNs, ADMITTED, ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
 };
+use crate::fragments::{FragTable, Fragment, DEFAULT_MAX_FRAGMENTS, FRAGMENT_TIMEOUT_NS};
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
     Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, Placement,
@@ -75,6 +91,12 @@ pub static SPEC: NfSpec = NfSpec {
             kind: "usize, >= 1",
             default: Some("1048576"),
             help: "connection table size; new flows beyond it are dropped (overflow)",
+        },
+        ParamDoc {
+            name: "max_fragments",
+            kind: "usize",
+            default: Some("4096"),
+            help: "fragmented datagrams followed at once (30 s each at most); beyond it first fragments are dropped (fragment)",
         },
     ],
     build: |p| Ok(Box::new(Firewall::from_config(&crate::params::parse::<Config>(p)?)?)),
@@ -199,6 +221,12 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     #[serde(default = "default_max_flows")]
     pub max_flows: usize,
+    #[serde(default = "default_max_fragments")]
+    pub max_fragments: usize,
+}
+
+fn default_max_fragments() -> usize {
+    DEFAULT_MAX_FRAGMENTS
 }
 
 fn addr_range(s: &Option<String>, field: String) -> Result<(u32, u32), ConfigError> {
@@ -259,6 +287,8 @@ pub struct Firewall {
     timeouts: TimeoutsNs,
     max_flows: usize,
     clock: StateClock,
+    /// Datagrams whose first fragment passed: their later fragments pass.
+    fragments: FragTable<()>,
     /// Per-batch scratch of step 1 (kept to reuse the allocation).
     steps: Vec<Step>,
 }
@@ -289,6 +319,7 @@ impl Firewall {
             timeouts,
             max_flows: cfg.max_flows,
             clock: StateClock::default(),
+            fragments: FragTable::new(cfg.max_fragments, FRAGMENT_TIMEOUT_NS),
             steps: Vec::new(),
         })
     }
@@ -313,7 +344,16 @@ impl Firewall {
         // fragment, is filtered; ARP passes; other protocols get the
         // default action; broken headers are dropped.
         let parsed = envelope::parse(frame);
+        // Stateful (conntrack on): later fragments follow their first.
+        // Stateless, like the XDP firewall: the rules see them with ports 0.
+        let frag = match self.conntrack {
+            Some(_) => Fragment::of(frame, parsed.class, &parsed.ip),
+            None => None,
+        };
         let info = match parsed.class {
+            Class::Fragment { first: false, .. } if frag.is_some() => {
+                return frag.map_or(Step::Drop(DropReason::Malformed), Step::LaterFragment)
+            }
             Class::Ok | Class::Fragment { .. } => parsed.ip,
             Class::Unsupported { what: Unsupported::Arp } => return Step::Pass,
             Class::Unsupported { .. } => {
@@ -335,16 +375,32 @@ impl Firewall {
             (Some(_), None) => icmp_error_quote(frame, &info).map(|q| q.key),
             _ => None,
         };
-        Step::Check { info, key, hash, hint: None, related }
+        Step::Check { info, key, hash, hint: None, related, frag }
     }
 
-    /// Batch step 3: pass (`Ok`) or drop one packet.
+    /// Batch step 3: pass (`Ok`) or drop one packet. A later fragment
+    /// passes if its datagram's first fragment passed (`fragments`); a
+    /// first fragment that passes is recorded for them.
     #[inline]
     fn filter(&mut self, step: Step, now: u64) -> Result<(), DropReason> {
+        match step {
+            Step::LaterFragment(f) => self.fragments.later(&f, now).ok_or(DropReason::Fragment),
+            Step::Check { frag: Some(f), .. } => {
+                self.check(step, now)?;
+                self.fragments.first(&f, (), now).map_err(|_| DropReason::Fragment)
+            }
+            _ => self.check(step, now),
+        }
+    }
+
+    /// [`Firewall::filter`] of a packet with a transport header.
+    #[inline]
+    fn check(&mut self, step: Step, now: u64) -> Result<(), DropReason> {
         let (info, key, hash, hint) = match step {
             Step::Pass => return Ok(()),
             Step::Drop(r) => return Err(r),
-            Step::Check { info, key, hash, hint, related } => {
+            Step::LaterFragment(_) => return Err(DropReason::Fragment),
+            Step::Check { info, key, hash, hint, related, .. } => {
                 if let (Some(table), Some(quoted)) = (self.conntrack.as_mut(), related) {
                     // An ICMP error about a tracked flow passes (it does
                     // not refresh the flow).
@@ -356,17 +412,64 @@ impl Firewall {
             }
         };
         let tcp_flags = info.tcp_flags();
+        // Conntrack first, like `ct state established,related accept`
+        // ahead of the rules: a packet of a tracked connection passes if
+        // it is valid for the connection and the connection is
+        // established (a packet in the reply direction, or after one was
+        // seen). A valid packet in the original direction before any
+        // reply is NEW: it passes if the rules admit it. An invalid one
+        // (`ct state invalid`) is left to the rules and tracks nothing.
+        let mut tracked = false;
         if let (Some(table), Some(key)) = (self.conntrack.as_mut(), key) {
             if let Lookup::Hit { slot, reply } =
                 table.lookup_hinted(&key, hash, hint, now, &self.timeouts)
             {
                 if let Some(c) = table.get_mut(slot) {
-                    c.touch(now, reply, tcp_flags);
+                    let valid = match info.l4 {
+                        L4::Tcp { .. } => match c.track_tcp(now, reply, tcp_flags) {
+                            TcpStep::To(_) | TcpStep::Ignore => true,
+                            TcpStep::Invalid => false,
+                            TcpStep::Reopen => {
+                                table.remove_slot(slot);
+                                return self.admit_new(&info, Some(key), now);
+                            }
+                        },
+                        // An echo request on the reply key (or a reply on
+                        // the original key) is another ICMP tuple in
+                        // Linux: not part of this connection.
+                        L4::IcmpEcho { msg_type, .. } => {
+                            let ok = (msg_type == ICMP_ECHO_REPLY) == reply;
+                            if ok {
+                                c.touch(now, reply, 0);
+                            }
+                            ok
+                        }
+                        _ => {
+                            c.touch(now, reply, 0);
+                            true
+                        }
+                    };
+                    if valid && (reply || c.seen_reply() || c.flags & ADMITTED != 0) {
+                        return Ok(());
+                    }
+                    tracked = true;
                 }
-                return Ok(());
             }
         }
-        let fields = match key {
+        if tracked {
+            return match self.decide(&Self::fields(&info, key)) {
+                Action::Allow => Ok(()),
+                Action::Drop => Err(DropReason::Denied),
+            };
+        }
+        self.admit_new(&info, key, now)
+    }
+
+    /// The rule fields of a packet: its 5-tuple, or ports 0 for packets
+    /// without ports (ICMP echo included).
+    #[inline]
+    fn fields(info: &Ipv4Headers, key: Option<FlowKey>) -> Fields {
+        match key {
             Some(k) if !matches!(info.l4, L4::IcmpEcho { .. }) => Fields {
                 src: k.src,
                 dst: k.dst,
@@ -377,22 +480,52 @@ impl Firewall {
             _ => {
                 Fields { src: info.src, dst: info.dst, proto: info.proto, src_port: 0, dst_port: 0 }
             }
-        };
-        if self.decide(&fields) == Action::Drop {
+        }
+    }
+
+    /// A packet of no tracked connection: the rules decide; an allowed
+    /// packet that may start a connection in Linux conntrack (any UDP, an
+    /// ICMP echo request, a TCP SYN or, picked up, an ACK-type segment)
+    /// is tracked.
+    #[inline]
+    fn admit_new(
+        &mut self,
+        info: &Ipv4Headers,
+        key: Option<FlowKey>,
+        now: u64,
+    ) -> Result<(), DropReason> {
+        if self.decide(&Self::fields(info, key)) == Action::Drop {
             return Err(DropReason::Denied);
         }
-        if let (Some(table), Some(key)) = (self.conntrack.as_mut(), key) {
-            match table.insert(key, key.reversed(), now) {
-                Ok(slot) => {
-                    if let Some(c) = table.get_mut(slot) {
-                        c.touch(now, false, tcp_flags);
+        let tcp_flags = info.tcp_flags();
+        let start = match info.l4 {
+            L4::Tcp { .. } => match tcp_transition(TcpState::None, false, tcp_flags) {
+                TcpStep::To(s) => Some(Some(s)),
+                _ => None,
+            },
+            L4::IcmpEcho { msg_type, .. } => (msg_type == ICMP_ECHO_REQUEST).then_some(None),
+            _ => Some(None),
+        };
+        let (Some(table), Some(key), Some(tcp_state)) = (self.conntrack.as_mut(), key, start)
+        else {
+            return Ok(());
+        };
+        match table.insert(key, key.reversed(), now) {
+            Ok(slot) => {
+                if let Some(c) = table.get_mut(slot) {
+                    c.touch(now, false, tcp_flags);
+                    c.flags |= ADMITTED;
+                    if let Some(s) = tcp_state {
+                        c.set_tcp_state(s);
                     }
                 }
-                Err(InsertError::Full) => return Err(DropReason::Overflow),
-                // A flow whose reply key is itself (same address and port
-                // on both ends): allowed by the rules, nothing to track.
-                Err(InsertError::KeyInUse) => {}
             }
+            Err(InsertError::Full) => return Err(DropReason::Overflow),
+            // A flow whose reply key is itself (same address and port on
+            // both ends), or an ICMP echo whose identifier is the reply
+            // key of another connection: allowed by the rules, not
+            // tracked.
+            Err(InsertError::KeyInUse) => {}
         }
         Ok(())
     }
@@ -404,14 +537,18 @@ enum Step {
     Pass,
     Drop(DropReason),
     /// IPv4: conntrack (if on and the packet has a flow key, or is an ICMP
-    /// error quoting one: `related`), then rules.
+    /// error quoting one: `related`), then rules. `frag`: a first
+    /// fragment.
     Check {
         info: Ipv4Headers,
         key: Option<FlowKey>,
         hash: u64,
         hint: Option<u32>,
         related: Option<FlowKey>,
+        frag: Option<Fragment>,
     },
+    /// A later fragment: follows its first fragment.
+    LaterFragment(Fragment),
 }
 
 impl BatchLookup for Step {
@@ -446,6 +583,7 @@ impl NetworkFunction for Firewall {
 
     fn tick(&mut self, _out: &mut Batch, cx: &mut Context<'_>) {
         let now = self.clock.now(cx.now_ns);
+        self.fragments.expire(now);
         if let Some(t) = self.conntrack.as_mut() {
             t.sweep(now, &self.timeouts, SWEEP_BUDGET, |_| {});
         }
@@ -595,7 +733,8 @@ mod tests {
         let back = frame([8, 8, 8, 8], [10, 0, 0, 1], PROTO_TCP, 80, 1234, TCP_SYN | TCP_ACK);
         // The reply alone is denied.
         assert_eq!(run(&mut f, s, std::slice::from_ref(&back)).0, 0);
-        assert_eq!(run(&mut f, s, &[out.clone(), back.clone()]).0, 2);
+        let ack = frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_TCP, 1234, 80, TCP_ACK);
+        assert_eq!(run(&mut f, s, &[out.clone(), back.clone(), ack]).0, 3);
         assert_eq!(f.connections(), 1);
         // Established: the long timeout applies.
         assert_eq!(run(&mut f, 90 * s, std::slice::from_ref(&back)).0, 1);
@@ -609,6 +748,103 @@ mod tests {
         let mut rep = frame([8, 8, 8, 8], [10, 0, 0, 1], PROTO_ICMP, 9, 9, 0);
         rep[34] = 0;
         assert_eq!(run(&mut f, 200 * s, &[req, rep]).0, 2);
+    }
+
+    /// Issue 13 item 1: an allowed outbound RST, FIN, SYN+FIN, SYN-ACK or
+    /// echo reply must not create a connection that admits the reversed
+    /// SYN or echo request (nftables `ct state established,related`
+    /// drops them); an ACK is picked up, but a SYN against it is invalid.
+    #[test]
+    fn pickup_only_from_segments_linux_tracks() {
+        use braid_packet::wire::tcp_flags::{PSH, RST};
+        let inside = "rules: [{action: allow, src: 10.0.0.0/8}]\n";
+        let a = [10, 0, 0, 1];
+        let b = [8, 8, 8, 8];
+        for flags in
+            [RST, RST | TCP_ACK, TCP_FIN | TCP_ACK, TCP_SYN | TCP_FIN, TCP_SYN | TCP_ACK, 0]
+        {
+            let mut f = fw(inside);
+            let out = frame(a, b, PROTO_TCP, 80, 1234, flags);
+            assert_eq!(run(&mut f, 1, &[out]).0, 1, "the rules allow {flags:#04x}");
+            assert_eq!(f.connections(), 0, "{flags:#04x} tracked");
+            let syn = frame(b, a, PROTO_TCP, 1234, 80, TCP_SYN);
+            assert_eq!(run(&mut f, 2, &[syn]).0, 0, "SYN admitted after {flags:#04x}");
+        }
+        // An outbound echo reply creates nothing: the echo request back is
+        // denied.
+        let mut f = fw(inside);
+        let mut rep = frame(a, b, PROTO_ICMP, 9, 9, 0);
+        rep[34] = ICMP_ECHO_REPLY;
+        assert_eq!(run(&mut f, 1, &[rep]).0, 1);
+        assert_eq!(f.connections(), 0);
+        assert_eq!(run(&mut f, 2, &[frame(b, a, PROTO_ICMP, 9, 9, 0)]).0, 0);
+        // An echo request tracked: its reply passes, a request back on the
+        // same identifier does not.
+        assert_eq!(run(&mut f, 3, &[frame(a, b, PROTO_ICMP, 9, 9, 0)]).0, 1);
+        assert_eq!(run(&mut f, 4, &[frame(b, a, PROTO_ICMP, 9, 9, 0)]).0, 0);
+        let mut rep = frame(b, a, PROTO_ICMP, 9, 9, 0);
+        rep[34] = ICMP_ECHO_REPLY;
+        assert_eq!(run(&mut f, 5, &[rep]).0, 1);
+        // A mid-stream ACK is picked up (nf_conntrack_tcp_loose): the
+        // peer's ACKs pass, a SYN on the reversed tuple is invalid.
+        let mut f = fw(inside);
+        assert_eq!(run(&mut f, 1, &[frame(a, b, PROTO_TCP, 80, 1234, TCP_ACK | PSH)]).0, 1);
+        assert_eq!(f.connections(), 1);
+        assert_eq!(run(&mut f, 2, &[frame(b, a, PROTO_TCP, 1234, 80, TCP_SYN)]).0, 0);
+        assert_eq!(run(&mut f, 3, &[frame(b, a, PROTO_TCP, 1234, 80, TCP_ACK)]).0, 1);
+        // The reply RST closes it (CLOSE); after the transitory timeout
+        // the connection is gone and an ACK from outside is denied.
+        assert_eq!(run(&mut f, 4, &[frame(b, a, PROTO_TCP, 1234, 80, RST)]).0, 1);
+        let s = 1_000_000_000u64;
+        assert_eq!(run(&mut f, 200 * s, &[frame(b, a, PROTO_TCP, 1234, 80, TCP_ACK)]).0, 0);
+    }
+
+    /// `f` made a fragment of datagram `id`: payload offset `offset`
+    /// bytes, more fragments or not; header checksum refreshed.
+    fn fragment(mut f: Vec<u8>, id: u16, offset: u16, more: bool) -> Vec<u8> {
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        let word = (offset / 8) | if more { 0x2000 } else { 0 };
+        f[20..22].copy_from_slice(&word.to_be_bytes());
+        f[24..26].fill(0);
+        let ck = checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&ck.to_be_bytes());
+        f
+    }
+
+    /// Issue 13 item 4: later fragments follow their first fragment's
+    /// verdict (the rules see ports only there); one without a first
+    /// fragment seen, or beyond `max_fragments`, is dropped (`fragment`).
+    #[test]
+    fn later_fragments_follow_the_first() {
+        let mut f = fw(&format!("{WEB}max_fragments: 1\n"));
+        let first = |id, port| {
+            fragment(frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_UDP, 1, port, 0), id, 0, true)
+        };
+        let later =
+            |id| fragment(frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_UDP, 0, 0, 0), id, 8, false);
+        // A later fragment whose first was not seen.
+        let (n, c) = run(&mut f, 1, &[later(7)]);
+        assert_eq!((n, c.dropped(DropReason::Fragment)), (0, 1));
+        // Allowed first fragment: its later fragment passes (the rules
+        // alone, with ports 0, would deny it).
+        assert_eq!(run(&mut f, 2, &[first(7, 5000), later(7)]).0, 2);
+        // Denied first fragment: the later one does not pass.
+        let (n, c) = run(&mut f, 3, &[first(8, 6000), later(8)]);
+        assert_eq!((n, c.dropped(DropReason::Denied), c.dropped(DropReason::Fragment)), (0, 1, 1));
+        // The table holds one datagram: a second in flight is refused.
+        assert_eq!(run(&mut f, 4, &[first(9, 5000)]).0, 1);
+        let (n, c) = run(&mut f, 5, &[first(10, 5000)]);
+        assert_eq!((n, c.dropped(DropReason::Fragment)), (0, 1));
+        // 30 s later the entry has expired: room again, the old one gone.
+        let s = 1_000_000_000u64;
+        let (n, c) = run(&mut f, 40 * s, &[later(9), first(10, 5000), later(10)]);
+        assert_eq!((n, c.dropped(DropReason::Fragment)), (2, 1));
+        // Stateless: the rules decide every fragment, ports 0 for later ones.
+        let mut f = fw(&format!("{WEB}conntrack: false\n"));
+        let (n, c) = run(&mut f, 1, &[later(11), first(11, 5000)]);
+        assert_eq!((n, c.dropped(DropReason::Denied)), (1, 1));
+        let mut open = fw("default: allow\nconntrack: false\n");
+        assert_eq!(run(&mut open, 1, &[later(12)]).0, 1);
     }
 
     #[test]

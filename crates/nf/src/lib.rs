@@ -23,6 +23,7 @@ pub mod conntrack;
 pub mod dpi;
 pub mod firewall;
 pub mod firewall_kernel;
+pub mod fragments;
 pub mod fwd;
 pub mod kernel;
 pub mod l2switch;

@@ -5,6 +5,10 @@
 //!   The flow's mapping is looked up (or created, taking a free port from
 //!   `ports` for that protocol); the source address becomes `external_ip`
 //!   and the source port (ICMP: the echo identifier) the mapped port.
+//!   With the default `mapping: endpoint-independent` an inside
+//!   address:port keeps its external port for every remote host while it
+//!   has a flow (RFC 4787 REQ-1, RFC 5382 REQ-1, like Linux masquerade);
+//!   `mapping: endpoint-dependent` takes a new port per flow.
 //! * destination `external_ip`: **inbound**. The packet must be the reply
 //!   of a mapped flow (its 5-tuple is the flow's reply key); the destination
 //!   address and port become the internal host's. Anything else is dropped
@@ -23,11 +27,15 @@
 //! Mappings idle out per protocol; TCP uses `tcp_transitory` until a reply
 //! was seen and after FIN/RST. Expired mappings are removed when a packet
 //! looks them up and by an incremental sweep in `tick`; their ports go back
-//! to the pool. Each protocol has its own pool, so at most one mapping per
-//! external port and protocol exists (the port alone identifies the inside
-//! host on the way back). No free port: `ports_exhausted`; `max_flows`
-//! mappings: `overflow`. Outbound packets that cannot be keyed (non-first
-//! fragments, ICMP other than echo, other protocols) are `unsupported`.
+//! to the pool when no flow uses them any more. Each protocol has its own
+//! pool, and an external port belongs to one inside endpoint at a time
+//! (the port alone identifies the inside host on the way back); filtering
+//! stays address- and port-dependent (an inbound packet must be the reply
+//! of a flow). No free port: `ports_exhausted`; `max_flows`
+//! mappings: `overflow`. Outbound packets that cannot be keyed (ICMP other
+//! than echo and errors, other protocols) are `unsupported`. A later IPv4
+//! fragment gets the address its datagram's first fragment got
+//! ([`crate::fragments`]); without one it is dropped (`fragment`).
 
 use std::net::Ipv4Addr;
 
@@ -39,8 +47,10 @@ use braid_packet::wire::checksum::{udp_on_wire, update16, update32};
 use crate::conntrack::{
     apply_steps, flow_key, icmp_error_quote, parse_cidr, parse_port_range, prefix_mask, secs_to_ns,
     BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers, Lookup,
-    QuotedPacket, StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
+    QuotedPacket, StateClock, TcpState, TcpStep, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    SWEEP_BUDGET,
 };
+use crate::fragments::{FragTable, Fragment, DEFAULT_MAX_FRAGMENTS, FRAGMENT_TIMEOUT_NS};
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
     Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, Placement,
@@ -85,6 +95,18 @@ pub static SPEC: NfSpec = NfSpec {
             default: Some("262144"),
             help: "mapping table size; new flows beyond it are dropped (overflow)",
         },
+        ParamDoc {
+            name: "max_fragments",
+            kind: "usize",
+            default: Some("4096"),
+            help: "fragmented datagrams followed at once (30 s each at most); beyond it first fragments are dropped (fragment)",
+        },
+        ParamDoc {
+            name: "mapping",
+            kind: "endpoint-independent|endpoint-dependent",
+            default: Some("endpoint-independent"),
+            help: "one external port per inside address:port whatever the remote (RFC 4787/5382 REQ-1), or one per flow",
+        },
     ],
     build: |p| Ok(Box::new(Nat::from_config(&crate::params::parse::<Config>(p)?)?)),
 };
@@ -115,6 +137,19 @@ fn default_max_flows() -> usize {
     1 << 18
 }
 
+/// How external ports are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mapping {
+    /// One external port per inside address, port and protocol, reused
+    /// for every remote host (RFC 4787 REQ-1, RFC 5382 REQ-1; what Linux
+    /// masquerade does). STUN/ICE rely on it.
+    #[default]
+    EndpointIndependent,
+    /// A new external port for every flow (5-tuple).
+    EndpointDependent,
+}
+
 /// NAT parameters.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +162,98 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     #[serde(default = "default_max_flows")]
     pub max_flows: usize,
+    #[serde(default)]
+    pub mapping: Mapping,
+    #[serde(default = "default_max_fragments")]
+    pub max_fragments: usize,
+}
+
+fn default_max_fragments() -> usize {
+    DEFAULT_MAX_FRAGMENTS
+}
+
+/// An inside endpoint: protocol, address, port (ICMP: echo identifier).
+type Endpoint = (u8, u32, u16);
+
+/// The external ports in use: one free pool per protocol, the number of
+/// flows using each taken port (it returns to its pool with the last one)
+/// and, with endpoint-independent mapping, the port of each inside
+/// endpoint.
+#[derive(Clone, Debug)]
+struct Ports {
+    pools: [PortPool; 3],
+    mapping: Mapping,
+    users: std::collections::HashMap<(usize, u16), u32>,
+    endpoints: std::collections::HashMap<Endpoint, u16>,
+}
+
+impl Ports {
+    /// Pools over `lo..=hi` without the ports of `conns` (checked by
+    /// `Nat::validate`: a port is shared only by flows of one endpoint).
+    fn new(lo: u16, hi: u16, mapping: Mapping, conns: &[Conn]) -> Ports {
+        let mut used: [Vec<u16>; 3] = Default::default();
+        let mut users = std::collections::HashMap::new();
+        let mut endpoints = std::collections::HashMap::new();
+        for c in conns {
+            if let Some(i) = pool_index(c.orig.proto) {
+                let port = c.reply.dst_port;
+                let n = users.entry((i, port)).or_insert(0);
+                if *n == 0 {
+                    used[i].push(port);
+                }
+                *n += 1;
+                if mapping == Mapping::EndpointIndependent {
+                    endpoints.entry(endpoint(&c.orig)).or_insert(port);
+                }
+            }
+        }
+        Ports { pools: used.map(|u| PortPool::new(lo, hi, &u)), mapping, users, endpoints }
+    }
+
+    /// The external port for a new flow `key`: its endpoint's port if it
+    /// has one (endpoint-independent), else a free one.
+    fn take(&mut self, key: &FlowKey) -> Result<u16, DropReason> {
+        let pool = pool_index(key.proto).ok_or(DropReason::Unsupported)?;
+        let ep = endpoint(key);
+        if self.mapping == Mapping::EndpointIndependent {
+            if let Some(&port) = self.endpoints.get(&ep) {
+                *self.users.entry((pool, port)).or_insert(0) += 1;
+                return Ok(port);
+            }
+        }
+        let port = self.pools[pool].take().ok_or(DropReason::PortsExhausted)?;
+        self.users.insert((pool, port), 1);
+        if self.mapping == Mapping::EndpointIndependent {
+            self.endpoints.insert(ep, port);
+        }
+        Ok(port)
+    }
+
+    /// A flow with key `orig` and external port `port` is gone.
+    fn release(&mut self, orig: &FlowKey, port: u16) {
+        let Some(pool) = pool_index(orig.proto) else { return };
+        match self.users.get_mut(&(pool, port)) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            Some(_) => {
+                self.users.remove(&(pool, port));
+            }
+            None => return,
+        }
+        let ep = endpoint(orig);
+        if self.endpoints.get(&ep) == Some(&port) {
+            self.endpoints.remove(&ep);
+        }
+        self.pools[pool].give_back(port);
+    }
+}
+
+/// The inside endpoint of an outbound flow key.
+#[inline]
+fn endpoint(k: &FlowKey) -> Endpoint {
+    (k.proto, k.src, k.src_port)
 }
 
 /// Free external ports of one protocol, in random order (RFC 6056: an
@@ -203,12 +330,22 @@ enum Step {
         hash: u64,
         outbound: bool,
         hint: Option<u32>,
+        /// A first fragment: recorded for the later ones.
+        frag: Option<Fragment>,
     },
-    /// An inbound ICMP error about a mapped flow: rewrite the outer
-    /// destination and the quoted packet's source.
+    /// A later fragment: the address its first fragment got.
+    LaterFragment {
+        info: Ipv4Headers,
+        frag: Fragment,
+        outbound: bool,
+    },
+    /// An ICMP error about a mapped flow. Inbound: rewrite the outer
+    /// destination and the quoted packet's source; outbound: the outer
+    /// source and the quoted packet's destination.
     IcmpError {
         info: Ipv4Headers,
         quote: QuotedPacket,
+        outbound: bool,
     },
 }
 
@@ -221,9 +358,13 @@ pub struct Nat {
     timeouts: TimeoutsNs,
     max_flows: usize,
     table: ConnTable,
-    /// Port pools for TCP, UDP, ICMP.
-    pools: [PortPool; 3],
+    /// External ports: free pools for TCP, UDP, ICMP and the mapped
+    /// endpoints.
+    pools: Ports,
     clock: StateClock,
+    /// Datagrams whose first fragment was translated: the address their
+    /// later fragments get.
+    fragments: FragTable<u32>,
     /// Per-batch scratch of step 1 (kept to reuse the allocation).
     steps: Vec<Step>,
 }
@@ -382,7 +523,6 @@ impl Nat {
             // Only TCP, UDP and ICMP are ever mapped.
             other: secs_to_ns(t.udp),
         };
-        let pool = PortPool::new(ports.0, ports.1, &[]);
         Ok(Nat {
             external_ip,
             internal,
@@ -390,8 +530,9 @@ impl Nat {
             timeouts,
             max_flows: cfg.max_flows,
             table: ConnTable::new(cfg.max_flows),
-            pools: [pool.clone(), pool.clone(), pool],
+            pools: Ports::new(ports.0, ports.1, cfg.mapping, &[]),
             clock: StateClock::default(),
+            fragments: FragTable::new(cfg.max_fragments, FRAGMENT_TIMEOUT_NS),
             steps: Vec::new(),
         })
     }
@@ -407,10 +548,8 @@ impl Nat {
     }
 
     /// Give an expired mapping's port back.
-    fn release(pools: &mut [PortPool; 3], c: &Conn) {
-        if let Some(i) = pool_index(c.orig.proto) {
-            pools[i].give_back(c.reply.dst_port);
-        }
+    fn release(pools: &mut Ports, c: &Conn) {
+        pools.release(&c.orig, c.reply.dst_port);
     }
 
     /// Batch step 1: parse a packet and decide what it needs.
@@ -431,14 +570,17 @@ impl Nat {
         if !outbound && info.dst != self.external_ip {
             return Step::Pass;
         }
-        if !outbound {
-            if let Some(quote) = icmp_error_quote(frame, &info) {
-                return Step::IcmpError { info, quote };
-            }
+        let frag = Fragment::of(frame, parsed.class, &parsed.ip);
+        if let Some(frag) = frag.filter(|f| !f.first) {
+            return Step::LaterFragment { info, frag, outbound };
+        }
+        if let Some(quote) = icmp_error_quote(frame, &info) {
+            return Step::IcmpError { info, quote, outbound };
         }
         match flow_key(&info) {
             Some(key) => {
-                Step::Translate { info, key, hash: self.table.hash(&key), outbound, hint: None }
+                let hash = self.table.hash(&key);
+                Step::Translate { info, key, hash, outbound, hint: None, frag }
             }
             None => {
                 Step::Drop(if outbound { DropReason::Unsupported } else { DropReason::NoMapping })
@@ -450,13 +592,21 @@ impl Nat {
     /// dropped.
     #[inline]
     fn apply(&mut self, p: &mut Packet, step: Step, now: u64) -> Result<(), DropReason> {
-        let (info, key, hash, outbound, hint) = match step {
+        let (info, key, hash, outbound, hint, frag) = match step {
             Step::Pass => return Ok(()),
             Step::Drop(r) => return Err(r),
-            Step::Translate { info, key, hash, outbound, hint } => {
-                (info, key, hash, outbound, hint)
+            Step::Translate { info, key, hash, outbound, hint, frag } => {
+                (info, key, hash, outbound, hint, frag)
             }
-            Step::IcmpError { info, quote } => return self.apply_icmp_error(p, info, quote, now),
+            Step::LaterFragment { info, frag, outbound } => {
+                let ip = self.fragments.later(&frag, now).ok_or(DropReason::Fragment)?;
+                let end = if outbound { End::Src } else { End::Dst };
+                rewrite(p.data_mut(), &info, end, ip, 0);
+                return Ok(());
+            }
+            Step::IcmpError { info, quote, outbound } => {
+                return self.apply_icmp_error(p, info, quote, outbound, now)
+            }
         };
         let tcp_flags = info.tcp_flags();
         let (slot, reply) = match self.table.lookup_hinted(&key, hash, hint, now, &self.timeouts) {
@@ -472,27 +622,53 @@ impl Nat {
             }
         };
         let Some(conn) = self.table.get_mut(slot) else { return Err(DropReason::NoMapping) };
-        conn.touch(now, reply, tcp_flags);
+        if key.proto == PROTO_TCP {
+            // Linux's TCP states give the timeouts; a segment they call
+            // invalid is translated all the same (docs/nfs.md).
+            match conn.track_tcp(now, reply, tcp_flags) {
+                TcpStep::To(_) | TcpStep::Ignore => {}
+                TcpStep::Reopen => {
+                    conn.touch(now, reply, tcp_flags);
+                    conn.set_tcp_state(TcpState::SynSent);
+                }
+                TcpStep::Invalid => {
+                    conn.touch(now, reply, tcp_flags);
+                    if conn.tcp_state() == TcpState::None {
+                        conn.set_tcp_state(TcpState::SynSent);
+                    }
+                }
+            }
+        } else {
+            conn.touch(now, reply, tcp_flags);
+        }
         let (end, ip, port) = if reply {
             (End::Dst, conn.orig.src, conn.orig.src_port)
         } else {
             (End::Src, conn.reply.dst, conn.reply.dst_port)
         };
         rewrite(p.data_mut(), &info, end, ip, port);
+        if let Some(f) = frag {
+            self.fragments.first(&f, ip, now).map_err(|_| DropReason::Fragment)?;
+        }
         Ok(())
     }
 
-    /// Translate an inbound ICMP error quoting one of our translated
-    /// packets (RFC 5508): the quote's source is `external_ip`:port, which
-    /// becomes the inside host's address and port again, and so does the
-    /// outer destination. The ICMP checksum follows every quoted byte
-    /// changed; the quote's IPv4 checksum and its UDP/ICMP checksum (TCP's
-    /// is beyond the 8 quoted bytes) are updated too.
+    /// Translate an ICMP error about a mapped flow (RFC 5508 REQ-5, as
+    /// Linux does). Inbound, the quote is one of our translated packets:
+    /// its source `external_ip`:port becomes the inside host's address
+    /// and port again, and so does the outer destination. Outbound (an
+    /// inside host or router answering a translated inbound packet), the
+    /// quote's destination and the outer source become `external_ip` and
+    /// the external port. The ICMP checksum follows every quoted byte
+    /// changed; the quote's IPv4 checksum and its transport checksum (UDP
+    /// unless zero, TCP when the quote reaches it, ICMP echo) are updated
+    /// so the quote reads as the packet the other side sent or saw.
     fn apply_icmp_error(
         &mut self,
         p: &mut Packet,
         info: Ipv4Headers,
         quote: QuotedPacket,
+        outbound: bool,
         now: u64,
     ) -> Result<(), DropReason> {
         let (slot, reply) = match self.table.lookup(&quote.key.reversed(), now, &self.timeouts) {
@@ -504,21 +680,31 @@ impl Nat {
             Lookup::Miss => return Err(DropReason::NoMapping),
         };
         let Some(conn) = self.table.get_mut(slot) else { return Err(DropReason::NoMapping) };
-        if !reply {
+        // Inbound the quote is an outbound packet (its reverse is the
+        // reply key); outbound it is an inbound one (its reverse is the
+        // original key).
+        if reply == outbound {
             return Err(DropReason::NoMapping);
         }
-        let (ip, port) = (conn.orig.src, conn.orig.src_port);
+        let (ip, port) = if outbound {
+            (conn.reply.dst, conn.reply.dst_port)
+        } else {
+            (conn.orig.src, conn.orig.src_port)
+        };
         let d = p.data_mut();
         let l3 = info.l3;
+        let end = l3 + info.total_len;
         let icmp_ck = info.l4_offset() + 2;
-        // Outer destination: the ICMP checksum does not cover it.
-        let outer_dst = get_be32(d, l3 + 16);
-        d[l3 + 16..l3 + 20].copy_from_slice(&ip.to_be_bytes());
-        put_be16(d, l3 + 10, update32(get_be16(d, l3 + 10), outer_dst, ip));
-        // Quoted source address, and the quoted header's checksum.
+        // Outer address: the ICMP checksum does not cover it.
+        let outer_at = l3 + if outbound { 12 } else { 16 };
+        let outer = get_be32(d, outer_at);
+        d[outer_at..outer_at + 4].copy_from_slice(&ip.to_be_bytes());
+        put_be16(d, l3 + 10, update32(get_be16(d, l3 + 10), outer, ip));
+        // Quoted address, and the quoted header's checksum.
         let q = quote.l3;
-        let old_ip = get_be32(d, q + 12);
-        set32_in_icmp(d, q + 12, ip, icmp_ck);
+        let q_ip_at = q + if outbound { 16 } else { 12 };
+        let old_ip = get_be32(d, q_ip_at);
+        set32_in_icmp(d, q_ip_at, ip, icmp_ck);
         let qck = update32(get_be16(d, q + 10), old_ip, ip);
         set16_in_icmp(d, q + 10, qck, icmp_ck);
         let l4 = q + quote.ihl;
@@ -530,11 +716,22 @@ impl Nat {
                 set16_in_icmp(d, l4 + 2, ck, icmp_ck);
             }
             proto => {
-                let old = get_be16(d, l4);
-                set16_in_icmp(d, l4, port, icmp_ck);
-                if proto == PROTO_UDP && get_be16(d, l4 + 6) != 0 {
-                    let ck = update16(update32(get_be16(d, l4 + 6), old_ip, ip), old, port);
-                    set16_in_icmp(d, l4 + 6, udp_on_wire(ck), icmp_ck);
+                let port_at = l4 + if outbound { 2 } else { 0 };
+                let old = get_be16(d, port_at);
+                set16_in_icmp(d, port_at, port, icmp_ck);
+                // The transport checksum covers the pseudo-header address
+                // and the port; a quote may end before it.
+                let ck_at = match proto {
+                    PROTO_UDP if get_be16(d, l4 + 6) != 0 => Some(l4 + 6),
+                    PROTO_TCP if l4 + 18 <= end => Some(l4 + 16),
+                    _ => None,
+                };
+                if let Some(at) = ck_at {
+                    let mut ck = update16(update32(get_be16(d, at), old_ip, ip), old, port);
+                    if proto == PROTO_UDP {
+                        ck = udp_on_wire(ck);
+                    }
+                    set16_in_icmp(d, at, ck, icmp_ck);
                 }
             }
         }
@@ -543,16 +740,20 @@ impl Nat {
 
     /// Create the mapping of a new outbound flow.
     fn map_new(&mut self, key: FlowKey, now: u64) -> Result<u32, DropReason> {
-        let pool = pool_index(key.proto).ok_or(DropReason::Unsupported)?;
-        let port = self.pools[pool].take().ok_or(DropReason::PortsExhausted)?;
+        let port = self.pools.take(&key)?;
         let (src_port, dst_port) =
             if key.proto == PROTO_ICMP { (port, port) } else { (key.dst_port, port) };
         let reply =
             FlowKey { src: key.dst, dst: self.external_ip, src_port, dst_port, proto: key.proto };
         match self.table.insert(key, reply, now) {
-            Ok(slot) => Ok(slot),
+            Ok(slot) => {
+                if let (PROTO_TCP, Some(c)) = (key.proto, self.table.get_mut(slot)) {
+                    c.set_tcp_state(TcpState::None);
+                }
+                Ok(slot)
+            }
             Err(e) => {
-                self.pools[pool].give_back(port);
+                self.pools.release(&key, port);
                 Err(match e {
                     InsertError::Full => DropReason::Overflow,
                     InsertError::KeyInUse => DropReason::Other,
@@ -563,7 +764,7 @@ impl Nat {
 
     /// Check a snapshot's mappings against this NAT's configuration.
     fn validate(&self, conns: &[Conn]) -> Result<(), String> {
-        let mut used = vec![[false; 3]; 65536];
+        let mut owner = std::collections::HashMap::new();
         for (i, c) in conns.iter().enumerate() {
             let pool = pool_index(c.orig.proto)
                 .ok_or_else(|| format!("mapping {i}: protocol {} is not NATed", c.orig.proto))?;
@@ -578,8 +779,19 @@ impl Nat {
                     c.orig
                 ));
             }
-            if std::mem::replace(&mut used[port as usize][pool], true) {
-                return Err(format!("mapping {i}: external port {port} is mapped twice"));
+            // A port is shared only by flows of one inside endpoint
+            // (endpoint-independent mapping).
+            let ep = endpoint(&c.orig);
+            match owner.entry((pool, port)) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(ep);
+                }
+                std::collections::hash_map::Entry::Occupied(e) if *e.get() != ep => {
+                    return Err(format!(
+                        "mapping {i}: external port {port} is mapped to two inside endpoints"
+                    ));
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
             }
         }
         Ok(())
@@ -606,6 +818,7 @@ impl NetworkFunction for Nat {
 
     fn tick(&mut self, _out: &mut Batch, cx: &mut Context<'_>) {
         let now = self.clock.now(cx.now_ns);
+        self.fragments.expire(now);
         let pools = &mut self.pools;
         self.table.sweep(now, &self.timeouts, SWEEP_BUDGET, |c| Self::release(pools, &c));
     }
@@ -646,14 +859,8 @@ impl Nat {
     /// port pools without their ports. Nothing changes on error.
     fn install(&mut self, conns: &[Conn]) -> Result<(), String> {
         let table = ConnTable::from_conns(conns, self.max_flows)?;
-        let mut used: [Vec<u16>; 3] = Default::default();
-        for c in conns {
-            if let Some(i) = pool_index(c.orig.proto) {
-                used[i].push(c.reply.dst_port);
-            }
-        }
         let (lo, hi) = self.ports;
-        self.pools = used.map(|u| PortPool::new(lo, hi, &u));
+        self.pools = Ports::new(lo, hi, self.pools.mapping, conns);
         self.table = table;
         Ok(())
     }
@@ -873,6 +1080,155 @@ mod tests {
         let (back, c) = run(&mut n, 3, &[icmp_error(REMOTE, EXT, &stray[14..42])]);
         assert!(back.is_empty());
         assert_eq!(c.dropped(DropReason::NoMapping), 1);
+    }
+
+    /// Issue 13 item 2: one inside address:port keeps one external port
+    /// whatever the remote (RFC 4787 REQ-1, RFC 5382 REQ-1); the port goes
+    /// back to the pool with the endpoint's last flow; snapshots with
+    /// shared ports move; `mapping: endpoint-dependent` is the old way.
+    #[test]
+    fn endpoint_independent_mapping_by_default() {
+        const REMOTE2: u32 = 0x0909_0909;
+        let s = 1_000_000_000u64;
+        for proto in [PROTO_UDP, PROTO_TCP, PROTO_ICMP] {
+            let mut n =
+                nat("ports: '2000-2000'\ntimeouts: {udp: 10, tcp_transitory: 10, icmp: 10}\n");
+            let a = frame(H1, REMOTE, proto, 40000, 53, b"");
+            let b = frame(H1, REMOTE2, proto, 40000, 3478, b"");
+            let (o, c) = run(&mut n, s, &[a, b]);
+            assert_eq!(c.dropped_total(), 0, "proto {proto}");
+            assert_eq!((tuple(&o[0]).2, tuple(&o[1]).2), (2000, 2000));
+            assert_eq!(n.mappings(), 2);
+            // Both remotes' replies come back to the inside endpoint.
+            let (back, c) = run(&mut n, 2 * s, &[reply_to(&o[0]), reply_to(&o[1])]);
+            assert_eq!(c.dropped_total(), 0);
+            assert!(back.iter().all(|f| tuple(f).1 == H1 && tuple(f).3 == 40000));
+            // Another inside endpoint cannot have the port meanwhile.
+            let other = frame(H1 + 1, REMOTE, proto, 40000, 53, b"");
+            let (_, c) = run(&mut n, 3 * s, std::slice::from_ref(&other));
+            assert_eq!(c.dropped(DropReason::PortsExhausted), 1);
+            // The state moves with the shared port.
+            let mut m = nat("ports: '2000-2000'\n");
+            m.import_state(&n.export_state().unwrap()).unwrap();
+            let (back, c) = run(&mut m, 4 * s, &[reply_to(&o[1])]);
+            assert_eq!((back.len(), c.dropped_total()), (1, 0));
+            // One flow idles out: the port stays with the endpoint...
+            let (o2, _) = run(&mut n, 8 * s, &[frame(H1, REMOTE2, proto, 40000, 3478, b"")]);
+            assert_eq!(tuple(&o2[0]).2, 2000);
+            let tick = |n: &mut Nat, now: u64| {
+                let mut c = Counters::default();
+                n.tick(&mut Batch::new(), &mut Context::new(now, &mut c));
+                n.mappings()
+            };
+            assert_eq!(tick(&mut n, 13 * s), 1, "proto {proto}");
+            let (_, c) = run(&mut n, 13 * s, std::slice::from_ref(&other));
+            assert_eq!(c.dropped(DropReason::PortsExhausted), 1, "proto {proto}");
+            // ...until its last flow idles out.
+            assert_eq!(tick(&mut n, 30 * s), 0);
+            let (o3, c) = run(&mut n, 30 * s, std::slice::from_ref(&other));
+            assert_eq!((c.dropped_total(), tuple(&o3[0]).2), (0, 2000), "proto {proto}");
+        }
+        let mut n = nat("ports: '2000-2001'\nmapping: endpoint-dependent\n");
+        let a = frame(H1, REMOTE, PROTO_UDP, 40000, 53, b"");
+        let b = frame(H1, REMOTE2, PROTO_UDP, 40000, 53, b"");
+        let (o, _) = run(&mut n, 1, &[a, b]);
+        assert_ne!(tuple(&o[0]).2, tuple(&o[1]).2);
+        // An endpoint-dependent snapshot imports into the default NAT.
+        let mut m = nat("ports: '2000-2001'\n");
+        m.import_state(&n.export_state().unwrap()).unwrap();
+        assert_eq!(m.mappings(), 2);
+    }
+
+    /// Issue 13 item 3: an inside host's ICMP error about a translated
+    /// inbound packet goes out translated (RFC 5508 REQ-5): outer source,
+    /// quoted destination address and port, and every checksum, so the
+    /// quote is exactly the packet the remote sent (TCP's checksum too,
+    /// when quoted). Inbound, the quoted TCP checksum is restored too.
+    #[test]
+    fn icmp_errors_are_translated_both_ways_with_quoted_checksums() {
+        let mut n = nat("");
+        for proto in [PROTO_UDP, PROTO_TCP, PROTO_ICMP] {
+            let out = frame(H1, REMOTE, proto, 40000, 53, b"payload!");
+            let (o, _) = run(&mut n, 1, std::slice::from_ref(&out));
+            let sent = reply_to(&o[0]);
+            let (inside, c) = run(&mut n, 2, std::slice::from_ref(&sent));
+            assert_eq!(c.dropped_total(), 0);
+            // The inside host answers with an error quoting the header
+            // and the whole transport header (TCP: 20 bytes).
+            let quoted_len = 20 + if proto == PROTO_TCP { 20 } else { 8 };
+            let err = icmp_error(H1, REMOTE, &inside[0][14..14 + quoted_len]);
+            let (back, c) = run(&mut n, 3, &[err]);
+            assert_eq!(c.dropped_total(), 0, "proto {proto}");
+            let b = &back[0];
+            assert_eq!(&b[26..30], &EXT.to_be_bytes(), "outer source");
+            assert!(checksums_ok(b), "outer checksums, proto {proto}");
+            assert_eq!(&b[42..42 + quoted_len], &sent[14..14 + quoted_len], "proto {proto}");
+            // Inbound, a router quoting our whole TCP header: the quote
+            // becomes what the inside host sent, checksum included.
+            let err = icmp_error(0x0909_0909, EXT, &o[0][14..14 + quoted_len]);
+            let (back, c) = run(&mut n, 4, &[err]);
+            assert_eq!(c.dropped_total(), 0, "proto {proto}");
+            assert!(checksums_ok(&back[0]));
+            assert_eq!(&back[0][42..42 + quoted_len], &out[14..14 + quoted_len], "proto {proto}");
+        }
+        // An outbound error about no mapping is not let out untranslated.
+        let stray = frame(REMOTE, H1, PROTO_UDP, 53, 999, b"");
+        let (back, c) = run(&mut n, 5, &[icmp_error(H1, REMOTE, &stray[14..42])]);
+        assert!(back.is_empty());
+        assert_eq!(c.dropped(DropReason::NoMapping), 1);
+    }
+
+    /// Issue 13 item 4 (RFC 4787 REQ-14): later fragments get the
+    /// address their first fragment got, both ways; one whose first was
+    /// not seen is dropped (`fragment`).
+    #[test]
+    fn fragments_follow_the_first_both_ways() {
+        let frag = |mut f: Vec<u8>, id: u16, offset: u16, more: bool| {
+            let len = (f.len() - 14) as u16;
+            f[16..18].copy_from_slice(&len.to_be_bytes());
+            f[18..20].copy_from_slice(&id.to_be_bytes());
+            let word = (offset / 8) | if more { 0x2000 } else { 0 };
+            f[20..22].copy_from_slice(&word.to_be_bytes());
+            f[24..26].fill(0);
+            let ck = checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&ck.to_be_bytes());
+            f
+        };
+        let mut n = nat("");
+        let whole = frame(H1, REMOTE, PROTO_UDP, 40000, 53, &[7; 24]);
+        let first = frag(whole[..14 + 20 + 16].to_vec(), 5, 0, true);
+        let later = frag(
+            frame(H1, REMOTE, PROTO_UDP, 0, 0, &[7; 8])[..14 + 20 + 16].to_vec(),
+            5,
+            16,
+            false,
+        );
+        let (o, c) = run(&mut n, 1, std::slice::from_ref(&later));
+        assert_eq!((o.len(), c.dropped(DropReason::Fragment)), (0, 1));
+        let (o, c) = run(&mut n, 2, &[first, later.clone()]);
+        assert_eq!(c.dropped_total(), 0);
+        for f in &o {
+            assert_eq!(&f[26..30], &EXT.to_be_bytes());
+            assert_eq!(checksum(&f[14..34]), 0);
+        }
+        assert_eq!(&o[1][34..], &later[34..], "payload untouched");
+        let port = get_be16(&o[0], 34);
+        // The reply, fragmented, comes back to the inside host.
+        let reply = frame(REMOTE, EXT, PROTO_UDP, 53, port, &[9; 24]);
+        let r_first = frag(reply[..14 + 20 + 16].to_vec(), 9, 0, true);
+        let r_later = frag(
+            frame(REMOTE, EXT, PROTO_UDP, 0, 0, &[9; 8])[..14 + 20 + 16].to_vec(),
+            9,
+            16,
+            false,
+        );
+        let (o, c) = run(&mut n, 3, &[r_first, r_later]);
+        assert_eq!(c.dropped_total(), 0);
+        for f in &o {
+            assert_eq!(&f[30..34], &H1.to_be_bytes());
+            assert_eq!(checksum(&f[14..34]), 0);
+        }
+        assert_eq!(get_be16(&o[0], 36), 40000);
     }
 
     #[test]

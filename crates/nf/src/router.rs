@@ -6,16 +6,27 @@
 //! update (RFC 1624), rewrite the MACs (destination: the route's next hop,
 //! source: the router's own) and set `meta.out_port` to the route's port.
 //!
-//! A packet whose TTL would reach zero is dropped (`ttl_exceeded`) and
-//! answered with an ICMP time-exceeded (type 11, code 0) carrying the
-//! original IP header and 8 bytes of payload, appended to the batch
-//! (`packets_created`). No ICMP error is sent about an ICMP error, a
-//! non-first fragment, or a packet from 0.0.0.0 or a multicast/broadcast
-//! source (RFC 1812 4.3.2.7).
+//! In Linux's order (ip_route_input, then ip_forward): martian addresses
+//! are dropped (`martian`, RFC 1812 §5.3.7 and §5.3.5.1: a source in
+//! 0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4 or 255.255.255.255; a destination
+//! that is the limited broadcast, in 0.0.0.0/8, 127.0.0.0/8 or multicast,
+//! none of which a router forwards whatever its routes); then the route
+//! lookup, where no route is dropped (`no_route`) and answered with an
+//! ICMP destination unreachable (type 3, code 0, RFC 1812 §5.2.7.1); then
+//! the TTL, where a packet whose TTL would reach zero is dropped
+//! (`ttl_exceeded`) and answered with an ICMP time exceeded (type 11,
+//! code 0). The ICMP errors quote as much of the original as fits in a
+//! 576-byte datagram (RFC 1812 §4.3.2.3; 548 bytes, like Linux), go back
+//! by the route to the source and are appended to the batch
+//! (`packets_created`). No ICMP error is sent about an ICMP error or a
+//! non-first fragment (RFC 1812 §4.3.2.7). Generated errors are limited
+//! by a token bucket (`icmp_rate` per second, `icmp_burst`; Linux's
+//! `icmp_msgs_per_sec` and `icmp_msgs_burst`); those it holds back are
+//! counted ([`Router::icmp_rate_limited`]).
 //!
 //! The router drops what it cannot route: non-IPv4 frames (ARP included:
 //! next-hop MACs are static) count as `unsupported`, bad headers as
-//! `malformed`, unrouted destinations as `no_route`.
+//! `malformed`.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -59,6 +70,18 @@ pub static SPEC: NfSpec = NfSpec {
             default: None,
             help: "source address of the ICMP errors the router sends",
         },
+        ParamDoc {
+            name: "icmp_rate",
+            kind: "u32, per second",
+            default: Some("1000"),
+            help: "ICMP errors sent per second at most (token bucket; 0: none)",
+        },
+        ParamDoc {
+            name: "icmp_burst",
+            kind: "u32, >= 1",
+            default: Some("50"),
+            help: "ICMP errors that may be sent back to back",
+        },
     ],
     build: |p| Ok(Box::new(Router::from_config(&crate::params::parse::<Config>(p)?)?)),
 };
@@ -70,6 +93,81 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub mac: String,
     pub ip: Ipv4Addr,
+    #[serde(default = "default_icmp_rate")]
+    pub icmp_rate: u32,
+    #[serde(default = "default_icmp_burst")]
+    pub icmp_burst: u32,
+}
+
+fn default_icmp_rate() -> u32 {
+    1000
+}
+
+fn default_icmp_burst() -> u32 {
+    50
+}
+
+/// Bytes of the original packet an ICMP error quotes at most: what fits
+/// in a 576-byte datagram after the IPv4 and ICMP headers (RFC 1812
+/// §4.3.2.3; Linux's `icmp_send` quotes the same).
+pub const ICMP_QUOTE_MAX: usize = 576 - 20 - 8;
+
+/// A token bucket for generated ICMP errors: `rate` tokens per second up
+/// to `burst`, one per error.
+#[derive(Clone, Copy, Debug)]
+struct IcmpBucket {
+    rate: u64,
+    burst: u64,
+    /// Tokens in nano-units (1e9 per token), so refills stay exact.
+    tokens: u64,
+    last_ns: u64,
+    limited: u64,
+}
+
+impl IcmpBucket {
+    fn new(rate: u32, burst: u32) -> IcmpBucket {
+        let burst = u64::from(burst);
+        IcmpBucket {
+            rate: u64::from(rate),
+            burst,
+            tokens: burst * 1_000_000_000,
+            last_ns: 0,
+            limited: 0,
+        }
+    }
+
+    /// Take a token at `now_ns` if there is one; count a refusal.
+    fn take(&mut self, now_ns: u64) -> bool {
+        let elapsed = now_ns.saturating_sub(self.last_ns);
+        self.last_ns = self.last_ns.max(now_ns);
+        let cap = self.burst * 1_000_000_000;
+        self.tokens = self.tokens.saturating_add(elapsed.saturating_mul(self.rate)).min(cap);
+        if self.rate > 0 && self.tokens >= 1_000_000_000 {
+            self.tokens -= 1_000_000_000;
+            true
+        } else {
+            self.limited += 1;
+            false
+        }
+    }
+}
+
+/// A martian address pair (RFC 1812 §5.3.7, §5.3.5.1; Linux's
+/// `ip_route_input_slow`): never forwarded, whatever the routes.
+#[inline]
+pub fn martian(src: u32, dst: u32) -> bool {
+    let zeronet = |a: u32| a >> 24 == 0;
+    let loopback = |a: u32| a >> 24 == 127;
+    let multicast = |a: u32| a >> 28 == 0xe;
+    let lbcast = |a: u32| a == u32::MAX;
+    multicast(src)
+        || lbcast(src)
+        || zeronet(src)
+        || loopback(src)
+        || lbcast(dst)
+        || zeronet(dst)
+        || loopback(dst)
+        || multicast(dst)
 }
 
 /// One route.
@@ -106,6 +204,8 @@ pub struct Router {
     created: Vec<Packet>,
     /// Per-batch scratch of step 1.
     checked: Vec<Result<Ipv4Headers, DropReason>>,
+    /// Rate limit of generated ICMP errors.
+    icmp: IcmpBucket,
 }
 
 impl std::fmt::Debug for Router {
@@ -152,6 +252,9 @@ impl Router {
             };
             ConfigError::new(field, e.to_string())
         })?;
+        if cfg.icmp_burst == 0 {
+            return Err(ConfigError::new("icmp_burst", "must be at least 1"));
+        }
         Ok(Router {
             lpm,
             hops,
@@ -159,7 +262,13 @@ impl Router {
             ip: u32::from(cfg.ip),
             created: Vec::new(),
             checked: Vec::new(),
+            icmp: IcmpBucket::new(cfg.icmp_rate, cfg.icmp_burst),
         })
+    }
+
+    /// ICMP errors held back by the rate limit so far.
+    pub fn icmp_rate_limited(&self) -> u64 {
+        self.icmp.limited
     }
 
     /// Batch step 1: parse and check the headers.
@@ -182,15 +291,19 @@ impl Router {
     /// Batch step 2: forward one packet in place, or say why it is dropped
     /// (after queueing an ICMP error if one is due).
     #[inline]
-    fn forward(&mut self, p: &mut Packet, info: Ipv4Headers) -> Result<(), DropReason> {
+    fn forward(&mut self, p: &mut Packet, info: Ipv4Headers, now: u64) -> Result<(), DropReason> {
         let l3 = info.l3;
+        if martian(info.src, info.dst) {
+            return Err(DropReason::Martian);
+        }
+        let Some(hop) = self.lpm.lookup(info.dst) else {
+            self.send_error(p, &info, icmpv4::msg_type::DEST_UNREACHABLE, now);
+            return Err(DropReason::NoRoute);
+        };
         if info.ttl <= 1 {
-            if let Some(icmp) = self.time_exceeded(p, &info) {
-                self.created.push(icmp);
-            }
+            self.send_error(p, &info, icmpv4::msg_type::TIME_EXCEEDED, now);
             return Err(DropReason::TtlExceeded);
         }
-        let hop = self.lpm.lookup(info.dst).ok_or(DropReason::NoRoute)?;
         let hop = self.hops[hop];
         let d = p.data_mut();
         d[0..6].copy_from_slice(&hop.mac);
@@ -204,15 +317,23 @@ impl Router {
         Ok(())
     }
 
-    /// The ICMP time-exceeded message answering `orig`, if one is due.
-    fn time_exceeded(&self, orig: &Packet, info: &Ipv4Headers) -> Option<Packet> {
+    /// Queue the ICMP error `msg_type` (code 0) answering `orig`, if one
+    /// is due and the rate limit lets it go.
+    fn send_error(&mut self, orig: &Packet, info: &Ipv4Headers, msg_type: u8, now: u64) {
         let is_icmp_error = matches!(info.l4, L4::IcmpOther { msg_type } if matches!(msg_type, 3 | 4 | 5 | 11 | 12));
         let bad_source = info.src == 0 || info.src >= 0xe000_0000;
-        if info.l4 == L4::Fragment || is_icmp_error || bad_source {
-            return None;
+        if info.l4 == L4::Fragment || is_icmp_error || bad_source || !self.icmp.take(now) {
+            return;
         }
+        if let Some(icmp) = self.icmp_error(orig, info, msg_type) {
+            self.created.push(icmp);
+        }
+    }
+
+    /// The ICMP error `msg_type` (code 0) answering `orig`.
+    fn icmp_error(&self, orig: &Packet, info: &Ipv4Headers, msg_type: u8) -> Option<Packet> {
         let o = orig.data();
-        let quoted = info.total_len.min(info.ihl + 8);
+        let quoted = info.total_len.min(ICMP_QUOTE_MAX);
         let l3 = info.l3;
         let icmp_len = icmpv4::HEADER_LEN + quoted;
         let mut p = Packet::new();
@@ -244,11 +365,7 @@ impl Router {
         view.fill_checksum();
         // The quote first: the ICMP checksum covers it.
         icmp[icmpv4::HEADER_LEN..].copy_from_slice(&o[l3..l3 + quoted]);
-        let msg = Icmpv4Repr::Other {
-            msg_type: icmpv4::msg_type::TIME_EXCEEDED,
-            msg_code: 0,
-            rest_of_header: 0,
-        };
+        let msg = Icmpv4Repr::Other { msg_type, msg_code: 0, rest_of_header: 0 };
         msg.emit(&mut Icmpv4Packet::new_unchecked(icmp));
         p.meta.out_port = port;
         p.meta.rx_ns = orig.meta.rx_ns;
@@ -280,9 +397,10 @@ impl NetworkFunction for Router {
         }
         sink.finish();
         let mut next = checked.iter();
+        let now = cx.now_ns;
         cx.retain(batch, |p| {
             let step = next.next().copied().unwrap_or(Err(DropReason::Other));
-            step.and_then(|info| self.forward(p, info))
+            step.and_then(|info| self.forward(p, info, now))
         });
         self.checked = checked;
         for p in self.created.drain(..) {
@@ -380,7 +498,7 @@ mod tests {
         assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 4]);
         assert_eq!(&f[6..12], &ROUTER_MAC);
         let ip = &f[14..];
-        assert_eq!(f.len(), 14 + 20 + 8 + 28);
+        assert_eq!(f.len(), 14 + 20 + 8 + orig.len() - 14, "the whole original is quoted");
         assert_eq!(checksum(&ip[..20]), 0);
         assert_eq!(ip[9], 1);
         assert_eq!((ip[0], ip[1], ip[8]), (0x45, 0xc0, 64), "version/IHL, DSCP CS6, TTL");
@@ -388,7 +506,7 @@ mod tests {
         assert_eq!(&ip[16..20], &[172, 16, 0, 9]);
         assert_eq!(checksum(&ip[20..]), 0, "ICMP checksum");
         assert_eq!((ip[20], ip[21]), (11, 0));
-        assert_eq!(&ip[28..], &orig[14..14 + 28], "original header + 8 bytes");
+        assert_eq!(&ip[28..], &orig[14..], "original header and payload");
         // TTL 0 too; but not about an ICMP error.
         let (out, _) = run(&mut r, &[udp([10, 1, 2, 3], 0, 0)]);
         assert_eq!(out.len(), 1);
@@ -413,10 +531,89 @@ mod tests {
             &mut r,
             &[udp([192, 168, 0, 1], 64, 0), arp, bad_ck, vec![1, 2, 3], udp([10, 0, 0, 1], 64, 0)],
         );
-        assert_eq!(out.len(), 1);
-        assert_eq!(c.dropped(DropReason::NoRoute), 1);
+        // The forwarded packet and the unreachable for the unrouted one.
+        assert_eq!(out.len(), 2);
+        assert_eq!((c.dropped(DropReason::NoRoute), c.packets_created), (1, 1));
         assert_eq!(c.dropped(DropReason::Unsupported), 1);
         assert_eq!(c.dropped(DropReason::Malformed), 2);
+    }
+
+    /// Issue 13 item 5 (RFC 1812): martian addresses are dropped even
+    /// under a default route; no route is answered with a destination
+    /// unreachable, checked before the TTL (as Linux); errors quote up to
+    /// 548 bytes; generated errors are rate-limited and counted.
+    #[test]
+    fn rfc1812_martians_unreachable_quote_and_rate_limit() {
+        let with = |extra: &str| {
+            let p: Params = serde_yaml_ng::from_str(&format!(
+                "mac: 02:00:00:00:00:fe\nip: 192.0.2.1\n{extra}routes:\n\
+                 - {{prefix: 0.0.0.0/0, next_hop_mac: '02:00:00:00:00:01', port: 1}}\n"
+            ))
+            .unwrap();
+            Router::from_config(&crate::params::parse(&p).unwrap()).unwrap()
+        };
+        let mut r = with("");
+        let from = |src: [u8; 4], dst: [u8; 4]| {
+            let mut f = udp(dst, 64, 0);
+            f[26..30].copy_from_slice(&src);
+            f[24..26].fill(0);
+            let ck = checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&ck.to_be_bytes());
+            f
+        };
+        let martians = [
+            from([172, 16, 0, 9], [255, 255, 255, 255]),
+            from([172, 16, 0, 9], [127, 0, 0, 1]),
+            from([172, 16, 0, 9], [0, 1, 2, 3]),
+            from([172, 16, 0, 9], [224, 0, 0, 5]),
+            from([172, 16, 0, 9], [239, 1, 1, 1]),
+            from([0, 0, 0, 0], [8, 8, 8, 8]),
+            from([127, 0, 0, 1], [8, 8, 8, 8]),
+            from([224, 1, 1, 1], [8, 8, 8, 8]),
+            from([255, 255, 255, 255], [8, 8, 8, 8]),
+        ];
+        let (out, c) = run(&mut r, &martians);
+        assert!(out.is_empty());
+        assert_eq!((c.dropped(DropReason::Martian), c.packets_created), (9, 0));
+        assert_eq!(run(&mut r, &[from([172, 16, 0, 9], [240, 0, 0, 1])]).0.len(), 1);
+        // No route, TTL 1: destination unreachable (the route is looked up
+        // first), quoting 548 bytes of a 1,028-byte packet.
+        let mut r = router();
+        let big = udp([192, 168, 0, 1], 1, 1000);
+        let (out, c) = run(&mut r, std::slice::from_ref(&big));
+        assert_eq!((c.dropped(DropReason::NoRoute), c.dropped(DropReason::TtlExceeded)), (1, 0));
+        let f = out[0].data();
+        assert_eq!(f.len(), 14 + 576);
+        let ip = &f[14..];
+        assert_eq!((ip[20], ip[21]), (3, 0), "net unreachable");
+        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 576);
+        assert_eq!(checksum(&ip[..20]), 0);
+        assert_eq!(checksum(&ip[20..]), 0);
+        assert_eq!(&ip[28..], &big[14..14 + ICMP_QUOTE_MAX]);
+        assert_eq!(out[0].meta.out_port, 0, "back by the route to 172.16/12");
+        // Rate limit: 2 back to back, then 1 per second.
+        let p: Params = serde_yaml_ng::from_str(
+            "mac: 02:00:00:00:00:fe\nip: 192.0.2.1\nicmp_rate: 1\nicmp_burst: 2\nroutes:\n\
+             - {prefix: 172.16.0.0/12, next_hop_mac: '02:00:00:00:00:04'}\n",
+        )
+        .unwrap();
+        let mut r = Router::from_config(&crate::params::parse(&p).unwrap()).unwrap();
+        let lost: Vec<Vec<u8>> = (0..5).map(|_| udp([192, 168, 0, 1], 64, 0)).collect();
+        let at = |r: &mut Router, now: u64, frames: &[Vec<u8>]| {
+            let mut b: Batch = frames.iter().map(|f| Packet::from_bytes(f)).collect();
+            let mut c = Counters::default();
+            r.process(&mut b, &mut Context::new(now, &mut c));
+            (b.len(), c.dropped(DropReason::NoRoute))
+        };
+        assert_eq!(at(&mut r, 1, &lost), (2, 5));
+        assert_eq!(r.icmp_rate_limited(), 3);
+        assert_eq!(at(&mut r, 1_000_000_001, &lost), (1, 5));
+        assert_eq!(r.icmp_rate_limited(), 7);
+        let p: Params = serde_yaml_ng::from_str(
+            "mac: 02:00:00:00:00:fe\nip: 192.0.2.1\nicmp_burst: 0\nroutes: []",
+        )
+        .unwrap();
+        assert_eq!((SPEC.build)(&p).err().unwrap().field, "icmp_burst");
     }
 
     #[test]

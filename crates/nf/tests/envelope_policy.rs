@@ -89,10 +89,25 @@ enum Outcome {
 use Outcome::{Drop, Pass, Payload};
 const MALFORMED: Outcome = Drop(DropReason::Malformed);
 const UNSUPPORTED: Outcome = Drop(DropReason::Unsupported);
+const FRAGMENT: Outcome = Drop(DropReason::Fragment);
 
 /// The policy of the NFs that transform UDP payloads.
 const UDP_NF: [Outcome; 10] =
     [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, UNSUPPORTED, UNSUPPORTED, Pass, Pass, Pass];
+
+/// `encrypt`: never plaintext it could not encrypt (ARP aside).
+const ENCRYPT: [Outcome; 10] = [
+    Pass,
+    Pass,
+    MALFORMED,
+    MALFORMED,
+    MALFORMED,
+    UNSUPPORTED,
+    UNSUPPORTED,
+    UNSUPPORTED,
+    Pass,
+    UNSUPPORTED,
+];
 
 /// The policy of the NFs that consume their own UDP payload format.
 const UDP_DECODER: [Outcome; 10] =
@@ -111,13 +126,13 @@ fn table() -> Vec<(&'static str, String, [Outcome; 10])> {
         (
             "nat",
             "{external_ip: 192.0.2.1, internal: [10.0.0.0/8]}".into(),
-            // A later fragment has no ports to translate.
-            [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, UNSUPPORTED, Pass, Pass, Pass],
+            // A later fragment whose first was not seen.
+            [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, FRAGMENT, Pass, Pass, Pass],
         ),
         (
             "firewall",
             "{default: drop, rules: [{action: allow, proto: udp, dst: 198.51.100.0/24}]}".into(),
-            [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, Pass, denied, Pass, denied],
+            [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, FRAGMENT, denied, Pass, denied],
         ),
         (
             "loadbalancer",
@@ -130,7 +145,13 @@ fn table() -> Vec<(&'static str, String, [Outcome; 10])> {
         ("meter", "{cir: 1000000000, cbs: 100000, ebs: 100000}".into(), [Pass; 10]),
         ("xor", "{key: '0x01'}".into(), UDP_NF),
         ("ats", "{}".into(), UDP_NF),
-        ("encrypt", format!("{{mode: gcm, key: {KEY}, key_id: 7}}"), UDP_NF),
+        // IPv6 and other ethertypes are not left in plaintext.
+        ("encrypt", format!("{{mode: gcm, key: {KEY}, key_id: 7}}"), ENCRYPT),
+        (
+            "encrypt",
+            format!("{{mode: gcm, key: {KEY}, key_id: 7, unencrypted: pass}}"),
+            UDP_NF,
+        ),
         ("decrypt", format!("{{mode: gcm, key: {KEY}, key_id: 7}}"), UDP_DECODER),
         ("nc-encode", "{}".into(), UDP_NF),
         ("nc-recode", "{}".into(), UDP_DECODER),

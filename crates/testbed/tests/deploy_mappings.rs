@@ -15,8 +15,9 @@
 //! that arrives must equal the offline output from the ethertype on
 //! (addresses are each hop's own), in order, per side. The traffic
 //! covers: a routed request (TTL decremented), a destination without a
-//! route (dropped), a TTL-1 request answered by the router's ICMP time
-//! exceeded BACK towards the client (the router's gate 0), the answer to
+//! route (dropped, answered by an ICMP destination unreachable), a TTL-1
+//! request answered by the router's ICMP time exceeded, both BACK towards
+//! the client (the router's gate 0), the answer to
 //! the first request (let in by the firewall's connection), and a flow the
 //! server starts (dropped by the firewall). Needs root; skips otherwise.
 
@@ -82,7 +83,8 @@ fn traffic(nf_hosts: usize, client: [MacAddr; 2], server: [MacAddr; 2]) -> [Vec<
     for i in 0..3u16 {
         // Routed to the server (TTL 64 -> 63).
         from_client.push(frame(client, (CLIENT, 5000), (srv, 6000), 64));
-        // No route: dropped by the router.
+        // No route: dropped by the router, which answers ICMP destination
+        // unreachable back to the client.
         from_client.push(frame(client, (CLIENT, 5001), (Ipv4Addr::new(10, 99, 0, 1), 6000), 64));
         // TTL 1: the router answers ICMP time exceeded back to the client.
         from_client.push(frame(client, (CLIENT, 5002 + i), (srv, 6002), 1));
@@ -176,9 +178,10 @@ fn same_as_offline(tag: &str, mapping: Mapping, nf_hosts: usize) {
     let frames = traffic(nf_hosts, client_macs, server_macs);
     let want = offline(nf_hosts, &frames);
     // What offline shows, so the comparison below cannot pass vacuously:
-    // 3 routed requests to the server; 3 ICMP errors and 3 answers back.
-    assert_eq!((want[1].len(), want[0].len()), (3, 6), "offline run");
-    assert_eq!(want[0].iter().filter(|f| f[23] == 1).count(), 3, "ICMP to the client");
+    // 3 routed requests to the server; 6 ICMP errors (3 time exceeded, 3
+    // destination unreachable) and 3 answers back.
+    assert_eq!((want[1].len(), want[0].len()), (3, 9), "offline run");
+    assert_eq!(want[0].iter().filter(|f| f[23] == 1).count(), 6, "ICMP to the client");
 
     // Sockets that take what reaches the hosts' own stacks, so neither
     // kernel answers with ICMP port unreachable.
@@ -215,7 +218,7 @@ fn same_as_offline(tag: &str, mapping: Mapping, nf_hosts: usize) {
     assert_eq!(row("rt").drop_reasons.get("no_route"), Some(&3), "{stats:?}");
     assert_eq!(row("rt").drop_reasons.get("ttl_exceeded"), Some(&3), "{stats:?}");
     assert_eq!(row("fw").drop_reasons.get("denied"), Some(&3), "{stats:?}");
-    assert!(row("rt").user.is_some_and(|u| u.batches > 0 && u.packets_created == 3));
+    assert!(row("rt").user.is_some_and(|u| u.batches > 0 && u.packets_created == 6));
     assert_eq!(d.port_stats().len(), 2 * (hosts.last().unwrap() + 1));
     assert_nothing_left(d, bed);
 }

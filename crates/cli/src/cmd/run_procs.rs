@@ -82,6 +82,13 @@ pub fn run(a: Args) -> Result<()> {
         if !braid_io::netns::is_root() {
             bail!("--netns needs root (it creates network namespaces)");
         }
+        // What a run-procs killed by SIGKILL left behind: its pid (in the
+        // names, recorded as they are created) no longer runs.
+        for name in braid_io::netns::reap_orphans("nf-")
+            .context("remove the namespaces of killed run-procs")?
+        {
+            println!("  removed network namespace {name} left by a killed run-procs");
+        }
         for (name, _) in &cmds {
             let ns = braid_io::netns::NetnsGuard::create(&braid_io::netns::unique_name(&format!(
                 "nf-{name}"
