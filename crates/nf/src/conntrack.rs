@@ -26,6 +26,7 @@ use braid_packet::wire::icmpv4::msg_type;
 
 use braid_packet::{Batch, Packet};
 
+use crate::statelet::Statelet;
 use crate::{Context, DropReason, Encoding, FlowScope, NfState, PartitionKey, StateError};
 
 // The protocol numbers, TCP flags and ICMP types the stateful NFs test,
@@ -366,6 +367,11 @@ pub struct ConnTable {
     live: usize,
     max: usize,
     sweep_cursor: usize,
+    /// While a migration streams this table: the flows whose connection
+    /// was created, touched or removed since the last
+    /// [`ConnTable::take_changes`] (SliM's announce). `None` otherwise, so
+    /// the cost when off is one branch per insert, hit and removal.
+    changes: Option<Vec<PartitionKey>>,
 }
 
 impl ConnTable {
@@ -379,6 +385,7 @@ impl ConnTable {
             live: 0,
             max,
             sweep_cursor: 0,
+            changes: None,
         }
     }
 
@@ -459,7 +466,14 @@ impl ConnTable {
         let slot = v >> 1;
         match &self.slots[slot as usize] {
             Some(c) if c.expired(now, t) => Lookup::Expired(self.remove(slot)),
-            _ => Lookup::Hit { slot, reply: v & 1 == 1 },
+            Some(c) => {
+                // A hit is followed by a touch: the connection changes.
+                if let Some(log) = &mut self.changes {
+                    log.push(c.partition_key());
+                }
+                Lookup::Hit { slot, reply: v & 1 == 1 }
+            }
+            None => Lookup::Miss,
         }
     }
 
@@ -494,6 +508,9 @@ impl ConnTable {
         self.index.insert(orig, slot << 1);
         self.index.insert(reply, (slot << 1) | 1);
         self.live += 1;
+        if let Some(log) = &mut self.changes {
+            log.push(PartitionKey::five_tuple(orig.into()));
+        }
         Ok(slot)
     }
 
@@ -504,6 +521,9 @@ impl ConnTable {
         self.index.remove(&conn.reply);
         self.free.push(slot);
         self.live -= 1;
+        if let Some(log) = &mut self.changes {
+            log.push(conn.partition_key());
+        }
         conn
     }
 
@@ -554,6 +574,78 @@ impl ConnTable {
             }
         }
         Ok(t)
+    }
+}
+
+/// Streaming a live table (see [`crate::statelet`]): a change log, a
+/// cursor over slots and replacement by flow key, each O(1) per entry.
+impl ConnTable {
+    /// Start recording changed flows (`true`) or stop and forget them.
+    pub fn record_changes(&mut self, on: bool) {
+        self.changes = if on { Some(Vec::new()) } else { None };
+    }
+
+    /// Move the flows changed since the last call into `out` (a flow may
+    /// appear more than once).
+    pub fn take_changes(&mut self, out: &mut Vec<PartitionKey>) {
+        if let Some(log) = &mut self.changes {
+            out.append(log);
+        }
+    }
+
+    /// The slot of the connection that is the state of flow `key`.
+    pub fn slot_of(&self, key: &PartitionKey) -> Option<u32> {
+        let (lo, hi, proto) = key.flow_endpoints()?;
+        for (a, b) in [(lo, hi), (hi, lo)] {
+            let k = FlowKey { src: a.0, dst: b.0, src_port: a.1, dst_port: b.1, proto };
+            if let Some(v) = self.index.get(&k, self.hash(&k)) {
+                if v & 1 == 0 && matches!(&self.slots[(v >> 1) as usize], Some(c) if c.orig == k)
+                {
+                    return Some(v >> 1);
+                }
+            }
+        }
+        None
+    }
+
+    /// Up to `max` connections from slot `*cursor` on, advancing the
+    /// cursor past them; `None` once the cursor is past the last slot.
+    /// Slots do not move, so a cursor stays valid while the table changes
+    /// (what changes behind it is in the change log).
+    pub fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Vec<Conn>> {
+        if *cursor >= self.slots.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(max.min(self.live));
+        while *cursor < self.slots.len() && out.len() < max {
+            if let Some(c) = &self.slots[*cursor] {
+                out.push(*c);
+            }
+            *cursor += 1;
+        }
+        Some(out)
+    }
+
+    /// The connections of the flows `keys` that are held.
+    pub fn conns_of(&self, keys: &[PartitionKey]) -> Vec<Conn> {
+        keys.iter()
+            .filter_map(|k| self.slot_of(k))
+            .filter_map(|s| self.slots[s as usize])
+            .collect()
+    }
+
+    /// Remove the connection of flow `key`, if held, and return it.
+    pub fn remove_flow(&mut self, key: &PartitionKey) -> Option<Conn> {
+        self.slot_of(key).map(|s| self.remove(s))
+    }
+
+    /// Hold `conn` exactly as given (times and flags).
+    pub fn insert_conn(&mut self, conn: &Conn) -> Result<u32, InsertError> {
+        let slot = self.insert(conn.orig, conn.reply, conn.last_seen)?;
+        if let Some(x) = self.get_mut(slot) {
+            x.flags = conn.flags & (SEEN_REPLY | CLOSING);
+        }
+        Ok(slot)
     }
 }
 
@@ -690,6 +782,80 @@ impl ConnSnapshot {
             c
         }));
         MergedConns { conns, adopt_clock: None }
+    }
+}
+
+impl ConnSnapshot {
+    /// A [`Statelet`] of NF `kind` setting flows `keys` to `conns`, at
+    /// NF-local time `clock.last()`.
+    pub fn statelet(
+        kind: &str,
+        clock: &StateClock,
+        keys: Vec<PartitionKey>,
+        conns: Vec<Conn>,
+    ) -> Statelet {
+        let state = NfState::encode_as(
+            Encoding::Binary,
+            kind,
+            SNAPSHOT_VERSION,
+            &ConnSnapshot { clock: clock.last(), conns },
+        );
+        Statelet { keys, state }
+    }
+
+    /// Install statelet `s` of NF `kind` into `table`: every connection is
+    /// first checked with `fits`, then the flows of `s.keys` are removed
+    /// and its connections inserted with their times and flags as
+    /// exported, and the NF clock continues from the statelet's. Returns
+    /// the connections removed (so the NF can give their resources back)
+    /// and those added. On error nothing changes.
+    pub fn install_statelet(
+        kind: &str,
+        table: &mut ConnTable,
+        clock: &mut StateClock,
+        s: &Statelet,
+        fits: impl Fn(&Conn) -> Result<(), String>,
+    ) -> Result<(Vec<Conn>, Vec<Conn>), StateError> {
+        let snap = ConnSnapshot::decode(&s.state, kind)?;
+        for (i, c) in snap.conns.iter().enumerate() {
+            fits(c).map_err(|e| StateError::Corrupt(format!("statelet entry {i}: {e}")))?;
+            if !s.keys.contains(&c.partition_key()) {
+                return Err(StateError::Corrupt(format!(
+                    "statelet entry {i} ({:?}) is not one of the flows it names",
+                    c.orig
+                )));
+            }
+        }
+        let removed: Vec<Conn> = s.keys.iter().filter_map(|k| table.remove_flow(k)).collect();
+        if table.len() + snap.conns.len() > table.max() {
+            let total = table.len() + snap.conns.len();
+            Self::undo(table, &[], &removed);
+            return Err(StateError::Capacity { total, max: table.max() });
+        }
+        let mut added = Vec::with_capacity(snap.conns.len());
+        for c in &snap.conns {
+            if let Err(e) = table.insert_conn(c) {
+                Self::undo(table, &added, &removed);
+                return Err(StateError::Conflict(format!(
+                    "statelet connection {:?}: {e:?} (another held connection has its key)",
+                    c.orig
+                )));
+            }
+            added.push(*c);
+        }
+        clock.resume_from(snap.clock);
+        Ok((removed, added))
+    }
+
+    /// Take `added` out again and put `removed` back.
+    fn undo(table: &mut ConnTable, added: &[Conn], removed: &[Conn]) {
+        for c in added {
+            table.remove_flow(&c.partition_key());
+        }
+        for c in removed {
+            // They were held together a moment ago: they fit again.
+            let _ = table.insert_conn(c);
+        }
     }
 }
 

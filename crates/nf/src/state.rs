@@ -128,6 +128,15 @@ impl PartitionKey {
         PartitionKey(KeyRepr::Station { vlan, mac })
     }
 
+    /// The two endpoints (lower `(address, port)` first) and protocol of a
+    /// 5-tuple key; `None` for a station key.
+    pub fn flow_endpoints(&self) -> Option<((u32, u16), (u32, u16), u8)> {
+        match self.0 {
+            KeyRepr::Flow { lo, hi, proto } => Some((lo, hi, proto)),
+            KeyRepr::Station { .. } => None,
+        }
+    }
+
     /// Which kind of partition this key belongs to.
     pub fn partition(&self) -> FlowPartition {
         match self.0 {

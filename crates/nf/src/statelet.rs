@@ -1,0 +1,103 @@
+//! Streaming the state of a running NF: snapshot chunks and statelets.
+//!
+//! Live migration (SliM, seed `003` §4.2 and §4.5) moves an NF's per-flow
+//! state to another instance while the source keeps processing. braid
+//! streams it as **one ordered sequence of [`Statelet`]s**, each saying
+//! "flows `keys` now hold exactly these entries" (an entry absent from
+//! `state` means the flow holds nothing: a tombstone):
+//!
+//! 1. *Freeze* ([`FlowStream::record_changes`]`(true)`): from now on the
+//!    NF's table logs every flow whose entry is created, touched or
+//!    removed (SliM's `announce`; O(1) per operation, one branch when
+//!    off).
+//! 2. *Snapshot*: a cursor walks the table a chunk at a time between
+//!    batches ([`FlowStream::export_from`]); each chunk is a statelet of
+//!    the entries it passed.
+//! 3. *Statelets*: after each batch the runtime takes the logged flows
+//!    ([`FlowStream::take_changes`]), deduplicates them and exports their
+//!    current entries ([`FlowStream::export_flows`]).
+//!
+//! The destination installs the statelets in the order they were made
+//! ([`FlowStream::install`], SliM's `install`). Each statelet carries the
+//! source's values at the moment it was made, and every change after the
+//! freeze is followed by a statelet made after it, so once the source has
+//! stopped (drain marker seen) and its last changes are sent, the
+//! destination holds exactly what the source holds, flow by flow. The
+//! snapshot chunks need not be a consistent picture of one instant (an
+//! entry can change between two chunks): what a chunk says late about a
+//! flow is newer than anything said before it, and older than what any
+//! later statelet says. That is why a chunk and a statelet go down the
+//! same ordered stream, and why the freeze costs nothing: no copy of the
+//! table, no second version per entry, no pause.
+//!
+//! Time-dependent state carries its own time: a statelet holds the
+//! NF-local clock at export and the entries' times in that clock;
+//! installing never reads a clock, it makes the destination's NF clock
+//! continue from the source's ([`crate::conntrack::StateClock`]).
+
+use crate::{NfState, PartitionKey, StateError};
+
+/// The state of some flows of an NF at one moment: after installing it the
+/// flows `keys` hold exactly the entries in `state` (none: the flow holds
+/// nothing).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Statelet {
+    /// Every flow this statelet sets (the keys of the entries in `state`
+    /// and of the flows it clears).
+    pub keys: Vec<PartitionKey>,
+    /// The entries, in the NF's scoped export format
+    /// ([`crate::NetworkFunction::export_scoped`]), binary encoding.
+    pub state: NfState,
+}
+
+/// Per-flow state that can be streamed while the NF keeps processing (see
+/// the module documentation). NFs with per-flow state implement it and
+/// return it from [`crate::NetworkFunction::flow_stream`]. All calls are
+/// made between batches, on the thread that runs the NF.
+pub trait FlowStream {
+    /// Start recording which flows change (`true`) or stop and forget the
+    /// record (`false`, the thaw). Can be repeated.
+    fn record_changes(&mut self, on: bool);
+
+    /// Move the flows recorded since the last call into `out` (a flow may
+    /// appear more than once).
+    fn take_changes(&mut self, out: &mut Vec<PartitionKey>);
+
+    /// Up to `max` entries from position `*cursor` on, advancing the
+    /// cursor; `None` once the cursor is past the end. Positions stay
+    /// valid while the table changes (what changes behind the cursor is
+    /// in the change record).
+    fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Statelet>;
+
+    /// The current entries of the flows `keys` (deduplicated by the
+    /// caller); flows holding nothing are tombstones.
+    fn export_flows(&self, keys: &[PartitionKey]) -> Statelet;
+
+    /// Set the flows of `statelet` to its entries: remove what is held for
+    /// its keys, then add its entries. Refuses a statelet of another NF
+    /// kind or version, a corrupt one, or entries that do not fit this
+    /// instance's configuration or capacity; a refused statelet changes
+    /// nothing.
+    fn install(&mut self, statelet: &Statelet) -> Result<(), StateError>;
+
+    /// After the last statelet: rebuild what the NF derives from its
+    /// entries (NAT's free port pools) and check the whole is consistent.
+    fn finish_install(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    /// Number of entries held.
+    fn len(&self) -> usize;
+
+    /// True if no entry is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Sort and deduplicate a change record in place (the statelet of a batch
+/// names each flow once, whatever the number of its packets).
+pub fn dedup_keys(keys: &mut Vec<PartitionKey>) {
+    keys.sort_unstable();
+    keys.dedup();
+}
