@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use braid_io::Port;
-use braid_nf::{NfState, Params, StateError};
+use braid_nf::{NfState, Params, StateError, Statelet};
 
 use crate::graph::{Endpoint, GraphError};
+use crate::migration::StreamOut;
 use crate::telemetry::{WorkerSnapshot, WorkerTelemetry};
 
 /// Which output is rerouted.
@@ -63,6 +64,27 @@ pub enum Command {
     /// rounds), answer, then give the NFs a last tick, flush and leave the
     /// loop; the worker's `run` returns.
     Stop,
+    /// Live migration, source: start streaming a stage's per-flow state
+    /// while it keeps processing (see [`crate::migration`]).
+    StreamOut(StreamOut),
+    /// Live migration, source: stop the stream of stage `stage` (the
+    /// rollback's thaw); the stage keeps its state and keeps running.
+    StreamStop { stage: String },
+    /// Live migration, destination: install statelets into stage `stage`,
+    /// in order. Answers [`Reply::Installed`]. On error the statelets
+    /// before the refused one stay installed (the migration is then
+    /// abandoned and the destination's state discarded).
+    Install { stage: String, statelets: Vec<Statelet> },
+    /// Live migration, destination: the last statelet is in; rebuild and
+    /// check derived state ([`braid_nf::FlowStream::finish_install`]).
+    FinishInstall { stage: String },
+    /// Live migration, destination: `true` keeps what arrives, in order,
+    /// instead of processing it; `false` processes what was kept, then
+    /// goes on as usual. Answers [`Reply::Held`].
+    Hold(bool),
+    /// Live migration, destination (rollback): drop what is held, count
+    /// it, stop holding. Answers [`Reply::Held`].
+    DiscardHeld,
 }
 
 impl std::fmt::Debug for Command {
@@ -82,6 +104,14 @@ impl std::fmt::Debug for Command {
             Command::AddPort { port, rx_to } => write!(f, "AddPort({}, {rx_to:?})", port.name()),
             Command::Reconfigure { stage, .. } => write!(f, "Reconfigure({stage})"),
             Command::Stop => f.write_str("Stop"),
+            Command::StreamOut(s) => write!(f, "{s:?}"),
+            Command::StreamStop { stage } => write!(f, "StreamStop({stage})"),
+            Command::Install { stage, statelets } => {
+                write!(f, "Install({stage}, {} statelets)", statelets.len())
+            }
+            Command::FinishInstall { stage } => write!(f, "FinishInstall({stage})"),
+            Command::Hold(on) => write!(f, "Hold({on})"),
+            Command::DiscardHeld => f.write_str("DiscardHeld"),
         }
     }
 }
@@ -91,9 +121,20 @@ impl std::fmt::Debug for Command {
 pub enum Reply {
     Done,
     Counters(WorkerSnapshot),
-    Drained { packets: u64 },
+    Drained {
+        packets: u64,
+    },
     State(Option<NfState>),
     Port(usize),
+    /// Statelets installed.
+    Installed(usize),
+    /// After [`Command::Hold`]: packets held now (0 after a release), the
+    /// most held at once, and arrivals dropped because the hold was full.
+    Held {
+        held: usize,
+        peak: usize,
+        dropped: u64,
+    },
 }
 
 /// Why a command was refused or got no answer. Nothing changed.
@@ -121,6 +162,12 @@ pub enum ControlError {
         kind: &'static str,
         #[source]
         source: StateError,
+    },
+    #[error("stage `{stage}`: {source}")]
+    Stream {
+        stage: String,
+        #[source]
+        source: crate::migration::StreamError,
     },
     #[error("worker `{0}` has stopped")]
     Gone(String),
@@ -305,6 +352,48 @@ impl WorkerHandle {
 
     pub fn reconfigure(&self, stage: &str, params: Params) -> Result<(), ControlError> {
         self.done(Command::Reconfigure { stage: stage.into(), params })
+    }
+
+    /// Start streaming a stage's state (live migration, source).
+    pub fn stream_out(&self, req: StreamOut) -> Result<(), ControlError> {
+        self.done(Command::StreamOut(req))
+    }
+
+    /// Stop a stage's stream; it keeps running with its state.
+    pub fn stream_stop(&self, stage: &str) -> Result<(), ControlError> {
+        self.done(Command::StreamStop { stage: stage.into() })
+    }
+
+    /// Install statelets into a stage, in order (live migration,
+    /// destination).
+    pub fn install(&self, stage: &str, statelets: Vec<Statelet>) -> Result<usize, ControlError> {
+        let cmd = Command::Install { stage: stage.into(), statelets };
+        match self.request(cmd, DEFAULT_TIMEOUT)? {
+            Reply::Installed(n) => Ok(n),
+            _ => Err(ControlError::Unexpected("Install".into())),
+        }
+    }
+
+    pub fn finish_install(&self, stage: &str) -> Result<(), ControlError> {
+        self.done(Command::FinishInstall { stage: stage.into() })
+    }
+
+    /// Hold arrivals (`true`) or process what was held and go on
+    /// (`false`). Returns (held now, peak held, dropped).
+    pub fn hold(&self, on: bool) -> Result<(usize, usize, u64), ControlError> {
+        match self.request(Command::Hold(on), DEFAULT_TIMEOUT)? {
+            Reply::Held { held, peak, dropped } => Ok((held, peak, dropped)),
+            _ => Err(ControlError::Unexpected("Hold".into())),
+        }
+    }
+
+    /// Drop what is held (a rolled-back destination). Returns (0, peak
+    /// held, dropped including the discarded).
+    pub fn discard_held(&self) -> Result<(usize, usize, u64), ControlError> {
+        match self.request(Command::DiscardHeld, DEFAULT_TIMEOUT)? {
+            Reply::Held { held, peak, dropped } => Ok((held, peak, dropped)),
+            _ => Err(ControlError::Unexpected("DiscardHeld".into())),
+        }
     }
 
     /// Ask the worker to stop; `Ok` also if it already has.

@@ -599,8 +599,7 @@ impl ConnTable {
         for (a, b) in [(lo, hi), (hi, lo)] {
             let k = FlowKey { src: a.0, dst: b.0, src_port: a.1, dst_port: b.1, proto };
             if let Some(v) = self.index.get(&k, self.hash(&k)) {
-                if v & 1 == 0 && matches!(&self.slots[(v >> 1) as usize], Some(c) if c.orig == k)
-                {
+                if v & 1 == 0 && matches!(&self.slots[(v >> 1) as usize], Some(c) if c.orig == k) {
                     return Some(v >> 1);
                 }
             }
@@ -628,10 +627,7 @@ impl ConnTable {
 
     /// The connections of the flows `keys` that are held.
     pub fn conns_of(&self, keys: &[PartitionKey]) -> Vec<Conn> {
-        keys.iter()
-            .filter_map(|k| self.slot_of(k))
-            .filter_map(|s| self.slots[s as usize])
-            .collect()
+        keys.iter().filter_map(|k| self.slot_of(k)).filter_map(|s| self.slots[s as usize]).collect()
     }
 
     /// Remove the connection of flow `key`, if held, and return it.

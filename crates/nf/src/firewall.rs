@@ -29,13 +29,13 @@ use braid_packet::Batch;
 use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
     apply_steps, flow_key, icmp_error_quote, parse_cidr, parse_port_range, prefix_mask, secs_to_ns,
-    BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers, Lookup, StateClock,
-    TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
+    BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers, Lookup,
+    StateClock, TimeoutsNs, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
-    Context, DropReason, Encoding, FlowScope, FlowStream, NetworkFunction, NfClass, NfSpec, NfState,
-    PartitionKey, Placement, StateError, Statelet,
+    Context, DropReason, Encoding, FlowScope, FlowStream, NetworkFunction, NfClass, NfSpec,
+    NfState, PartitionKey, Placement, StateError, Statelet,
 };
 
 pub static SPEC: NfSpec = NfSpec {

@@ -43,8 +43,8 @@ use crate::conntrack::{
 };
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
-    Context, DropReason, Encoding, FlowScope, FlowStream, NetworkFunction, NfClass, NfSpec, NfState,
-    PartitionKey, Placement, StateError, Statelet,
+    Context, DropReason, Encoding, FlowScope, FlowStream, NetworkFunction, NfClass, NfSpec,
+    NfState, PartitionKey, Placement, StateError, Statelet,
 };
 
 pub static SPEC: NfSpec = NfSpec {

@@ -47,7 +47,11 @@ fn op() -> impl Strategy<Value = Op> {
 fn out_frame(host: u8, port: u16, server: u8, tcp: bool, flags: u8) -> Packet {
     let inside = (Ipv4Addr::new(10, 0, 0, host), port);
     let outside = (Ipv4Addr::new(198, 51, 100, server), 443);
-    let f = if tcp { FrameSpec::tcp(inside, outside, flags) } else { FrameSpec::udp(inside, outside, 8) };
+    let f = if tcp {
+        FrameSpec::tcp(inside, outside, flags)
+    } else {
+        FrameSpec::udp(inside, outside, 8)
+    };
     Packet::from_bytes(&f.build())
 }
 
@@ -241,9 +245,8 @@ fn freeze_costs_nothing_until_changes_and_thaw_forgets() {
 
 #[test]
 fn a_tombstone_removes_the_flow_and_a_foreign_statelet_changes_nothing() {
-    let ops: Vec<Op> = (1..=5)
-        .map(|h| Op::Out { host: h, port: 1000, server: 1, tcp: false, flags: 0 })
-        .collect();
+    let ops: Vec<Op> =
+        (1..=5).map(|h| Op::Out { host: h, port: 1000, server: 1, tcp: false, flags: 0 }).collect();
     let (mut src, mut dst, _, mut drv) = migrate("nat", &ops, 0, 2);
     assert_eq!(dst.flow_stream().unwrap().len(), 5);
     // Let every mapping expire on the source, record it, send the

@@ -1,0 +1,427 @@
+//! Live migration between two running Workers over a real TCP state link,
+//! checked with the oracle of the field (CHC's chain output equivalence):
+//! the same deterministic trace through an NF with and without a migration
+//! in the middle gives the same output packets, in the same per-flow
+//! order, and the same final per-flow state. And failures roll back:
+//! traffic stays with the source, its state intact.
+//!
+//! The "hosts" are two workers in this process; the traffic source is a
+//! driver thread that feeds both ends of the NF through in-process
+//! channel ports and moves the traffic (and injects the drain markers)
+//! when the migration asks, the way an upstream switch would.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use braid_dataplane::migration::marker_frame;
+use braid_dataplane::{Graph, Worker, WorkerConfig, WorkerHandle, WorkerReport};
+use braid_io::channel::{channel_pair, ChannelPort};
+use braid_io::Port;
+use braid_migrate::{
+    migrate_in, migrate_out, DestinationOptions, MigrateError, Mode, SourceOptions, Switch,
+};
+use braid_nf::conntrack::{ConnSnapshot, SNAPSHOT_VERSION};
+use braid_packet::envelope;
+use braid_packet::wire::build::FrameSpec;
+use braid_packet::{Batch, Packet};
+
+const FIREWALL: &str =
+    "default: drop\nrules: [{ src: 10.0.0.0/8, action: allow }]\nmax_flows: 100000";
+const NAT: &str = "external_ip: 203.0.113.1\ninternal: [10.0.0.0/8]\nmax_flows: 100000";
+
+/// One NF on a worker; ports 0 (client side) and 1 (server side); and our
+/// ends of both.
+struct Host {
+    handle: WorkerHandle,
+    thread: Option<JoinHandle<WorkerReport>>,
+    client: ChannelPort,
+    server: ChannelPort,
+}
+
+fn host(name: &str, kind: &str, yaml: &str) -> Host {
+    let nf = braid_nf::build(kind, &serde_yaml_ng::from_str(yaml).unwrap()).unwrap();
+    let graph = Graph::chain(vec![("nf".to_string(), nf)], 2, 0, 1).unwrap();
+    let entries = [graph.entry(0, 1), graph.entry(1, 0)];
+    let mut cfg = WorkerConfig::new(name);
+    cfg.tick_interval = Duration::from_millis(5);
+    let (mut w, handle) = Worker::new(cfg, graph).unwrap();
+    let (client, c_in) = channel_pair(&format!("{name}-client"), 1 << 16);
+    let (server, s_in) = channel_pair(&format!("{name}-server"), 1 << 16);
+    w.add_port(Box::new(c_in), Some(entries[0])).unwrap();
+    w.add_port(Box::new(s_in), Some(entries[1])).unwrap();
+    let thread = Some(w.spawn().unwrap());
+    Host { handle, thread, client, server }
+}
+
+impl Host {
+    fn stop(&mut self) -> WorkerReport {
+        self.handle.stop().unwrap();
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// One packet of the trace: which side it enters on, and its bytes.
+/// Every UDP payload starts with (flow id, sequence number).
+type Trace = Vec<(u8, Vec<u8>)>;
+
+/// `flows` UDP flows from inside hosts to servers, `per_flow` packets
+/// each, interleaved; with `replies`, every outbound packet after a
+/// flow's first is followed by a reply from the server (what only
+/// connection tracking lets through).
+fn trace(flows: u32, per_flow: u32, replies: bool) -> Trace {
+    let mut t = Vec::new();
+    for seq in 0..per_flow {
+        for f in 0..flows {
+            let inside = (Ipv4Addr::from(0x0a00_0000 + 1 + f / 50), 1024 + (f % 50) as u16);
+            let server = (Ipv4Addr::new(198, 51, 100, 1 + (f % 7) as u8), 5000);
+            let mut spec = FrameSpec::udp(inside, server, 0);
+            spec.payload = [f.to_be_bytes(), seq.to_be_bytes()].concat();
+            t.push((0, spec.build()));
+            if replies && seq > 0 {
+                let mut spec = FrameSpec::udp(server, inside, 0);
+                spec.payload = [(f | 0x8000_0000).to_be_bytes(), seq.to_be_bytes()].concat();
+                t.push((1, spec.build()));
+            }
+        }
+    }
+    t
+}
+
+/// (flow id with direction bit, sequence number) of an output frame.
+fn tag(frame: &[u8]) -> (u32, u32) {
+    let n = frame.len();
+    let id = u32::from_be_bytes(frame[n - 8..n - 4].try_into().unwrap());
+    let seq = u32::from_be_bytes(frame[n - 4..].try_into().unwrap());
+    (id, seq)
+}
+
+/// What the driver asks of the host it feeds.
+enum SwitchCmd {
+    Redirect { id: u64, markers: bool },
+    Restore,
+}
+
+/// The migration's [`Switch`]: asks the driver, waits for it.
+struct DriverSwitch {
+    cmd: Sender<SwitchCmd>,
+    ack: Receiver<()>,
+    send_markers: bool,
+    fail: bool,
+}
+
+impl Switch for DriverSwitch {
+    fn redirect(&mut self, id: u64) -> Result<(), String> {
+        if self.fail {
+            return Err("the upstream switch refused the new route".into());
+        }
+        self.cmd.send(SwitchCmd::Redirect { id, markers: self.send_markers }).unwrap();
+        self.ack.recv_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())
+    }
+    fn restore(&mut self) -> Result<(), String> {
+        self.cmd.send(SwitchCmd::Restore).unwrap();
+        self.ack.recv_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())
+    }
+}
+
+/// Everything that left the NF on either host: (side it left by, frame).
+type Outputs = Vec<(u8, Vec<u8>)>;
+
+/// What the driver saw: the outputs, and how much of the trace had been
+/// sent when the traffic moved (None: it never did).
+struct Driven {
+    out: Outputs,
+    switched_at: Option<usize>,
+}
+
+fn send_all(port: &mut ChannelPort, frames: Vec<Vec<u8>>) {
+    let mut b: Batch = frames.iter().map(|f| Packet::from_bytes(f)).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while port.tx_room() < b.len() {
+        assert!(Instant::now() < deadline, "the worker stopped taking packets");
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    port.send(&mut b).unwrap();
+    port.flush().unwrap();
+}
+
+fn collect(hosts: &mut [&mut Host], out: &mut Outputs) -> usize {
+    let mut n = 0;
+    for h in hosts.iter_mut() {
+        for (side, port) in [(0u8, &mut h.client), (1u8, &mut h.server)] {
+            let mut b = Batch::new();
+            while port.recv(&mut b, 256).unwrap_or(0) > 0 {
+                n += b.len();
+                out.extend(b.iter().map(|p| (side, p.data().to_vec())));
+                b.clear();
+            }
+        }
+    }
+    n
+}
+
+/// Feed `trace` to `a` (switching to `b` when asked), 32 packets at a time
+/// with a short pause, until the trace is sent, `done` is set and nothing
+/// more comes out. Returns the outputs.
+fn drive(
+    trace: &Trace,
+    a: &mut Host,
+    mut b: Option<&mut Host>,
+    cmds: Receiver<SwitchCmd>,
+    ack: Sender<()>,
+    done: Arc<AtomicBool>,
+) -> Driven {
+    let mut out = Vec::new();
+    let mut switched_at = None;
+    let mut on_b = false;
+    let mut quiet_since = Instant::now();
+    let mut next = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the driver ran out of time");
+        while let Ok(cmd) = cmds.try_recv() {
+            match cmd {
+                SwitchCmd::Redirect { id, markers } => {
+                    if markers {
+                        send_all(&mut a.client, vec![marker_frame(id)]);
+                        send_all(&mut a.server, vec![marker_frame(id)]);
+                    }
+                    on_b = true;
+                    switched_at = Some(next);
+                }
+                SwitchCmd::Restore => on_b = false,
+            }
+            ack.send(()).unwrap();
+        }
+        if next < trace.len() {
+            let end = (next + 32).min(trace.len());
+            let (mut client, mut server) = (Vec::new(), Vec::new());
+            for (side, f) in &trace[next..end] {
+                if *side == 0 {
+                    client.push(f.clone())
+                } else {
+                    server.push(f.clone())
+                }
+            }
+            next = end;
+            let h: &mut Host = match (&mut b, on_b) {
+                (Some(b), true) => b,
+                _ => &mut *a,
+            };
+            send_all(&mut h.client, client);
+            send_all(&mut h.server, server);
+            std::thread::sleep(Duration::from_micros(150));
+        }
+        let got = match &mut b {
+            Some(b) => collect(&mut [&mut *a, &mut **b], &mut out),
+            None => collect(&mut [&mut *a], &mut out),
+        };
+        if got > 0 || next < trace.len() || !done.load(Ordering::Acquire) {
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() > Duration::from_millis(200) {
+            return Driven { out, switched_at };
+        }
+        if next >= trace.len() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Per flow and direction, the sequence numbers in output order.
+fn per_flow(out: &Outputs) -> BTreeMap<(u8, u32), Vec<u32>> {
+    let mut m: BTreeMap<(u8, u32), Vec<u32>> = BTreeMap::new();
+    for (side, f) in out {
+        let (id, seq) = tag(f);
+        m.entry((*side, id)).or_default().push(seq);
+    }
+    m
+}
+
+/// The connections of a conntrack NF's state, without their times (which
+/// depend on when each run's batches ran).
+fn conns_without_times(state: braid_nf::NfState) -> Vec<String> {
+    let snap: ConnSnapshot = state.decode(&state.kind, SNAPSHOT_VERSION).unwrap();
+    let mut v: Vec<String> = snap
+        .conns
+        .into_iter()
+        .map(|mut c| {
+            c.last_seen = 0;
+            format!("{c:?}")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The reference: the whole trace through one host.
+fn reference(kind: &str, yaml: &str, trace: &Trace) -> (Outputs, braid_nf::NfState) {
+    let mut a = host("ref", kind, yaml);
+    let (_tx, cmds) = mpsc::channel();
+    let (ack, _ack_rx) = mpsc::channel();
+    let out = drive(trace, &mut a, None, cmds, ack, Arc::new(AtomicBool::new(true))).out;
+    let state = a.handle.export_state("nf").unwrap().unwrap();
+    a.stop();
+    (out, state)
+}
+
+struct Migrated {
+    out: Outputs,
+    switched_at: Option<usize>,
+    source_state: braid_nf::NfState,
+    dest_state: braid_nf::NfState,
+    result: Result<braid_migrate::SourceReport, MigrateError>,
+    dest_result: Result<braid_migrate::DestinationReport, MigrateError>,
+}
+
+/// The trace through host A with a migration to host B started after
+/// `start_after`; `switch` decides how the traffic moves.
+fn with_migration(
+    kind: &str,
+    yaml: &str,
+    trace: &Trace,
+    mode: Mode,
+    start_after: Duration,
+    send_markers: bool,
+    fail_switch: bool,
+) -> Migrated {
+    let mut a = host("src", kind, yaml);
+    let mut b = host("dst", kind, yaml);
+    let (cmd_tx, cmds) = mpsc::channel();
+    let (ack, ack_rx) = mpsc::channel();
+    let done = Arc::new(AtomicBool::new(false));
+    let (ah, bh) = (a.handle.clone(), b.handle.clone());
+    let kind_s = kind.to_string();
+    let done_m = done.clone();
+    let migration = std::thread::spawn(move || {
+        std::thread::sleep(start_after);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let k = kind_s.clone();
+        let dest = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            migrate_in(&bh, "nf", &k, conn, &DestinationOptions::default())
+        });
+        let conn = TcpStream::connect(addr).unwrap();
+        let opts = SourceOptions {
+            id: 42,
+            mode,
+            chunk: 64,
+            markers: vec![0, 1],
+            marker_timeout: Duration::from_millis(300),
+            ..SourceOptions::default()
+        };
+        let mut switch = DriverSwitch { cmd: cmd_tx, ack: ack_rx, send_markers, fail: fail_switch };
+        let r = migrate_out(&ah, "nf", &kind_s, conn, &opts, &mut switch);
+        let d = dest.join().unwrap();
+        done_m.store(true, Ordering::Release);
+        (r, d)
+    });
+    let Driven { out, switched_at } = drive(trace, &mut a, Some(&mut b), cmds, ack, done);
+    let (result, dest_result) = migration.join().unwrap();
+    let source_state = a.handle.export_state("nf").unwrap().unwrap();
+    let dest_state = b.handle.export_state("nf").unwrap().unwrap();
+    a.stop();
+    b.stop();
+    Migrated { out, switched_at, source_state, dest_state, result, dest_result }
+}
+
+#[test]
+fn firewall_migrates_mid_trace_with_the_same_output_order_and_state() {
+    let t = trace(2000, 12, true);
+    let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
+    let m = with_migration(
+        "firewall",
+        FIREWALL,
+        &t,
+        Mode::Statelet,
+        Duration::from_millis(120),
+        true,
+        false,
+    );
+    let report = m.result.expect("the migration succeeds");
+    let dest = m.dest_result.expect("the destination finishes");
+    eprintln!("{report:?}\n{dest:?}");
+    assert!(report.chunks > 0 && report.statelets > 0, "{report:?}");
+    let at = m.switched_at.expect("the traffic moved");
+    assert!(at > 0 && at < t.len(), "the switch came mid-trace (at {at} of {})", t.len());
+    assert!(dest.peak_held > 0, "traffic was held at the switch: {dest:?}");
+    assert_eq!(dest.dropped_held, 0);
+    assert_eq!(m.out.len(), ref_out.len(), "no packet lost or duplicated");
+    assert_eq!(per_flow(&m.out), per_flow(&ref_out), "same packets, same per-flow order");
+    assert_eq!(conns_without_times(m.dest_state), conns_without_times(ref_state));
+}
+
+#[test]
+fn nat_migrates_mid_trace_keeping_every_mapping() {
+    let t = trace(3000, 16, false);
+    let (ref_out, _) = reference("nat", NAT, &t);
+    let m = with_migration("nat", NAT, &t, Mode::Statelet, Duration::from_millis(100), true, false);
+    let report = m.result.expect("the migration succeeds");
+    m.dest_result.expect("the destination finishes");
+    assert!(report.statelets > 0, "{report:?}");
+    let at = m.switched_at.expect("the traffic moved");
+    assert!(at > 0 && at < t.len(), "the switch came mid-trace (at {at} of {})", t.len());
+    assert_eq!(m.out.len(), ref_out.len(), "no packet lost or duplicated");
+    assert_eq!(per_flow(&m.out), per_flow(&ref_out), "same packets, same per-flow order");
+    // Every flow keeps one external port across the move (a mapping that
+    // did not arrive would get a new one), and no two flows share one.
+    let mut port_of: BTreeMap<u32, u16> = BTreeMap::new();
+    for (_, f) in &m.out {
+        let p = envelope::parse(f);
+        let t = p.ipv4().unwrap().tuple();
+        assert_eq!(t.src, Ipv4Addr::new(203, 0, 113, 1));
+        let prev = port_of.insert(tag(f).0, t.src_port);
+        assert!(prev.is_none() || prev == Some(t.src_port), "flow {} changed port", tag(f).0);
+    }
+    let distinct: std::collections::BTreeSet<u16> = port_of.values().copied().collect();
+    assert_eq!(distinct.len(), port_of.len());
+    let mappings = |s: braid_nf::NfState| conns_without_times(s).len();
+    assert_eq!(mappings(m.dest_state), 3000);
+}
+
+#[test]
+fn stop_and_copy_is_correct_too() {
+    let t = trace(1000, 10, true);
+    let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
+    let m = with_migration(
+        "firewall",
+        FIREWALL,
+        &t,
+        Mode::StopCopy,
+        Duration::from_millis(80),
+        true,
+        false,
+    );
+    m.result.expect("the migration succeeds");
+    m.dest_result.expect("the destination finishes");
+    assert_eq!(per_flow(&m.out), per_flow(&ref_out));
+    assert_eq!(conns_without_times(m.dest_state), conns_without_times(ref_state));
+}
+
+#[test]
+fn a_refused_switch_rolls_back_and_the_source_keeps_everything() {
+    let t = trace(1000, 10, true);
+    let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
+    let m = with_migration(
+        "firewall",
+        FIREWALL,
+        &t,
+        Mode::Statelet,
+        Duration::from_millis(50),
+        true,
+        true,
+    );
+    let e = m.result.unwrap_err();
+    assert!(e.to_string().contains("upstream switch refused"), "{e}");
+    assert!(m.dest_result.is_err(), "the destination abandons too");
+    assert_eq!(per_flow(&m.out), per_flow(&ref_out), "nothing lost");
+    assert_eq!(conns_without_times(m.source_state), conns_without_times(ref_state));
+    assert!(
+        conns_without_times(m.dest_state).is_empty(),
+        "the destination's partial state is discarded"
+    );
+}
