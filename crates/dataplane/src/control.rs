@@ -82,9 +82,15 @@ pub enum Command {
     /// instead of processing it; `false` processes what was kept, then
     /// goes on as usual. Answers [`Reply::Held`].
     Hold(bool),
-    /// Live migration, destination (rollback): drop what is held, count
-    /// it, stop holding. Answers [`Reply::Held`].
-    DiscardHeld,
+    /// Live migration, destination (rollback, once the traffic is back on
+    /// the source): receive what still waits on the inputs into the hold,
+    /// stop holding and hand everything held over, as (port, frame) in
+    /// arrival order, so the source can process it. Answers
+    /// [`Reply::Frames`].
+    TakeHeld,
+    /// Live migration, source (rollback): process `frames` as if each had
+    /// just arrived on its port, in order.
+    Inject { frames: Vec<(usize, Vec<u8>)> },
 }
 
 impl std::fmt::Debug for Command {
@@ -111,7 +117,8 @@ impl std::fmt::Debug for Command {
             }
             Command::FinishInstall { stage } => write!(f, "FinishInstall({stage})"),
             Command::Hold(on) => write!(f, "Hold({on})"),
-            Command::DiscardHeld => f.write_str("DiscardHeld"),
+            Command::TakeHeld => f.write_str("TakeHeld"),
+            Command::Inject { frames } => write!(f, "Inject({} frames)", frames.len()),
         }
     }
 }
@@ -135,6 +142,8 @@ pub enum Reply {
         peak: usize,
         dropped: u64,
     },
+    /// (port, frame) pairs.
+    Frames(Vec<(usize, Vec<u8>)>),
 }
 
 /// Why a command was refused or got no answer. Nothing changed.
@@ -387,13 +396,19 @@ impl WorkerHandle {
         }
     }
 
-    /// Drop what is held (a rolled-back destination). Returns (0, peak
-    /// held, dropped including the discarded).
-    pub fn discard_held(&self) -> Result<(usize, usize, u64), ControlError> {
-        match self.request(Command::DiscardHeld, DEFAULT_TIMEOUT)? {
-            Reply::Held { held, peak, dropped } => Ok((held, peak, dropped)),
-            _ => Err(ControlError::Unexpected("DiscardHeld".into())),
+    /// Stop holding and take what was held, as (port, frame) in arrival
+    /// order (a rolled-back destination).
+    pub fn take_held(&self) -> Result<Vec<(usize, Vec<u8>)>, ControlError> {
+        match self.request(Command::TakeHeld, DEFAULT_TIMEOUT)? {
+            Reply::Frames(f) => Ok(f),
+            _ => Err(ControlError::Unexpected("TakeHeld".into())),
         }
+    }
+
+    /// Process `frames` as if each had arrived on its port (a rolled-back
+    /// source taking back what the destination held).
+    pub fn inject(&self, frames: Vec<(usize, Vec<u8>)>) -> Result<(), ControlError> {
+        self.done(Command::Inject { frames })
     }
 
     /// Ask the worker to stop; `Ok` also if it already has.

@@ -273,7 +273,8 @@ impl Streaming {
 /// Arrivals a destination keeps until the state is installed.
 #[derive(Default)]
 pub(crate) struct Held {
-    pub batches: Vec<(Endpoint, Batch)>,
+    /// (port received on, where it goes, the batch), in arrival order.
+    pub batches: Vec<(usize, Endpoint, Batch)>,
     pub packets: usize,
     pub peak: usize,
     pub dropped: u64,
@@ -284,7 +285,7 @@ pub(crate) struct Held {
 pub const MAX_HELD_PACKETS: usize = 1 << 20;
 
 impl Held {
-    pub fn keep(&mut self, to: Endpoint, batch: &mut Batch) {
+    pub fn keep(&mut self, port: usize, to: Endpoint, batch: &mut Batch) {
         let n = batch.len();
         if self.packets + n > MAX_HELD_PACKETS {
             self.dropped += n as u64;
@@ -293,6 +294,14 @@ impl Held {
         }
         self.packets += n;
         self.peak = self.peak.max(self.packets);
-        self.batches.push((to, std::mem::take(batch)));
+        self.batches.push((port, to, std::mem::take(batch)));
+    }
+
+    /// The held packets as (port, frame), in arrival order.
+    pub fn frames(&self) -> Vec<(usize, Vec<u8>)> {
+        self.batches
+            .iter()
+            .flat_map(|(port, _, b)| b.iter().map(move |p| (*port, p.data().to_vec())))
+            .collect()
     }
 }

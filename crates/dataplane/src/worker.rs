@@ -424,7 +424,7 @@ impl<'a> Worker<'a> {
                         }
                     }
                     match &mut self.held {
-                        Some(h) => h.keep(to, &mut self.rx),
+                        Some(h) => h.keep(i, to, &mut self.rx),
                         None => self.graph.get().push(to, &mut self.rx, now_ns, &mut self.tx),
                     }
                 }
@@ -498,7 +498,7 @@ impl<'a> Worker<'a> {
     fn release_held(&mut self) -> Result<(), WorkerError> {
         let Some(held) = self.held.take() else { return Ok(()) };
         self.held_last = (held.peak, held.dropped);
-        for (to, mut batch) in held.batches {
+        for (_, to, mut batch) in held.batches {
             let now_ns = braid_nf::monotonic_ns();
             self.graph.get().push(to, &mut batch, now_ns, &mut self.tx);
             self.flush()?;
@@ -755,11 +755,41 @@ impl<'a> Worker<'a> {
                 };
                 Ok(Reply::Held { held, peak, dropped })
             }
-            Command::DiscardHeld => {
-                if let Some(h) = self.held.take() {
-                    self.held_last = (h.peak, h.dropped + h.packets as u64);
+            Command::TakeHeld => {
+                // What already waits on the inputs was sent before the
+                // traffic went back: it is held (and handed over) too.
+                if self.held.is_some() {
+                    for _ in 0..STOP_DRAIN_ROUNDS {
+                        if self.receive_round().map_err(ControlFailure::Worker)? == 0 {
+                            break;
+                        }
+                    }
                 }
-                Ok(Reply::Held { held: 0, peak: self.held_last.0, dropped: self.held_last.1 })
+                let h = self.held.take().unwrap_or_default();
+                self.held_last = (h.peak, h.dropped);
+                Ok(Reply::Frames(h.frames()))
+            }
+            Command::Inject { frames } => {
+                let n = self.ports.len();
+                if let Some((p, _)) = frames.iter().find(|(p, _)| *p >= n) {
+                    return Err(refused(ControlError::Graph(GraphError::NoPort(*p, n))));
+                }
+                let now_ns = braid_nf::monotonic_ns();
+                // Consecutive frames of one port go through as one batch.
+                let mut i = 0;
+                while i < frames.len() {
+                    let port = frames[i].0;
+                    let mut batch = Batch::new();
+                    while i < frames.len() && frames[i].0 == port {
+                        batch.push(braid_packet::Packet::from_bytes(&frames[i].1));
+                        i += 1;
+                    }
+                    if let Some(to) = self.ports[port].rx_to {
+                        self.graph.get().push(to, &mut batch, now_ns, &mut self.tx);
+                        self.flush().map_err(ControlFailure::Worker)?;
+                    }
+                }
+                Ok(Reply::Done)
             }
             Command::Stop => {
                 // What a destination held is processed, not lost.

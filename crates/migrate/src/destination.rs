@@ -75,18 +75,20 @@ pub fn migrate_in(
             Ok(run.report)
         }
         Err(e) => {
-            // Put the stage back as it was, drop what it held.
+            // Put the stage back as it was; what it held goes back to the
+            // source (which processes it, in order, before anything newer).
             if let Some(state) = prior {
                 let _ = handle.import_state(stage, state);
             }
-            if run.holding {
-                let _ = handle.discard_held();
-            }
+            let held = if run.holding { handle.take_held().unwrap_or_default() } else { vec![] };
+            let mut c = Counts::default();
             if !matches!(e, MigrateError::PeerAborted(_)) {
-                let abort = Message::Abort { reason: e.to_string() };
-                let _ = wire::write_message(&mut w, &abort, &mut Counts::default());
-                let _ = w.flush();
+                let _ =
+                    wire::write_message(&mut w, &Message::Abort { reason: e.to_string() }, &mut c);
             }
+            let packets = held.into_iter().map(|(p, f)| (p as u16, f)).collect();
+            let _ = wire::write_message(&mut w, &Message::Returned { packets }, &mut c);
+            let _ = w.flush();
             Err(e)
         }
     }

@@ -107,16 +107,14 @@ pub fn migrate_out(
         switched: false,
         start: Instant::now(),
         report: SourceReport { mode: opts.mode.to_string(), ..SourceReport::default() },
+        from_peer: None,
     };
     match run.go(kind, conn) {
         Ok(()) => {
             run.report.total = run.start.elapsed();
             Ok(run.report)
         }
-        Err((e, writer)) => {
-            run.roll_back(&e, writer);
-            Err(e)
-        }
+        Err((e, writer)) => Err(run.roll_back(e, writer)),
     }
 }
 
@@ -129,6 +127,7 @@ struct Run<'a> {
     switched: bool,
     start: Instant,
     report: SourceReport,
+    from_peer: Option<FromPeer>,
 }
 
 type Writer = BufWriter<TcpStream>;
@@ -212,10 +211,9 @@ impl Run<'_> {
             return Err((e.into(), Some(w)));
         }
         self.streaming = true;
-        match self.pump(&mut w, &mut sent, &items, &from_peer) {
-            Ok(()) => Ok(()),
-            Err(e) => Err((e, Some(w))),
-        }
+        let r = self.pump(&mut w, &mut sent, &items, &from_peer);
+        self.from_peer = Some(from_peer);
+        r.map_err(|e| (e, Some(w)))
     }
 
     /// Move the worker's stream items to the link and react to the
@@ -346,17 +344,53 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn roll_back(&mut self, e: &MigrateError, writer: Option<Writer>) {
+    /// Undo a failed migration; returns the error to report.
+    fn roll_back(&mut self, e: MigrateError, writer: Option<Writer>) -> MigrateError {
         if self.streaming {
             let _ = self.handle.stream_stop(self.stage);
         }
-        if self.switched {
-            let _ = self.switch.restore();
+        if !self.switched {
+            if let Some(mut w) = writer {
+                let abort = Message::Abort { reason: e.to_string() };
+                let _ = wire::write_message(&mut w, &abort, &mut Counts::default());
+                let _ = w.flush();
+            }
+            return e;
         }
+        // After the switch: hold what arrives here again, move the traffic
+        // back, take what the destination held since the switch, process
+        // it, then what was held here: the order of every flow is kept.
+        let _ = self.handle.hold(true);
+        let _ = self.switch.restore();
+        // The Abort also tells the destination that nothing more comes its
+        // way: it can hand over what it holds.
         if let Some(mut w) = writer {
             let abort = Message::Abort { reason: e.to_string() };
             let _ = wire::write_message(&mut w, &abort, &mut Counts::default());
             let _ = w.flush();
         }
+        let mut returned = None;
+        if let Some(from_peer) = &self.from_peer {
+            let deadline = Instant::now() + self.opts.io_timeout;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match from_peer.recv_timeout(left) {
+                    Ok(Ok(Message::Returned { packets })) => {
+                        returned = Some(packets);
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+        }
+        let lost = returned.is_none();
+        let packets: Vec<(usize, Vec<u8>)> =
+            returned.unwrap_or_default().into_iter().map(|(p, f)| (usize::from(p), f)).collect();
+        let n = packets.len();
+        if !packets.is_empty() {
+            let _ = self.handle.inject(packets);
+        }
+        let _ = self.handle.hold(false);
+        MigrateError::RolledBack { cause: Box::new(e), returned: n, lost }
     }
 }

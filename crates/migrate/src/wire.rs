@@ -80,6 +80,10 @@ pub enum Message {
     Whole(braid_nf::NfState),
     /// Either way: the migration is abandoned, with why.
     Abort { reason: String },
+    /// Destination → source, after an abort: what the destination held
+    /// since the switch, as (port, frame) in arrival order, for the
+    /// source to process.
+    Returned { packets: Vec<(u16, Vec<u8>)> },
 }
 
 impl Message {
@@ -97,6 +101,7 @@ impl Message {
             Message::Done { .. } => "Done",
             Message::Whole(_) => "Whole",
             Message::Abort { .. } => "Abort",
+            Message::Returned { .. } => "Returned",
         }
     }
 }

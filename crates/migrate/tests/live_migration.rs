@@ -174,7 +174,10 @@ fn drive(
     cmds: Receiver<SwitchCmd>,
     ack: Sender<()>,
     done: Arc<AtomicBool>,
+    hold_tail: bool,
 ) -> Driven {
+    let tail = if hold_tail { trace.len() * 4 / 5 } else { trace.len() };
+    let mut tail_wait = None;
     let mut out = Vec::new();
     let mut switched_at = None;
     let mut on_b = false;
@@ -197,8 +200,15 @@ fn drive(
             }
             ack.send(()).unwrap();
         }
-        if next < trace.len() {
-            let end = (next + 32).min(trace.len());
+        let waiting = next >= tail && switched_at.is_none() && {
+            let since = *tail_wait.get_or_insert_with(Instant::now);
+            since.elapsed() < Duration::from_secs(20)
+        };
+        if next < trace.len() && !waiting {
+            let end = (next + 32)
+                .min(if switched_at.is_none() && tail_wait.is_none() { tail } else { trace.len() })
+                .max(next + 1)
+                .min(trace.len());
             let (mut client, mut server) = (Vec::new(), Vec::new());
             for (side, f) in &trace[next..end] {
                 if *side == 0 {
@@ -225,10 +235,35 @@ fn drive(
         } else if quiet_since.elapsed() > Duration::from_millis(200) {
             return Driven { out, switched_at };
         }
-        if next >= trace.len() {
+        if next >= trace.len() || waiting {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// Check two runs' outputs are the same packets in the same per-flow
+/// order; on a difference, say where (never the whole map).
+fn assert_same_flows(got: &Outputs, want: &Outputs) {
+    let (g, w) = (per_flow(got), per_flow(want));
+    let mut diffs = Vec::new();
+    for (k, wv) in &w {
+        match g.get(k) {
+            Some(gv) if gv == wv => {}
+            Some(gv) => diffs.push(format!("flow {k:?}: got {gv:?}, want {wv:?}")),
+            None => diffs.push(format!("flow {k:?}: missing (want {} packets)", wv.len())),
+        }
+    }
+    diffs
+        .extend(g.keys().filter(|k| !w.contains_key(k)).map(|k| format!("flow {k:?}: unexpected")));
+    assert!(
+        diffs.is_empty(),
+        "{} of {} flows differ ({} packets vs {} expected); first: {:?}",
+        diffs.len(),
+        w.len(),
+        got.len(),
+        want.len(),
+        &diffs[..diffs.len().min(4)]
+    );
 }
 
 /// Per flow and direction, the sequence numbers in output order.
@@ -262,7 +297,7 @@ fn reference(kind: &str, yaml: &str, trace: &Trace) -> (Outputs, braid_nf::NfSta
     let mut a = host("ref", kind, yaml);
     let (_tx, cmds) = mpsc::channel();
     let (ack, _ack_rx) = mpsc::channel();
-    let out = drive(trace, &mut a, None, cmds, ack, Arc::new(AtomicBool::new(true))).out;
+    let out = drive(trace, &mut a, None, cmds, ack, Arc::new(AtomicBool::new(true)), false).out;
     let state = a.handle.export_state("nf").unwrap().unwrap();
     a.stop();
     (out, state)
@@ -277,17 +312,42 @@ struct Migrated {
     dest_result: Result<braid_migrate::DestinationReport, MigrateError>,
 }
 
-/// The trace through host A with a migration to host B started after
-/// `start_after`; `switch` decides how the traffic moves.
-fn with_migration(
-    kind: &str,
-    yaml: &str,
-    trace: &Trace,
+/// How a migration goes wrong (or not).
+#[derive(Clone, Copy)]
+struct Scenario {
     mode: Mode,
+    /// When the migration starts, after the traffic.
     start_after: Duration,
+    /// The switch puts drain markers on the old paths.
     send_markers: bool,
+    /// The switch refuses to move the traffic.
     fail_switch: bool,
-) -> Migrated {
+    /// The state link is cut this long after the migration starts.
+    cut_after: Option<Duration>,
+    /// The traffic is expected to move: the driver keeps the last fifth
+    /// of the trace until it has (so the switch is mid-trace however
+    /// slow the machine).
+    switch_expected: bool,
+    /// How long the source waits for the markers after the switch.
+    marker_timeout: Duration,
+}
+
+impl Scenario {
+    fn ok(mode: Mode, start_after_ms: u64) -> Scenario {
+        Scenario {
+            mode,
+            start_after: Duration::from_millis(start_after_ms),
+            send_markers: true,
+            fail_switch: false,
+            cut_after: None,
+            switch_expected: true,
+            marker_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The trace through host A with a migration to host B as `sc` says.
+fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrated {
     let mut a = host("src", kind, yaml);
     let mut b = host("dst", kind, yaml);
     let (cmd_tx, cmds) = mpsc::channel();
@@ -297,7 +357,7 @@ fn with_migration(
     let kind_s = kind.to_string();
     let done_m = done.clone();
     let migration = std::thread::spawn(move || {
-        std::thread::sleep(start_after);
+        std::thread::sleep(sc.start_after);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let k = kind_s.clone();
@@ -306,21 +366,34 @@ fn with_migration(
             migrate_in(&bh, "nf", &k, conn, &DestinationOptions::default())
         });
         let conn = TcpStream::connect(addr).unwrap();
+        if let Some(after) = sc.cut_after {
+            let c = conn.try_clone().unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            });
+        }
         let opts = SourceOptions {
             id: 42,
-            mode,
+            mode: sc.mode,
             chunk: 64,
             markers: vec![0, 1],
-            marker_timeout: Duration::from_millis(300),
+            marker_timeout: sc.marker_timeout,
             ..SourceOptions::default()
         };
-        let mut switch = DriverSwitch { cmd: cmd_tx, ack: ack_rx, send_markers, fail: fail_switch };
+        let mut switch = DriverSwitch {
+            cmd: cmd_tx,
+            ack: ack_rx,
+            send_markers: sc.send_markers,
+            fail: sc.fail_switch,
+        };
         let r = migrate_out(&ah, "nf", &kind_s, conn, &opts, &mut switch);
         let d = dest.join().unwrap();
         done_m.store(true, Ordering::Release);
         (r, d)
     });
-    let Driven { out, switched_at } = drive(trace, &mut a, Some(&mut b), cmds, ack, done);
+    let Driven { out, switched_at } =
+        drive(trace, &mut a, Some(&mut b), cmds, ack, done, sc.switch_expected);
     let (result, dest_result) = migration.join().unwrap();
     let source_state = a.handle.export_state("nf").unwrap().unwrap();
     let dest_state = b.handle.export_state("nf").unwrap().unwrap();
@@ -333,15 +406,7 @@ fn with_migration(
 fn firewall_migrates_mid_trace_with_the_same_output_order_and_state() {
     let t = trace(2000, 12, true);
     let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
-    let m = with_migration(
-        "firewall",
-        FIREWALL,
-        &t,
-        Mode::Statelet,
-        Duration::from_millis(120),
-        true,
-        false,
-    );
+    let m = with_migration("firewall", FIREWALL, &t, Scenario::ok(Mode::Statelet, 120));
     let report = m.result.expect("the migration succeeds");
     let dest = m.dest_result.expect("the destination finishes");
     eprintln!("{report:?}\n{dest:?}");
@@ -351,7 +416,7 @@ fn firewall_migrates_mid_trace_with_the_same_output_order_and_state() {
     assert!(dest.peak_held > 0, "traffic was held at the switch: {dest:?}");
     assert_eq!(dest.dropped_held, 0);
     assert_eq!(m.out.len(), ref_out.len(), "no packet lost or duplicated");
-    assert_eq!(per_flow(&m.out), per_flow(&ref_out), "same packets, same per-flow order");
+    assert_same_flows(&m.out, &ref_out);
     assert_eq!(conns_without_times(m.dest_state), conns_without_times(ref_state));
 }
 
@@ -359,14 +424,14 @@ fn firewall_migrates_mid_trace_with_the_same_output_order_and_state() {
 fn nat_migrates_mid_trace_keeping_every_mapping() {
     let t = trace(3000, 16, false);
     let (ref_out, _) = reference("nat", NAT, &t);
-    let m = with_migration("nat", NAT, &t, Mode::Statelet, Duration::from_millis(100), true, false);
+    let m = with_migration("nat", NAT, &t, Scenario::ok(Mode::Statelet, 100));
     let report = m.result.expect("the migration succeeds");
     m.dest_result.expect("the destination finishes");
     assert!(report.statelets > 0, "{report:?}");
     let at = m.switched_at.expect("the traffic moved");
     assert!(at > 0 && at < t.len(), "the switch came mid-trace (at {at} of {})", t.len());
     assert_eq!(m.out.len(), ref_out.len(), "no packet lost or duplicated");
-    assert_eq!(per_flow(&m.out), per_flow(&ref_out), "same packets, same per-flow order");
+    assert_same_flows(&m.out, &ref_out);
     // Every flow keeps one external port across the move (a mapping that
     // did not arrive would get a new one), and no two flows share one.
     let mut port_of: BTreeMap<u32, u16> = BTreeMap::new();
@@ -387,18 +452,10 @@ fn nat_migrates_mid_trace_keeping_every_mapping() {
 fn stop_and_copy_is_correct_too() {
     let t = trace(1000, 10, true);
     let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
-    let m = with_migration(
-        "firewall",
-        FIREWALL,
-        &t,
-        Mode::StopCopy,
-        Duration::from_millis(80),
-        true,
-        false,
-    );
+    let m = with_migration("firewall", FIREWALL, &t, Scenario::ok(Mode::StopCopy, 80));
     m.result.expect("the migration succeeds");
     m.dest_result.expect("the destination finishes");
-    assert_eq!(per_flow(&m.out), per_flow(&ref_out));
+    assert_same_flows(&m.out, &ref_out);
     assert_eq!(conns_without_times(m.dest_state), conns_without_times(ref_state));
 }
 
@@ -410,18 +467,69 @@ fn a_refused_switch_rolls_back_and_the_source_keeps_everything() {
         "firewall",
         FIREWALL,
         &t,
-        Mode::Statelet,
-        Duration::from_millis(50),
-        true,
-        true,
+        Scenario { fail_switch: true, switch_expected: false, ..Scenario::ok(Mode::Statelet, 50) },
     );
     let e = m.result.unwrap_err();
     assert!(e.to_string().contains("upstream switch refused"), "{e}");
     assert!(m.dest_result.is_err(), "the destination abandons too");
-    assert_eq!(per_flow(&m.out), per_flow(&ref_out), "nothing lost");
+    assert_same_flows(&m.out, &ref_out);
     assert_eq!(conns_without_times(m.source_state), conns_without_times(ref_state));
     assert!(
         conns_without_times(m.dest_state).is_empty(),
         "the destination's partial state is discarded"
     );
+}
+
+/// The source's state equals the reference's, the destination's is
+/// empty, and every packet came out once, in order.
+fn assert_rolled_back(m: &Migrated, ref_out: &Outputs, ref_state: &braid_nf::NfState) {
+    assert_eq!(m.out.len(), ref_out.len(), "no packet lost or duplicated");
+    assert_same_flows(&m.out, ref_out);
+    assert_eq!(conns_without_times(m.source_state.clone()), conns_without_times(ref_state.clone()));
+    assert!(
+        conns_without_times(m.dest_state.clone()).is_empty(),
+        "the destination's partial state is discarded"
+    );
+}
+
+#[test]
+fn a_lost_drain_marker_rolls_back_after_the_switch_without_losing_a_packet() {
+    let t = trace(1000, 14, true);
+    let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
+    let sc = Scenario {
+        send_markers: false,
+        marker_timeout: Duration::from_millis(500),
+        ..Scenario::ok(Mode::Statelet, 60)
+    };
+    let m = with_migration("firewall", FIREWALL, &t, sc);
+    let e = m.result.as_ref().unwrap_err();
+    assert!(m.switched_at.is_some(), "the traffic had moved");
+    match e {
+        MigrateError::RolledBack { cause, returned, lost } => {
+            assert!(matches!(**cause, MigrateError::Timeout { .. }), "{cause}");
+            assert!(*returned > 0, "the destination held traffic and gave it back: {e}");
+            assert!(!lost);
+        }
+        other => panic!("expected a rollback after the switch, got {other}"),
+    }
+    assert!(m.dest_result.is_err());
+    assert_rolled_back(&m, &ref_out, &ref_state);
+}
+
+#[test]
+fn a_cut_state_link_rolls_back_and_the_source_keeps_serving() {
+    // 20,000 flows make a snapshot long enough to cut the link in it.
+    let t = trace(20_000, 3, true);
+    let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
+    let sc = Scenario {
+        cut_after: Some(Duration::from_millis(5)),
+        switch_expected: false,
+        ..Scenario::ok(Mode::Statelet, 150)
+    };
+    let m = with_migration("firewall", FIREWALL, &t, sc);
+    let e = m.result.as_ref().unwrap_err();
+    assert!(m.switched_at.is_none(), "cut before the switch: {e}");
+    assert!(!matches!(e, MigrateError::RolledBack { .. }), "{e}");
+    assert!(m.dest_result.is_err());
+    assert_rolled_back(&m, &ref_out, &ref_state);
 }

@@ -91,6 +91,9 @@ impl std::fmt::Display for FlowPartition {
     }
 }
 
+/// An IPv4 address and port, as numbers.
+pub type Endpoint = (u32, u16);
+
 /// The key of one flow of per-flow state, in a canonical form: a 5-tuple
 /// and its reverse give the same key.
 #[derive(
@@ -130,7 +133,7 @@ impl PartitionKey {
 
     /// The two endpoints (lower `(address, port)` first) and protocol of a
     /// 5-tuple key; `None` for a station key.
-    pub fn flow_endpoints(&self) -> Option<((u32, u16), (u32, u16), u8)> {
+    pub fn flow_endpoints(&self) -> Option<(Endpoint, Endpoint, u8)> {
         match self.0 {
             KeyRepr::Flow { lo, hi, proto } => Some((lo, hi, proto)),
             KeyRepr::Station { .. } => None,
