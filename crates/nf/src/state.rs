@@ -140,6 +140,14 @@ impl PartitionKey {
         }
     }
 
+    /// The VLAN and MAC address of a station key; `None` for a 5-tuple.
+    pub fn station_parts(&self) -> Option<(u16, [u8; 6])> {
+        match self.0 {
+            KeyRepr::Station { vlan, mac } => Some((vlan, mac)),
+            KeyRepr::Flow { .. } => None,
+        }
+    }
+
     /// Which kind of partition this key belongs to.
     pub fn partition(&self) -> FlowPartition {
         match self.0 {

@@ -95,6 +95,67 @@ pub trait FlowStream {
     }
 }
 
+/// The change record and snapshot walk of a table kept in a hash map
+/// (`l2switch`, `loadbalancer`), in the map's own key type `K`. A hash
+/// map's iteration order changes when it grows, so the walk goes over
+/// the keys held at the freeze, copied once (keys only, not entries);
+/// entries added after the freeze are in the change record anyway.
+#[derive(Debug)]
+pub struct MapStream<K> {
+    changes: Option<Vec<K>>,
+    walk: Vec<K>,
+}
+
+impl<K> Default for MapStream<K> {
+    fn default() -> Self {
+        MapStream { changes: None, walk: Vec::new() }
+    }
+}
+
+impl<K: Copy> MapStream<K> {
+    /// Start recording (`keys`: those held now, for the walk), or stop
+    /// and forget (`None`).
+    pub fn set(&mut self, keys: Option<Vec<K>>) {
+        match keys {
+            Some(k) => {
+                self.changes = Some(Vec::new());
+                self.walk = k;
+            }
+            None => {
+                self.changes = None;
+                self.walk = Vec::new();
+            }
+        }
+    }
+
+    /// Note that `key`'s entry changed (nothing when not recording).
+    #[inline]
+    pub fn note(&mut self, key: K) {
+        if let Some(log) = &mut self.changes {
+            log.push(key);
+        }
+    }
+
+    /// Move the recorded keys, converted, into `out`.
+    pub fn take(&mut self, out: &mut Vec<PartitionKey>, to_key: impl Fn(K) -> PartitionKey) {
+        if let Some(log) = &mut self.changes {
+            out.extend(log.drain(..).map(to_key));
+        }
+    }
+
+    /// The next at most `max` keys of the walk from `*cursor`; `None` once
+    /// past the end.
+    pub fn walk(&self, cursor: &mut usize, max: usize) -> Option<&[K]> {
+        if *cursor >= self.walk.len() {
+            return None;
+        }
+        let end = (*cursor + max).min(self.walk.len());
+        let keys = &self.walk[*cursor..end];
+        *cursor = end;
+        Some(keys)
+    }
+}
+
 /// Sort and deduplicate a change record in place (the statelet of a batch
 /// names each flow once, whatever the number of its packets).
 pub fn dedup_keys(keys: &mut Vec<PartitionKey>) {

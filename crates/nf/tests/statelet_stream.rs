@@ -19,8 +19,16 @@ const NAT: &str = "external_ip: 203.0.113.1\ninternal: [10.0.0.0/8]\nmax_flows: 
 const FIREWALL: &str =
     "default: allow\nmax_flows: 4096\ntimeouts: { udp: 2, tcp_established: 2, tcp_transitory: 1 }";
 
+const LB: &str = "vip: 10.1.0.1\ntable_size: 251\nidle_timeout_ms: 2000\nmax_connections: 4096\nbackends: [{ip: 10.2.0.1}, {ip: 10.2.0.2}, {ip: 10.2.0.3}]";
+const L2: &str = "ports: 4\naging_ms: 2000\nmax_entries: 4096";
+
 fn build(kind: &str) -> Box<dyn NetworkFunction> {
-    let yaml = if kind == "nat" { NAT } else { FIREWALL };
+    let yaml = match kind {
+        "nat" => NAT,
+        "firewall" => FIREWALL,
+        "loadbalancer" => LB,
+        _ => L2,
+    };
     braid_nf::build(kind, &serde_yaml_ng::from_str(yaml).unwrap()).unwrap()
 }
 
@@ -44,9 +52,21 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn out_frame(host: u8, port: u16, server: u8, tcp: bool, flags: u8) -> Packet {
+fn out_frame(kind: &str, host: u8, port: u16, server: u8, tcp: bool, flags: u8) -> Packet {
     let inside = (Ipv4Addr::new(10, 0, 0, host), port);
-    let outside = (Ipv4Addr::new(198, 51, 100, server), 443);
+    if kind == "l2switch" {
+        // A station (server, host) sending from port `server % 4`.
+        let mut spec = FrameSpec::udp(inside, (Ipv4Addr::new(10, 0, 0, 1), 9), 8);
+        spec.src_mac = braid_packet::wire::MacAddr([2, 0, 0, 0, server, host]);
+        spec.dst_mac = braid_packet::wire::MacAddr([2, 0, 0, 0, host % 3, server]);
+        let mut p = spec.packet();
+        p.meta.in_port = u16::from(server % 4);
+        return p;
+    }
+    let outside = match kind {
+        "loadbalancer" => (Ipv4Addr::new(10, 1, 0, 1), 80 + u16::from(server)),
+        _ => (Ipv4Addr::new(198, 51, 100, server), 443),
+    };
     let f = if tcp {
         FrameSpec::tcp(inside, outside, flags)
     } else {
@@ -70,14 +90,15 @@ fn reply_to(out: &[u8]) -> Option<Packet> {
 
 /// Both directions' frames of the NF so far.
 struct Driver {
+    kind: &'static str,
     now: u64,
     outputs: Vec<Vec<u8>>,
     counters: Counters,
 }
 
 impl Driver {
-    fn new() -> Driver {
-        Driver { now: 1_000_000_000, outputs: Vec::new(), counters: Counters::default() }
+    fn new(kind: &'static str) -> Driver {
+        Driver { kind, now: 1_000_000_000, outputs: Vec::new(), counters: Counters::default() }
     }
 
     /// Run one op through `nf`; returns the output frames.
@@ -87,10 +108,10 @@ impl Driver {
         let mut batch = Batch::new();
         match op {
             Op::Out { host, port, server, tcp, flags } => {
-                batch.push(out_frame(host, port, server, tcp, flags))
+                batch.push(out_frame(self.kind, host, port, server, tcp, flags))
             }
             Op::Reply { n } => {
-                if self.outputs.is_empty() {
+                if self.outputs.is_empty() || self.kind == "l2switch" {
                     return Vec::new();
                 }
                 match reply_to(&self.outputs[n % self.outputs.len()]) {
@@ -112,9 +133,13 @@ impl Driver {
     }
 }
 
-/// The state with connections in a canonical order.
+/// The state with connections in a canonical order (the hash-map NFs
+/// export theirs sorted already).
 fn canonical(nf: &dyn NetworkFunction) -> (u64, Vec<String>) {
     let s = nf.export_state().expect("stateful");
+    if !matches!(nf.spec().name, "nat" | "firewall") {
+        return (0, vec![String::from_utf8(s.data).unwrap()]);
+    }
     let snap: ConnSnapshot = s.decode(nf.spec().name, SNAPSHOT_VERSION).unwrap();
     let mut conns: Vec<String> = snap.conns.iter().map(|c| format!("{c:?}")).collect();
     conns.sort();
@@ -127,13 +152,13 @@ fn canonical(nf: &dyn NetworkFunction) -> (u64, Vec<String>) {
 /// snapshot after the last op, install everything in order into a fresh
 /// instance. Returns (source, destination, statelets, driver).
 fn migrate(
-    kind: &str,
+    kind: &'static str,
     ops: &[Op],
     freeze_at: usize,
     chunk: usize,
 ) -> (Box<dyn NetworkFunction>, Box<dyn NetworkFunction>, Vec<Statelet>, Driver) {
     let mut src = build(kind);
-    let mut drv = Driver::new();
+    let mut drv = Driver::new(kind);
     let mut stream = Vec::new();
     let mut cursor = 0usize;
     let mut changed: Vec<PartitionKey> = Vec::new();
@@ -182,16 +207,16 @@ fn migrate(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn ordered_stream_reproduces_the_state_and_the_behaviour(
-        nat in any::<bool>(),
+        kind in prop::sample::select(vec!["nat", "firewall", "loadbalancer", "l2switch"]),
         ops in prop::collection::vec(op(), 1..160),
         freeze_frac in 0.0f64..1.0,
         chunk in 1usize..20,
     ) {
-        let kind = if nat { "nat" } else { "firewall" };
+        let nat = kind == "nat";
         let freeze_at = (ops.len() as f64 * freeze_frac) as usize;
         let (mut src, mut dst, _, drv) = migrate(kind, &ops, freeze_at, chunk);
         let (sc, sconns) = canonical(src.as_ref());
@@ -203,8 +228,8 @@ proptest! {
         // Every flow the source held continues the same on the
         // destination: replies to the outputs so far give the same bytes
         // and drops.
-        let mut a = Driver { now: drv.now, outputs: drv.outputs.clone(), counters: Counters::default() };
-        let mut b = Driver { now: drv.now, outputs: drv.outputs.clone(), counters: Counters::default() };
+        let mut a = Driver { kind, now: drv.now, outputs: drv.outputs.clone(), counters: Counters::default() };
+        let mut b = Driver { kind, now: drv.now, outputs: drv.outputs.clone(), counters: Counters::default() };
         for n in 0..drv.outputs.len().min(64) {
             // NAT hands out a random port to a new mapping: continue only
             // with what cannot create one (answers to translated frames).
@@ -222,7 +247,7 @@ proptest! {
 #[test]
 fn freeze_costs_nothing_until_changes_and_thaw_forgets() {
     let mut nf = build("nat");
-    let mut drv = Driver::new();
+    let mut drv = Driver::new("nat");
     let fs = nf.flow_stream().unwrap();
     fs.record_changes(true);
     let mut keys = Vec::new();
