@@ -33,6 +33,7 @@ use braid_packet::{Batch, Packet};
 const FIREWALL: &str =
     "default: drop\nrules: [{ src: 10.0.0.0/8, action: allow }]\nmax_flows: 100000";
 const NAT: &str = "external_ip: 203.0.113.1\ninternal: [10.0.0.0/8]\nmax_flows: 100000";
+const LB: &str = "vip: 198.51.100.1\nmax_connections: 100000\nbackends: [{ip: 10.9.0.1}, {ip: 10.9.0.2}, {ip: 10.9.0.3}, {ip: 10.9.0.4}]";
 
 /// One NF on a worker; ports 0 (client side) and 1 (server side); and our
 /// ends of both.
@@ -532,4 +533,29 @@ fn a_cut_state_link_rolls_back_and_the_source_keeps_serving() {
     assert!(!matches!(e, MigrateError::RolledBack { .. }), "{e}");
     assert!(m.dest_result.is_err());
     assert_rolled_back(&m, &ref_out, &ref_state);
+}
+
+#[test]
+fn loadbalancer_migrates_mid_trace_and_every_flow_keeps_its_backend() {
+    // Flows to 198.51.100.1..7; the VIP is .1: a seventh of them are
+    // balanced, the rest pass.
+    let t = trace(3000, 12, false);
+    let (ref_out, ref_state) = reference("loadbalancer", LB, &t);
+    let m = with_migration("loadbalancer", LB, &t, Scenario::ok(Mode::Statelet, 100));
+    let report = m.result.expect("the migration succeeds");
+    m.dest_result.expect("the destination finishes");
+    assert!(report.statelets > 0, "{report:?}");
+    assert!(m.switched_at.is_some_and(|at| at < t.len()));
+    assert_same_flows(&m.out, &ref_out);
+    // Maglev is deterministic, so backends match the reference exactly;
+    // the state too (times aside).
+    let backends = |out: &Outputs| -> BTreeMap<u32, Ipv4Addr> {
+        out.iter().map(|(_, f)| (tag(f).0, envelope::parse(f).ipv4().unwrap().tuple().dst)).collect()
+    };
+    assert_eq!(backends(&m.out), backends(&ref_out));
+    let conns = |s: braid_nf::NfState| -> usize {
+        let v: serde_json::Value = serde_json::from_slice(&s.data).unwrap();
+        v["conns"].as_array().unwrap().len()
+    };
+    assert_eq!(conns(m.dest_state), conns(ref_state));
 }
