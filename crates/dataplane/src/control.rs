@@ -42,11 +42,15 @@ pub enum Command {
     /// Receive again.
     Resume,
     /// Receive and process everything waiting on the inputs until a round
-    /// brings nothing, flush the outputs, then pause. Answers
-    /// [`Reply::Drained`] with the number of packets processed.
+    /// brings nothing (at most [`crate::worker::DRAIN_ROUNDS`] rounds),
+    /// flush the outputs, then pause. Answers [`Reply::Drained`] with the
+    /// number of packets processed.
     Drain,
     /// The whole state of the stage named `stage` (None: stateless NF).
     ExportState { stage: String },
+    /// The whole state of stage `stage` in the compact binary encoding
+    /// (what a stop-and-copy migration sends).
+    ExportBinary { stage: String },
     /// Replace the state of stage `stage` with `state`.
     ImportState { stage: String, state: NfState },
     /// Send what leaves `output` to `to` from now on. For
@@ -101,6 +105,7 @@ impl std::fmt::Debug for Command {
             Command::Resume => f.write_str("Resume"),
             Command::Drain => f.write_str("Drain"),
             Command::ExportState { stage } => write!(f, "ExportState({stage})"),
+            Command::ExportBinary { stage } => write!(f, "ExportBinary({stage})"),
             Command::ImportState { stage, state } => {
                 write!(f, "ImportState({stage}, {} {} bytes)", state.kind, state.data.len())
             }
@@ -337,6 +342,14 @@ impl WorkerHandle {
         match self.request(Command::ExportState { stage: stage.into() }, DEFAULT_TIMEOUT)? {
             Reply::State(s) => Ok(s),
             _ => Err(ControlError::Unexpected("ExportState".into())),
+        }
+    }
+
+    /// The whole state in the binary encoding (None: stateless).
+    pub fn export_binary(&self, stage: &str) -> Result<Option<NfState>, ControlError> {
+        match self.request(Command::ExportBinary { stage: stage.into() }, DEFAULT_TIMEOUT)? {
+            Reply::State(s) => Ok(s),
+            _ => Err(ControlError::Unexpected("ExportBinary".into())),
         }
     }
 

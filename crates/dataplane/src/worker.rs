@@ -134,6 +134,9 @@ pub enum WorkerError {
 /// Receive rounds a stopping worker runs to take what waits on its inputs.
 pub const STOP_DRAIN_ROUNDS: usize = 64;
 
+/// Receive rounds a `Drain` runs at most before it pauses anyway.
+pub const DRAIN_ROUNDS: usize = 4096;
+
 /// The largest batch a worker takes.
 pub const MAX_BATCH: usize = 1024;
 
@@ -624,7 +627,10 @@ impl<'a> Worker<'a> {
             }
             Command::Drain => {
                 let mut packets = 0u64;
-                loop {
+                // Bounded: an input that never runs dry (a generator, a
+                // flood that was not redirected) must not keep the worker
+                // in this command for ever.
+                for _ in 0..DRAIN_ROUNDS {
                     let n = self.receive_round().map_err(ControlFailure::Worker)?;
                     self.flush().map_err(ControlFailure::Worker)?;
                     if n == 0 {
@@ -639,6 +645,15 @@ impl<'a> Worker<'a> {
             Command::ExportState { stage } => {
                 let i = self.stage_index(&stage).map_err(refused)?;
                 Ok(Reply::State(self.graph.get().stages()[i].nf().export_state()))
+            }
+            Command::ExportBinary { stage } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                let nf = self.graph.get().stages()[i].nf();
+                match nf.export_scoped(&braid_nf::FlowScope::All, braid_nf::Encoding::Binary) {
+                    Ok(s) => Ok(Reply::State(Some(s))),
+                    Err(braid_nf::StateError::Stateless) => Ok(Reply::State(None)),
+                    Err(source) => Err(refused(ControlError::State { stage, source })),
+                }
             }
             Command::ImportState { stage, state } => {
                 let i = self.stage_index(&stage).map_err(refused)?;
@@ -783,6 +798,9 @@ impl<'a> Worker<'a> {
                     while i < frames.len() && frames[i].0 == port {
                         batch.push(braid_packet::Packet::from_bytes(&frames[i].1));
                         i += 1;
+                    }
+                    if let Some(s) = &mut self.streaming {
+                        s.strip_markers(port, &mut batch);
                     }
                     if let Some(to) = self.ports[port].rx_to {
                         self.graph.get().push(to, &mut batch, now_ns, &mut self.tx);

@@ -335,7 +335,7 @@ impl Run<'_> {
     /// state, send it, resume (the stage no longer gets traffic).
     fn send_whole(&mut self, w: &mut Writer, sent: &mut Counts) -> Result<(), MigrateError> {
         self.handle.drain()?;
-        let state = self.handle.export_state(self.stage);
+        let state = self.handle.export_binary(self.stage);
         self.handle.resume()?;
         let state = state?.ok_or_else(|| {
             MigrateError::Stream(format!("stage `{}` keeps no state to copy", self.stage))

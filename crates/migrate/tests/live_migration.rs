@@ -550,7 +550,9 @@ fn loadbalancer_migrates_mid_trace_and_every_flow_keeps_its_backend() {
     // Maglev is deterministic, so backends match the reference exactly;
     // the state too (times aside).
     let backends = |out: &Outputs| -> BTreeMap<u32, Ipv4Addr> {
-        out.iter().map(|(_, f)| (tag(f).0, envelope::parse(f).ipv4().unwrap().tuple().dst)).collect()
+        out.iter()
+            .map(|(_, f)| (tag(f).0, envelope::parse(f).ipv4().unwrap().tuple().dst))
+            .collect()
     };
     assert_eq!(backends(&m.out), backends(&ref_out));
     let conns = |s: braid_nf::NfState| -> usize {
