@@ -24,7 +24,7 @@
 use std::sync::mpsc::{SyncSender, TrySendError};
 
 use braid_nf::statelet::dedup_keys;
-use braid_nf::{PartitionKey, Statelet};
+use braid_nf::{FlowScope, PartitionKey, Statelet};
 use braid_packet::Batch;
 
 use crate::graph::{Endpoint, Graph};
@@ -92,6 +92,10 @@ pub struct StreamOut {
     /// Stream the state (statelet migration). `false`: only watch for the
     /// markers and end (stop-and-copy moves the whole state afterwards).
     pub send_state: bool,
+    /// Which flows move ([`FlowScope::All`]: the whole instance). With a
+    /// narrower scope (a split), only those flows' state streams, and at
+    /// the end the source forgets them and keeps the rest.
+    pub scope: FlowScope,
 }
 
 impl std::fmt::Debug for StreamOut {
@@ -115,6 +119,7 @@ pub(crate) struct Streaming {
     statelets: u64,
     chunks: u64,
     send_state: bool,
+    scope: FlowScope,
 }
 
 /// Why a stream could not start.
@@ -142,6 +147,7 @@ impl Streaming {
         fs.record_changes(req.send_state);
         Ok(Streaming {
             send_state: req.send_state,
+            scope: req.scope,
             stage,
             sink: req.sink,
             chunk: req.chunk.max(1),
@@ -177,6 +183,11 @@ impl Streaming {
             return Err("the stage's NF was replaced by one without per-flow state".into());
         };
         fs.take_changes(&mut self.keys);
+        let scoped = self.scope != FlowScope::All;
+        if scoped {
+            let scope = &self.scope;
+            self.keys.retain(|k| scope.contains(k));
+        }
         let mut items = Vec::new();
         if !self.keys.is_empty() {
             dedup_keys(&mut self.keys);
@@ -186,6 +197,14 @@ impl Streaming {
         }
         while !self.snapshot_done {
             match fs.export_from(&mut self.cursor, self.chunk) {
+                Some(s) if scoped => {
+                    let keys: Vec<PartitionKey> =
+                        s.keys.into_iter().filter(|k| self.scope.contains(k)).collect();
+                    if !keys.is_empty() {
+                        items.push(StreamItem::Statelet(fs.export_flows(&keys)));
+                        self.chunks += 1;
+                    }
+                }
                 Some(s) => {
                     items.push(StreamItem::Statelet(s));
                     self.chunks += 1;
@@ -216,6 +235,7 @@ impl Streaming {
         match r {
             Ok(()) if !done => false,
             Ok(()) => {
+                self.forget_moved(graph);
                 self.thaw(graph);
                 true
             }
@@ -240,6 +260,23 @@ impl Streaming {
 
     fn watches_markers(&self) -> bool {
         self.markers_total > 0
+    }
+
+    /// After a split: the flows that moved are the destination's now; the
+    /// source drops them (a tombstone statelet installed here).
+    fn forget_moved(&mut self, graph: &mut Graph) {
+        if self.scope == FlowScope::All || !self.send_state {
+            return;
+        }
+        let Some(fs) = graph.stages_mut()[self.stage].nf_mut().flow_stream() else { return };
+        let mut keys = Vec::new();
+        fs.held_keys(&mut keys);
+        keys.retain(|k| self.scope.contains(k));
+        let mut tombstone = fs.export_flows(&[]);
+        tombstone.keys = keys;
+        // Removing held flows cannot fail on capacity or conflicts.
+        let _ = fs.install(&tombstone);
+        let _ = fs.finish_install();
     }
 
     /// Stop recording (the thaw).

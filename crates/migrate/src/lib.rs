@@ -46,6 +46,8 @@ pub enum MigrateError {
     Stream(String),
     #[error("switching the traffic failed: {0}")]
     Switch(String),
+    #[error("migration options: {0}")]
+    Options(String),
     /// Any of the above after the switch: the traffic went back to the
     /// source, with what the destination had held meanwhile.
     #[error("{cause} (rolled back: traffic is back on the source; {returned} held packets returned{})", if *.lost { ", the destination's held packets are lost" } else { "" })]

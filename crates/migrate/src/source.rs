@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use braid_dataplane::migration::{StreamItem, StreamOut};
 use braid_dataplane::WorkerHandle;
+use braid_nf::FlowScope;
 
 use crate::wire::{self, Counts, Message, Mode};
 use crate::MigrateError;
@@ -48,6 +49,10 @@ pub struct SourceOptions {
     pub io_timeout: Duration,
     /// How long after the switch every marker must have arrived.
     pub marker_timeout: Duration,
+    /// Which flows move: [`FlowScope::All`] moves the instance; a set of
+    /// keys or a hash range splits it (the source keeps the other flows;
+    /// `Switch::redirect` must move exactly these).
+    pub scope: FlowScope,
 }
 
 impl Default for SourceOptions {
@@ -60,6 +65,7 @@ impl Default for SourceOptions {
             queue: 1 << 16,
             io_timeout: Duration::from_secs(5),
             marker_timeout: Duration::from_secs(2),
+            scope: FlowScope::All,
         }
     }
 }
@@ -98,6 +104,11 @@ pub fn migrate_out(
     opts: &SourceOptions,
     switch: &mut dyn Switch,
 ) -> Result<SourceReport, MigrateError> {
+    if opts.mode == Mode::StopCopy && opts.scope != FlowScope::All {
+        return Err(MigrateError::Options(
+            "stop-and-copy moves a whole instance; split a flow set with the statelet mode".into(),
+        ));
+    }
     let mut run = Run {
         handle,
         stage,
@@ -206,6 +217,7 @@ impl Run<'_> {
             markers: opts.markers.clone(),
             id: opts.id,
             send_state: opts.mode == Mode::Statelet,
+            scope: opts.scope.clone(),
         };
         if let Err(e) = self.handle.stream_out(req) {
             return Err((e.into(), Some(w)));

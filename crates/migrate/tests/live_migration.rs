@@ -26,6 +26,7 @@ use braid_migrate::{
     migrate_in, migrate_out, DestinationOptions, MigrateError, Mode, SourceOptions, Switch,
 };
 use braid_nf::conntrack::{ConnSnapshot, SNAPSHOT_VERSION};
+use braid_nf::{FlowScope, HashRange, PartitionKey};
 use braid_packet::envelope;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::{Batch, Packet};
@@ -93,6 +94,13 @@ fn trace(flows: u32, per_flow: u32, replies: bool) -> Trace {
     t
 }
 
+/// The stable flow hash an upstream switch steers a split by (the same
+/// for both directions of a flow).
+fn flow_hash(frame: &[u8]) -> u64 {
+    let t = envelope::parse(frame).ipv4().unwrap().tuple();
+    PartitionKey::five_tuple(t).stable_hash()
+}
+
 /// (flow id with direction bit, sequence number) of an output frame.
 fn tag(frame: &[u8]) -> (u32, u32) {
     let n = frame.len();
@@ -103,7 +111,12 @@ fn tag(frame: &[u8]) -> (u32, u32) {
 
 /// What the driver asks of the host it feeds.
 enum SwitchCmd {
-    Redirect { id: u64, markers: bool },
+    /// Move the flows in `range` (None: all) to host B.
+    Redirect {
+        id: u64,
+        markers: bool,
+        range: Option<HashRange>,
+    },
     Restore,
 }
 
@@ -113,6 +126,7 @@ struct DriverSwitch {
     ack: Receiver<()>,
     send_markers: bool,
     fail: bool,
+    range: Option<HashRange>,
 }
 
 impl Switch for DriverSwitch {
@@ -120,7 +134,8 @@ impl Switch for DriverSwitch {
         if self.fail {
             return Err("the upstream switch refused the new route".into());
         }
-        self.cmd.send(SwitchCmd::Redirect { id, markers: self.send_markers }).unwrap();
+        let cmd = SwitchCmd::Redirect { id, markers: self.send_markers, range: self.range };
+        self.cmd.send(cmd).unwrap();
         self.ack.recv_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())
     }
     fn restore(&mut self) -> Result<(), String> {
@@ -181,7 +196,9 @@ fn drive(
     let mut tail_wait = None;
     let mut out = Vec::new();
     let mut switched_at = None;
-    let mut on_b = false;
+    // None: everything to A; Some(None): everything to B; Some(Some(r)):
+    // the flows whose stable hash is in r to B, the others to A.
+    let mut moved: Option<Option<HashRange>> = None;
     let mut quiet_since = Instant::now();
     let mut next = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -189,15 +206,15 @@ fn drive(
         assert!(Instant::now() < deadline, "the driver ran out of time");
         while let Ok(cmd) = cmds.try_recv() {
             match cmd {
-                SwitchCmd::Redirect { id, markers } => {
+                SwitchCmd::Redirect { id, markers, range } => {
                     if markers {
                         send_all(&mut a.client, vec![marker_frame(id)]);
                         send_all(&mut a.server, vec![marker_frame(id)]);
                     }
-                    on_b = true;
+                    moved = Some(range);
                     switched_at = Some(next);
                 }
-                SwitchCmd::Restore => on_b = false,
+                SwitchCmd::Restore => moved = None,
             }
             ack.send(()).unwrap();
         }
@@ -210,21 +227,26 @@ fn drive(
                 .min(if switched_at.is_none() && tail_wait.is_none() { tail } else { trace.len() })
                 .max(next + 1)
                 .min(trace.len());
-            let (mut client, mut server) = (Vec::new(), Vec::new());
+            // Per host (A, B) and side, the frames of this step.
+            let mut to: [[Vec<Vec<u8>>; 2]; 2] = Default::default();
             for (side, f) in &trace[next..end] {
-                if *side == 0 {
-                    client.push(f.clone())
-                } else {
-                    server.push(f.clone())
-                }
+                let host_b = match moved {
+                    None => false,
+                    Some(None) => true,
+                    Some(Some(r)) => r.contains(flow_hash(f)),
+                };
+                to[usize::from(host_b)][usize::from(*side)].push(f.clone());
             }
             next = end;
-            let h: &mut Host = match (&mut b, on_b) {
-                (Some(b), true) => b,
-                _ => &mut *a,
-            };
-            send_all(&mut h.client, client);
-            send_all(&mut h.server, server);
+            let [for_a, for_b] = to;
+            let [a_client, a_server] = for_a;
+            send_all(&mut a.client, a_client);
+            send_all(&mut a.server, a_server);
+            let [b_client, b_server] = for_b;
+            if let Some(b) = &mut b {
+                send_all(&mut b.client, b_client);
+                send_all(&mut b.server, b_server);
+            }
             std::thread::sleep(Duration::from_micros(150));
         }
         let got = match &mut b {
@@ -305,6 +327,7 @@ fn reference(kind: &str, yaml: &str, trace: &Trace) -> (Outputs, braid_nf::NfSta
 }
 
 struct Migrated {
+    dest_state_raw: braid_nf::NfState,
     out: Outputs,
     switched_at: Option<usize>,
     source_state: braid_nf::NfState,
@@ -331,6 +354,8 @@ struct Scenario {
     switch_expected: bool,
     /// How long the source waits for the markers after the switch.
     marker_timeout: Duration,
+    /// Split: only these flows move.
+    range: Option<HashRange>,
 }
 
 impl Scenario {
@@ -343,6 +368,7 @@ impl Scenario {
             cut_after: None,
             switch_expected: true,
             marker_timeout: Duration::from_secs(10),
+            range: None,
         }
     }
 }
@@ -380,6 +406,7 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
             chunk: 64,
             markers: vec![0, 1],
             marker_timeout: sc.marker_timeout,
+            scope: sc.range.map_or(FlowScope::All, FlowScope::HashRange),
             ..SourceOptions::default()
         };
         let mut switch = DriverSwitch {
@@ -387,6 +414,7 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
             ack: ack_rx,
             send_markers: sc.send_markers,
             fail: sc.fail_switch,
+            range: sc.range,
         };
         let r = migrate_out(&ah, "nf", &kind_s, conn, &opts, &mut switch);
         let d = dest.join().unwrap();
@@ -400,7 +428,15 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
     let dest_state = b.handle.export_state("nf").unwrap().unwrap();
     a.stop();
     b.stop();
-    Migrated { out, switched_at, source_state, dest_state, result, dest_result }
+    Migrated {
+        dest_state_raw: dest_state.clone(),
+        out,
+        switched_at,
+        source_state,
+        dest_state,
+        result,
+        dest_result,
+    }
 }
 
 #[test]
@@ -560,4 +596,29 @@ fn loadbalancer_migrates_mid_trace_and_every_flow_keeps_its_backend() {
         v["conns"].as_array().unwrap().len()
     };
     assert_eq!(conns(m.dest_state), conns(ref_state));
+}
+
+#[test]
+fn a_split_moves_one_hash_range_and_the_source_keeps_the_rest() {
+    let t = trace(2000, 12, true);
+    let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
+    let range = HashRange::share(1, 3);
+    let sc = Scenario { range: Some(range), ..Scenario::ok(Mode::Statelet, 100) };
+    let m = with_migration("firewall", FIREWALL, &t, sc);
+    let report = m.result.expect("the split succeeds");
+    m.dest_result.expect("the destination finishes");
+    assert!(m.switched_at.is_some_and(|at| at < t.len()), "{report:?}");
+    assert_same_flows(&m.out, &ref_out);
+    // Together the two instances hold exactly the reference's
+    // connections; the destination exactly those in the range.
+    let (src, dst) = (conns_without_times(m.source_state), conns_without_times(m.dest_state));
+    let mut both: Vec<String> = src.iter().chain(&dst).cloned().collect();
+    both.sort();
+    assert_eq!(both, conns_without_times(ref_state));
+    assert!(!dst.is_empty() && !src.is_empty());
+    let snap: ConnSnapshot = {
+        let s = m.dest_state_raw;
+        s.decode("firewall", SNAPSHOT_VERSION).unwrap()
+    };
+    assert!(snap.conns.iter().all(|c| range.contains(c.partition_key().stable_hash())));
 }

@@ -533,6 +533,12 @@ impl FlowStream for Firewall {
             .map(|_| ())
     }
 
+    fn held_keys(&self, out: &mut Vec<PartitionKey>) {
+        if let Some(t) = &self.conntrack {
+            out.extend(t.iter().map(Conn::partition_key));
+        }
+    }
+
     fn len(&self) -> usize {
         self.conntrack.as_ref().map_or(0, ConnTable::len)
     }

@@ -495,6 +495,10 @@ impl FlowStream for L2Switch {
         Ok(())
     }
 
+    fn held_keys(&self, out: &mut Vec<PartitionKey>) {
+        out.extend(self.table.keys().map(|k| PartitionKey::station(k.vlan(), k.mac())));
+    }
+
     fn len(&self) -> usize {
         self.table.len()
     }

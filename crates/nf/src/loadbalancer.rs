@@ -613,6 +613,10 @@ impl FlowStream for LoadBalancer {
         Ok(())
     }
 
+    fn held_keys(&self, out: &mut Vec<PartitionKey>) {
+        out.extend(self.conns.keys().map(|t| PartitionKey::five_tuple(*t)));
+    }
+
     fn len(&self) -> usize {
         self.conns.len()
     }

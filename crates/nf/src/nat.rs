@@ -701,6 +701,10 @@ impl FlowStream for Nat {
         Ok(())
     }
 
+    fn held_keys(&self, out: &mut Vec<PartitionKey>) {
+        out.extend(self.table.iter().map(Conn::partition_key));
+    }
+
     fn len(&self) -> usize {
         self.table.len()
     }

@@ -86,6 +86,9 @@ pub trait FlowStream {
         Ok(())
     }
 
+    /// The keys of every flow held now (one pass over the table).
+    fn held_keys(&self, out: &mut Vec<PartitionKey>);
+
     /// Number of entries held.
     fn len(&self) -> usize;
 
