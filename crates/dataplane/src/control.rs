@@ -79,6 +79,11 @@ pub enum Command {
     /// before the refused one stay installed (the migration is then
     /// abandoned and the destination's state discarded).
     Install { stage: String, statelets: Vec<Statelet> },
+    /// Live migration, destination, duplication baseline: process copies of
+    /// packets the source received, as (port, frame), through stage
+    /// `stage` as if they had arrived on those ports, output suppressed:
+    /// only their effect on the state matters.
+    Replay { stage: String, frames: Vec<(usize, Vec<u8>)> },
     /// Live migration, destination: the last statelet is in; rebuild and
     /// check derived state ([`braid_nf::FlowStream::finish_install`]).
     FinishInstall { stage: String },
@@ -121,6 +126,9 @@ impl std::fmt::Debug for Command {
                 write!(f, "Install({stage}, {} statelets)", statelets.len())
             }
             Command::FinishInstall { stage } => write!(f, "FinishInstall({stage})"),
+            Command::Replay { stage, frames } => {
+                write!(f, "Replay({stage}, {} frames)", frames.len())
+            }
             Command::Hold(on) => write!(f, "Hold({on})"),
             Command::TakeHeld => f.write_str("TakeHeld"),
             Command::Inject { frames } => write!(f, "Inject({} frames)", frames.len()),
@@ -394,6 +402,12 @@ impl WorkerHandle {
             Reply::Installed(n) => Ok(n),
             _ => Err(ControlError::Unexpected("Install".into())),
         }
+    }
+
+    /// Process copies of the source's packets through a stage, output
+    /// suppressed (duplication baseline).
+    pub fn replay(&self, stage: &str, frames: Vec<(usize, Vec<u8>)>) -> Result<(), ControlError> {
+        self.done(Command::Replay { stage: stage.into(), frames })
     }
 
     pub fn finish_install(&self, stage: &str) -> Result<(), ControlError> {

@@ -69,6 +69,8 @@ pub enum StreamItem {
     SnapshotDone { chunks: u64 },
     /// A drain marker arrived on port `port`.
     Marker { port: usize },
+    /// Duplication baseline: copies of what port `port` received.
+    Packets { port: usize, frames: Vec<Vec<u8>> },
     /// Every watched port brought its marker: nothing follows.
     End { statelets: u64, chunks: u64 },
     /// The stream stopped without an end (it could not queue); the
@@ -96,6 +98,11 @@ pub struct StreamOut {
     /// narrower scope (a split), only those flows' state streams, and at
     /// the end the source forgets them and keeps the rest.
     pub scope: FlowScope,
+    /// Duplication baseline (OpenNF): instead of statelets, copy every
+    /// packet received on the watched ports, until their markers, to the
+    /// stream (the destination re-processes them, output suppressed). The
+    /// snapshot walk still runs.
+    pub duplicate: bool,
 }
 
 impl std::fmt::Debug for StreamOut {
@@ -120,6 +127,9 @@ pub(crate) struct Streaming {
     chunks: u64,
     send_state: bool,
     scope: FlowScope,
+    duplicate: bool,
+    /// Set when a duplicate could not be queued: the next step fails.
+    broken: Option<String>,
 }
 
 /// Why a stream could not start.
@@ -131,6 +141,10 @@ pub enum StreamError {
     Busy(String),
     #[error("marker port {0} does not exist (the worker has {1})")]
     NoPort(usize, usize),
+    #[error("port {0} does not feed this stage directly: duplicated packets can only be replayed at the first stage a port leads to")]
+    NotFedBy(usize),
+    #[error("`{0}` makes random choices (NAT's external ports): re-processing its packets elsewhere would choose differently; move it with statelets or stop-and-copy")]
+    NotReplayable(String),
 }
 
 impl Streaming {
@@ -140,14 +154,20 @@ impl Streaming {
         req: StreamOut,
     ) -> Result<Streaming, StreamError> {
         let name = graph.stages()[stage].name().to_string();
+        let kind = graph.stages()[stage].spec().name;
         let fs = graph.stages_mut()[stage]
             .nf_mut()
             .flow_stream()
             .ok_or(StreamError::NotStreamable(name))?;
+        if req.duplicate && !fs.replays_deterministically() {
+            return Err(StreamError::NotReplayable(kind.to_string()));
+        }
         fs.record_changes(req.send_state);
         Ok(Streaming {
             send_state: req.send_state,
             scope: req.scope,
+            duplicate: req.duplicate,
+            broken: None,
             stage,
             sink: req.sink,
             chunk: req.chunk.max(1),
@@ -183,6 +203,13 @@ impl Streaming {
             return Err("the stage's NF was replaced by one without per-flow state".into());
         };
         fs.take_changes(&mut self.keys);
+        if self.duplicate {
+            // The packets themselves carry the changes.
+            self.keys.clear();
+        }
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
         let scoped = self.scope != FlowScope::All;
         if scoped {
             let scope = &self.scope;
@@ -283,6 +310,18 @@ impl Streaming {
     pub fn thaw(&mut self, graph: &mut Graph) {
         if let Some(fs) = graph.stages_mut()[self.stage].nf_mut().flow_stream() {
             fs.record_changes(false);
+        }
+    }
+
+    /// Duplication baseline: queue a copy of what port `port` received
+    /// (called only while its marker is awaited).
+    pub fn duplicate(&mut self, port: usize, batch: &Batch) {
+        if !self.duplicate || batch.is_empty() || !self.markers_pending.contains(&port) {
+            return;
+        }
+        let frames = batch.iter().map(|p| p.data().to_vec()).collect();
+        if let Err(e) = self.send(StreamItem::Packets { port, frames }) {
+            self.broken.get_or_insert(e);
         }
     }
 

@@ -424,6 +424,7 @@ impl<'a> Worker<'a> {
                     if let Some(s) = &mut self.streaming {
                         if !s.markers_pending.is_empty() {
                             s.strip_markers(i, &mut self.rx);
+                            s.duplicate(i, &self.rx);
                         }
                     }
                     match &mut self.held {
@@ -748,6 +749,39 @@ impl<'a> Worker<'a> {
                     })?;
                 }
                 Ok(Reply::Installed(statelets.len()))
+            }
+            Command::Replay { stage, frames } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                let n = self.ports.len();
+                let mut counters = braid_nf::Counters::default();
+                let mut batch = Batch::new();
+                let mut at = 0;
+                while at < frames.len() {
+                    let port = frames[at].0;
+                    let gate = match self.ports.get(port).and_then(|p| p.rx_to) {
+                        Some(Endpoint::Stage { stage, gate }) if stage == i => gate,
+                        _ if port >= n => {
+                            return Err(refused(ControlError::Graph(GraphError::NoPort(port, n))))
+                        }
+                        _ => {
+                            return Err(refused(ControlError::Stream {
+                                stage: stage.clone(),
+                                source: StreamError::NotFedBy(port),
+                            }))
+                        }
+                    };
+                    while at < frames.len() && frames[at].0 == port {
+                        let mut p = braid_packet::Packet::from_bytes(&frames[at].1);
+                        p.meta.in_port = gate;
+                        batch.push(p);
+                        at += 1;
+                    }
+                    let mut cx = braid_nf::Context::new(braid_nf::monotonic_ns(), &mut counters);
+                    // Output suppressed: only the state change matters.
+                    self.graph.get().stages_mut()[i].nf_mut().process(&mut batch, &mut cx);
+                    batch.clear();
+                }
+                Ok(Reply::Done)
             }
             Command::FinishInstall { stage } => {
                 let i = self.stage_index(&stage).map_err(refused)?;

@@ -42,6 +42,8 @@ pub struct DestinationReport {
     pub mode: String,
     /// Statelets (chunks and changes) installed.
     pub installed: u64,
+    /// Duplicated packets re-processed (duplication baseline).
+    pub replayed: u64,
     pub bytes: u64,
     /// Most packets held at once, and dropped because the hold was full.
     pub peak_held: u64,
@@ -68,28 +70,63 @@ pub fn migrate_in(
     let _ = conn.set_nodelay(true);
     let mut w = BufWriter::new(write_half);
     let mut r = BufReader::with_capacity(256 << 10, conn);
-    let mut run = Run { handle, stage, opts, holding: false, report: DestinationReport::default() };
+    let mut run = Run {
+        handle,
+        stage,
+        opts,
+        holding: false,
+        switched: false,
+        report: DestinationReport::default(),
+    };
     match run.go(kind, &mut r, &mut w, start) {
         Ok(()) => {
             run.report.total = start.elapsed();
             Ok(run.report)
         }
         Err(e) => {
-            // Put the stage back as it was; what it held goes back to the
-            // source (which processes it, in order, before anything newer).
+            // Put the stage back as it was.
             if let Some(state) = prior {
                 let _ = handle.import_state(stage, state);
             }
-            let held = if run.holding { handle.take_held().unwrap_or_default() } else { vec![] };
             let mut c = Counts::default();
             if !matches!(e, MigrateError::PeerAborted(_)) {
-                let _ =
-                    wire::write_message(&mut w, &Message::Abort { reason: e.to_string() }, &mut c);
+                let abort = Message::Abort { reason: e.to_string() };
+                let _ = wire::write_message(&mut w, &abort, &mut c);
+                let _ = w.flush();
+                // After the switch, wait until the source has the traffic
+                // back (its Abort says so) before handing over what is
+                // held: nothing may arrive here after that.
+                if run.switched {
+                    wait_for_abort(&mut r, opts.io_timeout);
+                }
             }
+            // What was held goes back to the source, which processes it,
+            // in order, before anything newer.
+            let held = if run.holding { handle.take_held().unwrap_or_default() } else { vec![] };
             let packets = held.into_iter().map(|(p, f)| (p as u16, f)).collect();
             let _ = wire::write_message(&mut w, &Message::Returned { packets }, &mut c);
             let _ = w.flush();
             Err(e)
+        }
+    }
+}
+
+/// Read until the peer's Abort (or an error, or `timeout`).
+fn wait_for_abort(r: &mut BufReader<TcpStream>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match wire::read_message(r, &mut Counts::default()) {
+            Ok(Message::Abort { .. }) => return,
+            Ok(_) => continue,
+            Err(wire::WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
         }
     }
 }
@@ -99,6 +136,8 @@ struct Run<'a> {
     stage: &'a str,
     opts: &'a DestinationOptions,
     holding: bool,
+    /// The source said the traffic now comes here.
+    switched: bool,
     report: DestinationReport,
 }
 
@@ -158,7 +197,14 @@ impl Run<'_> {
                     snapshot_done = true;
                     self.report.snapshot_in = start.elapsed();
                 }
-                Message::Switched => {}
+                Message::Switched => self.switched = true,
+                Message::Packets { port, frames } if mode == Mode::Duplicate => {
+                    // In stream order: what came before is installed first.
+                    self.install(&mut pending)?;
+                    self.report.replayed += frames.len() as u64;
+                    let frames = frames.into_iter().map(|f| (usize::from(port), f)).collect();
+                    self.handle.replay(self.stage, frames)?;
+                }
                 Message::Whole(state) if mode == Mode::StopCopy => {
                     self.handle.import_state(self.stage, state)?;
                     self.report.installed += 1;

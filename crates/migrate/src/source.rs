@@ -77,6 +77,8 @@ pub struct SourceReport {
     /// Snapshot chunks and change statelets sent.
     pub chunks: u64,
     pub statelets: u64,
+    /// Packets copied to the destination (duplication baseline).
+    pub duplicated: u64,
     /// Bytes and frames sent on the state link.
     pub bytes: u64,
     pub frames: u64,
@@ -216,8 +218,9 @@ impl Run<'_> {
             chunk: opts.chunk,
             markers: opts.markers.clone(),
             id: opts.id,
-            send_state: opts.mode == Mode::Statelet,
+            send_state: opts.mode != Mode::StopCopy,
             scope: opts.scope.clone(),
+            duplicate: opts.mode == Mode::Duplicate,
         };
         if let Err(e) = self.handle.stream_out(req) {
             return Err((e.into(), Some(w)));
@@ -295,6 +298,11 @@ impl Run<'_> {
                     w.flush().map_err(wire::WireError::Io)?;
                 }
                 Ok(StreamItem::Marker { .. }) => {}
+                Ok(StreamItem::Packets { port, frames }) => {
+                    self.report.duplicated += frames.len() as u64;
+                    let m = Message::Packets { port: port as u16, frames };
+                    wire::write_message(w, &m, sent)?;
+                }
                 Ok(StreamItem::End { statelets, chunks }) => {
                     self.streaming = false;
                     self.report.statelets = statelets;

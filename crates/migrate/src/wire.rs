@@ -30,6 +30,10 @@ pub enum Mode {
     Statelet,
     /// Pause the source, copy its whole state, switch, resume.
     StopCopy,
+    /// OpenNF-style baseline: the snapshot walk, then every packet the
+    /// source receives copied whole to the destination, which re-processes
+    /// it with output suppressed.
+    Duplicate,
 }
 
 impl std::fmt::Display for Mode {
@@ -37,6 +41,7 @@ impl std::fmt::Display for Mode {
         f.write_str(match self {
             Mode::Statelet => "statelet",
             Mode::StopCopy => "stop-copy",
+            Mode::Duplicate => "duplicate",
         })
     }
 }
@@ -47,7 +52,10 @@ impl std::str::FromStr for Mode {
         match s {
             "statelet" => Ok(Mode::Statelet),
             "stop-copy" => Ok(Mode::StopCopy),
-            other => Err(format!("migration mode `{other}`: expected statelet or stop-copy")),
+            "duplicate" => Ok(Mode::Duplicate),
+            other => {
+                Err(format!("migration mode `{other}`: expected statelet, duplicate or stop-copy"))
+            }
         }
     }
 }
@@ -66,6 +74,9 @@ pub enum Message {
     Statelet(Statelet),
     /// The table walk is complete.
     SnapshotDone { chunks: u64 },
+    /// Duplication baseline: copies of what the source received on `port`,
+    /// in order with the statelets.
+    Packets { port: u16, frames: Vec<Vec<u8>> },
     /// Destination → source: the snapshot is in and the backlog is small:
     /// redirect the traffic and send the drain markers.
     SwitchRequest { installed: u64 },
@@ -95,6 +106,7 @@ impl Message {
             Message::Refuse { .. } => "Refuse",
             Message::Statelet(_) => "Statelet",
             Message::SnapshotDone { .. } => "SnapshotDone",
+            Message::Packets { .. } => "Packets",
             Message::SwitchRequest { .. } => "SwitchRequest",
             Message::Switched => "Switched",
             Message::End { .. } => "End",

@@ -622,3 +622,22 @@ fn a_split_moves_one_hash_range_and_the_source_keeps_the_rest() {
     };
     assert!(snap.conns.iter().all(|c| range.contains(c.partition_key().stable_hash())));
 }
+
+#[test]
+fn the_duplication_baseline_is_correct_for_a_deterministic_nf_and_refuses_nat() {
+    let t = trace(2000, 12, true);
+    let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
+    let m = with_migration("firewall", FIREWALL, &t, Scenario::ok(Mode::Duplicate, 100));
+    let report = m.result.expect("the migration succeeds");
+    let dest = m.dest_result.expect("the destination finishes");
+    assert!(report.duplicated > 0 && dest.replayed == report.duplicated, "{report:?} {dest:?}");
+    assert_eq!(report.statelets, 0, "duplication sends packets, not statelets");
+    assert_same_flows(&m.out, &ref_out);
+    assert_eq!(conns_without_times(m.dest_state), conns_without_times(ref_state));
+
+    let t = trace(100, 4, false);
+    let sc = Scenario { switch_expected: false, ..Scenario::ok(Mode::Duplicate, 10) };
+    let m = with_migration("nat", NAT, &t, sc);
+    let e = m.result.unwrap_err();
+    assert!(e.to_string().contains("random choices"), "{e}");
+}

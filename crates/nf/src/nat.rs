@@ -705,6 +705,10 @@ impl FlowStream for Nat {
         out.extend(self.table.iter().map(Conn::partition_key));
     }
 
+    fn replays_deterministically(&self) -> bool {
+        false
+    }
+
     fn len(&self) -> usize {
         self.table.len()
     }

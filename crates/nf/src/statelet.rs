@@ -86,6 +86,13 @@ pub trait FlowStream {
         Ok(())
     }
 
+    /// True if processing the same packets from the same state gives the
+    /// same state on another instance (what the duplication baseline
+    /// relies on). NAT picks external ports at random: false.
+    fn replays_deterministically(&self) -> bool {
+        true
+    }
+
     /// The keys of every flow held now (one pass over the table).
     fn held_keys(&self, out: &mut Vec<PartitionKey>);
 
