@@ -1,9 +1,11 @@
-//! What streaming a NAT's state costs the running dataplane: the source
-//! worker's packet rate, in 100 ms windows, before a migration and while
-//! its 100,000 mappings stream to a destination over TCP (snapshot walk,
-//! then statelets of every flow the traffic touches), side by side in one
-//! run, several rounds; and, for comparison, how long stop-and-copy keeps
-//! the same worker paused (drain, export the whole state, import).
+//! What a live migration costs the running dataplane, per mode, side by
+//! side in one run: a NAT and a firewall (connection tracking) with
+//! 100,000 flows each, every packet touching one, migrated over TCP
+//! loopback to a fresh worker, modes interleaved round by round. Reported:
+//! the source worker's packet rate in 100 ms windows before and while the
+//! state streams (snapshot walk, statelets or duplicated packets), the
+//! time to the switch, the outage (arrivals held at the destination from
+//! the switch to Done), bytes sent, statelets, chunks, duplicated packets.
 //!
 //! `cargo bench -p braid-migrate --bench freeze` (results in
 //! docs/migration.md). The traffic comes from a generator inside the
@@ -26,10 +28,12 @@ use braid_migrate::{
 const FLOWS: u32 = 100_000;
 const NAT: &str =
     "external_ip: 203.0.113.1\ninternal: [10.0.0.0/8]\nmax_flows: 200000\nports: 1024-65535";
+const FIREWALL: &str = "default: allow\nmax_flows: 200000";
 
-fn nat_worker(name: &str, with_traffic: bool) -> WorkerHandle {
-    let nf = braid_nf::build("nat", &serde_yaml_ng::from_str(NAT).unwrap()).unwrap();
-    let graph = Graph::chain(vec![("nat".to_string(), nf)], 2, 0, 1).unwrap();
+fn nf_worker(kind: &str, name: &str, with_traffic: bool) -> WorkerHandle {
+    let yaml = if kind == "nat" { NAT } else { FIREWALL };
+    let nf = braid_nf::build(kind, &serde_yaml_ng::from_str(yaml).unwrap()).unwrap();
+    let graph = Graph::chain(vec![("nf".to_string(), nf)], 2, 0, 1).unwrap();
     let entries = [graph.entry(0, 1), graph.entry(1, 0)];
     let (mut w, handle) = Worker::new(WorkerConfig::new(name), graph).unwrap();
     if with_traffic {
@@ -78,14 +82,19 @@ impl Switch for PauseAndMark {
 /// with the source's rate in 100 ms windows while the state streams
 /// (windows that end after the switch are left out). Returns (report,
 /// rates during, ms from start to the switch).
-fn migrate_once(src: &WorkerHandle, round: u64, mode: Mode) -> (SourceReport, Vec<f64>, f64) {
-    let dst = nat_worker(&format!("bench-dst{round}"), false);
+fn migrate_once(
+    kind: &'static str,
+    src: &WorkerHandle,
+    round: u64,
+    mode: Mode,
+) -> (SourceReport, Vec<f64>, f64) {
+    let dst = nf_worker(kind, &format!("bench-dst{round}"), false);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let dst_h = dst.clone();
     let dest = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
-        migrate_in(&dst_h, "nat", "nat", conn, &DestinationOptions::default())
+        migrate_in(&dst_h, "nf", kind, conn, &DestinationOptions::default())
     });
     let at = Arc::new(Mutex::new(None));
     let mut switch = PauseAndMark { src: src.clone(), at: at.clone() };
@@ -94,7 +103,7 @@ fn migrate_once(src: &WorkerHandle, round: u64, mode: Mode) -> (SourceReport, Ve
     let mig = std::thread::spawn(move || {
         let conn = TcpStream::connect(addr).unwrap();
         let opts = SourceOptions { id: round, mode, markers: vec![0], ..SourceOptions::default() };
-        migrate_out(&src_h, "nat", "nat", conn, &opts, &mut switch)
+        migrate_out(&src_h, "nf", kind, conn, &opts, &mut switch)
     });
     let mut during = Vec::new();
     while !mig.is_finished() {
@@ -115,20 +124,29 @@ fn migrate_once(src: &WorkerHandle, round: u64, mode: Mode) -> (SourceReport, Ve
 }
 
 fn main() {
-    let src = nat_worker("bench-src", true);
+    for (kind, modes) in [
+        ("nat", &[Mode::Statelet, Mode::StopCopy][..]),
+        ("firewall", &[Mode::Statelet, Mode::Duplicate, Mode::StopCopy][..]),
+    ] {
+        run(kind, modes);
+    }
+}
+
+fn run(kind: &'static str, modes: &[Mode]) {
+    let src = nf_worker(kind, &format!("bench-src-{kind}"), true);
     let learned = || src.snapshot().stages[0].counters.packets_in;
     let t = Instant::now();
     while learned() < 3 * u64::from(FLOWS) {
         assert!(t.elapsed() < Duration::from_secs(120), "the source does not run");
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("{FLOWS} NAT mappings; source rate in 100 ms windows; 5 rounds, modes interleaved");
+    println!("\n{kind}: {FLOWS} flows; source rate in 100 ms windows; modes interleaved");
     println!(
-        "round  mode       before Mpps  during Mpps  ratio  to switch ms  outage ms  total ms  state MB  statelets  chunks"
+        "round  mode       before Mpps  during Mpps  ratio  to switch ms  outage ms  total ms  sent MB  statelets  chunks  duplicated"
     );
-    let mut ratios = Vec::new();
-    for round in 0..10u64 {
-        let mode = if round % 2 == 0 { Mode::Statelet } else { Mode::StopCopy };
+    let mut ratios: Vec<(Mode, f64)> = Vec::new();
+    for round in 0..(5 * modes.len() as u64) {
+        let mode = modes[round as usize % modes.len()];
         let mut before: Vec<f64> = (0..8)
             .map(|_| {
                 let (a, t) = (rx(&src), Instant::now());
@@ -136,17 +154,17 @@ fn main() {
                 (rx(&src) - a) as f64 / t.elapsed().as_secs_f64()
             })
             .collect();
-        let (r, mut during, switch_ms) = migrate_once(&src, round, mode);
+        let (r, mut during, switch_ms) = migrate_once(kind, &src, round, mode);
         let b = median(&mut before);
         let d = if during.is_empty() { f64::NAN } else { median(&mut during) };
-        if mode == Mode::Statelet && d.is_finite() {
-            ratios.push(d / b);
+        if d.is_finite() {
+            ratios.push((mode, d / b));
         }
         // The outage: from the switch (arrivals held at the destination)
         // to Done (held packets processed).
         let outage_ms = r.total.as_secs_f64() * 1e3 - switch_ms;
         println!(
-            "{round:>5}  {:<9}  {:>11.3}  {:>11.3}  {:>5.3}  {:>12.1}  {:>9.1}  {:>8.1}  {:>8.2}  {:>9}  {:>6}",
+            "{round:>5}  {:<9}  {:>11.3}  {:>11.3}  {:>5.3}  {:>12.1}  {:>9.1}  {:>8.1}  {:>7.2}  {:>9}  {:>6}  {:>10}",
             mode.to_string(),
             b / 1e6,
             d / 1e6,
@@ -157,10 +175,14 @@ fn main() {
             r.bytes as f64 / 1e6,
             r.statelets,
             r.chunks,
+            r.duplicated,
         );
     }
-    if !ratios.is_empty() {
-        println!("median ratio (statelet streaming / before): {:.3}", median(&mut ratios));
+    for m in modes {
+        let mut v: Vec<f64> = ratios.iter().filter(|(x, _)| x == m).map(|(_, r)| *r).collect();
+        if !v.is_empty() {
+            println!("{kind} {m}: median rate during streaming / before = {:.3}", median(&mut v));
+        }
     }
     src.stop().unwrap();
 }
