@@ -21,7 +21,11 @@
 //! statelets between batches; releasing the hold processes what was held
 //! first, in order.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use braid_nf::statelet::dedup_keys;
 use braid_nf::{FlowScope, PartitionKey, Statelet};
@@ -98,6 +102,13 @@ pub struct StreamOut {
     /// narrower scope (a split), only those flows' state streams, and at
     /// the end the source forgets them and keeps the rest.
     pub scope: FlowScope,
+    /// Share of the worker's time (0.01 to 1) the stream may take while
+    /// traffic flows; the rest waits (see `Streaming::emit`). The walk
+    /// runs at full speed on idle turns.
+    pub budget: f64,
+    /// The number of changed flows not yet sent, kept up to date by the
+    /// worker, for the controller to pick the moment of the switch.
+    pub backlog: Arc<AtomicUsize>,
     /// Duplication baseline (OpenNF): instead of statelets, copy every
     /// packet received on the watched ports, until their markers, to the
     /// stream (the destination re-processes them, output suppressed). The
@@ -122,7 +133,11 @@ pub(crate) struct Streaming {
     pub markers_pending: Vec<usize>,
     markers_total: usize,
     pub id: u64,
+    /// Scratch for the NF's change record.
     keys: Vec<PartitionKey>,
+    /// Flows changed and not yet sent, each once (a flow changed again
+    /// before it is sent is sent once, with its latest state).
+    pending: HashSet<PartitionKey>,
     statelets: u64,
     chunks: u64,
     send_state: bool,
@@ -130,6 +145,14 @@ pub(crate) struct Streaming {
     duplicate: bool,
     /// Set when a duplicate could not be queued: the next step fails.
     broken: Option<String>,
+    /// Share of the worker's time the stream may take while traffic flows.
+    budget: f64,
+    started: Instant,
+    /// Time spent exporting and queueing so far.
+    spent: Duration,
+    /// Flows waiting to be sent, published for the migration's controller
+    /// (it switches when this is small).
+    backlog: Arc<AtomicUsize>,
 }
 
 /// Why a stream could not start.
@@ -177,8 +200,13 @@ impl Streaming {
             markers_pending: req.markers,
             id: req.id,
             keys: Vec::new(),
+            pending: HashSet::new(),
             statelets: 0,
             chunks: 0,
+            budget: req.budget.clamp(0.01, 1.0),
+            started: Instant::now(),
+            spent: Duration::ZERO,
+            backlog: req.backlog,
         })
     }
 
@@ -193,12 +221,20 @@ impl Streaming {
         }
     }
 
-    /// Queue the changes since the last step and, unless the walk is
-    /// done, its next chunk (all of the rest when `finish`).
+    /// Queue changed flows and walk chunks, within the CPU budget (all
+    /// that is left when `finish`). Keys changed are always collected
+    /// from the NF (cheap); what is sent waits while the stream is over
+    /// its share of the worker's time: sending later is correct (a
+    /// statelet carries the state when it is made) and coalesces repeated
+    /// changes of a flow into one.
     fn emit(&mut self, graph: &mut Graph, finish: bool) -> Result<(), String> {
         if !self.send_state {
             return Ok(());
         }
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
+        let t0 = Instant::now();
         let Some(fs) = graph.stages_mut()[self.stage].nf_mut().flow_stream() else {
             return Err("the stage's NF was replaced by one without per-flow state".into());
         };
@@ -207,22 +243,38 @@ impl Streaming {
             // The packets themselves carry the changes.
             self.keys.clear();
         }
-        if let Some(e) = self.broken.take() {
-            return Err(e);
-        }
         let scoped = self.scope != FlowScope::All;
-        if scoped {
-            let scope = &self.scope;
-            self.keys.retain(|k| scope.contains(k));
+        for k in self.keys.drain(..) {
+            if !scoped || self.scope.contains(&k) {
+                self.pending.insert(k);
+            }
         }
+        let over_budget = || {
+            let elapsed = self.started.elapsed().as_secs_f64();
+            self.spent.as_secs_f64() > self.budget * elapsed
+        };
         let mut items = Vec::new();
-        if !self.keys.is_empty() {
-            dedup_keys(&mut self.keys);
-            items.push(StreamItem::Statelet(fs.export_flows(&self.keys)));
-            self.keys.clear();
+        // Changed flows first (they are what keeps the destination close),
+        // a slice at a time.
+        while !self.pending.is_empty() && (finish || (items.is_empty() && !over_budget())) {
+            let slice: Vec<PartitionKey> = match finish {
+                true => self.pending.drain().collect(),
+                false => {
+                    let take: Vec<PartitionKey> =
+                        self.pending.iter().take(self.chunk).copied().collect();
+                    for k in &take {
+                        self.pending.remove(k);
+                    }
+                    take
+                }
+            };
+            let mut slice = slice;
+            dedup_keys(&mut slice);
+            items.push(StreamItem::Statelet(fs.export_flows(&slice)));
             self.statelets += 1;
         }
-        while !self.snapshot_done {
+        // Then the walk.
+        while !self.snapshot_done && (finish || !over_budget()) {
             match fs.export_from(&mut self.cursor, self.chunk) {
                 Some(s) if scoped => {
                     let keys: Vec<PartitionKey> =
@@ -248,6 +300,8 @@ impl Streaming {
         for item in items {
             self.send(item)?;
         }
+        self.backlog.store(self.pending.len(), Ordering::Relaxed);
+        self.spent += t0.elapsed();
         Ok(())
     }
 
@@ -274,10 +328,22 @@ impl Streaming {
         }
     }
 
-    /// True while the snapshot walk has chunks left: the worker keeps
-    /// turning (one chunk per turn) instead of sleeping.
+    /// True while the snapshot walk has chunks left or changed flows wait:
+    /// the worker keeps turning instead of sleeping.
     pub fn walking(&self) -> bool {
-        self.send_state && !self.snapshot_done
+        self.send_state && (!self.snapshot_done || !self.pending.is_empty())
+    }
+
+    /// An idle turn: no traffic to protect, so the budget does not apply
+    /// to this step (its time is not counted either).
+    pub fn idle_step(&mut self, graph: &mut Graph) -> bool {
+        let spent = self.spent;
+        let budget = self.budget;
+        self.budget = 1.0;
+        let done = self.step(graph);
+        self.budget = budget;
+        self.spent = spent;
+        done
     }
 
     fn markers_seen_all(&self) -> bool {

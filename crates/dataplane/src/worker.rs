@@ -383,8 +383,13 @@ impl<'a> Worker<'a> {
                 }
             }
             if moved == 0 && self.streaming.as_ref().is_some_and(Streaming::walking) {
-                // A snapshot walk in progress is work: a chunk per turn.
-                self.stream_step();
+                // A snapshot walk in progress is work: on an idle turn it
+                // goes on at full speed.
+                if let Some(s) = &mut self.streaming {
+                    if s.idle_step(self.graph.get()) {
+                        self.streaming = None;
+                    }
+                }
                 continue;
             }
             if moved == 0 {

@@ -10,7 +10,9 @@
 
 use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use braid_dataplane::migration::{StreamItem, StreamOut};
@@ -53,6 +55,14 @@ pub struct SourceOptions {
     /// keys or a hash range splits it (the source keeps the other flows;
     /// `Switch::redirect` must move exactly these).
     pub scope: FlowScope,
+    /// Share of the source worker's time the state stream may take while
+    /// traffic flows (see `braid_dataplane::migration`).
+    pub budget: f64,
+    /// Switch once fewer changed flows than this wait to be sent (SliM:
+    /// when the statelet backlog is small) ...
+    pub switch_backlog: usize,
+    /// ... or once the destination has waited this long for it anyway.
+    pub switch_wait: Duration,
 }
 
 impl Default for SourceOptions {
@@ -66,6 +76,9 @@ impl Default for SourceOptions {
             io_timeout: Duration::from_secs(5),
             marker_timeout: Duration::from_secs(2),
             scope: FlowScope::All,
+            budget: 0.1,
+            switch_backlog: 1024,
+            switch_wait: Duration::from_secs(2),
         }
     }
 }
@@ -79,6 +92,8 @@ pub struct SourceReport {
     pub statelets: u64,
     /// Packets copied to the destination (duplication baseline).
     pub duplicated: u64,
+    /// Changed flows not yet sent when the traffic was switched.
+    pub backlog_at_switch: u64,
     /// Bytes and frames sent on the state link.
     pub bytes: u64,
     pub frames: u64,
@@ -121,6 +136,7 @@ pub fn migrate_out(
         start: Instant::now(),
         report: SourceReport { mode: opts.mode.to_string(), ..SourceReport::default() },
         from_peer: None,
+        backlog: Arc::new(AtomicUsize::new(0)),
     };
     match run.go(kind, conn) {
         Ok(()) => {
@@ -141,6 +157,8 @@ struct Run<'a> {
     start: Instant,
     report: SourceReport,
     from_peer: Option<FromPeer>,
+    /// Changed flows the worker has not sent yet.
+    backlog: Arc<AtomicUsize>,
 }
 
 type Writer = BufWriter<TcpStream>;
@@ -221,6 +239,8 @@ impl Run<'_> {
             send_state: opts.mode != Mode::StopCopy,
             scope: opts.scope.clone(),
             duplicate: opts.mode == Mode::Duplicate,
+            budget: opts.budget,
+            backlog: self.backlog.clone(),
         };
         if let Err(e) = self.handle.stream_out(req) {
             return Err((e.into(), Some(w)));
@@ -242,18 +262,29 @@ impl Run<'_> {
     ) -> Result<(), MigrateError> {
         let opts = self.opts;
         let mut switched_at: Option<Instant> = None;
+        let mut asked_at: Option<Instant> = None;
         let mut ended_at: Option<Instant> = None;
         loop {
+            // The destination is ready: switch once the changed flows
+            // waiting here are few (what is left to send after the switch
+            // is the outage), or once it has waited long enough.
+            if let (Some(asked), None) = (asked_at, switched_at) {
+                let backlog = self.backlog.load(Ordering::Relaxed);
+                if backlog < opts.switch_backlog || asked.elapsed() >= opts.switch_wait {
+                    self.report.until_switch = self.start.elapsed();
+                    self.report.backlog_at_switch = backlog as u64;
+                    w.flush().map_err(wire::WireError::Io)?;
+                    self.switch.redirect(opts.id).map_err(MigrateError::Switch)?;
+                    self.switched = true;
+                    switched_at = Some(Instant::now());
+                    wire::write_message(w, &Message::Switched, sent)?;
+                }
+            }
             // The destination's messages first.
             loop {
                 match from_peer.try_recv() {
-                    Ok(Ok(Message::SwitchRequest { .. })) if switched_at.is_none() => {
-                        self.report.until_switch = self.start.elapsed();
-                        w.flush().map_err(wire::WireError::Io)?;
-                        self.switch.redirect(opts.id).map_err(MigrateError::Switch)?;
-                        self.switched = true;
-                        switched_at = Some(Instant::now());
-                        wire::write_message(w, &Message::Switched, sent)?;
+                    Ok(Ok(Message::SwitchRequest { .. })) if asked_at.is_none() => {
+                        asked_at = Some(Instant::now());
                     }
                     Ok(Ok(Message::Done { installed, peak_held, dropped_held })) => {
                         if ended_at.is_none() {
@@ -351,10 +382,11 @@ impl Run<'_> {
         }
     }
 
-    /// Stop-and-copy: every old path is drained; pause, export the whole
-    /// state, send it, resume (the stage no longer gets traffic).
+    /// Stop-and-copy: every old path brought its marker, so nothing more
+    /// comes: pause, export the whole state, send it, resume (the stage no
+    /// longer gets traffic).
     fn send_whole(&mut self, w: &mut Writer, sent: &mut Counts) -> Result<(), MigrateError> {
-        self.handle.drain()?;
+        self.handle.pause()?;
         let state = self.handle.export_binary(self.stage);
         self.handle.resume()?;
         let state = state?.ok_or_else(|| {
