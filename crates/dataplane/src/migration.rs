@@ -21,7 +21,6 @@
 //! statelets between batches; releasing the hold processes what was held
 //! first, in order.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
@@ -133,11 +132,8 @@ pub(crate) struct Streaming {
     pub markers_pending: Vec<usize>,
     markers_total: usize,
     pub id: u64,
-    /// Scratch for the NF's change record.
-    keys: Vec<PartitionKey>,
-    /// Flows changed and not yet sent, each once (a flow changed again
-    /// before it is sent is sent once, with its latest state).
-    pending: HashSet<PartitionKey>,
+    /// Flows taken from the NF's change record and not yet sent.
+    pending: Vec<PartitionKey>,
     statelets: u64,
     chunks: u64,
     send_state: bool,
@@ -199,8 +195,7 @@ impl Streaming {
             markers_total: req.markers.len(),
             markers_pending: req.markers,
             id: req.id,
-            keys: Vec::new(),
-            pending: HashSet::new(),
+            pending: Vec::new(),
             statelets: 0,
             chunks: 0,
             budget: req.budget.clamp(0.01, 1.0),
@@ -222,11 +217,11 @@ impl Streaming {
     }
 
     /// Queue changed flows and walk chunks, within the CPU budget (all
-    /// that is left when `finish`). Keys changed are always collected
-    /// from the NF (cheap); what is sent waits while the stream is over
-    /// its share of the worker's time: sending later is correct (a
-    /// statelet carries the state when it is made) and coalesces repeated
-    /// changes of a flow into one.
+    /// that is left when `finish`). Over budget, nothing is done: the
+    /// changes stay recorded in the NF's table, each changed flow once
+    /// however often it changes, and are sent later, with their state as
+    /// it is then (still correct: a statelet carries the state when it is
+    /// made).
     fn emit(&mut self, graph: &mut Graph, finish: bool) -> Result<(), String> {
         if !self.send_state {
             return Ok(());
@@ -234,47 +229,43 @@ impl Streaming {
         if let Some(e) = self.broken.take() {
             return Err(e);
         }
+        let over_budget = |spent: Duration| {
+            spent.as_secs_f64() > self.budget * self.started.elapsed().as_secs_f64()
+        };
+        if !finish && over_budget(self.spent) {
+            return Ok(());
+        }
         let t0 = Instant::now();
         let Some(fs) = graph.stages_mut()[self.stage].nf_mut().flow_stream() else {
             return Err("the stage's NF was replaced by one without per-flow state".into());
         };
-        fs.take_changes(&mut self.keys);
-        if self.duplicate {
-            // The packets themselves carry the changes.
-            self.keys.clear();
-        }
         let scoped = self.scope != FlowScope::All;
-        for k in self.keys.drain(..) {
-            if !scoped || self.scope.contains(&k) {
-                self.pending.insert(k);
+        if self.pending.is_empty() || finish {
+            fs.take_changes(&mut self.pending);
+            if self.duplicate {
+                // The packets themselves carry the changes.
+                self.pending.clear();
+            }
+            if scoped {
+                let scope = &self.scope;
+                self.pending.retain(|k| scope.contains(k));
             }
         }
-        let over_budget = || {
-            let elapsed = self.started.elapsed().as_secs_f64();
-            self.spent.as_secs_f64() > self.budget * elapsed
-        };
         let mut items = Vec::new();
-        // Changed flows first (they are what keeps the destination close),
-        // a slice at a time.
-        while !self.pending.is_empty() && (finish || (items.is_empty() && !over_budget())) {
-            let slice: Vec<PartitionKey> = match finish {
-                true => self.pending.drain().collect(),
-                false => {
-                    let take: Vec<PartitionKey> =
-                        self.pending.iter().take(self.chunk).copied().collect();
-                    for k in &take {
-                        self.pending.remove(k);
-                    }
-                    take
-                }
-            };
-            let mut slice = slice;
+        // Changed flows first (they keep the destination close), a slice
+        // per turn, all of them at the end.
+        while !self.pending.is_empty() {
+            let n = if finish { self.pending.len() } else { self.chunk.min(self.pending.len()) };
+            let mut slice = self.pending.split_off(self.pending.len() - n);
             dedup_keys(&mut slice);
             items.push(StreamItem::Statelet(fs.export_flows(&slice)));
             self.statelets += 1;
+            if !finish {
+                break;
+            }
         }
         // Then the walk.
-        while !self.snapshot_done && (finish || !over_budget()) {
+        while !self.snapshot_done && (finish || !over_budget(self.spent + t0.elapsed())) {
             match fs.export_from(&mut self.cursor, self.chunk) {
                 Some(s) if scoped => {
                     let keys: Vec<PartitionKey> =
@@ -297,10 +288,10 @@ impl Streaming {
                 break;
             }
         }
+        self.backlog.store(self.pending.len() + fs.changes_waiting(), Ordering::Relaxed);
         for item in items {
             self.send(item)?;
         }
-        self.backlog.store(self.pending.len(), Ordering::Relaxed);
         self.spent += t0.elapsed();
         Ok(())
     }

@@ -102,7 +102,14 @@ fn migrate_once(
     let started = Instant::now();
     let mig = std::thread::spawn(move || {
         let conn = TcpStream::connect(addr).unwrap();
-        let opts = SourceOptions { id: round, mode, markers: vec![0], ..SourceOptions::default() };
+        let budget = std::env::var("BRAID_BENCH_BUDGET").ok().and_then(|b| b.parse().ok());
+        let opts = SourceOptions {
+            id: round,
+            mode,
+            markers: vec![0],
+            budget: budget.unwrap_or(SourceOptions::default().budget),
+            ..SourceOptions::default()
+        };
         migrate_out(&src_h, "nf", kind, conn, &opts, &mut switch)
     });
     let mut during = Vec::new();

@@ -369,9 +369,56 @@ pub struct ConnTable {
     sweep_cursor: usize,
     /// While a migration streams this table: the flows whose connection
     /// was created, touched or removed since the last
-    /// [`ConnTable::take_changes`] (SliM's announce). `None` otherwise, so
-    /// the cost when off is one branch per insert, hit and removal.
-    changes: Option<Vec<PartitionKey>>,
+    /// [`ConnTable::take_changes`] (SliM's announce), each once. Off, the
+    /// cost is one branch per insert, hit and removal.
+    changes: ChangeLog,
+}
+
+/// The change record of a [`ConnTable`]: a dirty bit per slot, so a flow
+/// changed many times is recorded once until it is taken (no hashing on
+/// the packet path), and the (slot, flow) pairs recorded.
+#[derive(Debug, Default)]
+struct ChangeLog {
+    on: bool,
+    dirty: Vec<u64>,
+    log: Vec<(u32, PartitionKey)>,
+}
+
+impl ChangeLog {
+    #[inline]
+    fn is_dirty(&self, slot: u32) -> bool {
+        self.dirty.get(slot as usize / 64).is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+
+    #[inline]
+    fn set_dirty(&mut self, slot: u32, on: bool) {
+        let w = slot as usize / 64;
+        if w >= self.dirty.len() {
+            self.dirty.resize(w + 1, 0);
+        }
+        match on {
+            true => self.dirty[w] |= 1 << (slot % 64),
+            false => self.dirty[w] &= !(1 << (slot % 64)),
+        }
+    }
+
+    /// The connection in `slot` (flow `key`) changed.
+    #[inline]
+    fn note(&mut self, slot: u32, key: impl FnOnce() -> PartitionKey) {
+        if !self.is_dirty(slot) {
+            self.set_dirty(slot, true);
+            self.log.push((slot, key()));
+        }
+    }
+
+    /// The connection in `slot` (flow `key`) was removed: recorded (once),
+    /// and the slot is clean for whatever flow takes it next.
+    fn removed(&mut self, slot: u32, key: PartitionKey) {
+        if !self.is_dirty(slot) {
+            self.log.push((slot, key));
+        }
+        self.set_dirty(slot, false);
+    }
 }
 
 impl ConnTable {
@@ -385,7 +432,7 @@ impl ConnTable {
             live: 0,
             max,
             sweep_cursor: 0,
-            changes: None,
+            changes: ChangeLog::default(),
         }
     }
 
@@ -468,8 +515,8 @@ impl ConnTable {
             Some(c) if c.expired(now, t) => Lookup::Expired(self.remove(slot)),
             Some(c) => {
                 // A hit is followed by a touch: the connection changes.
-                if let Some(log) = &mut self.changes {
-                    log.push(c.partition_key());
+                if self.changes.on {
+                    self.changes.note(slot, || c.partition_key());
                 }
                 Lookup::Hit { slot, reply: v & 1 == 1 }
             }
@@ -508,8 +555,8 @@ impl ConnTable {
         self.index.insert(orig, slot << 1);
         self.index.insert(reply, (slot << 1) | 1);
         self.live += 1;
-        if let Some(log) = &mut self.changes {
-            log.push(PartitionKey::five_tuple(orig.into()));
+        if self.changes.on {
+            self.changes.note(slot, || PartitionKey::five_tuple(orig.into()));
         }
         Ok(slot)
     }
@@ -521,8 +568,8 @@ impl ConnTable {
         self.index.remove(&conn.reply);
         self.free.push(slot);
         self.live -= 1;
-        if let Some(log) = &mut self.changes {
-            log.push(conn.partition_key());
+        if self.changes.on {
+            self.changes.removed(slot, conn.partition_key());
         }
         conn
     }
@@ -582,15 +629,21 @@ impl ConnTable {
 impl ConnTable {
     /// Start recording changed flows (`true`) or stop and forget them.
     pub fn record_changes(&mut self, on: bool) {
-        self.changes = if on { Some(Vec::new()) } else { None };
+        self.changes = ChangeLog { on, ..ChangeLog::default() };
     }
 
-    /// Move the flows changed since the last call into `out` (a flow may
-    /// appear more than once).
+    /// Move the flows changed since the last call into `out`, each once.
     pub fn take_changes(&mut self, out: &mut Vec<PartitionKey>) {
-        if let Some(log) = &mut self.changes {
-            out.append(log);
+        let log = std::mem::take(&mut self.changes.log);
+        for (slot, key) in log {
+            self.changes.set_dirty(slot, false);
+            out.push(key);
         }
+    }
+
+    /// Number of flows recorded as changed and not yet taken.
+    pub fn changes_waiting(&self) -> usize {
+        self.changes.log.len()
     }
 
     /// The slot of the connection that is the state of flow `key`.
@@ -813,9 +866,10 @@ impl ConnSnapshot {
         fits: impl Fn(&Conn) -> Result<(), String>,
     ) -> Result<(Vec<Conn>, Vec<Conn>), StateError> {
         let snap = ConnSnapshot::decode(&s.state, kind)?;
+        let named = s.key_set();
         for (i, c) in snap.conns.iter().enumerate() {
             fits(c).map_err(|e| StateError::Corrupt(format!("statelet entry {i}: {e}")))?;
-            if !s.keys.contains(&c.partition_key()) {
+            if !named.contains(&c.partition_key()) {
                 return Err(StateError::Corrupt(format!(
                     "statelet entry {i} ({:?}) is not one of the flows it names",
                     c.orig

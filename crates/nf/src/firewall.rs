@@ -509,6 +509,10 @@ impl FlowStream for Firewall {
         }
     }
 
+    fn changes_waiting(&self) -> usize {
+        self.conntrack.as_ref().map_or(0, ConnTable::changes_waiting)
+    }
+
     fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Statelet> {
         let conns = self.conntrack.as_ref()?.export_from(cursor, max)?;
         let keys = conns.iter().map(Conn::partition_key).collect();

@@ -445,6 +445,10 @@ impl FlowStream for L2Switch {
         self.stream.take(out, |k| PartitionKey::station(k.vlan(), k.mac()));
     }
 
+    fn changes_waiting(&self) -> usize {
+        self.stream.waiting()
+    }
+
     fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Statelet> {
         let keys = self.stream.walk(cursor, max)?;
         let keys: Vec<PartitionKey> =
@@ -469,8 +473,8 @@ impl FlowStream for L2Switch {
     fn install(&mut self, statelet: &Statelet) -> Result<(), StateError> {
         let s: SwitchState = statelet.state.decode(SPEC.name, STATE_VERSION)?;
         self.check_entries(&s.entries)?;
-        let named =
-            |e: &LearnedEntry| statelet.keys.contains(&PartitionKey::station(e.vlan, e.mac));
+        let key_set = statelet.key_set();
+        let named = |e: &LearnedEntry| key_set.contains(&PartitionKey::station(e.vlan, e.mac));
         if let Some(e) = s.entries.iter().find(|e| !named(e)) {
             return Err(StateError::Corrupt(format!(
                 "statelet entry VLAN {} MAC {:02x?} is not one of the stations it names",

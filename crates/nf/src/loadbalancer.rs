@@ -553,6 +553,10 @@ impl FlowStream for LoadBalancer {
         self.stream.take(out, PartitionKey::five_tuple);
     }
 
+    fn changes_waiting(&self) -> usize {
+        self.stream.waiting()
+    }
+
     fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Statelet> {
         let keys = self.stream.walk(cursor, max)?;
         let keys: Vec<PartitionKey> = keys.iter().map(|t| PartitionKey::five_tuple(*t)).collect();
@@ -583,8 +587,8 @@ impl FlowStream for LoadBalancer {
     fn install(&mut self, statelet: &Statelet) -> Result<(), StateError> {
         let s = self.decode_for_this_vip(&statelet.state)?;
         self.check_backends(&s.conns).map_err(StateError::Corrupt)?;
-        let named =
-            |c: &ConnEntry| statelet.keys.contains(&PartitionKey::five_tuple(self.tuple_of(c)));
+        let key_set = statelet.key_set();
+        let named = |c: &ConnEntry| key_set.contains(&PartitionKey::five_tuple(self.tuple_of(c)));
         if let Some(c) = s.conns.iter().find(|c| !named(c)) {
             return Err(StateError::Corrupt(format!(
                 "statelet connection from {}:{} is not one of the flows it names",

@@ -666,6 +666,10 @@ impl FlowStream for Nat {
         self.table.take_changes(out);
     }
 
+    fn changes_waiting(&self) -> usize {
+        self.table.changes_waiting()
+    }
+
     fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Statelet> {
         let conns = self.table.export_from(cursor, max)?;
         let keys = conns.iter().map(Conn::partition_key).collect();

@@ -35,6 +35,9 @@
 //! installing never reads a clock, it makes the destination's NF clock
 //! continue from the source's ([`crate::conntrack::StateClock`]).
 
+use std::collections::HashSet;
+use std::hash::Hash;
+
 use crate::{NfState, PartitionKey, StateError};
 
 /// The state of some flows of an NF at one moment: after installing it the
@@ -50,6 +53,14 @@ pub struct Statelet {
     pub state: NfState,
 }
 
+impl Statelet {
+    /// The set of flows this statelet names, to check its entries against
+    /// in O(1) each.
+    pub fn key_set(&self) -> HashSet<PartitionKey> {
+        self.keys.iter().copied().collect()
+    }
+}
+
 /// Per-flow state that can be streamed while the NF keeps processing (see
 /// the module documentation). NFs with per-flow state implement it and
 /// return it from [`crate::NetworkFunction::flow_stream`]. All calls are
@@ -59,9 +70,14 @@ pub trait FlowStream {
     /// record (`false`, the thaw). Can be repeated.
     fn record_changes(&mut self, on: bool);
 
-    /// Move the flows recorded since the last call into `out` (a flow may
-    /// appear more than once).
+    /// Move the flows recorded since the last call into `out`, each once.
+    /// Recording costs O(1) per change and holds each changed flow once,
+    /// so leaving changes untaken for a while is cheap and bounded by the
+    /// table size.
     fn take_changes(&mut self, out: &mut Vec<PartitionKey>);
+
+    /// Number of flows recorded and not yet taken.
+    fn changes_waiting(&self) -> usize;
 
     /// Up to `max` entries from position `*cursor` on, advancing the
     /// cursor; `None` once the cursor is past the end. Positions stay
@@ -112,7 +128,7 @@ pub trait FlowStream {
 /// entries added after the freeze are in the change record anyway.
 #[derive(Debug)]
 pub struct MapStream<K> {
-    changes: Option<Vec<K>>,
+    changes: Option<HashSet<K>>,
     walk: Vec<K>,
 }
 
@@ -122,13 +138,13 @@ impl<K> Default for MapStream<K> {
     }
 }
 
-impl<K: Copy> MapStream<K> {
+impl<K: Copy + Eq + Hash> MapStream<K> {
     /// Start recording (`keys`: those held now, for the walk), or stop
     /// and forget (`None`).
     pub fn set(&mut self, keys: Option<Vec<K>>) {
         match keys {
             Some(k) => {
-                self.changes = Some(Vec::new());
+                self.changes = Some(HashSet::new());
                 self.walk = k;
             }
             None => {
@@ -142,15 +158,20 @@ impl<K: Copy> MapStream<K> {
     #[inline]
     pub fn note(&mut self, key: K) {
         if let Some(log) = &mut self.changes {
-            log.push(key);
+            log.insert(key);
         }
     }
 
     /// Move the recorded keys, converted, into `out`.
     pub fn take(&mut self, out: &mut Vec<PartitionKey>, to_key: impl Fn(K) -> PartitionKey) {
         if let Some(log) = &mut self.changes {
-            out.extend(log.drain(..).map(to_key));
+            out.extend(log.drain().map(to_key));
         }
+    }
+
+    /// Number of keys recorded and not yet taken.
+    pub fn waiting(&self) -> usize {
+        self.changes.as_ref().map_or(0, HashSet::len)
     }
 
     /// The next at most `max` keys of the walk from `*cursor`; `None` once
