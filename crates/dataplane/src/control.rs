@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use braid_io::Port;
-use braid_nf::{NfState, Params, StateError};
+use braid_nf::{NfState, Params, StateError, Statelet};
 
 use crate::graph::{Endpoint, GraphError};
+use crate::migration::StreamOut;
 use crate::telemetry::{WorkerSnapshot, WorkerTelemetry};
 
 /// Which output is rerouted.
@@ -41,11 +42,15 @@ pub enum Command {
     /// Receive again.
     Resume,
     /// Receive and process everything waiting on the inputs until a round
-    /// brings nothing, flush the outputs, then pause. Answers
-    /// [`Reply::Drained`] with the number of packets processed.
+    /// brings nothing (at most [`crate::worker::DRAIN_ROUNDS`] rounds),
+    /// flush the outputs, then pause. Answers [`Reply::Drained`] with the
+    /// number of packets processed.
     Drain,
     /// The whole state of the stage named `stage` (None: stateless NF).
     ExportState { stage: String },
+    /// The whole state of stage `stage` in the compact binary encoding
+    /// (what a stop-and-copy migration sends).
+    ExportBinary { stage: String },
     /// Replace the state of stage `stage` with `state`.
     ImportState { stage: String, state: NfState },
     /// Send what leaves `output` to `to` from now on. For
@@ -63,6 +68,38 @@ pub enum Command {
     /// rounds), answer, then give the NFs a last tick, flush and leave the
     /// loop; the worker's `run` returns.
     Stop,
+    /// Live migration, source: start streaming a stage's per-flow state
+    /// while it keeps processing (see [`crate::migration`]).
+    StreamOut(StreamOut),
+    /// Live migration, source: stop the stream of stage `stage` (the
+    /// rollback's thaw); the stage keeps its state and keeps running.
+    StreamStop { stage: String },
+    /// Live migration, destination: install statelets into stage `stage`,
+    /// in order. Answers [`Reply::Installed`]. On error the statelets
+    /// before the refused one stay installed (the migration is then
+    /// abandoned and the destination's state discarded).
+    Install { stage: String, statelets: Vec<Statelet> },
+    /// Live migration, destination, duplication baseline: process copies of
+    /// packets the source received, as (port, frame), through stage
+    /// `stage` as if they had arrived on those ports, output suppressed:
+    /// only their effect on the state matters.
+    Replay { stage: String, frames: Vec<(usize, Vec<u8>)> },
+    /// Live migration, destination: the last statelet is in; rebuild and
+    /// check derived state ([`braid_nf::FlowStream::finish_install`]).
+    FinishInstall { stage: String },
+    /// Live migration, destination: `true` keeps what arrives, in order,
+    /// instead of processing it; `false` processes what was kept, then
+    /// goes on as usual. Answers [`Reply::Held`].
+    Hold(bool),
+    /// Live migration, destination (rollback, once the traffic is back on
+    /// the source): receive what still waits on the inputs into the hold,
+    /// stop holding and hand everything held over, as (port, frame) in
+    /// arrival order, so the source can process it. Answers
+    /// [`Reply::Frames`].
+    TakeHeld,
+    /// Live migration, source (rollback): process `frames` as if each had
+    /// just arrived on its port, in order.
+    Inject { frames: Vec<(usize, Vec<u8>)> },
 }
 
 impl std::fmt::Debug for Command {
@@ -73,6 +110,7 @@ impl std::fmt::Debug for Command {
             Command::Resume => f.write_str("Resume"),
             Command::Drain => f.write_str("Drain"),
             Command::ExportState { stage } => write!(f, "ExportState({stage})"),
+            Command::ExportBinary { stage } => write!(f, "ExportBinary({stage})"),
             Command::ImportState { stage, state } => {
                 write!(f, "ImportState({stage}, {} {} bytes)", state.kind, state.data.len())
             }
@@ -82,6 +120,18 @@ impl std::fmt::Debug for Command {
             Command::AddPort { port, rx_to } => write!(f, "AddPort({}, {rx_to:?})", port.name()),
             Command::Reconfigure { stage, .. } => write!(f, "Reconfigure({stage})"),
             Command::Stop => f.write_str("Stop"),
+            Command::StreamOut(s) => write!(f, "{s:?}"),
+            Command::StreamStop { stage } => write!(f, "StreamStop({stage})"),
+            Command::Install { stage, statelets } => {
+                write!(f, "Install({stage}, {} statelets)", statelets.len())
+            }
+            Command::FinishInstall { stage } => write!(f, "FinishInstall({stage})"),
+            Command::Replay { stage, frames } => {
+                write!(f, "Replay({stage}, {} frames)", frames.len())
+            }
+            Command::Hold(on) => write!(f, "Hold({on})"),
+            Command::TakeHeld => f.write_str("TakeHeld"),
+            Command::Inject { frames } => write!(f, "Inject({} frames)", frames.len()),
         }
     }
 }
@@ -91,9 +141,22 @@ impl std::fmt::Debug for Command {
 pub enum Reply {
     Done,
     Counters(WorkerSnapshot),
-    Drained { packets: u64 },
+    Drained {
+        packets: u64,
+    },
     State(Option<NfState>),
     Port(usize),
+    /// Statelets installed.
+    Installed(usize),
+    /// After [`Command::Hold`]: packets held now (0 after a release), the
+    /// most held at once, and arrivals dropped because the hold was full.
+    Held {
+        held: usize,
+        peak: usize,
+        dropped: u64,
+    },
+    /// (port, frame) pairs.
+    Frames(Vec<(usize, Vec<u8>)>),
 }
 
 /// Why a command was refused or got no answer. Nothing changed.
@@ -121,6 +184,12 @@ pub enum ControlError {
         kind: &'static str,
         #[source]
         source: StateError,
+    },
+    #[error("stage `{stage}`: {source}")]
+    Stream {
+        stage: String,
+        #[source]
+        source: crate::migration::StreamError,
     },
     #[error("worker `{0}` has stopped")]
     Gone(String),
@@ -284,6 +353,14 @@ impl WorkerHandle {
         }
     }
 
+    /// The whole state in the binary encoding (None: stateless).
+    pub fn export_binary(&self, stage: &str) -> Result<Option<NfState>, ControlError> {
+        match self.request(Command::ExportBinary { stage: stage.into() }, DEFAULT_TIMEOUT)? {
+            Reply::State(s) => Ok(s),
+            _ => Err(ControlError::Unexpected("ExportBinary".into())),
+        }
+    }
+
     pub fn import_state(&self, stage: &str, state: NfState) -> Result<(), ControlError> {
         self.done(Command::ImportState { stage: stage.into(), state })
     }
@@ -305,6 +382,60 @@ impl WorkerHandle {
 
     pub fn reconfigure(&self, stage: &str, params: Params) -> Result<(), ControlError> {
         self.done(Command::Reconfigure { stage: stage.into(), params })
+    }
+
+    /// Start streaming a stage's state (live migration, source).
+    pub fn stream_out(&self, req: StreamOut) -> Result<(), ControlError> {
+        self.done(Command::StreamOut(req))
+    }
+
+    /// Stop a stage's stream; it keeps running with its state.
+    pub fn stream_stop(&self, stage: &str) -> Result<(), ControlError> {
+        self.done(Command::StreamStop { stage: stage.into() })
+    }
+
+    /// Install statelets into a stage, in order (live migration,
+    /// destination).
+    pub fn install(&self, stage: &str, statelets: Vec<Statelet>) -> Result<usize, ControlError> {
+        let cmd = Command::Install { stage: stage.into(), statelets };
+        match self.request(cmd, DEFAULT_TIMEOUT)? {
+            Reply::Installed(n) => Ok(n),
+            _ => Err(ControlError::Unexpected("Install".into())),
+        }
+    }
+
+    /// Process copies of the source's packets through a stage, output
+    /// suppressed (duplication baseline).
+    pub fn replay(&self, stage: &str, frames: Vec<(usize, Vec<u8>)>) -> Result<(), ControlError> {
+        self.done(Command::Replay { stage: stage.into(), frames })
+    }
+
+    pub fn finish_install(&self, stage: &str) -> Result<(), ControlError> {
+        self.done(Command::FinishInstall { stage: stage.into() })
+    }
+
+    /// Hold arrivals (`true`) or process what was held and go on
+    /// (`false`). Returns (held now, peak held, dropped).
+    pub fn hold(&self, on: bool) -> Result<(usize, usize, u64), ControlError> {
+        match self.request(Command::Hold(on), DEFAULT_TIMEOUT)? {
+            Reply::Held { held, peak, dropped } => Ok((held, peak, dropped)),
+            _ => Err(ControlError::Unexpected("Hold".into())),
+        }
+    }
+
+    /// Stop holding and take what was held, as (port, frame) in arrival
+    /// order (a rolled-back destination).
+    pub fn take_held(&self) -> Result<Vec<(usize, Vec<u8>)>, ControlError> {
+        match self.request(Command::TakeHeld, DEFAULT_TIMEOUT)? {
+            Reply::Frames(f) => Ok(f),
+            _ => Err(ControlError::Unexpected("TakeHeld".into())),
+        }
+    }
+
+    /// Process `frames` as if each had arrived on its port (a rolled-back
+    /// source taking back what the destination held).
+    pub fn inject(&self, frames: Vec<(usize, Vec<u8>)>) -> Result<(), ControlError> {
+        self.done(Command::Inject { frames })
     }
 
     /// Ask the worker to stop; `Ok` also if it already has.

@@ -11,6 +11,9 @@
 //!   the worker thread and read anywhere without locks.
 //! - [`sched`]: CPU affinity and scheduling policy of a worker thread.
 //! - [`heartbeat`]: beats to a supervising process.
+//! - [`migration`]: live migration on a running worker: streaming a
+//!   stage's state out, holding arrivals and installing state, drain
+//!   markers.
 //! - [`os`]: a thread's OS counters (CPU time, run-queue wait, context
 //!   switches, migrations, page faults), sampled by every worker as its
 //!   loop starts and ends.
@@ -27,6 +30,7 @@ pub const TELEMETRY: bool = cfg!(feature = "telemetry");
 pub mod control;
 pub mod graph;
 pub mod heartbeat;
+pub mod migration;
 #[allow(unsafe_code)] // getrusage(RUSAGE_THREAD)
 pub mod os;
 pub mod sched;

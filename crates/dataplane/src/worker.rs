@@ -22,6 +22,7 @@ use crate::control::{
 };
 use crate::graph::{Endpoint, Graph, GraphError};
 use crate::heartbeat::Heartbeat;
+use crate::migration::{Held, StreamError, Streaming};
 use crate::sched::{Sched, SchedError};
 use crate::telemetry::{LoopStats, PortTelemetry, WorkerSnapshot, WorkerTelemetry};
 
@@ -133,6 +134,9 @@ pub enum WorkerError {
 /// Receive rounds a stopping worker runs to take what waits on its inputs.
 pub const STOP_DRAIN_ROUNDS: usize = 64;
 
+/// Receive rounds a `Drain` runs at most before it pauses anyway.
+pub const DRAIN_ROUNDS: usize = 4096;
+
 /// The largest batch a worker takes.
 pub const MAX_BATCH: usize = 1024;
 
@@ -205,6 +209,12 @@ pub struct Worker<'a> {
     looped: LoopStats,
     idle_backoff: Duration,
     disconnects: u64,
+    /// Live migration, source: the stage streaming its state out.
+    streaming: Option<Streaming>,
+    /// Live migration, destination: arrivals kept until the state is in.
+    held: Option<Held>,
+    /// Of the last hold: most packets held at once, arrivals dropped.
+    held_last: (usize, u64),
 }
 
 /// What the loop does after a control command.
@@ -250,6 +260,9 @@ impl<'a> Worker<'a> {
             looped: LoopStats::default(),
             idle_backoff: Duration::ZERO,
             disconnects: 0,
+            streaming: None,
+            held: None,
+            held_last: (0, 0),
         };
         Ok((w, handle))
     }
@@ -358,6 +371,7 @@ impl<'a> Worker<'a> {
             if moved > 0 {
                 self.flush()?;
                 self.idle_backoff = Duration::ZERO;
+                self.stream_step();
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -367,6 +381,16 @@ impl<'a> Worker<'a> {
                 if self.stop_requested() || self.cfg.deadline.is_some_and(|d| now >= d) {
                     return Ok(());
                 }
+            }
+            if moved == 0 && self.streaming.as_ref().is_some_and(Streaming::walking) {
+                // A snapshot walk in progress is work: on an idle turn it
+                // goes on at full speed.
+                if let Some(s) = &mut self.streaming {
+                    if s.idle_step(self.graph.get()) {
+                        self.streaming = None;
+                    }
+                }
+                continue;
             }
             if moved == 0 {
                 self.looped.idle_turns += 1;
@@ -402,7 +426,16 @@ impl<'a> Worker<'a> {
                 }
                 Ok(n) => {
                     moved += n;
-                    self.graph.get().push(to, &mut self.rx, now_ns, &mut self.tx);
+                    if let Some(s) = &mut self.streaming {
+                        if !s.markers_pending.is_empty() {
+                            s.strip_markers(i, &mut self.rx);
+                            s.duplicate(i, &self.rx);
+                        }
+                    }
+                    match &mut self.held {
+                        Some(h) => h.keep(i, to, &mut self.rx),
+                        None => self.graph.get().push(to, &mut self.rx, now_ns, &mut self.tx),
+                    }
                 }
                 Err(PortError::Disconnected(_)) => self.disconnects += 1,
                 Err(source) => {
@@ -459,9 +492,33 @@ impl<'a> Worker<'a> {
             || self.cfg.stop_signal.is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
+    /// Live migration, source: queue what changed and the next chunk;
+    /// drop the stream once it is over.
+    fn stream_step(&mut self) {
+        if let Some(s) = &mut self.streaming {
+            if s.step(self.graph.get()) {
+                self.streaming = None;
+            }
+        }
+    }
+
+    /// Live migration, destination: process what was held, in arrival
+    /// order, then go on as usual.
+    fn release_held(&mut self) -> Result<(), WorkerError> {
+        let Some(held) = self.held.take() else { return Ok(()) };
+        self.held_last = (held.peak, held.dropped);
+        for (_, to, mut batch) in held.batches {
+            let now_ns = braid_nf::monotonic_ns();
+            self.graph.get().push(to, &mut batch, now_ns, &mut self.tx);
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     fn tick(&mut self) {
         self.looped.ticks += 1;
         self.graph.get().tick(braid_nf::monotonic_ns(), &mut self.tx);
+        self.stream_step();
         if let Some(h) = &mut self.cfg.heartbeat {
             h.beat();
         }
@@ -576,7 +633,10 @@ impl<'a> Worker<'a> {
             }
             Command::Drain => {
                 let mut packets = 0u64;
-                loop {
+                // Bounded: an input that never runs dry (a generator, a
+                // flood that was not redirected) must not keep the worker
+                // in this command for ever.
+                for _ in 0..DRAIN_ROUNDS {
                     let n = self.receive_round().map_err(ControlFailure::Worker)?;
                     self.flush().map_err(ControlFailure::Worker)?;
                     if n == 0 {
@@ -591,6 +651,15 @@ impl<'a> Worker<'a> {
             Command::ExportState { stage } => {
                 let i = self.stage_index(&stage).map_err(refused)?;
                 Ok(Reply::State(self.graph.get().stages()[i].nf().export_state()))
+            }
+            Command::ExportBinary { stage } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                let nf = self.graph.get().stages()[i].nf();
+                match nf.export_scoped(&braid_nf::FlowScope::All, braid_nf::Encoding::Binary) {
+                    Ok(s) => Ok(Reply::State(Some(s))),
+                    Err(braid_nf::StateError::Stateless) => Ok(Reply::State(None)),
+                    Err(source) => Err(refused(ControlError::State { stage, source })),
+                }
             }
             Command::ImportState { stage, state } => {
                 let i = self.stage_index(&stage).map_err(refused)?;
@@ -647,7 +716,141 @@ impl<'a> Worker<'a> {
                 g.stages_mut()[i].replace_nf(fresh).map_err(|e| refused(ControlError::Graph(e)))?;
                 Ok(Reply::Done)
             }
+            Command::StreamOut(req) => {
+                let i = self.stage_index(&req.stage).map_err(refused)?;
+                let stage = req.stage.clone();
+                let stream_err =
+                    |source| refused(ControlError::Stream { stage: stage.clone(), source });
+                if self.streaming.is_some() {
+                    return Err(stream_err(StreamError::Busy(stage.clone())));
+                }
+                if let Some(&p) = req.markers.iter().find(|&&p| p >= self.ports.len()) {
+                    return Err(stream_err(StreamError::NoPort(p, self.ports.len())));
+                }
+                let s = Streaming::start(self.graph.get(), i, req).map_err(stream_err)?;
+                self.streaming = Some(s);
+                Ok(Reply::Done)
+            }
+            Command::StreamStop { stage } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                if let Some(mut s) = self.streaming.take_if(|s| s.stage == i) {
+                    s.thaw(self.graph.get());
+                }
+                Ok(Reply::Done)
+            }
+            Command::Install { stage, statelets } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                let nf = self.graph.get().stages_mut()[i].nf_mut();
+                let name = stage.clone();
+                let fs = nf.flow_stream().ok_or_else(|| {
+                    refused(ControlError::Stream {
+                        stage: name.clone(),
+                        source: StreamError::NotStreamable(name.clone()),
+                    })
+                })?;
+                for s in &statelets {
+                    fs.install(s).map_err(|source| {
+                        refused(ControlError::State { stage: stage.clone(), source })
+                    })?;
+                }
+                Ok(Reply::Installed(statelets.len()))
+            }
+            Command::Replay { stage, frames } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                let n = self.ports.len();
+                let mut counters = braid_nf::Counters::default();
+                let mut batch = Batch::new();
+                let mut at = 0;
+                while at < frames.len() {
+                    let port = frames[at].0;
+                    let gate = match self.ports.get(port).and_then(|p| p.rx_to) {
+                        Some(Endpoint::Stage { stage, gate }) if stage == i => gate,
+                        _ if port >= n => {
+                            return Err(refused(ControlError::Graph(GraphError::NoPort(port, n))))
+                        }
+                        _ => {
+                            return Err(refused(ControlError::Stream {
+                                stage: stage.clone(),
+                                source: StreamError::NotFedBy(port),
+                            }))
+                        }
+                    };
+                    while at < frames.len() && frames[at].0 == port {
+                        let mut p = braid_packet::Packet::from_bytes(&frames[at].1);
+                        p.meta.in_port = gate;
+                        batch.push(p);
+                        at += 1;
+                    }
+                    let mut cx = braid_nf::Context::new(braid_nf::monotonic_ns(), &mut counters);
+                    // Output suppressed: only the state change matters.
+                    self.graph.get().stages_mut()[i].nf_mut().process(&mut batch, &mut cx);
+                    batch.clear();
+                }
+                Ok(Reply::Done)
+            }
+            Command::FinishInstall { stage } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                let nf = self.graph.get().stages_mut()[i].nf_mut();
+                if let Some(fs) = nf.flow_stream() {
+                    fs.finish_install()
+                        .map_err(|source| refused(ControlError::State { stage, source }))?;
+                }
+                Ok(Reply::Done)
+            }
+            Command::Hold(on) => {
+                if on {
+                    self.held.get_or_insert_with(Held::default);
+                } else {
+                    self.release_held().map_err(ControlFailure::Worker)?;
+                }
+                let (held, peak, dropped) = match &self.held {
+                    Some(h) => (h.packets, h.peak, h.dropped),
+                    None => (0, self.held_last.0, self.held_last.1),
+                };
+                Ok(Reply::Held { held, peak, dropped })
+            }
+            Command::TakeHeld => {
+                // What already waits on the inputs was sent before the
+                // traffic went back: it is held (and handed over) too.
+                if self.held.is_some() {
+                    for _ in 0..STOP_DRAIN_ROUNDS {
+                        if self.receive_round().map_err(ControlFailure::Worker)? == 0 {
+                            break;
+                        }
+                    }
+                }
+                let h = self.held.take().unwrap_or_default();
+                self.held_last = (h.peak, h.dropped);
+                Ok(Reply::Frames(h.frames()))
+            }
+            Command::Inject { frames } => {
+                let n = self.ports.len();
+                if let Some((p, _)) = frames.iter().find(|(p, _)| *p >= n) {
+                    return Err(refused(ControlError::Graph(GraphError::NoPort(*p, n))));
+                }
+                let now_ns = braid_nf::monotonic_ns();
+                // Consecutive frames of one port go through as one batch.
+                let mut i = 0;
+                while i < frames.len() {
+                    let port = frames[i].0;
+                    let mut batch = Batch::new();
+                    while i < frames.len() && frames[i].0 == port {
+                        batch.push(braid_packet::Packet::from_bytes(&frames[i].1));
+                        i += 1;
+                    }
+                    if let Some(s) = &mut self.streaming {
+                        s.strip_markers(port, &mut batch);
+                    }
+                    if let Some(to) = self.ports[port].rx_to {
+                        self.graph.get().push(to, &mut batch, now_ns, &mut self.tx);
+                        self.flush().map_err(ControlFailure::Worker)?;
+                    }
+                }
+                Ok(Reply::Done)
+            }
             Command::Stop => {
+                // What a destination held is processed, not lost.
+                self.release_held().map_err(ControlFailure::Worker)?;
                 // Take what is already waiting on the inputs (bounded: a
                 // live input may never run dry).
                 for _ in 0..STOP_DRAIN_ROUNDS {

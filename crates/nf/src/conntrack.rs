@@ -26,6 +26,7 @@ use braid_packet::wire::icmpv4::msg_type;
 
 use braid_packet::{Batch, Packet};
 
+use crate::statelet::Statelet;
 use crate::{Context, DropReason, Encoding, FlowScope, NfState, PartitionKey, StateError};
 
 // The protocol numbers, TCP flags and ICMP types the stateful NFs test,
@@ -531,6 +532,58 @@ pub struct ConnTable {
     live: usize,
     max: usize,
     sweep_cursor: usize,
+    /// While a migration streams this table: the flows whose connection
+    /// was created, touched or removed since the last
+    /// [`ConnTable::take_changes`] (SliM's announce), each once. Off, the
+    /// cost is one branch per insert, hit and removal.
+    changes: ChangeLog,
+}
+
+/// The change record of a [`ConnTable`]: a dirty bit per slot, so a flow
+/// changed many times is recorded once until it is taken (no hashing on
+/// the packet path), and the (slot, flow) pairs recorded.
+#[derive(Debug, Default)]
+struct ChangeLog {
+    on: bool,
+    dirty: Vec<u64>,
+    log: Vec<(u32, PartitionKey)>,
+}
+
+impl ChangeLog {
+    #[inline]
+    fn is_dirty(&self, slot: u32) -> bool {
+        self.dirty.get(slot as usize / 64).is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+
+    #[inline]
+    fn set_dirty(&mut self, slot: u32, on: bool) {
+        let w = slot as usize / 64;
+        if w >= self.dirty.len() {
+            self.dirty.resize(w + 1, 0);
+        }
+        match on {
+            true => self.dirty[w] |= 1 << (slot % 64),
+            false => self.dirty[w] &= !(1 << (slot % 64)),
+        }
+    }
+
+    /// The connection in `slot` (flow `key`) changed.
+    #[inline]
+    fn note(&mut self, slot: u32, key: impl FnOnce() -> PartitionKey) {
+        if !self.is_dirty(slot) {
+            self.set_dirty(slot, true);
+            self.log.push((slot, key()));
+        }
+    }
+
+    /// The connection in `slot` (flow `key`) was removed: recorded (once),
+    /// and the slot is clean for whatever flow takes it next.
+    fn removed(&mut self, slot: u32, key: PartitionKey) {
+        if !self.is_dirty(slot) {
+            self.log.push((slot, key));
+        }
+        self.set_dirty(slot, false);
+    }
 }
 
 impl ConnTable {
@@ -544,6 +597,7 @@ impl ConnTable {
             live: 0,
             max,
             sweep_cursor: 0,
+            changes: ChangeLog::default(),
         }
     }
 
@@ -624,7 +678,14 @@ impl ConnTable {
         let slot = v >> 1;
         match &self.slots[slot as usize] {
             Some(c) if c.expired(now, t) => Lookup::Expired(self.remove(slot)),
-            _ => Lookup::Hit { slot, reply: v & 1 == 1 },
+            Some(c) => {
+                // A hit is followed by a touch: the connection changes.
+                if self.changes.on {
+                    self.changes.note(slot, || c.partition_key());
+                }
+                Lookup::Hit { slot, reply: v & 1 == 1 }
+            }
+            None => Lookup::Miss,
         }
     }
 
@@ -659,6 +720,9 @@ impl ConnTable {
         self.index.insert(orig, slot << 1);
         self.index.insert(reply, (slot << 1) | 1);
         self.live += 1;
+        if self.changes.on {
+            self.changes.note(slot, || PartitionKey::five_tuple(orig.into()));
+        }
         Ok(slot)
     }
 
@@ -677,6 +741,9 @@ impl ConnTable {
         self.index.remove(&conn.reply);
         self.free.push(slot);
         self.live -= 1;
+        if self.changes.on {
+            self.changes.removed(slot, conn.partition_key());
+        }
         conn
     }
 
@@ -719,14 +786,83 @@ impl ConnTable {
     pub fn from_conns(conns: &[Conn], max: usize) -> Result<ConnTable, String> {
         let mut t = ConnTable::new(max);
         for (i, c) in conns.iter().enumerate() {
-            let slot = t
-                .insert(c.orig, c.reply, c.last_seen)
-                .map_err(|e| format!("connection {i} ({:?}): {e:?}", c.orig))?;
-            if let Some(x) = t.get_mut(slot) {
-                x.flags = c.flags;
-            }
+            t.insert_conn(c).map_err(|e| format!("connection {i} ({:?}): {e:?}", c.orig))?;
         }
         Ok(t)
+    }
+}
+
+/// Streaming a live table (see [`crate::statelet`]): a change log, a
+/// cursor over slots and replacement by flow key, each O(1) per entry.
+impl ConnTable {
+    /// Start recording changed flows (`true`) or stop and forget them.
+    pub fn record_changes(&mut self, on: bool) {
+        self.changes = ChangeLog { on, ..ChangeLog::default() };
+    }
+
+    /// Move the flows changed since the last call into `out`, each once.
+    pub fn take_changes(&mut self, out: &mut Vec<PartitionKey>) {
+        let log = std::mem::take(&mut self.changes.log);
+        for (slot, key) in log {
+            self.changes.set_dirty(slot, false);
+            out.push(key);
+        }
+    }
+
+    /// Number of flows recorded as changed and not yet taken.
+    pub fn changes_waiting(&self) -> usize {
+        self.changes.log.len()
+    }
+
+    /// The slot of the connection that is the state of flow `key`.
+    pub fn slot_of(&self, key: &PartitionKey) -> Option<u32> {
+        let (lo, hi, proto) = key.flow_endpoints()?;
+        for (a, b) in [(lo, hi), (hi, lo)] {
+            let k = FlowKey { src: a.0, dst: b.0, src_port: a.1, dst_port: b.1, proto };
+            if let Some(v) = self.index.get(&k, self.hash(&k)) {
+                if v & 1 == 0 && matches!(&self.slots[(v >> 1) as usize], Some(c) if c.orig == k) {
+                    return Some(v >> 1);
+                }
+            }
+        }
+        None
+    }
+
+    /// Up to `max` connections from slot `*cursor` on, advancing the
+    /// cursor past them; `None` once the cursor is past the last slot.
+    /// Slots do not move, so a cursor stays valid while the table changes
+    /// (what changes behind it is in the change log).
+    pub fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Vec<Conn>> {
+        if *cursor >= self.slots.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(max.min(self.live));
+        while *cursor < self.slots.len() && out.len() < max {
+            if let Some(c) = &self.slots[*cursor] {
+                out.push(*c);
+            }
+            *cursor += 1;
+        }
+        Some(out)
+    }
+
+    /// The connections of the flows `keys` that are held.
+    pub fn conns_of(&self, keys: &[PartitionKey]) -> Vec<Conn> {
+        keys.iter().filter_map(|k| self.slot_of(k)).filter_map(|s| self.slots[s as usize]).collect()
+    }
+
+    /// Remove the connection of flow `key`, if held, and return it.
+    pub fn remove_flow(&mut self, key: &PartitionKey) -> Option<Conn> {
+        self.slot_of(key).map(|s| self.remove(s))
+    }
+
+    /// Hold `conn` exactly as given (times and flags).
+    pub fn insert_conn(&mut self, conn: &Conn) -> Result<u32, InsertError> {
+        let slot = self.insert(conn.orig, conn.reply, conn.last_seen)?;
+        if let Some(x) = self.get_mut(slot) {
+            x.flags = conn.flags;
+        }
+        Ok(slot)
     }
 }
 
@@ -863,6 +999,81 @@ impl ConnSnapshot {
             c
         }));
         MergedConns { conns, adopt_clock: None }
+    }
+}
+
+impl ConnSnapshot {
+    /// A [`Statelet`] of NF `kind` setting flows `keys` to `conns`, at
+    /// NF-local time `clock.last()`.
+    pub fn statelet(
+        kind: &str,
+        clock: &StateClock,
+        keys: Vec<PartitionKey>,
+        conns: Vec<Conn>,
+    ) -> Statelet {
+        let state = NfState::encode_as(
+            Encoding::Binary,
+            kind,
+            SNAPSHOT_VERSION,
+            &ConnSnapshot { clock: clock.last(), conns },
+        );
+        Statelet { keys, state }
+    }
+
+    /// Install statelet `s` of NF `kind` into `table`: every connection is
+    /// first checked with `fits`, then the flows of `s.keys` are removed
+    /// and its connections inserted with their times and flags as
+    /// exported, and the NF clock continues from the statelet's. Returns
+    /// the connections removed (so the NF can give their resources back)
+    /// and those added. On error nothing changes.
+    pub fn install_statelet(
+        kind: &str,
+        table: &mut ConnTable,
+        clock: &mut StateClock,
+        s: &Statelet,
+        fits: impl Fn(&Conn) -> Result<(), String>,
+    ) -> Result<(Vec<Conn>, Vec<Conn>), StateError> {
+        let snap = ConnSnapshot::decode(&s.state, kind)?;
+        let named = s.key_set();
+        for (i, c) in snap.conns.iter().enumerate() {
+            fits(c).map_err(|e| StateError::Corrupt(format!("statelet entry {i}: {e}")))?;
+            if !named.contains(&c.partition_key()) {
+                return Err(StateError::Corrupt(format!(
+                    "statelet entry {i} ({:?}) is not one of the flows it names",
+                    c.orig
+                )));
+            }
+        }
+        let removed: Vec<Conn> = s.keys.iter().filter_map(|k| table.remove_flow(k)).collect();
+        if table.len() + snap.conns.len() > table.max() {
+            let total = table.len() + snap.conns.len();
+            Self::undo(table, &[], &removed);
+            return Err(StateError::Capacity { total, max: table.max() });
+        }
+        let mut added = Vec::with_capacity(snap.conns.len());
+        for c in &snap.conns {
+            if let Err(e) = table.insert_conn(c) {
+                Self::undo(table, &added, &removed);
+                return Err(StateError::Conflict(format!(
+                    "statelet connection {:?}: {e:?} (another held connection has its key)",
+                    c.orig
+                )));
+            }
+            added.push(*c);
+        }
+        clock.resume_from(snap.clock);
+        Ok((removed, added))
+    }
+
+    /// Take `added` out again and put `removed` back.
+    fn undo(table: &mut ConnTable, added: &[Conn], removed: &[Conn]) {
+        for c in added {
+            table.remove_flow(&c.partition_key());
+        }
+        for c in removed {
+            // They were held together a moment ago: they fit again.
+            let _ = table.insert_conn(c);
+        }
     }
 }
 

@@ -43,15 +43,15 @@ use braid_packet::Batch;
 use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
     apply_steps, flow_key, icmp_error_quote, parse_cidr, parse_port_range, prefix_mask, secs_to_ns,
-    tcp_transition, BatchLookup, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers,
+    tcp_transition, BatchLookup, Conn, ConnSnapshot, ConnTable, FlowKey, InsertError, Ipv4Headers,
     Lookup, StateClock, TcpState, TcpStep, TimeoutsNs, ADMITTED, ICMP_ECHO_REPLY,
     ICMP_ECHO_REQUEST, L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
 };
 use crate::fragments::{FragTable, Fragment, DEFAULT_MAX_FRAGMENTS, FRAGMENT_TIMEOUT_NS};
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
-    Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, Placement,
-    StateError,
+    Context, DropReason, Encoding, FlowScope, FlowStream, NetworkFunction, NfClass, NfSpec,
+    NfState, PartitionKey, Placement, StateError, Statelet,
 };
 
 pub static SPEC: NfSpec = NfSpec {
@@ -621,6 +621,68 @@ impl NetworkFunction for Firewall {
             self.clock.resume_from(clock);
         }
         Ok(())
+    }
+
+    fn flow_stream(&mut self) -> Option<&mut dyn FlowStream> {
+        match self.conntrack {
+            Some(_) => Some(self),
+            None => None,
+        }
+    }
+}
+
+/// Streaming the tracked connections during a live migration (see
+/// [`crate::statelet`]); only with conntrack on (off, the firewall keeps
+/// no state and [`NetworkFunction::flow_stream`] is `None`).
+impl FlowStream for Firewall {
+    fn record_changes(&mut self, on: bool) {
+        if let Some(t) = self.conntrack.as_mut() {
+            t.record_changes(on);
+        }
+    }
+
+    fn take_changes(&mut self, out: &mut Vec<PartitionKey>) {
+        if let Some(t) = self.conntrack.as_mut() {
+            t.take_changes(out);
+        }
+    }
+
+    fn changes_waiting(&self) -> usize {
+        self.conntrack.as_ref().map_or(0, ConnTable::changes_waiting)
+    }
+
+    fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Statelet> {
+        let conns = self.conntrack.as_ref()?.export_from(cursor, max)?;
+        let keys = conns.iter().map(Conn::partition_key).collect();
+        Some(ConnSnapshot::statelet(SPEC.name, &self.clock, keys, conns))
+    }
+
+    fn export_flows(&self, keys: &[PartitionKey]) -> Statelet {
+        let conns = self.conntrack.as_ref().map(|t| t.conns_of(keys)).unwrap_or_default();
+        ConnSnapshot::statelet(SPEC.name, &self.clock, keys.to_vec(), conns)
+    }
+
+    fn install(&mut self, statelet: &Statelet) -> Result<(), StateError> {
+        let Some(table) = self.conntrack.as_mut() else {
+            return Err(StateError::Corrupt("this firewall has conntrack off".into()));
+        };
+        // A firewall connection's reply key is its original key reversed.
+        let fits = |c: &Conn| match c.reply == c.orig.reversed() {
+            true => Ok(()),
+            false => Err(format!("({:?}) is not a firewall connection", c.orig)),
+        };
+        ConnSnapshot::install_statelet(SPEC.name, table, &mut self.clock, statelet, fits)
+            .map(|_| ())
+    }
+
+    fn held_keys(&self, out: &mut Vec<PartitionKey>) {
+        if let Some(t) = &self.conntrack {
+            out.extend(t.iter().map(Conn::partition_key));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.conntrack.as_ref().map_or(0, ConnTable::len)
     }
 }
 

@@ -25,7 +25,9 @@
 //! ones, so a MAC-flooding host cannot push the legitimate stations out.
 
 use crate::maglev::SeededMix;
-use crate::{ConfigError, Encoding, FlowScope, ParamDoc, PartitionKey, StateError};
+use crate::statelet::MapStream;
+use crate::Statelet;
+use crate::{ConfigError, Encoding, FlowScope, FlowStream, ParamDoc, PartitionKey, StateError};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState, Placement};
 use braid_packet::wire::{ethertype, EthernetFrame, MacAddr, VlanTag};
 use braid_packet::{Batch, Packet};
@@ -150,6 +152,8 @@ pub struct L2Switch {
     table: HashMap<MacKey, Station, SeededMix>,
     learn_refused: u64,
     last_sweep_ns: u64,
+    /// Live migration: stations whose entry changed, and the walk.
+    stream: MapStream<MacKey>,
 }
 
 /// Where a frame goes.
@@ -207,6 +211,7 @@ impl L2Switch {
             ),
             learn_refused: 0,
             last_sweep_ns: 0,
+            stream: MapStream::default(),
         })
     }
 
@@ -242,11 +247,19 @@ impl L2Switch {
     /// Remove entries not refreshed within the aging time.
     pub fn sweep(&mut self, now_ns: u64) {
         let aging = self.aging_ns;
-        self.table.retain(|_, s| now_ns.saturating_sub(s.last_seen_ns) < aging);
+        let stream = &mut self.stream;
+        self.table.retain(|k, s| {
+            let keep = now_ns.saturating_sub(s.last_seen_ns) < aging;
+            if !keep {
+                stream.note(*k);
+            }
+            keep
+        });
         self.last_sweep_ns = now_ns;
     }
 
     fn learn(&mut self, key: MacKey, port: u16, now: u64) {
+        self.stream.note(key);
         if let Some(s) = self.table.get_mut(&key) {
             // Refresh, and follow a station that moved to another port.
             s.port = port;
@@ -414,6 +427,84 @@ impl NetworkFunction for L2Switch {
         }
         self.table.extend(s.entries.iter().map(Self::table_entry));
         Ok(())
+    }
+
+    fn flow_stream(&mut self) -> Option<&mut dyn FlowStream> {
+        Some(self)
+    }
+}
+
+/// Streaming the learned stations during a live migration (see
+/// [`crate::statelet`]).
+impl FlowStream for L2Switch {
+    fn record_changes(&mut self, on: bool) {
+        self.stream.set(on.then(|| self.table.keys().copied().collect()));
+    }
+
+    fn take_changes(&mut self, out: &mut Vec<PartitionKey>) {
+        self.stream.take(out, |k| PartitionKey::station(k.vlan(), k.mac()));
+    }
+
+    fn changes_waiting(&self) -> usize {
+        self.stream.waiting()
+    }
+
+    fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Statelet> {
+        let keys = self.stream.walk(cursor, max)?;
+        let keys: Vec<PartitionKey> =
+            keys.iter().map(|k| PartitionKey::station(k.vlan(), k.mac())).collect();
+        Some(self.export_flows(&keys))
+    }
+
+    fn export_flows(&self, keys: &[PartitionKey]) -> Statelet {
+        let entries = keys
+            .iter()
+            .filter_map(|k| k.station_parts())
+            .filter_map(|(vlan, mac)| {
+                let s = self.table.get(&MacKey::new(vlan, &mac))?;
+                Some(LearnedEntry { vlan, mac, port: s.port, last_seen_ns: s.last_seen_ns })
+            })
+            .collect();
+        let state = SwitchState { entries, learn_refused: 0 };
+        let state = NfState::encode_as(Encoding::Binary, SPEC.name, STATE_VERSION, &state);
+        Statelet { keys: keys.to_vec(), state }
+    }
+
+    fn install(&mut self, statelet: &Statelet) -> Result<(), StateError> {
+        let s: SwitchState = statelet.state.decode(SPEC.name, STATE_VERSION)?;
+        self.check_entries(&s.entries)?;
+        let key_set = statelet.key_set();
+        let named = |e: &LearnedEntry| key_set.contains(&PartitionKey::station(e.vlan, e.mac));
+        if let Some(e) = s.entries.iter().find(|e| !named(e)) {
+            return Err(StateError::Corrupt(format!(
+                "statelet entry VLAN {} MAC {:02x?} is not one of the stations it names",
+                e.vlan, e.mac
+            )));
+        }
+        let cleared: Vec<MacKey> = statelet
+            .keys
+            .iter()
+            .filter_map(|k| k.station_parts())
+            .map(|(vlan, mac)| MacKey::new(vlan, &mac))
+            .filter(|k| self.table.contains_key(k))
+            .collect();
+        let total = self.table.len() - cleared.len() + s.entries.len();
+        if total > self.max_entries {
+            return Err(StateError::Capacity { total, max: self.max_entries });
+        }
+        for k in &cleared {
+            self.table.remove(k);
+        }
+        self.table.extend(s.entries.iter().map(Self::table_entry));
+        Ok(())
+    }
+
+    fn held_keys(&self, out: &mut Vec<PartitionKey>) {
+        out.extend(self.table.keys().map(|k| PartitionKey::station(k.vlan(), k.mac())));
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
     }
 }
 

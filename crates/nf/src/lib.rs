@@ -16,6 +16,7 @@ pub mod counters;
 pub mod params;
 pub mod registry;
 pub mod state;
+pub mod statelet;
 
 pub mod ats;
 pub mod classifier;
@@ -52,6 +53,7 @@ pub use registry::{build, find, NfSpec, REGISTRY};
 pub use state::{
     Encoding, FlowPartition, FlowScope, HashRange, NfState, PartitionKey, StateError, StateKind,
 };
+pub use statelet::{FlowStream, Statelet};
 
 /// The CALVIN classification of an NF by what it needs from the packet path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -222,10 +224,20 @@ pub trait NetworkFunction: Send {
     /// whole import ([`StateError::Conflict`]), as does exceeding the
     /// table size ([`StateError::Capacity`]). On error nothing changes.
     /// Whole-state NFs refuse ([`StateError::MergeUnsupported`]).
+    ///
+    /// (See also [`NetworkFunction::flow_stream`] for streaming the state
+    /// while the NF keeps running.)
     fn import_merge(&mut self, _state: &NfState) -> Result<(), StateError> {
         match self.spec().state {
             StateKind::None => Err(StateError::Stateless),
             _ => Err(StateError::MergeUnsupported { kind: self.spec().name.to_string() }),
         }
+    }
+
+    /// The per-flow state as a [`FlowStream`], for live migration while
+    /// the NF keeps processing (`None`: no per-flow state, or not
+    /// streamable; such an NF moves whole, between batches).
+    fn flow_stream(&mut self) -> Option<&mut dyn FlowStream> {
+        None
     }
 }

@@ -26,8 +26,10 @@
 //! set changes.
 
 use crate::maglev::{MaglevError, MaglevTable, SeededMix};
+use crate::statelet::MapStream;
 use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState};
 use crate::{Encoding, FlowScope, ParamDoc, PartitionKey, Placement, StateError};
+use crate::{FlowStream, Statelet};
 use braid_packet::envelope::{self, Class};
 use braid_packet::flow::FiveTuple;
 use braid_packet::wire::{checksum, ip_proto};
@@ -183,6 +185,8 @@ pub struct LoadBalancer {
     conns: HashMap<FiveTuple, Conn, SeededMix>,
     conn_overflow: u64,
     last_sweep_ns: u64,
+    /// Live migration: connections whose entry changed, and the walk.
+    stream: MapStream<FiveTuple>,
 }
 
 /// What to do with one packet.
@@ -221,6 +225,7 @@ impl LoadBalancer {
             conns: HashMap::with_hasher(SeededMix::random()),
             conn_overflow: 0,
             last_sweep_ns: 0,
+            stream: MapStream::default(),
         };
         for (i, b) in cfg.backends.iter().enumerate() {
             if b.weight == 0 {
@@ -258,7 +263,14 @@ impl LoadBalancer {
         let table = MaglevTable::build(&keys, self.table_size)?;
         let mut ips: Vec<Ipv4Addr> = backends.iter().map(|b| b.ip).collect();
         ips.sort_unstable();
-        self.conns.retain(|_, c| ips.binary_search(&c.backend).is_ok());
+        let stream = &mut self.stream;
+        self.conns.retain(|t, c| {
+            let keep = ips.binary_search(&c.backend).is_ok();
+            if !keep {
+                stream.note(*t);
+            }
+            keep
+        });
         self.table = table;
         self.backends = backends;
         self.backend_ips = ips;
@@ -299,12 +311,20 @@ impl LoadBalancer {
     /// Forget connections idle for longer than the timeout.
     pub fn sweep(&mut self, now_ns: u64) {
         let idle = self.idle_ns;
-        self.conns.retain(|_, c| now_ns.saturating_sub(c.last_seen_ns) < idle);
+        let stream = &mut self.stream;
+        self.conns.retain(|t, c| {
+            let keep = now_ns.saturating_sub(c.last_seen_ns) < idle;
+            if !keep {
+                stream.note(*t);
+            }
+            keep
+        });
         self.last_sweep_ns = now_ns;
     }
 
     /// The backend for a forward flow, recording it.
     fn backend_for(&mut self, t: &FiveTuple, now: u64) -> Option<Ipv4Addr> {
+        self.stream.note(*t);
         if let Some(c) = self.conns.get_mut(t) {
             if now.saturating_sub(c.last_seen_ns) < self.idle_ns {
                 c.last_seen_ns = now;
@@ -373,6 +393,7 @@ impl LoadBalancer {
             if let Some(c) = self.conns.get_mut(&key) {
                 if c.backend == t.src {
                     c.last_seen_ns = now;
+                    self.stream.note(key);
                     return Action::Rewrite {
                         l3: ip.l3,
                         l4: ip.l4_offset(),
@@ -480,6 +501,7 @@ impl NetworkFunction for LoadBalancer {
             conns: HashMap::with_hasher(self.conns.hasher().clone()),
             conn_overflow: s.conn_overflow,
             last_sweep_ns: self.last_sweep_ns,
+            stream: MapStream::default(),
         };
         next.set_backends(s.backends).map_err(|e| StateError::Corrupt(e.to_string()))?;
         next.check_backends(&s.conns).map_err(StateError::Corrupt)?;
@@ -512,9 +534,120 @@ impl NetworkFunction for LoadBalancer {
         }
         Ok(())
     }
+
+    fn flow_stream(&mut self) -> Option<&mut dyn FlowStream> {
+        Some(self)
+    }
+}
+
+/// Streaming the connections during a live migration (see
+/// [`crate::statelet`]). The backend set is configuration, not flow
+/// state: both instances must have the same one (every installed
+/// connection must use one of this instance's backends).
+impl FlowStream for LoadBalancer {
+    fn record_changes(&mut self, on: bool) {
+        self.stream.set(on.then(|| self.conns.keys().copied().collect()));
+    }
+
+    fn take_changes(&mut self, out: &mut Vec<PartitionKey>) {
+        self.stream.take(out, PartitionKey::five_tuple);
+    }
+
+    fn changes_waiting(&self) -> usize {
+        self.stream.waiting()
+    }
+
+    fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Statelet> {
+        let keys = self.stream.walk(cursor, max)?;
+        let keys: Vec<PartitionKey> = keys.iter().map(|t| PartitionKey::five_tuple(*t)).collect();
+        Some(self.export_flows(&keys))
+    }
+
+    fn export_flows(&self, keys: &[PartitionKey]) -> Statelet {
+        let conns = keys
+            .iter()
+            .filter_map(|k| self.forward_tuple(k))
+            .filter_map(|t| {
+                let c = self.conns.get(&t)?;
+                Some(ConnEntry {
+                    client: t.src,
+                    client_port: t.src_port,
+                    vip_port: t.dst_port,
+                    proto: t.proto,
+                    backend: c.backend,
+                    last_seen_ns: c.last_seen_ns,
+                })
+            })
+            .collect();
+        let s = LbState { vip: self.vip, backends: Vec::new(), conns, conn_overflow: 0 };
+        let state = NfState::encode_as(Encoding::Binary, SPEC.name, STATE_VERSION, &s);
+        Statelet { keys: keys.to_vec(), state }
+    }
+
+    fn install(&mut self, statelet: &Statelet) -> Result<(), StateError> {
+        let s = self.decode_for_this_vip(&statelet.state)?;
+        self.check_backends(&s.conns).map_err(StateError::Corrupt)?;
+        let key_set = statelet.key_set();
+        let named = |c: &ConnEntry| key_set.contains(&PartitionKey::five_tuple(self.tuple_of(c)));
+        if let Some(c) = s.conns.iter().find(|c| !named(c)) {
+            return Err(StateError::Corrupt(format!(
+                "statelet connection from {}:{} is not one of the flows it names",
+                c.client, c.client_port
+            )));
+        }
+        let cleared: Vec<FiveTuple> = statelet
+            .keys
+            .iter()
+            .filter_map(|k| self.forward_tuple(k))
+            .filter(|t| self.conns.contains_key(t))
+            .collect();
+        let total = self.conns.len() - cleared.len() + s.conns.len();
+        if total > self.max_conns {
+            return Err(StateError::Capacity { total, max: self.max_conns });
+        }
+        for t in &cleared {
+            self.conns.remove(t);
+        }
+        for c in &s.conns {
+            self.conns.insert(
+                self.tuple_of(c),
+                Conn { backend: c.backend, last_seen_ns: c.last_seen_ns },
+            );
+        }
+        Ok(())
+    }
+
+    fn held_keys(&self, out: &mut Vec<PartitionKey>) {
+        out.extend(self.conns.keys().map(|t| PartitionKey::five_tuple(*t)));
+    }
+
+    fn len(&self) -> usize {
+        self.conns.len()
+    }
 }
 
 impl LoadBalancer {
+    /// The forward 5-tuple (client to VIP) of flow `key`, if one end of it
+    /// is the VIP.
+    fn forward_tuple(&self, key: &PartitionKey) -> Option<FiveTuple> {
+        let (lo, hi, proto) = key.flow_endpoints()?;
+        let vip = u32::from(self.vip);
+        let (client, vip_end) = if hi.0 == vip {
+            (lo, hi)
+        } else if lo.0 == vip {
+            (hi, lo)
+        } else {
+            return None;
+        };
+        Some(FiveTuple {
+            src: client.0.into(),
+            dst: self.vip,
+            proto,
+            src_port: client.1,
+            dst_port: vip_end.1,
+        })
+    }
+
     /// A state of this NF kind, refused if it is for another VIP.
     fn decode_for_this_vip(&self, state: &NfState) -> Result<LbState, StateError> {
         let s: LbState = state.decode(SPEC.name, STATE_VERSION)?;

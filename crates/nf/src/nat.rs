@@ -53,8 +53,8 @@ use crate::conntrack::{
 use crate::fragments::{FragTable, Fragment, DEFAULT_MAX_FRAGMENTS, FRAGMENT_TIMEOUT_NS};
 use crate::params::{ConfigError, ParamDoc};
 use crate::{
-    Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, Placement,
-    StateError,
+    Context, DropReason, Encoding, FlowScope, FlowStream, NetworkFunction, NfClass, NfSpec,
+    NfState, PartitionKey, Placement, StateError, Statelet,
 };
 
 pub static SPEC: NfSpec = NfSpec {
@@ -762,6 +762,22 @@ impl Nat {
         }
     }
 
+    /// Check one mapping against this NAT's configuration.
+    fn fits(&self, c: &Conn) -> Result<(), String> {
+        if pool_index(c.orig.proto).is_none()
+            || !self.is_internal(c.orig.src)
+            || c.reply.dst != self.external_ip
+            || c.reply.proto != c.orig.proto
+            || !(self.ports.0..=self.ports.1).contains(&c.reply.dst_port)
+        {
+            return Err(format!(
+                "({:?}) does not fit this NAT's external_ip, internal networks or port range",
+                c.orig
+            ));
+        }
+        Ok(())
+    }
+
     /// Check a snapshot's mappings against this NAT's configuration.
     fn validate(&self, conns: &[Conn]) -> Result<(), String> {
         let mut owner = std::collections::HashMap::new();
@@ -769,16 +785,7 @@ impl Nat {
             let pool = pool_index(c.orig.proto)
                 .ok_or_else(|| format!("mapping {i}: protocol {} is not NATed", c.orig.proto))?;
             let port = c.reply.dst_port;
-            if !self.is_internal(c.orig.src)
-                || c.reply.dst != self.external_ip
-                || c.reply.proto != c.orig.proto
-                || !(self.ports.0..=self.ports.1).contains(&port)
-            {
-                return Err(format!(
-                    "mapping {i} ({:?}) does not fit this NAT's external_ip, internal networks or port range",
-                    c.orig
-                ));
-            }
+            self.fits(c).map_err(|e| format!("mapping {i} {e}"))?;
             // A port is shared only by flows of one inside endpoint
             // (endpoint-independent mapping).
             let ep = endpoint(&c.orig);
@@ -851,6 +858,70 @@ impl NetworkFunction for Nat {
             self.clock.resume_from(clock);
         }
         Ok(())
+    }
+
+    fn flow_stream(&mut self) -> Option<&mut dyn FlowStream> {
+        Some(self)
+    }
+}
+
+/// Streaming the mappings during a live migration (see
+/// [`crate::statelet`]). The port pools are not kept up to date while
+/// statelets are installed (a destination processes nothing before the
+/// last one); [`FlowStream::finish_install`] rebuilds them from the
+/// mappings and checks no external port is mapped twice.
+impl FlowStream for Nat {
+    fn record_changes(&mut self, on: bool) {
+        self.table.record_changes(on);
+    }
+
+    fn take_changes(&mut self, out: &mut Vec<PartitionKey>) {
+        self.table.take_changes(out);
+    }
+
+    fn changes_waiting(&self) -> usize {
+        self.table.changes_waiting()
+    }
+
+    fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Statelet> {
+        let conns = self.table.export_from(cursor, max)?;
+        let keys = conns.iter().map(Conn::partition_key).collect();
+        Some(ConnSnapshot::statelet(SPEC.name, &self.clock, keys, conns))
+    }
+
+    fn export_flows(&self, keys: &[PartitionKey]) -> Statelet {
+        let conns = self.table.conns_of(keys);
+        ConnSnapshot::statelet(SPEC.name, &self.clock, keys.to_vec(), conns)
+    }
+
+    fn install(&mut self, statelet: &Statelet) -> Result<(), StateError> {
+        let mut table = std::mem::replace(&mut self.table, ConnTable::new(0));
+        let mut clock = self.clock;
+        let fits = |c: &Conn| self.fits(c);
+        let r = ConnSnapshot::install_statelet(SPEC.name, &mut table, &mut clock, statelet, fits);
+        self.table = table;
+        self.clock = clock;
+        r.map(|_| ())
+    }
+
+    fn finish_install(&mut self) -> Result<(), StateError> {
+        let conns: Vec<Conn> = self.table.iter().copied().collect();
+        self.validate(&conns).map_err(StateError::Conflict)?;
+        let (lo, hi) = self.ports;
+        self.pools = Ports::new(lo, hi, self.pools.mapping, &conns);
+        Ok(())
+    }
+
+    fn held_keys(&self, out: &mut Vec<PartitionKey>) {
+        out.extend(self.table.iter().map(Conn::partition_key));
+    }
+
+    fn replays_deterministically(&self) -> bool {
+        false
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
     }
 }
 

@@ -91,6 +91,9 @@ impl std::fmt::Display for FlowPartition {
     }
 }
 
+/// An IPv4 address and port, as numbers.
+pub type Endpoint = (u32, u16);
+
 /// The key of one flow of per-flow state, in a canonical form: a 5-tuple
 /// and its reverse give the same key.
 #[derive(
@@ -126,6 +129,23 @@ impl PartitionKey {
     /// The key of a station learned on `vlan` with address `mac`.
     pub fn station(vlan: u16, mac: [u8; 6]) -> PartitionKey {
         PartitionKey(KeyRepr::Station { vlan, mac })
+    }
+
+    /// The two endpoints (lower `(address, port)` first) and protocol of a
+    /// 5-tuple key; `None` for a station key.
+    pub fn flow_endpoints(&self) -> Option<(Endpoint, Endpoint, u8)> {
+        match self.0 {
+            KeyRepr::Flow { lo, hi, proto } => Some((lo, hi, proto)),
+            KeyRepr::Station { .. } => None,
+        }
+    }
+
+    /// The VLAN and MAC address of a station key; `None` for a 5-tuple.
+    pub fn station_parts(&self) -> Option<(u16, [u8; 6])> {
+        match self.0 {
+            KeyRepr::Station { vlan, mac } => Some((vlan, mac)),
+            KeyRepr::Flow { .. } => None,
+        }
     }
 
     /// Which kind of partition this key belongs to.

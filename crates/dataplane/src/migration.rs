@@ -1,0 +1,440 @@
+//! Live migration on a running worker: streaming a stage's per-flow state
+//! out while it keeps processing (the source), holding arrivals until the
+//! state is in (the destination), and the drain markers that close the
+//! old path. The protocol that ties a source and a destination together
+//! is `braid-migrate`'s; this module is what it asks of the packet loop.
+//!
+//! Source, after [`crate::Command::StreamOut`]: the stage's table records
+//! the flows that change ([`braid_nf::FlowStream`]); after every loop
+//! turn that processed packets (and after every tick) the worker exports
+//! the changed flows as one [`Statelet`] and one chunk of the table
+//! walk, and queues both, in that order, on the stream's channel. It
+//! never waits on the channel: a full channel fails the stream (the
+//! migration rolls back) instead of stalling the dataplane. Drain markers
+//! arriving on the watched ports are taken out of the traffic; once every
+//! watched port has brought its marker, the last changes and the rest of
+//! the walk are queued, then [`StreamItem::End`], and the table stops
+//! recording.
+//!
+//! Destination: [`crate::Command::Hold`] keeps what arrives, in arrival
+//! order, instead of processing it; [`crate::Command::Install`] installs
+//! statelets between batches; releasing the hold processes what was held
+//! first, in order.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braid_nf::statelet::dedup_keys;
+use braid_nf::{FlowScope, PartitionKey, Statelet};
+use braid_packet::Batch;
+
+use crate::graph::{Endpoint, Graph};
+
+/// Ethertype of a drain marker (IEEE 802 local experimental 1).
+pub const MARKER_ETHERTYPE: u16 = 0x88b5;
+/// What follows the ethertype in a drain marker, then the migration id
+/// (u64, big endian).
+pub const MARKER_MAGIC: &[u8; 8] = b"BRAIDMRK";
+
+/// A drain marker frame for migration `id` (60 bytes, broadcast, so any
+/// port passes it on to the worker).
+pub fn marker_frame(id: u64) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&[0x02, 0x62, 0x72, 0x61, 0x69, 0x64]);
+    f[12..14].copy_from_slice(&MARKER_ETHERTYPE.to_be_bytes());
+    f[14..22].copy_from_slice(MARKER_MAGIC);
+    f[22..30].copy_from_slice(&id.to_be_bytes());
+    f
+}
+
+/// The migration id of a drain marker frame, `None` for any other frame.
+#[inline]
+pub fn marker_id(frame: &[u8]) -> Option<u64> {
+    if frame.len() < 30 || frame[12..14] != MARKER_ETHERTYPE.to_be_bytes() {
+        return None;
+    }
+    if &frame[14..22] != MARKER_MAGIC {
+        return None;
+    }
+    Some(u64::from_be_bytes(frame[22..30].try_into().ok()?))
+}
+
+/// What a streaming source queues, in the order the destination must
+/// apply it.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// A snapshot chunk or the changes of a loop turn.
+    Statelet(Statelet),
+    /// The table walk is complete (`chunks` chunks were sent).
+    SnapshotDone { chunks: u64 },
+    /// A drain marker arrived on port `port`.
+    Marker { port: usize },
+    /// Duplication baseline: copies of what port `port` received.
+    Packets { port: usize, frames: Vec<Vec<u8>> },
+    /// Every watched port brought its marker: nothing follows.
+    End { statelets: u64, chunks: u64 },
+    /// The stream stopped without an end (it could not queue); the
+    /// table stopped recording.
+    Failed(String),
+}
+
+/// What [`crate::Command::StreamOut`] starts.
+pub struct StreamOut {
+    /// The stage whose state streams.
+    pub stage: String,
+    /// Where the items go; bounded: when full, the stream fails.
+    pub sink: SyncSender<StreamItem>,
+    /// Entries per snapshot chunk (one chunk per loop turn).
+    pub chunk: usize,
+    /// The ports whose drain marker ends the stream. Empty: the stream
+    /// ends only when stopped.
+    pub markers: Vec<usize>,
+    /// The migration id markers carry.
+    pub id: u64,
+    /// Stream the state (statelet migration). `false`: only watch for the
+    /// markers and end (stop-and-copy moves the whole state afterwards).
+    pub send_state: bool,
+    /// Which flows move ([`FlowScope::All`]: the whole instance). With a
+    /// narrower scope (a split), only those flows' state streams, and at
+    /// the end the source forgets them and keeps the rest.
+    pub scope: FlowScope,
+    /// Share of the worker's time (0.01 to 1) the stream may take while
+    /// traffic flows; the rest waits (see `Streaming::emit`). The walk
+    /// runs at full speed on idle turns.
+    pub budget: f64,
+    /// The number of changed flows not yet sent, kept up to date by the
+    /// worker, for the controller to pick the moment of the switch.
+    pub backlog: Arc<AtomicUsize>,
+    /// Duplication baseline (OpenNF): instead of statelets, copy every
+    /// packet received on the watched ports, until their markers, to the
+    /// stream (the destination re-processes them, output suppressed). The
+    /// snapshot walk still runs.
+    pub duplicate: bool,
+}
+
+impl std::fmt::Debug for StreamOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StreamOut({}, markers {:?}, id {})", self.stage, self.markers, self.id)
+    }
+}
+
+/// A source stream in progress (the worker's side).
+pub(crate) struct Streaming {
+    pub stage: usize,
+    sink: SyncSender<StreamItem>,
+    chunk: usize,
+    cursor: usize,
+    snapshot_done: bool,
+    /// Watched ports whose marker has not arrived yet.
+    pub markers_pending: Vec<usize>,
+    markers_total: usize,
+    pub id: u64,
+    /// Flows taken from the NF's change record and not yet sent.
+    pending: Vec<PartitionKey>,
+    statelets: u64,
+    chunks: u64,
+    send_state: bool,
+    scope: FlowScope,
+    duplicate: bool,
+    /// Set when a duplicate could not be queued: the next step fails.
+    broken: Option<String>,
+    /// Share of the worker's time the stream may take while traffic flows.
+    budget: f64,
+    started: Instant,
+    /// Time spent exporting and queueing so far.
+    spent: Duration,
+    /// Flows waiting to be sent, published for the migration's controller
+    /// (it switches when this is small).
+    backlog: Arc<AtomicUsize>,
+}
+
+/// Why a stream could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("stage `{0}` has no per-flow state to stream (a whole-state or stateless NF moves between batches: export and import)")]
+    NotStreamable(String),
+    #[error("stage `{0}` is already streaming")]
+    Busy(String),
+    #[error("marker port {0} does not exist (the worker has {1})")]
+    NoPort(usize, usize),
+    #[error("port {0} does not feed this stage directly: duplicated packets can only be replayed at the first stage a port leads to")]
+    NotFedBy(usize),
+    #[error("`{0}` makes random choices (NAT's external ports): re-processing its packets elsewhere would choose differently; move it with statelets or stop-and-copy")]
+    NotReplayable(String),
+}
+
+impl Streaming {
+    pub fn start(
+        graph: &mut Graph,
+        stage: usize,
+        req: StreamOut,
+    ) -> Result<Streaming, StreamError> {
+        let name = graph.stages()[stage].name().to_string();
+        let kind = graph.stages()[stage].spec().name;
+        let fs = graph.stages_mut()[stage]
+            .nf_mut()
+            .flow_stream()
+            .ok_or(StreamError::NotStreamable(name))?;
+        if req.duplicate && !fs.replays_deterministically() {
+            return Err(StreamError::NotReplayable(kind.to_string()));
+        }
+        fs.record_changes(req.send_state);
+        Ok(Streaming {
+            send_state: req.send_state,
+            scope: req.scope,
+            duplicate: req.duplicate,
+            broken: None,
+            stage,
+            sink: req.sink,
+            chunk: req.chunk.max(1),
+            cursor: 0,
+            snapshot_done: false,
+            markers_total: req.markers.len(),
+            markers_pending: req.markers,
+            id: req.id,
+            pending: Vec::new(),
+            statelets: 0,
+            chunks: 0,
+            budget: req.budget.clamp(0.01, 1.0),
+            started: Instant::now(),
+            spent: Duration::ZERO,
+            backlog: req.backlog,
+        })
+    }
+
+    fn send(&self, item: StreamItem) -> Result<(), String> {
+        match self.sink.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                Err("the state stream's queue is full (the state link is slower than the changes)"
+                    .into())
+            }
+            Err(TrySendError::Disconnected(_)) => Err("the state stream's reader has gone".into()),
+        }
+    }
+
+    /// Queue changed flows and walk chunks, within the CPU budget (all
+    /// that is left when `finish`). Over budget, nothing is done: the
+    /// changes stay recorded in the NF's table, each changed flow once
+    /// however often it changes, and are sent later, with their state as
+    /// it is then (still correct: a statelet carries the state when it is
+    /// made).
+    fn emit(&mut self, graph: &mut Graph, finish: bool) -> Result<(), String> {
+        if !self.send_state {
+            return Ok(());
+        }
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
+        let over_budget = |spent: Duration| {
+            spent.as_secs_f64() > self.budget * self.started.elapsed().as_secs_f64()
+        };
+        if !finish && over_budget(self.spent) {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let Some(fs) = graph.stages_mut()[self.stage].nf_mut().flow_stream() else {
+            return Err("the stage's NF was replaced by one without per-flow state".into());
+        };
+        let scoped = self.scope != FlowScope::All;
+        if self.pending.is_empty() || finish {
+            fs.take_changes(&mut self.pending);
+            if self.duplicate {
+                // The packets themselves carry the changes.
+                self.pending.clear();
+            }
+            if scoped {
+                let scope = &self.scope;
+                self.pending.retain(|k| scope.contains(k));
+            }
+        }
+        let mut items = Vec::new();
+        // Changed flows first (they keep the destination close), a slice
+        // per turn, all of them at the end.
+        while !self.pending.is_empty() {
+            let n = if finish { self.pending.len() } else { self.chunk.min(self.pending.len()) };
+            let mut slice = self.pending.split_off(self.pending.len() - n);
+            dedup_keys(&mut slice);
+            items.push(StreamItem::Statelet(fs.export_flows(&slice)));
+            self.statelets += 1;
+            if !finish {
+                break;
+            }
+        }
+        // Then the walk.
+        while !self.snapshot_done && (finish || !over_budget(self.spent + t0.elapsed())) {
+            match fs.export_from(&mut self.cursor, self.chunk) {
+                Some(s) if scoped => {
+                    let keys: Vec<PartitionKey> =
+                        s.keys.into_iter().filter(|k| self.scope.contains(k)).collect();
+                    if !keys.is_empty() {
+                        items.push(StreamItem::Statelet(fs.export_flows(&keys)));
+                        self.chunks += 1;
+                    }
+                }
+                Some(s) => {
+                    items.push(StreamItem::Statelet(s));
+                    self.chunks += 1;
+                }
+                None => {
+                    self.snapshot_done = true;
+                    items.push(StreamItem::SnapshotDone { chunks: self.chunks });
+                }
+            }
+            if !finish {
+                break;
+            }
+        }
+        self.backlog.store(self.pending.len() + fs.changes_waiting(), Ordering::Relaxed);
+        for item in items {
+            self.send(item)?;
+        }
+        self.spent += t0.elapsed();
+        Ok(())
+    }
+
+    /// One step after a loop turn or a tick. Returns `true` when the
+    /// stream is over (ended or failed): the caller drops it.
+    pub fn step(&mut self, graph: &mut Graph) -> bool {
+        let done = self.markers_seen_all();
+        let r = self.emit(graph, done).and_then(|()| match done {
+            true => self.send(StreamItem::End { statelets: self.statelets, chunks: self.chunks }),
+            false => Ok(()),
+        });
+        match r {
+            Ok(()) if !done => false,
+            Ok(()) => {
+                self.forget_moved(graph);
+                self.thaw(graph);
+                true
+            }
+            Err(e) => {
+                self.thaw(graph);
+                let _ = self.sink.try_send(StreamItem::Failed(e));
+                true
+            }
+        }
+    }
+
+    /// True while the snapshot walk has chunks left or changed flows wait:
+    /// the worker keeps turning instead of sleeping.
+    pub fn walking(&self) -> bool {
+        self.send_state && (!self.snapshot_done || !self.pending.is_empty())
+    }
+
+    /// An idle turn: no traffic to protect, so the budget does not apply
+    /// to this step (its time is not counted either).
+    pub fn idle_step(&mut self, graph: &mut Graph) -> bool {
+        let spent = self.spent;
+        let budget = self.budget;
+        self.budget = 1.0;
+        let done = self.step(graph);
+        self.budget = budget;
+        self.spent = spent;
+        done
+    }
+
+    fn markers_seen_all(&self) -> bool {
+        // A stream without watched ports ends only when stopped.
+        self.markers_pending.is_empty() && self.watches_markers()
+    }
+
+    fn watches_markers(&self) -> bool {
+        self.markers_total > 0
+    }
+
+    /// After a split: the flows that moved are the destination's now; the
+    /// source drops them (a tombstone statelet installed here).
+    fn forget_moved(&mut self, graph: &mut Graph) {
+        if self.scope == FlowScope::All || !self.send_state {
+            return;
+        }
+        let Some(fs) = graph.stages_mut()[self.stage].nf_mut().flow_stream() else { return };
+        let mut keys = Vec::new();
+        fs.held_keys(&mut keys);
+        keys.retain(|k| self.scope.contains(k));
+        let mut tombstone = fs.export_flows(&[]);
+        tombstone.keys = keys;
+        // Removing held flows cannot fail on capacity or conflicts.
+        let _ = fs.install(&tombstone);
+        let _ = fs.finish_install();
+    }
+
+    /// Stop recording (the thaw).
+    pub fn thaw(&mut self, graph: &mut Graph) {
+        if let Some(fs) = graph.stages_mut()[self.stage].nf_mut().flow_stream() {
+            fs.record_changes(false);
+        }
+    }
+
+    /// Duplication baseline: queue a copy of what port `port` received
+    /// (called only while its marker is awaited).
+    pub fn duplicate(&mut self, port: usize, batch: &Batch) {
+        if !self.duplicate || batch.is_empty() || !self.markers_pending.contains(&port) {
+            return;
+        }
+        let frames = batch.iter().map(|p| p.data().to_vec()).collect();
+        if let Err(e) = self.send(StreamItem::Packets { port, frames }) {
+            self.broken.get_or_insert(e);
+        }
+    }
+
+    /// Take the drain markers of this stream out of `batch`, received on
+    /// `port`, and note them.
+    pub fn strip_markers(&mut self, port: usize, batch: &mut Batch) {
+        let id = self.id;
+        let mut seen = false;
+        batch.retain_mut(|p| match marker_id(p.data()) {
+            Some(m) if m == id => {
+                seen = true;
+                false
+            }
+            _ => true,
+        });
+        if seen {
+            if let Some(at) = self.markers_pending.iter().position(|&p| p == port) {
+                self.markers_pending.swap_remove(at);
+                let _ = self.sink.try_send(StreamItem::Marker { port });
+            }
+        }
+    }
+}
+
+/// Arrivals a destination keeps until the state is installed.
+#[derive(Default)]
+pub(crate) struct Held {
+    /// (port received on, where it goes, the batch), in arrival order.
+    pub batches: Vec<(usize, Endpoint, Batch)>,
+    pub packets: usize,
+    pub peak: usize,
+    pub dropped: u64,
+}
+
+/// Packets a destination holds at most; beyond, arrivals are dropped and
+/// counted.
+pub const MAX_HELD_PACKETS: usize = 1 << 20;
+
+impl Held {
+    pub fn keep(&mut self, port: usize, to: Endpoint, batch: &mut Batch) {
+        let n = batch.len();
+        if self.packets + n > MAX_HELD_PACKETS {
+            self.dropped += n as u64;
+            batch.clear();
+            return;
+        }
+        self.packets += n;
+        self.peak = self.peak.max(self.packets);
+        self.batches.push((port, to, std::mem::take(batch)));
+    }
+
+    /// The held packets as (port, frame), in arrival order.
+    pub fn frames(&self) -> Vec<(usize, Vec<u8>)> {
+        self.batches
+            .iter()
+            .flat_map(|(port, _, b)| b.iter().map(move |p| (*port, p.data().to_vec())))
+            .collect()
+    }
+}

@@ -1,0 +1,195 @@
+//! What a live migration costs the running dataplane, per mode, side by
+//! side in one run: a NAT and a firewall (connection tracking) with
+//! 100,000 flows each, every packet touching one, migrated over TCP
+//! loopback to a fresh worker, modes interleaved round by round. Reported:
+//! the source worker's packet rate in 100 ms windows before and while the
+//! state streams (snapshot walk, statelets or duplicated packets), the
+//! time to the switch, the outage (arrivals held at the destination from
+//! the switch to Done), bytes sent, statelets, chunks, duplicated packets.
+//!
+//! `cargo bench -p braid-migrate --bench freeze` (results in
+//! docs/migration.md). The traffic comes from a generator inside the
+//! source worker, so "moving the traffic" at the switch is pausing the
+//! source's receive and injecting the drain marker; each round then
+//! resumes the source for the next one (its state is intact: the source
+//! is never thawed of anything it needs).
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use braid_dataplane::migration::marker_frame;
+use braid_dataplane::{Graph, Worker, WorkerConfig, WorkerHandle};
+use braid_io::memory::{GeneratorConfig, GeneratorPort, MemoryPort};
+use braid_migrate::{
+    migrate_in, migrate_out, DestinationOptions, Mode, SourceOptions, SourceReport, Switch,
+};
+
+const FLOWS: u32 = 100_000;
+const NAT: &str =
+    "external_ip: 203.0.113.1\ninternal: [10.0.0.0/8]\nmax_flows: 200000\nports: 1024-65535";
+const FIREWALL: &str = "default: allow\nmax_flows: 200000";
+
+fn nf_worker(kind: &str, name: &str, with_traffic: bool) -> WorkerHandle {
+    let yaml = if kind == "nat" { NAT } else { FIREWALL };
+    let nf = braid_nf::build(kind, &serde_yaml_ng::from_str(yaml).unwrap()).unwrap();
+    let graph = Graph::chain(vec![("nf".to_string(), nf)], 2, 0, 1).unwrap();
+    let entries = [graph.entry(0, 1), graph.entry(1, 0)];
+    let (mut w, handle) = Worker::new(WorkerConfig::new(name), graph).unwrap();
+    if with_traffic {
+        let gen = GeneratorConfig {
+            flows: FLOWS,
+            dst: (Ipv4Addr::new(198, 51, 100, 1), 5000),
+            ..GeneratorConfig::default()
+        };
+        w.add_port(Box::new(GeneratorPort::new(&gen).unwrap()), Some(entries[0])).unwrap();
+    } else {
+        w.add_port(Box::new(MemoryPort::sink("in")), Some(entries[0])).unwrap();
+    }
+    w.add_port(Box::new(MemoryPort::sink("out")), Some(entries[1])).unwrap();
+    w.spawn().unwrap();
+    handle
+}
+
+fn rx(h: &WorkerHandle) -> u64 {
+    h.snapshot().ports.first().map_or(0, |p| p.stats.rx_packets)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// "Moves the traffic": stops the source receiving from its generator and
+/// puts the drain marker behind what it received; notes when.
+struct PauseAndMark {
+    src: WorkerHandle,
+    at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Switch for PauseAndMark {
+    fn redirect(&mut self, id: u64) -> Result<(), String> {
+        *self.at.lock().unwrap() = Some(Instant::now());
+        self.src.pause().map_err(|e| e.to_string())?;
+        self.src.inject(vec![(0, marker_frame(id))]).map_err(|e| e.to_string())
+    }
+    fn restore(&mut self) -> Result<(), String> {
+        self.src.resume().map_err(|e| e.to_string())
+    }
+}
+
+/// One migration of the source's NAT to a fresh destination in `mode`,
+/// with the source's rate in 100 ms windows while the state streams
+/// (windows that end after the switch are left out). Returns (report,
+/// rates during, ms from start to the switch).
+fn migrate_once(
+    kind: &'static str,
+    src: &WorkerHandle,
+    round: u64,
+    mode: Mode,
+) -> (SourceReport, Vec<f64>, f64) {
+    let dst = nf_worker(kind, &format!("bench-dst{round}"), false);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dst_h = dst.clone();
+    let dest = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        migrate_in(&dst_h, "nf", kind, conn, &DestinationOptions::default())
+    });
+    let at = Arc::new(Mutex::new(None));
+    let mut switch = PauseAndMark { src: src.clone(), at: at.clone() };
+    let src_h = src.clone();
+    let started = Instant::now();
+    let mig = std::thread::spawn(move || {
+        let conn = TcpStream::connect(addr).unwrap();
+        let budget = std::env::var("BRAID_BENCH_BUDGET").ok().and_then(|b| b.parse().ok());
+        let opts = SourceOptions {
+            id: round,
+            mode,
+            markers: vec![0],
+            budget: budget.unwrap_or(SourceOptions::default().budget),
+            ..SourceOptions::default()
+        };
+        migrate_out(&src_h, "nf", kind, conn, &opts, &mut switch)
+    });
+    let mut during = Vec::new();
+    while !mig.is_finished() {
+        let (a, t) = (rx(src), Instant::now());
+        std::thread::sleep(Duration::from_millis(100));
+        let r = (rx(src) - a) as f64 / t.elapsed().as_secs_f64();
+        if at.lock().unwrap().is_none() {
+            during.push(r);
+        }
+    }
+    let report = mig.join().unwrap().expect("the migration succeeds");
+    dest.join().unwrap().expect("the destination finishes");
+    let switch_ms = at.lock().unwrap().map_or(0.0, |t| (t - started).as_secs_f64() * 1e3);
+    assert_eq!(dst.snapshot().stages.len(), 1);
+    dst.stop().unwrap();
+    src.resume().unwrap();
+    (report, during, switch_ms)
+}
+
+fn main() {
+    for (kind, modes) in [
+        ("nat", &[Mode::Statelet, Mode::StopCopy][..]),
+        ("firewall", &[Mode::Statelet, Mode::Duplicate, Mode::StopCopy][..]),
+    ] {
+        run(kind, modes);
+    }
+}
+
+fn run(kind: &'static str, modes: &[Mode]) {
+    let src = nf_worker(kind, &format!("bench-src-{kind}"), true);
+    let learned = || src.snapshot().stages[0].counters.packets_in;
+    let t = Instant::now();
+    while learned() < 3 * u64::from(FLOWS) {
+        assert!(t.elapsed() < Duration::from_secs(120), "the source does not run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("\n{kind}: {FLOWS} flows; source rate in 100 ms windows; modes interleaved");
+    println!(
+        "round  mode       before Mpps  during Mpps  ratio  to switch ms  outage ms  total ms  sent MB  statelets  chunks  duplicated"
+    );
+    let mut ratios: Vec<(Mode, f64)> = Vec::new();
+    for round in 0..(5 * modes.len() as u64) {
+        let mode = modes[round as usize % modes.len()];
+        let mut before: Vec<f64> = (0..8)
+            .map(|_| {
+                let (a, t) = (rx(&src), Instant::now());
+                std::thread::sleep(Duration::from_millis(100));
+                (rx(&src) - a) as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect();
+        let (r, mut during, switch_ms) = migrate_once(kind, &src, round, mode);
+        let b = median(&mut before);
+        let d = if during.is_empty() { f64::NAN } else { median(&mut during) };
+        if d.is_finite() {
+            ratios.push((mode, d / b));
+        }
+        // The outage: from the switch (arrivals held at the destination)
+        // to Done (held packets processed).
+        let outage_ms = r.total.as_secs_f64() * 1e3 - switch_ms;
+        println!(
+            "{round:>5}  {:<9}  {:>11.3}  {:>11.3}  {:>5.3}  {:>12.1}  {:>9.1}  {:>8.1}  {:>7.2}  {:>9}  {:>6}  {:>10}",
+            mode.to_string(),
+            b / 1e6,
+            d / 1e6,
+            d / b,
+            switch_ms,
+            outage_ms,
+            r.total.as_secs_f64() * 1e3,
+            r.bytes as f64 / 1e6,
+            r.statelets,
+            r.chunks,
+            r.duplicated,
+        );
+    }
+    for m in modes {
+        let mut v: Vec<f64> = ratios.iter().filter(|(x, _)| x == m).map(|(_, r)| *r).collect();
+        if !v.is_empty() {
+            println!("{kind} {m}: median rate during streaming / before = {:.3}", median(&mut v));
+        }
+    }
+    src.stop().unwrap();
+}

@@ -1,0 +1,257 @@
+//! The destination's side of a migration (see `docs/migration.md`).
+//!
+//! States: `Hello` (read; check kind and mode; hold arrivals; Accept) →
+//! `Installing` (snapshot chunks and statelets installed in order; once
+//! the snapshot is in and nothing waits unread, SwitchRequest) →
+//! `Switched` (the traffic arrives and is held; statelets keep coming) →
+//! `End` (the last statelet installed, derived state rebuilt, what was
+//! held processed in arrival order, Done sent). Any failure: Abort sent
+//! when the link still works, the stage's state put back as it was
+//! before the migration, what was held dropped (and counted), the error
+//! returned.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use braid_dataplane::WorkerHandle;
+use braid_nf::Statelet;
+
+use crate::wire::{self, Counts, Message, Mode};
+use crate::MigrateError;
+
+/// How the destination runs a migration.
+#[derive(Clone, Debug)]
+pub struct DestinationOptions {
+    /// How long any one message of the source may take.
+    pub io_timeout: Duration,
+    /// Statelets installed per control command at most (one command is
+    /// one pause between two of the worker's batches).
+    pub install_batch: usize,
+}
+
+impl Default for DestinationOptions {
+    fn default() -> Self {
+        DestinationOptions { io_timeout: Duration::from_secs(5), install_batch: 256 }
+    }
+}
+
+/// What a finished migration did, seen from the destination.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DestinationReport {
+    pub mode: String,
+    /// Statelets (chunks and changes) installed.
+    pub installed: u64,
+    /// Duplicated packets re-processed (duplication baseline).
+    pub replayed: u64,
+    pub bytes: u64,
+    /// Most packets held at once, and dropped because the hold was full.
+    pub peak_held: u64,
+    pub dropped_held: u64,
+    /// From Hello to the snapshot being in, and to Done.
+    pub snapshot_in: Duration,
+    pub total: Duration,
+}
+
+/// Take the migration offered on `conn` into stage `stage` (NF kind
+/// `kind`) of the worker behind `handle`.
+pub fn migrate_in(
+    handle: &WorkerHandle,
+    stage: &str,
+    kind: &str,
+    conn: TcpStream,
+    opts: &DestinationOptions,
+) -> Result<DestinationReport, MigrateError> {
+    let start = Instant::now();
+    let prior = handle.export_state(stage)?;
+    let write_half = conn.try_clone().map_err(wire::WireError::Io)?;
+    conn.set_read_timeout(Some(opts.io_timeout)).map_err(wire::WireError::Io)?;
+    write_half.set_write_timeout(Some(opts.io_timeout)).map_err(wire::WireError::Io)?;
+    let _ = conn.set_nodelay(true);
+    let mut w = BufWriter::new(write_half);
+    let mut r = BufReader::with_capacity(256 << 10, conn);
+    let mut run = Run {
+        handle,
+        stage,
+        opts,
+        holding: false,
+        switched: false,
+        report: DestinationReport::default(),
+    };
+    match run.go(kind, &mut r, &mut w, start) {
+        Ok(()) => {
+            run.report.total = start.elapsed();
+            Ok(run.report)
+        }
+        Err(e) => {
+            // Put the stage back as it was.
+            if let Some(state) = prior {
+                let _ = handle.import_state(stage, state);
+            }
+            let mut c = Counts::default();
+            if !matches!(e, MigrateError::PeerAborted(_)) {
+                let abort = Message::Abort { reason: e.to_string() };
+                let _ = wire::write_message(&mut w, &abort, &mut c);
+                let _ = w.flush();
+                // After the switch, wait until the source has the traffic
+                // back (its Abort says so) before handing over what is
+                // held: nothing may arrive here after that.
+                if run.switched {
+                    wait_for_abort(&mut r, opts.io_timeout);
+                }
+            }
+            // What was held goes back to the source, which processes it,
+            // in order, before anything newer.
+            let held = if run.holding { handle.take_held().unwrap_or_default() } else { vec![] };
+            let packets = held.into_iter().map(|(p, f)| (p as u16, f)).collect();
+            let _ = wire::write_message(&mut w, &Message::Returned { packets }, &mut c);
+            let _ = w.flush();
+            Err(e)
+        }
+    }
+}
+
+/// Read until the peer's Abort (or an error, or `timeout`).
+fn wait_for_abort(r: &mut BufReader<TcpStream>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match wire::read_message(r, &mut Counts::default()) {
+            Ok(Message::Abort { .. }) => return,
+            Ok(_) => continue,
+            Err(wire::WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+struct Run<'a> {
+    handle: &'a WorkerHandle,
+    stage: &'a str,
+    opts: &'a DestinationOptions,
+    holding: bool,
+    /// The source said the traffic now comes here.
+    switched: bool,
+    report: DestinationReport,
+}
+
+impl Run<'_> {
+    fn go(
+        &mut self,
+        kind: &str,
+        r: &mut BufReader<TcpStream>,
+        w: &mut BufWriter<TcpStream>,
+        start: Instant,
+    ) -> Result<(), MigrateError> {
+        let timeout = self.opts.io_timeout;
+        let mut got = Counts::default();
+        let mut sent = Counts::default();
+        wire::write_preamble(w)?;
+        wire::read_preamble(r).map_err(|e| MigrateError::from_read(e, "the source", timeout))?;
+        let hello = wire::read_message(r, &mut got)
+            .map_err(|e| MigrateError::from_read(e, "the source's Hello", timeout))?;
+        let Message::Hello { kind: their_kind, mode, .. } = hello else {
+            return Err(MigrateError::Unexpected { expected: "Hello", got: hello.name() });
+        };
+        if their_kind != kind {
+            let reason = format!(
+                "stage `{}` here is a `{kind}` NF, the source's is `{their_kind}`",
+                self.stage
+            );
+            wire::write_message(w, &Message::Refuse { reason: reason.clone() }, &mut sent)?;
+            w.flush().map_err(wire::WireError::Io)?;
+            return Err(MigrateError::Refused(reason));
+        }
+        self.report.mode = mode.to_string();
+        self.handle.hold(true)?;
+        self.holding = true;
+        wire::write_message(w, &Message::Accept, &mut sent)?;
+        if mode == Mode::StopCopy {
+            // Nothing streams first: switch at once.
+            wire::write_message(w, &Message::SwitchRequest { installed: 0 }, &mut sent)?;
+        }
+        w.flush().map_err(wire::WireError::Io)?;
+
+        let mut pending: Vec<Statelet> = Vec::new();
+        let mut snapshot_done = false;
+        let mut asked = mode == Mode::StopCopy;
+        loop {
+            let m = wire::read_message(r, &mut got)
+                .map_err(|e| MigrateError::from_read(e, "the source's state stream", timeout))?;
+            match m {
+                Message::Statelet(s) => {
+                    pending.push(s);
+                    // Install when a batch is full or nothing more waits.
+                    if pending.len() >= self.opts.install_batch || r.buffer().is_empty() {
+                        self.install(&mut pending)?;
+                    }
+                }
+                Message::SnapshotDone { .. } => {
+                    self.install(&mut pending)?;
+                    snapshot_done = true;
+                    self.report.snapshot_in = start.elapsed();
+                }
+                Message::Switched => self.switched = true,
+                Message::Packets { port, frames } if mode == Mode::Duplicate => {
+                    // In stream order: what came before is installed first.
+                    self.install(&mut pending)?;
+                    self.report.replayed += frames.len() as u64;
+                    let frames = frames.into_iter().map(|f| (usize::from(port), f)).collect();
+                    self.handle.replay(self.stage, frames)?;
+                }
+                Message::Whole(state) if mode == Mode::StopCopy => {
+                    self.handle.import_state(self.stage, state)?;
+                    self.report.installed += 1;
+                }
+                Message::End { .. } => {
+                    self.install(&mut pending)?;
+                    self.handle.finish_install(self.stage)?;
+                    let (_, peak, dropped) = self.handle.hold(false)?;
+                    self.holding = false;
+                    self.report.peak_held = peak as u64;
+                    self.report.dropped_held = dropped;
+                    self.report.bytes = got.bytes;
+                    let done = Message::Done {
+                        installed: self.report.installed,
+                        peak_held: peak as u64,
+                        dropped_held: dropped,
+                    };
+                    wire::write_message(w, &done, &mut sent)?;
+                    w.flush().map_err(wire::WireError::Io)?;
+                    return Ok(());
+                }
+                Message::Abort { reason } => return Err(MigrateError::PeerAborted(reason)),
+                other => {
+                    return Err(MigrateError::Unexpected {
+                        expected: "Statelet, SnapshotDone, Switched or End",
+                        got: other.name(),
+                    })
+                }
+            }
+            // SliM: ask for the switch once the snapshot is in and the
+            // statelet backlog (what is read but not installed, and what
+            // waits in the reader) is small.
+            if snapshot_done && !asked && pending.is_empty() && r.buffer().len() < 64 << 10 {
+                asked = true;
+                let m = Message::SwitchRequest { installed: self.report.installed };
+                wire::write_message(w, &m, &mut sent)?;
+                w.flush().map_err(wire::WireError::Io)?;
+            }
+        }
+    }
+
+    fn install(&mut self, pending: &mut Vec<Statelet>) -> Result<(), MigrateError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(pending);
+        self.report.installed += self.handle.install(self.stage, batch)? as u64;
+        Ok(())
+    }
+}

@@ -1,0 +1,448 @@
+//! The source's side of a migration (see `docs/migration.md`).
+//!
+//! States: `Hello` (sent; wait for Accept) → `Streaming` (snapshot chunks
+//! and statelets flow; wait for SwitchRequest) → `Switched` (traffic
+//! redirected, markers sent; wait for every marker) → `Ended` (End sent;
+//! wait for Done) → done. Any failure in any state: the stream stops (the
+//! table thaws), the traffic goes back to the source if it had been
+//! switched, an Abort is sent when the link still works, and the error is
+//! returned. The source never stops processing in statelet mode.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braid_dataplane::migration::{StreamItem, StreamOut};
+use braid_dataplane::WorkerHandle;
+use braid_nf::FlowScope;
+
+use crate::wire::{self, Counts, Message, Mode};
+use crate::MigrateError;
+
+/// What the controller does to the traffic at switchover. braid calls
+/// `redirect` once, when the destination has asked for the switch, and
+/// `restore` only if the migration fails after `redirect` succeeded.
+pub trait Switch {
+    /// Send the traffic to the destination from now on, then put a drain
+    /// marker for migration `id` as the last packet on every old path
+    /// (`braid_dataplane::migration::marker_frame`).
+    fn redirect(&mut self, id: u64) -> Result<(), String>;
+    /// Send the traffic to the source again (rollback).
+    fn restore(&mut self) -> Result<(), String>;
+}
+
+/// How the source runs a migration.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    /// Carried by the drain markers; pick one per migration.
+    pub id: u64,
+    pub mode: Mode,
+    /// Entries per snapshot chunk (one chunk per worker loop turn).
+    pub chunk: usize,
+    /// The worker ports that receive the migrated traffic: each brings a
+    /// drain marker after the switch.
+    pub markers: Vec<usize>,
+    /// Items the worker may queue before the stream fails (it never waits).
+    pub queue: usize,
+    /// How long any one answer of the destination may take.
+    pub io_timeout: Duration,
+    /// How long after the switch every marker must have arrived.
+    pub marker_timeout: Duration,
+    /// Which flows move: [`FlowScope::All`] moves the instance; a set of
+    /// keys or a hash range splits it (the source keeps the other flows;
+    /// `Switch::redirect` must move exactly these).
+    pub scope: FlowScope,
+    /// Share of the source worker's time the state stream may take while
+    /// traffic flows (see `braid_dataplane::migration`).
+    pub budget: f64,
+    /// Switch once fewer changed flows than this wait to be sent (SliM:
+    /// when the statelet backlog is small) ...
+    pub switch_backlog: usize,
+    /// ... or once the destination has waited this long for it anyway.
+    pub switch_wait: Duration,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            id: 1,
+            mode: Mode::Statelet,
+            chunk: 256,
+            markers: Vec::new(),
+            queue: 1 << 16,
+            io_timeout: Duration::from_secs(5),
+            marker_timeout: Duration::from_secs(2),
+            scope: FlowScope::All,
+            budget: 0.1,
+            switch_backlog: 1024,
+            switch_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a finished migration did, seen from the source.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SourceReport {
+    pub mode: String,
+    /// Snapshot chunks and change statelets sent.
+    pub chunks: u64,
+    pub statelets: u64,
+    /// Packets copied to the destination (duplication baseline).
+    pub duplicated: u64,
+    /// Changed flows not yet sent when the traffic was switched.
+    pub backlog_at_switch: u64,
+    /// Bytes and frames sent on the state link.
+    pub bytes: u64,
+    pub frames: u64,
+    /// From the start to the destination's switch request.
+    pub until_switch: Duration,
+    /// From the switch to the last marker (the drain).
+    pub drain: Duration,
+    /// From the start to Done.
+    pub total: Duration,
+    /// What the destination reported.
+    pub installed: u64,
+    pub peak_held: u64,
+    pub dropped_held: u64,
+}
+
+/// Migrate stage `stage` (NF kind `kind`) of the worker behind `handle`
+/// to the destination at the other end of `conn`. `switch` moves the
+/// traffic. On error everything is rolled back (see the module
+/// documentation) and the error says why.
+pub fn migrate_out(
+    handle: &WorkerHandle,
+    stage: &str,
+    kind: &str,
+    conn: TcpStream,
+    opts: &SourceOptions,
+    switch: &mut dyn Switch,
+) -> Result<SourceReport, MigrateError> {
+    if opts.mode == Mode::StopCopy && opts.scope != FlowScope::All {
+        return Err(MigrateError::Options(
+            "stop-and-copy moves a whole instance; split a flow set with the statelet mode".into(),
+        ));
+    }
+    let mut run = Run {
+        handle,
+        stage,
+        opts,
+        switch,
+        streaming: false,
+        switched: false,
+        start: Instant::now(),
+        report: SourceReport { mode: opts.mode.to_string(), ..SourceReport::default() },
+        from_peer: None,
+        backlog: Arc::new(AtomicUsize::new(0)),
+    };
+    match run.go(kind, conn) {
+        Ok(()) => {
+            run.report.total = run.start.elapsed();
+            Ok(run.report)
+        }
+        Err((e, writer)) => Err(run.roll_back(e, writer)),
+    }
+}
+
+struct Run<'a> {
+    handle: &'a WorkerHandle,
+    stage: &'a str,
+    opts: &'a SourceOptions,
+    switch: &'a mut dyn Switch,
+    streaming: bool,
+    switched: bool,
+    start: Instant,
+    report: SourceReport,
+    from_peer: Option<FromPeer>,
+    /// Changed flows the worker has not sent yet.
+    backlog: Arc<AtomicUsize>,
+}
+
+type Writer = BufWriter<TcpStream>;
+type Failure = (MigrateError, Option<Writer>);
+
+/// Messages from the destination, read on their own thread.
+type FromPeer = Receiver<Result<Message, MigrateError>>;
+
+impl Run<'_> {
+    fn go(&mut self, kind: &str, conn: TcpStream) -> Result<(), Failure> {
+        let opts = self.opts;
+        let fail = |e: MigrateError| (e, None);
+        conn.set_nodelay(true).map_err(|e| fail(wire::WireError::Io(e).into()))?;
+        conn.set_read_timeout(Some(opts.io_timeout))
+            .and_then(|()| conn.set_write_timeout(Some(opts.io_timeout)))
+            .map_err(|e| fail(wire::WireError::Io(e).into()))?;
+        let read_half = conn.try_clone().map_err(|e| fail(wire::WireError::Io(e).into()))?;
+        let mut w = BufWriter::with_capacity(256 << 10, conn);
+        let mut sent = Counts::default();
+        let hello = Message::Hello {
+            id: opts.id,
+            stage: self.stage.to_string(),
+            kind: kind.to_string(),
+            mode: opts.mode,
+        };
+        let step = wire::write_preamble(&mut w)
+            .and_then(|()| wire::write_message(&mut w, &hello, &mut sent))
+            .and_then(|()| w.flush().map_err(Into::into));
+        if let Err(e) = step {
+            return Err((e.into(), Some(w)));
+        }
+        let mut r = BufReader::new(read_half);
+        let answer = wire::read_preamble(&mut r)
+            .and_then(|()| wire::read_message(&mut r, &mut Counts::default()))
+            .map_err(|e| MigrateError::from_read(e, "the destination's answer", opts.io_timeout));
+        match answer {
+            Ok(Message::Accept) => {}
+            Ok(Message::Refuse { reason }) => return Err((MigrateError::Refused(reason), Some(w))),
+            Ok(other) => {
+                let e = MigrateError::Unexpected { expected: "Accept", got: other.name() };
+                return Err((e, Some(w)));
+            }
+            Err(e) => return Err((e, Some(w))),
+        }
+        // The destination's later messages come on their own thread, so a
+        // slow state link never keeps the source from reading them.
+        let (peer_tx, from_peer) = mpsc::channel();
+        let io_timeout = opts.io_timeout;
+        std::thread::spawn(move || {
+            let mut c = Counts::default();
+            loop {
+                let m = wire::read_message(&mut r, &mut c);
+                let stop = m.is_err();
+                // Timeouts while waiting are normal here: the main loop
+                // keeps its own deadlines.
+                if let Err(wire::WireError::Io(e)) = &m {
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) {
+                        continue;
+                    }
+                }
+                let m = m.map_err(|e| MigrateError::from_read(e, "the destination", io_timeout));
+                if peer_tx.send(m).is_err() || stop {
+                    return;
+                }
+            }
+        });
+
+        let (sink, items) = mpsc::sync_channel(opts.queue);
+        let req = StreamOut {
+            stage: self.stage.to_string(),
+            sink,
+            chunk: opts.chunk,
+            markers: opts.markers.clone(),
+            id: opts.id,
+            send_state: opts.mode != Mode::StopCopy,
+            scope: opts.scope.clone(),
+            duplicate: opts.mode == Mode::Duplicate,
+            budget: opts.budget,
+            backlog: self.backlog.clone(),
+        };
+        if let Err(e) = self.handle.stream_out(req) {
+            return Err((e.into(), Some(w)));
+        }
+        self.streaming = true;
+        let r = self.pump(&mut w, &mut sent, &items, &from_peer);
+        self.from_peer = Some(from_peer);
+        r.map_err(|e| (e, Some(w)))
+    }
+
+    /// Move the worker's stream items to the link and react to the
+    /// destination until Done.
+    fn pump(
+        &mut self,
+        w: &mut Writer,
+        sent: &mut Counts,
+        items: &Receiver<StreamItem>,
+        from_peer: &FromPeer,
+    ) -> Result<(), MigrateError> {
+        let opts = self.opts;
+        let mut switched_at: Option<Instant> = None;
+        let mut asked_at: Option<Instant> = None;
+        let mut ended_at: Option<Instant> = None;
+        loop {
+            // The destination is ready: switch once the changed flows
+            // waiting here are few (what is left to send after the switch
+            // is the outage), or once it has waited long enough.
+            if let (Some(asked), None) = (asked_at, switched_at) {
+                let backlog = self.backlog.load(Ordering::Relaxed);
+                if backlog < opts.switch_backlog || asked.elapsed() >= opts.switch_wait {
+                    self.report.until_switch = self.start.elapsed();
+                    self.report.backlog_at_switch = backlog as u64;
+                    w.flush().map_err(wire::WireError::Io)?;
+                    self.switch.redirect(opts.id).map_err(MigrateError::Switch)?;
+                    self.switched = true;
+                    switched_at = Some(Instant::now());
+                    wire::write_message(w, &Message::Switched, sent)?;
+                }
+            }
+            // The destination's messages first.
+            loop {
+                match from_peer.try_recv() {
+                    Ok(Ok(Message::SwitchRequest { .. })) if asked_at.is_none() => {
+                        asked_at = Some(Instant::now());
+                    }
+                    Ok(Ok(Message::Done { installed, peak_held, dropped_held })) => {
+                        if ended_at.is_none() {
+                            return Err(MigrateError::Unexpected {
+                                expected: "End first",
+                                got: "Done",
+                            });
+                        }
+                        self.report.installed = installed;
+                        self.report.peak_held = peak_held;
+                        self.report.dropped_held = dropped_held;
+                        self.report.bytes = sent.bytes;
+                        self.report.frames = sent.frames;
+                        return Ok(());
+                    }
+                    Ok(Ok(Message::Abort { reason })) => {
+                        return Err(MigrateError::PeerAborted(reason))
+                    }
+                    Ok(Ok(other)) => {
+                        return Err(MigrateError::Unexpected {
+                            expected: "SwitchRequest or Done",
+                            got: other.name(),
+                        })
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        return Err(MigrateError::PeerAborted("the state link closed".into()))
+                    }
+                }
+            }
+            // Then what the worker queued.
+            match items.recv_timeout(Duration::from_millis(2)) {
+                Ok(StreamItem::Statelet(s)) => {
+                    if s.state.data.len() > 8 || !s.keys.is_empty() {
+                        wire::write_message(w, &Message::Statelet(s), sent)?;
+                    }
+                }
+                Ok(StreamItem::SnapshotDone { chunks }) => {
+                    self.report.chunks = chunks;
+                    wire::write_message(w, &Message::SnapshotDone { chunks }, sent)?;
+                    w.flush().map_err(wire::WireError::Io)?;
+                }
+                Ok(StreamItem::Marker { .. }) => {}
+                Ok(StreamItem::Packets { port, frames }) => {
+                    self.report.duplicated += frames.len() as u64;
+                    let m = Message::Packets { port: port as u16, frames };
+                    wire::write_message(w, &m, sent)?;
+                }
+                Ok(StreamItem::End { statelets, chunks }) => {
+                    self.streaming = false;
+                    self.report.statelets = statelets;
+                    self.report.chunks = chunks;
+                    if let Some(t) = switched_at {
+                        self.report.drain = t.elapsed();
+                    }
+                    if opts.mode == Mode::StopCopy {
+                        self.send_whole(w, sent)?;
+                    }
+                    wire::write_message(w, &Message::End { statelets, chunks }, sent)?;
+                    w.flush().map_err(wire::WireError::Io)?;
+                    ended_at = Some(Instant::now());
+                }
+                Ok(StreamItem::Failed(e)) => {
+                    self.streaming = false;
+                    return Err(MigrateError::Stream(e));
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    w.flush().map_err(wire::WireError::Io)?;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    if ended_at.is_none() {
+                        self.streaming = false;
+                        return Err(MigrateError::Stream("the worker stopped".into()));
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            if let (Some(t), None) = (switched_at, ended_at) {
+                if t.elapsed() > opts.marker_timeout {
+                    return Err(MigrateError::Timeout {
+                        what: format!("the drain markers on ports {:?}", opts.markers),
+                        after: opts.marker_timeout,
+                    });
+                }
+            }
+            if let Some(t) = ended_at {
+                if t.elapsed() > opts.io_timeout {
+                    return Err(MigrateError::Timeout {
+                        what: "the destination's Done".into(),
+                        after: opts.io_timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Stop-and-copy: every old path brought its marker, so nothing more
+    /// comes: pause, export the whole state, send it, resume (the stage no
+    /// longer gets traffic).
+    fn send_whole(&mut self, w: &mut Writer, sent: &mut Counts) -> Result<(), MigrateError> {
+        self.handle.pause()?;
+        let state = self.handle.export_binary(self.stage);
+        self.handle.resume()?;
+        let state = state?.ok_or_else(|| {
+            MigrateError::Stream(format!("stage `{}` keeps no state to copy", self.stage))
+        })?;
+        wire::write_message(w, &Message::Whole(state), sent)?;
+        Ok(())
+    }
+
+    /// Undo a failed migration; returns the error to report.
+    fn roll_back(&mut self, e: MigrateError, writer: Option<Writer>) -> MigrateError {
+        if self.streaming {
+            let _ = self.handle.stream_stop(self.stage);
+        }
+        if !self.switched {
+            if let Some(mut w) = writer {
+                let abort = Message::Abort { reason: e.to_string() };
+                let _ = wire::write_message(&mut w, &abort, &mut Counts::default());
+                let _ = w.flush();
+            }
+            return e;
+        }
+        // After the switch: hold what arrives here again, move the traffic
+        // back, take what the destination held since the switch, process
+        // it, then what was held here: the order of every flow is kept.
+        let _ = self.handle.hold(true);
+        let _ = self.switch.restore();
+        // The Abort also tells the destination that nothing more comes its
+        // way: it can hand over what it holds.
+        if let Some(mut w) = writer {
+            let abort = Message::Abort { reason: e.to_string() };
+            let _ = wire::write_message(&mut w, &abort, &mut Counts::default());
+            let _ = w.flush();
+        }
+        let mut returned = None;
+        if let Some(from_peer) = &self.from_peer {
+            let deadline = Instant::now() + self.opts.io_timeout;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match from_peer.recv_timeout(left) {
+                    Ok(Ok(Message::Returned { packets })) => {
+                        returned = Some(packets);
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+        }
+        let lost = returned.is_none();
+        let packets: Vec<(usize, Vec<u8>)> =
+            returned.unwrap_or_default().into_iter().map(|(p, f)| (usize::from(p), f)).collect();
+        let n = packets.len();
+        if !packets.is_empty() {
+            let _ = self.handle.inject(packets);
+        }
+        let _ = self.handle.hold(false);
+        MigrateError::RolledBack { cause: Box::new(e), returned: n, lost }
+    }
+}
