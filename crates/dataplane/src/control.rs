@@ -63,6 +63,25 @@ pub enum Command {
     /// rounds), answer, then give the NFs a last tick, flush and leave the
     /// loop; the worker's `run` returns.
     Stop,
+    /// Change how the worker runs from its next turn on: scheduling of its
+    /// thread, batch size, idle policy, adaptive mode (each `None`:
+    /// unchanged). Everything is checked first; refused, nothing changes.
+    SetSched(SchedChange),
+}
+
+/// What [`Command::SetSched`] changes; `None` leaves a setting as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchedChange {
+    /// The thread's CPUs, policy and nice, all of them (an empty CPU list:
+    /// every CPU; no nice: 0).
+    pub sched: Option<crate::sched::Sched>,
+    pub batch_size: Option<usize>,
+    pub idle: Option<crate::worker::Idle>,
+    /// `Some(Some(cfg))`: adaptive mode on (or with new bounds), starting
+    /// from the batch size and idle policy after this change;
+    /// `Some(None)`: off (the settings stay where the controller left
+    /// them unless given here).
+    pub adapt: Option<Option<crate::adapt::AdaptConfig>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -82,6 +101,7 @@ impl std::fmt::Debug for Command {
             Command::AddPort { port, rx_to } => write!(f, "AddPort({}, {rx_to:?})", port.name()),
             Command::Reconfigure { stage, .. } => write!(f, "Reconfigure({stage})"),
             Command::Stop => f.write_str("Stop"),
+            Command::SetSched(c) => write!(f, "SetSched({c:?})"),
         }
     }
 }
@@ -124,6 +144,20 @@ pub enum ControlError {
     },
     #[error("worker `{0}` has stopped")]
     Gone(String),
+    #[error("worker `{worker}`: {source}")]
+    Sched {
+        worker: String,
+        #[source]
+        source: crate::sched::SchedError,
+    },
+    #[error("worker `{worker}`: batch size {size} is out of range 1..={max}")]
+    BatchSize { worker: String, size: usize, max: usize },
+    #[error("worker `{worker}`: {source}")]
+    Adapt {
+        worker: String,
+        #[source]
+        source: crate::adapt::AdaptError,
+    },
     #[error("worker `{worker}` did not answer {command} within {timeout:?}")]
     Timeout { worker: String, command: String, timeout: Duration },
     #[error("unexpected answer to {0}")]
@@ -305,6 +339,12 @@ impl WorkerHandle {
 
     pub fn reconfigure(&self, stage: &str, params: Params) -> Result<(), ControlError> {
         self.done(Command::Reconfigure { stage: stage.into(), params })
+    }
+
+    /// Change the worker's scheduling, batch size, idle policy or adaptive
+    /// mode while it runs ([`Command::SetSched`]).
+    pub fn set_sched(&self, change: SchedChange) -> Result<(), ControlError> {
+        self.done(Command::SetSched(change))
     }
 
     /// Ask the worker to stop; `Ok` also if it already has.
