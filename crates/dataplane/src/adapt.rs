@@ -65,6 +65,10 @@ pub struct AdaptConfig {
     pub busy_wakeups_per_packet: f64,
     /// Periods with fewer packets change nothing (except back to poll).
     pub min_packets: u64,
+    /// Print every change to standard error as it is made (a process
+    /// running one worker: `braid nf-proc --adapt`).
+    #[serde(default)]
+    pub log: bool,
 }
 
 impl Default for AdaptConfig {
@@ -79,6 +83,7 @@ impl Default for AdaptConfig {
             busy_above_pps: 20_000.0,
             busy_wakeups_per_packet: 0.5,
             min_packets: 64,
+            log: false,
         }
     }
 }

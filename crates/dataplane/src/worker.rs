@@ -518,6 +518,9 @@ impl<'a> Worker<'a> {
             elapsed_ns: now.duration_since(start).as_nanos() as u64,
         };
         if let Some(change) = a.observe(&sample) {
+            if a.config().log {
+                eprintln!("worker `{}`: adapt: {change}", self.cfg.name);
+            }
             self.adaptations.push(change);
             self.apply_adapter();
         }

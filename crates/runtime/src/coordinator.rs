@@ -32,9 +32,20 @@ pub struct WorkerSettings {
     pub sched: Sched,
     pub idle: Idle,
     pub batch_size: usize,
+    /// Adaptive mode (`sched.adapt`): batch size and idle policy set by
+    /// the worker's feedback loop, the batch size above as its upper bound.
+    pub adapt: bool,
 }
 
 impl WorkerSettings {
+    /// The adaptive mode's bounds for these settings (None: off).
+    pub fn adapt_config(&self) -> Option<braid_dataplane::AdaptConfig> {
+        self.adapt.then(|| braid_dataplane::AdaptConfig {
+            max_batch: self.batch_size.max(1),
+            ..braid_dataplane::AdaptConfig::default()
+        })
+    }
+
     /// Polls busily at a real-time priority.
     pub fn real_time_busy(&self) -> bool {
         self.idle == Idle::Busy
@@ -152,6 +163,7 @@ pub fn to_settings(
         sched: Sched { cpus: s.cpus.clone().unwrap_or_default(), policy, nice: s.nice },
         idle: s.idle.unwrap_or(idle),
         batch_size: s.batch_size.unwrap_or(batch_size),
+        adapt: s.adapt.unwrap_or(false),
     })
 }
 
@@ -195,10 +207,10 @@ pub fn unit_decl(
 ) -> Result<SchedDecl, CoordError> {
     let mut merged = SchedDecl::default();
     // Which NF set each field first, for the conflict message.
-    let mut setter: [Option<usize>; 6] = [None; 6];
+    let mut setter: [Option<usize>; 7] = [None; 7];
     for &i in unit_nfs {
         let Some(s) = d.nfs.get(i).and_then(|nf| nf.sched.as_ref()) else { continue };
-        let fields: [(&'static str, Option<String>, Option<String>); 6] = [
+        let fields: [(&'static str, Option<String>, Option<String>); 7] = [
             ("policy", s.policy.map(|p| p.to_string()), merged.policy.map(|p| p.to_string())),
             ("priority", s.priority.map(|p| p.to_string()), merged.priority.map(|p| p.to_string())),
             ("nice", s.nice.map(|p| p.to_string()), merged.nice.map(|p| p.to_string())),
@@ -217,6 +229,7 @@ pub fn unit_decl(
                 s.idle.map(|p| format!("{p:?}").to_lowercase()),
                 merged.idle.map(|p| format!("{p:?}").to_lowercase()),
             ),
+            ("adapt", s.adapt.map(|p| p.to_string()), merged.adapt.map(|p| p.to_string())),
         ];
         for (k, (field, new, old)) in fields.into_iter().enumerate() {
             match (new, old, setter[k]) {
@@ -419,6 +432,7 @@ mod tests {
             sched: Sched { cpus: cpus.to_vec(), policy, nice: None },
             idle,
             batch_size: 32,
+            adapt: false,
         }
     }
 

@@ -40,6 +40,7 @@ pub mod shm_bench;
 pub mod spans;
 #[allow(unsafe_code)] // kill, fcntl on child pipes
 pub mod supervisor;
+pub mod tune;
 pub mod validate;
 
 pub use chain::{Chain, ChainBuildError, ChainMonitor, ChainSnapshot, Stage, StageSnapshot};
