@@ -27,6 +27,7 @@
 //! assert_eq!(chain.snapshot().stages[0].counters.packets_in, 1);
 //! ```
 
+pub mod batch_sweep;
 pub mod bench;
 pub mod chain;
 pub mod coordinator;

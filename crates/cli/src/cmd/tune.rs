@@ -15,12 +15,20 @@ use braid_runtime::ChainDescriptor;
 
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  braid tune examples/chain4.yaml\n  braid tune examples/chain4.yaml --candidates default,poll,poll-fifo,adaptive --reps 5\n  braid tune --scc-chains 1-8 --candidates default,batch-1,batch-2,batch-16,batch-32,poll,adaptive"
+    after_help = "Examples:\n  braid tune examples/chain4.yaml\n  braid tune examples/chain4.yaml --candidates default,poll,poll-fifo,adaptive --reps 5\n  braid tune --scc-chains 1-8 --candidates default,batch-1,batch-2,batch-16,batch-32,poll,adaptive\n  braid tune --scc-batch af_packet,af_xdp --rate 100000"
 )]
 pub struct Args {
     /// Chain descriptor (YAML) to tune.
-    #[arg(required_unless_present = "scc_chains", conflicts_with = "scc_chains")]
+    #[arg(required_unless_present_any = ["scc_chains", "scc_batch"], conflicts_with_all = ["scc_chains", "scc_batch"])]
     pub chain: Option<PathBuf>,
+    /// SCC's batch sweep (Fig. 8): one router between veth pairs in
+    /// namespaces, on these port kinds (`af_packet,af_xdp`), at --rate,
+    /// for every --batches (needs root).
+    #[arg(long, value_name = "KINDS", value_delimiter = ',', conflicts_with = "scc_chains")]
+    pub scc_batch: Option<Vec<String>>,
+    /// Batch sizes of --scc-batch.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64,128,256")]
+    pub batches: Vec<usize>,
     /// SCC's chain experiment: chains of FIRST..=LAST routers (`1-8`, or a
     /// list `1,2,4,8`).
     #[arg(long, value_name = "LENGTHS")]
@@ -119,6 +127,69 @@ fn print_table(s: &[Summary]) {
     }
 }
 
+fn run_batch_sweep(a: &Args, kinds: &[String], cpu: usize) -> Result<()> {
+    use braid_runtime::batch_sweep::{run_sweep, Io, Sweep};
+    let ios = kinds
+        .iter()
+        .map(|k| k.parse::<Io>().map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let s = Sweep {
+        ios,
+        batches: a.batches.clone(),
+        rate_pps: a.rate,
+        packets: a.packets,
+        warmup: a.warmup,
+        reps: a.reps,
+        cpu,
+    };
+    let stop =
+        braid_probe::signal::stop_flag_on_signals().context("install the SIGINT/SIGTERM handler")?;
+    println!(
+        "one router on CPU {cpu}; {} pps of 80 B frames, {} measured packets per point (+{} warm-up), {} interleaved repetitions",
+        a.rate, a.packets, a.warmup, a.reps
+    );
+    let ms = run_sweep(&s, Some(&stop), &mut |r| match r {
+        Ok(m) => eprintln!(
+            "  rep {} {} batch {}: median {} us, IQR {} us, p99 {} us, {}/{} received",
+            m.rep,
+            m.candidate,
+            m.nfs,
+            us(m.p50_ns),
+            us(m.iqr_ns()),
+            us(m.p99_ns),
+            m.received,
+            m.sent
+        ),
+        Err(e) => eprintln!("  failed: {e}"),
+    })?;
+    let s = summarize(&ms);
+    if a.json {
+        println!("{}", serde_json::json!({ "summaries": s }));
+        return Ok(());
+    }
+    println!("| port | batch | reps | lost | median us | IQR us | p99 us | median vs batch 1 | IQR vs batch 1 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = s.clone();
+    rows.sort_by(|x, y| x.candidate.cmp(&y.candidate).then(x.nfs.cmp(&y.nfs)));
+    for r in &rows {
+        let one = rows.iter().find(|o| o.candidate == r.candidate && o.nfs == 1);
+        let (mr, ir) = one.map_or(("-".into(), "-".into()), |o| {
+            (ratio(r.p50_ns, o.p50_ns), ratio(r.iqr_ns, o.iqr_ns))
+        });
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {mr} | {ir} |",
+            r.candidate,
+            r.nfs,
+            r.reps,
+            r.sent.saturating_sub(r.received),
+            us(r.p50_ns),
+            us(r.iqr_ns),
+            us(r.p99_ns)
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<()> {
     if a.candidates.iter().any(|c| c == "list") {
         for (n, what) in CANDIDATES {
@@ -132,6 +203,9 @@ pub fn run(a: Args) -> Result<()> {
     let cpu = a.cpu.or_else(|| online.last().copied()).unwrap_or(0);
     if !online.contains(&cpu) {
         bail!("--cpu {cpu}: not an online CPU ({})", braid_runtime::coordinator::cpu_list(&online));
+    }
+    if let Some(kinds) = &a.scc_batch {
+        return run_batch_sweep(&a, kinds, cpu);
     }
     let chains = match (&a.scc_chains, &a.chain) {
         (Some(l), _) => lengths(l)?.into_iter().map(router_chain).collect::<Result<Vec<_>>>()?,
