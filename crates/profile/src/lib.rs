@@ -17,6 +17,7 @@
 //! - [`calibrate`]: context-switch and system-call costs per scheduling
 //!   policy (SCC Table 2);
 //! - [`hw`]: hardware counters through `perf-event2`;
+//! - [`softirq`]: softirq time and network softirqs per CPU over the run;
 //! - [`report`]: table, JSON and SVG.
 //!
 //! `docs/profiling.md` shows the output and what each number means.
@@ -26,6 +27,7 @@ pub mod hw;
 pub mod profile;
 pub mod report;
 pub mod run;
+pub mod softirq;
 
 pub use calibrate::{calibrate, cost_table, UnitCosts};
 pub use hw::HardwareCounts;

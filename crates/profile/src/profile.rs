@@ -115,6 +115,9 @@ pub struct Profile {
     pub breakdown: Vec<CostBar>,
     /// What this machine cannot measure, said once.
     pub not_measured: Vec<String>,
+    /// Softirq time and network softirqs per CPU over the run (empty:
+    /// not read).
+    pub softirq: Vec<crate::softirq::CpuSoftirq>,
 }
 
 /// What the profiler needs of a finished run.
@@ -218,6 +221,7 @@ pub fn build(
         unit_costs,
         breakdown: bars,
         not_measured,
+        softirq: Vec::new(),
     }
 }
 

@@ -147,6 +147,19 @@ pub fn format_table(p: &Profile) -> String {
     } else {
         o.push('\n');
     }
+    if !p.softirq.is_empty() {
+        let _ = writeln!(
+            o,
+            "softirq per CPU during the run (all of the machine's, not only braid's; /proc/stat, 10 ms ticks; /proc/softirqs):"
+        );
+        for c in &p.softirq {
+            let _ = writeln!(
+                o,
+                "  cpu{}: {} ms in softirq, {} NET_RX, {} NET_TX",
+                c.cpu, c.softirq_ms, c.net_rx, c.net_tx
+            );
+        }
+    }
     for m in &p.not_measured {
         let _ = writeln!(o, "not measured: {m}");
     }
