@@ -206,7 +206,7 @@ pub fn build(
     }
     if wps.iter().any(|w| w.port_syscalls.is_none()) {
         not_measured.push(
-            "system calls of ports other than AF_PACKET and AF_XDP (in-memory, capture files, channels and shared memory are not counted; `sleeps` counts each worker's idle waits, one poll(2) or nanosleep each)".to_string(),
+            "system calls of in-memory and capture-file ports (not counted; AF_PACKET, AF_XDP, shared-memory and channel ports are; `sleeps` counts each worker's idle waits, one poll(2) or nanosleep each)".to_string(),
         );
     }
     Profile {

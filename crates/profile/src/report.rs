@@ -108,7 +108,7 @@ pub fn format_table(p: &Profile) -> String {
             }
         }
     }
-    let _ = writeln!(o, "(drops = lost at the worker's ports; sc/pkt = system calls of its AF_PACKET/AF_XDP ports per packet, n/a for other port kinds; cpu = on-CPU time from schedstat; rq-wait = runnable but waiting, ms; minflt = minor + major faults)");
+    let _ = writeln!(o, "(drops = lost at the worker's ports; sc/pkt = system calls of its AF_PACKET, AF_XDP, shared-memory and channel ports per packet, n/a for in-memory and capture-file ports; cpu = on-CPU time from schedstat; rq-wait = runnable but waiting, ms; minflt = minor + major faults)");
     let _ = writeln!(o, "\nper-packet cost by worker (ns per packet the worker received):");
     for b in &p.breakdown {
         let sum: f64 = b.components.iter().filter(|c| c.cpu).map(|c| c.ns_per_packet).sum();
