@@ -501,4 +501,27 @@ mod tests {
             p("{ policy: fifo, priority: 99, cpus: [1], idle: busy, batch_size: 1 }").is_empty()
         );
     }
+
+    #[test]
+    fn adapt_is_resolved_per_worker_and_bounded_by_the_batch_size() {
+        let d = ChainDescriptor::from_yaml(
+            "name: a\nbatch_size: 64\nsched: { adapt: true }\nnfs:\n  - { name: x, type: fwd }\n  - { name: y, type: fwd, sched: { adapt: false } }\n",
+        )
+        .unwrap();
+        let x = to_settings("x", &unit_decl(&d, "x", &[0]).unwrap(), Idle::Poll, 64).unwrap();
+        let y = to_settings("y", &unit_decl(&d, "y", &[1]).unwrap(), Idle::Poll, 64).unwrap();
+        assert!(x.adapt && !y.adapt);
+        let cfg = x.adapt_config().unwrap();
+        assert_eq!((cfg.min_batch, cfg.max_batch), (1, 64));
+        assert!(y.adapt_config().is_none());
+        // Two NFs of one worker that disagree are refused, naming the field.
+        let e = unit_decl(&d, "both", &[0, 1]);
+        assert!(e.is_ok(), "x sets nothing itself: {e:?}");
+        let d2 = ChainDescriptor::from_yaml(
+            "name: b\nnfs:\n  - { name: x, type: fwd, sched: { adapt: true } }\n  - { name: y, type: fwd, sched: { adapt: false } }\n",
+        )
+        .unwrap();
+        let e = unit_decl(&d2, "both", &[0, 1]).unwrap_err().to_string();
+        assert!(e.contains("sched.adapt") && e.contains("true and false"), "{e}");
+    }
 }
