@@ -147,7 +147,11 @@ pub struct Adaptation {
 
 impl std::fmt::Display for Adaptation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "period {}: {} {} -> {} ({})", self.period, self.what, self.from, self.to, self.why)
+        write!(
+            f,
+            "period {}: {} {} -> {} ({})",
+            self.period, self.what, self.from, self.to, self.why
+        )
     }
 }
 
@@ -193,7 +197,10 @@ impl Adapter {
         if self.idle == Idle::Busy && rate < self.cfg.busy_above_pps / 2.0 {
             return Some(self.change_idle(
                 Idle::Poll,
-                format!("arrival rate {rate:.0} pps fell below {:.0}", self.cfg.busy_above_pps / 2.0),
+                format!(
+                    "arrival rate {rate:.0} pps fell below {:.0}",
+                    self.cfg.busy_above_pps / 2.0
+                ),
             ));
         }
         if held || s.packets < self.cfg.min_packets || s.receives == 0 {
@@ -296,7 +303,8 @@ mod tests {
             // one direction, and none in the last 250 periods.
             assert!(log.len() <= 9, "{start}/{burst}: {log:#?}");
             assert!(log.iter().all(|c| c.period <= 50), "{start}/{burst}: {log:#?}");
-            let ups = log.iter().filter(|c| c.to.parse::<usize>().unwrap() > c.from.parse().unwrap());
+            let ups =
+                log.iter().filter(|c| c.to.parse::<usize>().unwrap() > c.from.parse().unwrap());
             let ups = ups.count();
             assert!(ups == log.len() || ups == 0, "{start}/{burst}: {log:#?}");
         }

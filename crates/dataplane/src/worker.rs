@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use braid_io::{Port, PortError, PortStats};
 use braid_packet::Batch;
 
-use crate::adapt::{Adaptation, AdaptConfig, Adapter, Sample};
+use crate::adapt::{AdaptConfig, Adaptation, Adapter, Sample};
 use crate::control::{
     mailbox, Command, ControlError, Envelope, Mailbox, Output, Reply, SchedChange, WorkerHandle,
 };

@@ -82,10 +82,15 @@ fn set_sched_changes_batch_and_nice_live_and_refuses_bad_values() {
     h.set_sched(SchedChange { sched: Some(nice), ..SchedChange::default() }).unwrap();
     assert_eq!(stat_field(tid, 19), 7, "nice is field 19 of stat");
     // Refused, nothing changes: bad batch, bad priority, bad adaptive bounds.
-    let bad = h.set_sched(SchedChange { batch_size: Some(0), idle: Some(Idle::Busy), ..SchedChange::default() });
+    let bad = h.set_sched(SchedChange {
+        batch_size: Some(0),
+        idle: Some(Idle::Busy),
+        ..SchedChange::default()
+    });
     assert!(matches!(bad, Err(ControlError::BatchSize { size: 0, .. })), "{bad:?}");
     let rt = Sched { policy: SchedPolicy::Fifo(0), ..Sched::default() };
-    let bad = h.set_sched(SchedChange { sched: Some(rt), batch_size: Some(4), ..SchedChange::default() });
+    let bad =
+        h.set_sched(SchedChange { sched: Some(rt), batch_size: Some(4), ..SchedChange::default() });
     let msg = bad.unwrap_err().to_string();
     assert!(msg.contains("worker `live`") && msg.contains("1..=99"), "{msg}");
     let adapt = AdaptConfig { min_batch: 9, max_batch: 3, ..AdaptConfig::default() };
@@ -110,11 +115,8 @@ fn the_adaptive_worker_settles_under_a_steady_load() {
     let mut cfg = WorkerConfig::new("adaptive");
     cfg.batch_size = 1;
     cfg.tick_interval = Duration::from_millis(5);
-    cfg.adapt = Some(AdaptConfig {
-        period: Duration::from_millis(50),
-        hold: 2,
-        ..AdaptConfig::default()
-    });
+    cfg.adapt =
+        Some(AdaptConfig { period: Duration::from_millis(50), hold: 2, ..AdaptConfig::default() });
     let (w, h, mut tx) = fwd_worker(cfg);
     let t = w.spawn().unwrap();
     let start = Instant::now();

@@ -102,8 +102,10 @@ impl SoftirqSample {
 mod tests {
     use super::*;
 
-    const STAT0: &str = "cpu  10 0 0 0 0 0 9 0 0 0\ncpu0 5 0 0 0 0 0 4 0 0 0\ncpu1 5 0 0 0 0 0 5 0 0 0\nintr 1\n";
-    const STAT1: &str = "cpu  10 0 0 0 0 0 19 0 0 0\ncpu0 5 0 0 0 0 0 4 0 0 0\ncpu1 5 0 0 0 0 0 15 0 0 0\n";
+    const STAT0: &str =
+        "cpu  10 0 0 0 0 0 9 0 0 0\ncpu0 5 0 0 0 0 0 4 0 0 0\ncpu1 5 0 0 0 0 0 5 0 0 0\nintr 1\n";
+    const STAT1: &str =
+        "cpu  10 0 0 0 0 0 19 0 0 0\ncpu0 5 0 0 0 0 0 4 0 0 0\ncpu1 5 0 0 0 0 0 15 0 0 0\n";
     const SI0: &str = "                    CPU0       CPU1\n          HI:          0          0\n      NET_TX:          1          2\n      NET_RX:         10         20\n";
     const SI1: &str = "                    CPU0       CPU1\n      NET_TX:          1          7\n      NET_RX:         10        520\n";
 

@@ -224,7 +224,8 @@ fn point(
             let now = monotonic_ns();
             for p in b.drain() {
                 let Some(pl) = p.data().get(L4_PAYLOAD..L4_PAYLOAD + 24) else { continue };
-                let word = |i: usize| u64::from_le_bytes(pl[i..i + 8].try_into().unwrap_or_default());
+                let word =
+                    |i: usize| u64::from_le_bytes(pl[i..i + 8].try_into().unwrap_or_default());
                 if word(16) != MAGIC {
                     continue;
                 }

@@ -220,7 +220,10 @@ fn template(size: usize) -> Result<Vec<u8>, TuneError> {
     g.recv(&mut b, 1)?;
     let mut f = b.drain().next().map(|p| p.data().to_vec()).unwrap_or_default();
     if f.len() < L4_PAYLOAD + 16 {
-        return Err(TuneError::Config(format!("generated frame of {} bytes is too short", f.len())));
+        return Err(TuneError::Config(format!(
+            "generated frame of {} bytes is too short",
+            f.len()
+        )));
     }
     f[40..42].copy_from_slice(&[0, 0]);
     Ok(f)

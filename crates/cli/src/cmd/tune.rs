@@ -35,7 +35,11 @@ pub struct Args {
     pub scc_chains: Option<String>,
     /// Candidates to measure, comma separated (`--candidates list` shows
     /// them).
-    #[arg(long, value_delimiter = ',', default_value = "default,per-packet,batch-1,batch-32,poll,poll-fifo,adaptive")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "default,per-packet,batch-1,batch-32,poll,poll-fifo,adaptive"
+    )]
     pub candidates: Vec<String>,
     /// Packets per second into the chain.
     #[arg(long, default_value_t = 20_000)]
@@ -80,10 +84,7 @@ fn lengths(s: &str) -> Result<Vec<usize>> {
                 (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
             (a..=b).collect()
         }
-        None => s
-            .split(',')
-            .map(|x| x.trim().parse().map_err(|_| bad()))
-            .collect::<Result<_>>()?,
+        None => s.split(',').map(|x| x.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?,
     };
     if v.is_empty() || v.iter().any(|&n| !(1..=16).contains(&n)) {
         return Err(bad());
@@ -142,8 +143,8 @@ fn run_batch_sweep(a: &Args, kinds: &[String], cpu: usize) -> Result<()> {
         reps: a.reps,
         cpu,
     };
-    let stop =
-        braid_probe::signal::stop_flag_on_signals().context("install the SIGINT/SIGTERM handler")?;
+    let stop = braid_probe::signal::stop_flag_on_signals()
+        .context("install the SIGINT/SIGTERM handler")?;
     println!(
         "one router on CPU {cpu}; {} pps of 80 B frames, {} measured packets per point (+{} warm-up), {} interleaved repetitions",
         a.rate, a.packets, a.warmup, a.reps
@@ -225,8 +226,8 @@ pub fn run(a: Args) -> Result<()> {
         },
         reps: a.reps,
     };
-    let stop =
-        braid_probe::signal::stop_flag_on_signals().context("install the SIGINT/SIGTERM handler")?;
+    let stop = braid_probe::signal::stop_flag_on_signals()
+        .context("install the SIGINT/SIGTERM handler")?;
     if !a.json {
         println!(
             "NF processes on CPU {cpu}; {} pps of {} B frames, {} measured packets per point (+{} warm-up), {} interleaved repetitions",
@@ -255,7 +256,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     print_table(&s);
     if a.scc_chains.is_some() {
-        println!("\nmedian latency against chain length (least squares over lengths >= 2, SCC's fit):");
+        println!(
+            "\nmedian latency against chain length (least squares over lengths >= 2, SCC's fit):"
+        );
         for c in &a.candidates {
             match fit(&s, c, 2) {
                 Some((slope, icpt)) => {
@@ -276,13 +279,11 @@ pub fn run(a: Args) -> Result<()> {
         us(b.p50_ns),
         us(b.iqr_ns),
         us(b.p99_ns),
-        s.iter()
-            .find(|d| d.candidate == "default")
-            .map_or(String::new(), |d| format!(
-                "; {}x the default's median, {}x its IQR",
-                ratio(b.p50_ns, d.p50_ns),
-                ratio(b.iqr_ns, d.iqr_ns)
-            ))
+        s.iter().find(|d| d.candidate == "default").map_or(String::new(), |d| format!(
+            "; {}x the default's median, {}x its IQR",
+            ratio(b.p50_ns, d.p50_ns),
+            ratio(b.iqr_ns, d.iqr_ns)
+        ))
     );
     print!("{}", sched_yaml(&cand, cpu));
     Ok(())
