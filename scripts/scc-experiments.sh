@@ -6,6 +6,7 @@
 #                   (SCC Table 2):           braid profile --costs ROUNDS
 #   2. batch.md     one router at a fixed rate, batch 1..256, AF_PACKET and
 #                   AF_XDP (SCC Fig. 8):     braid tune --scc-batch ...
+#      batch-fifo.md  the same, the router at SCHED_FIFO 50 (--nf-prio 50)
 #   3. chains.md    chains of 1..8 routers as processes sharing one CPU,
 #                   default vs batch CFS (with and without batched I/O) vs
 #                   poll vs adaptive (SCC Fig. 10): braid tune --scc-chains
@@ -39,7 +40,11 @@ for e in $ONLY; do
     case $e in
     1) run table2 "$BRAID" profile --costs 5 ;;
     2) run batch "$BRAID" tune --scc-batch af_packet,af_xdp --rate "$BATCH_RATE" \
-           --packets "$PACKETS" --warmup 500 --reps "$REPS" ;;
+           --packets "$PACKETS" --warmup 500 --reps "$REPS"
+       # The same with the router at SCHED_FIFO 50 (sleeping when idle): on
+       # a machine busy with other work it then does not wait for its CPU.
+       run batch-fifo "$BRAID" tune --scc-batch af_packet,af_xdp --nf-prio 50 \
+           --rate "$BATCH_RATE" --packets "$PACKETS" --warmup 500 --reps "$REPS" ;;
     3) run chains "$BRAID" tune --scc-chains 1-8 --rate "$CHAIN_RATE" --packets "$PACKETS" \
            --warmup 500 --reps "$REPS" \
            --candidates default,per-packet,batch-1,batch-2,batch-16,batch-32,poll,poll-fifo,adaptive ;;

@@ -98,6 +98,11 @@ pub struct Sweep {
     pub reps: u32,
     /// The router's CPU.
     pub cpu: usize,
+    /// Run the router thread at `SCHED_FIFO` with this priority (it sleeps
+    /// in `poll(2)` when idle, so it never spins at real time): on a
+    /// machine busy with other work this keeps the router from waiting
+    /// for its CPU, so what is measured is the I/O. None: `other`.
+    pub rt_prio: Option<i32>,
 }
 
 /// The two namespaces and the veth pairs; deleted on drop (links first).
@@ -198,7 +203,11 @@ fn point(
     let mut cfg = WorkerConfig::new(format!("router-{}-{batch}", io.name()));
     cfg.batch_size = batch;
     cfg.idle = Idle::Poll;
-    cfg.sched = Sched { cpus: vec![s.cpu], ..Sched::default() };
+    cfg.sched = Sched {
+        cpus: vec![s.cpu],
+        policy: s.rt_prio.map_or(SchedPolicy::Other, SchedPolicy::Fifo),
+        ..Sched::default()
+    };
     let stop_router = Arc::new(AtomicBool::new(false));
     cfg.stop_flag = Some(stop_router.clone());
     let (mut w, _h) = Worker::new(cfg, graph)?;

@@ -26,6 +26,11 @@ pub struct Args {
     /// for every --batches (needs root).
     #[arg(long, value_name = "KINDS", value_delimiter = ',', conflicts_with = "scc_chains")]
     pub scc_batch: Option<Vec<String>>,
+    /// --scc-batch: run the router at SCHED_FIFO with this priority (it
+    /// sleeps when idle), so a busy machine does not make it wait for its
+    /// CPU.
+    #[arg(long, requires = "scc_batch", value_parser = clap::value_parser!(i32).range(1..=99))]
+    pub nf_prio: Option<i32>,
     /// Batch sizes of --scc-batch.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64,128,256")]
     pub batches: Vec<usize>,
@@ -142,12 +147,17 @@ fn run_batch_sweep(a: &Args, kinds: &[String], cpu: usize) -> Result<()> {
         warmup: a.warmup,
         reps: a.reps,
         cpu,
+        rt_prio: a.nf_prio,
     };
     let stop = braid_probe::signal::stop_flag_on_signals()
         .context("install the SIGINT/SIGTERM handler")?;
     println!(
-        "one router on CPU {cpu}; {} pps of 80 B frames, {} measured packets per point (+{} warm-up), {} interleaved repetitions",
-        a.rate, a.packets, a.warmup, a.reps
+        "one router on CPU {cpu} ({}); {} pps of 80 B frames, {} measured packets per point (+{} warm-up), {} interleaved repetitions",
+        a.nf_prio.map_or("policy other".to_string(), |p| format!("SCHED_FIFO {p}")),
+        a.rate,
+        a.packets,
+        a.warmup,
+        a.reps
     );
     let ms = run_sweep(&s, Some(&stop), &mut |r| match r {
         Ok(m) => eprintln!(
