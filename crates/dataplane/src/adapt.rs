@@ -33,6 +33,14 @@
 //!   `busy_wakeups_per_packet` of the packets: wake-ups are then a large
 //!   part of each packet's latency; *idle poll* again when the rate falls
 //!   below half of `busy_above_pps`;
+//! - *real-time wake-ups* (only with `rt_priority`): when the worker waits
+//!   for more than `busy_wakeups_per_packet` of its packets (it sleeps in
+//!   `poll(2)` between packets, so every packet pays a wake-up, and under
+//!   SCHED_OTHER a woken thread may wait behind others on its CPU), raise
+//!   it to SCHED_FIFO at that priority: woken, it runs at once. Never while
+//!   it busy-polls (it would starve its CPU), and back to its own policy
+//!   when it stops sleeping (fewer than `rt_leave_wakeups_per_packet` idle
+//!   waits per packet: saturated, it would hold the CPU at real time);
 //! - at most one change every `hold` periods (rate limit), and nothing in
 //!   a period with fewer than `min_packets` packets except the way back to
 //!   `poll` (an idle worker must not spin).
@@ -65,6 +73,14 @@ pub struct AdaptConfig {
     pub busy_wakeups_per_packet: f64,
     /// Periods with fewer packets change nothing (except back to poll).
     pub min_packets: u64,
+    /// May the controller raise the worker to SCHED_FIFO at this priority
+    /// while it sleeps between packets (see the module documentation)?
+    #[serde(default)]
+    pub rt_priority: Option<i32>,
+    /// Idle waits per packet below which a raised worker goes back to its
+    /// own policy (it no longer sleeps: saturated).
+    #[serde(default = "default_rt_leave")]
+    pub rt_leave_wakeups_per_packet: f64,
     /// Print every change to standard error as it is made (a process
     /// running one worker: `braid nf-proc --adapt`).
     #[serde(default)]
@@ -83,9 +99,15 @@ impl Default for AdaptConfig {
             busy_above_pps: 20_000.0,
             busy_wakeups_per_packet: 0.5,
             min_packets: 64,
+            rt_priority: None,
+            rt_leave_wakeups_per_packet: default_rt_leave(),
             log: false,
         }
     }
+}
+
+fn default_rt_leave() -> f64 {
+    0.01
 }
 
 /// A bad adaptive configuration.
@@ -97,6 +119,8 @@ pub enum AdaptError {
     Period(Duration),
     #[error("adaptive grow_full {0} is outside (0, 1]")]
     GrowFull(f64),
+    #[error("adaptive rt_priority {0} is outside 1..=99")]
+    RtPriority(i32),
 }
 
 impl AdaptConfig {
@@ -114,6 +138,9 @@ impl AdaptConfig {
         }
         if !(self.grow_full > 0.0 && self.grow_full <= 1.0) {
             return Err(AdaptError::GrowFull(self.grow_full));
+        }
+        if let Some(p) = self.rt_priority.filter(|p| !(1..=99).contains(p)) {
+            return Err(AdaptError::RtPriority(p));
         }
         Ok(())
     }
@@ -161,6 +188,10 @@ pub struct Adapter {
     cfg: AdaptConfig,
     batch: usize,
     idle: Idle,
+    /// Raised to SCHED_FIFO `rt_priority`.
+    rt: bool,
+    /// The kernel refused the raise once: never try again.
+    rt_refused: bool,
     period: u64,
     last_change: Option<u64>,
 }
@@ -171,7 +202,7 @@ impl Adapter {
     pub fn new(cfg: AdaptConfig, batch: usize, idle: Idle) -> Result<Adapter, AdaptError> {
         cfg.check()?;
         let batch = batch.clamp(cfg.min_batch, cfg.max_batch);
-        Ok(Adapter { cfg, batch, idle, period: 0, last_change: None })
+        Ok(Adapter { cfg, batch, idle, rt: false, rt_refused: false, period: 0, last_change: None })
     }
 
     pub fn config(&self) -> &AdaptConfig {
@@ -184,6 +215,18 @@ impl Adapter {
 
     pub fn idle(&self) -> Idle {
         self.idle
+    }
+
+    /// The real-time priority the worker should run at now (None: its own
+    /// policy).
+    pub fn rt(&self) -> Option<i32> {
+        self.cfg.rt_priority.filter(|_| self.rt)
+    }
+
+    /// The kernel refused the raise: go back and never try again.
+    pub fn rt_refused(&mut self) {
+        self.rt = false;
+        self.rt_refused = true;
     }
 
     /// Look at one period's counters; the change to make, if any.
@@ -203,8 +246,28 @@ impl Adapter {
                 ),
             ));
         }
+        let wakeups = s.sleeps as f64 / s.packets.max(1) as f64;
+        // Saturated at real time: leave it whatever the hold says.
+        if self.rt && (self.idle == Idle::Busy || wakeups < self.cfg.rt_leave_wakeups_per_packet) {
+            let why = format!(
+                "{wakeups:.3} idle waits per packet ({rate:.0} pps): no longer sleeping between packets"
+            );
+            return Some(self.change_rt(false, why));
+        }
         if held || s.packets < self.cfg.min_packets || s.receives == 0 {
             return None;
+        }
+        if let Some(p) = self.cfg.rt_priority {
+            if !self.rt
+                && !self.rt_refused
+                && self.idle != Idle::Busy
+                && wakeups > self.cfg.busy_wakeups_per_packet
+            {
+                let why = format!(
+                    "{wakeups:.2} idle waits per packet ({rate:.0} pps): a wake-up per packet, run it at once (fifo:{p})"
+                );
+                return Some(self.change_rt(true, why));
+            }
         }
         let full = s.full as f64 / s.receives as f64;
         let fill = s.packets as f64 / s.receives as f64;
@@ -225,8 +288,8 @@ impl Adapter {
             );
             return Some(self.change_batch(to, why));
         }
-        let wakeups = s.sleeps as f64 / s.packets as f64;
         if self.cfg.allow_busy
+            && !self.rt
             && self.idle != Idle::Busy
             && rate >= self.cfg.busy_above_pps
             && wakeups > self.cfg.busy_wakeups_per_packet
@@ -238,6 +301,14 @@ impl Adapter {
             return Some(self.change_idle(Idle::Busy, why));
         }
         None
+    }
+
+    fn change_rt(&mut self, on: bool, why: String) -> Adaptation {
+        self.rt = on;
+        self.last_change = Some(self.period);
+        let rt = format!("fifo:{}", self.cfg.rt_priority.unwrap_or(0));
+        let (from, to) = if on { ("own".into(), rt) } else { (rt, "own".into()) };
+        Adaptation { period: self.period, what: "policy".into(), from, to, why }
     }
 
     fn change_batch(&mut self, to: usize, why: String) -> Adaptation {
@@ -349,6 +420,41 @@ mod tests {
         }
         assert_eq!(a.idle(), Idle::Poll, "{log:#?}");
         assert_eq!(log.iter().filter(|c| c.what == "idle").count(), 2, "{log:#?}");
+    }
+
+    #[test]
+    fn a_sleeping_worker_is_raised_to_real_time_and_lowered_when_saturated() {
+        let cfg = AdaptConfig { rt_priority: Some(10), ..AdaptConfig::default() };
+        let mut a = Adapter::new(cfg, 1, Idle::Poll).unwrap();
+        // One packet per wake-up: raised at once (first change).
+        let c = a.observe(&steady(20_000, 1, a.batch(), a.idle())).unwrap();
+        assert_eq!((c.what.as_str(), c.from.as_str(), c.to.as_str()), ("policy", "own", "fifo:10"));
+        assert_eq!(a.rt(), Some(10));
+        for _ in 0..20 {
+            a.observe(&steady(20_000, 1, a.batch(), a.idle()));
+        }
+        assert_eq!(a.rt(), Some(10), "steady: stays raised");
+        // Saturated (it never sleeps): lowered at once.
+        let mut s = steady(500_000, 64, a.batch(), Idle::Busy);
+        s.sleeps = 0;
+        let c = a.observe(&s).unwrap();
+        assert_eq!((c.what.as_str(), c.to.as_str()), ("policy", "own"), "{c}");
+        assert_eq!(a.rt(), None);
+        // Refused by the kernel: never again.
+        a.rt_refused();
+        for _ in 0..20 {
+            let c = a.observe(&steady(20_000, 1, a.batch(), a.idle()));
+            assert!(c.as_ref().is_none_or(|c| c.what != "policy"), "{c:?}");
+        }
+        // Without rt_priority, never.
+        let log = run(AdaptConfig::default(), 1, 20_000, 1, 50);
+        assert!(log.iter().all(|c| c.what != "policy"), "{log:#?}");
+        assert!(Adapter::new(
+            AdaptConfig { rt_priority: Some(0), ..AdaptConfig::default() },
+            1,
+            Idle::Poll
+        )
+        .is_err());
     }
 
     #[test]

@@ -223,6 +223,8 @@ pub struct Worker<'a> {
     adapter: Option<Adapter>,
     period: PeriodCounters,
     adaptations: Vec<Adaptation>,
+    /// The policy the adaptive mode last applied to the thread.
+    applied_policy: crate::sched::SchedPolicy,
 }
 
 /// What the loop counted since the adaptive controller last looked.
@@ -289,7 +291,10 @@ impl<'a> Worker<'a> {
             adapter,
             period: PeriodCounters::default(),
             adaptations: Vec::new(),
+            // `run` applies `cfg.sched` on the worker's thread.
+            applied_policy: crate::sched::SchedPolicy::Other,
         };
+        w.applied_policy = w.cfg.sched.policy;
         w.apply_adapter();
         Ok((w, handle))
     }
@@ -534,9 +539,34 @@ impl<'a> Worker<'a> {
 
     /// Take the controller's batch size and idle policy.
     fn apply_adapter(&mut self) {
-        if let Some(a) = &self.adapter {
-            self.cfg.batch_size = a.batch();
-            self.cfg.idle = a.idle();
+        let Some(a) = &mut self.adapter else { return };
+        self.cfg.batch_size = a.batch();
+        self.cfg.idle = a.idle();
+        // The real-time raise: applied to this (the worker's) thread; the
+        // worker's own setting (`cfg.sched`) stays what to go back to.
+        let want = match a.rt() {
+            Some(p) => Sched {
+                policy: crate::sched::SchedPolicy::Fifo(p),
+                nice: None,
+                ..self.cfg.sched.clone()
+            },
+            None => self.cfg.sched.clone(),
+        };
+        if want.policy != self.applied_policy {
+            match want.reapply_to_current_thread() {
+                Ok(()) => self.applied_policy = want.policy,
+                Err(e) => {
+                    if a.config().log {
+                        eprintln!(
+                            "worker `{}`: adapt: cannot raise to real time: {e}",
+                            self.cfg.name
+                        );
+                    }
+                    a.rt_refused();
+                    let _ = self.cfg.sched.reapply_to_current_thread();
+                    self.applied_policy = self.cfg.sched.policy;
+                }
+            }
         }
     }
 
@@ -787,6 +817,7 @@ impl Worker<'_> {
                 return Err(ControlError::Sched { worker, source });
             }
             self.cfg.sched = s.clone();
+            self.applied_policy = s.policy;
         }
         if let Some(b) = c.batch_size {
             self.cfg.batch_size = b;

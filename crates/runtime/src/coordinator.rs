@@ -24,6 +24,10 @@ use braid_dataplane::{Idle, Sched, SchedError, SchedPolicy};
 use crate::descriptor::{ChainDescriptor, PolicyDecl, SchedDecl, MAX_BATCH_SIZE};
 use crate::plan::DeploymentSpec;
 
+/// The real-time priority the adaptive mode may raise a sleeping worker
+/// to (below the probe's and echo's 50 in the CALVIN scripts).
+pub const ADAPT_RT_PRIORITY: i32 = 10;
+
 /// How one worker is to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerSettings {
@@ -42,6 +46,12 @@ impl WorkerSettings {
     pub fn adapt_config(&self) -> Option<braid_dataplane::AdaptConfig> {
         self.adapt.then(|| braid_dataplane::AdaptConfig {
             max_batch: self.batch_size.max(1),
+            // A worker that sleeps between packets may be raised to
+            // real time while it does (never when it polls busily, and
+            // not over a real-time policy it already has).
+            rt_priority: (self.idle != Idle::Busy
+                && !matches!(self.sched.policy, SchedPolicy::Fifo(_) | SchedPolicy::Rr(_)))
+            .then_some(ADAPT_RT_PRIORITY),
             ..braid_dataplane::AdaptConfig::default()
         })
     }

@@ -431,6 +431,8 @@ impl UserNf {
         if opts.adapt {
             cfg.adapt = Some(braid_dataplane::AdaptConfig {
                 max_batch: cfg.batch_size,
+                // Sleeping between packets, it may run woken at real time.
+                rt_priority: (opts.wait == UserWait::Poll && opts.rt_prio.is_none()).then_some(10),
                 log: true,
                 ..braid_dataplane::AdaptConfig::default()
             });

@@ -127,6 +127,13 @@ pub fn run(a: Args) -> Result<()> {
     cfg.sched = sched(&a)?;
     cfg.adapt = a.adapt.then(|| braid_dataplane::AdaptConfig {
         max_batch: a.batch.max(1),
+        // Sleeping between packets, it may run woken at real time.
+        rt_priority: (a.idle != Idle::Busy
+            && !matches!(
+                cfg.sched.policy,
+                braid_dataplane::SchedPolicy::Fifo(_) | braid_dataplane::SchedPolicy::Rr(_)
+            ))
+        .then_some(braid_runtime::coordinator::ADAPT_RT_PRIORITY),
         log: true,
         ..braid_dataplane::AdaptConfig::default()
     });
