@@ -80,7 +80,10 @@ pub const CANDIDATES: &[(&str, &str)] = &[
     ("batch-32", "SCHED_BATCH, busy polling, batch 32"),
     ("poll", "other, sleeping on the ports' eventfds when idle, the chain's batch size"),
     ("poll-fifo", "SCHED_FIFO 10, sleeping on the eventfds when idle (never spins at real time)"),
-    ("adaptive", "other, poll, the adaptive mode (batch up to the chain's, idle policy)"),
+    (
+        "adaptive",
+        "other, poll, the adaptive mode (batch up to the chain's, idle policy, real-time wake-ups)",
+    ),
 ];
 
 impl Candidate {
