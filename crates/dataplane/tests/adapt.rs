@@ -30,13 +30,16 @@ fn fwd_worker(cfg: WorkerConfig) -> (Worker<'static>, braid_dataplane::WorkerHan
     (w, h, tx)
 }
 
-fn send(tx: &mut ChannelPort, n: usize) {
+/// Send `n` packets; how many the channel took (a full channel drops and
+/// counts the rest).
+fn send(tx: &mut ChannelPort, n: usize) -> u64 {
     let mut b = Batch::with_capacity(n);
     for i in 0..n {
         b.push(Packet::from_bytes(&[i as u8; 64]));
     }
-    tx.send(&mut b).unwrap();
+    let took = tx.send(&mut b).unwrap();
     tx.flush().unwrap();
+    took as u64
 }
 
 /// Wait until the NF has seen `n` packets (bounded).
@@ -123,8 +126,7 @@ fn the_adaptive_worker_settles_under_a_steady_load() {
     let mut sent = 0u64;
     let mut next = start;
     while start.elapsed() < Duration::from_millis(2500) {
-        send(&mut tx, 100);
-        sent += 100;
+        sent += send(&mut tx, 100);
         next += Duration::from_millis(1);
         if let Some(d) = next.checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
