@@ -54,3 +54,45 @@ fn an_unknown_candidate_is_refused_naming_the_known_ones() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("unknown candidate `turbo`") && e.contains("poll-fifo"), "{e}");
 }
+
+/// The batch sweep (SCC Fig. 8) on both port kinds: every point measured
+/// without loss at a low rate, and no namespace or veth left behind.
+#[test]
+fn the_batch_sweep_measures_both_port_kinds_and_cleans_up() {
+    if braid_testkit::skip_unless(
+        braid_io::netns::is_root(),
+        "scc batch sweep",
+        "namespaces, AF_PACKET and AF_XDP need root",
+    ) {
+        return;
+    }
+    let child = braid()
+        .args(["tune", "--scc-batch", "af_packet,af_xdp", "--batches", "1,8", "--reps", "1"])
+        .args(["--packets", "200", "--warmup", "50", "--rate", "5000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for kind in ["af_packet", "af_xdp"] {
+        for batch in [1, 8] {
+            let row = format!("| {kind} | {batch} | 1 | 0 |");
+            assert!(stdout.contains(&row), "{row} in\n{stdout}\n{stderr}");
+        }
+    }
+    // Its namespaces (named after its pid) are gone, and with them the veths.
+    let list = braid_io::netns::ip(None, &["netns", "list"]).unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    let mine: Vec<&str> = list
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!("braid-sbh-{pid}-"))
+                || l.starts_with(&format!("braid-sbr-{pid}-"))
+        })
+        .collect();
+    assert!(mine.is_empty(), "left behind: {mine:?}");
+}
