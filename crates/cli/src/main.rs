@@ -54,6 +54,9 @@ enum Command {
     /// Run each NF of a chain as its own supervised process over shared
     /// memory.
     RunProcs(cmd::run_procs::Args),
+    /// Measure scheduling configurations of a chain of NF processes on one
+    /// CPU and recommend a `sched` block (or run SCC's chain experiment).
+    Tune(cmd::tune::Args),
     /// Talk to braidd, the per-host daemon: status, chains, show, deploy, set, remove, metrics.
     Daemon(cmd::daemon::Args),
 }
@@ -109,6 +112,7 @@ fn main() {
         Command::NfProc(a) => cmd::nf_proc::run(a),
         Command::RunProcs(a) => cmd::run_procs::run(a),
         Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Tune(a) => cmd::tune::run(a),
     };
     if let Err(e) = result {
         eprintln!("braid: error: {}", error_chain(&e));

@@ -100,6 +100,25 @@ pub enum Command {
     /// Live migration, source (rollback): process `frames` as if each had
     /// just arrived on its port, in order.
     Inject { frames: Vec<(usize, Vec<u8>)> },
+    /// Change how the worker runs from its next turn on: scheduling of its
+    /// thread, batch size, idle policy, adaptive mode (each `None`:
+    /// unchanged). Everything is checked first; refused, nothing changes.
+    SetSched(SchedChange),
+}
+
+/// What [`Command::SetSched`] changes; `None` leaves a setting as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchedChange {
+    /// The thread's CPUs, policy and nice, all of them (an empty CPU list:
+    /// every CPU; no nice: 0).
+    pub sched: Option<crate::sched::Sched>,
+    pub batch_size: Option<usize>,
+    pub idle: Option<crate::worker::Idle>,
+    /// `Some(Some(cfg))`: adaptive mode on (or with new bounds), starting
+    /// from the batch size and idle policy after this change;
+    /// `Some(None)`: off (the settings stay where the controller left
+    /// them unless given here).
+    pub adapt: Option<Option<crate::adapt::AdaptConfig>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -132,6 +151,7 @@ impl std::fmt::Debug for Command {
             Command::Hold(on) => write!(f, "Hold({on})"),
             Command::TakeHeld => f.write_str("TakeHeld"),
             Command::Inject { frames } => write!(f, "Inject({} frames)", frames.len()),
+            Command::SetSched(c) => write!(f, "SetSched({c:?})"),
         }
     }
 }
@@ -193,6 +213,20 @@ pub enum ControlError {
     },
     #[error("worker `{0}` has stopped")]
     Gone(String),
+    #[error("worker `{worker}`: {source}")]
+    Sched {
+        worker: String,
+        #[source]
+        source: crate::sched::SchedError,
+    },
+    #[error("worker `{worker}`: batch size {size} is out of range 1..={max}")]
+    BatchSize { worker: String, size: usize, max: usize },
+    #[error("worker `{worker}`: {source}")]
+    Adapt {
+        worker: String,
+        #[source]
+        source: crate::adapt::AdaptError,
+    },
     #[error("worker `{worker}` did not answer {command} within {timeout:?}")]
     Timeout { worker: String, command: String, timeout: Duration },
     #[error("unexpected answer to {0}")]
@@ -436,6 +470,12 @@ impl WorkerHandle {
     /// source taking back what the destination held).
     pub fn inject(&self, frames: Vec<(usize, Vec<u8>)>) -> Result<(), ControlError> {
         self.done(Command::Inject { frames })
+    }
+
+    /// Change the worker's scheduling, batch size, idle policy or adaptive
+    /// mode while it runs ([`Command::SetSched`]).
+    pub fn set_sched(&self, change: SchedChange) -> Result<(), ControlError> {
+        self.done(Command::SetSched(change))
     }
 
     /// Ask the worker to stop; `Ok` also if it already has.

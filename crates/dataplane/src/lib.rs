@@ -10,6 +10,8 @@
 //! - [`telemetry`]: per-stage, per-port and per-loop counters written by
 //!   the worker thread and read anywhere without locks.
 //! - [`sched`]: CPU affinity and scheduling policy of a worker thread.
+//! - [`adapt`]: the adaptive mode, a feedback loop that sets a worker's
+//!   batch size and idle policy from its own counters.
 //! - [`heartbeat`]: beats to a supervising process.
 //! - [`migration`]: live migration on a running worker: streaming a
 //!   stage's state out, holding arrivals and installing state, drain
@@ -27,6 +29,7 @@
 /// (without it `busy_ns` stays 0 and must not be shown as measured).
 pub const TELEMETRY: bool = cfg!(feature = "telemetry");
 
+pub mod adapt;
 pub mod control;
 pub mod graph;
 pub mod heartbeat;
@@ -37,7 +40,8 @@ pub mod sched;
 pub mod telemetry;
 pub mod worker;
 
-pub use control::{Command, ControlError, Output, Reply, WorkerHandle};
+pub use adapt::{AdaptConfig, Adaptation, Adapter};
+pub use control::{Command, ControlError, Output, Reply, SchedChange, WorkerHandle};
 pub use graph::{Endpoint, Graph, GraphError, NamedNfs, Stage};
 pub use heartbeat::Heartbeat;
 pub use os::{OsStatsError, ThreadOs};

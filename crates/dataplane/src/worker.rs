@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use braid_io::{Port, PortError, PortStats};
 use braid_packet::Batch;
 
+use crate::adapt::{AdaptConfig, Adaptation, Adapter, Sample};
 use crate::control::{
-    mailbox, Command, ControlError, Envelope, Mailbox, Output, Reply, WorkerHandle,
+    mailbox, Command, ControlError, Envelope, Mailbox, Output, Reply, SchedChange, WorkerHandle,
 };
 use crate::graph::{Endpoint, Graph, GraphError};
 use crate::heartbeat::Heartbeat;
@@ -79,6 +80,9 @@ pub struct WorkerConfig {
     /// Stop at this time.
     pub deadline: Option<Instant>,
     pub heartbeat: Option<Heartbeat>,
+    /// Adaptive mode: batch size and idle policy set by a feedback loop
+    /// within these bounds ([`crate::adapt`]); None: fixed.
+    pub adapt: Option<AdaptConfig>,
 }
 
 impl WorkerConfig {
@@ -95,6 +99,7 @@ impl WorkerConfig {
             stop_signal: None,
             deadline: None,
             heartbeat: None,
+            adapt: None,
         }
     }
 }
@@ -122,6 +127,12 @@ pub enum WorkerError {
         port: String,
         #[source]
         source: PortError,
+    },
+    #[error("worker `{worker}`: {source}")]
+    Adapt {
+        worker: String,
+        #[source]
+        source: crate::adapt::AdaptError,
     },
     #[error("worker `{worker}`: control mailbox: {source}")]
     Mailbox {
@@ -193,6 +204,8 @@ pub struct WorkerReport {
     /// Peers that went away on shared-memory or channel ports (the port
     /// waits for or reconnects to the next one).
     pub disconnects: u64,
+    /// What the adaptive mode changed, and why (empty without it).
+    pub adaptations: Vec<Adaptation>,
 }
 
 /// See the module documentation.
@@ -215,6 +228,24 @@ pub struct Worker<'a> {
     held: Option<Held>,
     /// Of the last hold: most packets held at once, arrivals dropped.
     held_last: (usize, u64),
+    /// The adaptive mode's controller, its counters of the current period
+    /// and its log.
+    adapter: Option<Adapter>,
+    period: PeriodCounters,
+    adaptations: Vec<Adaptation>,
+    /// The policy the adaptive mode last applied to the thread.
+    applied_policy: crate::sched::SchedPolicy,
+}
+
+/// What the loop counted since the adaptive controller last looked.
+#[derive(Default)]
+struct PeriodCounters {
+    start: Option<Instant>,
+    packets: u64,
+    receives: u64,
+    full: u64,
+    turns: u64,
+    sleeps: u64,
 }
 
 /// What the loop does after a control command.
@@ -241,6 +272,13 @@ impl<'a> Worker<'a> {
         cfg.sched
             .check()
             .map_err(|source| WorkerError::Sched { worker: cfg.name.clone(), source })?;
+        let adapter = match &cfg.adapt {
+            Some(a) => Some(
+                Adapter::new(a.clone(), cfg.batch_size, cfg.idle)
+                    .map_err(|source| WorkerError::Adapt { worker: cfg.name.clone(), source })?,
+            ),
+            None => None,
+        };
         let mut graph = graph.into();
         let stages = graph.get().stages().iter().map(|s| s.telemetry()).collect();
         let telemetry = Arc::new(WorkerTelemetry::new(&cfg.name, stages));
@@ -248,7 +286,7 @@ impl<'a> Worker<'a> {
         let (mailbox, handle) = mailbox(&cfg.name, telemetry.clone())
             .map_err(|source| WorkerError::Mailbox { worker: cfg.name.clone(), source })?;
         graph.get().set_ports(0);
-        let w = Worker {
+        let mut w = Worker {
             rx: Batch::with_capacity(cfg.batch_size),
             cfg,
             graph,
@@ -263,7 +301,14 @@ impl<'a> Worker<'a> {
             streaming: None,
             held: None,
             held_last: (0, 0),
+            adapter,
+            period: PeriodCounters::default(),
+            adaptations: Vec::new(),
+            // `run` applies `cfg.sched` on the worker's thread.
+            applied_policy: crate::sched::SchedPolicy::Other,
         };
+        w.applied_policy = w.cfg.sched.policy;
+        w.apply_adapter();
         Ok((w, handle))
     }
 
@@ -342,6 +387,7 @@ impl<'a> Worker<'a> {
             elapsed: start.elapsed(),
             error,
             disconnects: self.disconnects,
+            adaptations: self.adaptations,
         }
     }
 
@@ -368,6 +414,7 @@ impl<'a> Worker<'a> {
                 return Ok(());
             }
             let moved = if self.paused { 0 } else { self.receive_round()? };
+            self.period.packets += moved as u64;
             if moved > 0 {
                 self.flush()?;
                 self.idle_backoff = Duration::ZERO;
@@ -376,6 +423,7 @@ impl<'a> Worker<'a> {
             let now = Instant::now();
             if now >= next_tick {
                 next_tick = now + self.cfg.tick_interval;
+                self.adapt(now);
                 self.tick();
                 self.flush()?;
                 if self.stop_requested() || self.cfg.deadline.is_some_and(|d| now >= d) {
@@ -436,6 +484,8 @@ impl<'a> Worker<'a> {
                         Some(h) => h.keep(i, to, &mut self.rx),
                         None => self.graph.get().push(to, &mut self.rx, now_ns, &mut self.tx),
                     }
+                    self.period.receives += 1;
+                    self.period.full += u64::from(n >= self.cfg.batch_size);
                 }
                 Err(PortError::Disconnected(_)) => self.disconnects += 1,
                 Err(source) => {
@@ -485,6 +535,72 @@ impl<'a> Worker<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Adaptive mode: once a period, hand the controller what the loop
+    /// counted and apply what it decides.
+    fn adapt(&mut self, now: Instant) {
+        let Some(a) = &mut self.adapter else { return };
+        let start = *self.period.start.get_or_insert(now);
+        if now.duration_since(start) < a.config().period {
+            return;
+        }
+        let l = &self.looped;
+        let p = &self.period;
+        let sample = Sample {
+            packets: p.packets,
+            receives: p.receives,
+            full: p.full,
+            turns: l.turns - p.turns,
+            sleeps: l.sleeps - p.sleeps,
+            elapsed_ns: now.duration_since(start).as_nanos() as u64,
+        };
+        if let Some(change) = a.observe(&sample) {
+            if a.config().log {
+                eprintln!("worker `{}`: adapt: {change}", self.cfg.name);
+            }
+            self.adaptations.push(change);
+            self.apply_adapter();
+        }
+        self.period = PeriodCounters {
+            start: Some(now),
+            turns: self.looped.turns,
+            sleeps: self.looped.sleeps,
+            ..PeriodCounters::default()
+        };
+    }
+
+    /// Take the controller's batch size and idle policy.
+    fn apply_adapter(&mut self) {
+        let Some(a) = &mut self.adapter else { return };
+        self.cfg.batch_size = a.batch();
+        self.cfg.idle = a.idle();
+        // The real-time raise: applied to this (the worker's) thread; the
+        // worker's own setting (`cfg.sched`) stays what to go back to.
+        let want = match a.rt() {
+            Some(p) => Sched {
+                policy: crate::sched::SchedPolicy::Fifo(p),
+                nice: None,
+                ..self.cfg.sched.clone()
+            },
+            None => self.cfg.sched.clone(),
+        };
+        if want.policy != self.applied_policy {
+            match want.reapply_to_current_thread() {
+                Ok(()) => self.applied_policy = want.policy,
+                Err(e) => {
+                    if a.config().log {
+                        eprintln!(
+                            "worker `{}`: adapt: cannot raise to real time: {e}",
+                            self.cfg.name
+                        );
+                    }
+                    a.rt_refused();
+                    let _ = self.cfg.sched.reapply_to_current_thread();
+                    self.applied_policy = self.cfg.sched.policy;
+                }
+            }
+        }
     }
 
     fn stop_requested(&self) -> bool {
@@ -848,6 +964,7 @@ impl<'a> Worker<'a> {
                 }
                 Ok(Reply::Done)
             }
+            Command::SetSched(change) => self.set_sched(change).map_err(refused),
             Command::Stop => {
                 // What a destination held is processed, not lost.
                 self.release_held().map_err(ControlFailure::Worker)?;
@@ -863,6 +980,60 @@ impl<'a> Worker<'a> {
                 Ok(Reply::Done)
             }
         }
+    }
+}
+
+impl Worker<'_> {
+    /// [`Command::SetSched`]: check everything first, then apply; the
+    /// thread's scheduling is put back if the kernel refuses part of it.
+    fn set_sched(&mut self, c: SchedChange) -> Result<Reply, ControlError> {
+        let worker = self.cfg.name.clone();
+        if let Some(b) = c.batch_size {
+            if b == 0 || b > MAX_BATCH {
+                return Err(ControlError::BatchSize { worker, size: b, max: MAX_BATCH });
+            }
+        }
+        let adapter = match (&c.adapt, &self.adapter) {
+            (Some(Some(cfg)), _) => Some(
+                Adapter::new(
+                    cfg.clone(),
+                    c.batch_size.unwrap_or(self.cfg.batch_size),
+                    c.idle.unwrap_or(self.cfg.idle),
+                )
+                .map_err(|source| ControlError::Adapt { worker: worker.clone(), source })?,
+            ),
+            (Some(None), _) => None,
+            (None, Some(a)) if c.batch_size.is_some() || c.idle.is_some() => Some(
+                Adapter::new(
+                    a.config().clone(),
+                    c.batch_size.unwrap_or(self.cfg.batch_size),
+                    c.idle.unwrap_or(self.cfg.idle),
+                )
+                .map_err(|source| ControlError::Adapt { worker: worker.clone(), source })?,
+            ),
+            (None, a) => a.clone(),
+        };
+        if let Some(s) = &c.sched {
+            s.check().map_err(|source| ControlError::Sched { worker: worker.clone(), source })?;
+            if let Err(source) = s.reapply_to_current_thread() {
+                let _ = self.cfg.sched.reapply_to_current_thread();
+                return Err(ControlError::Sched { worker, source });
+            }
+            self.cfg.sched = s.clone();
+            self.applied_policy = s.policy;
+        }
+        if let Some(b) = c.batch_size {
+            self.cfg.batch_size = b;
+        }
+        if let Some(i) = c.idle {
+            self.cfg.idle = i;
+        }
+        if c.adapt.is_some() || c.batch_size.is_some() || c.idle.is_some() {
+            self.adapter = adapter;
+            self.period = PeriodCounters::default();
+            self.apply_adapter();
+        }
+        Ok(Reply::Done)
     }
 }
 

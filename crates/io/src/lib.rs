@@ -42,9 +42,10 @@ pub struct PortStats {
     /// Frames handed to `send` that could not be transmitted.
     pub tx_dropped: u64,
     /// System calls the port made to receive and transmit (`recvmmsg`,
-    /// `sendmmsg`, AF_XDP wake-ups); None for port kinds that do not count
-    /// them (in-memory, capture files, channels, shared memory). Waits in
-    /// `poll(2)` are the worker's and counted there.
+    /// `sendmmsg`, AF_XDP wake-ups; shared memory: eventfd writes and
+    /// reads, peer checks, accepts; channels: blocking waits only); None
+    /// for port kinds that do not count them (in-memory, capture files).
+    /// Waits in the worker's `poll(2)` are the worker's and counted there.
     pub syscalls: Option<u64>,
 }
 

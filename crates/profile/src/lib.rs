@@ -17,15 +17,19 @@
 //! - [`calibrate`]: context-switch and system-call costs per scheduling
 //!   policy (SCC Table 2);
 //! - [`hw`]: hardware counters through `perf-event2`;
+//! - [`bpf`]: runs and ns per run of the loaded XDP programs (kernel NFs);
+//! - [`softirq`]: softirq time and network softirqs per CPU over the run;
 //! - [`report`]: table, JSON and SVG.
 //!
 //! `docs/profiling.md` shows the output and what each number means.
 
+pub mod bpf;
 pub mod calibrate;
 pub mod hw;
 pub mod profile;
 pub mod report;
 pub mod run;
+pub mod softirq;
 
 pub use calibrate::{calibrate, cost_table, UnitCosts};
 pub use hw::HardwareCounts;

@@ -115,6 +115,9 @@ pub struct Profile {
     pub breakdown: Vec<CostBar>,
     /// What this machine cannot measure, said once.
     pub not_measured: Vec<String>,
+    /// Softirq time and network softirqs per CPU over the run (empty:
+    /// not read).
+    pub softirq: Vec<crate::softirq::CpuSoftirq>,
 }
 
 /// What the profiler needs of a finished run.
@@ -203,7 +206,7 @@ pub fn build(
     }
     if wps.iter().any(|w| w.port_syscalls.is_none()) {
         not_measured.push(
-            "system calls of ports other than AF_PACKET and AF_XDP (in-memory, capture files, channels and shared memory are not counted; `sleeps` counts each worker's idle waits, one poll(2) or nanosleep each)".to_string(),
+            "system calls of in-memory and capture-file ports (not counted; AF_PACKET, AF_XDP, shared-memory and channel ports are; `sleeps` counts each worker's idle waits, one poll(2) or nanosleep each)".to_string(),
         );
     }
     Profile {
@@ -218,6 +221,7 @@ pub fn build(
         unit_costs,
         breakdown: bars,
         not_measured,
+        softirq: Vec::new(),
     }
 }
 

@@ -108,7 +108,7 @@ pub fn format_table(p: &Profile) -> String {
             }
         }
     }
-    let _ = writeln!(o, "(drops = lost at the worker's ports; sc/pkt = system calls of its AF_PACKET/AF_XDP ports per packet, n/a for other port kinds; cpu = on-CPU time from schedstat; rq-wait = runnable but waiting, ms; minflt = minor + major faults)");
+    let _ = writeln!(o, "(drops = lost at the worker's ports; sc/pkt = system calls of its AF_PACKET, AF_XDP, shared-memory and channel ports per packet, n/a for in-memory and capture-file ports; cpu = on-CPU time from schedstat; rq-wait = runnable but waiting, ms; minflt = minor + major faults)");
     let _ = writeln!(o, "\nper-packet cost by worker (ns per packet the worker received):");
     for b in &p.breakdown {
         let sum: f64 = b.components.iter().filter(|c| c.cpu).map(|c| c.ns_per_packet).sum();
@@ -146,6 +146,19 @@ pub fn format_table(p: &Profile) -> String {
         let _ = writeln!(o, "\n{}", p.hardware.describe(p.input_packets));
     } else {
         o.push('\n');
+    }
+    if !p.softirq.is_empty() {
+        let _ = writeln!(
+            o,
+            "softirq per CPU during the run (all of the machine's, not only braid's; /proc/stat, 10 ms ticks; /proc/softirqs):"
+        );
+        for c in &p.softirq {
+            let _ = writeln!(
+                o,
+                "  cpu{}: {} ms in softirq, {} NET_RX, {} NET_TX",
+                c.cpu, c.softirq_ms, c.net_rx, c.net_tx
+            );
+        }
     }
     for m in &p.not_measured {
         let _ = writeln!(o, "not measured: {m}");

@@ -66,6 +66,7 @@ pub fn profile_offline(
     };
     let watch = WorkerWatch::new();
     let hw = opts.hardware.then(HardwareCounters::start);
+    let softirq_before = crate::softirq::SoftirqSample::take();
     let report = match mapping {
         Mapping::Thread => {
             braid_runtime::coordinator::refuse_unapplied(d, "--mapping thread")?;
@@ -88,6 +89,9 @@ pub fn profile_offline(
         input_packets: report.input.rx_packets,
         output_packets: report.output.tx_packets,
     };
-    let profile = build(facts, &watch.workers(), hardware, unit_costs);
+    let mut profile = build(facts, &watch.workers(), hardware, unit_costs);
+    if let (Some(b), Some(a)) = (softirq_before, crate::softirq::SoftirqSample::take()) {
+        profile.softirq = b.until(&a);
+    }
     Ok((report, profile))
 }

@@ -24,6 +24,10 @@ use braid_dataplane::{Idle, Sched, SchedError, SchedPolicy};
 use crate::descriptor::{ChainDescriptor, PolicyDecl, SchedDecl, MAX_BATCH_SIZE};
 use crate::plan::DeploymentSpec;
 
+/// The real-time priority the adaptive mode may raise a sleeping worker
+/// to (below the probe's and echo's 50 in the CALVIN scripts).
+pub const ADAPT_RT_PRIORITY: i32 = 10;
+
 /// How one worker is to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerSettings {
@@ -32,9 +36,26 @@ pub struct WorkerSettings {
     pub sched: Sched,
     pub idle: Idle,
     pub batch_size: usize,
+    /// Adaptive mode (`sched.adapt`): batch size and idle policy set by
+    /// the worker's feedback loop, the batch size above as its upper bound.
+    pub adapt: bool,
 }
 
 impl WorkerSettings {
+    /// The adaptive mode's bounds for these settings (None: off).
+    pub fn adapt_config(&self) -> Option<braid_dataplane::AdaptConfig> {
+        self.adapt.then(|| braid_dataplane::AdaptConfig {
+            max_batch: self.batch_size.max(1),
+            // A worker that sleeps between packets may be raised to
+            // real time while it does (never when it polls busily, and
+            // not over a real-time policy it already has).
+            rt_priority: (self.idle != Idle::Busy
+                && !matches!(self.sched.policy, SchedPolicy::Fifo(_) | SchedPolicy::Rr(_)))
+            .then_some(ADAPT_RT_PRIORITY),
+            ..braid_dataplane::AdaptConfig::default()
+        })
+    }
+
     /// Polls busily at a real-time priority.
     pub fn real_time_busy(&self) -> bool {
         self.idle == Idle::Busy
@@ -152,6 +173,7 @@ pub fn to_settings(
         sched: Sched { cpus: s.cpus.clone().unwrap_or_default(), policy, nice: s.nice },
         idle: s.idle.unwrap_or(idle),
         batch_size: s.batch_size.unwrap_or(batch_size),
+        adapt: s.adapt.unwrap_or(false),
     })
 }
 
@@ -195,10 +217,10 @@ pub fn unit_decl(
 ) -> Result<SchedDecl, CoordError> {
     let mut merged = SchedDecl::default();
     // Which NF set each field first, for the conflict message.
-    let mut setter: [Option<usize>; 6] = [None; 6];
+    let mut setter: [Option<usize>; 7] = [None; 7];
     for &i in unit_nfs {
         let Some(s) = d.nfs.get(i).and_then(|nf| nf.sched.as_ref()) else { continue };
-        let fields: [(&'static str, Option<String>, Option<String>); 6] = [
+        let fields: [(&'static str, Option<String>, Option<String>); 7] = [
             ("policy", s.policy.map(|p| p.to_string()), merged.policy.map(|p| p.to_string())),
             ("priority", s.priority.map(|p| p.to_string()), merged.priority.map(|p| p.to_string())),
             ("nice", s.nice.map(|p| p.to_string()), merged.nice.map(|p| p.to_string())),
@@ -217,6 +239,7 @@ pub fn unit_decl(
                 s.idle.map(|p| format!("{p:?}").to_lowercase()),
                 merged.idle.map(|p| format!("{p:?}").to_lowercase()),
             ),
+            ("adapt", s.adapt.map(|p| p.to_string()), merged.adapt.map(|p| p.to_string())),
         ];
         for (k, (field, new, old)) in fields.into_iter().enumerate() {
             match (new, old, setter[k]) {
@@ -419,6 +442,7 @@ mod tests {
             sched: Sched { cpus: cpus.to_vec(), policy, nice: None },
             idle,
             batch_size: 32,
+            adapt: false,
         }
     }
 
@@ -486,5 +510,28 @@ mod tests {
         assert!(
             p("{ policy: fifo, priority: 99, cpus: [1], idle: busy, batch_size: 1 }").is_empty()
         );
+    }
+
+    #[test]
+    fn adapt_is_resolved_per_worker_and_bounded_by_the_batch_size() {
+        let d = ChainDescriptor::from_yaml(
+            "name: a\nbatch_size: 64\nsched: { adapt: true }\nnfs:\n  - { name: x, type: fwd }\n  - { name: y, type: fwd, sched: { adapt: false } }\n",
+        )
+        .unwrap();
+        let x = to_settings("x", &unit_decl(&d, "x", &[0]).unwrap(), Idle::Poll, 64).unwrap();
+        let y = to_settings("y", &unit_decl(&d, "y", &[1]).unwrap(), Idle::Poll, 64).unwrap();
+        assert!(x.adapt && !y.adapt);
+        let cfg = x.adapt_config().unwrap();
+        assert_eq!((cfg.min_batch, cfg.max_batch), (1, 64));
+        assert!(y.adapt_config().is_none());
+        // Two NFs of one worker that disagree are refused, naming the field.
+        let e = unit_decl(&d, "both", &[0, 1]);
+        assert!(e.is_ok(), "x sets nothing itself: {e:?}");
+        let d2 = ChainDescriptor::from_yaml(
+            "name: b\nnfs:\n  - { name: x, type: fwd, sched: { adapt: true } }\n  - { name: y, type: fwd, sched: { adapt: false } }\n",
+        )
+        .unwrap();
+        let e = unit_decl(&d2, "both", &[0, 1]).unwrap_err().to_string();
+        assert!(e.contains("sched.adapt") && e.contains("true and false"), "{e}");
     }
 }

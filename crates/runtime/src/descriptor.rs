@@ -91,12 +91,17 @@ pub struct SchedDecl {
     /// What the worker does when a turn brought nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<braid_dataplane::Idle>,
+    /// Adaptive mode: the worker sets its own batch size (up to
+    /// `batch_size`, or 256) and idle policy from what it measures
+    /// (`braid_dataplane::adapt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapt: Option<bool>,
 }
 
 impl SchedDecl {
     /// Field names, for error messages.
     pub const FIELDS: &'static [&'static str] =
-        &["policy", "priority", "nice", "cpus", "batch_size", "idle"];
+        &["policy", "priority", "nice", "cpus", "batch_size", "idle", "adapt"];
 
     /// `self` with every field `over` sets replaced by its value.
     pub fn overridden_by(&self, over: &SchedDecl) -> SchedDecl {
@@ -107,6 +112,7 @@ impl SchedDecl {
             cpus: over.cpus.clone().or_else(|| self.cpus.clone()),
             batch_size: over.batch_size.or(self.batch_size),
             idle: over.idle.or(self.idle),
+            adapt: over.adapt.or(self.adapt),
         }
     }
 

@@ -27,6 +27,7 @@
 //! assert_eq!(chain.snapshot().stages[0].counters.packets_in, 1);
 //! ```
 
+pub mod batch_sweep;
 pub mod bench;
 pub mod chain;
 pub mod coordinator;
@@ -40,6 +41,7 @@ pub mod shm_bench;
 pub mod spans;
 #[allow(unsafe_code)] // kill, fcntl on child pipes
 pub mod supervisor;
+pub mod tune;
 pub mod validate;
 
 pub use chain::{Chain, ChainBuildError, ChainMonitor, ChainSnapshot, Stage, StageSnapshot};

@@ -279,6 +279,7 @@ impl LiveChain {
                 elapsed: self.started.elapsed(),
                 error: None,
                 disconnects: 0,
+                adaptations: Vec::new(),
             },
         };
         let port = |i: usize| r.ports.get(i).copied().unwrap_or_default();

@@ -125,6 +125,9 @@ pub fn nf_commands(
         args.extend(["--batch".into(), set.batch_size.to_string()]);
         args.extend(["--idle".into(), idle_arg(set.idle).into()]);
         args.extend(sched_args(&set.sched));
+        if set.adapt {
+            args.push("--adapt".into());
+        }
         out.push((nf.name.clone(), args));
     }
     Ok(out)

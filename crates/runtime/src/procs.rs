@@ -135,6 +135,10 @@ pub struct NfProcConfig {
     /// Write the NF's final counters here (JSON, [`NfProcStats`]) when the
     /// run ends, for a supervisor that wants per-NF statistics.
     pub stats: Option<PathBuf>,
+    /// Adaptive mode: batch size and idle policy from the worker's own
+    /// feedback loop, within these bounds; its changes are printed to
+    /// standard error as they happen.
+    pub adapt: Option<braid_dataplane::AdaptConfig>,
 }
 
 impl NfProcConfig {
@@ -150,6 +154,7 @@ impl NfProcConfig {
             deadline: None,
             stop: None,
             stats: None,
+            adapt: None,
         }
     }
 }
@@ -241,6 +246,7 @@ pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
     wc.batch_size = cfg.batch_size;
     wc.idle = cfg.idle;
     wc.sched = cfg.sched.clone();
+    wc.adapt = cfg.adapt.clone();
     wc.backpressure = true;
     wc.stop_flag = cfg.stop;
     wc.deadline = cfg.deadline;

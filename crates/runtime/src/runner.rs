@@ -211,6 +211,7 @@ pub fn run_threads(
         let mut c = worker_config(s.name.clone(), s.batch_size);
         c.idle = s.idle;
         c.sched = s.sched.clone();
+        c.adapt = s.adapt_config();
         // Offline: nothing may be lost to a full channel. NF workers take
         // from one side only while the other side has room; the edge gates
         // only the input (below) and always drains what comes back.

@@ -92,11 +92,28 @@ pub struct UserOptions {
     /// setting for lowest latency). AF_XDP always takes up to
     /// [`AF_XDP_BATCH`], only what is there.
     pub batch: usize,
+    /// A non-real-time policy for the NF threads (other, batch, idle);
+    /// `rt_prio` sets SCHED_FIFO instead (not both).
+    pub policy: SchedPolicy,
+    /// Nice value (-20..=19) of the NF threads (not with `rt_prio`).
+    pub nice: Option<i32>,
+    /// Adaptive mode: the worker sets its batch size (up to its batch
+    /// size) and idle policy from what it measures, and prints each
+    /// change and why.
+    pub adapt: bool,
 }
 
 impl Default for UserOptions {
     fn default() -> Self {
-        UserOptions { wait: UserWait::Poll, rt_prio: None, cpus: Vec::new(), batch: 1 }
+        UserOptions {
+            wait: UserWait::Poll,
+            rt_prio: None,
+            cpus: Vec::new(),
+            batch: 1,
+            policy: SchedPolicy::Other,
+            nice: None,
+            adapt: false,
+        }
     }
 }
 
@@ -339,6 +356,11 @@ fn apply_sched(opts: &UserOptions) -> Result<(), String> {
             .apply_to_current_thread()
             .map_err(|e| format!("--rt-prio {prio}: SCHED_FIFO: {e}"))?;
     }
+    if opts.policy != SchedPolicy::Other || opts.nice.is_some() {
+        Sched { policy: opts.policy, nice: opts.nice, ..Sched::default() }
+            .apply_to_current_thread()
+            .map_err(|e| format!("--policy {} / --nice {:?}: {e}", opts.policy, opts.nice))?;
+    }
     Ok(())
 }
 
@@ -370,7 +392,21 @@ impl UserNf {
                     "--rt-prio {p} is out of range 1..=99 (SCHED_FIFO priorities)"
                 )));
             }
+            if opts.policy != SchedPolicy::Other || opts.nice.is_some() {
+                return Err(TestbedError::Deploy(format!(
+                    "--rt-prio {p} sets SCHED_FIFO: it does not combine with --policy {} or --nice",
+                    opts.policy
+                )));
+            }
         }
+        if matches!(opts.policy, SchedPolicy::Fifo(_) | SchedPolicy::Rr(_)) {
+            return Err(TestbedError::Deploy(
+                "--policy takes other, batch or idle; real time is --rt-prio".into(),
+            ));
+        }
+        Sched { policy: opts.policy, nice: opts.nice, ..Sched::default() }
+            .check()
+            .map_err(|e| TestbedError::Deploy(format!("--nice: {e}")))?;
         let graph = group_graph(nfs)?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut cfg = WorkerConfig::new(format!("nf-group@{ns}"));
@@ -392,6 +428,15 @@ impl UserNf {
             }
         };
         let deploy_err = |e: braid_dataplane::WorkerError| TestbedError::Deploy(e.to_string());
+        if opts.adapt {
+            cfg.adapt = Some(braid_dataplane::AdaptConfig {
+                max_batch: cfg.batch_size,
+                // Sleeping between packets, it may run woken at real time.
+                rt_priority: (opts.wait == UserWait::Poll && opts.rt_prio.is_none()).then_some(10),
+                log: true,
+                ..braid_dataplane::AdaptConfig::default()
+            });
+        }
         let (mut worker, handle) = Worker::new(cfg, graph).map_err(deploy_err)?;
         let [client, server] = ports;
         let (to_server, to_client) = {

@@ -184,7 +184,19 @@ fn af_packet_group_with_batch_carries_stateful_nfs() {
     let bad = UserOptions { batch: 0, ..Default::default() };
     let e = deploy_with(opts, &nfs, &bad).err().unwrap().to_string();
     assert!(e.contains("--batch 0"), "{e}");
-    let user = UserOptions { batch: 8, ..Default::default() };
+    let bad = UserOptions { rt_prio: Some(5), nice: Some(1), ..Default::default() };
+    let e = deploy_with(opts, &nfs, &bad).err().unwrap().to_string();
+    assert!(e.contains("does not combine with --policy other or --nice"), "{e}");
+    let bad = UserOptions { nice: Some(40), ..Default::default() };
+    let e = deploy_with(opts, &nfs, &bad).err().unwrap().to_string();
+    assert!(e.contains("--nice") && e.contains("-20..=19"), "{e}");
+    let user = UserOptions {
+        batch: 8,
+        policy: braid_dataplane::SchedPolicy::Batch,
+        nice: Some(3),
+        adapt: true,
+        ..Default::default()
+    };
     let mut d = deploy_with(opts, &nfs, &user).unwrap();
     // One thread polls both AF_PACKET sockets: answers come back through
     // the same NF instances (NAT mapping, firewall connection).

@@ -22,7 +22,7 @@ pub const DEFAULT_STATS_PATH: &str = "/run/braid/stats.json";
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braid testbed up && braid deploy crates/testbed/chains/xdp-fwd.yaml\n  braid deploy crates/testbed/chains/xdp-fwd-afxdp-nat.yaml --duration-s 60 --quiet &\n  braid deploy crates/testbed/chains/compact-4.yaml --mapping compact --wait busy --cpus 1\n  braid deploy examples/sample.yaml --processes --netns"
+    after_help = "Examples:\n  braid testbed up && braid deploy crates/testbed/chains/xdp-fwd.yaml\n  braid deploy crates/testbed/chains/xdp-fwd-afxdp-nat.yaml --duration-s 60 --quiet &\n  braid deploy crates/testbed/chains/compact-4.yaml --mapping compact --wait busy --cpus 1\n  braid deploy crates/testbed/chains/afpacket-fwd.yaml --user-io af_packet --batch 32 --policy batch --nice 5 --adapt\n  braid deploy examples/sample.yaml --processes --netns"
 )]
 pub struct Args {
     /// Chain descriptor (YAML); its ports are ignored, the testbed's links
@@ -76,6 +76,18 @@ pub struct Args {
     /// what is there.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub batch: u16,
+    /// Scheduling policy of user-space NF threads other than real time
+    /// (`--rt-prio` is SCHED_FIFO): other, batch or idle.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Other, conflicts_with = "rt_prio")]
+    pub policy: PolicyArg,
+    /// Nice value (-20..=19) of user-space NF threads.
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "rt_prio")]
+    pub nice: Option<i32>,
+    /// Adaptive mode for user-space NF threads: batch size (up to the
+    /// batch size) and idle policy set by a feedback loop; each change is
+    /// printed with its reason.
+    #[arg(long)]
+    pub adapt: bool,
     /// Run every NF as its own supervised process on this host, chained by
     /// shared-memory ports (a crashed NF is restarted, its neighbours keep
     /// their state), instead of one NF per testbed host. Same as
@@ -95,6 +107,13 @@ pub struct Args {
 pub enum MappingArg {
     Distributed,
     Compact,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PolicyArg {
+    Other,
+    Batch,
+    Idle,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -254,6 +273,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rt_prio: args.rt_prio,
         cpus: args.cpus.clone(),
         batch: args.batch.into(),
+        policy: match args.policy {
+            PolicyArg::Other => braid_dataplane::SchedPolicy::Other,
+            PolicyArg::Batch => braid_dataplane::SchedPolicy::Batch,
+            PolicyArg::Idle => braid_dataplane::SchedPolicy::Idle,
+        },
+        nice: args.nice,
+        adapt: args.adapt,
     };
     let mut deployment = match deploy_with(&opts, &specs, &user) {
         Ok(d) => d,

@@ -16,4 +16,5 @@ pub mod run_procs;
 pub mod shm_bench;
 pub mod stats;
 pub mod testbed;
+pub mod tune;
 pub mod validate;

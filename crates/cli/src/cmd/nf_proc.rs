@@ -69,6 +69,10 @@ pub struct Args {
     /// CPUs the NF's thread may run on (`0-1,3`).
     #[arg(long)]
     pub cpus: Option<String>,
+    /// Adaptive mode: the worker sets its batch size (1..=--batch) and
+    /// idle policy from what it measures, printing each change and why.
+    #[arg(long)]
+    pub adapt: bool,
     /// Stop after this many seconds (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub seconds: Option<f64>,
@@ -121,6 +125,18 @@ pub fn run(a: Args) -> Result<()> {
         Idle::Nap => WorkerIdle::Sleep,
     };
     cfg.sched = sched(&a)?;
+    cfg.adapt = a.adapt.then(|| braid_dataplane::AdaptConfig {
+        max_batch: a.batch.max(1),
+        // Sleeping between packets, it may run woken at real time.
+        rt_priority: (a.idle != Idle::Busy
+            && !matches!(
+                cfg.sched.policy,
+                braid_dataplane::SchedPolicy::Fifo(_) | braid_dataplane::SchedPolicy::Rr(_)
+            ))
+        .then_some(braid_runtime::coordinator::ADAPT_RT_PRIORITY),
+        log: true,
+        ..braid_dataplane::AdaptConfig::default()
+    });
     if let Some(s) = a.seconds.filter(|s| !(s.is_finite() && *s >= 0.0)) {
         anyhow::bail!("--seconds {s}: must be a number of seconds >= 0");
     }

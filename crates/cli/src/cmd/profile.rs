@@ -15,11 +15,11 @@ use braid_runtime::runner::open_input;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braid profile examples/chain4-memory.yaml\n  braid profile examples/chain4.yaml --packets 1000000 --mapping threads --svg chain4.svg\n  braid profile examples/sample.yaml --json\n  braid profile --costs 5"
+    after_help = "Examples:\n  braid profile examples/chain4-memory.yaml\n  braid profile examples/chain4.yaml --packets 1000000 --mapping threads --svg chain4.svg\n  braid profile examples/sample.yaml --json\n  braid profile --costs 5\n  braid profile --bpf-stats 5"
 )]
 pub struct Args {
     /// Chain descriptor (YAML); optional with --costs.
-    #[arg(required_unless_present = "costs")]
+    #[arg(required_unless_present_any = ["costs", "bpf_stats"])]
     pub chain: Option<PathBuf>,
     /// Input capture (pcap or pcapng); default: the descriptor's `in` port,
     /// else generated UDP packets (--packets, --frame-size, --flows).
@@ -59,11 +59,35 @@ pub struct Args {
     /// rounds, before any profile.
     #[arg(long, value_name = "ROUNDS", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub costs: Option<u32>,
+    /// Runs and ns per run of every loaded XDP program (the kernel NFs of
+    /// a running `braid deploy`) over this many seconds (BPF run-time
+    /// statistics enabled for the interval only; needs root).
+    #[arg(long, value_name = "SECONDS")]
+    pub bpf_stats: Option<f64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(rounds) = args.costs {
         print_costs(rounds, args.json && args.chain.is_none())?;
+    }
+    if let Some(secs) = args.bpf_stats {
+        if !(secs.is_finite() && (0.01..=600.0).contains(&secs)) {
+            anyhow::bail!("--bpf-stats {secs}: seconds must be in 0.01..=600");
+        }
+        let stats = braid_profile::bpf::sample_xdp(std::time::Duration::from_secs_f64(secs))?;
+        if args.json && args.chain.is_none() {
+            println!("{}", serde_json::json!({ "xdp_programs": stats }));
+        } else {
+            println!("XDP programs over {secs} s (BPF run-time statistics):");
+            println!("{:>6} {:<16} {:>12} {:>10}", "id", "name", "runs", "ns/run");
+            for s in &stats {
+                let per = s.ns_per_run.map_or("-".to_string(), |n| format!("{n:.1}"));
+                println!("{:>6} {:<16} {:>12} {:>10}", s.id, s.name, s.runs, per);
+            }
+            if stats.is_empty() {
+                println!("(no XDP program is loaded)");
+            }
+        }
     }
     let Some(path) = &args.chain else { return Ok(()) };
     let mut d = braid_runtime::validate::load(path)?;

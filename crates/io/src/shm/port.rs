@@ -385,6 +385,7 @@ impl Channel {
         fence(Ordering::SeqCst);
         if sent > 0 && shared.sleeping(1 - shared.side).load(Ordering::Relaxed) != 0 {
             control::notify(&self.wake_peer);
+            stats.count_syscall();
         }
         Ok(sent)
     }
@@ -464,7 +465,8 @@ impl ShmPort {
             name,
             listener,
             chan,
-            stats: PortStats::default(),
+            // Counted: eventfd writes and reads, peer checks, accepts.
+            stats: PortStats { syscalls: Some(0), ..PortStats::default() },
             refused: 0,
             reclaimed: 0,
             disconnects: 0,
@@ -651,6 +653,7 @@ impl ShmPort {
         if !self.idle_polls.is_multiple_of(PEER_CHECK_EVERY) {
             return Ok(());
         }
+        self.stats.count_syscall();
         match &self.chan {
             Some(c) if control::peer_closed(&c.ctrl) => {
                 Err(self.disconnect("closed its control socket"))
@@ -782,8 +785,12 @@ impl Port for ShmPort {
             let fds: [RawFd; 2] = [c.wake_self.as_raw_fd(), c.ctrl.as_raw_fd()];
             control::poll_readable(&fds, timeout)?;
             control::drain(&c.wake_self);
+            // poll, the eventfd read.
+            self.stats.count_syscall();
+            self.stats.count_syscall();
         }
         flag.store(0, Ordering::Relaxed);
+        self.stats.count_syscall();
         // A wake-up by the control socket means the peer left or wrote.
         if control::peer_closed(&c.ctrl) {
             return Err(self.disconnect("closed its control socket"));
@@ -824,6 +831,7 @@ impl Port for ShmPort {
     fn finish_wait(&mut self) {
         if let Some(c) = self.chan.as_mut() {
             control::drain(&c.wake_self);
+            self.stats.count_syscall();
             c.shared.sleeping(c.shared.side).store(0, Ordering::Relaxed);
         }
     }
