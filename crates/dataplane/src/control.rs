@@ -17,6 +17,7 @@ use braid_io::Port;
 use braid_nf::{NfState, Params, StateError};
 
 use crate::graph::{Endpoint, GraphError};
+use crate::tap::Tap;
 use crate::telemetry::{WorkerSnapshot, WorkerTelemetry};
 
 /// Which output is rerouted.
@@ -63,6 +64,11 @@ pub enum Command {
     /// rounds), answer, then give the NFs a last tick, flush and leave the
     /// loop; the worker's `run` returns.
     Stop,
+    /// Install a capture tap on stage `stage` ([`crate::tap`]).
+    Tap { stage: String, tap: Tap },
+    /// Remove the tap with identity `id` from stage `stage` (`Done` also
+    /// if it already removed itself).
+    Untap { stage: String, id: u64 },
 }
 
 impl std::fmt::Debug for Command {
@@ -82,6 +88,8 @@ impl std::fmt::Debug for Command {
             Command::AddPort { port, rx_to } => write!(f, "AddPort({}, {rx_to:?})", port.name()),
             Command::Reconfigure { stage, .. } => write!(f, "Reconfigure({stage})"),
             Command::Stop => f.write_str("Stop"),
+            Command::Tap { stage, tap } => write!(f, "Tap({stage}, {})", tap.id()),
+            Command::Untap { stage, id } => write!(f, "Untap({stage}, {id})"),
         }
     }
 }
@@ -305,6 +313,16 @@ impl WorkerHandle {
 
     pub fn reconfigure(&self, stage: &str, params: Params) -> Result<(), ControlError> {
         self.done(Command::Reconfigure { stage: stage.into(), params })
+    }
+
+    /// Install capture tap `tap` on stage `stage` (see [`crate::tap`]).
+    pub fn tap(&self, stage: &str, tap: Tap) -> Result<(), ControlError> {
+        self.done(Command::Tap { stage: stage.into(), tap })
+    }
+
+    /// Remove tap `id` from stage `stage`.
+    pub fn untap(&self, stage: &str, id: u64) -> Result<(), ControlError> {
+        self.done(Command::Untap { stage: stage.into(), id })
     }
 
     /// Ask the worker to stop; `Ok` also if it already has.

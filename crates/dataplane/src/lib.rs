@@ -10,6 +10,8 @@
 //! - [`telemetry`]: per-stage, per-port and per-loop counters written by
 //!   the worker thread and read anywhere without locks.
 //! - [`sched`]: CPU affinity and scheduling policy of a worker thread.
+//! - [`tap`]: captures of the packets entering, leaving or dropped by a
+//!   stage of a running worker (`braid capture`), written as pcapng.
 //! - [`heartbeat`]: beats to a supervising process.
 //! - [`os`]: a thread's OS counters (CPU time, run-queue wait, context
 //!   switches, migrations, page faults), sampled by every worker as its
@@ -30,6 +32,7 @@ pub mod heartbeat;
 #[allow(unsafe_code)] // getrusage(RUSAGE_THREAD)
 pub mod os;
 pub mod sched;
+pub mod tap;
 pub mod telemetry;
 pub mod worker;
 
@@ -38,5 +41,6 @@ pub use graph::{Endpoint, Graph, GraphError, NamedNfs, Stage};
 pub use heartbeat::Heartbeat;
 pub use os::{OsStatsError, ThreadOs};
 pub use sched::{Sched, SchedError, SchedPolicy};
+pub use tap::{CaptureRequest, CaptureSession, CaptureSummary, Point};
 pub use telemetry::{StageSnapshot, WorkerOs, WorkerSnapshot, WorkerTelemetry, WorkerWatch};
 pub use worker::{GraphRef, Idle, Worker, WorkerConfig, WorkerError, WorkerReport};

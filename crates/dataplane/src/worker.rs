@@ -647,6 +647,16 @@ impl<'a> Worker<'a> {
                 g.stages_mut()[i].replace_nf(fresh).map_err(|e| refused(ControlError::Graph(e)))?;
                 Ok(Reply::Done)
             }
+            Command::Tap { stage, tap } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                self.graph.get().stages_mut()[i].add_tap(tap);
+                Ok(Reply::Done)
+            }
+            Command::Untap { stage, id } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                self.graph.get().stages_mut()[i].remove_tap(id);
+                Ok(Reply::Done)
+            }
             Command::Stop => {
                 // Take what is already waiting on the inputs (bounded: a
                 // live input may never run dry).

@@ -289,6 +289,14 @@ impl Packet {
         }
     }
 
+    /// An identity of the buffer behind this packet (its address), stable
+    /// while the packet lives and unique among live packets: how a capture
+    /// of drops tells which packets of a batch an NF removed. A buffer freed
+    /// and taken again by a new packet gets the same identity.
+    pub fn buffer_id(&self) -> usize {
+        self.storage.bytes().as_ptr() as usize
+    }
+
     /// True if the bytes live in an external region.
     pub fn is_external(&self) -> bool {
         matches!(self.storage, Storage::External(_))

@@ -18,6 +18,7 @@ pub mod buffer;
 #[allow(unsafe_code)] // clock_gettime
 pub mod clock;
 pub mod envelope;
+pub mod filter;
 pub mod flow;
 #[cfg(feature = "proptest")]
 pub mod strategy;
