@@ -20,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 use serde_json::json;
 
@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chains", get(list_chains).post(deploy))
         .route("/v1/chains/{name}", get(show_chain).delete(delete_chain))
         .route("/v1/chains/{name}/nfs/{nf}", patch(patch_nf))
+        .route("/v1/chains/{name}/capture", post(crate::capture::capture))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -116,7 +117,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError { status, kind, message: message.into(), problems: Vec::new() }
     }
 }

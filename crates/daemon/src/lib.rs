@@ -6,6 +6,8 @@
 //! - [`api`]: the HTTP/JSON API on a unix socket (peer credentials checked);
 //! - [`metrics`]: `/metrics` in OpenMetrics text;
 //! - [`audit`]: the audit log of mutating calls;
+//! - [`capture`]: `POST /v1/chains/{name}/capture`, a pcapng stream of an
+//!   NF's packets (`braid capture --chain`), and its client;
 //! - [`openapi`]: the served OpenAPI document;
 //! - [`config`]: the TOML configuration;
 //! - [`server`]: binding the socket and serving until a signal;
@@ -17,6 +19,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod capture;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -339,6 +339,7 @@ pub(crate) fn emitted(taps: &mut Vec<Tap>, b: &Batch, gate: u16, switch: bool) {
 
 /// What to capture: the request `braid capture` sends.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CaptureRequest {
     /// The NF (stage) name.
     pub nf: String,

@@ -218,12 +218,21 @@ fn a_packet_limit_ends_the_capture() {
     thread.join().unwrap();
 }
 
+/// Removed on drop, also when the test fails.
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn bad_requests_are_refused_with_the_reason_over_the_socket() {
     let Rig { feed: _f, sink: _s, handle, thread } = rig();
-    let dir = std::env::temp_dir().join(format!("braid-capture-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("deploy.sock");
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("braid-capture-test-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let path = dir.0.join("deploy.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let h = handle.clone();
@@ -250,7 +259,6 @@ fn bad_requests_are_refused_with_the_reason_over_the_socket() {
     assert_eq!(r.interfaces().len(), 3);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     server.join().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     handle.stop().unwrap();
     thread.join().unwrap();
 }
