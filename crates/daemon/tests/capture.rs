@@ -26,8 +26,7 @@ fn sysctl(ns: &NetnsGuard, kv: &str) {
 
 #[test]
 fn a_capture_through_braidd_streams_what_leaves_and_what_is_dropped() {
-    if braid_testkit::skip_unless(netns::is_root(), "braidd capture", "needs root for namespaces")
-    {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd capture", "needs root for namespaces") {
         return;
     }
     let mid = NetnsGuard::create(&netns::unique_name("bdc-mid")).unwrap();
