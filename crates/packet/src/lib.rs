@@ -25,4 +25,7 @@ pub mod strategy;
 pub mod wire;
 
 pub use batch::{Batch, DEFAULT_BATCH_SIZE};
-pub use buffer::{BufferOwner, ExternalBuf, Meta, Packet, BUF_SIZE, HEADROOM};
+pub use buffer::{
+    frame_len_for_mtu, BufferOwner, ExternalBuf, Meta, Packet, BUF_SIZE, DEFAULT_MTU, HEADROOM,
+    JUMBO_BUF_SIZE, MAX_FRAME, MAX_MTU,
+};
