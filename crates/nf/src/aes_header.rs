@@ -249,6 +249,23 @@ pub struct KeyConfig {
     /// Decrypt only: anti-replay window in packets (see `replay.rs`).
     #[serde(default)]
     pub replay_window: Option<u64>,
+    /// Encrypt only: the UDP checksum of encrypted datagrams.
+    #[serde(default)]
+    pub udp_checksum: Option<UdpChecksum>,
+}
+
+/// What `encrypt` writes in the UDP checksum of the datagrams it encrypts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpChecksum {
+    /// The full checksum over the encrypted datagram (a second pass over
+    /// the payload), or 0 if the sender sent none.
+    #[default]
+    Compute,
+    /// 0: "no checksum", valid for UDP over IPv4 (RFC 768), not over
+    /// IPv6. Saves the pass over the ciphertext; GCM's tag authenticates
+    /// the payload anyway, CTR leaves it to the layer below (Ethernet FCS).
+    Zero,
 }
 
 impl std::fmt::Debug for KeyConfig {
@@ -260,6 +277,7 @@ impl std::fmt::Debug for KeyConfig {
             .field("key_id", &self.key_id)
             .field("salt", &self.salt)
             .field("replay_window", &self.replay_window)
+            .field("udp_checksum", &self.udp_checksum)
             .finish()
     }
 }

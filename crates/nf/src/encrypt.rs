@@ -7,13 +7,15 @@
 //! lengths do not hold are dropped as `malformed`; a frame without room for
 //! the header is dropped as `no_room` (never sent in the clear).
 
-use crate::aes_header::{AesHeader, Cipher, KeyConfig, Mode, HEADER_LEN, KEY_PARAMS, TAG_LEN};
+use crate::aes_header::{
+    AesHeader, Cipher, KeyConfig, Mode, UdpChecksum, HEADER_LEN, KEY_PARAMS, TAG_LEN,
+};
 use crate::udp_payload::{self, Located};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
 use crate::{Encoding, FlowScope, NfState, StateError};
 use braid_packet::{Batch, Packet};
 
-static PARAMS: [ParamDoc; 5] = [
+static PARAMS: [ParamDoc; 6] = [
     KEY_PARAMS[0],
     KEY_PARAMS[1],
     KEY_PARAMS[2],
@@ -23,6 +25,12 @@ static PARAMS: [ParamDoc; 5] = [
         kind: "hex string, 8 digits",
         default: Some("random"),
         help: "nonce salt; fixed only for reproducible tests (a fixed salt reused with the same key reuses nonces)",
+    },
+    ParamDoc {
+        name: "udp_checksum",
+        kind: "compute | zero",
+        default: Some("compute"),
+        help: "zero: send encrypted IPv4/UDP with checksum 0 (no checksum, valid over IPv4) and skip the checksum pass over the ciphertext",
     },
 ];
 
@@ -46,6 +54,8 @@ pub struct Encrypt {
     /// Sequence number of the next packet; with the salt it makes the
     /// nonce, so it never repeats within an instance.
     next_seq: u64,
+    /// `udp_checksum: zero`: write 0 instead of summing the ciphertext.
+    zero_checksum: bool,
 }
 
 impl Encrypt {
@@ -56,7 +66,13 @@ impl Encrypt {
                 "only `decrypt` keeps a replay window; `encrypt` numbers its packets",
             ));
         }
-        Ok(Encrypt { cipher: cfg.cipher()?, key_id: cfg.key_id, salt: cfg.salt()?, next_seq: 0 })
+        Ok(Encrypt {
+            cipher: cfg.cipher()?,
+            key_id: cfg.key_id,
+            salt: cfg.salt()?,
+            next_seq: 0,
+            zero_checksum: cfg.udp_checksum == Some(UdpChecksum::Zero),
+        })
     }
 
     fn encrypt(&mut self, pkt: &mut Packet) -> Result<(), DropReason> {
@@ -90,7 +106,11 @@ impl Encrypt {
                 &self.cipher.seal(&nonce, hdr, body).map_err(|_| DropReason::Other)?,
             ),
         }
-        udp_payload::fix_lengths_and_checksums(frame, loc);
+        if self.zero_checksum {
+            udp_payload::fix_lengths_zero_udp_checksum(frame, loc);
+        } else {
+            udp_payload::fix_lengths_and_checksums(frame, loc);
+        }
         Ok(())
     }
 }
@@ -187,6 +207,58 @@ mod tests {
             assert_ne!(&out[loc.payload + 16..loc.payload + 116], &frame[frame.len() - 100..]);
             assert_eq!(b.as_slice()[1].data(), &tcp[..], "TCP passes unchanged");
         }
+    }
+
+    #[test]
+    fn zero_udp_checksum_skips_the_pass_and_decrypt_gets_the_plaintext_back() {
+        for mode in ["ctr", "gcm"] {
+            let mut p = params(mode);
+            if let Params::Mapping(m) = &mut p {
+                m.insert("udp_checksum".into(), "zero".into());
+            }
+            let mut nf = (SPEC.build)(&p).unwrap();
+            let frame = FrameSpec::udp(
+                (Ipv4Addr::new(10, 0, 0, 1), 5),
+                (Ipv4Addr::new(10, 0, 0, 2), 6),
+                1400,
+            )
+            .build();
+            let mut b: Batch = [Packet::from_bytes(&frame)].into_iter().collect();
+            let mut c = Counters::default();
+            nf.process(&mut b, &mut Context::new(0, &mut c));
+            let out = b.as_slice()[0].data().to_vec();
+            let Located::Udp(loc) = udp_payload::verdict(&out) else { panic!() };
+            let ip = braid_packet::wire::ipv4::Ipv4Packet::new_checked(&out[loc.ip..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!(usize::from(ip.total_len()), loc.end - loc.ip);
+            let udp =
+                braid_packet::wire::udp::UdpPacket::new_checked(&out[loc.udp..loc.end]).unwrap();
+            assert_eq!(udp.checksum(), 0, "no checksum");
+            assert_eq!(usize::from(udp.len()), loc.end - loc.udp);
+            // decrypt restores the payload; the 0 stays 0.
+            let mut dp = params(mode);
+            if let Params::Mapping(m) = &mut dp {
+                m.remove("salt");
+            }
+            let mut dec = crate::build("decrypt", &dp).unwrap();
+            dec.process(&mut b, &mut Context::new(0, &mut c));
+            let back = b.as_slice()[0].data();
+            assert_eq!(back[42..], frame[42..]);
+            assert_eq!(back[40..42], [0, 0]);
+            assert_eq!(c.dropped_total(), 0);
+        }
+        let mut p = params("gcm");
+        if let Params::Mapping(m) = &mut p {
+            m.insert("udp_checksum".into(), "zero".into());
+            m.remove("salt");
+        }
+        let e = crate::build("decrypt", &p).err().unwrap();
+        assert!(e.to_string().contains("only `encrypt` takes udp_checksum"), "{e}");
+        let mut p = params("gcm");
+        if let Params::Mapping(m) = &mut p {
+            m.insert("udp_checksum".into(), "maybe".into());
+        }
+        assert!((SPEC.build)(&p).is_err());
     }
 
     #[test]
