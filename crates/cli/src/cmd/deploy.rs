@@ -84,6 +84,11 @@ pub struct Args {
     /// what is there.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub batch: u16,
+    /// Largest IP packet on the user-space NFs' ports (68..=9000; jumbo
+    /// frames above 1500 need AF_PACKET: AF_XDP stops at 3818, see
+    /// docs/jumbo.md). The testbed links' MTU is set with `ip link`.
+    #[arg(long, default_value_t = braid_packet::DEFAULT_MTU)]
+    pub mtu: usize,
     /// Run every NF as its own supervised process on this host, chained by
     /// shared-memory ports (a crashed NF is restarted, its neighbours keep
     /// their state), instead of one NF per testbed host. Same as
@@ -308,6 +313,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rt_prio: args.rt_prio,
         cpus: args.cpus.clone(),
         batch: args.batch.into(),
+        mtu: args.mtu,
     };
     let mut deployment = match deploy_with(&opts, &specs, &user) {
         Ok(d) => d,
