@@ -8,7 +8,6 @@
 //! comment that tshark reads. Needs root; everything (deploy, captures,
 //! tcpdump, namespaces, files) is removed at the end, also on failure.
 
-use std::io::Read;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -160,10 +159,26 @@ fn capture_equals_what_the_next_hop_receives_and_drops_carry_their_reason() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = [0u8; 256];
-    let n = tcpdump.stderr.as_mut().unwrap().read(&mut line).unwrap();
-    assert!(String::from_utf8_lossy(&line[..n]).contains("listening"), "tcpdump did not start");
+    // Ready once it says it is listening (its stderr, read on a thread so
+    // the wait is bounded).
+    let stderr = tcpdump.stderr.take().unwrap();
     bed.children.push(tcpdump);
+    let (said, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if said.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("listening on")) {
+        match heard.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("tcpdump did not start: {lines:?}"),
+        }
+    }
 
     // Two captures: what leaves the firewall (UDP), to a file; its drops
     // (UDP only: the firewall also drops the ARP and IPv6 noise), to
