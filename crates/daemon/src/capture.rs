@@ -15,7 +15,8 @@
 use std::io::{Read, Write};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
@@ -68,11 +69,26 @@ pub async fn capture(
         ApiError::new(status, kind, e.to_string())
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
+    // The client leaving drops the body's receiver: the session then ends
+    // even while no packet comes to write (checked every 200 ms, without
+    // holding a sender that would keep the body open).
+    let ended = Arc::new(AtomicBool::new(false));
+    let (weak, flag) = (tx.downgrade(), ended.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            match weak.upgrade() {
+                Some(s) if !s.is_closed() => {}
+                _ => break,
+            }
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
     tokio::task::spawn_blocking(move || {
         let out = std::io::BufWriter::with_capacity(16 << 10, ChannelWriter(tx));
-        // Ends by count, time, the chain stopping, or the client leaving
-        // (a write fails): the session removes its tap.
-        let _ = session.run(out, &AtomicBool::new(false));
+        // Ends by count, time, the chain stopping, or the client leaving:
+        // the session removes its tap.
+        let _ = session.run(out, &ended);
     });
     let note = AuditNote(format!("capture of NF `{nf}` in chain `{name}`"));
     Ok((

@@ -550,10 +550,13 @@ pub fn serve_unix(
 fn serve_one(
     conn: UnixStream,
     resolve: &(dyn Fn(&str) -> Result<WorkerHandle, String> + Send + Sync),
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
 ) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    // A client that stops reading ends its capture instead of holding the
+    // session (and `braid deploy`'s shutdown) forever.
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
     let Ok(reader) = conn.try_clone() else { return };
     let mut line = String::new();
     let mut out = conn;
@@ -564,7 +567,7 @@ fn serve_one(
         };
         let _ = writeln!(out, "{v}");
     };
-    if BufReader::new(reader).take_line(&mut line).is_err() {
+    if BufReader::new(&reader).take_line(&mut line).is_err() {
         return answer(&mut out, Err("no capture request received".into()));
     }
     let req: CaptureRequest = match serde_json::from_str(&line) {
@@ -573,12 +576,49 @@ fn serve_one(
     };
     let session =
         resolve(&req.nf).and_then(|h| CaptureSession::start(h, req).map_err(|e| e.to_string()));
-    match session {
-        Err(e) => answer(&mut out, Err(e)),
-        Ok(s) => {
-            answer(&mut out, Ok(()));
-            let _ = s.run(std::io::BufWriter::new(out), stop);
-        }
+    let s = match session {
+        Err(e) => return answer(&mut out, Err(e)),
+        Ok(s) => s,
+    };
+    answer(&mut out, Ok(()));
+    // The session ends when the server stops or the client hangs up (its
+    // end reads as EOF), even while no packet comes to write.
+    let ended = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (ended, stop) = (ended.clone(), stop.clone());
+        let _ = reader.set_read_timeout(Some(Duration::from_millis(200)));
+        std::thread::Builder::new().name("braid-capture-peer".into()).spawn(move || {
+            let mut reader = reader;
+            let mut b = [0u8; 64];
+            while !ended.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match std::io::Read::read(&mut reader, &mut b) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+            ended.store(true, Ordering::Relaxed);
+        })
+    };
+    let shut = out.try_clone();
+    let _ = s.run(std::io::BufWriter::new(out), &ended);
+    ended.store(true, Ordering::Relaxed);
+    if let Ok(c) = shut {
+        // The client sees the end of the stream.
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+    if let Ok(w) = watcher {
+        let _ = w.join();
     }
 }
 
