@@ -227,8 +227,9 @@ fn wall_ns() -> u64 {
 /// What a tapped stage call keeps across the NF call.
 pub(crate) struct Before {
     ts_ns: u64,
-    /// Input frames and their buffer identities, when drops are tapped.
-    inputs: Option<(Vec<usize>, Vec<Vec<u8>>, u16)>,
+    /// Input buffer identities and the frames a drop tap may report
+    /// (None: no drop tap's filter takes it), when drops are tapped.
+    inputs: Option<(Vec<usize>, Vec<Option<Vec<u8>>>, u16)>,
 }
 
 /// Before the NF runs: mirror what enters, remember the inputs if drops
@@ -242,10 +243,15 @@ pub(crate) fn before(taps: &mut [Tap], b: &Batch, gate: u16) -> Before {
             }
         }
     }
+    // Drops are reported as the packets entered: keep a copy of those a
+    // drop tap's filter takes (only those: a narrow filter costs no copy).
     let inputs = taps.iter().any(|t| t.wants(Point::Drops)).then(|| {
+        let keep = |f: &[u8]| {
+            taps.iter().any(|t| !t.closed && t.wants(Point::Drops) && t.filter.matches(f))
+        };
         (
             b.iter().map(Packet::buffer_id).collect(),
-            b.iter().map(|p| p.data().to_vec()).collect(),
+            b.iter().map(|p| keep(p.data()).then(|| p.data().to_vec())).collect(),
             gate,
         )
     });
@@ -278,8 +284,9 @@ pub(crate) fn after(
     }
     if let Some((ids, frames, gate)) = before.inputs {
         for (i, reason) in pair_drops(&ids, b, log) {
+            let Some(frame) = &frames[i] else { continue };
             for t in taps.iter_mut() {
-                t.offer(ts, Point::Drops, gate, Some(reason), &frames[i]);
+                t.offer(ts, Point::Drops, gate, Some(reason), frame);
             }
         }
     }
@@ -704,6 +711,19 @@ mod tests {
         );
         // Nothing logged: vanished packets were held back, not dropped.
         assert!(pair_drops(&ids, &kept, &DropLog::default()).is_empty());
+    }
+
+    #[test]
+    fn drop_taps_copy_only_the_frames_their_filter_takes() {
+        let (t, _rx) = tap(&[Point::Drops], Filter::parse("greater 15").unwrap(), 4);
+        let mut taps = vec![t];
+        let mut b = batch(2);
+        b.push(Packet::from_bytes(&[9; 10]));
+        let before = before(&mut taps, &b, 1);
+        assert!(wants_log(&before));
+        let (_, frames, gate) = before.inputs.unwrap();
+        assert_eq!(gate, 1);
+        assert_eq!(frames.iter().map(Option::is_some).collect::<Vec<_>>(), [true, true, false]);
     }
 
     #[test]
