@@ -224,12 +224,16 @@ fn wall_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The input frames a drop tap may report, by index (None: no drop tap's
+/// filter takes it), and the gate they came in by.
+type DropInputs = (Vec<usize>, Vec<Option<Vec<u8>>>, u16);
+
 /// What a tapped stage call keeps across the NF call.
 pub(crate) struct Before {
     ts_ns: u64,
     /// Input buffer identities and the frames a drop tap may report
     /// (None: no drop tap's filter takes it), when drops are tapped.
-    inputs: Option<(Vec<usize>, Vec<Option<Vec<u8>>>, u16)>,
+    inputs: Option<DropInputs>,
 }
 
 /// Before the NF runs: mirror what enters, remember the inputs if drops
