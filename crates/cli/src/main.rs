@@ -46,6 +46,8 @@ enum Command {
     Deploy(cmd::deploy::Args),
     /// Live per-NF counters of the running `braid deploy`.
     Stats(cmd::stats::Args),
+    /// Mirror the packets entering, leaving or dropped by an NF of a running deployment to pcapng.
+    Capture(cmd::capture::Args),
     /// Packet rate and one-way latency between NF processes over shared
     /// memory, veth+UDP, veth+AF_XDP and in-process hand-over, side by side.
     ShmBench(cmd::shm_bench::Args),
@@ -108,6 +110,7 @@ fn main() {
         Command::Testbed(a) => cmd::testbed::run(a),
         Command::Deploy(a) => cmd::deploy::run(a),
         Command::Stats(a) => cmd::stats::run(a),
+        Command::Capture(a) => cmd::capture::run(a),
         Command::ShmBench(a) => cmd::shm_bench::run(a),
         Command::NfProc(a) => cmd::nf_proc::run(a),
         Command::RunProcs(a) => cmd::run_procs::run(a),

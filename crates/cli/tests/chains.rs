@@ -503,7 +503,7 @@ fn live_tcpdump_through_braid_into_tshark() {
     netns::set_up(Some(b.name()), &b_dev).unwrap();
 
     let script = format!(
-        "set -o pipefail; ip netns exec {} timeout 10 tcpdump -i any -Z root -c 6 -U -w - \
+        "set -o pipefail; ip netns exec {} timeout 10 tcpdump -i any -Z root -c 6 -U -w - icmp \
          | {} run c.yaml -i - -o - 2>stats.txt | tshark -r - -T fields -e ip.src -e ip.dst",
         a.name(),
         env!("CARGO_BIN_EXE_braid")

@@ -48,6 +48,8 @@ impl Bed {
             .arg(&self.opts.state_path)
             .arg("--stats-file")
             .arg(self.file(stats))
+            .arg("--capture-socket")
+            .arg(self.file(&format!("{stats}.sock")))
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -27,7 +27,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 use serde_json::json;
 
@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(show_operation))
         .route("/v1/events", get(events))
+        .route("/v1/chains/{name}/capture", post(crate::capture::capture))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -160,7 +161,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError { status, kind, message: message.into(), problems: Vec::new() }
     }
 }

@@ -8,6 +8,8 @@
 //! - [`audit`]: the audit log of mutating calls;
 //! - [`auth`]: the bearer token of the TCP API;
 //! - [`ops`]: operations (ids, outcomes) and the event feed;
+//! - [`capture`]: `POST /v1/chains/{name}/capture`, a pcapng stream of an
+//!   NF's packets (`braid capture --chain`), and its client;
 //! - [`openapi`]: the served OpenAPI document;
 //! - [`config`]: the TOML configuration;
 //! - [`server`]: the listeners (unix socket; TCP with TLS 1.3) and the
@@ -21,6 +23,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod capture;
 pub mod client;
 pub mod config;
 pub mod daemon;

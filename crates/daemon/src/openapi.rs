@@ -133,6 +133,28 @@ pub fn document() -> Value {
                     "content": { "application/jsonl": { "schema": { "type": "string" } } } },
                     "400": error_response("bad query") }
             } },
+            "/v1/chains/{name}/capture": {
+                "parameters": [ name_param("name", "chain name") ],
+                "post": {
+                    "operationId": "captureNf",
+                    "summary": "Mirror the packets entering, leaving or dropped by one NF of the running chain, streamed as pcapng until the packet count or time limit, the chain's end or the client's (docs/capture.md)",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["nf"], "additionalProperties": false,
+                        "properties": {
+                            "nf": { "type": "string", "description": "NF name in the chain" },
+                            "points": { "type": "array", "items": { "enum": ["in", "out", "drops"] }, "description": "what to mirror (default: all three)" },
+                            "filter": { "type": "string", "description": "tcpdump-style filter (host, net, port, portrange, tcp, udp, icmp, ip, ip6, vlan, and/or/not)" },
+                            "count": { "type": ["integer", "null"], "minimum": 0, "description": "stop after this many packets" },
+                            "seconds": { "type": ["number", "null"], "exclusiveMinimum": 0, "description": "stop after this many seconds" } } } } } },
+                    "responses": {
+                        "200": { "description": "the capture, streamed", "content": { "application/x-pcapng": { "schema": { "type": "string", "format": "binary" } } } },
+                        "400": error_response("bad request body or filter"),
+                        "404": error_response("no such chain or NF"),
+                        "409": error_response("the chain is not running"),
+                        "422": error_response("the worker refused the tap")
+                    }
+                }
+            },
             "/v1/openapi.json": { "get": {
                 "operationId": "openapi", "summary": "This document",
                 "responses": { "200": { "description": "OpenAPI 3.1",

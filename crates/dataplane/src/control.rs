@@ -18,6 +18,7 @@ use braid_nf::{NfState, Params, StateError, Statelet};
 
 use crate::graph::{Endpoint, GraphError};
 use crate::migration::StreamOut;
+use crate::tap::Tap;
 use crate::telemetry::{WorkerSnapshot, WorkerTelemetry};
 
 /// Which output is rerouted.
@@ -104,6 +105,11 @@ pub enum Command {
     /// thread, batch size, idle policy, adaptive mode (each `None`:
     /// unchanged). Everything is checked first; refused, nothing changes.
     SetSched(SchedChange),
+    /// Install a capture tap on stage `stage` ([`crate::tap`]).
+    Tap { stage: String, tap: Tap },
+    /// Remove the tap with identity `id` from stage `stage` (`Done` also
+    /// if it already removed itself).
+    Untap { stage: String, id: u64 },
 }
 
 /// What [`Command::SetSched`] changes; `None` leaves a setting as it is.
@@ -152,6 +158,8 @@ impl std::fmt::Debug for Command {
             Command::TakeHeld => f.write_str("TakeHeld"),
             Command::Inject { frames } => write!(f, "Inject({} frames)", frames.len()),
             Command::SetSched(c) => write!(f, "SetSched({c:?})"),
+            Command::Tap { stage, tap } => write!(f, "Tap({stage}, {})", tap.id()),
+            Command::Untap { stage, id } => write!(f, "Untap({stage}, {id})"),
         }
     }
 }
@@ -476,6 +484,16 @@ impl WorkerHandle {
     /// mode while it runs ([`Command::SetSched`]).
     pub fn set_sched(&self, change: SchedChange) -> Result<(), ControlError> {
         self.done(Command::SetSched(change))
+    }
+
+    /// Install capture tap `tap` on stage `stage` (see [`crate::tap`]).
+    pub fn tap(&self, stage: &str, tap: Tap) -> Result<(), ControlError> {
+        self.done(Command::Tap { stage: stage.into(), tap })
+    }
+
+    /// Remove tap `id` from stage `stage`.
+    pub fn untap(&self, stage: &str, id: u64) -> Result<(), ControlError> {
+        self.done(Command::Untap { stage: stage.into(), id })
     }
 
     /// Ask the worker to stop; `Ok` also if it already has.

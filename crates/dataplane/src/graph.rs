@@ -20,9 +20,10 @@
 
 use std::sync::Arc;
 
-use braid_nf::{Context, Counters, DropReason, Gates, NetworkFunction, NfSpec};
+use braid_nf::{Context, Counters, DropLog, DropReason, Gates, NetworkFunction, NfSpec};
 use braid_packet::Batch;
 
+use crate::tap::{self, Tap};
 use crate::telemetry::StageTelemetry;
 
 /// Where packets go when they leave a gate or arrive on a port.
@@ -72,6 +73,9 @@ pub struct Stage {
     out: Vec<Endpoint>,
     counters: Counters,
     telemetry: Arc<StageTelemetry>,
+    /// Captures running on this stage ([`crate::tap`]); empty, the usual
+    /// case, costs one length check per call.
+    taps: Vec<Tap>,
 }
 
 impl Stage {
@@ -130,6 +134,24 @@ impl Stage {
         Ok(std::mem::replace(&mut self.nf, nf))
     }
 
+    /// Install a capture tap on this stage.
+    pub fn add_tap(&mut self, tap: Tap) {
+        self.taps.push(tap);
+    }
+
+    /// Remove the tap with identity `id`; false if there is none (it may
+    /// have removed itself when its reader went away).
+    pub fn remove_tap(&mut self, id: u64) -> bool {
+        let n = self.taps.len();
+        self.taps.retain(|t| t.id() != id);
+        self.taps.len() != n
+    }
+
+    /// Captures running on this stage.
+    pub fn taps(&self) -> usize {
+        self.taps.len()
+    }
+
     /// Zero the counters (after a warm-up).
     pub fn reset_counters(&mut self) {
         self.counters = Counters::default();
@@ -169,6 +191,8 @@ pub struct Graph {
     spare: Vec<Batch>,
     /// Scratch for packets emitted by `tick`.
     tick_out: Batch,
+    /// Scratch drop log for stage calls whose drops are captured.
+    drop_log: DropLog,
 }
 
 impl std::fmt::Debug for Graph {
@@ -204,10 +228,18 @@ impl Graph {
                     out: vec![Endpoint::Drop; gates.count() as usize],
                     counters: Counters::default(),
                     telemetry,
+                    taps: Vec::new(),
                 }
             })
             .collect();
-        Graph { stages, ports, work: Vec::new(), spare: Vec::new(), tick_out: Batch::new() }
+        Graph {
+            stages,
+            ports,
+            work: Vec::new(),
+            spare: Vec::new(),
+            tick_out: Batch::new(),
+            drop_log: DropLog::default(),
+        }
     }
 
     /// A chain: the NFs in order, gate 1 of each linked to gate 0 of the
@@ -352,6 +384,10 @@ impl Graph {
             if !emitted.is_empty() {
                 s.counters.packets_out += emitted.len() as u64;
                 s.counters.bytes_out += emitted.bytes() as u64;
+                if !s.taps.is_empty() {
+                    let switch = matches!(s.gates, Gates::Switch(_));
+                    tap::emitted(&mut s.taps, &emitted, 1, switch);
+                }
                 let b = std::mem::replace(&mut emitted, Batch::new());
                 self.leave(i, 1, b);
                 self.run_work(now_ns, out);
@@ -413,6 +449,9 @@ impl Graph {
     fn forward(&mut self, from: usize, to: Endpoint, b: Batch) {
         if to == Endpoint::Drop {
             let s = &mut self.stages[from];
+            if !s.taps.is_empty() {
+                tap::unconnected(&mut s.taps, &b, 0);
+            }
             for _ in 0..b.len() {
                 s.counters.count_drop(DropReason::Unconnected);
             }
@@ -481,9 +520,23 @@ impl Graph {
         }
         let n_in = b.len() as u64;
         let created = s.counters.packets_created;
-        {
+        if s.taps.is_empty() {
             let mut cx = Context::new(now_ns, &mut s.counters);
             s.nf.process(b, &mut cx);
+        } else {
+            // A capture runs on this stage (see crate::tap).
+            let before = tap::before(&mut s.taps, b, gate);
+            let log = &mut self.drop_log;
+            log.entries.clear();
+            if tap::wants_log(&before) {
+                let mut cx = Context::with_drop_log(now_ns, &mut s.counters, log);
+                s.nf.process(b, &mut cx);
+            } else {
+                let mut cx = Context::new(now_ns, &mut s.counters);
+                s.nf.process(b, &mut cx);
+            }
+            let switch = matches!(s.gates, Gates::Switch(_));
+            tap::after(&mut s.taps, before, b, gate ^ 1, switch, log);
         }
         let t1 = clock();
         let c = &mut s.counters;

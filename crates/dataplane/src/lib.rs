@@ -12,6 +12,8 @@
 //! - [`sched`]: CPU affinity and scheduling policy of a worker thread.
 //! - [`adapt`]: the adaptive mode, a feedback loop that sets a worker's
 //!   batch size and idle policy from its own counters.
+//! - [`tap`]: captures of the packets entering, leaving or dropped by a
+//!   stage of a running worker (`braid capture`), written as pcapng.
 //! - [`heartbeat`]: beats to a supervising process.
 //! - [`migration`]: live migration on a running worker: streaming a
 //!   stage's state out, holding arrivals and installing state, drain
@@ -37,6 +39,7 @@ pub mod migration;
 #[allow(unsafe_code)] // getrusage(RUSAGE_THREAD)
 pub mod os;
 pub mod sched;
+pub mod tap;
 pub mod telemetry;
 pub mod worker;
 
@@ -46,5 +49,6 @@ pub use graph::{Endpoint, Graph, GraphError, NamedNfs, Stage};
 pub use heartbeat::Heartbeat;
 pub use os::{OsStatsError, ThreadOs};
 pub use sched::{Sched, SchedError, SchedPolicy};
+pub use tap::{CaptureRequest, CaptureSession, CaptureSummary, Point};
 pub use telemetry::{StageSnapshot, WorkerOs, WorkerSnapshot, WorkerTelemetry, WorkerWatch};
 pub use worker::{GraphRef, Idle, Worker, WorkerConfig, WorkerError, WorkerReport};

@@ -965,6 +965,16 @@ impl<'a> Worker<'a> {
                 Ok(Reply::Done)
             }
             Command::SetSched(change) => self.set_sched(change).map_err(refused),
+            Command::Tap { stage, tap } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                self.graph.get().stages_mut()[i].add_tap(tap);
+                Ok(Reply::Done)
+            }
+            Command::Untap { stage, id } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                self.graph.get().stages_mut()[i].remove_tap(id);
+                Ok(Reply::Done)
+            }
             Command::Stop => {
                 // What a destination held is processed, not lost.
                 self.release_held().map_err(ControlFailure::Worker)?;

@@ -15,7 +15,7 @@ use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use braid_packet::{Batch, Packet, BUF_SIZE, HEADROOM};
+use braid_packet::{Batch, Packet, BUF_SIZE, DEFAULT_MTU, HEADROOM, MAX_FRAME, MAX_MTU};
 
 use crate::{Port, PortError, PortStats};
 
@@ -34,6 +34,11 @@ pub struct AfPacketConfig {
     /// Send straight to the driver, skipping the qdisc layer
     /// (`PACKET_QDISC_BYPASS`; default false).
     pub qdisc_bypass: bool,
+    /// Largest IP packet the port carries (68..=9000; default 1500). Above
+    /// 1500, frames are received into jumbo buffers (room for
+    /// [`MAX_FRAME`] bytes); a longer frame than the buffer is counted in
+    /// `rx_dropped`, never cut.
+    pub mtu: usize,
 }
 
 impl AfPacketConfig {
@@ -43,6 +48,7 @@ impl AfPacketConfig {
             batch_size: 32,
             promiscuous: true,
             qdisc_bypass: false,
+            mtu: DEFAULT_MTU,
         }
     }
 }
@@ -52,6 +58,8 @@ pub struct AfPacketPort {
     fd: OwnedFd,
     iface: String,
     batch_size: usize,
+    /// Receive room per frame: an ordinary buffer's, or a jumbo one's.
+    rx_room: usize,
     stats: PortStats,
     /// Receive scratch: per-slot socket addresses, iovecs and headers.
     rx_addrs: Vec<libc::sockaddr_ll>,
@@ -95,6 +103,12 @@ impl AfPacketPort {
             return Err(PortError::Config(format!(
                 "af_packet {}: batch_size {} is out of range 1..={MAX_BATCH}",
                 cfg.iface, cfg.batch_size
+            )));
+        }
+        if !(68..=MAX_MTU).contains(&cfg.mtu) {
+            return Err(PortError::Config(format!(
+                "af_packet {}: mtu {} is out of range 68..={MAX_MTU}",
+                cfg.iface, cfg.mtu
             )));
         }
         let ifindex = crate::netns::ifindex(&cfg.iface)
@@ -172,6 +186,7 @@ impl AfPacketPort {
             fd,
             iface: cfg.iface.clone(),
             batch_size: n,
+            rx_room: if cfg.mtu <= DEFAULT_MTU { BUF_SIZE - HEADROOM } else { MAX_FRAME },
             stats: PortStats { syscalls: Some(0), ..PortStats::default() },
             // SAFETY: all-zero sockaddr_ll / mmsghdr are valid values (null
             // pointers, zero lengths); they are filled before each call.
@@ -254,9 +269,8 @@ impl Port for AfPacketPort {
             return Ok(0);
         }
         while self.rx_bufs.len() < n {
-            let mut p = Packet::new();
-            p.set_len(BUF_SIZE - HEADROOM)
-                .expect("a new packet has BUF_SIZE - HEADROOM bytes of room");
+            let mut p = Packet::with_room(self.rx_room);
+            p.set_len(self.rx_room).expect("a new packet has room for rx_room bytes");
             self.rx_bufs.push(p);
         }
         for i in 0..n {

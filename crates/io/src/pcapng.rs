@@ -28,6 +28,8 @@ pub const BLOCK_IDB: u32 = 1;
 pub const BLOCK_PB: u32 = 2;
 /// Simple Packet Block.
 pub const BLOCK_SPB: u32 = 3;
+/// Interface Statistics Block.
+pub const BLOCK_ISB: u32 = 5;
 /// Enhanced Packet Block.
 pub const BLOCK_EPB: u32 = 6;
 /// Byte-order magic inside a Section Header Block.
@@ -44,6 +46,8 @@ const OPT_SHB_USERAPPL: u16 = 4;
 const OPT_IF_NAME: u16 = 2;
 const OPT_IF_TSRESOL: u16 = 9;
 const OPT_IF_TSOFFSET: u16 = 14;
+const OPT_ISB_IFRECV: u16 = 4;
+const OPT_ISB_IFDROP: u16 = 5;
 
 /// Error reading or writing a pcapng file.
 #[derive(Debug, thiserror::Error)]
@@ -613,6 +617,27 @@ impl<W: Write> PcapngWriter<W> {
         r?;
         self.packets = packet;
         Ok(())
+    }
+
+    /// Append an Interface Statistics Block for `interface` at `ts_ns`:
+    /// packets the capture point saw (`isb_ifrecv`) and lost before they
+    /// could be written (`isb_ifdrop`), what `capinfos` and Wireshark's
+    /// capture file properties show.
+    pub fn write_statistics(
+        &mut self,
+        interface: u32,
+        ts_ns: u64,
+        received: u64,
+        dropped: u64,
+    ) -> Result<(), PcapngError> {
+        let mut body = Vec::with_capacity(48);
+        body.extend_from_slice(&interface.to_le_bytes());
+        body.extend_from_slice(&((ts_ns >> 32) as u32).to_le_bytes());
+        body.extend_from_slice(&(ts_ns as u32).to_le_bytes());
+        put_option(&mut body, OPT_ISB_IFRECV, &received.to_le_bytes());
+        put_option(&mut body, OPT_ISB_IFDROP, &dropped.to_le_bytes());
+        put_option(&mut body, OPT_END, &[]);
+        self.write_block(BLOCK_ISB, &body, &format!("statistics of interface {interface}"))
     }
 
     fn write_block(&mut self, kind: u32, body: &[u8], what: &str) -> Result<(), PcapngError> {

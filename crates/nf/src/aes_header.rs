@@ -253,6 +253,9 @@ pub struct KeyConfig {
     /// but a whole IPv4/UDP datagram or ARP). Default: dropped.
     #[serde(default)]
     pub unencrypted: Option<Unencrypted>,
+    /// Encrypt only: the UDP checksum of encrypted datagrams.
+    #[serde(default)]
+    pub udp_checksum: Option<UdpChecksum>,
 }
 
 /// What `encrypt` does with a frame it cannot encrypt (IPv6, IPv4 other
@@ -267,6 +270,20 @@ pub enum Unencrypted {
     Pass,
 }
 
+/// What `encrypt` writes in the UDP checksum of the datagrams it encrypts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpChecksum {
+    /// The full checksum over the encrypted datagram (a second pass over
+    /// the payload), or 0 if the sender sent none.
+    #[default]
+    Compute,
+    /// 0: "no checksum", valid for UDP over IPv4 (RFC 768), not over
+    /// IPv6. Saves the pass over the ciphertext; GCM's tag authenticates
+    /// the payload anyway, CTR leaves it to the layer below (Ethernet FCS).
+    Zero,
+}
+
 impl std::fmt::Debug for KeyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyConfig")
@@ -277,6 +294,7 @@ impl std::fmt::Debug for KeyConfig {
             .field("salt", &self.salt)
             .field("replay_window", &self.replay_window)
             .field("unencrypted", &self.unencrypted)
+            .field("udp_checksum", &self.udp_checksum)
             .finish()
     }
 }

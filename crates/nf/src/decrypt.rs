@@ -65,6 +65,12 @@ pub struct Decrypt {
 
 impl Decrypt {
     pub fn from_config(cfg: &KeyConfig) -> Result<Decrypt, crate::ConfigError> {
+        if cfg.udp_checksum.is_some() {
+            return Err(crate::ConfigError::new(
+                "udp_checksum",
+                "only `encrypt` takes udp_checksum; `decrypt` keeps what arrives (0 stays 0)",
+            ));
+        }
         if cfg.salt.is_some() {
             return Err(crate::ConfigError::new(
                 "salt",

@@ -13,7 +13,7 @@
 //! dropped as `no_room`.
 
 use crate::aes_header::{
-    AesHeader, Cipher, KeyConfig, Mode, Unencrypted, HEADER_LEN, KEY_PARAMS, TAG_LEN,
+    AesHeader, Cipher, KeyConfig, Mode, UdpChecksum, Unencrypted, HEADER_LEN, KEY_PARAMS, TAG_LEN,
 };
 use crate::udp_payload::{self, Located};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
@@ -21,7 +21,7 @@ use crate::{Encoding, FlowScope, NfState, StateError};
 use braid_packet::envelope::{self, Class, Unsupported};
 use braid_packet::{Batch, Packet};
 
-static PARAMS: [ParamDoc; 6] = [
+static PARAMS: [ParamDoc; 7] = [
     KEY_PARAMS[0],
     KEY_PARAMS[1],
     KEY_PARAMS[2],
@@ -37,6 +37,12 @@ static PARAMS: [ParamDoc; 6] = [
         kind: "drop|pass",
         default: Some("drop"),
         help: "IPv6, non-UDP IPv4 fragments and other ethertypes: dropped (unsupported), or passed in plaintext",
+    },
+    ParamDoc {
+        name: "udp_checksum",
+        kind: "compute | zero",
+        default: Some("compute"),
+        help: "zero: send encrypted IPv4/UDP with checksum 0 (no checksum, valid over IPv4) and skip the checksum pass over the ciphertext",
     },
 ];
 
@@ -62,6 +68,8 @@ pub struct Encrypt {
     next_seq: u64,
     /// What happens to frames it cannot encrypt.
     unencrypted: Unencrypted,
+    /// `udp_checksum: zero`: write 0 instead of summing the ciphertext.
+    zero_checksum: bool,
 }
 
 impl Encrypt {
@@ -78,6 +86,7 @@ impl Encrypt {
             salt: cfg.salt()?,
             next_seq: 0,
             unencrypted: cfg.unencrypted.unwrap_or_default(),
+            zero_checksum: cfg.udp_checksum == Some(UdpChecksum::Zero),
         })
     }
 
@@ -125,7 +134,11 @@ impl Encrypt {
                 &self.cipher.seal(&nonce, hdr, body).map_err(|_| DropReason::Other)?,
             ),
         }
-        udp_payload::fix_lengths_and_checksums(frame, loc);
+        if self.zero_checksum {
+            udp_payload::fix_lengths_zero_udp_checksum(frame, loc);
+        } else {
+            udp_payload::fix_lengths_and_checksums(frame, loc);
+        }
         Ok(())
     }
 }
@@ -278,6 +291,58 @@ mod tests {
             "unencrypted",
             "decrypt refuses it"
         );
+    }
+
+    #[test]
+    fn zero_udp_checksum_skips_the_pass_and_decrypt_gets_the_plaintext_back() {
+        for mode in ["ctr", "gcm"] {
+            let mut p = params(mode);
+            if let Params::Mapping(m) = &mut p {
+                m.insert("udp_checksum".into(), "zero".into());
+            }
+            let mut nf = (SPEC.build)(&p).unwrap();
+            let frame = FrameSpec::udp(
+                (Ipv4Addr::new(10, 0, 0, 1), 5),
+                (Ipv4Addr::new(10, 0, 0, 2), 6),
+                1400,
+            )
+            .build();
+            let mut b: Batch = [Packet::from_bytes(&frame)].into_iter().collect();
+            let mut c = Counters::default();
+            nf.process(&mut b, &mut Context::new(0, &mut c));
+            let out = b.as_slice()[0].data().to_vec();
+            let Located::Udp(loc) = udp_payload::verdict(&out) else { panic!() };
+            let ip = braid_packet::wire::ipv4::Ipv4Packet::new_checked(&out[loc.ip..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!(usize::from(ip.total_len()), loc.end - loc.ip);
+            let udp =
+                braid_packet::wire::udp::UdpPacket::new_checked(&out[loc.udp..loc.end]).unwrap();
+            assert_eq!(udp.checksum(), 0, "no checksum");
+            assert_eq!(usize::from(udp.len()), loc.end - loc.udp);
+            // decrypt restores the payload; the 0 stays 0.
+            let mut dp = params(mode);
+            if let Params::Mapping(m) = &mut dp {
+                m.remove("salt");
+            }
+            let mut dec = crate::build("decrypt", &dp).unwrap();
+            dec.process(&mut b, &mut Context::new(0, &mut c));
+            let back = b.as_slice()[0].data();
+            assert_eq!(back[42..], frame[42..]);
+            assert_eq!(back[40..42], [0, 0]);
+            assert_eq!(c.dropped_total(), 0);
+        }
+        let mut p = params("gcm");
+        if let Params::Mapping(m) = &mut p {
+            m.insert("udp_checksum".into(), "zero".into());
+            m.remove("salt");
+        }
+        let e = crate::build("decrypt", &p).err().unwrap();
+        assert!(e.to_string().contains("only `encrypt` takes udp_checksum"), "{e}");
+        let mut p = params("gcm");
+        if let Params::Mapping(m) = &mut p {
+            m.insert("udp_checksum".into(), "maybe".into());
+        }
+        assert!((SPEC.build)(&p).is_err());
     }
 
     #[test]

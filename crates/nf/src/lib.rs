@@ -105,11 +105,32 @@ pub struct Context<'a> {
     /// This NF's counters. The runtime counts packets in and out; the NF
     /// counts its drops (with a reason) through [`Context::drop_packet`].
     pub counters: &'a mut Counters,
+    /// The drop log, set by the dataplane only while a capture of this
+    /// NF's drops runs (`braid capture --dir drops`); see [`DropLog`].
+    drop_log: Option<&'a mut DropLog>,
+}
+
+/// The reasons of the drops of one NF call, in the order they were
+/// counted, for a capture of dropped packets. Each entry is the reason and,
+/// when the drop went through [`Context::retain`], the index of the packet
+/// in the batch as it entered the NF (exact); drops counted with
+/// [`Context::drop_packet`] alone carry no index, and the dataplane pairs
+/// them in order with the packets that vanished (exact for NFs that drop
+/// in batch order, as every NF here does).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DropLog {
+    pub entries: Vec<(Option<u32>, DropReason)>,
 }
 
 impl<'a> Context<'a> {
     pub fn new(now_ns: u64, counters: &'a mut Counters) -> Self {
-        Context { now_ns, counters }
+        Context { now_ns, counters, drop_log: None }
+    }
+
+    /// A context that also logs the reason of every drop into `log` (what
+    /// a capture of drops needs; costs nothing to NFs otherwise).
+    pub fn with_drop_log(now_ns: u64, counters: &'a mut Counters, log: &'a mut DropLog) -> Self {
+        Context { now_ns, counters, drop_log: Some(log) }
     }
 
     /// Record that one packet is dropped for `reason`. The caller removes it
@@ -118,6 +139,9 @@ impl<'a> Context<'a> {
     #[inline]
     pub fn drop_packet(&mut self, reason: DropReason) {
         self.counters.count_drop(reason);
+        if let Some(log) = self.drop_log.as_deref_mut() {
+            log.entries.push((None, reason));
+        }
     }
 
     /// Run `f` on every packet of `batch`: keep those it returns `Ok` for,
@@ -128,11 +152,19 @@ impl<'a> Context<'a> {
         batch: &mut Batch,
         mut f: impl FnMut(&mut braid_packet::Packet) -> Result<(), DropReason>,
     ) {
-        batch.retain_mut(|p| match f(p) {
-            Ok(()) => true,
-            Err(reason) => {
-                self.drop_packet(reason);
-                false
+        let mut index = 0u32;
+        batch.retain_mut(|p| {
+            let i = index;
+            index += 1;
+            match f(p) {
+                Ok(()) => true,
+                Err(reason) => {
+                    self.counters.count_drop(reason);
+                    if let Some(log) = self.drop_log.as_deref_mut() {
+                        log.entries.push((Some(i), reason));
+                    }
+                    false
+                }
             }
         });
     }

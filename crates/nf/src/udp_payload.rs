@@ -134,6 +134,17 @@ pub(crate) fn fix_lengths_and_checksums(frame: &mut [u8], loc: UdpLoc) {
     }
 }
 
+/// Like [`fix_lengths_and_checksums`], but the UDP checksum is set to 0
+/// ("no checksum", valid over IPv4): no pass over the payload.
+pub(crate) fn fix_lengths_zero_udp_checksum(frame: &mut [u8], loc: UdpLoc) {
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[loc.ip..loc.end]);
+    ip.set_total_len((loc.end - loc.ip) as u16);
+    ip.fill_checksum();
+    let mut udp = UdpPacket::new_unchecked(&mut frame[loc.udp..loc.end]);
+    udp.set_len((loc.end - loc.udp) as u16);
+    udp.set_checksum(0);
+}
+
 /// The headers of an IPv4/UDP frame (everything before the UDP payload),
 /// kept to build new frames of the same flow: coded packets, recovered
 /// packets.

@@ -32,6 +32,35 @@ pub const BUF_SIZE: usize = 2048;
 /// Bytes kept free in front of a new packet so headers can be prepended.
 pub const HEADROOM: usize = 128;
 
+/// The largest MTU braid carries (jumbo frames): IP packets up to 9000
+/// bytes.
+pub const MAX_MTU: usize = 9000;
+
+/// The standard Ethernet MTU, the default everywhere.
+pub const DEFAULT_MTU: usize = 1500;
+
+/// Bytes an Ethernet frame needs beyond its MTU: the header (14) and two
+/// VLAN tags (8).
+pub const L2_OVERHEAD: usize = 22;
+
+/// The longest frame a buffer may hold: [`MAX_MTU`] plus [`L2_OVERHEAD`],
+/// rounded up (a 9216-byte "jumbo" frame, what switches usually accept).
+pub const MAX_FRAME: usize = 9216;
+
+/// Size of a jumbo buffer: [`HEADROOM`], [`MAX_FRAME`], and tailroom as in
+/// an ordinary buffer (128 bytes). Taken only for frames that do not fit an
+/// ordinary [`BUF_SIZE`] buffer, from a pool of their own.
+pub const JUMBO_BUF_SIZE: usize = HEADROOM + MAX_FRAME + 128;
+
+/// The longest frame of an interface with MTU `mtu`: `mtu` plus
+/// [`L2_OVERHEAD`].
+pub const fn frame_len_for_mtu(mtu: usize) -> usize {
+    mtu + L2_OVERHEAD
+}
+
+/// Free jumbo buffers a thread keeps (about 600 KB).
+const JUMBO_POOL: usize = 64;
+
 /// Buffers moved between a thread's free list and the depot at a time.
 pub const MAGAZINE: usize = 256;
 
@@ -41,6 +70,7 @@ const DEPOT_LIMIT: usize = 64;
 
 thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static JUMBO: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Full magazines shared by all threads.
@@ -78,7 +108,27 @@ fn pool_take() -> Box<[u8]> {
     .unwrap_or_else(new_buffer)
 }
 
+fn jumbo_take() -> Box<[u8]> {
+    JUMBO.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
+        ALLOCATED.fetch_add(1, Ordering::Relaxed);
+        vec![0u8; JUMBO_BUF_SIZE].into_boxed_slice()
+    })
+}
+
 fn pool_give(buf: Box<[u8]>) {
+    if buf.len() != BUF_SIZE {
+        // A jumbo buffer goes to its own small pool; anything else (an
+        // empty box) to the allocator.
+        if buf.len() == JUMBO_BUF_SIZE {
+            let _ = JUMBO.try_with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < JUMBO_POOL {
+                    p.push(buf);
+                }
+            });
+        }
+        return;
+    }
     // `try_with`: during thread teardown the pool may already be gone.
     let _ = POOL.try_with(|p| {
         let mut p = p.borrow_mut();
@@ -239,21 +289,43 @@ impl Packet {
         }
     }
 
-    /// A packet holding a copy of `frame`. Frames longer than the buffer's
-    /// room after the headroom are truncated; use [`Packet::try_from_bytes`]
-    /// to be told instead.
+    /// An empty packet in a jumbo buffer ([`JUMBO_BUF_SIZE`] bytes, room
+    /// for a [`MAX_FRAME`]-byte frame after [`HEADROOM`]).
+    pub fn new_jumbo() -> Packet {
+        Packet {
+            storage: Storage::Heap(jumbo_take()),
+            head: HEADROOM as u32,
+            len: 0,
+            meta: Meta::default(),
+        }
+    }
+
+    /// An empty packet with room for a frame of `len` bytes after
+    /// [`HEADROOM`]: an ordinary buffer when it fits one, else a jumbo one.
+    pub fn with_room(len: usize) -> Packet {
+        if len <= BUF_SIZE - HEADROOM {
+            Packet::new()
+        } else {
+            Packet::new_jumbo()
+        }
+    }
+
+    /// A packet holding a copy of `frame` (in a jumbo buffer if it does
+    /// not fit an ordinary one). Frames longer than [`MAX_FRAME`] are
+    /// truncated; use [`Packet::try_from_bytes`] to be told instead.
     pub fn from_bytes(frame: &[u8]) -> Packet {
-        let n = frame.len().min(BUF_SIZE - HEADROOM);
-        let mut p = Packet::new();
+        let n = frame.len().min(MAX_FRAME);
+        let mut p = Packet::with_room(n);
         p.storage.bytes_mut()[HEADROOM..HEADROOM + n].copy_from_slice(&frame[..n]);
         p.len = n as u32;
         p
     }
 
-    /// A packet holding a copy of `frame`, or an error if it does not fit.
+    /// A packet holding a copy of `frame`, or an error if it is longer
+    /// than [`MAX_FRAME`].
     pub fn try_from_bytes(frame: &[u8]) -> Result<Packet, NoRoom> {
-        if frame.len() > BUF_SIZE - HEADROOM {
-            return Err(NoRoom { wanted: frame.len(), available: BUF_SIZE - HEADROOM });
+        if frame.len() > MAX_FRAME {
+            return Err(NoRoom { wanted: frame.len(), available: MAX_FRAME });
         }
         Ok(Packet::from_bytes(frame))
     }
@@ -287,6 +359,14 @@ impl Packet {
             Storage::External(e) => Ok((e, head, len)),
             Storage::Heap(_) => unreachable!("checked above"),
         }
+    }
+
+    /// An identity of the buffer behind this packet (its address), stable
+    /// while the packet lives and unique among live packets: how a capture
+    /// of drops tells which packets of a batch an NF removed. A buffer freed
+    /// and taken again by a new packet gets the same identity.
+    pub fn buffer_id(&self) -> usize {
+        self.storage.bytes().as_ptr() as usize
     }
 
     /// True if the bytes live in an external region.
@@ -417,7 +497,7 @@ impl Default for Packet {
 impl Clone for Packet {
     /// A deep copy into a fresh heap buffer (also for external packets).
     fn clone(&self) -> Packet {
-        let mut p = Packet::new();
+        let mut p = Packet::with_room(self.len());
         let head = self.head.min(HEADROOM as u32) as usize;
         let _ = p.set_len(0);
         p.head = head as u32;
@@ -479,7 +559,31 @@ mod tests {
         assert!(p.pull_front(4).is_err());
         assert!(p.push_back(BUF_SIZE).is_err());
         assert_eq!(p.data(), b"abc");
-        assert!(Packet::try_from_bytes(&[0u8; BUF_SIZE]).is_err());
+        assert!(Packet::try_from_bytes(&[0u8; MAX_FRAME + 1]).is_err());
+    }
+
+    #[test]
+    fn jumbo_frames_get_jumbo_buffers_and_keep_every_byte() {
+        let frame: Vec<u8> = (0..9022u32).map(|i| (i % 251) as u8).collect();
+        let p = Packet::from_bytes(&frame);
+        assert_eq!(p.data(), &frame[..]);
+        assert_eq!(p.capacity(), JUMBO_BUF_SIZE);
+        assert_eq!(p.headroom(), HEADROOM);
+        let c = p.clone();
+        assert_eq!(c.data(), &frame[..]);
+        assert_eq!(Packet::from_bytes(&frame[..1500]).capacity(), BUF_SIZE);
+        // At most MAX_FRAME: longer is cut by from_bytes, refused by try_.
+        let long = vec![7u8; MAX_FRAME + 10];
+        assert_eq!(Packet::from_bytes(&long).len(), MAX_FRAME);
+        assert_eq!(
+            Packet::try_from_bytes(&long).unwrap_err(),
+            NoRoom { wanted: MAX_FRAME + 10, available: MAX_FRAME }
+        );
+        assert!(frame_len_for_mtu(MAX_MTU) <= MAX_FRAME);
+        // A dropped jumbo buffer is reused (this thread's jumbo pool).
+        let id = c.buffer_id();
+        drop((p, c));
+        assert_eq!(Packet::new_jumbo().buffer_id(), id);
     }
 
     #[test]

@@ -18,10 +18,14 @@ pub mod buffer;
 #[allow(unsafe_code)] // clock_gettime
 pub mod clock;
 pub mod envelope;
+pub mod filter;
 pub mod flow;
 #[cfg(feature = "proptest")]
 pub mod strategy;
 pub mod wire;
 
 pub use batch::{Batch, DEFAULT_BATCH_SIZE};
-pub use buffer::{BufferOwner, ExternalBuf, Meta, Packet, BUF_SIZE, HEADROOM};
+pub use buffer::{
+    frame_len_for_mtu, BufferOwner, ExternalBuf, Meta, Packet, BUF_SIZE, DEFAULT_MTU, HEADROOM,
+    JUMBO_BUF_SIZE, MAX_FRAME, MAX_MTU,
+};

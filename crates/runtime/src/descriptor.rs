@@ -314,6 +314,17 @@ pub struct AfPacketPortDecl {
     /// Frames per system call, 1..=256.
     #[serde(default = "default_live_batch_size")]
     pub batch_size: usize,
+    /// Largest IP packet, 68..=9000 (default 1500; jumbo frames above).
+    #[serde(default = "default_mtu", skip_serializing_if = "is_default_mtu")]
+    pub mtu: usize,
+}
+
+fn default_mtu() -> usize {
+    braid_packet::DEFAULT_MTU
+}
+
+fn is_default_mtu(m: &usize) -> bool {
+    *m == braid_packet::DEFAULT_MTU
 }
 
 impl AfPacketPortDecl {
@@ -321,6 +332,7 @@ impl AfPacketPortDecl {
     pub fn config(&self) -> braid_io::af_packet::AfPacketConfig {
         let mut c = braid_io::af_packet::AfPacketConfig::new(&self.iface);
         c.batch_size = self.batch_size;
+        c.mtu = self.mtu;
         c
     }
 }
@@ -360,6 +372,10 @@ pub struct AfXdpPortDecl {
     pub mode: XdpBindDecl,
     #[serde(default)]
     pub wait: XdpWaitDecl,
+    /// Largest IP packet, 68..=3818 (default 1500): AF_XDP without
+    /// multi-buffer holds a frame in one 4096-byte UMEM chunk.
+    #[serde(default = "default_mtu", skip_serializing_if = "is_default_mtu")]
+    pub mtu: usize,
 }
 
 impl AfXdpPortDecl {
@@ -378,6 +394,7 @@ impl AfXdpPortDecl {
             XdpWaitDecl::Busy => WaitMode::Busy,
             XdpWaitDecl::Block => WaitMode::Block,
         };
+        c.mtu = self.mtu;
         c
     }
 }

@@ -222,6 +222,11 @@ impl LiveChain {
         })
     }
 
+    /// The chain's worker (for a capture tap, `braid capture --chain`).
+    pub fn worker(&self) -> &WorkerHandle {
+        &self.handle
+    }
+
     /// The chain's name.
     pub fn name(&self) -> &str {
         &self.name

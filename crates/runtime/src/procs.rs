@@ -125,6 +125,10 @@ pub struct NfProcConfig {
     pub batch_size: usize,
     /// Slots of the channels this process creates (`listen:` ports).
     pub slots: u32,
+    /// Largest IP packet of the channels this process creates: their slot
+    /// size ([`ShmConfig::for_mtu`]; a connecting peer takes the
+    /// listener's).
+    pub mtu: usize,
     pub idle: Idle,
     /// CPU affinity and scheduling of the NF's worker thread.
     pub sched: braid_dataplane::Sched,
@@ -149,6 +153,7 @@ impl NfProcConfig {
             ports,
             batch_size: braid_packet::DEFAULT_BATCH_SIZE,
             slots: ShmConfig::default().slots,
+            mtu: braid_packet::DEFAULT_MTU,
             idle: Idle::Busy,
             sched: braid_dataplane::Sched::default(),
             deadline: None,
@@ -228,7 +233,7 @@ pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
     if cfg.ports.len() > gates as usize {
         return Err(ProcError::TooManyPorts { kind: cfg.kind, gates, ports: cfg.ports.len() });
     }
-    let shm = ShmConfig { slots: cfg.slots, ..ShmConfig::default() };
+    let shm = ShmConfig { slots: cfg.slots, ..ShmConfig::for_mtu(cfg.mtu) };
     let connect_timeout = cfg
         .deadline
         .map_or(CONNECT_TIMEOUT, |d| d.saturating_duration_since(Instant::now()))

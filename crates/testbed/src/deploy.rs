@@ -668,6 +668,20 @@ impl Deployment {
         Ok(all)
     }
 
+    /// Where each NF runs, for a capture (`braid capture`): the worker of
+    /// every user-space NF by name, and the names of the kernel (XDP) NFs,
+    /// which a capture cannot tap.
+    pub fn capture_targets(&self) -> (Vec<(String, braid_dataplane::WorkerHandle)>, Vec<String>) {
+        let user = self
+            .users
+            .iter()
+            .flat_map(|u| u.nfs.iter().map(|(name, _)| (name.clone(), u.nf.handle.clone())))
+            .collect();
+        let kernel =
+            self.nfs.iter().flat_map(|k| k.nfs.iter().map(|(name, _)| name.clone())).collect();
+        (user, kernel)
+    }
+
     /// The counters of every user-space group's two ports (side 0, the
     /// client side, first), as their workers last published them (every
     /// tick). Frames an NF passed on that the port could not send are its

@@ -101,6 +101,9 @@ pub struct UserOptions {
     /// size) and idle policy from what it measures, and prints each
     /// change and why.
     pub adapt: bool,
+    /// Largest IP packet on the NF's ports (default 1500; up to 9000 on
+    /// AF_PACKET, 3818 on AF_XDP, see `braid_io::af_xdp::MAX_MTU`).
+    pub mtu: usize,
 }
 
 impl Default for UserOptions {
@@ -113,6 +116,7 @@ impl Default for UserOptions {
             policy: SchedPolicy::Other,
             nice: None,
             adapt: false,
+            mtu: braid_packet::DEFAULT_MTU,
         }
     }
 }
@@ -297,9 +301,11 @@ fn open_af_xdp(
     ns: &str,
     sides: &[HostSide; 2],
     wait: UserWait,
+    mtu: usize,
 ) -> Result<(HostPorts, [Arc<SocketCounters>; 2]), TestbedError> {
     let [a, b] = open_pair(ns, "AF_XDP", sides, |dev| {
         let mut cfg = AfXdpConfig::new(dev);
+        cfg.mtu = mtu;
         cfg.batch_size = AF_XDP_BATCH;
         cfg.ring_size = AF_XDP_RING;
         cfg.frame_count = AF_XDP_FRAMES;
@@ -321,9 +327,11 @@ fn open_af_packet(
     ns: &str,
     sides: &[HostSide; 2],
     batch: usize,
+    mtu: usize,
 ) -> Result<HostPorts, TestbedError> {
     let [a, b] = open_pair(ns, "AF_PACKET", sides, |dev| {
         let mut cfg = AfPacketConfig::new(dev);
+        cfg.mtu = mtu;
         cfg.batch_size = batch;
         AfPacketPort::open(&cfg)
     })?;
@@ -419,12 +427,12 @@ impl UserNf {
         let (ports, sockets) = match io {
             UserIo::AfXdp => {
                 cfg.batch_size = AF_XDP_BATCH;
-                let (ports, sockets) = open_af_xdp(ns, &sides, opts.wait)?;
+                let (ports, sockets) = open_af_xdp(ns, &sides, opts.wait, opts.mtu)?;
                 (ports, Some(sockets))
             }
             UserIo::AfPacket => {
                 cfg.batch_size = opts.batch;
-                (open_af_packet(ns, &sides, opts.batch)?, None)
+                (open_af_packet(ns, &sides, opts.batch, opts.mtu)?, None)
             }
         };
         let deploy_err = |e: braid_dataplane::WorkerError| TestbedError::Deploy(e.to_string());

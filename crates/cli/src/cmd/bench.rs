@@ -10,7 +10,7 @@ use braid_runtime::Chain;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braid bench examples/chain4.yaml --frame-size 64 --flows 1024\n  braid bench examples/sample.yaml --frame-size 1400 --duration 5 --json"
+    after_help = "Examples:\n  braid bench examples/chain4.yaml --frame-size 64 --flows 1024\n  braid bench examples/sample.yaml --frame-size 1400 --duration 5 --json\n  braid bench examples/sample.yaml --capture fw --capture-filter 'udp port 53'   # what a capture costs"
 )]
 pub struct Args {
     /// Chain descriptor (YAML).
@@ -30,6 +30,14 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Run with a capture tap on this NF (all points: in, out, drops), its
+    /// packets taken by a reader thread and discarded: what `braid
+    /// capture` costs the dataplane.
+    #[arg(long, value_name = "NF")]
+    pub capture: Option<String>,
+    /// The tap's filter (with --capture); default: every packet.
+    #[arg(long, default_value = "", requires = "capture")]
+    pub capture_filter: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -38,6 +46,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let d = braid_runtime::validate::load(&args.chain)?;
     let mut chain = Chain::from_descriptor(&d)?;
+    let reader = match &args.capture {
+        Some(nf) => {
+            let filter = braid_packet::filter::Filter::parse(&args.capture_filter)
+                .map_err(|e| anyhow::anyhow!("--capture-filter: {e}"))?;
+            let i = chain.graph_mut().find(nf).map_err(|e| anyhow::anyhow!("--capture: {e}"))?;
+            let (tap, rx) = braid_dataplane::tap::tap(
+                &braid_dataplane::tap::Point::ALL,
+                filter,
+                braid_dataplane::tap::DEFAULT_TAP_CAPACITY,
+            );
+            chain.stages_mut()[i].add_tap(tap);
+            Some(std::thread::spawn(move || {
+                // Take and discard until the tap goes with the chain.
+                let mut taken = 0u64;
+                while let Ok(_) | Err(false) =
+                    rx.recv(Duration::from_millis(100)).map(|_| taken += 1)
+                {}
+                (taken, rx.matched(), rx.lost())
+            }))
+        }
+        None => None,
+    };
     let cfg = BenchConfig {
         frame_size: args.frame_size as usize,
         flows: args.flows,
@@ -71,13 +101,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    drop(chain);
+    let captured = reader.map(|t| t.join().unwrap_or_default());
     if args.json {
         let mut v = result.to_json();
         v["chain"]["name"] = d.name.clone().into();
+        if let Some((taken, matched, lost)) = captured {
+            v["capture"] = serde_json::json!({
+                "nf": args.capture, "filter": args.capture_filter,
+                "mirrored": taken, "matched": matched, "lost": lost,
+            });
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("chain {}", d.name);
         print!("{}", format_result(&result));
+        if let (Some((taken, matched, lost)), Some(nf)) = (captured, &args.capture) {
+            println!(
+                "capture on {nf} (filter {:?}): {matched} packets matched, {taken} mirrored, {lost} lost (reader behind)",
+                args.capture_filter
+            );
+        }
     }
     Ok(())
 }

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 /// Where `deploy` writes live counters and `stats` reads them.
 pub const DEFAULT_STATS_PATH: &str = "/run/braid/stats.json";
 
+/// Where `deploy` serves captures of its user-space NFs (`braid capture`).
+pub const DEFAULT_CAPTURE_SOCKET: &str = "/run/braid/deploy.sock";
+
 #[derive(clap::Args)]
 #[command(
     after_help = "Examples:\n  braid testbed up && braid deploy crates/testbed/chains/xdp-fwd.yaml\n  braid deploy crates/testbed/chains/xdp-fwd-afxdp-nat.yaml --duration-s 60 --quiet &\n  braid deploy crates/testbed/chains/compact-4.yaml --mapping compact --wait busy --cpus 1\n  braid deploy crates/testbed/chains/afpacket-fwd.yaml --user-io af_packet --batch 32 --policy batch --nice 5 --adapt\n  braid deploy examples/sample.yaml --processes --netns"
@@ -44,6 +47,11 @@ pub struct Args {
     /// Live counters are written here.
     #[arg(long, default_value = DEFAULT_STATS_PATH)]
     pub stats_file: PathBuf,
+    /// Unix socket serving `braid capture` (mirrors of the packets
+    /// entering, leaving or dropped by a user-space NF); beside the stats
+    /// file by default.
+    #[arg(long, default_value = DEFAULT_CAPTURE_SOCKET)]
+    pub capture_socket: PathBuf,
     /// Counter update interval, ms.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
@@ -88,6 +96,11 @@ pub struct Args {
     /// printed with its reason.
     #[arg(long)]
     pub adapt: bool,
+    /// Largest IP packet on the user-space NFs' ports (68..=9000; jumbo
+    /// frames above 1500 need AF_PACKET: AF_XDP stops at 3818, see
+    /// docs/jumbo.md). The testbed links' MTU is set with `ip link`.
+    #[arg(long, default_value_t = braid_packet::DEFAULT_MTU)]
+    pub mtu: usize,
     /// Run every NF as its own supervised process on this host, chained by
     /// shared-memory ports (a crashed NF is restarted, its neighbours keep
     /// their state), instead of one NF per testbed host. Same as
@@ -192,6 +205,52 @@ fn claim_stats_file(path: &Path, chain: &str) -> anyhow::Result<()> {
         .with_context(|| format!("--stats-file {} is not writable", path.display()))
 }
 
+/// Serve `braid capture` on `path` for the user-space NFs of
+/// `deployment` until `stop` is set. A socket left by a deployment that is
+/// gone is replaced; one that answers is another deployment's: refused.
+fn serve_captures(
+    path: &Path,
+    deployment: &braid_testbed::deploy::Deployment,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "--capture-socket {}: another braid deploy serves captures there; stop it or choose another path",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| {
+            format!("--capture-socket {}: removing the stale socket", path.display())
+        })?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("--capture-socket {}: binding", path.display()))?;
+    // Captures carry traffic: only the owner (root) may connect.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("--capture-socket {}: setting its mode", path.display()))?;
+    let (user, kernel) = deployment.capture_targets();
+    let resolve = move |nf: &str| -> Result<braid_dataplane::WorkerHandle, String> {
+        if let Some((_, h)) = user.iter().find(|(n, _)| n == nf) {
+            return Ok(h.clone());
+        }
+        if kernel.iter().any(|n| n == nf) {
+            return Err(format!(
+                "NF `{nf}` runs in the kernel (XDP): braid capture taps user-space NFs; capture on its host's interfaces with tcpdump instead"
+            ));
+        }
+        let mut names: Vec<&str> = user.iter().map(|(n, _)| n.as_str()).collect();
+        names.extend(kernel.iter().map(String::as_str));
+        Err(format!("no NF `{nf}` in this deployment (its NFs: {})", names.join(", ")))
+    };
+    braid_dataplane::tap::serve_unix(listener, resolve, stop.clone())
+        .context("starting the capture server")
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.processes {
         return super::run_procs::run(super::run_procs::Args {
@@ -280,12 +339,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         nice: args.nice,
         adapt: args.adapt,
+        mtu: args.mtu,
     };
     let mut deployment = match deploy_with(&opts, &specs, &user) {
         Ok(d) => d,
         Err(e) => {
             let _ = std::fs::remove_file(&args.stats_file);
             return Err(e.into());
+        }
+    };
+    let capture_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let capture_server = match serve_captures(&args.capture_socket, &deployment, &capture_stop) {
+        Ok(t) => t,
+        Err(e) => {
+            drop(deployment);
+            let _ = std::fs::remove_file(&args.stats_file);
+            return Err(e);
         }
     };
     for (name, why) in deployment.fallbacks() {
@@ -357,6 +426,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    capture_stop.store(true, Ordering::Relaxed);
+    let _ = capture_server.join();
+    let _ = std::fs::remove_file(&args.capture_socket);
     drop(deployment);
     let _ = std::fs::remove_file(&args.stats_file);
     eprintln!("braid deploy: stopped; every XDP program is detached");

@@ -1,6 +1,7 @@
 //! Subcommands, one per file.
 
 pub mod bench;
+pub mod capture;
 pub mod daemon;
 pub mod demo;
 pub mod deploy;

@@ -53,6 +53,10 @@ pub struct Args {
     /// Slots of the channels this process creates.
     #[arg(long, default_value_t = ShmConfig::default().slots)]
     pub slots: u32,
+    /// Largest IP packet through the channels this process listens on
+    /// (their slot size: 2 KiB up to 1500, 9.25 KiB above; up to 9000).
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(68..=9000))]
+    pub mtu: u16,
     /// When idle: `busy` keeps polling, `sleep` blocks on the ports'
     /// eventfds.
     #[arg(long, value_enum, default_value_t = Idle::Busy)]
@@ -118,6 +122,7 @@ pub fn run(a: Args) -> Result<()> {
     cfg.params = params;
     cfg.batch_size = a.batch;
     cfg.slots = a.slots;
+    cfg.mtu = a.mtu.into();
     cfg.stats = a.stats.clone();
     cfg.idle = match a.idle {
         Idle::Busy => WorkerIdle::Busy,

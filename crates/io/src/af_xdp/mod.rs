@@ -38,9 +38,22 @@ use crate::{Port, PortError, PortStats};
 use ring::Ring;
 use umem::Umem;
 
-/// Size of one UMEM frame (a page half; the kernel puts 256 B of XDP
-/// headroom in front of received frames).
+/// Size of one UMEM frame by default (a page half; the kernel puts 256 B
+/// of XDP headroom in front of received frames).
 pub const FRAME_SIZE: u32 = 2048;
+
+/// The largest UMEM frame (chunk) the kernel accepts in aligned mode: one
+/// page. A frame longer than one chunk needs multi-buffer AF_XDP
+/// (`XDP_USE_SG`, Linux 6.6), which braid does not implement.
+pub const MAX_FRAME_SIZE: u32 = 4096;
+
+/// XDP headroom the kernel keeps in front of a received frame in a chunk.
+pub const XDP_HEADROOM: u32 = 256;
+
+/// The largest MTU an AF_XDP port carries: a 4096-byte chunk less the XDP
+/// headroom and the Ethernet overhead (3818 bytes).
+pub const MAX_MTU: usize =
+    (MAX_FRAME_SIZE - XDP_HEADROOM) as usize - braid_packet::buffer::L2_OVERHEAD;
 
 /// Largest batch one call moves.
 pub const MAX_BATCH: usize = 256;
@@ -94,6 +107,9 @@ pub struct AfXdpConfig {
     /// UMEM frames; at least `2 * ring_size` so the fill ring and transmit
     /// can both be kept busy.
     pub frame_count: u32,
+    /// Largest IP packet carried (default 1500): sets the UMEM frame size,
+    /// see [`AfXdpConfig::frame_size`]; at most [`MAX_MTU`].
+    pub mtu: usize,
     /// Wrap UMEM frames as packets instead of copying them out.
     pub rx_zero_copy: bool,
     /// Load braid's `steer` XDP program on `iface` and register this
@@ -113,8 +129,35 @@ impl AfXdpConfig {
             wait: WaitMode::Block,
             ring_size: 2048,
             frame_count: 4096,
+            mtu: braid_packet::DEFAULT_MTU,
             rx_zero_copy: false,
             steer: true,
+        }
+    }
+
+    /// The UMEM frame size for IP packets of up to `mtu` bytes: 2048 up to
+    /// MTU 1770, 4096 up to [`MAX_MTU`] (3818). Beyond, the kernel path
+    /// limits it: one frame must hold the packet and 256 bytes of XDP
+    /// headroom, and frames spanning several chunks need multi-buffer
+    /// AF_XDP (`XDP_USE_SG`), which braid does not implement. (Native XDP
+    /// on veth also refuses a program without multi-buffer support above
+    /// about 3500 bytes of MTU.) Use AF_PACKET for jumbo frames.
+    pub fn frame_size(&self) -> Result<u32, PortError> {
+        let mtu = self.mtu;
+        if mtu < 68 {
+            return Err(PortError::Config(format!(
+                "af_xdp {}: mtu {mtu} is below 68 (IPv4's minimum)",
+                self.iface
+            )));
+        }
+        let frame = braid_packet::frame_len_for_mtu(mtu) as u64 + XDP_HEADROOM as u64;
+        match frame {
+            f if f <= FRAME_SIZE as u64 => Ok(FRAME_SIZE),
+            f if f <= MAX_FRAME_SIZE as u64 => Ok(MAX_FRAME_SIZE),
+            _ => Err(PortError::Config(format!(
+                "af_xdp {}: mtu {mtu} needs {frame}-byte UMEM frames, but AF_XDP without multi-buffer (XDP_USE_SG, not implemented by braid) holds a frame in one chunk of at most {MAX_FRAME_SIZE} bytes: mtu {MAX_MTU} at most; use af_packet for jumbo frames",
+                self.iface
+            ))),
         }
     }
 
@@ -129,6 +172,7 @@ impl AfXdpConfig {
                 self.ring_size
             ));
         }
+        self.frame_size()?;
         if self.frame_count < 2 * self.ring_size || self.frame_count > 1 << 20 {
             return bad(format!(
                 "frame_count {} must be in 2*ring_size ({})..=1048576",
@@ -294,7 +338,7 @@ impl AfXdpPort {
         // the port we share with (registered on its socket).
         let (frames, owner, free, shared_fd) = match share {
             None => {
-                let umem = Umem::new(FRAME_SIZE, cfg.frame_count)?;
+                let umem = Umem::new(cfg.frame_size()?, cfg.frame_count)?;
                 let reg = libc::xdp_umem_reg {
                     addr: umem.base().as_ptr() as u64,
                     len: umem.len() as u64,
@@ -650,7 +694,7 @@ impl Port for AfXdpPort {
                 let buf = unsafe {
                     ExternalBuf::new(
                         self.frames.umem.frame_ptr(idx),
-                        FRAME_SIZE,
+                        fs as u32,
                         idx,
                         self.owner.clone(),
                     )
@@ -837,7 +881,7 @@ impl AfXdpPort {
     /// not fit.
     fn copy_to_frame(&mut self, p: &Packet) -> Option<libc::xdp_desc> {
         let data = p.data();
-        if data.len() > FRAME_SIZE as usize {
+        if data.len() > self.frames.umem.frame_size() as usize {
             return None;
         }
         let idx = match self.free.pop() {

@@ -50,6 +50,20 @@ impl Default for ShmConfig {
     }
 }
 
+impl ShmConfig {
+    /// The default configuration with slots large enough for IP packets of
+    /// up to `mtu` bytes: ordinary 2048-byte slots up to 1500, jumbo ones
+    /// ([`braid_packet::JUMBO_BUF_SIZE`], 9472 bytes) above.
+    pub fn for_mtu(mtu: usize) -> ShmConfig {
+        let slot_size = if mtu <= braid_packet::DEFAULT_MTU {
+            braid_packet::BUF_SIZE
+        } else {
+            braid_packet::JUMBO_BUF_SIZE
+        };
+        ShmConfig { slot_size: slot_size as u32, ..ShmConfig::default() }
+    }
+}
+
 /// Empty polls between two checks of the control socket.
 const PEER_CHECK_EVERY: u32 = 256;
 

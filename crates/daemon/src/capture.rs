@@ -1,0 +1,209 @@
+//! `POST /v1/chains/{name}/capture`: mirror the packets entering, leaving
+//! or dropped by one NF of a running chain, streamed as pcapng
+//! (`braid capture --chain NAME`, docs/capture.md).
+//!
+//! The request body is a JSON [`CaptureRequest`] (`nf`, `points`,
+//! `filter`, `count`, `seconds`). The tap is installed before the answer
+//! starts, so a bad filter, an unknown NF or a chain that is not running is
+//! an ordinary JSON error (400, 404, 409); then the answer is `200` with
+//! `Content-Type: application/x-pcapng` and a body that streams until the
+//! packet count or the time limit is reached, the chain stops, or the
+//! client closes the connection (the tap is removed in every case). The
+//! capture runs on tokio's blocking pool; the worker never waits for it
+//! (see [`braid_dataplane::tap`]).
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use braid_dataplane::tap::{CaptureError, CaptureRequest, CaptureSession};
+use braid_dataplane::{ControlError, GraphError};
+
+use crate::api::{ApiError, AppState, AuditNote};
+use crate::daemon::OpError;
+
+/// The media type of the streamed capture.
+pub const PCAPNG_MEDIA_TYPE: &str = "application/x-pcapng";
+
+/// The handler (see the module documentation).
+pub async fn capture(
+    State(s): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let body = body.map_err(|e| bad(format!("capture request body: {e}")))?;
+    let req: CaptureRequest = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!("capture request (JSON: nf, points, filter, count, seconds): {e}"))
+    })?;
+    let entry = s.daemon.get(&name)?;
+    let handle = match (entry.live(), entry.state().0) {
+        (Some(l), "running") => l.worker().clone(),
+        _ => return Err(OpError::NotRunning(name).into()),
+    };
+    let nf = req.nf.clone();
+    let started = tokio::task::spawn_blocking(move || CaptureSession::start(handle, req))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("capture: {e}"))
+        })?;
+    let session = started.map_err(|e| {
+        let (status, kind) = match &e {
+            CaptureError::Filter(_) => (StatusCode::BAD_REQUEST, "bad_filter"),
+            CaptureError::Seconds(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            CaptureError::Control {
+                source: ControlError::Graph(GraphError::NoStageNamed(_)),
+                ..
+            } => (StatusCode::NOT_FOUND, "unknown_nf"),
+            _ => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_worker"),
+        };
+        ApiError::new(status, kind, e.to_string())
+    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    // The client leaving drops the body's receiver: the session then ends
+    // even while no packet comes to write (checked every 200 ms, without
+    // holding a sender that would keep the body open).
+    let ended = Arc::new(AtomicBool::new(false));
+    let (weak, flag) = (tx.downgrade(), ended.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            match weak.upgrade() {
+                Some(s) if !s.is_closed() => {}
+                _ => break,
+            }
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
+    tokio::task::spawn_blocking(move || {
+        let out = std::io::BufWriter::with_capacity(16 << 10, ChannelWriter(tx));
+        // Ends by count, time, the chain stopping, or the client leaving:
+        // the session removes its tap.
+        let _ = session.run(out, &ended);
+    });
+    let note = AuditNote(format!("capture of NF `{nf}` in chain `{name}`"));
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, PCAPNG_MEDIA_TYPE)],
+        Extension(note),
+        Body::from_stream(ChunkStream(rx)),
+    )
+        .into_response())
+}
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// The blocking capture's writes, as chunks for the response body.
+struct ChannelWriter(tokio::sync::mpsc::Sender<Chunk>);
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.blocking_send(Ok(Bytes::copy_from_slice(buf))).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the capture's client went away")
+        })?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct ChunkStream(tokio::sync::mpsc::Receiver<Chunk>);
+
+impl futures_core::Stream for ChunkStream {
+    type Item = Chunk;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Why a capture through braidd did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureClientError {
+    #[error("{socket}: {what}: {source}")]
+    Io {
+        socket: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("braidd refused the capture ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("braidd's answer is not HTTP: {0}")]
+    Protocol(String),
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Ask braidd on `socket` to capture `req` in chain `chain`; on success,
+/// the stream the pcapng bytes arrive on (until it closes).
+pub fn request(
+    socket: &Path,
+    chain: &str,
+    req: &CaptureRequest,
+) -> Result<std::os::unix::net::UnixStream, CaptureClientError> {
+    let io = |what| {
+        let socket = socket.display().to_string();
+        move |source| CaptureClientError::Io { socket, what, source }
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(io("connecting"))?;
+    let body = serde_json::to_vec(req).expect("a capture request serializes");
+    // HTTP/1.0: the body is delimited by the end of the connection, which
+    // is how a stream of unknown length ends.
+    write!(
+        s,
+        "POST /v1/chains/{}/capture HTTP/1.0\r\nHost: braidd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        encode(chain),
+        body.len()
+    )
+    .and_then(|_| s.write_all(&body))
+    .map_err(io("sending the request"))?;
+    // The head, byte by byte: the body must stay in the socket.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).map_err(io("reading the answer"))? == 0 {
+            return Err(CaptureClientError::Protocol("the connection closed in the head".into()));
+        }
+        head.push(byte[0]);
+        if head.len() > 64 << 10 {
+            return Err(CaptureClientError::Protocol("head longer than 64 KiB".into()));
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status: u16 =
+        head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| {
+            CaptureClientError::Protocol(head.lines().next().unwrap_or("").into())
+        })?;
+    if status != 200 {
+        let mut rest = Vec::new();
+        let _ = s.take(1 << 20).read_to_end(&mut rest);
+        let v: Option<serde_json::Value> = serde_json::from_slice(&rest).ok();
+        let message = v
+            .as_ref()
+            .and_then(|v| v["message"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&rest).into_owned());
+        return Err(CaptureClientError::Refused { status, message });
+    }
+    Ok(s)
+}
