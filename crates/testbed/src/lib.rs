@@ -305,7 +305,23 @@ pub fn down(opts: &Options) -> Result<DownReport, TestbedError> {
         return Err(TestbedError::NotRoot);
     }
     teardown(&st, &opts.state_path)?;
+    remove_idle_deploy_lock(opts);
     Ok(DownReport { namespaces: st.namespaces.clone(), links: st.links.len(), xdp: st.xdp.len() })
+}
+
+/// The deploy lock file beside the state file (see `deploy`): removed with
+/// the testbed unless a deployment still holds it (then it stays, and goes
+/// with the next `down`).
+fn remove_idle_deploy_lock(opts: &Options) {
+    let path = opts.state_path.with_extension("deploy.lock");
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(&path) else {
+        return;
+    };
+    // Held by nobody: unlink it while holding it, so a deploy starting
+    // now gets a fresh file and its own lock.
+    if file.try_lock().is_ok() {
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 /// The current state, if a testbed is up (or half up).

@@ -103,7 +103,8 @@ pub fn probe_round_trips(opts: &Options) {
 }
 
 /// Drop `d` and take the testbed down: every program detached, the state
-/// file's list empty, no namespace with the bed's prefix left.
+/// file's list empty, no namespace with the bed's prefix left, no deploy
+/// lock file.
 pub fn assert_nothing_left(d: braid_testbed::deploy::Deployment, bed: Bed) {
     let attached = d.attached().to_vec();
     drop(d);
@@ -119,7 +120,9 @@ pub fn assert_nothing_left(d: braid_testbed::deploy::Deployment, bed: Bed) {
     }
     assert!(braid_testbed::status(&bed.0).unwrap().unwrap().xdp.is_empty());
     let prefix = bed.0.prefix.clone();
+    let lock = bed.0.state_path.with_extension("deploy.lock");
     down(&bed.0).unwrap();
+    assert!(!lock.exists(), "deploy lock {} left behind", lock.display());
     drop(bed);
     let out = netns::ip(None, &["netns", "list"]).unwrap();
     let list = String::from_utf8_lossy(&out.stdout);
