@@ -147,6 +147,20 @@ pub struct ConnEntry {
     pub last_seen_ns: u64,
 }
 
+impl ConnEntry {
+    /// The exported form of connection `c` of forward 5-tuple `t`.
+    fn of(t: &FiveTuple, c: &Conn) -> ConnEntry {
+        ConnEntry {
+            client: t.src,
+            client_port: t.src_port,
+            vip_port: t.dst_port,
+            proto: t.proto,
+            backend: c.backend,
+            last_seen_ns: c.last_seen_ns,
+        }
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LbState {
     vip: Ipv4Addr,
@@ -457,14 +471,7 @@ impl NetworkFunction for LoadBalancer {
             .conns
             .iter()
             .filter(|(t, _)| scope.contains(&PartitionKey::five_tuple(**t)))
-            .map(|(t, c)| ConnEntry {
-                client: t.src,
-                client_port: t.src_port,
-                vip_port: t.dst_port,
-                proto: t.proto,
-                backend: c.backend,
-                last_seen_ns: c.last_seen_ns,
-            })
+            .map(|(t, c)| ConnEntry::of(t, c))
             .collect();
         conns.sort_by_key(|c| (c.client, c.client_port, c.vip_port, c.proto));
         let s = LbState {
@@ -567,17 +574,7 @@ impl FlowStream for LoadBalancer {
         let conns = keys
             .iter()
             .filter_map(|k| self.forward_tuple(k))
-            .filter_map(|t| {
-                let c = self.conns.get(&t)?;
-                Some(ConnEntry {
-                    client: t.src,
-                    client_port: t.src_port,
-                    vip_port: t.dst_port,
-                    proto: t.proto,
-                    backend: c.backend,
-                    last_seen_ns: c.last_seen_ns,
-                })
-            })
+            .filter_map(|t| Some(ConnEntry::of(&t, self.conns.get(&t)?)))
             .collect();
         let s = LbState { vip: self.vip, backends: Vec::new(), conns, conn_overflow: 0 };
         let state = NfState::encode_as(Encoding::Binary, SPEC.name, STATE_VERSION, &s);
