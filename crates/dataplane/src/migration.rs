@@ -70,8 +70,6 @@ pub enum StreamItem {
     Statelet(Statelet),
     /// The table walk is complete (`chunks` chunks were sent).
     SnapshotDone { chunks: u64 },
-    /// A drain marker arrived on port `port`.
-    Marker { port: usize },
     /// Duplication baseline: copies of what port `port` received.
     Packets { port: usize, frames: Vec<Vec<u8>> },
     /// Every watched port brought its marker: nothing follows.
@@ -395,10 +393,7 @@ impl Streaming {
             _ => true,
         });
         if seen {
-            if let Some(at) = self.markers_pending.iter().position(|&p| p == port) {
-                self.markers_pending.swap_remove(at);
-                let _ = self.sink.try_send(StreamItem::Marker { port });
-            }
+            self.markers_pending.retain(|&p| p != port);
         }
     }
 }

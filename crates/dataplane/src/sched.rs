@@ -21,6 +21,19 @@ pub enum SchedPolicy {
     Rr(i32),
 }
 
+impl SchedPolicy {
+    /// The kernel's policy number and real-time priority (0 if none).
+    fn to_libc(self) -> (libc::c_int, i32) {
+        match self {
+            SchedPolicy::Other => (libc::SCHED_OTHER, 0),
+            SchedPolicy::Batch => (libc::SCHED_BATCH, 0),
+            SchedPolicy::Idle => (libc::SCHED_IDLE, 0),
+            SchedPolicy::Fifo(p) => (libc::SCHED_FIFO, p),
+            SchedPolicy::Rr(p) => (libc::SCHED_RR, p),
+        }
+    }
+}
+
 impl fmt::Display for SchedPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -91,13 +104,7 @@ impl Sched {
         if !self.cpus.is_empty() {
             set_affinity(&self.cpus)?;
         }
-        let (policy, prio) = match self.policy {
-            SchedPolicy::Other => (libc::SCHED_OTHER, 0),
-            SchedPolicy::Batch => (libc::SCHED_BATCH, 0),
-            SchedPolicy::Idle => (libc::SCHED_IDLE, 0),
-            SchedPolicy::Fifo(p) => (libc::SCHED_FIFO, p),
-            SchedPolicy::Rr(p) => (libc::SCHED_RR, p),
-        };
+        let (policy, prio) = self.policy.to_libc();
         if self.policy != SchedPolicy::Other {
             set_policy(policy, prio).map_err(|source| SchedError::Os {
                 what: format!("scheduling policy {}", self.policy),
@@ -119,13 +126,7 @@ impl Sched {
         self.check()?;
         let cpus = if self.cpus.is_empty() { configured_cpus() } else { self.cpus.clone() };
         set_affinity(&cpus)?;
-        let (policy, prio) = match self.policy {
-            SchedPolicy::Other => (libc::SCHED_OTHER, 0),
-            SchedPolicy::Batch => (libc::SCHED_BATCH, 0),
-            SchedPolicy::Idle => (libc::SCHED_IDLE, 0),
-            SchedPolicy::Fifo(p) => (libc::SCHED_FIFO, p),
-            SchedPolicy::Rr(p) => (libc::SCHED_RR, p),
-        };
+        let (policy, prio) = self.policy.to_libc();
         set_policy(policy, prio).map_err(|source| SchedError::Os {
             what: format!("scheduling policy {}", self.policy),
             source,

@@ -118,14 +118,7 @@ fn wait_for_abort(r: &mut BufReader<TcpStream>, timeout: Duration) {
         match wire::read_message(r, &mut Counts::default()) {
             Ok(Message::Abort { .. }) => return,
             Ok(_) => continue,
-            Err(wire::WireError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
+            Err(e) if e.is_timeout() => continue,
             Err(_) => return,
         }
     }

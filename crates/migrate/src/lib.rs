@@ -64,14 +64,7 @@ impl MigrateError {
     /// was awaited.
     pub(crate) fn from_read(e: WireError, what: &str, after: Duration) -> MigrateError {
         match e {
-            WireError::Io(io)
-                if matches!(
-                    io.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                MigrateError::Timeout { what: what.to_string(), after }
-            }
+            e if e.is_timeout() => MigrateError::Timeout { what: what.to_string(), after },
             other => MigrateError::Wire(other),
         }
     }

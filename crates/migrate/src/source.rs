@@ -214,13 +214,8 @@ impl Run<'_> {
                 let stop = m.is_err();
                 // Timeouts while waiting are normal here: the main loop
                 // keeps its own deadlines.
-                if let Err(wire::WireError::Io(e)) = &m {
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) {
-                        continue;
-                    }
+                if m.as_ref().is_err_and(wire::WireError::is_timeout) {
+                    continue;
                 }
                 let m = m.map_err(|e| MigrateError::from_read(e, "the destination", io_timeout));
                 if peer_tx.send(m).is_err() || stop {
@@ -328,7 +323,6 @@ impl Run<'_> {
                     wire::write_message(w, &Message::SnapshotDone { chunks }, sent)?;
                     w.flush().map_err(wire::WireError::Io)?;
                 }
-                Ok(StreamItem::Marker { .. }) => {}
                 Ok(StreamItem::Packets { port, frames }) => {
                     self.report.duplicated += frames.len() as u64;
                     let m = Message::Packets { port: port as u16, frames };

@@ -137,6 +137,15 @@ pub enum WireError {
     Decode { frame: u64, reason: String },
 }
 
+impl WireError {
+    /// True for a read that hit the socket's timeout (nothing arrived in
+    /// time), as opposed to a broken or bad stream.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, WireError::Io(e)
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+    }
+}
+
 /// Write the preamble.
 pub fn write_preamble(w: &mut impl Write) -> Result<(), WireError> {
     w.write_all(MAGIC)?;

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use braid_dataplane::{Graph, Idle, Sched, SchedPolicy, Worker, WorkerConfig};
 use braid_io::af_packet::{AfPacketConfig, AfPacketPort};
 use braid_io::af_xdp::{AfXdpConfig, AfXdpPort, BindMode};
-use braid_io::memory::{GeneratorConfig, GeneratorPort};
 use braid_io::netns::{self, LinkGuard, NetnsError, NetnsGuard};
 use braid_io::{Port, PortError};
 use braid_packet::clock::monotonic_ns;
@@ -132,19 +131,6 @@ fn bed() -> Result<Bed, SweepError> {
         netns::set_up(Some(ns.name()), dev)?;
     }
     Ok(Bed { _links: vec![a, b], h, r, gen, sink, rin, rout })
-}
-
-fn template(size: usize) -> Result<Vec<u8>, SweepError> {
-    let mut g = GeneratorPort::new(&GeneratorConfig {
-        frame_size: size,
-        packets: Some(1),
-        ..GeneratorConfig::default()
-    })?;
-    let mut b = Batch::with_capacity(1);
-    g.recv(&mut b, 1)?;
-    let mut f = b.drain().next().map(|p| p.data().to_vec()).unwrap_or_default();
-    f[40..42].copy_from_slice(&[0, 0]);
-    Ok(f)
 }
 
 fn measurement_thread(router_cpu: usize, prio: i32) {
@@ -337,7 +323,7 @@ pub fn run_sweep(
             s.rate_pps, s.packets
         )));
     }
-    let frame = template(FRAME)?;
+    let frame = crate::tune::stamped_template(FRAME)?;
     let bed = bed()?;
     let mut points = Vec::new();
     for &io in &s.ios {

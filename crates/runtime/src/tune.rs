@@ -211,24 +211,25 @@ fn stamp(payload: &mut [u8], seq: u64, ts: u64) {
     payload[8..16].copy_from_slice(&ts.to_le_bytes());
 }
 
-/// The generated frame, its UDP checksum cleared (the stamps change the
-/// payload; 0 means "no checksum" in IPv4).
+/// The generator's frame of `size` bytes, its UDP checksum cleared (the
+/// stamps change the payload; 0 means "no checksum" in IPv4). Shared with
+/// the batch sweep.
+pub(crate) fn stamped_template(size: usize) -> Result<Vec<u8>, braid_io::PortError> {
+    let g =
+        GeneratorPort::new(&GeneratorConfig { frame_size: size, ..GeneratorConfig::default() })?;
+    let mut f = g.templates()[0].clone();
+    f[40..42].copy_from_slice(&[0, 0]);
+    Ok(f)
+}
+
 fn template(size: usize) -> Result<Vec<u8>, TuneError> {
-    let mut g = GeneratorPort::new(&GeneratorConfig {
-        frame_size: size,
-        packets: Some(1),
-        ..GeneratorConfig::default()
-    })?;
-    let mut b = Batch::with_capacity(1);
-    g.recv(&mut b, 1)?;
-    let mut f = b.drain().next().map(|p| p.data().to_vec()).unwrap_or_default();
+    let f = stamped_template(size)?;
     if f.len() < L4_PAYLOAD + 16 {
         return Err(TuneError::Config(format!(
             "generated frame of {} bytes is too short",
             f.len()
         )));
     }
-    f[40..42].copy_from_slice(&[0, 0]);
     Ok(f)
 }
 
