@@ -364,8 +364,7 @@ impl Graph {
             return;
         }
         let fresh = self.spare();
-        self.work.push((to, std::mem::replace(batch, fresh)));
-        self.run_work(now_ns, out);
+        self.run_work(Some((to, std::mem::replace(batch, fresh))), now_ns, out);
     }
 
     /// Give every NF its periodic tick; what an NF emits leaves by gate 1
@@ -390,7 +389,7 @@ impl Graph {
                 }
                 let b = std::mem::replace(&mut emitted, Batch::new());
                 self.leave(i, 1, b);
-                self.run_work(now_ns, out);
+                self.run_work(None, now_ns, out);
             }
             self.stages[i].publish();
             self.tick_out = emitted;
@@ -464,12 +463,16 @@ impl Graph {
         }
     }
 
-    fn run_work(&mut self, now_ns: u64, out: &mut [Batch]) {
+    /// Run `first`, then everything queued in `work`, to completion.
+    fn run_work(&mut self, first: Option<(Endpoint, Batch)>, now_ns: u64, out: &mut [Batch]) {
         // A graph whose links loop would never finish: bound the stage
         // calls per push and count what is left as dropped.
         let mut budget = 8 * self.stages.len() + 8;
         let mut t0 = clock();
-        while let Some((to, mut b)) = self.work.pop() {
+        // `next` carries a batch straight on to where a pair NF sends it
+        // (the common case of a chain), without a turn through `work`.
+        let mut next = first.or_else(|| self.work.pop());
+        while let Some((to, mut b)) = next.take() {
             match to {
                 Endpoint::Port(p) => {
                     match out.get_mut(p) {
@@ -491,18 +494,33 @@ impl Graph {
                             s.counters.count_drop(DropReason::Other);
                         }
                         self.recycle(b);
-                        continue;
-                    }
-                    budget -= 1;
-                    t0 = self.call(stage, gate, &mut b, now_ns, t0);
-                    if b.is_empty() {
-                        self.recycle(b);
                     } else {
+                        budget -= 1;
+                        t0 = self.call(stage, gate, &mut b, now_ns, t0);
+                        // A pair NF's output leaves by the other gate; a
+                        // switching NF's by each packet's `out_port`.
                         let out_gate = gate ^ 1;
-                        self.leave(stage, out_gate, b);
+                        let s = &self.stages[stage];
+                        if b.is_empty() {
+                            self.recycle(b);
+                        } else if let (Gates::Pair, Some(&to)) =
+                            (s.gates, s.out.get(out_gate as usize))
+                        {
+                            if to != Endpoint::Drop {
+                                // What `leave` would do for a pair NF's
+                                // batch going on whole, run next without a
+                                // turn through the queue.
+                                next = Some((to, b));
+                                continue;
+                            }
+                            self.leave(stage, out_gate, b);
+                        } else {
+                            self.leave(stage, out_gate, b);
+                        }
                     }
                 }
             }
+            next = self.work.pop();
         }
     }
 
@@ -512,11 +530,18 @@ impl Graph {
     #[inline]
     fn call(&mut self, i: usize, gate: u16, b: &mut Batch, now_ns: u64, t0: u64) -> u64 {
         let s = &mut self.stages[i];
-        // One pass: the gate into every packet's meta, the bytes counted.
+        // One pass: the bytes counted and, for a switching NF (the only
+        // kind that reads it), the gate written into every packet's meta.
         let mut bytes_in = 0u64;
-        for p in b.iter_mut() {
-            p.meta.in_port = gate;
-            bytes_in += p.len() as u64;
+        if matches!(s.gates, Gates::Switch(_)) {
+            for p in b.iter_mut() {
+                p.meta.in_port = gate;
+                bytes_in += p.len() as u64;
+            }
+        } else {
+            for p in b.iter() {
+                bytes_in += p.len() as u64;
+            }
         }
         let n_in = b.len() as u64;
         let created = s.counters.packets_created;
@@ -619,10 +644,7 @@ mod tests {
         // From the far end: through `odd` first, then `a`, out of port 0.
         let mut b = batch(&[4, 5]);
         g.push(g.entry(1, 0), &mut b, 0, &mut out);
-        assert_eq!(
-            out[0].iter().map(|p| (p.data()[0], p.meta.in_port)).collect::<Vec<_>>(),
-            [(4, 1)]
-        );
+        assert_eq!(out[0].iter().map(|p| p.data()[0]).collect::<Vec<_>>(), [4]);
         let c = g.stages()[1].counters();
         assert_eq!((c.packets_in, c.packets_out, c.batches, c.max_batch), (5, 3, 2, 3));
         assert_eq!(c.dropped(DropReason::Other), 2);
@@ -671,6 +693,47 @@ mod tests {
             .to_string()
             .contains("no stage number 1"));
         assert_eq!(g.find("zz").unwrap_err().to_string(), "no stage named `zz`");
+    }
+
+    /// A three-gate switch that sends every packet out of the gate after
+    /// the one it came in on: it can only do so if the gate is in its meta.
+    struct NextGate;
+    impl NetworkFunction for NextGate {
+        fn spec(&self) -> &'static NfSpec {
+            &TEST_DROP_ODD
+        }
+        fn gates(&self) -> Gates {
+            Gates::Switch(3)
+        }
+        fn process(&mut self, batch: &mut Batch, _cx: &mut Context<'_>) {
+            for p in batch.iter_mut() {
+                p.meta.out_port = (p.meta.in_port + 1) % 3;
+            }
+        }
+    }
+
+    #[test]
+    fn a_switching_nf_reads_the_gate_a_packet_came_in_on() {
+        let mut g = Graph::new(vec![("sw".into(), Box::new(NextGate) as _)], 3);
+        for gate in 0..3u16 {
+            g.link(0, gate, Endpoint::Port(gate as usize)).unwrap();
+        }
+        let mut out = vec![Batch::new(), Batch::new(), Batch::new()];
+        for gate in 0..3u16 {
+            // The packets claim port 7: the graph overwrites it with the gate.
+            let mut b: Batch = (0..2)
+                .map(|i| {
+                    let mut p = Packet::from_bytes(&[gate as u8, i]);
+                    p.meta.in_port = 7;
+                    p
+                })
+                .collect();
+            g.push(Endpoint::Stage { stage: 0, gate }, &mut b, 0, &mut out);
+        }
+        let firsts = |o: &Batch| o.iter().map(|p| p.data()[0]).collect::<Vec<_>>();
+        assert_eq!(firsts(&out[1]), [0, 0]);
+        assert_eq!(firsts(&out[2]), [1, 1]);
+        assert_eq!(firsts(&out[0]), [2, 2]);
     }
 
     #[test]

@@ -176,8 +176,11 @@ pub use braid_packet::clock::monotonic_ns;
 
 /// How an NF uses its gates: the points where the dataplane graph connects
 /// it to its neighbours (BESS's gates, Click's element ports). A packet
-/// enters an NF on a gate (the dataplane writes it into `meta.in_port`)
-/// and leaves on a gate; the gate it came in on is its direction.
+/// enters an NF on a gate and leaves on a gate; the gate it came in on is
+/// its direction. A switching NF reads it in `meta.in_port` (the dataplane
+/// writes it there); a pair NF's direction follows from its addresses, so
+/// the dataplane does not write `meta.in_port` for it (one store per
+/// packet per stage saved).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gates {
     /// Two gates, 0 (upstream, towards the client) and 1 (downstream,

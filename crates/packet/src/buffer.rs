@@ -115,19 +115,10 @@ fn jumbo_take() -> Box<[u8]> {
     })
 }
 
+#[inline]
 fn pool_give(buf: Box<[u8]>) {
     if buf.len() != BUF_SIZE {
-        // A jumbo buffer goes to its own small pool; anything else (an
-        // empty box) to the allocator.
-        if buf.len() == JUMBO_BUF_SIZE {
-            let _ = JUMBO.try_with(|p| {
-                let mut p = p.borrow_mut();
-                if p.len() < JUMBO_POOL {
-                    p.push(buf);
-                }
-            });
-        }
-        return;
+        return give_other(buf);
     }
     // `try_with`: during thread teardown the pool may already be gone.
     let _ = POOL.try_with(|p| {
@@ -142,6 +133,24 @@ fn pool_give(buf: Box<[u8]>) {
             }
         }
     });
+}
+
+/// A buffer that is not an ordinary one: a jumbo buffer goes to its own
+/// small pool, anything else (an empty box) to the allocator. Out of line
+/// and cold so that the ordinary path of every packet's drop stays as
+/// short as it was before jumbo buffers existed (callgrind: 6 instructions
+/// per packet more when this was inline).
+#[cold]
+#[inline(never)]
+fn give_other(buf: Box<[u8]>) {
+    if buf.len() == JUMBO_BUF_SIZE {
+        let _ = JUMBO.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < JUMBO_POOL {
+                p.push(buf);
+            }
+        });
+    }
 }
 
 /// Number of free buffers in this thread's own list (for tests and stats).
@@ -291,6 +300,8 @@ impl Packet {
 
     /// An empty packet in a jumbo buffer ([`JUMBO_BUF_SIZE`] bytes, room
     /// for a [`MAX_FRAME`]-byte frame after [`HEADROOM`]).
+    #[cold]
+    #[inline(never)]
     pub fn new_jumbo() -> Packet {
         Packet {
             storage: Storage::Heap(jumbo_take()),
@@ -313,7 +324,24 @@ impl Packet {
     /// A packet holding a copy of `frame` (in a jumbo buffer if it does
     /// not fit an ordinary one). Frames longer than [`MAX_FRAME`] are
     /// truncated; use [`Packet::try_from_bytes`] to be told instead.
+    #[inline]
     pub fn from_bytes(frame: &[u8]) -> Packet {
+        let n = frame.len();
+        if n > BUF_SIZE - HEADROOM {
+            return Packet::from_bytes_jumbo(frame);
+        }
+        let mut p = Packet::new();
+        p.storage.bytes_mut()[HEADROOM..HEADROOM + n].copy_from_slice(frame);
+        p.len = n as u32;
+        p
+    }
+
+    /// [`Packet::from_bytes`] of a frame that needs a jumbo buffer: out of
+    /// line so the ordinary path is one compare (every generated packet
+    /// takes it).
+    #[cold]
+    #[inline(never)]
+    fn from_bytes_jumbo(frame: &[u8]) -> Packet {
         let n = frame.len().min(MAX_FRAME);
         let mut p = Packet::with_room(n);
         p.storage.bytes_mut()[HEADROOM..HEADROOM + n].copy_from_slice(&frame[..n]);
