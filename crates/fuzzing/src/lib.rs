@@ -14,12 +14,15 @@
 //! [`capture`] (pcap / pcapng reader), [`nf_frames`] (any frame sequence
 //! through any NF, both gates, with ticks), [`state_import`] (every
 //! stateful NF's state import, both encodings), [`headers`] (the coding and
-//! crypto headers and the wire views).
+//! crypto headers and the wire views), [`shm`] (a hostile peer's
+//! descriptors on a shared-memory channel, the handshake's hello).
 
 use braid_nf::{Context, Counters, NetworkFunction, Params};
 use braid_packet::{Batch, Packet};
 
-/// Every NF kind with parameters it builds with: the NF half of the
+/// Every NF kind with parameters it builds with (the router without a
+/// default route: a /0 fills all 16 M entries of its DIR-24-8 table at
+/// every build, which made one input in 16 cost ~50 ms): the NF half of the
 /// [`nf_frames`] and [`state_import`] inputs picks one of these. A test
 /// checks that the registry has no NF missing here.
 pub const NF_CASES: &[(&str, &str)] = &[
@@ -34,7 +37,7 @@ pub const NF_CASES: &[(&str, &str)] = &[
     ("meter", "{ cir: 1000, cbs: 100, ebs: 100 }"),
     (
         "router",
-        "{ mac: 02:00:00:00:00:fe, ip: 10.0.0.254, routes: [{ prefix: 10.1.0.0/16, next_hop_mac: 02:00:00:00:01:01, port: 1 }, { prefix: 0.0.0.0/0, next_hop_mac: 02:00:00:00:00:01, port: 0 }] }",
+        "{ mac: 02:00:00:00:00:fe, ip: 10.0.0.254, routes: [{ prefix: 10.1.0.0/16, next_hop_mac: 02:00:00:00:01:01, port: 1 }, { prefix: 10.0.0.0/8, next_hop_mac: 02:00:00:00:00:01, port: 0 }] }",
     ),
     (
         "firewall",
@@ -196,6 +199,109 @@ pub fn headers(data: &[u8]) {
     }
 }
 
+/// A hostile peer on a shared-memory channel. The first 32 bytes are also
+/// offered as a creator's hello (`Hello::decode`, then the layout it asks
+/// for). Then the bytes are 8-byte records of what the peer does to the
+/// honest side's rings: `op, slot (4 bytes), off, len (as two bytes scaled)`
+/// where `op % 5` is 0–1: a data descriptor, 2: a slot put on the return
+/// ring, 3: a forced producer index (`slot` as the index), 4: nothing; after
+/// each record the honest side receives everything. Checked besides "no
+/// panic": every packet it hands out lies inside the shared region and
+/// fits a slot, an error ending the channel names a corrupt ring, and the
+/// honest side can still allocate afterwards unless the channel ended.
+pub fn shm(data: &[u8]) {
+    use braid_io::shm::{control, layout, region::Region, ring};
+    use braid_io::{Port, PortError};
+
+    if let Some(hello) = data.get(..control::HELLO_LEN) {
+        if let Ok(h) = control::Hello::decode(hello) {
+            let _ = layout::Layout::new(h.slots, h.slot_size);
+        }
+    }
+    const CFG: braid_io::shm::ShmConfig =
+        braid_io::shm::ShmConfig { slots: 64, slot_size: 256, hugepages: false };
+    let path = std::env::temp_dir().join(format!("braid-fuzz-shm-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let Ok(mut port) = braid_io::shm::ShmPort::listen(&path, CFG) else {
+        return;
+    };
+    let mut attach = || -> Option<_> {
+        let ctrl = std::os::unix::net::UnixStream::connect(&path).ok()?;
+        port.accept(std::time::Duration::from_secs(2)).ok()?.then_some(())?;
+        let (hello, mut fds) =
+            control::recv_hello(&ctrl, std::time::Duration::from_secs(2)).ok()?;
+        let lay = layout::Layout::new(hello.slots, hello.slot_size).ok()?;
+        let region = std::sync::Arc::new(Region::open(fds.remove(0), lay.total).ok()?);
+        let data_tx = ring::Producer::new(&region, &lay, layout::data_ring(1)).ok()?;
+        let ret_tx = ring::Producer::new(&region, &lay, layout::return_ring(0)).ok()?;
+        Some((ctrl, region, data_tx, ret_tx))
+    };
+    let attached = attach();
+    let _ = std::fs::remove_file(&path);
+    let Some((_ctrl, _region, mut data_tx, mut ret_tx)) = attached else {
+        return;
+    };
+    let mut kept = Batch::new();
+    let mut ended = false;
+    'ops: for rec in data.chunks_exact(8) {
+        let slot = u32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]);
+        // Small values most of the time (slots that exist), any value else.
+        let slot = if rec[0] & 0x80 == 0 { slot % 80 } else { slot };
+        let off = u16::from(rec[5]) * if rec[7] & 1 == 0 { 1 } else { 257 };
+        let len = u16::from(rec[6]) * if rec[7] & 2 == 0 { 1 } else { 257 };
+        match rec[0] % 5 {
+            0 | 1 => {
+                let _ = data_tx.push(ring::Desc { slot, off, len, rx_ns: 0 });
+                data_tx.publish();
+            }
+            2 => {
+                let _ = ret_tx.push(ring::Desc { slot, ..ring::Desc::default() });
+                ret_tx.publish();
+            }
+            3 => data_tx.force_index(slot),
+            _ => {}
+        }
+        let mut b = Batch::new();
+        loop {
+            match port.recv(&mut b, 32) {
+                Ok(n) => {
+                    for p in b.drain() {
+                        assert!(p.len() <= CFG.slot_size as usize, "a packet of {} bytes", p.len());
+                        assert!(
+                            port.region_contains(p.data().as_ptr(), p.len()),
+                            "packet bytes outside the shared region"
+                        );
+                        // Keep a few alive: later claims of their slots must be refused.
+                        if kept.len() < 8 {
+                            kept.push(p);
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    assert!(
+                        matches!(e, PortError::Disconnected(_))
+                            && e.to_string().contains("corrupt"),
+                        "the channel ended with: {e}"
+                    );
+                    ended = true;
+                    break 'ops;
+                }
+            }
+        }
+    }
+    let mut b = Batch::new();
+    let got = port.alloc(&mut b, 4).unwrap_or(0);
+    assert!(
+        ended || got > 0 || kept.len() + port.free_slots() <= CFG.slots as usize,
+        "the honest side cannot allocate: {} kept, {} free",
+        kept.len(),
+        port.free_slots()
+    );
+}
+
 /// A fuzz target: takes any bytes, must not panic.
 pub type Target = fn(&[u8]);
 
@@ -206,6 +312,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("nf_frames", nf_frames),
     ("state_import", state_import),
     ("headers", headers),
+    ("shm", shm),
 ];
 
 #[cfg(test)]
