@@ -22,7 +22,7 @@ use braid_packet::{Batch, Packet};
 
 /// Every NF kind with parameters it builds with (the router without a
 /// default route: a /0 fills all 16 M entries of its DIR-24-8 table at
-/// every build, which made one input in 16 cost ~50 ms): the NF half of the
+/// every build, and the NF is built anew for every input): the NF half of the
 /// [`nf_frames`] and [`state_import`] inputs picks one of these. A test
 /// checks that the registry has no NF missing here.
 pub const NF_CASES: &[(&str, &str)] = &[
