@@ -8,7 +8,7 @@
 //! switched, an Abort is sent when the link still works, and the error is
 //! returned. The source never stops processing in statelet mode.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
@@ -29,9 +29,34 @@ pub trait Switch {
     /// Send the traffic to the destination from now on, then put a drain
     /// marker for migration `id` as the last packet on every old path
     /// (`braid_dataplane::migration::marker_frame`).
-    fn redirect(&mut self, id: u64) -> Result<(), String>;
+    fn redirect(&mut self, id: u64) -> Result<(), SwitchError>;
     /// Send the traffic to the source again (rollback).
-    fn restore(&mut self) -> Result<(), String>;
+    fn restore(&mut self) -> Result<(), SwitchError>;
+}
+
+/// Why a [`Switch`] could not move the traffic.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// The controller of the traffic (a switch, a router) said no.
+    #[error("{0}")]
+    Refused(String),
+    /// A step failed: what was attempted, and the cause.
+    #[error("{what}: {source}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl SwitchError {
+    /// A failed step `what` with its cause.
+    pub fn failed(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> SwitchError {
+        SwitchError::Failed { what: what.into(), source: source.into() }
+    }
 }
 
 /// How the source runs a migration.
@@ -190,9 +215,10 @@ impl Run<'_> {
         if let Err(e) = step {
             return Err((e.into(), Some(w)));
         }
-        let mut r = BufReader::new(read_half);
-        let answer = wire::read_preamble(&mut r)
-            .and_then(|()| wire::read_message(&mut r, &mut Counts::default()))
+        let mut r = wire::FrameReader::new(read_half);
+        let answer = r
+            .read_preamble()
+            .and_then(|()| r.read_message())
             .map_err(|e| MigrateError::from_read(e, "the destination's answer", opts.io_timeout));
         match answer {
             Ok(Message::Accept) => {}
@@ -208,12 +234,12 @@ impl Run<'_> {
         let (peer_tx, from_peer) = mpsc::channel();
         let io_timeout = opts.io_timeout;
         std::thread::spawn(move || {
-            let mut c = Counts::default();
             loop {
-                let m = wire::read_message(&mut r, &mut c);
+                let m = r.read_message();
                 let stop = m.is_err();
-                // Timeouts while waiting are normal here: the main loop
-                // keeps its own deadlines.
+                // Timeouts while waiting are normal here (the main loop
+                // keeps its own deadlines), also in the middle of a frame:
+                // the reader keeps what came of it.
                 if m.as_ref().is_err_and(wire::WireError::is_timeout) {
                     continue;
                 }
@@ -269,7 +295,7 @@ impl Run<'_> {
                     self.report.until_switch = self.start.elapsed();
                     self.report.backlog_at_switch = backlog as u64;
                     w.flush().map_err(wire::WireError::Io)?;
-                    self.switch.redirect(opts.id).map_err(MigrateError::Switch)?;
+                    self.switch.redirect(opts.id)?;
                     self.switched = true;
                     switched_at = Some(Instant::now());
                     wire::write_message(w, &Message::Switched, sent)?;
