@@ -23,7 +23,7 @@ pub mod wire;
 use std::time::Duration;
 
 pub use destination::{migrate_in, DestinationOptions, DestinationReport};
-pub use source::{migrate_out, SourceOptions, SourceReport, Switch, SwitchError};
+pub use source::{migrate_out, Phase, Progress, SourceOptions, SourceReport, Switch, SwitchError};
 pub use wire::{FrameReader, Message, Mode, WireError};
 
 /// Why a migration failed. Whatever the cause, the source keeps serving

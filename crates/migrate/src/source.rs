@@ -88,6 +88,77 @@ pub struct SourceOptions {
     pub switch_backlog: usize,
     /// ... or once the destination has waited this long for it anyway.
     pub switch_wait: Duration,
+    /// Where the migration's phase and the bytes sent so far are kept
+    /// for a watcher (an API operation's progress); None: not kept.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// A source migration's phase, as [`Progress`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Hello sent, waiting for the destination's Accept.
+    Connecting,
+    /// Snapshot chunks and statelets flow.
+    Streaming,
+    /// The destination asked for the switch.
+    SwitchRequested,
+    /// The traffic is redirected; waiting for the drain markers.
+    Switched,
+    /// Every marker came; End sent, waiting for Done.
+    Ended,
+    /// Done.
+    Done,
+    /// Failed; rolling back.
+    RollingBack,
+}
+
+/// What a running source migration has done so far, read by anyone
+/// without disturbing it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    phase: std::sync::atomic::AtomicU8,
+    bytes: std::sync::atomic::AtomicU64,
+    frames: std::sync::atomic::AtomicU64,
+    backlog: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    const PHASES: [Phase; 7] = [
+        Phase::Connecting,
+        Phase::Streaming,
+        Phase::SwitchRequested,
+        Phase::Switched,
+        Phase::Ended,
+        Phase::Done,
+        Phase::RollingBack,
+    ];
+
+    fn set(&self, p: Phase) {
+        let i = Self::PHASES.iter().position(|q| *q == p).unwrap_or(0);
+        self.phase.store(i as u8, Ordering::Relaxed);
+    }
+
+    fn sent(&self, c: &Counts, backlog: usize) {
+        self.bytes.store(c.bytes, Ordering::Relaxed);
+        self.frames.store(c.frames, Ordering::Relaxed);
+        self.backlog.store(backlog as u64, Ordering::Relaxed);
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Self::PHASES[usize::from(self.phase.load(Ordering::Relaxed)).min(6)]
+    }
+
+    /// Bytes and frames written to the state link so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes.load(Ordering::Relaxed), self.frames.load(Ordering::Relaxed))
+    }
+
+    /// Changed flows waiting to be sent, as last seen.
+    pub fn backlog(&self) -> u64 {
+        self.backlog.load(Ordering::Relaxed)
+    }
 }
 
 impl Default for SourceOptions {
@@ -104,6 +175,7 @@ impl Default for SourceOptions {
             budget: 0.1,
             switch_backlog: 1024,
             switch_wait: Duration::from_secs(2),
+            progress: None,
         }
     }
 }
@@ -163,12 +235,17 @@ pub fn migrate_out(
         from_peer: None,
         backlog: Arc::new(AtomicUsize::new(0)),
     };
+    run.phase(Phase::Connecting);
     match run.go(kind, conn) {
         Ok(()) => {
             run.report.total = run.start.elapsed();
+            run.phase(Phase::Done);
             Ok(run.report)
         }
-        Err((e, writer)) => Err(run.roll_back(e, writer)),
+        Err((e, writer)) => {
+            run.phase(Phase::RollingBack);
+            Err(run.roll_back(e, writer))
+        }
     }
 }
 
@@ -193,6 +270,12 @@ type Failure = (MigrateError, Option<Writer>);
 type FromPeer = Receiver<Result<Message, MigrateError>>;
 
 impl Run<'_> {
+    fn phase(&self, p: Phase) {
+        if let Some(g) = &self.opts.progress {
+            g.set(p);
+        }
+    }
+
     fn go(&mut self, kind: &str, conn: TcpStream) -> Result<(), Failure> {
         let opts = self.opts;
         let fail = |e: MigrateError| (e, None);
@@ -267,6 +350,7 @@ impl Run<'_> {
             return Err((e.into(), Some(w)));
         }
         self.streaming = true;
+        self.phase(Phase::Streaming);
         let r = self.pump(&mut w, &mut sent, &items, &from_peer);
         self.from_peer = Some(from_peer);
         r.map_err(|e| (e, Some(w)))
@@ -286,6 +370,9 @@ impl Run<'_> {
         let mut asked_at: Option<Instant> = None;
         let mut ended_at: Option<Instant> = None;
         loop {
+            if let Some(g) = &opts.progress {
+                g.sent(sent, self.backlog.load(Ordering::Relaxed));
+            }
             // The destination is ready: switch once the changed flows
             // waiting here are few (what is left to send after the switch
             // is the outage), or once it has waited long enough.
@@ -297,6 +384,7 @@ impl Run<'_> {
                     w.flush().map_err(wire::WireError::Io)?;
                     self.switch.redirect(opts.id)?;
                     self.switched = true;
+                    self.phase(Phase::Switched);
                     switched_at = Some(Instant::now());
                     wire::write_message(w, &Message::Switched, sent)?;
                 }
@@ -306,6 +394,7 @@ impl Run<'_> {
                 match from_peer.try_recv() {
                     Ok(Ok(Message::SwitchRequest { .. })) if asked_at.is_none() => {
                         asked_at = Some(Instant::now());
+                        self.phase(Phase::SwitchRequested);
                     }
                     Ok(Ok(Message::Done { installed, peak_held, dropped_held })) => {
                         if ended_at.is_none() {
@@ -367,6 +456,7 @@ impl Run<'_> {
                     wire::write_message(w, &Message::End { statelets, chunks }, sent)?;
                     w.flush().map_err(wire::WireError::Io)?;
                     ended_at = Some(Instant::now());
+                    self.phase(Phase::Ended);
                 }
                 Ok(StreamItem::Failed(e)) => {
                     self.streaming = false;
