@@ -74,7 +74,8 @@ pub enum AgentError {
     Refused { to: String, reason: String },
     #[error("offer exchange with `{to}`: {what}")]
     Offer { to: String, what: String },
-    #[error(transparent)]
+    /// The migration failed and was rolled back.
+    #[error("{0}{}", if matches!(.0, MigrateError::RolledBack { .. }) { "" } else { " (rolled back before the switch: the source keeps the NF, its state and its traffic)" })]
     Migrate(#[from] MigrateError),
 }
 

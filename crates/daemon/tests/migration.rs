@@ -1,0 +1,504 @@
+//! Live migration between two braidd on two hosts, through the API only.
+//!
+//! ```text
+//!                        ua ── (in) hA: braidd A, chain `mig` (out) ── da
+//!  client ── u0 [up] ──<                                                >── [dn] d0 ── server
+//!                        ub ── (in) hB: braidd B (migrate_listen)  (out) ── db
+//!                              hA ma ─────── state link ─────── mb hB
+//! ```
+//!
+//! `up` and `dn` are routers (namespaces with forwarding); the chain is a
+//! bump in the wire on each path (AF_PACKET in and out). A firewall that
+//! admits only flows started by the client (`default: drop`) runs on A
+//! under live UDP traffic (echoed by the server, so both directions cross
+//! it). `POST /v1/chains/mig/nfs/fw/migrate` on A moves it to B (which
+//! deploys the chain empty first); the switch is the routes in `up` and
+//! `dn` plus drain markers on the old paths. The oracle: every packet of
+//! every flow echoed exactly once and in order through the whole run, and
+//! afterwards B admits packets of the migrated flows sent by the server
+//! (only the moved connection state lets them through) while it drops a
+//! server-initiated flow. The rollback test kills B (SIGKILL) while the
+//! state streams over a rate-limited state link: the operation fails,
+//! the traffic never left A and lost nothing, and the routes are as
+//! before.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use braid_io::af_packet::{AfPacketConfig, AfPacketPort};
+use braid_io::netns::{self, LinkGuard, NetnsGuard};
+use braid_io::Port;
+use braid_packet::wire::build::FrameSpec;
+use common::{Braidd, TempDir};
+use serde_json::{json, Value};
+
+const CL: &str = "10.80.10.1";
+const UP0: &str = "10.80.10.2";
+const SV: &str = "10.80.20.1";
+const DN0: &str = "10.80.20.2";
+const UPA: &str = "10.80.1.1";
+const DNA: &str = "10.80.1.2";
+const UPB: &str = "10.80.2.1";
+const DNB: &str = "10.80.2.2";
+const MA: &str = "10.80.30.1";
+const MB: &str = "10.80.30.2";
+const ECHO_PORT: u16 = 9200;
+const FLOWS: usize = 8;
+
+struct Net {
+    cl: NetnsGuard,
+    up: NetnsGuard,
+    ha: NetnsGuard,
+    hb: NetnsGuard,
+    dn: NetnsGuard,
+    sv: NetnsGuard,
+    /// Interfaces: up's to A and B and the client; A's in/out; B's
+    /// in/out; dn's to A and B; client's; A's state link.
+    ua: String,
+    ub: String,
+    u0: String,
+    ai: String,
+    ao: String,
+    bi: String,
+    bo: String,
+    da: String,
+    db: String,
+    c0: String,
+    ma: String,
+    _links: Vec<LinkGuard>,
+}
+
+fn sysctl(ns: &NetnsGuard, kv: &str) {
+    let st = ns.command("sysctl").args(["-q", "-w", kv]).status().unwrap();
+    assert!(st.success(), "sysctl {kv}");
+}
+
+/// A veth pair from `a` (in namespace `na`) to `b` (in `nb`), up, with
+/// transmit checksum offload off (frames cross AF_PACKET forwarders).
+fn link(na: &NetnsGuard, nb: &NetnsGuard, tag: &str) -> (LinkGuard, String, String) {
+    let (a, b) =
+        (netns::unique_ifname(&format!("{tag}a")), netns::unique_ifname(&format!("{tag}b")));
+    let l = LinkGuard::veth(&a, &b).unwrap();
+    l.move_end_to(&a, na).unwrap();
+    l.move_end_to(&b, nb).unwrap();
+    for (ns, dev) in [(na, &a), (nb, &b)] {
+        netns::set_up(Some(ns.name()), dev).unwrap();
+        netns::tx_checksum_off(Some(ns.name()), dev).unwrap();
+    }
+    (l, a, b)
+}
+
+fn addr(ns: &NetnsGuard, dev: &str, ip: &str) {
+    netns::add_addr(Some(ns.name()), dev, &format!("{ip}/24")).unwrap();
+}
+
+/// `ip` in `ns`, which must succeed.
+fn ip(ns: &NetnsGuard, args: &[&str]) -> String {
+    let out = ns.ip(args).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn neigh(ns: &NetnsGuard, dev: &str, to: &str, peer_ns: &NetnsGuard, peer_dev: &str) {
+    let mac = netns::mac_addr(Some(peer_ns.name()), peer_dev).unwrap();
+    netns::add_neigh(Some(ns.name()), dev, to, &mac).unwrap();
+}
+
+fn net() -> Net {
+    let mk = |p: &str| NetnsGuard::create(&netns::unique_name(p)).unwrap();
+    let (cl, up, ha, hb, dn, sv) =
+        (mk("bdm-cl"), mk("bdm-up"), mk("bdm-ha"), mk("bdm-hb"), mk("bdm-dn"), mk("bdm-sv"));
+    for ns in [&cl, &up, &ha, &hb, &dn, &sv] {
+        sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1");
+        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
+        sysctl(ns, "net.ipv4.conf.all.rp_filter=0");
+        sysctl(ns, "net.ipv4.conf.default.rp_filter=0");
+    }
+    sysctl(&up, "net.ipv4.ip_forward=1");
+    sysctl(&dn, "net.ipv4.ip_forward=1");
+    let (l1, c0, u0) = link(&cl, &up, "bm0");
+    let (l2, ua, ai) = link(&up, &ha, "bm1");
+    let (l3, ao, da) = link(&ha, &dn, "bm2");
+    let (l4, ub, bi) = link(&up, &hb, "bm3");
+    let (l5, bo, db) = link(&hb, &dn, "bm4");
+    let (l6, d0, s0) = link(&dn, &sv, "bm5");
+    let (l7, ma, mb) = link(&ha, &hb, "bm6");
+    addr(&cl, &c0, CL);
+    addr(&up, &u0, UP0);
+    addr(&up, &ua, UPA);
+    addr(&dn, &da, DNA);
+    addr(&up, &ub, UPB);
+    addr(&dn, &db, DNB);
+    addr(&dn, &d0, DN0);
+    addr(&sv, &s0, SV);
+    addr(&ha, &ma, MA);
+    addr(&hb, &mb, MB);
+    // Static neighbours: no ARP crosses the chains.
+    neigh(&cl, &c0, UP0, &up, &u0);
+    neigh(&up, &u0, CL, &cl, &c0);
+    neigh(&up, &ua, DNA, &dn, &da);
+    neigh(&dn, &da, UPA, &up, &ua);
+    neigh(&up, &ub, DNB, &dn, &db);
+    neigh(&dn, &db, UPB, &up, &ub);
+    neigh(&dn, &d0, SV, &sv, &s0);
+    neigh(&sv, &s0, DN0, &dn, &d0);
+    neigh(&ha, &ma, MB, &hb, &mb);
+    neigh(&hb, &mb, MA, &ha, &ma);
+    ip(&cl, &["route", "add", "default", "via", UP0]);
+    ip(&sv, &["route", "add", "default", "via", DN0]);
+    ip(&up, &["route", "add", "10.80.20.0/24", "via", DNA, "dev", &ua]);
+    ip(&dn, &["route", "add", "10.80.10.0/24", "via", UPA, "dev", &da]);
+    Net {
+        cl,
+        up,
+        ha,
+        hb,
+        dn,
+        sv,
+        ua,
+        ub,
+        u0,
+        ai,
+        ao,
+        bi,
+        bo,
+        da,
+        db,
+        c0,
+        ma,
+        _links: vec![l1, l2, l3, l4, l5, l6, l7],
+    }
+}
+
+fn chain_yaml(inp: &str, out: &str) -> String {
+    format!(
+        "name: mig\nbatch_size: 32\nports:\n  in: {{ kind: af_packet, iface: {inp}, batch_size: 32 }}\n  out: {{ kind: af_packet, iface: {out}, batch_size: 32 }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: drop, rules: [{{ action: allow, src: 10.80.10.0/24, proto: udp }}] }} }}\n"
+    )
+}
+
+/// The switch between A (`ua`/`da`) and B (`ub`/`db`).
+fn switch(net: &Net) -> Value {
+    let route = |ns: &NetnsGuard, to: &str, via: &str, dev: &str| json!({ "netns": ns.name(), "to": to, "via": via, "dev": dev });
+    json!({
+        "redirect": [route(&net.up, "10.80.20.0/24", DNB, &net.ub),
+                     route(&net.dn, "10.80.10.0/24", UPB, &net.db)],
+        "restore": [route(&net.up, "10.80.20.0/24", DNA, &net.ua),
+                    route(&net.dn, "10.80.10.0/24", UPA, &net.da)],
+        "markers": [{ "netns": net.up.name(), "dev": net.ua, "port": "in" },
+                    { "netns": net.dn.name(), "dev": net.da, "port": "out" }],
+    })
+}
+
+/// UDP flows from the client, echoed by the server: (flow, seq) in each
+/// payload; what came back, per flow, in arrival order.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    sender: JoinHandle<Vec<u32>>,
+    receiver: JoinHandle<Vec<Vec<u32>>>,
+    server: JoinHandle<()>,
+    /// Client sockets (clones), for the after-migration checks.
+    clients: Vec<UdpSocket>,
+    /// The server's socket (a clone).
+    server_sock: UdpSocket,
+}
+
+fn payload(flow: u32, seq: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&flow.to_be_bytes());
+    b[4..].copy_from_slice(&seq.to_be_bytes());
+    b
+}
+
+fn start_traffic(net: &Net) -> Traffic {
+    let server =
+        netns::in_netns(net.sv.name(), || UdpSocket::bind((SV, ECHO_PORT))).unwrap().unwrap();
+    server.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let clients: Vec<UdpSocket> = netns::in_netns(net.cl.name(), || {
+        (0..FLOWS)
+            .map(|_| {
+                let s = UdpSocket::bind((CL, 0)).unwrap();
+                s.connect((SV, ECHO_PORT)).unwrap();
+                s
+            })
+            .collect()
+    })
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server_sock = server.try_clone().unwrap();
+    let st = stop.clone();
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        // Ends 1 s after the stop (answering what is still on its way).
+        let mut stopped_at = None;
+        loop {
+            if st.load(Ordering::Relaxed) {
+                let t = *stopped_at.get_or_insert_with(Instant::now);
+                if t.elapsed() > Duration::from_secs(1) {
+                    return;
+                }
+            }
+            if let Ok((n, from)) = server.recv_from(&mut buf) {
+                let _ = server.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let senders: Vec<UdpSocket> = clients.iter().map(|s| s.try_clone().unwrap()).collect();
+    let st = stop.clone();
+    let sender = std::thread::spawn(move || {
+        let mut sent = vec![0u32; FLOWS];
+        // A round every 4 ms: 2,000 packets/s each way. At most 60 s.
+        let t = Instant::now();
+        while !st.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(60) {
+            for (i, s) in senders.iter().enumerate() {
+                s.send(&payload(i as u32, sent[i])).unwrap();
+                sent[i] += 1;
+            }
+            std::thread::sleep(Duration::from_millis(4));
+        }
+        sent
+    });
+    let receivers: Vec<UdpSocket> = clients.iter().map(|s| s.try_clone().unwrap()).collect();
+    for r in &receivers {
+        r.set_nonblocking(true).unwrap();
+    }
+    let st = stop.clone();
+    let receiver = std::thread::spawn(move || {
+        let mut got = vec![Vec::new(); FLOWS];
+        let mut buf = [0u8; 64];
+        let mut quiet_since = Instant::now();
+        loop {
+            let mut any = false;
+            for r in &receivers {
+                while let Ok(n) = r.recv(&mut buf) {
+                    any = true;
+                    if n == 8 {
+                        let flow = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+                        let seq = u32::from_be_bytes(buf[4..8].try_into().unwrap());
+                        if flow < FLOWS {
+                            got[flow].push(seq);
+                        }
+                    }
+                }
+            }
+            if any {
+                quiet_since = Instant::now();
+            } else {
+                if st.load(Ordering::Relaxed) && quiet_since.elapsed() > Duration::from_millis(500)
+                {
+                    return got;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+    });
+    for c in &clients {
+        c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    }
+    Traffic { stop, sender, receiver, server, clients, server_sock }
+}
+
+/// Stop the traffic; (sent, echoed) per flow.
+fn stop_traffic(t: &mut Option<Traffic>) -> (Vec<u32>, Vec<Vec<u32>>, Vec<UdpSocket>, UdpSocket) {
+    let t = t.take().unwrap();
+    t.stop.store(true, Ordering::Relaxed);
+    let sent = t.sender.join().unwrap();
+    let got = t.receiver.join().unwrap();
+    t.server.join().unwrap();
+    (sent, got, t.clients, t.server_sock)
+}
+
+/// Every flow's echoes are exactly 0..sent, in order: nothing lost,
+/// duplicated or reordered.
+fn check_exact(sent: &[u32], got: &[Vec<u32>]) {
+    for (i, (s, g)) in sent.iter().zip(got).enumerate() {
+        assert!(*s > 100, "flow {i}: only {s} packets sent");
+        let want: Vec<u32> = (0..*s).collect();
+        if *g != want {
+            let missing: Vec<u32> = want.iter().filter(|x| !g.contains(x)).copied().collect();
+            let reordered = g.windows(2).filter(|w| w[1] <= w[0]).count();
+            panic!(
+                "flow {i}: sent {s}, echoed {} ({} missing, first {:?}; {reordered} out of order or duplicated)",
+                g.len(),
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
+        }
+    }
+}
+
+/// Connections for `n` more client flows through the current path:
+/// crafted UDP frames from ports 20000.. sent on the client's interface.
+fn more_flows(net: &Net, n: u16) {
+    let src_mac = netns::mac_addr(Some(net.cl.name()), &net.c0).unwrap().parse().unwrap();
+    let dst_mac = netns::mac_addr(Some(net.up.name()), &net.u0).unwrap().parse().unwrap();
+    let (cl, sv): (Ipv4Addr, Ipv4Addr) = (CL.parse().unwrap(), SV.parse().unwrap());
+    let dev = net.c0.clone();
+    let mut port =
+        netns::in_netns(net.cl.name(), move || AfPacketPort::open(&AfPacketConfig::new(&dev)))
+            .unwrap()
+            .unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        let mut b = braid_packet::Batch::with_capacity(32);
+        for i in chunk {
+            let mut f = FrameSpec::udp((cl, 20000 + i), (sv, 9300), 16);
+            f.src_mac = src_mac;
+            f.dst_mac = dst_mac;
+            b.push(f.packet());
+        }
+        port.send(&mut b).unwrap();
+        port.flush().unwrap();
+        // Gently: the routers' backlog is 1,000 packets.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The path `up` takes to the server now.
+fn route_to_server(net: &Net) -> String {
+    ip(&net.up, &["route", "get", SV])
+}
+
+#[test]
+fn a_firewall_moves_between_two_braidd_under_traffic_without_losing_a_packet() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd migration", "needs root for namespaces")
+    {
+        return;
+    }
+    let net = net();
+    let (da, db) = (TempDir::new("mig-a"), TempDir::new("mig-b"));
+    let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
+    let listen = format!("{MB}:9480");
+    let b = Braidd::start(
+        db.path(),
+        Some(net.hb.name()),
+        &["--checkpoint-interval-ms", "0", "--migrate-listen", &listen],
+    );
+    let (ca, cb) = (a.client(), b.client());
+    ca.deploy(&chain_yaml(&net.ai, &net.ao)).unwrap();
+    // State beyond the live flows: 2,000 more connections.
+    more_flows(&net, 2000);
+    let mut traffic = Some(start_traffic(&net));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(route_to_server(&net).contains(&net.ua));
+    let req = json!({ "to": listen, "switch": switch(&net),
+                      "deploy": { "in": net.bi, "out": net.bo } });
+    let id = ca.migrate_async("mig", "fw", &req).unwrap();
+    let mut phases = Vec::new();
+    let t = Instant::now();
+    let op = loop {
+        let op = ca.operation(&id).unwrap();
+        if let Some(p) = op["progress"]["phase"].as_str() {
+            if phases.last().map(String::as_str) != Some(p) {
+                phases.push(p.to_string());
+            }
+        }
+        if op["state"] != "running" || t.elapsed() > Duration::from_secs(30) {
+            break op;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(op["state"], "succeeded", "{op:#}\nA:\n{}\nB:\n{}", a.log(), b.log());
+    let r = &op["result"];
+    eprintln!("migration: {r:#}\nphases seen: {phases:?}");
+    assert_eq!((r["mode"].as_str(), r["outcome"].as_str()), (Some("statelet"), Some("migrated")));
+    assert_eq!(r["deployed_at_destination"], true);
+    assert!(r["installed"].as_u64().unwrap() > 0 && r["state_bytes"].as_u64().unwrap() > 2000 * 8);
+    assert_eq!(r["packets_dropped_at_destination"], 0);
+    assert!(route_to_server(&net).contains(&net.ub), "{}", route_to_server(&net));
+    // Traffic on B for a while, then stop.
+    std::thread::sleep(Duration::from_millis(600));
+    let (sent, got, clients, server) = stop_traffic(&mut traffic);
+    check_exact(&sent, &got);
+
+    // B holds the moved connections: packets the server sends on each
+    // flow now pass B's firewall (default drop: only a tracked connection
+    // admits them), while a flow the server starts is dropped.
+    for c in &clients {
+        let to: SocketAddr = c.local_addr().unwrap();
+        server.send_to(&payload(u32::MAX, 7), to).unwrap();
+    }
+    let mut buf = [0u8; 64];
+    for (i, c) in clients.iter().enumerate() {
+        // (The receiver's clones made the shared descriptor non-blocking.)
+        c.set_nonblocking(false).unwrap();
+        let n = c
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("flow {i}: no packet from the server through B: {e}"));
+        assert_eq!(&buf[..n], &payload(u32::MAX, 7), "flow {i}");
+    }
+    // The control: a flow the server starts is dropped by B.
+    let probe = netns::in_netns(net.cl.name(), || UdpSocket::bind((CL, 0))).unwrap().unwrap();
+    probe.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    server.send_to(&payload(u32::MAX, 9), probe.local_addr().unwrap()).unwrap();
+    let e = probe.recv(&mut buf);
+    assert!(e.is_err(), "a server-initiated flow crossed B's firewall");
+    let op_b = cb.operation("op-1").unwrap();
+    let got_b = (op_b["kind"].as_str(), op_b["state"].as_str());
+    assert_eq!(got_b, (Some("migrate-in"), Some("succeeded")), "{op_b:#}");
+    drop((a, b));
+}
+
+#[test]
+fn killing_the_destination_mid_migration_rolls_back_and_the_source_keeps_every_packet() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd migration", "needs root for namespaces")
+    {
+        return;
+    }
+    let net = net();
+    let (da, db) = (TempDir::new("migrb-a"), TempDir::new("migrb-b"));
+    let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
+    let listen = format!("{MB}:9480");
+    let mut b = Braidd::start(
+        db.path(),
+        Some(net.hb.name()),
+        &["--checkpoint-interval-ms", "0", "--migrate-listen", &listen],
+    );
+    let ca = a.client();
+    ca.deploy(&chain_yaml(&net.ai, &net.ao)).unwrap();
+    b.client().deploy(&chain_yaml(&net.bi, &net.bo)).unwrap();
+    // Enough state to take about a second over a 1 Mbit/s state link.
+    more_flows(&net, 3000);
+    let tc = |args: &[&str]| {
+        let st = net.ha.command("tc").args(args).status().unwrap();
+        assert!(st.success(), "tc {args:?}");
+    };
+    tc(&["qdisc", "add", "dev", &net.ma, "root", "handle", "1:", "htb", "default", "1"]);
+    tc(&["class", "add", "dev", &net.ma, "parent", "1:", "classid", "1:1", "htb", "rate", "1mbit"]);
+    let mut traffic = Some(start_traffic(&net));
+    std::thread::sleep(Duration::from_millis(400));
+    let before = route_to_server(&net);
+    let req = json!({ "to": listen, "switch": switch(&net), "timeout_ms": 2000 });
+    let id = ca.migrate_async("mig", "fw", &req).unwrap();
+    // Wait until the state streams, then kill B.
+    let t = Instant::now();
+    loop {
+        let op = ca.operation(&id).unwrap();
+        assert_eq!(op["state"], "running", "finished before B was killed: {op:#}");
+        if op["progress"]["phase"] == "streaming"
+            && op["progress"]["state_bytes"].as_u64() > Some(0)
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never streamed: {op:#}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(ca.operation(&id).unwrap()["state"], "running", "B must die mid-migration");
+    b.kill9();
+    let op = ca.wait(&id, Duration::from_secs(20)).unwrap();
+    assert_eq!(op["state"], "failed", "{op:#}");
+    let msg = op["error"]["message"].as_str().unwrap_or_default().to_string();
+    eprintln!("rollback: {msg}");
+    assert_eq!(op["error"]["error"], "migration_failed", "{op:#}");
+    // Traffic goes on through A, untouched.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(route_to_server(&net), before);
+    let chain = ca.chain("mig").unwrap();
+    assert_eq!(chain["state"], "running");
+    let (sent, got, _, _) = stop_traffic(&mut traffic);
+    check_exact(&sent, &got);
+    drop(a);
+}
