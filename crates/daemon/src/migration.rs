@@ -75,8 +75,16 @@ pub enum AgentError {
     #[error("offer exchange with `{to}`: {what}")]
     Offer { to: String, what: String },
     /// The migration failed and was rolled back.
-    #[error("{0}{}", if matches!(.0, MigrateError::RolledBack { .. }) { "" } else { " (rolled back before the switch: the source keeps the NF, its state and its traffic)" })]
+    #[error("{0}{note}", note = before_switch_note(.0))]
     Migrate(#[from] MigrateError),
+}
+
+/// What a failure that did not say it rolled back means for the traffic.
+fn before_switch_note(e: &MigrateError) -> &'static str {
+    match e {
+        MigrateError::RolledBack { .. } => "",
+        _ => " (rolled back before the switch: the source keeps the NF, its state and its traffic)",
+    }
 }
 
 /// `POST /v1/chains/{name}/nfs/{nf}/migrate` body.
