@@ -367,6 +367,21 @@ fn a_firewall_moves_between_two_braidd_under_traffic_without_losing_a_packet() {
     {
         return;
     }
+    migrate_under_traffic("statelet");
+}
+
+#[test]
+fn stop_and_copy_and_duplication_between_two_braidd_lose_nothing_either() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd migration", "needs root for namespaces")
+    {
+        return;
+    }
+    migrate_under_traffic("stop-copy");
+    migrate_under_traffic("duplicate");
+}
+
+/// Move the firewall A → B in `mode` under traffic and check the oracle.
+fn migrate_under_traffic(mode: &str) {
     let net = net();
     let (da, db) = (TempDir::new("mig-a"), TempDir::new("mig-b"));
     let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
@@ -383,7 +398,7 @@ fn a_firewall_moves_between_two_braidd_under_traffic_without_losing_a_packet() {
     let mut traffic = Some(start_traffic(&net));
     std::thread::sleep(Duration::from_millis(600));
     assert!(route_to_server(&net).contains(&net.ua));
-    let req = json!({ "to": listen, "switch": switch(&net),
+    let req = json!({ "to": listen, "switch": switch(&net), "mode": mode,
                       "deploy": { "in": net.bi, "out": net.bo } });
     let id = ca.migrate_async("mig", "fw", &req).unwrap();
     let mut phases = Vec::new();
@@ -402,8 +417,8 @@ fn a_firewall_moves_between_two_braidd_under_traffic_without_losing_a_packet() {
     };
     assert_eq!(op["state"], "succeeded", "{op:#}\nA:\n{}\nB:\n{}", a.log(), b.log());
     let r = &op["result"];
-    eprintln!("migration: {r:#}\nphases seen: {phases:?}");
-    assert_eq!((r["mode"].as_str(), r["outcome"].as_str()), (Some("statelet"), Some("migrated")));
+    eprintln!("{mode} migration: {r:#}\nphases seen: {phases:?}");
+    assert_eq!((r["mode"].as_str(), r["outcome"].as_str()), (Some(mode), Some("migrated")));
     assert_eq!(r["deployed_at_destination"], true);
     assert!(r["installed"].as_u64().unwrap() > 0 && r["state_bytes"].as_u64().unwrap() > 2000 * 8);
     assert_eq!(r["packets_dropped_at_destination"], 0);
@@ -501,4 +516,124 @@ fn killing_the_destination_mid_migration_rolls_back_and_the_source_keeps_every_p
     let (sent, got, _, _) = stop_traffic(&mut traffic);
     check_exact(&sent, &got);
     drop(a);
+}
+
+/// The switch between A and B, towards B (`true`) or back towards A.
+fn switch_towards(net: &Net, to_b: bool) -> Value {
+    let s = switch(net);
+    if to_b {
+        return s;
+    }
+    json!({
+        "redirect": s["restore"],
+        "restore": s["redirect"],
+        "markers": [{ "netns": net.up.name(), "dev": net.ub, "port": "in" },
+                    { "netns": net.dn.name(), "dev": net.db, "port": "out" }],
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The three modes between two braidd, interleaved round by round, under
+/// the same live traffic, with `BRAID_MIG_FLOWS` connections (20,000 by
+/// default) in the firewall: each round moves the firewall A → B (B
+/// deploys the chain empty) in the mode measured, then back B → A
+/// (statelet), and removes B's chain. Every packet of the live flows must
+/// come back once and in order over the whole run. Prints a table
+/// (docs/migration.md):
+///
+/// `cargo test -p braid-daemon --test migration -- --ignored --nocapture measure`
+#[test]
+#[ignore = "measurement (about a minute); run by hand"]
+fn measure_modes_between_two_braidd() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd migration", "needs root for namespaces")
+    {
+        return;
+    }
+    let flows: u16 =
+        std::env::var("BRAID_MIG_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(20000);
+    let rounds = 5;
+    let net = net();
+    let (da, db) = (TempDir::new("migm-a"), TempDir::new("migm-b"));
+    let (la, lb) = (format!("{MA}:9480"), format!("{MB}:9480"));
+    let a = Braidd::start(
+        da.path(),
+        Some(net.ha.name()),
+        &["--checkpoint-interval-ms", "0", "--migrate-listen", &la],
+    );
+    let b = Braidd::start(
+        db.path(),
+        Some(net.hb.name()),
+        &["--checkpoint-interval-ms", "0", "--migrate-listen", &lb],
+    );
+    let (ca, cb) = (a.client(), b.client());
+    ca.deploy(&chain_yaml(&net.ai, &net.ao)).unwrap();
+    more_flows(&net, flows);
+    let mut traffic = Some(start_traffic(&net));
+    std::thread::sleep(Duration::from_millis(500));
+    let modes = ["statelet", "duplicate", "stop-copy"];
+    let mut rows: Vec<(usize, Value)> = Vec::new();
+    for round in 0..rounds {
+        for (m, mode) in modes.iter().enumerate() {
+            let go = json!({ "to": lb, "mode": mode, "switch": switch_towards(&net, true),
+                             "deploy": { "in": net.bi, "out": net.bo } });
+            let id = ca.migrate_async("mig", "fw", &go).unwrap();
+            let op = ca.wait(&id, Duration::from_secs(60)).unwrap();
+            assert_eq!(op["state"], "succeeded", "round {round} {mode}: {op:#}");
+            rows.push((m, op["result"].clone()));
+            std::thread::sleep(Duration::from_millis(200));
+            let back = json!({ "to": la, "switch": switch_towards(&net, false) });
+            let id = cb.migrate_async("mig", "fw", &back).unwrap();
+            let op = cb.wait(&id, Duration::from_secs(60)).unwrap();
+            assert_eq!(op["state"], "succeeded", "round {round} back: {op:#}");
+            cb.remove("mig").unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let (sent, got, _, _) = stop_traffic(&mut traffic);
+    check_exact(&sent, &got);
+    let total: u32 = sent.iter().sum();
+    eprintln!(
+        "\n{flows} extra connections, {FLOWS} live UDP flows at 2,000 packets/s each way; {rounds} rounds; {total} packets echoed once and in order\n"
+    );
+    eprintln!("| mode | total ms | until switch ms | switch → done ms | state bytes | statelets + chunks | duplicated packets | packets held at B (peak) |");
+    eprintln!("|---|---|---|---|---|---|---|---|");
+    for (m, mode) in modes.iter().enumerate() {
+        let col = |k: &str| -> Vec<f64> {
+            rows.iter()
+                .filter(|(i, _)| *i == m)
+                .map(|(_, r)| r[k].as_f64().unwrap_or(0.0))
+                .collect()
+        };
+        let range = |k: &str| {
+            let v = col(k);
+            let (lo, hi) = v.iter().fold((f64::MAX, 0.0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+            format!("{:.0} ({lo:.0}–{hi:.0})", median(v))
+        };
+        let outage: Vec<f64> = rows
+            .iter()
+            .filter(|(i, _)| *i == m)
+            .map(|(_, r)| r["total_ms"].as_f64().unwrap() - r["until_switch_ms"].as_f64().unwrap())
+            .collect();
+        let (lo, hi) = outage.iter().fold((f64::MAX, 0.0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+        let items: Vec<f64> = rows
+            .iter()
+            .filter(|(i, _)| *i == m)
+            .map(|(_, r)| r["statelets"].as_f64().unwrap() + r["chunks"].as_f64().unwrap())
+            .collect();
+        eprintln!(
+            "| {mode} | {} | {} | {:.0} ({lo:.0}–{hi:.0}) | {} | {:.0} | {} | {} |",
+            range("total_ms"),
+            range("until_switch_ms"),
+            median(outage),
+            range("state_bytes"),
+            median(items),
+            range("duplicated_packets"),
+            range("packets_buffered"),
+        );
+    }
+    drop((a, b));
 }
