@@ -150,7 +150,7 @@ pub fn document() -> Value {
             },
             "/v1/chains/{name}/nfs/{nf}/migrate": migrate_path(),
             "/v1/operations": { "get": {
-                "operationId": "listOperations", "summary": "The last 1000 operations (deploy, remove, reconfigure), oldest first",
+                "operationId": "listOperations", "summary": "The last 1000 operations (deploy, remove, reconfigure, migrate, migrate-in), oldest first",
                 "responses": { "200": { "description": "the operations",
                     "content": { "application/json": { "schema": { "type": "object", "required": ["operations"],
                         "properties": { "operations": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } } } } } } } }
@@ -166,7 +166,7 @@ pub fn document() -> Value {
             },
             "/v1/events": { "get": {
                 "operationId": "events",
-                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_state, worker_stopped, operation_finished (and `lagged` with the number missed)",
+                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_state, worker_stopped, migration_progress, chain_migrated, migration_in, operation_finished (and `lagged` with the number missed)",
                 "parameters": [ { "name": "since", "in": "query", "required": false,
                     "description": "replay the kept events (the last 1024) after this seq first",
                     "schema": { "type": "integer", "minimum": 0 } } ],
