@@ -176,7 +176,7 @@ fn net() -> Net {
 
 fn chain_yaml(inp: &str, out: &str) -> String {
     format!(
-        "name: mig\nbatch_size: 32\nports:\n  in: {{ kind: af_packet, iface: {inp}, batch_size: 32 }}\n  out: {{ kind: af_packet, iface: {out}, batch_size: 32 }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: drop, rules: [{{ action: allow, src: 10.80.10.0/24, proto: udp }}] }} }}\n"
+        "name: mig\nbatch_size: 32\nports:\n  in: {{ kind: af_packet, iface: {inp}, batch_size: 32 }}\n  out: {{ kind: af_packet, iface: {out}, batch_size: 32 }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: drop, rules: [{{ action: allow, src: 10.80.10.0/24, proto: udp }}, {{ action: allow, src: 10.80.10.0/24, proto: tcp }}] }} }}\n"
     )
 }
 
@@ -321,6 +321,98 @@ fn stop_traffic(t: &mut Option<Traffic>) -> (Vec<u32>, Vec<Vec<u32>>, Vec<UdpSoc
     (sent, got, t.clients, t.server_sock)
 }
 
+/// One TCP connection from the client, echoed by the server: 1 KiB every
+/// 4 ms, a byte pattern the reader checks as it comes back.
+struct TcpEcho {
+    stop: Arc<AtomicBool>,
+    writer: JoinHandle<u64>,
+    reader: JoinHandle<Result<u64, String>>,
+    server: JoinHandle<()>,
+}
+
+const TCP_PORT: u16 = 9201;
+
+fn start_tcp(net: &Net) -> TcpEcho {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener =
+        netns::in_netns(net.sv.name(), || TcpListener::bind((SV, TCP_PORT))).unwrap().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let server = std::thread::spawn(move || {
+        let t = Instant::now();
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if t.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(_) => return,
+            }
+        };
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 4096];
+        // Echo until the client's end of stream, then close.
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            if s.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    let to = SocketAddr::from((SV.parse::<Ipv4Addr>().unwrap(), TCP_PORT));
+    let stream =
+        netns::in_netns(net.cl.name(), || TcpStream::connect_timeout(&to, Duration::from_secs(5)))
+            .unwrap()
+            .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut w, st) = (stream.try_clone().unwrap(), stop.clone());
+    let pattern = |at: u64| (at % 251) as u8;
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        let t = Instant::now();
+        while !st.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(60) {
+            let chunk: Vec<u8> = (sent..sent + 1024).map(pattern).collect();
+            w.write_all(&chunk).unwrap();
+            sent += 1024;
+            std::thread::sleep(Duration::from_millis(4));
+        }
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+        sent
+    });
+    let mut r = stream;
+    r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = 0u64;
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return Ok(got),
+                Ok(n) => {
+                    for (i, b) in buf[..n].iter().enumerate() {
+                        if *b != pattern(got + i as u64) {
+                            return Err(format!("byte {} of the echo is wrong", got + i as u64));
+                        }
+                    }
+                    got += n as u64;
+                }
+                Err(e) => return Err(format!("after {got} bytes echoed: {e}")),
+            }
+        }
+    });
+    TcpEcho { stop, writer, reader, server }
+}
+
+/// Stop the TCP stream; it must have come back whole and in order.
+fn check_tcp(t: TcpEcho) {
+    t.stop.store(true, Ordering::Relaxed);
+    let sent = t.writer.join().unwrap();
+    let got = t.reader.join().unwrap();
+    t.server.join().unwrap();
+    assert_eq!(got, Ok(sent), "the TCP connection through the chain");
+    assert!(sent > 100 << 10, "only {sent} TCP bytes sent");
+}
+
 /// Every flow's echoes are exactly 0..sent, in order: nothing lost,
 /// duplicated or reordered.
 fn check_exact(sent: &[u32], got: &[Vec<u32>]) {
@@ -433,6 +525,7 @@ fn migrate_under_traffic(mode: &str, extra: u16) {
         assert!(st == 404 && m.contains("no NF named `nope`"), "{st} {m}");
     }
     let mut traffic = Some(start_traffic(&net));
+    let tcp = start_tcp(&net);
     std::thread::sleep(Duration::from_millis(600));
     assert!(route_to_server(&net).contains(&net.ua));
     let req = json!({ "to": listen, "switch": switch(&net), "mode": mode,
@@ -467,6 +560,7 @@ fn migrate_under_traffic(mode: &str, extra: u16) {
     std::thread::sleep(Duration::from_millis(600));
     let (sent, got, clients, server) = stop_traffic(&mut traffic);
     check_exact(&sent, &got);
+    check_tcp(tcp);
 
     // B holds the moved connections: packets the server sends on each
     // flow now pass B's firewall (default drop: only a tracked connection
@@ -523,6 +617,7 @@ fn killing_the_destination_mid_migration_rolls_back_and_the_source_keeps_every_p
     tc(&["qdisc", "add", "dev", &net.ma, "root", "handle", "1:", "htb", "default", "1"]);
     tc(&["class", "add", "dev", &net.ma, "parent", "1:", "classid", "1:1", "htb", "rate", "1mbit"]);
     let mut traffic = Some(start_traffic(&net));
+    let tcp = start_tcp(&net);
     std::thread::sleep(Duration::from_millis(400));
     let before = route_to_server(&net);
     let req = json!({ "to": listen, "switch": switch(&net), "timeout_ms": 2000 });
@@ -555,6 +650,7 @@ fn killing_the_destination_mid_migration_rolls_back_and_the_source_keeps_every_p
     assert_eq!(chain["state"], "running");
     let (sent, got, _, _) = stop_traffic(&mut traffic);
     check_exact(&sent, &got);
+    check_tcp(tcp);
     drop(a);
 }
 
