@@ -47,6 +47,8 @@ const UPB: &str = "10.80.2.1";
 const DNB: &str = "10.80.2.2";
 const MA: &str = "10.80.30.1";
 const MB: &str = "10.80.30.2";
+/// The NAT's external address (routed by `dn` towards the chain).
+const EXT: &str = "10.80.99.1";
 const ECHO_PORT: u16 = 9200;
 const FLOWS: usize = 8;
 
@@ -152,6 +154,7 @@ fn net() -> Net {
     ip(&sv, &["route", "add", "default", "via", DN0]);
     ip(&up, &["route", "add", "10.80.20.0/24", "via", DNA, "dev", &ua]);
     ip(&dn, &["route", "add", "10.80.10.0/24", "via", UPA, "dev", &da]);
+    ip(&dn, &["route", "add", "10.80.99.0/24", "via", UPA, "dev", &da]);
     Net {
         cl,
         up,
@@ -174,10 +177,21 @@ fn net() -> Net {
     }
 }
 
-fn chain_yaml(inp: &str, out: &str) -> String {
+/// Chain `mig` between `inp` and `out`: a firewall `fw` admitting only
+/// flows the client starts, or (`nat`) a NAT `nat` translating the
+/// client's network to [`EXT`].
+fn chain_yaml_of(nf: &str, inp: &str, out: &str) -> String {
+    let decl = match nf {
+        "nat" => format!("{{ name: nat, type: nat, params: {{ external_ip: {EXT}, internal: [10.80.10.0/24] }} }}"),
+        _ => "{ name: fw, type: firewall, params: { default: drop, rules: [{ action: allow, src: 10.80.10.0/24, proto: udp }, { action: allow, src: 10.80.10.0/24, proto: tcp }] } }".to_string(),
+    };
     format!(
-        "name: mig\nbatch_size: 32\nports:\n  in: {{ kind: af_packet, iface: {inp}, batch_size: 32 }}\n  out: {{ kind: af_packet, iface: {out}, batch_size: 32 }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: drop, rules: [{{ action: allow, src: 10.80.10.0/24, proto: udp }}, {{ action: allow, src: 10.80.10.0/24, proto: tcp }}] }} }}\n"
+        "name: mig\nbatch_size: 32\nports:\n  in: {{ kind: af_packet, iface: {inp}, batch_size: 32 }}\n  out: {{ kind: af_packet, iface: {out}, batch_size: 32 }}\nnfs:\n  - {decl}\n"
     )
+}
+
+fn chain_yaml(inp: &str, out: &str) -> String {
+    chain_yaml_of("fw", inp, out)
 }
 
 /// The switch between A (`ua`/`da`) and B (`ub`/`db`).
@@ -185,9 +199,11 @@ fn switch(net: &Net) -> Value {
     let route = |ns: &NetnsGuard, to: &str, via: &str, dev: &str| json!({ "netns": ns.name(), "to": to, "via": via, "dev": dev });
     json!({
         "redirect": [route(&net.up, "10.80.20.0/24", DNB, &net.ub),
-                     route(&net.dn, "10.80.10.0/24", UPB, &net.db)],
+                     route(&net.dn, "10.80.10.0/24", UPB, &net.db),
+                     route(&net.dn, "10.80.99.0/24", UPB, &net.db)],
         "restore": [route(&net.up, "10.80.20.0/24", DNA, &net.ua),
-                    route(&net.dn, "10.80.10.0/24", UPA, &net.da)],
+                    route(&net.dn, "10.80.10.0/24", UPA, &net.da),
+                    route(&net.dn, "10.80.99.0/24", UPA, &net.da)],
         "markers": [{ "netns": net.up.name(), "dev": net.ua, "port": "in" },
                     { "netns": net.dn.name(), "dev": net.da, "port": "out" }],
     })
@@ -199,7 +215,9 @@ struct Traffic {
     stop: Arc<AtomicBool>,
     sender: JoinHandle<Vec<u32>>,
     receiver: JoinHandle<Vec<Vec<u32>>>,
-    server: JoinHandle<()>,
+    /// Per flow, every address the server saw it come from (one, unless
+    /// a NAT changed the flow's translation).
+    server: JoinHandle<Vec<std::collections::BTreeSet<SocketAddr>>>,
     /// Client sockets (clones), for the after-migration checks.
     clients: Vec<UdpSocket>,
     /// The server's socket (a clone).
@@ -239,17 +257,22 @@ fn start_traffic(net: &Net) -> Traffic {
     let st = stop.clone();
     let server = std::thread::spawn(move || {
         let mut buf = [0u8; 64];
+        let mut peers = vec![std::collections::BTreeSet::new(); FLOWS];
         // Ends 1 s after the stop (answering what is still on its way).
         let mut stopped_at = None;
         loop {
             if st.load(Ordering::Relaxed) {
                 let t = *stopped_at.get_or_insert_with(Instant::now);
                 if t.elapsed() > Duration::from_secs(1) {
-                    return;
+                    return peers;
                 }
             }
             if let Ok((n, from)) = server.recv_from(&mut buf) {
                 let _ = server.send_to(&buf[..n], from);
+                let flow = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+                if n == 8 && flow < FLOWS {
+                    peers[flow].insert(from);
+                }
             }
         }
     });
@@ -311,14 +334,25 @@ fn start_traffic(net: &Net) -> Traffic {
     Traffic { stop, sender, receiver, server, clients, server_sock, sent0 }
 }
 
-/// Stop the traffic; (sent, echoed) per flow.
-fn stop_traffic(t: &mut Option<Traffic>) -> (Vec<u32>, Vec<Vec<u32>>, Vec<UdpSocket>, UdpSocket) {
+/// What the traffic did: per flow, packets sent, echoes received in
+/// order, the addresses the server saw it come from; the client sockets
+/// and the server's.
+struct Outcome {
+    sent: Vec<u32>,
+    got: Vec<Vec<u32>>,
+    peers: Vec<std::collections::BTreeSet<SocketAddr>>,
+    clients: Vec<UdpSocket>,
+    server: UdpSocket,
+}
+
+/// Stop the traffic.
+fn stop_traffic(t: &mut Option<Traffic>) -> Outcome {
     let t = t.take().unwrap();
     t.stop.store(true, Ordering::Relaxed);
     let sent = t.sender.join().unwrap();
     let got = t.receiver.join().unwrap();
-    t.server.join().unwrap();
-    (sent, got, t.clients, t.server_sock)
+    let peers = t.server.join().unwrap();
+    Outcome { sent, got, peers, clients: t.clients, server: t.server_sock }
 }
 
 /// One TCP connection from the client, echoed by the server: 1 KiB every
@@ -469,7 +503,16 @@ fn a_firewall_moves_between_two_braidd_under_traffic_without_losing_a_packet() {
     {
         return;
     }
-    migrate_under_traffic("statelet", 2000);
+    migrate_under_traffic("fw", "statelet", 2000);
+}
+
+#[test]
+fn a_nat_moves_between_two_braidd_and_every_flow_keeps_its_translation() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd migration", "needs root for namespaces")
+    {
+        return;
+    }
+    migrate_under_traffic("nat", "statelet", 2000);
 }
 
 #[test]
@@ -482,12 +525,14 @@ fn stop_and_copy_and_duplication_between_two_braidd_lose_nothing_either() {
     // then releases it as one burst; with much more state that burst's
     // replies overflow the AF_PACKET socket of B's `out` port
     // (docs/migration.md, measured): 500 connections keep it small here.
-    migrate_under_traffic("stop-copy", 500);
-    migrate_under_traffic("duplicate", 2000);
+    migrate_under_traffic("fw", "stop-copy", 500);
+    migrate_under_traffic("fw", "duplicate", 2000);
 }
 
-/// Move the firewall A → B in `mode` under traffic and check the oracle.
-fn migrate_under_traffic(mode: &str, extra: u16) {
+/// Move the firewall (`fw`) or the NAT (`nat`) A → B in `mode` under
+/// traffic, with `extra` connections more than the live flows', and check
+/// the oracle.
+fn migrate_under_traffic(nf: &str, mode: &str, extra: u16) {
     let net = net();
     let (da, db) = (TempDir::new("mig-a"), TempDir::new("mig-b"));
     let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
@@ -498,10 +543,10 @@ fn migrate_under_traffic(mode: &str, extra: u16) {
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &listen],
     );
     let (ca, cb) = (a.client(), b.client());
-    ca.deploy(&chain_yaml(&net.ai, &net.ao)).unwrap();
+    ca.deploy(&chain_yaml_of(nf, &net.ai, &net.ao)).unwrap();
     // State beyond the live flows.
     more_flows(&net, extra);
-    if mode == "statelet" {
+    if mode == "statelet" && nf == "fw" {
         // Refused at once, naming what is wrong: a split over a route
         // switch, a bad route, an unknown NF.
         let post = |nf: &str, body: Value| {
@@ -530,7 +575,7 @@ fn migrate_under_traffic(mode: &str, extra: u16) {
     assert!(route_to_server(&net).contains(&net.ua));
     let req = json!({ "to": listen, "switch": switch(&net), "mode": mode,
                       "deploy": { "in": net.bi, "out": net.bo } });
-    let id = ca.migrate_async("mig", "fw", &req).unwrap();
+    let id = ca.migrate_async("mig", nf, &req).unwrap();
     let mut phases = Vec::new();
     let t = Instant::now();
     let op = loop {
@@ -558,15 +603,27 @@ fn migrate_under_traffic(mode: &str, extra: u16) {
     assert!(route_to_server(&net).contains(&net.ub), "{}", route_to_server(&net));
     // Traffic on B for a while, then stop.
     std::thread::sleep(Duration::from_millis(600));
-    let (sent, got, clients, server) = stop_traffic(&mut traffic);
-    check_exact(&sent, &got);
+    let o = stop_traffic(&mut traffic);
+    check_exact(&o.sent, &o.got);
     check_tcp(tcp);
+    let (clients, server) = (&o.clients, &o.server);
+    // Every flow came from one address all along: for the NAT, its
+    // translation (external address and port) did not change at the move.
+    for (i, (peers, c)) in o.peers.iter().zip(clients).enumerate() {
+        assert_eq!(peers.len(), 1, "flow {i} came from {peers:?}");
+        let from = *peers.iter().next().unwrap();
+        match nf {
+            "nat" => assert_eq!(from.ip().to_string(), EXT, "flow {i}"),
+            _ => assert_eq!(from, c.local_addr().unwrap(), "flow {i}"),
+        }
+    }
 
     // B holds the moved connections: packets the server sends on each
-    // flow now pass B's firewall (default drop: only a tracked connection
-    // admits them), while a flow the server starts is dropped.
-    for c in &clients {
-        let to: SocketAddr = c.local_addr().unwrap();
+    // flow now pass B (the firewall's default is drop, the NAT drops any
+    // inbound packet without a mapping: only the moved state admits
+    // them), while (firewall) a flow the server starts is dropped.
+    for peers in &o.peers {
+        let to: SocketAddr = *peers.iter().next().unwrap();
         server.send_to(&payload(u32::MAX, 7), to).unwrap();
     }
     let mut buf = [0u8; 64];
@@ -579,11 +636,13 @@ fn migrate_under_traffic(mode: &str, extra: u16) {
         assert_eq!(&buf[..n], &payload(u32::MAX, 7), "flow {i}");
     }
     // The control: a flow the server starts is dropped by B.
-    let probe = netns::in_netns(net.cl.name(), || UdpSocket::bind((CL, 0))).unwrap().unwrap();
-    probe.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    server.send_to(&payload(u32::MAX, 9), probe.local_addr().unwrap()).unwrap();
-    let e = probe.recv(&mut buf);
-    assert!(e.is_err(), "a server-initiated flow crossed B's firewall");
+    if nf == "fw" {
+        let probe = netns::in_netns(net.cl.name(), || UdpSocket::bind((CL, 0))).unwrap().unwrap();
+        probe.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        server.send_to(&payload(u32::MAX, 9), probe.local_addr().unwrap()).unwrap();
+        let e = probe.recv(&mut buf);
+        assert!(e.is_err(), "a server-initiated flow crossed B's firewall");
+    }
     let op_b = cb.operation("op-1").unwrap();
     let got_b = (op_b["kind"].as_str(), op_b["state"].as_str());
     assert_eq!(got_b, (Some("migrate-in"), Some("succeeded")), "{op_b:#}");
@@ -648,8 +707,8 @@ fn killing_the_destination_mid_migration_rolls_back_and_the_source_keeps_every_p
     assert_eq!(route_to_server(&net), before);
     let chain = ca.chain("mig").unwrap();
     assert_eq!(chain["state"], "running");
-    let (sent, got, _, _) = stop_traffic(&mut traffic);
-    check_exact(&sent, &got);
+    let o = stop_traffic(&mut traffic);
+    check_exact(&o.sent, &o.got);
     check_tcp(tcp);
     drop(a);
 }
@@ -751,7 +810,8 @@ fn measure_modes_between_two_braidd() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    let (sent, got, _, _) = stop_traffic(&mut traffic);
+    let o = stop_traffic(&mut traffic);
+    let (sent, got) = (o.sent, o.got);
     let total: u32 = sent.iter().sum();
     let mut lost = std::collections::BTreeMap::<usize, u64>::new();
     let mut disorder = 0;
