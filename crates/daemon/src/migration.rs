@@ -375,6 +375,15 @@ pub struct Offer {
     /// the chain, its ports on the destination's interfaces.
     pub descriptor: Option<String>,
     pub timeout_ms: u64,
+    /// The source braidd's instance id ([`instance_id`]): a braidd refuses
+    /// an offer from itself (its chain would stream into itself).
+    pub source: u64,
+}
+
+/// This braidd process's random instance id.
+pub fn instance_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(new_id)
 }
 
 /// The destination's answer to an offer.
@@ -532,6 +541,7 @@ pub fn migrate_chain_nf(
         kind: decl.kind.clone(),
         descriptor,
         timeout_ms: p.timeout.as_millis() as u64,
+        source: instance_id(),
     };
     write_json(&mut conn, &offer).map_err(|e| offer_err(format!("sending the offer: {e}")))?;
     let answer: OfferAnswer = read_json(&mut conn).map_err(offer_err)?;
@@ -696,6 +706,15 @@ fn accept_one(
             return;
         }
     };
+    if offer.source == instance_id() {
+        let reason = "the offer comes from this braidd itself: migrate to another host".to_string();
+        tracing::warn!(peer, reason, "migration refused");
+        let _ = write_json(
+            &mut conn,
+            &OfferAnswer { accept: false, reason: Some(reason), deployed: false },
+        );
+        return;
+    }
     let key = (offer.chain.clone(), offer.nf.clone());
     let refuse = |conn: &mut TcpStream, reason: String| {
         tracing::warn!(peer, chain = %offer.chain, nf = %offer.nf, reason, "migration refused");
@@ -852,6 +871,7 @@ mod tests {
             kind: "firewall".into(),
             descriptor: None,
             timeout_ms: 5,
+            source: instance_id(),
         };
         write_json(&mut buf, &o).unwrap();
         let back: Offer = read_json(&mut buf.as_slice()).unwrap();

@@ -667,6 +667,13 @@ fn killing_the_destination_mid_migration_rolls_back_and_the_source_keeps_every_p
     let ca = a.client();
     ca.deploy(&chain_yaml(&net.ai, &net.ao)).unwrap();
     b.client().deploy(&chain_yaml(&net.bi, &net.bo)).unwrap();
+    // A braidd refuses a migration from itself (its worker would stream
+    // into itself).
+    let req = json!({ "to": listen, "switch": switch(&net) });
+    let id = b.client().migrate_async("mig", "fw", &req).unwrap();
+    let op = b.client().wait(&id, Duration::from_secs(10)).unwrap();
+    let msg = op["error"]["message"].as_str().unwrap_or_default();
+    assert!(op["state"] == "failed" && msg.contains("from this braidd itself"), "{op:#}");
     // Enough state to take about a second over a 1 Mbit/s state link.
     more_flows(&net, 3000);
     let tc = |args: &[&str]| {
