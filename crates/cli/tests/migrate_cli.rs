@@ -87,6 +87,9 @@ fn braid_migrate_reports_refusals_naming_what_is_wrong() {
     assert!(!ok && err.contains("flows `share:0/2`"), "{err}");
     let (ok, err) = migrate(&socket, &["edge", "fw", "--to", "10.0.9.2", "--switch", g]);
     assert!(!ok && err.contains("no chain named `edge`"), "{err}");
+    let (ok, err) =
+        migrate(&socket, &["edge", "fw", "--to", "x", "--switch", g, "--deploy-ports", "a,b,c"]);
+    assert!(!ok && err.contains("--deploy-ports: `a,b,c`: expected two interfaces"), "{err}");
     let missing = dir.join("none.yaml");
     let (ok, err) =
         migrate(&socket, &["edge", "fw", "--to", "x", "--switch", missing.to_str().unwrap()]);

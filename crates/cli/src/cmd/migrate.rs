@@ -38,7 +38,7 @@ pub struct Args {
     pub switch: PathBuf,
     /// Deploy the chain (empty) at the destination if it does not run it,
     /// on these interfaces there: IN,OUT.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',')]
     pub deploy_ports: Vec<String>,
     /// How long any answer of the other side may take, ms.
     #[arg(long, default_value_t = 5000)]
@@ -58,8 +58,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .with_context(|| format!("{}: not YAML or JSON", a.switch.display()))?;
     let mut req = json!({ "to": a.to, "mode": a.mode, "flows": a.flows, "switch": switch,
                           "timeout_ms": a.timeout_ms });
-    if let [i, o] = a.deploy_ports.as_slice() {
-        req["deploy"] = json!({ "in": i, "out": o });
+    match a.deploy_ports.as_slice() {
+        [] => {}
+        [i, o] => req["deploy"] = json!({ "in": i, "out": o }),
+        other => bail!("--deploy-ports: `{}`: expected two interfaces, IN,OUT", other.join(",")),
     }
     let client = Client::new(&a.socket);
     let id = client.migrate_async(&a.chain, &a.nf, &req)?;
@@ -86,7 +88,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if t.elapsed() > Duration::from_secs(3600) {
             bail!("operation {id} still running after an hour");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     };
     if op["state"] != "succeeded" {
         bail!(
