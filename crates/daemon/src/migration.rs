@@ -731,8 +731,19 @@ fn accept_one(
         );
     }
     let id = ops.begin("migrate-in", &offer.chain, Some(&offer.nf));
-    let outcome = take(&mut conn, daemon, &offer, &peer, events, &id);
-    busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    let mut deployed = false;
+    let outcome = take(&mut conn, daemon, &offer, &peer, events, &id, &mut deployed);
+    if outcome.is_err() && deployed {
+        // Nothing stays behind: the chain deployed for this migration goes.
+        match daemon.remove(&offer.chain) {
+            Ok(_) => {
+                events.publish("chain_removed", json!({ "chain": offer.chain, "operation": id }));
+            }
+            Err(e) => {
+                tracing::warn!(chain = %offer.chain, error = %e, "removing the chain deployed for a failed migration")
+            }
+        }
+    }
     let ok = outcome.is_ok();
     let (status, result) = match outcome {
         Ok(v) => (200, Ok(v)),
@@ -744,6 +755,8 @@ fn accept_one(
             (422, Err(json!({ "error": "migration_failed", "message": e.to_string() })))
         }
     };
+    // Free for the next offer before the operation shows as finished.
+    busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     events.publish(
         "migration_in",
         json!({ "operation": id, "chain": offer.chain, "nf": offer.nf, "from": peer,
@@ -767,15 +780,15 @@ fn take(
     peer: &str,
     events: &Events,
     op: &str,
+    deployed: &mut bool,
 ) -> Result<Value, Refusal> {
-    let mut deployed = false;
     let entry = match (daemon.get(&offer.chain), &offer.descriptor) {
         (Ok(e), _) => e,
         (Err(_), Some(text)) => {
             let e = daemon.deploy(text).map_err(|e| {
                 Refusal::Before(format!("deploying chain `{}` for the migration: {e}", offer.chain))
             })?;
-            deployed = true;
+            *deployed = true;
             events.publish(
                 "chain_deployed",
                 json!({ "chain": offer.chain, "nfs": e.descriptor().nfs.len(), "operation": op }),
@@ -801,7 +814,7 @@ fn take(
         (Some(l), "running") => l,
         _ => return Err(Refusal::Before(format!("chain `{}` is not running here", offer.chain))),
     };
-    let answer = OfferAnswer { accept: true, reason: None, deployed };
+    let answer = OfferAnswer { accept: true, reason: None, deployed: *deployed };
     write_json(conn, &answer).map_err(|e| Refusal::Before(format!("answering: {e}")))?;
     let stream =
         conn.try_clone().map_err(|e| Refusal::During(braid_migrate::WireError::Io(e).into()))?;
@@ -812,7 +825,7 @@ fn take(
         migrate_in(live.worker(), &offer.nf, &decl.kind, stream, &opts).map_err(Refusal::During)?;
     Ok(json!({
         "chain": offer.chain, "nf": offer.nf, "from": peer, "mode": r.mode,
-        "deployed": deployed, "installed": r.installed, "replayed": r.replayed,
+        "deployed": *deployed, "installed": r.installed, "replayed": r.replayed,
         "state_bytes": r.bytes, "packets_buffered": r.peak_held,
         "packets_dropped": r.dropped_held,
         "snapshot_in_ms": r.snapshot_in.as_secs_f64() * 1e3,

@@ -573,6 +573,29 @@ fn migrate_under_traffic(nf: &str, mode: &str, extra: u16) {
     let tcp = start_tcp(&net);
     std::thread::sleep(Duration::from_millis(600));
     assert!(route_to_server(&net).contains(&net.ua));
+    if mode == "statelet" && nf == "fw" {
+        // A switch that fails (no such interface in `up`): rolled back
+        // before the switch, the traffic stays on A, and B removes the
+        // chain it deployed for the migration.
+        let mut broken = switch(&net);
+        broken["redirect"][0]["dev"] = "nosuch0".into();
+        let req =
+            json!({ "to": listen, "switch": broken, "deploy": { "in": net.bi, "out": net.bo } });
+        let id = ca.migrate_async("mig", nf, &req).unwrap();
+        let op = ca.wait(&id, Duration::from_secs(20)).unwrap();
+        let msg = op["error"]["message"].as_str().unwrap_or_default();
+        assert!(op["state"] == "failed" && msg.contains("switching the traffic failed"), "{op:#}");
+        assert!(route_to_server(&net).contains(&net.ua));
+        // B's side ends on its own: its `migrate-in` operation failed and
+        // the chain it deployed is gone.
+        let op_b = cb.wait("op-1", Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            (op_b["kind"].as_str(), op_b["state"].as_str()),
+            (Some("migrate-in"), Some("failed")),
+            "{op_b:#}"
+        );
+        assert!(cb.chains().unwrap().is_empty(), "B kept the chain it deployed");
+    }
     let req = json!({ "to": listen, "switch": switch(&net), "mode": mode,
                       "deploy": { "in": net.bi, "out": net.bo } });
     let id = ca.migrate_async("mig", nf, &req).unwrap();
@@ -643,7 +666,8 @@ fn migrate_under_traffic(nf: &str, mode: &str, extra: u16) {
         let e = probe.recv(&mut buf);
         assert!(e.is_err(), "a server-initiated flow crossed B's firewall");
     }
-    let op_b = cb.operation("op-1").unwrap();
+    let last_in = if mode == "statelet" && nf == "fw" { "op-2" } else { "op-1" };
+    let op_b = cb.operation(last_in).unwrap();
     let got_b = (op_b["kind"].as_str(), op_b["state"].as_str());
     assert_eq!(got_b, (Some("migrate-in"), Some("succeeded")), "{op_b:#}");
     drop((a, b));
