@@ -534,7 +534,9 @@ fn stop_and_copy_and_duplication_between_two_braidd_lose_nothing_either() {
 /// the oracle.
 fn migrate_under_traffic(nf: &str, mode: &str, extra: u16) {
     let net = net();
-    let (da, db) = (TempDir::new("mig-a"), TempDir::new("mig-b"));
+    // Tests run in parallel in this process: one directory per call.
+    let (da, db) =
+        (TempDir::new(&format!("mig-a-{nf}-{mode}")), TempDir::new(&format!("mig-b-{nf}-{mode}")));
     let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
     let listen = format!("{MB}:9480");
     let b = Braidd::start(
