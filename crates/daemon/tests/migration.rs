@@ -522,9 +522,9 @@ fn stop_and_copy_and_duplication_between_two_braidd_lose_nothing_either() {
         return;
     }
     // Stop-and-copy holds the traffic at B while the whole state moves,
-    // then releases it as one burst; with much more state that burst's
-    // replies overflow the AF_PACKET socket of B's `out` port
-    // (docs/migration.md, measured): 500 connections keep it small here.
+    // then releases it as one burst whose answers must fit the receive
+    // buffer of B's AF_PACKET ports (docs/migration.md, measured); 500
+    // connections keep the hold short and the test quick.
     migrate_under_traffic("fw", "stop-copy", 500);
     migrate_under_traffic("fw", "duplicate", 2000);
 }
