@@ -48,6 +48,8 @@ enum Command {
     Stats(cmd::stats::Args),
     /// Mirror the packets entering, leaving or dropped by an NF of a running deployment to pcapng.
     Capture(cmd::capture::Args),
+    /// Move an NF of a braidd chain live to the braidd of another host.
+    Migrate(cmd::migrate::Args),
     /// Packet rate and one-way latency between NF processes over shared
     /// memory, veth+UDP, veth+AF_XDP and in-process hand-over, side by side.
     ShmBench(cmd::shm_bench::Args),
@@ -111,6 +113,7 @@ fn main() {
         Command::Deploy(a) => cmd::deploy::run(a),
         Command::Stats(a) => cmd::stats::run(a),
         Command::Capture(a) => cmd::capture::run(a),
+        Command::Migrate(a) => cmd::migrate::run(a),
         Command::ShmBench(a) => cmd::shm_bench::run(a),
         Command::NfProc(a) => cmd::nf_proc::run(a),
         Command::RunProcs(a) => cmd::run_procs::run(a),

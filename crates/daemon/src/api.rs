@@ -115,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chains", get(list_chains).post(deploy))
         .route("/v1/chains/{name}", get(show_chain).delete(delete_chain))
         .route("/v1/chains/{name}/nfs/{nf}", patch(patch_nf))
+        .route("/v1/chains/{name}/nfs/{nf}/migrate", post(crate::migration::migrate))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(show_operation))
         .route("/v1/events", get(events))
@@ -182,6 +183,10 @@ impl From<OpError> for ApiError {
             OpError::Start(_) => (StatusCode::UNPROCESSABLE_ENTITY, "start_failed"),
             OpError::Control(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_worker"),
             OpError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
+            OpError::Migration(crate::migration::AgentError::Request(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            OpError::Migration(_) => (StatusCode::UNPROCESSABLE_ENTITY, "migration_failed"),
         };
         let problems = match &e {
             OpError::Invalid(ps) => ps
@@ -222,7 +227,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn body_error(e: BytesRejection, limit: usize) -> ApiError {
+pub(crate) fn body_error(e: BytesRejection, limit: usize) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -439,30 +444,32 @@ fn wants_async(headers: &HeaderMap) -> bool {
 
 /// What a finished mutation answers: status, body, audit note, and the
 /// event it publishes (type, fields).
-struct Done {
-    status: StatusCode,
-    body: serde_json::Value,
-    note: String,
-    event: (&'static str, serde_json::Value),
+pub(crate) struct Done {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+    pub note: String,
+    pub event: (&'static str, serde_json::Value),
 }
 
 /// Run mutation `f` as operation (`kind`, `chain`, `nf`): answered when
 /// done, or at once with 202 and the operation's `Location` when the
 /// client prefers it. Either way the operation is recorded with its
 /// outcome and an `operation_finished` event follows the change's own.
-async fn operation(
+/// `f` gets the operation's id (for progress).
+pub(crate) async fn operation(
     s: AppState,
     headers: &HeaderMap,
     peer: Peer,
     (kind, chain, nf): (&'static str, String, Option<String>),
-    f: impl FnOnce(&Daemon) -> Result<Done, OpError> + Send + 'static,
+    f: impl FnOnce(&Daemon, &str) -> Result<Done, OpError> + Send + 'static,
 ) -> Response {
     let id = s.operations.begin(kind, &chain, nf.as_deref());
     let run = {
         let s = s.clone();
         let id = id.clone();
         async move {
-            let result = op(&s, f).await;
+            let op_id = id.clone();
+            let result = op(&s, move |d| f(d, &op_id)).await;
             let (status, outcome, response) = match result {
                 Ok(done) => {
                     let mut fields = done.event.1;
@@ -518,7 +525,7 @@ async fn operation(
 
 fn kind_method(kind: &str) -> &'static str {
     match kind {
-        "deploy" => "POST",
+        "deploy" | "migrate" => "POST",
         "remove" => "DELETE",
         _ => "PATCH",
     }
@@ -540,7 +547,7 @@ async fn deploy(
     }
     let t = Instant::now();
     let job = ("deploy", d.name.clone(), None);
-    Ok(operation(s, &headers, peer, job, move |dm| {
+    Ok(operation(s, &headers, peer, job, move |dm, _| {
         let entry = dm.deploy(&text)?;
         let nfs = entry.descriptor().nfs.len();
         Ok(Done {
@@ -565,7 +572,7 @@ async fn delete_chain(
 ) -> Result<Response, ApiError> {
     s.daemon.get(&name)?;
     let n = name.clone();
-    Ok(operation(s, &headers, peer, ("remove", name, None), move |d| {
+    Ok(operation(s, &headers, peer, ("remove", name, None), move |d, _| {
         let report = d.remove(&n)?;
         Ok(Done {
             status: StatusCode::OK,
@@ -607,7 +614,7 @@ async fn patch_nf(
     }
     let (n, f) = (name.clone(), nf.clone());
     let job = ("reconfigure", name, Some(nf));
-    Ok(operation(s, &headers, peer, job, move |d| {
+    Ok(operation(s, &headers, peer, job, move |d, _| {
         let params = parsed.params;
         let shown = serde_json::to_value(&params).unwrap_or_default();
         let entry = d.reconfigure(&n, &f, params)?;

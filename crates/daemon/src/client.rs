@@ -325,6 +325,32 @@ impl Client {
             .ok_or_else(|| self.protocol("202 without an operation id"))
     }
 
+    /// `POST /v1/chains/{name}/nfs/{nf}/migrate` with `Prefer:
+    /// respond-async`: the operation's id (its `progress` shows the
+    /// migration's phase while it runs; its `result` is the summary).
+    pub fn migrate_async(&self, name: &str, nf: &str, req: &Value) -> Result<String, ClientError> {
+        let body = req.to_string();
+        let r = self.request_with(
+            "POST",
+            &format!("/v1/chains/{}/nfs/{}/migrate", encode(name), encode(nf)),
+            &[("Prefer", "respond-async")],
+            Some(("application/json", body.as_bytes())),
+        )?;
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        if r.status != 202 {
+            return Err(ClientError::Api {
+                status: r.status,
+                kind: v["error"].as_str().unwrap_or("http").to_string(),
+                message: v["message"].as_str().unwrap_or_default().to_string(),
+                body: v,
+            });
+        }
+        v["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| self.protocol("202 without an operation id"))
+    }
+
     /// Follow operation `id` until it is no longer running (polling every
     /// 20 ms, at most `timeout`); the operation.
     pub fn wait(&self, id: &str, timeout: Duration) -> Result<Value, ClientError> {

@@ -47,6 +47,9 @@ pub struct Config {
     /// Also serve `/metrics` (only it, read-only) on this TCP address, for
     /// Prometheus; default: not at all.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Accept live migrations from other braidd on this TCP address
+    /// (docs/migration.md); default: not at all.
+    pub migrate_listen: Option<std::net::SocketAddr>,
     /// Checkpoint every stateful NF's state this often (ms; 0: only at
     /// shutdown); restored when braidd starts the chain again.
     pub checkpoint_interval_ms: u64,
@@ -81,6 +84,7 @@ impl Default for Config {
             control_timeout_ms: 5000,
             idle: Idle::Poll,
             metrics_listen: None,
+            migrate_listen: None,
             checkpoint_interval_ms: 10_000,
             listen: None,
             tls_cert: None,

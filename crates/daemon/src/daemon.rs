@@ -101,6 +101,8 @@ pub enum OpError {
     Control(braid_runtime::live::LiveError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("migration: {0}")]
+    Migration(#[from] crate::migration::AgentError),
 }
 
 /// braidd's chains and their store.

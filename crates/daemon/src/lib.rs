@@ -8,6 +8,8 @@
 //! - [`audit`]: the audit log of mutating calls;
 //! - [`auth`]: the bearer token of the TCP API;
 //! - [`ops`]: operations (ids, outcomes) and the event feed;
+//! - [`migration`]: the migration agent (`POST
+//!   /v1/chains/{name}/nfs/{nf}/migrate`, the `migrate_listen` listener);
 //! - [`capture`]: `POST /v1/chains/{name}/capture`, a pcapng stream of an
 //!   NF's packets (`braid capture --chain`), and its client;
 //! - [`openapi`]: the served OpenAPI document;
@@ -28,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod migration;
 pub mod openapi;
 pub mod ops;
 pub mod server;

@@ -26,7 +26,7 @@ use clap::Parser;
 struct Args {
     /// TOML configuration file; its keys are the long option names with `_`
     /// (socket, socket_mode, state_dir, audit_log, log_format, log_level,
-    /// max_body_bytes, body_timeout_ms, control_timeout_ms, idle, metrics_listen, checkpoint_interval_ms,
+    /// max_body_bytes, body_timeout_ms, control_timeout_ms, idle, metrics_listen, migrate_listen, checkpoint_interval_ms,
     /// listen, tls_cert, tls_key, token_file, max_connections, header_timeout_ms).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -70,6 +70,11 @@ struct Args {
     /// address for Prometheus, e.g. 127.0.0.1:9478 [default: off].
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Accept live migrations of NFs from other braidd on this TCP address,
+    /// e.g. 10.0.9.2:9480; unauthenticated: bind it on the state link only
+    /// [default: off].
+    #[arg(long)]
+    migrate_listen: Option<std::net::SocketAddr>,
     /// Checkpoint the state of stateful NFs (NAT, firewall connections, ...)
     /// this often, ms; 0: only at shutdown. Restored when a chain starts
     /// again [default: 10000].
@@ -130,7 +135,7 @@ fn config(a: Args) -> anyhow::Result<Config> {
     macro_rules! set_some {
         ($($f:ident),*) => { $( if a.$f.is_some() { c.$f = a.$f; } )* };
     }
-    set_some!(audit_log, metrics_listen, listen, tls_cert, tls_key, token_file);
+    set_some!(audit_log, metrics_listen, migrate_listen, listen, tls_cert, tls_key, token_file);
     c.check()?;
     Ok(c)
 }
@@ -269,6 +274,14 @@ async fn run(c: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let migrate_listener = match c.migrate_listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("migrate_listen {addr}: binding"))
+                .map_err(cleanup)?,
+        ),
+        None => None,
+    };
     let (daemon, audit) = prepare(&c).await.map_err(cleanup)?;
     tracing::info!(
         socket = %c.socket.display(),
@@ -297,6 +310,14 @@ async fn run(c: Config) -> anyhow::Result<()> {
     }
     if let (Some(l), Some((_, config, _))) = (tls_listener, tls) {
         serving.push(tokio::spawn(server.clone().serve_tls(l, config, router(state.clone()))));
+    }
+    if let Some(l) = migrate_listener {
+        braid_daemon::migration::serve(
+            l,
+            daemon.clone(),
+            state.operations.clone(),
+            state.events.clone(),
+        );
     }
     let watcher = tokio::spawn(watch_chains(daemon.clone(), state.events.clone()));
     let checkpointer = (c.checkpoint_interval_ms > 0).then(|| {

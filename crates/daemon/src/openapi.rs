@@ -35,6 +35,46 @@ fn nf_types() -> Vec<&'static str> {
     braid_nf::registry::REGISTRY.iter().map(|s| s.name).collect()
 }
 
+/// `POST /v1/chains/{name}/nfs/{nf}/migrate` (its own `json!`: the
+/// document's macro would exceed the recursion limit).
+fn migrate_path() -> Value {
+    json!({
+        "parameters": [ name_param("name", "chain name"), name_param("nf", "NF name in the chain") ],
+        "post": {
+            "operationId": "migrateNf",
+            "parameters": [ prefer_param() ],
+            "summary": "Move an NF's state live to the braidd of another host (its `migrate_listen`) and switch the traffic there: statelets, duplication or stop-and-copy; rolled back on any failure (docs/migration.md)",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["to", "switch"], "additionalProperties": false,
+                "properties": {
+                    "to": { "type": "string", "description": "HOST[:PORT] of the destination's migration listener (port 9480 by default)" },
+                    "mode": { "type": "string", "enum": ["statelet", "duplicate", "stop-copy"] },
+                    "flows": { "type": "string", "description": "all, share:I/N or hash:FIRST-LAST (hexadecimal)" },
+                    "switch": { "type": "object", "required": ["redirect", "restore", "markers"], "additionalProperties": false,
+                        "properties": {
+                            "redirect": { "type": "array", "items": { "$ref": "#/components/schemas/Route" } },
+                            "restore": { "type": "array", "items": { "$ref": "#/components/schemas/Route" } },
+                            "markers": { "type": "array", "items": { "type": "object", "required": ["dev", "port"], "additionalProperties": false,
+                                "properties": { "netns": { "type": "string" }, "dev": { "type": "string" },
+                                    "port": { "type": "string", "enum": ["in", "out"] } } } } } },
+                    "deploy": { "type": "object", "required": ["in", "out"], "additionalProperties": false,
+                        "description": "deploy the chain (empty) at the destination if it does not run it, on these interfaces",
+                        "properties": { "in": { "type": "string" }, "out": { "type": "string" } } },
+                    "timeout_ms": { "type": "integer", "minimum": 1 },
+                    "marker_timeout_ms": { "type": "integer", "minimum": 1 } } } } } },
+            "responses": {
+                "200": { "description": "migrated: the summary (time, state bytes, statelets, packets buffered, outcome)",
+                    "content": { "application/json": { "schema": { "type": "object" } } } },
+                "202": accepted_response(),
+                "400": error_response("bad request (the field named), mode or flows"),
+                "404": error_response("no such chain or NF"),
+                "409": error_response("the chain is not running"),
+                "422": error_response("the migration failed and was rolled back (the source keeps serving); the message says why")
+            }
+        }
+    })
+}
+
 /// The document.
 pub fn document() -> Value {
     json!({
@@ -108,8 +148,9 @@ pub fn document() -> Value {
                     }
                 }
             },
+            "/v1/chains/{name}/nfs/{nf}/migrate": migrate_path(),
             "/v1/operations": { "get": {
-                "operationId": "listOperations", "summary": "The last 1000 operations (deploy, remove, reconfigure), oldest first",
+                "operationId": "listOperations", "summary": "The last 1000 operations (deploy, remove, reconfigure, migrate, migrate-in), oldest first",
                 "responses": { "200": { "description": "the operations",
                     "content": { "application/json": { "schema": { "type": "object", "required": ["operations"],
                         "properties": { "operations": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } } } } } } } }
@@ -125,7 +166,7 @@ pub fn document() -> Value {
             },
             "/v1/events": { "get": {
                 "operationId": "events",
-                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_state, worker_stopped, operation_finished (and `lagged` with the number missed)",
+                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_state, worker_stopped, migration_progress, chain_migrated, migration_in, operation_finished (and `lagged` with the number missed)",
                 "parameters": [ { "name": "since", "in": "query", "required": false,
                     "description": "replay the kept events (the last 1024) after this seq first",
                     "schema": { "type": "integer", "minimum": 0 } } ],
@@ -180,13 +221,18 @@ pub fn document() -> Value {
                     "accepted": { "type": ["string", "null"] }, "text": { "type": "string" } } } }
             } },
             "Operation": { "type": "object", "required": ["id", "kind", "chain", "state", "created"], "properties": {
-                "id": { "type": "string" }, "kind": { "type": "string", "enum": ["deploy", "remove", "reconfigure"] },
+                "id": { "type": "string" }, "kind": { "type": "string", "enum": ["deploy", "remove", "reconfigure", "migrate", "migrate-in"] },
                 "chain": { "type": "string" }, "nf": { "type": "string" },
                 "state": { "type": "string", "enum": ["running", "succeeded", "failed"] },
                 "created": { "type": "number" }, "finished": { "type": ["number", "null"] },
                 "status": { "type": ["integer", "null"], "description": "the HTTP status a synchronous call gets" },
                 "result": { "description": "what a synchronous call answers" },
-                "error": { "description": "{error, message, problems} as the API's errors" } } },
+                "error": { "description": "{error, message, problems} as the API's errors" },
+                "progress": { "description": "while a migration runs: {phase, state_bytes, frames, backlog}" } } },
+            "Route": { "type": "object", "required": ["to"], "additionalProperties": false,
+                "description": "`ip [-n netns] route replace to [via via] [dev dev]`",
+                "properties": { "netns": { "type": "string" }, "to": { "type": "string" },
+                    "via": { "type": "string" }, "dev": { "type": "string" } } },
             "Descriptor": { "type": "object", "required": ["name", "nfs"],
                 "description": "a chain descriptor (docs/chains.md); the daemon also needs `in` and `out` ports of kind af_packet or af_xdp on interfaces that exist (422 otherwise), and each NF's parameters as docs/nfs.md gives them (400 otherwise)",
                 "properties": {

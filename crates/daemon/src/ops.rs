@@ -126,7 +126,7 @@ pub enum OpState {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Operation {
     pub id: String,
-    /// `deploy`, `remove`, `reconfigure`.
+    /// `deploy`, `remove`, `reconfigure`, `migrate`, `migrate-in`.
     pub kind: &'static str,
     pub chain: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +142,10 @@ pub struct Operation {
     pub result: Option<Value>,
     /// Why it failed: `{error, message, problems}` as the API's errors.
     pub error: Option<Value>,
+    /// While it runs, what it has done so far (a migration's phase and
+    /// bytes sent); absent for operations that report none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
 }
 
 /// (kind, outcome) of finished operations.
@@ -175,8 +179,16 @@ impl Operations {
             status: None,
             result: None,
             error: None,
+            progress: None,
         });
         id
+    }
+
+    /// Record what running operation `id` has done so far.
+    pub fn set_progress(&self, id: &str, progress: Value) {
+        if let Some(op) = lock(&self.kept).1.iter_mut().find(|o| o.id == id) {
+            op.progress = Some(progress);
+        }
     }
 
     /// Record how operation `id` ended; the finished operation.

@@ -22,6 +22,10 @@ use crate::{Port, PortError, PortStats};
 /// Largest batch one system call moves.
 pub const MAX_BATCH: usize = 256;
 
+/// Receive buffer asked for each socket, bytes (the kernel doubles it for
+/// its bookkeeping).
+pub const RCVBUF: i32 = 4 << 20;
+
 /// How an AF_PACKET port is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AfPacketConfig {
@@ -130,6 +134,15 @@ impl AfPacketPort {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let s = fd.as_raw_fd();
 
+        // Room for a burst in the kernel while the worker is busy (a
+        // migration's destination releasing what it held sends hundreds of
+        // frames at once, and their answers come back just as fast): the
+        // default socket buffer (`net.core.rmem_default`, 208 KiB) holds
+        // about 270 small frames, and what overflows it is lost silently.
+        // Past `rmem_max` with CAP_NET_ADMIN, else as much as allowed.
+        if setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF, "").is_err() {
+            let _ = setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF, "");
+        }
         // Not fatal on kernels before 4.20; the packet type check in `recv`
         // filters our own frames there.
         let _ = setsockopt_int(s, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1, "");

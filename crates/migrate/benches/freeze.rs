@@ -23,6 +23,7 @@ use braid_dataplane::{Graph, Worker, WorkerConfig, WorkerHandle};
 use braid_io::memory::{GeneratorConfig, GeneratorPort, MemoryPort};
 use braid_migrate::{
     migrate_in, migrate_out, DestinationOptions, Mode, SourceOptions, SourceReport, Switch,
+    SwitchError,
 };
 
 const FLOWS: u32 = 100_000;
@@ -68,13 +69,13 @@ struct PauseAndMark {
 }
 
 impl Switch for PauseAndMark {
-    fn redirect(&mut self, id: u64) -> Result<(), String> {
+    fn redirect(&mut self, id: u64) -> Result<(), SwitchError> {
         *self.at.lock().unwrap() = Some(Instant::now());
-        self.src.pause().map_err(|e| e.to_string())?;
-        self.src.inject(vec![(0, marker_frame(id))]).map_err(|e| e.to_string())
+        self.src.pause().map_err(|e| SwitchError::failed("pause", e))?;
+        self.src.inject(vec![(0, marker_frame(id))]).map_err(|e| SwitchError::failed("inject", e))
     }
-    fn restore(&mut self) -> Result<(), String> {
-        self.src.resume().map_err(|e| e.to_string())
+    fn restore(&mut self) -> Result<(), SwitchError> {
+        self.src.resume().map_err(|e| SwitchError::failed("resume", e))
     }
 }
 

@@ -10,14 +10,14 @@
 //! before the migration, what was held dropped (and counted), the error
 //! returned.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use braid_dataplane::WorkerHandle;
 use braid_nf::Statelet;
 
-use crate::wire::{self, Counts, Message, Mode};
+use crate::wire::{self, Counts, FrameReader, Message, Mode};
 use crate::MigrateError;
 
 /// How the destination runs a migration.
@@ -69,7 +69,7 @@ pub fn migrate_in(
     write_half.set_write_timeout(Some(opts.io_timeout)).map_err(wire::WireError::Io)?;
     let _ = conn.set_nodelay(true);
     let mut w = BufWriter::new(write_half);
-    let mut r = BufReader::with_capacity(256 << 10, conn);
+    let mut r = FrameReader::new(conn);
     let mut run = Run {
         handle,
         stage,
@@ -112,10 +112,11 @@ pub fn migrate_in(
 }
 
 /// Read until the peer's Abort (or an error, or `timeout`).
-fn wait_for_abort(r: &mut BufReader<TcpStream>, timeout: Duration) {
+fn wait_for_abort(r: &mut FrameReader<TcpStream>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        match wire::read_message(r, &mut Counts::default()) {
+        // A timeout mid-frame keeps the part read: the next try goes on.
+        match r.read_message() {
             Ok(Message::Abort { .. }) => return,
             Ok(_) => continue,
             Err(e) if e.is_timeout() => continue,
@@ -138,16 +139,16 @@ impl Run<'_> {
     fn go(
         &mut self,
         kind: &str,
-        r: &mut BufReader<TcpStream>,
+        r: &mut FrameReader<TcpStream>,
         w: &mut BufWriter<TcpStream>,
         start: Instant,
     ) -> Result<(), MigrateError> {
         let timeout = self.opts.io_timeout;
-        let mut got = Counts::default();
         let mut sent = Counts::default();
         wire::write_preamble(w)?;
-        wire::read_preamble(r).map_err(|e| MigrateError::from_read(e, "the source", timeout))?;
-        let hello = wire::read_message(r, &mut got)
+        r.read_preamble().map_err(|e| MigrateError::from_read(e, "the source", timeout))?;
+        let hello = r
+            .read_message()
             .map_err(|e| MigrateError::from_read(e, "the source's Hello", timeout))?;
         let Message::Hello { kind: their_kind, mode, .. } = hello else {
             return Err(MigrateError::Unexpected { expected: "Hello", got: hello.name() });
@@ -175,13 +176,14 @@ impl Run<'_> {
         let mut snapshot_done = false;
         let mut asked = mode == Mode::StopCopy;
         loop {
-            let m = wire::read_message(r, &mut got)
+            let m = r
+                .read_message()
                 .map_err(|e| MigrateError::from_read(e, "the source's state stream", timeout))?;
             match m {
                 Message::Statelet(s) => {
                     pending.push(s);
                     // Install when a batch is full or nothing more waits.
-                    if pending.len() >= self.opts.install_batch || r.buffer().is_empty() {
+                    if pending.len() >= self.opts.install_batch || r.buffered() == 0 {
                         self.install(&mut pending)?;
                     }
                 }
@@ -209,7 +211,7 @@ impl Run<'_> {
                     self.holding = false;
                     self.report.peak_held = peak as u64;
                     self.report.dropped_held = dropped;
-                    self.report.bytes = got.bytes;
+                    self.report.bytes = r.counts().bytes;
                     let done = Message::Done {
                         installed: self.report.installed,
                         peak_held: peak as u64,
@@ -230,7 +232,7 @@ impl Run<'_> {
             // SliM: ask for the switch once the snapshot is in and the
             // statelet backlog (what is read but not installed, and what
             // waits in the reader) is small.
-            if snapshot_done && !asked && pending.is_empty() && r.buffer().len() < 64 << 10 {
+            if snapshot_done && !asked && pending.is_empty() && r.buffered() < 64 << 10 {
                 asked = true;
                 let m = Message::SwitchRequest { installed: self.report.installed };
                 wire::write_message(w, &m, &mut sent)?;

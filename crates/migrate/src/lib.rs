@@ -23,8 +23,8 @@ pub mod wire;
 use std::time::Duration;
 
 pub use destination::{migrate_in, DestinationOptions, DestinationReport};
-pub use source::{migrate_out, SourceOptions, SourceReport, Switch};
-pub use wire::{Message, Mode, WireError};
+pub use source::{migrate_out, Phase, Progress, SourceOptions, SourceReport, Switch, SwitchError};
+pub use wire::{FrameReader, Message, Mode, WireError};
 
 /// Why a migration failed. Whatever the cause, the source keeps serving
 /// with its state, and the destination's partial state is discarded.
@@ -45,7 +45,7 @@ pub enum MigrateError {
     #[error("the source's state stream failed: {0}")]
     Stream(String),
     #[error("switching the traffic failed: {0}")]
-    Switch(String),
+    Switch(#[from] SwitchError),
     #[error("migration options: {0}")]
     Options(String),
     /// Any of the above after the switch: the traffic went back to the

@@ -8,7 +8,7 @@
 //! switched, an Abort is sent when the link still works, and the error is
 //! returned. The source never stops processing in statelet mode.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
@@ -29,9 +29,34 @@ pub trait Switch {
     /// Send the traffic to the destination from now on, then put a drain
     /// marker for migration `id` as the last packet on every old path
     /// (`braid_dataplane::migration::marker_frame`).
-    fn redirect(&mut self, id: u64) -> Result<(), String>;
+    fn redirect(&mut self, id: u64) -> Result<(), SwitchError>;
     /// Send the traffic to the source again (rollback).
-    fn restore(&mut self) -> Result<(), String>;
+    fn restore(&mut self) -> Result<(), SwitchError>;
+}
+
+/// Why a [`Switch`] could not move the traffic.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// The controller of the traffic (a switch, a router) said no.
+    #[error("{0}")]
+    Refused(String),
+    /// A step failed: what was attempted, and the cause.
+    #[error("{what}: {source}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl SwitchError {
+    /// A failed step `what` with its cause.
+    pub fn failed(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> SwitchError {
+        SwitchError::Failed { what: what.into(), source: source.into() }
+    }
 }
 
 /// How the source runs a migration.
@@ -63,6 +88,77 @@ pub struct SourceOptions {
     pub switch_backlog: usize,
     /// ... or once the destination has waited this long for it anyway.
     pub switch_wait: Duration,
+    /// Where the migration's phase and the bytes sent so far are kept
+    /// for a watcher (an API operation's progress); None: not kept.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// A source migration's phase, as [`Progress`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Hello sent, waiting for the destination's Accept.
+    Connecting,
+    /// Snapshot chunks and statelets flow.
+    Streaming,
+    /// The destination asked for the switch.
+    SwitchRequested,
+    /// The traffic is redirected; waiting for the drain markers.
+    Switched,
+    /// Every marker came; End sent, waiting for Done.
+    Ended,
+    /// Done.
+    Done,
+    /// Failed; rolling back.
+    RollingBack,
+}
+
+/// What a running source migration has done so far, read by anyone
+/// without disturbing it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    phase: std::sync::atomic::AtomicU8,
+    bytes: std::sync::atomic::AtomicU64,
+    frames: std::sync::atomic::AtomicU64,
+    backlog: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    const PHASES: [Phase; 7] = [
+        Phase::Connecting,
+        Phase::Streaming,
+        Phase::SwitchRequested,
+        Phase::Switched,
+        Phase::Ended,
+        Phase::Done,
+        Phase::RollingBack,
+    ];
+
+    fn set(&self, p: Phase) {
+        let i = Self::PHASES.iter().position(|q| *q == p).unwrap_or(0);
+        self.phase.store(i as u8, Ordering::Relaxed);
+    }
+
+    fn sent(&self, c: &Counts, backlog: usize) {
+        self.bytes.store(c.bytes, Ordering::Relaxed);
+        self.frames.store(c.frames, Ordering::Relaxed);
+        self.backlog.store(backlog as u64, Ordering::Relaxed);
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Self::PHASES[usize::from(self.phase.load(Ordering::Relaxed)).min(6)]
+    }
+
+    /// Bytes and frames written to the state link so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes.load(Ordering::Relaxed), self.frames.load(Ordering::Relaxed))
+    }
+
+    /// Changed flows waiting to be sent, as last seen.
+    pub fn backlog(&self) -> u64 {
+        self.backlog.load(Ordering::Relaxed)
+    }
 }
 
 impl Default for SourceOptions {
@@ -79,6 +175,7 @@ impl Default for SourceOptions {
             budget: 0.1,
             switch_backlog: 1024,
             switch_wait: Duration::from_secs(2),
+            progress: None,
         }
     }
 }
@@ -138,12 +235,17 @@ pub fn migrate_out(
         from_peer: None,
         backlog: Arc::new(AtomicUsize::new(0)),
     };
+    run.phase(Phase::Connecting);
     match run.go(kind, conn) {
         Ok(()) => {
             run.report.total = run.start.elapsed();
+            run.phase(Phase::Done);
             Ok(run.report)
         }
-        Err((e, writer)) => Err(run.roll_back(e, writer)),
+        Err((e, writer)) => {
+            run.phase(Phase::RollingBack);
+            Err(run.roll_back(e, writer))
+        }
     }
 }
 
@@ -168,6 +270,12 @@ type Failure = (MigrateError, Option<Writer>);
 type FromPeer = Receiver<Result<Message, MigrateError>>;
 
 impl Run<'_> {
+    fn phase(&self, p: Phase) {
+        if let Some(g) = &self.opts.progress {
+            g.set(p);
+        }
+    }
+
     fn go(&mut self, kind: &str, conn: TcpStream) -> Result<(), Failure> {
         let opts = self.opts;
         let fail = |e: MigrateError| (e, None);
@@ -190,9 +298,10 @@ impl Run<'_> {
         if let Err(e) = step {
             return Err((e.into(), Some(w)));
         }
-        let mut r = BufReader::new(read_half);
-        let answer = wire::read_preamble(&mut r)
-            .and_then(|()| wire::read_message(&mut r, &mut Counts::default()))
+        let mut r = wire::FrameReader::new(read_half);
+        let answer = r
+            .read_preamble()
+            .and_then(|()| r.read_message())
             .map_err(|e| MigrateError::from_read(e, "the destination's answer", opts.io_timeout));
         match answer {
             Ok(Message::Accept) => {}
@@ -208,12 +317,12 @@ impl Run<'_> {
         let (peer_tx, from_peer) = mpsc::channel();
         let io_timeout = opts.io_timeout;
         std::thread::spawn(move || {
-            let mut c = Counts::default();
             loop {
-                let m = wire::read_message(&mut r, &mut c);
+                let m = r.read_message();
                 let stop = m.is_err();
-                // Timeouts while waiting are normal here: the main loop
-                // keeps its own deadlines.
+                // Timeouts while waiting are normal here (the main loop
+                // keeps its own deadlines), also in the middle of a frame:
+                // the reader keeps what came of it.
                 if m.as_ref().is_err_and(wire::WireError::is_timeout) {
                     continue;
                 }
@@ -241,6 +350,7 @@ impl Run<'_> {
             return Err((e.into(), Some(w)));
         }
         self.streaming = true;
+        self.phase(Phase::Streaming);
         let r = self.pump(&mut w, &mut sent, &items, &from_peer);
         self.from_peer = Some(from_peer);
         r.map_err(|e| (e, Some(w)))
@@ -260,6 +370,9 @@ impl Run<'_> {
         let mut asked_at: Option<Instant> = None;
         let mut ended_at: Option<Instant> = None;
         loop {
+            if let Some(g) = &opts.progress {
+                g.sent(sent, self.backlog.load(Ordering::Relaxed));
+            }
             // The destination is ready: switch once the changed flows
             // waiting here are few (what is left to send after the switch
             // is the outage), or once it has waited long enough.
@@ -269,8 +382,9 @@ impl Run<'_> {
                     self.report.until_switch = self.start.elapsed();
                     self.report.backlog_at_switch = backlog as u64;
                     w.flush().map_err(wire::WireError::Io)?;
-                    self.switch.redirect(opts.id).map_err(MigrateError::Switch)?;
+                    self.switch.redirect(opts.id)?;
                     self.switched = true;
+                    self.phase(Phase::Switched);
                     switched_at = Some(Instant::now());
                     wire::write_message(w, &Message::Switched, sent)?;
                 }
@@ -280,6 +394,7 @@ impl Run<'_> {
                 match from_peer.try_recv() {
                     Ok(Ok(Message::SwitchRequest { .. })) if asked_at.is_none() => {
                         asked_at = Some(Instant::now());
+                        self.phase(Phase::SwitchRequested);
                     }
                     Ok(Ok(Message::Done { installed, peak_held, dropped_held })) => {
                         if ended_at.is_none() {
@@ -341,6 +456,7 @@ impl Run<'_> {
                     wire::write_message(w, &Message::End { statelets, chunks }, sent)?;
                     w.flush().map_err(wire::WireError::Io)?;
                     ended_at = Some(Instant::now());
+                    self.phase(Phase::Ended);
                 }
                 Ok(StreamItem::Failed(e)) => {
                     self.streaming = false;

@@ -188,7 +188,9 @@ pub fn write_message(w: &mut impl Write, m: &Message, c: &mut Counts) -> Result<
     Ok(())
 }
 
-/// Read one frame and decode its message.
+/// Read one frame and decode its message. A read timeout in the middle
+/// of a frame loses what was read of it: a reader that retries after a
+/// timeout must use a [`FrameReader`] instead.
 pub fn read_message(r: &mut impl Read, c: &mut Counts) -> Result<Message, WireError> {
     let frame = c.frames;
     let mut len = [0u8; 4];
@@ -197,20 +199,139 @@ pub fn read_message(r: &mut impl Read, c: &mut Counts) -> Result<Message, WireEr
     if len > MAX_FRAME {
         return Err(WireError::TooLong { frame, len });
     }
-    let mut body = vec![0u8; len];
+    let mut body = vec![0u8; len + 4];
     r.read_exact(&mut body)?;
-    let mut crc = [0u8; 4];
-    r.read_exact(&mut crc)?;
-    let stored = u32::from_be_bytes(crc);
-    let computed = crc32fast::hash(&body);
+    decode_frame(&body[..len], &body[len..], c)
+}
+
+/// Check a frame's CRC and decode its body; counts it.
+fn decode_frame(body: &[u8], crc: &[u8], c: &mut Counts) -> Result<Message, WireError> {
+    let frame = c.frames;
+    let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let computed = crc32fast::hash(body);
     if stored != computed {
         return Err(WireError::Checksum { frame, stored, computed });
     }
-    let m = postcard::from_bytes(&body)
+    let m = postcard::from_bytes(body)
         .map_err(|e| WireError::Decode { frame, reason: e.to_string() })?;
     c.frames += 1;
-    c.bytes += len as u64 + 8;
+    c.bytes += body.len() as u64 + 8;
     Ok(m)
+}
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Reads the preamble and frames of one direction of a migration
+/// connection, keeping whatever part of a frame has arrived across read
+/// timeouts: a socket with a read timeout may return `WouldBlock` or
+/// `TimedOut` in the middle of a frame, and the next call goes on from
+/// the byte where the previous one stopped, so a caller that retries
+/// after a timeout never misaligns the stream. (A `BufReader` with
+/// `read_exact` loses the bytes of a partly read frame on a timeout.)
+pub struct FrameReader<R> {
+    inner: R,
+    /// Received bytes; `buf[pos..]` are not consumed yet.
+    buf: Vec<u8>,
+    pos: usize,
+    counts: Counts,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(inner: R) -> FrameReader<R> {
+        FrameReader {
+            inner,
+            buf: Vec::with_capacity(READ_CHUNK),
+            pos: 0,
+            counts: Counts::default(),
+        }
+    }
+
+    /// Frames and bytes read so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Bytes received and not yet returned as a frame (SliM's backlog of
+    /// what waits in the reader).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The wrapped reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Make at least `need` unconsumed bytes available, reading as
+    /// needed. On an error (a timeout included) what arrived is kept.
+    fn fill(&mut self, need: usize) -> Result<(), WireError> {
+        while self.buffered() < need {
+            if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            let old = self.buf.len();
+            let want = (need - self.buffered()).max(READ_CHUNK);
+            self.buf.resize(old + want, 0);
+            let got = self.inner.read(&mut self.buf[old..]);
+            let n = *got.as_ref().unwrap_or(&0);
+            self.buf.truncate(old + n);
+            match got {
+                Ok(0) => {
+                    let what = if self.buffered() == 0 {
+                        "the peer closed the state link".to_string()
+                    } else {
+                        format!(
+                            "the peer closed the state link in the middle of frame {} ({} bytes of it came)",
+                            self.counts.frames,
+                            self.buffered()
+                        )
+                    };
+                    return Err(WireError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        what,
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(WireError::Io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read and check the peer's preamble (see [`read_preamble`]).
+    pub fn read_preamble(&mut self) -> Result<(), WireError> {
+        self.fill(6)?;
+        let mut b = &self.buf[self.pos..self.pos + 6];
+        read_preamble(&mut b)?;
+        self.pos += 6;
+        Ok(())
+    }
+
+    /// Read one frame and decode its message. A timeout (see
+    /// [`WireError::is_timeout`]) may be retried: the frame goes on where
+    /// it stopped. Any other error ends the stream.
+    pub fn read_message(&mut self) -> Result<Message, WireError> {
+        self.fill(4)?;
+        let p = self.pos;
+        let len =
+            u32::from_be_bytes([self.buf[p], self.buf[p + 1], self.buf[p + 2], self.buf[p + 3]])
+                as usize;
+        if len > MAX_FRAME {
+            return Err(WireError::TooLong { frame: self.counts.frames, len });
+        }
+        self.fill(4 + len + 4)?;
+        let p = self.pos;
+        let m = decode_frame(
+            &self.buf[p + 4..p + 4 + len],
+            &self.buf[p + 4 + len..p + 8 + len],
+            &mut self.counts,
+        );
+        self.pos += 8 + len;
+        m
+    }
 }
 
 #[cfg(test)]
@@ -252,12 +373,78 @@ mod tests {
         assert!(matches!(e, WireError::TooLong { .. }), "{e}");
     }
 
+    /// A frame that arrives in pieces separated by more than the reader's
+    /// timeout: every timeout is retried and the frames come out whole and
+    /// in order (the plain `read_message` loses the piece before the
+    /// timeout and misaligns the stream).
+    #[test]
+    fn a_frame_delivered_in_slow_pieces_survives_read_timeouts() {
+        use std::net::{TcpListener, TcpStream};
+        use std::time::Duration;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tx = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (rx, _) = l.accept().unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+        tx.set_nodelay(true).unwrap();
+        let big = Message::Abort { reason: "x".repeat(3000) };
+        let mut bytes = Vec::new();
+        write_preamble(&mut bytes).unwrap();
+        let mut c = Counts::default();
+        write_message(&mut bytes, &hello(), &mut c).unwrap();
+        write_message(&mut bytes, &big, &mut c).unwrap();
+        write_message(&mut bytes, &Message::Accept, &mut c).unwrap();
+        let total = bytes.len();
+        let writer = std::thread::spawn(move || {
+            // Cut inside the preamble, inside a length, inside a body,
+            // inside a checksum, and between frames.
+            let cuts = [3, 8, 20, total - 1500, total - 9, total - 6];
+            let mut at = 0;
+            for cut in cuts.into_iter().chain([total]) {
+                tx.write_all(&bytes[at..cut]).unwrap();
+                tx.flush().unwrap();
+                at = cut;
+                std::thread::sleep(Duration::from_millis(80));
+            }
+        });
+        let mut r = FrameReader::new(rx);
+        let mut timeouts = 0;
+        let mut retry = |r: &mut FrameReader<TcpStream>, preamble: bool| loop {
+            let got = if preamble {
+                r.read_preamble().map(|()| None)
+            } else {
+                r.read_message().map(Some)
+            };
+            match got {
+                Ok(m) => return m,
+                Err(e) if e.is_timeout() => timeouts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(retry(&mut r, true), None);
+        assert_eq!(retry(&mut r, false), Some(hello()));
+        assert_eq!(retry(&mut r, false), Some(big));
+        assert_eq!(retry(&mut r, false), Some(Message::Accept));
+        assert_eq!((r.counts().frames, r.counts().bytes), (c.frames, c.bytes));
+        assert_eq!(r.buffered(), 0);
+        assert!(timeouts >= 6, "the pieces must straddle timeouts ({timeouts})");
+        writer.join().unwrap();
+        // The end of the stream mid-frame is an error, not a hang.
+        let mut part = Vec::new();
+        write_message(&mut part, &hello(), &mut Counts::default()).unwrap();
+        part.truncate(part.len() - 2);
+        let e = FrameReader::new(part.as_slice()).read_message().unwrap_err();
+        assert!(e.to_string().contains("in the middle of frame 0"), "{e}");
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut r = bytes.as_slice();
             let _ = read_preamble(&mut r);
             let _ = read_message(&mut r, &mut Counts::default());
+            let mut f = FrameReader::new(bytes.as_slice());
+            let _ = f.read_preamble();
+            let _ = f.read_message();
         }
     }
 }

@@ -24,6 +24,7 @@ use braid_io::channel::{channel_pair, ChannelPort};
 use braid_io::Port;
 use braid_migrate::{
     migrate_in, migrate_out, DestinationOptions, MigrateError, Mode, SourceOptions, Switch,
+    SwitchError,
 };
 use braid_nf::conntrack::{ConnSnapshot, SNAPSHOT_VERSION};
 use braid_nf::{FlowScope, HashRange, PartitionKey};
@@ -136,20 +137,24 @@ struct DriverSwitch {
 }
 
 impl Switch for DriverSwitch {
-    fn redirect(&mut self, id: u64) -> Result<(), String> {
+    fn redirect(&mut self, id: u64) -> Result<(), SwitchError> {
         if self.fail {
-            return Err("the upstream switch refused the new route".into());
+            return Err(SwitchError::Refused("the upstream switch refused the new route".into()));
         }
         let cmd = match self.back {
             true => SwitchCmd::Back { id },
             false => SwitchCmd::Redirect { id, markers: self.send_markers, range: self.range },
         };
         self.cmd.send(cmd).unwrap();
-        self.ack.recv_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())
+        self.ack
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|e| SwitchError::failed("waiting for the driver", e))
     }
-    fn restore(&mut self) -> Result<(), String> {
+    fn restore(&mut self) -> Result<(), SwitchError> {
         self.cmd.send(SwitchCmd::Restore).unwrap();
-        self.ack.recv_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())
+        self.ack
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|e| SwitchError::failed("waiting for the driver", e))
     }
 }
 

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod demo;
 pub mod deploy;
 pub mod echo;
+pub mod migrate;
 #[allow(unsafe_code)] // fcntl and a File from the inherited heartbeat fd
 pub mod nf_proc;
 pub mod nfs;

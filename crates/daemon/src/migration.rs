@@ -1,0 +1,897 @@
+//! braidd's migration agent: live migration of an NF of a running chain
+//! to the braidd of another host (`braid migrate`, docs/migration.md).
+//!
+//! - **Source**: `POST /v1/chains/{name}/nfs/{nf}/migrate` (a
+//!   [`MigrateRequest`]) is an operation (`migrate`) that connects to the
+//!   destination braidd's migration listener, offers the NF ([`Offer`]),
+//!   then runs [`braid_migrate::migrate_out`] on the chain's worker. The
+//!   traffic is moved by a [`RouteSwitch`]: `ip route replace` in the
+//!   namespaces (hosts) upstream and downstream of the chain, then a drain
+//!   marker sent with AF_PACKET on each old path, into the source's `in`
+//!   and `out` ports. While it runs the operation shows its `progress`
+//!   (phase, bytes sent, backlog) and `migration_progress` events follow
+//!   each phase; its result is the summary.
+//! - **Destination**: with `migrate_listen` set, braidd accepts offers on
+//!   that TCP address: the chain must run here, or the offer carries its
+//!   descriptor (with this host's interfaces) and braidd deploys it empty
+//!   first; then [`braid_migrate::migrate_in`] takes the state into the
+//!   NF. Each accepted offer is a `migrate-in` operation here, with
+//!   `migration_in` events.
+//!
+//! The migration listener has no authentication of its own (the state
+//! stream carries a version and a CRC per frame, nothing more): bind it
+//! on the hosts' state link only.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use braid_dataplane::migration::marker_frame;
+use braid_io::af_packet::{AfPacketConfig, AfPacketPort};
+use braid_io::{netns, Port};
+use braid_migrate::{
+    migrate_in, migrate_out, DestinationOptions, MigrateError, Mode, Progress, SourceOptions,
+    Switch, SwitchError,
+};
+use braid_nf::state::{FlowScope, HashRange};
+use braid_runtime::descriptor::PortDecl;
+use serde_json::{json, Value};
+
+use crate::api::{ApiError, AppState, Done, Peer};
+use crate::daemon::{Daemon, OpError};
+use crate::ops::{Events, Operations};
+
+/// The migration listener's port when `--to` names none.
+pub const DEFAULT_MIGRATE_PORT: u16 = 9480;
+
+/// First bytes of an offer and of its answer, before the migration
+/// protocol's own preamble.
+const OFFER_MAGIC: &[u8; 4] = b"BRMA";
+/// Largest offer or answer (a descriptor).
+const MAX_OFFER: usize = 1 << 20;
+
+/// Why a migration could not be run. Whatever the cause, the source chain
+/// keeps serving with its state.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("migration request: {0}")]
+    Request(String),
+    #[error("destination `{to}`: {source}")]
+    Connect {
+        to: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("destination `{to}` refused the offer: {reason}")]
+    Refused { to: String, reason: String },
+    #[error("offer exchange with `{to}`: {what}")]
+    Offer { to: String, what: String },
+    /// The migration failed and was rolled back.
+    #[error("{0}{note}", note = before_switch_note(.0))]
+    Migrate(#[from] MigrateError),
+}
+
+/// What a failure that did not say it rolled back means for the traffic.
+fn before_switch_note(e: &MigrateError) -> &'static str {
+    match e {
+        MigrateError::RolledBack { .. } => "",
+        _ => " (rolled back before the switch: the source keeps the NF, its state and its traffic)",
+    }
+}
+
+/// `POST /v1/chains/{name}/nfs/{nf}/migrate` body.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The destination braidd's migration listener: `HOST:PORT`, or
+    /// `HOST` (port [`DEFAULT_MIGRATE_PORT`]).
+    pub to: String,
+    /// `statelet` (default), `duplicate` or `stop-copy`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Which flows move: `all` (default), `share:I/N` (share I of N equal
+    /// hash ranges) or `hash:FIRST-LAST` (hexadecimal hash bounds).
+    #[serde(default)]
+    pub flows: Option<String>,
+    /// How the traffic moves at switchover.
+    pub switch: SwitchSpec,
+    /// Deploy the chain on the destination (empty) if it does not run it
+    /// there, with these interfaces for its `in` and `out` ports.
+    #[serde(default)]
+    pub deploy: Option<DeployPorts>,
+    /// How long any answer of the other side may take, ms (default 5000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// How long after the switch every drain marker must have come, ms
+    /// (default 2000).
+    #[serde(default)]
+    pub marker_timeout_ms: Option<u64>,
+}
+
+/// The destination's interfaces for a chain it deploys for a migration.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployPorts {
+    #[serde(rename = "in")]
+    pub in_iface: String,
+    #[serde(rename = "out")]
+    pub out_iface: String,
+}
+
+/// The traffic switch on the testbed: routes changed in the hosts
+/// around the chain, and where the drain markers enter the old path.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchSpec {
+    /// Routes that send the traffic to the destination (`ip route
+    /// replace`), applied in order at the switch.
+    pub redirect: Vec<RouteSpec>,
+    /// Routes that send it back to the source (rollback after a switch).
+    pub restore: Vec<RouteSpec>,
+    /// After `redirect`: one drain marker sent on each of these
+    /// interfaces, each the old path into one port of the source chain.
+    pub markers: Vec<MarkerSpec>,
+}
+
+/// One route: `ip [-n NETNS] route replace TO [via VIA] [dev DEV]`.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    #[serde(default)]
+    pub netns: Option<String>,
+    pub to: String,
+    #[serde(default)]
+    pub via: Option<String>,
+    #[serde(default)]
+    pub dev: Option<String>,
+}
+
+/// Where a drain marker is sent: interface `dev` (in namespace `netns`),
+/// whose frames reach the source chain's `port` (`in` or `out`).
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkerSpec {
+    #[serde(default)]
+    pub netns: Option<String>,
+    pub dev: String,
+    pub port: String,
+}
+
+fn good_netns(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn good_ifname(n: &str) -> bool {
+    (1..=15).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+fn good_prefix(to: &str) -> bool {
+    if to == "default" {
+        return true;
+    }
+    let (addr, len) = match to.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (to, None),
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else { return false };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    len.is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= max))
+}
+
+impl SwitchSpec {
+    /// Check every field; the error names the first bad one.
+    pub fn check(&self) -> Result<(), String> {
+        if self.redirect.is_empty() {
+            return Err("switch.redirect: empty; at least one route must move the traffic".into());
+        }
+        if self.markers.is_empty() {
+            return Err("switch.markers: empty; every old path into the source needs a drain marker (port `in`, and `out` when replies cross the chain)".into());
+        }
+        for (list, routes) in [("redirect", &self.redirect), ("restore", &self.restore)] {
+            for (i, r) in routes.iter().enumerate() {
+                let at = format!("switch.{list}[{i}]");
+                if let Some(n) = r.netns.as_deref().filter(|n| !good_netns(n)) {
+                    return Err(format!(
+                        "{at}.netns: `{}` is not a namespace name",
+                        n.escape_debug()
+                    ));
+                }
+                if !good_prefix(&r.to) {
+                    return Err(format!(
+                        "{at}.to: `{}` is not `default`, an address or a prefix (10.0.2.0/24)",
+                        r.to.escape_debug()
+                    ));
+                }
+                if let Some(v) = r.via.as_deref().filter(|v| v.parse::<std::net::IpAddr>().is_err())
+                {
+                    return Err(format!("{at}.via: `{}` is not an IP address", v.escape_debug()));
+                }
+                if let Some(d) = r.dev.as_deref().filter(|d| !good_ifname(d)) {
+                    return Err(format!(
+                        "{at}.dev: `{}` is not an interface name",
+                        d.escape_debug()
+                    ));
+                }
+                if r.via.is_none() && r.dev.is_none() {
+                    return Err(format!("{at}: needs `via`, `dev` or both"));
+                }
+            }
+        }
+        for (i, m) in self.markers.iter().enumerate() {
+            let at = format!("switch.markers[{i}]");
+            if let Some(n) = m.netns.as_deref().filter(|n| !good_netns(n)) {
+                return Err(format!("{at}.netns: `{}` is not a namespace name", n.escape_debug()));
+            }
+            if !good_ifname(&m.dev) {
+                return Err(format!(
+                    "{at}.dev: `{}` is not an interface name",
+                    m.dev.escape_debug()
+                ));
+            }
+            port_index(&m.port).map_err(|e| format!("{at}.port: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The source chain's worker ports that bring a drain marker.
+    fn marker_ports(&self) -> Vec<usize> {
+        let mut ports: Vec<usize> =
+            self.markers.iter().filter_map(|m| port_index(&m.port).ok()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+/// A live chain's worker port for a port name (`in` is added first).
+fn port_index(name: &str) -> Result<usize, String> {
+    match name {
+        "in" => Ok(0),
+        "out" => Ok(1),
+        other => Err(format!("`{}`: expected `in` or `out`", other.escape_debug())),
+    }
+}
+
+/// A `--flows` spec: `all`, `share:I/N`, `hash:FIRST-LAST` (hex).
+pub fn parse_flows(spec: &str) -> Result<FlowScope, String> {
+    let bad = |why: &str| {
+        format!("flows `{}`: {why}; accepted: all, share:I/N (e.g. share:0/2), hash:FIRST-LAST (hexadecimal, e.g. hash:0-7fffffffffffffff)", spec.escape_debug())
+    };
+    if spec == "all" {
+        return Ok(FlowScope::All);
+    }
+    if let Some(s) = spec.strip_prefix("share:") {
+        let (i, n) = s.split_once('/').ok_or_else(|| bad("no `/`"))?;
+        let i: u64 = i.parse().map_err(|_| bad("I is not a number"))?;
+        let n: u64 = n.parse().map_err(|_| bad("N is not a number"))?;
+        if n == 0 || i >= n {
+            return Err(bad("needs 0 <= I < N"));
+        }
+        return Ok(FlowScope::HashRange(HashRange::share(i, n)));
+    }
+    if let Some(s) = spec.strip_prefix("hash:") {
+        let (a, b) = s.split_once('-').ok_or_else(|| bad("no `-`"))?;
+        let hex = |x: &str| u64::from_str_radix(x.trim_start_matches("0x"), 16);
+        let first = hex(a).map_err(|_| bad("FIRST is not hexadecimal"))?;
+        let last = hex(b).map_err(|_| bad("LAST is not hexadecimal"))?;
+        if first > last {
+            return Err(bad("FIRST is above LAST"));
+        }
+        return Ok(FlowScope::HashRange(HashRange { first, last }));
+    }
+    Err(bad("unknown form"))
+}
+
+/// Run `ip route replace` for each route.
+fn apply_routes(routes: &[RouteSpec]) -> Result<(), SwitchError> {
+    for r in routes {
+        let mut args = vec!["route", "replace", r.to.as_str()];
+        if let Some(v) = &r.via {
+            args.extend(["via", v.as_str()]);
+        }
+        if let Some(d) = &r.dev {
+            args.extend(["dev", d.as_str()]);
+        }
+        netns::ip(r.netns.as_deref(), &args).map_err(|e| {
+            SwitchError::failed(
+                format!("route {} in namespace {}", r.to, r.netns.as_deref().unwrap_or("(own)")),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Send the drain marker of migration `id` out of `dev` (in `ns`) with an
+/// AF_PACKET socket: through the interface's queue, so it leaves after
+/// every frame already queued there.
+pub fn send_marker(ns: Option<&str>, dev: &str, id: u64) -> Result<(), SwitchError> {
+    let what = || format!("drain marker on {dev} in namespace {}", ns.unwrap_or("(own)"));
+    let send = || -> Result<usize, braid_io::PortError> {
+        let mut cfg = AfPacketConfig::new(dev);
+        cfg.promiscuous = false;
+        cfg.batch_size = 1;
+        let mut p = AfPacketPort::open(&cfg)?;
+        let mut b = braid_packet::Batch::with_capacity(1);
+        b.push(braid_packet::Packet::from_bytes(&marker_frame(id)));
+        let n = p.send(&mut b)?;
+        p.flush()?;
+        Ok(n)
+    };
+    let sent = match ns {
+        Some(ns) => netns::in_netns(ns, send).map_err(|e| SwitchError::failed(what(), e))?,
+        None => send(),
+    };
+    match sent {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(SwitchError::failed(what(), "the interface did not take the frame")),
+        Err(e) => Err(SwitchError::failed(what(), e)),
+    }
+}
+
+/// The testbed's switch: routes in the namespaces around the chain, drain
+/// markers on the old paths.
+pub struct RouteSwitch<'a> {
+    spec: &'a SwitchSpec,
+}
+
+impl Switch for RouteSwitch<'_> {
+    fn redirect(&mut self, id: u64) -> Result<(), SwitchError> {
+        let moved = apply_routes(&self.spec.redirect).and_then(|()| {
+            for m in &self.spec.markers {
+                send_marker(m.netns.as_deref(), &m.dev, id)?;
+            }
+            Ok(())
+        });
+        if moved.is_err() {
+            // Not switched as far as the protocol knows: put back what
+            // may have moved.
+            let _ = apply_routes(&self.spec.restore);
+        }
+        moved
+    }
+
+    fn restore(&mut self) -> Result<(), SwitchError> {
+        apply_routes(&self.spec.restore)
+    }
+}
+
+/// What the source offers before the migration protocol starts.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Offer {
+    pub chain: String,
+    pub nf: String,
+    pub kind: String,
+    /// The descriptor to deploy (empty) if the destination does not run
+    /// the chain, its ports on the destination's interfaces.
+    pub descriptor: Option<String>,
+    pub timeout_ms: u64,
+    /// The source braidd's instance id ([`instance_id`]): a braidd refuses
+    /// an offer from itself (its chain would stream into itself).
+    pub source: u64,
+}
+
+/// This braidd process's random instance id.
+pub fn instance_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(new_id)
+}
+
+/// The destination's answer to an offer.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct OfferAnswer {
+    pub accept: bool,
+    pub reason: Option<String>,
+    /// The destination deployed the chain for this migration.
+    pub deployed: bool,
+}
+
+fn write_json(w: &mut impl Write, v: &impl serde::Serialize) -> std::io::Result<()> {
+    let body = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    w.write_all(OFFER_MAGIC)?;
+    w.write_all(&(body.len() as u32).to_be_bytes())?;
+    w.write_all(&body)?;
+    w.flush()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(r: &mut impl Read) -> Result<T, String> {
+    let mut head = [0u8; 8];
+    r.read_exact(&mut head).map_err(|e| format!("reading the header: {e}"))?;
+    if &head[..4] != OFFER_MAGIC {
+        return Err(format!("not a braid migration agent (magic {:02x?})", &head[..4]));
+    }
+    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if len > MAX_OFFER {
+        return Err(format!("offer of {len} bytes exceeds {MAX_OFFER}"));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| format!("reading the body: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("the body does not decode: {e}"))
+}
+
+/// A migration id for the drain markers: different per migration.
+fn new_id() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 40)
+}
+
+fn resolve(to: &str) -> Result<SocketAddr, AgentError> {
+    let with_port = if to.parse::<SocketAddr>().is_ok()
+        || to.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        to.to_string()
+    } else {
+        format!("{to}:{DEFAULT_MIGRATE_PORT}")
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|source| AgentError::Connect { to: to.into(), source })?
+        .next()
+        .ok_or_else(|| AgentError::Request(format!("to: `{to}` resolves to no address")))
+}
+
+/// The checked parts of a request.
+struct Plan {
+    mode: Mode,
+    scope: FlowScope,
+    timeout: Duration,
+    marker_timeout: Duration,
+}
+
+fn plan(req: &MigrateRequest) -> Result<Plan, String> {
+    let mode = match &req.mode {
+        Some(m) => m.parse::<Mode>()?,
+        None => Mode::Statelet,
+    };
+    let scope = match &req.flows {
+        Some(f) => parse_flows(f)?,
+        None => FlowScope::All,
+    };
+    if scope != FlowScope::All {
+        // The route switch moves every flow of the path: moving only the
+        // state of some would leave the others without theirs.
+        return Err(format!(
+            "flows `{}`: a partial migration (split) needs a switch that steers flows by hash bucket; the route switch moves every flow, so only `all` is accepted here (docs/migration.md, Gaps)",
+            req.flows.as_deref().unwrap_or_default()
+        ));
+    }
+    req.switch.check()?;
+    if let Some(d) = &req.deploy {
+        for (k, v) in [("deploy.in", &d.in_iface), ("deploy.out", &d.out_iface)] {
+            if !good_ifname(v) {
+                return Err(format!("{k}: `{}` is not an interface name", v.escape_debug()));
+            }
+        }
+    }
+    let ms = |v: Option<u64>, d: u64, what: &str| match v.unwrap_or(d) {
+        0 => Err(format!("{what}: must be above 0")),
+        v if v > 600_000 => Err(format!("{what}: {v} ms is above 10 minutes")),
+        v => Ok(Duration::from_millis(v)),
+    };
+    Ok(Plan {
+        mode,
+        scope,
+        timeout: ms(req.timeout_ms, 5000, "timeout_ms")?,
+        marker_timeout: ms(req.marker_timeout_ms, 2000, "marker_timeout_ms")?,
+    })
+}
+
+/// Where a source migration reports while it runs.
+pub struct Watch {
+    pub operations: Arc<Operations>,
+    pub events: Arc<Events>,
+    pub id: String,
+}
+
+/// Migrate NF `nf` of running chain `chain` as `req` says; the summary.
+pub fn migrate_chain_nf(
+    daemon: &Daemon,
+    chain: &str,
+    nf: &str,
+    req: &MigrateRequest,
+    watch: &Watch,
+) -> Result<Value, OpError> {
+    let p = plan(req).map_err(|e| OpError::Migration(AgentError::Request(e)))?;
+    let entry = daemon.get(chain)?;
+    let d = entry.descriptor();
+    let Some(decl) = d.nfs.iter().find(|n| n.name == nf) else {
+        return Err(OpError::UnknownNf {
+            chain: chain.into(),
+            nf: nf.into(),
+            known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+        });
+    };
+    let live = match (entry.live(), entry.state().0) {
+        (Some(l), "running") => l,
+        _ => return Err(OpError::NotRunning(chain.into())),
+    };
+    let descriptor = req.deploy.as_ref().map(|ports| {
+        let mut d = d.clone();
+        for (name, iface) in [("in", &ports.in_iface), ("out", &ports.out_iface)] {
+            match d.ports.get_mut(name) {
+                Some(PortDecl::AfPacket(p)) => p.iface = iface.clone(),
+                Some(PortDecl::AfXdp(p)) => p.iface = iface.clone(),
+                _ => {}
+            }
+        }
+        d.to_yaml()
+    });
+    let to = req.to.clone();
+    let addr = resolve(&to)?;
+    let mut conn = TcpStream::connect_timeout(&addr, p.timeout)
+        .map_err(|source| AgentError::Connect { to: to.clone(), source })?;
+    let offer_err = |what: String| AgentError::Offer { to: to.clone(), what };
+    conn.set_read_timeout(Some(p.timeout)).map_err(|e| offer_err(e.to_string()))?;
+    conn.set_write_timeout(Some(p.timeout)).map_err(|e| offer_err(e.to_string()))?;
+    let offer = Offer {
+        chain: chain.into(),
+        nf: nf.into(),
+        kind: decl.kind.clone(),
+        descriptor,
+        timeout_ms: p.timeout.as_millis() as u64,
+        source: instance_id(),
+    };
+    write_json(&mut conn, &offer).map_err(|e| offer_err(format!("sending the offer: {e}")))?;
+    let answer: OfferAnswer = read_json(&mut conn).map_err(offer_err)?;
+    if !answer.accept {
+        return Err(AgentError::Refused { to, reason: answer.reason.unwrap_or_default() }.into());
+    }
+    let progress = Arc::new(Progress::default());
+    let opts = SourceOptions {
+        id: new_id(),
+        mode: p.mode,
+        markers: req.switch.marker_ports(),
+        io_timeout: p.timeout,
+        marker_timeout: p.marker_timeout,
+        scope: p.scope,
+        progress: Some(progress.clone()),
+        ..SourceOptions::default()
+    };
+    let mut switch = RouteSwitch { spec: &req.switch };
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let result = std::thread::scope(|s| {
+        s.spawn(|| report_progress(&progress, &stop, watch, chain, nf));
+        let r = migrate_out(live.worker(), nf, &decl.kind, conn, &opts, &mut switch);
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
+    let r = result.map_err(AgentError::Migrate)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok(json!({
+        "chain": chain,
+        "nf": nf,
+        "to": req.to,
+        "mode": r.mode,
+        "flows": req.flows.as_deref().unwrap_or("all"),
+        "outcome": "migrated",
+        "deployed_at_destination": answer.deployed,
+        "seconds": start.elapsed().as_secs_f64(),
+        "until_switch_ms": ms(r.until_switch),
+        "drain_ms": ms(r.drain),
+        "total_ms": ms(r.total),
+        "state_bytes": r.bytes,
+        "frames": r.frames,
+        "chunks": r.chunks,
+        "statelets": r.statelets,
+        "duplicated_packets": r.duplicated,
+        "backlog_at_switch": r.backlog_at_switch,
+        "installed": r.installed,
+        "packets_buffered": r.peak_held,
+        "packets_dropped_at_destination": r.dropped_held,
+    }))
+}
+
+/// Copy the migration's progress into its operation every 50 ms, and an
+/// event at each phase change, until `stop`.
+fn report_progress(progress: &Progress, stop: &AtomicBool, watch: &Watch, chain: &str, nf: &str) {
+    let mut last = None;
+    loop {
+        let phase = progress.phase();
+        let (bytes, frames) = progress.bytes();
+        let v = json!({ "phase": phase, "state_bytes": bytes, "frames": frames,
+                        "backlog": progress.backlog() });
+        watch.operations.set_progress(&watch.id, v.clone());
+        if last != Some(phase) {
+            last = Some(phase);
+            let mut e = v;
+            e["operation"] = watch.id.clone().into();
+            e["chain"] = chain.into();
+            e["nf"] = nf.into();
+            watch.events.publish("migration_progress", e);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The API handler of `POST /v1/chains/{name}/nfs/{nf}/migrate`.
+pub async fn migrate(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path((name, nf)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| crate::api::body_error(e, s.body_limit))?;
+    let req: MigrateRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("migration request: {e}; accepted: {{\"to\": \"HOST[:PORT]\", \"mode\": ..., \"flows\": ..., \"switch\": {{\"redirect\": [...], \"restore\": [...], \"markers\": [...]}}, \"deploy\": {{\"in\": IFACE, \"out\": IFACE}}}}"),
+        )
+    })?;
+    // Refused at once, before an operation exists: a bad request, an
+    // unknown chain or NF.
+    plan(&req).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    let chain = s.daemon.get(&name)?;
+    let nfs = chain.descriptor().nfs;
+    if !nfs.iter().any(|n| n.name == nf) {
+        let known = nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(OpError::UnknownNf { chain: name, nf, known }.into());
+    }
+    let (operations, events) = (s.operations.clone(), s.events.clone());
+    let (n, f) = (name.clone(), nf.clone());
+    let job = ("migrate", name, Some(nf));
+    Ok(crate::api::operation(s, &headers, peer, job, move |d, id| {
+        let watch = Watch { operations, events, id: id.to_string() };
+        let summary = migrate_chain_nf(d, &n, &f, &req, &watch)?;
+        Ok(Done {
+            status: StatusCode::OK,
+            note: format!("migrated NF `{f}` of chain `{n}` to {}", req.to),
+            event: ("chain_migrated", summary.clone()),
+            body: summary,
+        })
+    })
+    .await)
+}
+
+/// The destination: accept offers on `listener` until the process ends,
+/// each on its own thread.
+pub fn serve(
+    listener: TcpListener,
+    daemon: Arc<Daemon>,
+    operations: Arc<Operations>,
+    events: Arc<Events>,
+) {
+    let busy: Arc<Mutex<std::collections::BTreeSet<(String, String)>>> = Arc::default();
+    std::thread::Builder::new()
+        .name("braidd-migrate".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (d, o, e, b) =
+                    (daemon.clone(), operations.clone(), events.clone(), busy.clone());
+                let _ = std::thread::Builder::new()
+                    .name("braidd-migrate-in".into())
+                    .spawn(move || accept_one(conn, &d, &o, &e, &b));
+            }
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| tracing::error!(error = %e, "migration listener thread"));
+}
+
+type Busy = Mutex<std::collections::BTreeSet<(String, String)>>;
+
+/// One offer: check it (deploy the chain if asked), answer, run the
+/// destination's side.
+fn accept_one(
+    mut conn: TcpStream,
+    daemon: &Daemon,
+    ops: &Operations,
+    events: &Events,
+    busy: &Busy,
+) {
+    let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+    let offer: Offer = match read_json(&mut conn) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "migration offer not understood");
+            return;
+        }
+    };
+    if offer.source == instance_id() {
+        let reason = "the offer comes from this braidd itself: migrate to another host".to_string();
+        tracing::warn!(peer, reason, "migration refused");
+        let _ = write_json(
+            &mut conn,
+            &OfferAnswer { accept: false, reason: Some(reason), deployed: false },
+        );
+        return;
+    }
+    let key = (offer.chain.clone(), offer.nf.clone());
+    let refuse = |conn: &mut TcpStream, reason: String| {
+        tracing::warn!(peer, chain = %offer.chain, nf = %offer.nf, reason, "migration refused");
+        let _ =
+            write_json(conn, &OfferAnswer { accept: false, reason: Some(reason), deployed: false });
+    };
+    if !busy.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
+        return refuse(
+            &mut conn,
+            format!(
+                "a migration into NF `{}` of chain `{}` is already running here",
+                offer.nf, offer.chain
+            ),
+        );
+    }
+    let id = ops.begin("migrate-in", &offer.chain, Some(&offer.nf));
+    let mut deployed = false;
+    let outcome = take(&mut conn, daemon, &offer, &peer, events, &id, &mut deployed);
+    if outcome.is_err() && deployed {
+        // Nothing stays behind: the chain deployed for this migration goes.
+        match daemon.remove(&offer.chain) {
+            Ok(_) => {
+                events.publish("chain_removed", json!({ "chain": offer.chain, "operation": id }));
+            }
+            Err(e) => {
+                tracing::warn!(chain = %offer.chain, error = %e, "removing the chain deployed for a failed migration")
+            }
+        }
+    }
+    let ok = outcome.is_ok();
+    let (status, result) = match outcome {
+        Ok(v) => (200, Ok(v)),
+        Err(Refusal::Before(reason)) => {
+            refuse(&mut conn, reason.clone());
+            (409, Err(json!({ "error": "refused", "message": reason })))
+        }
+        Err(Refusal::During(e)) => {
+            (422, Err(json!({ "error": "migration_failed", "message": e.to_string() })))
+        }
+    };
+    // Free for the next offer before the operation shows as finished.
+    busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    events.publish(
+        "migration_in",
+        json!({ "operation": id, "chain": offer.chain, "nf": offer.nf, "from": peer,
+                "state": if ok { "succeeded" } else { "failed" },
+                "result": result.as_ref().ok(), "error": result.as_ref().err() }),
+    );
+    ops.finish(&id, status, result);
+}
+
+enum Refusal {
+    /// Refused before accepting (nothing changed here).
+    Before(String),
+    /// Failed after accepting (rolled back by `migrate_in`).
+    During(MigrateError),
+}
+
+fn take(
+    conn: &mut TcpStream,
+    daemon: &Daemon,
+    offer: &Offer,
+    peer: &str,
+    events: &Events,
+    op: &str,
+    deployed: &mut bool,
+) -> Result<Value, Refusal> {
+    let entry = match (daemon.get(&offer.chain), &offer.descriptor) {
+        (Ok(e), _) => e,
+        (Err(_), Some(text)) => {
+            let e = daemon.deploy(text).map_err(|e| {
+                Refusal::Before(format!("deploying chain `{}` for the migration: {e}", offer.chain))
+            })?;
+            *deployed = true;
+            events.publish(
+                "chain_deployed",
+                json!({ "chain": offer.chain, "nfs": e.descriptor().nfs.len(), "operation": op }),
+            );
+            e
+        }
+        (Err(e), None) => return Err(Refusal::Before(e.to_string())),
+    };
+    let d = entry.descriptor();
+    let Some(decl) = d.nfs.iter().find(|n| n.name == offer.nf) else {
+        return Err(Refusal::Before(format!(
+            "chain `{}` here has no NF `{}`",
+            offer.chain, offer.nf
+        )));
+    };
+    if decl.kind != offer.kind {
+        return Err(Refusal::Before(format!(
+            "NF `{}` of chain `{}` here is a `{}`, the source's is a `{}`",
+            offer.nf, offer.chain, decl.kind, offer.kind
+        )));
+    }
+    let live = match (entry.live(), entry.state().0) {
+        (Some(l), "running") => l,
+        _ => return Err(Refusal::Before(format!("chain `{}` is not running here", offer.chain))),
+    };
+    let answer = OfferAnswer { accept: true, reason: None, deployed: *deployed };
+    write_json(conn, &answer).map_err(|e| Refusal::Before(format!("answering: {e}")))?;
+    let stream =
+        conn.try_clone().map_err(|e| Refusal::During(braid_migrate::WireError::Io(e).into()))?;
+    let timeout = Duration::from_millis(offer.timeout_ms.clamp(1, 600_000));
+    let opts = DestinationOptions { io_timeout: timeout, ..DestinationOptions::default() };
+    tracing::info!(peer, chain = %offer.chain, nf = %offer.nf, "migration in");
+    let r =
+        migrate_in(live.worker(), &offer.nf, &decl.kind, stream, &opts).map_err(Refusal::During)?;
+    Ok(json!({
+        "chain": offer.chain, "nf": offer.nf, "from": peer, "mode": r.mode,
+        "deployed": *deployed, "installed": r.installed, "replayed": r.replayed,
+        "state_bytes": r.bytes, "packets_buffered": r.peak_held,
+        "packets_dropped": r.dropped_held,
+        "snapshot_in_ms": r.snapshot_in.as_secs_f64() * 1e3,
+        "total_ms": r.total.as_secs_f64() * 1e3,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> SwitchSpec {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn flow_specs_parse_or_say_what_is_accepted() {
+        assert_eq!(parse_flows("all").unwrap(), FlowScope::All);
+        assert_eq!(parse_flows("share:1/4").unwrap(), FlowScope::HashRange(HashRange::share(1, 4)));
+        assert_eq!(
+            parse_flows("hash:0-ff").unwrap(),
+            FlowScope::HashRange(HashRange { first: 0, last: 255 })
+        );
+        for bad in ["share:4/4", "share:1", "hash:ff-0", "hash:x-1", "some"] {
+            let e = parse_flows(bad).unwrap_err();
+            assert!(e.contains(&format!("flows `{bad}`")) && e.contains("accepted"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_switch_spec_is_checked_field_by_field() {
+        let ok = spec("redirect: [{netns: up, to: 10.0.2.0/24, via: 10.0.9.2, dev: ub}]\nrestore: []\nmarkers: [{netns: up, dev: ua, port: in}, {dev: da, port: out}]\n");
+        ok.check().unwrap();
+        assert_eq!(ok.marker_ports(), [0, 1]);
+        for (yaml, field) in [
+            ("redirect: []\nrestore: []\nmarkers: [{dev: a, port: in}]", "switch.redirect"),
+            ("redirect: [{to: 10.0.2.0/33, dev: a}]\nrestore: []\nmarkers: [{dev: a, port: in}]", "switch.redirect[0].to"),
+            ("redirect: [{to: default, via: nope}]\nrestore: []\nmarkers: [{dev: a, port: in}]", "switch.redirect[0].via"),
+            ("redirect: [{to: default, dev: a}]\nrestore: [{to: default}]\nmarkers: [{dev: a, port: in}]", "switch.restore[0]"),
+            ("redirect: [{netns: 'a b', to: default, dev: a}]\nrestore: []\nmarkers: [{dev: a, port: in}]", "switch.redirect[0].netns"),
+            ("redirect: [{to: default, dev: a}]\nrestore: []\nmarkers: [{dev: a, port: up}]", "switch.markers[0].port"),
+            ("redirect: [{to: default, dev: a}]\nrestore: []\nmarkers: [{dev: waytoolonginterfacename, port: in}]", "switch.markers[0].dev"),
+            ("redirect: [{to: default, dev: a}]\nrestore: []\nmarkers: []", "switch.markers"),
+        ] {
+            let e = spec(yaml).check().unwrap_err();
+            assert!(e.starts_with(field), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_offer_round_trips_and_a_foreign_peer_is_refused() {
+        let mut buf = Vec::new();
+        let o = Offer {
+            chain: "c".into(),
+            nf: "fw".into(),
+            kind: "firewall".into(),
+            descriptor: None,
+            timeout_ms: 5,
+            source: instance_id(),
+        };
+        write_json(&mut buf, &o).unwrap();
+        let back: Offer = read_json(&mut buf.as_slice()).unwrap();
+        assert_eq!((back.chain.as_str(), back.kind.as_str()), ("c", "firewall"));
+        let e = read_json::<Offer>(&mut &b"HTTP/1.1 200"[..]).unwrap_err();
+        assert!(e.contains("not a braid migration agent"), "{e}");
+        let e = read_json::<Offer>(&mut &b"BRMA\xff\xff\xff\xff"[..]).unwrap_err();
+        assert!(e.contains("exceeds"), "{e}");
+    }
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# `braid migrate` end to end on namespaces (root): two braidd on two hosts,
+# a firewall chain on host A under a `braid probe` UDP stream, moved live to
+# host B. Everything it creates is removed on exit (also on failure).
+#
+#   sudo scripts/migrate-demo.sh            # binaries from target/debug
+#   BIN=target/release sudo -E scripts/migrate-demo.sh
+#
+#                 ua ── (ai) hA: braidd A, chain `mig` (ao) ── da
+#  cl ── u0 [up] <                                              > [dn] d0 ── sv
+#                 ub ── (bi) hB: braidd B (bo) ─────────────── db
+#                       hA st0 ──── state link ──── st1 hB
+set -euo pipefail
+BIN=${BIN:-target/debug}
+P=bmd
+NS=(cl up ha hb dn sv)
+WORK=$(mktemp -d /tmp/braid-migrate-demo.XXXXXX)
+PIDS=()
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    for n in "${NS[@]}"; do ip netns del "$P-$n" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for n in "${NS[@]}"; do
+    ip netns add "$P-$n"
+    ip netns exec "$P-$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+    ip -n "$P-$n" link set lo up
+done
+ip netns exec $P-up sysctl -qw net.ipv4.ip_forward=1
+ip netns exec $P-dn sysctl -qw net.ipv4.ip_forward=1
+
+# link NS_A DEV_A NS_B DEV_B
+link() {
+    ip -n "$P-$1" link add "$2" type veth peer name "$4" netns "$P-$3"
+    for end in "$1 $2" "$3 $4"; do
+        set -- $end
+        ip netns exec "$P-$1" ethtool -K "$2" tx off >/dev/null
+        ip -n "$P-$1" link set "$2" up
+    done
+}
+mac() { ip netns exec "$P-$1" cat "/sys/class/net/$2/address"; }
+addr() { ip -n "$P-$1" addr add "$3/24" dev "$2"; }
+# neigh NS DEV IP PEER_NS PEER_DEV
+neigh() { ip -n "$P-$1" neigh replace "$3" lladdr "$(mac "$4" "$5")" dev "$2" nud permanent; }
+
+link cl c0 up u0; link up ua ha ai; link ha ao dn da; link up ub hb bi; link hb bo dn db
+link dn d0 sv s0; link ha st0 hb st1
+addr cl c0 10.80.10.1; addr up u0 10.80.10.2; addr up ua 10.80.1.1; addr dn da 10.80.1.2
+addr up ub 10.80.2.1; addr dn db 10.80.2.2; addr dn d0 10.80.20.2; addr sv s0 10.80.20.1
+addr ha st0 10.80.30.1; addr hb st1 10.80.30.2
+neigh cl c0 10.80.10.2 up u0; neigh up u0 10.80.10.1 cl c0
+neigh up ua 10.80.1.2 dn da; neigh dn da 10.80.1.1 up ua
+neigh up ub 10.80.2.2 dn db; neigh dn db 10.80.2.1 up ub
+neigh dn d0 10.80.20.1 sv s0; neigh sv s0 10.80.20.2 dn d0
+neigh ha st0 10.80.30.2 hb st1; neigh hb st1 10.80.30.1 ha st0
+ip -n $P-cl route add default via 10.80.10.2
+ip -n $P-sv route add default via 10.80.20.2
+ip -n $P-up route add 10.80.20.0/24 via 10.80.1.2 dev ua
+ip -n $P-dn route add 10.80.10.0/24 via 10.80.1.1 dev da
+
+for h in a b; do
+    mkdir -p "$WORK/$h"
+    extra=()
+    [ $h = b ] && extra=(--migrate-listen 10.80.30.2:9480)
+    ip netns exec $P-h$h "$BIN/braidd" --socket "$WORK/$h/sock" --state-dir "$WORK/$h/state" \
+        --checkpoint-interval-ms 0 "${extra[@]}" 2>"$WORK/$h/log" &
+    PIDS+=($!)
+done
+for h in a b; do
+    for _ in $(seq 100); do [ -S "$WORK/$h/sock" ] && break; sleep 0.05; done
+done
+
+cat > "$WORK/chain.yaml" <<YAML
+name: mig
+ports:
+  in: { kind: af_packet, iface: ai }
+  out: { kind: af_packet, iface: ao }
+nfs:
+  - { name: fw, type: firewall, params: { default: drop, rules: [{ action: allow, src: 10.80.10.0/24, proto: udp }] } }
+YAML
+cat > "$WORK/switch.yaml" <<YAML
+redirect:
+  - { netns: $P-up, to: 10.80.20.0/24, via: 10.80.2.2, dev: ub }
+  - { netns: $P-dn, to: 10.80.10.0/24, via: 10.80.2.1, dev: db }
+restore:
+  - { netns: $P-up, to: 10.80.20.0/24, via: 10.80.1.2, dev: ua }
+  - { netns: $P-dn, to: 10.80.10.0/24, via: 10.80.1.1, dev: da }
+markers:
+  - { netns: $P-up, dev: ua, port: in }
+  - { netns: $P-dn, dev: da, port: out }
+YAML
+"$BIN/braid" daemon --socket "$WORK/a/sock" deploy "$WORK/chain.yaml" >/dev/null
+
+"$BIN/braid" echo --netns $P-sv --bind 10.80.20.1:7007 >/dev/null &
+PIDS+=($!)
+sleep 0.2
+echo "== braid probe: 4,000 UDP packets, one per ms, while the firewall moves"
+"$BIN/braid" probe --netns $P-cl 10.80.20.1 --sizes 256 --count 4000 --reps 1 --interval-us 1000 --no-svg >"$WORK/probe.txt" &
+probe=$!
+sleep 1.5
+echo "== braid migrate mig fw --to 10.80.30.2:9480 --switch switch.yaml --deploy-ports bi,bo"
+"$BIN/braid" migrate --socket "$WORK/a/sock" mig fw --to 10.80.30.2:9480 --switch "$WORK/switch.yaml" --deploy-ports bi,bo
+wait $probe
+cat "$WORK/probe.txt"
+echo "== route from up to the server now:"
+ip -n $P-up route get 10.80.20.1
