@@ -490,6 +490,103 @@ fn measure_deploy_to_first_packet_and_scrape_time() {
     );
 }
 
+/// The numbers of docs/benchmarks.md ("/metrics with 100 NFs, side by
+/// side"): `/metrics` scrape time with 25 chains x 4 NFs = 100 NFs,
+/// client-side (connect, request, whole answer) over the unix socket, and
+/// `GET /v1/status` beside it. With `BRAIDD_BASELINE=PATH` (another build
+/// of braidd) both run at once, each with its own 25 chains, and the
+/// scrapes alternate between them in rounds (A B B A ...), so that both
+/// see the same machine. `BRAID_SCRAPE_ROUNDS` (default 10) rounds of 200
+/// scrapes each. A measurement, run by hand (scripts/scrape-bench.sh):
+/// `cargo test --release -p braid-daemon --test live -- --ignored --nocapture measure_scrape`.
+#[test]
+#[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
+fn measure_scrape_time_side_by_side() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd scrape", "needs root for namespaces") {
+        return;
+    }
+    let net = net();
+    let mut bins = vec![("this", common::BRAIDD.to_string())];
+    if let Ok(b) = std::env::var("BRAIDD_BASELINE") {
+        bins.insert(0, ("baseline", b));
+    }
+    let four = |name: &str, a: &str, b: &str| {
+        format!(
+            "name: {name}\nports:\n  in: {{ kind: af_packet, iface: {a} }}\n  out: {{ kind: af_packet, iface: {b} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: x1, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: x2, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: f, type: fwd }}\n"
+        )
+    };
+    let mut daemons = Vec::new();
+    for (i, (tag, bin)) in bins.iter().enumerate() {
+        let dir = TempDir::new(&format!("scrape{i}"));
+        let d = Braidd::start_bin(bin, dir.path(), Some(net.mid.name()), &[]);
+        let c = d.client();
+        // 25 chains x 4 NFs, each between one end of two veth pairs whose
+        // other ends stay down (no traffic, no loop), all inside `mid`.
+        for k in 0..25 {
+            let (a, b) = (netns::unique_ifname("bdm"), netns::unique_ifname("bdm"));
+            for dev in [&a, &b] {
+                let peer = netns::unique_ifname("bdp");
+                net.mid.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]).unwrap();
+                netns::set_up(Some(net.mid.name()), dev).unwrap();
+            }
+            c.deploy(&four(&format!("s{k:02}"), &a, &b)).unwrap();
+        }
+        let m = c.metrics().unwrap();
+        let nfs = m.lines().filter(|l| l.starts_with("braid_nf_packets_in_total{")).count();
+        assert_eq!(nfs, 100, "{tag}");
+        daemons.push((*tag, d, dir, m.len(), Vec::new(), Vec::new(), Vec::new()));
+    }
+    let rounds: usize =
+        std::env::var("BRAID_SCRAPE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    for r in 0..rounds {
+        let order: Vec<usize> = if r % 2 == 0 {
+            (0..daemons.len()).collect()
+        } else {
+            (0..daemons.len()).rev().collect()
+        };
+        for i in order {
+            let (_, d, _, _, scrapes, status, p99s) = &mut daemons[i];
+            let c = d.client();
+            let mut round = Vec::new();
+            for _ in 0..200 {
+                let t = Instant::now();
+                c.metrics().unwrap();
+                round.push(t.elapsed());
+                let t = Instant::now();
+                c.status().unwrap();
+                status.push(t.elapsed());
+            }
+            p99s.push(percentile(round.clone(), 0.99));
+            scrapes.extend(round);
+        }
+    }
+    for (tag, _, _, len, scrapes, status, p99s) in &daemons {
+        let mut p99s: Vec<f64> = p99s.iter().map(|d| ms(*d)).collect();
+        p99s.sort_by(f64::total_cmp);
+        println!(
+            "{tag}: GET /metrics, 100 NFs ({len} bytes), {} scrapes: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms; per-round p99 {:.3}..{:.3} ms (median {:.3}); GET /v1/status p50 {:.3} ms, p99 {:.3} ms",
+            scrapes.len(),
+            ms(percentile(scrapes.clone(), 0.5)),
+            ms(percentile(scrapes.clone(), 0.9)),
+            ms(percentile(scrapes.clone(), 0.99)),
+            ms(percentile(scrapes.clone(), 1.0)),
+            p99s[0],
+            p99s[p99s.len() - 1],
+            p99s[p99s.len() / 2],
+            ms(percentile(status.clone(), 0.5)),
+            ms(percentile(status.clone(), 0.99)),
+        );
+    }
+    if daemons.len() == 2 {
+        let p = |i: usize, q: f64| ms(percentile(daemons[i].4.clone(), q));
+        println!(
+            "this / baseline: p50 {:.2}x, p99 {:.2}x",
+            p(1, 0.5) / p(0, 0.5),
+            p(1, 0.99) / p(0, 0.99)
+        );
+    }
+}
+
 /// A child process killed on drop.
 struct Reaper(std::process::Child);
 

@@ -45,13 +45,19 @@ pub struct Braidd {
 impl Braidd {
     /// The command line of a braidd with state and socket under `dir`.
     pub fn command(dir: &Path, netns: Option<&str>, extra: &[&str]) -> Command {
+        Braidd::command_of(BRAIDD, dir, netns, extra)
+    }
+
+    /// The command line of braidd binary `bin` (another build, for a
+    /// side-by-side measurement) with state and socket under `dir`.
+    pub fn command_of(bin: &str, dir: &Path, netns: Option<&str>, extra: &[&str]) -> Command {
         let mut c = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BRAIDD]);
+                c.args(["netns", "exec", ns, bin]);
                 c
             }
-            None => Command::new(BRAIDD),
+            None => Command::new(bin),
         };
         c.arg("--socket")
             .arg(dir.join("braidd.sock"))
@@ -63,12 +69,17 @@ impl Braidd {
 
     /// Start braidd and wait until it answers (10 s at most).
     pub fn start(dir: &Path, netns: Option<&str>, extra: &[&str]) -> Braidd {
+        Braidd::start_bin(BRAIDD, dir, netns, extra)
+    }
+
+    /// Start braidd binary `bin` and wait until it answers (10 s at most).
+    pub fn start_bin(bin: &str, dir: &Path, netns: Option<&str>, extra: &[&str]) -> Braidd {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("braidd.log"))
             .unwrap();
-        let child = Braidd::command(dir, netns, extra)
+        let child = Braidd::command_of(bin, dir, netns, extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
