@@ -162,6 +162,47 @@ impl Metrics {
                 p.counter(name, labels, "", f(&snap.looped));
             }
         }
+        type Xsk = braid_io::af_xdp::XskStats;
+        let xsk_families: [Family<Xsk>; 6] = [
+            (
+                "braid_port_xdp_rx_dropped",
+                "AF_XDP socket: frames the kernel dropped on receive other than for a full ring or a bad descriptor (XDP_STATISTICS)",
+                |x| x.rx_dropped,
+            ),
+            (
+                "braid_port_xdp_rx_invalid_descs",
+                "AF_XDP socket: invalid descriptors in the fill ring (XDP_STATISTICS)",
+                |x| x.rx_invalid_descs,
+            ),
+            (
+                "braid_port_xdp_tx_invalid_descs",
+                "AF_XDP socket: invalid descriptors in the transmit ring (XDP_STATISTICS)",
+                |x| x.tx_invalid_descs,
+            ),
+            (
+                "braid_port_xdp_rx_ring_full",
+                "AF_XDP socket: frames dropped because the receive ring was full (XDP_STATISTICS)",
+                |x| x.rx_ring_full,
+            ),
+            (
+                "braid_port_xdp_rx_fill_ring_empty_descs",
+                "AF_XDP socket: times a frame came and the fill ring was empty (XDP_STATISTICS)",
+                |x| x.rx_fill_ring_empty_descs,
+            ),
+            (
+                "braid_port_xdp_tx_ring_empty_descs",
+                "AF_XDP socket: times the kernel was woken to send and the transmit ring was empty (XDP_STATISTICS)",
+                |x| x.tx_ring_empty_descs,
+            ),
+        ];
+        for (name, help, f) in xsk_families {
+            p.family(name, help, "counter");
+            for (labels, s) in ports() {
+                if let Some(x) = &s.xsk {
+                    p.counter(name, labels, "", f(x));
+                }
+            }
+        }
         let name = "braid_port_syscalls";
         p.family(
             name,

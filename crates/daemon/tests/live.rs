@@ -211,6 +211,8 @@ fn a_chain_deployed_through_the_api_forwards_reports_changes_and_survives_kill_9
     assert_eq!(stage(&v, "f")["packets_out"], stage(&v, "fw")["packets_in"], "{v}");
     let m = c.metrics().unwrap();
     let fw_in = stage(&v, "fw")["packets_in"].as_u64().unwrap() as f64;
+    // AF_PACKET ports have no AF_XDP ring counters.
+    assert_eq!(metric_value(&m, "braid_port_xdp_rx_ring_full_total", &[("chain", "edge")]), None);
     assert_eq!(
         metric_value(&m, "braid_nf_packets_in_total", &[("chain", "edge"), ("nf", "fw")]),
         Some(fw_in),
@@ -369,6 +371,98 @@ fn a_chain_deployed_through_the_api_forwards_reports_changes_and_survives_kill_9
     assert_eq!(names, [json!("again")]);
     assert_eq!(send_and_count(&tx, &rx, 10), 10);
     assert!(d.terminate().success());
+}
+
+/// An AF_XDP chain through the API: its ports' kernel ring counters
+/// (`XDP_STATISTICS`) are in `/metrics` and in the chain's stats, read
+/// from the telemetry the worker publishes every tick (a scrape sends the
+/// worker no control message), with the worker's busy share and idle
+/// policy.
+#[test]
+fn an_af_xdp_chain_shows_its_ring_counters_busy_share_and_idle_policy() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd af_xdp", "needs root for namespaces")
+        || braid_testkit::skip_unless(
+            braid_io::xdp::xdp_built(),
+            "braidd af_xdp",
+            "XDP programs were not built (install clang and libbpf-dev)",
+        )
+    {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("xdp");
+    let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    let yaml = format!(
+        "name: xdp\nports:\n  in: {{ kind: af_xdp, iface: {} }}\n  out: {{ kind: af_xdp, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+        net.a1, net.b1
+    );
+    c.deploy(&yaml).unwrap();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    time_to_first_packet(&tx, &rx, Duration::from_secs(5)).expect("no packet crossed");
+    let got = send_and_count(&tx, &rx, 200);
+    assert!(got > 0, "nothing crossed the AF_XDP chain");
+    // Port counters are published every tick (10 ms).
+    std::thread::sleep(Duration::from_millis(100));
+
+    let m = c.metrics().unwrap();
+    let v = c.chain("xdp").unwrap();
+    let ports = v["stats"]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 2, "{v}");
+    for (i, iface) in [&net.a1, &net.b1].into_iter().enumerate() {
+        let port = format!("af_xdp:{iface}/q0");
+        assert_eq!(ports[i]["name"], port.as_str(), "{v}");
+        let labels = [("chain", "xdp"), ("port", port.as_str())];
+        let value = |name: &str| {
+            metric_value(&m, &format!("braid_port_xdp_{name}_total"), &labels)
+                .unwrap_or_else(|| panic!("no braid_port_xdp_{name}_total for {port}:\n{m}"))
+        };
+        for name in [
+            "rx_dropped",
+            "rx_invalid_descs",
+            "tx_invalid_descs",
+            "rx_ring_full",
+            "rx_fill_ring_empty_descs",
+            "tx_ring_empty_descs",
+        ] {
+            let api = ports[i]["xdp"][name].as_u64().unwrap_or_else(|| panic!("{name}: {v}"));
+            value(name);
+            if name.contains("invalid") {
+                // braid's rings never hand the kernel a bad descriptor.
+                assert_eq!((api, value(name)), (0, 0.0), "{name} of {port}");
+            }
+        }
+        // The port's own rx_dropped includes the socket's drops.
+        let dropped = metric_value(&m, "braid_port_rx_dropped_total", &labels).unwrap();
+        assert!(dropped >= value("rx_dropped") + value("rx_ring_full"), "{port}:\n{m}");
+    }
+    let rx_packets = metric_value(
+        &m,
+        "braid_port_rx_packets_total",
+        &[("chain", "xdp"), ("port", &format!("af_xdp:{}/q0", net.a1))],
+    )
+    .unwrap();
+    assert!(rx_packets >= got as f64, "{rx_packets} received, {got} arrived");
+
+    // The worker's busy share and idle policy; scrapes do not talk to it.
+    let share = metric_value(&m, "braid_worker_busy_share", &[("chain", "xdp")]).unwrap();
+    assert!((0.0..=1.0).contains(&share), "busy share {share}");
+    assert_eq!(
+        metric_value(&m, "braid_worker_info", &[("chain", "xdp"), ("idle", "poll")]),
+        Some(1.0)
+    );
+    let control = |m: &str| {
+        metric_value(m, "braid_worker_control_messages_total", &[("chain", "xdp")]).unwrap()
+    };
+    let before = control(&m);
+    for _ in 0..5 {
+        c.metrics().unwrap();
+    }
+    assert_eq!(control(&c.metrics().unwrap()), before, "a scrape sent the worker a message");
+
+    c.remove("xdp").unwrap();
+    assert!(d.terminate().success(), "{}", d.log());
 }
 
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
