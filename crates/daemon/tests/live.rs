@@ -465,6 +465,129 @@ fn an_af_xdp_chain_shows_its_ring_counters_busy_share_and_idle_policy() {
     assert!(d.terminate().success(), "{}", d.log());
 }
 
+/// The capabilities braidd needs (docs/daemon.md, "Least privilege"),
+/// as `setpriv` names them, with their bit numbers.
+const CAPS: [(&str, u32); 5] =
+    [("net_raw", 13), ("net_admin", 12), ("bpf", 39), ("perfmon", 38), ("ipc_lock", 14)];
+
+/// A `setpriv` wrapper running braidd as uid/gid 65534 (nobody) with only
+/// `caps` (inheritable, ambient, bounding set: nothing else can come back).
+fn setpriv(caps: &[&str]) -> Vec<String> {
+    let set: String = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={set}"),
+        &format!("--ambient-caps={set}"),
+        &format!("--bounding-set={set}"),
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A state directory braidd running as nobody can write.
+fn nobody_dir(tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    dir
+}
+
+/// Field `name` of `/proc/PID/status`.
+fn proc_status(pid: u32, name: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+}
+
+/// braidd as an unprivileged user with only CAP_NET_RAW, CAP_NET_ADMIN,
+/// CAP_BPF, CAP_PERFMON and CAP_IPC_LOCK deploys an AF_PACKET chain and an
+/// AF_XDP chain through its API, traffic crosses both, and it stops
+/// cleanly; without any one of them (CAP_IPC_LOCK only where the locked
+/// memory limit is too small for the UMEM, as here) the AF_XDP deploy is
+/// refused with 422 and the reason, and nothing is declared.
+#[test]
+fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd caps", "needs root for namespaces")
+        || braid_testkit::skip_unless_tool("setpriv", "braidd caps")
+        || braid_testkit::skip_unless(
+            braid_io::xdp::xdp_built(),
+            "braidd caps",
+            "XDP programs were not built (install clang and libbpf-dev)",
+        )
+    {
+        return;
+    }
+    let net = net();
+    let chain = |name: &str, kind: &str| {
+        format!(
+            "name: {name}\nports:\n  in: {{ kind: {kind}, iface: {} }}\n  out: {{ kind: {kind}, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+            net.a1, net.b1
+        )
+    };
+    let all: Vec<&str> = CAPS.iter().map(|(c, _)| *c).collect();
+    let dir = nobody_dir("caps");
+    let wrapper = setpriv(&all);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut d =
+        Braidd::start_wrapped(&wrapper, common::BRAIDD, dir.path(), Some(net.mid.name()), &[]);
+    assert_eq!(proc_status(d.pid(), "Uid:").split_whitespace().next(), Some("65534"));
+    let mask: u64 = CAPS.iter().map(|(_, bit)| 1u64 << bit).sum();
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(proc_status(d.pid(), field), format!("{mask:016x}"), "{field}");
+    }
+    let c = d.client();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    for (name, kind) in [("p", "af_packet"), ("x", "af_xdp")] {
+        let v = c.deploy(&chain(name, kind)).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(v["state"], "running", "{v}");
+        time_to_first_packet(&tx, &rx, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("nothing crossed the {kind} chain"));
+        assert!(send_and_count(&tx, &rx, 100) > 0, "{kind}");
+        c.remove(name).unwrap();
+    }
+    assert!(d.terminate().success(), "{}", d.log());
+    assert!(!d.socket.exists(), "the socket is removed at the end");
+
+    // Each one is needed. CAP_IPC_LOCK only matters when RLIMIT_MEMLOCK
+    // cannot hold the UMEM (16 MiB a port by default).
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let memlock: Option<u64> = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok());
+    for (cap, _) in CAPS {
+        if cap == "ipc_lock" && memlock.is_none_or(|m| m >= 64 << 20) {
+            eprintln!("locked memory limit {memlock:?}: CAP_IPC_LOCK not checked");
+            continue;
+        }
+        let fewer: Vec<&str> = all.iter().copied().filter(|c| *c != cap).collect();
+        let dir = nobody_dir(&format!("caps-{cap}"));
+        let wrapper = setpriv(&fewer);
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let mut d =
+            Braidd::start_wrapped(&wrapper, common::BRAIDD, dir.path(), Some(net.mid.name()), &[]);
+        let e = d.client().deploy(&chain("x", "af_xdp")).unwrap_err();
+        let ClientError::Api { status: 422, kind, message, .. } = &e else {
+            panic!("without {cap}: {e}")
+        };
+        assert_eq!(kind, "start_failed", "without {cap}: {message}");
+        assert!(message.contains("af_xdp"), "without {cap}: {message}");
+        assert!(d.client().chains().unwrap().is_empty(), "without {cap}");
+        assert!(d.terminate().success(), "{}", d.log());
+    }
+}
+
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
     v.sort();
     v[((v.len() - 1) as f64 * p).round() as usize]
