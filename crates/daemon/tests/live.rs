@@ -1063,7 +1063,21 @@ fn the_event_stream_reports_a_worker_that_stopped_by_itself() {
 /// second that crossed the chain while a sender offered as many as it
 /// could for `secs`, with or without API load; and the API requests per
 /// second achieved.
-fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) -> (f64, f64) {
+/// The chain `rate` worker's on-CPU time and its input port's received
+/// packets, from `/metrics`.
+fn worker_cpu_and_packets(c: &Client, net: &Net) -> (f64, f64) {
+    let m = c.metrics().unwrap();
+    let cpu = metric_value(&m, "braid_worker_cpu_nanoseconds_total", &[("chain", "rate")]).unwrap();
+    let port = format!("af_packet:{}", net.a1);
+    let rx = metric_value(&m, "braid_port_rx_packets_total", &[("chain", "rate"), ("port", &port)])
+        .unwrap();
+    (cpu, rx)
+}
+
+/// One round of [`measure_dataplane_rate_under_api_load`]: datagrams per
+/// second at the receiver, API requests per second served, and the
+/// chain worker's on-CPU nanoseconds per packet it received.
+fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) -> (f64, f64, f64) {
     let stop = AtomicBool::new(false);
     let requests = AtomicU64::new(0);
     let (stop, requests) = (&stop, &requests);
@@ -1117,6 +1131,7 @@ fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) ->
         // Count what arrives during the window, after 200 ms of warm-up.
         std::thread::sleep(Duration::from_millis(200));
         let r0 = requests.load(Ordering::Relaxed);
+        let (cpu0, pk0) = worker_cpu_and_packets(c, net);
         let mut buf = [0u8; 2048];
         let mut got = 0u64;
         let t = Instant::now();
@@ -1127,17 +1142,23 @@ fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) ->
         }
         let took = t.elapsed().as_secs_f64();
         let reqs = (requests.load(Ordering::Relaxed) - r0) as f64 / took;
+        let (cpu1, pk1) = worker_cpu_and_packets(c, net);
         stop.store(true, Ordering::Relaxed);
         sender.join().unwrap();
-        (got as f64 / took, reqs)
+        (got as f64 / took, reqs, (cpu1 - cpu0) / (pk1 - pk0).max(1.0))
     })
 }
 
 /// docs/benchmarks.md ("braidd under API load"): the rate of a 2-NF chain
 /// (firewall, fwd on AF_PACKET) with braidd serving 1,000 API requests per
-/// second and a `/metrics` scrape every second, against the same chain
-/// with an idle API; rounds interleaved (idle, loaded, loaded, idle, ...).
-/// A measurement, run by hand:
+/// second and a `/metrics` scrape every second (L), against the same chain
+/// with an idle API (I), and against itself (a second idle arm, I2: the
+/// noise floor). Each round runs the three arms in a rotating order (I L
+/// I2, L I2 I, I2 I L, ...); per round the ratios L/I and I2/I; also the
+/// chain worker's on-CPU time per packet (what the dataplane itself spends,
+/// less sensitive to how the two cores are shared than the rate).
+/// `BRAID_RATE_ROUNDS` rounds (default 9) of `BRAID_RATE_SECONDS` (default
+/// 2) each. A measurement, run by hand:
 /// `cargo test --release -p braid-daemon --test live -- --ignored --nocapture measure_dataplane`.
 #[test]
 #[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
@@ -1154,23 +1175,27 @@ fn measure_dataplane_rate_under_api_load() {
     let rx = rx.unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
     assert!(time_to_first_packet(&tx, &rx, Duration::from_secs(5)).is_some());
-    let rounds: usize =
-        std::env::var("BRAID_RATE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
-    let (mut idle, mut loaded, mut reqs) = (Vec::new(), Vec::new(), Vec::new());
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    let rounds = env("BRAID_RATE_ROUNDS").unwrap_or(9.0) as usize;
+    let secs = env("BRAID_RATE_SECONDS").unwrap_or(2.0);
+    // Per arm (I, L, I2): rates, worker ns per packet; and L's requests/s.
+    let mut rate = [Vec::new(), Vec::new(), Vec::new()];
+    let mut nspp = [Vec::new(), Vec::new(), Vec::new()];
+    let mut reqs = Vec::new();
+    let names = ["idle  ", "loaded", "idle2 "];
     for i in 0..rounds {
-        // ABBA: idle, loaded, loaded, idle, ...
-        for with_load in if i % 2 == 0 { [false, true] } else { [true, false] } {
-            let (rate, r) = rate_round(&net, &c, &rx, with_load, 2.0);
-            if with_load {
-                loaded.push(rate);
-                reqs.push(r);
-            } else {
-                idle.push(rate);
+        for k in 0..3 {
+            let arm = (i + k) % 3;
+            let (r, q, ns) = rate_round(&net, &c, &rx, arm == 1, secs);
+            rate[arm].push(r);
+            nspp[arm].push(ns);
+            if arm == 1 {
+                reqs.push(q);
             }
             println!(
-                "round {i} {}: {rate:.0} datagrams/s{}",
-                if with_load { "loaded" } else { "idle  " },
-                if with_load { format!(", {r:.0} API requests/s") } else { String::new() }
+                "round {i} {}: {r:.0} datagrams/s, worker {ns:.0} ns/packet{}",
+                names[arm],
+                if arm == 1 { format!(", {q:.0} API requests/s") } else { String::new() }
             );
         }
     }
@@ -1179,15 +1204,28 @@ fn measure_dataplane_rate_under_api_load() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let ratios: Vec<f64> = idle.iter().zip(&loaded).map(|(a, b)| b / a).collect();
-    println!(
-        "median idle {:.0}/s, loaded {:.0}/s: {:.3}x (median of per-pair ratios {:.3}x; API {:.0} requests/s achieved)",
-        median(&idle),
-        median(&loaded),
-        median(&loaded) / median(&idle),
-        median(&ratios),
-        median(&reqs),
-    );
+    let spread = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 4], v[v.len() * 3 / 4], v[v.len() - 1])
+    };
+    let ratios =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    for (what, v) in [("rate", &rate), ("worker ns/packet", &nspp)] {
+        let load = ratios(&v[1], &v[0]);
+        let noise = ratios(&v[2], &v[0]);
+        let (lmin, lq1, lq3, lmax) = spread(&load);
+        let (nmin, nq1, nq3, nmax) = spread(&noise);
+        println!(
+            "{what}: medians idle {:.0}, loaded {:.0}, idle2 {:.0}; loaded/idle per round median {:.3}x (min {lmin:.3}, IQR {lq1:.3}..{lq3:.3}, max {lmax:.3}); idle2/idle per round median {:.3}x (min {nmin:.3}, IQR {nq1:.3}..{nq3:.3}, max {nmax:.3})",
+            median(&v[0]),
+            median(&v[1]),
+            median(&v[2]),
+            median(&load),
+            median(&noise),
+        );
+    }
+    println!("API requests/s achieved in the loaded arm: median {:.0}", median(&reqs));
     let v = c.chain("rate").unwrap();
     assert_eq!(v["state"], "running");
 }
