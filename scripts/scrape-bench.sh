@@ -17,6 +17,11 @@ trap 'rm -rf "$SRC" "$SRC.braidd"' EXIT
 git -C "$ROOT" archive "$BASE" | tar -x -C "$SRC"
 (cd "$SRC" && CARGO_TARGET_DIR=$TARGET cargo build --release -p braid-daemon --bin braidd)
 cp "$TARGET/release/braidd" "$SRC.braidd"
+# Cargo hashes workspace crates by their path relative to the workspace,
+# so the copy's artifacts have the same names as this tree's, and its
+# sources keep the commit's time: make this tree's sources newer, or the
+# test build would take the copy's crates and braidd as up to date.
+find "$ROOT/crates" -name '*.rs' -exec touch {} +
 # The test binary builds this tree's braidd (CARGO_BIN_EXE_braidd).
 cd "$ROOT"
 BRAIDD_BASELINE=$SRC.braidd BRAID_SCRAPE_ROUNDS=$ROUNDS \

@@ -1063,21 +1063,29 @@ fn the_event_stream_reports_a_worker_that_stopped_by_itself() {
 /// second that crossed the chain while a sender offered as many as it
 /// could for `secs`, with or without API load; and the API requests per
 /// second achieved.
-/// The chain `rate` worker's on-CPU time and its input port's received
-/// packets, from `/metrics`.
-fn worker_cpu_and_packets(c: &Client, net: &Net) -> (f64, f64) {
+/// The chain `rate` worker's on-CPU time, its input port's received
+/// packets and the first NF's batches, from `/metrics`.
+fn worker_cpu_and_packets(c: &Client, net: &Net) -> (f64, f64, f64) {
     let m = c.metrics().unwrap();
     let cpu = metric_value(&m, "braid_worker_cpu_nanoseconds_total", &[("chain", "rate")]).unwrap();
     let port = format!("af_packet:{}", net.a1);
     let rx = metric_value(&m, "braid_port_rx_packets_total", &[("chain", "rate"), ("port", &port)])
         .unwrap();
-    (cpu, rx)
+    let batches =
+        metric_value(&m, "braid_nf_batches_total", &[("chain", "rate"), ("nf", "fw")]).unwrap();
+    (cpu, rx, batches)
 }
 
 /// One round of [`measure_dataplane_rate_under_api_load`]: datagrams per
-/// second at the receiver, API requests per second served, and the
-/// chain worker's on-CPU nanoseconds per packet it received.
-fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) -> (f64, f64, f64) {
+/// second at the receiver, API requests per second served, the chain
+/// worker's on-CPU nanoseconds per packet it received, and its mean batch.
+fn rate_round(
+    net: &Net,
+    c: &Client,
+    rx: &UdpSocket,
+    loaded: bool,
+    secs: f64,
+) -> (f64, f64, f64, f64) {
     let stop = AtomicBool::new(false);
     let requests = AtomicU64::new(0);
     let (stop, requests) = (&stop, &requests);
@@ -1131,7 +1139,7 @@ fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) ->
         // Count what arrives during the window, after 200 ms of warm-up.
         std::thread::sleep(Duration::from_millis(200));
         let r0 = requests.load(Ordering::Relaxed);
-        let (cpu0, pk0) = worker_cpu_and_packets(c, net);
+        let (cpu0, pk0, b0) = worker_cpu_and_packets(c, net);
         let mut buf = [0u8; 2048];
         let mut got = 0u64;
         let t = Instant::now();
@@ -1142,10 +1150,11 @@ fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) ->
         }
         let took = t.elapsed().as_secs_f64();
         let reqs = (requests.load(Ordering::Relaxed) - r0) as f64 / took;
-        let (cpu1, pk1) = worker_cpu_and_packets(c, net);
+        let (cpu1, pk1, b1) = worker_cpu_and_packets(c, net);
         stop.store(true, Ordering::Relaxed);
         sender.join().unwrap();
-        (got as f64 / took, reqs, (cpu1 - cpu0) / (pk1 - pk0).max(1.0))
+        let packets = (pk1 - pk0).max(1.0);
+        (got as f64 / took, reqs, (cpu1 - cpu0) / packets, packets / (b1 - b0).max(1.0))
     })
 }
 
@@ -1181,19 +1190,21 @@ fn measure_dataplane_rate_under_api_load() {
     // Per arm (I, L, I2): rates, worker ns per packet; and L's requests/s.
     let mut rate = [Vec::new(), Vec::new(), Vec::new()];
     let mut nspp = [Vec::new(), Vec::new(), Vec::new()];
+    let mut batch = [Vec::new(), Vec::new(), Vec::new()];
     let mut reqs = Vec::new();
     let names = ["idle  ", "loaded", "idle2 "];
     for i in 0..rounds {
         for k in 0..3 {
             let arm = (i + k) % 3;
-            let (r, q, ns) = rate_round(&net, &c, &rx, arm == 1, secs);
+            let (r, q, ns, b) = rate_round(&net, &c, &rx, arm == 1, secs);
             rate[arm].push(r);
             nspp[arm].push(ns);
+            batch[arm].push(b);
             if arm == 1 {
                 reqs.push(q);
             }
             println!(
-                "round {i} {}: {r:.0} datagrams/s, worker {ns:.0} ns/packet{}",
+                "round {i} {}: {r:.0} datagrams/s, worker {ns:.0} ns/packet, mean batch {b:.1}{}",
                 names[arm],
                 if arm == 1 { format!(", {q:.0} API requests/s") } else { String::new() }
             );
@@ -1211,7 +1222,7 @@ fn measure_dataplane_rate_under_api_load() {
     };
     let ratios =
         |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
-    for (what, v) in [("rate", &rate), ("worker ns/packet", &nspp)] {
+    for (what, v) in [("rate", &rate), ("worker ns/packet", &nspp), ("mean batch", &batch)] {
         let load = ratios(&v[1], &v[0]);
         let noise = ratios(&v[2], &v[0]);
         let (lmin, lq1, lq3, lmax) = spread(&load);
