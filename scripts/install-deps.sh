@@ -12,8 +12,9 @@ PACKAGES=(
     # Real peers and readers of our output; tcpdump and dumpcap (with tshark)
     # write the captures braid must read.
     tshark tcpdump sockperf iperf3 iputils-ping nftables openssl
-    # braidd tests: a client running as another uid (peer credentials), sysctl in namespaces.
-    curl procps
+    # braidd tests: a client running as another uid (peer credentials), sysctl in namespaces,
+    # braidd run as nobody with only its capabilities (setpriv).
+    curl procps util-linux
     # A real Prometheus scrapes braidd in crates/daemon/tests/live.rs.
     prometheus
     # The virtualenv of schemathesis (the API fuzz run of crates/daemon/tests/serving.rs).

@@ -1,11 +1,14 @@
-//! A blocking client of braidd's API over its unix socket, shared by the
-//! `braid` command and the tests. One HTTP/1.1 request per connection
-//! (`Connection: close`); answers are read whole, up to
+//! A blocking client of braidd's API, shared by the `braid` command and
+//! the tests: over its unix socket ([`Client::new`]), or over TCP with TLS
+//! 1.3 and the bearer token ([`Client::tls`]). One HTTP/1.1 request per
+//! connection (`Connection: close`); answers are read whole, up to
 //! [`MAX_RESPONSE_BYTES`].
 
 use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,23 +16,26 @@ use serde_json::Value;
 /// Largest answer read (a `/metrics` of thousands of NFs fits).
 pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
 
-/// What went wrong talking to braidd.
+/// What went wrong talking to braidd. `at` is the socket or the URL.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to braidd at {socket}: {source}")]
+    /// A `--url`, `--ca` or `--token-file` that cannot be used.
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot connect to braidd at {at}: {source}")]
     Connect {
-        socket: PathBuf,
+        at: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("talking to braidd at {socket}: {source}")]
+    #[error("talking to braidd at {at}: {source}")]
     Io {
-        socket: PathBuf,
+        at: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("braidd at {socket} answered something that is not HTTP: {what}")]
-    Protocol { socket: PathBuf, what: String },
+    #[error("braidd at {at} answered something that is not HTTP: {what}")]
+    Protocol { at: String, what: String },
     /// The daemon refused: its status, error kind and message (with every
     /// problem of a descriptor).
     #[error("{message}")]
@@ -52,18 +58,132 @@ impl Response {
     }
 }
 
+/// A connection to braidd: a unix socket or a TLS stream.
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// Where braidd listens.
+#[derive(Clone)]
+enum Target {
+    Unix(PathBuf),
+    Tls(Arc<TlsTarget>),
+}
+
+/// braidd's TCP API: where, whom to trust, and the token.
+struct TlsTarget {
+    /// The URL as given (`https://host:port`), for messages.
+    url: String,
+    /// `host:port`, to connect to and for the `Host` header.
+    authority: String,
+    /// The name the certificate must carry (a DNS name or an IP address).
+    server_name: rustls::pki_types::ServerName<'static>,
+    config: Arc<rustls::ClientConfig>,
+    /// Never printed (see the `Debug` of [`Client`]).
+    token: String,
+}
+
 /// A client of one braidd.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
-    socket: PathBuf,
+    target: Target,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out of logs and panics.
+        f.debug_struct("Client")
+            .field("at", &self.at())
+            .field("token", &matches!(self.target, Target::Tls(_)).then_some("<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Client {
     /// A client of the braidd listening on `socket`; requests time out
     /// after 30 s.
     pub fn new(socket: impl Into<PathBuf>) -> Client {
-        Client { socket: socket.into(), timeout: Duration::from_secs(30) }
+        Client { target: Target::Unix(socket.into()), timeout: Duration::from_secs(30) }
+    }
+
+    /// A client of braidd's TCP API at `url` (`https://HOST[:PORT]`, port
+    /// 443 if not given), trusting the PEM certificates in `ca` (the
+    /// server's own self-signed certificate, or the CA that signed it),
+    /// sending the bearer token in `token_file` (its first line; the same
+    /// file braidd reads). TLS 1.3 only, as braidd.
+    pub fn tls(url: &str, ca: &Path, token_file: &Path) -> Result<Client, ClientError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let setup = |what: String| ClientError::Setup(what);
+        let rest = url.strip_prefix("https://").ok_or_else(|| {
+            setup(format!("--url {url}: must start with https:// (braidd's TCP API is TLS only)"))
+        })?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return Err(setup(format!(
+                "--url {url}: expected https://HOST[:PORT] with no path, query or user"
+            )));
+        }
+        // HOST, [IPv6] or either with :PORT.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (h, after) = v6.split_once(']').ok_or_else(|| {
+                    setup(format!("--url {url}: `[` without `]` around an IPv6 address"))
+                })?;
+                (h, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        let port: u16 = match port {
+            None => 443,
+            Some(p) => p.parse().map_err(|_| {
+                setup(format!("--url {url}: port `{p}` is not a number from 0 to 65535"))
+            })?,
+        };
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|_| setup(format!("--url {url}: `{host}` is not a host name or address")))?;
+        let authority =
+            if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+
+        let pem = std::fs::read(ca).map_err(|e| setup(format!("--ca {}: {e}", ca.display())))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert
+                .map_err(|e| setup(format!("--ca {}: not PEM certificates: {e}", ca.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| setup(format!("--ca {}: unusable certificate: {e}", ca.display())))?;
+        }
+        if roots.is_empty() {
+            return Err(setup(format!("--ca {}: no `BEGIN CERTIFICATE` block", ca.display())));
+        }
+        let text = std::fs::read_to_string(token_file)
+            .map_err(|e| setup(format!("--token-file {}: {e}", token_file.display())))?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(setup(format!(
+                "--token-file {}: the first line must be the token (printable characters, no spaces)",
+                token_file.display()
+            )));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| setup(format!("TLS 1.3: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let target = TlsTarget {
+            url: url.to_string(),
+            authority,
+            server_name,
+            config: Arc::new(config),
+            token,
+        };
+        Ok(Client { target: Target::Tls(Arc::new(target)), timeout: Duration::from_secs(30) })
     }
 
     /// Change the time a request may take.
@@ -72,17 +192,20 @@ impl Client {
         self
     }
 
-    /// The socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// Where braidd is: its socket's path or its URL.
+    pub fn at(&self) -> String {
+        match &self.target {
+            Target::Unix(p) => p.display().to_string(),
+            Target::Tls(t) => t.url.clone(),
+        }
     }
 
     fn io(&self, source: std::io::Error) -> ClientError {
-        ClientError::Io { socket: self.socket.clone(), source }
+        ClientError::Io { at: self.at(), source }
     }
 
     fn protocol(&self, what: impl Into<String>) -> ClientError {
-        ClientError::Protocol { socket: self.socket.clone(), what: what.into() }
+        ClientError::Protocol { at: self.at(), what: what.into() }
     }
 
     /// Send one request; any status is returned as it is.
@@ -102,7 +225,14 @@ impl Client {
         headers: &[(&str, &str)],
         body: Option<(&str, &[u8])>,
     ) -> String {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: braidd\r\nConnection: close\r\n");
+        let host = match &self.target {
+            Target::Unix(_) => "braidd",
+            Target::Tls(t) => &t.authority,
+        };
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        if let Target::Tls(t) = &self.target {
+            head.push_str(&format!("Authorization: Bearer {}\r\n", t.token));
+        }
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -113,11 +243,42 @@ impl Client {
         head
     }
 
-    fn send(&self, head: &str) -> Result<UnixStream, ClientError> {
-        let mut s = UnixStream::connect(&self.socket)
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
-        s.set_read_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
-        s.set_write_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
+    fn connect(&self) -> Result<Box<dyn Conn>, ClientError> {
+        let connect = |source| ClientError::Connect { at: self.at(), source };
+        match &self.target {
+            Target::Unix(path) => {
+                let s = UnixStream::connect(path).map_err(connect)?;
+                s.set_read_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
+                s.set_write_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
+                Ok(Box::new(s))
+            }
+            Target::Tls(t) => {
+                let mut last = std::io::Error::other("the host name has no address");
+                let mut tcp = None;
+                for addr in t.authority.to_socket_addrs().map_err(connect)? {
+                    match TcpStream::connect_timeout(&addr, self.timeout) {
+                        Ok(s) => {
+                            tcp = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                let tcp = tcp.ok_or_else(|| connect(last))?;
+                tcp.set_read_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
+                tcp.set_write_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
+                let _ = tcp.set_nodelay(true);
+                let conn = rustls::ClientConnection::new(t.config.clone(), t.server_name.clone())
+                    .map_err(|e| connect(std::io::Error::other(e)))?;
+                // The handshake runs with the first write (and fails it
+                // when the certificate is not trusted).
+                Ok(Box::new(rustls::StreamOwned::new(conn, tcp)))
+            }
+        }
+    }
+
+    fn send(&self, head: &str) -> Result<Box<dyn Conn>, ClientError> {
+        let mut s = self.connect()?;
         s.write_all(head.as_bytes()).map_err(|e| self.io(e))?;
         Ok(s)
     }
@@ -146,8 +307,14 @@ impl Client {
         let mut raw = Vec::new();
         match (&mut s).take(MAX_RESPONSE_BYTES).read_to_end(&mut raw) {
             Ok(_) => {}
-            // A reset after a complete answer (body refused) is fine.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => {}
+            // A reset after a complete answer (body refused) is fine, and
+            // so is a TLS peer closing without close_notify: the answer's
+            // length or last chunk says whether it is whole.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ) && !raw.is_empty() => {}
             Err(e) => return Err(self.io(e)),
         }
         self.parse(&raw)
@@ -373,7 +540,6 @@ impl Client {
             None => "/v1/events".to_string(),
         };
         let s = self.send(&self.head("GET", &path, &[], None))?;
-        s.set_read_timeout(Some(self.timeout)).map_err(|e| self.io(e))?;
         let mut r = std::io::BufReader::new(s);
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -403,7 +569,7 @@ impl Client {
         if !resp.header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
             return Err(self.protocol("the event stream is not chunked"));
         }
-        Ok(EventStream { reader: r, pending: Vec::new(), socket: self.socket.clone(), done: false })
+        Ok(EventStream { reader: r, pending: Vec::new(), at: self.at(), done: false })
     }
 
     /// `GET /v1/openapi.json`.
@@ -414,17 +580,17 @@ impl Client {
 
 /// The event stream of [`Client::events`]: one JSON value per event.
 pub struct EventStream {
-    reader: std::io::BufReader<UnixStream>,
+    reader: std::io::BufReader<Box<dyn Conn>>,
     /// Bytes of an event line not complete yet.
     pending: Vec<u8>,
-    socket: PathBuf,
+    at: String,
     done: bool,
 }
 
 impl EventStream {
     fn fail(&mut self, what: String) -> Option<Result<Value, ClientError>> {
         self.done = true;
-        Some(Err(ClientError::Protocol { socket: self.socket.clone(), what }))
+        Some(Err(ClientError::Protocol { at: self.at.clone(), what }))
     }
 }
 
@@ -438,7 +604,7 @@ impl Iterator for EventStream {
             if let Some(nl) = self.pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.pending.drain(..=nl).collect();
                 return Some(serde_json::from_slice(&line).map_err(|e| ClientError::Protocol {
-                    socket: self.socket.clone(),
+                    at: self.at.clone(),
                     what: format!("event line: {e}"),
                 }));
             }
@@ -448,7 +614,7 @@ impl Iterator for EventStream {
                 Ok(_) => {}
                 Err(source) => {
                     self.done = true;
-                    return Some(Err(ClientError::Io { socket: self.socket.clone(), source }));
+                    return Some(Err(ClientError::Io { at: self.at.clone(), source }));
                 }
             }
             let size =
@@ -466,7 +632,7 @@ impl Iterator for EventStream {
             let mut chunk = vec![0u8; size + 2];
             if let Err(source) = self.reader.read_exact(&mut chunk) {
                 self.done = true;
-                return Some(Err(ClientError::Io { socket: self.socket.clone(), source }));
+                return Some(Err(ClientError::Io { at: self.at.clone(), source }));
             }
             self.pending.extend_from_slice(&chunk[..size]);
         }

@@ -1,50 +1,68 @@
-//! `/metrics`: OpenMetrics text (Prometheus reads it) through
-//! `prometheus-client`.
+//! `/metrics`: OpenMetrics text (Prometheus reads it).
 //!
-//! The dataplane counters are not copied into registered metrics: at each
-//! scrape a [`Collector`] reads every running chain's telemetry snapshot
-//! (seqlock cells the worker writes; the reader retries, the worker never
-//! waits) and encodes it. The API's own request counter is an ordinary
-//! registered family.
+//! The daemon's own request counter is an ordinary `prometheus-client`
+//! family. The dataplane counters are not copied into registered metrics:
+//! at each scrape every running chain's telemetry is read (seqlock cells
+//! the worker writes; the reader retries, the worker never waits) and
+//! written straight into the page by [`Page`], with each NF's and port's
+//! label set rendered once per scrape (not once per sample) and each
+//! worker's CPU time read from its thread's CPU clock (one
+//! `clock_gettime`, no `/proc` file). docs/daemon.md ("Metrics") has what
+//! this costs with 100 NFs.
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family as LabelledFamily;
 use prometheus_client::registry::Registry;
+
+use braid_dataplane::telemetry::WorkerSnapshot;
 
 use crate::daemon::{Chains, Daemon};
 use crate::ops::Operations;
-use std::sync::Arc;
 
 /// The labels of `braid_api_requests`.
 pub type RequestLabels = Vec<(&'static str, String)>;
 
 /// The registry and the daemon's own metrics.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     /// API requests by method, route and status.
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: LabelledFamily<RequestLabels, Counter>,
+    chains: Chains,
+    /// The chain workers' idle policy (a label of `braid_worker_info`).
+    idle: String,
+    operations: Arc<Operations>,
+    /// The last page's length: the next one's first allocation.
+    last_len: AtomicUsize,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("requests", &self.requests).finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
     /// Metrics over `daemon`'s chains and `operations`.
     pub fn new(daemon: &Daemon, operations: Arc<Operations>) -> Metrics {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = LabelledFamily::<RequestLabels, Counter>::default();
         registry.register(
             "braid_api_requests",
             "API requests served, by method, route and status",
             requests.clone(),
         );
-        registry.register_collector(Box::new(ChainCollector {
+        Metrics {
+            registry,
+            requests,
             chains: daemon.chains(),
             idle: daemon.idle_policy(),
             operations,
-        }));
-        Metrics { registry, requests }
+            last_len: AtomicUsize::new(16 * 1024),
+        }
     }
 
     /// Count one API request.
@@ -60,247 +78,314 @@ impl Metrics {
 
     /// Everything, as OpenMetrics text.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::with_capacity(64 * 1024);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        let mut page =
+            Page { out: String::with_capacity(self.last_len.load(Ordering::Relaxed) + 4096) };
+        prometheus_client::encoding::text::encode_registry(&mut page.out, &self.registry)?;
+        self.encode_chains(&mut page);
+        prometheus_client::encoding::text::encode_eof(&mut page.out)?;
+        self.last_len.store(page.out.len(), Ordering::Relaxed);
+        Ok(page.out)
+    }
+
+    fn encode_chains(&self, p: &mut Page) {
+        let chains: Vec<_> =
+            self.chains.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let seen: Vec<Seen> = chains.iter().map(|c| Seen::read(c)).collect();
+        let nfs = || seen.iter().flat_map(|s| s.nfs());
+        let ports = || seen.iter().flat_map(|s| s.ports());
+        let workers = || seen.iter().filter_map(|s| Some((&s.chain, s.snap.as_ref()?, s.cpu)));
+
+        type Nf = braid_nf::Counters;
+        let nf_families: [Family<Nf>; 7] = [
+            ("braid_nf_packets_in", "Packets into an NF", |c| c.packets_in),
+            ("braid_nf_packets_out", "Packets out of an NF", |c| c.packets_out),
+            ("braid_nf_bytes_in", "Bytes into an NF", |c| c.bytes_in),
+            ("braid_nf_bytes_out", "Bytes out of an NF", |c| c.bytes_out),
+            (
+                "braid_nf_packets_created",
+                "Packets an NF made itself (answers, coded packets)",
+                |c| c.packets_created,
+            ),
+            ("braid_nf_batches", "Batches an NF processed", |c| c.batches),
+            (
+                "braid_nf_busy_nanoseconds",
+                "Time an NF spent processing (ns per packet: this over packets_in)",
+                |c| c.busy_ns,
+            ),
+        ];
+        for (name, help, f) in nf_families {
+            p.family(name, help, "counter");
+            for (labels, c) in nfs() {
+                p.counter(name, labels, "", f(c));
+            }
+        }
+        let name = "braid_nf_drops";
+        p.family(name, "Packets an NF dropped, by reason", "counter");
+        for (labels, c) in nfs() {
+            for (reason, v) in c.drop_breakdown() {
+                p.counter(name, labels, &format!(",reason=\"{reason}\""), v);
+            }
+        }
+
+        type Port = braid_io::PortStats;
+        let port_families: [Family<Port>; 6] = [
+            ("braid_port_rx_packets", "Packets received by a port", |s| s.rx_packets),
+            ("braid_port_tx_packets", "Packets sent by a port", |s| s.tx_packets),
+            ("braid_port_rx_bytes", "Bytes received by a port", |s| s.rx_bytes),
+            ("braid_port_tx_bytes", "Bytes sent by a port", |s| s.tx_bytes),
+            ("braid_port_rx_dropped", "Frames a port dropped on receive", |s| s.rx_dropped),
+            ("braid_port_tx_dropped", "Frames a port could not send", |s| s.tx_dropped),
+        ];
+        for (name, help, f) in port_families {
+            p.family(name, help, "counter");
+            for (labels, s) in ports() {
+                p.counter(name, labels, "", f(s));
+            }
+        }
+
+        type Loop = braid_dataplane::telemetry::LoopStats;
+        let loop_families: [Family<Loop>; 4] = [
+            ("braid_worker_turns", "Loop turns of a chain's worker", |l| l.turns),
+            ("braid_worker_idle_turns", "Loop turns that received nothing", |l| l.idle_turns),
+            (
+                "braid_worker_sleeps",
+                "Times a chain's worker slept waiting for packets (poll or sleep idle policy)",
+                |l| l.sleeps,
+            ),
+            ("braid_worker_control_messages", "Control messages a chain's worker answered", |l| {
+                l.control_messages
+            }),
+        ];
+        for (name, help, f) in loop_families {
+            p.family(name, help, "counter");
+            for (labels, snap, _) in workers() {
+                p.counter(name, labels, "", f(&snap.looped));
+            }
+        }
+        type Xsk = braid_io::af_xdp::XskStats;
+        let xsk_families: [Family<Xsk>; 6] = [
+            (
+                "braid_port_xdp_rx_dropped",
+                "AF_XDP socket: frames the kernel dropped on receive other than for a full ring or a bad descriptor (XDP_STATISTICS)",
+                |x| x.rx_dropped,
+            ),
+            (
+                "braid_port_xdp_rx_invalid_descs",
+                "AF_XDP socket: invalid descriptors in the fill ring (XDP_STATISTICS)",
+                |x| x.rx_invalid_descs,
+            ),
+            (
+                "braid_port_xdp_tx_invalid_descs",
+                "AF_XDP socket: invalid descriptors in the transmit ring (XDP_STATISTICS)",
+                |x| x.tx_invalid_descs,
+            ),
+            (
+                "braid_port_xdp_rx_ring_full",
+                "AF_XDP socket: frames dropped because the receive ring was full (XDP_STATISTICS)",
+                |x| x.rx_ring_full,
+            ),
+            (
+                "braid_port_xdp_rx_fill_ring_empty_descs",
+                "AF_XDP socket: times a frame came and the fill ring was empty (XDP_STATISTICS)",
+                |x| x.rx_fill_ring_empty_descs,
+            ),
+            (
+                "braid_port_xdp_tx_ring_empty_descs",
+                "AF_XDP socket: times the kernel was woken to send and the transmit ring was empty (XDP_STATISTICS)",
+                |x| x.tx_ring_empty_descs,
+            ),
+        ];
+        for (name, help, f) in xsk_families {
+            p.family(name, help, "counter");
+            for (labels, s) in ports() {
+                if let Some(x) = &s.xsk {
+                    p.counter(name, labels, "", f(x));
+                }
+            }
+        }
+        let name = "braid_port_syscalls";
+        p.family(
+            name,
+            "System calls a port made to receive and send (recvmmsg, sendmmsg, AF_XDP wake-ups)",
+            "counter",
+        );
+        for (labels, s) in ports() {
+            if let Some(n) = s.syscalls {
+                p.counter(name, labels, "", n);
+            }
+        }
+        let name = "braid_worker_cpu_nanoseconds";
+        p.family(
+            name,
+            "On-CPU time of a chain's worker thread since its loop started (busy share: its rate over 1e9)",
+            "counter",
+        );
+        for (labels, _, cpu) in workers() {
+            if let Some((run, _)) = cpu {
+                p.counter(name, labels, "", run);
+            }
+        }
+        let name = "braid_worker_busy_share";
+        p.family(
+            name,
+            "Share of wall time a chain's worker thread was on a CPU since its loop started (0..1; with idle policy busy, 1)",
+            "gauge",
+        );
+        for (labels, _, cpu) in workers() {
+            if let Some((run, wall)) = cpu {
+                let share = if wall == 0 { 0.0 } else { (run as f64 / wall as f64).min(1.0) };
+                p.gauge_f64(name, labels, share);
+            }
+        }
+        let name = "braid_worker_info";
+        p.family(name, "A chain's worker and its idle policy (always 1)", "gauge");
+        let idle = format!(",idle=\"{}\"", escape(&self.idle));
+        for (labels, _, _) in workers() {
+            p.gauge(name, labels, &idle, 1);
+        }
+
+        let (totals, running) = self.operations.counts();
+        let name = "braid_operations";
+        p.family(
+            name,
+            "Operations (deploy, remove, reconfigure) finished, by kind and outcome",
+            "counter",
+        );
+        for ((kind, outcome), n) in totals {
+            let labels = format!("kind=\"{}\",outcome=\"{}\"", escape(kind), escape(outcome));
+            p.counter(name, &labels, "", n);
+        }
+        let name = "braid_operations_running";
+        p.family(name, "Operations running now", "gauge");
+        p.gauge(name, "", "", running as i64);
+        let name = "braid_chain_up";
+        p.family(
+            name,
+            "1 when the chain's worker runs, 0 when it is declared but not running",
+            "gauge",
+        );
+        for s in &seen {
+            p.gauge(name, &s.chain, "", i64::from(s.up));
+        }
     }
 }
 
-/// Reads the chains' telemetry at each scrape.
-struct ChainCollector {
-    chains: Chains,
-    /// The chain workers' idle policy (a label of `braid_worker_info`).
-    idle: String,
-    operations: Arc<Operations>,
+/// A counter family read from records of type `T`: name, help, value.
+type Family<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// One chain as read at a scrape, with its label sets rendered once.
+struct Seen {
+    /// `chain="NAME"`.
+    chain: String,
+    up: bool,
+    snap: Option<WorkerSnapshot>,
+    /// `chain="..",nf="..",kind=".."` per stage of `snap`.
+    nf_labels: Vec<String>,
+    /// `chain="..",port=".."` per port of `snap`.
+    port_labels: Vec<String>,
+    /// The worker thread's on-CPU time since its loop started and the
+    /// wall time since then (ns).
+    cpu: Option<(u64, u64)>,
+}
+
+impl Seen {
+    fn read(c: &crate::daemon::Deployed) -> Seen {
+        let chain = format!("chain=\"{}\"", escape(c.name()));
+        let (state, _) = c.state();
+        let mut seen = Seen {
+            up: state == "running",
+            snap: None,
+            nf_labels: Vec::new(),
+            port_labels: Vec::new(),
+            cpu: None,
+            chain,
+        };
+        let Some(live) = c.live() else { return seen };
+        let snap = live.snapshot();
+        seen.nf_labels = snap
+            .stages
+            .iter()
+            .map(|s| {
+                format!("{},nf=\"{}\",kind=\"{}\"", seen.chain, escape(&s.name), escape(s.kind))
+            })
+            .collect();
+        seen.port_labels = snap
+            .ports
+            .iter()
+            .map(|p| format!("{},port=\"{}\"", seen.chain, escape(&p.name)))
+            .collect();
+        seen.cpu = worker_cpu(live);
+        seen.snap = Some(snap);
+        seen
+    }
+
+    fn nfs(&self) -> impl Iterator<Item = (&str, &braid_nf::Counters)> {
+        let stages = self.snap.iter().flat_map(|s| s.stages.iter());
+        self.nf_labels.iter().map(String::as_str).zip(stages.map(|s| &s.counters))
+    }
+
+    fn ports(&self) -> impl Iterator<Item = (&str, &braid_io::PortStats)> {
+        let ports = self.snap.iter().flat_map(|s| s.ports.iter());
+        self.port_labels.iter().map(String::as_str).zip(ports.map(|p| &p.stats))
+    }
 }
 
 /// A worker thread's on-CPU time since its loop started and the wall time
-/// since then (ns): one small read of `/proc/self/task/TID/schedstat` (its
-/// first field, nanoseconds on a CPU) per chain and scrape (None before
-/// its loop started or once its thread is gone).
+/// since then (ns), from the thread's CPU clock (None before its loop
+/// started or once its thread is gone).
 fn worker_cpu(live: &braid_runtime::live::LiveChain) -> Option<(u64, u64)> {
     let os = live.telemetry().os();
     let start = os.start?;
-    let text = std::fs::read_to_string(format!("/proc/self/task/{}/schedstat", start.tid)).ok()?;
-    let run_ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    let run_ns = braid_dataplane::os::thread_cpu_ns(start.tid)?;
     let wall = braid_nf::monotonic_ns().saturating_sub(os.start_ns);
     Some((run_ns.saturating_sub(start.run_ns), wall))
 }
 
-impl std::fmt::Debug for ChainCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ChainCollector")
+/// A label value as OpenMetrics writes it (`\`, `"` and newlines escaped).
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
     }
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").into()
 }
 
-type Labels = Vec<(&'static str, String)>;
-
-/// One counter family: name, help, and (labels, value) rows.
-fn counters(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Labels, u64)],
-) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
-    for (labels, v) in rows {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
+/// The page being written: families and samples in OpenMetrics text.
+struct Page {
+    out: String,
 }
 
-impl Collector for ChainCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let chains: Vec<_> =
-            self.chains.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        // Per NF: (labels, counters); per port; per chain.
-        let mut nf = Vec::new();
-        let mut drops = Vec::new();
-        let mut ports = Vec::new();
-        let mut up = Vec::new();
-        let mut loops = Vec::new();
-        let mut cpu = Vec::new();
-        for c in &chains {
-            let chain = c.name().to_string();
-            let (state, _) = c.state();
-            up.push((vec![("chain", chain.clone())], i64::from(state == "running")));
-            let Some(live) = c.live() else { continue };
-            let s = live.snapshot();
-            for st in &s.stages {
-                let labels: Labels = vec![
-                    ("chain", chain.clone()),
-                    ("nf", st.name.clone()),
-                    ("kind", st.kind.to_string()),
-                ];
-                for (reason, v) in st.counters.drop_breakdown() {
-                    let mut l = labels.clone();
-                    l.push(("reason", reason.to_string()));
-                    drops.push((l, v));
-                }
-                nf.push((labels, st.counters.clone()));
-            }
-            for p in &s.ports {
-                ports.push((vec![("chain", chain.clone()), ("port", p.name.clone())], p.stats));
-            }
-            loops.push((vec![("chain", chain.clone())], s.looped));
-            if let Some(c) = worker_cpu(live) {
-                cpu.push((vec![("chain", chain.clone())], c));
-            }
+impl Page {
+    fn family(&mut self, name: &str, help: &str, kind: &str) {
+        for part in ["# HELP ", name, " ", help, "\n# TYPE ", name, " ", kind, "\n"] {
+            self.out.push_str(part);
         }
-        let rows = |f: &dyn Fn(&braid_nf::Counters) -> u64| -> Vec<(Labels, u64)> {
-            nf.iter().map(|(l, c)| (l.clone(), f(c))).collect()
-        };
-        counters(&mut enc, "braid_nf_packets_in", "Packets into an NF", &rows(&|c| c.packets_in))?;
-        counters(
-            &mut enc,
-            "braid_nf_packets_out",
-            "Packets out of an NF",
-            &rows(&|c| c.packets_out),
-        )?;
-        counters(&mut enc, "braid_nf_bytes_in", "Bytes into an NF", &rows(&|c| c.bytes_in))?;
-        counters(&mut enc, "braid_nf_bytes_out", "Bytes out of an NF", &rows(&|c| c.bytes_out))?;
-        counters(
-            &mut enc,
-            "braid_nf_packets_created",
-            "Packets an NF made itself (answers, coded packets)",
-            &rows(&|c| c.packets_created),
-        )?;
-        counters(&mut enc, "braid_nf_batches", "Batches an NF processed", &rows(&|c| c.batches))?;
-        counters(
-            &mut enc,
-            "braid_nf_busy_nanoseconds",
-            "Time an NF spent processing (ns per packet: this over packets_in)",
-            &rows(&|c| c.busy_ns),
-        )?;
-        counters(&mut enc, "braid_nf_drops", "Packets an NF dropped, by reason", &drops)?;
-        let prow = |f: &dyn Fn(&braid_io::PortStats) -> u64| -> Vec<(Labels, u64)> {
-            ports.iter().map(|(l, s)| (l.clone(), f(s))).collect()
-        };
-        counters(
-            &mut enc,
-            "braid_port_rx_packets",
-            "Packets received by a port",
-            &prow(&|s| s.rx_packets),
-        )?;
-        counters(
-            &mut enc,
-            "braid_port_tx_packets",
-            "Packets sent by a port",
-            &prow(&|s| s.tx_packets),
-        )?;
-        counters(
-            &mut enc,
-            "braid_port_rx_bytes",
-            "Bytes received by a port",
-            &prow(&|s| s.rx_bytes),
-        )?;
-        counters(&mut enc, "braid_port_tx_bytes", "Bytes sent by a port", &prow(&|s| s.tx_bytes))?;
-        counters(
-            &mut enc,
-            "braid_port_rx_dropped",
-            "Frames a port dropped on receive",
-            &prow(&|s| s.rx_dropped),
-        )?;
-        counters(
-            &mut enc,
-            "braid_port_tx_dropped",
-            "Frames a port could not send",
-            &prow(&|s| s.tx_dropped),
-        )?;
-        let lrow =
-            |f: &dyn Fn(&braid_dataplane::telemetry::LoopStats) -> u64| -> Vec<(Labels, u64)> {
-                loops.iter().map(|(l, s)| (l.clone(), f(s))).collect()
-            };
-        counters(
-            &mut enc,
-            "braid_worker_turns",
-            "Loop turns of a chain's worker",
-            &lrow(&|s| s.turns),
-        )?;
-        counters(
-            &mut enc,
-            "braid_worker_idle_turns",
-            "Loop turns that received nothing",
-            &lrow(&|s| s.idle_turns),
-        )?;
-        counters(
-            &mut enc,
-            "braid_worker_sleeps",
-            "Times a chain's worker slept waiting for packets (poll or sleep idle policy)",
-            &lrow(&|s| s.sleeps),
-        )?;
-        counters(
-            &mut enc,
-            "braid_worker_control_messages",
-            "Control messages a chain's worker answered",
-            &lrow(&|s| s.control_messages),
-        )?;
-        let syscalls: Vec<(Labels, u64)> =
-            ports.iter().filter_map(|(l, s)| s.syscalls.map(|n| (l.clone(), n))).collect();
-        counters(
-            &mut enc,
-            "braid_port_syscalls",
-            "System calls a port made to receive and send (recvmmsg, sendmmsg, AF_XDP wake-ups)",
-            &syscalls,
-        )?;
-        let cpu_ns: Vec<(Labels, u64)> =
-            cpu.iter().map(|(l, (run, _))| (l.clone(), *run)).collect();
-        counters(
-            &mut enc,
-            "braid_worker_cpu_nanoseconds",
-            "On-CPU time of a chain's worker thread since its loop started (busy share: its rate over 1e9)",
-            &cpu_ns,
-        )?;
-        let mut m = enc.encode_descriptor(
-            "braid_worker_busy_share",
-            "Share of wall time a chain's worker thread was on a CPU since its loop started (0..1; with idle policy busy, 1)",
-            None,
-            ConstGauge::new(0f64).metric_type(),
-        )?;
-        for (labels, (run, wall)) in &cpu {
-            let share = if *wall == 0 { 0.0 } else { (*run as f64 / *wall as f64).min(1.0) };
-            ConstGauge::new(share).encode(m.encode_family(labels)?)?;
+    }
+
+    /// `NAME{LABELS MORE}`: the sample's name and label set.
+    fn sample(&mut self, name: &str, suffix: &str, labels: &str, more: &str) {
+        self.out.push_str(name);
+        self.out.push_str(suffix);
+        if !labels.is_empty() || !more.is_empty() {
+            self.out.push('{');
+            self.out.push_str(labels);
+            self.out.push_str(more);
+            self.out.push('}');
         }
-        let mut m = enc.encode_descriptor(
-            "braid_worker_info",
-            "A chain's worker and its idle policy (always 1)",
-            None,
-            ConstGauge::new(0i64).metric_type(),
-        )?;
-        for (labels, _) in &loops {
-            let mut l = labels.clone();
-            l.push(("idle", self.idle.clone()));
-            ConstGauge::new(1i64).encode(m.encode_family(&l)?)?;
-        }
-        let (totals, running) = self.operations.counts();
-        let rows: Vec<(Labels, u64)> = totals
-            .into_iter()
-            .map(|((kind, outcome), n)| {
-                (vec![("kind", kind.to_string()), ("outcome", outcome.to_string())], n)
-            })
-            .collect();
-        counters(
-            &mut enc,
-            "braid_operations",
-            "Operations (deploy, remove, reconfigure) finished, by kind and outcome",
-            &rows,
-        )?;
-        let mut m = enc.encode_descriptor(
-            "braid_operations_running",
-            "Operations running now",
-            None,
-            ConstGauge::new(0i64).metric_type(),
-        )?;
-        ConstGauge::new(running as i64).encode(m.encode_family(&Vec::<(&str, String)>::new())?)?;
-        let mut m = enc.encode_descriptor(
-            "braid_chain_up",
-            "1 when the chain's worker runs, 0 when it is declared but not running",
-            None,
-            ConstGauge::new(0i64).metric_type(),
-        )?;
-        for (labels, v) in &up {
-            ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
-        }
-        Ok(())
+        self.out.push(' ');
+    }
+
+    fn counter(&mut self, name: &str, labels: &str, more: &str, v: u64) {
+        self.sample(name, "_total", labels, more);
+        let _ = writeln!(self.out, "{v}");
+    }
+
+    fn gauge(&mut self, name: &str, labels: &str, more: &str, v: i64) {
+        self.sample(name, "", labels, more);
+        let _ = writeln!(self.out, "{v}");
+    }
+
+    fn gauge_f64(&mut self, name: &str, labels: &str, v: f64) {
+        self.sample(name, "", labels, "");
+        let _ = writeln!(self.out, "{v:?}");
     }
 }

@@ -211,6 +211,8 @@ fn a_chain_deployed_through_the_api_forwards_reports_changes_and_survives_kill_9
     assert_eq!(stage(&v, "f")["packets_out"], stage(&v, "fw")["packets_in"], "{v}");
     let m = c.metrics().unwrap();
     let fw_in = stage(&v, "fw")["packets_in"].as_u64().unwrap() as f64;
+    // AF_PACKET ports have no AF_XDP ring counters.
+    assert_eq!(metric_value(&m, "braid_port_xdp_rx_ring_full_total", &[("chain", "edge")]), None);
     assert_eq!(
         metric_value(&m, "braid_nf_packets_in_total", &[("chain", "edge"), ("nf", "fw")]),
         Some(fw_in),
@@ -371,6 +373,221 @@ fn a_chain_deployed_through_the_api_forwards_reports_changes_and_survives_kill_9
     assert!(d.terminate().success());
 }
 
+/// An AF_XDP chain through the API: its ports' kernel ring counters
+/// (`XDP_STATISTICS`) are in `/metrics` and in the chain's stats, read
+/// from the telemetry the worker publishes every tick (a scrape sends the
+/// worker no control message), with the worker's busy share and idle
+/// policy.
+#[test]
+fn an_af_xdp_chain_shows_its_ring_counters_busy_share_and_idle_policy() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd af_xdp", "needs root for namespaces")
+        || braid_testkit::skip_unless(
+            braid_io::xdp::xdp_built(),
+            "braidd af_xdp",
+            "XDP programs were not built (install clang and libbpf-dev)",
+        )
+    {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("xdp");
+    let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    let yaml = format!(
+        "name: xdp\nports:\n  in: {{ kind: af_xdp, iface: {} }}\n  out: {{ kind: af_xdp, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+        net.a1, net.b1
+    );
+    c.deploy(&yaml).unwrap();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    time_to_first_packet(&tx, &rx, Duration::from_secs(5)).expect("no packet crossed");
+    let got = send_and_count(&tx, &rx, 200);
+    assert!(got > 0, "nothing crossed the AF_XDP chain");
+    // Port counters are published every tick (10 ms).
+    std::thread::sleep(Duration::from_millis(100));
+
+    let m = c.metrics().unwrap();
+    let v = c.chain("xdp").unwrap();
+    let ports = v["stats"]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 2, "{v}");
+    for (i, iface) in [&net.a1, &net.b1].into_iter().enumerate() {
+        let port = format!("af_xdp:{iface}/q0");
+        assert_eq!(ports[i]["name"], port.as_str(), "{v}");
+        let labels = [("chain", "xdp"), ("port", port.as_str())];
+        let value = |name: &str| {
+            metric_value(&m, &format!("braid_port_xdp_{name}_total"), &labels)
+                .unwrap_or_else(|| panic!("no braid_port_xdp_{name}_total for {port}:\n{m}"))
+        };
+        for name in [
+            "rx_dropped",
+            "rx_invalid_descs",
+            "tx_invalid_descs",
+            "rx_ring_full",
+            "rx_fill_ring_empty_descs",
+            "tx_ring_empty_descs",
+        ] {
+            let api = ports[i]["xdp"][name].as_u64().unwrap_or_else(|| panic!("{name}: {v}"));
+            value(name);
+            if name.contains("invalid") {
+                // braid's rings never hand the kernel a bad descriptor.
+                assert_eq!((api, value(name)), (0, 0.0), "{name} of {port}");
+            }
+        }
+        // The port's own rx_dropped includes the socket's drops.
+        let dropped = metric_value(&m, "braid_port_rx_dropped_total", &labels).unwrap();
+        assert!(dropped >= value("rx_dropped") + value("rx_ring_full"), "{port}:\n{m}");
+    }
+    let rx_packets = metric_value(
+        &m,
+        "braid_port_rx_packets_total",
+        &[("chain", "xdp"), ("port", &format!("af_xdp:{}/q0", net.a1))],
+    )
+    .unwrap();
+    assert!(rx_packets >= got as f64, "{rx_packets} received, {got} arrived");
+
+    // The worker's busy share and idle policy; scrapes do not talk to it.
+    let share = metric_value(&m, "braid_worker_busy_share", &[("chain", "xdp")]).unwrap();
+    assert!((0.0..=1.0).contains(&share), "busy share {share}");
+    assert_eq!(
+        metric_value(&m, "braid_worker_info", &[("chain", "xdp"), ("idle", "poll")]),
+        Some(1.0)
+    );
+    let control = |m: &str| {
+        metric_value(m, "braid_worker_control_messages_total", &[("chain", "xdp")]).unwrap()
+    };
+    let before = control(&m);
+    for _ in 0..5 {
+        c.metrics().unwrap();
+    }
+    assert_eq!(control(&c.metrics().unwrap()), before, "a scrape sent the worker a message");
+
+    c.remove("xdp").unwrap();
+    assert!(d.terminate().success(), "{}", d.log());
+}
+
+/// The capabilities braidd needs (docs/daemon.md, "Least privilege"),
+/// as `setpriv` names them, with their bit numbers.
+const CAPS: [(&str, u32); 5] =
+    [("net_raw", 13), ("net_admin", 12), ("bpf", 39), ("perfmon", 38), ("ipc_lock", 14)];
+
+/// A `setpriv` wrapper running braidd as uid/gid 65534 (nobody) with only
+/// `caps` (inheritable, ambient, bounding set: nothing else can come back).
+fn setpriv(caps: &[&str]) -> Vec<String> {
+    let set: String = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={set}"),
+        &format!("--ambient-caps={set}"),
+        &format!("--bounding-set={set}"),
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A state directory braidd running as nobody can write.
+fn nobody_dir(tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    dir
+}
+
+/// Field `name` of `/proc/PID/status`.
+fn proc_status(pid: u32, name: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+}
+
+/// braidd as an unprivileged user with only CAP_NET_RAW, CAP_NET_ADMIN,
+/// CAP_BPF, CAP_PERFMON and CAP_IPC_LOCK deploys an AF_PACKET chain and an
+/// AF_XDP chain through its API, traffic crosses both, and it stops
+/// cleanly; without any one of them (CAP_IPC_LOCK only where the locked
+/// memory limit is too small for the UMEM, as here) the AF_XDP deploy is
+/// refused with 422 and the reason, and nothing is declared.
+#[test]
+fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd caps", "needs root for namespaces")
+        || braid_testkit::skip_unless_tool("setpriv", "braidd caps")
+        || braid_testkit::skip_unless(
+            braid_io::xdp::xdp_built(),
+            "braidd caps",
+            "XDP programs were not built (install clang and libbpf-dev)",
+        )
+    {
+        return;
+    }
+    let net = net();
+    let chain = |name: &str, kind: &str| {
+        format!(
+            "name: {name}\nports:\n  in: {{ kind: {kind}, iface: {} }}\n  out: {{ kind: {kind}, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+            net.a1, net.b1
+        )
+    };
+    let all: Vec<&str> = CAPS.iter().map(|(c, _)| *c).collect();
+    let dir = nobody_dir("caps");
+    let wrapper = setpriv(&all);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut d =
+        Braidd::start_wrapped(&wrapper, common::BRAIDD, dir.path(), Some(net.mid.name()), &[]);
+    assert_eq!(proc_status(d.pid(), "Uid:").split_whitespace().next(), Some("65534"));
+    let mask: u64 = CAPS.iter().map(|(_, bit)| 1u64 << bit).sum();
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(proc_status(d.pid(), field), format!("{mask:016x}"), "{field}");
+    }
+    let c = d.client();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    for (name, kind) in [("p", "af_packet"), ("x", "af_xdp")] {
+        let v = c.deploy(&chain(name, kind)).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(v["state"], "running", "{v}");
+        time_to_first_packet(&tx, &rx, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("nothing crossed the {kind} chain"));
+        assert!(send_and_count(&tx, &rx, 100) > 0, "{kind}");
+        c.remove(name).unwrap();
+    }
+    assert!(d.terminate().success(), "{}", d.log());
+    assert!(!d.socket.exists(), "the socket is removed at the end");
+
+    // Each one is needed. CAP_IPC_LOCK only matters when RLIMIT_MEMLOCK
+    // cannot hold the UMEM (16 MiB a port by default).
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let memlock: Option<u64> = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok());
+    for (cap, _) in CAPS {
+        if cap == "ipc_lock" && memlock.is_none_or(|m| m >= 64 << 20) {
+            eprintln!("locked memory limit {memlock:?}: CAP_IPC_LOCK not checked");
+            continue;
+        }
+        let fewer: Vec<&str> = all.iter().copied().filter(|c| *c != cap).collect();
+        let dir = nobody_dir(&format!("caps-{cap}"));
+        let wrapper = setpriv(&fewer);
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let mut d =
+            Braidd::start_wrapped(&wrapper, common::BRAIDD, dir.path(), Some(net.mid.name()), &[]);
+        let e = d.client().deploy(&chain("x", "af_xdp")).unwrap_err();
+        let ClientError::Api { status: 422, kind, message, .. } = &e else {
+            panic!("without {cap}: {e}")
+        };
+        assert_eq!(kind, "start_failed", "without {cap}: {message}");
+        assert!(message.contains("af_xdp"), "without {cap}: {message}");
+        assert!(d.client().chains().unwrap().is_empty(), "without {cap}");
+        assert!(d.terminate().success(), "{}", d.log());
+    }
+}
+
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
     v.sort();
     v[((v.len() - 1) as f64 * p).round() as usize]
@@ -488,6 +705,103 @@ fn measure_deploy_to_first_packet_and_scrape_time() {
         ms(percentile(chains, 0.5)),
         percentile(scrape, 0.5).as_secs_f64() / percentile(status, 0.5).as_secs_f64(),
     );
+}
+
+/// The numbers of docs/benchmarks.md ("/metrics with 100 NFs, side by
+/// side"): `/metrics` scrape time with 25 chains x 4 NFs = 100 NFs,
+/// client-side (connect, request, whole answer) over the unix socket, and
+/// `GET /v1/status` beside it. With `BRAIDD_BASELINE=PATH` (another build
+/// of braidd) both run at once, each with its own 25 chains, and the
+/// scrapes alternate between them in rounds (A B B A ...), so that both
+/// see the same machine. `BRAID_SCRAPE_ROUNDS` (default 10) rounds of 200
+/// scrapes each. A measurement, run by hand (scripts/scrape-bench.sh):
+/// `cargo test --release -p braid-daemon --test live -- --ignored --nocapture measure_scrape`.
+#[test]
+#[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
+fn measure_scrape_time_side_by_side() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd scrape", "needs root for namespaces") {
+        return;
+    }
+    let net = net();
+    let mut bins = vec![("this", common::BRAIDD.to_string())];
+    if let Ok(b) = std::env::var("BRAIDD_BASELINE") {
+        bins.insert(0, ("baseline", b));
+    }
+    let four = |name: &str, a: &str, b: &str| {
+        format!(
+            "name: {name}\nports:\n  in: {{ kind: af_packet, iface: {a} }}\n  out: {{ kind: af_packet, iface: {b} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: x1, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: x2, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: f, type: fwd }}\n"
+        )
+    };
+    let mut daemons = Vec::new();
+    for (i, (tag, bin)) in bins.iter().enumerate() {
+        let dir = TempDir::new(&format!("scrape{i}"));
+        let d = Braidd::start_bin(bin, dir.path(), Some(net.mid.name()), &[]);
+        let c = d.client();
+        // 25 chains x 4 NFs, each between one end of two veth pairs whose
+        // other ends stay down (no traffic, no loop), all inside `mid`.
+        for k in 0..25 {
+            let (a, b) = (netns::unique_ifname("bdm"), netns::unique_ifname("bdm"));
+            for dev in [&a, &b] {
+                let peer = netns::unique_ifname("bdp");
+                net.mid.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]).unwrap();
+                netns::set_up(Some(net.mid.name()), dev).unwrap();
+            }
+            c.deploy(&four(&format!("s{k:02}"), &a, &b)).unwrap();
+        }
+        let m = c.metrics().unwrap();
+        let nfs = m.lines().filter(|l| l.starts_with("braid_nf_packets_in_total{")).count();
+        assert_eq!(nfs, 100, "{tag}");
+        daemons.push((*tag, d, dir, m.len(), Vec::new(), Vec::new(), Vec::new()));
+    }
+    let rounds: usize =
+        std::env::var("BRAID_SCRAPE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    for r in 0..rounds {
+        let order: Vec<usize> = if r % 2 == 0 {
+            (0..daemons.len()).collect()
+        } else {
+            (0..daemons.len()).rev().collect()
+        };
+        for i in order {
+            let (_, d, _, _, scrapes, status, p99s) = &mut daemons[i];
+            let c = d.client();
+            let mut round = Vec::new();
+            for _ in 0..200 {
+                let t = Instant::now();
+                c.metrics().unwrap();
+                round.push(t.elapsed());
+                let t = Instant::now();
+                c.status().unwrap();
+                status.push(t.elapsed());
+            }
+            p99s.push(percentile(round.clone(), 0.99));
+            scrapes.extend(round);
+        }
+    }
+    for (tag, _, _, len, scrapes, status, p99s) in &daemons {
+        let mut p99s: Vec<f64> = p99s.iter().map(|d| ms(*d)).collect();
+        p99s.sort_by(f64::total_cmp);
+        println!(
+            "{tag}: GET /metrics, 100 NFs ({len} bytes), {} scrapes: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms; per-round p99 {:.3}..{:.3} ms (median {:.3}); GET /v1/status p50 {:.3} ms, p99 {:.3} ms",
+            scrapes.len(),
+            ms(percentile(scrapes.clone(), 0.5)),
+            ms(percentile(scrapes.clone(), 0.9)),
+            ms(percentile(scrapes.clone(), 0.99)),
+            ms(percentile(scrapes.clone(), 1.0)),
+            p99s[0],
+            p99s[p99s.len() - 1],
+            p99s[p99s.len() / 2],
+            ms(percentile(status.clone(), 0.5)),
+            ms(percentile(status.clone(), 0.99)),
+        );
+    }
+    if daemons.len() == 2 {
+        let p = |i: usize, q: f64| ms(percentile(daemons[i].4.clone(), q));
+        println!(
+            "this / baseline: p50 {:.2}x, p99 {:.2}x",
+            p(1, 0.5) / p(0, 0.5),
+            p(1, 0.99) / p(0, 0.99)
+        );
+    }
 }
 
 /// A child process killed on drop.
@@ -749,7 +1063,29 @@ fn the_event_stream_reports_a_worker_that_stopped_by_itself() {
 /// second that crossed the chain while a sender offered as many as it
 /// could for `secs`, with or without API load; and the API requests per
 /// second achieved.
-fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) -> (f64, f64) {
+/// The chain `rate` worker's on-CPU time, its input port's received
+/// packets and the first NF's batches, from `/metrics`.
+fn worker_cpu_and_packets(c: &Client, net: &Net) -> (f64, f64, f64) {
+    let m = c.metrics().unwrap();
+    let cpu = metric_value(&m, "braid_worker_cpu_nanoseconds_total", &[("chain", "rate")]).unwrap();
+    let port = format!("af_packet:{}", net.a1);
+    let rx = metric_value(&m, "braid_port_rx_packets_total", &[("chain", "rate"), ("port", &port)])
+        .unwrap();
+    let batches =
+        metric_value(&m, "braid_nf_batches_total", &[("chain", "rate"), ("nf", "fw")]).unwrap();
+    (cpu, rx, batches)
+}
+
+/// One round of [`measure_dataplane_rate_under_api_load`]: datagrams per
+/// second at the receiver, API requests per second served, the chain
+/// worker's on-CPU nanoseconds per packet it received, and its mean batch.
+fn rate_round(
+    net: &Net,
+    c: &Client,
+    rx: &UdpSocket,
+    loaded: bool,
+    secs: f64,
+) -> (f64, f64, f64, f64) {
     let stop = AtomicBool::new(false);
     let requests = AtomicU64::new(0);
     let (stop, requests) = (&stop, &requests);
@@ -803,6 +1139,7 @@ fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) ->
         // Count what arrives during the window, after 200 ms of warm-up.
         std::thread::sleep(Duration::from_millis(200));
         let r0 = requests.load(Ordering::Relaxed);
+        let (cpu0, pk0, b0) = worker_cpu_and_packets(c, net);
         let mut buf = [0u8; 2048];
         let mut got = 0u64;
         let t = Instant::now();
@@ -813,17 +1150,24 @@ fn rate_round(net: &Net, c: &Client, rx: &UdpSocket, loaded: bool, secs: f64) ->
         }
         let took = t.elapsed().as_secs_f64();
         let reqs = (requests.load(Ordering::Relaxed) - r0) as f64 / took;
+        let (cpu1, pk1, b1) = worker_cpu_and_packets(c, net);
         stop.store(true, Ordering::Relaxed);
         sender.join().unwrap();
-        (got as f64 / took, reqs)
+        let packets = (pk1 - pk0).max(1.0);
+        (got as f64 / took, reqs, (cpu1 - cpu0) / packets, packets / (b1 - b0).max(1.0))
     })
 }
 
 /// docs/benchmarks.md ("braidd under API load"): the rate of a 2-NF chain
 /// (firewall, fwd on AF_PACKET) with braidd serving 1,000 API requests per
-/// second and a `/metrics` scrape every second, against the same chain
-/// with an idle API; rounds interleaved (idle, loaded, loaded, idle, ...).
-/// A measurement, run by hand:
+/// second and a `/metrics` scrape every second (L), against the same chain
+/// with an idle API (I), and against itself (a second idle arm, I2: the
+/// noise floor). Each round runs the three arms in a rotating order (I L
+/// I2, L I2 I, I2 I L, ...); per round the ratios L/I and I2/I; also the
+/// chain worker's on-CPU time per packet (what the dataplane itself spends,
+/// less sensitive to how the two cores are shared than the rate).
+/// `BRAID_RATE_ROUNDS` rounds (default 9) of `BRAID_RATE_SECONDS` (default
+/// 2) each. A measurement, run by hand:
 /// `cargo test --release -p braid-daemon --test live -- --ignored --nocapture measure_dataplane`.
 #[test]
 #[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
@@ -840,23 +1184,29 @@ fn measure_dataplane_rate_under_api_load() {
     let rx = rx.unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
     assert!(time_to_first_packet(&tx, &rx, Duration::from_secs(5)).is_some());
-    let rounds: usize =
-        std::env::var("BRAID_RATE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
-    let (mut idle, mut loaded, mut reqs) = (Vec::new(), Vec::new(), Vec::new());
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    let rounds = env("BRAID_RATE_ROUNDS").unwrap_or(9.0) as usize;
+    let secs = env("BRAID_RATE_SECONDS").unwrap_or(2.0);
+    // Per arm (I, L, I2): rates, worker ns per packet; and L's requests/s.
+    let mut rate = [Vec::new(), Vec::new(), Vec::new()];
+    let mut nspp = [Vec::new(), Vec::new(), Vec::new()];
+    let mut batch = [Vec::new(), Vec::new(), Vec::new()];
+    let mut reqs = Vec::new();
+    let names = ["idle  ", "loaded", "idle2 "];
     for i in 0..rounds {
-        // ABBA: idle, loaded, loaded, idle, ...
-        for with_load in if i % 2 == 0 { [false, true] } else { [true, false] } {
-            let (rate, r) = rate_round(&net, &c, &rx, with_load, 2.0);
-            if with_load {
-                loaded.push(rate);
-                reqs.push(r);
-            } else {
-                idle.push(rate);
+        for k in 0..3 {
+            let arm = (i + k) % 3;
+            let (r, q, ns, b) = rate_round(&net, &c, &rx, arm == 1, secs);
+            rate[arm].push(r);
+            nspp[arm].push(ns);
+            batch[arm].push(b);
+            if arm == 1 {
+                reqs.push(q);
             }
             println!(
-                "round {i} {}: {rate:.0} datagrams/s{}",
-                if with_load { "loaded" } else { "idle  " },
-                if with_load { format!(", {r:.0} API requests/s") } else { String::new() }
+                "round {i} {}: {r:.0} datagrams/s, worker {ns:.0} ns/packet, mean batch {b:.1}{}",
+                names[arm],
+                if arm == 1 { format!(", {q:.0} API requests/s") } else { String::new() }
             );
         }
     }
@@ -865,15 +1215,28 @@ fn measure_dataplane_rate_under_api_load() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let ratios: Vec<f64> = idle.iter().zip(&loaded).map(|(a, b)| b / a).collect();
-    println!(
-        "median idle {:.0}/s, loaded {:.0}/s: {:.3}x (median of per-pair ratios {:.3}x; API {:.0} requests/s achieved)",
-        median(&idle),
-        median(&loaded),
-        median(&loaded) / median(&idle),
-        median(&ratios),
-        median(&reqs),
-    );
+    let spread = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 4], v[v.len() * 3 / 4], v[v.len() - 1])
+    };
+    let ratios =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    for (what, v) in [("rate", &rate), ("worker ns/packet", &nspp), ("mean batch", &batch)] {
+        let load = ratios(&v[1], &v[0]);
+        let noise = ratios(&v[2], &v[0]);
+        let (lmin, lq1, lq3, lmax) = spread(&load);
+        let (nmin, nq1, nq3, nmax) = spread(&noise);
+        println!(
+            "{what}: medians idle {:.0}, loaded {:.0}, idle2 {:.0}; loaded/idle per round median {:.3}x (min {lmin:.3}, IQR {lq1:.3}..{lq3:.3}, max {lmax:.3}); idle2/idle per round median {:.3}x (min {nmin:.3}, IQR {nq1:.3}..{nq3:.3}, max {nmax:.3})",
+            median(&v[0]),
+            median(&v[1]),
+            median(&v[2]),
+            median(&load),
+            median(&noise),
+        );
+    }
+    println!("API requests/s achieved in the loaded arm: median {:.0}", median(&reqs));
     let v = c.chain("rate").unwrap();
     assert_eq!(v["state"], "running");
 }

@@ -391,3 +391,77 @@ fn an_api_fuzz_run_against_the_served_openapi_document_finds_no_server_error() {
     let lines: Vec<&str> = report.lines().collect();
     eprintln!("{}", lines[lines.len().saturating_sub(12)..].join("\n"));
 }
+
+/// The Rust client (what `braid daemon --url` uses) over the TCP API:
+/// TLS 1.3 with the server's certificate as the trust anchor and the
+/// token from its file; the same answers as on the unix socket. A wrong
+/// token is refused (401), a certificate not trusted fails the handshake,
+/// and a bad URL, CA file or token file is named before anything is sent.
+#[test]
+fn the_client_speaks_the_tcp_api_with_tls_and_the_token() {
+    use braid_daemon::client::{Client, ClientError};
+    let dir = TempDir::new("tlsclient");
+    let (cert, key, token) = credentials(dir.path());
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let opts = ["--listen", &addr, "--tls-cert", &cert, "--tls-key", &key, "--token-file", &token];
+    let d = Braidd::start(dir.path(), None, &opts);
+    let (cert, token) = (Path::new(&cert), Path::new(&token));
+
+    for url in [format!("https://{addr}"), format!("https://localhost:{port}/")] {
+        let c = Client::tls(&url, cert, token).unwrap();
+        assert!(!format!("{c:?}").contains(TOKEN), "the token is not in Debug: {c:?}");
+        let s = c.status().unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(s["daemon"], "braidd", "{s}");
+        assert_eq!(s["pid"], d.client().status().unwrap()["pid"]);
+        assert!(c.chains().unwrap().is_empty());
+        let e = c.deploy("name: a\nnfs:\n  - { name: f, type: fwdd }\n").unwrap_err();
+        let ClientError::Api { status: 400, message, .. } = &e else { panic!("{e}") };
+        assert!(message.contains("did you mean `fwd`?"), "{message}");
+        let e = c.chain("nope").unwrap_err();
+        assert!(matches!(e, ClientError::Api { status: 404, .. }), "{e}");
+        // The event stream, chunked over TLS.
+        let mut events = c.events(Some(0)).unwrap();
+        let first = events.next().unwrap().unwrap();
+        assert_eq!(first["type"], "daemon_started", "{first}");
+    }
+    let c = Client::tls(&format!("https://{addr}"), cert, token).unwrap();
+    let m = c.metrics().unwrap();
+    assert!(
+        braid_daemon::client::metric_value(
+            &m,
+            "braid_api_requests_total",
+            &[("route", "tls:/v1/status")]
+        )
+        .is_some(),
+        "{m}"
+    );
+
+    // A wrong token: 401, invalid_token.
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-token-000000\n").unwrap();
+    let e = Client::tls(&format!("https://{addr}"), cert, &wrong).unwrap().status().unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 401, .. }), "{e}");
+    // A certificate that is not the server's: the handshake fails.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let other_pem = dir.path().join("other.pem");
+    std::fs::write(&other_pem, other.cert.pem()).unwrap();
+    let e =
+        Client::tls(&format!("https://{addr}"), &other_pem, token).unwrap().status().unwrap_err();
+    assert!(matches!(&e, ClientError::Io { .. }), "{e}");
+    assert!(e.to_string().contains("certificate"), "{e}");
+
+    // Bad settings are named, nothing is sent.
+    let setup = |url: &str, ca: &Path, tok: &Path| match Client::tls(url, ca, tok) {
+        Err(ClientError::Setup(m)) => m,
+        other => panic!("{url}: {other:?}"),
+    };
+    assert!(setup(&format!("http://{addr}"), cert, token).contains("must start with https://"));
+    assert!(setup(&format!("https://{addr}/v1"), cert, token).contains("no path"));
+    assert!(setup("https://127.0.0.1:99999", cert, token).contains("port `99999`"));
+    assert!(setup(&format!("https://{addr}"), token, token).contains("no `BEGIN CERTIFICATE`"));
+    assert!(setup(&format!("https://{addr}"), &dir.path().join("none"), token).contains("--ca"));
+    let empty = dir.path().join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    assert!(setup(&format!("https://{addr}"), cert, &empty).contains("--token-file"));
+}

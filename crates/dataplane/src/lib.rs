@@ -36,7 +36,7 @@ pub mod control;
 pub mod graph;
 pub mod heartbeat;
 pub mod migration;
-#[allow(unsafe_code)] // getrusage(RUSAGE_THREAD)
+#[allow(unsafe_code)] // getrusage(RUSAGE_THREAD), clock_gettime of a thread's CPU clock
 pub mod os;
 pub mod sched;
 pub mod tap;

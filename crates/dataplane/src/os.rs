@@ -173,6 +173,25 @@ impl ThreadOs {
     }
 }
 
+/// On-CPU time (ns) of thread `tid` of the calling process, from its
+/// per-thread CPU clock: one `clock_gettime`, no `/proc` file to open and
+/// parse. The same count as `schedstat`'s first field ([`ThreadOs::run_ns`]).
+/// None when `tid` is not a live thread of this process (the kernel only
+/// serves a thread clock to the thread's own process).
+pub fn thread_cpu_ns(tid: u32) -> Option<u64> {
+    let tid = libc::clockid_t::try_from(tid).ok()?;
+    // The kernel's clock id for a thread's CPU time (MAKE_THREAD_CPUCLOCK
+    // in include/linux/posix-timers.h, what glibc's pthread_getcpuclockid
+    // returns): the complemented tid shifted by 3, then
+    // CPUCLOCK_PERTHREAD_MASK (4) | CPUCLOCK_SCHED (2).
+    let clock = ((!tid) << 3) | 4 | 2;
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a live local; a
+    // clock id naming no thread of ours is refused with EINVAL.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 /// User and system time of the calling thread, in nanoseconds.
 #[allow(unsafe_code)]
 fn rusage_thread() -> Option<(u64, u64)> {
@@ -191,6 +210,32 @@ fn rusage_thread() -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_cpu_clock_counts_what_schedstat_counts() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            let me = current_tid().unwrap();
+            // Spin until 20 ms on a CPU (bounded, on a loaded machine).
+            let t = std::time::Instant::now();
+            while thread_cpu_ns(me).unwrap() < 20_000_000 && t.elapsed().as_secs() < 5 {
+                std::hint::spin_loop();
+            }
+            tx.send(me).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        // The thread now waits (no CPU): the two reads see the same time.
+        let clock = thread_cpu_ns(tid).unwrap();
+        let sched = ThreadOs::of(std::process::id(), tid).unwrap().run_ns;
+        assert!(clock >= 20_000_000, "spun 20 ms, clock says {clock} ns");
+        assert!(clock.abs_diff(sched) < 2_000_000, "clock {clock} ns, schedstat {sched} ns");
+        stop_tx.send(()).unwrap();
+        h.join().unwrap();
+        assert_eq!(thread_cpu_ns(tid), None, "a thread that is gone has no clock");
+        assert_eq!(thread_cpu_ns(1), None, "init is not a thread of ours");
+    }
 
     #[test]
     fn a_sleeping_thread_switches_voluntarily_and_a_spinning_one_runs() {

@@ -123,7 +123,9 @@ impl StageTelemetry {
     }
 }
 
-const PORT_CELLS: usize = 8;
+/// rx/tx packets and bytes, drops, ended, system calls; then whether the
+/// AF_XDP ring counters are there and the six of them.
+const PORT_CELLS: usize = 15;
 
 /// The published counters of one port of a worker.
 #[derive(Debug)]
@@ -139,6 +141,7 @@ impl PortTelemetry {
     }
 
     pub(crate) fn publish(&self, s: &PortStats, rx_ended: bool) {
+        let x = s.xsk.unwrap_or_default();
         self.cells.write(
             0,
             &[
@@ -150,6 +153,13 @@ impl PortTelemetry {
                 s.tx_dropped,
                 u64::from(rx_ended),
                 s.syscalls.unwrap_or(u64::MAX),
+                u64::from(s.xsk.is_some()),
+                x.rx_dropped,
+                x.rx_invalid_descs,
+                x.tx_invalid_descs,
+                x.rx_ring_full,
+                x.rx_fill_ring_empty_descs,
+                x.tx_ring_empty_descs,
             ],
         );
     }
@@ -166,6 +176,14 @@ impl PortTelemetry {
             rx_dropped: v[4],
             tx_dropped: v[5],
             syscalls: (v[7] != u64::MAX).then_some(v[7]),
+            xsk: (v[8] != 0).then_some(braid_io::af_xdp::XskStats {
+                rx_dropped: v[9],
+                rx_invalid_descs: v[10],
+                tx_invalid_descs: v[11],
+                rx_ring_full: v[12],
+                rx_fill_ring_empty_descs: v[13],
+                tx_ring_empty_descs: v[14],
+            }),
         };
         (stats, v[6] != 0)
     }
@@ -424,13 +442,17 @@ impl WorkerSnapshot {
             .iter()
             .map(|p| {
                 let s = &p.stats;
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "name": p.name,
                     "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes,
                     "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
                     "rx_dropped": s.rx_dropped, "tx_dropped": s.tx_dropped,
                     "rx_ended": p.rx_ended,
-                })
+                });
+                if let Some(x) = &s.xsk {
+                    v["xdp"] = serde_json::json!(x);
+                }
+                v
             })
             .collect();
         serde_json::json!({
@@ -458,6 +480,26 @@ mod tests {
         assert_eq!(r.dropped_total(), 0, "drops are published only when they changed");
         t.publish(&c, true);
         assert_eq!(t.read(), c);
+    }
+
+    #[test]
+    fn port_counters_keep_the_af_xdp_ring_counters_and_their_absence() {
+        let t = PortTelemetry::new("af_xdp:x/q0".into());
+        let xsk = braid_io::af_xdp::XskStats {
+            rx_dropped: 1,
+            rx_invalid_descs: 2,
+            tx_invalid_descs: 3,
+            rx_ring_full: 4,
+            rx_fill_ring_empty_descs: 5,
+            tx_ring_empty_descs: 6,
+        };
+        let s =
+            PortStats { rx_packets: 9, syscalls: Some(7), xsk: Some(xsk), ..PortStats::default() };
+        t.publish(&s, false);
+        assert_eq!(t.read(), (s, false));
+        let s = PortStats { rx_packets: 10, ..PortStats::default() };
+        t.publish(&s, true);
+        assert_eq!(t.read(), (s, true), "no AF_XDP counters, no system calls");
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub struct PortStats {
     /// for port kinds that do not count them (in-memory, capture files).
     /// Waits in the worker's `poll(2)` are the worker's and counted there.
     pub syscalls: Option<u64>,
+    /// An AF_XDP socket's own ring counters (`XDP_STATISTICS`), read by
+    /// the port's `stats` (which its worker calls every tick); None for
+    /// other port kinds. `rx_dropped` above already includes their
+    /// `rx_dropped` and `rx_ring_full`.
+    pub xsk: Option<af_xdp::XskStats>,
 }
 
 impl PortStats {

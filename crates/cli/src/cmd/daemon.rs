@@ -10,12 +10,23 @@ use serde_json::Value;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braidd &   # the daemon, on /run/braid/braidd.sock\n  braid daemon status\n  braid daemon deploy live-chain.yaml\n  braid daemon show live --json\n  braid daemon set live fw '{default: drop}'\n  braid daemon events --since 0\n  braid daemon operations\n  braid daemon --socket /tmp/b.sock chains"
+    after_help = "Examples:\n  braidd &   # the daemon, on /run/braid/braidd.sock\n  braid daemon status\n  braid daemon deploy live-chain.yaml\n  braid daemon show live --json\n  braid daemon set live fw '{default: drop}'\n  braid daemon events --since 0\n  braid daemon operations\n  braid daemon --socket /tmp/b.sock chains\n  braid daemon --url https://192.0.2.10:9479 --ca cert.pem --token-file token status"
 )]
 pub struct Args {
     /// braidd's unix socket.
     #[arg(long, global = true, default_value = braid_daemon::config::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// braidd's TCP API instead of the unix socket: https://HOST[:PORT]
+    /// (braidd's `listen`; TLS 1.3; needs --ca and --token-file).
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "socket", requires_all = ["ca", "token_file"])]
+    pub url: Option<String>,
+    /// With --url: the PEM certificate(s) to trust (braidd's self-signed
+    /// certificate or the CA that signed it).
+    #[arg(long, global = true, value_name = "FILE", requires = "url")]
+    pub ca: Option<PathBuf>,
+    /// With --url: the file holding the bearer token (its first line).
+    #[arg(long, global = true, value_name = "FILE", requires = "url")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -89,7 +100,10 @@ fn stages_table(v: &Value) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let c = Client::new(&args.socket);
+    let c = match (&args.url, &args.ca, &args.token_file) {
+        (Some(url), Some(ca), Some(token)) => Client::tls(url, ca, token)?,
+        _ => Client::new(&args.socket),
+    };
     match args.command {
         Cmd::Status => println!("{}", pretty(&c.status()?)?),
         Cmd::Chains { json } => {

@@ -45,14 +45,32 @@ pub struct Braidd {
 impl Braidd {
     /// The command line of a braidd with state and socket under `dir`.
     pub fn command(dir: &Path, netns: Option<&str>, extra: &[&str]) -> Command {
-        let mut c = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BRAIDD]);
-                c
-            }
-            None => Command::new(BRAIDD),
-        };
+        Braidd::command_of(BRAIDD, dir, netns, extra)
+    }
+
+    /// The command line of braidd binary `bin` (another build, for a
+    /// side-by-side measurement) with state and socket under `dir`.
+    pub fn command_of(bin: &str, dir: &Path, netns: Option<&str>, extra: &[&str]) -> Command {
+        Braidd::command_wrapped(&[], bin, dir, netns, extra)
+    }
+
+    /// [`Braidd::command_of`] run through `wrapper` (a command and its
+    /// arguments that end by running the rest: `setpriv ... --`).
+    pub fn command_wrapped(
+        wrapper: &[&str],
+        bin: &str,
+        dir: &Path,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> Command {
+        let mut argv: Vec<&str> = Vec::new();
+        if let Some(ns) = netns {
+            argv.extend(["ip", "netns", "exec", ns]);
+        }
+        argv.extend(wrapper);
+        argv.push(bin);
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..]);
         c.arg("--socket")
             .arg(dir.join("braidd.sock"))
             .arg("--state-dir")
@@ -63,12 +81,29 @@ impl Braidd {
 
     /// Start braidd and wait until it answers (10 s at most).
     pub fn start(dir: &Path, netns: Option<&str>, extra: &[&str]) -> Braidd {
+        Braidd::start_bin(BRAIDD, dir, netns, extra)
+    }
+
+    /// Start braidd binary `bin` and wait until it answers (10 s at most).
+    pub fn start_bin(bin: &str, dir: &Path, netns: Option<&str>, extra: &[&str]) -> Braidd {
+        Braidd::start_wrapped(&[], bin, dir, netns, extra)
+    }
+
+    /// Start braidd binary `bin` through `wrapper` (see
+    /// [`Braidd::command_wrapped`]) and wait until it answers.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        bin: &str,
+        dir: &Path,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> Braidd {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("braidd.log"))
             .unwrap();
-        let child = Braidd::command(dir, netns, extra)
+        let child = Braidd::command_wrapped(wrapper, bin, dir, netns, extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

@@ -185,13 +185,20 @@ impl AfXdpConfig {
 }
 
 /// Kernel counters of an AF_XDP socket (`XDP_STATISTICS`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct XskStats {
+    /// Frames dropped for reasons other than invalid descriptors (no
+    /// room in the UMEM, the socket's receive path).
     pub rx_dropped: u64,
+    /// Invalid descriptors the kernel found in the fill ring.
     pub rx_invalid_descs: u64,
+    /// Invalid descriptors the kernel found in the transmit ring.
     pub tx_invalid_descs: u64,
+    /// Frames dropped because the receive ring was full.
     pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty when a frame came.
     pub rx_fill_ring_empty_descs: u64,
+    /// Times the kernel found the transmit ring empty when woken to send.
     pub tx_ring_empty_descs: u64,
 }
 
@@ -858,6 +865,7 @@ impl Port for AfXdpPort {
         let mut s = self.stats;
         if let Ok(k) = self.xsk_stats() {
             s.rx_dropped += k.rx_dropped + k.rx_ring_full;
+            s.xsk = Some(k);
         }
         s
     }
