@@ -161,17 +161,31 @@ fn own_uid() -> u32 {
     std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
 }
 
-async fn signalled() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers; stop braidd with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+/// SIGTERM and SIGINT, caught from the moment braidd starts: a signal that
+/// arrives while it is still starting (or right after its first answer)
+/// is kept until the main loop waits for it, instead of killing braidd
+/// with the default action before it can clean up.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())
+                .map_err(|e| anyhow::anyhow!("cannot catch SIGTERM: {e}"))?,
+            int: signal(SignalKind::interrupt())
+                .map_err(|e| anyhow::anyhow!("cannot catch SIGINT: {e}"))?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+        }
     }
 }
 
@@ -228,6 +242,7 @@ async fn watch_chains(daemon: Arc<Daemon>, events: Arc<braid_daemon::ops::Events
 }
 
 async fn run(c: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     let started = Instant::now();
     if !c.state_dir.exists() {
         use std::os::unix::fs::DirBuilderExt;
@@ -340,7 +355,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
             }
         })
     });
-    signalled().await;
+    signals.wait().await;
     // Stop accepting; requests in flight are answered, event streams end.
     shutdown.trigger();
     for s in serving {
