@@ -1356,6 +1356,338 @@ mod tests {
         }
     }
 
+    // ---- IPv6 ----------------------------------------------------------
+
+    use braid_packet::wire::build::{Ext6Spec, Frame6Spec, L4Spec};
+    use std::net::Ipv6Addr;
+
+    const IN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 1);
+    const OUT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 1);
+
+    fn tcp6(src: Ipv6Addr, sp: u16, dst: Ipv6Addr, dp: u16, flags: u8) -> Vec<u8> {
+        Frame6Spec::tcp((src, sp), (dst, dp), flags).build()
+    }
+
+    fn udp6(src: Ipv6Addr, sp: u16, dst: Ipv6Addr, dp: u16) -> Vec<u8> {
+        Frame6Spec::udp((src, sp), (dst, dp), 16).build()
+    }
+
+    fn echo6(src: Ipv6Addr, dst: Ipv6Addr, ident: u16, reply: bool) -> Vec<u8> {
+        let mut s = Frame6Spec::icmp_echo(src, dst, ident, 1);
+        s.l4 = L4Spec::IcmpEcho { ident, seq_no: 1, reply };
+        s.build()
+    }
+
+    const WEB6: &str = "rules:\n\
+        - {action: drop, src: '2001:db8:a::66'}\n\
+        - {action: allow, src: '2001:db8:a::/48', proto: tcp, dst_ports: 80}\n\
+        - {action: allow, src: '2001:db8:a::/48', proto: udp, dst_ports: '5000-5010'}\n\
+        - {action: allow, src: '2001:db8:a::/48', proto: icmpv6}\n\
+        - {action: allow, src: 10.0.0.0/8}\n";
+
+    /// IPv6 rules in the same list as IPv4 ones: each family sees only its
+    /// own rules (and rules that name no family), first match wins.
+    #[test]
+    fn ipv6_rules_first_match_by_family() {
+        let mut f = fw(&format!("{WEB6}conntrack: false\n"));
+        let spammer = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 0x66);
+        let other = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1);
+        let cases = [
+            (tcp6(IN6, 1234, OUT6, 80, TCP_SYN), true),
+            (tcp6(spammer, 1234, OUT6, 80, TCP_SYN), false),
+            (tcp6(IN6, 1234, OUT6, 81, TCP_SYN), false),
+            (udp6(IN6, 1, OUT6, 5010), true),
+            (udp6(IN6, 1, OUT6, 5011), false),
+            (echo6(IN6, OUT6, 7, false), true),
+            (echo6(other, OUT6, 7, false), false),
+            // The IPv4 rule `src: 10.0.0.0/8` is not an IPv6 rule.
+            (udp6(other, 1, OUT6, 53), false),
+        ];
+        for (i, (frame, pass)) in cases.iter().enumerate() {
+            assert_eq!(run(&mut f, 1, std::slice::from_ref(frame)).0 == 1, *pass, "case {i}");
+        }
+        // IPv4 still sees only its rules.
+        assert_eq!(run(&mut f, 1, &[frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_UDP, 1, 9, 0)]).0, 1);
+        assert_eq!(run(&mut f, 1, &[frame([11, 0, 0, 1], [8, 8, 8, 8], PROTO_UDP, 1, 9, 0)]).0, 0);
+        // A rule without prefixes or an ICMP protocol is both IPv4 and IPv6.
+        let mut both =
+            fw("rules: [{action: allow, proto: udp, dst_ports: 53}]\nconntrack: false\n");
+        assert_eq!(run(&mut both, 1, &[udp6(other, 1, OUT6, 53)]).0, 1);
+        assert_eq!(
+            run(&mut both, 1, &[frame([1, 1, 1, 1], [2, 2, 2, 2], PROTO_UDP, 1, 53, 0)]).0,
+            1
+        );
+        assert_eq!(run(&mut both, 1, &[udp6(other, 1, OUT6, 54)]).0, 0);
+        // `proto: icmp` is IPv4's, `icmpv6` IPv6's.
+        let mut icmp = fw("rules: [{action: allow, proto: icmp}]\nconntrack: false\n");
+        assert_eq!(run(&mut icmp, 1, &[echo6(IN6, OUT6, 1, false)]).0, 0);
+        let mut icmp6 = fw("rules: [{action: allow, proto: icmpv6}]\nconntrack: false\n");
+        assert_eq!(run(&mut icmp6, 1, &[echo6(IN6, OUT6, 1, false)]).0, 1);
+        assert_eq!(
+            run(&mut icmp6, 1, &[frame([1, 1, 1, 1], [2, 2, 2, 2], PROTO_ICMP, 1, 1, 0)]).0,
+            0
+        );
+    }
+
+    /// Neighbour discovery passes like ARP (hop limit 255 only); other
+    /// ICMPv6 informational messages are left to the rules.
+    #[test]
+    fn neighbour_discovery_passes() {
+        let mut f = fw("default: drop\n");
+        let nd = |msg_type: u8, hop_limit: u8| {
+            let mut s = Frame6Spec::icmp_echo(IN6, OUT6, 1, 1);
+            s.hop_limit = hop_limit;
+            let mut b = s.build();
+            b[54] = msg_type;
+            b
+        };
+        assert_eq!(run(&mut f, 1, &[nd(135, 255), nd(136, 255), nd(134, 255)]).0, 3);
+        let (n, c) = run(&mut f, 1, &[nd(135, 64), nd(130, 1)]);
+        assert_eq!((n, c.dropped(DropReason::Denied)), (0, 2));
+    }
+
+    /// The IPv6 form of `pickup_only_from_segments_linux_tracks`: the
+    /// same Linux TCP state machine and ICMPv6 echo rules.
+    #[test]
+    fn ipv6_pickup_only_from_segments_linux_tracks() {
+        use braid_packet::wire::tcp_flags::{PSH, RST};
+        let inside = "rules: [{action: allow, src: '2001:db8:a::/48'}]\n";
+        for flags in
+            [RST, RST | TCP_ACK, TCP_FIN | TCP_ACK, TCP_SYN | TCP_FIN, TCP_SYN | TCP_ACK, 0]
+        {
+            let mut f = fw(inside);
+            assert_eq!(run(&mut f, 1, &[tcp6(IN6, 80, OUT6, 1234, flags)]).0, 1);
+            assert_eq!(f.connections(), 0, "{flags:#04x} tracked");
+            let syn = tcp6(OUT6, 1234, IN6, 80, TCP_SYN);
+            assert_eq!(run(&mut f, 2, &[syn]).0, 0, "SYN admitted after {flags:#04x}");
+        }
+        let mut f = fw(inside);
+        // An outbound echo reply creates nothing.
+        assert_eq!(run(&mut f, 1, &[echo6(IN6, OUT6, 9, true)]).0, 1);
+        assert_eq!(f.connections(), 0);
+        assert_eq!(run(&mut f, 2, &[echo6(OUT6, IN6, 9, false)]).0, 0);
+        // An echo request is tracked: its reply passes, a request back on
+        // the same identifier does not.
+        assert_eq!(run(&mut f, 3, &[echo6(IN6, OUT6, 9, false)]).0, 1);
+        assert_eq!(f.connections(), 1);
+        assert_eq!(run(&mut f, 4, &[echo6(OUT6, IN6, 9, false)]).0, 0);
+        assert_eq!(run(&mut f, 5, &[echo6(OUT6, IN6, 9, true)]).0, 1);
+        // Handshake, then the peer's segments pass; a mid-stream ACK is
+        // picked up and a SYN against it is invalid.
+        let mut f = fw(inside);
+        let steps = [
+            (tcp6(IN6, 3000, OUT6, 443, TCP_SYN), 1),
+            (tcp6(OUT6, 443, IN6, 3000, TCP_SYN | TCP_ACK), 1),
+            (tcp6(IN6, 3000, OUT6, 443, TCP_ACK), 1),
+            (tcp6(OUT6, 443, IN6, 3000, TCP_ACK | PSH), 1),
+            (tcp6(IN6, 3001, OUT6, 443, TCP_ACK), 1),
+            (tcp6(OUT6, 443, IN6, 3001, TCP_SYN), 0),
+            (tcp6(OUT6, 443, IN6, 3001, TCP_ACK), 1),
+        ];
+        for (i, (frame, n)) in steps.iter().enumerate() {
+            assert_eq!(run(&mut f, 10 + i as u64, std::slice::from_ref(frame)).0, *n, "step {i}");
+        }
+        assert_eq!(f.connections(), 2);
+    }
+
+    /// Extension headers are walked: the 5-tuple behind hop-by-hop and
+    /// destination options headers is what the rules and the connection
+    /// table see.
+    #[test]
+    fn ipv6_extension_headers_are_walked() {
+        let mut f =
+            fw("rules: [{action: allow, src: '2001:db8:a::/48', proto: udp, dst_ports: 53}]\n");
+        let with_ext = |mut s: Frame6Spec| {
+            s.ext =
+                vec![Ext6Spec::Plain { kind: 0, len: 8 }, Ext6Spec::Plain { kind: 60, len: 16 }];
+            s.build()
+        };
+        let out = with_ext(Frame6Spec::udp((IN6, 4000), (OUT6, 53), 20));
+        let back = with_ext(Frame6Spec::udp((OUT6, 53), (IN6, 4000), 20));
+        let wrong = with_ext(Frame6Spec::udp((IN6, 4000), (OUT6, 54), 20));
+        assert_eq!(run(&mut f, 1, std::slice::from_ref(&back)).0, 0);
+        assert_eq!(run(&mut f, 2, &[out, back.clone(), wrong]).0, 2);
+        // A chain longer than the walk accepts is dropped as unsupported.
+        let mut long = Frame6Spec::udp((IN6, 4000), (OUT6, 53), 8);
+        long.ext = vec![Ext6Spec::Plain { kind: 60, len: 8 }; 9];
+        let (n, c) = run(&mut f, 3, &[long.build()]);
+        assert_eq!((n, c.dropped(DropReason::Unsupported)), (0, 1));
+    }
+
+    /// An ICMPv6 error quoting a packet of a tracked flow passes (RELATED),
+    /// also when the quoted packet has extension headers; one about
+    /// another flow does not.
+    #[test]
+    fn ipv6_icmp_errors_about_tracked_flows_pass() {
+        let mut f = fw(WEB6);
+        let mut out_spec = Frame6Spec::udp((IN6, 1), (OUT6, 5000), 30);
+        out_spec.ext = vec![Ext6Spec::Plain { kind: 60, len: 8 }];
+        let out = out_spec.build();
+        let error = |quoted: &[u8], msg_type: u8| {
+            // A time exceeded (3) or unreachable (1) from a router,
+            // quoting the packet from its IPv6 header on.
+            let mut e =
+                Frame6Spec::icmp_echo(Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 1), IN6, 0, 0);
+            e.payload = quoted[14..].to_vec();
+            let mut b = e.build();
+            b[54] = msg_type;
+            b[55] = 0;
+            b
+        };
+        assert_eq!(run(&mut f, 1, &[error(&out, 3)]).0, 0);
+        assert_eq!(run(&mut f, 2, &[out.clone(), error(&out, 3), error(&out, 1)]).0, 3);
+        let other = udp6(IN6, 2, OUT6, 5000);
+        assert_eq!(run(&mut f, 3, &[error(&other, 3)]).0, 0);
+    }
+
+    /// IPv6 fragments follow their first fragment, keyed by the 32-bit
+    /// identification.
+    #[test]
+    fn ipv6_later_fragments_follow_the_first() {
+        let mut f = fw(&format!("{WEB6}max_fragments: 4\n"));
+        let first = |id: u32, port: u16| {
+            let mut s = Frame6Spec::udp((IN6, 1), (OUT6, port), 40);
+            s.ext = vec![Ext6Spec::Fragment { offset: 0, more: true, ident: id }];
+            s.build()
+        };
+        let later = |id: u32, src: Ipv6Addr| {
+            let mut s = Frame6Spec::udp((src, 0), (OUT6, 0), 0);
+            s.ext = vec![Ext6Spec::Fragment { offset: 48, more: false, ident: id }];
+            s.build()
+        };
+        let (n, c) = run(&mut f, 1, &[later(0x1234_5678, IN6)]);
+        assert_eq!((n, c.dropped(DropReason::Fragment)), (0, 1));
+        assert_eq!(run(&mut f, 2, &[first(0x1234_5678, 5000), later(0x1234_5678, IN6)]).0, 2);
+        // Only the low 16 bits equal: another datagram.
+        assert_eq!(run(&mut f, 2, &[first(0x0001_0001, 5000), later(0x0002_0001, IN6)]).0, 1);
+        // Denied first fragment: its later fragment does not pass.
+        let (n, c) = run(&mut f, 3, &[first(9, 6000), later(9, IN6)]);
+        assert_eq!((n, c.dropped(DropReason::Denied), c.dropped(DropReason::Fragment)), (0, 1, 1));
+        // Stateless: the rules decide, ports 0 for later fragments.
+        let mut open6 = fw("rules: [{action: allow, proto: udp}]\nconntrack: false\n");
+        assert_eq!(run(&mut open6, 1, &[later(10, IN6), first(10, 1)]).0, 2);
+    }
+
+    /// IPv6 connections are exported with IPv4 ones and come back in a
+    /// new instance (JSON and binary); a version 1 snapshot (IPv4 only)
+    /// still imports.
+    #[test]
+    fn ipv6_state_moves_to_a_new_instance() {
+        let mut a = fw(WEB6);
+        let out4 = frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_UDP, 1, 5000, 0);
+        let back4 = frame([8, 8, 8, 8], [10, 0, 0, 1], PROTO_UDP, 5000, 1, 0);
+        let back6 = udp6(OUT6, 5000, IN6, 1);
+        run(&mut a, 1, &[out4, udp6(IN6, 1, OUT6, 5000)]);
+        assert_eq!(a.connections(), 2);
+        for encoding in [Encoding::Json, Encoding::Binary] {
+            let snap = a.export_scoped(&FlowScope::All, encoding).unwrap();
+            assert_eq!(snap.version, crate::conntrack::SNAPSHOT_VERSION);
+            let mut b = fw(WEB6);
+            assert_eq!(run(&mut b, 2, std::slice::from_ref(&back6)).0, 0);
+            b.import_state(&snap).unwrap();
+            assert_eq!(b.connections(), 2);
+            assert_eq!(run(&mut b, 3, &[back4.clone(), back6.clone()]).0, 2);
+            // Merged into an instance holding other flows.
+            let mut c = fw(WEB6);
+            run(&mut c, 1, &[udp6(IN6, 2, OUT6, 5000)]);
+            c.import_merge(&snap).unwrap();
+            assert_eq!(c.connections(), 3);
+        }
+        let json = String::from_utf8(a.export_state().unwrap().data).unwrap();
+        assert!(json.contains("\"2001:db8:a::1\""), "{json}");
+        // Version 1: {clock, conns}.
+        let v1 = NfState {
+            kind: "firewall".into(),
+            version: 1,
+            encoding: Encoding::Json,
+            data: br#"{"clock":5,"conns":[{"orig":{"src":167772161,"dst":134744072,"src_port":1,"dst_port":5000,"proto":17},"reply":{"src":134744072,"dst":167772161,"src_port":5000,"dst_port":1,"proto":17},"last_seen":5,"flags":8}]}"#.to_vec(),
+        };
+        let mut d = fw(WEB6);
+        d.import_state(&v1).unwrap();
+        assert_eq!(run(&mut d, 6, std::slice::from_ref(&back4)).0, 1);
+        let v3 = NfState { version: 3, ..v1 };
+        let e = d.import_state(&v3).unwrap_err().to_string();
+        assert!(e.contains("version 3 is not supported"), "{e}");
+    }
+
+    /// IPv6 connections stream as statelets like IPv4 ones: the walk
+    /// covers both tables, changes of both are recorded, installing them
+    /// gives the same table.
+    #[test]
+    fn ipv6_statelets_stream_both_tables() {
+        let mut a = fw(WEB6);
+        run(&mut a, 1, &[frame([10, 0, 0, 1], [8, 8, 8, 8], PROTO_UDP, 1, 5000, 0)]);
+        run(&mut a, 1, &[udp6(IN6, 1, OUT6, 5000), udp6(IN6, 2, OUT6, 5000)]);
+        a.record_changes(true);
+        let mut b = fw(WEB6);
+        let mut cursor = 0;
+        while let Some(s) = a.export_from(&mut cursor, 1) {
+            b.install(&s).unwrap();
+        }
+        assert_eq!(b.connections(), 3);
+        run(&mut a, 2, &[udp6(IN6, 3, OUT6, 5000)]);
+        let mut keys = Vec::new();
+        a.take_changes(&mut keys);
+        assert_eq!(keys.len(), 1);
+        b.install(&a.export_flows(&keys)).unwrap();
+        assert_eq!(b.connections(), 4);
+        let mut held = (Vec::new(), Vec::new());
+        a.held_keys(&mut held.0);
+        b.held_keys(&mut held.1);
+        held.0.sort();
+        held.1.sort();
+        assert_eq!(held.0, held.1);
+        assert_eq!(run(&mut b, 3, &[udp6(OUT6, 5000, IN6, 3)]).0, 1);
+    }
+
+    #[test]
+    fn ipv6_config_errors_name_the_field() {
+        for (yaml, field, says) in [
+            ("rules: [{action: allow, src: '2001:db8::1/32'}]", "rules[0].src", "host bits"),
+            ("rules: [{action: allow, dst: '2001:db8::/129'}]", "rules[0].dst", "0..=128"),
+            (
+                "rules: [{action: allow, src: '2001:db8::/32', dst: 10.0.0.0/8}]",
+                "rules[0].dst",
+                "IPv4",
+            ),
+            (
+                "rules: [{action: allow, src: '2001:db8::/32', proto: icmp}]",
+                "rules[0].proto",
+                "icmpv6",
+            ),
+            ("rules: [{action: allow, dst: 10.0.0.0/8, proto: icmpv6}]", "rules[0].proto", "icmp"),
+            ("rules: [{action: allow, src: '2001:db8::zz'}]", "rules[0].src", "not an IPv6"),
+            (
+                "rules: [{action: allow, proto: icmpv6, dst_ports: 1}]",
+                "rules[0].dst_ports",
+                "ports",
+            ),
+        ] {
+            let p: Params = serde_yaml_ng::from_str(yaml).unwrap();
+            let e = (SPEC.build)(&p).err().unwrap();
+            assert!(e.field.starts_with(field), "{yaml}: {e}");
+            assert!(e.to_string().contains(says), "{yaml}: {e}");
+        }
+    }
+
+    /// The XDP firewall filters IPv4 only: IPv6 rules are refused for a
+    /// kernel placement, naming the rule and field.
+    #[test]
+    fn kernel_placement_refuses_ipv6_rules() {
+        for (yaml, field) in [
+            ("rules: [{action: drop, src: '2001:db8::/32'}]\nconntrack: false", "rules[0].src"),
+            (
+                "rules: [{action: drop, src: 10.0.0.0/8}, {action: drop, dst: '2001:db8::1'}]\nconntrack: false",
+                "rules[1].dst",
+            ),
+            ("rules: [{action: drop, proto: icmpv6}]\nconntrack: false", "rules[0].proto"),
+        ] {
+            let p: Params = serde_yaml_ng::from_str(yaml).unwrap();
+            let e = crate::firewall_kernel::translate(&p).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("IPv4 only"), "{yaml}: {e}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
@@ -1363,6 +1695,7 @@ mod tests {
             prop_oneof![
                 proptest::collection::vec(any::<u8>(), 0..90),
                 braid_packet::strategy::any_frame(),
+                braid_packet::strategy::any_frame6(),
             ], 1..8),
             flip in any::<(usize, u8)>())
         {
