@@ -44,9 +44,14 @@ fn frames() -> Vec<Vec<u8>> {
     first[20] = 0x20; // more fragments
     let mut later = udp.clone();
     later[21] = 3; // offset 24 bytes
-    let mut ipv6 = udp.clone();
-    ipv6[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
-    ipv6[14] = 0x60;
+    // A well-formed IPv6 UDP datagram (NFs that parse IPv6 see a valid
+    // packet, the others an ethertype they do not handle).
+    let ipv6 = braid_packet::wire::build::Frame6Spec::udp(
+        ("2001:db8::1".parse().expect("address"), 1000),
+        ("2001:db8::2".parse().expect("address"), 5000),
+        40,
+    )
+    .build();
     let mut arp = vec![0u8; 14 + 28];
     let mac = MacAddr([2, 0, 0, 0, 0, 1]);
     EthernetRepr { src_addr: mac, dst_addr: MacAddr([0xff; 6]), ethertype: ethertype::ARP }
