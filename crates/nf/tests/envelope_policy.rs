@@ -44,8 +44,8 @@ fn frames() -> Vec<Vec<u8>> {
     first[20] = 0x20; // more fragments
     let mut later = udp.clone();
     later[21] = 3; // offset 24 bytes
-    // A well-formed IPv6 UDP datagram (NFs that parse IPv6 see a valid
-    // packet, the others an ethertype they do not handle).
+                   // A well-formed IPv6 UDP datagram (NFs that parse IPv6 see a valid
+                   // packet, the others an ethertype they do not handle).
     let ipv6 = braid_packet::wire::build::Frame6Spec::udp(
         ("2001:db8::1".parse().expect("address"), 1000),
         ("2001:db8::2".parse().expect("address"), 5000),
