@@ -2,9 +2,9 @@
 //! generator of synthetic UDP flows for benchmarks and demos.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use braid_packet::wire::build::FrameSpec;
+use braid_packet::wire::build::{Frame6Spec, FrameSpec};
 use braid_packet::{Batch, Packet};
 
 use crate::{Port, PortError, PortStats};
@@ -103,6 +103,42 @@ pub struct GeneratorConfig {
     /// First source address: flow `i` uses this address plus `i % 65536`
     /// and source port `1024 + i / 65536`.
     pub src_base: Ipv4Addr,
+    /// IPv6 traffic instead ([`ipv6_flow_templates`]): UDP from
+    /// `ipv6.src_base` plus `i % 65536` (port as above) to `ipv6.dst`.
+    pub ipv6: Option<Ipv6Traffic>,
+}
+
+/// The addresses of the generator's IPv6 flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Traffic {
+    pub dst: (Ipv6Addr, u16),
+    pub src_base: Ipv6Addr,
+}
+
+impl Default for Ipv6Traffic {
+    /// `2001:db8:a::1` and up to `[2001:db8:b::1]:5000` (RFC 3849
+    /// documentation addresses, like the IPv4 defaults' private ones).
+    fn default() -> Self {
+        Ipv6Traffic {
+            dst: (Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 1), 5000),
+            src_base: Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 1),
+        }
+    }
+}
+
+/// The frame templates of the generator's IPv6 flows (`cfg.ipv6`'s
+/// addresses, default ones if unset): flow `i` from `src_base + i % 65536`,
+/// port `1024 + i / 65536`, `cfg.frame_size` bytes, checksums done.
+pub fn ipv6_flow_templates(cfg: &GeneratorConfig) -> Vec<Vec<u8>> {
+    let six = cfg.ipv6.unwrap_or_default();
+    let base = u128::from(six.src_base);
+    (0..cfg.flows)
+        .map(|i| {
+            let src_ip = Ipv6Addr::from(base.wrapping_add(u128::from(i % 65536)));
+            let src_port = 1024u16.wrapping_add((i / 65536) as u16);
+            Frame6Spec::udp_frame_len((src_ip, src_port), six.dst, cfg.frame_size).build()
+        })
+        .collect()
 }
 
 impl Default for GeneratorConfig {
@@ -113,6 +149,7 @@ impl Default for GeneratorConfig {
             packets: None,
             dst: (Ipv4Addr::new(10, 1, 0, 1), 5000),
             src_base: Ipv4Addr::new(10, 0, 0, 1),
+            ipv6: None,
         }
     }
 }
@@ -143,14 +180,25 @@ impl GeneratorPort {
         if cfg.flows == 0 {
             return Err(PortError::Config("generator needs at least one flow".into()));
         }
+        // The smallest IPv6 UDP frame is 62 bytes.
+        let min6 = 14 + 40 + 8;
+        if cfg.ipv6.is_some() && cfg.frame_size < min6 {
+            return Err(PortError::Config(format!(
+                "generator frame size {} is too small for IPv6 UDP (at least {min6})",
+                cfg.frame_size
+            )));
+        }
         let base = u32::from(cfg.src_base);
-        let templates = (0..cfg.flows)
-            .map(|i| {
-                let src_ip = Ipv4Addr::from(base.wrapping_add(i % 65536));
-                let src_port = 1024u16.wrapping_add((i / 65536) as u16);
-                FrameSpec::udp_frame_len((src_ip, src_port), cfg.dst, cfg.frame_size).build()
-            })
-            .collect();
+        let templates = match cfg.ipv6 {
+            Some(_) => ipv6_flow_templates(cfg),
+            None => (0..cfg.flows)
+                .map(|i| {
+                    let src_ip = Ipv4Addr::from(base.wrapping_add(i % 65536));
+                    let src_port = 1024u16.wrapping_add((i / 65536) as u16);
+                    FrameSpec::udp_frame_len((src_ip, src_port), cfg.dst, cfg.frame_size).build()
+                })
+                .collect(),
+        };
         Ok(GeneratorPort {
             templates,
             next: 0,
@@ -211,6 +259,30 @@ impl Port for GeneratorPort {
 mod tests {
     use super::*;
     use braid_packet::envelope;
+
+    #[test]
+    fn generator_makes_ipv6_flows() {
+        let cfg = GeneratorConfig {
+            frame_size: 64,
+            flows: 3,
+            ipv6: Some(Ipv6Traffic::default()),
+            ..GeneratorConfig::default()
+        };
+        let g = GeneratorPort::new(&cfg).unwrap();
+        let mut srcs = Vec::new();
+        for t in g.templates() {
+            assert_eq!(t.len(), 64);
+            let p = envelope::parse_dual(t);
+            assert_eq!(p.class, envelope::Class::Ok);
+            let ip = p.ipv6().unwrap();
+            assert_eq!(ip.dst_addr(), Ipv6Traffic::default().dst.0);
+            assert!(matches!(ip.l4, envelope::L4::Udp { dst_port: 5000, .. }));
+            srcs.push(ip.src);
+        }
+        assert_eq!(srcs, [1, 2, 3].map(|i| u128::from(Ipv6Traffic::default().src_base) + i - 1));
+        let small = GeneratorConfig { frame_size: 60, ..cfg };
+        assert!(GeneratorPort::new(&small).err().unwrap().to_string().contains("IPv6"));
+    }
 
     #[test]
     fn memory_port_delivers_in_order_and_keeps_sent() {

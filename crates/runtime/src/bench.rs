@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use braid_io::memory::{GeneratorConfig, GeneratorPort};
+use braid_io::memory::{GeneratorConfig, GeneratorPort, Ipv6Traffic};
 use braid_io::{Port, PortError};
 use braid_packet::Batch;
 
@@ -29,6 +29,9 @@ pub struct BenchConfig {
     pub batch_size: usize,
     /// Time run before measuring, to warm caches and NF tables.
     pub warmup: Duration,
+    /// IPv6 UDP flows (`2001:db8:a::/112` to `[2001:db8:b::1]:5000`,
+    /// [`braid_io::memory::ipv6_flow_templates`]) instead of IPv4.
+    pub ipv6: bool,
 }
 
 impl Default for BenchConfig {
@@ -39,6 +42,7 @@ impl Default for BenchConfig {
             duration: Duration::from_secs(3),
             batch_size: braid_packet::DEFAULT_BATCH_SIZE,
             warmup: Duration::from_millis(300),
+            ipv6: false,
         }
     }
 }
@@ -166,6 +170,7 @@ pub fn run(
         frame_size: cfg.frame_size,
         flows: cfg.flows,
         packets: None,
+        ipv6: cfg.ipv6.then(Ipv6Traffic::default),
         ..GeneratorConfig::default()
     })?;
     let batch_size = cfg.batch_size.max(1);

@@ -10,7 +10,7 @@ use braid_runtime::Chain;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braid bench examples/chain4.yaml --frame-size 64 --flows 1024\n  braid bench examples/sample.yaml --frame-size 1400 --duration 5 --json\n  braid bench examples/sample.yaml --capture fw --capture-filter 'udp port 53'   # what a capture costs"
+    after_help = "Examples:\n  braid bench examples/chain4.yaml --frame-size 64 --flows 1024\n  braid bench examples/sample.yaml --frame-size 1400 --duration 5 --json\n  braid bench examples/bench/firewall6-1k.yaml --ipv6 --flows 1024   # IPv6 traffic\n  braid bench examples/sample.yaml --capture fw --capture-filter 'udp port 53'   # what a capture costs"
 )]
 pub struct Args {
     /// Chain descriptor (YAML).
@@ -27,6 +27,11 @@ pub struct Args {
     /// Packets per batch; default: the descriptor's batch_size.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub batch_size: Option<u16>,
+    /// Generate IPv6 UDP flows (2001:db8:a::1 and up to [2001:db8:b::1]:5000)
+    /// instead of IPv4 (10.0.0.1 and up to 10.1.0.1:5000); frames of 62
+    /// bytes at least.
+    #[arg(long)]
+    pub ipv6: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -73,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         flows: args.flows,
         duration: Duration::from_secs_f64(args.duration),
         batch_size: args.batch_size.map(usize::from).unwrap_or(chain.batch_size()),
+        ipv6: args.ipv6,
         ..BenchConfig::default()
     };
     let bar = std::io::stderr().is_terminal().then(|| {
