@@ -8,7 +8,10 @@
 //!   panic them. [`flow_key`] turns its headers into a [`FlowKey`].
 //! * [`FlowKey`]: an exact-match 5-tuple key (the state record form of
 //!   `FiveTuple`), hashed with `FiveTuple::keyed_hash` under a random key
-//!   per table ([`flow_hash`]).
+//!   per table ([`flow_hash`]). [`FlowKey6`]: the IPv6 form (`firewall`;
+//!   `FiveTuple6::keyed_hash`), [`flow_key6`] and [`icmp6_error_quote`]
+//!   its constructors. Both are [`ConnKey`]s: the table, its snapshots and
+//!   statelets are one generic code for either family.
 //! * [`ConnTable`]: a slab of connections, each reachable by its original
 //!   and its reply key (like Linux conntrack's two tuple hashes) through an
 //!   open-addressing index, with idle timeouts checked lazily on lookup and
@@ -1646,6 +1649,50 @@ mod tests {
         for n in 0..f.len() {
             let class = braid_packet::envelope::parse(&f[..n]).class;
             assert!(matches!(class, braid_packet::envelope::Class::Truncated { .. }), "len {n}");
+        }
+    }
+
+    /// The quoted packet of ICMPv6 errors: found behind extension headers,
+    /// `None` for a quote too short, a non-first fragment, or another
+    /// message; never a panic on any bytes after the error header.
+    #[test]
+    fn icmp6_error_quotes() {
+        use braid_packet::wire::build::{Ext6Spec, Frame6Spec};
+        let a: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let b: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let error = |quoted: &[u8], msg_type: u8| {
+            let mut e = Frame6Spec::icmp_echo(b, a, 0, 0);
+            e.payload = quoted.to_vec();
+            let mut f = e.build();
+            f[54] = msg_type;
+            f
+        };
+        let key6 = |f: &[u8]| {
+            let p = braid_packet::envelope::parse_dual(f);
+            icmp6_error_quote(f, p.ipv6().unwrap())
+        };
+        let mut udp = Frame6Spec::udp((a, 1000), (b, 53), 20);
+        udp.ext = vec![Ext6Spec::Plain { kind: 0, len: 8 }, Ext6Spec::Plain { kind: 60, len: 16 }];
+        let q = udp.build();
+        let want = FlowKey6 { src: a, dst: b, src_port: 1000, dst_port: 53, proto: PROTO_UDP };
+        assert_eq!(key6(&error(&q[14..], 1)), Some(want));
+        assert_eq!(key6(&error(&q[14..], 3)), Some(want));
+        // Not an error type; cut inside the extension headers or ports.
+        assert_eq!(key6(&error(&q[14..], 135)), None);
+        assert_eq!(key6(&error(&q[14..14 + 50], 1)), None);
+        assert_eq!(key6(&error(&q[14..14 + 40 + 24 + 3], 1)), None);
+        let echo = Frame6Spec::icmp_echo(a, b, 77, 1).build();
+        let k = key6(&error(&echo[14..], 3)).unwrap();
+        assert_eq!((k.src_port, k.dst_port, k.proto), (77, 77, PROTO_ICMPV6));
+        let mut later = Frame6Spec::udp((a, 1), (b, 2), 8);
+        later.ext = vec![Ext6Spec::Fragment { offset: 8, more: false, ident: 1 }];
+        assert_eq!(key6(&error(&later.build()[14..], 1)), None);
+        for n in 0..q.len() - 14 {
+            let mut cut = q[14..14 + n].to_vec();
+            if let Some(x) = cut.get_mut(n / 2) {
+                *x ^= 0xa5;
+            }
+            let _ = key6(&error(&cut, 1));
         }
     }
 

@@ -1,10 +1,23 @@
-//! `firewall`: ordered allow/drop rules on the IPv4 5-tuple with connection
-//! tracking.
+//! `firewall`: ordered allow/drop rules on the IPv4 and IPv6 5-tuple with
+//! connection tracking.
 //!
 //! Rules match CIDR prefixes, a protocol and port ranges; the first matching
-//! rule decides, else the `default` action. Rules are compiled into a
-//! bit-vector classifier ([`crate::classifier`]), so 1,000 rules cost a few
-//! table lookups and 16 word ANDs, not a scan.
+//! rule decides, else the `default` action. A rule is IPv4 or IPv6 by its
+//! prefixes (`10.0.0.0/8`, `2001:db8::/32`) or its protocol (`icmp`,
+//! `icmpv6`), and both when neither says; IPv4 and IPv6 rules share one
+//! list and one order. Each family's rules are compiled into a bit-vector
+//! classifier ([`crate::classifier`], over `u32` or `u128` addresses), so
+//! 1,000 rules cost a few table lookups and 16 word ANDs, not a scan.
+//!
+//! IPv6 packets are parsed by the envelope's `parse_dual` (extension
+//! headers walked: the rules and the connection table see the upper-layer
+//! protocol and ports behind them) and tracked in their own table with the
+//! same Linux state machine, pickup rules and timeouts (ICMPv6 echo 128/129
+//! like ICMP echo; ICMPv6 errors 1 to 4 quoting a tracked flow pass as
+//! RELATED). IPv6 fragments follow their first fragment by (source,
+//! destination, 32-bit identification). Neighbour discovery (ICMPv6 133 to
+//! 137 with hop limit 255) passes like ARP; an extension-header chain
+//! longer than the envelope walks is dropped (`unsupported`).
 //!
 //! With `conntrack: true` (the default), every allowed TCP, UDP or ICMP echo
 //! packet that starts a flow creates a connection keyed by its 5-tuple and
@@ -27,8 +40,8 @@
 //! reply, the connection has seen one, or these rules created it; else
 //! (NEW in Linux terms) the rules decide.
 //!
-//! Edge cases: ARP always passes (IPv4 needs it); other non-IPv4 frames
-//! follow the default action (dropped as `denied`). Malformed IPv4 is
+//! Edge cases: ARP always passes (IPv4 needs it); frames neither IPv4 nor
+//! IPv6 follow the default action (dropped as `denied`). Malformed IPv4 is
 //! dropped (`malformed`). ICMP errors quoting a packet of a tracked flow
 //! pass (like Linux's RELATED). Other ICMP messages are classified by the
 //! rules on every packet with ports 0 and are not tracked. With conntrack,
@@ -62,13 +75,13 @@ pub static SPEC: NfSpec = NfSpec {
     placements: &[Placement::Kernel, Placement::User],
     state: crate::StateKind::PerFlow(crate::FlowPartition::SymmetricFiveTuple),
     kernel: Some(crate::firewall_kernel::translate),
-    summary: "ordered 5-tuple allow/drop rules (bit-vector classifier) with connection tracking",
+    summary: "ordered IPv4/IPv6 5-tuple allow/drop rules (bit-vector classifier) with connection tracking",
     params: &[
         ParamDoc {
             name: "rules",
-            kind: "list of {action: allow|drop, src: CIDR|any, dst: CIDR|any, proto: tcp|udp|icmp|any, src_ports: P|\"lo-hi\", dst_ports: P|\"lo-hi\"}",
+            kind: "list of {action: allow|drop, src: CIDR|any, dst: CIDR|any, proto: tcp|udp|icmp|icmpv6|any, src_ports: P|\"lo-hi\", dst_ports: P|\"lo-hi\"}",
             default: Some("[]"),
-            help: "first match wins; ports need proto tcp or udp",
+            help: "first match wins; CIDRs IPv4 or IPv6 (a rule is of one family by its prefixes, or icmp/icmpv6); ports need proto tcp or udp",
         },
         ParamDoc {
             name: "default",
@@ -92,7 +105,7 @@ pub static SPEC: NfSpec = NfSpec {
             name: "max_flows",
             kind: "usize, >= 1",
             default: Some("1048576"),
-            help: "connection table size; new flows beyond it are dropped (overflow)",
+            help: "connection table size (IPv4 and IPv6 each); new flows beyond it are dropped (overflow)",
         },
         ParamDoc {
             name: "max_fragments",
