@@ -32,6 +32,10 @@ pub trait Addr: Copy + Ord + Hash + std::fmt::Debug + Send + Sync + 'static {
     fn top16(self) -> u32;
     /// The first address of bucket `h` (`h << (bits - 16)`).
     fn bucket_start(h: u32) -> Self;
+    /// The 8 bits below the top 16 (the sub-bucket of an address).
+    fn next8(self) -> u32;
+    /// The first address of sub-bucket `j` of bucket `h`.
+    fn sub_start(h: u32, j: u32) -> Self;
 }
 
 impl Addr for u32 {
@@ -49,6 +53,14 @@ impl Addr for u32 {
     fn bucket_start(h: u32) -> u32 {
         h << 16
     }
+    #[inline]
+    fn next8(self) -> u32 {
+        (self >> 8) & 0xff
+    }
+    #[inline]
+    fn sub_start(h: u32, j: u32) -> u32 {
+        (h << 16) | (j << 8)
+    }
 }
 
 impl Addr for u128 {
@@ -65,6 +77,14 @@ impl Addr for u128 {
     #[inline]
     fn bucket_start(h: u32) -> u128 {
         u128::from(h) << 112
+    }
+    #[inline]
+    fn next8(self) -> u32 {
+        ((self >> 104) & 0xff) as u32
+    }
+    #[inline]
+    fn sub_start(h: u32, j: u32) -> u128 {
+        (u128::from(h) << 112) | (u128::from(j) << 104)
     }
 }
 
@@ -195,35 +215,83 @@ fn intervals<T: Addr>(
 
 /// An address field: intervals plus, for each value of the top 16 bits
 /// (each IPv4 /16, each IPv6 /16), the first interval that overlaps it, so
-/// a lookup searches only a few intervals.
+/// a lookup searches only a few intervals. A bucket that many intervals
+/// cut (IPv6 rules tend to share a few /16s, like 2001::/16) gets a second
+/// level over the next 8 bits.
 struct AddrField<A> {
     starts: Vec<A>,
     class: Vec<u32>,
-    /// `bucket[h]`: index of the interval containing the first address of
-    /// bucket `h`; one extra entry at the end.
-    bucket: Vec<u32>,
+    /// `index[h]`: the index of the interval containing the first address
+    /// of bucket `h`, or [`SUB`] plus the offset of its sub-buckets in
+    /// `sub`; one extra entry at the end.
+    index: Vec<u32>,
+    /// Sub-buckets, 257 entries per split bucket: entry `j` is the index
+    /// of the interval containing the first address of sub-bucket `j`,
+    /// the last one that of the next bucket.
+    sub: Vec<u32>,
 }
+
+/// Tag of an [`AddrField::index`] entry that points into `sub`.
+const SUB: u32 = 1 << 31;
+/// A bucket cut into more intervals than this gets sub-buckets.
+const SPLIT_ABOVE: usize = 16;
 
 impl<A: Addr> AddrField<A> {
     fn new(iv: Intervals<A>) -> AddrField<A> {
-        let mut bucket = Vec::with_capacity(65537);
-        let mut i = 0usize;
-        for h in 0u32..=65535 {
-            let a = A::bucket_start(h);
-            while i + 1 < iv.starts.len() && iv.starts[i + 1] <= a {
+        let starts = iv.starts;
+        // The interval containing `a`, searching forward from `i`.
+        let containing = |mut i: usize, a: A| {
+            while i + 1 < starts.len() && starts[i + 1] <= a {
                 i += 1;
             }
-            bucket.push(i as u32);
+            i
+        };
+        let mut first = Vec::with_capacity(65537);
+        let mut i = 0usize;
+        for h in 0u32..=65535 {
+            i = containing(i, A::bucket_start(h));
+            first.push(i as u32);
         }
-        bucket.push((iv.starts.len() - 1) as u32);
-        AddrField { starts: iv.starts, class: iv.class, bucket }
+        first.push((starts.len() - 1) as u32);
+        let mut index = first.clone();
+        let mut sub = Vec::new();
+        for h in 0..65536usize {
+            let (lo, hi) = (first[h] as usize, first[h + 1] as usize);
+            if hi - lo <= SPLIT_ABOVE {
+                continue;
+            }
+            index[h] = SUB | sub.len() as u32;
+            let mut i = lo;
+            for j in 0u32..256 {
+                i = containing(i, A::sub_start(h as u32, j));
+                sub.push(i as u32);
+            }
+            sub.push(hi as u32);
+        }
+        AddrField { starts, class: iv.class, index, sub }
+    }
+
+    /// The interval index of the first address of bucket `h`.
+    #[inline]
+    fn first_of(&self, h: usize) -> usize {
+        let e = self.index[h];
+        match e & SUB {
+            0 => e as usize,
+            _ => self.sub[(e & !SUB) as usize] as usize,
+        }
     }
 
     #[inline]
     fn class_of(&self, a: A) -> u32 {
         let h = a.top16() as usize;
-        let lo = self.bucket[h] as usize;
-        let hi = self.bucket[h + 1] as usize;
+        let e = self.index[h];
+        let (lo, hi) = match e & SUB {
+            0 => (e as usize, self.first_of(h + 1)),
+            _ => {
+                let j = (e & !SUB) as usize + a.next8() as usize;
+                (self.sub[j] as usize, self.sub[j + 1] as usize)
+            }
+        };
         // The interval containing `a` is the last one in lo..=hi starting at
         // or before `a`; `starts[lo] <= a` holds by construction.
         let window = &self.starts[lo + 1..=hi];
@@ -270,6 +338,7 @@ impl<A> std::fmt::Debug for Classifier<A> {
         f.debug_struct("Classifier")
             .field("rules", &self.rules)
             .field("src_intervals", &self.src.starts.len())
+            .field("src_split_buckets", &(self.src.sub.len() / 257))
             .field("dst_intervals", &self.dst.starts.len())
             .finish()
     }
@@ -447,6 +516,53 @@ mod tests {
                 dst_ports,
             },
         )
+    }
+
+    /// Many rules inside one /16 split its bucket into sub-buckets; the
+    /// result is still the linear first match (IPv4 and IPv6).
+    #[test]
+    fn dense_buckets_are_split_and_still_exact() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let rules4: Vec<RuleMatch> = (0..300)
+            .map(|_| {
+                let len = 20 + (next() % 13) as u8;
+                RuleMatch { dst: prefix(0x0a00_0000 | (next() as u32 & 0xffff), len), ..any_rule() }
+            })
+            .collect();
+        let c4 = Classifier::new(&rules4).unwrap();
+        assert!(!c4.dst.sub.is_empty());
+        let any6 = RuleMatch::<u128> {
+            src: (0, u128::MAX),
+            dst: (0, u128::MAX),
+            proto: (0, 255),
+            src_ports: (0, 65535),
+            dst_ports: (0, 65535),
+        };
+        let rules6: Vec<RuleMatch<u128>> = (0..300)
+            .map(|_| {
+                let a =
+                    (0x2001u128 << 112) | (u128::from(next()) << 48) | u128::from(next() & 0xffff);
+                RuleMatch { src: prefix6(a, 24 + (next() % 100) as u8), ..any6 }
+            })
+            .collect();
+        let c6 = Classifier::new(&rules6).unwrap();
+        assert!(!c6.src.sub.is_empty());
+        for _ in 0..20_000 {
+            let d = 0x0a00_0000 | (next() as u32 & 0xffff);
+            let f = Fields { src: 1, dst: d, proto: 6, src_port: 1, dst_port: 2 };
+            assert_eq!(c4.classify(&f), rules4.iter().position(|r| r.matches(&f)), "{f:?}");
+            let r = &rules6[next() as usize % rules6.len()];
+            let a = if next() % 2 == 0 { r.src.0 } else { r.src.1 };
+            let a = a.wrapping_add(u128::from(next() % 3)).wrapping_sub(1);
+            let f = Fields { src: a, dst: 1, proto: 6, src_port: 1, dst_port: 2 };
+            assert_eq!(c6.classify(&f), rules6.iter().position(|r| r.matches(&f)), "{f:?}");
+        }
     }
 
     fn prefix6(a: u128, len: u8) -> (u128, u128) {
