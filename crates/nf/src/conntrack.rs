@@ -1319,7 +1319,7 @@ impl ConnSnapshot {
             }
             added.push(*c);
         }
-        if let Some(t6) = table6.as_deref_mut() {
+        if let Some(t6) = table6 {
             let mut added6 = Vec::with_capacity(snap.conns6.len());
             for c in &snap.conns6 {
                 if let Err(e) = t6.insert_conn(c) {

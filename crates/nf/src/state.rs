@@ -96,6 +96,9 @@ impl std::fmt::Display for FlowPartition {
 /// An IPv4 address and port, as numbers.
 pub type Endpoint = (u32, u16);
 
+/// An IPv6 address and port.
+pub type Endpoint6 = (Ipv6Addr, u16);
+
 /// The key of one flow of per-flow state, in a canonical form: a 5-tuple
 /// and its reverse give the same key.
 #[derive(
@@ -145,7 +148,7 @@ impl PartitionKey {
 
     /// The two endpoints (lower first) and protocol of an IPv6 5-tuple
     /// key; `None` for any other key.
-    pub fn flow6_endpoints(&self) -> Option<((Ipv6Addr, u16), (Ipv6Addr, u16), u8)> {
+    pub fn flow6_endpoints(&self) -> Option<(Endpoint6, Endpoint6, u8)> {
         match self.0 {
             KeyRepr::Flow6 { lo, hi, proto } => Some((lo, hi, proto)),
             _ => None,

@@ -317,6 +317,7 @@ mod tests {
             duration: Duration::from_millis(50),
             batch_size: 16,
             warmup: Duration::from_millis(10),
+            ipv6: false,
         };
         let mut calls = 0;
         let mut last = 0.0;
@@ -336,5 +337,9 @@ mod tests {
         assert_eq!(r.to_json()["stages"][1]["name"], "b");
         let bad = BenchConfig { frame_size: 10, ..cfg };
         assert!(run(&mut chain, &bad, |_, _| {}).is_err());
+        // IPv6 traffic through the same chain.
+        let six = BenchConfig { ipv6: true, ..cfg };
+        let r = run(&mut chain, &six, |_, _| {}).unwrap();
+        assert!(r.chain.packets > 0 && r.packets_out == r.chain.packets);
     }
 }
