@@ -299,8 +299,10 @@ pub struct Router {
     lpm6: Lpm6,
     hops: Vec<NextHop>,
     mac: [u8; 6],
-    ip: u32,
-    ip6: Ipv6Addr,
+    /// Source of ICMP errors; none without IPv4 routes (no errors then).
+    ip: Option<u32>,
+    /// Source of ICMPv6 errors; none without IPv6 routes (no errors then).
+    ip6: Option<Ipv6Addr>,
     /// ICMP errors built during one batch, appended after it (kept to reuse
     /// the allocation).
     created: Vec<Packet>,
@@ -378,24 +380,24 @@ impl Router {
             return Err(ConfigError::new("icmp_burst", "must be at least 1"));
         }
         let ip = match (cfg.ip, at4.first()) {
-            (Some(ip), _) => u32::from(ip),
+            (Some(ip), _) => Some(u32::from(ip)),
             (None, Some(i)) => {
                 return Err(ConfigError::new(
                     "ip",
                     format!("required: routes[{i}] is IPv4 (the ICMP errors' source)"),
                 ))
             }
-            (None, None) => 0,
+            (None, None) => None,
         };
         let ip6 = match (cfg.ip6, at6.first()) {
-            (Some(ip6), _) => ip6,
+            (Some(ip6), _) => Some(ip6),
             (None, Some(i)) => {
                 return Err(ConfigError::new(
                     "ip6",
                     format!("required: routes[{i}] is IPv6 (the ICMPv6 errors' source)"),
                 ))
             }
-            (None, None) => Ipv6Addr::UNSPECIFIED,
+            (None, None) => None,
         };
         Ok(Router {
             lpm,
@@ -483,16 +485,24 @@ impl Router {
     /// that names no single node) and the rate limit lets it go.
     fn send_error6(&mut self, orig: &Packet, h: &V6, msg_type: u8, code: u8, now: u64) {
         let bad_source = h.src == 0 || h.src >> 120 == 0xff || h.src == 1;
+        let Some(from) = self.ip6 else { return };
         if h.icmp_error || bad_source || !self.icmp.take(now) {
             return;
         }
-        if let Some(icmp) = self.icmp_error6(orig, h, msg_type, code) {
+        if let Some(icmp) = self.icmp_error6(orig, h, from, msg_type, code) {
             self.created.push(icmp);
         }
     }
 
     /// The ICMPv6 error answering `orig`, built with the wire `Repr`s.
-    fn icmp_error6(&self, orig: &Packet, h: &V6, msg_type: u8, code: u8) -> Option<Packet> {
+    fn icmp_error6(
+        &self,
+        orig: &Packet,
+        h: &V6,
+        from: Ipv6Addr,
+        msg_type: u8,
+        code: u8,
+    ) -> Option<Packet> {
         let o = orig.data();
         let l3 = h.l3 as usize;
         let quoted = (h.end as usize - l3).min(ICMP6_QUOTE_MAX);
@@ -513,7 +523,7 @@ impl Router {
         let (head, icmp) = f[l3..].split_at_mut(ipv6::HEADER_LEN);
         let dst = Ipv6Addr::from(h.src);
         let ip = Ipv6Repr {
-            src_addr: self.ip6,
+            src_addr: from,
             dst_addr: dst,
             next_header: ip_proto::ICMPV6,
             payload_len: icmp_len,
@@ -524,7 +534,7 @@ impl Router {
         view.set_traffic_class(0xc0); // CS6: network control
         icmp[icmpv6::HEADER_LEN..].copy_from_slice(&o[l3..l3 + quoted]);
         let msg = Icmpv6Repr::Other { msg_type, msg_code: code, rest_of_header: 0 };
-        msg.emit(&mut Icmpv6Packet::new_unchecked(icmp), self.ip6, dst);
+        msg.emit(&mut Icmpv6Packet::new_unchecked(icmp), from, dst);
         p.meta.out_port = port;
         p.meta.rx_ns = orig.meta.rx_ns;
         Some(p)
@@ -564,16 +574,23 @@ impl Router {
     fn send_error(&mut self, orig: &Packet, info: &Ipv4Headers, msg_type: u8, now: u64) {
         let is_icmp_error = matches!(info.l4, L4::IcmpOther { msg_type } if matches!(msg_type, 3 | 4 | 5 | 11 | 12));
         let bad_source = info.src == 0 || info.src >= 0xe000_0000;
+        let Some(from) = self.ip else { return };
         if info.l4 == L4::Fragment || is_icmp_error || bad_source || !self.icmp.take(now) {
             return;
         }
-        if let Some(icmp) = self.icmp_error(orig, info, msg_type) {
+        if let Some(icmp) = self.icmp_error(orig, info, from, msg_type) {
             self.created.push(icmp);
         }
     }
 
     /// The ICMP error `msg_type` (code 0) answering `orig`.
-    fn icmp_error(&self, orig: &Packet, info: &Ipv4Headers, msg_type: u8) -> Option<Packet> {
+    fn icmp_error(
+        &self,
+        orig: &Packet,
+        info: &Ipv4Headers,
+        from: u32,
+        msg_type: u8,
+    ) -> Option<Packet> {
         let o = orig.data();
         let quoted = info.total_len.min(ICMP_QUOTE_MAX);
         let l3 = info.l3;
@@ -595,7 +612,7 @@ impl Router {
         f[ethernet::HEADER_LEN..l3].copy_from_slice(&o[ethernet::HEADER_LEN..l3]);
         let (head, icmp) = f[l3..].split_at_mut(ipv4::HEADER_LEN);
         let ip = Ipv4Repr {
-            src_addr: Ipv4Addr::from(self.ip),
+            src_addr: Ipv4Addr::from(from),
             dst_addr: Ipv4Addr::from(info.src),
             protocol: ip_proto::ICMP,
             payload_len: icmp_len,
@@ -1027,6 +1044,18 @@ mod tests {
             let e = (SPEC.build)(&p).err().unwrap();
             assert_eq!(e.field, field, "{e}");
         }
+        // A router without IPv4 routes sends no ICMP error from 0.0.0.0
+        // (none configured), and likewise for IPv6.
+        let p: Params = serde_yaml_ng::from_str(
+            "mac: 02:00:00:00:00:fe\nip6: '::1'\nroutes: [{prefix: '2001:db8::/32', next_hop_mac: '02:00:00:00:00:01'}]",
+        )
+        .unwrap();
+        let mut r = Router::from_config(&crate::params::parse(&p).unwrap()).unwrap();
+        let (out, c) = run(&mut r, &[udp([10, 1, 2, 3], 64, 0)]);
+        assert_eq!((out.len(), c.dropped(DropReason::NoRoute)), (0, 1));
+        let mut r = router();
+        let (out, c) = run(&mut r, &[udp6("2001:db8::1", 64, 0)]);
+        assert_eq!((out.len(), c.dropped(DropReason::NoRoute)), (0, 1));
         // ::/0 and 0.0.0.0/0 are different routes.
         let y = "mac: 02:00:00:00:00:fe\nip: 192.0.2.1\nip6: '::1'\nroutes:\n\
                  - {prefix: 0.0.0.0/0, next_hop_mac: '02:00:00:00:00:01'}\n\
