@@ -34,7 +34,7 @@ def v4(r, lo, hi):
 def v6(r, lo, hi):
     while True:
         a = (0x2001 << 112) | r.getrandbits(112)
-        if (a >> 80) in (0x20010DB8000A, 0x20010DB8000B):  # the traffic's
+        if (a >> 80) in (0x20010DB80000, 0x20010DB80001):  # the traffic's
             continue
         n = r.randrange(lo, hi + 1)
         return str(ipaddress.ip_network((a >> (128 - n) << (128 - n), n)))
@@ -83,6 +83,6 @@ write(
 write(
     "firewall6-1k",
     "IPv6",
-    "{action: allow, src: '2001:db8:a::/48', dst: '2001:db8:b::/48', proto: udp, dst_ports: 5000}",
+    "{action: allow, src: '2001:db8::/48', dst: '2001:db8:1::/48', proto: udp, dst_ports: 5000}",
     "braid bench examples/bench/firewall6-1k.yaml --ipv6 --flows 1024 --duration 2",
 )

@@ -1,5 +1,5 @@
 //! In-memory ports: a queue of given frames, a counting sink, and a
-//! generator of synthetic UDP flows for benchmarks and demos.
+//! generator of synthetic UDP flows (IPv4 or IPv6) for benchmarks and demos.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -103,43 +103,15 @@ pub struct GeneratorConfig {
     /// First source address: flow `i` uses this address plus `i % 65536`
     /// and source port `1024 + i / 65536`.
     pub src_base: Ipv4Addr,
-    /// IPv6 traffic instead ([`ipv6_flow_templates`]): UDP from
-    /// `ipv6.src_base` plus `i % 65536` (port as above) to `ipv6.dst`.
-    pub ipv6: Option<Ipv6Traffic>,
+    /// UDP over IPv6 instead: flow `i` from [`GEN6_SRC_BASE`] plus
+    /// `i % 65536` (port as above) to [`GEN6_DST`], port `dst.1`.
+    pub ipv6: bool,
 }
 
-/// The addresses of the generator's IPv6 flows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv6Traffic {
-    pub dst: (Ipv6Addr, u16),
-    pub src_base: Ipv6Addr,
-}
-
-impl Default for Ipv6Traffic {
-    /// `2001:db8:a::1` and up to `[2001:db8:b::1]:5000` (RFC 3849
-    /// documentation addresses, like the IPv4 defaults' private ones).
-    fn default() -> Self {
-        Ipv6Traffic {
-            dst: (Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 1), 5000),
-            src_base: Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 1),
-        }
-    }
-}
-
-/// The frame templates of the generator's IPv6 flows (`cfg.ipv6`'s
-/// addresses, default ones if unset): flow `i` from `src_base + i % 65536`,
-/// port `1024 + i / 65536`, `cfg.frame_size` bytes, checksums done.
-pub fn ipv6_flow_templates(cfg: &GeneratorConfig) -> Vec<Vec<u8>> {
-    let six = cfg.ipv6.unwrap_or_default();
-    let base = u128::from(six.src_base);
-    (0..cfg.flows)
-        .map(|i| {
-            let src_ip = Ipv6Addr::from(base.wrapping_add(u128::from(i % 65536)));
-            let src_port = 1024u16.wrapping_add((i / 65536) as u16);
-            Frame6Spec::udp_frame_len((src_ip, src_port), six.dst, cfg.frame_size).build()
-        })
-        .collect()
-}
+/// First source address of the generator's IPv6 flows.
+pub const GEN6_SRC_BASE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// Destination of the generator's IPv6 flows.
+pub const GEN6_DST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
@@ -149,7 +121,7 @@ impl Default for GeneratorConfig {
             packets: None,
             dst: (Ipv4Addr::new(10, 1, 0, 1), 5000),
             src_base: Ipv4Addr::new(10, 0, 0, 1),
-            ipv6: None,
+            ipv6: false,
         }
     }
 }
@@ -180,25 +152,26 @@ impl GeneratorPort {
         if cfg.flows == 0 {
             return Err(PortError::Config("generator needs at least one flow".into()));
         }
-        // The smallest IPv6 UDP frame is 62 bytes.
-        let min6 = 14 + 40 + 8;
-        if cfg.ipv6.is_some() && cfg.frame_size < min6 {
+        if cfg.ipv6 && cfg.frame_size < 62 {
             return Err(PortError::Config(format!(
-                "generator frame size {} is too small for IPv6 UDP (at least {min6})",
+                "generator frame size {} is below 62, the smallest UDP/IPv6 frame",
                 cfg.frame_size
             )));
         }
         let base = u32::from(cfg.src_base);
-        let templates = match cfg.ipv6 {
-            Some(_) => ipv6_flow_templates(cfg),
-            None => (0..cfg.flows)
-                .map(|i| {
-                    let src_ip = Ipv4Addr::from(base.wrapping_add(i % 65536));
-                    let src_port = 1024u16.wrapping_add((i / 65536) as u16);
-                    FrameSpec::udp_frame_len((src_ip, src_port), cfg.dst, cfg.frame_size).build()
-                })
-                .collect(),
-        };
+        let base6 = u128::from(GEN6_SRC_BASE);
+        let templates = (0..cfg.flows)
+            .map(|i| {
+                let src_port = 1024u16.wrapping_add((i / 65536) as u16);
+                if cfg.ipv6 {
+                    let src = Ipv6Addr::from(base6.wrapping_add(u128::from(i % 65536)));
+                    let dst = (GEN6_DST, cfg.dst.1);
+                    return Frame6Spec::udp_frame_len((src, src_port), dst, cfg.frame_size).build();
+                }
+                let src_ip = Ipv4Addr::from(base.wrapping_add(i % 65536));
+                FrameSpec::udp_frame_len((src_ip, src_port), cfg.dst, cfg.frame_size).build()
+            })
+            .collect();
         Ok(GeneratorPort {
             templates,
             next: 0,
@@ -261,30 +234,6 @@ mod tests {
     use braid_packet::envelope;
 
     #[test]
-    fn generator_makes_ipv6_flows() {
-        let cfg = GeneratorConfig {
-            frame_size: 64,
-            flows: 3,
-            ipv6: Some(Ipv6Traffic::default()),
-            ..GeneratorConfig::default()
-        };
-        let g = GeneratorPort::new(&cfg).unwrap();
-        let mut srcs = Vec::new();
-        for t in g.templates() {
-            assert_eq!(t.len(), 64);
-            let p = envelope::parse_dual(t);
-            assert_eq!(p.class, envelope::Class::Ok);
-            let ip = p.ipv6().unwrap();
-            assert_eq!(ip.dst_addr(), Ipv6Traffic::default().dst.0);
-            assert!(matches!(ip.l4, envelope::L4::Udp { dst_port: 5000, .. }));
-            srcs.push(ip.src);
-        }
-        assert_eq!(srcs, [1, 2, 3].map(|i| u128::from(Ipv6Traffic::default().src_base) + i - 1));
-        let small = GeneratorConfig { frame_size: 60, ..cfg };
-        assert!(GeneratorPort::new(&small).err().unwrap().to_string().contains("IPv6"));
-    }
-
-    #[test]
     fn memory_port_delivers_in_order_and_keeps_sent() {
         let mut p = MemoryPort::new("m", vec![vec![1; 60], vec![2; 60], vec![3; 60]]);
         let mut b = Batch::new();
@@ -340,6 +289,17 @@ mod tests {
         assert!(GeneratorPort::new(&bad).err().unwrap().to_string().contains("60..=1514"));
         let bad = GeneratorConfig { flows: 0, ..Default::default() };
         assert!(GeneratorPort::new(&bad).is_err());
+        let bad = GeneratorConfig { frame_size: 60, ipv6: true, ..Default::default() };
+        assert!(matches!(GeneratorPort::new(&bad), Err(PortError::Config(_))));
+        let v6 = GeneratorConfig { frame_size: 64, flows: 3, ipv6: true, ..Default::default() };
+        let g = GeneratorPort::new(&v6).unwrap();
+        let t: Vec<_> =
+            g.templates().iter().map(|t| envelope::parse_dual(t).flow6().unwrap()).collect();
+        assert!(g.templates().iter().all(|t| t.len() == 64));
+        assert_eq!(
+            (t[2].src, t[2].dst, t[2].dst_port),
+            ("2001:db8::3".parse().unwrap(), GEN6_DST, 5000)
+        );
         let big = GeneratorConfig { frame_size: 1514, ..Default::default() };
         assert_eq!(GeneratorPort::new(&big).unwrap().templates()[0].len(), 1514);
     }

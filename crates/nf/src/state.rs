@@ -350,6 +350,10 @@ pub enum StateError {
     Conflict(String),
     #[error("merge refused, nothing changed: {total} entries would exceed the limit of {max}")]
     Capacity { total: usize, max: usize },
+    /// This instance's configuration has no exportable state format (for
+    /// example a `loadbalancer` with an IPv6 VIP).
+    #[error("`{kind}` cannot export or import state: {why}")]
+    Unsupported { kind: String, why: String },
 }
 
 /// Magic of [`NfState::to_bytes`].

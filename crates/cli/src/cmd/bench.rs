@@ -10,7 +10,7 @@ use braid_runtime::Chain;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braid bench examples/chain4.yaml --frame-size 64 --flows 1024\n  braid bench examples/sample.yaml --frame-size 1400 --duration 5 --json\n  braid bench examples/bench/firewall6-1k.yaml --ipv6 --flows 1024   # IPv6 traffic\n  braid bench examples/sample.yaml --capture fw --capture-filter 'udp port 53'   # what a capture costs"
+    after_help = "Examples:\n  braid bench examples/chain4.yaml --frame-size 64 --flows 1024\n  braid bench examples/sample.yaml --frame-size 1400 --duration 5 --json\n  braid bench examples/bench/router6.yaml --ipv6 --flows 1024\n  braid bench examples/sample.yaml --capture fw --capture-filter 'udp port 53'   # what a capture costs"
 )]
 pub struct Args {
     /// Chain descriptor (YAML).
@@ -18,6 +18,9 @@ pub struct Args {
     /// Frame size in bytes without FCS (60..=1514).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=1514))]
     pub frame_size: u16,
+    /// UDP over IPv6 (2001:db8::1.. -> 2001:db8:1::1) instead of IPv4.
+    #[arg(long)]
+    pub ipv6: bool,
     /// Number of distinct UDP flows.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub flows: u32,
@@ -27,11 +30,6 @@ pub struct Args {
     /// Packets per batch; default: the descriptor's batch_size.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub batch_size: Option<u16>,
-    /// Generate IPv6 UDP flows (2001:db8:a::1 and up to [2001:db8:b::1]:5000)
-    /// instead of IPv4 (10.0.0.1 and up to 10.1.0.1:5000); frames of 62
-    /// bytes at least.
-    #[arg(long)]
-    pub ipv6: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
