@@ -1,10 +1,10 @@
 //! In-memory ports: a queue of given frames, a counting sink, and a
-//! generator of synthetic UDP flows for benchmarks and demos.
+//! generator of synthetic UDP flows (IPv4 or IPv6) for benchmarks and demos.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use braid_packet::wire::build::FrameSpec;
+use braid_packet::wire::build::{Frame6Spec, FrameSpec};
 use braid_packet::{Batch, Packet};
 
 use crate::{Port, PortError, PortStats};
@@ -103,7 +103,15 @@ pub struct GeneratorConfig {
     /// First source address: flow `i` uses this address plus `i % 65536`
     /// and source port `1024 + i / 65536`.
     pub src_base: Ipv4Addr,
+    /// UDP over IPv6 instead: flow `i` from [`GEN6_SRC_BASE`] plus
+    /// `i % 65536` (port as above) to [`GEN6_DST`], port `dst.1`.
+    pub ipv6: bool,
 }
+
+/// First source address of the generator's IPv6 flows.
+pub const GEN6_SRC_BASE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// Destination of the generator's IPv6 flows.
+pub const GEN6_DST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
@@ -113,6 +121,7 @@ impl Default for GeneratorConfig {
             packets: None,
             dst: (Ipv4Addr::new(10, 1, 0, 1), 5000),
             src_base: Ipv4Addr::new(10, 0, 0, 1),
+            ipv6: false,
         }
     }
 }
@@ -143,11 +152,23 @@ impl GeneratorPort {
         if cfg.flows == 0 {
             return Err(PortError::Config("generator needs at least one flow".into()));
         }
+        if cfg.ipv6 && cfg.frame_size < 62 {
+            return Err(PortError::Config(format!(
+                "generator frame size {} is below 62, the smallest UDP/IPv6 frame",
+                cfg.frame_size
+            )));
+        }
         let base = u32::from(cfg.src_base);
+        let base6 = u128::from(GEN6_SRC_BASE);
         let templates = (0..cfg.flows)
             .map(|i| {
-                let src_ip = Ipv4Addr::from(base.wrapping_add(i % 65536));
                 let src_port = 1024u16.wrapping_add((i / 65536) as u16);
+                if cfg.ipv6 {
+                    let src = Ipv6Addr::from(base6.wrapping_add(u128::from(i % 65536)));
+                    let dst = (GEN6_DST, cfg.dst.1);
+                    return Frame6Spec::udp_frame_len((src, src_port), dst, cfg.frame_size).build();
+                }
+                let src_ip = Ipv4Addr::from(base.wrapping_add(i % 65536));
                 FrameSpec::udp_frame_len((src_ip, src_port), cfg.dst, cfg.frame_size).build()
             })
             .collect();
@@ -268,6 +289,17 @@ mod tests {
         assert!(GeneratorPort::new(&bad).err().unwrap().to_string().contains("60..=1514"));
         let bad = GeneratorConfig { flows: 0, ..Default::default() };
         assert!(GeneratorPort::new(&bad).is_err());
+        let bad = GeneratorConfig { frame_size: 60, ipv6: true, ..Default::default() };
+        assert!(matches!(GeneratorPort::new(&bad), Err(PortError::Config(_))));
+        let v6 = GeneratorConfig { frame_size: 64, flows: 3, ipv6: true, ..Default::default() };
+        let g = GeneratorPort::new(&v6).unwrap();
+        let t: Vec<_> =
+            g.templates().iter().map(|t| envelope::parse_dual(t).flow6().unwrap()).collect();
+        assert!(g.templates().iter().all(|t| t.len() == 64));
+        assert_eq!(
+            (t[2].src, t[2].dst, t[2].dst_port),
+            ("2001:db8::3".parse().unwrap(), GEN6_DST, 5000)
+        );
         let big = GeneratorConfig { frame_size: 1514, ..Default::default() };
         assert_eq!(GeneratorPort::new(&big).unwrap().templates()[0].len(), 1514);
     }

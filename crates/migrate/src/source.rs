@@ -244,7 +244,7 @@ pub fn migrate_out(
         }
         Err((e, writer)) => {
             run.phase(Phase::RollingBack);
-            Err(run.roll_back(e, writer))
+            Err(run.roll_back(e, writer.map(|w| *w)))
         }
     }
 }
@@ -264,7 +264,9 @@ struct Run<'a> {
 }
 
 type Writer = BufWriter<TcpStream>;
-type Failure = (MigrateError, Option<Writer>);
+/// What failed and the writer to the destination, if it was open (boxed:
+/// the error is large enough already).
+type Failure = (MigrateError, Option<Box<Writer>>);
 
 /// Messages from the destination, read on their own thread.
 type FromPeer = Receiver<Result<Message, MigrateError>>;
@@ -296,7 +298,7 @@ impl Run<'_> {
             .and_then(|()| wire::write_message(&mut w, &hello, &mut sent))
             .and_then(|()| w.flush().map_err(Into::into));
         if let Err(e) = step {
-            return Err((e.into(), Some(w)));
+            return Err((e.into(), Some(Box::new(w))));
         }
         let mut r = wire::FrameReader::new(read_half);
         let answer = r
@@ -305,12 +307,14 @@ impl Run<'_> {
             .map_err(|e| MigrateError::from_read(e, "the destination's answer", opts.io_timeout));
         match answer {
             Ok(Message::Accept) => {}
-            Ok(Message::Refuse { reason }) => return Err((MigrateError::Refused(reason), Some(w))),
+            Ok(Message::Refuse { reason }) => {
+                return Err((MigrateError::Refused(reason), Some(Box::new(w))))
+            }
             Ok(other) => {
                 let e = MigrateError::Unexpected { expected: "Accept", got: other.name() };
-                return Err((e, Some(w)));
+                return Err((e, Some(Box::new(w))));
             }
-            Err(e) => return Err((e, Some(w))),
+            Err(e) => return Err((e, Some(Box::new(w)))),
         }
         // The destination's later messages come on their own thread, so a
         // slow state link never keeps the source from reading them.
@@ -347,13 +351,13 @@ impl Run<'_> {
             backlog: self.backlog.clone(),
         };
         if let Err(e) = self.handle.stream_out(req) {
-            return Err((e.into(), Some(w)));
+            return Err((e.into(), Some(Box::new(w))));
         }
         self.streaming = true;
         self.phase(Phase::Streaming);
         let r = self.pump(&mut w, &mut sent, &items, &from_peer);
         self.from_peer = Some(from_peer);
-        r.map_err(|e| (e, Some(w)))
+        r.map_err(|e| (e, Some(Box::new(w))))
     }
 
     /// Move the worker's stream items to the link and react to the

@@ -10,6 +10,8 @@
 //! same all-zero payload, so the result is byte-for-byte the template.
 //!
 //! State: `router` 10,000 prefixes (mix of /8../32), 16,384 destinations;
+//! `router6` 10,000 IPv6 prefixes (mix of /16../64 shaped like a BGP
+//! table: half /48), 16,384 destinations;
 //! `firewall` 1,000 rules (900 allow, 100 drop, interleaved) with 16,384
 //! flows, conntrack warm or off; `nat` 100,000 active mappings (50,000 TCP,
 //! 50,000 UDP), traffic cycling over all of them, half outbound, half
@@ -23,7 +25,7 @@
 //! Run: `cargo bench -p braid-nf --bench stateful`.
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use braid_benchkit::ThreadCpuTime;
@@ -31,7 +33,7 @@ use braid_nf::firewall::{self, Firewall};
 use braid_nf::nat::{self, Nat};
 use braid_nf::router::{self, Router};
 use braid_nf::{Context, Counters, NetworkFunction};
-use braid_packet::wire::build::FrameSpec;
+use braid_packet::wire::build::{Frame6Spec, FrameSpec};
 use braid_packet::{Batch, Packet};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 
@@ -180,11 +182,13 @@ fn router_bench(c: &mut Criterion<ThreadCpuTime>) {
     let cfg = router::Config {
         routes,
         mac: "02:00:00:00:00:fe".into(),
-        ip: Ipv4Addr::new(192, 0, 2, 1),
+        ip: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        ip6: None,
         icmp_rate: 1000,
         icmp_burst: 50,
     };
     let mut nf = Router::from_config(&cfg).expect("router config");
+    let (mut nf6, nets6) = router6(&mut rng);
     for size in SIZES {
         let frames: Vec<Vec<u8>> = (0..16_384)
             .map(|_| {
@@ -199,8 +203,74 @@ fn router_bench(c: &mut Criterion<ThreadCpuTime>) {
         g.throughput(Throughput::Elements(BATCH as u64));
         bench_baseline(&mut g, &mut traffic);
         bench_pair(&mut g, "router_10k_prefixes", &mut nf, &mut traffic);
+        // IPv6 beside it, in the same group and run.
+        let frames6: Vec<Vec<u8>> = (0..16_384)
+            .map(|_| {
+                let (net, len) = nets6[rng.below(nets6.len() as u64) as usize];
+                let host = ((rng.next() as u128) << 64 | rng.next() as u128) & !mask6(len);
+                let mut s = Frame6Spec::udp(
+                    (Ipv6Addr::from(SRC6), 1000),
+                    (Ipv6Addr::from(net | host), 53),
+                    0,
+                );
+                s.payload = vec![0; size - 62];
+                s.build()
+            })
+            .collect();
+        warm(&mut nf6, &frames6);
+        let mut traffic6 = Traffic::new(&frames6);
+        bench_pair(&mut g, "router6_10k_prefixes", &mut nf6, &mut traffic6);
         g.finish();
     }
+}
+
+/// Source of the IPv6 bench traffic (inside the routed 2001:db8::/32).
+const SRC6: u128 = 0x2001_0db8_0000_0000_0000_0000_0000_0009;
+
+fn mask6(len: u8) -> u128 {
+    braid_nf::lpm::prefix_mask6(len)
+}
+
+/// An IPv6 router with 10,000 prefixes under 2000::/3, lengths shaped like
+/// a BGP table (10% /16-/31, 15% /32, 20% /33-/47, 50% /48, 5% /49-/64),
+/// 64 next hops, and a route back to the source.
+fn router6(rng: &mut Rng) -> (Router, Vec<(u128, u8)>) {
+    let mut routes = vec![router::RouteConfig {
+        prefix: "2001:db8::/32".into(),
+        next_hop_mac: "02:00:00:00:02:00".into(),
+        port: 0,
+    }];
+    let mut nets: Vec<(u128, u8)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    seen.insert((SRC6 & mask6(32), 32));
+    while nets.len() < 10_000 {
+        let len = match rng.below(20) {
+            0 | 1 => 16 + rng.below(16) as u8,
+            2..=4 => 32,
+            5..=8 => 33 + rng.below(15) as u8,
+            9..=18 => 48,
+            _ => 49 + rng.below(16) as u8,
+        };
+        let r = (rng.next() as u128) << 64 | rng.next() as u128;
+        let net = ((r >> 3) | (1u128 << 125)) & mask6(len);
+        if seen.insert((net, len)) {
+            nets.push((net, len));
+            routes.push(router::RouteConfig {
+                prefix: format!("{}/{len}", Ipv6Addr::from(net)),
+                next_hop_mac: format!("02:00:00:00:01:{:02x}", nets.len() % 64),
+                port: (nets.len() % 4) as u16,
+            });
+        }
+    }
+    let cfg = router::Config {
+        routes,
+        mac: "02:00:00:00:00:fe".into(),
+        ip: None,
+        ip6: Some("2001:db8::1".parse().unwrap()),
+        icmp_rate: 1000,
+        icmp_burst: 50,
+    };
+    (Router::from_config(&cfg).expect("router6 config"), nets)
 }
 
 fn firewall_rules(rng: &mut Rng) -> Vec<firewall::RuleConfig> {

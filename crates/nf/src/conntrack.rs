@@ -8,7 +8,10 @@
 //!   panic them. [`flow_key`] turns its headers into a [`FlowKey`].
 //! * [`FlowKey`]: an exact-match 5-tuple key (the state record form of
 //!   `FiveTuple`), hashed with `FiveTuple::keyed_hash` under a random key
-//!   per table ([`flow_hash`]).
+//!   per table ([`flow_hash`]). [`FlowKey6`]: the IPv6 form (`firewall`;
+//!   `FiveTuple6::keyed_hash`), [`flow_key6`] and [`icmp6_error_quote`]
+//!   its constructors. Both are [`ConnKey`]s: the table, its snapshots and
+//!   statelets are one generic code for either family.
 //! * [`ConnTable`]: a slab of connections, each reachable by its original
 //!   and its reply key (like Linux conntrack's two tuple hashes) through an
 //!   open-addressing index, with idle timeouts checked lazily on lookup and
@@ -20,9 +23,10 @@
 //!   so idle ages survive migration between hosts whose monotonic clocks
 //!   differ.
 
-pub use braid_packet::envelope::{Ipv4Headers, L4};
-use braid_packet::flow::{FiveTuple, FlowHashKey};
+pub use braid_packet::envelope::{Ipv4Headers, Ipv6Headers, L4};
+use braid_packet::flow::{FiveTuple, FiveTuple6, FlowHashKey};
 use braid_packet::wire::icmpv4::msg_type;
+use std::net::Ipv6Addr;
 
 use braid_packet::{Batch, Packet};
 
@@ -36,6 +40,151 @@ pub use braid_packet::wire::tcp_flags::{
     ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN,
 };
 pub use msg_type::{ECHO_REPLY as ICMP_ECHO_REPLY, ECHO_REQUEST as ICMP_ECHO_REQUEST};
+/// ICMPv6's protocol number (next header 58).
+pub const PROTO_ICMPV6: u8 = 58;
+/// ICMPv6 echo request (RFC 4443).
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+/// ICMPv6 echo reply.
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// A key the connection table files connections under: [`FlowKey`]
+/// (IPv4) or [`FlowKey6`] (IPv6). Both directions of a connection have
+/// one each; the table, its snapshots and statelets are the same code for
+/// both.
+pub trait ConnKey:
+    Copy + Eq + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned
+{
+    /// A key that fills empty index entries (never looked up).
+    const BLANK: Self;
+    /// The key of the reply direction.
+    fn reversed(&self) -> Self;
+    /// The hash of this key under a table's random key.
+    fn keyed_hash(&self, key: &FlowHashKey) -> u64;
+    /// The IP protocol (IPv6: the upper-layer protocol).
+    fn proto(&self) -> u8;
+    /// True for ICMP echo (IPv4) or ICMPv6 echo (IPv6) keys.
+    fn is_icmp(&self) -> bool;
+    /// The flow this key belongs to (either direction gives the same).
+    fn partition_key(&self) -> PartitionKey;
+    /// The two keys (both directions) of the flow `key`, if it is a flow of
+    /// this address family.
+    fn of_partition(key: &PartitionKey) -> Option<[Self; 2]>;
+}
+
+impl ConnKey for FlowKey {
+    const BLANK: FlowKey = FlowKey { src: 0, dst: 0, src_port: 0, dst_port: 0, proto: 0 };
+    #[inline]
+    fn reversed(&self) -> FlowKey {
+        FlowKey::reversed(self)
+    }
+    #[inline]
+    fn keyed_hash(&self, key: &FlowHashKey) -> u64 {
+        FiveTuple::from(*self).keyed_hash(key)
+    }
+    #[inline]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline]
+    fn is_icmp(&self) -> bool {
+        self.proto == PROTO_ICMP
+    }
+    #[inline]
+    fn partition_key(&self) -> PartitionKey {
+        PartitionKey::five_tuple((*self).into())
+    }
+    fn of_partition(key: &PartitionKey) -> Option<[FlowKey; 2]> {
+        let (lo, hi, proto) = key.flow_endpoints()?;
+        let k = FlowKey { src: lo.0, dst: hi.0, src_port: lo.1, dst_port: hi.1, proto };
+        Some([k, k.reversed()])
+    }
+}
+
+/// The 5-tuple key of an IPv6 packet, if its protocol has one the firewall
+/// tracks (TCP, UDP, ICMPv6 echo with its identifier as both ports).
+#[inline]
+pub fn flow_key6(ip: &Ipv6Headers) -> Option<FlowKey6> {
+    let (src_port, dst_port) = match ip.l4 {
+        L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port, .. } => {
+            (src_port, dst_port)
+        }
+        L4::IcmpEcho { ident, .. } => (ident, ident),
+        _ => return None,
+    };
+    Some(FlowKey6 {
+        src: Ipv6Addr::from(ip.src),
+        dst: Ipv6Addr::from(ip.dst),
+        src_port,
+        dst_port,
+        proto: ip.proto,
+    })
+}
+
+/// An exact-match IPv6 5-tuple (the upper-layer protocol after the
+/// extension headers). In JSON snapshots the addresses are written as
+/// text (`"2001:db8::1"`), in binary as 16 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct FlowKey6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+}
+
+impl From<FlowKey6> for FiveTuple6 {
+    #[inline]
+    fn from(k: FlowKey6) -> FiveTuple6 {
+        FiveTuple6 {
+            src: k.src,
+            dst: k.dst,
+            proto: k.proto,
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+        }
+    }
+}
+
+impl ConnKey for FlowKey6 {
+    const BLANK: FlowKey6 = FlowKey6 {
+        src: Ipv6Addr::UNSPECIFIED,
+        dst: Ipv6Addr::UNSPECIFIED,
+        src_port: 0,
+        dst_port: 0,
+        proto: 0,
+    };
+    #[inline]
+    fn reversed(&self) -> FlowKey6 {
+        FlowKey6 {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            proto: self.proto,
+        }
+    }
+    #[inline]
+    fn keyed_hash(&self, key: &FlowHashKey) -> u64 {
+        FiveTuple6::from(*self).keyed_hash(key)
+    }
+    #[inline]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline]
+    fn is_icmp(&self) -> bool {
+        self.proto == PROTO_ICMPV6
+    }
+    #[inline]
+    fn partition_key(&self) -> PartitionKey {
+        PartitionKey::five_tuple6((*self).into())
+    }
+    fn of_partition(key: &PartitionKey) -> Option<[FlowKey6; 2]> {
+        let (lo, hi, proto) = key.flow6_endpoints()?;
+        let k = FlowKey6 { src: lo.0, dst: hi.0, src_port: lo.1, dst_port: hi.1, proto };
+        Some([k, k.reversed()])
+    }
+}
 
 /// The 5-tuple key of a packet, if its protocol has one the stateful NFs
 /// track (TCP, UDP, ICMP echo). ICMP echo uses the identifier as both
@@ -78,6 +227,47 @@ pub fn icmp_error_quote(frame: &[u8], info: &Ipv4Headers) -> Option<QuotedPacket
         ihl: q.header_len,
         key: FlowKey::from(q.tuple),
     })
+}
+
+/// If `info` is an ICMPv6 error (destination unreachable, packet too big,
+/// time exceeded, parameter problem: types 1 to 4, RFC 4443) quoting a
+/// packet with a TCP or UDP header (its ports) or an ICMPv6 echo, the
+/// 5-tuple of the quoted packet as it appears there. The quoted packet's
+/// extension headers are walked like the envelope walks them; a quoted
+/// non-first fragment, or a quote too short for the ports, gives `None`.
+pub fn icmp6_error_quote(frame: &[u8], info: &Ipv6Headers) -> Option<FlowKey6> {
+    let L4::IcmpOther { msg_type: 1..=4 } = info.l4 else { return None };
+    if info.proto != PROTO_ICMPV6 {
+        return None;
+    }
+    // The invoking packet follows the 8-byte ICMPv6 header.
+    let q = frame.get(info.l4_offset() + 8..info.end())?;
+    if q.len() < 40 || q[0] >> 4 != 6 {
+        return None;
+    }
+    let addr = |at: usize| -> Option<Ipv6Addr> {
+        let b: [u8; 16] = q.get(at..at + 16)?.try_into().ok()?;
+        Some(Ipv6Addr::from(b))
+    };
+    let (src, dst) = (addr(8)?, addr(24)?);
+    // The quote is cut short of the quoted payload length: walk what is
+    // there.
+    let walk = braid_packet::wire::ipv6ext::walk(q[6], &q[40..]).ok()?;
+    if walk.later_fragment() {
+        return None;
+    }
+    let l4 = q.get(40 + walk.ext_len..)?;
+    let be16 =
+        |at: usize| -> Option<u16> { Some(u16::from_be_bytes([*l4.get(at)?, *l4.get(at + 1)?])) };
+    let (src_port, dst_port) = match walk.proto {
+        PROTO_TCP | PROTO_UDP => (be16(0)?, be16(2)?),
+        PROTO_ICMPV6 if matches!(l4.first(), Some(&(ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY))) => {
+            let ident = be16(4)?;
+            (ident, ident)
+        }
+        _ => return None,
+    };
+    Some(FlowKey6 { src, dst, src_port, dst_port, proto: walk.proto })
 }
 
 /// An exact-match IPv4 5-tuple. Addresses are host-order `u32`.
@@ -283,23 +473,24 @@ pub fn tcp_transition(state: TcpState, reply: bool, flags: u8) -> TcpStep {
 /// One tracked connection: its original-direction key, its reply-direction
 /// key, when it was last seen and a little TCP state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Conn {
+#[serde(bound = "K: ConnKey")]
+pub struct Conn<K = FlowKey> {
     /// Key of packets in the direction that created the connection.
-    pub orig: FlowKey,
+    pub orig: K,
     /// Key of packets in the reply direction (for NAT: as they arrive from
     /// outside, i.e. addressed to the translated source).
-    pub reply: FlowKey,
+    pub reply: K,
     /// NF-local time ([`StateClock`]) of the last packet, either direction.
     pub last_seen: u64,
     /// `SEEN_REPLY` and `CLOSING` bits.
     pub flags: u8,
 }
 
-impl Conn {
+impl<K: ConnKey> Conn<K> {
     /// The idle timeout that applies to this connection now.
     #[inline]
     pub fn timeout(&self, t: &TimeoutsNs) -> u64 {
-        match self.orig.proto {
+        match self.orig.proto() {
             PROTO_TCP => {
                 if self.flags & (CLOSING | SEEN_REPLY) == SEEN_REPLY
                     && self.tcp_state() == TcpState::Established
@@ -310,7 +501,7 @@ impl Conn {
                 }
             }
             PROTO_UDP => t.udp,
-            PROTO_ICMP => t.icmp,
+            _ if self.orig.is_icmp() => t.icmp,
             _ => t.other,
         }
     }
@@ -381,7 +572,7 @@ impl Conn {
 
 /// Result of [`ConnTable::lookup`].
 #[derive(Debug, PartialEq, Eq)]
-pub enum Lookup {
+pub enum Lookup<K = FlowKey> {
     /// A live connection: its slot and whether the key was its reply key.
     Hit {
         slot: u32,
@@ -389,7 +580,7 @@ pub enum Lookup {
     },
     /// The key belonged to a connection that had idled out; it was removed
     /// and is returned so the caller can release what it held (a NAT port).
-    Expired(Conn),
+    Expired(Conn<K>),
     Miss,
 }
 
@@ -416,8 +607,8 @@ pub fn flow_hash(key: &FlowKey, hash_key: &FlowHashKey) -> u64 {
 const EMPTY: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug)]
-struct IndexEntry {
-    key: FlowKey,
+struct IndexEntry<K> {
+    key: K,
     /// `slot << 1 | is_reply`, or [`EMPTY`].
     val: u32,
 }
@@ -429,20 +620,17 @@ struct IndexEntry {
 /// cache misses of a batch then overlap instead of queueing), which a
 /// `HashMap` cannot do without unsafe code.
 #[derive(Debug)]
-struct FlowIndex {
-    entries: Vec<IndexEntry>,
+struct FlowIndex<K> {
+    entries: Vec<IndexEntry<K>>,
     mask: usize,
     len: usize,
     hash_key: FlowHashKey,
 }
 
-impl FlowIndex {
-    fn with_capacity(keys: usize, hash_key: FlowHashKey) -> FlowIndex {
+impl<K: ConnKey> FlowIndex<K> {
+    fn with_capacity(keys: usize, hash_key: FlowHashKey) -> FlowIndex<K> {
         let n = (keys * 2).next_power_of_two().max(16);
-        let empty = IndexEntry {
-            key: FlowKey { src: 0, dst: 0, src_port: 0, dst_port: 0, proto: 0 },
-            val: EMPTY,
-        };
+        let empty = IndexEntry { key: K::BLANK, val: EMPTY };
         FlowIndex { entries: vec![empty; n], mask: n - 1, len: 0, hash_key }
     }
 
@@ -454,7 +642,7 @@ impl FlowIndex {
     }
 
     #[inline]
-    fn get(&self, key: &FlowKey, hash: u64) -> Option<u32> {
+    fn get(&self, key: &K, hash: u64) -> Option<u32> {
         let mut i = hash as usize & self.mask;
         loop {
             let e = &self.entries[i];
@@ -469,11 +657,11 @@ impl FlowIndex {
     }
 
     /// Insert a key known to be absent.
-    fn insert(&mut self, key: FlowKey, val: u32) {
+    fn insert(&mut self, key: K, val: u32) {
         if (self.len + 1) * 2 > self.entries.len() {
             self.grow();
         }
-        let mut i = flow_hash(&key, &self.hash_key) as usize & self.mask;
+        let mut i = key.keyed_hash(&self.hash_key) as usize & self.mask;
         while self.entries[i].val != EMPTY {
             i = (i + 1) & self.mask;
         }
@@ -489,8 +677,8 @@ impl FlowIndex {
         }
     }
 
-    fn remove(&mut self, key: &FlowKey) {
-        let mut i = flow_hash(key, &self.hash_key) as usize & self.mask;
+    fn remove(&mut self, key: &K) {
+        let mut i = key.keyed_hash(&self.hash_key) as usize & self.mask;
         loop {
             let e = &self.entries[i];
             if e.val == EMPTY {
@@ -510,7 +698,7 @@ impl FlowIndex {
             if e.val == EMPTY {
                 break;
             }
-            let home = flow_hash(&e.key, &self.hash_key) as usize & self.mask;
+            let home = e.key.keyed_hash(&self.hash_key) as usize & self.mask;
             let between = if i <= j { i < home && home <= j } else { i < home || home <= j };
             if !between {
                 self.entries[i] = e;
@@ -525,10 +713,10 @@ impl FlowIndex {
 /// A table of connections: a slab indexed by slot, and one hash index from
 /// both keys of every connection to `slot << 1 | is_reply`.
 #[derive(Debug)]
-pub struct ConnTable {
-    slots: Vec<Option<Conn>>,
+pub struct ConnTable<K = FlowKey> {
+    slots: Vec<Option<Conn<K>>>,
     free: Vec<u32>,
-    index: FlowIndex,
+    index: FlowIndex<K>,
     live: usize,
     max: usize,
     sweep_cursor: usize,
@@ -586,10 +774,16 @@ impl ChangeLog {
     }
 }
 
-impl ConnTable {
+impl<K: ConnKey> ConnTable<K> {
     /// An empty table for at most `max` connections.
-    pub fn new(max: usize) -> ConnTable {
-        let prealloc = max.min(1 << 16);
+    pub fn new(max: usize) -> ConnTable<K> {
+        ConnTable::with_prealloc(max, 1 << 16)
+    }
+
+    /// An empty table for at most `max` connections with room for
+    /// `prealloc` of them before it grows.
+    pub fn with_prealloc(max: usize, prealloc: usize) -> ConnTable<K> {
+        let prealloc = max.min(prealloc);
         ConnTable {
             slots: Vec::with_capacity(prealloc),
             free: Vec::new(),
@@ -604,8 +798,8 @@ impl ConnTable {
     /// The hash this table files `key` under (keyed per table, see
     /// [`flow_hash`]); batch lookups compute it in their first step.
     #[inline]
-    pub fn hash(&self, key: &FlowKey) -> u64 {
-        flow_hash(key, &self.index.hash_key)
+    pub fn hash(&self, key: &K) -> u64 {
+        key.keyed_hash(&self.index.hash_key)
     }
 
     /// Number of live (not yet removed) connections.
@@ -624,7 +818,7 @@ impl ConnTable {
 
     /// Find the connection `key` belongs to, removing it if it idled out.
     #[inline]
-    pub fn lookup(&mut self, key: &FlowKey, now: u64, t: &TimeoutsNs) -> Lookup {
+    pub fn lookup(&mut self, key: &K, now: u64, t: &TimeoutsNs) -> Lookup<K> {
         self.lookup_hinted(key, self.hash(key), None, now, t)
     }
 
@@ -638,7 +832,7 @@ impl ConnTable {
     /// Batch step 2: probe the index (no expiry check, no change). The
     /// result is a hint for [`ConnTable::lookup_hinted`].
     #[inline]
-    pub fn probe(&self, key: &FlowKey, hash: u64) -> Option<u32> {
+    pub fn probe(&self, key: &K, hash: u64) -> Option<u32> {
         self.index.get(key, hash)
     }
 
@@ -658,13 +852,13 @@ impl ConnTable {
     #[inline]
     pub fn lookup_hinted(
         &mut self,
-        key: &FlowKey,
+        key: &K,
         hash: u64,
         hint: Option<u32>,
         now: u64,
         t: &TimeoutsNs,
-    ) -> Lookup {
-        let valid = |slots: &[Option<Conn>], v: u32| match slots.get((v >> 1) as usize) {
+    ) -> Lookup<K> {
+        let valid = |slots: &[Option<Conn<K>>], v: u32| match slots.get((v >> 1) as usize) {
             Some(Some(c)) => (if v & 1 == 1 { &c.reply } else { &c.orig }) == key,
             _ => false,
         };
@@ -691,12 +885,12 @@ impl ConnTable {
 
     /// The connection in `slot` (from a [`Lookup::Hit`]).
     #[inline]
-    pub fn get_mut(&mut self, slot: u32) -> Option<&mut Conn> {
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut Conn<K>> {
         self.slots.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
     /// Track a new connection with keys `orig` and `reply`, seen at `now`.
-    pub fn insert(&mut self, orig: FlowKey, reply: FlowKey, now: u64) -> Result<u32, InsertError> {
+    pub fn insert(&mut self, orig: K, reply: K, now: u64) -> Result<u32, InsertError> {
         if self.live >= self.max {
             return Err(InsertError::Full);
         }
@@ -721,13 +915,13 @@ impl ConnTable {
         self.index.insert(reply, (slot << 1) | 1);
         self.live += 1;
         if self.changes.on {
-            self.changes.note(slot, || PartitionKey::five_tuple(orig.into()));
+            self.changes.note(slot, || orig.partition_key());
         }
         Ok(slot)
     }
 
     /// Remove the connection in `slot` (from a [`Lookup::Hit`]), if any.
-    pub fn remove_slot(&mut self, slot: u32) -> Option<Conn> {
+    pub fn remove_slot(&mut self, slot: u32) -> Option<Conn<K>> {
         match self.slots.get(slot as usize) {
             Some(Some(_)) => Some(self.remove(slot)),
             _ => None,
@@ -735,7 +929,7 @@ impl ConnTable {
     }
 
     /// Remove the connection in `slot` and return it.
-    fn remove(&mut self, slot: u32) -> Conn {
+    fn remove(&mut self, slot: u32) -> Conn<K> {
         let conn = self.slots[slot as usize].take().expect("remove is only called on live slots");
         self.index.remove(&conn.orig);
         self.index.remove(&conn.reply);
@@ -755,7 +949,7 @@ impl ConnTable {
         now: u64,
         t: &TimeoutsNs,
         budget: usize,
-        mut on_expired: impl FnMut(Conn),
+        mut on_expired: impl FnMut(Conn<K>),
     ) -> usize {
         let n = self.slots.len();
         if n == 0 {
@@ -777,13 +971,13 @@ impl ConnTable {
     }
 
     /// All live connections, in slot order.
-    pub fn iter(&self) -> impl Iterator<Item = &Conn> {
+    pub fn iter(&self) -> impl Iterator<Item = &Conn<K>> {
         self.slots.iter().flatten()
     }
 
     /// A table holding exactly `conns`, or an error naming the first
     /// inconsistent one (duplicate key, more than `max`).
-    pub fn from_conns(conns: &[Conn], max: usize) -> Result<ConnTable, String> {
+    pub fn from_conns(conns: &[Conn<K>], max: usize) -> Result<ConnTable<K>, String> {
         let mut t = ConnTable::new(max);
         for (i, c) in conns.iter().enumerate() {
             t.insert_conn(c).map_err(|e| format!("connection {i} ({:?}): {e:?}", c.orig))?;
@@ -794,7 +988,7 @@ impl ConnTable {
 
 /// Streaming a live table (see [`crate::statelet`]): a change log, a
 /// cursor over slots and replacement by flow key, each O(1) per entry.
-impl ConnTable {
+impl<K: ConnKey> ConnTable<K> {
     /// Start recording changed flows (`true`) or stop and forget them.
     pub fn record_changes(&mut self, on: bool) {
         self.changes = ChangeLog { on, ..ChangeLog::default() };
@@ -816,9 +1010,7 @@ impl ConnTable {
 
     /// The slot of the connection that is the state of flow `key`.
     pub fn slot_of(&self, key: &PartitionKey) -> Option<u32> {
-        let (lo, hi, proto) = key.flow_endpoints()?;
-        for (a, b) in [(lo, hi), (hi, lo)] {
-            let k = FlowKey { src: a.0, dst: b.0, src_port: a.1, dst_port: b.1, proto };
+        for k in K::of_partition(key)? {
             if let Some(v) = self.index.get(&k, self.hash(&k)) {
                 if v & 1 == 0 && matches!(&self.slots[(v >> 1) as usize], Some(c) if c.orig == k) {
                     return Some(v >> 1);
@@ -832,7 +1024,7 @@ impl ConnTable {
     /// cursor past them; `None` once the cursor is past the last slot.
     /// Slots do not move, so a cursor stays valid while the table changes
     /// (what changes behind it is in the change log).
-    pub fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Vec<Conn>> {
+    pub fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Vec<Conn<K>>> {
         if *cursor >= self.slots.len() {
             return None;
         }
@@ -847,17 +1039,17 @@ impl ConnTable {
     }
 
     /// The connections of the flows `keys` that are held.
-    pub fn conns_of(&self, keys: &[PartitionKey]) -> Vec<Conn> {
+    pub fn conns_of(&self, keys: &[PartitionKey]) -> Vec<Conn<K>> {
         keys.iter().filter_map(|k| self.slot_of(k)).filter_map(|s| self.slots[s as usize]).collect()
     }
 
     /// Remove the connection of flow `key`, if held, and return it.
-    pub fn remove_flow(&mut self, key: &PartitionKey) -> Option<Conn> {
+    pub fn remove_flow(&mut self, key: &PartitionKey) -> Option<Conn<K>> {
         self.slot_of(key).map(|s| self.remove(s))
     }
 
     /// Hold `conn` exactly as given (times and flags).
-    pub fn insert_conn(&mut self, conn: &Conn) -> Result<u32, InsertError> {
+    pub fn insert_conn(&mut self, conn: &Conn<K>) -> Result<u32, InsertError> {
         let slot = self.insert(conn.orig, conn.reply, conn.last_seen)?;
         if let Some(x) = self.get_mut(slot) {
             x.flags = conn.flags;
@@ -868,19 +1060,19 @@ impl ConnTable {
 
 /// One packet's pending table lookup in a batch, as the NF's per-packet
 /// step records it: the key, its hash and where the probe's hint goes.
-pub trait BatchLookup {
+pub trait BatchLookup<K = FlowKey> {
     /// `None` if this packet needs no lookup.
-    fn lookup_parts(&mut self) -> Option<(&FlowKey, u64, &mut Option<u32>)>;
+    fn lookup_parts(&mut self) -> Option<(&K, u64, &mut Option<u32>)>;
 }
 
-impl ConnTable {
+impl<K: ConnKey> ConnTable<K> {
     /// Batch steps 1 to 2b for every packet of a batch (see [`Prefetch`]):
     /// touch every index bucket, then probe every key (storing the hint
     /// for [`ConnTable::lookup_hinted`]), then touch every connection
     /// found. Three separate loops on purpose: each keeps only loads in
     /// flight, so the misses of the whole batch overlap.
     #[inline]
-    pub fn prefetch_batch<S: BatchLookup>(&self, steps: &mut [S]) {
+    pub fn prefetch_batch<S: BatchLookup<K>>(&self, steps: &mut [S]) {
         let mut sink = Prefetch::default();
         for step in steps.iter_mut() {
             if let Some((_, hash, _)) = step.lookup_parts() {
@@ -918,162 +1110,266 @@ pub fn apply_steps<S: Copy>(
 }
 
 /// The exported state of a conntrack-based NF (firewall, NAT): its clock
-/// and its connections (all, or those of a [`FlowScope`]).
+/// and its connections (all, or those of a [`FlowScope`]): IPv4 in
+/// `conns`, IPv6 in `conns6` (the firewall's; NAT has none).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct ConnSnapshot {
     /// NF-local time at export ([`StateClock::last`]).
     pub clock: u64,
     pub conns: Vec<Conn>,
+    pub conns6: Vec<Conn<FlowKey6>>,
 }
 
-/// Version of the [`ConnSnapshot`] format.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Version of the [`ConnSnapshot`] format. Version 2 added `conns6`;
+/// version 1 (IPv4 only) is still read ([`ConnSnapshot::decode`]).
+pub const SNAPSHOT_VERSION: u32 = 2;
+
+/// The version 1 format: IPv4 connections only.
+#[derive(serde::Deserialize)]
+struct ConnSnapshotV1 {
+    clock: u64,
+    conns: Vec<Conn>,
+}
 
 /// What merging a snapshot into a table gives (see
 /// [`ConnSnapshot::merge_into`]).
 pub struct MergedConns {
-    /// Every connection the table should hold after the merge.
+    /// Every IPv4 connection the table should hold after the merge.
     pub conns: Vec<Conn>,
+    /// Every IPv6 connection.
+    pub conns6: Vec<Conn<FlowKey6>>,
     /// The exporter's clock, to continue from when the importer held no
     /// connection (then no age needs translating).
     pub adopt_clock: Option<u64>,
 }
 
-impl Conn {
+impl<K: ConnKey> Conn<K> {
     /// The flow this connection is the state of: the symmetric 5-tuple of
     /// its original direction (for NAT, the inside host's side).
     #[inline]
     pub fn partition_key(&self) -> PartitionKey {
-        PartitionKey::five_tuple(self.orig.into())
+        self.orig.partition_key()
     }
 }
 
+/// The connections of `table` in `scope` (none without a table).
+fn conns_in<K: ConnKey>(table: Option<&ConnTable<K>>, scope: &FlowScope) -> Vec<Conn<K>> {
+    match table {
+        Some(t) if *scope == FlowScope::All => t.iter().copied().collect(),
+        Some(t) => t.iter().filter(|c| scope.contains(&c.partition_key())).copied().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The held connections of `held` except those of the flows `incoming`
+/// brings, then `incoming` with their ages moved from the exporter's
+/// clock `then` to the importer's `now`.
+fn merge_family<K: ConnKey>(
+    held: Option<&ConnTable<K>>,
+    incoming: Vec<Conn<K>>,
+    then: u64,
+    now: u64,
+) -> Vec<Conn<K>> {
+    let keys: std::collections::HashSet<PartitionKey> =
+        incoming.iter().map(Conn::partition_key).collect();
+    let mut conns: Vec<Conn<K>> = held
+        .map(|t| t.iter().filter(|c| !keys.contains(&c.partition_key())).copied().collect())
+        .unwrap_or_default();
+    conns.extend(incoming.into_iter().map(|mut c| {
+        c.last_seen = now.wrapping_sub(then.wrapping_sub(c.last_seen));
+        c
+    }));
+    conns
+}
+
 impl ConnSnapshot {
-    /// The connections of `table` in `scope`, at NF-local time
-    /// `clock.last()`, as the state of NF `kind` in `encoding` (no table:
-    /// no connections).
+    /// The connections of `table` (IPv4) and `table6` (IPv6) in `scope`,
+    /// at NF-local time `clock.last()`, as the state of NF `kind` in
+    /// `encoding` (no table: no connections).
     pub fn export(
         kind: &str,
         clock: &StateClock,
         table: Option<&ConnTable>,
+        table6: Option<&ConnTable<FlowKey6>>,
         scope: &FlowScope,
         encoding: Encoding,
     ) -> NfState {
-        let conns = match table {
-            Some(t) if *scope == FlowScope::All => t.iter().copied().collect(),
-            Some(t) => t.iter().filter(|c| scope.contains(&c.partition_key())).copied().collect(),
-            None => Vec::new(),
+        let snap = ConnSnapshot {
+            clock: clock.last(),
+            conns: conns_in(table, scope),
+            conns6: conns_in(table6, scope),
         };
-        NfState::encode_as(
-            encoding,
-            kind,
-            SNAPSHOT_VERSION,
-            &ConnSnapshot { clock: clock.last(), conns },
-        )
+        NfState::encode_as(encoding, kind, SNAPSHOT_VERSION, &snap)
     }
 
-    /// A snapshot exported by NF `kind` with [`ConnSnapshot::export`].
+    /// A snapshot exported by NF `kind` with [`ConnSnapshot::export`], in
+    /// this format or in version 1 (no IPv6 connections).
     pub fn decode(state: &NfState, kind: &str) -> Result<ConnSnapshot, StateError> {
+        if state.version == 1 && state.kind == kind {
+            let v1: ConnSnapshotV1 = state.decode(kind, 1)?;
+            return Ok(ConnSnapshot { clock: v1.clock, conns: v1.conns, conns6: Vec::new() });
+        }
         state.decode(kind, SNAPSHOT_VERSION)
     }
 
-    /// The connections after merging this snapshot into `table` (whose
-    /// NF-local time is `clock`): the held connections except those whose
-    /// flow the snapshot brings again, then the snapshot's. Ages carry
-    /// over: an imported connection idle for `d` at export is idle for `d`
-    /// on the importer's clock (when the importer holds no connection it
-    /// adopts the exporter's clock instead, like a replacing import). The
-    /// caller checks the result (keys, ports, size) before installing it.
-    pub fn merge_into(self, table: Option<&ConnTable>, clock: &StateClock) -> MergedConns {
+    /// The connections after merging this snapshot into `table` and
+    /// `table6` (whose NF-local time is `clock`): the held connections
+    /// except those whose flow the snapshot brings again, then the
+    /// snapshot's. Ages carry over: an imported connection idle for `d`
+    /// at export is idle for `d` on the importer's clock (when the
+    /// importer holds no connection it adopts the exporter's clock
+    /// instead, like a replacing import). The caller checks the result
+    /// (keys, ports, size) before installing it.
+    pub fn merge_into(
+        self,
+        table: Option<&ConnTable>,
+        table6: Option<&ConnTable<FlowKey6>>,
+        clock: &StateClock,
+    ) -> MergedConns {
         let held = table.filter(|t| !t.is_empty());
-        let Some(held) = held else {
-            return MergedConns { conns: self.conns, adopt_clock: Some(self.clock) };
-        };
-        let incoming: std::collections::HashSet<PartitionKey> =
-            self.conns.iter().map(Conn::partition_key).collect();
-        let mut conns: Vec<Conn> =
-            held.iter().filter(|c| !incoming.contains(&c.partition_key())).copied().collect();
+        let held6 = table6.filter(|t| !t.is_empty());
+        if held.is_none() && held6.is_none() {
+            return MergedConns {
+                conns: self.conns,
+                conns6: self.conns6,
+                adopt_clock: Some(self.clock),
+            };
+        }
         let now = clock.last();
-        conns.extend(self.conns.into_iter().map(|mut c| {
-            c.last_seen = now.wrapping_sub(self.clock.wrapping_sub(c.last_seen));
-            c
-        }));
-        MergedConns { conns, adopt_clock: None }
+        MergedConns {
+            conns: merge_family(held, self.conns, self.clock, now),
+            conns6: merge_family(held6, self.conns6, self.clock, now),
+            adopt_clock: None,
+        }
     }
 }
 
 impl ConnSnapshot {
-    /// A [`Statelet`] of NF `kind` setting flows `keys` to `conns`, at
-    /// NF-local time `clock.last()`.
+    /// A [`Statelet`] of NF `kind` setting flows `keys` to `conns` and
+    /// `conns6`, at NF-local time `clock.last()`.
     pub fn statelet(
         kind: &str,
         clock: &StateClock,
         keys: Vec<PartitionKey>,
         conns: Vec<Conn>,
+        conns6: Vec<Conn<FlowKey6>>,
     ) -> Statelet {
         let state = NfState::encode_as(
             Encoding::Binary,
             kind,
             SNAPSHOT_VERSION,
-            &ConnSnapshot { clock: clock.last(), conns },
+            &ConnSnapshot { clock: clock.last(), conns, conns6 },
         );
         Statelet { keys, state }
     }
 
-    /// Install statelet `s` of NF `kind` into `table`: every connection is
-    /// first checked with `fits`, then the flows of `s.keys` are removed
-    /// and its connections inserted with their times and flags as
-    /// exported, and the NF clock continues from the statelet's. Returns
-    /// the connections removed (so the NF can give their resources back)
-    /// and those added. On error nothing changes.
+    /// Install statelet `s` of NF `kind` into `table` (IPv4) and `table6`
+    /// (IPv6; `None` for an NF that tracks IPv4 only, which then refuses
+    /// IPv6 connections): every connection is first checked with `fits`
+    /// (`fits6`), then the flows of `s.keys` are removed and its
+    /// connections inserted with their times and flags as exported, and
+    /// the NF clock continues from the statelet's. Returns the IPv4
+    /// connections removed (so the NF can give their resources back) and
+    /// those added. On error nothing changes.
+    #[allow(clippy::too_many_arguments)]
     pub fn install_statelet(
         kind: &str,
         table: &mut ConnTable,
+        mut table6: Option<&mut ConnTable<FlowKey6>>,
         clock: &mut StateClock,
         s: &Statelet,
         fits: impl Fn(&Conn) -> Result<(), String>,
+        fits6: impl Fn(&Conn<FlowKey6>) -> Result<(), String>,
     ) -> Result<(Vec<Conn>, Vec<Conn>), StateError> {
         let snap = ConnSnapshot::decode(&s.state, kind)?;
         let named = s.key_set();
-        for (i, c) in snap.conns.iter().enumerate() {
-            fits(c).map_err(|e| StateError::Corrupt(format!("statelet entry {i}: {e}")))?;
-            if !named.contains(&c.partition_key()) {
-                return Err(StateError::Corrupt(format!(
-                    "statelet entry {i} ({:?}) is not one of the flows it names",
-                    c.orig
-                )));
-            }
+        if !snap.conns6.is_empty() && table6.is_none() {
+            return Err(StateError::Corrupt(format!(
+                "statelet has {} IPv6 connections; `{kind}` tracks IPv4 only",
+                snap.conns6.len()
+            )));
         }
+        check_entries(&snap.conns, &named, 0, &fits)?;
+        check_entries(&snap.conns6, &named, snap.conns.len(), &fits6)?;
         let removed: Vec<Conn> = s.keys.iter().filter_map(|k| table.remove_flow(k)).collect();
-        if table.len() + snap.conns.len() > table.max() {
-            let total = table.len() + snap.conns.len();
-            Self::undo(table, &[], &removed);
-            return Err(StateError::Capacity { total, max: table.max() });
+        let removed6: Vec<Conn<FlowKey6>> = match table6.as_deref_mut() {
+            Some(t6) => s.keys.iter().filter_map(|k| t6.remove_flow(k)).collect(),
+            None => Vec::new(),
+        };
+        let restore = |table: &mut ConnTable,
+                       table6: Option<&mut ConnTable<FlowKey6>>,
+                       added: &[Conn],
+                       added6: &[Conn<FlowKey6>]| {
+            undo(table, added, &removed);
+            if let Some(t6) = table6 {
+                undo(t6, added6, &removed6);
+            }
+        };
+        let full4 = (table.len() + snap.conns.len(), table.max());
+        let full6 = table6.as_deref().map_or((0, 0), |t| (t.len() + snap.conns6.len(), t.max()));
+        if let Some((total, max)) = [full4, full6].into_iter().find(|(n, max)| n > max) {
+            restore(table, table6, &[], &[]);
+            return Err(StateError::Capacity { total, max });
         }
         let mut added = Vec::with_capacity(snap.conns.len());
         for c in &snap.conns {
             if let Err(e) = table.insert_conn(c) {
-                Self::undo(table, &added, &removed);
-                return Err(StateError::Conflict(format!(
-                    "statelet connection {:?}: {e:?} (another held connection has its key)",
-                    c.orig
-                )));
+                restore(table, table6, &added, &[]);
+                return Err(conflict(c, e));
             }
             added.push(*c);
+        }
+        if let Some(t6) = table6 {
+            let mut added6 = Vec::with_capacity(snap.conns6.len());
+            for c in &snap.conns6 {
+                if let Err(e) = t6.insert_conn(c) {
+                    restore(table, Some(t6), &added, &added6);
+                    return Err(conflict(c, e));
+                }
+                added6.push(*c);
+            }
         }
         clock.resume_from(snap.clock);
         Ok((removed, added))
     }
+}
 
-    /// Take `added` out again and put `removed` back.
-    fn undo(table: &mut ConnTable, added: &[Conn], removed: &[Conn]) {
-        for c in added {
-            table.remove_flow(&c.partition_key());
+/// Check statelet entries (numbered from `first`): each fits the NF and
+/// belongs to one of the flows the statelet names.
+fn check_entries<K: ConnKey>(
+    conns: &[Conn<K>],
+    named: &std::collections::HashSet<PartitionKey>,
+    first: usize,
+    fits: impl Fn(&Conn<K>) -> Result<(), String>,
+) -> Result<(), StateError> {
+    for (i, c) in conns.iter().enumerate() {
+        let i = first + i;
+        fits(c).map_err(|e| StateError::Corrupt(format!("statelet entry {i}: {e}")))?;
+        if !named.contains(&c.partition_key()) {
+            return Err(StateError::Corrupt(format!(
+                "statelet entry {i} ({:?}) is not one of the flows it names",
+                c.orig
+            )));
         }
-        for c in removed {
-            // They were held together a moment ago: they fit again.
-            let _ = table.insert_conn(c);
-        }
+    }
+    Ok(())
+}
+
+fn conflict<K: ConnKey>(c: &Conn<K>, e: InsertError) -> StateError {
+    StateError::Conflict(format!(
+        "statelet connection {:?}: {e:?} (another held connection has its key)",
+        c.orig
+    ))
+}
+
+/// Take `added` out of `table` again and put `removed` back.
+fn undo<K: ConnKey>(table: &mut ConnTable<K>, added: &[Conn<K>], removed: &[Conn<K>]) {
+    for c in added {
+        table.remove_flow(&c.partition_key());
+    }
+    for c in removed {
+        // They were held together a moment ago: they fit again.
+        let _ = table.insert_conn(c);
     }
 }
 
@@ -1353,6 +1649,50 @@ mod tests {
         for n in 0..f.len() {
             let class = braid_packet::envelope::parse(&f[..n]).class;
             assert!(matches!(class, braid_packet::envelope::Class::Truncated { .. }), "len {n}");
+        }
+    }
+
+    /// The quoted packet of ICMPv6 errors: found behind extension headers,
+    /// `None` for a quote too short, a non-first fragment, or another
+    /// message; never a panic on any bytes after the error header.
+    #[test]
+    fn icmp6_error_quotes() {
+        use braid_packet::wire::build::{Ext6Spec, Frame6Spec};
+        let a: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let b: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let error = |quoted: &[u8], msg_type: u8| {
+            let mut e = Frame6Spec::icmp_echo(b, a, 0, 0);
+            e.payload = quoted.to_vec();
+            let mut f = e.build();
+            f[54] = msg_type;
+            f
+        };
+        let key6 = |f: &[u8]| {
+            let p = braid_packet::envelope::parse_dual(f);
+            icmp6_error_quote(f, p.ipv6().unwrap())
+        };
+        let mut udp = Frame6Spec::udp((a, 1000), (b, 53), 20);
+        udp.ext = vec![Ext6Spec::Plain { kind: 0, len: 8 }, Ext6Spec::Plain { kind: 60, len: 16 }];
+        let q = udp.build();
+        let want = FlowKey6 { src: a, dst: b, src_port: 1000, dst_port: 53, proto: PROTO_UDP };
+        assert_eq!(key6(&error(&q[14..], 1)), Some(want));
+        assert_eq!(key6(&error(&q[14..], 3)), Some(want));
+        // Not an error type; cut inside the extension headers or ports.
+        assert_eq!(key6(&error(&q[14..], 135)), None);
+        assert_eq!(key6(&error(&q[14..14 + 50], 1)), None);
+        assert_eq!(key6(&error(&q[14..14 + 40 + 24 + 3], 1)), None);
+        let echo = Frame6Spec::icmp_echo(a, b, 77, 1).build();
+        let k = key6(&error(&echo[14..], 3)).unwrap();
+        assert_eq!((k.src_port, k.dst_port, k.proto), (77, 77, PROTO_ICMPV6));
+        let mut later = Frame6Spec::udp((a, 1), (b, 2), 8);
+        later.ext = vec![Ext6Spec::Fragment { offset: 8, more: false, ident: 1 }];
+        assert_eq!(key6(&error(&later.build()[14..], 1)), None);
+        for n in 0..q.len() - 14 {
+            let mut cut = q[14..14 + n].to_vec();
+            if let Some(x) = cut.get_mut(n / 2) {
+                *x ^= 0xa5;
+            }
+            let _ = key6(&error(&cut, 1));
         }
     }
 

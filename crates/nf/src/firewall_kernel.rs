@@ -103,6 +103,7 @@ fn rule(r: &RuleConfig) -> Result<Xlated, (&'static str, String)> {
         Proto::Tcp => 6,
         Proto::Udp => 17,
         Proto::Icmp => 1,
+        Proto::Icmpv6 => return Err(("proto", IPV4_ONLY.into())),
         Proto::Any => {
             return Err((
                 "proto",
@@ -186,6 +187,10 @@ fn rule(r: &RuleConfig) -> Result<Xlated, (&'static str, String)> {
     }
 }
 
+/// Why an IPv6 rule has no XDP form.
+const IPV4_ONLY: &str = "an IPv6 rule; the XDP firewall filters IPv4 only (IPv6 frames get its \
+                         default action): place this firewall in user space";
+
 fn overlap(a: &RuleMatch, b: &RuleMatch) -> bool {
     fn meet<T: Ord>(x: &(T, T), y: &(T, T)) -> bool {
         x.0 <= y.1 && y.0 <= x.1
@@ -234,7 +239,20 @@ pub fn translate(params: &Params) -> Result<KernelConfig, KernelError> {
     };
     // (index, match, form, action) of the rules kept so far.
     let mut kept: Vec<(usize, RuleMatch, Form, Action)> = Vec::new();
-    for (i, (r, (m, act))) in cfg.rules.iter().zip(&compiled).enumerate() {
+    for (i, (r, c)) in cfg.rules.iter().zip(&compiled).enumerate() {
+        let (Some(m), act) = (&c.v4, &c.action) else {
+            let v6 = |a: &Option<String>| a.as_deref().is_some_and(|a| a.contains(':'));
+            let field = match (v6(&r.src), v6(&r.dst)) {
+                (true, _) => "src",
+                (false, true) => "dst",
+                (false, false) => "proto",
+            };
+            return Err(KernelError::Inexpressible {
+                field: format!("rules[{i}].{field}"),
+                rule: Some(i),
+                reason: IPV4_ONLY.into(),
+            });
+        };
         if kept.iter().any(|(_, k, _, _)| covers(k, m)) {
             fw.dead_rules.push(i);
             continue;

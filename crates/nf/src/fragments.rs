@@ -1,4 +1,5 @@
-//! IPv4 fragments through the stateful NFs (`firewall`, `nat`): later
+//! IPv4 and IPv6 fragments through the stateful NFs (`firewall`, `nat`
+//! IPv4 only): later
 //! fragments carry no transport header, so they follow what was decided
 //! for the first fragment of their datagram, found by (source,
 //! destination, protocol, identification) like Linux's reassembly queue
@@ -16,10 +17,16 @@
 //! NF as `fragment` too. No reassembly: a later fragment arriving before
 //! its first one is lost, where Linux would hold it until the datagram is
 //! complete (docs/nfs.md).
+//!
+//! IPv6 fragments ([`FragKey6`], `firewall` only) are keyed by (source,
+//! destination, 32-bit identification), like Linux's IPv6 reassembly
+//! queue; the fragment header is found by the envelope's extension-header
+//! walk.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 
-use braid_packet::envelope::{Class, Ipv4Headers};
+use braid_packet::envelope::{Class, Ipv4Headers, Ipv6Headers};
 
 /// Linux's `net.ipv4.ipfrag_time`: 30 s.
 pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
@@ -36,11 +43,19 @@ pub struct FragKey {
     pub id: u16,
 }
 
+/// The IPv6 datagram a fragment belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    pub src: u128,
+    pub dst: u128,
+    pub id: u32,
+}
+
 /// One fragment: its datagram, where its payload lies in the datagram,
 /// and whether more follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fragment {
-    pub key: FragKey,
+pub struct Fragment<K = FragKey> {
+    pub key: K,
     /// True for the fragment at offset 0 (with the transport header).
     pub first: bool,
     /// Payload offset in the datagram, in bytes.
@@ -74,6 +89,30 @@ impl Fragment {
     }
 }
 
+impl Fragment<FragKey6> {
+    /// The IPv6 fragment `frame` is, if its envelope says it is one
+    /// (`class`, `ip` from `braid_packet::envelope::parse_dual` of the same
+    /// bytes). A later fragment's fragment header is the last extension
+    /// header before [`Ipv6Headers::l4_offset`]; a first fragment's payload
+    /// length is counted from its upper-layer header (extension headers
+    /// after the fragment header are not counted, so its entry is never
+    /// removed early).
+    #[inline]
+    pub fn of6(frame: &[u8], class: Class, ip: &Ipv6Headers) -> Option<Fragment<FragKey6>> {
+        let Class::Fragment { first, offset } = class else { return None };
+        let id = ip.frag_ident?;
+        let l4 = ip.l4_offset();
+        let more = first || (l4 >= 8 && frame.get(l4 - 5).is_some_and(|b| b & 1 != 0));
+        Some(Fragment {
+            key: FragKey6 { src: ip.src, dst: ip.dst, id },
+            first,
+            offset: u32::from(offset),
+            len: ip.end().saturating_sub(l4) as u32,
+            more,
+        })
+    }
+}
+
 /// Why a first fragment could not be recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FragTableFull;
@@ -91,18 +130,18 @@ struct Entry<V> {
 /// Datagrams whose first fragment passed, with what their other
 /// fragments need (see the module comment).
 #[derive(Debug)]
-pub struct FragTable<V> {
-    entries: HashMap<FragKey, Entry<V>>,
+pub struct FragTable<V, K = FragKey> {
+    entries: HashMap<K, Entry<V>>,
     /// Keys in the order they expire (insertion order: the timeout is
     /// fixed from the first fragment).
-    expiry: VecDeque<(FragKey, u64)>,
+    expiry: VecDeque<(K, u64)>,
     max: usize,
     timeout_ns: u64,
 }
 
-impl<V: Copy> FragTable<V> {
+impl<V: Copy, K: Copy + Eq + Hash> FragTable<V, K> {
     /// A table for at most `max` datagrams (0: fragments never pass).
-    pub fn new(max: usize, timeout_ns: u64) -> FragTable<V> {
+    pub fn new(max: usize, timeout_ns: u64) -> FragTable<V, K> {
         FragTable { entries: HashMap::new(), expiry: VecDeque::new(), max, timeout_ns }
     }
 
@@ -135,7 +174,7 @@ impl<V: Copy> FragTable<V> {
     }
 
     /// A first fragment passed with `value` for its datagram's others.
-    pub fn first(&mut self, f: &Fragment, value: V, now: u64) -> Result<(), FragTableFull> {
+    pub fn first(&mut self, f: &Fragment<K>, value: V, now: u64) -> Result<(), FragTableFull> {
         if let Some(e) = self.entries.get_mut(&f.key) {
             e.value = value;
             e.seen = e.seen.saturating_add(f.len);
@@ -156,7 +195,7 @@ impl<V: Copy> FragTable<V> {
     /// The value recorded for a later fragment's datagram, if its first
     /// fragment passed less than the timeout ago. The entry is removed
     /// once fragments covering the whole datagram were seen.
-    pub fn later(&mut self, f: &Fragment, now: u64) -> Option<V> {
+    pub fn later(&mut self, f: &Fragment<K>, now: u64) -> Option<V> {
         let e = self.entries.get_mut(&f.key)?;
         if e.expires <= now {
             self.entries.remove(&f.key);

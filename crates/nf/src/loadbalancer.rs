@@ -24,7 +24,13 @@
 //! new flow is still balanced by the Maglev table but not recorded
 //! (`conn_overflow` counts these): it keeps its backend unless the backend
 //! set changes.
+//!
+//! An IPv6 `vip` (with IPv6 backends) balances IPv6 instead, by the same
+//! rules ([`crate::lb6`]); IPv4 then passes. Its connections are not
+//! exported (state export, import and live migration refuse with
+//! [`StateError::Unsupported`]).
 
+use crate::lb6::{rewrite_addr6, Action6, Backend6, Lb6};
 use crate::maglev::{MaglevError, MaglevTable, SeededMix};
 use crate::statelet::MapStream;
 use crate::{ConfigError, Context, DropReason, NetworkFunction, NfClass, NfSpec, NfState};
@@ -35,7 +41,7 @@ use braid_packet::flow::FiveTuple;
 use braid_packet::wire::{checksum, ip_proto};
 use braid_packet::Batch;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 pub static SPEC: NfSpec = NfSpec {
     name: "loadbalancer",
@@ -46,7 +52,12 @@ pub static SPEC: NfSpec = NfSpec {
     summary:
         "Maglev load balancer: flows to a VIP go to backends (destination rewrite), with affinity",
     params: &[
-        ParamDoc { name: "vip", kind: "IPv4 address", default: None, help: "the virtual IP" },
+        ParamDoc {
+            name: "vip",
+            kind: "IPv4 or IPv6 address",
+            default: None,
+            help: "the virtual IP (IPv6: backends IPv6 too; no state export)",
+        },
         ParamDoc {
             name: "port",
             kind: "u16",
@@ -55,7 +66,7 @@ pub static SPEC: NfSpec = NfSpec {
         },
         ParamDoc {
             name: "backends",
-            kind: "list of {ip: IPv4, weight: u32 >= 1 (default 1)}",
+            kind: "list of {ip: IPv4 or IPv6 (the VIP's family), weight: u32 >= 1 (default 1)}",
             default: None,
             help: "the real servers; an empty list drops VIP traffic (no_backend)",
         },
@@ -112,14 +123,23 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// One configured backend (IPv4 or IPv6, the VIP's family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub ip: IpAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
 /// `loadbalancer` configuration.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     #[serde(default)]
     pub port: Option<u16>,
-    pub backends: Vec<Backend>,
+    pub backends: Vec<BackendConfig>,
     #[serde(default = "default_table_size")]
     pub table_size: usize,
     #[serde(default = "default_idle_ms")]
@@ -201,6 +221,8 @@ pub struct LoadBalancer {
     last_sweep_ns: u64,
     /// Live migration: connections whose entry changed, and the walk.
     stream: MapStream<FiveTuple>,
+    /// The engine of an IPv6 VIP (then the IPv4 fields are unused).
+    v6: Option<Box<Lb6>>,
 }
 
 /// What to do with one packet.
@@ -226,12 +248,13 @@ impl LoadBalancer {
         if cfg.max_connections == 0 {
             return Err(ConfigError::new("max_connections", "must be at least 1"));
         }
+        let idle_ns = cfg.idle_timeout_ms.saturating_mul(1_000_000);
         let mut lb = LoadBalancer {
-            vip: cfg.vip,
+            vip: Ipv4Addr::UNSPECIFIED,
             port: cfg.port,
             reverse: cfg.reverse,
             table_size: cfg.table_size,
-            idle_ns: cfg.idle_timeout_ms.saturating_mul(1_000_000),
+            idle_ns,
             max_conns: cfg.max_connections,
             backends: Vec::new(),
             backend_ips: Vec::new(),
@@ -240,6 +263,7 @@ impl LoadBalancer {
             conn_overflow: 0,
             last_sweep_ns: 0,
             stream: MapStream::default(),
+            v6: None,
         };
         for (i, b) in cfg.backends.iter().enumerate() {
             if b.weight == 0 {
@@ -248,17 +272,73 @@ impl LoadBalancer {
             if b.ip == cfg.vip {
                 return Err(ConfigError::new(format!("backends[{i}].ip"), "is the VIP itself"));
             }
+            if b.ip.is_ipv6() != cfg.vip.is_ipv6() {
+                let (v, f) = if cfg.vip.is_ipv6() { ("IPv6", "IPv4") } else { ("IPv4", "IPv6") };
+                return Err(ConfigError::new(
+                    format!("backends[{i}].ip"),
+                    format!(
+                        "{} is {f}, the VIP is {v}: backends must be of the VIP's family",
+                        b.ip
+                    ),
+                ));
+            }
             if cfg.backends[..i].iter().any(|o| o.ip == b.ip) {
                 return Err(ConfigError::new(format!("backends[{i}].ip"), "duplicate backend"));
             }
         }
-        lb.set_backends(cfg.backends).map_err(|e| match e {
-            BackendError::Table(MaglevError::NotPrime(_) | MaglevError::SizeOutOfRange { .. }) => {
+        let table_error = |e: MaglevError| match e {
+            MaglevError::NotPrime(_) | MaglevError::SizeOutOfRange { .. } => {
                 ConfigError::new("table_size", e.to_string())
             }
             e => ConfigError::new("backends", e.to_string()),
-        })?;
+        };
+        match cfg.vip {
+            IpAddr::V6(vip) => {
+                let mut v6 = Lb6::new(vip, cfg.port, cfg.reverse, idle_ns, cfg.max_connections);
+                let backends = cfg
+                    .backends
+                    .iter()
+                    .filter_map(|b| match b.ip {
+                        IpAddr::V6(ip) => Some(Backend6 { ip, weight: b.weight }),
+                        IpAddr::V4(_) => None,
+                    })
+                    .collect();
+                v6.set_backends(backends, cfg.table_size).map_err(table_error)?;
+                lb.v6 = Some(Box::new(v6));
+            }
+            IpAddr::V4(vip) => {
+                lb.vip = vip;
+                let backends = cfg
+                    .backends
+                    .iter()
+                    .filter_map(|b| match b.ip {
+                        IpAddr::V4(ip) => Some(Backend { ip, weight: b.weight }),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                lb.set_backends(backends).map_err(|e| match e {
+                    BackendError::Table(e) => table_error(e),
+                    e => ConfigError::new("backends", e.to_string()),
+                })?;
+            }
+        }
         Ok(lb)
+    }
+
+    /// The IPv6 backends of an IPv6 VIP (empty for an IPv4 one).
+    pub fn backends6(&self) -> Vec<Backend6> {
+        self.v6.as_ref().map(|v| v.backends.clone()).unwrap_or_default()
+    }
+
+    /// The refusal of state operations for an IPv6 VIP.
+    fn no_state_for_ipv6(&self) -> Result<(), StateError> {
+        match &self.v6 {
+            Some(v6) => Err(StateError::Unsupported {
+                kind: SPEC.name.into(),
+                why: format!("the VIP {} is IPv6; its connections have no state format", v6.vip),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Replace the backend set: rebuild the Maglev table and forget the
@@ -314,12 +394,12 @@ impl LoadBalancer {
 
     /// Recorded connections.
     pub fn connections(&self) -> usize {
-        self.conns.len()
+        self.conns.len() + self.v6.as_ref().map_or(0, |v| v.connections())
     }
 
     /// New flows that could not be recorded because the table was full.
     pub fn conn_overflow(&self) -> u64 {
-        self.conn_overflow
+        self.conn_overflow + self.v6.as_ref().map_or(0, |v| v.conn_overflow)
     }
 
     /// Forget connections idle for longer than the timeout.
@@ -449,6 +529,20 @@ impl NetworkFunction for LoadBalancer {
 
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let now = cx.now_ns;
+        if let Some(v6) = self.v6.as_deref_mut() {
+            batch.retain_mut(|p| match v6.decide(p.data(), now) {
+                Action6::Pass => true,
+                Action6::Drop(r) => {
+                    cx.drop_packet(r);
+                    false
+                }
+                Action6::Rewrite { l3, l4, proto, src, old, new } => {
+                    rewrite_addr6(p.data_mut(), l3, l4, proto, src, old, new);
+                    true
+                }
+            });
+            return;
+        }
         batch.retain_mut(|p| match self.decide(p.data(), now) {
             Action::Pass => true,
             Action::Drop(r) => {
@@ -464,9 +558,13 @@ impl NetworkFunction for LoadBalancer {
 
     fn tick(&mut self, _out: &mut Batch, cx: &mut Context<'_>) {
         self.sweep(cx.now_ns);
+        if let Some(v6) = self.v6.as_deref_mut() {
+            v6.sweep(cx.now_ns);
+        }
     }
 
     fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
+        self.no_state_for_ipv6()?;
         let mut conns: Vec<ConnEntry> = self
             .conns
             .iter()
@@ -486,6 +584,7 @@ impl NetworkFunction for LoadBalancer {
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
+        self.no_state_for_ipv6()?;
         let s = self.decode_for_this_vip(state)?;
         if s.conns.len() > self.max_conns {
             return Err(StateError::Corrupt(format!(
@@ -509,6 +608,7 @@ impl NetworkFunction for LoadBalancer {
             conn_overflow: s.conn_overflow,
             last_sweep_ns: self.last_sweep_ns,
             stream: MapStream::default(),
+            v6: None,
         };
         next.set_backends(s.backends).map_err(|e| StateError::Corrupt(e.to_string()))?;
         next.check_backends(&s.conns).map_err(StateError::Corrupt)?;
@@ -526,6 +626,7 @@ impl NetworkFunction for LoadBalancer {
     /// instance's backends (every imported connection must use one of
     /// them) and its `conn_overflow` count.
     fn import_merge(&mut self, state: &NfState) -> Result<(), StateError> {
+        self.no_state_for_ipv6()?;
         let s = self.decode_for_this_vip(state)?;
         self.check_backends(&s.conns).map_err(StateError::Conflict)?;
         let added = s.conns.iter().filter(|c| !self.conns.contains_key(&self.tuple_of(c))).count();
@@ -543,6 +644,10 @@ impl NetworkFunction for LoadBalancer {
     }
 
     fn flow_stream(&mut self) -> Option<&mut dyn FlowStream> {
+        // No live migration of an IPv6 VIP's connections.
+        if self.v6.is_some() {
+            return None;
+        }
         Some(self)
     }
 }
@@ -771,6 +876,128 @@ mod tests {
         assert_eq!(out[1], stranger, "no connection, no rewrite");
     }
 
+    const VIP6: &str = "2001:db8::100";
+
+    fn lb6_with(n: u8, extra: &str) -> LoadBalancer {
+        let backends: Vec<String> =
+            (1..=n).map(|i| format!("{{ip: '2001:db8:1::{i:x}'}}")).collect();
+        let y = format!("{{vip: '{VIP6}', backends: [{}] {extra}}}", backends.join(", "));
+        let p: Params = serde_yaml_ng::from_str(&y).unwrap();
+        LoadBalancer::new(crate::params::parse(&p).unwrap()).unwrap()
+    }
+
+    fn v6(s: &str) -> std::net::Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn client6(i: u32) -> (std::net::Ipv6Addr, u16) {
+        (
+            std::net::Ipv6Addr::from(0x2001_0db8_00ff_u128 << 80 | u128::from(i >> 8)),
+            1024 + (i & 0xff) as u16 * 7,
+        )
+    }
+
+    /// (src, dst) of an IPv6 frame, checking the transport checksum.
+    fn addrs6(f: &[u8]) -> (std::net::Ipv6Addr, std::net::Ipv6Addr) {
+        let p = envelope::parse_dual(f);
+        let ip = p.ipv6().expect("IPv6");
+        let (s, d) = (ip.src_addr(), ip.dst_addr());
+        let t = &f[ip.l4_offset()..ip.end()];
+        let ok = match ip.proto {
+            ip_proto::UDP => UdpPacket::new_checked(t).unwrap().verify_checksum_v6(s, d),
+            ip_proto::TCP => TcpPacket::new_checked(t).unwrap().verify_checksum_v6(s, d),
+            ip_proto::ICMPV6 => wire::Icmpv6Packet::new_checked(t).unwrap().verify_checksum(s, d),
+            _ => true,
+        };
+        assert!(ok, "checksum of {s} -> {d}");
+        (s, d)
+    }
+
+    #[test]
+    fn ipv6_vip_rewrites_with_valid_checksums_and_replies() {
+        use braid_packet::wire::build::{Ext6Spec, Frame6Spec};
+        let mut lb = lb6_with(3, ", table_size: 1021");
+        let c = v6("2001:db8:ff::9");
+        let mut tcp = Frame6Spec::tcp((c, 5555), (v6(VIP6), 80), tcp_flags::SYN);
+        tcp.ext = vec![Ext6Spec::Plain { kind: 0, len: 8 }, Ext6Spec::Plain { kind: 60, len: 16 }];
+        let tcp = tcp.build();
+        let udp = Frame6Spec::udp((c, 7), (v6(VIP6), 53), 30).build();
+        let icmp = Frame6Spec::icmp_echo(c, v6(VIP6), 77, 1).build();
+        let v4 = FrameSpec::udp(client(1), (VIP, 53), 20).build();
+        let (out, cn) = run(&mut lb, &[tcp, udp.clone(), udp, icmp, v4.clone()], 1);
+        assert_eq!(cn.dropped_total(), 0);
+        let backends: Vec<_> = lb.backends6().iter().map(|b| b.ip).collect();
+        let dsts: Vec<_> = out[..4].iter().map(|f| addrs6(f).1).collect();
+        assert!(dsts.iter().all(|d| backends.contains(d)), "{dsts:?}");
+        assert_eq!(dsts[1], dsts[2], "same 5-tuple, same backend");
+        assert_eq!(out[4], v4, "IPv4 passes an IPv6 VIP");
+        assert_eq!(lb.connections(), 3);
+        // The backend's reply gets the VIP back as its source.
+        let reply = Frame6Spec::tcp((dsts[0], 80), (c, 5555), tcp_flags::ACK).build();
+        let stranger = Frame6Spec::tcp((dsts[0], 80), (v6("2001:db8:ff::8"), 5555), 0).build();
+        let (out, _) = run(&mut lb, &[reply, stranger.clone()], 2);
+        assert_eq!(addrs6(&out[0]).0, v6(VIP6));
+        assert_eq!(out[1], stranger, "no connection, no rewrite");
+    }
+
+    #[test]
+    fn ipv6_flows_are_balanced_and_keep_their_backend() {
+        use braid_packet::wire::build::Frame6Spec;
+        let mut lb = lb6_with(4, "");
+        let frames: Vec<Vec<u8>> =
+            (0..4000).map(|i| Frame6Spec::udp(client6(i), (v6(VIP6), 53), 0).build()).collect();
+        let (out, c) = run(&mut lb, &frames, 1);
+        assert_eq!(c.dropped_total(), 0);
+        let first: Vec<_> = out.iter().map(|f| addrs6(f).1).collect();
+        let mut per: HashMap<std::net::Ipv6Addr, usize> = HashMap::new();
+        for d in &first {
+            *per.entry(*d).or_default() += 1;
+        }
+        assert_eq!(per.len(), 4);
+        assert!(per.values().all(|n| (800..1200).contains(n)), "{per:?}");
+        // Affinity: the same flows again go where they went.
+        let (out, _) = run(&mut lb, &frames, 2);
+        assert!(out.iter().map(|f| addrs6(f).1).eq(first.iter().copied()));
+    }
+
+    #[test]
+    fn ipv6_vip_policy_config_and_state() {
+        use braid_packet::wire::build::{Ext6Spec, Frame6Spec};
+        let mut lb = lb6_with(2, ", port: 53");
+        let c = v6("2001:db8:ff::9");
+        let other_port = Frame6Spec::udp((c, 7), (v6(VIP6), 54), 0).build();
+        let mut frag = Frame6Spec::udp((c, 7), (v6(VIP6), 53), 0);
+        frag.ext = vec![Ext6Spec::Fragment { offset: 0, more: true, ident: 1 }];
+        let mut esp = Frame6Spec::udp((c, 7), (v6(VIP6), 53), 8).build();
+        esp[20] = ip_proto::ESP;
+        let mut cut = Frame6Spec::udp((c, 7), (v6(VIP6), 53), 8).build();
+        cut.truncate(60);
+        let (out, n) = run(&mut lb, &[other_port.clone(), frag.build(), esp, cut], 1);
+        assert_eq!(out, vec![other_port], "other ports pass");
+        assert_eq!(n.dropped(DropReason::Unsupported), 2, "fragment and ESP to the VIP");
+        assert_eq!(n.dropped(DropReason::Malformed), 1);
+        // No backends: dropped no_backend.
+        let mut none = lb6_with(0, "");
+        let (_, n) = run(&mut none, &[Frame6Spec::udp((c, 7), (v6(VIP6), 53), 0).build()], 1);
+        assert_eq!(n.dropped(DropReason::NoBackend), 1);
+        // Families must agree; the error names the backend.
+        for y in [
+            "{vip: '2001:db8::1', backends: [{ip: 10.0.0.1}]}",
+            "{vip: 10.0.0.100, backends: [{ip: '2001:db8::2'}]}",
+            "{vip: '2001:db8::1', backends: [{ip: '2001:db8::1'}]}",
+        ] {
+            let p: Params = serde_yaml_ng::from_str(y).unwrap();
+            let e = (SPEC.build)(&p).err().unwrap();
+            assert_eq!(e.field, "backends[0].ip", "{y}: {e}");
+        }
+        // State operations are refused, not silently empty.
+        let e = lb.export_scoped(&FlowScope::All, Encoding::Binary).unwrap_err();
+        assert!(matches!(e, StateError::Unsupported { .. }), "{e}");
+        let v4 = lb_with(2, "").export_scoped(&FlowScope::All, Encoding::Binary).unwrap();
+        assert!(matches!(lb.import_state(&v4), Err(StateError::Unsupported { .. })));
+        assert!(lb.flow_stream().is_none());
+    }
+
     #[test]
     fn flows_are_balanced() {
         let mut lb = lb_with(4, "");
@@ -904,8 +1131,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_bytes_never_panic(f in prop_oneof![proptest::collection::vec(any::<u8>(), 0..1600), braid_packet::strategy::any_frame()]) {
+        fn random_bytes_never_panic(f in prop_oneof![proptest::collection::vec(any::<u8>(), 0..1600), braid_packet::strategy::any_frame(), braid_packet::strategy::any_frame6()]) {
             let mut lb = lb_with(3, ", table_size: 1021");
+            let (out, c) = run(&mut lb, std::slice::from_ref(&f), 1);
+            prop_assert_eq!(out.len() as u64 + c.dropped_total(), 1);
+            let mut lb = lb6_with(3, ", table_size: 1021");
             let (out, c) = run(&mut lb, &[f], 1);
             prop_assert_eq!(out.len() as u64 + c.dropped_total(), 1);
         }

@@ -831,11 +831,12 @@ impl NetworkFunction for Nat {
     }
 
     fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
-        Ok(ConnSnapshot::export(SPEC.name, &self.clock, Some(&self.table), scope, encoding))
+        Ok(ConnSnapshot::export(SPEC.name, &self.clock, Some(&self.table), None, scope, encoding))
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
         let s = ConnSnapshot::decode(state, SPEC.name)?;
+        ipv4_only(&s)?;
         self.validate(&s.conns).map_err(StateError::Corrupt)?;
         self.install(&s.conns).map_err(StateError::Corrupt)?;
         self.clock.resume_from(s.clock);
@@ -844,9 +845,10 @@ impl NetworkFunction for Nat {
 
     fn import_merge(&mut self, state: &NfState) -> Result<(), StateError> {
         let s = ConnSnapshot::decode(state, SPEC.name)?;
+        ipv4_only(&s)?;
         // The snapshot must fit this NAT on its own (addresses, ports) ...
         self.validate(&s.conns).map_err(StateError::Corrupt)?;
-        let merged = s.merge_into(Some(&self.table), &self.clock);
+        let merged = s.merge_into(Some(&self.table), None, &self.clock);
         if merged.conns.len() > self.max_flows {
             return Err(StateError::Capacity { total: merged.conns.len(), max: self.max_flows });
         }
@@ -886,19 +888,27 @@ impl FlowStream for Nat {
     fn export_from(&self, cursor: &mut usize, max: usize) -> Option<Statelet> {
         let conns = self.table.export_from(cursor, max)?;
         let keys = conns.iter().map(Conn::partition_key).collect();
-        Some(ConnSnapshot::statelet(SPEC.name, &self.clock, keys, conns))
+        Some(ConnSnapshot::statelet(SPEC.name, &self.clock, keys, conns, Vec::new()))
     }
 
     fn export_flows(&self, keys: &[PartitionKey]) -> Statelet {
         let conns = self.table.conns_of(keys);
-        ConnSnapshot::statelet(SPEC.name, &self.clock, keys.to_vec(), conns)
+        ConnSnapshot::statelet(SPEC.name, &self.clock, keys.to_vec(), conns, Vec::new())
     }
 
     fn install(&mut self, statelet: &Statelet) -> Result<(), StateError> {
         let mut table = std::mem::replace(&mut self.table, ConnTable::new(0));
         let mut clock = self.clock;
         let fits = |c: &Conn| self.fits(c);
-        let r = ConnSnapshot::install_statelet(SPEC.name, &mut table, &mut clock, statelet, fits);
+        let r = ConnSnapshot::install_statelet(
+            SPEC.name,
+            &mut table,
+            None,
+            &mut clock,
+            statelet,
+            fits,
+            |_| Err("NAT translates IPv4 only".into()),
+        );
         self.table = table;
         self.clock = clock;
         r.map(|_| ())
@@ -922,6 +932,15 @@ impl FlowStream for Nat {
 
     fn len(&self) -> usize {
         self.table.len()
+    }
+}
+
+/// NAT is IPv4 only: a snapshot with IPv6 connections (a firewall's,
+/// relabelled) is refused.
+fn ipv4_only(s: &ConnSnapshot) -> Result<(), StateError> {
+    match s.conns6.len() {
+        0 => Ok(()),
+        n => Err(StateError::Corrupt(format!("{n} IPv6 connections; NAT translates IPv4 only"))),
     }
 }
 

@@ -24,22 +24,40 @@
 //! `icmp_msgs_per_sec` and `icmp_msgs_burst`); those it holds back are
 //! counted ([`Router::icmp_rate_limited`]).
 //!
-//! The router drops what it cannot route: non-IPv4 frames (ARP included:
-//! next-hop MACs are static) count as `unsupported`, bad headers as
-//! `malformed`.
+//! IPv6 (routes with IPv6 prefixes in the same `routes` list; the
+//! envelope's `parse_dual`, extension headers walked): the same steps in
+//! Linux's order (`ip6_rcv_core`, `ip6_route_input`, `ip6_forward`):
+//! addresses no router forwards are dropped as `martian` (RFC 4291: a
+//! multicast, loopback or unspecified destination, a link-local one, a
+//! multicast or loopback source); then the lookup in an [`Lpm6`], where
+//! no route is answered with an ICMPv6 destination unreachable (type 1,
+//! code 0); then the hop limit, where a packet whose hop limit would reach
+//! zero is answered with an ICMPv6 time exceeded (type 3, code 0); then
+//! the source: unspecified is dropped, link-local is dropped and answered
+//! with a destination unreachable "beyond scope of source address" (type
+//! 1, code 2), as Linux's `ip6_forward` does. The hop limit is decremented
+//! (IPv6 has no header checksum). ICMPv6 errors come from the `ip6`
+//! parameter, quote as much of the packet as fits in 1280 bytes (RFC 4443
+//! §2.4(c)), are not sent about ICMPv6 errors (§2.4(e)) and share the
+//! IPv4 errors' rate limit (as Linux's global ICMP limit does).
+//!
+//! The router drops what it cannot route: other frames (ARP and neighbour
+//! discovery included: next-hop MACs are static) count as `unsupported`,
+//! bad headers as `malformed`.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use braid_packet::{Batch, Packet};
 
 use braid_packet::wire::checksum::{checksum, update16};
-use braid_packet::wire::{ethernet, icmpv4, ip_proto, ipv4};
+use braid_packet::wire::{ethernet, icmpv4, icmpv6, ip_proto, ipv4, ipv6};
 use braid_packet::wire::{EthernetFrame, EthernetRepr, Icmpv4Packet, Icmpv4Repr};
+use braid_packet::wire::{Icmpv6Packet, Icmpv6Repr, Ipv6Packet, Ipv6Repr};
 use braid_packet::wire::{Ipv4Packet, Ipv4Repr, MacAddr};
 
 use crate::conntrack::{parse_cidr, Ipv4Headers, Prefetch, L4};
-use crate::lpm::Dir24_8;
+use crate::lpm::{prefix_mask6, Dir24_8, Lpm6};
 use crate::params::{ConfigError, ParamDoc};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, Placement};
 use braid_packet::envelope::{self, Class};
@@ -50,11 +68,12 @@ pub static SPEC: NfSpec = NfSpec {
     placements: &[Placement::User],
     state: crate::StateKind::None,
     kernel: None,
-    summary: "IPv4 router: longest-prefix match (DIR-24-8), TTL, ICMP time exceeded, MAC rewrite",
+    summary:
+        "IPv4/IPv6 router: longest-prefix match, TTL/hop limit, ICMP/ICMPv6 errors, MAC rewrite",
     params: &[
         ParamDoc {
             name: "routes",
-            kind: "list of {prefix: CIDR, next_hop_mac: MAC, port: u16 (default 0)}",
+            kind: "list of {prefix: IPv4 or IPv6 CIDR, next_hop_mac: MAC, port: u16 (default 0)}",
             default: None,
             help: "routing table; the longest matching prefix wins; port goes to meta.out_port",
         },
@@ -68,7 +87,13 @@ pub static SPEC: NfSpec = NfSpec {
             name: "ip",
             kind: "IPv4 address",
             default: None,
-            help: "source address of the ICMP errors the router sends",
+            help: "source address of the ICMP errors the router sends (required with IPv4 routes)",
+        },
+        ParamDoc {
+            name: "ip6",
+            kind: "IPv6 address",
+            default: None,
+            help: "source address of the ICMPv6 errors (required with IPv6 routes)",
         },
         ParamDoc {
             name: "icmp_rate",
@@ -92,7 +117,12 @@ pub static SPEC: NfSpec = NfSpec {
 pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub mac: String,
-    pub ip: Ipv4Addr,
+    /// Required when a route is IPv4.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// Required when a route is IPv6.
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
     #[serde(default = "default_icmp_rate")]
     pub icmp_rate: u32,
     #[serde(default = "default_icmp_burst")]
@@ -170,6 +200,56 @@ pub fn martian(src: u32, dst: u32) -> bool {
         || multicast(dst)
 }
 
+/// Bytes of the original packet an ICMPv6 error quotes at most: what
+/// fits in the IPv6 minimum MTU after the IPv6 and ICMPv6 headers (RFC
+/// 4443 §2.4(c)).
+pub const ICMP6_QUOTE_MAX: usize = 1280 - 40 - 8;
+
+/// What RFC 4291 and Linux never forward, by destination (multicast,
+/// loopback, unspecified, link-local) or source (multicast, loopback).
+/// An unspecified or link-local source is checked after the hop limit
+/// ([`Router`]'s IPv6 steps), as Linux's `ip6_forward` does.
+#[inline]
+pub fn martian6(src: u128, dst: u128) -> bool {
+    let multicast = |a: u128| a >> 120 == 0xff;
+    let loopback = |a: u128| a == 1;
+    let link_local = |a: u128| a >> 118 == 0x3fa; // fe80::/10
+    dst == 0
+        || multicast(dst)
+        || loopback(dst)
+        || link_local(dst)
+        || multicast(src)
+        || loopback(src)
+}
+
+/// Parse an IPv6 CIDR `2001:db8::/32` (a bare address is a /128); host
+/// bits set is an error naming the network.
+pub fn parse_cidr6(s: &str) -> Result<(u128, u8), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => {
+            let len: u8 = l
+                .trim()
+                .parse()
+                .ok()
+                .filter(|l| *l <= 128)
+                .ok_or_else(|| format!("`{s}`: prefix length must be 0..=128"))?;
+            (a, len)
+        }
+        None => (s, 128),
+    };
+    let ip: Ipv6Addr =
+        addr.trim().parse().map_err(|_| format!("`{s}`: not an IPv6 address or CIDR"))?;
+    let ip = u128::from(ip);
+    let mask = prefix_mask6(len);
+    if ip & !mask != 0 {
+        return Err(format!(
+            "`{s}` has host bits set; the network is {}/{len}",
+            Ipv6Addr::from(ip & mask)
+        ));
+    }
+    Ok((ip, len))
+}
+
 /// One route.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,17 +273,41 @@ struct NextHop {
     port: u16,
 }
 
+/// The IPv6 fields the router needs (from the envelope's `Ipv6Headers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct V6 {
+    src: u128,
+    dst: u128,
+    l3: u32,
+    /// End of the IPv6 packet in the frame.
+    end: u32,
+    hop_limit: u8,
+    /// An ICMPv6 error message (never answered with another).
+    icmp_error: bool,
+}
+
+/// What step 1 found in a packet.
+#[derive(Clone, Copy, Debug)]
+enum Checked {
+    V4(Ipv4Headers),
+    V6(V6),
+}
+
 /// The router.
 pub struct Router {
     lpm: Dir24_8,
+    lpm6: Lpm6,
     hops: Vec<NextHop>,
     mac: [u8; 6],
-    ip: u32,
+    /// Source of ICMP errors; none without IPv4 routes (no errors then).
+    ip: Option<u32>,
+    /// Source of ICMPv6 errors; none without IPv6 routes (no errors then).
+    ip6: Option<Ipv6Addr>,
     /// ICMP errors built during one batch, appended after it (kept to reuse
     /// the allocation).
     created: Vec<Packet>,
     /// Per-batch scratch of step 1.
-    checked: Vec<Result<Ipv4Headers, DropReason>>,
+    checked: Vec<Result<Checked, DropReason>>,
     /// Rate limit of generated ICMP errors.
     icmp: IcmpBucket,
 }
@@ -220,12 +324,20 @@ impl Router {
         let mac = parse_mac(&cfg.mac).map_err(|e| ConfigError::new("mac", e))?;
         let mut hops: Vec<NextHop> = Vec::new();
         let mut hop_index: HashMap<NextHop, usize> = HashMap::new();
-        let mut seen: HashMap<(u32, u8), usize> = HashMap::new();
+        let mut seen: HashMap<(u128, u8, bool), usize> = HashMap::new();
         let mut table = Vec::with_capacity(cfg.routes.len());
+        let mut table6 = Vec::new();
+        // Indices into `cfg.routes` of the IPv4 and IPv6 routes.
+        let (mut at4, mut at6) = (Vec::new(), Vec::new());
         for (i, r) in cfg.routes.iter().enumerate() {
-            let (net, len) = parse_cidr(&r.prefix)
-                .map_err(|e| ConfigError::new(format!("routes[{i}].prefix"), e))?;
-            if let Some(j) = seen.insert((net, len), i) {
+            let v6 = r.prefix.contains(':');
+            let (net, len) = if v6 {
+                parse_cidr6(&r.prefix)
+            } else {
+                parse_cidr(&r.prefix).map(|(n, l)| (u128::from(n), l))
+            }
+            .map_err(|e| ConfigError::new(format!("routes[{i}].prefix"), e))?;
+            if let Some(j) = seen.insert((net, len, v6), i) {
                 return Err(ConfigError::new(
                     format!("routes[{i}].prefix"),
                     format!("`{}` is already routed by routes[{j}]", r.prefix),
@@ -240,26 +352,60 @@ impl Router {
                 hops.push(hop);
                 hops.len() - 1
             });
-            table.push((net, len, idx));
+            if v6 {
+                table6.push((net, len, idx));
+                at6.push(i);
+            } else {
+                table.push((net as u32, len, idx));
+                at4.push(i);
+            }
         }
         let lpm = Dir24_8::build(&table).map_err(|e| {
-            let field = match &e {
+            let index = match &e {
                 crate::lpm::LpmError::BadLength { index, .. }
                 | crate::lpm::LpmError::TooManyNextHops { index, .. }
-                | crate::lpm::LpmError::TooManyLongPrefixes { index } => {
-                    format!("routes[{index}]")
-                }
+                | crate::lpm::LpmError::TooManyLongPrefixes { index } => *index,
             };
-            ConfigError::new(field, e.to_string())
+            ConfigError::new(format!("routes[{}]", at4[index]), e.to_string())
+        })?;
+        let lpm6 = Lpm6::build(&table6).map_err(|e| {
+            let index = match &e {
+                crate::lpm::Lpm6Error::BadLength { index, .. }
+                | crate::lpm::Lpm6Error::TooManyNextHops { index, .. }
+                | crate::lpm::Lpm6Error::TooManyGroups { index } => *index,
+            };
+            ConfigError::new(format!("routes[{}]", at6[index]), e.to_string())
         })?;
         if cfg.icmp_burst == 0 {
             return Err(ConfigError::new("icmp_burst", "must be at least 1"));
         }
+        let ip = match (cfg.ip, at4.first()) {
+            (Some(ip), _) => Some(u32::from(ip)),
+            (None, Some(i)) => {
+                return Err(ConfigError::new(
+                    "ip",
+                    format!("required: routes[{i}] is IPv4 (the ICMP errors' source)"),
+                ))
+            }
+            (None, None) => None,
+        };
+        let ip6 = match (cfg.ip6, at6.first()) {
+            (Some(ip6), _) => Some(ip6),
+            (None, Some(i)) => {
+                return Err(ConfigError::new(
+                    "ip6",
+                    format!("required: routes[{i}] is IPv6 (the ICMPv6 errors' source)"),
+                ))
+            }
+            (None, None) => None,
+        };
         Ok(Router {
             lpm,
+            lpm6,
             hops,
             mac,
-            ip: u32::from(cfg.ip),
+            ip,
+            ip6,
             created: Vec::new(),
             checked: Vec::new(),
             icmp: IcmpBucket::new(cfg.icmp_rate, cfg.icmp_burst),
@@ -273,19 +419,125 @@ impl Router {
 
     /// Batch step 1: parse and check the headers.
     #[inline]
-    fn check(&self, p: &Packet) -> Result<Ipv4Headers, DropReason> {
-        // The envelope policy of `router` (docs/nfs.md): IPv4 is routed,
-        // fragments too; anything else is dropped.
-        let parsed = envelope::parse(p.data());
-        let info = match parsed.class {
-            Class::Ok | Class::Fragment { .. } => parsed.ip,
+    fn check(&self, p: &Packet) -> Result<Checked, DropReason> {
+        // The envelope policy of `router` (docs/nfs.md): IPv4 and IPv6 are
+        // routed, fragments too; anything else is dropped.
+        let parsed = envelope::parse_dual(p.data());
+        match parsed.class {
+            Class::Ok | Class::Fragment { .. } => {}
             Class::Unsupported { .. } => return Err(DropReason::Unsupported),
             Class::Truncated { .. } | Class::Malformed { .. } => return Err(DropReason::Malformed),
-        };
+        }
+        if parsed.l3 == envelope::L3Kind::Ipv6 {
+            let h = &parsed.ip6;
+            let icmp_error = h.proto == ip_proto::ICMPV6
+                && matches!(h.l4, L4::IcmpOther { msg_type } if msg_type < 128);
+            return Ok(Checked::V6(V6 {
+                src: h.src,
+                dst: h.dst,
+                l3: h.l3 as u32,
+                end: h.end() as u32,
+                hop_limit: h.hop_limit,
+                icmp_error,
+            }));
+        }
+        let info = parsed.ip;
         if checksum(&p.data()[info.l3..info.l3 + info.ihl]) != 0 {
             return Err(DropReason::Malformed);
         }
-        Ok(info)
+        Ok(Checked::V4(info))
+    }
+
+    /// Batch step 2 for IPv6 (see the module documentation for the order).
+    #[inline]
+    fn forward6(&mut self, p: &mut Packet, h: V6, now: u64) -> Result<(), DropReason> {
+        if martian6(h.src, h.dst) {
+            return Err(DropReason::Martian);
+        }
+        let Some(hop) = self.lpm6.lookup(h.dst) else {
+            self.send_error6(p, &h, icmpv6::msg_type::DEST_UNREACHABLE, 0, now);
+            return Err(DropReason::NoRoute);
+        };
+        if h.hop_limit <= 1 {
+            self.send_error6(p, &h, icmpv6::msg_type::TIME_EXCEEDED, 0, now);
+            return Err(DropReason::TtlExceeded);
+        }
+        if h.src == 0 {
+            return Err(DropReason::Martian);
+        }
+        if h.src >> 118 == 0x3fa {
+            // Link-local source: beyond scope (Linux's ip6_forward).
+            self.send_error6(p, &h, icmpv6::msg_type::DEST_UNREACHABLE, 2, now);
+            return Err(DropReason::Martian);
+        }
+        let hop = self.hops[hop];
+        let l3 = h.l3 as usize;
+        let d = p.data_mut();
+        d[0..6].copy_from_slice(&hop.mac);
+        d[6..12].copy_from_slice(&self.mac);
+        d[l3 + 7] = h.hop_limit - 1;
+        p.meta.out_port = hop.port;
+        Ok(())
+    }
+
+    /// Queue the ICMPv6 error `msg_type`/`code` answering `orig`, if one is
+    /// due (RFC 4443 §2.4(e): not about an ICMPv6 error, nor to a source
+    /// that names no single node) and the rate limit lets it go.
+    fn send_error6(&mut self, orig: &Packet, h: &V6, msg_type: u8, code: u8, now: u64) {
+        let bad_source = h.src == 0 || h.src >> 120 == 0xff || h.src == 1;
+        let Some(from) = self.ip6 else { return };
+        if h.icmp_error || bad_source || !self.icmp.take(now) {
+            return;
+        }
+        if let Some(icmp) = self.icmp_error6(orig, h, from, msg_type, code) {
+            self.created.push(icmp);
+        }
+    }
+
+    /// The ICMPv6 error answering `orig`, built with the wire `Repr`s.
+    fn icmp_error6(
+        &self,
+        orig: &Packet,
+        h: &V6,
+        from: Ipv6Addr,
+        msg_type: u8,
+        code: u8,
+    ) -> Option<Packet> {
+        let o = orig.data();
+        let l3 = h.l3 as usize;
+        let quoted = (h.end as usize - l3).min(ICMP6_QUOTE_MAX);
+        let icmp_len = icmpv6::HEADER_LEN + quoted;
+        let mut p = Packet::new();
+        let f = p.push_back(l3 + ipv6::HEADER_LEN + icmp_len).ok()?;
+        let (dst_mac, port) = match self.lpm6.lookup(h.src) {
+            Some(i) => (self.hops[i].mac, self.hops[i].port),
+            None => (o[6..12].try_into().ok()?, orig.meta.in_port),
+        };
+        let eth = EthernetRepr {
+            src_addr: MacAddr(self.mac),
+            dst_addr: MacAddr(dst_mac),
+            ethertype: u16::from_be_bytes([o[12], o[13]]),
+        };
+        eth.emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+        f[ethernet::HEADER_LEN..l3].copy_from_slice(&o[ethernet::HEADER_LEN..l3]);
+        let (head, icmp) = f[l3..].split_at_mut(ipv6::HEADER_LEN);
+        let dst = Ipv6Addr::from(h.src);
+        let ip = Ipv6Repr {
+            src_addr: from,
+            dst_addr: dst,
+            next_header: ip_proto::ICMPV6,
+            payload_len: icmp_len,
+            hop_limit: 64,
+        };
+        let mut view = Ipv6Packet::new_unchecked(head);
+        ip.emit(&mut view);
+        view.set_traffic_class(0xc0); // CS6: network control
+        icmp[icmpv6::HEADER_LEN..].copy_from_slice(&o[l3..l3 + quoted]);
+        let msg = Icmpv6Repr::Other { msg_type, msg_code: code, rest_of_header: 0 };
+        msg.emit(&mut Icmpv6Packet::new_unchecked(icmp), from, dst);
+        p.meta.out_port = port;
+        p.meta.rx_ns = orig.meta.rx_ns;
+        Some(p)
     }
 
     /// Batch step 2: forward one packet in place, or say why it is dropped
@@ -322,16 +574,23 @@ impl Router {
     fn send_error(&mut self, orig: &Packet, info: &Ipv4Headers, msg_type: u8, now: u64) {
         let is_icmp_error = matches!(info.l4, L4::IcmpOther { msg_type } if matches!(msg_type, 3 | 4 | 5 | 11 | 12));
         let bad_source = info.src == 0 || info.src >= 0xe000_0000;
+        let Some(from) = self.ip else { return };
         if info.l4 == L4::Fragment || is_icmp_error || bad_source || !self.icmp.take(now) {
             return;
         }
-        if let Some(icmp) = self.icmp_error(orig, info, msg_type) {
+        if let Some(icmp) = self.icmp_error(orig, info, from, msg_type) {
             self.created.push(icmp);
         }
     }
 
     /// The ICMP error `msg_type` (code 0) answering `orig`.
-    fn icmp_error(&self, orig: &Packet, info: &Ipv4Headers, msg_type: u8) -> Option<Packet> {
+    fn icmp_error(
+        &self,
+        orig: &Packet,
+        info: &Ipv4Headers,
+        from: u32,
+        msg_type: u8,
+    ) -> Option<Packet> {
         let o = orig.data();
         let quoted = info.total_len.min(ICMP_QUOTE_MAX);
         let l3 = info.l3;
@@ -353,7 +612,7 @@ impl Router {
         f[ethernet::HEADER_LEN..l3].copy_from_slice(&o[ethernet::HEADER_LEN..l3]);
         let (head, icmp) = f[l3..].split_at_mut(ipv4::HEADER_LEN);
         let ip = Ipv4Repr {
-            src_addr: Ipv4Addr::from(self.ip),
+            src_addr: Ipv4Addr::from(from),
             dst_addr: Ipv4Addr::from(info.src),
             protocol: ip_proto::ICMP,
             payload_len: icmp_len,
@@ -392,15 +651,21 @@ impl NetworkFunction for Router {
         checked.clear();
         checked.extend(batch.iter().map(|p| self.check(p)));
         let mut sink = Prefetch::default();
-        for info in checked.iter().flatten() {
-            sink.add(self.lpm.touch(info.dst) as u32);
+        for c in checked.iter().flatten() {
+            sink.add(match c {
+                Checked::V4(info) => self.lpm.touch(info.dst) as u32,
+                Checked::V6(h) => self.lpm6.touch(h.dst),
+            });
         }
         sink.finish();
         let mut next = checked.iter();
         let now = cx.now_ns;
         cx.retain(batch, |p| {
             let step = next.next().copied().unwrap_or(Err(DropReason::Other));
-            step.and_then(|info| self.forward(p, info, now))
+            step.and_then(|c| match c {
+                Checked::V4(info) => self.forward(p, info, now),
+                Checked::V6(h) => self.forward6(p, h, now),
+            })
         });
         self.checked = checked;
         for p in self.created.drain(..) {
@@ -633,6 +898,182 @@ mod tests {
         let p: Params =
             serde_yaml_ng::from_str("mac: 02:00:00:00:00:fe\nip: x\nroutes: []").unwrap();
         assert_eq!((SPEC.build)(&p).err().unwrap().field, "ip");
+    }
+
+    fn router6() -> Router {
+        let p: Params = serde_yaml_ng::from_str(
+            "mac: 02:00:00:00:00:fe\nip: 192.0.2.1\nip6: 2001:db8:ff::1\nroutes:\n\
+             - {prefix: 10.0.0.0/8, next_hop_mac: '02:00:00:00:00:01', port: 1}\n\
+             - {prefix: '2001:db8::/32', next_hop_mac: '02:00:00:00:00:06', port: 1}\n\
+             - {prefix: '2001:db8:1::/48', next_hop_mac: '02:00:00:00:00:07', port: 2}\n\
+             - {prefix: '2001:db8:1:2::/64', next_hop_mac: '02:00:00:00:00:08', port: 3}\n\
+             - {prefix: '2001:db8:1:2::80/121', next_hop_mac: '02:00:00:00:00:09', port: 3}\n\
+             - {prefix: '2001:db8:aa::/48', next_hop_mac: '02:00:00:00:00:0a'}\n",
+        )
+        .unwrap();
+        Router::from_config(&crate::params::parse(&p).unwrap()).unwrap()
+    }
+
+    fn a6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    /// A UDP/IPv6 frame from 2001:db8:aa::9 to `dst` with `hop_limit`.
+    fn udp6(dst: &str, hop_limit: u8, payload: usize) -> Vec<u8> {
+        use braid_packet::wire::build::Frame6Spec;
+        let mut s = Frame6Spec::udp((a6("2001:db8:aa::9"), 1000), (a6(dst), 53), payload);
+        s.hop_limit = hop_limit;
+        s.dst_mac = MacAddr(ROUTER_MAC);
+        s.build()
+    }
+
+    #[test]
+    fn ipv6_forwards_by_longest_prefix_with_hop_limit() {
+        let mut r = router6();
+        for (dst, hop, port) in [
+            ("2001:db8:9::1", 6u8, 1u16),
+            ("2001:db8:1:9::1", 7, 2),
+            ("2001:db8:1:2::1", 8, 3),
+            ("2001:db8:1:2::ff", 9, 3),
+        ] {
+            let orig = udp6(dst, 64, 10);
+            let (out, c) = run(&mut r, std::slice::from_ref(&orig));
+            assert_eq!((out.len(), c.dropped_total()), (1, 0), "{dst}");
+            let f = out[0].data();
+            assert_eq!((&f[0..6], &f[6..12]), (&[2, 0, 0, 0, 0, hop][..], &ROUTER_MAC[..]));
+            assert_eq!(f[14 + 7], 63, "hop limit");
+            assert_eq!(out[0].meta.out_port, port);
+            assert_eq!(&f[12..21], &orig[12..21]);
+            assert_eq!(&f[22..], &orig[22..], "nothing else changes");
+        }
+        // With extension headers and VLAN tags too; IPv4 still routed.
+        use braid_packet::wire::build::{Ext6Spec, Frame6Spec};
+        let mut s = Frame6Spec::tcp((a6("2001:db8:aa::9"), 1), (a6("2001:db8:1::5"), 80), 2);
+        s.vlan = Some(5);
+        s.ext = vec![Ext6Spec::Plain { kind: 0, len: 8 }, Ext6Spec::Plain { kind: 60, len: 16 }];
+        let (out, c) = run(&mut r, &[s.build(), udp([10, 0, 0, 1], 64, 0)]);
+        assert_eq!((out.len(), c.dropped_total()), (2, 0));
+        assert_eq!((out[0].data()[18 + 7], out[0].meta.out_port), (63, 2));
+    }
+
+    #[test]
+    fn ipv6_errors_are_icmpv6_built_and_quoted() {
+        let mut r = router6();
+        // Hop limit 1: time exceeded, back by the route to 2001:db8:aa::/48.
+        let orig = udp6("2001:db8:1::5", 1, 40);
+        let (out, c) = run(&mut r, std::slice::from_ref(&orig));
+        assert_eq!((c.dropped(DropReason::TtlExceeded), c.packets_created), (1, 1));
+        let f = out[0].data();
+        assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 0x0a]);
+        assert_eq!(f.len(), 14 + 40 + 8 + orig.len() - 14, "the whole packet quoted");
+        let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (a6("2001:db8:ff::1"), a6("2001:db8:aa::9")));
+        assert_eq!((ip.next_header(), ip.hop_limit()), (58, 64));
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum(ip.src_addr(), ip.dst_addr()));
+        assert_eq!((icmp.msg_type(), icmp.msg_code()), (3, 0));
+        assert_eq!(icmp.payload(), &orig[14..]);
+        // No route: destination unreachable code 0, checked before the hop
+        // limit; a big packet is quoted up to 1280 bytes in all.
+        let big = udp6("2001:db9::1", 1, 1400);
+        let (out, c) = run(&mut r, std::slice::from_ref(&big));
+        assert_eq!((c.dropped(DropReason::NoRoute), c.dropped(DropReason::TtlExceeded)), (1, 0));
+        let f = out[0].data();
+        assert_eq!(f.len(), 14 + 1280);
+        let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum(ip.src_addr(), ip.dst_addr()));
+        assert_eq!((icmp.msg_type(), icmp.msg_code()), (1, 0));
+        assert_eq!(icmp.payload(), &big[14..14 + ICMP6_QUOTE_MAX]);
+        // Not about an ICMPv6 error (this one sent to an unrouted address).
+        let mut err = f.to_vec();
+        err[0..6].copy_from_slice(&ROUTER_MAC);
+        err[14 + 24..14 + 40].copy_from_slice(&a6("2001:db9::2").octets());
+        let (out, c) = run(&mut r, &[err]);
+        assert!(out.is_empty());
+        assert_eq!((c.dropped(DropReason::NoRoute), c.packets_created), (1, 0));
+    }
+
+    #[test]
+    fn ipv6_special_addresses_like_linux() {
+        use braid_packet::wire::build::Frame6Spec;
+        let mut r = router6();
+        let from = |src: &str, dst: &str| {
+            let mut s = Frame6Spec::udp((a6(src), 1), (a6(dst), 2), 0);
+            s.dst_mac = MacAddr(ROUTER_MAC);
+            s.build()
+        };
+        let ok = "2001:db8:aa::9";
+        let silent = [
+            from(ok, "::"),
+            from(ok, "::1"),
+            from(ok, "ff02::1"),
+            from(ok, "ff0e::1"),
+            from(ok, "fe80::1"),
+            from("ff02::1", "2001:db8:1::1"),
+            from("::1", "2001:db8:1::1"),
+            from("::", "2001:db8:1::1"),
+        ];
+        let (out, c) = run(&mut r, &silent);
+        assert!(out.is_empty());
+        assert_eq!((c.dropped(DropReason::Martian), c.packets_created), (8, 0));
+        // Link-local source: dropped and answered "beyond scope" (code 2).
+        let (out, c) = run(&mut r, &[from("fe80::9", "2001:db8:1::1")]);
+        assert_eq!((c.dropped(DropReason::Martian), out.len()), (1, 1));
+        let ip = Ipv6Packet::new_checked(&out[0].data()[14..]).unwrap();
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!((icmp.msg_type(), icmp.msg_code(), ip.dst_addr()), (1, 2, a6("fe80::9")));
+        assert_eq!(out[0].meta.out_port, 0, "no route back: the port it came in on");
+        // Not link-local: fec0:: and fe00:: route (by the default of none here: no route).
+        let (_, c) = run(&mut r, &[from(ok, "fec0::1")]);
+        assert_eq!(c.dropped(DropReason::NoRoute), 1);
+    }
+
+    #[test]
+    fn ipv6_config_errors() {
+        let bad = [
+            ("ip6", "- {prefix: '2001:db8::/32', next_hop_mac: '02:00:00:00:00:01'}", "ip: 192.0.2.1"),
+            ("ip", "- {prefix: 10.0.0.0/8, next_hop_mac: '02:00:00:00:00:01'}", "ip6: '2001:db8::1'"),
+            ("routes[0].prefix", "- {prefix: '2001:db8::1/32', next_hop_mac: '02:00:00:00:00:01'}", "ip6: '::1'"),
+            ("routes[0].prefix", "- {prefix: '2001:db8::/129', next_hop_mac: '02:00:00:00:00:01'}", "ip6: '::1'"),
+            ("routes[1].prefix", "- {prefix: '2001:db8::/32', next_hop_mac: '02:00:00:00:00:01'}\n- {prefix: '2001:db8::/32', next_hop_mac: '02:00:00:00:00:02'}", "ip6: '::1'"),
+        ];
+        for (field, routes, addr) in bad {
+            let y = format!("mac: 02:00:00:00:00:fe\n{addr}\nroutes:\n{routes}\n");
+            let p: Params = serde_yaml_ng::from_str(&y).unwrap();
+            let e = (SPEC.build)(&p).err().unwrap();
+            assert_eq!(e.field, field, "{e}");
+        }
+        // A router without IPv4 routes sends no ICMP error from 0.0.0.0
+        // (none configured), and likewise for IPv6.
+        let p: Params = serde_yaml_ng::from_str(
+            "mac: 02:00:00:00:00:fe\nip6: '::1'\nroutes: [{prefix: '2001:db8::/32', next_hop_mac: '02:00:00:00:00:01'}]",
+        )
+        .unwrap();
+        let mut r = Router::from_config(&crate::params::parse(&p).unwrap()).unwrap();
+        let (out, c) = run(&mut r, &[udp([10, 1, 2, 3], 64, 0)]);
+        assert_eq!((out.len(), c.dropped(DropReason::NoRoute)), (0, 1));
+        let mut r = router();
+        let (out, c) = run(&mut r, &[udp6("2001:db8::1", 64, 0)]);
+        assert_eq!((out.len(), c.dropped(DropReason::NoRoute)), (0, 1));
+        // ::/0 and 0.0.0.0/0 are different routes.
+        let y = "mac: 02:00:00:00:00:fe\nip: 192.0.2.1\nip6: '::1'\nroutes:\n\
+                 - {prefix: 0.0.0.0/0, next_hop_mac: '02:00:00:00:00:01'}\n\
+                 - {prefix: '::/0', next_hop_mac: '02:00:00:00:00:02'}\n";
+        let p: Params = serde_yaml_ng::from_str(y).unwrap();
+        assert!((SPEC.build)(&p).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn never_panics_on_ipv6_garbage(frames in proptest::collection::vec(
+            braid_packet::strategy::any_frame6(), 1..8))
+        {
+            let mut r = router6();
+            let (out, c) = run(&mut r, &frames);
+            prop_assert!(out.len() as u64 + c.dropped_total() >= frames.len() as u64);
+        }
     }
 
     proptest! {

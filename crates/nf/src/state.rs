@@ -25,7 +25,9 @@
 
 use std::collections::HashSet;
 
-use braid_packet::flow::FiveTuple;
+use std::net::Ipv6Addr;
+
+use braid_packet::flow::{FiveTuple, FiveTuple6};
 
 /// What state an NF keeps beyond one packet, as the runtime must know it to
 /// snapshot, migrate or split a chain.
@@ -74,7 +76,7 @@ impl std::fmt::Display for StateKind {
 /// What identifies a flow of per-flow state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FlowPartition {
-    /// The IPv4 5-tuple, the same for both directions of a connection
+    /// The IPv4 or IPv6 5-tuple, the same for both directions of a connection
     /// (`nat`: the tuple of the inside host's side; `loadbalancer`: the
     /// client's tuple to the VIP).
     SymmetricFiveTuple,
@@ -93,6 +95,9 @@ impl std::fmt::Display for FlowPartition {
 
 /// An IPv4 address and port, as numbers.
 pub type Endpoint = (u32, u16);
+
+/// An IPv6 address and port.
+pub type Endpoint6 = (Ipv6Addr, u16);
 
 /// The key of one flow of per-flow state, in a canonical form: a 5-tuple
 /// and its reverse give the same key.
@@ -115,6 +120,13 @@ enum KeyRepr {
         vlan: u16,
         mac: [u8; 6],
     },
+    /// An IPv6 flow: the two endpoints, lower `(address, port)` first.
+    /// (Last, so the binary encoding of the older variants is unchanged.)
+    Flow6 {
+        lo: (Ipv6Addr, u16),
+        hi: (Ipv6Addr, u16),
+        proto: u8,
+    },
 }
 
 impl PartitionKey {
@@ -124,6 +136,23 @@ impl PartitionKey {
         let b = (u32::from(t.dst), t.dst_port);
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         PartitionKey(KeyRepr::Flow { lo, hi, proto: t.proto })
+    }
+
+    /// The key of the IPv6 connection `t` belongs to (either direction).
+    pub fn five_tuple6(t: FiveTuple6) -> PartitionKey {
+        let a = (t.src, t.src_port);
+        let b = (t.dst, t.dst_port);
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        PartitionKey(KeyRepr::Flow6 { lo, hi, proto: t.proto })
+    }
+
+    /// The two endpoints (lower first) and protocol of an IPv6 5-tuple
+    /// key; `None` for any other key.
+    pub fn flow6_endpoints(&self) -> Option<(Endpoint6, Endpoint6, u8)> {
+        match self.0 {
+            KeyRepr::Flow6 { lo, hi, proto } => Some((lo, hi, proto)),
+            _ => None,
+        }
     }
 
     /// The key of a station learned on `vlan` with address `mac`.
@@ -136,7 +165,7 @@ impl PartitionKey {
     pub fn flow_endpoints(&self) -> Option<(Endpoint, Endpoint, u8)> {
         match self.0 {
             KeyRepr::Flow { lo, hi, proto } => Some((lo, hi, proto)),
-            KeyRepr::Station { .. } => None,
+            KeyRepr::Station { .. } | KeyRepr::Flow6 { .. } => None,
         }
     }
 
@@ -144,14 +173,14 @@ impl PartitionKey {
     pub fn station_parts(&self) -> Option<(u16, [u8; 6])> {
         match self.0 {
             KeyRepr::Station { vlan, mac } => Some((vlan, mac)),
-            KeyRepr::Flow { .. } => None,
+            KeyRepr::Flow { .. } | KeyRepr::Flow6 { .. } => None,
         }
     }
 
     /// Which kind of partition this key belongs to.
     pub fn partition(&self) -> FlowPartition {
         match self.0 {
-            KeyRepr::Flow { .. } => FlowPartition::SymmetricFiveTuple,
+            KeyRepr::Flow { .. } | KeyRepr::Flow6 { .. } => FlowPartition::SymmetricFiveTuple,
             KeyRepr::Station { .. } => FlowPartition::VlanMac,
         }
     }
@@ -170,6 +199,10 @@ impl PartitionKey {
                 dst_port: hi.1,
             }
             .symmetric_hash(),
+            KeyRepr::Flow6 { lo, hi, proto } => {
+                FiveTuple6 { src: lo.0, dst: hi.0, proto, src_port: lo.1, dst_port: hi.1 }
+                    .symmetric_hash()
+            }
             KeyRepr::Station { vlan, mac } => {
                 let mut v = u64::from(vlan) << 48;
                 for (i, b) in mac.iter().enumerate() {
@@ -317,6 +350,10 @@ pub enum StateError {
     Conflict(String),
     #[error("merge refused, nothing changed: {total} entries would exceed the limit of {max}")]
     Capacity { total: usize, max: usize },
+    /// This instance's configuration has no exportable state format (for
+    /// example a `loadbalancer` with an IPv6 VIP).
+    #[error("`{kind}` cannot export or import state: {why}")]
+    Unsupported { kind: String, why: String },
 }
 
 /// Magic of [`NfState::to_bytes`].

@@ -4,7 +4,7 @@
 //! outcome `docs/nfs.md` documents for each (pass, or drop with a reason).
 
 use braid_nf::{Context, Counters, DropReason, NetworkFunction, Params};
-use braid_packet::wire::build::FrameSpec;
+use braid_packet::wire::build::{Frame6Spec, FrameSpec};
 use braid_packet::wire::checksum::checksum;
 use braid_packet::wire::{ethertype, ArpPacket, ArpRepr, EthernetFrame, EthernetRepr, MacAddr};
 use braid_packet::{Batch, Packet};
@@ -44,9 +44,12 @@ fn frames() -> Vec<Vec<u8>> {
     first[20] = 0x20; // more fragments
     let mut later = udp.clone();
     later[21] = 3; // offset 24 bytes
-    let mut ipv6 = udp.clone();
-    ipv6[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
-    ipv6[14] = 0x60;
+    let ipv6 = Frame6Spec::udp(
+        ("2001:db8::1".parse().unwrap(), 1000),
+        ("2001:db8:1::1".parse().unwrap(), 5000),
+        40,
+    )
+    .build();
     let mut arp = vec![0u8; 14 + 28];
     let mac = MacAddr([2, 0, 0, 0, 0, 1]);
     EthernetRepr { src_addr: mac, dst_addr: MacAddr([0xff; 6]), ethertype: ethertype::ARP }
@@ -120,8 +123,8 @@ fn table() -> Vec<(&'static str, String, [Outcome; 10])> {
     vec![
         (
             "router",
-            "{mac: '02:00:00:00:00:fe', ip: 10.0.0.254, routes: [{prefix: 0.0.0.0/0, next_hop_mac: '02:00:00:00:01:01', port: 1}]}".into(),
-            [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, Pass, UNSUPPORTED, UNSUPPORTED, UNSUPPORTED],
+            "{mac: '02:00:00:00:00:fe', ip: 10.0.0.254, ip6: '2001:db8::fe', routes: [{prefix: 0.0.0.0/0, next_hop_mac: '02:00:00:00:01:01', port: 1}, {prefix: '::/0', next_hop_mac: '02:00:00:00:01:02', port: 1}]}".into(),
+            [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, Pass, Pass, UNSUPPORTED, UNSUPPORTED],
         ),
         (
             "nat",

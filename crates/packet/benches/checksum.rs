@@ -4,7 +4,7 @@
 //! `cargo bench -p braid-packet --bench checksum`
 
 use braid_packet::envelope;
-use braid_packet::wire::build::FrameSpec;
+use braid_packet::wire::build::{Ext6Spec, Frame6Spec, FrameSpec};
 use braid_packet::wire::{checksum, Ipv4Packet, UdpPacket};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
@@ -82,6 +82,22 @@ fn bench_parse(c: &mut Criterion) {
     });
     g.bench_function("envelope_udp64_vlan", |bch| {
         bch.iter(|| envelope::parse(black_box(&tagged)).flow())
+    });
+    // parse_dual on the same IPv4 frame, and on a 64-byte UDP/IPv6 frame
+    // (with and without two extension headers).
+    g.bench_function("envelope_dual_udp64", |bch| {
+        bch.iter(|| envelope::parse_dual(black_box(&frame)).flow())
+    });
+    let (a6, b6) = ("2001:db8::a".parse().unwrap(), "2001:db8:1::7".parse().unwrap());
+    let frame6 = Frame6Spec::udp_frame_len((a6, 4000), (b6, 53), 64).build();
+    g.bench_function("envelope_dual_udp6_64", |bch| {
+        bch.iter(|| envelope::parse_dual(black_box(&frame6)).flow6())
+    });
+    let mut ext = Frame6Spec::udp_frame_len((a6, 4000), (b6, 53), 64);
+    ext.ext = vec![Ext6Spec::Plain { kind: 0, len: 8 }, Ext6Spec::Plain { kind: 60, len: 8 }];
+    let ext = ext.build();
+    g.bench_function("envelope_dual_udp6_2ext", |bch| {
+        bch.iter(|| envelope::parse_dual(black_box(&ext)).flow6())
     });
     g.bench_function("views_verify_ip_udp_checksums_udp64", |bch| {
         bch.iter(|| {

@@ -1,18 +1,31 @@
 //! The packet envelope: one pass over a frame's headers that every NF
-//! shares, with one policy for frames that are not plain, whole IPv4.
+//! shares, with one policy for frames that are not plain, whole IP.
 //!
 //! [`parse`] reads Ethernet, up to two VLAN tags (802.1Q / 802.1ad), the
 //! IPv4 header and the first bytes of TCP, UDP or ICMP, and returns a
 //! [`Parsed`]: where each header is, the fields the NFs key on, and a
-//! [`Class`] that says what kind of frame it is:
+//! [`Class`] that says what kind of frame it is. For [`parse`] an IPv6
+//! frame is `Unsupported` (NFs that do not handle IPv6 keep calling it);
+//! [`parse_dual`] also parses IPv6 — the fixed header, the extension
+//! headers (walked by [`crate::wire::ipv6ext::walk`]) and the same
+//! transport headers (ICMPv6 instead of ICMP) — into [`Parsed::ip6`], with
+//! the same classes. For an IPv4 frame both give the same result by the
+//! same code.
 //!
 //! | class | when |
 //! |---|---|
-//! | [`Class::Ok`] | IPv4, not a fragment, every header present and consistent |
-//! | [`Class::Fragment`] | IPv4 fragment; a first fragment's transport header is checked like `Ok`'s |
-//! | [`Class::Truncated`] | the frame ends before a header (or a length field) says it does |
-//! | [`Class::Malformed`] | a header field is impossible (version, header length, total length, TCP data offset, UDP length) |
-//! | [`Class::Unsupported`] | ARP, IPv6, another ethertype, or more than two VLAN tags |
+//! | [`Class::Ok`] | IPv4 or (with [`parse_dual`]) IPv6, not a fragment, every header present and consistent |
+//! | [`Class::Fragment`] | IPv4 fragment, or IPv6 with a fragment header whose offset or M flag is set; a first fragment's transport header is checked like `Ok`'s |
+//! | [`Class::Truncated`] | the frame ends before a header (or a length field) says it does; for IPv6 also an extension header that runs past the payload (layer 3) |
+//! | [`Class::Malformed`] | a header field is impossible (version, header length, total length, TCP data offset, UDP length; IPv6: a hop-by-hop header that is not the first) |
+//! | [`Class::Unsupported`] | ARP, IPv6 (with [`parse`]), another ethertype, more than two VLAN tags; with [`parse_dual`], an IPv6 extension header chain longer than [`crate::wire::ipv6ext::MAX_EXT_HEADERS`] headers or [`crate::wire::ipv6ext::MAX_EXT_BYTES`] bytes |
+//!
+//! IPv6 details: ESP (50) and No Next Header (59) end the walk and are
+//! `Ok` with that protocol and [`L4::Other`]; an atomic fragment (offset 0,
+//! M clear, RFC 6946) is `Ok` (its identification is kept in
+//! [`Ipv6Headers::frag_ident`]); jumbograms (payload length 0 with a
+//! jumbo option) are not supported: their payload is empty, so a header
+//! after the fixed one is `Truncated`.
 //!
 //! Truncated and malformed follow the wire views exactly: `Truncated` where
 //! the view's `new_checked` says [`WireError::Truncated`](crate::wire::WireError),
@@ -29,18 +42,19 @@
 //! (`docs/benchmarks.md`, "Packet envelope: no regression"), and no cached
 //! offsets have to be invalidated when an NF rewrites a header.
 
-use crate::flow::FiveTuple;
-use crate::wire::{ethernet, ethertype, icmpv4, ip_proto, ipv4, tcp, udp, vlan};
-use std::net::Ipv4Addr;
+use crate::flow::{FiveTuple, FiveTuple6};
+use crate::wire::{ethernet, ethertype, icmpv4, icmpv6, ip_proto, ipv4, ipv6, ipv6ext, tcp, udp};
+use crate::wire::{vlan, WireError};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The layer a header belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Layer {
     /// Ethernet and VLAN tags.
     L2,
-    /// IPv4.
+    /// IPv4, IPv6 and its extension headers.
     L3,
-    /// TCP, UDP, ICMP.
+    /// TCP, UDP, ICMP, ICMPv6.
     L4,
 }
 
@@ -57,6 +71,11 @@ pub enum Malformation {
     TcpDataOffset,
     /// UDP length field below 8 bytes.
     UdpLength,
+    /// IPv6 version field is not 6.
+    Ipv6Version,
+    /// An IPv6 hop-by-hop options header that is not the first header
+    /// after the fixed one (RFC 8200 §4.1).
+    Ipv6HopByHop,
 }
 
 /// A frame the envelope does not parse past layer 2.
@@ -65,7 +84,12 @@ pub enum Unsupported {
     /// A third VLAN tag.
     VlanDepth,
     Arp,
+    /// IPv6 (from [`parse`], which does not parse it).
     Ipv6,
+    /// IPv6 (from [`parse_dual`]) with more extension headers than the
+    /// walk accepts ([`ipv6ext::MAX_EXT_HEADERS`] headers,
+    /// [`ipv6ext::MAX_EXT_BYTES`] bytes).
+    Ipv6ExtChain,
     /// Any other ethertype.
     EtherType(u16),
 }
@@ -73,16 +97,17 @@ pub enum Unsupported {
 /// The policy class of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Class {
-    /// Whole IPv4 packet, headers consistent.
+    /// Whole IPv4 (or IPv6, from [`parse_dual`]) packet, headers consistent.
     Ok,
     /// The frame ends inside the header of `layer`.
     Truncated { layer: Layer },
     /// A header field of `layer` is impossible.
     Malformed { layer: Layer, why: Malformation },
-    /// An IPv4 fragment: `first` if it carries the transport header
-    /// (offset 0, more fragments follow); `offset` in bytes.
+    /// An IPv4 or IPv6 fragment: `first` if it carries the transport
+    /// header (offset 0, more fragments follow); `offset` in bytes.
     Fragment { first: bool, offset: u16 },
-    /// Not IPv4 (or too many VLAN tags): not parsed past layer 2.
+    /// Not IPv4 (or IPv6 with [`parse_dual`]), or too many VLAN tags: not
+    /// parsed past layer 2; or an IPv6 extension header chain too long.
     Unsupported { what: Unsupported },
 }
 
@@ -97,16 +122,18 @@ pub enum L3Kind {
     Unknown,
 }
 
-/// What follows the IPv4 header.
+/// What follows the IPv4 header (or IPv6's extension headers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum L4 {
     /// TCP with its ports and flags byte.
     Tcp { src_port: u16, dst_port: u16, flags: u8 },
     /// UDP with its ports and length field (header included).
     Udp { src_port: u16, dst_port: u16, len: u16 },
-    /// ICMP echo request (type 8) or reply (type 0) with its identifier.
+    /// ICMP echo request (type 8) or reply (type 0) with its identifier;
+    /// for IPv6, ICMPv6 echo request (128) or reply (129).
     IcmpEcho { msg_type: u8, ident: u16 },
-    /// Any other ICMP message (errors, timestamps, ...).
+    /// Any other ICMP (or ICMPv6) message (errors, timestamps, neighbour
+    /// discovery, ...).
     IcmpOther { msg_type: u8 },
     /// A non-first fragment: no transport header in this packet.
     Fragment,
@@ -206,6 +233,118 @@ impl Ipv4Headers {
     }
 }
 
+/// Offsets and fields of the IPv6 part of a frame ([`parse_dual`]).
+/// Filled as far as the parse got: complete when the class is
+/// [`Class::Ok`] or [`Class::Fragment`]; [`Ipv6Headers::EMPTY`] for frames
+/// that are not IPv6 and for everything [`parse`] returns. When filled,
+/// `l4_offset() <= end() <= frame.len()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv6Headers {
+    /// Offset of the fixed header.
+    pub l3: usize,
+    /// The fixed header's payload length.
+    pub payload_len: usize,
+    /// Bytes of extension headers between the fixed header and the
+    /// upper-layer header (for a non-first fragment: up to and with its
+    /// fragment header).
+    pub ext_len: usize,
+    /// The fixed header's next header field.
+    pub next_header: u8,
+    /// The upper-layer protocol after the extension headers (ESP or No
+    /// Next Header if the walk stopped there).
+    pub proto: u8,
+    pub hop_limit: u8,
+    /// Source address, host order (`u128::from(Ipv6Addr)`).
+    pub src: u128,
+    /// Destination address, host order.
+    pub dst: u128,
+    /// The fragment header's identification, if there is one (an atomic
+    /// fragment's too).
+    pub frag_ident: Option<u32>,
+    pub l4: L4,
+}
+
+impl Ipv6Headers {
+    /// Nothing parsed.
+    pub const EMPTY: Ipv6Headers = Ipv6Headers {
+        l3: 0,
+        payload_len: 0,
+        ext_len: 0,
+        next_header: 0,
+        proto: 0,
+        hop_limit: 0,
+        src: 0,
+        dst: 0,
+        frag_ident: None,
+        l4: L4::Other,
+    };
+
+    /// Offset of the upper-layer header.
+    #[inline]
+    pub fn l4_offset(&self) -> usize {
+        self.l3 + ipv6::HEADER_LEN + self.ext_len
+    }
+
+    /// End of the IPv6 packet in the frame (bytes after it are padding).
+    #[inline]
+    pub fn end(&self) -> usize {
+        self.l3 + ipv6::HEADER_LEN + self.payload_len
+    }
+
+    #[inline]
+    pub fn src_addr(&self) -> Ipv6Addr {
+        Ipv6Addr::from(self.src)
+    }
+
+    #[inline]
+    pub fn dst_addr(&self) -> Ipv6Addr {
+        Ipv6Addr::from(self.dst)
+    }
+
+    /// The TCP flags byte, 0 for other protocols.
+    #[inline]
+    pub fn tcp_flags(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { flags, .. } => flags,
+            _ => 0,
+        }
+    }
+
+    /// The 5-tuple, with ports as [`Ipv4Headers::tuple`] has them (the
+    /// ICMPv6 echo identifier as both ports).
+    #[inline]
+    pub fn tuple(&self) -> FiveTuple6 {
+        let (src_port, dst_port) = match self.l4 {
+            L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port, .. } => {
+                (src_port, dst_port)
+            }
+            L4::IcmpEcho { ident, .. } => (ident, ident),
+            _ => (0, 0),
+        };
+        FiveTuple6 {
+            src: Ipv6Addr::from(self.src),
+            dst: Ipv6Addr::from(self.dst),
+            proto: self.proto,
+            src_port,
+            dst_port,
+        }
+    }
+
+    /// Where the UDP datagram is, if this is UDP with a header:
+    /// `(udp header offset, end of the datagram)`, as
+    /// [`Ipv4Headers::udp_span`].
+    #[inline]
+    pub fn udp_span(&self) -> Option<(usize, usize)> {
+        match self.l4 {
+            L4::Udp { len, .. } => {
+                let at = self.l4_offset();
+                Some((at, at + len as usize))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A parsed frame: its class and its headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Parsed {
@@ -219,6 +358,8 @@ pub struct Parsed {
     pub l3: L3Kind,
     /// The IPv4 headers (see [`Ipv4Headers`] for when they are filled).
     pub ip: Ipv4Headers,
+    /// The IPv6 headers ([`parse_dual`] only; see [`Ipv6Headers`]).
+    pub ip6: Ipv6Headers,
 }
 
 impl Parsed {
@@ -230,28 +371,54 @@ impl Parsed {
             l3_offset: 0,
             l3: L3Kind::Unknown,
             ip: Ipv4Headers::EMPTY,
+            ip6: Ipv6Headers::EMPTY,
         }
     }
 
-    /// The IPv4 headers if the class is `Ok` or `Fragment`.
+    /// The IPv4 headers if this is IPv4 and the class is `Ok` or `Fragment`.
     #[inline]
     pub fn ipv4(&self) -> Option<&Ipv4Headers> {
         match self.class {
-            Class::Ok | Class::Fragment { .. } => Some(&self.ip),
+            Class::Ok | Class::Fragment { .. } if self.l3 == L3Kind::Ipv4 => Some(&self.ip),
             _ => None,
         }
     }
 
-    /// The 5-tuple of an `Ok` or `Fragment` frame (see [`Ipv4Headers::tuple`]).
+    /// The IPv6 headers if this is IPv6 (parsed by [`parse_dual`]) and the
+    /// class is `Ok` or `Fragment`.
+    #[inline]
+    pub fn ipv6(&self) -> Option<&Ipv6Headers> {
+        match self.class {
+            Class::Ok | Class::Fragment { .. } if self.l3 == L3Kind::Ipv6 => Some(&self.ip6),
+            _ => None,
+        }
+    }
+
+    /// The 5-tuple of an IPv4 `Ok` or `Fragment` frame (see
+    /// [`Ipv4Headers::tuple`]).
     #[inline]
     pub fn flow(&self) -> Option<FiveTuple> {
         self.ipv4().map(Ipv4Headers::tuple)
+    }
+
+    /// The 5-tuple of an IPv6 `Ok` or `Fragment` frame (see
+    /// [`Ipv6Headers::tuple`]).
+    #[inline]
+    pub fn flow6(&self) -> Option<FiveTuple6> {
+        self.ipv6().map(Ipv6Headers::tuple)
     }
 
     /// True if this is an IPv4 packet carrying UDP (whatever its class).
     #[inline]
     pub fn is_udp(&self) -> bool {
         self.l3 == L3Kind::Ipv4 && self.ip.proto == ip_proto::UDP
+    }
+
+    /// True if this is an IPv6 packet (parsed by [`parse_dual`]) whose
+    /// upper-layer protocol is UDP (whatever its class).
+    #[inline]
+    pub fn is_udp6(&self) -> bool {
+        self.l3 == L3Kind::Ipv6 && self.ip6.proto == ip_proto::UDP
     }
 }
 
@@ -274,6 +441,20 @@ fn be32(b: &[u8], at: usize) -> u32 {
 /// of the parsers it replaced).
 #[inline(always)]
 pub fn parse(frame: &[u8]) -> Parsed {
+    parse_l2::<false>(frame)
+}
+
+/// [`parse`], and IPv6 too (see the module documentation): an IPv6 frame
+/// gets the classes IPv4 frames get and its headers in [`Parsed::ip6`].
+/// For an IPv4 frame the result (and the code that computes it) is
+/// [`parse`]'s.
+#[inline(always)]
+pub fn parse_dual(frame: &[u8]) -> Parsed {
+    parse_l2::<true>(frame)
+}
+
+#[inline(always)]
+fn parse_l2<const V6: bool>(frame: &[u8]) -> Parsed {
     if frame.len() < ethernet::HEADER_LEN {
         return Parsed::with(Class::Truncated { layer: Layer::L2 });
     }
@@ -303,10 +484,19 @@ pub fn parse(frame: &[u8]) -> Parsed {
         ethertype::IPV6 => (L3Kind::Ipv6, Class::Unsupported { what: Unsupported::Ipv6 }),
         t => (L3Kind::Other, Class::Unsupported { what: Unsupported::EtherType(t) }),
     };
-    let mut p =
-        Parsed { class, vlan: vid, ethertype: et, l3_offset: off, l3, ip: Ipv4Headers::EMPTY };
+    let mut p = Parsed {
+        class,
+        vlan: vid,
+        ethertype: et,
+        l3_offset: off,
+        l3,
+        ip: Ipv4Headers::EMPTY,
+        ip6: Ipv6Headers::EMPTY,
+    };
     if l3 == L3Kind::Ipv4 {
         p.class = parse_ipv4(&frame[off..], off, &mut p.ip);
+    } else if V6 && l3 == L3Kind::Ipv6 {
+        p.class = parse_ipv6(&frame[off..], off, &mut p.ip6);
     }
     p
 }
@@ -349,39 +539,60 @@ fn parse_ipv4(b: &[u8], l3: usize, ip: &mut Ipv4Headers) -> Class {
         return Class::Fragment { first: false, offset };
     }
     // Bounded by the total length.
-    let t = &b[ihl..total];
-    ip.l4 = match ip.proto {
+    ip.l4 = match parse_l4::<false>(&b[ihl..total], ip.proto, !more) {
+        Ok(l4) => l4,
+        Err(c) => return c,
+    };
+    if more {
+        Class::Fragment { first: true, offset: 0 }
+    } else {
+        Class::Ok
+    }
+}
+
+/// The transport header at `t` (bounded by the IP packet's end) of
+/// protocol `proto`; `whole` if the packet is not a first fragment (the
+/// UDP length is checked only then). `V6`: ICMPv6 instead of ICMP.
+#[inline(always)]
+fn parse_l4<const V6: bool>(t: &[u8], proto: u8, whole: bool) -> Result<L4, Class> {
+    Ok(match proto {
         ip_proto::TCP => {
             if t.len() < tcp::HEADER_LEN {
-                return Class::Truncated { layer: Layer::L4 };
+                return Err(Class::Truncated { layer: Layer::L4 });
             }
             let doff = (t[12] >> 4) as usize * 4;
             if doff < tcp::HEADER_LEN {
-                return Class::Malformed { layer: Layer::L4, why: Malformation::TcpDataOffset };
+                return Err(Class::Malformed {
+                    layer: Layer::L4,
+                    why: Malformation::TcpDataOffset,
+                });
             }
             if doff > t.len() {
-                return Class::Truncated { layer: Layer::L4 };
+                return Err(Class::Truncated { layer: Layer::L4 });
             }
             L4::Tcp { src_port: be16(t, 0), dst_port: be16(t, 2), flags: t[13] }
         }
         ip_proto::UDP => {
             if t.len() < udp::HEADER_LEN {
-                return Class::Truncated { layer: Layer::L4 };
+                return Err(Class::Truncated { layer: Layer::L4 });
             }
             let len = be16(t, 4);
-            if !more {
+            if whole {
                 if (len as usize) < udp::HEADER_LEN {
-                    return Class::Malformed { layer: Layer::L4, why: Malformation::UdpLength };
+                    return Err(Class::Malformed {
+                        layer: Layer::L4,
+                        why: Malformation::UdpLength,
+                    });
                 }
                 if len as usize > t.len() {
-                    return Class::Truncated { layer: Layer::L4 };
+                    return Err(Class::Truncated { layer: Layer::L4 });
                 }
             }
             L4::Udp { src_port: be16(t, 0), dst_port: be16(t, 2), len }
         }
-        ip_proto::ICMP => {
+        ip_proto::ICMP if !V6 => {
             if t.len() < icmpv4::HEADER_LEN {
-                return Class::Truncated { layer: Layer::L4 };
+                return Err(Class::Truncated { layer: Layer::L4 });
             }
             match t[0] {
                 m @ (icmpv4::msg_type::ECHO_REQUEST | icmpv4::msg_type::ECHO_REPLY) => {
@@ -390,9 +601,69 @@ fn parse_ipv4(b: &[u8], l3: usize, ip: &mut Ipv4Headers) -> Class {
                 m => L4::IcmpOther { msg_type: m },
             }
         }
+        ip_proto::ICMPV6 if V6 => {
+            if t.len() < icmpv6::HEADER_LEN {
+                return Err(Class::Truncated { layer: Layer::L4 });
+            }
+            match t[0] {
+                m @ (icmpv6::msg_type::ECHO_REQUEST | icmpv6::msg_type::ECHO_REPLY) => {
+                    L4::IcmpEcho { msg_type: m, ident: be16(t, 4) }
+                }
+                m => L4::IcmpOther { msg_type: m },
+            }
+        }
         _ => L4::Other,
+    })
+}
+
+/// The IPv6 fixed header at `b` (= `frame[l3..]`), its extension headers
+/// and its transport header.
+#[inline(always)]
+fn parse_ipv6(b: &[u8], l3: usize, ip: &mut Ipv6Headers) -> Class {
+    if b.len() < ipv6::HEADER_LEN {
+        return Class::Truncated { layer: Layer::L3 };
+    }
+    if b[0] >> 4 != 6 {
+        return Class::Malformed { layer: Layer::L3, why: Malformation::Ipv6Version };
+    }
+    let plen = be16(b, 4) as usize;
+    if ipv6::HEADER_LEN + plen > b.len() {
+        return Class::Truncated { layer: Layer::L3 };
+    }
+    let payload = &b[ipv6::HEADER_LEN..ipv6::HEADER_LEN + plen];
+    let nh = b[6];
+    let walk = match ipv6ext::walk(nh, payload) {
+        Ok(w) => w,
+        Err(WireError::Truncated) => return Class::Truncated { layer: Layer::L3 },
+        Err(WireError::Malformed) => {
+            return Class::Malformed { layer: Layer::L3, why: Malformation::Ipv6HopByHop }
+        }
+        Err(WireError::Unsupported) => {
+            return Class::Unsupported { what: Unsupported::Ipv6ExtChain }
+        }
     };
-    if more {
+    ip.l3 = l3;
+    ip.payload_len = plen;
+    ip.ext_len = walk.ext_len;
+    ip.next_header = nh;
+    ip.proto = walk.proto;
+    ip.hop_limit = b[7];
+    ip.src = u128::from_be_bytes(b[8..24].try_into().unwrap_or_default());
+    ip.dst = u128::from_be_bytes(b[24..40].try_into().unwrap_or_default());
+    ip.frag_ident = walk.frag.map(|f| f.ident);
+    let (first, more) = match walk.frag {
+        Some(f) if f.offset != 0 => {
+            ip.l4 = L4::Fragment;
+            return Class::Fragment { first: false, offset: f.offset };
+        }
+        Some(f) => (f.more, f.more),
+        None => (false, false),
+    };
+    ip.l4 = match parse_l4::<true>(&payload[walk.ext_len..], walk.proto, !more) {
+        Ok(l4) => l4,
+        Err(c) => return c,
+    };
+    if first {
         Class::Fragment { first: true, offset: 0 }
     } else {
         Class::Ok

@@ -1,9 +1,10 @@
-//! IPv4 flow identification: the 5-tuple of a frame and a fast hash of it.
+//! Flow identification: the 5-tuple of a frame (IPv4 [`FiveTuple`], IPv6
+//! [`FiveTuple6`]) and a fast hash of it.
 
 use crate::wire::{ip_proto, Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The 5-tuple of an IPv4 flow.
 ///
@@ -122,6 +123,84 @@ impl fmt::Display for FiveTuple {
             n => format!("proto {n}"),
         };
         write!(f, "{p} {}:{} -> {}:{}", self.src, self.src_port, self.dst, self.dst_port)
+    }
+}
+
+/// The 5-tuple of an IPv6 flow, with ports as [`FiveTuple`] has them (the
+/// ICMPv6 echo identifier as both ports; 0 for non-first fragments and
+/// protocols without ports). `proto` is the upper-layer protocol after the
+/// extension headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FiveTuple6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub proto: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl FiveTuple6 {
+    /// The tuple of the reply direction (addresses and ports swapped).
+    #[inline]
+    pub fn reversed(&self) -> FiveTuple6 {
+        FiveTuple6 {
+            src: self.dst,
+            dst: self.src,
+            proto: self.proto,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
+    }
+
+    /// [`FiveTuple::hash`]'s mixing over the 128-bit addresses.
+    #[inline]
+    pub fn hash(&self) -> u64 {
+        self.keyed_hash(&FlowHashKey::FIXED)
+    }
+
+    /// [`FiveTuple::keyed_hash`] for IPv6: each address half is multiplied
+    /// by a key word before the halves are combined, so that flows a
+    /// sender chooses do not collide without the key.
+    #[inline]
+    pub fn keyed_hash(&self, key: &FlowHashKey) -> u64 {
+        let s = u128::from(self.src);
+        let d = u128::from(self.dst);
+        let a = ((s >> 64) as u64).wrapping_mul(key.k1).rotate_left(23)
+            ^ (s as u64).wrapping_mul(key.k2).rotate_left(41)
+            ^ ((d >> 64) as u64).wrapping_mul(key.k2).rotate_left(7)
+            ^ (d as u64).wrapping_mul(key.k1);
+        let b = ((self.src_port as u64) << 32) | ((self.dst_port as u64) << 16) | self.proto as u64;
+        fmix64(a.wrapping_mul(key.k1).rotate_left(29) ^ b.wrapping_mul(key.k2))
+    }
+
+    /// The same hash for both directions of a flow.
+    #[inline]
+    pub fn symmetric_hash(&self) -> u64 {
+        let r = self.reversed();
+        if (self.src, self.src_port) <= (r.src, r.src_port) {
+            self.hash()
+        } else {
+            r.hash()
+        }
+    }
+}
+
+impl Hash for FiveTuple6 {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(FiveTuple6::hash(self));
+    }
+}
+
+impl fmt::Display for FiveTuple6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = match self.proto {
+            ip_proto::TCP => "tcp".to_string(),
+            ip_proto::UDP => "udp".to_string(),
+            ip_proto::ICMPV6 => "icmpv6".to_string(),
+            n => format!("proto {n}"),
+        };
+        write!(f, "{p} [{}]:{} -> [{}]:{}", self.src, self.src_port, self.dst, self.dst_port)
     }
 }
 

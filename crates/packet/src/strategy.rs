@@ -7,16 +7,19 @@
 //! * [`garbage_frame`]: random bytes, sometimes behind a plausible Ethernet
 //!   + IPv4 prefix.
 //! * [`any_frame`]: one of the three.
+//! * [`frame6_spec`], [`valid_frame6`], [`mutated_frame6`], [`any_frame6`]:
+//!   the same for IPv6, with chains of extension headers (hop-by-hop,
+//!   routing, destination options, AH, fragment) and random next headers.
 //!
 //! Use from another crate's tests with
 //! `braid-packet = { workspace = true, features = ["proptest"] }` in
 //! `[dev-dependencies]`.
 
-use crate::wire::build::{FrameSpec, L4Spec};
+use crate::wire::build::{Ext6Spec, Frame6Spec, FrameSpec, L4Spec};
 use crate::wire::MacAddr;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub fn mac_addr() -> impl Strategy<Value = MacAddr> {
     any::<[u8; 6]>().prop_map(MacAddr)
@@ -167,4 +170,83 @@ pub fn garbage_frame() -> impl Strategy<Value = Vec<u8>> {
 /// A valid, mutated or garbage frame.
 pub fn any_frame() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![valid_frame(), mutated_frame(), garbage_frame()]
+}
+
+pub fn ipv6_addr() -> impl Strategy<Value = Ipv6Addr> {
+    any::<u128>().prop_map(Ipv6Addr::from)
+}
+
+/// One IPv6 extension header (a fragment header a third of the time, half
+/// of those first fragments).
+pub fn ext6_spec() -> impl Strategy<Value = Ext6Spec> {
+    prop_oneof![
+        2 => (prop::sample::select(vec![0u8, 43, 60]), 1usize..6)
+            .prop_map(|(kind, units)| Ext6Spec::Plain { kind, len: units * 8 }),
+        1 => (3usize..8).prop_map(|words| Ext6Spec::Plain { kind: 51, len: words * 4 }),
+        2 => (prop_oneof![Just(0u16), (1u16..8191).prop_map(|o| o * 8)], any::<bool>(), any::<u32>())
+            .prop_map(|(offset, more, ident)| Ext6Spec::Fragment { offset, more, ident }),
+    ]
+}
+
+/// Any valid IPv6 frame description: up to `max_ext` extension headers
+/// (hop-by-hop only first, as RFC 8200 wants), payload up to `max_payload`.
+pub fn frame6_spec_with(max_ext: usize, max_payload: usize) -> impl Strategy<Value = Frame6Spec> {
+    (
+        (mac_addr(), mac_addr(), proptest::option::of(0u16..4096)),
+        (ipv6_addr(), ipv6_addr(), any::<u8>()),
+        vec(ext6_spec(), 0..=max_ext),
+        l4_spec(),
+        vec(any::<u8>(), 0..=max_payload),
+    )
+        .prop_map(
+            |((src_mac, dst_mac, vlan), (src_ip, dst_ip, hop_limit), mut ext, l4, payload)| {
+                // Hop-by-hop may only come first: make later ones destination options.
+                for e in ext.iter_mut().skip(1) {
+                    if let Ext6Spec::Plain { kind: 0, len } = *e {
+                        *e = Ext6Spec::Plain { kind: 60, len };
+                    }
+                }
+                Frame6Spec { src_mac, dst_mac, vlan, src_ip, dst_ip, hop_limit, ext, l4, payload }
+            },
+        )
+}
+
+/// Any valid IPv6 frame description with up to 4 extension headers and
+/// 256 bytes of payload.
+pub fn frame6_spec() -> impl Strategy<Value = Frame6Spec> {
+    frame6_spec_with(4, 256)
+}
+
+/// The bytes of a valid IPv6 frame.
+pub fn valid_frame6() -> impl Strategy<Value = Vec<u8>> {
+    frame6_spec().prop_map(|s| s.build())
+}
+
+/// A valid IPv6 frame with up to 8 random bytes overwritten (a third of
+/// them in the fixed and extension headers) and, half of the time, cut.
+pub fn mutated_frame6() -> impl Strategy<Value = Vec<u8>> {
+    (
+        valid_frame6(),
+        vec((any::<prop::sample::Index>(), any::<u8>(), any::<bool>()), 0..8),
+        any::<bool>(),
+        any::<prop::sample::Index>(),
+    )
+        .prop_map(|(mut f, edits, cut, at)| {
+            for (i, b, head) in edits {
+                let n = if head { f.len().min(120) } else { f.len() };
+                let i = i.index(n);
+                f[i] = b;
+            }
+            if cut {
+                let n = at.index(f.len() + 1);
+                f.truncate(n);
+            }
+            f
+        })
+}
+
+/// A valid or mutated IPv6 frame, or garbage (which is IPv6 a sixth of
+/// the time).
+pub fn any_frame6() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![valid_frame6(), mutated_frame6(), garbage_frame()]
 }

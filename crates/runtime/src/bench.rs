@@ -29,6 +29,8 @@ pub struct BenchConfig {
     pub batch_size: usize,
     /// Time run before measuring, to warm caches and NF tables.
     pub warmup: Duration,
+    /// UDP over IPv6 flows (the generator's `ipv6`) instead of IPv4.
+    pub ipv6: bool,
 }
 
 impl Default for BenchConfig {
@@ -39,6 +41,7 @@ impl Default for BenchConfig {
             duration: Duration::from_secs(3),
             batch_size: braid_packet::DEFAULT_BATCH_SIZE,
             warmup: Duration::from_millis(300),
+            ipv6: false,
         }
     }
 }
@@ -80,6 +83,7 @@ pub struct BenchResult {
     pub config_frame_size: usize,
     pub config_flows: u32,
     pub config_batch_size: usize,
+    pub config_ipv6: bool,
     /// Refill only (generator → drop), same run.
     pub baseline: Rate,
     /// Refill + chain.
@@ -101,6 +105,7 @@ impl BenchResult {
             "frame_size": self.config_frame_size,
             "flows": self.config_flows,
             "batch_size": self.config_batch_size,
+            "ipv6": self.config_ipv6,
             "baseline": { "packets": self.baseline.packets, "seconds": self.baseline.elapsed.as_secs_f64(),
                           "mpps": self.baseline.mpps(), "ns_per_packet": self.baseline.ns_per_packet() },
             "chain": { "packets": self.chain.packets, "seconds": self.chain.elapsed.as_secs_f64(),
@@ -166,6 +171,7 @@ pub fn run(
         frame_size: cfg.frame_size,
         flows: cfg.flows,
         packets: None,
+        ipv6: cfg.ipv6,
         ..GeneratorConfig::default()
     })?;
     let batch_size = cfg.batch_size.max(1);
@@ -240,6 +246,7 @@ pub fn run(
         config_frame_size: cfg.frame_size,
         config_flows: cfg.flows,
         config_batch_size: batch_size,
+        config_ipv6: cfg.ipv6,
         baseline,
         chain: Rate { packets, elapsed },
         packets_out: out,
@@ -253,8 +260,11 @@ pub fn format_result(r: &BenchResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "frames {} B, {} flows, batch {}",
-        r.config_frame_size, r.config_flows, r.config_batch_size
+        "frames {} B, {} {} flows, batch {}",
+        r.config_frame_size,
+        r.config_flows,
+        if r.config_ipv6 { "UDP/IPv6" } else { "UDP/IPv4" },
+        r.config_batch_size
     );
     let _ = writeln!(s, "{:<28} {:>10} {:>10} {:>14}", "", "Mpps", "ns/pkt", "packets");
     let _ = writeln!(
@@ -312,6 +322,7 @@ mod tests {
             duration: Duration::from_millis(50),
             batch_size: 16,
             warmup: Duration::from_millis(10),
+            ipv6: false,
         };
         let mut calls = 0;
         let mut last = 0.0;

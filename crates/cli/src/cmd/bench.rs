@@ -10,7 +10,7 @@ use braid_runtime::Chain;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braid bench examples/chain4.yaml --frame-size 64 --flows 1024\n  braid bench examples/sample.yaml --frame-size 1400 --duration 5 --json\n  braid bench examples/sample.yaml --capture fw --capture-filter 'udp port 53'   # what a capture costs"
+    after_help = "Examples:\n  braid bench examples/chain4.yaml --frame-size 64 --flows 1024\n  braid bench examples/sample.yaml --frame-size 1400 --duration 5 --json\n  braid bench examples/bench/router6.yaml --ipv6 --flows 1024\n  braid bench examples/sample.yaml --capture fw --capture-filter 'udp port 53'   # what a capture costs"
 )]
 pub struct Args {
     /// Chain descriptor (YAML).
@@ -18,6 +18,9 @@ pub struct Args {
     /// Frame size in bytes without FCS (60..=1514).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=1514))]
     pub frame_size: u16,
+    /// UDP over IPv6 (2001:db8::1.. -> 2001:db8:1::1) instead of IPv4.
+    #[arg(long)]
+    pub ipv6: bool,
     /// Number of distinct UDP flows.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub flows: u32,
@@ -73,6 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         flows: args.flows,
         duration: Duration::from_secs_f64(args.duration),
         batch_size: args.batch_size.map(usize::from).unwrap_or(chain.batch_size()),
+        ipv6: args.ipv6,
         ..BenchConfig::default()
     };
     let bar = std::io::stderr().is_terminal().then(|| {

@@ -144,6 +144,25 @@ pub fn update32(ck: u16, old: u32, new: u32) -> u16 {
     !fold64(s)
 }
 
+/// [`update16`] for a 128-bit field (an IPv6 address), as eight 16-bit
+/// words: the checksum of a TCP, UDP or ICMPv6 message after an address
+/// of its pseudo header changed from `old` to `new`.
+///
+/// Over IPv6 a UDP checksum is mandatory (RFC 8200 §8.1): there is no "no
+/// checksum" 0 to keep, so apply [`udp_on_wire`] to the result rather than
+/// using the `_udp` variants.
+#[inline]
+pub fn update128(ck: u16, old: Ipv6Addr, new: Ipv6Addr) -> u16 {
+    let (o, n) = (old.octets(), new.octets());
+    let mut s = (!ck) as u64;
+    for i in 0..8 {
+        let ow = u16::from_be_bytes([o[2 * i], o[2 * i + 1]]);
+        let nw = u16::from_be_bytes([n[2 * i], n[2 * i + 1]]);
+        s += (!ow) as u64 + nw as u64;
+    }
+    !fold64(s)
+}
+
 /// A computed UDP-over-IPv4 checksum as it goes on the wire: 0 means "no
 /// checksum" there (RFC 768), so a computed 0 is sent as `0xFFFF` (the
 /// other ones' complement zero). Apply it once, after the last of several
@@ -276,6 +295,25 @@ mod tests {
             v6,
             naive(&[&a.octets()[..], &b.octets(), &[0, 0, 0, 16, 0, 0, 0, 58]].concat())
         );
+    }
+
+    proptest::proptest! {
+        /// Rewriting an IPv6 address of the pseudo header with
+        /// [`update128`] gives the checksum computed from scratch.
+        #[test]
+        fn update128_equals_full_recompute(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 8..64),
+            a in proptest::prelude::any::<u128>(),
+            b in proptest::prelude::any::<u128>(),
+            c in proptest::prelude::any::<u128>(),
+        ) {
+            let (a, b, c) = (Ipv6Addr::from(a), Ipv6Addr::from(b), Ipv6Addr::from(c));
+            let full = |src: Ipv6Addr| !fold(add(pseudo_header_v6(src, b, 17, payload.len()), sum(&payload)));
+            let inc = update128(full(a), a, c);
+            let after = full(c);
+            proptest::prop_assert!(inc == after || (inc ^ after) == 0xffff && (inc == 0 || after == 0),
+                "{inc:#x} vs {after:#x}");
+        }
     }
 
     proptest::proptest! {

@@ -25,6 +25,7 @@ pub mod icmpv4;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
+pub mod ipv6ext;
 pub mod tcp;
 pub mod udp;
 pub mod vlan;
@@ -35,6 +36,7 @@ pub use icmpv4::{Icmpv4Packet, Icmpv4Repr};
 pub use icmpv6::{Icmpv6Packet, Icmpv6Repr};
 pub use ipv4::{Ipv4Packet, Ipv4Repr};
 pub use ipv6::{Ipv6Packet, Ipv6Repr};
+pub use ipv6ext::{Ipv6ExtHeader, Ipv6ExtRepr, Ipv6FragHeader, Ipv6FragRepr};
 pub use tcp::{TcpPacket, TcpRepr};
 pub use udp::{UdpPacket, UdpRepr};
 pub use vlan::{VlanRepr, VlanTag};
@@ -68,10 +70,30 @@ pub mod ethertype {
 
 /// IP protocol numbers (IPv4 `protocol`, IPv6 `next_header`).
 pub mod ip_proto {
+    /// IPv6 hop-by-hop options (an extension header).
+    pub const HOPOPT: u8 = 0;
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    /// IPv6 routing header.
+    pub const IPV6_ROUTE: u8 = 43;
+    /// IPv6 fragment header.
+    pub const IPV6_FRAG: u8 = 44;
+    /// Encapsulating security payload.
+    pub const ESP: u8 = 50;
+    /// Authentication header.
+    pub const AH: u8 = 51;
     pub const ICMPV6: u8 = 58;
+    /// IPv6 "no next header".
+    pub const IPV6_NONXT: u8 = 59;
+    /// IPv6 destination options.
+    pub const IPV6_OPTS: u8 = 60;
+    /// Mobility header (RFC 6275).
+    pub const MOBILITY: u8 = 135;
+    /// Host identity protocol (RFC 7401).
+    pub const HIP: u8 = 139;
+    /// Shim6 (RFC 5533).
+    pub const SHIM6: u8 = 140;
 }
 
 /// TCP flag bits as returned by [`TcpPacket::flags`].
