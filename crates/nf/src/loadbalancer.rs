@@ -333,10 +333,10 @@ impl LoadBalancer {
     /// The refusal of state operations for an IPv6 VIP.
     fn no_state_for_ipv6(&self) -> Result<(), StateError> {
         match &self.v6 {
-            Some(v6) => Err(StateError::Unsupported {
-                kind: SPEC.name.into(),
-                why: format!("the VIP {} is IPv6; its connections have no state format", v6.vip),
-            }),
+            Some(v6) => Err(StateError::Unsupported(format!(
+                "`{}`: the VIP {} is IPv6; its connections have no state format",
+                SPEC.name, v6.vip
+            ))),
             None => Ok(()),
         }
     }
@@ -992,9 +992,9 @@ mod tests {
         }
         // State operations are refused, not silently empty.
         let e = lb.export_scoped(&FlowScope::All, Encoding::Binary).unwrap_err();
-        assert!(matches!(e, StateError::Unsupported { .. }), "{e}");
+        assert!(matches!(e, StateError::Unsupported(_)), "{e}");
         let v4 = lb_with(2, "").export_scoped(&FlowScope::All, Encoding::Binary).unwrap();
-        assert!(matches!(lb.import_state(&v4), Err(StateError::Unsupported { .. })));
+        assert!(matches!(lb.import_state(&v4), Err(StateError::Unsupported(_))));
         assert!(lb.flow_stream().is_none());
     }
 

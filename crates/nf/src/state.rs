@@ -352,8 +352,8 @@ pub enum StateError {
     Capacity { total: usize, max: usize },
     /// This instance's configuration has no exportable state format (for
     /// example a `loadbalancer` with an IPv6 VIP).
-    #[error("`{kind}` cannot export or import state: {why}")]
-    Unsupported { kind: String, why: String },
+    #[error("cannot export or import state: {0}")]
+    Unsupported(String),
 }
 
 /// Magic of [`NfState::to_bytes`].
