@@ -161,8 +161,8 @@ mod tests {
     }
 
     /// Every UDP, TCP and ICMP echo frame over the address and port space,
-    /// plus an ARP and an IPv6 frame (ARP always passes, IPv6 gets the
-    /// default action, in both firewalls).
+    /// plus an ARP frame (always passes, in both firewalls) and a frame
+    /// with the IPv6 ethertype (see `xdp_firewall_verdicts_equal_the_user_space_ones`).
     fn all_frames() -> Vec<Vec<u8>> {
         let mut frames = Vec::new();
         for ethertype in [[0x08, 0x06], [0x86, 0xdd]] {
@@ -217,6 +217,15 @@ mod tests {
                         XdpAction::Drop => false,
                         other => panic!("unexpected XDP action {other:?}"),
                     };
+                    if f[12..14] == [0x86, 0xdd] {
+                        // The XDP firewall is IPv4-only: every IPv6 frame
+                        // gets the default action there, while the
+                        // user-space firewall parses IPv6 (and drops this
+                        // one, an IPv4 packet under the IPv6 ethertype, as
+                        // malformed). The documented difference, docs/nfs.md.
+                        prop_assert_eq!(xdp_pass, !default_drop, "IPv6 frame, rules {}", yaml);
+                        continue;
+                    }
                     prop_assert_eq!(xdp_pass, user_pass, "rules {} frame {:02x?}", yaml, f);
                 }
                 Ok(())

@@ -11,11 +11,11 @@ use braid_daemon::client::Client;
 use serde_json::{json, Value};
 
 #[derive(clap::Args)]
-#[command(after_help = "Example (switch.yaml: routes around the chain and drain marker paths):
+#[command(after_help = "Examples:
   braid migrate edge fw --to 10.0.9.2:9480 --switch switch.yaml
   braid migrate edge nat --to hostb --mode stop-copy --switch switch.yaml --deploy-ports veth-in,veth-out
 
-switch.yaml:
+switch.yaml (how the traffic moves: routes around the chain, drain marker paths):
   redirect: [{netns: up, to: 10.0.2.0/24, via: 10.0.12.2, dev: to-b}]
   restore:  [{netns: up, to: 10.0.2.0/24, via: 10.0.11.2, dev: to-a}]
   markers:  [{netns: up, dev: to-a, port: in}, {netns: down, dev: to-a, port: out}]")]
