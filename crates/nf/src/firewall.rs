@@ -253,49 +253,13 @@ enum AddrSpec {
     V6(u128, u128),
 }
 
-/// Parse an IPv6 CIDR `a::b/len` (a bare address is a /128) into
-/// (network, prefix length). Host bits must be zero.
-pub fn parse_cidr6(s: &str) -> Result<(u128, u8), String> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => {
-            let len: u8 = l
-                .trim()
-                .parse()
-                .ok()
-                .filter(|l| *l <= 128)
-                .ok_or_else(|| format!("`{s}`: prefix length must be 0..=128"))?;
-            (a, len)
-        }
-        None => (s, 128),
-    };
-    let ip: std::net::Ipv6Addr =
-        addr.trim().parse().map_err(|_| format!("`{s}`: not an IPv6 address or CIDR"))?;
-    let ip = u128::from(ip);
-    let mask = prefix_mask6(len);
-    if ip & !mask != 0 {
-        return Err(format!(
-            "`{s}` has host bits set; the network is {}/{len}",
-            std::net::Ipv6Addr::from(ip & mask)
-        ));
-    }
-    Ok((ip, len))
-}
-
-/// Netmask of an IPv6 prefix length (0..=128).
-#[inline]
-pub fn prefix_mask6(len: u8) -> u128 {
-    match len {
-        0 => 0,
-        l => u128::MAX << (128 - u32::from(l.min(128))),
-    }
-}
-
 fn addr_spec(s: &Option<String>, field: String) -> Result<AddrSpec, ConfigError> {
     match s.as_deref() {
         None | Some("any") => Ok(AddrSpec::Any),
         Some(c) if c.contains(':') => {
-            let (net, len) = parse_cidr6(c).map_err(|e| ConfigError::new(field, e))?;
-            Ok(AddrSpec::V6(net, net | !prefix_mask6(len)))
+            let (net, len) =
+                crate::router::parse_cidr6(c).map_err(|e| ConfigError::new(field, e))?;
+            Ok(AddrSpec::V6(net, net | !crate::lpm::prefix_mask6(len)))
         }
         Some(c) => {
             let (net, len) = parse_cidr(c).map_err(|e| ConfigError::new(field, e))?;
