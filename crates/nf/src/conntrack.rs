@@ -1098,15 +1098,17 @@ impl<K: ConnKey> ConnTable<K> {
 /// fewer steps than packets), keep the packets it passes and count the
 /// others dropped with its reason.
 #[inline]
-pub fn apply_steps<S: Copy>(
+pub fn apply_steps<S>(
     batch: &mut Batch,
     steps: &[S],
-    missing: S,
+    missing: &S,
     cx: &mut Context<'_>,
-    mut apply: impl FnMut(&mut Packet, S) -> Result<(), DropReason>,
+    mut apply: impl FnMut(&mut Packet, &S) -> Result<(), DropReason>,
 ) {
+    // By reference: a step is 100+ bytes, and copying it per packet cost
+    // the firewall ~60 instructions per packet in `memcpy` (callgrind).
     let mut next = steps.iter();
-    cx.retain(batch, |p| apply(p, next.next().copied().unwrap_or(missing)));
+    cx.retain(batch, |p| apply(p, next.next().unwrap_or(missing)));
 }
 
 /// The exported state of a conntrack-based NF (firewall, NAT): its clock

@@ -57,10 +57,9 @@ use crate::classifier::{Classifier, Fields, RuleMatch};
 use crate::conntrack::{
     apply_steps, flow_key, flow_key6, icmp6_error_quote, icmp_error_quote, parse_cidr,
     parse_port_range, prefix_mask, secs_to_ns, tcp_transition, BatchLookup, Conn, ConnKey,
-    ConnSnapshot, ConnTable, FlowKey, FlowKey6, InsertError, Ipv4Headers, Lookup, StateClock,
-    TcpState, TcpStep, TimeoutsNs, ADMITTED, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
-    ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    SWEEP_BUDGET,
+    ConnSnapshot, ConnTable, FlowKey, FlowKey6, InsertError, Lookup, StateClock, TcpState, TcpStep,
+    TimeoutsNs, ADMITTED, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST, L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SWEEP_BUDGET,
 };
 use crate::fragments::{FragKey6, FragTable, Fragment, DEFAULT_MAX_FRAGMENTS, FRAGMENT_TIMEOUT_NS};
 use crate::params::{ConfigError, ParamDoc};
@@ -524,17 +523,18 @@ impl Firewall {
         if let (Class::Fragment { first: false, .. }, Some(f)) = (parsed.class, frag) {
             return Step::LaterFragment(f);
         }
-        let info = parsed.ip;
-        let key = flow_key(&info);
+        let info = &parsed.ip;
+        let key = flow_key(info);
         let hash = match (&self.conntrack, &key) {
             (Some(ct), Some(k)) => ct.hash(k),
             _ => 0,
         };
         let related = match (&self.conntrack, key) {
-            (Some(_), None) => icmp_error_quote(frame, &info).map(|q| q.key),
+            (Some(_), None) => icmp_error_quote(frame, info).map(|q| q.key),
             _ => None,
         };
-        Step::Check { info, probe: Probe { l4: info.l4, key, hash, hint: None, related }, frag }
+        let addrs = Addrs4 { src: info.src, dst: info.dst, proto: info.proto };
+        Step::Check { addrs, probe: Probe { l4: info.l4, key, hash, hint: None, related }, frag }
     }
 
     /// [`Firewall::classify`] of an IPv6 packet (class `Ok` or
@@ -578,17 +578,17 @@ impl Firewall {
     /// fragment passes if its datagram's first fragment passed
     /// (`fragments`); a first fragment that passes is recorded for them.
     #[inline]
-    fn filter(&mut self, step: Step, now: u64) -> Result<(), DropReason> {
+    fn filter(&mut self, step: &Step, now: u64) -> Result<(), DropReason> {
         match step {
             Step::Pass => Ok(()),
-            Step::Drop(r) => Err(r),
-            Step::LaterFragment(f) => self.fragments.later(&f, now).ok_or(DropReason::Fragment),
-            Step::Check { info, probe, frag } => {
+            Step::Drop(r) => Err(*r),
+            Step::LaterFragment(f) => self.fragments.later(f, now).ok_or(DropReason::Fragment),
+            Step::Check { addrs, probe, frag } => {
                 let (rules, default) = (&self.rules, self.default);
-                let decide = || rules.decide(&fields4(&info, probe.key), default);
+                let decide = || rules.decide(&fields4(addrs, probe.l4, probe.key), default);
                 check(self.conntrack.as_mut(), &self.timeouts, probe, ECHO4, now, decide)?;
                 match frag {
-                    Some(f) => self.fragments.first(&f, (), now).map_err(|_| DropReason::Fragment),
+                    Some(f) => self.fragments.first(f, (), now).map_err(|_| DropReason::Fragment),
                     None => Ok(()),
                 }
             }
@@ -599,15 +599,15 @@ impl Firewall {
 
     /// [`Firewall::filter`] of an IPv6 packet.
     #[inline]
-    fn filter6(&mut self, step: Step6, now: u64) -> Result<(), DropReason> {
+    fn filter6(&mut self, step: &Step6, now: u64) -> Result<(), DropReason> {
         match step {
-            Step6::LaterFragment(f) => self.fragments6.later(&f, now).ok_or(DropReason::Fragment),
+            Step6::LaterFragment(f) => self.fragments6.later(f, now).ok_or(DropReason::Fragment),
             Step6::Check { info, probe, frag } => {
                 let (rules, default) = (&self.rules6, self.default);
-                let decide = || rules.decide(&fields6(&info, probe.key), default);
+                let decide = || rules.decide(&fields6(info, probe.key), default);
                 check(self.conntrack6.as_mut(), &self.timeouts, probe, ECHO6, now, decide)?;
                 match frag {
-                    Some(f) => self.fragments6.first(&f, (), now).map_err(|_| DropReason::Fragment),
+                    Some(f) => self.fragments6.first(f, (), now).map_err(|_| DropReason::Fragment),
                     None => Ok(()),
                 }
             }
@@ -618,9 +618,9 @@ impl Firewall {
 /// The rule fields of an IPv4 packet: its 5-tuple, or ports 0 for packets
 /// without ports (ICMP echo included).
 #[inline]
-fn fields4(info: &Ipv4Headers, key: Option<FlowKey>) -> Fields {
+fn fields4(info: &Addrs4, l4: L4, key: Option<FlowKey>) -> Fields {
     match key {
-        Some(k) if !matches!(info.l4, L4::IcmpEcho { .. }) => Fields {
+        Some(k) if !matches!(l4, L4::IcmpEcho { .. }) => Fields {
             src: k.src,
             dst: k.dst,
             proto: k.proto,
@@ -669,7 +669,7 @@ struct Probe<K> {
 fn check<K: ConnKey>(
     table: Option<&mut ConnTable<K>>,
     timeouts: &TimeoutsNs,
-    p: Probe<K>,
+    p: &Probe<K>,
     echo: Echo,
     now: u64,
     decide: impl Fn() -> Action,
@@ -793,7 +793,7 @@ enum Step {
     /// error quoting one: `probe.related`), then rules. `frag`: a first
     /// fragment.
     Check {
-        info: Ipv4Headers,
+        addrs: Addrs4,
         probe: Probe<FlowKey>,
         frag: Option<Fragment>,
     },
@@ -802,6 +802,16 @@ enum Step {
     /// An IPv6 packet: its step is `steps6[i]` (kept apart so IPv4 steps
     /// stay small).
     V6(u32),
+}
+
+/// What the rules need of an IPv4 header beyond the probe (a step is
+/// written and read once per packet: kept small, not the whole
+/// [`Ipv4Headers`]).
+#[derive(Clone, Copy, Debug)]
+struct Addrs4 {
+    src: u32,
+    dst: u32,
+    proto: u8,
 }
 
 /// [`Step`] of an IPv6 packet that is filtered.
@@ -856,9 +866,9 @@ impl NetworkFunction for Firewall {
         if let (Some(t), false) = (&self.conntrack6, steps6.is_empty()) {
             t.prefetch_batch(&mut steps6);
         }
-        apply_steps(batch, &steps, Step::Pass, cx, |_, step| match step {
-            Step::V6(i) => match steps6.get(i as usize) {
-                Some(s) => self.filter6(*s, now),
+        apply_steps(batch, &steps, &Step::Pass, cx, |_, step| match step {
+            Step::V6(i) => match steps6.get(*i as usize) {
+                Some(s) => self.filter6(s, now),
                 None => Err(DropReason::Malformed),
             },
             s => self.filter(s, now),

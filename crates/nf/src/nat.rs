@@ -819,7 +819,7 @@ impl NetworkFunction for Nat {
         steps.clear();
         steps.extend(batch.iter().map(|p| self.classify(p.data())));
         self.table.prefetch_batch(&mut steps);
-        apply_steps(batch, &steps, Step::Pass, cx, |p, step| self.apply(p, step, now));
+        apply_steps(batch, &steps, &Step::Pass, cx, |p, step| self.apply(p, *step, now));
         self.steps = steps;
     }
 
