@@ -19,7 +19,7 @@ Usage:
   scripts/bench-instructions.py --bin before=/path/braid-old --bin after=target/release/braid \\
       --case fwd:examples/fwd.yaml --case chain4:examples/chain4.yaml:64:1024 [--duration 1]
 
-A case is NAME:CHAIN[:FRAME_SIZE[:FLOWS]]. Prints a table per case and the
+A case is NAME:CHAIN[:FRAME_SIZE[:FLOWS[:ipv6]]] (`ipv6`: `bench --ipv6`). Prints a table per case and the
 ratios of every build against the first (instructions of the first divided
 by this one's: above 1.0 means fewer instructions, i.e. faster if rate
 followed instructions). `--json FILE` writes the numbers too.
@@ -76,7 +76,7 @@ def spin_calls(path):
     return [ir for _, ir in sorted(calls, key=lambda c: int(c[0]))]
 
 
-def run_case(binary, chain, frame, flows, duration, keep):
+def run_case(binary, chain, frame, flows, duration, keep, ipv6=False):
     with tempfile.TemporaryDirectory(prefix="braid-cg-") as tmp:
         out = os.path.join(tmp, "run.cg")
         cmd = [
@@ -84,7 +84,7 @@ def run_case(binary, chain, frame, flows, duration, keep):
             "--compress-strings=no", "--compress-pos=no",
             binary, "bench", chain, "--frame-size", str(frame), "--flows", str(flows),
             "--duration", str(duration), "--json",
-        ]
+        ] + (["--ipv6"] if ipv6 else [])
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if p.returncode != 0:
             sys.exit(f"{binary} on {chain}: exit {p.returncode}\n{p.stderr[-2000:]}")
@@ -105,7 +105,7 @@ def run_case(binary, chain, frame, flows, duration, keep):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", action="append", required=True, help="NAME=PATH (the first is the reference)")
-    ap.add_argument("--case", action="append", required=True, help="NAME:CHAIN[:FRAME_SIZE[:FLOWS]]")
+    ap.add_argument("--case", action="append", required=True, help="NAME:CHAIN[:FRAME_SIZE[:FLOWS[:ipv6]]]")
     ap.add_argument("--duration", type=float, default=1.0, help="bench --duration under valgrind (s)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--keep", help="keep the callgrind files in this folder")
@@ -120,20 +120,22 @@ def main():
     for c in a.case:
         parts = c.split(":")
         if len(parts) < 2 or not os.path.exists(parts[1]):
-            sys.exit(f"--case {c}: expected NAME:CHAIN[:FRAME_SIZE[:FLOWS]] with an existing CHAIN")
+            sys.exit(f"--case {c}: expected NAME:CHAIN[:FRAME_SIZE[:FLOWS[:ipv6]]] with an existing CHAIN")
+        if len(parts) > 4 and parts[4] != "ipv6":
+            sys.exit(f"--case {c}: the fifth field can only be `ipv6`")
         frame = int(parts[2]) if len(parts) > 2 else 64
         flows = int(parts[3]) if len(parts) > 3 else 1
-        cases.append((parts[0], parts[1], frame, flows))
+        cases.append((parts[0], parts[1], frame, flows, len(parts) > 4))
     if a.keep:
         os.makedirs(a.keep, exist_ok=True)
     results = {}
-    for cname, chain, frame, flows in cases:
+    for cname, chain, frame, flows, ipv6 in cases:
         print(f"{cname} ({chain}, {frame} B, {flows} flows): instructions per packet")
         print(f"  {'build':<14} {'pipeline':>10} {'generator':>10} {'chain':>10} {'ref/this':>9} {'chain ref/this':>15}")
         ref = None
         for bname, path in bins:
             keep = os.path.join(a.keep, f"{cname}-{bname}.cg") if a.keep else None
-            r = run_case(path, chain, frame, flows, a.duration, keep)
+            r = run_case(path, chain, frame, flows, a.duration, keep, ipv6)
             results.setdefault(cname, {})[bname] = r
             if ref is None:
                 ref = r
