@@ -164,8 +164,9 @@ pub fn prefix_mask6(len: u8) -> u128 {
 /// intervals, each with one answer (a next hop or none); neighbours with
 /// the same answer are merged. A first-level entry is either that answer
 /// (a chunk no longer prefix cuts) or where the chunk's interval starts are
-/// in one sorted array; the lookup is a binary search for the last start
-/// at or below the address. A chunk with more than 32 intervals
+/// in one sorted array; the lookup finds the last start at or below the
+/// address, by counting up to 8 starts, by binary search beyond. A chunk
+/// with more than 32 intervals
 /// also gets a 257-entry index on the next 8 bits that narrows the search to
 /// the intervals overlapping one /24.
 ///
