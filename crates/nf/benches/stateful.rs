@@ -278,6 +278,17 @@ fn router6(rng: &mut Rng) -> (Router, Vec<(u128, u8)>) {
         icmp_rate: 1000,
         icmp_burst: 50,
     };
+    // The table's size: these prefixes with the router's next hops (one
+    // per MAC and port), without the route back to the source.
+    let table: Vec<(u128, u8, usize)> =
+        nets.iter().enumerate().map(|(i, &(n, l))| (n, l, (i + 1) % 64)).collect();
+    let lpm6 = braid_nf::lpm::Lpm6::build(&table).expect("router6 table");
+    eprintln!(
+        "router6 table: {} prefixes, {} intervals, {} KiB",
+        table.len(),
+        lpm6.intervals(),
+        lpm6.memory_bytes() / 1024
+    );
     (Router::from_config(&cfg).expect("router6 config"), nets)
 }
 

@@ -1,5 +1,5 @@
 //! Longest-prefix match: IPv4 with DIR-24-8 (Gupta, Lin, McKeown 1998),
-//! IPv6 with a multibit trie of 8-bit strides ([`Lpm6`]).
+//! IPv6 with a 16-bit first level and range search below it ([`Lpm6`]).
 //!
 //! `tbl24` has one 16-bit entry per /24: either a next-hop value or a
 //! pointer to a 256-entry `tbl8` group that resolves the last octet for
@@ -114,16 +114,26 @@ impl Dir24_8 {
     }
 }
 
-/// Bits resolved by the first level of [`Lpm6`].
+/// Bits resolved by the first level of [`Lpm6`] (direct-indexed).
 const L0_BITS: u32 = 16;
-/// Entry bit of [`Lpm6`]: the low 31 bits index a 256-entry group.
-const PTR6: u32 = 0x8000_0000;
+/// Bits of the sub-index a crowded chunk gets below the first level.
+const SUB_BITS: u32 = 8;
+/// A chunk with more intervals than this gets a sub-index (1 KiB), so its
+/// binary search covers one 1/256th of the chunk.
+const SUB_MIN: usize = 32;
+/// Up to this many intervals a lookup counts the starts below the address
+/// instead of a binary search.
+const LINEAR_MAX: usize = 8;
+/// First-level entry tag: the low 32 bits are the chunk's first interval,
+/// bits 32..62 how many it has.
+const RANGE: u64 = 1 << 63;
+/// First-level entry tag: the low 32 bits index the chunk's sub-index.
+const INDEXED: u64 = 1 << 62;
 
 /// Largest next-hop index of an [`Lpm6`].
 pub const MAX_NEXT_HOPS6: usize = 0x7fff_fffe;
-/// Most 256-entry groups an [`Lpm6`] allocates (1 KiB each): a prefix
-/// of length `l > 16` needs at most `(l - 16) / 8` rounded up new ones.
-pub const MAX_GROUPS6: usize = 1 << 18;
+/// Most routes an [`Lpm6`] takes (so every interval index fits 32 bits).
+pub const MAX_ROUTES6: usize = 1 << 30;
 
 /// Why an IPv6 route set does not fit the table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,8 +142,8 @@ pub enum Lpm6Error {
     BadLength { index: usize, len: u8 },
     #[error("route {index}: next hop {next_hop} is above the limit of {MAX_NEXT_HOPS6}")]
     TooManyNextHops { index: usize, next_hop: usize },
-    #[error("route {index}: the table would need more than {MAX_GROUPS6} groups of 256 entries")]
-    TooManyGroups { index: usize },
+    #[error("{count} IPv6 routes are more than the limit of {MAX_ROUTES6}")]
+    TooManyRoutes { count: usize },
 }
 
 /// The netmask of an IPv6 prefix length (0..=128).
@@ -146,27 +156,43 @@ pub fn prefix_mask6(len: u8) -> u128 {
     }
 }
 
-/// IPv6 longest-prefix match: a multibit trie with a 16-bit first level
-/// and 8-bit strides below it, every level a direct-indexed array of 4-byte
-/// entries (the layout of DPDK's `rte_lpm6`, with a smaller first level).
+/// IPv6 longest-prefix match by range search: a direct-indexed first level
+/// on the top 16 bits, and below it the sorted boundaries of the address
+/// ranges a next hop holds (the idea of DXR, Zec, Rizzo and Mikuc 2012).
 ///
-/// An entry is 0 (no route), a next-hop index + 1, or [`PTR6`] | the
-/// index of a 256-entry group resolving the next 8 bits. Built from the
-/// whole route list at once, shortest prefixes first (controlled prefix
-/// expansion: a prefix fills the entries of its last level; a group made
-/// for a longer prefix inherits the entry it replaces). A lookup reads
-/// one entry per level the longest matching prefix reaches: 1 for /16 and
-/// shorter, 5 for a /48, 7 for a /64, 15 for a /128.
+/// The prefixes longer than /16 inside one 16-bit chunk cut it into
+/// intervals, each with one answer (a next hop or none); neighbours with
+/// the same answer are merged. A first-level entry is either that answer
+/// (a chunk no longer prefix cuts) or where the chunk's interval starts are
+/// in one sorted array; the lookup finds the last start at or below the
+/// address, by counting up to 8 starts, by binary search beyond. A chunk
+/// with more than 32 intervals
+/// also gets a 257-entry index on the next 8 bits that narrows the search to
+/// the intervals overlapping one /24.
 ///
-/// Memory: 256 KiB for the first level plus 1 KiB per group.
+/// Unlike a trie, the cost does not grow with the prefix length: one
+/// first-level entry, then `log2` of the intervals of the chunk (or of its
+/// /24) 16-byte starts and one 4-byte answer, for /48s as for /128s.
+/// Memory: 512 KiB for the first level, 20 B per interval (at most two per
+/// prefix longer than /16, plus one per chunk they cut), 1 KiB per crowded
+/// chunk: about 1 MiB for 10,000 BGP-shaped prefixes, where a trie of
+/// 8-bit strides needed 30 MiB.
 pub struct Lpm6 {
-    l0: Box<[u32]>,
-    groups: Vec<u32>,
+    l0: Box<[u64]>,
+    /// Interval starts, sorted within each chunk.
+    starts: Vec<u128>,
+    /// The answer of each interval: next-hop index + 1, 0 for none.
+    values: Vec<u32>,
+    /// Sub-indices of crowded chunks, 257 entries each.
+    sub: Vec<u32>,
 }
 
 impl std::fmt::Debug for Lpm6 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lpm6").field("groups", &(self.groups.len() / 256)).finish()
+        f.debug_struct("Lpm6")
+            .field("intervals", &self.starts.len())
+            .field("memory_bytes", &self.memory_bytes())
+            .finish()
     }
 }
 
@@ -174,103 +200,213 @@ impl Lpm6 {
     /// Build the table for `routes`: (network, prefix length, next-hop
     /// index). Host bits are ignored; of two equal prefixes the later wins.
     pub fn build(routes: &[(u128, u8, usize)]) -> Result<Lpm6, Lpm6Error> {
-        let mut t = Lpm6 { l0: vec![0u32; 1 << L0_BITS].into_boxed_slice(), groups: Vec::new() };
-        let mut order: Vec<usize> = (0..routes.len()).collect();
-        order.sort_by_key(|&i| routes[i].1);
-        for i in order {
-            let (net, len, hop) = routes[i];
+        if routes.len() > MAX_ROUTES6 {
+            return Err(Lpm6Error::TooManyRoutes { count: routes.len() });
+        }
+        // (network, length, answer, route index)
+        let mut norm: Vec<(u128, u8, u32, usize)> = Vec::with_capacity(routes.len());
+        for (i, &(net, len, hop)) in routes.iter().enumerate() {
             if len > 128 {
                 return Err(Lpm6Error::BadLength { index: i, len });
             }
             if hop > MAX_NEXT_HOPS6 {
                 return Err(Lpm6Error::TooManyNextHops { index: i, next_hop: hop });
             }
-            let value = hop as u32 + 1;
-            let net = net & prefix_mask6(len);
-            if u32::from(len) <= L0_BITS {
-                let start = (net >> (128 - L0_BITS)) as usize;
-                let count = 1usize << (L0_BITS - u32::from(len));
-                t.l0[start..start + count].fill(value);
-                continue;
+            norm.push((net & prefix_mask6(len), len, hop as u32 + 1, i));
+        }
+        // By network, then length: a prefix comes before those it covers
+        // (prefixes nest or are disjoint). Equal prefixes by route index,
+        // and only the last is kept.
+        norm.sort_unstable_by_key(|&(n, l, _, i)| (n, l, i));
+        norm.dedup_by(|later, earlier| {
+            let same = (later.0, later.1) == (earlier.0, earlier.1);
+            if same {
+                *earlier = *later;
             }
-            // Walk (making groups) to the level holding the prefix's last bit.
-            let mut slot = Slot::L0((net >> (128 - L0_BITS)) as usize);
-            let mut consumed = L0_BITS;
-            loop {
-                let entry = t.get(slot);
-                let group = if entry & PTR6 != 0 {
-                    (entry & !PTR6) as usize
-                } else {
-                    let g = t.groups.len() / 256;
-                    if g >= MAX_GROUPS6 {
-                        return Err(Lpm6Error::TooManyGroups { index: i });
-                    }
-                    t.groups.resize(t.groups.len() + 256, entry);
-                    t.set(slot, PTR6 | g as u32);
-                    g
-                };
-                let byte = ((net >> (128 - consumed - 8)) & 0xff) as usize;
-                consumed += 8;
-                if u32::from(len) <= consumed {
-                    let count = 1usize << (consumed - u32::from(len));
-                    let start = group * 256 + byte;
-                    t.groups[start..start + count].fill(value);
-                    break;
-                }
-                slot = Slot::Group(group * 256 + byte);
-            }
+            same
+        });
+
+        let mut l0 = vec![0u64; 1 << L0_BITS].into_boxed_slice();
+        let mut short: Vec<&(u128, u8, u32, usize)> =
+            norm.iter().filter(|r| u32::from(r.1) <= L0_BITS).collect();
+        // Shortest first, so longer prefixes overwrite what they cover.
+        short.sort_by_key(|r| r.1);
+        for &(net, len, value, _) in short {
+            let start = (net >> (128 - L0_BITS)) as usize;
+            let count = 1usize << (L0_BITS - u32::from(len));
+            l0[start..start + count].fill(u64::from(value));
+        }
+
+        let long: Vec<(u128, u128, u32)> = norm
+            .iter()
+            .filter(|r| u32::from(r.1) > L0_BITS)
+            .map(|&(net, len, value, _)| (net, net | !prefix_mask6(len), value))
+            .collect();
+        let mut t = Lpm6 { l0, starts: Vec::new(), values: Vec::new(), sub: Vec::new() };
+        let (mut out, mut stack) = (Vec::new(), Vec::new());
+        for group in long.chunk_by(|a, b| a.0 >> (128 - L0_BITS) == b.0 >> (128 - L0_BITS)) {
+            let c = (group[0].0 >> (128 - L0_BITS)) as usize;
+            let first = (c as u128) << (128 - L0_BITS);
+            let last = first | (u128::MAX >> L0_BITS);
+            // The chunk's own answer from the prefixes up to /16.
+            let base = t.l0[c] as u32;
+            chunk_intervals(group, (first, last), base, &mut out, &mut stack);
+            t.l0[c] = match out.as_slice() {
+                [(_, only)] => u64::from(*only),
+                _ => t.push_chunk(&out, first),
+            };
         }
         Ok(t)
     }
 
-    fn get(&self, s: Slot) -> u32 {
-        match s {
-            Slot::L0(i) => self.l0[i],
-            Slot::Group(i) => self.groups[i],
+    /// Store the intervals of one chunk; its first-level entry.
+    fn push_chunk(&mut self, out: &[(u128, u32)], first: u128) -> u64 {
+        // Fits: at most 2 * MAX_ROUTES6 + 2^16 intervals, below 2^32.
+        let at = self.starts.len();
+        self.starts.extend(out.iter().map(|x| x.0));
+        self.values.extend(out.iter().map(|x| x.1));
+        if out.len() <= SUB_MIN {
+            return RANGE | (out.len() as u64) << 32 | at as u64;
         }
+        // Per /24 of the chunk, the last interval starting at or before its
+        // first address; the last entry closes the chunk.
+        let s = self.sub.len();
+        let mut i = 0;
+        for b in 0..1u128 << SUB_BITS {
+            let sub_first = first | b << (128 - L0_BITS - SUB_BITS);
+            while i + 1 < out.len() && out[i + 1].0 <= sub_first {
+                i += 1;
+            }
+            self.sub.push((at + i) as u32);
+        }
+        self.sub.push((at + out.len() - 1) as u32);
+        INDEXED | s as u64
     }
 
-    fn set(&mut self, s: Slot, v: u32) {
-        match s {
-            Slot::L0(i) => self.l0[i] = v,
-            Slot::Group(i) => self.groups[i] = v,
-        }
+    /// Intervals stored (over all chunks).
+    pub fn intervals(&self) -> usize {
+        self.starts.len()
     }
 
-    /// Groups allocated.
-    pub fn groups(&self) -> usize {
-        self.groups.len() / 256
+    /// Bytes of the lookup structure.
+    pub fn memory_bytes(&self) -> usize {
+        self.l0.len() * 8 + self.starts.len() * 16 + self.values.len() * 4 + self.sub.len() * 4
     }
 
     /// Load the first-level entry of `addr` (see [`Dir24_8::touch`]).
     #[inline]
     pub fn touch(&self, addr: u128) -> u32 {
-        self.l0[(addr >> (128 - L0_BITS)) as usize & 0xffff]
+        self.l0.get((addr >> (128 - L0_BITS)) as usize).copied().unwrap_or(0) as u32
+    }
+
+    /// After [`Lpm6::touch`]: load the interval starts a lookup of `addr`
+    /// reads first and their answers, so a batch's second-level misses
+    /// overlap too. Returns a word of them so the loads are kept.
+    #[inline]
+    pub fn touch_intervals(&self, addr: u128) -> u32 {
+        match self.span(addr) {
+            Ok((lo, n)) => {
+                let at = |i: usize| self.starts.get(i).copied().unwrap_or(0) as u32;
+                let last = lo + n.min(LINEAR_MAX) - 1;
+                at(lo)
+                    .wrapping_add(at(last))
+                    .wrapping_add(self.values.get(lo).copied().unwrap_or(0))
+            }
+            Err(value) => value,
+        }
+    }
+
+    /// The intervals (first, count) a lookup of `addr` searches, or the
+    /// answer of its chunk if no longer prefix cuts it.
+    #[inline]
+    fn span(&self, addr: u128) -> Result<(usize, usize), u32> {
+        let e = self.l0.get((addr >> (128 - L0_BITS)) as usize).copied().unwrap_or(0);
+        if e & RANGE != 0 {
+            Ok(((e & 0xffff_ffff) as usize, ((e >> 32) & 0x3fff_ffff) as usize))
+        } else if e & INDEXED != 0 {
+            let s = (e & 0xffff_ffff) as usize
+                + ((addr >> (128 - L0_BITS - SUB_BITS)) as usize & ((1 << SUB_BITS) - 1));
+            let lo = self.sub.get(s).copied().unwrap_or(0) as usize;
+            let hi = self.sub.get(s + 1).copied().unwrap_or(0) as usize;
+            Ok((lo, (hi + 1).saturating_sub(lo)))
+        } else {
+            Err(e as u32)
+        }
     }
 
     /// The next-hop index for `addr`, if any route covers it.
     #[inline]
     pub fn lookup(&self, addr: u128) -> Option<usize> {
-        let mut e = self.l0[(addr >> (128 - L0_BITS)) as usize & 0xffff];
-        let mut shift = 128 - L0_BITS;
-        // At most 14 groups below the first level; bounded whatever the
-        // table holds.
-        while e & PTR6 != 0 && shift >= 8 {
-            shift -= 8;
-            let i = (((e & !PTR6) as usize) << 8) | ((addr >> shift) & 0xff) as usize;
-            e = self.groups.get(i).copied().unwrap_or(0);
-        }
-        if e & PTR6 != 0 {
-            return None;
-        }
-        (e as usize).checked_sub(1)
+        let (lo, n) = match self.span(addr) {
+            Ok(span) => span,
+            Err(value) => return (value as usize).checked_sub(1),
+        };
+        let starts = self.starts.get(lo..lo + n)?;
+        // The last start at or below `addr` (the first always is): few
+        // starts are counted (no branch on the data), more searched.
+        let i = if n <= LINEAR_MAX {
+            starts.iter().map(|&s| usize::from(s <= addr)).sum::<usize>().saturating_sub(1)
+        } else {
+            let (mut base, mut len) = (0, n);
+            while len > 1 {
+                let half = len / 2;
+                let probe = starts.get(base + half).is_some_and(|&s| s <= addr);
+                base = if probe { base + half } else { base };
+                len -= half;
+            }
+            base
+        };
+        (self.values.get(lo + i).copied().unwrap_or(0) as usize).checked_sub(1)
     }
 }
 
-#[derive(Clone, Copy)]
-enum Slot {
-    L0(usize),
-    Group(usize),
+/// Cut the chunk `first..=last` into intervals by `prefixes` (start, last
+/// address, answer; sorted by start then length, all inside the chunk) over
+/// `base`, the chunk's answer without them. `out` gets (start, answer) per
+/// interval, neighbours with equal answers merged; `stack` is scratch.
+fn chunk_intervals(
+    prefixes: &[(u128, u128, u32)],
+    (first, last): (u128, u128),
+    base: u32,
+    out: &mut Vec<(u128, u32)>,
+    stack: &mut Vec<(u128, u32)>,
+) {
+    out.clear();
+    stack.clear();
+    out.push((first, base));
+    for &(start, end, value) in prefixes {
+        // Close the open prefixes this one is not inside; after each, its
+        // parent (or the base) answers again.
+        while let Some(&(open_end, _)) = stack.last() {
+            if open_end >= start {
+                break;
+            }
+            stack.pop();
+            emit(out, open_end + 1, stack.last().map_or(base, |x| x.1));
+        }
+        emit(out, start, value);
+        stack.push((end, value));
+    }
+    while let Some((open_end, _)) = stack.pop() {
+        if open_end < last {
+            emit(out, open_end + 1, stack.last().map_or(base, |x| x.1));
+        }
+    }
+}
+
+/// From `start` on the answer is `value` (starts come in order).
+fn emit(out: &mut Vec<(u128, u32)>, start: u128, value: u32) {
+    let n = out.len();
+    match out.last_mut() {
+        Some(l) if l.0 == start => {
+            l.1 = value;
+            if n >= 2 && out[n - 2].1 == value {
+                out.pop();
+            }
+        }
+        Some(l) if l.1 == value => {}
+        _ => out.push((start, value)),
+    }
 }
 
 #[cfg(test)]
@@ -367,8 +503,91 @@ mod tests {
         }
         let t = Lpm6::build(&[(a("2001:db8::1"), 128, 9)]).unwrap();
         assert_eq!((t.lookup(a("2001:db8::1")), t.lookup(a("2001:db8::"))), (Some(9), None));
-        assert_eq!(t.groups(), 14);
+        // One chunk cut in three: before, the /128, after.
+        assert_eq!(t.intervals(), 3);
         assert!(matches!(Lpm6::build(&[(0, 129, 0)]), Err(Lpm6Error::BadLength { .. })));
+    }
+
+    #[test]
+    fn lpm6_edges_of_the_address_space_and_equal_prefixes() {
+        let a = |s: &str| u128::from(s.parse::<std::net::Ipv6Addr>().unwrap());
+        let routes = [
+            (u128::MAX, 128, 1),
+            (a("ffff:ffff::"), 32, 2),
+            (a("ffff::"), 16, 3),
+            (0, 128, 4),
+            (a("::8000:0"), 97, 5),
+            (a("2001:db8::"), 32, 6),
+            // Equal prefixes: the later one wins.
+            (a("2001:db8::"), 32, 7),
+            // Nested prefixes ending on the same address as their parent.
+            (a("2001:db8:ff00::"), 40, 8),
+            (a("2001:db8:ffff::"), 48, 9),
+        ];
+        let t = Lpm6::build(&routes).unwrap();
+        for (addr, hop) in [
+            (u128::MAX, Some(1)),
+            (u128::MAX - 1, Some(2)),
+            (a("ffff:fffe:ffff::"), Some(3)),
+            (a("ffff::"), Some(3)),
+            (0, Some(4)),
+            (1, None),
+            (a("::7fff:ffff"), None),
+            (a("::8000:0"), Some(5)),
+            (a("::ffff:ffff"), Some(5)),
+            (a("::1:0:0"), None),
+            (a("2001:db8::"), Some(7)),
+            (a("2001:db8:feff:ffff::"), Some(7)),
+            (a("2001:db8:ff00::"), Some(8)),
+            (a("2001:db8:fffe:ffff::"), Some(8)),
+            (a("2001:db8:ffff::"), Some(9)),
+            (a("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"), Some(9)),
+            (a("2001:db9::"), None),
+        ] {
+            assert_eq!(t.lookup(addr), hop, "{:#x}", addr);
+        }
+        assert_eq!(
+            Lpm6::build(&[(0, 0, MAX_NEXT_HOPS6 + 1)]).unwrap_err(),
+            Lpm6Error::TooManyNextHops { index: 0, next_hop: MAX_NEXT_HOPS6 + 1 }
+        );
+        assert_eq!(Lpm6::build(&[]).unwrap().lookup(0), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Many prefixes in one 16-bit chunk, most of them in a few /24s:
+        /// the chunk gets a sub-index and long binary searches.
+        #[test]
+        fn lpm6_crowded_chunk_equals_linear_lpm(
+            routes in proptest::collection::vec(
+                (any::<u128>(), 17u8..=128, 0usize..8, 0u8..4), 40..300),
+            short in proptest::collection::vec((any::<u128>(), 0u8..=16, 0usize..8), 0..3),
+            probes in proptest::collection::vec(any::<u128>(), 100),
+            chunk in any::<u16>(),
+        ) {
+            let first = u128::from(chunk) << 112;
+            let mut all: Vec<(u128, u8, usize)> = routes.into_iter().map(|(n, l, h, k)| {
+                // k picks one of four /24s, or the whole chunk.
+                let n = match k {
+                    0..=2 => first | u128::from(k) << 104 | (n & !prefix_mask6(24)),
+                    _ => first | (n & !prefix_mask6(16)),
+                };
+                (n & prefix_mask6(l), l, h)
+            }).collect();
+            all.extend(short.into_iter().map(|(n, l, h)| ((first | (n & !prefix_mask6(16))) & prefix_mask6(l), l, h)));
+            let t = Lpm6::build(&all).unwrap();
+            prop_assert!(t.intervals() <= 2 * all.len() + 1);
+            prop_assert_eq!(t.sub.is_empty(), t.intervals() <= SUB_MIN);
+            let mut addrs: Vec<u128> = probes.iter().map(|p| first | (p & !prefix_mask6(16))).collect();
+            addrs.extend(probes.iter().map(|p| first | (p & !prefix_mask6(27))));
+            for &(n, l, _) in &all {
+                let end = n | !prefix_mask6(l);
+                addrs.extend([n, end, n.wrapping_sub(1), end.wrapping_add(1)]);
+            }
+            for a in addrs {
+                prop_assert_eq!(t.lookup(a), naive6(&all, a), "{:#x}", a);
+            }
+        }
     }
 
     proptest! {

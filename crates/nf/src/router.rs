@@ -369,12 +369,14 @@ impl Router {
             ConfigError::new(format!("routes[{}]", at4[index]), e.to_string())
         })?;
         let lpm6 = Lpm6::build(&table6).map_err(|e| {
-            let index = match &e {
+            let field = match &e {
                 crate::lpm::Lpm6Error::BadLength { index, .. }
-                | crate::lpm::Lpm6Error::TooManyNextHops { index, .. }
-                | crate::lpm::Lpm6Error::TooManyGroups { index } => *index,
+                | crate::lpm::Lpm6Error::TooManyNextHops { index, .. } => {
+                    format!("routes[{}]", at6[*index])
+                }
+                crate::lpm::Lpm6Error::TooManyRoutes { .. } => "routes".to_string(),
             };
-            ConfigError::new(format!("routes[{}]", at6[index]), e.to_string())
+            ConfigError::new(field, e.to_string())
         })?;
         if cfg.icmp_burst == 0 {
             return Err(ConfigError::new("icmp_burst", "must be at least 1"));
@@ -656,6 +658,12 @@ impl NetworkFunction for Router {
                 Checked::V4(info) => self.lpm.touch(info.dst) as u32,
                 Checked::V6(h) => self.lpm6.touch(h.dst),
             });
+        }
+        // IPv6 has a second level; its first-level entries are loaded now.
+        for c in checked.iter().flatten() {
+            if let Checked::V6(h) = c {
+                sink.add(self.lpm6.touch_intervals(h.dst));
+            }
         }
         sink.finish();
         let mut next = checked.iter();
