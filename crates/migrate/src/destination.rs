@@ -114,9 +114,19 @@ pub fn migrate_in(
                     wait_for_abort(&mut r, opts.io_timeout);
                 }
             }
-            // What was held goes back to the source, which processes it,
-            // in order, before anything newer.
-            let held = if run.holding { handle.take_held().unwrap_or_default() } else { vec![] };
+            // After the switch, what was held goes back to the source,
+            // which processes it, in order, before anything newer. Before
+            // it (no `Switched` came: the source did not move the traffic
+            // and waits for nothing), what was held is this stage's own
+            // traffic (a merge): processed here, in order.
+            let held = match (run.holding, run.switched) {
+                (true, true) => handle.take_held().unwrap_or_default(),
+                (true, false) => {
+                    let _ = handle.hold(false);
+                    vec![]
+                }
+                (false, _) => vec![],
+            };
             let packets = held.into_iter().map(|(p, f)| (p as u16, f)).collect();
             let _ = wire::write_message(&mut w, &Message::Returned { packets }, &mut c);
             let _ = w.flush();
@@ -268,6 +278,9 @@ impl Run<'_> {
 
     /// Hold what arrives from now on (until End, or a failure).
     fn hold(&mut self) -> Result<(), MigrateError> {
+        if self.holding {
+            return Ok(());
+        }
         self.handle.hold(true)?;
         self.holding = true;
         Ok(())
