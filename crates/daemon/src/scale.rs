@@ -120,20 +120,28 @@ impl ScaleRequest {
         Ok(())
     }
 
-    fn switch(&self, own: &Client) -> Value {
-        let steer: Vec<Value> = self
-            .steer
-            .iter()
-            .map(|s| {
-                let socket = match &s.socket {
-                    Some(p) => p.display().to_string(),
-                    None => own.at(),
-                };
-                json!({ "socket": socket, "chain": s.chain, "nf": s.nf,
-                        "from": self.here, "to": self.there, "port": s.port })
-            })
-            .collect();
-        json!({ "redirect": [], "restore": [], "markers": [], "steer": steer })
+    /// The migration's switch: the steering points, each with the API
+    /// socket of its braidd (this client's when not given; the steering
+    /// switch speaks to unix sockets only).
+    fn switch(&self, own: &Client) -> Result<Value, ScaleError> {
+        let mut steer = Vec::with_capacity(self.steer.len());
+        for s in &self.steer {
+            let socket = match &s.socket {
+                Some(p) => p.display().to_string(),
+                None if own.at().starts_with('/') => own.at(),
+                None => {
+                    return Err(ScaleError::Request(format!(
+                        "steering point `{}/{}`: name its braidd's unix socket (`@SOCKET`): this client talks to {}",
+                        s.chain,
+                        s.nf,
+                        own.at()
+                    )))
+                }
+            };
+            steer.push(json!({ "socket": socket, "chain": s.chain, "nf": s.nf,
+                               "from": self.here, "to": self.there, "port": s.port }));
+        }
+        Ok(json!({ "redirect": [], "restore": [], "markers": [], "steer": steer }))
     }
 }
 
@@ -155,7 +163,7 @@ pub fn scale_out(
     }
     let flows = format!("share:{k}/{n}");
     let mut body = json!({ "to": req.to, "mode": "statelet", "flows": flows,
-                           "switch": req.switch(client),
+                           "switch": req.switch(client)?,
                            "timeout_ms": req.timeout.as_millis() as u64 });
     if let Some((i, o)) = &req.deploy {
         body["deploy"] = json!({ "in": i, "out": o });
@@ -194,7 +202,7 @@ pub fn scale_in(
     let last = braid_nf::HashRange::share(hi as u64, u64::from(buckets)).last;
     let flows = format!("hash:{first:x}-{last:x}");
     let body = json!({ "to": req.to, "mode": "statelet", "flows": flows,
-                       "switch": req.switch(client),
+                       "switch": req.switch(client)?,
                        "timeout_ms": req.timeout.as_millis() as u64 });
     let mut summary = migrate(client, req, &body, progress)?;
     client
