@@ -50,6 +50,9 @@ enum Command {
     Capture(cmd::capture::Args),
     /// Move an NF of a braidd chain live to the braidd of another host.
     Migrate(cmd::migrate::Args),
+    /// Add or remove an instance of a per-flow NF behind steering NFs, moving
+    /// hash buckets of flows with their state.
+    Scale(cmd::scale::Args),
     /// Packet rate and one-way latency between NF processes over shared
     /// memory, veth+UDP, veth+AF_XDP and in-process hand-over, side by side.
     ShmBench(cmd::shm_bench::Args),
@@ -114,6 +117,7 @@ fn main() {
         Command::Stats(a) => cmd::stats::run(a),
         Command::Capture(a) => cmd::capture::run(a),
         Command::Migrate(a) => cmd::migrate::run(a),
+        Command::Scale(a) => cmd::scale::run(a),
         Command::ShmBench(a) => cmd::shm_bench::run(a),
         Command::NfProc(a) => cmd::nf_proc::run(a),
         Command::RunProcs(a) => cmd::run_procs::run(a),

@@ -116,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chains/{name}", get(show_chain).delete(delete_chain))
         .route("/v1/chains/{name}/nfs/{nf}", patch(patch_nf))
         .route("/v1/chains/{name}/nfs/{nf}/migrate", post(crate::migration::migrate))
+        .route("/v1/chains/{name}/nfs/{nf}/steer", post(crate::migration::steer))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(show_operation))
         .route("/v1/events", get(events))

@@ -444,6 +444,22 @@ impl Client {
         )
     }
 
+    /// `POST /v1/chains/{name}/nfs/{nf}/steer`: move hash buckets on a
+    /// `steer` NF (and inject a drain marker); what moved.
+    pub fn steer(
+        &self,
+        name: &str,
+        nf: &str,
+        req: &crate::migration::SteerRequest,
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::to_string(req).unwrap_or_default();
+        self.json(
+            "POST",
+            &format!("/v1/chains/{}/nfs/{}/steer", encode(name), encode(nf)),
+            Some(("application/json", body.as_bytes())),
+        )
+    }
+
     /// `DELETE /v1/chains/{name}`: its final counters.
     pub fn remove(&self, name: &str) -> Result<Value, ClientError> {
         self.json("DELETE", &format!("/v1/chains/{}", encode(name)), None)

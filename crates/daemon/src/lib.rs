@@ -33,5 +33,6 @@ pub mod metrics;
 pub mod migration;
 pub mod openapi;
 pub mod ops;
+pub mod scale;
 pub mod server;
 pub mod store;

@@ -139,6 +139,29 @@ pub struct SwitchSpec {
     /// After `redirect`: one drain marker sent on each of these
     /// interfaces, each the old path into one port of the source chain.
     pub markers: Vec<MarkerSpec>,
+    /// Steering NFs (`steer`) in front of the instances: at the switch
+    /// each moves the migrated flows' buckets from the source's instance
+    /// to the destination's and injects the drain marker out of the
+    /// source's gate; `restore` moves them back. What a partial
+    /// migration (split, merge, `braid scale`) needs.
+    #[serde(default)]
+    pub steer: Vec<SteerSpec>,
+}
+
+/// One steering NF the switch drives, through the API of the braidd that
+/// runs it (`POST /v1/chains/{chain}/nfs/{nf}/steer`).
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteerSpec {
+    /// That braidd's API socket.
+    pub socket: String,
+    pub chain: String,
+    pub nf: String,
+    /// The source's instance (gate `1 + from`) and the destination's.
+    pub from: u16,
+    pub to: u16,
+    /// The source chain's port its drain marker reaches: `in` or `out`.
+    pub port: String,
 }
 
 /// One route: `ip [-n NETNS] route replace TO [via VIA] [dev DEV]`.
@@ -190,12 +213,49 @@ fn good_prefix(to: &str) -> bool {
 impl SwitchSpec {
     /// Check every field; the error names the first bad one.
     pub fn check(&self) -> Result<(), String> {
+        for (i, st) in self.steer.iter().enumerate() {
+            let at = format!("switch.steer[{i}]");
+            if st.socket.is_empty() || st.socket.contains('\0') {
+                return Err(format!("{at}.socket: not a socket path"));
+            }
+            for (k, v) in [("chain", &st.chain), ("nf", &st.nf)] {
+                if v.is_empty() || v.len() > 128 {
+                    return Err(format!("{at}.{k}: `{}` is not a name", v.escape_debug()));
+                }
+            }
+            if st.from == st.to {
+                return Err(format!("{at}: from and to are both instance {}", st.from));
+            }
+            port_index(&st.port).map_err(|e| format!("{at}.port: {e}"))?;
+        }
+        if !self.steer.is_empty() && self.redirect.is_empty() && self.markers.is_empty() {
+            // The steering moves the traffic and sends the markers.
+            return self.check_routes();
+        }
         if self.redirect.is_empty() {
             return Err("switch.redirect: empty; at least one route must move the traffic".into());
         }
         if self.markers.is_empty() {
             return Err("switch.markers: empty; every old path into the source needs a drain marker (port `in`, and `out` when replies cross the chain)".into());
         }
+        self.check_routes()?;
+        for (i, m) in self.markers.iter().enumerate() {
+            let at = format!("switch.markers[{i}]");
+            if let Some(n) = m.netns.as_deref().filter(|n| !good_netns(n)) {
+                return Err(format!("{at}.netns: `{}` is not a namespace name", n.escape_debug()));
+            }
+            if !good_ifname(&m.dev) {
+                return Err(format!(
+                    "{at}.dev: `{}` is not an interface name",
+                    m.dev.escape_debug()
+                ));
+            }
+            port_index(&m.port).map_err(|e| format!("{at}.port: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn check_routes(&self) -> Result<(), String> {
         for (list, routes) in [("redirect", &self.redirect), ("restore", &self.restore)] {
             for (i, r) in routes.iter().enumerate() {
                 let at = format!("switch.{list}[{i}]");
@@ -226,26 +286,18 @@ impl SwitchSpec {
                 }
             }
         }
-        for (i, m) in self.markers.iter().enumerate() {
-            let at = format!("switch.markers[{i}]");
-            if let Some(n) = m.netns.as_deref().filter(|n| !good_netns(n)) {
-                return Err(format!("{at}.netns: `{}` is not a namespace name", n.escape_debug()));
-            }
-            if !good_ifname(&m.dev) {
-                return Err(format!(
-                    "{at}.dev: `{}` is not an interface name",
-                    m.dev.escape_debug()
-                ));
-            }
-            port_index(&m.port).map_err(|e| format!("{at}.port: {e}"))?;
-        }
         Ok(())
     }
 
     /// The source chain's worker ports that bring a drain marker.
     fn marker_ports(&self) -> Vec<usize> {
-        let mut ports: Vec<usize> =
-            self.markers.iter().filter_map(|m| port_index(&m.port).ok()).collect();
+        let mut ports: Vec<usize> = self
+            .markers
+            .iter()
+            .map(|m| &m.port)
+            .chain(self.steer.iter().map(|s| &s.port))
+            .filter_map(|p| port_index(p).ok())
+            .collect();
         ports.sort_unstable();
         ports.dedup();
         ports
@@ -339,30 +391,214 @@ pub fn send_marker(ns: Option<&str>, dev: &str, id: u64) -> Result<(), SwitchErr
 }
 
 /// The testbed's switch: routes in the namespaces around the chain, drain
-/// markers on the old paths.
+/// markers on the old paths, and steering NFs that move hash buckets.
 pub struct RouteSwitch<'a> {
     spec: &'a SwitchSpec,
+    /// The migrated flows (`all`, `share:I/N`, `hash:A-B`), for the
+    /// steering NFs.
+    flows: String,
+    /// How many steering NFs moved their buckets (restore moves them back).
+    steered: usize,
+}
+
+impl RouteSwitch<'_> {
+    /// Move the buckets of `self.flows` on steering NF `st` from instance
+    /// `from` to `to`, with a drain marker for migration `marker` out of
+    /// `from`'s gate.
+    fn steer(
+        &self,
+        st: &SteerSpec,
+        from: u16,
+        to: u16,
+        marker: Option<u64>,
+    ) -> Result<(), SwitchError> {
+        let req = SteerRequest { flows: self.flows.clone(), from, to, marker };
+        crate::client::Client::new(&st.socket).steer(&st.chain, &st.nf, &req).map(|_| ()).map_err(
+            |e| {
+                SwitchError::failed(
+                    format!("steering NF `{}` of chain `{}` at {}", st.nf, st.chain, st.socket),
+                    e,
+                )
+            },
+        )
+    }
+
+    fn unsteer(&mut self) -> Result<(), SwitchError> {
+        let mut first = Ok(());
+        while self.steered > 0 {
+            self.steered -= 1;
+            let st = &self.spec.steer[self.steered];
+            let r = self.steer(st, st.to, st.from, None);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
 }
 
 impl Switch for RouteSwitch<'_> {
     fn redirect(&mut self, id: u64) -> Result<(), SwitchError> {
-        let moved = apply_routes(&self.spec.redirect).and_then(|()| {
+        let mut moved = apply_routes(&self.spec.redirect).and_then(|()| {
             for m in &self.spec.markers {
                 send_marker(m.netns.as_deref(), &m.dev, id)?;
             }
             Ok(())
         });
+        if moved.is_ok() {
+            for st in &self.spec.steer {
+                moved = self.steer(st, st.from, st.to, Some(id));
+                if moved.is_err() {
+                    break;
+                }
+                self.steered += 1;
+            }
+        }
         if moved.is_err() {
             // Not switched as far as the protocol knows: put back what
             // may have moved.
             let _ = apply_routes(&self.spec.restore);
+            let _ = self.unsteer();
         }
         moved
     }
 
     fn restore(&mut self) -> Result<(), SwitchError> {
-        apply_routes(&self.spec.restore)
+        let routes = apply_routes(&self.spec.restore);
+        let steer = self.unsteer();
+        routes.and(steer)
     }
+}
+
+/// `POST /v1/chains/{name}/nfs/{nf}/steer` body: move the buckets of
+/// `flows` on a `steer` NF from instance `from` to `to`, then (with
+/// `marker`) inject a drain marker for that migration id out of `from`'s
+/// gate, behind everything the old table sent there.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteerRequest {
+    /// `all`, `share:I/N` or `hash:FIRST-LAST`: whole buckets.
+    pub flows: String,
+    pub from: u16,
+    pub to: u16,
+    #[serde(default)]
+    pub marker: Option<u64>,
+}
+
+/// The buckets `first..=last` of a `steer` NF with `buckets` buckets that
+/// hold exactly the flows of `flows`; an error unless they are whole
+/// buckets.
+pub fn steer_buckets(flows: &str, buckets: u32) -> Result<(usize, usize), String> {
+    use braid_nf::steer::bucket_of;
+    let range = match parse_flows(flows)? {
+        FlowScope::HashRange(r) => r,
+        _ => HashRange::ALL,
+    };
+    let (lo, hi) = (bucket_of(range.first, buckets), bucket_of(range.last, buckets));
+    let whole = HashRange::share(lo as u64, u64::from(buckets)).first == range.first
+        && HashRange::share(hi as u64, u64::from(buckets)).last == range.last;
+    if !whole {
+        return Err(format!(
+            "flows `{}`: not whole buckets of {buckets} (use share:I/N with N dividing {buckets})",
+            flows.escape_debug()
+        ));
+    }
+    Ok((lo, hi))
+}
+
+/// Steering calls one at a time (each reads, changes and writes a table).
+static STEERING: Mutex<()> = Mutex::new(());
+
+/// Move buckets on steering NF `nf` of chain `chain` as `req` says; what
+/// moved.
+pub fn steer_chain_nf(
+    daemon: &Daemon,
+    chain: &str,
+    nf: &str,
+    req: &SteerRequest,
+) -> Result<Value, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let _one = STEERING.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = daemon.get(chain)?;
+    let d = entry.descriptor();
+    let Some(decl) = d.nfs.iter().find(|n| n.name == nf) else {
+        let known = d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(OpError::UnknownNf { chain: chain.into(), nf: nf.into(), known }.into());
+    };
+    if decl.kind != "steer" {
+        return Err(bad(format!(
+            "NF `{nf}` of chain `{chain}` is a `{}`, not a `steer`",
+            decl.kind
+        )));
+    }
+    let mut cfg: braid_nf::steer::Config = braid_nf::params::parse(&decl.params)
+        .map_err(|e| bad(format!("NF `{nf}`'s parameters: {e}")))?;
+    for (k, i) in [("from", req.from), ("to", req.to)] {
+        if i >= cfg.instances {
+            return Err(bad(format!(
+                "{k}: instance {i} does not exist (`{nf}` has {})",
+                cfg.instances
+            )));
+        }
+    }
+    let (lo, hi) = steer_buckets(&req.flows, cfg.buckets).map_err(bad)?;
+    let mut table = cfg.table.take().unwrap_or_else(|| vec![0; cfg.buckets as usize]);
+    if let Some(b) = (lo..=hi).find(|b| table[*b] != req.from) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "bucket {b} of `{nf}` is on instance {}, not {}: nothing moved",
+                table[b], req.from
+            ),
+        ));
+    }
+    table[lo..=hi].iter_mut().for_each(|t| *t = req.to);
+    cfg.table = Some(table);
+    let params: braid_nf::Params = serde_yaml_ng::to_value(&cfg).map_err(|e| bad(e.to_string()))?;
+    daemon.reconfigure(chain, nf, params)?;
+    if let Some(id) = req.marker {
+        let live = entry.live().ok_or_else(|| OpError::NotRunning(chain.into()))?;
+        let mut frame = marker_frame(id);
+        let at = braid_nf::steer::MARKER_INSTANCE_AT;
+        frame[at..at + 2].copy_from_slice(&req.from.to_be_bytes());
+        // Port 0 (`in`) is the trunk: the marker leaves by `from`'s gate,
+        // after every frame the old table sent there.
+        live.worker().inject(vec![(0, frame)]).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "steer_failed",
+                format!("injecting the drain marker: {e} (the buckets moved)"),
+            )
+        })?;
+    }
+    Ok(json!({ "chain": chain, "nf": nf, "buckets": [lo, hi], "from": req.from, "to": req.to,
+               "moved": hi - lo + 1, "marker": req.marker.is_some() }))
+}
+
+/// The API handler of `POST /v1/chains/{name}/nfs/{nf}/steer`. Not an
+/// operation and outside the one-at-a-time lock: a migration on this same
+/// braidd (which holds that lock) calls it at its switch.
+pub async fn steer(
+    State(s): State<AppState>,
+    Path((name, nf)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let body = body.map_err(|e| crate::api::body_error(e, s.body_limit))?;
+    let req: SteerRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("steering request: {e}; accepted: {{\"flows\": \"share:I/N\", \"from\": I, \"to\": J, \"marker\": ID}}"),
+        )
+    })?;
+    let d = s.daemon.clone();
+    let v =
+        tokio::task::spawn_blocking(move || steer_chain_nf(&d, &name, &nf, &req)).await.map_err(
+            |e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        )??;
+    s.events.publish("chain_steered", v.clone());
+    Ok(axum::Json(v))
 }
 
 /// What the source offers before the migration protocol starts.
@@ -459,11 +695,11 @@ fn plan(req: &MigrateRequest) -> Result<Plan, String> {
         Some(f) => parse_flows(f)?,
         None => FlowScope::All,
     };
-    if scope != FlowScope::All {
+    if scope != FlowScope::All && req.switch.steer.is_empty() {
         // The route switch moves every flow of the path: moving only the
         // state of some would leave the others without theirs.
         return Err(format!(
-            "flows `{}`: a partial migration (split) needs a switch that steers flows by hash bucket; the route switch moves every flow, so only `all` is accepted here (docs/migration.md, Gaps)",
+            "flows `{}`: a partial migration (split) needs a switch that steers flows by hash bucket (`switch.steer`); the route switch moves every flow, so only `all` is accepted without one (docs/migration.md)",
             req.flows.as_deref().unwrap_or_default()
         ));
     }
@@ -559,7 +795,11 @@ pub fn migrate_chain_nf(
         progress: Some(progress.clone()),
         ..SourceOptions::default()
     };
-    let mut switch = RouteSwitch { spec: &req.switch };
+    let mut switch = RouteSwitch {
+        spec: &req.switch,
+        flows: req.flows.clone().unwrap_or_else(|| "all".into()),
+        steered: 0,
+    };
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let result = std::thread::scope(|s| {
@@ -591,6 +831,8 @@ pub fn migrate_chain_nf(
         "installed": r.installed,
         "packets_buffered": r.peak_held,
         "packets_dropped_at_destination": r.dropped_held,
+        "flows_dropped_at_source": r.forgotten,
+        "source_kept_state": r.forget_error,
     }))
 }
 
@@ -873,6 +1115,65 @@ mod tests {
             let e = spec(yaml).check().unwrap_err();
             assert!(e.starts_with(field), "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn steering_moves_whole_buckets_only() {
+        assert_eq!(steer_buckets("all", 256).unwrap(), (0, 255));
+        assert_eq!(steer_buckets("share:1/2", 256).unwrap(), (128, 255));
+        assert_eq!(steer_buckets("share:3/4", 1024).unwrap(), (768, 1023));
+        assert_eq!(steer_buckets("hash:0-ffffffffffffff", 256).unwrap(), (0, 0));
+        for (flows, buckets) in [("share:1/3", 256), ("share:0/512", 256), ("hash:0-ff", 256)] {
+            let e = steer_buckets(flows, buckets).unwrap_err();
+            assert!(e.contains("not whole buckets"), "{flows}: {e}");
+        }
+        assert!(steer_buckets("share:2/2", 256).unwrap_err().contains("flows `share:2/2`"));
+    }
+
+    #[test]
+    fn a_steering_switch_is_checked_and_needs_no_routes() {
+        let st = "steer: [{socket: /run/s.sock, chain: su, nf: st, from: 0, to: 1, port: in}, {socket: /run/s.sock, chain: sd, nf: st, from: 0, to: 1, port: out}]";
+        let ok = spec(&format!("redirect: []\nrestore: []\nmarkers: []\n{st}\n"));
+        ok.check().unwrap();
+        assert_eq!(ok.marker_ports(), [0, 1]);
+        for (yaml, field) in [
+            (
+                "steer: [{socket: '', chain: su, nf: st, from: 0, to: 1, port: in}]",
+                "switch.steer[0].socket",
+            ),
+            (
+                "steer: [{socket: /s, chain: su, nf: st, from: 1, to: 1, port: in}]",
+                "switch.steer[0]: from and to",
+            ),
+            (
+                "steer: [{socket: /s, chain: su, nf: st, from: 0, to: 1, port: up}]",
+                "switch.steer[0].port",
+            ),
+            (
+                "steer: [{socket: /s, chain: '', nf: st, from: 0, to: 1, port: in}]",
+                "switch.steer[0].chain",
+            ),
+        ] {
+            let e = spec(&format!("redirect: []\nrestore: []\nmarkers: []\n{yaml}"))
+                .check()
+                .unwrap_err();
+            assert!(e.starts_with(field), "{yaml}: {e}");
+        }
+        // A split needs the steering; with it, it is accepted.
+        let req = |steer: &str| {
+            MigrateRequest {
+            to: "10.0.0.2".into(),
+            mode: None,
+            flows: Some("share:1/2".into()),
+            switch: spec(&format!("redirect: [{{to: default, dev: a}}]\nrestore: []\nmarkers: [{{dev: a, port: in}}]\n{steer}")),
+            deploy: None,
+            timeout_ms: None,
+            marker_timeout_ms: None,
+        }
+        };
+        let e = plan(&req("")).err().unwrap();
+        assert!(e.contains("switch.steer"), "{e}");
+        assert!(plan(&req(st)).is_ok());
     }
 
     #[test]

@@ -56,7 +56,8 @@ fn migrate_path() -> Value {
                             "restore": { "type": "array", "items": { "$ref": "#/components/schemas/Route" } },
                             "markers": { "type": "array", "items": { "type": "object", "required": ["dev", "port"], "additionalProperties": false,
                                 "properties": { "netns": { "type": "string" }, "dev": { "type": "string" },
-                                    "port": { "type": "string", "enum": ["in", "out"] } } } } } },
+                                    "port": { "type": "string", "enum": ["in", "out"] } } } },
+                            "steer": steer_items() } },
                     "deploy": { "type": "object", "required": ["in", "out"], "additionalProperties": false,
                         "description": "deploy the chain (empty) at the destination if it does not run it, on these interfaces",
                         "properties": { "in": { "type": "string" }, "out": { "type": "string" } } },
@@ -70,6 +71,39 @@ fn migrate_path() -> Value {
                 "404": error_response("no such chain or NF"),
                 "409": error_response("the chain is not running"),
                 "422": error_response("the migration failed and was rolled back (the source keeps serving); the message says why")
+            }
+        }
+    })
+}
+
+/// `switch.steer` of a migration request.
+fn steer_items() -> Value {
+    json!({ "type": "array", "description": "steering NFs that move the flows' hash buckets at the switch (partial migration, braid scale)",
+        "items": { "type": "object", "required": ["socket", "chain", "nf", "from", "to", "port"], "additionalProperties": false,
+            "properties": { "socket": { "type": "string" }, "chain": { "type": "string" }, "nf": { "type": "string" },
+                "from": { "type": "integer", "minimum": 0 }, "to": { "type": "integer", "minimum": 0 },
+                "port": { "type": "string", "enum": ["in", "out"] } } } })
+}
+
+/// `POST /v1/chains/{name}/nfs/{nf}/steer`.
+fn steer_path() -> Value {
+    json!({
+        "parameters": [ name_param("name", "chain name"), name_param("nf", "a `steer` NF of the chain") ],
+        "post": {
+            "operationId": "steerBuckets",
+            "summary": "Move the hash buckets of a flow set on a `steer` NF from one instance to another (between two batches), then optionally inject a drain marker out of the old instance's gate (docs/migration.md, Scale out and in)",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["flows", "from", "to"], "additionalProperties": false,
+                "properties": {
+                    "flows": { "type": "string", "description": "all, share:I/N or hash:FIRST-LAST: whole buckets" },
+                    "from": { "type": "integer", "minimum": 0 }, "to": { "type": "integer", "minimum": 0 },
+                    "marker": { "type": "integer", "minimum": 0, "description": "migration id of a drain marker to send out of `from`'s gate" } } } } } },
+            "responses": {
+                "200": { "description": "moved: the bucket range, from, to", "content": { "application/json": { "schema": { "type": "object" } } } },
+                "400": error_response("bad body, not a steer NF, unknown instance, flows not whole buckets"),
+                "404": error_response("no such chain or NF"),
+                "409": error_response("a bucket of the range is not on `from` (nothing moved), or the chain is not running"),
+                "422": error_response("the worker refused the change")
             }
         }
     })
@@ -149,6 +183,7 @@ pub fn document() -> Value {
                 }
             },
             "/v1/chains/{name}/nfs/{nf}/migrate": migrate_path(),
+            "/v1/chains/{name}/nfs/{nf}/steer": steer_path(),
             "/v1/operations": { "get": {
                 "operationId": "listOperations", "summary": "The last 1000 operations (deploy, remove, reconfigure, migrate, migrate-in), oldest first",
                 "responses": { "200": { "description": "the operations",
@@ -166,7 +201,7 @@ pub fn document() -> Value {
             },
             "/v1/events": { "get": {
                 "operationId": "events",
-                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_state, worker_stopped, migration_progress, chain_migrated, migration_in, operation_finished (and `lagged` with the number missed)",
+                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_state, worker_stopped, migration_progress, chain_migrated, migration_in, chain_steered, operation_finished (and `lagged` with the number missed)",
                 "parameters": [ { "name": "since", "in": "query", "required": false,
                     "description": "replay the kept events (the last 1024) after this seq first",
                     "schema": { "type": "integer", "minimum": 0 } } ],

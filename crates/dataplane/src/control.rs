@@ -80,6 +80,13 @@ pub enum Command {
     /// before the refused one stay installed (the migration is then
     /// abandoned and the destination's state discarded).
     Install { stage: String, statelets: Vec<Statelet> },
+    /// Live migration: drop the flows of stage `stage` in `scope` (a
+    /// tombstone for every held key in it; [`braid_nf::FlowScope::All`]:
+    /// every flow). The source after the destination's Done (what moved
+    /// is the destination's now), the destination when a merge fails (what
+    /// it installed goes). Answers [`Reply::Installed`] with the number of
+    /// flows dropped.
+    Forget { stage: String, scope: braid_nf::FlowScope },
     /// Live migration, destination, duplication baseline: process copies of
     /// packets the source received, as (port, frame), through stage
     /// `stage` as if they had arrived on those ports, output suppressed:
@@ -151,6 +158,7 @@ impl std::fmt::Debug for Command {
                 write!(f, "Install({stage}, {} statelets)", statelets.len())
             }
             Command::FinishInstall { stage } => write!(f, "FinishInstall({stage})"),
+            Command::Forget { stage, .. } => write!(f, "Forget({stage})"),
             Command::Replay { stage, frames } => {
                 write!(f, "Replay({stage}, {} frames)", frames.len())
             }
@@ -454,6 +462,15 @@ impl WorkerHandle {
 
     pub fn finish_install(&self, stage: &str) -> Result<(), ControlError> {
         self.done(Command::FinishInstall { stage: stage.into() })
+    }
+
+    /// Drop the flows of `stage` in `scope` ([`Command::Forget`]); how many
+    /// were dropped.
+    pub fn forget(&self, stage: &str, scope: braid_nf::FlowScope) -> Result<usize, ControlError> {
+        match self.request(Command::Forget { stage: stage.into(), scope }, DEFAULT_TIMEOUT)? {
+            Reply::Installed(n) => Ok(n),
+            _ => Err(ControlError::Unexpected("Forget".into())),
+        }
     }
 
     /// Hold arrivals (`true`) or process what was held and go on

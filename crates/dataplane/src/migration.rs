@@ -62,6 +62,23 @@ pub fn marker_id(frame: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(frame[22..30].try_into().ok()?))
 }
 
+/// Drop the flows of `fs` in `scope`: a tombstone statelet for every held
+/// key in it, then the derived state rebuilt. How many were dropped.
+pub fn forget(
+    fs: &mut dyn braid_nf::FlowStream,
+    scope: &FlowScope,
+) -> Result<usize, braid_nf::StateError> {
+    let mut keys = Vec::new();
+    fs.held_keys(&mut keys);
+    keys.retain(|k| scope.contains(k));
+    let n = keys.len();
+    let mut tombstone = fs.export_flows(&[]);
+    tombstone.keys = keys;
+    fs.install(&tombstone)?;
+    fs.finish_install()?;
+    Ok(n)
+}
+
 /// What a streaming source queues, in the order the destination must
 /// apply it.
 #[derive(Debug)]
@@ -96,8 +113,9 @@ pub struct StreamOut {
     /// markers and end (stop-and-copy moves the whole state afterwards).
     pub send_state: bool,
     /// Which flows move ([`FlowScope::All`]: the whole instance). With a
-    /// narrower scope (a split), only those flows' state streams, and at
-    /// the end the source forgets them and keeps the rest.
+    /// narrower scope (a split), only those flows' state streams. The
+    /// stage keeps what moved until the controller drops it after the
+    /// destination's Done ([`crate::Command::Forget`]).
     pub scope: FlowScope,
     /// Share of the worker's time (0.01 to 1) the stream may take while
     /// traffic flows; the rest waits (see `Streaming::emit`). The walk
@@ -305,7 +323,9 @@ impl Streaming {
         match r {
             Ok(()) if !done => false,
             Ok(()) => {
-                self.forget_moved(graph);
+                // What moved stays here until the destination's Done (the
+                // controller then sends `Command::Forget`): a rollback
+                // after the end still finds it.
                 self.thaw(graph);
                 true
             }
@@ -342,23 +362,6 @@ impl Streaming {
 
     fn watches_markers(&self) -> bool {
         self.markers_total > 0
-    }
-
-    /// After a split: the flows that moved are the destination's now; the
-    /// source drops them (a tombstone statelet installed here).
-    fn forget_moved(&mut self, graph: &mut Graph) {
-        if self.scope == FlowScope::All || !self.send_state {
-            return;
-        }
-        let Some(fs) = graph.stages_mut()[self.stage].nf_mut().flow_stream() else { return };
-        let mut keys = Vec::new();
-        fs.held_keys(&mut keys);
-        keys.retain(|k| self.scope.contains(k));
-        let mut tombstone = fs.export_flows(&[]);
-        tombstone.keys = keys;
-        // Removing held flows cannot fail on capacity or conflicts.
-        let _ = fs.install(&tombstone);
-        let _ = fs.finish_install();
     }
 
     /// Stop recording (the thaw).

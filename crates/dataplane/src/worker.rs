@@ -904,6 +904,20 @@ impl<'a> Worker<'a> {
                 }
                 Ok(Reply::Done)
             }
+            Command::Forget { stage, scope } => {
+                let i = self.stage_index(&stage).map_err(refused)?;
+                let nf = self.graph.get().stages_mut()[i].nf_mut();
+                let name = stage.clone();
+                let fs = nf.flow_stream().ok_or_else(|| {
+                    refused(ControlError::Stream {
+                        stage: name.clone(),
+                        source: StreamError::NotStreamable(name.clone()),
+                    })
+                })?;
+                let n = crate::migration::forget(fs, &scope)
+                    .map_err(|source| refused(ControlError::State { stage, source }))?;
+                Ok(Reply::Installed(n))
+            }
             Command::FinishInstall { stage } => {
                 let i = self.stage_index(&stage).map_err(refused)?;
                 let nf = self.graph.get().stages_mut()[i].nf_mut();

@@ -50,6 +50,7 @@ pub const NF_CASES: &[(&str, &str)] = &[
     ("nc-recode", "{}"),
     ("nc-decode", "{}"),
     ("loss", "{ rate: 0.5, seed: 7 }"),
+    ("steer", "{ instances: 3, buckets: 4, table: [0, 1, 2, 1], unhashable: 2 }"),
     (
         "dpi",
         "{ max_flows: 64, rules: [{ sid: 1, content: 'GET /admin', nocase: true, proto: tcp }, { sid: 2, pcre: '^HELO [a-z]+', action: drop }, { sid: 3, content: '|90 90 90|', action: mark, mark: 7 }] }",

@@ -1,21 +1,25 @@
 //! The destination's side of a migration (see `docs/migration.md`).
 //!
-//! States: `Hello` (read; check kind and mode; hold arrivals; Accept) →
-//! `Installing` (snapshot chunks and statelets installed in order; once
-//! the snapshot is in and nothing waits unread, SwitchRequest) →
+//! States: `Hello` (read; check kind and mode; Accept) →
+//! `Installing` (snapshot chunks and statelets installed in order while
+//! the stage keeps processing what it gets, its own flows in a merge; once
+//! the snapshot is in and nothing waits unread, hold arrivals and send
+//! SwitchRequest) →
 //! `Switched` (the traffic arrives and is held; statelets keep coming) →
 //! `End` (the last statelet installed, derived state rebuilt, what was
 //! held processed in arrival order, Done sent). Any failure: Abort sent
-//! when the link still works, the stage's state put back as it was
-//! before the migration, what was held dropped (and counted), the error
-//! returned.
+//! when the link still works, the flows installed dropped again (after a
+//! stop-and-copy import or a replay: the state from before put back),
+//! what was held returned to the source, the error returned.
 
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use braid_dataplane::WorkerHandle;
-use braid_nf::Statelet;
+use std::collections::HashSet;
+
+use braid_nf::{FlowScope, PartitionKey, Statelet};
 
 use crate::wire::{self, Counts, FrameReader, Message, Mode};
 use crate::MigrateError;
@@ -77,6 +81,9 @@ pub fn migrate_in(
         holding: false,
         switched: false,
         report: DestinationReport::default(),
+        installed_keys: HashSet::new(),
+        whole: false,
+        replayed: false,
     };
     match run.go(kind, &mut r, &mut w, start) {
         Ok(()) => {
@@ -84,9 +91,16 @@ pub fn migrate_in(
             Ok(run.report)
         }
         Err(e) => {
-            // Put the stage back as it was.
-            if let Some(state) = prior {
-                let _ = handle.import_state(stage, state);
+            // Put the stage back as it was: drop what was installed (its
+            // own flows, which it kept serving, stay as they are now);
+            // after a whole import or a replay, the state from before.
+            if run.whole || run.replayed {
+                if let Some(state) = prior {
+                    let _ = handle.import_state(stage, state);
+                }
+            } else if !run.installed_keys.is_empty() {
+                let keys = std::mem::take(&mut run.installed_keys);
+                let _ = handle.forget(stage, FlowScope::Keys(keys));
             }
             let mut c = Counts::default();
             if !matches!(e, MigrateError::PeerAborted(_)) {
@@ -100,9 +114,19 @@ pub fn migrate_in(
                     wait_for_abort(&mut r, opts.io_timeout);
                 }
             }
-            // What was held goes back to the source, which processes it,
-            // in order, before anything newer.
-            let held = if run.holding { handle.take_held().unwrap_or_default() } else { vec![] };
+            // After the switch, what was held goes back to the source,
+            // which processes it, in order, before anything newer. Before
+            // it (no `Switched` came: the source did not move the traffic
+            // and waits for nothing), what was held is this stage's own
+            // traffic (a merge): processed here, in order.
+            let held = match (run.holding, run.switched) {
+                (true, true) => handle.take_held().unwrap_or_default(),
+                (true, false) => {
+                    let _ = handle.hold(false);
+                    vec![]
+                }
+                (false, _) => vec![],
+            };
             let packets = held.into_iter().map(|(p, f)| (p as u16, f)).collect();
             let _ = wire::write_message(&mut w, &Message::Returned { packets }, &mut c);
             let _ = w.flush();
@@ -133,6 +157,12 @@ struct Run<'a> {
     /// The source said the traffic now comes here.
     switched: bool,
     report: DestinationReport,
+    /// Every flow a statelet set here (dropped again on failure).
+    installed_keys: HashSet<PartitionKey>,
+    /// A whole state was imported, or packets replayed: a failure puts
+    /// back the state from before instead.
+    whole: bool,
+    replayed: bool,
 }
 
 impl Run<'_> {
@@ -163,11 +193,10 @@ impl Run<'_> {
             return Err(MigrateError::Refused(reason));
         }
         self.report.mode = mode.to_string();
-        self.handle.hold(true)?;
-        self.holding = true;
         wire::write_message(w, &Message::Accept, &mut sent)?;
         if mode == Mode::StopCopy {
             // Nothing streams first: switch at once.
+            self.hold()?;
             wire::write_message(w, &Message::SwitchRequest { installed: 0 }, &mut sent)?;
         }
         w.flush().map_err(wire::WireError::Io)?;
@@ -197,10 +226,12 @@ impl Run<'_> {
                     // In stream order: what came before is installed first.
                     self.install(&mut pending)?;
                     self.report.replayed += frames.len() as u64;
+                    self.replayed = true;
                     let frames = frames.into_iter().map(|f| (usize::from(port), f)).collect();
                     self.handle.replay(self.stage, frames)?;
                 }
                 Message::Whole(state) if mode == Mode::StopCopy => {
+                    self.whole = true;
                     self.handle.import_state(self.stage, state)?;
                     self.report.installed += 1;
                 }
@@ -234,6 +265,10 @@ impl Run<'_> {
             // waits in the reader) is small.
             if snapshot_done && !asked && pending.is_empty() && r.buffered() < 64 << 10 {
                 asked = true;
+                // The traffic of the moved flows can come from the switch
+                // on: hold from now. Before it the stage processes what
+                // it gets (its own flows, when it merges).
+                self.hold()?;
                 let m = Message::SwitchRequest { installed: self.report.installed };
                 wire::write_message(w, &m, &mut sent)?;
                 w.flush().map_err(wire::WireError::Io)?;
@@ -241,11 +276,24 @@ impl Run<'_> {
         }
     }
 
+    /// Hold what arrives from now on (until End, or a failure).
+    fn hold(&mut self) -> Result<(), MigrateError> {
+        if self.holding {
+            return Ok(());
+        }
+        self.handle.hold(true)?;
+        self.holding = true;
+        Ok(())
+    }
+
     fn install(&mut self, pending: &mut Vec<Statelet>) -> Result<(), MigrateError> {
         if pending.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(pending);
+        for st in &batch {
+            self.installed_keys.extend(st.keys.iter().copied());
+        }
         self.report.installed += self.handle.install(self.stage, batch)? as u64;
         Ok(())
     }

@@ -204,6 +204,11 @@ pub struct SourceReport {
     pub installed: u64,
     pub peak_held: u64,
     pub dropped_held: u64,
+    /// Flows the source dropped after the destination's Done (what moved).
+    pub forgotten: u64,
+    /// Why they could not be dropped (a whole-state NF keeps its state:
+    /// it has no per-flow record to clear).
+    pub forget_error: Option<String>,
 }
 
 /// Migrate stage `stage` (NF kind `kind`) of the worker behind `handle`
@@ -239,6 +244,13 @@ pub fn migrate_out(
     match run.go(kind, conn) {
         Ok(()) => {
             run.report.total = run.start.elapsed();
+            // What moved is the destination's now: no stale copy stays
+            // here (a later migration back would otherwise meet it). The
+            // migration has succeeded whatever this gives.
+            match handle.forget(stage, opts.scope.clone()) {
+                Ok(n) => run.report.forgotten = n as u64,
+                Err(e) => run.report.forget_error = Some(e.to_string()),
+            }
             run.phase(Phase::Done);
             Ok(run.report)
         }

@@ -355,6 +355,7 @@ type Merge = (
 struct Migrated {
     merge: Option<Merge>,
     dest_state_raw: braid_nf::NfState,
+    source_state_raw: braid_nf::NfState,
     out: Outputs,
     switched_at: Option<usize>,
     source_state: braid_nf::NfState,
@@ -385,6 +386,8 @@ struct Scenario {
     range: Option<HashRange>,
     /// After the migration, merge B back into A.
     merge_back: bool,
+    /// The merge's switch refuses to move the traffic.
+    fail_merge: bool,
 }
 
 impl Scenario {
@@ -399,6 +402,7 @@ impl Scenario {
             marker_timeout: Duration::from_secs(10),
             range: None,
             merge_back: false,
+            fail_merge: false,
         }
     }
 }
@@ -466,7 +470,7 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
             });
             let conn = TcpStream::connect(addr).unwrap();
             let opts = SourceOptions { id: 43, scope: FlowScope::All, ..opts.clone() };
-            let mut back = DriverSwitch { back: true, range: None, ..switch };
+            let mut back = DriverSwitch { back: true, range: None, fail: sc.fail_merge, ..switch };
             let r = migrate_out(&bh2, "nf", &kind_s, conn, &opts, &mut back);
             (r, dest.join().unwrap())
         });
@@ -505,6 +509,7 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
     Migrated {
         merge,
         dest_state_raw: dest_state.clone(),
+        source_state_raw: source_state.clone(),
         out,
         switched_at,
         source_state,
@@ -530,6 +535,9 @@ fn firewall_migrates_mid_trace_with_the_same_output_order_and_state() {
     assert_eq!(m.out.len(), ref_out.len(), "no packet lost or duplicated");
     assert_same_flows(&m.out, &ref_out);
     assert_eq!(conns_without_times(m.dest_state), conns_without_times(ref_state));
+    // No stale copy stays at the source: it dropped everything after Done.
+    assert!(conns_without_times(m.source_state).is_empty(), "the source kept a stale copy");
+    assert!(report.forgotten > 0 && report.forget_error.is_none(), "{report:?}");
 }
 
 #[test]
@@ -737,7 +745,51 @@ fn a_split_then_a_merge_back_gives_one_instance_with_everything() {
     merge_dest.expect("the merge's destination finishes");
     assert!(report.chunks > 0, "{report:?}");
     assert_same_flows(&m.out, &ref_out);
-    // A holds every connection again (B, whose flows all moved, is to be
-    // removed by whoever merged; it still holds its copies).
+    // A holds every connection again; B, whose flows all moved, dropped
+    // them after A's Done (no stale copy).
     assert_eq!(conns_without_times(m.source_state), conns_without_times(ref_state));
+    assert!(conns_without_times(m.dest_state).is_empty(), "B kept a stale copy");
+}
+
+/// A merge that fails (its switch refused) into an instance that keeps
+/// serving its own flows: the merging instance drops what it installed
+/// and keeps its own flows as they are now (not as they were when the
+/// merge began); the other instance keeps serving the flows it had.
+#[test]
+fn a_failed_merge_drops_what_it_installed_and_keeps_the_merging_instances_own_flows() {
+    let t = trace(2000, 16, true);
+    let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
+    let stays = HashRange::share(1, 2);
+    let sc = Scenario {
+        range: Some(HashRange::share(0, 2)),
+        merge_back: true,
+        fail_merge: true,
+        ..Scenario::ok(Mode::Statelet, 80)
+    };
+    let m = with_migration("firewall", FIREWALL, &t, sc);
+    m.result.expect("the split succeeds");
+    let (merge, _) = m.merge.expect("the merge ran");
+    let e = merge.expect_err("the merge's switch refuses");
+    assert!(e.to_string().contains("switch"), "{e}");
+    if std::env::var_os("MIGRATE_DEBUG").is_some() {
+        let (g, w) = (per_flow(&m.out), per_flow(&ref_out));
+        for (side, f) in &ref_out {
+            let k = (*side, tag(f).0);
+            if g.get(&k) != w.get(&k) {
+                eprintln!("lost flow {k:?}: in the staying half {}", stays.contains(flow_hash(f)));
+                break;
+            }
+        }
+    }
+    assert_same_flows(&m.out, &ref_out);
+    // Together the two still hold exactly the reference's connections:
+    // A only its own half (what the merge installed is gone again), B the
+    // half it kept serving.
+    let (a, b) = (conns_without_times(m.source_state), conns_without_times(m.dest_state));
+    let mut both: Vec<String> = a.iter().chain(&b).cloned().collect();
+    both.sort();
+    assert_eq!(both, conns_without_times(ref_state));
+    let snap: ConnSnapshot = m.source_state_raw.decode("firewall", SNAPSHOT_VERSION).unwrap();
+    assert!(!snap.conns.is_empty());
+    assert!(snap.conns.iter().all(|c| stays.contains(c.partition_key().stable_hash())));
 }

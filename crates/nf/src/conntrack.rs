@@ -1283,7 +1283,19 @@ impl ConnSnapshot {
         fits: impl Fn(&Conn) -> Result<(), String>,
         fits6: impl Fn(&Conn<FlowKey6>) -> Result<(), String>,
     ) -> Result<(Vec<Conn>, Vec<Conn>), StateError> {
-        let snap = ConnSnapshot::decode(&s.state, kind)?;
+        let mut snap = ConnSnapshot::decode(&s.state, kind)?;
+        let holds_nothing = table.is_empty() && table6.as_deref().is_none_or(|t| t.is_empty());
+        let adopt = clock.stream_adopts(holds_nothing);
+        if !adopt {
+            // A merge: the entries' ages carry over onto this NF's clock.
+            let (then, now) = (snap.clock, clock.last());
+            for c in &mut snap.conns {
+                c.last_seen = now.wrapping_sub(then.wrapping_sub(c.last_seen));
+            }
+            for c in &mut snap.conns6 {
+                c.last_seen = now.wrapping_sub(then.wrapping_sub(c.last_seen));
+            }
+        }
         let named = s.key_set();
         if !snap.conns6.is_empty() && table6.is_none() {
             return Err(StateError::Corrupt(format!(
@@ -1331,7 +1343,9 @@ impl ConnSnapshot {
                 added6.push(*c);
             }
         }
-        clock.resume_from(snap.clock);
+        if adopt {
+            clock.resume_from(snap.clock);
+        }
         Ok((removed, added))
     }
 }
@@ -1388,6 +1402,11 @@ pub struct StateClock {
     /// Exporter's time to continue from, applied at the next `now`.
     pending: Option<u64>,
     last: u64,
+    /// While statelets are installed: `Some(true)` when this NF adopted
+    /// the source's clock (it held nothing of its own at the first
+    /// statelet), `Some(false)` when it merges into connections of its
+    /// own and moves the statelets' times onto its clock instead.
+    stream: Option<bool>,
 }
 
 impl StateClock {
@@ -1414,6 +1433,21 @@ impl StateClock {
     pub fn resume_from(&mut self, exported: u64) {
         self.pending = Some(exported);
         self.last = exported;
+    }
+
+    /// For a statelet about to be installed: true if this NF follows the
+    /// source's clock for this stream (decided at its first statelet:
+    /// when it holds no connection of its own, `holds_nothing`), false if
+    /// it keeps its own clock (a merge: jumping to the source's clock
+    /// would age its own connections by the difference, or wrap them
+    /// into expiry when the source's clock is behind).
+    pub fn stream_adopts(&mut self, holds_nothing: bool) -> bool {
+        *self.stream.get_or_insert(holds_nothing)
+    }
+
+    /// The stream's last statelet is in: the next stream decides afresh.
+    pub fn end_stream(&mut self) {
+        self.stream = None;
     }
 }
 

@@ -1048,6 +1048,11 @@ impl FlowStream for Firewall {
         .map(|_| ())
     }
 
+    fn finish_install(&mut self) -> Result<(), StateError> {
+        self.clock.end_stream();
+        Ok(())
+    }
+
     fn held_keys(&self, out: &mut Vec<PartitionKey>) {
         if let Some(t) = &self.conntrack {
             out.extend(t.iter().map(Conn::partition_key));

@@ -35,6 +35,7 @@ pub mod maglev;
 pub mod meter;
 pub mod nat;
 pub mod router;
+pub mod steer;
 pub mod xor;
 
 pub mod aes_header;

@@ -915,6 +915,7 @@ impl FlowStream for Nat {
     }
 
     fn finish_install(&mut self) -> Result<(), StateError> {
+        self.clock.end_stream();
         let conns: Vec<Conn> = self.table.iter().copied().collect();
         self.validate(&conns).map_err(StateError::Conflict)?;
         let (lo, hi) = self.ports;

@@ -53,6 +53,7 @@ pub static REGISTRY: &[&NfSpec] = &[
     &crate::nc_decode::SPEC,
     &crate::loss::SPEC,
     &crate::dpi::SPEC,
+    &crate::steer::SPEC,
 ];
 
 /// Look up an NF kind by name.
@@ -104,6 +105,7 @@ mod tests {
         ("nat", "external_ip: 192.0.2.1\ninternal: [10.0.0.0/8]"),
         ("loadbalancer", "vip: 10.1.0.1\nbackends: [{ip: 10.2.0.1}, {ip: 10.2.0.2}]"),
         ("l2switch", "ports: 4"),
+        ("steer", "instances: 2"),
         ("meter", "cir: 1000000\ncbs: 3000"),
         ("xor", "key_text: braid"),
         ("encrypt", "mode: gcm\nkey: 000102030405060708090a0b0c0d0e0f"),

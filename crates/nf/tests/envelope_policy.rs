@@ -146,6 +146,8 @@ fn table() -> Vec<(&'static str, String, [Outcome; 10])> {
             // Fragments pass uninspected (counted).
             [Pass, Pass, MALFORMED, MALFORMED, MALFORMED, Pass, Pass, Pass, Pass, Pass]),
         ("meter", "{cir: 1000000000, cbs: 100000, ebs: 100000}".into(), [Pass; 10]),
+        // Steers every frame (unhashable ones to instance `unhashable`).
+        ("steer", "{instances: 2}".into(), [Pass; 10]),
         ("xor", "{key: '0x01'}".into(), UDP_NF),
         ("ats", "{}".into(), UDP_NF),
         // IPv6 and other ethertypes are not left in plaintext.

@@ -100,6 +100,9 @@ pub enum LiveError {
     },
     #[error("chain `{chain}` has already been stopped")]
     Stopped { chain: String },
+    /// A port beyond `in` and `out` that cannot be used.
+    #[error("chain `{chain}`: ports.{port}: {why}")]
+    ExtraPort { chain: String, port: String, why: String },
 }
 
 /// How a live chain is doing.
@@ -169,8 +172,58 @@ fn open_port(d: &ChainDescriptor, which: &'static str) -> Result<Box<dyn Port>, 
     }
 }
 
+/// The ports beyond `in` and `out`, in order: `gate2`, `gate3`, ...
+/// (contiguous), each a live port linked to that gate of the chain's only
+/// NF, a switch NF with that many gates (e.g. `steer`: port `in` is its
+/// trunk, `out` instance 0, `gate2` instance 1). Port `gateK` is the
+/// worker's port `K`.
+fn extra_ports(d: &ChainDescriptor) -> Result<Vec<(String, &PortDecl)>, LiveError> {
+    let bad = |port: &str, why: String| LiveError::ExtraPort {
+        chain: d.name.clone(),
+        port: port.to_string(),
+        why,
+    };
+    let mut extra: Vec<(u16, &String, &PortDecl)> = Vec::new();
+    for (name, decl) in &d.ports {
+        if name == "in" || name == "out" {
+            continue;
+        }
+        let k = name.strip_prefix("gate").and_then(|k| k.parse::<u16>().ok()).filter(|k| *k >= 2);
+        let Some(k) = k else {
+            return Err(bad(name, "a live chain's ports are `in`, `out` and, for a chain of one switch NF, `gate2`, `gate3`, ... (its further gates)".into()));
+        };
+        if !matches!(decl, PortDecl::AfPacket(_) | PortDecl::AfXdp(_)) {
+            return Err(bad(
+                name,
+                format!(
+                    "kind `{}` is not a live port; accepted: af_packet, af_xdp",
+                    decl.kind_name()
+                ),
+            ));
+        }
+        extra.push((k, name, decl));
+    }
+    extra.sort_by_key(|(k, _, _)| *k);
+    for (i, (k, name, _)) in extra.iter().enumerate() {
+        if usize::from(*k) != i + 2 {
+            return Err(bad(
+                name,
+                format!("gate ports must be contiguous from gate2; gate{} is missing", i + 2),
+            ));
+        }
+    }
+    if !extra.is_empty() && d.nfs.len() != 1 {
+        return Err(bad(
+            extra[0].1,
+            format!("ports beyond `in` and `out` need a chain of exactly one (switch) NF; this one has {}", d.nfs.len()),
+        ));
+    }
+    Ok(extra.into_iter().map(|(_, n, decl)| (n.clone(), decl)).collect())
+}
+
 /// Check that `d` names two live ports, without opening anything.
 pub fn check_ports(d: &ChainDescriptor) -> Result<(), LiveError> {
+    extra_ports(d)?;
     for which in ["in", "out"] {
         match d.ports.get(which) {
             None => return Err(LiveError::MissingPort { chain: d.name.clone(), port: which }),
@@ -198,9 +251,45 @@ impl LiveChain {
         let chain = || d.name.clone();
         let nfs = crate::chain::build_nfs(d)
             .map_err(|source| LiveError::Build { chain: chain(), source })?;
+        let extra = extra_ports(d)?;
+        if let (Some((name, _)), Some((_, nf))) = (extra.last(), nfs.first()) {
+            let gates = nf.gates().count();
+            if usize::from(gates) < extra.len() + 2 {
+                return Err(LiveError::ExtraPort {
+                    chain: chain(),
+                    port: name.clone(),
+                    why: format!("NF `{}` has {gates} gates", d.nfs[0].name),
+                });
+            }
+        }
         let client = open_port(d, "in")?;
         let server = open_port(d, "out")?;
-        let graph = Graph::chain(nfs, 2, 0, 1).expect("a chain's links fit");
+        let mut more = Vec::with_capacity(extra.len());
+        for (name, decl) in &extra {
+            match crate::runner::open_live(decl) {
+                Some(Ok(p)) => more.push(p),
+                Some(Err(e)) => {
+                    return Err(LiveError::ExtraPort {
+                        chain: chain(),
+                        port: name.clone(),
+                        why: format!("cannot open: {e}"),
+                    })
+                }
+                None => {
+                    return Err(LiveError::ExtraPort {
+                        chain: chain(),
+                        port: name.clone(),
+                        why: "not a live port".into(),
+                    })
+                }
+            }
+        }
+        let mut graph = Graph::chain(nfs, 2 + more.len(), 0, 1).expect("a chain's links fit");
+        for (k, (name, _)) in extra.iter().enumerate().map(|(i, e)| (i + 2, e)) {
+            graph.link(0, k as u16, braid_dataplane::Endpoint::Port(k)).map_err(|e| {
+                LiveError::ExtraPort { chain: chain(), port: name.clone(), why: e.to_string() }
+            })?;
+        }
         let entries = [graph.entry(0, 1), graph.entry(1, 0)];
         let mut cfg = WorkerConfig::new(d.name.clone());
         cfg.batch_size = d.batch_size.clamp(1, MAX_BATCH_SIZE);
@@ -211,6 +300,10 @@ impl LiveChain {
         let (mut w, handle) = Worker::new(cfg, graph).map_err(worker_err)?;
         w.add_port(client, Some(entries[0])).map_err(worker_err)?;
         w.add_port(server, Some(entries[1])).map_err(worker_err)?;
+        for (i, p) in more.into_iter().enumerate() {
+            let gate = braid_dataplane::Endpoint::Stage { stage: 0, gate: (i + 2) as u16 };
+            w.add_port(p, Some(gate)).map_err(worker_err)?;
+        }
         let thread = w.spawn().map_err(|source| LiveError::Thread { chain: chain(), source })?;
         Ok(LiveChain {
             name: d.name.clone(),
@@ -430,6 +523,48 @@ mod tests {
         .unwrap();
         let e = check_ports(&d).unwrap_err().to_string();
         assert!(e.contains("ports.out: missing"), "{e}");
+    }
+
+    #[test]
+    fn gate_ports_must_be_contiguous_live_and_for_one_switch_nf() {
+        let d = |ports: &str, nfs: &str| {
+            ChainDescriptor::from_yaml(&format!(
+                "name: c\nports:\n  in: {{ kind: af_packet, iface: lo }}\n  out: {{ kind: af_packet, iface: lo }}\n{ports}nfs: {nfs}\n"
+            ))
+            .unwrap()
+        };
+        let steer = "[ { name: s, type: steer, params: { instances: 3 } } ]";
+        let g = |k: u16| format!("  gate{k}: {{ kind: af_packet, iface: lo }}\n");
+        check_ports(&d(&(g(2) + &g(3)), steer)).unwrap();
+        for (ports, nfs, want) in [
+            (g(3), steer, "ports.gate3: gate ports must be contiguous from gate2"),
+            (
+                "  side: { kind: af_packet, iface: lo }\n".to_string(),
+                steer,
+                "ports.side: a live chain's ports",
+            ),
+            (
+                "  gate2: { kind: memory }\n".to_string(),
+                steer,
+                "ports.gate2: kind `memory` is not a live port",
+            ),
+            (
+                g(2),
+                "[ { name: a, type: fwd }, { name: b, type: fwd } ]",
+                "need a chain of exactly one (switch) NF; this one has 2",
+            ),
+        ] {
+            let e = check_ports(&d(&ports, nfs)).unwrap_err().to_string();
+            assert!(e.contains(want), "{ports}: {e}");
+        }
+        // More gate ports than the NF has gates: refused before anything opens.
+        let e = LiveChain::start(
+            &d(&(g(2) + &g(3)), "[ { name: s, type: steer, params: { instances: 1 } } ]"),
+            StartOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ports.gate3: NF `s` has 2 gates"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod probe;
 pub mod profile;
 pub mod run;
 pub mod run_procs;
+pub mod scale;
 pub mod shm_bench;
 pub mod stats;
 pub mod testbed;
