@@ -17,7 +17,7 @@ use std::time::Instant;
 use braid_dataplane::{Sched, SchedError, SchedPolicy};
 
 /// Unit costs under one policy, in nanoseconds.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UnitCosts {
     /// The policy both ping-pong threads ran under (`other`, `fifo:50`).
     pub policy: String,
