@@ -698,7 +698,11 @@ fn profile_query(query: Option<&str>) -> Result<braid_profile::LiveOptions, ApiE
     let accepted = "accepted: interval_ms=N (10..=60000, default 1000), calibrate=true|false (default false), hardware=true|false (default true)";
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let bad = |what: String| {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_query", format!("query `{pair}`: {what}; {accepted}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("query `{pair}`: {what}; {accepted}"),
+            )
         };
         let flag = |v: &str| match v {
             "true" | "1" => Ok(true),
@@ -707,9 +711,7 @@ fn profile_query(query: Option<&str>) -> Result<braid_profile::LiveOptions, ApiE
         };
         match pair.split_once('=') {
             Some(("interval_ms", v)) => {
-                let ms = v
-                    .parse::<u64>()
-                    .map_err(|e| bad(format!("interval_ms `{v}`: {e}")))?;
+                let ms = v.parse::<u64>().map_err(|e| bad(format!("interval_ms `{v}`: {e}")))?;
                 if !braid_profile::live::INTERVAL_MS.contains(&ms) {
                     return Err(bad(format!("interval_ms {ms} is out of range 10..=60000")));
                 }
@@ -738,9 +740,8 @@ async fn profile_chain(
         return Err(OpError::NotRunning(name).into());
     }
     let d = s.daemon.clone();
-    let profile = tokio::task::spawn_blocking(move || d.profile(&name, opts))
-        .await
-        .map_err(|e| {
+    let profile =
+        tokio::task::spawn_blocking(move || d.profile(&name, opts)).await.map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("profile: {e}"))
         })??;
     Ok(Json(braid_profile::report::to_json(&profile)))

@@ -279,6 +279,21 @@ impl Daemon {
         if read(&self.chains).contains_key(&d.name) {
             return Err(OpError::Duplicate(d.name));
         }
+        // The host's workers together must not starve it (real-time busy
+        // polling on every CPU); each chain's own settings are checked
+        // when it starts.
+        let mut all = self.other_workers(&d.name);
+        let own = braid_runtime::live::worker_settings(&d, &self.start).map_err(|source| {
+            OpError::Sched(braid_runtime::live::LiveError::Sched { chain: d.name.clone(), source })
+        })?;
+        all.push(own);
+        braid_runtime::coordinator::check_starvation(
+            &all,
+            &braid_runtime::coordinator::online_cpus(),
+        )
+        .map_err(|source| {
+            OpError::Sched(braid_runtime::live::LiveError::Sched { chain: d.name.clone(), source })
+        })?;
         let live = LiveChain::start(&d, self.start.clone()).map_err(OpError::Start)?;
         // Declared only once it runs; if the store fails, it stops again
         // (dropping `live`).
@@ -384,12 +399,23 @@ impl Daemon {
             (Some(l), "running") => l,
             _ => return Err(OpError::NotRunning(name.into())),
         };
-        let settings = live.set_sched(nf, sched).map_err(|e| match e {
+        let others = self.other_workers(name);
+        let settings = live.set_sched(nf, sched, &others).map_err(|e| match e {
             braid_runtime::live::LiveError::Control { .. } => OpError::Control(e),
             e => OpError::Sched(e),
         })?;
         self.store.put(&live.descriptor())?;
         Ok((entry, settings))
+    }
+
+    /// The settings of every running chain's worker but `name`'s (for the
+    /// host-wide starvation check).
+    fn other_workers(&self, name: &str) -> Vec<braid_runtime::coordinator::WorkerSettings> {
+        self.list()
+            .iter()
+            .filter(|e| e.name() != name && e.state().0 == "running")
+            .filter_map(|e| e.live().and_then(|l| l.settings().ok()))
+            .collect()
     }
 
     /// Profile running chain `name`'s worker over an interval (blocks for

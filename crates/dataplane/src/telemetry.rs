@@ -423,7 +423,8 @@ impl WorkerSnapshot {
                 .map(|(i, s)| {
                     let before = earlier.stages.get(i).filter(|e| e.name == s.name);
                     StageSnapshot {
-                        counters: before.map_or(s.counters.clone(), |e| s.counters.since(&e.counters)),
+                        counters: before
+                            .map_or(s.counters.clone(), |e| s.counters.since(&e.counters)),
                         ..s.clone()
                     }
                 })
@@ -456,7 +457,10 @@ impl WorkerSnapshot {
                                     x.rx_fill_ring_empty_descs,
                                     y.rx_fill_ring_empty_descs,
                                 ),
-                                tx_ring_empty_descs: d(x.tx_ring_empty_descs, y.tx_ring_empty_descs),
+                                tx_ring_empty_descs: d(
+                                    x.tx_ring_empty_descs,
+                                    y.tx_ring_empty_descs,
+                                ),
                             }
                         }),
                     };

@@ -262,11 +262,7 @@ pub fn unit_decl(
                 merged.idle.map(|p| format!("{p:?}").to_lowercase()),
             ),
             ("adapt", s.adapt.map(|p| p.to_string()), merged.adapt.map(|p| p.to_string())),
-            (
-                "slice_us",
-                s.slice_us.map(|p| p.to_string()),
-                merged.slice_us.map(|p| p.to_string()),
-            ),
+            ("slice_us", s.slice_us.map(|p| p.to_string()), merged.slice_us.map(|p| p.to_string())),
         ];
         for (k, (field, new, old)) in fields.into_iter().enumerate() {
             match (new, old, setter[k]) {

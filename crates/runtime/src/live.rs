@@ -151,7 +151,10 @@ pub fn worker_settings(
     let all: Vec<usize> = (0..d.nfs.len()).collect();
     let decl = crate::coordinator::unit_decl(d, &d.name, &all)?;
     let mut s = crate::coordinator::to_settings(&d.name, &decl, opts.idle, d.batch_size)?;
-    if decl.cpus.is_none() && decl.policy.is_none() && decl.nice.is_none() && decl.slice_us.is_none()
+    if decl.cpus.is_none()
+        && decl.policy.is_none()
+        && decl.nice.is_none()
+        && decl.slice_us.is_none()
     {
         s.sched = opts.sched.clone();
     }
@@ -364,7 +367,8 @@ impl LiveChain {
     /// the worker's settings are resolved from the whole descriptor as at
     /// start (the chain's block, overridden by the NFs'), refused if they
     /// conflict, would starve the machine (real-time busy polling on every
-    /// CPU) or are invalid, and then sent to the worker (`SetSched`), which
+    /// CPU, together with `others`: the settings of the host's other
+    /// workers) or are invalid, and then sent to the worker (`SetSched`), which
     /// checks and applies them between two batches and puts its thread
     /// back if the kernel refuses any part. Nothing changes on a refusal.
     /// The worker's resolved settings.
@@ -372,21 +376,22 @@ impl LiveChain {
         &self,
         nf: &str,
         sched: Option<crate::descriptor::SchedDecl>,
+        others: &[crate::coordinator::WorkerSettings],
     ) -> Result<crate::coordinator::WorkerSettings, LiveError> {
         let mut d = self.descriptor();
-        let index = d.nfs.iter().position(|n| n.name == nf).ok_or_else(|| LiveError::UnknownNf {
-            chain: self.name.clone(),
-            nf: nf.to_string(),
-            known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
-        })?;
+        let index =
+            d.nfs.iter().position(|n| n.name == nf).ok_or_else(|| LiveError::UnknownNf {
+                chain: self.name.clone(),
+                nf: nf.to_string(),
+                known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+            })?;
         d.nfs[index].sched = sched.filter(|s| !s.is_empty());
         let sched_err = |source| LiveError::Sched { chain: self.name.clone(), source };
         let settings = worker_settings(&d, &self.start_opts).map_err(sched_err)?;
-        crate::coordinator::check_starvation(
-            std::slice::from_ref(&settings),
-            &crate::coordinator::online_cpus(),
-        )
-        .map_err(sched_err)?;
+        let mut all = others.to_vec();
+        all.push(settings.clone());
+        crate::coordinator::check_starvation(&all, &crate::coordinator::online_cpus())
+            .map_err(sched_err)?;
         let change = braid_dataplane::SchedChange {
             sched: Some(settings.sched.clone()),
             batch_size: Some(settings.batch_size.clamp(1, MAX_BATCH_SIZE)),
@@ -397,6 +402,13 @@ impl LiveChain {
         self.handle.set_sched(change).map_err(control)?;
         lock(&self.descriptor).nfs[index].sched = d.nfs[index].sched.clone();
         Ok(settings)
+    }
+
+    /// The settings its worker runs with now (as resolved from the
+    /// descriptor with every accepted change).
+    pub fn settings(&self) -> Result<crate::coordinator::WorkerSettings, LiveError> {
+        worker_settings(&self.descriptor(), &self.start_opts)
+            .map_err(|source| LiveError::Sched { chain: self.name.clone(), source })
     }
 
     /// The worker's thread id, once its loop runs.

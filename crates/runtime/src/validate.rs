@@ -455,7 +455,7 @@ fn placement_allowed(choice: PlacementChoice, spec: &NfSpec) -> bool {
 }
 
 /// What a `sched` block accepts, for error messages.
-const SCHED_HELP: &str = "sched: { policy: other|batch|idle|fifo|rr, priority: 1..=99 (fifo, rr), nice: -20..=19 (other, batch, idle), cpus: [online CPU numbers], batch_size: 1..=1024, idle: busy|poll|sleep }";
+const SCHED_HELP: &str = "sched: { policy: other|batch|idle|fifo|rr, priority: 1..=99 (fifo, rr), nice: -20..=19 (other, batch, idle), cpus: [online CPU numbers], batch_size: 1..=1024, idle: busy|poll|sleep, adapt: true|false, slice_us: 100..=100000 (other, batch) }";
 
 /// The problems of NF `path`'s `sched` over the chain's (`chain`), each
 /// located at the NF's field when the NF sets it, else at its `sched`
@@ -481,6 +481,7 @@ fn check_nf_sched(
             "nice" => nf.nice.is_some(),
             "cpus" => nf.cpus.is_some(),
             "batch_size" => nf.batch_size.is_some(),
+            "slice_us" => nf.slice_us.is_some(),
             _ => nf.idle.is_some(),
         };
         if set_here {

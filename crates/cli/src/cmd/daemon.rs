@@ -257,7 +257,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Some(list) => Some(
                     braid_runtime::coordinator::parse_cpu_list(list)
                         .filter(|c| !c.is_empty())
-                        .with_context(|| format!("--cpus {list:?}: expected a CPU list like 0-1,3"))?,
+                        .with_context(|| {
+                            format!("--cpus {list:?}: expected a CPU list like 0-1,3")
+                        })?,
                 ),
                 None => None,
             };
