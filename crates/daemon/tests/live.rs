@@ -1361,6 +1361,12 @@ fn a_live_profile_counts_exactly_what_crossed_during_its_interval() {
             Some("measured") => assert!(p["hardware"]["cycles"].as_u64().unwrap() > 0, "{p}"),
             other => panic!("hardware status {other:?}: {p}"),
         }
+        // The answer is braid's profile model: `braid daemon profile`
+        // prints it with `braid profile`'s tables.
+        let model: braid_profile::Profile = serde_json::from_value(p.clone()).unwrap();
+        let table = braid_profile::report::format_table(&model);
+        assert!(table.contains("profile of chain prof (mapping live)"), "{table}");
+        assert!(table.contains("per worker thread, over the interval (OS counters)"), "{table}");
         last = (got, profiled(&p, "fw")["vectors"].as_u64().unwrap());
         if got == 300 {
             assert_eq!(last.1, 300, "{p}");
