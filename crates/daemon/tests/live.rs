@@ -1526,3 +1526,172 @@ fn live_scheduling_is_applied_refused_without_change_and_kept_across_a_restart()
     c.remove("s1").unwrap();
     assert!(d.terminate().success(), "{}", d.log());
 }
+
+/// The 4-NF chain of `examples/chain4.yaml` (firewall, router, nat, fwd)
+/// between the namespace's two interfaces.
+fn chain4_yaml(net: &Net, name: &str) -> String {
+    let text = include_str!("../../../examples/chain4.yaml");
+    text.replace(
+        "name: bench4\n",
+        &format!(
+            "name: {name}\nbatch_size: 32\nports:\n  in: {{ kind: af_packet, iface: {}, batch_size: 32 }}\n  out: {{ kind: af_packet, iface: {}, batch_size: 32 }}\n",
+            net.a1, net.b1
+        ),
+    )
+}
+
+/// One window of [`measure_live_profile_overhead`]: packets per second out
+/// of the chain's last NF and the worker's on-CPU ns per packet, while a
+/// sender offers as much as it can; `arm` 1: one live profile covering
+/// most of the window, 2: back-to-back 10 ms profiles the whole window,
+/// 0 and 3: no profile.
+fn profile_round(net: &Net, c: &Client, arm: usize, secs: f64) -> (f64, f64, usize) {
+    let stop = AtomicBool::new(false);
+    let profiles = AtomicU64::new(0);
+    let (stop, profiles) = (&stop, &profiles);
+    std::thread::scope(|s| {
+        let tx = net.cl.enter(|| UdpSocket::bind("10.0.0.1:0")).unwrap().unwrap();
+        tx.connect("10.1.0.1:5000").unwrap();
+        let sender = s.spawn(move || {
+            let payload = [0u8; 22];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = tx.send(&payload);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let read = || {
+            let v = c.chain("p4").unwrap();
+            let m = c.metrics().unwrap();
+            let cpu =
+                metric_value(&m, "braid_worker_cpu_nanoseconds_total", &[("chain", "p4")]).unwrap();
+            (
+                stage_u64(&v, "out", "packets_out") as f64,
+                stage_u64(&v, "fw", "packets_in") as f64,
+                cpu,
+            )
+        };
+        let (o0, i0, c0) = read();
+        let t = Instant::now();
+        let window = Duration::from_secs_f64(secs);
+        let profiler = match arm {
+            1 => Some(s.spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let ms = (secs * 1000.0) as u64 - 300;
+                c.profile("p4", ms, false).unwrap();
+                profiles.fetch_add(1, Ordering::Relaxed);
+            })),
+            2 => Some(s.spawn(move || {
+                while t.elapsed() + Duration::from_millis(60) < window {
+                    c.profile("p4", 10, false).unwrap();
+                    profiles.fetch_add(1, Ordering::Relaxed);
+                }
+            })),
+            _ => None,
+        };
+        if let Some(p) = profiler {
+            p.join().unwrap();
+        }
+        if let Some(rest) = window.checked_sub(t.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        let took = t.elapsed().as_secs_f64();
+        let (o1, i1, c1) = read();
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap();
+        (
+            (o1 - o0) / took,
+            (c1 - c0) / (i1 - i0).max(1.0),
+            profiles.load(Ordering::Relaxed) as usize,
+        )
+    })
+}
+
+/// docs/benchmarks.md ("live profile overhead"): the 4-NF chain
+/// (examples/chain4.yaml on AF_PACKET in braidd) forwarding what a sender
+/// offers, in windows without a profile (N), with one live profile
+/// covering the window (P: its two samples inside it), with back-to-back
+/// 10 ms profiles all through it (C: the worst case), and without again
+/// (N2: the noise floor); arms rotate per round; per round the ratios
+/// P/N, C/N and N2/N of the chain's rate and of the worker's on-CPU ns
+/// per packet. `BRAID_RATE_ROUNDS` (default 6) rounds of
+/// `BRAID_RATE_SECONDS` (default 2). Run by hand:
+/// `cargo test --release -p braid-daemon --test live -- --ignored --nocapture measure_live_profile`.
+#[test]
+#[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
+fn measure_live_profile_overhead() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd profile rate", "needs root") {
+        return;
+    }
+    let net = net();
+    // Client 10.0.0.1/16 reaches 10.1.0.0/16 through the router's address
+    // and MAC (chain4's r1); the chain's output is only counted.
+    netns::add_addr(Some(net.cl.name()), &net_client_dev(&net), "10.0.0.1/16").unwrap();
+    let st = net
+        .cl
+        .command("ip")
+        .args(["route", "add", "10.1.0.0/16", "via", "10.0.0.254"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    netns::add_neigh(Some(net.cl.name()), &net_client_dev(&net), "10.0.0.254", "02:00:00:00:00:fe")
+        .unwrap();
+    let dir = TempDir::new("p4");
+    let d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    c.deploy(&chain4_yaml(&net, "p4")).unwrap();
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    let rounds = env("BRAID_RATE_ROUNDS").unwrap_or(6.0) as usize;
+    let secs = env("BRAID_RATE_SECONDS").unwrap_or(2.0);
+    let names = ["none ", "one  ", "10ms ", "none2"];
+    let mut rate = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut nspp = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..rounds {
+        for k in 0..4 {
+            let arm = (i + k) % 4;
+            let (r, ns, n) = profile_round(&net, &c, arm, secs);
+            assert!(r > 0.0, "nothing crossed the chain");
+            rate[arm].push(r);
+            nspp[arm].push(ns);
+            println!(
+                "round {i} {}: {r:.0} packets/s out of the chain, worker {ns:.0} ns/packet, {n} profiles",
+                names[arm]
+            );
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let minmax = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() - 1])
+    };
+    let ratios =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    for (what, v) in [("rate", &rate), ("worker ns/packet", &nspp)] {
+        let mut line = format!(
+            "{what}: medians none {:.0}, one {:.0}, 10ms {:.0}, none2 {:.0};",
+            median(&v[0]),
+            median(&v[1]),
+            median(&v[2]),
+            median(&v[3])
+        );
+        for (arm, label) in [(1, "one/none"), (2, "10ms/none"), (3, "none2/none")] {
+            let r = ratios(&v[arm], &v[0]);
+            let (lo, hi) = minmax(&r);
+            line.push_str(&format!(" {label} median {:.3}x ({lo:.3}..{hi:.3});", median(&r)));
+        }
+        println!("{line}");
+    }
+    c.remove("p4").unwrap();
+}
+
+/// The client namespace's interface (the veth end in `cl`).
+fn net_client_dev(net: &Net) -> String {
+    let out = net.cl.command("ip").args(["-o", "link", "show", "type", "veth"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let name = text.split(':').nth(1).unwrap().trim();
+    name.split('@').next().unwrap().to_string()
+}
