@@ -1698,3 +1698,50 @@ fn net_client_dev(net: &Net) -> String {
     let name = text.split(':').nth(1).unwrap().trim();
     name.split('@').next().unwrap().to_string()
 }
+
+#[test]
+fn a_live_sched_change_the_kernel_refuses_changes_nothing() {
+    let ok = netns::is_root() && braid_testkit::tool_installed("setpriv");
+    if braid_testkit::skip_unless(ok, "braidd sched privilege", "needs root and setpriv") {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("nonice");
+    // Root without CAP_SYS_NICE (dropped from the bounding set before the
+    // exec, so braidd never has it).
+    let wrapper = ["setpriv", "--bounding-set=-sys_nice", "--"];
+    let mut d =
+        Braidd::start_wrapped(&wrapper, common::BRAIDD, dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    c.deploy(&chain_yaml(&net, "nn")).unwrap();
+    let tid = worker_tid(&c, "nn");
+    // Allowed without the privilege: batch, a higher nice, a slice.
+    c.set_sched("nn", "f", &json!({ "policy": "batch", "nice": 5, "slice_us": 2000 })).unwrap();
+    let applied = attr(tid);
+    assert_eq!(applied, (3, 5, 2_000_000, 0));
+    let declared = c.chain("nn").unwrap()["descriptor"].clone();
+    // Refused by the kernel: real time, a lower nice. The worker puts its
+    // thread back; nothing is declared.
+    for body in [json!({ "policy": "fifo", "priority": 10 }), json!({ "nice": -5 })] {
+        let e = c.set_sched("nn", "f", &body).unwrap_err();
+        let ClientError::Api { status, kind, message, .. } = &e else { panic!("{e}") };
+        assert_eq!((*status, kind.as_str()), (422, "refused_by_worker"), "{body}: {message}");
+        // sched_setscheduler says EPERM, setpriority EACCES.
+        let denied = ["Operation not permitted", "Permission denied"];
+        assert!(denied.iter().any(|d| message.contains(d)), "{body}: {message}");
+        assert_eq!(attr(tid), applied, "{body} changed the thread");
+        assert_eq!(c.chain("nn").unwrap()["descriptor"], declared, "{body} was declared");
+    }
+    // A deploy asking for real time is refused before anything starts.
+    let e = c
+        .deploy(
+            &chain_yaml(&net, "rt")
+                .replace("type: fwd }", "type: fwd, sched: { policy: fifo, priority: 10 } }"),
+        )
+        .unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 422, .. }), "{e}");
+    assert!(e.to_string().contains("Operation not permitted"), "{e}");
+    assert!(c.chain("rt").is_err(), "a refused deploy was declared");
+    c.remove("nn").unwrap();
+    assert!(d.terminate().success(), "{}", d.log());
+}
