@@ -194,7 +194,7 @@ pub fn document() -> Value {
             },
             "/v1/events": { "get": {
                 "operationId": "events",
-                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_state, worker_stopped, migration_progress, chain_migrated, migration_in, operation_finished (and `lagged` with the number missed)",
+                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_rescheduled, chain_state, worker_stopped, migration_progress, chain_migrated, migration_in, operation_finished (and `lagged` with the number missed)",
                 "parameters": [ { "name": "since", "in": "query", "required": false,
                     "description": "replay the kept events (the last 1024) after this seq first",
                     "schema": { "type": "integer", "minimum": 0 } } ],
