@@ -113,6 +113,24 @@ fn the_cli_is_a_thin_client_of_the_daemon() {
     let (ok, _, err) = braid(&socket, &["operations", "op-7"]);
     assert!(!ok && err.contains("no operation `op-7`"), "{err}");
 
+    // `profile` and `sched`: bad input is named, before or by braidd.
+    let (ok, _, err) = braid(&socket, &["profile", "nope"]);
+    assert!(!ok && err.contains("no chain named `nope`"), "{err}");
+    for (args, says) in [
+        (&["profile", "nope", "--interval-ms", "5"][..], "5 is not in 10..=60000"),
+        (&["profile", "nope", "--interval-ms", "60001"][..], "60001 is not in 10..=60000"),
+        (&["sched", "nope", "fw"][..], "nothing to change"),
+        (&["sched", "nope", "fw", "--cpus", "1-x"][..], "--cpus \"1-x\": expected a CPU list"),
+        (&["sched", "nope", "fw", "--clear", "--policy", "batch"][..], "cannot be used with"),
+        (&["sched", "nope", "fw", "--policy", "deadline"][..], "invalid value 'deadline'"),
+        (&["sched", "nope", "fw", "--idle", "nap"][..], "invalid value 'nap'"),
+        (&["sched", "nope", "fw", "--slice-us", "abc"][..], "invalid value 'abc'"),
+        (&["sched", "nope", "fw", "--policy", "batch"][..], "no chain named `nope`"),
+    ] {
+        let (ok, _, err) = braid(&socket, args);
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+    }
+
     stop_tx.send(()).unwrap();
     rt.block_on(server).unwrap().unwrap();
     let (ok, _, err) = braid(&socket, &["status"]);

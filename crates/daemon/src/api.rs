@@ -115,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chains", get(list_chains).post(deploy))
         .route("/v1/chains/{name}", get(show_chain).delete(delete_chain))
         .route("/v1/chains/{name}/nfs/{nf}", patch(patch_nf))
+        .route("/v1/chains/{name}/profile", get(profile_chain))
         .route("/v1/chains/{name}/nfs/{nf}/migrate", post(crate::migration::migrate))
         .route("/v1/chains/{name}/nfs/{nf}/steer", post(crate::migration::steer))
         .route("/v1/operations", get(list_operations))
@@ -188,6 +189,8 @@ impl From<OpError> for ApiError {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
             OpError::Migration(_) => (StatusCode::UNPROCESSABLE_ENTITY, "migration_failed"),
+            OpError::Sched(_) => (StatusCode::UNPROCESSABLE_ENTITY, "sched_refused"),
+            OpError::Profile { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "profile_failed"),
         };
         let problems = match &e {
             OpError::Invalid(ps) => ps
@@ -585,12 +588,19 @@ async fn delete_chain(
     .await)
 }
 
-/// `PATCH /v1/chains/{name}/nfs/{nf}` body.
+/// `PATCH /v1/chains/{name}/nfs/{nf}` body: new parameters, or a new
+/// `sched` block, one at a time.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
-    params: braid_nf::Params,
+    #[serde(default)]
+    params: Option<braid_nf::Params>,
+    #[serde(default)]
+    sched: Option<serde_json::Value>,
 }
+
+/// What a `sched` object accepts, for error messages.
+const SCHED_ACCEPTED: &str = "a JSON object {\"sched\": {policy: other|batch|idle|fifo|rr, priority: 1..=99 (fifo, rr), nice: -20..=19, cpus: [N, ...], batch_size: 1..=1024, idle: busy|poll|sleep, adapt: true|false, slice_us: 100..=100000 (other, batch)}}";
 
 async fn patch_nf(
     State(s): State<AppState>,
@@ -600,12 +610,9 @@ async fn patch_nf(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| body_error(e, s.body_limit))?;
+    let bad = |what: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", what);
     let parsed: PatchBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!("request body: {e}; accepted: a JSON object {{\"params\": {{...}}}} with the NF's parameters"),
-        )
+        bad(format!("request body: {e}; accepted: a JSON object {{\"params\": {{...}}}} with the NF's parameters, or {SCHED_ACCEPTED}"))
     })?;
     let chain = s.daemon.get(&name)?;
     let nfs = chain.descriptor().nfs;
@@ -613,10 +620,27 @@ async fn patch_nf(
         let known = nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ");
         return Err(OpError::UnknownNf { chain: name, nf, known }.into());
     }
+    let params = match (parsed.params, parsed.sched) {
+        (Some(p), None) => p,
+        (None, Some(sched)) => {
+            let decl: braid_runtime::SchedDecl = serde_json::from_value(sched)
+                .map_err(|e| bad(format!("request body: sched: {e}; accepted: {SCHED_ACCEPTED}")))?;
+            return Ok(patch_sched(s, &headers, peer, name, nf, decl).await);
+        }
+        (None, None) => {
+            return Err(bad(format!(
+                "request body: neither `params` nor `sched`; accepted: a JSON object {{\"params\": {{...}}}} or {SCHED_ACCEPTED}"
+            )))
+        }
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "request body: `params` and `sched` together; change one at a time".to_string(),
+            ))
+        }
+    };
     let (n, f) = (name.clone(), nf.clone());
     let job = ("reconfigure", name, Some(nf));
     Ok(operation(s, &headers, peer, job, move |d, _| {
-        let params = parsed.params;
         let shown = serde_json::to_value(&params).unwrap_or_default();
         let entry = d.reconfigure(&n, &f, params)?;
         Ok(Done {
@@ -627,6 +651,101 @@ async fn patch_nf(
         })
     })
     .await)
+}
+
+/// `PATCH .../nfs/{nf}` with `{"sched": {...}}`: the operation
+/// `reschedule`.
+async fn patch_sched(
+    s: AppState,
+    headers: &HeaderMap,
+    peer: Peer,
+    name: String,
+    nf: String,
+    decl: braid_runtime::SchedDecl,
+) -> Response {
+    let (n, f) = (name.clone(), nf.clone());
+    let job = ("reschedule", name, Some(nf));
+    operation(s, headers, peer, job, move |d, _| {
+        let shown = serde_json::to_value(&decl).unwrap_or_default();
+        let (entry, w) = d.set_sched(&n, &f, decl)?;
+        let applied = json!({
+            "cpus": w.sched.cpus,
+            "policy": w.sched.policy.to_string(),
+            "nice": w.sched.nice,
+            "slice_us": w.sched.slice_us,
+            "batch_size": w.batch_size,
+            "idle": format!("{:?}", w.idle).to_lowercase(),
+            "adapt": w.adapt,
+        });
+        let mut body = entry.to_json();
+        body["worker_sched"] = applied.clone();
+        Ok(Done {
+            status: StatusCode::OK,
+            note: format!("changed the scheduling of NF `{f}`'s worker in chain `{n}`: {applied}"),
+            event: (
+                "chain_rescheduled",
+                json!({ "chain": n, "nf": f, "sched": shown, "worker_sched": applied }),
+            ),
+            body,
+        })
+    })
+    .await
+}
+
+/// `GET /v1/chains/{name}/profile` query: `interval_ms` (10..=60000,
+/// default 1000), `calibrate` and `hardware` (true or false).
+fn profile_query(query: Option<&str>) -> Result<braid_profile::LiveOptions, ApiError> {
+    let mut opts = braid_profile::LiveOptions::default();
+    let accepted = "accepted: interval_ms=N (10..=60000, default 1000), calibrate=true|false (default false), hardware=true|false (default true)";
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let bad = |what: String| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("query `{pair}`: {what}; {accepted}"),
+            )
+        };
+        let flag = |v: &str| match v {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(bad(format!("`{v}` is not true or false"))),
+        };
+        match pair.split_once('=') {
+            Some(("interval_ms", v)) => {
+                let ms = v.parse::<u64>().map_err(|e| bad(format!("interval_ms `{v}`: {e}")))?;
+                if !braid_profile::live::INTERVAL_MS.contains(&ms) {
+                    return Err(bad(format!("interval_ms {ms} is out of range 10..=60000")));
+                }
+                opts.interval = std::time::Duration::from_millis(ms);
+            }
+            Some(("calibrate", v)) => opts.calibrate = flag(v)?,
+            Some(("hardware", v)) => opts.hardware = flag(v)?,
+            _ => return Err(bad("unknown parameter".into())),
+        }
+    }
+    Ok(opts)
+}
+
+/// A live profile of a running chain over `interval_ms`: per NF at the
+/// call edge and per worker thread with its OS counters (the model of
+/// `braid profile --json`, mapping `live`). Read-only: the worker's
+/// telemetry is copied twice, no control message reaches it.
+async fn profile_chain(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    uri: axum::http::Uri,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let opts = profile_query(uri.query())?;
+    let chain = s.daemon.get(&name)?;
+    if chain.state().0 != "running" {
+        return Err(OpError::NotRunning(name).into());
+    }
+    let d = s.daemon.clone();
+    let profile =
+        tokio::task::spawn_blocking(move || d.profile(&name, opts)).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("profile: {e}"))
+        })??;
+    Ok(Json(braid_profile::report::to_json(&profile)))
 }
 
 async fn list_operations(State(s): State<AppState>) -> Json<serde_json::Value> {

@@ -460,6 +460,42 @@ impl Client {
         )
     }
 
+    /// `PATCH /v1/chains/{name}/nfs/{nf}` with `{"sched": ...}`: a new
+    /// `sched` block for the NF (its worker's scheduling, batch size, idle
+    /// policy, EEVDF slice), applied live. The chain, with `worker_sched`.
+    pub fn set_sched(&self, name: &str, nf: &str, sched: &Value) -> Result<Value, ClientError> {
+        let body = serde_json::json!({ "sched": sched }).to_string();
+        self.json(
+            "PATCH",
+            &format!("/v1/chains/{}/nfs/{}", encode(name), encode(nf)),
+            Some(("application/json", body.as_bytes())),
+        )
+    }
+
+    /// `GET /v1/chains/{name}/profile?interval_ms=N&calibrate=B`: a live
+    /// profile over `interval_ms` (the answer waits that long; the
+    /// client's timeout is stretched to cover it). The JSON of
+    /// `braid_profile::Profile`.
+    pub fn profile(
+        &self,
+        name: &str,
+        interval_ms: u64,
+        calibrate: bool,
+    ) -> Result<Value, ClientError> {
+        let c = Client {
+            target: self.target.clone(),
+            timeout: self.timeout + Duration::from_millis(interval_ms),
+        };
+        c.json(
+            "GET",
+            &format!(
+                "/v1/chains/{}/profile?interval_ms={interval_ms}&calibrate={calibrate}",
+                encode(name)
+            ),
+            None,
+        )
+    }
+
     /// `DELETE /v1/chains/{name}`: its final counters.
     pub fn remove(&self, name: &str) -> Result<Value, ClientError> {
         self.json("DELETE", &format!("/v1/chains/{}", encode(name)), None)

@@ -103,6 +103,16 @@ pub enum OpError {
     Store(#[from] StoreError),
     #[error("migration: {0}")]
     Migration(#[from] crate::migration::AgentError),
+    /// A scheduling change the coordinator refuses (it would starve the
+    /// machine, NFs of the one worker disagree).
+    #[error("{0}")]
+    Sched(braid_runtime::live::LiveError),
+    #[error("profile of chain `{chain}`: {source}")]
+    Profile {
+        chain: String,
+        #[source]
+        source: braid_profile::ProfileError,
+    },
 }
 
 /// braidd's chains and their store.
@@ -269,6 +279,21 @@ impl Daemon {
         if read(&self.chains).contains_key(&d.name) {
             return Err(OpError::Duplicate(d.name));
         }
+        // The host's workers together must not starve it (real-time busy
+        // polling on every CPU); each chain's own settings are checked
+        // when it starts.
+        let mut all = self.other_workers(&d.name);
+        let own = braid_runtime::live::worker_settings(&d, &self.start).map_err(|source| {
+            OpError::Sched(braid_runtime::live::LiveError::Sched { chain: d.name.clone(), source })
+        })?;
+        all.push(own);
+        braid_runtime::coordinator::check_starvation(
+            &all,
+            &braid_runtime::coordinator::online_cpus(),
+        )
+        .map_err(|source| {
+            OpError::Sched(braid_runtime::live::LiveError::Sched { chain: d.name.clone(), source })
+        })?;
         let live = LiveChain::start(&d, self.start.clone()).map_err(OpError::Start)?;
         // Declared only once it runs; if the store fails, it stops again
         // (dropping `live`).
@@ -337,6 +362,77 @@ impl Daemon {
         live.reconfigure(nf, params).map_err(OpError::Control)?;
         self.store.put(&d)?;
         Ok(entry)
+    }
+
+    /// Change the scheduling of NF `nf`'s worker in running chain `name`
+    /// live: `sched` becomes the NF's `sched` block (an empty one: none),
+    /// checked as the whole descriptor would be (400 with the field path),
+    /// resolved for the chain's one worker and refused if it would starve
+    /// the machine, applied by the worker (which puts its thread back if
+    /// the kernel refuses any part), then declared (a restart applies it
+    /// again). Nothing changes on a refusal. The chain and the worker's
+    /// resolved settings.
+    pub fn set_sched(
+        &self,
+        name: &str,
+        nf: &str,
+        sched: braid_runtime::SchedDecl,
+    ) -> Result<(Arc<Deployed>, braid_runtime::coordinator::WorkerSettings), OpError> {
+        let entry = self.get(name)?;
+        let mut d = entry.descriptor();
+        let Some(i) = d.nfs.iter().position(|n| n.name == nf) else {
+            return Err(OpError::UnknownNf {
+                chain: name.into(),
+                nf: nf.into(),
+                known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        };
+        let sched = (!sched.is_empty()).then_some(sched);
+        d.nfs[i].sched = sched.clone();
+        check_descriptor("request body", &d.to_yaml()).map_err(|mut problems| {
+            for p in &mut problems {
+                p.location = None;
+            }
+            OpError::Invalid(problems)
+        })?;
+        let live = match (entry.live(), entry.state().0) {
+            (Some(l), "running") => l,
+            _ => return Err(OpError::NotRunning(name.into())),
+        };
+        let others = self.other_workers(name);
+        let settings = live.set_sched(nf, sched, &others).map_err(|e| match e {
+            braid_runtime::live::LiveError::Control { .. } => OpError::Control(e),
+            e => OpError::Sched(e),
+        })?;
+        self.store.put(&live.descriptor())?;
+        Ok((entry, settings))
+    }
+
+    /// The settings of every running chain's worker but `name`'s (for the
+    /// host-wide starvation check).
+    fn other_workers(&self, name: &str) -> Vec<braid_runtime::coordinator::WorkerSettings> {
+        self.list()
+            .iter()
+            .filter(|e| e.name() != name && e.state().0 == "running")
+            .filter_map(|e| e.live().and_then(|l| l.settings().ok()))
+            .collect()
+    }
+
+    /// Profile running chain `name`'s worker over an interval (blocks for
+    /// it): two copies of its telemetry and of its thread's OS counters,
+    /// the interval apart (no control message reaches the worker).
+    pub fn profile(
+        &self,
+        name: &str,
+        opts: braid_profile::LiveOptions,
+    ) -> Result<braid_profile::Profile, OpError> {
+        let entry = self.get(name)?;
+        let live = match (entry.live(), entry.state().0) {
+            (Some(l), "running") => l,
+            _ => return Err(OpError::NotRunning(name.into())),
+        };
+        braid_profile::profile_live(name, &[live.telemetry()], opts)
+            .map_err(|source| OpError::Profile { chain: name.into(), source })
     }
 
     /// Stop every chain (SIGTERM) without losing NF state: each running

@@ -168,17 +168,45 @@ pub fn document() -> Value {
                 "patch": {
                     "operationId": "reconfigureNf",
                     "parameters": [ prefer_param() ],
-                    "summary": "Replace an NF's parameters live (new instance, state moved over, swapped between batches); kept across restarts",
+                    "summary": "Either replace an NF's parameters live (`params`: new instance, state moved over, swapped between batches; operation `reconfigure`) or its `sched` block (`sched`: the scheduling, batch size, idle policy and EEVDF slice of the worker that runs it, applied between two batches; operation `reschedule`); one at a time; kept across restarts",
                     "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                        "type": "object", "required": ["params"], "additionalProperties": false,
-                        "properties": { "params": { "description": "the NF's parameters, as in a descriptor" } } } } } },
+                        "type": "object", "additionalProperties": false,
+                        "oneOf": [ { "required": ["params"] }, { "required": ["sched"] } ],
+                        "properties": {
+                            "params": { "description": "the NF's parameters, as in a descriptor" },
+                            "sched": { "$ref": "#/components/schemas/Sched" } } } } } },
                     "responses": {
-                        "200": chain_response("changed"),
+                        "200": chain_response("changed (for `sched`, with `worker_sched`: the worker's resolved settings)"),
                         "202": accepted_response(),
-                        "400": error_response("invalid parameters (field paths as `braid validate` gives them) or body"),
+                        "400": error_response("invalid parameters or sched (field paths as `braid validate` gives them) or body"),
                         "404": error_response("no such chain or NF"),
                         "409": error_response("the chain is not running"),
-                        "422": error_response("the worker refused the change (state does not fit)")
+                        "422": error_response("refused: the worker or the kernel refused the change (state does not fit, no privilege: refused_by_worker), or the coordinator did (real-time busy polling on every CPU, NFs of the worker disagree: sched_refused); nothing changed")
+                    }
+                }
+            },
+            "/v1/chains/{name}/profile": {
+                "parameters": [ name_param("name", "chain name") ],
+                "get": {
+                    "operationId": "profileChain",
+                    "summary": "A live profile of the running chain over an interval: per NF at the call edge (calls, vectors, vectors per call, ns per packet, max batch, drops) and per worker thread with its OS counters (CPU user/system/on-CPU, run-queue wait, context switches, migrations, page faults), a per-packet cost breakdown, hardware counters or why not; the model of `braid profile --json` with mapping `live`. Answers after the interval; no control message reaches the worker",
+                    "parameters": [
+                        { "name": "interval_ms", "in": "query", "required": false,
+                          "description": "how long to watch (default 1000)",
+                          "schema": { "type": "integer", "minimum": 10, "maximum": 60000 } },
+                        { "name": "calibrate", "in": "query", "required": false,
+                          "description": "calibrate context-switch and system-call costs first, so they are modelled (default false)",
+                          "schema": { "type": "boolean" } },
+                        { "name": "hardware", "in": "query", "required": false,
+                          "description": "open hardware counters on the worker threads (default true)",
+                          "schema": { "type": "boolean" } } ],
+                    "responses": {
+                        "200": { "description": "the profile",
+                            "content": { "application/json": { "schema": { "type": "object",
+                                "required": ["chain", "mapping", "nfs", "workers", "hardware", "breakdown", "not_measured"] } } } },
+                        "400": error_response("bad query (the parameter named)"),
+                        "404": error_response("no such chain"),
+                        "409": error_response("the chain is not running")
                     }
                 }
             },
@@ -201,7 +229,7 @@ pub fn document() -> Value {
             },
             "/v1/events": { "get": {
                 "operationId": "events",
-                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_state, worker_stopped, migration_progress, chain_migrated, migration_in, chain_steered, operation_finished (and `lagged` with the number missed)",
+                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_rescheduled, chain_state, worker_stopped, migration_progress, chain_migrated, migration_in, chain_steered, operation_finished (and `lagged` with the number missed)",
                 "parameters": [ { "name": "since", "in": "query", "required": false,
                     "description": "replay the kept events (the last 1024) after this seq first",
                     "schema": { "type": "integer", "minimum": 0 } } ],
@@ -248,7 +276,7 @@ pub fn document() -> Value {
               "description": "TCP listener only (the unix socket checks peer credentials instead)" } },
           "schemas": {
             "Error": { "type": "object", "required": ["error", "message"], "properties": {
-                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, body_too_large, body_timeout, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
+                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, sched_refused, profile_failed, body_too_large, body_timeout, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
                 "message": { "type": "string" },
                 "problems": { "type": "array", "items": { "type": "object", "properties": {
                     "line": { "type": ["integer", "null"] }, "column": { "type": ["integer", "null"] },
@@ -256,7 +284,7 @@ pub fn document() -> Value {
                     "accepted": { "type": ["string", "null"] }, "text": { "type": "string" } } } }
             } },
             "Operation": { "type": "object", "required": ["id", "kind", "chain", "state", "created"], "properties": {
-                "id": { "type": "string" }, "kind": { "type": "string", "enum": ["deploy", "remove", "reconfigure", "migrate", "migrate-in"] },
+                "id": { "type": "string" }, "kind": { "type": "string", "enum": ["deploy", "remove", "reconfigure", "reschedule", "migrate", "migrate-in"] },
                 "chain": { "type": "string" }, "nf": { "type": "string" },
                 "state": { "type": "string", "enum": ["running", "succeeded", "failed"] },
                 "created": { "type": "number" }, "finished": { "type": ["number", "null"] },
@@ -264,6 +292,17 @@ pub fn document() -> Value {
                 "result": { "description": "what a synchronous call answers" },
                 "error": { "description": "{error, message, problems} as the API's errors" },
                 "progress": { "description": "while a migration runs: {phase, state_bytes, frames, backlog}" } } },
+            "Sched": { "type": "object", "additionalProperties": false,
+                "description": "an NF's `sched` block (docs/profiling.md): how the worker that runs it is scheduled; fields left out keep the chain's or the daemon's default; {} removes the NF's block",
+                "properties": {
+                    "policy": { "type": "string", "enum": ["other", "batch", "idle", "fifo", "rr"] },
+                    "priority": { "type": "integer", "minimum": 1, "maximum": 99, "description": "fifo and rr only (and required by them)" },
+                    "nice": { "type": "integer", "minimum": -20, "maximum": 19 },
+                    "cpus": { "type": "array", "items": { "type": "integer", "minimum": 0 }, "minItems": 1 },
+                    "batch_size": { "type": "integer", "minimum": 1, "maximum": 1024 },
+                    "idle": { "type": "string", "enum": ["busy", "poll", "sleep"] },
+                    "adapt": { "type": "boolean" },
+                    "slice_us": { "type": "integer", "minimum": 100, "maximum": 100000, "description": "EEVDF slice (µs), other and batch only; Linux 6.12+" } } },
             "Route": { "type": "object", "required": ["to"], "additionalProperties": false,
                 "description": "`ip [-n netns] route replace to [via via] [dev dev]`",
                 "properties": { "netns": { "type": "string" }, "to": { "type": "string" },

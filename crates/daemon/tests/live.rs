@@ -1240,3 +1240,508 @@ fn measure_dataplane_rate_under_api_load() {
     let v = c.chain("rate").unwrap();
     assert_eq!(v["state"], "running");
 }
+
+/// Send `n` datagrams as fast as the socket takes them while counting (on
+/// another thread) what arrives, up to 3 s after the last; how many did.
+fn burst(tx: &UdpSocket, rx: &UdpSocket, n: u64) -> u64 {
+    std::thread::scope(|s| {
+        let counter = s.spawn(|| {
+            let mut buf = [0u8; 2048];
+            let (mut got, t) = (0, Instant::now());
+            while got < n && t.elapsed() < Duration::from_secs(3) {
+                if rx.recv(&mut buf).is_ok() {
+                    got += 1;
+                }
+            }
+            got
+        });
+        for i in 0..n {
+            tx.send(&i.to_be_bytes()).unwrap();
+        }
+        counter.join().unwrap()
+    })
+}
+
+/// A stage's counter from a chain's stats.
+fn stage_u64(v: &serde_json::Value, nf: &str, field: &str) -> u64 {
+    stage(v, nf)[field].as_u64().unwrap_or_else(|| panic!("{nf}.{field}: {v}"))
+}
+
+/// One NF of a profile.
+fn profiled<'a>(p: &'a serde_json::Value, nf: &str) -> &'a serde_json::Value {
+    p["nfs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == nf)
+        .unwrap_or_else(|| panic!("no NF {nf} in {p}"))
+}
+
+#[test]
+fn a_live_profile_counts_exactly_what_crossed_during_its_interval() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd profile", "needs root for namespaces") {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("profile");
+    let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    c.deploy(&chain_yaml(&net, "prof")).unwrap();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    time_to_first_packet(&tx, &rx, Duration::from_secs(5)).expect("no packet crossed");
+    drain(&rx, Duration::from_millis(100));
+
+    // Bad queries are refused at once, naming the parameter.
+    for q in
+        ["interval_ms=5", "interval_ms=60001", "interval_ms=abc", "interval=100", "calibrate=maybe"]
+    {
+        let e = c.json("GET", &format!("/v1/chains/prof/profile?{q}"), None).unwrap_err();
+        let ClientError::Api { status, kind, message, .. } = &e else { panic!("{e}") };
+        assert_eq!((*status, kind.as_str()), (400, "bad_query"), "{q}: {message}");
+        let param = q.split('=').next().unwrap();
+        assert!(message.contains(param) && message.contains("10..=60000"), "{q}: {message}");
+    }
+    let e = c.profile("nope", 100, false).unwrap_err();
+    assert!(matches!(e, ClientError::Api { status: 404, .. }), "{e}");
+
+    // Up to 3 rounds (a loaded machine's kernel may lose datagrams outside
+    // the chain): the profile's counts equal the chain's counter deltas
+    // over the interval exactly, and what arrived when nothing was lost.
+    let mut last = (0, 0);
+    for _ in 0..3 {
+        let before = c.chain("prof").unwrap();
+        let profile = std::thread::scope(|s| {
+            let p = s.spawn(|| c.profile("prof", 2500, false).unwrap());
+            std::thread::sleep(Duration::from_millis(300));
+            // Paced (about 4,000 per second): a burst can overflow the
+            // server socket's buffer on a loaded machine.
+            let got = send_and_count(&tx, &rx, 300);
+            (p.join().unwrap(), got)
+        });
+        let (p, got) = profile;
+        let after = c.chain("prof").unwrap();
+        for nf in ["fw", "f"] {
+            let n = profiled(&p, nf);
+            let packets =
+                stage_u64(&after, nf, "packets_in") - stage_u64(&before, nf, "packets_in");
+            let batches = stage_u64(&after, nf, "batches") - stage_u64(&before, nf, "batches");
+            assert_eq!(n["vectors"].as_u64(), Some(packets), "{nf}: {p}");
+            assert_eq!(n["calls"].as_u64(), Some(batches), "{nf}: {p}");
+            assert!(packets >= got, "{nf}: the chain counted {packets}, {got} arrived");
+            let per_call = n["vectors_per_call"].as_f64().unwrap();
+            assert!((per_call - packets as f64 / batches.max(1) as f64).abs() < 1e-9, "{p}");
+            let ns = n["ns_per_packet"].as_f64().unwrap();
+            // Wall time per packet inside a firewall or fwd: above 0, below
+            // 10 ms even on a loaded debug build.
+            assert!(packets == 0 || (ns > 0.0 && ns < 1e7), "{nf}: {ns} ns/pkt");
+            assert!(n["busy_ns"].as_u64().unwrap() <= p["elapsed_ns"].as_u64().unwrap(), "{p}");
+            assert!(n["max_batch"].as_u64().unwrap() <= 32, "{p}");
+        }
+        let w = &p["workers"][0];
+        assert_eq!(p["mapping"], "live", "{p}");
+        assert_eq!(w["name"], "prof", "{p}");
+        // The worker's thread, its interval, its OS counters.
+        let tid = w["tid"].as_u64().expect("a tid") as u32;
+        let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", d.pid())).unwrap();
+        assert_eq!(comm.trim(), "prof");
+        let wall = w["wall_ns"].as_u64().unwrap();
+        assert!((2_500_000_000..3_500_000_000).contains(&wall), "interval {wall} ns");
+        let os = &w["os"];
+        let run = os["run_ns"].as_u64().unwrap();
+        assert!(run > 0 && run <= wall, "on-CPU {run} ns in {wall} ns");
+        assert!(os["voluntary_switches"].as_u64().unwrap() > 0, "a polling worker sleeps: {p}");
+        // Port counters are published every tick; the burst ended long
+        // before the interval did.
+        assert_eq!(w["packets"].as_u64(), profiled(&p, "fw")["vectors"].as_u64(), "{p}");
+        // Hardware counters: measured, or said to be unavailable.
+        let notes = p["not_measured"].to_string();
+        match p["hardware"]["status"].as_str() {
+            Some("not_available") => {
+                assert!(notes.contains("not available on this machine"), "{p}")
+            }
+            Some("measured") => assert!(p["hardware"]["cycles"].as_u64().unwrap() > 0, "{p}"),
+            other => panic!("hardware status {other:?}: {p}"),
+        }
+        // The answer is braid's profile model: `braid daemon profile`
+        // prints it with `braid profile`'s tables.
+        let model: braid_profile::Profile = serde_json::from_value(p.clone()).unwrap();
+        let table = braid_profile::report::format_table(&model);
+        assert!(table.contains("profile of chain prof (mapping live)"), "{table}");
+        assert!(table.contains("per worker thread, over the interval (OS counters)"), "{table}");
+        last = (got, profiled(&p, "fw")["vectors"].as_u64().unwrap());
+        if got == 300 {
+            assert_eq!(last.1, 300, "{p}");
+            eprintln!("{table}");
+            break;
+        }
+    }
+    assert_eq!(last.0, 300, "(arrived, profiled) in the last round: {last:?}");
+    // A profile talks to no worker: its control messages did not move.
+    let m = c.metrics().unwrap();
+    let control = metric_value(&m, "braid_worker_control_messages_total", &[("chain", "prof")]);
+    c.profile("prof", 50, false).unwrap();
+    let m2 = c.metrics().unwrap();
+    assert_eq!(
+        metric_value(&m2, "braid_worker_control_messages_total", &[("chain", "prof")]),
+        control
+    );
+    c.remove("prof").unwrap();
+    assert!(d.terminate().success(), "{}", d.log());
+}
+
+/// The scheduling attributes of thread `tid`: (policy, nice, slice ns,
+/// real-time priority).
+fn attr(tid: u32) -> (u32, i32, u64, u32) {
+    let a = braid_dataplane::sched::get_attr(tid).unwrap();
+    (a.sched_policy, a.sched_nice, a.sched_runtime, a.sched_priority)
+}
+
+/// The worker thread of chain `chain`: its tid, from a short profile.
+fn worker_tid(c: &Client, chain: &str) -> u32 {
+    c.profile(chain, 10, false).unwrap()["workers"][0]["tid"].as_u64().unwrap() as u32
+}
+
+#[test]
+fn live_scheduling_is_applied_refused_without_change_and_kept_across_a_restart() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd sched", "needs root for namespaces") {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("sched");
+    let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    c.deploy(&chain_yaml(&net, "s1")).unwrap();
+    let tid = worker_tid(&c, "s1");
+    let (policy0, nice0, slice0, _) = attr(tid);
+    assert_eq!((policy0, nice0), (0, 0));
+
+    // Batch policy, nice 3, a 3 ms EEVDF slice and batches of 4.
+    let v = c
+        .set_sched(
+            "s1",
+            "fw",
+            &json!({ "policy": "batch", "nice": 3, "slice_us": 3000, "batch_size": 4 }),
+        )
+        .unwrap();
+    assert_eq!(v["worker_sched"]["policy"], "batch", "{v}");
+    assert_eq!(v["worker_sched"]["batch_size"], 4, "{v}");
+    assert_eq!(v["descriptor"]["nfs"][0]["sched"]["slice_us"], 3000, "{v}");
+    let applied = attr(tid);
+    assert_eq!(applied, (3, 3, 3_000_000, 0), "SCHED_BATCH, nice 3, 3 ms");
+    // Telemetry: no call takes more than 4 packets now.
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    time_to_first_packet(&tx, &rx, Duration::from_secs(5)).expect("no packet crossed");
+    let got = burst(&tx, &rx, 200);
+    assert!(got > 0);
+    let v = c.chain("s1").unwrap();
+    assert!(stage_u64(&v, "fw", "max_batch") <= 4, "{v}");
+    assert!(stage_u64(&v, "fw", "batches") * 4 >= stage_u64(&v, "fw", "packets_in"), "{v}");
+
+    // Refused, each with nothing changed: the thread's attributes, the
+    // declared descriptor.
+    let declared = c.chain("s1").unwrap()["descriptor"].clone();
+    let refusals: [(serde_json::Value, u16, &str, &str); 6] = [
+        (json!({ "policy": "deadline" }), 400, "bad_body", "unknown variant `deadline`"),
+        (json!({ "policy": "fifo" }), 400, "invalid_descriptor", "nfs[0].sched"),
+        (json!({ "slice_us": 50 }), 400, "invalid_descriptor", "100..=100000"),
+        (
+            json!({ "policy": "rr", "priority": 5, "slice_us": 500 }),
+            400,
+            "invalid_descriptor",
+            "slice_us",
+        ),
+        (json!({ "nice": 40 }), 400, "invalid_descriptor", "-20..=19"),
+        (json!({ "cpus": [4096] }), 400, "invalid_descriptor", "not online"),
+    ];
+    for (body, status, kind, text) in &refusals {
+        let e = c.set_sched("s1", "fw", body).unwrap_err();
+        let ClientError::Api { status: s, kind: k, message, .. } = &e else { panic!("{e}") };
+        assert_eq!((*s, k.as_str()), (*status, *kind), "{body}: {message}");
+        assert!(message.contains(text), "{body}: {message}");
+        assert_eq!(attr(tid), applied, "{body} changed the thread");
+        assert_eq!(c.chain("s1").unwrap()["descriptor"], declared, "{body} changed the chain");
+    }
+    let e = c
+        .json(
+            "PATCH",
+            "/v1/chains/s1/nfs/fw",
+            Some(("application/json", br#"{"params": {}, "sched": {}}"#)),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api { status: 400, .. })
+            && e.to_string().contains("one at a time"),
+        "{e}"
+    );
+
+    // Real-time busy polling on every CPU, over two chains: with s1's
+    // worker polling busily at SCHED_FIFO on the last CPU, s2's may not
+    // do the same on the others.
+    let online = braid_runtime::coordinator::online_cpus();
+    if online.len() >= 2 {
+        c.deploy(&chain_yaml(&net, "s2")).unwrap();
+        let tid2 = worker_tid(&c, "s2");
+        let before2 = attr(tid2);
+        let last = *online.last().unwrap();
+        let rest: Vec<usize> = online[..online.len() - 1].to_vec();
+        c.set_sched(
+            "s1",
+            "fw",
+            &json!({ "policy": "fifo", "priority": 10, "idle": "busy", "cpus": [last] }),
+        )
+        .unwrap();
+        let e = c
+            .set_sched(
+                "s2",
+                "fw",
+                &json!({ "policy": "fifo", "priority": 10, "idle": "busy", "cpus": rest }),
+            )
+            .unwrap_err();
+        // s1 back off real time before anything else.
+        c.set_sched(
+            "s1",
+            "fw",
+            &json!({ "policy": "batch", "nice": 3, "slice_us": 3000, "batch_size": 4 }),
+        )
+        .unwrap();
+        let ClientError::Api { status, kind, message, .. } = &e else { panic!("{e}") };
+        assert_eq!((*status, kind.as_str()), (422, "sched_refused"), "{message}");
+        assert!(message.contains("every online CPU"), "{message}");
+        assert_eq!(attr(tid2), before2, "the refused change touched s2's worker");
+        assert!(c.chain("s2").unwrap()["descriptor"]["nfs"][0].get("sched").is_none());
+        assert_eq!(attr(tid), applied);
+        c.remove("s2").unwrap();
+    }
+
+    // Declared: braidd killed and restarted applies it again.
+    d.kill9();
+    d.restart();
+    let c = d.client();
+    let tid = worker_tid(&c, "s1");
+    assert_eq!(attr(tid), (3, 3, 3_000_000, 0), "not re-applied after a restart");
+    // And back to the defaults: the NF's block removed.
+    c.set_sched("s1", "fw", &json!({})).unwrap();
+    let (p, n, s, _) = attr(tid);
+    assert_eq!((p, n, s), (0, 0, slice0), "back to SCHED_OTHER, nice 0, the default slice");
+    assert!(c.chain("s1").unwrap()["descriptor"]["nfs"][0].get("sched").is_none());
+    c.remove("s1").unwrap();
+    assert!(d.terminate().success(), "{}", d.log());
+}
+
+/// The 4-NF chain of `examples/chain4.yaml` (firewall, router, nat, fwd)
+/// between the namespace's two interfaces.
+fn chain4_yaml(net: &Net, name: &str) -> String {
+    let text = include_str!("../../../examples/chain4.yaml");
+    text.replace(
+        "name: bench4\n",
+        &format!(
+            "name: {name}\nbatch_size: 32\nports:\n  in: {{ kind: af_packet, iface: {}, batch_size: 32 }}\n  out: {{ kind: af_packet, iface: {}, batch_size: 32 }}\n",
+            net.a1, net.b1
+        ),
+    )
+}
+
+/// One window of [`measure_live_profile_overhead`]: packets per second out
+/// of the chain's last NF and the worker's on-CPU ns per packet, while a
+/// sender offers as much as it can; `arm` 1: one live profile covering
+/// most of the window, 2: back-to-back 10 ms profiles the whole window,
+/// 0 and 3: no profile.
+fn profile_round(net: &Net, c: &Client, arm: usize, secs: f64) -> (f64, f64, usize) {
+    let stop = AtomicBool::new(false);
+    let profiles = AtomicU64::new(0);
+    let (stop, profiles) = (&stop, &profiles);
+    std::thread::scope(|s| {
+        let tx = net.cl.enter(|| UdpSocket::bind("10.0.0.1:0")).unwrap().unwrap();
+        tx.connect("10.1.0.1:5000").unwrap();
+        let sender = s.spawn(move || {
+            let payload = [0u8; 22];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = tx.send(&payload);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let read = || {
+            let v = c.chain("p4").unwrap();
+            let m = c.metrics().unwrap();
+            let cpu =
+                metric_value(&m, "braid_worker_cpu_nanoseconds_total", &[("chain", "p4")]).unwrap();
+            (
+                stage_u64(&v, "out", "packets_out") as f64,
+                stage_u64(&v, "fw", "packets_in") as f64,
+                cpu,
+            )
+        };
+        let (o0, i0, c0) = read();
+        let t = Instant::now();
+        let window = Duration::from_secs_f64(secs);
+        let profiler = match arm {
+            1 => Some(s.spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let ms = (secs * 1000.0) as u64 - 300;
+                c.profile("p4", ms, false).unwrap();
+                profiles.fetch_add(1, Ordering::Relaxed);
+            })),
+            2 => Some(s.spawn(move || {
+                while t.elapsed() + Duration::from_millis(60) < window {
+                    c.profile("p4", 10, false).unwrap();
+                    profiles.fetch_add(1, Ordering::Relaxed);
+                }
+            })),
+            _ => None,
+        };
+        if let Some(p) = profiler {
+            p.join().unwrap();
+        }
+        if let Some(rest) = window.checked_sub(t.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        let took = t.elapsed().as_secs_f64();
+        let (o1, i1, c1) = read();
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap();
+        (
+            (o1 - o0) / took,
+            (c1 - c0) / (i1 - i0).max(1.0),
+            profiles.load(Ordering::Relaxed) as usize,
+        )
+    })
+}
+
+/// docs/benchmarks.md ("live profile overhead"): the 4-NF chain
+/// (examples/chain4.yaml on AF_PACKET in braidd) forwarding what a sender
+/// offers, in windows without a profile (N), with one live profile
+/// covering the window (P: its two samples inside it), with back-to-back
+/// 10 ms profiles all through it (C: the worst case), and without again
+/// (N2: the noise floor); arms rotate per round; per round the ratios
+/// P/N, C/N and N2/N of the chain's rate and of the worker's on-CPU ns
+/// per packet. `BRAID_RATE_ROUNDS` (default 6) rounds of
+/// `BRAID_RATE_SECONDS` (default 2). Run by hand:
+/// `cargo test --release -p braid-daemon --test live -- --ignored --nocapture measure_live_profile`.
+#[test]
+#[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
+fn measure_live_profile_overhead() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd profile rate", "needs root") {
+        return;
+    }
+    let net = net();
+    // Client 10.0.0.1/16 reaches 10.1.0.0/16 through the router's address
+    // and MAC (chain4's r1); the chain's output is only counted.
+    netns::add_addr(Some(net.cl.name()), &net_client_dev(&net), "10.0.0.1/16").unwrap();
+    let st = net
+        .cl
+        .command("ip")
+        .args(["route", "add", "10.1.0.0/16", "via", "10.0.0.254"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    netns::add_neigh(Some(net.cl.name()), &net_client_dev(&net), "10.0.0.254", "02:00:00:00:00:fe")
+        .unwrap();
+    let dir = TempDir::new("p4");
+    let d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    c.deploy(&chain4_yaml(&net, "p4")).unwrap();
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    let rounds = env("BRAID_RATE_ROUNDS").unwrap_or(6.0) as usize;
+    let secs = env("BRAID_RATE_SECONDS").unwrap_or(2.0);
+    let names = ["none ", "one  ", "10ms ", "none2"];
+    let mut rate = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut nspp = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..rounds {
+        for k in 0..4 {
+            let arm = (i + k) % 4;
+            let (r, ns, n) = profile_round(&net, &c, arm, secs);
+            assert!(r > 0.0, "nothing crossed the chain");
+            rate[arm].push(r);
+            nspp[arm].push(ns);
+            println!(
+                "round {i} {}: {r:.0} packets/s out of the chain, worker {ns:.0} ns/packet, {n} profiles",
+                names[arm]
+            );
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let minmax = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() - 1])
+    };
+    let ratios =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    for (what, v) in [("rate", &rate), ("worker ns/packet", &nspp)] {
+        let mut line = format!(
+            "{what}: medians none {:.0}, one {:.0}, 10ms {:.0}, none2 {:.0};",
+            median(&v[0]),
+            median(&v[1]),
+            median(&v[2]),
+            median(&v[3])
+        );
+        for (arm, label) in [(1, "one/none"), (2, "10ms/none"), (3, "none2/none")] {
+            let r = ratios(&v[arm], &v[0]);
+            let (lo, hi) = minmax(&r);
+            line.push_str(&format!(" {label} median {:.3}x ({lo:.3}..{hi:.3});", median(&r)));
+        }
+        println!("{line}");
+    }
+    c.remove("p4").unwrap();
+}
+
+/// The client namespace's interface (the veth end in `cl`).
+fn net_client_dev(net: &Net) -> String {
+    let out = net.cl.command("ip").args(["-o", "link", "show", "type", "veth"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let name = text.split(':').nth(1).unwrap().trim();
+    name.split('@').next().unwrap().to_string()
+}
+
+#[test]
+fn a_live_sched_change_the_kernel_refuses_changes_nothing() {
+    let ok = netns::is_root() && braid_testkit::tool_installed("setpriv");
+    if braid_testkit::skip_unless(ok, "braidd sched privilege", "needs root and setpriv") {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("nonice");
+    // Root without CAP_SYS_NICE (dropped from the bounding set before the
+    // exec, so braidd never has it).
+    let wrapper = ["setpriv", "--bounding-set=-sys_nice", "--"];
+    let mut d =
+        Braidd::start_wrapped(&wrapper, common::BRAIDD, dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    c.deploy(&chain_yaml(&net, "nn")).unwrap();
+    let tid = worker_tid(&c, "nn");
+    // Allowed without the privilege: batch, a higher nice, a slice.
+    c.set_sched("nn", "f", &json!({ "policy": "batch", "nice": 5, "slice_us": 2000 })).unwrap();
+    let applied = attr(tid);
+    assert_eq!(applied, (3, 5, 2_000_000, 0));
+    let declared = c.chain("nn").unwrap()["descriptor"].clone();
+    // Refused by the kernel: real time, a lower nice. The worker puts its
+    // thread back; nothing is declared.
+    for body in [json!({ "policy": "fifo", "priority": 10 }), json!({ "nice": -5 })] {
+        let e = c.set_sched("nn", "f", &body).unwrap_err();
+        let ClientError::Api { status, kind, message, .. } = &e else { panic!("{e}") };
+        assert_eq!((*status, kind.as_str()), (422, "refused_by_worker"), "{body}: {message}");
+        // sched_setscheduler says EPERM, setpriority EACCES.
+        let denied = ["Operation not permitted", "Permission denied"];
+        assert!(denied.iter().any(|d| message.contains(d)), "{body}: {message}");
+        assert_eq!(attr(tid), applied, "{body} changed the thread");
+        assert_eq!(c.chain("nn").unwrap()["descriptor"], declared, "{body} was declared");
+    }
+    // A deploy asking for real time is refused before anything starts.
+    let e = c
+        .deploy(
+            &chain_yaml(&net, "rt")
+                .replace("type: fwd }", "type: fwd, sched: { policy: fifo, priority: 10 } }"),
+        )
+        .unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 422, .. }), "{e}");
+    assert!(e.to_string().contains("Operation not permitted"), "{e}");
+    assert!(c.chain("rt").is_err(), "a refused deploy was declared");
+    c.remove("nn").unwrap();
+    assert!(d.terminate().success(), "{}", d.log());
+}

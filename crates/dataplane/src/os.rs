@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// One sample of a thread's OS counters. Times in nanoseconds since the
 /// thread started; counts since the thread started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ThreadOs {
     /// Kernel thread id.
     pub tid: u32,

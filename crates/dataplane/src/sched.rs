@@ -54,7 +54,18 @@ pub struct Sched {
     pub policy: SchedPolicy,
     /// Nice value -20..=19 for the non-real-time policies.
     pub nice: Option<i32>,
+    /// The EEVDF slice (µs, [`SLICE_US_MIN`]..=[`SLICE_US_MAX`]) for the
+    /// `other` and `batch` policies: how long the thread may run before
+    /// the fair scheduler considers another (Linux 6.12+, given as
+    /// `sched_runtime` to `sched_setattr`). None: the kernel's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_us: Option<u64>,
 }
+
+/// Shortest EEVDF slice the kernel takes (0.1 ms; it clamps below).
+pub const SLICE_US_MIN: u64 = 100;
+/// Longest EEVDF slice the kernel takes (100 ms; it clamps above).
+pub const SLICE_US_MAX: u64 = 100_000;
 
 /// A scheduling setting that was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +78,12 @@ pub enum SchedError {
     NiceOutOfRange(i32),
     #[error("nice applies to other/batch/idle, not to the real-time policy {0}")]
     NiceWithRealTime(SchedPolicy),
+    #[error("slice {0} µs is out of range {SLICE_US_MIN}..={SLICE_US_MAX} (0.1 ms to 100 ms, as the kernel bounds it)")]
+    SliceOutOfRange(u64),
+    #[error("slice_us applies to the EEVDF policies other and batch, not to {0}")]
+    SliceWithPolicy(SchedPolicy),
+    #[error("the kernel ({kernel}) does not support custom EEVDF slices (Linux 6.12 or later): asked for {wanted_us} µs, sched_getattr reads back {read_ns} ns")]
+    SliceUnsupported { kernel: String, wanted_us: u64, read_ns: u64 },
     #[error("{what}: {source}")]
     Os {
         what: String,
@@ -95,6 +112,14 @@ impl Sched {
                 return Err(SchedError::NiceOutOfRange(n));
             }
         }
+        if let Some(us) = self.slice_us {
+            if !(SLICE_US_MIN..=SLICE_US_MAX).contains(&us) {
+                return Err(SchedError::SliceOutOfRange(us));
+            }
+            if !matches!(self.policy, SchedPolicy::Other | SchedPolicy::Batch) {
+                return Err(SchedError::SliceWithPolicy(self.policy));
+            }
+        }
         Ok(())
     }
 
@@ -113,6 +138,9 @@ impl Sched {
         }
         if let Some(n) = self.nice {
             set_nice(n).map_err(|source| SchedError::Os { what: format!("nice {n}"), source })?;
+        }
+        if let Some(us) = self.slice_us {
+            set_slice(policy, us * 1000)?;
         }
         Ok(())
     }
@@ -135,8 +163,119 @@ impl Sched {
             let n = self.nice.unwrap_or(0);
             set_nice(n).map_err(|source| SchedError::Os { what: format!("nice {n}"), source })?;
         }
+        match self.slice_us {
+            Some(us) => set_slice(policy, us * 1000)?,
+            // Back to the kernel's default slice (a runtime of 0 clears a
+            // custom one); only the fair policies have one.
+            None if matches!(self.policy, SchedPolicy::Other | SchedPolicy::Batch) => {
+                clear_slice(policy)?
+            }
+            None => {}
+        }
         Ok(())
     }
+}
+
+/// `struct sched_attr` of `sched_setattr(2)`, its first version
+/// (`SCHED_ATTR_SIZE_VER0`, 48 bytes): what every kernel since 3.14 takes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedAttr {
+    pub size: u32,
+    pub sched_policy: u32,
+    pub sched_flags: u64,
+    pub sched_nice: i32,
+    pub sched_priority: u32,
+    /// For the fair policies since Linux 6.12: the EEVDF slice (ns).
+    pub sched_runtime: u64,
+    pub sched_deadline: u64,
+    pub sched_period: u64,
+}
+
+/// `sched_getattr(2)` of thread `tid` (0: the calling thread).
+#[allow(unsafe_code)]
+pub fn get_attr(tid: u32) -> std::io::Result<SchedAttr> {
+    let mut attr = SchedAttr::default();
+    let size = std::mem::size_of::<SchedAttr>() as libc::c_uint;
+    // SAFETY: sched_getattr writes at most `size` bytes into `attr`, a
+    // live repr(C) struct of exactly that size; flags must be 0.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            tid as libc::pid_t,
+            &mut attr as *mut SchedAttr,
+            size,
+            0 as libc::c_uint,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(attr)
+}
+
+#[allow(unsafe_code)]
+fn set_attr(attr: &SchedAttr) -> std::io::Result<()> {
+    // SAFETY: pid 0 is the calling thread; sched_setattr reads `attr`, a
+    // live repr(C) struct whose `size` field says how much to read.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_sched_setattr, 0 as libc::pid_t, attr as *const SchedAttr, 0u32)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| format!("Linux {}", s.trim()))
+        .unwrap_or_else(|_| "this kernel".to_string())
+}
+
+/// Give the calling thread (policy `policy`, other or batch, already
+/// set) the EEVDF slice `ns`, keeping its nice; read back and compare, so
+/// a kernel without custom slices is named instead of silently ignoring
+/// it. On any failure the previous attributes are put back.
+fn set_slice(policy: libc::c_int, ns: u64) -> Result<(), SchedError> {
+    let os = |what: String| move |source| SchedError::Os { what, source };
+    let before = get_attr(0).map_err(os("sched_getattr".into()))?;
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        sched_policy: policy as u32,
+        sched_nice: before.sched_nice,
+        sched_runtime: ns,
+        ..SchedAttr::default()
+    };
+    set_attr(&attr).map_err(os(format!("slice {} µs: sched_setattr", ns / 1000)))?;
+    let after = get_attr(0).map_err(os("sched_getattr".into()))?;
+    if after.sched_runtime != ns {
+        let _ = set_attr(&SchedAttr { size: attr.size, ..before });
+        return Err(SchedError::SliceUnsupported {
+            kernel: kernel_release(),
+            wanted_us: ns / 1000,
+            read_ns: after.sched_runtime,
+        });
+    }
+    Ok(())
+}
+
+/// Drop a custom slice of the calling thread (policy `policy`, other or
+/// batch), keeping its nice.
+fn clear_slice(policy: libc::c_int) -> Result<(), SchedError> {
+    let os = |what: &str| {
+        let what = what.to_string();
+        move |source| SchedError::Os { what, source }
+    };
+    let before = get_attr(0).map_err(os("sched_getattr"))?;
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        sched_policy: policy as u32,
+        sched_nice: before.sched_nice,
+        ..SchedAttr::default()
+    };
+    set_attr(&attr).map_err(os("default slice: sched_setattr"))
 }
 
 /// Every CPU the kernel was configured with (online or not), within the
@@ -216,6 +355,61 @@ mod tests {
             let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
             let nice: i32 = after_comm.split(' ').nth(16).unwrap().parse().unwrap();
             assert_eq!(nice, 5);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn an_eevdf_slice_is_applied_read_back_and_refused_out_of_range() {
+        std::thread::spawn(|| {
+            let default_slice = get_attr(0).unwrap().sched_runtime;
+            // Out of range on either side, or with a policy that has no
+            // slice: refused before anything is touched.
+            for (s, what) in [
+                (Sched { slice_us: Some(99), ..Sched::default() }, "out of range 100..=100000"),
+                (Sched { slice_us: Some(100_001), ..Sched::default() }, "out of range"),
+                (
+                    Sched { slice_us: Some(500), policy: SchedPolicy::Idle, ..Sched::default() },
+                    "not to idle",
+                ),
+            ] {
+                let e = s.apply_to_current_thread().unwrap_err().to_string();
+                assert!(e.contains(what), "{e}");
+                assert_eq!(get_attr(0).unwrap().sched_runtime, default_slice);
+            }
+            let s = Sched { slice_us: Some(3_000), nice: Some(2), ..Sched::default() };
+            match s.apply_to_current_thread() {
+                Ok(()) => {
+                    let a = get_attr(0).unwrap();
+                    assert_eq!((a.sched_policy, a.sched_nice, a.sched_runtime), (0, 2, 3_000_000));
+                    // A live change back to the defaults clears it.
+                    Sched { nice: Some(2), ..Sched::default() }
+                        .reapply_to_current_thread()
+                        .unwrap();
+                    let a = get_attr(0).unwrap();
+                    assert_eq!(a.sched_runtime, default_slice);
+                    assert_eq!(a.sched_nice, 2);
+                    // Batch keeps the slice too.
+                    let b = Sched {
+                        policy: SchedPolicy::Batch,
+                        slice_us: Some(100_000),
+                        nice: Some(2),
+                        ..Sched::default()
+                    };
+                    b.reapply_to_current_thread().unwrap();
+                    let a = get_attr(0).unwrap();
+                    assert_eq!((a.sched_policy, a.sched_runtime), (3, 100_000_000));
+                }
+                // Before Linux 6.12 the kernel ignores the runtime of a
+                // fair task: the error names the kernel, and the thread
+                // keeps its slice.
+                Err(e @ SchedError::SliceUnsupported { .. }) => {
+                    assert!(e.to_string().contains("Linux"), "{e}");
+                    assert_eq!(get_attr(0).unwrap().sched_runtime, default_slice);
+                }
+                Err(e) => panic!("{e}"),
+            }
         })
         .join()
         .unwrap();

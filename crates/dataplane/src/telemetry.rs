@@ -406,6 +406,77 @@ pub struct WorkerSnapshot {
 }
 
 impl WorkerSnapshot {
+    /// What the worker counted between `earlier` and `self` (two copies of
+    /// the same worker's telemetry): per stage and port the differences
+    /// (stages and ports matched by position and name; one that is not
+    /// in `earlier` counts from 0), `max_batch` as in
+    /// [`braid_nf::Counters::since`], `taken_ns` the interval's length.
+    pub fn since(&self, earlier: &WorkerSnapshot) -> WorkerSnapshot {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        WorkerSnapshot {
+            worker: self.worker.clone(),
+            taken_ns: d(self.taken_ns, earlier.taken_ns),
+            stages: self
+                .stages
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let before = earlier.stages.get(i).filter(|e| e.name == s.name);
+                    StageSnapshot {
+                        counters: before
+                            .map_or(s.counters.clone(), |e| s.counters.since(&e.counters)),
+                        ..s.clone()
+                    }
+                })
+                .collect(),
+            ports: self
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let Some(e) = earlier.ports.get(i).filter(|e| e.name == p.name) else {
+                        return p.clone();
+                    };
+                    let (a, b) = (&p.stats, &e.stats);
+                    let stats = PortStats {
+                        rx_packets: d(a.rx_packets, b.rx_packets),
+                        rx_bytes: d(a.rx_bytes, b.rx_bytes),
+                        tx_packets: d(a.tx_packets, b.tx_packets),
+                        tx_bytes: d(a.tx_bytes, b.tx_bytes),
+                        rx_dropped: d(a.rx_dropped, b.rx_dropped),
+                        tx_dropped: d(a.tx_dropped, b.tx_dropped),
+                        syscalls: a.syscalls.map(|n| d(n, b.syscalls.unwrap_or(0))),
+                        xsk: a.xsk.map(|x| {
+                            let y = b.xsk.unwrap_or_default();
+                            braid_io::af_xdp::XskStats {
+                                rx_dropped: d(x.rx_dropped, y.rx_dropped),
+                                rx_invalid_descs: d(x.rx_invalid_descs, y.rx_invalid_descs),
+                                tx_invalid_descs: d(x.tx_invalid_descs, y.tx_invalid_descs),
+                                rx_ring_full: d(x.rx_ring_full, y.rx_ring_full),
+                                rx_fill_ring_empty_descs: d(
+                                    x.rx_fill_ring_empty_descs,
+                                    y.rx_fill_ring_empty_descs,
+                                ),
+                                tx_ring_empty_descs: d(
+                                    x.tx_ring_empty_descs,
+                                    y.tx_ring_empty_descs,
+                                ),
+                            }
+                        }),
+                    };
+                    PortSnapshot { stats, ..p.clone() }
+                })
+                .collect(),
+            looped: LoopStats {
+                turns: d(self.looped.turns, earlier.looped.turns),
+                idle_turns: d(self.looped.idle_turns, earlier.looped.idle_turns),
+                sleeps: d(self.looped.sleeps, earlier.looped.sleeps),
+                control_messages: d(self.looped.control_messages, earlier.looped.control_messages),
+                ticks: d(self.looped.ticks, earlier.looped.ticks),
+            },
+        }
+    }
+
     /// The snapshot as JSON (counters, drops by reason name, mean batch).
     pub fn to_json(&self) -> serde_json::Value {
         let stages: Vec<serde_json::Value> = self

@@ -165,6 +165,29 @@ impl Counters {
             .collect()
     }
 
+    /// What was counted between `earlier` and `self` (two copies of the
+    /// same instance's counters; a counter that went back counts 0).
+    /// `max_batch` cannot be differenced: it stays `self`'s, the largest
+    /// batch since the instance started (the interval's is at most that,
+    /// and equal to it if it grew meanwhile).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut c = Counters {
+            packets_in: self.packets_in.saturating_sub(earlier.packets_in),
+            packets_out: self.packets_out.saturating_sub(earlier.packets_out),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+            packets_created: self.packets_created.saturating_sub(earlier.packets_created),
+            batches: self.batches.saturating_sub(earlier.batches),
+            busy_ns: self.busy_ns.saturating_sub(earlier.busy_ns),
+            max_batch: self.max_batch,
+            ..Counters::default()
+        };
+        for ((d, a), b) in c.drops.iter_mut().zip(&self.drops).zip(&earlier.drops) {
+            *d = a.saturating_sub(*b);
+        }
+        c
+    }
+
     /// Add another instance's counters (e.g. of scaled-out replicas).
     pub fn merge(&mut self, o: &Counters) {
         self.packets_in += o.packets_in;

@@ -17,7 +17,7 @@ use std::time::Instant;
 use braid_dataplane::{Sched, SchedError, SchedPolicy};
 
 /// Unit costs under one policy, in nanoseconds.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UnitCosts {
     /// The policy both ping-pong threads ran under (`other`, `fifo:50`).
     pub policy: String,
@@ -63,7 +63,7 @@ pub fn calibrate(
     cpu: usize,
     round_trips: u32,
 ) -> Result<UnitCosts, CalibrationError> {
-    let sched = Sched { cpus: vec![cpu], policy, nice: None };
+    let sched = Sched { cpus: vec![cpu], policy, nice: None, slice_us: None };
     let name = policy.to_string();
     let sched_err = |source| CalibrationError::Sched { policy: name.clone(), source };
     let n = round_trips.max(100);

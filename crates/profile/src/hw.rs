@@ -11,7 +11,7 @@ use perf_event::{Builder, Counter};
 pub const EVENTS: &[&str] = &["cycles", "instructions", "cache_misses", "dtlb_read_misses"];
 
 /// What the hardware counted, or why it could not.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum HardwareCounts {
     /// Totals over the profiled run (every thread it started).
@@ -72,20 +72,48 @@ impl HardwareCounters {
         HardwareCounters { state: Ok(counters) }
     }
 
+    /// Open and start the counters on the running threads `tids` of this
+    /// process (a live chain's workers), for as long as they run until
+    /// [`HardwareCounters::finish`]: the totals over those threads.
+    pub fn start_on(tids: &[u32]) -> HardwareCounters {
+        let mut counters = Vec::new();
+        for &tid in tids {
+            let dtlb =
+                Cache { which: CacheId::DTLB, operation: CacheOp::READ, result: CacheResult::MISS };
+            let builders = [
+                Builder::new(Hardware::CPU_CYCLES),
+                Builder::new(Hardware::INSTRUCTIONS),
+                Builder::new(Hardware::CACHE_MISSES),
+                Builder::new(dtlb),
+            ];
+            for (name, mut b) in EVENTS.iter().zip(builders) {
+                let pid = libc_pid(tid);
+                match b.observe_pid(pid).any_cpu().enabled(true).build() {
+                    Ok(c) => counters.push(c),
+                    Err(e) => {
+                        return HardwareCounters { state: Err((name.to_string(), e.to_string())) }
+                    }
+                }
+            }
+        }
+        HardwareCounters { state: Ok(counters) }
+    }
+
     /// Stop and read the totals (inherited threads' counts arrive when
     /// those threads have ended).
     pub fn finish(self) -> HardwareCounts {
         match self.state {
             Err((event, reason)) => HardwareCounts::NotAvailable { event, reason },
             Ok(mut counters) => {
+                // Four per thread, in EVENTS order.
                 let mut v = [0u64; 4];
                 for (i, c) in counters.iter_mut().enumerate() {
                     let _ = c.disable();
                     match c.read() {
-                        Ok(n) => v[i] = n,
+                        Ok(n) => v[i % 4] += n,
                         Err(e) => {
                             return HardwareCounts::NotAvailable {
-                                event: EVENTS[i].to_string(),
+                                event: EVENTS[i % 4].to_string(),
                                 reason: format!("reading the counter: {e}"),
                             }
                         }
@@ -100,4 +128,9 @@ impl HardwareCounters {
             }
         }
     }
+}
+
+/// A thread id as `perf_event_open` takes it.
+fn libc_pid(tid: u32) -> i32 {
+    i32::try_from(tid).unwrap_or(i32::MAX)
 }

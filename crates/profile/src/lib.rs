@@ -16,6 +16,8 @@
 //!   [`braid_dataplane::WorkerOs`]);
 //! - [`calibrate`]: context-switch and system-call costs per scheduling
 //!   policy (SCC Table 2);
+//! - [`live`]: [`profile_live`], the workers of a running chain over an
+//!   interval (braidd's `GET /v1/chains/{name}/profile`);
 //! - [`hw`]: hardware counters through `perf-event2`;
 //! - [`bpf`]: runs and ns per run of the loaded XDP programs (kernel NFs);
 //! - [`softirq`]: softirq time and network softirqs per CPU over the run;
@@ -26,6 +28,7 @@
 pub mod bpf;
 pub mod calibrate;
 pub mod hw;
+pub mod live;
 pub mod profile;
 pub mod report;
 pub mod run;
@@ -33,5 +36,6 @@ pub mod softirq;
 
 pub use calibrate::{calibrate, cost_table, UnitCosts};
 pub use hw::HardwareCounts;
+pub use live::{profile_live, LiveOptions};
 pub use profile::{Profile, Source};
 pub use run::{profile_offline, ProfileError, ProfileOptions};

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_dataplane::{ThreadOs, WorkerTelemetry};
+use braid_dataplane::{ThreadOs, WorkerSnapshot, WorkerTelemetry};
 
 use crate::calibrate::UnitCosts;
 use crate::hw::HardwareCounts;
 
 /// One NF at its call edge (VPP `show runtime`: calls, vectors, vectors
 /// per call, clocks per vector, max).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NfProfile {
     pub name: String,
     pub kind: String,
@@ -33,7 +33,7 @@ pub struct NfProfile {
 }
 
 /// One worker thread over its run.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerProfile {
     pub name: String,
     /// Kernel thread id (None if its loop never started).
@@ -66,7 +66,7 @@ impl WorkerProfile {
 }
 
 /// Where a number in the breakdown comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Counted or timed during the run.
@@ -76,7 +76,7 @@ pub enum Source {
 }
 
 /// One slice of a worker's per-packet cost.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Component {
     pub name: String,
     pub ns_per_packet: f64,
@@ -88,7 +88,7 @@ pub struct Component {
 /// The per-packet cost of one worker, by component (SCC Table 3 in
 /// spirit): the CPU components add up to the worker's on-CPU time per
 /// packet it received.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CostBar {
     pub worker: String,
     pub packets: u64,
@@ -98,7 +98,7 @@ pub struct CostBar {
 }
 
 /// A whole profile.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
     pub chain: String,
     pub mapping: String,
@@ -117,6 +117,7 @@ pub struct Profile {
     pub not_measured: Vec<String>,
     /// Softirq time and network softirqs per CPU over the run (empty:
     /// not read).
+    #[serde(default)]
     pub softirq: Vec<crate::softirq::CpuSoftirq>,
 }
 
@@ -129,6 +130,22 @@ pub struct RunFacts {
     pub output_packets: u64,
 }
 
+/// What one worker counted over a profiled span: its telemetry over the
+/// span, what the OS counted for its thread, and the span's length.
+#[derive(Clone, Debug)]
+pub struct WorkerSpan {
+    /// The worker's counters over the span (see [`WorkerSnapshot::since`]).
+    pub counts: WorkerSnapshot,
+    /// Kernel thread id (None if its loop never started).
+    pub tid: Option<u32>,
+    /// What the OS counted for its thread over the span.
+    pub os: Option<ThreadOs>,
+    /// Why there are no OS counts.
+    pub os_error: Option<String>,
+    /// The span's length.
+    pub wall_ns: u64,
+}
+
 /// Build the profile from the telemetry of the run's workers (after they
 /// have stopped), the hardware counts and the unit costs.
 pub fn build(
@@ -137,14 +154,38 @@ pub fn build(
     hardware: HardwareCounts,
     unit_costs: Option<UnitCosts>,
 ) -> Profile {
+    let spans = workers
+        .iter()
+        .map(|w| {
+            let os = w.os();
+            let during = os.during_run();
+            WorkerSpan {
+                counts: w.snapshot(),
+                tid: os.tid(),
+                os: during.map(|d| d.0),
+                os_error: os.error.clone(),
+                wall_ns: during.map_or(0, |d| d.1),
+            }
+        })
+        .collect();
+    build_spans(run, spans, hardware, unit_costs)
+}
+
+/// Build the profile from what each worker counted over a span (a whole
+/// run, or an interval of a live chain), the hardware counts and the unit
+/// costs.
+pub fn build_spans(
+    run: RunFacts,
+    spans: Vec<WorkerSpan>,
+    hardware: HardwareCounts,
+    unit_costs: Option<UnitCosts>,
+) -> Profile {
     let mut nfs = Vec::new();
     let mut wps = Vec::new();
     let mut bars = Vec::new();
     let mut not_measured = Vec::new();
-    for w in workers {
-        let snap = w.snapshot();
-        let os = w.os();
-        let during = os.during_run();
+    for span in spans {
+        let snap = span.counts;
         let packets: u64 = snap.ports.iter().map(|p| p.stats.rx_packets).sum();
         let mut nf_busy = 0u64;
         for s in &snap.stages {
@@ -166,7 +207,7 @@ pub fn build(
         }
         let wp = WorkerProfile {
             name: snap.worker.clone(),
-            tid: os.tid(),
+            tid: span.tid,
             nfs: snap.stages.iter().map(|s| s.name.clone()).collect(),
             packets,
             port_drops: snap.ports.iter().map(|p| p.stats.rx_dropped + p.stats.tx_dropped).sum(),
@@ -175,9 +216,9 @@ pub fn build(
                 .iter()
                 .filter_map(|p| p.stats.syscalls)
                 .fold(None, |acc, n| Some(acc.unwrap_or(0) + n)),
-            wall_ns: during.map_or(0, |d| d.1),
-            os: during.map(|d| d.0),
-            os_error: os.error.clone(),
+            wall_ns: span.wall_ns,
+            os: span.os,
+            os_error: span.os_error,
             turns: snap.looped.turns,
             idle_turns: snap.looped.idle_turns,
             sleeps: snap.looped.sleeps,

@@ -46,7 +46,8 @@ pub fn format_table(p: &Profile) -> String {
             n.dropped
         );
     }
-    let _ = writeln!(o, "\nper worker thread, loop start to end (OS counters):");
+    let span = if p.mapping == "live" { "over the interval" } else { "loop start to end" };
+    let _ = writeln!(o, "\nper worker thread, {span} (OS counters):");
     let _ = writeln!(
         o,
         "{:<18} {:>7} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>8} {:>8}",

@@ -42,6 +42,8 @@ pub enum ProfileError {
     Coordinator(#[from] braid_runtime::coordinator::CoordError),
     #[error("--mapping {0}: `braid profile` runs the thread and threads mappings")]
     Mapping(&'static str),
+    #[error("interval_ms {0} is out of range 10..=60000")]
+    Interval(u64),
 }
 
 /// Run `d` from `input` to `output` under `mapping` (`thread`: one worker

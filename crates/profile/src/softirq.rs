@@ -6,7 +6,7 @@
 //! thread, so the worker's own CPU time does not show it.
 
 /// What one CPU did in softirq context during the run.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CpuSoftirq {
     pub cpu: usize,
     /// Time in softirq context, ms (clock-tick resolution).

@@ -139,6 +139,23 @@ pub fn problems(s: &SchedDecl, online: &[usize]) -> Vec<(&'static str, String)> 
             }
         }
     }
+    if let Some(us) = s.slice_us {
+        use braid_dataplane::sched::{SLICE_US_MAX, SLICE_US_MIN};
+        if !(SLICE_US_MIN..=SLICE_US_MAX).contains(&us) {
+            out.push((
+                "slice_us",
+                format!(
+                    "slice {us} µs is out of range {SLICE_US_MIN}..={SLICE_US_MAX} (0.1 ms to 100 ms, as the kernel bounds the EEVDF slice)"
+                ),
+            ));
+        }
+        if !matches!(policy, PolicyDecl::Other | PolicyDecl::Batch) {
+            out.push((
+                "slice_us",
+                format!("`slice_us` is the EEVDF slice of the policies other and batch, not of {policy}"),
+            ));
+        }
+    }
     if let Some(b) = s.batch_size {
         if !(1..=MAX_BATCH_SIZE).contains(&b) {
             out.push((
@@ -170,7 +187,12 @@ pub fn to_settings(
     };
     Ok(WorkerSettings {
         name: name.to_string(),
-        sched: Sched { cpus: s.cpus.clone().unwrap_or_default(), policy, nice: s.nice },
+        sched: Sched {
+            cpus: s.cpus.clone().unwrap_or_default(),
+            policy,
+            nice: s.nice,
+            slice_us: s.slice_us,
+        },
         idle: s.idle.unwrap_or(idle),
         batch_size: s.batch_size.unwrap_or(batch_size),
         adapt: s.adapt.unwrap_or(false),
@@ -217,10 +239,10 @@ pub fn unit_decl(
 ) -> Result<SchedDecl, CoordError> {
     let mut merged = SchedDecl::default();
     // Which NF set each field first, for the conflict message.
-    let mut setter: [Option<usize>; 7] = [None; 7];
+    let mut setter: [Option<usize>; 8] = [None; 8];
     for &i in unit_nfs {
         let Some(s) = d.nfs.get(i).and_then(|nf| nf.sched.as_ref()) else { continue };
-        let fields: [(&'static str, Option<String>, Option<String>); 7] = [
+        let fields: [(&'static str, Option<String>, Option<String>); 8] = [
             ("policy", s.policy.map(|p| p.to_string()), merged.policy.map(|p| p.to_string())),
             ("priority", s.priority.map(|p| p.to_string()), merged.priority.map(|p| p.to_string())),
             ("nice", s.nice.map(|p| p.to_string()), merged.nice.map(|p| p.to_string())),
@@ -240,6 +262,7 @@ pub fn unit_decl(
                 merged.idle.map(|p| format!("{p:?}").to_lowercase()),
             ),
             ("adapt", s.adapt.map(|p| p.to_string()), merged.adapt.map(|p| p.to_string())),
+            ("slice_us", s.slice_us.map(|p| p.to_string()), merged.slice_us.map(|p| p.to_string())),
         ];
         for (k, (field, new, old)) in fields.into_iter().enumerate() {
             match (new, old, setter[k]) {
@@ -439,7 +462,7 @@ mod tests {
     fn w(name: &str, policy: SchedPolicy, idle: Idle, cpus: &[usize]) -> WorkerSettings {
         WorkerSettings {
             name: name.into(),
-            sched: Sched { cpus: cpus.to_vec(), policy, nice: None },
+            sched: Sched { cpus: cpus.to_vec(), policy, nice: None, slice_us: None },
             idle,
             batch_size: 32,
             adapt: false,

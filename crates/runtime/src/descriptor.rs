@@ -96,12 +96,16 @@ pub struct SchedDecl {
     /// (`braid_dataplane::adapt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapt: Option<bool>,
+    /// The EEVDF slice in µs (100..=100000) for `other` and `batch`
+    /// (Linux 6.12+, `sched_setattr`'s `sched_runtime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_us: Option<u64>,
 }
 
 impl SchedDecl {
     /// Field names, for error messages.
     pub const FIELDS: &'static [&'static str] =
-        &["policy", "priority", "nice", "cpus", "batch_size", "idle", "adapt"];
+        &["policy", "priority", "nice", "cpus", "batch_size", "idle", "adapt", "slice_us"];
 
     /// `self` with every field `over` sets replaced by its value.
     pub fn overridden_by(&self, over: &SchedDecl) -> SchedDecl {
@@ -113,6 +117,7 @@ impl SchedDecl {
             batch_size: over.batch_size.or(self.batch_size),
             idle: over.idle.or(self.idle),
             adapt: over.adapt.or(self.adapt),
+            slice_us: over.slice_us.or(self.slice_us),
         }
     }
 

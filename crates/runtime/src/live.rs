@@ -103,6 +103,12 @@ pub enum LiveError {
     /// A port beyond `in` and `out` that cannot be used.
     #[error("chain `{chain}`: ports.{port}: {why}")]
     ExtraPort { chain: String, port: String, why: String },
+    #[error("chain `{chain}`: {source}")]
+    Sched {
+        chain: String,
+        #[source]
+        source: crate::coordinator::CoordError,
+    },
 }
 
 /// How a live chain is doing.
@@ -132,6 +138,30 @@ pub struct LiveChain {
     thread: Mutex<Thread>,
     control_timeout: Duration,
     started: Instant,
+    /// What it was started with (the defaults a `sched` change resolves
+    /// against).
+    start_opts: StartOptions,
+}
+
+/// The settings of a live chain's one worker: the descriptor's `sched`
+/// (the chain's block overridden by its NFs', which must agree) over the
+/// start options' idle policy and the chain's batch size; the start
+/// options' CPUs and policy when the descriptor sets none of them.
+pub fn worker_settings(
+    d: &ChainDescriptor,
+    opts: &StartOptions,
+) -> Result<crate::coordinator::WorkerSettings, crate::coordinator::CoordError> {
+    let all: Vec<usize> = (0..d.nfs.len()).collect();
+    let decl = crate::coordinator::unit_decl(d, &d.name, &all)?;
+    let mut s = crate::coordinator::to_settings(&d.name, &decl, opts.idle, d.batch_size)?;
+    if decl.cpus.is_none()
+        && decl.policy.is_none()
+        && decl.nice.is_none()
+        && decl.slice_us.is_none()
+    {
+        s.sched = opts.sched.clone();
+    }
+    Ok(s)
 }
 
 impl std::fmt::Debug for LiveChain {
@@ -249,6 +279,12 @@ impl LiveChain {
     pub fn start(d: &ChainDescriptor, opts: StartOptions) -> Result<LiveChain, LiveError> {
         check_ports(d)?;
         let chain = || d.name.clone();
+        // The descriptor's `sched` (chain and NFs, one worker): resolved,
+        // refused if it would starve the machine, and tried on a probe
+        // thread before anything opens.
+        let settings = worker_settings(d, &opts)
+            .and_then(|s| crate::coordinator::prepare(std::slice::from_ref(&s)).map(|()| s))
+            .map_err(|source| LiveError::Sched { chain: chain(), source })?;
         let nfs = crate::chain::build_nfs(d)
             .map_err(|source| LiveError::Build { chain: chain(), source })?;
         let extra = extra_ports(d)?;
@@ -292,10 +328,11 @@ impl LiveChain {
         }
         let entries = [graph.entry(0, 1), graph.entry(1, 0)];
         let mut cfg = WorkerConfig::new(d.name.clone());
-        cfg.batch_size = d.batch_size.clamp(1, MAX_BATCH_SIZE);
+        cfg.batch_size = settings.batch_size.clamp(1, MAX_BATCH_SIZE);
         cfg.tick_interval = TICK_INTERVAL;
-        cfg.idle = opts.idle;
-        cfg.sched = opts.sched;
+        cfg.idle = settings.idle;
+        cfg.adapt = settings.adapt_config();
+        cfg.sched = settings.sched;
         let worker_err = |source| LiveError::Worker { chain: chain(), source };
         let (mut w, handle) = Worker::new(cfg, graph).map_err(worker_err)?;
         w.add_port(client, Some(entries[0])).map_err(worker_err)?;
@@ -312,6 +349,7 @@ impl LiveChain {
             thread: Mutex::new(Thread::Running(thread)),
             control_timeout: opts.control_timeout,
             started: Instant::now(),
+            start_opts: opts,
         })
     }
 
@@ -415,6 +453,60 @@ impl LiveChain {
         }
         lock(&self.descriptor).nfs[index].params = params;
         Ok(())
+    }
+
+    /// Change the scheduling of the worker that runs NF `nf` (every NF of
+    /// the chain: one worker) live: `sched` becomes the NF's `sched` block,
+    /// the worker's settings are resolved from the whole descriptor as at
+    /// start (the chain's block, overridden by the NFs'), refused if they
+    /// conflict, would starve the machine (real-time busy polling on every
+    /// CPU, together with `others`: the settings of the host's other
+    /// workers) or are invalid, and then sent to the worker (`SetSched`), which
+    /// checks and applies them between two batches and puts its thread
+    /// back if the kernel refuses any part. Nothing changes on a refusal.
+    /// The worker's resolved settings.
+    pub fn set_sched(
+        &self,
+        nf: &str,
+        sched: Option<crate::descriptor::SchedDecl>,
+        others: &[crate::coordinator::WorkerSettings],
+    ) -> Result<crate::coordinator::WorkerSettings, LiveError> {
+        let mut d = self.descriptor();
+        let index =
+            d.nfs.iter().position(|n| n.name == nf).ok_or_else(|| LiveError::UnknownNf {
+                chain: self.name.clone(),
+                nf: nf.to_string(),
+                known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+            })?;
+        d.nfs[index].sched = sched.filter(|s| !s.is_empty());
+        let sched_err = |source| LiveError::Sched { chain: self.name.clone(), source };
+        let settings = worker_settings(&d, &self.start_opts).map_err(sched_err)?;
+        let mut all = others.to_vec();
+        all.push(settings.clone());
+        crate::coordinator::check_starvation(&all, &crate::coordinator::online_cpus())
+            .map_err(sched_err)?;
+        let change = braid_dataplane::SchedChange {
+            sched: Some(settings.sched.clone()),
+            batch_size: Some(settings.batch_size.clamp(1, MAX_BATCH_SIZE)),
+            idle: Some(settings.idle),
+            adapt: Some(settings.adapt_config()),
+        };
+        let control = |source| LiveError::Control { chain: self.name.clone(), source };
+        self.handle.set_sched(change).map_err(control)?;
+        lock(&self.descriptor).nfs[index].sched = d.nfs[index].sched.clone();
+        Ok(settings)
+    }
+
+    /// The settings its worker runs with now (as resolved from the
+    /// descriptor with every accepted change).
+    pub fn settings(&self) -> Result<crate::coordinator::WorkerSettings, LiveError> {
+        worker_settings(&self.descriptor(), &self.start_opts)
+            .map_err(|source| LiveError::Sched { chain: self.name.clone(), source })
+    }
+
+    /// The worker's thread id, once its loop runs.
+    pub fn tid(&self) -> Option<u32> {
+        self.handle.telemetry().os().tid()
     }
 
     /// The state of every NF that keeps some, exported by the worker

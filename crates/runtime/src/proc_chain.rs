@@ -163,6 +163,9 @@ pub fn sched_args(s: &braid_dataplane::Sched) -> Vec<String> {
     if let Some(n) = s.nice {
         args.push(format!("--nice={n}"));
     }
+    if let Some(us) = s.slice_us {
+        args.extend(["--slice-us".into(), us.to_string()]);
+    }
     if !s.cpus.is_empty() {
         args.extend(["--cpus".into(), crate::coordinator::cpu_list(&s.cpus)]);
     }

@@ -78,6 +78,11 @@ pub const CANDIDATES: &[(&str, &str)] = &[
     ("batch-2", "SCHED_BATCH, busy polling, batch 2"),
     ("batch-16", "SCHED_BATCH, busy polling, batch 16"),
     ("batch-32", "SCHED_BATCH, busy polling, batch 32"),
+    (
+        "slice-100",
+        "other, busy polling, the chain's batch size, a 0.1 ms EEVDF slice (Linux 6.12+): NFs sharing a CPU take turns sooner",
+    ),
+    ("slice-1000", "other, busy polling, the chain's batch size, a 1 ms EEVDF slice (Linux 6.12+)"),
     ("poll", "other, sleeping on the ports' eventfds when idle, the chain's batch size"),
     ("poll-fifo", "SCHED_FIFO 10, sleeping on the eventfds when idle (never spins at real time)"),
     (
@@ -102,6 +107,8 @@ impl Candidate {
             "batch-2" => busy(Some(PolicyDecl::Batch), Some(2)),
             "batch-16" => busy(Some(PolicyDecl::Batch), Some(16)),
             "batch-32" => busy(Some(PolicyDecl::Batch), Some(32)),
+            "slice-100" => SchedDecl { slice_us: Some(100), ..busy(None, None) },
+            "slice-1000" => SchedDecl { slice_us: Some(1000), ..busy(None, None) },
             "poll" => SchedDecl { idle: Some(Idle::Poll), ..SchedDecl::default() },
             "poll-fifo" => SchedDecl {
                 policy: Some(PolicyDecl::Fifo),

@@ -455,7 +455,7 @@ fn placement_allowed(choice: PlacementChoice, spec: &NfSpec) -> bool {
 }
 
 /// What a `sched` block accepts, for error messages.
-const SCHED_HELP: &str = "sched: { policy: other|batch|idle|fifo|rr, priority: 1..=99 (fifo, rr), nice: -20..=19 (other, batch, idle), cpus: [online CPU numbers], batch_size: 1..=1024, idle: busy|poll|sleep }";
+const SCHED_HELP: &str = "sched: { policy: other|batch|idle|fifo|rr, priority: 1..=99 (fifo, rr), nice: -20..=19 (other, batch, idle), cpus: [online CPU numbers], batch_size: 1..=1024, idle: busy|poll|sleep, adapt: true|false, slice_us: 100..=100000 (other, batch) }";
 
 /// The problems of NF `path`'s `sched` over the chain's (`chain`), each
 /// located at the NF's field when the NF sets it, else at its `sched`
@@ -481,6 +481,7 @@ fn check_nf_sched(
             "nice" => nf.nice.is_some(),
             "cpus" => nf.cpus.is_some(),
             "batch_size" => nf.batch_size.is_some(),
+            "slice_us" => nf.slice_us.is_some(),
             _ => nf.idle.is_some(),
         };
         if set_here {
@@ -828,6 +829,22 @@ nfs:
             assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
         }
         assert!(p[0].contains("accepted: sched: { policy:"), "{}", p[0]);
+        // The EEVDF slice: bounded as the kernel bounds it, fair policies
+        // only.
+        let p = problems(
+            "name: c\nnfs:\n  - { name: a, type: fwd, sched: { slice_us: 50 } }\n  - { name: b, type: fwd, sched: { policy: fifo, priority: 3, slice_us: 500 } }\n  - { name: e, type: fwd, sched: { policy: batch, slice_us: 100000 } }\n",
+        );
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(
+            p[0].starts_with(
+                "t.yaml:3:46: nfs[0].sched.slice_us: slice 50 µs is out of range 100..=100000"
+            ),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("t.yaml:4:73: nfs[1].sched.slice_us: `slice_us` is the EEVDF slice of the policies other and batch, not of fifo"),
+            "{p:?}"
+        );
         // The chain's setting is what makes an NF's invalid: located at
         // the NF's block.
         let p = problems(

@@ -97,6 +97,9 @@ pub struct UserOptions {
     pub policy: SchedPolicy,
     /// Nice value (-20..=19) of the NF threads (not with `rt_prio`).
     pub nice: Option<i32>,
+    /// EEVDF slice in µs (100..=100000) of the NF threads, for the other
+    /// and batch policies (Linux 6.12+; not with `rt_prio`).
+    pub slice_us: Option<u64>,
     /// Adaptive mode: the worker sets its batch size (up to its batch
     /// size) and idle policy from what it measures, and prints each
     /// change and why.
@@ -115,6 +118,7 @@ impl Default for UserOptions {
             batch: 1,
             policy: SchedPolicy::Other,
             nice: None,
+            slice_us: None,
             adapt: false,
             mtu: braid_packet::DEFAULT_MTU,
         }
@@ -364,10 +368,15 @@ fn apply_sched(opts: &UserOptions) -> Result<(), String> {
             .apply_to_current_thread()
             .map_err(|e| format!("--rt-prio {prio}: SCHED_FIFO: {e}"))?;
     }
-    if opts.policy != SchedPolicy::Other || opts.nice.is_some() {
-        Sched { policy: opts.policy, nice: opts.nice, ..Sched::default() }
+    if opts.policy != SchedPolicy::Other || opts.nice.is_some() || opts.slice_us.is_some() {
+        Sched { policy: opts.policy, nice: opts.nice, slice_us: opts.slice_us, ..Sched::default() }
             .apply_to_current_thread()
-            .map_err(|e| format!("--policy {} / --nice {:?}: {e}", opts.policy, opts.nice))?;
+            .map_err(|e| {
+                format!(
+                    "--policy {} / --nice {:?} / --slice-us {:?}: {e}",
+                    opts.policy, opts.nice, opts.slice_us
+                )
+            })?;
     }
     Ok(())
 }
@@ -400,9 +409,9 @@ impl UserNf {
                     "--rt-prio {p} is out of range 1..=99 (SCHED_FIFO priorities)"
                 )));
             }
-            if opts.policy != SchedPolicy::Other || opts.nice.is_some() {
+            if opts.policy != SchedPolicy::Other || opts.nice.is_some() || opts.slice_us.is_some() {
                 return Err(TestbedError::Deploy(format!(
-                    "--rt-prio {p} sets SCHED_FIFO: it does not combine with --policy {} or --nice",
+                    "--rt-prio {p} sets SCHED_FIFO: it does not combine with --policy {}, --nice or --slice-us",
                     opts.policy
                 )));
             }
@@ -412,9 +421,9 @@ impl UserNf {
                 "--policy takes other, batch or idle; real time is --rt-prio".into(),
             ));
         }
-        Sched { policy: opts.policy, nice: opts.nice, ..Sched::default() }
+        Sched { policy: opts.policy, nice: opts.nice, slice_us: opts.slice_us, ..Sched::default() }
             .check()
-            .map_err(|e| TestbedError::Deploy(format!("--nice: {e}")))?;
+            .map_err(|e| TestbedError::Deploy(format!("--nice / --slice-us: {e}")))?;
         let graph = group_graph(nfs)?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut cfg = WorkerConfig::new(format!("nf-group@{ns}"));

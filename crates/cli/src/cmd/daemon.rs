@@ -10,7 +10,7 @@ use serde_json::Value;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braidd &   # the daemon, on /run/braid/braidd.sock\n  braid daemon status\n  braid daemon deploy live-chain.yaml\n  braid daemon show live --json\n  braid daemon set live fw '{default: drop}'\n  braid daemon events --since 0\n  braid daemon operations\n  braid daemon --socket /tmp/b.sock chains\n  braid daemon --url https://192.0.2.10:9479 --ca cert.pem --token-file token status"
+    after_help = "Examples:\n  braidd &   # the daemon, on /run/braid/braidd.sock\n  braid daemon status\n  braid daemon deploy live-chain.yaml\n  braid daemon show live --json\n  braid daemon set live fw '{default: drop}'\n  braid daemon events --since 0\n  braid daemon operations\n  braid daemon profile live --interval-ms 2000 --svg live.svg\n  braid daemon sched live fw --policy batch --slice-us 3000 --batch 64\n  braid daemon --socket /tmp/b.sock chains\n  braid daemon --url https://192.0.2.10:9479 --ca cert.pem --token-file token status"
 )]
 pub struct Args {
     /// braidd's unix socket.
@@ -73,6 +73,60 @@ pub enum Cmd {
     },
     /// The last operations (deploy, remove, reconfigure), or one of them.
     Operations { id: Option<String> },
+    /// Profile a running chain over an interval: per NF at the call edge
+    /// and per worker thread with its OS counters (the tables of `braid
+    /// profile`, mapping `live`).
+    Profile {
+        chain: String,
+        /// How long to watch, in milliseconds (10..=60000).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+        interval_ms: u64,
+        /// Calibrate context-switch and system-call costs first (on the
+        /// last CPU, before the interval), so they are modelled.
+        #[arg(long)]
+        calibrate: bool,
+        /// Print the profile as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also write the per-packet cost by component as an SVG.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// Change how the worker running an NF is scheduled, live (the NF's
+    /// `sched` block; kept across braidd restarts). Fields not given keep
+    /// the chain's or braidd's default.
+    Sched {
+        chain: String,
+        nf: String,
+        /// Scheduling policy.
+        #[arg(long, value_enum)]
+        policy: Option<crate::cmd::nf_proc::Policy>,
+        /// Real-time priority 1..=99, for --policy fifo or rr.
+        #[arg(long)]
+        priority: Option<i32>,
+        /// Nice -20..=19, for other, batch and idle.
+        #[arg(long, allow_negative_numbers = true)]
+        nice: Option<i32>,
+        /// CPUs the worker may run on (`0-1,3`).
+        #[arg(long)]
+        cpus: Option<String>,
+        /// Packets per receive (1..=1024).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// When idle: busy, poll or sleep.
+        #[arg(long)]
+        idle: Option<braid_dataplane::Idle>,
+        /// Adaptive mode on (true) or off (false).
+        #[arg(long)]
+        adapt: Option<bool>,
+        /// EEVDF slice in µs (100..=100000), for other and batch (Linux 6.12+).
+        #[arg(long)]
+        slice_us: Option<u64>,
+        /// Remove the NF's `sched` block (back to the chain's and braidd's
+        /// defaults); no other option with it.
+        #[arg(long, conflicts_with_all = ["policy", "priority", "nice", "cpus", "batch", "idle", "adapt", "slice_us"])]
+        clear: bool,
+    },
 }
 
 fn pretty(v: &Value) -> anyhow::Result<String> {
@@ -171,6 +225,70 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             for e in c.events(since)?.take(count.unwrap_or(usize::MAX)) {
                 println!("{}", e?);
             }
+        }
+        Cmd::Profile { chain, interval_ms, calibrate, json, svg } => {
+            let v = c.profile(&chain, interval_ms, calibrate)?;
+            let p: braid_profile::Profile = serde_json::from_value(v.clone())
+                .context("braidd's profile does not read as a braid profile")?;
+            if let Some(path) = &svg {
+                std::fs::write(path, braid_profile::report::to_svg(&p))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if json {
+                println!("{}", pretty(&v)?);
+            } else {
+                print!("{}", braid_profile::report::format_table(&p));
+            }
+        }
+        Cmd::Sched {
+            chain,
+            nf,
+            policy,
+            priority,
+            nice,
+            cpus,
+            batch,
+            idle,
+            adapt,
+            slice_us,
+            clear,
+        } => {
+            let cpus = match &cpus {
+                Some(list) => Some(
+                    braid_runtime::coordinator::parse_cpu_list(list)
+                        .filter(|c| !c.is_empty())
+                        .with_context(|| {
+                            format!("--cpus {list:?}: expected a CPU list like 0-1,3")
+                        })?,
+                ),
+                None => None,
+            };
+            let decl = braid_runtime::SchedDecl {
+                policy: policy.map(|p| match p {
+                    crate::cmd::nf_proc::Policy::Other => braid_runtime::PolicyDecl::Other,
+                    crate::cmd::nf_proc::Policy::Batch => braid_runtime::PolicyDecl::Batch,
+                    crate::cmd::nf_proc::Policy::Idle => braid_runtime::PolicyDecl::Idle,
+                    crate::cmd::nf_proc::Policy::Fifo => braid_runtime::PolicyDecl::Fifo,
+                    crate::cmd::nf_proc::Policy::Rr => braid_runtime::PolicyDecl::Rr,
+                }),
+                priority,
+                nice,
+                cpus,
+                batch_size: batch,
+                idle,
+                adapt,
+                slice_us,
+            };
+            if decl.is_empty() && !clear {
+                anyhow::bail!(
+                    "nothing to change: give --policy, --priority, --nice, --cpus, --batch, --idle, --adapt or --slice-us (or --clear to remove the NF's sched block)"
+                );
+            }
+            let v = c.set_sched(&chain, &nf, &serde_json::to_value(&decl)?)?;
+            println!(
+                "chain `{chain}`: NF `{nf}`'s worker now runs with {}",
+                serde_json::to_string(&v["worker_sched"])?
+            );
         }
         Cmd::Operations { id: Some(id) } => println!("{}", pretty(&c.operation(&id)?)?),
         Cmd::Operations { id: None } => {

@@ -91,6 +91,10 @@ pub struct Args {
     /// Nice value (-20..=19) of user-space NF threads.
     #[arg(long, allow_negative_numbers = true, conflicts_with = "rt_prio")]
     pub nice: Option<i32>,
+    /// EEVDF slice in µs (100..=100000) of user-space NF threads under the
+    /// other or batch policy (Linux 6.12+, `sched_setattr`).
+    #[arg(long, conflicts_with = "rt_prio")]
+    pub slice_us: Option<u64>,
     /// Adaptive mode for user-space NF threads: batch size (up to the
     /// batch size) and idle policy set by a feedback loop; each change is
     /// printed with its reason.
@@ -338,6 +342,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             PolicyArg::Idle => braid_dataplane::SchedPolicy::Idle,
         },
         nice: args.nice,
+        slice_us: args.slice_us,
         adapt: args.adapt,
         mtu: args.mtu,
     };

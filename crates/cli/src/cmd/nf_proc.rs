@@ -70,6 +70,11 @@ pub struct Args {
     /// Nice -20..=19 for the other, batch and idle policies.
     #[arg(long, allow_negative_numbers = true)]
     pub nice: Option<i32>,
+    /// EEVDF slice in µs (100..=100000) for the other and batch policies
+    /// (Linux 6.12+, `sched_setattr`; read back and refused on a kernel
+    /// without custom slices).
+    #[arg(long)]
+    pub slice_us: Option<u64>,
     /// CPUs the NF's thread may run on (`0-1,3`).
     #[arg(long)]
     pub cpus: Option<String>,
@@ -105,7 +110,7 @@ fn sched(a: &Args) -> Result<braid_dataplane::Sched> {
             .with_context(|| format!("--cpus {list:?}: expected a CPU list like 0-1,3"))?,
         None => Vec::new(),
     };
-    let s = braid_dataplane::Sched { cpus, policy, nice: a.nice };
+    let s = braid_dataplane::Sched { cpus, policy, nice: a.nice, slice_us: a.slice_us };
     s.check()?;
     Ok(s)
 }
