@@ -186,7 +186,7 @@ fn af_packet_group_with_batch_carries_stateful_nfs() {
     assert!(e.contains("--batch 0"), "{e}");
     let bad = UserOptions { rt_prio: Some(5), nice: Some(1), ..Default::default() };
     let e = deploy_with(opts, &nfs, &bad).err().unwrap().to_string();
-    assert!(e.contains("does not combine with --policy other or --nice"), "{e}");
+    assert!(e.contains("does not combine with --policy other, --nice or --slice-us"), "{e}");
     let bad = UserOptions { nice: Some(40), ..Default::default() };
     let e = deploy_with(opts, &nfs, &bad).err().unwrap().to_string();
     assert!(e.contains("--nice") && e.contains("-20..=19"), "{e}");
