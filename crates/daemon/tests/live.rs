@@ -1079,12 +1079,15 @@ fn worker_cpu_and_packets(c: &Client, net: &Net) -> (f64, f64, f64) {
 /// One round of [`measure_dataplane_rate_under_api_load`]: datagrams per
 /// second at the receiver, API requests per second served, the chain
 /// worker's on-CPU nanoseconds per packet it received, and its mean batch.
+/// `pps`: the sender's fixed rate (paced in steps of 1 ms), or `None`
+/// for as fast as it can.
 fn rate_round(
     net: &Net,
     c: &Client,
     rx: &UdpSocket,
     loaded: bool,
     secs: f64,
+    pps: Option<f64>,
 ) -> (f64, f64, f64, f64) {
     let stop = AtomicBool::new(false);
     let requests = AtomicU64::new(0);
@@ -1131,8 +1134,19 @@ fn rate_round(
         let (tx, _) = sockets_from(net, None);
         let sender = s.spawn(move || {
             let payload = [0u8; 64];
+            let t = Instant::now();
+            let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                if let Some(pps) = pps {
+                    // What is due by now, sent at once; then sleep 1 ms.
+                    let due = (t.elapsed().as_secs_f64() * pps) as u64;
+                    if sent >= due {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                }
                 let _ = tx.send(&payload);
+                sent += 1;
             }
             drop(tx);
         });
@@ -1167,7 +1181,10 @@ fn rate_round(
 /// chain worker's on-CPU time per packet (what the dataplane itself spends,
 /// less sensitive to how the two cores are shared than the rate).
 /// `BRAID_RATE_ROUNDS` rounds (default 9) of `BRAID_RATE_SECONDS` (default
-/// 2) each. A measurement, run by hand:
+/// 2) each. `BRAID_RATE_PPS=N` paces the sender at N datagrams/s (below
+/// saturation both arms should deliver everything, with the same batch
+/// sizes, so the worker's ns per packet compares like with like).
+/// A measurement, run by hand:
 /// `cargo test --release -p braid-daemon --test live -- --ignored --nocapture measure_dataplane`.
 #[test]
 #[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
@@ -1187,6 +1204,10 @@ fn measure_dataplane_rate_under_api_load() {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     let rounds = env("BRAID_RATE_ROUNDS").unwrap_or(9.0) as usize;
     let secs = env("BRAID_RATE_SECONDS").unwrap_or(2.0);
+    let pps = env("BRAID_RATE_PPS");
+    if let Some(p) = pps {
+        println!("sender paced at {p:.0} datagrams/s");
+    }
     // Per arm (I, L, I2): rates, worker ns per packet; and L's requests/s.
     let mut rate = [Vec::new(), Vec::new(), Vec::new()];
     let mut nspp = [Vec::new(), Vec::new(), Vec::new()];
@@ -1196,7 +1217,7 @@ fn measure_dataplane_rate_under_api_load() {
     for i in 0..rounds {
         for k in 0..3 {
             let arm = (i + k) % 3;
-            let (r, q, ns, b) = rate_round(&net, &c, &rx, arm == 1, secs);
+            let (r, q, ns, b) = rate_round(&net, &c, &rx, arm == 1, secs, pps);
             rate[arm].push(r);
             nspp[arm].push(ns);
             batch[arm].push(b);
@@ -1645,6 +1666,10 @@ fn measure_live_profile_overhead() {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     let rounds = env("BRAID_RATE_ROUNDS").unwrap_or(6.0) as usize;
     let secs = env("BRAID_RATE_SECONDS").unwrap_or(2.0);
+    let pps = env("BRAID_RATE_PPS");
+    if let Some(p) = pps {
+        println!("sender paced at {p:.0} datagrams/s");
+    }
     let names = ["none ", "one  ", "10ms ", "none2"];
     let mut rate = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     let mut nspp = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
