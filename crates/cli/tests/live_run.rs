@@ -54,14 +54,49 @@ fn a_live_chain_between_two_interfaces_carries_ping_both_ways() {
     )
     .unwrap();
     let braid = env!("CARGO_BIN_EXE_braid");
+    let sock = dir.join("capture.sock");
     let child = mid
         .command(braid)
-        .args(["run", chain.to_str().unwrap(), "--seconds", "20", "--json"])
+        .args(["run", chain.to_str().unwrap(), "--seconds", "20", "--json", "--capture-socket"])
+        .arg(&sock)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let guard = KillOnDrop(Some(child));
+    // A capture of what leaves the firewall towards the server (the echo
+    // requests), through the run's capture socket.
+    let t = Instant::now();
+    while !sock.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pcap = dir.join("fw-out.pcapng");
+    let mut capture = KillOnDrop(Some(
+        Command::new(braid)
+            .args(["capture", "--nf", "fw", "--dir", "out", "--filter", "icmp", "-c", "3"])
+            .args(["--seconds", "15", "--socket"])
+            .arg(&sock)
+            .arg("-w")
+            .arg(&pcap)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let t = Instant::now();
+    while !std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0)
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A capture of an NF the chain does not have is refused, naming them.
+    let bad = Command::new(braid)
+        .args(["capture", "--nf", "nope", "-c", "1", "--seconds", "5", "--socket"])
+        .arg(&sock)
+        .args(["-w", "-"])
+        .output()
+        .unwrap();
+    let bad_err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && bad_err.contains("fw, f"), "{bad_err}");
     // The ports open within a second; ping until it answers.
     let t = Instant::now();
     let mut ok = false;
@@ -75,6 +110,24 @@ fn a_live_chain_between_two_interfaces_carries_ping_both_ways() {
             .success();
     }
     assert!(ok, "ping through the live chain");
+    // The capture ends by itself after 3 packets: the first three ICMP
+    // frames fw sent on, either way (`--dir out` is its output on both
+    // gates): echo requests to the server and replies to the client.
+    let cap = capture.0.take().unwrap().wait_with_output().unwrap();
+    assert!(cap.status.success(), "{}", String::from_utf8_lossy(&cap.stderr));
+    let mut r = braid_io::pcapng::PcapngReader::new(std::fs::File::open(&pcap).unwrap()).unwrap();
+    let (mut requests, mut replies, mut data) = (0, 0, Vec::new());
+    while r.next_packet(&mut data).unwrap().is_some() {
+        // IPv4 (no VLAN), ICMP; then destination and ICMP type.
+        assert_eq!((&data[12..14], data[23]), (&[8u8, 0][..], 1), "{data:?}");
+        match (&data[30..34], data[34]) {
+            ([10, 77, 0, 2], 8) => requests += 1,
+            ([10, 77, 0, 1], 0) => replies += 1,
+            _ => panic!("not an echo request to the server or a reply to the client: {data:?}"),
+        }
+    }
+    assert_eq!(requests + replies, 3, "captured frames");
+    assert!(requests >= 1 && replies >= 1, "{requests} requests, {replies} replies");
     // SIGTERM: the run stops, prints its counters and exits 0.
     let child = guard.take();
     Command::new("kill").arg(child.id().to_string()).status().unwrap();
@@ -86,6 +139,7 @@ fn a_live_chain_between_two_interfaces_carries_ping_both_ways() {
     // Requests, answers and ARP both ways: at least 3 echo requests and 3 replies.
     assert!(fw["packets_in"].as_u64().unwrap() >= 6, "{v}");
     assert_eq!(fw["packets_in"], fw["packets_out"]);
+    assert!(!sock.exists(), "the run removes its capture socket");
     std::fs::remove_dir_all(&dir).unwrap();
     drop((la, lb, mid, cl, sv));
 }
@@ -105,4 +159,27 @@ impl Drop for KillOnDrop {
             let _ = c.wait();
         }
     }
+}
+
+#[test]
+fn an_offline_run_refuses_a_capture_socket() {
+    let sock = std::env::temp_dir().join(format!("braid-run-nosock-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .args([
+            "run",
+            "examples/sample.yaml",
+            "-i",
+            "in.pcap",
+            "-o",
+            "out.pcap",
+            "--capture-socket",
+        ])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--capture-socket") && err.contains("only a live run"), "{err}");
+    assert!(!sock.exists(), "nothing bound");
 }

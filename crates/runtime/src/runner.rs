@@ -333,6 +333,9 @@ pub struct LiveOptions {
     pub duration: Option<Duration>,
     pub idle: Idle,
     pub sched: braid_dataplane::Sched,
+    /// Sent the worker's control handle before it starts (for a capture
+    /// server: taps go through the control channel).
+    pub handle: Option<std::sync::mpsc::Sender<braid_dataplane::WorkerHandle>>,
 }
 
 /// Run the chain `d` between two live ports until stopped: what `client`
@@ -353,9 +356,13 @@ pub fn run_live(
     cfg.sched = opts.sched;
     cfg.stop_signal = opts.stop_signal;
     cfg.deadline = opts.duration.map(|t| Instant::now() + t);
-    let (mut w, _h) = Worker::new(cfg, graph)?;
+    let (mut w, h) = Worker::new(cfg, graph)?;
     w.add_port(client, Some(entries[0]))?;
     w.add_port(server, Some(entries[1]))?;
+    if let Some(tx) = opts.handle {
+        // Nobody listening any more is not the run's problem.
+        let _ = tx.send(h);
+    }
     let r = w.run();
     Ok(RunReport {
         chain: ChainSnapshot {

@@ -217,26 +217,7 @@ fn serve_captures(
     deployment: &braid_testbed::deploy::Deployment,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    use std::os::unix::net::{UnixListener, UnixStream};
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "--capture-socket {}: another braid deploy serves captures there; stop it or choose another path",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path).with_context(|| {
-            format!("--capture-socket {}: removing the stale socket", path.display())
-        })?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("--capture-socket {}: binding", path.display()))?;
-    // Captures carry traffic: only the owner (root) may connect.
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("--capture-socket {}: setting its mode", path.display()))?;
+    let listener = bind_capture_socket(path)?;
     let (user, kernel) = deployment.capture_targets();
     let resolve = move |nf: &str| -> Result<braid_dataplane::WorkerHandle, String> {
         if let Some((_, h)) = user.iter().find(|(n, _)| n == nf) {
@@ -253,6 +234,34 @@ fn serve_captures(
     };
     braid_dataplane::tap::serve_unix(listener, resolve, stop.clone())
         .context("starting the capture server")
+}
+
+/// The unix socket `braid capture` connects to (`--capture-socket` of
+/// `deploy` and `run`), bound and readable by its owner only. A socket
+/// left by a process that is gone is replaced; one that answers belongs to
+/// a running braid: refused.
+pub(crate) fn bind_capture_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "--capture-socket {}: another braid serves captures there; stop it or choose another path",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| {
+            format!("--capture-socket {}: removing the stale socket", path.display())
+        })?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("--capture-socket {}: binding", path.display()))?;
+    // Captures carry traffic: only the owner (root) may connect.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("--capture-socket {}: setting its mode", path.display()))?;
+    Ok(listener)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -20,7 +20,7 @@ use braid_runtime::Chain;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braid run examples/sample.yaml -i in.pcap -o out.pcap\n  braid run examples/sample.yaml -i in.pcap -o out.pcapng --mapping processes --json\n  tcpdump -i eth0 -w - | braid run examples/sample.yaml -i - -o - | tshark -r -\n  braid run live.yaml --seconds 60   # af_packet/af_xdp ports in the descriptor"
+    after_help = "Examples:\n  braid run examples/sample.yaml -i in.pcap -o out.pcap\n  braid run examples/sample.yaml -i in.pcap -o out.pcapng --mapping processes --json\n  tcpdump -i eth0 -w - | braid run examples/sample.yaml -i - -o - | tshark -r -\n  braid run live.yaml --seconds 60   # af_packet/af_xdp ports in the descriptor\n  braid run live.yaml --capture-socket /run/braid/run.sock   # then: braid capture --socket /run/braid/run.sock --nf fw"
 )]
 pub struct Args {
     /// Chain descriptor (YAML).
@@ -50,6 +50,10 @@ pub struct Args {
     /// after this many seconds (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// With live ports: serve `braid capture --socket PATH` on this unix
+    /// socket while the chain runs (taps on its NFs, as for `deploy`).
+    #[arg(long)]
+    pub capture_socket: Option<PathBuf>,
 }
 
 /// `--output-format`.
@@ -93,6 +97,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         other => other.kind_name().to_string(),
     };
     let live = (open_live(&input), open_live(&output));
+    if let (Some(path), (None, None)) = (&args.capture_socket, &live) {
+        anyhow::bail!(
+            "--capture-socket {}: only a live run (af_packet or af_xdp ports) can be captured while it runs; an offline run's output is already a capture",
+            path.display()
+        );
+    }
     let (input_name, report, finished) = match live {
         (None, None) => run_offline(&d, &input, &output, args.mapping.into())?,
 
@@ -104,7 +114,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             braid_runtime::coordinator::refuse_unapplied(&d, "a live `braid run`")?;
             let a = a.with_context(|| format!("open the `in` port ({})", input.kind_name()))?;
             let b = b.with_context(|| format!("open the `out` port ({})", output.kind_name()))?;
+            let captures = match &args.capture_socket {
+                Some(path) => Some(CaptureServer::start(path, &d)?),
+                None => None,
+            };
             let opts = LiveOptions {
+                handle: captures.as_ref().map(|c| c.handle_to.clone()),
                 stop_signal: Some(braid_probe::signal::stop_on_signals()?),
                 duration: match args.seconds {
                     Some(s) if !(s.is_finite() && s > 0.0) => {
@@ -114,7 +129,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 },
                 ..LiveOptions::default()
             };
-            (a.name(), run_live(&d, a, b, opts)?, Ok(()))
+            let name = a.name();
+            let report = run_live(&d, a, b, opts);
+            if let (Some(c), Some(path)) = (captures, &args.capture_socket) {
+                c.stop(path);
+            }
+            (name, report?, Ok(()))
         }
         _ => anyhow::bail!(
             "ports `in` ({}) and `out` ({}): a chain runs either offline (pcap, memory) or between two live interfaces (af_packet, af_xdp), not both",
@@ -262,5 +282,50 @@ impl Port for SharedOutput {
     }
     fn stats(&self) -> PortStats {
         self.lock().stats()
+    }
+}
+
+/// `--capture-socket` of a live run: the socket is bound before the chain
+/// starts (errors come first); captures are served once the worker's
+/// control handle arrives, until the run ends.
+struct CaptureServer {
+    handle_to: std::sync::mpsc::Sender<braid_dataplane::WorkerHandle>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl CaptureServer {
+    fn start(path: &Path, d: &braid_runtime::ChainDescriptor) -> anyhow::Result<CaptureServer> {
+        let listener = super::deploy::bind_capture_socket(path)?;
+        let (handle_to, handle) = std::sync::mpsc::channel::<braid_dataplane::WorkerHandle>();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let names: Vec<String> = d.nfs.iter().map(|n| n.name.clone()).collect();
+        let server_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("braid-run-capture".into())
+            .spawn(move || {
+                // The worker sends its handle as it starts; a run that
+                // fails before that drops the sender.
+                let Ok(h) = handle.recv() else { return };
+                let resolve = move |nf: &str| -> Result<braid_dataplane::WorkerHandle, String> {
+                    if names.iter().any(|n| n == nf) {
+                        Ok(h.clone())
+                    } else {
+                        Err(format!("no NF `{nf}` in this chain (its NFs: {})", names.join(", ")))
+                    }
+                };
+                if let Ok(t) = braid_dataplane::tap::serve_unix(listener, resolve, server_stop) {
+                    let _ = t.join();
+                }
+            })
+            .context("starting the capture server")?;
+        Ok(CaptureServer { handle_to, stop, thread })
+    }
+
+    fn stop(self, path: &Path) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.handle_to);
+        let _ = self.thread.join();
+        let _ = std::fs::remove_file(path);
     }
 }
