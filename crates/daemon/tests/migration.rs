@@ -23,6 +23,7 @@
 //! before.
 
 mod common;
+mod netlab;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +36,7 @@ use braid_io::netns::{self, LinkGuard, NetnsGuard};
 use braid_io::Port;
 use braid_packet::wire::build::FrameSpec;
 use common::{Braidd, TempDir};
+use netlab::{addr, check_exact, ip, link, neigh, payload, sysctl};
 use serde_json::{json, Value};
 
 const CL: &str = "10.80.10.1";
@@ -73,41 +75,6 @@ struct Net {
     c0: String,
     ma: String,
     _links: Vec<LinkGuard>,
-}
-
-fn sysctl(ns: &NetnsGuard, kv: &str) {
-    let st = ns.command("sysctl").args(["-q", "-w", kv]).status().unwrap();
-    assert!(st.success(), "sysctl {kv}");
-}
-
-/// A veth pair from `a` (in namespace `na`) to `b` (in `nb`), up, with
-/// transmit checksum offload off (frames cross AF_PACKET forwarders).
-fn link(na: &NetnsGuard, nb: &NetnsGuard, tag: &str) -> (LinkGuard, String, String) {
-    let (a, b) =
-        (netns::unique_ifname(&format!("{tag}a")), netns::unique_ifname(&format!("{tag}b")));
-    let l = LinkGuard::veth(&a, &b).unwrap();
-    l.move_end_to(&a, na).unwrap();
-    l.move_end_to(&b, nb).unwrap();
-    for (ns, dev) in [(na, &a), (nb, &b)] {
-        netns::set_up(Some(ns.name()), dev).unwrap();
-        netns::tx_checksum_off(Some(ns.name()), dev).unwrap();
-    }
-    (l, a, b)
-}
-
-fn addr(ns: &NetnsGuard, dev: &str, ip: &str) {
-    netns::add_addr(Some(ns.name()), dev, &format!("{ip}/24")).unwrap();
-}
-
-/// `ip` in `ns`, which must succeed.
-fn ip(ns: &NetnsGuard, args: &[&str]) -> String {
-    let out = ns.ip(args).unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn neigh(ns: &NetnsGuard, dev: &str, to: &str, peer_ns: &NetnsGuard, peer_dev: &str) {
-    let mac = netns::mac_addr(Some(peer_ns.name()), peer_dev).unwrap();
-    netns::add_neigh(Some(ns.name()), dev, to, &mac).unwrap();
 }
 
 fn net() -> Net {
@@ -224,13 +191,6 @@ struct Traffic {
     server_sock: UdpSocket,
     /// Packets sent on flow 0 so far.
     sent0: Arc<std::sync::atomic::AtomicU32>,
-}
-
-fn payload(flow: u32, seq: u32) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&flow.to_be_bytes());
-    b[4..].copy_from_slice(&seq.to_be_bytes());
-    b
 }
 
 fn start_traffic(net: &Net) -> Traffic {
@@ -445,25 +405,6 @@ fn check_tcp(t: TcpEcho) {
     t.server.join().unwrap();
     assert_eq!(got, Ok(sent), "the TCP connection through the chain");
     assert!(sent > 100 << 10, "only {sent} TCP bytes sent");
-}
-
-/// Every flow's echoes are exactly 0..sent, in order: nothing lost,
-/// duplicated or reordered.
-fn check_exact(sent: &[u32], got: &[Vec<u32>]) {
-    for (i, (s, g)) in sent.iter().zip(got).enumerate() {
-        assert!(*s > 100, "flow {i}: only {s} packets sent");
-        let want: Vec<u32> = (0..*s).collect();
-        if *g != want {
-            let missing: Vec<u32> = want.iter().filter(|x| !g.contains(x)).copied().collect();
-            let reordered = g.windows(2).filter(|w| w[1] <= w[0]).count();
-            panic!(
-                "flow {i}: sent {s}, echoed {} ({} missing, first {:?}; {reordered} out of order or duplicated)",
-                g.len(),
-                missing.len(),
-                &missing[..missing.len().min(10)]
-            );
-        }
-    }
 }
 
 /// Connections for `n` more client flows through the current path:

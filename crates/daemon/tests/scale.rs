@@ -26,6 +26,7 @@
 //! still admits them on its own flows.
 
 mod common;
+mod netlab;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,7 @@ use braid_nf::PartitionKey;
 use braid_packet::flow::FiveTuple;
 use braid_packet::wire::build::FrameSpec;
 use common::{Braidd, TempDir};
+use netlab::{addr, check_exact, ip, link, neigh, payload, sysctl};
 use serde_json::json;
 
 const CL: &str = "10.81.10.1";
@@ -79,37 +81,6 @@ struct Net {
     c0: String,
     u0: String,
     _links: Vec<LinkGuard>,
-}
-
-fn sysctl(ns: &NetnsGuard, kv: &str) {
-    let st = ns.command("sysctl").args(["-q", "-w", kv]).status().unwrap();
-    assert!(st.success(), "sysctl {kv}");
-}
-
-fn link(na: &NetnsGuard, nb: &NetnsGuard, tag: &str) -> (LinkGuard, String, String) {
-    let (a, b) =
-        (netns::unique_ifname(&format!("{tag}a")), netns::unique_ifname(&format!("{tag}b")));
-    let l = LinkGuard::veth(&a, &b).unwrap();
-    l.move_end_to(&a, na).unwrap();
-    l.move_end_to(&b, nb).unwrap();
-    for (ns, dev) in [(na, &a), (nb, &b)] {
-        netns::set_up(Some(ns.name()), dev).unwrap();
-        netns::tx_checksum_off(Some(ns.name()), dev).unwrap();
-    }
-    (l, a, b)
-}
-
-fn addr(ns: &NetnsGuard, dev: &str, ip: &str) {
-    netns::add_addr(Some(ns.name()), dev, &format!("{ip}/24")).unwrap();
-}
-
-fn ip(ns: &NetnsGuard, args: &[&str]) {
-    ns.ip(args).unwrap();
-}
-
-fn neigh(ns: &NetnsGuard, dev: &str, to: &str, peer_ns: &NetnsGuard, peer_dev: &str) {
-    let mac = netns::mac_addr(Some(peer_ns.name()), peer_dev).unwrap();
-    netns::add_neigh(Some(ns.name()), dev, to, &mac).unwrap();
 }
 
 fn net() -> Net {
@@ -206,13 +177,6 @@ fn fw_chain(inp: &str, out: &str) -> String {
         af(inp),
         af(out)
     )
-}
-
-fn payload(flow: u32, seq: u32) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&flow.to_be_bytes());
-    b[4..].copy_from_slice(&seq.to_be_bytes());
-    b
 }
 
 /// UDP flows from the client, echoed by the server.
@@ -328,23 +292,6 @@ fn start_traffic(net: &Net, limit: u64) -> Traffic {
         }
     });
     Traffic { stop, pause, sent0, tags, sender, receiver, server, clients, server_sock }
-}
-
-fn check_exact(sent: &[u32], got: &[Vec<u32>]) {
-    for (i, (s, g)) in sent.iter().zip(got).enumerate() {
-        assert!(*s > 100, "flow {i}: only {s} packets sent");
-        let want: Vec<u32> = (0..*s).collect();
-        if *g != want {
-            let missing: Vec<u32> = want.iter().filter(|x| !g.contains(x)).copied().collect();
-            let reordered = g.windows(2).filter(|w| w[1] <= w[0]).count();
-            panic!(
-                "flow {i}: sent {s}, echoed {} ({} missing, first {:?}; {reordered} out of order or duplicated)",
-                g.len(),
-                missing.len(),
-                &missing[..missing.len().min(10)]
-            );
-        }
-    }
 }
 
 /// `n` more client connections through the current path: crafted UDP
