@@ -45,6 +45,7 @@ fn a_live_chain_between_two_interfaces_carries_ping_both_ways() {
 
     let dir = std::env::temp_dir().join(format!("braid-live-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let _dir_guard = RemoveOnDrop(dir.clone());
     let chain = dir.join("live.yaml");
     std::fs::write(
         &chain,
@@ -140,8 +141,16 @@ fn a_live_chain_between_two_interfaces_carries_ping_both_ways() {
     assert!(fw["packets_in"].as_u64().unwrap() >= 6, "{v}");
     assert_eq!(fw["packets_in"], fw["packets_out"]);
     assert!(!sock.exists(), "the run removes its capture socket");
-    std::fs::remove_dir_all(&dir).unwrap();
     drop((la, lb, mid, cl, sv));
+}
+
+/// Removes the test's directory also when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 struct KillOnDrop(Option<std::process::Child>);
