@@ -34,7 +34,8 @@ pub static SPEC: NfSpec = NfSpec {
     // drain marker goes through the line behind them.
     state: crate::StateKind::None,
     kernel: None,
-    summary: "hold every packet for a fixed delay (+ jitter, link rate): WAN emulation without netem",
+    summary:
+        "hold every packet for a fixed delay (+ jitter, link rate): WAN emulation without netem",
     params: &[
         ParamDoc {
             name: "delay",
@@ -446,10 +447,7 @@ mod tests {
             nf.tick(&mut out, &mut Context::new(ms * 1_000_000, &mut c));
             seen.extend(out.iter().map(|p| (ms, id(p), p.meta.out_port)));
         }
-        assert_eq!(
-            seen,
-            vec![(1, 0, 1), (1, 1, 0), (2, 2, 1), (2, 3, 0), (3, 4, 1), (3, 5, 0)]
-        );
+        assert_eq!(seen, vec![(1, 0, 1), (1, 1, 0), (2, 2, 1), (2, 3, 0), (3, 4, 1), (3, 5, 0)]);
     }
 
     #[test]

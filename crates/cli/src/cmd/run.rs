@@ -50,6 +50,12 @@ pub struct Args {
     /// after this many seconds (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// With live ports: run the NFs' `tick` every this many µs (20..=10000,
+    /// default 10000). A `delay` NF releases held packets from its tick, so
+    /// this bounds how late a packet may leave; `--tick-us 100` for a
+    /// delay line of milliseconds.
+    #[arg(long)]
+    pub tick_us: Option<u64>,
 }
 
 /// `--output-format`.
@@ -76,6 +82,12 @@ fn port(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let tick_interval = match args.tick_us {
+        Some(us) if !(20..=10_000).contains(&us) => {
+            anyhow::bail!("--tick-us {us}: must be 20..=10000 (µs)")
+        }
+        us => us.map(std::time::Duration::from_micros),
+    };
     let d = braid_runtime::validate::load(&args.chain)?;
     let input = port(args.input, &d, "in", "--input")?;
     let mut output = port(args.output, &d, "out", "--output")?;
@@ -94,6 +106,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let live = (open_live(&input), open_live(&output));
     let (input_name, report, finished) = match live {
+        (None, None) if args.tick_us.is_some() => {
+            anyhow::bail!("--tick-us is for live ports (af_packet, af_xdp); an offline run ticks every 10 ms")
+        }
         (None, None) => run_offline(&d, &input, &output, args.mapping.into())?,
 
         (Some(a), Some(b)) => {
@@ -112,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     }
                     s => s.map(std::time::Duration::from_secs_f64),
                 },
+                tick_interval,
                 ..LiveOptions::default()
             };
             (a.name(), run_live(&d, a, b, opts)?, Ok(()))
