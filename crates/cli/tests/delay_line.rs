@@ -40,9 +40,10 @@ fn ping_through_a_braid_delay_line_takes_twice_the_delay() {
     netns::add_addr(Some(cl.name()), &a0, "10.78.0.1/24").unwrap();
     netns::add_addr(Some(sv.name()), &b0, "10.78.0.2/24").unwrap();
 
-    let dir = std::env::temp_dir().join(format!("braid-delay-line-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let chain = dir.join("wan.yaml");
+    let dir =
+        RemoveOnDrop(std::env::temp_dir().join(format!("braid-delay-line-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let chain = dir.0.join("wan.yaml");
     std::fs::write(
         &chain,
         format!(
@@ -94,8 +95,7 @@ fn ping_through_a_braid_delay_line_takes_twice_the_delay() {
     assert_eq!(link["kind"], "delay", "{v}");
     // 30 + at least 2 requests and as many replies.
     assert!(link["packets_out"].as_u64().unwrap() >= 64, "{v}");
-    std::fs::remove_dir_all(&dir).unwrap();
-    drop((la, lb, mid, cl, sv));
+    drop((dir, la, lb, mid, cl, sv));
 }
 
 #[test]
@@ -123,6 +123,15 @@ fn rtt(ping: &str) -> Option<(f64, f64, f64)> {
     let nums = line.split('=').nth(1)?.trim().split(' ').next()?;
     let v: Vec<f64> = nums.split('/').filter_map(|x| x.parse().ok()).collect();
     (v.len() >= 3).then(|| (v[0], v[1], v[2]))
+}
+
+/// The test's temporary directory, removed also when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 struct KillOnDrop(Option<std::process::Child>);
