@@ -455,7 +455,6 @@ impl<'a> Worker<'a> {
     /// Receive one batch from every port that feeds the graph and push
     /// each through it. Returns the packets received.
     fn receive_round(&mut self) -> Result<usize, WorkerError> {
-        let now_ns = braid_nf::monotonic_ns();
         let mut moved = 0;
         for i in 0..self.ports.len() {
             let Some(to) = self.ports[i].rx_to else { continue };
@@ -474,6 +473,11 @@ impl<'a> Worker<'a> {
                 }
                 Ok(n) => {
                     moved += n;
+                    // The batch's time is read after it was received, so
+                    // it is never before any of its packets arrived (read
+                    // before, a preemption between the two would stamp a
+                    // packet early and a `delay` line release it early).
+                    let now_ns = braid_nf::monotonic_ns();
                     if let Some(s) = &mut self.streaming {
                         if !s.markers_pending.is_empty() {
                             s.strip_markers(i, &mut self.rx);
@@ -491,6 +495,7 @@ impl<'a> Worker<'a> {
                 Err(source) => {
                     // Keep what was read before the error.
                     if !self.rx.is_empty() {
+                        let now_ns = braid_nf::monotonic_ns();
                         self.graph.get().push(to, &mut self.rx, now_ns, &mut self.tx);
                     }
                     return Err(WorkerError::Port {

@@ -50,6 +50,7 @@ pub const NF_CASES: &[(&str, &str)] = &[
     ("nc-recode", "{}"),
     ("nc-decode", "{}"),
     ("loss", "{ rate: 0.5, seed: 7 }"),
+    ("delay", "{ delay: 1ms, jitter: 500us, rate: 10mbit, limit: 16 }"),
     ("steer", "{ instances: 3, buckets: 4, table: [0, 1, 2, 1], unhashable: 2 }"),
     (
         "dpi",

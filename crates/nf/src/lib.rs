@@ -40,6 +40,7 @@ pub mod xor;
 
 pub mod aes_header;
 pub mod decrypt;
+pub mod delay;
 pub mod encrypt;
 pub mod loss;
 pub mod nc_decode;

@@ -52,6 +52,7 @@ pub static REGISTRY: &[&NfSpec] = &[
     &crate::nc_recode::SPEC,
     &crate::nc_decode::SPEC,
     &crate::loss::SPEC,
+    &crate::delay::SPEC,
     &crate::dpi::SPEC,
     &crate::steer::SPEC,
 ];

@@ -336,7 +336,16 @@ pub struct LiveOptions {
     /// Sent the worker's control handle before it starts (for a capture
     /// server: taps go through the control channel).
     pub handle: Option<std::sync::mpsc::Sender<braid_dataplane::WorkerHandle>>,
+    /// How often the NFs' `tick` runs (None: [`TICK_INTERVAL`]). NFs that
+    /// release held packets from `tick` (`delay`) are only as precise as
+    /// this; the `poll` idle policy wakes at least this often.
+    pub tick_interval: Option<Duration>,
 }
+
+/// Tick intervals a live run accepts: finer wastes the core on wake-ups,
+/// coarser than the default has no use.
+pub const TICK_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_micros(20)..=TICK_INTERVAL;
 
 /// Run the chain `d` between two live ports until stopped: what `client`
 /// receives enters the chain upstream and leaves by `server`, what
@@ -356,6 +365,9 @@ pub fn run_live(
     cfg.sched = opts.sched;
     cfg.stop_signal = opts.stop_signal;
     cfg.deadline = opts.duration.map(|t| Instant::now() + t);
+    if let Some(t) = opts.tick_interval {
+        cfg.tick_interval = t.clamp(*TICK_INTERVAL_RANGE.start(), *TICK_INTERVAL_RANGE.end());
+    }
     let (mut w, h) = Worker::new(cfg, graph)?;
     w.add_port(client, Some(entries[0]))?;
     w.add_port(server, Some(entries[1]))?;

@@ -54,6 +54,12 @@ pub struct Args {
     /// socket while the chain runs (taps on its NFs, as for `deploy`).
     #[arg(long)]
     pub capture_socket: Option<PathBuf>,
+    /// With live ports: run the NFs' `tick` every this many µs (20..=10000,
+    /// default 10000). A `delay` NF releases held packets from its tick, so
+    /// this bounds how late a packet may leave; `--tick-us 100` for a
+    /// delay line of milliseconds.
+    #[arg(long)]
+    pub tick_us: Option<u64>,
 }
 
 /// `--output-format`.
@@ -80,6 +86,12 @@ fn port(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let tick_interval = match args.tick_us {
+        Some(us) if !(20..=10_000).contains(&us) => {
+            anyhow::bail!("--tick-us {us}: must be 20..=10000 (µs)")
+        }
+        us => us.map(std::time::Duration::from_micros),
+    };
     let d = braid_runtime::validate::load(&args.chain)?;
     let input = port(args.input, &d, "in", "--input")?;
     let mut output = port(args.output, &d, "out", "--output")?;
@@ -104,6 +116,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let (input_name, report, finished) = match live {
+        (None, None) if args.tick_us.is_some() => {
+            anyhow::bail!("--tick-us is for live ports (af_packet, af_xdp); an offline run ticks every 10 ms")
+        }
         (None, None) => run_offline(&d, &input, &output, args.mapping.into())?,
 
         (Some(a), Some(b)) => {
@@ -114,19 +129,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             braid_runtime::coordinator::refuse_unapplied(&d, "a live `braid run`")?;
             let a = a.with_context(|| format!("open the `in` port ({})", input.kind_name()))?;
             let b = b.with_context(|| format!("open the `out` port ({})", output.kind_name()))?;
+            let duration = match args.seconds {
+                Some(s) if !(s.is_finite() && s > 0.0) => {
+                    anyhow::bail!("--seconds {s}: must be a positive number")
+                }
+                s => s.map(std::time::Duration::from_secs_f64),
+            };
+            let stop_signal = Some(braid_probe::signal::stop_on_signals()?);
+            // Bound last: every check that can refuse the run comes first,
+            // so a refused run leaves no socket behind.
             let captures = match &args.capture_socket {
                 Some(path) => Some(CaptureServer::start(path, &d)?),
                 None => None,
             };
             let opts = LiveOptions {
                 handle: captures.as_ref().map(|c| c.handle_to.clone()),
-                stop_signal: Some(braid_probe::signal::stop_on_signals()?),
-                duration: match args.seconds {
-                    Some(s) if !(s.is_finite() && s > 0.0) => {
-                        anyhow::bail!("--seconds {s}: must be a positive number")
-                    }
-                    s => s.map(std::time::Duration::from_secs_f64),
-                },
+                stop_signal,
+                duration,
+                tick_interval,
                 ..LiveOptions::default()
             };
             let name = a.name();
