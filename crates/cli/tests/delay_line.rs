@@ -6,7 +6,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use braid_io::netns::{self, LinkGuard, NetnsGuard};
+use braid_io::netns;
+
+mod bump;
+use bump::{Bump, KillOnDrop, RemoveOnDrop};
 
 /// How much the mean RTT may exceed 2 × 5 ms: 2 × the 0.1 ms tick, the
 /// wake-ups and the veth/ping path itself, with margin for a loaded CI
@@ -23,22 +26,8 @@ fn ping_through_a_braid_delay_line_takes_twice_the_delay() {
     ) {
         return;
     }
-    let mid = NetnsGuard::create(&netns::unique_name("braid-dl-mid")).unwrap();
-    let cl = NetnsGuard::create(&netns::unique_name("braid-dl-cl")).unwrap();
-    let sv = NetnsGuard::create(&netns::unique_name("braid-dl-sv")).unwrap();
-    let (a0, a1) = (netns::unique_ifname("dla0"), netns::unique_ifname("dla1"));
-    let (b0, b1) = (netns::unique_ifname("dlb0"), netns::unique_ifname("dlb1"));
-    let la = LinkGuard::veth(&a0, &a1).unwrap();
-    let lb = LinkGuard::veth(&b0, &b1).unwrap();
-    la.move_end_to(&a0, &cl).unwrap();
-    la.move_end_to(&a1, &mid).unwrap();
-    lb.move_end_to(&b0, &sv).unwrap();
-    lb.move_end_to(&b1, &mid).unwrap();
-    for (ns, dev) in [(&cl, &a0), (&mid, &a1), (&mid, &b1), (&sv, &b0)] {
-        netns::set_up(Some(ns.name()), dev).unwrap();
-    }
-    netns::add_addr(Some(cl.name()), &a0, "10.78.0.1/24").unwrap();
-    netns::add_addr(Some(sv.name()), &b0, "10.78.0.2/24").unwrap();
+    let bed = Bump::new("dl", "10.78.0");
+    let (mid, cl, a1, b1) = (&bed.mid, &bed.cl, &bed.a1, &bed.b1);
 
     let dir =
         RemoveOnDrop(std::env::temp_dir().join(format!("braid-delay-line-{}", std::process::id())));
@@ -95,7 +84,7 @@ fn ping_through_a_braid_delay_line_takes_twice_the_delay() {
     assert_eq!(link["kind"], "delay", "{v}");
     // 30 + at least 2 requests and as many replies.
     assert!(link["packets_out"].as_u64().unwrap() >= 64, "{v}");
-    drop((dir, la, lb, mid, cl, sv));
+    drop((dir, bed));
 }
 
 #[test]
@@ -123,30 +112,4 @@ fn rtt(ping: &str) -> Option<(f64, f64, f64)> {
     let nums = line.split('=').nth(1)?.trim().split(' ').next()?;
     let v: Vec<f64> = nums.split('/').filter_map(|x| x.parse().ok()).collect();
     (v.len() >= 3).then(|| (v[0], v[1], v[2]))
-}
-
-/// The test's temporary directory, removed also when the test fails.
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct KillOnDrop(Option<std::process::Child>);
-
-impl KillOnDrop {
-    fn take(mut self) -> std::process::Child {
-        self.0.take().unwrap()
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }

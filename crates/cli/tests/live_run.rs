@@ -7,7 +7,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use braid_io::netns::{self, LinkGuard, NetnsGuard};
+use braid_io::netns;
+
+mod bump;
+use bump::{Bump, KillOnDrop, RemoveOnDrop};
 
 fn root_or_skip() -> bool {
     if netns::is_root() {
@@ -26,22 +29,8 @@ fn a_live_chain_between_two_interfaces_carries_ping_both_ways() {
     if !root_or_skip() {
         return;
     }
-    let mid = NetnsGuard::create(&netns::unique_name("braid-lr-mid")).unwrap();
-    let cl = NetnsGuard::create(&netns::unique_name("braid-lr-cl")).unwrap();
-    let sv = NetnsGuard::create(&netns::unique_name("braid-lr-sv")).unwrap();
-    let (a0, a1) = (netns::unique_ifname("lra0"), netns::unique_ifname("lra1"));
-    let (b0, b1) = (netns::unique_ifname("lrb0"), netns::unique_ifname("lrb1"));
-    let la = LinkGuard::veth(&a0, &a1).unwrap();
-    let lb = LinkGuard::veth(&b0, &b1).unwrap();
-    la.move_end_to(&a0, &cl).unwrap();
-    la.move_end_to(&a1, &mid).unwrap();
-    lb.move_end_to(&b0, &sv).unwrap();
-    lb.move_end_to(&b1, &mid).unwrap();
-    for (ns, dev) in [(&cl, &a0), (&mid, &a1), (&mid, &b1), (&sv, &b0)] {
-        netns::set_up(Some(ns.name()), dev).unwrap();
-    }
-    netns::add_addr(Some(cl.name()), &a0, "10.77.0.1/24").unwrap();
-    netns::add_addr(Some(sv.name()), &b0, "10.77.0.2/24").unwrap();
+    let bed = Bump::new("lr", "10.77.0");
+    let (mid, cl, a1, b1) = (&bed.mid, &bed.cl, &bed.a1, &bed.b1);
 
     let dir = std::env::temp_dir().join(format!("braid-live-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -141,33 +130,7 @@ fn a_live_chain_between_two_interfaces_carries_ping_both_ways() {
     assert!(fw["packets_in"].as_u64().unwrap() >= 6, "{v}");
     assert_eq!(fw["packets_in"], fw["packets_out"]);
     assert!(!sock.exists(), "the run removes its capture socket");
-    drop((la, lb, mid, cl, sv));
-}
-
-/// Removes the test's directory also when the test fails.
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct KillOnDrop(Option<std::process::Child>);
-
-impl KillOnDrop {
-    fn take(mut self) -> std::process::Child {
-        self.0.take().unwrap()
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    drop(bed);
 }
 
 #[test]
