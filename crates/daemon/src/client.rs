@@ -436,7 +436,12 @@ impl Client {
 
     /// `PATCH /v1/chains/{name}/nfs/{nf}`: new parameters for an NF.
     pub fn reconfigure(&self, name: &str, nf: &str, params: &Value) -> Result<Value, ClientError> {
-        let body = serde_json::json!({ "params": params }).to_string();
+        self.patch_nf(name, nf, &serde_json::json!({ "params": params }))
+    }
+
+    /// `PATCH /v1/chains/{name}/nfs/{nf}` with `body` (`params` or `sched`).
+    fn patch_nf(&self, name: &str, nf: &str, body: &Value) -> Result<Value, ClientError> {
+        let body = body.to_string();
         self.json(
             "PATCH",
             &format!("/v1/chains/{}/nfs/{}", encode(name), encode(nf)),
@@ -464,12 +469,7 @@ impl Client {
     /// `sched` block for the NF (its worker's scheduling, batch size, idle
     /// policy, EEVDF slice), applied live. The chain, with `worker_sched`.
     pub fn set_sched(&self, name: &str, nf: &str, sched: &Value) -> Result<Value, ClientError> {
-        let body = serde_json::json!({ "sched": sched }).to_string();
-        self.json(
-            "PATCH",
-            &format!("/v1/chains/{}/nfs/{}", encode(name), encode(nf)),
-            Some(("application/json", body.as_bytes())),
-        )
+        self.patch_nf(name, nf, &serde_json::json!({ "sched": sched }))
     }
 
     /// `GET /v1/chains/{name}/profile?interval_ms=N&calibrate=B`: a live
