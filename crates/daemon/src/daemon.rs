@@ -327,15 +327,15 @@ impl Daemon {
         })
     }
 
-    /// Change NF `nf`'s parameters in running chain `name`: checked as the
-    /// whole descriptor would be, applied live through the worker's control
-    /// channel, then declared (a restart keeps it).
-    pub fn reconfigure(
+    /// Chain `name`'s entry and its descriptor with NF `nf` changed by
+    /// `change`, checked as a deploy would check it (the locations would be
+    /// those of a re-serialised text, so only field paths are kept).
+    fn changed_nf(
         &self,
         name: &str,
         nf: &str,
-        params: braid_nf::Params,
-    ) -> Result<Arc<Deployed>, OpError> {
+        change: impl FnOnce(&mut braid_runtime::NfDecl),
+    ) -> Result<(Arc<Deployed>, ChainDescriptor), OpError> {
         let entry = self.get(name)?;
         let mut d = entry.descriptor();
         let Some(i) = d.nfs.iter().position(|n| n.name == nf) else {
@@ -345,16 +345,26 @@ impl Daemon {
                 known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
             });
         };
-        d.nfs[i].params = params.clone();
-        // The same checks as a deploy, on the changed descriptor; the
-        // locations would be those of a re-serialised text, so only field
-        // paths are kept.
+        change(&mut d.nfs[i]);
         check_descriptor("request body", &d.to_yaml()).map_err(|mut problems| {
             for p in &mut problems {
                 p.location = None;
             }
             OpError::Invalid(problems)
         })?;
+        Ok((entry, d))
+    }
+
+    /// Change NF `nf`'s parameters in running chain `name`: checked as the
+    /// whole descriptor would be, applied live through the worker's control
+    /// channel, then declared (a restart keeps it).
+    pub fn reconfigure(
+        &self,
+        name: &str,
+        nf: &str,
+        params: braid_nf::Params,
+    ) -> Result<Arc<Deployed>, OpError> {
+        let (entry, d) = self.changed_nf(name, nf, |n| n.params = params.clone())?;
         let live = match (entry.live(), entry.state().0) {
             (Some(l), "running") => l,
             _ => return Err(OpError::NotRunning(name.into())),
@@ -378,23 +388,8 @@ impl Daemon {
         nf: &str,
         sched: braid_runtime::SchedDecl,
     ) -> Result<(Arc<Deployed>, braid_runtime::coordinator::WorkerSettings), OpError> {
-        let entry = self.get(name)?;
-        let mut d = entry.descriptor();
-        let Some(i) = d.nfs.iter().position(|n| n.name == nf) else {
-            return Err(OpError::UnknownNf {
-                chain: name.into(),
-                nf: nf.into(),
-                known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
-            });
-        };
         let sched = (!sched.is_empty()).then_some(sched);
-        d.nfs[i].sched = sched.clone();
-        check_descriptor("request body", &d.to_yaml()).map_err(|mut problems| {
-            for p in &mut problems {
-                p.location = None;
-            }
-            OpError::Invalid(problems)
-        })?;
+        let (entry, _checked) = self.changed_nf(name, nf, |n| n.sched = sched.clone())?;
         let live = match (entry.live(), entry.state().0) {
             (Some(l), "running") => l,
             _ => return Err(OpError::NotRunning(name.into())),
