@@ -69,6 +69,8 @@ pub struct Stage {
     name: String,
     nf: Box<dyn NetworkFunction>,
     gates: Gates,
+    /// The NF's [`NetworkFunction::keeps_lengths`], asked once.
+    keeps_lengths: bool,
     /// Where each output gate leads.
     out: Vec<Endpoint>,
     counters: Counters,
@@ -130,6 +132,7 @@ impl Stage {
             });
         }
         self.gates = nf.gates();
+        self.keeps_lengths = nf.keeps_lengths();
         self.out.resize(self.gates.count() as usize, Endpoint::Drop);
         Ok(std::mem::replace(&mut self.nf, nf))
     }
@@ -219,12 +222,14 @@ impl Graph {
             .into_iter()
             .map(|(name, nf)| {
                 let gates = nf.gates();
+                let keeps_lengths = nf.keeps_lengths();
                 let spec = nf.spec();
                 let telemetry = Arc::new(StageTelemetry::new(&name, spec.name, spec.class));
                 Stage {
                     name,
                     nf,
                     gates,
+                    keeps_lengths,
                     out: vec![Endpoint::Drop; gates.count() as usize],
                     counters: Counters::default(),
                     telemetry,
@@ -368,7 +373,21 @@ impl Graph {
             return;
         }
         let fresh = self.spare();
-        self.run_work(Some((to, std::mem::replace(batch, fresh))), now_ns, out);
+        self.run_work(Some((to, std::mem::replace(batch, fresh))), now_ns, clock(), out);
+    }
+
+    /// [`Graph::push`] at the present time: one clock read is both the
+    /// batch's time and the start of the first stage's timing (`push`
+    /// cannot assume that: its `now_ns` may be a capture's time).
+    #[inline]
+    pub fn push_now(&mut self, to: Endpoint, batch: &mut Batch, out: &mut [Batch]) {
+        if batch.is_empty() {
+            return;
+        }
+        let now_ns = braid_nf::monotonic_ns();
+        let t0 = if cfg!(feature = "telemetry") { now_ns } else { 0 };
+        let fresh = self.spare();
+        self.run_work(Some((to, std::mem::replace(batch, fresh))), now_ns, t0, out);
     }
 
     /// Give every NF its periodic tick; what an NF emits leaves by gate 1
@@ -393,7 +412,7 @@ impl Graph {
                 }
                 let b = std::mem::replace(&mut emitted, Batch::new());
                 self.leave(i, 1, b);
-                self.run_work(None, now_ns, out);
+                self.run_work(None, now_ns, clock(), out);
             }
             self.stages[i].publish();
             self.tick_out = emitted;
@@ -467,12 +486,18 @@ impl Graph {
         }
     }
 
-    /// Run `first`, then everything queued in `work`, to completion.
-    fn run_work(&mut self, first: Option<(Endpoint, Batch)>, now_ns: u64, out: &mut [Batch]) {
+    /// Run `first`, then everything queued in `work`, to completion; `t0`
+    /// is the stage clock now.
+    fn run_work(
+        &mut self,
+        first: Option<(Endpoint, Batch)>,
+        now_ns: u64,
+        mut t0: u64,
+        out: &mut [Batch],
+    ) {
         // A graph whose links loop would never finish: bound the stage
         // calls per push and count what is left as dropped.
         let mut budget = 8 * self.stages.len() + 8;
-        let mut t0 = clock();
         // `next` carries a batch straight on to where a pair NF sends it
         // (the common case of a chain), without a turn through `work`.
         let mut next = first.or_else(|| self.work.pop());
@@ -590,7 +615,13 @@ impl Graph {
         let t1 = clock();
         let c = &mut s.counters;
         let n_out = b.len() as u64;
-        let bytes_out = b.bytes() as u64;
+        // The same packets with the same lengths: no second pass.
+        let bytes_out = if s.keeps_lengths && n_out == n_in && c.packets_created == created {
+            debug_assert_eq!(b.bytes() as u64, bytes_in, "{} claims keeps_lengths", s.name);
+            bytes_in
+        } else {
+            b.bytes() as u64
+        };
         c.packets_in += n_in;
         c.bytes_in += bytes_in;
         c.packets_out += n_out;
@@ -674,6 +705,38 @@ mod tests {
         assert_eq!((c.packets_in, c.packets_out, c.batches, c.max_batch), (5, 3, 2, 3));
         assert_eq!(c.dropped(DropReason::Other), 2);
         assert_eq!(g.stages()[0].counters().packets_in, 4, "3 requests, 1 answer");
+    }
+
+    /// `DropOdd` claiming `keeps_lengths` (true: it only drops).
+    struct DropOddKeeping;
+    impl NetworkFunction for DropOddKeeping {
+        fn spec(&self) -> &'static NfSpec {
+            &TEST_DROP_ODD
+        }
+        fn keeps_lengths(&self) -> bool {
+            true
+        }
+        fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
+            DropOdd.process(batch, cx);
+        }
+    }
+
+    #[test]
+    fn a_stage_keeping_lengths_counts_bytes_out_once_it_drops() {
+        // Nothing dropped: bytes out are bytes in (no pass); one dropped:
+        // counted again. Debug builds also check the first case.
+        let nfs = vec![("keep".into(), Box::new(DropOddKeeping) as _), ("b".into(), fwd())];
+        let mut g = Graph::chain(nfs, 2, 0, 1).unwrap();
+        let mut out = vec![Batch::new(), Batch::new()];
+        g.push(g.entry(0, 1), &mut batch(&[0, 2, 4]), 0, &mut out);
+        let c = g.stages()[0].counters();
+        assert_eq!((c.bytes_in, c.bytes_out), (30, 30));
+        g.push_now(g.entry(0, 1), &mut batch(&[6, 7]), &mut out);
+        let c = g.stages()[0].counters();
+        assert_eq!((c.bytes_in, c.bytes_out), (50, 40));
+        let c = g.stages()[1].counters();
+        assert_eq!((c.packets_in, c.bytes_in, c.bytes_out), (4, 40, 40));
+        assert_eq!(out[1].len(), 4);
     }
 
     #[test]

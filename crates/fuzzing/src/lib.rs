@@ -93,8 +93,9 @@ pub fn capture(data: &[u8]) {
 /// `ctrl` bit 0 is the gate the frame enters on, bit 1 ends the batch
 /// after it, bit 2 ticks the NF after the batch, bits 3–7 advance the
 /// clock by that many milliseconds. Checked besides "no panic": every
-/// frame that leaves fits a packet buffer, and the NF's drop counters
-/// never exceed what entered.
+/// frame that leaves fits a packet buffer, the NF's drop counters
+/// never exceed what entered, and an NF that claims
+/// [`NetworkFunction::keeps_lengths`] keeps them.
 pub fn nf_frames(data: &[u8]) {
     let Some((&which, mut rest)) = data.split_first() else {
         return;
@@ -117,8 +118,12 @@ pub fn nf_frames(data: &[u8]) {
         entered += 1;
         now_ns += u64::from(ctrl >> 3) * 1_000_000;
         if ctrl & 2 != 0 || rest.len() < 3 {
+            let (n_in, bytes_in, created) = (batch.len(), batch.bytes(), counters.packets_created);
             nf.process(&mut batch, &mut Context::new(now_ns, &mut counters));
             check_out(&batch);
+            if nf.keeps_lengths() && batch.len() == n_in && counters.packets_created == created {
+                assert_eq!(batch.bytes(), bytes_in, "{} claims keeps_lengths", nf.spec().name);
+            }
             batch.clear();
             if ctrl & 4 != 0 {
                 let mut out = Batch::new();

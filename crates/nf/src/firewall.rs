@@ -883,6 +883,10 @@ impl NetworkFunction for Firewall {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let now = self.clock.now(cx.now_ns);
         // Passes so the connection table's cache misses overlap across the

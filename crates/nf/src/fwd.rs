@@ -33,6 +33,10 @@ impl NetworkFunction for Fwd {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     #[inline]
     fn process(&mut self, _batch: &mut Batch, _cx: &mut Context<'_>) {}
 }

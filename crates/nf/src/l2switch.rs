@@ -331,6 +331,10 @@ impl NetworkFunction for L2Switch {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     fn gates(&self) -> crate::Gates {
         crate::Gates::Switch(self.ports)
     }

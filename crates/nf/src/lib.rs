@@ -220,6 +220,18 @@ pub trait NetworkFunction: Send {
         Gates::Pair
     }
 
+    /// True if every packet `process` hands back entered in that same call
+    /// and kept its length (the NF drops, reorders or rewrites in place;
+    /// what it creates is counted in `packets_created`). The graph then
+    /// takes a call's bytes out to be its bytes in when nothing was
+    /// dropped or created, instead of another pass over the batch. An NF
+    /// that holds packets across calls or changes lengths must say false
+    /// (the default); debug builds check the claim on every call, and so
+    /// does the `nf_frames` fuzz target.
+    fn keeps_lengths(&self) -> bool {
+        false
+    }
+
     /// Called periodically (and once at end of input) with no packets, so an
     /// NF can age state or flush what it holds back (a partial coding
     /// generation, a shaper queue). Packets it emits go to `out`.

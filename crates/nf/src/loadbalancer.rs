@@ -527,6 +527,10 @@ impl NetworkFunction for LoadBalancer {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let now = cx.now_ns;
         if let Some(v6) = self.v6.as_deref_mut() {

@@ -78,6 +78,10 @@ impl NetworkFunction for Loss {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         batch.retain_mut(|_| {
             if self.next_lost() {

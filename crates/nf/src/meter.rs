@@ -330,6 +330,10 @@ impl NetworkFunction for Meter {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         self.tcm.refill(cx.now_ns);
         batch.retain_mut(|p| {

@@ -810,6 +810,10 @@ impl NetworkFunction for Nat {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let now = self.clock.now(cx.now_ns);
         // Passes so the table's cache misses overlap across the batch (see

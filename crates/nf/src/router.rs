@@ -639,6 +639,10 @@ impl NetworkFunction for Router {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     fn gates(&self) -> crate::Gates {
         // Gates 0 and 1 always exist (upstream, downstream); routes may name more.
         let top = self.hops.iter().map(|h| h.port).max().unwrap_or(0);

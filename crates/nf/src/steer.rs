@@ -250,6 +250,10 @@ impl NetworkFunction for Steer {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     fn gates(&self) -> crate::Gates {
         crate::Gates::Switch(self.instances + 1)
     }

@@ -298,6 +298,10 @@ impl NetworkFunction for Xor {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         batch.retain_mut(|p| {
             let frame = p.data_mut();

@@ -186,7 +186,9 @@ impl Chain {
     /// in `batch` afterwards is what leaves the chain (at either end).
     #[inline]
     pub fn process(&mut self, batch: &mut Batch) {
-        self.process_at(batch, monotonic_ns());
+        let entry = self.entry();
+        self.graph.push_now(entry, batch, &mut self.exit);
+        std::mem::swap(batch, &mut self.exit[0]);
     }
 
     /// Like [`Chain::process`] with a given time (for replaying captures

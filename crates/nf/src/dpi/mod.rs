@@ -664,6 +664,10 @@ impl NetworkFunction for Dpi {
         &SPEC
     }
 
+    fn keeps_lengths(&self) -> bool {
+        true
+    }
+
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let now = self.clock.now(cx.now_ns);
         let runtime_ns = cx.now_ns;
