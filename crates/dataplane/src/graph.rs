@@ -372,8 +372,7 @@ impl Graph {
         if batch.is_empty() {
             return;
         }
-        let fresh = self.spare();
-        self.run_work(Some((to, std::mem::replace(batch, fresh))), now_ns, clock(), out);
+        self.run_in_place(to, batch, now_ns, clock(), out);
     }
 
     /// [`Graph::push`] at the present time: one clock read is both the
@@ -386,8 +385,66 @@ impl Graph {
         }
         let now_ns = braid_nf::monotonic_ns();
         let t0 = if cfg!(feature = "telemetry") { now_ns } else { 0 };
-        let fresh = self.spare();
-        self.run_work(Some((to, std::mem::replace(batch, fresh))), now_ns, t0, out);
+        self.run_in_place(to, batch, now_ns, t0, out);
+    }
+
+    /// Run `batch` from `to` while it goes on whole from pair NF to pair NF
+    /// (a chain's usual path), in the caller's batch itself: no batch is
+    /// moved or swapped until it reaches a port. Anything else (a split by
+    /// a switching NF, an unconnected gate, a loop cut short) goes on
+    /// through the worklist ([`Graph::run_work`]). `batch` is left empty.
+    #[inline]
+    fn run_in_place(
+        &mut self,
+        mut to: Endpoint,
+        batch: &mut Batch,
+        now_ns: u64,
+        mut t0: u64,
+        out: &mut [Batch],
+    ) {
+        let mut calls = 8 * self.stages.len() + 8;
+        let mut known_bytes = None;
+        loop {
+            match to {
+                Endpoint::Port(p) => {
+                    match out.get_mut(p) {
+                        Some(o) if o.is_empty() => std::mem::swap(o, batch),
+                        Some(o) => o.append(batch),
+                        None => batch.clear(),
+                    }
+                    return;
+                }
+                Endpoint::Stage { stage, gate } if calls > 0 && stage < self.stages.len() => {
+                    calls -= 1;
+                    let bytes_out;
+                    (t0, bytes_out) = self.call(stage, gate, batch, now_ns, t0, known_bytes);
+                    if batch.is_empty() {
+                        return;
+                    }
+                    let out_gate = gate ^ 1;
+                    let s = &self.stages[stage];
+                    if let (Gates::Pair, Some(&next)) = (s.gates, s.out.get(out_gate as usize)) {
+                        if next != Endpoint::Drop {
+                            to = next;
+                            known_bytes = Some(bytes_out);
+                            continue;
+                        }
+                    }
+                    let fresh = self.spare();
+                    let b = std::mem::replace(batch, fresh);
+                    self.leave(stage, out_gate, b);
+                    self.run_work(None, now_ns, t0, out);
+                    return;
+                }
+                // A drop endpoint, or a loop cut short: what run_work does.
+                _ => {
+                    let fresh = self.spare();
+                    let b = std::mem::replace(batch, fresh);
+                    self.run_work(Some((to, b)), now_ns, t0, out);
+                    return;
+                }
+            }
+        }
     }
 
     /// Give every NF its periodic tick; what an NF emits leaves by gate 1
