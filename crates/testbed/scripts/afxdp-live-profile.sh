@@ -96,7 +96,12 @@ measure() { # bin-index opts rate round
         ip netns exec "$NS_C" ping -c 1 -W 1 -q "$ADDR" >/dev/null 2>&1 && { ok=1; break; }
         kill -0 "$DEPLOY" 2>/dev/null || break
     done
-    [ -n "$ok" ] || { echo "== deploy ($opts) did not come up" >&2; return 1; }
+    if [ -z "$ok" ]; then
+        echo "== deploy ($opts) did not come up (see $OUT/deploy.log)" >&2
+        kill "$DEPLOY" 2>/dev/null || true; wait "$DEPLOY" 2>/dev/null || true; DEPLOY=""
+        ip netns exec "$NS_FW" sysctl -qw net.ipv4.ip_forward=1
+        return 1
+    fi
     taskset -c 1 "$bin" echo --netns "$NS_S" --batch 32 2>>"$OUT/echo.log" &
     ECHO=$!; sleep 0.5
     local tids; tids=$(nf_tids "$DEPLOY")
