@@ -4,7 +4,7 @@
 //! until its next tick (say 0.4 ms away) and converts with `as_millis`
 //! asks for 0 ms: the call returns at once and the worker spins, calling
 //! `poll` over and over until the tick. Measured on braid's AF_XDP `fwd`
-//! at 200 frames/s (`crates/testbed/scripts/afxdp-live-profile.sh`,
+//! with 200 probe requests/s (`crates/testbed/scripts/afxdp-live-profile.sh`,
 //! docs/profiling.md): 120–200 `poll` calls per forwarded frame and about
 //! 10 % of a CPU while idle. `ppoll` takes a `timespec`, so the sleep is
 //! what was asked for, to the nanosecond.
