@@ -20,6 +20,8 @@ pub mod netns;
 pub mod pcap;
 pub mod pcapng;
 pub mod shm;
+#[allow(unsafe_code)] // ppoll(2)
+pub mod sleep;
 pub mod virtual_port;
 pub mod wait;
 pub mod xdp;

@@ -373,3 +373,61 @@ fn af_xdp_reopen_same_queue_right_away() {
         })
         .unwrap();
 }
+
+/// An idle AF_XDP port waited on the way the worker waits (sleep until the
+/// next tick, so the last sleep before it is shorter than a millisecond)
+/// sleeps: a timeout rounded down to 0 ms made `poll(2)` return at once,
+/// and the worker called it ~100 times per forwarded frame at 400 frames/s
+/// (docs/profiling.md, "braid's own live path"). Then one frame still
+/// wakes it and goes through.
+#[test]
+fn an_idle_af_xdp_port_sleeps_through_sub_millisecond_waits() {
+    if skip("an_idle_af_xdp_port_sleeps_through_sub_millisecond_waits") {
+        return;
+    }
+    let topo = Topology::new("xi");
+    let created = topo.created();
+    let (mut a, mut b) = open_pair(&topo.fwd, topo.fl(), topo.fr(), false, WaitMode::Block);
+    // Ten "ticks" of 2.5 ms each, waited on with wait_any until each
+    // deadline, as the worker does (timeout = time left to the tick).
+    let mut calls = 0u32;
+    // Frames the kernel itself sends on the links (IPv6 router
+    // solicitations and the like) wake a wait; take them off the ring.
+    let mut stray = 0u32;
+    let mut batch = braid_packet::Batch::with_capacity(64);
+    for _ in 0..10 {
+        let tick = std::time::Instant::now() + std::time::Duration::from_micros(2500);
+        loop {
+            let left = tick.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut ports: [&mut dyn Port; 2] = [&mut a, &mut b];
+            braid_io::wait_any(&mut ports, &[], left, std::time::Duration::from_micros(200))
+                .unwrap();
+            calls += 1;
+            stray += (a.recv(&mut batch, 64).unwrap() + b.recv(&mut batch, 64).unwrap()) as u32;
+            batch.clear();
+            assert!(calls < 1000, "wait_any returns at once: {calls} calls in under 25 ms");
+        }
+    }
+    // Each tick: one sleep of ~2.5 ms, perhaps a second one for what the
+    // kernel's timer slack left over; never hundreds.
+    assert!(
+        calls <= 30 + stray,
+        "{calls} wait_any calls for 10 idle ticks of 2.5 ms ({stray} stray frames)"
+    );
+    // The port's own wait too: five 400 µs waits take at least 2 ms.
+    let t0 = std::time::Instant::now();
+    for _ in 0..5 {
+        a.wait(std::time::Duration::from_micros(400)).unwrap();
+    }
+    assert!(t0.elapsed() >= std::time::Duration::from_micros(2000), "{:?}", t0.elapsed());
+    // And the sleeping pair still forwards.
+    let bridge = Bridge::start(a, b);
+    assert!(topo.ping(3), "ping through the AF_XDP bridge after idle waits");
+    let (a, b) = bridge.stop();
+    drop((a, b));
+    drop(topo);
+    assert!(all_gone(&created), "namespaces and links are removed");
+}

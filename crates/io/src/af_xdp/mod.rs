@@ -648,10 +648,8 @@ impl AfXdpPort {
     }
 
     fn poll(&self, events: i16, timeout: Duration) -> Result<(), PortError> {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events, revents: 0 };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd, count 1.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        let mut pfd = [libc::pollfd { fd: self.fd.as_raw_fd(), events, revents: 0 }];
+        let rc = crate::sleep::ppoll(&mut pfd, timeout);
         if rc < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {

@@ -203,9 +203,8 @@ pub fn drain(fd: &OwnedFd) {
 pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> Result<(), PortError> {
     let mut pfds: Vec<libc::pollfd> =
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
-    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    // ppoll, not poll: a timeout below 1 ms must sleep, not spin.
+    let r = crate::sleep::ppoll(&mut pfds, timeout);
     if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
         return Err(PortError::last_os("poll on the shm wake-up descriptors"));
     }
