@@ -2,8 +2,9 @@
 # SliM §4.7 load sweep on namespaces (root): a firewall (or NAT) with many
 # connections moved live between two braidd, statelet vs duplication vs
 # stop-and-copy, under a paced UDP load at 10..95 % of an emulated link.
-# docs/migration.md, "The SliM load sweep". Everything it creates is
-# removed on exit (also on failure).
+# docs/migration.md, "The SliM §4.7 load sweep". Everything it creates is
+# removed on exit (also on failure). Writes OUT/slim-sweep-NF.csv (one row
+# per run) and, from it, SVG plots and Markdown tables (slim_sweep.py).
 #
 #   sudo scripts/slim-sweep.sh [--quick] [--nf firewall|nat] [--rate MBIT]
 #        [--reps N] [--flows N] [--loads 10,30,...] [--sizes 512,1400]
@@ -18,7 +19,8 @@
 # The emulated WAN link is the delay line in wn (`braid run` of a `delay`
 # NF on AF_PACKET ports, docs/testbed.md "Shaped (WAN) links": this kernel
 # has no netem): it serializes at RATE Mbit/s, adds 5 ms each way (10 ms
-# RTT) and queues at most QUEUE_MS of the link. wa and wb are Linux
+# RTT) and queues at most QUEUE_MS (default 100) of the link in 512 B
+# frames. wa and wb are Linux
 # bridges, so, as in SliM's testbed (§4.6.2), the data traffic to the
 # server and the state traffic between A and B share the one link. The
 # load is a % of RATE in frame bits.
@@ -55,7 +57,7 @@ while [ $# -gt 0 ]; do
         --bin) BIN=$2; shift ;;
         --measure-link) MEASURE=1 ;;
         --rates) RATES=$2; shift ;;
-        -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "slim-sweep.sh: unknown argument \`$1\` (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -79,19 +81,25 @@ NS=(cl up ha hb dn sv wa wb wn)
 WORK=$(mktemp -d /tmp/braid-slim-sweep.XXXXXX)
 PIDS=()
 DELAY_PIDS=()
+OURS=0
 
 cleanup() {
     set +e
     for p in "${DELAY_PIDS[@]}" "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     for p in "${DELAY_PIDS[@]}" "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    for n in "${NS[@]}"; do ip netns del "$P-$n" 2>/dev/null; done
+    [ $OURS = 1 ] && for n in "${NS[@]}"; do ip netns del "$P-$n" 2>/dev/null; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# One sweep at a time: the namespaces have fixed names.
+if ip netns list | grep -q "^$P-"; then
+    echo "slim-sweep.sh: namespaces $P-* exist: another sweep is running (or one was killed: ip netns del each $P-* namespace)" >&2
+    exit 2
+fi
+OURS=1
 for n in "${NS[@]}"; do
-    ip netns del "$P-$n" 2>/dev/null || true
     ip netns add "$P-$n"
     ip netns exec "$P-$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
     ip -n "$P-$n" link set lo up
@@ -192,7 +200,6 @@ YAML
     "$BIN/braid" daemon --socket "$WORK/a/sock" deploy "$WORK/chain.yaml" >/dev/null
     sleep 0.5
     check_path
-    [ -n "${SLIM_HOLD:-}" ] && sleep "$SLIM_HOLD"
     CSV=$WORK/measure.csv
     echo "offered_mbit size pps sent lost loss_pct base_rtt_ms peak_rtt_inc_ms"
     for r in ${RATES//,/ }; do

@@ -227,7 +227,8 @@ def run(args):
         else:
             row["outcome"] = "failed"
             row["migration_ms"] = round((mig["t_end"] - mig["t_start"]) / 1e6, 1)
-            row["error"] = " ".join((err or out).split())[:300]
+            # The cause is the end of the output (progress lines come first).
+            row["error"] = " ".join((err or out).split())[-300:]
     elif args.migrate is None:
         row["outcome"] = "none"
     new = not os.path.exists(args.csv) or os.path.getsize(args.csv) == 0
