@@ -8,7 +8,11 @@
 //! the switch to Done), bytes sent, statelets, chunks, duplicated packets.
 //!
 //! `cargo bench -p braid-migrate --bench freeze` (results in
-//! docs/migration.md). The traffic comes from a generator inside the
+//! docs/migration.md). `BRAID_BENCH_KINDS=nat` runs only the NAT (or
+//! `firewall`); `BRAID_BENCH_BUDGETS=0.1,0.05` rotates the source's CPU
+//! budget for the export round by round (interleaved with the modes), to
+//! compare budgets side by side; `BRAID_BENCH_ROUNDS` (default 5) rounds
+//! per mode and budget. The traffic comes from a generator inside the
 //! source worker, so "moving the traffic" at the switch is pausing the
 //! source's receive and injecting the drain marker; each round then
 //! resumes the source for the next one (its state is intact: the source
@@ -88,6 +92,7 @@ fn migrate_once(
     src: &WorkerHandle,
     round: u64,
     mode: Mode,
+    budget: f64,
 ) -> (SourceReport, Vec<f64>, f64) {
     let dst = nf_worker(kind, &format!("bench-dst{round}"), false);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -103,14 +108,8 @@ fn migrate_once(
     let started = Instant::now();
     let mig = std::thread::spawn(move || {
         let conn = TcpStream::connect(addr).unwrap();
-        let budget = std::env::var("BRAID_BENCH_BUDGET").ok().and_then(|b| b.parse().ok());
-        let opts = SourceOptions {
-            id: round,
-            mode,
-            markers: vec![0],
-            budget: budget.unwrap_or(SourceOptions::default().budget),
-            ..SourceOptions::default()
-        };
+        let opts =
+            SourceOptions { id: round, mode, markers: vec![0], budget, ..SourceOptions::default() };
         migrate_out(&src_h, "nf", kind, conn, &opts, &mut switch)
     });
     let mut during = Vec::new();
@@ -132,15 +131,28 @@ fn migrate_once(
 }
 
 fn main() {
+    let kinds = std::env::var("BRAID_BENCH_KINDS").unwrap_or_else(|_| "nat,firewall".into());
+    let budgets: Vec<f64> = match std::env::var("BRAID_BENCH_BUDGETS") {
+        Ok(b) => b
+            .split(',')
+            .map(|x| x.trim().parse().expect("BRAID_BENCH_BUDGETS: comma-separated numbers"))
+            .collect(),
+        Err(_) => vec![SourceOptions::default().budget],
+    };
+    let rounds = std::env::var("BRAID_BENCH_ROUNDS")
+        .map(|r| r.parse().expect("BRAID_BENCH_ROUNDS: a number"))
+        .unwrap_or(5u64);
     for (kind, modes) in [
         ("nat", &[Mode::Statelet, Mode::StopCopy][..]),
         ("firewall", &[Mode::Statelet, Mode::Duplicate, Mode::StopCopy][..]),
     ] {
-        run(kind, modes);
+        if kinds.split(',').any(|k| k == kind) {
+            run(kind, modes, &budgets, rounds);
+        }
     }
 }
 
-fn run(kind: &'static str, modes: &[Mode]) {
+fn run(kind: &'static str, modes: &[Mode], budgets: &[f64], rounds: u64) {
     let src = nf_worker(kind, &format!("bench-src-{kind}"), true);
     let learned = || src.snapshot().stages[0].counters.packets_in;
     let t = Instant::now();
@@ -150,11 +162,13 @@ fn run(kind: &'static str, modes: &[Mode]) {
     }
     println!("\n{kind}: {FLOWS} flows; source rate in 100 ms windows; modes interleaved");
     println!(
-        "round  mode       before Mpps  during Mpps  ratio  to switch ms  outage ms  total ms  sent MB  statelets  chunks  duplicated"
+        "round  mode       budget  before Mpps  during Mpps  ratio  to switch ms  outage ms  total ms  sent MB  statelets  chunks  duplicated"
     );
-    let mut ratios: Vec<(Mode, f64)> = Vec::new();
-    for round in 0..(5 * modes.len() as u64) {
-        let mode = modes[round as usize % modes.len()];
+    let mut ratios: Vec<(Mode, f64, f64)> = Vec::new();
+    let combos: Vec<(Mode, f64)> =
+        modes.iter().flat_map(|m| budgets.iter().map(move |b| (*m, *b))).collect();
+    for round in 0..(rounds * combos.len() as u64) {
+        let (mode, budget) = combos[round as usize % combos.len()];
         let mut before: Vec<f64> = (0..8)
             .map(|_| {
                 let (a, t) = (rx(&src), Instant::now());
@@ -162,17 +176,17 @@ fn run(kind: &'static str, modes: &[Mode]) {
                 (rx(&src) - a) as f64 / t.elapsed().as_secs_f64()
             })
             .collect();
-        let (r, mut during, switch_ms) = migrate_once(kind, &src, round, mode);
+        let (r, mut during, switch_ms) = migrate_once(kind, &src, round, mode, budget);
         let b = median(&mut before);
         let d = if during.is_empty() { f64::NAN } else { median(&mut during) };
         if d.is_finite() {
-            ratios.push((mode, d / b));
+            ratios.push((mode, budget, d / b));
         }
         // The outage: from the switch (arrivals held at the destination)
         // to Done (held packets processed).
         let outage_ms = r.total.as_secs_f64() * 1e3 - switch_ms;
         println!(
-            "{round:>5}  {:<9}  {:>11.3}  {:>11.3}  {:>5.3}  {:>12.1}  {:>9.1}  {:>8.1}  {:>7.2}  {:>9}  {:>6}  {:>10}",
+            "{round:>5}  {:<9}  {budget:>6.3}  {:>11.3}  {:>11.3}  {:>5.3}  {:>12.1}  {:>9.1}  {:>8.1}  {:>7.2}  {:>9}  {:>6}  {:>10}",
             mode.to_string(),
             b / 1e6,
             d / 1e6,
@@ -186,10 +200,15 @@ fn run(kind: &'static str, modes: &[Mode]) {
             r.duplicated,
         );
     }
-    for m in modes {
-        let mut v: Vec<f64> = ratios.iter().filter(|(x, _)| x == m).map(|(_, r)| *r).collect();
+    for (m, budget) in &combos {
+        let mut v: Vec<f64> =
+            ratios.iter().filter(|(x, b, _)| x == m && b == budget).map(|(_, _, r)| *r).collect();
         if !v.is_empty() {
-            println!("{kind} {m}: median rate during streaming / before = {:.3}", median(&mut v));
+            println!(
+                "{kind} {m} budget {budget}: median rate during streaming / before = {:.3} (of {})",
+                median(&mut v),
+                v.len()
+            );
         }
     }
     src.stop().unwrap();
