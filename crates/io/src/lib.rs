@@ -21,6 +21,7 @@ pub mod pcap;
 pub mod pcapng;
 pub mod shm;
 pub mod virtual_port;
+#[allow(unsafe_code)] // ppoll
 pub mod wait;
 pub mod xdp;
 
