@@ -708,12 +708,13 @@ impl<'a> Worker<'a> {
                     .filter(|s| s.rx_to.is_some() && !s.rx_ended)
                     .map(|s| &mut *s.port as &mut dyn Port)
                     .collect();
-                braid_io::wait_any(&mut ports, &[wake], timeout)
-                    .map_err(|source| WorkerError::Port {
+                braid_io::wait_any(&mut ports, &[wake], timeout).map_err(|source| {
+                    WorkerError::Port {
                         worker: self.cfg.name.clone(),
                         port: "(poll)".into(),
                         source,
-                    })?;
+                    }
+                })?;
                 self.looped.sleeps += 1;
             }
             Idle::Sleep => {

@@ -43,7 +43,9 @@ impl Port for DgramPort {
                     n += 1;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(source) => return Err(PortError::Os { what: "recv on the test socket".into(), source }),
+                Err(source) => {
+                    return Err(PortError::Os { what: "recv on the test socket".into(), source })
+                }
             }
         }
         Ok(n)
@@ -73,7 +75,10 @@ impl Port for DgramPort {
 
 /// A worker running `kind` between two datagram ports; the test's ends
 /// of the input and the output.
-fn start(kind: &str, params: &str) -> (WorkerHandle, std::thread::JoinHandle<()>, UnixDatagram, UnixDatagram) {
+fn start(
+    kind: &str,
+    params: &str,
+) -> (WorkerHandle, std::thread::JoinHandle<()>, UnixDatagram, UnixDatagram) {
     let params: braid_nf::Params = serde_yaml_ng::from_str(params).unwrap();
     let nf = braid_nf::build(kind, &params).unwrap();
     let graph = Graph::new(vec![(kind.into(), nf)], 0);
