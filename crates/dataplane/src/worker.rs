@@ -8,6 +8,13 @@
 //! transmit what reached the ports; every tick interval run the NFs'
 //! `tick`, beat the heartbeat and publish the ports' counters; when a turn
 //! brought nothing, wait as the idle policy says.
+//!
+//! An idle worker ticks only when something needs it: while an NF wants a
+//! tick ([`braid_nf::NetworkFunction::wants_tick`]: packets held, state to
+//! expire), while a heartbeat, the adaptive mode, a stop flag, a deadline
+//! or a migration stream is there, and once after traffic or a command (to
+//! publish the counters). Otherwise its `poll` sleep lasts until a port or
+//! the control mailbox has work, or [`WorkerConfig::idle_tick`] at most.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +73,9 @@ pub struct WorkerConfig {
     /// How often NFs get their `tick`, ports' counters are published and
     /// the heartbeat beats.
     pub tick_interval: Duration,
+    /// How often an idle worker with nothing that needs a tick still ticks
+    /// (see the module documentation); never shorter than `tick_interval`.
+    pub idle_tick: Duration,
     /// CPU affinity and scheduling of the worker's thread, applied when
     /// `run` starts.
     pub sched: Sched,
@@ -92,6 +102,7 @@ impl WorkerConfig {
             batch_size: braid_packet::DEFAULT_BATCH_SIZE,
             idle: Idle::Poll,
             tick_interval: Duration::from_millis(10),
+            idle_tick: Duration::from_secs(1),
             sched: Sched::default(),
             backpressure: false,
             stop_when_inputs_end: false,
@@ -221,6 +232,9 @@ pub struct Worker<'a> {
     paused: bool,
     looped: LoopStats,
     idle_backoff: Duration,
+    /// Something happened since the last tick (packets, a command) that
+    /// the next tick publishes.
+    dirty: bool,
     disconnects: u64,
     /// Live migration, source: the stage streaming its state out.
     streaming: Option<Streaming>,
@@ -297,6 +311,7 @@ impl<'a> Worker<'a> {
             paused: false,
             looped: LoopStats::default(),
             idle_backoff: Duration::ZERO,
+            dirty: true,
             disconnects: 0,
             streaming: None,
             held: None,
@@ -410,14 +425,18 @@ impl<'a> Worker<'a> {
         }
         loop {
             self.looped.turns += 1;
-            if self.mailbox.has_mail() && self.serve_mail()? == Flow::Stop {
-                return Ok(());
+            if self.mailbox.has_mail() {
+                self.dirty = true;
+                if self.serve_mail()? == Flow::Stop {
+                    return Ok(());
+                }
             }
             let moved = if self.paused { 0 } else { self.receive_round()? };
             self.period.packets += moved as u64;
             if moved > 0 {
                 self.flush()?;
                 self.idle_backoff = Duration::ZERO;
+                self.dirty = true;
                 self.stream_step();
             }
             let now = Instant::now();
@@ -638,6 +657,7 @@ impl<'a> Worker<'a> {
 
     fn tick(&mut self) {
         self.looped.ticks += 1;
+        self.dirty = false;
         self.graph.get().tick(braid_nf::monotonic_ns(), &mut self.tx);
         self.stream_step();
         if let Some(h) = &mut self.cfg.heartbeat {
@@ -657,11 +677,30 @@ impl<'a> Worker<'a> {
         self.telemetry.publish_loop(&self.looped);
     }
 
+    /// Whether the next tick is needed on time (see the module
+    /// documentation), or an idle worker may sleep past it.
+    fn tick_due_on_time(&mut self) -> bool {
+        self.dirty
+            || self.cfg.heartbeat.is_some()
+            || self.adapter.is_some()
+            || self.streaming.is_some()
+            || self.cfg.stop_flag.is_some()
+            || self.cfg.stop_signal.is_some()
+            || self.cfg.deadline.is_some()
+            || self.graph.get().stages().iter().any(|s| s.nf().wants_tick())
+    }
+
     fn idle(&mut self, next_tick: Instant) -> Result<(), WorkerError> {
         match self.cfg.idle {
             Idle::Busy => std::hint::spin_loop(),
             Idle::Poll => {
-                let timeout = next_tick.saturating_duration_since(Instant::now());
+                let until = if self.tick_due_on_time() {
+                    next_tick
+                } else {
+                    // The last tick was at `next_tick - tick_interval`.
+                    next_tick + self.cfg.idle_tick.saturating_sub(self.cfg.tick_interval)
+                };
+                let timeout = until.saturating_duration_since(Instant::now());
                 let wake = self.mailbox.wake.as_raw_fd();
                 let mut ports: Vec<&mut dyn Port> = self
                     .ports
@@ -669,12 +708,13 @@ impl<'a> Worker<'a> {
                     .filter(|s| s.rx_to.is_some() && !s.rx_ended)
                     .map(|s| &mut *s.port as &mut dyn Port)
                     .collect();
-                braid_io::wait_any(&mut ports, &[wake], timeout, Duration::from_micros(200))
-                    .map_err(|source| WorkerError::Port {
+                braid_io::wait_any(&mut ports, &[wake], timeout).map_err(|source| {
+                    WorkerError::Port {
                         worker: self.cfg.name.clone(),
                         port: "(poll)".into(),
                         source,
-                    })?;
+                    }
+                })?;
                 self.looped.sleeps += 1;
             }
             Idle::Sleep => {

@@ -326,6 +326,10 @@ impl NetworkFunction for Delay {
     fn tick(&mut self, out: &mut Batch, cx: &mut Context<'_>) {
         self.release(cx.now_ns, out);
     }
+
+    fn wants_tick(&self) -> bool {
+        self.lines.iter().any(|l| !l.held.is_empty())
+    }
 }
 
 #[cfg(test)]

@@ -926,6 +926,13 @@ impl NetworkFunction for Firewall {
         }
     }
 
+    fn wants_tick(&self) -> bool {
+        self.conntrack.as_ref().is_some_and(|t| !t.is_empty())
+            || self.conntrack6.as_ref().is_some_and(|t| !t.is_empty())
+            || !self.fragments.is_empty()
+            || !self.fragments6.is_empty()
+    }
+
     fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
         let (t4, t6) = (self.conntrack.as_ref(), self.conntrack6.as_ref());
         Ok(ConnSnapshot::export(SPEC.name, &self.clock, t4, t6, scope, encoding))

@@ -376,6 +376,10 @@ impl NetworkFunction for L2Switch {
         self.sweep(cx.now_ns);
     }
 
+    fn wants_tick(&self) -> bool {
+        !self.table.is_empty()
+    }
+
     fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
         let mut entries: Vec<LearnedEntry> = self
             .table

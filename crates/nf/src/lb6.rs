@@ -105,6 +105,10 @@ impl Lb6 {
         self.conns.len()
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
     pub(crate) fn sweep(&mut self, now_ns: u64) {
         let idle = self.idle_ns;
         self.conns.retain(|_, c| now_ns.saturating_sub(c.last_seen_ns) < idle);

@@ -237,6 +237,17 @@ pub trait NetworkFunction: Send {
     /// generation, a shaper queue). Packets it emits go to `out`.
     fn tick(&mut self, _out: &mut Batch, _cx: &mut Context<'_>) {}
 
+    /// True while [`NetworkFunction::tick`] has something to do: packets
+    /// held back, a partial generation to flush, entries that will expire.
+    /// A worker whose NFs all answer false and that has no traffic sleeps
+    /// until a packet or a command comes (ticking only about once a
+    /// second) instead of waking every tick interval. An NF that overrides
+    /// `tick` overrides this too; answering true when unsure costs only
+    /// wake-ups.
+    fn wants_tick(&self) -> bool {
+        false
+    }
+
     /// Snapshot the whole state as JSON. `None` for stateless NFs.
     fn export_state(&self) -> Option<NfState> {
         self.export_scoped(&FlowScope::All, Encoding::Json).ok()

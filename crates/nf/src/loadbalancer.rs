@@ -567,6 +567,10 @@ impl NetworkFunction for LoadBalancer {
         }
     }
 
+    fn wants_tick(&self) -> bool {
+        !self.conns.is_empty() || self.v6.as_deref().is_some_and(|v6| !v6.is_empty())
+    }
+
     fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
         self.no_state_for_ipv6()?;
         let mut conns: Vec<ConnEntry> = self

@@ -834,6 +834,10 @@ impl NetworkFunction for Nat {
         self.table.sweep(now, &self.timeouts, SWEEP_BUDGET, |c| Self::release(pools, &c));
     }
 
+    fn wants_tick(&self) -> bool {
+        !self.table.is_empty() || !self.fragments.is_empty()
+    }
+
     fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
         Ok(ConnSnapshot::export(SPEC.name, &self.clock, Some(&self.table), None, scope, encoding))
     }

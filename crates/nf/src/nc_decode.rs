@@ -225,6 +225,12 @@ impl NetworkFunction for NcDecode {
         self.report(cx);
     }
 
+    fn wants_tick(&self) -> bool {
+        // Generations waiting for their timeout (and the loss report that
+        // goes with them): not tracked apart, so always.
+        self.template.is_some()
+    }
+
     fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
         scope.require_all(SPEC.name)?;
         let state = DecodeState {

@@ -309,6 +309,10 @@ impl NetworkFunction for NcEncode {
         }
     }
 
+    fn wants_tick(&self) -> bool {
+        self.pending_since.is_some()
+    }
+
     fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
         scope.require_all(SPEC.name)?;
         let encoder = match &self.encoder {

@@ -679,6 +679,10 @@ impl NetworkFunction for Dpi {
         self.expire(now);
     }
 
+    fn wants_tick(&self) -> bool {
+        !self.flows.is_empty()
+    }
+
     fn export_state(&self) -> Option<NfState> {
         let mut flows: Vec<FlowRecord> = self
             .flows

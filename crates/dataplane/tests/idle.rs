@@ -1,0 +1,155 @@
+//! An idle `poll` worker costs next to nothing and still reacts at once:
+//! with no traffic and nothing to tick it sleeps until a packet or a
+//! command (ticking about once a second, not every tick interval); a
+//! packet wakes it; an NF that holds packets (`delay`) still gets its
+//! ticks on time.
+//!
+//! The ports are unix datagram sockets: a real descriptor-backed port (one
+//! datagram, one frame), like AF_PACKET without needing root.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use braid_dataplane::{Endpoint, Graph, Idle, Worker, WorkerConfig, WorkerHandle};
+use braid_io::{Port, PortError, PortStats, WaitReadiness};
+use braid_packet::{Batch, Packet};
+
+struct DgramPort {
+    sock: UnixDatagram,
+    stats: PortStats,
+}
+
+impl DgramPort {
+    fn new(sock: UnixDatagram) -> DgramPort {
+        sock.set_nonblocking(true).unwrap();
+        DgramPort { sock, stats: PortStats::default() }
+    }
+}
+
+impl Port for DgramPort {
+    fn name(&self) -> String {
+        "dgram".into()
+    }
+
+    fn recv(&mut self, batch: &mut Batch, max: usize) -> Result<usize, PortError> {
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while n < max {
+            match self.sock.recv(&mut buf) {
+                Ok(len) => {
+                    batch.push(Packet::from_bytes(&buf[..len]));
+                    self.stats.rx_packets += 1;
+                    n += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(source) => {
+                    return Err(PortError::Os { what: "recv on the test socket".into(), source })
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn send(&mut self, batch: &mut Batch) -> Result<usize, PortError> {
+        let mut n = 0;
+        for p in batch.drain() {
+            match self.sock.send(p.data()) {
+                Ok(_) => n += 1,
+                Err(_) => self.stats.tx_dropped += 1,
+            }
+        }
+        self.stats.tx_packets += n as u64;
+        Ok(n)
+    }
+
+    fn prepare_wait(&mut self, fds: &mut Vec<RawFd>) -> WaitReadiness {
+        fds.push(self.sock.as_raw_fd());
+        WaitReadiness::Descriptors
+    }
+
+    fn stats(&self) -> PortStats {
+        self.stats
+    }
+}
+
+/// A worker running `kind` between two datagram ports; the test's ends
+/// of the input and the output.
+fn start(
+    kind: &str,
+    params: &str,
+) -> (WorkerHandle, std::thread::JoinHandle<()>, UnixDatagram, UnixDatagram) {
+    let params: braid_nf::Params = serde_yaml_ng::from_str(params).unwrap();
+    let nf = braid_nf::build(kind, &params).unwrap();
+    let graph = Graph::new(vec![(kind.into(), nf)], 0);
+    let mut cfg = WorkerConfig::new(format!("idle-{kind}"));
+    cfg.idle = Idle::Poll;
+    cfg.tick_interval = Duration::from_millis(10);
+    let (w_in, t_in) = UnixDatagram::pair().unwrap();
+    let (w_out, t_out) = UnixDatagram::pair().unwrap();
+    let (mut w, h) = Worker::new(cfg, graph).unwrap();
+    w.add_port(Box::new(DgramPort::new(w_in)), Some(Endpoint::Stage { stage: 0, gate: 0 }))
+        .unwrap();
+    w.add_port(Box::new(DgramPort::new(w_out)), None).unwrap();
+    w.graph_mut().link(0, 1, Endpoint::Port(1)).unwrap();
+    let t = w.spawn().unwrap();
+    let t = std::thread::spawn(move || {
+        let r = t.join().unwrap();
+        assert!(r.error.is_none(), "{:?}", r.error);
+    });
+    t_out.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (h, t, t_in, t_out)
+}
+
+/// Send one frame in, wait for it out; how long that took.
+fn round_trip(t_in: &UnixDatagram, t_out: &UnixDatagram) -> Duration {
+    let frame = [0x5au8; 64];
+    let t = Instant::now();
+    t_in.send(&frame).unwrap();
+    let mut buf = [0u8; 128];
+    let n = t_out.recv(&mut buf).expect("the frame came out within 5 s");
+    assert_eq!(&buf[..n], &frame[..]);
+    t.elapsed()
+}
+
+#[test]
+fn idle_worker_sleeps_past_its_ticks_and_wakes_on_a_packet() {
+    let (h, t, t_in, t_out) = start("fwd", "{}");
+    // Traffic, then quiet: one tick publishes it, then nothing needs one.
+    round_trip(&t_in, &t_out);
+    std::thread::sleep(Duration::from_millis(100));
+    let c0 = h.counters().unwrap().looped;
+    std::thread::sleep(Duration::from_millis(600));
+    let c1 = h.counters().unwrap().looped;
+    // With a tick every 10 ms: about 60 ticks and as many loop turns. The
+    // first `counters` command is one tick's worth of news; nothing else.
+    let (ticks, turns) = (c1.ticks - c0.ticks, c1.turns - c0.turns);
+    assert!(ticks <= 2, "{ticks} ticks in 600 ms of idleness");
+    assert!(turns <= 6, "{turns} loop turns in 600 ms of idleness");
+    // Asleep, it still reacts to a packet at once (not at its next tick).
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(50));
+        worst = worst.max(round_trip(&t_in, &t_out));
+    }
+    eprintln!("slowest of 5 round trips through an idle worker: {worst:?}");
+    assert!(worst < Duration::from_millis(200), "slowest round trip {worst:?}");
+    h.stop().unwrap();
+    t.join().unwrap();
+}
+
+#[test]
+fn idle_worker_ticks_on_time_while_an_nf_holds_packets() {
+    let (h, t, t_in, t_out) = start("delay", "{ delay: 30ms }");
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..3 {
+        // Released by a tick: 30 ms plus up to one 10 ms tick, not the
+        // idle worker's one-second tick.
+        let rt = round_trip(&t_in, &t_out);
+        assert!(rt >= Duration::from_millis(30), "left after {rt:?}");
+        assert!(rt < Duration::from_millis(500), "left after {rt:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    h.stop().unwrap();
+    t.join().unwrap();
+}
