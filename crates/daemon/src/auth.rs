@@ -28,8 +28,21 @@ pub enum TokenError {
     Mode { path: PathBuf, mode: u32 },
     #[error("token file {path}: owned by uid {owner}, braidd runs as uid {uid}; chown it")]
     Owner { path: PathBuf, owner: u32, uid: u32 },
-    #[error("token file {path}: {what}")]
-    Content { path: PathBuf, what: String },
+    #[error("token file {path}: {source}")]
+    Content {
+        path: PathBuf,
+        #[source]
+        source: TokenTextError,
+    },
+}
+
+/// Why a token's text cannot be a bearer token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenTextError {
+    #[error("the token must be at least {MIN_TOKEN_BYTES} bytes")]
+    TooShort,
+    #[error("the token must be printable ASCII without spaces (it goes into an HTTP header)")]
+    NotPrintable,
 }
 
 /// A bearer token, kept as its digest.
@@ -52,16 +65,13 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 impl Token {
     /// A token from its text (surrounding white space removed).
-    pub fn new(text: &str) -> Result<Token, String> {
+    pub fn new(text: &str) -> Result<Token, TokenTextError> {
         let t = text.trim();
         if t.len() < MIN_TOKEN_BYTES {
-            return Err(format!("the token must be at least {MIN_TOKEN_BYTES} bytes"));
+            return Err(TokenTextError::TooShort);
         }
         if !t.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(
-                "the token must be printable ASCII without spaces (it goes into an HTTP header)"
-                    .into(),
-            );
+            return Err(TokenTextError::NotPrintable);
         }
         Ok(Token { digest: sha256(t.as_bytes()) })
     }
@@ -79,7 +89,7 @@ impl Token {
             return Err(TokenError::Owner { path: path.to_path_buf(), owner: meta.uid(), uid });
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
-        Token::new(&text).map_err(|what| TokenError::Content { path: path.to_path_buf(), what })
+        Token::new(&text).map_err(|source| TokenError::Content { path: path.to_path_buf(), source })
     }
 
     /// Whether `presented` is this token, compared in constant time.
@@ -113,8 +123,12 @@ mod tests {
         assert!(!t.authorizes(Some("s3cret-token-0123456789")));
         assert!(!t.authorizes(None));
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
-        assert!(Token::new("short").unwrap_err().contains("at least 16"));
-        assert!(Token::new("has a space in the middle").is_err());
+        assert_eq!(Token::new("short").unwrap_err(), TokenTextError::TooShort);
+        assert!(TokenTextError::TooShort.to_string().contains("at least 16"));
+        assert_eq!(
+            Token::new("has a space in the middle").unwrap_err(),
+            TokenTextError::NotPrintable
+        );
     }
 
     #[test]

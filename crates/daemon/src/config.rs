@@ -116,13 +116,15 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::from_toml(&text)
-            .map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+        Config::from_toml(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
     }
 
     /// Parse TOML text; the error names the line and the key.
-    pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Refuse values that cannot work.
@@ -221,7 +223,7 @@ mod tests {
         assert_eq!(c.idle, Idle::Busy);
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY);
         c.check().unwrap();
-        let e = Config::from_toml("sockett = \"/x\"\n").unwrap_err();
+        let e = Config::from_toml("sockett = \"/x\"\n").unwrap_err().to_string();
         assert!(e.contains("unknown field `sockett`"), "{e}");
         assert!(e.contains("line 1"), "{e}");
         // The shipped example is a valid configuration.

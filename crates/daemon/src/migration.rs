@@ -58,6 +58,28 @@ const OFFER_MAGIC: &[u8; 4] = b"BRMA";
 /// Largest offer or answer (a descriptor).
 const MAX_OFFER: usize = 1 << 20;
 
+/// A request field or a command-line spec that is wrong: which one, and
+/// why (what the API answers 400 with, and the CLI prints).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Invalid {
+    /// The field's path (`switch.markers[0].dev`) or the spec as given
+    /// (``flows `share:4/4` ``).
+    pub field: String,
+    pub problem: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
+        Invalid { field: field.into(), problem: problem.into() }
+    }
+
+    /// The same problem one level deeper (`port` inside `switch.steer[0]`).
+    fn under(self, parent: &str) -> Invalid {
+        Invalid { field: format!("{parent}.{}", self.field), problem: self.problem }
+    }
+}
+
 /// Why a migration could not be run. Whatever the cause, the source chain
 /// keeps serving with its state.
 #[derive(Debug, thiserror::Error)]
@@ -212,77 +234,92 @@ fn good_prefix(to: &str) -> bool {
 
 impl SwitchSpec {
     /// Check every field; the error names the first bad one.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Invalid> {
         for (i, st) in self.steer.iter().enumerate() {
             let at = format!("switch.steer[{i}]");
             if st.socket.is_empty() || st.socket.contains('\0') {
-                return Err(format!("{at}.socket: not a socket path"));
+                return Err(Invalid::new(format!("{at}.socket"), "not a socket path"));
             }
             for (k, v) in [("chain", &st.chain), ("nf", &st.nf)] {
                 if v.is_empty() || v.len() > 128 {
-                    return Err(format!("{at}.{k}: `{}` is not a name", v.escape_debug()));
+                    return Err(Invalid::new(
+                        format!("{at}.{k}"),
+                        format!("`{}` is not a name", v.escape_debug()),
+                    ));
                 }
             }
             if st.from == st.to {
-                return Err(format!("{at}: from and to are both instance {}", st.from));
+                return Err(Invalid::new(at, format!("from and to are both instance {}", st.from)));
             }
-            port_index(&st.port).map_err(|e| format!("{at}.port: {e}"))?;
+            port_index(&st.port).map_err(|e| e.under(&at))?;
         }
         if !self.steer.is_empty() && self.redirect.is_empty() && self.markers.is_empty() {
             // The steering moves the traffic and sends the markers.
             return self.check_routes();
         }
         if self.redirect.is_empty() {
-            return Err("switch.redirect: empty; at least one route must move the traffic".into());
+            return Err(Invalid::new(
+                "switch.redirect",
+                "empty; at least one route must move the traffic",
+            ));
         }
         if self.markers.is_empty() {
-            return Err("switch.markers: empty; every old path into the source needs a drain marker (port `in`, and `out` when replies cross the chain)".into());
+            return Err(Invalid::new("switch.markers", "empty; every old path into the source needs a drain marker (port `in`, and `out` when replies cross the chain)"));
         }
         self.check_routes()?;
         for (i, m) in self.markers.iter().enumerate() {
             let at = format!("switch.markers[{i}]");
             if let Some(n) = m.netns.as_deref().filter(|n| !good_netns(n)) {
-                return Err(format!("{at}.netns: `{}` is not a namespace name", n.escape_debug()));
-            }
-            if !good_ifname(&m.dev) {
-                return Err(format!(
-                    "{at}.dev: `{}` is not an interface name",
-                    m.dev.escape_debug()
+                return Err(Invalid::new(
+                    format!("{at}.netns"),
+                    format!("`{}` is not a namespace name", n.escape_debug()),
                 ));
             }
-            port_index(&m.port).map_err(|e| format!("{at}.port: {e}"))?;
+            if !good_ifname(&m.dev) {
+                return Err(Invalid::new(
+                    format!("{at}.dev"),
+                    format!("`{}` is not an interface name", m.dev.escape_debug()),
+                ));
+            }
+            port_index(&m.port).map_err(|e| e.under(&at))?;
         }
         Ok(())
     }
 
-    fn check_routes(&self) -> Result<(), String> {
+    fn check_routes(&self) -> Result<(), Invalid> {
         for (list, routes) in [("redirect", &self.redirect), ("restore", &self.restore)] {
             for (i, r) in routes.iter().enumerate() {
                 let at = format!("switch.{list}[{i}]");
                 if let Some(n) = r.netns.as_deref().filter(|n| !good_netns(n)) {
-                    return Err(format!(
-                        "{at}.netns: `{}` is not a namespace name",
-                        n.escape_debug()
+                    return Err(Invalid::new(
+                        format!("{at}.netns"),
+                        format!("`{}` is not a namespace name", n.escape_debug()),
                     ));
                 }
                 if !good_prefix(&r.to) {
-                    return Err(format!(
-                        "{at}.to: `{}` is not `default`, an address or a prefix (10.0.2.0/24)",
-                        r.to.escape_debug()
+                    return Err(Invalid::new(
+                        format!("{at}.to"),
+                        format!(
+                            "`{}` is not `default`, an address or a prefix (10.0.2.0/24)",
+                            r.to.escape_debug()
+                        ),
                     ));
                 }
                 if let Some(v) = r.via.as_deref().filter(|v| v.parse::<std::net::IpAddr>().is_err())
                 {
-                    return Err(format!("{at}.via: `{}` is not an IP address", v.escape_debug()));
+                    return Err(Invalid::new(
+                        format!("{at}.via"),
+                        format!("`{}` is not an IP address", v.escape_debug()),
+                    ));
                 }
                 if let Some(d) = r.dev.as_deref().filter(|d| !good_ifname(d)) {
-                    return Err(format!(
-                        "{at}.dev: `{}` is not an interface name",
-                        d.escape_debug()
+                    return Err(Invalid::new(
+                        format!("{at}.dev"),
+                        format!("`{}` is not an interface name", d.escape_debug()),
                     ));
                 }
                 if r.via.is_none() && r.dev.is_none() {
-                    return Err(format!("{at}: needs `via`, `dev` or both"));
+                    return Err(Invalid::new(at, "needs `via`, `dev` or both"));
                 }
             }
         }
@@ -305,18 +342,20 @@ impl SwitchSpec {
 }
 
 /// A live chain's worker port for a port name (`in` is added first).
-fn port_index(name: &str) -> Result<usize, String> {
+fn port_index(name: &str) -> Result<usize, Invalid> {
     match name {
         "in" => Ok(0),
         "out" => Ok(1),
-        other => Err(format!("`{}`: expected `in` or `out`", other.escape_debug())),
+        other => {
+            Err(Invalid::new("port", format!("`{}`: expected `in` or `out`", other.escape_debug())))
+        }
     }
 }
 
 /// A `--flows` spec: `all`, `share:I/N`, `hash:FIRST-LAST` (hex).
-pub fn parse_flows(spec: &str) -> Result<FlowScope, String> {
+pub fn parse_flows(spec: &str) -> Result<FlowScope, Invalid> {
     let bad = |why: &str| {
-        format!("flows `{}`: {why}; accepted: all, share:I/N (e.g. share:0/2), hash:FIRST-LAST (hexadecimal, e.g. hash:0-7fffffffffffffff)", spec.escape_debug())
+        Invalid::new(format!("flows `{}`", spec.escape_debug()), format!("{why}; accepted: all, share:I/N (e.g. share:0/2), hash:FIRST-LAST (hexadecimal, e.g. hash:0-7fffffffffffffff)"))
     };
     if spec == "all" {
         return Ok(FlowScope::All);
@@ -488,7 +527,7 @@ pub struct SteerRequest {
 /// The buckets `first..=last` of a `steer` NF with `buckets` buckets that
 /// hold exactly the flows of `flows`; an error unless they are whole
 /// buckets.
-pub fn steer_buckets(flows: &str, buckets: u32) -> Result<(usize, usize), String> {
+pub fn steer_buckets(flows: &str, buckets: u32) -> Result<(usize, usize), Invalid> {
     use braid_nf::steer::bucket_of;
     let range = match parse_flows(flows)? {
         FlowScope::HashRange(r) => r,
@@ -498,9 +537,9 @@ pub fn steer_buckets(flows: &str, buckets: u32) -> Result<(usize, usize), String
     let whole = HashRange::share(lo as u64, u64::from(buckets)).first == range.first
         && HashRange::share(hi as u64, u64::from(buckets)).last == range.last;
     if !whole {
-        return Err(format!(
-            "flows `{}`: not whole buckets of {buckets} (use share:I/N with N dividing {buckets})",
-            flows.escape_debug()
+        return Err(Invalid::new(
+            format!("flows `{}`", flows.escape_debug()),
+            format!("not whole buckets of {buckets} (use share:I/N with N dividing {buckets})"),
         ));
     }
     Ok((lo, hi))
@@ -541,7 +580,7 @@ pub fn steer_chain_nf(
             )));
         }
     }
-    let (lo, hi) = steer_buckets(&req.flows, cfg.buckets).map_err(bad)?;
+    let (lo, hi) = steer_buckets(&req.flows, cfg.buckets).map_err(|e| bad(e.to_string()))?;
     let mut table = cfg.table.take().unwrap_or_else(|| vec![0; cfg.buckets as usize]);
     if let Some(b) = (lo..=hi).find(|b| table[*b] != req.from) {
         return Err(ApiError::new(
@@ -692,7 +731,7 @@ fn plan(req: &MigrateRequest) -> Result<Plan, String> {
         None => Mode::Statelet,
     };
     let scope = match &req.flows {
-        Some(f) => parse_flows(f)?,
+        Some(f) => parse_flows(f).map_err(|e| e.to_string())?,
         None => FlowScope::All,
     };
     if scope != FlowScope::All && req.switch.steer.is_empty() {
@@ -703,7 +742,7 @@ fn plan(req: &MigrateRequest) -> Result<Plan, String> {
             req.flows.as_deref().unwrap_or_default()
         ));
     }
-    req.switch.check()?;
+    req.switch.check().map_err(|e| e.to_string())?;
     if let Some(d) = &req.deploy {
         for (k, v) in [("deploy.in", &d.in_iface), ("deploy.out", &d.out_iface)] {
             if !good_ifname(v) {
@@ -1093,7 +1132,8 @@ mod tests {
         );
         for bad in ["share:4/4", "share:1", "hash:ff-0", "hash:x-1", "some"] {
             let e = parse_flows(bad).unwrap_err();
-            assert!(e.contains(&format!("flows `{bad}`")) && e.contains("accepted"), "{e}");
+            assert_eq!(e.field, format!("flows `{bad}`"), "{e}");
+            assert!(e.problem.contains("accepted"), "{e}");
         }
     }
 
@@ -1113,7 +1153,7 @@ mod tests {
             ("redirect: [{to: default, dev: a}]\nrestore: []\nmarkers: []", "switch.markers"),
         ] {
             let e = spec(yaml).check().unwrap_err();
-            assert!(e.starts_with(field), "{yaml}: {e}");
+            assert_eq!(e.field, field, "{yaml}: {e}");
         }
     }
 
@@ -1125,9 +1165,9 @@ mod tests {
         assert_eq!(steer_buckets("hash:0-ffffffffffffff", 256).unwrap(), (0, 0));
         for (flows, buckets) in [("share:1/3", 256), ("share:0/512", 256), ("hash:0-ff", 256)] {
             let e = steer_buckets(flows, buckets).unwrap_err();
-            assert!(e.contains("not whole buckets"), "{flows}: {e}");
+            assert!(e.problem.starts_with("not whole buckets"), "{flows}: {e}");
         }
-        assert!(steer_buckets("share:2/2", 256).unwrap_err().contains("flows `share:2/2`"));
+        assert_eq!(steer_buckets("share:2/2", 256).unwrap_err().field, "flows `share:2/2`");
     }
 
     #[test]
@@ -1143,7 +1183,7 @@ mod tests {
             ),
             (
                 "steer: [{socket: /s, chain: su, nf: st, from: 1, to: 1, port: in}]",
-                "switch.steer[0]: from and to",
+                "switch.steer[0]",
             ),
             (
                 "steer: [{socket: /s, chain: su, nf: st, from: 0, to: 1, port: up}]",
@@ -1157,7 +1197,7 @@ mod tests {
             let e = spec(&format!("redirect: []\nrestore: []\nmarkers: []\n{yaml}"))
                 .check()
                 .unwrap_err();
-            assert!(e.starts_with(field), "{yaml}: {e}");
+            assert_eq!(e.field, field, "{yaml}: {e}");
         }
         // A split needs the steering; with it, it is accepted.
         let req = |steer: &str| {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::client::{Client, ClientError};
+use crate::migration::Invalid;
 
 /// Why a scale step failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +57,14 @@ pub struct SteerPoint {
 }
 
 impl std::str::FromStr for SteerPoint {
-    type Err = String;
+    type Err = Invalid;
 
     /// `CHAIN/NF:PORT[@SOCKET]`, e.g. `su/st:in@/run/braid/steer.sock`.
-    fn from_str(s: &str) -> Result<SteerPoint, String> {
+    fn from_str(s: &str) -> Result<SteerPoint, Invalid> {
         let bad = |why: &str| {
-            format!(
-                "steering point `{}`: {why}; expected CHAIN/NF:PORT[@SOCKET], PORT in or out (e.g. su/st:in@/run/braid/steer.sock)",
-                s.escape_debug()
+            Invalid::new(
+                format!("steering point `{}`", s.escape_debug()),
+                format!("{why}; expected CHAIN/NF:PORT[@SOCKET], PORT in or out (e.g. su/st:in@/run/braid/steer.sock)"),
             )
         };
         let (rest, socket) = match s.split_once('@') {
@@ -306,7 +307,8 @@ mod tests {
         assert_eq!((p.socket, p.port.as_str()), (None, "out"));
         for bad in ["su/st", "su/st:up", "sust:in", "/st:in", "su/st:in@"] {
             let e = bad.parse::<SteerPoint>().unwrap_err();
-            assert!(e.contains(&format!("`{bad}`")) && e.contains("CHAIN/NF:PORT"), "{e}");
+            assert_eq!(e.field, format!("steering point `{bad}`"), "{e}");
+            assert!(e.problem.contains("CHAIN/NF:PORT"), "{e}");
         }
     }
 

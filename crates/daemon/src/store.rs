@@ -41,34 +41,58 @@ pub fn encode_checkpoint(states: &Checkpoint) -> Vec<u8> {
     out
 }
 
+/// What is wrong with a checkpoint's bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{0} bytes is too short for a checkpoint")]
+    TooShort(usize),
+    #[error("checksum mismatch: the checkpoint is damaged")]
+    Checksum,
+    #[error("truncated at byte {0}")]
+    Truncated(usize),
+    #[error("NF name is not UTF-8")]
+    NameNotUtf8,
+    #[error("NF `{nf}`: {source}")]
+    State {
+        nf: String,
+        #[source]
+        source: braid_nf::StateError,
+    },
+    #[error("{0} bytes after the last NF")]
+    Trailing(usize),
+}
+
 /// Decode [`encode_checkpoint`]'s form; any damage is an error naming it.
-pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, String> {
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     if bytes.len() < 8 {
-        return Err(format!("{} bytes is too short for a checkpoint", bytes.len()));
+        return Err(CheckpointError::TooShort(bytes.len()));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     if crc32fast::hash(body) != want {
-        return Err("checksum mismatch: the checkpoint is damaged".into());
+        return Err(CheckpointError::Checksum);
     }
     let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], String> {
-        let s = body.get(at..at + n).ok_or_else(|| format!("truncated at byte {at}"))?;
+    let mut take = |n: usize| -> Result<&[u8], CheckpointError> {
+        let s = body.get(at..at + n).ok_or(CheckpointError::Truncated(at))?;
         at += n;
         Ok(s)
     };
-    let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "count")?);
+    // `take` returns exactly `n` bytes, so the fixed-size reads cannot fail.
+    let u32_at = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let count = u32_at(take(4)?);
     let mut out = Vec::new();
     for _ in 0..count {
-        let n = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "name length")?) as usize;
-        let name = std::str::from_utf8(take(n)?).map_err(|_| "NF name is not UTF-8".to_string())?;
-        let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "state length")?) as usize;
-        let state =
-            braid_nf::NfState::from_bytes(take(len)?).map_err(|e| format!("NF `{name}`: {e}"))?;
+        let b = take(2)?;
+        let n = u16::from_le_bytes([b[0], b[1]]) as usize;
+        let name = std::str::from_utf8(take(n)?).map_err(|_| CheckpointError::NameNotUtf8)?;
+        let len = u32_at(take(4)?) as usize;
+        let state = braid_nf::NfState::from_bytes(take(len)?)
+            .map_err(|source| CheckpointError::State { nf: name.to_string(), source })?;
         out.push((name.to_string(), state));
     }
     if at != body.len() {
-        return Err(format!("{} bytes after the last NF", body.len() - at));
+        return Err(CheckpointError::Trailing(body.len() - at));
     }
     Ok(out)
 }
@@ -92,8 +116,13 @@ pub enum StoreError {
     },
     #[error("state store {path}: record format {found}, this braidd reads format {FORMAT}")]
     Format { path: PathBuf, found: u64 },
-    #[error("state store {path}: checkpoint of chain `{name}`: {what}")]
-    Checkpoint { path: PathBuf, name: String, what: String },
+    #[error("state store {path}: checkpoint of chain `{name}`: {source}")]
+    Checkpoint {
+        path: PathBuf,
+        name: String,
+        #[source]
+        source: CheckpointError,
+    },
     #[error("state store {path}: chain record `{name}` is not a valid descriptor (nothing was deployed):\n{problems}")]
     Record { path: PathBuf, name: String, problems: String },
 }
@@ -215,10 +244,10 @@ impl Store {
         let txn = self.db.begin_read().map_err(|e| self.io(e))?;
         let t = txn.open_table(CHECKPOINTS).map_err(|e| self.io(e))?;
         let Some(v) = t.get(name).map_err(|e| self.io(e))? else { return Ok(None) };
-        decode_checkpoint(v.value()).map(Some).map_err(|what| StoreError::Checkpoint {
+        decode_checkpoint(v.value()).map(Some).map_err(|source| StoreError::Checkpoint {
             path: self.path.clone(),
             name: name.to_string(),
-            what,
+            source,
         })
     }
 
