@@ -52,3 +52,13 @@ pub use sched::{Sched, SchedError, SchedPolicy};
 pub use tap::{CaptureRequest, CaptureSession, CaptureSummary, Point};
 pub use telemetry::{StageSnapshot, WorkerOs, WorkerSnapshot, WorkerTelemetry, WorkerWatch};
 pub use worker::{GraphRef, Idle, Worker, WorkerConfig, WorkerError, WorkerReport};
+
+/// A word that is not one of the accepted ones (an idle policy, a capture
+/// point).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{what} `{given}`: expected {expected}")]
+pub struct UnknownWord {
+    pub what: &'static str,
+    pub given: String,
+    pub expected: &'static str,
+}

@@ -77,13 +77,17 @@ impl Point {
 }
 
 impl std::str::FromStr for Point {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Point, String> {
+    type Err = crate::UnknownWord;
+    fn from_str(s: &str) -> Result<Point, crate::UnknownWord> {
         match s {
             "in" => Ok(Point::In),
             "out" => Ok(Point::Out),
             "drops" | "drop" => Ok(Point::Drops),
-            other => Err(format!("capture point `{other}`: expected in, out or drops")),
+            other => Err(crate::UnknownWord {
+                what: "capture point",
+                given: other.to_string(),
+                expected: "in, out or drops",
+            }),
         }
     }
 }

@@ -51,13 +51,17 @@ pub enum Idle {
 }
 
 impl std::str::FromStr for Idle {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Idle, String> {
+    type Err = crate::UnknownWord;
+    fn from_str(s: &str) -> Result<Idle, crate::UnknownWord> {
         match s {
             "busy" => Ok(Idle::Busy),
             "poll" => Ok(Idle::Poll),
             "sleep" => Ok(Idle::Sleep),
-            other => Err(format!("idle policy `{other}`: expected busy, poll or sleep")),
+            other => Err(crate::UnknownWord {
+                what: "idle policy",
+                given: other.to_string(),
+                expected: "busy, poll or sleep",
+            }),
         }
     }
 }
