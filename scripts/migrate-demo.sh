@@ -25,42 +25,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for n in "${NS[@]}"; do
-    ip netns add "$P-$n"
-    ip netns exec "$P-$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
-    ip -n "$P-$n" link set lo up
-done
-ip netns exec $P-up sysctl -qw net.ipv4.ip_forward=1
-ip netns exec $P-dn sysctl -qw net.ipv4.ip_forward=1
-
-# link NS_A DEV_A NS_B DEV_B
-link() {
-    ip -n "$P-$1" link add "$2" type veth peer name "$4" netns "$P-$3"
-    for end in "$1 $2" "$3 $4"; do
-        set -- $end
-        ip netns exec "$P-$1" ethtool -K "$2" tx off >/dev/null
-        ip -n "$P-$1" link set "$2" up
-    done
-}
-mac() { ip netns exec "$P-$1" cat "/sys/class/net/$2/address"; }
-addr() { ip -n "$P-$1" addr add "$3/24" dev "$2"; }
-# neigh NS DEV IP PEER_NS PEER_DEV
-neigh() { ip -n "$P-$1" neigh replace "$3" lladdr "$(mac "$4" "$5")" dev "$2" nud permanent; }
-
+. "$(dirname "$0")/lib/migration-net.sh"
+netlab_namespaces
 link cl c0 up u0; link up ua ha ai; link ha ao dn da; link up ub hb bi; link hb bo dn db
 link dn d0 sv s0; link ha st0 hb st1
-addr cl c0 10.80.10.1; addr up u0 10.80.10.2; addr up ua 10.80.1.1; addr dn da 10.80.1.2
-addr up ub 10.80.2.1; addr dn db 10.80.2.2; addr dn d0 10.80.20.2; addr sv s0 10.80.20.1
-addr ha st0 10.80.30.1; addr hb st1 10.80.30.2
-neigh cl c0 10.80.10.2 up u0; neigh up u0 10.80.10.1 cl c0
-neigh up ua 10.80.1.2 dn da; neigh dn da 10.80.1.1 up ua
-neigh up ub 10.80.2.2 dn db; neigh dn db 10.80.2.1 up ub
-neigh dn d0 10.80.20.1 sv s0; neigh sv s0 10.80.20.2 dn d0
-neigh ha st0 10.80.30.2 hb st1; neigh hb st1 10.80.30.1 ha st0
-ip -n $P-cl route add default via 10.80.10.2
-ip -n $P-sv route add default via 10.80.20.2
-ip -n $P-up route add 10.80.20.0/24 via 10.80.1.2 dev ua
-ip -n $P-dn route add 10.80.10.0/24 via 10.80.1.1 dev da
+netlab_addresses 10.80
 
 for h in a b; do
     mkdir -p "$WORK/$h"

@@ -99,29 +99,12 @@ if ip netns list | grep -q "^$P-"; then
     exit 2
 fi
 OURS=1
-for n in "${NS[@]}"; do
-    ip netns add "$P-$n"
-    ip netns exec "$P-$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
-    ip -n "$P-$n" link set lo up
-done
-ip netns exec $P-up sysctl -qw net.ipv4.ip_forward=1
-ip netns exec $P-dn sysctl -qw net.ipv4.ip_forward=1
+. "$(dirname "$0")/lib/migration-net.sh"
+netlab_namespaces
 # The state stream (TCP between A and B) shares the link with the load:
 # BBR keeps its queue near the path's BDP where CUBIC would fill the link's
 # queue and delay the data behind it.
 for n in ha hb; do ip netns exec $P-$n sysctl -qw net.ipv4.tcp_congestion_control=bbr; done
-
-link() {
-    ip -n "$P-$1" link add "$2" type veth peer name "$4" netns "$P-$3"
-    for end in "$1 $2" "$3 $4"; do
-        set -- $end
-        ip netns exec "$P-$1" ethtool -K "$2" tx off gro off >/dev/null 2>&1 || true
-        ip -n "$P-$1" link set "$2" up
-    done
-}
-mac() { ip netns exec "$P-$1" cat "/sys/class/net/$2/address"; }
-addr() { ip -n "$P-$1" addr add "$3/24" dev "$2"; }
-neigh() { ip -n "$P-$1" neigh replace "$3" lladdr "$(mac "$4" "$5")" dev "$2" nud permanent; }
 
 link cl c0 up u0; link up ua ha ai; link ha ao dn da; link up ub hb bi; link hb bo dn db
 link dn d0 wa pd; link ha st0 wa pa; link wa wl0 wn x0; link wn x1 wb wl1; link wb ps sv s0; link wb pb hb st1
@@ -131,18 +114,7 @@ for side in "wa pd pa wl0" "wb ps pb wl1"; do
     for d in "$2" "$3" "$4"; do ip -n "$P-$1" link set "$d" master br0; done
     ip -n "$P-$1" link set br0 up
 done
-addr cl c0 10.81.10.1; addr up u0 10.81.10.2; addr up ua 10.81.1.1; addr dn da 10.81.1.2
-addr up ub 10.81.2.1; addr dn db 10.81.2.2; addr dn d0 10.81.20.2; addr sv s0 10.81.20.1
-addr ha st0 10.81.30.1; addr hb st1 10.81.30.2
-neigh cl c0 10.81.10.2 up u0; neigh up u0 10.81.10.1 cl c0
-neigh up ua 10.81.1.2 dn da; neigh dn da 10.81.1.1 up ua
-neigh up ub 10.81.2.2 dn db; neigh dn db 10.81.2.1 up ub
-neigh dn d0 10.81.20.1 sv s0; neigh sv s0 10.81.20.2 dn d0
-neigh ha st0 10.81.30.2 hb st1; neigh hb st1 10.81.30.1 ha st0
-ip -n $P-cl route add default via 10.81.10.2
-ip -n $P-sv route add default via 10.81.20.2
-ip -n $P-up route add 10.81.20.0/24 via 10.81.1.2 dev ua
-ip -n $P-dn route add 10.81.10.0/24 via 10.81.1.1 dev da
+netlab_addresses 10.81
 ip -n $P-dn route add 10.81.99.0/24 via 10.81.1.1 dev da
 # The routers' and the server's queues must not be the bottleneck.
 for n in up dn sv cl; do ip netns exec $P-$n sysctl -qw net.core.rmem_max=16777216 net.core.rmem_default=4194304 2>/dev/null || true; done
