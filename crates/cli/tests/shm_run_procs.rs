@@ -237,10 +237,20 @@ fn start_run_procs(
     tag: &str,
     extra: &[&str],
 ) -> (Child, Vec<String>, mpsc::Receiver<String>, std::path::PathBuf) {
-    let chain =
-        std::env::temp_dir().join(format!("braid-run-procs-{tag}-{}.yaml", std::process::id()));
+    /// Removes the chain file however this function ends (a timed-out
+    /// wait below panics: the file must not stay in /tmp).
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let chain = RemoveOnDrop(
+        std::env::temp_dir().join(format!("braid-run-procs-{tag}-{}.yaml", std::process::id())),
+    );
+    let chain = &chain.0;
     std::fs::write(
-        &chain,
+        chain,
         format!("name: {tag}\nnfs:\n  - {{ name: a, type: fwd }}\n  - {{ name: b, type: fwd }}\n  - {{ name: c, type: fwd }}\n"),
     )
     .unwrap();
@@ -268,7 +278,6 @@ fn start_run_procs(
             lines.push(l);
         }
     }
-    let _ = std::fs::remove_file(&chain);
     let dir = lines
         .iter()
         .find_map(|l| l.split_once("; sockets in ").map(|(_, d)| std::path::PathBuf::from(d)))
