@@ -31,17 +31,10 @@ link cl c0 up u0; link up ua ha ai; link ha ao dn da; link up ub hb bi; link hb 
 link dn d0 sv s0; link ha st0 hb st1
 netlab_addresses 10.80
 
-for h in a b; do
-    mkdir -p "$WORK/$h"
-    extra=()
-    [ $h = b ] && extra=(--migrate-listen 10.80.30.2:9480)
-    ip netns exec $P-h$h "$BIN/braidd" --socket "$WORK/$h/sock" --state-dir "$WORK/$h/state" \
-        --checkpoint-interval-ms 0 "${extra[@]}" 2>"$WORK/$h/log" &
-    PIDS+=($!)
-done
-for h in a b; do
-    for _ in $(seq 100); do [ -S "$WORK/$h/sock" ] && break; sleep 0.05; done
-done
+netlab_braidd a
+netlab_braidd b --migrate-listen 10.80.30.2:9480
+netlab_wait_braidd a
+netlab_wait_braidd b
 
 cat > "$WORK/chain.yaml" <<YAML
 name: mig

@@ -157,10 +157,8 @@ if [ $MEASURE = 1 ]; then
     ip netns exec $P-sv "$BIN/braid" echo --bind 10.81.20.1:7007 >/dev/null 2>&1 &
     PIDS+=($!)
     # A bare forwarding path through A: braidd with the chain.
-    mkdir -p "$WORK/a"
-    ip netns exec $P-ha "$BIN/braidd" --socket "$WORK/a/sock" --state-dir "$WORK/a/state" --checkpoint-interval-ms 0 2>"$WORK/a/log" &
-    PIDS+=($!)
-    for _ in $(seq 100); do [ -S "$WORK/a/sock" ] && break; sleep 0.05; done
+    netlab_braidd a
+    netlab_wait_braidd a
     cat > "$WORK/chain.yaml" <<YAML
 name: mig
 ports:
@@ -192,16 +190,10 @@ fi
 LIMIT=$(limit_for "$RATE")
 delay_line wn x0 x1 "$RATE" "$LIMIT"
 
-for h in a b; do
-    mkdir -p "$WORK/$h"
-    listen=10.81.30.1:9480; [ $h = b ] && listen=10.81.30.2:9480
-    ip netns exec $P-h$h "$BIN/braidd" --socket "$WORK/$h/sock" --state-dir "$WORK/$h/state" \
-        --checkpoint-interval-ms 0 --migrate-listen $listen 2>"$WORK/$h/log" &
-    PIDS+=($!)
-done
-for h in a b; do
-    for _ in $(seq 100); do [ -S "$WORK/$h/sock" ] && break; sleep 0.05; done
-done
+netlab_braidd a --migrate-listen 10.81.30.1:9480
+netlab_braidd b --migrate-listen 10.81.30.2:9480
+netlab_wait_braidd a
+netlab_wait_braidd b
 
 if [ $NF = nat ]; then
     DECL="{ name: nat, type: nat, params: { external_ip: 10.81.99.1, internal: [10.81.10.0/24] } }"

@@ -53,3 +53,18 @@ netlab_addresses() {
     ip -n "$P-up" route add $n.20.0/24 via $n.1.2 dev ua
     ip -n "$P-dn" route add $n.10.0/24 via $n.1.1 dev da
 }
+
+# netlab_braidd H [ARGS...]: braidd in namespace $P-hH (socket, state and
+# log under $WORK/H, no periodic checkpoints), its pid appended to PIDS;
+# netlab_wait_braidd H waits (5 s at most) for its API socket.
+netlab_braidd() {
+    local h=$1
+    shift
+    mkdir -p "$WORK/$h"
+    ip netns exec "$P-h$h" "$BIN/braidd" --socket "$WORK/$h/sock" --state-dir "$WORK/$h/state" \
+        --checkpoint-interval-ms 0 "$@" 2>"$WORK/$h/log" &
+    PIDS+=($!)
+}
+netlab_wait_braidd() {
+    for _ in $(seq 100); do [ -S "$WORK/$1/sock" ] && break; sleep 0.05; done
+}

@@ -4,12 +4,11 @@
 //! must be at least 10 ms and, with `--tick-us 100`, not much more.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use braid_io::netns;
 
 mod bump;
-use bump::{Bump, KillOnDrop, RemoveOnDrop};
+use bump::{ping_until_answered, Bump, KillOnDrop, RemoveOnDrop};
 
 /// How much the mean RTT may exceed 2 × 5 ms: 2 × the 0.1 ms tick, the
 /// wake-ups and the veth/ping path itself, with margin for a loaded CI
@@ -49,20 +48,8 @@ fn ping_through_a_braid_delay_line_takes_twice_the_delay() {
         .spawn()
         .unwrap();
     let guard = KillOnDrop(Some(child));
-    // The ports open within a second; ping until it answers (this also
-    // settles ARP, itself delayed).
-    let t = Instant::now();
-    let mut ok = false;
-    while t.elapsed() < Duration::from_secs(10) && !ok {
-        ok = cl
-            .command("ping")
-            .args(["-c", "2", "-i", "0.2", "-W", "1", "10.78.0.2"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-    }
-    assert!(ok, "ping through the delay line");
+    // Ping until it answers (this also settles ARP, itself delayed).
+    assert!(ping_until_answered(cl, "10.78.0.2", 2), "ping through the delay line");
     let out = cl
         .command("ping")
         .args(["-q", "-c", "30", "-i", "0.05", "-W", "1", "10.78.0.2"])

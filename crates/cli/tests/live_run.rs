@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use braid_io::netns;
 
 mod bump;
-use bump::{Bump, KillOnDrop, RemoveOnDrop};
+use bump::{ping_until_answered, Bump, KillOnDrop, RemoveOnDrop};
 
 fn root_or_skip() -> bool {
     if netns::is_root() {
@@ -87,19 +87,7 @@ fn a_live_chain_between_two_interfaces_carries_ping_both_ways() {
         .unwrap();
     let bad_err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && bad_err.contains("fw, f"), "{bad_err}");
-    // The ports open within a second; ping until it answers.
-    let t = Instant::now();
-    let mut ok = false;
-    while t.elapsed() < Duration::from_secs(10) && !ok {
-        ok = cl
-            .command("ping")
-            .args(["-c", "3", "-i", "0.2", "-W", "1", "10.77.0.2"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-    }
-    assert!(ok, "ping through the live chain");
+    assert!(ping_until_answered(cl, "10.77.0.2", 3), "ping through the live chain");
     // The capture ends by itself after 3 packets: the first three ICMP
     // frames fw sent on, either way (`--dir out` is its output on both
     // gates): echo requests to the server and replies to the client.

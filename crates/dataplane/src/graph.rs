@@ -204,6 +204,19 @@ impl std::fmt::Debug for Graph {
     }
 }
 
+/// Hand `b` to port `p`'s output: swapped in whole when that is empty
+/// (the usual case: two vectors swapped instead of every packet handle
+/// copied), appended otherwise; dropped if there is no such port. `b` is
+/// left empty.
+#[inline(always)]
+fn deliver(out: &mut [Batch], p: usize, b: &mut Batch) {
+    match out.get_mut(p) {
+        Some(o) if o.is_empty() => std::mem::swap(o, b),
+        Some(o) => o.append(b),
+        None => b.clear(),
+    }
+}
+
 /// The clock the stage timing uses; compiled out without `telemetry`.
 #[inline(always)]
 fn clock() -> u64 {
@@ -407,11 +420,7 @@ impl Graph {
         loop {
             match to {
                 Endpoint::Port(p) => {
-                    match out.get_mut(p) {
-                        Some(o) if o.is_empty() => std::mem::swap(o, batch),
-                        Some(o) => o.append(batch),
-                        None => batch.clear(),
-                    }
+                    deliver(out, p, batch);
                     return;
                 }
                 Endpoint::Stage { stage, gate } if calls > 0 && stage < self.stages.len() => {
@@ -422,13 +431,10 @@ impl Graph {
                         return;
                     }
                     let out_gate = gate ^ 1;
-                    let s = &self.stages[stage];
-                    if let (Gates::Pair, Some(&next)) = (s.gates, s.out.get(out_gate as usize)) {
-                        if next != Endpoint::Drop {
-                            to = next;
-                            known_bytes = Some(bytes_out);
-                            continue;
-                        }
+                    if let Some(next) = self.whole_to(stage, out_gate) {
+                        to = next;
+                        known_bytes = Some(bytes_out);
+                        continue;
                     }
                     let fresh = self.spare();
                     let b = std::mem::replace(batch, fresh);
@@ -543,6 +549,19 @@ impl Graph {
         }
     }
 
+    /// Where a batch that left stage `stage` by `out_gate` goes on whole:
+    /// the linked endpoint if the NF is a pair NF and the gate is
+    /// connected; `None` when [`Graph::leave`] has to decide (split by
+    /// `out_port`, or count it unconnected).
+    #[inline(always)]
+    fn whole_to(&self, stage: usize, out_gate: u16) -> Option<Endpoint> {
+        let s = &self.stages[stage];
+        match (s.gates, s.out.get(out_gate as usize)) {
+            (Gates::Pair, Some(&to)) if to != Endpoint::Drop => Some(to),
+            _ => None,
+        }
+    }
+
     /// Run `first`, then everything queued in `work`, to completion; `t0`
     /// is the stage clock now.
     fn run_work(
@@ -566,14 +585,7 @@ impl Graph {
             let known_bytes = next_bytes.take();
             match to {
                 Endpoint::Port(p) => {
-                    match out.get_mut(p) {
-                        // The usual case, one batch out: hand it over
-                        // whole (two vectors swapped) instead of copying
-                        // every packet handle into the output.
-                        Some(o) if o.is_empty() => std::mem::swap(o, &mut b),
-                        Some(o) => o.append(&mut b),
-                        None => b.clear(),
-                    }
+                    deliver(out, p, &mut b);
                     self.recycle(b);
                 }
                 Endpoint::Drop => self.recycle(b),
@@ -592,21 +604,15 @@ impl Graph {
                         // A pair NF's output leaves by the other gate; a
                         // switching NF's by each packet's `out_port`.
                         let out_gate = gate ^ 1;
-                        let s = &self.stages[stage];
                         if b.is_empty() {
                             self.recycle(b);
-                        } else if let (Gates::Pair, Some(&to)) =
-                            (s.gates, s.out.get(out_gate as usize))
-                        {
-                            if to != Endpoint::Drop {
-                                // What `leave` would do for a pair NF's
-                                // batch going on whole, run next without a
-                                // turn through the queue.
-                                next = Some((to, b));
-                                next_bytes = Some(bytes_out);
-                                continue;
-                            }
-                            self.leave(stage, out_gate, b);
+                        } else if let Some(to) = self.whole_to(stage, out_gate) {
+                            // What `leave` would do for a pair NF's batch
+                            // going on whole, run next without a turn
+                            // through the queue.
+                            next = Some((to, b));
+                            next_bytes = Some(bytes_out);
+                            continue;
                         } else {
                             self.leave(stage, out_gate, b);
                         }

@@ -44,6 +44,26 @@ impl Bump {
     }
 }
 
+/// Ping `dst` from `from` (`count` echoes 0.2 s apart, each waited for
+/// 1 s) until a round answers, for 10 s at most: the ports of a `braid run`
+/// just started open within a second. Whether it answered.
+pub fn ping_until_answered(from: &NetnsGuard, dst: &str, count: u32) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(10) {
+        let answered = from
+            .command("ping")
+            .args(["-c", &count.to_string(), "-i", "0.2", "-W", "1", dst])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if answered {
+            return true;
+        }
+    }
+    false
+}
+
 /// A test's temporary directory, removed also when the test fails.
 pub struct RemoveOnDrop(pub std::path::PathBuf);
 
