@@ -3,7 +3,7 @@
 # a firewall chain on host A under a `braid probe` UDP stream, moved live to
 # host B. Everything it creates is removed on exit (also on failure).
 #
-#   sudo scripts/migrate-demo.sh            # binaries from target/debug
+#   sudo scripts/migrate-demo.sh            # the braid on the PATH (and braidd beside it), else target/debug
 #   BIN=target/release sudo -E scripts/migrate-demo.sh
 #
 #                 ua ── (ai) hA: braidd A, chain `mig` (ao) ── da
@@ -11,7 +11,19 @@
 #                 ub ── (bi) hB: braidd B (bo) ─────────────── db
 #                       hA st0 ──── state link ──── st1 hB
 set -euo pipefail
-BIN=${BIN:-target/debug}
+# The binaries: $BIN, else the directory of the `braid` on the PATH when
+# braidd is beside it (the README tour puts the tested build there), else
+# target/debug.
+if [ -z "${BIN:-}" ]; then
+    on_path=$(command -v braid 2>/dev/null || true)
+    BIN=target/debug
+    if [ -n "$on_path" ] && [ -x "$(dirname "$(realpath "$on_path")")/braidd" ]; then
+        BIN=$(dirname "$(realpath "$on_path")")
+    fi
+fi
+for b in braid braidd; do
+    [ -x "$BIN/$b" ] || { echo "migrate-demo.sh: no $b in $BIN (cargo build -p braid -p braid-daemon, or set BIN)" >&2; exit 2; }
+done
 P=bmd
 NS=(cl up ha hb dn sv)
 WORK=$(mktemp -d /tmp/braid-migrate-demo.XXXXXX)

@@ -26,7 +26,7 @@ trap 'exit 130' INT TERM HUP
 
 mkdir "$scratch/bin"
 ln -s "$braid" "$scratch/bin/braid"
-ln -s "$repo/examples" "$repo/crates" "$scratch/"
+ln -s "$repo/examples" "$repo/crates" "$repo/scripts" "$scratch/"
 export PATH="$scratch/bin:$PATH"
 cd "$scratch"
 
