@@ -94,8 +94,9 @@ pub fn capture(data: &[u8]) {
 /// after it, bit 2 ticks the NF after the batch, bits 3–7 advance the
 /// clock by that many milliseconds. Checked besides "no panic": every
 /// frame that leaves fits a packet buffer, the NF's drop counters
-/// never exceed what entered, and an NF that claims
-/// [`NetworkFunction::keeps_lengths`] keeps them.
+/// never exceed what entered, an NF that claims
+/// [`NetworkFunction::keeps_lengths`] keeps them, and an NF whose
+/// [`NetworkFunction::wants_tick`] is false does nothing when ticked.
 pub fn nf_frames(data: &[u8]) {
     let Some((&which, mut rest)) = data.split_first() else {
         return;
@@ -126,9 +127,25 @@ pub fn nf_frames(data: &[u8]) {
             }
             batch.clear();
             if ctrl & 4 != 0 {
+                // An NF that says it has nothing to tick for is ticked only
+                // about once a second by an idle worker: ticking it anyway
+                // must do nothing (no packet out, no counter moved, no
+                // entry aged out), or it forgot to override `wants_tick`.
+                let idle = !nf.wants_tick();
+                let before = (counters.clone(), held_entries(&mut *nf));
                 let mut out = Batch::new();
                 nf.tick(&mut out, &mut Context::new(now_ns, &mut counters));
                 check_out(&out);
+                if idle {
+                    let name = nf.spec().name;
+                    assert!(out.is_empty(), "{name}: wants_tick false, tick emitted {}", out.len());
+                    assert_eq!(counters, before.0, "{name}: wants_tick false, tick counted");
+                    assert_eq!(
+                        held_entries(&mut *nf),
+                        before.1,
+                        "{name}: wants_tick false, tick aged"
+                    );
+                }
             }
         }
     }
@@ -137,6 +154,11 @@ pub fn nf_frames(data: &[u8]) {
         "{} drops of {entered} frames",
         counters.dropped_total()
     );
+}
+
+/// Entries in a per-flow NF's table (None for the others).
+fn held_entries(nf: &mut dyn NetworkFunction) -> Option<usize> {
+    nf.flow_stream().map(|f| f.len())
 }
 
 fn check_out(batch: &Batch) {
