@@ -1,12 +1,14 @@
 /* Shared pieces of braid's XDP programs: counters, the forwarding tail
  * (devmap redirect with optional MAC rewrite) and header parsing.
  *
- * Every program object defines the same three maps so one Rust loader
- * drives them all:
+ * Every program object defines the same maps so one Rust loader drives
+ * them all:
  *   counters   per-CPU array of u64, BRAID_COUNTERS per slot, indexed by
  *              slot * BRAID_COUNTERS + enum braid_counter
  *   tx_ports   devmap (hash) ingress ifindex -> egress ifindex
  *   mac_rules  hash ingress ifindex -> struct braid_mac_rule
+ *   tap_cfg    array: slot -> the points a capture taps (0: none)
+ *   tap_ring   ring buffer of struct braid_tap_sample (braid capture)
  * A frame whose ingress interface has no tx_ports entry goes to the
  * kernel stack (XDP_PASS), so an unconfigured program is harmless.
  */
@@ -37,6 +39,7 @@ enum braid_counter {
 	BRAID_REDIRECT = 4,
 	BRAID_MATCHED = 5,   /* program specific: rule hit, payload rewritten */
 	BRAID_MALFORMED = 6, /* headers too short or inconsistent */
+	BRAID_TAP_LOST = 7,  /* tap samples the ring buffer had no room for */
 	BRAID_COUNTERS = 8,
 };
 
@@ -80,11 +83,99 @@ static __always_inline void braid_count_rx(struct xdp_md *ctx, __u32 slot)
 	braid_count(slot, BRAID_RX_BYTES, (__u64)(ctx->data_end - ctx->data));
 }
 
-static __always_inline int braid_drop(__u32 slot, __u32 why)
+/* The tap (`braid capture` on a kernel NF): while tap_cfg[slot] has the
+ * bit of a point, every frame at that point of the slot's NF is copied (up
+ * to BRAID_TAP_SNAP bytes) with its metadata into tap_ring. With no
+ * capture running the word is 0: one (inlined) array lookup per NF call
+ * and a branch not taken. A full ring loses the sample and counts it in
+ * BRAID_TAP_LOST. Keep the layout in sync with crates/io/src/xdp_tap.rs. */
+enum braid_tap_point {
+	BRAID_TAP_IN = 0,   /* entering the NF */
+	BRAID_TAP_OUT = 1,  /* leaving it (before the MAC rewrite of forwarding) */
+	BRAID_TAP_DROP = 2, /* dropped by it, as it entered; reason: the counter */
+};
+
+#define BRAID_TAP_SNAP 1536
+#define BRAID_TAP_VERSION 1
+#ifndef BRAID_TAP_RING
+#define BRAID_TAP_RING (1 << 21)
+#endif
+
+struct braid_tap_sample {
+	__u64 ts_ns;    /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
+	__u32 ifindex;  /* ingress interface */
+	__u32 orig_len; /* the whole frame */
+	__u16 cap_len;  /* bytes in data: min(orig_len, BRAID_TAP_SNAP) */
+	__u8 slot;
+	__u8 point;     /* enum braid_tap_point */
+	__u8 reason;    /* drops: enum braid_counter (BRAID_DROP, BRAID_MALFORMED) */
+	__u8 version;   /* BRAID_TAP_VERSION */
+	__u8 pad[2];
+	__u8 data[BRAID_TAP_SNAP];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BRAID_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} tap_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, BRAID_TAP_RING);
+} tap_ring SEC(".maps");
+
+/* The points tapped on `slot` (bit 1 << enum braid_tap_point). */
+static __always_inline __u32 braid_tap_cfg(__u32 slot)
+{
+	__u32 *c = bpf_map_lookup_elem(&tap_cfg, &slot);
+	return c ? *c : 0;
+}
+
+/* Copy the frame into the ring (a subprogram: the fast path without a
+ * capture stays as short as before). */
+static __noinline int braid_tap_emit(struct xdp_md *ctx, __u32 slot, __u32 point, __u32 reason)
+{
+	__u32 len = bpf_xdp_get_buff_len(ctx);
+	struct braid_tap_sample *s = bpf_ringbuf_reserve(&tap_ring, sizeof(*s), 0);
+	if (!s) {
+		braid_count(slot, BRAID_TAP_LOST, 1);
+		return 0;
+	}
+	s->ts_ns = bpf_ktime_get_ns();
+	s->ifindex = ctx->ingress_ifindex;
+	s->orig_len = len;
+	s->slot = (__u8)slot;
+	s->point = (__u8)point;
+	s->reason = (__u8)reason;
+	s->version = BRAID_TAP_VERSION;
+	s->pad[0] = 0;
+	s->pad[1] = 0;
+	__u64 cap = len;
+	if (cap > BRAID_TAP_SNAP)
+		cap = BRAID_TAP_SNAP;
+	if (cap == 0 || bpf_xdp_load_bytes(ctx, 0, s->data, cap) < 0)
+		cap = 0;
+	s->cap_len = (__u16)cap;
+	bpf_ringbuf_submit(s, 0);
+	return 0;
+}
+
+/* Tap the frame at `point` if the slot's tap word `tap` asks for it. */
+static __always_inline void braid_tap(struct xdp_md *ctx, __u32 tap, __u32 slot, __u32 point)
+{
+	if (tap & (1u << point))
+		braid_tap_emit(ctx, slot, point, 0);
+}
+
+static __always_inline int braid_drop(struct xdp_md *ctx, __u32 slot, __u32 why)
 {
 	braid_count(slot, why, 1);
 	if (why != BRAID_DROP)
 		braid_count(slot, BRAID_DROP, 1);
+	if (braid_tap_cfg(slot) & (1u << BRAID_TAP_DROP))
+		braid_tap_emit(ctx, slot, BRAID_TAP_DROP, why);
 	return XDP_DROP;
 }
 
@@ -100,7 +191,7 @@ static __always_inline int braid_forward(struct xdp_md *ctx, __u32 slot)
 	if (rule) {
 		struct ethhdr *eth = data;
 		if ((void *)(eth + 1) > data_end)
-			return braid_drop(slot, BRAID_MALFORMED);
+			return braid_drop(ctx, slot, BRAID_MALFORMED);
 		__builtin_memcpy(eth->h_dest, rule->dst, ETH_ALEN);
 		__builtin_memcpy(eth->h_source, rule->src, ETH_ALEN);
 	}
