@@ -12,11 +12,16 @@
 //! [`XdpTapReader`] is one capture on one slot: it opens the maps again by
 //! their kernel ids (so it does not borrow the program, which its owner
 //! keeps), turns the tap on, hands out decoded [`TapSample`]s, and on drop
-//! turns the tap off and empties the ring. One capture at a time per
-//! loaded program (they share one ring): a second one is refused.
+//! turns the tap off (or back to what the other captures of the slot
+//! ask for). Several captures may run on one program at once: the
+//! captures of a ring in one process share its reader, which hands each
+//! sample to the queue of every capture whose slot and points it matches;
+//! the last one to go empties the ring.
 
-use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
@@ -188,16 +193,136 @@ fn kernel<E: std::error::Error + Send + Sync + 'static>(
     move |e| XdpError::Kernel { what, source: Box::new(e) }
 }
 
-/// Rings (by map id) with a capture reading them, in this process.
-static ACTIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Samples one capture may have waiting before it loses the next ones
+/// (as the user-space tap's channel).
+pub const TAP_QUEUE: usize = 8192;
 
-/// One capture on one NF slot of a loaded XDP program (see the module
-/// documentation). Dropping it turns the tap off and empties the ring.
-pub struct XdpTapReader {
+/// One capture's share of a ring: its slot, its points, what it has not
+/// read yet.
+struct Sub {
+    id: u64,
     slot: u32,
-    ring_id: u32,
+    word: u32,
+    queue: VecDeque<TapSample>,
+    /// Samples for it that did not fit in `queue`.
+    overflow: u64,
+}
+
+struct HubInner {
     cfg: Array<MapData, u32>,
     ring: RingBuf<MapData>,
+    subs: Vec<Sub>,
+}
+
+impl HubInner {
+    /// Set the slot's tap word to what its captures ask for together.
+    fn set_word(&mut self, slot: u32) -> Result<(), XdpError> {
+        let word = self.subs.iter().filter(|s| s.slot == slot).fold(0, |w, s| w | s.word);
+        self.cfg.set(slot, word, 0).map_err(kernel(format!("tap_cfg[{slot}] = {word:#x}")))
+    }
+
+    /// Move every sample in the ring to the queues of the captures that
+    /// asked for it.
+    fn pump(&mut self) -> Result<(), XdpError> {
+        while let Some(item) = self.ring.next() {
+            let s = TapSample::decode(&item)?;
+            drop(item);
+            let bit = 1 << s.point as u32;
+            for sub in &mut self.subs {
+                if sub.slot == u32::from(s.slot) && sub.word & bit != 0 {
+                    if sub.queue.len() < TAP_QUEUE {
+                        sub.queue.push_back(s.clone());
+                    } else {
+                        sub.overflow += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) {
+        // Bounded: the ring holds at most 2 MiB of samples.
+        for _ in 0..1 << 16 {
+            if self.ring.next().is_none() {
+                break;
+            }
+        }
+    }
+}
+
+/// The reading side of one program's ring, shared by its captures.
+struct Hub {
+    ring_id: u32,
+    inner: Mutex<HubInner>,
+    /// The ring's descriptor, to wait on without holding `inner`.
+    poll_fd: OwnedFd,
+}
+
+/// Rings (by map id) read in this process.
+static HUBS: Mutex<Vec<(u32, Weak<Hub>)>> = Mutex::new(Vec::new());
+static NEXT_SUB: AtomicU64 = AtomicU64::new(1);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// The hub of the ring `maps.ring`, opened if nobody reads it yet.
+    fn of(maps: XdpTapMaps) -> Result<Arc<Hub>, XdpError> {
+        let mut hubs = lock(&HUBS);
+        hubs.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(h) = hubs.iter().find(|(id, _)| *id == maps.ring).and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(h);
+        }
+        let cfg = Array::try_from(Map::Array(open(maps.cfg, "tap_cfg")?))
+            .map_err(kernel("map tap_cfg"))?;
+        let ring = RingBuf::try_from(Map::RingBuf(open(maps.ring, "tap_ring")?))
+            .map_err(kernel("map tap_ring"))?;
+        let poll_fd =
+            ring.as_fd().try_clone_to_owned().map_err(kernel("duplicating the tap_ring fd"))?;
+        let mut inner = HubInner { cfg, ring, subs: Vec::new() };
+        // Nothing from an earlier capture is read as this one's.
+        inner.drain();
+        let hub = Arc::new(Hub { ring_id: maps.ring, inner: Mutex::new(inner), poll_fd });
+        hubs.push((maps.ring, Arc::downgrade(&hub)));
+        Ok(hub)
+    }
+
+    /// Wait until the ring has data or `timeout` passes.
+    fn wait(&self, timeout: Duration) -> Result<(), XdpError> {
+        let mut pfd =
+            libc::pollfd { fd: self.poll_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd on the stack for the duration of the
+        // call; the descriptor is owned by self, which is borrowed.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(XdpError::Kernel {
+                    what: "poll on tap_ring".into(),
+                    source: Box::new(e),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open(id: u32, what: &str) -> Result<MapData, XdpError> {
+    MapData::from_id(id).map_err(kernel(format!("opening map {what} (id {id})")))
+}
+
+/// One capture on one NF slot of a loaded XDP program (see the module
+/// documentation). Dropping it takes its points out of the slot's tap
+/// word (0 when it was the last capture there); the last capture of a
+/// program empties its ring.
+pub struct XdpTapReader {
+    hub: Arc<Hub>,
+    id: u64,
+    slot: u32,
     counters: PerCpuArray<MapData, u64>,
     lost_base: u64,
     /// Wall clock minus `CLOCK_MONOTONIC`, ns, read at the start.
@@ -208,14 +333,16 @@ impl std::fmt::Debug for XdpTapReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XdpTapReader")
             .field("slot", &self.slot)
-            .field("ring", &self.ring_id)
+            .field("ring", &self.hub.ring_id)
+            .field("id", &self.id)
             .finish()
     }
 }
 
 impl XdpTapReader {
-    /// Tap `points` of `slot` of the program whose maps are `maps`. Refused
-    /// when a capture already reads that program's ring.
+    /// Tap `points` of `slot` of the program whose maps are `maps`.
+    /// Several captures may run on one program (and one slot) at once:
+    /// each gets the samples of its own slot and points.
     pub fn start(
         maps: XdpTapMaps,
         slot: u32,
@@ -231,49 +358,21 @@ impl XdpTapReader {
         if word == 0 {
             return Err(XdpError::Config("a capture taps at least one point".into()));
         }
-        {
-            let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
-            if active.contains(&maps.ring) {
-                return Err(XdpError::Config(
-                    "a capture already runs on this XDP program (one at a time per kernel NF group)"
-                        .into(),
-                ));
-            }
-            active.push(maps.ring);
-        }
-        let release = || {
-            ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| *r != maps.ring);
-        };
-        let r = Self::open(maps, slot, word);
-        if r.is_err() {
-            release();
-        }
-        r
-    }
-
-    fn open(maps: XdpTapMaps, slot: u32, word: u32) -> Result<XdpTapReader, XdpError> {
-        let open = |id: u32, what: &str| {
-            MapData::from_id(id).map_err(kernel(format!("opening map {what} (id {id})")))
-        };
-        let cfg = Array::try_from(Map::Array(open(maps.cfg, "tap_cfg")?))
-            .map_err(kernel("map tap_cfg"))?;
-        let ring = RingBuf::try_from(Map::RingBuf(open(maps.ring, "tap_ring")?))
-            .map_err(kernel("map tap_ring"))?;
         let counters = PerCpuArray::try_from(Map::PerCpuArray(open(maps.counters, "counters")?))
             .map_err(kernel("map counters"))?;
-        let mut r = XdpTapReader {
-            slot,
-            ring_id: maps.ring,
-            cfg,
-            ring,
-            counters,
-            lost_base: 0,
-            mono_to_real: mono_to_real(),
-        };
-        // Nothing from an earlier capture is read as this one's.
-        r.drain();
-        r.lost_base = r.lost_total()?;
-        r.cfg.set(slot, word, 0).map_err(kernel(format!("tap_cfg[{slot}] = {word:#x}")))?;
+        let hub = Hub::of(maps)?;
+        let id = NEXT_SUB.fetch_add(1, Ordering::Relaxed);
+        let mut r =
+            XdpTapReader { hub, id, slot, counters, lost_base: 0, mono_to_real: mono_to_real() };
+        r.lost_base = r.ring_lost()?;
+        let mut inner = lock(&r.hub.inner);
+        inner.subs.push(Sub { id, slot, word, queue: VecDeque::new(), overflow: 0 });
+        if let Err(e) = inner.set_word(slot) {
+            inner.subs.retain(|s| s.id != id);
+            let _ = inner.set_word(slot);
+            return Err(e);
+        }
+        drop(inner);
         Ok(r)
     }
 
@@ -287,69 +386,59 @@ impl XdpTapReader {
         (i128::from(mono_ns) + self.mono_to_real).clamp(0, i128::from(u64::MAX)) as u64
     }
 
-    /// The next sample, waiting up to `timeout`; `Ok(None)` if none came.
-    /// A sample with the wrong layout is an error (it is consumed).
+    /// The next sample of this capture, waiting up to `timeout`;
+    /// `Ok(None)` if none came. A sample with the wrong layout is an error
+    /// (it is consumed).
     pub fn next(&mut self, timeout: Duration) -> Result<Option<TapSample>, XdpError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(item) = self.ring.next() {
-                return TapSample::decode(&item).map(Some).map_err(XdpError::Sample);
+            {
+                let mut inner = lock(&self.hub.inner);
+                let mine = |inner: &mut HubInner| {
+                    let sub = inner.subs.iter_mut().find(|s| s.id == self.id);
+                    sub.and_then(|s| s.queue.pop_front())
+                };
+                if let Some(s) = mine(&mut inner) {
+                    return Ok(Some(s));
+                }
+                inner.pump()?;
+                if let Some(s) = mine(&mut inner) {
+                    return Ok(Some(s));
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(None);
             }
-            self.wait(left)?;
+            self.hub.wait(left)?;
         }
     }
 
-    /// Wait until the ring has data or `timeout` passes.
-    fn wait(&self, timeout: Duration) -> Result<(), XdpError> {
-        let mut pfd =
-            libc::pollfd { fd: self.ring.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd on the stack for the duration of the
-        // call; the ring's descriptor stays open (self is borrowed).
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(XdpError::Kernel {
-                    what: "poll on tap_ring".into(),
-                    source: Box::new(e),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Samples of this slot the ring had no room for since the start
-    /// (before any filter).
+    /// Samples for this capture that were lost since it started: those of
+    /// its slot the ring had no room for (counted before any filter, so
+    /// shared by the captures of the slot) and its own that did not fit
+    /// its queue of [`TAP_QUEUE`].
     pub fn lost(&self) -> Result<u64, XdpError> {
-        Ok(self.lost_total()?.saturating_sub(self.lost_base))
+        let overflow =
+            lock(&self.hub.inner).subs.iter().find(|s| s.id == self.id).map_or(0, |s| s.overflow);
+        Ok(self.ring_lost()?.saturating_sub(self.lost_base) + overflow)
     }
 
-    fn lost_total(&self) -> Result<u64, XdpError> {
+    fn ring_lost(&self) -> Result<u64, XdpError> {
         let at = self.slot * crate::xdp::COUNTERS_PER_SLOT + TAP_LOST_COUNTER;
         let v = self.counters.get(&at, 0).map_err(kernel(format!("counters[{at}]")))?;
         Ok(v.iter().sum())
-    }
-
-    fn drain(&mut self) {
-        // Bounded: the ring holds at most 2 MiB of samples.
-        for _ in 0..1 << 16 {
-            if self.ring.next().is_none() {
-                break;
-            }
-        }
     }
 }
 
 impl Drop for XdpTapReader {
     fn drop(&mut self) {
-        let _ = self.cfg.set(self.slot, 0, 0);
-        self.drain();
-        ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| *r != self.ring_id);
+        let mut inner = lock(&self.hub.inner);
+        inner.subs.retain(|s| s.id != self.id);
+        let _ = inner.set_word(self.slot);
+        if inner.subs.is_empty() {
+            inner.drain();
+        }
     }
 }
 
