@@ -170,3 +170,225 @@ fn a_full_ring_counts_its_losses() {
     p.test_run(&frame, 3000).unwrap();
     assert_eq!(p.counters().unwrap().tap_lost, lost);
 }
+
+/// The tap's cost, for docs/benchmarks.md: ns per BPF_PROG_TEST_RUN run
+/// (the kernel's mean over 200,000 repeats) of each XDP NF built before
+/// the tap existed (`BRAID_TAP_BASELINE_REV`, default 9bd8c05: its
+/// `crates/io/bpf` compiled here with the same clang flags), with the tap
+/// code present but off, and with a capture on (`in` and `out`, a reader
+/// thread draining the ring). Rounds interleave the three; medians are
+/// printed with the translated program size. Run with
+/// `cargo test -p braid-io --test xdp_tap -- --ignored --nocapture measure_tap_cost`.
+#[test]
+#[ignore = "a measurement (about a minute), not a check"]
+fn measure_tap_cost() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    if !usable("measure_tap_cost") {
+        return;
+    }
+    let rev = std::env::var("BRAID_TAP_BASELINE_REV").unwrap_or_else(|_| "9bd8c05".into());
+    let base_dir = std::env::temp_dir().join(format!("braid-tap-base-{}", std::process::id()));
+    std::fs::create_dir_all(base_dir.join("bpf")).unwrap();
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    for f in [
+        "braid_xdp.h",
+        "braid_fw.h",
+        "braid_xor.h",
+        "xdp_fwd.c",
+        "xdp_firewall.c",
+        "xdp_xor.c",
+        "xdp_chain.c",
+    ] {
+        let o = std::process::Command::new("git")
+            .args(["-C", repo, "show", &format!("{rev}:crates/io/bpf/{f}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git show {rev}:{f}: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::write(base_dir.join("bpf").join(f), o.stdout).unwrap();
+    }
+    let multiarch = format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+    let new_src = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/bpf"));
+    let compile = |src: &std::path::Path, name: &str, tag: &str| -> Vec<u8> {
+        let obj = base_dir.join(format!("{name}-{tag}.o"));
+        let st = std::process::Command::new("clang")
+            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror", &multiarch])
+            .arg(format!("-I{}", src.display()))
+            .arg("-c")
+            .arg(src.join(format!("{name}.c")))
+            .arg("-o")
+            .arg(&obj)
+            .status()
+            .unwrap();
+        assert!(st.success(), "clang {name}");
+        std::fs::read(obj).unwrap()
+    };
+    let base_obj = |name: &str| compile(&base_dir.join("bpf"), name, "base");
+    // The tap build compiled the same way, only to count its instructions.
+    let new_insns = |name: &str, prog: &str| -> u32 {
+        let mut e = aya::Ebpf::load(&compile(&new_src, name, "new")).unwrap();
+        let p: &mut aya::programs::Xdp = e.program_mut(prog).unwrap().try_into().unwrap();
+        p.load().unwrap();
+        p.info().unwrap().size_translated().unwrap_or(0) / 8
+    };
+    let lo = braid_io::netns::ifindex("lo").unwrap();
+    const REPEAT: u32 = 200_000;
+    let small = FrameSpec::udp_frame_len((CLIENT, 9000), (SERVER, 9), 64).build();
+    let large = FrameSpec::udp_frame_len((CLIENT, 9000), (SERVER, 9), 1414).build();
+
+    /// A baseline program loaded with aya directly (the old object).
+    struct Base {
+        ebpf: aya::Ebpf,
+        entry: &'static str,
+        /// The chain's stage programs (the kernel empties the array when
+        /// its last user-space reference goes).
+        _progs: Option<aya::maps::ProgramArray<aya::maps::MapData>>,
+    }
+    impl Base {
+        fn xdp(&mut self, name: &str) -> &mut aya::programs::Xdp {
+            self.ebpf.program_mut(name).unwrap().try_into().unwrap()
+        }
+        fn ns(&mut self, frame: &[u8]) -> f64 {
+            use aya::programs::{TestRun, TestRunOptions};
+            let mut out = vec![0u8; frame.len() + 256];
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(frame);
+            opts.data_out = Some(&mut out);
+            opts.repeat = REPEAT;
+            let entry = self.entry;
+            self.xdp(entry).test_run(opts).unwrap().duration.as_nanos() as f64
+        }
+        fn insns(&mut self, name: &str) -> u32 {
+            self.xdp(name).info().unwrap().size_translated().unwrap_or(0) / 8
+        }
+    }
+    let base_single = |obj: &str, prog: &'static str| -> Base {
+        let ebpf = aya::Ebpf::load(&base_obj(obj)).unwrap();
+        let mut b = Base { ebpf, entry: prog, _progs: None };
+        b.xdp(prog).load().unwrap();
+        b
+    };
+    let base_chain = |lo: u32| -> Base {
+        let ebpf = aya::Ebpf::load(&base_obj("xdp_chain")).unwrap();
+        let mut b = Base { ebpf, entry: "braid_chain", _progs: None };
+        for p in ["braid_chain", "braid_chain_firewall", "braid_chain_xor", "braid_chain_fwd"] {
+            b.xdp(p).load().unwrap();
+        }
+        let mut progs =
+            aya::maps::ProgramArray::try_from(b.ebpf.take_map("chain_progs").unwrap()).unwrap();
+        for (slot, p) in
+            ["braid_chain_firewall", "braid_chain_xor", "braid_chain_fwd"].iter().enumerate()
+        {
+            let fd = b.ebpf.program(p).unwrap().fd().unwrap().try_clone().unwrap();
+            progs.set(slot as u32, &fd, 0).unwrap();
+        }
+        b._progs = Some(progs);
+        let mut paths: aya::maps::HashMap<_, u32, [u32; 9]> =
+            aya::maps::HashMap::try_from(b.ebpf.map_mut("chain_paths").unwrap()).unwrap();
+        paths.insert(lo, [3, 0, 1, 2, 0, 0, 0, 0, 0], 0).unwrap();
+        b
+    };
+
+    enum New {
+        One(XdpProgram),
+        Chain(XdpChain),
+    }
+    impl New {
+        fn ns(&mut self, frame: &[u8]) -> f64 {
+            match self {
+                New::One(p) => p.test_run(frame, REPEAT),
+                New::Chain(c) => c.test_run(frame, REPEAT),
+            }
+            .unwrap()
+            .duration
+            .as_nanos() as f64
+        }
+        fn maps(&self) -> braid_io::xdp_tap::XdpTapMaps {
+            match self {
+                New::One(p) => p.tap_maps().unwrap(),
+                New::Chain(c) => c.tap_maps().unwrap(),
+            }
+        }
+        fn lost(&mut self, slot: usize) -> u64 {
+            match self {
+                New::One(p) => p.counters().unwrap().tap_lost,
+                New::Chain(c) => c.counters(slot).unwrap().tap_lost,
+            }
+        }
+    }
+
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    println!("\nXDP tap cost: mean ns per BPF_PROG_TEST_RUN run ({REPEAT} repeats), median of 5 rounds; baseline {rev}\n");
+    println!("| program | frame | before ns (insns) | tap off ns (insns) | off / before | capture on ns | on / before | samples read / lost |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    type Case = (&'static str, &'static str, &'static str, XdpNf);
+    let cases: [Case; 3] = [
+        ("fwd", "xdp_fwd", "braid_fwd", XdpNf::Fwd),
+        ("firewall", "xdp_firewall", "braid_firewall", XdpNf::Firewall),
+        ("xor", "xdp_xor", "braid_xor", XdpNf::Xor),
+    ];
+    let mut rows: Vec<(String, Base, New, usize, u32)> = Vec::new();
+    for (label, obj, prog, nf) in cases {
+        let base = base_single(obj, prog);
+        let mut new = XdpProgram::load(nf).unwrap();
+        if nf == XdpNf::Xor {
+            new.set_xor_key(&[0; 16]).unwrap(); // the baseline's key is all zero too
+        }
+        let n = new_insns(obj, prog);
+        rows.push((label.to_string(), base, New::One(new), 0, n));
+    }
+    let mut c = XdpChain::load(&[XdpNf::Firewall, XdpNf::Xor, XdpNf::Fwd]).unwrap();
+    c.set_path(lo, &[0, 1, 2]).unwrap();
+    c.set_xor_key(1, &[0; 16]).unwrap();
+    // The capture taps the middle stage (xor).
+    let n = new_insns("xdp_chain", "braid_chain_xor");
+    let mut b = base_chain(lo);
+    // The chain's entry is the same before and after; count the tapped
+    // stage's instructions.
+    let insns_xor = b.insns("braid_chain_xor");
+    rows.push(("chain firewall+xor+fwd (tap on xor)".into(), b, New::Chain(c), 1, n));
+    for (label, base, new, slot, insns_new) in &mut rows {
+        let insns_base = if *slot == 1 { insns_xor } else { base.insns(base.entry) };
+        for (fname, frame) in [("64 B", &small), ("1414 B", &large)] {
+            let (mut b, mut off, mut on) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut read, mut lost) = (0u64, 0u64);
+            for _ in 0..5 {
+                b.push(base.ns(frame));
+                off.push(new.ns(frame));
+                let maps = new.maps();
+                let reader =
+                    XdpTapReader::start(maps, *slot as u32, &[TapPoint::In, TapPoint::Out])
+                        .unwrap();
+                let stop = Arc::new(AtomicBool::new(false));
+                let s2 = stop.clone();
+                let t = std::thread::spawn(move || {
+                    let mut r = reader;
+                    let mut n = 0u64;
+                    while !s2.load(Ordering::Relaxed) {
+                        while let Ok(Some(_)) = r.next(Duration::from_millis(5)) {
+                            n += 1;
+                        }
+                    }
+                    n
+                });
+                let lost0 = new.lost(*slot);
+                on.push(new.ns(frame));
+                std::thread::sleep(Duration::from_millis(100));
+                stop.store(true, Ordering::Relaxed);
+                read += t.join().unwrap();
+                lost += new.lost(*slot) - lost0;
+            }
+            let (b, off, on) = (median(b), median(off), median(on));
+            println!(
+                "| {label} | {fname} | {b:.1} ({insns_base}) | {off:.1} ({insns_new}) | {:.3} | {on:.1} | {:.2} | {read} / {lost} |",
+                off / b,
+                on / b
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&base_dir);
+}
