@@ -7,7 +7,7 @@
  *              slot * BRAID_COUNTERS + enum braid_counter
  *   tx_ports   devmap (hash) ingress ifindex -> egress ifindex
  *   mac_rules  hash ingress ifindex -> struct braid_mac_rule
- *   tap_cfg    array: slot -> the points a capture taps (0: none)
+ *   .bss       braid_tap_words: slot -> the points a capture taps (0: none)
  *   tap_ring   ring buffer of struct braid_tap_sample (braid capture)
  * A frame whose ingress interface has no tx_ports entry goes to the
  * kernel stack (XDP_PASS), so an unconfigured program is harmless.
@@ -83,11 +83,11 @@ static __always_inline void braid_count_rx(struct xdp_md *ctx, __u32 slot)
 	braid_count(slot, BRAID_RX_BYTES, (__u64)(ctx->data_end - ctx->data));
 }
 
-/* The tap (`braid capture` on a kernel NF): while tap_cfg[slot] has the
+/* The tap (`braid capture` on a kernel NF): while the slot's tap word has the
  * bit of a point, every frame at that point of the slot's NF is copied (up
  * to BRAID_TAP_SNAP bytes) with its metadata into tap_ring. With no
- * capture running the word is 0: one (inlined) array lookup per NF call
- * and a branch not taken. A full ring loses the sample and counts it in
+ * capture running the word is 0: one load per NF call and a branch not
+ * taken. A full ring loses the sample and counts it in
  * BRAID_TAP_LOST. Keep the layout in sync with crates/io/src/xdp_tap.rs. */
 enum braid_tap_point {
 	BRAID_TAP_IN = 0,   /* entering the NF */
@@ -114,12 +114,10 @@ struct braid_tap_sample {
 	__u8 data[BRAID_TAP_SNAP];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, BRAID_SLOTS);
-	__type(key, __u32);
-	__type(value, __u32);
-} tap_cfg SEC(".maps");
+/* The tap words, one per slot: global data, so the `.bss` array map
+ * (one element, this array as its value) that a load reads directly,
+ * without a helper call or a bounds-checked lookup. */
+__u32 braid_tap_words[BRAID_SLOTS];
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -129,8 +127,7 @@ struct {
 /* The points tapped on `slot` (bit 1 << enum braid_tap_point). */
 static __always_inline __u32 braid_tap_cfg(__u32 slot)
 {
-	__u32 *c = bpf_map_lookup_elem(&tap_cfg, &slot);
-	return c ? *c : 0;
+	return *(volatile __u32 *)&braid_tap_words[slot & (BRAID_SLOTS - 1)];
 }
 
 /* Copy the frame into the ring (a subprogram: the fast path without a

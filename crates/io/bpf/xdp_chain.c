@@ -13,7 +13,7 @@
  *
  * Slot s is the s-th NF of the chain: its counters are counters[s * 8 ..],
  * its xor key xor_cfg[s], its firewall rules carry slot s in their keys,
- * its capture tap is tap_cfg[s] (in at the stage's start, out when it hands
+ * its capture tap is braid_tap_words[s] (in at the stage's start, out when it hands
  * the frame on or forwards it, drops where it drops).
  * A stage that passes a frame counts it as REDIRECT (handed on) and tail
  * calls the next one; the last stage forwards it like fwd (tx_ports,

@@ -556,9 +556,7 @@ mod maps {
     }
 
     pub(super) fn tap_config(ebpf: &mut Ebpf, slot: u32) -> Result<u32, XdpError> {
-        let m: Array<&mut MapData, u32> =
-            Array::try_from(get(ebpf, "tap_cfg")?).map_err(kernel("opening map tap_cfg"))?;
-        m.get(&slot, 0).map_err(kernel(format!("tap_cfg[{slot}]")))
+        crate::xdp_tap::read_word(get(ebpf, crate::xdp_tap::WORDS_MAP)?, slot)
     }
 
     pub(super) fn counters(ebpf: &mut Ebpf, slot: u32) -> Result<XdpCounters, XdpError> {

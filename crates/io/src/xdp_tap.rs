@@ -1,9 +1,11 @@
 //! The XDP tap: `braid capture` on an NF placed in the kernel.
 //!
-//! Every braid XDP program carries two tap maps (see `bpf/braid_xdp.h`):
-//! `tap_cfg`, one `u32` per NF slot saying which points are tapped (bit
+//! Every braid XDP program carries a tap (see `bpf/braid_xdp.h`): the tap
+//! words, one `u32` per NF slot saying which points are tapped (bit
 //! `1 << point`, 0 when nobody captures: the program's cost is then one
-//! inlined array lookup and a branch not taken), and `tap_ring`, a BPF ring
+//! load and a branch not taken), held as global data (the object's `.bss`,
+//! an array map of one element whose value is the words of every slot),
+//! and `tap_ring`, a BPF ring
 //! buffer of samples: the frame (up to [`TAP_SNAP`] bytes) at the NF's input,
 //! output or drop, with the slot, the point, the drop reason, the ingress
 //! interface and a `CLOCK_MONOTONIC` timestamp. A sample the ring has no room
@@ -160,14 +162,17 @@ impl TapSample {
 /// ([`XdpTapReader::start`]); `slots` is how many NF slots it has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpTapMaps {
-    pub(crate) cfg: u32,
+    pub(crate) words: u32,
     pub(crate) ring: u32,
     pub(crate) counters: u32,
     pub(crate) slots: u32,
 }
 
+/// The global-data map holding `braid_tap_words`.
+pub(crate) const WORDS_MAP: &str = ".bss";
+
 impl XdpTapMaps {
-    /// The ids of `tap_cfg`, `tap_ring` and `counters` in `ebpf`.
+    /// The ids of the tap words, `tap_ring` and `counters` in `ebpf`.
     pub(crate) fn of(ebpf: &aya::Ebpf, slots: u32) -> Result<XdpTapMaps, XdpError> {
         let id = |name: &str| -> Result<u32, XdpError> {
             let data = match ebpf.map(name) {
@@ -178,12 +183,63 @@ impl XdpTapMaps {
             Ok(data.info().map_err(kernel(format!("id of map {name}")))?.id())
         };
         Ok(XdpTapMaps {
-            cfg: id("tap_cfg")?,
+            words: id(WORDS_MAP)?,
             ring: id("tap_ring")?,
             counters: id("counters")?,
             slots,
         })
     }
+}
+
+/// The tap words of a single-NF program (one slot) or of the chain
+/// program (`BRAID_SLOTS` = [`crate::xdp::CHAIN_MAX_STAGES`]).
+enum TapWords {
+    One(Array<MapData, [u32; 1]>),
+    Chain(Array<MapData, [u32; crate::xdp::CHAIN_MAX_STAGES]>),
+}
+
+impl TapWords {
+    fn open(id: u32) -> Result<Self, XdpError> {
+        let data = open(id, "the tap words (.bss)")?;
+        let size = data.info().map_err(kernel("the tap words' map info"))?.value_size();
+        let map = Map::Array(data);
+        Ok(match size as usize {
+            4 => TapWords::One(Array::try_from(map).map_err(kernel("the tap words"))?),
+            _ => TapWords::Chain(Array::try_from(map).map_err(kernel("the tap words"))?),
+        })
+    }
+
+    /// Set the word of `slot` (the map's single value is read, changed
+    /// and written back; only the hub, under its lock, writes it).
+    fn set(&mut self, slot: u32, word: u32) -> Result<(), XdpError> {
+        let what = || format!("tap word {slot} = {word:#x}");
+        let i = slot as usize;
+        match self {
+            TapWords::One(a) => {
+                let mut v = a.get(&0, 0).map_err(kernel(what()))?;
+                *v.get_mut(i).ok_or_else(|| XdpError::Config(what()))? = word;
+                a.set(0, v, 0).map_err(kernel(what()))
+            }
+            TapWords::Chain(a) => {
+                let mut v = a.get(&0, 0).map_err(kernel(what()))?;
+                *v.get_mut(i).ok_or_else(|| XdpError::Config(what()))? = word;
+                a.set(0, v, 0).map_err(kernel(what()))
+            }
+        }
+    }
+}
+
+/// The tap word of `slot` in a program's `.bss` map.
+pub(crate) fn read_word(map: &Map, slot: u32) -> Result<u32, XdpError> {
+    let what = || format!("tap word {slot}");
+    let words: Vec<u32> = if let Ok(a) = Array::<&MapData, [u32; 1]>::try_from(map) {
+        a.get(&0, 0).map_err(kernel(what()))?.to_vec()
+    } else {
+        let a = Array::<&MapData, [u32; crate::xdp::CHAIN_MAX_STAGES]>::try_from(map)
+            .map_err(kernel(what()))?;
+        a.get(&0, 0).map_err(kernel(what()))?.to_vec()
+    };
+    words.get(slot as usize).copied().ok_or_else(|| XdpError::Config(what()))
 }
 
 fn kernel<E: std::error::Error + Send + Sync + 'static>(
@@ -209,7 +265,7 @@ struct Sub {
 }
 
 struct HubInner {
-    cfg: Array<MapData, u32>,
+    words: TapWords,
     ring: RingBuf<MapData>,
     subs: Vec<Sub>,
 }
@@ -218,7 +274,7 @@ impl HubInner {
     /// Set the slot's tap word to what its captures ask for together.
     fn set_word(&mut self, slot: u32) -> Result<(), XdpError> {
         let word = self.subs.iter().filter(|s| s.slot == slot).fold(0, |w, s| w | s.word);
-        self.cfg.set(slot, word, 0).map_err(kernel(format!("tap_cfg[{slot}] = {word:#x}")))
+        self.words.set(slot, word)
     }
 
     /// Move every sample in the ring to the queues of the captures that
@@ -276,13 +332,12 @@ impl Hub {
         {
             return Ok(h);
         }
-        let cfg = Array::try_from(Map::Array(open(maps.cfg, "tap_cfg")?))
-            .map_err(kernel("map tap_cfg"))?;
+        let words = TapWords::open(maps.words)?;
         let ring = RingBuf::try_from(Map::RingBuf(open(maps.ring, "tap_ring")?))
             .map_err(kernel("map tap_ring"))?;
         let poll_fd =
             ring.as_fd().try_clone_to_owned().map_err(kernel("duplicating the tap_ring fd"))?;
-        let mut inner = HubInner { cfg, ring, subs: Vec::new() };
+        let mut inner = HubInner { words, ring, subs: Vec::new() };
         // Nothing from an earlier capture is read as this one's.
         inner.drain();
         let hub = Arc::new(Hub { ring_id: maps.ring, inner: Mutex::new(inner), poll_fd });

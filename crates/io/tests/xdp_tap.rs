@@ -175,16 +175,16 @@ fn a_full_ring_counts_its_losses() {
 /// (the kernel's mean over 200,000 repeats) of each XDP NF built before
 /// the tap existed (`BRAID_TAP_BASELINE_REV`, default 9bd8c05: its
 /// `crates/io/bpf` compiled here with the same clang flags), with the tap
-/// code present but off, and with a capture on (`in` and `out`, a reader
-/// thread draining the ring). Rounds interleave the three; medians are
-/// printed with the translated program size. Run with
+/// code present but off, and with a capture on (`in` and `out`): with room
+/// in the ring (400 runs at a time, the reader emptying it in between: every
+/// frame copied twice, nothing lost) and with the ring full (a reader that
+/// does not keep up: every sample lost and counted, the bound on the cost).
+/// Rounds interleave them; medians are printed with the translated
+/// program size (all subprograms). Run with
 /// `cargo test -p braid-io --test xdp_tap -- --ignored --nocapture measure_tap_cost`.
 #[test]
 #[ignore = "a measurement (about a minute), not a check"]
 fn measure_tap_cost() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
     if !usable("measure_tap_cost") {
         return;
     }
@@ -234,6 +234,7 @@ fn measure_tap_cost() {
     };
     let lo = braid_io::netns::ifindex("lo").unwrap();
     const REPEAT: u32 = 200_000;
+    const ROUNDS: usize = 9;
     let small = FrameSpec::udp_frame_len((CLIENT, 9000), (SERVER, 9), 64).build();
     let large = FrameSpec::udp_frame_len((CLIENT, 9000), (SERVER, 9), 1414).build();
 
@@ -249,13 +250,13 @@ fn measure_tap_cost() {
         fn xdp(&mut self, name: &str) -> &mut aya::programs::Xdp {
             self.ebpf.program_mut(name).unwrap().try_into().unwrap()
         }
-        fn ns(&mut self, frame: &[u8]) -> f64 {
+        fn ns(&mut self, frame: &[u8], repeat: u32) -> f64 {
             use aya::programs::{TestRun, TestRunOptions};
             let mut out = vec![0u8; frame.len() + 256];
             let mut opts = TestRunOptions::new();
             opts.data_in = Some(frame);
             opts.data_out = Some(&mut out);
-            opts.repeat = REPEAT;
+            opts.repeat = repeat;
             let entry = self.entry;
             self.xdp(entry).test_run(opts).unwrap().duration.as_nanos() as f64
         }
@@ -295,10 +296,10 @@ fn measure_tap_cost() {
         Chain(XdpChain),
     }
     impl New {
-        fn ns(&mut self, frame: &[u8]) -> f64 {
+        fn ns(&mut self, frame: &[u8], repeat: u32) -> f64 {
             match self {
-                New::One(p) => p.test_run(frame, REPEAT),
-                New::Chain(c) => c.test_run(frame, REPEAT),
+                New::One(p) => p.test_run(frame, repeat),
+                New::Chain(c) => c.test_run(frame, repeat),
             }
             .unwrap()
             .duration
@@ -322,9 +323,9 @@ fn measure_tap_cost() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    println!("\nXDP tap cost: mean ns per BPF_PROG_TEST_RUN run ({REPEAT} repeats), median of 5 rounds; baseline {rev}\n");
-    println!("| program | frame | before ns (insns) | tap off ns (insns) | off / before | capture on ns | on / before | samples read / lost |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("\nXDP tap cost: mean ns per BPF_PROG_TEST_RUN run, median (and min) of {ROUNDS} interleaved rounds; baseline {rev}\n");
+    println!("| program | frame | before ns median / min (insns) | tap off ns median / min (insns) | off / before (median / min) | on, ring with room | on / before | on, ring full | full / before | samples read / lost (with room) |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     type Case = (&'static str, &'static str, &'static str, XdpNf);
     let cases: [Case; 3] = [
         ("fwd", "xdp_fwd", "braid_fwd", XdpNf::Fwd),
@@ -354,39 +355,41 @@ fn measure_tap_cost() {
     for (label, base, new, slot, insns_new) in &mut rows {
         let insns_base = if *slot == 1 { insns_xor } else { base.insns(base.entry) };
         for (fname, frame) in [("64 B", &small), ("1414 B", &large)] {
-            let (mut b, mut off, mut on) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut b, mut off, mut on, mut full) = (vec![], vec![], vec![], vec![]);
             let (mut read, mut lost) = (0u64, 0u64);
-            for _ in 0..5 {
-                b.push(base.ns(frame));
-                off.push(new.ns(frame));
-                let maps = new.maps();
-                let reader =
-                    XdpTapReader::start(maps, *slot as u32, &[TapPoint::In, TapPoint::Out])
-                        .unwrap();
-                let stop = Arc::new(AtomicBool::new(false));
-                let s2 = stop.clone();
-                let t = std::thread::spawn(move || {
-                    let mut r = reader;
-                    let mut n = 0u64;
-                    while !s2.load(Ordering::Relaxed) {
-                        while let Ok(Some(_)) = r.next(Duration::from_millis(5)) {
-                            n += 1;
-                        }
-                    }
-                    n
-                });
+            let maps = new.maps();
+            for _ in 0..ROUNDS {
+                b.push(base.ns(frame, REPEAT));
+                off.push(new.ns(frame, REPEAT));
+                // On, the ring with room: 400 runs (800 samples) at a
+                // time, then the reader empties it.
+                let mut r = XdpTapReader::start(maps, *slot as u32, &[TapPoint::In, TapPoint::Out])
+                    .unwrap();
                 let lost0 = new.lost(*slot);
-                on.push(new.ns(frame));
-                std::thread::sleep(Duration::from_millis(100));
-                stop.store(true, Ordering::Relaxed);
-                read += t.join().unwrap();
+                let mut t = 0.0;
+                for _ in 0..25 {
+                    t += new.ns(frame, 400);
+                    while let Ok(Some(_)) = r.next(Duration::ZERO) {
+                        read += 1;
+                    }
+                }
+                on.push(t / 25.0);
                 lost += new.lost(*slot) - lost0;
+                // On, the ring full (a reader that does not keep up): every
+                // sample is lost and counted.
+                new.ns(frame, 2000);
+                full.push(new.ns(frame, REPEAT));
+                drop(r);
             }
-            let (b, off, on) = (median(b), median(off), median(on));
+            let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+            let (bmin, offmin) = (min(&b), min(&off));
+            let (b, off, on, full) = (median(b), median(off), median(on), median(full));
             println!(
-                "| {label} | {fname} | {b:.1} ({insns_base}) | {off:.1} ({insns_new}) | {:.3} | {on:.1} | {:.2} | {read} / {lost} |",
+                "| {label} | {fname} | {b:.0} / {bmin:.0} ({insns_base}) | {off:.0} / {offmin:.0} ({insns_new}) | {:.2} / {:.2} | {on:.0} | {:.2} | {full:.0} | {:.2} | {read} / {lost} |",
                 off / b,
-                on / b
+                offmin / bmin,
+                on / b,
+                full / b
             );
         }
     }
