@@ -23,6 +23,7 @@
 #include <linux/tcp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <stddef.h>
 
 /* Counter and configuration slots: 1 for a single-NF program, one per
  * stage for the chain program (which defines it before including this). */
@@ -130,16 +131,26 @@ static __always_inline __u32 braid_tap_cfg(__u32 slot)
 	return *(volatile __u32 *)&braid_tap_words[slot & (BRAID_SLOTS - 1)];
 }
 
+/* Scratch for one sample, assembled here and then copied into the ring
+ * with its real length (header + captured bytes), so a small frame takes
+ * a small record (bpf_ringbuf_reserve wants a constant size). XDP runs
+ * one frame at a time per CPU, so a per-CPU slot is never shared. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct braid_tap_sample);
+} tap_scratch SEC(".maps");
+
 /* Copy the frame into the ring (a subprogram: the fast path without a
  * capture stays as short as before). */
 static __noinline int braid_tap_emit(struct xdp_md *ctx, __u32 slot, __u32 point, __u32 reason)
 {
-	__u32 len = bpf_xdp_get_buff_len(ctx);
-	struct braid_tap_sample *s = bpf_ringbuf_reserve(&tap_ring, sizeof(*s), 0);
-	if (!s) {
-		braid_count(slot, BRAID_TAP_LOST, 1);
+	__u32 zero = 0;
+	struct braid_tap_sample *s = bpf_map_lookup_elem(&tap_scratch, &zero);
+	if (!s)
 		return 0;
-	}
+	__u32 len = bpf_xdp_get_buff_len(ctx);
 	s->ts_ns = bpf_ktime_get_ns();
 	s->ifindex = ctx->ingress_ifindex;
 	s->orig_len = len;
@@ -155,7 +166,11 @@ static __noinline int braid_tap_emit(struct xdp_md *ctx, __u32 slot, __u32 point
 	if (cap == 0 || bpf_xdp_load_bytes(ctx, 0, s->data, cap) < 0)
 		cap = 0;
 	s->cap_len = (__u16)cap;
-	bpf_ringbuf_submit(s, 0);
+	__u64 size = offsetof(struct braid_tap_sample, data) + cap;
+	if (size > sizeof(*s))
+		size = sizeof(*s);
+	if (bpf_ringbuf_output(&tap_ring, s, size, 0) < 0)
+		braid_count(slot, BRAID_TAP_LOST, 1);
 	return 0;
 }
 
