@@ -146,6 +146,15 @@ struct {
  * capture stays as short as before). */
 static __noinline int braid_tap_emit(struct xdp_md *ctx, __u32 slot, __u32 point, __u32 reason)
 {
+	/* A ring without room for the largest sample (the reader is behind)
+	 * loses this one before any copy: the cost of a capture whose reader
+	 * cannot keep up stays that of this check. */
+	__u64 used = bpf_ringbuf_query(&tap_ring, BPF_RB_AVAIL_DATA);
+	__u64 room = bpf_ringbuf_query(&tap_ring, BPF_RB_RING_SIZE);
+	if (used + sizeof(struct braid_tap_sample) + 8 > room) {
+		braid_count(slot, BRAID_TAP_LOST, 1);
+		return 0;
+	}
 	__u32 zero = 0;
 	struct braid_tap_sample *s = bpf_map_lookup_elem(&tap_scratch, &zero);
 	if (!s)
