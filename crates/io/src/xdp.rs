@@ -14,7 +14,8 @@
 //! two maps: `tx_ports` (ingress ifindex → egress ifindex, a devmap) and
 //! `mac_rules` (ingress ifindex → new destination and source MAC). A frame
 //! whose ingress interface has no `tx_ports` entry goes to the kernel
-//! stack.
+//! stack. Every program also has a capture tap (its tap words in `.bss`
+//! and the `tap_ring` ring buffer), driven by [`crate::xdp_tap`].
 //!
 //! One [`XdpProgram`] may be attached to several interfaces; they share its
 //! maps, which is how a forwarder between two interfaces is one program.

@@ -79,7 +79,7 @@ pub enum TapDropReason {
     Malformed,
 }
 
-/// The `tap_cfg` word for `points`.
+/// The tap word for `points`.
 pub fn points_word(points: &[TapPoint]) -> u32 {
     points.iter().fold(0, |w, p| w | 1 << *p as u32)
 }
