@@ -22,8 +22,15 @@ use braid_io::netns;
 use braid_testbed::{calvin, down, netns_name, up, Options};
 
 /// The chain with the firewall placed `user` or `kernel` (the XDP
-/// firewall is stateless: `conntrack: false`).
-fn chain(placement: &str) -> String {
+/// firewall is stateless: `conntrack: false`), and with `xor` after it
+/// when `xor` (in the kernel: with the compact mapping, both are stages of
+/// one XDP chain program).
+fn chain(placement: &str, xor: bool) -> String {
+    let x = if xor {
+        format!("  - {{ name: x, type: xor, placement: {placement}, params: {{ key: \"0x5a01ff80\" }} }}\n")
+    } else {
+        String::new()
+    };
     format!(
         "name: cap
 nfs:
@@ -35,7 +42,7 @@ nfs:
       rules:
         - {{ action: allow, proto: udp, dst: 10.71.2.2, dst_ports: 7007 }}
       default: drop
-"
+{x}"
     )
 }
 
@@ -115,7 +122,7 @@ fn capture_equals_what_the_next_hop_receives_and_drops_carry_their_reason() {
     if braid_testkit::skip_unless(netns::is_root(), test, "needs root (namespaces, AF_PACKET)") {
         return;
     }
-    capture_through("user", "u");
+    capture_through("user", "u", false);
 }
 
 #[test]
@@ -130,13 +137,32 @@ fn capture_of_a_kernel_nf_equals_what_the_next_hop_receives_and_leaves_nothing()
     {
         return;
     }
-    capture_through("kernel", "k");
+    capture_through("kernel", "k", false);
 }
 
-/// The stats file's `xdp_tap.points` of NF `fw` (kernel NFs only).
-fn tap_points(stats: &Path) -> Option<u64> {
+/// Two kernel NFs as stages of one XDP chain program: what leaves the
+/// xor stage (the last) equals what the server receives, while the
+/// firewall stage's drops are captured at the same time from the same
+/// program's ring.
+#[test]
+fn capture_of_xdp_chain_stages_equals_what_the_next_hop_receives() {
+    let test = "capture_of_xdp_chain_stages_equals_what_the_next_hop_receives";
+    if braid_testkit::skip_unless(netns::is_root(), test, "needs root (namespaces, XDP)")
+        || braid_testkit::skip_unless(
+            braid_io::xdp::xdp_built(),
+            test,
+            "XDP programs were not built (install clang and libbpf-dev)",
+        )
+    {
+        return;
+    }
+    capture_through("kernel", "c", true);
+}
+
+/// The stats file's `xdp_tap.points` of NF `nf` (kernel NFs only).
+fn tap_points(stats: &Path, nf: &str) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats).ok()?).ok()?;
-    v["nfs"].as_array()?.iter().find(|n| n["name"] == "fw")?["xdp_tap"]["points"].as_u64()
+    v["nfs"].as_array()?.iter().find(|n| n["name"] == nf)?["xdp_tap"]["points"].as_u64()
 }
 
 /// BPF map descriptors process `pid` holds.
@@ -165,8 +191,11 @@ fn xdp_programs(ns: &str) -> Vec<String> {
         .collect()
 }
 
-fn capture_through(placement: &str, tag: &str) {
+/// Deploy the chain, capture what leaves its last NF (`fw`, or `x` with
+/// `xor`) and the firewall's drops, and compare with the server.
+fn capture_through(placement: &str, tag: &str, xor: bool) {
     let kernel = placement == "kernel";
+    let out_nf = if xor { "x" } else { "fw" };
     let pid = std::process::id();
     let dir = std::env::temp_dir().join(format!("braid-capture-deploy-{tag}{pid}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -179,7 +208,7 @@ fn capture_through(placement: &str, tag: &str) {
         children: Vec::new(),
     };
     up(&calvin(1, false), &bed.opts).unwrap();
-    std::fs::write(dir.join("chain.yaml"), chain(placement)).unwrap();
+    std::fs::write(dir.join("chain.yaml"), chain(placement, xor)).unwrap();
     let sock = dir.join("deploy.sock");
     let stats = dir.join("stats.json");
     bed.children.push(
@@ -187,6 +216,7 @@ fn capture_through(placement: &str, tag: &str) {
             .arg("deploy")
             .arg(dir.join("chain.yaml"))
             .args(["--hosts", "nf1", "--user-io", "af_packet", "--quiet", "--interval-ms", "50"])
+            .args(["--mapping", "compact"])
             .arg("--state")
             .arg(&bed.opts.state_path)
             .arg("--stats-file")
@@ -209,7 +239,7 @@ fn capture_through(placement: &str, tag: &str) {
     let deploy_pid = bed.children[0].id();
     let (maps_before, progs_before) = (bpf_map_fds(deploy_pid), xdp_programs(&nf1));
     if kernel {
-        wait_for("the stats file to show the tap", 10, || tap_points(&stats) == Some(0));
+        wait_for("the stats file to show the tap", 10, || tap_points(&stats, "fw") == Some(0));
         assert_eq!(progs_before.len(), 2, "the XDP firewall on both sides: {progs_before:?}");
     }
 
@@ -265,7 +295,7 @@ fn capture_through(placement: &str, tag: &str) {
     let out_file = dir.join("out.pcapng");
     bed.children.push(
         braid()
-            .args(["capture", "--nf", "fw", "--dir", "out", "--filter", "udp", "-c"])
+            .args(["capture", "--nf", out_nf, "--dir", "out", "--filter", "udp", "-c"])
             .arg(ALLOWED.to_string())
             .args(["--seconds", "30", "--socket"])
             .arg(&sock)
@@ -293,7 +323,13 @@ fn capture_through(placement: &str, tag: &str) {
     wait_for("the captures to start", 20, || has_header(&out_file) && has_header(&drops_file));
     if kernel {
         // Both captures' points are on in the XDP program: out and drops.
-        wait_for("the tap word out|drops", 10, || tap_points(&stats) == Some(0b110));
+        if xor {
+            wait_for("the tap words", 10, || {
+                tap_points(&stats, "fw") == Some(0b100) && tap_points(&stats, "x") == Some(0b010)
+            });
+        } else {
+            wait_for("the tap word out|drops", 10, || tap_points(&stats, "fw") == Some(0b110));
+        }
         assert!(bpf_map_fds(deploy_pid) > maps_before, "the captures hold the tap maps open");
     }
 
@@ -354,7 +390,9 @@ fn capture_through(placement: &str, tag: &str) {
     if kernel {
         // The tap is off again, the capture's descriptors are closed and
         // the NF host carries what the deployment attached, nothing more.
-        wait_for("the tap word to be 0", 10, || tap_points(&stats) == Some(0));
+        wait_for("the tap words to be 0", 10, || {
+            tap_points(&stats, "fw") == Some(0) && (!xor || tap_points(&stats, "x") == Some(0))
+        });
         wait_for("the capture's map descriptors to close", 10, || {
             bpf_map_fds(deploy_pid) == maps_before
         });
