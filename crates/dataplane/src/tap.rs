@@ -46,6 +46,9 @@ use braid_nf::{DropLog, DropReason};
 use braid_packet::filter::{Filter, FilterError};
 use braid_packet::{Batch, Packet};
 
+use braid_io::xdp::XdpError;
+use braid_io::xdp_tap::{TapDropReason, TapPoint, TapSample, XdpTapMaps, XdpTapReader};
+
 use crate::control::{ControlError, WorkerHandle};
 
 /// Where on a stage packets are tapped.
@@ -95,6 +98,9 @@ impl std::str::FromStr for Point {
 /// One mirrored packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Captured {
+    /// The frame's length before a snap length cut it (kernel NFs: frames
+    /// over [`braid_io::xdp_tap::TAP_SNAP`] bytes); `frame.len()` otherwise.
+    pub orig_len: usize,
     /// Wall-clock time, ns since the Unix epoch (read once per tapped call).
     pub ts_ns: u64,
     pub point: Point,
@@ -181,7 +187,7 @@ impl Tap {
             return;
         }
         self.counters.matched.fetch_add(1, Ordering::Relaxed);
-        let c = Captured { ts_ns, point, gate, reason, frame: f.to_vec() };
+        let c = Captured { orig_len: f.len(), ts_ns, point, gate, reason, frame: f.to_vec() };
         match self.tx.try_send(c) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -395,6 +401,12 @@ pub enum CaptureError {
     },
     #[error("{0}")]
     Refused(String),
+    #[error("NF `{nf}` in the kernel (XDP): {source}")]
+    Xdp {
+        nf: String,
+        #[source]
+        source: XdpError,
+    },
 }
 
 /// How a capture ended.
@@ -408,18 +420,158 @@ pub struct CaptureSummary {
     pub lost: u64,
 }
 
-/// A tap installed on a running worker, to be written as pcapng.
+/// An NF placed in the kernel that a capture can tap: its XDP program's
+/// tap maps, its slot there, and the gate of each interface frames arrive
+/// on (gate 0 towards the client, 1 towards the server). A frame tapped
+/// `out` leaves by the other gate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpTarget {
+    pub maps: XdpTapMaps,
+    pub slot: u32,
+    /// (ingress ifindex, gate).
+    pub gates: Vec<(u32, u16)>,
+}
+
+/// Where a capture's NF runs: a stage of a user-space worker, or an XDP
+/// program.
+#[derive(Clone, Debug)]
+pub enum CaptureTarget {
+    Worker(WorkerHandle),
+    Xdp(XdpTarget),
+}
+
+impl From<WorkerHandle> for CaptureTarget {
+    fn from(h: WorkerHandle) -> CaptureTarget {
+        CaptureTarget::Worker(h)
+    }
+}
+
+impl From<XdpTarget> for CaptureTarget {
+    fn from(t: XdpTarget) -> CaptureTarget {
+        CaptureTarget::Xdp(t)
+    }
+}
+
+/// The kernel side of a capture on an XDP NF: the ring reader (its tap
+/// word set; cleared when it drops) and the filter, applied here in user
+/// space to each sample.
+struct XdpSource {
+    reader: XdpTapReader,
+    filter: Filter,
+    gates: Vec<(u32, u16)>,
+    matched: u64,
+    error: Option<XdpError>,
+}
+
+impl XdpSource {
+    fn captured(&self, s: TapSample) -> Captured {
+        let gate = self.gates.iter().find(|(i, _)| *i == s.ifindex).map_or(0, |(_, g)| *g);
+        let (point, gate, reason) = match s.point {
+            TapPoint::In => (Point::In, gate, None),
+            TapPoint::Out => (Point::Out, 1 - gate.min(1), None),
+            TapPoint::Drop => (
+                Point::Drops,
+                gate,
+                Some(match s.reason {
+                    Some(TapDropReason::Malformed) => DropReason::Malformed,
+                    Some(TapDropReason::Denied) | None => DropReason::Denied,
+                }),
+            ),
+        };
+        Captured {
+            orig_len: s.orig_len as usize,
+            ts_ns: self.reader.wall_ns(s.mono_ns),
+            point,
+            gate,
+            reason,
+            frame: s.frame,
+        }
+    }
+
+    /// The next sample of this slot that passes the filter, within
+    /// `timeout`. `Err(true)`: a sample could not be read (kept in
+    /// `error`).
+    fn recv(&mut self, timeout: Duration) -> Result<Captured, bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.reader.next(left) {
+                Ok(Some(s)) if u32::from(s.slot) != self.reader.slot() => {}
+                Ok(Some(s)) if !self.filter.matches(&s.frame) => {}
+                Ok(Some(s)) => {
+                    self.matched += 1;
+                    return Ok(self.captured(s));
+                }
+                Ok(None) => return Err(false),
+                Err(e) => {
+                    self.error = Some(e);
+                    return Err(true);
+                }
+            }
+            if left.is_zero() {
+                return Err(false);
+            }
+        }
+    }
+}
+
+/// What a session reads: a worker's tap or an XDP program's ring.
+enum Source {
+    Worker { handle: WorkerHandle, rx: TapReceiver },
+    Xdp(Box<XdpSource>),
+}
+
+impl Source {
+    fn recv(&mut self, timeout: Duration) -> Result<Captured, bool> {
+        match self {
+            Source::Worker { rx, .. } => rx.recv(timeout),
+            Source::Xdp(x) => x.recv(timeout),
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<Captured> {
+        match self {
+            Source::Worker { rx, .. } => rx.try_recv(),
+            Source::Xdp(x) => x.recv(Duration::ZERO).ok(),
+        }
+    }
+
+    fn matched(&self) -> u64 {
+        match self {
+            Source::Worker { rx, .. } => rx.matched(),
+            Source::Xdp(x) => x.matched,
+        }
+    }
+
+    /// Worker: matched packets the channel had no room for. XDP: samples
+    /// of the slot the ring had no room for (counted before the filter).
+    fn lost(&self) -> u64 {
+        match self {
+            Source::Worker { rx, .. } => rx.lost(),
+            Source::Xdp(x) => x.reader.lost().unwrap_or(0),
+        }
+    }
+}
+
+/// A tap installed on a running worker or XDP program, to be written as
+/// pcapng.
 pub struct CaptureSession {
     req: CaptureRequest,
     points: Vec<Point>,
-    handle: WorkerHandle,
-    rx: TapReceiver,
+    source: Source,
 }
 
 impl CaptureSession {
     /// Check `req` and install its tap on the stage it names in the worker
     /// of `handle`. Errors (bad filter, no such NF) leave nothing behind.
     pub fn start(handle: WorkerHandle, req: CaptureRequest) -> Result<Self, CaptureError> {
+        Self::start_on(CaptureTarget::Worker(handle), req)
+    }
+
+    /// [`CaptureSession::start`] on a user-space stage or a kernel NF: for
+    /// one in XDP, its tap word is set (one capture at a time per XDP
+    /// program); errors leave it off.
+    pub fn start_on(target: CaptureTarget, req: CaptureRequest) -> Result<Self, CaptureError> {
         let filter = Filter::parse(&req.filter)?;
         if let Some(s) = req.seconds.filter(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(CaptureError::Seconds(s));
@@ -428,24 +580,64 @@ impl CaptureSession {
             if req.points.is_empty() { Point::ALL.to_vec() } else { req.points.clone() };
         points.sort_by_key(|p| *p as u8);
         points.dedup();
-        let (tap, rx) = tap(&points, filter, DEFAULT_TAP_CAPACITY);
-        handle
-            .tap(&req.nf, tap)
-            .map_err(|source| CaptureError::Control { nf: req.nf.clone(), source })?;
-        Ok(CaptureSession { req, points, handle, rx })
+        let source = match target {
+            CaptureTarget::Worker(handle) => {
+                let (tap, rx) = tap(&points, filter, DEFAULT_TAP_CAPACITY);
+                handle
+                    .tap(&req.nf, tap)
+                    .map_err(|source| CaptureError::Control { nf: req.nf.clone(), source })?;
+                Source::Worker { handle, rx }
+            }
+            CaptureTarget::Xdp(t) => {
+                let kernel_points: Vec<TapPoint> = points
+                    .iter()
+                    .map(|p| match p {
+                        Point::In => TapPoint::In,
+                        Point::Out => TapPoint::Out,
+                        Point::Drops => TapPoint::Drop,
+                    })
+                    .collect();
+                let reader = XdpTapReader::start(t.maps, t.slot, &kernel_points)
+                    .map_err(|source| CaptureError::Xdp { nf: req.nf.clone(), source })?;
+                Source::Xdp(Box::new(XdpSource {
+                    reader,
+                    filter,
+                    gates: t.gates,
+                    matched: 0,
+                    error: None,
+                }))
+            }
+        };
+        Ok(CaptureSession { req, points, source })
     }
 
     /// Write the capture to `out` as pcapng until the packet count or the
     /// time limit is reached, `stop` is set, the worker stops, or `out`
     /// fails (the reader went away: the summary is returned). The tap is
-    /// removed at the end, whatever happens.
-    pub fn run(self, out: impl Write, stop: &AtomicBool) -> Result<CaptureSummary, CaptureError> {
+    /// removed at the end, whatever happens (an XDP tap word is cleared and
+    /// its ring emptied).
+    pub fn run(
+        mut self,
+        out: impl Write,
+        stop: &AtomicBool,
+    ) -> Result<CaptureSummary, CaptureError> {
         let r = self.pump(out, stop);
-        let _ = self.handle.untap(&self.req.nf, self.rx.id());
+        match self.source {
+            Source::Worker { handle, rx } => {
+                let _ = handle.untap(&self.req.nf, rx.id());
+            }
+            Source::Xdp(x) => {
+                let XdpSource { reader, error, .. } = *x;
+                drop(reader);
+                if let (Ok(_), Some(source)) = (&r, error) {
+                    return Err(CaptureError::Xdp { nf: self.req.nf, source });
+                }
+            }
+        }
         r
     }
 
-    fn pump(&self, out: impl Write, stop: &AtomicBool) -> Result<CaptureSummary, CaptureError> {
+    fn pump(&mut self, out: impl Write, stop: &AtomicBool) -> Result<CaptureSummary, CaptureError> {
         let mut w = PcapngWriter::new(out)?;
         let mut iface = [u32::MAX; 3];
         for p in &self.points {
@@ -471,7 +663,7 @@ impl CaptureSession {
                 },
                 None => Duration::from_millis(100),
             };
-            let first = match self.rx.recv(wait) {
+            let first = match self.source.recv(wait) {
                 Ok(c) => c,
                 Err(false) => continue,
                 Err(true) => break,
@@ -486,7 +678,13 @@ impl CaptureSession {
                     Some(r) => write!(comment, "dropped by {}: {}", self.req.nf, r.name()),
                     None => write!(comment, "{} gate {}", c.point.name(), c.gate),
                 };
-                let r = w.write(iface[c.point as usize], c.ts_ns, &c.frame, Some(&comment));
+                let r = w.write_cut(
+                    iface[c.point as usize],
+                    c.ts_ns,
+                    &c.frame,
+                    c.orig_len,
+                    Some(&comment),
+                );
                 match r {
                     Ok(()) => {}
                     Err(e) if broken_pipe(&e) => return Ok(self.summary(written)),
@@ -495,7 +693,7 @@ impl CaptureSession {
                 per_point[c.point as usize] += 1;
                 written += 1;
                 if written < limit {
-                    next = self.rx.try_recv();
+                    next = self.source.try_recv();
                 }
             }
             match w.flush() {
@@ -520,22 +718,23 @@ impl CaptureSession {
     }
 
     fn summary(&self, written: u64) -> CaptureSummary {
-        CaptureSummary { written, matched: self.rx.matched(), lost: self.rx.lost() }
+        CaptureSummary { written, matched: self.source.matched(), lost: self.source.lost() }
     }
 }
 
 /// Serve capture sessions on `listener` until `stop` is set: each
 /// connection sends one JSON [`CaptureRequest`] line; the answer is one
 /// JSON line (`{"ok":true}` or `{"error":"..."}`) and then the pcapng
-/// stream. `resolve` names the worker running an NF (or says why not).
+/// stream. `resolve` names the worker or XDP program running an NF (or
+/// says why not).
 /// One thread per connection; the listener thread ends when `stop` is set.
-pub fn serve_unix(
+pub fn serve_unix<T: Into<CaptureTarget>>(
     listener: UnixListener,
-    resolve: impl Fn(&str) -> Result<WorkerHandle, String> + Send + Sync + 'static,
+    resolve: impl Fn(&str) -> Result<T, String> + Send + Sync + 'static,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
-    let resolve = Arc::new(resolve);
+    let resolve: Arc<Resolve> = Arc::new(move |nf: &str| resolve(nf).map(Into::into));
     std::thread::Builder::new().name("braid-capture".into()).spawn(move || {
         let mut sessions = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -562,11 +761,10 @@ pub fn serve_unix(
     })
 }
 
-fn serve_one(
-    conn: UnixStream,
-    resolve: &(dyn Fn(&str) -> Result<WorkerHandle, String> + Send + Sync),
-    stop: &Arc<AtomicBool>,
-) {
+/// Names the target of a capture's NF, or says why there is none.
+type Resolve = dyn Fn(&str) -> Result<CaptureTarget, String> + Send + Sync;
+
+fn serve_one(conn: UnixStream, resolve: &Resolve, stop: &Arc<AtomicBool>) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     // A client that stops reading ends its capture instead of holding the
@@ -590,7 +788,7 @@ fn serve_one(
         Err(e) => return answer(&mut out, Err(format!("bad capture request: {e}"))),
     };
     let session =
-        resolve(&req.nf).and_then(|h| CaptureSession::start(h, req).map_err(|e| e.to_string()));
+        resolve(&req.nf).and_then(|t| CaptureSession::start_on(t, req).map_err(|e| e.to_string()));
     let s = match session {
         Err(e) => return answer(&mut out, Err(e)),
         Ok(s) => s,

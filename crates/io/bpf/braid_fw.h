@@ -69,7 +69,7 @@ static __always_inline int braid_fw_check(struct xdp_md *ctx, __u32 slot)
 
 	struct iphdr *ip = braid_ipv4(data, data_end, &malformed);
 	if (malformed) {
-		braid_drop(slot, BRAID_MALFORMED);
+		braid_drop(ctx, slot, BRAID_MALFORMED);
 		return 0;
 	}
 	if (!ip) {
@@ -78,7 +78,7 @@ static __always_inline int braid_fw_check(struct xdp_md *ctx, __u32 slot)
 			return 1;
 		__u32 *dflt = bpf_map_lookup_elem(&fw_cfg, &slot);
 		if (dflt && *dflt == FW_DROP) {
-			braid_drop(slot, BRAID_DROP);
+			braid_drop(ctx, slot, BRAID_DROP);
 			return 0;
 		}
 		return 1;
@@ -95,7 +95,7 @@ static __always_inline int braid_fw_check(struct xdp_md *ctx, __u32 slot)
 		/* UDP and TCP both start with the two ports. */
 		struct udphdr *ports = l4;
 		if ((void *)(ports + 1) > data_end) {
-			braid_drop(slot, BRAID_MALFORMED);
+			braid_drop(ctx, slot, BRAID_MALFORMED);
 			return 0;
 		}
 		key.sport = ports->source;
@@ -117,7 +117,7 @@ static __always_inline int braid_fw_check(struct xdp_md *ctx, __u32 slot)
 	else
 		action = bpf_map_lookup_elem(&fw_cfg, &slot);
 	if (action && *action == FW_DROP) {
-		braid_drop(slot, BRAID_DROP);
+		braid_drop(ctx, slot, BRAID_DROP);
 		return 0;
 	}
 	return 1;

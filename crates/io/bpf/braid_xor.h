@@ -41,7 +41,7 @@ static __always_inline int braid_xor_apply(struct xdp_md *ctx, __u32 slot)
 
 	struct iphdr *ip = braid_ipv4(data, data_end, &malformed);
 	if (malformed) {
-		braid_drop(slot, BRAID_MALFORMED);
+		braid_drop(ctx, slot, BRAID_MALFORMED);
 		return 0;
 	}
 	if (!ip || ip->protocol != IPPROTO_UDP || braid_later_fragment(ip) ||
@@ -49,12 +49,12 @@ static __always_inline int braid_xor_apply(struct xdp_md *ctx, __u32 slot)
 		return 1;
 	struct udphdr *udp = (void *)ip + ip->ihl * 4;
 	if ((void *)(udp + 1) > data_end) {
-		braid_drop(slot, BRAID_MALFORMED);
+		braid_drop(ctx, slot, BRAID_MALFORMED);
 		return 0;
 	}
 	__u32 ulen = bpf_ntohs(udp->len);
 	if (ulen < sizeof(*udp) || (void *)udp + ulen > data_end) {
-		braid_drop(slot, BRAID_MALFORMED);
+		braid_drop(ctx, slot, BRAID_MALFORMED);
 		return 0;
 	}
 	__u32 plen = ulen - sizeof(*udp);
@@ -105,7 +105,7 @@ static __always_inline int braid_xor_apply(struct xdp_md *ctx, __u32 slot)
 	}
 	if (i != plen) {
 		/* over XOR_MAX: cannot happen below MTU */
-		braid_drop(slot, BRAID_MALFORMED);
+		braid_drop(ctx, slot, BRAID_MALFORMED);
 		return 0;
 	}
 	if (plen & 1)

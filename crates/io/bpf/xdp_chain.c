@@ -12,7 +12,9 @@
  *                the scratch cannot be overwritten in between.
  *
  * Slot s is the s-th NF of the chain: its counters are counters[s * 8 ..],
- * its xor key xor_cfg[s], its firewall rules carry slot s in their keys.
+ * its xor key xor_cfg[s], its firewall rules carry slot s in their keys,
+ * its capture tap is braid_tap_words[s] (in at the stage's start, out when it hands
+ * the frame on or forwards it, drops where it drops).
  * A stage that passes a frame counts it as REDIRECT (handed on) and tail
  * calls the next one; the last stage forwards it like fwd (tx_ports,
  * mac_rules) and counts REDIRECT or PASS. An interface without a path
@@ -66,14 +68,15 @@ int braid_chain(struct xdp_md *ctx)
 	__u32 first = path->slots[0];
 	bpf_tail_call(ctx, &chain_progs, first);
 	/* No stage program in that slot: a loader bug, never a silent pass. */
-	return braid_drop(first & (BRAID_SLOTS - 1), BRAID_MALFORMED);
+	return braid_drop(ctx, first & (BRAID_SLOTS - 1), BRAID_MALFORMED);
 }
 
-/* Where the frame is: the per-CPU state (path copy and position) and
- * the slot of the stage now running. */
+/* Where the frame is: the per-CPU state (path copy and position), the
+ * slot of the stage now running and the points its tap wants. */
 struct chain_at {
 	struct braid_chain_state *st;
 	__u32 slot;
+	__u32 tap;
 };
 
 /* Fill `at` for the stage now running; 0 if the scratch is missing or the
@@ -85,12 +88,23 @@ static __always_inline int chain_enter(struct chain_at *at)
 	if (!at->st)
 		return 0;
 	at->slot = at->st->path.slots[at->st->pos & (BRAID_SLOTS - 1)];
-	return at->slot < BRAID_SLOTS;
+	if (at->slot >= BRAID_SLOTS)
+		return 0;
+	at->tap = braid_tap_cfg(at->slot);
+	return 1;
+}
+
+/* Count the frame in and tap it at the stage's input. */
+static __always_inline void chain_in(struct xdp_md *ctx, struct chain_at *at)
+{
+	braid_count_rx(ctx, at->slot);
+	braid_tap(ctx, at->tap, at->slot, BRAID_TAP_IN);
 }
 
 /* Hand the frame to the next stage of its path, or forward it. */
 static __always_inline int chain_next(struct xdp_md *ctx, struct chain_at *at)
 {
+	braid_tap(ctx, at->tap, at->slot, BRAID_TAP_OUT);
 	__u32 next = at->st->pos + 1;
 	if (next >= at->st->path.len || next >= BRAID_SLOTS)
 		return braid_forward(ctx, at->slot);
@@ -103,7 +117,7 @@ static __always_inline int chain_next(struct xdp_md *ctx, struct chain_at *at)
 	at->st->pos = next;
 	braid_count(at->slot, BRAID_REDIRECT, 1);
 	bpf_tail_call(ctx, &chain_progs, next_slot);
-	return braid_drop(at->slot, BRAID_MALFORMED);
+	return braid_drop(ctx, at->slot, BRAID_MALFORMED);
 }
 
 SEC("xdp")
@@ -112,7 +126,7 @@ int braid_chain_fwd(struct xdp_md *ctx)
 	struct chain_at at;
 	if (!chain_enter(&at))
 		return XDP_DROP;
-	braid_count_rx(ctx, at.slot);
+	chain_in(ctx, &at);
 	return chain_next(ctx, &at);
 }
 
@@ -122,7 +136,7 @@ int braid_chain_firewall(struct xdp_md *ctx)
 	struct chain_at at;
 	if (!chain_enter(&at))
 		return XDP_DROP;
-	braid_count_rx(ctx, at.slot);
+	chain_in(ctx, &at);
 	if (!braid_fw_check(ctx, at.slot))
 		return XDP_DROP;
 	return chain_next(ctx, &at);
@@ -134,7 +148,7 @@ int braid_chain_xor(struct xdp_md *ctx)
 	struct chain_at at;
 	if (!chain_enter(&at))
 		return XDP_DROP;
-	braid_count_rx(ctx, at.slot);
+	chain_in(ctx, &at);
 	if (!braid_xor_apply(ctx, at.slot))
 		return XDP_DROP;
 	return chain_next(ctx, &at);

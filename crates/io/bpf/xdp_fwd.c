@@ -8,7 +8,10 @@
 SEC("xdp")
 int braid_fwd(struct xdp_md *ctx)
 {
+	__u32 tap = braid_tap_cfg(0);
 	braid_count_rx(ctx, 0);
+	braid_tap(ctx, tap, 0, BRAID_TAP_IN);
+	braid_tap(ctx, tap, 0, BRAID_TAP_OUT);
 	return braid_forward(ctx, 0);
 }
 

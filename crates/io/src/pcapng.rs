@@ -588,6 +588,20 @@ impl<W: Write> PcapngWriter<W> {
         frame: &[u8],
         comment: Option<&str>,
     ) -> Result<(), PcapngError> {
+        self.write_cut(interface, ts_ns, frame, frame.len(), comment)
+    }
+
+    /// [`PcapngWriter::write`] for a frame already cut from one of
+    /// `orig_len` bytes (a capture's snap length): the record keeps the
+    /// original length (at least `frame.len()`).
+    pub fn write_cut(
+        &mut self,
+        interface: u32,
+        ts_ns: u64,
+        frame: &[u8],
+        orig_len: usize,
+        comment: Option<&str>,
+    ) -> Result<(), PcapngError> {
         let packet = self.packets + 1;
         if interface >= self.interfaces {
             return Err(PcapngError::Io {
@@ -605,7 +619,9 @@ impl<W: Write> PcapngWriter<W> {
         body.extend_from_slice(&((ts_ns >> 32) as u32).to_le_bytes());
         body.extend_from_slice(&(ts_ns as u32).to_le_bytes());
         body.extend_from_slice(&(caplen as u32).to_le_bytes());
-        body.extend_from_slice(&(frame.len().min(u32::MAX as usize) as u32).to_le_bytes());
+        body.extend_from_slice(
+            &(orig_len.max(frame.len()).min(u32::MAX as usize) as u32).to_le_bytes(),
+        );
         body.extend_from_slice(&frame[..caplen]);
         body.resize((body.len() + 3) & !3, 0);
         if let Some(c) = comment {

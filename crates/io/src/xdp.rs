@@ -14,7 +14,8 @@
 //! two maps: `tx_ports` (ingress ifindex → egress ifindex, a devmap) and
 //! `mac_rules` (ingress ifindex → new destination and source MAC). A frame
 //! whose ingress interface has no `tx_ports` entry goes to the kernel
-//! stack.
+//! stack. Every program also has a capture tap (its tap words in `.bss`
+//! and the `tap_ring` ring buffer), driven by [`crate::xdp_tap`].
 //!
 //! One [`XdpProgram`] may be attached to several interfaces; they share its
 //! maps, which is how a forwarder between two interfaces is one program.
@@ -49,6 +50,9 @@ pub enum XdpError {
     /// A request that does not fit the program or its maps.
     #[error("{0}")]
     Config(String),
+    /// A capture sample without the layout the programs write.
+    #[error("malformed XDP tap sample: {0}")]
+    Sample(#[from] crate::xdp_tap::TapDecodeError),
 }
 
 fn kernel<E: std::error::Error + Send + Sync + 'static>(
@@ -166,6 +170,8 @@ pub enum Counter {
     Matched = 5,
     /// Frames with headers too short or inconsistent (also in `Drop`).
     Malformed = 6,
+    /// Capture samples the tap's ring buffer had no room for.
+    TapLost = 7,
 }
 
 /// Counters summed over all CPUs.
@@ -178,6 +184,7 @@ pub struct XdpCounters {
     pub redirect: u64,
     pub matched: u64,
     pub malformed: u64,
+    pub tap_lost: u64,
 }
 
 /// How to attach a program.
@@ -301,8 +308,13 @@ impl XdpProgram {
     /// Load `nf` into the kernel (verifier included); not attached yet.
     pub fn load(nf: XdpNf) -> Result<XdpProgram, XdpError> {
         let obj = nf.object()?;
+        let mut loader = aya::EbpfLoader::new();
+        if matches!(nf, XdpNf::Pass | XdpNf::Steer) {
+            // Helpers, never captured: a one-page tap ring, not 2 MiB.
+            loader.map_max_entries("tap_ring", 4096);
+        }
         let mut ebpf =
-            Ebpf::load(obj).map_err(kernel(format!("loading XDP object for {}", nf.name())))?;
+            loader.load(obj).map_err(kernel(format!("loading XDP object for {}", nf.name())))?;
         load_xdp(&mut ebpf, nf.program())?;
         Ok(XdpProgram { nf, ebpf, attachments: Vec::new() })
     }
@@ -439,6 +451,16 @@ impl XdpProgram {
     pub fn counters(&mut self) -> Result<XdpCounters, XdpError> {
         maps::counters(&mut self.ebpf, 0)
     }
+
+    /// Its capture tap's maps, for [`crate::xdp_tap::XdpTapReader`].
+    pub fn tap_maps(&self) -> Result<crate::xdp_tap::XdpTapMaps, XdpError> {
+        crate::xdp_tap::XdpTapMaps::of(&self.ebpf, 1)
+    }
+
+    /// The points its tap now mirrors (0: no capture).
+    pub fn tap_config(&mut self) -> Result<u32, XdpError> {
+        maps::tap_config(&mut self.ebpf, 0)
+    }
 }
 
 /// Map access shared by [`XdpProgram`] and [`XdpChain`]: `slot` selects
@@ -534,6 +556,10 @@ mod maps {
         m.set(slot, action as u32, 0).map_err(kernel(format!("fw_cfg[{slot}]")))
     }
 
+    pub(super) fn tap_config(ebpf: &mut Ebpf, slot: u32) -> Result<u32, XdpError> {
+        crate::xdp_tap::read_word(get(ebpf, crate::xdp_tap::WORDS_MAP)?, slot)
+    }
+
     pub(super) fn counters(ebpf: &mut Ebpf, slot: u32) -> Result<XdpCounters, XdpError> {
         let m: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(get(ebpf, "counters")?)
             .map_err(kernel("opening map counters"))?;
@@ -550,6 +576,7 @@ mod maps {
             redirect: get(Counter::Redirect)?,
             matched: get(Counter::Matched)?,
             malformed: get(Counter::Malformed)?,
+            tap_lost: get(Counter::TapLost)?,
         })
     }
 
@@ -612,7 +639,7 @@ mod maps {
 }
 
 /// Counters per NF slot (`BRAID_COUNTERS` in `bpf/braid_xdp.h`).
-const COUNTERS_PER_SLOT: u32 = 8;
+pub(crate) const COUNTERS_PER_SLOT: u32 = 8;
 
 /// Most NFs one [`XdpChain`] can hold (`BRAID_SLOTS` in `bpf/xdp_chain.c`).
 pub const CHAIN_MAX_STAGES: usize = 8;
@@ -835,6 +862,23 @@ impl XdpChain {
             )));
         }
         maps::counters(&mut self.ebpf, slot as u32)
+    }
+
+    /// Its capture tap's maps (one tap word per stage slot), for
+    /// [`crate::xdp_tap::XdpTapReader`].
+    pub fn tap_maps(&self) -> Result<crate::xdp_tap::XdpTapMaps, XdpError> {
+        crate::xdp_tap::XdpTapMaps::of(&self.ebpf, self.stages.len() as u32)
+    }
+
+    /// The points the tap of stage `slot` now mirrors (0: no capture).
+    pub fn tap_config(&mut self, slot: usize) -> Result<u32, XdpError> {
+        if slot >= self.stages.len() {
+            return Err(XdpError::Config(format!(
+                "the XDP chain has {} stages, no stage {slot}",
+                self.stages.len()
+            )));
+        }
+        maps::tap_config(&mut self.ebpf, slot as u32)
     }
 
     /// Run the chain once on `frame` with `BPF_PROG_TEST_RUN`. The kernel

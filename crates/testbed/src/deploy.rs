@@ -143,6 +143,8 @@ struct DeployedNf {
     nfs: Vec<(String, String)>,
     host: String,
     ifaces: [String; 2],
+    /// Their ifindexes (side 0, the client side, first).
+    ifindex: [u32; 2],
     program: KernelProgram,
 }
 
@@ -200,6 +202,19 @@ pub struct NfStats {
     /// the NF saw them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sockets: Option<SocketStats>,
+    /// Kernel NFs: their capture tap (`braid capture`, docs/capture.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp_tap: Option<XdpTapStats>,
+}
+
+/// The capture tap of a kernel NF.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct XdpTapStats {
+    /// The points a capture taps now (bits: 1 in, 2 out, 4 drops; 0 none).
+    pub points: u32,
+    /// Samples lost since the deployment started because the tap's ring
+    /// was full.
+    pub lost: u64,
 }
 
 /// What the worker of a user-space NF measured at the NF's call edge.
@@ -573,7 +588,7 @@ fn deploy_kernel(
     let (peer_a, peer_b) = (mac(&a.peer_ns, &a.peer_dev)?, mac(&b.peer_ns, &b.peer_dev)?);
     let names = group.iter().map(|n| format!("{:?} ({})", n.name, n.kind)).collect::<Vec<_>>();
     let what = format!("XDP for NF {} on {ns}", names.join(", "));
-    let program = netns::in_netns(&ns, || -> Result<KernelProgram, TestbedError> {
+    let program = netns::in_netns(&ns, || -> Result<(KernelProgram, [u32; 2]), TestbedError> {
         let e = |w: &str| xdp_err(format!("{what}: {w}"));
         if let [k] = kernel_nfs {
             let mut p = XdpProgram::load(k.xdp()).map_err(e("load"))?;
@@ -585,7 +600,7 @@ fn deploy_kernel(
             // Out of b towards b's neighbour, and the other way round.
             p.set_mac_rewrite(ia, peer_b, mac_b).map_err(e("MAC rewrite a->b"))?;
             p.set_mac_rewrite(ib, peer_a, mac_a).map_err(e("MAC rewrite b->a"))?;
-            return Ok(KernelProgram::Single(p));
+            return Ok((KernelProgram::Single(p), [ia, ib]));
         }
         let kinds: Vec<XdpNf> = kernel_nfs.iter().map(KernelNf::xdp).collect();
         let mut c = XdpChain::load(&kinds).map_err(e("load"))?;
@@ -606,13 +621,15 @@ fn deploy_kernel(
         c.set_mac_rewrite(ib, peer_a, mac_a).map_err(e("MAC rewrite b->a"))?;
         c.attach(&a.dev, AttachMode::Auto).map_err(e(&a.dev))?;
         c.attach(&b.dev, AttachMode::Auto).map_err(e(&b.dev))?;
-        Ok(KernelProgram::Chain(c))
+        Ok((KernelProgram::Chain(c), [ia, ib]))
     })
     .map_err(|source| TestbedError::Setup { what: what.clone(), source })??;
+    let (program, ifindex) = program;
     d.nfs.push(DeployedNf {
         nfs: group.iter().map(|n| (n.name.clone(), n.kind.clone())).collect(),
         host: host.clone(),
         ifaces: [a.dev.clone(), b.dev.clone()],
+        ifindex,
         program,
     });
     d.record(&ns, &a.dev)?;
@@ -662,24 +679,41 @@ impl Deployment {
                         packets_created: c.packets_created,
                     }),
                     sockets,
+                    xdp_tap: None,
                 });
             }
         }
         Ok(all)
     }
 
-    /// Where each NF runs, for a capture (`braid capture`): the worker of
-    /// every user-space NF by name, and the names of the kernel (XDP) NFs,
-    /// which a capture cannot tap.
-    pub fn capture_targets(&self) -> (Vec<(String, braid_dataplane::WorkerHandle)>, Vec<String>) {
-        let user = self
-            .users
-            .iter()
-            .flat_map(|u| u.nfs.iter().map(|(name, _)| (name.clone(), u.nf.handle.clone())))
-            .collect();
-        let kernel =
-            self.nfs.iter().flat_map(|k| k.nfs.iter().map(|(name, _)| name.clone())).collect();
-        (user, kernel)
+    /// Where each NF runs, for a capture (`braid capture`), by NF name:
+    /// the worker of a user-space NF, the XDP program's tap (maps, slot,
+    /// gates) of a kernel NF.
+    pub fn capture_targets(
+        &self,
+    ) -> Result<Vec<(String, braid_dataplane::tap::CaptureTarget)>, TestbedError> {
+        use braid_dataplane::tap::{CaptureTarget, XdpTarget};
+        let mut all: Vec<(String, CaptureTarget)> = Vec::new();
+        for u in &self.users {
+            for (name, _) in &u.nfs {
+                all.push((name.clone(), CaptureTarget::Worker(u.nf.handle.clone())));
+            }
+        }
+        for k in &self.nfs {
+            let maps = match &k.program {
+                KernelProgram::Single(p) => p.tap_maps(),
+                KernelProgram::Chain(c) => c.tap_maps(),
+            }
+            .map_err(xdp_err(format!("tap maps of the XDP program on {}", k.host)))?;
+            // In by the client side (gate 0) the frame leaves by gate 1,
+            // and the other way round.
+            let gates = vec![(k.ifindex[0], 0), (k.ifindex[1], 1)];
+            for (slot, (name, _)) in k.nfs.iter().enumerate() {
+                let t = XdpTarget { maps, slot: slot as u32, gates: gates.clone() };
+                all.push((name.clone(), CaptureTarget::Xdp(t)));
+            }
+        }
+        Ok(all)
     }
 
     /// The counters of every user-space group's two ports (side 0, the
@@ -719,6 +753,11 @@ impl Deployment {
                     KernelProgram::Chain(c) => c.counters(slot),
                 }
                 .map_err(xdp_err(format!("counters of NF {name:?}")))?;
+                let points = match &mut n.program {
+                    KernelProgram::Single(p) => p.tap_config(),
+                    KernelProgram::Chain(c) => c.tap_config(slot),
+                }
+                .map_err(xdp_err(format!("tap word of NF {name:?}")))?;
                 rows.push(NfStats {
                     name: name.clone(),
                     kind: kind.clone(),
@@ -737,6 +776,7 @@ impl Deployment {
                     drop_reasons: Default::default(),
                     user: None,
                     sockets: None,
+                    xdp_tap: Some(XdpTapStats { points, lost: c.tap_lost }),
                 });
             }
         }

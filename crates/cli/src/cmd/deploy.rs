@@ -209,8 +209,8 @@ fn claim_stats_file(path: &Path, chain: &str) -> anyhow::Result<()> {
         .with_context(|| format!("--stats-file {} is not writable", path.display()))
 }
 
-/// Serve `braid capture` on `path` for the user-space NFs of
-/// `deployment` until `stop` is set. A socket left by a deployment that is
+/// Serve `braid capture` on `path` for the NFs of `deployment` (user
+/// space and kernel) until `stop` is set. A socket left by a deployment that is
 /// gone is replaced; one that answers is another deployment's: refused.
 fn serve_captures(
     path: &Path,
@@ -218,18 +218,12 @@ fn serve_captures(
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let listener = bind_capture_socket(path)?;
-    let (user, kernel) = deployment.capture_targets();
-    let resolve = move |nf: &str| -> Result<braid_dataplane::WorkerHandle, String> {
-        if let Some((_, h)) = user.iter().find(|(n, _)| n == nf) {
-            return Ok(h.clone());
+    let targets = deployment.capture_targets()?;
+    let resolve = move |nf: &str| -> Result<braid_dataplane::tap::CaptureTarget, String> {
+        if let Some((_, t)) = targets.iter().find(|(n, _)| n == nf) {
+            return Ok(t.clone());
         }
-        if kernel.iter().any(|n| n == nf) {
-            return Err(format!(
-                "NF `{nf}` runs in the kernel (XDP): braid capture taps user-space NFs; capture on its host's interfaces with tcpdump instead"
-            ));
-        }
-        let mut names: Vec<&str> = user.iter().map(|(n, _)| n.as_str()).collect();
-        names.extend(kernel.iter().map(String::as_str));
+        let names: Vec<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
         Err(format!("no NF `{nf}` in this deployment (its NFs: {})", names.join(", ")))
     };
     braid_dataplane::tap::serve_unix(listener, resolve, stop.clone())
