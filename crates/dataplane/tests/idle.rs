@@ -153,3 +153,118 @@ fn idle_worker_ticks_on_time_while_an_nf_holds_packets() {
     h.stop().unwrap();
     t.join().unwrap();
 }
+
+#[test]
+fn a_paused_worker_sleeps_until_a_command() {
+    let (h, t, t_in, t_out) = start("fwd", "{}");
+    round_trip(&t_in, &t_out);
+    h.pause().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let c0 = h.counters().unwrap().looped;
+    std::thread::sleep(Duration::from_millis(600));
+    let c1 = h.counters().unwrap().looped;
+    // Paused, it used to tick every 10 ms (about 60 here): now only the
+    // tick after the `counters` command (news to publish).
+    let ticks = c1.ticks - c0.ticks;
+    assert!(ticks <= 2, "{ticks} ticks in 600 ms paused");
+    // A command still gets its answer at once, and resuming forwards.
+    let t0 = Instant::now();
+    h.resume().unwrap();
+    assert!(t0.elapsed() < Duration::from_millis(500), "resume took {:?}", t0.elapsed());
+    round_trip(&t_in, &t_out);
+    h.stop().unwrap();
+    t.join().unwrap();
+}
+
+#[test]
+fn a_paused_worker_still_ticks_while_an_nf_holds_packets() {
+    let (h, t, t_in, t_out) = start("delay", "{ delay: 30ms }");
+    // One packet into the delay line, then pause before it is due: the
+    // tick that releases it still comes on time while paused.
+    let frame = [0x5au8; 64];
+    let t0 = Instant::now();
+    t_in.send(&frame).unwrap();
+    // The worker takes it within a turn; wait until the NF counted it.
+    while h.snapshot().stages[0].counters.packets_in == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the packet never reached the NF");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.pause().unwrap();
+    let mut buf = [0u8; 128];
+    let n = t_out.recv(&mut buf).expect("released while paused");
+    assert_eq!(&buf[..n], &frame[..]);
+    let rt = t0.elapsed();
+    assert!(rt < Duration::from_millis(500), "left after {rt:?}");
+    h.resume().unwrap();
+    h.stop().unwrap();
+    t.join().unwrap();
+}
+
+/// Two workers joined by an in-process channel (as `--mapping threads`
+/// builds them), `fwd` on each; datagram ports at the two ends.
+fn start_threads() -> (Vec<WorkerHandle>, Vec<std::thread::JoinHandle<()>>, UnixDatagram, UnixDatagram)
+{
+    let (w_in, t_in) = UnixDatagram::pair().unwrap();
+    let (w_out, t_out) = UnixDatagram::pair().unwrap();
+    let (a_side, b_side) = braid_io::channel::channel_pair("idle-ab", 4096);
+    let mut handles = Vec::new();
+    let mut threads = Vec::new();
+    let ports: [(Box<dyn Port>, Box<dyn Port>); 2] = [
+        (Box::new(DgramPort::new(w_in)), Box::new(a_side)),
+        (Box::new(b_side), Box::new(DgramPort::new(w_out))),
+    ];
+    for (k, (up, down)) in ports.into_iter().enumerate() {
+        let nf = braid_nf::build("fwd", &braid_nf::Params::Null).unwrap();
+        let graph = Graph::chain(vec![(format!("f{k}"), nf)], 2, 0, 1).unwrap();
+        let entries = [graph.entry(0, 1), graph.entry(1, 0)];
+        let mut cfg = WorkerConfig::new(format!("idle-t{k}"));
+        cfg.idle = Idle::Poll;
+        let (mut w, h) = Worker::new(cfg, graph).unwrap();
+        w.add_port(up, Some(entries[0])).unwrap();
+        w.add_port(down, Some(entries[1])).unwrap();
+        let t = w.spawn().unwrap();
+        threads.push(std::thread::spawn(move || {
+            let r = t.join().unwrap();
+            assert!(r.error.is_none(), "{:?}", r.error);
+        }));
+        handles.push(h);
+    }
+    t_out.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (handles, threads, t_in, t_out)
+}
+
+/// An idle chain of two workers joined by a channel sleeps (the channel
+/// ends have eventfds): loop turns and ticks stay near zero, where a
+/// channel without a wake-up spun (hundreds of thousands of turns); a
+/// packet after the idle time crosses both workers at once.
+#[test]
+fn an_idle_chain_of_threads_sleeps_and_a_packet_still_crosses() {
+    let (hs, ts, t_in, t_out) = start_threads();
+    round_trip(&t_in, &t_out);
+    std::thread::sleep(Duration::from_millis(100));
+    let c0: Vec<_> = hs.iter().map(|h| h.counters().unwrap().looped).collect();
+    std::thread::sleep(Duration::from_millis(600));
+    let c1: Vec<_> = hs.iter().map(|h| h.counters().unwrap().looped).collect();
+    for (k, (a, b)) in c0.iter().zip(&c1).enumerate() {
+        let (ticks, turns) = (b.ticks - a.ticks, b.turns - a.turns);
+        assert!(ticks <= 2, "worker {k}: {ticks} ticks in 600 ms of idleness");
+        assert!(turns <= 6, "worker {k}: {turns} loop turns in 600 ms of idleness");
+    }
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(20));
+        times.push(round_trip(&t_in, &t_out));
+    }
+    times.sort();
+    eprintln!(
+        "through 2 idle workers joined by a channel: median {:?}, slowest {:?} of 20",
+        times[10], times[19]
+    );
+    assert!(times[19] < Duration::from_millis(200), "slowest {:?}", times[19]);
+    for h in &hs {
+        h.stop().unwrap();
+    }
+    for t in ts {
+        t.join().unwrap();
+    }
+}
