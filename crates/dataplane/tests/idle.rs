@@ -202,8 +202,8 @@ fn a_paused_worker_still_ticks_while_an_nf_holds_packets() {
 
 /// Two workers joined by an in-process channel (as `--mapping threads`
 /// builds them), `fwd` on each; datagram ports at the two ends.
-fn start_threads() -> (Vec<WorkerHandle>, Vec<std::thread::JoinHandle<()>>, UnixDatagram, UnixDatagram)
-{
+fn start_threads(
+) -> (Vec<WorkerHandle>, Vec<std::thread::JoinHandle<()>>, UnixDatagram, UnixDatagram) {
     let (w_in, t_in) = UnixDatagram::pair().unwrap();
     let (w_out, t_out) = UnixDatagram::pair().unwrap();
     let (a_side, b_side) = braid_io::channel::channel_pair("idle-ab", 4096);
