@@ -204,6 +204,12 @@ fn a_paused_worker_still_ticks_while_an_nf_holds_packets() {
 /// builds them), `fwd` on each; datagram ports at the two ends.
 fn start_threads(
 ) -> (Vec<WorkerHandle>, Vec<std::thread::JoinHandle<()>>, UnixDatagram, UnixDatagram) {
+    start_threads_with(Idle::Poll)
+}
+
+fn start_threads_with(
+    idle: Idle,
+) -> (Vec<WorkerHandle>, Vec<std::thread::JoinHandle<()>>, UnixDatagram, UnixDatagram) {
     let (w_in, t_in) = UnixDatagram::pair().unwrap();
     let (w_out, t_out) = UnixDatagram::pair().unwrap();
     let (a_side, b_side) = braid_io::channel::channel_pair("idle-ab", 4096);
@@ -218,7 +224,7 @@ fn start_threads(
         let graph = Graph::chain(vec![(format!("f{k}"), nf)], 2, 0, 1).unwrap();
         let entries = [graph.entry(0, 1), graph.entry(1, 0)];
         let mut cfg = WorkerConfig::new(format!("idle-t{k}"));
-        cfg.idle = Idle::Poll;
+        cfg.idle = idle;
         let (mut w, h) = Worker::new(cfg, graph).unwrap();
         w.add_port(up, Some(entries[0])).unwrap();
         w.add_port(down, Some(entries[1])).unwrap();
@@ -266,5 +272,61 @@ fn an_idle_chain_of_threads_sleeps_and_a_packet_still_crosses() {
     }
     for t in ts {
         t.join().unwrap();
+    }
+}
+
+/// This process's user + system CPU time (clock ticks of 10 ms), from
+/// `/proc/self/stat`.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Wake-up latency through an idle chain of two workers joined by a
+/// channel (idle policy `poll`: both asleep, the channel's eventfd wakes
+/// the second), side by side with the same chain busy-polling (`busy`:
+/// what channel workers did before channels had a wake-up, since their
+/// waits could not sleep) and the process's CPU time meanwhile. A round
+/// trip is datagram in -> worker 0 -> channel -> worker 1 -> datagram
+/// out, 5 ms apart. docs/benchmarks.md ("Threads chains: channel
+/// wake-ups"):
+/// `cargo test --release -p braid-dataplane --test idle measure -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_wake_up_through_two_idle_workers() {
+    const N: usize = 400;
+    for round in 0..2 {
+        for (name, idle) in [("poll (sleeps)", Idle::Poll), ("busy (spins)", Idle::Busy)] {
+            let (hs, ts, t_in, t_out) = start_threads_with(idle);
+            for _ in 0..10 {
+                round_trip(&t_in, &t_out);
+            }
+            let (c0, w0) = (cpu_ticks(), Instant::now());
+            let mut times = Vec::with_capacity(N);
+            for _ in 0..N {
+                std::thread::sleep(Duration::from_millis(5));
+                times.push(round_trip(&t_in, &t_out));
+            }
+            let (cpu, wall) = ((cpu_ticks() - c0) as f64 / 100.0, w0.elapsed().as_secs_f64());
+            times.sort();
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            eprintln!(
+                "round {round} {name:<14} p50 {:>7.1} us  p90 {:>7.1} us  p99 {:>7.1} us  max {:>8.1} us  CPU {:.2} s per s",
+                us(times[N / 2]),
+                us(times[N * 9 / 10]),
+                us(times[N * 99 / 100]),
+                us(times[N - 1]),
+                cpu / wall
+            );
+            for h in &hs {
+                h.stop().unwrap();
+            }
+            for t in ts {
+                t.join().unwrap();
+            }
+        }
     }
 }

@@ -877,4 +877,31 @@ mod tests {
         let e = LiveChain::start(&d, StartOptions::default()).unwrap_err().to_string();
         assert!(e.starts_with("chain `c`: ports.in: cannot open"), "{e}");
     }
+
+    #[test]
+    fn mapping_threads_gives_a_worker_per_nf_and_a_bad_mapping_is_named() {
+        let check = |m: &str| {
+            crate::validate::validate_str(
+                "t.yaml",
+                &format!("name: c\n{m}nfs:\n  - {{ name: a, type: fwd }}\n  - {{ name: b, type: fwd }}\n"),
+            )
+        };
+        let d = check("mapping: threads\n").descriptor.unwrap();
+        assert_eq!(units(&d), vec![("c/a".to_string(), vec![0]), ("c/b".to_string(), vec![1])]);
+        let settings = worker_settings(&d, &StartOptions::default()).unwrap();
+        assert_eq!(settings.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["c/a", "c/b"]);
+        // Round trip through the store's YAML keeps it.
+        assert_eq!(ChainDescriptor::from_yaml(&d.to_yaml()).unwrap().mapping, d.mapping);
+        for m in ["", "mapping: thread\n"] {
+            let d = check(m).descriptor.unwrap();
+            assert_eq!(units(&d), vec![("c".to_string(), vec![0, 1])]);
+        }
+        let r = check("mapping: processes\n");
+        assert!(r.descriptor.is_none());
+        let p = &r.problems[0];
+        assert_eq!(p.path, "mapping");
+        assert!(p.location.is_some_and(|l| l.line == 2), "{p}");
+        assert!(p.message.contains("mapping processes is not one"), "{p}");
+        assert!(p.help.as_deref().unwrap_or("").contains("threads (a worker per NF)"), "{p}");
+    }
 }
