@@ -1,5 +1,5 @@
 //! What braidd owns: the chains it runs (each a [`LiveChain`] on its own
-//! worker thread), the store that declares them, and the operations on
+//! worker thread, or one per NF with `mapping: threads`), the store that declares them, and the operations on
 //! them. Every operation here blocks (it opens sockets, starts threads,
 //! talks to workers): the API runs them on tokio's blocking pool, one at
 //! a time.
@@ -74,6 +74,21 @@ impl Deployed {
         if let Some(l) = &self.live {
             v["uptime_seconds"] = l.uptime().as_secs_f64().into();
             v["stats"] = l.snapshot().to_json();
+            // The worker threads (one, or one per NF with `mapping:
+            // threads`): what runs on each and its loop counters.
+            let workers: Vec<serde_json::Value> = l
+                .worker_snapshots()
+                .iter()
+                .map(|w| {
+                    serde_json::json!({
+                        "name": w.worker,
+                        "nfs": w.stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+                        "ports": w.ports.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+                        "loop": w.looped,
+                    })
+                })
+                .collect();
+            v["workers"] = workers.into();
         }
         v
     }
@@ -286,7 +301,7 @@ impl Daemon {
         let own = braid_runtime::live::worker_settings(&d, &self.start).map_err(|source| {
             OpError::Sched(braid_runtime::live::LiveError::Sched { chain: d.name.clone(), source })
         })?;
-        all.push(own);
+        all.extend(own);
         braid_runtime::coordinator::check_starvation(
             &all,
             &braid_runtime::coordinator::online_cpus(),
@@ -410,11 +425,12 @@ impl Daemon {
             .iter()
             .filter(|e| e.name() != name && e.state().0 == "running")
             .filter_map(|e| e.live().and_then(|l| l.settings().ok()))
+            .flatten()
             .collect()
     }
 
-    /// Profile running chain `name`'s worker over an interval (blocks for
-    /// it): two copies of its telemetry and of its thread's OS counters,
+    /// Profile running chain `name`'s workers over an interval (blocks for
+    /// it): two copies of their telemetry and of their threads' OS counters,
     /// the interval apart (no control message reaches the worker).
     pub fn profile(
         &self,
@@ -426,7 +442,7 @@ impl Daemon {
             (Some(l), "running") => l,
             _ => return Err(OpError::NotRunning(name.into())),
         };
-        braid_profile::profile_live(name, &[live.telemetry()], opts)
+        braid_profile::profile_live(name, &live.telemetries(), opts)
             .map_err(|source| OpError::Profile { chain: name.into(), source })
     }
 

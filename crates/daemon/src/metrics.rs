@@ -93,7 +93,8 @@ impl Metrics {
         let seen: Vec<Seen> = chains.iter().map(|c| Seen::read(c)).collect();
         let nfs = || seen.iter().flat_map(|s| s.nfs());
         let ports = || seen.iter().flat_map(|s| s.ports());
-        let workers = || seen.iter().filter_map(|s| Some((&s.chain, s.snap.as_ref()?, s.cpu)));
+        let workers =
+            || seen.iter().flat_map(|s| s.workers.iter().map(|(l, lp, cpu)| (l, lp, *cpu)));
 
         type Nf = braid_nf::Counters;
         let nf_families: [Family<Nf>; 7] = [
@@ -158,8 +159,8 @@ impl Metrics {
         ];
         for (name, help, f) in loop_families {
             p.family(name, help, "counter");
-            for (labels, snap, _) in workers() {
-                p.counter(name, labels, "", f(&snap.looped));
+            for (labels, looped, _) in workers() {
+                p.counter(name, labels, "", f(looped));
             }
         }
         type Xsk = braid_io::af_xdp::XskStats;
@@ -283,10 +284,15 @@ struct Seen {
     nf_labels: Vec<String>,
     /// `chain="..",port=".."` per port of `snap`.
     port_labels: Vec<String>,
-    /// The worker thread's on-CPU time since its loop started and the
-    /// wall time since then (ns).
-    cpu: Option<(u64, u64)>,
+    /// Per worker thread (one, or one per NF with `mapping: threads`):
+    /// `chain="..",worker=".."`, its loop counters, and its on-CPU time
+    /// since its loop started and the wall time since then (ns).
+    workers: Vec<SeenWorker>,
 }
+
+/// A worker as read at a scrape: its label set, loop counters, and
+/// (on-CPU ns, wall ns) since its loop started.
+type SeenWorker = (String, braid_dataplane::telemetry::LoopStats, Option<(u64, u64)>);
 
 impl Seen {
     fn read(c: &crate::daemon::Deployed) -> Seen {
@@ -297,11 +303,12 @@ impl Seen {
             snap: None,
             nf_labels: Vec::new(),
             port_labels: Vec::new(),
-            cpu: None,
+            workers: Vec::new(),
             chain,
         };
         let Some(live) = c.live() else { return seen };
-        let snap = live.snapshot();
+        let per_worker = live.worker_snapshots();
+        let snap = if per_worker.len() == 1 { per_worker[0].clone() } else { live.snapshot() };
         seen.nf_labels = snap
             .stages
             .iter()
@@ -314,7 +321,14 @@ impl Seen {
             .iter()
             .map(|p| format!("{},port=\"{}\"", seen.chain, escape(&p.name)))
             .collect();
-        seen.cpu = worker_cpu(live);
+        seen.workers = per_worker
+            .iter()
+            .zip(live.telemetries())
+            .map(|(w, t)| {
+                let labels = format!("{},worker=\"{}\"", seen.chain, escape(&w.worker));
+                (labels, w.looped, worker_cpu(&t))
+            })
+            .collect();
         seen.snap = Some(snap);
         seen
     }
@@ -333,8 +347,8 @@ impl Seen {
 /// A worker thread's on-CPU time since its loop started and the wall time
 /// since then (ns), from the thread's CPU clock (None before its loop
 /// started or once its thread is gone).
-fn worker_cpu(live: &braid_runtime::live::LiveChain) -> Option<(u64, u64)> {
-    let os = live.telemetry().os();
+fn worker_cpu(telemetry: &braid_dataplane::WorkerTelemetry) -> Option<(u64, u64)> {
+    let os = telemetry.os();
     let start = os.start?;
     let run_ns = braid_dataplane::os::thread_cpu_ns(start.tid)?;
     let wall = braid_nf::monotonic_ns().saturating_sub(os.start_ns);

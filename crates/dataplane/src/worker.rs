@@ -731,8 +731,11 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Answer every waiting command; while paused, wait for commands (and
-    /// keep ticking) until resumed or stopped.
+    /// Answer every waiting command; while paused, wait for commands until
+    /// resumed or stopped, ticking every tick interval only while
+    /// something needs the tick ([`Worker::tick_due_on_time`]: an NF that
+    /// holds packets or state to expire, a heartbeat, a stop flag, news to
+    /// publish), else every [`WorkerConfig::idle_tick`].
     fn serve_mail(&mut self) -> Result<Flow, WorkerError> {
         while let Some(env) = self.mailbox.next() {
             if self.answer(env)? == Flow::Stop {
@@ -740,7 +743,12 @@ impl<'a> Worker<'a> {
             }
         }
         while self.paused {
-            match self.mailbox.wait(self.cfg.tick_interval) {
+            let wait = if self.tick_due_on_time() {
+                self.cfg.tick_interval
+            } else {
+                self.cfg.idle_tick.max(self.cfg.tick_interval)
+            };
+            match self.mailbox.wait(wait) {
                 Some(env) => {
                     if self.answer(env)? == Flow::Stop {
                         return Ok(Flow::Stop);

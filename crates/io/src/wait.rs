@@ -24,8 +24,9 @@ pub enum WaitReadiness {
     Ready,
     /// The port pushed descriptors that become readable when it has work.
     Descriptors,
-    /// The port cannot be waited on by descriptor (in-process channel,
-    /// memory): the caller should sleep only briefly.
+    /// The port cannot be waited on by descriptor (memory, generator; a
+    /// channel end whose eventfd could not be made): the caller should
+    /// sleep only briefly.
     NoDescriptor,
 }
 
@@ -44,8 +45,8 @@ pub enum Waited {
 /// Sleep until one of `ports` (or one of `extra` descriptors) may have
 /// work, or `timeout` passes.
 ///
-/// A port without a descriptor (in-process channel, memory) cannot wake
-/// the sleeper: then the descriptors are only looked at (`ppoll` with a
+/// A port without a descriptor (memory, generator) cannot wake the
+/// sleeper (in-process channels can: [`crate::channel`]): then the descriptors are only looked at (`ppoll` with a
 /// zero timeout) and the caller comes back at once. That is a spin, as it
 /// always was here (the 200 µs cap this had was rounded down to 0 ms by
 /// `poll(2)`); sleeping instead would add the sleep to every hop of a

@@ -63,6 +63,33 @@ pub struct ChainDescriptor {
     /// overrides it field by field for the worker that runs the NF.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sched: Option<SchedDecl>,
+    /// How a live chain's user-space NFs are spread over worker threads
+    /// when braidd runs it (default `thread`: one worker for all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<WorkerMapping>,
+}
+
+/// `mapping:` of a chain: the worker threads its NFs run on when braidd
+/// runs it (`braid run` takes `--mapping` from its command line instead).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerMapping {
+    /// Every NF on one worker thread.
+    #[default]
+    Thread,
+    /// One worker thread per NF, neighbours joined by in-process channels
+    /// (as `braid run --mapping threads`).
+    Threads,
+}
+
+impl WorkerMapping {
+    /// The word in a descriptor.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerMapping::Thread => "thread",
+            WorkerMapping::Threads => "threads",
+        }
+    }
 }
 
 /// `sched:` of the chain or of an NF: how the worker thread (or process)

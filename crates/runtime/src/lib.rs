@@ -47,5 +47,5 @@ pub mod validate;
 pub use chain::{Chain, ChainBuildError, ChainMonitor, ChainSnapshot, Stage, StageSnapshot};
 pub use descriptor::{
     CaptureFileFormat, ChainDescriptor, MemoryPortDecl, NfDecl, PcapPortDecl, PlacementChoice,
-    PolicyDecl, PortDecl, SchedDecl,
+    PolicyDecl, PortDecl, SchedDecl, WorkerMapping,
 };

@@ -122,20 +122,41 @@ pub enum LiveState {
     Stopped,
 }
 
-/// The worker thread, or how it ended.
+/// One worker thread of a live chain, or how it ended.
 enum Thread {
     Running(JoinHandle<WorkerReport>),
-    Ended(Box<RunReport>),
-    Taken,
+    Ended(Box<WorkerReport>),
 }
 
-/// A chain running on its own worker thread between two live ports.
-/// Dropping it stops the worker.
+/// The chain's worker threads, in chain order, and whether
+/// [`LiveChain::stop`] was called.
+struct Threads {
+    units: Vec<Thread>,
+    stopped: bool,
+}
+
+/// One worker of a live chain: its name, the NFs it runs (indices into
+/// the descriptor's `nfs`) and its control handle.
+struct Unit {
+    nfs: Vec<usize>,
+    handle: WorkerHandle,
+}
+
+/// Packets in flight per channel between two workers of a live chain (a
+/// direction): like a NIC's receive queue, what does not fit is dropped
+/// and counted (`tx_dropped` of the channel port).
+pub const LIVE_CHANNEL_CAPACITY: usize = 4096;
+
+/// A chain running on its own worker thread(s) between two live ports:
+/// one worker for every NF (`mapping: thread`, the default), or one per
+/// NF joined by in-process channels (`mapping: threads`), the first
+/// owning the `in` port and the last the `out` port. Dropping it stops
+/// the workers.
 pub struct LiveChain {
     name: String,
     descriptor: Mutex<ChainDescriptor>,
-    handle: WorkerHandle,
-    thread: Mutex<Thread>,
+    units: Vec<Unit>,
+    threads: Mutex<Threads>,
     control_timeout: Duration,
     started: Instant,
     /// What it was started with (the defaults a `sched` change resolves
@@ -143,17 +164,31 @@ pub struct LiveChain {
     start_opts: StartOptions,
 }
 
-/// The settings of a live chain's one worker: the descriptor's `sched`
-/// (the chain's block overridden by its NFs', which must agree) over the
-/// start options' idle policy and the chain's batch size; the start
-/// options' CPUs and policy when the descriptor sets none of them.
-pub fn worker_settings(
+/// How `d`'s NFs are spread over worker threads: (worker name, NF
+/// indices) in chain order. One worker named after the chain, unless the
+/// descriptor says `mapping: threads` and has more than one NF: then a
+/// worker per NF, named `CHAIN/NF`.
+pub fn units(d: &ChainDescriptor) -> Vec<(String, Vec<usize>)> {
+    if d.mapping == Some(crate::descriptor::WorkerMapping::Threads) && d.nfs.len() > 1 {
+        d.nfs.iter().enumerate().map(|(i, n)| (format!("{}/{}", d.name, n.name), vec![i])).collect()
+    } else {
+        vec![(d.name.clone(), (0..d.nfs.len()).collect())]
+    }
+}
+
+/// The settings of the worker `name` running NFs `nfs` of `d`: the
+/// descriptor's `sched` (the chain's block overridden by those NFs', which
+/// must agree) over the start options' idle policy and the chain's batch
+/// size; the start options' CPUs and policy when the descriptor sets none
+/// of them.
+fn unit_settings(
     d: &ChainDescriptor,
     opts: &StartOptions,
+    name: &str,
+    nfs: &[usize],
 ) -> Result<crate::coordinator::WorkerSettings, crate::coordinator::CoordError> {
-    let all: Vec<usize> = (0..d.nfs.len()).collect();
-    let decl = crate::coordinator::unit_decl(d, &d.name, &all)?;
-    let mut s = crate::coordinator::to_settings(&d.name, &decl, opts.idle, d.batch_size)?;
+    let decl = crate::coordinator::unit_decl(d, name, nfs)?;
+    let mut s = crate::coordinator::to_settings(name, &decl, opts.idle, d.batch_size)?;
     if decl.cpus.is_none()
         && decl.policy.is_none()
         && decl.nice.is_none()
@@ -162,6 +197,15 @@ pub fn worker_settings(
         s.sched = opts.sched.clone();
     }
     Ok(s)
+}
+
+/// The settings of every worker of a live chain `d` ([`units`]), in chain
+/// order (see [`unit_settings`] for how each is resolved).
+pub fn worker_settings(
+    d: &ChainDescriptor,
+    opts: &StartOptions,
+) -> Result<Vec<crate::coordinator::WorkerSettings>, crate::coordinator::CoordError> {
+    units(d).iter().map(|(name, nfs)| unit_settings(d, opts, name, nfs)).collect()
 }
 
 impl std::fmt::Debug for LiveChain {
@@ -271,19 +315,19 @@ pub fn check_ports(d: &ChainDescriptor) -> Result<(), LiveError> {
 }
 
 impl LiveChain {
-    /// Open `d`'s `in` and `out` ports and start its NFs on a new worker
-    /// thread (named after the chain): what `in` receives crosses the chain
-    /// downstream and leaves by `out`, what `out` receives crosses it
-    /// upstream and leaves by `in`. Nothing runs and nothing stays open if
-    /// this fails.
+    /// Open `d`'s `in` and `out` ports and start its NFs on new worker
+    /// threads ([`units`]; each named after its worker): what `in`
+    /// receives crosses the chain downstream and leaves by `out`, what
+    /// `out` receives crosses it upstream and leaves by `in`. Nothing runs
+    /// and nothing stays open if this fails.
     pub fn start(d: &ChainDescriptor, opts: StartOptions) -> Result<LiveChain, LiveError> {
         check_ports(d)?;
         let chain = || d.name.clone();
-        // The descriptor's `sched` (chain and NFs, one worker): resolved,
+        // The descriptor's `sched` (chain and NFs, per worker): resolved,
         // refused if it would starve the machine, and tried on a probe
         // thread before anything opens.
         let settings = worker_settings(d, &opts)
-            .and_then(|s| crate::coordinator::prepare(std::slice::from_ref(&s)).map(|()| s))
+            .and_then(|s| crate::coordinator::prepare(&s).map(|()| s))
             .map_err(|source| LiveError::Sched { chain: chain(), source })?;
         let nfs = crate::chain::build_nfs(d)
             .map_err(|source| LiveError::Build { chain: chain(), source })?;
@@ -320,42 +364,99 @@ impl LiveChain {
                 }
             }
         }
-        let mut graph = Graph::chain(nfs, 2 + more.len(), 0, 1).expect("a chain's links fit");
-        for (k, (name, _)) in extra.iter().enumerate().map(|(i, e)| (i + 2, e)) {
-            graph.link(0, k as u16, braid_dataplane::Endpoint::Port(k)).map_err(|e| {
-                LiveError::ExtraPort { chain: chain(), port: name.clone(), why: e.to_string() }
-            })?;
-        }
-        let entries = [graph.entry(0, 1), graph.entry(1, 0)];
-        let mut cfg = WorkerConfig::new(d.name.clone());
-        cfg.batch_size = settings.batch_size.clamp(1, MAX_BATCH_SIZE);
-        cfg.tick_interval = TICK_INTERVAL;
-        cfg.idle = settings.idle;
-        cfg.adapt = settings.adapt_config();
-        cfg.sched = settings.sched;
         let worker_err = |source| LiveError::Worker { chain: chain(), source };
-        let (mut w, handle) = Worker::new(cfg, graph).map_err(worker_err)?;
-        w.add_port(client, Some(entries[0])).map_err(worker_err)?;
-        w.add_port(server, Some(entries[1])).map_err(worker_err)?;
-        for (i, p) in more.into_iter().enumerate() {
-            let gate = braid_dataplane::Endpoint::Stage { stage: 0, gate: (i + 2) as u16 };
-            w.add_port(p, Some(gate)).map_err(worker_err)?;
+        let plan = units(d);
+        // Every worker is built (ports added) before any thread starts.
+        let mut workers: Vec<(Worker<'static>, WorkerHandle)> = Vec::with_capacity(plan.len());
+        let mut nfs = nfs.into_iter();
+        let mut up: Option<Box<dyn Port>> = Some(client);
+        let mut server = Some(server);
+        let last = plan.len() - 1;
+        for (k, ((_, unit_nfs), s)) in plan.iter().zip(&settings).enumerate() {
+            let (down, next_up): (Box<dyn Port>, Option<Box<dyn Port>>) = match server.take() {
+                Some(out) if k == last => (out, None),
+                kept => {
+                    server = kept;
+                    let (a, b) = braid_io::channel::channel_pair(
+                        &format!("{}-{k}", d.name),
+                        LIVE_CHANNEL_CAPACITY,
+                    );
+                    (Box::new(a), Some(Box::new(b)))
+                }
+            };
+            let own: Vec<_> = nfs.by_ref().take(unit_nfs.len()).collect();
+            let mut graph = Graph::chain(own, 2 + more.len(), 0, 1).expect("a chain's links fit");
+            for (k, (name, _)) in extra.iter().enumerate().map(|(i, e)| (i + 2, e)) {
+                graph.link(0, k as u16, braid_dataplane::Endpoint::Port(k)).map_err(|e| {
+                    LiveError::ExtraPort { chain: chain(), port: name.clone(), why: e.to_string() }
+                })?;
+            }
+            let entries = [graph.entry(0, 1), graph.entry(1, 0)];
+            let mut cfg = WorkerConfig::new(s.name.clone());
+            cfg.batch_size = s.batch_size.clamp(1, MAX_BATCH_SIZE);
+            cfg.tick_interval = TICK_INTERVAL;
+            cfg.idle = s.idle;
+            cfg.adapt = s.adapt_config();
+            cfg.sched = s.sched.clone();
+            let (mut w, handle) = Worker::new(cfg, graph).map_err(worker_err)?;
+            let first = up.take().expect("each worker takes the previous one's channel end");
+            w.add_port(first, Some(entries[0])).map_err(worker_err)?;
+            w.add_port(down, Some(entries[1])).map_err(worker_err)?;
+            // Gate ports: only with one switch NF, so one worker.
+            for (i, p) in std::mem::take(&mut more).into_iter().enumerate() {
+                let gate = braid_dataplane::Endpoint::Stage { stage: 0, gate: (i + 2) as u16 };
+                w.add_port(p, Some(gate)).map_err(worker_err)?;
+            }
+            up = next_up;
+            workers.push((w, handle));
         }
-        let thread = w.spawn().map_err(|source| LiveError::Thread { chain: chain(), source })?;
+        let mut units = Vec::with_capacity(workers.len());
+        let mut threads = Vec::with_capacity(workers.len());
+        for ((w, handle), (_, unit_nfs)) in workers.into_iter().zip(plan) {
+            match w.spawn() {
+                Ok(t) => {
+                    threads.push(Thread::Running(t));
+                    units.push(Unit { nfs: unit_nfs, handle });
+                }
+                Err(source) => {
+                    // Stop what already runs; the rest is dropped unstarted.
+                    for (u, t) in units.iter().zip(threads) {
+                        let _ = u.handle.request(Command::Stop, opts.control_timeout);
+                        if let Thread::Running(t) = t {
+                            let _ = t.join();
+                        }
+                    }
+                    return Err(LiveError::Thread { chain: chain(), source });
+                }
+            }
+        }
         Ok(LiveChain {
             name: d.name.clone(),
             descriptor: Mutex::new(d.clone()),
-            handle,
-            thread: Mutex::new(Thread::Running(thread)),
+            units,
+            threads: Mutex::new(Threads { units: threads, stopped: false }),
             control_timeout: opts.control_timeout,
             started: Instant::now(),
             start_opts: opts,
         })
     }
 
-    /// The chain's worker (for a capture tap, `braid capture --chain`).
+    /// The chain's first worker: the one that owns the `in` port (with
+    /// `mapping: thread`, the only one).
     pub fn worker(&self) -> &WorkerHandle {
-        &self.handle
+        &self.units[0].handle
+    }
+
+    /// Every worker, in chain order.
+    pub fn workers(&self) -> Vec<&WorkerHandle> {
+        self.units.iter().map(|u| &u.handle).collect()
+    }
+
+    /// The worker that runs NF `nf` (for a capture tap on it, a live
+    /// change); None for an unknown NF.
+    pub fn worker_of(&self, nf: &str) -> Option<&WorkerHandle> {
+        let i = lock(&self.descriptor).nfs.iter().position(|n| n.name == nf)?;
+        self.units.iter().find(|u| u.nfs.contains(&i)).map(|u| &u.handle)
     }
 
     /// The chain's name.
@@ -373,81 +474,137 @@ impl LiveChain {
         self.started.elapsed()
     }
 
-    /// Every counter as last published (per NF stage, per port, the loop),
-    /// read without locks on the dataplane and without disturbing it.
+    /// Every counter as last published, read without locks on the
+    /// dataplane and without disturbing it: with one worker, its
+    /// snapshot; with several, one snapshot named after the chain with
+    /// every worker's stages and ports in chain order (the channels
+    /// between workers too) and their loop counters added up
+    /// ([`LiveChain::worker_snapshots`] has them one by one).
     pub fn snapshot(&self) -> WorkerSnapshot {
-        self.handle.snapshot()
+        if self.units.len() == 1 {
+            return self.units[0].handle.snapshot();
+        }
+        let mut all = WorkerSnapshot { worker: self.name.clone(), ..WorkerSnapshot::default() };
+        for s in self.worker_snapshots() {
+            all.taken_ns = all.taken_ns.max(s.taken_ns);
+            all.stages.extend(s.stages);
+            all.ports.extend(s.ports);
+            let (a, l) = (&mut all.looped, s.looped);
+            a.turns += l.turns;
+            a.idle_turns += l.idle_turns;
+            a.sleeps += l.sleeps;
+            a.control_messages += l.control_messages;
+            a.ticks += l.ticks;
+        }
+        all
     }
 
-    /// The shared telemetry record, for readers that keep it.
+    /// Each worker's counters as last published, in chain order.
+    pub fn worker_snapshots(&self) -> Vec<WorkerSnapshot> {
+        self.units.iter().map(|u| u.handle.snapshot()).collect()
+    }
+
+    /// The first worker's shared telemetry record.
     pub fn telemetry(&self) -> Arc<WorkerTelemetry> {
-        self.handle.telemetry()
+        self.units[0].handle.telemetry()
     }
 
-    /// Whether the worker runs, stopped by itself (with its error), or was
-    /// stopped.
+    /// Every worker's shared telemetry record, in chain order.
+    pub fn telemetries(&self) -> Vec<Arc<WorkerTelemetry>> {
+        self.units.iter().map(|u| u.handle.telemetry()).collect()
+    }
+
+    /// Whether every worker runs, one stopped by itself (with its error),
+    /// or the chain was stopped.
     pub fn state(&self) -> LiveState {
-        let mut t = lock(&self.thread);
-        if let Thread::Running(h) = &*t {
-            if !h.is_finished() {
-                return LiveState::Running;
+        let mut t = lock(&self.threads);
+        for (u, slot) in self.units.iter().zip(t.units.iter_mut()) {
+            if matches!(slot, Thread::Running(h) if h.is_finished()) {
+                let Thread::Running(h) =
+                    std::mem::replace(slot, Thread::Ended(Box::new(self.lost_report(&u.handle))))
+                else {
+                    unreachable!("matched above")
+                };
+                *slot = Thread::Ended(Box::new(self.join(&u.handle, h)));
             }
-            let Thread::Running(h) = std::mem::replace(&mut *t, Thread::Taken) else {
-                unreachable!("matched above")
-            };
-            *t = Thread::Ended(Box::new(self.report(h)));
         }
-        match &*t {
-            Thread::Running(_) => LiveState::Running,
-            Thread::Ended(r) => LiveState::Exited(r.error.as_ref().map(|e| e.to_string())),
-            Thread::Taken => LiveState::Stopped,
+        if t.stopped {
+            return LiveState::Stopped;
+        }
+        let mut exited = None;
+        for slot in &t.units {
+            if let Thread::Ended(r) = slot {
+                let e = r.error.as_ref().map(|e| e.to_string());
+                if exited.as_ref().is_none_or(|x: &Option<String>| x.is_none()) {
+                    exited = Some(e);
+                }
+            }
+        }
+        match exited {
+            Some(e) => LiveState::Exited(e),
+            None => LiveState::Running,
         }
     }
 
-    fn report(&self, h: JoinHandle<WorkerReport>) -> RunReport {
-        let r = match h.join() {
-            Ok(r) => r,
-            // The worker's NFs and ports do not panic on any input; if one
-            // did, its counters are still readable from the telemetry.
-            Err(_) => WorkerReport {
-                snapshot: self.handle.snapshot(),
-                ports: Vec::new(),
-                elapsed: self.started.elapsed(),
-                error: None,
-                disconnects: 0,
-                adaptations: Vec::new(),
-            },
-        };
-        let port = |i: usize| r.ports.get(i).copied().unwrap_or_default();
+    /// What is known of a worker whose thread cannot be joined: its last
+    /// published counters.
+    fn lost_report(&self, handle: &WorkerHandle) -> WorkerReport {
+        WorkerReport {
+            snapshot: handle.snapshot(),
+            ports: Vec::new(),
+            elapsed: self.started.elapsed(),
+            error: None,
+            disconnects: 0,
+            adaptations: Vec::new(),
+        }
+    }
+
+    fn join(&self, handle: &WorkerHandle, h: JoinHandle<WorkerReport>) -> WorkerReport {
+        // The worker's NFs and ports do not panic on any input; if one
+        // did, its counters are still readable from the telemetry.
+        h.join().unwrap_or_else(|_| self.lost_report(handle))
+    }
+
+    /// The chain's report from its workers' (in chain order): every stage,
+    /// `in`'s and `out`'s counters, the first error.
+    fn report(&self, reports: &[&WorkerReport]) -> RunReport {
+        let first = reports.first().and_then(|r| r.ports.first()).copied();
+        let last = reports.last().and_then(|r| r.ports.get(1)).copied();
         RunReport {
             chain: ChainSnapshot {
                 chain: self.name.clone(),
-                taken_ns: r.snapshot.taken_ns,
-                stages: r.snapshot.stages.clone(),
+                taken_ns: reports.iter().map(|r| r.snapshot.taken_ns).max().unwrap_or(0),
+                stages: reports.iter().flat_map(|r| r.snapshot.stages.clone()).collect(),
             },
-            input: port(0),
-            output: port(1),
-            elapsed: r.elapsed,
-            error: r.error,
+            input: first.unwrap_or_default(),
+            output: last.unwrap_or_default(),
+            elapsed: reports.iter().map(|r| r.elapsed).max().unwrap_or_default(),
+            error: None,
         }
     }
 
-    /// Replace NF `nf`'s parameters while the chain runs: the worker builds
-    /// a new instance, moves the running state over and swaps it in between
-    /// two batches. Refused (and nothing changed) when the parameters are
-    /// invalid or the state does not fit.
-    pub fn reconfigure(&self, nf: &str, params: braid_nf::Params) -> Result<(), LiveError> {
-        let index = {
-            let d = lock(&self.descriptor);
+    /// The worker of NF `nf` and the NF's index, or `UnknownNf`.
+    fn unit_of(&self, nf: &str) -> Result<(usize, &Unit), LiveError> {
+        let d = lock(&self.descriptor);
+        let index =
             d.nfs.iter().position(|n| n.name == nf).ok_or_else(|| LiveError::UnknownNf {
                 chain: self.name.clone(),
                 nf: nf.to_string(),
                 known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
-            })?
-        };
+            })?;
+        let unit = self.units.iter().find(|u| u.nfs.contains(&index)).unwrap_or(&self.units[0]);
+        Ok((index, unit))
+    }
+
+    /// Replace NF `nf`'s parameters while the chain runs: the NF's worker
+    /// builds a new instance, moves the running state over and swaps it
+    /// in between two batches. Refused (and nothing changed) when the
+    /// parameters are invalid or the state does not fit.
+    pub fn reconfigure(&self, nf: &str, params: braid_nf::Params) -> Result<(), LiveError> {
+        let (index, unit) = self.unit_of(nf)?;
         let control = |source| LiveError::Control { chain: self.name.clone(), source };
         let command = Command::Reconfigure { stage: nf.to_string(), params: params.clone() };
-        match self.handle.request(command, self.control_timeout).map_err(control)? {
+        match unit.handle.request(command, self.control_timeout).map_err(control)? {
             Reply::Done => {}
             _ => return Err(control(ControlError::Unexpected("Reconfigure".into()))),
         }
@@ -455,34 +612,31 @@ impl LiveChain {
         Ok(())
     }
 
-    /// Change the scheduling of the worker that runs NF `nf` (every NF of
-    /// the chain: one worker) live: `sched` becomes the NF's `sched` block,
-    /// the worker's settings are resolved from the whole descriptor as at
-    /// start (the chain's block, overridden by the NFs'), refused if they
-    /// conflict, would starve the machine (real-time busy polling on every
-    /// CPU, together with `others`: the settings of the host's other
-    /// workers) or are invalid, and then sent to the worker (`SetSched`), which
-    /// checks and applies them between two batches and puts its thread
-    /// back if the kernel refuses any part. Nothing changes on a refusal.
-    /// The worker's resolved settings.
+    /// Change the scheduling of the worker that runs NF `nf` live:
+    /// `sched` becomes the NF's `sched` block, the worker's settings are
+    /// resolved from the whole descriptor as at start (the chain's block,
+    /// overridden by its NFs'), refused if they conflict, would starve
+    /// the machine (real-time busy polling on every CPU, together with
+    /// `others`: the settings of the host's other workers) or are
+    /// invalid, and then sent to the worker (`SetSched`), which checks
+    /// and applies them between two batches and puts its thread back if
+    /// the kernel refuses any part. Nothing changes on a refusal. The
+    /// worker's resolved settings.
     pub fn set_sched(
         &self,
         nf: &str,
         sched: Option<crate::descriptor::SchedDecl>,
         others: &[crate::coordinator::WorkerSettings],
     ) -> Result<crate::coordinator::WorkerSettings, LiveError> {
+        let (index, unit) = self.unit_of(nf)?;
         let mut d = self.descriptor();
-        let index =
-            d.nfs.iter().position(|n| n.name == nf).ok_or_else(|| LiveError::UnknownNf {
-                chain: self.name.clone(),
-                nf: nf.to_string(),
-                known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
-            })?;
         d.nfs[index].sched = sched.filter(|s| !s.is_empty());
         let sched_err = |source| LiveError::Sched { chain: self.name.clone(), source };
-        let settings = worker_settings(&d, &self.start_opts).map_err(sched_err)?;
+        let all_own = worker_settings(&d, &self.start_opts).map_err(sched_err)?;
+        let k = self.units.iter().position(|u| std::ptr::eq(u, unit)).unwrap_or(0);
+        let settings = all_own[k].clone();
         let mut all = others.to_vec();
-        all.push(settings.clone());
+        all.extend(all_own);
         crate::coordinator::check_starvation(&all, &crate::coordinator::online_cpus())
             .map_err(sched_err)?;
         let change = braid_dataplane::SchedChange {
@@ -492,24 +646,24 @@ impl LiveChain {
             adapt: Some(settings.adapt_config()),
         };
         let control = |source| LiveError::Control { chain: self.name.clone(), source };
-        self.handle.set_sched(change).map_err(control)?;
+        unit.handle.set_sched(change).map_err(control)?;
         lock(&self.descriptor).nfs[index].sched = d.nfs[index].sched.clone();
         Ok(settings)
     }
 
-    /// The settings its worker runs with now (as resolved from the
-    /// descriptor with every accepted change).
-    pub fn settings(&self) -> Result<crate::coordinator::WorkerSettings, LiveError> {
+    /// The settings its workers run with now (as resolved from the
+    /// descriptor with every accepted change), in chain order.
+    pub fn settings(&self) -> Result<Vec<crate::coordinator::WorkerSettings>, LiveError> {
         worker_settings(&self.descriptor(), &self.start_opts)
             .map_err(|source| LiveError::Sched { chain: self.name.clone(), source })
     }
 
-    /// The worker's thread id, once its loop runs.
+    /// The first worker's thread id, once its loop runs.
     pub fn tid(&self) -> Option<u32> {
-        self.handle.telemetry().os().tid()
+        self.telemetry().os().tid()
     }
 
-    /// The state of every NF that keeps some, exported by the worker
+    /// The state of every NF that keeps some, exported by its worker
     /// between two batches (a consistent copy per NF).
     pub fn export_states(&self) -> Result<Vec<(String, braid_nf::NfState)>, LiveError> {
         let control = |source| LiveError::Control { chain: self.name.clone(), source };
@@ -517,8 +671,9 @@ impl LiveChain {
             lock(&self.descriptor).nfs.iter().map(|n| n.name.clone()).collect();
         let mut out = Vec::new();
         for nf in names {
+            let (_, unit) = self.unit_of(&nf)?;
             let command = Command::ExportState { stage: nf.clone() };
-            match self.handle.request(command, self.control_timeout).map_err(control)? {
+            match unit.handle.request(command, self.control_timeout).map_err(control)? {
                 Reply::State(Some(state)) => out.push((nf, state)),
                 Reply::State(None) => {}
                 _ => return Err(control(ControlError::Unexpected("ExportState".into()))),
@@ -533,8 +688,9 @@ impl LiveChain {
     pub fn import_states(&self, states: Vec<(String, braid_nf::NfState)>) -> Result<(), LiveError> {
         let control = |source| LiveError::Control { chain: self.name.clone(), source };
         for (nf, state) in states {
+            let (_, unit) = self.unit_of(&nf)?;
             let command = Command::ImportState { stage: nf, state };
-            match self.handle.request(command, self.control_timeout).map_err(control)? {
+            match unit.handle.request(command, self.control_timeout).map_err(control)? {
                 Reply::Done => {}
                 _ => return Err(control(ControlError::Unexpected("ImportState".into()))),
             }
@@ -542,49 +698,102 @@ impl LiveChain {
         Ok(())
     }
 
+    fn drain(&self, unit: &Unit) -> Result<u64, LiveError> {
+        let control = |source| LiveError::Control { chain: self.name.clone(), source };
+        match unit.handle.request(Command::Drain, self.control_timeout) {
+            Ok(Reply::Drained { packets }) => Ok(packets),
+            Ok(_) => Err(control(ControlError::Unexpected("Drain".into()))),
+            Err(e) => Err(control(e)),
+        }
+    }
+
     /// Prepare a planned stop so that a checkpoint taken next holds every
-    /// packet's effect: the worker processes everything waiting on its
-    /// inputs and pauses (`Drain`), and whatever its inputs receive from
-    /// then on is dropped before any NF sees it (counted `unconnected`),
-    /// so [`LiveChain::stop`] changes no NF's state. The packets drained.
+    /// packet's effect: each worker, in chain order, processes everything
+    /// waiting on its inputs and pauses (`Drain`), and whatever the `in`
+    /// and `out` ports receive from then on is dropped before any NF sees
+    /// it (counted `unconnected`), so [`LiveChain::stop`] changes no NF's
+    /// state. With several workers, what is still in the channels between
+    /// them is then carried through by more drains, downstream and back
+    /// upstream, until a round moves nothing (at most 8 rounds: under
+    /// traffic the dropped arrivals keep counting). The packets drained.
     pub fn quiesce(&self) -> Result<u64, LiveError> {
         let control = |source| LiveError::Control { chain: self.name.clone(), source };
-        let packets = match self.handle.request(Command::Drain, self.control_timeout) {
-            Ok(Reply::Drained { packets }) => packets,
-            Ok(_) => return Err(control(ControlError::Unexpected("Drain".into()))),
-            Err(e) => return Err(control(e)),
-        };
-        for port in [0, 1] {
-            let command = Command::Reroute {
-                stage: String::new(),
-                output: braid_dataplane::control::Output::PortRx(port),
-                to: braid_dataplane::Endpoint::Drop,
+        let last = self.units.len() - 1;
+        let mut packets = 0;
+        for (k, unit) in self.units.iter().enumerate() {
+            packets += self.drain(unit)?;
+            let live_ports = match (k == 0, k == last) {
+                (true, true) => &[0usize, 1][..],
+                (true, false) => &[0][..],
+                (false, true) => &[1][..],
+                (false, false) => &[][..],
             };
-            self.handle.request(command, self.control_timeout).map_err(control)?;
+            for &port in live_ports {
+                let command = Command::Reroute {
+                    stage: String::new(),
+                    output: braid_dataplane::control::Output::PortRx(port),
+                    to: braid_dataplane::Endpoint::Drop,
+                };
+                unit.handle.request(command, self.control_timeout).map_err(control)?;
+            }
+        }
+        if self.units.len() > 1 {
+            for _ in 0..8 {
+                let mut moved = 0;
+                for unit in self.units.iter().chain(self.units.iter().rev()) {
+                    moved += self.drain(unit)?;
+                }
+                packets += moved;
+                if moved == 0 {
+                    break;
+                }
+            }
         }
         Ok(packets)
     }
 
-    /// Stop the worker (it flushes what it holds and ticks a last time)
-    /// and return the final counters.
+    /// Stop the workers in chain order (each flushes what it holds into
+    /// the next, still running, and ticks a last time) and return the
+    /// final counters.
     pub fn stop(&self) -> Result<RunReport, LiveError> {
-        let mut t = lock(&self.thread);
-        match std::mem::replace(&mut *t, Thread::Taken) {
-            Thread::Running(h) => {
+        let mut t = lock(&self.threads);
+        if t.stopped {
+            return Err(LiveError::Stopped { chain: self.name.clone() });
+        }
+        for (u, slot) in self.units.iter().zip(t.units.iter_mut()) {
+            let Thread::Running(h) = slot else { continue };
+            if !h.is_finished() {
                 // `Gone` (it stopped meanwhile) counts as stopped.
-                let asked = self.handle.request(Command::Stop, self.control_timeout);
-                match asked {
-                    Ok(_) | Err(ControlError::Gone(_)) => Ok(self.report(h)),
+                match u.handle.request(Command::Stop, self.control_timeout) {
+                    Ok(_) | Err(ControlError::Gone(_)) => {}
+                    // It did not answer: keep the thread to try again.
                     Err(source) => {
-                        // It did not answer: keep the thread to try again.
-                        *t = Thread::Running(h);
-                        Err(LiveError::Control { chain: self.name.clone(), source })
+                        return Err(LiveError::Control { chain: self.name.clone(), source })
                     }
                 }
             }
-            Thread::Ended(r) => Ok(*r),
-            Thread::Taken => Err(LiveError::Stopped { chain: self.name.clone() }),
+            let Thread::Running(h) =
+                std::mem::replace(slot, Thread::Ended(Box::new(self.lost_report(&u.handle))))
+            else {
+                unreachable!("matched above")
+            };
+            *slot = Thread::Ended(Box::new(self.join(&u.handle, h)));
         }
+        t.stopped = true;
+        let reports: Vec<&WorkerReport> = t
+            .units
+            .iter()
+            .filter_map(|s| match s {
+                Thread::Ended(r) => Some(&**r),
+                Thread::Running(_) => None,
+            })
+            .collect();
+        let mut report = self.report(&reports);
+        report.error = t.units.iter_mut().find_map(|s| match s {
+            Thread::Ended(r) => r.error.take(),
+            Thread::Running(_) => None,
+        });
+        Ok(report)
     }
 }
 
@@ -667,5 +876,32 @@ mod tests {
         .unwrap();
         let e = LiveChain::start(&d, StartOptions::default()).unwrap_err().to_string();
         assert!(e.starts_with("chain `c`: ports.in: cannot open"), "{e}");
+    }
+
+    #[test]
+    fn mapping_threads_gives_a_worker_per_nf_and_a_bad_mapping_is_named() {
+        let check = |m: &str| {
+            crate::validate::validate_str(
+                "t.yaml",
+                &format!("name: c\n{m}nfs:\n  - {{ name: a, type: fwd }}\n  - {{ name: b, type: fwd }}\n"),
+            )
+        };
+        let d = check("mapping: threads\n").descriptor.unwrap();
+        assert_eq!(units(&d), vec![("c/a".to_string(), vec![0]), ("c/b".to_string(), vec![1])]);
+        let settings = worker_settings(&d, &StartOptions::default()).unwrap();
+        assert_eq!(settings.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["c/a", "c/b"]);
+        // Round trip through the store's YAML keeps it.
+        assert_eq!(ChainDescriptor::from_yaml(&d.to_yaml()).unwrap().mapping, d.mapping);
+        for m in ["", "mapping: thread\n"] {
+            let d = check(m).descriptor.unwrap();
+            assert_eq!(units(&d), vec![("c".to_string(), vec![0, 1])]);
+        }
+        let r = check("mapping: processes\n");
+        assert!(r.descriptor.is_none());
+        let p = &r.problems[0];
+        assert_eq!(p.path, "mapping");
+        assert!(p.location.is_some_and(|l| l.line == 2), "{p}");
+        assert!(p.message.contains("mapping processes is not one"), "{p}");
+        assert!(p.help.as_deref().unwrap_or("").contains("threads (a worker per NF)"), "{p}");
     }
 }

@@ -210,7 +210,7 @@ fn unknown_field_name(msg: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
-const TOP_FIELDS: &[&str] = &["name", "batch_size", "ports", "nfs", "sched"];
+const TOP_FIELDS: &[&str] = &["name", "batch_size", "ports", "nfs", "sched", "mapping"];
 
 /// Validate descriptor `text` read from `file` (used only in messages);
 /// relative paths in it are taken from the current directory.
@@ -333,6 +333,27 @@ fn validate(file: &str, base: Option<&std::path::Path>, text: &str) -> Report {
         problems.is_empty().then_some(s)
     });
     let nfs = check_nfs(&mut ck, top.get("nfs"), parsed_sched.flatten().as_ref(), &online);
+    let mapping = match top.get("mapping") {
+        None => Some(None),
+        Some(v) if v.is_null() => Some(None),
+        Some(v) => {
+            match v.as_str() {
+                Some("thread") => Some(Some(crate::descriptor::WorkerMapping::Thread)),
+                Some("threads") => Some(Some(crate::descriptor::WorkerMapping::Threads)),
+                _ => {
+                    ck.at_value(
+                    "mapping",
+                    format!(
+                        "mapping {} is not one a live chain runs with",
+                        serde_yaml_ng::to_string(v).unwrap_or_default().trim()
+                    ),
+                    Some("thread (every NF on one worker, the default) or threads (a worker per NF)".into()),
+                );
+                    None
+                }
+            }
+        }
+    };
 
     // An integer too large for 64 bits was replaced for the parse (see
     // `parse_yaml`): report it, and not what the stand-in caused there.
@@ -341,11 +362,11 @@ fn validate(file: &str, base: Option<&std::path::Path>, text: &str) -> Report {
         let path = ck.spans.path_at(at).unwrap_or_default();
         ck.push(Some(at), &path, format!("integer {number} does not fit in 64 bits"), None);
     }
-    let descriptor = match (name, batch_size, ports, nfs, sched) {
-        (Some(name), Some(batch_size), Some(ports), Some(nfs), Some(sched))
+    let descriptor = match (name, batch_size, ports, nfs, sched, mapping) {
+        (Some(name), Some(batch_size), Some(ports), Some(nfs), Some(sched), Some(mapping))
             if ck.problems.is_empty() =>
         {
-            Some(ChainDescriptor { name, batch_size, ports, nfs, sched })
+            Some(ChainDescriptor { name, batch_size, ports, nfs, sched, mapping })
         }
         _ => None,
     };
