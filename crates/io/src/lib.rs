@@ -25,7 +25,6 @@ pub mod sleep;
 pub mod virtual_port;
 pub mod wait;
 pub mod xdp;
-#[allow(unsafe_code)] // poll(2), clock_gettime(2)
 pub mod xdp_tap;
 
 use braid_packet::Batch;

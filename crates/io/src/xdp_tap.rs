@@ -348,12 +348,8 @@ impl Hub {
     /// Wait until the ring has data or `timeout` passes.
     fn wait(&self, timeout: Duration) -> Result<(), XdpError> {
         let mut pfd =
-            libc::pollfd { fd: self.poll_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd on the stack for the duration of the
-        // call; the descriptor is owned by self, which is borrowed.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
+            [libc::pollfd { fd: self.poll_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        if crate::sleep::ppoll(&mut pfd, timeout) < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(XdpError::Kernel {
@@ -497,18 +493,17 @@ impl Drop for XdpTapReader {
     }
 }
 
-/// `CLOCK_REALTIME - CLOCK_MONOTONIC` in ns.
+/// `CLOCK_REALTIME - CLOCK_MONOTONIC` in ns (the ring's timestamps are
+/// `bpf_ktime_get_ns`, braid's monotonic clock).
 fn mono_to_real() -> i128 {
-    let read = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime writes one timespec we own; both clocks
-        // exist on every Linux.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    let real = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128)
     };
-    let m0 = read(libc::CLOCK_MONOTONIC);
-    let r = read(libc::CLOCK_REALTIME);
-    let m1 = read(libc::CLOCK_MONOTONIC);
+    let m0 = i128::from(braid_packet::clock::monotonic_ns());
+    let r = real();
+    let m1 = i128::from(braid_packet::clock::monotonic_ns());
     r - (m0 + m1) / 2
 }
 
