@@ -47,7 +47,9 @@ pub async fn capture(
     })?;
     let entry = s.daemon.get(&name)?;
     let handle = match (entry.live(), entry.state().0) {
-        (Some(l), "running") => l.worker().clone(),
+        // The worker that runs the NF (a threads chain has one per NF);
+        // an unknown NF goes to the first, which refuses it by name.
+        (Some(l), "running") => l.worker_of(&req.nf).unwrap_or(l.worker()).clone(),
         _ => return Err(OpError::NotRunning(name).into()),
     };
     let nf = req.nf.clone();

@@ -58,8 +58,10 @@ fn a_capture_through_braidd_streams_what_leaves_and_what_is_dropped() {
     let dir = TempDir::new("capture");
     let d = Braidd::start(dir.path(), Some(mid.name()), &[]);
     let c = d.client();
+    // A worker per NF (`mapping: threads`): the capture must reach `fw` on
+    // the second worker, not only what the first one runs.
     let yaml = format!(
-        "name: cap\nports:\n  in: {{ kind: af_packet, iface: {a1} }}\n  out: {{ kind: af_packet, iface: {b1} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ rules: [{{ action: allow, proto: udp, dst_ports: 9180 }}], default: drop }} }}\n"
+        "name: cap\nmapping: threads\nports:\n  in: {{ kind: af_packet, iface: {a1} }}\n  out: {{ kind: af_packet, iface: {b1} }}\nnfs:\n  - {{ name: pre, type: fwd }}\n  - {{ name: fw, type: firewall, params: {{ rules: [{{ action: allow, proto: udp, dst_ports: 9180 }}], default: drop }} }}\n"
     );
     assert_eq!(c.deploy(&yaml).unwrap()["state"], "running");
 
