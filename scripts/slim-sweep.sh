@@ -8,7 +8,9 @@
 #
 #   sudo scripts/slim-sweep.sh [--quick] [--nf firewall|nat] [--rate MBIT]
 #        [--reps N] [--flows N] [--loads 10,30,...] [--sizes 512,1400]
-#        [--modes statelet,duplicate,stop-copy,none] [--queue-ms MS] [--out DIR] [--bin DIR]
+#        [--modes statelet,statelet-nobp,duplicate,stop-copy,none] [--queue-ms MS] [--out DIR] [--bin DIR]
+#   (statelet-nobp: the statelet mode without the state stream's
+#   back-pressure, `braid migrate --no-backpressure`: the behaviour before it)
 #   sudo scripts/slim-sweep.sh --measure-link [--rates 10,20,40] [--sizes ...]
 #
 #                 ua ── (ai) hA: braidd A, chain `mig` (ao) ── da
@@ -265,7 +267,11 @@ for rep in $(seq 1 "$REPS"); do
                 # Fresh connections (idle timeouts) through A: the table holds FLOWS + 128.
                 ip netns exec $P-cl python3 "$PY" prefill --src 10.81.10.1 --dst 10.81.20.1:9 \
                     --count "$FLOWS" --pps "$(awk -v r="$RATE" 'BEGIN { p = r * 1e6 * 0.5 / (8 * 64); print (p > 20000 ? 20000 : p) }')"
-                mig="$BIN/braid migrate --socket $WORK/a/sock mig $NFNAME --to 10.81.30.2:9480 --switch $WORK/to-b.yaml --mode $mode --deploy-ports bi,bo --timeout-ms 20000 --json"
+                case $mode in
+                    statelet-nobp) how="--mode statelet --no-backpressure" ;;
+                    *) how="--mode $mode" ;;
+                esac
+                mig="$BIN/braid migrate --socket $WORK/a/sock mig $NFNAME --to 10.81.30.2:9480 --switch $WORK/to-b.yaml $how --deploy-ports bi,bo --timeout-ms 20000 --json"
                 meta="{\"nf\":\"$NF\",\"mode\":\"$mode\",\"load_pct\":$load,\"rep\":$rep,\"link_mbit\":$RATE}"
                 printf '[%d/%d %ds] rep %d %s B %s%% %s: ' $n $total $(( $(date +%s) - t_start )) "$rep" "$size" "$load" "$mode"
                 if [ "$mode" = none ]; then

@@ -20,6 +20,8 @@ pub mod netns;
 pub mod pcap;
 pub mod pcapng;
 pub mod shm;
+#[allow(unsafe_code)] // ioctl(SIOCOUTQ), getsockopt(TCP_INFO), setsockopt(SO_SNDBUF)
+pub mod tcp;
 #[allow(unsafe_code)] // ppoll(2)
 pub mod sleep;
 pub mod virtual_port;
