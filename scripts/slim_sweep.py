@@ -46,7 +46,8 @@ CSV_FIELDS = [
     "base_rtt_ms", "peak_rtt_ms", "peak_rtt_inc_ms",
     "outcome", "migration_ms", "until_switch_ms", "outage_ms", "state_bytes",
     "statelets", "chunks", "duplicated_packets", "packets_buffered",
-    "packets_dropped_at_destination", "in_flight_at_switch", "peak_in_flight", "error",
+    "packets_dropped_at_destination", "in_flight_at_switch", "peak_in_flight",
+    "bytes_at_switch", "changed_flows_sent", "error",
 ]
 # Modes in table order; `statelet-nobp` is the statelet mode with the state
 # stream's back-pressure off (`braid migrate --no-backpressure`): the
@@ -227,7 +228,8 @@ def run(args):
             row["outage_ms"] = round(res.get("total_ms", 0.0) - res.get("until_switch_ms", 0.0), 1)
             for k in ("state_bytes", "statelets", "chunks", "duplicated_packets",
                       "packets_buffered", "packets_dropped_at_destination",
-                      "in_flight_at_switch", "peak_in_flight"):
+                      "in_flight_at_switch", "peak_in_flight", "bytes_at_switch",
+                      "changed_flows_sent"):
                 row[k] = res.get(k, "")
         else:
             row["outcome"] = "failed"

@@ -884,6 +884,8 @@ pub fn migrate_chain_nf(
         "in_flight_at_switch": r.in_flight_at_switch,
         "in_flight_bound": r.in_flight_bound,
         "peak_in_flight": r.peak_in_flight,
+        "bytes_at_switch": r.bytes_at_switch,
+        "changed_flows_sent": r.changed_flows_sent,
         "installed": r.installed,
         "packets_buffered": r.peak_held,
         "packets_dropped_at_destination": r.dropped_held,

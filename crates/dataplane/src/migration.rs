@@ -90,7 +90,12 @@ pub enum StreamItem {
     /// Duplication baseline: copies of what port `port` received.
     Packets { port: usize, frames: Vec<Vec<u8>> },
     /// Every watched port brought its marker: nothing follows.
-    End { statelets: u64, chunks: u64 },
+    End {
+        statelets: u64,
+        chunks: u64,
+        /// Flows sent in change statelets (a flow sent twice counts twice).
+        flows: u64,
+    },
     /// The stream stopped without an end (it could not queue); the
     /// table stopped recording.
     Failed(String),
@@ -281,6 +286,8 @@ pub(crate) struct Streaming {
     pending: Vec<PartitionKey>,
     statelets: u64,
     chunks: u64,
+    /// Flows sent in change statelets so far.
+    flows_sent: u64,
     send_state: bool,
     scope: FlowScope,
     duplicate: bool,
@@ -352,6 +359,7 @@ impl Streaming {
             pending: Vec::new(),
             statelets: 0,
             chunks: 0,
+            flows_sent: 0,
             budget: req.budget.clamp(0.01, 1.0),
             started: Instant::now(),
             spent: Duration::ZERO,
@@ -434,6 +442,7 @@ impl Streaming {
             dedup_keys(&mut slice);
             let item = StreamItem::Statelet(fs.export_flows(&slice));
             note_size(&mut self.entry_bytes, &item, slice.len());
+            self.flows_sent += slice.len() as u64;
             room = room.saturating_sub(item.wire_bytes());
             items.push(item);
             self.statelets += 1;
@@ -442,9 +451,7 @@ impl Streaming {
             }
         }
         // Then the walk.
-        while !self.snapshot_done
-            && room > 0
-            && (finish || !over_budget(self.spent + t0.elapsed()))
+        while !self.snapshot_done && room > 0 && (finish || !over_budget(self.spent + t0.elapsed()))
         {
             let n = if finish { self.chunk } else { fit(room, self.chunk) };
             let item = match fs.export_from(&mut self.cursor, n) {
@@ -492,7 +499,11 @@ impl Streaming {
     pub fn step(&mut self, graph: &mut Graph) -> bool {
         let done = self.markers_seen_all();
         let r = self.emit(graph, done).and_then(|()| match done {
-            true => self.send(StreamItem::End { statelets: self.statelets, chunks: self.chunks }),
+            true => self.send(StreamItem::End {
+                statelets: self.statelets,
+                chunks: self.chunks,
+                flows: self.flows_sent,
+            }),
             false => Ok(()),
         });
         match r {
@@ -527,8 +538,7 @@ impl Streaming {
     }
 
     fn has_work(&self) -> bool {
-        self.send_state
-            && (!self.snapshot_done || !self.pending.is_empty() || self.backlog_now > 0)
+        self.send_state && (!self.snapshot_done || !self.pending.is_empty() || self.backlog_now > 0)
     }
 
     /// An idle turn: no traffic to protect, so the budget does not apply
@@ -591,8 +601,7 @@ impl Streaming {
 
 /// Keep the running mean of bytes per entry up to date.
 fn note_size(entry_bytes: &mut usize, item: &StreamItem, entries: usize) {
-    if entries > 0 {
-        let per = item.wire_bytes() / entries;
+    if let Some(per) = item.wire_bytes().checked_div(entries) {
         *entry_bytes = (*entry_bytes * 3 + per).div_ceil(4);
     }
 }

@@ -1,6 +1,6 @@
 //! What the kernel knows about a TCP connection's send side: the bytes
 //! still in its send queue (`SIOCOUTQ`), its delivery rate and round-trip
-//! times (`TCP_INFO`), and a fixed send buffer (`SO_SNDBUF`).
+//! times (`TCP_INFO`), and fixed socket buffers (`SO_SNDBUF`, `SO_RCVBUF`).
 //!
 //! The migration's state stream uses them for back-pressure: it queues
 //! new state only while few bytes are in flight on the connection, so
@@ -92,7 +92,8 @@ fn parse_tcp_info(b: &[u8]) -> TcpSendInfo {
         rtt_us: u32_at(OFF_RTT),
         min_rtt_us: u32_at(OFF_MIN_RTT),
         delivery_rate: u64_at(OFF_DELIVERY_RATE),
-        app_limited: b.get(OFF_APP_LIMITED).is_some_and(|x| x & 1 == 1) && b.len() > OFF_DELIVERY_RATE,
+        app_limited: b.get(OFF_APP_LIMITED).is_some_and(|x| x & 1 == 1)
+            && b.len() > OFF_DELIVERY_RATE,
         notsent_bytes: u32_at(OFF_NOTSENT),
     }
 }
@@ -132,6 +133,27 @@ pub fn set_send_buffer(sock: &impl AsRawFd, bytes: usize) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(usize::try_from(got).unwrap_or(0))
+}
+
+/// Set the socket's receive buffer (`SO_RCVBUF`; the kernel doubles it
+/// and stops autotuning it). On a listening socket, before connections
+/// come, it applies to them (their window is agreed at the handshake).
+pub fn set_recv_buffer(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the option value is one int read from `v`, alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -217,9 +217,18 @@ pub struct SourceReport {
     pub in_flight_at_switch: u64,
     /// The back-pressure bound then (bytes; 0: no back-pressure).
     pub in_flight_bound: u64,
-    /// The most bytes seen in flight at any time (in the socket's send
-    /// queue plus queued), sampled by the link's writer.
+    /// The most bytes seen in flight before the switch (queued, in the
+    /// socket's send queue or unacknowledged), sampled by the link's
+    /// writer at least every millisecond and after every write.
     pub peak_in_flight: u64,
+    /// Bytes written to the state link before the switch (what was
+    /// written after it, `bytes - bytes_at_switch`, and what was still in
+    /// flight then, `in_flight_at_switch`, had to cross while the
+    /// destination held the traffic).
+    pub bytes_at_switch: u64,
+    /// Flows sent in change statelets (each time a flow is sent counts;
+    /// snapshot chunks are not counted).
+    pub changed_flows_sent: u64,
     /// Bytes and frames sent on the state link.
     pub bytes: u64,
     pub frames: u64,
@@ -465,7 +474,10 @@ impl Run<'_> {
                 self.gate.set_bound(bound_for(self.opts, &info));
             }
         }
-        self.report.peak_in_flight = self.report.peak_in_flight.max(self.gate.in_flight() as u64);
+        if !self.switched {
+            self.report.peak_in_flight =
+                self.report.peak_in_flight.max(self.gate.in_flight() as u64);
+        }
     }
 
     /// Move the worker's stream items to the link and react to the
@@ -494,13 +506,13 @@ impl Run<'_> {
             if let (Some(asked), None) = (asked_at, switched_at) {
                 let backlog = self.backlog.load(Ordering::Relaxed);
                 let in_flight = self.gate.in_flight();
-                let drained =
-                    !self.switch_waits_for_bytes() || in_flight <= opts.switch_in_flight;
+                let drained = !self.switch_waits_for_bytes() || in_flight <= opts.switch_in_flight;
                 if (backlog < opts.switch_backlog && drained) || asked.elapsed() >= opts.switch_wait
                 {
                     self.report.until_switch = self.start.elapsed();
                     self.report.backlog_at_switch = backlog as u64;
                     self.report.in_flight_at_switch = in_flight as u64;
+                    self.report.bytes_at_switch = sent.bytes;
                     self.report.in_flight_bound =
                         if self.backpressure() { self.gate.bound() as u64 } else { 0 };
                     w.flush().map_err(wire::WireError::Io)?;
@@ -621,9 +633,10 @@ impl Run<'_> {
                 let m = Message::Packets { port: port as u16, frames };
                 wire::write_message(w, &m, sent)?;
             }
-            StreamItem::End { statelets, chunks } => {
+            StreamItem::End { statelets, chunks, flows } => {
                 self.streaming = false;
                 self.report.statelets = statelets;
+                self.report.changed_flows_sent = flows;
                 self.report.chunks = chunks;
                 if let Some(t) = switched_at {
                     self.report.drain = t.elapsed();
