@@ -282,6 +282,11 @@ for rep in $(seq 1 "$REPS"); do
                     --count "$FLOWS" --pps "$(awk -v r="$RATE" 'BEGIN { p = r * 1e6 * 0.5 / (8 * 64); print (p > 20000 ? 20000 : p) }')"
                 case $mode in
                     statelet-nobp) how="--mode statelet --no-backpressure" ;;
+                    # The duplication baseline runs as before the back-pressure
+                    # (braid turns it off for duplication: the copies keep the
+                    # link busy, the gate would only stall the walk); the
+                    # flag says so to a braid built before that.
+                    duplicate) how="--mode duplicate --no-backpressure" ;;
                     *) how="--mode $mode" ;;
                 esac
                 mig="$BIN/braid migrate --socket $WORK/a/sock mig $NFNAME --to 10.81.30.2:9480 --switch $WORK/to-b.yaml $how --deploy-ports bi,bo --timeout-ms 20000 --json"
