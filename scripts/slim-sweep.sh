@@ -8,7 +8,12 @@
 #
 #   sudo scripts/slim-sweep.sh [--quick] [--nf firewall|nat] [--rate MBIT]
 #        [--reps N] [--flows N] [--loads 10,30,...] [--sizes 512,1400]
-#        [--modes statelet,duplicate,stop-copy,none] [--queue-ms MS] [--out DIR] [--bin DIR]
+#        [--modes statelet,statelet-nobp,duplicate,stop-copy,none] [--queue-ms MS] [--out DIR] [--bin DIR]
+#        [--other-loads 50,70,...]
+#   (statelet-nobp: the statelet mode without the state stream's
+#   back-pressure, `braid migrate --no-backpressure`: the behaviour before it;
+#   --other-loads: the loads at which every mode but `statelet` runs,
+#   default all of --loads)
 #   sudo scripts/slim-sweep.sh --measure-link [--rates 10,20,40] [--sizes ...]
 #
 #                 ua ── (ai) hA: braidd A, chain `mig` (ao) ── da
@@ -36,6 +41,7 @@ FLOWS=10000
 LOADS=10,30,50,70,80,90,95
 SIZES=512,1400
 MODES=
+OTHER_LOADS=
 OUT=$HERE/../docs/migration
 MEASURE=0
 RATES=5,10,20,40,80
@@ -51,6 +57,7 @@ while [ $# -gt 0 ]; do
         --reps) REPS=$2; shift ;;
         --flows) FLOWS=$2; shift ;;
         --loads) LOADS=$2; shift ;;
+        --other-loads) OTHER_LOADS=$2; shift ;;
         --sizes) SIZES=$2; shift ;;
         --modes) MODES=$2; shift ;;
         --out) OUT=$2; shift ;;
@@ -248,8 +255,15 @@ CSV=$OUT/slim-sweep-$TAG.csv
 MODES_A=(${MODES//,/ })
 LOADS_A=(${LOADS//,/ })
 NM=${#MODES_A[@]}
-total=$((REPS * ${#LOADS_A[@]} * ${#SIZES_A[@]} * NM))
-echo "== SliM sweep: $NF, $FLOWS connections, link ${RATE} Mbit/s (delay line: 5 ms each way, queue $LIMIT packets), shared by data and state, modes $MODES, loads $LOADS %, sizes $SIZES B, $REPS repetitions: $total runs -> $CSV"
+# runs_at LOAD MODE: 0 when MODE skips LOAD (--other-loads)
+runs_at() {
+    [ "$2" = statelet ] || [ -z "$OTHER_LOADS" ] || case ",$OTHER_LOADS," in *",$1,"*) ;; *) return 1 ;; esac
+}
+total=0
+for load in "${LOADS_A[@]}"; do for mode in "${MODES_A[@]}"; do
+    if runs_at "$load" "$mode"; then total=$((total + REPS * ${#SIZES_A[@]})); fi
+done; done
+echo "== SliM sweep: $NF, $FLOWS connections, link ${RATE} Mbit/s (delay line: 5 ms each way, queue $LIMIT packets), shared by data and state, modes $MODES, loads $LOADS %${OTHER_LOADS:+ (modes other than statelet: $OTHER_LOADS %)}, sizes $SIZES B, $REPS repetitions: $total runs -> $CSV"
 n=0
 t_start=$(date +%s)
 for rep in $(seq 1 "$REPS"); do
@@ -261,11 +275,21 @@ for rep in $(seq 1 "$REPS"); do
         for load in "${LOADS_A[@]}"; do
             pps=$(awk -v r="$RATE" -v l="$load" -v s="$size" 'BEGIN { print r * 1e6 * l / 100 / (8 * s) }')
             for mode in "${rot[@]}"; do
+                runs_at "$load" "$mode" || continue
                 n=$((n + 1))
                 # Fresh connections (idle timeouts) through A: the table holds FLOWS + 128.
                 ip netns exec $P-cl python3 "$PY" prefill --src 10.81.10.1 --dst 10.81.20.1:9 \
                     --count "$FLOWS" --pps "$(awk -v r="$RATE" 'BEGIN { p = r * 1e6 * 0.5 / (8 * 64); print (p > 20000 ? 20000 : p) }')"
-                mig="$BIN/braid migrate --socket $WORK/a/sock mig $NFNAME --to 10.81.30.2:9480 --switch $WORK/to-b.yaml --mode $mode --deploy-ports bi,bo --timeout-ms 20000 --json"
+                case $mode in
+                    statelet-nobp) how="--mode statelet --no-backpressure" ;;
+                    # The duplication baseline runs as before the back-pressure
+                    # (braid turns it off for duplication: the copies keep the
+                    # link busy, the gate would only stall the walk); the
+                    # flag says so to a braid built before that.
+                    duplicate) how="--mode duplicate --no-backpressure" ;;
+                    *) how="--mode $mode" ;;
+                esac
+                mig="$BIN/braid migrate --socket $WORK/a/sock mig $NFNAME --to 10.81.30.2:9480 --switch $WORK/to-b.yaml $how --deploy-ports bi,bo --timeout-ms 20000 --json"
                 meta="{\"nf\":\"$NF\",\"mode\":\"$mode\",\"load_pct\":$load,\"rep\":$rep,\"link_mbit\":$RATE}"
                 printf '[%d/%d %ds] rep %d %s B %s%% %s: ' $n $total $(( $(date +%s) - t_start )) "$rep" "$size" "$load" "$mode"
                 if [ "$mode" = none ]; then

@@ -46,8 +46,13 @@ CSV_FIELDS = [
     "base_rtt_ms", "peak_rtt_ms", "peak_rtt_inc_ms",
     "outcome", "migration_ms", "until_switch_ms", "outage_ms", "state_bytes",
     "statelets", "chunks", "duplicated_packets", "packets_buffered",
-    "packets_dropped_at_destination", "error",
+    "packets_dropped_at_destination", "in_flight_at_switch", "peak_in_flight",
+    "bytes_at_switch", "changed_flows_sent", "error",
 ]
+# Modes in table order; `statelet-nobp` is the statelet mode with the state
+# stream's back-pressure off (`braid migrate --no-backpressure`): the
+# behaviour before it, interleaved in the same run for a before/after.
+MODE_ORDER = ["statelet", "statelet-nobp", "duplicate", "stop-copy", "none"]
 
 
 def prefill(args):
@@ -222,7 +227,9 @@ def run(args):
             row["until_switch_ms"] = round(res.get("until_switch_ms", 0.0), 1)
             row["outage_ms"] = round(res.get("total_ms", 0.0) - res.get("until_switch_ms", 0.0), 1)
             for k in ("state_bytes", "statelets", "chunks", "duplicated_packets",
-                      "packets_buffered", "packets_dropped_at_destination"):
+                      "packets_buffered", "packets_dropped_at_destination",
+                      "in_flight_at_switch", "peak_in_flight", "bytes_at_switch",
+                      "changed_flows_sent"):
                 row[k] = res.get(k, "")
         else:
             row["outcome"] = "failed"
@@ -252,7 +259,8 @@ METRICS = [
     ("state_bytes", "state bytes sent", "bytes"),
     ("packets_buffered", "peak packets buffered at the destination", "packets"),
 ]
-COLORS = {"statelet": "#1f77b4", "duplicate": "#d62728", "stop-copy": "#2ca02c"}
+COLORS = {"statelet": "#1f77b4", "statelet-nobp": "#9467bd", "duplicate": "#d62728",
+          "stop-copy": "#2ca02c"}
 DASH = {512: "", 1400: "6,3"}
 
 
@@ -350,8 +358,7 @@ def fmt(v):
 
 def table(rows):
     keys = sorted({(int(r["size"]), float(r["load_pct"]), r["mode"]) for r in rows},
-                  key=lambda k: (k[0], k[1], ["statelet", "duplicate", "stop-copy"].index(k[2])
-                                 if k[2] in ("statelet", "duplicate", "stop-copy") else 9))
+                  key=lambda k: (k[0], k[1], MODE_ORDER.index(k[2]) if k[2] in MODE_ORDER else 9))
     lines = ["| size B | load % | mode | runs | failed | lost packets | loss s | peak RTT inc ms | "
              "migration ms | outage ms | state bytes | held at B (peak) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -375,8 +382,7 @@ def table(rows):
 
 def compact(rows):
     """Medians per size and load, one cell per mode: lost / RTT+ / time / KB / held."""
-    modes = [m for m in ("statelet", "duplicate", "stop-copy", "none")
-             if any(r["mode"] == m for r in rows)]
+    modes = [m for m in MODE_ORDER if any(r["mode"] == m for r in rows)]
     pts = sorted({(int(r["size"]), float(r["load_pct"])) for r in rows})
     head = "| size B | load % | " + " | ".join(modes) + " |"
     lines = [head, "|" + "---|" * (2 + len(modes))]

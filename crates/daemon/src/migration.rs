@@ -136,6 +136,13 @@ pub struct MigrateRequest {
     /// (default 2000).
     #[serde(default)]
     pub marker_timeout_ms: Option<u64>,
+    /// Back-pressure on the state stream (default true): state is queued
+    /// only while few bytes are in flight on the state link, and the
+    /// switch waits for them (docs/migration.md, "Back-pressure"). false:
+    /// every worker turn sends and the kernel sizes the send buffer, as
+    /// before (for comparisons).
+    #[serde(default)]
+    pub backpressure: Option<bool>,
 }
 
 /// The destination's interfaces for a chain it deploys for a migration.
@@ -723,6 +730,7 @@ struct Plan {
     scope: FlowScope,
     timeout: Duration,
     marker_timeout: Duration,
+    backpressure: bool,
 }
 
 fn plan(req: &MigrateRequest) -> Result<Plan, String> {
@@ -760,6 +768,7 @@ fn plan(req: &MigrateRequest) -> Result<Plan, String> {
         scope,
         timeout: ms(req.timeout_ms, 5000, "timeout_ms")?,
         marker_timeout: ms(req.marker_timeout_ms, 2000, "marker_timeout_ms")?,
+        backpressure: req.backpressure.unwrap_or(true),
     })
 }
 
@@ -834,6 +843,11 @@ pub fn migrate_chain_nf(
         progress: Some(progress.clone()),
         ..SourceOptions::default()
     };
+    let opts = if p.backpressure {
+        opts
+    } else {
+        SourceOptions { in_flight_bdps: 0.0, send_buffer: 0, ..opts }
+    };
     let mut switch = RouteSwitch {
         spec: &req.switch,
         flows: req.flows.clone().unwrap_or_else(|| "all".into()),
@@ -867,6 +881,11 @@ pub fn migrate_chain_nf(
         "statelets": r.statelets,
         "duplicated_packets": r.duplicated,
         "backlog_at_switch": r.backlog_at_switch,
+        "in_flight_at_switch": r.in_flight_at_switch,
+        "in_flight_bound": r.in_flight_bound,
+        "peak_in_flight": r.peak_in_flight,
+        "bytes_at_switch": r.bytes_at_switch,
+        "changed_flows_sent": r.changed_flows_sent,
         "installed": r.installed,
         "packets_buffered": r.peak_held,
         "packets_dropped_at_destination": r.dropped_held,
@@ -1209,6 +1228,7 @@ mod tests {
             deploy: None,
             timeout_ms: None,
             marker_timeout_ms: None,
+            backpressure: None,
         }
         };
         let e = plan(&req("")).err().unwrap();

@@ -62,7 +62,9 @@ fn migrate_path() -> Value {
                         "description": "deploy the chain (empty) at the destination if it does not run it, on these interfaces",
                         "properties": { "in": { "type": "string" }, "out": { "type": "string" } } },
                     "timeout_ms": { "type": "integer", "minimum": 1 },
-                    "marker_timeout_ms": { "type": "integer", "minimum": 1 } } } } } },
+                    "marker_timeout_ms": { "type": "integer", "minimum": 1 },
+                    "backpressure": { "type": "boolean", "default": true,
+                        "description": "queue state only while few bytes are in flight on the state link, and switch when they are few (false: the behaviour before, for comparisons)" } } } } } },
             "responses": {
                 "200": { "description": "migrated: the summary (time, state bytes, statelets, packets buffered, outcome)",
                     "content": { "application/json": { "schema": { "type": "object" } } } },

@@ -90,10 +90,140 @@ pub enum StreamItem {
     /// Duplication baseline: copies of what port `port` received.
     Packets { port: usize, frames: Vec<Vec<u8>> },
     /// Every watched port brought its marker: nothing follows.
-    End { statelets: u64, chunks: u64 },
+    End {
+        statelets: u64,
+        chunks: u64,
+        /// Flows sent in change statelets (a flow sent twice counts twice).
+        flows: u64,
+    },
     /// The stream stopped without an end (it could not queue); the
     /// table stopped recording.
     Failed(String),
+}
+
+impl StreamItem {
+    /// About how many bytes this item takes on the state link (its
+    /// payload plus a frame's and a key's overhead): what the worker adds
+    /// to a [`LinkGate`]'s queued bytes and the link's writer takes off
+    /// again, so both must use this.
+    pub fn wire_bytes(&self) -> usize {
+        match self {
+            StreamItem::Statelet(s) => s.state.data.len() + 16 * s.keys.len() + 32,
+            StreamItem::Packets { frames, .. } => {
+                frames.iter().map(|f| f.len() + 8).sum::<usize>() + 16
+            }
+            StreamItem::SnapshotDone { .. } | StreamItem::End { .. } | StreamItem::Failed(_) => 32,
+        }
+    }
+}
+
+/// How often an idle worker looks at a closed [`LinkGate`] again (the
+/// gate opens as the peer acknowledges, which wakes nothing): at
+/// 10 Mbit/s, 1 ms is 1.25 KB of link.
+pub const LINK_POLL: Duration = Duration::from_millis(1);
+
+/// Back-pressure on a state stream, shared by the worker (which queues
+/// items) and the link's writer (which writes them to the socket and
+/// watches the socket's send queue).
+///
+/// The worker takes changed flows out of the NF's change record, and
+/// walks the next snapshot chunk, only while the bytes *in flight*
+/// (queued here and not yet written, plus written and not yet
+/// acknowledged by the peer: `SIOCOUTQ`) are below [`LinkGate::bound`].
+/// While the link is busy the changes stay in the record, where a flow
+/// changed a hundred times is still one entry: it is sent once, with its
+/// state as it is then. Without a gate every worker turn with budget
+/// would export the changed flows again and the copies would queue in
+/// the socket and on the link (docs/migration.md, "Back-pressure").
+#[derive(Debug)]
+pub struct LinkGate {
+    queued: AtomicUsize,
+    link: AtomicUsize,
+    bound: AtomicUsize,
+    hold_below: AtomicUsize,
+}
+
+impl LinkGate {
+    /// A gate letting `bound` bytes be in flight.
+    pub fn new(bound: usize) -> LinkGate {
+        LinkGate {
+            queued: AtomicUsize::new(0),
+            link: AtomicUsize::new(0),
+            bound: AtomicUsize::new(bound),
+            hold_below: AtomicUsize::new(0),
+        }
+    }
+
+    /// A gate that never closes (no back-pressure: every turn with budget
+    /// sends).
+    pub fn open() -> LinkGate {
+        LinkGate::new(usize::MAX)
+    }
+
+    /// Bytes between the worker and the peer: queued, plus in the
+    /// socket's send queue as last read.
+    pub fn in_flight(&self) -> usize {
+        self.queued.load(Ordering::Relaxed).saturating_add(self.link.load(Ordering::Relaxed))
+    }
+
+    /// Bytes queued by the worker and not yet written to the socket.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// How many bytes may be in flight.
+    pub fn bound(&self) -> usize {
+        self.bound.load(Ordering::Relaxed)
+    }
+
+    /// Set how many bytes may be in flight (the writer, from the link's
+    /// bandwidth-delay product).
+    pub fn set_bound(&self, bytes: usize) {
+        self.bound.store(bytes, Ordering::Relaxed);
+    }
+
+    /// What may still be queued now (0: wait for the link).
+    pub fn room(&self) -> usize {
+        self.bound().saturating_sub(self.in_flight())
+    }
+
+    /// The worker queued an item of `bytes` ([`StreamItem::wire_bytes`]).
+    pub fn add_queued(&self, bytes: usize) {
+        self.queued.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The writer wrote an item of `bytes` to the socket, whose send queue
+    /// now holds `link` bytes. (The send queue is updated first, so the
+    /// sum never misses the item in between.)
+    pub fn written(&self, bytes: usize, link: usize) {
+        self.link.store(link, Ordering::Relaxed);
+        self.unqueue(bytes);
+    }
+
+    fn unqueue(&self, bytes: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(bytes)));
+    }
+
+    /// The socket's send queue now holds `link` bytes (the writer, as the
+    /// peer acknowledges).
+    pub fn set_link(&self, link: usize) {
+        self.link.store(link, Ordering::Relaxed);
+    }
+
+    /// A switch waits for the bytes in flight to drain: from now on the
+    /// worker sends changed flows only while at least `flows` of them wait
+    /// (it must bring a large backlog down, but a small one is better
+    /// left to coalesce until the end). 0 ends this.
+    pub fn hold_changes_below(&self, flows: usize) {
+        self.hold_below.store(flows, Ordering::Relaxed);
+    }
+
+    fn holds(&self, backlog: usize) -> bool {
+        let h = self.hold_below.load(Ordering::Relaxed);
+        h > 0 && backlog < h
+    }
 }
 
 /// What [`crate::Command::StreamOut`] starts.
@@ -129,6 +259,10 @@ pub struct StreamOut {
     /// stream (the destination re-processes them, output suppressed). The
     /// snapshot walk still runs.
     pub duplicate: bool,
+    /// Back-pressure: changed flows and chunks are queued only while the
+    /// gate has room ([`LinkGate::open`]: always). Copied packets of the
+    /// duplication baseline are never held back, but count.
+    pub gate: Arc<LinkGate>,
 }
 
 impl std::fmt::Debug for StreamOut {
@@ -152,6 +286,8 @@ pub(crate) struct Streaming {
     pending: Vec<PartitionKey>,
     statelets: u64,
     chunks: u64,
+    /// Flows sent in change statelets so far.
+    flows_sent: u64,
     send_state: bool,
     scope: FlowScope,
     duplicate: bool,
@@ -165,6 +301,15 @@ pub(crate) struct Streaming {
     /// Flows waiting to be sent, published for the migration's controller
     /// (it switches when this is small).
     backlog: Arc<AtomicUsize>,
+    /// The changed flows waiting as of the last step.
+    backlog_now: usize,
+    /// The last step held the changes back for a switch (see
+    /// [`LinkGate::hold_changes_below`]).
+    holding: bool,
+    gate: Arc<LinkGate>,
+    /// Bytes per entry of the statelets made so far (a running mean), to
+    /// cut items to the room the gate has.
+    entry_bytes: usize,
 }
 
 /// Why a stream could not start.
@@ -214,30 +359,40 @@ impl Streaming {
             pending: Vec::new(),
             statelets: 0,
             chunks: 0,
+            flows_sent: 0,
             budget: req.budget.clamp(0.01, 1.0),
             started: Instant::now(),
             spent: Duration::ZERO,
             backlog: req.backlog,
+            backlog_now: 0,
+            holding: false,
+            gate: req.gate,
+            entry_bytes: 64,
         })
     }
 
     fn send(&self, item: StreamItem) -> Result<(), String> {
+        // Counted before it can be taken off the queue (and written).
+        let bytes = item.wire_bytes();
+        self.gate.add_queued(bytes);
         match self.sink.try_send(item) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                Err("the state stream's queue is full (the state link is slower than the changes)"
-                    .into())
+            Err(e) => {
+                self.gate.unqueue(bytes);
+                Err(match e {
+                    TrySendError::Full(_) => "the state stream's queue is full (the state link is slower than the changes)".into(),
+                    TrySendError::Disconnected(_) => "the state stream's reader has gone".into(),
+                })
             }
-            Err(TrySendError::Disconnected(_)) => Err("the state stream's reader has gone".into()),
         }
     }
 
-    /// Queue changed flows and walk chunks, within the CPU budget (all
-    /// that is left when `finish`). Over budget, nothing is done: the
-    /// changes stay recorded in the NF's table, each changed flow once
-    /// however often it changes, and are sent later, with their state as
-    /// it is then (still correct: a statelet carries the state when it is
-    /// made).
+    /// Queue changed flows and walk chunks, within the CPU budget and the
+    /// room the link's gate has (all that is left when `finish`). Over
+    /// budget or without room, nothing is done: the changes stay recorded
+    /// in the NF's table, each changed flow once however often it
+    /// changes, and are sent later, with their state as it is then (still
+    /// correct: a statelet carries the state when it is made).
     fn emit(&mut self, graph: &mut Graph, finish: bool) -> Result<(), String> {
         if !self.send_state {
             return Ok(());
@@ -256,7 +411,15 @@ impl Streaming {
             return Err("the stage's NF was replaced by one without per-flow state".into());
         };
         let scoped = self.scope != FlowScope::All;
-        if self.pending.is_empty() || finish {
+        let mut room = if finish { usize::MAX } else { self.gate.room() };
+        let waiting = self.pending.len() + fs.changes_waiting();
+        self.holding = !finish && !self.duplicate && self.gate.holds(waiting);
+        // How many entries fit in the room left (at least one: an item is
+        // never cut below one flow, so the stream always moves).
+        let entry_bytes = self.entry_bytes.max(1);
+        let fit = |room: usize, chunk: usize| (room / entry_bytes).clamp(1, chunk);
+        let mut items = Vec::new();
+        if (self.pending.is_empty() || finish) && room > 0 && !self.holding {
             fs.take_changes(&mut self.pending);
             if self.duplicate {
                 // The packets themselves carry the changes.
@@ -267,44 +430,68 @@ impl Streaming {
                 self.pending.retain(|k| scope.contains(k));
             }
         }
-        let mut items = Vec::new();
-        // Changed flows first (they keep the destination close), a slice
-        // per turn, all of them at the end.
-        while !self.pending.is_empty() {
-            let n = if finish { self.pending.len() } else { self.chunk.min(self.pending.len()) };
+        // The walk first: a changed flow the walk has not reached yet needs
+        // no statelet (its chunk will carry its latest state), and one it
+        // has passed needs only its last one, so while the link is busy
+        // the changes wait and coalesce. (Changes first, with the gate: at
+        // 90 % load the hot flows took every opening of the gate again and
+        // again and the walk crawled; docs/migration.md.)
+        while !self.snapshot_done && room > 0 && (finish || !over_budget(self.spent + t0.elapsed()))
+        {
+            let n = if finish { self.chunk } else { fit(room, self.chunk) };
+            let item = match fs.export_from(&mut self.cursor, n) {
+                Some(s) if scoped => {
+                    let keys: Vec<PartitionKey> =
+                        s.keys.into_iter().filter(|k| self.scope.contains(k)).collect();
+                    if keys.is_empty() {
+                        None
+                    } else {
+                        self.chunks += 1;
+                        Some(StreamItem::Statelet(fs.export_flows(&keys)))
+                    }
+                }
+                Some(s) => {
+                    self.chunks += 1;
+                    let k = s.keys.len();
+                    let item = StreamItem::Statelet(s);
+                    note_size(&mut self.entry_bytes, &item, k);
+                    Some(item)
+                }
+                None => {
+                    self.snapshot_done = true;
+                    Some(StreamItem::SnapshotDone { chunks: self.chunks })
+                }
+            };
+            if let Some(item) = item {
+                room = room.saturating_sub(item.wire_bytes());
+                items.push(item);
+            }
+            if !finish {
+                break;
+            }
+        }
+        // Then changed flows, a slice per turn that fits the room left, all
+        // of them at the end.
+        while !self.pending.is_empty() && room > 0 && !self.holding {
+            let n = if finish {
+                self.pending.len()
+            } else {
+                fit(room, self.chunk).min(self.pending.len())
+            };
             let mut slice = self.pending.split_off(self.pending.len() - n);
             dedup_keys(&mut slice);
-            items.push(StreamItem::Statelet(fs.export_flows(&slice)));
+            let item = StreamItem::Statelet(fs.export_flows(&slice));
+            note_size(&mut self.entry_bytes, &item, slice.len());
+            self.flows_sent += slice.len() as u64;
+            room = room.saturating_sub(item.wire_bytes());
+            items.push(item);
             self.statelets += 1;
             if !finish {
                 break;
             }
         }
-        // Then the walk.
-        while !self.snapshot_done && (finish || !over_budget(self.spent + t0.elapsed())) {
-            match fs.export_from(&mut self.cursor, self.chunk) {
-                Some(s) if scoped => {
-                    let keys: Vec<PartitionKey> =
-                        s.keys.into_iter().filter(|k| self.scope.contains(k)).collect();
-                    if !keys.is_empty() {
-                        items.push(StreamItem::Statelet(fs.export_flows(&keys)));
-                        self.chunks += 1;
-                    }
-                }
-                Some(s) => {
-                    items.push(StreamItem::Statelet(s));
-                    self.chunks += 1;
-                }
-                None => {
-                    self.snapshot_done = true;
-                    items.push(StreamItem::SnapshotDone { chunks: self.chunks });
-                }
-            }
-            if !finish {
-                break;
-            }
-        }
-        self.backlog.store(self.pending.len() + fs.changes_waiting(), Ordering::Relaxed);
+        self.backlog_now = self.pending.len() + fs.changes_waiting();
+        self.backlog.store(self.backlog_now, Ordering::Relaxed);
         for item in items {
             self.send(item)?;
         }
@@ -317,7 +504,11 @@ impl Streaming {
     pub fn step(&mut self, graph: &mut Graph) -> bool {
         let done = self.markers_seen_all();
         let r = self.emit(graph, done).and_then(|()| match done {
-            true => self.send(StreamItem::End { statelets: self.statelets, chunks: self.chunks }),
+            true => self.send(StreamItem::End {
+                statelets: self.statelets,
+                chunks: self.chunks,
+                flows: self.flows_sent,
+            }),
             false => Ok(()),
         });
         match r {
@@ -337,10 +528,22 @@ impl Streaming {
         }
     }
 
-    /// True while the snapshot walk has chunks left or changed flows wait:
-    /// the worker keeps turning instead of sleeping.
+    /// True while the snapshot walk has chunks left or changed flows wait
+    /// and the link's gate has room for them: the worker keeps turning
+    /// instead of sleeping.
     pub fn walking(&self) -> bool {
-        self.send_state && (!self.snapshot_done || !self.pending.is_empty())
+        self.has_work() && !self.holding && self.gate.room() > 0
+    }
+
+    /// True while there is work that waits for room on the link: the
+    /// worker should look again soon even without traffic (the gate opens
+    /// as the peer acknowledges; nothing wakes the worker for that).
+    pub fn waits_for_link(&self) -> bool {
+        self.has_work() && !self.holding && self.gate.room() == 0
+    }
+
+    fn has_work(&self) -> bool {
+        self.send_state && (!self.snapshot_done || !self.pending.is_empty() || self.backlog_now > 0)
     }
 
     /// An idle turn: no traffic to protect, so the budget does not apply
@@ -398,6 +601,13 @@ impl Streaming {
         if seen {
             self.markers_pending.retain(|&p| p != port);
         }
+    }
+}
+
+/// Keep the running mean of bytes per entry up to date.
+fn note_size(entry_bytes: &mut usize, item: &StreamItem, entries: usize) {
+    if let Some(per) = item.wire_bytes().checked_div(entries) {
+        *entry_bytes = (*entry_bytes * 3 + per).div_ceil(4);
     }
 }
 

@@ -704,7 +704,12 @@ impl<'a> Worker<'a> {
                     // The last tick was at `next_tick - tick_interval`.
                     next_tick + self.cfg.idle_tick.saturating_sub(self.cfg.tick_interval)
                 };
-                let timeout = until.saturating_duration_since(Instant::now());
+                let mut timeout = until.saturating_duration_since(Instant::now());
+                if self.streaming.as_ref().is_some_and(Streaming::waits_for_link) {
+                    // The state stream waits for the peer to acknowledge
+                    // (back-pressure); nothing wakes the worker for that.
+                    timeout = timeout.min(crate::migration::LINK_POLL);
+                }
                 let wake = self.mailbox.wake.as_raw_fd();
                 let mut ports: Vec<&mut dyn Port> = self
                     .ports

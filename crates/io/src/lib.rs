@@ -22,6 +22,8 @@ pub mod pcapng;
 pub mod shm;
 #[allow(unsafe_code)] // ppoll(2)
 pub mod sleep;
+#[allow(unsafe_code)] // ioctl(SIOCOUTQ), getsockopt(TCP_INFO), setsockopt(SO_SNDBUF)
+pub mod tcp;
 pub mod virtual_port;
 pub mod wait;
 pub mod xdp;

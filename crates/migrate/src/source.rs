@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use braid_dataplane::migration::{StreamItem, StreamOut};
+use braid_dataplane::migration::{LinkGate, StreamItem, StreamOut};
 use braid_dataplane::WorkerHandle;
 use braid_nf::FlowScope;
 
@@ -86,8 +86,25 @@ pub struct SourceOptions {
     /// Switch once fewer changed flows than this wait to be sent (SliM:
     /// when the statelet backlog is small) ...
     pub switch_backlog: usize,
+    /// ... and (statelet mode) once at most this many bytes of the state
+    /// stream are in flight (queued, in the socket or unacknowledged: what
+    /// must still cross the link after the switch, while the destination
+    /// holds the traffic) ...
+    pub switch_in_flight: usize,
     /// ... or once the destination has waited this long for it anyway.
     pub switch_wait: Duration,
+    /// Back-pressure: the worker queues state only while fewer bytes than
+    /// `max(in_flight_floor, in_flight_bdps × BDP)` are in flight, where
+    /// BDP is the state connection's delivery rate × minimum RTT from
+    /// `TCP_INFO` (see `bound_for`). `in_flight_bdps` 0: no back-pressure
+    /// (every worker turn with budget sends, the behaviour before).
+    pub in_flight_bdps: f64,
+    /// The bound's floor, bytes.
+    pub in_flight_floor: usize,
+    /// The state socket's send buffer (`SO_SNDBUF`), fixed so kernel
+    /// autotuning cannot queue megabytes behind the bound (0: leave it to
+    /// the kernel).
+    pub send_buffer: usize,
     /// Where the migration's phase and the bytes sent so far are kept
     /// for a watcher (an API operation's progress); None: not kept.
     pub progress: Option<Arc<Progress>>,
@@ -174,7 +191,11 @@ impl Default for SourceOptions {
             scope: FlowScope::All,
             budget: 0.1,
             switch_backlog: 1024,
+            switch_in_flight: 4 << 10,
             switch_wait: Duration::from_secs(2),
+            in_flight_bdps: 1.5,
+            in_flight_floor: 2 << 10,
+            send_buffer: 256 << 10,
             progress: None,
         }
     }
@@ -191,6 +212,23 @@ pub struct SourceReport {
     pub duplicated: u64,
     /// Changed flows not yet sent when the traffic was switched.
     pub backlog_at_switch: u64,
+    /// State bytes in flight when the traffic was switched (queued, in
+    /// the socket's send queue or unacknowledged).
+    pub in_flight_at_switch: u64,
+    /// The back-pressure bound then (bytes; 0: no back-pressure).
+    pub in_flight_bound: u64,
+    /// The most bytes seen in flight before the switch (queued, in the
+    /// socket's send queue or unacknowledged), sampled by the link's
+    /// writer at least every millisecond and after every write.
+    pub peak_in_flight: u64,
+    /// Bytes written to the state link before the switch (what was
+    /// written after it, `bytes - bytes_at_switch`, and what was still in
+    /// flight then, `in_flight_at_switch`, had to cross while the
+    /// destination held the traffic).
+    pub bytes_at_switch: u64,
+    /// Flows sent in change statelets (each time a flow is sent counts;
+    /// snapshot chunks are not counted).
+    pub changed_flows_sent: u64,
     /// Bytes and frames sent on the state link.
     pub bytes: u64,
     pub frames: u64,
@@ -239,6 +277,11 @@ pub fn migrate_out(
         report: SourceReport { mode: opts.mode.to_string(), ..SourceReport::default() },
         from_peer: None,
         backlog: Arc::new(AtomicUsize::new(0)),
+        gate: Arc::new(if backpressure(opts) {
+            LinkGate::new(opts.in_flight_floor.max(1))
+        } else {
+            LinkGate::open()
+        }),
     };
     run.phase(Phase::Connecting);
     match run.go(kind, conn) {
@@ -273,6 +316,44 @@ struct Run<'a> {
     from_peer: Option<FromPeer>,
     /// Changed flows the worker has not sent yet.
     backlog: Arc<AtomicUsize>,
+    /// The state stream's bytes in flight and their bound (back-pressure).
+    gate: Arc<LinkGate>,
+}
+
+/// Whether the state stream runs with back-pressure: asked for
+/// (`in_flight_bdps` > 0) and not the duplication baseline, whose copies
+/// of every packet must go whatever the link (the gate would only stall
+/// its snapshot walk behind them: measured, a 50 % load migration then
+/// took 64 s instead of 2) and which runs as it did before back-pressure
+/// (no gate, the kernel sizes the send buffer) so the baseline stays
+/// the baseline.
+fn backpressure(opts: &SourceOptions) -> bool {
+    opts.in_flight_bdps > 0.0 && opts.mode != Mode::Duplicate
+}
+
+/// The back-pressure bound for a state connection whose last `TCP_INFO`
+/// is `info`: `in_flight_bdps` bandwidth-delay products (delivery rate ×
+/// minimum RTT), at least `in_flight_floor`, at most the send buffer.
+///
+/// Why this size: one BDP of the state's share of the path is what keeps
+/// that share busy; every byte beyond it waits in the bottleneck's queue,
+/// and on a link the state shares FIFO with the data (the testbed's WAN
+/// link, SliM's), the data queues behind it: with spare capacity `s`, `B`
+/// bytes in flight make the queue `B / s - RTT` long *for the data too*.
+/// 1.5 BDP adds at most half an RTT of queueing, and lets the bound grow
+/// 1.5× per RTT while the link is not full (a delivery-rate sample taken
+/// under the bound is at most what the path could carry). The floor
+/// covers the time before the first sample and keeps a statelet of a few
+/// flows always sendable; it is small (2 KiB) because at 90 % load of a
+/// 10 Mbit/s link the spare capacity is 125 kB/s, where every kilobyte in
+/// flight is 8 ms of queue for the data.
+pub fn bound_for(opts: &SourceOptions, info: &braid_io::tcp::TcpSendInfo) -> usize {
+    let bdp = info.bdp() as f64 * opts.in_flight_bdps;
+    let mut b = (bdp as usize).max(opts.in_flight_floor.max(1));
+    if opts.send_buffer > 0 {
+        b = b.min(opts.send_buffer.max(opts.in_flight_floor));
+    }
+    b
 }
 
 type Writer = BufWriter<TcpStream>;
@@ -294,6 +375,10 @@ impl Run<'_> {
         let opts = self.opts;
         let fail = |e: MigrateError| (e, None);
         conn.set_nodelay(true).map_err(|e| fail(wire::WireError::Io(e).into()))?;
+        if opts.send_buffer > 0 && opts.mode != Mode::Duplicate {
+            braid_io::tcp::set_send_buffer(&conn, opts.send_buffer)
+                .map_err(|e| fail(wire::WireError::Io(e).into()))?;
+        }
         conn.set_read_timeout(Some(opts.io_timeout))
             .and_then(|()| conn.set_write_timeout(Some(opts.io_timeout)))
             .map_err(|e| fail(wire::WireError::Io(e).into()))?;
@@ -361,6 +446,7 @@ impl Run<'_> {
             duplicate: opts.mode == Mode::Duplicate,
             budget: opts.budget,
             backlog: self.backlog.clone(),
+            gate: self.gate.clone(),
         };
         if let Err(e) = self.handle.stream_out(req) {
             return Err((e.into(), Some(Box::new(w))));
@@ -370,6 +456,39 @@ impl Run<'_> {
         let r = self.pump(&mut w, &mut sent, &items, &from_peer);
         self.from_peer = Some(from_peer);
         r.map_err(|e| (e, Some(Box::new(w))))
+    }
+
+    /// Back-pressure is on (the gate has a finite bound).
+    fn backpressure(&self) -> bool {
+        backpressure(self.opts)
+    }
+
+    /// The switch waits for the bytes in flight (statelet mode with
+    /// back-pressure: the worker can stop adding; duplication cannot stop
+    /// copying the traffic, stop-and-copy sends nothing before).
+    fn switch_waits_for_bytes(&self) -> bool {
+        self.backpressure() && self.opts.mode == Mode::Statelet
+    }
+
+    /// Bytes written to the link and not yet acknowledged: the socket's
+    /// send queue plus what the writer still buffers.
+    fn link_bytes(w: &Writer) -> usize {
+        braid_io::tcp::send_queue_bytes(w.get_ref()).unwrap_or(0) + w.buffer().len()
+    }
+
+    /// Read the socket's send queue and (with back-pressure) its delivery
+    /// rate, and update the gate.
+    fn watch_link(&mut self, w: &Writer) {
+        self.gate.set_link(Self::link_bytes(w));
+        if self.backpressure() {
+            if let Ok(info) = braid_io::tcp::send_info(w.get_ref()) {
+                self.gate.set_bound(bound_for(self.opts, &info));
+            }
+        }
+        if !self.switched {
+            self.report.peak_in_flight =
+                self.report.peak_in_flight.max(self.gate.in_flight() as u64);
+        }
     }
 
     /// Move the worker's stream items to the link and react to the
@@ -389,14 +508,24 @@ impl Run<'_> {
             if let Some(g) = &opts.progress {
                 g.sent(sent, self.backlog.load(Ordering::Relaxed));
             }
+            self.watch_link(w);
             // The destination is ready: switch once the changed flows
-            // waiting here are few (what is left to send after the switch
-            // is the outage), or once it has waited long enough.
+            // waiting here are few and (statelets with back-pressure) the
+            // bytes in flight on the link too (both are what is left to
+            // cross after the switch: the outage), or once it has waited
+            // long enough.
             if let (Some(asked), None) = (asked_at, switched_at) {
                 let backlog = self.backlog.load(Ordering::Relaxed);
-                if backlog < opts.switch_backlog || asked.elapsed() >= opts.switch_wait {
+                let in_flight = self.gate.in_flight();
+                let drained = !self.switch_waits_for_bytes() || in_flight <= opts.switch_in_flight;
+                if (backlog < opts.switch_backlog && drained) || asked.elapsed() >= opts.switch_wait
+                {
                     self.report.until_switch = self.start.elapsed();
                     self.report.backlog_at_switch = backlog as u64;
+                    self.report.in_flight_at_switch = in_flight as u64;
+                    self.report.bytes_at_switch = sent.bytes;
+                    self.report.in_flight_bound =
+                        if self.backpressure() { self.gate.bound() as u64 } else { 0 };
                     w.flush().map_err(wire::WireError::Io)?;
                     self.switch.redirect(opts.id)?;
                     self.switched = true;
@@ -410,6 +539,11 @@ impl Run<'_> {
                 match from_peer.try_recv() {
                     Ok(Ok(Message::SwitchRequest { .. })) if asked_at.is_none() => {
                         asked_at = Some(Instant::now());
+                        if self.switch_waits_for_bytes() {
+                            // Let the bytes in flight drain: a small
+                            // backlog waits (and coalesces) until the end.
+                            self.gate.hold_changes_below(opts.switch_backlog);
+                        }
                         self.phase(Phase::SwitchRequested);
                     }
                     Ok(Ok(Message::Done { installed, peak_held, dropped_held })) => {
@@ -443,40 +577,17 @@ impl Run<'_> {
                 }
             }
             // Then what the worker queued.
-            match items.recv_timeout(Duration::from_millis(2)) {
-                Ok(StreamItem::Statelet(s)) => {
-                    if s.state.data.len() > 8 || !s.keys.is_empty() {
-                        wire::write_message(w, &Message::Statelet(s), sent)?;
+            match items.recv_timeout(Duration::from_millis(1)) {
+                Ok(item) => {
+                    let bytes = item.wire_bytes();
+                    let r = self.write_item(item, w, sent, switched_at, &mut ended_at);
+                    if self.backpressure() {
+                        // Onto the socket at once: bytes in the writer's
+                        // buffer cannot be acknowledged.
+                        w.flush().map_err(wire::WireError::Io)?;
                     }
-                }
-                Ok(StreamItem::SnapshotDone { chunks }) => {
-                    self.report.chunks = chunks;
-                    wire::write_message(w, &Message::SnapshotDone { chunks }, sent)?;
-                    w.flush().map_err(wire::WireError::Io)?;
-                }
-                Ok(StreamItem::Packets { port, frames }) => {
-                    self.report.duplicated += frames.len() as u64;
-                    let m = Message::Packets { port: port as u16, frames };
-                    wire::write_message(w, &m, sent)?;
-                }
-                Ok(StreamItem::End { statelets, chunks }) => {
-                    self.streaming = false;
-                    self.report.statelets = statelets;
-                    self.report.chunks = chunks;
-                    if let Some(t) = switched_at {
-                        self.report.drain = t.elapsed();
-                    }
-                    if opts.mode == Mode::StopCopy {
-                        self.send_whole(w, sent)?;
-                    }
-                    wire::write_message(w, &Message::End { statelets, chunks }, sent)?;
-                    w.flush().map_err(wire::WireError::Io)?;
-                    ended_at = Some(Instant::now());
-                    self.phase(Phase::Ended);
-                }
-                Ok(StreamItem::Failed(e)) => {
-                    self.streaming = false;
-                    return Err(MigrateError::Stream(e));
+                    self.gate.written(bytes, Self::link_bytes(w));
+                    r?;
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     w.flush().map_err(wire::WireError::Io)?;
@@ -506,6 +617,55 @@ impl Run<'_> {
                 }
             }
         }
+    }
+
+    /// Write one item of the worker's stream to the link.
+    fn write_item(
+        &mut self,
+        item: StreamItem,
+        w: &mut Writer,
+        sent: &mut Counts,
+        switched_at: Option<Instant>,
+        ended_at: &mut Option<Instant>,
+    ) -> Result<(), MigrateError> {
+        match item {
+            StreamItem::Statelet(s) => {
+                if s.state.data.len() > 8 || !s.keys.is_empty() {
+                    wire::write_message(w, &Message::Statelet(s), sent)?;
+                }
+            }
+            StreamItem::SnapshotDone { chunks } => {
+                self.report.chunks = chunks;
+                wire::write_message(w, &Message::SnapshotDone { chunks }, sent)?;
+                w.flush().map_err(wire::WireError::Io)?;
+            }
+            StreamItem::Packets { port, frames } => {
+                self.report.duplicated += frames.len() as u64;
+                let m = Message::Packets { port: port as u16, frames };
+                wire::write_message(w, &m, sent)?;
+            }
+            StreamItem::End { statelets, chunks, flows } => {
+                self.streaming = false;
+                self.report.statelets = statelets;
+                self.report.changed_flows_sent = flows;
+                self.report.chunks = chunks;
+                if let Some(t) = switched_at {
+                    self.report.drain = t.elapsed();
+                }
+                if self.opts.mode == Mode::StopCopy {
+                    self.send_whole(w, sent)?;
+                }
+                wire::write_message(w, &Message::End { statelets, chunks }, sent)?;
+                w.flush().map_err(wire::WireError::Io)?;
+                *ended_at = Some(Instant::now());
+                self.phase(Phase::Ended);
+            }
+            StreamItem::Failed(e) => {
+                self.streaming = false;
+                return Err(MigrateError::Stream(e));
+            }
+        }
+        Ok(())
     }
 
     /// Stop-and-copy: every old path brought its marker, so nothing more

@@ -43,6 +43,11 @@ pub struct Args {
     /// How long any answer of the other side may take, ms.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
+    /// Turn the state stream's back-pressure off (every worker turn
+    /// sends; the kernel sizes the socket buffer): the behaviour before
+    /// it, for comparisons.
+    #[arg(long)]
+    pub no_backpressure: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -62,6 +67,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         [] => {}
         [i, o] => req["deploy"] = json!({ "in": i, "out": o }),
         other => bail!("--deploy-ports: `{}`: expected two interfaces, IN,OUT", other.join(",")),
+    }
+    if a.no_backpressure {
+        req["backpressure"] = json!(false);
     }
     let client = Client::new(&a.socket);
     let id = client.migrate_async(&a.chain, &a.nf, &req)?;
@@ -125,7 +133,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         f("chunks"),
         f("statelets")
     );
-    println!("  switch         {} changed flows waiting at the switch", f("backlog_at_switch"));
+    println!(
+        "  switch         {} changed flows waiting, {} in flight at the switch (bound {}, peak {})",
+        f("backlog_at_switch"),
+        bytes(f("in_flight_at_switch") as u64),
+        bytes(f("in_flight_bound") as u64),
+        bytes(f("peak_in_flight") as u64)
+    );
     println!(
         "  destination    {} installed, {} packets buffered (peak), {} dropped",
         f("installed"),
