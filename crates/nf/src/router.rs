@@ -1419,8 +1419,7 @@ mod tests {
         let (out, _) = run(&mut r, &[part.clone()]);
         assert_eq!(out.len(), 3);
         let frags: Vec<&[u8]> = out.iter().map(|p| p.data()).collect();
-        let words: Vec<u16> =
-            frags.iter().map(|f| u16::from_be_bytes([f[20], f[21]])).collect();
+        let words: Vec<u16> = frags.iter().map(|f| u16::from_be_bytes([f[20], f[21]])).collect();
         assert_eq!(words, [0x2000 | 100, 0x2000 | 160, 0x2000 | 220]);
         assert_eq!(reassemble(&frags), (part[34..].to_vec(), true));
     }
