@@ -1416,7 +1416,7 @@ mod tests {
         assert_eq!(reassemble(&frags), (big[34..].to_vec(), false));
         // A fragment is fragmented again: offsets continue, MF stays.
         let part = with_frag_word(udp([10, 1, 2, 3], 64, 1000), 0x2000 | 100);
-        let (out, _) = run(&mut r, &[part.clone()]);
+        let (out, _) = run(&mut r, std::slice::from_ref(&part));
         assert_eq!(out.len(), 3);
         let frags: Vec<&[u8]> = out.iter().map(|p| p.data()).collect();
         let words: Vec<u16> = frags.iter().map(|f| u16::from_be_bytes([f[20], f[21]])).collect();
