@@ -41,6 +41,15 @@
 //! §2.4(c)), are not sent about ICMPv6 errors (§2.4(e)) and share the
 //! IPv4 errors' rate limit (as Linux's global ICMP limit does).
 //!
+//! Link MTUs (`ports: [{port, mtu}]`; none by default): after those
+//! checks, as Linux's `ip_forward` / `ip6_forward`, a packet longer than
+//! its egress port's MTU is, for IPv6, dropped (`too_big`) and answered
+//! with ICMPv6 Packet Too Big carrying the MTU (RFC 4443 §3.1); for IPv4
+//! with DF, dropped (`too_big`) and answered with "fragmentation needed"
+//! carrying the next-hop MTU (RFC 1191); for IPv4 without DF, forwarded as
+//! fragments cut as Linux cuts them ([`fragment_ipv4`]), inserted in the
+//! batch right after the first one.
+//!
 //! The router drops what it cannot route: other frames (ARP and neighbour
 //! discovery included: next-hop MACs are static) count as `unsupported`,
 //! bad headers as `malformed`.
@@ -341,8 +350,9 @@ pub struct Router {
     /// True if some port has an MTU (then IPv4 may be fragmented, and
     /// packet lengths change).
     any_mtu: bool,
-    /// Fragments made during one batch: (position in the output batch of
-    /// the first fragment, the others), inserted after it at the end.
+    /// Fragments made during one batch, in batch order: (the first
+    /// fragment's `buffer_id`, the others), inserted after it at the end
+    /// (found by identity, so the forwarding loop tracks nothing).
     frags: Vec<(usize, Vec<Packet>)>,
 }
 
@@ -488,13 +498,22 @@ impl Router {
     fn insert_fragments(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let old = batch.take();
         let mut runs = self.frags.drain(..).peekable();
-        for (i, p) in old.into_iter().enumerate() {
+        for p in old {
+            let id = p.buffer_id();
             batch.push(p);
-            while let Some((_, rest)) = runs.next_if(|(at, _)| *at == i) {
+            while let Some((_, rest)) = runs.next_if(|(first, _)| *first == id) {
                 cx.counters.packets_created += rest.len() as u64;
                 for f in rest {
                     batch.push(f);
                 }
+            }
+        }
+        // (Every first fragment stays in the batch; should one not be found,
+        // its fragments still go out, last, rather than vanish.)
+        for (_, rest) in runs {
+            cx.counters.packets_created += rest.len() as u64;
+            for f in rest {
+                batch.push(f);
             }
         }
     }
@@ -688,7 +707,7 @@ impl Router {
         p.meta.out_port = hop.port;
         let mut rest = Vec::new();
         fragment_ipv4(p, l3, info.ihl, info.total_len, hop.mtu as usize, &mut rest)?;
-        self.frags.push((0, rest));
+        self.frags.push((p.buffer_id(), rest));
         Ok(())
     }
 
@@ -885,25 +904,14 @@ impl NetworkFunction for Router {
         sink.finish();
         let mut next = checked.iter();
         let now = cx.now_ns;
-        let mut kept = 0;
         cx.retain(batch, |p| {
             // By reference: a step is ~50 bytes, copied per packet otherwise.
-            let verdict = match next.next() {
-                Some(Ok(Checked::V4(info))) => {
-                    let before = self.frags.len();
-                    let v = self.forward(p, *info, now);
-                    if self.frags.len() > before {
-                        // Fragmented: the others follow this one.
-                        self.frags[before].0 = kept;
-                    }
-                    v
-                }
+            match next.next() {
+                Some(Ok(Checked::V4(info))) => self.forward(p, *info, now),
                 Some(Ok(Checked::V6(h))) => self.forward6(p, *h, now),
                 Some(Err(r)) => Err(*r),
                 None => Err(DropReason::Other),
-            };
-            kept += usize::from(verdict.is_ok());
-            verdict
+            }
         });
         self.checked = checked;
         if !self.frags.is_empty() {
