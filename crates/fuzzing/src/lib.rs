@@ -56,6 +56,16 @@ pub const NF_CASES: &[(&str, &str)] = &[
         "dpi",
         "{ max_flows: 64, rules: [{ sid: 1, content: 'GET /admin', nocase: true, proto: tcp }, { sid: 2, pcre: '^HELO [a-z]+', action: drop }, { sid: 3, content: '|90 90 90|', action: mark, mark: 7 }] }",
     ),
+    // An IPv6 VIP (its own state format, version 2).
+    (
+        "loadbalancer",
+        "{ vip: '2001:db8::100', port: 80, backends: [{ ip: '2001:db8:1::1' }, { ip: '2001:db8:1::2' }], max_connections: 64 }",
+    ),
+    // Link MTUs: IPv4 fragmentation, fragmentation needed, Packet Too Big.
+    (
+        "router",
+        "{ mac: 02:00:00:00:00:fe, ip: 10.0.0.254, ip6: '2001:db8::fe', routes: [{ prefix: 10.1.0.0/16, next_hop_mac: 02:00:00:00:01:01, port: 1 }, { prefix: 10.0.0.0/8, next_hop_mac: 02:00:00:00:00:01, port: 0 }, { prefix: '2001:db8::/32', next_hop_mac: 02:00:00:00:00:02, port: 2 }], ports: [{ port: 1, mtu: 68 }, { port: 0, mtu: 576 }, { port: 2, mtu: 1280 }] }",
+    ),
 ];
 
 /// Build NF `index` of [`NF_CASES`] (modulo its length).

@@ -191,6 +191,7 @@ fn router_bench(c: &mut Criterion<ThreadCpuTime>) {
         ip6: None,
         icmp_rate: 1000,
         icmp_burst: 50,
+        ports: Vec::new(),
     };
     let mut nf = Router::from_config(&cfg).expect("router config");
     // Its own generator, so adding the IPv6 row changes nothing the IPv4
@@ -277,6 +278,7 @@ fn router6(rng: &mut Rng) -> (Router, Vec<(u128, u8)>) {
         ip6: Some("2001:db8::1".parse().unwrap()),
         icmp_rate: 1000,
         icmp_burst: 50,
+        ports: Vec::new(),
     };
     // The table's size: these prefixes with the router's next hops (one
     // per MAC and port), without the route back to the source.

@@ -48,11 +48,15 @@ pub enum DropReason {
     /// A fragment whose first fragment was not seen (or was refused), or
     /// that the fragment table had no room for.
     Fragment,
+    /// Router: longer than the egress port's MTU and not to be fragmented
+    /// (IPv6, or IPv4 with DF set); answered with ICMP "fragmentation
+    /// needed" or ICMPv6 Packet Too Big.
+    TooBig,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
 
     /// All reasons, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -75,6 +79,7 @@ impl DropReason {
         DropReason::Unconnected,
         DropReason::Martian,
         DropReason::Fragment,
+        DropReason::TooBig,
     ];
 
     /// The snake_case name used in statistics output.
@@ -99,6 +104,7 @@ impl DropReason {
             DropReason::Unconnected => "unconnected",
             DropReason::Martian => "martian",
             DropReason::Fragment => "fragment",
+            DropReason::TooBig => "too_big",
         }
     }
 }

@@ -26,9 +26,9 @@
 //! set changes.
 //!
 //! An IPv6 `vip` (with IPv6 backends) balances IPv6 instead, by the same
-//! rules ([`crate::lb6`]); IPv4 then passes. Its connections are not
-//! exported (state export, import and live migration refuse with
-//! [`StateError::Unsupported`]).
+//! rules ([`crate::lb6`]); IPv4 then passes. Its connections are exported,
+//! imported and streamed like the IPv4 VIP's, in their own format
+//! (version [`crate::lb6::STATE_VERSION6`]).
 
 use crate::lb6::{rewrite_addr6, Action6, Backend6, Lb6};
 use crate::maglev::{MaglevError, MaglevTable, SeededMix};
@@ -56,7 +56,7 @@ pub static SPEC: NfSpec = NfSpec {
             name: "vip",
             kind: "IPv4 or IPv6 address",
             default: None,
-            help: "the virtual IP (IPv6: backends IPv6 too; no state export)",
+            help: "the virtual IP (IPv6: backends IPv6 too)",
         },
         ParamDoc {
             name: "port",
@@ -294,7 +294,8 @@ impl LoadBalancer {
         };
         match cfg.vip {
             IpAddr::V6(vip) => {
-                let mut v6 = Lb6::new(vip, cfg.port, cfg.reverse, idle_ns, cfg.max_connections);
+                let mut v6 =
+                    Lb6::new(vip, cfg.port, cfg.reverse, idle_ns, cfg.max_connections, &SPEC);
                 let backends = cfg
                     .backends
                     .iter()
@@ -328,17 +329,6 @@ impl LoadBalancer {
     /// The IPv6 backends of an IPv6 VIP (empty for an IPv4 one).
     pub fn backends6(&self) -> Vec<Backend6> {
         self.v6.as_ref().map(|v| v.backends.clone()).unwrap_or_default()
-    }
-
-    /// The refusal of state operations for an IPv6 VIP.
-    fn no_state_for_ipv6(&self) -> Result<(), StateError> {
-        match &self.v6 {
-            Some(v6) => Err(StateError::Unsupported(format!(
-                "`{}`: the VIP {} is IPv6; its connections have no state format",
-                SPEC.name, v6.vip
-            ))),
-            None => Ok(()),
-        }
     }
 
     /// Replace the backend set: rebuild the Maglev table and forget the
@@ -572,7 +562,9 @@ impl NetworkFunction for LoadBalancer {
     }
 
     fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
-        self.no_state_for_ipv6()?;
+        if let Some(v6) = self.v6.as_deref() {
+            return Ok(v6.export_scoped(scope, encoding));
+        }
         let mut conns: Vec<ConnEntry> = self
             .conns
             .iter()
@@ -592,7 +584,9 @@ impl NetworkFunction for LoadBalancer {
     }
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
-        self.no_state_for_ipv6()?;
+        if let Some(v6) = self.v6.as_deref_mut() {
+            return v6.import_state(state);
+        }
         let s = self.decode_for_this_vip(state)?;
         if s.conns.len() > self.max_conns {
             return Err(StateError::Corrupt(format!(
@@ -634,7 +628,9 @@ impl NetworkFunction for LoadBalancer {
     /// instance's backends (every imported connection must use one of
     /// them) and its `conn_overflow` count.
     fn import_merge(&mut self, state: &NfState) -> Result<(), StateError> {
-        self.no_state_for_ipv6()?;
+        if let Some(v6) = self.v6.as_deref_mut() {
+            return v6.import_merge(state);
+        }
         let s = self.decode_for_this_vip(state)?;
         self.check_backends(&s.conns).map_err(StateError::Conflict)?;
         let added = s.conns.iter().filter(|c| !self.conns.contains_key(&self.tuple_of(c))).count();
@@ -652,9 +648,8 @@ impl NetworkFunction for LoadBalancer {
     }
 
     fn flow_stream(&mut self) -> Option<&mut dyn FlowStream> {
-        // No live migration of an IPv6 VIP's connections.
         if self.v6.is_some() {
-            return None;
+            return self.v6.as_deref_mut().map(|v6| v6 as &mut dyn FlowStream);
         }
         Some(self)
     }
@@ -760,6 +755,13 @@ impl LoadBalancer {
 
     /// A state of this NF kind, refused if it is for another VIP.
     fn decode_for_this_vip(&self, state: &NfState) -> Result<LbState, StateError> {
+        if state.kind == SPEC.name && state.version == crate::lb6::STATE_VERSION6 {
+            return Err(StateError::Corrupt(format!(
+                "state is of an IPv6 VIP (format {}); this load balancer serves the IPv4 VIP {}",
+                crate::lb6::STATE_VERSION6,
+                self.vip
+            )));
+        }
         let s: LbState = state.decode(SPEC.name, STATE_VERSION)?;
         if s.vip != self.vip {
             return Err(StateError::Corrupt(format!(
@@ -998,12 +1000,85 @@ mod tests {
             let e = (SPEC.build)(&p).err().unwrap();
             assert_eq!(e.field, "backends[0].ip", "{y}: {e}");
         }
-        // State operations are refused, not silently empty.
-        let e = lb.export_scoped(&FlowScope::All, Encoding::Binary).unwrap_err();
-        assert!(matches!(e, StateError::Unsupported(_)), "{e}");
+        // The families' state formats are told apart, naming the VIPs.
         let v4 = lb_with(2, "").export_scoped(&FlowScope::All, Encoding::Binary).unwrap();
-        assert!(matches!(lb.import_state(&v4), Err(StateError::Unsupported(_))));
-        assert!(lb.flow_stream().is_none());
+        let e = lb.import_state(&v4).unwrap_err();
+        assert!(e.to_string().contains("IPv4 VIP"), "{e}");
+        let v6s = lb.export_scoped(&FlowScope::All, Encoding::Binary).unwrap();
+        let e = lb_with(2, "").import_state(&v6s).unwrap_err();
+        assert!(e.to_string().contains("IPv6 VIP"), "{e}");
+        assert!(lb.flow_stream().is_some());
+    }
+
+    /// `assign` for an IPv6 VIP: the backend of each of `flows` flows.
+    fn assign6(lb: &mut LoadBalancer, flows: u32, now: u64) -> Vec<std::net::Ipv6Addr> {
+        use braid_packet::wire::build::Frame6Spec;
+        let frames: Vec<Vec<u8>> =
+            (0..flows).map(|i| Frame6Spec::udp(client6(i), (v6(VIP6), 53), 0).build()).collect();
+        run(lb, &frames, now).0.iter().map(|f| addrs6(f).1).collect()
+    }
+
+    #[test]
+    fn ipv6_state_round_trips_both_encodings_and_keeps_affinity() {
+        use braid_packet::flow::FiveTuple6;
+        let mut a = lb6_with(5, "");
+        let before = assign6(&mut a, 2_000, 1);
+        for encoding in [Encoding::Json, Encoding::Binary] {
+            let s = a.export_scoped(&FlowScope::All, encoding).unwrap();
+            assert_eq!((s.kind.as_str(), s.version), ("loadbalancer", crate::lb6::STATE_VERSION6));
+            // Another backend set on the importer: the state brings its own.
+            let mut b = lb6_with(2, "");
+            b.import_state(&s).unwrap();
+            assert_eq!(b.backends6(), a.backends6());
+            assert_eq!(b.connections(), 2_000);
+            assert_eq!(b.export_scoped(&FlowScope::All, encoding).unwrap(), s);
+            // Remove backends on both: the recorded flows keep theirs
+            // unless theirs is gone (affinity survives the move).
+            let gone = a.backends6()[0].ip;
+            let keep: Vec<_> = b.backends6().into_iter().filter(|x| x.ip != gone).collect();
+            let v = b.v6.as_deref_mut().unwrap();
+            v.set_backends(keep, 65537).unwrap();
+            let after = assign6(&mut b, 2_000, 2);
+            for (x, y) in before.iter().zip(&after) {
+                assert!(x == y || *x == gone, "{x} -> {y}");
+            }
+        }
+        // A corrupt binary state is refused by its checksum, nothing changes.
+        let mut s = a.export_scoped(&FlowScope::All, Encoding::Binary).unwrap();
+        let n = s.data.len();
+        s.data[n / 2] ^= 0x40;
+        let mut c = lb6_with(2, "");
+        assert!(matches!(c.import_state(&s), Err(StateError::Checksum { .. })));
+        assert_eq!((c.connections(), c.backends6().len()), (0, 2));
+        // Another VIP's state, a state over max_connections: refused.
+        let p: Params = serde_yaml_ng::from_str("{vip: '2001:db8::200', backends: []}").unwrap();
+        let mut other = LoadBalancer::new(crate::params::parse(&p).unwrap()).unwrap();
+        let s = a.export_state().unwrap();
+        assert!(matches!(other.import_state(&s), Err(StateError::Corrupt(_))));
+        let mut small = lb6_with(5, ", max_connections: 100");
+        assert!(matches!(small.import_state(&s), Err(StateError::Corrupt(_))));
+        // Scoped export and merge: two halves merge into the whole.
+        let key = |c: &(std::net::Ipv6Addr, u16)| {
+            PartitionKey::five_tuple6(FiveTuple6 {
+                src: c.0,
+                dst: v6(VIP6),
+                proto: 17,
+                src_port: c.1,
+                dst_port: 53,
+            })
+        };
+        let scope = FlowScope::HashRange(crate::HashRange::share(0, 2));
+        let half = a.export_scoped(&scope, Encoding::Binary).unwrap();
+        let rest = a
+            .export_scoped(&FlowScope::HashRange(crate::HashRange::share(1, 2)), Encoding::Json)
+            .unwrap();
+        let mut m = lb6_with(5, "");
+        m.import_merge(&half).unwrap();
+        let in_half = (0..2_000).filter(|i| scope.contains(&key(&client6(*i)))).count();
+        assert!(in_half > 800 && in_half < 1200, "{in_half}");
+        assert_eq!(m.connections(), in_half);
+        m.import_merge(&rest).unwrap();
+        assert_eq!(assign6(&mut m, 2_000, 3), before);
     }
 
     #[test]

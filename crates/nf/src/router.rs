@@ -41,6 +41,15 @@
 //! §2.4(c)), are not sent about ICMPv6 errors (§2.4(e)) and share the
 //! IPv4 errors' rate limit (as Linux's global ICMP limit does).
 //!
+//! Link MTUs (`ports: [{port, mtu}]`; none by default): after those
+//! checks, as Linux's `ip_forward` / `ip6_forward`, a packet longer than
+//! its egress port's MTU is, for IPv6, dropped (`too_big`) and answered
+//! with ICMPv6 Packet Too Big carrying the MTU (RFC 4443 §3.1); for IPv4
+//! with DF, dropped (`too_big`) and answered with "fragmentation needed"
+//! carrying the next-hop MTU (RFC 1191); for IPv4 without DF, forwarded as
+//! fragments cut as Linux cuts them ([`fragment_ipv4`]), inserted in the
+//! batch right after the first one.
+//!
 //! The router drops what it cannot route: other frames (ARP and neighbour
 //! discovery included: next-hop MACs are static) count as `unsupported`,
 //! bad headers as `malformed`.
@@ -96,6 +105,12 @@ pub static SPEC: NfSpec = NfSpec {
             help: "source address of the ICMPv6 errors (required with IPv6 routes)",
         },
         ParamDoc {
+            name: "ports",
+            kind: "list of {port: u16, mtu: 68..=65535 (IP bytes, L2 header not counted)}",
+            default: Some("none (no MTU limit on any port)"),
+            help: "link MTU per egress port: IPv6 and IPv4 DF over it get Packet Too Big / frag needed, other IPv4 is fragmented",
+        },
+        ParamDoc {
             name: "icmp_rate",
             kind: "u32, per second",
             default: Some("1000"),
@@ -127,7 +142,27 @@ pub struct Config {
     pub icmp_rate: u32,
     #[serde(default = "default_icmp_burst")]
     pub icmp_burst: u32,
+    /// Link MTUs of egress ports (a port not listed has no limit).
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
 }
+
+/// One egress port's link settings.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub port: u16,
+    /// The link MTU: the largest IP packet (IPv4 total length, IPv6 40 +
+    /// payload length) sent out of this port; Ethernet and VLAN headers
+    /// are not counted, as in `ip link set dev X mtu N`.
+    pub mtu: u32,
+}
+
+/// The smallest MTU an IPv4 link may have (RFC 791: 68).
+pub const MIN_MTU: u32 = 68;
+
+/// The smallest MTU an IPv6 link may have (RFC 8200 §5: 1280).
+pub const MIN_MTU6: u32 = 1280;
 
 fn default_icmp_rate() -> u32 {
     1000
@@ -271,6 +306,8 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 struct NextHop {
     mac: [u8; 6],
     port: u16,
+    /// The port's MTU (`u32::MAX`: none), so the check is one compare.
+    mtu: u32,
 }
 
 /// The IPv6 fields the router needs (from the envelope's `Ipv6Headers`).
@@ -310,6 +347,13 @@ pub struct Router {
     checked: Vec<Result<Checked, DropReason>>,
     /// Rate limit of generated ICMP errors.
     icmp: IcmpBucket,
+    /// True if some port has an MTU (then IPv4 may be fragmented, and
+    /// packet lengths change).
+    any_mtu: bool,
+    /// Fragments made during one batch, in batch order: (the first
+    /// fragment's `buffer_id`, the others), inserted after it at the end
+    /// (found by identity, so the forwarding loop tracks nothing).
+    frags: Vec<(usize, Vec<Packet>)>,
 }
 
 impl std::fmt::Debug for Router {
@@ -322,6 +366,21 @@ impl Router {
     /// Build a router, validating every route (errors name `routes[i].field`).
     pub fn from_config(cfg: &Config) -> Result<Router, ConfigError> {
         let mac = parse_mac(&cfg.mac).map_err(|e| ConfigError::new("mac", e))?;
+        let mut mtus: HashMap<u16, u32> = HashMap::new();
+        for (i, pc) in cfg.ports.iter().enumerate() {
+            if !(MIN_MTU..=65535).contains(&pc.mtu) {
+                return Err(ConfigError::new(
+                    format!("ports[{i}].mtu"),
+                    format!("{} is outside {MIN_MTU}..=65535", pc.mtu),
+                ));
+            }
+            if mtus.insert(pc.port, pc.mtu).is_some() {
+                return Err(ConfigError::new(
+                    format!("ports[{i}].port"),
+                    format!("port {} is listed twice", pc.port),
+                ));
+            }
+        }
         let mut hops: Vec<NextHop> = Vec::new();
         let mut hop_index: HashMap<NextHop, usize> = HashMap::new();
         let mut seen: HashMap<(u128, u8, bool), usize> = HashMap::new();
@@ -343,10 +402,21 @@ impl Router {
                     format!("`{}` is already routed by routes[{j}]", r.prefix),
                 ));
             }
+            let mtu = mtus.get(&r.port).copied().unwrap_or(u32::MAX);
+            if v6 && mtu < MIN_MTU6 {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].port"),
+                    format!(
+                        "port {} has MTU {mtu}, below IPv6's minimum {MIN_MTU6} (RFC 8200 §5)",
+                        r.port
+                    ),
+                ));
+            }
             let hop = NextHop {
                 mac: parse_mac(&r.next_hop_mac)
                     .map_err(|e| ConfigError::new(format!("routes[{i}].next_hop_mac"), e))?,
                 port: r.port,
+                mtu,
             };
             let idx = *hop_index.entry(hop).or_insert_with(|| {
                 hops.push(hop);
@@ -411,12 +481,41 @@ impl Router {
             created: Vec::new(),
             checked: Vec::new(),
             icmp: IcmpBucket::new(cfg.icmp_rate, cfg.icmp_burst),
+            any_mtu: !mtus.is_empty(),
+            frags: Vec::new(),
         })
     }
 
     /// ICMP errors held back by the rate limit so far.
     pub fn icmp_rate_limited(&self) -> u64 {
         self.icmp.limited
+    }
+
+    /// Put the fragments made in this batch right after their first
+    /// fragment, so a flow's packets stay in order.
+    #[cold]
+    #[inline(never)]
+    fn insert_fragments(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
+        let old = batch.take();
+        let mut runs = self.frags.drain(..).peekable();
+        for p in old {
+            let id = p.buffer_id();
+            batch.push(p);
+            while let Some((_, rest)) = runs.next_if(|(first, _)| *first == id) {
+                cx.counters.packets_created += rest.len() as u64;
+                for f in rest {
+                    batch.push(f);
+                }
+            }
+        }
+        // (Every first fragment stays in the batch; should one not be found,
+        // its fragments still go out, last, rather than vanish.)
+        for (_, rest) in runs {
+            cx.counters.packets_created += rest.len() as u64;
+            for f in rest {
+                batch.push(f);
+            }
+        }
     }
 
     /// Batch step 1: parse and check the headers.
@@ -457,11 +556,11 @@ impl Router {
             return Err(DropReason::Martian);
         }
         let Some(hop) = self.lpm6.lookup(h.dst) else {
-            self.send_error6(p, &h, icmpv6::msg_type::DEST_UNREACHABLE, 0, now);
+            self.send_error6(p, &h, icmpv6::msg_type::DEST_UNREACHABLE, 0, 0, now);
             return Err(DropReason::NoRoute);
         };
         if h.hop_limit <= 1 {
-            self.send_error6(p, &h, icmpv6::msg_type::TIME_EXCEEDED, 0, now);
+            self.send_error6(p, &h, icmpv6::msg_type::TIME_EXCEEDED, 0, 0, now);
             return Err(DropReason::TtlExceeded);
         }
         if h.src == 0 {
@@ -469,10 +568,16 @@ impl Router {
         }
         if h.src >> 118 == 0x3fa {
             // Link-local source: beyond scope (Linux's ip6_forward).
-            self.send_error6(p, &h, icmpv6::msg_type::DEST_UNREACHABLE, 2, now);
+            self.send_error6(p, &h, icmpv6::msg_type::DEST_UNREACHABLE, 2, 0, now);
             return Err(DropReason::Martian);
         }
         let hop = self.hops[hop];
+        if h.end - h.l3 > hop.mtu {
+            // Routers never fragment IPv6 (RFC 8200 §5): Packet Too Big
+            // with the link MTU (RFC 4443 §3.1), as Linux's ip6_forward.
+            self.send_error6(p, &h, icmpv6::msg_type::PACKET_TOO_BIG, 0, hop.mtu, now);
+            return Err(DropReason::TooBig);
+        }
         let l3 = h.l3 as usize;
         let d = p.data_mut();
         d[0..6].copy_from_slice(&hop.mac);
@@ -485,13 +590,13 @@ impl Router {
     /// Queue the ICMPv6 error `msg_type`/`code` answering `orig`, if one is
     /// due (RFC 4443 §2.4(e): not about an ICMPv6 error, nor to a source
     /// that names no single node) and the rate limit lets it go.
-    fn send_error6(&mut self, orig: &Packet, h: &V6, msg_type: u8, code: u8, now: u64) {
+    fn send_error6(&mut self, orig: &Packet, h: &V6, msg_type: u8, code: u8, rest: u32, now: u64) {
         let bad_source = h.src == 0 || h.src >> 120 == 0xff || h.src == 1;
         let Some(from) = self.ip6 else { return };
         if h.icmp_error || bad_source || !self.icmp.take(now) {
             return;
         }
-        if let Some(icmp) = self.icmp_error6(orig, h, from, msg_type, code) {
+        if let Some(icmp) = self.icmp_error6(orig, h, from, (msg_type, code, rest)) {
             self.created.push(icmp);
         }
     }
@@ -502,8 +607,7 @@ impl Router {
         orig: &Packet,
         h: &V6,
         from: Ipv6Addr,
-        msg_type: u8,
-        code: u8,
+        (msg_type, code, rest): (u8, u8, u32),
     ) -> Option<Packet> {
         let o = orig.data();
         let l3 = h.l3 as usize;
@@ -535,7 +639,7 @@ impl Router {
         ip.emit(&mut view);
         view.set_traffic_class(0xc0); // CS6: network control
         icmp[icmpv6::HEADER_LEN..].copy_from_slice(&o[l3..l3 + quoted]);
-        let msg = Icmpv6Repr::Other { msg_type, msg_code: code, rest_of_header: 0 };
+        let msg = Icmpv6Repr::Other { msg_type, msg_code: code, rest_of_header: rest };
         msg.emit(&mut Icmpv6Packet::new_unchecked(icmp), from, dst);
         p.meta.out_port = port;
         p.meta.rx_ns = orig.meta.rx_ns;
@@ -551,14 +655,17 @@ impl Router {
             return Err(DropReason::Martian);
         }
         let Some(hop) = self.lpm.lookup(info.dst) else {
-            self.send_error(p, &info, icmpv4::msg_type::DEST_UNREACHABLE, now);
+            self.send_error(p, &info, (icmpv4::msg_type::DEST_UNREACHABLE, 0, 0), now);
             return Err(DropReason::NoRoute);
         };
         if info.ttl <= 1 {
-            self.send_error(p, &info, icmpv4::msg_type::TIME_EXCEEDED, now);
+            self.send_error(p, &info, (icmpv4::msg_type::TIME_EXCEEDED, 0, 0), now);
             return Err(DropReason::TtlExceeded);
         }
         let hop = self.hops[hop];
+        if info.total_len > hop.mtu as usize {
+            return self.too_big(p, &info, hop, now);
+        }
         let d = p.data_mut();
         d[0..6].copy_from_slice(&hop.mac);
         d[6..12].copy_from_slice(&self.mac);
@@ -571,39 +678,75 @@ impl Router {
         Ok(())
     }
 
-    /// Queue the ICMP error `msg_type` (code 0) answering `orig`, if one
-    /// is due and the rate limit lets it go.
-    fn send_error(&mut self, orig: &Packet, info: &Ipv4Headers, msg_type: u8, now: u64) {
+    /// An IPv4 packet longer than its egress port's MTU (after the route
+    /// and TTL checks, as Linux's `ip_forward`): with DF set it is dropped
+    /// and answered with "fragmentation needed" carrying the MTU (RFC
+    /// 1191); without DF it is forwarded as fragments (RFC 791, as Linux's
+    /// `ip_do_fragment`): this packet becomes the first, the others wait in
+    /// `self.frags` to follow it.
+    #[cold]
+    #[inline(never)]
+    fn too_big(
+        &mut self,
+        p: &mut Packet,
+        info: &Ipv4Headers,
+        hop: NextHop,
+        now: u64,
+    ) -> Result<(), DropReason> {
+        let l3 = info.l3;
+        let frag_word = u16::from_be_bytes([p.data()[l3 + 6], p.data()[l3 + 7]]);
+        if frag_word & 0x4000 != 0 {
+            let msg = (icmpv4::msg_type::DEST_UNREACHABLE, 4, hop.mtu);
+            self.send_error(p, info, msg, now);
+            return Err(DropReason::TooBig);
+        }
+        let d = p.data_mut();
+        d[0..6].copy_from_slice(&hop.mac);
+        d[6..12].copy_from_slice(&self.mac);
+        d[l3 + 8] -= 1; // checksums are redone per fragment
+        p.meta.out_port = hop.port;
+        let mut rest = Vec::new();
+        fragment_ipv4(p, l3, info.ihl, info.total_len, hop.mtu as usize, &mut rest)?;
+        self.frags.push((p.buffer_id(), rest));
+        Ok(())
+    }
+
+    /// Queue the ICMP error `msg` (type, code, rest of header) answering
+    /// `orig`, if one is due and the rate limit lets it go.
+    fn send_error(&mut self, orig: &Packet, info: &Ipv4Headers, msg: (u8, u8, u32), now: u64) {
         let is_icmp_error = matches!(info.l4, L4::IcmpOther { msg_type } if matches!(msg_type, 3 | 4 | 5 | 11 | 12));
         let bad_source = info.src == 0 || info.src >= 0xe000_0000;
         let Some(from) = self.ip else { return };
         if info.l4 == L4::Fragment || is_icmp_error || bad_source || !self.icmp.take(now) {
             return;
         }
-        if let Some(icmp) = self.icmp_error(orig, info, from, msg_type) {
+        if let Some(icmp) = self.icmp_error(orig, info, from, msg) {
             self.created.push(icmp);
         }
     }
 
-    /// The ICMP error `msg_type` (code 0) answering `orig`.
+    /// The ICMP error `msg` (type, code, rest of header) answering `orig`.
     fn icmp_error(
         &self,
         orig: &Packet,
         info: &Ipv4Headers,
         from: u32,
-        msg_type: u8,
+        (msg_type, msg_code, rest_of_header): (u8, u8, u32),
     ) -> Option<Packet> {
         let o = orig.data();
-        let quoted = info.total_len.min(ICMP_QUOTE_MAX);
+        let (dst_mac, port, mtu) = match self.lpm.lookup(info.src) {
+            Some(h) => (self.hops[h].mac, self.hops[h].port, self.hops[h].mtu),
+            // No route back: the neighbour that sent it is the best guess.
+            None => (o[6..12].try_into().expect("6 bytes"), orig.meta.in_port, u32::MAX),
+        };
+        // As much as fits in 576 bytes, or in the way back's MTU if that
+        // is smaller (Linux's icmp_send).
+        let room = (mtu as usize).min(576) - ipv4::HEADER_LEN - icmpv4::HEADER_LEN;
+        let quoted = info.total_len.min(room);
         let l3 = info.l3;
         let icmp_len = icmpv4::HEADER_LEN + quoted;
         let mut p = Packet::new();
         let f = p.push_back(l3 + ipv4::HEADER_LEN + icmp_len).ok()?;
-        let (dst_mac, port) = match self.lpm.lookup(info.src) {
-            Some(h) => (self.hops[h].mac, self.hops[h].port),
-            // No route back: the neighbour that sent it is the best guess.
-            None => (o[6..12].try_into().expect("6 bytes"), orig.meta.in_port),
-        };
         // L2: back towards the source, with the VLAN tags it came with.
         let eth = EthernetRepr {
             src_addr: MacAddr(self.mac),
@@ -626,12 +769,93 @@ impl Router {
         view.fill_checksum();
         // The quote first: the ICMP checksum covers it.
         icmp[icmpv4::HEADER_LEN..].copy_from_slice(&o[l3..l3 + quoted]);
-        let msg = Icmpv4Repr::Other { msg_type, msg_code: 0, rest_of_header: 0 };
+        let msg = Icmpv4Repr::Other { msg_type, msg_code, rest_of_header };
         msg.emit(&mut Icmpv4Packet::new_unchecked(icmp));
         p.meta.out_port = port;
         p.meta.rx_ns = orig.meta.rx_ns;
         Some(p)
     }
+}
+
+/// Split the IPv4 packet at `l3` of `p` (`ihl` header bytes, `total_len`
+/// in all) into fragments of at most `mtu` bytes of IP, as Linux's
+/// `ip_do_fragment` does (RFC 791): every fragment but the last carries
+/// `(mtu - ihl) & !7` bytes of payload; offsets continue the packet's own
+/// (a fragment is fragmented again) and the last keeps its MF flag; the
+/// L2 header (VLAN tags too) and the IP header are copied into each, the
+/// later fragments with the options that must not be copied (copy flag
+/// clear) overwritten by NOOPs, as Linux's `ip_options_fragment`; total
+/// length, flags and header checksum are set in each. `p` becomes the
+/// first fragment (cut in place); the others are appended to `out`, in
+/// order, with `p`'s metadata. The caller decided the packet may be
+/// fragmented (DF clear) and is longer than `mtu`.
+pub fn fragment_ipv4(
+    p: &mut Packet,
+    l3: usize,
+    ihl: usize,
+    total_len: usize,
+    mtu: usize,
+    out: &mut Vec<Packet>,
+) -> Result<(), DropReason> {
+    if mtu < ihl + 8 || p.len() < l3 + total_len || total_len <= ihl {
+        return Err(DropReason::Malformed);
+    }
+    let chunk = (mtu - ihl) & !7;
+    let payload = total_len - ihl;
+    let d = p.data();
+    let word = u16::from_be_bytes([d[l3 + 6], d[l3 + 7]]);
+    let (base, last_mf) = (usize::from(word & 0x1fff) * 8, word & 0x2000);
+    if base + payload > 0xffff {
+        return Err(DropReason::Malformed);
+    }
+    // The later fragments' header: options without the copy flag become
+    // NOOPs (an option's length is trusted only if it stays inside).
+    let mut head = [0u8; 60];
+    head[..ihl].copy_from_slice(&d[l3..l3 + ihl]);
+    let mut at = ipv4::HEADER_LEN;
+    while at < ihl {
+        match head[at] {
+            0 => break,
+            1 => at += 1,
+            kind => {
+                let len = usize::from(*head.get(at + 1).unwrap_or(&0));
+                if len < 2 || at + len > ihl {
+                    break;
+                }
+                if kind & 0x80 == 0 {
+                    head[at..at + len].fill(1);
+                }
+                at += len;
+            }
+        }
+    }
+    let set = |h: &mut [u8], len: usize, off: usize, more: bool| {
+        h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        let w = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+        h[6..8].copy_from_slice(&w.to_be_bytes());
+        h[10..12].fill(0);
+        let ck = checksum(&h[..ihl]);
+        h[10..12].copy_from_slice(&ck.to_be_bytes());
+    };
+    let mut off = chunk;
+    while off < payload {
+        let n = chunk.min(payload - off);
+        let more = off + n < payload || last_mf != 0;
+        let mut q = Packet::with_room(l3 + ihl + n);
+        let d = p.data();
+        let f = q.push_back(l3 + ihl + n).map_err(|_| DropReason::NoRoom)?;
+        f[..l3].copy_from_slice(&d[..l3]);
+        f[l3..l3 + ihl].copy_from_slice(&head[..ihl]);
+        set(&mut f[l3..], ihl + n, base + off, more);
+        f[l3 + ihl..].copy_from_slice(&d[l3 + ihl + off..l3 + ihl + off + n]);
+        q.meta = p.meta;
+        out.push(q);
+        off += n;
+    }
+    let d = p.data_mut();
+    set(&mut d[l3..], ihl + chunk, base, true);
+    p.truncate(l3 + ihl + chunk);
+    Ok(())
 }
 
 impl NetworkFunction for Router {
@@ -640,7 +864,8 @@ impl NetworkFunction for Router {
     }
 
     fn keeps_lengths(&self) -> bool {
-        true
+        // Fragmenting cuts packets; without MTUs nothing changes lengths.
+        !self.any_mtu
     }
 
     fn gates(&self) -> crate::Gates {
@@ -689,6 +914,9 @@ impl NetworkFunction for Router {
             }
         });
         self.checked = checked;
+        if !self.frags.is_empty() {
+            self.insert_fragments(batch, cx);
+        }
         for p in self.created.drain(..) {
             cx.counters.packets_created += 1;
             batch.push(p);
@@ -1083,6 +1311,265 @@ mod tests {
                  - {prefix: '::/0', next_hop_mac: '02:00:00:00:00:02'}\n";
         let p: Params = serde_yaml_ng::from_str(y).unwrap();
         assert!((SPEC.build)(&p).is_ok());
+    }
+
+    /// The test router with `ports:` MTUs (`(port, mtu)`).
+    fn router_mtu(mtus: &[(u16, u32)]) -> Router {
+        let ports: String =
+            mtus.iter().map(|(p, m)| format!("- {{port: {p}, mtu: {m}}}\n")).collect();
+        let p: Params = serde_yaml_ng::from_str(&format!(
+            "mac: 02:00:00:00:00:fe\nip: 192.0.2.1\nip6: 2001:db8:ff::1\nroutes:\n\
+             - {{prefix: 10.0.0.0/8, next_hop_mac: '02:00:00:00:00:01', port: 1}}\n\
+             - {{prefix: 172.16.0.0/12, next_hop_mac: '02:00:00:00:00:04'}}\n\
+             - {{prefix: '2001:db8:1::/48', next_hop_mac: '02:00:00:00:00:07', port: 2}}\n\
+             - {{prefix: '2001:db8:aa::/48', next_hop_mac: '02:00:00:00:00:0a'}}\n\
+             ports:\n{ports}"
+        ))
+        .unwrap();
+        Router::from_config(&crate::params::parse(&p).unwrap()).unwrap()
+    }
+
+    /// `f` (from `udp`) with the IPv4 fragment word set to `word`.
+    fn with_frag_word(mut f: Vec<u8>, word: u16) -> Vec<u8> {
+        f[14 + 6..14 + 8].copy_from_slice(&word.to_be_bytes());
+        f[24..26].fill(0);
+        let ck = checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&ck.to_be_bytes());
+        f
+    }
+
+    /// Reassemble IPv4 fragments (frames): the payload, and whether the
+    /// last one seen ends the datagram (MF clear). Panics on a gap.
+    fn reassemble(frags: &[&[u8]]) -> (Vec<u8>, bool) {
+        let mut parts: Vec<(usize, Vec<u8>, bool)> = frags
+            .iter()
+            .map(|f| {
+                let ip = &f[14..];
+                let ihl = usize::from(ip[0] & 0xf) * 4;
+                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+                let w = u16::from_be_bytes([ip[6], ip[7]]);
+                (usize::from(w & 0x1fff) * 8, ip[ihl..total].to_vec(), w & 0x2000 != 0)
+            })
+            .collect();
+        parts.sort_by_key(|p| p.0);
+        let mut out = Vec::new();
+        let mut more = true;
+        let base = parts[0].0;
+        for (off, bytes, mf) in parts {
+            assert_eq!(off - base, out.len(), "fragments are contiguous");
+            out.extend_from_slice(&bytes);
+            more = mf;
+        }
+        (out, more)
+    }
+
+    #[test]
+    fn ipv4_with_df_over_the_mtu_gets_fragmentation_needed() {
+        let mut r = router_mtu(&[(1, 1000)]);
+        // Exactly the MTU passes; one byte more is answered (RFC 1191).
+        let fits = with_frag_word(udp([10, 1, 2, 3], 64, 1000 - 28), 0x4000);
+        let (out, c) = run(&mut r, std::slice::from_ref(&fits));
+        assert_eq!((out.len(), c.dropped_total()), (1, 0));
+        assert_eq!(out[0].data().len(), fits.len());
+        let big = with_frag_word(udp([10, 1, 2, 3], 64, 1000 - 27), 0x4000);
+        let (out, c) = run(&mut r, std::slice::from_ref(&big));
+        assert_eq!((c.dropped(DropReason::TooBig), c.packets_created, out.len()), (1, 1, 1));
+        let f = out[0].data();
+        assert_eq!(out[0].meta.out_port, 0, "back by the route to 172.16/12");
+        let ip = &f[14..];
+        assert_eq!(checksum(&ip[..20]), 0);
+        assert_eq!(checksum(&ip[20..]), 0);
+        assert_eq!((ip[20], ip[21]), (3, 4), "fragmentation needed");
+        assert_eq!(&ip[24..28], &[0, 0, 0x03, 0xe8], "next-hop MTU 1000");
+        assert_eq!(&ip[28..], &big[14..14 + ICMP_QUOTE_MAX], "the TTL as it came");
+        // The route and the TTL are checked first (Linux's order).
+        let (_, c) = run(&mut r, &[with_frag_word(udp([10, 1, 2, 3], 1, 2000), 0x4000)]);
+        assert_eq!((c.dropped(DropReason::TtlExceeded), c.dropped(DropReason::TooBig)), (1, 0));
+        // Not about an ICMP error: dropped silently.
+        let mut err = big.clone();
+        err[14 + 9] = 1;
+        err[34] = 3; // destination unreachable
+        let err = with_frag_word(err, 0x4000);
+        let (out, c) = run(&mut r, &[err]);
+        assert_eq!((out.len(), c.dropped(DropReason::TooBig), c.packets_created), (0, 1, 0));
+        // A port without an MTU has no limit; no `ports`: lengths kept.
+        let (out, c) = run(&mut r, &[with_frag_word(udp([172, 16, 1, 1], 64, 1400), 0x4000)]);
+        assert_eq!((out.len(), c.dropped_total()), (1, 0));
+        assert!(!r.keeps_lengths() && router().keeps_lengths());
+    }
+
+    #[test]
+    fn ipv4_without_df_is_fragmented_like_linux() {
+        let mut r = router_mtu(&[(1, 500)]);
+        let small = udp([10, 1, 2, 3], 64, 10);
+        let big = udp([10, 1, 2, 3], 64, 1000); // 1028 bytes of IP
+        let (out, c) = run(&mut r, &[small.clone(), big.clone(), small.clone()]);
+        // In place of the packet, in order: 480 + 480 + 48 bytes of payload.
+        assert_eq!((out.len(), c.packets_created, c.dropped_total()), (5, 2, 0));
+        assert_eq!(out[0].data().len(), small.len());
+        assert_eq!(out[4].data().len(), small.len());
+        let frags: Vec<&[u8]> = out[1..4].iter().map(|p| p.data()).collect();
+        let want = [(500, 0u16, true), (500, 60, true), (68, 120, false)];
+        for (f, (len, off, mf)) in frags.iter().zip(want) {
+            let ip = &f[14..];
+            assert_eq!(f.len(), 14 + len);
+            assert_eq!(u16::from_be_bytes([ip[2], ip[3]]) as usize, len);
+            let w = u16::from_be_bytes([ip[6], ip[7]]);
+            assert_eq!((w & 0x1fff, w & 0x2000 != 0, w & 0x4000), (off, mf, 0));
+            assert_eq!(checksum(&ip[..20]), 0);
+            assert_eq!((ip[8], &ip[4..6], &ip[12..20]), (63, &big[18..20], &big[26..34]));
+            assert_eq!((&f[0..6], &f[6..12]), (&[2, 0, 0, 0, 0, 1][..], &ROUTER_MAC[..]));
+        }
+        assert!(out[1..4].iter().all(|p| p.meta.out_port == 1));
+        assert_eq!(reassemble(&frags), (big[34..].to_vec(), false));
+        // A fragment is fragmented again: offsets continue, MF stays.
+        let part = with_frag_word(udp([10, 1, 2, 3], 64, 1000), 0x2000 | 100);
+        let (out, _) = run(&mut r, std::slice::from_ref(&part));
+        assert_eq!(out.len(), 3);
+        let frags: Vec<&[u8]> = out.iter().map(|p| p.data()).collect();
+        let words: Vec<u16> = frags.iter().map(|f| u16::from_be_bytes([f[20], f[21]])).collect();
+        assert_eq!(words, [0x2000 | 100, 0x2000 | 160, 0x2000 | 220]);
+        assert_eq!(reassemble(&frags), (part[34..].to_vec(), true));
+    }
+
+    #[test]
+    fn fragments_copy_only_the_options_with_the_copy_flag() {
+        let mut r = router_mtu(&[(1, 300)]);
+        // IHL 7: a non-copied option (30) then a copied one (158).
+        let plain = udp([10, 1, 2, 3], 64, 600);
+        let mut f = plain[..34].to_vec();
+        f.extend_from_slice(&[30, 4, 0xaa, 0xbb, 158, 4, 0xcc, 0xdd]);
+        f.extend_from_slice(&plain[34..]);
+        f[14] = 0x47;
+        let total = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[24..26].fill(0);
+        let ck = checksum(&f[14..42]);
+        f[24..26].copy_from_slice(&ck.to_be_bytes());
+        let (out, c) = run(&mut r, std::slice::from_ref(&f));
+        assert_eq!((out.len(), c.dropped_total()), (3, 0));
+        for (i, p) in out.iter().enumerate() {
+            let ip = &p.data()[14..];
+            assert!(ip.len() <= 300);
+            assert_eq!(ip[0], 0x47, "the header keeps its length");
+            assert_eq!(checksum(&ip[..28]), 0);
+            let first = if i == 0 { [30, 4, 0xaa, 0xbb] } else { [1, 1, 1, 1] };
+            assert_eq!(&ip[20..24], &first);
+            assert_eq!(&ip[24..28], &[158, 4, 0xcc, 0xdd]);
+        }
+        let frags: Vec<&[u8]> = out.iter().map(|p| p.data()).collect();
+        assert_eq!(reassemble(&frags), (f[42..].to_vec(), false));
+        // (300 - 28) & !7 = 272 bytes a fragment.
+        assert_eq!(out[0].data().len(), 14 + 28 + 272);
+    }
+
+    #[test]
+    fn ipv6_over_the_mtu_gets_packet_too_big() {
+        let mut r = router_mtu(&[(2, 1280)]);
+        let fits = udp6("2001:db8:1::5", 64, 1280 - 48);
+        let (out, c) = run(&mut r, std::slice::from_ref(&fits));
+        assert_eq!((out.len(), c.dropped_total(), out[0].data().len()), (1, 0, fits.len()));
+        for payload in [1280 - 47, 1400] {
+            let big = udp6("2001:db8:1::5", 64, payload);
+            let (out, c) = run(&mut r, std::slice::from_ref(&big));
+            assert_eq!((c.dropped(DropReason::TooBig), c.packets_created), (1, 1));
+            let f = out[0].data();
+            assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 0x0a], "back to the source");
+            let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+            assert_eq!(ip.dst_addr(), a6("2001:db8:aa::9"));
+            let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+            assert!(icmp.verify_checksum(ip.src_addr(), ip.dst_addr()));
+            assert_eq!((icmp.msg_type(), icmp.msg_code()), (2, 0));
+            assert_eq!(&ip.payload()[4..8], &1280u32.to_be_bytes(), "the MTU");
+            let quoted = (big.len() - 14).min(ICMP6_QUOTE_MAX);
+            assert_eq!(icmp.payload(), &big[14..14 + quoted]);
+            assert!(f.len() - 14 <= 1280);
+        }
+        // Hop limit first; no Packet Too Big about an ICMPv6 error.
+        let (_, c) = run(&mut r, &[udp6("2001:db8:1::5", 1, 1400)]);
+        assert_eq!((c.dropped(DropReason::TtlExceeded), c.dropped(DropReason::TooBig)), (1, 0));
+        let mut err = udp6("2001:db8:1::5", 64, 1400);
+        err[14 + 6] = 58;
+        err[54] = 1; // destination unreachable
+        let (out, c) = run(&mut r, &[err]);
+        assert_eq!((out.len(), c.dropped(DropReason::TooBig)), (0, 1));
+    }
+
+    #[test]
+    fn mtu_config_errors() {
+        let base = "mac: 02:00:00:00:00:fe\nip: 192.0.2.1\nip6: '::1'\nroutes:\n\
+                    - {prefix: 10.0.0.0/8, next_hop_mac: '02:00:00:00:00:01', port: 1}\n\
+                    - {prefix: '2001:db8::/32', next_hop_mac: '02:00:00:00:00:01', port: 2}\n";
+        for (field, ports) in [
+            ("ports[0].mtu", "[{port: 1, mtu: 67}]"),
+            ("ports[0].mtu", "[{port: 1, mtu: 65536}]"),
+            ("ports[1].port", "[{port: 1, mtu: 1500}, {port: 1, mtu: 9000}]"),
+            ("routes[1].port", "[{port: 2, mtu: 1279}]"),
+        ] {
+            let p: Params = serde_yaml_ng::from_str(&format!("{base}ports: {ports}")).unwrap();
+            let e = (SPEC.build)(&p).err().unwrap();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let p: Params =
+            serde_yaml_ng::from_str(&format!("{base}ports: [{{port: 1, mtu: 68}}]")).unwrap();
+        assert!((SPEC.build)(&p).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any size over any MTU: every fragment fits, checksums hold, the
+        /// payload reassembles to the original's, 8-byte-aligned offsets.
+        #[test]
+        fn fragments_fit_and_reassemble(payload in 0usize..3000, mtu in 68u32..1600,
+                                       ihl_words in 5u8..16, vlan in any::<bool>()) {
+            let mut r = router_mtu(&[(1, mtu)]);
+            let plain = udp([10, 1, 2, 3], 64, payload);
+            let opts = usize::from(ihl_words - 5) * 4;
+            let mut f = plain[..34].to_vec();
+            f.extend((0..opts).map(|i| if i % 4 == 0 { 0x9e } else { 1 }));
+            f.extend_from_slice(&plain[34..]);
+            f[14] = 0x40 | ihl_words;
+            let total = f.len() - 14;
+            f[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+            f[24..26].fill(0);
+            let ck = checksum(&f[14..34 + opts]);
+            f[24..26].copy_from_slice(&ck.to_be_bytes());
+            let l3 = if vlan { 18 } else { 14 };
+            if vlan {
+                f.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+            }
+            let (out, c) = run(&mut r, std::slice::from_ref(&f));
+            prop_assert_eq!(c.dropped_total(), 0);
+            let hlen = 20 + opts;
+            if total <= mtu as usize {
+                prop_assert_eq!(out.len(), 1);
+                prop_assert_eq!(out[0].data().len(), f.len());
+                return Ok(());
+            }
+            let per = (mtu as usize - hlen) & !7;
+            prop_assert_eq!(out.len(), (total - hlen).div_ceil(per));
+            prop_assert_eq!(c.packets_created as usize, out.len() - 1);
+            let mut frags = Vec::new();
+            for p in &out {
+                let d = p.data();
+                prop_assert_eq!(&d[12..l3], &f[12..l3], "VLAN tags kept");
+                let ip = &d[l3..];
+                prop_assert!(ip.len() <= mtu as usize);
+                prop_assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), ip.len());
+                prop_assert_eq!(checksum(&ip[..hlen]), 0);
+                prop_assert_eq!(ip[8], 63);
+                // As `reassemble` expects: the IP header after 14 bytes.
+                let mut flat = d[..12].to_vec();
+                flat.extend_from_slice(&[8, 0]);
+                flat.extend_from_slice(ip);
+                frags.push(flat);
+            }
+            for p in &out[..out.len() - 1] {
+                prop_assert_eq!(p.data().len() - l3 - hlen, per);
+            }
+            let views: Vec<&[u8]> = frags.iter().map(|f| f.as_slice()).collect();
+            prop_assert_eq!(reassemble(&views), (f[l3 + hlen..].to_vec(), false));
+        }
     }
 
     proptest! {

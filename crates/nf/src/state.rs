@@ -350,8 +350,9 @@ pub enum StateError {
     Conflict(String),
     #[error("merge refused, nothing changed: {total} entries would exceed the limit of {max}")]
     Capacity { total: usize, max: usize },
-    /// This instance's configuration has no exportable state format (for
-    /// example a `loadbalancer` with an IPv6 VIP).
+    /// This instance's configuration has no exportable state format (no
+    /// NF of the registry refuses this way today; the `loadbalancer` with
+    /// an IPv6 VIP did until it got its own format).
     #[error("cannot export or import state: {0}")]
     Unsupported(String),
 }

@@ -5,13 +5,13 @@
 //! and the chunk size; and the destination then treats every existing
 //! flow exactly as the source does.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use braid_nf::conntrack::{ConnSnapshot, SNAPSHOT_VERSION};
 use braid_nf::statelet::dedup_keys;
 use braid_nf::{Context, Counters, NetworkFunction, PartitionKey, StateError, Statelet};
 use braid_packet::envelope;
-use braid_packet::wire::build::FrameSpec;
+use braid_packet::wire::build::{Frame6Spec, FrameSpec};
 use braid_packet::{Batch, Packet};
 use proptest::prelude::*;
 
@@ -21,13 +21,16 @@ const FIREWALL: &str =
 
 const LB: &str = "vip: 10.1.0.1\ntable_size: 251\nidle_timeout_ms: 2000\nmax_connections: 4096\nbackends: [{ip: 10.2.0.1}, {ip: 10.2.0.2}, {ip: 10.2.0.3}]";
 const L2: &str = "ports: 4\naging_ms: 2000\nmax_entries: 4096";
+/// An IPv6 VIP (test kind `loadbalancer6`).
+const LB6: &str = "vip: '2001:db8:1::1'\ntable_size: 251\nidle_timeout_ms: 2000\nmax_connections: 4096\nbackends: [{ip: '2001:db8:2::1'}, {ip: '2001:db8:2::2'}, {ip: '2001:db8:2::3'}]";
 
 fn build(kind: &str) -> Box<dyn NetworkFunction> {
-    let yaml = match kind {
-        "nat" => NAT,
-        "firewall" => FIREWALL,
-        "loadbalancer" => LB,
-        _ => L2,
+    let (kind, yaml) = match kind {
+        "nat" => (kind, NAT),
+        "firewall" => (kind, FIREWALL),
+        "loadbalancer" => (kind, LB),
+        "loadbalancer6" => ("loadbalancer", LB6),
+        _ => (kind, L2),
     };
     braid_nf::build(kind, &serde_yaml_ng::from_str(yaml).unwrap()).unwrap()
 }
@@ -63,6 +66,13 @@ fn out_frame(kind: &str, host: u8, port: u16, server: u8, tcp: bool, flags: u8) 
         p.meta.in_port = u16::from(server % 4);
         return p;
     }
+    if kind == "loadbalancer6" {
+        let client = (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(host)), port);
+        let vip = (Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1), 80 + u16::from(server));
+        let f =
+            if tcp { Frame6Spec::tcp(client, vip, flags) } else { Frame6Spec::udp(client, vip, 8) };
+        return Packet::from_bytes(&f.build());
+    }
     let outside = match kind {
         "loadbalancer" => (Ipv4Addr::new(10, 1, 0, 1), 80 + u16::from(server)),
         _ => (Ipv4Addr::new(198, 51, 100, server), 443),
@@ -77,6 +87,17 @@ fn out_frame(kind: &str, host: u8, port: u16, server: u8, tcp: bool, flags: u8) 
 
 /// The reply to an output frame: addresses and ports swapped.
 fn reply_to(out: &[u8]) -> Option<Packet> {
+    let p6 = envelope::parse_dual(out);
+    if p6.l3 == envelope::L3Kind::Ipv6 {
+        let t = p6.ip6.tuple();
+        let (src, dst) = ((t.dst, t.dst_port), (t.src, t.src_port));
+        let f = match t.proto {
+            6 => Frame6Spec::tcp(src, dst, 0x10),
+            17 => Frame6Spec::udp(src, dst, 8),
+            _ => return None,
+        };
+        return Some(Packet::from_bytes(&f.build()));
+    }
     let p = envelope::parse(out);
     let t = p.ipv4()?.tuple();
     let (src, dst) = ((t.dst, t.dst_port), (t.src, t.src_port));
@@ -211,7 +232,7 @@ proptest! {
 
     #[test]
     fn ordered_stream_reproduces_the_state_and_the_behaviour(
-        kind in prop::sample::select(vec!["nat", "firewall", "loadbalancer", "l2switch"]),
+        kind in prop::sample::select(vec!["nat", "firewall", "loadbalancer", "loadbalancer6", "l2switch"]),
         ops in prop::collection::vec(op(), 1..160),
         freeze_frac in 0.0f64..1.0,
         chunk in 1usize..20,

@@ -149,6 +149,7 @@ fn router_lookups(routes: &[(u128, u8)], dsts: &[u128]) -> Vec<Option<usize>> {
         ip6: Some("2001:db8::fe".parse().unwrap()),
         icmp_rate: 0,
         icmp_burst: 1,
+        ports: Vec::new(),
     };
     let mut r = Router::from_config(&cfg).expect("router config");
     let index: HashMap<[u8; 6], usize> = (0..routes.len()).map(|i| (hop_mac(i), i)).collect();
