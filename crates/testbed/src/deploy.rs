@@ -831,21 +831,37 @@ impl DeployLock {
             .truncate(false)
             .open(&path)
             .map_err(io_err)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                return Err(TestbedError::Busy {
-                    holder: if holder.trim().is_empty() {
-                        "unknown process".into()
-                    } else {
-                        holder.trim().into()
-                    },
-                    path: path.display().to_string(),
-                });
+        // A lock this process let go of can still be held for a moment by
+        // a child another thread is spawning (between fork and exec it has
+        // a copy of every descriptor, close-on-exec or not): when the file
+        // names this process, look again for up to half a second before
+        // calling the testbed busy. A live deployment of this process still
+        // holds it then.
+        let mine = format!("pid {}, ", std::process::id());
+        let mut attempts = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let mut holder = String::new();
+                    file.rewind().map_err(io_err)?;
+                    let _ = file.read_to_string(&mut holder);
+                    if holder.starts_with(&mine) && attempts < 50 {
+                        attempts += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                    return Err(TestbedError::Busy {
+                        holder: if holder.trim().is_empty() {
+                            "unknown process".into()
+                        } else {
+                            holder.trim().into()
+                        },
+                        path: path.display().to_string(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
         let names: Vec<&str> = nfs.iter().map(|n| n.name.as_str()).collect();
         file.set_len(0).map_err(io_err)?;
