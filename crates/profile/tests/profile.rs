@@ -156,7 +156,11 @@ fn a_sleeping_worker_switches_voluntarily_a_busy_one_does_not() {
     // 150 ms of sleeps of 50 µs doubling to 1 ms: about 140 sleeps on an
     // idle machine, fewer when the wake-ups wait for a busy CPU.
     assert!(sleeping.sleeps >= 50, "{sleeping:?}");
-    assert!(s.voluntary_switches >= sleeping.sleeps, "{s:?}");
+    // Not every sleep is a switch: when the timer fires before the thread
+    // reaches `schedule()` (a short sleep on a loaded CPU) the kernel
+    // keeps it running, and CI once counted 110 switches for more sleeps.
+    // Most sleeps switch.
+    assert!(s.voluntary_switches * 2 >= sleeping.sleeps, "sleeps {} {s:?}", sleeping.sleeps);
     assert_eq!(busy.sleeps, 0);
     assert!(b.voluntary_switches * 4 < s.voluntary_switches, "busy {b:?} sleeping {s:?}");
     // Spinning keeps the CPU (or waits for it): far more CPU than sleeping.
