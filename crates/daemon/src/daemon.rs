@@ -1,6 +1,6 @@
 //! What braidd owns: the chains it runs (each a [`LiveChain`] on its own
-//! worker thread, or one per NF with `mapping: threads`), the store that declares them, and the operations on
-//! them. Every operation here blocks (it opens sockets, starts threads,
+//! worker thread, or one per NF with `mapping: threads`), the store that
+//! declares them, and the operations on them. Every operation here blocks (it opens sockets, starts threads,
 //! talks to workers): the API runs them on tokio's blocking pool, one at
 //! a time.
 

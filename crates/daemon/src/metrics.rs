@@ -308,7 +308,9 @@ impl Seen {
         };
         let Some(live) = c.live() else { return seen };
         let per_worker = live.worker_snapshots();
-        let snap = if per_worker.len() == 1 { per_worker[0].clone() } else { live.snapshot() };
+        // One read of the workers' telemetry serves both the per-worker
+        // families and the chain's NF and port ones.
+        let snap = live.combine(per_worker.clone());
         seen.nf_labels = snap
             .stages
             .iter()

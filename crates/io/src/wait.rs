@@ -46,8 +46,8 @@ pub enum Waited {
 /// work, or `timeout` passes.
 ///
 /// A port without a descriptor (memory, generator) cannot wake the
-/// sleeper (in-process channels can: [`crate::channel`]): then the descriptors are only looked at (`ppoll` with a
-/// zero timeout) and the caller comes back at once. That is a spin, as it
+/// sleeper (in-process channels can: [`crate::channel`]): then the
+/// descriptors are only looked at (`ppoll` with a zero timeout) and the caller comes back at once. That is a spin, as it
 /// always was here (the 200 µs cap this had was rounded down to 0 ms by
 /// `poll(2)`); sleeping instead would add the sleep to every hop of a
 /// chain of threads.

@@ -128,6 +128,16 @@ enum Thread {
     Ended(Box<WorkerReport>),
 }
 
+impl Thread {
+    /// The report of a worker that ended.
+    fn ended(&self) -> Option<&WorkerReport> {
+        match self {
+            Thread::Ended(r) => Some(r),
+            Thread::Running(_) => None,
+        }
+    }
+}
+
 /// The chain's worker threads, in chain order, and whether
 /// [`LiveChain::stop`] was called.
 struct Threads {
@@ -455,8 +465,7 @@ impl LiveChain {
     /// The worker that runs NF `nf` (for a capture tap on it, a live
     /// change); None for an unknown NF.
     pub fn worker_of(&self, nf: &str) -> Option<&WorkerHandle> {
-        let i = lock(&self.descriptor).nfs.iter().position(|n| n.name == nf)?;
-        self.units.iter().find(|u| u.nfs.contains(&i)).map(|u| &u.handle)
+        self.unit_of(nf).ok().map(|(_, k)| &self.units[k].handle)
     }
 
     /// The chain's name.
@@ -481,11 +490,17 @@ impl LiveChain {
     /// between workers too) and their loop counters added up
     /// ([`LiveChain::worker_snapshots`] has them one by one).
     pub fn snapshot(&self) -> WorkerSnapshot {
-        if self.units.len() == 1 {
-            return self.units[0].handle.snapshot();
+        self.combine(self.worker_snapshots())
+    }
+
+    /// One snapshot of the chain from its workers' ([`LiveChain::worker_snapshots`]):
+    /// the only one as it is, or several as [`LiveChain::snapshot`] says.
+    pub fn combine(&self, mut per_worker: Vec<WorkerSnapshot>) -> WorkerSnapshot {
+        if per_worker.len() == 1 {
+            return per_worker.remove(0);
         }
         let mut all = WorkerSnapshot { worker: self.name.clone(), ..WorkerSnapshot::default() };
-        for s in self.worker_snapshots() {
+        for s in per_worker {
             all.taken_ns = all.taken_ns.max(s.taken_ns);
             all.stages.extend(s.stages);
             all.ports.extend(s.ports);
@@ -520,29 +535,28 @@ impl LiveChain {
         let mut t = lock(&self.threads);
         for (u, slot) in self.units.iter().zip(t.units.iter_mut()) {
             if matches!(slot, Thread::Running(h) if h.is_finished()) {
-                let Thread::Running(h) =
-                    std::mem::replace(slot, Thread::Ended(Box::new(self.lost_report(&u.handle))))
-                else {
-                    unreachable!("matched above")
-                };
-                *slot = Thread::Ended(Box::new(self.join(&u.handle, h)));
+                self.reap(&u.handle, slot);
             }
         }
         if t.stopped {
             return LiveState::Stopped;
         }
-        let mut exited = None;
-        for slot in &t.units {
-            if let Thread::Ended(r) = slot {
-                let e = r.error.as_ref().map(|e| e.to_string());
-                if exited.as_ref().is_none_or(|x: &Option<String>| x.is_none()) {
-                    exited = Some(e);
-                }
-            }
+        let ended: Vec<&WorkerReport> = t.units.iter().filter_map(Thread::ended).collect();
+        if ended.is_empty() {
+            return LiveState::Running;
         }
-        match exited {
-            Some(e) => LiveState::Exited(e),
-            None => LiveState::Running,
+        // The first error of a worker that ended, if one had one.
+        LiveState::Exited(ended.iter().find_map(|r| r.error.as_ref().map(|e| e.to_string())))
+    }
+
+    /// Join the worker's thread (its slot becomes `Ended` with its report).
+    fn reap(&self, handle: &WorkerHandle, slot: &mut Thread) {
+        if let Thread::Ended(_) = slot {
+            return;
+        }
+        let placeholder = Thread::Ended(Box::new(self.lost_report(handle)));
+        if let Thread::Running(h) = std::mem::replace(slot, placeholder) {
+            *slot = Thread::Ended(Box::new(self.join(handle, h)));
         }
     }
 
@@ -583,8 +597,9 @@ impl LiveChain {
         }
     }
 
-    /// The worker of NF `nf` and the NF's index, or `UnknownNf`.
-    fn unit_of(&self, nf: &str) -> Result<(usize, &Unit), LiveError> {
+    /// NF `nf`'s index in the descriptor and the position of its worker
+    /// in `units`, or `UnknownNf`.
+    fn unit_of(&self, nf: &str) -> Result<(usize, usize), LiveError> {
         let d = lock(&self.descriptor);
         let index =
             d.nfs.iter().position(|n| n.name == nf).ok_or_else(|| LiveError::UnknownNf {
@@ -592,8 +607,9 @@ impl LiveChain {
                 nf: nf.to_string(),
                 known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
             })?;
-        let unit = self.units.iter().find(|u| u.nfs.contains(&index)).unwrap_or(&self.units[0]);
-        Ok((index, unit))
+        // Every NF is on one worker (`units` covers them all).
+        let k = self.units.iter().position(|u| u.nfs.contains(&index)).unwrap_or(0);
+        Ok((index, k))
     }
 
     /// Replace NF `nf`'s parameters while the chain runs: the NF's worker
@@ -601,7 +617,8 @@ impl LiveChain {
     /// in between two batches. Refused (and nothing changed) when the
     /// parameters are invalid or the state does not fit.
     pub fn reconfigure(&self, nf: &str, params: braid_nf::Params) -> Result<(), LiveError> {
-        let (index, unit) = self.unit_of(nf)?;
+        let (index, k) = self.unit_of(nf)?;
+        let unit = &self.units[k];
         let control = |source| LiveError::Control { chain: self.name.clone(), source };
         let command = Command::Reconfigure { stage: nf.to_string(), params: params.clone() };
         match unit.handle.request(command, self.control_timeout).map_err(control)? {
@@ -628,12 +645,12 @@ impl LiveChain {
         sched: Option<crate::descriptor::SchedDecl>,
         others: &[crate::coordinator::WorkerSettings],
     ) -> Result<crate::coordinator::WorkerSettings, LiveError> {
-        let (index, unit) = self.unit_of(nf)?;
+        let (index, k) = self.unit_of(nf)?;
+        let unit = &self.units[k];
         let mut d = self.descriptor();
         d.nfs[index].sched = sched.filter(|s| !s.is_empty());
         let sched_err = |source| LiveError::Sched { chain: self.name.clone(), source };
         let all_own = worker_settings(&d, &self.start_opts).map_err(sched_err)?;
-        let k = self.units.iter().position(|u| std::ptr::eq(u, unit)).unwrap_or(0);
         let settings = all_own[k].clone();
         let mut all = others.to_vec();
         all.extend(all_own);
@@ -671,7 +688,7 @@ impl LiveChain {
             lock(&self.descriptor).nfs.iter().map(|n| n.name.clone()).collect();
         let mut out = Vec::new();
         for nf in names {
-            let (_, unit) = self.unit_of(&nf)?;
+            let unit = &self.units[self.unit_of(&nf)?.1];
             let command = Command::ExportState { stage: nf.clone() };
             match unit.handle.request(command, self.control_timeout).map_err(control)? {
                 Reply::State(Some(state)) => out.push((nf, state)),
@@ -688,7 +705,7 @@ impl LiveChain {
     pub fn import_states(&self, states: Vec<(String, braid_nf::NfState)>) -> Result<(), LiveError> {
         let control = |source| LiveError::Control { chain: self.name.clone(), source };
         for (nf, state) in states {
-            let (_, unit) = self.unit_of(&nf)?;
+            let unit = &self.units[self.unit_of(&nf)?.1];
             let command = Command::ImportState { stage: nf, state };
             match unit.handle.request(command, self.control_timeout).map_err(control)? {
                 Reply::Done => {}
@@ -772,22 +789,10 @@ impl LiveChain {
                     }
                 }
             }
-            let Thread::Running(h) =
-                std::mem::replace(slot, Thread::Ended(Box::new(self.lost_report(&u.handle))))
-            else {
-                unreachable!("matched above")
-            };
-            *slot = Thread::Ended(Box::new(self.join(&u.handle, h)));
+            self.reap(&u.handle, slot);
         }
         t.stopped = true;
-        let reports: Vec<&WorkerReport> = t
-            .units
-            .iter()
-            .filter_map(|s| match s {
-                Thread::Ended(r) => Some(&**r),
-                Thread::Running(_) => None,
-            })
-            .collect();
+        let reports: Vec<&WorkerReport> = t.units.iter().filter_map(Thread::ended).collect();
         let mut report = self.report(&reports);
         report.error = t.units.iter_mut().find_map(|s| match s {
             Thread::Ended(r) => r.error.take(),
