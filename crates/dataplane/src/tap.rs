@@ -496,7 +496,6 @@ impl XdpSource {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.reader.next(left) {
-                Ok(Some(s)) if u32::from(s.slot) != self.reader.slot() => {}
                 Ok(Some(s)) if !self.filter.matches(&s.frame) => {}
                 Ok(Some(s)) => {
                     self.matched += 1;
@@ -569,8 +568,9 @@ impl CaptureSession {
     }
 
     /// [`CaptureSession::start`] on a user-space stage or a kernel NF: for
-    /// one in XDP, its tap word is set (one capture at a time per XDP
-    /// program); errors leave it off.
+    /// one in XDP, its tap word is set to what its captures ask for
+    /// together (the reader's hub hands each capture only its own slot and
+    /// points); errors leave it as it was.
     pub fn start_on(target: CaptureTarget, req: CaptureRequest) -> Result<Self, CaptureError> {
         let filter = Filter::parse(&req.filter)?;
         if let Some(s) = req.seconds.filter(|s| !(s.is_finite() && *s > 0.0)) {

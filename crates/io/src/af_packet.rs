@@ -84,20 +84,8 @@ fn os(what: String) -> PortError {
 }
 
 fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32, what: &str) -> Result<(), PortError> {
-    // SAFETY: `value` lives across the call and its size is passed exactly.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const i32 as *const libc::c_void,
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(os(what.to_string()));
-    }
-    Ok(())
+    crate::sockopt::set(fd, level, name, &value)
+        .map_err(|source| PortError::Os { what: what.to_string(), source })
 }
 
 impl AfPacketPort {
@@ -178,20 +166,13 @@ impl AfPacketPort {
             let mut mr: libc::packet_mreq = unsafe { zeroed() };
             mr.mr_ifindex = ifindex as i32;
             mr.mr_type = libc::PACKET_MR_PROMISC as u16;
-            // SAFETY: `mr` lives across the call and its size is exact. The
-            // membership ends when the socket closes.
-            let rc = unsafe {
-                libc::setsockopt(
-                    s,
-                    libc::SOL_PACKET,
-                    libc::PACKET_ADD_MEMBERSHIP,
-                    &mr as *const libc::packet_mreq as *const libc::c_void,
-                    size_of::<libc::packet_mreq>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(os(format!("af_packet {}: promiscuous mode", cfg.iface)));
-            }
+            // The membership ends when the socket closes.
+            crate::sockopt::set(s, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mr).map_err(
+                |source| PortError::Os {
+                    what: format!("af_packet {}: promiscuous mode", cfg.iface),
+                    source,
+                },
+            )?;
         }
 
         let n = cfg.batch_size;

@@ -22,7 +22,9 @@ pub mod pcapng;
 pub mod shm;
 #[allow(unsafe_code)] // ppoll(2)
 pub mod sleep;
-#[allow(unsafe_code)] // ioctl(SIOCOUTQ), getsockopt(TCP_INFO), setsockopt(SO_SNDBUF)
+#[allow(unsafe_code)] // setsockopt(2), getsockopt(2) of a plain value
+mod sockopt;
+#[allow(unsafe_code)] // ioctl(SIOCOUTQ), getsockopt(TCP_INFO)
 pub mod tcp;
 pub mod virtual_port;
 pub mod wait;

@@ -104,34 +104,8 @@ fn parse_tcp_info(b: &[u8]) -> TcpSendInfo {
 pub fn set_send_buffer(sock: &impl AsRawFd, bytes: usize) -> io::Result<usize> {
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     let fd = sock.as_raw_fd();
-    // SAFETY: the option value is one int read from `v`, alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut got: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the kernel writes one int into `got` and its size into `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&mut got as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    crate::sockopt::set(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &v)?;
+    let got = crate::sockopt::get_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
     Ok(usize::try_from(got).unwrap_or(0))
 }
 
@@ -140,20 +114,7 @@ pub fn set_send_buffer(sock: &impl AsRawFd, bytes: usize) -> io::Result<usize> {
 /// come, it applies to them (their window is agreed at the handshake).
 pub fn set_recv_buffer(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the option value is one int read from `v`, alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sockopt::set(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &v)
 }
 
 #[cfg(test)]

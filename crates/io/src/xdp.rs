@@ -55,7 +55,8 @@ pub enum XdpError {
     Sample(#[from] crate::xdp_tap::TapDecodeError),
 }
 
-fn kernel<E: std::error::Error + Send + Sync + 'static>(
+/// Map an aya or kernel error to [`XdpError::Kernel`] saying what failed.
+pub(crate) fn kernel<E: std::error::Error + Send + Sync + 'static>(
     what: impl Into<String>,
 ) -> impl FnOnce(E) -> XdpError {
     let what = what.into();
@@ -761,17 +762,25 @@ impl XdpChain {
     }
 
     fn slot(&self, slot: usize, nf: XdpNf, what: &str) -> Result<u32, XdpError> {
-        match self.stages.get(slot) {
-            Some(s) if *s == nf => Ok(slot as u32),
-            Some(s) => Err(XdpError::Config(format!(
+        let s = self.stage(slot)?;
+        if self.stages[slot] != nf {
+            return Err(XdpError::Config(format!(
                 "stage {slot} of the XDP chain is {}, which has no {what}",
-                s.name()
-            ))),
-            None => Err(XdpError::Config(format!(
+                self.stages[slot].name()
+            )));
+        }
+        Ok(s)
+    }
+
+    /// `slot` as the programs' slot number, if the chain has that stage.
+    fn stage(&self, slot: usize) -> Result<u32, XdpError> {
+        if slot >= self.stages.len() {
+            return Err(XdpError::Config(format!(
                 "the XDP chain has {} stages, no stage {slot}",
                 self.stages.len()
-            ))),
+            )));
         }
+        Ok(slot as u32)
     }
 
     /// Frames arriving on `in_ifindex` cross the stages `slots` in this
@@ -855,13 +864,8 @@ impl XdpChain {
     /// Counters of stage `slot`, summed over CPUs. A stage that hands a
     /// frame to the next one counts it in `redirect`.
     pub fn counters(&mut self, slot: usize) -> Result<XdpCounters, XdpError> {
-        if slot >= self.stages.len() {
-            return Err(XdpError::Config(format!(
-                "the XDP chain has {} stages, no stage {slot}",
-                self.stages.len()
-            )));
-        }
-        maps::counters(&mut self.ebpf, slot as u32)
+        let s = self.stage(slot)?;
+        maps::counters(&mut self.ebpf, s)
     }
 
     /// Its capture tap's maps (one tap word per stage slot), for
@@ -872,13 +876,8 @@ impl XdpChain {
 
     /// The points the tap of stage `slot` now mirrors (0: no capture).
     pub fn tap_config(&mut self, slot: usize) -> Result<u32, XdpError> {
-        if slot >= self.stages.len() {
-            return Err(XdpError::Config(format!(
-                "the XDP chain has {} stages, no stage {slot}",
-                self.stages.len()
-            )));
-        }
-        maps::tap_config(&mut self.ebpf, slot as u32)
+        let s = self.stage(slot)?;
+        maps::tap_config(&mut self.ebpf, s)
     }
 
     /// Run the chain once on `frame` with `BPF_PROG_TEST_RUN`. The kernel

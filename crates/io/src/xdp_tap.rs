@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 
-use crate::xdp::XdpError;
+use crate::xdp::{kernel, XdpError};
 
 /// Bytes of a frame a sample holds (`BRAID_TAP_SNAP`); longer frames are
 /// cut, their original length kept.
@@ -212,41 +212,37 @@ impl TapWords {
     /// Set the word of `slot` (the map's single value is read, changed
     /// and written back; only the hub, under its lock, writes it).
     fn set(&mut self, slot: u32, word: u32) -> Result<(), XdpError> {
-        let what = || format!("tap word {slot} = {word:#x}");
-        let i = slot as usize;
         match self {
-            TapWords::One(a) => {
-                let mut v = a.get(&0, 0).map_err(kernel(what()))?;
-                *v.get_mut(i).ok_or_else(|| XdpError::Config(what()))? = word;
-                a.set(0, v, 0).map_err(kernel(what()))
-            }
-            TapWords::Chain(a) => {
-                let mut v = a.get(&0, 0).map_err(kernel(what()))?;
-                *v.get_mut(i).ok_or_else(|| XdpError::Config(what()))? = word;
-                a.set(0, v, 0).map_err(kernel(what()))
-            }
+            TapWords::One(a) => set_word(a, slot, word),
+            TapWords::Chain(a) => set_word(a, slot, word),
         }
     }
+}
+
+/// Set `slot`'s word in the single value of a tap-words array of `N` slots.
+fn set_word<const N: usize>(
+    a: &mut Array<MapData, [u32; N]>,
+    slot: u32,
+    word: u32,
+) -> Result<(), XdpError> {
+    let what = || format!("tap word {slot} = {word:#x}");
+    let mut v = a.get(&0, 0).map_err(kernel(what()))?;
+    *v.get_mut(slot as usize).ok_or_else(|| XdpError::Config(what()))? = word;
+    a.set(0, v, 0).map_err(kernel(what()))
 }
 
 /// The tap word of `slot` in a program's `.bss` map.
 pub(crate) fn read_word(map: &Map, slot: u32) -> Result<u32, XdpError> {
     let what = || format!("tap word {slot}");
-    let words: Vec<u32> = if let Ok(a) = Array::<&MapData, [u32; 1]>::try_from(map) {
-        a.get(&0, 0).map_err(kernel(what()))?.to_vec()
-    } else {
-        let a = Array::<&MapData, [u32; crate::xdp::CHAIN_MAX_STAGES]>::try_from(map)
-            .map_err(kernel(what()))?;
-        a.get(&0, 0).map_err(kernel(what()))?.to_vec()
+    let words = match Array::<&MapData, [u32; 1]>::try_from(map) {
+        Ok(a) => a.get(&0, 0).map_err(kernel(what()))?.to_vec(),
+        Err(_) => Array::<&MapData, [u32; crate::xdp::CHAIN_MAX_STAGES]>::try_from(map)
+            .map_err(kernel(what()))?
+            .get(&0, 0)
+            .map_err(kernel(what()))?
+            .to_vec(),
     };
     words.get(slot as usize).copied().ok_or_else(|| XdpError::Config(what()))
-}
-
-fn kernel<E: std::error::Error + Send + Sync + 'static>(
-    what: impl Into<String>,
-) -> impl FnOnce(E) -> XdpError {
-    let what = what.into();
-    move |e| XdpError::Kernel { what, source: Box::new(e) }
 }
 
 /// Samples one capture may have waiting before it loses the next ones

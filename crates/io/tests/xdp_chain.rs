@@ -14,15 +14,7 @@ use braid_packet::wire::build::FrameSpec;
 use braid_packet::wire::UdpPacket;
 
 use common::xdp_usable as usable;
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-
-fn udp(dst_port: u16, payload: &[u8]) -> Vec<u8> {
-    let mut spec = FrameSpec::udp((CLIENT, 4000), (SERVER, dst_port), 0);
-    spec.payload = payload.to_vec();
-    spec.build()
-}
+use common::{test_run_udp as udp, TEST_CLIENT as CLIENT, TEST_SERVER as SERVER};
 
 fn payload_of(frame: &[u8]) -> (Vec<u8>, bool) {
     let flow = envelope::parse(frame).ip;

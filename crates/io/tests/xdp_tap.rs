@@ -15,15 +15,7 @@ use braid_io::xdp_tap::{TapDropReason, TapPoint, TapSample, XdpTapReader, TAP_SN
 use braid_packet::wire::build::FrameSpec;
 
 use common::xdp_usable as usable;
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-
-fn udp(dst_port: u16, payload: &[u8]) -> Vec<u8> {
-    let mut spec = FrameSpec::udp((CLIENT, 4000), (SERVER, dst_port), 0);
-    spec.payload = payload.to_vec();
-    spec.build()
-}
+use common::{test_run_udp as udp, TEST_CLIENT as CLIENT, TEST_SERVER as SERVER};
 
 /// Every sample waiting in the ring (none arrives later: test runs are
 /// synchronous).

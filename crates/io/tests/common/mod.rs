@@ -10,7 +10,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -246,4 +246,16 @@ impl<A: Port + 'static, B: Port + 'static> Drop for Bridge<A, B> {
             let _ = h.join();
         }
     }
+}
+
+/// The addresses of the frames the BPF_PROG_TEST_RUN tests build.
+pub const TEST_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const TEST_SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+/// A UDP frame from `TEST_CLIENT:4000` to `TEST_SERVER:dst_port`.
+pub fn test_run_udp(dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut spec =
+        braid_packet::wire::build::FrameSpec::udp((TEST_CLIENT, 4000), (TEST_SERVER, dst_port), 0);
+    spec.payload = payload.to_vec();
+    spec.build()
 }
