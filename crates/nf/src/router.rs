@@ -498,23 +498,23 @@ impl Router {
     fn insert_fragments(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
         let old = batch.take();
         let mut runs = self.frags.drain(..).peekable();
+        let mut push_run = |batch: &mut Batch, rest: Vec<Packet>| {
+            cx.counters.packets_created += rest.len() as u64;
+            for f in rest {
+                batch.push(f);
+            }
+        };
         for p in old {
             let id = p.buffer_id();
             batch.push(p);
             while let Some((_, rest)) = runs.next_if(|(first, _)| *first == id) {
-                cx.counters.packets_created += rest.len() as u64;
-                for f in rest {
-                    batch.push(f);
-                }
+                push_run(batch, rest);
             }
         }
         // (Every first fragment stays in the batch; should one not be found,
         // its fragments still go out, last, rather than vanish.)
         for (_, rest) in runs {
-            cx.counters.packets_created += rest.len() as u64;
-            for f in rest {
-                batch.push(f);
-            }
+            push_run(batch, rest);
         }
     }
 
