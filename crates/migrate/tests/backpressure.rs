@@ -18,6 +18,8 @@
 //! it to cross while the destination holds the traffic (6.1 s in all
 //! against 0.8 s).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +29,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use braid_dataplane::migration::marker_frame;
-use braid_dataplane::{Graph, Worker, WorkerConfig, WorkerHandle, WorkerReport};
-use braid_io::channel::{channel_pair, ChannelPort};
+use braid_dataplane::WorkerHandle;
+use braid_io::channel::ChannelPort;
 use braid_io::Port;
 use braid_migrate::{
     migrate_in, migrate_out, DestinationOptions, Mode, SourceOptions, Switch, SwitchError,
@@ -36,6 +38,7 @@ use braid_migrate::{
 use braid_nf::conntrack::{ConnSnapshot, SNAPSHOT_VERSION};
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::{Batch, Packet};
+use common::host;
 
 const FIREWALL: &str =
     "default: drop\nrules: [{ src: 10.0.0.0/8, action: allow }]\nmax_flows: 100000";
@@ -45,28 +48,6 @@ const PREFILL: u32 = 300;
 const HOT: u32 = 64;
 /// The state link's rate, bytes/s.
 const LINK_RATE: u64 = 40_000;
-
-struct Host {
-    handle: WorkerHandle,
-    thread: Option<JoinHandle<WorkerReport>>,
-    client: ChannelPort,
-    server: ChannelPort,
-}
-
-fn host(name: &str) -> Host {
-    let nf = braid_nf::build("firewall", &serde_yaml_ng::from_str(FIREWALL).unwrap()).unwrap();
-    let graph = Graph::chain(vec![("nf".to_string(), nf)], 2, 0, 1).unwrap();
-    let entries = [graph.entry(0, 1), graph.entry(1, 0)];
-    let mut cfg = WorkerConfig::new(name);
-    cfg.tick_interval = Duration::from_millis(5);
-    let (mut w, handle) = Worker::new(cfg, graph).unwrap();
-    let (client, c_in) = channel_pair(&format!("{name}-client"), 1 << 16);
-    let (server, s_in) = channel_pair(&format!("{name}-server"), 1 << 16);
-    w.add_port(Box::new(c_in), Some(entries[0])).unwrap();
-    w.add_port(Box::new(s_in), Some(entries[1])).unwrap();
-    let thread = Some(w.spawn().unwrap());
-    Host { handle, thread, client, server }
-}
 
 /// A UDP packet of flow `f` (distinct inside address and port per flow).
 fn packet(f: u32, seq: u32) -> Vec<u8> {
@@ -160,8 +141,8 @@ fn slow_link(to: std::net::SocketAddr) -> (std::net::SocketAddr, JoinHandle<()>)
 
 #[test]
 fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in_flight() {
-    let mut a = host("bp-src");
-    let mut b = host("bp-dst");
+    let mut a = host("bp-src", "firewall", FIREWALL);
+    let mut b = host("bp-dst", "firewall", FIREWALL);
     // The snapshot: PREFILL + HOT connections.
     let frames: Vec<Vec<u8>> = (0..PREFILL + HOT).map(|f| packet(f, 0)).collect();
     for c in frames.chunks(64) {
@@ -273,8 +254,6 @@ fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in
     let after = r.bytes - r.bytes_at_switch;
     assert!(after <= u64::from(HOT) * 200 + 1024, "{after} B written after the switch");
 
-    a.handle.stop().unwrap();
-    b.handle.stop().unwrap();
-    a.thread.take().unwrap().join().unwrap();
-    b.thread.take().unwrap().join().unwrap();
+    a.stop();
+    b.stop();
 }

@@ -10,17 +10,17 @@
 //! channel ports and moves the traffic (and injects the drain markers)
 //! when the migration asks, the way an upstream switch would.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use braid_dataplane::migration::marker_frame;
-use braid_dataplane::{Graph, Worker, WorkerConfig, WorkerHandle, WorkerReport};
-use braid_io::channel::{channel_pair, ChannelPort};
+use braid_io::channel::ChannelPort;
 use braid_io::Port;
 use braid_migrate::{
     migrate_in, migrate_out, DestinationOptions, MigrateError, Mode, SourceOptions, Switch,
@@ -31,6 +31,7 @@ use braid_nf::{FlowScope, HashRange, PartitionKey};
 use braid_packet::envelope;
 use braid_packet::wire::build::FrameSpec;
 use braid_packet::{Batch, Packet};
+use common::{host, Host};
 
 const FIREWALL: &str =
     "default: drop\nrules: [{ src: 10.0.0.0/8, action: allow }]\nmax_flows: 100000";
@@ -39,35 +40,6 @@ const LB: &str = "vip: 198.51.100.1\nmax_connections: 100000\nbackends: [{ip: 10
 
 /// One NF on a worker; ports 0 (client side) and 1 (server side); and our
 /// ends of both.
-struct Host {
-    handle: WorkerHandle,
-    thread: Option<JoinHandle<WorkerReport>>,
-    client: ChannelPort,
-    server: ChannelPort,
-}
-
-fn host(name: &str, kind: &str, yaml: &str) -> Host {
-    let nf = braid_nf::build(kind, &serde_yaml_ng::from_str(yaml).unwrap()).unwrap();
-    let graph = Graph::chain(vec![("nf".to_string(), nf)], 2, 0, 1).unwrap();
-    let entries = [graph.entry(0, 1), graph.entry(1, 0)];
-    let mut cfg = WorkerConfig::new(name);
-    cfg.tick_interval = Duration::from_millis(5);
-    let (mut w, handle) = Worker::new(cfg, graph).unwrap();
-    let (client, c_in) = channel_pair(&format!("{name}-client"), 1 << 16);
-    let (server, s_in) = channel_pair(&format!("{name}-server"), 1 << 16);
-    w.add_port(Box::new(c_in), Some(entries[0])).unwrap();
-    w.add_port(Box::new(s_in), Some(entries[1])).unwrap();
-    let thread = Some(w.spawn().unwrap());
-    Host { handle, thread, client, server }
-}
-
-impl Host {
-    fn stop(&mut self) -> WorkerReport {
-        self.handle.stop().unwrap();
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
 /// One packet of the trace: which side it enters on, and its bytes.
 /// Every UDP payload starts with (flow id, sequence number).
 type Trace = Vec<(u8, Vec<u8>)>;
