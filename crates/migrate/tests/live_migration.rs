@@ -38,8 +38,6 @@ const FIREWALL: &str =
 const NAT: &str = "external_ip: 203.0.113.1\ninternal: [10.0.0.0/8]\nmax_flows: 100000";
 const LB: &str = "vip: 198.51.100.1\nmax_connections: 100000\nbackends: [{ip: 10.9.0.1}, {ip: 10.9.0.2}, {ip: 10.9.0.3}, {ip: 10.9.0.4}]";
 
-/// One NF on a worker; ports 0 (client side) and 1 (server side); and our
-/// ends of both.
 /// One packet of the trace: which side it enters on, and its bytes.
 /// Every UDP payload starts with (flow id, sequence number).
 type Trace = Vec<(u8, Vec<u8>)>;
