@@ -1912,3 +1912,68 @@ fn a_threads_chain_runs_a_worker_per_nf_forwards_exactly_and_survives_kill_9() {
     assert_eq!(threads, 0, "worker threads left after the removal");
     assert!(d.terminate().success(), "{}", d.log());
 }
+
+/// `worker` groups neighbouring NFs of a `threads` chain on one worker:
+/// two workers for three NFs, every packet through all three, the grouping
+/// kept across a restart; a grouping of non-neighbours is refused with the
+/// field named, and nothing is deployed.
+#[test]
+fn neighbouring_nfs_share_the_worker_they_name() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd workers", "needs root for namespaces") {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("grouped");
+    let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    let (tx, rx) = sockets(&net);
+    let rx = rx.unwrap();
+    let yaml = |second: &str| {
+        format!(
+            "name: grp\nmapping: threads\nports:\n  in: {{ kind: af_packet, iface: {} }}\n  out: {{ kind: af_packet, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }}, worker: front }}\n  - {{ name: f1, type: fwd{second} }}\n  - {{ name: f2, type: fwd }}\n",
+            net.a1, net.b1
+        )
+    };
+
+    // An f3 after f1 (its own worker) cannot join `front` again.
+    let bad = yaml(" }\n  - { name: f3, type: fwd, worker: front");
+    let e = c.deploy(&bad).unwrap_err().to_string();
+    assert!(e.contains("nfs[2].worker") && e.contains("neighbours"), "{e}");
+    assert!(c.chain("grp").is_err(), "a refused deploy left a chain");
+
+    let shown = c.deploy(&yaml(", worker: front")).unwrap();
+    assert_eq!(shown["state"], "running", "{shown}");
+    let workers = shown["workers"].as_array().unwrap();
+    let got: Vec<(&str, serde_json::Value)> =
+        workers.iter().map(|w| (w["name"].as_str().unwrap(), w["nfs"].clone())).collect();
+    assert_eq!(got, [("grp/front", json!(["fw", "f1"])), ("grp/f2", json!(["f2"]))], "{shown}");
+    time_to_first_packet(&tx, &rx, Duration::from_secs(5)).expect("no packet crossed");
+    drain(&rx, Duration::from_millis(100));
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let before: Vec<u64> =
+            ["fw", "f1", "f2"].iter().map(|nf| counter(&c, "grp", nf, "packets_in")).collect();
+        let got = send_and_count(&tx, &rx, 200);
+        let after: Vec<u64> =
+            ["fw", "f1", "f2"].iter().map(|nf| counter(&c, "grp", nf, "packets_in")).collect();
+        let deltas: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        rounds.push((got, deltas.clone()));
+        if got == 200 {
+            assert_eq!(deltas, [200, 200, 200]);
+            break;
+        }
+    }
+    assert_eq!(rounds.last().unwrap().0, 200, "rounds (arrived, counted): {rounds:?}");
+
+    d.kill9();
+    d.restart();
+    let c = d.client();
+    let v = c.chain("grp").unwrap();
+    let names: Vec<&str> =
+        v["workers"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["grp/front", "grp/f2"], "{v}");
+    assert_eq!(v["descriptor"]["nfs"][1]["worker"], "front", "{v}");
+    time_to_first_packet(&tx, &rx, Duration::from_secs(5)).expect("no packet after the restart");
+    c.remove("grp").unwrap();
+    assert!(d.terminate().success(), "{}", d.log());
+}

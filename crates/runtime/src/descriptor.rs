@@ -207,6 +207,20 @@ pub struct NfDecl {
     /// Scheduling of the worker that runs this NF (over the chain's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sched: Option<SchedDecl>,
+    /// With `mapping: threads`, the worker thread this NF runs on:
+    /// neighbouring NFs with the same `worker` share one (named
+    /// `CHAIN/WORKER`); unset, the NF has a worker of its own, named after
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+impl NfDecl {
+    /// The worker this NF runs on with `mapping: threads`: its `worker`,
+    /// or its own name.
+    pub fn worker_name(&self) -> &str {
+        self.worker.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// The `placement:` of an NF.

@@ -177,13 +177,23 @@ pub struct LiveChain {
 /// How `d`'s NFs are spread over worker threads: (worker name, NF
 /// indices) in chain order. One worker named after the chain, unless the
 /// descriptor says `mapping: threads` and has more than one NF: then a
-/// worker per NF, named `CHAIN/NF`.
+/// worker per run of neighbouring NFs with the same `worker` (an NF
+/// without one has its own), named `CHAIN/WORKER` (`CHAIN/NF`). The
+/// validator refuses a `worker` whose NFs are not neighbours.
 pub fn units(d: &ChainDescriptor) -> Vec<(String, Vec<usize>)> {
-    if d.mapping == Some(crate::descriptor::WorkerMapping::Threads) && d.nfs.len() > 1 {
-        d.nfs.iter().enumerate().map(|(i, n)| (format!("{}/{}", d.name, n.name), vec![i])).collect()
-    } else {
-        vec![(d.name.clone(), (0..d.nfs.len()).collect())]
+    if d.mapping != Some(crate::descriptor::WorkerMapping::Threads) || d.nfs.len() < 2 {
+        return vec![(d.name.clone(), (0..d.nfs.len()).collect())];
     }
+    let mut units: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut last: Option<&str> = None;
+    for (i, n) in d.nfs.iter().enumerate() {
+        match units.last_mut() {
+            Some((_, nfs)) if last == Some(n.worker_name()) => nfs.push(i),
+            _ => units.push((format!("{}/{}", d.name, n.worker_name()), vec![i])),
+        }
+        last = Some(n.worker_name());
+    }
+    units
 }
 
 /// The settings of the worker `name` running NFs `nfs` of `d`: the
@@ -901,6 +911,53 @@ mod tests {
             let d = check(m).descriptor.unwrap();
             assert_eq!(units(&d), vec![("c".to_string(), vec![0, 1])]);
         }
+        // `worker` groups neighbours on one thread; an NF without one has
+        // its own, and may join the worker named after it.
+        let grouped = |nfs: &str| {
+            crate::validate::validate_str(
+                "t.yaml",
+                &format!("name: c\nmapping: threads\nnfs:\n{nfs}"),
+            )
+        };
+        let d = grouped("  - { name: a, type: fwd, worker: front }\n  - { name: b, type: fwd, worker: front }\n  - { name: c, type: fwd }\n  - { name: d, type: fwd, worker: c }\n")
+            .descriptor
+            .unwrap();
+        assert_eq!(
+            units(&d),
+            vec![("c/front".to_string(), vec![0, 1]), ("c/c".to_string(), vec![2, 3])]
+        );
+        assert_eq!(
+            ChainDescriptor::from_yaml(&d.to_yaml()).unwrap().nfs[0].worker.as_deref(),
+            Some("front")
+        );
+        // Neighbours only, names that fit a thread and a label, threads only.
+        for (nfs, path, says) in [
+            ("  - { name: a, type: fwd, worker: w }\n  - { name: b, type: fwd }\n  - { name: c, type: fwd, worker: w }\n", "nfs[2].worker", "must be neighbours"),
+            ("  - { name: a, type: fwd }\n  - { name: b, type: fwd, worker: a }\n  - { name: c, type: fwd, worker: x }\n  - { name: d, type: fwd, worker: a }\n", "nfs[3].worker", "whose NFs end at nfs[1] (`b`)"),
+            ("  - { name: a, type: fwd, worker: b }\n  - { name: x, type: fwd }\n  - { name: b, type: fwd }\n", "nfs[2].name", "runs on worker `b`"),
+            ("  - { name: a, type: fwd, worker: \"a/b\" }\n  - { name: b, type: fwd }\n", "nfs[0].worker", "not one braid accepts"),
+        ] {
+            let r = grouped(nfs);
+            assert!(r.descriptor.is_none(), "{nfs}");
+            assert!(r.problems.iter().any(|p| p.path == path && p.message.contains(says)), "{nfs}: {:?}", r.problems);
+        }
+        let r = crate::validate::validate_str(
+            "t.yaml",
+            "name: c\nnfs:\n  - { name: a, type: fwd, worker: w }\n  - { name: b, type: fwd }\n",
+        );
+        assert!(
+            r.problems.iter().any(
+                |p| p.path == "nfs[0].worker" && p.message.contains("needs `mapping: threads`")
+            ),
+            "{:?}",
+            r.problems
+        );
+        // NFs of one worker must agree on its scheduling.
+        let d = grouped("  - { name: a, type: fwd, worker: w, sched: { nice: 5 } }\n  - { name: b, type: fwd, worker: w, sched: { nice: 6 } }\n")
+            .descriptor
+            .unwrap();
+        let e = worker_settings(&d, &StartOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("nice"), "{e}");
         let r = check("mapping: processes\n");
         assert!(r.descriptor.is_none());
         let p = &r.problems[0];

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use crate::descriptor::{
-    ChainDescriptor, NfDecl, PlacementChoice, PortDecl, SchedDecl, DEFAULT_BATCH_SIZE,
-    MAX_BATCH_SIZE,
+    ChainDescriptor, NfDecl, PlacementChoice, PortDecl, SchedDecl, WorkerMapping,
+    DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE,
 };
 use crate::spans::{too_deep, Location, Spans};
 
@@ -355,6 +355,11 @@ fn validate(file: &str, base: Option<&std::path::Path>, text: &str) -> Report {
         }
     };
 
+    let nfs = match (nfs, &mapping) {
+        (Some(nfs), Some(m)) if !check_workers(&mut ck, &nfs, *m) => None,
+        (nfs, _) => nfs,
+    };
+
     // An integer too large for 64 bits was replaced for the parse (see
     // `parse_yaml`): report it, and not what the stand-in caused there.
     ck.problems.retain(|p| !too_large.iter().any(|(at, _)| p.location == Some(*at)));
@@ -621,6 +626,64 @@ fn check_nfs(
         decls.push(decl);
     }
     ok.then_some(decls)
+}
+
+/// The NFs' `worker` fields: only with `mapping: threads`, names that can
+/// be a thread's and a metric label's, and the NFs of one worker
+/// neighbours (packets cross the workers in chain order, so a worker
+/// cannot run two NFs with another worker's between them).
+fn check_workers(ck: &mut Checker<'_>, nfs: &[NfDecl], mapping: Option<WorkerMapping>) -> bool {
+    let mut ok = true;
+    let threads = mapping == Some(WorkerMapping::Threads);
+    // Where each worker's run of NFs ended: (worker, last NF index).
+    let mut runs: Vec<(&str, usize)> = Vec::new();
+    for (i, n) in nfs.iter().enumerate() {
+        let at = format!("nfs[{i}].worker");
+        if let Some(w) = &n.worker {
+            if !threads {
+                ck.at_value(
+                    &at,
+                    format!("`worker: {}` needs `mapping: threads`", w.escape_debug()),
+                    Some("with `mapping: thread` (the default) every NF runs on one worker".into()),
+                );
+                ok = false;
+                continue;
+            }
+            let fine = (1..=64).contains(&w.len())
+                && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !fine {
+                ck.at_value(
+                    &at,
+                    format!("worker name `{}` is not one braid accepts", w.escape_debug()),
+                    Some("1 to 64 characters among A-Z a-z 0-9 . _ -".into()),
+                );
+                ok = false;
+                continue;
+            }
+        }
+        if !threads {
+            continue;
+        }
+        let name = n.worker_name();
+        match runs.iter().position(|(w, _)| *w == name) {
+            Some(k) if k + 1 == runs.len() => runs[k].1 = i,
+            Some(k) => {
+                let (_, end) = runs[k];
+                let at = if n.worker.is_some() { at } else { format!("nfs[{i}].name") };
+                ck.at_value(
+                    &at,
+                    format!(
+                        "nfs[{i}] (`{}`) runs on worker `{name}`, whose NFs end at nfs[{end}] (`{}`): a worker's NFs must be neighbours in the chain",
+                        n.name, nfs[end].name
+                    ),
+                    Some("give the NFs between them the same `worker`, or this NF another".into()),
+                );
+                ok = false;
+            }
+            None => runs.push((name, i)),
+        }
+    }
+    ok
 }
 
 /// A relative `key_file` parameter, taken from the descriptor's folder.
