@@ -793,23 +793,18 @@ pub fn migrate_chain_nf(
     let p = plan(req).map_err(|e| OpError::Migration(AgentError::Request(e)))?;
     let entry = daemon.get(chain)?;
     let d = entry.descriptor();
-    let Some(decl) = d.nfs.iter().find(|n| n.name == nf) else {
-        return Err(OpError::UnknownNf {
-            chain: chain.into(),
-            nf: nf.into(),
-            known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
-        });
+    let unknown_nf = || OpError::UnknownNf {
+        chain: chain.into(),
+        nf: nf.into(),
+        known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
     };
+    let decl = d.nfs.iter().find(|n| n.name == nf).ok_or_else(unknown_nf)?;
     let live = match (entry.live(), entry.state().0) {
         (Some(l), "running") => l,
         _ => return Err(OpError::NotRunning(chain.into())),
     };
     // The NF's own worker: with `mapping: threads` not the chain's first.
-    let worker = live.worker_of(nf).ok_or_else(|| OpError::UnknownNf {
-        chain: chain.into(),
-        nf: nf.into(),
-        known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
-    })?;
+    let worker = live.worker_of(nf).ok_or_else(unknown_nf)?;
     let descriptor = req.deploy.as_ref().map(|ports| {
         let mut d = d.clone();
         for (name, iface) in [("in", &ports.in_iface), ("out", &ports.out_iface)] {
