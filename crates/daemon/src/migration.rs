@@ -4,7 +4,7 @@
 //! - **Source**: `POST /v1/chains/{name}/nfs/{nf}/migrate` (a
 //!   [`MigrateRequest`]) is an operation (`migrate`) that connects to the
 //!   destination braidd's migration listener, offers the NF ([`Offer`]),
-//!   then runs [`braid_migrate::migrate_out`] on the chain's worker. The
+//!   then runs [`braid_migrate::migrate_out`] on the NF's worker. The
 //!   traffic is moved by a [`RouteSwitch`]: `ip route replace` in the
 //!   namespaces (hosts) upstream and downstream of the chain, then a drain
 //!   marker sent with AF_PACKET on each old path, into the source's `in`
@@ -608,9 +608,12 @@ pub fn steer_chain_nf(
         let mut frame = marker_frame(id);
         let at = braid_nf::steer::MARKER_INSTANCE_AT;
         frame[at..at + 2].copy_from_slice(&req.from.to_be_bytes());
-        // Port 0 (`in`) is the trunk: the marker leaves by `from`'s gate,
-        // after every frame the old table sent there.
-        live.worker().inject(vec![(0, frame)]).map_err(|e| {
+        // Port 0 of the steering NF's worker brings the trunk (`in`, or
+        // with `mapping: threads` the channel from the NF before it): the
+        // marker leaves by `from`'s gate, after every frame the old table
+        // sent there.
+        let worker = live.worker_of(nf).ok_or_else(|| OpError::NotRunning(chain.into()))?;
+        worker.inject(vec![(0, frame)]).map_err(|e| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "steer_failed",
@@ -790,17 +793,18 @@ pub fn migrate_chain_nf(
     let p = plan(req).map_err(|e| OpError::Migration(AgentError::Request(e)))?;
     let entry = daemon.get(chain)?;
     let d = entry.descriptor();
-    let Some(decl) = d.nfs.iter().find(|n| n.name == nf) else {
-        return Err(OpError::UnknownNf {
-            chain: chain.into(),
-            nf: nf.into(),
-            known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
-        });
+    let unknown_nf = || OpError::UnknownNf {
+        chain: chain.into(),
+        nf: nf.into(),
+        known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
     };
+    let decl = d.nfs.iter().find(|n| n.name == nf).ok_or_else(unknown_nf)?;
     let live = match (entry.live(), entry.state().0) {
         (Some(l), "running") => l,
         _ => return Err(OpError::NotRunning(chain.into())),
     };
+    // The NF's own worker: with `mapping: threads` not the chain's first.
+    let worker = live.worker_of(nf).ok_or_else(unknown_nf)?;
     let descriptor = req.deploy.as_ref().map(|ports| {
         let mut d = d.clone();
         for (name, iface) in [("in", &ports.in_iface), ("out", &ports.out_iface)] {
@@ -853,14 +857,18 @@ pub fn migrate_chain_nf(
         flows: req.flows.clone().unwrap_or_else(|| "all".into()),
         steered: 0,
     };
+    // The markers enter at the chain's `in` and `out`; on a chain of
+    // several workers, those between them and the NF's pass them on.
+    live.relay_markers(nf, opts.id, &opts.markers).map_err(OpError::Control)?;
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let result = std::thread::scope(|s| {
         s.spawn(|| report_progress(&progress, &stop, watch, chain, nf));
-        let r = migrate_out(live.worker(), nf, &decl.kind, conn, &opts, &mut switch);
+        let r = migrate_out(worker, nf, &decl.kind, conn, &opts, &mut switch);
         stop.store(true, Ordering::Relaxed);
         r
     });
+    live.end_relay(opts.id);
     let r = result.map_err(AgentError::Migrate)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(json!({
@@ -1114,6 +1122,11 @@ fn take(
         (Some(l), "running") => l,
         _ => return Err(Refusal::Before(format!("chain `{}` is not running here", offer.chain))),
     };
+    // The NF's own worker holds what reaches the NF (with `mapping:
+    // threads`, after the NFs before it on this chain).
+    let worker = live.worker_of(&offer.nf).ok_or_else(|| {
+        Refusal::Before(format!("chain `{}` here has no NF `{}`", offer.chain, offer.nf))
+    })?;
     let answer = OfferAnswer { accept: true, reason: None, deployed: *deployed };
     write_json(conn, &answer).map_err(|e| Refusal::Before(format!("answering: {e}")))?;
     let stream =
@@ -1121,8 +1134,7 @@ fn take(
     let timeout = Duration::from_millis(offer.timeout_ms.clamp(1, 600_000));
     let opts = DestinationOptions { io_timeout: timeout, ..DestinationOptions::default() };
     tracing::info!(peer, chain = %offer.chain, nf = %offer.nf, "migration in");
-    let r =
-        migrate_in(live.worker(), &offer.nf, &decl.kind, stream, &opts).map_err(Refusal::During)?;
+    let r = migrate_in(worker, &offer.nf, &decl.kind, stream, &opts).map_err(Refusal::During)?;
     Ok(json!({
         "chain": offer.chain, "nf": offer.nf, "from": peer, "mode": r.mode,
         "deployed": *deployed, "installed": r.installed, "replayed": r.replayed,

@@ -17,7 +17,7 @@ use braid_io::Port;
 use braid_nf::{NfState, Params, StateError, Statelet};
 
 use crate::graph::{Endpoint, GraphError};
-use crate::migration::StreamOut;
+use crate::migration::{MarkerRelay, StreamOut};
 use crate::tap::Tap;
 use crate::telemetry::{WorkerSnapshot, WorkerTelemetry};
 
@@ -108,6 +108,14 @@ pub enum Command {
     /// Live migration, source (rollback): process `frames` as if each had
     /// just arrived on its port, in order.
     Inject { frames: Vec<(usize, Vec<u8>)> },
+    /// Live migration, source, on a worker between a chain port and the
+    /// migrating NF's worker: pass the drain markers of a migration on
+    /// ([`crate::migration::MarkerRelay`]). Refused while the worker holds
+    /// its arrivals.
+    Relay(MarkerRelay),
+    /// Stop passing on migration `id`'s markers (`Done` also when its
+    /// relay already retired).
+    Unrelay { id: u64 },
     /// Change how the worker runs from its next turn on: scheduling of its
     /// thread, batch size, idle policy, adaptive mode (each `None`:
     /// unchanged). Everything is checked first; refused, nothing changes.
@@ -165,6 +173,8 @@ impl std::fmt::Debug for Command {
             Command::Hold(on) => write!(f, "Hold({on})"),
             Command::TakeHeld => f.write_str("TakeHeld"),
             Command::Inject { frames } => write!(f, "Inject({} frames)", frames.len()),
+            Command::Relay(r) => write!(f, "Relay({}, {:?})", r.id, r.routes),
+            Command::Unrelay { id } => write!(f, "Unrelay({id})"),
             Command::SetSched(c) => write!(f, "SetSched({c:?})"),
             Command::Tap { stage, tap } => write!(f, "Tap({stage}, {})", tap.id()),
             Command::Untap { stage, id } => write!(f, "Untap({stage}, {id})"),
@@ -226,6 +236,12 @@ pub enum ControlError {
         stage: String,
         #[source]
         source: crate::migration::StreamError,
+    },
+    #[error("worker `{worker}`: {source}")]
+    Relay {
+        worker: String,
+        #[source]
+        source: crate::migration::RelayError,
     },
     #[error("worker `{0}` has stopped")]
     Gone(String),
@@ -495,6 +511,16 @@ impl WorkerHandle {
     /// source taking back what the destination held).
     pub fn inject(&self, frames: Vec<(usize, Vec<u8>)>) -> Result<(), ControlError> {
         self.done(Command::Inject { frames })
+    }
+
+    /// Pass the drain markers of a migration on ([`Command::Relay`]).
+    pub fn relay(&self, relay: MarkerRelay) -> Result<(), ControlError> {
+        self.done(Command::Relay(relay))
+    }
+
+    /// Stop passing on migration `id`'s markers ([`Command::Unrelay`]).
+    pub fn unrelay(&self, id: u64) -> Result<(), ControlError> {
+        self.done(Command::Unrelay { id })
     }
 
     /// Change the worker's scheduling, batch size, idle policy or adaptive

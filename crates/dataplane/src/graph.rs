@@ -703,7 +703,7 @@ impl Graph {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use braid_nf::{NfClass, Placement};
     use braid_packet::Packet;
@@ -719,8 +719,9 @@ mod tests {
         build: |_| Ok(Box::new(DropOdd)),
     };
 
-    /// Drops frames whose first byte is odd; on tick emits one frame `[2]`.
-    struct DropOdd;
+    /// Drops frames whose first byte is odd (a drain marker too: its first
+    /// byte is 0xff); on tick emits one frame `[2]`.
+    pub(crate) struct DropOdd;
     impl NetworkFunction for DropOdd {
         fn spec(&self) -> &'static NfSpec {
             &TEST_DROP_ODD

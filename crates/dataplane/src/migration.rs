@@ -20,6 +20,10 @@
 //! order, instead of processing it; [`crate::Command::Install`] installs
 //! statelets between batches; releasing the hold processes what was held
 //! first, in order.
+//!
+//! Between the two on a chain of workers ([`MarkerRelay`]): the workers
+//! between a chain port and the migrating NF's worker pass the drain
+//! markers on to it instead of feeding them to their NFs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -60,6 +64,139 @@ pub fn marker_id(frame: &[u8]) -> Option<u64> {
         return None;
     }
     Some(u64::from_be_bytes(frame[22..30].try_into().ok()?))
+}
+
+/// Passing drain markers on along a chain of workers (`mapping: threads`:
+/// a worker per NF, neighbours joined by channel ports). The marker of an
+/// old path enters the chain at its `in` or `out` port, which belong to the
+/// first and the last worker; the stream that watches it runs on the
+/// migrating NF's worker, further along. Each worker in between is told
+/// (by [`crate::Command::Relay`], with the migration) to take that marker
+/// out of what arrives on one port and send it out of another, the port
+/// its batch leaves by towards the migrating NF, after the outputs of the
+/// packets that arrived before it (so it stays behind every one of them),
+/// instead of feeding it to its NFs (which may drop it).
+///
+/// Markers are looked for only while a worker has a relay (and a stream
+/// watches them only while its markers are pending): a worker with
+/// neither does nothing per packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarkerRelay {
+    /// The migration whose markers pass.
+    pub id: u64,
+    /// (port the marker arrives on, port it leaves by); each route is
+    /// used by one marker, then retires.
+    pub routes: Vec<(usize, usize)>,
+}
+
+/// Why a relay could not be set, or a hold could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("relay of migration {id}: port {port} does not exist (the worker has {ports})")]
+    NoPort { id: u64, port: usize, ports: usize },
+    #[error("relay of migration {id}: port {port} is named twice as where markers arrive")]
+    SamePort { id: u64, port: usize },
+    #[error("the drain markers of migration {0} are already relayed here")]
+    Busy(u64),
+    #[error("the worker holds its arrivals (a migration into it runs): a marker relayed now would overtake what it holds")]
+    Held,
+    #[error("the worker relays the drain markers of migration {0}: holding its arrivals now would let the marker overtake them")]
+    Relaying(u64),
+}
+
+/// A worker's relays ([`MarkerRelay`]).
+#[derive(Debug, Default)]
+pub(crate) struct Relays {
+    list: Vec<MarkerRelay>,
+}
+
+impl Relays {
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The id of a relay still waiting for a marker.
+    pub fn first_id(&self) -> Option<u64> {
+        self.list.first().map(|r| r.id)
+    }
+
+    /// Add `relay` on a worker with `ports` ports.
+    pub fn add(&mut self, relay: MarkerRelay, ports: usize) -> Result<(), RelayError> {
+        let id = relay.id;
+        if self.list.iter().any(|r| r.id == id) {
+            return Err(RelayError::Busy(id));
+        }
+        for (k, &(from, to)) in relay.routes.iter().enumerate() {
+            if let Some(port) = [from, to].into_iter().find(|&p| p >= ports) {
+                return Err(RelayError::NoPort { id, port, ports });
+            }
+            if relay.routes[..k].iter().any(|&(f, _)| f == from) {
+                return Err(RelayError::SamePort { id, port: from });
+            }
+        }
+        if !relay.routes.is_empty() {
+            self.list.push(relay);
+        }
+        Ok(())
+    }
+
+    /// Drop migration `id`'s relay (if it is still there).
+    pub fn remove(&mut self, id: u64) {
+        self.list.retain(|r| r.id != id);
+    }
+
+    /// Whether `frame`, received on `port`, is a marker a relay passes on.
+    fn relays(&self, port: usize, frame: &[u8]) -> bool {
+        marker_id(frame).is_some_and(|id| {
+            self.list.iter().any(|r| r.id == id && r.routes.iter().any(|&(f, _)| f == port))
+        })
+    }
+
+    /// The port a relayed marker `frame` received on `port` leaves by; its
+    /// route retires (the relay with it, once it has none left).
+    fn take_route(&mut self, port: usize, frame: &[u8]) -> Option<usize> {
+        let id = marker_id(frame)?;
+        let r = self.list.iter().position(|r| r.id == id)?;
+        let routes = &mut self.list[r].routes;
+        let k = routes.iter().position(|&(from, _)| from == port)?;
+        let (_, to) = routes.remove(k);
+        if routes.is_empty() {
+            self.list.remove(r);
+        }
+        Some(to)
+    }
+
+    /// Push `batch`, received on `port`, through `graph` from `to`, as
+    /// [`Graph::push`] does, except that a marker a relay passes on goes to
+    /// `out[its port]` right after the outputs of the packets before it
+    /// (those after it are pushed after). `batch` is left empty.
+    pub fn push(
+        &mut self,
+        graph: &mut Graph,
+        port: usize,
+        to: Endpoint,
+        batch: &mut Batch,
+        now_ns: u64,
+        out: &mut [Batch],
+    ) {
+        if self.list.is_empty() || !batch.iter().any(|p| self.relays(port, p.data())) {
+            graph.push(to, batch, now_ns, out);
+            return;
+        }
+        // Rare (one batch per relayed marker): the batch is cut there.
+        let mut before = Batch::with_capacity(batch.len());
+        for p in batch.drain() {
+            match self.take_route(port, p.data()) {
+                Some(by) => {
+                    graph.push(to, &mut before, now_ns, out);
+                    out[by].push(p);
+                }
+                None => before.push(p),
+            }
+        }
+        graph.push(to, &mut before, now_ns, out);
+    }
 }
 
 /// Drop the flows of `fs` in `scope`: a tombstone statelet for every held
@@ -644,5 +781,97 @@ impl Held {
             .iter()
             .flat_map(|(port, _, b)| b.iter().map(move |p| (*port, p.data().to_vec())))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::tests::DropOdd;
+    use braid_packet::Packet;
+
+    /// Frames `[b; 10]` for each `b`, and `M` for the marker of migration 7.
+    fn batch(firsts: &[Option<u8>]) -> Batch {
+        firsts
+            .iter()
+            .map(|b| match b {
+                Some(b) => Packet::from_bytes(&[*b; 10]),
+                None => Packet::from_bytes(&marker_frame(7)),
+            })
+            .collect()
+    }
+
+    /// What a port got: first bytes, `None` for a marker of migration 7.
+    fn seen(b: &Batch) -> Vec<Option<u8>> {
+        b.iter()
+            .map(|p| match marker_id(p.data()) {
+                Some(7) => None,
+                Some(other) => panic!("marker of migration {other}"),
+                None => Some(p.data()[0]),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_relayed_marker_passes_a_dropping_nf_behind_what_came_before_it_both_ways() {
+        // A stage that drops odd first bytes (and so a marker, 0xff).
+        let mut g = Graph::chain(vec![("odd".into(), Box::new(DropOdd) as _)], 2, 0, 1).unwrap();
+        let (down, up) = (g.entry(0, 1), g.entry(1, 0));
+        let mut out = vec![Batch::new(), Batch::new()];
+        let mut relays = Relays::default();
+        // Without a relay the NF gets the marker, and drops it.
+        relays.push(&mut g, 0, down, &mut batch(&[Some(2), None]), 0, &mut out);
+        assert_eq!(seen(&out[1]), [Some(2)]);
+        out[1].clear();
+        relays.add(MarkerRelay { id: 7, routes: vec![(0, 1), (1, 0)] }, 2).unwrap();
+        // Downstream: arrived on port 0, leaves by port 1 between the
+        // outputs of the packets before and after it.
+        let mut b = batch(&[Some(2), Some(3), Some(4), None, Some(6), Some(5), Some(8)]);
+        relays.push(&mut g, 0, down, &mut b, 0, &mut out);
+        assert!(b.is_empty());
+        assert_eq!(seen(&out[1]), [Some(2), Some(4), None, Some(6), Some(8)]);
+        assert!(out[0].is_empty());
+        assert_eq!(g.stages()[0].counters().packets_in, 2 + 6, "the marker skipped the NF");
+        // Its route retired: a second marker on port 0 is the NF's again.
+        out[1].clear();
+        relays.push(&mut g, 0, down, &mut batch(&[None, Some(10)]), 0, &mut out);
+        assert_eq!(seen(&out[1]), [Some(10)]);
+        // Upstream: arrived on port 1, leaves by port 0; then the relay
+        // has no route left and is gone.
+        relays.push(&mut g, 1, up, &mut batch(&[Some(12), None, Some(14)]), 0, &mut out);
+        assert_eq!(seen(&out[0]), [Some(12), None, Some(14)]);
+        assert!(relays.is_empty());
+    }
+
+    #[test]
+    fn only_the_relayed_migration_and_port_pass_and_a_bad_relay_is_refused() {
+        let mut g = Graph::chain(vec![("odd".into(), Box::new(DropOdd) as _)], 2, 0, 1).unwrap();
+        let (down, up) = (g.entry(0, 1), g.entry(1, 0));
+        let mut out = vec![Batch::new(), Batch::new()];
+        let mut relays = Relays::default();
+        relays.add(MarkerRelay { id: 7, routes: vec![(0, 1)] }, 2).unwrap();
+        // Another migration's marker, and ours on a port without a route:
+        // the NF's (dropped).
+        let mut b: Batch = [Packet::from_bytes(&marker_frame(8)), Packet::from_bytes(&[2; 10])]
+            .into_iter()
+            .collect();
+        relays.push(&mut g, 0, down, &mut b, 0, &mut out);
+        relays.push(&mut g, 1, up, &mut batch(&[None]), 0, &mut out);
+        assert_eq!(seen(&out[1]), [Some(2)]);
+        assert!(out[0].is_empty());
+        assert_eq!(relays.first_id(), Some(7));
+        for (relay, want) in [
+            (MarkerRelay { id: 7, routes: vec![(1, 0)] }, "already relayed"),
+            (
+                MarkerRelay { id: 9, routes: vec![(0, 2)] },
+                "port 2 does not exist (the worker has 2)",
+            ),
+            (MarkerRelay { id: 9, routes: vec![(0, 1), (0, 0)] }, "port 0 is named twice"),
+        ] {
+            let e = relays.add(relay, 2).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        relays.remove(7);
+        assert!(relays.is_empty());
     }
 }

@@ -30,7 +30,7 @@ use crate::control::{
 };
 use crate::graph::{Endpoint, Graph, GraphError};
 use crate::heartbeat::Heartbeat;
-use crate::migration::{Held, StreamError, Streaming};
+use crate::migration::{Held, RelayError, Relays, StreamError, Streaming};
 use crate::sched::{Sched, SchedError};
 use crate::telemetry::{LoopStats, PortTelemetry, WorkerSnapshot, WorkerTelemetry};
 
@@ -244,6 +244,9 @@ pub struct Worker<'a> {
     streaming: Option<Streaming>,
     /// Live migration, destination: arrivals kept until the state is in.
     held: Option<Held>,
+    /// Live migration, on a worker between a chain port and the migrating
+    /// NF's worker: drain markers passed on instead of fed to the NFs.
+    relays: Relays,
     /// Of the last hold: most packets held at once, arrivals dropped.
     held_last: (usize, u64),
     /// The adaptive mode's controller, its counters of the current period
@@ -319,6 +322,7 @@ impl<'a> Worker<'a> {
             disconnects: 0,
             streaming: None,
             held: None,
+            relays: Relays::default(),
             held_last: (0, 0),
             adapter,
             period: PeriodCounters::default(),
@@ -509,6 +513,17 @@ impl<'a> Worker<'a> {
                     }
                     match &mut self.held {
                         Some(h) => h.keep(i, to, &mut self.rx),
+                        // A relay and a hold never meet (each refuses the
+                        // other): a relayed marker would overtake what is
+                        // held.
+                        None if !self.relays.is_empty() => self.relays.push(
+                            self.graph.get(),
+                            i,
+                            to,
+                            &mut self.rx,
+                            now_ns,
+                            &mut self.tx,
+                        ),
                         None => self.graph.get().push(to, &mut self.rx, now_ns, &mut self.tx),
                     }
                     self.period.receives += 1;
@@ -790,6 +805,10 @@ impl<'a> Worker<'a> {
         Ok(if stop { Flow::Stop } else { Flow::Go })
     }
 
+    fn relay_error(&self, source: RelayError) -> ControlError {
+        ControlError::Relay { worker: self.cfg.name.clone(), source }
+    }
+
     fn stage_index(&mut self, name: &str) -> Result<usize, ControlError> {
         Ok(self.graph.get().find(name)?)
     }
@@ -990,6 +1009,9 @@ impl<'a> Worker<'a> {
                 Ok(Reply::Done)
             }
             Command::Hold(on) => {
+                if let (true, Some(id)) = (on, self.relays.first_id()) {
+                    return Err(refused(self.relay_error(RelayError::Relaying(id))));
+                }
                 if on {
                     self.held.get_or_insert_with(Held::default);
                 } else {
@@ -1034,10 +1056,23 @@ impl<'a> Worker<'a> {
                         s.strip_markers(port, &mut batch);
                     }
                     if let Some(to) = self.ports[port].rx_to {
-                        self.graph.get().push(to, &mut batch, now_ns, &mut self.tx);
+                        let g = self.graph.get();
+                        self.relays.push(g, port, to, &mut batch, now_ns, &mut self.tx);
                         self.flush().map_err(ControlFailure::Worker)?;
                     }
                 }
+                Ok(Reply::Done)
+            }
+            Command::Relay(relay) => {
+                if self.held.is_some() {
+                    return Err(refused(self.relay_error(RelayError::Held)));
+                }
+                let ports = self.ports.len();
+                self.relays.add(relay, ports).map_err(|e| refused(self.relay_error(e)))?;
+                Ok(Reply::Done)
+            }
+            Command::Unrelay { id } => {
+                self.relays.remove(id);
                 Ok(Reply::Done)
             }
             Command::SetSched(change) => self.set_sched(change).map_err(refused),

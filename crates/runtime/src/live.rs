@@ -196,6 +196,35 @@ pub fn units(d: &ChainDescriptor) -> Vec<(String, Vec<usize>)> {
     units
 }
 
+/// Which workers of a live chain of `units` workers pass drain markers on
+/// to worker `target`, and how: (worker, routes (port a marker arrives on,
+/// port it leaves by)), for markers arriving on the chain's ports `ports`
+/// (0: `in`, 1: `out`). Every worker's port 0 faces `in` and port 1 faces
+/// `out` (see [`LiveChain::start`]), so a marker from `in` is passed
+/// downstream (0 → 1) by every worker before `target`, one from `out`
+/// upstream (1 → 0) by every worker after it, and `target` receives them
+/// on ports 0 and 1. Other ports (`gate2`...) exist only on a chain of one
+/// NF: nothing to relay.
+pub fn relay_routes(
+    units: usize,
+    target: usize,
+    ports: &[usize],
+) -> Vec<(usize, Vec<(usize, usize)>)> {
+    (0..units)
+        .filter_map(|j| {
+            let routes: Vec<(usize, usize)> = ports
+                .iter()
+                .filter_map(|&p| match p {
+                    0 if j < target => Some((0, 1)),
+                    1 if j > target => Some((1, 0)),
+                    _ => None,
+                })
+                .collect();
+            (!routes.is_empty()).then_some((j, routes))
+        })
+        .collect()
+}
+
 /// The settings of the worker `name` running NFs `nfs` of `d`: the
 /// descriptor's `sched` (the chain's block overridden by those NFs', which
 /// must agree) over the start options' idle policy and the chain's batch
@@ -622,6 +651,46 @@ impl LiveChain {
         Ok((index, k))
     }
 
+    /// Bring the drain markers of migration `id` that arrive on the
+    /// chain's ports `ports` (0: `in`, 1: `out`) to the worker of NF `nf`,
+    /// past the NFs of the workers in between ([`relay_routes`]). Nothing
+    /// to do with one worker. On a refusal the relays set so far go again.
+    pub fn relay_markers(&self, nf: &str, id: u64, ports: &[usize]) -> Result<(), LiveError> {
+        let (_, k) = self.unit_of(nf)?;
+        let control = |source| LiveError::Control { chain: self.name.clone(), source };
+        let mut set = Vec::new();
+        for (j, routes) in relay_routes(self.units.len(), k, ports) {
+            let unit = &self.units[j];
+            let relay = braid_dataplane::migration::MarkerRelay { id, routes };
+            let r = match unit.handle.request(Command::Relay(relay), self.control_timeout) {
+                Ok(Reply::Done) => Ok(()),
+                Ok(_) => Err(ControlError::Unexpected("Relay".into())),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                for u in set {
+                    self.unrelay(u, id);
+                }
+                return Err(control(e));
+            }
+            set.push(unit);
+        }
+        Ok(())
+    }
+
+    /// Stop relaying migration `id`'s markers on every worker (a relay
+    /// whose markers passed has retired already).
+    pub fn end_relay(&self, id: u64) {
+        for u in &self.units {
+            self.unrelay(u, id);
+        }
+    }
+
+    fn unrelay(&self, unit: &Unit, id: u64) {
+        // A worker that does not answer has stopped (its relay with it).
+        let _ = unit.handle.request(Command::Unrelay { id }, self.control_timeout);
+    }
+
     /// Replace NF `nf`'s parameters while the chain runs: the NF's worker
     /// builds a new instance, moves the running state over and swaps it
     /// in between two batches. Refused (and nothing changed) when the
@@ -891,6 +960,21 @@ mod tests {
         .unwrap();
         let e = LiveChain::start(&d, StartOptions::default()).unwrap_err().to_string();
         assert!(e.starts_with("chain `c`: ports.in: cannot open"), "{e}");
+    }
+
+    #[test]
+    fn markers_are_relayed_towards_the_migrating_nf_from_both_ends() {
+        // Three workers, the middle one migrating: `in`'s marker crosses
+        // worker 0 downstream, `out`'s crosses worker 2 upstream.
+        assert_eq!(relay_routes(3, 1, &[0, 1]), vec![(0, vec![(0, 1)]), (2, vec![(1, 0)])]);
+        // The last one: both workers before it pass `in`'s on; `out`'s
+        // arrives at it directly.
+        assert_eq!(relay_routes(3, 2, &[0, 1]), vec![(0, vec![(0, 1)]), (1, vec![(0, 1)])]);
+        assert_eq!(relay_routes(3, 0, &[0, 1]), vec![(1, vec![(1, 0)]), (2, vec![(1, 0)])]);
+        // Only the ports that bring a marker; one worker: nothing.
+        assert_eq!(relay_routes(3, 1, &[0]), vec![(0, vec![(0, 1)])]);
+        assert!(relay_routes(1, 0, &[0, 1, 2]).is_empty());
+        assert!(relay_routes(3, 1, &[]).is_empty());
     }
 
     #[test]
