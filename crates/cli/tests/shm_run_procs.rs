@@ -1,10 +1,17 @@
 //! `braid run-procs`: a 3-NF chain as three supervised processes over shared
 //! memory. Kill the middle NF: the supervisor reports and restarts it, its
 //! neighbours keep running (same pids), and traffic flows again.
+//!
+//! The tests run one at a time (`braid_testkit::one_at_a_time`): run
+//! concurrently they failed now and then (3 of about 15 runs, once in CI:
+//! timeouts, namespaces not reported removed), likely because `--netns`
+//! runs remove the namespaces a killed run-procs left while another test
+//! leaves some on purpose, and the watchdogs compete for two CPUs.
+//! Serialized: 8 of 8 runs passed.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use braid_io::shm::ShmPort;
@@ -88,33 +95,21 @@ enum Failure {
     Hang,
 }
 
-/// One scenario at a time. Run concurrently, these tests failed now and
-/// then (3 of about 15 runs of this file, and once in CI: timeouts, and
-/// namespaces not reported removed). Likely causes, not proven: `--netns`
-/// runs remove namespaces a killed run-procs left behind while one test
-/// leaves such namespaces on purpose and checks who removes them, and the
-/// supervisors' watchdog deadlines compete for two CPUs. Serialized: 8 of
-/// 8 runs passed.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[test]
 fn killed_nf_is_restarted_and_neighbours_keep_running() {
-    let _serial = one_at_a_time();
+    let _serial = braid_testkit::one_at_a_time();
     scenario(false, Failure::Crash);
 }
 
 #[test]
 fn hung_nf_is_killed_by_the_watchdog_and_restarted() {
-    let _serial = one_at_a_time();
+    let _serial = braid_testkit::one_at_a_time();
     scenario(false, Failure::Hang);
 }
 
 #[test]
 fn same_with_each_nf_in_its_own_network_namespace() {
-    let _serial = one_at_a_time();
+    let _serial = braid_testkit::one_at_a_time();
     if !braid_io::netns::is_root() {
         eprintln!("skipped: --netns needs root");
         return;
@@ -298,7 +293,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 
 #[test]
 fn a_given_up_nf_stops_the_chain_with_a_non_zero_exit_and_cleans_up() {
-    let _serial = one_at_a_time();
+    let _serial = braid_testkit::one_at_a_time();
     let (mut child, lines, rx, dir) = start_run_procs("giveup", &["--max-restarts", "0"]);
     let (pa, pb, pc) =
         (pid_of(&lines, "a").unwrap(), pid_of(&lines, "b").unwrap(), pid_of(&lines, "c").unwrap());
@@ -320,7 +315,7 @@ fn a_given_up_nf_stops_the_chain_with_a_non_zero_exit_and_cleans_up() {
 
 #[test]
 fn killing_run_procs_kills_its_nf_processes() {
-    let _serial = one_at_a_time();
+    let _serial = braid_testkit::one_at_a_time();
     let (mut child, lines, _rx, dir) = start_run_procs("orphans", &[]);
     let pids: Vec<u32> = ["a", "b", "c"].iter().map(|n| pid_of(&lines, n).unwrap()).collect();
     // SIGKILL: the supervisor gets no chance to stop them itself.
@@ -340,7 +335,7 @@ fn killing_run_procs_kills_its_nf_processes() {
 /// runs (issue 13; docs/reliability.md).
 #[test]
 fn namespaces_of_a_killed_run_procs_are_removed_by_the_next() {
-    let _serial = one_at_a_time();
+    let _serial = braid_testkit::one_at_a_time();
     if braid_testkit::skip_unless(
         braid_io::netns::is_root(),
         "namespaces_of_a_killed_run_procs_are_removed_by_the_next",

@@ -66,6 +66,17 @@ pub fn skip_unless_tool(tool: &str, test: &str) -> bool {
     )
 }
 
+/// Run the heavy tests of one test binary one at a time: hold the guard
+/// for the whole test. Tests that each start daemons, traffic generators
+/// and migrations on the two vCPUs starve each other when the harness runs
+/// them side by side (timeouts waiting for a starved peer, not bugs), so
+/// such files take this lock in every test. A test that panics poisons
+/// the lock; the next one takes it anyway.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
