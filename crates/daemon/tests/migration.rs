@@ -543,17 +543,10 @@ fn a_lost_marker_after_the_switch_rolls_a_threads_chain_back_without_losing_a_pa
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &listen],
     );
     let ca = a.client();
-    // The frames B holds carry the MAC addresses of B's path; returned
-    // to A they leave by A's path, whose routers drop frames addressed to
-    // another interface. So B's path gets A's addresses (a rollback after
-    // the switch between hosts whose paths differ at layer 2 loses the
-    // returned packets there: measured with a one-worker chain too, and
-    // docs/migration.md says so).
-    let mac = |ns: &NetnsGuard, dev: &str| netns::mac_addr(Some(ns.name()), dev).unwrap();
-    ip(&net.dn, &["link", "set", "dev", &net.db, "address", &mac(&net.dn, &net.da)]);
-    ip(&net.up, &["link", "set", "dev", &net.ub, "address", &mac(&net.up, &net.ua)]);
-    neigh(&net.up, &net.ub, DNB, &net.dn, &net.db);
-    neigh(&net.dn, &net.db, UPB, &net.up, &net.ub);
+    // The frames B holds carry the MAC addresses of B's path, whose
+    // interfaces differ from A's path's: A gives them the addresses of
+    // what last arrived on their port before injecting them (else A's
+    // next hops would drop them as addressed to another interface).
     ca.deploy(&chain_yaml_in(Layout::Threads(1), "fw", &net.ai, &net.ao)).unwrap();
     more_flows(&net, 500);
     let mut traffic = Some(start_traffic(&net));

@@ -106,8 +106,12 @@ pub enum Command {
     /// [`Reply::Frames`].
     TakeHeld,
     /// Live migration, source (rollback): process `frames` as if each had
-    /// just arrived on its port, in order.
-    Inject { frames: Vec<(usize, Vec<u8>)> },
+    /// just arrived on its port, in order. With `readdress`, each frame
+    /// first gets the Ethernet addresses of the last unicast frame that
+    /// arrived on its port (frames the destination held came by another
+    /// path, addressed to its next hop: the neighbours of this path would
+    /// drop them).
+    Inject { frames: Vec<(usize, Vec<u8>)>, readdress: bool },
     /// Live migration, source, on a worker between a chain port and the
     /// migrating NF's worker: pass the drain markers of a migration on
     /// ([`crate::migration::MarkerRelay`]). Refused while the worker holds
@@ -172,7 +176,9 @@ impl std::fmt::Debug for Command {
             }
             Command::Hold(on) => write!(f, "Hold({on})"),
             Command::TakeHeld => f.write_str("TakeHeld"),
-            Command::Inject { frames } => write!(f, "Inject({} frames)", frames.len()),
+            Command::Inject { frames, readdress } => {
+                write!(f, "Inject({} frames, readdress {readdress})", frames.len())
+            }
             Command::Relay(r) => write!(f, "Relay({}, {:?})", r.id, r.routes),
             Command::Unrelay { id } => write!(f, "Unrelay({id})"),
             Command::SetSched(c) => write!(f, "SetSched({c:?})"),
@@ -507,10 +513,17 @@ impl WorkerHandle {
         }
     }
 
-    /// Process `frames` as if each had arrived on its port (a rolled-back
-    /// source taking back what the destination held).
+    /// Process `frames` as if each had arrived on its port, as they are.
     pub fn inject(&self, frames: Vec<(usize, Vec<u8>)>) -> Result<(), ControlError> {
-        self.done(Command::Inject { frames })
+        self.done(Command::Inject { frames, readdress: false })
+    }
+
+    /// Process `frames` as if each had arrived on its port, with the
+    /// Ethernet addresses of that port's last unicast arrival (a
+    /// rolled-back source taking back what the destination held:
+    /// [`Command::Inject`]).
+    pub fn inject_readdressed(&self, frames: Vec<(usize, Vec<u8>)>) -> Result<(), ControlError> {
+        self.done(Command::Inject { frames, readdress: true })
     }
 
     /// Pass the drain markers of a migration on ([`Command::Relay`]).

@@ -194,11 +194,22 @@ impl<'a> From<&'a mut Graph> for GraphRef<'a> {
     }
 }
 
+/// The destination and source MAC of an Ethernet frame sent to one
+/// station (the group bit of the destination clear), else None.
+#[inline]
+fn unicast_l2(frame: &[u8]) -> Option<[u8; 12]> {
+    let head: [u8; 12] = frame.get(..12)?.try_into().ok()?;
+    (head[0] & 1 == 0).then_some(head)
+}
+
 struct PortSlot<'a> {
     port: Box<dyn Port + 'a>,
     /// Where received packets go; None: transmit only.
     rx_to: Option<Endpoint>,
     rx_ended: bool,
+    /// Destination and source MAC of the last unicast frame received, for
+    /// frames injected "as if arrived here" ([`Command::Inject`]).
+    last_l2: Option<[u8; 12]>,
     /// Receive only while every other port can take a batch
     /// ([`WorkerConfig::backpressure`] unless set per port).
     backpressure: bool,
@@ -354,7 +365,14 @@ impl<'a> Worker<'a> {
         let telemetry = Arc::new(PortTelemetry::new(port.name()));
         self.telemetry.add_port(telemetry.clone());
         let backpressure = self.cfg.backpressure;
-        self.ports.push(PortSlot { port, rx_to, rx_ended: false, backpressure, telemetry });
+        self.ports.push(PortSlot {
+            port,
+            rx_to,
+            rx_ended: false,
+            last_l2: None,
+            backpressure,
+            telemetry,
+        });
         self.tx.push(Batch::new());
         Ok(i)
     }
@@ -500,6 +518,11 @@ impl<'a> Worker<'a> {
                 }
                 Ok(n) => {
                     moved += n;
+                    // One copy per batch (its last unicast frame, found
+                    // from the end: nearly always the last), not per packet.
+                    if let Some(l2) = self.rx.iter().rev().find_map(|p| unicast_l2(p.data())) {
+                        slot.last_l2 = Some(l2);
+                    }
                     // The batch's time is read after it was received, so
                     // it is never before any of its packets arrived (read
                     // before, a preemption between the two would stamp a
@@ -1037,10 +1060,17 @@ impl<'a> Worker<'a> {
                 self.held_last = (h.peak, h.dropped);
                 Ok(Reply::Frames(h.frames()))
             }
-            Command::Inject { frames } => {
+            Command::Inject { mut frames, readdress } => {
                 let n = self.ports.len();
                 if let Some((p, _)) = frames.iter().find(|(p, _)| *p >= n) {
                     return Err(refused(ControlError::Graph(GraphError::NoPort(*p, n))));
+                }
+                if readdress {
+                    for (p, f) in &mut frames {
+                        if let (Some(l2), Some(head)) = (self.ports[*p].last_l2, f.get_mut(..12)) {
+                            head.copy_from_slice(&l2);
+                        }
+                    }
                 }
                 let now_ns = braid_nf::monotonic_ns();
                 // Consecutive frames of one port go through as one batch.

@@ -259,3 +259,69 @@ fn drain_then_pause_holds_packets_until_resume() {
     h.stop().unwrap();
     t.join().unwrap();
 }
+
+/// Frames a rolled-back source takes back from the destination came by the
+/// destination's path, addressed to its next hop: injected readdressed,
+/// they leave with the Ethernet addresses of the last unicast frame that
+/// arrived on their port (a broadcast, such as ARP, does not count), so
+/// this path's next hop accepts them; a plain inject leaves them as they
+/// are.
+#[test]
+fn injected_frames_can_take_the_ethernet_addresses_of_their_ports_arrivals() {
+    let (mut gen, a_in) = channel_pair("gen", 64);
+    let (a_out, mut sink) = channel_pair("sink", 64);
+    let g = Graph::new(vec![("f".into(), braid_nf::build("fwd", &Params::default()).unwrap())], 0);
+    let (mut a, h) = Worker::new(config("A"), g).unwrap();
+    a.add_port(Box::new(a_in), Some(Endpoint::Stage { stage: 0, gate: 0 })).unwrap();
+    a.add_port(Box::new(a_out), None).unwrap();
+    a.graph_mut().link(0, 1, Endpoint::Port(1)).unwrap();
+    let t = a.spawn().unwrap();
+    let with_l2 = |dst: [u8; 6], src: [u8; 6], i: u16| {
+        let mut f = frame(i).data().to_vec();
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f
+    };
+    let here = ([2, 0, 0, 0, 0, 0xaa], [2, 0, 0, 0, 0, 0xbb]);
+    let there = ([2, 0, 0, 0, 0, 0xcc], [2, 0, 0, 0, 0, 0xdd]);
+    let broadcast = [0xff; 6];
+    let recv = |sink: &mut ChannelPort, n: usize| {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < n && Instant::now() < deadline {
+            let mut b = Batch::new();
+            if sink.recv(&mut b, 64).unwrap() == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            got.extend(b.iter().map(|p| p.data().to_vec()));
+        }
+        got
+    };
+    // Before anything arrived there is nothing to take: frames stay as
+    // they are.
+    h.inject_readdressed(vec![(0, with_l2(there.0, there.1, 1))]).unwrap();
+    assert_eq!(recv(&mut sink, 1)[0][..6], there.0);
+    // A unicast arrival on port 0, then a broadcast one.
+    let mut b: Batch = [with_l2(here.0, here.1, 2), with_l2(broadcast, there.1, 3)]
+        .iter()
+        .map(|f| braid_packet::Packet::from_bytes(f))
+        .collect();
+    gen.send(&mut b).unwrap();
+    assert_eq!(recv(&mut sink, 2).len(), 2);
+    h.inject_readdressed(vec![
+        (0, with_l2(there.0, there.1, 4)),
+        (0, with_l2(there.0, there.1, 5)),
+    ])
+    .unwrap();
+    h.inject(vec![(0, with_l2(there.0, there.1, 6))]).unwrap();
+    let got = recv(&mut sink, 3);
+    let l2: Vec<(&[u8], &[u8])> = got.iter().map(|f| (&f[..6], &f[6..12])).collect();
+    assert_eq!(
+        l2,
+        [(&here.0[..], &here.1[..]), (&here.0[..], &here.1[..]), (&there.0[..], &there.1[..])]
+    );
+    // The rest of each frame is untouched.
+    assert_eq!(got[0][12..], with_l2(there.0, there.1, 4)[12..]);
+    h.stop().unwrap();
+    t.join().unwrap();
+}
