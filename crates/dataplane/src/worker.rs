@@ -1038,6 +1038,16 @@ impl<'a> Worker<'a> {
                 if on {
                     self.held.get_or_insert_with(Held::default);
                 } else {
+                    // What already waits on the inputs arrived before the
+                    // release: into the hold with it (the order is the
+                    // same either way, and the peak counts it).
+                    if self.held.is_some() {
+                        for _ in 0..STOP_DRAIN_ROUNDS {
+                            if self.receive_round().map_err(ControlFailure::Worker)? == 0 {
+                                break;
+                            }
+                        }
+                    }
                     self.release_held().map_err(ControlFailure::Worker)?;
                 }
                 let (held, peak, dropped) = match &self.held {

@@ -164,8 +164,15 @@ fn collect(hosts: &mut [&mut Host], out: &mut Outputs) -> usize {
     n
 }
 
+/// Where the migration thread is: it has called `migrate_out`; it has
+/// finished (the driver stops once nothing more comes out).
+struct RunFlags {
+    started: AtomicBool,
+    done: AtomicBool,
+}
+
 /// Feed `trace` to `a` (switching to `b` when asked), 32 packets at a time
-/// with a short pause, until the trace is sent, `done` is set and nothing
+/// with a short pause, until the trace is sent, `run.done` is set and nothing
 /// more comes out. Returns the outputs.
 fn drive(
     trace: &Trace,
@@ -173,11 +180,17 @@ fn drive(
     mut b: Option<&mut Host>,
     cmds: Receiver<SwitchCmd>,
     ack: Sender<()>,
-    done: Arc<AtomicBool>,
+    run: Arc<RunFlags>,
     hold_tail: bool,
 ) -> Driven {
     let tail = if hold_tail { trace.len() * 4 / 5 } else { trace.len() };
     let mut tail_wait = None;
+    // With `hold_tail`, the second two fifths also wait for the migration
+    // to start, so traffic always flows while its state does (a migration
+    // started late on a loaded machine met a driver already waiting at the
+    // tail: no flow changed during the walk and no statelet was sent).
+    let middle = trace.len() * 2 / 5;
+    let mut start_wait = None;
     let mut out = Vec::new();
     let mut switched_at = None;
     // None: everything to A; Some(None): everything to B; Some(Some(r)):
@@ -185,6 +198,7 @@ fn drive(
     let mut moved: Option<Option<HashRange>> = None;
     let mut quiet_since = Instant::now();
     let mut next = 0;
+    let mut acks = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "the driver ran out of time");
@@ -207,17 +221,28 @@ fn drive(
                     moved = None;
                 }
             }
-            ack.send(()).unwrap();
+            acks += 1;
         }
-        let waiting = next >= tail && switched_at.is_none() && {
-            let since = *tail_wait.get_or_insert_with(Instant::now);
-            since.elapsed() < Duration::from_secs(20)
-        };
+        let before_start = hold_tail
+            && !run.started.load(Ordering::Acquire)
+            && (next < middle || {
+                let since = *start_wait.get_or_insert_with(Instant::now);
+                since.elapsed() < Duration::from_secs(20)
+            });
+        let waiting = (before_start && next >= middle)
+            || next >= tail && switched_at.is_none() && {
+                let since = *tail_wait.get_or_insert_with(Instant::now);
+                since.elapsed() < Duration::from_secs(20)
+            };
         if next < trace.len() && !waiting {
-            let end = (next + 32)
-                .min(if switched_at.is_none() && tail_wait.is_none() { tail } else { trace.len() })
-                .max(next + 1)
-                .min(trace.len());
+            let limit = if before_start {
+                middle
+            } else if switched_at.is_none() && tail_wait.is_none() {
+                tail
+            } else {
+                trace.len()
+            };
+            let end = (next + 32).min(limit).max(next + 1).min(trace.len());
             // Per host (A, B) and side, the frames of this step.
             let mut to: [[Vec<Vec<u8>>; 2]; 2] = Default::default();
             for (side, f) in &trace[next..end] {
@@ -240,11 +265,18 @@ fn drive(
             }
             std::thread::sleep(Duration::from_micros(150));
         }
+        // A switch is acknowledged after the first step on the new path:
+        // those packets are on their way before the migration goes on, as
+        // behind a real route change (so the destination has something to
+        // hold however the threads are scheduled).
+        for _ in 0..std::mem::take(&mut acks) {
+            ack.send(()).unwrap();
+        }
         let got = match &mut b {
             Some(b) => collect(&mut [&mut *a, &mut **b], &mut out),
             None => collect(&mut [&mut *a], &mut out),
         };
-        if got > 0 || next < trace.len() || !done.load(Ordering::Acquire) {
+        if got > 0 || next < trace.len() || !run.done.load(Ordering::Acquire) {
             quiet_since = Instant::now();
         } else if quiet_since.elapsed() > Duration::from_millis(200) {
             return Driven { out, switched_at };
@@ -311,7 +343,8 @@ fn reference(kind: &str, yaml: &str, trace: &Trace) -> (Outputs, braid_nf::NfSta
     let mut a = host("ref", kind, yaml);
     let (_tx, cmds) = mpsc::channel();
     let (ack, _ack_rx) = mpsc::channel();
-    let out = drive(trace, &mut a, None, cmds, ack, Arc::new(AtomicBool::new(true)), false).out;
+    let run = RunFlags { started: AtomicBool::new(true), done: AtomicBool::new(true) };
+    let out = drive(trace, &mut a, None, cmds, ack, Arc::new(run), false).out;
     let state = a.handle.export_state("nf").unwrap().unwrap();
     a.stop();
     (out, state)
@@ -383,11 +416,11 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
     let mut b = host("dst", kind, yaml);
     let (cmd_tx, cmds) = mpsc::channel();
     let (ack, ack_rx) = mpsc::channel();
-    let done = Arc::new(AtomicBool::new(false));
+    let run = Arc::new(RunFlags { started: AtomicBool::new(false), done: AtomicBool::new(false) });
     let (ah, bh) = (a.handle.clone(), b.handle.clone());
     let bh2 = b.handle.clone();
     let kind_s = kind.to_string();
-    let done_m = done.clone();
+    let run_m = run.clone();
     let migration = std::thread::spawn(move || {
         std::thread::sleep(sc.start_after);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -422,6 +455,7 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
             range: sc.range,
             back: false,
         };
+        run_m.started.store(true, Ordering::Release);
         let r = migrate_out(&ah, "nf", &kind_s, conn, &opts, &mut switch);
         let d = dest.join().unwrap();
         if std::env::var_os("MIGRATE_DEBUG").is_some() {
@@ -444,11 +478,11 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
             let r = migrate_out(&bh2, "nf", &kind_s, conn, &opts, &mut back);
             (r, dest.join().unwrap())
         });
-        done_m.store(true, Ordering::Release);
+        run_m.done.store(true, Ordering::Release);
         (r, d, merge)
     });
     let Driven { out, switched_at } =
-        drive(trace, &mut a, Some(&mut b), cmds, ack, done, sc.switch_expected);
+        drive(trace, &mut a, Some(&mut b), cmds, ack, run, sc.switch_expected);
     let (result, dest_result, merge) = migration.join().unwrap();
     if std::env::var_os("MIGRATE_DEBUG").is_some() {
         std::thread::sleep(Duration::from_millis(500));
