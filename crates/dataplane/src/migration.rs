@@ -18,8 +18,8 @@
 //!
 //! Destination: [`crate::Command::Hold`] keeps what arrives, in arrival
 //! order, instead of processing it; [`crate::Command::Install`] installs
-//! statelets between batches; releasing the hold processes what was held
-//! first, in order.
+//! statelets between batches; releasing the hold takes what waits on the
+//! inputs into it, then processes everything held first, in order.
 //!
 //! Between the two on a chain of workers ([`MarkerRelay`]): the workers
 //! between a chain port and the migrating NF's worker pass the drain
