@@ -458,7 +458,10 @@ impl Daemon {
         for e in self.list() {
             let Some(l) = e.live().filter(|_| e.state().0 == "running") else { continue };
             match l.quiesce() {
-                Ok(n) => drained += n,
+                Ok(q) => {
+                    drained += q.packets;
+                    tracing::info!(chain = %e.name(), packets = q.packets, rounds = q.rounds, "drained before the stop");
+                }
                 Err(err) => tracing::warn!(chain = %e.name(), error = %err, "drain before stop"),
             }
         }

@@ -152,6 +152,22 @@ struct Unit {
     handle: WorkerHandle,
 }
 
+/// Most rounds of drains [`LiveChain::quiesce`] runs through a chain of
+/// several workers to empty the channels between them.
+pub const QUIESCE_ROUNDS: u32 = 8;
+
+/// What [`LiveChain::quiesce`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quiesced {
+    /// Packets the drains received (the NFs' and those dropped at `in`
+    /// and `out` once they were cut off).
+    pub packets: u64,
+    /// Rounds through the workers after the first pass (0 with one
+    /// worker); the last one moved nothing unless it is
+    /// [`QUIESCE_ROUNDS`].
+    pub rounds: u32,
+}
+
 /// Packets in flight per channel between two workers of a live chain (a
 /// direction): like a NIC's receive queue, what does not fit is dropped
 /// and counted (`tx_dropped` of the channel port).
@@ -810,9 +826,11 @@ impl LiveChain {
     /// it (counted `unconnected`), so [`LiveChain::stop`] changes no NF's
     /// state. With several workers, what is still in the channels between
     /// them is then carried through by more drains, downstream and back
-    /// upstream, until a round moves nothing (at most 8 rounds: under
-    /// traffic the dropped arrivals keep counting). The packets drained.
-    pub fn quiesce(&self) -> Result<u64, LiveError> {
+    /// upstream, until a round in which no NF saw a packet (at most
+    /// [`QUIESCE_ROUNDS`]; the drains' own counts include the arrivals
+    /// dropped at `in` and `out`, which under traffic never stop, so they
+    /// cannot tell).
+    pub fn quiesce(&self) -> Result<Quiesced, LiveError> {
         let control = |source| LiveError::Control { chain: self.name.clone(), source };
         let last = self.units.len() - 1;
         let mut packets = 0;
@@ -833,19 +851,29 @@ impl LiveChain {
                 unit.handle.request(command, self.control_timeout).map_err(control)?;
             }
         }
+        let mut rounds = 0;
         if self.units.len() > 1 {
-            for _ in 0..8 {
-                let mut moved = 0;
+            let nf_packets = || -> u64 {
+                self.worker_snapshots()
+                    .iter()
+                    .flat_map(|w| &w.stages)
+                    .map(|s| s.counters.packets_in)
+                    .sum()
+            };
+            let mut seen = nf_packets();
+            while rounds < QUIESCE_ROUNDS {
+                rounds += 1;
                 for unit in self.units.iter().chain(self.units.iter().rev()) {
-                    moved += self.drain(unit)?;
+                    packets += self.drain(unit)?;
                 }
-                packets += moved;
-                if moved == 0 {
+                let now = nf_packets();
+                if now == seen {
                     break;
                 }
+                seen = now;
             }
         }
-        Ok(packets)
+        Ok(Quiesced { packets, rounds })
     }
 
     /// Stop the workers in chain order (each flushes what it holds into
