@@ -67,14 +67,16 @@ impl KernelNf {
     }
 }
 
-fn fw_action(a: KernelAction) -> FwAction {
+/// The XDP firewall's action for a kernel verdict.
+pub fn fw_action(a: KernelAction) -> FwAction {
     match a {
         KernelAction::Pass => FwAction::Pass,
         KernelAction::Drop => FwAction::Drop,
     }
 }
 
-fn fw_rule(r: &KernelRule) -> FwRule {
+/// The XDP firewall's rule for a kernel rule.
+pub fn fw_rule(r: &KernelRule) -> FwRule {
     FwRule { src: r.src, dst: r.dst, src_port: r.src_port, dst_port: r.dst_port, proto: r.proto }
 }
 
