@@ -79,13 +79,18 @@ pub fn decide(d: &ChainDescriptor) -> Result<(ChainPlacement, Vec<NfPlacement>),
         .map_err(|source| PlacementError::Plan { chain: d.name.clone(), source })?;
     let first_user = plan.iter().find(|e| e.placement == Placement::User);
     // Why the chain cannot run in the kernel whole, if it cannot.
-    let why_not_kernel = match first_user {
-        Some(u) => Some(format!("NF `{}` ({}) runs in user space: {}", u.name, u.kind, u.reason)),
-        None if plan.len() > CHAIN_MAX_STAGES => Some(format!(
+    let why_not_kernel = match (first_user, worker_settings(d)) {
+        (Some(u), _) => {
+            Some(format!("NF `{}` ({}) runs in user space: {}", u.name, u.kind, u.reason))
+        }
+        (None, Some(what)) => {
+            Some(format!("the chain declares {what}, which only worker threads in user space have"))
+        }
+        (None, None) if plan.len() > CHAIN_MAX_STAGES => Some(format!(
             "the chain has {} NFs and one XDP chain program holds at most {CHAIN_MAX_STAGES}",
             plan.len()
         )),
-        None => None,
+        (None, None) => None,
     };
     let Some(why) = why_not_kernel else {
         let configs = d
@@ -131,6 +136,19 @@ pub fn decide(d: &ChainDescriptor) -> Result<(ChainPlacement, Vec<NfPlacement>),
         })
         .collect();
     Ok((ChainPlacement::User, placements))
+}
+
+/// The user-space worker settings `d` declares (`mapping: threads`, a
+/// `sched` block), if any: a chain that asks for worker threads runs on
+/// them.
+fn worker_settings(d: &ChainDescriptor) -> Option<String> {
+    if d.mapping == Some(braid_runtime::WorkerMapping::Threads) {
+        return Some("`mapping: threads`".into());
+    }
+    if d.sched.is_some() {
+        return Some("a `sched` block".into());
+    }
+    d.nfs.iter().find(|n| n.sched.is_some()).map(|n| format!("a `sched` block on NF `{}`", n.name))
 }
 
 /// A kernel chain that could not start or be changed. What was attached
@@ -230,9 +248,10 @@ impl KernelChain {
                 "a kernel chain has exactly the ports `in` and `out`".to_string(),
             ));
         }
+        // Worded as a user-space chain's port that does not open.
         let ifindex = |port: &str, iface: &str| {
             braid_io::netns::ifindex(iface)
-                .map_err(|e| ports_err(format!("port `{port}`: interface {iface}: {e}")))
+                .map_err(|e| ports_err(format!("ports.{port}: cannot open interface {iface}: {e}")))
         };
         let (i_in, i_out) = (ifindex("in", in_if)?, ifindex("out", out_if)?);
         let xdp =
@@ -561,6 +580,26 @@ mod tests {
         let pinned = nine.replacen("type: fwd }", "type: fwd, placement: kernel }", 1);
         let e = decide(&chain(&pinned)).unwrap_err().to_string();
         assert!(e.contains("NF `f0` is pinned") && e.contains("at most 8"), "{e}");
+    }
+
+    #[test]
+    fn worker_settings_keep_an_auto_chain_in_user_space_and_refuse_a_pinned_one() {
+        let two = "  - { name: f, type: fwd }\n  - { name: g, type: fwd }\n";
+        for (extra, what) in [
+            ("mapping: threads\n", "`mapping: threads`"),
+            ("sched: { policy: batch }\n", "a `sched` block"),
+        ] {
+            let d = ChainDescriptor::from_yaml(&format!(
+                "name: k\n{extra}ports:\n  in: {{ kind: af_packet, iface: a }}\n  out: {{ kind: af_packet, iface: b }}\nnfs:\n{two}"
+            ))
+            .unwrap();
+            let (p, nfs) = decide(&d).unwrap();
+            assert_eq!(p, ChainPlacement::User, "{extra}");
+            assert!(nfs[0].reason.contains(what), "{}", nfs[0].reason);
+        }
+        let d = chain("  - { name: f, type: fwd, placement: kernel }\n  - { name: g, type: fwd, sched: { nice: 5 } }\n");
+        let e = decide(&d).unwrap_err().to_string();
+        assert!(e.contains("a `sched` block on NF `g`"), "{e}");
     }
 
     #[test]
