@@ -351,6 +351,8 @@ fn a_kernel_chain_forwards_both_ways_counts_exactly_and_leaves_nothing_attached(
     assert!(crosses(&client, &format!("{SERVER}:{SHUT}"), &server_shut));
 
     // DELETE: final counters, nothing attached, nothing crosses.
+    let shown = bpftool_net(&net.mid);
+    assert!(shown.contains(net.a1.as_str()) && shown.contains(net.b1.as_str()), "{shown}");
     let removed = c.remove("kc").unwrap();
     assert_eq!(removed["stopped"], true, "{removed}");
     assert_eq!(removed["placement"], "kernel", "{removed}");
@@ -358,11 +360,15 @@ fn a_kernel_chain_forwards_both_ways_counts_exactly_and_leaves_nothing_attached(
     assert_eq!(xdp_on(&net.mid, &net.b1), None, "out keeps an XDP program after DELETE");
     assert!(!crosses(&client, &format!("{SERVER}:{SHUT}"), &server_shut));
     assert!(c.chains().unwrap().is_empty());
-    let bpftool = net.mid.command("bpftool").args(["net", "show"]).output();
-    if let Ok(out) = bpftool {
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(!text.contains(net.a1.as_str()) && !text.contains(net.b1.as_str()), "{text}");
-    }
+    let shown = bpftool_net(&net.mid);
+    assert!(!shown.contains(net.a1.as_str()) && !shown.contains(net.b1.as_str()), "{shown}");
+}
+
+/// `bpftool net show` in `ns`: the XDP (and tc) attachments there.
+fn bpftool_net(ns: &NetnsGuard) -> String {
+    let out = ns.command("bpftool").args(["net", "show"]).output().expect("bpftool");
+    assert!(out.status.success(), "bpftool net show: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
