@@ -357,7 +357,7 @@ impl KernelChain {
     /// `in` (gate 0) leaves by `out` (gate 1), and the other way round.
     pub fn tap(
         &self,
-    ) -> Result<(braid_io::xdp_tap::XdpTapMaps, Vec<(u32, u32)>), KernelChainError> {
+    ) -> Result<(braid_io::xdp_tap::XdpTapMaps, Vec<(u32, u16)>), KernelChainError> {
         let gates =
             vec![(self.ports[0].attachment.ifindex, 0), (self.ports[1].attachment.ifindex, 1)];
         self.with_program(|c| {

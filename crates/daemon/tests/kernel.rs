@@ -405,3 +405,103 @@ fn a_mixed_chain_runs_whole_in_user_space_and_says_why_per_nf() {
     assert_eq!(c.chain("mx").unwrap()["workers"].as_array().unwrap().len(), 1);
     c.remove("mx").unwrap();
 }
+
+#[test]
+fn a_capture_through_braidd_on_a_kernel_nf_shows_what_leaves_and_what_it_drops() {
+    use braid_daemon::capture::{request, CaptureClientError};
+    use braid_dataplane::tap::{CaptureRequest, Point};
+    use braid_io::pcapng::PcapngReader;
+    use std::io::Read;
+
+    if braid_testkit::skip_unless(netns::is_root(), "braidd kernel capture", "needs root")
+        || braid_testkit::skip_unless(
+            braid_io::xdp::xdp_built(),
+            "braidd kernel capture",
+            "braid was built without its XDP programs",
+        )
+    {
+        return;
+    }
+    let net = net();
+    let dir = TempDir::new("kcapture");
+    let d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    assert_eq!(c.deploy(&chain_yaml(&net, "kcap")).unwrap()["placement"], "kernel");
+    let req = |nf: &str, filter: &str, count: Option<u64>| CaptureRequest {
+        nf: nf.into(),
+        points: vec![Point::Out, Point::Drops],
+        filter: filter.into(),
+        count,
+        seconds: Some(30.0),
+    };
+    match request(&d.socket, "kcap", &req("nope", "", Some(1))) {
+        Err(CaptureClientError::Refused { status: 404, message }) => {
+            assert!(message.contains("no NF named `nope`; its NFs: fw, f"), "{message}")
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    match request(&d.socket, "kcap", &req("fw", "port 1 or", Some(1))) {
+        Err(CaptureClientError::Refused { status: 400, .. }) => {}
+        other => panic!("{:?}", other.err()),
+    }
+
+    // 20 datagrams to the open port, 10 to the shut one: the capture (30
+    // packets, then it ends) shows the 20 leaving fw and the 10 it dropped.
+    let mut stream = request(&d.socket, "kcap", &req("fw", "udp", Some(30))).unwrap();
+    let server = bind(&net.sv, format!("{SERVER}:{OPEN}"));
+    server.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let client = bind(&net.cl, format!("{CLIENT}:0"));
+    let (bytes, received) = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut b = Vec::new();
+            stream.read_to_end(&mut b).unwrap();
+            b
+        });
+        let mut received = Vec::new();
+        let mut buf = [0u8; 2048];
+        for i in 0..20u32 {
+            client.send_to(format!("allowed {i}").as_bytes(), format!("{SERVER}:{OPEN}")).unwrap();
+            if i % 2 == 0 {
+                client.send_to(b"denied", format!("{SERVER}:{SHUT}")).unwrap();
+            }
+            if let Ok(n) = server.recv(&mut buf) {
+                received.push(buf[..n].to_vec());
+            }
+        }
+        (reader.join().unwrap(), received)
+    });
+    let mut r = PcapngReader::new(&bytes[..]).unwrap();
+    let (mut out, mut drops) = (Vec::new(), Vec::new());
+    let mut f = Vec::new();
+    while let Some(rec) = r.next_packet(&mut f).unwrap() {
+        let name = r.interfaces()[rec.interface as usize].name.clone().unwrap();
+        // Ethernet, IPv4 without options, UDP: the payload from byte 42.
+        let payload = f[42..].to_vec();
+        match name.as_str() {
+            "fw:out" => out.push(payload),
+            "fw:drops" => {
+                assert_eq!(rec.comment.as_deref(), Some("dropped by fw: denied"));
+                drops.push(payload);
+            }
+            other => panic!("interface {other}"),
+        }
+    }
+    assert_eq!(received.len(), 20, "the server got every allowed datagram");
+    assert_eq!(out, received, "the capture shows what the server got");
+    assert_eq!(drops, vec![b"denied".to_vec(); 10]);
+
+    // A capture without a count ends when the chain is removed.
+    let mut open = request(&d.socket, "kcap", &req("f", "", None)).unwrap();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut b = Vec::new();
+            open.read_to_end(&mut b).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        c.remove("kcap").unwrap();
+        reader.join().unwrap();
+    });
+    assert!(t.elapsed() < Duration::from_secs(5), "the stream ended {:?} after", t.elapsed());
+    assert_eq!(xdp_on(&net.mid, &net.a1), None);
+}
