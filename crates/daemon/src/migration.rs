@@ -797,10 +797,7 @@ pub fn migrate_chain_nf(
             known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
         });
     };
-    let live = match (entry.live(), entry.state().0) {
-        (Some(l), "running") => l,
-        _ => return Err(OpError::NotRunning(chain.into())),
-    };
+    let live = entry.user_space("a live migration")?;
     let descriptor = req.deploy.as_ref().map(|ports| {
         let mut d = d.clone();
         for (name, iface) in [("in", &ports.in_iface), ("out", &ports.out_iface)] {

@@ -312,6 +312,23 @@ fn a_kernel_chain_forwards_both_ways_counts_exactly_and_leaves_nothing_attached(
     assert_eq!((status, kind.as_str()), (422, "kernel_chain"));
     let (status, kind, message) = api_error(c.profile("kc", 50, false).unwrap_err());
     assert_eq!((status, kind.as_str()), (422, "kernel_chain"), "{message}");
+    let migrate = {
+        let route =
+            json!({ "netns": net.cl.name(), "to": "10.77.0.0/24", "via": SERVER, "dev": "lo" });
+        json!({ "to": "127.0.0.1:9", "switch": { "redirect": [route], "restore": [route],
+            "markers": [{ "netns": net.cl.name(), "dev": "lo", "port": "in" }] } })
+    }
+    .to_string();
+    let (status, kind, message) = api_error(
+        c.json(
+            "POST",
+            "/v1/chains/kc/nfs/fw/migrate",
+            Some(("application/json", migrate.as_bytes())),
+        )
+        .unwrap_err(),
+    );
+    assert_eq!((status, kind.as_str()), (422, "kernel_chain"), "{message}");
+    assert!(message.contains("a live migration is for chains in user space"), "{message}");
     assert_eq!(c.chain("kc").unwrap()["descriptor"]["nfs"][0]["params"]["conntrack"], false);
 
     // A live rule change: the open port is shut and the shut one opens;
