@@ -522,3 +522,106 @@ fn a_capture_through_braidd_on_a_kernel_nf_shows_what_leaves_and_what_it_drops()
     assert!(t.elapsed() < Duration::from_secs(5), "the stream ended {:?} after", t.elapsed());
     assert_eq!(xdp_on(&net.mid, &net.a1), None);
 }
+
+/// One round of [`measure_kernel_and_user_chain_rates`]: chain `yaml`
+/// deployed, `senders` threads in the client namespace offering 64-byte
+/// UDP datagrams (each on its own flow) as fast as they can for `secs`
+/// after 200 ms of warm-up,
+/// what reached the server's interface counted by its `pass` program
+/// (so the server's socket is not the limit); (offered/s, delivered/s).
+fn rate_round(net: &mut Net, c: &Client, yaml: &str, secs: f64, senders: usize) -> (f64, f64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let name = c.deploy(yaml).unwrap()["name"].as_str().unwrap().to_string();
+    // A socket that never reads: no ICMP port-unreachable comes back.
+    let _sink = bind(&net.sv, format!("{SERVER}:{OPEN}"));
+    let clients: Vec<UdpSocket> = (0..senders)
+        .map(|_| {
+            let c = bind(&net.cl, format!("{CLIENT}:0"));
+            c.connect(format!("{SERVER}:{OPEN}")).unwrap();
+            c
+        })
+        .collect();
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let delivered = |net: &mut Net| net._pass[1].counters().unwrap().rx_packets;
+    let result = std::thread::scope(|s| {
+        for client in &clients {
+            let (stop, sent) = (&stop, &sent);
+            s.spawn(move || {
+                let payload = [0x5au8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    if client.send(&payload).is_ok() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let (s0, d0, t) = (sent.load(Ordering::Relaxed), delivered(net), Instant::now());
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let (s1, d1, dt) = (sent.load(Ordering::Relaxed), delivered(net), t.elapsed());
+        stop.store(true, Ordering::Relaxed);
+        let per_s = |n: u64| n as f64 / dt.as_secs_f64();
+        (per_s(s1 - s0), per_s(d1 - d0))
+    });
+    c.remove(&name).unwrap();
+    result
+}
+
+/// The forwarding rate of the same 2-NF chain (a stateless firewall that
+/// allows everything, fwd) run by braidd in the kernel (one XDP program)
+/// and in user space on AF_XDP ports (copy mode on veth), rounds
+/// interleaved ABBA. docs/benchmarks.md ("braidd: a kernel chain against
+/// the same chain in user space"):
+///
+/// ```sh
+/// BRAID_REQUIRE_ROOT=1 cargo test --release -p braid-daemon --test kernel -- --ignored --nocapture
+/// ```
+///
+/// `BRAID_RATE_SECONDS` (default 2) is each round's window,
+/// `BRAID_RATE_SENDERS` (default 2) the sender threads.
+#[test]
+#[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
+fn measure_kernel_and_user_chain_rates() {
+    if braid_testkit::skip_unless(netns::is_root(), "kernel vs user rate", "needs root") {
+        return;
+    }
+    let mut net = net();
+    let dir = TempDir::new("krate");
+    let d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    let fw = "{ name: fw, type: firewall, params: { conntrack: false, default: allow } }";
+    let yaml = |name: &str, kind: &str, f: &str| {
+        format!(
+            "name: {name}\nports:\n  in: {{ kind: {kind}, iface: {} }}\n  out: {{ kind: {kind}, iface: {} }}\nnfs:\n  - {fw}\n  - {f}\n",
+            net.a1, net.b1
+        )
+    };
+    let kernel = yaml("rk", "af_packet", "{ name: f, type: fwd, placement: kernel }");
+    let user = yaml("ru", "af_xdp", "{ name: f, type: fwd, placement: user }");
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<f64>().ok());
+    let secs = env("BRAID_RATE_SECONDS").unwrap_or(2.0);
+    let senders = env("BRAID_RATE_SENDERS").unwrap_or(2.0) as usize;
+    let (mut k, mut u) = (Vec::new(), Vec::new());
+    for pair in 0..4 {
+        let order: [bool; 2] = if pair % 2 == 0 { [true, false] } else { [false, true] };
+        for in_kernel in order {
+            let (offered, delivered) =
+                rate_round(&mut net, &c, if in_kernel { &kernel } else { &user }, secs, senders);
+            let arm = if in_kernel { "kernel (XDP)" } else { "user (AF_XDP)" };
+            eprintln!("round {pair} {arm}: offered {offered:.0}/s, delivered {delivered:.0}/s");
+            if in_kernel { &mut k } else { &mut u }.push((offered, delivered));
+        }
+    }
+    let median = |v: &mut Vec<(f64, f64)>, i: usize| {
+        let mut x: Vec<f64> = v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect();
+        x.sort_by(f64::total_cmp);
+        (x[x.len() / 2 - 1] + x[x.len() / 2]) / 2.0
+    };
+    let (ko, kd, uo, ud) =
+        (median(&mut k, 0), median(&mut k, 1), median(&mut u, 0), median(&mut u, 1));
+    eprintln!(
+        "median: kernel offered {ko:.0}/s delivered {kd:.0}/s; user offered {uo:.0}/s delivered {ud:.0}/s; kernel/user delivered {:.2}x",
+        kd / ud
+    );
+}
