@@ -625,3 +625,42 @@ fn measure_kernel_and_user_chain_rates() {
         kd / ud
     );
 }
+
+#[test]
+fn a_device_without_native_xdp_gets_generic_mode_and_says_why() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd generic XDP", "needs root")
+        || braid_testkit::skip_unless(
+            braid_io::xdp::xdp_built(),
+            "braidd generic XDP",
+            "braid was built without its XDP programs",
+        )
+    {
+        return;
+    }
+    // Bridges have no native XDP; they go with the namespace.
+    let ns = NetnsGuard::create(&netns::unique_name("bdk-gen")).unwrap();
+    for dev in ["kd0", "kd1"] {
+        let st = ns.command("ip").args(["link", "add", dev, "type", "bridge"]).status().unwrap();
+        assert!(st.success(), "ip link add {dev}");
+        netns::set_up(Some(ns.name()), dev).unwrap();
+    }
+    let dir = TempDir::new("kgeneric");
+    let d = Braidd::start(dir.path(), Some(ns.name()), &[]);
+    let c = d.client();
+    let shown = c
+        .deploy("name: g\nports:\n  in: { kind: af_packet, iface: kd0 }\n  out: { kind: af_packet, iface: kd1 }\nnfs:\n  - { name: f, type: fwd, placement: kernel }\n")
+        .unwrap();
+    assert_eq!(
+        (shown["state"].as_str(), shown["placement"].as_str()),
+        (Some("running"), Some("kernel"))
+    );
+    for (i, dev) in ["kd0", "kd1"].into_iter().enumerate() {
+        let port = &shown["stats"]["ports"][i];
+        assert_eq!(port["xdp_mode"], "generic", "{port}");
+        assert!(port["fallback_reason"].as_str().is_some_and(|r| !r.is_empty()), "{port}");
+        let on = xdp_on(&ns, dev).expect("no XDP program");
+        assert!(on.contains("prog/xdp"), "{on}");
+    }
+    c.remove("g").unwrap();
+    assert_eq!((xdp_on(&ns, "kd0"), xdp_on(&ns, "kd1")), (None, None));
+}
