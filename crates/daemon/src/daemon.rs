@@ -77,7 +77,13 @@ impl Deployed {
     /// (could not start), and the error.
     pub fn state(&self) -> (&'static str, Option<String>) {
         if let Some(k) = &self.kernel {
-            return (if k.running() { "running" } else { "stopped" }, None);
+            if !k.running() {
+                return ("stopped", None);
+            }
+            return match k.broken() {
+                None => ("running", None),
+                Some(why) => ("exited", Some(why)),
+            };
         }
         match &self.live {
             None => ("failed", self.error.clone()),

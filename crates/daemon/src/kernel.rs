@@ -315,6 +315,25 @@ impl KernelChain {
         lock(&self.program).is_some()
     }
 
+    /// Why the loaded program no longer forwards, if it does not: an
+    /// interface it was attached to is gone (deleted, or replaced by
+    /// another of the same name, which does not carry the program). The
+    /// kernel drops the attachment with the interface; nothing tells
+    /// braidd, so this looks (one `if_nametoindex` per interface).
+    pub fn broken(&self) -> Option<String> {
+        self.ports.iter().find_map(|p| {
+            let a = &p.attachment;
+            match braid_io::netns::ifindex(&a.iface) {
+                Ok(i) if i == a.ifindex => None,
+                Ok(i) => Some(format!(
+                    "port `{}`: interface {} was replaced (ifindex {} is now {i}); the XDP program is not attached to the new one",
+                    p.port, a.iface, a.ifindex
+                )),
+                Err(e) => Some(format!("port `{}`: interface {} is gone: {e}", p.port, a.iface)),
+            }
+        })
+    }
+
     /// Run `f` on the program, if it is still loaded.
     fn with_program<T>(
         &self,

@@ -661,6 +661,13 @@ fn a_device_without_native_xdp_gets_generic_mode_and_says_why() {
         let on = xdp_on(&ns, dev).expect("no XDP program");
         assert!(on.contains("prog/xdp"), "{on}");
     }
+    // An interface going away is noticed: the chain has exited, saying why.
+    let st = ns.command("ip").args(["link", "del", "kd1"]).status().unwrap();
+    assert!(st.success());
+    let gone = c.chain("g").unwrap();
+    assert_eq!(gone["state"], "exited", "{gone}");
+    let error = gone["error"].as_str().unwrap();
+    assert!(error.contains("port `out`: interface kd1 is gone"), "{error}");
     c.remove("g").unwrap();
-    assert_eq!((xdp_on(&ns, "kd0"), xdp_on(&ns, "kd1")), (None, None));
+    assert_eq!(xdp_on(&ns, "kd0"), None);
 }
