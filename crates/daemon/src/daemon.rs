@@ -56,9 +56,16 @@ impl Deployed {
         self.kernel.as_ref()
     }
 
-    /// Where each NF runs (or would run), and why.
-    pub fn placements(&self) -> &[NfPlacement] {
-        &self.placements
+    /// `kernel` when the chain runs (or, not running, would run) as one
+    /// XDP program, else `user`.
+    pub fn placement(&self) -> &'static str {
+        let all_kernel =
+            !self.placements.is_empty() && self.placements.iter().all(|p| p.placement == "kernel");
+        if self.kernel.is_some() || (self.live.is_none() && all_kernel) {
+            "kernel"
+        } else {
+            "user"
+        }
     }
 
     /// The running user-space chain, or why an operation for user-space
@@ -103,7 +110,7 @@ impl Deployed {
             "state": state,
             "error": error,
             "descriptor": serde_json::to_value(self.descriptor()).unwrap_or_default(),
-            "placement": if self.kernel.is_some() { "kernel" } else { "user" },
+            "placement": self.placement(),
             "nfs": serde_json::to_value(&self.placements).unwrap_or_default(),
         });
         match &self.restored {
@@ -285,7 +292,10 @@ impl Daemon {
         let declared = self.store.load()?;
         let (mut ok, mut failed) = (0, 0);
         for d in declared {
-            let entry = match self.start_chain(d.clone()) {
+            let started = crate::kernel::decide(&d)
+                .map_err(OpError::Placement)
+                .and_then(|decided| self.start_chain(d.clone(), decided));
+            let entry = match started {
                 Ok(mut entry) => {
                     ok += 1;
                     if let Some(l) = &entry.live {
@@ -358,10 +368,13 @@ impl Daemon {
         self.checkpoints.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Start `d` where it runs ([`crate::kernel::decide`]): whole in the
+    /// Start `d` where [`crate::kernel::decide`] put it: whole in the
     /// kernel as one XDP program, or in user space on worker threads.
-    fn start_chain(&self, d: ChainDescriptor) -> Result<Deployed, OpError> {
-        let (placement, placements) = crate::kernel::decide(&d).map_err(OpError::Placement)?;
+    fn start_chain(
+        &self,
+        d: ChainDescriptor,
+        (placement, placements): (ChainPlacement, Vec<NfPlacement>),
+    ) -> Result<Deployed, OpError> {
         let (live, kernel) = match placement {
             ChainPlacement::Kernel(configs) => {
                 (None, Some(KernelChain::start(&d, configs).map_err(OpError::KernelStart)?))
@@ -381,22 +394,24 @@ impl Daemon {
         if read(&self.chains).contains_key(&d.name) {
             return Err(OpError::Duplicate(d.name));
         }
-        if let (ChainPlacement::Kernel(_), _) =
-            crate::kernel::decide(&d).map_err(OpError::Placement)?
-        {
-            // No worker thread: nothing to check against the host's CPUs.
-            let entry = Arc::new(self.start_chain(d)?);
-            // Declared only once it runs; if the store fails, it stops
-            // again (dropping the entry detaches the program).
-            self.store.put(&entry.declared)?;
-            write(&self.chains).insert(entry.name().to_string(), entry.clone());
-            return Ok(entry);
+        let decided = crate::kernel::decide(&d).map_err(OpError::Placement)?;
+        if decided.0 == ChainPlacement::User {
+            self.check_starvation(&d)?;
         }
-        // The host's workers together must not starve it (real-time busy
-        // polling on every CPU); each chain's own settings are checked
-        // when it starts.
+        let entry = Arc::new(self.start_chain(d, decided)?);
+        // Declared only once it runs; if the store fails, it stops again
+        // (dropping the entry stops its workers or detaches its program).
+        self.store.put(&entry.declared)?;
+        write(&self.chains).insert(entry.name().to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// The host's workers together, `d`'s new ones included, must not
+    /// starve it (real-time busy polling on every CPU); each chain's own
+    /// settings are checked when it starts.
+    fn check_starvation(&self, d: &ChainDescriptor) -> Result<(), OpError> {
         let mut all = self.other_workers(&d.name);
-        let own = braid_runtime::live::worker_settings(&d, &self.start).map_err(|source| {
+        let own = braid_runtime::live::worker_settings(d, &self.start).map_err(|source| {
             OpError::Sched(braid_runtime::live::LiveError::Sched { chain: d.name.clone(), source })
         })?;
         all.extend(own);
@@ -406,13 +421,7 @@ impl Daemon {
         )
         .map_err(|source| {
             OpError::Sched(braid_runtime::live::LiveError::Sched { chain: d.name.clone(), source })
-        })?;
-        let entry = Arc::new(self.start_chain(d)?);
-        // Declared only once it runs; if the store fails, it stops again
-        // (dropping the entry stops its workers).
-        self.store.put(&entry.declared)?;
-        write(&self.chains).insert(entry.name().to_string(), entry.clone());
-        Ok(entry)
+        })
     }
 
     /// Stop chain `name` and forget it; its final counters.
