@@ -565,7 +565,10 @@ async fn deploy(
                 entry.name(),
                 t.elapsed().as_secs_f64() * 1e3
             ),
-            event: ("chain_deployed", json!({ "chain": entry.name(), "nfs": nfs })),
+            event: (
+                "chain_deployed",
+                json!({ "chain": entry.name(), "nfs": nfs, "placement": entry.placement() }),
+            ),
             body: entry.to_json(),
         })
     })

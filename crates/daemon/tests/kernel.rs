@@ -219,7 +219,15 @@ fn a_kernel_chain_forwards_both_ways_counts_exactly_and_leaves_nothing_attached(
     assert!(c.chains().unwrap().is_empty());
 
     // Deployed: one XDP program on both interfaces, native on veth.
+    let mut events = c.events(None).unwrap();
     let shown = c.deploy(&chain_yaml(&net, "kc")).unwrap();
+    let deployed = events.next().unwrap().unwrap();
+    assert_eq!(deployed["type"], "chain_deployed", "{deployed}");
+    assert_eq!(
+        (deployed["chain"].as_str(), deployed["placement"].as_str()),
+        (Some("kc"), Some("kernel"))
+    );
+    drop(events);
     assert_eq!(shown["state"], "running", "{shown}");
     assert_eq!(shown["placement"], "kernel", "{shown}");
     for nf in shown["nfs"].as_array().unwrap() {
