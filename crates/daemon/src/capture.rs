@@ -31,9 +31,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use braid_dataplane::tap::{
-    CaptureError, CaptureRequest, CaptureSession, CaptureTarget, XdpTarget,
-};
+use braid_dataplane::tap::{CaptureError, CaptureRequest, CaptureSession, CaptureTarget};
 use braid_dataplane::{ControlError, GraphError};
 
 use crate::api::{ApiError, AppState, AuditNote};
@@ -62,12 +60,11 @@ pub async fn capture(
         }
         (None, Some(k), "running") => {
             let nfs = k.descriptor().nfs;
-            let Some(slot) = nfs.iter().position(|n| n.name == req.nf) else {
+            let Some(nf_index) = nfs.iter().position(|n| n.name == req.nf) else {
                 let known = nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ");
                 return Err(OpError::UnknownNf { chain: name, nf: req.nf, known }.into());
             };
-            let (maps, gates) = k.tap().map_err(OpError::KernelControl)?;
-            CaptureTarget::Xdp(XdpTarget { maps, slot: slot as u32, gates })
+            CaptureTarget::Xdp(k.tap_target(nf_index).map_err(OpError::KernelControl)?)
         }
         _ => return Err(OpError::NotRunning(name).into()),
     };

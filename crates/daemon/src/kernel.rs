@@ -24,8 +24,9 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use braid_dataplane::tap::XdpTarget;
 use braid_io::xdp::{AttachMode, Attachment, XdpChain, XdpCounters, XdpError, CHAIN_MAX_STAGES};
-use braid_nf::kernel::{KernelConfig, KernelFirewall};
+use braid_nf::kernel::KernelConfig;
 use braid_nf::Placement;
 use braid_runtime::descriptor::PlacementChoice;
 use braid_runtime::xdp_nf::KernelNf;
@@ -186,12 +187,32 @@ pub struct KernelNfStats {
     pub tap_points: u32,
 }
 
+/// One NF of a kernel chain: its XDP configuration and where its stage
+/// is in the program.
+#[derive(Clone, Debug)]
+struct Stage {
+    config: KernelNf,
+    /// The slot frames cross now.
+    active: usize,
+    /// For an NF with parameters (xor, firewall): a second slot of the same
+    /// kind, empty, that a live change fills before both paths switch to
+    /// it (then the old slot is emptied and becomes the spare).
+    spare: Option<usize>,
+}
+
+/// How long after switching the paths to a new slot braidd waits before
+/// emptying the old one: frames that entered before the switch finish
+/// their XDP run (microseconds) on the old slot's rules. There is no
+/// system call that waits for the kernel's RCU grace period.
+const SWITCH_GRACE: Duration = Duration::from_millis(20);
+
 /// A running kernel chain: its XDP program, attached to `in` and `out`.
 pub struct KernelChain {
     name: String,
     /// As running: live parameter changes included.
     descriptor: Mutex<ChainDescriptor>,
-    configs: Mutex<Vec<KernelNf>>,
+    /// Per NF, in chain order.
+    stages: Mutex<Vec<Stage>>,
     /// `None` once stopped (detached and unloaded).
     program: Mutex<Option<XdpChain>>,
     ports: [KernelPort; 2],
@@ -256,18 +277,23 @@ impl KernelChain {
         let (i_in, i_out) = (ifindex("in", in_if)?, ifindex("out", out_if)?);
         let xdp =
             |what: String| move |source| KernelChainError::Xdp { chain: chain(), what, source };
-        let kinds: Vec<_> = configs.iter().map(KernelNf::xdp).collect();
+        let stages = stage_layout(configs);
+        let mut kinds = vec![braid_io::xdp::XdpNf::Fwd; slots_used(&stages)];
+        for st in &stages {
+            kinds[st.active] = st.config.xdp();
+            if let Some(spare) = st.spare {
+                kinds[spare] = st.config.xdp();
+            }
+        }
         let mut c = XdpChain::load(&kinds).map_err(xdp("loading the XDP chain program".into()))?;
-        for (slot, (k, nf)) in configs.iter().zip(&d.nfs).enumerate() {
-            k.configure_stage(&mut c, slot)
-                .map_err(xdp(format!("parameters of NF `{}` (stage {slot})", nf.name)))?;
+        for (st, nf) in stages.iter().zip(&d.nfs) {
+            st.config
+                .configure_stage(&mut c, st.active)
+                .map_err(xdp(format!("parameters of NF `{}` (stage {})", nf.name, st.active)))?;
         }
         // Paths and forwarding before attaching: a frame arriving on an
         // interface without a path would go to the kernel stack.
-        let order: Vec<usize> = (0..configs.len()).collect();
-        let reverse: Vec<usize> = order.iter().rev().copied().collect();
-        c.set_path(i_in, &order).map_err(xdp("path in -> out".into()))?;
-        c.set_path(i_out, &reverse).map_err(xdp("path out -> in".into()))?;
+        set_paths(&mut c, [i_in, i_out], &stages).map_err(xdp("paths".into()))?;
         c.set_forward(i_in, i_out).map_err(xdp("forwarding in -> out".into()))?;
         c.set_forward(i_out, i_in).map_err(xdp("forwarding out -> in".into()))?;
         let a_in = c
@@ -281,7 +307,7 @@ impl KernelChain {
         Ok(KernelChain {
             name: d.name.clone(),
             descriptor: Mutex::new(d.clone()),
-            configs: Mutex::new(configs),
+            stages: Mutex::new(stages),
             program: Mutex::new(Some(c)),
             ports: [
                 KernelPort { port: "in", attachment: a_in },
@@ -345,15 +371,18 @@ impl KernelChain {
         }
     }
 
-    /// Every NF's counters and tap word, in chain order.
+    /// Every NF's counters (its active and spare slots' together: a live
+    /// change moves it from one to the other) and tap word, in chain
+    /// order.
     pub fn stats(&self) -> Result<Vec<KernelNfStats>, KernelChainError> {
         let names: Vec<String> =
             lock(&self.descriptor).nfs.iter().map(|n| n.name.clone()).collect();
+        let stages = lock(&self.stages).clone();
         self.with_program(|c| {
             names
                 .iter()
-                .enumerate()
-                .map(|(slot, nf)| {
+                .zip(&stages)
+                .map(|(nf, st)| {
                     let e = |what: &'static str| {
                         let chain = self.name.clone();
                         move |source| KernelChainError::Xdp {
@@ -362,41 +391,50 @@ impl KernelChain {
                             source,
                         }
                     };
+                    let mut counters = c.counters(st.active).map_err(e("counters"))?;
+                    if let Some(spare) = st.spare {
+                        add_counters(&mut counters, &c.counters(spare).map_err(e("counters"))?);
+                    }
                     Ok(KernelNfStats {
-                        counters: c.counters(slot).map_err(e("counters"))?,
-                        tap_points: c.tap_config(slot).map_err(e("tap word"))?,
+                        counters,
+                        tap_points: c.tap_config(st.active).map_err(e("tap word"))?,
                     })
                 })
                 .collect()
         })
     }
 
-    /// The capture tap's maps (one tap word per stage), and the
-    /// (ifindex, gate) pairs of the two interfaces: a frame that came in by
-    /// `in` (gate 0) leaves by `out` (gate 1), and the other way round.
-    pub fn tap(
-        &self,
-    ) -> Result<(braid_io::xdp_tap::XdpTapMaps, Vec<(u32, u16)>), KernelChainError> {
+    /// Where a capture of NF number `nf` (chain order) reads: the
+    /// program's tap maps, the NF's active slot, and the (ifindex, gate)
+    /// pairs of the two interfaces (a frame that came in by `in`, gate 0, leaves by `out`,
+    /// gate 1, and the other way round). A capture stays on that slot: a
+    /// live change of the NF's parameters moves the NF to its other slot,
+    /// and the capture then sees nothing more.
+    pub fn tap_target(&self, nf: usize) -> Result<XdpTarget, KernelChainError> {
         let gates =
             vec![(self.ports[0].attachment.ifindex, 0), (self.ports[1].attachment.ifindex, 1)];
+        let slot = lock(&self.stages)
+            .get(nf)
+            .map(|st| st.active as u32)
+            .ok_or_else(|| KernelChainError::Stopped(self.name.clone()))?;
         self.with_program(|c| {
             let maps = c.tap_maps().map_err(|source| KernelChainError::Xdp {
                 chain: self.name.clone(),
                 what: "the capture tap's maps".into(),
                 source,
             })?;
-            Ok((maps, gates))
+            Ok(XdpTarget { maps, slot, gates })
         })
     }
 
     /// Change NF `nf`'s parameters live: translated for its XDP stage
     /// (refused, nothing changed, when XDP cannot express them or the NF
-    /// kind would change), then written into the stage's maps: an xor's
-    /// key in one map update; a firewall's new rules and default first,
-    /// then the rules it no longer has are removed. The maps are updated
-    /// entry by entry, so for a moment a frame can meet part of the old
-    /// rule set and part of the new (there is no swap between two batches
-    /// as in user space).
+    /// kind would change), written whole into the NF's spare slot, then
+    /// both paths switched to that slot (one map update per direction:
+    /// each frame crosses either the old parameters or the new, never a
+    /// mix), and after [`SWITCH_GRACE`] the old slot is emptied to be the
+    /// next spare. A chain without spare slots (its NFs and their spares
+    /// would not fit the program's 8) is refused.
     pub fn reconfigure(&self, nf: &str, params: braid_nf::Params) -> Result<(), KernelChainError> {
         let mut descriptor = lock(&self.descriptor);
         let nf_err = |message: String| KernelChainError::Nf {
@@ -404,40 +442,43 @@ impl KernelChain {
             nf: nf.to_string(),
             message,
         };
-        let Some(slot) = descriptor.nfs.iter().position(|n| n.name == nf) else {
+        let Some(i) = descriptor.nfs.iter().position(|n| n.name == nf) else {
             return Err(nf_err("no such NF".into()));
         };
-        let kind = descriptor.nfs[slot].kind.clone();
+        let kind = descriptor.nfs[i].kind.clone();
         let new = KernelNf::translate(&kind, &params).map_err(|e| {
             nf_err(format!(
                 "these parameters cannot run in the kernel: {e}; the chain runs as one XDP program, so redeploy it (DELETE, then POST) to run it in user space"
             ))
         })?;
-        let mut configs = lock(&self.configs);
-        let old = configs[slot].clone();
-        let xdp = |source| KernelChainError::Xdp {
-            chain: self.name.clone(),
-            what: format!("changing NF `{nf}` (stage {slot})"),
-            source,
+        let mut stages = lock(&self.stages);
+        let old = stages[i].clone();
+        if old.config.xdp() != new.xdp() {
+            return Err(nf_err("the NF's XDP program would change".into()));
+        }
+        if old.config.0 == KernelConfig::Fwd {
+            // No parameters in the kernel: nothing to write.
+            descriptor.nfs[i].params = params;
+            return Ok(());
+        }
+        let Some(spare) = old.spare else {
+            return Err(nf_err(format!(
+                "a live change needs a spare stage, and this chain's {} NFs leave none in the XDP program's {CHAIN_MAX_STAGES}; redeploy it (DELETE, then POST) with the new parameters",
+                stages.len()
+            )));
         };
-        self.with_program(|c| {
-            match (&old.0, &new.0) {
-                (KernelConfig::Fwd, KernelConfig::Fwd) => {}
-                (KernelConfig::Xor { .. }, KernelConfig::Xor { .. })
-                | (KernelConfig::Firewall(_), KernelConfig::Firewall(_)) => {
-                    new.configure_stage(c, slot).map_err(xdp)?;
-                    if let (KernelConfig::Firewall(was), KernelConfig::Firewall(now)) =
-                        (&old.0, &new.0)
-                    {
-                        remove_stale_rules(c, slot, was, now).map_err(xdp)?;
-                    }
+        let ifindexes = [self.ports[0].attachment.ifindex, self.ports[1].attachment.ifindex];
+        let next = self.with_program(|c| {
+            switch_stage(c, ifindexes, &stages, i, spare, new).map_err(|(what, source)| {
+                KernelChainError::Xdp {
+                    chain: self.name.clone(),
+                    what: format!("changing NF `{nf}`: {what}"),
+                    source,
                 }
-                _ => return Err(nf_err("the NF's XDP program would change".into())),
-            }
-            Ok(())
+            })
         })?;
-        configs[slot] = new;
-        descriptor.nfs[slot].params = params;
+        *stages = next;
+        descriptor.nfs[i].params = params;
         Ok(())
     }
 
@@ -452,25 +493,94 @@ impl KernelChain {
     }
 }
 
-/// Remove the rules of firewall stage `slot` that `was` had and `now` has
-/// not (same match; an action change was already written over).
-fn remove_stale_rules(
+/// Each NF's stage in chain order (slots 0..n) and, when they all fit in
+/// the program's [`CHAIN_MAX_STAGES`], a spare slot (n, n+1, ...) for each
+/// NF with parameters (xor, firewall).
+fn stage_layout(configs: Vec<KernelNf>) -> Vec<Stage> {
+    let n = configs.len();
+    let tunable = configs.iter().filter(|k| k.0 != KernelConfig::Fwd).count();
+    let spares = n + tunable <= CHAIN_MAX_STAGES;
+    let mut next_spare = n;
+    configs
+        .into_iter()
+        .enumerate()
+        .map(|(active, config)| {
+            let spare = (spares && config.0 != KernelConfig::Fwd).then(|| {
+                next_spare += 1;
+                next_spare - 1
+            });
+            Stage { config, active, spare }
+        })
+        .collect()
+}
+
+/// How many slots the program needs for `stages`.
+fn slots_used(stages: &[Stage]) -> usize {
+    stages.iter().flat_map(|st| [Some(st.active), st.spare]).flatten().max().map_or(0, |m| m + 1)
+}
+
+/// Frames arriving on `in` cross the NFs' active slots in chain order,
+/// frames arriving on `out` in reverse order.
+fn set_paths(c: &mut XdpChain, [i_in, i_out]: [u32; 2], stages: &[Stage]) -> Result<(), XdpError> {
+    let order: Vec<usize> = stages.iter().map(|st| st.active).collect();
+    let reverse: Vec<usize> = order.iter().rev().copied().collect();
+    c.set_path(i_in, &order)?;
+    c.set_path(i_out, &reverse)
+}
+
+/// Write `new` whole into NF `i`'s `spare` slot, switch both paths to it,
+/// wait [`SWITCH_GRACE`], then empty the NF's old slot (the next spare).
+/// The stages afterwards; on an error before the switch, the old slot
+/// still runs and the spare is emptied again.
+fn switch_stage(
     c: &mut XdpChain,
-    slot: usize,
-    was: &KernelFirewall,
-    now: &KernelFirewall,
-) -> Result<(), XdpError> {
-    for (rule, _) in &was.tuples {
-        if !now.tuples.iter().any(|(r, _)| r == rule) {
-            c.remove_fw_rule(slot, &braid_runtime::xdp_nf::fw_rule(rule))?;
-        }
+    ifindexes: [u32; 2],
+    stages: &[Stage],
+    i: usize,
+    spare: usize,
+    new: KernelNf,
+) -> Result<Vec<Stage>, (String, XdpError)> {
+    let old = stages[i].clone();
+    if let Err(e) = new.configure_stage(c, spare) {
+        let _ = clear_stage(c, spare, &new.0);
+        return Err((format!("filling spare stage {spare}"), e));
     }
-    for (net, len, _) in &was.prefixes {
-        if !now.prefixes.iter().any(|(n, l, _)| (n, l) == (net, len)) {
-            c.remove_fw_src_prefix(slot, *net, *len)?;
-        }
+    let mut next = stages.to_vec();
+    next[i] = Stage { config: new, active: spare, spare: Some(old.active) };
+    if let Err(e) = set_paths(c, ifindexes, &next) {
+        let _ = set_paths(c, ifindexes, stages);
+        let _ = clear_stage(c, spare, &next[i].config.0);
+        return Err(("switching the paths".into(), e));
+    }
+    std::thread::sleep(SWITCH_GRACE);
+    clear_stage(c, old.active, &old.config.0)
+        .map_err(|e| (format!("emptying the old stage {}", old.active), e))?;
+    Ok(next)
+}
+
+/// Empty firewall stage `slot` of the rules `config` put there (nothing
+/// to do for xor: the next change writes its whole key).
+fn clear_stage(c: &mut XdpChain, slot: usize, config: &KernelConfig) -> Result<(), XdpError> {
+    let KernelConfig::Firewall(fw) = config else { return Ok(()) };
+    for (rule, _) in &fw.tuples {
+        c.remove_fw_rule(slot, &braid_runtime::xdp_nf::fw_rule(rule))?;
+    }
+    for (net, len, _) in &fw.prefixes {
+        c.remove_fw_src_prefix(slot, *net, *len)?;
     }
     Ok(())
+}
+
+/// `into` plus `more`, counter by counter.
+fn add_counters(into: &mut XdpCounters, more: &XdpCounters) {
+    into.rx_packets += more.rx_packets;
+    into.rx_bytes += more.rx_bytes;
+    into.pass += more.pass;
+    into.drop += more.drop;
+    into.redirect += more.redirect;
+    into.matched += more.matched;
+    into.malformed += more.malformed;
+    into.tap_lost += more.tap_lost;
 }
 
 /// The API's view of a kernel chain's counters (`stats` of
@@ -535,6 +645,7 @@ pub fn drop_reasons(kind: &str, c: &XdpCounters) -> Vec<(&'static str, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use braid_io::xdp::XdpNf;
 
     fn chain(nfs: &str) -> ChainDescriptor {
         ChainDescriptor::from_yaml(&format!(
@@ -629,12 +740,26 @@ mod tests {
         assert!(drop_reasons("fwd", &XdpCounters::default()).is_empty());
     }
 
-    fn fw(yaml: &str) -> KernelFirewall {
+    fn fw(yaml: &str) -> KernelNf {
         let p: braid_nf::Params = serde_yaml_ng::from_str(yaml).unwrap();
-        match KernelNf::translate("firewall", &p).unwrap().0 {
-            KernelConfig::Firewall(f) => f,
-            other => panic!("{other:?}"),
-        }
+        KernelNf::translate("firewall", &p).unwrap()
+    }
+
+    #[test]
+    fn nfs_with_parameters_get_a_spare_slot_when_all_fit() {
+        let fwd = KernelNf(KernelConfig::Fwd);
+        let f = fw("{conntrack: false}");
+        let x = KernelNf(KernelConfig::Xor { key: vec![1] });
+        let slots = |v: &[Stage]| v.iter().map(|s| (s.active, s.spare)).collect::<Vec<_>>();
+        let st = stage_layout(vec![fwd.clone(), f.clone(), x.clone()]);
+        assert_eq!(slots(&st), [(0, None), (1, Some(3)), (2, Some(4))]);
+        assert_eq!(slots_used(&st), 5);
+        // Five firewalls and their spares would need 10 of 8 slots: none.
+        let st = stage_layout(vec![f.clone(); 5]);
+        assert!(st.iter().all(|s| s.spare.is_none()));
+        assert_eq!(slots_used(&st), 5);
+        let st = stage_layout(vec![f; 4]);
+        assert_eq!(slots(&st)[3], (3, Some(7)));
     }
 
     /// Root and the XDP objects, or skip (a failure under
@@ -651,25 +776,54 @@ mod tests {
         )
     }
 
+    /// The switch on a real program, run with BPF_PROG_TEST_RUN (frames
+    /// arrive on `lo`, which is `in` here): before, the old rules; after,
+    /// the new ones from the other slot; the old slot emptied.
     #[test]
-    fn a_firewall_change_removes_exactly_the_rules_the_new_set_has_not() {
-        if !usable("a_firewall_change_removes_exactly_the_rules_the_new_set_has_not") {
+    fn a_live_change_fills_the_spare_switches_to_it_and_empties_the_old_slot() {
+        if !usable("a_live_change_fills_the_spare_switches_to_it_and_empties_the_old_slot") {
             return;
         }
-        let was = fw("{conntrack: false, rules: [{action: drop, src: 10.0.0.0/24}, {action: drop, dst: 10.0.1.1, proto: udp, dst_ports: 53}, {action: drop, src: 10.0.2.0/24}]}");
-        let now = fw("{conntrack: false, rules: [{action: allow, src: 10.0.0.0/24}]}");
-        let mut c = XdpChain::load(&[braid_io::xdp::XdpNf::Firewall]).unwrap();
-        KernelNf(KernelConfig::Firewall(was.clone())).configure_stage(&mut c, 0).unwrap();
-        KernelNf(KernelConfig::Firewall(now.clone())).configure_stage(&mut c, 0).unwrap();
-        remove_stale_rules(&mut c, 0, &was, &now).unwrap();
-        // The kept prefix is still there (its removal would succeed once),
-        // the two others are gone (removing them again fails).
-        let err = |r: Result<(), XdpError>| r.unwrap_err().to_string();
-        assert!(err(c.remove_fw_src_prefix(0, "10.0.2.0".parse().unwrap(), 24)).contains("remove"));
-        let (tuple, _) = was.tuples[0];
-        assert!(
-            err(c.remove_fw_rule(0, &braid_runtime::xdp_nf::fw_rule(&tuple))).contains("remove")
-        );
-        c.remove_fw_src_prefix(0, "10.0.0.0".parse().unwrap(), 24).unwrap();
+        use braid_io::xdp::XdpAction;
+        use braid_packet::wire::build::FrameSpec;
+        let server = std::net::Ipv4Addr::new(10, 0, 0, 2);
+        let udp = |port: u16| {
+            FrameSpec::udp((std::net::Ipv4Addr::new(10, 0, 0, 1), 4000), (server, port), 8).build()
+        };
+        let shut = |port: u16| {
+            fw(&format!(
+                "{{conntrack: false, default: allow, rules: [{{action: drop, dst: {server}, proto: udp, dst_ports: {port}}}]}}"
+            ))
+        };
+        let stages = stage_layout(vec![shut(9), KernelNf(KernelConfig::Fwd)]);
+        let kinds = [XdpNf::Firewall, XdpNf::Fwd, XdpNf::Firewall];
+        assert_eq!(slots_used(&stages), kinds.len());
+        let mut c = XdpChain::load(&kinds).unwrap();
+        stages[0].config.configure_stage(&mut c, 0).unwrap();
+        let lo = braid_io::netns::ifindex("lo").unwrap();
+        // `out` is an index no interface has: only `lo`'s path is used.
+        let ifindexes = [lo, 0x7fff_fff0];
+        set_paths(&mut c, ifindexes, &stages).unwrap();
+        let action = |c: &mut XdpChain, port| c.test_run(&udp(port), 1).unwrap().action;
+        assert_eq!(action(&mut c, 9), XdpAction::Drop);
+        assert_eq!(action(&mut c, 10), XdpAction::Pass);
+
+        let next = switch_stage(&mut c, ifindexes, &stages, 0, 2, shut(10)).unwrap();
+        assert_eq!((next[0].active, next[0].spare), (2, Some(0)));
+        assert_eq!(action(&mut c, 9), XdpAction::Pass);
+        assert_eq!(action(&mut c, 10), XdpAction::Drop);
+        // The old slot holds no rule any more.
+        let KernelConfig::Firewall(old) = &stages[0].config.0 else { unreachable!() };
+        let rule = braid_runtime::xdp_nf::fw_rule(&old.tuples[0].0);
+        assert!(c.remove_fw_rule(0, &rule).is_err(), "the old stage still has its rule");
+        // Counters: 2 frames on the old slot, 2 on the new, both summed.
+        let mut total = c.counters(2).unwrap();
+        add_counters(&mut total, &c.counters(0).unwrap());
+        assert_eq!((total.rx_packets, total.drop), (4, 2), "{total:?}");
+        // And back again, through the emptied slot.
+        let back = switch_stage(&mut c, ifindexes, &next, 0, 0, shut(9)).unwrap();
+        assert_eq!((back[0].active, back[0].spare), (0, Some(2)));
+        assert_eq!(action(&mut c, 9), XdpAction::Drop);
+        assert_eq!(action(&mut c, 10), XdpAction::Pass);
     }
 }

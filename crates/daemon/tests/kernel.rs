@@ -347,6 +347,17 @@ fn a_kernel_chain_forwards_both_ways_counts_exactly_and_leaves_nothing_attached(
     assert_eq!(changed["descriptor"]["nfs"][0]["params"]["rules"][0]["dst_ports"], OPEN);
     assert!(!crosses(&client, &format!("{SERVER}:{OPEN}"), &server));
     assert!(crosses(&client, &format!("{SERVER}:{SHUT}"), &server_shut));
+    // The change moved fw to its spare stage: its counters go on from
+    // where they were (both stages summed), exactly.
+    let before = counts(&c, "kc");
+    assert_eq!(send(&client, &format!("{SERVER}:{SHUT}"), &server_shut, 40), 40);
+    assert_eq!(send(&client, &format!("{SERVER}:{OPEN}"), &server, 10), 0);
+    let after = counts(&c, "kc");
+    assert_eq!(
+        [after[0][0] - before[0][0], after[0][1] - before[0][1], after[0][2] - before[0][2]],
+        [50, 40, 10],
+        "fw after the change: in, out, dropped"
+    );
 
     // SIGKILL: braidd's BPF links close with it, the kernel detaches the
     // program from both interfaces at once.
