@@ -49,7 +49,7 @@ measure() { # name bin
         sleep 0.1
     done
     for k in $(seq -w 0 24); do
-        printf 'name: s%s\nports:\n  in: { kind: af_packet, iface: bi%sa }\n  out: { kind: af_packet, iface: bi%sb }\nnfs:\n  - { name: fw, type: firewall, params: { default: allow } }\n  - { name: x1, type: xor, params: { key_text: braid } }\n  - { name: x2, type: xor, params: { key_text: braid } }\n  - { name: f, type: fwd }\n' "$k" "$k" "$k" |
+        printf 'name: s%s\nports:\n  in: { kind: af_packet, iface: bi%sa }\n  out: { kind: af_packet, iface: bi%sb }\nnfs:\n  - { name: fw, type: firewall, placement: user, params: { default: allow } }\n  - { name: x1, type: xor, params: { key_text: braid } }\n  - { name: x2, type: xor, params: { key_text: braid } }\n  - { name: f, type: fwd }\n' "$k" "$k" "$k" |
             curl -sf --unix-socket "$sock" -H 'Content-Type: application/yaml' \
                 --data-binary @- http://braidd/v1/chains >/dev/null
     done

@@ -28,7 +28,7 @@ for BIN in "$1" "$2"; do
     for _ in $(seq 100); do [ -S "${D[$i]}/s.sock" ] && break; sleep 0.1; done
     for k in $(seq 0 24); do
         a=pv$((50*i+2*k)); b=pv$((50*i+2*k+1))
-        printf "name: s$k\nports:\n  in: { kind: af_packet, iface: $a }\n  out: { kind: af_packet, iface: $b }\nnfs:\n  - { name: fw, type: firewall, params: { default: allow } }\n  - { name: x1, type: xor, params: { key_text: braid } }\n  - { name: x2, type: xor, params: { key_text: braid } }\n  - { name: f, type: fwd }\n" |
+        printf "name: s$k\nports:\n  in: { kind: af_packet, iface: $a }\n  out: { kind: af_packet, iface: $b }\nnfs:\n  - { name: fw, type: firewall, placement: user, params: { default: allow } }\n  - { name: x1, type: xor, params: { key_text: braid } }\n  - { name: x2, type: xor, params: { key_text: braid } }\n  - { name: f, type: fwd }\n" |
             curl -sf -o /dev/null --unix-socket "${D[$i]}/s.sock" -X POST --data-binary @- -H 'Content-Type: application/yaml' http://braidd/v1/chains
     done
     i=$((i+1))

@@ -191,6 +191,10 @@ impl From<OpError> for ApiError {
             OpError::Migration(_) => (StatusCode::UNPROCESSABLE_ENTITY, "migration_failed"),
             OpError::Sched(_) => (StatusCode::UNPROCESSABLE_ENTITY, "sched_refused"),
             OpError::Profile { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "profile_failed"),
+            OpError::Placement(_) => (StatusCode::UNPROCESSABLE_ENTITY, "placement_refused"),
+            OpError::KernelStart(_) => (StatusCode::UNPROCESSABLE_ENTITY, "start_failed"),
+            OpError::KernelControl(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_kernel"),
+            OpError::KernelChain { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "kernel_chain"),
         };
         let problems = match &e {
             OpError::Invalid(ps) => ps
@@ -561,7 +565,10 @@ async fn deploy(
                 entry.name(),
                 t.elapsed().as_secs_f64() * 1e3
             ),
-            event: ("chain_deployed", json!({ "chain": entry.name(), "nfs": nfs })),
+            event: (
+                "chain_deployed",
+                json!({ "chain": entry.name(), "nfs": nfs, "placement": entry.placement() }),
+            ),
             body: entry.to_json(),
         })
     })

@@ -11,6 +11,12 @@
 //! client closes the connection (the tap is removed in every case). The
 //! capture runs on tokio's blocking pool; the worker never waits for it
 //! (see [`braid_dataplane::tap`]).
+//!
+//! On a kernel chain (`crate::kernel`) the NF's stage of the XDP program
+//! mirrors the frames into its tap ring ([`braid_io::xdp_tap`], as
+//! `braid capture` against `braid deploy`); the filter is applied here.
+//! One capture at a time per kernel chain; the stream also ends when the
+//! chain is removed or braidd stops.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -25,7 +31,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use braid_dataplane::tap::{CaptureError, CaptureRequest, CaptureSession};
+use braid_dataplane::tap::{CaptureError, CaptureRequest, CaptureSession, CaptureTarget};
 use braid_dataplane::{ControlError, GraphError};
 
 use crate::api::{ApiError, AppState, AuditNote};
@@ -46,14 +52,25 @@ pub async fn capture(
         bad(format!("capture request (JSON: nf, points, filter, count, seconds): {e}"))
     })?;
     let entry = s.daemon.get(&name)?;
-    let handle = match (entry.live(), entry.state().0) {
+    let target = match (entry.live(), entry.kernel(), entry.state().0) {
         // The worker that runs the NF (a threads chain has one per NF);
         // an unknown NF goes to the first, which refuses it by name.
-        (Some(l), "running") => l.worker_of(&req.nf).unwrap_or(l.worker()).clone(),
+        (Some(l), _, "running") => {
+            CaptureTarget::Worker(l.worker_of(&req.nf).unwrap_or(l.worker()).clone())
+        }
+        (None, Some(k), "running") => {
+            let nfs = k.descriptor().nfs;
+            let Some(nf_index) = nfs.iter().position(|n| n.name == req.nf) else {
+                let known = nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(OpError::UnknownNf { chain: name, nf: req.nf, known }.into());
+            };
+            CaptureTarget::Xdp(k.tap_target(nf_index).map_err(OpError::KernelControl)?)
+        }
         _ => return Err(OpError::NotRunning(name).into()),
     };
+    let kernel_chain = entry.kernel().is_some().then(|| entry.clone());
     let nf = req.nf.clone();
-    let started = tokio::task::spawn_blocking(move || CaptureSession::start(handle, req))
+    let started = tokio::task::spawn_blocking(move || CaptureSession::start_on(target, req))
         .await
         .map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("capture: {e}"))
@@ -66,6 +83,8 @@ pub async fn capture(
                 source: ControlError::Graph(GraphError::NoStageNamed(_)),
                 ..
             } => (StatusCode::NOT_FOUND, "unknown_nf"),
+            // Another capture holds the program's tap, or the kernel said no.
+            CaptureError::Xdp { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_kernel"),
             _ => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_worker"),
         };
         ApiError::new(status, kind, e.to_string())
@@ -73,12 +92,16 @@ pub async fn capture(
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     // The client leaving drops the body's receiver: the session then ends
     // even while no packet comes to write (checked every 200 ms, without
-    // holding a sender that would keep the body open).
+    // holding a sender that would keep the body open). A kernel chain has
+    // no worker to say it ended: its removal ends the session here.
     let ended = Arc::new(AtomicBool::new(false));
     let (weak, flag) = (tx.downgrade(), ended.clone());
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if kernel_chain.as_ref().is_some_and(|c| c.state().0 != "running") {
+                break;
+            }
             match weak.upgrade() {
                 Some(s) if !s.is_closed() => {}
                 _ => break,

@@ -11,13 +11,19 @@ use braid_runtime::live::{check_ports, LiveChain, LiveState, StartOptions};
 use braid_runtime::validate::{validate_str, Problem};
 use braid_runtime::ChainDescriptor;
 
+use crate::kernel::{ChainPlacement, KernelChain, KernelChainError, NfPlacement, PlacementError};
 use crate::store::{Store, StoreError};
 
 /// One declared chain: running, or declared but not running (it could
 /// not start when braidd restarted, or its worker stopped by itself).
 pub struct Deployed {
     declared: ChainDescriptor,
+    /// Running in user space.
     live: Option<LiveChain>,
+    /// Running in the kernel, as one XDP program (`crate::kernel`).
+    kernel: Option<KernelChain>,
+    /// Where each NF runs (or would run), and why.
+    placements: Vec<NfPlacement>,
     /// Why it does not run, when it does not.
     error: Option<String>,
     /// At start-up: the NFs whose checkpointed state was restored, or why
@@ -33,20 +39,59 @@ impl Deployed {
 
     /// The descriptor as declared and running (live changes included).
     pub fn descriptor(&self) -> ChainDescriptor {
-        match &self.live {
-            Some(l) => l.descriptor(),
-            None => self.declared.clone(),
+        match (&self.live, &self.kernel) {
+            (Some(l), _) => l.descriptor(),
+            (None, Some(k)) => k.descriptor(),
+            (None, None) => self.declared.clone(),
         }
     }
 
-    /// The running chain, if it runs.
+    /// The running chain, if it runs in user space.
     pub fn live(&self) -> Option<&LiveChain> {
         self.live.as_ref()
+    }
+
+    /// The running chain, if it runs in the kernel.
+    pub fn kernel(&self) -> Option<&KernelChain> {
+        self.kernel.as_ref()
+    }
+
+    /// `kernel` when the chain runs (or, not running, would run) as one
+    /// XDP program, else `user`.
+    pub fn placement(&self) -> &'static str {
+        let all_kernel =
+            !self.placements.is_empty() && self.placements.iter().all(|p| p.placement == "kernel");
+        if self.kernel.is_some() || (self.live.is_none() && all_kernel) {
+            "kernel"
+        } else {
+            "user"
+        }
+    }
+
+    /// The running user-space chain, or why an operation for user-space
+    /// chains (`what`) cannot be done on this one.
+    pub fn user_space(&self, what: &str) -> Result<&LiveChain, OpError> {
+        match (&self.live, &self.kernel) {
+            (Some(l), _) if self.state().0 == "running" => Ok(l),
+            (None, Some(_)) => {
+                Err(OpError::KernelChain { chain: self.name().into(), what: what.into() })
+            }
+            _ => Err(OpError::NotRunning(self.name().into())),
+        }
     }
 
     /// `running`, `exited` (its worker stopped by itself) or `failed`
     /// (could not start), and the error.
     pub fn state(&self) -> (&'static str, Option<String>) {
+        if let Some(k) = &self.kernel {
+            if !k.running() {
+                return ("stopped", None);
+            }
+            return match k.broken() {
+                None => ("running", None),
+                Some(why) => ("exited", Some(why)),
+            };
+        }
         match &self.live {
             None => ("failed", self.error.clone()),
             Some(l) => match l.state() {
@@ -65,11 +110,21 @@ impl Deployed {
             "state": state,
             "error": error,
             "descriptor": serde_json::to_value(self.descriptor()).unwrap_or_default(),
+            "placement": self.placement(),
+            "nfs": serde_json::to_value(&self.placements).unwrap_or_default(),
         });
         match &self.restored {
             Some(Ok(nfs)) => v["restored_state"] = serde_json::json!({ "nfs": nfs }),
             Some(Err(e)) => v["restored_state"] = serde_json::json!({ "error": e }),
             None => {}
+        }
+        if let Some(k) = &self.kernel {
+            v["uptime_seconds"] = k.uptime().as_secs_f64().into();
+            v["stats"] = match k.stats() {
+                Ok(stats) => crate::kernel::stats_json(k, &stats),
+                Err(e) => serde_json::json!({ "placement": "kernel", "error": e.to_string() }),
+            };
+            v["workers"] = serde_json::json!([]);
         }
         if let Some(l) = &self.live {
             v["uptime_seconds"] = l.uptime().as_secs_f64().into();
@@ -128,6 +183,20 @@ pub enum OpError {
         #[source]
         source: braid_profile::ProfileError,
     },
+    /// Where the chain's NFs would run is refused (an NF pinned to the
+    /// kernel beside one that cannot run there).
+    #[error(transparent)]
+    Placement(PlacementError),
+    /// A kernel chain did not start (its XDP program did not load or
+    /// attach).
+    #[error("{0}")]
+    KernelStart(KernelChainError),
+    /// A kernel chain's program refused a change.
+    #[error("{0}")]
+    KernelControl(KernelChainError),
+    /// An operation only user-space chains have.
+    #[error("chain `{chain}` runs in the kernel (one XDP program, no worker thread): {what} is for chains in user space; deploy it with `placement: user` on an NF to run it there")]
+    KernelChain { chain: String, what: String },
 }
 
 /// braidd's chains and their store.
@@ -223,16 +292,29 @@ impl Daemon {
         let declared = self.store.load()?;
         let (mut ok, mut failed) = (0, 0);
         for d in declared {
-            let entry = match LiveChain::start(&d, self.start.clone()) {
-                Ok(l) => {
+            let started = crate::kernel::decide(&d)
+                .map_err(OpError::Placement)
+                .and_then(|decided| self.start_chain(d.clone(), decided));
+            let entry = match started {
+                Ok(mut entry) => {
                     ok += 1;
-                    let restored = Some(self.restore_state(&d.name, &l));
-                    Deployed { declared: d, live: Some(l), error: None, restored }
+                    if let Some(l) = &entry.live {
+                        entry.restored = Some(self.restore_state(&d.name, l));
+                    }
+                    entry
                 }
                 Err(e) => {
                     failed += 1;
                     tracing::error!(chain = %d.name, error = %e, "declared chain did not start");
-                    Deployed { declared: d, live: None, error: Some(e.to_string()), restored: None }
+                    let placements = crate::kernel::decide(&d).map(|(_, p)| p).unwrap_or_default();
+                    Deployed {
+                        declared: d,
+                        live: None,
+                        kernel: None,
+                        placements,
+                        error: Some(e.to_string()),
+                        restored: None,
+                    }
                 }
             };
             write(&self.chains).insert(entry.name().to_string(), Arc::new(entry));
@@ -286,6 +368,24 @@ impl Daemon {
         self.checkpoints.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Start `d` where [`crate::kernel::decide`] put it: whole in the
+    /// kernel as one XDP program, or in user space on worker threads.
+    fn start_chain(
+        &self,
+        d: ChainDescriptor,
+        (placement, placements): (ChainPlacement, Vec<NfPlacement>),
+    ) -> Result<Deployed, OpError> {
+        let (live, kernel) = match placement {
+            ChainPlacement::Kernel(configs) => {
+                (None, Some(KernelChain::start(&d, configs).map_err(OpError::KernelStart)?))
+            }
+            ChainPlacement::User => {
+                (Some(LiveChain::start(&d, self.start.clone()).map_err(OpError::Start)?), None)
+            }
+        };
+        Ok(Deployed { declared: d, live, kernel, placements, error: None, restored: None })
+    }
+
     /// Validate descriptor `text`, start it and declare it. Refused with
     /// nothing changed when it is invalid, its name is taken, or it cannot
     /// start.
@@ -294,11 +394,24 @@ impl Daemon {
         if read(&self.chains).contains_key(&d.name) {
             return Err(OpError::Duplicate(d.name));
         }
-        // The host's workers together must not starve it (real-time busy
-        // polling on every CPU); each chain's own settings are checked
-        // when it starts.
+        let decided = crate::kernel::decide(&d).map_err(OpError::Placement)?;
+        if decided.0 == ChainPlacement::User {
+            self.check_starvation(&d)?;
+        }
+        let entry = Arc::new(self.start_chain(d, decided)?);
+        // Declared only once it runs; if the store fails, it stops again
+        // (dropping the entry stops its workers or detaches its program).
+        self.store.put(&entry.declared)?;
+        write(&self.chains).insert(entry.name().to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// The host's workers together, `d`'s new ones included, must not
+    /// starve it (real-time busy polling on every CPU); each chain's own
+    /// settings are checked when it starts.
+    fn check_starvation(&self, d: &ChainDescriptor) -> Result<(), OpError> {
         let mut all = self.other_workers(&d.name);
-        let own = braid_runtime::live::worker_settings(&d, &self.start).map_err(|source| {
+        let own = braid_runtime::live::worker_settings(d, &self.start).map_err(|source| {
             OpError::Sched(braid_runtime::live::LiveError::Sched { chain: d.name.clone(), source })
         })?;
         all.extend(own);
@@ -308,15 +421,7 @@ impl Daemon {
         )
         .map_err(|source| {
             OpError::Sched(braid_runtime::live::LiveError::Sched { chain: d.name.clone(), source })
-        })?;
-        let live = LiveChain::start(&d, self.start.clone()).map_err(OpError::Start)?;
-        // Declared only once it runs; if the store fails, it stops again
-        // (dropping `live`).
-        self.store.put(&d)?;
-        let entry =
-            Arc::new(Deployed { declared: d, live: Some(live), error: None, restored: None });
-        write(&self.chains).insert(entry.name().to_string(), entry.clone());
-        Ok(entry)
+        })
     }
 
     /// Stop chain `name` and forget it; its final counters.
@@ -324,6 +429,37 @@ impl Daemon {
         let entry = self.get(name)?;
         self.store.remove(name)?;
         write(&self.chains).remove(name);
+        if let Some(k) = entry.kernel() {
+            return Ok(match k.stop() {
+                Ok(last) => {
+                    let nfs: Vec<serde_json::Value> = entry
+                        .descriptor()
+                        .nfs
+                        .iter()
+                        .zip(&last)
+                        .map(|(nf, s)| {
+                            serde_json::json!({
+                                "name": nf.name,
+                                "packets_in": s.counters.rx_packets,
+                                "packets_out": s.counters.redirect,
+                                "dropped": s.counters.drop,
+                            })
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "name": name,
+                        "stopped": true,
+                        "placement": "kernel",
+                        "seconds": k.uptime().as_secs_f64(),
+                        "nfs": nfs,
+                        "error": null,
+                    })
+                }
+                Err(e) => {
+                    serde_json::json!({ "name": name, "stopped": true, "error": e.to_string() })
+                }
+            });
+        }
         Ok(match entry.live() {
             Some(l) => match l.stop() {
                 Ok(r) => serde_json::json!({
@@ -380,6 +516,11 @@ impl Daemon {
         params: braid_nf::Params,
     ) -> Result<Arc<Deployed>, OpError> {
         let (entry, d) = self.changed_nf(name, nf, |n| n.params = params.clone())?;
+        if let Some(k) = entry.kernel() {
+            k.reconfigure(nf, params).map_err(OpError::KernelControl)?;
+            self.store.put(&d)?;
+            return Ok(entry);
+        }
         let live = match (entry.live(), entry.state().0) {
             (Some(l), "running") => l,
             _ => return Err(OpError::NotRunning(name.into())),
@@ -405,10 +546,7 @@ impl Daemon {
     ) -> Result<(Arc<Deployed>, braid_runtime::coordinator::WorkerSettings), OpError> {
         let sched = (!sched.is_empty()).then_some(sched);
         let (entry, _checked) = self.changed_nf(name, nf, |n| n.sched = sched.clone())?;
-        let live = match (entry.live(), entry.state().0) {
-            (Some(l), "running") => l,
-            _ => return Err(OpError::NotRunning(name.into())),
-        };
+        let live = entry.user_space("live scheduling (`sched`)")?;
         let others = self.other_workers(name);
         let settings = live.set_sched(nf, sched, &others).map_err(|e| match e {
             braid_runtime::live::LiveError::Control { .. } => OpError::Control(e),
@@ -438,10 +576,7 @@ impl Daemon {
         opts: braid_profile::LiveOptions,
     ) -> Result<braid_profile::Profile, OpError> {
         let entry = self.get(name)?;
-        let live = match (entry.live(), entry.state().0) {
-            (Some(l), "running") => l,
-            _ => return Err(OpError::NotRunning(name.into())),
-        };
+        let live = entry.user_space("a live profile")?;
         braid_profile::profile_live(name, &live.telemetries(), opts)
             .map_err(|source| OpError::Profile { chain: name.into(), source })
     }
@@ -471,6 +606,13 @@ impl Daemon {
         let all: Vec<_> = std::mem::take(&mut *write(&self.chains)).into_values().collect();
         let mut stopped = 0;
         for e in all {
+            if let Some(k) = e.kernel() {
+                // Detached and unloaded: SIGTERM leaves no XDP program.
+                match k.stop() {
+                    Ok(_) => stopped += 1,
+                    Err(err) => tracing::warn!(chain = %e.name(), error = %err, "stop"),
+                }
+            }
             if let Some(l) = e.live() {
                 match l.stop() {
                     Ok(_) => stopped += 1,

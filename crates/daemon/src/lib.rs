@@ -29,6 +29,7 @@ pub mod capture;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod kernel;
 pub mod metrics;
 pub mod migration;
 pub mod openapi;

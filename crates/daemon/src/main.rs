@@ -222,7 +222,8 @@ async fn watch_chains(daemon: Arc<Daemon>, events: Arc<braid_daemon::ops::Events
             // A chain enters the map running (deployed, or restored with a
             // worker); one restored without a worker enters `failed`. So
             // a chain first seen here already exited still gets its event.
-            let entered = if c.live().is_some() { "running" } else { "failed" };
+            let entered =
+                if c.live().is_some() || c.kernel().is_some() { "running" } else { "failed" };
             let before = seen.insert(c.name().to_string(), state).unwrap_or(entered);
             if before != state {
                 events.publish(

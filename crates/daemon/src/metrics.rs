@@ -114,10 +114,28 @@ impl Metrics {
                 |c| c.busy_ns,
             ),
         ];
+        // Kernel (XDP) NFs have what their program counts: packets and
+        // bytes in, packets out (handed to the next stage or forwarded),
+        // drops by reason, and what they passed to the host's stack.
+        let kernel_nfs = || seen.iter().flat_map(|s| s.kernel_nfs.iter());
+        type Xdp = braid_io::xdp::XdpCounters;
+        let kernel_value = |name: &str| -> Option<fn(&Xdp) -> u64> {
+            match name {
+                "braid_nf_packets_in" => Some(|c| c.rx_packets),
+                "braid_nf_packets_out" => Some(|c| c.redirect),
+                "braid_nf_bytes_in" => Some(|c| c.rx_bytes),
+                _ => None,
+            }
+        };
         for (name, help, f) in nf_families {
             p.family(name, help, "counter");
             for (labels, c) in nfs() {
                 p.counter(name, labels, "", f(c));
+            }
+            if let Some(k) = kernel_value(name) {
+                for (labels, _, c) in kernel_nfs() {
+                    p.counter(name, labels, "", k(c));
+                }
             }
         }
         let name = "braid_nf_drops";
@@ -126,6 +144,20 @@ impl Metrics {
             for (reason, v) in c.drop_breakdown() {
                 p.counter(name, labels, &format!(",reason=\"{reason}\""), v);
             }
+        }
+        for (labels, kind, c) in kernel_nfs() {
+            for (reason, v) in crate::kernel::drop_reasons(kind, c) {
+                p.counter(name, labels, &format!(",reason=\"{reason}\""), v);
+            }
+        }
+        let name = "braid_nf_kernel_passed";
+        p.family(
+            name,
+            "Frames a kernel (XDP) NF handed to the host's own network stack (XDP_PASS: not for the chain)",
+            "counter",
+        );
+        for (labels, _, c) in kernel_nfs() {
+            p.counter(name, labels, "", c.pass);
         }
 
         type Port = braid_io::PortStats;
@@ -280,8 +312,11 @@ struct Seen {
     chain: String,
     up: bool,
     snap: Option<WorkerSnapshot>,
-    /// `chain="..",nf="..",kind=".."` per stage of `snap`.
+    /// `chain="..",nf="..",kind="..",placement="user"` per stage of `snap`.
     nf_labels: Vec<String>,
+    /// A kernel chain's NFs: `chain="..",nf="..",kind="..",placement="kernel"`,
+    /// the NF kind and its program's counters.
+    kernel_nfs: Vec<(String, String, braid_io::xdp::XdpCounters)>,
     /// `chain="..",port=".."` per port of `snap`.
     port_labels: Vec<String>,
     /// Per worker thread (one, or one per NF with `mapping: threads`):
@@ -302,22 +337,37 @@ impl Seen {
             up: state == "running",
             snap: None,
             nf_labels: Vec::new(),
+            kernel_nfs: Vec::new(),
             port_labels: Vec::new(),
             workers: Vec::new(),
             chain,
         };
+        if let Some(k) = c.kernel() {
+            // A map read per NF (per-CPU values summed); no thread involved.
+            if let Ok(stats) = k.stats() {
+                seen.kernel_nfs = k
+                    .descriptor()
+                    .nfs
+                    .iter()
+                    .zip(stats)
+                    .map(|(nf, s)| {
+                        (
+                            nf_labels(&seen.chain, &nf.name, &nf.kind, "kernel"),
+                            nf.kind.clone(),
+                            s.counters,
+                        )
+                    })
+                    .collect();
+            }
+            return seen;
+        }
         let Some(live) = c.live() else { return seen };
         let per_worker = live.worker_snapshots();
         // One read of the workers' telemetry serves both the per-worker
         // families and the chain's NF and port ones.
         let snap = live.combine(per_worker.clone());
-        seen.nf_labels = snap
-            .stages
-            .iter()
-            .map(|s| {
-                format!("{},nf=\"{}\",kind=\"{}\"", seen.chain, escape(&s.name), escape(s.kind))
-            })
-            .collect();
+        seen.nf_labels =
+            snap.stages.iter().map(|s| nf_labels(&seen.chain, &s.name, s.kind, "user")).collect();
         seen.port_labels = snap
             .ports
             .iter()
@@ -344,6 +394,11 @@ impl Seen {
         let ports = self.snap.iter().flat_map(|s| s.ports.iter());
         self.port_labels.iter().map(String::as_str).zip(ports.map(|p| &p.stats))
     }
+}
+
+/// The label set of an NF: its chain's, then `nf`, `kind`, `placement`.
+fn nf_labels(chain: &str, nf: &str, kind: &str, placement: &str) -> String {
+    format!("{chain},nf=\"{}\",kind=\"{}\",placement=\"{placement}\"", escape(nf), escape(kind))
 }
 
 /// A worker thread's on-CPU time since its loop started and the wall time

@@ -799,10 +799,7 @@ pub fn migrate_chain_nf(
         known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
     };
     let decl = d.nfs.iter().find(|n| n.name == nf).ok_or_else(unknown_nf)?;
-    let live = match (entry.live(), entry.state().0) {
-        (Some(l), "running") => l,
-        _ => return Err(OpError::NotRunning(chain.into())),
-    };
+    let live = entry.user_space("a live migration")?;
     // The NF's own worker: with `mapping: threads` not the chain's first.
     let worker = live.worker_of(nf).ok_or_else(unknown_nf)?;
     let descriptor = req.deploy.as_ref().map(|ports| {

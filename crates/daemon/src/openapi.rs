@@ -72,7 +72,7 @@ fn migrate_path() -> Value {
                 "400": error_response("bad request (the field named), mode or flows"),
                 "404": error_response("no such chain or NF"),
                 "409": error_response("the chain is not running"),
-                "422": error_response("the migration failed and was rolled back (the source keeps serving); the message says why")
+                "422": error_response("the migration failed and was rolled back (the source keeps serving), or the chain runs in the kernel (kernel_chain); the message says why")
             }
         }
     })
@@ -146,7 +146,7 @@ pub fn document() -> Value {
                         "400": error_response("invalid descriptor: every problem with line, column and field path; nothing changed"),
                         "409": error_response("a chain of that name exists"),
                         "413": error_response("body larger than the limit"),
-                        "422": error_response("valid, but could not start (a port did not open)")
+                        "422": error_response("valid, but could not start (start_failed: a port did not open, or the XDP program of a kernel chain did not load or attach), or an NF pinned to the kernel shares the chain with one that must run in user space (placement_refused)")
                     }
                 }
             },
@@ -183,7 +183,7 @@ pub fn document() -> Value {
                         "400": error_response("invalid parameters or sched (field paths as `braid validate` gives them) or body"),
                         "404": error_response("no such chain or NF"),
                         "409": error_response("the chain is not running"),
-                        "422": error_response("refused: the worker or the kernel refused the change (state does not fit, no privilege: refused_by_worker), or the coordinator did (real-time busy polling on every CPU, NFs of the worker disagree: sched_refused); nothing changed")
+                        "422": error_response("refused: the worker or the kernel refused the change (state does not fit, no privilege: refused_by_worker), or the coordinator did (real-time busy polling on every CPU, NFs of the worker disagree: sched_refused), or a kernel chain's program cannot take the parameters (refused_by_kernel), or `sched` on a kernel chain (kernel_chain); nothing changed")
                     }
                 }
             },
@@ -208,7 +208,8 @@ pub fn document() -> Value {
                                 "required": ["chain", "mapping", "nfs", "workers", "hardware", "breakdown", "not_measured"] } } } },
                         "400": error_response("bad query (the parameter named)"),
                         "404": error_response("no such chain"),
-                        "409": error_response("the chain is not running")
+                        "409": error_response("the chain is not running"),
+                        "422": error_response("the chain runs in the kernel: no worker thread to profile (kernel_chain)")
                     }
                 }
             },
@@ -257,7 +258,7 @@ pub fn document() -> Value {
                         "400": error_response("bad request body or filter"),
                         "404": error_response("no such chain or NF"),
                         "409": error_response("the chain is not running"),
-                        "422": error_response("the worker refused the tap")
+                        "422": error_response("the worker or the kernel refused the tap")
                     }
                 }
             },
@@ -278,7 +279,7 @@ pub fn document() -> Value {
               "description": "TCP listener only (the unix socket checks peer credentials instead)" } },
           "schemas": {
             "Error": { "type": "object", "required": ["error", "message"], "properties": {
-                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, sched_refused, profile_failed, body_too_large, body_timeout, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
+                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, refused_by_kernel, sched_refused, placement_refused, kernel_chain, profile_failed, body_too_large, body_timeout, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
                 "message": { "type": "string" },
                 "problems": { "type": "array", "items": { "type": "object", "properties": {
                     "line": { "type": ["integer", "null"] }, "column": { "type": ["integer", "null"] },
@@ -331,8 +332,15 @@ pub fn document() -> Value {
                 "error": { "type": ["string", "null"] },
                 "uptime_seconds": { "type": "number" },
                 "descriptor": { "$ref": "#/components/schemas/Descriptor" },
-                "stats": { "type": "object", "description": "per-NF stages, ports and loop counters (every worker's together)" },
-                "workers": { "type": "array", "description": "the chain's worker threads in chain order: name, nfs, ports, loop counters",
+                "placement": { "type": "string", "enum": ["kernel", "user"],
+                    "description": "kernel: one XDP chain program on `in` and `out`; user: worker threads" },
+                "nfs": { "type": "array", "description": "where each NF runs and why",
+                    "items": { "type": "object", "required": ["name", "kind", "placement", "reason"], "properties": {
+                        "name": { "type": "string" }, "kind": { "type": "string" },
+                        "placement": { "type": "string", "enum": ["kernel", "user"] },
+                        "reason": { "type": "string" } } } },
+                "stats": { "type": "object", "description": "per-NF stages, ports and loop counters (every worker's together); for a kernel chain the XDP program's per-NF counters (packets_in, bytes_in, packets_out, passed, dropped, drops, matched, tap) and its interfaces with their XDP mode" },
+                "workers": { "type": "array", "description": "the chain's worker threads in chain order: name, nfs, ports, loop counters (none for a kernel chain)",
                     "items": { "type": "object" } } } },
             "Status": { "type": "object", "properties": {
                 "daemon": { "type": "string" }, "version": { "type": "string" }, "pid": { "type": "integer" },

@@ -71,7 +71,7 @@ fn net() -> Net {
 
 fn chain_yaml(net: &Net, name: &str) -> String {
     format!(
-        "name: {name}\nbatch_size: 32\nports:\n  in: {{ kind: af_packet, iface: {}, batch_size: 32 }}\n  out: {{ kind: af_packet, iface: {}, batch_size: 32 }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+        "name: {name}\nbatch_size: 32\nports:\n  in: {{ kind: af_packet, iface: {}, batch_size: 32 }}\n  out: {{ kind: af_packet, iface: {}, batch_size: 32 }}\nnfs:\n  - {{ name: fw, type: firewall, placement: user, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
         net.a1, net.b1
     )
 }
@@ -394,7 +394,7 @@ fn an_af_xdp_chain_shows_its_ring_counters_busy_share_and_idle_policy() {
     let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
     let c = d.client();
     let yaml = format!(
-        "name: xdp\nports:\n  in: {{ kind: af_xdp, iface: {} }}\n  out: {{ kind: af_xdp, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+        "name: xdp\nports:\n  in: {{ kind: af_xdp, iface: {} }}\n  out: {{ kind: af_xdp, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, placement: user, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
         net.a1, net.b1
     );
     c.deploy(&yaml).unwrap();
@@ -529,7 +529,7 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
     let net = net();
     let chain = |name: &str, kind: &str| {
         format!(
-            "name: {name}\nports:\n  in: {{ kind: {kind}, iface: {} }}\n  out: {{ kind: {kind}, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+            "name: {name}\nports:\n  in: {{ kind: {kind}, iface: {} }}\n  out: {{ kind: {kind}, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, placement: user, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
             net.a1, net.b1
         )
     };
@@ -615,7 +615,7 @@ fn measure_deploy_to_first_packet_and_scrape_time() {
     let rx = rx.unwrap();
     let four = |name: &str, a: &str, b: &str| {
         format!(
-            "name: {name}\nports:\n  in: {{ kind: af_packet, iface: {a} }}\n  out: {{ kind: af_packet, iface: {b} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: x1, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: x2, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: f, type: fwd }}\n"
+            "name: {name}\nports:\n  in: {{ kind: af_packet, iface: {a} }}\n  out: {{ kind: af_packet, iface: {b} }}\nnfs:\n  - {{ name: fw, type: firewall, placement: user, params: {{ default: allow }} }}\n  - {{ name: x1, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: x2, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: f, type: fwd }}\n"
         )
     };
     // Deploy-to-first-packet: a sender every 100 µs from before the call.
@@ -729,7 +729,7 @@ fn measure_scrape_time_side_by_side() {
     }
     let four = |name: &str, a: &str, b: &str| {
         format!(
-            "name: {name}\nports:\n  in: {{ kind: af_packet, iface: {a} }}\n  out: {{ kind: af_packet, iface: {b} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n  - {{ name: x1, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: x2, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: f, type: fwd }}\n"
+            "name: {name}\nports:\n  in: {{ kind: af_packet, iface: {a} }}\n  out: {{ kind: af_packet, iface: {b} }}\nnfs:\n  - {{ name: fw, type: firewall, placement: user, params: {{ default: allow }} }}\n  - {{ name: x1, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: x2, type: xor, params: {{ key_text: braid }} }}\n  - {{ name: f, type: fwd }}\n"
         )
     };
     let mut daemons = Vec::new();

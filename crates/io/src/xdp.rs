@@ -394,10 +394,7 @@ impl XdpProgram {
     /// Remove a firewall rule; removing one that is not there is an error.
     pub fn remove_fw_rule(&mut self, rule: &FwRule) -> Result<(), XdpError> {
         self.require(XdpNf::Firewall, "firewall rules")?;
-        let mut m: BpfHashMap<&mut MapData, [u8; 16], u32> =
-            BpfHashMap::try_from(maps::get(&mut self.ebpf, "fw_rules")?)
-                .map_err(kernel("opening map fw_rules"))?;
-        m.remove(&rule.key(0)).map_err(kernel(format!("fw_rules remove {rule:?}")))
+        maps::remove_fw_rule(&mut self.ebpf, 0, rule)
     }
 
     /// Add or replace a source-prefix rule (`net/len`).
@@ -525,6 +522,36 @@ mod maps {
             .map_err(kernel(format!("fw_rules insert {rule:?}")))
     }
 
+    pub(super) fn remove_fw_rule(ebpf: &mut Ebpf, slot: u8, rule: &FwRule) -> Result<(), XdpError> {
+        let mut m: BpfHashMap<&mut MapData, [u8; 16], u32> =
+            BpfHashMap::try_from(get(ebpf, "fw_rules")?).map_err(kernel("opening map fw_rules"))?;
+        m.remove(&rule.key(slot)).map_err(kernel(format!("fw_rules remove {rule:?}")))
+    }
+
+    /// The key of a source-prefix rule of `slot` (see [`add_fw_src_prefix`]).
+    fn prefix_key(slot: u32, net: Ipv4Addr, len: u8) -> Result<LpmKey<[u8; 8]>, XdpError> {
+        if len > 32 {
+            return Err(XdpError::Config(format!("prefix length {len} of {net} is over 32")));
+        }
+        let mut data = [0u8; 8];
+        data[..4].copy_from_slice(&slot.to_ne_bytes());
+        data[4..].copy_from_slice(&net.octets());
+        Ok(LpmKey::new(32 + len as u32, data))
+    }
+
+    pub(super) fn remove_fw_src_prefix(
+        ebpf: &mut Ebpf,
+        slot: u32,
+        net: Ipv4Addr,
+        len: u8,
+    ) -> Result<(), XdpError> {
+        let key = prefix_key(slot, net, len)?;
+        let mut m: LpmTrie<&mut MapData, [u8; 8], u32> =
+            LpmTrie::try_from(get(ebpf, "fw_src_prefixes")?)
+                .map_err(kernel("opening map fw_src_prefixes"))?;
+        m.remove(&key).map_err(kernel(format!("fw_src_prefixes remove {net}/{len}")))
+    }
+
     /// The LPM key data: the slot (native order, as the C struct holds
     /// it), then the address; the prefix covers all 32 slot bits.
     pub(super) fn add_fw_src_prefix(
@@ -534,16 +561,11 @@ mod maps {
         len: u8,
         action: FwAction,
     ) -> Result<(), XdpError> {
-        if len > 32 {
-            return Err(XdpError::Config(format!("prefix length {len} of {net} is over 32")));
-        }
-        let mut data = [0u8; 8];
-        data[..4].copy_from_slice(&slot.to_ne_bytes());
-        data[4..].copy_from_slice(&net.octets());
+        let key = prefix_key(slot, net, len)?;
         let mut m: LpmTrie<&mut MapData, [u8; 8], u32> =
             LpmTrie::try_from(get(ebpf, "fw_src_prefixes")?)
                 .map_err(kernel("opening map fw_src_prefixes"))?;
-        m.insert(&LpmKey::new(32 + len as u32, data), action as u32, 0)
+        m.insert(&key, action as u32, 0)
             .map_err(kernel(format!("fw_src_prefixes insert {net}/{len}")))
     }
 
@@ -853,6 +875,25 @@ impl XdpChain {
     ) -> Result<(), XdpError> {
         let s = self.slot(slot, XdpNf::Firewall, "firewall rules")?;
         maps::add_fw_src_prefix(&mut self.ebpf, s, net, len, action)
+    }
+
+    /// Remove a rule of the firewall stage `slot`; removing one that is
+    /// not there is an error.
+    pub fn remove_fw_rule(&mut self, slot: usize, rule: &FwRule) -> Result<(), XdpError> {
+        let s = self.slot(slot, XdpNf::Firewall, "firewall rules")?;
+        maps::remove_fw_rule(&mut self.ebpf, s as u8, rule)
+    }
+
+    /// Remove a source-prefix rule (`net/len`) of the firewall stage
+    /// `slot`; removing one that is not there is an error.
+    pub fn remove_fw_src_prefix(
+        &mut self,
+        slot: usize,
+        net: Ipv4Addr,
+        len: u8,
+    ) -> Result<(), XdpError> {
+        let s = self.slot(slot, XdpNf::Firewall, "firewall rules")?;
+        maps::remove_fw_src_prefix(&mut self.ebpf, s, net, len)
     }
 
     /// The default action of the firewall stage `slot` (pass unless set).

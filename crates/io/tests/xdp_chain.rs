@@ -95,6 +95,18 @@ fn firewall_stages_keep_separate_rules_and_defaults() {
     assert_eq!((s0.rx_packets, s0.drop), (3, 1), "{s0:?}");
     assert_eq!(s1.rx_packets, 2, "{s1:?}");
     assert_eq!((s2.rx_packets, s2.drop, s2.matched), (2, 1, 1), "{s2:?}");
+
+    // Removed rules no longer apply; only the rules of their own stage go.
+    c.remove_fw_rule(0, &port7).unwrap();
+    assert_eq!(c.test_run(&udp(7, b"x"), 1).unwrap().action, XdpAction::Pass);
+    c.remove_fw_src_prefix(2, Ipv4Addr::new(10, 0, 0, 0), 24).unwrap();
+    assert_eq!(c.test_run(&udp(7, b"x"), 1).unwrap().action, XdpAction::Drop, "stage 2's default");
+    let e = c.remove_fw_rule(0, &port7).unwrap_err().to_string();
+    assert!(e.contains("fw_rules remove"), "{e}");
+    let e = c.remove_fw_src_prefix(0, Ipv4Addr::new(10, 0, 0, 0), 24).unwrap_err().to_string();
+    assert!(e.contains("fw_src_prefixes remove 10.0.0.0/24"), "{e}");
+    let e = c.remove_fw_rule(1, &port7).unwrap_err().to_string();
+    assert!(e.contains("stage 1 of the XDP chain is fwd"), "{e}");
 }
 
 #[test]

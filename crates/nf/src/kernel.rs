@@ -7,7 +7,7 @@
 //! hook lives beside the NF (`fwd.rs`, `xor.rs`, `firewall_kernel.rs`), so
 //! `braid validate` and `braid plan` refuse or avoid an impossible kernel
 //! placement with the same error `braid deploy` gives; the testbed maps
-//! the plain data onto the XDP maps (crates/testbed/src/kernel.rs). This
+//! the plain data onto the XDP maps (crates/runtime/src/xdp_nf.rs). This
 //! crate does not depend on the XDP loader.
 
 use std::net::Ipv4Addr;

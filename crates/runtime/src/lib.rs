@@ -43,6 +43,7 @@ pub mod spans;
 pub mod supervisor;
 pub mod tune;
 pub mod validate;
+pub mod xdp_nf;
 
 pub use chain::{Chain, ChainBuildError, ChainMonitor, ChainSnapshot, Stage, StageSnapshot};
 pub use descriptor::{

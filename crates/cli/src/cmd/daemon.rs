@@ -133,21 +133,32 @@ fn pretty(v: &Value) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(v)?)
 }
 
-/// A chain's per-NF counters, one line each.
+/// A chain's per-NF counters, one line each, with where each NF runs
+/// (`kernel` NFs have no time per packet: "-").
 fn stages_table(v: &Value) -> String {
     let mut out = format!(
-        "{:<12} {:<12} {:>10} {:>10} {:>10} {:>9}\n",
-        "nf", "type", "in", "out", "dropped", "ns/pkt"
+        "{:<12} {:<12} {:<6} {:>10} {:>10} {:>10} {:>9}\n",
+        "nf", "type", "where", "in", "out", "dropped", "ns/pkt"
     );
     for s in v["stats"]["stages"].as_array().into_iter().flatten() {
+        let name = s["name"].as_str().unwrap_or("");
+        let placement = v["nfs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"] == name)
+            .and_then(|n| n["placement"].as_str())
+            .unwrap_or("");
+        let ns = s["ns_per_packet"].as_f64().map_or("-".to_string(), |ns| format!("{ns:.1}"));
         out.push_str(&format!(
-            "{:<12} {:<12} {:>10} {:>10} {:>10} {:>9.1}\n",
-            s["name"].as_str().unwrap_or(""),
+            "{:<12} {:<12} {:<6} {:>10} {:>10} {:>10} {:>9}\n",
+            name,
             s["kind"].as_str().unwrap_or(""),
+            placement,
             s["packets_in"],
             s["packets_out"],
             s["dropped"],
-            s["ns_per_packet"].as_f64().unwrap_or(0.0),
+            ns,
         ));
     }
     out
@@ -307,4 +318,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stages_table_says_where_each_nf_runs() {
+        let v = serde_json::json!({
+            "nfs": [{ "name": "fw", "placement": "kernel" }, { "name": "f", "placement": "user" }],
+            "stats": { "stages": [
+                { "name": "fw", "kind": "firewall", "packets_in": 3, "packets_out": 2, "dropped": 1 },
+                { "name": "f", "kind": "fwd", "packets_in": 2, "packets_out": 2, "dropped": 0, "ns_per_packet": 41.26 },
+            ] }
+        });
+        let rows: Vec<Vec<String>> = stages_table(&v)
+            .lines()
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect();
+        assert_eq!(rows[0], ["nf", "type", "where", "in", "out", "dropped", "ns/pkt"]);
+        assert_eq!(rows[1], ["fw", "firewall", "kernel", "3", "2", "1", "-"]);
+        assert_eq!(rows[2], ["f", "fwd", "user", "2", "2", "0", "41.3"]);
+    }
 }
