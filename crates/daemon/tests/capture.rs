@@ -13,47 +13,20 @@ use std::time::Duration;
 
 use braid_daemon::capture::{request, CaptureClientError};
 use braid_dataplane::tap::{CaptureRequest, Point};
-use braid_io::netns::{self, LinkGuard, NetnsGuard};
+use braid_io::netns;
 use braid_io::pcapng::PcapngReader;
 use common::{Braidd, TempDir};
 
 const CLIENT: &str = "10.79.0.1";
 const SERVER: &str = "10.79.0.2";
 
-fn sysctl(ns: &NetnsGuard, kv: &str) {
-    assert!(ns.command("sysctl").args(["-q", "-w", kv]).status().unwrap().success(), "{kv}");
-}
-
 #[test]
 fn a_capture_through_braidd_streams_what_leaves_and_what_is_dropped() {
     if braid_testkit::skip_unless(netns::is_root(), "braidd capture", "needs root for namespaces") {
         return;
     }
-    let mid = NetnsGuard::create(&netns::unique_name("bdc-mid")).unwrap();
-    let cl = NetnsGuard::create(&netns::unique_name("bdc-cl")).unwrap();
-    let sv = NetnsGuard::create(&netns::unique_name("bdc-sv")).unwrap();
-    for ns in [&mid, &cl, &sv] {
-        sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1");
-        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
-    }
-    let (a0, a1) = (netns::unique_ifname("bca0"), netns::unique_ifname("bca1"));
-    let (b0, b1) = (netns::unique_ifname("bcb0"), netns::unique_ifname("bcb1"));
-    let la = LinkGuard::veth(&a0, &a1).unwrap();
-    let lb = LinkGuard::veth(&b0, &b1).unwrap();
-    la.move_end_to(&a0, &cl).unwrap();
-    la.move_end_to(&a1, &mid).unwrap();
-    lb.move_end_to(&b0, &sv).unwrap();
-    lb.move_end_to(&b1, &mid).unwrap();
-    for (ns, dev) in [(&cl, &a0), (&mid, &a1), (&mid, &b1), (&sv, &b0)] {
-        netns::set_up(Some(ns.name()), dev).unwrap();
-        netns::tx_checksum_off(Some(ns.name()), dev).unwrap();
-    }
-    netns::add_addr(Some(cl.name()), &a0, &format!("{CLIENT}/24")).unwrap();
-    netns::add_addr(Some(sv.name()), &b0, &format!("{SERVER}/24")).unwrap();
-    let mac_a0 = netns::mac_addr(Some(cl.name()), &a0).unwrap();
-    let mac_b0 = netns::mac_addr(Some(sv.name()), &b0).unwrap();
-    netns::add_neigh(Some(cl.name()), &a0, SERVER, &mac_b0).unwrap();
-    netns::add_neigh(Some(sv.name()), &b0, CLIENT, &mac_a0).unwrap();
+    let net = common::bump_net("bdc", CLIENT, SERVER);
+    let (mid, cl, sv, a1, b1) = (&net.mid, &net.cl, &net.sv, &net.a1, &net.b1);
 
     let dir = TempDir::new("capture");
     let d = Braidd::start(dir.path(), Some(mid.name()), &[]);

@@ -17,7 +17,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use braid_daemon::client::{metric_value, Client, ClientError};
-use braid_io::netns::{self, LinkGuard, NetnsGuard};
+use braid_io::netns::{self, NetnsGuard};
 use braid_io::xdp::{AttachMode, XdpNf, XdpProgram};
 use common::{Braidd, TempDir};
 use serde_json::json;
@@ -29,49 +29,24 @@ const OPEN: u16 = 9177;
 /// ...and drops this one.
 const SHUT: u16 = 9176;
 
+/// client — mid — server ([`common::bump_net`]), with braid's `pass`
+/// program on the client's and the server's veth (its counters say what
+/// arrived there).
 struct Net {
-    mid: NetnsGuard,
-    cl: NetnsGuard,
-    sv: NetnsGuard,
-    /// Interfaces in `mid`: towards the client, towards the server.
-    a1: String,
-    b1: String,
+    net: common::BumpNet,
     /// The `pass` programs on the client's and the server's veth.
     _pass: Vec<XdpProgram>,
-    _links: (LinkGuard, LinkGuard),
 }
 
-fn sysctl(ns: &NetnsGuard, kv: &str) {
-    assert!(ns.command("sysctl").args(["-q", "-w", kv]).status().unwrap().success(), "{kv}");
+impl std::ops::Deref for Net {
+    type Target = common::BumpNet;
+    fn deref(&self) -> &common::BumpNet {
+        &self.net
+    }
 }
 
-/// client (a0) — (a1) mid (b1) — (b0) server.
 fn net() -> Net {
-    let mid = NetnsGuard::create(&netns::unique_name("bdk-mid")).unwrap();
-    let cl = NetnsGuard::create(&netns::unique_name("bdk-cl")).unwrap();
-    let sv = NetnsGuard::create(&netns::unique_name("bdk-sv")).unwrap();
-    for ns in [&mid, &cl, &sv] {
-        sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1");
-        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
-    }
-    let (a0, a1) = (netns::unique_ifname("bka0"), netns::unique_ifname("bka1"));
-    let (b0, b1) = (netns::unique_ifname("bkb0"), netns::unique_ifname("bkb1"));
-    let la = LinkGuard::veth(&a0, &a1).unwrap();
-    let lb = LinkGuard::veth(&b0, &b1).unwrap();
-    la.move_end_to(&a0, &cl).unwrap();
-    la.move_end_to(&a1, &mid).unwrap();
-    lb.move_end_to(&b0, &sv).unwrap();
-    lb.move_end_to(&b1, &mid).unwrap();
-    for (ns, dev) in [(&cl, &a0), (&mid, &a1), (&mid, &b1), (&sv, &b0)] {
-        netns::set_up(Some(ns.name()), dev).unwrap();
-        netns::tx_checksum_off(Some(ns.name()), dev).unwrap();
-    }
-    netns::add_addr(Some(cl.name()), &a0, &format!("{CLIENT}/24")).unwrap();
-    netns::add_addr(Some(sv.name()), &b0, &format!("{SERVER}/24")).unwrap();
-    let mac_a0 = netns::mac_addr(Some(cl.name()), &a0).unwrap();
-    let mac_b0 = netns::mac_addr(Some(sv.name()), &b0).unwrap();
-    netns::add_neigh(Some(cl.name()), &a0, SERVER, &mac_b0).unwrap();
-    netns::add_neigh(Some(sv.name()), &b0, CLIENT, &mac_a0).unwrap();
+    let net = common::bump_net("bdk", CLIENT, SERVER);
     let pass = |ns: &NetnsGuard, dev: &str| {
         ns.enter(|| {
             let mut p = XdpProgram::load(XdpNf::Pass).unwrap();
@@ -80,8 +55,8 @@ fn net() -> Net {
         })
         .unwrap()
     };
-    let _pass = vec![pass(&cl, &a0), pass(&sv, &b0)];
-    Net { mid, cl, sv, a1, b1, _pass, _links: (la, lb) }
+    let _pass = vec![pass(&net.cl, &net.a0), pass(&net.sv, &net.b0)];
+    Net { net, _pass }
 }
 
 fn chain_yaml(net: &Net, name: &str) -> String {
@@ -220,11 +195,12 @@ fn a_kernel_chain_forwards_both_ways_counts_exactly_and_leaves_nothing_attached(
 
     // Another program already on `out`: refused, and `in`, attached first,
     // is detached again.
+    let b1 = net.b1.clone();
     let foreign = net
         .mid
         .enter(|| {
             let mut p = XdpProgram::load(XdpNf::Pass).unwrap();
-            p.attach(&net.b1, AttachMode::Native).unwrap();
+            p.attach(&b1, AttachMode::Native).unwrap();
             p
         })
         .unwrap();

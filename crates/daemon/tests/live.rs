@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use braid_daemon::client::{metric_value, Client, ClientError};
-use braid_io::netns::{self, LinkGuard, NetnsGuard};
+use braid_io::netns;
 use common::{Braidd, TempDir};
 use serde_json::json;
 
@@ -23,50 +23,11 @@ const CLIENT: &str = "10.78.0.1";
 const SERVER: &str = "10.78.0.2";
 const PORT: u16 = 9178;
 
-struct Net {
-    mid: NetnsGuard,
-    cl: NetnsGuard,
-    sv: NetnsGuard,
-    /// Interfaces in `mid`: towards the client, towards the server.
-    a1: String,
-    b1: String,
-    _links: (LinkGuard, LinkGuard),
-}
+type Net = common::BumpNet;
 
-fn sysctl(ns: &NetnsGuard, kv: &str) {
-    let st = ns.command("sysctl").args(["-q", "-w", kv]).status().unwrap();
-    assert!(st.success(), "sysctl {kv}");
-}
-
-/// client (a0) — (a1) mid (b1) — (b0) server; no IPv6, static neighbours:
-/// nothing but the test's own packets crosses the chain.
+/// client — mid — server ([`common::bump_net`]).
 fn net() -> Net {
-    let mid = NetnsGuard::create(&netns::unique_name("bdl-mid")).unwrap();
-    let cl = NetnsGuard::create(&netns::unique_name("bdl-cl")).unwrap();
-    let sv = NetnsGuard::create(&netns::unique_name("bdl-sv")).unwrap();
-    for ns in [&mid, &cl, &sv] {
-        sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1");
-        sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
-    }
-    let (a0, a1) = (netns::unique_ifname("bda0"), netns::unique_ifname("bda1"));
-    let (b0, b1) = (netns::unique_ifname("bdb0"), netns::unique_ifname("bdb1"));
-    let la = LinkGuard::veth(&a0, &a1).unwrap();
-    let lb = LinkGuard::veth(&b0, &b1).unwrap();
-    la.move_end_to(&a0, &cl).unwrap();
-    la.move_end_to(&a1, &mid).unwrap();
-    lb.move_end_to(&b0, &sv).unwrap();
-    lb.move_end_to(&b1, &mid).unwrap();
-    for (ns, dev) in [(&cl, &a0), (&mid, &a1), (&mid, &b1), (&sv, &b0)] {
-        netns::set_up(Some(ns.name()), dev).unwrap();
-        netns::tx_checksum_off(Some(ns.name()), dev).unwrap();
-    }
-    netns::add_addr(Some(cl.name()), &a0, &format!("{CLIENT}/24")).unwrap();
-    netns::add_addr(Some(sv.name()), &b0, &format!("{SERVER}/24")).unwrap();
-    let mac_a0 = netns::mac_addr(Some(cl.name()), &a0).unwrap();
-    let mac_b0 = netns::mac_addr(Some(sv.name()), &b0).unwrap();
-    netns::add_neigh(Some(cl.name()), &a0, SERVER, &mac_b0).unwrap();
-    netns::add_neigh(Some(sv.name()), &b0, CLIENT, &mac_a0).unwrap();
-    Net { mid, cl, sv, a1, b1, _links: (la, lb) }
+    common::bump_net("bdl", CLIENT, SERVER)
 }
 
 fn chain_yaml(net: &Net, name: &str) -> String {

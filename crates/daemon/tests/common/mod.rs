@@ -197,3 +197,54 @@ impl Drop for Braidd {
         self.kill9();
     }
 }
+
+/// A client and a server namespace with braidd's namespace between them:
+/// client (a0) — (a1) mid (b1) — (b0) server, one IPv4 subnet, no IPv6,
+/// static neighbours, transmit checksums computed in software: nothing
+/// but the test's own packets crosses the chain in `mid`. Removed on drop.
+pub struct BumpNet {
+    pub mid: braid_io::netns::NetnsGuard,
+    pub cl: braid_io::netns::NetnsGuard,
+    pub sv: braid_io::netns::NetnsGuard,
+    /// The client's and the server's interfaces.
+    pub a0: String,
+    pub b0: String,
+    /// Interfaces in `mid`: towards the client, towards the server.
+    pub a1: String,
+    pub b1: String,
+    _links: (braid_io::netns::LinkGuard, braid_io::netns::LinkGuard),
+}
+
+/// [`BumpNet`] with names from `tag` (unique per test binary) and the
+/// client's and server's addresses.
+pub fn bump_net(tag: &str, client: &str, server: &str) -> BumpNet {
+    use braid_io::netns::{self, LinkGuard, NetnsGuard};
+    let ns =
+        |role: &str| NetnsGuard::create(&netns::unique_name(&format!("{tag}-{role}"))).unwrap();
+    let (mid, cl, sv) = (ns("mid"), ns("cl"), ns("sv"));
+    for ns in [&mid, &cl, &sv] {
+        for kv in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
+            let st = ns.command("sysctl").args(["-q", "-w", kv]).status().unwrap();
+            assert!(st.success(), "sysctl {kv}");
+        }
+    }
+    let name = |end: &str| netns::unique_ifname(&format!("{tag}{end}"));
+    let (a0, a1, b0, b1) = (name("a0"), name("a1"), name("b0"), name("b1"));
+    let la = LinkGuard::veth(&a0, &a1).unwrap();
+    let lb = LinkGuard::veth(&b0, &b1).unwrap();
+    la.move_end_to(&a0, &cl).unwrap();
+    la.move_end_to(&a1, &mid).unwrap();
+    lb.move_end_to(&b0, &sv).unwrap();
+    lb.move_end_to(&b1, &mid).unwrap();
+    for (ns, dev) in [(&cl, &a0), (&mid, &a1), (&mid, &b1), (&sv, &b0)] {
+        netns::set_up(Some(ns.name()), dev).unwrap();
+        netns::tx_checksum_off(Some(ns.name()), dev).unwrap();
+    }
+    netns::add_addr(Some(cl.name()), &a0, &format!("{client}/24")).unwrap();
+    netns::add_addr(Some(sv.name()), &b0, &format!("{server}/24")).unwrap();
+    let mac_a0 = netns::mac_addr(Some(cl.name()), &a0).unwrap();
+    let mac_b0 = netns::mac_addr(Some(sv.name()), &b0).unwrap();
+    netns::add_neigh(Some(cl.name()), &a0, server, &mac_b0).unwrap();
+    netns::add_neigh(Some(sv.name()), &b0, client, &mac_a0).unwrap();
+    BumpNet { mid, cl, sv, a0, b0, a1, b1, _links: (la, lb) }
+}
