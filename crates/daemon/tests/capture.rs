@@ -7,14 +7,12 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::UdpSocket;
 use std::time::Duration;
 
 use braid_daemon::capture::{request, CaptureClientError};
 use braid_dataplane::tap::{CaptureRequest, Point};
 use braid_io::netns;
-use braid_io::pcapng::PcapngReader;
 use common::{Braidd, TempDir};
 
 const CLIENT: &str = "10.79.0.1";
@@ -62,44 +60,18 @@ fn a_capture_through_braidd_streams_what_leaves_and_what_is_dropped() {
         other => panic!("{:?}", other.err()),
     }
 
-    let mut stream = request(&d.socket, "cap", &req("fw", "udp")).unwrap();
+    let stream = request(&d.socket, "cap", &req("fw", "udp")).unwrap();
     let rx = sv.enter(|| UdpSocket::bind(format!("{SERVER}:9180"))).unwrap().unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let tx = cl.enter(|| UdpSocket::bind(format!("{CLIENT}:0"))).unwrap().unwrap();
-    let (bytes, received) = std::thread::scope(|s| {
-        let reader = s.spawn(move || {
-            let mut b = Vec::new();
-            stream.read_to_end(&mut b).unwrap();
-            b
-        });
-        let mut received = Vec::new();
-        let mut buf = [0u8; 2048];
-        for i in 0..20u32 {
-            tx.send_to(format!("allowed {i}").as_bytes(), format!("{SERVER}:9180")).unwrap();
-            if i % 2 == 0 {
-                tx.send_to(b"denied", format!("{SERVER}:9181")).unwrap();
-            }
-            if let Ok(n) = rx.recv(&mut buf) {
-                received.push(buf[..n].to_vec());
-            }
-        }
-        (reader.join().unwrap(), received)
-    });
-    let mut r = PcapngReader::new(&bytes[..]).unwrap();
-    let (mut out, mut drops) = (Vec::new(), Vec::new());
-    let mut f = Vec::new();
-    while let Some(rec) = r.next_packet(&mut f).unwrap() {
-        let name = r.interfaces()[rec.interface as usize].name.clone().unwrap();
-        let payload = f[42..].to_vec();
-        match name.as_str() {
-            "fw:out" => out.push(payload),
-            "fw:drops" => {
-                assert_eq!(rec.comment.as_deref(), Some("dropped by fw: denied"));
-                drops.push(payload);
-            }
-            other => panic!("interface {other}"),
-        }
-    }
+    let (bytes, received) = common::send_while_capturing(
+        stream,
+        &tx,
+        &rx,
+        &format!("{SERVER}:9180"),
+        &format!("{SERVER}:9181"),
+    );
+    let (out, drops) = common::fw_out_and_drops(&bytes);
     assert_eq!(received.len(), 20, "the server got every allowed datagram");
     assert_eq!(out, received, "the capture shows what the server got");
     assert_eq!(drops, vec![b"denied".to_vec(); 10]);

@@ -440,7 +440,6 @@ fn a_mixed_chain_runs_whole_in_user_space_and_says_why_per_nf() {
 fn a_capture_through_braidd_on_a_kernel_nf_shows_what_leaves_and_what_it_drops() {
     use braid_daemon::capture::{request, CaptureClientError};
     use braid_dataplane::tap::{CaptureRequest, Point};
-    use braid_io::pcapng::PcapngReader;
     use std::io::Read;
 
     if braid_testkit::skip_unless(netns::is_root(), "braidd kernel capture", "needs root")
@@ -477,45 +476,18 @@ fn a_capture_through_braidd_on_a_kernel_nf_shows_what_leaves_and_what_it_drops()
 
     // 20 datagrams to the open port, 10 to the shut one: the capture (30
     // packets, then it ends) shows the 20 leaving fw and the 10 it dropped.
-    let mut stream = request(&d.socket, "kcap", &req("fw", "udp", Some(30))).unwrap();
+    let stream = request(&d.socket, "kcap", &req("fw", "udp", Some(30))).unwrap();
     let server = bind(&net.sv, format!("{SERVER}:{OPEN}"));
     server.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let client = bind(&net.cl, format!("{CLIENT}:0"));
-    let (bytes, received) = std::thread::scope(|s| {
-        let reader = s.spawn(move || {
-            let mut b = Vec::new();
-            stream.read_to_end(&mut b).unwrap();
-            b
-        });
-        let mut received = Vec::new();
-        let mut buf = [0u8; 2048];
-        for i in 0..20u32 {
-            client.send_to(format!("allowed {i}").as_bytes(), format!("{SERVER}:{OPEN}")).unwrap();
-            if i % 2 == 0 {
-                client.send_to(b"denied", format!("{SERVER}:{SHUT}")).unwrap();
-            }
-            if let Ok(n) = server.recv(&mut buf) {
-                received.push(buf[..n].to_vec());
-            }
-        }
-        (reader.join().unwrap(), received)
-    });
-    let mut r = PcapngReader::new(&bytes[..]).unwrap();
-    let (mut out, mut drops) = (Vec::new(), Vec::new());
-    let mut f = Vec::new();
-    while let Some(rec) = r.next_packet(&mut f).unwrap() {
-        let name = r.interfaces()[rec.interface as usize].name.clone().unwrap();
-        // Ethernet, IPv4 without options, UDP: the payload from byte 42.
-        let payload = f[42..].to_vec();
-        match name.as_str() {
-            "fw:out" => out.push(payload),
-            "fw:drops" => {
-                assert_eq!(rec.comment.as_deref(), Some("dropped by fw: denied"));
-                drops.push(payload);
-            }
-            other => panic!("interface {other}"),
-        }
-    }
+    let (bytes, received) = common::send_while_capturing(
+        stream,
+        &client,
+        &server,
+        &format!("{SERVER}:{OPEN}"),
+        &format!("{SERVER}:{SHUT}"),
+    );
+    let (out, drops) = common::fw_out_and_drops(&bytes);
     assert_eq!(received.len(), 20, "the server got every allowed datagram");
     assert_eq!(out, received, "the capture shows what the server got");
     assert_eq!(drops, vec![b"denied".to_vec(); 10]);

@@ -248,3 +248,57 @@ pub fn bump_net(tag: &str, client: &str, server: &str) -> BumpNet {
     netns::add_neigh(Some(sv.name()), &b0, client, &mac_a0).unwrap();
     BumpNet { mid, cl, sv, a0, b0, a1, b1, _links: (la, lb) }
 }
+
+/// Send 20 datagrams `allowed {i}` to `allowed` and 10 `denied` to
+/// `denied` from `client` while `capture` (a braidd capture stream) is
+/// read to its end; returns the capture's bytes and what `server` got.
+pub fn send_while_capturing(
+    capture: impl std::io::Read + Send,
+    client: &std::net::UdpSocket,
+    server: &std::net::UdpSocket,
+    allowed: &str,
+    denied: &str,
+) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut capture = capture;
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut b = Vec::new();
+            capture.read_to_end(&mut b).unwrap();
+            b
+        });
+        let mut received = Vec::new();
+        let mut buf = [0u8; 2048];
+        for i in 0..20u32 {
+            client.send_to(format!("allowed {i}").as_bytes(), allowed).unwrap();
+            if i % 2 == 0 {
+                client.send_to(b"denied", denied).unwrap();
+            }
+            if let Ok(n) = server.recv(&mut buf) {
+                received.push(buf[..n].to_vec());
+            }
+        }
+        (reader.join().unwrap(), received)
+    })
+}
+
+/// The UDP payloads of a pcapng capture of NF `fw`'s `out` and `drops`
+/// (each drop commented with its reason, `denied`).
+pub fn fw_out_and_drops(pcapng: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut r = braid_io::pcapng::PcapngReader::new(pcapng).unwrap();
+    let (mut out, mut drops) = (Vec::new(), Vec::new());
+    let mut f = Vec::new();
+    while let Some(rec) = r.next_packet(&mut f).unwrap() {
+        let name = r.interfaces()[rec.interface as usize].name.clone().unwrap();
+        // Ethernet, IPv4 without options, UDP: the payload from byte 42.
+        let payload = f[42..].to_vec();
+        match name.as_str() {
+            "fw:out" => out.push(payload),
+            "fw:drops" => {
+                assert_eq!(rec.comment.as_deref(), Some("dropped by fw: denied"));
+                drops.push(payload);
+            }
+            other => panic!("interface {other}"),
+        }
+    }
+    (out, drops)
+}
