@@ -468,6 +468,29 @@ fn route_to_server(net: &Net) -> String {
     ip(&net.up, &["route", "get", SV])
 }
 
+/// braidd on host A and on host B, B listening for migrations on
+/// `MB:9480` (its address in `listen`), no periodic checkpoints. Fields
+/// drop in order: the daemons before their state directories (bind
+/// `_dirs` by name: a `..` would drop the directories at once).
+struct Pair {
+    a: Braidd,
+    b: Braidd,
+    listen: String,
+    _dirs: (TempDir, TempDir),
+}
+
+fn braidd_pair(net: &Net, tag: &str) -> Pair {
+    let (da, db) = (TempDir::new(&format!("{tag}-a")), TempDir::new(&format!("{tag}-b")));
+    let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
+    let listen = format!("{MB}:9480");
+    let b = Braidd::start(
+        db.path(),
+        Some(net.hb.name()),
+        &["--checkpoint-interval-ms", "0", "--migrate-listen", &listen],
+    );
+    Pair { a, b, listen, _dirs: (da, db) }
+}
+
 #[test]
 fn a_firewall_moves_between_two_braidd_under_traffic_without_losing_a_packet() {
     if braid_testkit::skip_unless(netns::is_root(), "braidd migration", "needs root for namespaces")
@@ -534,14 +557,7 @@ fn a_lost_marker_after_the_switch_rolls_a_threads_chain_back_without_losing_a_pa
     // it there (and the agent removes the relay still waiting on A's last
     // worker: not observable here).
     let net = net();
-    let (da, db) = (TempDir::new("migrt-a"), TempDir::new("migrt-b"));
-    let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
-    let listen = format!("{MB}:9480");
-    let b = Braidd::start(
-        db.path(),
-        Some(net.hb.name()),
-        &["--checkpoint-interval-ms", "0", "--migrate-listen", &listen],
-    );
+    let Pair { a, b, listen, _dirs } = braidd_pair(&net, "migrt");
     let ca = a.client();
     // The frames B holds carry the MAC addresses of B's path, whose
     // interfaces differ from A's path's: A gives them the addresses of
@@ -596,14 +612,7 @@ fn migrate_in_layout(layout: Layout, nf: &str, mode: &str, extra: u16) {
         Layout::Alone => format!("{nf}-{mode}"),
         Layout::Threads(at) => format!("{nf}-{mode}-t{at}"),
     };
-    let (da, db) = (TempDir::new(&format!("mig-a-{tag}")), TempDir::new(&format!("mig-b-{tag}")));
-    let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
-    let listen = format!("{MB}:9480");
-    let b = Braidd::start(
-        db.path(),
-        Some(net.hb.name()),
-        &["--checkpoint-interval-ms", "0", "--migrate-listen", &listen],
-    );
+    let Pair { a, b, listen, _dirs } = braidd_pair(&net, &format!("mig-{tag}"));
     let (ca, cb) = (a.client(), b.client());
     ca.deploy(&chain_yaml_in(layout, nf, &net.ai, &net.ao)).unwrap();
     // State beyond the live flows.
@@ -743,14 +752,7 @@ fn killing_the_destination_mid_migration_rolls_back_and_the_source_keeps_every_p
     }
     let _serial = braid_testkit::one_at_a_time();
     let net = net();
-    let (da, db) = (TempDir::new("migrb-a"), TempDir::new("migrb-b"));
-    let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
-    let listen = format!("{MB}:9480");
-    let mut b = Braidd::start(
-        db.path(),
-        Some(net.hb.name()),
-        &["--checkpoint-interval-ms", "0", "--migrate-listen", &listen],
-    );
+    let Pair { a, mut b, listen, _dirs } = braidd_pair(&net, "migrb");
     let ca = a.client();
     ca.deploy(&chain_yaml(&net.ai, &net.ao)).unwrap();
     b.client().deploy(&chain_yaml(&net.bi, &net.bo)).unwrap();
