@@ -37,8 +37,7 @@
 
 mod family;
 
-pub use family::{Flow, LbAddr};
-use family::{Inspected, Rewrite, Seen};
+pub use family::{Flow, Inspected, KeyEndpoints, LbAddr, Rewrite, Seen};
 
 use crate::maglev::{MaglevError, MaglevTable, SeededMix};
 use crate::statelet::MapStream;

@@ -41,6 +41,31 @@ impl<A: LbAddr> Flow<A> {
     }
 }
 
+/// `Flow` to and from the envelope's 5-tuple of family `$addr` (the same
+/// fields).
+macro_rules! tuple_conversions {
+    ($tuple:ident, $addr:ty) => {
+        impl From<$tuple> for Flow<$addr> {
+            #[inline]
+            fn from(t: $tuple) -> Self {
+                let $tuple { src, dst, proto, src_port, dst_port } = t;
+                Flow { src, dst, proto, src_port, dst_port }
+            }
+        }
+
+        impl From<Flow<$addr>> for $tuple {
+            #[inline]
+            fn from(f: Flow<$addr>) -> Self {
+                let Flow { src, dst, proto, src_port, dst_port } = f;
+                $tuple { src, dst, proto, src_port, dst_port }
+            }
+        }
+    };
+}
+
+tuple_conversions!(FiveTuple, Ipv4Addr);
+tuple_conversions!(FiveTuple6, Ipv6Addr);
+
 /// Hashed as the family's own 5-tuple is ([`FiveTuple::hash`],
 /// [`FiveTuple6::hash`]): one 64-bit word for the table's seeded mixer.
 impl<A: LbAddr> Hash for Flow<A> {
@@ -106,7 +131,7 @@ pub trait LbAddr:
     /// Replace one address of a packet (`src`: the source, else the
     /// destination), `old` by `new`, updating every checksum that covers
     /// it. Offsets come from [`LbAddr::inspect`], which validated them.
-    fn rewrite(frame: &mut [u8], seen: &Rewrite<Self>);
+    fn rewrite(frame: &mut [u8], r: &Rewrite<Self>);
 
     /// The backend's key in the Maglev table.
     fn maglev_key(self) -> u64;
@@ -188,13 +213,7 @@ impl LbAddr for Ipv4Addr {
         let ip = parsed.ip;
         let t = ip.tuple();
         Inspected::Packet(Seen {
-            flow: Flow {
-                src: t.src,
-                dst: t.dst,
-                proto: t.proto,
-                src_port: t.src_port,
-                dst_port: t.dst_port,
-            },
+            flow: t.into(),
             l3: ip.l3,
             l4: ip.l4_offset(),
             fragment,
@@ -231,32 +250,16 @@ impl LbAddr for Ipv4Addr {
 
     #[inline]
     fn flow_hash(f: &Flow<Ipv4Addr>) -> u64 {
-        five_tuple(f).hash()
+        FiveTuple::from(*f).hash()
     }
 
     fn partition_key(f: Flow<Ipv4Addr>) -> PartitionKey {
-        PartitionKey::five_tuple(five_tuple(&f))
+        PartitionKey::five_tuple(f.into())
     }
 
     fn key_endpoints(key: &PartitionKey) -> Option<KeyEndpoints<Ipv4Addr>> {
         let (lo, hi, proto) = key.flow_endpoints()?;
         Some(((lo.0.into(), lo.1), (hi.0.into(), hi.1), proto))
-    }
-}
-
-#[inline]
-fn five_tuple(f: &Flow<Ipv4Addr>) -> FiveTuple {
-    FiveTuple { src: f.src, dst: f.dst, proto: f.proto, src_port: f.src_port, dst_port: f.dst_port }
-}
-
-#[inline]
-fn five_tuple6(f: &Flow<Ipv6Addr>) -> FiveTuple6 {
-    FiveTuple6 {
-        src: f.src,
-        dst: f.dst,
-        proto: f.proto,
-        src_port: f.src_port,
-        dst_port: f.dst_port,
     }
 }
 
@@ -287,13 +290,7 @@ impl LbAddr for Ipv6Addr {
         let ip = parsed.ip6;
         let t = ip.tuple();
         Inspected::Packet(Seen {
-            flow: Flow {
-                src: t.src,
-                dst: t.dst,
-                proto: t.proto,
-                src_port: t.src_port,
-                dst_port: t.dst_port,
-            },
+            flow: t.into(),
             l3: ip.l3,
             l4: ip.l4_offset(),
             fragment,
@@ -328,11 +325,11 @@ impl LbAddr for Ipv6Addr {
 
     #[inline]
     fn flow_hash(f: &Flow<Ipv6Addr>) -> u64 {
-        five_tuple6(f).hash()
+        FiveTuple6::from(*f).hash()
     }
 
     fn partition_key(f: Flow<Ipv6Addr>) -> PartitionKey {
-        PartitionKey::five_tuple6(five_tuple6(&f))
+        PartitionKey::five_tuple6(f.into())
     }
 
     fn key_endpoints(key: &PartitionKey) -> Option<KeyEndpoints<Ipv6Addr>> {
