@@ -239,7 +239,7 @@ struct Settings<A> {
 /// (`Ipv4Addr` or `Ipv6Addr`).
 #[derive(Debug)]
 pub struct LoadBalancer<A: LbAddr> {
-    set: Settings<A>,
+    settings: Settings<A>,
     backends: Vec<Backend<A>>,
     /// Backend addresses, sorted, to recognize replies.
     backend_ips: Vec<A>,
@@ -291,7 +291,7 @@ impl<A: LbAddr> LoadBalancer<A> {
             };
             backends.push(Backend { ip, weight: b.weight });
         }
-        let set = Settings {
+        let settings = Settings {
             vip,
             port: cfg.port,
             reverse: cfg.reverse,
@@ -299,7 +299,7 @@ impl<A: LbAddr> LoadBalancer<A> {
             idle_ns: cfg.idle_timeout_ms.saturating_mul(1_000_000),
             max_conns: cfg.max_connections,
         };
-        let mut lb = LoadBalancer::empty(set, SeededMix::random());
+        let mut lb = LoadBalancer::empty(settings, SeededMix::random());
         lb.set_backends(backends).map_err(|e| {
             let field = |index: usize, what: &str| format!("backends[{index}].{what}");
             match e {
@@ -321,11 +321,11 @@ impl<A: LbAddr> LoadBalancer<A> {
         Ok(lb)
     }
 
-    /// A balancer of settings `set` without backends or connections, its
+    /// A balancer of `settings` without backends or connections, its
     /// connection table hashed by `hasher`.
-    fn empty(set: Settings<A>, hasher: SeededMix) -> LoadBalancer<A> {
+    fn empty(settings: Settings<A>, hasher: SeededMix) -> LoadBalancer<A> {
         LoadBalancer {
-            set,
+            settings,
             backends: Vec::new(),
             backend_ips: Vec::new(),
             table: MaglevTable::default(),
@@ -340,7 +340,7 @@ impl<A: LbAddr> LoadBalancer<A> {
     /// connections of backends that are gone.
     pub fn set_backends(&mut self, backends: Vec<Backend<A>>) -> Result<(), BackendError> {
         for (index, b) in backends.iter().enumerate() {
-            if b.ip == self.set.vip {
+            if b.ip == self.settings.vip {
                 return Err(BackendError::IsVip { index, ip: b.ip.into() });
             }
             if backends[..index].iter().any(|o| o.ip == b.ip) {
@@ -349,7 +349,7 @@ impl<A: LbAddr> LoadBalancer<A> {
         }
         let keys: Vec<(u64, u32)> =
             backends.iter().map(|b| (b.ip.maglev_key(), b.weight)).collect();
-        let table = MaglevTable::build(&keys, self.set.table_size)?;
+        let table = MaglevTable::build(&keys, self.settings.table_size)?;
         let mut ips: Vec<A> = backends.iter().map(|b| b.ip).collect();
         ips.sort_unstable();
         let stream = &mut self.stream;
@@ -399,7 +399,7 @@ impl<A: LbAddr> LoadBalancer<A> {
 
     /// Forget connections idle for longer than the timeout.
     pub fn sweep(&mut self, now_ns: u64) {
-        let idle = self.set.idle_ns;
+        let idle = self.settings.idle_ns;
         let stream = &mut self.stream;
         self.conns.retain(|t, c| {
             let keep = now_ns.saturating_sub(c.last_seen_ns) < idle;
@@ -415,17 +415,17 @@ impl<A: LbAddr> LoadBalancer<A> {
     fn backend_for(&mut self, t: &Flow<A>, now: u64) -> Option<A> {
         self.stream.note(*t);
         if let Some(c) = self.conns.get_mut(t) {
-            if now.saturating_sub(c.last_seen_ns) < self.set.idle_ns {
+            if now.saturating_sub(c.last_seen_ns) < self.settings.idle_ns {
                 c.last_seen_ns = now;
                 return Some(c.backend);
             }
         }
         let backend = self.backends[self.table.lookup(A::flow_hash(t))?].ip;
-        if self.conns.len() >= self.set.max_conns && !self.conns.contains_key(t) {
+        if self.conns.len() >= self.settings.max_conns && !self.conns.contains_key(t) {
             if now.saturating_sub(self.last_sweep_ns) >= 1_000_000 {
                 self.sweep(now);
             }
-            if self.conns.len() >= self.set.max_conns {
+            if self.conns.len() >= self.settings.max_conns {
                 self.conn_overflow += 1;
                 return Some(backend);
             }
@@ -443,10 +443,10 @@ impl<A: LbAddr> LoadBalancer<A> {
             Inspected::Pass => return Action::Pass,
             Inspected::Drop(reason) => return Action::Drop(reason),
         };
-        let vip = self.set.vip;
+        let vip = self.settings.vip;
         let balanced_proto = matches!(t.proto, ip_proto::TCP | ip_proto::UDP);
         if t.dst == vip {
-            if balanced_proto && self.set.port.is_some_and(|p| p != t.dst_port) {
+            if balanced_proto && self.settings.port.is_some_and(|p| p != t.dst_port) {
                 return Action::Pass;
             }
             if fragment {
@@ -471,7 +471,7 @@ impl<A: LbAddr> LoadBalancer<A> {
                 new: backend,
             });
         }
-        if self.set.reverse && !fragment && self.backend_ips.binary_search(&t.src).is_ok() {
+        if self.settings.reverse && !fragment && self.backend_ips.binary_search(&t.src).is_ok() {
             let key = t.reply_to(vip);
             if let Some(c) = self.conns.get_mut(&key) {
                 if c.backend == t.src {
@@ -533,7 +533,7 @@ impl<A: LbAddr> NetworkFunction for LoadBalancer<A> {
             .collect();
         conns.sort_by_key(|c| (c.client, c.client_port, c.vip_port, c.proto));
         let s = LbState {
-            vip: self.set.vip,
+            vip: self.settings.vip,
             backends: self.backends.clone(),
             conns,
             // A statistic of this instance, not flow state: only the whole
@@ -545,15 +545,15 @@ impl<A: LbAddr> NetworkFunction for LoadBalancer<A> {
 
     fn import_state(&mut self, state: &NfState) -> Result<(), StateError> {
         let s = self.decode_for_this_vip(state)?;
-        if s.conns.len() > self.set.max_conns {
+        if s.conns.len() > self.settings.max_conns {
             return Err(StateError::Corrupt(format!(
                 "{} connections exceed max_connections {}",
                 s.conns.len(),
-                self.set.max_conns
+                self.settings.max_conns
             )));
         }
         // Build everything aside first so that an error changes nothing.
-        let mut next = LoadBalancer::empty(self.set, self.conns.hasher().clone());
+        let mut next = LoadBalancer::empty(self.settings, self.conns.hasher().clone());
         next.conn_overflow = s.conn_overflow;
         next.last_sweep_ns = self.last_sweep_ns;
         next.set_backends(s.backends).map_err(|e| StateError::Corrupt(e.to_string()))?;
@@ -571,8 +571,8 @@ impl<A: LbAddr> NetworkFunction for LoadBalancer<A> {
         self.check_backends(&s.conns).map_err(StateError::Conflict)?;
         let added = s.conns.iter().filter(|c| !self.conns.contains_key(&self.flow_of(c))).count();
         let total = self.conns.len() + added;
-        if total > self.set.max_conns {
-            return Err(StateError::Capacity { total, max: self.set.max_conns });
+        if total > self.settings.max_conns {
+            return Err(StateError::Capacity { total, max: self.settings.max_conns });
         }
         self.insert_entries(&s.conns);
         Ok(())
@@ -612,7 +612,7 @@ impl<A: LbAddr> FlowStream for LoadBalancer<A> {
             .filter_map(|k| self.forward_flow(k))
             .filter_map(|t| Some(ConnEntry::of(&t, self.conns.get(&t)?)))
             .collect();
-        let s = LbState { vip: self.set.vip, backends: Vec::new(), conns, conn_overflow: 0 };
+        let s = LbState { vip: self.settings.vip, backends: Vec::new(), conns, conn_overflow: 0 };
         let state = NfState::encode_as(Encoding::Binary, SPEC.name, A::STATE_VERSION, &s);
         Statelet { keys: keys.to_vec(), state }
     }
@@ -635,8 +635,8 @@ impl<A: LbAddr> FlowStream for LoadBalancer<A> {
             .filter(|t| self.conns.contains_key(t))
             .collect();
         let total = self.conns.len() - cleared.len() + s.conns.len();
-        if total > self.set.max_conns {
-            return Err(StateError::Capacity { total, max: self.set.max_conns });
+        if total > self.settings.max_conns {
+            return Err(StateError::Capacity { total, max: self.settings.max_conns });
         }
         for t in &cleared {
             self.conns.remove(t);
@@ -659,7 +659,7 @@ impl<A: LbAddr> LoadBalancer<A> {
     /// of it is the VIP.
     fn forward_flow(&self, key: &PartitionKey) -> Option<Flow<A>> {
         let (lo, hi, proto) = A::key_endpoints(key)?;
-        let vip = self.set.vip;
+        let vip = self.settings.vip;
         let (client, vip_end) = if hi.0 == vip {
             (lo, hi)
         } else if lo.0 == vip {
@@ -673,7 +673,7 @@ impl<A: LbAddr> LoadBalancer<A> {
     /// A state of this NF kind and family, refused if it is of the other
     /// family or for another VIP.
     fn decode_for_this_vip(&self, state: &NfState) -> Result<LbState<A>, StateError> {
-        let vip = self.set.vip;
+        let vip = self.settings.vip;
         if state.kind == SPEC.name {
             if let Some(family) = family_of_format(state.version).filter(|f| *f != A::FAMILY) {
                 return Err(StateError::Corrupt(format!(
@@ -709,7 +709,7 @@ impl<A: LbAddr> LoadBalancer<A> {
     fn flow_of(&self, c: &ConnEntry<A>) -> Flow<A> {
         Flow {
             src: c.client,
-            dst: self.set.vip,
+            dst: self.settings.vip,
             proto: c.proto,
             src_port: c.client_port,
             dst_port: c.vip_port,
@@ -1036,7 +1036,7 @@ mod tests {
     #[test]
     fn imported_backend_sets_are_checked_in_both_families() {
         fn check<A: LbAddr>(mut lb: LoadBalancer<A>) {
-            let vip = serde_json::to_value(lb.set.vip).unwrap();
+            let vip = serde_json::to_value(lb.settings.vip).unwrap();
             let e = import_edited(&mut lb, |b| b[1]["ip"] = b[0]["ip"].clone());
             assert!(e.contains("is already configured"), "{e}");
             let e = import_edited(&mut lb, |b| b[0]["ip"] = vip.clone());
