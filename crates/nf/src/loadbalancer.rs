@@ -175,8 +175,9 @@ pub struct ConnEntry<A> {
 }
 
 impl<A: LbAddr> ConnEntry<A> {
-    /// The exported form of connection `c` of forward flow `t`.
-    fn of(t: &Flow<A>, c: &Conn<A>) -> ConnEntry<A> {
+    /// The exported form of connection `c` of forward flow `key`.
+    fn of(key: &A::Key, c: &Conn<A>) -> ConnEntry<A> {
+        let t: Flow<A> = (*key).into();
         ConnEntry {
             client: t.src,
             client_port: t.src_port,
@@ -244,12 +245,13 @@ pub struct LoadBalancer<A: LbAddr> {
     /// Backend addresses, sorted, to recognize replies.
     backend_ips: Vec<A>,
     table: MaglevTable,
-    /// Forward-direction flow (client -> VIP) -> backend.
-    conns: HashMap<Flow<A>, Conn<A>, SeededMix>,
+    /// Forward-direction flow (client -> VIP) -> backend, keyed by the
+    /// family's own 5-tuple type (hashed as every flow table of that family).
+    conns: HashMap<A::Key, Conn<A>, SeededMix>,
     conn_overflow: u64,
     last_sweep_ns: u64,
     /// Live migration: connections whose entry changed, and the walk.
-    stream: MapStream<Flow<A>>,
+    stream: MapStream<A::Key>,
 }
 
 /// What to do with one packet.
@@ -412,16 +414,16 @@ impl<A: LbAddr> LoadBalancer<A> {
     }
 
     /// The backend for a forward flow, recording it.
-    fn backend_for(&mut self, t: &Flow<A>, now: u64) -> Option<A> {
-        self.stream.note(*t);
-        if let Some(c) = self.conns.get_mut(t) {
+    fn backend_for(&mut self, key: A::Key, now: u64) -> Option<A> {
+        self.stream.note(key);
+        if let Some(c) = self.conns.get_mut(&key) {
             if now.saturating_sub(c.last_seen_ns) < self.settings.idle_ns {
                 c.last_seen_ns = now;
                 return Some(c.backend);
             }
         }
-        let backend = self.backends[self.table.lookup(A::flow_hash(t))?].ip;
-        if self.conns.len() >= self.settings.max_conns && !self.conns.contains_key(t) {
+        let backend = self.backends[self.table.lookup(A::flow_hash(&key))?].ip;
+        if self.conns.len() >= self.settings.max_conns && !self.conns.contains_key(&key) {
             if now.saturating_sub(self.last_sweep_ns) >= 1_000_000 {
                 self.sweep(now);
             }
@@ -430,7 +432,7 @@ impl<A: LbAddr> LoadBalancer<A> {
                 return Some(backend);
             }
         }
-        self.conns.insert(*t, Conn { backend, last_seen_ns: now });
+        self.conns.insert(key, Conn { backend, last_seen_ns: now });
         Some(backend)
     }
 
@@ -438,7 +440,7 @@ impl<A: LbAddr> LoadBalancer<A> {
         // The envelope policy of `loadbalancer` (docs/nfs.md): packets of
         // the VIP's family to the VIP are balanced (fragments dropped,
         // below); other frames pass; broken headers are dropped.
-        let Seen { flow: t, l3, l4, fragment, echo } = match A::inspect(frame) {
+        let Seen { flow: t, key, l3, l4, fragment, echo } = match A::inspect(frame) {
             Inspected::Packet(seen) => seen,
             Inspected::Pass => return Action::Pass,
             Inspected::Drop(reason) => return Action::Drop(reason),
@@ -459,7 +461,7 @@ impl<A: LbAddr> LoadBalancer<A> {
             if !balanced_proto && !echo {
                 return Action::Drop(DropReason::Unsupported);
             }
-            let Some(backend) = self.backend_for(&t, now) else {
+            let Some(backend) = self.backend_for(key, now) else {
                 return Action::Drop(DropReason::NoBackend);
             };
             return Action::Rewrite(Rewrite {
@@ -472,7 +474,7 @@ impl<A: LbAddr> LoadBalancer<A> {
             });
         }
         if self.settings.reverse && !fragment && self.backend_ips.binary_search(&t.src).is_ok() {
-            let key = t.reply_to(vip);
+            let key = A::Key::from(t.reply_to(vip));
             if let Some(c) = self.conns.get_mut(&key) {
                 if c.backend == t.src {
                     c.last_seen_ns = now;
@@ -569,7 +571,7 @@ impl<A: LbAddr> NetworkFunction for LoadBalancer<A> {
     fn import_merge(&mut self, state: &NfState) -> Result<(), StateError> {
         let s = self.decode_for_this_vip(state)?;
         self.check_backends(&s.conns).map_err(StateError::Conflict)?;
-        let added = s.conns.iter().filter(|c| !self.conns.contains_key(&self.flow_of(c))).count();
+        let added = s.conns.iter().filter(|c| !self.conns.contains_key(&self.key_of(c))).count();
         let total = self.conns.len() + added;
         if total > self.settings.max_conns {
             return Err(StateError::Capacity { total, max: self.settings.max_conns });
@@ -609,7 +611,7 @@ impl<A: LbAddr> FlowStream for LoadBalancer<A> {
     fn export_flows(&self, keys: &[PartitionKey]) -> Statelet {
         let conns = keys
             .iter()
-            .filter_map(|k| self.forward_flow(k))
+            .filter_map(|k| self.forward_key(k))
             .filter_map(|t| Some(ConnEntry::of(&t, self.conns.get(&t)?)))
             .collect();
         let s = LbState { vip: self.settings.vip, backends: Vec::new(), conns, conn_overflow: 0 };
@@ -621,17 +623,17 @@ impl<A: LbAddr> FlowStream for LoadBalancer<A> {
         let s = self.decode_for_this_vip(&statelet.state)?;
         self.check_backends(&s.conns).map_err(StateError::Corrupt)?;
         let key_set = statelet.key_set();
-        let named = |c: &ConnEntry<A>| key_set.contains(&A::partition_key(self.flow_of(c)));
+        let named = |c: &ConnEntry<A>| key_set.contains(&A::partition_key(self.key_of(c)));
         if let Some(c) = s.conns.iter().find(|c| !named(c)) {
             return Err(StateError::Corrupt(format!(
                 "statelet connection from {} is not one of the flows it names",
                 c.client_end()
             )));
         }
-        let cleared: Vec<Flow<A>> = statelet
+        let cleared: Vec<A::Key> = statelet
             .keys
             .iter()
-            .filter_map(|k| self.forward_flow(k))
+            .filter_map(|k| self.forward_key(k))
             .filter(|t| self.conns.contains_key(t))
             .collect();
         let total = self.conns.len() - cleared.len() + s.conns.len();
@@ -655,9 +657,9 @@ impl<A: LbAddr> FlowStream for LoadBalancer<A> {
 }
 
 impl<A: LbAddr> LoadBalancer<A> {
-    /// The forward flow (client to VIP) of partition key `key`, if one end
-    /// of it is the VIP.
-    fn forward_flow(&self, key: &PartitionKey) -> Option<Flow<A>> {
+    /// The table key of the forward flow (client to VIP) of partition key
+    /// `key`, if one end of it is the VIP.
+    fn forward_key(&self, key: &PartitionKey) -> Option<A::Key> {
         let (lo, hi, proto) = A::key_endpoints(key)?;
         let vip = self.settings.vip;
         let (client, vip_end) = if hi.0 == vip {
@@ -667,7 +669,8 @@ impl<A: LbAddr> LoadBalancer<A> {
         } else {
             return None;
         };
-        Some(Flow { src: client.0, dst: vip, proto, src_port: client.1, dst_port: vip_end.1 })
+        let flow = Flow { src: client.0, dst: vip, proto, src_port: client.1, dst_port: vip_end.1 };
+        Some(flow.into())
     }
 
     /// A state of this NF kind and family, refused if it is of the other
@@ -705,15 +708,17 @@ impl<A: LbAddr> LoadBalancer<A> {
         }
     }
 
-    /// The forward flow (client to VIP) of an exported connection.
-    fn flow_of(&self, c: &ConnEntry<A>) -> Flow<A> {
-        Flow {
+    /// The table key of the forward flow (client to VIP) of an exported
+    /// connection.
+    fn key_of(&self, c: &ConnEntry<A>) -> A::Key {
+        let flow = Flow {
             src: c.client,
             dst: self.settings.vip,
             proto: c.proto,
             src_port: c.client_port,
             dst_port: c.vip_port,
-        }
+        };
+        flow.into()
     }
 
     /// Record exported connections (checked by the caller), replacing what
@@ -721,7 +726,7 @@ impl<A: LbAddr> LoadBalancer<A> {
     fn insert_entries(&mut self, conns: &[ConnEntry<A>]) {
         for c in conns {
             let conn = Conn { backend: c.backend, last_seen_ns: c.last_seen_ns };
-            self.conns.insert(self.flow_of(c), conn);
+            self.conns.insert(self.key_of(c), conn);
         }
     }
 }

@@ -11,11 +11,11 @@ use braid_packet::envelope::{self, Class, L3Kind, L4};
 use braid_packet::flow::{FiveTuple, FiveTuple6};
 use braid_packet::wire::{checksum, ip_proto};
 use std::fmt::{Debug, Display};
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// The 5-tuple of a flow of either family (the connection table's key).
-/// ICMP echo carries its identifier in both ports, as the envelope's
+/// The 5-tuple of a flow of either family, in the balancer's logic (the
+/// connection table keys it by the family's [`LbAddr::Key`]). ICMP echo carries its identifier in both ports, as the envelope's
 /// tuples do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow<A> {
@@ -66,17 +66,8 @@ macro_rules! tuple_conversions {
 tuple_conversions!(FiveTuple, Ipv4Addr);
 tuple_conversions!(FiveTuple6, Ipv6Addr);
 
-/// Hashed as the family's own 5-tuple is ([`FiveTuple::hash`],
-/// [`FiveTuple6::hash`]): one 64-bit word for the table's seeded mixer.
-impl<A: LbAddr> Hash for Flow<A> {
-    #[inline]
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(A::flow_hash(self));
-    }
-}
-
 /// What the envelope says a frame is, as far as the balancer cares.
-pub enum Inspected<A> {
+pub enum Inspected<A: LbAddr> {
     /// Not of this family (or not parsed past layer 2): passes.
     Pass,
     /// Dropped whatever it is addressed to (broken headers).
@@ -86,8 +77,11 @@ pub enum Inspected<A> {
 }
 
 /// A packet of the balancer's family: its flow and where its headers are.
-pub struct Seen<A> {
+pub struct Seen<A: LbAddr> {
     pub flow: Flow<A>,
+    /// The same flow as the connection table's key (both come from the one
+    /// envelope tuple: no conversion on the fast path).
+    pub key: A::Key,
     /// Offset of the IP header.
     pub l3: usize,
     /// Offset of the transport header.
@@ -122,6 +116,13 @@ pub trait LbAddr:
     /// `loadbalancer`).
     const STATE_VERSION: u32;
 
+    /// The connection table's key: the envelope's 5-tuple of this family
+    /// ([`FiveTuple`], [`FiveTuple6`]), so the table hashes and compares
+    /// keys exactly as every other flow table of the family does (the
+    /// IPv4 fast path measured slower with [`Flow`] itself as the key;
+    /// docs/benchmarks.md).
+    type Key: Copy + Eq + Hash + Debug + Send + From<Flow<Self>> + Into<Flow<Self>>;
+
     /// This family's address, if `ip` is one.
     fn from_ip(ip: IpAddr) -> Option<Self>;
 
@@ -136,13 +137,12 @@ pub trait LbAddr:
     /// The backend's key in the Maglev table.
     fn maglev_key(self) -> u64;
 
-    /// The unkeyed hash of the flow's 5-tuple: the Maglev lookup (every
-    /// balancer picks the same backend for a flow) and, mixed with a
-    /// seed, the connection table's hash.
-    fn flow_hash(flow: &Flow<Self>) -> u64;
+    /// The unkeyed hash of a flow's 5-tuple, for the Maglev lookup (every
+    /// balancer picks the same backend for a flow).
+    fn flow_hash(key: &Self::Key) -> u64;
 
-    /// The partition key of the connection `flow` belongs to.
-    fn partition_key(flow: Flow<Self>) -> PartitionKey;
+    /// The partition key of the connection `key` belongs to.
+    fn partition_key(key: Self::Key) -> PartitionKey;
 
     /// The endpoints (lower first) and protocol of a partition key of
     /// this family; `None` for any other key.
@@ -180,7 +180,7 @@ fn read_u16(frame: &[u8], at: usize) -> u16 {
 /// The envelope's class split as the balancer's policy needs it: a
 /// packet (with whether it is a fragment), or what happens to it.
 #[inline]
-fn class_policy<A>(class: Class) -> Result<bool, Inspected<A>> {
+fn class_policy<A: LbAddr>(class: Class) -> Result<bool, Inspected<A>> {
     match class {
         Class::Ok => Ok(false),
         Class::Fragment { .. } => Ok(true),
@@ -194,6 +194,7 @@ fn class_policy<A>(class: Class) -> Result<bool, Inspected<A>> {
 impl LbAddr for Ipv4Addr {
     const FAMILY: &'static str = "IPv4";
     const STATE_VERSION: u32 = 1;
+    type Key = FiveTuple;
 
     fn from_ip(ip: IpAddr) -> Option<Ipv4Addr> {
         match ip {
@@ -214,6 +215,7 @@ impl LbAddr for Ipv4Addr {
         let t = ip.tuple();
         Inspected::Packet(Seen {
             flow: t.into(),
+            key: t,
             l3: ip.l3,
             l4: ip.l4_offset(),
             fragment,
@@ -249,12 +251,12 @@ impl LbAddr for Ipv4Addr {
     }
 
     #[inline]
-    fn flow_hash(f: &Flow<Ipv4Addr>) -> u64 {
-        FiveTuple::from(*f).hash()
+    fn flow_hash(key: &FiveTuple) -> u64 {
+        key.hash()
     }
 
-    fn partition_key(f: Flow<Ipv4Addr>) -> PartitionKey {
-        PartitionKey::five_tuple(f.into())
+    fn partition_key(key: FiveTuple) -> PartitionKey {
+        PartitionKey::five_tuple(key)
     }
 
     fn key_endpoints(key: &PartitionKey) -> Option<KeyEndpoints<Ipv4Addr>> {
@@ -266,6 +268,7 @@ impl LbAddr for Ipv4Addr {
 impl LbAddr for Ipv6Addr {
     const FAMILY: &'static str = "IPv6";
     const STATE_VERSION: u32 = 2;
+    type Key = FiveTuple6;
 
     fn from_ip(ip: IpAddr) -> Option<Ipv6Addr> {
         match ip {
@@ -291,6 +294,7 @@ impl LbAddr for Ipv6Addr {
         let t = ip.tuple();
         Inspected::Packet(Seen {
             flow: t.into(),
+            key: t,
             l3: ip.l3,
             l4: ip.l4_offset(),
             fragment,
@@ -324,12 +328,12 @@ impl LbAddr for Ipv6Addr {
     }
 
     #[inline]
-    fn flow_hash(f: &Flow<Ipv6Addr>) -> u64 {
-        FiveTuple6::from(*f).hash()
+    fn flow_hash(key: &FiveTuple6) -> u64 {
+        key.hash()
     }
 
-    fn partition_key(f: Flow<Ipv6Addr>) -> PartitionKey {
-        PartitionKey::five_tuple6(f.into())
+    fn partition_key(key: FiveTuple6) -> PartitionKey {
+        PartitionKey::five_tuple6(key)
     }
 
     fn key_endpoints(key: &PartitionKey) -> Option<KeyEndpoints<Ipv6Addr>> {
