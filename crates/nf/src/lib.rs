@@ -28,7 +28,6 @@ pub mod fragments;
 pub mod fwd;
 pub mod kernel;
 pub mod l2switch;
-pub mod lb6;
 pub mod loadbalancer;
 pub mod lpm;
 pub mod maglev;
