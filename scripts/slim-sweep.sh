@@ -71,8 +71,9 @@ while [ $# -gt 0 ]; do
 done
 case $NF in
     firewall) NFNAME=fw; [ -n "$MODES" ] || MODES=statelet,duplicate,stop-copy,none ;;
-    # NAT picks external ports at random: it refuses the duplication baseline.
-    nat) NFNAME=nat; [ -n "$MODES" ] || MODES=statelet,stop-copy,none ;;
+    # NAT replays its port choices only with a shared `port_secret` (set
+    # below, one per sweep, the same on both hosts).
+    nat) NFNAME=nat; [ -n "$MODES" ] || MODES=statelet,duplicate,stop-copy,none ;;
     *) echo "slim-sweep.sh: --nf must be firewall or nat, not \`$NF\`" >&2; exit 2 ;;
 esac
 if [ $QUICK = 1 ]; then
@@ -203,7 +204,8 @@ netlab_wait_braidd a
 netlab_wait_braidd b
 
 if [ $NF = nat ]; then
-    DECL="{ name: nat, type: nat, params: { external_ip: 10.81.99.1, internal: [10.81.10.0/24] } }"
+    SECRET=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    DECL="{ name: nat, type: nat, params: { external_ip: 10.81.99.1, internal: [10.81.10.0/24], port_secret: \"$SECRET\" } }"
 else
     DECL="{ name: fw, type: firewall, params: { default: drop, rules: [{ action: allow, src: 10.81.10.0/24, proto: udp }] } }"
 fi

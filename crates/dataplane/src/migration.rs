@@ -460,7 +460,9 @@ pub enum StreamError {
     NoPort(usize, usize),
     #[error("port {0} does not feed this stage directly: duplicated packets can only be replayed at the first stage a port leads to")]
     NotFedBy(usize),
-    #[error("`{0}` makes random choices (NAT's external ports): re-processing its packets elsewhere would choose differently; move it with statelets or stop-and-copy")]
+    #[error("the duplication baseline's snapshot: {0}")]
+    Queue(String),
+    #[error("`{0}` makes random choices (a NAT without `port_secret` picks its external ports with a random key): re-processing its packets elsewhere would choose differently; give both instances the same `port_secret`, or move it with statelets or stop-and-copy")]
     NotReplayable(String),
 }
 
@@ -480,7 +482,7 @@ impl Streaming {
             return Err(StreamError::NotReplayable(kind.to_string()));
         }
         fs.record_changes(req.send_state);
-        Ok(Streaming {
+        let mut s = Streaming {
             send_state: req.send_state,
             scope: req.scope,
             duplicate: req.duplicate,
@@ -505,7 +507,46 @@ impl Streaming {
             holding: false,
             gate: req.gate,
             entry_bytes: 64,
-        })
+        };
+        if s.duplicate && s.send_state {
+            if let Err(e) = s.snapshot_at_once(graph) {
+                s.thaw(graph);
+                return Err(StreamError::Queue(e));
+            }
+        }
+        Ok(s)
+    }
+
+    /// The duplication baseline's snapshot: the whole table (in scope) as
+    /// it is now, before any packet is duplicated, so that the copies of
+    /// every later packet, replayed on it in order, give the source's
+    /// state (OpenNF's export, then the events). The walk of the other
+    /// modes spreads over loop turns and sends current values, which the
+    /// duplicated packets of a NAT would not reproduce: a replayed new
+    /// flow takes its port from what the destination holds at that point.
+    /// The worker does nothing else meanwhile (a pause of about a
+    /// microsecond per entry).
+    fn snapshot_at_once(&mut self, graph: &mut Graph) -> Result<(), String> {
+        let Some(fs) = graph.stages_mut()[self.stage].nf_mut().flow_stream() else {
+            return Err("the stage's NF has no per-flow state".into());
+        };
+        let scoped = self.scope != FlowScope::All;
+        while let Some(s) = fs.export_from(&mut self.cursor, self.chunk) {
+            let item = if scoped {
+                let keys: Vec<PartitionKey> =
+                    s.keys.into_iter().filter(|k| self.scope.contains(k)).collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                StreamItem::Statelet(fs.export_flows(&keys))
+            } else {
+                StreamItem::Statelet(s)
+            };
+            self.chunks += 1;
+            self.send(item)?;
+        }
+        self.snapshot_done = true;
+        self.send(StreamItem::SnapshotDone { chunks: self.chunks })
     }
 
     fn send(&self, item: StreamItem) -> Result<(), String> {

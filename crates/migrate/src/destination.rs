@@ -218,6 +218,12 @@ impl Run<'_> {
                 }
                 Message::SnapshotDone { .. } => {
                     self.install(&mut pending)?;
+                    if mode == Mode::Duplicate {
+                        // Replays follow: what the NF derives from its
+                        // entries (NAT's port pools) must hold the
+                        // snapshot's before it processes a packet.
+                        self.handle.finish_install(self.stage)?;
+                    }
                     snapshot_done = true;
                     self.report.snapshot_in = start.elapsed();
                 }

@@ -711,7 +711,7 @@ fn a_split_moves_one_hash_range_and_the_source_keeps_the_rest() {
 }
 
 #[test]
-fn the_duplication_baseline_is_correct_for_a_deterministic_nf_and_refuses_nat() {
+fn the_duplication_baseline_is_correct_for_a_deterministic_nf_and_refuses_a_random_nat() {
     let t = trace(2000, 12, true);
     let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
     let m = with_migration("firewall", FIREWALL, &t, Scenario::ok(Mode::Duplicate, 100));
@@ -726,7 +726,34 @@ fn the_duplication_baseline_is_correct_for_a_deterministic_nf_and_refuses_nat() 
     let sc = Scenario { switch_expected: false, ..Scenario::ok(Mode::Duplicate, 10) };
     let m = with_migration("nat", NAT, &t, sc);
     let e = m.result.unwrap_err();
-    assert!(e.to_string().contains("random choices"), "{e}");
+    assert!(e.to_string().contains("port_secret"), "{e}");
+}
+
+/// A NAT whose instances share `port_secret` picks the same external port
+/// for the same new flow from the same mappings: re-processing the
+/// duplicated packets at the destination gives the source's mappings, and
+/// the flows that start during the migration keep their ports across it.
+#[test]
+fn the_duplication_baseline_moves_a_nat_that_shares_its_port_secret() {
+    let nat = format!("{NAT}\nport_secret: 0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    let t = trace(2000, 12, true);
+    let (ref_out, ref_state) = reference("nat", &nat, &t);
+    let m = with_migration("nat", &nat, &t, Scenario::ok(Mode::Duplicate, 100));
+    let report = m.result.expect("the migration succeeds");
+    let dest = m.dest_result.expect("the destination finishes");
+    assert!(report.duplicated > 0 && dest.replayed == report.duplicated, "{report:?} {dest:?}");
+    assert_eq!(m.out.len(), ref_out.len(), "no packet lost or duplicated");
+    // Same flows, same order, and the same external port for every flow
+    // as without a migration.
+    assert_same_flows(&m.out, &ref_out);
+    let ports = |out: &Outputs| -> BTreeMap<u32, u16> {
+        out.iter()
+            .filter(|(side, _)| *side == 1)
+            .map(|(_, f)| (tag(f).0, envelope::parse(f).ipv4().unwrap().tuple().src_port))
+            .collect()
+    };
+    assert_eq!(ports(&m.out), ports(&ref_out));
+    assert_eq!(conns_without_times(m.dest_state), conns_without_times(ref_state));
 }
 
 /// A merge into an instance that keeps serving its own flows. (An earlier

@@ -46,6 +46,7 @@ fn nat_config() -> nat::Config {
         max_flows: 1 << 18,
         mapping: Default::default(),
         max_fragments: 4096,
+        port_secret: None,
     }
 }
 

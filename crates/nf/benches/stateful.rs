@@ -408,6 +408,7 @@ fn nat_bench(c: &mut Criterion<ThreadCpuTime>) {
             max_flows: 1 << 18,
             mapping: Default::default(),
             max_fragments: 4096,
+            port_secret: None,
         };
         let mut nf = Nat::from_config(&cfg).expect("nat config");
         let outbound: Vec<Vec<u8>> = (0..FLOWS)

@@ -107,6 +107,12 @@ pub static SPEC: NfSpec = NfSpec {
             default: Some("endpoint-independent"),
             help: "one external port per inside address:port whatever the remote (RFC 4787/5382 REQ-1), or one per flow",
         },
+        ParamDoc {
+            name: "port_secret",
+            kind: "32 hexadecimal digits",
+            default: Some("random"),
+            help: "key of the hash that picks external ports (RFC 6056 §3.3.3); the same on every instance that may replay this one's packets (duplication-mode migration); keep it secret",
+        },
     ],
     build: |p| Ok(Box::new(Nat::from_config(&crate::params::parse::<Config>(p)?)?)),
 };
@@ -166,6 +172,9 @@ pub struct Config {
     pub mapping: Mapping,
     #[serde(default = "default_max_fragments")]
     pub max_fragments: usize,
+    /// 32 hexadecimal digits; random when absent.
+    #[serde(default)]
+    pub port_secret: Option<String>,
 }
 
 fn default_max_fragments() -> usize {
@@ -183,6 +192,8 @@ type Endpoint = (u8, u32, u16);
 struct Ports {
     pools: [PortPool; 3],
     mapping: Mapping,
+    /// The key of the port choice ([`PortPool`]).
+    secret: [u64; 2],
     users: std::collections::HashMap<(usize, u16), u32>,
     endpoints: std::collections::HashMap<Endpoint, u16>,
 }
@@ -190,7 +201,7 @@ struct Ports {
 impl Ports {
     /// Pools over `lo..=hi` without the ports of `conns` (checked by
     /// `Nat::validate`: a port is shared only by flows of one endpoint).
-    fn new(lo: u16, hi: u16, mapping: Mapping, conns: &[Conn]) -> Ports {
+    fn new(lo: u16, hi: u16, mapping: Mapping, secret: [u64; 2], conns: &[Conn]) -> Ports {
         let mut used: [Vec<u16>; 3] = Default::default();
         let mut users = std::collections::HashMap::new();
         let mut endpoints = std::collections::HashMap::new();
@@ -207,7 +218,7 @@ impl Ports {
                 }
             }
         }
-        Ports { pools: used.map(|u| PortPool::new(lo, hi, &u)), mapping, users, endpoints }
+        Ports { pools: used.map(|u| PortPool::new(lo, hi, &u)), mapping, secret, users, endpoints }
     }
 
     /// The external port for a new flow `key`: its endpoint's port if it
@@ -221,7 +232,21 @@ impl Ports {
                 return Ok(port);
             }
         }
-        let port = self.pools[pool].take().ok_or(DropReason::PortsExhausted)?;
+        // Endpoint-independent: the inside endpoint alone picks the port;
+        // endpoint-dependent: the whole flow.
+        let (a, b) = match self.mapping {
+            Mapping::EndpointIndependent => {
+                (u64::from(key.src), u64::from(key.proto) << 16 | u64::from(key.src_port))
+            }
+            Mapping::EndpointDependent => (
+                u64::from(key.src) << 32 | u64::from(key.dst),
+                u64::from(key.proto) << 32
+                    | u64::from(key.src_port) << 16
+                    | u64::from(key.dst_port),
+            ),
+        };
+        let hash = port_hash(self.secret, a, b);
+        let port = self.pools[pool].take(hash).ok_or(DropReason::PortsExhausted)?;
         self.users.insert((pool, port), 1);
         if self.mapping == Mapping::EndpointIndependent {
             self.endpoints.insert(ep, port);
@@ -256,65 +281,118 @@ fn endpoint(k: &FlowKey) -> Endpoint {
     (k.proto, k.src, k.src_port)
 }
 
-/// Free external ports of one protocol, in random order (RFC 6056: an
-/// observer of one mapping cannot predict the next port, and an off-path
-/// attacker cannot guess which port a flow got). Allocation pops, release
-/// pushes and swaps the port with a random free one, so both stay O(1)
-/// and a port just freed is not the next one handed out.
+/// Free external ports of one protocol, chosen by a keyed hash (RFC 6056
+/// §3.3.3, "simple hash-based"): a new flow gets the first free port at
+/// or after `lo + F(secret, flow) mod n`, wrapping. Without the secret an
+/// observer of one mapping cannot predict the next port, nor can an
+/// off-path attacker guess a flow's port. With it the choice is a function
+/// of the flow and the ports in use: two instances with the same secret
+/// and the same mappings pick the same port for the same new flow (what
+/// the duplication baseline of live migration replays; `port_secret`).
 #[derive(Clone, Debug)]
 struct PortPool {
-    free: Vec<u16>,
-    rng: XorShift,
+    lo: u16,
+    /// Ports in the pool (`lo..=hi`).
+    n: u32,
+    /// Bit `i` set: port `lo + i` is in use (and the bits past `n` in the
+    /// last word, so a scan never stops there).
+    taken: Vec<u64>,
+    free: u32,
 }
 
 impl PortPool {
-    /// All of `lo..=hi` free, except `used`, shuffled.
+    /// All of `lo..=hi` free, except `used`.
     fn new(lo: u16, hi: u16, used: &[u16]) -> PortPool {
-        let mut taken = vec![false; 65536];
+        let n = u32::from(hi) - u32::from(lo) + 1;
+        let words = n.div_ceil(64) as usize;
+        let mut pool = PortPool { lo, n, taken: vec![0; words], free: n };
+        if n % 64 != 0 {
+            pool.taken[words - 1] = !0u64 << (n % 64);
+        }
         for &p in used {
-            taken[p as usize] = true;
+            if (lo..=hi).contains(&p) && !pool.is_taken(p) {
+                pool.flip(p);
+                pool.free -= 1;
+            }
         }
-        let mut rng = XorShift::from_os();
-        let mut free: Vec<u16> = (lo..=hi).filter(|p| !taken[*p as usize]).collect();
-        // Fisher-Yates.
-        for i in (1..free.len()).rev() {
-            free.swap(i, rng.below(i + 1));
-        }
-        PortPool { free, rng }
+        pool
     }
 
-    fn take(&mut self) -> Option<u16> {
-        self.free.pop()
+    fn is_taken(&self, port: u16) -> bool {
+        let i = u32::from(port - self.lo);
+        self.taken[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    fn flip(&mut self, port: u16) {
+        let i = u32::from(port - self.lo);
+        self.taken[(i / 64) as usize] ^= 1 << (i % 64);
+    }
+
+    /// The first free port at or after the flow's hash position.
+    fn take(&mut self, hash: u64) -> Option<u16> {
+        if self.free == 0 {
+            return None;
+        }
+        let start = (hash % u64::from(self.n)) as usize;
+        let words = self.taken.len();
+        let (w0, b0) = (start / 64, start % 64);
+        // The start word from the start bit, every other word, then the
+        // start word's bits below the start bit (a wrap-around).
+        for k in 0..=words {
+            let w = (w0 + k) % words;
+            let mut open = !self.taken[w];
+            if k == 0 {
+                open &= !0u64 << b0;
+            } else if k == words {
+                open &= (1u64 << b0).wrapping_sub(1);
+            }
+            if open != 0 {
+                let port = self.lo + (w * 64 + open.trailing_zeros() as usize) as u16;
+                self.flip(port);
+                self.free -= 1;
+                return Some(port);
+            }
+        }
+        None
     }
 
     fn give_back(&mut self, port: u16) {
-        self.free.push(port);
-        let last = self.free.len() - 1;
-        let j = self.rng.below(self.free.len());
-        self.free.swap(last, j);
+        if (self.lo..).contains(&port) && u32::from(port - self.lo) < self.n && self.is_taken(port)
+        {
+            self.flip(port);
+            self.free += 1;
+        }
     }
 }
 
-/// xorshift64*: port order only needs to be unpredictable to an observer
-/// without the seed, not cryptographic; seeded from the OS per pool.
-#[derive(Clone, Debug)]
-struct XorShift(u64);
-
-impl XorShift {
-    fn from_os() -> XorShift {
+/// The secret of the port choice: 128 bits, from `port_secret` (32
+/// hexadecimal digits) or from the OS random source.
+fn port_secret(configured: Option<&str>) -> Result<[u64; 2], ConfigError> {
+    let Some(hex) = configured else {
         use std::hash::BuildHasher;
-        // RandomState is keyed from the OS random source (a seed without
-        // another dependency); `| 1` keeps the state non-zero.
-        XorShift(std::collections::hash_map::RandomState::new().hash_one(0x006e_6174_u64) | 1)
+        // RandomState is keyed from the OS random source (a secret without
+        // another dependency); two of them are independent.
+        let r = || std::collections::hash_map::RandomState::new().hash_one(0x006e_6174_u64);
+        return Ok([r(), r()]);
+    };
+    let bad = || ConfigError::new("port_secret", "must be 32 hexadecimal digits (128 bits)");
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
     }
+    let word = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad());
+    Ok([word(&hex[..16])?, word(&hex[16..])?])
+}
 
-    /// Uniform enough in `0..n` (n ≤ 65536: the modulo bias is < 2^-47).
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 16) as usize % n
+/// `F(secret, flow)` of the port choice: two rounds of a 64-bit mixer
+/// (splitmix64's finaliser) keyed by the secret. Not a cryptographic MAC:
+/// what it protects is the guessability of ports, as RFC 6056 asks.
+fn port_hash(secret: [u64; 2], a: u64, b: u64) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
+    mix(mix(secret[0] ^ a) ^ secret[1] ^ b)
 }
 
 /// What batch step 1 decided for one packet.
@@ -361,6 +439,9 @@ pub struct Nat {
     /// External ports: free pools for TCP, UDP, ICMP and the mapped
     /// endpoints.
     pools: Ports,
+    /// `port_secret` was configured: another instance with it replays
+    /// this one's port choices ([`FlowStream::replays_deterministically`]).
+    replays: bool,
     clock: StateClock,
     /// Datagrams whose first fragment was translated: the address their
     /// later fragments get.
@@ -495,6 +576,7 @@ impl Nat {
             internal.push((net, mask));
         }
         let ports = parse_port_range(&cfg.ports).map_err(|e| ConfigError::new("ports", e))?;
+        let secret = port_secret(cfg.port_secret.as_deref())?;
         if ports.0 == 0 {
             return Err(ConfigError::new("ports", "port 0 cannot be handed out; start at 1"));
         }
@@ -530,7 +612,8 @@ impl Nat {
             timeouts,
             max_flows: cfg.max_flows,
             table: ConnTable::new(cfg.max_flows),
-            pools: Ports::new(ports.0, ports.1, cfg.mapping, &[]),
+            pools: Ports::new(ports.0, ports.1, cfg.mapping, secret, &[]),
+            replays: cfg.port_secret.is_some(),
             clock: StateClock::default(),
             fragments: FragTable::new(cfg.max_fragments, FRAGMENT_TIMEOUT_NS),
             steps: Vec::new(),
@@ -927,7 +1010,7 @@ impl FlowStream for Nat {
         let conns: Vec<Conn> = self.table.iter().copied().collect();
         self.validate(&conns).map_err(StateError::Conflict)?;
         let (lo, hi) = self.ports;
-        self.pools = Ports::new(lo, hi, self.pools.mapping, &conns);
+        self.pools = Ports::new(lo, hi, self.pools.mapping, self.pools.secret, &conns);
         Ok(())
     }
 
@@ -936,7 +1019,7 @@ impl FlowStream for Nat {
     }
 
     fn replays_deterministically(&self) -> bool {
-        false
+        self.replays
     }
 
     fn len(&self) -> usize {
@@ -959,7 +1042,7 @@ impl Nat {
     fn install(&mut self, conns: &[Conn]) -> Result<(), String> {
         let table = ConnTable::from_conns(conns, self.max_flows)?;
         let (lo, hi) = self.ports;
-        self.pools = Ports::new(lo, hi, self.pools.mapping, conns);
+        self.pools = Ports::new(lo, hi, self.pools.mapping, self.pools.secret, conns);
         self.table = table;
         Ok(())
     }
@@ -1136,6 +1219,67 @@ mod tests {
         assert!(a.windows(2).any(|w| w[0] > w[1]), "ports ascend: {a:?}");
         // Two instances agreeing on 64 ports out of 64512 by chance: ~never.
         assert_ne!(a, b);
+    }
+
+    /// The pool hands out every port once, wraps around from its hash
+    /// position, reuses what is given back, and ignores ports not its own.
+    #[test]
+    fn the_port_pool_finds_every_free_port_from_any_position() {
+        // 70 ports: two words, the second only partly in the pool.
+        let mut pool = PortPool::new(1000, 1069, &[1000, 1069, 2000]);
+        assert_eq!(pool.free, 68);
+        let mut got = std::collections::BTreeSet::new();
+        for k in 0..68u64 {
+            // Every position, including the last ones (a wrap-around).
+            let p = pool.take(k * 37 + 69).unwrap();
+            assert!((1001..=1068).contains(&p), "{p}");
+            assert!(got.insert(p), "port {p} twice");
+        }
+        assert_eq!(pool.take(5), None, "an empty pool");
+        pool.give_back(1030);
+        pool.give_back(1030);
+        pool.give_back(999);
+        pool.give_back(4000);
+        assert_eq!(pool.free, 1);
+        assert_eq!(pool.take(0), Some(1030), "the one free port, found from position 0");
+        // From a position, the first free port at or after it.
+        let mut pool = PortPool::new(1024, 65535, &[]);
+        assert_eq!(pool.take(7), Some(1031));
+        assert_eq!(pool.take(7), Some(1032));
+        assert_eq!(pool.take(64511), Some(65535));
+        assert_eq!(pool.take(64511), Some(1024), "wrapped to the start");
+    }
+
+    /// Same secret, same traffic: same ports (what a duplicating
+    /// migration replays); another secret: other ports. A bad secret is a
+    /// configuration error naming the field.
+    #[test]
+    fn a_configured_port_secret_makes_port_choices_repeatable() {
+        const SECRET: &str = "port_secret: 00112233445566778899aabbccddeeff";
+        let ports = |n: &mut Nat| -> Vec<u16> {
+            (0..200u16)
+                .map(|i| {
+                    let src = H1 + u32::from(i % 7);
+                    let (o, _) = run(n, 1, &[frame(src, REMOTE, PROTO_UDP, 20_000 + i, 53, b"")]);
+                    tuple(&o[0]).2
+                })
+                .collect()
+        };
+        let (mut a, mut b) = (nat(SECRET), nat(SECRET));
+        assert!(a.replays_deterministically() && !nat("").replays_deterministically());
+        let pa = ports(&mut a);
+        assert_eq!(pa, ports(&mut b));
+        assert_ne!(pa, ports(&mut nat("port_secret: 0123456789abcdef0123456789abcdef")));
+        for bad in [
+            "\"abc\"",
+            "\"00112233445566778899aabbccddeefg\"",
+            "\"00112233445566778899aabbccddeeff0\"",
+        ] {
+            let y = format!("external_ip: 203.0.113.1\ninternal: [10.0.0.0/8]\nport_secret: {bad}");
+            let p: Params = serde_yaml_ng::from_str(&y).unwrap();
+            let e = Nat::from_config(&crate::params::parse(&p).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("port_secret"), "{bad}: {e}");
+        }
     }
 
     /// An ICMP error (type 3 code 3) from `src` to `dst` quoting `quoted`.

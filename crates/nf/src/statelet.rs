@@ -104,7 +104,8 @@ pub trait FlowStream {
 
     /// True if processing the same packets from the same state gives the
     /// same state on another instance (what the duplication baseline
-    /// relies on). NAT picks external ports at random: false.
+    /// relies on). A NAT keys its port choice with a random secret unless
+    /// `port_secret` is configured: false without it.
     fn replays_deterministically(&self) -> bool {
         true
     }
