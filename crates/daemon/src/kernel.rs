@@ -393,7 +393,7 @@ impl KernelChain {
                     };
                     let mut counters = c.counters(st.active).map_err(e("counters"))?;
                     if let Some(spare) = st.spare {
-                        add_counters(&mut counters, &c.counters(spare).map_err(e("counters"))?);
+                        counters += c.counters(spare).map_err(e("counters"))?;
                     }
                     Ok(KernelNfStats {
                         counters,
@@ -569,18 +569,6 @@ fn clear_stage(c: &mut XdpChain, slot: usize, config: &KernelConfig) -> Result<(
         c.remove_fw_src_prefix(slot, *net, *len)?;
     }
     Ok(())
-}
-
-/// `into` plus `more`, counter by counter.
-fn add_counters(into: &mut XdpCounters, more: &XdpCounters) {
-    into.rx_packets += more.rx_packets;
-    into.rx_bytes += more.rx_bytes;
-    into.pass += more.pass;
-    into.drop += more.drop;
-    into.redirect += more.redirect;
-    into.matched += more.matched;
-    into.malformed += more.malformed;
-    into.tap_lost += more.tap_lost;
 }
 
 /// The API's view of a kernel chain's counters (`stats` of
@@ -818,7 +806,7 @@ mod tests {
         assert!(c.remove_fw_rule(0, &rule).is_err(), "the old stage still has its rule");
         // Counters: 2 frames on the old slot, 2 on the new, both summed.
         let mut total = c.counters(2).unwrap();
-        add_counters(&mut total, &c.counters(0).unwrap());
+        total += c.counters(0).unwrap();
         assert_eq!((total.rx_packets, total.drop), (4, 2), "{total:?}");
         // And back again, through the emptied slot.
         let back = switch_stage(&mut c, ifindexes, &next, 0, 0, shut(9)).unwrap();

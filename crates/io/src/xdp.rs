@@ -188,6 +188,20 @@ pub struct XdpCounters {
     pub tap_lost: u64,
 }
 
+impl std::ops::AddAssign for XdpCounters {
+    /// Counter by counter (two stages' counts of one NF, say).
+    fn add_assign(&mut self, o: XdpCounters) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.pass += o.pass;
+        self.drop += o.drop;
+        self.redirect += o.redirect;
+        self.matched += o.matched;
+        self.malformed += o.malformed;
+        self.tap_lost += o.tap_lost;
+    }
+}
+
 /// How to attach a program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttachMode {
