@@ -42,6 +42,12 @@ pub struct NfPlacement {
     pub reason: String,
 }
 
+impl NfPlacement {
+    fn of(e: &braid_runtime::plan::PlanEntry, placement: &'static str, reason: String) -> Self {
+        NfPlacement { name: e.name.clone(), kind: e.kind.to_string(), placement, reason }
+    }
+}
+
 /// Where a whole chain runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChainPlacement {
@@ -103,15 +109,8 @@ pub fn decide(d: &ChainDescriptor) -> Result<(ChainPlacement, Vec<NfPlacement>),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let placements = plan
-            .iter()
-            .map(|e| NfPlacement {
-                name: e.name.clone(),
-                kind: e.kind.to_string(),
-                placement: "kernel",
-                reason: e.reason.clone(),
-            })
-            .collect();
+        let placements =
+            plan.iter().map(|e| NfPlacement::of(e, "kernel", e.reason.clone())).collect();
         return Ok((ChainPlacement::Kernel(configs), placements));
     };
     if let Some(pinned) = d.nfs.iter().find(|n| n.placement == PlacementChoice::Kernel) {
@@ -123,17 +122,15 @@ pub fn decide(d: &ChainDescriptor) -> Result<(ChainPlacement, Vec<NfPlacement>),
     }
     let placements = plan
         .iter()
-        .map(|e| NfPlacement {
-            name: e.name.clone(),
-            kind: e.kind.to_string(),
-            placement: "user",
-            reason: match e.placement {
+        .map(|e| {
+            let reason = match e.placement {
                 Placement::User => e.reason.clone(),
                 Placement::Kernel => format!(
                     "could run in the kernel ({}), runs in user space with the rest of the chain: {why}",
                     e.reason
                 ),
-            },
+            };
+            NfPlacement::of(e, "user", reason)
         })
         .collect();
     Ok((ChainPlacement::User, placements))

@@ -686,6 +686,19 @@ impl<'a> Worker<'a> {
 
     /// Live migration, destination: process what was held, in arrival
     /// order, then go on as usual.
+    /// While holding, receive what already waits on the inputs into the
+    /// hold (bounded: a live input may never run dry).
+    fn hold_what_waits(&mut self) -> Result<(), WorkerError> {
+        if self.held.is_some() {
+            for _ in 0..STOP_DRAIN_ROUNDS {
+                if self.receive_round()? == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn release_held(&mut self) -> Result<(), WorkerError> {
         let Some(held) = self.held.take() else { return Ok(()) };
         self.held_last = (held.peak, held.dropped);
@@ -1041,13 +1054,7 @@ impl<'a> Worker<'a> {
                     // What already waits on the inputs arrived before the
                     // release: into the hold with it (the order is the
                     // same either way, and the peak counts it).
-                    if self.held.is_some() {
-                        for _ in 0..STOP_DRAIN_ROUNDS {
-                            if self.receive_round().map_err(ControlFailure::Worker)? == 0 {
-                                break;
-                            }
-                        }
-                    }
+                    self.hold_what_waits().map_err(ControlFailure::Worker)?;
                     self.release_held().map_err(ControlFailure::Worker)?;
                 }
                 let (held, peak, dropped) = match &self.held {
@@ -1059,13 +1066,7 @@ impl<'a> Worker<'a> {
             Command::TakeHeld => {
                 // What already waits on the inputs was sent before the
                 // traffic went back: it is held (and handed over) too.
-                if self.held.is_some() {
-                    for _ in 0..STOP_DRAIN_ROUNDS {
-                        if self.receive_round().map_err(ControlFailure::Worker)? == 0 {
-                            break;
-                        }
-                    }
-                }
+                self.hold_what_waits().map_err(ControlFailure::Worker)?;
                 let h = self.held.take().unwrap_or_default();
                 self.held_last = (h.peak, h.dropped);
                 Ok(Reply::Frames(h.frames()))
