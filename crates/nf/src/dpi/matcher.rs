@@ -73,8 +73,10 @@ impl LiteralRule {
 pub enum BuildError {
     #[error("the content rules do not build an Aho-Corasick automaton: {0}")]
     Literals(String),
-    #[error("the pcre rules do not build a DFA (limit {limit} MiB): {1}", limit = DFA_SIZE_LIMIT >> 20)]
-    Regexes(Option<usize>, String),
+    /// The index of a rule too big on its own (when one is), the size
+    /// limit in bytes, the builder's message.
+    #[error("the pcre rules do not build a DFA (limit {mib} MiB): {2}", mib = .1 >> 20)]
+    Regexes(Option<usize>, usize, String),
 }
 
 /// The automata of one rule list.
@@ -137,8 +139,11 @@ impl Matcher {
             )
         };
         let carry = literal_bytes.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
-        let regex =
-            if regexes.is_empty() { None } else { Some(build_dfa(&regexes, &regex_rules)?) };
+        let regex = if regexes.is_empty() {
+            None
+        } else {
+            Some(build_dfa(&regexes, &regex_rules, DFA_SIZE_LIMIT)?)
+        };
         let (regex_start, regex_restart, regex_states) = match &regex {
             Some(dfa) => {
                 let start = dfa_start(dfa, None);
@@ -280,7 +285,11 @@ impl Matcher {
     }
 }
 
-fn build_dfa(regexes: &[String], regex_rules: &[u32]) -> Result<dense::DFA<Vec<u32>>, BuildError> {
+fn build_dfa(
+    regexes: &[String],
+    regex_rules: &[u32],
+    limit: usize,
+) -> Result<dense::DFA<Vec<u32>>, BuildError> {
     let build = |patterns: &[String]| {
         dense::Builder::new()
             .syntax(regex_syntax_config(false))
@@ -288,16 +297,22 @@ fn build_dfa(regexes: &[String], regex_rules: &[u32]) -> Result<dense::DFA<Vec<u
                 dense::Config::new()
                     .match_kind(MatchKind::All)
                     .start_kind(StartKind::Unanchored)
-                    .dfa_size_limit(Some(DFA_SIZE_LIMIT))
-                    .determinize_size_limit(Some(DFA_SIZE_LIMIT)),
+                    .dfa_size_limit(Some(limit))
+                    .determinize_size_limit(Some(limit)),
             )
             .build_many(patterns)
             .map_err(|e| e.to_string())
     };
     build(regexes).map_err(|all| {
-        // Name a rule that is too big on its own, if one is.
-        let culprit = regexes.iter().position(|r| build(std::slice::from_ref(r)).is_err());
-        BuildError::Regexes(culprit.map(|k| regex_rules[k] as usize), all)
+        // Name a rule that is too big on its own, if one is. A failed build
+        // costs up to the size limit (about a second of CPU), so a lone
+        // regex is not built twice.
+        let culprit = if regexes.len() == 1 {
+            Some(0)
+        } else {
+            regexes.iter().position(|r| build(std::slice::from_ref(r)).is_err())
+        };
+        BuildError::Regexes(culprit.map(|k| regex_rules[k] as usize), limit, all)
     })
 }
 
@@ -332,6 +347,41 @@ mod tests {
     fn matcher(yaml: &str) -> Matcher {
         let configs: Vec<RuleConfig> = serde_yaml_ng::from_str(yaml).unwrap();
         Matcher::new(&compile(&configs).unwrap()).unwrap()
+    }
+
+    /// A DFA over the size limit is refused, naming the rule too big on its
+    /// own when there is one. (A 1 MiB limit here: at the real one a failed
+    /// build takes seconds in a debug build.)
+    #[test]
+    fn a_dfa_over_the_size_limit_names_the_rule_too_big_on_its_own() {
+        const LIMIT: usize = 1 << 20;
+        // An unanchored `\s+` before a run of `.`: the DFA must remember
+        // where every recent `s` was, so it grows about 5x per 10 dots
+        // (3.4 MB at 40 in a release build, 0.6 MB at 30).
+        let big = r"(?i)union\s+all\s+s.{40}ect".to_string();
+        let small = r"(?i)union\s+all\s+s.{5}ect".to_string();
+        let mid = r"(?i)select\s+from\s+w.{24}ere".to_string();
+        let err = |regexes: &[String]| {
+            let rules: Vec<u32> = (0..regexes.len() as u32).map(|k| 10 + k).collect();
+            match build_dfa(regexes, &rules, LIMIT) {
+                Err(BuildError::Regexes(culprit, limit, msg)) => (culprit, limit, msg),
+                Ok(_) => panic!("{regexes:?} built under {LIMIT} bytes"),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(build_dfa(std::slice::from_ref(&small), &[0], LIMIT).is_ok());
+        assert!(build_dfa(std::slice::from_ref(&mid), &[0], LIMIT).is_ok());
+        // Alone: the rule is the culprit without a second build.
+        let (culprit, limit, msg) = err(std::slice::from_ref(&big));
+        assert_eq!((culprit, limit), (Some(10), LIMIT));
+        assert!(msg.contains("size limit"), "{msg}");
+        // Among others: found by building each alone (rule index 11).
+        assert_eq!(err(&[small.clone(), big.clone()]).0, Some(11));
+        // Each fits alone, not together: no rule to name.
+        let (culprit, ..) = err(&[mid.clone(), mid.replace("w.", "x."), mid.replace("w.", "y.")]);
+        assert_eq!(culprit, None);
+        let shown = BuildError::Regexes(None, LIMIT, "x".into()).to_string();
+        assert!(shown.contains("limit 1 MiB"), "{shown}");
     }
 
     /// Scan `pieces` as one stream; the first end offset per rule.

@@ -282,7 +282,7 @@ impl Dpi {
         }
         let rules = rules::compile(&c.rules)?;
         let matcher = Matcher::new(&rules).map_err(|e| match &e {
-            matcher::BuildError::Regexes(Some(i), _) => {
+            matcher::BuildError::Regexes(Some(i), ..) => {
                 ConfigError::new(format!("rules[{i}].pcre"), e.to_string())
             }
             _ => ConfigError::new("rules", e.to_string()),
