@@ -55,14 +55,19 @@ netlab_addresses() {
 }
 
 # netlab_braidd H [ARGS...]: braidd in namespace $P-hH (socket, state and
-# log under $WORK/H, no periodic checkpoints), its pid appended to PIDS;
-# netlab_wait_braidd H waits (5 s at most) for its API socket.
+# log under $WORK/H, no periodic checkpoints, the migration key every
+# braidd of the lab shares: $WORK/migrate.key, made at the first call),
+# its pid appended to PIDS; netlab_wait_braidd H waits (5 s at most) for
+# its API socket.
 netlab_braidd() {
     local h=$1
     shift
     mkdir -p "$WORK/$h"
+    if [ ! -s "$WORK/migrate.key" ]; then
+        (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/migrate.key")
+    fi
     ip netns exec "$P-h$h" "$BIN/braidd" --socket "$WORK/$h/sock" --state-dir "$WORK/$h/state" \
-        --checkpoint-interval-ms 0 "$@" 2>"$WORK/$h/log" &
+        --checkpoint-interval-ms 0 --migrate-key-file "$WORK/migrate.key" "$@" 2>"$WORK/$h/log" &
     PIDS+=($!)
 }
 netlab_wait_braidd() {

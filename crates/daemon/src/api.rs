@@ -70,6 +70,9 @@ pub struct AppState {
     /// The bearer token TCP requests must carry; None: TCP requests are
     /// all refused.
     pub token: Option<Arc<Token>>,
+    /// The key migration offers to other braidd are tagged with; None:
+    /// outgoing migrations are refused (`no_migrate_key`).
+    pub migrate_key: Option<Arc<crate::auth::MigrateKey>>,
     /// Turns true at shutdown: event streams end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -97,6 +100,7 @@ impl AppState {
             operations,
             events: Arc::default(),
             token: None,
+            migrate_key: None,
             stopping,
         }
     }

@@ -50,6 +50,10 @@ pub struct Config {
     /// Accept live migrations from other braidd on this TCP address
     /// (docs/migration.md); default: not at all.
     pub migrate_listen: Option<std::net::SocketAddr>,
+    /// The key this braidd shares with the braidd it migrates to or from
+    /// (mode 0600, at least 32 bytes): required by `migrate_listen` and by
+    /// an outgoing migration (docs/migration.md, "Authentication").
+    pub migrate_key_file: Option<PathBuf>,
     /// Checkpoint every stateful NF's state this often (ms; 0: only at
     /// shutdown); restored when braidd starts the chain again.
     pub checkpoint_interval_ms: u64,
@@ -85,6 +89,7 @@ impl Default for Config {
             idle: Idle::Poll,
             metrics_listen: None,
             migrate_listen: None,
+            migrate_key_file: None,
             checkpoint_interval_ms: 10_000,
             listen: None,
             tls_cert: None,
@@ -142,6 +147,15 @@ impl Config {
             return Err(ConfigError::Value {
                 what: "max_body_bytes",
                 message: format!("{}: at least 1024", self.max_body_bytes),
+            });
+        }
+        if self.migrate_listen.is_some() && self.migrate_key_file.is_none() {
+            return Err(ConfigError::Value {
+                what: "migrate_listen",
+                message: "migration offers are accepted only from braidd that share a key: set \
+                          migrate_key_file (the same file on every host, mode 0600, e.g. \
+                          `openssl rand -hex 32`)"
+                    .into(),
             });
         }
         if self.listen.is_some() {
@@ -248,5 +262,20 @@ mod tests {
         assert!(stray.check().unwrap_err().to_string().contains("only used with `listen`"));
         let none = Config { max_connections: 0, ..Config::default() };
         assert!(none.check().unwrap_err().to_string().starts_with("max_connections: 0"));
+    }
+
+    #[test]
+    fn the_migration_listener_needs_a_key() {
+        let c = Config::from_toml("migrate_listen = \"10.0.9.2:9480\"\n").unwrap();
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.starts_with("migrate_listen:") && e.contains("set migrate_key_file"), "{e}");
+        let c = Config::from_toml(
+            "migrate_listen = \"10.0.9.2:9480\"\nmigrate_key_file = \"/etc/braid/migrate.key\"\n",
+        )
+        .unwrap();
+        c.check().unwrap();
+        // A source that only migrates out needs the key, not the listener.
+        let source = Config { migrate_key_file: Some("/k".into()), ..Config::default() };
+        source.check().unwrap();
     }
 }

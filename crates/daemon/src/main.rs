@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use braid_daemon::api::{router, AppState};
 use braid_daemon::audit::Audit;
-use braid_daemon::auth::Token;
+use braid_daemon::auth::{MigrateKey, Token};
 use braid_daemon::config::{Config, LogFormat};
 use braid_daemon::daemon::Daemon;
 use braid_daemon::server::{Limits, Server};
@@ -26,7 +26,7 @@ use clap::Parser;
 struct Args {
     /// TOML configuration file; its keys are the long option names with `_`
     /// (socket, socket_mode, state_dir, audit_log, log_format, log_level,
-    /// max_body_bytes, body_timeout_ms, control_timeout_ms, idle, metrics_listen, migrate_listen, checkpoint_interval_ms,
+    /// max_body_bytes, body_timeout_ms, control_timeout_ms, idle, metrics_listen, migrate_listen, migrate_key_file, checkpoint_interval_ms,
     /// listen, tls_cert, tls_key, token_file, max_connections, header_timeout_ms).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -71,10 +71,17 @@ struct Args {
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Accept live migrations of NFs from other braidd on this TCP address,
-    /// e.g. 10.0.9.2:9480; unauthenticated: bind it on the state link only
-    /// [default: off].
+    /// e.g. 10.0.9.2:9480; needs --migrate-key-file. The offer is
+    /// authenticated, the state stream after it is not encrypted: bind it
+    /// on the state link [default: off].
     #[arg(long)]
     migrate_listen: Option<std::net::SocketAddr>,
+    /// Key shared by the braidd that migrate NFs to or from each other
+    /// (mode 0600, owned by braidd's user, at least 32 bytes, e.g.
+    /// `openssl rand -hex 32 > FILE`); required by --migrate-listen and by
+    /// outgoing migrations. Never logged.
+    #[arg(long)]
+    migrate_key_file: Option<PathBuf>,
     /// Checkpoint the state of stateful NFs (NAT, firewall connections, ...)
     /// this often, ms; 0: only at shutdown. Restored when a chain starts
     /// again [default: 10000].
@@ -135,7 +142,16 @@ fn config(a: Args) -> anyhow::Result<Config> {
     macro_rules! set_some {
         ($($f:ident),*) => { $( if a.$f.is_some() { c.$f = a.$f; } )* };
     }
-    set_some!(audit_log, metrics_listen, migrate_listen, listen, tls_cert, tls_key, token_file);
+    set_some!(
+        audit_log,
+        metrics_listen,
+        migrate_listen,
+        migrate_key_file,
+        listen,
+        tls_cert,
+        tls_key,
+        token_file
+    );
     c.check()?;
     Ok(c)
 }
@@ -265,6 +281,10 @@ async fn run(c: Config) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let migrate_key = match &c.migrate_key_file {
+        Some(p) => Some(Arc::new(MigrateKey::from_file(p, uid)?)),
+        None => None,
+    };
     // The socket first: a second braidd is refused before it touches the
     // store or any interface.
     let listener = braid_daemon::server::bind(&c.socket, c.socket_mode)?;
@@ -314,6 +334,7 @@ async fn run(c: Config) -> anyhow::Result<()> {
     state.started = started;
     state.body_timeout = Duration::from_millis(c.body_timeout_ms);
     state.token = tls.as_ref().map(|(_, _, t)| t.clone());
+    state.migrate_key = migrate_key.clone();
     state.events.publish(
         "daemon_started",
         serde_json::json!({ "pid": std::process::id(), "chains": daemon.list().len() }),
@@ -327,9 +348,10 @@ async fn run(c: Config) -> anyhow::Result<()> {
     if let (Some(l), Some((_, config, _))) = (tls_listener, tls) {
         serving.push(tokio::spawn(server.clone().serve_tls(l, config, router(state.clone()))));
     }
-    if let Some(l) = migrate_listener {
+    if let (Some(l), Some(key)) = (migrate_listener, migrate_key) {
         braid_daemon::migration::serve(
             l,
+            key,
             daemon.clone(),
             state.operations.clone(),
             state.events.clone(),

@@ -18,9 +18,13 @@
 //!   NF. Each accepted offer is a `migrate-in` operation here, with
 //!   `migration_in` events.
 //!
-//! The migration listener has no authentication of its own (the state
-//! stream carries a version and a CRC per frame, nothing more): bind it
-//! on the hosts' state link only.
+//! Offers are authenticated both ways with the key the braidd share
+//! (`migrate_key_file`, [`MigrateKey`]): the destination sends a random
+//! challenge, the offer carries an HMAC-SHA256 tag over it and the
+//! source's own challenge, the answer a tag over that. An offer that does
+//! not authenticate changes nothing here. The state stream that follows
+//! on the same connection is neither encrypted nor tagged (a version and a
+//! CRC per frame): bind the listener on the hosts' state link.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -46,6 +50,7 @@ use braid_runtime::descriptor::PortDecl;
 use serde_json::{json, Value};
 
 use crate::api::{ApiError, AppState, Done, Peer};
+use crate::auth::{MigrateKey, MIGRATE_TAG_LEN};
 use crate::daemon::{Daemon, OpError};
 use crate::ops::{Events, Operations};
 
@@ -55,6 +60,18 @@ pub const DEFAULT_MIGRATE_PORT: u16 = 9480;
 /// First bytes of an offer and of its answer, before the migration
 /// protocol's own preamble.
 const OFFER_MAGIC: &[u8; 4] = b"BRMA";
+/// First bytes of the destination's challenge, the first thing sent.
+const CHALLENGE_MAGIC: &[u8; 4] = b"BRMC";
+/// First bytes of a refusal sent before the offer authenticated (it
+/// cannot carry a tag the source would trust).
+const UNAUTHENTICATED_MAGIC: &[u8; 4] = b"BRMX";
+/// What an offer's and an answer's tag cover besides the body, so that
+/// one cannot pass for the other.
+const OFFER_LABEL: &[u8] = b"braid migrate offer 1";
+const ANSWER_LABEL: &[u8] = b"braid migrate answer 1";
+/// A random challenge: an offer or answer tagged over it cannot be
+/// replayed on another connection.
+pub type Challenge = [u8; 32];
 /// Largest offer or answer (a descriptor).
 const MAX_OFFER: usize = 1 << 20;
 
@@ -663,6 +680,8 @@ pub struct Offer {
     /// The source braidd's instance id ([`instance_id`]): a braidd refuses
     /// an offer from itself (its chain would stream into itself).
     pub source: u64,
+    /// The source's challenge, which the answer's tag covers.
+    pub challenge: Challenge,
 }
 
 /// This braidd process's random instance id.
@@ -680,26 +699,96 @@ pub struct OfferAnswer {
     pub deployed: bool,
 }
 
-fn write_json(w: &mut impl Write, v: &impl serde::Serialize) -> std::io::Result<()> {
-    let body = serde_json::to_vec(v).map_err(std::io::Error::other)?;
-    w.write_all(OFFER_MAGIC)?;
-    w.write_all(&(body.len() as u32).to_be_bytes())?;
-    w.write_all(&body)?;
+/// A fresh random challenge.
+fn new_challenge() -> std::io::Result<Challenge> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut c = [0u8; 32];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut c)
+        .map_err(|_| std::io::Error::other("the system's random source failed"))?;
+    Ok(c)
+}
+
+fn write_challenge(w: &mut impl Write, c: &Challenge) -> std::io::Result<()> {
+    let mut m = CHALLENGE_MAGIC.to_vec();
+    m.extend_from_slice(c);
+    w.write_all(&m)?;
     w.flush()
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(r: &mut impl Read) -> Result<T, String> {
+fn read_challenge(r: &mut impl Read) -> Result<Challenge, String> {
+    let mut b = [0u8; 36];
+    r.read_exact(&mut b).map_err(|e| {
+        format!("waiting for the destination's challenge: {e} (is it a braidd of this version with migrate_listen?)")
+    })?;
+    if &b[..4] != CHALLENGE_MAGIC {
+        return Err(format!("not a braid migration agent (magic {:02x?})", &b[..4]));
+    }
+    let mut c = [0u8; 32];
+    c.copy_from_slice(&b[4..]);
+    Ok(c)
+}
+
+/// Send `v` as JSON with its tag under `key` over `label` and the peer's
+/// `challenge`.
+fn write_signed(
+    w: &mut impl Write,
+    key: &MigrateKey,
+    label: &[u8],
+    challenge: &Challenge,
+    v: &impl serde::Serialize,
+) -> std::io::Result<()> {
+    let body = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    // One write: one segment on the wire for a small message.
+    let mut m = OFFER_MAGIC.to_vec();
+    m.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    m.extend_from_slice(&body);
+    m.extend_from_slice(&key.tag(label, challenge, &body));
+    w.write_all(&m)?;
+    w.flush()
+}
+
+/// Refuse an offer that did not authenticate (or could not be read).
+fn write_unauthenticated_refusal(w: &mut impl Write, reason: &str) -> std::io::Result<()> {
+    let mut m = UNAUTHENTICATED_MAGIC.to_vec();
+    m.extend_from_slice(&(reason.len() as u32).to_be_bytes());
+    m.extend_from_slice(reason.as_bytes());
+    w.write_all(&m)?;
+    w.flush()
+}
+
+/// Read what [`write_signed`] sent with our `challenge`; its tag is
+/// checked before its body is decoded.
+fn read_signed<T: serde::de::DeserializeOwned>(
+    r: &mut impl Read,
+    key: &MigrateKey,
+    label: &[u8],
+    challenge: &Challenge,
+) -> Result<T, String> {
     let mut head = [0u8; 8];
     r.read_exact(&mut head).map_err(|e| format!("reading the header: {e}"))?;
-    if &head[..4] != OFFER_MAGIC {
+    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    let unauthenticated = &head[..4] == UNAUTHENTICATED_MAGIC;
+    if !unauthenticated && &head[..4] != OFFER_MAGIC {
         return Err(format!("not a braid migration agent (magic {:02x?})", &head[..4]));
     }
-    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
     if len > MAX_OFFER {
-        return Err(format!("offer of {len} bytes exceeds {MAX_OFFER}"));
+        return Err(format!("a message of {len} bytes exceeds {MAX_OFFER}"));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).map_err(|e| format!("reading the body: {e}"))?;
+    if unauthenticated {
+        // Not authenticated: shown, escaped, as the peer's words only.
+        let reason: String = String::from_utf8_lossy(&body).chars().take(512).collect();
+        return Err(format!("refused before authentication: {reason:?}"));
+    }
+    let mut tag = [0u8; MIGRATE_TAG_LEN];
+    r.read_exact(&mut tag).map_err(|e| format!("reading the tag: {e}"))?;
+    if !key.verifies(label, challenge, &body, &tag) {
+        return Err("the message does not authenticate with this braidd's migrate key (the two \
+                    braidd have different migrate_key_file contents, or something else answered)"
+            .into());
+    }
     serde_json::from_slice(&body).map_err(|e| format!("the body does not decode: {e}"))
 }
 
@@ -785,6 +874,7 @@ pub struct Watch {
 /// Migrate NF `nf` of running chain `chain` as `req` says; the summary.
 pub fn migrate_chain_nf(
     daemon: &Daemon,
+    key: &MigrateKey,
     chain: &str,
     nf: &str,
     req: &MigrateRequest,
@@ -820,6 +910,7 @@ pub fn migrate_chain_nf(
     let offer_err = |what: String| AgentError::Offer { to: to.clone(), what };
     conn.set_read_timeout(Some(p.timeout)).map_err(|e| offer_err(e.to_string()))?;
     conn.set_write_timeout(Some(p.timeout)).map_err(|e| offer_err(e.to_string()))?;
+    let theirs = read_challenge(&mut conn).map_err(offer_err)?;
     let offer = Offer {
         chain: chain.into(),
         nf: nf.into(),
@@ -827,9 +918,12 @@ pub fn migrate_chain_nf(
         descriptor,
         timeout_ms: p.timeout.as_millis() as u64,
         source: instance_id(),
+        challenge: new_challenge().map_err(|e| offer_err(e.to_string()))?,
     };
-    write_json(&mut conn, &offer).map_err(|e| offer_err(format!("sending the offer: {e}")))?;
-    let answer: OfferAnswer = read_json(&mut conn).map_err(offer_err)?;
+    write_signed(&mut conn, key, OFFER_LABEL, &theirs, &offer)
+        .map_err(|e| offer_err(format!("sending the offer: {e}")))?;
+    let answer: OfferAnswer =
+        read_signed(&mut conn, key, ANSWER_LABEL, &offer.challenge).map_err(offer_err)?;
     if !answer.accept {
         return Err(AgentError::Refused { to, reason: answer.reason.unwrap_or_default() }.into());
     }
@@ -941,7 +1035,7 @@ pub async fn migrate(
         )
     })?;
     // Refused at once, before an operation exists: a bad request, an
-    // unknown chain or NF.
+    // unknown chain or NF, no key to authenticate the offer with.
     plan(&req).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
     let chain = s.daemon.get(&name)?;
     let nfs = chain.descriptor().nfs;
@@ -949,12 +1043,20 @@ pub async fn migrate(
         let known = nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ");
         return Err(OpError::UnknownNf { chain: name, nf, known }.into());
     }
+    let key = s.migrate_key.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_migrate_key",
+            "this braidd has no migrate_key_file: a migration offer must be authenticated with \
+             the key the destination braidd has (docs/migration.md, \"Authentication\")",
+        )
+    })?;
     let (operations, events) = (s.operations.clone(), s.events.clone());
     let (n, f) = (name.clone(), nf.clone());
     let job = ("migrate", name, Some(nf));
     Ok(crate::api::operation(s, &headers, peer, job, move |d, id| {
         let watch = Watch { operations, events, id: id.to_string() };
-        let summary = migrate_chain_nf(d, &n, &f, &req, &watch)?;
+        let summary = migrate_chain_nf(d, &key, &n, &f, &req, &watch)?;
         Ok(Done {
             status: StatusCode::OK,
             note: format!("migrated NF `{f}` of chain `{n}` to {}", req.to),
@@ -969,6 +1071,7 @@ pub async fn migrate(
 /// each on its own thread.
 pub fn serve(
     listener: TcpListener,
+    key: Arc<MigrateKey>,
     daemon: Arc<Daemon>,
     operations: Arc<Operations>,
     events: Arc<Events>,
@@ -979,11 +1082,11 @@ pub fn serve(
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (d, o, e, b) =
-                    (daemon.clone(), operations.clone(), events.clone(), busy.clone());
+                let (k, d, o, e, b) =
+                    (key.clone(), daemon.clone(), operations.clone(), events.clone(), busy.clone());
                 let _ = std::thread::Builder::new()
                     .name("braidd-migrate-in".into())
-                    .spawn(move || accept_one(conn, &d, &o, &e, &b));
+                    .spawn(move || accept_one(conn, &k, &d, &o, &e, &b));
             }
         })
         .map(|_| ())
@@ -992,10 +1095,29 @@ pub fn serve(
 
 type Busy = Mutex<std::collections::BTreeSet<(String, String)>>;
 
-/// One offer: check it (deploy the chain if asked), answer, run the
-/// destination's side.
+/// How the destination answers an authenticated offer: tagged over the
+/// source's challenge.
+struct Answerer<'a> {
+    key: &'a MigrateKey,
+    challenge: Challenge,
+}
+
+impl Answerer<'_> {
+    fn send(&self, conn: &mut TcpStream, answer: &OfferAnswer) -> std::io::Result<()> {
+        write_signed(conn, self.key, ANSWER_LABEL, &self.challenge, answer)
+    }
+
+    fn refuse(&self, conn: &mut TcpStream, reason: String) {
+        let _ =
+            self.send(conn, &OfferAnswer { accept: false, reason: Some(reason), deployed: false });
+    }
+}
+
+/// One offer: authenticate it, check it (deploy the chain if asked),
+/// answer, run the destination's side.
 fn accept_one(
     mut conn: TcpStream,
+    key: &MigrateKey,
     daemon: &Daemon,
     ops: &Operations,
     events: &Events,
@@ -1004,29 +1126,37 @@ fn accept_one(
     let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-    let offer: Offer = match read_json(&mut conn) {
-        Ok(o) => o,
+    let challenge = match new_challenge().and_then(|c| write_challenge(&mut conn, &c).map(|_| c)) {
+        Ok(c) => c,
         Err(e) => {
-            tracing::warn!(peer, error = %e, "migration offer not understood");
+            tracing::warn!(peer, error = %e, "sending the migration challenge");
             return;
         }
     };
+    // Nothing of an offer is looked at before its tag checks out.
+    let offer: Offer = match read_signed(&mut conn, key, OFFER_LABEL, &challenge) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "migration offer refused");
+            let _ = write_unauthenticated_refusal(
+                &mut conn,
+                &format!("the offer was not accepted: {e}"),
+            );
+            return;
+        }
+    };
+    let answerer = Answerer { key, challenge: offer.challenge };
     if offer.source == instance_id() {
         let reason = "the offer comes from this braidd itself: migrate to another host".to_string();
         tracing::warn!(peer, reason, "migration refused");
-        let _ = write_json(
-            &mut conn,
-            &OfferAnswer { accept: false, reason: Some(reason), deployed: false },
-        );
-        return;
+        return answerer.refuse(&mut conn, reason);
     }
-    let key = (offer.chain.clone(), offer.nf.clone());
+    let busy_key = (offer.chain.clone(), offer.nf.clone());
     let refuse = |conn: &mut TcpStream, reason: String| {
         tracing::warn!(peer, chain = %offer.chain, nf = %offer.nf, reason, "migration refused");
-        let _ =
-            write_json(conn, &OfferAnswer { accept: false, reason: Some(reason), deployed: false });
+        answerer.refuse(conn, reason);
     };
-    if !busy.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
+    if !busy.lock().unwrap_or_else(|e| e.into_inner()).insert(busy_key.clone()) {
         return refuse(
             &mut conn,
             format!(
@@ -1037,7 +1167,7 @@ fn accept_one(
     }
     let id = ops.begin("migrate-in", &offer.chain, Some(&offer.nf));
     let mut deployed = false;
-    let outcome = take(&mut conn, daemon, &offer, &peer, events, &id, &mut deployed);
+    let outcome = take(&mut conn, &answerer, daemon, &offer, &peer, events, &id, &mut deployed);
     if outcome.is_err() && deployed {
         // Nothing stays behind: the chain deployed for this migration goes.
         match daemon.remove(&offer.chain) {
@@ -1061,7 +1191,7 @@ fn accept_one(
         }
     };
     // Free for the next offer before the operation shows as finished.
-    busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&busy_key);
     events.publish(
         "migration_in",
         json!({ "operation": id, "chain": offer.chain, "nf": offer.nf, "from": peer,
@@ -1078,8 +1208,10 @@ enum Refusal {
     During(MigrateError),
 }
 
+#[allow(clippy::too_many_arguments)]
 fn take(
     conn: &mut TcpStream,
+    answerer: &Answerer<'_>,
     daemon: &Daemon,
     offer: &Offer,
     peer: &str,
@@ -1125,7 +1257,7 @@ fn take(
         Refusal::Before(format!("chain `{}` here has no NF `{}`", offer.chain, offer.nf))
     })?;
     let answer = OfferAnswer { accept: true, reason: None, deployed: *deployed };
-    write_json(conn, &answer).map_err(|e| Refusal::Before(format!("answering: {e}")))?;
+    answerer.send(conn, &answer).map_err(|e| Refusal::Before(format!("answering: {e}")))?;
     let stream =
         conn.try_clone().map_err(|e| Refusal::During(braid_migrate::WireError::Io(e).into()))?;
     let timeout = Duration::from_millis(offer.timeout_ms.clamp(1, 600_000));
@@ -1246,22 +1378,63 @@ mod tests {
     }
 
     #[test]
-    fn an_offer_round_trips_and_a_foreign_peer_is_refused() {
-        let mut buf = Vec::new();
+    fn an_offer_authenticates_only_under_the_shared_key_and_its_own_challenge() {
+        let key = MigrateKey::new(&[7; 32]).unwrap();
+        let other = MigrateKey::new(&[8; 32]).unwrap();
+        let ch: Challenge = [1; 32];
         let o = Offer {
             chain: "c".into(),
             nf: "fw".into(),
             kind: "firewall".into(),
-            descriptor: None,
+            descriptor: Some("name: c".into()),
             timeout_ms: 5,
             source: instance_id(),
+            challenge: [2; 32],
         };
-        write_json(&mut buf, &o).unwrap();
-        let back: Offer = read_json(&mut buf.as_slice()).unwrap();
+        let mut buf = Vec::new();
+        write_signed(&mut buf, &key, OFFER_LABEL, &ch, &o).unwrap();
+        let back: Offer = read_signed(&mut buf.as_slice(), &key, OFFER_LABEL, &ch).unwrap();
         assert_eq!((back.chain.as_str(), back.kind.as_str()), ("c", "firewall"));
-        let e = read_json::<Offer>(&mut &b"HTTP/1.1 200"[..]).unwrap_err();
+        assert_eq!(back.challenge, [2; 32]);
+        let refused = |r: Result<Offer, String>| {
+            let e = r.unwrap_err();
+            assert!(e.contains("does not authenticate"), "{e}");
+        };
+        // Another key, another connection's challenge, an answer's label.
+        refused(read_signed(&mut buf.as_slice(), &other, OFFER_LABEL, &ch));
+        refused(read_signed(&mut buf.as_slice(), &key, OFFER_LABEL, &[3; 32]));
+        refused(read_signed(&mut buf.as_slice(), &key, ANSWER_LABEL, &ch));
+        // Every flipped bit of the body or the tag.
+        for i in 8..buf.len() {
+            for bit in 0..8 {
+                let mut m = buf.clone();
+                m[i] ^= 1 << bit;
+                refused(read_signed(&mut m.as_slice(), &key, OFFER_LABEL, &ch));
+            }
+        }
+        // The old, untagged offer (a braidd before authentication): no tag.
+        let body = serde_json::to_vec(&o).unwrap();
+        let mut old = b"BRMA".to_vec();
+        old.extend((body.len() as u32).to_be_bytes());
+        old.extend(&body);
+        let e = read_signed::<Offer>(&mut old.as_slice(), &key, OFFER_LABEL, &ch).unwrap_err();
+        assert!(e.contains("reading the tag"), "{e}");
+        let e =
+            read_signed::<Offer>(&mut &b"HTTP/1.1 200"[..], &key, OFFER_LABEL, &ch).unwrap_err();
         assert!(e.contains("not a braid migration agent"), "{e}");
-        let e = read_json::<Offer>(&mut &b"BRMA\xff\xff\xff\xff"[..]).unwrap_err();
+        let e = read_signed::<Offer>(&mut &b"BRMA\xff\xff\xff\xff"[..], &key, OFFER_LABEL, &ch)
+            .unwrap_err();
         assert!(e.contains("exceeds"), "{e}");
+        // A refusal before authentication is shown escaped, as the peer's words.
+        let mut r = Vec::new();
+        write_unauthenticated_refusal(&mut r, "no\n\u{1b}[31m").unwrap();
+        let e = read_signed::<Offer>(&mut r.as_slice(), &key, ANSWER_LABEL, &ch).unwrap_err();
+        assert_eq!(e, r#"refused before authentication: "no\n\u{1b}[31m""#);
+        // The challenge.
+        let mut c = Vec::new();
+        write_challenge(&mut c, &ch).unwrap();
+        assert_eq!(read_challenge(&mut c.as_slice()).unwrap(), ch);
+        assert!(read_challenge(&mut &b"BRMA\0\0\0\0"[..]).unwrap_err().contains("challenge"));
+        assert_ne!(new_challenge().unwrap(), new_challenge().unwrap());
     }
 }

@@ -71,7 +71,7 @@ fn migrate_path() -> Value {
                 "202": accepted_response(),
                 "400": error_response("bad request (the field named), mode or flows"),
                 "404": error_response("no such chain or NF"),
-                "409": error_response("the chain is not running"),
+                "409": error_response("the chain is not running, or this braidd has no migrate_key_file to authenticate the offer with (no_migrate_key)"),
                 "422": error_response("the migration failed and was rolled back (the source keeps serving), or the chain runs in the kernel (kernel_chain); the message says why")
             }
         }

@@ -333,6 +333,18 @@ fn start_up_problems_are_reported_clearly() {
             || std::os::unix::net::UnixStream::connect(dir.path().join("braidd.sock")).is_err()
     );
 
+    // A migration key too short, or that others may read, is refused
+    // before anything listens.
+    let key = common::write_migrate_key(dir.path(), "too-short");
+    let key = key.to_str().unwrap();
+    let (code, err) = run(&["--migrate-listen", "127.0.0.1:0", "--migrate-key-file", key]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("migrate key file") && err.contains("at least 32 bytes"), "{err}");
+    std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, err) = run(&["--migrate-key-file", key]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("mode 0o644 lets others read it"), "{err}");
+
     // --help documents every configuration key.
     let help = std::process::Command::new(BRAIDD).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);

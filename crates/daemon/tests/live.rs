@@ -514,6 +514,24 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
         time_to_first_packet(&tx, &rx, Duration::from_secs(5))
             .unwrap_or_else(|| panic!("nothing crossed the {kind} chain"));
         assert!(send_and_count(&tx, &rx, 100) > 0, "{kind}");
+        if kind == "af_packet" {
+            // This braidd has no migrate_key_file: a migration cannot be
+            // offered, and nothing starts.
+            let route = serde_json::json!({ "netns": "up", "to": "10.0.2.0/24",
+                                             "via": "10.0.12.2", "dev": "to-b" });
+            let body = serde_json::json!({ "to": "127.0.0.1:9480",
+                "switch": { "redirect": [route], "restore": [route],
+                            "markers": [{ "netns": "up", "dev": "to-a", "port": "in" }] } })
+            .to_string();
+            let path = format!("/v1/chains/{name}/nfs/f/migrate");
+            match c.json("POST", &path, Some(("application/json", body.as_bytes()))) {
+                Err(braid_daemon::client::ClientError::Api { status, kind, message, .. }) => {
+                    assert_eq!((status, kind.as_str()), (409, "no_migrate_key"), "{message}");
+                    assert!(message.contains("migrate_key_file"), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         c.remove(name).unwrap();
     }
     assert!(d.terminate().success(), "{}", d.log());

@@ -809,6 +809,96 @@ fn killing_the_destination_mid_migration_rolls_back_and_the_source_keeps_every_p
     drop(a);
 }
 
+#[test]
+fn an_offer_that_does_not_authenticate_changes_nothing_at_the_destination() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd migration", "needs root for namespaces")
+    {
+        return;
+    }
+    let _serial = braid_testkit::one_at_a_time();
+    let net = net();
+    let (da, db) = (TempDir::new("mauth-a"), TempDir::new("mauth-b"));
+    let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
+    // B shares no key with A.
+    let other = common::write_migrate_key(db.path(), &"5a".repeat(32));
+    let listen = format!("{MB}:9480");
+    let b = Braidd::start(
+        db.path(),
+        Some(net.hb.name()),
+        &[
+            "--checkpoint-interval-ms",
+            "0",
+            "--migrate-listen",
+            &listen,
+            "--migrate-key-file",
+            other.to_str().unwrap(),
+        ],
+    );
+    let (ca, cb) = (a.client(), b.client());
+    ca.deploy(&chain_yaml(&net.ai, &net.ao)).unwrap();
+    // A's offer carries a descriptor B would deploy: refused before B
+    // looks at it, and A says why.
+    let req =
+        json!({ "to": listen, "switch": switch(&net), "deploy": { "in": net.bi, "out": net.bo } });
+    let id = ca.migrate_async("mig", "fw", &req).unwrap();
+    let op = ca.wait(&id, Duration::from_secs(20)).unwrap();
+    let msg = op["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        op["state"] == "failed"
+            && msg.contains("refused before authentication")
+            && msg.contains("does not authenticate with this braidd's migrate key"),
+        "{op:#}"
+    );
+    assert_eq!(ca.chain("mig").unwrap()["state"], "running");
+    assert!(route_to_server(&net).contains(&net.ua));
+    // A hand-made offer in the format before authentication (no tag),
+    // from A's host: refused too.
+    let offer = json!({ "chain": "mig", "nf": "fw", "kind": "firewall", "timeout_ms": 1000,
+                        "source": 7, "challenge": vec![0; 32],
+                        "descriptor": chain_yaml(&net.bi, &net.bo) })
+    .to_string();
+    let script = format!(
+        "import socket,struct,sys\n\
+         s=socket.create_connection(('{MB}',9480),timeout=5)\n\
+         ch=b''\n\
+         while len(ch)<36: ch+=s.recv(36-len(ch))\n\
+         body=sys.stdin.buffer.read()\n\
+         s.sendall(b'BRMA'+struct.pack('>I',len(body))+body)\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         out=b''\n\
+         while True:\n\
+         \x20d=s.recv(4096)\n\
+         \x20if not d: break\n\
+         \x20out+=d\n\
+         sys.stdout.buffer.write(ch[:4]+b' '+out)\n"
+    );
+    let mut py = net
+        .ha
+        .command("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(py.stdin.as_mut().unwrap(), offer.as_bytes()).unwrap();
+    drop(py.stdin.take());
+    let out = py.wait_with_output().unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        reply.starts_with("BRMC BRMX") && reply.contains("reading the tag"),
+        "{reply:?}\nB:\n{}",
+        b.log()
+    );
+    // B deployed nothing and began no operation.
+    assert!(cb.chains().unwrap().is_empty(), "B deployed a chain");
+    let ops = cb.json("GET", "/v1/operations", None).unwrap();
+    assert_eq!(ops["operations"].as_array().map(Vec::len), Some(0), "{ops:#}");
+    let log = b.log();
+    assert!(log.contains("migration offer refused"), "{log}");
+    assert!(!log.contains(&"5a".repeat(32)), "the key was logged");
+    drop((a, b));
+}
+
 /// The switch between A and B, towards B (`true`) or back towards A.
 fn switch_towards(net: &Net, to_b: bool) -> Value {
     let s = switch(net);

@@ -32,6 +32,26 @@ impl Drop for TempDir {
     }
 }
 
+/// The migration key every test braidd shares (64 hex digits).
+pub const TEST_MIGRATE_KEY: &str =
+    "9f3c1a7e5b2d4f608e1c3a5b7d9f0e2c4a6b8d0f1e3c5a7b9d2f4e6a8c0b1d3e";
+
+/// Write `key` to `DIR/migrate.key` (mode 0600, as braidd demands); its
+/// path.
+pub fn write_migrate_key(dir: &Path, key: &str) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("migrate.key");
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .expect("writing the migrate key");
+    std::io::Write::write_all(&mut f, format!("{key}\n").as_bytes()).unwrap();
+    path
+}
+
 /// A running braidd.
 pub struct Braidd {
     child: Option<Child>,
@@ -76,6 +96,12 @@ impl Braidd {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(extra);
+        // Every test braidd may migrate to every other: the same key,
+        // unless the test gives its own (or runs braidd as another user,
+        // who could not read the key root writes).
+        if wrapper.is_empty() && !extra.contains(&"--migrate-key-file") {
+            c.arg("--migrate-key-file").arg(write_migrate_key(dir, TEST_MIGRATE_KEY));
+        }
         c
     }
 
