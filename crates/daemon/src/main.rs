@@ -72,8 +72,8 @@ struct Args {
     metrics_listen: Option<std::net::SocketAddr>,
     /// Accept live migrations of NFs from other braidd on this TCP address,
     /// e.g. 10.0.9.2:9480; needs --migrate-key-file. The offer is
-    /// authenticated, the state stream after it is not encrypted: bind it
-    /// on the state link [default: off].
+    /// authenticated and the state stream sealed (AES-256-GCM) [default:
+    /// off].
     #[arg(long)]
     migrate_listen: Option<std::net::SocketAddr>,
     /// Key shared by the braidd that migrate NFs to or from each other

@@ -23,8 +23,9 @@
 //! challenge, the offer carries an HMAC-SHA256 tag over it and the
 //! source's own challenge, the answer a tag over that. An offer that does
 //! not authenticate changes nothing here. The state stream that follows
-//! on the same connection is neither encrypted nor tagged (a version and a
-//! CRC per frame): bind the listener on the hosts' state link.
+//! on the same connection is sealed (AES-256-GCM per frame) with a key
+//! both sides derive from the two challenges: new per migration, never
+//! sent.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -41,6 +42,7 @@ use axum::response::Response;
 use braid_dataplane::migration::marker_frame;
 use braid_io::af_packet::{AfPacketConfig, AfPacketPort};
 use braid_io::{netns, Port};
+use braid_migrate::wire::StreamKey;
 use braid_migrate::{
     migrate_in, migrate_out, DestinationOptions, MigrateError, Mode, Progress, SourceOptions,
     Switch, SwitchError,
@@ -69,6 +71,8 @@ const UNAUTHENTICATED_MAGIC: &[u8; 4] = b"BRMX";
 /// one cannot pass for the other.
 const OFFER_LABEL: &[u8] = b"braid migrate offer 1";
 const ANSWER_LABEL: &[u8] = b"braid migrate answer 1";
+/// What the state stream's key is derived under (with both challenges).
+const STREAM_LABEL: &[u8] = b"braid migrate stream 1";
 /// A random challenge: an offer or answer tagged over it cannot be
 /// replayed on another connection.
 pub type Challenge = [u8; 32];
@@ -792,6 +796,14 @@ fn read_signed<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| format!("the body does not decode: {e}"))
 }
 
+/// The key that seals the state stream of the migration whose offer
+/// answered `destination`'s challenge and carried `source`'s: both sides
+/// derive it, nothing of it crosses the link, and it is new per
+/// connection.
+fn stream_key(key: &MigrateKey, destination: &Challenge, source: &Challenge) -> Arc<StreamKey> {
+    Arc::new(StreamKey::new(&key.tag(STREAM_LABEL, destination, source)))
+}
+
 /// A migration id for the drain markers: different per migration.
 fn new_id() -> u64 {
     let t = std::time::SystemTime::now()
@@ -936,6 +948,7 @@ pub fn migrate_chain_nf(
         marker_timeout: p.marker_timeout,
         scope: p.scope,
         progress: Some(progress.clone()),
+        stream_key: Some(stream_key(key, &theirs, &offer.challenge)),
         ..SourceOptions::default()
     };
     let opts = if p.backpressure {
@@ -1099,12 +1112,19 @@ type Busy = Mutex<std::collections::BTreeSet<(String, String)>>;
 /// source's challenge.
 struct Answerer<'a> {
     key: &'a MigrateKey,
-    challenge: Challenge,
+    /// The source's challenge, which the answers' tags cover.
+    theirs: Challenge,
+    /// This side's, which the offer's tag covered.
+    ours: Challenge,
 }
 
 impl Answerer<'_> {
     fn send(&self, conn: &mut TcpStream, answer: &OfferAnswer) -> std::io::Result<()> {
-        write_signed(conn, self.key, ANSWER_LABEL, &self.challenge, answer)
+        write_signed(conn, self.key, ANSWER_LABEL, &self.theirs, answer)
+    }
+
+    fn stream_key(&self) -> Arc<StreamKey> {
+        stream_key(self.key, &self.ours, &self.theirs)
     }
 
     fn refuse(&self, conn: &mut TcpStream, reason: String) {
@@ -1145,7 +1165,7 @@ fn accept_one(
             return;
         }
     };
-    let answerer = Answerer { key, challenge: offer.challenge };
+    let answerer = Answerer { key, theirs: offer.challenge, ours: challenge };
     if offer.source == instance_id() {
         let reason = "the offer comes from this braidd itself: migrate to another host".to_string();
         tracing::warn!(peer, reason, "migration refused");
@@ -1261,7 +1281,11 @@ fn take(
     let stream =
         conn.try_clone().map_err(|e| Refusal::During(braid_migrate::WireError::Io(e).into()))?;
     let timeout = Duration::from_millis(offer.timeout_ms.clamp(1, 600_000));
-    let opts = DestinationOptions { io_timeout: timeout, ..DestinationOptions::default() };
+    let opts = DestinationOptions {
+        io_timeout: timeout,
+        stream_key: Some(answerer.stream_key()),
+        ..DestinationOptions::default()
+    };
     tracing::info!(peer, chain = %offer.chain, nf = %offer.nf, "migration in");
     let r = migrate_in(worker, &offer.nf, &decl.kind, stream, &opts).map_err(Refusal::During)?;
     Ok(json!({
@@ -1436,5 +1460,32 @@ mod tests {
         assert_eq!(read_challenge(&mut c.as_slice()).unwrap(), ch);
         assert!(read_challenge(&mut &b"BRMA\0\0\0\0"[..]).unwrap_err().contains("challenge"));
         assert_ne!(new_challenge().unwrap(), new_challenge().unwrap());
+        // Both sides derive one stream key; another connection's
+        // challenges or another key give another.
+        let answerer = Answerer { key: &key, theirs: [2; 32], ours: ch };
+        let mut w = braid_migrate::wire::FrameWriter::new(
+            Vec::new(),
+            Some(braid_migrate::wire::Seal {
+                key: stream_key(&key, &ch, &[2; 32]),
+                direction: braid_migrate::wire::Direction::ToDestination,
+            }),
+        );
+        w.write_preamble().unwrap();
+        w.write_message(&braid_migrate::Message::Accept).unwrap();
+        let bytes = w.get_ref().clone();
+        let read = |k: Arc<StreamKey>| {
+            let mut r = braid_migrate::FrameReader::sealed(
+                bytes.as_slice(),
+                Some(braid_migrate::wire::Seal {
+                    key: k,
+                    direction: braid_migrate::wire::Direction::ToDestination,
+                }),
+            );
+            r.read_preamble().and_then(|()| r.read_message())
+        };
+        assert_eq!(read(answerer.stream_key()).unwrap(), braid_migrate::Message::Accept);
+        assert!(read(stream_key(&key, &[3; 32], &[2; 32])).is_err());
+        assert!(read(stream_key(&key, &ch, &[3; 32])).is_err());
+        assert!(read(stream_key(&other, &ch, &[2; 32])).is_err());
     }
 }

@@ -12,7 +12,9 @@
 //! `firewall`); `BRAID_BENCH_BUDGETS=0.1,0.05` rotates the source's CPU
 //! budget for the export round by round (interleaved with the modes), to
 //! compare budgets side by side; `BRAID_BENCH_ROUNDS` (default 5) rounds
-//! per mode and budget. The traffic comes from a generator inside the
+//! per mode and budget. `BRAID_BENCH_SEAL=both` runs every mode with and
+//! without sealed frames (AES-256-GCM, `SourceOptions::stream_key`),
+//! interleaved (`on`: sealed only; default `off`). The traffic comes from a generator inside the
 //! source worker, so "moving the traffic" at the switch is pausing the
 //! source's receive and injecting the drain marker; each round then
 //! resumes the source for the next one (its state is intact: the source
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 use braid_dataplane::migration::marker_frame;
 use braid_dataplane::{Graph, Worker, WorkerConfig, WorkerHandle};
 use braid_io::memory::{GeneratorConfig, GeneratorPort, MemoryPort};
+use braid_migrate::wire::StreamKey;
 use braid_migrate::{
     migrate_in, migrate_out, DestinationOptions, Mode, SourceOptions, SourceReport, Switch,
     SwitchError,
@@ -93,14 +96,18 @@ fn migrate_once(
     round: u64,
     mode: Mode,
     budget: f64,
+    sealed: bool,
 ) -> (SourceReport, Vec<f64>, f64) {
+    let key = sealed.then(|| Arc::new(StreamKey::new(&[round as u8; 32])));
     let dst = nf_worker(kind, &format!("bench-dst{round}"), false);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let dst_h = dst.clone();
+    let dst_key = key.clone();
     let dest = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
-        migrate_in(&dst_h, "nf", kind, conn, &DestinationOptions::default())
+        let opts = DestinationOptions { stream_key: dst_key, ..DestinationOptions::default() };
+        migrate_in(&dst_h, "nf", kind, conn, &opts)
     });
     let at = Arc::new(Mutex::new(None));
     let mut switch = PauseAndMark { src: src.clone(), at: at.clone() };
@@ -108,8 +115,14 @@ fn migrate_once(
     let started = Instant::now();
     let mig = std::thread::spawn(move || {
         let conn = TcpStream::connect(addr).unwrap();
-        let opts =
-            SourceOptions { id: round, mode, markers: vec![0], budget, ..SourceOptions::default() };
+        let opts = SourceOptions {
+            id: round,
+            mode,
+            markers: vec![0],
+            budget,
+            stream_key: key,
+            ..SourceOptions::default()
+        };
         migrate_out(&src_h, "nf", kind, conn, &opts, &mut switch)
     });
     let mut during = Vec::new();
@@ -139,6 +152,12 @@ fn main() {
             .collect(),
         Err(_) => vec![SourceOptions::default().budget],
     };
+    let seals: Vec<bool> = match std::env::var("BRAID_BENCH_SEAL").as_deref() {
+        Ok("both") => vec![false, true],
+        Ok("on") => vec![true],
+        Ok("off") | Err(_) => vec![false],
+        Ok(other) => panic!("BRAID_BENCH_SEAL: off, on or both, not `{other}`"),
+    };
     let rounds = std::env::var("BRAID_BENCH_ROUNDS")
         .map(|r| r.parse().expect("BRAID_BENCH_ROUNDS: a number"))
         .unwrap_or(5u64);
@@ -147,12 +166,12 @@ fn main() {
         ("firewall", &[Mode::Statelet, Mode::Duplicate, Mode::StopCopy][..]),
     ] {
         if kinds.split(',').any(|k| k == kind) {
-            run(kind, modes, &budgets, rounds);
+            run(kind, modes, &budgets, &seals, rounds);
         }
     }
 }
 
-fn run(kind: &'static str, modes: &[Mode], budgets: &[f64], rounds: u64) {
+fn run(kind: &'static str, modes: &[Mode], budgets: &[f64], seals: &[bool], rounds: u64) {
     let src = nf_worker(kind, &format!("bench-src-{kind}"), true);
     let learned = || src.snapshot().stages[0].counters.packets_in;
     let t = Instant::now();
@@ -162,13 +181,15 @@ fn run(kind: &'static str, modes: &[Mode], budgets: &[f64], rounds: u64) {
     }
     println!("\n{kind}: {FLOWS} flows; source rate in 100 ms windows; modes interleaved");
     println!(
-        "round  mode       budget  before Mpps  during Mpps  ratio  to switch ms  outage ms  total ms  sent MB  statelets  chunks  duplicated"
+        "round  mode       sealed  budget  before Mpps  during Mpps  ratio  to switch ms  outage ms  total ms  sent MB  statelets  chunks  duplicated"
     );
-    let mut ratios: Vec<(Mode, f64, f64)> = Vec::new();
-    let combos: Vec<(Mode, f64)> =
-        modes.iter().flat_map(|m| budgets.iter().map(move |b| (*m, *b))).collect();
+    let mut ratios: Vec<((Mode, f64, bool), f64)> = Vec::new();
+    let combos: Vec<(Mode, f64, bool)> = modes
+        .iter()
+        .flat_map(|m| budgets.iter().flat_map(move |b| seals.iter().map(move |s| (*m, *b, *s))))
+        .collect();
     for round in 0..(rounds * combos.len() as u64) {
-        let (mode, budget) = combos[round as usize % combos.len()];
+        let (mode, budget, sealed) = combos[round as usize % combos.len()];
         let mut before: Vec<f64> = (0..8)
             .map(|_| {
                 let (a, t) = (rx(&src), Instant::now());
@@ -176,17 +197,17 @@ fn run(kind: &'static str, modes: &[Mode], budgets: &[f64], rounds: u64) {
                 (rx(&src) - a) as f64 / t.elapsed().as_secs_f64()
             })
             .collect();
-        let (r, mut during, switch_ms) = migrate_once(kind, &src, round, mode, budget);
+        let (r, mut during, switch_ms) = migrate_once(kind, &src, round, mode, budget, sealed);
         let b = median(&mut before);
         let d = if during.is_empty() { f64::NAN } else { median(&mut during) };
         if d.is_finite() {
-            ratios.push((mode, budget, d / b));
+            ratios.push(((mode, budget, sealed), d / b));
         }
         // The outage: from the switch (arrivals held at the destination)
         // to Done (held packets processed).
         let outage_ms = r.total.as_secs_f64() * 1e3 - switch_ms;
         println!(
-            "{round:>5}  {:<9}  {budget:>6.3}  {:>11.3}  {:>11.3}  {:>5.3}  {:>12.1}  {:>9.1}  {:>8.1}  {:>7.2}  {:>9}  {:>6}  {:>10}",
+            "{round:>5}  {:<9}  {sealed:<6}  {budget:>6.3}  {:>11.3}  {:>11.3}  {:>5.3}  {:>12.1}  {:>9.1}  {:>8.1}  {:>7.2}  {:>9}  {:>6}  {:>10}",
             mode.to_string(),
             b / 1e6,
             d / 1e6,
@@ -200,12 +221,12 @@ fn run(kind: &'static str, modes: &[Mode], budgets: &[f64], rounds: u64) {
             r.duplicated,
         );
     }
-    for (m, budget) in &combos {
-        let mut v: Vec<f64> =
-            ratios.iter().filter(|(x, b, _)| x == m && b == budget).map(|(_, _, r)| *r).collect();
+    for c in &combos {
+        let mut v: Vec<f64> = ratios.iter().filter(|(x, _)| x == c).map(|(_, r)| *r).collect();
+        let (m, budget, sealed) = c;
         if !v.is_empty() {
             println!(
-                "{kind} {m} budget {budget}: median rate during streaming / before = {:.3} (of {})",
+                "{kind} {m} sealed {sealed} budget {budget}: median rate during streaming / before = {:.3} (of {})",
                 median(&mut v),
                 v.len()
             );

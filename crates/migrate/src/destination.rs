@@ -12,8 +12,9 @@
 //! stop-and-copy import or a replay: the state from before put back),
 //! what was held returned to the source, the error returned.
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use braid_dataplane::WorkerHandle;
@@ -21,7 +22,7 @@ use std::collections::HashSet;
 
 use braid_nf::{FlowScope, PartitionKey, Statelet};
 
-use crate::wire::{self, Counts, FrameReader, Message, Mode};
+use crate::wire::{self, Direction, FrameReader, FrameWriter, Message, Mode, Seal, StreamKey};
 use crate::MigrateError;
 
 /// How the destination runs a migration.
@@ -32,11 +33,18 @@ pub struct DestinationOptions {
     /// Statelets installed per control command at most (one command is
     /// one pause between two of the worker's batches).
     pub install_batch: usize,
+    /// The key the source seals its frames with (see
+    /// `SourceOptions::stream_key`); None: frames carry a CRC only.
+    pub stream_key: Option<Arc<StreamKey>>,
 }
 
 impl Default for DestinationOptions {
     fn default() -> Self {
-        DestinationOptions { io_timeout: Duration::from_secs(5), install_batch: 256 }
+        DestinationOptions {
+            io_timeout: Duration::from_secs(5),
+            install_batch: 256,
+            stream_key: None,
+        }
     }
 }
 
@@ -72,8 +80,9 @@ pub fn migrate_in(
     conn.set_read_timeout(Some(opts.io_timeout)).map_err(wire::WireError::Io)?;
     write_half.set_write_timeout(Some(opts.io_timeout)).map_err(wire::WireError::Io)?;
     let _ = conn.set_nodelay(true);
-    let mut w = BufWriter::new(write_half);
-    let mut r = FrameReader::new(conn);
+    let seal = |direction| opts.stream_key.clone().map(|key| Seal { key, direction });
+    let mut w = FrameWriter::new(BufWriter::new(write_half), seal(Direction::ToSource));
+    let mut r = FrameReader::sealed(conn, seal(Direction::ToDestination));
     let mut run = Run {
         handle,
         stage,
@@ -102,10 +111,9 @@ pub fn migrate_in(
                 let keys = std::mem::take(&mut run.installed_keys);
                 let _ = handle.forget(stage, FlowScope::Keys(keys));
             }
-            let mut c = Counts::default();
             if !matches!(e, MigrateError::PeerAborted(_)) {
                 let abort = Message::Abort { reason: e.to_string() };
-                let _ = wire::write_message(&mut w, &abort, &mut c);
+                let _ = w.write_message(&abort);
                 let _ = w.flush();
                 // After the switch, wait until the source has the traffic
                 // back (its Abort says so) before handing over what is
@@ -128,7 +136,7 @@ pub fn migrate_in(
                 (false, _) => vec![],
             };
             let packets = held.into_iter().map(|(p, f)| (p as u16, f)).collect();
-            let _ = wire::write_message(&mut w, &Message::Returned { packets }, &mut c);
+            let _ = w.write_message(&Message::Returned { packets });
             let _ = w.flush();
             Err(e)
         }
@@ -170,12 +178,11 @@ impl Run<'_> {
         &mut self,
         kind: &str,
         r: &mut FrameReader<TcpStream>,
-        w: &mut BufWriter<TcpStream>,
+        w: &mut FrameWriter<BufWriter<TcpStream>>,
         start: Instant,
     ) -> Result<(), MigrateError> {
         let timeout = self.opts.io_timeout;
-        let mut sent = Counts::default();
-        wire::write_preamble(w)?;
+        w.write_preamble()?;
         r.read_preamble().map_err(|e| MigrateError::from_read(e, "the source", timeout))?;
         let hello = r
             .read_message()
@@ -188,16 +195,16 @@ impl Run<'_> {
                 "stage `{}` here is a `{kind}` NF, the source's is `{their_kind}`",
                 self.stage
             );
-            wire::write_message(w, &Message::Refuse { reason: reason.clone() }, &mut sent)?;
+            w.write_message(&Message::Refuse { reason: reason.clone() })?;
             w.flush().map_err(wire::WireError::Io)?;
             return Err(MigrateError::Refused(reason));
         }
         self.report.mode = mode.to_string();
-        wire::write_message(w, &Message::Accept, &mut sent)?;
+        w.write_message(&Message::Accept)?;
         if mode == Mode::StopCopy {
             // Nothing streams first: switch at once.
             self.hold()?;
-            wire::write_message(w, &Message::SwitchRequest { installed: 0 }, &mut sent)?;
+            w.write_message(&Message::SwitchRequest { installed: 0 })?;
         }
         w.flush().map_err(wire::WireError::Io)?;
 
@@ -254,7 +261,7 @@ impl Run<'_> {
                         peak_held: peak as u64,
                         dropped_held: dropped,
                     };
-                    wire::write_message(w, &done, &mut sent)?;
+                    w.write_message(&done)?;
                     w.flush().map_err(wire::WireError::Io)?;
                     return Ok(());
                 }
@@ -276,7 +283,7 @@ impl Run<'_> {
                 // it gets (its own flows, when it merges).
                 self.hold()?;
                 let m = Message::SwitchRequest { installed: self.report.installed };
-                wire::write_message(w, &m, &mut sent)?;
+                w.write_message(&m)?;
                 w.flush().map_err(wire::WireError::Io)?;
             }
         }

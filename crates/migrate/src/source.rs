@@ -8,7 +8,7 @@
 //! switched, an Abort is sent when the link still works, and the error is
 //! returned. The source never stops processing in statelet mode.
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
@@ -19,7 +19,7 @@ use braid_dataplane::migration::{LinkGate, StreamItem, StreamOut};
 use braid_dataplane::WorkerHandle;
 use braid_nf::FlowScope;
 
-use crate::wire::{self, Counts, Message, Mode};
+use crate::wire::{self, Counts, Direction, FrameWriter, Message, Mode, Seal, StreamKey};
 use crate::MigrateError;
 
 /// Returned packets a rolled-back source injects at once, and the pause
@@ -81,6 +81,11 @@ pub struct SourceOptions {
     pub io_timeout: Duration,
     /// How long after the switch every marker must have arrived.
     pub marker_timeout: Duration,
+    /// Seal every frame with this key (the destination must have the
+    /// same): confidentiality and integrity of the state on the link. One
+    /// key per migration (braidd derives it from the offer exchange);
+    /// None: frames carry a CRC only.
+    pub stream_key: Option<Arc<StreamKey>>,
     /// Which flows move: [`FlowScope::All`] moves the instance; a set of
     /// keys or a hash range splits it (the source keeps the other flows;
     /// `Switch::redirect` must move exactly these).
@@ -193,6 +198,7 @@ impl Default for SourceOptions {
             queue: 1 << 16,
             io_timeout: Duration::from_secs(5),
             marker_timeout: Duration::from_secs(2),
+            stream_key: None,
             scope: FlowScope::All,
             budget: 0.1,
             switch_backlog: 1024,
@@ -361,7 +367,7 @@ pub fn bound_for(opts: &SourceOptions, info: &braid_io::tcp::TcpSendInfo) -> usi
     b
 }
 
-type Writer = BufWriter<TcpStream>;
+type Writer = FrameWriter<BufWriter<TcpStream>>;
 /// What failed and the writer to the destination, if it was open (boxed:
 /// the error is large enough already).
 type Failure = (MigrateError, Option<Box<Writer>>);
@@ -388,21 +394,25 @@ impl Run<'_> {
             .and_then(|()| conn.set_write_timeout(Some(opts.io_timeout)))
             .map_err(|e| fail(wire::WireError::Io(e).into()))?;
         let read_half = conn.try_clone().map_err(|e| fail(wire::WireError::Io(e).into()))?;
-        let mut w = BufWriter::with_capacity(256 << 10, conn);
-        let mut sent = Counts::default();
+        let seal = |direction| opts.stream_key.clone().map(|key| Seal { key, direction });
+        let mut w = FrameWriter::new(
+            BufWriter::with_capacity(256 << 10, conn),
+            seal(Direction::ToDestination),
+        );
         let hello = Message::Hello {
             id: opts.id,
             stage: self.stage.to_string(),
             kind: kind.to_string(),
             mode: opts.mode,
         };
-        let step = wire::write_preamble(&mut w)
-            .and_then(|()| wire::write_message(&mut w, &hello, &mut sent))
+        let step = w
+            .write_preamble()
+            .and_then(|()| w.write_message(&hello))
             .and_then(|()| w.flush().map_err(Into::into));
         if let Err(e) = step {
             return Err((e.into(), Some(Box::new(w))));
         }
-        let mut r = wire::FrameReader::new(read_half);
+        let mut r = wire::FrameReader::sealed(read_half, seal(Direction::ToSource));
         let answer = r
             .read_preamble()
             .and_then(|()| r.read_message())
@@ -458,7 +468,7 @@ impl Run<'_> {
         }
         self.streaming = true;
         self.phase(Phase::Streaming);
-        let r = self.pump(&mut w, &mut sent, &items, &from_peer);
+        let r = self.pump(&mut w, &items, &from_peer);
         self.from_peer = Some(from_peer);
         r.map_err(|e| (e, Some(Box::new(w))))
     }
@@ -478,7 +488,8 @@ impl Run<'_> {
     /// Bytes written to the link and not yet acknowledged: the socket's
     /// send queue plus what the writer still buffers.
     fn link_bytes(w: &Writer) -> usize {
-        braid_io::tcp::send_queue_bytes(w.get_ref()).unwrap_or(0) + w.buffer().len()
+        let buffered = w.get_ref();
+        braid_io::tcp::send_queue_bytes(buffered.get_ref()).unwrap_or(0) + buffered.buffer().len()
     }
 
     /// Read the socket's send queue and (with back-pressure) its delivery
@@ -486,7 +497,7 @@ impl Run<'_> {
     fn watch_link(&mut self, w: &Writer) {
         self.gate.set_link(Self::link_bytes(w));
         if self.backpressure() {
-            if let Ok(info) = braid_io::tcp::send_info(w.get_ref()) {
+            if let Ok(info) = braid_io::tcp::send_info(w.get_ref().get_ref()) {
                 self.gate.set_bound(bound_for(self.opts, &info));
             }
         }
@@ -501,7 +512,6 @@ impl Run<'_> {
     fn pump(
         &mut self,
         w: &mut Writer,
-        sent: &mut Counts,
         items: &Receiver<StreamItem>,
         from_peer: &FromPeer,
     ) -> Result<(), MigrateError> {
@@ -511,7 +521,7 @@ impl Run<'_> {
         let mut ended_at: Option<Instant> = None;
         loop {
             if let Some(g) = &opts.progress {
-                g.sent(sent, self.backlog.load(Ordering::Relaxed));
+                g.sent(w.counts(), self.backlog.load(Ordering::Relaxed));
             }
             self.watch_link(w);
             // The destination is ready: switch once the changed flows
@@ -528,7 +538,7 @@ impl Run<'_> {
                     self.report.until_switch = self.start.elapsed();
                     self.report.backlog_at_switch = backlog as u64;
                     self.report.in_flight_at_switch = in_flight as u64;
-                    self.report.bytes_at_switch = sent.bytes;
+                    self.report.bytes_at_switch = w.counts().bytes;
                     self.report.in_flight_bound =
                         if self.backpressure() { self.gate.bound() as u64 } else { 0 };
                     w.flush().map_err(wire::WireError::Io)?;
@@ -536,7 +546,7 @@ impl Run<'_> {
                     self.switched = true;
                     self.phase(Phase::Switched);
                     switched_at = Some(Instant::now());
-                    wire::write_message(w, &Message::Switched, sent)?;
+                    w.write_message(&Message::Switched)?;
                 }
             }
             // The destination's messages first.
@@ -561,8 +571,8 @@ impl Run<'_> {
                         self.report.installed = installed;
                         self.report.peak_held = peak_held;
                         self.report.dropped_held = dropped_held;
-                        self.report.bytes = sent.bytes;
-                        self.report.frames = sent.frames;
+                        self.report.bytes = w.counts().bytes;
+                        self.report.frames = w.counts().frames;
                         return Ok(());
                     }
                     Ok(Ok(Message::Abort { reason })) => {
@@ -585,7 +595,7 @@ impl Run<'_> {
             match items.recv_timeout(Duration::from_millis(1)) {
                 Ok(item) => {
                     let bytes = item.wire_bytes();
-                    let r = self.write_item(item, w, sent, switched_at, &mut ended_at);
+                    let r = self.write_item(item, w, switched_at, &mut ended_at);
                     if self.backpressure() {
                         // Onto the socket at once: bytes in the writer's
                         // buffer cannot be acknowledged.
@@ -629,25 +639,24 @@ impl Run<'_> {
         &mut self,
         item: StreamItem,
         w: &mut Writer,
-        sent: &mut Counts,
         switched_at: Option<Instant>,
         ended_at: &mut Option<Instant>,
     ) -> Result<(), MigrateError> {
         match item {
             StreamItem::Statelet(s) => {
                 if s.state.data.len() > 8 || !s.keys.is_empty() {
-                    wire::write_message(w, &Message::Statelet(s), sent)?;
+                    w.write_message(&Message::Statelet(s))?;
                 }
             }
             StreamItem::SnapshotDone { chunks } => {
                 self.report.chunks = chunks;
-                wire::write_message(w, &Message::SnapshotDone { chunks }, sent)?;
+                w.write_message(&Message::SnapshotDone { chunks })?;
                 w.flush().map_err(wire::WireError::Io)?;
             }
             StreamItem::Packets { port, frames } => {
                 self.report.duplicated += frames.len() as u64;
                 let m = Message::Packets { port: port as u16, frames };
-                wire::write_message(w, &m, sent)?;
+                w.write_message(&m)?;
             }
             StreamItem::End { statelets, chunks, flows } => {
                 self.streaming = false;
@@ -658,9 +667,9 @@ impl Run<'_> {
                     self.report.drain = t.elapsed();
                 }
                 if self.opts.mode == Mode::StopCopy {
-                    self.send_whole(w, sent)?;
+                    self.send_whole(w)?;
                 }
-                wire::write_message(w, &Message::End { statelets, chunks }, sent)?;
+                w.write_message(&Message::End { statelets, chunks })?;
                 w.flush().map_err(wire::WireError::Io)?;
                 *ended_at = Some(Instant::now());
                 self.phase(Phase::Ended);
@@ -676,14 +685,14 @@ impl Run<'_> {
     /// Stop-and-copy: every old path brought its marker, so nothing more
     /// comes: pause, export the whole state, send it, resume (the stage no
     /// longer gets traffic).
-    fn send_whole(&mut self, w: &mut Writer, sent: &mut Counts) -> Result<(), MigrateError> {
+    fn send_whole(&mut self, w: &mut Writer) -> Result<(), MigrateError> {
         self.handle.pause()?;
         let state = self.handle.export_binary(self.stage);
         self.handle.resume()?;
         let state = state?.ok_or_else(|| {
             MigrateError::Stream(format!("stage `{}` keeps no state to copy", self.stage))
         })?;
-        wire::write_message(w, &Message::Whole(state), sent)?;
+        w.write_message(&Message::Whole(state))?;
         Ok(())
     }
 
@@ -695,7 +704,7 @@ impl Run<'_> {
         if !self.switched {
             if let Some(mut w) = writer {
                 let abort = Message::Abort { reason: e.to_string() };
-                let _ = wire::write_message(&mut w, &abort, &mut Counts::default());
+                let _ = w.write_message(&abort);
                 let _ = w.flush();
             }
             return e;
@@ -709,7 +718,7 @@ impl Run<'_> {
         // way: it can hand over what it holds.
         if let Some(mut w) = writer {
             let abort = Message::Abort { reason: e.to_string() };
-            let _ = wire::write_message(&mut w, &abort, &mut Counts::default());
+            let _ = w.write_message(&abort);
             let _ = w.flush();
         }
         let mut returned = None;

@@ -1,22 +1,38 @@
 //! The migration protocol on the wire: one TCP connection, a preamble each
 //! way, then checked frames.
 //!
-//! Preamble (both ends, first thing sent): `BRMG`, protocol version (u16
-//! big endian). A peer with another magic or version is refused before
-//! anything else is read.
+//! Preamble (both ends, first thing sent): `BRMG` (or `BRMS` for a sealed
+//! stream), protocol version (u16 big endian). A peer with another magic
+//! or version, or that seals when this side does not (or the other way
+//! round), is refused before anything else is read.
 //!
 //! Frame: body length (u32 big endian, at most [`MAX_FRAME`]), body (a
 //! postcard-encoded [`Message`]), CRC-32 (IEEE) of the body (u32 big
 //! endian). A frame with a wrong checksum, an oversized length or a body
 //! that does not decode ends the migration with an error naming the frame
 //! number; nothing of it is installed.
+//!
+//! Sealed frame (both ends given a [`StreamKey`]): body length, the body
+//! encrypted with AES-256-GCM, its 16-byte tag instead of the CRC. The
+//! nonce is the direction (one byte: 0 towards the destination, 1 back),
+//! three zero bytes and the frame's number in its direction (u64 big
+//! endian); the associated data is the length field. So a frame changed,
+//! dropped, replayed, reordered or sent the other way fails its tag, and
+//! a frame number never repeats under one key (a key is made per
+//! migration: braidd derives it from the offer's two random challenges).
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use braid_nf::Statelet;
 
 /// First bytes of each direction of a migration connection.
 pub const MAGIC: &[u8; 4] = b"BRMG";
+/// First bytes of each direction of a sealed migration connection.
+pub const SEALED_MAGIC: &[u8; 4] = b"BRMS";
+/// Length of a sealed frame's tag.
+pub const TAG_LEN: usize = 16;
 /// The protocol version this build speaks.
 pub const VERSION: u16 = 1;
 /// Largest frame body accepted (a statelet of a few thousand entries is
@@ -135,6 +151,10 @@ pub enum WireError {
     Checksum { frame: u64, stored: u32, computed: u32 },
     #[error("frame {frame}: does not decode: {reason}")]
     Decode { frame: u64, reason: String },
+    #[error("frame {frame}: does not authenticate under the stream key (changed, replayed, reordered or dropped on the way, or the two sides derived different keys)")]
+    Auth { frame: u64 },
+    #[error("{0}")]
+    Sealing(&'static str),
 }
 
 impl WireError {
@@ -146,21 +166,93 @@ impl WireError {
     }
 }
 
-/// Write the preamble.
+/// Which way a frame goes: part of a sealed frame's nonce, so a frame
+/// cannot be sent back the other way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Source to destination.
+    ToDestination = 0,
+    /// Destination to source.
+    ToSource = 1,
+}
+
+/// The key a migration's frames are sealed with (AES-256-GCM). Made once
+/// per migration: reusing one across connections would repeat nonces.
+pub struct StreamKey {
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for StreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamKey(<redacted>)")
+    }
+}
+
+impl StreamKey {
+    pub fn new(bytes: &[u8; 32]) -> StreamKey {
+        let key = UnboundKey::new(&AES_256_GCM, bytes).expect("AES-256-GCM takes a 32-byte key");
+        StreamKey { key: LessSafeKey::new(key) }
+    }
+}
+
+/// How one direction's frames are sealed.
+#[derive(Clone, Debug)]
+pub struct Seal {
+    pub key: Arc<StreamKey>,
+    pub direction: Direction,
+}
+
+impl Seal {
+    fn nonce(&self, frame: u64) -> Nonce {
+        let mut n = [0u8; 12];
+        n[0] = self.direction as u8;
+        n[4..].copy_from_slice(&frame.to_be_bytes());
+        Nonce::assume_unique_for_key(n)
+    }
+}
+
+fn magic(sealed: bool) -> &'static [u8; 4] {
+    if sealed {
+        SEALED_MAGIC
+    } else {
+        MAGIC
+    }
+}
+
+/// Write the preamble of an unsealed stream.
 pub fn write_preamble(w: &mut impl Write) -> Result<(), WireError> {
-    w.write_all(MAGIC)?;
+    write_preamble_of(w, false)
+}
+
+fn write_preamble_of(w: &mut impl Write, sealed: bool) -> Result<(), WireError> {
+    w.write_all(magic(sealed))?;
     w.write_all(&VERSION.to_be_bytes())?;
     w.flush()?;
     Ok(())
 }
 
-/// Read and check the peer's preamble.
+/// Read and check the peer's preamble (of an unsealed stream).
 pub fn read_preamble(r: &mut impl Read) -> Result<(), WireError> {
+    read_preamble_of(r, false)
+}
+
+fn read_preamble_of(r: &mut impl Read, sealed: bool) -> Result<(), WireError> {
     let mut b = [0u8; 6];
     r.read_exact(&mut b)?;
     let magic = [b[0], b[1], b[2], b[3]];
-    if &magic != MAGIC {
-        return Err(WireError::Magic(magic));
+    match (&magic, sealed) {
+        (m, false) if m == SEALED_MAGIC => {
+            return Err(WireError::Sealing(
+                "the peer seals the stream with a key, this side has none",
+            ))
+        }
+        (m, true) if m == MAGIC => {
+            return Err(WireError::Sealing(
+                "the peer does not seal the stream, this side requires it",
+            ))
+        }
+        (m, _) if m == MAGIC || m == SEALED_MAGIC => {}
+        _ => return Err(WireError::Magic(magic)),
     }
     let v = u16::from_be_bytes([b[4], b[5]]);
     if v != VERSION {
@@ -176,46 +268,137 @@ pub struct Counts {
     pub bytes: u64,
 }
 
-/// Write one message as a frame (not flushed). Returns the bytes written.
-pub fn write_message(w: &mut impl Write, m: &Message, c: &mut Counts) -> Result<(), WireError> {
+/// The frame of `m`, sealed with `seal` as frame number `frame`.
+fn encode_frame(m: &Message, seal: Option<&Seal>, frame: u64) -> Result<Vec<u8>, WireError> {
     let body = postcard::to_allocvec(m).expect("migration messages serialize infallibly");
-    let crc = crc32fast::hash(&body);
-    w.write_all(&(body.len() as u32).to_be_bytes())?;
-    w.write_all(&body)?;
-    w.write_all(&crc.to_be_bytes())?;
+    let mut out = Vec::with_capacity(body.len() + 4 + TAG_LEN);
+    let len = (body.len() as u32).to_be_bytes();
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&body);
+    match seal {
+        None => out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes()),
+        Some(s) => {
+            let tag = s
+                .key
+                .key
+                .seal_in_place_separate_tag(s.nonce(frame), Aad::from(len), &mut out[4..])
+                .map_err(|_| WireError::Sealing("the cipher refused to seal a frame"))?;
+            out.extend_from_slice(tag.as_ref());
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes after a frame's body: its CRC, or its tag when sealed.
+fn trailer_len(seal: Option<&Seal>) -> usize {
+    if seal.is_some() {
+        TAG_LEN
+    } else {
+        4
+    }
+}
+
+/// Write one message as an unsealed frame (not flushed).
+pub fn write_message(w: &mut impl Write, m: &Message, c: &mut Counts) -> Result<(), WireError> {
+    let f = encode_frame(m, None, c.frames)?;
+    w.write_all(&f)?;
     c.frames += 1;
-    c.bytes += body.len() as u64 + 8;
+    c.bytes += f.len() as u64;
     Ok(())
 }
 
-/// Read one frame and decode its message. A read timeout in the middle
-/// of a frame loses what was read of it: a reader that retries after a
-/// timeout must use a [`FrameReader`] instead.
+/// Writes the preamble and frames of one direction of a migration
+/// connection, counting them, and sealing them when it has a [`Seal`]: the
+/// frame number of a sealed frame's nonce is this writer's count, so every
+/// frame of a direction, an Abort after a failure included, goes through
+/// one writer.
+pub struct FrameWriter<W> {
+    inner: W,
+    seal: Option<Seal>,
+    counts: Counts,
+}
+
+impl<W: Write> FrameWriter<W> {
+    pub fn new(inner: W, seal: Option<Seal>) -> FrameWriter<W> {
+        FrameWriter { inner, seal, counts: Counts::default() }
+    }
+
+    pub fn write_preamble(&mut self) -> Result<(), WireError> {
+        write_preamble_of(&mut self.inner, self.seal.is_some())
+    }
+
+    /// Write one message as a frame (not flushed).
+    pub fn write_message(&mut self, m: &Message) -> Result<(), WireError> {
+        let f = encode_frame(m, self.seal.as_ref(), self.counts.frames)?;
+        self.inner.write_all(&f)?;
+        self.counts.frames += 1;
+        self.counts.bytes += f.len() as u64;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+
+    /// Frames and bytes written so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// The wrapped writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+}
+
+/// Read one unsealed frame and decode its message. A read timeout in the
+/// middle of a frame loses what was read of it: a reader that retries
+/// after a timeout must use a [`FrameReader`] instead.
 pub fn read_message(r: &mut impl Read, c: &mut Counts) -> Result<Message, WireError> {
     let frame = c.frames;
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLong { frame, len });
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(WireError::TooLong { frame, len: n });
     }
-    let mut body = vec![0u8; len + 4];
-    r.read_exact(&mut body)?;
-    decode_frame(&body[..len], &body[len..], c)
+    let mut rest = vec![0u8; n + 4];
+    r.read_exact(&mut rest)?;
+    let mut whole = len.to_vec();
+    whole.extend_from_slice(&rest);
+    decode_frame(&mut whole, None, c)
 }
 
-/// Check a frame's CRC and decode its body; counts it.
-fn decode_frame(body: &[u8], crc: &[u8], c: &mut Counts) -> Result<Message, WireError> {
+/// Check a whole frame (length, body, CRC or tag) and decode its body;
+/// counts it. A sealed frame's body is decrypted in place.
+fn decode_frame(f: &mut [u8], seal: Option<&Seal>, c: &mut Counts) -> Result<Message, WireError> {
     let frame = c.frames;
-    let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let computed = crc32fast::hash(body);
-    if stored != computed {
-        return Err(WireError::Checksum { frame, stored, computed });
-    }
+    let total = f.len();
+    let (len, rest) = f.split_at_mut(4);
+    let body_len = rest.len() - trailer_len(seal);
+    let body = match seal {
+        None => {
+            let (body, crc) = rest.split_at(body_len);
+            let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+            let computed = crc32fast::hash(body);
+            if stored != computed {
+                return Err(WireError::Checksum { frame, stored, computed });
+            }
+            &rest[..body_len]
+        }
+        Some(s) => {
+            let aad: [u8; 4] = [len[0], len[1], len[2], len[3]];
+            s.key
+                .key
+                .open_in_place(s.nonce(frame), Aad::from(aad), rest)
+                .map_err(|_| WireError::Auth { frame })?;
+            &rest[..body_len]
+        }
+    };
     let m = postcard::from_bytes(body)
         .map_err(|e| WireError::Decode { frame, reason: e.to_string() })?;
     c.frames += 1;
-    c.bytes += body.len() as u64 + 8;
+    c.bytes += total as u64;
     Ok(m)
 }
 
@@ -235,15 +418,24 @@ pub struct FrameReader<R> {
     buf: Vec<u8>,
     pos: usize,
     counts: Counts,
+    /// The peer's frames are sealed, in this direction.
+    seal: Option<Seal>,
 }
 
 impl<R: Read> FrameReader<R> {
+    /// A reader of an unsealed stream.
     pub fn new(inner: R) -> FrameReader<R> {
+        FrameReader::sealed(inner, None)
+    }
+
+    /// A reader of frames sealed with `seal` (none: unsealed).
+    pub fn sealed(inner: R, seal: Option<Seal>) -> FrameReader<R> {
         FrameReader {
             inner,
             buf: Vec::with_capacity(READ_CHUNK),
             pos: 0,
             counts: Counts::default(),
+            seal,
         }
     }
 
@@ -305,7 +497,7 @@ impl<R: Read> FrameReader<R> {
     pub fn read_preamble(&mut self) -> Result<(), WireError> {
         self.fill(6)?;
         let mut b = &self.buf[self.pos..self.pos + 6];
-        read_preamble(&mut b)?;
+        read_preamble_of(&mut b, self.seal.is_some())?;
         self.pos += 6;
         Ok(())
     }
@@ -322,14 +514,11 @@ impl<R: Read> FrameReader<R> {
         if len > MAX_FRAME {
             return Err(WireError::TooLong { frame: self.counts.frames, len });
         }
-        self.fill(4 + len + 4)?;
+        let whole = 4 + len + trailer_len(self.seal.as_ref());
+        self.fill(whole)?;
         let p = self.pos;
-        let m = decode_frame(
-            &self.buf[p + 4..p + 4 + len],
-            &self.buf[p + 4 + len..p + 8 + len],
-            &mut self.counts,
-        );
-        self.pos += 8 + len;
+        let m = decode_frame(&mut self.buf[p..p + whole], self.seal.as_ref(), &mut self.counts);
+        self.pos += whole;
         m
     }
 }
@@ -436,6 +625,85 @@ mod tests {
         assert!(e.to_string().contains("in the middle of frame 0"), "{e}");
     }
 
+    fn seal(key: u8, direction: Direction) -> Option<Seal> {
+        Some(Seal { key: Arc::new(StreamKey::new(&[key; 32])), direction })
+    }
+
+    /// The preamble and `messages`, sealed with key `key` towards the
+    /// destination.
+    fn sealed_stream(key: u8, messages: &[Message]) -> (Vec<u8>, Vec<usize>) {
+        let mut w = FrameWriter::new(Vec::new(), seal(key, Direction::ToDestination));
+        w.write_preamble().unwrap();
+        let mut ends = vec![6];
+        for m in messages {
+            w.write_message(m).unwrap();
+            ends.push(w.get_ref().len());
+        }
+        (w.inner, ends)
+    }
+
+    fn read_all(bytes: &[u8], key: u8, direction: Direction) -> Result<Vec<Message>, WireError> {
+        let mut r = FrameReader::sealed(bytes, seal(key, direction));
+        r.read_preamble()?;
+        let mut out = Vec::new();
+        while r.buffered() > 0 || out.is_empty() {
+            out.push(r.read_message()?);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_sealed_stream_hides_its_state_and_refuses_any_change() {
+        let secret = Message::Abort { reason: "conntrack 10.1.2.3:4444".into() };
+        let msgs = [hello(), secret.clone(), secret.clone(), Message::Accept];
+        let (bytes, ends) = sealed_stream(7, &msgs);
+        assert_eq!(read_all(&bytes, 7, Direction::ToDestination).unwrap(), msgs);
+        assert_eq!(&bytes[..4], SEALED_MAGIC);
+        // Nothing of the plaintext shows, and equal messages differ.
+        let hay = String::from_utf8_lossy(&bytes);
+        assert!(!hay.contains("conntrack 10.1.2.3"), "{hay}");
+        assert_ne!(bytes[ends[1]..ends[2]], bytes[ends[2]..ends[3]]);
+        let auth = |r: Result<Vec<Message>, WireError>| {
+            let e = r.unwrap_err();
+            assert!(matches!(e, WireError::Auth { .. }), "{e}");
+            e
+        };
+        // Another key, the other direction (a frame sent back).
+        auth(read_all(&bytes, 8, Direction::ToDestination));
+        auth(read_all(&bytes, 7, Direction::ToSource));
+        // Two frames swapped, one dropped, one replayed.
+        let frame = |k: usize| bytes[ends[k]..ends[k + 1]].to_vec();
+        let with = |order: &[usize]| {
+            let mut b = bytes[..6].to_vec();
+            for &k in order {
+                b.extend(frame(k));
+            }
+            b
+        };
+        let e = auth(read_all(&with(&[1, 0, 2, 3]), 7, Direction::ToDestination));
+        assert!(matches!(e, WireError::Auth { frame: 0 }), "{e}");
+        let e = auth(read_all(&with(&[0, 2, 3]), 7, Direction::ToDestination));
+        assert!(matches!(e, WireError::Auth { frame: 1 }), "{e}");
+        auth(read_all(&with(&[0, 1, 1, 2, 3]), 7, Direction::ToDestination));
+        // Every flipped bit after the preamble is refused (a flipped
+        // length: too long, or the stream ends inside the frame).
+        for i in 6..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x04;
+            let r = read_all(&b, 7, Direction::ToDestination);
+            assert!(r.is_err(), "byte {i}: {r:?}");
+        }
+        // A sealed side and an unsealed one refuse each other at once.
+        let e = read_preamble(&mut &bytes[..6]).unwrap_err();
+        assert!(e.to_string().contains("the peer seals the stream"), "{e}");
+        let mut plain = Vec::new();
+        write_preamble(&mut plain).unwrap();
+        let e = FrameReader::sealed(plain.as_slice(), seal(7, Direction::ToDestination))
+            .read_preamble()
+            .unwrap_err();
+        assert!(e.to_string().contains("the peer does not seal"), "{e}");
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -444,6 +712,8 @@ mod tests {
             let _ = read_message(&mut r, &mut Counts::default());
             let mut f = FrameReader::new(bytes.as_slice());
             let _ = f.read_preamble();
+            let _ = f.read_message();
+            let mut f = FrameReader::sealed(bytes.as_slice(), seal(1, Direction::ToSource));
             let _ = f.read_message();
         }
     }
