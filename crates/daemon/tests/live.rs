@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use braid_daemon::client::{metric_value, Client, ClientError};
 use braid_io::netns;
-use common::{Braidd, TempDir};
+use common::{ms, percentile, Braidd, TempDir};
 use serde_json::json;
 
 const CLIENT: &str = "10.78.0.1";
@@ -549,15 +549,6 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
     }
 }
 
-fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
-    v.sort();
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// The numbers of docs/benchmarks.md ("braidd"): API deploy-to-first-packet
 /// time of a 4-NF user-space chain, and `/metrics` scrape time with 25
 /// chains x 4 NFs = 100 NFs beside `/v1/status`. A measurement, run by hand:
@@ -584,38 +575,11 @@ fn measure_deploy_to_first_packet_and_scrape_time() {
     let mut first = Vec::new();
     for round in 0..10 {
         let name = format!("m{round}");
-        let stop = AtomicBool::new(false);
-        drain(&rx, Duration::from_millis(20));
-        rx.set_read_timeout(Some(Duration::from_micros(200))).unwrap();
-        let t = Instant::now();
-        let (took, arrived) = std::thread::scope(|s| {
-            s.spawn(|| {
-                while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(5) {
-                    let _ = tx.send(b"probe");
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-            });
-            // The receiver notes the first arrival while the call is
-            // still under way.
-            let receiver = s.spawn(|| {
-                let mut buf = [0u8; 2048];
-                while t.elapsed() < Duration::from_secs(3) {
-                    if rx.recv(&mut buf).is_ok() {
-                        return Some(t.elapsed());
-                    }
-                }
-                None
-            });
-            c.deploy(&four(&name, &net.a1, &net.b1)).unwrap();
-            let took = t.elapsed();
-            let arrived = receiver.join().unwrap();
-            stop.store(true, Ordering::Relaxed);
-            (took, arrived.expect("a packet crossed"))
-        });
-        rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let (took, arrived) =
+            common::deploy_to_first_packet(&c, &tx, &rx, &four(&name, &net.a1, &net.b1));
         c.remove(&name).unwrap();
         deploy.push(took);
-        first.push(arrived);
+        first.push(arrived.expect("a packet crossed"));
     }
     println!(
         "deploy call (4 NFs): median {:.2} ms, max {:.2} ms; deploy to first packet: median {:.2} ms, max {:.2} ms (10 rounds)",

@@ -31,7 +31,8 @@ fn chain_yaml(net: &common::BumpNet, name: &str, nfs: &str) -> String {
     )
 }
 
-const FW_FWD: &str = "  - { name: fw, type: firewall, placement: user, params: { default: allow } }\n  - { name: f, type: fwd }\n";
+const FW_FWD: &str =
+    "  - { name: fw, type: firewall, params: { default: allow } }\n  - { name: f, type: fwd }\n";
 
 /// The client's socket, connected to the server's, and the server's.
 fn sockets(net: &common::BumpNet) -> (UdpSocket, UdpSocket) {
@@ -380,5 +381,43 @@ fn an_nf_process_given_up_stops_the_chain_and_says_so() {
     assert!(stopped["error"].as_str().unwrap_or_default().contains("given up"), "{stopped}");
     c.remove("gu").unwrap();
     assert!(!socket_dir(dir.path(), "gu").exists());
+    assert!(d.terminate().success(), "{}", d.log());
+}
+
+/// The measurement of docs/benchmarks.md ("braidd", mapping processes):
+/// deploy-to-first-packet time of the same 4-NF chain (firewall, xor, xor,
+/// fwd) with `mapping: thread` and `mapping: processes`, 10 rounds each,
+/// deployed and removed in turn. Run by hand: `cargo test --release -p
+/// braid-daemon --test procs -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run by hand (docs/benchmarks.md)"]
+fn measure_deploy_to_first_packet_processes_and_thread() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd measure", "needs root") {
+        return;
+    }
+    let net = common::bump_net("bdm", CLIENT, SERVER);
+    let dir = TempDir::new("procs-measure");
+    let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    let c = d.client();
+    let (tx, rx) = sockets(&net);
+    let four = "  - { name: fw, type: firewall, params: { default: allow } }\n  - { name: x1, type: xor, params: { key_text: braid } }\n  - { name: x2, type: xor, params: { key_text: braid } }\n  - { name: f, type: fwd }\n";
+    for mapping in ["thread", "processes"] {
+        let (mut call, mut first) = (Vec::new(), Vec::new());
+        for round in 0..10 {
+            let name = format!("m{round}");
+            let yaml = chain_yaml(&net, &name, four).replace("processes", mapping);
+            let (took, arrived) = common::deploy_to_first_packet(&c, &tx, &rx, &yaml);
+            c.remove(&name).unwrap();
+            call.push(took);
+            first.push(arrived.expect("a packet crossed"));
+        }
+        println!(
+            "mapping {mapping} (4 NFs): deploy call median {:.1} ms, max {:.1} ms; deploy to first packet median {:.1} ms, max {:.1} ms (10 rounds)",
+            common::ms(common::percentile(call.clone(), 0.5)),
+            common::ms(common::percentile(call, 1.0)),
+            common::ms(common::percentile(first.clone(), 0.5)),
+            common::ms(common::percentile(first, 1.0)),
+        );
+    }
     assert!(d.terminate().success(), "{}", d.log());
 }
