@@ -88,7 +88,8 @@ pub struct Args {
     /// Stop after this many seconds (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub seconds: Option<f64>,
-    /// When stopping, write the NF's counters to this file (JSON).
+    /// Write the NF's counters to this file (JSON) every 200 ms while it
+    /// runs, and when it stops.
     #[arg(long)]
     pub stats: Option<std::path::PathBuf>,
 }
