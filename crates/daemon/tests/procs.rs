@@ -400,7 +400,7 @@ fn measure_deploy_to_first_packet_processes_and_thread() {
     let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
     let c = d.client();
     let (tx, rx) = sockets(&net);
-    let four = "  - { name: fw, type: firewall, params: { default: allow } }\n  - { name: x1, type: xor, params: { key_text: braid } }\n  - { name: x2, type: xor, params: { key_text: braid } }\n  - { name: f, type: fwd }\n";
+    let four = "  - { name: fw, type: firewall, placement: user, params: { default: allow } }\n  - { name: x1, type: xor, params: { key_text: braid } }\n  - { name: x2, type: xor, params: { key_text: braid } }\n  - { name: f, type: fwd }\n";
     for mapping in ["thread", "processes"] {
         let (mut call, mut first) = (Vec::new(), Vec::new());
         for round in 0..10 {
