@@ -253,6 +253,17 @@ fn a_processes_chain_forwards_counts_restarts_its_nfs_and_leaves_nothing_behind(
         ("parameters", api_error(c.reconfigure("pc", "fw", &json!({ "default": "drop" })))),
         ("sched", api_error(c.set_sched("pc", "fw", &json!({ "nice": 5 })))),
         ("profile", api_error(c.profile("pc", 100, false))),
+        (
+            "migration",
+            api_error(c.json(
+                "POST",
+                "/v1/chains/pc/nfs/fw/migrate",
+                Some((
+                    "application/json",
+                    br#"{"to": "127.0.0.1:1", "switch": {"redirect": [{"to": "10.0.2.0/24", "dev": "lo"}], "restore": [], "markers": [{"dev": "lo", "port": "in"}]}}"#,
+                )),
+            )),
+        ),
     ];
     for (what, (status, kind, message)) in refusals {
         assert_eq!((status, kind.as_str()), (409, "processes_chain"), "{what}: {message}");
