@@ -155,37 +155,33 @@ impl Deployed {
             v["stats"] = l.snapshot().to_json();
             // The worker threads (one, or one per NF with `mapping:
             // threads`): what runs on each and its loop counters.
-            let workers: Vec<serde_json::Value> = l
-                .worker_snapshots()
-                .iter()
-                .map(|w| {
-                    serde_json::json!({
-                        "name": w.worker,
-                        "nfs": w.stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-                        "ports": w.ports.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
-                        "loop": w.looped,
-                    })
-                })
-                .collect();
+            let workers: Vec<serde_json::Value> =
+                l.worker_snapshots().iter().map(worker_json).collect();
             v["workers"] = workers.into();
         }
         if let Some(p) = &self.procs {
             v["uptime_seconds"] = p.uptime().as_secs_f64().into();
             // The NFs' counters as their processes last wrote them (at
             // most `procs::STATS_INTERVAL` old), the edge's ports live.
-            v["stats"] = p.snapshot().to_json();
-            let edge = p.edge().snapshot();
-            v["workers"] = serde_json::json!([{
-                "name": edge.worker,
-                "nfs": [],
-                "ports": edge.ports.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
-                "loop": edge.looped,
-            }]);
+            let (chain, edge) = p.snapshots();
+            v["stats"] = chain.to_json();
+            v["workers"] = serde_json::json!([worker_json(&edge)]);
             v["processes"] = serde_json::to_value(p.processes()).unwrap_or_default();
             v["process_events"] = p.events().into();
         }
         v
     }
+}
+
+/// A worker as `GET` shows it: its name, the NFs it runs, its ports and
+/// its loop counters.
+fn worker_json(w: &braid_dataplane::WorkerSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "name": w.worker,
+        "nfs": w.stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "ports": w.ports.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        "loop": w.looped,
+    })
 }
 
 /// The chains, by name: shared by the API and the metrics collector.

@@ -372,9 +372,7 @@ impl Seen {
             // The edge worker's ports and loop; the NFs' counters from
             // their processes' stats files (at most 200 ms old).
             (None, Some(p)) => {
-                let edge = p.edge().snapshot();
-                let snap =
-                    braid_dataplane::WorkerSnapshot { stages: p.nf_stages(), ..edge.clone() };
+                let (snap, edge) = p.snapshots();
                 (snap, vec![edge], vec![p.edge().telemetry()])
             }
             (None, None) => return seen,

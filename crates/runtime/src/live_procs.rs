@@ -315,9 +315,14 @@ impl LiveProcesses {
     /// NF, from the last NF, `out`) and loop, with the NF processes'
     /// counters as its stages ([`LiveProcesses::nf_stages`]).
     pub fn snapshot(&self) -> WorkerSnapshot {
-        let mut snap = self.edge.snapshot();
-        snap.stages = self.nf_stages();
-        snap
+        self.snapshots().0
+    }
+
+    /// [`LiveProcesses::snapshot`] and the edge worker's own snapshot (no
+    /// stages), from one read of its telemetry.
+    pub fn snapshots(&self) -> (WorkerSnapshot, WorkerSnapshot) {
+        let edge = self.edge.snapshot();
+        (WorkerSnapshot { stages: self.nf_stages(), ..edge.clone() }, edge)
     }
 
     /// Running; exited (an NF given up, or the edge worker stopped by
