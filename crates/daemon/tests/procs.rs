@@ -243,6 +243,10 @@ fn a_processes_chain_forwards_counts_restarts_its_nfs_and_leaves_nothing_behind(
         "{m}"
     );
     assert_eq!(metric_value(&m, "braid_chain_up", &[("chain", "pc")]), Some(1.0));
+    // braidd's edge worker is the chain's worker thread.
+    let edge_turns =
+        metric_value(&m, "braid_worker_turns_total", &[("chain", "pc"), ("worker", "edge-pc")]);
+    assert!(edge_turns.is_some_and(|t| t > 0.0), "{m}");
     assert!(
         metric_value(&m, "braid_port_rx_packets_total", &[("chain", "pc")]).unwrap() > 0.0,
         "{m}"
