@@ -488,12 +488,13 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
         return;
     }
     let net = net();
-    let chain = |name: &str, kind: &str| {
+    let chain_mapped = |name: &str, kind: &str, mapping: &str| {
         format!(
-            "name: {name}\nports:\n  in: {{ kind: {kind}, iface: {} }}\n  out: {{ kind: {kind}, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, placement: user, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+            "name: {name}\nmapping: {mapping}\nports:\n  in: {{ kind: {kind}, iface: {} }}\n  out: {{ kind: {kind}, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, placement: user, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
             net.a1, net.b1
         )
     };
+    let chain = |name: &str, kind: &str| chain_mapped(name, kind, "thread");
     let all: Vec<&str> = CAPS.iter().map(|(c, _)| *c).collect();
     let dir = nobody_dir("caps");
     let wrapper = setpriv(&all);
@@ -508,8 +509,14 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
     let c = d.client();
     let (tx, rx) = sockets(&net);
     let rx = rx.unwrap();
-    for (name, kind) in [("p", "af_packet"), ("x", "af_xdp")] {
-        let v = c.deploy(&chain(name, kind)).unwrap_or_else(|e| panic!("{kind}: {e}"));
+    // The NF processes of a `mapping: processes` chain are braidd too,
+    // with the same user and capabilities.
+    for (name, kind, mapping) in
+        [("p", "af_packet", "thread"), ("x", "af_xdp", "thread"), ("q", "af_packet", "processes")]
+    {
+        let v = c
+            .deploy(&chain_mapped(name, kind, mapping))
+            .unwrap_or_else(|e| panic!("{kind}, {mapping}: {e}"));
         assert_eq!(v["state"], "running", "{v}");
         time_to_first_packet(&tx, &rx, Duration::from_secs(5))
             .unwrap_or_else(|| panic!("nothing crossed the {kind} chain"));
