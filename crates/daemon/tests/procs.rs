@@ -3,8 +3,8 @@
 //! packets: client — mid (braidd) — server namespaces as in `live.rs`.
 //! UDP crosses a firewall + fwd chain of NF processes; the per-NF counters
 //! (API, /metrics) match what was sent; operations that do not reach NF
-//! processes are refused with 409; an NF process killed with SIGKILL is
-//! restarted and traffic flows again; one killed past its restarts stops
+//! processes are refused with 409; an NF process killed with SIGKILL, or
+//! hung (SIGSTOP), is restarted and traffic flows again; one killed past its restarts stops
 //! the chain; remove, SIGTERM and SIGKILL of braidd leave no NF process
 //! and no socket directory behind, and the chain comes back after a
 //! restart.
@@ -302,6 +302,23 @@ fn a_processes_chain_forwards_counts_restarts_its_nfs_and_leaves_nothing_behind(
     let events = v["process_events"].to_string();
     assert!(events.contains("fw: exited (killed by signal 9)"), "{events}");
     assert!(events.contains("fw: restarted (#1)"), "{events}");
+
+    // A hung NF process (stopped: alive, its loop silent) is killed by
+    // the heartbeat watchdog (2 s) and restarted like a failed one.
+    let fw_pid = process(&c.chain("pc").unwrap(), "fw")["pid"].as_u64().unwrap() as u32;
+    let st = std::process::Command::new("kill").arg("-STOP").arg(fw_pid.to_string()).status();
+    assert!(st.unwrap().success());
+    assert!(
+        eventually(Duration::from_secs(8), || process(&c.chain("pc").unwrap(), "fw")["restarts"]
+            == 2),
+        "a stopped fw was not restarted: {}",
+        c.chain("pc").unwrap()
+    );
+    let events = c.chain("pc").unwrap()["process_events"].to_string();
+    assert!(events.contains("fw: hung (no heartbeat for"), "{events}");
+    assert!(!alive(fw_pid));
+    time_to_first_packet(&tx, &rx, Duration::from_secs(5)).expect("nothing crossed after a hang");
+    drain(&rx, Duration::from_millis(100));
 
     // Remove: no NF process, no socket directory left.
     let pids_now = pids(&c.chain("pc").unwrap());
