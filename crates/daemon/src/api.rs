@@ -199,6 +199,7 @@ impl From<OpError> for ApiError {
             OpError::KernelStart(_) => (StatusCode::UNPROCESSABLE_ENTITY, "start_failed"),
             OpError::KernelControl(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_kernel"),
             OpError::KernelChain { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "kernel_chain"),
+            OpError::ProcessesChain { .. } => (StatusCode::CONFLICT, "processes_chain"),
         };
         let problems = match &e {
             OpError::Invalid(ps) => ps

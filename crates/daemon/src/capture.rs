@@ -66,6 +66,10 @@ pub async fn capture(
             };
             CaptureTarget::Xdp(k.tap_target(nf_index).map_err(OpError::KernelControl)?)
         }
+        // No tap reaches into an NF process.
+        (None, None, _) if entry.procs().is_some() => {
+            return Err(OpError::ProcessesChain { chain: name, what: "a capture".into() }.into())
+        }
         _ => return Err(OpError::NotRunning(name).into()),
     };
     let kernel_chain = entry.kernel().is_some().then(|| entry.clone());

@@ -1,5 +1,7 @@
 //! What braidd owns: the chains it runs (each a [`LiveChain`] on its own
-//! worker thread, or one per NF with `mapping: threads`), the store that
+//! worker thread, or one per NF with `mapping: threads`; with `mapping:
+//! processes` a [`LiveProcesses`]: an NF process each, braidd's edge
+//! worker owning the ports), the store that
 //! declares them, and the operations on them. Every operation here blocks (it opens sockets, starts threads,
 //! talks to workers): the API runs them on tokio's blocking pool, one at
 //! a time.
@@ -8,8 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use braid_runtime::live::{check_ports, LiveChain, LiveState, StartOptions};
+use braid_runtime::live_procs::LiveProcesses;
+use braid_runtime::proc_chain::ProcessesConfig;
 use braid_runtime::validate::{validate_str, Problem};
-use braid_runtime::ChainDescriptor;
+use braid_runtime::{ChainDescriptor, WorkerMapping};
 
 use crate::kernel::{ChainPlacement, KernelChain, KernelChainError, NfPlacement, PlacementError};
 use crate::store::{Store, StoreError};
@@ -22,6 +26,8 @@ pub struct Deployed {
     live: Option<LiveChain>,
     /// Running in the kernel, as one XDP program (`crate::kernel`).
     kernel: Option<KernelChain>,
+    /// Running in user space as one process per NF (`mapping: processes`).
+    procs: Option<LiveProcesses>,
     /// Where each NF runs (or would run), and why.
     placements: Vec<NfPlacement>,
     /// Why it does not run, when it does not.
@@ -39,11 +45,23 @@ impl Deployed {
 
     /// The descriptor as declared and running (live changes included).
     pub fn descriptor(&self) -> ChainDescriptor {
-        match (&self.live, &self.kernel) {
-            (Some(l), _) => l.descriptor(),
-            (None, Some(k)) => k.descriptor(),
-            (None, None) => self.declared.clone(),
+        match (&self.live, &self.kernel, &self.procs) {
+            (Some(l), _, _) => l.descriptor(),
+            (None, Some(k), _) => k.descriptor(),
+            (None, None, Some(p)) => p.descriptor(),
+            (None, None, None) => self.declared.clone(),
         }
+    }
+
+    /// The running chain, if it runs as one process per NF.
+    pub fn procs(&self) -> Option<&LiveProcesses> {
+        self.procs.as_ref()
+    }
+
+    /// Whether something runs (or ran) for it: a worker, an XDP program
+    /// or NF processes; not when it could not start.
+    pub fn started(&self) -> bool {
+        self.live.is_some() || self.kernel.is_some() || self.procs.is_some()
     }
 
     /// The running chain, if it runs in user space.
@@ -71,10 +89,13 @@ impl Deployed {
     /// The running user-space chain, or why an operation for user-space
     /// chains (`what`) cannot be done on this one.
     pub fn user_space(&self, what: &str) -> Result<&LiveChain, OpError> {
-        match (&self.live, &self.kernel) {
-            (Some(l), _) if self.state().0 == "running" => Ok(l),
-            (None, Some(_)) => {
+        match (&self.live, &self.kernel, &self.procs) {
+            (Some(l), _, _) if self.state().0 == "running" => Ok(l),
+            (None, Some(_), _) => {
                 Err(OpError::KernelChain { chain: self.name().into(), what: what.into() })
+            }
+            (None, None, Some(_)) => {
+                Err(OpError::ProcessesChain { chain: self.name().into(), what: what.into() })
             }
             _ => Err(OpError::NotRunning(self.name().into())),
         }
@@ -92,13 +113,15 @@ impl Deployed {
                 Some(why) => ("exited", Some(why)),
             };
         }
-        match &self.live {
-            None => ("failed", self.error.clone()),
-            Some(l) => match l.state() {
-                LiveState::Running => ("running", None),
-                LiveState::Exited(e) => ("exited", e),
-                LiveState::Stopped => ("stopped", None),
-            },
+        let state = match (&self.live, &self.procs) {
+            (Some(l), _) => l.state(),
+            (None, Some(p)) => p.state(),
+            (None, None) => return ("failed", self.error.clone()),
+        };
+        match state {
+            LiveState::Running => ("running", None),
+            LiveState::Exited(e) => ("exited", e),
+            LiveState::Stopped => ("stopped", None),
         }
     }
 
@@ -111,6 +134,7 @@ impl Deployed {
             "error": error,
             "descriptor": serde_json::to_value(self.descriptor()).unwrap_or_default(),
             "placement": self.placement(),
+            "mapping": self.descriptor().mapping.unwrap_or_default().name(),
             "nfs": serde_json::to_value(&self.placements).unwrap_or_default(),
         });
         match &self.restored {
@@ -131,22 +155,33 @@ impl Deployed {
             v["stats"] = l.snapshot().to_json();
             // The worker threads (one, or one per NF with `mapping:
             // threads`): what runs on each and its loop counters.
-            let workers: Vec<serde_json::Value> = l
-                .worker_snapshots()
-                .iter()
-                .map(|w| {
-                    serde_json::json!({
-                        "name": w.worker,
-                        "nfs": w.stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-                        "ports": w.ports.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
-                        "loop": w.looped,
-                    })
-                })
-                .collect();
+            let workers: Vec<serde_json::Value> =
+                l.worker_snapshots().iter().map(worker_json).collect();
             v["workers"] = workers.into();
+        }
+        if let Some(p) = &self.procs {
+            v["uptime_seconds"] = p.uptime().as_secs_f64().into();
+            // The NFs' counters as their processes last wrote them (at
+            // most `procs::STATS_INTERVAL` old), the edge's ports live.
+            let (chain, edge) = p.snapshots();
+            v["stats"] = chain.to_json();
+            v["workers"] = serde_json::json!([worker_json(&edge)]);
+            v["processes"] = serde_json::to_value(p.processes()).unwrap_or_default();
+            v["process_events"] = p.events().into();
         }
         v
     }
+}
+
+/// A worker as `GET` shows it: its name, the NFs it runs, its ports and
+/// its loop counters.
+fn worker_json(w: &braid_dataplane::WorkerSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "name": w.worker,
+        "nfs": w.stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "ports": w.ports.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        "loop": w.looped,
+    })
 }
 
 /// The chains, by name: shared by the API and the metrics collector.
@@ -197,6 +232,22 @@ pub enum OpError {
     /// An operation only user-space chains have.
     #[error("chain `{chain}` runs in the kernel (one XDP program, no worker thread): {what} is for chains in user space; deploy it with `placement: user` on an NF to run it there")]
     KernelChain { chain: String, what: String },
+    /// An operation that does not reach NF processes (yet).
+    #[error("chain `{chain}` runs with `mapping: processes` (one process per NF): {what} is not available for that mapping; deploy it with `mapping: thread` or `mapping: threads` for it")]
+    ProcessesChain { chain: String, what: String },
+}
+
+/// The settings of every worker or NF process chain `d` runs on when
+/// started with `opts` (for the host-wide starvation check).
+fn own_workers(
+    d: &ChainDescriptor,
+    opts: &StartOptions,
+) -> Result<Vec<braid_runtime::coordinator::WorkerSettings>, braid_runtime::coordinator::CoordError>
+{
+    match d.mapping {
+        Some(WorkerMapping::Processes) => braid_runtime::live_procs::worker_settings(d, opts),
+        _ => braid_runtime::live::worker_settings(d, opts),
+    }
 }
 
 /// braidd's chains and their store.
@@ -204,6 +255,9 @@ pub struct Daemon {
     chains: Chains,
     store: Store,
     start: StartOptions,
+    /// Where `mapping: processes` chains keep their socket directories
+    /// (one per chain, named after it).
+    procs_dir: std::path::PathBuf,
     /// Checkpoint rounds written.
     checkpoints: std::sync::atomic::AtomicU64,
 }
@@ -261,7 +315,28 @@ impl Daemon {
     /// A daemon over `store`, with no chain running yet (see
     /// [`Daemon::restore`]).
     pub fn new(store: Store, start: StartOptions) -> Daemon {
-        Daemon { chains: Arc::default(), store, start, checkpoints: Default::default() }
+        let procs_dir = std::env::temp_dir().join(format!("braidd-procs-{}", std::process::id()));
+        Daemon { chains: Arc::default(), store, start, procs_dir, checkpoints: Default::default() }
+    }
+
+    /// Keep the socket directories of `mapping: processes` chains under
+    /// `dir` (braidd: `braidd-procs` beside its API socket) instead of a
+    /// folder of the system's temporary directory named after this
+    /// process. Whatever `dir` holds is braidd's: [`Daemon::restore`]
+    /// empties it (a killed braidd may have left sockets there).
+    pub fn with_procs_dir(mut self, dir: std::path::PathBuf) -> Daemon {
+        self.procs_dir = dir;
+        self
+    }
+
+    /// How NF processes of `mapping: processes` chains are started:
+    /// braidd itself re-executed (`braidd nf-proc`, through
+    /// `/proc/self/exe`, so no other binary must be found), restarted per
+    /// the default policy (on failure, 5 times).
+    fn processes_config(&self) -> ProcessesConfig {
+        let mut cfg = ProcessesConfig::new("/proc/self/exe".into());
+        cfg.start_timeout = std::time::Duration::from_secs(10);
+        cfg
     }
 
     /// The chain workers' idle policy (`poll`, `busy`, `sleep`).
@@ -290,6 +365,13 @@ impl Daemon {
     /// error. Returns (started, failed).
     pub fn restore(&self) -> Result<(usize, usize), StoreError> {
         let declared = self.store.load()?;
+        // Socket directories a killed braidd left (its NF processes died
+        // with it): every processes chain makes its own again.
+        if self.procs_dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.procs_dir) {
+                tracing::warn!(dir = %self.procs_dir.display(), error = %e, "stale NF process sockets");
+            }
+        }
         let (mut ok, mut failed) = (0, 0);
         for d in declared {
             let started = crate::kernel::decide(&d)
@@ -311,6 +393,7 @@ impl Daemon {
                         declared: d,
                         live: None,
                         kernel: None,
+                        procs: None,
                         placements,
                         error: Some(e.to_string()),
                         restored: None,
@@ -375,15 +458,22 @@ impl Daemon {
         d: ChainDescriptor,
         (placement, placements): (ChainPlacement, Vec<NfPlacement>),
     ) -> Result<Deployed, OpError> {
-        let (live, kernel) = match placement {
+        let (mut live, mut kernel, mut procs) = (None, None, None);
+        match placement {
             ChainPlacement::Kernel(configs) => {
-                (None, Some(KernelChain::start(&d, configs).map_err(OpError::KernelStart)?))
+                kernel = Some(KernelChain::start(&d, configs).map_err(OpError::KernelStart)?);
+            }
+            ChainPlacement::User if d.mapping == Some(WorkerMapping::Processes) => {
+                let dir = self.procs_dir.join(braid_runtime::supervisor::file_name_part(&d.name));
+                let cfg = self.processes_config();
+                procs =
+                    Some(LiveProcesses::start(&d, &self.start, &cfg, dir).map_err(OpError::Start)?);
             }
             ChainPlacement::User => {
-                (Some(LiveChain::start(&d, self.start.clone()).map_err(OpError::Start)?), None)
+                live = Some(LiveChain::start(&d, self.start.clone()).map_err(OpError::Start)?);
             }
-        };
-        Ok(Deployed { declared: d, live, kernel, placements, error: None, restored: None })
+        }
+        Ok(Deployed { declared: d, live, kernel, procs, placements, error: None, restored: None })
     }
 
     /// Validate descriptor `text`, start it and declare it. Refused with
@@ -411,7 +501,7 @@ impl Daemon {
     /// settings are checked when it starts.
     fn check_starvation(&self, d: &ChainDescriptor) -> Result<(), OpError> {
         let mut all = self.other_workers(&d.name);
-        let own = braid_runtime::live::worker_settings(d, &self.start).map_err(|source| {
+        let own = own_workers(d, &self.start).map_err(|source| {
             OpError::Sched(braid_runtime::live::LiveError::Sched { chain: d.name.clone(), source })
         })?;
         all.extend(own);
@@ -460,20 +550,23 @@ impl Daemon {
                 }
             });
         }
-        Ok(match entry.live() {
-            Some(l) => match l.stop() {
-                Ok(r) => serde_json::json!({
-                    "name": name,
-                    "stopped": true,
-                    "seconds": r.elapsed.as_secs_f64(),
-                    "in": { "rx_packets": r.input.rx_packets, "tx_packets": r.input.tx_packets },
-                    "out": { "rx_packets": r.output.rx_packets, "tx_packets": r.output.tx_packets },
-                    "error": r.error.map(|e| e.to_string()),
-                }),
-                Err(e) => {
-                    serde_json::json!({ "name": name, "stopped": false, "error": e.to_string() })
-                }
-            },
+        let stopped = match (entry.live(), entry.procs()) {
+            (Some(l), _) => Some(l.stop()),
+            (None, Some(p)) => Some(p.stop()),
+            (None, None) => None,
+        };
+        Ok(match stopped {
+            Some(Ok(r)) => serde_json::json!({
+                "name": name,
+                "stopped": true,
+                "seconds": r.elapsed.as_secs_f64(),
+                "in": { "rx_packets": r.input.rx_packets, "tx_packets": r.input.tx_packets },
+                "out": { "rx_packets": r.output.rx_packets, "tx_packets": r.output.tx_packets },
+                "error": r.error.map(|e| e.to_string()),
+            }),
+            Some(Err(e)) => {
+                serde_json::json!({ "name": name, "stopped": false, "error": e.to_string() })
+            }
             None => serde_json::json!({ "name": name, "stopped": true, "error": null }),
         })
     }
@@ -521,10 +614,8 @@ impl Daemon {
             self.store.put(&d)?;
             return Ok(entry);
         }
-        let live = match (entry.live(), entry.state().0) {
-            (Some(l), "running") => l,
-            _ => return Err(OpError::NotRunning(name.into())),
-        };
+        // The new parameters would not reach an NF process.
+        let live = entry.user_space("a live parameter change")?;
         live.reconfigure(nf, params).map_err(OpError::Control)?;
         self.store.put(&d)?;
         Ok(entry)
@@ -562,7 +653,11 @@ impl Daemon {
         self.list()
             .iter()
             .filter(|e| e.name() != name && e.state().0 == "running")
-            .filter_map(|e| e.live().and_then(|l| l.settings().ok()))
+            .filter_map(|e| match (e.live(), e.procs()) {
+                (Some(l), _) => l.settings().ok(),
+                (None, Some(p)) => own_workers(&p.descriptor(), &self.start).ok(),
+                (None, None) => None,
+            })
             .flatten()
             .collect()
     }
@@ -613,11 +708,16 @@ impl Daemon {
                     Err(err) => tracing::warn!(chain = %e.name(), error = %err, "stop"),
                 }
             }
-            if let Some(l) = e.live() {
-                match l.stop() {
-                    Ok(_) => stopped += 1,
-                    Err(err) => tracing::warn!(chain = %e.name(), error = %err, "stop"),
-                }
+            let stop = match (e.live(), e.procs()) {
+                (Some(l), _) => Some(l.stop()),
+                // Its NF processes end and its socket directory goes.
+                (None, Some(p)) => Some(p.stop()),
+                (None, None) => None,
+            };
+            match stop {
+                Some(Ok(_)) => stopped += 1,
+                Some(Err(err)) => tracing::warn!(chain = %e.name(), error = %err, "stop"),
+                None => {}
             }
         }
         (stopped, drained)

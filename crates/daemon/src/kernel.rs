@@ -30,7 +30,7 @@ use braid_nf::kernel::KernelConfig;
 use braid_nf::Placement;
 use braid_runtime::descriptor::PlacementChoice;
 use braid_runtime::xdp_nf::KernelNf;
-use braid_runtime::{ChainDescriptor, PortDecl};
+use braid_runtime::{ChainDescriptor, PortDecl, WorkerMapping};
 
 /// Where one NF of a chain runs in braidd, and why.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -136,12 +136,15 @@ pub fn decide(d: &ChainDescriptor) -> Result<(ChainPlacement, Vec<NfPlacement>),
     Ok((ChainPlacement::User, placements))
 }
 
-/// The user-space worker settings `d` declares (`mapping: threads`, a
-/// `sched` block), if any: a chain that asks for worker threads runs on
-/// them.
+/// The user-space worker settings `d` declares (`mapping: threads` or
+/// `processes`, a `sched` block), if any: a chain that asks for worker
+/// threads or NF processes runs on them.
 fn worker_settings(d: &ChainDescriptor) -> Option<String> {
-    if d.mapping == Some(braid_runtime::WorkerMapping::Threads) {
-        return Some("`mapping: threads`".into());
+    match d.mapping {
+        Some(m @ (WorkerMapping::Threads | WorkerMapping::Processes)) => {
+            return Some(format!("`mapping: {}`", m.name()))
+        }
+        Some(WorkerMapping::Thread) | None => {}
     }
     if d.sched.is_some() {
         return Some("a `sched` block".into());
@@ -702,6 +705,7 @@ mod tests {
         let two = "  - { name: f, type: fwd }\n  - { name: g, type: fwd }\n";
         for (extra, what) in [
             ("mapping: threads\n", "`mapping: threads`"),
+            ("mapping: processes\n", "`mapping: processes`"),
             ("sched: { policy: batch }\n", "a `sched` block"),
         ] {
             let d = ChainDescriptor::from_yaml(&format!(

@@ -1,7 +1,8 @@
 //! braidd, the per-host braid daemon, and its client.
 //!
 //! - [`daemon`]: the chains braidd runs ([`braid_runtime::live::LiveChain`]
-//!   each) and the operations on them;
+//!   each, [`braid_runtime::live_procs::LiveProcesses`] with `mapping:
+//!   processes`) and the operations on them;
 //! - [`store`]: the declared chains in an embedded transactional store;
 //! - [`api`]: the HTTP/JSON API on a unix socket (peer credentials checked);
 //! - [`metrics`]: `/metrics` in OpenMetrics text;
@@ -10,6 +11,8 @@
 //! - [`ops`]: operations (ids, outcomes) and the event feed;
 //! - [`migration`]: the migration agent (`POST
 //!   /v1/chains/{name}/nfs/{nf}/migrate`, the `migrate_listen` listener);
+//! - [`nf_proc`]: the arguments and the run of one NF process (`braid
+//!   nf-proc`, and `braidd nf-proc` for `mapping: processes` chains);
 //! - [`capture`]: `POST /v1/chains/{name}/capture`, a pcapng stream of an
 //!   NF's packets (`braid capture --chain`), and its client;
 //! - [`openapi`]: the served OpenAPI document;
@@ -32,6 +35,7 @@ pub mod daemon;
 pub mod kernel;
 pub mod metrics;
 pub mod migration;
+pub mod nf_proc;
 pub mod openapi;
 pub mod ops;
 pub mod scale;

@@ -112,6 +112,15 @@ struct Args {
     header_timeout_ms: Option<u64>,
 }
 
+/// `braidd nf-proc ...`: not for operators (braidd starts it for the NFs
+/// of a `mapping: processes` chain); the arguments of `braid nf-proc`.
+#[derive(Parser, Debug)]
+#[command(name = "nf-proc", hide = true)]
+struct NfProcCommand {
+    #[command(flatten)]
+    args: braid_daemon::nf_proc::Args,
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .map_err(|_| format!("`{s}`: octal permission bits such as 600 or 660"))
@@ -215,7 +224,10 @@ async fn prepare(c: &Config) -> anyhow::Result<(Arc<Daemon>, Audit)> {
         control_timeout: Duration::from_millis(c.control_timeout_ms),
         ..StartOptions::default()
     };
-    let daemon = Arc::new(Daemon::new(store, start));
+    // The NF processes' sockets of `mapping: processes` chains live beside
+    // the API socket (braidd's runtime directory, /run/braid by default).
+    let procs_dir = c.socket.parent().unwrap_or(std::path::Path::new("/")).join("braidd-procs");
+    let daemon = Arc::new(Daemon::new(store, start).with_procs_dir(procs_dir));
     let d = daemon.clone();
     let (ok, failed) = tokio::task::spawn_blocking(move || d.restore()).await??;
     tracing::info!(restored = ok, failed, "declared chains started");
@@ -238,8 +250,7 @@ async fn watch_chains(daemon: Arc<Daemon>, events: Arc<braid_daemon::ops::Events
             // A chain enters the map running (deployed, or restored with a
             // worker); one restored without a worker enters `failed`. So
             // a chain first seen here already exited still gets its event.
-            let entered =
-                if c.live().is_some() || c.kernel().is_some() { "running" } else { "failed" };
+            let entered = if c.started() { "running" } else { "failed" };
             let before = seen.insert(c.name().to_string(), state).unwrap_or(entered);
             if before != state {
                 events.publish(
@@ -403,6 +414,16 @@ async fn run(c: Config) -> anyhow::Result<()> {
 }
 
 fn main() {
+    // braidd re-executed by itself as an NF process of a `mapping:
+    // processes` chain (`braid_runtime::live_procs`).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "nf-proc") {
+        let args = NfProcCommand::parse_from(std::env::args_os().skip(1));
+        if let Err(e) = braid_daemon::nf_proc::run(args.args) {
+            eprintln!("braidd nf-proc: error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let result = config(Args::parse()).and_then(|c| {
         init_logs(&c)?;
         let rt = tokio::runtime::Builder::new_multi_thread()

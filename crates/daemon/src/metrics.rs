@@ -319,7 +319,8 @@ struct Seen {
     kernel_nfs: Vec<(String, String, braid_io::xdp::XdpCounters)>,
     /// `chain="..",port=".."` per port of `snap`.
     port_labels: Vec<String>,
-    /// Per worker thread (one, or one per NF with `mapping: threads`):
+    /// Per worker thread (one, one per NF with `mapping: threads`, the
+    /// edge worker with `mapping: processes`):
     /// `chain="..",worker=".."`, its loop counters, and its on-CPU time
     /// since its loop started and the wall time since then (ns).
     workers: Vec<SeenWorker>,
@@ -361,11 +362,21 @@ impl Seen {
             }
             return seen;
         }
-        let Some(live) = c.live() else { return seen };
-        let per_worker = live.worker_snapshots();
         // One read of the workers' telemetry serves both the per-worker
         // families and the chain's NF and port ones.
-        let snap = live.combine(per_worker.clone());
+        let (snap, per_worker, telemetries) = match (c.live(), c.procs()) {
+            (Some(live), _) => {
+                let per_worker = live.worker_snapshots();
+                (live.combine(per_worker.clone()), per_worker, live.telemetries())
+            }
+            // The edge worker's ports and loop; the NFs' counters from
+            // their processes' stats files (at most 200 ms old).
+            (None, Some(p)) => {
+                let (snap, edge) = p.snapshots();
+                (snap, vec![edge], vec![p.edge().telemetry()])
+            }
+            (None, None) => return seen,
+        };
         seen.nf_labels =
             snap.stages.iter().map(|s| nf_labels(&seen.chain, &s.name, s.kind, "user")).collect();
         seen.port_labels = snap
@@ -375,7 +386,7 @@ impl Seen {
             .collect();
         seen.workers = per_worker
             .iter()
-            .zip(live.telemetries())
+            .zip(telemetries)
             .map(|(w, t)| {
                 let labels = format!("{},worker=\"{}\"", seen.chain, escape(&w.worker));
                 (labels, w.looped, worker_cpu(&t))

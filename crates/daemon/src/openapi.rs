@@ -71,7 +71,7 @@ fn migrate_path() -> Value {
                 "202": accepted_response(),
                 "400": error_response("bad request (the field named), mode or flows"),
                 "404": error_response("no such chain or NF"),
-                "409": error_response("the chain is not running, or this braidd has no migrate_key_file to authenticate the offer with (no_migrate_key)"),
+                "409": error_response("the chain is not running, or runs with mapping processes (processes_chain), or this braidd has no migrate_key_file to authenticate the offer with (no_migrate_key)"),
                 "422": error_response("the migration failed and was rolled back (the source keeps serving), or the chain runs in the kernel (kernel_chain); the message says why")
             }
         }
@@ -182,7 +182,7 @@ pub fn document() -> Value {
                         "202": accepted_response(),
                         "400": error_response("invalid parameters or sched (field paths as `braid validate` gives them) or body"),
                         "404": error_response("no such chain or NF"),
-                        "409": error_response("the chain is not running"),
+                        "409": error_response("the chain is not running, or runs with mapping processes: neither parameters nor sched reach its NF processes (processes_chain)"),
                         "422": error_response("refused: the worker or the kernel refused the change (state does not fit, no privilege: refused_by_worker), or the coordinator did (real-time busy polling on every CPU, NFs of the worker disagree: sched_refused), or a kernel chain's program cannot take the parameters (refused_by_kernel), or `sched` on a kernel chain (kernel_chain); nothing changed")
                     }
                 }
@@ -208,7 +208,7 @@ pub fn document() -> Value {
                                 "required": ["chain", "mapping", "nfs", "workers", "hardware", "breakdown", "not_measured"] } } } },
                         "400": error_response("bad query (the parameter named)"),
                         "404": error_response("no such chain"),
-                        "409": error_response("the chain is not running"),
+                        "409": error_response("the chain is not running, or runs with mapping processes (processes_chain)"),
                         "422": error_response("the chain runs in the kernel: no worker thread to profile (kernel_chain)")
                     }
                 }
@@ -257,7 +257,7 @@ pub fn document() -> Value {
                         "200": { "description": "the capture, streamed", "content": { "application/x-pcapng": { "schema": { "type": "string", "format": "binary" } } } },
                         "400": error_response("bad request body or filter"),
                         "404": error_response("no such chain or NF"),
-                        "409": error_response("the chain is not running"),
+                        "409": error_response("the chain is not running, or runs with mapping processes: no tap reaches into an NF process (processes_chain)"),
                         "422": error_response("the worker or the kernel refused the tap")
                     }
                 }
@@ -279,7 +279,7 @@ pub fn document() -> Value {
               "description": "TCP listener only (the unix socket checks peer credentials instead)" } },
           "schemas": {
             "Error": { "type": "object", "required": ["error", "message"], "properties": {
-                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, refused_by_kernel, sched_refused, placement_refused, kernel_chain, profile_failed, body_too_large, body_timeout, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
+                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, refused_by_kernel, sched_refused, placement_refused, kernel_chain, processes_chain, profile_failed, body_too_large, body_timeout, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
                 "message": { "type": "string" },
                 "problems": { "type": "array", "items": { "type": "object", "properties": {
                     "line": { "type": ["integer", "null"] }, "column": { "type": ["integer", "null"] },
@@ -324,8 +324,8 @@ pub fn document() -> Value {
                                         "worker": { "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$",
                                             "description": "with mapping threads: the worker thread this NF shares with its neighbours of the same worker" } } } },
                     "sched": { "type": "object" },
-                    "mapping": { "type": "string", "enum": ["thread", "threads"],
-                        "description": "thread (default): every NF on one worker thread; threads: a worker per NF (or per run of neighbouring NFs with the same `worker`) joined by in-process channels" } } },
+                    "mapping": { "type": "string", "enum": ["thread", "threads", "processes"],
+                        "description": "thread (default): every NF on one worker thread; threads: a worker per NF (or per run of neighbouring NFs with the same `worker`) joined by in-process channels; processes: a supervised process per NF (braidd re-executed) joined by shared-memory ports, braidd's edge worker on `in` and `out`" } } },
             "Chain": { "type": "object", "required": ["name", "state", "descriptor"], "properties": {
                 "name": { "type": "string" },
                 "state": { "type": "string", "enum": ["running", "exited", "failed", "stopped"] },
@@ -339,9 +339,15 @@ pub fn document() -> Value {
                         "name": { "type": "string" }, "kind": { "type": "string" },
                         "placement": { "type": "string", "enum": ["kernel", "user"] },
                         "reason": { "type": "string" } } } },
-                "stats": { "type": "object", "description": "per-NF stages, ports and loop counters (every worker's together); for a kernel chain the XDP program's per-NF counters (packets_in, bytes_in, packets_out, passed, dropped, drops, matched, tap) and its interfaces with their XDP mode" },
-                "workers": { "type": "array", "description": "the chain's worker threads in chain order: name, nfs, ports, loop counters (none for a kernel chain)",
-                    "items": { "type": "object" } } } },
+                "stats": { "type": "object", "description": "per-NF stages, ports and loop counters (every worker's together; with mapping processes the NF processes' counters, at most 200 ms old, and the edge worker's ports); for a kernel chain the XDP program's per-NF counters (packets_in, bytes_in, packets_out, passed, dropped, drops, matched, tap) and its interfaces with their XDP mode" },
+                "workers": { "type": "array", "description": "the chain's worker threads in chain order: name, nfs, ports, loop counters (none for a kernel chain; with mapping processes braidd's edge worker)",
+                    "items": { "type": "object" } },
+                "mapping": { "type": "string", "enum": ["thread", "threads", "processes"] },
+                "processes": { "type": "array", "description": "with mapping processes: each NF process, its pid (null while down) and restarts",
+                    "items": { "type": "object", "required": ["name", "pid", "restarts"], "properties": {
+                        "name": { "type": "string" }, "pid": { "type": ["integer", "null"] }, "restarts": { "type": "integer" } } } },
+                "process_events": { "type": "array", "items": { "type": "string" },
+                    "description": "with mapping processes: the supervisor's latest events (starts, exits, restarts, hangs, given up), oldest first" } } },
             "Status": { "type": "object", "properties": {
                 "daemon": { "type": "string" }, "version": { "type": "string" }, "pid": { "type": "integer" },
                 "uptime_seconds": { "type": "number" }, "chains": { "type": "integer" }, "running": { "type": "integer" },

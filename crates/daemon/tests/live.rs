@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use braid_daemon::client::{metric_value, Client, ClientError};
 use braid_io::netns;
-use common::{Braidd, TempDir};
+use common::{ms, percentile, Braidd, TempDir};
 use serde_json::json;
 
 const CLIENT: &str = "10.78.0.1";
@@ -488,12 +488,13 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
         return;
     }
     let net = net();
-    let chain = |name: &str, kind: &str| {
+    let chain_mapped = |name: &str, kind: &str, mapping: &str| {
         format!(
-            "name: {name}\nports:\n  in: {{ kind: {kind}, iface: {} }}\n  out: {{ kind: {kind}, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, placement: user, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+            "name: {name}\nmapping: {mapping}\nports:\n  in: {{ kind: {kind}, iface: {} }}\n  out: {{ kind: {kind}, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, placement: user, params: {{ default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
             net.a1, net.b1
         )
     };
+    let chain = |name: &str, kind: &str| chain_mapped(name, kind, "thread");
     let all: Vec<&str> = CAPS.iter().map(|(c, _)| *c).collect();
     let dir = nobody_dir("caps");
     let wrapper = setpriv(&all);
@@ -508,8 +509,14 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
     let c = d.client();
     let (tx, rx) = sockets(&net);
     let rx = rx.unwrap();
-    for (name, kind) in [("p", "af_packet"), ("x", "af_xdp")] {
-        let v = c.deploy(&chain(name, kind)).unwrap_or_else(|e| panic!("{kind}: {e}"));
+    // The NF processes of a `mapping: processes` chain are braidd too,
+    // with the same user and capabilities.
+    for (name, kind, mapping) in
+        [("p", "af_packet", "thread"), ("x", "af_xdp", "thread"), ("q", "af_packet", "processes")]
+    {
+        let v = c
+            .deploy(&chain_mapped(name, kind, mapping))
+            .unwrap_or_else(|e| panic!("{kind}, {mapping}: {e}"));
         assert_eq!(v["state"], "running", "{v}");
         time_to_first_packet(&tx, &rx, Duration::from_secs(5))
             .unwrap_or_else(|| panic!("nothing crossed the {kind} chain"));
@@ -567,15 +574,6 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
     }
 }
 
-fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
-    v.sort();
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// The numbers of docs/benchmarks.md ("braidd"): API deploy-to-first-packet
 /// time of a 4-NF user-space chain, and `/metrics` scrape time with 25
 /// chains x 4 NFs = 100 NFs beside `/v1/status`. A measurement, run by hand:
@@ -602,38 +600,11 @@ fn measure_deploy_to_first_packet_and_scrape_time() {
     let mut first = Vec::new();
     for round in 0..10 {
         let name = format!("m{round}");
-        let stop = AtomicBool::new(false);
-        drain(&rx, Duration::from_millis(20));
-        rx.set_read_timeout(Some(Duration::from_micros(200))).unwrap();
-        let t = Instant::now();
-        let (took, arrived) = std::thread::scope(|s| {
-            s.spawn(|| {
-                while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(5) {
-                    let _ = tx.send(b"probe");
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-            });
-            // The receiver notes the first arrival while the call is
-            // still under way.
-            let receiver = s.spawn(|| {
-                let mut buf = [0u8; 2048];
-                while t.elapsed() < Duration::from_secs(3) {
-                    if rx.recv(&mut buf).is_ok() {
-                        return Some(t.elapsed());
-                    }
-                }
-                None
-            });
-            c.deploy(&four(&name, &net.a1, &net.b1)).unwrap();
-            let took = t.elapsed();
-            let arrived = receiver.join().unwrap();
-            stop.store(true, Ordering::Relaxed);
-            (took, arrived.expect("a packet crossed"))
-        });
-        rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let (took, arrived) =
+            common::deploy_to_first_packet(&c, &tx, &rx, &four(&name, &net.a1, &net.b1));
         c.remove(&name).unwrap();
         deploy.push(took);
-        first.push(arrived);
+        first.push(arrived.expect("a packet crossed"));
     }
     println!(
         "deploy call (4 NFs): median {:.2} ms, max {:.2} ms; deploy to first packet: median {:.2} ms, max {:.2} ms (10 rounds)",

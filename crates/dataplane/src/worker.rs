@@ -377,6 +377,29 @@ impl<'a> Worker<'a> {
         Ok(i)
     }
 
+    /// Send what port `port` receives to `to` instead (None: transmit
+    /// only): for ports that feed each other, added before the other
+    /// exists (an edge worker between two pairs of ports).
+    pub fn set_rx_to(&mut self, port: usize, to: Option<Endpoint>) -> Result<(), WorkerError> {
+        let worker = || self.cfg.name.clone();
+        if let Some(to) = to {
+            self.graph
+                .get()
+                .check(to)
+                .map_err(|source| WorkerError::Graph { worker: worker(), source })?;
+        }
+        match self.ports.get_mut(port) {
+            Some(slot) => {
+                slot.rx_to = to;
+                Ok(())
+            }
+            None => Err(WorkerError::Graph {
+                worker: worker(),
+                source: GraphError::NoPort(port, self.ports.len()),
+            }),
+        }
+    }
+
     /// Backpressure for port `port` alone (overriding
     /// [`WorkerConfig::backpressure`]): receive from it only while every
     /// other port can take a batch. An edge worker that must drain both

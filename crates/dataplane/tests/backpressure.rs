@@ -112,3 +112,42 @@ fn a_gated_input_loses_nothing_to_a_slow_nf_and_an_ungated_one_does() {
         "ungated input: {got} of {PACKETS} arrived, {drops} dropped"
     );
 }
+
+/// An edge worker between two pairs of ports that feed each other (braidd's
+/// `mapping: processes` edge): each port's receive target is set once the
+/// other exists, and a target that does not exist is refused by name.
+#[test]
+fn ports_added_before_their_peer_are_linked_afterwards() {
+    let (mut left, a) = channel_pair("left", 64);
+    let (b, mut right) = channel_pair("right", 64);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut cfg = WorkerConfig::new("edge");
+    cfg.idle = Idle::Poll;
+    cfg.stop_flag = Some(stop.clone());
+    let (mut w, _h) = Worker::new(cfg, Graph::new(Vec::new(), 0)).unwrap();
+    w.add_port(Box::new(a), None).unwrap();
+    w.add_port(Box::new(b), Some(Endpoint::Port(0))).unwrap();
+    let e = w.set_rx_to(0, Some(Endpoint::Port(2))).unwrap_err().to_string();
+    assert!(e.contains("edge") && e.contains("no port number 2 (the worker has 2)"), "{e}");
+    let e = w.set_rx_to(5, None).unwrap_err().to_string();
+    assert!(e.contains("no port number 5"), "{e}");
+    w.set_rx_to(0, Some(Endpoint::Port(1))).unwrap();
+    let t = std::thread::spawn(move || w.run());
+    // Both ways across the edge.
+    let mut batch: Batch = (0..10u8).map(|i| braid_packet::Packet::from_bytes(&[i; 60])).collect();
+    left.send(&mut batch).unwrap();
+    let mut batch: Batch = (0..7u8).map(|i| braid_packet::Packet::from_bytes(&[i; 60])).collect();
+    right.send(&mut batch).unwrap();
+    let (mut at_right, mut at_left) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (at_right < 10 || at_left < 7) && Instant::now() < deadline {
+        at_right += right.recv(&mut batch, 64).unwrap();
+        batch.clear();
+        at_left += left.recv(&mut batch, 64).unwrap();
+        batch.clear();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.join().unwrap();
+    assert_eq!((at_right, at_left), (10, 7));
+}

@@ -64,7 +64,8 @@ pub struct ChainDescriptor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sched: Option<SchedDecl>,
     /// How a live chain's user-space NFs are spread over worker threads
-    /// when braidd runs it (default `thread`: one worker for all).
+    /// or processes when braidd runs it (default `thread`: one worker for
+    /// all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapping: Option<WorkerMapping>,
 }
@@ -80,6 +81,10 @@ pub enum WorkerMapping {
     /// One worker thread per NF, neighbours joined by in-process channels
     /// (as `braid run --mapping threads`).
     Threads,
+    /// One supervised process per NF, neighbours joined by shared-memory
+    /// ports, the chain's `in` and `out` on an edge worker of the owner
+    /// (as `braid run --mapping processes`; `braid_runtime::live_procs`).
+    Processes,
 }
 
 impl WorkerMapping {
@@ -88,6 +93,7 @@ impl WorkerMapping {
         match self {
             WorkerMapping::Thread => "thread",
             WorkerMapping::Threads => "threads",
+            WorkerMapping::Processes => "processes",
         }
     }
 }

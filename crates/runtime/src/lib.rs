@@ -33,6 +33,7 @@ pub mod chain;
 pub mod coordinator;
 pub mod descriptor;
 pub mod live;
+pub mod live_procs;
 pub mod plan;
 pub mod proc_chain;
 pub mod procs;

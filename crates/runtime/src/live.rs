@@ -109,6 +109,14 @@ pub enum LiveError {
         #[source]
         source: crate::coordinator::CoordError,
     },
+    /// A chain of NF processes (`mapping: processes`) that could not
+    /// start: its processes, their sockets, its supervisor.
+    #[error("chain `{chain}` (mapping processes): {source}")]
+    Processes {
+        chain: String,
+        #[source]
+        source: crate::proc_chain::ProcChainError,
+    },
 }
 
 /// How a live chain is doing.
@@ -286,7 +294,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Open descriptor port `which` of `d` as a live port.
-fn open_port(d: &ChainDescriptor, which: &'static str) -> Result<Box<dyn Port>, LiveError> {
+pub(crate) fn open_port(
+    d: &ChainDescriptor,
+    which: &'static str,
+) -> Result<Box<dyn Port>, LiveError> {
     let decl = d
         .ports
         .get(which)
@@ -360,9 +371,20 @@ fn extra_ports(d: &ChainDescriptor) -> Result<Vec<(String, &PortDecl)>, LiveErro
     Ok(extra.into_iter().map(|(_, n, decl)| (n.clone(), decl)).collect())
 }
 
-/// Check that `d` names two live ports, without opening anything.
+/// Check that `d` names two live ports, without opening anything (and
+/// no more with `mapping: processes`, whose NF processes have a gate
+/// port each side only).
 pub fn check_ports(d: &ChainDescriptor) -> Result<(), LiveError> {
-    extra_ports(d)?;
+    let extra = extra_ports(d)?;
+    if let (Some((port, _)), Some(crate::descriptor::WorkerMapping::Processes)) =
+        (extra.first(), d.mapping)
+    {
+        return Err(LiveError::ExtraPort {
+            chain: d.name.clone(),
+            port: port.clone(),
+            why: "with `mapping: processes` a chain's ports are `in` and `out` only (each NF process links one neighbour per side)".into(),
+        });
+    }
     for which in ["in", "out"] {
         match d.ports.get(which) {
             None => return Err(LiveError::MissingPort { chain: d.name.clone(), port: which }),
@@ -1070,12 +1092,29 @@ mod tests {
             .unwrap();
         let e = worker_settings(&d, &StartOptions::default()).unwrap_err().to_string();
         assert!(e.contains("nice"), "{e}");
-        let r = check("mapping: processes\n");
+        let r = check("mapping: process\n");
         assert!(r.descriptor.is_none());
         let p = &r.problems[0];
         assert_eq!(p.path, "mapping");
         assert!(p.location.is_some_and(|l| l.line == 2), "{p}");
-        assert!(p.message.contains("mapping processes is not one"), "{p}");
-        assert!(p.help.as_deref().unwrap_or("").contains("threads (a worker per NF)"), "{p}");
+        assert!(p.message.contains("mapping process is not one"), "{p}");
+        assert!(
+            p.help.as_deref().unwrap_or("").contains("processes (a supervised process per NF)"),
+            "{p}"
+        );
+        let d = check("mapping: processes\n").descriptor.expect("processes is a mapping");
+        assert_eq!(d.mapping, Some(crate::descriptor::WorkerMapping::Processes));
+        // `worker` groups threads only: one process per NF has no groups.
+        let r = crate::validate::validate_str(
+            "t.yaml",
+            "name: c\nmapping: processes\nnfs:\n  - { name: a, type: fwd, worker: w }\n",
+        );
+        assert!(
+            r.problems.iter().any(
+                |p| p.path == "nfs[0].worker" && p.message.contains("needs `mapping: threads`")
+            ),
+            "{:?}",
+            r.problems
+        );
     }
 }

@@ -55,6 +55,8 @@ pub enum ProcChainError {
         #[source]
         source: PortError,
     },
+    #[error("mapping `{0}` is not `processes`")]
+    Mapping(&'static str),
     #[error("edge worker: {0}")]
     Worker(#[from] WorkerError),
     #[error("the edge worker thread panicked")]
@@ -117,11 +119,7 @@ pub fn nf_commands(
         args.extend(["--stats".into(), stats_file(dir, i).display().to_string()]);
         // The NF's `sched` over the chain's (the coordinator's settings).
         let decl = crate::coordinator::unit_decl(d, &nf.name, &[i])?;
-        let default_idle = match idle {
-            ChildIdle::Busy => Idle::Busy,
-            ChildIdle::Sleep => Idle::Poll,
-        };
-        let set = crate::coordinator::to_settings(&nf.name, &decl, default_idle, d.batch_size)?;
+        let set = crate::coordinator::to_settings(&nf.name, &decl, child_idle(idle), d.batch_size)?;
         args.extend(["--batch".into(), set.batch_size.to_string()]);
         args.extend(["--idle".into(), idle_arg(set.idle).into()]);
         args.extend(sched_args(&set.sched));
@@ -172,6 +170,16 @@ pub fn sched_args(s: &braid_dataplane::Sched) -> Vec<String> {
     args
 }
 
+/// Where the first NF of the chain with sockets in `dir` takes packets in.
+pub fn input_socket(dir: &Path) -> PathBuf {
+    dir.join("in.sock")
+}
+
+/// Where the last NF of the chain with sockets in `dir` sends packets out.
+pub fn output_socket(dir: &Path) -> PathBuf {
+    dir.join("out.sock")
+}
+
 /// The socket directory of a chain of processes. Dropping it removes the
 /// socket files, and the directory itself when it was created here.
 #[derive(Debug)]
@@ -207,12 +215,12 @@ impl SocketDir {
 
     /// Where the first NF takes packets in.
     pub fn input(&self) -> PathBuf {
-        self.path.join("in.sock")
+        input_socket(&self.path)
     }
 
     /// Where the last NF sends packets out.
     pub fn output(&self) -> PathBuf {
-        self.path.join("out.sock")
+        output_socket(&self.path)
     }
 }
 
@@ -314,75 +322,21 @@ pub fn run_processes(
     let start = Instant::now();
     // Every NF process's and the edge's scheduling, refused before any
     // process starts if it would starve the machine or cannot be applied.
-    let edge_name = format!("edge-{}", d.name);
-    let edge_set = crate::coordinator::edge_settings(d, &edge_name, Idle::Poll)?;
-    let mut all = vec![edge_set.clone()];
-    let default_idle = match cfg.idle {
-        ChildIdle::Busy => Idle::Busy,
-        ChildIdle::Sleep => Idle::Poll,
-    };
-    for (i, nf) in d.nfs.iter().enumerate() {
-        let decl = crate::coordinator::unit_decl(d, &nf.name, &[i])?;
-        all.push(crate::coordinator::to_settings(&nf.name, &decl, default_idle, d.batch_size)?);
-    }
+    let all = process_settings(d, Idle::Poll, cfg.idle)?;
     crate::coordinator::prepare(&all)?;
     let dir = SocketDir::temporary(&d.name)?;
-    let specs = nf_commands(d, dir.path(), cfg.idle)?
-        .into_iter()
-        .map(|(name, args)| ProcSpec {
-            name,
-            program: cfg.exe.clone(),
-            args,
-            netns: None,
-            policy: cfg.restart,
-            watchdog: cfg.watchdog,
-        })
-        .collect();
-    let mut sup = Supervisor::new(specs);
+    let mut sup = Supervisor::new(nf_specs(d, dir.path(), cfg)?);
     if cfg.quiet_children {
         sup = sup.quiet();
     }
     let mut events = sup.start();
-    let check = |sup: &mut Supervisor, events: &mut Vec<Event>| match sup.given_up() {
-        Some(name) => Err(ProcChainError::GaveUp(name.to_string())),
-        None => {
-            events.extend(sup.poll());
-            Ok(())
-        }
-    };
-    check(&mut sup, &mut events)?;
-    // Wait for the socket file (the NF listens), watching the supervisor,
-    // then connect: the handshake completes once the NF's loop runs. (A
-    // connection given up half-way would be a peer that vanished mid
-    // handshake, which the NF's port reports as an error.)
-    let mut connect = |path: PathBuf| -> Result<ReconnectingPort, ProcChainError> {
-        let deadline = Instant::now() + cfg.start_timeout;
-        while !path.exists() && Instant::now() < deadline {
-            check(&mut sup, &mut events)?;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match ShmPort::connect(&path, left) {
-            Ok(p) => Ok(ReconnectingPort::new(path, p)),
-            Err(source) => {
-                check(&mut sup, &mut events)?;
-                Err(ProcChainError::Connect { path, seconds: cfg.start_timeout.as_secs(), source })
-            }
-        }
-    };
-    let to_first = connect(dir.input())?;
-    let from_last = connect(dir.output())?;
+    let (to_first, from_last) = connect_edge(&mut sup, &mut events, dir.path(), cfg.start_timeout)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let input_ended = Arc::new(AtomicBool::new(false));
-    let mut wc = WorkerConfig::new(edge_name);
-    wc.batch_size = edge_set.batch_size;
-    wc.idle = edge_set.idle;
-    wc.sched = edge_set.sched;
     // Only the input is gated: the edge always drains what comes back from
     // the chain, or full queues both ways could wait on each other.
-    wc.backpressure = false;
-    wc.stop_flag = Some(stop.clone());
+    let wc = edge_config(&all[0], stop.clone());
     // No stages: the edge only moves packets between its ports. Port 0
     // output; 1 to (and back from) the first NF; 2 from (and to) the last
     // NF; 3 input, into the first NF.
@@ -400,7 +354,7 @@ pub fn run_processes(
         let mut quiet_since = Instant::now();
         let outcome = loop {
             std::thread::sleep(Duration::from_millis(10));
-            if let Err(e) = check(&mut sup, &mut events) {
+            if let Err(e) = watch(&mut sup, &mut events) {
                 break Err(e);
             }
             if worker.is_finished() {
@@ -441,6 +395,123 @@ pub fn run_processes(
         socket_dir,
         elapsed: start.elapsed(),
     })
+}
+
+/// The name of chain `d`'s edge worker (the one that owns its ports).
+pub fn edge_name(d: &ChainDescriptor) -> String {
+    format!("edge-{}", d.name)
+}
+
+/// The worker idle policy of an NF process that idles `idle`.
+fn child_idle(idle: ChildIdle) -> Idle {
+    match idle {
+        ChildIdle::Busy => Idle::Busy,
+        ChildIdle::Sleep => Idle::Poll,
+    }
+}
+
+/// The scheduling of chain `d`'s edge worker (first, idling `edge_idle`
+/// by default) and of each NF process (idling `children` by default), in
+/// chain order, each resolved from the descriptor's `sched` blocks; not
+/// yet checked against the machine ([`crate::coordinator::prepare`]).
+pub fn process_settings(
+    d: &ChainDescriptor,
+    edge_idle: Idle,
+    children: ChildIdle,
+) -> Result<Vec<crate::coordinator::WorkerSettings>, crate::coordinator::CoordError> {
+    let mut all = vec![crate::coordinator::edge_settings(d, &edge_name(d), edge_idle)?];
+    for (i, nf) in d.nfs.iter().enumerate() {
+        let decl = crate::coordinator::unit_decl(d, &nf.name, &[i])?;
+        all.push(crate::coordinator::to_settings(
+            &nf.name,
+            &decl,
+            child_idle(children),
+            d.batch_size,
+        )?);
+    }
+    Ok(all)
+}
+
+/// The supervised `nf-proc` children of chain `d`, their sockets and
+/// stats files in `dir` ([`nf_commands`]), run as `cfg.exe`.
+pub fn nf_specs(
+    d: &ChainDescriptor,
+    dir: &Path,
+    cfg: &ProcessesConfig,
+) -> Result<Vec<ProcSpec>, ProcChainError> {
+    Ok(nf_commands(d, dir, cfg.idle)?
+        .into_iter()
+        .map(|(name, args)| ProcSpec {
+            name,
+            program: cfg.exe.clone(),
+            args,
+            netns: None,
+            policy: cfg.restart,
+            watchdog: cfg.watchdog,
+        })
+        .collect())
+}
+
+/// One look at the supervisor: [`ProcChainError::GaveUp`] for an NF that
+/// failed for good, else its new events appended to `events`.
+pub fn watch(sup: &mut Supervisor, events: &mut Vec<Event>) -> Result<(), ProcChainError> {
+    match sup.given_up() {
+        Some(name) => Err(ProcChainError::GaveUp(name.to_string())),
+        None => {
+            events.extend(sup.poll());
+            Ok(())
+        }
+    }
+}
+
+/// Connect the edge to the first NF (`in.sock`) and the last (`out.sock`)
+/// of the chain in `dir`: wait for each socket file (the NF listens),
+/// watching the supervisor, then connect; the handshake completes once
+/// the NF's loop runs. (A connection given up half-way would be a peer
+/// that vanished mid handshake, which the NF's port reports as an
+/// error.) Both ports reconnect by themselves when their NF restarts.
+pub fn connect_edge(
+    sup: &mut Supervisor,
+    events: &mut Vec<Event>,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<(ReconnectingPort, ReconnectingPort), ProcChainError> {
+    let mut connect = |path: PathBuf| -> Result<ReconnectingPort, ProcChainError> {
+        let deadline = Instant::now() + timeout;
+        while !path.exists() && Instant::now() < deadline {
+            watch(sup, events)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ShmPort::connect(&path, left) {
+            Ok(p) => Ok(ReconnectingPort::new(path, p)),
+            Err(source) => {
+                watch(sup, events)?;
+                Err(ProcChainError::Connect { path, seconds: timeout.as_secs(), source })
+            }
+        }
+    };
+    let to_first = connect(input_socket(dir))?;
+    let from_last = connect(output_socket(dir))?;
+    Ok((to_first, from_last))
+}
+
+/// The edge worker's configuration from its settings (the first of
+/// [`process_settings`]), stopping when `stop` is set. Backpressure is
+/// off: the edge always drains what comes back from the NF processes (or
+/// full queues both ways could wait on each other); the caller turns it
+/// on for the ports that bring packets into the chain.
+pub fn edge_config(
+    set: &crate::coordinator::WorkerSettings,
+    stop: Arc<AtomicBool>,
+) -> WorkerConfig {
+    let mut wc = WorkerConfig::new(set.name.clone());
+    wc.batch_size = set.batch_size;
+    wc.idle = set.idle;
+    wc.sched = set.sched.clone();
+    wc.backpressure = false;
+    wc.stop_flag = Some(stop);
+    wc
 }
 
 /// The counters the NF processes left in `dir`, in chain order.

@@ -136,8 +136,9 @@ pub struct NfProcConfig {
     pub deadline: Option<Instant>,
     /// Stop when set (signal handlers).
     pub stop: Option<Arc<AtomicBool>>,
-    /// Write the NF's final counters here (JSON, [`NfProcStats`]) when the
-    /// run ends, for a supervisor that wants per-NF statistics.
+    /// Write the NF's counters here (JSON, [`NfProcStats`]) every
+    /// [`STATS_INTERVAL`] while it runs and once more when the run ends,
+    /// for a supervisor that wants per-NF statistics.
     pub stats: Option<PathBuf>,
     /// Adaptive mode: batch size and idle policy from the worker's own
     /// feedback loop, within these bounds; its changes are printed to
@@ -191,8 +192,13 @@ impl std::fmt::Display for NfProcReport {
 pub struct NfProcStats {
     pub kind: String,
     pub counters: braid_nf::Counters,
+    /// Peers that went away on the ports (counted in the final write only).
     pub disconnects: u64,
     pub elapsed_ns: u64,
+    /// Written while the NF runs (every [`STATS_INTERVAL`]); `false` for
+    /// the final write when it stopped.
+    #[serde(default)]
+    pub running: bool,
 }
 
 impl NfProcStats {
@@ -256,7 +262,7 @@ pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
     wc.stop_flag = cfg.stop;
     wc.deadline = cfg.deadline;
     wc.heartbeat = Heartbeat::from_env(HEARTBEAT_FD_ENV, HEARTBEAT_INTERVAL)?;
-    let (mut w, _handle) = Worker::new(wc, Graph::new(vec![(cfg.kind.clone(), nf)], 0))?;
+    let (mut w, handle) = Worker::new(wc, Graph::new(vec![(cfg.kind.clone(), nf)], 0))?;
     for (gate, port) in ports.into_iter().enumerate() {
         let gate = gate as u16;
         let i = w.add_port(port, Some(Endpoint::Stage { stage: 0, gate }))?;
@@ -264,7 +270,10 @@ pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
             .link(0, gate, Endpoint::Port(i))
             .map_err(|source| WorkerError::Graph { worker: cfg.kind.clone(), source })?;
     }
-    let report = w.run();
+    let report = match &cfg.stats {
+        Some(path) => run_writing_stats(w, &handle, &cfg.kind, path),
+        None => w.run(),
+    };
     let c = &report.snapshot.stages[0].counters;
     if let Some(path) = &cfg.stats {
         NfProcStats {
@@ -272,6 +281,7 @@ pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
             counters: c.clone(),
             disconnects: report.disconnects,
             elapsed_ns: report.elapsed.as_nanos() as u64,
+            running: false,
         }
         .write(path)?;
     }
@@ -287,6 +297,44 @@ pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
         Some(e) => Err(e.into()),
         None => Ok(out),
     }
+}
+
+/// How often a running NF process rewrites its stats file (`--stats`), so
+/// that its supervisor can show live counters.
+pub const STATS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Run `w` on this thread while a helper thread rewrites NF `kind`'s stats
+/// file every [`STATS_INTERVAL`] from the worker's published counters (a
+/// lock-free copy; the packet loop is not disturbed). An interim write
+/// that fails leaves the previous file; the final write, after the run,
+/// reports its error.
+fn run_writing_stats(
+    w: Worker<'_>,
+    handle: &braid_dataplane::WorkerHandle,
+    kind: &str,
+    path: &Path,
+) -> braid_dataplane::WorkerReport {
+    let started = Instant::now();
+    let (done, wake) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = wake.recv_timeout(STATS_INTERVAL) {
+                let Some(stage) = handle.snapshot().stages.into_iter().next() else { continue };
+                let _ = NfProcStats {
+                    kind: kind.to_string(),
+                    counters: stage.counters,
+                    disconnects: 0,
+                    elapsed_ns: started.elapsed().as_nanos() as u64,
+                    running: true,
+                }
+                .write(path);
+            }
+        });
+        let report = w.run();
+        // Wakes the writer at once: it ends before the final write.
+        drop(done);
+        report
+    })
 }
 
 /// A `connect:` shared-memory port that joins its listener again when the

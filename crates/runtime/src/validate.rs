@@ -336,23 +336,22 @@ fn validate(file: &str, base: Option<&std::path::Path>, text: &str) -> Report {
     let mapping = match top.get("mapping") {
         None => Some(None),
         Some(v) if v.is_null() => Some(None),
-        Some(v) => {
-            match v.as_str() {
-                Some("thread") => Some(Some(crate::descriptor::WorkerMapping::Thread)),
-                Some("threads") => Some(Some(crate::descriptor::WorkerMapping::Threads)),
-                _ => {
-                    ck.at_value(
+        Some(v) => match v.as_str() {
+            Some("thread") => Some(Some(crate::descriptor::WorkerMapping::Thread)),
+            Some("threads") => Some(Some(crate::descriptor::WorkerMapping::Threads)),
+            Some("processes") => Some(Some(crate::descriptor::WorkerMapping::Processes)),
+            _ => {
+                ck.at_value(
                     "mapping",
                     format!(
                         "mapping {} is not one a live chain runs with",
                         serde_yaml_ng::to_string(v).unwrap_or_default().trim()
                     ),
-                    Some("thread (every NF on one worker, the default) or threads (a worker per NF)".into()),
+                    Some("thread (every NF on one worker, the default), threads (a worker per NF) or processes (a supervised process per NF)".into()),
                 );
-                    None
-                }
+                None
             }
-        }
+        },
     };
 
     let nfs = match (nfs, &mapping) {

@@ -164,6 +164,20 @@ fn stages_table(v: &Value) -> String {
     out
 }
 
+/// With `mapping: processes`, one line naming each NF's process and its
+/// restarts (`down` while it is being restarted or after it was given up).
+fn processes_line(v: &Value) -> Option<String> {
+    let procs = v["processes"].as_array()?;
+    let each: Vec<String> = procs
+        .iter()
+        .map(|p| {
+            let pid = p["pid"].as_u64().map_or("down".to_string(), |pid| format!("pid {pid}"));
+            format!("{} {pid} ({} restarts)", p["name"].as_str().unwrap_or(""), p["restarts"])
+        })
+        .collect();
+    Some(format!("NF processes: {}", each.join(", ")))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let c = match (&args.url, &args.ca, &args.token_file) {
         (Some(url), Some(ca), Some(token)) => Client::tls(url, ca, token)?,
@@ -200,6 +214,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
                 );
                 print!("{}", stages_table(&v));
+                if let Some(line) = processes_line(&v) {
+                    println!("{line}");
+                }
             }
         }
         Cmd::Deploy { file } => {
@@ -340,5 +357,18 @@ mod tests {
         assert_eq!(rows[0], ["nf", "type", "where", "in", "out", "dropped", "ns/pkt"]);
         assert_eq!(rows[1], ["fw", "firewall", "kernel", "3", "2", "1", "-"]);
         assert_eq!(rows[2], ["f", "fwd", "user", "2", "2", "0", "41.3"]);
+        assert_eq!(processes_line(&v), None, "not a processes chain");
+    }
+
+    #[test]
+    fn a_processes_chain_names_its_nf_processes() {
+        let v = serde_json::json!({ "processes": [
+            { "name": "fw", "pid": 4242, "restarts": 1 },
+            { "name": "f", "pid": null, "restarts": 5 },
+        ] });
+        assert_eq!(
+            processes_line(&v).unwrap(),
+            "NF processes: fw pid 4242 (1 restarts), f down (5 restarts)"
+        );
     }
 }

@@ -328,3 +328,58 @@ pub fn fw_out_and_drops(pcapng: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     }
     (out, drops)
 }
+
+/// Deploy `yaml` through `c` while a sender sends a datagram on `tx` every
+/// 100 µs from before the call: how long the call took, and when the first
+/// datagram arrived on `rx` (within 3 s), both from the call's start.
+pub fn deploy_to_first_packet(
+    c: &Client,
+    tx: &std::net::UdpSocket,
+    rx: &std::net::UdpSocket,
+    yaml: &str,
+) -> (Duration, Option<Duration>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    rx.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let mut buf = [0u8; 2048];
+    while rx.recv(&mut buf).is_ok() {}
+    rx.set_read_timeout(Some(Duration::from_micros(200))).unwrap();
+    let t = Instant::now();
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(5) {
+                let _ = tx.send(b"probe");
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        });
+        // The receiver notes the first arrival while the call is still
+        // under way.
+        let receiver = s.spawn(|| {
+            let mut buf = [0u8; 2048];
+            while t.elapsed() < Duration::from_secs(3) {
+                if rx.recv(&mut buf).is_ok() {
+                    return Some(t.elapsed());
+                }
+            }
+            None
+        });
+        c.deploy(yaml).unwrap();
+        let took = t.elapsed();
+        let arrived = receiver.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        (took, arrived)
+    });
+    rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    result
+}
+
+/// The `p` quantile (0..=1) of `v`, nearest rank.
+pub fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `d` in milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
