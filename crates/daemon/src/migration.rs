@@ -76,6 +76,9 @@ const STREAM_LABEL: &[u8] = b"braid migrate stream 1";
 /// A random challenge: an offer or answer tagged over it cannot be
 /// replayed on another connection.
 pub type Challenge = [u8; 32];
+/// How much longer than its timeout the source waits for the answer to
+/// an offer that asks the destination to deploy the chain first.
+const DEPLOY_ALLOWANCE: Duration = Duration::from_secs(30);
 /// Largest offer or answer (a descriptor).
 const MAX_OFFER: usize = 1 << 20;
 
@@ -934,8 +937,17 @@ pub fn migrate_chain_nf(
     };
     write_signed(&mut conn, key, OFFER_LABEL, &theirs, &offer)
         .map_err(|e| offer_err(format!("sending the offer: {e}")))?;
+    // A destination asked to deploy the chain answers after the deploy,
+    // which may take seconds on a busy host (XDP programs, AF_XDP UMEM, the
+    // store's commit): it gets that much longer.
+    let answer_within =
+        if offer.descriptor.is_some() { p.timeout + DEPLOY_ALLOWANCE } else { p.timeout };
+    conn.set_read_timeout(Some(answer_within)).map_err(|e| offer_err(e.to_string()))?;
     let answer: OfferAnswer =
-        read_signed(&mut conn, key, ANSWER_LABEL, &offer.challenge).map_err(offer_err)?;
+        read_signed(&mut conn, key, ANSWER_LABEL, &offer.challenge).map_err(|e| {
+            offer_err(format!("{e} (no answer within {:.1} s)", answer_within.as_secs_f64()))
+        })?;
+    conn.set_read_timeout(Some(p.timeout)).map_err(|e| offer_err(e.to_string()))?;
     if !answer.accept {
         return Err(AgentError::Refused { to, reason: answer.reason.unwrap_or_default() }.into());
     }
