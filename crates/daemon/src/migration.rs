@@ -1279,10 +1279,10 @@ fn take(
             offer.nf, offer.chain, decl.kind, offer.kind
         )));
     }
-    let live = match (entry.live(), entry.state().0) {
-        (Some(l), "running") => l,
-        _ => return Err(Refusal::Before(format!("chain `{}` is not running here", offer.chain))),
-    };
+    // A kernel or processes chain here says so, as the source's API would.
+    let live = entry
+        .user_space("a live migration into it")
+        .map_err(|e| Refusal::Before(format!("on this braidd: {e}")))?;
     // The NF's own worker holds what reaches the NF (with `mapping:
     // threads`, after the NFs before it on this chain).
     let worker = live.worker_of(&offer.nf).ok_or_else(|| {

@@ -899,6 +899,36 @@ fn an_offer_that_does_not_authenticate_changes_nothing_at_the_destination() {
     drop((a, b));
 }
 
+#[test]
+fn an_offer_into_a_processes_chain_is_refused_naming_its_mapping() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd migration", "needs root for namespaces")
+    {
+        return;
+    }
+    let _serial = braid_testkit::one_at_a_time();
+    let net = net();
+    let Pair { a, b, listen, _dirs } = braidd_pair(&net, "mproc");
+    a.client().deploy(&chain_yaml(&net.ai, &net.ao)).unwrap();
+    let procs = chain_yaml(&net.bi, &net.bo).replace("mapping: thread\n", "mapping: processes\n");
+    assert!(procs.contains("mapping: processes"), "{procs}");
+    b.client().deploy(&procs).unwrap();
+    let req = json!({ "to": listen, "switch": switch(&net) });
+    let id = a.client().migrate_async("mig", "fw", &req).unwrap();
+    let op = a.client().wait(&id, Duration::from_secs(20)).unwrap();
+    let msg = op["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        op["state"] == "failed"
+            && msg.contains(
+                "refused the offer: on this braidd: chain `mig` runs with `mapping: processes`"
+            ),
+        "{op:#}"
+    );
+    // Both chains keep running, A's traffic path unchanged.
+    assert_eq!(a.client().chain("mig").unwrap()["state"], "running");
+    assert_eq!(b.client().chain("mig").unwrap()["state"], "running");
+    assert!(route_to_server(&net).contains(&net.ua));
+}
+
 /// The switch between A and B, towards B (`true`) or back towards A.
 fn switch_towards(net: &Net, to_b: bool) -> Value {
     let s = switch(net);
