@@ -14,7 +14,13 @@
 //! compare budgets side by side; `BRAID_BENCH_ROUNDS` (default 5) rounds
 //! per mode and budget. `BRAID_BENCH_SEAL=both` runs every mode with and
 //! without sealed frames (AES-256-GCM, `SourceOptions::stream_key`),
-//! interleaved (`on`: sealed only; default `off`). The traffic comes from a generator inside the
+//! interleaved (`on`: sealed only; default `off`). `BRAID_BENCH_PIN=1`
+//! puts the source worker alone on CPU 0 and everything else (the
+//! destination worker, the migration's threads, this sampling thread) on
+//! CPU 1: the source's rate then shows what the migration costs the
+//! dataplane's own core, as on a host where the stream's threads have a
+//! core of their own (on the 2 vCPUs without pinning, they take the
+//! worker's). The traffic comes from a generator inside the
 //! source worker, so "moving the traffic" at the switch is pausing the
 //! source's receive and injecting the drain marker; each round then
 //! resumes the source for the next one (its state is intact: the source
@@ -25,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use braid_dataplane::migration::marker_frame;
-use braid_dataplane::{Graph, Worker, WorkerConfig, WorkerHandle};
+use braid_dataplane::{Graph, Sched, Worker, WorkerConfig, WorkerHandle};
 use braid_io::memory::{GeneratorConfig, GeneratorPort, MemoryPort};
 use braid_migrate::wire::StreamKey;
 use braid_migrate::{
@@ -38,12 +44,36 @@ const NAT: &str =
     "external_ip: 203.0.113.1\ninternal: [10.0.0.0/8]\nmax_flows: 200000\nports: 1024-65535";
 const FIREWALL: &str = "default: allow\nmax_flows: 200000";
 
+/// With `BRAID_BENCH_PIN=1`, the CPU the source worker has to itself and
+/// the one for everything else.
+const SOURCE_CPU: usize = 0;
+const OTHER_CPU: usize = 1;
+
+fn pinned() -> bool {
+    std::env::var("BRAID_BENCH_PIN").is_ok_and(|v| v == "1")
+}
+
+/// Pin the calling thread (and the threads it spawns later) to `cpu`
+/// when pinning is on.
+fn pin_here(cpu: usize) {
+    if pinned() {
+        Sched { cpus: vec![cpu], ..Sched::default() }
+            .apply_to_current_thread()
+            .expect("pinning a bench thread");
+    }
+}
+
 fn nf_worker(kind: &str, name: &str, with_traffic: bool) -> WorkerHandle {
     let yaml = if kind == "nat" { NAT } else { FIREWALL };
     let nf = braid_nf::build(kind, &serde_yaml_ng::from_str(yaml).unwrap()).unwrap();
     let graph = Graph::chain(vec![("nf".to_string(), nf)], 2, 0, 1).unwrap();
     let entries = [graph.entry(0, 1), graph.entry(1, 0)];
-    let (mut w, handle) = Worker::new(WorkerConfig::new(name), graph).unwrap();
+    let mut cfg = WorkerConfig::new(name);
+    if pinned() {
+        // The source (the one with traffic) alone on its CPU.
+        cfg.sched.cpus = vec![if with_traffic { SOURCE_CPU } else { OTHER_CPU }];
+    }
+    let (mut w, handle) = Worker::new(cfg, graph).unwrap();
     if with_traffic {
         let gen = GeneratorConfig {
             flows: FLOWS,
@@ -105,6 +135,7 @@ fn migrate_once(
     let dst_h = dst.clone();
     let dst_key = key.clone();
     let dest = std::thread::spawn(move || {
+        pin_here(OTHER_CPU);
         let (conn, _) = listener.accept().unwrap();
         let opts = DestinationOptions { stream_key: dst_key, ..DestinationOptions::default() };
         migrate_in(&dst_h, "nf", kind, conn, &opts)
@@ -114,6 +145,8 @@ fn migrate_once(
     let src_h = src.clone();
     let started = Instant::now();
     let mig = std::thread::spawn(move || {
+        // The stream's own threads (spawned in migrate_out) inherit it.
+        pin_here(OTHER_CPU);
         let conn = TcpStream::connect(addr).unwrap();
         let opts = SourceOptions {
             id: round,
@@ -144,6 +177,7 @@ fn migrate_once(
 }
 
 fn main() {
+    pin_here(OTHER_CPU);
     let kinds = std::env::var("BRAID_BENCH_KINDS").unwrap_or_else(|_| "nat,firewall".into());
     let budgets: Vec<f64> = match std::env::var("BRAID_BENCH_BUDGETS") {
         Ok(b) => b
@@ -179,7 +213,10 @@ fn run(kind: &'static str, modes: &[Mode], budgets: &[f64], seals: &[bool], roun
         assert!(t.elapsed() < Duration::from_secs(120), "the source does not run");
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("\n{kind}: {FLOWS} flows; source rate in 100 ms windows; modes interleaved");
+    println!(
+        "\n{kind}: {FLOWS} flows; source rate in 100 ms windows; modes interleaved{}",
+        if pinned() { "; source worker alone on CPU 0, the rest on CPU 1" } else { "" }
+    );
     println!(
         "round  mode       sealed  budget  before Mpps  during Mpps  ratio  to switch ms  outage ms  total ms  sent MB  statelets  chunks  duplicated"
     );
