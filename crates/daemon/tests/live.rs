@@ -541,6 +541,24 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
         }
         c.remove(name).unwrap();
     }
+    // A kernel chain (one XDP program on both interfaces) with the same
+    // capabilities. A veth delivers frames redirected into it by XDP only
+    // when its peer has GRO on (or an XDP program): the client's and the
+    // server's ends get GRO.
+    for (ns, dev) in [(&net.cl, &net.a0), (&net.sv, &net.b0)] {
+        let st = ns.command("ethtool").args(["-K", dev, "gro", "on"]).status().unwrap();
+        assert!(st.success(), "ethtool -K {dev} gro on");
+    }
+    let kernel = format!(
+        "name: k\nports:\n  in: {{ kind: af_packet, iface: {} }}\n  out: {{ kind: af_packet, iface: {} }}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ conntrack: false, default: allow }} }}\n  - {{ name: f, type: fwd }}\n",
+        net.a1, net.b1
+    );
+    let v = c.deploy(&kernel).unwrap_or_else(|e| panic!("kernel chain: {e}\n{}", d.log()));
+    assert_eq!((v["placement"].as_str(), v["state"].as_str()), (Some("kernel"), Some("running")));
+    time_to_first_packet(&tx, &rx, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("nothing crossed the kernel chain"));
+    assert!(send_and_count(&tx, &rx, 100) > 0, "kernel chain");
+    c.remove("k").unwrap();
     assert!(d.terminate().success(), "{}", d.log());
     assert!(!d.socket.exists(), "the socket is removed at the end");
 
