@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use braid_daemon::client::{metric_value, Client, ClientError};
 use braid_io::netns;
-use common::{ms, percentile, Braidd, TempDir};
+use common::{drain, ms, percentile, send_within, time_to_first_packet, Braidd, TempDir};
 use serde_json::json;
 
 const CLIENT: &str = "10.78.0.1";
@@ -51,68 +51,9 @@ fn sockets_from(net: &Net, rx: Option<UdpSocket>) -> (UdpSocket, Option<UdpSocke
     (tx, rx)
 }
 
-/// Everything waiting on `rx` now, for up to `window`.
-fn drain(rx: &UdpSocket, window: Duration) -> u64 {
-    let mut buf = [0u8; 2048];
-    let mut n = 0;
-    let t = Instant::now();
-    while t.elapsed() < window {
-        if rx.recv(&mut buf).is_ok() {
-            n += 1;
-        }
-    }
-    n
-}
-
-/// Send `n` datagrams while counting (on another thread, so the
-/// receiver's buffer never overflows) what arrives, up to `patience` after
-/// the last; how many did.
-fn send_within(tx: &UdpSocket, rx: &UdpSocket, n: u64, patience: Duration) -> u64 {
-    std::thread::scope(|s| {
-        let counter = s.spawn(|| {
-            let mut buf = [0u8; 2048];
-            let mut got = 0;
-            let t = Instant::now();
-            let limit = Duration::from_millis(n / 4 + 1) + patience;
-            while got < n && t.elapsed() < limit {
-                if rx.recv(&mut buf).is_ok() {
-                    got += 1;
-                }
-            }
-            got
-        });
-        for i in 0..n {
-            tx.send(&i.to_be_bytes()).unwrap();
-            // About 4,000 packets per second.
-            if i % 8 == 7 {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        counter.join().unwrap()
-    })
-}
-
 /// [`send_within`], waiting up to 3 s for what should arrive.
 fn send_and_count(tx: &UdpSocket, rx: &UdpSocket, n: u64) -> u64 {
     send_within(tx, rx, n, Duration::from_secs(3))
-}
-
-/// Send one datagram every millisecond until one arrives (`limit` at most):
-/// the time it took.
-fn time_to_first_packet(tx: &UdpSocket, rx: &UdpSocket, limit: Duration) -> Option<Duration> {
-    rx.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-    let t = Instant::now();
-    let mut buf = [0u8; 2048];
-    let mut found = None;
-    while t.elapsed() < limit {
-        let _ = tx.send(b"first");
-        if rx.recv(&mut buf).is_ok() {
-            found = Some(t.elapsed());
-            break;
-        }
-    }
-    rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    found
 }
 
 fn stage<'a>(chain: &'a serde_json::Value, nf: &str) -> &'a serde_json::Value {

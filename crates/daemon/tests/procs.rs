@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use braid_daemon::client::{metric_value, Client, ClientError};
 use braid_io::netns;
-use common::{Braidd, TempDir};
+use common::{drain, send_within, time_to_first_packet, Braidd, TempDir};
 use serde_json::{json, Value};
 
 const CLIENT: &str = "10.79.0.1";
@@ -31,6 +31,12 @@ fn chain_yaml(net: &common::BumpNet, name: &str, nfs: &str) -> String {
     )
 }
 
+/// Send `n` datagrams while counting what arrives, up to 2 s after the
+/// last; how many did.
+fn send_and_count(tx: &UdpSocket, rx: &UdpSocket, n: u64) -> u64 {
+    send_within(tx, rx, n, Duration::from_secs(2))
+}
+
 const FW_FWD: &str =
     "  - { name: fw, type: firewall, params: { default: allow } }\n  - { name: f, type: fwd }\n";
 
@@ -41,60 +47,6 @@ fn sockets(net: &common::BumpNet) -> (UdpSocket, UdpSocket) {
     let tx = net.cl.enter(|| UdpSocket::bind(format!("{CLIENT}:0"))).unwrap().unwrap();
     tx.connect(format!("{SERVER}:{PORT}")).unwrap();
     (tx, rx)
-}
-
-/// Everything arriving on `rx` for `window`.
-fn drain(rx: &UdpSocket, window: Duration) -> u64 {
-    let mut buf = [0u8; 2048];
-    let (mut n, t) = (0, Instant::now());
-    while t.elapsed() < window {
-        if rx.recv(&mut buf).is_ok() {
-            n += 1;
-        }
-    }
-    n
-}
-
-/// Send `n` datagrams (about 4,000 a second) while another thread counts
-/// what arrives, up to 2 s after the last; how many did.
-fn send_and_count(tx: &UdpSocket, rx: &UdpSocket, n: u64) -> u64 {
-    std::thread::scope(|s| {
-        let counter = s.spawn(|| {
-            let mut buf = [0u8; 2048];
-            let (mut got, t) = (0, Instant::now());
-            let limit = Duration::from_millis(n / 4 + 2000);
-            while got < n && t.elapsed() < limit {
-                if rx.recv(&mut buf).is_ok() {
-                    got += 1;
-                }
-            }
-            got
-        });
-        for i in 0..n {
-            tx.send(&i.to_be_bytes()).unwrap();
-            if i % 8 == 7 {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        counter.join().unwrap()
-    })
-}
-
-/// Send a datagram every millisecond until one arrives (`limit` at most):
-/// the time it took.
-fn time_to_first_packet(tx: &UdpSocket, rx: &UdpSocket, limit: Duration) -> Option<Duration> {
-    rx.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-    let (t, mut buf) = (Instant::now(), [0u8; 2048]);
-    let mut found = None;
-    while t.elapsed() < limit {
-        let _ = tx.send(b"first");
-        if rx.recv(&mut buf).is_ok() {
-            found = Some(t.elapsed());
-            break;
-        }
-    }
-    rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    found
 }
 
 fn stage<'a>(chain: &'a Value, nf: &str) -> &'a Value {

@@ -383,3 +383,71 @@ pub fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+/// Everything waiting on `rx` now, for up to `window`.
+pub fn drain(rx: &std::net::UdpSocket, window: Duration) -> u64 {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    let t = Instant::now();
+    while t.elapsed() < window {
+        if rx.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Send `n` datagrams while counting (on another thread, so the
+/// receiver's buffer never overflows) what arrives, up to `patience` after
+/// the last; how many did.
+pub fn send_within(
+    tx: &std::net::UdpSocket,
+    rx: &std::net::UdpSocket,
+    n: u64,
+    patience: Duration,
+) -> u64 {
+    std::thread::scope(|s| {
+        let counter = s.spawn(|| {
+            let mut buf = [0u8; 2048];
+            let mut got = 0;
+            let t = Instant::now();
+            let limit = Duration::from_millis(n / 4 + 1) + patience;
+            while got < n && t.elapsed() < limit {
+                if rx.recv(&mut buf).is_ok() {
+                    got += 1;
+                }
+            }
+            got
+        });
+        for i in 0..n {
+            tx.send(&i.to_be_bytes()).unwrap();
+            // About 4,000 packets per second.
+            if i % 8 == 7 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        counter.join().unwrap()
+    })
+}
+
+/// Send one datagram every millisecond until one arrives (`limit` at most):
+/// the time it took.
+pub fn time_to_first_packet(
+    tx: &std::net::UdpSocket,
+    rx: &std::net::UdpSocket,
+    limit: Duration,
+) -> Option<Duration> {
+    rx.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 2048];
+    let mut found = None;
+    while t.elapsed() < limit {
+        let _ = tx.send(b"first");
+        if rx.recv(&mut buf).is_ok() {
+            found = Some(t.elapsed());
+            break;
+        }
+    }
+    rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    found
+}
