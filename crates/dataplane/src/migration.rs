@@ -25,7 +25,7 @@
 //! between a chain port and the migrating NF's worker pass the drain
 //! markers on to it instead of feeding them to their NFs.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -391,6 +391,11 @@ pub struct StreamOut {
     /// The number of changed flows not yet sent, kept up to date by the
     /// worker, for the controller to pick the moment of the switch.
     pub backlog: Arc<AtomicUsize>,
+    /// Set by the worker once every watched port brought its marker. The
+    /// `End` it queues then may wait behind what is queued before it (the
+    /// duplication baseline's copies, on a slow state link): this says
+    /// the markers came, for the controller's marker timeout.
+    pub markers_seen: Arc<AtomicBool>,
     /// Duplication baseline (OpenNF): instead of statelets, copy every
     /// packet received on the watched ports, until their markers, to the
     /// stream (the destination re-processes them, output suppressed). The
@@ -438,6 +443,8 @@ pub(crate) struct Streaming {
     /// Flows waiting to be sent, published for the migration's controller
     /// (it switches when this is small).
     backlog: Arc<AtomicUsize>,
+    /// See [`StreamOut::markers_seen`].
+    markers_seen: Arc<AtomicBool>,
     /// The changed flows waiting as of the last step.
     backlog_now: usize,
     /// The last step held the changes back for a switch (see
@@ -503,6 +510,7 @@ impl Streaming {
             started: Instant::now(),
             spent: Duration::ZERO,
             backlog: req.backlog,
+            markers_seen: req.markers_seen,
             backlog_now: 0,
             holding: false,
             gate: req.gate,
@@ -681,6 +689,9 @@ impl Streaming {
     /// stream is over (ended or failed): the caller drops it.
     pub fn step(&mut self, graph: &mut Graph) -> bool {
         let done = self.markers_seen_all();
+        if done {
+            self.markers_seen.store(true, Ordering::Release);
+        }
         let r = self.emit(graph, done).and_then(|()| match done {
             true => self.send(StreamItem::End {
                 statelets: self.statelets,

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,7 @@ fn markers_relayed_by_the_workers_in_between_end_the_middle_stream_behind_every_
     let threads = [a.spawn().unwrap(), b.spawn().unwrap(), c.spawn().unwrap()];
 
     let (sink, items) = mpsc::sync_channel(1 << 16);
+    let markers_seen = Arc::new(AtomicBool::new(false));
     hb.stream_out(StreamOut {
         stage: "b".into(),
         sink,
@@ -90,6 +91,7 @@ fn markers_relayed_by_the_workers_in_between_end_the_middle_stream_behind_every_
         scope: FlowScope::All,
         budget: 1.0,
         backlog: Arc::new(AtomicUsize::new(0)),
+        markers_seen: markers_seen.clone(),
         duplicate: false,
         gate: Arc::new(LinkGate::open()),
     })
@@ -130,7 +132,11 @@ fn markers_relayed_by_the_workers_in_between_end_the_middle_stream_behind_every_
     loop {
         match items.recv_timeout(Duration::from_secs(10)).expect("the stream ended") {
             StreamItem::Statelet(s) => keys.extend(s.keys),
-            StreamItem::End { .. } => break,
+            StreamItem::End { .. } => {
+                // Said before the End was queued.
+                assert!(markers_seen.load(Ordering::Acquire));
+                break;
+            }
             StreamItem::Failed(e) => panic!("stream failed: {e}"),
             _ => {}
         }

@@ -10,7 +10,7 @@
 
 use std::io::BufWriter;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -291,6 +291,7 @@ pub fn migrate_out(
         report: SourceReport { mode: opts.mode.to_string(), ..SourceReport::default() },
         from_peer: None,
         backlog: Arc::new(AtomicUsize::new(0)),
+        markers_seen: Arc::new(AtomicBool::new(false)),
         gate: Arc::new(if backpressure(opts) {
             LinkGate::new(opts.in_flight_floor.max(1))
         } else {
@@ -330,6 +331,8 @@ struct Run<'a> {
     from_peer: Option<FromPeer>,
     /// Changed flows the worker has not sent yet.
     backlog: Arc<AtomicUsize>,
+    /// The worker saw every marker (its End may still be queued).
+    markers_seen: Arc<AtomicBool>,
     /// The state stream's bytes in flight and their bound (back-pressure).
     gate: Arc<LinkGate>,
 }
@@ -464,6 +467,7 @@ impl Run<'_> {
             duplicate: opts.mode == Mode::Duplicate,
             budget: opts.budget,
             backlog: self.backlog.clone(),
+            markers_seen: self.markers_seen.clone(),
             gate: self.gate.clone(),
         };
         if let Err(e) = self.handle.stream_out(req) {
@@ -618,8 +622,12 @@ impl Run<'_> {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
+            // The markers' timeout, not the link's: once the worker saw
+            // every marker, its End may still wait behind the items queued
+            // before it (duplicated packets on a slow link); the writes'
+            // own timeout bounds that.
             if let (Some(t), None) = (switched_at, ended_at) {
-                if t.elapsed() > opts.marker_timeout {
+                if t.elapsed() > opts.marker_timeout && !self.markers_seen.load(Ordering::Acquire) {
                     return Err(MigrateError::Timeout {
                         what: format!("the drain markers on ports {:?}", opts.markers),
                         after: opts.marker_timeout,

@@ -139,11 +139,8 @@ fn slow_link(to: std::net::SocketAddr) -> (std::net::SocketAddr, JoinHandle<()>)
     (addr, t)
 }
 
-#[test]
-fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in_flight() {
-    let mut a = host("bp-src", "firewall", FIREWALL);
-    let mut b = host("bp-dst", "firewall", FIREWALL);
-    // The snapshot: PREFILL + HOT connections.
+/// Fill the source's table with PREFILL + HOT connections (the snapshot).
+fn prefill(a: &mut common::Host) {
     let frames: Vec<Vec<u8>> = (0..PREFILL + HOT).map(|f| packet(f, 0)).collect();
     for c in frames.chunks(64) {
         send_all(&mut a.client, c);
@@ -155,17 +152,27 @@ fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in
         out += drain(&mut a.server);
         std::thread::sleep(Duration::from_millis(1));
     }
+}
 
-    // The feeder: batches of 32 packets over the HOT flows, one batch
-    // per millisecond, until the switch (then the marker), counting what
-    // it sent before the switch.
+/// The traffic: batches of 32 packets over the HOT flows, one batch every
+/// `every`, until the switch (then the marker), counting what it sent
+/// before the switch; the source's client and server ports come back
+/// when it stops.
+struct Feeder {
+    thread: JoinHandle<(ChannelPort, ChannelPort)>,
+    switch: FeederSwitch,
+    stop: Arc<AtomicBool>,
+    hot_sent: Arc<AtomicU64>,
+}
+
+fn feed(a_client: ChannelPort, a_server: ChannelPort, every: Duration) -> Feeder {
     let (cmd_tx, cmd_rx) = mpsc::channel::<u64>();
     let (ack_tx, ack_rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let hot_sent = Arc::new(AtomicU64::new(0));
     let (stop_f, hot_f) = (stop.clone(), hot_sent.clone());
-    let (mut a_client, mut a_server) = (a.client, a.server);
-    let feeder = std::thread::spawn(move || {
+    let (mut a_client, mut a_server) = (a_client, a_server);
+    let thread = std::thread::spawn(move || {
         let mut seq = 1u32;
         let mut switched = false;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -183,10 +190,20 @@ fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in
                 seq += 1;
             }
             drain(&mut a_server);
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(every);
         }
         (a_client, a_server)
     });
+    Feeder { thread, switch: FeederSwitch { cmd: cmd_tx, ack: ack_rx }, stop, hot_sent }
+}
+
+#[test]
+fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in_flight() {
+    let mut a = host("bp-src", "firewall", FIREWALL);
+    let mut b = host("bp-dst", "firewall", FIREWALL);
+    prefill(&mut a);
+    let Feeder { thread: feeder, mut switch, stop, hot_sent } =
+        feed(a.client, a.server, Duration::from_millis(1));
 
     let dl = TcpListener::bind("127.0.0.1:0").unwrap();
     let (link, link_thread) = slow_link(dl.local_addr().unwrap());
@@ -208,7 +225,6 @@ fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in
         marker_timeout: Duration::from_secs(10),
         ..SourceOptions::default()
     };
-    let mut switch = FeederSwitch { cmd: cmd_tx, ack: ack_rx };
     let conn = TcpStream::connect(link).unwrap();
     let r = migrate_out(&a.handle, "nf", "firewall", conn, &opts, &mut switch);
     stop.store(true, Ordering::Release);
@@ -254,6 +270,68 @@ fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in
     let after = r.bytes - r.bytes_at_switch;
     assert!(after <= u64::from(HOT) * 200 + 1024, "{after} B written after the switch");
 
+    a.stop();
+    b.stop();
+}
+
+/// Duplication over the slow link: every packet the source gets until its
+/// marker is copied into the stream, far faster than the link drains, so
+/// after the switch the End waits behind the copies queued before it. The
+/// marker reached the source's worker at once; only the link is slow. The
+/// marker timeout (500 ms here, less than the drain) must not count the
+/// link's time: the migration completes. (Before the worker said when
+/// the markers came, this rolled back with "the drain markers on ports
+/// [0]" not within 500 ms — checked by hand, twice — the symptom
+/// duplication showed from 80 % load in the SliM sweep.)
+#[test]
+fn duplication_over_a_slow_link_is_not_timed_out_by_markers_that_came() {
+    let mut a = host("dup-src", "firewall", FIREWALL);
+    let mut b = host("dup-dst", "firewall", FIREWALL);
+    prefill(&mut a);
+    // 32 packets (about 2 KB of copies) every 5 ms: 10 times the link.
+    let Feeder { thread: feeder, mut switch, stop, hot_sent } =
+        feed(a.client, a.server, Duration::from_millis(5));
+    let dl = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (link, link_thread) = slow_link(dl.local_addr().unwrap());
+    let bh = b.handle.clone();
+    let dest = std::thread::spawn(move || {
+        let (conn, _) = dl.accept().unwrap();
+        let opts = DestinationOptions { io_timeout: Duration::from_secs(20), ..Default::default() };
+        migrate_in(&bh, "nf", "firewall", conn, &opts)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let opts = SourceOptions {
+        id: 78,
+        mode: Mode::Duplicate,
+        chunk: 64,
+        markers: vec![0],
+        io_timeout: Duration::from_secs(20),
+        marker_timeout: Duration::from_millis(500),
+        ..SourceOptions::default()
+    };
+    let conn = TcpStream::connect(link).unwrap();
+    // A small send buffer (the sweep's links fill a large one in seconds):
+    // the copies wait in the worker's queue, the End behind them.
+    braid_io::tcp::set_send_buffer(&conn, 16 << 10).unwrap();
+    let started = Instant::now();
+    let r = migrate_out(&a.handle, "nf", "firewall", conn, &opts, &mut switch);
+    let took = started.elapsed();
+    stop.store(true, Ordering::Release);
+    let d = dest.join().unwrap();
+    let (c, s) = feeder.join().unwrap();
+    (a.client, a.server) = (c, s);
+    link_thread.join().unwrap();
+    let r = r.expect("duplication over the slow link");
+    let d = d.expect("the destination");
+    eprintln!("{r:?}\n{d:?}\ntook {took:?}, hot packets {}", hot_sent.load(Ordering::Relaxed));
+    // The copies crossed the link after the switch for longer than the
+    // marker timeout: the case this is about.
+    let after_switch = took.saturating_sub(r.until_switch);
+    assert!(
+        after_switch > opts.marker_timeout,
+        "the drain after the switch took {after_switch:?}: the link was not the slow part"
+    );
+    assert!(r.duplicated > 0 && d.replayed == r.duplicated, "{r:?} {d:?}");
     a.stop();
     b.stop();
 }
