@@ -716,11 +716,19 @@ fn new_challenge() -> std::io::Result<Challenge> {
     Ok(c)
 }
 
-fn write_challenge(w: &mut impl Write, c: &Challenge) -> std::io::Result<()> {
-    let mut m = CHALLENGE_MAGIC.to_vec();
-    m.extend_from_slice(c);
+/// Write `parts` after `magic` in one write (one segment on the wire for
+/// a small message), then flush.
+fn write_message(w: &mut impl Write, magic: &[u8; 4], parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut m = magic.to_vec();
+    for p in parts {
+        m.extend_from_slice(p);
+    }
     w.write_all(&m)?;
     w.flush()
+}
+
+fn write_challenge(w: &mut impl Write, c: &Challenge) -> std::io::Result<()> {
+    write_message(w, CHALLENGE_MAGIC, &[c])
 }
 
 fn read_challenge(r: &mut impl Read) -> Result<Challenge, String> {
@@ -746,22 +754,14 @@ fn write_signed(
     v: &impl serde::Serialize,
 ) -> std::io::Result<()> {
     let body = serde_json::to_vec(v).map_err(std::io::Error::other)?;
-    // One write: one segment on the wire for a small message.
-    let mut m = OFFER_MAGIC.to_vec();
-    m.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    m.extend_from_slice(&body);
-    m.extend_from_slice(&key.tag(label, challenge, &body));
-    w.write_all(&m)?;
-    w.flush()
+    let len = (body.len() as u32).to_be_bytes();
+    write_message(w, OFFER_MAGIC, &[&len, &body, &key.tag(label, challenge, &body)])
 }
 
 /// Refuse an offer that did not authenticate (or could not be read).
 fn write_unauthenticated_refusal(w: &mut impl Write, reason: &str) -> std::io::Result<()> {
-    let mut m = UNAUTHENTICATED_MAGIC.to_vec();
-    m.extend_from_slice(&(reason.len() as u32).to_be_bytes());
-    m.extend_from_slice(reason.as_bytes());
-    w.write_all(&m)?;
-    w.flush()
+    let len = (reason.len() as u32).to_be_bytes();
+    write_message(w, UNAUTHENTICATED_MAGIC, &[&len, reason.as_bytes()])
 }
 
 /// Read what [`write_signed`] sent with our `challenge`; its tag is

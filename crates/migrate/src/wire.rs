@@ -362,10 +362,9 @@ pub fn read_message(r: &mut impl Read, c: &mut Counts) -> Result<Message, WireEr
     if n > MAX_FRAME {
         return Err(WireError::TooLong { frame, len: n });
     }
-    let mut rest = vec![0u8; n + 4];
-    r.read_exact(&mut rest)?;
-    let mut whole = len.to_vec();
-    whole.extend_from_slice(&rest);
+    let mut whole = vec![0u8; 4 + n + 4];
+    whole[..4].copy_from_slice(&len);
+    r.read_exact(&mut whole[4..])?;
     decode_frame(&mut whole, None, c)
 }
 

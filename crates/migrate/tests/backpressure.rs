@@ -33,7 +33,8 @@ use braid_dataplane::WorkerHandle;
 use braid_io::channel::ChannelPort;
 use braid_io::Port;
 use braid_migrate::{
-    migrate_in, migrate_out, DestinationOptions, Mode, SourceOptions, Switch, SwitchError,
+    migrate_in, migrate_out, DestinationOptions, DestinationReport, MigrateError, Mode,
+    SourceOptions, SourceReport, Switch, SwitchError,
 };
 use braid_nf::conntrack::{ConnSnapshot, SNAPSHOT_VERSION};
 use braid_packet::wire::build::FrameSpec;
@@ -197,23 +198,56 @@ fn feed(a_client: ChannelPort, a_server: ChannelPort, every: Duration) -> Feeder
     Feeder { thread, switch: FeederSwitch { cmd: cmd_tx, ack: ack_rx }, stop, hot_sent }
 }
 
+/// What [`over_slow_link`] gives back.
+struct SlowLinkRun {
+    source: Result<SourceReport, MigrateError>,
+    destination: Result<DestinationReport, MigrateError>,
+    /// `migrate_out`'s time.
+    took: Duration,
+    /// Hot packets the feeder sent before the switch.
+    hot_sent: u64,
+}
+
+/// Migrate `a`'s firewall to `b` over [`slow_link`] while a feeder sends
+/// a batch every `every` (then the marker at the switch); `send_buffer`
+/// sets the source socket's first. `a` comes back with its ports.
+fn over_slow_link(
+    mut a: common::Host,
+    b: &common::Host,
+    every: Duration,
+    opts: &SourceOptions,
+    dest: DestinationOptions,
+    send_buffer: Option<usize>,
+) -> (common::Host, SlowLinkRun) {
+    let Feeder { thread: feeder, mut switch, stop, hot_sent } = feed(a.client, a.server, every);
+    let dl = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (link, link_thread) = slow_link(dl.local_addr().unwrap());
+    let bh = b.handle.clone();
+    let destination = std::thread::spawn(move || {
+        let (conn, _) = dl.accept().unwrap();
+        migrate_in(&bh, "nf", "firewall", conn, &dest)
+    });
+    // Let the feeder run a little first so flows are changing.
+    std::thread::sleep(Duration::from_millis(50));
+    let conn = TcpStream::connect(link).unwrap();
+    if let Some(bytes) = send_buffer {
+        braid_io::tcp::set_send_buffer(&conn, bytes).unwrap();
+    }
+    let started = Instant::now();
+    let source = migrate_out(&a.handle, "nf", "firewall", conn, opts, &mut switch);
+    let took = started.elapsed();
+    stop.store(true, Ordering::Release);
+    let destination = destination.join().unwrap();
+    (a.client, a.server) = feeder.join().unwrap();
+    link_thread.join().unwrap();
+    (a, SlowLinkRun { source, destination, took, hot_sent: hot_sent.load(Ordering::Relaxed) })
+}
+
 #[test]
 fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in_flight() {
     let mut a = host("bp-src", "firewall", FIREWALL);
     let mut b = host("bp-dst", "firewall", FIREWALL);
     prefill(&mut a);
-    let Feeder { thread: feeder, mut switch, stop, hot_sent } =
-        feed(a.client, a.server, Duration::from_millis(1));
-
-    let dl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (link, link_thread) = slow_link(dl.local_addr().unwrap());
-    let bh = b.handle.clone();
-    let dest = std::thread::spawn(move || {
-        let (conn, _) = dl.accept().unwrap();
-        migrate_in(&bh, "nf", "firewall", conn, &DestinationOptions::default())
-    });
-    // Let the feeder run a little first so flows are changing.
-    std::thread::sleep(Duration::from_millis(50));
     let opts = SourceOptions {
         id: 77,
         mode: Mode::Statelet,
@@ -225,16 +259,11 @@ fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in
         marker_timeout: Duration::from_secs(10),
         ..SourceOptions::default()
     };
-    let conn = TcpStream::connect(link).unwrap();
-    let r = migrate_out(&a.handle, "nf", "firewall", conn, &opts, &mut switch);
-    stop.store(true, Ordering::Release);
-    let d = dest.join().unwrap();
-    let (c, s) = feeder.join().unwrap();
-    (a.client, a.server) = (c, s);
-    link_thread.join().unwrap();
+    let (mut a, run) =
+        over_slow_link(a, &b, Duration::from_millis(1), &opts, Default::default(), None);
+    let (r, d, hot) = (run.source, run.destination, run.hot_sent);
     let r = r.expect("the migration over the slow link");
     let d = d.expect("the destination");
-    let hot = hot_sent.load(Ordering::Relaxed);
     eprintln!("{r:?}\nhot packets sent before the switch: {hot}");
 
     // The state arrived whole (every connection, the hot ones included).
@@ -288,18 +317,6 @@ fn duplication_over_a_slow_link_is_not_timed_out_by_markers_that_came() {
     let mut a = host("dup-src", "firewall", FIREWALL);
     let mut b = host("dup-dst", "firewall", FIREWALL);
     prefill(&mut a);
-    // 32 packets (about 2 KB of copies) every 5 ms: 10 times the link.
-    let Feeder { thread: feeder, mut switch, stop, hot_sent } =
-        feed(a.client, a.server, Duration::from_millis(5));
-    let dl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (link, link_thread) = slow_link(dl.local_addr().unwrap());
-    let bh = b.handle.clone();
-    let dest = std::thread::spawn(move || {
-        let (conn, _) = dl.accept().unwrap();
-        let opts = DestinationOptions { io_timeout: Duration::from_secs(20), ..Default::default() };
-        migrate_in(&bh, "nf", "firewall", conn, &opts)
-    });
-    std::thread::sleep(Duration::from_millis(50));
     let opts = SourceOptions {
         id: 78,
         mode: Mode::Duplicate,
@@ -309,21 +326,15 @@ fn duplication_over_a_slow_link_is_not_timed_out_by_markers_that_came() {
         marker_timeout: Duration::from_millis(500),
         ..SourceOptions::default()
     };
-    let conn = TcpStream::connect(link).unwrap();
-    // A small send buffer (the sweep's links fill a large one in seconds):
+    let dest = DestinationOptions { io_timeout: Duration::from_secs(20), ..Default::default() };
+    // 32 packets (about 2 KB of copies) every 5 ms: 10 times the link. A
+    // small send buffer (the sweep's links fill a large one in seconds):
     // the copies wait in the worker's queue, the End behind them.
-    braid_io::tcp::set_send_buffer(&conn, 16 << 10).unwrap();
-    let started = Instant::now();
-    let r = migrate_out(&a.handle, "nf", "firewall", conn, &opts, &mut switch);
-    let took = started.elapsed();
-    stop.store(true, Ordering::Release);
-    let d = dest.join().unwrap();
-    let (c, s) = feeder.join().unwrap();
-    (a.client, a.server) = (c, s);
-    link_thread.join().unwrap();
+    let (mut a, run) = over_slow_link(a, &b, Duration::from_millis(5), &opts, dest, Some(16 << 10));
+    let (r, d, took) = (run.source, run.destination, run.took);
     let r = r.expect("duplication over the slow link");
     let d = d.expect("the destination");
-    eprintln!("{r:?}\n{d:?}\ntook {took:?}, hot packets {}", hot_sent.load(Ordering::Relaxed));
+    eprintln!("{r:?}\n{d:?}\ntook {took:?}, hot packets {}", run.hot_sent);
     // The copies crossed the link after the switch for longer than the
     // marker timeout: the case this is about.
     let after_switch = took.saturating_sub(r.until_switch);
