@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use braid_runtime::live::{check_ports, LiveChain, LiveState, StartOptions};
+use braid_runtime::live::{check_ports, LiveChain, LiveError, LiveState, StartOptions};
 use braid_runtime::live_procs::LiveProcesses;
 use braid_runtime::proc_chain::ProcessesConfig;
 use braid_runtime::validate::{validate_str, Problem};
@@ -83,6 +83,16 @@ impl Deployed {
             "kernel"
         } else {
             "user"
+        }
+    }
+
+    /// The running chain in user space, on worker threads or as NF
+    /// processes, for the operations both have (live parameter and
+    /// scheduling changes, checkpoints), or why not.
+    pub fn running_in_user_space(&self, what: &str) -> Result<UserSpace<'_>, OpError> {
+        match (&self.live, &self.procs) {
+            (None, Some(p)) if self.state().0 == "running" => Ok(UserSpace::Processes(p)),
+            _ => self.user_space(what).map(UserSpace::Threads),
         }
     }
 
@@ -237,6 +247,55 @@ pub enum OpError {
     ProcessesChain { chain: String, what: String },
 }
 
+/// A running chain in user space: its NFs on worker threads of braidd, or
+/// each in a process of its own.
+pub enum UserSpace<'a> {
+    Threads(&'a LiveChain),
+    Processes(&'a LiveProcesses),
+}
+
+impl UserSpace<'_> {
+    pub fn reconfigure(&self, nf: &str, params: braid_nf::Params) -> Result<(), LiveError> {
+        match self {
+            UserSpace::Threads(l) => l.reconfigure(nf, params),
+            UserSpace::Processes(p) => p.reconfigure(nf, params),
+        }
+    }
+
+    pub fn set_sched(
+        &self,
+        nf: &str,
+        sched: Option<braid_runtime::SchedDecl>,
+        others: &[braid_runtime::coordinator::WorkerSettings],
+    ) -> Result<braid_runtime::coordinator::WorkerSettings, LiveError> {
+        match self {
+            UserSpace::Threads(l) => l.set_sched(nf, sched, others),
+            UserSpace::Processes(p) => p.set_sched(nf, sched, others),
+        }
+    }
+
+    pub fn export_states(&self) -> Result<Vec<(String, braid_nf::NfState)>, LiveError> {
+        match self {
+            UserSpace::Threads(l) => l.export_states(),
+            UserSpace::Processes(p) => p.export_states(),
+        }
+    }
+
+    pub fn import_states(&self, states: Vec<(String, braid_nf::NfState)>) -> Result<(), LiveError> {
+        match self {
+            UserSpace::Threads(l) => l.import_states(states),
+            UserSpace::Processes(p) => p.import_states(states),
+        }
+    }
+
+    pub fn descriptor(&self) -> ChainDescriptor {
+        match self {
+            UserSpace::Threads(l) => l.descriptor(),
+            UserSpace::Processes(p) => p.descriptor(),
+        }
+    }
+}
+
 /// The settings of every worker or NF process chain `d` runs on when
 /// started with `opts` (for the host-wide starvation check).
 fn own_workers(
@@ -380,8 +439,8 @@ impl Daemon {
             let entry = match started {
                 Ok(mut entry) => {
                     ok += 1;
-                    if let Some(l) = &entry.live {
-                        entry.restored = Some(self.restore_state(&d.name, l));
+                    if let Ok(running) = entry.running_in_user_space("a restore") {
+                        entry.restored = Some(self.restore_state(&d.name, &running));
                     }
                     entry
                 }
@@ -408,7 +467,7 @@ impl Daemon {
     /// Import chain `name`'s last checkpoint into `live`: the NFs restored,
     /// or why nothing was (a damaged checkpoint is decoded whole before
     /// anything is imported, so it is never half-loaded).
-    fn restore_state(&self, name: &str, live: &LiveChain) -> Result<Vec<String>, String> {
+    fn restore_state(&self, name: &str, live: &UserSpace<'_>) -> Result<Vec<String>, String> {
         let states = match self.store.checkpoint(name) {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(Vec::new()),
@@ -431,7 +490,7 @@ impl Daemon {
     pub fn checkpoint_all(&self) -> Result<(usize, usize), StoreError> {
         let mut all = Vec::new();
         for e in self.list() {
-            let Some(l) = e.live().filter(|_| e.state().0 == "running") else { continue };
+            let Ok(l) = e.running_in_user_space("a checkpoint") else { continue };
             match l.export_states() {
                 Ok(states) if !states.is_empty() => all.push((e.name().to_string(), states)),
                 Ok(_) => {}
@@ -614,8 +673,7 @@ impl Daemon {
             self.store.put(&d)?;
             return Ok(entry);
         }
-        // The new parameters would not reach an NF process.
-        let live = entry.user_space("a live parameter change")?;
+        let live = entry.running_in_user_space("a live parameter change")?;
         live.reconfigure(nf, params).map_err(OpError::Control)?;
         self.store.put(&d)?;
         Ok(entry)
@@ -637,7 +695,7 @@ impl Daemon {
     ) -> Result<(Arc<Deployed>, braid_runtime::coordinator::WorkerSettings), OpError> {
         let sched = (!sched.is_empty()).then_some(sched);
         let (entry, _checked) = self.changed_nf(name, nf, |n| n.sched = sched.clone())?;
-        let live = entry.user_space("live scheduling (`sched`)")?;
+        let live = entry.running_in_user_space("live scheduling (`sched`)")?;
         let others = self.other_workers(name);
         let settings = live.set_sched(nf, sched, &others).map_err(|e| match e {
             braid_runtime::live::LiveError::Control { .. } => OpError::Control(e),

@@ -92,6 +92,14 @@ pub struct Args {
     /// runs, and when it stops.
     #[arg(long)]
     pub stats: Option<std::path::PathBuf>,
+    /// Listen on this unix socket for the owner's live changes, state
+    /// exports and imports (braidd's processes chains).
+    #[arg(long)]
+    pub control: Option<std::path::PathBuf>,
+    /// Start from this carry file if it exists (parameters, scheduling and
+    /// state the owner kept for a restart); it overrides the options above.
+    #[arg(long)]
+    pub carry: Option<std::path::PathBuf>,
 }
 
 /// The scheduling the arguments ask for, checked before anything opens.
@@ -135,6 +143,8 @@ pub fn run(a: Args) -> Result<()> {
     cfg.slots = a.slots;
     cfg.mtu = a.mtu.into();
     cfg.stats = a.stats.clone();
+    cfg.control = a.control.clone();
+    cfg.carry = a.carry.clone();
     cfg.idle = match a.idle {
         Idle::Busy => WorkerIdle::Busy,
         Idle::Sleep => WorkerIdle::Poll,

@@ -182,7 +182,7 @@ pub fn document() -> Value {
                         "202": accepted_response(),
                         "400": error_response("invalid parameters or sched (field paths as `braid validate` gives them) or body"),
                         "404": error_response("no such chain or NF"),
-                        "409": error_response("the chain is not running, or runs with mapping processes: neither parameters nor sched reach its NF processes (processes_chain)"),
+                        "409": error_response("the chain is not running (not_running)"),
                         "422": error_response("refused: the worker or the kernel refused the change (state does not fit, no privilege: refused_by_worker), or the coordinator did (real-time busy polling on every CPU, NFs of the worker disagree: sched_refused), or a kernel chain's program cannot take the parameters (refused_by_kernel), or `sched` on a kernel chain (kernel_chain); nothing changed")
                     }
                 }

@@ -3,7 +3,9 @@
 //! packets: client — mid (braidd) — server namespaces as in `live.rs`.
 //! UDP crosses a firewall + fwd chain of NF processes; the per-NF counters
 //! (API, /metrics) match what was sent; operations that do not reach NF
-//! processes are refused with 409; an NF process killed with SIGKILL, or
+//! processes are refused with 409; live parameter and scheduling changes
+//! and checkpoints reach them through their control sockets and a
+//! restarted NF process comes back with them; an NF process killed with SIGKILL, or
 //! hung (SIGSTOP), is restarted and traffic flows again; one killed past its restarts stops
 //! the chain; remove, SIGTERM and SIGKILL of braidd leave no NF process
 //! and no socket directory behind, and the chain comes back after a
@@ -206,8 +208,6 @@ fn a_processes_chain_forwards_counts_restarts_its_nfs_and_leaves_nothing_behind(
 
     // What does not reach an NF process is refused, naming the mapping.
     let refusals = [
-        ("parameters", api_error(c.reconfigure("pc", "fw", &json!({ "default": "drop" })))),
-        ("sched", api_error(c.set_sched("pc", "fw", &json!({ "nice": 5 })))),
         ("profile", api_error(c.profile("pc", 100, false))),
         (
             "migration",
@@ -307,6 +307,125 @@ fn a_processes_chain_forwards_counts_restarts_its_nfs_and_leaves_nothing_behind(
     let last = pids(&c.chain("pc").unwrap());
     c.remove("pc").unwrap();
     assert_nothing_left(dir.path(), "pc", &last);
+    assert!(d.terminate().success(), "{}", d.log());
+}
+
+/// Whether a datagram from `from` reaches `to` (10 tries, 30 ms apart).
+fn reaches(from: &UdpSocket, to: &UdpSocket) -> bool {
+    let dest = to.local_addr().unwrap();
+    to.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+    let mut buf = [0u8; 2048];
+    (0..10).any(|_| {
+        from.send_to(b"reply", dest).unwrap();
+        to.recv(&mut buf).is_ok()
+    })
+}
+
+/// The nice values of process `pid`'s threads.
+fn thread_nices(pid: u32) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        // After the command name's `)`: state is field 3, nice field 19.
+        .filter_map(|st| st.rsplit(')').next()?.split_whitespace().nth(16)?.parse().ok())
+        .collect()
+}
+
+/// Wait for two checkpoint rounds of braidd from now.
+fn two_checkpoints(c: &Client) {
+    let n0 = c.status().unwrap()["checkpoints"].as_u64().unwrap();
+    let t = Instant::now();
+    while c.status().unwrap()["checkpoints"].as_u64().unwrap() < n0 + 2 {
+        assert!(t.elapsed() < Duration::from_secs(10), "no checkpoint rounds");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn live_changes_and_checkpoints_reach_nf_processes_and_a_restarted_one_keeps_them() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd processes", "needs root") {
+        return;
+    }
+    let net = common::bump_net("bdk", "10.79.2.1", "10.79.2.2");
+    let (client, server) = ("10.79.2.1", "10.79.2.2");
+    let dir = TempDir::new("procs-live");
+    let mut d =
+        Braidd::start(dir.path(), Some(net.mid.name()), &["--checkpoint-interval-ms", "100"]);
+    let c = d.client();
+    // Only the client starts UDP flows: the server's answers pass only on
+    // a connection the firewall's state tracks.
+    let fw = |extra: &str| {
+        format!("{{ default: drop, rules: [{{ action: allow, src: {client}/32, proto: udp }}{extra}] }}")
+    };
+    let nfs = format!(
+        "  - {{ name: fw, type: firewall, params: {} }}\n  - {{ name: f, type: fwd }}\n",
+        fw("")
+    );
+    c.deploy(&chain_yaml(&net, "pk", &nfs)).unwrap();
+    let rx = net.sv.enter(|| UdpSocket::bind(format!("{server}:{PORT}"))).unwrap().unwrap();
+    let tx = net.cl.enter(|| UdpSocket::bind(format!("{client}:0"))).unwrap().unwrap();
+    tx.connect(format!("{server}:{PORT}")).unwrap();
+    assert!(time_to_first_packet(&tx, &rx, Duration::from_secs(5)).is_some());
+    assert!(reaches(&rx, &tx), "the answer on the tracked connection passes");
+    // A flow the server starts, to a client socket that takes any sender
+    // (`tx` is connected: its kernel would drop the stranger's datagrams).
+    let stranger = net.sv.enter(|| UdpSocket::bind(format!("{server}:0"))).unwrap().unwrap();
+    let open_rx = net.cl.enter(|| UdpSocket::bind(format!("{client}:0"))).unwrap().unwrap();
+    assert!(!reaches(&stranger, &open_rx), "a flow the server starts is dropped");
+
+    // A live parameter change, through the NF process's control socket:
+    // the stranger's port is let in, the tracked connection stays.
+    let sport = stranger.local_addr().unwrap().port();
+    let open =
+        fw(&format!(", {{ action: allow, src: {server}/32, proto: udp, src_ports: {sport} }}"));
+    let params: Value = serde_yaml_ng::from_str(&open).unwrap();
+    c.reconfigure("pk", "fw", &params).unwrap();
+    assert!(reaches(&stranger, &open_rx), "the new rule is live");
+    assert!(reaches(&rx, &tx), "the connection's state survived the change");
+    let v = c.chain("pk").unwrap();
+    assert_eq!(v["descriptor"]["nfs"][0]["params"]["rules"][1]["src_ports"], sport, "{v}");
+
+    // A live scheduling change reaches the NF process's worker thread.
+    let pid = process(&v, "fw")["pid"].as_u64().unwrap() as u32;
+    assert!(!thread_nices(pid).contains(&7), "{:?}", thread_nices(pid));
+    c.set_sched("pk", "fw", &json!({ "nice": 7 })).unwrap();
+    assert!(thread_nices(pid).contains(&7), "{:?}", thread_nices(pid));
+    // Refused by the coordinator (a CPU that does not exist): nothing changes.
+    let (status, kind, message) = api_error(c.set_sched("pk", "fw", &json!({ "cpus": "999" })));
+    assert_eq!(status / 100, 4, "{kind}: {message}");
+    assert!(thread_nices(pid).contains(&7));
+    assert_eq!(c.chain("pk").unwrap()["descriptor"]["nfs"][0]["sched"]["nice"], 7);
+
+    // SIGKILL of the firewall's process after two checkpoints: the
+    // restarted one has the connection (the last checkpoint), the new rule
+    // and the nice value, not what it was started with.
+    two_checkpoints(&c);
+    kill9(pid);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let p = process(&c.chain("pk").unwrap(), "fw").clone();
+            p["restarts"] == 1 && p["pid"].as_u64().is_some_and(|p| p as u32 != pid)
+        }),
+        "fw not restarted: {}",
+        c.chain("pk").unwrap()
+    );
+    assert!(reaches(&rx, &tx), "the restarted process lost the checkpointed connection");
+    assert!(reaches(&stranger, &open_rx), "the restarted process lost the live rule");
+    let pid = process(&c.chain("pk").unwrap(), "fw")["pid"].as_u64().unwrap() as u32;
+    assert!(thread_nices(pid).contains(&7), "{:?}", thread_nices(pid));
+
+    // SIGKILL of braidd: the chain comes back as changed, with its state.
+    two_checkpoints(&c);
+    d.kill9();
+    d.restart();
+    let v = d.client().chain("pk").unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["restored_state"]["nfs"].clone()),
+        (Some("running"), json!(["fw"])),
+        "{v}"
+    );
+    assert!(reaches(&rx, &tx), "the restored connection lets the answer pass");
+    assert!(reaches(&stranger, &open_rx), "the changed parameters came back");
     assert!(d.terminate().success(), "{}", d.log());
 }
 

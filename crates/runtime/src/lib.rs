@@ -11,6 +11,7 @@
 //! - [`live`]: a live chain on its own worker thread, kept with its handle ([`live::LiveChain`]).
 //! - [`proc_chain`]: a chain with one supervised process per NF; [`proc_chain::run_processes`].
 //! - [`procs`]: one NF as its own process between shared-memory ports.
+//! - [`nf_control`]: the control channel into an NF process, and what a restarted one starts from.
 //! - [`shm_bench`]: packet rate and latency over each virtual-port backend.
 //! - [`spans`]: where each field of a YAML document is written.
 //!
@@ -34,6 +35,7 @@ pub mod coordinator;
 pub mod descriptor;
 pub mod live;
 pub mod live_procs;
+pub mod nf_control;
 pub mod plan;
 pub mod proc_chain;
 pub mod procs;

@@ -109,6 +109,10 @@ pub enum LiveError {
         #[source]
         source: crate::coordinator::CoordError,
     },
+    /// An NF process did not take a request (a live change, a state
+    /// export or import) or could not be reached; nothing changed.
+    #[error("chain `{chain}`: NF `{nf}` (its process): {why}")]
+    NfProcess { chain: String, nf: String, why: String },
     /// A chain of NF processes (`mapping: processes`) that could not
     /// start: its processes, their sockets, its supervisor.
     #[error("chain `{chain}` (mapping processes): {source}")]

@@ -20,6 +20,13 @@
 //! that old. When a child exits, its last file is carried into the NF's
 //! totals before the restarted one writes its own, so the counters do not
 //! go back; what a killed child counted after its last write is lost.
+//!
+//! Parameters and scheduling change live, and states are exported
+//! (checkpoints) and imported (restores), through each NF process's
+//! control socket ([`crate::nf_control`]). What changed is also kept in the
+//! NF's carry file, so a restarted NF process comes back with the current
+//! parameters and scheduling and the last checkpointed state, not with
+//! what it was started with.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -34,6 +41,7 @@ use braid_nf::Counters;
 use crate::chain::ChainSnapshot;
 use crate::descriptor::{ChainDescriptor, WorkerMapping};
 use crate::live::{LiveError, LiveState, StartOptions};
+use crate::nf_control::{Carry, Reply, Request, SchedSettings};
 use crate::proc_chain::{ChildIdle, ProcChainError, ProcessesConfig, SocketDir};
 use crate::procs::{NfProcStats, ReconnectingPort};
 use crate::runner::RunReport;
@@ -83,7 +91,16 @@ struct Running {
 /// directory.
 pub struct LiveProcesses {
     name: String,
-    descriptor: ChainDescriptor,
+    /// As declared, with the live changes made since the start.
+    descriptor: Mutex<ChainDescriptor>,
+    /// Per NF, what a restarted process of it must start from (written to
+    /// its carry file after each change). One lock for all: changes to a
+    /// chain are rare and each is written before the next.
+    carry: Mutex<Vec<Carry>>,
+    /// How long an NF process may take to answer a control request.
+    control_timeout: Duration,
+    /// The edge's idle policy (the processes' follows from it).
+    idle: braid_dataplane::Idle,
     edge: WorkerHandle,
     stop_edge: Arc<AtomicBool>,
     shared: Arc<Mutex<Supervision>>,
@@ -233,7 +250,10 @@ impl LiveProcesses {
         };
         Ok(LiveProcesses {
             name: d.name.clone(),
-            descriptor: d.clone(),
+            descriptor: Mutex::new(d.clone()),
+            carry: Mutex::new(vec![Carry::default(); d.nfs.len()]),
+            control_timeout: opts.control_timeout,
+            idle: opts.idle,
             edge: handle,
             stop_edge,
             shared,
@@ -254,9 +274,124 @@ impl LiveProcesses {
         &self.name
     }
 
-    /// The descriptor it runs.
+    /// The descriptor it runs, with the live changes made since the
+    /// start.
     pub fn descriptor(&self) -> ChainDescriptor {
-        self.descriptor.clone()
+        lock(&self.descriptor).clone()
+    }
+
+    /// NF `nf`'s index in the chain.
+    fn index_of(&self, nf: &str) -> Result<usize, LiveError> {
+        let d = lock(&self.descriptor);
+        d.nfs.iter().position(|n| n.name == nf).ok_or_else(|| LiveError::UnknownNf {
+            chain: self.name.clone(),
+            nf: nf.to_string(),
+            known: d.nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Send `req` to NF `index`'s process; a refusal or an unreachable
+    /// process is an error naming the NF.
+    fn ask(&self, index: usize, req: &Request) -> Result<Reply, LiveError> {
+        let nf = lock(&self.descriptor).nfs[index].name.clone();
+        let refused = |why: String| LiveError::NfProcess { chain: self.name.clone(), nf, why };
+        let socket = crate::nf_control::control_socket(&self.dir, index);
+        match crate::nf_control::request(&socket, req, self.control_timeout) {
+            Ok(Reply::Refused(why)) => Err(refused(why)),
+            Ok(r) => Ok(r),
+            Err(e) => Err(refused(format!(
+                "no answer (is it running? see the chain's processes and events): {e}"
+            ))),
+        }
+    }
+
+    /// Change what NF `index`'s restarted process starts from, and write
+    /// its carry file. A carry file that cannot be written leaves the
+    /// running process changed but a restart would not be: an error.
+    fn carry(&self, index: usize, change: impl FnOnce(&mut Carry)) -> Result<(), LiveError> {
+        let mut carry = lock(&self.carry);
+        change(&mut carry[index]);
+        carry[index].write(&crate::nf_control::carry_file(&self.dir, index)).map_err(|e| {
+            LiveError::NfProcess {
+                chain: self.name.clone(),
+                nf: lock(&self.descriptor).nfs[index].name.clone(),
+                why: format!("changed, but a restart would not keep it: {e}"),
+            }
+        })
+    }
+
+    /// Change NF `nf`'s parameters live (its process rebuilds the NF and
+    /// carries its state over, as a thread chain's worker does). Nothing
+    /// changes if the process refuses.
+    pub fn reconfigure(&self, nf: &str, params: braid_nf::Params) -> Result<(), LiveError> {
+        let index = self.index_of(nf)?;
+        self.ask(index, &Request::Reconfigure(params.clone()))?;
+        lock(&self.descriptor).nfs[index].params = params.clone();
+        self.carry(index, |c| c.params = Some(params))
+    }
+
+    /// Change NF `nf`'s scheduling live: `sched` becomes its `sched`
+    /// block, its process's settings are resolved from the whole
+    /// descriptor as at start, refused if they would starve the machine
+    /// together with `others` (the host's other workers), then applied by
+    /// the process's worker (which puts its thread back if the kernel
+    /// refuses any part). The process's resolved settings.
+    pub fn set_sched(
+        &self,
+        nf: &str,
+        sched: Option<crate::descriptor::SchedDecl>,
+        others: &[crate::coordinator::WorkerSettings],
+    ) -> Result<crate::coordinator::WorkerSettings, LiveError> {
+        let index = self.index_of(nf)?;
+        let mut d = self.descriptor();
+        d.nfs[index].sched = sched.filter(|s| !s.is_empty());
+        let sched_err = |source| LiveError::Sched { chain: self.name.clone(), source };
+        let all_own = worker_settings(&d, &StartOptions { idle: self.idle, ..Default::default() })
+            .map_err(sched_err)?;
+        // The edge first, then each NF process.
+        let settings = all_own[index + 1].clone();
+        let mut all = others.to_vec();
+        all.extend(all_own);
+        crate::coordinator::check_starvation(&all, &crate::coordinator::online_cpus())
+            .map_err(sched_err)?;
+        let wanted = SchedSettings {
+            sched: settings.sched.clone(),
+            batch_size: settings.batch_size.clamp(1, braid_dataplane::worker::MAX_BATCH),
+            idle: settings.idle,
+            adapt: settings.adapt_config(),
+        };
+        self.ask(index, &Request::SetSched(wanted.clone()))?;
+        lock(&self.descriptor).nfs[index].sched = d.nfs[index].sched.clone();
+        self.carry(index, |c| c.sched = Some(wanted))?;
+        Ok(settings)
+    }
+
+    /// The state of every stateful NF, by name, from its process; each is
+    /// also kept for a restart of that process (its carry file). Stops at
+    /// the first process that does not answer.
+    pub fn export_states(&self) -> Result<Vec<(String, braid_nf::NfState)>, LiveError> {
+        let names: Vec<String> = self.descriptor().nfs.into_iter().map(|n| n.name).collect();
+        let mut out = Vec::new();
+        for (index, nf) in names.into_iter().enumerate() {
+            if let Reply::State(Some(state)) = self.ask(index, &Request::Export)? {
+                self.carry(index, |c| c.state = Some(state.clone()))?;
+                out.push((nf, state));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Import `states` (from [`LiveProcesses::export_states`] or a
+    /// checkpoint) into the NFs of the same names, and keep each for a
+    /// restart. Stops at the first NF that refuses (it is unchanged; the
+    /// ones before it have their state).
+    pub fn import_states(&self, states: Vec<(String, braid_nf::NfState)>) -> Result<(), LiveError> {
+        for (nf, state) in states {
+            let index = self.index_of(&nf)?;
+            self.ask(index, &Request::Import(state.clone()))?;
+            self.carry(index, |c| c.state = Some(state))?;
+        }
+        Ok(())
     }
 
     /// Since when it runs.
@@ -291,7 +426,7 @@ impl LiveProcesses {
     /// written its file yet counts what the exited ones did.
     pub fn nf_stages(&self) -> Vec<StageSnapshot> {
         let carried = lock(&self.shared).carried.clone();
-        self.descriptor
+        self.descriptor()
             .nfs
             .iter()
             .enumerate()

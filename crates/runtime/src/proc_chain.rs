@@ -117,6 +117,12 @@ pub fn nf_commands(
             args.extend(["--params".into(), params]);
         }
         args.extend(["--stats".into(), stats_file(dir, i).display().to_string()]);
+        let control = crate::nf_control::control_socket(dir, i);
+        args.extend(["--control".into(), control.display().to_string()]);
+        args.extend([
+            "--carry".into(),
+            crate::nf_control::carry_file(dir, i).display().to_string(),
+        ]);
         // The NF's `sched` over the chain's (the coordinator's settings).
         let decl = crate::coordinator::unit_decl(d, &nf.name, &[i])?;
         let set = crate::coordinator::to_settings(&nf.name, &decl, child_idle(idle), d.batch_size)?;
@@ -192,8 +198,15 @@ impl SocketDir {
     /// Use `path`, creating it if needed (then it is removed on drop).
     pub fn at(path: PathBuf) -> Result<SocketDir, ProcChainError> {
         let created = !path.exists();
-        std::fs::create_dir_all(&path)
-            .map_err(|source| ProcChainError::Dir { path: path.clone(), source })?;
+        let dir_err = |source| ProcChainError::Dir { path: path.clone(), source };
+        std::fs::create_dir_all(&path).map_err(dir_err)?;
+        if created {
+            // Only the owner's user may reach the NFs' ports and control
+            // sockets (a control socket changes an NF and reads its state).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+                .map_err(dir_err)?;
+        }
         Ok(SocketDir { path, created })
     }
 

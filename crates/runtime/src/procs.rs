@@ -23,12 +23,14 @@
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 pub use braid_dataplane::Idle;
-use braid_dataplane::{Endpoint, Graph, Heartbeat, Worker, WorkerConfig, WorkerError};
+use braid_dataplane::{
+    Endpoint, Graph, Heartbeat, Worker, WorkerConfig, WorkerError, WorkerHandle,
+};
 use braid_io::shm::{ShmConfig, ShmPort};
 use braid_io::{Port, PortError, PortStats, WaitReadiness};
 use braid_nf::Params;
@@ -73,6 +75,21 @@ pub enum ProcError {
     Heartbeat(#[from] braid_dataplane::heartbeat::HeartbeatError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error("carry file: {0}")]
+    Carry(#[from] crate::nf_control::NfControlError),
+    #[error("carry file {path}: NF `{kind}` does not take its state: {source}")]
+    CarryState {
+        path: PathBuf,
+        kind: String,
+        #[source]
+        source: braid_nf::StateError,
+    },
+    #[error("control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A port from the command line.
@@ -144,6 +161,12 @@ pub struct NfProcConfig {
     /// feedback loop, within these bounds; its changes are printed to
     /// standard error as they happen.
     pub adapt: Option<braid_dataplane::AdaptConfig>,
+    /// Listen for the owner's requests on this unix socket
+    /// ([`crate::nf_control`]).
+    pub control: Option<PathBuf>,
+    /// Start from this carry file if there is one (a restart): its
+    /// parameters, scheduling and state replace those above.
+    pub carry: Option<PathBuf>,
 }
 
 impl NfProcConfig {
@@ -161,6 +184,8 @@ impl NfProcConfig {
             stop: None,
             stats: None,
             adapt: None,
+            control: None,
+            carry: None,
         }
     }
 }
@@ -226,12 +251,36 @@ impl NfProcStats {
 /// Run one NF between its ports until stopped (see the module
 /// documentation). A port error ends the run with that error, after what
 /// was received before it was processed and sent.
-pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
+pub fn run_nf_proc(mut cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
+    let carry = match &cfg.carry {
+        Some(path) => crate::nf_control::Carry::read(path)?,
+        None => None,
+    };
+    let mut carried_state = None;
+    if let Some(c) = carry {
+        if let Some(p) = c.params {
+            cfg.params = p;
+        }
+        if let Some(s) = c.sched {
+            cfg.sched = s.sched;
+            cfg.batch_size = s.batch_size;
+            cfg.idle = s.idle;
+            cfg.adapt = s.adapt;
+        }
+        carried_state = c.state;
+    }
     if cfg.batch_size == 0 || cfg.batch_size > braid_dataplane::worker::MAX_BATCH {
         return Err(ProcError::Batch(cfg.batch_size));
     }
-    let nf = braid_nf::build(&cfg.kind, &cfg.params)
+    let mut nf = braid_nf::build(&cfg.kind, &cfg.params)
         .map_err(|source| ProcError::Build { kind: cfg.kind.clone(), source })?;
+    if let (Some(state), Some(path)) = (&carried_state, &cfg.carry) {
+        nf.import_state(state).map_err(|source| ProcError::CarryState {
+            path: path.clone(),
+            kind: cfg.kind.clone(),
+            source,
+        })?;
+    }
     let gates = nf.gates().count();
     if cfg.ports.is_empty() {
         return Err(ProcError::NoPorts { kind: cfg.kind });
@@ -270,10 +319,18 @@ pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
             .link(0, gate, Endpoint::Port(i))
             .map_err(|source| WorkerError::Graph { worker: cfg.kind.clone(), source })?;
     }
+    let control = match &cfg.control {
+        Some(path) => Some(serve_control(path, &handle, &cfg.kind)?),
+        None => None,
+    };
     let report = match &cfg.stats {
         Some(path) => run_writing_stats(w, &handle, &cfg.kind, path),
         None => w.run(),
     };
+    if let Some((stop, thread)) = control {
+        stop.store(true, Ordering::Relaxed);
+        let _ = thread.join();
+    }
     let c = &report.snapshot.stages[0].counters;
     if let Some(path) = &cfg.stats {
         NfProcStats {
@@ -297,6 +354,31 @@ pub fn run_nf_proc(cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
         Some(e) => Err(e.into()),
         None => Ok(out),
     }
+}
+
+/// Listen on control socket `path` (a stale one from a killed process is
+/// replaced) and relay its requests to the worker of stage `stage` on a
+/// thread of its own; setting the returned flag ends it.
+fn serve_control(
+    path: &Path,
+    handle: &WorkerHandle,
+    stage: &str,
+) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), ProcError> {
+    let err = |source| ProcError::Control { path: path.to_path_buf(), source };
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (handle, stage, stop) = (handle.clone(), stage.to_string(), stop.clone());
+        std::thread::Builder::new()
+            .name("nf-control".into())
+            .spawn(move || crate::nf_control::serve(listener, handle, stage, stop))
+            .map_err(err)?
+    };
+    Ok((stop, thread))
 }
 
 /// How often a running NF process rewrites its stats file (`--stats`), so
