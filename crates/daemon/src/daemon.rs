@@ -729,8 +729,19 @@ impl Daemon {
         opts: braid_profile::LiveOptions,
     ) -> Result<braid_profile::Profile, OpError> {
         let entry = self.get(name)?;
-        let live = entry.user_space("a live profile")?;
-        braid_profile::profile_live(name, &live.telemetries(), opts)
+        use braid_profile::LiveWorker;
+        let workers: Vec<LiveWorker> = match entry.running_in_user_space("a live profile")? {
+            UserSpace::Threads(l) => l.telemetries().into_iter().map(LiveWorker::Thread).collect(),
+            // braidd's edge worker, then each NF process's worker.
+            UserSpace::Processes(p) => std::iter::once(LiveWorker::Thread(p.edge().telemetry()))
+                .chain(
+                    p.nf_workers()
+                        .into_iter()
+                        .map(|(name, copy)| LiveWorker::Process { name, copy }),
+                )
+                .collect(),
+        };
+        braid_profile::profile_live(name, &workers, opts)
             .map_err(|source| OpError::Profile { chain: name.into(), source })
     }
 

@@ -208,7 +208,7 @@ pub fn document() -> Value {
                                 "required": ["chain", "mapping", "nfs", "workers", "hardware", "breakdown", "not_measured"] } } } },
                         "400": error_response("bad query (the parameter named)"),
                         "404": error_response("no such chain"),
-                        "409": error_response("the chain is not running, or runs with mapping processes (processes_chain)"),
+                        "409": error_response("the chain is not running (not_running)"),
                         "422": error_response("the chain runs in the kernel: no worker thread to profile (kernel_chain)")
                     }
                 }

@@ -3,8 +3,8 @@
 //! packets: client — mid (braidd) — server namespaces as in `live.rs`.
 //! UDP crosses a firewall + fwd chain of NF processes; the per-NF counters
 //! (API, /metrics) match what was sent; operations that do not reach NF
-//! processes are refused with 409; live parameter and scheduling changes
-//! and checkpoints reach them through their control sockets and a
+//! processes are refused with 409; live parameter and scheduling changes,
+//! live profiles and checkpoints reach them through their control sockets and a
 //! restarted NF process comes back with them; an NF process killed with SIGKILL, or
 //! hung (SIGSTOP), is restarted and traffic flows again; one killed past its restarts stops
 //! the chain; remove, SIGTERM and SIGKILL of braidd leave no NF process
@@ -208,7 +208,6 @@ fn a_processes_chain_forwards_counts_restarts_its_nfs_and_leaves_nothing_behind(
 
     // What does not reach an NF process is refused, naming the mapping.
     let refusals = [
-        ("profile", api_error(c.profile("pc", 100, false))),
         (
             "migration",
             api_error(c.json(
@@ -395,6 +394,35 @@ fn live_changes_and_checkpoints_reach_nf_processes_and_a_restarted_one_keeps_the
     assert_eq!(status / 100, 4, "{kind}: {message}");
     assert!(thread_nices(pid).contains(&7));
     assert_eq!(c.chain("pk").unwrap()["descriptor"]["nfs"][0]["sched"]["nice"], 7);
+
+    // A live profile: braidd's edge worker and each NF process's worker,
+    // counting exactly what the NF processes counted over the interval.
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let before = settled_counter(&c, "pk", "fw", "packets_in");
+        let (p, got) = std::thread::scope(|s| {
+            let p = s.spawn(|| c.profile("pk", 2000, false).unwrap());
+            std::thread::sleep(Duration::from_millis(300));
+            let got = send_and_count(&tx, &rx, 200);
+            (p.join().unwrap(), got)
+        });
+        let delta = settled_counter(&c, "pk", "fw", "packets_in") - before;
+        let fw = p["nfs"].as_array().unwrap().iter().find(|n| n["name"] == "fw").cloned();
+        let fw = fw.unwrap_or_else(|| panic!("no fw in {p}"));
+        assert_eq!(fw["vectors"].as_u64(), Some(delta), "{p}");
+        let workers = p["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), 3, "the edge and two NF processes: {p}");
+        // The firewall's worker is a thread of its process.
+        let tid = workers[1]["tid"].as_u64().expect("a tid");
+        assert!(Path::new(&format!("/proc/{pid}/task/{tid}")).exists(), "{p}");
+        assert!(workers[1]["os"]["run_ns"].as_u64().is_some(), "{p}");
+        rounds.push((got, delta));
+        if got == 200 {
+            assert_eq!(delta, 200, "{p}");
+            break;
+        }
+    }
+    assert_eq!(rounds.last().unwrap().0, 200, "rounds (arrived, counted): {rounds:?}");
 
     // SIGKILL of the firewall's process after two checkpoints: the
     // restarted one has the connection (the last checkpoint), the new rule

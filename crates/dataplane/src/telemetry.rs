@@ -192,7 +192,7 @@ impl PortTelemetry {
 const LOOP_CELLS: usize = 5;
 
 /// The worker's own counters: how its loop spends its turns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LoopStats {
     /// Loop turns.
     pub turns: u64,

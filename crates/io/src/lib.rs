@@ -37,7 +37,7 @@ use std::os::fd::RawFd;
 pub use wait::{wait_any, WaitReadiness};
 
 /// Counters every port keeps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortStats {
     pub rx_packets: u64,
     pub rx_bytes: u64,

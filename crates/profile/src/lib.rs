@@ -36,6 +36,6 @@ pub mod softirq;
 
 pub use calibrate::{calibrate, cost_table, UnitCosts};
 pub use hw::HardwareCounts;
-pub use live::{profile_live, LiveOptions};
+pub use live::{profile_live, LiveOptions, LiveWorker, RemoteSample};
 pub use profile::{Profile, Source};
 pub use run::{profile_offline, ProfileError, ProfileOptions};

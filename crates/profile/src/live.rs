@@ -41,6 +41,46 @@ impl Default for LiveOptions {
     }
 }
 
+/// A copy of a worker's telemetry taken in another process: the snapshot,
+/// the process's pid and the worker thread's id (None before its loop
+/// started), or why it could not be taken.
+pub type RemoteSample = Result<(WorkerSnapshot, u32, Option<u32>), String>;
+
+/// A worker a live profile watches.
+#[derive(Clone)]
+pub enum LiveWorker {
+    /// A worker thread of this process: its lock-free telemetry.
+    Thread(Arc<WorkerTelemetry>),
+    /// A worker in another process (an NF process of a `mapping:
+    /// processes` chain), copied on request; its OS counters are read from
+    /// `/proc/<pid>/task/<tid>` all the same.
+    Process { name: String, copy: Arc<dyn Fn() -> RemoteSample + Send + Sync> },
+}
+
+impl LiveWorker {
+    /// The worker thread's id, if its loop started (for hardware counters).
+    fn tid(&self) -> Option<u32> {
+        match self {
+            LiveWorker::Thread(w) => w.os().tid(),
+            LiveWorker::Process { copy, .. } => copy().ok().and_then(|(_, _, tid)| tid),
+        }
+    }
+
+    fn sample(&self) -> Result<Sample, ProfileError> {
+        let (snapshot, pid, tid) = match self {
+            LiveWorker::Thread(w) => (w.snapshot(), std::process::id(), w.os().tid()),
+            LiveWorker::Process { name, copy } => {
+                copy().map_err(|why| ProfileError::Worker { worker: name.clone(), why })?
+            }
+        };
+        let os = match tid {
+            Some(t) => ThreadOs::of(pid, t).map_err(|e| e.to_string()),
+            None => Err("its loop has not started".to_string()),
+        };
+        Ok(Sample { snapshot, tid, os, at_ns: braid_nf::monotonic_ns() })
+    }
+}
+
 /// One worker at one moment.
 struct Sample {
     snapshot: WorkerSnapshot,
@@ -49,21 +89,12 @@ struct Sample {
     at_ns: u64,
 }
 
-fn sample(w: &WorkerTelemetry) -> Sample {
-    let tid = w.os().tid();
-    let os = match tid {
-        Some(t) => ThreadOs::of(std::process::id(), t).map_err(|e| e.to_string()),
-        None => Err("its loop has not started".to_string()),
-    };
-    let snapshot = w.snapshot();
-    Sample { snapshot, tid, os, at_ns: braid_nf::monotonic_ns() }
-}
-
 /// Profile the running workers `workers` of chain `chain` (threads of
-/// this process) over `opts.interval`. Blocks for the interval.
+/// this process, or workers of NF processes) over `opts.interval`.
+/// Blocks for the interval.
 pub fn profile_live(
     chain: &str,
-    workers: &[Arc<WorkerTelemetry>],
+    workers: &[LiveWorker],
     opts: LiveOptions,
 ) -> Result<Profile, ProfileError> {
     let ms = opts.interval.as_millis() as u64;
@@ -76,12 +107,12 @@ pub fn profile_live(
     } else {
         None
     };
-    let tids: Vec<u32> = workers.iter().filter_map(|w| w.os().tid()).collect();
+    let tids: Vec<u32> = workers.iter().filter_map(LiveWorker::tid).collect();
     let hw = opts.hardware.then(|| HardwareCounters::start_on(&tids));
     let softirq_before = crate::softirq::SoftirqSample::take();
-    let before: Vec<Sample> = workers.iter().map(|w| sample(w)).collect();
+    let before: Vec<Sample> = workers.iter().map(LiveWorker::sample).collect::<Result<_, _>>()?;
     std::thread::sleep(opts.interval);
-    let after: Vec<Sample> = workers.iter().map(|w| sample(w)).collect();
+    let after: Vec<Sample> = workers.iter().map(LiveWorker::sample).collect::<Result<_, _>>()?;
     let softirq_after = crate::softirq::SoftirqSample::take();
     let hardware = match hw {
         Some(h) => h.finish(),

@@ -44,6 +44,9 @@ pub enum ProfileError {
     Mapping(&'static str),
     #[error("interval_ms {0} is out of range 10..=60000")]
     Interval(u64),
+    /// A worker in another process did not give its telemetry.
+    #[error("worker `{worker}`: {why}")]
+    Worker { worker: String, why: String },
 }
 
 /// Run `d` from `input` to `output` under `mapping` (`thread`: one worker

@@ -45,7 +45,7 @@ use crate::nf_control::{Carry, Reply, Request, SchedSettings};
 use crate::proc_chain::{ChildIdle, ProcChainError, ProcessesConfig, SocketDir};
 use crate::procs::{NfProcStats, ReconnectingPort};
 use crate::runner::RunReport;
-use crate::supervisor::{Event, Supervisor};
+use crate::supervisor::{file_name_part, Event, Supervisor};
 use crate::StageSnapshot;
 
 /// How often the supervisor thread looks at its children.
@@ -65,6 +65,11 @@ pub struct NfProcess {
     /// Times it was restarted.
     pub restarts: u32,
 }
+
+/// Copies an NF process's worker telemetry: (snapshot, pid, worker thread
+/// id), or why it could not.
+pub type TelemetryCopy =
+    dyn Fn() -> Result<(WorkerSnapshot, u32, Option<u32>), String> + Send + Sync;
 
 /// What the supervisor thread shares with the chain's owner.
 struct Supervision {
@@ -303,6 +308,35 @@ impl LiveProcesses {
                 "no answer (is it running? see the chain's processes and events): {e}"
             ))),
         }
+    }
+
+    /// For a live profile: per NF, in chain order, a function that copies
+    /// its worker's telemetry from its process (the snapshot, its one
+    /// stage named as the NF; the process's pid; the worker thread's id).
+    /// Each copy is one request on the NF's control socket, answered from
+    /// the worker's lock-free cells (the worker is not asked anything).
+    pub fn nf_workers(&self) -> Vec<(String, Arc<TelemetryCopy>)> {
+        let timeout = self.control_timeout;
+        self.descriptor()
+            .nfs
+            .into_iter()
+            .enumerate()
+            .map(|(i, nf)| {
+                let socket = crate::nf_control::control_socket(&self.dir, i);
+                let worker = format!("nf-proc-{}", file_name_part(&nf.name));
+                let copy =
+                    move || match crate::nf_control::request(&socket, &Request::Telemetry, timeout)
+                    {
+                        Ok(Reply::Telemetry(t)) => {
+                            Ok((t.snapshot(&nf.name, &nf.kind), t.pid, t.tid))
+                        }
+                        Ok(Reply::Refused(why)) => Err(why),
+                        Ok(_) => Err("an answer that is not telemetry".to_string()),
+                        Err(e) => Err(format!("no answer (is its process running?): {e}")),
+                    };
+                (worker, Arc::new(copy) as Arc<TelemetryCopy>)
+            })
+            .collect()
     }
 
     /// Change what NF `index`'s restarted process starts from, and write

@@ -6,7 +6,9 @@
 //! socket of its own (`nfI.ctl` in the chain's socket directory, which only
 //! the owner's user can enter) and relays what comes there to its worker's
 //! mailbox: a live parameter change, a scheduling change, a state export
-//! (checkpoint) or import (restore). One request per connection, one reply.
+//! (checkpoint) or import (restore); and it answers a copy of its worker's
+//! telemetry (for a live profile) from the lock-free cells, without
+//! asking the worker. One request per connection, one reply.
 //!
 //! A restarted NF process must not come back with the parameters, the
 //! scheduling and the empty state it was started with: the owner keeps,
@@ -84,6 +86,67 @@ pub enum Request {
     /// The NF's state (`None` for a stateless NF).
     Export,
     Import(NfState),
+    /// A copy of the worker's telemetry.
+    Telemetry,
+}
+
+/// An NF process's worker at one moment: its telemetry (one stage, its
+/// ports, its loop) and where its thread is, for the OS counters.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProcTelemetry {
+    pub pid: u32,
+    /// The worker thread (None until its loop started).
+    pub tid: Option<u32>,
+    pub worker: String,
+    /// `monotonic_ns` (the same clock in every process) of the copy.
+    pub taken_ns: u64,
+    /// The NF's counters (the worker's one stage).
+    pub counters: braid_nf::Counters,
+    /// Per port: name, counters, input ended.
+    pub ports: Vec<(String, braid_io::PortStats, bool)>,
+    pub looped: braid_dataplane::telemetry::LoopStats,
+}
+
+impl ProcTelemetry {
+    fn of(handle: &WorkerHandle) -> ProcTelemetry {
+        let t = handle.telemetry();
+        let s = t.snapshot();
+        ProcTelemetry {
+            pid: std::process::id(),
+            tid: t.os().tid(),
+            worker: s.worker,
+            taken_ns: s.taken_ns,
+            counters: s.stages.into_iter().next().map(|st| st.counters).unwrap_or_default(),
+            ports: s.ports.into_iter().map(|p| (p.name, p.stats, p.rx_ended)).collect(),
+            looped: s.looped,
+        }
+    }
+
+    /// The worker's snapshot, its one stage named `nf` of kind `kind`.
+    pub fn snapshot(&self, nf: &str, kind: &str) -> braid_dataplane::WorkerSnapshot {
+        use braid_dataplane::telemetry::PortSnapshot;
+        let spec = braid_nf::registry::find(kind);
+        braid_dataplane::WorkerSnapshot {
+            worker: self.worker.clone(),
+            taken_ns: self.taken_ns,
+            stages: vec![braid_dataplane::StageSnapshot {
+                name: nf.to_string(),
+                kind: spec.map_or("?", |s| s.name),
+                class: spec.map_or(braid_nf::NfClass::Basic, |s| s.class),
+                counters: self.counters.clone(),
+            }],
+            ports: self
+                .ports
+                .iter()
+                .map(|(name, stats, rx_ended)| PortSnapshot {
+                    name: name.clone(),
+                    stats: *stats,
+                    rx_ended: *rx_ended,
+                })
+                .collect(),
+            looped: self.looped,
+        }
+    }
 }
 
 /// What an NF process answers.
@@ -91,6 +154,7 @@ pub enum Request {
 pub enum Reply {
     Done,
     State(Option<NfState>),
+    Telemetry(Box<ProcTelemetry>),
     /// Refused; nothing changed. Why.
     Refused(String),
 }
@@ -141,8 +205,10 @@ enum Head {
     SetSched { settings: SchedSettings },
     Export,
     Import { state: StateHead },
+    Telemetry,
     Done,
     State { state: Option<StateHead> },
+    TelemetryIs { telemetry: Box<ProcTelemetry> },
     Refused { error: String },
     Carry { params: Option<String>, sched: Option<SchedSettings>, state: Option<StateHead> },
 }
@@ -212,6 +278,7 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
             write_message(&mut s, &Head::SetSched { settings: settings.clone() }, None)
         }
         Request::Export => write_message(&mut s, &Head::Export, None),
+        Request::Telemetry => write_message(&mut s, &Head::Telemetry, None),
         Request::Import(st) => {
             write_message(&mut s, &Head::Import { state: StateHead::of(st) }, Some(&st.data))
         }
@@ -222,6 +289,7 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
         (Head::Done, _) => Ok(Reply::Done),
         (Head::State { state }, data) => Ok(Reply::State(state_of(state, data))),
         (Head::Refused { error }, _) => Ok(Reply::Refused(error)),
+        (Head::TelemetryIs { telemetry }, _) => Ok(Reply::Telemetry(telemetry)),
         _ => Err(malformed("an answer that is not one".into())),
     }
 }
@@ -275,6 +343,9 @@ fn relay(
         Head::Reconfigure { params } => done(handle.reconfigure(stage, params_of(&params)?)),
         Head::SetSched { settings } => done(handle.set_sched(settings.change())),
         Head::Import { state } => done(handle.import_state(stage, state.with(data))),
+        Head::Telemetry => {
+            Ok((Head::TelemetryIs { telemetry: Box::new(ProcTelemetry::of(handle)) }, None))
+        }
         Head::Export => match handle.export_state(stage).map_err(|e| e.to_string())? {
             Some(st) => {
                 let head = Head::State { state: Some(StateHead::of(&st)) };
@@ -408,6 +479,14 @@ mod tests {
             r => panic!("{r:?}"),
         };
         assert_eq!(exported.kind, "nat");
+        let tel = match request(&sock, &Request::Telemetry, t).unwrap() {
+            Reply::Telemetry(tel) => tel,
+            r => panic!("{r:?}"),
+        };
+        assert_eq!((tel.pid, tel.worker.as_str()), (std::process::id(), "nfctl-test"));
+        assert!(tel.tid.is_some(), "{tel:?}");
+        let snap = tel.snapshot("n", "nat");
+        assert_eq!((snap.stages[0].name.as_str(), snap.stages[0].kind), ("n", "nat"));
         assert!(matches!(
             request(&sock, &Request::Import(exported.clone()), t).unwrap(),
             Reply::Done

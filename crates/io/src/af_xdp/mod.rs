@@ -185,7 +185,7 @@ impl AfXdpConfig {
 }
 
 /// Kernel counters of an AF_XDP socket (`XDP_STATISTICS`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XskStats {
     /// Frames dropped for reasons other than invalid descriptors (no
     /// room in the UMEM, the socket's receive path).
