@@ -294,6 +294,13 @@ impl UserSpace<'_> {
             UserSpace::Processes(p) => p.descriptor(),
         }
     }
+
+    pub fn quiesce(&self) -> Result<braid_runtime::live::Quiesced, LiveError> {
+        match self {
+            UserSpace::Threads(l) => l.quiesce(),
+            UserSpace::Processes(p) => p.quiesce(),
+        }
+    }
 }
 
 /// The settings of every worker or NF process chain `d` runs on when
@@ -755,7 +762,7 @@ impl Daemon {
     pub fn shutdown(&self) -> (usize, u64) {
         let mut drained = 0;
         for e in self.list() {
-            let Some(l) = e.live().filter(|_| e.state().0 == "running") else { continue };
+            let Ok(l) = e.running_in_user_space("a drain") else { continue };
             match l.quiesce() {
                 Ok(q) => {
                     drained += q.packets;

@@ -898,6 +898,23 @@ fn a_planned_stop_of_a_threads_chain_drains_its_channels_in_few_rounds() {
     assert!((1..braid_runtime::live::QUIESCE_ROUNDS).contains(&rounds), "{rounds} rounds: {line}");
 }
 
+/// The same with one process per NF: the edge worker and each NF process
+/// drain (through its control socket) before the checkpoint, which is
+/// exported from the NF processes; every connection is back after the
+/// restart.
+#[test]
+fn a_planned_stop_of_a_processes_chain_drains_its_nf_processes_before_the_checkpoint() {
+    if braid_testkit::skip_unless(
+        netns::is_root(),
+        "braidd drain checkpoint",
+        "needs root for namespaces",
+    ) {
+        return;
+    }
+    let log = planned_stop_under_traffic("drain-procs", "mapping: processes\n");
+    assert!(log.contains("drained before the stop"), "no drain line in braidd's log:\n{log}");
+}
+
 /// New flows keep arriving while braidd is stopped with SIGTERM; every
 /// flow that crossed the firewall must be in the state the next braidd
 /// restores. braidd's log (at `info`) of the first run.

@@ -339,6 +339,79 @@ impl LiveProcesses {
             .collect()
     }
 
+    /// Prepare a planned stop so that a checkpoint taken next holds every
+    /// packet's effect, as [`crate::live::LiveChain::quiesce`] does for
+    /// worker threads: the edge worker processes what waits and pauses,
+    /// and drops what `in` and `out` receive from then on before it
+    /// reaches an NF process; each NF process, in chain order, drains and
+    /// pauses (a `Drain` request); then rounds of drains downstream and
+    /// back carry what is still in the shared-memory channels through,
+    /// until a round in which no NF saw a packet (at most
+    /// [`crate::live::QUIESCE_ROUNDS`]).
+    pub fn quiesce(&self) -> Result<crate::live::Quiesced, LiveError> {
+        let control = |source| LiveError::Control { chain: self.name.clone(), source };
+        let timeout = self.control_timeout;
+        let drain_edge = || match self.edge.request(braid_dataplane::Command::Drain, timeout) {
+            Ok(braid_dataplane::Reply::Drained { packets }) => Ok(packets),
+            Ok(_) => Err(control(braid_dataplane::ControlError::Unexpected("Drain".into()))),
+            Err(e) => Err(control(e)),
+        };
+        let mut packets = drain_edge()?;
+        // The edge's ports 0 (`in`) and 3 (`out`) are the live ones.
+        for port in [0, 3] {
+            let command = braid_dataplane::Command::Reroute {
+                stage: String::new(),
+                output: braid_dataplane::control::Output::PortRx(port),
+                to: Endpoint::Drop,
+            };
+            self.edge.request(command, timeout).map_err(control)?;
+        }
+        let n = lock(&self.descriptor).nfs.len();
+        let drain = |index: usize| -> Result<u64, LiveError> {
+            match self.ask(index, &Request::Drain)? {
+                Reply::Drained(p) => Ok(p),
+                _ => Err(LiveError::NfProcess {
+                    chain: self.name.clone(),
+                    nf: lock(&self.descriptor).nfs[index].name.clone(),
+                    why: "an answer to a drain that is not one".into(),
+                }),
+            }
+        };
+        for index in 0..n {
+            packets += drain(index)?;
+        }
+        let nf_packets = |s: &Self| -> u64 {
+            s.nf_workers()
+                .iter()
+                .filter_map(|(_, copy)| copy().ok())
+                .map(|(snap, _, _)| {
+                    snap.stages.iter().map(|st| st.counters.packets_in).sum::<u64>()
+                })
+                .sum()
+        };
+        let mut seen = nf_packets(self);
+        let mut rounds = 0;
+        while rounds < crate::live::QUIESCE_ROUNDS {
+            rounds += 1;
+            for index in 0..n {
+                packets += drain(index)?;
+            }
+            // What left the last NF goes out (and what the NFs sent back
+            // towards `in`).
+            packets += drain_edge()?;
+            for index in (0..n).rev() {
+                packets += drain(index)?;
+            }
+            packets += drain_edge()?;
+            let now = nf_packets(self);
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        Ok(crate::live::Quiesced { packets, rounds })
+    }
+
     /// Change what NF `index`'s restarted process starts from, and write
     /// its carry file. A carry file that cannot be written leaves the
     /// running process changed but a restart would not be: an error.

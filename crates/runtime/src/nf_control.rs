@@ -6,7 +6,8 @@
 //! socket of its own (`nfI.ctl` in the chain's socket directory, which only
 //! the owner's user can enter) and relays what comes there to its worker's
 //! mailbox: a live parameter change, a scheduling change, a state export
-//! (checkpoint) or import (restore); and it answers a copy of its worker's
+//! (checkpoint) or import (restore), a drain before a planned stop; and it
+//! answers a copy of its worker's
 //! telemetry (for a live profile) from the lock-free cells, without
 //! asking the worker. One request per connection, one reply.
 //!
@@ -88,6 +89,9 @@ pub enum Request {
     Import(NfState),
     /// A copy of the worker's telemetry.
     Telemetry,
+    /// Process everything waiting on the inputs and pause (before a
+    /// planned stop's checkpoint).
+    Drain,
 }
 
 /// An NF process's worker at one moment: its telemetry (one stage, its
@@ -155,6 +159,8 @@ pub enum Reply {
     Done,
     State(Option<NfState>),
     Telemetry(Box<ProcTelemetry>),
+    /// The packets the drain received.
+    Drained(u64),
     /// Refused; nothing changed. Why.
     Refused(String),
 }
@@ -206,7 +212,9 @@ enum Head {
     Export,
     Import { state: StateHead },
     Telemetry,
+    Drain,
     Done,
+    Drained { packets: u64 },
     State { state: Option<StateHead> },
     TelemetryIs { telemetry: Box<ProcTelemetry> },
     Refused { error: String },
@@ -279,6 +287,7 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
         }
         Request::Export => write_message(&mut s, &Head::Export, None),
         Request::Telemetry => write_message(&mut s, &Head::Telemetry, None),
+        Request::Drain => write_message(&mut s, &Head::Drain, None),
         Request::Import(st) => {
             write_message(&mut s, &Head::Import { state: StateHead::of(st) }, Some(&st.data))
         }
@@ -290,6 +299,7 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
         (Head::State { state }, data) => Ok(Reply::State(state_of(state, data))),
         (Head::Refused { error }, _) => Ok(Reply::Refused(error)),
         (Head::TelemetryIs { telemetry }, _) => Ok(Reply::Telemetry(telemetry)),
+        (Head::Drained { packets }, _) => Ok(Reply::Drained(packets)),
         _ => Err(malformed("an answer that is not one".into())),
     }
 }
@@ -343,6 +353,10 @@ fn relay(
         Head::Reconfigure { params } => done(handle.reconfigure(stage, params_of(&params)?)),
         Head::SetSched { settings } => done(handle.set_sched(settings.change())),
         Head::Import { state } => done(handle.import_state(stage, state.with(data))),
+        Head::Drain => match handle.drain() {
+            Ok(packets) => Ok((Head::Drained { packets }, None)),
+            Err(e) => Err(e.to_string()),
+        },
         Head::Telemetry => {
             Ok((Head::TelemetryIs { telemetry: Box::new(ProcTelemetry::of(handle)) }, None))
         }
