@@ -133,14 +133,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 let d = &r.daemons;
                 let daemons = d.terminated + d.killed + d.already_gone;
-                println!(
-                    "stopped {} braidd ({} with SIGTERM, {} killed after {} s, {} had already exited)",
-                    daemons,
-                    d.terminated,
-                    d.killed,
-                    braid_testbed::daemons::STOP_TIMEOUT.as_secs(),
-                    d.already_gone
-                );
+                if daemons > 0 {
+                    let wait = braid_testbed::daemons::STOP_TIMEOUT.as_secs();
+                    println!(
+                        "stopped {daemons} braidd ({} with SIGTERM, {} killed after {wait} s, {} had already exited)",
+                        d.terminated, d.killed, d.already_gone
+                    );
+                }
                 println!(
                     "removed {} namespaces ({}), {} links, {} XDP attachments",
                     r.namespaces.len(),
