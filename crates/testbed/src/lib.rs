@@ -6,7 +6,9 @@
 //! end (a user-space forwarder would otherwise pass on unfinished UDP
 //! checksums that the receiver silently drops), optional threaded NAPI,
 //! IPv4 forwarding per host, and static routes. [`down`] removes
-//! everything the state file lists: XDP programs, links, namespaces.
+//! everything the state file lists: daemons, XDP programs, links,
+//! namespaces. Hosts marked `daemon: true` get a braidd each
+//! ([`daemons`]), started last by `up` and stopped first by `down`.
 //!
 //! - `up` is idempotent: the same topology already up is left alone; a
 //!   partly missing one is torn down and rebuilt; a different one is an
@@ -15,6 +17,8 @@
 //!   error; a namespace that already existed and is not ours makes `up`
 //!   fail before it creates anything.
 
+#[allow(unsafe_code)] // setsid before exec, pidfd_open/send_signal, poll, waitid
+pub mod daemons;
 pub mod deploy;
 pub mod kernel;
 pub mod state;
@@ -23,6 +27,7 @@ pub mod topology;
 mod user;
 
 use braid_io::netns::{self, NetnsError};
+use daemons::Stopped;
 pub use state::{DevRef, State, StateFileError, DEFAULT_STATE_PATH};
 use std::path::{Path, PathBuf};
 pub use topology::{calvin, Topology, TopologyError};
@@ -71,6 +76,16 @@ pub enum TestbedError {
         "another `braid deploy` is running on this testbed ({holder}; lock {path}); stop it first"
     )]
     Busy { holder: String, path: String },
+    #[error("braidd binary {path}: {why}")]
+    Braidd { path: String, why: String },
+    #[error("braidd on host {host:?} {why}; the last lines of its log {log}:\n{tail}")]
+    DaemonStart { host: String, why: String, log: String, tail: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What `up` did.
@@ -97,8 +112,22 @@ pub fn netns_name(opts: &Options, host: &str) -> String {
     format!("{}{host}", opts.prefix)
 }
 
-/// Build `topo`. See the module docs for idempotence and rollback.
+/// Build `topo` (without daemons: a topology with `daemon: true` hosts
+/// needs [`up_with_daemons`]). See the module docs for idempotence and
+/// rollback.
 pub fn up(topo: &Topology, opts: &Options) -> Result<UpOutcome, TestbedError> {
+    up_with_daemons(topo, opts, None)
+}
+
+/// Build `topo` and start the braidd binary `braidd` on every host marked
+/// `daemon: true`, each answering its API before this returns. A daemon
+/// that fails to start fails `up`, which then removes everything, daemons
+/// included, like any other failed step.
+pub fn up_with_daemons(
+    topo: &Topology,
+    opts: &Options,
+    braidd: Option<&Path>,
+) -> Result<UpOutcome, TestbedError> {
     topo.validate()?;
     check_options(opts)?;
     if !netns::is_root() {
@@ -114,7 +143,8 @@ pub fn up(topo: &Topology, opts: &Options) -> Result<UpOutcome, TestbedError> {
         }
         let intact = st.complete
             && st.namespaces.iter().all(|n| netns::netns_exists(n))
-            && st.links.iter().all(|l| netns::link_exists(Some(&l.netns), &l.dev));
+            && st.links.iter().all(|l| netns::link_exists(Some(&l.netns), &l.dev))
+            && st.daemons.iter().all(daemons::DaemonRecord::is_running);
         if intact {
             return Ok(UpOutcome::AlreadyUp);
         }
@@ -127,6 +157,7 @@ pub fn up(topo: &Topology, opts: &Options) -> Result<UpOutcome, TestbedError> {
             return Err(TestbedError::Conflict(ns));
         }
     }
+    daemons::check_before_up(topo, opts, braidd)?;
     let mut st = State {
         topology: topo.clone(),
         prefix: opts.prefix.clone(),
@@ -134,9 +165,12 @@ pub fn up(topo: &Topology, opts: &Options) -> Result<UpOutcome, TestbedError> {
         links: vec![],
         xdp: vec![],
         forwarding_off: vec![],
+        daemons: vec![],
+        run_dir: None,
+        migrate_key: None,
         complete: false,
     };
-    match build(topo, opts, &mut st) {
+    match build(topo, opts, braidd, &mut st) {
         Ok(()) => Ok(if rebuilt { UpOutcome::Rebuilt } else { UpOutcome::Created }),
         Err(e) => {
             // Roll back; report the original error (the teardown error, if
@@ -151,7 +185,12 @@ fn setup<T>(what: impl FnOnce() -> String, r: Result<T, NetnsError>) -> Result<T
     r.map_err(|source| TestbedError::Setup { what: what(), source })
 }
 
-fn build(topo: &Topology, opts: &Options, st: &mut State) -> Result<(), TestbedError> {
+fn build(
+    topo: &Topology,
+    opts: &Options,
+    braidd: Option<&Path>,
+    st: &mut State,
+) -> Result<(), TestbedError> {
     let save = |st: &State| st.save(&opts.state_path).map_err(TestbedError::StateFile);
     save(st)?;
     for h in &topo.hosts {
@@ -235,14 +274,39 @@ fn build(topo: &Topology, opts: &Options, st: &mut State) -> Result<(), TestbedE
             netns::add_route(Some(&ns), &r.to, &via),
         )?;
     }
+    // Last: the daemons find every interface and route in place.
+    if let Some(braidd) = braidd {
+        daemons::start_all(topo, opts, braidd, st, &save)?;
+    }
     st.complete = true;
     save(st)
 }
 
-/// Remove what `st` lists and the state file. Keeps going past errors and
-/// reports them all at the end.
-fn teardown(st: &State, state_path: &Path) -> Result<(), TestbedError> {
+/// How the daemons of a testbed ended in `down`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DaemonsStopped {
+    /// Stopped by SIGTERM (drained).
+    pub terminated: usize,
+    /// Killed: still running [`daemons::STOP_TIMEOUT`] after SIGTERM.
+    pub killed: usize,
+    /// Had already exited (crashed or killed before `down`).
+    pub already_gone: usize,
+}
+
+/// Remove what `st` lists and the state file: daemons first (while their
+/// interfaces still exist, so they can undo what they attached). Keeps
+/// going past errors and reports them all at the end.
+fn teardown(st: &State, state_path: &Path) -> Result<DaemonsStopped, TestbedError> {
     let mut errors = Vec::new();
+    let mut stopped = DaemonsStopped::default();
+    for d in &st.daemons {
+        match daemons::stop(d, daemons::STOP_TIMEOUT) {
+            Ok(Stopped::Terminated) => stopped.terminated += 1,
+            Ok(Stopped::Killed) => stopped.killed += 1,
+            Ok(Stopped::AlreadyGone) => stopped.already_gone += 1,
+            Err(e) => errors.push(e),
+        }
+    }
     for x in &st.xdp {
         if netns::link_exists(Some(&x.netns), &x.dev) {
             if let Err(e) = netns::ip(Some(&x.netns), &["link", "set", "dev", &x.dev, "xdp", "off"])
@@ -274,10 +338,11 @@ fn teardown(st: &State, state_path: &Path) -> Result<(), TestbedError> {
             }
         }
     }
+    daemons::remove_files(st, &mut errors);
     if errors.is_empty() {
         match std::fs::remove_file(state_path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(stopped),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(stopped),
             Err(e) => {
                 Err(TestbedError::State(format!("cannot remove {}: {e}", state_path.display())))
             }
@@ -293,6 +358,7 @@ pub struct DownReport {
     pub namespaces: Vec<String>,
     pub links: usize,
     pub xdp: usize,
+    pub daemons: DaemonsStopped,
 }
 
 /// Remove everything the state file lists. No state file: nothing to do.
@@ -304,9 +370,14 @@ pub fn down(opts: &Options) -> Result<DownReport, TestbedError> {
     if !netns::is_root() {
         return Err(TestbedError::NotRoot);
     }
-    teardown(&st, &opts.state_path)?;
+    let daemons = teardown(&st, &opts.state_path)?;
     remove_idle_deploy_lock(opts);
-    Ok(DownReport { namespaces: st.namespaces.clone(), links: st.links.len(), xdp: st.xdp.len() })
+    Ok(DownReport {
+        namespaces: st.namespaces.clone(),
+        links: st.links.len(),
+        xdp: st.xdp.len(),
+        daemons,
+    })
 }
 
 /// The deploy lock file beside the state file (see `deploy`): removed with

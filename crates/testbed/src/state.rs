@@ -63,6 +63,17 @@ pub struct State {
     /// deployment killed with SIGKILL is repaired by the next `deploy`.
     #[serde(default)]
     pub forwarding_off: Vec<String>,
+    /// The braidd processes `up` started, each recorded right after it
+    /// was spawned (`crate::daemons`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub daemons: Vec<crate::daemons::DaemonRecord>,
+    /// The testbed's run directory (daemon sockets, state, logs, the
+    /// migration key), once `up` created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<PathBuf>,
+    /// The migration key file the daemons share, once `up` wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_key: Option<PathBuf>,
     /// True once `up` finished.
     pub complete: bool,
 }

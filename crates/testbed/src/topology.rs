@@ -50,6 +50,11 @@ pub struct Host {
     /// Linux IPv4 forwarding (`net.ipv4.ip_forward`) in this host.
     #[serde(default)]
     pub forwarding: bool,
+    /// Run a braidd in this host (`up` starts it, `down` stops it; see
+    /// `crate::daemons`). Needs a link: its first address is the daemon's
+    /// `migrate_listen`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub daemon: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -422,6 +427,17 @@ impl Topology {
                 }
             }
         }
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.daemon && !subnets.contains_key(h.name.as_str()) {
+                return Err(bad(
+                    format!("hosts[{i}].daemon"),
+                    format!(
+                        "host {:?} has no link, so no address for its braidd's migrate_listen",
+                        h.name
+                    ),
+                ));
+            }
+        }
         for (i, r) in self.routes.iter().enumerate() {
             let p = format!("routes[{i}]");
             if !hosts.contains(r.host.as_str()) {
@@ -446,6 +462,31 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// The NF hosts: forwarding hosts with exactly two links (ingress and
+    /// egress), in topology order. `braid deploy` places NFs on them, and
+    /// `braid testbed up --daemons` starts a braidd on each.
+    pub fn nf_hosts(&self) -> Vec<&str> {
+        self.hosts
+            .iter()
+            .filter(|h| h.forwarding)
+            .filter(|h| {
+                self.links.iter().filter(|l| l.a.host == h.name || l.b.host == h.name).count() == 2
+            })
+            .map(|h| h.name.as_str())
+            .collect()
+    }
+
+    /// The address (without prefix) of `host`'s first link end, in link
+    /// order.
+    pub fn first_addr(&self, host: &str) -> Option<Ipv4Addr> {
+        self.links.iter().find_map(|l| {
+            [&l.a, &l.b]
+                .into_iter()
+                .find(|e| e.host == host)
+                .and_then(|e| Cidr::parse(&e.addr).ok().map(|c| c.addr))
+        })
     }
 
     /// The address (without prefix) of `host`'s end of the first link
@@ -484,11 +525,11 @@ impl Topology {
 /// directly.
 pub fn calvin(nf_hosts: usize, direct: bool) -> Topology {
     let nf_hosts = nf_hosts.min(99);
-    let mut hosts = vec![Host { name: "client".into(), forwarding: false }];
+    let mut hosts = vec![Host { name: "client".into(), forwarding: false, daemon: false }];
     for i in 1..=nf_hosts {
-        hosts.push(Host { name: format!("nf{i}"), forwarding: true });
+        hosts.push(Host { name: format!("nf{i}"), forwarding: true, daemon: false });
     }
-    hosts.push(Host { name: "server".into(), forwarding: false });
+    hosts.push(Host { name: "server".into(), forwarding: false, daemon: false });
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     let mut links = Vec::new();
     for k in 1..names.len() {
@@ -653,7 +694,7 @@ mod tests {
         t.links[0].a.host = "nobody".into();
         check(t, "links[0].a.host");
         let mut t = base.clone();
-        t.hosts.push(Host { name: "client".into(), forwarding: false });
+        t.hosts.push(Host { name: "client".into(), forwarding: false, daemon: false });
         check(t, "hosts[3].name");
         let mut t = base.clone();
         t.hosts[0].name = "Client!".into();
@@ -673,6 +714,26 @@ mod tests {
         let mut t = base.clone();
         t.links[1].a.addr = "10.71.1.1/24".into();
         check(t, "links[1].a.addr");
+    }
+
+    #[test]
+    fn daemon_hosts_need_a_link_and_nf_hosts_are_forwarders_with_two_links() {
+        let t = calvin(2, true);
+        // client and server have two links too, but do not forward.
+        assert_eq!(t.nf_hosts(), ["nf1", "nf2"]);
+        assert_eq!(t.first_addr("nf1"), Some(Ipv4Addr::new(10, 71, 1, 2)));
+        assert_eq!(t.first_addr("server"), Some(Ipv4Addr::new(10, 71, 3, 2)));
+        let mut lonely = t.clone();
+        lonely.hosts.push(Host { name: "idle".into(), forwarding: true, daemon: true });
+        let e = lonely.validate().unwrap_err().to_string();
+        assert!(e.starts_with("hosts[4].daemon") && e.contains("no link"), "{e}");
+        // `daemon` is read from a file and left out of one when false.
+        let yaml = t.to_yaml();
+        assert!(!yaml.contains("daemon"), "{yaml}");
+        let with = Topology::from_yaml(&yaml.replacen("name: nf2", "name: nf2\n  daemon: true", 1))
+            .unwrap();
+        assert!(with.hosts.iter().all(|h| h.daemon == (h.name == "nf2")));
+        assert_eq!(Topology::from_yaml(&with.to_yaml()).unwrap(), with);
     }
 
     #[test]

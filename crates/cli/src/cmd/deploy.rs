@@ -278,15 +278,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // The namespace names come from the testbed itself (its state file).
     let opts = Options { state_path: args.state.clone(), prefix: st.prefix.clone() };
     let hosts: Vec<String> = if args.hosts.is_empty() {
-        let t = &st.topology;
-        t.hosts
-            .iter()
-            .filter(|h| h.forwarding)
-            .filter(|h| {
-                t.links.iter().filter(|l| l.a.host == h.name || l.b.host == h.name).count() == 2
-            })
-            .map(|h| h.name.clone())
-            .collect()
+        st.topology.nf_hosts().into_iter().map(String::from).collect()
     } else {
         args.hosts.clone()
     };

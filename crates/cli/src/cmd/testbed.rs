@@ -1,12 +1,16 @@
 //! `braid testbed up|down|status|show`: hosts as network namespaces.
 
 use anyhow::Context;
-use braid_testbed::{calvin, down, netns_name, status, up, Options, Topology, UpOutcome};
-use std::path::PathBuf;
+use braid_testbed::daemons::DaemonRecord;
+use braid_testbed::{
+    calvin, down, netns_name, status, up_with_daemons, Options, Topology, UpOutcome,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  braid testbed up\n  braid testbed up --nf-hosts 3 --no-direct\n  braid testbed status\n  braid testbed down"
+    after_help = "Examples:\n  braid testbed up\n  braid testbed up --nf-hosts 3 --no-direct\n  braid testbed up --daemons\n  braid testbed status\n  braid testbed down"
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -50,8 +54,19 @@ pub enum Action {
         topology: Option<PathBuf>,
         #[command(flatten)]
         builtin: Builtin,
+        /// Start a braidd on every NF host (forwarding, two links), as if
+        /// each had `daemon: true` in the topology.
+        #[arg(long)]
+        daemons: bool,
+        /// The braidd binary [default: `braidd` beside this `braid`].
+        #[arg(long, value_name = "PATH")]
+        braidd: Option<PathBuf>,
+        /// Prefix of the namespace names (must start with `braid-`).
+        #[arg(long, default_value = "braid-")]
+        prefix: String,
     },
-    /// Remove every namespace, link and XDP program the testbed created.
+    /// Stop the daemons, remove every namespace, link and XDP program the
+    /// testbed created.
     Down,
     /// Show the testbed that is up.
     Status,
@@ -63,10 +78,11 @@ pub enum Action {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let opts = Options { state_path: args.state.clone(), ..Default::default() };
+    let mut opts = Options { state_path: args.state.clone(), ..Default::default() };
     match args.action {
-        Action::Up { topology, builtin } => {
-            let topo = match &topology {
+        Action::Up { topology, builtin, daemons, braidd, prefix } => {
+            opts.prefix = prefix;
+            let mut topo = match &topology {
                 Some(p) => {
                     let text = std::fs::read_to_string(p)
                         .with_context(|| format!("reading {}", p.display()))?;
@@ -75,7 +91,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 None => builtin.topology()?,
             };
-            let outcome = up(&topo, &opts)?;
+            if daemons {
+                let nf_hosts: Vec<String> = topo.nf_hosts().into_iter().map(String::from).collect();
+                if nf_hosts.is_empty() {
+                    anyhow::bail!("--daemons: topology {:?} has no NF host (a forwarding host with two links); mark hosts with `daemon: true` instead", topo.name);
+                }
+                for h in topo.hosts.iter_mut().filter(|h| nf_hosts.contains(&h.name)) {
+                    h.daemon = true;
+                }
+            }
+            let braidd_given = braidd.is_some();
+            let braidd = match braidd {
+                Some(p) => Some(p),
+                None if topo.hosts.iter().any(|h| h.daemon) => Some(braidd_beside_braid()?),
+                None => None,
+            };
+            let outcome = up_with_daemons(&topo, &opts, braidd.as_deref()).map_err(|e| {
+                let hint = match e {
+                    braid_testbed::TestbedError::Braidd { .. } if !braidd_given => {
+                        " (looked beside this braid; give the braidd binary with --braidd PATH)"
+                    }
+                    _ => "",
+                };
+                anyhow::anyhow!("{e}{hint}")
+            })?;
             let verb = match outcome {
                 UpOutcome::Created => "is up",
                 UpOutcome::AlreadyUp => "was already up (nothing changed)",
@@ -83,12 +122,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             println!("testbed {:?} {verb}", topo.name);
             print_hosts(&topo, &opts);
+            if let Some(st) = status(&opts)? {
+                print_daemons(&st.daemons, st.migrate_key.as_deref(), false);
+            }
         }
         Action::Down => {
             let r = down(&opts)?;
             if r.namespaces.is_empty() {
                 println!("no testbed is up ({} not found)", opts.state_path.display());
             } else {
+                let d = &r.daemons;
+                let daemons = d.terminated + d.killed + d.already_gone;
+                if daemons > 0 {
+                    let wait = braid_testbed::daemons::STOP_TIMEOUT.as_secs();
+                    println!(
+                        "stopped {daemons} braidd ({} with SIGTERM, {} killed after {wait} s, {} had already exited)",
+                        d.terminated, d.killed, d.already_gone
+                    );
+                }
                 println!(
                     "removed {} namespaces ({}), {} links, {} XDP attachments",
                     r.namespaces.len(),
@@ -113,15 +164,52 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         format!(", missing namespaces {missing:?}")
                     }
                 );
+                opts.prefix = st.prefix.clone();
                 print_hosts(&st.topology, &opts);
                 for x in &st.xdp {
                     println!("  xdp program on {}:{}", x.netns, x.dev);
                 }
+                print_daemons(&st.daemons, st.migrate_key.as_deref(), true);
             }
         },
         Action::Show { builtin } => print!("{}", builtin.topology()?.to_yaml()),
     }
     Ok(())
+}
+
+/// `braidd` in the directory of the running `braid`.
+fn braidd_beside_braid() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the running braid binary")?;
+    let dir = exe.parent().with_context(|| format!("{} has no directory", exe.display()))?;
+    Ok(dir.join("braidd"))
+}
+
+/// One line per daemon: host, pid, socket, migration address; with
+/// `check`, whether the process runs and answers `GET /v1/status`.
+fn print_daemons(daemons: &[DaemonRecord], key: Option<&Path>, check: bool) {
+    for d in daemons {
+        let health = if !check {
+            String::new()
+        } else if !d.is_running() {
+            "  NOT RUNNING (run `braid testbed up` to rebuild, or `down`)".into()
+        } else {
+            match d.status_pid(Duration::from_secs(2)) {
+                Ok(pid) if pid == d.pid => "  answers".into(),
+                Ok(pid) => format!("  answered by another braidd (pid {pid})"),
+                Err(e) => format!("  running, NOT ANSWERING: {e}"),
+            }
+        };
+        println!(
+            "  braidd   on {:<8} pid {:<7} socket {}  migrate_listen {}{health}",
+            d.host,
+            d.pid,
+            d.socket.display(),
+            d.migrate_listen
+        );
+    }
+    if let Some(key) = key.filter(|_| !daemons.is_empty()) {
+        println!("  migration key (shared by the daemons): {}", key.display());
+    }
 }
 
 fn print_hosts(topo: &Topology, opts: &Options) {
