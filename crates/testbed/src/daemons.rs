@@ -503,7 +503,10 @@ impl Process {
             let left = deadline.saturating_duration_since(Instant::now());
             let mut pfd =
                 libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+            // Rounded up: a timeout cut to whole milliseconds below would
+            // end the wait before the deadline.
+            let ms =
+                libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
             // SAFETY: one valid pollfd for the duration of the call. A
             // pidfd becomes readable when its process exits.
             let r = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -513,7 +516,8 @@ impl Process {
             }
             let interrupted =
                 r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
-            if !interrupted || left.is_zero() {
+            let timed_out = r == 0 && Instant::now() >= deadline;
+            if !(interrupted || r == 0) || timed_out || left.is_zero() {
                 return false;
             }
         }
