@@ -17,6 +17,10 @@
 //! `braid capture` against `braid deploy`); the filter is applied here.
 //! One capture at a time per kernel chain; the stream also ends when the
 //! chain is removed or braidd stops.
+//!
+//! On a `mapping: processes` chain the NF's process taps its own worker
+//! and streams the pcapng over its control socket
+//! (`braid_runtime::nf_control`); braidd relays it.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -66,9 +70,8 @@ pub async fn capture(
             };
             CaptureTarget::Xdp(k.tap_target(nf_index).map_err(OpError::KernelControl)?)
         }
-        // No tap reaches into an NF process.
-        (None, None, _) if entry.procs().is_some() => {
-            return Err(OpError::ProcessesChain { chain: name, what: "a capture".into() }.into())
+        (None, None, "running") if entry.procs().is_some() => {
+            return capture_in_process(entry.clone(), name, req).await;
         }
         _ => return Err(OpError::NotRunning(name).into()),
     };
@@ -120,6 +123,81 @@ pub async fn capture(
         let _ = session.run(out, &ended);
     });
     let note = AuditNote(format!("capture of NF `{nf}` in chain `{name}`"));
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, PCAPNG_MEDIA_TYPE)],
+        Extension(note),
+        Body::from_stream(ChunkStream(rx)),
+    )
+        .into_response())
+}
+
+/// A capture of an NF of a `mapping: processes` chain: the NF's process
+/// taps its worker and streams pcapng over its control socket
+/// (`braid_runtime::nf_control`); braidd relays the bytes. The client
+/// leaving closes that connection, which ends the capture in the process.
+async fn capture_in_process(
+    entry: Arc<crate::daemon::Deployed>,
+    name: String,
+    req: CaptureRequest,
+) -> Result<Response, ApiError> {
+    let (nf, chain) = (req.nf.clone(), name.clone());
+    let started = tokio::task::spawn_blocking(move || {
+        entry.procs().map(|p| p.start_capture(&req)).ok_or(OpError::NotRunning(name.clone()))
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("capture: {e}"))
+    })??;
+    let mut stream = match started {
+        Err(braid_runtime::live::LiveError::UnknownNf { chain, nf, known }) => {
+            return Err(OpError::UnknownNf { chain, nf, known }.into())
+        }
+        Err(e) => return Err(OpError::Control(e).into()),
+        Ok(Err((kind, message))) => {
+            use braid_runtime::nf_control::CaptureRefusal;
+            let (status, kind) = match kind {
+                CaptureRefusal::Filter => (StatusCode::BAD_REQUEST, "bad_filter"),
+                CaptureRefusal::Request => (StatusCode::BAD_REQUEST, "bad_request"),
+                CaptureRefusal::Worker => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_worker"),
+            };
+            return Err(ApiError::new(status, kind, message));
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::task::spawn_blocking(move || {
+        // Wakes every 200 ms to see whether the client left (its receiver
+        // closed) while no packet comes; dropping the stream then ends the
+        // capture in the NF process.
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+        let mut out = ChannelWriter(tx);
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if out.0.is_closed() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    let note = AuditNote(format!("capture of NF `{nf}` (its process) in chain `{chain}`"));
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, PCAPNG_MEDIA_TYPE)],

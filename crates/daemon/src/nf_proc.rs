@@ -44,6 +44,10 @@ pub struct Args {
     /// NF kind (see `braid nfs`).
     #[arg(long)]
     pub nf: String,
+    /// The NF instance's name (its stage in control requests and captures;
+    /// default: the kind).
+    #[arg(long)]
+    pub name: Option<String>,
     /// NF parameters as YAML (e.g. `{ports: 2}`).
     #[arg(long)]
     pub params: Option<String>,
@@ -139,6 +143,7 @@ pub fn run(a: Args) -> Result<()> {
     let ports = a.ports.iter().map(|s| s.parse::<PortSpec>()).collect::<Result<Vec<_>, _>>()?;
     let mut cfg = NfProcConfig::new(a.nf.clone(), ports);
     cfg.params = params;
+    cfg.name = a.name.clone();
     cfg.batch_size = a.batch;
     cfg.slots = a.slots;
     cfg.mtu = a.mtu.into();

@@ -257,7 +257,7 @@ pub fn document() -> Value {
                         "200": { "description": "the capture, streamed", "content": { "application/x-pcapng": { "schema": { "type": "string", "format": "binary" } } } },
                         "400": error_response("bad request body or filter"),
                         "404": error_response("no such chain or NF"),
-                        "409": error_response("the chain is not running, or runs with mapping processes: no tap reaches into an NF process (processes_chain)"),
+                        "409": error_response("the chain is not running (not_running)"),
                         "422": error_response("the worker or the kernel refused the tap")
                     }
                 }

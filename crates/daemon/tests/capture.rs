@@ -2,7 +2,7 @@
 //! capture streams pcapng while traffic crosses; what it shows leaving the
 //! firewall is what the server receives, its drops are the denied
 //! datagrams with their reason; an unknown NF and a bad filter are plain
-//! JSON errors. The host is a namespace between a client and a server
+//! JSON errors. The same for a chain of NF processes. The host is a namespace between a client and a server
 //! (veth pairs, static neighbours, no IPv6), as in `live.rs`.
 
 mod common;
@@ -23,16 +23,34 @@ fn a_capture_through_braidd_streams_what_leaves_and_what_is_dropped() {
     if braid_testkit::skip_unless(netns::is_root(), "braidd capture", "needs root for namespaces") {
         return;
     }
-    let net = common::bump_net("bdc", CLIENT, SERVER);
-    let (mid, cl, sv, a1, b1) = (&net.mid, &net.cl, &net.sv, &net.a1, &net.b1);
-
-    let dir = TempDir::new("capture");
-    let d = Braidd::start(dir.path(), Some(mid.name()), &[]);
-    let c = d.client();
     // A worker per NF (`mapping: threads`): the capture must reach `fw` on
     // the second worker, not only what the first one runs.
+    capture_fw("bdc", "threads", "no stage named `nope`");
+}
+
+/// The same with one process per NF: the firewall's process taps its own
+/// worker and streams the pcapng through its control socket; braidd
+/// relays it.
+#[test]
+fn a_capture_of_an_nf_process_streams_what_leaves_and_what_is_dropped() {
+    if braid_testkit::skip_unless(netns::is_root(), "braidd capture", "needs root for namespaces") {
+        return;
+    }
+    capture_fw("bdcp", "processes", "no NF named `nope`");
+}
+
+/// Capture the firewall of a `pre` + `fw` chain with `mapping` while 20
+/// allowed and 10 denied datagrams cross; bad requests first (an unknown
+/// NF must be refused with `unknown_nf`).
+fn capture_fw(tag: &str, mapping: &str, unknown_nf: &str) {
+    let net = common::bump_net(tag, CLIENT, SERVER);
+    let (mid, cl, sv, a1, b1) = (&net.mid, &net.cl, &net.sv, &net.a1, &net.b1);
+
+    let dir = TempDir::new(&format!("capture-{mapping}"));
+    let d = Braidd::start(dir.path(), Some(mid.name()), &[]);
+    let c = d.client();
     let yaml = format!(
-        "name: cap\nmapping: threads\nports:\n  in: {{ kind: af_packet, iface: {a1} }}\n  out: {{ kind: af_packet, iface: {b1} }}\nnfs:\n  - {{ name: pre, type: fwd }}\n  - {{ name: fw, type: firewall, params: {{ rules: [{{ action: allow, proto: udp, dst_ports: 9180 }}], default: drop }} }}\n"
+        "name: cap\nmapping: {mapping}\nports:\n  in: {{ kind: af_packet, iface: {a1} }}\n  out: {{ kind: af_packet, iface: {b1} }}\nnfs:\n  - {{ name: pre, type: fwd }}\n  - {{ name: fw, type: firewall, params: {{ rules: [{{ action: allow, proto: udp, dst_ports: 9180 }}], default: drop }} }}\n"
     );
     assert_eq!(c.deploy(&yaml).unwrap()["state"], "running");
 
@@ -45,7 +63,7 @@ fn a_capture_through_braidd_streams_what_leaves_and_what_is_dropped() {
     };
     match request(&d.socket, "cap", &req("nope", "")) {
         Err(CaptureClientError::Refused { status: 404, message }) => {
-            assert!(message.contains("no stage named `nope`"), "{message}")
+            assert!(message.contains(unknown_nf), "{message}")
         }
         other => panic!("{:?}", other.err()),
     }

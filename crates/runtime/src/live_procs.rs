@@ -41,7 +41,7 @@ use braid_nf::Counters;
 use crate::chain::ChainSnapshot;
 use crate::descriptor::{ChainDescriptor, WorkerMapping};
 use crate::live::{LiveError, LiveState, StartOptions};
-use crate::nf_control::{Carry, Reply, Request, SchedSettings};
+use crate::nf_control::{CaptureRefusal, Carry, Reply, Request, SchedSettings};
 use crate::proc_chain::{ChildIdle, ProcChainError, ProcessesConfig, SocketDir};
 use crate::procs::{NfProcStats, ReconnectingPort};
 use crate::runner::RunReport;
@@ -70,6 +70,9 @@ pub struct NfProcess {
 /// id), or why it could not.
 pub type TelemetryCopy =
     dyn Fn() -> Result<(WorkerSnapshot, u32, Option<u32>), String> + Send + Sync;
+
+/// A capture started in an NF process (its pcapng stream), or refused.
+pub type CaptureStart = Result<std::os::unix::net::UnixStream, (CaptureRefusal, String)>;
 
 /// What the supervisor thread shares with the chain's owner.
 struct Supervision {
@@ -410,6 +413,24 @@ impl LiveProcesses {
             seen = now;
         }
         Ok(crate::live::Quiesced { packets, rounds })
+    }
+
+    /// Start a capture of NF `req.nf` in its process: the connection its
+    /// pcapng stream comes on (closing it ends the capture), or why the
+    /// process refused ([`crate::nf_control::start_capture`]).
+    pub fn start_capture(
+        &self,
+        req: &braid_dataplane::tap::CaptureRequest,
+    ) -> Result<CaptureStart, LiveError> {
+        let index = self.index_of(&req.nf)?;
+        let socket = crate::nf_control::control_socket(&self.dir, index);
+        crate::nf_control::start_capture(&socket, req, self.control_timeout).map_err(|e| {
+            LiveError::NfProcess {
+                chain: self.name.clone(),
+                nf: req.nf.clone(),
+                why: format!("no answer (is it running?): {e}"),
+            }
+        })
     }
 
     /// Change what NF `index`'s restarted process starts from, and write

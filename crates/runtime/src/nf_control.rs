@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use braid_dataplane::tap::{CaptureError, CaptureRequest, CaptureSession, CaptureTarget};
 use braid_dataplane::{AdaptConfig, Idle, Sched, SchedChange, WorkerHandle};
 use braid_nf::{NfState, Params};
 
@@ -213,6 +214,9 @@ enum Head {
     Import { state: StateHead },
     Telemetry,
     Drain,
+    Capture { request: CaptureRequest },
+    CaptureStarted,
+    CaptureRefused { kind: CaptureRefusal, error: String },
     Done,
     Drained { packets: u64 },
     State { state: Option<StateHead> },
@@ -304,6 +308,90 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
     }
 }
 
+/// Why an NF process did not start a capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureRefusal {
+    /// The filter expression does not parse.
+    Filter,
+    /// A bad request (its time limit).
+    Request,
+    /// The worker refused the tap.
+    Worker,
+}
+
+/// Start a capture in the NF process listening on `socket`: on success the
+/// connection the pcapng bytes come on until the capture ends (by count,
+/// time, or this side closing it: the process then removes its tap); or
+/// why the process refused it.
+pub fn start_capture(
+    socket: &Path,
+    req: &CaptureRequest,
+    timeout: Duration,
+) -> Result<Result<UnixStream, (CaptureRefusal, String)>, NfControlError> {
+    let io = |source| NfControlError::Io { path: socket.to_path_buf(), source };
+    let mut s = UnixStream::connect(socket).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.set_write_timeout(Some(timeout)).map_err(io)?;
+    write_message(&mut s, &Head::Capture { request: req.clone() }, None).map_err(io)?;
+    let malformed = |what: String| NfControlError::Malformed { path: socket.to_path_buf(), what };
+    match read_message(&mut s).map_err(malformed)? {
+        (Head::CaptureStarted, _) => {
+            // Packets may be long apart: no read timeout from now on.
+            s.set_read_timeout(None).map_err(io)?;
+            Ok(Ok(s))
+        }
+        (Head::CaptureRefused { kind, error }, _) => Ok(Err((kind, error))),
+        (Head::Refused { error }, _) => Ok(Err((CaptureRefusal::Request, error))),
+        _ => Err(malformed("an answer to a capture that is not one".into())),
+    }
+}
+
+/// Run a capture for the owner on connection `s` (its own thread: other
+/// requests go on meanwhile): the tap goes in, the answer says whether,
+/// then the pcapng stream follows until the capture ends or the owner
+/// closes the connection.
+fn capture(mut s: UnixStream, handle: WorkerHandle, req: CaptureRequest) {
+    let session = match CaptureSession::start_on(CaptureTarget::Worker(handle), req) {
+        Ok(session) => session,
+        Err(e) => {
+            let kind = match &e {
+                CaptureError::Filter(_) => CaptureRefusal::Filter,
+                CaptureError::Seconds(_) => CaptureRefusal::Request,
+                _ => CaptureRefusal::Worker,
+            };
+            let _ =
+                write_message(&mut s, &Head::CaptureRefused { kind, error: e.to_string() }, None);
+            return;
+        }
+    };
+    let ended = Arc::new(AtomicBool::new(false));
+    if write_message(&mut s, &Head::CaptureStarted, None).is_err()
+        || s.set_write_timeout(None).is_err()
+        || s.set_read_timeout(None).is_err()
+    {
+        ended.store(true, Ordering::Relaxed);
+    }
+    // The owner sends nothing more: a read that returns means it closed
+    // the connection (its client left), which ends the capture.
+    let watcher = s.try_clone().ok().map(|mut r| {
+        let ended = ended.clone();
+        std::thread::spawn(move || {
+            let _ = r.read(&mut [0u8; 1]);
+            ended.store(true, Ordering::Relaxed);
+        })
+    });
+    let out = s.try_clone().map(|w| std::io::BufWriter::with_capacity(16 << 10, w));
+    if let Ok(out) = out {
+        // The session removes its tap however it ends.
+        let _ = session.run(out, &ended);
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+}
+
 /// Relay the control socket's requests to the worker of NF `stage` until
 /// `stop` is set. Runs on a thread of its own beside the worker.
 pub fn serve(listener: UnixListener, handle: WorkerHandle, stage: String, stop: Arc<AtomicBool>) {
@@ -330,6 +418,15 @@ fn answer(mut s: UnixStream, handle: &WorkerHandle, stage: &str) {
     }
     let refused = |error: String| Head::Refused { error };
     let (head, data) = match read_message(&mut s) {
+        Ok((Head::Capture { mut request }, _)) => {
+            // The process has one stage, whatever the owner calls it.
+            request.nf = stage.to_string();
+            let handle = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("nf-capture".into())
+                .spawn(move || capture(s, handle, request));
+            return;
+        }
         Ok((head, data)) => match relay(head, data, handle, stage) {
             Ok((head, data)) => (head, data),
             Err(e) => (refused(e), None),

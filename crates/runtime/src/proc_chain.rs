@@ -105,6 +105,8 @@ pub fn nf_commands(
             "nf-proc".into(),
             "--nf".into(),
             nf.kind.clone(),
+            "--name".into(),
+            nf.name.clone(),
             "--port".into(),
             port0,
             "--port".into(),

@@ -136,6 +136,9 @@ impl PortSpec {
 pub struct NfProcConfig {
     /// NF kind (see `braid nfs`).
     pub kind: String,
+    /// The NF instance's name: its worker's stage, as control requests and
+    /// captures name it (None: the kind).
+    pub name: Option<String>,
     pub params: Params,
     /// Port `i` is gate `i`.
     pub ports: Vec<PortSpec>,
@@ -173,6 +176,7 @@ impl NfProcConfig {
     pub fn new(kind: impl Into<String>, ports: Vec<PortSpec>) -> NfProcConfig {
         NfProcConfig {
             kind: kind.into(),
+            name: None,
             params: Params::Null,
             ports,
             batch_size: braid_packet::DEFAULT_BATCH_SIZE,
@@ -311,7 +315,8 @@ pub fn run_nf_proc(mut cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
     wc.stop_flag = cfg.stop;
     wc.deadline = cfg.deadline;
     wc.heartbeat = Heartbeat::from_env(HEARTBEAT_FD_ENV, HEARTBEAT_INTERVAL)?;
-    let (mut w, handle) = Worker::new(wc, Graph::new(vec![(cfg.kind.clone(), nf)], 0))?;
+    let stage = cfg.name.clone().unwrap_or_else(|| cfg.kind.clone());
+    let (mut w, handle) = Worker::new(wc, Graph::new(vec![(stage.clone(), nf)], 0))?;
     for (gate, port) in ports.into_iter().enumerate() {
         let gate = gate as u16;
         let i = w.add_port(port, Some(Endpoint::Stage { stage: 0, gate }))?;
@@ -320,7 +325,7 @@ pub fn run_nf_proc(mut cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
             .map_err(|source| WorkerError::Graph { worker: cfg.kind.clone(), source })?;
     }
     let control = match &cfg.control {
-        Some(path) => Some(serve_control(path, &handle, &cfg.kind)?),
+        Some(path) => Some(serve_control(path, &handle, &stage)?),
         None => None,
     };
     let report = match &cfg.stats {
