@@ -221,6 +221,14 @@ impl From<OpError> for ApiError {
     }
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
 impl ApiError {
     /// The JSON body: `{error, message, problems}`.
     fn body(&self) -> serde_json::Value {
