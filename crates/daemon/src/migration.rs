@@ -1115,7 +1115,8 @@ pub async fn migrate(
         )
     })?;
     // Refused at once, before an operation exists: a bad request, an
-    // unknown chain or NF, no key to authenticate the offer with.
+    // unknown chain or NF, no key to authenticate the offer with, another
+    // migration or scale of the NF.
     plan(&req).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
     let (key, claim) = source_checks(&s, &name, &nf, "migrate")?;
     let (operations, events) = (s.operations.clone(), s.events.clone());
