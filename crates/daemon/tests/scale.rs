@@ -729,6 +729,24 @@ fn bad_requests_are_refused_and_the_chain_keeps_serving() {
         refused(&ca, path, &body, want);
     }
 
+    // A `mapping: processes` chain is refused as a migration of it is
+    // (its NFs' state is in their own processes).
+    let (x0, x1) = (netns::unique_ifname("bsx0"), netns::unique_ifname("bsx1"));
+    let extra = LinkGuard::veth(&x0, &x1).unwrap();
+    for x in [&x0, &x1] {
+        extra.move_end_to(x, &net.ha).unwrap();
+        netns::set_up(Some(net.ha.name()), x).unwrap();
+    }
+    let processes = format!(
+        "name: pq\nmapping: processes\nports:\n  in: {}\n  out: {}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n",
+        af(&x0),
+        af(&x1)
+    );
+    ca.deploy(&processes).unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+    let pq = "/v1/chains/pq/nfs/fw/scale";
+    refused(&ca, pq, &good.to_string(), (409, "processes_chain", "mapping: processes"));
+    ca.remove("pq").unwrap();
+
     // A destination that accepts the connection and never answers: the
     // scale runs (until its 3 s timeout) and holds the NF; a second scale
     // or a migration of it is refused meanwhile.
