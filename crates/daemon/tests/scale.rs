@@ -70,7 +70,9 @@ struct Net {
     cl: NetnsGuard,
     up: NetnsGuard,
     st: NetnsGuard,
-    ha: NetnsGuard,
+    /// A's host; None: A's host is `st` (one braidd runs the steering and
+    /// instance 0).
+    ha: Option<NetnsGuard>,
     hb: NetnsGuard,
     _dn: NetnsGuard,
     sv: NetnsGuard,
@@ -91,18 +93,22 @@ struct Net {
     _links: Vec<LinkGuard>,
 }
 
-fn net() -> Net {
+impl Net {
+    /// A's host.
+    fn ha(&self) -> &NetnsGuard {
+        self.ha.as_ref().unwrap_or(&self.st)
+    }
+}
+
+/// The topology above; with `steering_on_a`, A's host is `st` (its
+/// links to the steering are veth pairs inside that one namespace).
+fn net(steering_on_a: bool) -> Net {
     let mk = |p: &str| NetnsGuard::create(&netns::unique_name(p)).unwrap();
-    let (cl, up, st, ha, hb, dn, sv) = (
-        mk("bds-cl"),
-        mk("bds-up"),
-        mk("bds-st"),
-        mk("bds-ha"),
-        mk("bds-hb"),
-        mk("bds-dn"),
-        mk("bds-sv"),
-    );
-    for ns in [&cl, &up, &st, &ha, &hb, &dn, &sv] {
+    let (cl, up, st, hb, dn, sv) =
+        (mk("bds-cl"), mk("bds-up"), mk("bds-st"), mk("bds-hb"), mk("bds-dn"), mk("bds-sv"));
+    let own_ha = (!steering_on_a).then(|| mk("bds-ha"));
+    let ha = own_ha.as_ref().unwrap_or(&st);
+    for ns in [&cl, &up, &st, ha, &hb, &dn, &sv] {
         sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1");
         sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
         sysctl(ns, "net.ipv4.conf.all.rp_filter=0");
@@ -112,20 +118,20 @@ fn net() -> Net {
     sysctl(&dn, "net.ipv4.ip_forward=1");
     let (l1, c0, u0) = link(&cl, &up, "bs0");
     let (l2, ut, sut) = link(&up, &st, "bs1");
-    let (l3, sua, ai) = link(&st, &ha, "bs2");
+    let (l3, sua, ai) = link(&st, ha, "bs2");
     let (l4, sub, bi) = link(&st, &hb, "bs3");
-    let (l5, ao, sda) = link(&ha, &st, "bs4");
+    let (l5, ao, sda) = link(ha, &st, "bs4");
     let (l6, bo, sdb) = link(&hb, &st, "bs5");
     let (l7, sdt, dt) = link(&st, &dn, "bs6");
     let (l8, d0, s0) = link(&dn, &sv, "bs7");
-    let (l9, ma, mb) = link(&ha, &hb, "bs8");
+    let (l9, ma, mb) = link(ha, &hb, "bs8");
     addr(&cl, &c0, CL);
     addr(&up, &u0, UP0);
     addr(&up, &ut, UPT);
     addr(&dn, &dt, DNT);
     addr(&dn, &d0, DN0);
     addr(&sv, &s0, SV);
-    addr(&ha, &ma, MA);
+    addr(ha, &ma, MA);
     addr(&hb, &mb, MB);
     // Static neighbours: no ARP crosses the chains. `up` and `dn` see one
     // wire between `ut` and `dt` (the steering and the instances are
@@ -136,8 +142,8 @@ fn net() -> Net {
     neigh(&dn, &dt, UPT, &up, &ut);
     neigh(&dn, &d0, SV, &sv, &s0);
     neigh(&sv, &s0, DN0, &dn, &d0);
-    neigh(&ha, &ma, MB, &hb, &mb);
-    neigh(&hb, &mb, MA, &ha, &ma);
+    neigh(ha, &ma, MB, &hb, &mb);
+    neigh(&hb, &mb, MA, ha, &ma);
     ip(&cl, &["route", "add", "default", "via", UP0]);
     ip(&sv, &["route", "add", "default", "via", DN0]);
     ip(&up, &["route", "add", "10.81.20.0/24", "via", DNT, "dev", &ut]);
@@ -146,7 +152,7 @@ fn net() -> Net {
         cl,
         up,
         st,
-        ha,
+        ha: own_ha,
         hb,
         _dn: dn,
         sv,
@@ -444,14 +450,14 @@ fn scale_out_moves_half_the_buckets_to_b_and_scale_in_merges_them_back_without_a
     if braid_testkit::skip_unless(netns::is_root(), "braid scale", "needs root for namespaces") {
         return;
     }
-    let net = net();
+    let net = net(false);
     let (ds, da, db) = (TempDir::new("scale-s"), TempDir::new("scale-a"), TempDir::new("scale-b"));
     let quiet = ["--checkpoint-interval-ms", "0"];
     let s = Braidd::start(ds.path(), Some(net.st.name()), &quiet);
     let (la, lb) = (format!("{MA}:9480"), format!("{MB}:9480"));
     let a = Braidd::start(
         da.path(),
-        Some(net.ha.name()),
+        Some(net.ha().name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &la],
     );
     let b = Braidd::start(
@@ -574,6 +580,80 @@ fn scale_out_moves_half_the_buckets_to_b_and_scale_in_merges_them_back_without_a
     drop((a, b, s));
 }
 
+/// The `at` of each `steer` step of an operation.
+fn steered_at(op: &Value) -> Vec<String> {
+    let steps = op["progress"]["steps"].as_array().cloned().unwrap_or_default();
+    steps
+        .iter()
+        .filter(|s| s["step"] == "steer")
+        .map(|s| s["at"].as_str().unwrap().into())
+        .collect()
+}
+
+#[test]
+fn steering_nfs_on_the_instances_own_braidd_are_steered_in_process() {
+    let _one = braid_testkit::one_at_a_time();
+    if braid_testkit::skip_unless(netns::is_root(), "braid scale", "needs root for namespaces") {
+        return;
+    }
+    let net = net(true);
+    let (da, db) = (TempDir::new("scaleown-a"), TempDir::new("scaleown-b"));
+    let (la, lb) = (format!("{MA}:9480"), format!("{MB}:9480"));
+    let a = Braidd::start(
+        da.path(),
+        Some(net.ha().name()),
+        &["--checkpoint-interval-ms", "0", "--migrate-listen", &la],
+    );
+    let b = Braidd::start(
+        db.path(),
+        Some(net.hb.name()),
+        &["--checkpoint-interval-ms", "0", "--migrate-listen", &lb],
+    );
+    let (ca, cb) = (a.client(), b.client());
+    ca.deploy(&steer_chain("su", &net.sut, &net.sua, &net.sub)).unwrap();
+    ca.deploy(&steer_chain("sd", &net.sdt, &net.sda, &net.sdb)).unwrap();
+    ca.deploy(&fw_chain(&net.ai, &net.ao)).unwrap();
+    let traffic = start_traffic(&net, 30);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Out, with steering points that name no socket: A's own steering
+    // NFs, moved in-process at the switch.
+    let mut out = scale_out_request(&a, &lb, (&net.bi, &net.bo), 5000);
+    out.steer.iter_mut().for_each(|p| p.socket = None);
+    let op = scale_op(&ca, &out);
+    succeeded(&op, &[&a, &b]);
+    assert_eq!(steered_at(&op), ["this braidd", "this braidd"], "{op:#}");
+    assert_tables(&ca, true, "after the scale-out");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server_reaches(&traffic, 1), vec![true; FLOWS], "after the scale-out");
+
+    // In, from B: the same steering NFs, through A's socket.
+    let back = ScaleRequest {
+        direction: Direction::In,
+        to: la.clone(),
+        share: None,
+        steer: steering(&a),
+        here: 1,
+        there: 0,
+        deploy: None,
+        timeout_ms: Some(5000),
+    };
+    let op = scale_op(&cb, &back);
+    let r = succeeded(&op, &[&a, &b]);
+    let socket = a.socket.display().to_string();
+    assert_eq!(steered_at(&op), [socket.clone(), socket], "{op:#}");
+    assert_eq!(r["removed"], "mig");
+    assert_tables(&ca, false, "after the scale-in");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server_reaches(&traffic, 2), vec![true; FLOWS], "after the scale-in");
+    traffic.stop.store(true, Ordering::Relaxed);
+    let sent = traffic.sender.join().unwrap();
+    let got = traffic.receiver.join().unwrap();
+    traffic.server.join().unwrap();
+    check_exact(&sent, &got);
+    drop((a, b));
+}
+
 /// POST `body` to `/v1/chains/{chain}/nfs/{nf}/{what}` and expect a
 /// refusal: `status`, `kind`, a message containing `want`.
 fn refused(c: &Client, path: &str, body: &str, (status, kind, want): (u16, &str, &str)) {
@@ -612,11 +692,11 @@ fn bad_requests_are_refused_and_the_chain_keeps_serving() {
     if braid_testkit::skip_unless(netns::is_root(), "braid scale", "needs root for namespaces") {
         return;
     }
-    let net = net();
+    let net = net(false);
     let (ds, da) = (TempDir::new("scalebad-s"), TempDir::new("scalebad-a"));
     let quiet = ["--checkpoint-interval-ms", "0"];
     let s = Braidd::start(ds.path(), Some(net.st.name()), &quiet);
-    let a = Braidd::start(da.path(), Some(net.ha.name()), &quiet);
+    let a = Braidd::start(da.path(), Some(net.ha().name()), &quiet);
     let (cs, ca) = (s.client(), a.client());
     cs.deploy(&steer_chain("su", &net.sut, &net.sua, &net.sub)).unwrap();
     cs.deploy(&steer_chain("sd", &net.sdt, &net.sda, &net.sdb)).unwrap();
@@ -734,8 +814,8 @@ fn bad_requests_are_refused_and_the_chain_keeps_serving() {
     let (x0, x1) = (netns::unique_ifname("bsx0"), netns::unique_ifname("bsx1"));
     let extra = LinkGuard::veth(&x0, &x1).unwrap();
     for x in [&x0, &x1] {
-        extra.move_end_to(x, &net.ha).unwrap();
-        netns::set_up(Some(net.ha.name()), x).unwrap();
+        extra.move_end_to(x, net.ha()).unwrap();
+        netns::set_up(Some(net.ha().name()), x).unwrap();
     }
     let processes = format!(
         "name: pq\nmapping: processes\nports:\n  in: {}\n  out: {}\nnfs:\n  - {{ name: fw, type: firewall, params: {{ default: allow }} }}\n",
@@ -841,14 +921,14 @@ fn measure_scale_out_against_a_full_migration() {
         std::env::var("BRAID_SCALE_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(20000);
     let rounds: usize =
         std::env::var("BRAID_SCALE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let net = net();
+    let net = net(false);
     let (ds, da, db) =
         (TempDir::new("scalem-s"), TempDir::new("scalem-a"), TempDir::new("scalem-b"));
     let s = Braidd::start(ds.path(), Some(net.st.name()), &["--checkpoint-interval-ms", "0"]);
     let (la, lb) = (format!("{MA}:9480"), format!("{MB}:9480"));
     let a = Braidd::start(
         da.path(),
-        Some(net.ha.name()),
+        Some(net.ha().name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &la],
     );
     let b = Braidd::start(
