@@ -223,3 +223,27 @@ fn describe(step: &Value) -> String {
         None => format!("{what}: {}", s("outcome")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn steps_read_as_what_was_done() {
+        let steer = json!({ "step": "steer", "chain": "su", "nf": "st", "at": "this braidd",
+                            "from": 0, "to": 1, "buckets": [128, 255], "outcome": "done" });
+        assert_eq!(
+            describe(&steer),
+            "steered `su/st` at this braidd: buckets [128,255] from instance 0 to 1: done"
+        );
+        let failed = json!({ "step": "migrate", "flows": "share:1/2", "to": "10.0.9.2:9480",
+                             "outcome": "failed", "error": "no answer" });
+        assert_eq!(
+            describe(&failed),
+            "migration of flows share:1/2 to 10.0.9.2:9480: failed (no answer)"
+        );
+        let removed = json!({ "step": "remove", "chain": "edge", "outcome": "done" });
+        assert_eq!(describe(&removed), "removal of chain `edge`: done");
+    }
+}
