@@ -229,8 +229,6 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-impl std::error::Error for ApiError {}
-
 impl ApiError {
     /// The JSON body: `{error, message, problems}`.
     fn body(&self) -> serde_json::Value {
