@@ -122,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chains/{name}/profile", get(profile_chain))
         .route("/v1/chains/{name}/nfs/{nf}/migrate", post(crate::migration::migrate))
         .route("/v1/chains/{name}/nfs/{nf}/steer", post(crate::migration::steer))
+        .route("/v1/chains/{name}/nfs/{nf}/scale", post(crate::scale::scale))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(show_operation))
         .route("/v1/events", get(events))
@@ -193,6 +194,7 @@ impl From<OpError> for ApiError {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
             OpError::Migration(_) => (StatusCode::UNPROCESSABLE_ENTITY, "migration_failed"),
+            OpError::Scale(e) => e.status(),
             OpError::Sched(_) => (StatusCode::UNPROCESSABLE_ENTITY, "sched_refused"),
             OpError::Profile { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "profile_failed"),
             OpError::Placement(_) => (StatusCode::UNPROCESSABLE_ENTITY, "placement_refused"),
@@ -218,6 +220,12 @@ impl From<OpError> for ApiError {
             _ => Vec::new(),
         };
         ApiError { status, kind, message, problems }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -538,7 +546,7 @@ pub(crate) async fn operation(
 
 fn kind_method(kind: &str) -> &'static str {
     match kind {
-        "deploy" | "migrate" => "POST",
+        "deploy" | "migrate" | "scale-out" | "scale-in" => "POST",
         "remove" => "DELETE",
         _ => "PATCH",
     }

@@ -520,14 +520,19 @@ impl Client {
         self.json("GET", &format!("/v1/operations/{}", encode(id)), None)
     }
 
-    /// `POST /v1/chains` with `Prefer: respond-async`: the operation's id
-    /// (follow it with [`Client::operation`] or [`Client::wait`]).
-    pub fn deploy_async(&self, descriptor: &str) -> Result<String, ClientError> {
+    /// `POST path` with `body` (of `content_type`) and `Prefer:
+    /// respond-async`: the id of the operation braidd accepted (202).
+    fn post_async(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<String, ClientError> {
         let r = self.request_with(
             "POST",
-            "/v1/chains",
+            path,
             &[("Prefer", "respond-async")],
-            Some(("application/yaml", descriptor.as_bytes())),
+            Some((content_type, body)),
         )?;
         let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         if r.status != 202 {
@@ -544,30 +549,35 @@ impl Client {
             .ok_or_else(|| self.protocol("202 without an operation id"))
     }
 
+    /// `POST /v1/chains` with `Prefer: respond-async`: the operation's id
+    /// (follow it with [`Client::operation`] or [`Client::wait`]).
+    pub fn deploy_async(&self, descriptor: &str) -> Result<String, ClientError> {
+        self.post_async("/v1/chains", "application/yaml", descriptor.as_bytes())
+    }
+
     /// `POST /v1/chains/{name}/nfs/{nf}/migrate` with `Prefer:
     /// respond-async`: the operation's id (its `progress` shows the
     /// migration's phase while it runs; its `result` is the summary).
     pub fn migrate_async(&self, name: &str, nf: &str, req: &Value) -> Result<String, ClientError> {
-        let body = req.to_string();
-        let r = self.request_with(
-            "POST",
-            &format!("/v1/chains/{}/nfs/{}/migrate", encode(name), encode(nf)),
-            &[("Prefer", "respond-async")],
-            Some(("application/json", body.as_bytes())),
-        )?;
-        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        if r.status != 202 {
-            return Err(ClientError::Api {
-                status: r.status,
-                kind: v["error"].as_str().unwrap_or("http").to_string(),
-                message: v["message"].as_str().unwrap_or_default().to_string(),
-                body: v,
-            });
-        }
-        v["id"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| self.protocol("202 without an operation id"))
+        let path = format!("/v1/chains/{}/nfs/{}/migrate", encode(name), encode(nf));
+        self.post_async(&path, "application/json", req.to_string().as_bytes())
+    }
+
+    /// `POST /v1/chains/{name}/nfs/{nf}/scale` with `Prefer:
+    /// respond-async`: the operation's id (its `progress` shows the
+    /// migration's phase and the steps done; its `result` is the summary;
+    /// follow it with [`crate::scale::follow`]).
+    pub fn scale_async(
+        &self,
+        name: &str,
+        nf: &str,
+        req: &crate::scale::ScaleRequest,
+    ) -> Result<String, ClientError> {
+        let path = format!("/v1/chains/{}/nfs/{}/scale", encode(name), encode(nf));
+        let body = serde_json::to_vec(req).map_err(|e| {
+            ClientError::Setup(format!("the scale request does not encode as JSON: {e}"))
+        })?;
+        self.post_async(&path, "application/json", &body)
     }
 
     /// Follow operation `id` until it is no longer running (polling every

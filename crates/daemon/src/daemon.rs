@@ -218,6 +218,9 @@ pub enum OpError {
     Store(#[from] StoreError),
     #[error("migration: {0}")]
     Migration(#[from] crate::migration::AgentError),
+    /// A scale out or in refused or failed (its own status and kind).
+    #[error(transparent)]
+    Scale(#[from] crate::scale::ScaleError),
     /// A scheduling change the coordinator refuses (it would starve the
     /// machine, NFs of the one worker disagree).
     #[error("{0}")]

@@ -99,7 +99,7 @@ impl Invalid {
     }
 
     /// The same problem one level deeper (`port` inside `switch.steer[0]`).
-    fn under(self, parent: &str) -> Invalid {
+    pub(crate) fn under(self, parent: &str) -> Invalid {
         Invalid { field: format!("{parent}.{}", self.field), problem: self.problem }
     }
 }
@@ -202,12 +202,14 @@ pub struct SwitchSpec {
 }
 
 /// One steering NF the switch drives, through the API of the braidd that
-/// runs it (`POST /v1/chains/{chain}/nfs/{nf}/steer`).
+/// runs it (`POST /v1/chains/{chain}/nfs/{nf}/steer`), or in-process when
+/// it runs on this braidd.
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SteerSpec {
-    /// That braidd's API socket.
-    pub socket: String,
+    /// That braidd's API socket; None: this braidd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<std::path::PathBuf>,
     pub chain: String,
     pub nf: String,
     /// The source's instance (gate `1 + from`) and the destination's.
@@ -246,7 +248,15 @@ fn good_netns(n: &str) -> bool {
         && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-fn good_ifname(n: &str) -> bool {
+/// A unix socket path a client can connect to: not empty, no NUL, within
+/// `sun_path`'s 107 bytes.
+pub(crate) fn good_socket_path(p: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let b = p.as_os_str().as_bytes();
+    (1..=107).contains(&b.len()) && !b.contains(&0)
+}
+
+pub(crate) fn good_ifname(n: &str) -> bool {
     (1..=15).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
@@ -268,8 +278,11 @@ impl SwitchSpec {
     pub fn check(&self) -> Result<(), Invalid> {
         for (i, st) in self.steer.iter().enumerate() {
             let at = format!("switch.steer[{i}]");
-            if st.socket.is_empty() || st.socket.contains('\0') {
-                return Err(Invalid::new(format!("{at}.socket"), "not a socket path"));
+            if st.socket.as_ref().is_some_and(|p| !good_socket_path(p)) {
+                return Err(Invalid::new(
+                    format!("{at}.socket"),
+                    "not a socket path (leave it out for a steering NF of this braidd)",
+                ));
             }
             for (k, v) in [("chain", &st.chain), ("nf", &st.nf)] {
                 if v.is_empty() || v.len() > 128 {
@@ -464,6 +477,10 @@ pub fn send_marker(ns: Option<&str>, dev: &str, id: u64) -> Result<(), SwitchErr
 /// markers on the old paths, and steering NFs that move hash buckets.
 pub struct RouteSwitch<'a> {
     spec: &'a SwitchSpec,
+    /// This braidd, for its own steering NFs.
+    daemon: &'a Daemon,
+    /// The operation: each steering call is one of its steps.
+    watch: &'a Watch,
     /// The migrated flows (`all`, `share:I/N`, `hash:A-B`), for the
     /// steering NFs.
     flows: String,
@@ -474,23 +491,48 @@ pub struct RouteSwitch<'a> {
 impl RouteSwitch<'_> {
     /// Move the buckets of `self.flows` on steering NF `st` from instance
     /// `from` to `to`, with a drain marker for migration `marker` out of
-    /// `from`'s gate.
+    /// `from`'s gate; recorded as step `step` of the operation.
     fn steer(
         &self,
+        step: &str,
         st: &SteerSpec,
-        from: u16,
-        to: u16,
+        (from, to): (u16, u16),
         marker: Option<u64>,
     ) -> Result<(), SwitchError> {
         let req = SteerRequest { flows: self.flows.clone(), from, to, marker };
-        crate::client::Client::new(&st.socket).steer(&st.chain, &st.nf, &req).map(|_| ()).map_err(
-            |e| {
-                SwitchError::failed(
-                    format!("steering NF `{}` of chain `{}` at {}", st.nf, st.chain, st.socket),
-                    e,
-                )
-            },
-        )
+        let at = st.socket.as_ref().map_or("this braidd".into(), |p| p.display().to_string());
+        let moved = match &st.socket {
+            Some(socket) => crate::client::Client::new(socket)
+                .steer(&st.chain, &st.nf, &req)
+                .map_err(|e| e.to_string()),
+            // In-process: the operation holds braidd's one-at-a-time lock,
+            // which the steer handler does not take, so its own socket
+            // would do too; but braidd's state does not carry that path.
+            None => steer_chain_nf(self.daemon, &st.chain, &st.nf, &req)
+                .inspect(|v| {
+                    self.watch.events.publish("chain_steered", v.clone());
+                })
+                .map_err(|e| e.to_string()),
+        };
+        let mut record = json!({ "step": step, "chain": st.chain, "nf": st.nf, "at": at,
+                                 "from": from, "to": to });
+        match &moved {
+            Ok(v) => {
+                record["outcome"] = "done".into();
+                record["buckets"] = v["buckets"].clone();
+            }
+            Err(e) => {
+                record["outcome"] = "failed".into();
+                record["error"] = e.as_str().into();
+            }
+        }
+        self.watch.step(record);
+        moved.map(|_| ()).map_err(|e| {
+            SwitchError::failed(
+                format!("steering NF `{}` of chain `{}` at {at}", st.nf, st.chain),
+                e,
+            )
+        })
     }
 
     fn unsteer(&mut self) -> Result<(), SwitchError> {
@@ -498,7 +540,7 @@ impl RouteSwitch<'_> {
         while self.steered > 0 {
             self.steered -= 1;
             let st = &self.spec.steer[self.steered];
-            let r = self.steer(st, st.to, st.from, None);
+            let r = self.steer("steer_back", st, (st.to, st.from), None);
             if first.is_ok() {
                 first = r;
             }
@@ -517,7 +559,7 @@ impl Switch for RouteSwitch<'_> {
         });
         if moved.is_ok() {
             for st in &self.spec.steer {
-                moved = self.steer(st, st.from, st.to, Some(id));
+                moved = self.steer("steer", st, (st.from, st.to), Some(id));
                 if moved.is_err() {
                     break;
                 }
@@ -884,6 +926,17 @@ pub struct Watch {
     pub operations: Arc<Operations>,
     pub events: Arc<Events>,
     pub id: String,
+    /// When the operation started running (its steps' `at_ms`).
+    pub started: Instant,
+}
+
+impl Watch {
+    /// Record a step of the operation (an object with `step` and
+    /// `outcome`), stamped with `at_ms`.
+    pub fn step(&self, mut step: Value) {
+        step["at_ms"] = json!((self.started.elapsed().as_secs_f64() * 1e4).round() / 10.0);
+        self.operations.add_step(&self.id, step);
+    }
 }
 
 /// Migrate NF `nf` of running chain `chain` as `req` says; the summary.
@@ -970,6 +1023,8 @@ pub fn migrate_chain_nf(
     };
     let mut switch = RouteSwitch {
         spec: &req.switch,
+        daemon,
+        watch,
         flows: req.flows.clone().unwrap_or_else(|| "all".into()),
         steered: 0,
     };
@@ -1027,7 +1082,7 @@ fn report_progress(progress: &Progress, stop: &AtomicBool, watch: &Watch, chain:
         let (bytes, frames) = progress.bytes();
         let v = json!({ "phase": phase, "state_bytes": bytes, "frames": frames,
                         "backlog": progress.backlog() });
-        watch.operations.set_progress(&watch.id, v.clone());
+        watch.operations.merge_progress(&watch.id, v.clone());
         if last != Some(phase) {
             last = Some(phase);
             let mut e = v;
@@ -1060,27 +1115,16 @@ pub async fn migrate(
         )
     })?;
     // Refused at once, before an operation exists: a bad request, an
-    // unknown chain or NF, no key to authenticate the offer with.
+    // unknown chain or NF, no key to authenticate the offer with, another
+    // migration or scale of the NF.
     plan(&req).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
-    let chain = s.daemon.get(&name)?;
-    let nfs = chain.descriptor().nfs;
-    if !nfs.iter().any(|n| n.name == nf) {
-        let known = nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ");
-        return Err(OpError::UnknownNf { chain: name, nf, known }.into());
-    }
-    let key = s.migrate_key.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "no_migrate_key",
-            "this braidd has no migrate_key_file: a migration offer must be authenticated with \
-             the key the destination braidd has (docs/migration.md, \"Authentication\")",
-        )
-    })?;
+    let (key, claim) = source_checks(&s, &name, &nf, "migrate")?;
     let (operations, events) = (s.operations.clone(), s.events.clone());
     let (n, f) = (name.clone(), nf.clone());
     let job = ("migrate", name, Some(nf));
     Ok(crate::api::operation(s, &headers, peer, job, move |d, id| {
-        let watch = Watch { operations, events, id: id.to_string() };
+        let _claimed_until_done = claim;
+        let watch = Watch { operations, events, id: id.to_string(), started: Instant::now() };
         let summary = migrate_chain_nf(d, &key, &n, &f, &req, &watch)?;
         Ok(Done {
             status: StatusCode::OK,
@@ -1090,6 +1134,47 @@ pub async fn migrate(
         })
     })
     .await)
+}
+
+/// What a migration or a scale (`kind`) of NF `nf` of chain `name` needs
+/// before its operation starts: the chain and the NF here (404), a key to
+/// authenticate the offer with (409 `no_migrate_key`), and no other
+/// migration or scale of that NF running or waiting (409 `busy`). The
+/// key, and the NF's claim (held until the operation ends).
+pub(crate) fn source_checks(
+    s: &AppState,
+    name: &str,
+    nf: &str,
+    kind: &'static str,
+) -> Result<(Arc<MigrateKey>, crate::ops::Claim), ApiError> {
+    let chain = s.daemon.get(name)?;
+    let nfs = chain.descriptor().nfs;
+    if !nfs.iter().any(|n| n.name == nf) {
+        let known = nfs.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(OpError::UnknownNf { chain: name.into(), nf: nf.into(), known }.into());
+    }
+    let key = s.migrate_key.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_migrate_key",
+            "this braidd has no migrate_key_file: a migration offer must be authenticated with \
+             the key the destination braidd has (docs/migration.md, \"Authentication\")",
+        )
+    })?;
+    let claim = s.operations.claim(kind, name, nf).map_err(|holder| busy(name, nf, holder))?;
+    Ok((key, claim))
+}
+
+/// The refusal of a migration or scale of an NF another one is moving
+/// (`holder`: its kind).
+pub(crate) fn busy(chain: &str, nf: &str, holder: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "busy",
+        format!(
+            "NF `{nf}` of chain `{chain}` is being moved by a `{holder}` operation (see /v1/operations): one migration or scale of an NF at a time; try again when it has finished"
+        ),
+    )
 }
 
 /// The destination: accept offers on `listener` until the process ends,

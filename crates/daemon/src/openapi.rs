@@ -71,7 +71,7 @@ fn migrate_path() -> Value {
                 "202": accepted_response(),
                 "400": error_response("bad request (the field named), mode or flows"),
                 "404": error_response("no such chain or NF"),
-                "409": error_response("the chain is not running, or runs with mapping processes (processes_chain), or this braidd has no migrate_key_file to authenticate the offer with (no_migrate_key)"),
+                "409": error_response("the chain is not running, or runs with mapping processes (processes_chain), or this braidd has no migrate_key_file to authenticate the offer with (no_migrate_key), or another migration or scale of the NF runs or waits (busy)"),
                 "422": error_response("the migration failed and was rolled back (the source keeps serving), or the chain runs in the kernel (kernel_chain); the message says why")
             }
         }
@@ -81,10 +81,52 @@ fn migrate_path() -> Value {
 /// `switch.steer` of a migration request.
 fn steer_items() -> Value {
     json!({ "type": "array", "description": "steering NFs that move the flows' hash buckets at the switch (partial migration, braid scale)",
-        "items": { "type": "object", "required": ["socket", "chain", "nf", "from", "to", "port"], "additionalProperties": false,
-            "properties": { "socket": { "type": "string" }, "chain": { "type": "string" }, "nf": { "type": "string" },
+        "items": { "type": "object", "required": ["chain", "nf", "from", "to", "port"], "additionalProperties": false,
+            "properties": { "socket": { "type": "string", "description": "the API socket of the braidd running it; left out: this braidd" },
+                "chain": { "type": "string" }, "nf": { "type": "string" },
                 "from": { "type": "integer", "minimum": 0 }, "to": { "type": "integer", "minimum": 0 },
                 "port": { "type": "string", "enum": ["in", "out"] } } } })
+}
+
+/// `POST /v1/chains/{name}/nfs/{nf}/scale`.
+fn scale_path() -> Value {
+    json!({
+        "parameters": [ name_param("name", "chain name"), name_param("nf", "the per-flow NF behind the steering NFs") ],
+        "post": {
+            "operationId": "scaleNf",
+            "parameters": [ prefer_param() ],
+            "summary": "Scale an NF out (move share K of N of its flows, whole buckets of the `steer` NFs, with their state to an instance at another braidd, deployed there if asked) or in (give every bucket of this instance to the other one, then remove this chain) as one operation `scale-out` or `scale-in`: the steering tables are checked first, then the migration runs with the steering NFs as its switch; each step (check_steering, steer, steer_back, migrate, remove) is recorded in the operation's progress.steps (docs/migration.md, Scale out and in)",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["direction", "to", "steer"], "additionalProperties": false,
+                "properties": {
+                    "direction": { "type": "string", "enum": ["out", "in"] },
+                    "to": { "type": "string", "description": "HOST[:PORT] of the other instance's braidd migration listener (port 9480 by default)" },
+                    "share": { "type": "object", "required": ["k", "n"], "additionalProperties": false,
+                        "description": "out only: share K of N equal hash ranges moves (default 1/2); N must divide the steering tables' bucket count",
+                        "properties": { "k": { "type": "integer", "minimum": 0 }, "n": { "type": "integer", "minimum": 2 } } },
+                    "steer": { "type": "array", "minItems": 1, "description": "the steering NFs in front of the instances",
+                        "items": { "type": "object", "required": ["chain", "nf", "port"], "additionalProperties": false,
+                            "properties": { "socket": { "type": "string", "description": "the API socket of the braidd running it; left out: this braidd" },
+                                "chain": { "type": "string" }, "nf": { "type": "string" },
+                                "port": { "type": "string", "enum": ["in", "out"], "description": "the instance chain's port its traffic enters" } } } },
+                    "here": { "type": "integer", "minimum": 0, "default": 0, "description": "this instance's index in the steering tables" },
+                    "there": { "type": "integer", "minimum": 0, "default": 1, "description": "the other instance's index" },
+                    "deploy": { "type": "object", "required": ["in", "out"], "additionalProperties": false,
+                        "description": "out only: deploy the chain (empty) at the destination if it does not run it, on these interfaces",
+                        "properties": { "in": { "type": "string" }, "out": { "type": "string" } } },
+                    "timeout_ms": { "type": "integer", "minimum": 1, "maximum": 600000, "default": 5000 } } } } } },
+            "responses": {
+                "200": { "description": "scaled: the migration's summary with direction, buckets, here, there, steps and (in) removed",
+                    "content": { "application/json": { "schema": { "type": "object" } } } },
+                "202": accepted_response(),
+                "400": error_response("bad body (bad_body) or a bad field, named (bad_request): steering points, instances, share, deploy, timeout, a steering point that is not a `steer` NF, a share that is not whole buckets"),
+                "404": error_response("no such chain or NF here (unknown_chain, unknown_nf), or a steering point's braidd has no such chain or NF (unknown_steering_point)"),
+                "409": error_response("the chain is not running or runs with mapping processes (processes_chain), no migrate_key_file (no_migrate_key), another migration or scale of the NF runs or waits (busy), or the steering tables do not allow it: the share's buckets are not all this instance's, it owns none or not one range, the tables disagree (conflict); nothing changed"),
+                "422": error_response("a steering point's braidd did not answer (steering_unreachable; nothing changed), the migration failed and was rolled back (migration_failed), or the chain runs in the kernel (kernel_chain)"),
+                "500": error_response("scale in: the flows moved, but removing this chain failed (remove_failed); the message says how to remove it")
+            }
+        }
+    })
 }
 
 /// `POST /v1/chains/{name}/nfs/{nf}/steer`.
@@ -215,8 +257,9 @@ pub fn document() -> Value {
             },
             "/v1/chains/{name}/nfs/{nf}/migrate": migrate_path(),
             "/v1/chains/{name}/nfs/{nf}/steer": steer_path(),
+            "/v1/chains/{name}/nfs/{nf}/scale": scale_path(),
             "/v1/operations": { "get": {
-                "operationId": "listOperations", "summary": "The last 1000 operations (deploy, remove, reconfigure, migrate, migrate-in), oldest first",
+                "operationId": "listOperations", "summary": "The last 1000 operations (deploy, remove, reconfigure, reschedule, migrate, migrate-in, scale-out, scale-in), oldest first",
                 "responses": { "200": { "description": "the operations",
                     "content": { "application/json": { "schema": { "type": "object", "required": ["operations"],
                         "properties": { "operations": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } } } } } } } }
@@ -232,7 +275,7 @@ pub fn document() -> Value {
             },
             "/v1/events": { "get": {
                 "operationId": "events",
-                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_rescheduled, chain_state, worker_stopped, migration_progress, chain_migrated, migration_in, chain_steered, operation_finished (and `lagged` with the number missed)",
+                "summary": "The change feed, one JSON object per line, streamed until the client goes away: daemon_started, chain_deployed, chain_removed, chain_reconfigured, chain_rescheduled, chain_state, worker_stopped, migration_progress, chain_migrated, migration_in, chain_steered, chain_scaled, operation_finished (and `lagged` with the number missed)",
                 "parameters": [ { "name": "since", "in": "query", "required": false,
                     "description": "replay the kept events (the last 1024) after this seq first",
                     "schema": { "type": "integer", "minimum": 0 } } ],
@@ -279,7 +322,7 @@ pub fn document() -> Value {
               "description": "TCP listener only (the unix socket checks peer credentials instead)" } },
           "schemas": {
             "Error": { "type": "object", "required": ["error", "message"], "properties": {
-                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, refused_by_kernel, sched_refused, placement_refused, kernel_chain, processes_chain, profile_failed, body_too_large, body_timeout, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
+                "error": { "type": "string", "description": "stable kind: invalid_descriptor, duplicate_chain, unknown_chain, unknown_nf, not_running, start_failed, refused_by_worker, refused_by_kernel, sched_refused, placement_refused, kernel_chain, processes_chain, profile_failed, bad_request, no_migrate_key, busy, conflict, migration_failed, unknown_steering_point, steering_unreachable, remove_failed, body_too_large, body_timeout, bad_body, bad_query, unknown_operation, forbidden, unauthorized, no_route, store, internal" },
                 "message": { "type": "string" },
                 "problems": { "type": "array", "items": { "type": "object", "properties": {
                     "line": { "type": ["integer", "null"] }, "column": { "type": ["integer", "null"] },
@@ -287,14 +330,14 @@ pub fn document() -> Value {
                     "accepted": { "type": ["string", "null"] }, "text": { "type": "string" } } } }
             } },
             "Operation": { "type": "object", "required": ["id", "kind", "chain", "state", "created"], "properties": {
-                "id": { "type": "string" }, "kind": { "type": "string", "enum": ["deploy", "remove", "reconfigure", "reschedule", "migrate", "migrate-in"] },
+                "id": { "type": "string" }, "kind": { "type": "string", "enum": ["deploy", "remove", "reconfigure", "reschedule", "migrate", "migrate-in", "scale-out", "scale-in"] },
                 "chain": { "type": "string" }, "nf": { "type": "string" },
                 "state": { "type": "string", "enum": ["running", "succeeded", "failed"] },
                 "created": { "type": "number" }, "finished": { "type": ["number", "null"] },
                 "status": { "type": ["integer", "null"], "description": "the HTTP status a synchronous call gets" },
                 "result": { "description": "what a synchronous call answers" },
                 "error": { "description": "{error, message, problems} as the API's errors" },
-                "progress": { "description": "while a migration runs: {phase, state_bytes, frames, backlog}" } } },
+                "progress": { "description": "what it has done, kept after it ends: a migration's {phase, state_bytes, frames, backlog}; for a scale, and a migration with steering NFs, `steps`: [{step, outcome (done, failed), at_ms, ...}] in order (check_steering, steer, steer_back, migrate, remove)" } } },
             "Sched": { "type": "object", "additionalProperties": false,
                 "description": "an NF's `sched` block (docs/profiling.md): how the worker that runs it is scheduled; fields left out keep the chain's or the daemon's default; {} removes the NF's block",
                 "properties": {

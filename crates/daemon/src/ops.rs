@@ -126,7 +126,8 @@ pub enum OpState {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Operation {
     pub id: String,
-    /// `deploy`, `remove`, `reconfigure`, `migrate`, `migrate-in`.
+    /// `deploy`, `remove`, `reconfigure`, `reschedule`, `migrate`,
+    /// `migrate-in`, `scale-out`, `scale-in`.
     pub kind: &'static str,
     pub chain: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,8 +143,9 @@ pub struct Operation {
     pub result: Option<Value>,
     /// Why it failed: `{error, message, problems}` as the API's errors.
     pub error: Option<Value>,
-    /// While it runs, what it has done so far (a migration's phase and
-    /// bytes sent); absent for operations that report none.
+    /// What it has done so far (a migration's phase and bytes sent; a
+    /// scale's `steps`), kept when it ends; absent for operations that
+    /// report none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<Value>,
 }
@@ -157,6 +159,21 @@ pub struct Operations {
     kept: Mutex<(u64, VecDeque<Operation>)>,
     /// Finished operations by (kind, state), since the daemon started.
     totals: Mutex<std::collections::BTreeMap<OpTotal, u64>>,
+    /// NFs whose state an operation is moving (or waits to move), with
+    /// its kind: a second one is refused instead of queued behind it.
+    claims: Mutex<std::collections::BTreeMap<(String, String), &'static str>>,
+}
+
+/// An NF claimed by [`Operations::claim`]; free again when dropped.
+pub struct Claim {
+    operations: Arc<Operations>,
+    key: (String, String),
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&self.operations.claims).remove(&self.key);
+    }
 }
 
 impl Operations {
@@ -184,11 +201,48 @@ impl Operations {
         id
     }
 
-    /// Record what running operation `id` has done so far.
-    pub fn set_progress(&self, id: &str, progress: Value) {
+    /// Set `fields` (an object) in operation `id`'s progress, keeping
+    /// the fields they do not name (a migration's phase beside a scale's
+    /// steps).
+    pub fn merge_progress(&self, id: &str, fields: Value) {
         if let Some(op) = lock(&self.kept).1.iter_mut().find(|o| o.id == id) {
-            op.progress = Some(progress);
+            let progress = op.progress.get_or_insert_with(|| json!({}));
+            if let (Some(p), Value::Object(f)) = (progress.as_object_mut(), fields) {
+                p.extend(f);
+            }
         }
+    }
+
+    /// Append `step` to operation `id`'s `progress.steps`: what a
+    /// multi-step operation (a scale, a steering switch) has done, in
+    /// order, kept after it finishes.
+    pub fn add_step(&self, id: &str, step: Value) {
+        if let Some(op) = lock(&self.kept).1.iter_mut().find(|o| o.id == id) {
+            let progress = op.progress.get_or_insert_with(|| json!({}));
+            if let Some(p) = progress.as_object_mut() {
+                if let Some(steps) = p.entry("steps").or_insert_with(|| json!([])).as_array_mut() {
+                    steps.push(step);
+                }
+            }
+        }
+    }
+
+    /// Claim NF `nf` of chain `chain` for an operation of `kind` that
+    /// moves its state (`migrate`, `scale-out`, `scale-in`) until the
+    /// claim is dropped; the kind holding it if another one does.
+    pub fn claim(
+        self: &Arc<Self>,
+        kind: &'static str,
+        chain: &str,
+        nf: &str,
+    ) -> Result<Claim, &'static str> {
+        let key = (chain.to_string(), nf.to_string());
+        let mut claims = lock(&self.claims);
+        if let Some(holder) = claims.get(&key) {
+            return Err(holder);
+        }
+        claims.insert(key.clone(), kind);
+        Ok(Claim { operations: self.clone(), key })
     }
 
     /// Record how operation `id` ended; the finished operation.
@@ -283,5 +337,29 @@ mod tests {
         let (totals, running) = ops.counts();
         assert_eq!(totals, vec![(("deploy", "succeeded"), 1), (("reconfigure", "failed"), 1)]);
         assert_eq!(running, KEEP_OPERATIONS as u64);
+    }
+
+    #[test]
+    fn an_nf_is_claimed_by_one_operation_at_a_time_and_steps_keep_beside_progress() {
+        let ops = Arc::new(Operations::default());
+        let first = ops.claim("scale-out", "c", "fw").unwrap();
+        assert_eq!(ops.claim("migrate", "c", "fw").err(), Some("scale-out"));
+        // Another NF, or the same name in another chain, is free.
+        let other = ops.claim("migrate", "c", "nat").unwrap();
+        let _third = ops.claim("migrate", "d", "fw").unwrap();
+        drop(first);
+        assert!(ops.claim("migrate", "c", "fw").is_ok(), "free again once dropped");
+        drop(other);
+
+        let id = ops.begin("scale-out", "c", Some("fw"));
+        ops.add_step(&id, json!({ "step": "check_steering" }));
+        ops.merge_progress(&id, json!({ "phase": "snapshot", "state_bytes": 10 }));
+        ops.add_step(&id, json!({ "step": "migrate" }));
+        ops.merge_progress(&id, json!({ "phase": "done", "state_bytes": 20 }));
+        let p = ops.get(&id).unwrap().progress.unwrap();
+        assert_eq!(p["steps"], json!([{ "step": "check_steering" }, { "step": "migrate" }]));
+        assert_eq!((p["phase"].as_str(), p["state_bytes"].as_u64()), (Some("done"), Some(20)));
+        ops.finish(&id, 200, Ok(json!({}))).unwrap();
+        assert_eq!(ops.get(&id).unwrap().progress.unwrap()["steps"].as_array().unwrap().len(), 2);
     }
 }

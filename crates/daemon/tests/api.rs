@@ -223,7 +223,7 @@ fn the_openapi_document_and_the_router_have_the_same_routes() {
         }
     }
     let routed = router_routes();
-    assert_eq!(routed.len(), 15, "{routed:?}");
+    assert_eq!(routed.len(), 16, "{routed:?}");
     assert_eq!(documented, routed);
 
     // The served document is this one, and each documented route is

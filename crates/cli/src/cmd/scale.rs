@@ -2,15 +2,18 @@
 //! a per-flow NF on another host and move share K of N of its flows there
 //! (out), or merge an instance's flows into another and remove it (in),
 //! steering by hash bucket so every flow keeps its state
-//! (docs/migration.md, "Scale out and in"). A thin client of
-//! `braid_daemon::scale`.
+//! (docs/migration.md, "Scale out and in"). A thin client of braidd's
+//! `POST /v1/chains/{name}/nfs/{nf}/scale`: the request is checked here
+//! (`braid_daemon::scale::ScaleRequest::check`), sent as one call, and
+//! its operation followed to its end.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use braid_daemon::client::Client;
-use braid_daemon::scale::{self, ScaleRequest, SteerPoint};
+use braid_daemon::migration::DeployPorts;
+use braid_daemon::scale::{self, Direction, ScaleRequest, Share, SteerPoint};
 use serde_json::Value;
 
 #[derive(clap::Args)]
@@ -77,67 +80,80 @@ pub struct Common {
     pub socket: PathBuf,
 }
 
-fn request(c: &Common, deploy: Option<(String, String)>) -> anyhow::Result<ScaleRequest> {
+fn request(
+    c: &Common,
+    direction: Direction,
+    share: Option<Share>,
+    deploy: Option<DeployPorts>,
+) -> anyhow::Result<ScaleRequest> {
     let steer = c
         .steer
         .iter()
         .map(|s| s.parse::<SteerPoint>().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(ScaleRequest {
-        chain: c.chain.clone(),
-        nf: c.nf.clone(),
+    let req = ScaleRequest {
+        direction,
         to: c.to.clone(),
+        share,
         steer,
         here: c.here,
         there: c.there,
         deploy,
-        timeout: Duration::from_millis(c.timeout_ms),
-    })
+        timeout_ms: Some(c.timeout_ms),
+    };
+    // Refused here, before braidd is called (it checks the same).
+    req.check()?;
+    Ok(req)
 }
 
 /// `K/N` of `--share`.
-fn share(s: &str) -> anyhow::Result<(u64, u64)> {
+fn share(s: &str) -> anyhow::Result<Share> {
     let parsed = s.split_once('/').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)));
     match parsed {
-        Some(kn) => Ok(kn),
+        Some((k, n)) => Ok(Share { k, n }),
         None => bail!("--share `{}`: expected K/N, e.g. 1/2", s.escape_debug()),
     }
 }
 
+/// How long `braid scale` follows the operation at most.
+const FOLLOW_LIMIT: Duration = Duration::from_secs(3600);
+
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let (common, what, req) = match &a.action {
+        Action::Out { common, share: s, deploy_ports } => {
+            let deploy = match deploy_ports.as_slice() {
+                [] => None,
+                [i, o] => Some(DeployPorts { in_iface: i.clone(), out_iface: o.clone() }),
+                other => {
+                    bail!("--deploy-ports: `{}`: expected two interfaces, IN,OUT", other.join(","))
+                }
+            };
+            (common, "scaled out", request(common, Direction::Out, Some(share(s)?), deploy)?)
+        }
+        Action::In { common } => (common, "scaled in", request(common, Direction::In, None, None)?),
+    };
+    let client = Client::new(&common.socket);
+    let id = client.scale_async(&common.chain, &common.nf, &req)?;
+    eprintln!("operation {id} on {}", client.at());
     let t = Instant::now();
-    let mut shown = String::new();
-    let progress = |p: &Value| {
-        if let Some(phase) = p["phase"].as_str().filter(|ph| *ph != shown) {
+    let (mut phase_shown, mut steps_shown) = (String::new(), 0);
+    let summary = scale::follow(&client, &id, FOLLOW_LIMIT, |op| {
+        let p = &op["progress"];
+        if let Some(phase) = p["phase"].as_str().filter(|ph| *ph != phase_shown) {
             eprintln!(
                 "{:>7.1} s  {phase:<16} {} B sent, {} changed flows waiting",
                 t.elapsed().as_secs_f64(),
                 p["state_bytes"].as_u64().unwrap_or(0),
                 p["backlog"].as_u64().unwrap_or(0)
             );
-            shown = phase.to_string();
+            phase_shown = phase.to_string();
         }
-    };
-    let (common, what, summary) = match &a.action {
-        Action::Out { common, share: s, deploy_ports } => {
-            let deploy = match deploy_ports.as_slice() {
-                [] => None,
-                [i, o] => Some((i.clone(), o.clone())),
-                other => {
-                    bail!("--deploy-ports: `{}`: expected two interfaces, IN,OUT", other.join(","))
-                }
-            };
-            let req = request(common, deploy)?;
-            let kn = share(s)?;
-            let client = Client::new(&common.socket);
-            (common, "scaled out", scale::scale_out(&client, &req, kn, progress)?)
+        let steps = p["steps"].as_array().map(Vec::as_slice).unwrap_or_default();
+        for step in steps.iter().skip(steps_shown) {
+            eprintln!("{:>7.1} s  {}", t.elapsed().as_secs_f64(), describe(step));
         }
-        Action::In { common } => {
-            let req = request(common, None)?;
-            let client = Client::new(&common.socket);
-            (common, "scaled in", scale::scale_in(&client, &req, progress)?)
-        }
-    };
+        steps_shown = steps_shown.max(steps.len());
+    })?;
     if common.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
@@ -176,4 +192,58 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("  removed        chain `{c}` (this instance)");
     }
     Ok(())
+}
+
+/// One step of the operation, for a person.
+fn describe(step: &Value) -> String {
+    let s = |k: &str| step[k].as_str().unwrap_or("?");
+    let what = match s("step") {
+        "check_steering" => format!(
+            "steering tables checked: flows {}, buckets {} of {}",
+            s("flows"),
+            step["buckets"],
+            step["of"]
+        ),
+        "migrate" => format!("migration of flows {} to {}", s("flows"), s("to")),
+        kind @ ("steer" | "steer_back") => format!(
+            "{} `{}/{}` at {}: buckets {} from instance {} to {}",
+            if kind == "steer" { "steered" } else { "steered back" },
+            s("chain"),
+            s("nf"),
+            s("at"),
+            step["buckets"],
+            step["from"],
+            step["to"]
+        ),
+        "remove" => format!("removal of chain `{}`", s("chain")),
+        other => other.to_string(),
+    };
+    match step["error"].as_str() {
+        Some(e) => format!("{what}: {} ({e})", s("outcome")),
+        None => format!("{what}: {}", s("outcome")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn steps_read_as_what_was_done() {
+        let steer = json!({ "step": "steer", "chain": "su", "nf": "st", "at": "this braidd",
+                            "from": 0, "to": 1, "buckets": [128, 255], "outcome": "done" });
+        assert_eq!(
+            describe(&steer),
+            "steered `su/st` at this braidd: buckets [128,255] from instance 0 to 1: done"
+        );
+        let failed = json!({ "step": "migrate", "flows": "share:1/2", "to": "10.0.9.2:9480",
+                             "outcome": "failed", "error": "no answer" });
+        assert_eq!(
+            describe(&failed),
+            "migration of flows share:1/2 to 10.0.9.2:9480: failed (no answer)"
+        );
+        let removed = json!({ "step": "remove", "chain": "edge", "outcome": "done" });
+        assert_eq!(describe(&removed), "removal of chain `edge`: done");
+    }
 }
