@@ -150,14 +150,16 @@ fn stages_table(v: &Value) -> String {
             .and_then(|n| n["placement"].as_str())
             .unwrap_or("");
         let ns = s["ns_per_packet"].as_f64().map_or("-".to_string(), |ns| format!("{ns:.1}"));
+        // As text: a JSON value's Display ignores width and alignment.
+        let count = |field: &str| s[field].as_u64().map_or("-".to_string(), |n| n.to_string());
         out.push_str(&format!(
             "{:<12} {:<12} {:<6} {:>10} {:>10} {:>10} {:>9}\n",
             name,
             s["kind"].as_str().unwrap_or(""),
             placement,
-            s["packets_in"],
-            s["packets_out"],
-            s["dropped"],
+            count("packets_in"),
+            count("packets_out"),
+            count("dropped"),
             ns,
         ));
     }
@@ -357,6 +359,17 @@ mod tests {
         assert_eq!(rows[0], ["nf", "type", "where", "in", "out", "dropped", "ns/pkt"]);
         assert_eq!(rows[1], ["fw", "firewall", "kernel", "3", "2", "1", "-"]);
         assert_eq!(rows[2], ["f", "fwd", "user", "2", "2", "0", "41.3"]);
+        // Right-aligned under their headings: the columns end together.
+        let ends = |line: &str| {
+            line.char_indices()
+                .filter(|&(i, c)| c != ' ' && line[i + 1..].starts_with(' ') || i + 1 == line.len())
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        let table = stages_table(&v);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(ends(lines[1])[3..], ends(lines[0])[3..], "{table}");
+        assert_eq!(ends(lines[2])[3..], ends(lines[0])[3..], "{table}");
         assert_eq!(processes_line(&v), None, "not a processes chain");
     }
 
