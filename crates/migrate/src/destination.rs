@@ -235,6 +235,8 @@ impl Run<'_> {
                     self.report.snapshot_in = start.elapsed();
                 }
                 Message::Switched => self.switched = true,
+                // The source is alive; the read's timeout starts again.
+                Message::KeepAlive => {}
                 Message::Packets { port, frames } if mode == Mode::Duplicate => {
                     // In stream order: what came before is installed first.
                     self.install(&mut pending)?;

@@ -273,7 +273,7 @@ pub fn migrate_out(
     kind: &str,
     conn: TcpStream,
     opts: &SourceOptions,
-    switch: &mut dyn Switch,
+    switch: &mut (dyn Switch + Send),
 ) -> Result<SourceReport, MigrateError> {
     if opts.mode == Mode::StopCopy && opts.scope != FlowScope::All {
         return Err(MigrateError::Options(
@@ -323,7 +323,7 @@ struct Run<'a> {
     handle: &'a WorkerHandle,
     stage: &'a str,
     opts: &'a SourceOptions,
-    switch: &'a mut dyn Switch,
+    switch: &'a mut (dyn Switch + Send),
     streaming: bool,
     switched: bool,
     start: Instant,
@@ -335,6 +335,13 @@ struct Run<'a> {
     markers_seen: Arc<AtomicBool>,
     /// The state stream's bytes in flight and their bound (back-pressure).
     gate: Arc<LinkGate>,
+}
+
+/// How often a quiet source tells the destination it is alive: a quarter
+/// of the destination's read timeout (the same `io_timeout` on both
+/// sides), at least every 100 ms.
+fn keepalive_every(opts: &SourceOptions) -> Duration {
+    (opts.io_timeout / 4).max(Duration::from_millis(100))
 }
 
 /// Whether the state stream runs with back-pressure: asked for
@@ -526,6 +533,12 @@ impl Run<'_> {
         let mut switched_at: Option<Instant> = None;
         let mut asked_at: Option<Instant> = None;
         let mut ended_at: Option<Instant> = None;
+        // When the link last carried a frame: a source with nothing to
+        // send (waiting for its link to drain, for the worker, for the
+        // destination's request) says it is alive every `keepalive`.
+        let keepalive = keepalive_every(opts);
+        let mut last_frames = w.counts().frames;
+        let mut quiet_since = Instant::now();
         loop {
             if let Some(g) = &opts.progress {
                 g.sent(w.counts(), self.backlog.load(Ordering::Relaxed));
@@ -549,7 +562,7 @@ impl Run<'_> {
                     self.report.in_flight_bound =
                         if self.backpressure() { self.gate.bound() as u64 } else { 0 };
                     w.flush().map_err(wire::WireError::Io)?;
-                    self.switch.redirect(opts.id)?;
+                    self.redirect_keeping_alive(w)?;
                     self.switched = true;
                     self.phase(Phase::Switched);
                     switched_at = Some(Instant::now());
@@ -612,6 +625,14 @@ impl Run<'_> {
                     r?;
                 }
                 Err(RecvTimeoutError::Timeout) => {
+                    if w.counts().frames != last_frames {
+                        last_frames = w.counts().frames;
+                        quiet_since = Instant::now();
+                    } else if quiet_since.elapsed() >= keepalive {
+                        w.write_message(&Message::KeepAlive)?;
+                        last_frames = w.counts().frames;
+                        quiet_since = Instant::now();
+                    }
                     w.flush().map_err(wire::WireError::Io)?;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -643,6 +664,35 @@ impl Run<'_> {
                 }
             }
         }
+    }
+
+    /// The switch's `redirect`, run on a thread of its own while this one
+    /// tells the destination every [`keepalive_every`] that the source is
+    /// still here: route changes and markers sent through other
+    /// namespaces may take longer, on a loaded host, than the
+    /// destination's read timeout, which must catch a silent source, not
+    /// a slow switch.
+    fn redirect_keeping_alive(&mut self, w: &mut Writer) -> Result<(), MigrateError> {
+        let (id, every) = (self.opts.id, keepalive_every(self.opts));
+        let switch = &mut *self.switch;
+        std::thread::scope(|s| {
+            let (done, result) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = done.send(switch.redirect(id));
+            });
+            loop {
+                match result.recv_timeout(every) {
+                    Ok(r) => return r.map_err(MigrateError::from),
+                    Err(RecvTimeoutError::Timeout) => {
+                        w.write_message(&Message::KeepAlive)?;
+                        w.flush().map_err(wire::WireError::Io)?;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(MigrateError::Stream("the switch's thread panicked".into()))
+                    }
+                }
+            }
+        })
     }
 
     /// Write one item of the worker's stream to the link.

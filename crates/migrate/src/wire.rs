@@ -111,6 +111,10 @@ pub enum Message {
     /// since the switch, as (port, frame) in arrival order, for the
     /// source to process.
     Returned { packets: Vec<(u16, Vec<u8>)> },
+    /// Nothing else to say for a while (the source waits for its link to
+    /// drain, or its switch runs): still here. The destination's reads
+    /// time out on silence, not on a slow phase of a live source.
+    KeepAlive,
 }
 
 impl Message {
@@ -130,6 +134,7 @@ impl Message {
             Message::Whole(_) => "Whole",
             Message::Abort { .. } => "Abort",
             Message::Returned { .. } => "Returned",
+            Message::KeepAlive => "KeepAlive",
         }
     }
 }

@@ -104,6 +104,8 @@ struct DriverSwitch {
     range: Option<HashRange>,
     /// This migration goes from B back to A (a merge).
     back: bool,
+    /// How long `redirect` takes before it asks the driver.
+    delay: Duration,
 }
 
 impl Switch for DriverSwitch {
@@ -111,6 +113,7 @@ impl Switch for DriverSwitch {
         if self.fail {
             return Err(SwitchError::Refused("the upstream switch refused the new route".into()));
         }
+        std::thread::sleep(self.delay);
         let cmd = match self.back {
             true => SwitchCmd::Back { id },
             false => SwitchCmd::Redirect { id, markers: self.send_markers, range: self.range },
@@ -391,6 +394,9 @@ struct Scenario {
     merge_back: bool,
     /// The merge's switch refuses to move the traffic.
     fail_merge: bool,
+    /// The switch takes this long, and both sides' I/O timeout is a third
+    /// of it (a route change on a loaded host).
+    slow_switch: Option<Duration>,
 }
 
 impl Scenario {
@@ -406,6 +412,7 @@ impl Scenario {
             range: None,
             merge_back: false,
             fail_merge: false,
+            slow_switch: None,
         }
     }
 }
@@ -426,9 +433,11 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let k = kind_s.clone();
+        let io_timeout = sc.slow_switch.map_or(Duration::from_secs(5), |d| d / 3);
         let dest = std::thread::spawn(move || {
             let (conn, _) = listener.accept().unwrap();
-            migrate_in(&bh, "nf", &k, conn, &DestinationOptions::default())
+            let opts = DestinationOptions { io_timeout, ..DestinationOptions::default() };
+            migrate_in(&bh, "nf", &k, conn, &opts)
         });
         let conn = TcpStream::connect(addr).unwrap();
         if let Some(after) = sc.cut_after {
@@ -445,6 +454,7 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
             markers: vec![0, 1],
             marker_timeout: sc.marker_timeout,
             scope: sc.range.map_or(FlowScope::All, FlowScope::HashRange),
+            io_timeout,
             ..SourceOptions::default()
         };
         let mut switch = DriverSwitch {
@@ -454,6 +464,7 @@ fn with_migration(kind: &str, yaml: &str, trace: &Trace, sc: Scenario) -> Migrat
             fail: sc.fail_switch,
             range: sc.range,
             back: false,
+            delay: sc.slow_switch.unwrap_or_default(),
         };
         run_m.started.store(true, Ordering::Release);
         let r = migrate_out(&ah, "nf", &kind_s, conn, &opts, &mut switch);
@@ -542,6 +553,25 @@ fn firewall_migrates_mid_trace_with_the_same_output_order_and_state() {
     // No stale copy stays at the source: it dropped everything after Done.
     assert!(conns_without_times(m.source_state).is_empty(), "the source kept a stale copy");
     assert!(report.forgotten > 0 && report.forget_error.is_none(), "{report:?}");
+}
+
+/// A switch that takes three times the I/O timeout (route changes on a
+/// loaded host): the source tells the destination it is alive meanwhile,
+/// and the migration completes as with a fast one.
+#[test]
+fn a_switch_slower_than_the_io_timeout_completes_the_migration() {
+    let t = trace(500, 12, true);
+    let (ref_out, ref_state) = reference("firewall", FIREWALL, &t);
+    let sc =
+        Scenario { slow_switch: Some(Duration::from_secs(3)), ..Scenario::ok(Mode::Statelet, 120) };
+    let m = with_migration("firewall", FIREWALL, &t, sc);
+    let report = m.result.expect("the migration succeeds");
+    let dest = m.dest_result.expect("the destination finishes");
+    assert!(report.until_switch + Duration::from_secs(3) <= report.total, "{report:?}");
+    assert_eq!(m.out.len(), ref_out.len(), "no packet lost or duplicated");
+    assert_same_flows(&m.out, &ref_out);
+    assert_eq!(conns_without_times(m.dest_state), conns_without_times(ref_state));
+    assert_eq!(dest.dropped_held, 0);
 }
 
 #[test]
