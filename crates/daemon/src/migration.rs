@@ -736,7 +736,17 @@ pub struct Offer {
 /// This braidd process's random instance id.
 pub fn instance_id() -> u64 {
     static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *ID.get_or_init(new_id)
+    // Only told apart from other braidd (an offer to itself): the time
+    // and the pid do if the random source fails.
+    *ID.get_or_init(|| {
+        new_id().unwrap_or_else(|_| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            t ^ (u64::from(std::process::id()) << 40)
+        })
+    })
 }
 
 /// The destination's answer to an offer.
@@ -849,13 +859,14 @@ fn stream_key(key: &MigrateKey, destination: &Challenge, source: &Challenge) -> 
     Arc::new(StreamKey::new(&key.tag(STREAM_LABEL, destination, source)))
 }
 
-/// A migration id for the drain markers: different per migration.
-fn new_id() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ (u64::from(std::process::id()) << 40)
+/// A migration id for the drain markers: random, so that a frame sent
+/// into the chain's ports from outside cannot pass for this migration's
+/// marker (a forged marker would end the old path's drain early). It
+/// was the time in nanoseconds, which one who knows roughly when a
+/// migration runs can guess.
+fn new_id() -> std::io::Result<u64> {
+    let c = new_challenge()?;
+    Ok(u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
 }
 
 fn resolve(to: &str) -> Result<SocketAddr, AgentError> {
@@ -1005,8 +1016,9 @@ pub fn migrate_chain_nf(
         return Err(AgentError::Refused { to, reason: answer.reason.unwrap_or_default() }.into());
     }
     let progress = Arc::new(Progress::default());
+    let id = new_id().map_err(|e| offer_err(e.to_string()))?;
     let opts = SourceOptions {
-        id: new_id(),
+        id,
         mode: p.mode,
         markers: req.switch.marker_ports(),
         io_timeout: p.timeout,
@@ -1397,6 +1409,18 @@ fn take(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn migration_ids_are_random_not_the_time() {
+        let ids: Vec<u64> = (0..64).map(|_| new_id().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Ids taken one after the other from a clock would only grow.
+        assert!(ids.windows(2).any(|w| w[1] < w[0]), "{ids:?}");
+        // And they use the high bits too (the clock's change in the low ones).
+        assert!(ids.iter().any(|i| i >> 63 == 1) && ids.iter().any(|i| i >> 63 == 0));
+    }
+
     use super::*;
 
     fn spec(yaml: &str) -> SwitchSpec {
