@@ -260,6 +260,25 @@ pub(crate) fn body_error(e: BytesRejection, limit: usize) -> ApiError {
     }
 }
 
+/// Request body `body` as JSON of a `T`: too large is 413, anything else
+/// that is not a `T` a 400 `bad_body` naming the request (`what`) and
+/// what it accepts.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    s: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+    accepted: &str,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| body_error(e, s.body_limit))?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("{what}: {e}; accepted: {accepted}"),
+        )
+    })
+}
+
 fn text(body: &Bytes) -> Result<&str, ApiError> {
     std::str::from_utf8(body).map_err(|e| {
         ApiError::new(

@@ -122,14 +122,19 @@ pub async fn capture(
         // the session removes its tap.
         let _ = session.run(out, &ended);
     });
-    let note = AuditNote(format!("capture of NF `{nf}` in chain `{name}`"));
-    Ok((
+    Ok(pcapng_answer(format!("capture of NF `{nf}` in chain `{name}`"), rx))
+}
+
+/// The `200` whose body streams the pcapng chunks `rx` brings, with the
+/// audit log's note.
+fn pcapng_answer(note: String, rx: tokio::sync::mpsc::Receiver<Chunk>) -> Response {
+    (
         StatusCode::OK,
         [(header::CONTENT_TYPE, PCAPNG_MEDIA_TYPE)],
-        Extension(note),
+        Extension(AuditNote(note)),
         Body::from_stream(ChunkStream(rx)),
     )
-        .into_response())
+        .into_response()
 }
 
 /// A capture of an NF of a `mapping: processes` chain: the NF's process
@@ -197,14 +202,7 @@ async fn capture_in_process(
             }
         }
     });
-    let note = AuditNote(format!("capture of NF `{nf}` (its process) in chain `{chain}`"));
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, PCAPNG_MEDIA_TYPE)],
-        Extension(note),
-        Body::from_stream(ChunkStream(rx)),
-    )
-        .into_response())
+    Ok(pcapng_answer(format!("capture of NF `{nf}` (its process) in chain `{chain}`"), rx))
 }
 
 type Chunk = Result<Bytes, std::io::Error>;

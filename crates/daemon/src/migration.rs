@@ -1118,14 +1118,12 @@ pub async fn migrate(
     Path((name, nf)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| crate::api::body_error(e, s.body_limit))?;
-    let req: MigrateRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!("migration request: {e}; accepted: {{\"to\": \"HOST[:PORT]\", \"mode\": ..., \"flows\": ..., \"switch\": {{\"redirect\": [...], \"restore\": [...], \"markers\": [...]}}, \"deploy\": {{\"in\": IFACE, \"out\": IFACE}}}}"),
-        )
-    })?;
+    let req: MigrateRequest = crate::api::json_body(
+        &s,
+        body,
+        "migration request",
+        "{\"to\": \"HOST[:PORT]\", \"mode\": ..., \"flows\": ..., \"switch\": {\"redirect\": [...], \"restore\": [...], \"markers\": [...]}, \"deploy\": {\"in\": IFACE, \"out\": IFACE}}",
+    )?;
     // Refused at once, before an operation exists: a bad request, an
     // unknown chain or NF, no key to authenticate the offer with, another
     // migration or scale of the NF.

@@ -594,14 +594,7 @@ pub async fn scale(
     Path((name, nf)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| crate::api::body_error(e, s.body_limit))?;
-    let req: ScaleRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!("scale request: {e}; accepted: {ACCEPTED}"),
-        )
-    })?;
+    let req: ScaleRequest = crate::api::json_body(&s, body, "scale request", ACCEPTED)?;
     // Refused at once, before an operation exists: a bad request, an
     // unknown chain or NF, a chain that is not a running user-space one,
     // no migrate key, another migration or scale of the NF, steering
