@@ -1356,8 +1356,18 @@ fn attr(tid: u32) -> (u32, i32, u64, u32) {
 }
 
 /// The worker thread of chain `chain`: its tid, from a short profile.
+/// The worker records it as its loop starts, which may be just after the
+/// deploy answered: a few profiles, 5 s at most.
 fn worker_tid(c: &Client, chain: &str) -> u32 {
-    c.profile(chain, 10, false).unwrap()["workers"][0]["tid"].as_u64().unwrap() as u32
+    let t = Instant::now();
+    loop {
+        let p = c.profile(chain, 10, false).unwrap();
+        if let Some(tid) = p["workers"][0]["tid"].as_u64() {
+            return tid as u32;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no worker tid: {p}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
