@@ -105,7 +105,9 @@ fn bad_requests_get_precise_errors_and_change_nothing() {
         audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let posts = lines.iter().filter(|l| l["method"] == "POST").count();
     assert_eq!(posts, 7, "{audit}");
-    assert!(lines.iter().all(|l| l["uid"] == 0 && l["pid"].as_u64().unwrap() > 0), "{audit}");
+    // The caller is this test process (root, or whoever runs the suite).
+    let my_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    assert!(lines.iter().all(|l| l["uid"] == my_uid && l["pid"].as_u64().unwrap() > 0), "{audit}");
     assert!(audit.contains("did you mean `fwd`?"), "{audit}");
 }
 
@@ -267,31 +269,39 @@ fn peers_other_than_root_and_the_daemon_user_are_refused() {
         return;
     }
     let dir = TempDir::new("peer");
-    let curl_as_nobody = |socket: &std::path::Path| {
+    // Neither root nor the nobody a least-privilege braidd runs as.
+    const STRANGER: u32 = common::NOBODY - 1;
+    let curl_as = |uid: u32, socket: &std::path::Path| {
         std::process::Command::new("curl")
             .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
             .arg(socket)
             .arg("http://braidd/v1/status")
-            .uid(65534)
-            .gid(65534)
+            .uid(uid)
+            .gid(uid)
             .output()
             .unwrap()
     };
-    // Mode 0600: nobody cannot even connect.
+    // Mode 0600: a stranger cannot even connect; braidd's own user can,
+    // and is served.
     let d = Braidd::start(dir.path(), None, &[]);
     let meta = std::fs::metadata(&d.socket).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
-    let out = curl_as_nobody(&d.socket);
+    let out = curl_as(STRANGER, &d.socket);
     assert_eq!(out.status.code(), Some(7), "curl: connection refused expected");
+    if let Some(uid) = d.privilege.uid() {
+        let out = curl_as(uid, &d.socket);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.ends_with("\n200"), "braidd's own uid {uid}: {text}");
+    }
     drop(d);
     // Mode 0666: it connects, and its credentials are refused.
     let d = Braidd::start(dir.path(), None, &["--socket-mode", "666"]);
-    let out = curl_as_nobody(&d.socket);
+    let out = curl_as(STRANGER, &d.socket);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("\n403"), "{text}");
-    assert!(text.contains("peer uid 65534 is not allowed"), "{text}");
+    assert!(text.contains(&format!("peer uid {STRANGER} is not allowed")), "{text}");
     let audit = std::fs::read_to_string(dir.path().join("state/audit.log")).unwrap();
-    assert!(audit.contains("\"uid\":65534"), "{audit}");
+    assert!(audit.contains(&format!("\"uid\":{STRANGER}")), "{audit}");
     assert!(audit.contains("\"status\":403"), "{audit}");
 }
 
@@ -336,6 +346,7 @@ fn start_up_problems_are_reported_clearly() {
     // A migration key too short, or that others may read, is refused
     // before anything listens.
     let key = common::write_migrate_key(dir.path(), "too-short");
+    common::Privilege::default_here().hand_over(&key);
     let key = key.to_str().unwrap();
     let (code, err) = run(&["--migrate-listen", "127.0.0.1:0", "--migrate-key-file", key]);
     assert_eq!(code, Some(1));

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use braid_daemon::client::{metric_value, Client, ClientError};
 use braid_io::netns;
-use common::{drain, ms, percentile, send_within, time_to_first_packet, Braidd, TempDir};
+use common::{
+    drain, ms, percentile, proc_status, send_within, time_to_first_packet, Braidd, Privilege,
+    TempDir, CAPS,
+};
 use serde_json::json;
 
 const CLIENT: &str = "10.78.0.1";
@@ -367,49 +370,6 @@ fn an_af_xdp_chain_shows_its_ring_counters_busy_share_and_idle_policy() {
     assert!(d.terminate().success(), "{}", d.log());
 }
 
-/// The capabilities braidd needs (docs/daemon.md, "Least privilege"),
-/// as `setpriv` names them, with their bit numbers.
-const CAPS: [(&str, u32); 5] =
-    [("net_raw", 13), ("net_admin", 12), ("bpf", 39), ("perfmon", 38), ("ipc_lock", 14)];
-
-/// A `setpriv` wrapper running braidd as uid/gid 65534 (nobody) with only
-/// `caps` (inheritable, ambient, bounding set: nothing else can come back).
-fn setpriv(caps: &[&str]) -> Vec<String> {
-    let set: String = std::iter::once("-all".to_string())
-        .chain(caps.iter().map(|c| format!("+{c}")))
-        .collect::<Vec<_>>()
-        .join(",");
-    [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        &format!("--inh-caps={set}"),
-        &format!("--ambient-caps={set}"),
-        &format!("--bounding-set={set}"),
-        "--",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// A state directory braidd running as nobody can write.
-fn nobody_dir(tag: &str) -> TempDir {
-    let dir = TempDir::new(tag);
-    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
-    dir
-}
-
-/// Field `name` of `/proc/PID/status`.
-fn proc_status(pid: u32, name: &str) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-}
-
 /// braidd as an unprivileged user with only CAP_NET_RAW, CAP_NET_ADMIN,
 /// CAP_BPF, CAP_PERFMON and CAP_IPC_LOCK deploys an AF_PACKET chain and an
 /// AF_XDP chain through its API, traffic crosses both, and it stops
@@ -437,11 +397,14 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
     };
     let chain = |name: &str, kind: &str| chain_mapped(name, kind, "thread");
     let all: Vec<&str> = CAPS.iter().map(|(c, _)| *c).collect();
-    let dir = nobody_dir("caps");
-    let wrapper = setpriv(&all);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let mut d =
-        Braidd::start_wrapped(&wrapper, common::BRAIDD, dir.path(), Some(net.mid.name()), &[]);
+    let dir = TempDir::new("caps");
+    // Without the suite's migration key, to see a migration refused.
+    let mut d = Braidd::start_without_migrate_key(
+        &Privilege::least(),
+        dir.path(),
+        Some(net.mid.name()),
+        &[],
+    );
     assert_eq!(proc_status(d.pid(), "Uid:").split_whitespace().next(), Some("65534"));
     let mask: u64 = CAPS.iter().map(|(_, bit)| 1u64 << bit).sum();
     for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
@@ -517,11 +480,14 @@ fn braidd_runs_as_an_unprivileged_user_with_only_its_capabilities() {
             continue;
         }
         let fewer: Vec<&str> = all.iter().copied().filter(|c| *c != cap).collect();
-        let dir = nobody_dir(&format!("caps-{cap}"));
-        let wrapper = setpriv(&fewer);
-        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-        let mut d =
-            Braidd::start_wrapped(&wrapper, common::BRAIDD, dir.path(), Some(net.mid.name()), &[]);
+        let dir = TempDir::new(&format!("caps-{cap}"));
+        let mut d = Braidd::start_as(
+            &Privilege::only(&fewer),
+            common::BRAIDD,
+            dir.path(),
+            Some(net.mid.name()),
+            &[],
+        );
         let e = d.client().deploy(&chain("x", "af_xdp")).unwrap_err();
         let ClientError::Api { status: 422, kind, message, .. } = &e else {
             panic!("without {cap}: {e}")
@@ -644,7 +610,13 @@ fn measure_scrape_time_side_by_side() {
     let mut daemons = Vec::new();
     for (i, (tag, bin)) in bins.iter().enumerate() {
         let dir = TempDir::new(&format!("scrape{i}"));
-        let d = Braidd::start_bin(bin, dir.path(), Some(net.mid.name()), &[]);
+        let d = Braidd::start_as(
+            &Privilege::default_here(),
+            bin,
+            dir.path(),
+            Some(net.mid.name()),
+            &[],
+        );
         let c = d.client();
         // 25 chains x 4 NFs, each between one end of two veth pairs whose
         // other ends stay down (no traffic, no loop), all inside `mid`.
@@ -1384,8 +1356,18 @@ fn attr(tid: u32) -> (u32, i32, u64, u32) {
 }
 
 /// The worker thread of chain `chain`: its tid, from a short profile.
+/// The worker records it as its loop starts, which may be just after the
+/// deploy answered: a few profiles, 5 s at most.
 fn worker_tid(c: &Client, chain: &str) -> u32 {
-    c.profile(chain, 10, false).unwrap()["workers"][0]["tid"].as_u64().unwrap() as u32
+    let t = Instant::now();
+    loop {
+        let p = c.profile(chain, 10, false).unwrap();
+        if let Some(tid) = p["workers"][0]["tid"].as_u64() {
+            return tid as u32;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no worker tid: {p}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -1395,7 +1377,8 @@ fn live_scheduling_is_applied_refused_without_change_and_kept_across_a_restart()
     }
     let net = net();
     let dir = TempDir::new("sched");
-    let mut d = Braidd::start(dir.path(), Some(net.mid.name()), &[]);
+    // Real-time policies and a lower nice need CAP_SYS_NICE (docs/daemon.md).
+    let mut d = Braidd::start_with_caps(&["sys_nice"], dir.path(), Some(net.mid.name()), &[]);
     let c = d.client();
     c.deploy(&chain_yaml(&net, "s1")).unwrap();
     let tid = worker_tid(&c, "s1");
@@ -1697,11 +1680,15 @@ fn a_live_sched_change_the_kernel_refuses_changes_nothing() {
     }
     let net = net();
     let dir = TempDir::new("nonice");
-    // Root without CAP_SYS_NICE (dropped from the bounding set before the
-    // exec, so braidd never has it).
-    let wrapper = ["setpriv", "--bounding-set=-sys_nice", "--"];
-    let mut d =
-        Braidd::start_wrapped(&wrapper, common::BRAIDD, dir.path(), Some(net.mid.name()), &[]);
+    // braidd's own capabilities, without CAP_SYS_NICE (explicitly: this
+    // test is about its absence).
+    let mut d = Braidd::start_as(
+        &Privilege::least(),
+        common::BRAIDD,
+        dir.path(),
+        Some(net.mid.name()),
+        &[],
+    );
     let c = d.client();
     c.deploy(&chain_yaml(&net, "nn")).unwrap();
     let tid = worker_tid(&c, "nn");

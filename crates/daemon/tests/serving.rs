@@ -15,7 +15,8 @@ use common::{Braidd, TempDir};
 const TOKEN: &str = "braid-test-token-5f0c2a9e81d3";
 
 /// A self-signed certificate for 127.0.0.1 and localhost, its key, and a
-/// token file (0600) under `dir`.
+/// token file (0600, owned by the user this file's braidd runs as) under
+/// `dir`.
 fn credentials(dir: &Path) -> (String, String, String) {
     let ck =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
@@ -24,6 +25,7 @@ fn credentials(dir: &Path) -> (String, String, String) {
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    common::Privilege::default_here().hand_over(&token);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     (s(&cert), s(&key), s(&token))
 }

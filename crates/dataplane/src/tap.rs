@@ -597,7 +597,7 @@ impl CaptureSession {
                         Point::Drops => TapPoint::Drop,
                     })
                     .collect();
-                let reader = XdpTapReader::start(t.maps, t.slot, &kernel_points)
+                let reader = XdpTapReader::start(&t.maps, t.slot, &kernel_points)
                     .map_err(|source| CaptureError::Xdp { nf: req.nf.clone(), source })?;
                 Source::Xdp(Box::new(XdpSource {
                     reader,

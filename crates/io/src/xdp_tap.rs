@@ -11,10 +11,11 @@
 //! interface and a `CLOCK_MONOTONIC` timestamp. A sample the ring has no room
 //! for is lost and counted in the slot's `TapLost` counter.
 //!
-//! [`XdpTapReader`] is one capture on one slot: it opens the maps again by
-//! their kernel ids (so it does not borrow the program, which its owner
-//! keeps), turns the tap on, hands out decoded [`TapSample`]s, and on drop
-//! turns the tap off (or back to what the other captures of the slot
+//! [`XdpTapReader`] is one capture on one slot: it opens the maps again on
+//! duplicates of the loader's descriptors (so it does not borrow the
+//! program, which its owner keeps, and needs no `CAP_SYS_ADMIN`, as
+//! opening them by kernel id would), turns the tap on, hands out decoded
+//! [`TapSample`]s, and on drop turns the tap off (or back to what the other captures of the slot
 //! ask for). Several captures may run on one program at once: the
 //! captures of a ring in one process share its reader, which hands each
 //! sample to the queue of every capture whose slot and points it matches;
@@ -158,34 +159,60 @@ impl TapSample {
     }
 }
 
-/// The kernel ids of a loaded program's tap maps, to open them again
+/// A loaded program's tap maps, to open them again
 /// ([`XdpTapReader::start`]); `slots` is how many NF slots it has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Equal when they are the same maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XdpTapMaps {
-    pub(crate) words: u32,
-    pub(crate) ring: u32,
-    pub(crate) counters: u32,
+    pub(crate) words: TapMap,
+    pub(crate) ring: TapMap,
+    pub(crate) counters: TapMap,
     pub(crate) slots: u32,
 }
+
+/// One map: its kernel id (what identifies it) and a descriptor of its
+/// own, a duplicate of the loader's. A capture opens the map from a
+/// duplicate of that descriptor: opening it by id
+/// (`BPF_MAP_GET_FD_BY_ID`) would need `CAP_SYS_ADMIN`, which braidd does
+/// not otherwise need (docs/daemon.md, "Least privilege").
+#[derive(Clone, Debug)]
+pub(crate) struct TapMap {
+    id: u32,
+    fd: Arc<OwnedFd>,
+}
+
+impl PartialEq for TapMap {
+    fn eq(&self, other: &TapMap) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for TapMap {}
 
 /// The global-data map holding `braid_tap_words`.
 pub(crate) const WORDS_MAP: &str = ".bss";
 
 impl XdpTapMaps {
-    /// The ids of the tap words, `tap_ring` and `counters` in `ebpf`.
+    /// The tap words, `tap_ring` and `counters` of `ebpf`.
     pub(crate) fn of(ebpf: &aya::Ebpf, slots: u32) -> Result<XdpTapMaps, XdpError> {
-        let id = |name: &str| -> Result<u32, XdpError> {
+        let map = |name: &str| -> Result<TapMap, XdpError> {
             let data = match ebpf.map(name) {
                 Some(Map::Array(d) | Map::RingBuf(d) | Map::PerCpuArray(d)) => d,
                 Some(_) => return Err(XdpError::Config(format!("map {name} has the wrong type"))),
                 None => return Err(XdpError::Config(format!("the XDP object has no map {name}"))),
             };
-            Ok(data.info().map_err(kernel(format!("id of map {name}")))?.id())
+            let id = data.info().map_err(kernel(format!("id of map {name}")))?.id();
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(kernel(format!("duplicating the fd of map {name}")))?;
+            Ok(TapMap { id, fd: Arc::new(fd) })
         };
         Ok(XdpTapMaps {
-            words: id(WORDS_MAP)?,
-            ring: id("tap_ring")?,
-            counters: id("counters")?,
+            words: map(WORDS_MAP)?,
+            ring: map("tap_ring")?,
+            counters: map("counters")?,
             slots,
         })
     }
@@ -199,8 +226,8 @@ enum TapWords {
 }
 
 impl TapWords {
-    fn open(id: u32) -> Result<Self, XdpError> {
-        let data = open(id, "the tap words (.bss)")?;
+    fn open(map: &TapMap) -> Result<Self, XdpError> {
+        let data = open(map, "the tap words (.bss)")?;
         let size = data.info().map_err(kernel("the tap words' map info"))?.value_size();
         let map = Map::Array(data);
         Ok(match size as usize {
@@ -321,23 +348,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Hub {
     /// The hub of the ring `maps.ring`, opened if nobody reads it yet.
-    fn of(maps: XdpTapMaps) -> Result<Arc<Hub>, XdpError> {
+    fn of(maps: &XdpTapMaps) -> Result<Arc<Hub>, XdpError> {
         let mut hubs = lock(&HUBS);
         hubs.retain(|(_, w)| w.strong_count() > 0);
-        if let Some(h) = hubs.iter().find(|(id, _)| *id == maps.ring).and_then(|(_, w)| w.upgrade())
-        {
+        let ring_id = maps.ring.id;
+        if let Some(h) = hubs.iter().find(|(id, _)| *id == ring_id).and_then(|(_, w)| w.upgrade()) {
             return Ok(h);
         }
-        let words = TapWords::open(maps.words)?;
-        let ring = RingBuf::try_from(Map::RingBuf(open(maps.ring, "tap_ring")?))
+        let words = TapWords::open(&maps.words)?;
+        let ring = RingBuf::try_from(Map::RingBuf(open(&maps.ring, "tap_ring")?))
             .map_err(kernel("map tap_ring"))?;
         let poll_fd =
             ring.as_fd().try_clone_to_owned().map_err(kernel("duplicating the tap_ring fd"))?;
         let mut inner = HubInner { words, ring, subs: Vec::new() };
         // Nothing from an earlier capture is read as this one's.
         inner.drain();
-        let hub = Arc::new(Hub { ring_id: maps.ring, inner: Mutex::new(inner), poll_fd });
-        hubs.push((maps.ring, Arc::downgrade(&hub)));
+        let hub = Arc::new(Hub { ring_id, inner: Mutex::new(inner), poll_fd });
+        hubs.push((ring_id, Arc::downgrade(&hub)));
         Ok(hub)
     }
 
@@ -358,8 +385,11 @@ impl Hub {
     }
 }
 
-fn open(id: u32, what: &str) -> Result<MapData, XdpError> {
-    MapData::from_id(id).map_err(kernel(format!("opening map {what} (id {id})")))
+/// `map` opened on a descriptor of its own.
+fn open(map: &TapMap, what: &str) -> Result<MapData, XdpError> {
+    let id = map.id;
+    let fd = map.fd.try_clone().map_err(kernel(format!("duplicating the fd of map {what}")))?;
+    MapData::from_fd(fd).map_err(kernel(format!("opening map {what} (id {id})")))
 }
 
 /// One capture on one NF slot of a loaded XDP program (see the module
@@ -391,7 +421,7 @@ impl XdpTapReader {
     /// Several captures may run on one program (and one slot) at once:
     /// each gets the samples of its own slot and points.
     pub fn start(
-        maps: XdpTapMaps,
+        maps: &XdpTapMaps,
         slot: u32,
         points: &[TapPoint],
     ) -> Result<XdpTapReader, XdpError> {
@@ -405,7 +435,7 @@ impl XdpTapReader {
         if word == 0 {
             return Err(XdpError::Config("a capture taps at least one point".into()));
         }
-        let counters = PerCpuArray::try_from(Map::PerCpuArray(open(maps.counters, "counters")?))
+        let counters = PerCpuArray::try_from(Map::PerCpuArray(open(&maps.counters, "counters")?))
             .map_err(kernel("map counters"))?;
         let hub = Hub::of(maps)?;
         let id = NEXT_SUB.fetch_add(1, Ordering::Relaxed);

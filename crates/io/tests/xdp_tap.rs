@@ -51,10 +51,10 @@ fn a_tapped_firewall_mirrors_in_out_and_drops_with_reasons() {
 
     let maps = p.tap_maps().unwrap();
     let mut r =
-        XdpTapReader::start(maps, 0, &[TapPoint::In, TapPoint::Out, TapPoint::Drop]).unwrap();
+        XdpTapReader::start(&maps, 0, &[TapPoint::In, TapPoint::Out, TapPoint::Drop]).unwrap();
     assert_eq!(p.tap_config().unwrap(), 0b111);
     // A second capture on the same NF, drops only: each gets its own.
-    let mut drops = XdpTapReader::start(maps, 0, &[TapPoint::Drop]).unwrap();
+    let mut drops = XdpTapReader::start(&maps, 0, &[TapPoint::Drop]).unwrap();
     let t0 = now_ns();
     assert_eq!(p.test_run(&pass, 1).unwrap().action, XdpAction::Pass);
     assert_eq!(p.test_run(&deny, 1).unwrap().action, XdpAction::Drop);
@@ -90,7 +90,7 @@ fn a_tapped_firewall_mirrors_in_out_and_drops_with_reasons() {
     // Only the points asked for.
     drop(r);
     assert_eq!(p.tap_config().unwrap(), 0, "the reader's drop turns the tap off");
-    let mut r = XdpTapReader::start(maps, 0, &[TapPoint::Drop]).unwrap();
+    let mut r = XdpTapReader::start(&maps, 0, &[TapPoint::Drop]).unwrap();
     assert_eq!(p.tap_config().unwrap(), 0b100);
     p.test_run(&pass, 1).unwrap();
     p.test_run(&deny, 1).unwrap();
@@ -102,7 +102,7 @@ fn a_tapped_firewall_mirrors_in_out_and_drops_with_reasons() {
 
     // A frame over the snap length is cut, its length kept.
     let big = udp(7, &[0xab; 2000]);
-    let mut r = XdpTapReader::start(maps, 0, &[TapPoint::In]).unwrap();
+    let mut r = XdpTapReader::start(&maps, 0, &[TapPoint::In]).unwrap();
     p.test_run(&big, 1).unwrap();
     let got = drain(&mut r);
     assert_eq!(got.len(), 1);
@@ -119,8 +119,8 @@ fn a_chain_stage_is_tapped_alone_and_sees_its_own_output() {
     c.set_path(lo, &[0, 1, 2]).unwrap();
     c.set_xor_key(1, &[0x0f]).unwrap();
     let maps = c.tap_maps().unwrap();
-    assert!(XdpTapReader::start(maps, 3, &[TapPoint::In]).is_err(), "no slot 3");
-    let mut r = XdpTapReader::start(maps, 1, &[TapPoint::In, TapPoint::Out]).unwrap();
+    assert!(XdpTapReader::start(&maps, 3, &[TapPoint::In]).is_err(), "no slot 3");
+    let mut r = XdpTapReader::start(&maps, 1, &[TapPoint::In, TapPoint::Out]).unwrap();
     assert_eq!((c.tap_config(0).unwrap(), c.tap_config(1).unwrap()), (0, 0b11));
     let frame = udp(7, b"abcd");
     let out = c.test_run(&frame, 1).unwrap();
@@ -146,7 +146,7 @@ fn a_full_ring_counts_its_losses() {
     let mut p = XdpProgram::load(XdpNf::Fwd).unwrap();
     let maps = p.tap_maps().unwrap();
     let frame = udp(7, &[1; 64]);
-    let mut r = XdpTapReader::start(maps, 0, &[TapPoint::In]).unwrap();
+    let mut r = XdpTapReader::start(&maps, 0, &[TapPoint::In]).unwrap();
     // 2 MiB of ~140-byte records: well under 40,000 fit while nobody
     // reads; the reader's queue then takes 8,192 of those that did.
     const SENT: u64 = 40_000;
@@ -358,8 +358,9 @@ fn measure_tap_cost() {
                 off.push(new.ns(frame, REPEAT));
                 // On, the ring with room: 400 runs (800 samples) at a
                 // time, then the reader empties it.
-                let mut r = XdpTapReader::start(maps, *slot as u32, &[TapPoint::In, TapPoint::Out])
-                    .unwrap();
+                let mut r =
+                    XdpTapReader::start(&maps, *slot as u32, &[TapPoint::In, TapPoint::Out])
+                        .unwrap();
                 let lost0 = new.lost(*slot);
                 let mut t = 0.0;
                 for _ in 0..25 {

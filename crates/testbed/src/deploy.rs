@@ -709,7 +709,7 @@ impl Deployment {
             // and the other way round.
             let gates = vec![(k.ifindex[0], 0), (k.ifindex[1], 1)];
             for (slot, (name, _)) in k.nfs.iter().enumerate() {
-                let t = XdpTarget { maps, slot: slot as u32, gates: gates.clone() };
+                let t = XdpTarget { maps: maps.clone(), slot: slot as u32, gates: gates.clone() };
                 all.push((name.clone(), CaptureTarget::Xdp(t)));
             }
         }

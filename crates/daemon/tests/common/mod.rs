@@ -52,42 +52,171 @@ pub fn write_migrate_key(dir: &Path, key: &str) -> PathBuf {
     path
 }
 
+/// The capabilities braidd needs (docs/daemon.md, "Least privilege"),
+/// as `setpriv` names them, with their bit numbers.
+pub const CAPS: [(&str, u32); 5] =
+    [("net_raw", 13), ("net_admin", 12), ("bpf", 39), ("perfmon", 38), ("ipc_lock", 14)];
+
+/// The uid and gid of an unprivileged test braidd (nobody).
+pub const NOBODY: u32 = 65534;
+
+/// The test files (their test binaries' crate names) whose braidd all run
+/// as root, and why: their `Braidd::start` keeps root without each call
+/// saying so. A single test elsewhere calls [`Braidd::start_as_root`].
+const ROOT_TEST_FILES: [(&str, &str); 2] = [
+    ("migration", "a migration's route switch enters the routers' namespaces: CAP_SYS_ADMIN"),
+    ("scale", "a scale-out or -in switches routes like a migration: CAP_SYS_ADMIN"),
+];
+
+/// Who a test braidd runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Privilege {
+    /// The test's own user and capabilities: root wherever the suite runs
+    /// as root (the tests that need it check that first).
+    Root,
+    /// uid/gid [`NOBODY`], no supplementary groups, and exactly these
+    /// capabilities (`setpriv` names) as its inheritable, ambient and
+    /// bounding sets: nothing else can come back, not even through exec.
+    Unprivileged(Vec<String>),
+}
+
+impl Privilege {
+    /// The five of [`CAPS`]: what braidd needs (docs/daemon.md).
+    pub fn least() -> Privilege {
+        Privilege::only(&CAPS.map(|(c, _)| c))
+    }
+
+    /// This privilege plus capabilities `more` (root has them already).
+    pub fn with(&self, more: &[&str]) -> Privilege {
+        match self {
+            Privilege::Root => Privilege::Root,
+            Privilege::Unprivileged(caps) => Privilege::Unprivileged(
+                caps.iter().cloned().chain(more.iter().map(|c| c.to_string())).collect(),
+            ),
+        }
+    }
+
+    /// Exactly `caps`, as an unprivileged user.
+    pub fn only(caps: &[&str]) -> Privilege {
+        Privilege::Unprivileged(caps.iter().map(|c| c.to_string()).collect())
+    }
+
+    /// What [`Braidd::start`] and [`Braidd::command`] use in this test
+    /// binary: [`Privilege::least`] when the test runs as root, except in
+    /// [`ROOT_TEST_FILES`]; the test's own user otherwise (then braidd is
+    /// unprivileged anyway). Without `setpriv` it falls back to root,
+    /// saying so, or fails with `BRAID_REQUIRE_ROOT=1`.
+    pub fn default_here() -> Privilege {
+        static DEFAULT: std::sync::OnceLock<Privilege> = std::sync::OnceLock::new();
+        DEFAULT
+            .get_or_init(|| {
+                let file = env!("CARGO_CRATE_NAME");
+                if !braid_io::netns::is_root()
+                    || ROOT_TEST_FILES.iter().any(|(root_file, _)| *root_file == file)
+                    || braid_testkit::skip_unless_tool(
+                        "setpriv",
+                        "least-privilege braidd (it runs as root instead)",
+                    )
+                {
+                    Privilege::Root
+                } else {
+                    Privilege::least()
+                }
+            })
+            .clone()
+    }
+
+    /// The uid braidd runs as, when not the test's own.
+    pub fn uid(&self) -> Option<u32> {
+        match self {
+            Privilege::Root => None,
+            Privilege::Unprivileged(_) => Some(NOBODY),
+        }
+    }
+
+    /// Give `path` (braidd's working directory, or a file only braidd may
+    /// read, such as a token or key) to the user braidd runs as.
+    pub fn hand_over(&self, path: &Path) {
+        if let Some(uid) = self.uid() {
+            std::os::unix::fs::chown(path, Some(uid), Some(uid))
+                .unwrap_or_else(|e| panic!("chown {} to {uid}: {e}", path.display()));
+        }
+    }
+
+    /// The command that runs the rest as this user with these
+    /// capabilities (empty for [`Privilege::Root`]).
+    fn wrapper(&self) -> Vec<String> {
+        let Privilege::Unprivileged(caps) = self else { return Vec::new() };
+        let set: String = std::iter::once("-all".to_string())
+            .chain(caps.iter().map(|c| format!("+{c}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        vec![
+            "setpriv".to_string(),
+            format!("--reuid={NOBODY}"),
+            format!("--regid={NOBODY}"),
+            "--clear-groups".to_string(),
+            format!("--inh-caps={set}"),
+            format!("--ambient-caps={set}"),
+            format!("--bounding-set={set}"),
+            "--".to_string(),
+        ]
+    }
+}
+
 /// A running braidd.
 pub struct Braidd {
     child: Option<Child>,
+    /// Its binary, and whether it got the suite's migration key: what a
+    /// restart reuses, with `privilege`.
+    bin: String,
+    test_key: bool,
     pub dir: PathBuf,
     pub socket: PathBuf,
     /// Network namespace it runs in.
     pub netns: Option<String>,
     pub extra: Vec<String>,
+    /// Who it runs as.
+    pub privilege: Privilege,
 }
 
 impl Braidd {
-    /// The command line of a braidd with state and socket under `dir`.
+    /// The command line of a braidd with state and socket under `dir`,
+    /// with this file's [`Privilege::default_here`].
     pub fn command(dir: &Path, netns: Option<&str>, extra: &[&str]) -> Command {
-        Braidd::command_of(BRAIDD, dir, netns, extra)
+        Braidd::command_as(&Privilege::default_here(), BRAIDD, dir, netns, extra)
     }
 
-    /// The command line of braidd binary `bin` (another build, for a
-    /// side-by-side measurement) with state and socket under `dir`.
-    pub fn command_of(bin: &str, dir: &Path, netns: Option<&str>, extra: &[&str]) -> Command {
-        Braidd::command_wrapped(&[], bin, dir, netns, extra)
-    }
-
-    /// [`Braidd::command_of`] run through `wrapper` (a command and its
-    /// arguments that end by running the rest: `setpriv ... --`).
-    pub fn command_wrapped(
-        wrapper: &[&str],
+    /// The command line of braidd binary `bin` run with `privilege` (`ip
+    /// netns exec` first, as root, then `setpriv`), with state and socket
+    /// under `dir`, which is handed over to braidd's user.
+    pub fn command_as(
+        privilege: &Privilege,
         bin: &str,
         dir: &Path,
         netns: Option<&str>,
         extra: &[&str],
     ) -> Command {
+        Braidd::command_keyed(privilege, bin, dir, netns, extra, true)
+    }
+
+    /// [`Braidd::command_as`]; with `test_key`, the suite's migration key
+    /// unless `extra` gives one.
+    fn command_keyed(
+        privilege: &Privilege,
+        bin: &str,
+        dir: &Path,
+        netns: Option<&str>,
+        extra: &[&str],
+        test_key: bool,
+    ) -> Command {
+        privilege.hand_over(dir);
+        let wrapper = privilege.wrapper();
         let mut argv: Vec<&str> = Vec::new();
         if let Some(ns) = netns {
             argv.extend(["ip", "netns", "exec", ns]);
         }
-        argv.extend(wrapper);
+        argv.extend(wrapper.iter().map(String::as_str));
         argv.push(bin);
         let mut c = Command::new(argv[0]);
         c.args(&argv[1..]);
@@ -97,39 +226,76 @@ impl Braidd {
             .arg(dir.join("state"))
             .args(extra);
         // Every test braidd may migrate to every other: the same key,
-        // unless the test gives its own (or runs braidd as another user,
-        // who could not read the key root writes).
-        if wrapper.is_empty() && !extra.contains(&"--migrate-key-file") {
-            c.arg("--migrate-key-file").arg(write_migrate_key(dir, TEST_MIGRATE_KEY));
+        // unless the test gives its own (or wants none).
+        if test_key && !extra.contains(&"--migrate-key-file") {
+            let key = write_migrate_key(dir, TEST_MIGRATE_KEY);
+            privilege.hand_over(&key);
+            c.arg("--migrate-key-file").arg(key);
         }
         c
     }
 
-    /// Start braidd and wait until it answers (10 s at most).
+    /// Start braidd with this file's [`Privilege::default_here`] and wait
+    /// until it answers (10 s at most).
     pub fn start(dir: &Path, netns: Option<&str>, extra: &[&str]) -> Braidd {
-        Braidd::start_bin(BRAIDD, dir, netns, extra)
+        Braidd::start_as(&Privilege::default_here(), BRAIDD, dir, netns, extra)
     }
 
-    /// Start braidd binary `bin` and wait until it answers (10 s at most).
-    pub fn start_bin(bin: &str, dir: &Path, netns: Option<&str>, extra: &[&str]) -> Braidd {
-        Braidd::start_wrapped(&[], bin, dir, netns, extra)
+    /// Start braidd with this file's [`Privilege::default_here`] plus
+    /// capabilities `more` (`setpriv` names): for a test of what
+    /// docs/daemon.md says needs one of them (its caller says why).
+    pub fn start_with_caps(
+        more: &[&str],
+        dir: &Path,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> Braidd {
+        Braidd::start_as(&Privilege::default_here().with(more), BRAIDD, dir, netns, extra)
     }
 
-    /// Start braidd binary `bin` through `wrapper` (see
-    /// [`Braidd::command_wrapped`]) and wait until it answers.
-    pub fn start_wrapped(
-        wrapper: &[&str],
+    /// Start braidd as root: for a test that needs more than braidd should
+    /// have (its caller says why).
+    pub fn start_as_root(dir: &Path, netns: Option<&str>, extra: &[&str]) -> Braidd {
+        Braidd::start_as(&Privilege::Root, BRAIDD, dir, netns, extra)
+    }
+
+    /// Start braidd binary `bin` with `privilege` and wait until it
+    /// answers (10 s at most).
+    pub fn start_as(
+        privilege: &Privilege,
         bin: &str,
         dir: &Path,
         netns: Option<&str>,
         extra: &[&str],
+    ) -> Braidd {
+        Braidd::start_keyed(privilege, bin, dir, netns, extra, true)
+    }
+
+    /// [`Braidd::start_as`] without the suite's migration key: a braidd
+    /// that cannot offer migrations.
+    pub fn start_without_migrate_key(
+        privilege: &Privilege,
+        dir: &Path,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> Braidd {
+        Braidd::start_keyed(privilege, BRAIDD, dir, netns, extra, false)
+    }
+
+    fn start_keyed(
+        privilege: &Privilege,
+        bin: &str,
+        dir: &Path,
+        netns: Option<&str>,
+        extra: &[&str],
+        test_key: bool,
     ) -> Braidd {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("braidd.log"))
             .unwrap();
-        let child = Braidd::command_wrapped(wrapper, bin, dir, netns, extra)
+        let child = Braidd::command_keyed(privilege, bin, dir, netns, extra, test_key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -137,12 +303,23 @@ impl Braidd {
             .expect("start braidd");
         let mut b = Braidd {
             child: Some(child),
+            bin: bin.to_string(),
             dir: dir.to_path_buf(),
             socket: dir.join("braidd.sock"),
             netns: netns.map(str::to_string),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            privilege: privilege.clone(),
+            test_key,
         };
         b.wait_ready();
+        if let Some(uid) = privilege.uid() {
+            let real = proc_status(b.pid(), "Uid:");
+            assert_eq!(
+                real.split_whitespace().next(),
+                Some(uid.to_string().as_str()),
+                "braidd's uid"
+            );
+        }
         b
     }
 
@@ -201,10 +378,18 @@ impl Braidd {
         }
     }
 
-    /// Start a new braidd on the same directory, namespace and options.
+    /// Start a new braidd on the same directory, namespace, options and
+    /// privilege.
     pub fn restart(&mut self) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let next = Braidd::start(&self.dir, self.netns.as_deref(), &extra);
+        let next = Braidd::start_keyed(
+            &self.privilege,
+            &self.bin,
+            &self.dir,
+            self.netns.as_deref(),
+            &extra,
+            self.test_key,
+        );
         *self = next;
     }
 
@@ -222,6 +407,15 @@ impl Drop for Braidd {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Field `name` of `/proc/PID/status`.
+pub fn proc_status(pid: u32, name: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
 }
 
 /// A client and a server namespace with braidd's namespace between them:
