@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use braid_daemon::client::{metric_value, Client, ClientError};
 use braid_io::netns;
 use common::{
-    drain, ms, percentile, proc_status, send_within, time_to_first_packet, Braidd, Privilege,
-    TempDir, CAPS,
+    drain, ms, percentile, proc_status, reaches, send_within, time_to_first_packet, Braidd,
+    Privilege, TempDir, CAPS,
 };
 use serde_json::json;
 
@@ -775,17 +775,6 @@ fn a_real_prometheus_scrapes_braidd_and_answers_with_a_braid_metric() {
     let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
     let value = value.unwrap_or_else(|| panic!("no answer from Prometheus: {last}\n{log}"));
     assert_eq!(value as u64, want, "{last}");
-}
-
-/// Whether a datagram from `from` reaches `to` (10 tries, 30 ms apart).
-fn reaches(from: &UdpSocket, to: &UdpSocket) -> bool {
-    let dest = to.local_addr().unwrap();
-    to.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
-    let mut buf = [0u8; 2048];
-    (0..10).any(|_| {
-        from.send_to(b"reply", dest).unwrap();
-        to.recv(&mut buf).is_ok()
-    })
 }
 
 #[test]

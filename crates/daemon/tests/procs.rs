@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use braid_daemon::client::{metric_value, Client, ClientError};
 use braid_io::netns;
-use common::{drain, send_within, time_to_first_packet, Braidd, TempDir};
+use common::{drain, reaches, send_within, time_to_first_packet, Braidd, TempDir};
 use serde_json::{json, Value};
 
 const CLIENT: &str = "10.79.0.1";
@@ -304,17 +304,6 @@ fn a_processes_chain_forwards_counts_restarts_its_nfs_and_leaves_nothing_behind(
     c.remove("pc").unwrap();
     assert_nothing_left(dir.path(), "pc", &last);
     assert!(d.terminate().success(), "{}", d.log());
-}
-
-/// Whether a datagram from `from` reaches `to` (10 tries, 30 ms apart).
-fn reaches(from: &UdpSocket, to: &UdpSocket) -> bool {
-    let dest = to.local_addr().unwrap();
-    to.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
-    let mut buf = [0u8; 2048];
-    (0..10).any(|_| {
-        from.send_to(b"reply", dest).unwrap();
-        to.recv(&mut buf).is_ok()
-    })
 }
 
 /// The nice values of process `pid`'s threads.

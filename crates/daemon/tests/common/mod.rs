@@ -578,6 +578,17 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Whether a datagram from `from` reaches `to` (10 tries, 30 ms apart).
+pub fn reaches(from: &std::net::UdpSocket, to: &std::net::UdpSocket) -> bool {
+    let dest = to.local_addr().unwrap();
+    to.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+    let mut buf = [0u8; 2048];
+    (0..10).any(|_| {
+        from.send_to(b"reply", dest).unwrap();
+        to.recv(&mut buf).is_ok()
+    })
+}
+
 /// Everything waiting on `rx` now, for up to `window`.
 pub fn drain(rx: &std::net::UdpSocket, window: Duration) -> u64 {
     let mut buf = [0u8; 2048];
