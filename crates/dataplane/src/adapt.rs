@@ -40,7 +40,12 @@
 //!   it to SCHED_FIFO at that priority: woken, it runs at once. Never while
 //!   it busy-polls (it would starve its CPU), and back to its own policy
 //!   when it stops sleeping (fewer than `rt_leave_wakeups_per_packet` idle
-//!   waits per packet: saturated, it would hold the CPU at real time);
+//!   waits per packet: saturated, it would hold the CPU at real time) or
+//!   when its thread is on a CPU more than `rt_leave_busy` of the period
+//!   (busy: at real time it is woken for nearly every packet and keeps the
+//!   CPU from the kernel's packet processing; an AF_XDP forwarder raised
+//!   so forwarded a third of what it did at its own policy), raised again
+//!   only under half that share;
 //! - at most one change every `hold` periods (rate limit), and nothing in
 //!   a period with fewer than `min_packets` packets except the way back to
 //!   `poll` (an idle worker must not spin).
@@ -81,6 +86,13 @@ pub struct AdaptConfig {
     /// own policy (it no longer sleeps: saturated).
     #[serde(default = "default_rt_leave")]
     pub rt_leave_wakeups_per_packet: f64,
+    /// Share of the period (0..1) a raised worker's thread may spend on a
+    /// CPU: above it, back to its own policy (it is busy: its packets wait
+    /// in queues, not for its wake-up, and at real time, woken for every
+    /// packet, it keeps the CPU from the kernel's packet processing and
+    /// the other threads); raised again only below half of it.
+    #[serde(default = "default_rt_leave_busy")]
+    pub rt_leave_busy: f64,
     /// Print every change to standard error as it is made (a process
     /// running one worker: `braid nf-proc --adapt`).
     #[serde(default)]
@@ -101,6 +113,7 @@ impl Default for AdaptConfig {
             min_packets: 64,
             rt_priority: None,
             rt_leave_wakeups_per_packet: default_rt_leave(),
+            rt_leave_busy: default_rt_leave_busy(),
             log: false,
         }
     }
@@ -108,6 +121,10 @@ impl Default for AdaptConfig {
 
 fn default_rt_leave() -> f64 {
     0.01
+}
+
+fn default_rt_leave_busy() -> f64 {
+    0.5
 }
 
 /// A bad adaptive configuration.
@@ -121,6 +138,8 @@ pub enum AdaptError {
     GrowFull(f64),
     #[error("adaptive rt_priority {0} is outside 1..=99")]
     RtPriority(i32),
+    #[error("adaptive rt_leave_busy {0} is outside (0, 1]")]
+    RtLeaveBusy(f64),
 }
 
 impl AdaptConfig {
@@ -142,6 +161,9 @@ impl AdaptConfig {
         if let Some(p) = self.rt_priority.filter(|p| !(1..=99).contains(p)) {
             return Err(AdaptError::RtPriority(p));
         }
+        if !(self.rt_leave_busy > 0.0 && self.rt_leave_busy <= 1.0) {
+            return Err(AdaptError::RtLeaveBusy(self.rt_leave_busy));
+        }
         Ok(())
     }
 }
@@ -158,6 +180,8 @@ pub struct Sample {
     /// Idle waits (poll or sleep).
     pub sleeps: u64,
     pub elapsed_ns: u64,
+    /// The worker thread's on-CPU time in the period (None: not known).
+    pub cpu_ns: Option<u64>,
 }
 
 /// One change the controller made, and why.
@@ -247,10 +271,18 @@ impl Adapter {
             ));
         }
         let wakeups = s.sleeps as f64 / s.packets.max(1) as f64;
+        let busy = s.cpu_ns.map(|c| c as f64 / s.elapsed_ns.max(1) as f64);
         // Saturated at real time: leave it whatever the hold says.
         if self.rt && (self.idle == Idle::Busy || wakeups < self.cfg.rt_leave_wakeups_per_packet) {
             let why = format!(
                 "{wakeups:.3} idle waits per packet ({rate:.0} pps): no longer sleeping between packets"
+            );
+            return Some(self.change_rt(false, why));
+        }
+        if let Some(b) = busy.filter(|b| self.rt && *b > self.cfg.rt_leave_busy) {
+            let why = format!(
+                "on a CPU {:.0}% of the time ({rate:.0} pps, {wakeups:.2} idle waits per packet): busy, not waiting for its wake-ups",
+                b * 100.0
             );
             return Some(self.change_rt(false, why));
         }
@@ -262,6 +294,7 @@ impl Adapter {
                 && !self.rt_refused
                 && self.idle != Idle::Busy
                 && wakeups > self.cfg.busy_wakeups_per_packet
+                && busy.is_none_or(|b| b < self.cfg.rt_leave_busy / 2.0)
             {
                 let why = format!(
                     "{wakeups:.2} idle waits per packet ({rate:.0} pps): a wake-up per packet, run it at once (fifo:{p})"
@@ -358,6 +391,7 @@ mod tests {
             turns: bursts * per_burst + sleeps,
             sleeps,
             elapsed_ns: period_ns,
+            cpu_ns: None,
         }
     }
 
@@ -458,6 +492,36 @@ mod tests {
     }
 
     #[test]
+    fn a_raised_worker_that_gets_busy_goes_back_and_comes_up_only_when_idle_again() {
+        let cfg = AdaptConfig { rt_priority: Some(10), hold: 1, ..AdaptConfig::default() };
+        let mut a = Adapter::new(cfg, 32, Idle::Poll).unwrap();
+        let at = |a: &Adapter, busy: f64| Sample {
+            cpu_ns: Some((busy * 100_000_000.0) as u64),
+            ..steady(50_000, 1, a.batch(), a.idle())
+        };
+        // A wake-up per packet at a low share: raised.
+        let c = a.observe(&at(&a, 0.1)).unwrap();
+        assert_eq!(c.to, "fifo:10");
+        // Still a wake-up per packet (at real time it is woken at once),
+        // but on a CPU 70 % of the time: lowered, saying why.
+        let c = a.observe(&at(&a, 0.7)).unwrap();
+        assert_eq!((c.what.as_str(), c.to.as_str()), ("policy", "own"), "{c}");
+        assert!(c.why.contains("70%"), "{c}");
+        // Between a quarter and a half: left as it is (hysteresis), for
+        // as long as it stays there.
+        for _ in 0..20 {
+            let c = a.observe(&at(&a, 0.4));
+            assert!(c.as_ref().is_none_or(|c| c.what != "policy"), "{c:?}");
+        }
+        // Under a quarter again: raised again.
+        let c = (0..5).find_map(|_| a.observe(&at(&a, 0.1)).filter(|c| c.what == "policy"));
+        assert_eq!(c.map(|c| c.to), Some("fifo:10".into()));
+        // A steady load at 40 % never flips it.
+        let log: Vec<_> = (0..50).filter_map(|_| a.observe(&at(&a, 0.4))).collect();
+        assert!(log.iter().all(|c| c.what != "policy"), "{log:#?}");
+    }
+
+    #[test]
     fn bad_bounds_are_refused() {
         let bad = |c: AdaptConfig| Adapter::new(c, 1, Idle::Poll).unwrap_err().to_string();
         let d = AdaptConfig::default;
@@ -466,5 +530,6 @@ mod tests {
         assert!(bad(AdaptConfig { max_batch: 5000, ..d() }).contains("1..=1024"));
         assert!(bad(AdaptConfig { period: Duration::from_millis(1), ..d() }).contains("period"));
         assert!(bad(AdaptConfig { grow_full: 0.0, ..d() }).contains("grow_full"));
+        assert!(bad(AdaptConfig { rt_leave_busy: 1.5, ..d() }).contains("rt_leave_busy"));
     }
 }

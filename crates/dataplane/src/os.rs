@@ -192,6 +192,15 @@ pub fn thread_cpu_ns(tid: u32) -> Option<u64> {
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// On-CPU time (ns) of the calling thread (`CLOCK_THREAD_CPUTIME_ID`):
+/// one `clock_gettime`, for a worker measuring its own busy share.
+pub fn current_thread_cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a live local.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 /// User and system time of the calling thread, in nanoseconds.
 #[allow(unsafe_code)]
 fn rusage_thread() -> Option<(u64, u64)> {

@@ -273,6 +273,8 @@ pub struct Worker<'a> {
 #[derive(Default)]
 struct PeriodCounters {
     start: Option<Instant>,
+    /// The worker thread's CPU time when the period started.
+    cpu_ns: Option<u64>,
     packets: u64,
     receives: u64,
     full: u64,
@@ -630,10 +632,14 @@ impl<'a> Worker<'a> {
     /// counted and apply what it decides.
     fn adapt(&mut self, now: Instant) {
         let Some(a) = &mut self.adapter else { return };
+        if self.period.start.is_none() {
+            self.period.cpu_ns = crate::os::current_thread_cpu_ns();
+        }
         let start = *self.period.start.get_or_insert(now);
         if now.duration_since(start) < a.config().period {
             return;
         }
+        let cpu_now = crate::os::current_thread_cpu_ns();
         let l = &self.looped;
         let p = &self.period;
         let sample = Sample {
@@ -643,6 +649,7 @@ impl<'a> Worker<'a> {
             turns: l.turns - p.turns,
             sleeps: l.sleeps - p.sleeps,
             elapsed_ns: now.duration_since(start).as_nanos() as u64,
+            cpu_ns: cpu_now.zip(p.cpu_ns).map(|(now, then)| now.saturating_sub(then)),
         };
         if let Some(change) = a.observe(&sample) {
             if a.config().log {
@@ -653,6 +660,7 @@ impl<'a> Worker<'a> {
         }
         self.period = PeriodCounters {
             start: Some(now),
+            cpu_ns: cpu_now,
             turns: self.looped.turns,
             sleeps: self.looped.sleeps,
             ..PeriodCounters::default()
