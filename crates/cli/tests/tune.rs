@@ -55,6 +55,43 @@ fn an_unknown_candidate_is_refused_naming_the_known_ones() {
     assert!(e.contains("unknown candidate `turbo`") && e.contains("poll-fifo"), "{e}");
 }
 
+/// `--nf-log DIR` keeps each NF process's standard error, one file per NF
+/// and point: the adaptive mode's changes and their reasons are there. A
+/// directory that does not exist is refused before anything runs.
+#[test]
+fn the_nf_processes_logs_are_kept_with_nf_log() {
+    let dir = std::env::temp_dir().join(format!("braid-tune-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = braid()
+        .args(["tune", &chain4(), "--candidates", "adaptive", "--reps", "1", "--nf-log"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("--nf-log") && e.contains("not a directory"), "{e}");
+
+    std::fs::create_dir(&dir).unwrap();
+    let out = braid()
+        .args(["tune", &chain4(), "--candidates", "adaptive", "--reps", "1"])
+        .args(["--packets", "300", "--warmup", "6000", "--rate", "20000", "--nf-log"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let yaml = std::fs::read_to_string(chain4()).unwrap();
+    let d = braid_runtime::ChainDescriptor::from_yaml(&yaml).unwrap();
+    for nf in &d.nfs {
+        let file = dir.join(braid_runtime::tune::nf_log_file("adaptive", 4, 0, &nf.name));
+        let log =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        // At 20 kpps every NF sleeps between packets: raised at once.
+        assert!(log.contains("adapt: period") && log.contains("fifo:10"), "{}: {log}", nf.name);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The batch sweep (SCC Fig. 8) on both port kinds: every point measured
 /// without loss at a low rate, and no namespace or veth left behind.
 #[test]

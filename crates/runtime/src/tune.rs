@@ -251,7 +251,10 @@ fn measurement_thread(nf_cpu: usize, prio: i32) {
 }
 
 /// Measure `cand` on chain `d` (see the module documentation). `exe` is
-/// the `braid` binary (run as `braid nf-proc`).
+/// the `braid` binary (run as `braid nf-proc`). With `nf_log`, each NF
+/// process's standard error (the adaptive mode's changes and why) goes to
+/// [`nf_log_file`] in that directory instead of nowhere.
+#[allow(clippy::too_many_arguments)]
 pub fn measure(
     exe: &Path,
     d: &ChainDescriptor,
@@ -260,6 +263,7 @@ pub fn measure(
     load: &Load,
     rep: u32,
     stop: Option<&AtomicBool>,
+    nf_log: Option<&Path>,
 ) -> Result<Measurement, TuneError> {
     load.check()?;
     let d = candidate_chain(d, cand, cpu);
@@ -271,6 +275,14 @@ pub fn measure(
     for (name, args) in &cmds {
         let mut c = Command::new(exe);
         c.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(dir) = nf_log {
+            let path = dir.join(nf_log_file(&cand.name, nfs, rep, name));
+            let log = std::fs::File::create(&path).map_err(|source| TuneError::Io {
+                what: format!("create {}", path.display()),
+                source,
+            })?;
+            c.stderr(log);
+        }
         die_with_this_process(&mut c);
         children.0.push(c.spawn().map_err(|source| TuneError::Io {
             what: format!("start `{} nf-proc` for NF `{name}`", exe.display()),
@@ -382,6 +394,13 @@ pub fn measure(
     })
 }
 
+/// The file (in `--nf-log`'s directory) of NF `nf`'s standard error in
+/// repetition `rep` of candidate `candidate` on a chain of `nfs` NFs.
+pub fn nf_log_file(candidate: &str, nfs: usize, rep: u32, nf: &str) -> String {
+    use crate::supervisor::file_name_part as part;
+    format!("{}-{nfs}nf-rep{rep}-{}.log", part(candidate), part(nf))
+}
+
 /// What [`run_experiment`] measures.
 #[derive(Clone, Debug)]
 pub struct Experiment {
@@ -393,6 +412,8 @@ pub struct Experiment {
     pub cpu: usize,
     pub load: Load,
     pub reps: u32,
+    /// Keep each NF process's standard error here ([`nf_log_file`]).
+    pub nf_log: Option<PathBuf>,
 }
 
 /// Measure every candidate on every chain, `reps` times, interleaved;
@@ -421,7 +442,7 @@ pub fn run_experiment(
         };
         for i in order {
             let (d, c) = points[i];
-            let r = measure(&e.exe, d, c, e.cpu, &e.load, rep, stop);
+            let r = measure(&e.exe, d, c, e.cpu, &e.load, rep, stop, e.nf_log.as_deref());
             if matches!(r, Err(TuneError::Interrupted)) {
                 return Err(TuneError::Interrupted);
             }

@@ -67,6 +67,11 @@ pub struct Args {
     /// Every measurement as JSON lines instead of the tables.
     #[arg(long)]
     pub json: bool,
+    /// Keep each NF process's standard error (the adaptive mode's changes
+    /// and why) in this directory, one file per NF and point
+    /// (`CANDIDATE-Nnf-repR-NF.log`), instead of discarding it.
+    #[arg(long, value_name = "DIR", conflicts_with = "scc_batch")]
+    pub nf_log: Option<PathBuf>,
 }
 
 /// The router of examples/chain4.yaml, its next hop itself, so that any
@@ -202,6 +207,9 @@ fn run_batch_sweep(a: &Args, kinds: &[String], cpu: usize) -> Result<()> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(dir) = a.nf_log.as_ref().filter(|d| !d.is_dir()) {
+        bail!("--nf-log {}: not a directory", dir.display());
+    }
     if a.candidates.iter().any(|c| c == "list") {
         for (n, what) in CANDIDATES {
             println!("{n:<12} {what}");
@@ -235,6 +243,7 @@ pub fn run(a: Args) -> Result<()> {
             frame_size: a.frame_size,
         },
         reps: a.reps,
+        nf_log: a.nf_log.clone(),
     };
     let stop = braid_probe::signal::stop_flag_on_signals()
         .context("install the SIGINT/SIGTERM handler")?;
