@@ -291,13 +291,6 @@ impl UserSpace<'_> {
         }
     }
 
-    pub fn descriptor(&self) -> ChainDescriptor {
-        match self {
-            UserSpace::Threads(l) => l.descriptor(),
-            UserSpace::Processes(p) => p.descriptor(),
-        }
-    }
-
     pub fn quiesce(&self) -> Result<braid_runtime::live::Quiesced, LiveError> {
         match self {
             UserSpace::Threads(l) => l.quiesce(),
@@ -711,7 +704,7 @@ impl Daemon {
             braid_runtime::live::LiveError::Control { .. } => OpError::Control(e),
             e => OpError::Sched(e),
         })?;
-        self.store.put(&live.descriptor())?;
+        self.store.put(&entry.descriptor())?;
         Ok((entry, settings))
     }
 

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use braid_daemon::client::{metric_value, Client, ClientError};
 use braid_io::netns;
 use common::{
-    drain, ms, percentile, proc_status, reaches, send_within, time_to_first_packet, Braidd,
-    Privilege, TempDir, CAPS,
+    drain, ms, percentile, proc_status, reaches, send_within, time_to_first_packet,
+    two_checkpoints, Braidd, Privilege, TempDir, CAPS,
 };
 use serde_json::json;
 
@@ -806,12 +806,7 @@ fn a_checkpointed_firewall_connection_survives_kill_9() {
     assert!(!reaches(&stranger, &tx), "a flow the server starts is dropped");
 
     // Two checkpoint rounds after the connection exists, then SIGKILL.
-    let n0 = c.status().unwrap()["checkpoints"].as_u64().unwrap();
-    let t = Instant::now();
-    while c.status().unwrap()["checkpoints"].as_u64().unwrap() < n0 + 2 {
-        assert!(t.elapsed() < Duration::from_secs(5), "no checkpoint rounds");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    two_checkpoints(&c, Duration::from_secs(5));
     d.kill9();
     d.restart();
     let v = d.client().chain("ck").unwrap();

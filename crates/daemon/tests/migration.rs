@@ -27,6 +27,9 @@
 //! two vCPUs, with compilers running beside, starved the state stream (3
 //! of 3 runs of the file had a test time out waiting for it; one at a
 //! time, 2 of 2 passed).
+//!
+//! Its braidd run as root (`Braidd::start_as_root`): a migration switches
+//! routes in the routers' namespaces, which needs CAP_SYS_ADMIN.
 
 mod common;
 mod netlab;
@@ -481,9 +484,10 @@ struct Pair {
 
 fn braidd_pair(net: &Net, tag: &str) -> Pair {
     let (da, db) = (TempDir::new(&format!("{tag}-a")), TempDir::new(&format!("{tag}-b")));
-    let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
+    let a =
+        Braidd::start_as_root(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
     let listen = format!("{MB}:9480");
-    let b = Braidd::start(
+    let b = Braidd::start_as_root(
         db.path(),
         Some(net.hb.name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &listen],
@@ -818,11 +822,12 @@ fn an_offer_that_does_not_authenticate_changes_nothing_at_the_destination() {
     let _serial = braid_testkit::one_at_a_time();
     let net = net();
     let (da, db) = (TempDir::new("mauth-a"), TempDir::new("mauth-b"));
-    let a = Braidd::start(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
+    let a =
+        Braidd::start_as_root(da.path(), Some(net.ha.name()), &["--checkpoint-interval-ms", "0"]);
     // B shares no key with A.
     let other = common::write_migrate_key(db.path(), &"5a".repeat(32));
     let listen = format!("{MB}:9480");
-    let b = Braidd::start(
+    let b = Braidd::start_as_root(
         db.path(),
         Some(net.hb.name()),
         &[
@@ -972,12 +977,12 @@ fn measure_modes_between_two_braidd() {
     let net = net();
     let (da, db) = (TempDir::new("migm-a"), TempDir::new("migm-b"));
     let (la, lb) = (format!("{MA}:9480"), format!("{MB}:9480"));
-    let a = Braidd::start(
+    let a = Braidd::start_as_root(
         da.path(),
         Some(net.ha.name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &la],
     );
-    let b = Braidd::start(
+    let b = Braidd::start_as_root(
         db.path(),
         Some(net.hb.name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &lb],

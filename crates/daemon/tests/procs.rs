@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use braid_daemon::client::{metric_value, Client, ClientError};
 use braid_io::netns;
-use common::{drain, reaches, send_within, time_to_first_packet, Braidd, TempDir};
+use common::{drain, reaches, send_within, time_to_first_packet, two_checkpoints, Braidd, TempDir};
 use serde_json::{json, Value};
 
 const CLIENT: &str = "10.79.0.1";
@@ -316,16 +316,6 @@ fn thread_nices(pid: u32) -> Vec<i64> {
         .collect()
 }
 
-/// Wait for two checkpoint rounds of braidd from now.
-fn two_checkpoints(c: &Client) {
-    let n0 = c.status().unwrap()["checkpoints"].as_u64().unwrap();
-    let t = Instant::now();
-    while c.status().unwrap()["checkpoints"].as_u64().unwrap() < n0 + 2 {
-        assert!(t.elapsed() < Duration::from_secs(10), "no checkpoint rounds");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn live_changes_and_checkpoints_reach_nf_processes_and_a_restarted_one_keeps_them() {
     if braid_testkit::skip_unless(netns::is_root(), "braidd processes", "needs root") {
@@ -413,7 +403,7 @@ fn live_changes_and_checkpoints_reach_nf_processes_and_a_restarted_one_keeps_the
     // SIGKILL of the firewall's process after two checkpoints: the
     // restarted one has the connection (the last checkpoint), the new rule
     // and the nice value, not what it was started with.
-    two_checkpoints(&c);
+    two_checkpoints(&c, Duration::from_secs(10));
     kill9(pid);
     assert!(
         eventually(Duration::from_secs(5), || {
@@ -429,7 +419,7 @@ fn live_changes_and_checkpoints_reach_nf_processes_and_a_restarted_one_keeps_the
     assert!(thread_nices(pid).contains(&7), "{:?}", thread_nices(pid));
 
     // SIGKILL of braidd: the chain comes back as changed, with its state.
-    two_checkpoints(&c);
+    two_checkpoints(&c, Duration::from_secs(10));
     d.kill9();
     d.restart();
     let v = d.client().chain("pk").unwrap();

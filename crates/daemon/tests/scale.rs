@@ -30,6 +30,10 @@
 //!
 //! Requests that cannot be done are refused before anything changes
 //! (`bad_requests_are_refused_and_the_chain_keeps_serving`).
+//!
+//! Its braidd run as root (`Braidd::start_as_root`): a scale-out or -in,
+//! like a migration, switches routes in the routers' namespaces, which
+//! needs CAP_SYS_ADMIN.
 
 mod common;
 mod netlab;
@@ -453,14 +457,14 @@ fn scale_out_moves_half_the_buckets_to_b_and_scale_in_merges_them_back_without_a
     let net = net(false);
     let (ds, da, db) = (TempDir::new("scale-s"), TempDir::new("scale-a"), TempDir::new("scale-b"));
     let quiet = ["--checkpoint-interval-ms", "0"];
-    let s = Braidd::start(ds.path(), Some(net.st.name()), &quiet);
+    let s = Braidd::start_as_root(ds.path(), Some(net.st.name()), &quiet);
     let (la, lb) = (format!("{MA}:9480"), format!("{MB}:9480"));
-    let a = Braidd::start(
+    let a = Braidd::start_as_root(
         da.path(),
         Some(net.ha().name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &la],
     );
-    let b = Braidd::start(
+    let b = Braidd::start_as_root(
         db.path(),
         Some(net.hb.name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &lb],
@@ -599,12 +603,12 @@ fn steering_nfs_on_the_instances_own_braidd_are_steered_in_process() {
     let net = net(true);
     let (da, db) = (TempDir::new("scaleown-a"), TempDir::new("scaleown-b"));
     let (la, lb) = (format!("{MA}:9480"), format!("{MB}:9480"));
-    let a = Braidd::start(
+    let a = Braidd::start_as_root(
         da.path(),
         Some(net.ha().name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &la],
     );
-    let b = Braidd::start(
+    let b = Braidd::start_as_root(
         db.path(),
         Some(net.hb.name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &lb],
@@ -695,8 +699,8 @@ fn bad_requests_are_refused_and_the_chain_keeps_serving() {
     let net = net(false);
     let (ds, da) = (TempDir::new("scalebad-s"), TempDir::new("scalebad-a"));
     let quiet = ["--checkpoint-interval-ms", "0"];
-    let s = Braidd::start(ds.path(), Some(net.st.name()), &quiet);
-    let a = Braidd::start(da.path(), Some(net.ha().name()), &quiet);
+    let s = Braidd::start_as_root(ds.path(), Some(net.st.name()), &quiet);
+    let a = Braidd::start_as_root(da.path(), Some(net.ha().name()), &quiet);
     let (cs, ca) = (s.client(), a.client());
     cs.deploy(&steer_chain("su", &net.sut, &net.sua, &net.sub)).unwrap();
     cs.deploy(&steer_chain("sd", &net.sdt, &net.sda, &net.sdb)).unwrap();
@@ -924,14 +928,15 @@ fn measure_scale_out_against_a_full_migration() {
     let net = net(false);
     let (ds, da, db) =
         (TempDir::new("scalem-s"), TempDir::new("scalem-a"), TempDir::new("scalem-b"));
-    let s = Braidd::start(ds.path(), Some(net.st.name()), &["--checkpoint-interval-ms", "0"]);
+    let s =
+        Braidd::start_as_root(ds.path(), Some(net.st.name()), &["--checkpoint-interval-ms", "0"]);
     let (la, lb) = (format!("{MA}:9480"), format!("{MB}:9480"));
-    let a = Braidd::start(
+    let a = Braidd::start_as_root(
         da.path(),
         Some(net.ha().name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &la],
     );
-    let b = Braidd::start(
+    let b = Braidd::start_as_root(
         db.path(),
         Some(net.hb.name()),
         &["--checkpoint-interval-ms", "0", "--migrate-listen", &lb],

@@ -297,6 +297,22 @@ pub fn unit_settings(
         .collect()
 }
 
+/// Worker `k`'s settings among `own` (every worker of one chain, as
+/// [`crate::live::worker_settings`] or the processes mapping resolves
+/// them after a live `sched` change), refused if together with `others`
+/// (the host's other workers) they could starve the machine.
+pub fn live_change(
+    own: Vec<WorkerSettings>,
+    k: usize,
+    others: &[WorkerSettings],
+) -> Result<WorkerSettings, CoordError> {
+    let settings = own[k].clone();
+    let mut all = others.to_vec();
+    all.extend(own);
+    check_starvation(&all, &online_cpus())?;
+    Ok(settings)
+}
+
 /// Refuse workers that poll busily at a real-time priority and could hold
 /// every CPU of `online` at once (a matching of such workers to distinct
 /// CPUs they may use covers every CPU).

@@ -772,17 +772,8 @@ impl LiveChain {
         d.nfs[index].sched = sched.filter(|s| !s.is_empty());
         let sched_err = |source| LiveError::Sched { chain: self.name.clone(), source };
         let all_own = worker_settings(&d, &self.start_opts).map_err(sched_err)?;
-        let settings = all_own[k].clone();
-        let mut all = others.to_vec();
-        all.extend(all_own);
-        crate::coordinator::check_starvation(&all, &crate::coordinator::online_cpus())
-            .map_err(sched_err)?;
-        let change = braid_dataplane::SchedChange {
-            sched: Some(settings.sched.clone()),
-            batch_size: Some(settings.batch_size.clamp(1, MAX_BATCH_SIZE)),
-            idle: Some(settings.idle),
-            adapt: Some(settings.adapt_config()),
-        };
+        let settings = crate::coordinator::live_change(all_own, k, others).map_err(sched_err)?;
+        let change = crate::nf_control::SchedSettings::of(&settings).change();
         let control = |source| LiveError::Control { chain: self.name.clone(), source };
         unit.handle.set_sched(change).map_err(control)?;
         lock(&self.descriptor).nfs[index].sched = d.nfs[index].sched.clone();

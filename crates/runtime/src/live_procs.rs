@@ -105,10 +105,9 @@ pub struct LiveProcesses {
     /// its carry file after each change). One lock for all: changes to a
     /// chain are rare and each is written before the next.
     carry: Mutex<Vec<Carry>>,
-    /// How long an NF process may take to answer a control request.
-    control_timeout: Duration,
-    /// The edge's idle policy (the processes' follows from it).
-    idle: braid_dataplane::Idle,
+    /// How it was started: the edge's idle policy (the processes' follows
+    /// from it), how long an NF process may take to answer a request.
+    start_opts: StartOptions,
     edge: WorkerHandle,
     stop_edge: Arc<AtomicBool>,
     shared: Arc<Mutex<Supervision>>,
@@ -260,8 +259,7 @@ impl LiveProcesses {
             name: d.name.clone(),
             descriptor: Mutex::new(d.clone()),
             carry: Mutex::new(vec![Carry::default(); d.nfs.len()]),
-            control_timeout: opts.control_timeout,
-            idle: opts.idle,
+            start_opts: opts.clone(),
             edge: handle,
             stop_edge,
             shared,
@@ -304,7 +302,7 @@ impl LiveProcesses {
         let nf = lock(&self.descriptor).nfs[index].name.clone();
         let refused = |why: String| LiveError::NfProcess { chain: self.name.clone(), nf, why };
         let socket = crate::nf_control::control_socket(&self.dir, index);
-        match crate::nf_control::request(&socket, req, self.control_timeout) {
+        match crate::nf_control::request(&socket, req, self.start_opts.control_timeout) {
             Ok(Reply::Refused(why)) => Err(refused(why)),
             Ok(r) => Ok(r),
             Err(e) => Err(refused(format!(
@@ -319,7 +317,7 @@ impl LiveProcesses {
     /// Each copy is one request on the NF's control socket, answered from
     /// the worker's lock-free cells (the worker is not asked anything).
     pub fn nf_workers(&self) -> Vec<(String, Arc<TelemetryCopy>)> {
-        let timeout = self.control_timeout;
+        let timeout = self.start_opts.control_timeout;
         self.descriptor()
             .nfs
             .into_iter()
@@ -353,7 +351,7 @@ impl LiveProcesses {
     /// [`crate::live::QUIESCE_ROUNDS`]).
     pub fn quiesce(&self) -> Result<crate::live::Quiesced, LiveError> {
         let control = |source| LiveError::Control { chain: self.name.clone(), source };
-        let timeout = self.control_timeout;
+        let timeout = self.start_opts.control_timeout;
         let drain_edge = || match self.edge.request(braid_dataplane::Command::Drain, timeout) {
             Ok(braid_dataplane::Reply::Drained { packets }) => Ok(packets),
             Ok(_) => Err(control(braid_dataplane::ControlError::Unexpected("Drain".into()))),
@@ -424,13 +422,13 @@ impl LiveProcesses {
     ) -> Result<CaptureStart, LiveError> {
         let index = self.index_of(&req.nf)?;
         let socket = crate::nf_control::control_socket(&self.dir, index);
-        crate::nf_control::start_capture(&socket, req, self.control_timeout).map_err(|e| {
-            LiveError::NfProcess {
+        crate::nf_control::start_capture(&socket, req, self.start_opts.control_timeout).map_err(
+            |e| LiveError::NfProcess {
                 chain: self.name.clone(),
                 nf: req.nf.clone(),
                 why: format!("no answer (is it running?): {e}"),
-            }
-        })
+            },
+        )
     }
 
     /// Change what NF `index`'s restarted process starts from, and write
@@ -474,20 +472,11 @@ impl LiveProcesses {
         let mut d = self.descriptor();
         d.nfs[index].sched = sched.filter(|s| !s.is_empty());
         let sched_err = |source| LiveError::Sched { chain: self.name.clone(), source };
-        let all_own = worker_settings(&d, &StartOptions { idle: self.idle, ..Default::default() })
-            .map_err(sched_err)?;
+        let all_own = worker_settings(&d, &self.start_opts).map_err(sched_err)?;
         // The edge first, then each NF process.
-        let settings = all_own[index + 1].clone();
-        let mut all = others.to_vec();
-        all.extend(all_own);
-        crate::coordinator::check_starvation(&all, &crate::coordinator::online_cpus())
-            .map_err(sched_err)?;
-        let wanted = SchedSettings {
-            sched: settings.sched.clone(),
-            batch_size: settings.batch_size.clamp(1, braid_dataplane::worker::MAX_BATCH),
-            idle: settings.idle,
-            adapt: settings.adapt_config(),
-        };
+        let settings =
+            crate::coordinator::live_change(all_own, index + 1, others).map_err(sched_err)?;
+        let wanted = SchedSettings::of(&settings);
         self.ask(index, &Request::SetSched(wanted.clone()))?;
         lock(&self.descriptor).nfs[index].sched = d.nfs[index].sched.clone();
         self.carry(index, |c| c.sched = Some(wanted))?;

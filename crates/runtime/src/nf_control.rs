@@ -41,8 +41,8 @@ const MAX_HEAD: u32 = 1 << 20;
 const MAX_STATE: u64 = 1 << 30;
 /// How long a connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the serving thread looks at its stop flag between clients.
-const ACCEPT_POLL: Duration = Duration::from_millis(50);
+/// How long the serving thread waits after a failed `accept`.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// The control socket of NF `index` in socket directory `dir`.
 pub fn control_socket(dir: &Path, index: usize) -> PathBuf {
@@ -66,6 +66,17 @@ pub struct SchedSettings {
 }
 
 impl SchedSettings {
+    /// What a running worker needs to take `s` (its batch within the
+    /// worker's bounds, its adaptive mode's bounds).
+    pub fn of(s: &crate::coordinator::WorkerSettings) -> SchedSettings {
+        SchedSettings {
+            sched: s.sched.clone(),
+            batch_size: s.batch_size.clamp(1, crate::descriptor::MAX_BATCH_SIZE),
+            idle: s.idle,
+            adapt: s.adapt_config(),
+        }
+    }
+
     /// The worker's change: every setting given (adaptive mode off
     /// included), so nothing of the previous scheduling stays by accident.
     pub fn change(&self) -> SchedChange {
@@ -392,17 +403,54 @@ fn capture(mut s: UnixStream, handle: WorkerHandle, req: CaptureRequest) {
     }
 }
 
-/// Relay the control socket's requests to the worker of NF `stage` until
-/// `stop` is set. Runs on a thread of its own beside the worker.
-pub fn serve(listener: UnixListener, handle: WorkerHandle, stage: String, stop: Arc<AtomicBool>) {
-    if listener.set_nonblocking(true).is_err() {
-        return;
+/// A control socket being served (see [`Server::spawn`]).
+pub struct Server {
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    /// Listen on `socket` (a stale one a killed process left is replaced)
+    /// and relay its requests to the worker of stage `stage` on a thread of
+    /// its own, which sleeps in `accept` until a request comes.
+    pub fn spawn(socket: &Path, handle: &WorkerHandle, stage: &str) -> std::io::Result<Server> {
+        match std::fs::remove_file(socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = UnixListener::bind(socket)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (handle, stage, stop) = (handle.clone(), stage.to_string(), stop.clone());
+            std::thread::Builder::new()
+                .name("nf-control".into())
+                .spawn(move || serve(listener, handle, stage, stop))?
+        };
+        Ok(Server { socket: socket.to_path_buf(), stop, thread })
     }
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
+
+    /// End the serving thread: the flag, then a connection of our own so
+    /// that its `accept` returns and sees it.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = UnixStream::connect(&self.socket);
+        let _ = self.thread.join();
+    }
+}
+
+/// Answer the requests `listener` accepts until `stop` is set (checked
+/// after each `accept`: [`Server::stop`] connects to wake it).
+fn serve(listener: UnixListener, handle: WorkerHandle, stage: String, stop: Arc<AtomicBool>) {
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match accepted {
             Ok((s, _)) => answer(s, &handle, &stage),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
-            Err(_) => std::thread::sleep(ACCEPT_POLL),
+            // Out of descriptors, say: not a reason to spin.
+            Err(_) => std::thread::sleep(ACCEPT_RETRY),
         }
     }
 }
@@ -579,11 +627,7 @@ mod tests {
         wc.stop_flag = Some(stop.clone());
         let (w, handle) = Worker::new(wc, Graph::new(vec![("n".into(), nf)], 0)).unwrap();
         let worker = w.spawn().unwrap();
-        let listener = UnixListener::bind(&sock).unwrap();
-        let server = {
-            let stop = stop.clone();
-            std::thread::spawn(move || serve(listener, handle, "n".into(), stop))
-        };
+        let server = Server::spawn(&sock, &handle, "n").unwrap();
         let t = Duration::from_secs(5);
         let exported = match request(&sock, &Request::Export, t).unwrap() {
             Reply::State(Some(s)) => s,
@@ -627,8 +671,8 @@ mod tests {
             Head::Refused { error } => assert!(error.contains("malformed"), "{error}"),
             _ => panic!("not refused"),
         }
+        server.stop();
         stop.store(true, Ordering::Relaxed);
-        server.join().unwrap();
         worker.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }

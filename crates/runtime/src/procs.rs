@@ -23,14 +23,12 @@
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 pub use braid_dataplane::Idle;
-use braid_dataplane::{
-    Endpoint, Graph, Heartbeat, Worker, WorkerConfig, WorkerError, WorkerHandle,
-};
+use braid_dataplane::{Endpoint, Graph, Heartbeat, Worker, WorkerConfig, WorkerError};
 use braid_io::shm::{ShmConfig, ShmPort};
 use braid_io::{Port, PortError, PortStats, WaitReadiness};
 use braid_nf::Params;
@@ -325,16 +323,18 @@ pub fn run_nf_proc(mut cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
             .map_err(|source| WorkerError::Graph { worker: cfg.kind.clone(), source })?;
     }
     let control = match &cfg.control {
-        Some(path) => Some(serve_control(path, &handle, &stage)?),
+        Some(path) => Some(
+            crate::nf_control::Server::spawn(path, &handle, &stage)
+                .map_err(|source| ProcError::Control { path: path.clone(), source })?,
+        ),
         None => None,
     };
     let report = match &cfg.stats {
         Some(path) => run_writing_stats(w, &handle, &cfg.kind, path),
         None => w.run(),
     };
-    if let Some((stop, thread)) = control {
-        stop.store(true, Ordering::Relaxed);
-        let _ = thread.join();
+    if let Some(server) = control {
+        server.stop();
     }
     let c = &report.snapshot.stages[0].counters;
     if let Some(path) = &cfg.stats {
@@ -359,31 +359,6 @@ pub fn run_nf_proc(mut cfg: NfProcConfig) -> Result<NfProcReport, ProcError> {
         Some(e) => Err(e.into()),
         None => Ok(out),
     }
-}
-
-/// Listen on control socket `path` (a stale one from a killed process is
-/// replaced) and relay its requests to the worker of stage `stage` on a
-/// thread of its own; setting the returned flag ends it.
-fn serve_control(
-    path: &Path,
-    handle: &WorkerHandle,
-    stage: &str,
-) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), ProcError> {
-    let err = |source| ProcError::Control { path: path.to_path_buf(), source };
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
-        _ => {}
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let (handle, stage, stop) = (handle.clone(), stage.to_string(), stop.clone());
-        std::thread::Builder::new()
-            .name("nf-control".into())
-            .spawn(move || crate::nf_control::serve(listener, handle, stage, stop))
-            .map_err(err)?
-    };
-    Ok((stop, thread))
 }
 
 /// How often a running NF process rewrites its stats file (`--stats`), so

@@ -60,14 +60,6 @@ pub const CAPS: [(&str, u32); 5] =
 /// The uid and gid of an unprivileged test braidd (nobody).
 pub const NOBODY: u32 = 65534;
 
-/// The test files (their test binaries' crate names) whose braidd all run
-/// as root, and why: their `Braidd::start` keeps root without each call
-/// saying so. A single test elsewhere calls [`Braidd::start_as_root`].
-const ROOT_TEST_FILES: [(&str, &str); 2] = [
-    ("migration", "a migration's route switch enters the routers' namespaces: CAP_SYS_ADMIN"),
-    ("scale", "a scale-out or -in switches routes like a migration: CAP_SYS_ADMIN"),
-];
-
 /// Who a test braidd runs as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Privilege {
@@ -101,18 +93,17 @@ impl Privilege {
         Privilege::Unprivileged(caps.iter().map(|c| c.to_string()).collect())
     }
 
-    /// What [`Braidd::start`] and [`Braidd::command`] use in this test
-    /// binary: [`Privilege::least`] when the test runs as root, except in
-    /// [`ROOT_TEST_FILES`]; the test's own user otherwise (then braidd is
+    /// What [`Braidd::start`] and [`Braidd::command`] use:
+    /// [`Privilege::least`] when the test runs as root (tests whose braidd
+    /// needs more say so: [`Braidd::start_as_root`]); the test's own user
+    /// otherwise (then braidd is
     /// unprivileged anyway). Without `setpriv` it falls back to root,
     /// saying so, or fails with `BRAID_REQUIRE_ROOT=1`.
     pub fn default_here() -> Privilege {
         static DEFAULT: std::sync::OnceLock<Privilege> = std::sync::OnceLock::new();
         DEFAULT
             .get_or_init(|| {
-                let file = env!("CARGO_CRATE_NAME");
                 if !braid_io::netns::is_root()
-                    || ROOT_TEST_FILES.iter().any(|(root_file, _)| *root_file == file)
                     || braid_testkit::skip_unless_tool(
                         "setpriv",
                         "least-privilege braidd (it runs as root instead)",
@@ -576,6 +567,17 @@ pub fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 /// `d` in milliseconds.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Wait until braidd behind `c` has written two checkpoint rounds from
+/// now (`within` at most).
+pub fn two_checkpoints(c: &braid_daemon::client::Client, within: Duration) {
+    let rounds = || c.status().unwrap()["checkpoints"].as_u64().unwrap();
+    let (n0, t) = (rounds(), Instant::now());
+    while rounds() < n0 + 2 {
+        assert!(t.elapsed() < within, "no checkpoint rounds");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Whether a datagram from `from` reaches `to` (10 tries, 30 ms apart).
