@@ -701,7 +701,8 @@ impl Daemon {
         let live = entry.running_in_user_space("live scheduling (`sched`)")?;
         let others = self.other_workers(name);
         let settings = live.set_sched(nf, sched, &others).map_err(|e| match e {
-            braid_runtime::live::LiveError::Control { .. } => OpError::Control(e),
+            // The worker (or the NF process) said no, or could not be asked.
+            LiveError::Control { .. } | LiveError::NfProcess { .. } => OpError::Control(e),
             e => OpError::Sched(e),
         })?;
         self.store.put(&entry.descriptor())?;
