@@ -21,8 +21,15 @@
 #   perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_{sendto,recvfrom,poll,ppoll,getsockopt}
 #                                  system calls of the thread, by kind
 #   braid's stats file             frames through the NF, batches
+#   /proc/stat                     the whole machine's CPU time (user,
+#                                  system, softirq, idle) over the step
 # and write one TSV row per measurement to OUT/profile.tsv, and a summary
-# (medians over the rounds) to OUT/summary.md. PERF_RECORD=1 also samples
+# (medians over the rounds) to OUT/summary.md. PERF_SYSTEM=1 also samples
+# the whole machine's stacks over each step (perf record -a -g, cpu-clock)
+# into OUT/perf-sys-*.data, which afxdp-live-profile-components.py turns
+# into CPU per request by component. The option set `linux`
+# deploys nothing: Linux forwards on fw1 (the baseline for the machine's
+# CPU per request; the NF columns stay empty). PERF_RECORD=1 also samples
 # the NF threads' stacks (perf record -g, cpu-clock) into OUT/perf-*.data. Needs root; removes the
 # testbed at the end, also on failure.
 set -euo pipefail
@@ -41,10 +48,10 @@ TOPO="$OUT/topology.yaml"
 sed -E "s/\b(client|nf1|nf2|fw1|server)\b/$P\1/g" "$HERE/../topologies/calvin-baseline.yaml" >"$TOPO"
 NS_C=braid-${P}client NS_S=braid-${P}server NS_FW=braid-${P}fw1
 ADDR=10.71.12.2
-ECHO="" DEPLOY="" PERF=""
+ECHO="" DEPLOY="" PERF="" SYSPERF=""
 BRAID0=$(realpath "${BINS[0]}")
 cleanup() {
-    for p in "$PERF" "$DEPLOY" "$ECHO"; do [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    for p in "$SYSPERF" "$PERF" "$DEPLOY" "$ECHO"; do [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
     ip netns exec "$NS_FW" sysctl -qw net.ipv4.ip_forward=1 2>/dev/null || true
     "$BRAID0" testbed --state "$STATE" down || true
 }
@@ -82,9 +89,23 @@ print(nf["rx_packets"], nf.get("user", {}).get("batches", 0),
 EOF
 }
 
-printf 'binary\topts\trate\tround\tframes\tbatches\tlost\toncpu_ns\trq_ns\tvcs\tnvcs\tsyscalls\tsendto\trecvfrom\tpoll\tgetsockopt\tbraid_syscalls\tfill_ring_empty\trx_ring_full\txsk_rx_dropped\n' >"$OUT/profile.tsv"
+# The machine's CPU time so far, in clock ticks: user+nice, system,
+# irq+softirq, idle+iowait, steal (the `cpu` line of /proc/stat).
+machine_ticks() { awk '/^cpu / {print $2 + $3, $4, $7 + $8, $5 + $6, $9}' /proc/stat; }
+# UDP receive-buffer overflows so far in the client's and the server's
+# namespaces (where a frame is lost when the probe or the echo server
+# falls behind, not the NF).
+rcvbuf_errors() {
+    local ns
+    for ns in "$NS_C" "$NS_S"; do
+        ip netns exec "$ns" awk '/^Udp:/ { if (h) print $6; h = 1 }' /proc/net/snmp
+    done | paste -sd' '
+}
+
+printf 'binary\topts\trate\tround\tframes\tbatches\tlost\toncpu_ns\trq_ns\tvcs\tnvcs\tsyscalls\tsendto\trecvfrom\tpoll\tgetsockopt\tbraid_syscalls\tfill_ring_empty\trx_ring_full\txsk_rx_dropped\trequests\tm_user\tm_system\tm_softirq\tm_idle\tm_steal\trcvbuf_client\trcvbuf_server\tclk_tck\tstep_s\n' >"$OUT/profile.tsv"
 measure() { # bin-index opts rate round
     local bi=$1 opts=$2 rate=$3 round=$4 bin; bin=$(realpath "${BINS[$bi]}")
+    if [ "$opts" = linux ]; then measure_linux "$@"; return; fi
     local stats="$OUT/stats.json"; rm -f "$stats"
     ip netns exec "$NS_FW" sysctl -qw net.ipv4.ip_forward=0
     # shellcheck disable=SC2086 # the options are words on purpose
@@ -114,9 +135,11 @@ measure() { # bin-index opts rate round
         rec=$!
     fi
     sleep 0.2
-    taskset -c 0 "$bin" probe "$ADDR" --netns "$NS_C" --throughput --no-latency --sizes 256 \
-        --min-rate "$rate" --max-rate "$rate" --max-steps 2 --step-ms $((SECS * 1000)) \
-        --json-out "$OUT/probe.json" >>"$OUT/probe.log" 2>&1 || true
+    local m0 m1; m0="$(machine_ticks) $(rcvbuf_errors)"
+    system_perf_start "$bi" "$opts" "$rate" "$round"
+    probe_step "$bin" "$rate"
+    system_perf_stop
+    m1="$(machine_ticks) $(rcvbuf_errors)"
     sleep 0.3
     local c1 f1; c1=$(nf_counters "$DEPLOY"); f1=$(nf_frames "$stats")
     kill -INT "$PERF"; wait "$PERF" 2>/dev/null || true; PERF=""
@@ -124,27 +147,70 @@ measure() { # bin-index opts rate round
     kill "$ECHO"; wait "$ECHO" 2>/dev/null || true; ECHO=""
     kill "$DEPLOY"; wait "$DEPLOY" 2>/dev/null || true; DEPLOY=""
     ip netns exec "$NS_FW" sysctl -qw net.ipv4.ip_forward=1
-    python3 - "$bi" "$opts" "$rate" "$round" "$f0" "$f1" "$c0" "$c1" "$OUT/perf.txt" "$OUT/probe.json" >>"$OUT/profile.tsv" <<'EOF'
+    row "$bi" "$opts" "$rate" "$round" "$f0" "$f1" "$c0" "$c1" "$m0" "$m1"
+}
+# PERF_SYSTEM=1: sample every CPU's stacks over the step.
+system_perf_start() { # bin-index opts rate round
+    [ -n "${PERF_SYSTEM:-}" ] || return 0
+    local tag; tag=$(printf '%s' "$1-${2:-default}-$3-$4" | tr -c 'a-z0-9-' _)
+    perf record -q -a -g -F 999 -o "$OUT/perf-sys-$tag.data" 2>>"$OUT/perf-record.log" &
+    SYSPERF=$!; sleep 0.2
+}
+system_perf_stop() {
+    [ -n "$SYSPERF" ] || return 0
+    kill -INT "$SYSPERF"; wait "$SYSPERF" 2>/dev/null || true; SYSPERF=""
+}
+# One throughput step of SECS at exactly RATE (a second one at the same
+# rate if the first lost frames).
+probe_step() { # binary rate
+    taskset -c 0 "$1" probe "$ADDR" --netns "$NS_C" --throughput --no-latency --sizes 256 \
+        --min-rate "$2" --max-rate "$2" --max-steps 2 --step-ms $((SECS * 1000)) \
+        --json-out "$OUT/probe.json" >>"$OUT/probe.log" 2>&1 || true
+}
+# The baseline: Linux forwards on fw1, nothing deployed; only the machine's
+# counters are taken.
+measure_linux() { # bin-index opts rate round
+    local bi=$1 rate=$3 round=$4 bin; bin=$(realpath "${BINS[$bi]}")
+    : >"$OUT/perf.txt"
+    taskset -c 1 "$bin" echo --netns "$NS_S" --batch 32 2>>"$OUT/echo.log" &
+    ECHO=$!; sleep 0.5
+    local m0 m1; m0="$(machine_ticks) $(rcvbuf_errors)"
+    system_perf_start "$bi" "$opts" "$rate" "$round"
+    probe_step "$bin" "$rate"
+    system_perf_stop
+    m1="$(machine_ticks) $(rcvbuf_errors)"
+    kill "$ECHO"; wait "$ECHO" 2>/dev/null || true; ECHO=""
+    row "$bi" linux "$rate" "$round" "0 0 0 0 0 0" "0 0 0 0 0 0" "0 0 0 0" "0 0 0 0" "$m0" "$m1"
+}
+# One TSV row: binary, options, rate, round, then the NF's frames and stats
+# counters, the NF threads' counters and the machine's ticks, before and
+# after the step.
+row() {
+    python3 - "$@" "$OUT/perf.txt" "$OUT/probe.json" "$(getconf CLK_TCK)" "$SECS" >>"$OUT/profile.tsv" <<'EOF'
 import json, sys
 bi, opts, rate, rnd = sys.argv[1:5]
 f0 = list(map(int, sys.argv[5].split())); f1 = list(map(int, sys.argv[6].split()))
 c0 = list(map(int, sys.argv[7].split())); c1 = list(map(int, sys.argv[8].split()))
+m0 = list(map(int, sys.argv[9].split())); m1 = list(map(int, sys.argv[10].split()))
 ev = {}
-for line in open(sys.argv[9]):
+for line in open(sys.argv[11]):
     parts = line.strip().split(",")
     if len(parts) > 2 and parts[0].replace(".", "").isdigit():
         ev[parts[2].split(":")[-1]] = int(float(parts[0]))
-lost = ""
+lost = requests = ""
 try:
-    pj = json.load(open(sys.argv[10]))
-    lost = sum(st["lost"] for st in pj["throughput"][0]["steps"])
+    steps = json.load(open(sys.argv[12]))["throughput"][0]["steps"]
+    lost = sum(st["lost"] for st in steps)
+    requests = sum(st["sent"] for st in steps)
 except Exception:
     pass
 d = [b - a for a, b in zip(c0, c1)]
+m = [b - a for a, b in zip(m0, m1)]
 print("\t".join(map(str, [bi, opts or "(default)", rate, rnd, f1[0] - f0[0], f1[1] - f0[1], lost,
       d[0], d[1], d[2], d[3], ev.get("sys_enter", ""), ev.get("sys_enter_sendto", ""),
       ev.get("sys_enter_recvfrom", ""), ev.get("sys_enter_poll", 0) + ev.get("sys_enter_ppoll", 0),
-      ev.get("sys_enter_getsockopt", ""), f1[2] - f0[2], f1[3] - f0[3], f1[4] - f0[4], f1[5] - f0[5]])))
+      ev.get("sys_enter_getsockopt", ""), f1[2] - f0[2], f1[3] - f0[3], f1[4] - f0[4], f1[5] - f0[5],
+      requests, *m, sys.argv[13], sys.argv[14]])))
 EOF
 }
 
