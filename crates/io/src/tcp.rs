@@ -1,6 +1,7 @@
 //! What the kernel knows about a TCP connection's send side: the bytes
 //! still in its send queue (`SIOCOUTQ`), its delivery rate and round-trip
-//! times (`TCP_INFO`), and fixed socket buffers (`SO_SNDBUF`, `SO_RCVBUF`).
+//! times (`TCP_INFO`), fixed socket buffers (`SO_SNDBUF`, `SO_RCVBUF`),
+//! and a receiver that acknowledges at once (`TCP_QUICKACK`).
 //!
 //! The migration's state stream uses them for back-pressure: it queues
 //! new state only while few bytes are in flight on the connection, so
@@ -8,6 +9,7 @@
 //! in the socket and on the link (docs/migration.md, "Back-pressure").
 
 use std::io;
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
 /// Bytes in the socket's send queue: written by the application and not
@@ -115,6 +117,28 @@ pub fn set_send_buffer(sock: &impl AsRawFd, bytes: usize) -> io::Result<usize> {
 pub fn set_recv_buffer(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     crate::sockopt::set(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &v)
+}
+
+/// A TCP stream whose reads acknowledge at once: `TCP_QUICKACK` before
+/// every read (Linux leaves quick-ack mode by itself, so setting it once
+/// does not last).
+///
+/// Why: a sender that keeps only a few segments in flight (the state
+/// stream under back-pressure on a busy link: 2–4 kB) often leaves one
+/// segment unpaired, which a delayed-ACK receiver acknowledges only after
+/// its delayed-ACK timer (40 ms on Linux). Those waits inflate the
+/// sender's round-trip time, which its back-pressure reads as a queue on
+/// the path, so it sends less still.
+#[derive(Debug)]
+pub struct QuickAckStream(pub TcpStream);
+
+impl io::Read for QuickAckStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Best effort: a socket that refuses it reads as before.
+        let on: libc::c_int = 1;
+        let _ = crate::sockopt::set(self.0.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_QUICKACK, &on);
+        self.0.read(buf)
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! stop-and-copy import or a replay: the state from before put back),
 //! what was held returned to the source, the error returned.
 
+use braid_io::tcp::QuickAckStream;
 use std::io::BufWriter;
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -82,7 +83,9 @@ pub fn migrate_in(
     let _ = conn.set_nodelay(true);
     let seal = |direction| opts.stream_key.clone().map(|key| Seal { key, direction });
     let mut w = FrameWriter::new(BufWriter::new(write_half), seal(Direction::ToSource));
-    let mut r = FrameReader::sealed(conn, seal(Direction::ToDestination));
+    // Acknowledge at once: the source's back-pressure reads delayed
+    // acknowledgements as a queue on the path (`QuickAckStream`).
+    let mut r = FrameReader::sealed(QuickAckStream(conn), seal(Direction::ToDestination));
     let mut run = Run {
         handle,
         stage,
@@ -144,7 +147,7 @@ pub fn migrate_in(
 }
 
 /// Read until the peer's Abort (or an error, or `timeout`).
-fn wait_for_abort(r: &mut FrameReader<TcpStream>, timeout: Duration) {
+fn wait_for_abort(r: &mut FrameReader<QuickAckStream>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         // A timeout mid-frame keeps the part read: the next try goes on.
@@ -177,7 +180,7 @@ impl Run<'_> {
     fn go(
         &mut self,
         kind: &str,
-        r: &mut FrameReader<TcpStream>,
+        r: &mut FrameReader<QuickAckStream>,
         w: &mut FrameWriter<BufWriter<TcpStream>>,
         start: Instant,
     ) -> Result<(), MigrateError> {

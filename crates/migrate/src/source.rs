@@ -108,11 +108,12 @@ pub struct SourceOptions {
     pub switch_wait: Duration,
     /// Back-pressure: the worker queues state only while fewer bytes than
     /// `max(in_flight_floor, in_flight_bdps × BDP)` are in flight, where
-    /// BDP is the state connection's delivery rate × minimum RTT from
-    /// `TCP_INFO` (see `bound_for`). `in_flight_bdps` 0: no back-pressure
+    /// BDP is the state connection's own throughput (unacknowledged bytes
+    /// / smoothed RTT) × its minimum RTT from `TCP_INFO` (see
+    /// [`InFlightBound`]). `in_flight_bdps` 0: no back-pressure
     /// (every worker turn with budget sends, the behaviour before).
     pub in_flight_bdps: f64,
-    /// The bound's floor, bytes.
+    /// The bound's floor, bytes (one TCP segment: see [`InFlightBound`]).
     pub in_flight_floor: usize,
     /// The state socket's send buffer (`SO_SNDBUF`), fixed so kernel
     /// autotuning cannot queue megabytes behind the bound (0: leave it to
@@ -208,7 +209,7 @@ impl Default for SourceOptions {
             switch_in_flight: 4 << 10,
             switch_wait: Duration::from_secs(2),
             in_flight_bdps: 1.5,
-            in_flight_floor: 2 << 10,
+            in_flight_floor: 1448,
             send_buffer: 256 << 10,
             progress: None,
         }
@@ -297,6 +298,7 @@ pub fn migrate_out(
         } else {
             LinkGate::open()
         }),
+        bound: InFlightBound::new(opts),
     };
     run.phase(Phase::Connecting);
     match run.go(kind, conn) {
@@ -335,6 +337,8 @@ struct Run<'a> {
     markers_seen: Arc<AtomicBool>,
     /// The state stream's bytes in flight and their bound (back-pressure).
     gate: Arc<LinkGate>,
+    /// How the bound follows the state connection.
+    bound: InFlightBound,
 }
 
 /// How often a quiet source tells the destination it is alive: a quarter
@@ -355,29 +359,112 @@ fn backpressure(opts: &SourceOptions) -> bool {
     opts.in_flight_bdps > 0.0 && opts.mode != Mode::Duplicate
 }
 
-/// The back-pressure bound for a state connection whose last `TCP_INFO`
-/// is `info`: `in_flight_bdps` bandwidth-delay products (delivery rate ×
-/// minimum RTT), at least `in_flight_floor`, at most the send buffer.
+/// The back-pressure bound on the state stream's bytes in flight, kept
+/// from what the state connection itself shows (`TCP_INFO` and its send
+/// queue): `in_flight_bdps` bandwidth-delay products of the rate the path
+/// delivers the state at, at least `in_flight_floor`, at most the send
+/// buffer.
 ///
 /// Why this size: one BDP of the state's share of the path is what keeps
 /// that share busy; every byte beyond it waits in the bottleneck's queue,
 /// and on a link the state shares FIFO with the data (the testbed's WAN
 /// link, SliM's), the data queues behind it: with spare capacity `s`, `B`
 /// bytes in flight make the queue `B / s - RTT` long *for the data too*.
-/// 1.5 BDP adds at most half an RTT of queueing, and lets the bound grow
-/// 1.5× per RTT while the link is not full (a delivery-rate sample taken
-/// under the bound is at most what the path could carry). The floor
-/// covers the time before the first sample and keeps a statelet of a few
-/// flows always sendable; it is small (2 KiB) because at 90 % load of a
-/// 10 Mbit/s link the spare capacity is 125 kB/s, where every kilobyte in
-/// flight is 8 ms of queue for the data.
-pub fn bound_for(opts: &SourceOptions, info: &braid_io::tcp::TcpSendInfo) -> usize {
-    let bdp = info.bdp() as f64 * opts.in_flight_bdps;
-    let mut b = (bdp as usize).max(opts.in_flight_floor.max(1));
-    if opts.send_buffer > 0 {
-        b = b.min(opts.send_buffer.max(opts.in_flight_floor));
+/// 1.5 BDP adds at most half a (minimum) RTT of queueing, and lets the
+/// bound grow 1.5× per RTT while the link is not full. The floor covers
+/// the time before the first RTT sample and keeps the stream moving; it
+/// is one full-sized TCP segment on a 1500-byte MTU (1448 bytes), no
+/// more, because at 90 % load of a 10 Mbit/s link the spare capacity is
+/// 125 kB/s, where every kilobyte in flight is 8 ms of queue for the
+/// data, and on such a link the floor, not the RTT, sets the bound (the
+/// SliM sweep at 90 % load: +17 ms of peak RTT with a 2 KiB floor, +15
+/// with 1.2 kB).
+///
+/// The rate is the state's own delivery rate, measured here: bytes
+/// acknowledged over at least one smoothed RTT, counted only over
+/// windows in which the bound held the stream back (with less to send,
+/// the rate says nothing about the path). Not the kernel's
+/// `tcpi_delivery_rate`: a sender held back by this bound is
+/// *application-limited*, and the kernel updates an application-limited
+/// connection's delivery rate only with a higher sample, so the rate seen
+/// while the link's queue was still empty stayed the bound for the whole
+/// migration. On the SliM sweep's link at 90 % load it said 719 kB/s
+/// where 125 kB/s were spare: a 12 kB bound and about 100 ms of standing
+/// queue in front of the data. With the measured rate `d` and minimum RTT
+/// `m`, the bound is `d × a` with `a = 1.5 m` the RTT the state may cause
+/// (at least `m` + 1 ms): while the link has room the stream delivers
+/// `bound / m` and the bound grows 1.5× per RTT; once the state's bytes
+/// queue, `d` is the spare capacity and the RTT settles at `a`, half a
+/// minimum RTT of queue whatever the load. A receiver that reads slowly
+/// (flow control, not a queue) shows as a low `d` too.
+#[derive(Clone, Debug)]
+pub struct InFlightBound {
+    bound: usize,
+    /// The current delivery-rate window: its start, the bytes acknowledged
+    /// then, and whether the bound held the stream back all along.
+    window: Option<(Instant, u64, bool)>,
+}
+
+/// The least queueing delay the state stream may add (µs): on a path whose
+/// minimum RTT is tens of µs (loopback, one switch) half an RTT would hold
+/// the stream at its floor for the hosts' scheduling noise alone.
+const MIN_QUEUE_US: f64 = 1_000.0;
+
+/// The shortest delivery-rate window.
+const MIN_RATE_WINDOW: Duration = Duration::from_millis(2);
+
+impl InFlightBound {
+    /// Start at the floor.
+    pub fn new(opts: &SourceOptions) -> InFlightBound {
+        InFlightBound { bound: Self::clamp(opts, 0), window: None }
     }
-    b
+
+    pub fn bound(&self) -> usize {
+        self.bound
+    }
+
+    fn clamp(opts: &SourceOptions, b: usize) -> usize {
+        let floor = opts.in_flight_floor.max(1);
+        let b = b.max(floor);
+        if opts.send_buffer > 0 {
+            b.min(opts.send_buffer.max(floor))
+        } else {
+            b
+        }
+    }
+
+    /// Take the stream's state at `now`: its bytes `in_flight` (what the
+    /// bound applies to), `acked` (bytes the peer acknowledged so far) and
+    /// the connection's `TCP_INFO`. Returns the bound.
+    pub fn update(
+        &mut self,
+        opts: &SourceOptions,
+        info: &braid_io::tcp::TcpSendInfo,
+        in_flight: usize,
+        acked: u64,
+        now: Instant,
+    ) -> usize {
+        if info.rtt_us == 0 || info.min_rtt_us == 0 {
+            return self.bound;
+        }
+        let held_now = in_flight * 2 >= self.bound;
+        let (start, acked0, held) = self.window.get_or_insert((now, acked, held_now));
+        *held &= held_now;
+        let elapsed = now.duration_since(*start);
+        if elapsed < Duration::from_micros(u64::from(info.rtt_us)).max(MIN_RATE_WINDOW) {
+            return self.bound;
+        }
+        let (acked0, held) = (*acked0, *held);
+        self.window = Some((now, acked, held_now));
+        if !held {
+            return self.bound;
+        }
+        let rate = acked.saturating_sub(acked0) as f64 / elapsed.as_secs_f64();
+        let min_rtt = f64::from(info.min_rtt_us) / 1e6;
+        let allowed = (min_rtt * opts.in_flight_bdps).max(min_rtt + MIN_QUEUE_US / 1e6);
+        self.bound = Self::clamp(opts, (rate * allowed) as usize);
+        self.bound
+    }
 }
 
 type Writer = FrameWriter<BufWriter<TcpStream>>;
@@ -511,8 +598,15 @@ impl Run<'_> {
     fn watch_link(&mut self, w: &Writer) {
         self.gate.set_link(Self::link_bytes(w));
         if self.backpressure() {
-            if let Ok(info) = braid_io::tcp::send_info(w.get_ref().get_ref()) {
-                self.gate.set_bound(bound_for(self.opts, &info));
+            let buffered = w.get_ref();
+            if let Ok(info) = braid_io::tcp::send_info(buffered.get_ref()) {
+                // Acknowledged = written to the socket - still in its send queue.
+                let in_socket = w.counts().bytes.saturating_sub(buffered.buffer().len() as u64);
+                let queued = braid_io::tcp::send_queue_bytes(buffered.get_ref()).unwrap_or(0);
+                let acked = in_socket.saturating_sub(queued as u64);
+                let in_flight = self.gate.in_flight();
+                let b = self.bound.update(self.opts, &info, in_flight, acked, Instant::now());
+                self.gate.set_bound(b);
             }
         }
         if !self.switched {
@@ -812,5 +906,119 @@ impl Run<'_> {
         }
         let _ = self.handle.hold(false);
         MigrateError::RolledBack { cause: Box::new(e), returned: n, lost }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_io::tcp::TcpSendInfo;
+
+    fn opts() -> SourceOptions {
+        SourceOptions::default()
+    }
+
+    fn info(rtt_us: u32, min_rtt_us: u32) -> TcpSendInfo {
+        // A delivery rate far above the path's: the kernel's stale
+        // application-limited sample, which the bound must not follow.
+        TcpSendInfo {
+            rtt_us,
+            min_rtt_us,
+            delivery_rate: 700_000,
+            app_limited: true,
+            notsent_bytes: 0,
+        }
+    }
+
+    fn ms(t: u64) -> Duration {
+        Duration::from_millis(t)
+    }
+
+    #[test]
+    fn the_bound_starts_at_the_floor_and_waits_for_an_rtt_sample() {
+        let o = opts();
+        let mut b = InFlightBound::new(&o);
+        assert_eq!(b.bound(), o.in_flight_floor);
+        let t0 = Instant::now();
+        assert_eq!(b.update(&o, &info(0, 0), 4096, 0, t0), o.in_flight_floor);
+        assert_eq!(b.update(&o, &info(0, 0), 4096, 1 << 20, t0 + ms(100)), o.in_flight_floor);
+    }
+
+    #[test]
+    fn it_follows_the_acknowledged_rate_once_per_window() {
+        let o = opts();
+        let mut b = InFlightBound { bound: 10_000, window: None };
+        let t0 = Instant::now();
+        let i = info(10_000, 10_000);
+        assert_eq!(b.update(&o, &i, 10_000, 0, t0), 10_000);
+        // Within one smoothed RTT: no new rate yet.
+        assert_eq!(b.update(&o, &i, 10_000, 5_000, t0 + ms(5)), 10_000);
+        // 10 kB acknowledged in 10 ms: 1 MB/s, 15 ms of it.
+        assert_eq!(b.update(&o, &i, 10_000, 10_000, t0 + ms(10)), 15_000);
+        // Then 3 kB in 10 ms (a queue, or a slow reader): 4.5 kB.
+        assert_eq!(b.update(&o, &i, 15_000, 13_000, t0 + ms(20)), 4_500);
+    }
+
+    #[test]
+    fn a_stream_with_less_to_send_than_the_bound_keeps_it() {
+        let o = opts();
+        let mut b = InFlightBound { bound: 10_000, window: None };
+        let t0 = Instant::now();
+        let i = info(10_000, 10_000);
+        b.update(&o, &i, 10_000, 0, t0);
+        // Mid-window the stream ran short: the window's low rate is the
+        // stream's, not the path's.
+        b.update(&o, &i, 1_000, 500, t0 + ms(5));
+        assert_eq!(b.update(&o, &i, 10_000, 1_000, t0 + ms(10)), 10_000);
+    }
+
+    #[test]
+    fn it_stays_within_the_floor_and_the_send_buffer() {
+        let o = SourceOptions { send_buffer: 64 << 10, ..opts() };
+        let mut b = InFlightBound { bound: 60 << 10, window: None };
+        let t0 = Instant::now();
+        let i = info(1_000, 1_000);
+        b.update(&o, &i, 60 << 10, 0, t0);
+        assert_eq!(b.update(&o, &i, 60 << 10, 1 << 30, t0 + ms(2)), 64 << 10);
+        assert_eq!(b.update(&o, &i, 64 << 10, 1 << 30, t0 + ms(4)), o.in_flight_floor);
+    }
+
+    /// A FIFO link with `spare` bytes/s left by the data and a minimum RTT
+    /// of 10 ms, the stream always with more to send than the bound: it
+    /// delivers `min(bound / 10 ms, spare)`, and what it keeps in flight
+    /// beyond one BDP of the spare waits in the queue, in front of the
+    /// data too. From 1 % to 90 % of a 10 Mbit/s link's capacity spare,
+    /// the queue ends at about half a minimum RTT (the floor's own queue
+    /// where the spare is too small for the floor), and the stream uses
+    /// the spare — whatever the kernel's delivery rate said.
+    #[test]
+    fn on_a_shared_link_the_queue_settles_at_half_a_minimum_rtt() {
+        let o = opts();
+        let min_rtt = 0.010;
+        for spare in [12_500.0, 125_000.0, 625_000.0, 1_125_000.0] {
+            let mut b = InFlightBound::new(&o);
+            let t0 = Instant::now();
+            let (mut t, mut acked, mut queue, mut rate) = (0.0, 0.0, 0.0, 0.0);
+            for _ in 0..600 {
+                let inflight = b.bound() as f64;
+                queue = ((inflight - spare * min_rtt) / spare).max(0.0);
+                let rtt = min_rtt + queue;
+                let i = info((rtt * 1e6) as u32, (min_rtt * 1e6) as u32);
+                b.update(&o, &i, inflight as usize, acked as u64, t0 + Duration::from_secs_f64(t));
+                rate = (inflight / min_rtt).min(spare);
+                // Polled every 2 ms, as the source reads its socket.
+                t += 0.002;
+                acked += rate * 0.002;
+            }
+            let floor_queue = (o.in_flight_floor as f64 / spare - min_rtt).max(0.0);
+            let want = (min_rtt / 2.0).max(floor_queue);
+            assert!(
+                queue <= want * 1.1 + 1e-4,
+                "spare {spare} B/s: queue {:.1} ms, want at most {:.1} ms",
+                queue * 1e3,
+                want * 1e3
+            );
+            assert!(rate >= spare * 0.99, "spare {spare} B/s: the stream delivers only {rate} B/s");
+        }
     }
 }

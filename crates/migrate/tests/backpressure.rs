@@ -274,11 +274,12 @@ fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in
     };
     assert_eq!(held(&b.handle), (PREFILL + HOT) as usize, "connections at the destination");
     assert_eq!(d.installed, r.chunks + r.statelets, "{d:?}");
-    // The bytes in flight stayed near the bound (2 KiB floor: a loopback
-    // relay's BDP is tiny) the whole time before the switch: one item of
-    // a few entries over it at most, never the socket's hundreds of KB.
+    // The bytes in flight stayed near the bound (the relay passes 40 kB/s
+    // on: the acknowledged rate keeps the bound near its floor) the whole
+    // time before the switch: one item of a few entries over it at most,
+    // never the socket's hundreds of KB.
     assert!(r.peak_in_flight <= 16 << 10, "peak in flight {} B", r.peak_in_flight);
-    assert!(r.in_flight_bound >= 2048, "{r:?}");
+    assert!(r.in_flight_bound >= opts.in_flight_floor as u64, "{r:?}");
     // The switch waited until few bytes were in flight, and what crossed
     // after it is the last changes (at most every hot flow once) and End.
     assert!(
