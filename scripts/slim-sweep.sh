@@ -297,10 +297,12 @@ for rep in $(seq 1 "$REPS"); do
                 if [ "$mode" = none ]; then
                     # The control: the same load for as long, no migration.
                     ip netns exec $P-cl python3 "$PY" run --src 10.81.10.1 --dst 10.81.20.1:7007 --size "$size" \
-                        --pps "$pps" --warmup 4.5 --meta "$meta" --csv "$CSV"
+                        --pps "$pps" --warmup 4.5 --meta "$meta" --csv "$CSV" \
+                        ${SERIES:+--series "$OUT/series-$TAG-$mode-$size-$load-$rep.json"}
                 else
                     ip netns exec $P-cl python3 "$PY" run --src 10.81.10.1 --dst 10.81.20.1:7007 --size "$size" \
-                        --pps "$pps" --warmup 1.5 --tail 1.5 --max-seconds 40 --migrate "$mig" --meta "$meta" --csv "$CSV"
+                        --pps "$pps" --warmup 1.5 --tail 1.5 --max-seconds 40 --migrate "$mig" --meta "$meta" --csv "$CSV" \
+                        ${SERIES:+--series "$OUT/series-$TAG-$mode-$size-$load-$rep.json"}
                 fi
                 # Back to A (statelet, no load), B's chain removed: the next run starts as this one did.
                 if "$BIN/braid" daemon --socket "$WORK/b/sock" chains 2>/dev/null | grep -q mig; then

@@ -101,6 +101,28 @@ def windows_peak(samples, width_ns, step_ns):
     return best
 
 
+def write_series(path, t0, sent_t, rtt, mig):
+    """One run's packets as [send time ms since the start, RTT ms or None
+    when lost], with the migration's start and end and, from its summary,
+    the switch (ms since the start), to look at what a metric summarises."""
+    ms = lambda t: None if t is None else round((t - t0) / 1e6, 3)
+    summary = None
+    if mig["out"] is not None:
+        try:
+            summary = json.loads(mig["out"][1])
+        except ValueError:
+            pass
+    start = ms(mig["t_start"])
+    switch = None
+    if start is not None and isinstance(summary, dict) and "until_switch_ms" in summary:
+        switch = round(start + summary["until_switch_ms"], 3)
+    with open(path, "w") as f:
+        json.dump({
+            "migration_start_ms": start, "switch_ms": switch, "migration_end_ms": ms(mig["t_end"]),
+            "packets": [[ms(t), None if r < 0 else round(r / 1e6, 3)] for t, r in zip(sent_t, rtt)],
+        }, f)
+
+
 def run(args):
     host, port = args.dst.rsplit(":", 1)
     dst = (host, int(port))
@@ -214,6 +236,8 @@ def run(args):
         "base_rtt_ms": round(base_ms, 3), "peak_rtt_ms": round(peak_ms, 3),
         "peak_rtt_inc_ms": round(peak_ms - base_ms, 3),
     })
+    if args.series:
+        write_series(args.series, t0, sent_t[:sent], rtt[:sent], mig)
     if mig["out"] is not None:
         code, out, err = mig["out"]
         res = None
@@ -494,6 +518,7 @@ def main():
     a.add_argument("--migrate", help="shell command printing `braid migrate --json`")
     a.add_argument("--meta", help="JSON object of CSV columns to fill")
     a.add_argument("--csv", required=True)
+    a.add_argument("--series", help="also write this run's RTT time series (JSON) here")
     a.set_defaults(f=run)
     a = sub.add_parser("report")
     a.add_argument("--csv", required=True)
