@@ -35,7 +35,9 @@ pub struct TcpSendInfo {
     /// The lowest round-trip time seen, µs (0: not known, older kernels).
     pub min_rtt_us: u32,
     /// The most recent delivery rate sample, bytes/s (0: no sample yet or
-    /// an older kernel).
+    /// an older kernel). For an application-limited sender the kernel only
+    /// ever raises it, so the migration's back-pressure measures its own
+    /// rate instead (`braid_migrate::source::InFlightBound`).
     pub delivery_rate: u64,
     /// Whether that sample was limited by the application (it had nothing
     /// to send), not by the network.

@@ -108,9 +108,8 @@ pub struct SourceOptions {
     pub switch_wait: Duration,
     /// Back-pressure: the worker queues state only while fewer bytes than
     /// `max(in_flight_floor, in_flight_bdps × BDP)` are in flight, where
-    /// BDP is the state connection's own throughput (unacknowledged bytes
-    /// / smoothed RTT) × its minimum RTT from `TCP_INFO` (see
-    /// [`InFlightBound`]). `in_flight_bdps` 0: no back-pressure
+    /// BDP is the state's acknowledged rate (measured by the source) × the
+    /// connection's minimum RTT from `TCP_INFO` (see [`InFlightBound`]). `in_flight_bdps` 0: no back-pressure
     /// (every worker turn with budget sends, the behaviour before).
     pub in_flight_bdps: f64,
     /// The bound's floor, bytes (one TCP segment: see [`InFlightBound`]).
@@ -396,8 +395,8 @@ fn backpressure(opts: &SourceOptions) -> bool {
 /// `m`, the bound is `d × a` with `a = 1.25 m` the RTT the state may cause
 /// (at least `m` + 1 ms): while the link has room the stream delivers
 /// `bound / m` and the bound grows 1.25× per RTT; once the state's bytes
-/// queue, `d` is the spare capacity and the RTT settles at `a`, a quarter of a
-/// minimum RTT of queue whatever the load. A receiver that reads slowly
+/// queue, `d` is the spare capacity and the RTT settles at `a`, a quarter
+/// of a minimum RTT of queue whatever the load. A receiver that reads slowly
 /// (flow control, not a queue) shows as a low `d` too.
 #[derive(Clone, Debug)]
 pub struct InFlightBound {
@@ -408,8 +407,9 @@ pub struct InFlightBound {
 }
 
 /// The least queueing delay the state stream may add (µs): on a path whose
-/// minimum RTT is tens of µs (loopback, one switch) a quarter of an RTT would hold
-/// the stream at its floor for the hosts' scheduling noise alone.
+/// minimum RTT is tens of µs (loopback, one switch) a quarter of an RTT
+/// would hold the stream at its floor for the hosts' scheduling noise
+/// alone.
 const MIN_QUEUE_US: f64 = 1_000.0;
 
 /// The shortest delivery-rate window.
@@ -591,20 +591,24 @@ impl Run<'_> {
     /// Bytes written to the link and not yet acknowledged: the socket's
     /// send queue plus what the writer still buffers.
     fn link_bytes(w: &Writer) -> usize {
-        let buffered = w.get_ref();
-        braid_io::tcp::send_queue_bytes(buffered.get_ref()).unwrap_or(0) + buffered.buffer().len()
+        Self::send_queue(w) + w.get_ref().buffer().len()
     }
 
-    /// Read the socket's send queue and (with back-pressure) its delivery
-    /// rate, and update the gate.
+    /// The socket's send queue (unsent and unacknowledged bytes).
+    fn send_queue(w: &Writer) -> usize {
+        braid_io::tcp::send_queue_bytes(w.get_ref().get_ref()).unwrap_or(0)
+    }
+
+    /// Read the socket's send queue and (with back-pressure) what it has
+    /// acknowledged and its RTTs, and update the gate.
     fn watch_link(&mut self, w: &Writer) {
-        self.gate.set_link(Self::link_bytes(w));
+        let buffered = w.get_ref().buffer().len();
+        let queued = Self::send_queue(w);
+        self.gate.set_link(queued + buffered);
         if self.backpressure() {
-            let buffered = w.get_ref();
-            if let Ok(info) = braid_io::tcp::send_info(buffered.get_ref()) {
+            if let Ok(info) = braid_io::tcp::send_info(w.get_ref().get_ref()) {
                 // Acknowledged = written to the socket - still in its send queue.
-                let in_socket = w.counts().bytes.saturating_sub(buffered.buffer().len() as u64);
-                let queued = braid_io::tcp::send_queue_bytes(buffered.get_ref()).unwrap_or(0);
+                let in_socket = w.counts().bytes.saturating_sub(buffered as u64);
                 let acked = in_socket.saturating_sub(queued as u64);
                 let in_flight = self.gate.in_flight();
                 let b = self.bound.update(self.opts, &info, in_flight, acked, Instant::now());
