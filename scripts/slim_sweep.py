@@ -44,7 +44,7 @@ CSV_FIELDS = [
     "nf", "mode", "size", "load_pct", "rep", "link_mbit", "pps", "flows",
     "sent", "received", "lost", "loss_s", "reordered", "duplicates",
     "base_rtt_ms", "peak_rtt_ms", "peak_rtt_inc_ms",
-    "outcome", "migration_ms", "until_switch_ms", "outage_ms", "state_bytes",
+    "outcome", "migration_ms", "until_switch_ms", "outage_ms", "redirect_ms", "drain_ms", "state_bytes",
     "statelets", "chunks", "duplicated_packets", "packets_buffered",
     "packets_dropped_at_destination", "in_flight_at_switch", "peak_in_flight",
     "bytes_at_switch", "changed_flows_sent", "error",
@@ -250,6 +250,11 @@ def run(args):
             row["migration_ms"] = round(res.get("total_ms", 0.0), 1)
             row["until_switch_ms"] = round(res.get("until_switch_ms", 0.0), 1)
             row["outage_ms"] = round(res.get("total_ms", 0.0) - res.get("until_switch_ms", 0.0), 1)
+            # The outage's first parts: the switch's redirect (routes and
+            # markers), then the drain up to the last marker at the source.
+            for k in ("redirect_ms", "drain_ms"):
+                if k in res:
+                    row[k] = round(res[k], 1)
             for k in ("state_bytes", "statelets", "chunks", "duplicated_packets",
                       "packets_buffered", "packets_dropped_at_destination",
                       "in_flight_at_switch", "peak_in_flight", "bytes_at_switch",

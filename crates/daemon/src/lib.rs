@@ -41,3 +41,4 @@ pub mod ops;
 pub mod scale;
 pub mod server;
 pub mod store;
+pub mod switch;

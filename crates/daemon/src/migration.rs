@@ -40,8 +40,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use braid_dataplane::migration::marker_frame;
-use braid_io::af_packet::{AfPacketConfig, AfPacketPort};
-use braid_io::{netns, Port};
 use braid_migrate::wire::StreamKey;
 use braid_migrate::{
     migrate_in, migrate_out, DestinationOptions, MigrateError, Mode, Progress, SourceOptions,
@@ -55,6 +53,7 @@ use crate::api::{ApiError, AppState, Done, Peer};
 use crate::auth::{MigrateKey, MIGRATE_TAG_LEN};
 use crate::daemon::{Daemon, OpError};
 use crate::ops::{Events, Operations};
+use crate::switch::PreparedSwitch;
 
 /// The migration listener's port when `--to` names none.
 pub const DEFAULT_MIGRATE_PORT: u16 = 9480;
@@ -120,6 +119,10 @@ pub enum AgentError {
     Refused { to: String, reason: String },
     #[error("offer exchange with `{to}`: {what}")]
     Offer { to: String, what: String },
+    /// The switch file names a namespace, interface or route that is not
+    /// there (found before anything moved).
+    #[error("the traffic switch: {0} (nothing moved: the source keeps the NF and its traffic)")]
+    Switch(String),
     /// The migration failed and was rolled back.
     #[error("{0}{note}", note = before_switch_note(.0))]
     Migrate(#[from] MigrateError),
@@ -426,57 +429,13 @@ pub fn parse_flows(spec: &str) -> Result<FlowScope, Invalid> {
     Err(bad("unknown form"))
 }
 
-/// Run `ip route replace` for each route.
-fn apply_routes(routes: &[RouteSpec]) -> Result<(), SwitchError> {
-    for r in routes {
-        let mut args = vec!["route", "replace", r.to.as_str()];
-        if let Some(v) = &r.via {
-            args.extend(["via", v.as_str()]);
-        }
-        if let Some(d) = &r.dev {
-            args.extend(["dev", d.as_str()]);
-        }
-        netns::ip(r.netns.as_deref(), &args).map_err(|e| {
-            SwitchError::failed(
-                format!("route {} in namespace {}", r.to, r.netns.as_deref().unwrap_or("(own)")),
-                e,
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Send the drain marker of migration `id` out of `dev` (in `ns`) with an
-/// AF_PACKET socket: through the interface's queue, so it leaves after
-/// every frame already queued there.
-pub fn send_marker(ns: Option<&str>, dev: &str, id: u64) -> Result<(), SwitchError> {
-    let what = || format!("drain marker on {dev} in namespace {}", ns.unwrap_or("(own)"));
-    let send = || -> Result<usize, braid_io::PortError> {
-        let mut cfg = AfPacketConfig::new(dev);
-        cfg.promiscuous = false;
-        cfg.batch_size = 1;
-        let mut p = AfPacketPort::open(&cfg)?;
-        let mut b = braid_packet::Batch::with_capacity(1);
-        b.push(braid_packet::Packet::from_bytes(&marker_frame(id)));
-        let n = p.send(&mut b)?;
-        p.flush()?;
-        Ok(n)
-    };
-    let sent = match ns {
-        Some(ns) => netns::in_netns(ns, send).map_err(|e| SwitchError::failed(what(), e))?,
-        None => send(),
-    };
-    match sent {
-        Ok(1) => Ok(()),
-        Ok(_) => Err(SwitchError::failed(what(), "the interface did not take the frame")),
-        Err(e) => Err(SwitchError::failed(what(), e)),
-    }
-}
-
 /// The testbed's switch: routes in the namespaces around the chain, drain
 /// markers on the old paths, and steering NFs that move hash buckets.
 pub struct RouteSwitch<'a> {
     spec: &'a SwitchSpec,
+    /// The routes' and markers' kernel handles, opened before the
+    /// migration started.
+    handles: PreparedSwitch,
     /// This braidd, for its own steering NFs.
     daemon: &'a Daemon,
     /// The operation: each steering call is one of its steps.
@@ -551,12 +510,7 @@ impl RouteSwitch<'_> {
 
 impl Switch for RouteSwitch<'_> {
     fn redirect(&mut self, id: u64) -> Result<(), SwitchError> {
-        let mut moved = apply_routes(&self.spec.redirect).and_then(|()| {
-            for m in &self.spec.markers {
-                send_marker(m.netns.as_deref(), &m.dev, id)?;
-            }
-            Ok(())
-        });
+        let mut moved = self.handles.redirect(id);
         if moved.is_ok() {
             for st in &self.spec.steer {
                 moved = self.steer("steer", st, (st.from, st.to), Some(id));
@@ -569,14 +523,14 @@ impl Switch for RouteSwitch<'_> {
         if moved.is_err() {
             // Not switched as far as the protocol knows: put back what
             // may have moved.
-            let _ = apply_routes(&self.spec.restore);
+            let _ = self.handles.restore();
             let _ = self.unsteer();
         }
         moved
     }
 
     fn restore(&mut self) -> Result<(), SwitchError> {
-        let routes = apply_routes(&self.spec.restore);
+        let routes = self.handles.restore();
         let steer = self.unsteer();
         routes.and(steer)
     }
@@ -982,6 +936,10 @@ pub fn migrate_chain_nf(
         }
         d.to_yaml()
     });
+    // The switch's routes and markers, resolved in their namespaces now:
+    // a bad switch file fails here, before the destination hears of it.
+    let handles = PreparedSwitch::open(&req.switch)
+        .map_err(|e| OpError::Migration(AgentError::Switch(e.to_string())))?;
     let to = req.to.clone();
     let addr = resolve(&to)?;
     let mut conn = TcpStream::connect_timeout(&addr, p.timeout)
@@ -1035,6 +993,7 @@ pub fn migrate_chain_nf(
     };
     let mut switch = RouteSwitch {
         spec: &req.switch,
+        handles,
         daemon,
         watch,
         flows: req.flows.clone().unwrap_or_else(|| "all".into()),
@@ -1064,6 +1023,7 @@ pub fn migrate_chain_nf(
         "deployed_at_destination": answer.deployed,
         "seconds": start.elapsed().as_secs_f64(),
         "until_switch_ms": ms(r.until_switch),
+        "redirect_ms": ms(r.redirect),
         "drain_ms": ms(r.drain),
         "total_ms": ms(r.total),
         "state_bytes": r.bytes,

@@ -649,11 +649,33 @@ fn migrate_in_layout(layout: Layout, nf: &str, mode: &str, extra: u16) {
     std::thread::sleep(Duration::from_millis(600));
     assert!(route_to_server(&net).contains(&net.ua));
     if mode == "statelet" && nf == "fw" {
-        // A switch that fails (no such interface in `up`): rolled back
-        // before the switch, the traffic stays on A, and B removes the
-        // chain it deployed for the migration.
+        // A switch file naming an interface `up` does not have: found
+        // when the switch is prepared, before B hears of the migration.
+        let mut missing = switch(&net);
+        missing["redirect"][0]["dev"] = "nosuch0".into();
+        let req =
+            json!({ "to": listen, "switch": missing, "deploy": { "in": net.bi, "out": net.bo } });
+        let id = ca.migrate_async("mig", nf, &req).unwrap();
+        let op = ca.wait(&id, Duration::from_secs(20)).unwrap();
+        let msg = op["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            op["state"] == "failed"
+                && msg.contains("switch.redirect[0]")
+                && msg.contains("nosuch0 not found")
+                && msg.contains("nothing moved"),
+            "{op:#}"
+        );
+        assert!(route_to_server(&net).contains(&net.ua));
+        assert!(
+            cb.chains().unwrap().is_empty(),
+            "B deployed a chain for a migration never offered"
+        );
+        // A switch that fails at the switch (the kernel refuses the second
+        // route: a gateway on no subnet of `dn`) after the first route
+        // moved: that one is put back, the migration rolls back, the
+        // traffic stays on A, and B removes the chain it deployed for it.
         let mut broken = switch(&net);
-        broken["redirect"][0]["dev"] = "nosuch0".into();
+        broken["redirect"][1]["via"] = "10.99.99.1".into();
         let req =
             json!({ "to": listen, "switch": broken, "deploy": { "in": net.bi, "out": net.bo } });
         let id = ca.migrate_async("mig", nf, &req).unwrap();

@@ -380,6 +380,80 @@ impl Port for AfPacketPort {
     }
 }
 
+/// A send-only AF_PACKET socket on one interface, for single frames sent
+/// rarely but at a moment that matters (a migration's drain markers): it
+/// is opened ahead, in the interface's namespace, and receives nothing
+/// (protocol 0), so keeping it open costs the interface no copies. Frames
+/// go through the interface's queue (no `PACKET_QDISC_BYPASS`), behind
+/// every frame already queued there.
+#[derive(Debug)]
+pub struct FrameSender {
+    fd: OwnedFd,
+    ifindex: u32,
+    iface: String,
+}
+
+impl FrameSender {
+    /// A sender on `iface` (in the calling thread's namespace).
+    pub fn open(iface: &str) -> Result<FrameSender, PortError> {
+        let ifindex = crate::netns::ifindex(iface)
+            .map_err(|e| PortError::Config(format!("af_packet sender: {e}")))?;
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(os(format!("af_packet sender {iface}: socket(AF_PACKET)")));
+        }
+        // SAFETY: `raw` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(FrameSender { fd, ifindex, iface: iface.to_string() })
+    }
+
+    /// The interface this sender sends on.
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// Send one whole Ethernet frame (header included) out of the interface.
+    pub fn send(&self, frame: &[u8]) -> Result<(), PortError> {
+        if frame.len() < 14 {
+            return Err(PortError::Config(format!(
+                "af_packet sender {}: a frame of {} bytes has no Ethernet header",
+                self.iface,
+                frame.len()
+            )));
+        }
+        // SAFETY: an all-zero sockaddr_ll is valid; fields are set below.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        // The frame's own EtherType, already in network order.
+        sll.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
+        sll.sll_ifindex = self.ifindex as i32;
+        // SAFETY: `frame` is valid for `frame.len()` bytes and `sll` is a
+        // valid sockaddr_ll whose exact size is passed; both outlive the call.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(os(format!("af_packet sender {}: sendto", self.iface)));
+        }
+        if n as usize != frame.len() {
+            return Err(PortError::Config(format!(
+                "af_packet sender {}: sent {n} of {} bytes",
+                self.iface,
+                frame.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod netns;
 pub mod pcap;
 pub mod pcapng;
+pub mod route;
 pub mod shm;
 #[allow(unsafe_code)] // ppoll(2)
 pub mod sleep;

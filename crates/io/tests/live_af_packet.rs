@@ -58,3 +58,42 @@ fn af_packet_forwards_ping_and_udp_one_at_a_time() {
     }
     forward_through_af_packet(1);
 }
+
+/// A `FrameSender` opened in a namespace puts the exact frame on the wire:
+/// the veth's peer receives it byte for byte, and a short frame is refused.
+#[test]
+fn frame_sender_sends_one_frame_as_given() {
+    if skip_unless_root("frame_sender_sends_one_frame_as_given") {
+        return;
+    }
+    use braid_io::af_packet::FrameSender;
+    use braid_io::netns::{self, NetnsGuard};
+    let ns = NetnsGuard::create(&netns::unique_name("fs")).unwrap();
+    let n = Some(ns.name());
+    netns::ip(n, &["link", "add", "s0", "type", "veth", "peer", "name", "s1"]).unwrap();
+    netns::set_up(n, "s0").unwrap();
+    netns::set_up(n, "s1").unwrap();
+    let (sender, mut rx) = netns::in_netns(ns.name(), || {
+        (FrameSender::open("s0").unwrap(), AfPacketPort::open(&AfPacketConfig::new("s1")).unwrap())
+    })
+    .unwrap();
+    // A frame of a private EtherType, so nothing else the kernel sends
+    // (router solicitations, ...) is taken for it.
+    let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x88, 0xb5];
+    frame.extend((0..100u8).map(|i| i.wrapping_mul(7)));
+    sender.send(&frame).unwrap();
+    let mut got = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while got.is_none() && std::time::Instant::now() < deadline {
+        let mut b = braid_packet::Batch::with_capacity(8);
+        rx.recv(&mut b, 8).unwrap();
+        got = b
+            .iter()
+            .find(|p| p.data().get(12..14) == Some(&[0x88, 0xb5][..]))
+            .map(|p| p.data().to_vec());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(got.as_deref(), Some(&frame[..]), "the peer received the frame as sent");
+    let e = sender.send(&frame[..10]).unwrap_err().to_string();
+    assert!(e.contains("no Ethernet header"), "{e}");
+}

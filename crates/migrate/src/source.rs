@@ -248,7 +248,10 @@ pub struct SourceReport {
     pub frames: u64,
     /// From the start to the destination's switch request.
     pub until_switch: Duration,
-    /// From the switch to the last marker (the drain).
+    /// How long the switch's `redirect` took (routes, markers, steering):
+    /// part of the window in which the destination holds the traffic.
+    pub redirect: Duration,
+    /// From the end of `redirect` to the last marker (the drain).
     pub drain: Duration,
     /// From the start to Done.
     pub total: Duration,
@@ -662,7 +665,9 @@ impl Run<'_> {
                     self.report.in_flight_bound =
                         if self.backpressure() { self.gate.bound() as u64 } else { 0 };
                     w.flush().map_err(wire::WireError::Io)?;
+                    let redirect_start = Instant::now();
                     self.redirect_keeping_alive(w)?;
+                    self.report.redirect = redirect_start.elapsed();
                     self.switched = true;
                     self.phase(Phase::Switched);
                     switched_at = Some(Instant::now());

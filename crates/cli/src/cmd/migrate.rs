@@ -121,9 +121,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.flows
     );
     println!(
-        "  time           {:.1} ms (until switch {:.1} ms, drain {:.1} ms)",
+        "  time           {:.1} ms (until switch {:.1} ms, redirect {:.1} ms, drain {:.1} ms)",
         f("total_ms"),
         f("until_switch_ms"),
+        f("redirect_ms"),
         f("drain_ms")
     );
     println!(
