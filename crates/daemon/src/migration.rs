@@ -187,8 +187,8 @@ pub struct DeployPorts {
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchSpec {
-    /// Routes that send the traffic to the destination (`ip route
-    /// replace`), applied in order at the switch.
+    /// Routes that send the traffic to the destination (what `ip route
+    /// replace` does), applied in order at the switch.
     pub redirect: Vec<RouteSpec>,
     /// Routes that send it back to the source (rollback after a switch).
     pub restore: Vec<RouteSpec>,
@@ -222,7 +222,8 @@ pub struct SteerSpec {
     pub port: String,
 }
 
-/// One route: `ip [-n NETNS] route replace TO [via VIA] [dev DEV]`.
+/// One route, as `ip [-n NETNS] route replace TO [via VIA] [dev DEV]`
+/// makes it (braidd sends the netlink message itself: `crate::switch`).
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {

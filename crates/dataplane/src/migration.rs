@@ -245,7 +245,9 @@ impl StreamItem {
     /// again, so both must use this.
     pub fn wire_bytes(&self) -> usize {
         match self {
-            StreamItem::Statelet(s) => s.state.data.len() + 16 * s.keys.len() + 32,
+            StreamItem::Statelet(s) => {
+                s.state.data.len() + 16 * s.keys.len() + STATELET_FIXED_BYTES
+            }
             StreamItem::Packets { frames, .. } => {
                 frames.iter().map(|f| f.len() + 8).sum::<usize>() + 16
             }
@@ -253,6 +255,20 @@ impl StreamItem {
         }
     }
 }
+
+/// What a statelet costs on the state link besides its entries (the
+/// frame's length and tag, the message's and the NF state's framing), as
+/// [`StreamItem::wire_bytes`] counts it. On the testbed a firewall entry
+/// took about 48 bytes and so did an item's framing.
+pub const STATELET_FIXED_BYTES: usize = 32;
+
+/// The fewest entries a statelet carries while the stream yields to a
+/// busy link, unless a quarter of the gate's bound holds fewer: the worker waits
+/// for that much room rather than send an item per small opening of the
+/// gate. Sizing each item to the room left made items of one to three
+/// entries at 80-95 % load, whose framing was 40 % of the state bytes
+/// (docs/migration.md, "Items no smaller than sixteen entries").
+pub const MIN_ITEM_ENTRIES: usize = 16;
 
 /// How often an idle worker looks at a closed [`LinkGate`] again (the
 /// gate opens as the peer acknowledges, which wakes nothing): at
@@ -278,6 +294,7 @@ pub struct LinkGate {
     link: AtomicUsize,
     bound: AtomicUsize,
     hold_below: AtomicUsize,
+    app_limited: AtomicBool,
 }
 
 impl LinkGate {
@@ -288,6 +305,7 @@ impl LinkGate {
             link: AtomicUsize::new(0),
             bound: AtomicUsize::new(bound),
             hold_below: AtomicUsize::new(0),
+            app_limited: AtomicBool::new(false),
         }
     }
 
@@ -322,6 +340,22 @@ impl LinkGate {
     /// What may still be queued now (0: wait for the link).
     pub fn room(&self) -> usize {
         self.bound().saturating_sub(self.in_flight())
+    }
+
+    /// The worker left room in the gate unused (nothing more to send, its
+    /// CPU budget spent, or its one chunk per turn sent): the stream is
+    /// *application-limited*, and the rate acknowledged meanwhile is not
+    /// the path's. (The bytes in flight do not tell: the worker waits for
+    /// room for a worthwhile item, so after one is acknowledged few bytes
+    /// are in flight while the bound still holds the stream back.)
+    pub fn note_app_limited(&self) {
+        self.app_limited.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the stream was application-limited since the last call
+    /// (the link's writer, for its rate window); clears it.
+    pub fn take_app_limited(&self) -> bool {
+        self.app_limited.swap(false, Ordering::Relaxed)
     }
 
     /// The worker queued an item of `bytes` ([`StreamItem::wire_bytes`]).
@@ -590,6 +624,8 @@ impl Streaming {
             spent.as_secs_f64() > self.budget * self.started.elapsed().as_secs_f64()
         };
         if !finish && over_budget(self.spent) {
+            // The CPU budget, not the link, holds the stream back.
+            self.gate.note_app_limited();
             return Ok(());
         }
         let t0 = Instant::now();
@@ -597,13 +633,16 @@ impl Streaming {
             return Err("the stage's NF was replaced by one without per-flow state".into());
         };
         let scoped = self.scope != FlowScope::All;
-        let mut room = if finish { usize::MAX } else { self.gate.room() };
+        let entry_bytes = self.entry_bytes.max(1);
+        let least = self.least_room();
+        let mut room = if finish { usize::MAX } else { self.usable_room() };
         let waiting = self.pending.len() + fs.changes_waiting();
         self.holding = !finish && !self.duplicate && self.gate.holds(waiting);
         // How many entries fit in the room left (at least one: an item is
         // never cut below one flow, so the stream always moves).
-        let entry_bytes = self.entry_bytes.max(1);
-        let fit = |room: usize, chunk: usize| (room / entry_bytes).clamp(1, chunk);
+        let fit = |room: usize, chunk: usize| {
+            (room.saturating_sub(STATELET_FIXED_BYTES) / entry_bytes).clamp(1, chunk)
+        };
         let mut items = Vec::new();
         if (self.pending.is_empty() || finish) && room > 0 && !self.holding {
             fs.take_changes(&mut self.pending);
@@ -658,7 +697,7 @@ impl Streaming {
         }
         // Then changed flows, a slice per turn that fits the room left, all
         // of them at the end.
-        while !self.pending.is_empty() && room > 0 && !self.holding {
+        while !self.pending.is_empty() && room >= least.max(1) && !self.holding {
             let n = if finish {
                 self.pending.len()
             } else {
@@ -675,6 +714,12 @@ impl Streaming {
             if !finish {
                 break;
             }
+        }
+        if !finish && room >= least.max(1) {
+            // Room for another item left unused: nothing (more) to send
+            // this turn, or the turn's one chunk was all. The link did not
+            // hold the stream back, so its rate says nothing of the path.
+            self.gate.note_app_limited();
         }
         self.backlog_now = self.pending.len() + fs.changes_waiting();
         self.backlog.store(self.backlog_now, Ordering::Relaxed);
@@ -721,14 +766,35 @@ impl Streaming {
     /// and the link's gate has room for them: the worker keeps turning
     /// instead of sleeping.
     pub fn walking(&self) -> bool {
-        self.has_work() && !self.holding && self.gate.room() > 0
+        self.has_work() && !self.holding && self.usable_room() > 0
     }
 
     /// True while there is work that waits for room on the link: the
     /// worker should look again soon even without traffic (the gate opens
     /// as the peer acknowledges; nothing wakes the worker for that).
     pub fn waits_for_link(&self) -> bool {
-        self.has_work() && !self.holding && self.gate.room() == 0
+        self.has_work() && !self.holding && self.usable_room() == 0
+    }
+
+    /// The least room worth an item: room for [`MIN_ITEM_ENTRIES`]
+    /// entries, or a quarter of the bound when the bound is small. (Half
+    /// the bound kept the bytes in flight so far below it that the bound
+    /// stayed at its floor.)
+    fn least_room(&self) -> usize {
+        let per_entry = self.entry_bytes.max(1);
+        (STATELET_FIXED_BYTES + MIN_ITEM_ENTRIES * per_entry).min(self.gate.bound() / 4)
+    }
+
+    /// The gate's room, or 0 while it is less than [`Self::least_room`]:
+    /// the worker waits for room for a worthwhile item (the link drains,
+    /// so it comes) rather than send one per small opening of the gate.
+    fn usable_room(&self) -> usize {
+        let room = self.gate.room();
+        if room < self.least_room() {
+            0
+        } else {
+            room
+        }
     }
 
     fn has_work(&self) -> bool {
@@ -795,7 +861,10 @@ impl Streaming {
 
 /// Keep the running mean of bytes per entry up to date.
 fn note_size(entry_bytes: &mut usize, item: &StreamItem, entries: usize) {
-    if let Some(per) = item.wire_bytes().checked_div(entries) {
+    // Per entry, the item's framing left out: counted in, one-entry items
+    // looked twice as large per entry and made the next ones smaller still.
+    let entries_bytes = item.wire_bytes().saturating_sub(STATELET_FIXED_BYTES).max(1);
+    if let Some(per) = entries_bytes.checked_div(entries) {
         *entry_bytes = (*entry_bytes * 3 + per).div_ceil(4);
     }
 }

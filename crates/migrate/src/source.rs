@@ -387,7 +387,8 @@ fn backpressure(opts: &SourceOptions) -> bool {
 /// The rate is the state's own delivery rate, measured here: bytes
 /// acknowledged over at least one smoothed RTT, counted only over
 /// windows in which the bound held the stream back (with less to send,
-/// the rate says nothing about the path). Not the kernel's
+/// the rate says nothing about the path: the worker says when it left
+/// room unused, [`LinkGate::note_app_limited`]). Not the kernel's
 /// `tcpi_delivery_rate`: a sender held back by this bound is
 /// *application-limited*, and the kernel updates an application-limited
 /// connection's delivery rate only with a higher sample, so the rate seen
@@ -438,21 +439,23 @@ impl InFlightBound {
         }
     }
 
-    /// Take the stream's state at `now`: its bytes `in_flight` (what the
-    /// bound applies to), `acked` (bytes the peer acknowledged so far) and
-    /// the connection's `TCP_INFO`. Returns the bound.
+    /// Take the stream's state at `now`: whether the worker left room in
+    /// the gate unused since the last update (`app_limited`,
+    /// [`LinkGate::take_app_limited`]), `acked` (bytes the peer
+    /// acknowledged so far) and the connection's `TCP_INFO`. Returns the
+    /// bound.
     pub fn update(
         &mut self,
         opts: &SourceOptions,
         info: &braid_io::tcp::TcpSendInfo,
-        in_flight: usize,
+        app_limited: bool,
         acked: u64,
         now: Instant,
     ) -> usize {
         if info.rtt_us == 0 || info.min_rtt_us == 0 {
             return self.bound;
         }
-        let held_now = in_flight * 2 >= self.bound;
+        let held_now = !app_limited;
         let (start, acked0, held) = self.window.get_or_insert((now, acked, held_now));
         *held &= held_now;
         let elapsed = now.duration_since(*start);
@@ -467,7 +470,22 @@ impl InFlightBound {
         let rate = acked.saturating_sub(acked0) as f64 / elapsed.as_secs_f64();
         let min_rtt = f64::from(info.min_rtt_us) / 1e6;
         let allowed = (min_rtt * opts.in_flight_bdps).max(min_rtt + MIN_QUEUE_US / 1e6);
-        self.bound = Self::clamp(opts, (rate * allowed) as usize);
+        let by_rate = rate * allowed;
+        // While the path shows less than half the queue the stream may
+        // cause and the stream delivered most of the bound, grow by
+        // `in_flight_bdps` per window: the worker sends items of several
+        // entries and waits for room for the next, so it fills the bound
+        // less than fully, and `by_rate` alone settled near the floor on an
+        // idle link (one item per RTT). A reader that stopped or slowed
+        // down (a low rate without a queue) is followed, not outgrown.
+        let queue = f64::from(info.rtt_us.saturating_sub(info.min_rtt_us)) / 1e6;
+        let filled = by_rate >= self.bound as f64 / 2.0;
+        let target = if filled && queue < (allowed - min_rtt) / 2.0 {
+            by_rate.max(self.bound as f64 * opts.in_flight_bdps)
+        } else {
+            by_rate
+        };
+        self.bound = Self::clamp(opts, target as usize);
         self.bound
     }
 }
@@ -613,8 +631,8 @@ impl Run<'_> {
                 // Acknowledged = written to the socket - still in its send queue.
                 let in_socket = w.counts().bytes.saturating_sub(buffered as u64);
                 let acked = in_socket.saturating_sub(queued as u64);
-                let in_flight = self.gate.in_flight();
-                let b = self.bound.update(self.opts, &info, in_flight, acked, Instant::now());
+                let app_limited = self.gate.take_app_limited();
+                let b = self.bound.update(self.opts, &info, app_limited, acked, Instant::now());
                 self.gate.set_bound(b);
             }
         }
@@ -951,8 +969,8 @@ mod tests {
         let mut b = InFlightBound::new(&o);
         assert_eq!(b.bound(), o.in_flight_floor);
         let t0 = Instant::now();
-        assert_eq!(b.update(&o, &info(0, 0), 4096, 0, t0), o.in_flight_floor);
-        assert_eq!(b.update(&o, &info(0, 0), 4096, 1 << 20, t0 + ms(100)), o.in_flight_floor);
+        assert_eq!(b.update(&o, &info(0, 0), false, 0, t0), o.in_flight_floor);
+        assert_eq!(b.update(&o, &info(0, 0), false, 1 << 20, t0 + ms(100)), o.in_flight_floor);
     }
 
     #[test]
@@ -961,13 +979,29 @@ mod tests {
         let mut b = InFlightBound { bound: 10_000, window: None };
         let t0 = Instant::now();
         let i = info(10_000, 10_000);
-        assert_eq!(b.update(&o, &i, 10_000, 0, t0), 10_000);
+        assert_eq!(b.update(&o, &i, false, 0, t0), 10_000);
         // Within one smoothed RTT: no new rate yet.
-        assert_eq!(b.update(&o, &i, 10_000, 5_000, t0 + ms(5)), 10_000);
+        assert_eq!(b.update(&o, &i, false, 5_000, t0 + ms(5)), 10_000);
         // 10 kB acknowledged in 10 ms: 1 MB/s, 12.5 ms of it.
-        assert_eq!(b.update(&o, &i, 10_000, 10_000, t0 + ms(10)), 12_500);
+        assert_eq!(b.update(&o, &i, false, 10_000, t0 + ms(10)), 12_500);
         // Then 4 kB in 10 ms (a queue, or a slow reader): 5 kB.
-        assert_eq!(b.update(&o, &i, 12_500, 14_000, t0 + ms(20)), 5_000);
+        assert_eq!(b.update(&o, &i, false, 14_000, t0 + ms(20)), 5_000);
+    }
+
+    #[test]
+    fn without_a_queue_it_grows_even_when_the_stream_fills_it_less_than_fully() {
+        let o = opts();
+        let mut b = InFlightBound { bound: 10_000, window: None };
+        let t0 = Instant::now();
+        let i = info(10_000, 10_000);
+        b.update(&o, &i, false, 0, t0);
+        // 8 kB per RTT against a bound of 10 kB (items waiting for room):
+        // the rate alone would say 10 kB again; no queue, so it grows.
+        assert_eq!(b.update(&o, &i, false, 8_000, t0 + ms(10)), 12_500);
+        // With a queue of 2 ms (over half the 2.5 ms allowance), the rate
+        // decides: 9.6 kB in 12 ms, 10 kB.
+        let queued = info(12_000, 10_000);
+        assert_eq!(b.update(&o, &queued, false, 17_600, t0 + ms(22)), 10_000);
     }
 
     #[test]
@@ -976,11 +1010,11 @@ mod tests {
         let mut b = InFlightBound { bound: 10_000, window: None };
         let t0 = Instant::now();
         let i = info(10_000, 10_000);
-        b.update(&o, &i, 10_000, 0, t0);
+        b.update(&o, &i, false, 0, t0);
         // Mid-window the stream ran short: the window's low rate is the
         // stream's, not the path's.
-        b.update(&o, &i, 1_000, 500, t0 + ms(5));
-        assert_eq!(b.update(&o, &i, 10_000, 1_000, t0 + ms(10)), 10_000);
+        b.update(&o, &i, true, 500, t0 + ms(5));
+        assert_eq!(b.update(&o, &i, false, 1_000, t0 + ms(10)), 10_000);
     }
 
     #[test]
@@ -989,9 +1023,9 @@ mod tests {
         let mut b = InFlightBound { bound: 60 << 10, window: None };
         let t0 = Instant::now();
         let i = info(1_000, 1_000);
-        b.update(&o, &i, 60 << 10, 0, t0);
-        assert_eq!(b.update(&o, &i, 60 << 10, 1 << 30, t0 + ms(2)), 64 << 10);
-        assert_eq!(b.update(&o, &i, 64 << 10, 1 << 30, t0 + ms(4)), o.in_flight_floor);
+        b.update(&o, &i, false, 0, t0);
+        assert_eq!(b.update(&o, &i, false, 1 << 30, t0 + ms(2)), 64 << 10);
+        assert_eq!(b.update(&o, &i, false, 1 << 30, t0 + ms(4)), o.in_flight_floor);
     }
 
     /// A FIFO link with `spare` bytes/s left by the data and a minimum RTT
@@ -1015,7 +1049,7 @@ mod tests {
                 queue = ((inflight - spare * min_rtt) / spare).max(0.0);
                 let rtt = min_rtt + queue;
                 let i = info((rtt * 1e6) as u32, (min_rtt * 1e6) as u32);
-                b.update(&o, &i, inflight as usize, acked as u64, t0 + Duration::from_secs_f64(t));
+                b.update(&o, &i, false, acked as u64, t0 + Duration::from_secs_f64(t));
                 rate = (inflight / min_rtt).min(spare);
                 // Polled every 2 ms, as the source reads its socket.
                 t += 0.002;

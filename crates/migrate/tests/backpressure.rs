@@ -297,6 +297,11 @@ fn over_a_slow_link_changed_flows_coalesce_and_the_switch_waits_for_the_bytes_in
         "changed flows sent {} for {hot} packets on {HOT} flows: they did not coalesce",
         r.changed_flows_sent
     );
+    // Items no smaller than the framing is worth: the walk waited for
+    // room for several entries (`MIN_ITEM_ENTRIES`, or half the bound)
+    // rather than send one per small opening of the gate.
+    let walked = (PREFILL + HOT) as u64;
+    assert!(r.chunks * 12 <= walked, "{} snapshot chunks for {walked} connections", r.chunks);
     let after = r.bytes - r.bytes_at_switch;
     assert!(after <= u64::from(HOT) * 200 + 1024, "{after} B written after the switch");
 
