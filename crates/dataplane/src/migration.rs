@@ -258,16 +258,17 @@ impl StreamItem {
 
 /// What a statelet costs on the state link besides its entries (the
 /// frame's length and tag, the message's and the NF state's framing), as
-/// [`StreamItem::wire_bytes`] counts it. On the testbed a firewall entry
-/// took about 48 bytes and so did an item's framing.
+/// [`StreamItem::wire_bytes`] estimates it. (Fitted to the SliM sweep's
+/// totals, an item's framing was about 48 bytes on the wire, as much as
+/// a firewall entry.)
 pub const STATELET_FIXED_BYTES: usize = 32;
 
 /// The fewest entries a statelet carries while the stream yields to a
-/// busy link, unless a quarter of the gate's bound holds fewer: the worker waits
-/// for that much room rather than send an item per small opening of the
-/// gate. Sizing each item to the room left made items of one to three
-/// entries at 80-95 % load, whose framing was 40 % of the state bytes
-/// (docs/migration.md, "Items no smaller than sixteen entries").
+/// busy link, unless a quarter of the gate's bound holds fewer: the
+/// worker waits for that much room rather than send an item per small
+/// opening of the gate. Sizing each item to the room left made items of
+/// one to three entries at 80-95 % load, whose framing was 43 % of the
+/// state bytes (docs/migration.md, "Session 14" under the SliM sweep).
 pub const MIN_ITEM_ENTRIES: usize = 16;
 
 /// How often an idle worker looks at a closed [`LinkGate`] again (the
