@@ -122,7 +122,7 @@ pub enum AgentError {
     /// The switch file names a namespace, interface or route that is not
     /// there (found before anything moved).
     #[error("the traffic switch: {0} (nothing moved: the source keeps the NF and its traffic)")]
-    Switch(String),
+    Switch(SwitchError),
     /// The migration failed and was rolled back.
     #[error("{0}{note}", note = before_switch_note(.0))]
     Migrate(#[from] MigrateError),
@@ -265,16 +265,7 @@ pub(crate) fn good_ifname(n: &str) -> bool {
 }
 
 fn good_prefix(to: &str) -> bool {
-    if to == "default" {
-        return true;
-    }
-    let (addr, len) = match to.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (to, None),
-    };
-    let Ok(ip) = addr.parse::<std::net::IpAddr>() else { return false };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    len.is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= max))
+    to == "default" || braid_io::route::parse_prefix(to).is_some()
 }
 
 impl SwitchSpec {
@@ -939,8 +930,8 @@ pub fn migrate_chain_nf(
     });
     // The switch's routes and markers, resolved in their namespaces now:
     // a bad switch file fails here, before the destination hears of it.
-    let handles = PreparedSwitch::open(&req.switch)
-        .map_err(|e| OpError::Migration(AgentError::Switch(e.to_string())))?;
+    let handles =
+        PreparedSwitch::open(&req.switch).map_err(|e| OpError::Migration(AgentError::Switch(e)))?;
     let to = req.to.clone();
     let addr = resolve(&to)?;
     let mut conn = TcpStream::connect_timeout(&addr, p.timeout)

@@ -20,7 +20,7 @@ use braid_io::netns;
 use braid_io::route::{Route, RouteSocket};
 use braid_migrate::SwitchError;
 
-use crate::migration::SwitchSpec;
+use crate::migration::{RouteSpec, SwitchSpec};
 
 /// A route ready to apply: the socket of its namespace and the route.
 struct ReadyRoute {
@@ -47,61 +47,68 @@ fn where_(ns: Option<&str>) -> String {
     format!("namespace {}", ns.unwrap_or("(own)"))
 }
 
-/// What one namespace contributes: its socket, its routes (list, index in
-/// the list, route) and its markers (index, sender).
-type NsHandles = (RouteSocket, Vec<(bool, usize, Route)>, Vec<(usize, FrameSender)>);
+/// Run `f` in namespace `ns` (`None`: this thread's own).
+fn in_namespace<R: Send>(
+    ns: Option<&str>,
+    f: impl FnOnce() -> Result<R, SwitchError> + Send,
+) -> Result<R, SwitchError> {
+    match ns {
+        Some(n) => netns::in_netns(n, f).map_err(|e| SwitchError::failed(where_(ns), e))?,
+        None => f(),
+    }
+}
 
 impl PreparedSwitch {
-    /// Open what `spec` needs: fails, naming the route or marker, when a
-    /// namespace, an interface or an address is not there.
+    /// Open what `spec` needs, in the switch file's order: fails, naming
+    /// the route or marker, when a namespace, an interface or an address
+    /// is not there.
     pub fn open(spec: &SwitchSpec) -> Result<PreparedSwitch, SwitchError> {
-        let mut namespaces: Vec<Option<String>> = Vec::new();
-        let named = spec
-            .redirect
-            .iter()
-            .chain(&spec.restore)
-            .map(|r| &r.netns)
-            .chain(spec.markers.iter().map(|m| &m.netns));
-        for ns in named {
-            if !namespaces.contains(ns) {
-                namespaces.push(ns.clone());
-            }
-        }
-        let mut sockets = Vec::with_capacity(namespaces.len());
-        // (index in the switch file's list, handle): sorted back into the
-        // file's order below, each namespace having been opened in turn.
-        let (mut redirect, mut restore, mut markers) = (Vec::new(), Vec::new(), Vec::new());
-        for ns in namespaces {
-            let here = ns.as_deref();
-            let open = || open_in_namespace(spec, here);
-            let (socket, routes, senders) = match here {
-                Some(n) => {
-                    netns::in_netns(n, open).map_err(|e| SwitchError::failed(where_(here), e))??
-                }
-                None => open()?,
-            };
-            let index = sockets.len();
-            sockets.push((ns.clone(), socket));
-            for (is_redirect, i, route) in routes {
-                let list = if is_redirect { &mut redirect } else { &mut restore };
-                list.push((i, ReadyRoute { socket: index, route }));
-            }
-            for (i, sender) in senders {
-                let at = format!("drain marker on {} in {}", sender.iface(), where_(here));
-                markers.push((i, ReadyMarker { sender, at }));
-            }
-        }
-        fn in_file_order<T>(mut v: Vec<(usize, T)>) -> Vec<T> {
-            v.sort_by_key(|(i, _)| *i);
-            v.into_iter().map(|(_, t)| t).collect()
-        }
-        let prepared = PreparedSwitch {
-            sockets,
-            redirect: in_file_order(redirect),
-            restore: in_file_order(restore),
-            markers: in_file_order(markers),
+        let mut prepared = PreparedSwitch {
+            sockets: Vec::new(),
+            redirect: Vec::with_capacity(spec.redirect.len()),
+            restore: Vec::with_capacity(spec.restore.len()),
+            markers: Vec::with_capacity(spec.markers.len()),
         };
+        for (i, r) in spec.redirect.iter().enumerate() {
+            let ready = prepared.ready_route(r, &format!("switch.redirect[{i}]"))?;
+            prepared.redirect.push(ready);
+        }
+        for (i, r) in spec.restore.iter().enumerate() {
+            let ready = prepared.ready_route(r, &format!("switch.restore[{i}]"))?;
+            prepared.restore.push(ready);
+        }
+        for (i, m) in spec.markers.iter().enumerate() {
+            let ns = m.netns.as_deref();
+            let sender = in_namespace(ns, || {
+                FrameSender::open(&m.dev).map_err(|e| {
+                    SwitchError::failed(format!("switch.markers[{i}] in {}", where_(ns)), e)
+                })
+            })?;
+            let at = format!("drain marker on {} in {}", m.dev, where_(ns));
+            prepared.markers.push(ReadyMarker { sender, at });
+        }
         Ok(prepared)
+    }
+
+    /// Route `r` parsed in its namespace (its interface looked up there),
+    /// with the route socket of that namespace, opened on first use.
+    fn ready_route(&mut self, r: &RouteSpec, what: &str) -> Result<ReadyRoute, SwitchError> {
+        let ns = r.netns.as_deref();
+        let parse = || Route::parse(&r.to, r.via.as_deref(), r.dev.as_deref());
+        let socket = match self.sockets.iter().position(|(n, _)| n.as_deref() == ns) {
+            Some(at) => at,
+            None => {
+                let socket = in_namespace(ns, || {
+                    RouteSocket::open().map_err(|e| SwitchError::failed(where_(ns), e))
+                })?;
+                self.sockets.push((r.netns.clone(), socket));
+                self.sockets.len() - 1
+            }
+        };
+        let route = in_namespace(ns, || {
+            parse().map_err(|e| SwitchError::failed(format!("{what} in {}", where_(ns)), e))
+        })?;
+        Ok(ReadyRoute { socket, route })
     }
 
     /// Move the traffic: the `redirect` routes in order, then a drain
@@ -141,29 +148,4 @@ impl PreparedSwitch {
         }
         first
     }
-}
-
-/// Open, in the calling thread's namespace `ns`, the route socket, the
-/// routes and the marker senders of the switch file that live there.
-fn open_in_namespace(spec: &SwitchSpec, ns: Option<&str>) -> Result<NsHandles, SwitchError> {
-    let socket = RouteSocket::open().map_err(|e| SwitchError::failed(where_(ns), e))?;
-    let mut routes = Vec::new();
-    for (is_redirect, list, name) in
-        [(true, &spec.redirect, "redirect"), (false, &spec.restore, "restore")]
-    {
-        for (i, r) in list.iter().enumerate().filter(|(_, r)| r.netns.as_deref() == ns) {
-            let route = Route::parse(&r.to, r.via.as_deref(), r.dev.as_deref()).map_err(|e| {
-                SwitchError::failed(format!("switch.{name}[{i}] in {}", where_(ns)), e)
-            })?;
-            routes.push((is_redirect, i, route));
-        }
-    }
-    let mut senders = Vec::new();
-    for (i, m) in spec.markers.iter().enumerate().filter(|(_, m)| m.netns.as_deref() == ns) {
-        let sender = FrameSender::open(&m.dev).map_err(|e| {
-            SwitchError::failed(format!("switch.markers[{i}] in {}", where_(ns)), e)
-        })?;
-        senders.push((i, sender));
-    }
-    Ok((socket, routes, senders))
 }

@@ -171,8 +171,9 @@ impl fmt::Display for Route {
     }
 }
 
-/// `ADDR` (a host route) or `ADDR/LEN`.
-fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
+/// `ADDR` (a host route) or `ADDR/LEN`, the prefix length within the
+/// address family's width (host bits are not checked here).
+pub fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),

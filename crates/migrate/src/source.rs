@@ -109,8 +109,9 @@ pub struct SourceOptions {
     /// Back-pressure: the worker queues state only while fewer bytes than
     /// `max(in_flight_floor, in_flight_bdps × BDP)` are in flight, where
     /// BDP is the state's acknowledged rate (measured by the source) × the
-    /// connection's minimum RTT from `TCP_INFO` (see [`InFlightBound`]). `in_flight_bdps` 0: no back-pressure
-    /// (every worker turn with budget sends, the behaviour before).
+    /// connection's minimum RTT from `TCP_INFO` (see [`InFlightBound`]).
+    /// `in_flight_bdps` 0: no back-pressure (every worker turn with budget
+    /// sends, the behaviour before).
     pub in_flight_bdps: f64,
     /// The bound's floor, bytes (one TCP segment: see [`InFlightBound`]).
     pub in_flight_floor: usize,
