@@ -240,14 +240,16 @@ pub enum StreamItem {
 
 impl StreamItem {
     /// About how many bytes this item takes on the state link (its
-    /// payload plus a frame's and a key's overhead): what the worker adds
-    /// to a [`LinkGate`]'s queued bytes and the link's writer takes off
-    /// again, so both must use this.
+    /// payload plus a frame's overhead): what the worker adds to a
+    /// [`LinkGate`]'s queued bytes and the link's writer takes off again,
+    /// so both must use this. A statelet's keys are not counted: the
+    /// entries' own are not sent ([`braid_nf::CompactStatelet`]), and the
+    /// flows it clears without an entry (an expiry or a close during the
+    /// migration, about 16 bytes each) are few and not known here without
+    /// decoding the entries.
     pub fn wire_bytes(&self) -> usize {
         match self {
-            StreamItem::Statelet(s) => {
-                s.state.data.len() + 16 * s.keys.len() + STATELET_FIXED_BYTES
-            }
+            StreamItem::Statelet(s) => s.state.data.len() + STATELET_FIXED_BYTES,
             StreamItem::Packets { frames, .. } => {
                 frames.iter().map(|f| f.len() + 8).sum::<usize>() + 16
             }

@@ -219,7 +219,14 @@ impl Run<'_> {
                 .read_message()
                 .map_err(|e| MigrateError::from_read(e, "the source's state stream", timeout))?;
             match m {
-                Message::Statelet(s) => {
+                Message::Statelet(compact) => {
+                    // Its entries decode and name their flows, or the
+                    // stream is refused here, before anything of it is
+                    // installed.
+                    let frame = r.counts().frames - 1;
+                    let s = compact
+                        .expand()
+                        .map_err(|error| wire::WireError::Statelet { frame, error })?;
                     pending.push(s);
                     // Install when a batch is full or nothing more waits.
                     if pending.len() >= self.opts.install_batch || r.buffered() == 0 {

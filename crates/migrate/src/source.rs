@@ -830,7 +830,12 @@ impl Run<'_> {
         match item {
             StreamItem::Statelet(s) => {
                 if s.state.data.len() > 8 || !s.keys.is_empty() {
-                    w.write_message(&Message::Statelet(s))?;
+                    let compact = s.compact().map_err(|e| {
+                        MigrateError::Stream(format!(
+                            "the worker made a statelet that cannot be sent: {e}"
+                        ))
+                    })?;
+                    w.write_message(&Message::Statelet(compact))?;
                 }
             }
             StreamItem::SnapshotDone { chunks } => {

@@ -25,7 +25,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use braid_nf::Statelet;
+use braid_nf::{CompactStatelet, StateError};
 
 /// First bytes of each direction of a migration connection.
 pub const MAGIC: &[u8; 4] = b"BRMG";
@@ -34,7 +34,9 @@ pub const SEALED_MAGIC: &[u8; 4] = b"BRMS";
 /// Length of a sealed frame's tag.
 pub const TAG_LEN: usize = 16;
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+/// Version 2: a statelet goes without its entries' keys
+/// ([`CompactStatelet`]).
+pub const VERSION: u16 = 2;
 /// Largest frame body accepted (a statelet of a few thousand entries is
 /// tens of kilobytes; a snapshot chunk is bounded by the chunk size).
 pub const MAX_FRAME: usize = 64 << 20;
@@ -86,8 +88,10 @@ pub enum Message {
     Accept,
     /// Destination → source: will not take it (wrong kind, busy, ...).
     Refuse { reason: String },
-    /// The state of some flows, in the order it must be installed.
-    Statelet(Statelet),
+    /// The state of some flows, in the order it must be installed: the
+    /// entries and the flows it clears (the reader derives the entries'
+    /// keys, [`CompactStatelet::expand`]).
+    Statelet(CompactStatelet),
     /// The table walk is complete.
     SnapshotDone { chunks: u64 },
     /// Duplication baseline: copies of what the source received on `port`,
@@ -160,6 +164,8 @@ pub enum WireError {
     Auth { frame: u64 },
     #[error("{0}")]
     Sealing(&'static str),
+    #[error("frame {frame}: statelet refused: {error}")]
+    Statelet { frame: u64, error: StateError },
 }
 
 impl WireError {
@@ -561,6 +567,9 @@ mod tests {
         assert!(e.to_string().contains("not a braid migration endpoint"), "{e}");
         let e = read_preamble(&mut &b"BRMG\x00\x09"[..]).unwrap_err();
         assert!(e.to_string().contains("version 9"), "{e}");
+        // Version 1 sent every statelet's keys beside its entries.
+        let e = read_preamble(&mut &b"BRMG\x00\x01"[..]).unwrap_err();
+        assert!(e.to_string().contains("version 1, this braid speaks 2"), "{e}");
         let e =
             read_message(&mut &[0xff, 0xff, 0xff, 0xff][..], &mut Counts::default()).unwrap_err();
         assert!(matches!(e, WireError::TooLong { .. }), "{e}");

@@ -854,3 +854,59 @@ fn a_failed_merge_drops_what_it_installed_and_keeps_the_merging_instances_own_fl
     assert!(!snap.conns.is_empty());
     assert!(snap.conns.iter().all(|c| stays.contains(c.partition_key().stable_hash())));
 }
+
+/// A statelet on the wire names only the flows it clears; the destination
+/// derives its entries' keys. A forged stream whose statelet clears a flow
+/// it also holds an entry for is refused as it is read, naming the frame,
+/// and the destination keeps exactly the state it had.
+#[test]
+fn a_statelet_that_clears_a_flow_it_holds_is_refused_naming_the_frame() {
+    use braid_migrate::wire::{read_message, read_preamble, write_message, write_preamble, Counts};
+    use braid_migrate::{migrate_in, DestinationOptions, Message, MigrateError, Mode};
+
+    // A real statelet of a NAT that holds one flow.
+    let mut src = host("forge-src", "nat", NAT);
+    let first = trace(1, 1, false).remove(0).1;
+    send_all(&mut src.client, vec![first]);
+    let mut out = Outputs::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while out.is_empty() && Instant::now() < deadline {
+        collect(&mut [&mut src], &mut out);
+    }
+    assert_eq!(out.len(), 1, "the NAT forwarded the flow's first packet");
+    let state = src.handle.export_state("nf").unwrap().unwrap();
+    let held = ConnSnapshot::decode(&state, "nat").unwrap();
+    assert_eq!(held.conns.len(), 1);
+    let flow = held.conns[0].partition_key();
+    src.stop();
+
+    let mut dst = host("forge-dst", "nat", NAT);
+    let before = dst.handle.export_state("nf").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dh = dst.handle.clone();
+    let dest = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        migrate_in(&dh, "nf", "nat", conn, &DestinationOptions::default())
+    });
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut c = Counts::default();
+    write_preamble(&mut conn).unwrap();
+    let hello =
+        Message::Hello { id: 9, stage: "nf".into(), kind: "nat".into(), mode: Mode::Statelet };
+    write_message(&mut conn, &hello, &mut c).unwrap();
+    read_preamble(&mut conn).unwrap();
+    assert_eq!(read_message(&mut conn, &mut Counts::default()).unwrap(), Message::Accept);
+    let forged = braid_nf::CompactStatelet { state, cleared: vec![flow] };
+    write_message(&mut conn, &Message::Statelet(forged), &mut c).unwrap();
+    let err = dest.join().unwrap().unwrap_err();
+    assert!(
+        matches!(err, MigrateError::Wire(braid_migrate::WireError::Statelet { frame: 1, .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("frame 1: statelet refused"), "{err}");
+    assert!(err.to_string().contains("also holds an entry"), "{err}");
+    assert_eq!(dst.handle.export_state("nf").unwrap(), before, "nothing of it installed");
+    dst.stop();
+}

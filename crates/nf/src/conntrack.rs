@@ -1214,6 +1214,14 @@ impl ConnSnapshot {
         state.decode(kind, SNAPSHOT_VERSION)
     }
 
+    /// The flows of the connections in `state` (NF `kind`'s snapshot or
+    /// statelet), IPv4 then IPv6, in order.
+    pub fn entry_keys(state: &NfState, kind: &str) -> Result<Vec<PartitionKey>, StateError> {
+        let snap = ConnSnapshot::decode(state, kind)?;
+        let v4 = snap.conns.iter().map(Conn::partition_key);
+        Ok(v4.chain(snap.conns6.iter().map(Conn::partition_key)).collect())
+    }
+
     /// The connections after merging this snapshot into `table` and
     /// `table6` (whose NF-local time is `clock`): the held connections
     /// except those whose flow the snapshot brings again, then the

@@ -140,6 +140,12 @@ struct SwitchState {
 
 const STATE_VERSION: u32 = 1;
 
+/// The stations of the entries in `state` (a statelet's), in order.
+pub(crate) fn entry_keys(state: &NfState) -> Result<Vec<PartitionKey>, StateError> {
+    let s: SwitchState = state.decode(SPEC.name, STATE_VERSION)?;
+    Ok(s.entries.iter().map(|e| PartitionKey::station(e.vlan, e.mac)).collect())
+}
+
 /// The `l2switch` NF.
 #[derive(Debug)]
 pub struct L2Switch {

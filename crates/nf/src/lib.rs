@@ -55,7 +55,7 @@ pub use registry::{build, find, NfSpec, REGISTRY};
 pub use state::{
     Encoding, FlowPartition, FlowScope, HashRange, NfState, PartitionKey, StateError, StateKind,
 };
-pub use statelet::{FlowStream, Statelet};
+pub use statelet::{CompactStatelet, FlowStream, Statelet};
 
 /// The CALVIN classification of an NF by what it needs from the packet path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -175,6 +175,18 @@ pub struct ConnEntry<A> {
 }
 
 impl<A: LbAddr> ConnEntry<A> {
+    /// The table key of this connection's forward flow (client to `vip`).
+    fn key(&self, vip: A) -> A::Key {
+        let flow = Flow {
+            src: self.client,
+            dst: vip,
+            proto: self.proto,
+            src_port: self.client_port,
+            dst_port: self.vip_port,
+        };
+        flow.into()
+    }
+
     /// The exported form of connection `c` of forward flow `key`.
     fn of(key: &A::Key, c: &Conn<A>) -> ConnEntry<A> {
         let t: Flow<A> = (*key).into();
@@ -202,6 +214,20 @@ struct LbState<A> {
     backends: Vec<Backend<A>>,
     conns: Vec<ConnEntry<A>>,
     conn_overflow: u64,
+}
+
+/// The flows of the connections in `state` (a statelet's), in order,
+/// whichever family its format is.
+pub(crate) fn entry_keys(state: &NfState) -> Result<Vec<PartitionKey>, StateError> {
+    fn of<A: LbAddr>(state: &NfState) -> Result<Vec<PartitionKey>, StateError> {
+        let s: LbState<A> = state.decode(SPEC.name, A::STATE_VERSION)?;
+        Ok(s.conns.iter().map(|c| A::partition_key(c.key(s.vip))).collect())
+    }
+    if state.version == Ipv6Addr::STATE_VERSION {
+        of::<Ipv6Addr>(state)
+    } else {
+        of::<Ipv4Addr>(state)
+    }
 }
 
 /// The family whose state format is `version` (kind `loadbalancer`).
@@ -720,14 +746,7 @@ impl<A: LbAddr> LoadBalancer<A> {
     /// The table key of the forward flow (client to VIP) of an exported
     /// connection.
     fn key_of(&self, c: &ConnEntry<A>) -> A::Key {
-        let flow = Flow {
-            src: c.client,
-            dst: self.settings.vip,
-            proto: c.proto,
-            src_port: c.client_port,
-            dst_port: c.vip_port,
-        };
-        flow.into()
+        c.key(self.settings.vip)
     }
 
     /// Record exported connections (checked by the caller), replacing what

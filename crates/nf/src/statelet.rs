@@ -43,6 +43,7 @@ use crate::{NfState, PartitionKey, StateError};
 /// The state of some flows of an NF at one moment: after installing it the
 /// flows `keys` hold exactly the entries in `state` (none: the flow holds
 /// nothing).
+/// On the wire it goes as a [`CompactStatelet`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Statelet {
     /// Every flow this statelet sets (the keys of the entries in `state`
@@ -58,6 +59,76 @@ impl Statelet {
     /// in O(1) each.
     pub fn key_set(&self) -> HashSet<PartitionKey> {
         self.keys.iter().copied().collect()
+    }
+
+    /// The flows this statelet sets that hold no entry in it (flows it
+    /// clears), in `keys` order. Refuses a statelet whose entries do not
+    /// decode or include a flow it does not name.
+    pub fn cleared(&self) -> Result<Vec<PartitionKey>, StateError> {
+        let held: HashSet<PartitionKey> = entry_keys(&self.state)?.into_iter().collect();
+        let named = self.key_set();
+        if let Some(k) = held.iter().find(|k| !named.contains(k)) {
+            return Err(StateError::Corrupt(format!(
+                "statelet has an entry of flow {k:?}, which it does not name"
+            )));
+        }
+        Ok(self.keys.iter().filter(|k| !held.contains(k)).copied().collect())
+    }
+}
+
+/// The keys of the entries in a statelet's state, in entry order: what a
+/// reader of a serialized [`Statelet`] derives instead of reading them.
+/// Refuses the state of an NF kind without per-flow statelets (a
+/// [`FlowStream`]) and a state that does not decode.
+pub fn entry_keys(state: &NfState) -> Result<Vec<PartitionKey>, StateError> {
+    // The NF kinds that implement `FlowStream`: each reads its own format.
+    match state.kind.as_str() {
+        k if k == crate::nat::SPEC.name || k == crate::firewall::SPEC.name => {
+            crate::conntrack::ConnSnapshot::entry_keys(state, k)
+        }
+        k if k == crate::loadbalancer::SPEC.name => crate::loadbalancer::entry_keys(state),
+        k if k == crate::l2switch::SPEC.name => crate::l2switch::entry_keys(state),
+        other => Err(StateError::Corrupt(format!(
+            "a statelet of a `{other}` NF: only nat, firewall, loadbalancer and l2switch stream per-flow statelets"
+        ))),
+    }
+}
+
+/// A [`Statelet`] as the migration protocol sends it: its entries, and
+/// only the flows it clears ([`Statelet::compact`]). Every entry holds its
+/// own flow's key, so the reader derives the rest ([`entry_keys`],
+/// [`CompactStatelet::expand`]); snapshot chunks, most of a migration's
+/// bytes, then carry no keys at all (a NAT connection is ~34 bytes, its
+/// key another ~16).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CompactStatelet {
+    pub state: NfState,
+    /// The flows the statelet sets that hold no entry in it.
+    pub cleared: Vec<PartitionKey>,
+}
+
+impl Statelet {
+    /// This statelet without its entries' keys. Refuses one whose entries
+    /// do not decode or include a flow it does not name.
+    pub fn compact(&self) -> Result<CompactStatelet, StateError> {
+        Ok(CompactStatelet { state: self.state.clone(), cleared: self.cleared()? })
+    }
+}
+
+impl CompactStatelet {
+    /// The statelet again: the entries' keys (in entry order), then the
+    /// cleared flows. Refuses entries that do not decode, the state of an
+    /// NF kind without statelets, and a cleared flow that holds an entry.
+    pub fn expand(self) -> Result<Statelet, StateError> {
+        let mut keys = entry_keys(&self.state)?;
+        let held: HashSet<PartitionKey> = keys.iter().copied().collect();
+        if let Some(k) = self.cleared.iter().find(|k| held.contains(k)) {
+            return Err(StateError::Corrupt(format!(
+                "statelet clears flow {k:?} and also holds an entry for it"
+            )));
+        }
+        keys.extend(self.cleared);
+        Ok(Statelet { keys, state: self.state })
     }
 }
 

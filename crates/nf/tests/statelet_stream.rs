@@ -9,7 +9,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use braid_nf::conntrack::{ConnSnapshot, SNAPSHOT_VERSION};
 use braid_nf::statelet::dedup_keys;
-use braid_nf::{Context, Counters, NetworkFunction, PartitionKey, StateError, Statelet};
+use braid_nf::{
+    CompactStatelet, Context, Counters, NetworkFunction, PartitionKey, StateError, Statelet,
+};
 use braid_packet::envelope;
 use braid_packet::wire::build::{Frame6Spec, FrameSpec};
 use braid_packet::{Batch, Packet};
@@ -218,6 +220,9 @@ fn migrate(
     stream.push(fs.export_flows(&changed));
     fs.record_changes(false);
 
+    // The stream crosses the wire: each statelet as the migration
+    // protocol serializes it (without its entries' keys).
+    let stream: Vec<Statelet> = stream.iter().map(through_the_wire).collect();
     let mut dst = build(kind);
     let ds = dst.flow_stream().unwrap();
     for s in &stream {
@@ -225,6 +230,20 @@ fn migrate(
     }
     ds.finish_install().unwrap();
     (src, dst, stream, drv)
+}
+
+/// `s` as the migration protocol sends it (postcard of its compact form)
+/// and read back: the same entries and the same flows named (the keys
+/// may come back in another order: the entries' first).
+fn through_the_wire(s: &Statelet) -> Statelet {
+    let bytes = postcard::to_allocvec(&s.compact().expect("a statelet of its own NF")).unwrap();
+    let back = postcard::from_bytes::<CompactStatelet>(&bytes).unwrap().expand().unwrap();
+    assert_eq!(back.state, s.state);
+    let (mut sent, mut got) = (s.keys.clone(), back.keys.clone());
+    sent.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(sent, got, "the same flows named");
+    back
 }
 
 proptest! {
@@ -323,4 +342,75 @@ fn a_tombstone_removes_the_flow_and_a_foreign_statelet_changes_nothing() {
     let err = fw_dst.flow_stream().unwrap().install(&bad).unwrap_err();
     assert!(matches!(err, StateError::Checksum { .. }), "{err}");
     assert_eq!(canonical(fw_dst.as_ref()), before);
+}
+
+/// On the wire a statelet carries its entries and only the flows it
+/// clears: a snapshot chunk carries no key at all. A stream that names an
+/// entry's flow among the cleared ones, or of an NF kind without
+/// statelets, is refused as it is read; a statelet whose entry is of a
+/// flow it does not name cannot be written.
+#[test]
+fn a_statelet_on_the_wire_carries_only_the_flows_it_clears() {
+    let ops: Vec<Op> = (1..=20)
+        .map(|h| Op::Out {
+            host: h,
+            port: 1000 + u16::from(h % 5),
+            server: 1,
+            tcp: h % 2 == 0,
+            flags: 0x02,
+        })
+        .collect();
+    let mut nat = build("nat");
+    let mut drv = Driver::new("nat");
+    for op in &ops {
+        drv.step(nat.as_mut(), *op);
+    }
+    let fs = nat.flow_stream().unwrap();
+    let chunk = fs.export_from(&mut 0, 20).unwrap();
+    assert_eq!(chunk.keys.len(), 20);
+    assert!(chunk.cleared().unwrap().is_empty(), "a chunk's keys are its entries'");
+    let compact = postcard::to_allocvec(&chunk.compact().unwrap()).unwrap();
+    let full = postcard::to_allocvec(&chunk).unwrap();
+    let state = postcard::to_allocvec(&chunk.state).unwrap();
+    // The entries and one byte for the empty list of cleared flows.
+    assert_eq!(compact.len(), state.len() + 1);
+    assert!(
+        full.len() - compact.len() >= 20 * 12,
+        "{} bytes of keys left out",
+        full.len() - compact.len()
+    );
+
+    // A statelet of two held flows and one that holds nothing.
+    let mut named = chunk.keys[..2].to_vec();
+    let gone = PartitionKey::five_tuple(braid_packet::flow::FiveTuple {
+        src: Ipv4Addr::new(10, 9, 9, 9),
+        dst: Ipv4Addr::new(192, 0, 2, 9),
+        src_port: 9,
+        dst_port: 9,
+        proto: 17,
+    });
+    named.push(gone);
+    let s = fs.export_flows(&named);
+    assert_eq!(s.cleared().unwrap(), vec![gone]);
+    let back = through_the_wire(&s);
+    assert_eq!(back.keys.last(), Some(&gone));
+
+    // Refused on reading: an entry's flow among the cleared ones.
+    let forged = CompactStatelet { state: s.state.clone(), cleared: vec![named[0]] };
+    let err = forged.expand().unwrap_err();
+    assert!(err.to_string().contains("also holds an entry"), "{err}");
+    // ... the state of an NF kind without statelets.
+    let meter = braid_nf::NfState::encode("meter", 1, &0u64);
+    let err = CompactStatelet { state: meter, cleared: Vec::new() }.expand().unwrap_err();
+    assert!(err.to_string().contains("`meter`"), "{err}");
+    // ... entries that do not decode.
+    let mut bad = chunk.state.clone();
+    let last = bad.data.len() - 1;
+    bad.data[last] ^= 0xff;
+    let err = CompactStatelet { state: bad, cleared: Vec::new() }.expand().unwrap_err();
+    assert!(matches!(err, StateError::Checksum { .. }), "{err}");
+    // Refused on writing: an entry of a flow the statelet does not name.
+    let lying = Statelet { keys: vec![gone], state: chunk.state.clone() };
+    let err = lying.compact().unwrap_err();
+    assert!(err.to_string().contains("does not name"), "{err}");
 }
