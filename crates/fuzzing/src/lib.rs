@@ -17,7 +17,10 @@
 //! crypto headers and the wire views), [`shm`] (a hostile peer's
 //! descriptors on a shared-memory channel, the handshake's hello).
 
-use braid_nf::{Context, Counters, NetworkFunction, Params};
+use braid_nf::state::Encoding;
+use braid_nf::{
+    CompactStatelet, Context, Counters, NetworkFunction, NfState, Params, PartitionKey,
+};
 use braid_packet::{Batch, Packet};
 
 /// Every NF kind with parameters it builds with (the router without a
@@ -202,6 +205,133 @@ pub fn state_import(data: &[u8]) {
     nf.process(&mut b, &mut Context::new(2_000_000_000, &mut counters));
 }
 
+/// A migration's statelet stream as the destination reads it, into a
+/// fresh per-flow NF. Layout: one byte picks the NF of [`NF_CASES`] (those
+/// without a [`braid_nf::FlowStream`] return at once); then records of
+/// `len_hi, len_lo`, that many bytes of the NF's own binary state format
+/// (the target appends the CRC-32, so the bytes reach the decoder), and
+/// a postcard list of the flows the statelet clears. Each record goes
+/// through [`braid_nf::CompactStatelet::expand`] and
+/// [`braid_nf::FlowStream::install`] as the migration's destination does;
+/// then [`braid_nf::FlowStream::finish_install`] and a frame through the
+/// NF. Checked besides "no panic": a refused statelet changes nothing
+/// (the flows held before and after are the same).
+pub fn statelets(data: &[u8]) {
+    install_statelets(data);
+}
+
+/// [`statelets`], returning how many statelets were installed (`None`:
+/// the NF has no per-flow state).
+fn install_statelets(data: &[u8]) -> Option<usize> {
+    let (&which, mut rest) = data.split_first()?;
+    let mut nf = build_case(which as usize);
+    let template = nf.export_state()?;
+    let fs = nf.flow_stream()?;
+    let mut installed = 0;
+    while rest.len() >= 2 {
+        let len = (usize::from(rest[0]) << 8 | usize::from(rest[1])).min(rest.len() - 2);
+        let mut body = rest[2..2 + len].to_vec();
+        rest = &rest[2 + len..];
+        let Ok((cleared, after)) = postcard::take_from_bytes::<Vec<PartitionKey>>(rest) else {
+            break;
+        };
+        rest = after;
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let state = NfState {
+            kind: template.kind.clone(),
+            version: template.version,
+            encoding: Encoding::Binary,
+            data: body,
+        };
+        let Ok(statelet) = (CompactStatelet { state, cleared }).expand() else {
+            continue;
+        };
+        let before = held_keys(fs);
+        match fs.install(&statelet) {
+            Ok(()) => installed += 1,
+            Err(e) => assert_eq!(
+                held_keys(fs),
+                before,
+                "{}: a refused statelet ({e}) changed the table",
+                template.kind
+            ),
+        }
+    }
+    let _ = fs.finish_install();
+    let mut b: Batch = std::iter::once(Packet::from_bytes(&[0u8; 60])).collect();
+    let mut counters = Counters::default();
+    nf.process(&mut b, &mut Context::new(2_000_000_000, &mut counters));
+    check_out(&b);
+    Some(installed)
+}
+
+/// The flows a per-flow NF holds, sorted.
+fn held_keys(fs: &mut dyn braid_nf::FlowStream) -> Vec<PartitionKey> {
+    let mut keys = Vec::new();
+    fs.held_keys(&mut keys);
+    keys.sort_unstable();
+    keys
+}
+
+/// Inputs for [`statelets`] made from real streams: for each per-flow NF
+/// of [`NF_CASES`], traffic of a few flows, then the snapshot chunks and
+/// a statelet of changed flows (one of them cleared) as that target
+/// reads them. The committed corpus of `statelets` was written from
+/// these (`BRAID_WRITE_CORPUS=1 cargo test -p braid-fuzzing`).
+pub fn statelet_seeds() -> Vec<Vec<u8>> {
+    use braid_packet::wire::build::FrameSpec;
+    use std::net::Ipv4Addr;
+    let mut seeds = Vec::new();
+    for (index, _) in NF_CASES.iter().enumerate() {
+        let mut nf = build_case(index);
+        if nf.flow_stream().is_none() {
+            continue;
+        }
+        let mut counters = Counters::default();
+        // To the load balancer's VIP, to what the firewall allows, and
+        // outside the NAT.
+        let servers = [[10, 0, 0, 100], [10, 1, 0, 100], [198, 51, 100, 1]];
+        let mut b: Batch = (0..9u8)
+            .map(|i| {
+                let inside = (Ipv4Addr::new(10, 0, 0, 1 + i), 1000 + u16::from(i));
+                let server = Ipv4Addr::from(servers[usize::from(i % 3)]);
+                let mut spec = FrameSpec::udp(inside, (server, 80), 8);
+                spec.src_mac = braid_packet::wire::MacAddr([2, 0, 0, 0, 1, i]);
+                Packet::from_bytes(&spec.build())
+            })
+            .collect();
+        nf.process(&mut b, &mut Context::new(1_000_000_000, &mut counters));
+        let fs = nf.flow_stream().expect("checked");
+        // As a migration does: freeze (the hash-map NFs walk the keys
+        // held at the freeze), then walk.
+        fs.record_changes(true);
+        let mut seed = vec![index as u8];
+        let mut cursor = 0;
+        let mut statelets = Vec::new();
+        while let Some(s) = fs.export_from(&mut cursor, 4) {
+            statelets.push(s);
+        }
+        let mut keys = Vec::new();
+        fs.held_keys(&mut keys);
+        if let [kept, gone, ..] = keys[..] {
+            // A change of one flow, and the tombstone of another.
+            statelets.push(fs.export_flows(&[kept]));
+            statelets
+                .push(braid_nf::Statelet { keys: vec![gone], state: fs.export_flows(&[]).state });
+        }
+        for s in statelets {
+            let Ok(c) = s.compact() else { continue };
+            let body = &c.state.data[..c.state.data.len() - 4];
+            seed.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            seed.extend_from_slice(body);
+            seed.extend(postcard::to_allocvec(&c.cleared).expect("keys serialize"));
+        }
+        seeds.push(seed);
+    }
+    seeds
+}
+
 /// The coding header, the crypto header and the wire views over the same
 /// bytes.
 pub fn headers(data: &[u8]) {
@@ -352,6 +482,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("state_import", state_import),
     ("headers", headers),
     ("shm", shm),
+    ("statelets", statelets),
 ];
 
 #[cfg(test)]
@@ -388,6 +519,37 @@ mod tests {
             }
         }
         assert!(replayed >= TARGETS.len(), "{replayed} corpus files");
+    }
+
+    /// The seeds of `statelets` are real streams: every per-flow NF of
+    /// the cases installs its chunks, a change and a tombstone. With
+    /// `BRAID_WRITE_CORPUS=1` they are (re)written to the corpus.
+    #[test]
+    fn statelet_seeds_install_real_streams() {
+        let seeds = statelet_seeds();
+        let mut kinds = Vec::new();
+        for seed in &seeds {
+            let (kind, _) = NF_CASES[seed[0] as usize];
+            let n = install_statelets(seed).expect("a per-flow NF");
+            if n > 0 {
+                kinds.push(kind);
+            }
+            assert!(
+                n == 0 || n >= 3,
+                "{kind}: {n} statelets of the seed installed ({} bytes)",
+                seed.len()
+            );
+        }
+        for kind in ["nat", "firewall", "loadbalancer", "l2switch"] {
+            assert!(kinds.contains(&kind), "no {kind} seed installs: {kinds:?}");
+        }
+        if std::env::var_os("BRAID_WRITE_CORPUS").is_some() {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/statelets");
+            std::fs::create_dir_all(&dir).unwrap();
+            for (i, seed) in seeds.iter().enumerate() {
+                std::fs::write(dir.join(format!("seed-{i}")), seed).unwrap();
+            }
+        }
     }
 
     /// A few hundred pseudo-random inputs per target (xorshift, fixed
