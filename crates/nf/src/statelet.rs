@@ -43,7 +43,8 @@ use crate::{NfState, PartitionKey, StateError};
 /// The state of some flows of an NF at one moment: after installing it the
 /// flows `keys` hold exactly the entries in `state` (none: the flow holds
 /// nothing).
-/// On the wire it goes as a [`CompactStatelet`].
+///
+/// On the wire it goes as a [`CompactStatelet`] ([`Statelet::compact`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Statelet {
     /// Every flow this statelet sets (the keys of the entries in `state`
@@ -73,6 +74,13 @@ impl Statelet {
             )));
         }
         Ok(self.keys.iter().filter(|k| !held.contains(k)).copied().collect())
+    }
+
+    /// This statelet without its entries' keys. Refuses one whose entries
+    /// do not decode or include a flow it does not name.
+    pub fn compact(self) -> Result<CompactStatelet, StateError> {
+        let cleared = self.cleared()?;
+        Ok(CompactStatelet { state: self.state, cleared })
     }
 }
 
@@ -105,14 +113,6 @@ pub struct CompactStatelet {
     pub state: NfState,
     /// The flows the statelet sets that hold no entry in it.
     pub cleared: Vec<PartitionKey>,
-}
-
-impl Statelet {
-    /// This statelet without its entries' keys. Refuses one whose entries
-    /// do not decode or include a flow it does not name.
-    pub fn compact(&self) -> Result<CompactStatelet, StateError> {
-        Ok(CompactStatelet { state: self.state.clone(), cleared: self.cleared()? })
-    }
 }
 
 impl CompactStatelet {

@@ -236,7 +236,8 @@ fn migrate(
 /// and read back: the same entries and the same flows named (the keys
 /// may come back in another order: the entries' first).
 fn through_the_wire(s: &Statelet) -> Statelet {
-    let bytes = postcard::to_allocvec(&s.compact().expect("a statelet of its own NF")).unwrap();
+    let bytes =
+        postcard::to_allocvec(&s.clone().compact().expect("a statelet of its own NF")).unwrap();
     let back = postcard::from_bytes::<CompactStatelet>(&bytes).unwrap().expand().unwrap();
     assert_eq!(back.state, s.state);
     let (mut sent, mut got) = (s.keys.clone(), back.keys.clone());
@@ -369,7 +370,7 @@ fn a_statelet_on_the_wire_carries_only_the_flows_it_clears() {
     let chunk = fs.export_from(&mut 0, 20).unwrap();
     assert_eq!(chunk.keys.len(), 20);
     assert!(chunk.cleared().unwrap().is_empty(), "a chunk's keys are its entries'");
-    let compact = postcard::to_allocvec(&chunk.compact().unwrap()).unwrap();
+    let compact = postcard::to_allocvec(&chunk.clone().compact().unwrap()).unwrap();
     let full = postcard::to_allocvec(&chunk).unwrap();
     let state = postcard::to_allocvec(&chunk.state).unwrap();
     // The entries and one byte for the empty list of cleared flows.
