@@ -313,6 +313,14 @@ impl<'a> Worker<'a> {
             ),
             None => None,
         };
+        if let Some(a) = cfg.adapt.as_ref().filter(|a| a.log) {
+            // The log says the controller runs even when it has nothing
+            // to change (a steady load).
+            eprintln!(
+                "worker `{}`: adapt: on (batch {} within {}..={}, idle {:?}, a look every {:?})",
+                cfg.name, cfg.batch_size, a.min_batch, a.max_batch, cfg.idle, a.period
+            );
+        }
         let mut graph = graph.into();
         let stages = graph.get().stages().iter().map(|s| s.telemetry()).collect();
         let telemetry = Arc::new(WorkerTelemetry::new(&cfg.name, stages));
