@@ -94,20 +94,24 @@ impl PreparedSwitch {
     /// with the route socket of that namespace, opened on first use.
     fn ready_route(&mut self, r: &RouteSpec, what: &str) -> Result<ReadyRoute, SwitchError> {
         let ns = r.netns.as_deref();
-        let parse = || Route::parse(&r.to, r.via.as_deref(), r.dev.as_deref());
-        let socket = match self.sockets.iter().position(|(n, _)| n.as_deref() == ns) {
-            Some(at) => at,
-            None => {
-                let socket = in_namespace(ns, || {
-                    RouteSocket::open().map_err(|e| SwitchError::failed(where_(ns), e))
-                })?;
-                self.sockets.push((r.netns.clone(), socket));
+        let known = self.sockets.iter().position(|(n, _)| n.as_deref() == ns);
+        // One entry into the namespace (a thread each) for both.
+        let (opened, route) = in_namespace(ns, || {
+            let opened = match known {
+                Some(_) => None,
+                None => Some(RouteSocket::open().map_err(|e| SwitchError::failed(where_(ns), e))?),
+            };
+            let route = Route::parse(&r.to, r.via.as_deref(), r.dev.as_deref())
+                .map_err(|e| SwitchError::failed(format!("{what} in {}", where_(ns)), e))?;
+            Ok((opened, route))
+        })?;
+        let socket = match (known, opened) {
+            (Some(at), _) => at,
+            (None, opened) => {
+                self.sockets.push((r.netns.clone(), opened.expect("opened: not known before")));
                 self.sockets.len() - 1
             }
         };
-        let route = in_namespace(ns, || {
-            parse().map_err(|e| SwitchError::failed(format!("{what} in {}", where_(ns)), e))
-        })?;
         Ok(ReadyRoute { socket, route })
     }
 
