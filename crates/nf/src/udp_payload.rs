@@ -7,6 +7,7 @@
 
 use braid_packet::envelope::{self, Class, Ipv4Headers, Parsed};
 use braid_packet::wire;
+use braid_packet::wire::checksum;
 use braid_packet::wire::ipv4::Ipv4Packet;
 use braid_packet::wire::udp::UdpPacket;
 use braid_packet::Packet;
@@ -80,6 +81,10 @@ const MAX_IP_LEN: usize = u16::MAX as usize;
 /// payload offset `at` (relative to the payload start), dropping any link
 /// padding after the datagram. Returns the new location, or `None` if the
 /// buffer has no room or the lengths would overflow (packet unchanged).
+///
+/// Inlined: its result returned through memory was read back with wider
+/// loads than it was written with (a store-forwarding stall per packet).
+#[inline(always)]
 pub(crate) fn insert(pkt: &mut Packet, loc: UdpLoc, at: usize, n: usize) -> Option<UdpLoc> {
     let ip_len = loc.end - loc.ip + n;
     if ip_len > MAX_IP_LEN || loc.payload + at > loc.end {
@@ -100,6 +105,8 @@ pub(crate) fn insert(pkt: &mut Packet, loc: UdpLoc, at: usize, n: usize) -> Opti
 
 /// Remove `n` bytes of the UDP payload at payload offset `at`. Returns the
 /// new location, or `None` if the payload is shorter (packet unchanged).
+/// Inlined, as [`insert`].
+#[inline(always)]
 pub(crate) fn remove(pkt: &mut Packet, loc: UdpLoc, at: usize, n: usize) -> Option<UdpLoc> {
     let split = loc.payload + at;
     if split + n > loc.end {
@@ -116,16 +123,24 @@ pub(crate) fn remove(pkt: &mut Packet, loc: UdpLoc, at: usize, n: usize) -> Opti
     Some(UdpLoc { end: loc.end - n, ..loc })
 }
 
+/// Write the IPv4 total length of the datagram at `loc` and patch the
+/// header checksum for it (RFC 1624) instead of summing the header again:
+/// a header that arrived with a wrong checksum keeps it wrong, as a router
+/// forwarding it would, rather than being given a valid one. The source
+/// and destination addresses, for the UDP pseudo header.
+fn set_ip_total_len(frame: &mut [u8], loc: UdpLoc) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[loc.ip..loc.end]);
+    let (old, new) = (ip.total_len(), (loc.end - loc.ip) as u16);
+    ip.set_total_len(new);
+    ip.set_checksum(checksum::update16(ip.checksum(), old, new));
+    (ip.src_addr(), ip.dst_addr())
+}
+
 /// Write the IPv4 total length and checksum and the UDP length and
 /// checksum for the datagram at `loc` (after its payload changed). A UDP
 /// checksum of 0 on entry (none sent) stays 0.
 pub(crate) fn fix_lengths_and_checksums(frame: &mut [u8], loc: UdpLoc) {
-    let (src, dst) = {
-        let mut ip = Ipv4Packet::new_unchecked(&mut frame[loc.ip..loc.end]);
-        ip.set_total_len((loc.end - loc.ip) as u16);
-        ip.fill_checksum();
-        (ip.src_addr(), ip.dst_addr())
-    };
+    let (src, dst) = set_ip_total_len(frame, loc);
     let mut udp = UdpPacket::new_unchecked(&mut frame[loc.udp..loc.end]);
     let had_checksum = udp.checksum() != 0;
     udp.set_len((loc.end - loc.udp) as u16);
@@ -134,12 +149,49 @@ pub(crate) fn fix_lengths_and_checksums(frame: &mut [u8], loc: UdpLoc) {
     }
 }
 
+/// [`fix_lengths_and_checksums`] for a datagram whose bytes from `tail`
+/// to its end were just written by a pass that also summed them:
+/// `tail_sum` is `checksum::sum(&frame[tail..loc.end])`, so only the
+/// bytes before `tail` are read again. `tail` must lie at an even offset
+/// from the UDP header (otherwise the whole datagram is summed).
+pub(crate) fn fix_lengths_and_checksums_summed(
+    frame: &mut [u8],
+    loc: UdpLoc,
+    tail: usize,
+    tail_sum: u32,
+) {
+    if tail < loc.udp + wire::udp::HEADER_LEN
+        || tail > loc.end
+        || !(tail - loc.udp).is_multiple_of(2)
+    {
+        return fix_lengths_and_checksums(frame, loc);
+    }
+    let udp_len = loc.end - loc.udp;
+    // Summed before the length and checksum fields are written, and those
+    // two added by value: reading freshly written 2-byte fields back in
+    // 4-byte words stalls (store forwarding), a quarter of this function.
+    let ports = checksum::sum(&frame[loc.udp..loc.udp + 4]);
+    let between = checksum::sum(&frame[loc.udp + wire::udp::HEADER_LEN..tail]);
+    let (src, dst) = set_ip_total_len(frame, loc);
+    let mut udp = UdpPacket::new_unchecked(&mut frame[loc.udp..loc.end]);
+    let had_checksum = udp.checksum() != 0;
+    udp.set_len(udp_len as u16);
+    if !had_checksum {
+        return;
+    }
+    let pseudo = checksum::pseudo_header_v4(src, dst, wire::ip_proto::UDP, udp_len);
+    let sum = pseudo as u64 + ports as u64 + udp_len as u64 + between as u64 + tail_sum as u64;
+    let ck = match !checksum::fold64(sum) {
+        0 => 0xFFFF,
+        c => c,
+    };
+    udp.set_checksum(ck);
+}
+
 /// Like [`fix_lengths_and_checksums`], but the UDP checksum is set to 0
 /// ("no checksum", valid over IPv4): no pass over the payload.
 pub(crate) fn fix_lengths_zero_udp_checksum(frame: &mut [u8], loc: UdpLoc) {
-    let mut ip = Ipv4Packet::new_unchecked(&mut frame[loc.ip..loc.end]);
-    ip.set_total_len((loc.end - loc.ip) as u16);
-    ip.fill_checksum();
+    set_ip_total_len(frame, loc);
     let mut udp = UdpPacket::new_unchecked(&mut frame[loc.udp..loc.end]);
     udp.set_len((loc.end - loc.udp) as u16);
     udp.set_checksum(0);
@@ -226,6 +278,55 @@ mod tests {
                 fix_lengths_and_checksums(p.data_mut(), loc3);
                 assert_eq!(p.data(), &frame[..], "len {len} at {at} vlan {vlan:?}");
             }
+        }
+    }
+
+    /// With the sum of the bytes after `tail` given, the lengths and
+    /// checksums are the ones a full pass writes, whatever the payload,
+    /// the frame's VLAN tag, a UDP checksum of 0 on entry, or `tail`
+    /// (odd offsets fall back to the full pass).
+    #[test]
+    fn a_given_tail_sum_writes_what_the_full_pass_writes() {
+        use proptest::prelude::*;
+        proptest!(|(payload in prop::collection::vec(any::<u8>(), 0..1500),
+                    grow in 0usize..40, vlan in any::<bool>(), no_checksum in any::<bool>(),
+                    tail_at in 0usize..1600)| {
+            let mut s = spec(payload.len());
+            s.payload = payload;
+            s.vlan = vlan.then_some(5);
+            let mut frame = s.build();
+            let Located::Udp(loc) = verdict(&frame) else { panic!() };
+            if no_checksum {
+                frame[loc.udp + 6..loc.udp + 8].fill(0);
+            }
+            let mut p = Packet::from_bytes(&frame);
+            let loc = insert(&mut p, loc, 0, grow).unwrap();
+            let tail = loc.payload + tail_at.min(loc.end - loc.payload);
+            let mut full = p.data().to_vec();
+            fix_lengths_and_checksums(&mut full, loc);
+            let mut summed = p.data().to_vec();
+            let tail_sum = checksum::sum(&summed[tail..loc.end]);
+            fix_lengths_and_checksums_summed(&mut summed, loc, tail, tail_sum);
+            prop_assert_eq!(summed, full);
+        });
+    }
+
+    /// The IPv4 checksum is patched for the new length, not recomputed: a
+    /// valid one stays valid, a wrong one stays wrong (never laundered).
+    #[test]
+    fn the_ip_checksum_is_patched_not_recomputed() {
+        for corrupt in [false, true] {
+            let mut frame = spec(30).build();
+            if corrupt {
+                frame[24] ^= 0x5a;
+            }
+            let mut p = Packet::from_bytes(&frame);
+            let Located::Udp(loc) = verdict(p.data()) else { panic!() };
+            let loc = insert(&mut p, loc, 0, 16).unwrap();
+            fix_lengths_and_checksums(p.data_mut(), loc);
+            let ip = Ipv4Packet::new_checked(&p.data()[loc.ip..]).unwrap();
+            assert_eq!(ip.total_len() as usize, loc.end - loc.ip);
+            assert_eq!(ip.verify_checksum(), !corrupt, "corrupt {corrupt}");
         }
     }
 
