@@ -15,9 +15,11 @@
 //! CTR packets are not authenticated, so a replay window would not stop
 //! anyone who can rewrite the sequence number: it is refused for CTR.
 
-use crate::aes_header::{AesHeader, Cipher, KeyConfig, Mode, HEADER_LEN, KEY_PARAMS, TAG_LEN};
+use crate::aes_header::{
+    AesHeader, Cipher, CtrKeystreams, KeyConfig, Mode, HEADER_LEN, KEY_PARAMS, TAG_LEN,
+};
 use crate::replay::{ReplayGuard, ReplaySnapshot, MAX_WINDOW, MIN_WINDOW};
-use crate::udp_payload::{self, Located};
+use crate::udp_payload::{self, Located, UdpLoc};
 use crate::{
     Context, DropReason, Encoding, FlowScope, NetworkFunction, NfClass, NfSpec, NfState, ParamDoc,
     Placement, StateError,
@@ -61,6 +63,11 @@ pub struct Decrypt {
     key_id: u16,
     /// GCM with a non-zero window only.
     replay: Option<ReplayGuard>,
+    /// CTR: the batch's key streams, computed together.
+    streams: CtrKeystreams,
+    /// CTR: per packet kept in the batch, where its payload is and which
+    /// key stream is its (`None`: passed, not this NF's format).
+    pending: Vec<Option<(UdpLoc, usize)>>,
 }
 
 impl Decrypt {
@@ -105,55 +112,97 @@ impl Decrypt {
             ));
         }
         let replay = (window != 0).then(|| ReplayGuard::new(window, MAX_SENDERS));
-        Ok(Decrypt { cipher, key_id: cfg.key_id, replay })
+        Ok(Decrypt {
+            cipher,
+            key_id: cfg.key_id,
+            replay,
+            streams: CtrKeystreams::default(),
+            pending: Vec::new(),
+        })
     }
 
-    fn decrypt(&mut self, pkt: &mut Packet) -> Result<(), DropReason> {
+    /// Locate the UDP payload and read the header of this NF's format.
+    /// `None`: not IPv4/UDP, passed unchanged.
+    #[inline(always)]
+    fn locate(&self, pkt: &Packet) -> Result<Option<(UdpLoc, AesHeader)>, DropReason> {
         let loc = match udp_payload::verdict(pkt.data()) {
             Located::Udp(loc) => loc,
-            Located::Pass => return Ok(()),
+            Located::Pass => return Ok(None),
             Located::Drop(reason) => return Err(reason),
         };
         let mode = self.cipher.mode();
-        let len = loc.end - loc.payload;
-        if len < mode.overhead() {
+        if loc.end - loc.payload < mode.overhead() {
             return Err(DropReason::Malformed);
         }
-        let frame = pkt.data_mut();
-        let (hdr, rest) = frame[loc.payload..loc.end].split_at_mut(HEADER_LEN);
-        let header = AesHeader::parse(hdr).ok_or(DropReason::Malformed)?;
+        let header =
+            AesHeader::parse(&pkt.data()[loc.payload..loc.end]).ok_or(DropReason::Malformed)?;
         if header.mode_code != mode.code() || header.key_id != self.key_id {
             return Err(DropReason::Unsupported);
         }
+        Ok(Some((loc, header)))
+    }
+
+    /// GCM, one packet at a time: the tag is checked before anything is
+    /// decrypted or the replay window moves.
+    fn decrypt_gcm(&mut self, pkt: &mut Packet) -> Result<(), DropReason> {
+        let Some((loc, header)) = self.locate(pkt)? else { return Ok(()) };
         if let Some(g) = &self.replay {
             if !g.fresh(header.salt, header.seq) {
                 return Err(DropReason::Replayed);
             }
         }
-        let nonce = header.nonce();
-        let body_len = len - mode.overhead();
+        let body_len = loc.end - loc.payload - Mode::Gcm.overhead();
+        let frame = pkt.data_mut();
+        let (hdr, rest) = frame[loc.payload..loc.end].split_at_mut(HEADER_LEN);
         let (body, tag) = rest.split_at_mut(body_len);
-        match mode {
-            Mode::Ctr => self.cipher.ctr(&nonce, body).map_err(|_| DropReason::Other)?,
-            Mode::Gcm => {
-                let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| DropReason::Malformed)?;
-                self.cipher.open(&nonce, hdr, body, tag).map_err(|_| DropReason::AuthFailed)?
-            }
-        }
+        let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| DropReason::Malformed)?;
+        self.cipher.open(&header.nonce(), hdr, body, tag).map_err(|_| DropReason::AuthFailed)?;
         // Only an authenticated packet moves the window.
         if let Some(g) = &mut self.replay {
             if !g.accept(header.salt, header.seq) {
                 return Err(DropReason::Replayed);
             }
         }
-        let mut loc = loc;
-        if mode == Mode::Gcm {
-            loc = udp_payload::remove(pkt, loc, HEADER_LEN + body_len, TAG_LEN)
-                .ok_or(DropReason::Malformed)?;
-        }
+        let loc = udp_payload::remove(pkt, loc, HEADER_LEN + body_len, TAG_LEN)
+            .ok_or(DropReason::Malformed)?;
         let loc = udp_payload::remove(pkt, loc, 0, HEADER_LEN).ok_or(DropReason::Malformed)?;
         udp_payload::fix_lengths_and_checksums(pkt.data_mut(), loc);
         Ok(())
+    }
+
+    /// CTR, a batch at a time as `encrypt` does it: every packet's header
+    /// read first, the key streams of all of them in one block-cipher
+    /// call, then each payload XORed (its plaintext summed for the UDP
+    /// checksum in the same pass) and the header removed.
+    fn decrypt_ctr(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
+        self.streams.clear();
+        self.pending.clear();
+        cx.retain(batch, |pkt| {
+            let job = self.locate(pkt)?.map(|(loc, header)| {
+                (loc, self.streams.push(&header.nonce(), loc.end - loc.payload - HEADER_LEN))
+            });
+            self.pending.push(job);
+            Ok(())
+        });
+        if self.cipher.ctr_keystreams(&mut self.streams).is_err() {
+            // Not a CTR key: cannot happen (the mode is the key's).
+            return;
+        }
+        let mut jobs = self.pending.iter();
+        cx.retain(batch, |pkt| {
+            // One job per packet kept above, in the same order.
+            let Some(&Some((loc, stream))) = jobs.next() else { return Ok(()) };
+            let body = loc.payload + HEADER_LEN;
+            let sum = self
+                .streams
+                .apply_and_sum(stream, &mut pkt.data_mut()[body..loc.end])
+                .map_err(|_| DropReason::Other)?;
+            let loc = udp_payload::remove(pkt, loc, 0, HEADER_LEN).ok_or(DropReason::Malformed)?;
+            // The plaintext, wherever `remove` left it, is the datagram's
+            // payload: its sum is the one just taken.
+            udp_payload::fix_lengths_and_checksums_summed(pkt.data_mut(), loc, loc.payload, sum);
+            Ok(())
+        });
     }
 }
 
@@ -163,7 +212,10 @@ impl NetworkFunction for Decrypt {
     }
 
     fn process(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
-        cx.retain(batch, |pkt| self.decrypt(pkt));
+        match self.cipher.mode() {
+            Mode::Ctr => self.decrypt_ctr(batch, cx),
+            Mode::Gcm => cx.retain(batch, |pkt| self.decrypt_gcm(pkt)),
+        }
     }
 
     fn export_scoped(&self, scope: &FlowScope, encoding: Encoding) -> Result<NfState, StateError> {
@@ -230,6 +282,51 @@ mod tests {
         v.push(tagged.build());
         v.push(FrameSpec::icmp_echo(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 1, 2).build());
         v
+    }
+
+    /// The CTR format did not change with the batch path: frames whose
+    /// payloads were encrypted one by one with AWS-LC's CTR (the cipher
+    /// braid's CTR ran on before) decrypt, and `encrypt`'s ciphertext is
+    /// AWS-LC's, byte for byte.
+    #[test]
+    fn ctr_batches_speak_the_per_packet_format() {
+        let key: KeyConfig = crate::params::parse(&enc_params("ctr")).unwrap();
+        let cipher = key.cipher().unwrap();
+        let input = frames();
+        let by_hand: Vec<Vec<u8>> = input
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let mut p = Packet::from_bytes(f);
+                let Located::Udp(loc) = udp_payload::verdict(p.data()) else { return f.clone() };
+                let body = loc.end - loc.payload;
+                let loc = udp_payload::insert(&mut p, loc, 0, HEADER_LEN).unwrap();
+                let h = AesHeader {
+                    mode_code: Mode::Ctr.code(),
+                    key_id: 7,
+                    salt: [1, 2, 3, 4],
+                    seq: i as u64,
+                };
+                let d = p.data_mut();
+                h.emit(&mut d[loc.payload..]);
+                cipher
+                    .ctr(
+                        &h.nonce(),
+                        &mut d[loc.payload + HEADER_LEN..loc.payload + HEADER_LEN + body],
+                    )
+                    .unwrap();
+                udp_payload::fix_lengths_and_checksums(d, loc);
+                p.data().to_vec()
+            })
+            .collect();
+        let mut c = Counters::default();
+        let mut dec = crate::build("decrypt", &params("ctr", 7)).unwrap();
+        assert_eq!(run(dec.as_mut(), &by_hand, &mut c), input);
+        let mut p = enc_params("ctr");
+        p.as_mapping_mut().unwrap().insert("salt".into(), "01020304".into());
+        let mut enc = crate::build("encrypt", &p).unwrap();
+        assert_eq!(run(enc.as_mut(), &input, &mut c), by_hand);
+        assert_eq!(c.dropped_total(), 0);
     }
 
     #[test]
