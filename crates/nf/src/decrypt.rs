@@ -189,7 +189,7 @@ impl Decrypt {
             return;
         }
         let mut jobs = self.pending.iter();
-        cx.retain(batch, |pkt| {
+        cx.retain_again(batch, |pkt| {
             // One job per packet kept above, in the same order.
             let Some(&Some((loc, stream))) = jobs.next() else { return Ok(()) };
             let body = loc.payload + HEADER_LEN;

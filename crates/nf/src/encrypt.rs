@@ -187,7 +187,7 @@ impl Encrypt {
             return;
         }
         let mut jobs = self.pending.iter();
-        cx.retain(batch, |pkt| {
+        cx.retain_again(batch, |pkt| {
             // One job per packet kept above, in the same order.
             let Some(&Some((loc, stream))) = jobs.next() else { return Ok(()) };
             let frame = pkt.data_mut();

@@ -146,6 +146,25 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// [`retain`](Self::retain) for a later pass over a batch that an
+    /// earlier `retain` of the same call already shrank: positions are no
+    /// longer those of the batch as it entered the NF, so drops are logged
+    /// without one (the dataplane pairs them in order with the packets
+    /// that vanished, exact since they drop in batch order).
+    pub fn retain_again(
+        &mut self,
+        batch: &mut Batch,
+        mut f: impl FnMut(&mut braid_packet::Packet) -> Result<(), DropReason>,
+    ) {
+        batch.retain_mut(|p| match f(p) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.drop_packet(reason);
+                false
+            }
+        });
+    }
+
     /// Run `f` on every packet of `batch`: keep those it returns `Ok` for,
     /// drop the others and count each under the reason it returned.
     #[inline]
@@ -299,5 +318,33 @@ pub trait NetworkFunction: Send {
     /// streamable; such an NF moves whole, between batches).
     fn flow_stream(&mut self) -> Option<&mut dyn FlowStream> {
         None
+    }
+}
+
+#[cfg(test)]
+mod context_tests {
+    use super::*;
+
+    /// A second pass logs its drops without a position (the batch has
+    /// shrunk), so the dataplane pairs them with the right input packet.
+    #[test]
+    fn only_the_first_pass_logs_positions() {
+        let mut counters = Counters::default();
+        let mut log = DropLog::default();
+        let mut batch: Batch =
+            (0u8..4).map(|i| braid_packet::Packet::from_bytes(&[i; 60])).collect();
+        let mut cx = Context::with_drop_log(0, &mut counters, &mut log);
+        cx.retain(
+            &mut batch,
+            |p| if p.data()[0] == 1 { Err(DropReason::Malformed) } else { Ok(()) },
+        );
+        cx.retain_again(
+            &mut batch,
+            |p| if p.data()[0] == 2 { Err(DropReason::Other) } else { Ok(()) },
+        );
+        let left: Vec<u8> = batch.iter().map(|p| p.data()[0]).collect();
+        assert_eq!(left, [0, 3]);
+        assert_eq!(log.entries, [(Some(1), DropReason::Malformed), (None, DropReason::Other)]);
+        assert_eq!(counters.dropped_total(), 2);
     }
 }
