@@ -69,6 +69,10 @@ pub const NF_CASES: &[(&str, &str)] = &[
         "router",
         "{ mac: 02:00:00:00:00:fe, ip: 10.0.0.254, ip6: '2001:db8::fe', routes: [{ prefix: 10.1.0.0/16, next_hop_mac: 02:00:00:00:01:01, port: 1 }, { prefix: 10.0.0.0/8, next_hop_mac: 02:00:00:00:00:01, port: 0 }, { prefix: '2001:db8::/32', next_hop_mac: 02:00:00:00:00:02, port: 2 }], ports: [{ port: 1, mtu: 68 }, { port: 0, mtu: 576 }, { port: 2, mtu: 1280 }] }",
     ),
+    // CTR runs a batch at a time (three passes, one key-stream call).
+    ("encrypt", "{ mode: ctr, key: 00112233445566778899aabbccddeeff }"),
+    ("decrypt", "{ mode: ctr, key: 00112233445566778899aabbccddeeff }"),
+    ("encrypt", "{ mode: ctr, key: 00112233445566778899aabbccddeeff, udp_checksum: zero }"),
 ];
 
 /// Build NF `index` of [`NF_CASES`] (modulo its length).
