@@ -23,6 +23,9 @@ use braid_packet::wire::checksum;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::params::{ConfigError, Params};
+use crate::udp_payload::UdpLoc;
+use crate::{Context, DropReason};
+use braid_packet::{Batch, Packet};
 
 /// Length of the header.
 pub const HEADER_LEN: usize = 16;
@@ -253,6 +256,85 @@ impl CtrKeystreams {
         // The tail starts at a multiple of 16 bytes: an even offset, so
         // its sum adds on.
         Ok(checksum::add(whole, checksum::sum(tail)))
+    }
+}
+
+/// The three passes of AES-CTR over a batch, shared by `encrypt` and
+/// `decrypt`: the NF's first pass [`queue`](Self::queue)s every packet it
+/// keeps (its datagram, nonce and CTR body length, or `None` to pass it
+/// unchanged); [`compute`](Self::compute) computes all their key streams
+/// in one block-cipher call; [`finish`](Self::finish) hands each queued
+/// packet with its key stream to the NF's last step. A packet whose key
+/// stream cannot be applied is dropped, never sent half-done.
+#[derive(Debug, Default)]
+pub(crate) struct CtrBatch {
+    streams: CtrKeystreams,
+    /// Per packet kept by the first pass: its datagram and its key stream
+    /// (`None`: passed unchanged).
+    pending: Vec<Option<(UdpLoc, usize)>>,
+}
+
+impl CtrBatch {
+    /// Start a batch (the memory is kept).
+    pub fn clear(&mut self) {
+        self.streams.clear();
+        self.pending.clear();
+    }
+
+    /// The next packet kept by the first pass: its datagram, nonce and CTR
+    /// body length, or `None` if it passes unchanged.
+    #[inline]
+    pub fn queue(&mut self, job: Option<(UdpLoc, [u8; 12], usize)>) {
+        let job = job.map(|(loc, nonce, len)| (loc, self.streams.push(&nonce, len)));
+        self.pending.push(job);
+    }
+
+    /// Every queued key stream in one block-cipher call.
+    pub fn compute(&mut self, cipher: &Cipher) {
+        // With a key that is not a CTR key (never: an NF's mode is its
+        // key's) nothing is computed, and `finish` drops every queued
+        // packet rather than send it unencrypted.
+        let _ = cipher.ctr_keystreams(&mut self.streams);
+    }
+
+    /// `last(packet, datagram, key stream)` for every queued packet of
+    /// `batch` (the packets the first pass kept, in order), dropping it
+    /// under the reason `last` returns.
+    #[inline]
+    pub fn finish(
+        &self,
+        batch: &mut Batch,
+        cx: &mut Context<'_>,
+        mut last: impl FnMut(&mut Packet, UdpLoc, KeyStream<'_>) -> Result<(), DropReason>,
+    ) {
+        let mut jobs = self.pending.iter();
+        cx.retain_again(batch, |pkt| match jobs.next() {
+            Some(&Some((loc, index))) => {
+                last(pkt, loc, KeyStream { streams: &self.streams, index })
+            }
+            // Passed by the first pass (or, impossibly, not seen by it).
+            _ => Ok(()),
+        });
+    }
+}
+
+/// One payload's key stream in a [`CtrBatch`].
+pub(crate) struct KeyStream<'a> {
+    streams: &'a CtrKeystreams,
+    index: usize,
+}
+
+impl KeyStream<'_> {
+    /// XOR it into `buf` ([`CtrKeystreams::apply`]).
+    #[inline]
+    pub fn apply(&self, buf: &mut [u8]) -> Result<(), DropReason> {
+        self.streams.apply(self.index, buf).map_err(|_| DropReason::Other)
+    }
+
+    /// XOR it into `buf` and sum the result ([`CtrKeystreams::apply_and_sum`]).
+    #[inline]
+    pub fn apply_and_sum(&self, buf: &mut [u8]) -> Result<u32, DropReason> {
+        self.streams.apply_and_sum(self.index, buf).map_err(|_| DropReason::Other)
     }
 }
 

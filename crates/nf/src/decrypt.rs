@@ -16,7 +16,7 @@
 //! anyone who can rewrite the sequence number: it is refused for CTR.
 
 use crate::aes_header::{
-    AesHeader, Cipher, CtrKeystreams, KeyConfig, Mode, HEADER_LEN, KEY_PARAMS, TAG_LEN,
+    AesHeader, Cipher, CtrBatch, KeyConfig, Mode, HEADER_LEN, KEY_PARAMS, TAG_LEN,
 };
 use crate::replay::{ReplayGuard, ReplaySnapshot, MAX_WINDOW, MIN_WINDOW};
 use crate::udp_payload::{self, Located, UdpLoc};
@@ -64,10 +64,7 @@ pub struct Decrypt {
     /// GCM with a non-zero window only.
     replay: Option<ReplayGuard>,
     /// CTR: the batch's key streams, computed together.
-    streams: CtrKeystreams,
-    /// CTR: per packet kept in the batch, where its payload is and which
-    /// key stream is its (`None`: passed, not this NF's format).
-    pending: Vec<Option<(UdpLoc, usize)>>,
+    ctr: CtrBatch,
 }
 
 impl Decrypt {
@@ -112,13 +109,7 @@ impl Decrypt {
             ));
         }
         let replay = (window != 0).then(|| ReplayGuard::new(window, MAX_SENDERS));
-        Ok(Decrypt {
-            cipher,
-            key_id: cfg.key_id,
-            replay,
-            streams: CtrKeystreams::default(),
-            pending: Vec::new(),
-        })
+        Ok(Decrypt { cipher, key_id: cfg.key_id, replay, ctr: CtrBatch::default() })
     }
 
     /// Locate the UDP payload and read the header of this NF's format.
@@ -175,28 +166,17 @@ impl Decrypt {
     /// call, then each payload XORed (its plaintext summed for the UDP
     /// checksum in the same pass) and the header removed.
     fn decrypt_ctr(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
-        self.streams.clear();
-        self.pending.clear();
+        self.ctr.clear();
         cx.retain(batch, |pkt| {
-            let job = self.locate(pkt)?.map(|(loc, header)| {
-                (loc, self.streams.push(&header.nonce(), loc.end - loc.payload - HEADER_LEN))
-            });
-            self.pending.push(job);
+            let job = self.locate(pkt)?;
+            self.ctr
+                .queue(job.map(|(loc, h)| (loc, h.nonce(), loc.end - loc.payload - HEADER_LEN)));
             Ok(())
         });
-        if self.cipher.ctr_keystreams(&mut self.streams).is_err() {
-            // Not a CTR key: cannot happen (the mode is the key's).
-            return;
-        }
-        let mut jobs = self.pending.iter();
-        cx.retain_again(batch, |pkt| {
-            // One job per packet kept above, in the same order.
-            let Some(&Some((loc, stream))) = jobs.next() else { return Ok(()) };
+        self.ctr.compute(&self.cipher);
+        self.ctr.finish(batch, cx, |pkt, loc, stream| {
             let body = loc.payload + HEADER_LEN;
-            let sum = self
-                .streams
-                .apply_and_sum(stream, &mut pkt.data_mut()[body..loc.end])
-                .map_err(|_| DropReason::Other)?;
+            let sum = stream.apply_and_sum(&mut pkt.data_mut()[body..loc.end])?;
             let loc = udp_payload::remove(pkt, loc, 0, HEADER_LEN).ok_or(DropReason::Malformed)?;
             // The plaintext, wherever `remove` left it, is the datagram's
             // payload: its sum is the one just taken.

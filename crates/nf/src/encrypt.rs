@@ -13,8 +13,8 @@
 //! dropped as `no_room`.
 
 use crate::aes_header::{
-    AesHeader, Cipher, CtrKeystreams, KeyConfig, Mode, UdpChecksum, Unencrypted, HEADER_LEN,
-    KEY_PARAMS, TAG_LEN,
+    AesHeader, Cipher, CtrBatch, KeyConfig, Mode, UdpChecksum, Unencrypted, HEADER_LEN, KEY_PARAMS,
+    TAG_LEN,
 };
 use crate::udp_payload::{self, Located, UdpLoc};
 use crate::{Context, DropReason, NetworkFunction, NfClass, NfSpec, ParamDoc, Placement};
@@ -72,10 +72,7 @@ pub struct Encrypt {
     /// `udp_checksum: zero`: write 0 instead of summing the ciphertext.
     zero_checksum: bool,
     /// CTR: the batch's key streams, computed together.
-    streams: CtrKeystreams,
-    /// CTR: per packet kept in the batch, where its payload is and which
-    /// key stream is its (`None`: passed unencrypted).
-    pending: Vec<Option<(UdpLoc, usize)>>,
+    ctr: CtrBatch,
 }
 
 /// A frame with its header in place, its payload not yet encrypted.
@@ -100,8 +97,7 @@ impl Encrypt {
             next_seq: 0,
             unencrypted: cfg.unencrypted.unwrap_or_default(),
             zero_checksum: cfg.udp_checksum == Some(UdpChecksum::Zero),
-            streams: CtrKeystreams::default(),
-            pending: Vec::new(),
+            ctr: CtrBatch::default(),
         })
     }
 
@@ -173,38 +169,23 @@ impl Encrypt {
     /// streams of all of them in one block-cipher call, then each payload
     /// XORed and its checksums fixed.
     fn encrypt_ctr(&mut self, batch: &mut Batch, cx: &mut Context<'_>) {
-        self.streams.clear();
-        self.pending.clear();
+        self.ctr.clear();
         cx.retain(batch, |pkt| {
-            let job = self.prepare(pkt)?.map(|Prepared { loc, header, body_len }| {
-                (loc, self.streams.push(&header.nonce(), body_len))
-            });
-            self.pending.push(job);
+            let job = self.prepare(pkt)?;
+            self.ctr.queue(job.map(|p| (p.loc, p.header.nonce(), p.body_len)));
             Ok(())
         });
-        if self.cipher.ctr_keystreams(&mut self.streams).is_err() {
-            // Not a CTR key: cannot happen (the mode is the key's).
-            return;
-        }
-        let mut jobs = self.pending.iter();
-        cx.retain_again(batch, |pkt| {
-            // One job per packet kept above, in the same order.
-            let Some(&Some((loc, stream))) = jobs.next() else { return Ok(()) };
+        self.ctr.compute(&self.cipher);
+        let zero_checksum = self.zero_checksum;
+        self.ctr.finish(batch, cx, |pkt, loc, stream| {
             let frame = pkt.data_mut();
             let body = loc.payload + HEADER_LEN;
-            // Never sent with its payload in plaintext under a header that
-            // says it is encrypted (the stream was queued for this body).
-            if self.zero_checksum {
-                self.streams
-                    .apply(stream, &mut frame[body..loc.end])
-                    .map_err(|_| DropReason::Other)?;
+            if zero_checksum {
+                stream.apply(&mut frame[body..loc.end])?;
                 udp_payload::fix_lengths_zero_udp_checksum(frame, loc);
             } else {
                 // The ciphertext summed as it is written: no second pass.
-                let sum = self
-                    .streams
-                    .apply_and_sum(stream, &mut frame[body..loc.end])
-                    .map_err(|_| DropReason::Other)?;
+                let sum = stream.apply_and_sum(&mut frame[body..loc.end])?;
                 udp_payload::fix_lengths_and_checksums_summed(frame, loc, body, sum);
             }
             Ok(())
