@@ -824,6 +824,39 @@ mod tests {
         });
     }
 
+    /// Packets whose key stream was not computed (a key that is not a
+    /// CTR key) are dropped by `finish`, never handed on as they are;
+    /// packets queued without a job pass.
+    #[test]
+    fn a_ctr_batch_without_key_streams_drops_its_packets() {
+        use crate::Counters;
+        use braid_packet::wire::build::FrameSpec;
+        let key = hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4");
+        let frame = FrameSpec::udp(
+            (std::net::Ipv4Addr::new(10, 0, 0, 1), 1),
+            (std::net::Ipv4Addr::new(10, 0, 0, 2), 2),
+            40,
+        )
+        .build();
+        let loc = UdpLoc { ip: 14, udp: 34, payload: 42, end: frame.len() };
+        for (mode, kept) in [(Mode::Gcm, 1), (Mode::Ctr, 2)] {
+            let cipher = Cipher::new(mode, &key).unwrap();
+            let mut ctr = CtrBatch::default();
+            ctr.clear();
+            ctr.queue(Some((loc, [1; 12], 40 - HEADER_LEN)));
+            ctr.queue(None);
+            ctr.compute(&cipher);
+            let mut batch: Batch = [&frame, &frame].iter().map(|f| Packet::from_bytes(f)).collect();
+            let mut counters = Counters::default();
+            let mut cx = Context::new(0, &mut counters);
+            ctr.finish(&mut batch, &mut cx, |pkt, loc, stream| {
+                stream.apply(&mut pkt.data_mut()[loc.payload + HEADER_LEN..loc.end])
+            });
+            assert_eq!(batch.len(), kept, "{mode:?}");
+            assert_eq!(counters.dropped(DropReason::Other), 2 - kept as u64, "{mode:?}");
+        }
+    }
+
     /// A key stream is applied only to a payload of the length it was
     /// queued for, once computed; otherwise the payload stays unchanged.
     #[test]
