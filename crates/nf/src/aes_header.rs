@@ -172,6 +172,9 @@ impl CtrKeystreams {
     pub fn push(&mut self, nonce: &[u8; 12], len: usize) -> usize {
         let start = self.blocks.len();
         let n = len.div_ceil(16) as u32;
+        if start + n as usize > self.blocks.capacity() {
+            self.grow(start + n as usize);
+        }
         // Block i is nonce || be32(i), built as two native words and
         // stored whole (a byte-wise build costs ~13 instructions a block).
         let first = u64::from_ne_bytes(nonce[..8].try_into().expect("8 bytes"));
@@ -190,6 +193,18 @@ impl CtrKeystreams {
         }));
         self.spans.push((start, len));
         self.spans.len() - 1
+    }
+
+    /// Room for `needed` blocks, moving the blocks to a new allocation
+    /// and wiping the old one whole: a plain reallocation would free key
+    /// streams of earlier batches (beyond the current length) unwiped.
+    /// Rare: only a batch with more blocks than any before grows it.
+    #[cold]
+    fn grow(&mut self, needed: usize) {
+        let mut blocks = Vec::with_capacity(needed.max(2 * self.blocks.capacity()));
+        blocks.extend_from_slice(&self.blocks);
+        let mut old = std::mem::replace(&mut self.blocks, blocks);
+        wipe(&mut old);
     }
 
     /// XOR the key stream of queued payload `index` into `buf` (encrypts
@@ -307,13 +322,17 @@ impl CtrBatch {
         cx: &mut Context<'_>,
         mut last: impl FnMut(&mut Packet, UdpLoc, KeyStream<'_>) -> Result<(), DropReason>,
     ) {
+        debug_assert_eq!(self.pending.len(), batch.len(), "one queue entry per kept packet");
         let mut jobs = self.pending.iter();
         cx.retain_again(batch, |pkt| match jobs.next() {
             Some(&Some((loc, index))) => {
                 last(pkt, loc, KeyStream { streams: &self.streams, index })
             }
-            // Passed by the first pass (or, impossibly, not seen by it).
-            _ => Ok(()),
+            // Passed unchanged by the first pass.
+            Some(None) => Ok(()),
+            // Not seen by the first pass (a bug): dropped rather than sent
+            // as it is, perhaps with a header that says it is encrypted.
+            None => Err(DropReason::Other),
         });
     }
 }
@@ -348,12 +367,16 @@ impl Drop for CtrKeystreams {
     /// The key streams of sent packets would give their plaintext back
     /// with the ciphertext: wiped, not left in freed memory.
     fn drop(&mut self) {
-        // The whole allocation: a larger earlier batch left key streams
-        // beyond the current length.
-        self.blocks.resize(self.blocks.capacity(), aes::Block::default());
-        for block in &mut self.blocks {
-            block.as_mut_slice().zeroize();
-        }
+        wipe(&mut self.blocks);
+    }
+}
+
+/// Zero the whole allocation of `blocks`, not only its length: a larger
+/// earlier batch left key streams beyond it.
+fn wipe(blocks: &mut Vec<aes::Block>) {
+    blocks.resize(blocks.capacity(), aes::Block::default());
+    for block in blocks.iter_mut() {
+        block.as_mut_slice().zeroize();
     }
 }
 
