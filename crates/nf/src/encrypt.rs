@@ -43,7 +43,7 @@ static PARAMS: [ParamDoc; 7] = [
         name: "udp_checksum",
         kind: "compute | zero",
         default: Some("compute"),
-        help: "zero: send encrypted IPv4/UDP with checksum 0 (no checksum, valid over IPv4) and skip the checksum pass over the ciphertext",
+        help: "zero: send encrypted IPv4/UDP with checksum 0 (no checksum, valid over IPv4) instead of summing the ciphertext",
     },
 ];
 
