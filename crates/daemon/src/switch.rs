@@ -105,13 +105,11 @@ impl PreparedSwitch {
                 .map_err(|e| SwitchError::failed(format!("{what} in {}", where_(ns)), e))?;
             Ok((opened, route))
         })?;
-        let socket = match (known, opened) {
-            (Some(at), _) => at,
-            (None, opened) => {
-                self.sockets.push((r.netns.clone(), opened.expect("opened: not known before")));
-                self.sockets.len() - 1
-            }
-        };
+        // Opened exactly when the namespace had no socket yet.
+        if let Some(socket) = opened {
+            self.sockets.push((r.netns.clone(), socket));
+        }
+        let socket = known.unwrap_or(self.sockets.len() - 1);
         Ok(ReadyRoute { socket, route })
     }
 

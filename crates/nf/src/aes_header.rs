@@ -230,9 +230,9 @@ impl CtrKeystreams {
         }
         let stream = &self.blocks[start..end];
         let mut chunks = buf.chunks_exact_mut(16);
-        // The sum as `checksum::sum` takes it: 32-bit native-order lanes
-        // in four u64 accumulators (no carries lost below 2^32 chunks);
-        // independent chains, faster here than two 64-bit end-around ones.
+        // The sum as `checksum::sum` takes it (`checksum::fold_lanes`):
+        // 32-bit native-order lanes in four u64 accumulators; independent
+        // chains, faster here than two 64-bit end-around ones.
         let mut acc = [0u64; 4];
         // Without the sum, 16 bytes at a time as one u128 (a vector
         // register); with it, as two u64 words whose 32-bit halves feed the
@@ -266,11 +266,9 @@ impl CtrKeystreams {
         if !SUM {
             return Ok(0);
         }
-        let halves: u64 = acc.iter().map(|a| (a & 0xFFFF_FFFF) + (a >> 32)).sum();
-        let whole = u16::from_be(checksum::fold64(halves)) as u32;
         // The tail starts at a multiple of 16 bytes: an even offset, so
         // its sum adds on.
-        Ok(checksum::add(whole, checksum::sum(tail)))
+        Ok(checksum::add(checksum::fold_lanes(acc), checksum::sum(tail)))
     }
 }
 

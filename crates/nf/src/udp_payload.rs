@@ -140,13 +140,7 @@ fn set_ip_total_len(frame: &mut [u8], loc: UdpLoc) -> (std::net::Ipv4Addr, std::
 /// checksum for the datagram at `loc` (after its payload changed). A UDP
 /// checksum of 0 on entry (none sent) stays 0.
 pub(crate) fn fix_lengths_and_checksums(frame: &mut [u8], loc: UdpLoc) {
-    let (src, dst) = set_ip_total_len(frame, loc);
-    let mut udp = UdpPacket::new_unchecked(&mut frame[loc.udp..loc.end]);
-    let had_checksum = udp.checksum() != 0;
-    udp.set_len((loc.end - loc.udp) as u16);
-    if had_checksum {
-        udp.fill_checksum_v4(src, dst);
-    }
+    fix_lengths_and_checksums_summed(frame, loc, loc.end, 0)
 }
 
 /// [`fix_lengths_and_checksums`] for a datagram whose bytes from `tail`
@@ -160,28 +154,24 @@ pub(crate) fn fix_lengths_and_checksums_summed(
     tail: usize,
     tail_sum: u32,
 ) {
-    if tail < loc.udp + wire::udp::HEADER_LEN
-        || tail > loc.end
-        || !(tail - loc.udp).is_multiple_of(2)
-    {
-        return fix_lengths_and_checksums(frame, loc);
-    }
+    let given = (loc.udp + wire::udp::HEADER_LEN..=loc.end).contains(&tail)
+        && (tail - loc.udp).is_multiple_of(2);
+    let (tail, tail_sum) = if given { (tail, tail_sum) } else { (loc.end, 0) };
     let udp_len = loc.end - loc.udp;
+    let had_checksum = UdpPacket::new_unchecked(&frame[loc.udp..loc.end]).checksum() != 0;
     // Summed before the length and checksum fields are written, and those
     // two added by value: reading freshly written 2-byte fields back in
     // 4-byte words stalls (store forwarding), a quarter of this function.
-    let ports = checksum::sum(&frame[loc.udp..loc.udp + 4]);
-    let between = checksum::sum(&frame[loc.udp + wire::udp::HEADER_LEN..tail]);
+    let head = had_checksum.then(|| {
+        checksum::sum(&frame[loc.udp..loc.udp + 4]) as u64
+            + checksum::sum(&frame[loc.udp + wire::udp::HEADER_LEN..tail]) as u64
+    });
     let (src, dst) = set_ip_total_len(frame, loc);
     let mut udp = UdpPacket::new_unchecked(&mut frame[loc.udp..loc.end]);
-    let had_checksum = udp.checksum() != 0;
     udp.set_len(udp_len as u16);
-    if !had_checksum {
-        return;
-    }
+    let Some(head) = head else { return };
     let pseudo = checksum::pseudo_header_v4(src, dst, wire::ip_proto::UDP, udp_len);
-    let sum = pseudo as u64 + ports as u64 + udp_len as u64 + between as u64 + tail_sum as u64;
-    let ck = match !checksum::fold64(sum) {
+    let ck = match !checksum::fold64(pseudo as u64 + udp_len as u64 + head + tail_sum as u64) {
         0 => 0xFFFF,
         c => c,
     };
@@ -302,8 +292,25 @@ mod tests {
             let mut p = Packet::from_bytes(&frame);
             let loc = insert(&mut p, loc, 0, grow).unwrap();
             let tail = loc.payload + tail_at.min(loc.end - loc.payload);
+            // The full pass, written out with the wire module's own
+            // checksum code (the frame's IPv4 checksum is valid, so a full
+            // recompute equals the patch).
             let mut full = p.data().to_vec();
-            fix_lengths_and_checksums(&mut full, loc);
+            let (src, dst) = {
+                let mut ip = Ipv4Packet::new_unchecked(&mut full[loc.ip..loc.end]);
+                ip.set_total_len((loc.end - loc.ip) as u16);
+                ip.fill_checksum();
+                (ip.src_addr(), ip.dst_addr())
+            };
+            let mut udp = UdpPacket::new_unchecked(&mut full[loc.udp..loc.end]);
+            let had_checksum = udp.checksum() != 0;
+            udp.set_len((loc.end - loc.udp) as u16);
+            if had_checksum {
+                udp.fill_checksum_v4(src, dst);
+            }
+            let mut through_the_default = p.data().to_vec();
+            fix_lengths_and_checksums(&mut through_the_default, loc);
+            prop_assert_eq!(&through_the_default, &full);
             let mut summed = p.data().to_vec();
             let tail_sum = checksum::sum(&summed[tail..loc.end]);
             fix_lengths_and_checksums_summed(&mut summed, loc, tail, tail_sum);

@@ -54,9 +54,18 @@ pub fn sum(data: &[u8]) -> u32 {
         // big-endian word whose low byte is zero.
         acc[3] += u16::from_ne_bytes([*last, 0]) as u64;
     }
+    fold_lanes(acc)
+}
+
+/// The end of [`sum`], for a pass that sums 16-byte chunks itself while
+/// it has them in registers (a cipher's XOR): `lanes` are four u64
+/// accumulators of native-order 32-bit words (each below 2^32 chunks);
+/// the result is what [`sum`] of those bytes returns.
+#[inline(always)]
+pub fn fold_lanes(lanes: [u64; 4]) -> u32 {
     // 2^32 = 1 (mod 0xFFFF), so adding the 32-bit halves keeps the sum;
     // eight values below 2^32 cannot overflow a u64.
-    let halves: u64 = acc.iter().map(|a| (a & 0xFFFF_FFFF) + (a >> 32)).sum();
+    let halves: u64 = lanes.iter().map(|a| (a & 0xFFFF_FFFF) + (a >> 32)).sum();
     let native = fold64(halves);
     u16::from_be(native) as u32
 }
