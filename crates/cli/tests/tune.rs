@@ -55,6 +55,34 @@ fn an_unknown_candidate_is_refused_naming_the_known_ones() {
     assert!(e.contains("unknown candidate `turbo`") && e.contains("poll-fifo"), "{e}");
 }
 
+/// `--hogs N`: N busy threads share the NFs' CPU during every point (the
+/// header says so); sleeping NFs at the default policy, with and without
+/// a short EEVDF slice, still get every packet through; out of range is
+/// refused before anything runs.
+#[test]
+fn candidates_are_measured_beside_busy_neighbours() {
+    let out = braid()
+        .args(["tune", &chain4(), "--candidates", "poll,poll-slice-100", "--reps", "1"])
+        .args(["--packets", "300", "--warmup", "50", "--rate", "5000", "--hogs", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.lines().next().unwrap().contains(" beside 1 busy thread;"), "{stdout}");
+    let row = |c: &str| stdout.lines().find(|l| l.starts_with(&format!("| 4 | {c} |")));
+    assert!(row("poll").unwrap().starts_with("| 4 | poll | 1 | 0 |"), "{stdout}");
+    // A kernel before 6.12 has no custom slices: the point fails, named.
+    match row("poll-slice-100") {
+        Some(r) => assert!(r.starts_with("| 4 | poll-slice-100 | 1 | 0 |"), "{stdout}"),
+        None => assert!(stderr.contains("does not support custom EEVDF slices"), "{stderr}"),
+    }
+    let out = braid().args(["tune", &chain4(), "--hogs", "9"]).output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("--hogs") && e.contains("0..=8"), "{e}");
+}
+
 /// `--nf-log DIR` keeps each NF process's standard error, one file per NF
 /// and point: the adaptive mode's changes and their reasons are there. A
 /// directory that does not exist is refused before anything runs.

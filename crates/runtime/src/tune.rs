@@ -84,6 +84,10 @@ pub const CANDIDATES: &[(&str, &str)] = &[
     ),
     ("slice-1000", "other, busy polling, the chain's batch size, a 1 ms EEVDF slice (Linux 6.12+)"),
     ("poll", "other, sleeping on the ports' eventfds when idle, the chain's batch size"),
+    (
+        "poll-slice-100",
+        "other, sleeping on the eventfds when idle, a 0.1 ms EEVDF slice (Linux 6.12+): a woken NF gets an earlier deadline than other load on its CPU",
+    ),
     ("poll-fifo", "SCHED_FIFO 10, sleeping on the eventfds when idle (never spins at real time)"),
     (
         "adaptive",
@@ -110,6 +114,9 @@ impl Candidate {
             "slice-100" => SchedDecl { slice_us: Some(100), ..busy(None, None) },
             "slice-1000" => SchedDecl { slice_us: Some(1000), ..busy(None, None) },
             "poll" => SchedDecl { idle: Some(Idle::Poll), ..SchedDecl::default() },
+            "poll-slice-100" => {
+                SchedDecl { idle: Some(Idle::Poll), slice_us: Some(100), ..SchedDecl::default() }
+            }
             "poll-fifo" => SchedDecl {
                 policy: Some(PolicyDecl::Fifo),
                 priority: Some(10),
@@ -141,7 +148,15 @@ pub struct Load {
     /// Frame length in bytes (60..=1514); the generator's UDP frame from
     /// 10.0.0.1 to 10.1.0.1:5000 (the traffic of `braid bench`).
     pub frame_size: usize,
+    /// Threads that only burn CPU, at the default policy and nice 0,
+    /// pinned to the NFs' CPU while each point is measured: a noisy
+    /// neighbour, the other load a scheduling configuration must hold up
+    /// against (0..=[`MAX_HOGS`]).
+    pub hogs: u32,
 }
+
+/// Most [`Load::hogs`].
+pub const MAX_HOGS: u32 = 8;
 
 impl Load {
     fn check(&self) -> Result<(), TuneError> {
@@ -164,7 +179,79 @@ impl Load {
                 L4_PAYLOAD + 16
             )));
         }
+        if self.hogs > MAX_HOGS {
+            return Err(TuneError::Config(format!(
+                "{} busy neighbour threads is more than {MAX_HOGS}",
+                self.hogs
+            )));
+        }
         Ok(())
+    }
+}
+
+/// Busy threads pinned to one CPU ([`Load::hogs`]); stopped and joined on
+/// drop, so no measurement leaves one behind, even when it fails.
+pub struct Hogs {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Hogs {
+    /// Start `n` threads that spin on `cpu` at the default policy (the
+    /// policy and nice of this process's threads are not inherited: each
+    /// sets the default first).
+    pub fn start(n: u32, cpu: usize) -> Result<Hogs, TuneError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut hogs = Hogs { stop: stop.clone(), threads: Vec::new() };
+        for i in 0..n {
+            let stop = stop.clone();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let t = std::thread::Builder::new()
+                .name(format!("tune-hog{i}"))
+                .spawn(move || {
+                    let placed = Sched { cpus: vec![cpu], ..Sched::default() }
+                        .reapply_to_current_thread()
+                        .map_err(|e| e.to_string());
+                    let ok = placed.is_ok();
+                    let _ = ready_tx.send(placed);
+                    let mut spins = 0u64;
+                    while ok && !stop.load(Ordering::Relaxed) {
+                        spins = std::hint::black_box(spins + 1);
+                    }
+                    spins
+                })
+                .map_err(|source| TuneError::Io {
+                    what: "start a busy neighbour thread".into(),
+                    source,
+                })?;
+            hogs.threads.push(t);
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(TuneError::Config(format!(
+                        "pin a busy neighbour thread to CPU {cpu}: {e}"
+                    )))
+                }
+                Err(_) => return Err(TuneError::Config("a busy neighbour thread died".into())),
+            }
+        }
+        Ok(hogs)
+    }
+
+    /// Stop the threads; what each counted (loop turns: it ran).
+    pub fn stop(mut self) -> Vec<u64> {
+        self.stop_all()
+    }
+
+    fn stop_all(&mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.drain(..).map(|t| t.join().unwrap_or(0)).collect()
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.stop_all();
     }
 }
 
@@ -292,6 +379,7 @@ pub fn measure(
     let mut tx = ShmPort::connect(dir.input(), Duration::from_secs(10))?;
     let mut rx = ShmPort::connect(dir.output(), Duration::from_secs(10))?;
     let frame = template(load.frame_size)?;
+    let hogs = Hogs::start(load.hogs, cpu)?;
     let total = load.warmup + load.packets;
     let send_secs = total as f64 / load.rate_pps as f64;
     let deadline = Instant::now() + Duration::from_secs_f64(send_secs + 10.0);
@@ -369,6 +457,7 @@ pub fn measure(
     let lat = sink.join().map_err(|_| fail("the sink thread panicked".into()))?;
     let sent = sent?;
     let mut lat = lat?;
+    drop(hogs);
     drop(children);
     drop(tx);
     drop(dir);
@@ -615,9 +704,26 @@ mod tests {
 
     #[test]
     fn bad_loads_are_refused() {
-        let l = Load { rate_pps: 0, packets: 10, warmup: 0, frame_size: 64 };
+        let l = Load { rate_pps: 0, packets: 10, warmup: 0, frame_size: 64, hogs: 0 };
         assert!(l.check().unwrap_err().to_string().contains("rate 0"));
-        let l = Load { rate_pps: 10, packets: 10, warmup: 0, frame_size: 50 };
+        let l = Load { rate_pps: 10, packets: 10, warmup: 0, frame_size: 50, hogs: 0 };
         assert!(l.check().unwrap_err().to_string().contains("frame size 50"));
+        let l = Load { rate_pps: 10, packets: 10, warmup: 0, frame_size: 64, hogs: 9 };
+        assert!(l.check().unwrap_err().to_string().contains("9 busy neighbour"));
+    }
+
+    #[test]
+    fn busy_neighbours_run_on_their_cpu_and_stop() {
+        let cpu = crate::coordinator::online_cpus()[0];
+        let hogs = Hogs::start(2, cpu).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let spins = hogs.stop();
+        assert_eq!(spins.len(), 2);
+        assert!(spins.iter().all(|&n| n > 0), "{spins:?}");
+        // Dropped without `stop` (a failed measurement): joined all the same.
+        let hogs = Hogs::start(1, cpu).unwrap();
+        drop(hogs);
+        let e = Hogs::start(1, 4096).err().expect("CPU 4096 is not online").to_string();
+        assert!(e.contains("CPU 4096"), "{e}");
     }
 }

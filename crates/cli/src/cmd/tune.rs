@@ -15,7 +15,7 @@ use braid_runtime::ChainDescriptor;
 
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  braid tune examples/chain4.yaml\n  braid tune examples/chain4.yaml --candidates default,poll,poll-fifo,adaptive --reps 5\n  braid tune --scc-chains 1-8 --candidates default,batch-1,batch-2,batch-16,batch-32,poll,adaptive\n  braid tune --scc-batch af_packet,af_xdp --rate 100000"
+    after_help = "Examples:\n  braid tune examples/chain4.yaml\n  braid tune examples/chain4.yaml --candidates default,poll,poll-fifo,adaptive --reps 5\n  braid tune examples/chain4.yaml --candidates poll,poll-slice-100,poll-fifo --hogs 1\n  braid tune --scc-chains 1-8 --candidates default,batch-1,batch-2,batch-16,batch-32,poll,adaptive\n  braid tune --scc-batch af_packet,af_xdp --rate 100000"
 )]
 pub struct Args {
     /// Chain descriptor (YAML) to tune.
@@ -64,6 +64,12 @@ pub struct Args {
     /// Frame length in bytes.
     #[arg(long, default_value_t = 64)]
     pub frame_size: usize,
+    /// Busy threads (default policy, nice 0) pinned to the NFs' CPU while
+    /// each point is measured: how each candidate holds up beside other
+    /// load on its CPU.
+    #[arg(long, default_value_t = 0, conflicts_with = "scc_batch",
+          value_parser = clap::value_parser!(u32).range(0..=braid_runtime::tune::MAX_HOGS as i64))]
+    pub hogs: u32,
     /// Every measurement as JSON lines instead of the tables.
     #[arg(long)]
     pub json: bool,
@@ -241,6 +247,7 @@ pub fn run(a: Args) -> Result<()> {
             packets: a.packets,
             warmup: a.warmup,
             frame_size: a.frame_size,
+            hogs: a.hogs,
         },
         reps: a.reps,
         nf_log: a.nf_log.clone(),
@@ -249,8 +256,17 @@ pub fn run(a: Args) -> Result<()> {
         .context("install the SIGINT/SIGTERM handler")?;
     if !a.json {
         println!(
-            "NF processes on CPU {cpu}; {} pps of {} B frames, {} measured packets per point (+{} warm-up), {} interleaved repetitions",
-            a.rate, a.frame_size, a.packets, a.warmup, a.reps
+            "NF processes on CPU {cpu}{}; {} pps of {} B frames, {} measured packets per point (+{} warm-up), {} interleaved repetitions",
+            match a.hogs {
+                0 => String::new(),
+                1 => " beside 1 busy thread".into(),
+                n => format!(" beside {n} busy threads"),
+            },
+            a.rate,
+            a.frame_size,
+            a.packets,
+            a.warmup,
+            a.reps
         );
     }
     let ms = run_experiment(&e, Some(&stop), &mut |r| match r {
