@@ -46,6 +46,14 @@
 //!   CPU from the kernel's packet processing; an AF_XDP forwarder raised
 //!   so forwarded a third of what it did at its own policy), raised again
 //!   only under half that share;
+//! - *real-time wake-ups for a worker kept waiting* (only with
+//!   `rt_priority`): the same raise when the worker's thread spent more
+//!   than `rt_wait_share` of its runnable time waiting on a run queue
+//!   (`schedstat`) although it sleeps between bursts. Beside other load
+//!   on its CPU (a busy neighbour, other NFs) a woken worker waits behind
+//!   it, its packets pile up meanwhile, and each wake-up then finds many
+//!   of them: the idle waits per packet look low while every packet
+//!   waited for the CPU. The on-CPU bound above still applies;
 //! - at most one change every `hold` periods (rate limit), and nothing in
 //!   a period with fewer than `min_packets` packets except the way back to
 //!   `poll` (an idle worker must not spin).
@@ -93,6 +101,11 @@ pub struct AdaptConfig {
     /// the other threads); raised again only below half of it.
     #[serde(default = "default_rt_leave_busy")]
     pub rt_leave_busy: f64,
+    /// Share (0..1) of its runnable time a sleeping worker's thread may
+    /// wait on a run queue (for a CPU other threads hold): above it,
+    /// raised to real time like a worker woken for every packet.
+    #[serde(default = "default_rt_wait_share")]
+    pub rt_wait_share: f64,
     /// Print every change to standard error as it is made (a process
     /// running one worker: `braid nf-proc --adapt`).
     #[serde(default)]
@@ -114,6 +127,7 @@ impl Default for AdaptConfig {
             rt_priority: None,
             rt_leave_wakeups_per_packet: default_rt_leave(),
             rt_leave_busy: default_rt_leave_busy(),
+            rt_wait_share: default_rt_wait_share(),
             log: false,
         }
     }
@@ -125,6 +139,10 @@ fn default_rt_leave() -> f64 {
 
 fn default_rt_leave_busy() -> f64 {
     0.5
+}
+
+fn default_rt_wait_share() -> f64 {
+    0.3
 }
 
 /// A bad adaptive configuration.
@@ -140,6 +158,8 @@ pub enum AdaptError {
     RtPriority(i32),
     #[error("adaptive rt_leave_busy {0} is outside (0, 1]")]
     RtLeaveBusy(f64),
+    #[error("adaptive rt_wait_share {0} is outside (0, 1]")]
+    RtWaitShare(f64),
 }
 
 impl AdaptConfig {
@@ -164,6 +184,9 @@ impl AdaptConfig {
         if !(self.rt_leave_busy > 0.0 && self.rt_leave_busy <= 1.0) {
             return Err(AdaptError::RtLeaveBusy(self.rt_leave_busy));
         }
+        if !(self.rt_wait_share > 0.0 && self.rt_wait_share <= 1.0) {
+            return Err(AdaptError::RtWaitShare(self.rt_wait_share));
+        }
         Ok(())
     }
 }
@@ -182,6 +205,9 @@ pub struct Sample {
     pub elapsed_ns: u64,
     /// The worker thread's on-CPU time in the period (None: not known).
     pub cpu_ns: Option<u64>,
+    /// The worker thread's time runnable but waiting for a CPU in the
+    /// period (`schedstat`; None: not known).
+    pub wait_ns: Option<u64>,
 }
 
 /// One change the controller made, and why.
@@ -290,15 +316,30 @@ impl Adapter {
             return None;
         }
         if let Some(p) = self.cfg.rt_priority {
-            if !self.rt
-                && !self.rt_refused
-                && self.idle != Idle::Busy
-                && wakeups > self.cfg.busy_wakeups_per_packet
-                && busy.is_none_or(|b| b < self.cfg.rt_leave_busy / 2.0)
-            {
-                let why = format!(
+            // Share of its runnable time the thread waited for a CPU.
+            let waited = s
+                .wait_ns
+                .zip(s.cpu_ns)
+                .map(|(w, c)| w as f64 / (w + c).max(1) as f64)
+                .filter(|_| s.sleeps > 0);
+            let why = if wakeups > self.cfg.busy_wakeups_per_packet {
+                Some(format!(
                     "{wakeups:.2} idle waits per packet ({rate:.0} pps): a wake-up per packet, run it at once (fifo:{p})"
-                );
+                ))
+            } else {
+                waited.filter(|w| *w > self.cfg.rt_wait_share).map(|w| {
+                    format!(
+                        "waited for a CPU {:.0}% of its runnable time ({rate:.0} pps, {wakeups:.2} idle waits per packet): other load holds its CPU, run it at once when woken (fifo:{p})",
+                        w * 100.0
+                    )
+                })
+            };
+            if let Some(why) = why.filter(|_| {
+                !self.rt
+                    && !self.rt_refused
+                    && self.idle != Idle::Busy
+                    && busy.is_none_or(|b| b < self.cfg.rt_leave_busy / 2.0)
+            }) {
                 return Some(self.change_rt(true, why));
             }
         }
@@ -392,6 +433,7 @@ mod tests {
             sleeps,
             elapsed_ns: period_ns,
             cpu_ns: None,
+            wait_ns: None,
         }
     }
 
@@ -522,6 +564,49 @@ mod tests {
     }
 
     #[test]
+    fn a_sleeping_worker_kept_waiting_for_its_cpu_is_raised() {
+        let cfg = AdaptConfig { rt_priority: Some(10), hold: 1, ..AdaptConfig::default() };
+        // Bursts of 16 per wake-up (0.06 idle waits per packet): no
+        // wake-up per packet, so only the wait for a CPU can raise it.
+        let at = |a: &Adapter, cpu: f64, wait: f64| Sample {
+            cpu_ns: Some((cpu * 100_000_000.0) as u64),
+            wait_ns: Some((wait * 100_000_000.0) as u64),
+            ..steady(20_000, 16, a.batch(), a.idle())
+        };
+        // On a CPU 5 % of the period, 1 % waiting for it: a quiet CPU,
+        // nothing to fix.
+        let mut a = Adapter::new(cfg.clone(), 32, Idle::Poll).unwrap();
+        let log: Vec<_> = (0..30).filter_map(|_| a.observe(&at(&a, 0.05, 0.01))).collect();
+        assert!(log.iter().all(|c| c.what != "policy"), "{log:#?}");
+        // 5 % on a CPU and 20 % waiting (80 % of its runnable time, a busy
+        // neighbour): raised, saying why.
+        let c = (0..5)
+            .find_map(|_| a.observe(&at(&a, 0.05, 0.2)).filter(|c| c.what == "policy"))
+            .expect("raised");
+        assert_eq!(c.to, "fifo:10");
+        assert!(c.why.contains("waited for a CPU 80%"), "{c}");
+        // Raised it no longer waits: it stays raised, no flip-flop.
+        let log: Vec<_> = (0..50).filter_map(|_| a.observe(&at(&a, 0.05, 0.0))).collect();
+        assert!(log.iter().all(|c| c.what != "policy"), "{log:#?}");
+        assert_eq!(a.rt(), Some(10));
+        // Waiting, but on a CPU 40 % of the time (more than a quarter): not
+        // raised, the on-CPU bound holds for this rule too.
+        let mut a = Adapter::new(cfg.clone(), 32, Idle::Poll).unwrap();
+        let log: Vec<_> = (0..30).filter_map(|_| a.observe(&at(&a, 0.4, 0.4))).collect();
+        assert!(log.iter().all(|c| c.what != "policy"), "{log:#?}");
+        // Never without rt_priority, and not without a schedstat reading.
+        let mut a = Adapter::new(AdaptConfig { hold: 1, ..AdaptConfig::default() }, 32, Idle::Poll)
+            .unwrap();
+        let log: Vec<_> = (0..30).filter_map(|_| a.observe(&at(&a, 0.05, 0.2))).collect();
+        assert!(log.iter().all(|c| c.what != "policy"), "{log:#?}");
+        let mut a = Adapter::new(cfg, 32, Idle::Poll).unwrap();
+        let log: Vec<_> = (0..30)
+            .filter_map(|_| a.observe(&Sample { wait_ns: None, ..at(&a, 0.05, 0.2) }))
+            .collect();
+        assert!(log.iter().all(|c| c.what != "policy"), "{log:#?}");
+    }
+
+    #[test]
     fn bad_bounds_are_refused() {
         let bad = |c: AdaptConfig| Adapter::new(c, 1, Idle::Poll).unwrap_err().to_string();
         let d = AdaptConfig::default;
@@ -531,5 +616,6 @@ mod tests {
         assert!(bad(AdaptConfig { period: Duration::from_millis(1), ..d() }).contains("period"));
         assert!(bad(AdaptConfig { grow_full: 0.0, ..d() }).contains("grow_full"));
         assert!(bad(AdaptConfig { rt_leave_busy: 1.5, ..d() }).contains("rt_leave_busy"));
+        assert!(bad(AdaptConfig { rt_wait_share: 0.0, ..d() }).contains("rt_wait_share"));
     }
 }

@@ -201,6 +201,15 @@ pub fn current_thread_cpu_ns() -> Option<u64> {
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// Time (ns) the calling thread has spent runnable but waiting for a CPU
+/// (`/proc/thread-self/schedstat`, second field): one small read, for a
+/// worker's adaptive mode once a period. None where the kernel has no
+/// schedstat.
+pub fn current_thread_wait_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// User and system time of the calling thread, in nanoseconds.
 #[allow(unsafe_code)]
 fn rusage_thread() -> Option<(u64, u64)> {
@@ -219,6 +228,28 @@ fn rusage_thread() -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_threads_spinning_on_one_cpu_wait_for_it() {
+        let cpu = 0; // CPU 0 cannot be taken offline on x86.
+        let spin = move || {
+            crate::Sched { cpus: vec![cpu], ..crate::Sched::default() }
+                .apply_to_current_thread()
+                .unwrap();
+            let before = current_thread_wait_ns().expect("schedstat");
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_millis(80) {
+                std::hint::spin_loop();
+            }
+            let after = current_thread_wait_ns().unwrap();
+            assert!(after >= before);
+            after - before
+        };
+        let (a, b) = (std::thread::spawn(spin), std::thread::spawn(spin));
+        let waited = a.join().unwrap() + b.join().unwrap();
+        // Each ran about half of the other's 80 ms: well over 10 ms waited.
+        assert!(waited > 10_000_000, "waited {waited} ns");
+    }
 
     #[test]
     fn a_thread_cpu_clock_counts_what_schedstat_counts() {
