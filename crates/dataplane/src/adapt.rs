@@ -53,7 +53,12 @@
 //!   on its CPU (a busy neighbour, other NFs) a woken worker waits behind
 //!   it, its packets pile up meanwhile, and each wake-up then finds many
 //!   of them: the idle waits per packet look low while every packet
-//!   waited for the CPU. The on-CPU bound above still applies;
+//!   waited for the CPU. The on-CPU bound above still applies; it needs at
+//!   least ten times `rt_leave_wakeups_per_packet` idle waits per packet
+//!   (a saturated worker also waits for its CPU, and raised it would be
+//!   lowered at once), and after a raised worker was lowered for being
+//!   busy it waits until the arrival rate has fallen to half (raised at
+//!   that rate it was busy: no flip-flop under load);
 //! - at most one change every `hold` periods (rate limit), and nothing in
 //!   a period with fewer than `min_packets` packets except the way back to
 //!   `poll` (an idle worker must not spin).
@@ -242,6 +247,11 @@ pub struct Adapter {
     rt: bool,
     /// The kernel refused the raise once: never try again.
     rt_refused: bool,
+    /// The arrival rate at which a raised worker was last lowered for
+    /// being busy: the wait-for-a-CPU raise waits until the rate has
+    /// fallen to half of it (at that rate, raised, it was busy: raising it
+    /// again would flip it back and forth).
+    rt_left_busy_at: Option<f64>,
     period: u64,
     last_change: Option<u64>,
 }
@@ -252,7 +262,16 @@ impl Adapter {
     pub fn new(cfg: AdaptConfig, batch: usize, idle: Idle) -> Result<Adapter, AdaptError> {
         cfg.check()?;
         let batch = batch.clamp(cfg.min_batch, cfg.max_batch);
-        Ok(Adapter { cfg, batch, idle, rt: false, rt_refused: false, period: 0, last_change: None })
+        Ok(Adapter {
+            cfg,
+            batch,
+            idle,
+            rt: false,
+            rt_refused: false,
+            rt_left_busy_at: None,
+            period: 0,
+            last_change: None,
+        })
     }
 
     pub fn config(&self) -> &AdaptConfig {
@@ -310,18 +329,27 @@ impl Adapter {
                 "on a CPU {:.0}% of the time ({rate:.0} pps, {wakeups:.2} idle waits per packet): busy, not waiting for its wake-ups",
                 b * 100.0
             );
+            self.rt_left_busy_at = Some(rate);
             return Some(self.change_rt(false, why));
+        }
+        if self.rt_left_busy_at.is_some_and(|r| rate < r / 2.0) {
+            self.rt_left_busy_at = None;
         }
         if held || s.packets < self.cfg.min_packets || s.receives == 0 {
             return None;
         }
         if let Some(p) = self.cfg.rt_priority {
-            // Share of its runnable time the thread waited for a CPU.
+            // Share of its runnable time the thread waited for a CPU; only
+            // for a worker that sleeps between bursts (ten times the idle
+            // waits per packet below which a raised one counts as
+            // saturated and is lowered), and not at a rate where, raised,
+            // it was busy.
             let waited = s
                 .wait_ns
                 .zip(s.cpu_ns)
                 .map(|(w, c)| w as f64 / (w + c).max(1) as f64)
-                .filter(|_| s.sleeps > 0);
+                .filter(|_| wakeups >= 10.0 * self.cfg.rt_leave_wakeups_per_packet)
+                .filter(|_| self.rt_left_busy_at.is_none());
             let why = if wakeups > self.cfg.busy_wakeups_per_packet {
                 Some(format!(
                     "{wakeups:.2} idle waits per packet ({rate:.0} pps): a wake-up per packet, run it at once (fifo:{p})"
@@ -566,12 +594,12 @@ mod tests {
     #[test]
     fn a_sleeping_worker_kept_waiting_for_its_cpu_is_raised() {
         let cfg = AdaptConfig { rt_priority: Some(10), hold: 1, ..AdaptConfig::default() };
-        // Bursts of 16 per wake-up (0.06 idle waits per packet): no
+        // Bursts of 4 per wake-up (0.25 idle waits per packet): no
         // wake-up per packet, so only the wait for a CPU can raise it.
         let at = |a: &Adapter, cpu: f64, wait: f64| Sample {
             cpu_ns: Some((cpu * 100_000_000.0) as u64),
             wait_ns: Some((wait * 100_000_000.0) as u64),
-            ..steady(20_000, 16, a.batch(), a.idle())
+            ..steady(20_000, 4, a.batch(), a.idle())
         };
         // On a CPU 5 % of the period, 1 % waiting for it: a quiet CPU,
         // nothing to fix.
@@ -594,6 +622,29 @@ mod tests {
         let mut a = Adapter::new(cfg.clone(), 32, Idle::Poll).unwrap();
         let log: Vec<_> = (0..30).filter_map(|_| a.observe(&at(&a, 0.4, 0.4))).collect();
         assert!(log.iter().all(|c| c.what != "policy"), "{log:#?}");
+        // Saturated (one idle wait in 2,000 packets) and waiting for its
+        // CPU: not raised (raised, it would be lowered at once).
+        let mut a = Adapter::new(cfg.clone(), 32, Idle::Poll).unwrap();
+        let saturated = |a: &Adapter| Sample { sleeps: 1, ..at(a, 0.05, 0.2) };
+        let log: Vec<_> = (0..30).filter_map(|_| a.observe(&saturated(&a))).collect();
+        assert!(log.iter().all(|c| c.what != "policy"), "{log:#?}");
+        // Raised, then busy at that rate: lowered; waiting again at the
+        // same rate it is not raised again (no flip-flop), at half the
+        // rate it is.
+        let mut a = Adapter::new(cfg.clone(), 32, Idle::Poll).unwrap();
+        let c = (0..5).find_map(|_| a.observe(&at(&a, 0.05, 0.2)).filter(|c| c.what == "policy"));
+        assert_eq!(c.map(|c| c.to), Some("fifo:10".into()));
+        let c = a.observe(&at(&a, 0.7, 0.0)).expect("lowered");
+        assert!(c.why.contains("busy"), "{c}");
+        let log: Vec<_> = (0..50).filter_map(|_| a.observe(&at(&a, 0.05, 0.2))).collect();
+        assert!(log.iter().all(|c| c.what != "policy"), "{log:#?}");
+        let half = |a: &Adapter| Sample {
+            cpu_ns: Some(5_000_000),
+            wait_ns: Some(20_000_000),
+            ..steady(9_000, 4, a.batch(), a.idle())
+        };
+        let c = (0..5).find_map(|_| a.observe(&half(&a)).filter(|c| c.what == "policy"));
+        assert_eq!(c.map(|c| c.to), Some("fifo:10".into()));
         // Never without rt_priority, and not without a schedstat reading.
         let mut a = Adapter::new(AdaptConfig { hold: 1, ..AdaptConfig::default() }, 32, Idle::Poll)
             .unwrap();
