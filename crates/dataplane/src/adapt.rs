@@ -54,9 +54,10 @@
 //!   it, its packets pile up meanwhile, and each wake-up then finds many
 //!   of them: the idle waits per packet look low while every packet
 //!   waited for the CPU. The on-CPU bound above still applies; it needs at
-//!   least ten times `rt_leave_wakeups_per_packet` idle waits per packet
-//!   (a saturated worker also waits for its CPU, and raised it would be
-//!   lowered at once), and after a raised worker was lowered for being
+//!   least twice `rt_leave_wakeups_per_packet` idle waits per packet (a
+//!   worker that never sleeps, raised, would be lowered at once as
+//!   saturated; a starved one beside a busy neighbour sleeps once per
+//!   12–16 packets here), and after a raised worker was lowered for being
 //!   busy it waits until the arrival rate has fallen to half (raised at
 //!   that rate it was busy: no flip-flop under load);
 //! - at most one change every `hold` periods (rate limit), and nothing in
@@ -340,7 +341,7 @@ impl Adapter {
         }
         if let Some(p) = self.cfg.rt_priority {
             // Share of its runnable time the thread waited for a CPU; only
-            // for a worker that sleeps between bursts (ten times the idle
+            // for a worker that sleeps between bursts (twice the idle
             // waits per packet below which a raised one counts as
             // saturated and is lowered), and not at a rate where, raised,
             // it was busy.
@@ -348,7 +349,7 @@ impl Adapter {
                 .wait_ns
                 .zip(s.cpu_ns)
                 .map(|(w, c)| w as f64 / (w + c).max(1) as f64)
-                .filter(|_| wakeups >= 10.0 * self.cfg.rt_leave_wakeups_per_packet)
+                .filter(|_| wakeups >= 2.0 * self.cfg.rt_leave_wakeups_per_packet)
                 .filter(|_| self.rt_left_busy_at.is_none());
             let why = if wakeups > self.cfg.busy_wakeups_per_packet {
                 Some(format!(
