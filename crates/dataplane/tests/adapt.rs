@@ -44,6 +44,22 @@ fn send(tx: &mut ChannelPort, n: usize) -> u64 {
     took as u64
 }
 
+/// Send a burst of `burst` packets every `every` for `total`; how many
+/// the channel took.
+fn send_bursts(tx: &mut ChannelPort, burst: usize, every: Duration, total: Duration) -> u64 {
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut next = start;
+    while start.elapsed() < total {
+        sent += send(tx, burst);
+        next += every;
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    sent
+}
+
 /// Wait until the NF has seen `n` packets (bounded).
 fn wait_vectors(h: &braid_dataplane::WorkerHandle, n: u64) -> (u64, u64) {
     let end = Instant::now() + Duration::from_secs(10);
@@ -124,16 +140,7 @@ fn the_adaptive_worker_settles_under_a_steady_load() {
         Some(AdaptConfig { period: Duration::from_millis(50), hold: 2, ..AdaptConfig::default() });
     let (w, h, mut tx) = fwd_worker(cfg);
     let t = w.spawn().unwrap();
-    let start = Instant::now();
-    let mut sent = 0u64;
-    let mut next = start;
-    while start.elapsed() < Duration::from_millis(2500) {
-        sent += send(&mut tx, 100);
-        next += Duration::from_millis(1);
-        if let Some(d) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
-        }
-    }
+    let sent = send_bursts(&mut tx, 100, Duration::from_millis(1), Duration::from_millis(2500));
     assert_eq!(wait_vectors(&h, sent).0, sent);
     h.stop().unwrap();
     let report = t.join().unwrap();
@@ -191,16 +198,7 @@ fn an_adaptive_worker_kept_waiting_by_a_busy_neighbour_is_raised() {
     // Bursts of 8 every 2 ms (4,000 packets/s) for 2 s (40 periods): at
     // most one idle wait per 8 packets (0.06–0.08 seen here, with the
     // worker kept waiting 97–98 % of its runnable time).
-    let start = Instant::now();
-    let mut sent = 0u64;
-    let mut next = start;
-    while start.elapsed() < Duration::from_millis(2000) {
-        sent += send(&mut tx, 8);
-        next += Duration::from_millis(2);
-        if let Some(d) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
-        }
-    }
+    let sent = send_bursts(&mut tx, 8, Duration::from_millis(2), Duration::from_millis(2000));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     hog.join().unwrap();
     assert_eq!(wait_vectors(&h, sent).0, sent);
