@@ -339,36 +339,33 @@ impl Adapter {
         if held || s.packets < self.cfg.min_packets || s.receives == 0 {
             return None;
         }
-        if let Some(p) = self.cfg.rt_priority {
+        let may_raise = !self.rt
+            && !self.rt_refused
+            && self.idle != Idle::Busy
+            && busy.is_none_or(|b| b < self.cfg.rt_leave_busy / 2.0);
+        if let Some(p) = self.cfg.rt_priority.filter(|_| may_raise) {
+            if wakeups > self.cfg.busy_wakeups_per_packet {
+                let why = format!(
+                    "{wakeups:.2} idle waits per packet ({rate:.0} pps): a wake-up per packet, run it at once (fifo:{p})"
+                );
+                return Some(self.change_rt(true, why));
+            }
             // Share of its runnable time the thread waited for a CPU; only
             // for a worker that sleeps between bursts (twice the idle
             // waits per packet below which a raised one counts as
             // saturated and is lowered), and not at a rate where, raised,
             // it was busy.
-            let waited = s
-                .wait_ns
-                .zip(s.cpu_ns)
-                .map(|(w, c)| w as f64 / (w + c).max(1) as f64)
-                .filter(|_| wakeups >= 2.0 * self.cfg.rt_leave_wakeups_per_packet)
-                .filter(|_| self.rt_left_busy_at.is_none());
-            let why = if wakeups > self.cfg.busy_wakeups_per_packet {
-                Some(format!(
-                    "{wakeups:.2} idle waits per packet ({rate:.0} pps): a wake-up per packet, run it at once (fifo:{p})"
-                ))
-            } else {
-                waited.filter(|w| *w > self.cfg.rt_wait_share).map(|w| {
-                    format!(
-                        "waited for a CPU {:.0}% of its runnable time ({rate:.0} pps, {wakeups:.2} idle waits per packet): other load holds its CPU, run it at once when woken (fifo:{p})",
-                        w * 100.0
-                    )
-                })
-            };
-            if let Some(why) = why.filter(|_| {
-                !self.rt
-                    && !self.rt_refused
-                    && self.idle != Idle::Busy
-                    && busy.is_none_or(|b| b < self.cfg.rt_leave_busy / 2.0)
+            let sleeps_between_bursts = wakeups >= 2.0 * self.cfg.rt_leave_wakeups_per_packet;
+            let waited = s.wait_ns.zip(s.cpu_ns).map(|(w, c)| w as f64 / (w + c).max(1) as f64);
+            if let Some(w) = waited.filter(|w| {
+                *w > self.cfg.rt_wait_share
+                    && sleeps_between_bursts
+                    && self.rt_left_busy_at.is_none()
             }) {
+                let why = format!(
+                    "waited for a CPU {:.0}% of its runnable time ({rate:.0} pps, {wakeups:.2} idle waits per packet): other load holds its CPU, run it at once when woken (fifo:{p})",
+                    w * 100.0
+                );
                 return Some(self.change_rt(true, why));
             }
         }

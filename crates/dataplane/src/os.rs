@@ -116,13 +116,7 @@ impl ThreadOs {
         s.system_ns = num(15)? * NS_PER_TICK;
         s.cpu = num(39)? as u32;
 
-        let p = dir.join("schedstat");
-        let sched = read(&p)?;
-        let v: Vec<u64> = sched.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        let [run, wait, slices] = v[..] else {
-            return Err(OsStatsError::Parse { path: p, what: "schedstat has not 3 numbers" });
-        };
-        (s.run_ns, s.wait_ns, s.timeslices) = (run, wait, slices);
+        [s.run_ns, s.wait_ns, s.timeslices] = schedstat(dir)?;
 
         let p = dir.join("status");
         let status = read(&p)?;
@@ -201,13 +195,43 @@ pub fn current_thread_cpu_ns() -> Option<u64> {
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// A thread's `schedstat` in `dir` (`/proc/PID/task/TID`): time on a CPU,
+/// time runnable but waiting on a run queue (both ns), times given a CPU.
+fn schedstat(dir: &Path) -> Result<[u64; 3], OsStatsError> {
+    let p = dir.join("schedstat");
+    let v: Vec<u64> = read(&p)?.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    v.try_into().map_err(|_| OsStatsError::Parse { path: p, what: "schedstat has not 3 numbers" })
+}
+
 /// Time (ns) the calling thread has spent runnable but waiting for a CPU
-/// (`/proc/thread-self/schedstat`, second field): one small read, for a
+/// ([`ThreadOs::wait_ns`] without the other files): one small read, for a
 /// worker's adaptive mode once a period. None where the kernel has no
 /// schedstat.
 pub fn current_thread_wait_ns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().nth(1)?.parse().ok()
+    schedstat(Path::new("/proc/thread-self")).ok().map(|[_, wait, _]| wait)
+}
+
+/// The calling thread's on-CPU and run-queue time (ns; None: not known),
+/// what a worker's adaptive mode reads of itself at each period's ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadTimes {
+    pub cpu_ns: Option<u64>,
+    pub wait_ns: Option<u64>,
+}
+
+impl ThreadTimes {
+    pub fn now() -> ThreadTimes {
+        ThreadTimes { cpu_ns: current_thread_cpu_ns(), wait_ns: current_thread_wait_ns() }
+    }
+
+    /// What passed between `earlier` and `self`.
+    pub fn since(&self, earlier: &ThreadTimes) -> ThreadTimes {
+        let d = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| a.saturating_sub(b));
+        ThreadTimes {
+            cpu_ns: d(self.cpu_ns, earlier.cpu_ns),
+            wait_ns: d(self.wait_ns, earlier.wait_ns),
+        }
+    }
 }
 
 /// User and system time of the calling thread, in nanoseconds.

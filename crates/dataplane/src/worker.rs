@@ -273,10 +273,9 @@ pub struct Worker<'a> {
 #[derive(Default)]
 struct PeriodCounters {
     start: Option<Instant>,
-    /// The worker thread's CPU time when the period started.
-    cpu_ns: Option<u64>,
-    /// Its run-queue wait when the period started.
-    wait_ns: Option<u64>,
+    /// The worker thread's CPU time and run-queue wait when the period
+    /// started.
+    times: crate::os::ThreadTimes,
     packets: u64,
     receives: u64,
     full: u64,
@@ -643,15 +642,14 @@ impl<'a> Worker<'a> {
     fn adapt(&mut self, now: Instant) {
         let Some(a) = &mut self.adapter else { return };
         if self.period.start.is_none() {
-            self.period.cpu_ns = crate::os::current_thread_cpu_ns();
-            self.period.wait_ns = crate::os::current_thread_wait_ns();
+            self.period.times = crate::os::ThreadTimes::now();
         }
         let start = *self.period.start.get_or_insert(now);
         if now.duration_since(start) < a.config().period {
             return;
         }
-        let cpu_now = crate::os::current_thread_cpu_ns();
-        let wait_now = crate::os::current_thread_wait_ns();
+        let times = crate::os::ThreadTimes::now();
+        let spent = times.since(&self.period.times);
         let l = &self.looped;
         let p = &self.period;
         let sample = Sample {
@@ -661,8 +659,8 @@ impl<'a> Worker<'a> {
             turns: l.turns - p.turns,
             sleeps: l.sleeps - p.sleeps,
             elapsed_ns: now.duration_since(start).as_nanos() as u64,
-            cpu_ns: cpu_now.zip(p.cpu_ns).map(|(now, then)| now.saturating_sub(then)),
-            wait_ns: wait_now.zip(p.wait_ns).map(|(now, then)| now.saturating_sub(then)),
+            cpu_ns: spent.cpu_ns,
+            wait_ns: spent.wait_ns,
         };
         if let Some(change) = a.observe(&sample) {
             if a.config().log {
@@ -673,8 +671,7 @@ impl<'a> Worker<'a> {
         }
         self.period = PeriodCounters {
             start: Some(now),
-            cpu_ns: cpu_now,
-            wait_ns: wait_now,
+            times,
             turns: self.looped.turns,
             sleeps: self.looped.sleeps,
             ..PeriodCounters::default()

@@ -403,16 +403,11 @@ impl Cipher {
                 let one = EncryptingKey::ctr(UnboundCipherKey::new(alg, key).map_err(refused)?)
                     .map_err(refused)?;
                 let blocks = if bits == 128 {
-                    BlockKey::Aes128(
-                        aes::Aes128Enc::new_from_slice(key)
-                            .map_err(|_| format!("AES-{bits} refused the key"))?,
-                    )
+                    aes::Aes128Enc::new_from_slice(key).map(BlockKey::Aes128)
                 } else {
-                    BlockKey::Aes256(
-                        aes::Aes256Enc::new_from_slice(key)
-                            .map_err(|_| format!("AES-{bits} refused the key"))?,
-                    )
-                };
+                    aes::Aes256Enc::new_from_slice(key).map(BlockKey::Aes256)
+                }
+                .map_err(|_| format!("AES-{bits} refused the key"))?;
                 let kind = Kind::Ctr { one: Box::new(one), blocks: Box::new(blocks) };
                 (kind, if bits == 128 { "AES-128-CTR" } else { "AES-256-CTR" })
             }

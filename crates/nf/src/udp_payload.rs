@@ -171,11 +171,8 @@ pub(crate) fn fix_lengths_and_checksums_summed(
     udp.set_len(udp_len as u16);
     let Some(head) = head else { return };
     let pseudo = checksum::pseudo_header_v4(src, dst, wire::ip_proto::UDP, udp_len);
-    let ck = match !checksum::fold64(pseudo as u64 + udp_len as u64 + head + tail_sum as u64) {
-        0 => 0xFFFF,
-        c => c,
-    };
-    udp.set_checksum(ck);
+    let sum = pseudo as u64 + udp_len as u64 + head + tail_sum as u64;
+    udp.set_checksum(checksum::udp_on_wire(!checksum::fold64(sum)));
 }
 
 /// Like [`fix_lengths_and_checksums`], but the UDP checksum is set to 0

@@ -191,7 +191,7 @@ impl Load {
 
 /// Busy threads pinned to one CPU ([`Load::hogs`]); stopped and joined on
 /// drop, so no measurement leaves one behind, even when it fails.
-pub struct Hogs {
+struct Hogs {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<u64>>,
 }
@@ -200,7 +200,7 @@ impl Hogs {
     /// Start `n` threads that spin on `cpu` at the default policy (the
     /// policy and nice of this process's threads are not inherited: each
     /// sets the default first).
-    pub fn start(n: u32, cpu: usize) -> Result<Hogs, TuneError> {
+    fn start(n: u32, cpu: usize) -> Result<Hogs, TuneError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut hogs = Hogs { stop: stop.clone(), threads: Vec::new() };
         for i in 0..n {
@@ -239,7 +239,8 @@ impl Hogs {
     }
 
     /// Stop the threads; what each counted (loop turns: it ran).
-    pub fn stop(mut self) -> Vec<u64> {
+    #[cfg(test)]
+    fn stop(mut self) -> Vec<u64> {
         self.stop_all()
     }
 
